@@ -1,0 +1,32 @@
+//! The host's identity: a host id created once and kept in the data
+//! directory, so a restarted agent is the same host to the control plane.
+
+use nubo_api::ids::HostId;
+use std::path::Path;
+
+pub fn load_or_create(data_dir: &Path) -> anyhow::Result<HostId> {
+    let path = data_dir.join("host-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => s.trim().parse().map_err(|e| {
+            anyhow::anyhow!("{} holds an invalid host id ({e}); remove the file to register as a new host", path.display())
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = HostId::generate();
+            std::fs::write(&path, format!("{id}\n"))
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            Ok(id)
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn id_is_stable_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = super::load_or_create(dir.path()).unwrap();
+        let b = super::load_or_create(dir.path()).unwrap();
+        assert_eq!(a, b);
+    }
+}

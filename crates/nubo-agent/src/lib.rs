@@ -1,0 +1,134 @@
+//! The compute agent. It owns one host: registers it with the control
+//! plane, long-polls the host's desired state, reconciles the VMs on the
+//! host to it through a `Hypervisor`, and reports what actually runs,
+//! with life events and console output. Level-triggered: every pass
+//! compares the whole desired set with reality, so a lost message or a
+//! restart of either side heals on the next pass.
+
+pub mod capacity;
+pub mod console;
+pub mod identity;
+pub mod reconcile;
+
+use nubo_api::agent::{DesiredState, RegisterHost};
+use nubo_api::ids::HostId;
+use nubo_client::Client;
+use nubo_hypervisor::{Accel, Hypervisor};
+use nubo_image::ImageCache;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub server_url: String,
+    pub token: String,
+    /// Holds `host-id` and `instances/<id>/`.
+    pub data_dir: PathBuf,
+    pub image_cache: PathBuf,
+    pub name: String,
+    /// Capacity offered to the scheduler.
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+    /// How often the agent re-checks reality without a desired-state change.
+    pub interval: Duration,
+    /// How long a guest gets to power off after ACPI shutdown before QEMU is stopped.
+    pub stop_grace: Duration,
+}
+
+pub struct Agent {
+    pub config: AgentConfig,
+    pub host_id: HostId,
+    pub accel: Accel,
+    client: Client,
+    hypervisor: Arc<dyn Hypervisor>,
+    images: Arc<ImageCache>,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig, accel: Accel, hypervisor: Arc<dyn Hypervisor>) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(config.data_dir.join("instances")).map_err(|e| {
+            anyhow::anyhow!("cannot create {}: {e}; check the agent's --data-dir", config.data_dir.display())
+        })?;
+        let host_id = identity::load_or_create(&config.data_dir)?;
+        let client = Client::new(&config.server_url, &config.token)?;
+        let images = Arc::new(ImageCache::new(config.image_cache.clone()));
+        Ok(Self { config, host_id, accel, client, hypervisor, images })
+    }
+
+    fn registration(&self) -> RegisterHost {
+        RegisterHost {
+            host_id: self.host_id.clone(),
+            name: self.config.name.clone(),
+            accel: self.accel.to_string(),
+            vcpus: self.config.vcpus,
+            memory_mib: self.config.memory_mib,
+            disk_gib: self.config.disk_gib,
+        }
+    }
+
+    /// Registers, retrying until the control plane answers.
+    pub async fn register(&self) -> anyhow::Result<()> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.client.register(&self.registration()).await {
+                Ok(()) => return Ok(()),
+                Err(e @ nubo_client::ClientError::Api { status: 400..=403, .. }) => {
+                    return Err(anyhow::anyhow!("the control plane refused this host: {e}"))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "registration failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Runs until the process ends.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let span = tracing::info_span!("agent", host = %self.host_id);
+        async move {
+            self.register().await?;
+            tracing::info!(name = %self.config.name, accel = %self.accel, "agent registered");
+            let (tx, rx) = tokio::sync::watch::channel::<Option<DesiredState>>(None);
+            let watcher = tokio::spawn(watch_desired(self.client.clone(), self.host_id.clone(), tx).in_current_span());
+            let reconciler = reconcile::Reconciler::new(
+                self.host_id.clone(),
+                self.client.clone(),
+                self.hypervisor.clone(),
+                self.images.clone(),
+                self.accel,
+                self.config.clone(),
+            );
+            let registration = self.registration();
+            let result = reconciler.run(rx, registration).await;
+            watcher.abort();
+            result
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Long-polls the desired state and publishes every new version.
+async fn watch_desired(client: Client, host: HostId, tx: tokio::sync::watch::Sender<Option<DesiredState>>) {
+    let mut after: Option<u64> = None;
+    loop {
+        match client.desired(&host, after).await {
+            Ok(d) => {
+                after = Some(d.generation);
+                if tx.send(Some(d)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot fetch desired state; retrying");
+                after = None;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! The reconciler: compares the host's desired state with what runs and
+//! starts at most one operation per instance (start, stop, reboot,
+//! delete) in its own task, so a slow guest shutdown never holds up the
+//! others. What was last applied (start and reboot counters) is kept in
+//! each instance's directory, so a restarted agent re-adopts running VMs
+//! and neither restarts nor forgets them.
+
+use crate::console;
+use crate::AgentConfig;
+use nubo_api::agent::{ActualInstance, ActualPower, DesiredInstance, DesiredState, HostReport, PowerState, RegisterHost};
+use nubo_api::ids::{HostId, InstanceId};
+use nubo_api::views::InstanceEvent;
+use nubo_client::Client;
+use nubo_hypervisor::{Accel, Boot, Hypervisor, PortForward, VmConfig, VmDir, VmStatus};
+use nubo_image::ImageCache;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+/// How long after QEMU starts the agent watches for boot-complete.
+const BOOT_WATCH: Duration = Duration::from_secs(600);
+
+/// What the agent last did to an instance, kept in `applied.json`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Applied {
+    start_seq: i64,
+    reboot_count: i64,
+    /// The VM was stopped on purpose (so its absence is not a crash).
+    stopped_on_purpose: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpKind {
+    Start,
+    Stop,
+    Reboot,
+    Delete,
+}
+
+struct Op {
+    kind: OpKind,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+/// State shared between the loop and the operation tasks.
+#[derive(Default)]
+struct Shared {
+    ops: HashMap<InstanceId, Op>,
+    /// Last failure per instance, with the start_seq it applies to.
+    errors: HashMap<InstanceId, (i64, String)>,
+    /// Events not yet delivered to the control plane.
+    events: HashMap<InstanceId, Vec<InstanceEvent>>,
+    /// Console offsets acknowledged by the server.
+    console: HashMap<InstanceId, u64>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Wall-clock time of a monotonic instant (for events seen earlier).
+fn ms_at(at: Instant) -> i64 {
+    now_ms() - at.elapsed().as_millis() as i64
+}
+
+pub struct Reconciler {
+    host: HostId,
+    client: Client,
+    hypervisor: Arc<dyn Hypervisor>,
+    images: Arc<ImageCache>,
+    accel: Accel,
+    config: AgentConfig,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Reconciler {
+    pub fn new(
+        host: HostId,
+        client: Client,
+        hypervisor: Arc<dyn Hypervisor>,
+        images: Arc<ImageCache>,
+        accel: Accel,
+        config: AgentConfig,
+    ) -> Self {
+        Self { host, client, hypervisor, images, accel, config, shared: Arc::default() }
+    }
+
+    fn dir(&self, id: &InstanceId) -> VmDir {
+        VmDir::new(self.instances_root().join(id.as_str()))
+    }
+
+    fn instances_root(&self) -> PathBuf {
+        self.config.data_dir.join("instances")
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        // A panicked op task cannot leave `Shared` half-updated in a way
+        // that matters (each field is replaced whole), so recover.
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn event(&self, id: &InstanceId, stage: &str, detail: impl Into<String>) {
+        push_event(&self.shared, id, now_ms(), stage, detail.into());
+    }
+
+    /// The main loop: reconcile on every desired-state change and on a
+    /// timer, then report and ship consoles.
+    pub async fn run(
+        self,
+        mut rx: tokio::sync::watch::Receiver<Option<DesiredState>>,
+        registration: RegisterHost,
+    ) -> anyhow::Result<()> {
+        let this = Arc::new(self);
+        let mut seen: std::collections::HashSet<InstanceId> = Default::default();
+        loop {
+            let desired = rx.borrow_and_update().clone();
+            if let Some(d) = desired {
+                for i in &d.instances {
+                    if seen.insert(i.id.clone()) {
+                        this.event(&i.id, "agent_seen", "");
+                    }
+                }
+                let actual = this.reconcile(&d).await;
+                this.report(actual, &registration).await;
+                this.ship_consoles(&d).await;
+            }
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
+                _ = tokio::time::sleep(this.config.interval) => {}
+            }
+        }
+    }
+
+    async fn report(&self, instances: Vec<ActualInstance>, registration: &RegisterHost) {
+        let report = HostReport { instances };
+        if let Err(e) = self.client.report(&self.host, &report).await {
+            tracing::warn!(error = %e, "report failed; events kept for the next one");
+            // Put the events back so they are not lost.
+            {
+                let mut s = self.lock();
+                for a in report.instances {
+                    if !a.events.is_empty() {
+                        let list = s.events.entry(a.id).or_default();
+                        let mut old = std::mem::take(list);
+                        *list = a.events;
+                        list.append(&mut old);
+                    }
+                }
+            }
+            if e.status() == Some(404) {
+                // The control plane forgot this host (new database): join again.
+                let _ = self.client.register(registration).await;
+            }
+        }
+    }
+
+    async fn ship_consoles(&self, d: &DesiredState) {
+        for i in &d.instances {
+            if i.power == PowerState::Deleted {
+                continue;
+            }
+            let dir = self.dir(&i.id);
+            let log = dir.console_log();
+            if !log.exists() {
+                continue;
+            }
+            let offset = self.lock().console.get(&i.id).copied();
+            match console::ship(&self.client, &self.host, &i.id, &log, offset).await {
+                Ok(next) => {
+                    self.lock().console.insert(i.id.clone(), next);
+                }
+                Err(e) => tracing::debug!(instance = %i.id, error = %e, "console shipping failed"),
+            }
+        }
+    }
+
+    /// One pass over the desired set; returns the actual state of each.
+    async fn reconcile(self: &Arc<Self>, d: &DesiredState) -> Vec<ActualInstance> {
+        // Forget finished operations.
+        {
+            let mut s = self.lock();
+            s.ops.retain(|_, op| !op.handle.is_finished());
+        }
+        let mut out = Vec::with_capacity(d.instances.len());
+        for want in &d.instances {
+            let (power, pid) = self.reconcile_one(want).await;
+            let (error, events) = {
+                let mut s = self.lock();
+                let error = match power {
+                    ActualPower::Error => s.errors.get(&want.id).map(|e| e.1.clone()),
+                    _ => None,
+                };
+                (error, s.events.remove(&want.id).unwrap_or_default())
+            };
+            let exited_unexpectedly = events.iter().any(|e| e.stage == "exited_unexpectedly");
+            out.push(ActualInstance { id: want.id.clone(), power, pid, error, exited_unexpectedly, events });
+        }
+        out
+    }
+
+    async fn reconcile_one(self: &Arc<Self>, want: &DesiredInstance) -> (ActualPower, Option<u32>) {
+        if let Some(kind) = self.lock().ops.get(&want.id).map(|o| o.kind) {
+            return match kind {
+                OpKind::Start => (ActualPower::Starting, None),
+                OpKind::Reboot => (ActualPower::Running, None),
+                OpKind::Stop | OpKind::Delete => (ActualPower::Stopping, None),
+            };
+        }
+        let dir = self.dir(&want.id);
+        let status = self.hypervisor.status(&dir).await;
+        let applied = read_applied(&dir);
+        let failed_seq = self.lock().errors.get(&want.id).map(|e| e.0);
+        match (want.power, status) {
+            (PowerState::Deleted, _) => {
+                if dir.path().exists() {
+                    self.spawn(want, OpKind::Delete);
+                    (ActualPower::Stopping, None)
+                } else {
+                    (ActualPower::Deleted, None)
+                }
+            }
+            (PowerState::Running, VmStatus::Running { pid, .. }) => {
+                if want.reboot_count > applied.reboot_count {
+                    self.spawn(want, OpKind::Reboot);
+                }
+                (ActualPower::Running, Some(pid))
+            }
+            (PowerState::Running, VmStatus::NotRunning) => {
+                if failed_seq == Some(want.start_seq) {
+                    (ActualPower::Error, None)
+                } else if want.start_seq > applied.start_seq {
+                    self.spawn(want, OpKind::Start);
+                    (ActualPower::Starting, None)
+                } else {
+                    // Started before, not stopped by us, and gone: it died
+                    // or was powered off from inside. Report, don't restart.
+                    if !applied.stopped_on_purpose {
+                        self.event(&want.id, "exited_unexpectedly", "the QEMU process is gone");
+                        write_applied(&dir, &Applied { stopped_on_purpose: true, ..applied });
+                    }
+                    (ActualPower::Stopped, None)
+                }
+            }
+            (PowerState::Stopped, VmStatus::Running { pid, .. }) => {
+                self.spawn(want, OpKind::Stop);
+                (ActualPower::Stopping, Some(pid))
+            }
+            (PowerState::Stopped, VmStatus::NotRunning) => (ActualPower::Stopped, None),
+        }
+    }
+
+    fn spawn(self: &Arc<Self>, want: &DesiredInstance, kind: OpKind) {
+        let this = self.clone();
+        let want = want.clone();
+        let span = tracing::info_span!("op", instance = %want.id, op = ?kind);
+        let id = want.id.clone();
+        let handle = tokio::spawn(
+            async move {
+                let result = match kind {
+                    OpKind::Start => this.start(&want).await,
+                    OpKind::Stop => this.stop(&want).await,
+                    OpKind::Reboot => this.reboot(&want).await,
+                    OpKind::Delete => this.delete(&want).await,
+                };
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "operation failed");
+                    this.event(&want.id, "error", e.to_string());
+                    this.lock().errors.insert(want.id.clone(), (want.start_seq, e.to_string()));
+                }
+            }
+            .instrument(span),
+        );
+        self.lock().ops.insert(id, Op { kind, handle });
+    }
+
+    async fn start(self: &Arc<Self>, want: &DesiredInstance) -> anyhow::Result<()> {
+        let dir = self.dir(&want.id);
+        let images = self.images.clone();
+        let image_name = want.image.clone();
+        let image = tokio::task::spawn_blocking(move || {
+            images.ensure(&image_name, &mut |msg| tracing::info!(image = %image_name, "{msg}"))
+        })
+        .await??;
+        self.event(&want.id, "image_ready", image.sha256.clone());
+        let cfg = VmConfig {
+            id: want.id.to_string(),
+            name: want.name.clone(),
+            vcpus: want.vcpus,
+            memory_mib: want.memory_mib,
+            disk_gib: want.disk_gib,
+            boot: Boot::Direct { kernel: image.kernel.clone(), initrd: image.initrd.clone(), cmdline: image.cmdline.clone() },
+            base_disk: image.disk.clone(),
+            seed_image: Some(dir.seed()),
+            port_forwards: want
+                .ports
+                .iter()
+                .map(|p| PortForward { host_port: p.host_port, guest_port: p.guest_port })
+                .collect(),
+            accel: self.accel,
+            hotplug_slots: 4,
+        };
+        self.hypervisor.prepare_disk(&dir, &cfg).await?;
+        let seed = nubo_image::seed::SeedData {
+            instance_id: want.id.to_string(),
+            hostname: want.name.clone(),
+            user_data: want.user_data.clone(),
+            public_keys: Vec::new(),
+        };
+        let seed_path = dir.seed();
+        tokio::task::spawn_blocking(move || nubo_image::seed::write_nocloud_seed(&seed_path, &seed)).await??;
+        self.event(&want.id, "disk_ready", format!("{} GiB overlay", want.disk_gib));
+        let log_start = std::fs::metadata(dir.console_log()).map(|m| m.len()).unwrap_or(0);
+        let pid = self.hypervisor.start(&dir, &cfg).await?;
+        write_applied(
+            &dir,
+            &Applied { start_seq: want.start_seq, reboot_count: want.reboot_count, stopped_on_purpose: false },
+        );
+        self.event(&want.id, "qemu_started", format!("pid {pid}"));
+        tracing::info!(pid, "VM started");
+        self.watch_boot(&want.id, dir.console_log(), log_start);
+        Ok(())
+    }
+
+    /// Records `boot_complete` when the console shows the marker.
+    fn watch_boot(self: &Arc<Self>, id: &InstanceId, log: PathBuf, from: u64) {
+        let shared = self.shared.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            if let Some(at) = console::wait_for_marker(&log, from, nubo_api::BOOT_COMPLETE_MARKER, BOOT_WATCH).await {
+                push_event(&shared, &id, ms_at(at), "boot_complete", String::new());
+            }
+        });
+    }
+
+    async fn stop(self: &Arc<Self>, want: &DesiredInstance) -> anyhow::Result<()> {
+        let dir = self.dir(&want.id);
+        let mut applied = read_applied(&dir);
+        applied.stopped_on_purpose = true;
+        write_applied(&dir, &applied);
+        self.hypervisor.shutdown(&dir, self.config.stop_grace).await?;
+        self.event(&want.id, "stopped", "");
+        Ok(())
+    }
+
+    async fn reboot(self: &Arc<Self>, want: &DesiredInstance) -> anyhow::Result<()> {
+        let dir = self.dir(&want.id);
+        let log_start = std::fs::metadata(dir.console_log()).map(|m| m.len()).unwrap_or(0);
+        self.hypervisor.reboot(&dir).await?;
+        let mut applied = read_applied(&dir);
+        applied.reboot_count = want.reboot_count;
+        write_applied(&dir, &applied);
+        self.event(&want.id, "rebooted", "");
+        self.watch_boot(&want.id, dir.console_log(), log_start);
+        Ok(())
+    }
+
+    async fn delete(self: &Arc<Self>, want: &DesiredInstance) -> anyhow::Result<()> {
+        let dir = self.dir(&want.id);
+        // Ship the last of the console before the log goes.
+        let offset = self.lock().console.get(&want.id).copied();
+        let _ = console::ship(&self.client, &self.host, &want.id, &dir.console_log(), offset).await;
+        self.hypervisor.destroy(&dir).await?;
+        self.lock().console.remove(&want.id);
+        self.event(&want.id, "deleted", "");
+        Ok(())
+    }
+}
+
+fn push_event(shared: &Mutex<Shared>, id: &InstanceId, at_ms: i64, stage: &str, detail: String) {
+    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    s.events.entry(id.clone()).or_default().push(InstanceEvent { at_ms, stage: stage.to_string(), detail });
+}
+
+fn read_applied(dir: &VmDir) -> Applied {
+    std::fs::read(dir.path().join("applied.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn write_applied(dir: &VmDir, a: &Applied) {
+    let path = dir.path().join("applied.json");
+    let tmp = dir.path().join("applied.json.tmp");
+    let result = serde_json::to_vec(a)
+        .map_err(std::io::Error::other)
+        .and_then(|b| std::fs::write(&tmp, b))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = result {
+        tracing::error!(path = %path.display(), error = %e, "cannot record applied state");
+    }
+}

@@ -1,0 +1,120 @@
+//! The agent protocol: how a compute node registers, learns the desired
+//! state of its instances (level-triggered: the whole set, every time) and
+//! reports what is actually running. A lost message heals on the next pass.
+
+use crate::ids::{HostId, InstanceId};
+use serde::{Deserialize, Serialize};
+
+/// `POST /api/v1/agent/register`: a host announces itself and its capacity.
+/// Re-registering with the same id updates capacity and is idempotent.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterHost {
+    pub host_id: HostId,
+    pub name: String,
+    pub accel: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+}
+
+/// What the control plane wants an instance on this host to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PowerState {
+    Running,
+    Stopped,
+    /// Remove the VM and its files.
+    Deleted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PortMapping {
+    pub guest_port: u16,
+    pub host_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesiredInstance {
+    pub id: InstanceId,
+    pub name: String,
+    pub image: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+    pub user_data: Option<String>,
+    pub ports: Vec<PortMapping>,
+    pub power: PowerState,
+    /// Bumped at creation and by each start request. The agent starts the
+    /// VM only when the count it last applied is lower, so a VM that died
+    /// on its own is reported stopped instead of being silently restarted.
+    pub start_seq: i64,
+    /// Bumped by each reboot request; the agent resets the VM when the
+    /// count it last applied is lower.
+    pub reboot_count: i64,
+}
+
+/// `GET /api/v1/agent/hosts/{id}/desired?after=N`: the full desired set.
+/// `generation` increases with every change; passing it back as `after`
+/// makes the call wait (long-poll) until something changes.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesiredState {
+    pub generation: u64,
+    pub instances: Vec<DesiredInstance>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ActualPower {
+    /// Disk being prepared, QEMU being started.
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    /// VM and files are gone.
+    Deleted,
+    Error,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ActualInstance {
+    pub id: InstanceId,
+    pub power: ActualPower,
+    pub pid: Option<u32>,
+    pub error: Option<String>,
+    /// True when the VM stopped without being asked to (crash, kill, or a
+    /// shutdown from inside the guest); the control plane then records the
+    /// instance as stopped, as EC2 does.
+    #[serde(default)]
+    pub exited_unexpectedly: bool,
+    /// Events observed since the last report (stage names as in the views).
+    #[serde(default)]
+    pub events: Vec<crate::views::InstanceEvent>,
+}
+
+/// `POST /api/v1/agent/hosts/{id}/report`: heartbeat plus actual state.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostReport {
+    pub instances: Vec<ActualInstance>,
+}
+
+/// `POST /api/v1/agent/instances/{id}/console`: appends console bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleChunk {
+    pub host_id: HostId,
+    /// Byte offset of `data` in the console log; lets the server drop
+    /// duplicates after a retry.
+    pub offset: u64,
+    /// Bytes of the log this chunk covers (the text may be shorter or
+    /// longer after invalid UTF-8 was replaced).
+    pub raw_len: u64,
+    pub data: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ConsoleAck {
+    /// The offset the server has up to; the agent continues from here.
+    pub next_offset: u64,
+}

@@ -1,0 +1,113 @@
+//! Typed resource ids. Each id is a prefix plus 17 lowercase hex digits,
+//! shaped like EC2's so the EC2-compatible API can use the same ids.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Why a string is not a valid id of a given kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{value}' is not a valid {kind} id: expected '{prefix}' followed by 17 hex digits")]
+pub struct IdError {
+    pub kind: &'static str,
+    pub prefix: &'static str,
+    pub value: String,
+}
+
+macro_rules! typed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+        #[serde(try_from = "String", into = "String")]
+        #[schema(value_type = String, example = json!(concat!($prefix, "0123456789abcdef0")))]
+        pub struct $name(String);
+
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A fresh random id.
+            pub fn generate() -> Self {
+                let n: u128 = rand::random();
+                Self(format!("{}{:017x}", $prefix, n & ((1u128 << 68) - 1)))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                let ok = s
+                    .strip_prefix($prefix)
+                    .map(|hex| hex.len() == 17 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+                    .unwrap_or(false);
+                if ok {
+                    Ok(Self(s.to_string()))
+                } else {
+                    Err(IdError { kind: $kind, prefix: $prefix, value: s.chars().take(64).collect() })
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                s.parse()
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+typed_id!(
+    /// An instance (virtual machine), `i-...`.
+    InstanceId, "i-", "instance"
+);
+typed_id!(
+    /// A compute host running a Nubo agent, `h-...`.
+    HostId, "h-", "host"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_parse_back() {
+        for _ in 0..100 {
+            let id = InstanceId::generate();
+            assert_eq!(id.as_str().parse::<InstanceId>().unwrap(), id);
+        }
+    }
+
+    #[test]
+    fn wrong_prefix_or_length_is_refused() {
+        assert!("h-0123456789abcdef0".parse::<InstanceId>().is_err());
+        assert!("i-0123".parse::<InstanceId>().is_err());
+        assert!("i-0123456789ABCDEF0".parse::<InstanceId>().is_err());
+        assert!("i-../../etc/passwdxx".parse::<InstanceId>().is_err());
+        let e = "nope".parse::<HostId>().unwrap_err();
+        assert!(e.to_string().contains("host id"));
+    }
+
+    #[test]
+    fn serde_validates() {
+        let r: Result<InstanceId, _> = serde_json::from_str("\"i-zz\"");
+        assert!(r.is_err());
+        let ok: InstanceId = serde_json::from_str("\"i-0123456789abcdef0\"").unwrap();
+        assert_eq!(ok.to_string(), "i-0123456789abcdef0");
+    }
+}

@@ -1,0 +1,17 @@
+//! Nubo's public API vocabulary, shared by the control plane, the agent and
+//! every client. Inputs (`params`) are kept apart from outputs (`views`);
+//! ids are typed so an instance id can never be passed where a host id is
+//! expected; `agent` holds the control-plane <-> compute-node protocol.
+
+pub mod agent;
+pub mod error;
+pub mod ids;
+pub mod params;
+pub mod views;
+
+/// The line the `tiny` image prints on its serial console once it has
+/// finished booting. The agent watches for it to time boot-complete.
+pub const BOOT_COMPLETE_MARKER: &str = "NUBO_BOOT_COMPLETE";
+
+/// Largest user-data accepted, as EC2 does (16 KiB there, 64 KiB here).
+pub const MAX_USER_DATA_BYTES: usize = 64 * 1024;

@@ -1,0 +1,118 @@
+//! Response bodies (outputs).
+
+use crate::ids::{HostId, InstanceId};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+    Terminated,
+    Error,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Terminated => "terminated",
+            Self::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "running" => Self::Running,
+            "stopping" => Self::Stopping,
+            "stopped" => Self::Stopped,
+            "terminated" => Self::Terminated,
+            "error" => Self::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// A forwarded port: guest TCP port -> host address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PortForward {
+    pub guest_port: u16,
+    /// `127.0.0.1:PORT` on the instance's host.
+    pub host_address: String,
+}
+
+/// One step in an instance's life, for timing and troubleshooting.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InstanceEvent {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// `requested`, `scheduled`, `agent_seen`, `disk_ready`, `qemu_started`, `boot_complete`, ...
+    pub stage: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Instance {
+    pub id: InstanceId,
+    pub name: String,
+    pub image: String,
+    pub state: InstanceState,
+    /// What the user asked for: `running`, `stopped` or `terminated`.
+    pub desired_state: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+    /// The host's id, once scheduled.
+    pub host: Option<HostId>,
+    pub host_name: Option<String>,
+    /// Guest port (as a string key) to host address.
+    pub ports: std::collections::BTreeMap<String, String>,
+    /// Why the instance is in `error`, if it is.
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// Life events, oldest first.
+    pub events: Vec<InstanceEvent>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Host {
+    pub id: HostId,
+    pub name: String,
+    /// `up`, or `down` once it has missed heartbeats.
+    pub state: String,
+    /// The accelerator the agent uses: `kvm` or `tcg`.
+    pub accel: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+    pub used_vcpus: u32,
+    pub used_memory_mib: u64,
+    pub used_disk_gib: u64,
+    /// vCPUs schedulable under the overcommit ratio.
+    pub schedulable_vcpus: u32,
+    pub instances: u32,
+    pub last_heartbeat_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Image {
+    pub name: String,
+    /// `builtin` images are built by each agent from Debian's packages.
+    pub source: String,
+    pub description: String,
+}
+
+/// `GET /api/v1/instances/{id}/console`
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ConsoleOutput {
+    pub instance_id: InstanceId,
+    /// The serial console's text (the last 1 MiB at most).
+    pub output: String,
+}

@@ -1,0 +1,191 @@
+//! A typed client of Nubo's HTTP API. The CLI and the compute agent both
+//! use it, so a remote agent and the one inside `nubo up` speak exactly
+//! the same protocol. Errors keep the server's code and message, which
+//! are written for the user.
+
+use nubo_api::agent::{ConsoleAck, ConsoleChunk, DesiredState, HostReport, RegisterHost};
+use nubo_api::error::ErrorBody;
+use nubo_api::ids::{HostId, InstanceId};
+use nubo_api::params::InstanceCreate;
+use nubo_api::views::{ConsoleOutput, Host, Image, Instance};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error; `message` says what to do.
+    #[error("{message} (HTTP {status}, {code})")]
+    Api { status: u16, code: String, message: String },
+    /// The server could not be reached.
+    #[error("cannot reach the Nubo API at {url}: {source}; check NUBO_URL and that `nubo up` or `nubo server` is running")]
+    Transport { url: String, source: reqwest::Error },
+    /// The server's answer was not what this client understands.
+    #[error("unexpected answer from {url}: {detail}; are the client and server the same Nubo version?")]
+    Decode { url: String, detail: String },
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// `base` is the server's URL, e.g. `http://127.0.0.1:8780`.
+    pub fn new(base: &str, token: &str) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            // Above the server's long-poll (20 s).
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|source| ClientError::Transport { url: base.to_string(), source })?;
+        Ok(Self { base: base.trim_end_matches('/').to_string(), token: token.to_string(), http })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<T, ClientError> {
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport { url: url.to_string(), source })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|source| ClientError::Transport { url: url.to_string(), source })?;
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(b) => ClientError::Api { status: status.as_u16(), code: b.error.code, message: b.error.message },
+                Err(_) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: "http_error".into(),
+                    message: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+                },
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url: url.to_string(), detail: e.to_string() })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.get(&url), &url).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.post(&url).json(body), &url).await
+    }
+
+    async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.delete(&url), &url).await
+    }
+
+    // ---- user API ----
+
+    pub async fn instances(&self) -> Result<Vec<Instance>, ClientError> {
+        self.get("/api/v1/instances").await
+    }
+
+    pub async fn create_instance(&self, p: &InstanceCreate) -> Result<Instance, ClientError> {
+        self.post("/api/v1/instances", p).await
+    }
+
+    /// `id` is passed as typed by the user; the server validates it.
+    pub async fn instance(&self, id: &str) -> Result<Instance, ClientError> {
+        self.get(&format!("/api/v1/instances/{}", path_segment(id))).await
+    }
+
+    pub async fn instance_action(&self, id: &str, action: InstanceAction) -> Result<Instance, ClientError> {
+        let id = path_segment(id);
+        match action {
+            InstanceAction::Terminate => self.delete(&format!("/api/v1/instances/{id}")).await,
+            other => self.post(&format!("/api/v1/instances/{id}/{}", other.verb()), &()).await,
+        }
+    }
+
+    pub async fn console(&self, id: &str) -> Result<ConsoleOutput, ClientError> {
+        self.get(&format!("/api/v1/instances/{}/console", path_segment(id))).await
+    }
+
+    pub async fn hosts(&self) -> Result<Vec<Host>, ClientError> {
+        self.get("/api/v1/hosts").await
+    }
+
+    pub async fn images(&self) -> Result<Vec<Image>, ClientError> {
+        self.get("/api/v1/images").await
+    }
+
+    // ---- agent protocol ----
+
+    pub async fn register(&self, r: &RegisterHost) -> Result<(), ClientError> {
+        self.post("/api/v1/agent/register", r).await
+    }
+
+    pub async fn desired(&self, host: &HostId, after: Option<u64>) -> Result<DesiredState, ClientError> {
+        let q = after.map(|a| format!("?after={a}")).unwrap_or_default();
+        self.get(&format!("/api/v1/agent/hosts/{host}/desired{q}")).await
+    }
+
+    pub async fn report(&self, host: &HostId, r: &HostReport) -> Result<(), ClientError> {
+        self.post(&format!("/api/v1/agent/hosts/{host}/report"), r).await
+    }
+
+    pub async fn console_chunk(&self, id: &InstanceId, c: &ConsoleChunk) -> Result<ConsoleAck, ClientError> {
+        self.post(&format!("/api/v1/agent/instances/{id}/console"), c).await
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceAction {
+    Stop,
+    Start,
+    Reboot,
+    Terminate,
+}
+
+impl InstanceAction {
+    fn verb(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Start => "start",
+            Self::Reboot => "reboot",
+            Self::Terminate => "terminate",
+        }
+    }
+}
+
+/// Percent-encodes what a user typed so it stays one path segment; the
+/// server then refuses it as an invalid id instead of routing elsewhere.
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn path_segment_keeps_ids_and_escapes_the_rest() {
+        assert_eq!(super::path_segment("i-0123456789abcdef0"), "i-0123456789abcdef0");
+        assert_eq!(super::path_segment("../x"), "..%2Fx");
+    }
+}

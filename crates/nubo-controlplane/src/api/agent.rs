@@ -1,0 +1,149 @@
+//! `/api/v1/agent/...`: the server side of the agent protocol. Agents
+//! register, long-poll their host's full desired state, and report actual
+//! state and console output. A host can only read and report for itself
+//! and its own instances.
+
+use crate::auth::Agent;
+use crate::error::{ApiJson, AppError, AppResult};
+use crate::Ctx;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use nubo_api::agent::{
+    ConsoleAck, ConsoleChunk, DesiredInstance, DesiredState, HostReport, PortMapping, PowerState, RegisterHost,
+};
+use nubo_api::ids::{HostId, InstanceId};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest a desired-state long-poll is held open.
+const LONG_POLL: Duration = Duration::from_secs(20);
+
+fn host_id(s: &str) -> AppResult<HostId> {
+    s.parse().map_err(|e: nubo_api::ids::IdError| AppError::BadRequest(e.to_string()))
+}
+
+async fn known_host(ctx: &Ctx, id: &HostId) -> AppResult<()> {
+    match ctx.store.host(id.as_str()).await? {
+        Some(_) => Ok(()),
+        None => Err(AppError::NotFound { kind: "host", id: id.to_string() }),
+    }
+}
+
+/// Register (or re-register) a compute host.
+#[utoipa::path(post, path = "/api/v1/agent/register", tag = "agent", request_body = RegisterHost,
+    responses((status = 200, description = "registered"), (status = 400, body = nubo_api::error::ErrorBody)))]
+pub async fn register(_: Agent, State(ctx): State<Arc<Ctx>>, ApiJson(r): ApiJson<RegisterHost>) -> AppResult<Json<()>> {
+    crate::validate::name(&r.name)?;
+    if r.vcpus == 0 || r.memory_mib == 0 {
+        return Err(AppError::BadRequest("a host needs at least one vCPU and some memory".into()));
+    }
+    ctx.store.register_host(&r).await?;
+    tracing::info!(host = %r.host_id, name = %r.name, vcpus = r.vcpus, memory_mib = r.memory_mib, "host registered");
+    Ok(Json(()))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct DesiredQuery {
+    /// The generation the agent already has; the call waits until a newer one exists.
+    pub after: Option<u64>,
+}
+
+/// The full desired state of one host's instances (long-poll with `after`).
+#[utoipa::path(get, path = "/api/v1/agent/hosts/{id}/desired", tag = "agent",
+    params(("id" = String, Path, description = "host id"), DesiredQuery),
+    responses((status = 200, body = DesiredState), (status = 404, body = nubo_api::error::ErrorBody)))]
+pub async fn desired(
+    _: Agent,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+    Query(q): Query<DesiredQuery>,
+) -> AppResult<Json<DesiredState>> {
+    let host = host_id(&id)?;
+    known_host(&ctx, &host).await?;
+    if let Some(after) = q.after {
+        let mut rx = ctx.subscribe();
+        // Wait only while nothing newer exists; a stale `after` from before
+        // a server restart is lower than the current one and returns at once.
+        let _ = tokio::time::timeout(LONG_POLL, rx.wait_for(|g| *g != after)).await;
+    }
+    let generation = ctx.generation();
+    let ports = ctx.store.ports_on_host(host.as_str()).await?;
+    let mut instances = Vec::new();
+    for row in ctx.store.instances_on_host(host.as_str()).await? {
+        let power = match row.desired.as_str() {
+            "running" => PowerState::Running,
+            "stopped" => PowerState::Stopped,
+            _ => PowerState::Deleted,
+        };
+        instances.push(DesiredInstance {
+            id: row.id.parse().map_err(AppError::internal)?,
+            ports: ports
+                .iter()
+                .filter(|p| p.instance_id == row.id)
+                .map(|p| PortMapping { guest_port: p.guest_port as u16, host_port: p.host_port as u16 })
+                .collect(),
+            name: row.name,
+            image: row.image,
+            vcpus: row.vcpus as u32,
+            memory_mib: row.memory_mib as u64,
+            disk_gib: row.disk_gib as u64,
+            user_data: row.user_data,
+            power,
+            start_seq: row.start_seq,
+            reboot_count: row.reboot_count,
+        });
+    }
+    Ok(Json(DesiredState { generation, instances }))
+}
+
+/// Heartbeat and actual state of the host's instances.
+#[utoipa::path(post, path = "/api/v1/agent/hosts/{id}/report", tag = "agent", request_body = HostReport,
+    params(("id" = String, Path, description = "host id")),
+    responses((status = 200, description = "applied"), (status = 404, body = nubo_api::error::ErrorBody)))]
+pub async fn report(
+    _: Agent,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<HostReport>,
+) -> AppResult<Json<()>> {
+    let host = host_id(&id)?;
+    if !ctx.store.heartbeat(&host).await? {
+        return Err(AppError::NotFound { kind: "host", id: host.to_string() });
+    }
+    let mut changed = false;
+    for a in &r.instances {
+        if ctx.store.apply_actual(host.as_str(), a).await? {
+            changed |= a.exited_unexpectedly;
+        } else {
+            tracing::warn!(%host, instance = %a.id, "report for an instance the host does not own was ignored");
+        }
+    }
+    if changed {
+        ctx.bump();
+    }
+    Ok(Json(()))
+}
+
+/// Append serial console output of an instance on the reporting host.
+#[utoipa::path(post, path = "/api/v1/agent/instances/{id}/console", tag = "agent", request_body = ConsoleChunk,
+    params(("id" = String, Path, description = "instance id")),
+    responses((status = 200, body = ConsoleAck), (status = 404, body = nubo_api::error::ErrorBody)))]
+pub async fn console(
+    _: Agent,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+    ApiJson(c): ApiJson<ConsoleChunk>,
+) -> AppResult<Json<ConsoleAck>> {
+    let id: InstanceId = id.parse().map_err(|e: nubo_api::ids::IdError| AppError::BadRequest(e.to_string()))?;
+    let row = ctx.store.instance(id.as_str()).await?.ok_or(AppError::NotFound { kind: "instance", id: id.to_string() })?;
+    if row.host_id.as_deref() != Some(c.host_id.as_str()) {
+        return Err(AppError::Forbidden(format!("instance {id} is not on host {}", c.host_id)));
+    }
+    let next_offset = if c.raw_len == 0 {
+        ctx.store.console_offset(id.as_str()).await?
+    } else {
+        ctx.store.append_console(id.as_str(), c.offset, c.raw_len, &c.data).await?
+    };
+    Ok(Json(ConsoleAck { next_offset }))
+}

@@ -1,0 +1,47 @@
+//! `/api/v1/hosts` and `/api/v1/images`: what the cloud runs on and boots from.
+
+use crate::auth::Admin;
+use crate::error::{AppError, AppResult};
+use crate::Ctx;
+use axum::extract::State;
+use axum::Json;
+use nubo_api::views::{Host, Image};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// List compute hosts with capacity and use.
+#[utoipa::path(get, path = "/api/v1/hosts", tag = "hosts",
+    responses((status = 200, body = Vec<Host>), (status = 401, body = nubo_api::error::ErrorBody)))]
+pub async fn list(_: Admin, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Host>>> {
+    let counts: HashMap<String, i64> = ctx.store.instance_counts_by_host().await?.into_iter().collect();
+    let now = crate::store::now_ms();
+    let timeout = ctx.config.heartbeat_timeout.as_millis() as i64;
+    let mut out = Vec::new();
+    for (h, snap) in ctx.store.hosts().await?.into_iter().zip(ctx.host_snapshots().await?) {
+        let up = h.enabled == 1 && now - h.last_heartbeat_ms <= timeout;
+        out.push(Host {
+            id: h.id.parse().map_err(AppError::internal)?,
+            state: if up { "up" } else { "down" }.into(),
+            accel: h.accel,
+            vcpus: h.vcpus as u32,
+            memory_mib: h.memory_mib as u64,
+            disk_gib: h.disk_gib as u64,
+            used_vcpus: h.used_vcpus as u32,
+            used_memory_mib: h.used_memory_mib as u64,
+            used_disk_gib: h.used_disk_gib as u64,
+            schedulable_vcpus: ctx.config.policy.schedulable_vcpus(&snap) as u32,
+            instances: counts.get(&h.id).copied().unwrap_or(0) as u32,
+            last_heartbeat_ms: h.last_heartbeat_ms,
+            name: h.name,
+        });
+    }
+    Ok(Json(out))
+}
+
+/// List images that instances can boot from.
+#[utoipa::path(get, path = "/api/v1/images", tag = "images",
+    responses((status = 200, body = Vec<Image>), (status = 401, body = nubo_api::error::ErrorBody)))]
+pub async fn images(_: Admin, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Image>>> {
+    let images = ctx.store.images().await?;
+    Ok(Json(images.into_iter().map(|(name, source, description)| Image { name, source, description }).collect()))
+}

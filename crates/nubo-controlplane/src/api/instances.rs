@@ -1,0 +1,195 @@
+//! `/api/v1/instances`: launch, inspect, power and terminate instances.
+//! Handlers only record desired state; the host's agent makes it so.
+
+use crate::auth::Admin;
+use crate::error::{ApiJson, AppError, AppResult};
+use crate::store::{InstanceRow, NewInstance};
+use crate::{placement, validate, Ctx};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use nubo_api::ids::InstanceId;
+use nubo_api::params::InstanceCreate;
+use nubo_api::views::{ConsoleOutput, Instance, InstanceState};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+fn parse_id(id: &str) -> AppResult<InstanceId> {
+    id.parse().map_err(|e: nubo_api::ids::IdError| AppError::BadRequest(e.to_string()))
+}
+
+async fn load(ctx: &Ctx, id: &str) -> AppResult<InstanceRow> {
+    let id = parse_id(id)?;
+    ctx.store.instance(id.as_str()).await?.ok_or(AppError::NotFound { kind: "instance", id: id.to_string() })
+}
+
+/// Builds the view; `with_events` adds the life events (show only).
+pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<Instance> {
+    let id: InstanceId = row.id.parse().map_err(AppError::internal)?;
+    let host = match &row.host_id {
+        Some(h) => ctx.store.host(h).await?,
+        None => None,
+    };
+    let ports: BTreeMap<String, String> = ctx
+        .store
+        .ports(&row.id)
+        .await?
+        .into_iter()
+        .map(|p| (p.guest_port.to_string(), format!("127.0.0.1:{}", p.host_port)))
+        .collect();
+    let events = if with_events { ctx.store.events(&row.id).await? } else { Vec::new() };
+    Ok(Instance {
+        id,
+        name: row.name,
+        image: row.image,
+        state: InstanceState::parse(&row.state).unwrap_or(InstanceState::Error),
+        desired_state: if row.desired == "deleted" { "terminated".into() } else { row.desired },
+        vcpus: row.vcpus as u32,
+        memory_mib: row.memory_mib as u64,
+        disk_gib: row.disk_gib as u64,
+        host: match &row.host_id {
+            Some(h) => Some(h.parse().map_err(AppError::internal)?),
+            None => None,
+        },
+        host_name: host.map(|h| h.name),
+        ports,
+        error: row.error,
+        created_at_ms: row.created_at_ms,
+        updated_at_ms: row.updated_at_ms,
+        events,
+    })
+}
+
+/// List instances, terminated ones included (as EC2 shows them for a while).
+#[utoipa::path(get, path = "/api/v1/instances", tag = "instances",
+    responses((status = 200, body = Vec<Instance>), (status = 401, body = nubo_api::error::ErrorBody)))]
+pub async fn list(_: Admin, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Instance>>> {
+    let mut out = Vec::new();
+    for row in ctx.store.instances().await? {
+        out.push(view(&ctx, row, false).await?);
+    }
+    Ok(Json(out))
+}
+
+/// Launch an instance: validate, place on a host (atomic claim), record.
+#[utoipa::path(post, path = "/api/v1/instances", tag = "instances", request_body = InstanceCreate,
+    responses((status = 201, body = Instance),
+        (status = 400, description = "invalid input", body = nubo_api::error::ErrorBody),
+        (status = 409, description = "no host can take it; the message gives each host's reason", body = nubo_api::error::ErrorBody)))]
+pub async fn create(
+    _: Admin,
+    State(ctx): State<Arc<Ctx>>,
+    ApiJson(p): ApiJson<InstanceCreate>,
+) -> AppResult<(StatusCode, Json<Instance>)> {
+    validate::instance_create(&p)?;
+    if !ctx.store.image_exists(&p.image).await? {
+        let known: Vec<String> = ctx.store.images().await?.into_iter().map(|i| i.0).collect();
+        return Err(AppError::BadRequest(format!(
+            "image '{}' does not exist; known images: {} (see `nubo image list`)",
+            p.image.chars().take(80).collect::<String>(),
+            known.join(", ")
+        )));
+    }
+    let id = InstanceId::generate();
+    let name = p.name.clone().unwrap_or_else(|| id.to_string());
+    let new = NewInstance {
+        id: &id,
+        name: &name,
+        image: &p.image,
+        vcpus: p.vcpus,
+        memory_mib: p.memory_mib,
+        disk_gib: p.disk_gib,
+        user_data: p.user_data.as_deref(),
+        guest_ports: &p.ports,
+    };
+    let (host, _) = placement::place(&ctx, &new).await?;
+    tracing::info!(instance = %id, %host, "instance placed");
+    ctx.bump();
+    let row = ctx.store.instance(id.as_str()).await?.ok_or_else(|| AppError::internal("instance vanished"))?;
+    Ok((StatusCode::CREATED, Json(view(&ctx, row, true).await?)))
+}
+
+/// Show one instance, with its life events.
+#[utoipa::path(get, path = "/api/v1/instances/{id}", tag = "instances",
+    params(("id" = String, Path, description = "instance id, i-...")),
+    responses((status = 200, body = Instance), (status = 404, body = nubo_api::error::ErrorBody)))]
+pub async fn show(_: Admin, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<Json<Instance>> {
+    let row = load(&ctx, &id).await?;
+    Ok(Json(view(&ctx, row, true).await?))
+}
+
+async fn change(
+    ctx: &Arc<Ctx>,
+    id: &str,
+    from: &[&str],
+    to: &str,
+    bump_start: bool,
+    bump_reboot: bool,
+    event: &str,
+) -> AppResult<(StatusCode, Json<Instance>)> {
+    let row = load(ctx, id).await?;
+    if !ctx.store.set_desired(&row.id, from, to, bump_start, bump_reboot, event).await? {
+        let now = if row.desired == "deleted" { "terminated" } else { row.desired.as_str() };
+        return Err(AppError::Conflict(format!(
+            "cannot {event} instance {} while it is {} (state {})",
+            row.id, now, row.state
+        )));
+    }
+    ctx.bump();
+    let row = load(ctx, id).await?;
+    Ok((StatusCode::ACCEPTED, Json(view(ctx, row, true).await?)))
+}
+
+/// Stop (ACPI power-off, then forced after a grace period).
+#[utoipa::path(post, path = "/api/v1/instances/{id}/stop", tag = "instances",
+    params(("id" = String, Path, description = "instance id")),
+    responses((status = 202, body = Instance), (status = 404, body = nubo_api::error::ErrorBody), (status = 409, body = nubo_api::error::ErrorBody)))]
+pub async fn stop(_: Admin, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<(StatusCode, Json<Instance>)> {
+    change(&ctx, &id, &["running", "stopped"], "stopped", false, false, "stop").await
+}
+
+/// Start a stopped instance.
+#[utoipa::path(post, path = "/api/v1/instances/{id}/start", tag = "instances",
+    params(("id" = String, Path, description = "instance id")),
+    responses((status = 202, body = Instance), (status = 404, body = nubo_api::error::ErrorBody), (status = 409, body = nubo_api::error::ErrorBody)))]
+pub async fn start(_: Admin, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<(StatusCode, Json<Instance>)> {
+    let row = load(&ctx, &id).await?;
+    if row.desired == "running" && row.state != "error" {
+        return Err(AppError::Conflict(format!("instance {} is already running (state {})", row.id, row.state)));
+    }
+    change(&ctx, &id, &["stopped", "running"], "running", true, false, "start").await
+}
+
+/// Reboot a running instance (hardware reset).
+#[utoipa::path(post, path = "/api/v1/instances/{id}/reboot", tag = "instances",
+    params(("id" = String, Path, description = "instance id")),
+    responses((status = 202, body = Instance), (status = 404, body = nubo_api::error::ErrorBody), (status = 409, body = nubo_api::error::ErrorBody)))]
+pub async fn reboot(_: Admin, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<(StatusCode, Json<Instance>)> {
+    let row = load(&ctx, &id).await?;
+    if row.state != "running" {
+        return Err(AppError::Conflict(format!("cannot reboot instance {} while it is {}: start it first", row.id, row.state)));
+    }
+    change(&ctx, &id, &["running"], "running", false, true, "reboot").await
+}
+
+/// Terminate: the VM and its disk are deleted and the host's capacity freed.
+#[utoipa::path(delete, path = "/api/v1/instances/{id}", tag = "instances",
+    params(("id" = String, Path, description = "instance id")),
+    responses((status = 202, body = Instance), (status = 404, body = nubo_api::error::ErrorBody), (status = 409, body = nubo_api::error::ErrorBody)))]
+pub async fn terminate(
+    _: Admin,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+) -> AppResult<(StatusCode, Json<Instance>)> {
+    change(&ctx, &id, &["running", "stopped"], "deleted", false, false, "terminate").await
+}
+
+/// The serial console's output (the last 1 MiB).
+#[utoipa::path(get, path = "/api/v1/instances/{id}/console", tag = "instances",
+    params(("id" = String, Path, description = "instance id")),
+    responses((status = 200, body = ConsoleOutput), (status = 404, body = nubo_api::error::ErrorBody)))]
+pub async fn console(_: Admin, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<Json<ConsoleOutput>> {
+    let row = load(&ctx, &id).await?;
+    let output = ctx.store.console(&row.id).await?;
+    Ok(Json(ConsoleOutput { instance_id: parse_id(&row.id)?, output }))
+}

@@ -1,0 +1,126 @@
+//! Nubo's control plane. It owns the desired state of the cloud (in SQL),
+//! places instances on hosts, and serves two HTTP APIs from one router:
+//! the user API under `/api/v1/` and the agent protocol under
+//! `/api/v1/agent/`. Agents, local or remote, only ever talk to it over
+//! HTTP with their own credential.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod placement;
+pub mod store;
+pub mod validate;
+
+use nubo_scheduler::{HostSnapshot, Policy};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use store::Store;
+
+/// Settings of one control-plane server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub policy: Policy,
+    /// Host ports handed out for forwarded guest ports.
+    pub port_range: (u16, u16),
+    /// A host that has not reported for this long is `down`.
+    pub heartbeat_timeout: Duration,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+impl Config {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            policy: Policy::default(),
+            port_range: (20000, 29999),
+            heartbeat_timeout: Duration::from_secs(30),
+            max_body_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Shared state of the request handlers.
+pub struct Ctx {
+    pub config: Config,
+    pub store: Store,
+    /// Bumped on every change of desired state; agents long-poll on it.
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Ctx {
+    pub async fn new(config: Config) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create the data directory {}: {e}", config.data_dir.display())
+        })?;
+        let store = Store::open(&config.data_dir.join("nubo.db")).await?;
+        for (name, description) in BUILTIN_IMAGES {
+            store.upsert_image(name, "builtin", description).await?;
+        }
+        // Start the generation at the wall clock so it keeps rising across
+        // server restarts, and an agent's stale `after` never blocks.
+        let (generation, _) = tokio::sync::watch::channel(store::now_ms() as u64);
+        Ok(Arc::new(Self { config, store, generation }))
+    }
+
+    /// Signals agents that desired state changed.
+    pub fn bump(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    pub async fn host_snapshots(&self) -> Result<Vec<HostSnapshot>, sqlx::Error> {
+        let now = store::now_ms();
+        let timeout = self.config.heartbeat_timeout.as_millis() as i64;
+        Ok(self
+            .store
+            .hosts()
+            .await?
+            .into_iter()
+            .map(|h| HostSnapshot {
+                up: h.enabled == 1 && now - h.last_heartbeat_ms <= timeout,
+                id: h.id,
+                name: h.name,
+                vcpus: h.vcpus as u32,
+                memory_mib: h.memory_mib as u64,
+                disk_gib: h.disk_gib as u64,
+                used_vcpus: h.used_vcpus as u32,
+                used_memory_mib: h.used_memory_mib as u64,
+                used_disk_gib: h.used_disk_gib as u64,
+            })
+            .collect())
+    }
+
+    /// Creates a new admin token (printed once, stored hashed).
+    pub async fn create_token(&self, kind: &str, name: &str) -> anyhow::Result<String> {
+        let token = auth::generate_token();
+        self.store.insert_token(&auth::hash_token(&token), kind, name).await?;
+        Ok(token)
+    }
+}
+
+/// Images every agent can build itself from Debian's packages.
+pub const BUILTIN_IMAGES: &[(&str, &str)] =
+    &[("tiny", "CirrOS-like test image: Debian cloud kernel, busybox, DHCP, runs #! user-data")];
+
+/// The whole HTTP application, without a socket (tests call it directly).
+pub fn app(ctx: Arc<Ctx>) -> axum::Router {
+    api::router(ctx)
+}
+
+/// Serves the API on `listener` until the future is dropped.
+pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(?addr, "control plane listening");
+    axum::serve(listener, app(ctx).into_make_service_with_connect_info::<SocketAddr>()).await
+}

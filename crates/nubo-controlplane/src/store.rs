@@ -1,0 +1,552 @@
+//! The control plane's state in SQL: hosts, instances, their ports, life
+//! events, console logs, images and credentials. SQLite now; the queries
+//! are plain SQL with `$n` parameters so a PostgreSQL pool can run them.
+//! Every read-modify-write that must be atomic is a single conditional
+//! statement or a transaction, never an in-memory assumption.
+
+use nubo_api::agent::{ActualInstance, ActualPower, RegisterHost};
+use nubo_api::ids::{HostId, InstanceId};
+use nubo_api::views::InstanceEvent;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{FromRow, SqlitePool};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Console text kept per instance; older output is dropped.
+pub const CONSOLE_KEEP_BYTES: usize = 1024 * 1024;
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database {path}: {source}; check the data directory exists and is writable")]
+    Open { path: String, source: sqlx::Error },
+    #[error("database migration failed: {0}; the data directory may belong to a newer Nubo")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct HostRow {
+    pub id: String,
+    pub name: String,
+    pub accel: String,
+    pub vcpus: i64,
+    pub memory_mib: i64,
+    pub disk_gib: i64,
+    pub used_vcpus: i64,
+    pub used_memory_mib: i64,
+    pub used_disk_gib: i64,
+    pub enabled: i64,
+    pub last_heartbeat_ms: i64,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct InstanceRow {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub vcpus: i64,
+    pub memory_mib: i64,
+    pub disk_gib: i64,
+    pub host_id: Option<String>,
+    pub desired: String,
+    pub state: String,
+    pub start_seq: i64,
+    pub reboot_count: i64,
+    pub user_data: Option<String>,
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct PortRow {
+    pub instance_id: String,
+    pub guest_port: i64,
+    pub host_port: i64,
+}
+
+/// A new instance, already placed: inserted together with its claim.
+pub struct NewInstance<'a> {
+    pub id: &'a InstanceId,
+    pub name: &'a str,
+    pub image: &'a str,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+    pub user_data: Option<&'a str>,
+    pub guest_ports: &'a [u16],
+}
+
+/// Why a claim on one host did not go through.
+#[derive(Debug)]
+pub enum ClaimError {
+    /// Another request took the capacity first; try the next host.
+    Lost,
+    /// The host has no free port left in the forwarding range.
+    NoPorts,
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for ClaimError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(e)
+    }
+}
+
+impl Store {
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    // ---- credentials ----
+
+    pub async fn insert_token(&self, hash: &str, kind: &str, name: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO tokens (hash, kind, name, created_at_ms) VALUES ($1, $2, $3, $4)")
+            .bind(hash)
+            .bind(kind)
+            .bind(name)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn token_kind(&self, hash: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT kind FROM tokens WHERE hash = $1").bind(hash).fetch_optional(&self.pool).await
+    }
+
+    pub async fn count_tokens(&self, kind: &str) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE kind = $1").bind(kind).fetch_one(&self.pool).await
+    }
+
+    pub async fn delete_tokens(&self, kind: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM tokens WHERE kind = $1").bind(kind).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    // ---- images ----
+
+    pub async fn upsert_image(&self, name: &str, source: &str, description: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO images (name, source, description, created_at_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO UPDATE SET source = excluded.source, description = excluded.description",
+        )
+        .bind(name)
+        .bind(source)
+        .bind(description)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn images(&self) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+        sqlx::query_as("SELECT name, source, description FROM images ORDER BY name").fetch_all(&self.pool).await
+    }
+
+    pub async fn image_exists(&self, name: &str) -> Result<bool, sqlx::Error> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE name = $1").bind(name).fetch_one(&self.pool).await?;
+        Ok(n > 0)
+    }
+
+    // ---- hosts ----
+
+    pub async fn register_host(&self, r: &RegisterHost) -> Result<(), sqlx::Error> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO hosts (id, name, accel, vcpus, memory_mib, disk_gib, last_heartbeat_ms, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, accel = excluded.accel,
+               vcpus = excluded.vcpus, memory_mib = excluded.memory_mib, disk_gib = excluded.disk_gib,
+               last_heartbeat_ms = excluded.last_heartbeat_ms",
+        )
+        .bind(r.host_id.as_str())
+        .bind(&r.name)
+        .bind(&r.accel)
+        .bind(i64::from(r.vcpus))
+        .bind(r.memory_mib as i64)
+        .bind(r.disk_gib as i64)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a heartbeat; false when the host is not registered.
+    pub async fn heartbeat(&self, host: &HostId) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query("UPDATE hosts SET last_heartbeat_ms = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(host.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn hosts(&self) -> Result<Vec<HostRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM hosts ORDER BY name, id").fetch_all(&self.pool).await
+    }
+
+    pub async fn host(&self, id: &str) -> Result<Option<HostRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM hosts WHERE id = $1").bind(id).fetch_optional(&self.pool).await
+    }
+
+    pub async fn instance_counts_by_host(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT host_id, COUNT(*) FROM instances WHERE host_id IS NOT NULL AND state <> 'terminated' GROUP BY host_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    // ---- instances ----
+
+    /// Claims the instance's resources on `host` and inserts it, with its
+    /// forwarded ports, in one transaction. The claim is a conditional
+    /// UPDATE that re-checks capacity, so concurrent requests cannot
+    /// overcommit a host even when they ranked it from the same snapshot.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim_and_insert(
+        &self,
+        host: &str,
+        vcpu_limit: i64,
+        memory_limit: i64,
+        disk_limit: i64,
+        port_range: (u16, u16),
+        new: &NewInstance<'_>,
+    ) -> Result<Vec<(u16, u16)>, ClaimError> {
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(
+            "UPDATE hosts SET used_vcpus = used_vcpus + $1, used_memory_mib = used_memory_mib + $2,
+               used_disk_gib = used_disk_gib + $3
+             WHERE id = $4 AND used_vcpus + $1 <= $5 AND used_memory_mib + $2 <= $6 AND used_disk_gib + $3 <= $7",
+        )
+        .bind(i64::from(new.vcpus))
+        .bind(new.memory_mib as i64)
+        .bind(new.disk_gib as i64)
+        .bind(host)
+        .bind(vcpu_limit)
+        .bind(memory_limit)
+        .bind(disk_limit)
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() != 1 {
+            return Err(ClaimError::Lost);
+        }
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO instances (id, name, image, vcpus, memory_mib, disk_gib, host_id, desired, state,
+               start_seq, reboot_count, user_data, created_at_ms, updated_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', 'pending', 1, 0, $8, $9, $10)",
+        )
+        .bind(new.id.as_str())
+        .bind(new.name)
+        .bind(new.image)
+        .bind(i64::from(new.vcpus))
+        .bind(new.memory_mib as i64)
+        .bind(new.disk_gib as i64)
+        .bind(host)
+        .bind(new.user_data)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // Ports: the lowest free ones in the range. The write lock taken
+        // by the UPDATE above serialises this on SQLite; on PostgreSQL the
+        // UNIQUE (host_id, host_port) constraint is the guard.
+        let used: Vec<i64> = sqlx::query_scalar("SELECT host_port FROM instance_ports WHERE host_id = $1")
+            .bind(host)
+            .fetch_all(&mut *tx)
+            .await?;
+        let used: std::collections::HashSet<i64> = used.into_iter().collect();
+        let mut free = (port_range.0..=port_range.1).filter(|p| !used.contains(&i64::from(*p)));
+        let mut mapped = Vec::new();
+        for guest in new.guest_ports {
+            let host_port = free.next().ok_or(ClaimError::NoPorts)?;
+            sqlx::query("INSERT INTO instance_ports (instance_id, guest_port, host_id, host_port) VALUES ($1, $2, $3, $4)")
+                .bind(new.id.as_str())
+                .bind(i64::from(*guest))
+                .bind(host)
+                .bind(i64::from(host_port))
+                .execute(&mut *tx)
+                .await?;
+            mapped.push((*guest, host_port));
+        }
+        insert_event(&mut tx, new.id.as_str(), now, "requested", "").await?;
+        insert_event(&mut tx, new.id.as_str(), now, "scheduled", host).await?;
+        tx.commit().await?;
+        Ok(mapped)
+    }
+
+    pub async fn instance(&self, id: &str) -> Result<Option<InstanceRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM instances WHERE id = $1").bind(id).fetch_optional(&self.pool).await
+    }
+
+    pub async fn instances(&self) -> Result<Vec<InstanceRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM instances ORDER BY created_at_ms, id").fetch_all(&self.pool).await
+    }
+
+    /// Instances the host must know about: all not yet terminated.
+    pub async fn instances_on_host(&self, host: &str) -> Result<Vec<InstanceRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM instances WHERE host_id = $1 AND state <> 'terminated' ORDER BY id")
+            .bind(host)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    pub async fn ports(&self, instance: &str) -> Result<Vec<PortRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT instance_id, guest_port, host_port FROM instance_ports WHERE instance_id = $1 ORDER BY guest_port",
+        )
+        .bind(instance)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    pub async fn ports_on_host(&self, host: &str) -> Result<Vec<PortRow>, sqlx::Error> {
+        sqlx::query_as("SELECT instance_id, guest_port, host_port FROM instance_ports WHERE host_id = $1")
+            .bind(host)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// Changes what the user wants, if the instance's desired state is one
+    /// of `from`. Returns false when it was not (the caller says why).
+    pub async fn set_desired(
+        &self,
+        id: &str,
+        from: &[&str],
+        desired: &str,
+        bump_start: bool,
+        bump_reboot: bool,
+        event: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let row = match self.instance(id).await? {
+            Some(r) => r,
+            None => return Ok(false),
+        };
+        if !from.contains(&row.desired.as_str()) || row.state == "terminated" {
+            return Ok(false);
+        }
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let r = sqlx::query(
+            "UPDATE instances SET desired = $1, start_seq = start_seq + $2, reboot_count = reboot_count + $3,
+               error = CASE WHEN $2 = 1 THEN NULL ELSE error END, updated_at_ms = $4
+             WHERE id = $5 AND desired = $6",
+        )
+        .bind(desired)
+        .bind(i64::from(bump_start))
+        .bind(i64::from(bump_reboot))
+        .bind(now)
+        .bind(id)
+        .bind(&row.desired)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 1 {
+            insert_event(&mut tx, id, now, event, "").await?;
+        }
+        tx.commit().await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Applies one agent report entry for an instance on `host`. Entries
+    /// for instances the host does not own are ignored (and counted).
+    pub async fn apply_actual(&self, host: &str, a: &ActualInstance) -> Result<bool, sqlx::Error> {
+        let row = match self.instance(a.id.as_str()).await? {
+            Some(r) if r.host_id.as_deref() == Some(host) && r.state != "terminated" => r,
+            _ => return Ok(false),
+        };
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let mut desired = row.desired.clone();
+        if a.exited_unexpectedly && desired == "running" {
+            // Like EC2: a guest that powers itself off, or a VM that dies,
+            // is recorded as stopped; the user starts it again.
+            desired = "stopped".into();
+        }
+        let state = derive_state(&desired, a.power);
+        let error = match a.power {
+            ActualPower::Error => a.error.clone(),
+            _ => None,
+        };
+        sqlx::query("UPDATE instances SET desired = $1, state = $2, error = $3, updated_at_ms = $4 WHERE id = $5")
+            .bind(&desired)
+            .bind(state)
+            .bind(&error)
+            .bind(now)
+            .bind(&row.id)
+            .execute(&mut *tx)
+            .await?;
+        if state == "terminated" {
+            // Free the claim and the ports exactly once: only the report
+            // that moves the row to terminated gets here.
+            sqlx::query(
+                "UPDATE hosts SET used_vcpus = used_vcpus - $1, used_memory_mib = used_memory_mib - $2,
+                   used_disk_gib = used_disk_gib - $3 WHERE id = $4",
+            )
+            .bind(row.vcpus)
+            .bind(row.memory_mib)
+            .bind(row.disk_gib)
+            .bind(host)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM instance_ports WHERE instance_id = $1").bind(&row.id).execute(&mut *tx).await?;
+        }
+        for e in &a.events {
+            insert_event(&mut tx, &row.id, e.at_ms, &e.stage, &e.detail).await?;
+        }
+        if state != row.state {
+            insert_event(&mut tx, &row.id, now, &format!("state_{state}"), a.error.as_deref().unwrap_or("")).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn events(&self, id: &str) -> Result<Vec<InstanceEvent>, sqlx::Error> {
+        let rows: Vec<(i64, String, String)> =
+            sqlx::query_as("SELECT at_ms, stage, detail FROM instance_events WHERE instance_id = $1 ORDER BY seq")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(at_ms, stage, detail)| InstanceEvent { at_ms, stage, detail }).collect())
+    }
+
+    // ---- console ----
+
+    /// Appends console bytes that start at `offset` of the VM's log,
+    /// skipping any part already stored; returns the next expected offset.
+    pub async fn append_console(&self, id: &str, offset: u64, raw_len: u64, data: &str) -> Result<u64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let current: Option<(String, i64)> =
+            sqlx::query_as("SELECT data, next_offset FROM consoles WHERE instance_id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (mut text, next) = current.unwrap_or_default();
+        let next = next as u64;
+        let end = offset + raw_len;
+        if end <= next {
+            tx.commit().await?;
+            return Ok(next);
+        }
+        // Overlap with what is stored (a retried chunk): skip that part.
+        let mut skip = (next.saturating_sub(offset) as usize).min(data.len());
+        while !data.is_char_boundary(skip) {
+            skip += 1;
+        }
+        let fresh = &data[skip..];
+        text.push_str(fresh);
+        if text.len() > CONSOLE_KEEP_BYTES {
+            let mut cut = text.len() - CONSOLE_KEEP_BYTES;
+            while !text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            text.drain(..cut);
+        }
+        sqlx::query(
+            "INSERT INTO consoles (instance_id, data, next_offset) VALUES ($1, $2, $3)
+             ON CONFLICT (instance_id) DO UPDATE SET data = excluded.data, next_offset = excluded.next_offset",
+        )
+        .bind(id)
+        .bind(&text)
+        .bind(end as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(end)
+    }
+
+    pub async fn console(&self, id: &str) -> Result<String, sqlx::Error> {
+        let data: Option<String> = sqlx::query_scalar("SELECT data FROM consoles WHERE instance_id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(data.unwrap_or_default())
+    }
+
+    pub async fn console_offset(&self, id: &str) -> Result<u64, sqlx::Error> {
+        let n: Option<i64> = sqlx::query_scalar("SELECT next_offset FROM consoles WHERE instance_id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: &str,
+    at_ms: i64,
+    stage: &str,
+    detail: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO instance_events (instance_id, seq, at_ms, stage, detail)
+         VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM instance_events WHERE instance_id = $1), $2, $3, $4)",
+    )
+    .bind(id)
+    .bind(at_ms)
+    .bind(stage)
+    .bind(detail)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The user-visible state, from what is wanted and what the agent sees.
+pub fn derive_state(desired: &str, actual: ActualPower) -> &'static str {
+    use ActualPower as A;
+    match (desired, actual) {
+        (_, A::Error) => "error",
+        ("deleted", A::Deleted) => "terminated",
+        ("deleted", _) => "stopping",
+        ("running", A::Running) => "running",
+        ("running", _) => "pending",
+        ("stopped", A::Running | A::Stopping | A::Starting) => "stopping",
+        ("stopped", _) => "stopped",
+        _ => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_follows_desired_and_actual() {
+        assert_eq!(derive_state("running", ActualPower::Starting), "pending");
+        assert_eq!(derive_state("running", ActualPower::Running), "running");
+        assert_eq!(derive_state("stopped", ActualPower::Running), "stopping");
+        assert_eq!(derive_state("stopped", ActualPower::Stopped), "stopped");
+        assert_eq!(derive_state("deleted", ActualPower::Running), "stopping");
+        assert_eq!(derive_state("deleted", ActualPower::Deleted), "terminated");
+        assert_eq!(derive_state("running", ActualPower::Error), "error");
+    }
+}

@@ -1,0 +1,230 @@
+//! The control plane's HTTP API driven in-process through `app()` (no
+//! socket, no VM): validation, authentication, the scheduler's refusals,
+//! atomic claims under concurrency, and the OpenAPI document.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use nubo_api::agent::RegisterHost;
+use nubo_api::ids::HostId;
+use nubo_controlplane::{app, auth, Config, Ctx};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tower::ServiceExt;
+
+struct T {
+    ctx: Arc<Ctx>,
+    admin: String,
+    agent: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup() -> T {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = Ctx::new(Config::new(dir.path().to_path_buf())).await.unwrap();
+    let admin = ctx.create_token(auth::KIND_ADMIN, "test").await.unwrap();
+    let agent = ctx.create_token(auth::KIND_AGENT, "test").await.unwrap();
+    T { ctx, admin, agent, _dir: dir }
+}
+
+impl T {
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(Body::from(body.unwrap_or("").to_string())).unwrap();
+        let resp = app(self.ctx.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let body = body.map(|b| b.to_string());
+        self.call(method, path, Some(&self.admin.clone()), body.as_deref()).await
+    }
+
+    async fn add_host(&self, name: &str, vcpus: u32, memory_mib: u64) -> HostId {
+        let id = HostId::generate();
+        let r = RegisterHost {
+            host_id: id.clone(),
+            name: name.into(),
+            accel: "tcg".into(),
+            vcpus,
+            memory_mib,
+            disk_gib: 100,
+        };
+        let body = serde_json::to_string(&r).unwrap();
+        let (s, _) = self.call("POST", "/api/v1/agent/register", Some(&self.agent.clone()), Some(&body)).await;
+        assert_eq!(s, StatusCode::OK);
+        id
+    }
+
+    async fn count(&self) -> usize {
+        self.admin("GET", "/api/v1/instances", None).await.1.as_array().unwrap().len()
+    }
+}
+
+fn req(vcpus: u32, memory: u64) -> Value {
+    json!({"image": "tiny", "vcpus": vcpus, "memory_mib": memory, "disk_gib": 1})
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_that_says_what_is_wrong_and_changes_nothing() {
+    let t = setup().await;
+    t.add_host("h1", 4, 4096).await;
+    let cases: Vec<(Value, StatusCode, &str)> = vec![
+        (json!({"image": "nope", "vcpus": 1, "memory_mib": 128, "disk_gib": 1}), StatusCode::BAD_REQUEST, "image 'nope' does not exist"),
+        (req(0, 128), StatusCode::BAD_REQUEST, "vcpus must be between 1 and 64"),
+        (req(1, 100_000), StatusCode::CONFLICT, "MemoryFilter"),
+        (json!({"image": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1, "colour": "red"}), StatusCode::BAD_REQUEST, "unknown field"),
+        (json!({"image": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1, "name": "../x"}), StatusCode::BAD_REQUEST, "name '../x' is not valid"),
+    ];
+    for (body, status, needle) in cases {
+        let (s, v) = t.admin("POST", "/api/v1/instances", Some(body.clone())).await;
+        assert_eq!(s, status, "{body} -> {v}");
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{body}: message '{msg}' lacks '{needle}'");
+    }
+    // Malformed JSON.
+    let (s, v) = t.call("POST", "/api/v1/instances", Some(&t.admin), Some("{not json")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"]["code"], "invalid_request");
+    // Unknown and malformed ids.
+    let (s, v) = t.admin("GET", "/api/v1/instances/i-0123456789abcdef0", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(v["error"]["message"].as_str().unwrap().contains("does not exist"));
+    let (s, _) = t.admin("POST", "/api/v1/instances/bogus/stop", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(t.count().await, 0, "no failed request may leave an instance behind");
+    // Nothing was claimed on the host either.
+    let (_, hosts) = t.admin("GET", "/api/v1/hosts", None).await;
+    assert_eq!(hosts[0]["used_vcpus"], 0);
+    assert_eq!(hosts[0]["used_memory_mib"], 0);
+}
+
+#[tokio::test]
+async fn refusal_names_every_host_and_the_filter_that_rejected_it() {
+    let t = setup().await;
+    t.add_host("small", 1, 512).await;
+    t.add_host("medium", 2, 1024).await;
+    let (s, v) = t.admin("POST", "/api/v1/instances", Some(req(1, 2048))).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("host small rejected by MemoryFilter"), "{msg}");
+    assert!(msg.contains("host medium rejected by MemoryFilter"), "{msg}");
+    assert_eq!(v["error"]["code"], "no_valid_host");
+}
+
+#[tokio::test]
+async fn no_credential_or_wrong_one_is_refused() {
+    let t = setup().await;
+    let (s, v) = t.call("GET", "/api/v1/instances", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(v["error"]["message"].as_str().unwrap().contains("NUBO_TOKEN"));
+    let (s, _) = t.call("GET", "/api/v1/instances", Some("nubo_wrong"), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // An agent credential cannot use the user API, nor an admin one the agent API.
+    let (s, _) = t.call("GET", "/api/v1/instances", Some(&t.agent), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let body = json!({"host_id": HostId::generate(), "name": "x", "accel": "tcg", "vcpus": 1, "memory_mib": 1, "disk_gib": 1});
+    let (s, _) = t.call("POST", "/api/v1/agent/register", Some(&t.admin), Some(&body.to_string())).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+}
+
+/// 20 requests at once for a host with room for 5: exactly 5 succeed and
+/// the host's use never goes past its capacity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_never_overcommit_a_host() {
+    let t = Arc::new(setup().await);
+    // 2 CPUs x overcommit 4 = 8 schedulable vCPUs; each asks for... memory bounds it to 5.
+    t.add_host("only", 2, 5 * 256).await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move { t.admin("POST", "/api/v1/instances", Some(req(1, 256))).await.0 }));
+    }
+    let mut created = 0;
+    for task in tasks {
+        let s = task.await.unwrap();
+        assert!(s == StatusCode::CREATED || s == StatusCode::CONFLICT, "unexpected {s}");
+        if s == StatusCode::CREATED {
+            created += 1;
+        }
+    }
+    assert_eq!(created, 5);
+    let (_, hosts) = t.admin("GET", "/api/v1/hosts", None).await;
+    assert_eq!(hosts[0]["used_memory_mib"], 5 * 256);
+    assert_eq!(hosts[0]["used_vcpus"], 5);
+    assert_eq!(t.count().await, 5);
+}
+
+#[tokio::test]
+async fn forwarded_ports_are_unique_per_host() {
+    let t = setup().await;
+    t.add_host("h", 8, 8192).await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let body = json!({"image": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1, "ports": [80, 22]});
+        let (s, v) = t.admin("POST", "/api/v1/instances", Some(body)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        for (_, addr) in v["ports"].as_object().unwrap() {
+            assert!(addr.as_str().unwrap().starts_with("127.0.0.1:"));
+            assert!(seen.insert(addr.as_str().unwrap().to_string()), "port handed out twice: {addr}");
+        }
+    }
+    assert_eq!(seen.len(), 6);
+}
+
+#[tokio::test]
+async fn a_host_reads_only_its_own_desired_state() {
+    let t = setup().await;
+    let a = t.add_host("a", 4, 4096).await;
+    let (s, v) = t.admin("POST", "/api/v1/instances", Some(req(1, 128))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(v["host"], a.to_string());
+    let b = t.add_host("b", 1, 64).await; // too small for anything
+    let (_, da) = t.call("GET", &format!("/api/v1/agent/hosts/{a}/desired"), Some(&t.agent), None).await;
+    let (_, db) = t.call("GET", &format!("/api/v1/agent/hosts/{b}/desired"), Some(&t.agent), None).await;
+    assert_eq!(da["instances"].as_array().unwrap().len(), 1);
+    assert_eq!(db["instances"].as_array().unwrap().len(), 0);
+    // A report from b about a's instance is ignored.
+    let id = v["id"].as_str().unwrap();
+    let report = json!({"instances": [{"id": id, "power": "running", "pid": 1, "error": null}]});
+    let (s, _) = t.call("POST", &format!("/api/v1/agent/hosts/{b}/report"), Some(&t.agent), Some(&report.to_string())).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, i) = t.admin("GET", &format!("/api/v1/instances/{id}"), None).await;
+    assert_eq!(i["state"], "pending");
+}
+
+/// The checked-in docs/openapi.json must match the code. Regenerate with
+/// `NUBO_UPDATE_OPENAPI=1 cargo test -p nubo-controlplane --test api openapi`.
+#[test]
+fn openapi_document_is_checked_in_and_current() {
+    let generated = serde_json::to_string_pretty(&nubo_controlplane::api::openapi()).unwrap() + "\n";
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+    if std::env::var_os("NUBO_UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "docs/openapi.json is out of date: run NUBO_UPDATE_OPENAPI=1 cargo test -p nubo-controlplane --test api openapi"
+    );
+    let doc: Value = serde_json::from_str(&generated).unwrap();
+    for p in ["/api/v1/instances", "/api/v1/instances/{id}", "/api/v1/hosts", "/api/v1/agent/hosts/{id}/desired"] {
+        assert!(doc["paths"].get(p).is_some(), "missing {p}");
+    }
+}
+
+#[tokio::test]
+async fn openapi_is_served() {
+    let t = setup().await;
+    let (s, v) = t.call("GET", "/api/v1/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["info"]["title"], "Nubo API");
+}

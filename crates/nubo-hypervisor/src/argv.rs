@@ -1,0 +1,323 @@
+//! The QEMU command line for a VM, built as a pure function of its directory
+//! and config (no filesystem access, no shell).
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::dir::MAX_SOCKET_PATH;
+use crate::{Accel, Boot, HypervisorError, VmConfig, VmDir};
+
+/// Arguments (without `argv[0]`) that start `cfg` in `dir` as a daemonized QEMU.
+///
+/// `dir` and every path in `cfg` must be absolute (QEMU `-daemonize` changes
+/// directory to `/`) and valid UTF-8. The pidfile path is how
+/// [`crate::Hypervisor::status`] recognises the process later, so it must be
+/// the same absolute path every time.
+pub fn qemu_argv(dir: &VmDir, cfg: &VmConfig) -> Result<Vec<OsString>, HypervisorError> {
+    cfg.validate()?;
+    path_str("instance directory", dir.path())?;
+    let disk = dir.disk();
+    let console = dir.console_log();
+    let qmp = dir.qmp_socket();
+    let pidfile = dir.pidfile();
+    let log = dir.qemu_log();
+    let qmp_s = path_str("QMP socket", &qmp)?;
+    if qmp_s.len() > MAX_SOCKET_PATH {
+        return Err(HypervisorError::InvalidConfig(format!(
+            "QMP socket path {qmp_s} is {} bytes, longer than the {MAX_SOCKET_PATH} a unix socket allows; use a shorter state directory",
+            qmp_s.len()
+        )));
+    }
+
+    let mut a: Vec<String> = Vec::with_capacity(64);
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+
+    push(&["-name", &format!("{},process=nubo-{}", cfg.id, cfg.id)]);
+    push(&["-machine", "q35"]);
+    match cfg.accel {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
+    }
+    push(&["-smp", &cfg.vcpus.to_string()]);
+    push(&["-m", &cfg.memory_mib.to_string()]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-vga",
+        "none",
+    ]);
+    push(&["-msg", "timestamp=on"]);
+    push(&[
+        "-chardev",
+        &format!(
+            "file,id=con0,path={},append=on",
+            opt_escape(path_str("console log", &console)?)
+        ),
+        "-serial",
+        "chardev:con0",
+    ]);
+    push(&[
+        "-chardev",
+        &format!(
+            "socket,id=qmp0,path={},server=on,wait=off",
+            opt_escape(qmp_s)
+        ),
+        "-mon",
+        "chardev=qmp0,mode=control",
+    ]);
+    push(&["-pidfile", path_str("pidfile", &pidfile)?]);
+    // With -D, a daemonized QEMU keeps stderr (our qemu.log) open instead of
+    // sending it to /dev/null, so runtime errors are kept too.
+    push(&["-D", path_str("QEMU log", &log)?]);
+    push(&["-daemonize"]);
+    push(&[
+        "-object",
+        "rng-random,id=rng0,filename=/dev/urandom",
+        "-device",
+        "virtio-rng-pci,rng=rng0",
+    ]);
+
+    // Keys in alphabetical order so the text is the same whether or not
+    // serde_json's `preserve_order` feature is on somewhere in the workspace.
+    let root = json!({
+        "discard": "unmap",
+        "driver": "qcow2",
+        "file": {"discard": "unmap", "driver": "file", "filename": path_str("root disk", &disk)?},
+        "node-name": "root",
+    });
+    // Firmware boot: boot from the root disk first. Direct boot: QEMU's
+    // kernel loader ROM takes bootindex 0 itself.
+    let root_dev = match cfg.boot {
+        Boot::Firmware => "virtio-blk-pci,drive=root,id=root-disk,bootindex=0",
+        Boot::Direct { .. } => "virtio-blk-pci,drive=root,id=root-disk",
+    };
+    push(&["-blockdev", &root.to_string(), "-device", root_dev]);
+    if let Some(seed) = &cfg.seed_image {
+        let seed = json!({
+            "driver": "raw",
+            "file": {"driver": "file", "filename": path_str("seed image", seed)?, "read-only": true},
+            "node-name": "seed",
+            "read-only": true,
+        });
+        push(&[
+            "-blockdev",
+            &seed.to_string(),
+            "-device",
+            "virtio-blk-pci,drive=seed,id=seed-disk",
+        ]);
+    }
+
+    let mut netdev = String::from("user,id=net0");
+    for pf in &cfg.port_forwards {
+        netdev.push_str(&format!(
+            ",hostfwd=tcp:127.0.0.1:{}-:{}",
+            pf.host_port, pf.guest_port
+        ));
+    }
+    push(&[
+        "-netdev",
+        &netdev,
+        "-device",
+        "virtio-net-pci,netdev=net0,id=nic0",
+    ]);
+
+    for i in 0..cfg.hotplug_slots {
+        push(&[
+            "-device",
+            &format!("pcie-root-port,id=hp{i},chassis={}", i + 1),
+        ]);
+    }
+
+    if let Boot::Direct {
+        kernel,
+        initrd,
+        cmdline,
+    } = &cfg.boot
+    {
+        push(&["-kernel", path_str("kernel", kernel)?]);
+        push(&["-initrd", path_str("initrd", initrd)?]);
+        push(&["-append", cmdline]);
+    }
+
+    Ok(a.into_iter().map(OsString::from).collect())
+}
+
+/// A path as UTF-8, insisting that it is absolute.
+fn path_str<'a>(what: &str, p: &'a Path) -> Result<&'a str, HypervisorError> {
+    if !p.is_absolute() {
+        return Err(HypervisorError::InvalidConfig(format!(
+            "{what} path {} is relative; pass an absolute path",
+            p.display()
+        )));
+    }
+    p.to_str().ok_or_else(|| {
+        HypervisorError::InvalidConfig(format!(
+            "{what} path {} is not valid UTF-8; rename it",
+            p.display()
+        ))
+    })
+}
+
+/// Escape a value for QEMU's `key=value,...` option syntax (`,` becomes `,,`).
+fn opt_escape(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PortForward;
+    use std::path::PathBuf;
+
+    fn cfg() -> VmConfig {
+        VmConfig {
+            id: "vm-1".into(),
+            name: "web".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            disk_gib: 10,
+            boot: Boot::Firmware,
+            base_disk: "/images/base.qcow2".into(),
+            seed_image: Some("/var/lib/nubo/vms/vm-1/seed.img".into()),
+            port_forwards: vec![
+                PortForward {
+                    host_port: 2222,
+                    guest_port: 22,
+                },
+                PortForward {
+                    host_port: 8080,
+                    guest_port: 80,
+                },
+            ],
+            accel: Accel::Tcg,
+            hotplug_slots: 2,
+        }
+    }
+
+    fn strings(v: Vec<OsString>) -> Vec<String> {
+        v.into_iter().map(|s| s.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn full_argv() {
+        let dir = VmDir::new("/var/lib/nubo/vms/vm-1");
+        let got = strings(qemu_argv(&dir, &cfg()).unwrap());
+        #[rustfmt::skip]
+        let want: Vec<&str> = vec![
+            "-name", "vm-1,process=nubo-vm-1",
+            "-machine", "q35",
+            "-accel", "tcg",
+            "-cpu", "max",
+            "-smp", "2",
+            "-m", "512",
+            "-nodefaults",
+            "-no-user-config",
+            "-display", "none",
+            "-vga", "none",
+            "-msg", "timestamp=on",
+            "-chardev", "file,id=con0,path=/var/lib/nubo/vms/vm-1/console.log,append=on",
+            "-serial", "chardev:con0",
+            "-chardev", "socket,id=qmp0,path=/var/lib/nubo/vms/vm-1/qmp.sock,server=on,wait=off",
+            "-mon", "chardev=qmp0,mode=control",
+            "-pidfile", "/var/lib/nubo/vms/vm-1/qemu.pid",
+            "-D", "/var/lib/nubo/vms/vm-1/qemu.log",
+            "-daemonize",
+            "-object", "rng-random,id=rng0,filename=/dev/urandom",
+            "-device", "virtio-rng-pci,rng=rng0",
+            "-blockdev", r#"{"discard":"unmap","driver":"qcow2","file":{"discard":"unmap","driver":"file","filename":"/var/lib/nubo/vms/vm-1/disk.qcow2"},"node-name":"root"}"#,
+            "-device", "virtio-blk-pci,drive=root,id=root-disk,bootindex=0",
+            "-blockdev", r#"{"driver":"raw","file":{"driver":"file","filename":"/var/lib/nubo/vms/vm-1/seed.img","read-only":true},"node-name":"seed","read-only":true}"#,
+            "-device", "virtio-blk-pci,drive=seed,id=seed-disk",
+            "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80",
+            "-device", "virtio-net-pci,netdev=net0,id=nic0",
+            "-device", "pcie-root-port,id=hp0,chassis=1",
+            "-device", "pcie-root-port,id=hp1,chassis=2",
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn kvm_direct_boot_no_seed() {
+        let mut c = cfg();
+        c.accel = Accel::Kvm;
+        c.seed_image = None;
+        c.port_forwards.clear();
+        c.hotplug_slots = 0;
+        c.boot = Boot::Direct {
+            kernel: "/k/vmlinuz".into(),
+            initrd: "/k/initrd.img".into(),
+            cmdline: "console=ttyS0 root=/dev/vda1 ds=nocloud".into(),
+        };
+        let got = strings(qemu_argv(&VmDir::new("/d/vm-1"), &c).unwrap());
+        let pos = |s: &str| got.iter().position(|a| a == s);
+        let accel = pos("-accel").unwrap();
+        assert_eq!(&got[accel..accel + 4], ["-accel", "kvm", "-cpu", "host"]);
+        assert!(pos("seed-disk").is_none() && !got.iter().any(|a| a.contains("seed")));
+        assert!(!got.iter().any(|a| a.contains("pcie-root-port")));
+        assert!(got.contains(&"user,id=net0".to_string()));
+        assert!(got.contains(&"virtio-blk-pci,drive=root,id=root-disk".to_string()));
+        assert!(!got.iter().any(|a| a.contains("bootindex")));
+        let tail: Vec<&str> = got[got.len() - 6..].iter().map(String::as_str).collect();
+        assert_eq!(
+            tail,
+            [
+                "-kernel",
+                "/k/vmlinuz",
+                "-initrd",
+                "/k/initrd.img",
+                "-append",
+                "console=ttyS0 root=/dev/vda1 ds=nocloud"
+            ]
+        );
+    }
+
+    #[test]
+    fn commas_in_paths_are_escaped() {
+        let got = strings(qemu_argv(&VmDir::new("/d/a,b"), &cfg()).unwrap());
+        assert!(got.contains(&"file,id=con0,path=/d/a,,b/console.log,append=on".to_string()));
+        // JSON blockdev values need no escaping.
+        assert!(got
+            .iter()
+            .any(|a| a.contains(r#""filename":"/d/a,b/disk.qcow2""#)));
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let dir = VmDir::new("/d/vm-1");
+        let mut c = cfg();
+        c.id = "../etc".into();
+        assert!(matches!(
+            qemu_argv(&dir, &c),
+            Err(HypervisorError::InvalidId { .. })
+        ));
+        assert!(matches!(
+            qemu_argv(&VmDir::new("relative/dir"), &cfg()),
+            Err(HypervisorError::InvalidConfig(_))
+        ));
+        let mut c = cfg();
+        c.seed_image = Some(PathBuf::from("seed.img"));
+        let msg = qemu_argv(&dir, &c).unwrap_err().to_string();
+        assert!(msg.contains("relative"), "{msg}");
+        let mut c = cfg();
+        c.port_forwards.push(PortForward {
+            host_port: 2222,
+            guest_port: 23,
+        });
+        assert!(qemu_argv(&dir, &c)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
+        let mut c = cfg();
+        c.vcpus = 0;
+        assert!(qemu_argv(&dir, &c).is_err());
+        let long = format!("/{}", "x".repeat(120));
+        let msg = qemu_argv(&VmDir::new(long), &cfg())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("unix socket"), "{msg}");
+    }
+}

@@ -1,0 +1,29 @@
+//! Runs Nubo VMs on this host.
+//!
+//! This crate owns everything between "the agent wants VM X running with this
+//! config" and a QEMU process: the [`Hypervisor`] trait (one implementation per
+//! driver; today [`Qemu`]), the per-VM instance directory layout ([`VmDir`]),
+//! the QEMU command line ([`qemu_argv`]), accelerator detection
+//! ([`detect_accel`]) and a small typed QMP client ([`qmp`]).
+//!
+//! VMs run outside the caller's process group and session (QEMU `-daemonize`),
+//! so a restarted agent re-adopts them through the pidfile and QMP socket kept
+//! in the instance directory.
+
+mod accel;
+mod argv;
+mod config;
+mod dir;
+mod error;
+mod hypervisor;
+mod process;
+mod qemu;
+pub mod qmp;
+
+pub use accel::{detect_accel, Accel, AccelPreference, ParseAccelError};
+pub use argv::qemu_argv;
+pub use config::{validate_id, Boot, PortForward, VmConfig, DEFAULT_HOTPLUG_SLOTS};
+pub use dir::VmDir;
+pub use error::HypervisorError;
+pub use hypervisor::{Hypervisor, VmStatus};
+pub use qemu::Qemu;

@@ -1,0 +1,218 @@
+//! Command-line grammar (clap). Client commands read NUBO_URL and
+//! NUBO_TOKEN, which `nubo up` writes to DATA_DIR/admin.env.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "nubo", version, about = "Nubo: an open-source IaaS cloud on QEMU/KVM")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run an all-in-one cloud: control plane, one compute agent, SQLite state.
+    Up(UpArgs),
+    /// Run the control plane only; agents join it with `nubo agent`.
+    Server(ServerArgs),
+    /// Run a compute agent that joins a control plane.
+    Agent(AgentArgs),
+    /// Launch and manage instances.
+    #[command(subcommand)]
+    Instance(InstanceCmd),
+    /// Compute hosts.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+}
+
+#[derive(Args, Clone)]
+pub struct ServerArgs {
+    /// Where state lives. Default: $XDG_DATA_HOME/nubo, else ~/.local/share/nubo.
+    #[arg(long, env = "NUBO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the API (port 0 picks a free one; admin.env has the URL).
+    #[arg(long, default_value = "127.0.0.1:8780")]
+    pub listen: SocketAddr,
+    /// vCPUs promised per host CPU.
+    #[arg(long, default_value_t = 4.0)]
+    pub cpu_overcommit: f64,
+    /// Memory promised per MiB of host memory.
+    #[arg(long, default_value_t = 1.0)]
+    pub memory_overcommit: f64,
+    /// How hosts are chosen: spread (least loaded) or pack (fullest that fits).
+    #[arg(long, default_value = "spread")]
+    pub weigher: String,
+}
+
+#[derive(Args, Clone)]
+pub struct AgentOpts {
+    /// Accelerator: auto picks KVM only where it runs ordinary guests.
+    #[arg(long, default_value = "auto")]
+    pub accel: String,
+    /// Image cache (shared by several data dirs if wanted). Default: DATA_DIR/images.
+    #[arg(long, env = "NUBO_IMAGE_CACHE")]
+    pub image_cache: Option<PathBuf>,
+    /// Host name shown in `nubo host list`. Default: the machine's hostname.
+    #[arg(long)]
+    pub host_name: Option<String>,
+    /// vCPUs offered (default: the host's CPUs).
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// Memory offered in MiB (default: host memory less 512 MiB).
+    #[arg(long)]
+    pub memory_mib: Option<u64>,
+    /// Disk offered in GiB (default: size of the data dir's filesystem).
+    #[arg(long)]
+    pub disk_gib: Option<u64>,
+    /// Seconds a guest gets to power off before QEMU is stopped.
+    #[arg(long, default_value_t = 10)]
+    pub stop_grace_secs: u64,
+    /// QEMU binary.
+    #[arg(long, default_value = "qemu-system-x86_64", env = "NUBO_QEMU")]
+    pub qemu: String,
+}
+
+#[derive(Args, Clone)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub agent: AgentOpts,
+}
+
+#[derive(Args, Clone)]
+pub struct AgentArgs {
+    /// The control plane's URL, e.g. http://10.0.0.1:8780.
+    #[arg(long, env = "NUBO_SERVER")]
+    pub server: String,
+    /// The agent credential printed by `nubo server` (DATA_DIR/agent.token there).
+    #[arg(long, env = "NUBO_AGENT_TOKEN")]
+    pub token: String,
+    /// Where the agent keeps its host id and VMs. Default as for `nubo up`.
+    #[arg(long, env = "NUBO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub opts: AgentOpts,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Args, Clone)]
+pub struct Conn {
+    #[arg(long, env = "NUBO_URL", hide_env_values = true)]
+    pub url: String,
+    #[arg(long, env = "NUBO_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
+    pub output: Format,
+}
+
+#[derive(Subcommand)]
+pub enum InstanceCmd {
+    /// Launch an instance; prints its id.
+    Run {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long, default_value = "tiny")]
+        image: String,
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        /// Memory in MiB.
+        #[arg(long, default_value_t = 256)]
+        memory: u64,
+        /// Root disk in GiB.
+        #[arg(long, default_value_t = 1)]
+        disk: u64,
+        #[arg(long)]
+        name: Option<String>,
+        /// A file with user-data (a #! script runs at boot).
+        #[arg(long)]
+        user_data: Option<PathBuf>,
+        /// Guest TCP port to forward from 127.0.0.1 (repeatable).
+        #[arg(long = "port")]
+        ports: Vec<u16>,
+        /// Return only once the instance is running.
+        #[arg(long)]
+        wait: bool,
+    },
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+    },
+    /// Print the serial console's output.
+    Console {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+    },
+    Stop {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    Start {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    Reboot {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+    },
+    Terminate {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum HostCmd {
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ImageCmd {
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Build a builtin image (e.g. tiny) into the local image cache.
+    Build {
+        name: String,
+        /// Image cache. Default: DATA_DIR/images.
+        #[arg(long, env = "NUBO_IMAGE_CACHE")]
+        cache: Option<PathBuf>,
+        #[arg(long, env = "NUBO_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Rebuild even if cached.
+        #[arg(long)]
+        force: bool,
+    },
+}

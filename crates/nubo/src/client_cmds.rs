@@ -1,0 +1,199 @@
+//! Client commands: thin wrappers over the typed API client, with
+//! progress on stderr for long operations (`--wait`).
+
+use crate::cli::{Conn, Format, HostCmd, ImageCmd, InstanceCmd};
+use crate::output::{emit, table};
+use anyhow::Context;
+use nubo_api::params::InstanceCreate;
+use nubo_api::views::{Instance, InstanceState};
+use nubo_client::{Client, InstanceAction};
+use std::time::{Duration, Instant};
+
+fn client(c: &Conn) -> anyhow::Result<Client> {
+    Ok(Client::new(&c.url, &c.token)?)
+}
+
+fn ports_text(i: &Instance) -> String {
+    i.ports.iter().map(|(g, h)| format!("{g}->{h}")).collect::<Vec<_>>().join(",")
+}
+
+fn print_instance(i: &Instance) {
+    let rows = vec![
+        ("id", i.id.to_string()),
+        ("name", i.name.clone()),
+        ("state", i.state.as_str().to_string()),
+        ("desired", i.desired_state.clone()),
+        ("image", i.image.clone()),
+        ("vcpus", i.vcpus.to_string()),
+        ("memory_mib", i.memory_mib.to_string()),
+        ("disk_gib", i.disk_gib.to_string()),
+        ("host", i.host_name.clone().unwrap_or_default()),
+        ("ports", ports_text(i)),
+        ("error", i.error.clone().unwrap_or_default()),
+    ];
+    for (k, v) in rows {
+        println!("{k:<11} {v}");
+    }
+    if !i.events.is_empty() {
+        println!("events:");
+        let t0 = i.events[0].at_ms;
+        for e in &i.events {
+            println!("  +{:>7.3}s {:<20} {}", (e.at_ms - t0) as f64 / 1000.0, e.stage, e.detail);
+        }
+    }
+}
+
+/// Polls until the instance reaches `target` (or fails), printing each
+/// state change on stderr.
+async fn wait_for(c: &Client, id: &str, target: InstanceState, limit: Duration) -> anyhow::Result<Instance> {
+    let started = Instant::now();
+    let mut last: Option<InstanceState> = None;
+    loop {
+        let i = c.instance(id).await?;
+        if last != Some(i.state) {
+            eprintln!("[{:>5.1}s] {} is {}", started.elapsed().as_secs_f64(), i.id, i.state.as_str());
+            last = Some(i.state);
+        }
+        if i.state == target {
+            return Ok(i);
+        }
+        if i.state == InstanceState::Error {
+            anyhow::bail!(
+                "instance {} failed: {}; see `nubo instance show {}` and its console",
+                i.id,
+                i.error.unwrap_or_else(|| "unknown error".into()),
+                i.id
+            );
+        }
+        if started.elapsed() > limit {
+            anyhow::bail!("instance {} is still {} after {}s", i.id, i.state.as_str(), limit.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+const WAIT_LIMIT: Duration = Duration::from_secs(600);
+
+pub async fn instance(cmd: InstanceCmd) -> anyhow::Result<()> {
+    match cmd {
+        InstanceCmd::Run { conn, image, vcpus, memory, disk, name, user_data, ports, wait } => {
+            let user_data = match user_data {
+                Some(p) => Some(
+                    std::fs::read_to_string(&p)
+                        .with_context(|| format!("cannot read user-data file {}", p.display()))?,
+                ),
+                None => None,
+            };
+            let c = client(&conn)?;
+            let req = InstanceCreate { image, vcpus, memory_mib: memory, disk_gib: disk, name, user_data, ports };
+            let mut i = c.create_instance(&req).await?;
+            if wait {
+                i = wait_for(&c, i.id.as_str(), InstanceState::Running, WAIT_LIMIT).await?;
+            }
+            match conn.output {
+                Format::Json => crate::output::print_json(&i)?,
+                Format::Table => println!("{}", i.id),
+            }
+            Ok(())
+        }
+        InstanceCmd::List { conn } => {
+            let list = client(&conn)?.instances().await?;
+            emit(conn.output, &list, |list| {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|i| {
+                        vec![
+                            i.id.to_string(),
+                            i.name.clone(),
+                            i.state.as_str().into(),
+                            i.vcpus.to_string(),
+                            i.memory_mib.to_string(),
+                            i.disk_gib.to_string(),
+                            i.host_name.clone().unwrap_or_default(),
+                            ports_text(i),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "NAME", "STATE", "VCPUS", "MEMORY_MIB", "DISK_GIB", "HOST", "PORTS"], &rows);
+            })
+        }
+        InstanceCmd::Show { conn, id } => {
+            let i = client(&conn)?.instance(&id).await?;
+            emit(conn.output, &i, print_instance)
+        }
+        InstanceCmd::Console { conn, id } => {
+            let out = client(&conn)?.console(&id).await?;
+            emit(conn.output, &out, |o| print!("{}", o.output))
+        }
+        InstanceCmd::Stop { conn, id, wait } => action(&conn, &id, InstanceAction::Stop, wait.then_some(InstanceState::Stopped)).await,
+        InstanceCmd::Start { conn, id, wait } => action(&conn, &id, InstanceAction::Start, wait.then_some(InstanceState::Running)).await,
+        InstanceCmd::Reboot { conn, id } => action(&conn, &id, InstanceAction::Reboot, None).await,
+        InstanceCmd::Terminate { conn, id, wait } => {
+            action(&conn, &id, InstanceAction::Terminate, wait.then_some(InstanceState::Terminated)).await
+        }
+    }
+}
+
+async fn action(conn: &Conn, id: &str, what: InstanceAction, wait: Option<InstanceState>) -> anyhow::Result<()> {
+    let c = client(conn)?;
+    let mut i = c.instance_action(id, what).await?;
+    if let Some(target) = wait {
+        i = wait_for(&c, id, target, WAIT_LIMIT).await?;
+    }
+    emit(conn.output, &i, |i| println!("{} {}", i.id, i.state.as_str()))
+}
+
+pub async fn host(cmd: HostCmd) -> anyhow::Result<()> {
+    match cmd {
+        HostCmd::List { conn } => {
+            let hosts = client(&conn)?.hosts().await?;
+            emit(conn.output, &hosts, |hosts| {
+                let rows: Vec<Vec<String>> = hosts
+                    .iter()
+                    .map(|h| {
+                        vec![
+                            h.id.to_string(),
+                            h.name.clone(),
+                            h.state.clone(),
+                            h.accel.clone(),
+                            format!("{}/{}", h.used_vcpus, h.schedulable_vcpus),
+                            format!("{}/{}", h.used_memory_mib, h.memory_mib),
+                            format!("{}/{}", h.used_disk_gib, h.disk_gib),
+                            h.instances.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "NAME", "STATE", "ACCEL", "VCPUS", "MEMORY_MIB", "DISK_GIB", "INSTANCES"], &rows);
+            })
+        }
+    }
+}
+
+pub async fn image(cmd: ImageCmd) -> anyhow::Result<()> {
+    match cmd {
+        ImageCmd::List { conn } => {
+            let images = client(&conn)?.images().await?;
+            emit(conn.output, &images, |images| {
+                let rows: Vec<Vec<String>> =
+                    images.iter().map(|i| vec![i.name.clone(), i.source.clone(), i.description.clone()]).collect();
+                table(&["NAME", "SOURCE", "DESCRIPTION"], &rows);
+            })
+        }
+        ImageCmd::Build { name, cache, data_dir, force } => {
+            let cache = cache.unwrap_or_else(|| data_dir.unwrap_or_else(crate::daemon::default_data_dir).join("images"));
+            let started = Instant::now();
+            let built = tokio::task::spawn_blocking(move || {
+                let images = nubo_image::ImageCache::new(cache);
+                let mut progress = |msg: &str| eprintln!("[{:>5.1}s] {msg}", started.elapsed().as_secs_f64());
+                if force {
+                    images.build(&name, &mut progress)
+                } else {
+                    images.ensure(&name, &mut progress)
+                }
+            })
+            .await??;
+            println!("{} sha256:{} in {}", built.name, built.sha256, built.dir.display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The long-running commands: `nubo up`, `nubo server`, `nubo agent`.
+//! `up` runs the control plane and an agent in one process, but the agent
+//! still reaches the control plane over HTTP with its own credential,
+//! exactly as a remote agent does.
+
+use crate::cli::{AgentArgs, AgentOpts, ServerArgs, UpArgs};
+use anyhow::Context;
+use nubo_agent::{Agent, AgentConfig};
+use nubo_controlplane::{auth, Config, Ctx};
+use nubo_hypervisor::{detect_accel, AccelPreference, Qemu};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("nubo");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".local/share/nubo")
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(contents.as_bytes())?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Reuses the token saved in `file` if the database still knows it,
+/// else makes a new one. Tokens are stored hashed, so the plain text
+/// lives only in this 0600 file.
+async fn ensure_token(ctx: &Ctx, file: &Path, kind: &str, read: impl Fn(&str) -> Option<String>) -> anyhow::Result<String> {
+    if let Some(tok) = std::fs::read_to_string(file).ok().and_then(|s| read(&s)) {
+        if ctx.store.token_kind(&auth::hash_token(&tok)).await?.as_deref() == Some(kind) {
+            return Ok(tok);
+        }
+    }
+    ctx.create_token(kind, &format!("{kind} (bootstrap)")).await
+}
+
+fn env_value(s: &str, key: &str) -> Option<String> {
+    s.lines().find_map(|l| {
+        let l = l.strip_prefix("export ").unwrap_or(l);
+        l.strip_prefix(key)?.strip_prefix('=').map(|v| v.trim().trim_matches('\'').to_string())
+    })
+}
+
+struct Started {
+    ctx: Arc<Ctx>,
+    url: String,
+    data_dir: PathBuf,
+    admin_token: String,
+    agent_token: String,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
+    let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
+    let mut config = Config::new(data_dir.clone());
+    config.policy.cpu_overcommit = a.cpu_overcommit;
+    config.policy.memory_overcommit = a.memory_overcommit;
+    config.policy.weigher = a.weigher.parse().map_err(anyhow::Error::msg)?;
+    let ctx = Ctx::new(config).await?;
+    let admin_token =
+        ensure_token(&ctx, &data_dir.join("admin.env"), auth::KIND_ADMIN, |s| env_value(s, "NUBO_TOKEN")).await?;
+    let agent_token =
+        ensure_token(&ctx, &data_dir.join("agent.token"), auth::KIND_AGENT, |s| Some(s.trim().to_string())).await?;
+    write_private(&data_dir.join("agent.token"), &format!("{agent_token}\n"))?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}: is another Nubo running? choose another --listen", a.listen))?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    let server = tokio::spawn(nubo_controlplane::serve(ctx.clone(), listener));
+    Ok(Started { ctx, url, data_dir, admin_token, agent_token, server })
+}
+
+fn write_admin_env(s: &Started) -> anyhow::Result<PathBuf> {
+    let path = s.data_dir.join("admin.env");
+    write_private(
+        &path,
+        &format!("export NUBO_URL='{}'\nexport NUBO_TOKEN='{}'\n", s.url, s.admin_token),
+    )?;
+    Ok(path)
+}
+
+fn agent_config(opts: &AgentOpts, server_url: &str, token: &str, data_dir: &Path) -> AgentConfig {
+    let host_name = opts.host_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    });
+    AgentConfig {
+        server_url: server_url.to_string(),
+        token: token.to_string(),
+        data_dir: data_dir.to_path_buf(),
+        image_cache: opts.image_cache.clone().unwrap_or_else(|| data_dir.join("images")),
+        name: host_name,
+        vcpus: opts.vcpus.unwrap_or_else(nubo_agent::capacity::cpus),
+        memory_mib: opts.memory_mib.unwrap_or_else(nubo_agent::capacity::memory_mib),
+        disk_gib: opts.disk_gib.unwrap_or_else(|| nubo_agent::capacity::disk_gib(data_dir)),
+        interval: Duration::from_millis(500),
+        stop_grace: Duration::from_secs(opts.stop_grace_secs),
+    }
+}
+
+fn make_agent(opts: &AgentOpts, config: AgentConfig) -> anyhow::Result<Agent> {
+    let pref: AccelPreference = opts.accel.parse().map_err(|e| anyhow::anyhow!("--accel: {e}"))?;
+    let accel = detect_accel(pref)?;
+    let hypervisor = Arc::new(Qemu::new(&opts.qemu, "qemu-img"));
+    Agent::new(config, accel, hypervisor)
+}
+
+/// Builds the default image with progress on stderr, if missing.
+async fn ensure_tiny(cache: PathBuf) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let images = nubo_image::ImageCache::new(cache);
+        if images.lookup("tiny")?.is_none() {
+            eprintln!("building the tiny image from Debian's packages (first start only)...");
+            images.ensure("tiny", &mut |msg| eprintln!("  image: {msg}"))?;
+        }
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+pub async fn up(a: UpArgs) -> anyhow::Result<()> {
+    let s = start_server(&a.server).await?;
+    let config = agent_config(&a.agent, &s.url, &s.agent_token, &s.data_dir);
+    ensure_tiny(config.image_cache.clone()).await?;
+    let agent = make_agent(&a.agent, config)?;
+    let host = agent.host_id.clone();
+    let agent_task = tokio::spawn(agent.run());
+    // Ready once our own host is registered and reporting.
+    for _ in 0..200 {
+        if s.ctx.store.host(host.as_str()).await?.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let env = write_admin_env(&s)?;
+    println!("Nubo is up at {} (host {host}).", s.url);
+    println!("Use it from another shell:  . {} && nubo instance run --image tiny --wait", env.display());
+    tokio::select! {
+        r = s.server => { r??; }
+        r = agent_task => { r??; }
+        _ = shutdown_signal() => { eprintln!("stopping Nubo; running VMs keep running and are re-adopted at the next start"); }
+    }
+    Ok(())
+}
+
+pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
+    let s = start_server(&a).await?;
+    let env = write_admin_env(&s)?;
+    println!("Nubo control plane at {}; admin credentials in {}", s.url, env.display());
+    println!(
+        "Join compute hosts with:  nubo agent --server {} --token \"$(cat {})\"",
+        s.url,
+        s.data_dir.join("agent.token").display()
+    );
+    tokio::select! {
+        r = s.server => { r??; }
+        _ = shutdown_signal() => {}
+    }
+    Ok(())
+}
+
+pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
+    let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
+    let config = agent_config(&a.opts, &a.server, &a.token, &data_dir);
+    let agent = make_agent(&a.opts, config)?;
+    tokio::select! {
+        r = agent.run() => r,
+        _ = shutdown_signal() => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_values_back_from_admin_env() {
+        let s = "export NUBO_URL='http://x'\nexport NUBO_TOKEN='nubo_abc'\n";
+        assert_eq!(super::env_value(s, "NUBO_TOKEN").as_deref(), Some("nubo_abc"));
+        assert_eq!(super::env_value(s, "NUBO_URL").as_deref(), Some("http://x"));
+        assert_eq!(super::env_value(s, "NOPE"), None);
+    }
+}

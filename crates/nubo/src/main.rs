@@ -1,0 +1,43 @@
+//! The `nubo` binary: the all-in-one cloud (`up`), the control plane
+//! (`server`), the compute agent (`agent`), and the client commands.
+
+mod cli;
+mod client_cmds;
+mod daemon;
+mod output;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let daemon_like = matches!(cli.command, cli::Command::Up(_) | cli::Command::Server(_) | cli::Command::Agent(_));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if daemon_like { "info" } else { "warn" }));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    use cli::Command;
+    match cli.command {
+        Command::Up(a) => daemon::up(a).await,
+        Command::Server(a) => daemon::server(a).await,
+        Command::Agent(a) => daemon::agent(a).await,
+        Command::Instance(c) => client_cmds::instance(c).await,
+        Command::Host(c) => client_cmds::host(c).await,
+        Command::Image(c) => client_cmds::image(c).await,
+    }
+}

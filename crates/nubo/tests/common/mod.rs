@@ -1,0 +1,293 @@
+//! Test harness: runs the real `nubo` binary (`up`, or `server` plus
+//! `agent`) in a temporary data directory and drives it through the CLI
+//! and the HTTP API. Guests are real `tiny` VMs under TCG. The image is
+//! built once into `<repo>/.cache/images` (or $NUBO_IMAGE_CACHE) and
+//! shared by every test.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn nubo_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_nubo")
+}
+
+pub fn image_cache() -> PathBuf {
+    std::env::var_os("NUBO_IMAGE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/images"))
+}
+
+/// Polls `f` every 100 ms until it returns Some, or panics after `limit`
+/// with `what` (no fixed sleeps in tests).
+pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {:?} waiting for {what}", limit);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(18780)
+}
+
+/// Capacity every test host offers, so results do not depend on the machine.
+pub const HOST_ARGS: &[&str] = &["--vcpus", "4", "--memory-mib", "4096", "--disk-gib", "200", "--accel", "tcg", "--stop-grace-secs", "5"];
+
+pub struct Cloud {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub token: String,
+    pub agent_token: String,
+    server: Option<Child>,
+    agent: Option<Child>,
+    /// `nubo up` (true) or `nubo server` + `nubo agent` (false).
+    all_in_one: bool,
+    listen: String,
+}
+
+impl Cloud {
+    /// `nubo up` in a fresh data directory.
+    pub fn up() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut c = Cloud {
+            dir,
+            url: String::new(),
+            token: String::new(),
+            agent_token: String::new(),
+            server: None,
+            agent: None,
+            all_in_one: true,
+            listen,
+        };
+        c.start_server();
+        c
+    }
+
+    /// `nubo server` and a separate `nubo agent` process.
+    pub fn split() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut c = Cloud {
+            dir,
+            url: String::new(),
+            token: String::new(),
+            agent_token: String::new(),
+            server: None,
+            agent: None,
+            all_in_one: false,
+            listen,
+        };
+        c.start_server();
+        c.start_agent();
+        c
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn agent_dir(&self) -> PathBuf {
+        if self.all_in_one {
+            self.dir.path().to_path_buf()
+        } else {
+            self.dir.path().join("agent")
+        }
+    }
+
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(name))
+            .expect("log file")
+    }
+
+    pub fn start_server(&mut self) {
+        let env_file = self.dir.path().join("admin.env");
+        let _ = std::fs::remove_file(&env_file);
+        let mut cmd = Command::new(nubo_bin());
+        if self.all_in_one {
+            cmd.arg("up").args(HOST_ARGS).arg("--host-name").arg("test-host");
+        } else {
+            cmd.arg("server");
+        }
+        cmd.arg("--data-dir")
+            .arg(self.dir.path())
+            .arg("--listen")
+            .arg(&self.listen)
+            .env("NUBO_IMAGE_CACHE", image_cache())
+            .env("RUST_LOG", "info")
+            .stdout(self.log("server.log"))
+            .stderr(self.log("server.log"));
+        self.server = Some(cmd.spawn().expect("spawn nubo"));
+        let text = wait_until("admin.env", Duration::from_secs(600), || std::fs::read_to_string(&env_file).ok());
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+                .map(|v| v.trim_matches('\'').to_string())
+                .expect("admin.env value")
+        };
+        self.url = get("NUBO_URL");
+        self.token = get("NUBO_TOKEN");
+        self.agent_token =
+            std::fs::read_to_string(self.dir.path().join("agent.token")).expect("agent.token").trim().to_string();
+    }
+
+    pub fn start_agent(&mut self) {
+        assert!(!self.all_in_one);
+        let mut cmd = Command::new(nubo_bin());
+        cmd.arg("agent")
+            .args(HOST_ARGS)
+            .arg("--host-name")
+            .arg("test-agent")
+            .arg("--server")
+            .arg(&self.url)
+            .arg("--token")
+            .arg(&self.agent_token)
+            .arg("--data-dir")
+            .arg(self.agent_dir())
+            .env("NUBO_IMAGE_CACHE", image_cache())
+            .env("RUST_LOG", "info")
+            .stdout(self.log("agent.log"))
+            .stderr(self.log("agent.log"));
+        self.agent = Some(cmd.spawn().expect("spawn nubo agent"));
+        wait_until("a registered host", Duration::from_secs(600), || {
+            let hosts = self.api_get("/api/v1/hosts").ok()?;
+            (hosts.as_array()?.iter().any(|h| h["state"] == "up")).then_some(())
+        });
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill_server(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn kill_agent(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the CLI with this cloud's credentials.
+    pub fn nubo(&self, args: &[&str]) -> std::process::Output {
+        Command::new(nubo_bin())
+            .args(args)
+            .env("NUBO_URL", &self.url)
+            .env("NUBO_TOKEN", &self.token)
+            .env("NUBO_IMAGE_CACHE", image_cache())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nubo")
+    }
+
+    /// Runs the CLI and expects success; returns stdout.
+    pub fn nubo_ok(&self, args: &[&str]) -> String {
+        let out = self.nubo(args);
+        assert!(
+            out.status.success(),
+            "nubo {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn nubo_json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.nubo_ok(&a)).expect("json output")
+    }
+
+    pub fn api_get(&self, path: &str) -> Result<Value, String> {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-H"])
+            .arg(format!("Authorization: Bearer {}", self.token))
+            .arg(format!("{}{path}", self.url))
+            .output()
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    pub fn instance(&self, id: &str) -> Value {
+        self.nubo_json(&["instance", "show", id])
+    }
+
+    pub fn wait_state(&self, id: &str, state: &str, limit: Duration) -> Value {
+        wait_until(&format!("{id} to be {state}"), limit, || {
+            let i = self.instance(id);
+            assert_ne!(i["state"], "error", "instance went to error: {i}");
+            (i["state"] == state).then_some(i)
+        })
+    }
+
+    pub fn console(&self, id: &str) -> String {
+        self.nubo_ok(&["instance", "console", id])
+    }
+
+    /// Waits until the console contains `needle` `count` times.
+    pub fn wait_console(&self, id: &str, needle: &str, count: usize, limit: Duration) -> String {
+        wait_until(&format!("'{needle}' x{count} on the console of {id}"), limit, || {
+            let c = self.console(id);
+            (c.matches(needle).count() >= count).then_some(c)
+        })
+    }
+
+    /// The pid of an instance's QEMU, from the agent's pidfile.
+    pub fn qemu_pid(&self, id: &str) -> Option<i32> {
+        let p = self.agent_dir().join("instances").join(id).join("qemu.pid");
+        std::fs::read_to_string(p).ok()?.trim().parse().ok()
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    // Signal 0 checks existence; a zombie is not "alive" for us.
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().map(|r| r.trim_start().starts_with('Z')).unwrap_or(false))
+        .unwrap_or(true);
+    exists && !zombie
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        self.kill_agent();
+        self.kill_server();
+        // Leave no VM behind: kill every QEMU this cloud started.
+        if let Ok(entries) = std::fs::read_dir(self.agent_dir().join("instances")) {
+            for e in entries.flatten() {
+                if let Some(pid) = std::fs::read_to_string(e.path().join("qemu.pid"))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        // On failure, show what the daemons said.
+        if std::thread::panicking() {
+            for log in ["server.log", "agent.log"] {
+                if let Ok(text) = std::fs::read_to_string(self.dir.path().join(log)) {
+                    let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                    eprintln!("---- last lines of {log} ----");
+                    for l in tail.iter().rev() {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! End to end on a real `tiny` VM under `nubo up`: boot-complete and the
+//! user-data's output on the console, a disk of the requested size inside
+//! the guest, a forwarded port reaching a server the user-data started,
+//! then stop, start, reboot and terminate, and terminate freeing the
+//! host's capacity and the instance's files.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+const USER_DATA: &str = r#"#!/bin/sh
+echo "user-data-says-hello"
+echo "disk-sectors=$(cat /sys/block/vda/size)"
+echo "df-root-kb=$(df -k / | awk 'NR==2 {print $2}')"
+mkdir -p /www && echo hello-from-guest > /www/index.html
+httpd -p 80 -h /www
+echo "httpd-started"
+"#;
+
+fn http_get(addr: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn value_after(console: &str, key: &str) -> u64 {
+    console
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no '{key}' line on the console:\n{console}"))
+}
+
+#[test]
+fn tiny_vm_boots_serves_and_obeys_power_commands() {
+    let cloud = Cloud::up();
+    let ud = cloud.data_dir().join("user-data.sh");
+    std::fs::write(&ud, USER_DATA).unwrap();
+    let ud = ud.to_str().unwrap();
+    let out = cloud.nubo_ok(&[
+        "instance", "run", "--image", "tiny", "--vcpus", "1", "--memory", "192", "--disk", "3", "--name", "web",
+        "--port", "80", "--user-data", ud, "--wait",
+    ]);
+    let id = out.trim().to_string();
+    assert!(id.starts_with("i-"), "run prints the id, got {out}");
+
+    let i = cloud.instance(&id);
+    assert_eq!(i["state"], "running");
+    assert_eq!(i["vcpus"], 1);
+    assert_eq!(i["memory_mib"], 192);
+    assert_eq!(i["disk_gib"], 3);
+    assert_eq!(i["name"], "web");
+    assert!(i["host"].as_str().unwrap().starts_with("h-"));
+    let addr = i["ports"]["80"].as_str().expect("port 80 forwarded").to_string();
+    assert!(addr.starts_with("127.0.0.1:"));
+
+    // Console: boot-complete, then the user-data's output.
+    let console = cloud.wait_console(&id, "httpd-started", 1, Duration::from_secs(120));
+    assert!(console.contains(nubo_api::BOOT_COMPLETE_MARKER), "{console}");
+    assert!(console.contains("user-data-says-hello"));
+    // The guest sees a 3 GiB disk, and its root filesystem spans it.
+    assert_eq!(value_after(&console, "disk-sectors="), 3 * 1024 * 1024 * 2);
+    let df_kb = value_after(&console, "df-root-kb=");
+    assert!(df_kb > 2_800_000, "root filesystem is only {df_kb} KiB");
+
+    // The forwarded port reaches the guest's web server.
+    let page = wait_until("the guest's web server", Duration::from_secs(30), || {
+        http_get(&addr).filter(|p| p.contains("hello-from-guest"))
+    });
+    assert!(page.starts_with("HTTP/1."), "{page}");
+
+    let hosts = cloud.nubo_json(&["host", "list"]);
+    assert_eq!(hosts[0]["used_vcpus"], 1);
+    assert_eq!(hosts[0]["used_memory_mib"], 192);
+    assert_eq!(hosts[0]["instances"], 1);
+    assert_eq!(hosts[0]["accel"], "tcg");
+
+    // Stop: the QEMU process goes away and the state says so.
+    let pid = cloud.qemu_pid(&id).expect("pidfile");
+    assert!(alive(pid));
+    cloud.nubo_ok(&["instance", "stop", &id, "--wait"]);
+    wait_until("QEMU to exit after stop", Duration::from_secs(30), || (!alive(pid)).then_some(()));
+    assert!(http_get(&addr).is_none_or(|p| !p.contains("hello-from-guest")));
+
+    // Start: boots again from the same disk.
+    cloud.nubo_ok(&["instance", "start", &id, "--wait"]);
+    cloud.wait_console(&id, nubo_api::BOOT_COMPLETE_MARKER, 2, Duration::from_secs(120));
+    let pid2 = cloud.qemu_pid(&id).expect("pidfile after start");
+    assert_ne!(pid, pid2);
+    // The first boot's files survived the stop (it is the same disk).
+    wait_until("the web server after start", Duration::from_secs(60), || {
+        http_get(&addr).filter(|p| p.contains("hello-from-guest"))
+    });
+
+    // Reboot: same QEMU process, the guest boots once more.
+    cloud.nubo_ok(&["instance", "reboot", &id]);
+    cloud.wait_console(&id, nubo_api::BOOT_COMPLETE_MARKER, 3, Duration::from_secs(120));
+    assert_eq!(cloud.qemu_pid(&id), Some(pid2));
+    let events = cloud.instance(&id)["events"].clone();
+    let stages: Vec<&str> = events.as_array().unwrap().iter().filter_map(|e| e["stage"].as_str()).collect();
+    for s in ["requested", "scheduled", "qemu_started", "boot_complete", "stopped", "rebooted"] {
+        assert!(stages.contains(&s), "missing event {s} in {stages:?}");
+    }
+
+    // Terminate: VM, files and the host's claim are gone.
+    cloud.nubo_ok(&["instance", "terminate", &id, "--wait"]);
+    assert!(!alive(pid2));
+    assert!(!cloud.agent_dir().join("instances").join(&id).exists(), "instance files left behind");
+    let hosts = cloud.nubo_json(&["host", "list"]);
+    assert_eq!(hosts[0]["used_vcpus"], 0);
+    assert_eq!(hosts[0]["used_memory_mib"], 0);
+    assert_eq!(hosts[0]["used_disk_gib"], 0);
+    assert_eq!(hosts[0]["instances"], 0);
+    assert_eq!(cloud.instance(&id)["state"], "terminated");
+    // A terminated instance cannot be started again.
+    let out = cloud.nubo(&["instance", "start", &id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("terminated"));
+}
