@@ -8,7 +8,10 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<HostId> {
     let path = data_dir.join("host-id");
     match std::fs::read_to_string(&path) {
         Ok(s) => s.trim().parse().map_err(|e| {
-            anyhow::anyhow!("{} holds an invalid host id ({e}); remove the file to register as a new host", path.display())
+            anyhow::anyhow!(
+                "{} holds an invalid host id ({e}); remove the file to register as a new host",
+                path.display()
+            )
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = HostId::generate();

@@ -7,7 +7,9 @@
 
 use crate::console;
 use crate::AgentConfig;
-use nubo_api::agent::{ActualInstance, ActualPower, DesiredInstance, DesiredState, HostReport, PowerState, RegisterHost};
+use nubo_api::agent::{
+    ActualInstance, ActualPower, DesiredInstance, DesiredState, HostReport, PowerState, RegisterHost,
+};
 use nubo_api::ids::{HostId, InstanceId};
 use nubo_api::views::InstanceEvent;
 use nubo_client::Client;
@@ -58,10 +60,7 @@ struct Shared {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Wall-clock time of a monotonic instant (for events seen earlier).
@@ -298,7 +297,11 @@ impl Reconciler {
             vcpus: want.vcpus,
             memory_mib: want.memory_mib,
             disk_gib: want.disk_gib,
-            boot: Boot::Direct { kernel: image.kernel.clone(), initrd: image.initrd.clone(), cmdline: image.cmdline.clone() },
+            boot: Boot::Direct {
+                kernel: image.kernel.clone(),
+                initrd: image.initrd.clone(),
+                cmdline: image.cmdline.clone(),
+            },
             base_disk: image.disk.clone(),
             seed_image: Some(dir.seed()),
             port_forwards: want

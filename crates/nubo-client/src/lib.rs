@@ -18,7 +18,9 @@ pub enum ClientError {
     #[error("{message} (HTTP {status}, {code})")]
     Api { status: u16, code: String, message: String },
     /// The server could not be reached.
-    #[error("cannot reach the Nubo API at {url}: {source}; check NUBO_URL and that `nubo up` or `nubo server` is running")]
+    #[error(
+        "cannot reach the Nubo API at {url}: {source}; check NUBO_URL and that `nubo up` or `nubo server` is running"
+    )]
     Transport { url: String, source: reqwest::Error },
     /// The server's answer was not what this client understands.
     #[error("unexpected answer from {url}: {detail}; are the client and server the same Nubo version?")]

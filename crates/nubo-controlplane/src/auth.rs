@@ -34,9 +34,9 @@ async fn caller_kind(parts: &Parts, ctx: &Ctx) -> Result<String, AppError> {
                     .into(),
             )
         })?;
-    let token = header.strip_prefix("Bearer ").ok_or_else(|| {
-        AppError::Unauthorized("the Authorization header must be 'Bearer <token>'".into())
-    })?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| AppError::Unauthorized("the Authorization header must be 'Bearer <token>'".into()))?;
     ctx.store
         .token_kind(&hash_token(token.trim()))
         .await?

@@ -53,9 +53,8 @@ pub struct Ctx {
 
 impl Ctx {
     pub async fn new(config: Config) -> anyhow::Result<Arc<Self>> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            anyhow::anyhow!("cannot create the data directory {}: {e}", config.data_dir.display())
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", config.data_dir.display()))?;
         let store = Store::open(&config.data_dir.join("nubo.db")).await?;
         for (name, description) in BUILTIN_IMAGES {
             store.upsert_image(name, "builtin", description).await?;

@@ -26,9 +26,7 @@ pub async fn place(ctx: &Ctx, new: &NewInstance<'_>) -> Result<(String, Vec<(u16
             }
         }
     }
-    Err(AppError::NoValidHost(
-        "every fitting host was claimed by concurrent requests; retry the request".into(),
-    ))
+    Err(AppError::NoValidHost("every fitting host was claimed by concurrent requests; retry the request".into()))
 }
 
 async fn claim(ctx: &Ctx, host: &HostSnapshot, new: &NewInstance<'_>) -> Result<Vec<(u16, u16)>, ClaimError> {

@@ -17,10 +17,7 @@ use std::time::Duration;
 pub const CONSOLE_KEEP_BYTES: usize = 1024 * 1024;
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -289,13 +286,15 @@ impl Store {
         let mut mapped = Vec::new();
         for guest in new.guest_ports {
             let host_port = free.next().ok_or(ClaimError::NoPorts)?;
-            sqlx::query("INSERT INTO instance_ports (instance_id, guest_port, host_id, host_port) VALUES ($1, $2, $3, $4)")
-                .bind(new.id.as_str())
-                .bind(i64::from(*guest))
-                .bind(host)
-                .bind(i64::from(host_port))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO instance_ports (instance_id, guest_port, host_id, host_port) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(new.id.as_str())
+            .bind(i64::from(*guest))
+            .bind(host)
+            .bind(i64::from(host_port))
+            .execute(&mut *tx)
+            .await?;
             mapped.push((*guest, host_port));
         }
         insert_event(&mut tx, new.id.as_str(), now, "requested", "").await?;

@@ -78,11 +78,23 @@ async fn bad_input_gets_a_4xx_that_says_what_is_wrong_and_changes_nothing() {
     let t = setup().await;
     t.add_host("h1", 4, 4096).await;
     let cases: Vec<(Value, StatusCode, &str)> = vec![
-        (json!({"image": "nope", "vcpus": 1, "memory_mib": 128, "disk_gib": 1}), StatusCode::BAD_REQUEST, "image 'nope' does not exist"),
+        (
+            json!({"image": "nope", "vcpus": 1, "memory_mib": 128, "disk_gib": 1}),
+            StatusCode::BAD_REQUEST,
+            "image 'nope' does not exist",
+        ),
         (req(0, 128), StatusCode::BAD_REQUEST, "vcpus must be between 1 and 64"),
         (req(1, 100_000), StatusCode::CONFLICT, "MemoryFilter"),
-        (json!({"image": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1, "colour": "red"}), StatusCode::BAD_REQUEST, "unknown field"),
-        (json!({"image": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1, "name": "../x"}), StatusCode::BAD_REQUEST, "name '../x' is not valid"),
+        (
+            json!({"image": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1, "colour": "red"}),
+            StatusCode::BAD_REQUEST,
+            "unknown field",
+        ),
+        (
+            json!({"image": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1, "name": "../x"}),
+            StatusCode::BAD_REQUEST,
+            "name '../x' is not valid",
+        ),
     ];
     for (body, status, needle) in cases {
         let (s, v) = t.admin("POST", "/api/v1/instances", Some(body.clone())).await;
@@ -131,7 +143,8 @@ async fn no_credential_or_wrong_one_is_refused() {
     // An agent credential cannot use the user API, nor an admin one the agent API.
     let (s, _) = t.call("GET", "/api/v1/instances", Some(&t.agent), None).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    let body = json!({"host_id": HostId::generate(), "name": "x", "accel": "tcg", "vcpus": 1, "memory_mib": 1, "disk_gib": 1});
+    let body =
+        json!({"host_id": HostId::generate(), "name": "x", "accel": "tcg", "vcpus": 1, "memory_mib": 1, "disk_gib": 1});
     let (s, _) = t.call("POST", "/api/v1/agent/register", Some(&t.admin), Some(&body.to_string())).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 }
@@ -195,7 +208,8 @@ async fn a_host_reads_only_its_own_desired_state() {
     // A report from b about a's instance is ignored.
     let id = v["id"].as_str().unwrap();
     let report = json!({"instances": [{"id": id, "power": "running", "pid": 1, "error": null}]});
-    let (s, _) = t.call("POST", &format!("/api/v1/agent/hosts/{b}/report"), Some(&t.agent), Some(&report.to_string())).await;
+    let (s, _) =
+        t.call("POST", &format!("/api/v1/agent/hosts/{b}/report"), Some(&t.agent), Some(&report.to_string())).await;
     assert_eq!(s, StatusCode::OK);
     let (_, i) = t.admin("GET", &format!("/api/v1/instances/{id}"), None).await;
     assert_eq!(i["state"], "pending");

@@ -124,10 +124,7 @@ fn kvm_unusable_reason(kvm_device: &Path, pvm_marker: &Path) -> Option<String> {
         }
     };
     if pvm_marker.exists() {
-        return Some(format!(
-            "this is a PVM host ({} exists); its KVM hangs ordinary guests",
-            pvm_marker.display()
-        ));
+        return Some(format!("this is a PVM host ({} exists); its KVM hangs ordinary guests", pvm_marker.display()));
     }
     // SAFETY: KVM_GET_API_VERSION takes no argument and only returns an int;
     // the fd is valid for the duration of the call.
@@ -161,20 +158,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dev = dir.path().join("kvm");
         let pvm = dir.path().join("kvm_pvm");
-        assert_eq!(
-            detect_accel_at(AccelPreference::Auto, &dev, &pvm).unwrap(),
-            Accel::Tcg
-        );
+        assert_eq!(detect_accel_at(AccelPreference::Auto, &dev, &pvm).unwrap(), Accel::Tcg);
         let err = detect_accel_at(AccelPreference::Kvm, &dev, &pvm).unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains("does not exist") && msg.contains("--accel tcg"),
-            "{msg}"
-        );
-        assert_eq!(
-            detect_accel_at(AccelPreference::Tcg, &dev, &pvm).unwrap(),
-            Accel::Tcg
-        );
+        assert!(msg.contains("does not exist") && msg.contains("--accel tcg"), "{msg}");
+        assert_eq!(detect_accel_at(AccelPreference::Tcg, &dev, &pvm).unwrap(), Accel::Tcg);
     }
 
     #[test]
@@ -185,19 +173,12 @@ mod tests {
         std::fs::write(&dev, b"").unwrap();
         let pvm = dir.path().join("kvm_pvm");
         std::fs::create_dir(&pvm).unwrap();
-        assert_eq!(
-            detect_accel_at(AccelPreference::Auto, &dev, &pvm).unwrap(),
-            Accel::Tcg
-        );
-        let msg = detect_accel_at(AccelPreference::Kvm, &dev, &pvm)
-            .unwrap_err()
-            .to_string();
+        assert_eq!(detect_accel_at(AccelPreference::Auto, &dev, &pvm).unwrap(), Accel::Tcg);
+        let msg = detect_accel_at(AccelPreference::Kvm, &dev, &pvm).unwrap_err().to_string();
         assert!(msg.contains("PVM") && msg.contains("--accel tcg"), "{msg}");
         // Not PVM, but not a KVM device either: the ioctl check rejects it.
         std::fs::remove_dir(&pvm).unwrap();
-        let msg = detect_accel_at(AccelPreference::Kvm, &dev, &pvm)
-            .unwrap_err()
-            .to_string();
+        let msg = detect_accel_at(AccelPreference::Kvm, &dev, &pvm).unwrap_err().to_string();
         assert!(msg.contains("API version"), "{msg}");
     }
 }

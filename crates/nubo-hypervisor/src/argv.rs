@@ -42,30 +42,17 @@ pub fn qemu_argv(dir: &VmDir, cfg: &VmConfig) -> Result<Vec<OsString>, Hyperviso
     }
     push(&["-smp", &cfg.vcpus.to_string()]);
     push(&["-m", &cfg.memory_mib.to_string()]);
-    push(&[
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-vga",
-        "none",
-    ]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none", "-vga", "none"]);
     push(&["-msg", "timestamp=on"]);
     push(&[
         "-chardev",
-        &format!(
-            "file,id=con0,path={},append=on",
-            opt_escape(path_str("console log", &console)?)
-        ),
+        &format!("file,id=con0,path={},append=on", opt_escape(path_str("console log", &console)?)),
         "-serial",
         "chardev:con0",
     ]);
     push(&[
         "-chardev",
-        &format!(
-            "socket,id=qmp0,path={},server=on,wait=off",
-            opt_escape(qmp_s)
-        ),
+        &format!("socket,id=qmp0,path={},server=on,wait=off", opt_escape(qmp_s)),
         "-mon",
         "chardev=qmp0,mode=control",
     ]);
@@ -74,12 +61,7 @@ pub fn qemu_argv(dir: &VmDir, cfg: &VmConfig) -> Result<Vec<OsString>, Hyperviso
     // sending it to /dev/null, so runtime errors are kept too.
     push(&["-D", path_str("QEMU log", &log)?]);
     push(&["-daemonize"]);
-    push(&[
-        "-object",
-        "rng-random,id=rng0,filename=/dev/urandom",
-        "-device",
-        "virtio-rng-pci,rng=rng0",
-    ]);
+    push(&["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0"]);
 
     // Keys in alphabetical order so the text is the same whether or not
     // serde_json's `preserve_order` feature is on somewhere in the workspace.
@@ -103,41 +85,20 @@ pub fn qemu_argv(dir: &VmDir, cfg: &VmConfig) -> Result<Vec<OsString>, Hyperviso
             "node-name": "seed",
             "read-only": true,
         });
-        push(&[
-            "-blockdev",
-            &seed.to_string(),
-            "-device",
-            "virtio-blk-pci,drive=seed,id=seed-disk",
-        ]);
+        push(&["-blockdev", &seed.to_string(), "-device", "virtio-blk-pci,drive=seed,id=seed-disk"]);
     }
 
     let mut netdev = String::from("user,id=net0");
     for pf in &cfg.port_forwards {
-        netdev.push_str(&format!(
-            ",hostfwd=tcp:127.0.0.1:{}-:{}",
-            pf.host_port, pf.guest_port
-        ));
+        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", pf.host_port, pf.guest_port));
     }
-    push(&[
-        "-netdev",
-        &netdev,
-        "-device",
-        "virtio-net-pci,netdev=net0,id=nic0",
-    ]);
+    push(&["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0,id=nic0"]);
 
     for i in 0..cfg.hotplug_slots {
-        push(&[
-            "-device",
-            &format!("pcie-root-port,id=hp{i},chassis={}", i + 1),
-        ]);
+        push(&["-device", &format!("pcie-root-port,id=hp{i},chassis={}", i + 1)]);
     }
 
-    if let Boot::Direct {
-        kernel,
-        initrd,
-        cmdline,
-    } = &cfg.boot
-    {
+    if let Boot::Direct { kernel, initrd, cmdline } = &cfg.boot {
         push(&["-kernel", path_str("kernel", kernel)?]);
         push(&["-initrd", path_str("initrd", initrd)?]);
         push(&["-append", cmdline]);
@@ -155,10 +116,7 @@ fn path_str<'a>(what: &str, p: &'a Path) -> Result<&'a str, HypervisorError> {
         )));
     }
     p.to_str().ok_or_else(|| {
-        HypervisorError::InvalidConfig(format!(
-            "{what} path {} is not valid UTF-8; rename it",
-            p.display()
-        ))
+        HypervisorError::InvalidConfig(format!("{what} path {} is not valid UTF-8; rename it", p.display()))
     })
 }
 
@@ -184,14 +142,8 @@ mod tests {
             base_disk: "/images/base.qcow2".into(),
             seed_image: Some("/var/lib/nubo/vms/vm-1/seed.img".into()),
             port_forwards: vec![
-                PortForward {
-                    host_port: 2222,
-                    guest_port: 22,
-                },
-                PortForward {
-                    host_port: 8080,
-                    guest_port: 80,
-                },
+                PortForward { host_port: 2222, guest_port: 22 },
+                PortForward { host_port: 8080, guest_port: 80 },
             ],
             accel: Accel::Tcg,
             hotplug_slots: 2,
@@ -264,14 +216,7 @@ mod tests {
         let tail: Vec<&str> = got[got.len() - 6..].iter().map(String::as_str).collect();
         assert_eq!(
             tail,
-            [
-                "-kernel",
-                "/k/vmlinuz",
-                "-initrd",
-                "/k/initrd.img",
-                "-append",
-                "console=ttyS0 root=/dev/vda1 ds=nocloud"
-            ]
+            ["-kernel", "/k/vmlinuz", "-initrd", "/k/initrd.img", "-append", "console=ttyS0 root=/dev/vda1 ds=nocloud"]
         );
     }
 
@@ -280,9 +225,7 @@ mod tests {
         let got = strings(qemu_argv(&VmDir::new("/d/a,b"), &cfg()).unwrap());
         assert!(got.contains(&"file,id=con0,path=/d/a,,b/console.log,append=on".to_string()));
         // JSON blockdev values need no escaping.
-        assert!(got
-            .iter()
-            .any(|a| a.contains(r#""filename":"/d/a,b/disk.qcow2""#)));
+        assert!(got.iter().any(|a| a.contains(r#""filename":"/d/a,b/disk.qcow2""#)));
     }
 
     #[test]
@@ -290,34 +233,20 @@ mod tests {
         let dir = VmDir::new("/d/vm-1");
         let mut c = cfg();
         c.id = "../etc".into();
-        assert!(matches!(
-            qemu_argv(&dir, &c),
-            Err(HypervisorError::InvalidId { .. })
-        ));
-        assert!(matches!(
-            qemu_argv(&VmDir::new("relative/dir"), &cfg()),
-            Err(HypervisorError::InvalidConfig(_))
-        ));
+        assert!(matches!(qemu_argv(&dir, &c), Err(HypervisorError::InvalidId { .. })));
+        assert!(matches!(qemu_argv(&VmDir::new("relative/dir"), &cfg()), Err(HypervisorError::InvalidConfig(_))));
         let mut c = cfg();
         c.seed_image = Some(PathBuf::from("seed.img"));
         let msg = qemu_argv(&dir, &c).unwrap_err().to_string();
         assert!(msg.contains("relative"), "{msg}");
         let mut c = cfg();
-        c.port_forwards.push(PortForward {
-            host_port: 2222,
-            guest_port: 23,
-        });
-        assert!(qemu_argv(&dir, &c)
-            .unwrap_err()
-            .to_string()
-            .contains("twice"));
+        c.port_forwards.push(PortForward { host_port: 2222, guest_port: 23 });
+        assert!(qemu_argv(&dir, &c).unwrap_err().to_string().contains("twice"));
         let mut c = cfg();
         c.vcpus = 0;
         assert!(qemu_argv(&dir, &c).is_err());
         let long = format!("/{}", "x".repeat(120));
-        let msg = qemu_argv(&VmDir::new(long), &cfg())
-            .unwrap_err()
-            .to_string();
+        let msg = qemu_argv(&VmDir::new(long), &cfg()).unwrap_err().to_string();
         assert!(msg.contains("unix socket"), "{msg}");
     }
 }

@@ -20,11 +20,7 @@ const MAX_HOTPLUG_SLOTS: u32 = 32;
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Boot {
     /// QEMU loads the kernel and initrd itself (`-kernel/-initrd/-append`).
-    Direct {
-        kernel: PathBuf,
-        initrd: PathBuf,
-        cmdline: String,
-    },
+    Direct { kernel: PathBuf, initrd: PathBuf, cmdline: String },
     /// The firmware (SeaBIOS) boots from the root disk.
     Firmware,
 }
@@ -70,10 +66,7 @@ pub fn validate_id(id: &str) -> Result<(), HypervisorError> {
         Some("it is empty")
     } else if id.len() > 63 {
         Some("it is longer than 63 characters")
-    } else if !id
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
+    } else if !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
         Some("it contains characters other than a-z, 0-9 and '-'")
     } else if id.starts_with('-') || id.ends_with('-') {
         Some("it starts or ends with '-'")
@@ -81,10 +74,7 @@ pub fn validate_id(id: &str) -> Result<(), HypervisorError> {
         None
     };
     match reason {
-        Some(reason) => Err(HypervisorError::InvalidId {
-            id: id.to_string(),
-            reason,
-        }),
+        Some(reason) => Err(HypervisorError::InvalidId { id: id.to_string(), reason }),
         None => Ok(()),
     }
 }
@@ -98,19 +88,13 @@ impl VmConfig {
             return bad(format!("vcpus is {}; use 1 to {MAX_VCPUS}", self.vcpus));
         }
         if self.memory_mib < MIN_MEMORY_MIB {
-            return bad(format!(
-                "memory_mib is {}; use at least {MIN_MEMORY_MIB}",
-                self.memory_mib
-            ));
+            return bad(format!("memory_mib is {}; use at least {MIN_MEMORY_MIB}", self.memory_mib));
         }
         if self.disk_gib == 0 {
             return bad("disk_gib is 0; use at least 1".to_string());
         }
         if self.hotplug_slots > MAX_HOTPLUG_SLOTS {
-            return bad(format!(
-                "hotplug_slots is {}; use at most {MAX_HOTPLUG_SLOTS}",
-                self.hotplug_slots
-            ));
+            return bad(format!("hotplug_slots is {}; use at most {MAX_HOTPLUG_SLOTS}", self.hotplug_slots));
         }
         let mut host_ports = HashSet::new();
         for pf in &self.port_forwards {
@@ -146,18 +130,7 @@ mod tests {
             assert!(validate_id(ok).is_ok(), "{ok}");
         }
         let long = "a".repeat(64);
-        for bad in [
-            "",
-            "-a",
-            "a-",
-            "Vm",
-            "a_b",
-            "a/b",
-            "a b",
-            "a,b",
-            "..",
-            long.as_str(),
-        ] {
+        for bad in ["", "-a", "a-", "Vm", "a_b", "a/b", "a b", "a,b", "..", long.as_str()] {
             let err = validate_id(bad).unwrap_err();
             assert!(err.to_string().contains("[a-z0-9-]"), "{bad}: {err}");
         }

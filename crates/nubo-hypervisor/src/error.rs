@@ -39,19 +39,11 @@ pub enum HypervisorError {
 
     /// A file the VM needs (base image, kernel, seed, disk) is missing.
     #[error("{what} {path} does not exist; {hint}")]
-    MissingFile {
-        what: &'static str,
-        path: PathBuf,
-        hint: &'static str,
-    },
+    MissingFile { what: &'static str, path: PathBuf, hint: &'static str },
 
     /// `qemu-img` exited with an error.
     #[error("`qemu-img {args}` failed ({status}): {stderr}")]
-    QemuImg {
-        args: String,
-        status: String,
-        stderr: String,
-    },
+    QemuImg { args: String, status: String, stderr: String },
 
     /// A host port asked for in a port forward is already taken.
     #[error("host port {host_port} on 127.0.0.1 is already in use (wanted for forwarding to guest port {guest_port}); stop whatever listens there or pick another host port")]
@@ -67,20 +59,11 @@ pub enum HypervisorError {
 
     /// QEMU refused to start; `stderr` is the tail of what it printed.
     #[error("QEMU failed to start VM {id} ({status}): {stderr} (full log: {log})")]
-    StartFailed {
-        id: String,
-        status: String,
-        stderr: String,
-        log: PathBuf,
-    },
+    StartFailed { id: String, status: String, stderr: String, log: PathBuf },
 
     /// QEMU did not finish setting up the VM in time.
     #[error("QEMU did not finish starting VM {id} within {after:?}; it was killed; see {log}")]
-    StartTimeout {
-        id: String,
-        after: Duration,
-        log: PathBuf,
-    },
+    StartTimeout { id: String, after: Duration, log: PathBuf },
 
     /// The QEMU process survived every attempt to stop it.
     #[error("QEMU process {pid} did not exit after SIGKILL (waited {waited:?}); it may be stuck in the kernel (D state): check `cat /proc/{pid}/stack` and the host's storage")]
@@ -102,10 +85,6 @@ pub enum HypervisorError {
 
 impl HypervisorError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        HypervisorError::Io {
-            op,
-            path: path.into(),
-            source,
-        }
+        HypervisorError::Io { op, path: path.into(), source }
     }
 }

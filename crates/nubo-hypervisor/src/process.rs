@@ -32,11 +32,7 @@ pub(crate) fn parse_stat(text: &str) -> Option<Stat> {
     let session = fields.get(3)?.parse().ok()?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(Stat {
-        state,
-        session,
-        cpu_ticks: utime.saturating_add(stime),
-    })
+    Some(Stat { state, session, cpu_ticks: utime.saturating_add(stime) })
 }
 
 pub(crate) fn read_stat(pid: u32) -> Option<Stat> {
@@ -116,8 +112,7 @@ mod tests {
 
     #[test]
     fn stat_with_odd_comm() {
-        let s =
-            "4242 (nubo-a) b (c) S 1 4240 4240 0 -1 4194624 100 0 0 0 250 31 0 0 20 0 3 0 1 2 3";
+        let s = "4242 (nubo-a) b (c) S 1 4240 4240 0 -1 4194624 100 0 0 0 250 31 0 0 20 0 3 0 1 2 3";
         let st = parse_stat(s).unwrap();
         assert_eq!(st.state, b'S');
         assert_eq!(st.session, 4240);

@@ -85,9 +85,7 @@ impl Qemu {
     pub async fn qmp(&self, dir: &VmDir) -> Result<QmpClient, HypervisorError> {
         let dir = dir.resolved()?;
         if running_pid(&dir.pidfile()).is_none() {
-            return Err(HypervisorError::NotRunning {
-                dir: dir.path().to_path_buf(),
-            });
+            return Err(HypervisorError::NotRunning { dir: dir.path().to_path_buf() });
         }
         Ok(QmpClient::connect(&dir.qmp_socket(), self.qmp_timeout).await?)
     }
@@ -109,28 +107,18 @@ impl Qemu {
     /// Virtual size in bytes of the image at `path`.
     async fn virtual_size(&self, path: &Path, format: &str) -> Result<u64, HypervisorError> {
         let out = self
-            .qemu_img(&[
-                "info".into(),
-                "-U".into(),
-                "--output=json".into(),
-                "-f".into(),
-                format.into(),
-                path.into(),
-            ])
+            .qemu_img(&["info".into(), "-U".into(), "--output=json".into(), "-f".into(), format.into(), path.into()])
             .await?;
-        let v: serde_json::Value =
-            serde_json::from_str(&out).map_err(|e| HypervisorError::QemuImg {
-                args: format!("info {}", path.display()),
-                status: "unparsable output".into(),
-                stderr: e.to_string(),
-            })?;
-        v["virtual-size"]
-            .as_u64()
-            .ok_or_else(|| HypervisorError::QemuImg {
-                args: format!("info {}", path.display()),
-                status: "no virtual-size in output".into(),
-                stderr: out.chars().take(500).collect(),
-            })
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| HypervisorError::QemuImg {
+            args: format!("info {}", path.display()),
+            status: "unparsable output".into(),
+            stderr: e.to_string(),
+        })?;
+        v["virtual-size"].as_u64().ok_or_else(|| HypervisorError::QemuImg {
+            args: format!("info {}", path.display()),
+            status: "no virtual-size in output".into(),
+            stderr: out.chars().take(500).collect(),
+        })
     }
 
     /// SIGKILL `pid` (if it is still our QEMU) and wait for it to go.
@@ -145,10 +133,7 @@ impl Qemu {
         if process::wait_gone(pid, pidfile, KILL_WAIT).await {
             Ok(())
         } else {
-            Err(HypervisorError::StopFailed {
-                pid,
-                waited: KILL_WAIT,
-            })
+            Err(HypervisorError::StopFailed { pid, waited: KILL_WAIT })
         }
     }
 
@@ -174,21 +159,22 @@ impl Hypervisor for Qemu {
             .mode(0o700)
             .create(dir.path())
             .map_err(|e| HypervisorError::io("create directory", dir.path(), e))?;
-        let want = cfg.disk_gib.checked_mul(GIB).ok_or_else(|| {
-            HypervisorError::InvalidConfig(format!("disk_gib {} is too large", cfg.disk_gib))
-        })?;
+        let want = cfg
+            .disk_gib
+            .checked_mul(GIB)
+            .ok_or_else(|| HypervisorError::InvalidConfig(format!("disk_gib {} is too large", cfg.disk_gib)))?;
         let disk = dir.disk();
         if disk.exists() {
             let current = self.virtual_size(&disk, "qcow2").await?;
             if current >= want {
-                debug!(
-                    current,
-                    want, "root disk already exists and is large enough"
-                );
+                debug!(current, want, "root disk already exists and is large enough");
                 return Ok(());
             }
             if let Some(pid) = running_pid(&dir.pidfile()) {
-                warn!(pid, current, want, "root disk is smaller than asked for but the VM is running; not resizing it now");
+                warn!(
+                    pid,
+                    current, want, "root disk is smaller than asked for but the VM is running; not resizing it now"
+                );
                 return Ok(());
             }
             info!(current, want, "growing root disk");
@@ -203,8 +189,8 @@ impl Hypervisor for Qemu {
             return Ok(());
         }
 
-        let base = std::path::absolute(&cfg.base_disk)
-            .map_err(|e| HypervisorError::io("resolve", &cfg.base_disk, e))?;
+        let base =
+            std::path::absolute(&cfg.base_disk).map_err(|e| HypervisorError::io("resolve", &cfg.base_disk, e))?;
         if !base.is_file() {
             return Err(HypervisorError::MissingFile {
                 what: "base image",
@@ -216,10 +202,7 @@ impl Hypervisor for Qemu {
         let base_size = self.virtual_size(&base, format).await?;
         let size = want.max(base_size);
         if size > want {
-            info!(
-                base_size,
-                want, "base image is larger than disk_gib; using the base image's size"
-            );
+            info!(base_size, want, "base image is larger than disk_gib; using the base image's size");
         }
         let tmp = dir.path().join("disk.qcow2.tmp");
         remove_if_exists(&tmp)?;
@@ -247,10 +230,7 @@ impl Hypervisor for Qemu {
         let dir = dir.resolved()?;
         let pidfile = dir.pidfile();
         if let Some(pid) = running_pid(&pidfile) {
-            return Err(HypervisorError::AlreadyRunning {
-                id: cfg.id.clone(),
-                pid,
-            });
+            return Err(HypervisorError::AlreadyRunning { id: cfg.id.clone(), pid });
         }
         if !dir.disk().is_file() {
             return Err(HypervisorError::MissingFile {
@@ -278,11 +258,7 @@ impl Hypervisor for Qemu {
             .map_err(|e| HypervisorError::io("create", &log_path, e))?;
 
         let mut cmd = tokio::process::Command::new(&self.binary);
-        cmd.args(&argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(false);
+        cmd.args(&argv).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log)).kill_on_drop(false);
         // SAFETY: the closure only makes a raw syscall, which is
         // async-signal-safe, and touches no memory of the parent.
         unsafe {
@@ -292,12 +268,8 @@ impl Hypervisor for Qemu {
             });
         }
         debug!(binary = %self.binary.display(), ?argv, "starting QEMU");
-        let mut child = cmd
-            .spawn()
-            .map_err(|source| HypervisorError::BinaryNotFound {
-                binary: self.binary.clone(),
-                source,
-            })?;
+        let mut child =
+            cmd.spawn().map_err(|source| HypervisorError::BinaryNotFound { binary: self.binary.clone(), source })?;
 
         // With -daemonize, this process exits once the VM is set up (0) or
         // failed (non-zero); the VM itself keeps running in its own session.
@@ -323,19 +295,12 @@ impl Hypervisor for Qemu {
             cleanup_runtime_files(&dir);
             let stderr = read_tail(&log_path);
             if let Some(pf) = failed_forward(&stderr, &cfg.port_forwards) {
-                return Err(HypervisorError::PortInUse {
-                    host_port: pf.host_port,
-                    guest_port: pf.guest_port,
-                });
+                return Err(HypervisorError::PortInUse { host_port: pf.host_port, guest_port: pf.guest_port });
             }
             return Err(HypervisorError::StartFailed {
                 id: cfg.id.clone(),
                 status: status.to_string(),
-                stderr: if stderr.is_empty() {
-                    "(QEMU printed nothing)".into()
-                } else {
-                    stderr
-                },
+                stderr: if stderr.is_empty() { "(QEMU printed nothing)".into() } else { stderr },
                 log: log_path,
             });
         }
@@ -349,11 +314,7 @@ impl Hypervisor for Qemu {
                 Err(HypervisorError::StartFailed {
                     id: cfg.id.clone(),
                     status: "QEMU reported success but its process is gone".into(),
-                    stderr: if stderr.is_empty() {
-                        "(QEMU printed nothing)".into()
-                    } else {
-                        stderr
-                    },
+                    stderr: if stderr.is_empty() { "(QEMU printed nothing)".into() } else { stderr },
                     log: log_path,
                 })
             }
@@ -407,11 +368,7 @@ impl Hypervisor for Qemu {
             return Ok(());
         }
 
-        info!(
-            pid,
-            ?grace,
-            "guest did not power off in time; asking QEMU to quit"
-        );
+        info!(pid, ?grace, "guest did not power off in time; asking QEMU to quit");
         let quit = async {
             let mut c = self.connect(&dir).await?;
             c.quit().await
@@ -492,16 +449,9 @@ async fn run_capture(binary: &Path, args: &[OsString]) -> Result<String, Hypervi
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(|source| HypervisorError::BinaryNotFound {
-            binary: binary.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| HypervisorError::BinaryNotFound { binary: binary.to_path_buf(), source })?;
     if !out.status.success() {
-        let args = args
-            .iter()
-            .map(|a| a.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let args = args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
         return Err(HypervisorError::QemuImg {
             args,
             status: out.status.to_string(),
@@ -530,27 +480,15 @@ fn absolute_paths(cfg: &VmConfig) -> Result<VmConfig, HypervisorError> {
         if p.is_file() {
             Ok(p)
         } else {
-            Err(HypervisorError::MissingFile {
-                what,
-                path: p,
-                hint,
-            })
+            Err(HypervisorError::MissingFile { what, path: p, hint })
         }
     };
     let mut out = cfg.clone();
     if let Some(seed) = &cfg.seed_image {
-        out.seed_image = Some(must_exist(
-            "seed image",
-            abs(seed)?,
-            "write the cloud-init seed before starting the VM",
-        )?);
+        out.seed_image =
+            Some(must_exist("seed image", abs(seed)?, "write the cloud-init seed before starting the VM")?);
     }
-    if let Boot::Direct {
-        kernel,
-        initrd,
-        cmdline,
-    } = &cfg.boot
-    {
+    if let Boot::Direct { kernel, initrd, cmdline } = &cfg.boot {
         out.boot = Boot::Direct {
             kernel: must_exist("kernel", abs(kernel)?, "extract the image's kernel first")?,
             initrd: must_exist("initrd", abs(initrd)?, "extract the image's initrd first")?,
@@ -565,10 +503,7 @@ fn check_ports_free(forwards: &[PortForward]) -> Result<(), HypervisorError> {
     for pf in forwards {
         if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", pf.host_port)) {
             if e.kind() == std::io::ErrorKind::AddrInUse {
-                return Err(HypervisorError::PortInUse {
-                    host_port: pf.host_port,
-                    guest_port: pf.guest_port,
-                });
+                return Err(HypervisorError::PortInUse { host_port: pf.host_port, guest_port: pf.guest_port });
             }
             // Other errors (e.g. EACCES for low ports) are left for QEMU to report.
             debug!(port = pf.host_port, error = %e, "port pre-check inconclusive");
@@ -582,12 +517,7 @@ fn check_ports_free(forwards: &[PortForward]) -> Result<(), HypervisorError> {
 fn failed_forward(stderr: &str, forwards: &[PortForward]) -> Option<PortForward> {
     let idx = stderr.find("Could not set up host forwarding rule")?;
     let rest = &stderr[idx..];
-    forwards.iter().copied().find(|pf| {
-        rest.contains(&format!(
-            "tcp:127.0.0.1:{}-:{}",
-            pf.host_port, pf.guest_port
-        ))
-    })
+    forwards.iter().copied().find(|pf| rest.contains(&format!("tcp:127.0.0.1:{}-:{}", pf.host_port, pf.guest_port)))
 }
 
 /// The last lines of QEMU's log, for error messages.
@@ -636,12 +566,7 @@ fn mark_inherited_fds_cloexec() {
     // SAFETY: close_range only changes flags of this process's descriptors.
     // Kernels older than 5.11 return an error, which is ignored.
     unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3 as libc::c_uint,
-            libc::c_uint::MAX,
-            CLOSE_RANGE_CLOEXEC,
-        );
+        libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC);
     }
 }
 
@@ -652,16 +577,7 @@ mod tests {
     #[test]
     fn recognises_hostfwd_failure() {
         let stderr = "2025-01-01T00:00:00.000000Z qemu-system-x86_64: -netdev user,id=net0,hostfwd=tcp:127.0.0.1:22223-:22: Could not set up host forwarding rule 'tcp:127.0.0.1:22223-:22'";
-        let fwds = [
-            PortForward {
-                host_port: 8080,
-                guest_port: 80,
-            },
-            PortForward {
-                host_port: 22223,
-                guest_port: 22,
-            },
-        ];
+        let fwds = [PortForward { host_port: 8080, guest_port: 80 }, PortForward { host_port: 22223, guest_port: 22 }];
         assert_eq!(failed_forward(stderr, &fwds), Some(fwds[1]));
         assert_eq!(failed_forward("Could not open disk", &fwds), None);
     }
@@ -684,10 +600,7 @@ mod tests {
         let text: String = (0..40).map(|i| format!("line {i}\n")).collect();
         std::fs::write(&p, text).unwrap();
         let tail = read_tail(&p);
-        assert!(
-            tail.starts_with("line 25") && tail.ends_with("line 39"),
-            "{tail}"
-        );
+        assert!(tail.starts_with("line 25") && tail.ends_with("line 39"), "{tail}");
         assert_eq!(read_tail(&dir.path().join("missing")), "");
     }
 }

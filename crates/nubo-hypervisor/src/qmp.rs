@@ -42,14 +42,8 @@ pub enum QmpError {
     #[error("QMP protocol error during {what}: {detail}")]
     Protocol { what: String, detail: String },
     #[error("QMP command `{command}` failed: {class}: {desc}")]
-    Command {
-        command: String,
-        class: String,
-        desc: String,
-    },
-    #[error(
-        "this QMP connection is unusable after an earlier timeout or I/O error; connect again"
-    )]
+    Command { command: String, class: String, desc: String },
+    #[error("this QMP connection is unusable after an earlier timeout or I/O error; connect again")]
     Broken,
 }
 
@@ -96,18 +90,8 @@ impl QmpClient {
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
         let stream = match tokio::time::timeout(timeout, UnixStream::connect(path)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(source)) => {
-                return Err(QmpError::Connect {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-            Err(_) => {
-                return Err(QmpError::Timeout {
-                    what: format!("connect to {}", path.display()),
-                    after: timeout,
-                })
-            }
+            Ok(Err(source)) => return Err(QmpError::Connect { path: path.to_path_buf(), source }),
+            Err(_) => return Err(QmpError::Timeout { what: format!("connect to {}", path.display()), after: timeout }),
         };
         let (r, w) = stream.into_split();
         let mut client = QmpClient {
@@ -148,11 +132,7 @@ impl QmpClient {
 
     /// Run `command` with optional `arguments`; returns the `return` value.
     /// Events that arrive meanwhile are kept for [`Self::take_events`].
-    pub async fn execute(
-        &mut self,
-        command: &str,
-        arguments: Option<Value>,
-    ) -> Result<Value, QmpError> {
+    pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut msg = json!({"execute": command, "id": id});
@@ -171,10 +151,7 @@ impl QmpClient {
         let what = format!("command `{command}`");
         let mut bytes = msg.to_string().into_bytes();
         bytes.push(b'\n');
-        self.writer
-            .write_all(&bytes)
-            .await
-            .map_err(|source| io_error(&what, source))?;
+        self.writer.write_all(&bytes).await.map_err(|source| io_error(&what, source))?;
         loop {
             let reply = self.read_message(&what).await?;
             if reply.get("event").is_some() {
@@ -195,10 +172,7 @@ impl QmpClient {
                     desc: err["desc"].as_str().unwrap_or("no description").to_string(),
                 });
             }
-            return Err(QmpError::Protocol {
-                what,
-                detail: format!("reply has neither return nor error: {reply}"),
-            });
+            return Err(QmpError::Protocol { what, detail: format!("reply has neither return nor error: {reply}") });
         }
     }
 
@@ -237,10 +211,7 @@ impl QmpClient {
         match self.execute("quit", None).await {
             Ok(_) | Err(QmpError::Closed { .. }) => Ok(()),
             Err(QmpError::Io { source, .. })
-                if matches!(
-                    source.kind(),
-                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-                ) =>
+                if matches!(source.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) =>
             {
                 Ok(())
             }
@@ -296,10 +267,7 @@ impl QmpClient {
                 // Partial reads survive in `self.line`, but a command may have
                 // been half written: then the stream is out of step.
                 self.broken |= break_on_timeout;
-                Err(QmpError::Timeout {
-                    what: what.to_string(),
-                    after,
-                })
+                Err(QmpError::Timeout { what: what.to_string(), after })
             }
         }
     }
@@ -357,10 +325,7 @@ fn to_event(msg: Value) -> QmpEvent {
 }
 
 fn io_error(what: &str, source: std::io::Error) -> QmpError {
-    QmpError::Io {
-        what: what.to_string(),
-        source,
-    }
+    QmpError::Io { what: what.to_string(), source }
 }
 
 #[cfg(test)]
@@ -383,9 +348,7 @@ mod tests {
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
             let (r, mut w) = stream.into_split();
-            w.write_all(format!("{GREETING}\r\n").as_bytes())
-                .await
-                .unwrap();
+            w.write_all(format!("{GREETING}\r\n").as_bytes()).await.unwrap();
             let mut lines = BufReader::new(r).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let v: Value = serde_json::from_str(&line).unwrap();
@@ -411,7 +374,8 @@ mod tests {
         let (_dir, path) = fake_server(|cmd, id| match cmd {
             "qmp_capabilities" => vec![format!(r#"{{"return": {{}}, "id": {id}}}"#)],
             "query-status" => vec![
-                r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RESET", "data": {"guest": false}}"#.into(),
+                r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RESET", "data": {"guest": false}}"#
+                    .into(),
                 r#"{"return": {}, "id": 999}"#.into(),
                 format!(r#"{{"return": {{"status": "paused", "singlestep": false, "running": false}}, "id": {id}}}"#),
             ],
@@ -419,32 +383,17 @@ mod tests {
                 format!(r#"{{"return": {{}}, "id": {id}}}"#),
                 r#"{"timestamp": {"seconds": 1, "microseconds": 3}, "event": "POWERDOWN"}"#.into(),
             ],
-            "device_add" => vec![format!(
-                r#"{{"error": {{"class": "GenericError", "desc": "Bus 'hp9' not found"}}, "id": {id}}}"#
-            )],
+            "device_add" => {
+                vec![format!(r#"{{"error": {{"class": "GenericError", "desc": "Bus 'hp9' not found"}}, "id": {id}}}"#)]
+            }
             "quit" => vec![format!(r#"{{"return": {{}}, "id": {id}}}"#)],
             _ => vec![],
         })
         .await;
-        let mut c = QmpClient::connect(&path, Duration::from_secs(2))
-            .await
-            .unwrap();
-        assert_eq!(
-            c.qemu_version(),
-            &QemuVersion {
-                major: 7,
-                minor: 2,
-                micro: 22
-            }
-        );
+        let mut c = QmpClient::connect(&path, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(c.qemu_version(), &QemuVersion { major: 7, minor: 2, micro: 22 });
         let st = c.query_status().await.unwrap();
-        assert_eq!(
-            st,
-            StatusInfo {
-                running: false,
-                status: "paused".into()
-            }
-        );
+        assert_eq!(st, StatusInfo { running: false, status: "paused".into() });
         let events = c.take_events();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].event, "RESET");
@@ -454,13 +403,7 @@ mod tests {
         let ev = c.next_event(Duration::from_secs(2)).await.unwrap();
         assert_eq!(ev.event, "POWERDOWN");
 
-        let err = c
-            .execute(
-                "device_add",
-                Some(json!({"driver": "virtio-blk-pci", "bus": "hp9"})),
-            )
-            .await
-            .unwrap_err();
+        let err = c.execute("device_add", Some(json!({"driver": "virtio-blk-pci", "bus": "hp9"}))).await.unwrap_err();
         assert!(
             matches!(&err, QmpError::Command { class, desc, .. } if class == "GenericError" && desc.contains("hp9")),
             "{err}"
@@ -476,9 +419,7 @@ mod tests {
             _ => vec![], // never answers anything else
         })
         .await;
-        let mut c = QmpClient::connect(&path, Duration::from_millis(300))
-            .await
-            .unwrap();
+        let mut c = QmpClient::connect(&path, Duration::from_millis(300)).await.unwrap();
         // Waiting for an event that never comes is not fatal...
         let err = c.next_event(Duration::from_millis(100)).await.unwrap_err();
         assert!(matches!(err, QmpError::Timeout { .. }), "{err}");
@@ -489,9 +430,7 @@ mod tests {
         assert!(matches!(c.system_reset().await, Err(QmpError::Broken)));
 
         // Nothing listening.
-        let err = QmpClient::connect(&path.with_file_name("none.sock"), Duration::from_secs(1))
-            .await
-            .unwrap_err();
+        let err = QmpClient::connect(&path.with_file_name("none.sock"), Duration::from_secs(1)).await.unwrap_err();
         assert!(matches!(err, QmpError::Connect { .. }), "{err}");
     }
 
@@ -502,17 +441,10 @@ mod tests {
         let listener = UnixListener::bind(&path).unwrap();
         tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            s.write_all(b"{\"QMP\": {\"version\": {}}}\r\n")
-                .await
-                .unwrap();
+            s.write_all(b"{\"QMP\": {\"version\": {}}}\r\n").await.unwrap();
             // Close right after the greeting.
         });
-        let err = QmpClient::connect(&path, Duration::from_secs(2))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, QmpError::Closed { .. } | QmpError::Io { .. }),
-            "{err}"
-        );
+        let err = QmpClient::connect(&path, Duration::from_secs(2)).await.unwrap_err();
+        assert!(matches!(err, QmpError::Closed { .. } | QmpError::Io { .. }), "{err}");
     }
 }

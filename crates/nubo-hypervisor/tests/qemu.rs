@@ -8,43 +8,30 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nubo_hypervisor::{
-    detect_accel, Accel, AccelPreference, Boot, Hypervisor, HypervisorError, PortForward, Qemu,
-    VmConfig, VmDir, VmStatus,
+    detect_accel, Accel, AccelPreference, Boot, Hypervisor, HypervisorError, PortForward, Qemu, VmConfig, VmDir,
+    VmStatus,
 };
 
 fn qemu_available() -> bool {
-    let ok = |bin: &str| {
-        Command::new(bin)
-            .arg("--version")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
+    let ok = |bin: &str| Command::new(bin).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
     if ok("qemu-system-x86_64") && ok("qemu-img") {
         true
     } else {
-        eprintln!("SKIPPED: qemu-system-x86_64 or qemu-img is not installed (apt-get install qemu-system-x86 qemu-utils)");
+        eprintln!(
+            "SKIPPED: qemu-system-x86_64 or qemu-img is not installed (apt-get install qemu-system-x86 qemu-utils)"
+        );
         false
     }
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A blank 64 MiB qcow2 base image.
 fn base_image(dir: &Path) -> PathBuf {
     let base = dir.join("base.qcow2");
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("64M")
-        .output()
-        .unwrap();
+    let out = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&base).arg("64M").output().unwrap();
     assert!(out.status.success(), "{out:?}");
     base
 }
@@ -99,9 +86,7 @@ fn alive_with_pidfile(pid: u32, pidfile: &Path) -> bool {
 /// (process group, session) of a process, from /proc/<pid>/stat.
 fn pgrp_session(pid: u32) -> (u32, u32) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .collect();
+    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
     (f[2].parse().unwrap(), f[3].parse().unwrap())
 }
 
@@ -125,11 +110,7 @@ fn listeners_on(port: u16) -> Vec<String> {
 }
 
 fn virtual_size(path: &Path) -> u64 {
-    let out = Command::new("qemu-img")
-        .args(["info", "-U", "--output=json"])
-        .arg(path)
-        .output()
-        .unwrap();
+    let out = Command::new("qemu-img").args(["info", "-U", "--output=json"]).arg(path).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v["virtual-size"].as_u64().unwrap()
 }
@@ -159,14 +140,7 @@ async fn full_lifecycle() {
     let _reaper = Reaper(vm_dir.clone());
     let dir = VmDir::new(&vm_dir);
     let port = free_port();
-    let mut cfg = config(
-        "vm-life",
-        &base,
-        vec![PortForward {
-            host_port: port,
-            guest_port: 22,
-        }],
-    );
+    let mut cfg = config("vm-life", &base, vec![PortForward { host_port: port, guest_port: 22 }]);
     let qemu = Qemu::default();
     assert_eq!(qemu.name(), "qemu");
 
@@ -185,10 +159,7 @@ async fn full_lifecycle() {
     let t = Instant::now();
     let pid = qemu.start(&dir, &cfg).await.unwrap();
     println!("started pid {pid} in {:?}", t.elapsed());
-    assert_eq!(
-        qemu.status(&dir).await,
-        VmStatus::Running { pid, paused: false }
-    );
+    assert_eq!(qemu.status(&dir).await, VmStatus::Running { pid, paused: false });
     assert!(dir.pidfile().exists());
     assert!(dir.qmp_socket().exists());
     assert!(dir.console_log().exists());
@@ -212,23 +183,14 @@ async fn full_lifecycle() {
     // A fresh driver object re-adopts the VM from the directory alone.
     drop(qemu);
     let qemu = Qemu::default();
-    assert_eq!(
-        qemu.status(&dir).await,
-        VmStatus::Running { pid, paused: false }
-    );
+    assert_eq!(qemu.status(&dir).await, VmStatus::Running { pid, paused: false });
     assert!(qemu.cpu_time(&dir).is_some());
 
     // pause / resume are visible in status.
     qemu.pause(&dir).await.unwrap();
-    assert_eq!(
-        qemu.status(&dir).await,
-        VmStatus::Running { pid, paused: true }
-    );
+    assert_eq!(qemu.status(&dir).await, VmStatus::Running { pid, paused: true });
     qemu.resume(&dir).await.unwrap();
-    assert_eq!(
-        qemu.status(&dir).await,
-        VmStatus::Running { pid, paused: false }
-    );
+    assert_eq!(qemu.status(&dir).await, VmStatus::Running { pid, paused: false });
 
     // reboot (system_reset) keeps the same process.
     qemu.reboot(&dir).await.unwrap();
@@ -249,10 +211,7 @@ async fn full_lifecycle() {
     // Stopping a stopped VM is fine; rebooting it is not.
     qemu.shutdown(&dir, Duration::from_secs(1)).await.unwrap();
     qemu.kill(&dir).await.unwrap();
-    assert!(matches!(
-        qemu.reboot(&dir).await,
-        Err(HypervisorError::NotRunning { .. })
-    ));
+    assert!(matches!(qemu.reboot(&dir).await, Err(HypervisorError::NotRunning { .. })));
     assert_eq!(qemu.cpu_time(&dir), None);
 
     // Restart: console.log is appended to, the old qemu.log is kept.
@@ -307,24 +266,14 @@ async fn host_port_in_use_is_reported() {
     let dir = VmDir::new(&vm_dir);
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let cfg = config(
-        "vm-port",
-        &base,
-        vec![PortForward {
-            host_port: port,
-            guest_port: 22,
-        }],
-    );
+    let cfg = config("vm-port", &base, vec![PortForward { host_port: port, guest_port: 22 }]);
     let qemu = Qemu::default();
     qemu.prepare_disk(&dir, &cfg).await.unwrap();
     let err = qemu.start(&dir, &cfg).await.unwrap_err();
     let msg = err.to_string();
     println!("{msg}");
     assert!(matches!(err, HypervisorError::PortInUse { host_port, .. } if host_port == port));
-    assert!(
-        msg.contains(&port.to_string()) && msg.contains("in use"),
-        "{msg}"
-    );
+    assert!(msg.contains(&port.to_string()) && msg.contains("in use"), "{msg}");
     assert_eq!(qemu.status(&dir).await, VmStatus::NotRunning);
     assert!(!dir.pidfile().exists());
 }
@@ -351,10 +300,7 @@ async fn start_failure_carries_qemu_stderr() {
     let err = qemu.start(&dir, &cfg).await.unwrap_err();
     let msg = err.to_string();
     println!("{msg}");
-    assert!(
-        matches!(err, HypervisorError::StartFailed { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, HypervisorError::StartFailed { .. }), "{err:?}");
     assert!(msg.contains("not in qcow2 format"), "{msg}");
     assert!(!dir.qmp_socket().exists() && !dir.pidfile().exists());
     assert_eq!(qemu.status(&dir).await, VmStatus::NotRunning);
@@ -388,11 +334,7 @@ async fn direct_boot_writes_serial_console() {
     let dir = VmDir::new(&vm_dir);
     let mut cfg = config("vm-direct", &base, vec![]);
     cfg.memory_mib = 256;
-    cfg.boot = Boot::Direct {
-        kernel: kernel.into(),
-        initrd,
-        cmdline: "console=ttyS0 panic=-1".into(),
-    };
+    cfg.boot = Boot::Direct { kernel: kernel.into(), initrd, cmdline: "console=ttyS0 panic=-1".into() };
     let qemu = Qemu::default();
     qemu.prepare_disk(&dir, &cfg).await.unwrap();
     qemu.start(&dir, &cfg).await.unwrap();

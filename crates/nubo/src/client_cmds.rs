@@ -125,8 +125,12 @@ pub async fn instance(cmd: InstanceCmd) -> anyhow::Result<()> {
             let out = client(&conn)?.console(&id).await?;
             emit(conn.output, &out, |o| print!("{}", o.output))
         }
-        InstanceCmd::Stop { conn, id, wait } => action(&conn, &id, InstanceAction::Stop, wait.then_some(InstanceState::Stopped)).await,
-        InstanceCmd::Start { conn, id, wait } => action(&conn, &id, InstanceAction::Start, wait.then_some(InstanceState::Running)).await,
+        InstanceCmd::Stop { conn, id, wait } => {
+            action(&conn, &id, InstanceAction::Stop, wait.then_some(InstanceState::Stopped)).await
+        }
+        InstanceCmd::Start { conn, id, wait } => {
+            action(&conn, &id, InstanceAction::Start, wait.then_some(InstanceState::Running)).await
+        }
         InstanceCmd::Reboot { conn, id } => action(&conn, &id, InstanceAction::Reboot, None).await,
         InstanceCmd::Terminate { conn, id, wait } => {
             action(&conn, &id, InstanceAction::Terminate, wait.then_some(InstanceState::Terminated)).await
@@ -180,7 +184,8 @@ pub async fn image(cmd: ImageCmd) -> anyhow::Result<()> {
             })
         }
         ImageCmd::Build { name, cache, data_dir, force } => {
-            let cache = cache.unwrap_or_else(|| data_dir.unwrap_or_else(crate::daemon::default_data_dir).join("images"));
+            let cache =
+                cache.unwrap_or_else(|| data_dir.unwrap_or_else(crate::daemon::default_data_dir).join("images"));
             let started = Instant::now();
             let built = tokio::task::spawn_blocking(move || {
                 let images = nubo_image::ImageCache::new(cache);

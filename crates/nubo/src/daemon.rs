@@ -39,7 +39,12 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 /// Reuses the token saved in `file` if the database still knows it,
 /// else makes a new one. Tokens are stored hashed, so the plain text
 /// lives only in this 0600 file.
-async fn ensure_token(ctx: &Ctx, file: &Path, kind: &str, read: impl Fn(&str) -> Option<String>) -> anyhow::Result<String> {
+async fn ensure_token(
+    ctx: &Ctx,
+    file: &Path,
+    kind: &str,
+    read: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<String> {
     if let Some(tok) = std::fs::read_to_string(file).ok().and_then(|s| read(&s)) {
         if ctx.store.token_kind(&auth::hash_token(&tok)).await?.as_deref() == Some(kind) {
             return Ok(tok);
@@ -87,10 +92,7 @@ async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
 
 fn write_admin_env(s: &Started) -> anyhow::Result<PathBuf> {
     let path = s.data_dir.join("admin.env");
-    write_private(
-        &path,
-        &format!("export NUBO_URL='{}'\nexport NUBO_TOKEN='{}'\n", s.url, s.admin_token),
-    )?;
+    write_private(&path, &format!("export NUBO_URL='{}'\nexport NUBO_TOKEN='{}'\n", s.url, s.admin_token))?;
     Ok(path)
 }
 

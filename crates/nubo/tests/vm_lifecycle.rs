@@ -42,8 +42,23 @@ fn tiny_vm_boots_serves_and_obeys_power_commands() {
     std::fs::write(&ud, USER_DATA).unwrap();
     let ud = ud.to_str().unwrap();
     let out = cloud.nubo_ok(&[
-        "instance", "run", "--image", "tiny", "--vcpus", "1", "--memory", "192", "--disk", "3", "--name", "web",
-        "--port", "80", "--user-data", ud, "--wait",
+        "instance",
+        "run",
+        "--image",
+        "tiny",
+        "--vcpus",
+        "1",
+        "--memory",
+        "192",
+        "--disk",
+        "3",
+        "--name",
+        "web",
+        "--port",
+        "80",
+        "--user-data",
+        ud,
+        "--wait",
     ]);
     let id = out.trim().to_string();
     assert!(id.starts_with("i-"), "run prints the id, got {out}");

@@ -136,7 +136,8 @@ pub async fn console(
     ApiJson(c): ApiJson<ConsoleChunk>,
 ) -> AppResult<Json<ConsoleAck>> {
     let id: InstanceId = id.parse().map_err(|e: nubo_api::ids::IdError| AppError::BadRequest(e.to_string()))?;
-    let row = ctx.store.instance(id.as_str()).await?.ok_or(AppError::NotFound { kind: "instance", id: id.to_string() })?;
+    let row =
+        ctx.store.instance(id.as_str()).await?.ok_or(AppError::NotFound { kind: "instance", id: id.to_string() })?;
     if row.host_id.as_deref() != Some(c.host_id.as_str()) {
         return Err(AppError::Forbidden(format!("instance {id} is not on host {}", c.host_id)));
     }

@@ -144,7 +144,11 @@ async fn change(
 #[utoipa::path(post, path = "/api/v1/instances/{id}/stop", tag = "instances",
     params(("id" = String, Path, description = "instance id")),
     responses((status = 202, body = Instance), (status = 404, body = nubo_api::error::ErrorBody), (status = 409, body = nubo_api::error::ErrorBody)))]
-pub async fn stop(_: Admin, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<(StatusCode, Json<Instance>)> {
+pub async fn stop(
+    _: Admin,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+) -> AppResult<(StatusCode, Json<Instance>)> {
     change(&ctx, &id, &["running", "stopped"], "stopped", false, false, "stop").await
 }
 
@@ -152,7 +156,11 @@ pub async fn stop(_: Admin, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>)
 #[utoipa::path(post, path = "/api/v1/instances/{id}/start", tag = "instances",
     params(("id" = String, Path, description = "instance id")),
     responses((status = 202, body = Instance), (status = 404, body = nubo_api::error::ErrorBody), (status = 409, body = nubo_api::error::ErrorBody)))]
-pub async fn start(_: Admin, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<(StatusCode, Json<Instance>)> {
+pub async fn start(
+    _: Admin,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+) -> AppResult<(StatusCode, Json<Instance>)> {
     let row = load(&ctx, &id).await?;
     if row.desired == "running" && row.state != "error" {
         return Err(AppError::Conflict(format!("instance {} is already running (state {})", row.id, row.state)));
@@ -164,10 +172,17 @@ pub async fn start(_: Admin, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>
 #[utoipa::path(post, path = "/api/v1/instances/{id}/reboot", tag = "instances",
     params(("id" = String, Path, description = "instance id")),
     responses((status = 202, body = Instance), (status = 404, body = nubo_api::error::ErrorBody), (status = 409, body = nubo_api::error::ErrorBody)))]
-pub async fn reboot(_: Admin, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<(StatusCode, Json<Instance>)> {
+pub async fn reboot(
+    _: Admin,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+) -> AppResult<(StatusCode, Json<Instance>)> {
     let row = load(&ctx, &id).await?;
     if row.state != "running" {
-        return Err(AppError::Conflict(format!("cannot reboot instance {} while it is {}: start it first", row.id, row.state)));
+        return Err(AppError::Conflict(format!(
+            "cannot reboot instance {} while it is {}: start it first",
+            row.id, row.state
+        )));
     }
     change(&ctx, &id, &["running"], "running", false, true, "reboot").await
 }

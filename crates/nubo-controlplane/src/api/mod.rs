@@ -17,7 +17,10 @@ use utoipa_axum::routes;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Nubo API", description = "Nubo IaaS control plane: instances, hosts, images, and the agent protocol."),
+    info(
+        title = "Nubo API",
+        description = "Nubo IaaS control plane: instances, hosts, images, and the agent protocol."
+    ),
     components(schemas(nubo_api::error::ErrorBody))
 )]
 struct ApiDoc;
@@ -49,9 +52,7 @@ pub fn router(ctx: Arc<Ctx>) -> axum::Router {
     router
         .route("/api/v1/openapi.json", get(move || async move { Json(doc) }))
         .route("/api/v1/health", get(|| async { "ok" }))
-        .fallback(|uri: axum::http::Uri| async move {
-            AppError::UnknownRoute(uri.path().chars().take(200).collect())
-        })
+        .fallback(|uri: axum::http::Uri| async move { AppError::UnknownRoute(uri.path().chars().take(200).collect()) })
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .with_state(ctx)

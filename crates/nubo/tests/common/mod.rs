@@ -40,7 +40,8 @@ fn free_port() -> u16 {
 }
 
 /// Capacity every test host offers, so results do not depend on the machine.
-pub const HOST_ARGS: &[&str] = &["--vcpus", "4", "--memory-mib", "4096", "--disk-gib", "200", "--accel", "tcg", "--stop-grace-secs", "5"];
+pub const HOST_ARGS: &[&str] =
+    &["--vcpus", "4", "--memory-mib", "4096", "--disk-gib", "200", "--accel", "tcg", "--stop-grace-secs", "5"];
 
 pub struct Cloud {
     pub dir: tempfile::TempDir,
@@ -105,11 +106,7 @@ impl Cloud {
     }
 
     fn log(&self, name: &str) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(name))
-            .expect("log file")
+        std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(name)).expect("log file")
     }
 
     pub fn start_server(&mut self) {
@@ -269,9 +266,8 @@ impl Drop for Cloud {
         // Leave no VM behind: kill every QEMU this cloud started.
         if let Ok(entries) = std::fs::read_dir(self.agent_dir().join("instances")) {
             for e in entries.flatten() {
-                if let Some(pid) = std::fs::read_to_string(e.path().join("qemu.pid"))
-                    .ok()
-                    .and_then(|s| s.trim().parse::<i32>().ok())
+                if let Some(pid) =
+                    std::fs::read_to_string(e.path().join("qemu.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok())
                 {
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                 }

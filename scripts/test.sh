@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Second command of the README: the whole test suite. Formatting, lints
+# (warnings are errors), unit tests, and integration tests that boot real
+# `tiny` VMs under QEMU. The tiny image is built once into .cache/images
+# and shared by every test. Slow tiers are opt-in (see README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+export NUBO_IMAGE_CACHE="${NUBO_IMAGE_CACHE:-$PWD/.cache/images}"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# Build the shared image up front so parallel tests do not all wait on it.
+cargo run -q -p nubo -- image build tiny --cache "$NUBO_IMAGE_CACHE"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
