@@ -23,7 +23,9 @@ use tracing::Instrument;
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub server_url: String,
-    pub token: String,
+    /// One-time join token; needed only until the host has its own
+    /// credential (kept in DATA_DIR/host-credential).
+    pub join_token: Option<String>,
     /// Holds `host-id` and `instances/<id>/`.
     pub data_dir: PathBuf,
     pub image_cache: PathBuf,
@@ -42,7 +44,6 @@ pub struct Agent {
     pub config: AgentConfig,
     pub host_id: HostId,
     pub accel: Accel,
-    client: Client,
     hypervisor: Arc<dyn Hypervisor>,
     images: Arc<ImageCache>,
 }
@@ -53,9 +54,8 @@ impl Agent {
             anyhow::anyhow!("cannot create {}: {e}; check the agent's --data-dir", config.data_dir.display())
         })?;
         let host_id = identity::load_or_create(&config.data_dir)?;
-        let client = Client::new(&config.server_url, &config.token)?;
         let images = Arc::new(ImageCache::new(config.image_cache.clone()));
-        Ok(Self { config, host_id, accel, client, hypervisor, images })
+        Ok(Self { config, host_id, accel, hypervisor, images })
     }
 
     fn registration(&self) -> RegisterHost {
@@ -69,11 +69,44 @@ impl Agent {
         }
     }
 
-    /// Registers, retrying until the control plane answers.
-    pub async fn register(&self) -> anyhow::Result<()> {
+    /// The host's own credential: from DATA_DIR/host-credential, or by
+    /// trading the join token for one (retrying until the server answers).
+    pub async fn credential(&self) -> anyhow::Result<String> {
+        if let Some(c) = identity::load_credential(&self.config.data_dir)? {
+            return Ok(c);
+        }
+        let join = self.config.join_token.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "this host has not joined yet: pass --join-token (an operator creates one with `nubo host join-token`)"
+            )
+        })?;
+        let anonymous = Client::new(&self.config.server_url, "")?;
+        let req = nubo_api::params::HostJoin { join_token: join, host_id: self.host_id.clone() };
         let mut delay = Duration::from_millis(200);
         loop {
-            match self.client.register(&self.registration()).await {
+            match anonymous.join(&req).await {
+                Ok(c) => {
+                    identity::save_credential(&self.config.data_dir, &c.credential)?;
+                    tracing::info!("joined the control plane");
+                    return Ok(c.credential);
+                }
+                Err(e @ nubo_client::ClientError::Api { .. }) => {
+                    return Err(anyhow::anyhow!("the control plane refused to let this host join: {e}"))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "join failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Registers, retrying until the control plane answers.
+    pub async fn register(&self, client: &Client) -> anyhow::Result<()> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match client.register(&self.registration()).await {
                 Ok(()) => return Ok(()),
                 Err(e @ nubo_client::ClientError::Api { status: 400..=403, .. }) => {
                     return Err(anyhow::anyhow!("the control plane refused this host: {e}"))
@@ -91,13 +124,15 @@ impl Agent {
     pub async fn run(self) -> anyhow::Result<()> {
         let span = tracing::info_span!("agent", host = %self.host_id);
         async move {
-            self.register().await?;
+            let credential = self.credential().await?;
+            let client = Client::new(&self.config.server_url, &credential)?;
+            self.register(&client).await?;
             tracing::info!(name = %self.config.name, accel = %self.accel, "agent registered");
             let (tx, rx) = tokio::sync::watch::channel::<Option<DesiredState>>(None);
-            let watcher = tokio::spawn(watch_desired(self.client.clone(), self.host_id.clone(), tx).in_current_span());
+            let watcher = tokio::spawn(watch_desired(client.clone(), self.host_id.clone(), tx).in_current_span());
             let reconciler = reconcile::Reconciler::new(
                 self.host_id.clone(),
-                self.client.clone(),
+                client,
                 self.hypervisor.clone(),
                 self.images.clone(),
                 self.accel,

@@ -81,6 +81,19 @@ typed_id!(
     HostId, "h-", "host"
 );
 
+typed_id!(
+    /// A project (tenant), `p-...`.
+    ProjectId, "p-", "project"
+);
+typed_id!(
+    /// A user, `u-...`.
+    UserId, "u-", "user"
+);
+typed_id!(
+    /// An API token's public id, `t-...` (the secret is never shown again).
+    TokenId, "t-", "token"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

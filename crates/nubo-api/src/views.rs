@@ -116,3 +116,90 @@ pub struct ConsoleOutput {
     /// The serial console's text (the last 1 MiB at most).
     pub output: String,
 }
+
+/// A signed-in session or a created token. `token` is shown only here.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenIssued {
+    pub id: crate::ids::TokenId,
+    pub token: String,
+    pub user: String,
+    pub project: Option<String>,
+    pub role: String,
+    pub expires_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Token {
+    pub id: crate::ids::TokenId,
+    pub name: String,
+    pub user: String,
+    pub project: Option<String>,
+    pub created_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QuotaUsage {
+    pub instances: u64,
+    pub vcpus: u64,
+    pub memory_mib: u64,
+    pub volume_gib: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Project {
+    pub id: crate::ids::ProjectId,
+    pub name: String,
+    pub quota: QuotaUsage,
+    pub used: QuotaUsage,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct User {
+    pub id: crate::ids::UserId,
+    pub name: String,
+    /// `local` or `ldap`.
+    pub source: String,
+    pub admin: bool,
+    /// project name -> role
+    pub projects: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    pub at_ms: i64,
+    /// User name, `host:<id>`, or `anonymous`.
+    pub actor: String,
+    pub project: Option<String>,
+    pub method: String,
+    pub path: String,
+    /// Client address.
+    pub source: String,
+    pub status: u16,
+    /// `ok`, `denied` or `failed`.
+    pub outcome: String,
+}
+
+/// Who the caller is (`GET /api/v1/auth/whoami`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    pub user: String,
+    pub admin: bool,
+    pub project: Option<String>,
+    pub role: String,
+}
+
+/// `POST /api/v1/agent/join` answer: the host's own credential.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostCredential {
+    pub host_id: crate::ids::HostId,
+    pub credential: String,
+}
+
+/// A one-time join token for a new host.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JoinToken {
+    pub token: String,
+    pub expires_at_ms: i64,
+}

@@ -90,6 +90,11 @@ impl Client {
         self.send(self.http.post(&url).json(body), &url).await
     }
 
+    async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.put(&url).json(body), &url).await
+    }
+
     async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
         self.send(self.http.delete(&url), &url).await
@@ -130,7 +135,77 @@ impl Client {
         self.get("/api/v1/images").await
     }
 
+    // ---- identity ----
+
+    pub async fn login(&self, l: &nubo_api::params::Login) -> Result<nubo_api::views::TokenIssued, ClientError> {
+        self.post("/api/v1/auth/login", l).await
+    }
+
+    pub async fn whoami(&self) -> Result<nubo_api::views::WhoAmI, ClientError> {
+        self.get("/api/v1/auth/whoami").await
+    }
+
+    pub async fn create_token(
+        &self,
+        t: &nubo_api::params::TokenCreate,
+    ) -> Result<nubo_api::views::TokenIssued, ClientError> {
+        self.post("/api/v1/tokens", t).await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<nubo_api::views::Token>, ClientError> {
+        self.get("/api/v1/tokens").await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/tokens/{}", path_segment(id))).await
+    }
+
+    pub async fn projects(&self) -> Result<Vec<nubo_api::views::Project>, ClientError> {
+        self.get("/api/v1/projects").await
+    }
+
+    pub async fn create_project(
+        &self,
+        p: &nubo_api::params::ProjectCreate,
+    ) -> Result<nubo_api::views::Project, ClientError> {
+        self.post("/api/v1/projects", p).await
+    }
+
+    pub async fn set_quota(
+        &self,
+        project: &str,
+        q: &nubo_api::params::Quota,
+    ) -> Result<nubo_api::views::Project, ClientError> {
+        self.put(&format!("/api/v1/projects/{}/quota", path_segment(project)), q).await
+    }
+
+    pub async fn set_member(&self, project: &str, user: &str, role: &str) -> Result<(), ClientError> {
+        let body = nubo_api::params::MemberSet { role: role.to_string() };
+        self.put(&format!("/api/v1/projects/{}/members/{}", path_segment(project), path_segment(user)), &body).await
+    }
+
+    pub async fn users(&self) -> Result<Vec<nubo_api::views::User>, ClientError> {
+        self.get("/api/v1/users").await
+    }
+
+    pub async fn create_user(&self, u: &nubo_api::params::UserCreate) -> Result<nubo_api::views::User, ClientError> {
+        self.post("/api/v1/users", u).await
+    }
+
+    pub async fn audit(&self, limit: u32) -> Result<Vec<nubo_api::views::AuditEntry>, ClientError> {
+        self.get(&format!("/api/v1/audit?limit={limit}")).await
+    }
+
+    pub async fn join_token(&self) -> Result<nubo_api::views::JoinToken, ClientError> {
+        self.post("/api/v1/hosts/join-tokens", &()).await
+    }
+
     // ---- agent protocol ----
+
+    /// Trades a join token for the host's own credential (no auth needed).
+    pub async fn join(&self, j: &nubo_api::params::HostJoin) -> Result<nubo_api::views::HostCredential, ClientError> {
+        self.post("/api/v1/agent/join", j).await
+    }
 
     pub async fn register(&self, r: &RegisterHost) -> Result<(), ClientError> {
         self.post("/api/v1/agent/register", r).await

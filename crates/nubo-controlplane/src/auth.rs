@@ -1,17 +1,15 @@
-//! Who is calling: bearer tokens checked in one place. Tokens are random
-//! 256-bit secrets stored as SHA-256 hashes; a leaked database does not
-//! leak a usable credential. Admin tokens reach the user API, agent
-//! tokens only the agent protocol.
+//! Who is calling. Every request's credential is resolved here, in one
+//! place: user API tokens to a `Caller` (user, project, role), host
+//! credentials to a `HostCaller`. Secrets are random 256-bit tokens kept
+//! only as SHA-256 hashes. Each credential is rate limited, and what was
+//! resolved is handed to the audit log.
 
 use crate::error::AppError;
 use crate::Ctx;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
-
-pub const KIND_ADMIN: &str = "admin";
-pub const KIND_AGENT: &str = "agent";
+use std::sync::{Arc, Mutex};
 
 /// A new random token, `nubo_` + 64 hex digits.
 pub fn generate_token() -> String {
@@ -23,48 +21,139 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-async fn caller_kind(parts: &Parts, ctx: &Ctx) -> Result<String, AppError> {
-    let header = parts
-        .headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| {
-            AppError::Unauthorized(
-                "no credential: send 'Authorization: Bearer <token>' (the CLI reads NUBO_TOKEN; `nubo up` writes it to admin.env)"
-                    .into(),
-            )
-        })?;
-    let token = header
-        .strip_prefix("Bearer ")
-        .ok_or_else(|| AppError::Unauthorized("the Authorization header must be 'Bearer <token>'".into()))?;
-    ctx.store
-        .token_kind(&hash_token(token.trim()))
-        .await?
-        .ok_or_else(|| AppError::Unauthorized("the token is not valid: check NUBO_TOKEN".into()))
+/// What a caller may do inside its project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The operator: everything, everywhere.
+    Admin,
+    /// Manages the project's resources.
+    Member,
+    /// Reads the project's resources.
+    Reader,
+    /// Signed in, but no longer a member of the token's project.
+    None,
 }
 
-/// An operator with full rights.
-pub struct Admin;
-
-impl FromRequestParts<Arc<Ctx>> for Admin {
-    type Rejection = AppError;
-    async fn from_request_parts(parts: &mut Parts, ctx: &Arc<Ctx>) -> Result<Self, AppError> {
-        match caller_kind(parts, ctx).await?.as_str() {
-            KIND_ADMIN => Ok(Admin),
-            _ => Err(AppError::Forbidden("this credential may not use the user API".into())),
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Member => "member",
+            Self::Reader => "reader",
+            Self::None => "none",
         }
     }
 }
 
-/// A compute agent.
-pub struct Agent;
+/// An authenticated user, working in one project.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: String,
+    pub user_name: String,
+    pub admin: bool,
+    pub project_id: Option<String>,
+    pub project_name: Option<String>,
+    pub role: Role,
+}
 
-impl FromRequestParts<Arc<Ctx>> for Agent {
+/// An authenticated compute host: it may act only as itself.
+#[derive(Debug, Clone)]
+pub struct HostCaller {
+    pub host_id: String,
+}
+
+/// Filled by the extractors, read by the audit middleware.
+#[derive(Debug, Default, Clone)]
+pub struct AuditInfo {
+    pub actor: Option<String>,
+    pub project_id: Option<String>,
+}
+
+#[derive(Clone, Default)]
+pub struct AuditSlot(pub Arc<Mutex<AuditInfo>>);
+
+fn record(parts: &Parts, actor: String, project: Option<String>) {
+    if let Some(slot) = parts.extensions.get::<AuditSlot>() {
+        let mut info = slot.0.lock().unwrap_or_else(|p| p.into_inner());
+        info.actor = Some(actor);
+        info.project_id = project;
+    }
+}
+
+fn bearer(parts: &Parts) -> Result<&str, AppError> {
+    let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+        AppError::Unauthorized(
+            "no credential: send 'Authorization: Bearer <token>' (the CLI reads NUBO_TOKEN; `nubo login` or admin.env sets it)"
+                .into(),
+        )
+    })?;
+    header
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .ok_or_else(|| AppError::Unauthorized("the Authorization header must be 'Bearer <token>'".into()))
+}
+
+fn rate_limit(ctx: &Ctx, key: &str) -> Result<(), AppError> {
+    ctx.limiter.check_key(&key.to_string()).map_err(|_| {
+        AppError::TooManyRequests(format!(
+            "too many requests for this credential (limit {} per second): slow down and retry",
+            ctx.config.rate_per_sec
+        ))
+    })
+}
+
+impl FromRequestParts<Arc<Ctx>> for Caller {
     type Rejection = AppError;
     async fn from_request_parts(parts: &mut Parts, ctx: &Arc<Ctx>) -> Result<Self, AppError> {
-        match caller_kind(parts, ctx).await?.as_str() {
-            KIND_AGENT => Ok(Agent),
-            _ => Err(AppError::Forbidden("only a compute agent's credential may use the agent API".into())),
+        let token = bearer(parts)?;
+        let owner = match ctx.store.token_owner(token).await? {
+            Some(o) => o,
+            None => {
+                record(parts, "invalid-token".into(), None);
+                return Err(AppError::Unauthorized(
+                    "the token is not valid, has expired or was revoked: sign in again with `nubo login`".into(),
+                ));
+            }
+        };
+        rate_limit(ctx, &owner.token_id)?;
+        let admin = owner.is_admin == 1;
+        let role = if admin {
+            Role::Admin
+        } else {
+            match owner.role.as_deref() {
+                Some("member") => Role::Member,
+                Some("reader") => Role::Reader,
+                _ => Role::None,
+            }
+        };
+        record(parts, owner.user_name.clone(), owner.project_id.clone());
+        Ok(Caller {
+            user_id: owner.user_id,
+            user_name: owner.user_name,
+            admin,
+            project_id: owner.project_id,
+            project_name: owner.project_name,
+            role,
+        })
+    }
+}
+
+impl FromRequestParts<Arc<Ctx>> for HostCaller {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, ctx: &Arc<Ctx>) -> Result<Self, AppError> {
+        let token = bearer(parts)?;
+        match ctx.store.credential_host(token).await? {
+            Some(host_id) => {
+                rate_limit(ctx, &host_id)?;
+                record(parts, format!("host:{host_id}"), None);
+                Ok(HostCaller { host_id })
+            }
+            None => {
+                record(parts, "invalid-host-credential".into(), None);
+                Err(AppError::Unauthorized(
+                    "not a valid host credential: join the host with a join token (`nubo host join-token`)".into(),
+                ))
+            }
         }
     }
 }

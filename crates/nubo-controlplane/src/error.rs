@@ -26,6 +26,12 @@ pub enum AppError {
     /// The resource is in a state where this cannot be done.
     #[error("{0}")]
     Conflict(String),
+    /// The project's quota does not allow this.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The credential sent too many requests.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The scheduler found no host; the message names each host's reason.
     #[error("{0}")]
     NoValidHost(String),
@@ -47,6 +53,8 @@ impl AppError {
             Self::NotFound { .. } | Self::UnknownRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::NoValidHost(_) => (StatusCode::CONFLICT, "no_valid_host"),
+            Self::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
+            Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -5,8 +5,12 @@
 //! HTTP with their own credential.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
+pub mod authz;
 pub mod error;
+pub mod identity;
+pub mod ldap;
 pub mod placement;
 pub mod store;
 pub mod validate;
@@ -29,6 +33,10 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Requests per second allowed per credential (with a burst of twice that).
+    pub rate_per_sec: u32,
+    /// Lifetime of tokens issued by `login`.
+    pub session_ttl: Duration,
 }
 
 impl Config {
@@ -39,6 +47,8 @@ impl Config {
             port_range: (20000, 29999),
             heartbeat_timeout: Duration::from_secs(30),
             max_body_bytes: 256 * 1024,
+            rate_per_sec: 200,
+            session_ttl: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -49,6 +59,8 @@ pub struct Ctx {
     pub store: Store,
     /// Bumped on every change of desired state; agents long-poll on it.
     generation: tokio::sync::watch::Sender<u64>,
+    /// Per-credential request rate limiter.
+    pub limiter: governor::DefaultKeyedRateLimiter<String>,
 }
 
 impl Ctx {
@@ -62,7 +74,17 @@ impl Ctx {
         // Start the generation at the wall clock so it keeps rising across
         // server restarts, and an agent's stale `after` never blocks.
         let (generation, _) = tokio::sync::watch::channel(store::now_ms() as u64);
-        Ok(Arc::new(Self { config, store, generation }))
+        // The operator's account and the project it starts in.
+        let project = store.ensure_project(identity::DEFAULT_PROJECT).await?;
+        let admin = match store.user_by_name(identity::BOOTSTRAP_ADMIN).await? {
+            Some(u) => u,
+            None => store.upsert_user(identity::BOOTSTRAP_ADMIN, "local", None, true).await?,
+        };
+        store.set_membership(&admin.id, &project.id, "member").await?;
+        let rate = std::num::NonZeroU32::new(config.rate_per_sec.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).unwrap_or(std::num::NonZeroU32::MIN));
+        let limiter = governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst));
+        Ok(Arc::new(Self { config, store, generation, limiter }))
     }
 
     /// Signals agents that desired state changed.
@@ -100,11 +122,16 @@ impl Ctx {
             .collect())
     }
 
-    /// Creates a new admin token (printed once, stored hashed).
-    pub async fn create_token(&self, kind: &str, name: &str) -> anyhow::Result<String> {
-        let token = auth::generate_token();
-        self.store.insert_token(&auth::hash_token(&token), kind, name).await?;
-        Ok(token)
+    /// A token for the bootstrap admin, in the default project, that never
+    /// expires (written to admin.env by `nubo up`/`nubo server`).
+    pub async fn bootstrap_admin_token(&self) -> anyhow::Result<String> {
+        let admin = self
+            .store
+            .user_by_name(identity::BOOTSTRAP_ADMIN)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the bootstrap admin user is missing"))?;
+        let project = self.store.ensure_project(identity::DEFAULT_PROJECT).await?;
+        Ok(self.store.issue_token(&admin.id, Some(&project.id), "bootstrap", None).await?.1)
     }
 }
 

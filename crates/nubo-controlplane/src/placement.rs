@@ -22,6 +22,7 @@ pub async fn place(ctx: &Ctx, new: &NewInstance<'_>) -> Result<(String, Vec<(u16
                 Ok(ports) => return Ok((host.id.clone(), ports)),
                 Err(ClaimError::Lost) => continue,
                 Err(ClaimError::NoPorts) => continue,
+                Err(ClaimError::Quota(msg)) => return Err(AppError::QuotaExceeded(msg)),
                 Err(ClaimError::Db(e)) => return Err(e.into()),
             }
         }

@@ -30,7 +30,7 @@ pub enum StoreError {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -65,6 +65,7 @@ pub struct InstanceRow {
     pub error: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    pub project_id: Option<String>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -77,6 +78,7 @@ pub struct PortRow {
 /// A new instance, already placed: inserted together with its claim.
 pub struct NewInstance<'a> {
     pub id: &'a InstanceId,
+    pub project_id: &'a str,
     pub name: &'a str,
     pub image: &'a str,
     pub vcpus: u32,
@@ -93,6 +95,8 @@ pub enum ClaimError {
     Lost,
     /// The host has no free port left in the forwarding range.
     NoPorts,
+    /// The project's quota would be exceeded; the text says which limit.
+    Quota(String),
     Db(sqlx::Error),
 }
 
@@ -239,6 +243,34 @@ impl Store {
         new: &NewInstance<'_>,
     ) -> Result<Vec<(u16, u16)>, ClaimError> {
         let mut tx = self.pool.begin().await?;
+        // The project's quota first, in the same transaction and with the
+        // same conditional-UPDATE pattern as the host claim, so parallel
+        // requests can never take a project past its limits.
+        let within_quota = sqlx::query(
+            "UPDATE projects SET used_instances = used_instances + 1, used_vcpus = used_vcpus + $1,
+               used_memory_mib = used_memory_mib + $2
+             WHERE id = $3 AND used_instances + 1 <= quota_instances AND used_vcpus + $1 <= quota_vcpus
+               AND used_memory_mib + $2 <= quota_memory_mib",
+        )
+        .bind(i64::from(new.vcpus))
+        .bind(new.memory_mib as i64)
+        .bind(new.project_id)
+        .execute(&mut *tx)
+        .await?;
+        if within_quota.rows_affected() != 1 {
+            let p: Option<crate::identity::ProjectRow> = sqlx::query_as("SELECT * FROM projects WHERE id = $1")
+                .bind(new.project_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            return Err(ClaimError::Quota(match p {
+                Some(p) => format!(
+                    "project {} is at its quota: instances {}/{}, vCPUs {}/{}, memory {}/{} MiB; this request needs 1 instance, {} vCPUs, {} MiB. Terminate instances or ask an operator to raise the quota",
+                    p.name, p.used_instances, p.quota_instances, p.used_vcpus, p.quota_vcpus, p.used_memory_mib,
+                    p.quota_memory_mib, new.vcpus, new.memory_mib
+                ),
+                None => "the token's project no longer exists".to_string(),
+            }));
+        }
         let claimed = sqlx::query(
             "UPDATE hosts SET used_vcpus = used_vcpus + $1, used_memory_mib = used_memory_mib + $2,
                used_disk_gib = used_disk_gib + $3
@@ -259,8 +291,8 @@ impl Store {
         let now = now_ms();
         sqlx::query(
             "INSERT INTO instances (id, name, image, vcpus, memory_mib, disk_gib, host_id, desired, state,
-               start_seq, reboot_count, user_data, created_at_ms, updated_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', 'pending', 1, 0, $8, $9, $10)",
+               start_seq, reboot_count, user_data, created_at_ms, updated_at_ms, project_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', 'pending', 1, 0, $8, $9, $10, $11)",
         )
         .bind(new.id.as_str())
         .bind(new.name)
@@ -272,6 +304,7 @@ impl Store {
         .bind(new.user_data)
         .bind(now)
         .bind(now)
+        .bind(new.project_id)
         .execute(&mut *tx)
         .await?;
         // Ports: the lowest free ones in the range. The write lock taken
@@ -307,8 +340,12 @@ impl Store {
         sqlx::query_as("SELECT * FROM instances WHERE id = $1").bind(id).fetch_optional(&self.pool).await
     }
 
-    pub async fn instances(&self) -> Result<Vec<InstanceRow>, sqlx::Error> {
-        sqlx::query_as("SELECT * FROM instances ORDER BY created_at_ms, id").fetch_all(&self.pool).await
+    /// All instances, or one project's.
+    pub async fn instances(&self, project: Option<&str>) -> Result<Vec<InstanceRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM instances WHERE ($1 IS NULL OR project_id = $1) ORDER BY created_at_ms, id")
+            .bind(project)
+            .fetch_all(&self.pool)
+            .await
     }
 
     /// Instances the host must know about: all not yet terminated.
@@ -417,6 +454,15 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             sqlx::query("DELETE FROM instance_ports WHERE instance_id = $1").bind(&row.id).execute(&mut *tx).await?;
+            sqlx::query(
+                "UPDATE projects SET used_instances = used_instances - 1, used_vcpus = used_vcpus - $1,
+                   used_memory_mib = used_memory_mib - $2 WHERE id = $3",
+            )
+            .bind(row.vcpus)
+            .bind(row.memory_mib)
+            .bind(&row.project_id)
+            .execute(&mut *tx)
+            .await?;
         }
         for e in &a.events {
             insert_event(&mut tx, &row.id, e.at_ms, &e.stage, &e.detail).await?;

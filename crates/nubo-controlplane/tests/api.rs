@@ -7,7 +7,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use nubo_api::agent::RegisterHost;
 use nubo_api::ids::HostId;
-use nubo_controlplane::{app, auth, Config, Ctx};
+use nubo_controlplane::{app, Config, Ctx};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use tower::ServiceExt;
@@ -15,6 +15,7 @@ use tower::ServiceExt;
 struct T {
     ctx: Arc<Ctx>,
     admin: String,
+    /// Credential of the last host added.
     agent: String,
     _dir: tempfile::TempDir,
 }
@@ -22,9 +23,8 @@ struct T {
 async fn setup() -> T {
     let dir = tempfile::tempdir().unwrap();
     let ctx = Ctx::new(Config::new(dir.path().to_path_buf())).await.unwrap();
-    let admin = ctx.create_token(auth::KIND_ADMIN, "test").await.unwrap();
-    let agent = ctx.create_token(auth::KIND_AGENT, "test").await.unwrap();
-    T { ctx, admin, agent, _dir: dir }
+    let admin = ctx.bootstrap_admin_token().await.unwrap();
+    T { ctx, admin, agent: String::new(), _dir: dir }
 }
 
 impl T {
@@ -48,8 +48,13 @@ impl T {
         self.call(method, path, Some(&self.admin.clone()), body.as_deref()).await
     }
 
-    async fn add_host(&self, name: &str, vcpus: u32, memory_mib: u64) -> HostId {
+    async fn add_host(&mut self, name: &str, vcpus: u32, memory_mib: u64) -> HostId {
         let id = HostId::generate();
+        let (join, _) = self.ctx.store.create_join_token(60_000).await.unwrap();
+        let body = json!({"join_token": join, "host_id": id}).to_string();
+        let (s, v) = self.call("POST", "/api/v1/agent/join", None, Some(&body)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        self.agent = v["credential"].as_str().unwrap().to_string();
         let r = RegisterHost {
             host_id: id.clone(),
             name: name.into(),
@@ -75,7 +80,7 @@ fn req(vcpus: u32, memory: u64) -> Value {
 
 #[tokio::test]
 async fn bad_input_gets_a_4xx_that_says_what_is_wrong_and_changes_nothing() {
-    let t = setup().await;
+    let mut t = setup().await;
     t.add_host("h1", 4, 4096).await;
     let cases: Vec<(Value, StatusCode, &str)> = vec![
         (
@@ -121,7 +126,7 @@ async fn bad_input_gets_a_4xx_that_says_what_is_wrong_and_changes_nothing() {
 
 #[tokio::test]
 async fn refusal_names_every_host_and_the_filter_that_rejected_it() {
-    let t = setup().await;
+    let mut t = setup().await;
     t.add_host("small", 1, 512).await;
     t.add_host("medium", 2, 1024).await;
     let (s, v) = t.admin("POST", "/api/v1/instances", Some(req(1, 2048))).await;
@@ -134,28 +139,30 @@ async fn refusal_names_every_host_and_the_filter_that_rejected_it() {
 
 #[tokio::test]
 async fn no_credential_or_wrong_one_is_refused() {
-    let t = setup().await;
+    let mut t = setup().await;
     let (s, v) = t.call("GET", "/api/v1/instances", None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(v["error"]["message"].as_str().unwrap().contains("NUBO_TOKEN"));
     let (s, _) = t.call("GET", "/api/v1/instances", Some("nubo_wrong"), None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    // An agent credential cannot use the user API, nor an admin one the agent API.
+    // A host credential cannot use the user API, nor an admin token the agent API.
+    t.add_host("h", 1, 1024).await;
     let (s, _) = t.call("GET", "/api/v1/instances", Some(&t.agent), None).await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
     let body =
         json!({"host_id": HostId::generate(), "name": "x", "accel": "tcg", "vcpus": 1, "memory_mib": 1, "disk_gib": 1});
     let (s, _) = t.call("POST", "/api/v1/agent/register", Some(&t.admin), Some(&body.to_string())).await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
 
 /// 20 requests at once for a host with room for 5: exactly 5 succeed and
 /// the host's use never goes past its capacity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claims_never_overcommit_a_host() {
-    let t = Arc::new(setup().await);
-    // 2 CPUs x overcommit 4 = 8 schedulable vCPUs; each asks for... memory bounds it to 5.
+    let mut t = setup().await;
+    // 2 CPUs x overcommit 4 = 8 schedulable vCPUs; memory bounds it to 5.
     t.add_host("only", 2, 5 * 256).await;
+    let t = Arc::new(t);
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let t = t.clone();
@@ -178,7 +185,7 @@ async fn concurrent_claims_never_overcommit_a_host() {
 
 #[tokio::test]
 async fn forwarded_ports_are_unique_per_host() {
-    let t = setup().await;
+    let mut t = setup().await;
     t.add_host("h", 8, 8192).await;
     let mut seen = std::collections::HashSet::new();
     for _ in 0..3 {
@@ -195,16 +202,20 @@ async fn forwarded_ports_are_unique_per_host() {
 
 #[tokio::test]
 async fn a_host_reads_only_its_own_desired_state() {
-    let t = setup().await;
+    let mut t = setup().await;
     let a = t.add_host("a", 4, 4096).await;
+    let cred_a = t.agent.clone();
     let (s, v) = t.admin("POST", "/api/v1/instances", Some(req(1, 128))).await;
     assert_eq!(s, StatusCode::CREATED);
     assert_eq!(v["host"], a.to_string());
     let b = t.add_host("b", 1, 64).await; // too small for anything
-    let (_, da) = t.call("GET", &format!("/api/v1/agent/hosts/{a}/desired"), Some(&t.agent), None).await;
+    let (_, da) = t.call("GET", &format!("/api/v1/agent/hosts/{a}/desired"), Some(&cred_a), None).await;
     let (_, db) = t.call("GET", &format!("/api/v1/agent/hosts/{b}/desired"), Some(&t.agent), None).await;
     assert_eq!(da["instances"].as_array().unwrap().len(), 1);
     assert_eq!(db["instances"].as_array().unwrap().len(), 0);
+    // b's credential cannot read a's desired state.
+    let (s, _) = t.call("GET", &format!("/api/v1/agent/hosts/{a}/desired"), Some(&t.agent), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
     // A report from b about a's instance is ignored.
     let id = v["id"].as_str().unwrap();
     let report = json!({"instances": [{"id": id, "power": "running", "pid": 1, "error": null}]});
@@ -237,7 +248,7 @@ fn openapi_document_is_checked_in_and_current() {
 
 #[tokio::test]
 async fn openapi_is_served() {
-    let t = setup().await;
+    let mut t = setup().await;
     let (s, v) = t.call("GET", "/api/v1/openapi.json", None, None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["info"]["title"], "Nubo API");

@@ -115,6 +115,7 @@ impl Cloud {
             .args(HOST_ARGS)
             .env("NUBO_IMAGE_CACHE", image_cache())
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log())
             .stderr(log());
@@ -321,6 +322,12 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
 fn qemu_version() -> String {
     let qemu = std::env::var("NUBO_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
     Command::new(&qemu)
@@ -359,6 +366,7 @@ fn main() {
         libc::signal(libc::SIGTERM, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
     }
 
+    let load_before = loadavg();
     ensure_image();
     let t_up = Instant::now();
     let cloud = Cloud::up();
@@ -388,6 +396,7 @@ fn main() {
     println!();
     println!("boot stages over {runs} runs (tiny, 1 vCPU, 128 MiB, 1 GiB disk; one instance at a time)");
     println!("machine: {threads} CPUs, {}, accel {accel}, {}", cpu_model(), qemu_version());
+    println!("load:    {load_before} before, {} after (1/5/15-min load average)", loadavg());
     println!("bench:   cargo bench -p nubo --bench boot_stages   (NUBO_BENCH_RUNS={runs})");
     println!("cloud:   {command}");
     println!();

@@ -29,6 +29,119 @@ pub enum Command {
     /// Images.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Sign in and save a session token for the other commands.
+    Login(LoginArgs),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Projects (tenants), quotas and members.
+    #[command(subcommand)]
+    Project(ProjectCmd),
+    /// Users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// The audit log (operators).
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Args)]
+pub struct LoginArgs {
+    #[arg(long, env = "NUBO_URL")]
+    pub url: String,
+    #[arg(long = "user")]
+    pub user: String,
+    /// Project to work in (default: your first).
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Read the password from standard input instead of prompting.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Create a token for yourself (printed once).
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Lifetime, e.g. 3600 (seconds); default: no expiry.
+        #[arg(long)]
+        expires_in: Option<u64>,
+    },
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    Revoke {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ProjectCmd {
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+    },
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Set limits; unnamed ones keep their value.
+    Quota {
+        #[command(flatten)]
+        conn: Conn,
+        project: String,
+        #[arg(long)]
+        instances: Option<u64>,
+        #[arg(long)]
+        vcpus: Option<u64>,
+        #[arg(long)]
+        memory_mib: Option<u64>,
+        #[arg(long)]
+        volume_gib: Option<u64>,
+    },
+    /// Add a user to a project, or change its role (member or reader).
+    AddMember {
+        #[command(flatten)]
+        conn: Conn,
+        project: String,
+        user: String,
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UserCmd {
+    /// Create a local user; the password is read from standard input.
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        #[arg(long)]
+        admin: bool,
+    },
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -91,9 +204,10 @@ pub struct AgentArgs {
     /// The control plane's URL, e.g. http://10.0.0.1:8780.
     #[arg(long, env = "NUBO_SERVER")]
     pub server: String,
-    /// The agent credential printed by `nubo server` (DATA_DIR/agent.token there).
-    #[arg(long, env = "NUBO_AGENT_TOKEN")]
-    pub token: String,
+    /// One-time join token (printed by `nubo server`, or `nubo host join-token`).
+    /// Needed only at the first start; the host then keeps its own credential.
+    #[arg(long, env = "NUBO_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
     /// Where the agent keeps its host id and VMs. Default as for `nubo up`.
     #[arg(long, env = "NUBO_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -109,10 +223,12 @@ pub enum Format {
 
 #[derive(Args, Clone)]
 pub struct Conn {
+    /// API URL; else the one saved by `nubo login`.
     #[arg(long, env = "NUBO_URL", hide_env_values = true)]
-    pub url: String,
+    pub url: Option<String>,
+    /// API token; else the one saved by `nubo login`.
     #[arg(long, env = "NUBO_TOKEN", hide_env_values = true)]
-    pub token: String,
+    pub token: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
     pub output: Format,
@@ -192,6 +308,11 @@ pub enum InstanceCmd {
 #[derive(Subcommand)]
 pub enum HostCmd {
     List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// A one-time token for `nubo agent --join-token` (valid 1 hour).
+    JoinToken {
         #[command(flatten)]
         conn: Conn,
     },

@@ -9,8 +9,17 @@ use nubo_api::views::{Instance, InstanceState};
 use nubo_client::{Client, InstanceAction};
 use std::time::{Duration, Instant};
 
-fn client(c: &Conn) -> anyhow::Result<Client> {
-    Ok(Client::new(&c.url, &c.token)?)
+/// The API client, from flags/env, else the session saved by `nubo login`.
+pub fn client(c: &Conn) -> anyhow::Result<Client> {
+    let saved = crate::identity_cmds::saved_session();
+    let url = c.url.clone().or_else(|| saved.as_ref().map(|s| s.0.clone()));
+    let token = c.token.clone().or_else(|| saved.as_ref().map(|s| s.1.clone()));
+    match (url, token) {
+        (Some(u), Some(t)) => Ok(Client::new(&u, &t)?),
+        _ => anyhow::bail!(
+            "no credentials: set NUBO_URL and NUBO_TOKEN (e.g. `. DATA_DIR/admin.env`) or sign in with `nubo login`"
+        ),
+    }
 }
 
 fn ports_text(i: &Instance) -> String {
@@ -169,6 +178,10 @@ pub async fn host(cmd: HostCmd) -> anyhow::Result<()> {
                     .collect();
                 table(&["ID", "NAME", "STATE", "ACCEL", "VCPUS", "MEMORY_MIB", "DISK_GIB", "INSTANCES"], &rows);
             })
+        }
+        HostCmd::JoinToken { conn } => {
+            let t = client(&conn)?.join_token().await?;
+            emit(conn.output, &t, |t| println!("{}", t.token))
         }
     }
 }

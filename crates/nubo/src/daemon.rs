@@ -6,7 +6,7 @@
 use crate::cli::{AgentArgs, AgentOpts, ServerArgs, UpArgs};
 use anyhow::Context;
 use nubo_agent::{Agent, AgentConfig};
-use nubo_controlplane::{auth, Config, Ctx};
+use nubo_controlplane::{identity, Config, Ctx};
 use nubo_hypervisor::{detect_accel, AccelPreference, Qemu};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,21 +36,18 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reuses the token saved in `file` if the database still knows it,
-/// else makes a new one. Tokens are stored hashed, so the plain text
-/// lives only in this 0600 file.
-async fn ensure_token(
-    ctx: &Ctx,
-    file: &Path,
-    kind: &str,
-    read: impl Fn(&str) -> Option<String>,
-) -> anyhow::Result<String> {
-    if let Some(tok) = std::fs::read_to_string(file).ok().and_then(|s| read(&s)) {
-        if ctx.store.token_kind(&auth::hash_token(&tok)).await?.as_deref() == Some(kind) {
-            return Ok(tok);
+/// Reuses the admin token saved in admin.env if it is still valid,
+/// else issues a new one. Tokens are stored hashed, so the plain text
+/// lives only in that 0600 file.
+async fn ensure_admin_token(ctx: &Ctx, env_file: &Path) -> anyhow::Result<String> {
+    if let Some(tok) = std::fs::read_to_string(env_file).ok().and_then(|s| env_value(&s, "NUBO_TOKEN")) {
+        if let Some(owner) = ctx.store.token_owner(&tok).await? {
+            if owner.user_name == identity::BOOTSTRAP_ADMIN {
+                return Ok(tok);
+            }
         }
     }
-    ctx.create_token(kind, &format!("{kind} (bootstrap)")).await
+    ctx.bootstrap_admin_token().await
 }
 
 fn env_value(s: &str, key: &str) -> Option<String> {
@@ -65,7 +62,6 @@ struct Started {
     url: String,
     data_dir: PathBuf,
     admin_token: String,
-    agent_token: String,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -76,18 +72,14 @@ async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
     config.policy.memory_overcommit = a.memory_overcommit;
     config.policy.weigher = a.weigher.parse().map_err(anyhow::Error::msg)?;
     let ctx = Ctx::new(config).await?;
-    let admin_token =
-        ensure_token(&ctx, &data_dir.join("admin.env"), auth::KIND_ADMIN, |s| env_value(s, "NUBO_TOKEN")).await?;
-    let agent_token =
-        ensure_token(&ctx, &data_dir.join("agent.token"), auth::KIND_AGENT, |s| Some(s.trim().to_string())).await?;
-    write_private(&data_dir.join("agent.token"), &format!("{agent_token}\n"))?;
+    let admin_token = ensure_admin_token(&ctx, &data_dir.join("admin.env")).await?;
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("cannot listen on {}: is another Nubo running? choose another --listen", a.listen))?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     let server = tokio::spawn(nubo_controlplane::serve(ctx.clone(), listener));
-    Ok(Started { ctx, url, data_dir, admin_token, agent_token, server })
+    Ok(Started { ctx, url, data_dir, admin_token, server })
 }
 
 fn write_admin_env(s: &Started) -> anyhow::Result<PathBuf> {
@@ -96,7 +88,7 @@ fn write_admin_env(s: &Started) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn agent_config(opts: &AgentOpts, server_url: &str, token: &str, data_dir: &Path) -> AgentConfig {
+fn agent_config(opts: &AgentOpts, server_url: &str, join_token: Option<String>, data_dir: &Path) -> AgentConfig {
     let host_name = opts.host_name.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname")
             .map(|s| s.trim().to_string())
@@ -106,7 +98,7 @@ fn agent_config(opts: &AgentOpts, server_url: &str, token: &str, data_dir: &Path
     });
     AgentConfig {
         server_url: server_url.to_string(),
-        token: token.to_string(),
+        join_token,
         data_dir: data_dir.to_path_buf(),
         image_cache: opts.image_cache.clone().unwrap_or_else(|| data_dir.join("images")),
         name: host_name,
@@ -155,7 +147,13 @@ async fn shutdown_signal() {
 
 pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     let s = start_server(&a.server).await?;
-    let config = agent_config(&a.agent, &s.url, &s.agent_token, &s.data_dir);
+    // The local agent joins like any other host: with a one-time token,
+    // traded for its own credential on first start.
+    let join = match nubo_agent::identity::load_credential(&s.data_dir)? {
+        Some(_) => None,
+        None => Some(s.ctx.store.create_join_token(600 * 1000).await?.0),
+    };
+    let config = agent_config(&a.agent, &s.url, join, &s.data_dir);
     ensure_tiny(config.image_cache.clone()).await?;
     let agent = make_agent(&a.agent, config)?;
     let host = agent.host_id.clone();
@@ -181,12 +179,15 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
 pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
     let s = start_server(&a).await?;
     let env = write_admin_env(&s)?;
+    let (join, _) = s.ctx.store.create_join_token(3600 * 1000).await?;
+    let join_file = s.data_dir.join("join.token");
+    write_private(&join_file, &format!("{join}\n"))?;
     println!("Nubo control plane at {}; admin credentials in {}", s.url, env.display());
     println!(
-        "Join compute hosts with:  nubo agent --server {} --token \"$(cat {})\"",
-        s.url,
-        s.data_dir.join("agent.token").display()
+        "Join a compute host (one-time token, valid 1 h, also in {}; more with `nubo host join-token`):",
+        join_file.display()
     );
+    println!("  nubo agent --server {} --join-token {join}", s.url);
     tokio::select! {
         r = s.server => { r??; }
         _ = shutdown_signal() => {}
@@ -196,7 +197,7 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
 
 pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
     let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
-    let config = agent_config(&a.opts, &a.server, &a.token, &data_dir);
+    let config = agent_config(&a.opts, &a.server, a.join_token.clone(), &data_dir);
     let agent = make_agent(&a.opts, config)?;
     tokio::select! {
         r = agent.run() => r,

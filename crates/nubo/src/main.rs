@@ -4,6 +4,7 @@
 mod cli;
 mod client_cmds;
 mod daemon;
+mod identity_cmds;
 mod output;
 
 use clap::Parser;
@@ -39,5 +40,10 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Instance(c) => client_cmds::instance(c).await,
         Command::Host(c) => client_cmds::host(c).await,
         Command::Image(c) => client_cmds::image(c).await,
+        Command::Login(a) => identity_cmds::login(a).await,
+        Command::Token(c) => identity_cmds::token(c).await,
+        Command::Project(c) => identity_cmds::project(c).await,
+        Command::User(c) => identity_cmds::user(c).await,
+        Command::Audit(c) => identity_cmds::audit(c).await,
     }
 }

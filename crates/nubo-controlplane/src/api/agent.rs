@@ -3,7 +3,7 @@
 //! state and console output. A host can only read and report for itself
 //! and its own instances.
 
-use crate::auth::Agent;
+use crate::auth::HostCaller;
 use crate::error::{ApiJson, AppError, AppResult};
 use crate::Ctx;
 use axum::extract::{Path, Query, State};
@@ -23,6 +23,15 @@ fn host_id(s: &str) -> AppResult<HostId> {
     s.parse().map_err(|e: nubo_api::ids::IdError| AppError::BadRequest(e.to_string()))
 }
 
+/// A host may read and report only for itself.
+fn same_host(caller: &HostCaller, id: &HostId) -> AppResult<()> {
+    if caller.host_id == id.as_str() {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden(format!("this credential belongs to host {}, not {id}", caller.host_id)))
+    }
+}
+
 async fn known_host(ctx: &Ctx, id: &HostId) -> AppResult<()> {
     match ctx.store.host(id.as_str()).await? {
         Some(_) => Ok(()),
@@ -33,7 +42,12 @@ async fn known_host(ctx: &Ctx, id: &HostId) -> AppResult<()> {
 /// Register (or re-register) a compute host.
 #[utoipa::path(post, path = "/api/v1/agent/register", tag = "agent", request_body = RegisterHost,
     responses((status = 200, description = "registered"), (status = 400, body = nubo_api::error::ErrorBody)))]
-pub async fn register(_: Agent, State(ctx): State<Arc<Ctx>>, ApiJson(r): ApiJson<RegisterHost>) -> AppResult<Json<()>> {
+pub async fn register(
+    caller: HostCaller,
+    State(ctx): State<Arc<Ctx>>,
+    ApiJson(r): ApiJson<RegisterHost>,
+) -> AppResult<Json<()>> {
+    same_host(&caller, &r.host_id)?;
     crate::validate::name(&r.name)?;
     if r.vcpus == 0 || r.memory_mib == 0 {
         return Err(AppError::BadRequest("a host needs at least one vCPU and some memory".into()));
@@ -54,12 +68,13 @@ pub struct DesiredQuery {
     params(("id" = String, Path, description = "host id"), DesiredQuery),
     responses((status = 200, body = DesiredState), (status = 404, body = nubo_api::error::ErrorBody)))]
 pub async fn desired(
-    _: Agent,
+    caller: HostCaller,
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
     Query(q): Query<DesiredQuery>,
 ) -> AppResult<Json<DesiredState>> {
     let host = host_id(&id)?;
+    same_host(&caller, &host)?;
     known_host(&ctx, &host).await?;
     if let Some(after) = q.after {
         let mut rx = ctx.subscribe();
@@ -102,12 +117,13 @@ pub async fn desired(
     params(("id" = String, Path, description = "host id")),
     responses((status = 200, description = "applied"), (status = 404, body = nubo_api::error::ErrorBody)))]
 pub async fn report(
-    _: Agent,
+    caller: HostCaller,
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
     ApiJson(r): ApiJson<HostReport>,
 ) -> AppResult<Json<()>> {
     let host = host_id(&id)?;
+    same_host(&caller, &host)?;
     if !ctx.store.heartbeat(&host).await? {
         return Err(AppError::NotFound { kind: "host", id: host.to_string() });
     }
@@ -130,11 +146,12 @@ pub async fn report(
     params(("id" = String, Path, description = "instance id")),
     responses((status = 200, body = ConsoleAck), (status = 404, body = nubo_api::error::ErrorBody)))]
 pub async fn console(
-    _: Agent,
+    caller: HostCaller,
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
     ApiJson(c): ApiJson<ConsoleChunk>,
 ) -> AppResult<Json<ConsoleAck>> {
+    same_host(&caller, &c.host_id)?;
     let id: InstanceId = id.parse().map_err(|e: nubo_api::ids::IdError| AppError::BadRequest(e.to_string()))?;
     let row =
         ctx.store.instance(id.as_str()).await?.ok_or(AppError::NotFound { kind: "instance", id: id.to_string() })?;
@@ -147,4 +164,23 @@ pub async fn console(
         ctx.store.append_console(id.as_str(), c.offset, c.raw_len, &c.data).await?
     };
     Ok(Json(ConsoleAck { next_offset }))
+}
+
+/// Trade a one-time join token for this host's own credential.
+#[utoipa::path(post, path = "/api/v1/agent/join", tag = "agent", request_body = nubo_api::params::HostJoin,
+    responses((status = 200, body = nubo_api::views::HostCredential),
+        (status = 401, description = "unknown, used or expired join token", body = nubo_api::error::ErrorBody)))]
+pub async fn join(
+    State(ctx): State<Arc<Ctx>>,
+    ApiJson(j): ApiJson<nubo_api::params::HostJoin>,
+) -> AppResult<Json<nubo_api::views::HostCredential>> {
+    match ctx.store.join_host(j.join_token.trim(), j.host_id.as_str()).await? {
+        Some(credential) => {
+            tracing::info!(host = %j.host_id, "host joined");
+            Ok(Json(nubo_api::views::HostCredential { host_id: j.host_id, credential }))
+        }
+        None => Err(AppError::Unauthorized(
+            "the join token is unknown, already used or expired: create a new one with `nubo host join-token`".into(),
+        )),
+    }
 }

@@ -1,6 +1,6 @@
 //! `/api/v1/hosts` and `/api/v1/images`: what the cloud runs on and boots from.
 
-use crate::auth::Admin;
+use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::Ctx;
 use axum::extract::State;
@@ -12,7 +12,8 @@ use std::sync::Arc;
 /// List compute hosts with capacity and use.
 #[utoipa::path(get, path = "/api/v1/hosts", tag = "hosts",
     responses((status = 200, body = Vec<Host>), (status = 401, body = nubo_api::error::ErrorBody)))]
-pub async fn list(_: Admin, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Host>>> {
+pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Host>>> {
+    crate::authz::require_admin(&caller)?;
     let counts: HashMap<String, i64> = ctx.store.instance_counts_by_host().await?.into_iter().collect();
     let now = crate::store::now_ms();
     let timeout = ctx.config.heartbeat_timeout.as_millis() as i64;
@@ -41,7 +42,7 @@ pub async fn list(_: Admin, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<H
 /// List images that instances can boot from.
 #[utoipa::path(get, path = "/api/v1/images", tag = "images",
     responses((status = 200, body = Vec<Image>), (status = 401, body = nubo_api::error::ErrorBody)))]
-pub async fn images(_: Admin, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Image>>> {
+pub async fn images(_caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Image>>> {
     let images = ctx.store.images().await?;
     Ok(Json(images.into_iter().map(|(name, source, description)| Image { name, source, description }).collect()))
 }

@@ -1,7 +1,8 @@
 //! `/api/v1/instances`: launch, inspect, power and terminate instances.
 //! Handlers only record desired state; the host's agent makes it so.
 
-use crate::auth::Admin;
+use crate::auth::Caller;
+use crate::authz::{self, Access};
 use crate::error::{ApiJson, AppError, AppResult};
 use crate::store::{InstanceRow, NewInstance};
 use crate::{placement, validate, Ctx};
@@ -18,9 +19,14 @@ fn parse_id(id: &str) -> AppResult<InstanceId> {
     id.parse().map_err(|e: nubo_api::ids::IdError| AppError::BadRequest(e.to_string()))
 }
 
-async fn load(ctx: &Ctx, id: &str) -> AppResult<InstanceRow> {
+/// Loads an instance the caller may access; the one door every
+/// instance handler goes through.
+async fn load(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> AppResult<InstanceRow> {
     let id = parse_id(id)?;
-    ctx.store.instance(id.as_str()).await?.ok_or(AppError::NotFound { kind: "instance", id: id.to_string() })
+    let row =
+        ctx.store.instance(id.as_str()).await?.ok_or(AppError::NotFound { kind: "instance", id: id.to_string() })?;
+    authz::check(caller, access, row.project_id.as_deref(), "instance", id.as_str())?;
+    Ok(row)
 }
 
 /// Builds the view; `with_events` adds the life events (show only).
@@ -63,9 +69,14 @@ pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<I
 /// List instances, terminated ones included (as EC2 shows them for a while).
 #[utoipa::path(get, path = "/api/v1/instances", tag = "instances",
     responses((status = 200, body = Vec<Instance>), (status = 401, body = nubo_api::error::ErrorBody)))]
-pub async fn list(_: Admin, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Instance>>> {
+pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Instance>>> {
     let mut out = Vec::new();
-    for row in ctx.store.instances().await? {
+    // Operators see every project's instances; everyone else their project's.
+    let scope = if caller.admin { None } else { Some(caller.project_id.clone().unwrap_or_default()) };
+    if !caller.admin && caller.role == crate::auth::Role::None {
+        return Ok(Json(out));
+    }
+    for row in ctx.store.instances(scope.as_deref()).await? {
         out.push(view(&ctx, row, false).await?);
     }
     Ok(Json(out))
@@ -77,10 +88,11 @@ pub async fn list(_: Admin, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<I
         (status = 400, description = "invalid input", body = nubo_api::error::ErrorBody),
         (status = 409, description = "no host can take it; the message gives each host's reason", body = nubo_api::error::ErrorBody)))]
 pub async fn create(
-    _: Admin,
+    caller: Caller,
     State(ctx): State<Arc<Ctx>>,
     ApiJson(p): ApiJson<InstanceCreate>,
 ) -> AppResult<(StatusCode, Json<Instance>)> {
+    let project = authz::creation_project(&caller)?;
     validate::instance_create(&p)?;
     if !ctx.store.image_exists(&p.image).await? {
         let known: Vec<String> = ctx.store.images().await?.into_iter().map(|i| i.0).collect();
@@ -94,6 +106,7 @@ pub async fn create(
     let name = p.name.clone().unwrap_or_else(|| id.to_string());
     let new = NewInstance {
         id: &id,
+        project_id: &project,
         name: &name,
         image: &p.image,
         vcpus: p.vcpus,
@@ -113,13 +126,15 @@ pub async fn create(
 #[utoipa::path(get, path = "/api/v1/instances/{id}", tag = "instances",
     params(("id" = String, Path, description = "instance id, i-...")),
     responses((status = 200, body = Instance), (status = 404, body = nubo_api::error::ErrorBody)))]
-pub async fn show(_: Admin, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<Json<Instance>> {
-    let row = load(&ctx, &id).await?;
+pub async fn show(caller: Caller, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<Json<Instance>> {
+    let row = load(&ctx, &caller, &id, Access::Read).await?;
     Ok(Json(view(&ctx, row, true).await?))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn change(
     ctx: &Arc<Ctx>,
+    caller: &Caller,
     id: &str,
     from: &[&str],
     to: &str,
@@ -127,7 +142,7 @@ async fn change(
     bump_reboot: bool,
     event: &str,
 ) -> AppResult<(StatusCode, Json<Instance>)> {
-    let row = load(ctx, id).await?;
+    let row = load(ctx, caller, id, Access::Write).await?;
     if !ctx.store.set_desired(&row.id, from, to, bump_start, bump_reboot, event).await? {
         let now = if row.desired == "deleted" { "terminated" } else { row.desired.as_str() };
         return Err(AppError::Conflict(format!(
@@ -136,7 +151,7 @@ async fn change(
         )));
     }
     ctx.bump();
-    let row = load(ctx, id).await?;
+    let row = load(ctx, caller, id, Access::Read).await?;
     Ok((StatusCode::ACCEPTED, Json(view(ctx, row, true).await?)))
 }
 
@@ -145,11 +160,11 @@ async fn change(
     params(("id" = String, Path, description = "instance id")),
     responses((status = 202, body = Instance), (status = 404, body = nubo_api::error::ErrorBody), (status = 409, body = nubo_api::error::ErrorBody)))]
 pub async fn stop(
-    _: Admin,
+    caller: Caller,
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
 ) -> AppResult<(StatusCode, Json<Instance>)> {
-    change(&ctx, &id, &["running", "stopped"], "stopped", false, false, "stop").await
+    change(&ctx, &caller, &id, &["running", "stopped"], "stopped", false, false, "stop").await
 }
 
 /// Start a stopped instance.
@@ -157,15 +172,15 @@ pub async fn stop(
     params(("id" = String, Path, description = "instance id")),
     responses((status = 202, body = Instance), (status = 404, body = nubo_api::error::ErrorBody), (status = 409, body = nubo_api::error::ErrorBody)))]
 pub async fn start(
-    _: Admin,
+    caller: Caller,
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
 ) -> AppResult<(StatusCode, Json<Instance>)> {
-    let row = load(&ctx, &id).await?;
+    let row = load(&ctx, &caller, &id, Access::Write).await?;
     if row.desired == "running" && row.state != "error" {
         return Err(AppError::Conflict(format!("instance {} is already running (state {})", row.id, row.state)));
     }
-    change(&ctx, &id, &["stopped", "running"], "running", true, false, "start").await
+    change(&ctx, &caller, &id, &["stopped", "running"], "running", true, false, "start").await
 }
 
 /// Reboot a running instance (hardware reset).
@@ -173,18 +188,18 @@ pub async fn start(
     params(("id" = String, Path, description = "instance id")),
     responses((status = 202, body = Instance), (status = 404, body = nubo_api::error::ErrorBody), (status = 409, body = nubo_api::error::ErrorBody)))]
 pub async fn reboot(
-    _: Admin,
+    caller: Caller,
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
 ) -> AppResult<(StatusCode, Json<Instance>)> {
-    let row = load(&ctx, &id).await?;
+    let row = load(&ctx, &caller, &id, Access::Write).await?;
     if row.state != "running" {
         return Err(AppError::Conflict(format!(
             "cannot reboot instance {} while it is {}: start it first",
             row.id, row.state
         )));
     }
-    change(&ctx, &id, &["running"], "running", false, true, "reboot").await
+    change(&ctx, &caller, &id, &["running"], "running", false, true, "reboot").await
 }
 
 /// Terminate: the VM and its disk are deleted and the host's capacity freed.
@@ -192,19 +207,23 @@ pub async fn reboot(
     params(("id" = String, Path, description = "instance id")),
     responses((status = 202, body = Instance), (status = 404, body = nubo_api::error::ErrorBody), (status = 409, body = nubo_api::error::ErrorBody)))]
 pub async fn terminate(
-    _: Admin,
+    caller: Caller,
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
 ) -> AppResult<(StatusCode, Json<Instance>)> {
-    change(&ctx, &id, &["running", "stopped"], "deleted", false, false, "terminate").await
+    change(&ctx, &caller, &id, &["running", "stopped"], "deleted", false, false, "terminate").await
 }
 
 /// The serial console's output (the last 1 MiB).
 #[utoipa::path(get, path = "/api/v1/instances/{id}/console", tag = "instances",
     params(("id" = String, Path, description = "instance id")),
     responses((status = 200, body = ConsoleOutput), (status = 404, body = nubo_api::error::ErrorBody)))]
-pub async fn console(_: Admin, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<Json<ConsoleOutput>> {
-    let row = load(&ctx, &id).await?;
+pub async fn console(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+) -> AppResult<Json<ConsoleOutput>> {
+    let row = load(&ctx, &caller, &id, Access::Read).await?;
     let output = ctx.store.console(&row.id).await?;
     Ok(Json(ConsoleOutput { instance_id: parse_id(&row.id)?, output }))
 }

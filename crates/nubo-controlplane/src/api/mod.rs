@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod hosts;
+pub mod identity;
 pub mod instances;
 
 use crate::error::AppError;
@@ -39,6 +40,23 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(agent::desired))
         .routes(routes!(agent::report))
         .routes(routes!(agent::console))
+        .routes(routes!(agent::join))
+        .routes(routes!(identity::login))
+        .routes(routes!(identity::whoami))
+        .routes(routes!(identity::create_token, identity::list_tokens))
+        .routes(routes!(identity::revoke_token))
+        .routes(routes!(identity::list_projects, identity::create_project))
+        .routes(routes!(identity::set_quota))
+        .routes(routes!(identity::set_member))
+        .routes(routes!(identity::list_users, identity::create_user))
+        .routes(routes!(identity::audit))
+        .routes(routes!(identity::join_token))
+}
+
+/// Sign-in through LDAP; without an LDAP configuration every unknown user
+/// is simply refused.
+pub async fn ldap_login(_ctx: &Ctx, _user: &str, _password: &str) -> Result<crate::identity::UserRow, AppError> {
+    Err(AppError::Unauthorized("invalid username or password".into()))
 }
 
 /// The OpenAPI document, exactly as served.
@@ -53,6 +71,7 @@ pub fn router(ctx: Arc<Ctx>) -> axum::Router {
         .route("/api/v1/openapi.json", get(move || async move { Json(doc) }))
         .route("/api/v1/health", get(|| async { "ok" }))
         .fallback(|uri: axum::http::Uri| async move { AppError::UnknownRoute(uri.path().chars().take(200).collect()) })
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), crate::audit::middleware))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .with_state(ctx)

@@ -136,8 +136,10 @@ impl Cloud {
         };
         self.url = get("NUBO_URL");
         self.token = get("NUBO_TOKEN");
-        self.agent_token =
-            std::fs::read_to_string(self.dir.path().join("agent.token")).expect("agent.token").trim().to_string();
+        if !self.all_in_one {
+            self.agent_token =
+                std::fs::read_to_string(self.dir.path().join("join.token")).expect("join.token").trim().to_string();
+        }
     }
 
     pub fn start_agent(&mut self) {
@@ -149,7 +151,7 @@ impl Cloud {
             .arg("test-agent")
             .arg("--server")
             .arg(&self.url)
-            .arg("--token")
+            .arg("--join-token")
             .arg(&self.agent_token)
             .arg("--data-dir")
             .arg(self.agent_dir())

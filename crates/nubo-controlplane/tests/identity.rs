@@ -1,0 +1,294 @@
+//! Tenancy and security through the real router (no socket, no VM):
+//! project isolation, roles, token expiry and revocation, quotas under
+//! parallel requests, host joins, and the audit log of every attempt.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use nubo_api::ids::HostId;
+use nubo_controlplane::{app, Config, Ctx};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tower::ServiceExt;
+
+struct T {
+    ctx: Arc<Ctx>,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+impl T {
+    async fn new() -> T {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = Ctx::new(Config::new(dir.path().to_path_buf())).await.unwrap();
+        let admin = ctx.bootstrap_admin_token().await.unwrap();
+        T { ctx, admin, _dir: dir }
+    }
+
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let resp = app(self.ctx.clone()).oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    async fn ok(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
+        let (s, v) = self.call(method, path, Some(token), body).await;
+        assert!(s.is_success(), "{method} {path}: {s} {v}");
+        v
+    }
+
+    /// A user with `role` in `project` (created as needed); returns its session token.
+    async fn user(&self, name: &str, project: &str, role: &str) -> String {
+        let (s, _) = self.call("POST", "/api/v1/projects", Some(&self.admin), Some(json!({"name": project}))).await;
+        assert!(s == StatusCode::CREATED || s == StatusCode::CONFLICT);
+        let admin = self.admin.clone();
+        self.ok("POST", "/api/v1/users", &admin, Some(json!({"name": name, "password": "s3cret-pass"}))).await;
+        self.ok("PUT", &format!("/api/v1/projects/{project}/members/{name}"), &admin, Some(json!({"role": role})))
+            .await;
+        let v =
+            self.ok("POST", "/api/v1/auth/login", "", Some(json!({"username": name, "password": "s3cret-pass"}))).await;
+        assert_eq!(v["role"], role);
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    async fn add_host(&self) -> String {
+        let (join, _) = self.ctx.store.create_join_token(60_000).await.unwrap();
+        let id = HostId::generate();
+        let v = self.ok("POST", "/api/v1/agent/join", "", Some(json!({"join_token": join, "host_id": id}))).await;
+        let cred = v["credential"].as_str().unwrap().to_string();
+        let reg =
+            json!({"host_id": id, "name": "h1", "accel": "tcg", "vcpus": 64, "memory_mib": 262144, "disk_gib": 1000});
+        self.ok("POST", "/api/v1/agent/register", &cred, Some(reg)).await;
+        cred
+    }
+
+    async fn audit(&self) -> Vec<Value> {
+        let admin = self.admin.clone();
+        self.ok("GET", "/api/v1/audit?limit=1000", &admin, None).await.as_array().unwrap().clone()
+    }
+}
+
+fn small() -> Value {
+    json!({"image": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})
+}
+
+#[tokio::test]
+async fn a_member_of_a_cannot_see_touch_or_guess_b_resources() {
+    let t = T::new().await;
+    t.add_host().await;
+    let alice = t.user("alice", "proj-a", "member").await;
+    let bob = t.user("bob", "proj-b", "member").await;
+    let b_inst = t.ok("POST", "/api/v1/instances", &bob, Some(small())).await;
+    let b_id = b_inst["id"].as_str().unwrap();
+    let a_inst = t.ok("POST", "/api/v1/instances", &alice, Some(small())).await;
+
+    // List: only her own.
+    let list = t.ok("GET", "/api/v1/instances", &alice, None).await;
+    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![a_inst["id"].as_str().unwrap()]);
+    // Read, change, console: B's instance does not exist for her (no probing).
+    for (method, path) in [
+        ("GET", format!("/api/v1/instances/{b_id}")),
+        ("GET", format!("/api/v1/instances/{b_id}/console")),
+        ("POST", format!("/api/v1/instances/{b_id}/stop")),
+        ("POST", format!("/api/v1/instances/{b_id}/reboot")),
+        ("DELETE", format!("/api/v1/instances/{b_id}")),
+    ] {
+        let (s, v) = t.call(method, &path, Some(&alice), None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{method} {path}: {v}");
+    }
+    // A guessed id answers exactly like a real one of another project.
+    let (s, guessed) = t.call("GET", "/api/v1/instances/i-0000000000000000a", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, real) = t.call("GET", &format!("/api/v1/instances/{b_id}"), Some(&alice), None).await;
+    assert_eq!(guessed["error"]["code"], real["error"]["code"]);
+    // Bob's instance is untouched.
+    let still = t.ok("GET", &format!("/api/v1/instances/{b_id}"), &bob, None).await;
+    assert_eq!(still["desired_state"], "running");
+    // Operator-only endpoints are refused to members.
+    for path in ["/api/v1/hosts", "/api/v1/users", "/api/v1/audit"] {
+        let (s, _) = t.call("GET", path, Some(&alice), None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{path}");
+    }
+    // The operator sees both.
+    let all = t.ok("GET", "/api/v1/instances", &t.admin.clone(), None).await;
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    // Each refused attempt is in the audit log, with who and the outcome.
+    let audit = t.audit().await;
+    assert!(audit.iter().any(|e| e["actor"] == "alice"
+        && e["method"] == "POST"
+        && e["path"] == format!("/api/v1/instances/{b_id}/stop")
+        && e["outcome"] == "denied"
+        && e["status"] == 404));
+    assert!(audit.iter().any(|e| e["actor"] == "bob" && e["path"] == "/api/v1/instances" && e["outcome"] == "ok"));
+}
+
+#[tokio::test]
+async fn a_reader_reads_but_cannot_change() {
+    let t = T::new().await;
+    t.add_host().await;
+    let alice = t.user("alice", "proj-a", "member").await;
+    let carol = t.user("carol", "proj-a", "reader").await;
+    let i = t.ok("POST", "/api/v1/instances", &alice, Some(small())).await;
+    let id = i["id"].as_str().unwrap();
+    t.ok("GET", &format!("/api/v1/instances/{id}"), &carol, None).await;
+    let (s, v) = t.call("POST", &format!("/api/v1/instances/{id}/stop"), Some(&carol), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("member role"));
+    let (s, _) = t.call("POST", "/api/v1/instances", Some(&carol), Some(small())).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn wrong_password_expired_and_revoked_tokens_are_refused() {
+    let t = T::new().await;
+    let alice = t.user("alice", "proj-a", "member").await;
+    let (s, v) =
+        t.call("POST", "/api/v1/auth/login", None, Some(json!({"username": "alice", "password": "nope-nope"}))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"]["message"], "invalid username or password");
+    let (s, _) =
+        t.call("POST", "/api/v1/auth/login", None, Some(json!({"username": "nobody", "password": "whatever1"}))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    // Expiry.
+    let short = t.ok("POST", "/api/v1/tokens", &alice, Some(json!({"name": "short", "expires_in_secs": 1}))).await;
+    let short = short["token"].as_str().unwrap().to_string();
+    t.ok("GET", "/api/v1/auth/whoami", &short, None).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (s, v) = t.call("GET", "/api/v1/auth/whoami", Some(&short), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("expired"));
+
+    // Revocation, effective at once; a user cannot revoke someone else's token.
+    let long = t.ok("POST", "/api/v1/tokens", &alice, Some(json!({"name": "ci"}))).await;
+    let (long_id, long) = (long["id"].as_str().unwrap().to_string(), long["token"].as_str().unwrap().to_string());
+    let bob = t.user("bob", "proj-b", "member").await;
+    let (s, _) = t.call("DELETE", &format!("/api/v1/tokens/{long_id}"), Some(&bob), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    t.ok("GET", "/api/v1/instances", &long, None).await;
+    t.ok("DELETE", &format!("/api/v1/tokens/{long_id}"), &alice, None).await;
+    let (s, _) = t.call("GET", "/api/v1/instances", Some(&long), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let tokens = t.ok("GET", "/api/v1/tokens", &alice, None).await;
+    assert!(tokens.as_array().unwrap().iter().any(|x| x["id"] == long_id.as_str() && x["revoked"] == true));
+    // Tokens are stored hashed: the secret is nowhere in the database file.
+    let db = std::fs::read(t.ctx.config.data_dir.join("nubo.db")).unwrap();
+    assert!(!db.windows(long.len()).any(|w| w == long.as_bytes()));
+
+    let audit = t.audit().await;
+    assert!(audit.iter().any(|e| e["path"] == "/api/v1/auth/login" && e["status"] == 401));
+    assert!(audit.iter().any(|e| e["path"] == format!("/api/v1/tokens/{long_id}") && e["actor"] == "alice"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quotas_hold_under_20_parallel_requests() {
+    let t = T::new().await;
+    t.add_host().await;
+    let alice = t.user("alice", "proj-a", "member").await;
+    t.ok("PUT", "/api/v1/projects/proj-a/quota", &t.admin.clone(), Some(json!({"instances": 3}))).await;
+    let t = Arc::new(t);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (t, alice) = (t.clone(), alice.clone());
+        tasks.push(tokio::spawn(async move { t.call("POST", "/api/v1/instances", Some(&alice), Some(small())).await }));
+    }
+    let mut created = 0;
+    for task in tasks {
+        let (s, v) = task.await.unwrap();
+        match s {
+            StatusCode::CREATED => created += 1,
+            StatusCode::FORBIDDEN => {
+                assert_eq!(v["error"]["code"], "quota_exceeded");
+                assert!(v["error"]["message"].as_str().unwrap().contains("instances 3/3"), "{v}");
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert_eq!(created, 3);
+    let projects = t.ok("GET", "/api/v1/projects", &alice, None).await;
+    assert_eq!(projects[0]["used"]["instances"], 3);
+    // vCPU quota too.
+    t.ok("PUT", "/api/v1/projects/proj-a/quota", &t.admin.clone(), Some(json!({"instances": 100, "vcpus": 4}))).await;
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/v1/instances",
+            Some(&alice),
+            Some(json!({"image": "tiny", "vcpus": 2, "memory_mib": 128, "disk_gib": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+}
+
+#[tokio::test]
+async fn a_host_cannot_register_without_joining() {
+    let t = T::new().await;
+    let id = HostId::generate();
+    let reg = json!({"host_id": id, "name": "rogue", "accel": "tcg", "vcpus": 8, "memory_mib": 8192, "disk_gib": 10});
+    let (s, _) = t.call("POST", "/api/v1/agent/register", None, Some(reg.clone())).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = t.call("POST", "/api/v1/agent/register", Some("nubo_made_up"), Some(reg.clone())).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // A user token is not a host credential either.
+    let (s, _) = t.call("POST", "/api/v1/agent/register", Some(&t.admin), Some(reg.clone())).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // A made-up join token is refused; a real one works once.
+    let (s, _) =
+        t.call("POST", "/api/v1/agent/join", None, Some(json!({"join_token": "nubo_guess", "host_id": id}))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let join =
+        t.ok("POST", "/api/v1/hosts/join-tokens", &t.admin.clone(), None).await["token"].as_str().unwrap().to_string();
+    let v = t.ok("POST", "/api/v1/agent/join", "", Some(json!({"join_token": join, "host_id": id}))).await;
+    let cred = v["credential"].as_str().unwrap().to_string();
+    let (s, _) = t
+        .call("POST", "/api/v1/agent/join", None, Some(json!({"join_token": join, "host_id": HostId::generate()})))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "a join token is one-time");
+    t.ok("POST", "/api/v1/agent/register", &cred, Some(reg)).await;
+    // The credential only acts as its own host.
+    let other = HostId::generate();
+    let reg2 =
+        json!({"host_id": other, "name": "other", "accel": "tcg", "vcpus": 8, "memory_mib": 8192, "disk_gib": 10});
+    let (s, _) = t.call("POST", "/api/v1/agent/register", Some(&cred), Some(reg2)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let hosts = t.ok("GET", "/api/v1/hosts", &t.admin.clone(), None).await;
+    assert_eq!(hosts.as_array().unwrap().len(), 1);
+    // Members cannot mint join tokens.
+    let alice = t.user("alice", "proj-a", "member").await;
+    let (s, _) = t.call("POST", "/api/v1/hosts/join-tokens", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let audit = t.audit().await;
+    assert!(audit
+        .iter()
+        .any(|e| e["path"] == "/api/v1/agent/register" && e["actor"] == "anonymous" && e["status"] == 401));
+    assert!(audit.iter().any(|e| e["path"] == "/api/v1/agent/join" && e["outcome"] == "denied"));
+    assert!(audit
+        .iter()
+        .any(|e| e["path"] == "/api/v1/hosts/join-tokens" && e["actor"] == "alice" && e["status"] == 403));
+}
+
+#[tokio::test]
+async fn each_credential_is_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path().to_path_buf());
+    config.rate_per_sec = 5;
+    let ctx = Ctx::new(config).await.unwrap();
+    let admin = ctx.bootstrap_admin_token().await.unwrap();
+    let t = T { ctx, admin, _dir: dir };
+    let mut limited = 0;
+    for _ in 0..30 {
+        let (s, v) = t.call("GET", "/api/v1/instances", Some(&t.admin), None).await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            assert!(v["error"]["message"].as_str().unwrap().contains("slow down"));
+            limited += 1;
+        }
+    }
+    assert!(limited >= 15, "only {limited} of 30 rapid requests were limited");
+}
