@@ -9,8 +9,13 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends \
-  qemu-system-x86 qemu-utils seabios ipxe-qemu e2fsprogs curl ca-certificates procps
+  qemu-system-x86 qemu-utils seabios ipxe-qemu e2fsprogs curl ca-certificates procps \
+  slapd
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust stable (https://rustup.rs) and re-run" >&2
   exit 1
 fi
+# slapd is only used by the tests, which run their own instance on
+# 127.0.0.1; never leave Debian's system instance listening.
+if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now slapd >/dev/null 2>&1 || true; fi
+$SUDO service slapd stop >/dev/null 2>&1 || true

@@ -10,7 +10,12 @@ use nubo_api::params::InstanceCreate;
 use nubo_api::views::{ConsoleOutput, Host, Image, Instance};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::path::Path;
 use std::time::Duration;
+
+/// The environment variable naming an extra CA certificate (PEM) to
+/// trust, e.g. the one `nubo server --tls` generates in DATA_DIR/tls/ca.pem.
+pub const CA_CERT_ENV: &str = "NUBO_CA_CERT";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -25,6 +30,34 @@ pub enum ClientError {
     /// The server's answer was not what this client understands.
     #[error("unexpected answer from {url}: {detail}; are the client and server the same Nubo version?")]
     Decode { url: String, detail: String },
+    /// The server's TLS certificate is not trusted (or not valid for its name).
+    #[error(
+        "the Nubo API at {url} presented a TLS certificate this client does not trust: {detail}; if the server \
+         generated its own CA, set NUBO_CA_CERT to its DATA_DIR/tls/ca.pem (`nubo agent`: --ca-cert), and check that \
+         the host in the URL is one the certificate covers"
+    )]
+    Tls { url: String, detail: String },
+    /// The extra CA certificate to trust cannot be used.
+    #[error("cannot use the CA certificate {path}: {detail}; point NUBO_CA_CERT (or --ca-cert) at the server's CA in PEM, e.g. DATA_DIR/tls/ca.pem")]
+    CaCert { path: String, detail: String },
+}
+
+/// Classifies a failed request: certificate problems get their own error,
+/// which says how to trust the server.
+fn transport(url: &str, source: reqwest::Error) -> ClientError {
+    let mut cause: Option<&dyn std::error::Error> = Some(&source);
+    let mut innermost = String::new();
+    let mut about_certificates = false;
+    while let Some(e) = cause {
+        innermost = e.to_string();
+        about_certificates |= innermost.contains("certificate");
+        cause = e.source();
+    }
+    if about_certificates {
+        ClientError::Tls { url: url.to_string(), detail: innermost }
+    } else {
+        ClientError::Transport { url: url.to_string(), source }
+    }
 }
 
 impl ClientError {
@@ -46,12 +79,38 @@ pub struct Client {
 impl Client {
     /// `base` is the server's URL, e.g. `http://127.0.0.1:8780`.
     pub fn new(base: &str, token: &str) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
+        Self::with_ca(base, token, None)
+    }
+
+    /// Like [`Client::new`], also trusting the CA certificate(s) in the
+    /// PEM file `ca_cert` (for an `https://` server with its own CA).
+    pub fn with_ca(base: &str, token: &str, ca_cert: Option<&Path>) -> Result<Self, ClientError> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = ca_cert {
+            let ca_error = |detail: String| ClientError::CaCert { path: path.display().to_string(), detail };
+            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ca_error("it holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into()));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
             .connect_timeout(Duration::from_secs(5))
             // Above the server's long-poll (20 s).
             .timeout(Duration::from_secs(60))
             .build()
-            .map_err(|source| ClientError::Transport { url: base.to_string(), source })?;
+            .map_err(|source| match ca_cert {
+                // The CA is the only input here that can be wrong.
+                Some(path) => ClientError::CaCert {
+                    path: path.display().to_string(),
+                    detail: std::error::Error::source(&source)
+                        .map_or_else(|| source.to_string(), |s| format!("{source}: {s}")),
+                },
+                None => ClientError::Transport { url: base.to_string(), source },
+            })?;
         Ok(Self { base: base.trim_end_matches('/').to_string(), token: token.to_string(), http })
     }
 
@@ -60,13 +119,9 @@ impl Client {
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<T, ClientError> {
-        let resp = req
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport { url: url.to_string(), source })?;
+        let resp = req.bearer_auth(&self.token).send().await.map_err(|source| transport(url, source))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|source| ClientError::Transport { url: url.to_string(), source })?;
+        let bytes = resp.bytes().await.map_err(|source| transport(url, source))?;
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(b) => ClientError::Api { status: status.as_u16(), code: b.error.code, message: b.error.message },

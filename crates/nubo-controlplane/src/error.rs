@@ -32,6 +32,9 @@ pub enum AppError {
     /// The credential sent too many requests.
     #[error("{0}")]
     TooManyRequests(String),
+    /// A service Nubo depends on (e.g. the LDAP server) cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
     /// The scheduler found no host; the message names each host's reason.
     #[error("{0}")]
     NoValidHost(String),
@@ -54,6 +57,7 @@ impl AppError {
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::NoValidHost(_) => (StatusCode::CONFLICT, "no_valid_host"),
             Self::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

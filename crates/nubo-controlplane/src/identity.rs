@@ -59,6 +59,9 @@ pub struct TokenRow {
     pub revoked_at_ms: Option<i64>,
 }
 
+/// at_ms, actor, project name, method, path, source, status, outcome.
+type AuditRow = (i64, String, Option<String>, String, String, String, i64, String);
+
 /// Hashes a password with argon2id and a random salt (PHC string).
 pub fn hash_password(password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
@@ -337,7 +340,7 @@ impl Store {
     }
 
     pub async fn audit_entries(&self, limit: i64) -> Result<Vec<nubo_api::views::AuditEntry>, sqlx::Error> {
-        let rows: Vec<(i64, String, Option<String>, String, String, String, i64, String)> = sqlx::query_as(
+        let rows: Vec<AuditRow> = sqlx::query_as(
             "SELECT a.at_ms, a.actor, p.name, a.method, a.path, a.source, a.status, a.outcome
              FROM audit_log a LEFT JOIN projects p ON p.id = a.project_id
              ORDER BY a.at_ms DESC, a.id DESC LIMIT $1",

@@ -13,6 +13,7 @@ pub mod identity;
 pub mod ldap;
 pub mod placement;
 pub mod store;
+pub mod tls;
 pub mod validate;
 
 use nubo_scheduler::{HostSnapshot, Policy};
@@ -37,6 +38,8 @@ pub struct Config {
     pub rate_per_sec: u32,
     /// Lifetime of tokens issued by `login`.
     pub session_ttl: Duration,
+    /// Sign-in against a directory, when set.
+    pub ldap: Option<ldap::LdapConfig>,
 }
 
 impl Config {
@@ -49,6 +52,7 @@ impl Config {
             max_body_bytes: 256 * 1024,
             rate_per_sec: 200,
             session_ttl: Duration::from_secs(12 * 3600),
+            ldap: None,
         }
     }
 }
@@ -149,4 +153,24 @@ pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) -> std::io:
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "control plane listening");
     axum::serve(listener, app(ctx).into_make_service_with_connect_info::<SocketAddr>()).await
+}
+
+/// Serves the API over HTTPS on `listener` until the future is dropped;
+/// `tls` comes from [`tls::TlsFiles::server_config`]. Handlers see the
+/// peer's address (`ConnectInfo<SocketAddr>`) as with [`serve`].
+pub async fn serve_tls(
+    ctx: Arc<Ctx>,
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) -> std::io::Result<()> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(?addr, "control plane listening (HTTPS)");
+    let acceptor =
+        axum_server::tls_rustls::RustlsAcceptor::new(axum_server::tls_rustls::RustlsConfig::from_config(tls));
+    axum_server::Server::<SocketAddr>::from_listener(listener)
+        .acceptor(acceptor)
+        // A failed handshake (a plain-HTTP client, an untrusting client) ends that connection only.
+        .accept_error_handler(|peer, e| tracing::debug!(?peer, error = %e, "TLS connection failed"))
+        .serve(app(ctx).into_make_service_with_connect_info::<SocketAddr>())
+        .await
 }

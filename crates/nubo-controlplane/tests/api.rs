@@ -248,7 +248,7 @@ fn openapi_document_is_checked_in_and_current() {
 
 #[tokio::test]
 async fn openapi_is_served() {
-    let mut t = setup().await;
+    let t = setup().await;
     let (s, v) = t.call("GET", "/api/v1/openapi.json", None, None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["info"]["title"], "Nubo API");

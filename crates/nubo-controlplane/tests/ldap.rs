@@ -304,3 +304,73 @@ async fn missing_group_base_is_a_config_error() {
     let err = authenticate(&cfg, "alice", "alice-secret").await.expect_err("no such base");
     assert!(matches!(&err, LdapError::Config(m) if m.contains("ou=teams")), "{err:?}");
 }
+
+/// Sign-in through the API: `POST /api/v1/auth/login` binds against the
+/// real slapd, and the token carries the role the LDAP group maps to.
+#[tokio::test]
+async fn login_through_the_api_gets_the_mapped_role() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let Some(slapd) = Slapd::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = nubo_controlplane::Config::new(dir.path().to_path_buf());
+    config.ldap = Some(slapd.config());
+    let ctx = nubo_controlplane::Ctx::new(config).await.unwrap();
+    let call = |method: &str, path: &str, token: Option<&str>, body: Option<serde_json::Value>| {
+        let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(Body::from(body.map(|b| b.to_string()).unwrap_or_default())).unwrap();
+        let app = nubo_controlplane::app(ctx.clone());
+        async move {
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default())
+        }
+    };
+    let login = |user: &str, pw: &str| serde_json::json!({"username": user, "password": pw});
+
+    let (s, v) = call("POST", "/api/v1/auth/login", None, Some(login("alice", "alice-secret"))).await;
+    assert_eq!(s, StatusCode::OK, "{v}\n{}", slapd.log());
+    assert_eq!(v["project"], "dev");
+    assert_eq!(v["role"], "member");
+    let alice = v["token"].as_str().unwrap().to_string();
+    let (s, who) = call("GET", "/api/v1/auth/whoami", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(who["admin"], false);
+    // A member is refused the operator's endpoints.
+    let (s, _) = call("GET", "/api/v1/hosts", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // bob's group maps to admin: he is an operator.
+    let (s, v) = call("POST", "/api/v1/auth/login", None, Some(login("bob", "bob-secret"))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["role"], "admin");
+    let bob = v["token"].as_str().unwrap().to_string();
+    let (s, _) = call("GET", "/api/v1/hosts", Some(&bob), None).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Wrong password, and a user in no mapped group.
+    let (s, v) = call("POST", "/api/v1/auth/login", None, Some(login("alice", "not-her-password"))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"]["message"], "invalid username or password");
+    let (s, _) = call("POST", "/api/v1/auth/login", None, Some(login("carol", "carol-secret"))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // Every attempt is in the audit log.
+    let (_, audit) = call("GET", "/api/v1/audit", Some(&bob), None).await;
+    let logins: Vec<u64> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["path"] == "/api/v1/auth/login")
+        .map(|e| e["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(logins.len(), 4, "{audit}");
+    assert!(logins.contains(&401) && logins.contains(&403) && logins.contains(&200));
+}

@@ -161,6 +161,9 @@ pub struct ServerArgs {
     /// How hosts are chosen: spread (least loaded) or pack (fullest that fits).
     #[arg(long, default_value = "spread")]
     pub weigher: String,
+    /// LDAP sign-in settings (JSON: url, user_dn_template, group_base, mappings).
+    #[arg(long, env = "NUBO_LDAP_CONFIG")]
+    pub ldap_config: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]

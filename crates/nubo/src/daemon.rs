@@ -71,6 +71,14 @@ async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
     config.policy.cpu_overcommit = a.cpu_overcommit;
     config.policy.memory_overcommit = a.memory_overcommit;
     config.policy.weigher = a.weigher.parse().map_err(anyhow::Error::msg)?;
+    if let Some(path) = &a.ldap_config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the LDAP configuration {}", path.display()))?;
+        let ldap: nubo_controlplane::ldap::LdapConfig = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid LDAP configuration", path.display()))?;
+        ldap.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        config.ldap = Some(ldap);
+    }
     let ctx = Ctx::new(config).await?;
     let admin_token = ensure_admin_token(&ctx, &data_dir.join("admin.env")).await?;
     let listener = tokio::net::TcpListener::bind(a.listen)

@@ -55,7 +55,7 @@ pub async fn login(State(ctx): State<Arc<Ctx>>, ApiJson(l): ApiJson<Login>) -> A
     };
     let memberships = ctx.store.memberships(&user.id).await?;
     let chosen = match &l.project {
-        Some(p) => memberships.iter().find(|(id, name, _)| id == p || name == p).cloned().or_else(|| None),
+        Some(p) => memberships.iter().find(|(id, name, _)| id == p || name == p).cloned(),
         None => memberships.first().cloned(),
     };
     let (project_id, project_name, role) = match (chosen, user.is_admin == 1, &l.project) {

@@ -53,10 +53,32 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(identity::join_token))
 }
 
-/// Sign-in through LDAP; without an LDAP configuration every unknown user
-/// is simply refused.
-pub async fn ldap_login(_ctx: &Ctx, _user: &str, _password: &str) -> Result<crate::identity::UserRow, AppError> {
-    Err(AppError::Unauthorized("invalid username or password".into()))
+/// Sign-in through LDAP: bind as the user, read its groups, and map them
+/// to projects and roles. Memberships follow the directory at every
+/// sign-in. Without an LDAP configuration, unknown users are refused.
+pub async fn ldap_login(ctx: &Ctx, user: &str, password: &str) -> Result<crate::identity::UserRow, AppError> {
+    use crate::ldap::{authenticate, LdapError};
+    let refused = || AppError::Unauthorized("invalid username or password".into());
+    let Some(cfg) = &ctx.config.ldap else { return Err(refused()) };
+    let identity = match authenticate(cfg, user, password).await {
+        Ok(i) => i,
+        Err(LdapError::InvalidCredentials) => return Err(refused()),
+        Err(e @ LdapError::NoMatchingGroup { .. }) => return Err(AppError::Forbidden(e.to_string())),
+        Err(e @ LdapError::Unreachable { .. }) => return Err(AppError::Unavailable(e.to_string())),
+        Err(e) => {
+            tracing::warn!(error = %e, "LDAP sign-in failed");
+            return Err(refused());
+        }
+    };
+    let admin = identity.grants.iter().any(|g| g.role == "admin");
+    let row = ctx.store.upsert_user(user, "ldap", None, admin).await?;
+    ctx.store.remove_memberships(&row.id).await?;
+    for g in &identity.grants {
+        let project = ctx.store.ensure_project(&g.project).await?;
+        let role = if g.role == "reader" { "reader" } else { "member" };
+        ctx.store.set_membership(&row.id, &project.id, role).await?;
+    }
+    Ok(row)
 }
 
 /// The OpenAPI document, exactly as served.

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Coverage-guided fuzzing (cargo-fuzz / libFuzzer) of the request parsers:
+#   instance_create  POST /api/v1/instances body -> serde -> validate::instance_create
+#   agent_bodies     RegisterHost, HostReport, ConsoleChunk bodies
+#   ids              InstanceId / HostId from arbitrary strings
+# The fuzz crate (fuzz/) is not a workspace member.
+#
+# cargo-fuzz needs nightly compiler flags (-Zsanitizer=address, ...). On a
+# stable toolchain they are unlocked with RUSTC_BOOTSTRAP=1, which this
+# script sets unless the active toolchain is already nightly.
+#
+# Usage: scripts/fuzz.sh [TARGET...]        (default: every target)
+# Env:
+#   FUZZ_SECONDS      seconds per target (default 30), libFuzzer -max_total_time
+#   FUZZ_JOBS         parallel libFuzzer jobs per target (default 1)
+#   FUZZ_SANITIZER    address (default) or none (faster, catches panics only)
+#   CARGO_TARGET_DIR  honoured (default fuzz/target)
+# Corpora grow in fuzz/corpus/TARGET, crashes land in fuzz/artifacts/TARGET
+# (both git-ignored). Exit status: non-zero if any target found a crash.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT/fuzz"
+
+SECONDS_PER_TARGET="${FUZZ_SECONDS:-30}"
+JOBS="${FUZZ_JOBS:-1}"
+SANITIZER="${FUZZ_SANITIZER:-address}"
+CARGO_FUZZ_VERSION="0.13.2"
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+    cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+fi
+if ! rustc --version | grep -q -- '-nightly'; then
+    export RUSTC_BOOTSTRAP=1
+fi
+
+if [ "$#" -gt 0 ]; then
+    TARGETS=("$@")
+else
+    mapfile -t TARGETS < <(cargo fuzz list)
+fi
+
+# Seed corpora: a few valid bodies so the fuzzer starts past the JSON
+# syntax and the required fields.
+seed() { # target name content
+    local dir="corpus/$1"
+    mkdir -p "$dir"
+    [ -e "$dir/seed-$2" ] || printf '%s' "$3" >"$dir/seed-$2"
+}
+seed instance_create plain '{"image":"tiny","vcpus":1,"memory_mib":128,"disk_gib":1}'
+seed instance_create full '{"image":"tiny","vcpus":2,"memory_mib":512,"disk_gib":2,"name":"web-1.prod_a","user_data":"#!/bin/sh\necho hi\n","ports":[22,80,8080]}'
+seed instance_create dup-port '{"image":"tiny","vcpus":1,"memory_mib":64,"disk_gib":1,"ports":[80,80]}'
+seed agent_bodies register '{"host_id":"h-0123456789abcdef0","name":"node-1","accel":"kvm","vcpus":8,"memory_mib":16384,"disk_gib":100}'
+seed agent_bodies report '{"instances":[{"id":"i-0123456789abcdef0","power":"running","pid":42,"error":null,"exited_unexpectedly":false,"events":[{"at_ms":1,"stage":"boot_complete","detail":""}]}]}'
+seed agent_bodies console '{"host_id":"h-0123456789abcdef0","offset":0,"raw_len":5,"data":"hello"}'
+seed ids instance 'i-0123456789abcdef0'
+seed ids host 'h-0123456789abcdef0'
+seed ids bad 'i-0123456789ABCDEF0'
+
+log "building fuzz targets (sanitizer: $SANITIZER)"
+cargo fuzz build --sanitizer "$SANITIZER"
+
+rc=0
+for t in "${TARGETS[@]}"; do
+    log "fuzzing $t for ${SECONDS_PER_TARGET}s"
+    start=$(date +%s)
+    if cargo fuzz run --sanitizer "$SANITIZER" --jobs "$JOBS" "$t" -- \
+        -max_total_time="$SECONDS_PER_TARGET" -max_len=65536 -timeout=10 -rss_limit_mb=4096 -print_final_stats=1; then
+        log "$t: no crash in $(($(date +%s) - start)) s (corpus: $(find "corpus/$t" -type f | wc -l) inputs)"
+    else
+        log "$t: FAILED after $(($(date +%s) - start)) s; reproduce with: cargo fuzz run $t fuzz/artifacts/$t/<crash-file>"
+        ls -1 "artifacts/$t" 2>/dev/null | sed 's/^/    /' >&2 || true
+        rc=1
+    fi
+done
+exit "$rc"
