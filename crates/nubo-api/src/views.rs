@@ -203,3 +203,21 @@ pub struct JoinToken {
     pub token: String,
     pub expires_at_ms: i64,
 }
+
+/// A new access-key pair; the secret is shown only here.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AccessKeyIssued {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub user: String,
+    pub project: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AccessKey {
+    pub access_key_id: String,
+    pub user: String,
+    pub project: Option<String>,
+    pub created_at_ms: i64,
+    pub revoked: bool,
+}

@@ -255,6 +255,18 @@ impl Client {
         self.post("/api/v1/hosts/join-tokens", &()).await
     }
 
+    pub async fn create_access_key(&self) -> Result<nubo_api::views::AccessKeyIssued, ClientError> {
+        self.post("/api/v1/access-keys", &()).await
+    }
+
+    pub async fn access_keys(&self) -> Result<Vec<nubo_api::views::AccessKey>, ClientError> {
+        self.get("/api/v1/access-keys").await
+    }
+
+    pub async fn revoke_access_key(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/access-keys/{}", path_segment(id))).await
+    }
+
     // ---- agent protocol ----
 
     /// Trades a join token for the host's own credential (no auth needed).

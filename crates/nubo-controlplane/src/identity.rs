@@ -59,6 +59,15 @@ pub struct TokenRow {
     pub revoked_at_ms: Option<i64>,
 }
 
+#[derive(Debug, Clone, FromRow)]
+pub struct AccessKeyRow {
+    pub id: String,
+    pub user_name: String,
+    pub project_name: Option<String>,
+    pub created_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+}
+
 /// at_ms, actor, project name, method, path, source, status, outcome.
 type AuditRow = (i64, String, Option<String>, String, String, String, i64, String);
 
@@ -305,6 +314,64 @@ impl Store {
             .bind(hash_token(credential))
             .fetch_optional(&self.pool)
             .await
+    }
+
+    // ---- access keys (EC2 API) ----
+
+    /// Stores a new pair; returns the key id. `sealed` is the encrypted secret.
+    pub async fn create_access_key(
+        &self,
+        id: &str,
+        sealed: &str,
+        user_id: &str,
+        project_id: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO access_keys (id, secret_sealed, user_id, project_id, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(sealed)
+        .bind(user_id)
+        .bind(project_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// (id, user name, project name, created, revoked) of one user's keys, or everyone's.
+    pub async fn access_keys(&self, user_id: Option<&str>) -> Result<Vec<AccessKeyRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT k.id, u.name AS user_name, p.name AS project_name, k.created_at_ms, k.revoked_at_ms
+             FROM access_keys k JOIN users u ON u.id = k.user_id LEFT JOIN projects p ON p.id = k.project_id
+             WHERE ($1 IS NULL OR k.user_id = $1) ORDER BY k.created_at_ms",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// The sealed secret, user and project of a live key (for SigV4).
+    pub async fn access_key_secret(&self, id: &str) -> Result<Option<(String, String, Option<String>)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT secret_sealed, user_id, project_id FROM access_keys WHERE id = $1 AND revoked_at_ms IS NULL",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    pub async fn revoke_access_key(&self, id: &str, user_id: Option<&str>) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query(
+            "UPDATE access_keys SET revoked_at_ms = $1 WHERE id = $2 AND ($3 IS NULL OR user_id = $3)
+               AND revoked_at_ms IS NULL",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     // ---- audit ----

@@ -12,6 +12,7 @@ pub mod error;
 pub mod identity;
 pub mod ldap;
 pub mod placement;
+pub mod secrets;
 pub mod store;
 pub mod tls;
 pub mod validate;
@@ -65,6 +66,8 @@ pub struct Ctx {
     generation: tokio::sync::watch::Sender<u64>,
     /// Per-credential request rate limiter.
     pub limiter: governor::DefaultKeyedRateLimiter<String>,
+    /// Seals secrets the server must read back (access-key secrets).
+    pub sealer: secrets::Sealer,
 }
 
 impl Ctx {
@@ -88,7 +91,8 @@ impl Ctx {
         let rate = std::num::NonZeroU32::new(config.rate_per_sec.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
         let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).unwrap_or(std::num::NonZeroU32::MIN));
         let limiter = governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst));
-        Ok(Arc::new(Self { config, store, generation, limiter }))
+        let sealer = secrets::Sealer::load_or_create(&config.data_dir)?;
+        Ok(Arc::new(Self { config, store, generation, limiter, sealer }))
     }
 
     /// Signals agents that desired state changed.

@@ -292,3 +292,29 @@ async fn each_credential_is_rate_limited() {
     }
     assert!(limited >= 15, "only {limited} of 30 rapid requests were limited");
 }
+
+#[tokio::test]
+async fn access_keys_are_issued_once_stored_sealed_and_revocable() {
+    let t = T::new().await;
+    let alice = t.user("alice", "proj-a", "member").await;
+    let bob = t.user("bob", "proj-b", "member").await;
+    let k = t.ok("POST", "/api/v1/access-keys", &alice, None).await;
+    let (id, secret) = (k["access_key_id"].as_str().unwrap(), k["secret_access_key"].as_str().unwrap());
+    assert!(id.starts_with("AKIA") && id.len() == 20, "{id}");
+    assert_eq!(secret.len(), 40);
+    assert_eq!(k["project"], "proj-a");
+    // Listed without the secret.
+    let list = t.ok("GET", "/api/v1/access-keys", &alice, None).await;
+    assert_eq!(list[0]["access_key_id"], id);
+    assert!(!list.to_string().contains(secret));
+    // The server can read the secret back (SigV4 needs it), the database alone cannot.
+    let (sealed, _, _) = t.ctx.store.access_key_secret(id).await.unwrap().unwrap();
+    assert_eq!(t.ctx.sealer.unseal(&sealed).unwrap(), secret);
+    let db = std::fs::read(t.ctx.config.data_dir.join("nubo.db")).unwrap();
+    assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    // Only its owner (or an operator) can revoke it; then it is gone for SigV4.
+    let (s, _) = t.call("DELETE", &format!("/api/v1/access-keys/{id}"), Some(&bob), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    t.ok("DELETE", &format!("/api/v1/access-keys/{id}"), &alice, None).await;
+    assert!(t.ctx.store.access_key_secret(id).await.unwrap().is_none());
+}

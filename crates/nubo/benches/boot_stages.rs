@@ -413,14 +413,15 @@ fn main() {
     }
     println!();
     println!("{:<34} {:>8} {:>8} {:>8}", "client side (ms)", "min", "median", "max");
-    let rows: [(&str, Box<dyn Fn(&Run) -> f64>); 4] = [
-        ("POST sent -> API answered", Box::new(|r: &Run| r.post_ms)),
-        ("POST sent -> boot_complete seen", Box::new(|r: &Run| r.visible_ms)),
-        ("POST sent -> requested event", Box::new(|r: &Run| r.send_to_requested_ms as f64)),
-        ("DELETE sent -> terminated seen", Box::new(|r: &Run| r.terminate_ms)),
+    type Column = (&'static str, fn(&Run) -> f64);
+    let rows: [Column; 4] = [
+        ("POST sent -> API answered", |r| r.post_ms),
+        ("POST sent -> boot_complete seen", |r| r.visible_ms),
+        ("POST sent -> requested event", |r| r.send_to_requested_ms as f64),
+        ("DELETE sent -> terminated seen", |r| r.terminate_ms),
     ];
     for (name, f) in rows {
-        println!("{name:<34} {}", fmt_stats(stats(results.iter().map(|r| f(r)))));
+        println!("{name:<34} {}", fmt_stats(stats(results.iter().map(f))));
     }
     println!();
     println!("per run (ms since requested):");

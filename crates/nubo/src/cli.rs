@@ -43,6 +43,28 @@ pub enum Command {
     /// The audit log (operators).
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Access-key pairs for the EC2 API (SigV4).
+    #[command(subcommand)]
+    AccessKey(AccessKeyCmd),
+}
+
+#[derive(Subcommand)]
+pub enum AccessKeyCmd {
+    /// Create a pair; the secret is shown once.
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Revoke a key at once.
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+    },
 }
 
 #[derive(Args)]

@@ -1,6 +1,6 @@
 //! Identity commands: `login`, `token`, `project`, `user`, `audit`.
 
-use crate::cli::{AuditCmd, LoginArgs, ProjectCmd, TokenCmd, UserCmd};
+use crate::cli::{AccessKeyCmd, AuditCmd, LoginArgs, ProjectCmd, TokenCmd, UserCmd};
 use crate::client_cmds::client;
 use crate::output::{emit, table};
 use anyhow::Context;
@@ -189,6 +189,40 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
                     .collect();
                 table(&["AT_MS", "ACTOR", "PROJECT", "REQUEST", "SOURCE", "STATUS", "OUTCOME"], &rows);
             })
+        }
+    }
+}
+
+pub async fn access_key(cmd: AccessKeyCmd) -> anyhow::Result<()> {
+    match cmd {
+        AccessKeyCmd::Create { conn } => {
+            let k = client(&conn)?.create_access_key().await?;
+            emit(conn.output, &k, |k| {
+                println!("AWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY={}", k.access_key_id, k.secret_access_key);
+                println!("(the secret is shown once: store it now)");
+            })
+        }
+        AccessKeyCmd::List { conn } => {
+            let list = client(&conn)?.access_keys().await?;
+            emit(conn.output, &list, |list| {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            k.access_key_id.clone(),
+                            k.user.clone(),
+                            k.project.clone().unwrap_or_default(),
+                            if k.revoked { "revoked".into() } else { "active".into() },
+                        ]
+                    })
+                    .collect();
+                table(&["ACCESS_KEY_ID", "USER", "PROJECT", "STATUS"], &rows);
+            })
+        }
+        AccessKeyCmd::Delete { conn, id } => {
+            client(&conn)?.revoke_access_key(&id).await?;
+            println!("revoked {id}");
+            Ok(())
         }
     }
 }

@@ -45,5 +45,6 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Project(c) => identity_cmds::project(c).await,
         Command::User(c) => identity_cmds::user(c).await,
         Command::Audit(c) => identity_cmds::audit(c).await,
+        Command::AccessKey(c) => identity_cmds::access_key(c).await,
     }
 }

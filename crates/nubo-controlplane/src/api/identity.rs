@@ -293,3 +293,70 @@ pub async fn join_token(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResul
     let (token, expires_at_ms) = ctx.store.create_join_token(3600 * 1000).await?;
     Ok((StatusCode::CREATED, Json(JoinToken { token, expires_at_ms })))
 }
+
+fn random_chars(n: usize, alphabet: &[u8]) -> String {
+    (0..n).map(|_| alphabet[rand::random::<usize>() % alphabet.len()] as char).collect()
+}
+
+/// Create an access-key pair for the EC2 API (SigV4), in your current project.
+#[utoipa::path(post, path = "/api/v1/access-keys", tag = "identity",
+    responses((status = 201, body = nubo_api::views::AccessKeyIssued)))]
+pub async fn create_access_key(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+) -> AppResult<(StatusCode, Json<nubo_api::views::AccessKeyIssued>)> {
+    let id = format!("AKIA{}", random_chars(16, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"));
+    let secret = random_chars(40, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/");
+    let sealed = ctx.sealer.seal(&secret);
+    ctx.store.create_access_key(&id, &sealed, &caller.user_id, caller.project_id.as_deref()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(nubo_api::views::AccessKeyIssued {
+            access_key_id: id,
+            secret_access_key: secret,
+            user: caller.user_name,
+            project: caller.project_name,
+        }),
+    ))
+}
+
+/// Your access keys (an operator sees everyone's); secrets are never listed.
+#[utoipa::path(get, path = "/api/v1/access-keys", tag = "identity",
+    responses((status = 200, body = Vec<nubo_api::views::AccessKey>)))]
+pub async fn list_access_keys(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+) -> AppResult<Json<Vec<nubo_api::views::AccessKey>>> {
+    let scope = if caller.admin { None } else { Some(caller.user_id.as_str()) };
+    Ok(Json(
+        ctx.store
+            .access_keys(scope)
+            .await?
+            .into_iter()
+            .map(|k| nubo_api::views::AccessKey {
+                access_key_id: k.id,
+                user: k.user_name,
+                project: k.project_name,
+                created_at_ms: k.created_at_ms,
+                revoked: k.revoked_at_ms.is_some(),
+            })
+            .collect(),
+    ))
+}
+
+/// Revoke an access key at once.
+#[utoipa::path(delete, path = "/api/v1/access-keys/{id}", tag = "identity",
+    params(("id" = String, Path, description = "access key id, AKIA...")),
+    responses((status = 200, description = "revoked"), (status = 404, body = nubo_api::error::ErrorBody)))]
+pub async fn revoke_access_key(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+) -> AppResult<Json<()>> {
+    let scope = if caller.admin { None } else { Some(caller.user_id.as_str()) };
+    if ctx.store.revoke_access_key(&id, scope).await? {
+        Ok(Json(()))
+    } else {
+        Err(AppError::NotFound { kind: "access-key", id: id.chars().take(64).collect() })
+    }
+}

@@ -51,6 +51,8 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(identity::list_users, identity::create_user))
         .routes(routes!(identity::audit))
         .routes(routes!(identity::join_token))
+        .routes(routes!(identity::create_access_key, identity::list_access_keys))
+        .routes(routes!(identity::revoke_access_key))
 }
 
 /// Sign-in through LDAP: bind as the user, read its groups, and map them
