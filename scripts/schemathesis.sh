@@ -144,6 +144,8 @@ values = [1, 2, 4]
 values = [64, 128, 512]
 [dictionaries.disk_gib]
 values = [1, 2]
+[dictionaries.names]
+values = ["fuzz-host", "node-1.example"]
 
 [[operations]]
 include-path-regex = "^/api/v1/instances/[{]id[}]"
@@ -155,12 +157,16 @@ include-method = "POST"
 parameters = { "body.image" = { dictionary = "images", probability = 0.7 }, "body.vcpus" = { dictionary = "vcpus", probability = 0.7 }, "body.memory_mib" = { dictionary = "memory_mib", probability = 0.7 }, "body.disk_gib" = { dictionary = "disk_gib", probability = 0.7 } }
 
 [[operations]]
-include-path-regex = "^/api/v1/agent/hosts/"
+include-path = "/api/v1/agent/hosts/{id}/desired"
 parameters = { "path.id" = { dictionary = "host_ids", probability = 0.5 } }
 
 [[operations]]
 include-path = "/api/v1/agent/register"
-parameters = { "body.host_id" = { dictionary = "host_ids", probability = 0.5 } }
+parameters = { "body.host_id" = { dictionary = "host_ids", probability = 0.7 }, "body.name" = { dictionary = "names", probability = 0.7 }, "body.vcpus" = { dictionary = "vcpus", probability = 0.7 }, "body.memory_mib" = { dictionary = "memory_mib", probability = 0.7 } }
+
+[[operations]]
+include-path = "/api/v1/agent/hosts/{id}/report"
+parameters = { "path.id" = { dictionary = "host_ids", probability = 0.7 }, "body.instances[*].id" = { dictionary = "instance_ids", probability = 0.7 } }
 
 [[operations]]
 include-path = "/api/v1/agent/instances/{id}/console"

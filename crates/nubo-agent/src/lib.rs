@@ -38,6 +38,8 @@ pub struct AgentConfig {
     pub interval: Duration,
     /// How long a guest gets to power off after ACPI shutdown before QEMU is stopped.
     pub stop_grace: Duration,
+    /// Extra CA (PEM) to trust for an `https://` control plane with its own CA.
+    pub ca_cert: Option<PathBuf>,
 }
 
 pub struct Agent {
@@ -80,7 +82,7 @@ impl Agent {
                 "this host has not joined yet: pass --join-token (an operator creates one with `nubo host join-token`)"
             )
         })?;
-        let anonymous = Client::new(&self.config.server_url, "")?;
+        let anonymous = Client::with_ca(&self.config.server_url, "", self.config.ca_cert.as_deref())?;
         let req = nubo_api::params::HostJoin { join_token: join, host_id: self.host_id.clone() };
         let mut delay = Duration::from_millis(200);
         loop {
@@ -125,7 +127,7 @@ impl Agent {
         let span = tracing::info_span!("agent", host = %self.host_id);
         async move {
             let credential = self.credential().await?;
-            let client = Client::new(&self.config.server_url, &credential)?;
+            let client = Client::with_ca(&self.config.server_url, &credential, self.config.ca_cert.as_deref())?;
             self.register(&client).await?;
             tracing::info!(name = %self.config.name, accel = %self.accel, "agent registered");
             let (tx, rx) = tokio::sync::watch::channel::<Option<DesiredState>>(None);

@@ -38,7 +38,10 @@ pub enum ClientError {
     )]
     Tls { url: String, detail: String },
     /// The extra CA certificate to trust cannot be used.
-    #[error("cannot use the CA certificate {path}: {detail}; point NUBO_CA_CERT (or --ca-cert) at the server's CA in PEM, e.g. DATA_DIR/tls/ca.pem")]
+    #[error(
+        "cannot use the CA certificate {path}: {detail}; point NUBO_CA_CERT (or --ca-cert) at the server's CA in \
+         PEM, e.g. DATA_DIR/tls/ca.pem"
+    )]
     CaCert { path: String, detail: String },
 }
 

@@ -98,7 +98,7 @@ impl TlsFiles {
             .with_single_cert(chain, key)
             .map_err(|e| {
                 anyhow!(
-                    "cannot serve the certificate {} with the key {}: {e}; check that the key belongs to the certificate ({})",
+                    "cannot serve the certificate {} with the key {}: {e}; is it the certificate's key? ({})",
                     self.cert.display(),
                     self.key.display(),
                     self.remedy()

@@ -186,6 +186,16 @@ pub struct ServerArgs {
     /// LDAP sign-in settings (JSON: url, user_dn_template, group_base, mappings).
     #[arg(long, env = "NUBO_LDAP_CONFIG")]
     pub ldap_config: Option<PathBuf>,
+    /// Serve HTTPS. Without --tls-cert, Nubo makes a CA and a certificate in
+    /// DATA_DIR/tls on first start; clients trust it via NUBO_CA_CERT (admin.env sets it).
+    #[arg(long)]
+    pub tls: bool,
+    /// Serve this PEM certificate chain (server certificate first) instead; implies --tls.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -236,6 +246,10 @@ pub struct AgentArgs {
     /// Where the agent keeps its host id and VMs. Default as for `nubo up`.
     #[arg(long, env = "NUBO_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Extra CA certificate (PEM) to trust for an https:// server, e.g. the
+    /// server's DATA_DIR/tls/ca.pem.
+    #[arg(long, value_name = "FILE", env = "NUBO_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     #[command(flatten)]
     pub opts: AgentOpts,
 }

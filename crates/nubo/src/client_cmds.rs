@@ -15,11 +15,16 @@ pub fn client(c: &Conn) -> anyhow::Result<Client> {
     let url = c.url.clone().or_else(|| saved.as_ref().map(|s| s.0.clone()));
     let token = c.token.clone().or_else(|| saved.as_ref().map(|s| s.1.clone()));
     match (url, token) {
-        (Some(u), Some(t)) => Ok(Client::new(&u, &t)?),
+        (Some(u), Some(t)) => Ok(Client::with_ca(&u, &t, ca_cert().as_deref())?),
         _ => anyhow::bail!(
             "no credentials: set NUBO_URL and NUBO_TOKEN (e.g. `. DATA_DIR/admin.env`) or sign in with `nubo login`"
         ),
     }
+}
+
+/// The extra CA to trust (`NUBO_CA_CERT`), for an https:// server with its own CA.
+pub fn ca_cert() -> Option<std::path::PathBuf> {
+    std::env::var_os(nubo_client::CA_CERT_ENV).filter(|v| !v.is_empty()).map(std::path::PathBuf::from)
 }
 
 fn ports_text(i: &Instance) -> String {

@@ -6,6 +6,7 @@
 use crate::cli::{AgentArgs, AgentOpts, ServerArgs, UpArgs};
 use anyhow::Context;
 use nubo_agent::{Agent, AgentConfig};
+use nubo_controlplane::tls::TlsFiles;
 use nubo_controlplane::{identity, Config, Ctx};
 use nubo_hypervisor::{detect_accel, AccelPreference, Qemu};
 use std::path::{Path, PathBuf};
@@ -63,6 +64,8 @@ struct Started {
     data_dir: PathBuf,
     admin_token: String,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The CA clients must trust, when the server made its own (`--tls`).
+    ca_cert: Option<PathBuf>,
 }
 
 async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
@@ -85,18 +88,42 @@ async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
         .await
         .with_context(|| format!("cannot listen on {}: is another Nubo running? choose another --listen", a.listen))?;
     let addr = listener.local_addr()?;
-    let url = format!("http://{addr}");
-    let server = tokio::spawn(nubo_controlplane::serve(ctx.clone(), listener));
-    Ok(Started { ctx, url, data_dir, admin_token, server })
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles::provided(cert.clone(), key.clone())),
+        _ if a.tls => Some(TlsFiles::generated(&data_dir, addr)?),
+        _ => None,
+    };
+    let (url, ca_cert, server) = match tls {
+        Some(files) => {
+            let config = files.server_config()?;
+            (
+                format!("https://{addr}"),
+                files.ca,
+                tokio::spawn(nubo_controlplane::serve_tls(ctx.clone(), listener, config)),
+            )
+        }
+        None => (format!("http://{addr}"), None, tokio::spawn(nubo_controlplane::serve(ctx.clone(), listener))),
+    };
+    Ok(Started { ctx, url, data_dir, admin_token, server, ca_cert })
 }
 
 fn write_admin_env(s: &Started) -> anyhow::Result<PathBuf> {
     let path = s.data_dir.join("admin.env");
-    write_private(&path, &format!("export NUBO_URL='{}'\nexport NUBO_TOKEN='{}'\n", s.url, s.admin_token))?;
+    let mut text = format!("export NUBO_URL='{}'\nexport NUBO_TOKEN='{}'\n", s.url, s.admin_token);
+    if let Some(ca) = &s.ca_cert {
+        text.push_str(&format!("export {}='{}'\n", nubo_client::CA_CERT_ENV, ca.display()));
+    }
+    write_private(&path, &text)?;
     Ok(path)
 }
 
-fn agent_config(opts: &AgentOpts, server_url: &str, join_token: Option<String>, data_dir: &Path) -> AgentConfig {
+fn agent_config(
+    opts: &AgentOpts,
+    server_url: &str,
+    join_token: Option<String>,
+    data_dir: &Path,
+    ca_cert: Option<PathBuf>,
+) -> AgentConfig {
     let host_name = opts.host_name.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname")
             .map(|s| s.trim().to_string())
@@ -115,6 +142,7 @@ fn agent_config(opts: &AgentOpts, server_url: &str, join_token: Option<String>, 
         disk_gib: opts.disk_gib.unwrap_or_else(|| nubo_agent::capacity::disk_gib(data_dir)),
         interval: Duration::from_millis(500),
         stop_grace: Duration::from_secs(opts.stop_grace_secs),
+        ca_cert,
     }
 }
 
@@ -161,7 +189,13 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         Some(_) => None,
         None => Some(s.ctx.store.create_join_token(600 * 1000).await?.0),
     };
-    let config = agent_config(&a.agent, &s.url, join, &s.data_dir);
+    // Over HTTPS the local agent trusts the generated CA, else (operator's
+    // certificate) whatever NUBO_CA_CERT names.
+    let ca_cert = s
+        .ca_cert
+        .clone()
+        .or_else(|| std::env::var_os(nubo_client::CA_CERT_ENV).filter(|v| !v.is_empty()).map(PathBuf::from));
+    let config = agent_config(&a.agent, &s.url, join, &s.data_dir, ca_cert);
     ensure_tiny(config.image_cache.clone()).await?;
     let agent = make_agent(&a.agent, config)?;
     let host = agent.host_id.clone();
@@ -195,7 +229,8 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
         "Join a compute host (one-time token, valid 1 h, also in {}; more with `nubo host join-token`):",
         join_file.display()
     );
-    println!("  nubo agent --server {} --join-token {join}", s.url);
+    let ca = s.ca_cert.as_ref().map(|c| format!(" --ca-cert {}", c.display())).unwrap_or_default();
+    println!("  nubo agent --server {}{ca} --join-token {join}", s.url);
     tokio::select! {
         r = s.server => { r??; }
         _ = shutdown_signal() => {}
@@ -205,7 +240,7 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
 
 pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
     let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
-    let config = agent_config(&a.opts, &a.server, a.join_token.clone(), &data_dir);
+    let config = agent_config(&a.opts, &a.server, a.join_token.clone(), &data_dir, a.ca_cert.clone());
     let agent = make_agent(&a.opts, config)?;
     tokio::select! {
         r = agent.run() => r,

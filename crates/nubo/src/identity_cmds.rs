@@ -36,7 +36,7 @@ fn read_password(from_stdin: bool, prompt: &str) -> anyhow::Result<String> {
 
 pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
     let password = read_password(a.password_stdin, "Password: ")?;
-    let anonymous = nubo_client::Client::new(&a.url, "")?;
+    let anonymous = nubo_client::Client::with_ca(&a.url, "", crate::client_cmds::ca_cert().as_deref())?;
     let issued = anonymous.login(&Login { username: a.user.clone(), password, project: a.project.clone() }).await?;
     let path = session_file();
     if let Some(dir) = path.parent() {
