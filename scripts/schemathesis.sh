@@ -29,7 +29,7 @@
 #   SCHEMATHESIS_REPORT_DIR    where the JUnit/NDJSON reports and the server's log go
 #                              (default .cache/schemathesis-report)
 #   CARGO_TARGET_DIR           honoured for the `nubo` build
-# Exit status: non-zero when any check failed in either run.
+# Exit status: non-zero when any check failed in any run, or the server panicked or died.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

@@ -114,4 +114,25 @@ where
     }
 }
 
+/// `Query<T>` whose rejections come back in our JSON error shape.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Self(v)),
+            Err(rejection) => Err(AppError::BadRequest(format!(
+                "{}: check the query parameters against /api/v1/openapi.json",
+                rejection.body_text()
+            ))),
+        }
+    }
+}
+
 pub type AppResult<T> = Result<T, AppError>;

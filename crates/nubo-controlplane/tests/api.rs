@@ -253,3 +253,29 @@ async fn openapi_is_served() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["info"]["title"], "Nubo API");
 }
+
+/// Found by schemathesis: out-of-range numbers from an agent are refused
+/// with a 400 instead of overflowing later sums.
+#[tokio::test]
+async fn out_of_range_agent_numbers_are_refused() {
+    let mut t = setup().await;
+    let host = t.add_host("h", 4, 4096).await;
+    let huge = json!({"host_id": host, "name": "h", "accel": "tcg", "vcpus": 4, "memory_mib": 9223372036854775808u64, "disk_gib": 1});
+    let (s, _) = t.call("POST", "/api/v1/agent/register", Some(&t.agent.clone()), Some(&huge.to_string())).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (_, v) = t.admin("POST", "/api/v1/instances", Some(req(1, 128))).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let chunk = json!({"host_id": host, "offset": u64::MAX, "raw_len": 1, "data": "x"});
+    let (s, v) = t
+        .call(
+            "POST",
+            &format!("/api/v1/agent/instances/{id}/console"),
+            Some(&t.agent.clone()),
+            Some(&chunk.to_string()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = t.admin("GET", "/api/v1/audit?limit=-1", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"]["code"], "invalid_request");
+}

@@ -6,7 +6,7 @@
 use crate::auth::HostCaller;
 use crate::error::{ApiJson, AppError, AppResult};
 use crate::Ctx;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use nubo_api::agent::{
     ConsoleAck, ConsoleChunk, DesiredInstance, DesiredState, HostReport, PortMapping, PowerState, RegisterHost,
@@ -49,8 +49,11 @@ pub async fn register(
 ) -> AppResult<Json<()>> {
     same_host(&caller, &r.host_id)?;
     crate::validate::name(&r.name)?;
-    if r.vcpus == 0 || r.memory_mib == 0 {
-        return Err(AppError::BadRequest("a host needs at least one vCPU and some memory".into()));
+    // Bounds keep every later sum far from overflow (1 EiB of memory is not a host).
+    if r.vcpus == 0 || r.vcpus > 65_536 || r.memory_mib == 0 || r.memory_mib > (1 << 40) || r.disk_gib > (1 << 40) {
+        return Err(AppError::BadRequest(
+            "host capacity out of range: vcpus 1..=65536, memory_mib 1..=2^40, disk_gib 0..=2^40".into(),
+        ));
     }
     ctx.store.register_host(&r).await?;
     tracing::info!(host = %r.host_id, name = %r.name, vcpus = r.vcpus, memory_mib = r.memory_mib, "host registered");
@@ -71,7 +74,7 @@ pub async fn desired(
     caller: HostCaller,
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
-    Query(q): Query<DesiredQuery>,
+    crate::error::ApiQuery(q): crate::error::ApiQuery<DesiredQuery>,
 ) -> AppResult<Json<DesiredState>> {
     let host = host_id(&id)?;
     same_host(&caller, &host)?;
@@ -142,7 +145,7 @@ pub async fn report(
 }
 
 /// Append serial console output of an instance on the reporting host.
-#[utoipa::path(post, path = "/api/v1/agent/instances/{id}/console", tag = "agent", request_body = ConsoleChunk,
+#[utoipa::path(post, path = "/api/v1/agent/instances/{id}/console", tag = "agent", operation_id = "agent_console", request_body = ConsoleChunk,
     params(("id" = String, Path, description = "instance id")),
     responses((status = 200, body = ConsoleAck), (status = 404, body = nubo_api::error::ErrorBody)))]
 pub async fn console(
@@ -152,6 +155,10 @@ pub async fn console(
     ApiJson(c): ApiJson<ConsoleChunk>,
 ) -> AppResult<Json<ConsoleAck>> {
     same_host(&caller, &c.host_id)?;
+    // Offsets are byte positions in a log file: keep them far from i64's end.
+    if c.offset > (1 << 50) || c.raw_len > (1 << 24) {
+        return Err(AppError::BadRequest("console chunk offset or length out of range".into()));
+    }
     let id: InstanceId = id.parse().map_err(|e: nubo_api::ids::IdError| AppError::BadRequest(e.to_string()))?;
     let row =
         ctx.store.instance(id.as_str()).await?.ok_or(AppError::NotFound { kind: "instance", id: id.to_string() })?;

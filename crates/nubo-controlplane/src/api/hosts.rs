@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// List compute hosts with capacity and use.
-#[utoipa::path(get, path = "/api/v1/hosts", tag = "hosts",
+#[utoipa::path(get, path = "/api/v1/hosts", tag = "hosts", operation_id = "list_hosts",
     responses((status = 200, body = Vec<Host>), (status = 401, body = nubo_api::error::ErrorBody)))]
 pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Host>>> {
     crate::authz::require_admin(&caller)?;

@@ -8,7 +8,7 @@ use crate::error::{ApiJson, AppError, AppResult};
 use crate::identity::{hash_password, verify_password, ProjectRow};
 use crate::store::now_ms;
 use crate::Ctx;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use nubo_api::params::{Login, MemberSet, ProjectCreate, Quota, TokenCreate, UserCreate};
@@ -278,7 +278,7 @@ pub struct AuditQuery {
 pub async fn audit(
     caller: Caller,
     State(ctx): State<Arc<Ctx>>,
-    Query(q): Query<AuditQuery>,
+    crate::error::ApiQuery(q): crate::error::ApiQuery<AuditQuery>,
 ) -> AppResult<Json<Vec<AuditEntry>>> {
     authz::require_admin(&caller)?;
     let limit = i64::from(q.limit.unwrap_or(100).clamp(1, 10_000));

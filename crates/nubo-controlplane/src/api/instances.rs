@@ -67,7 +67,7 @@ pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<I
 }
 
 /// List instances, terminated ones included (as EC2 shows them for a while).
-#[utoipa::path(get, path = "/api/v1/instances", tag = "instances",
+#[utoipa::path(get, path = "/api/v1/instances", tag = "instances", operation_id = "list_instances",
     responses((status = 200, body = Vec<Instance>), (status = 401, body = nubo_api::error::ErrorBody)))]
 pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Instance>>> {
     let mut out = Vec::new();
@@ -215,7 +215,7 @@ pub async fn terminate(
 }
 
 /// The serial console's output (the last 1 MiB).
-#[utoipa::path(get, path = "/api/v1/instances/{id}/console", tag = "instances",
+#[utoipa::path(get, path = "/api/v1/instances/{id}/console", tag = "instances", operation_id = "instance_console",
     params(("id" = String, Path, description = "instance id")),
     responses((status = 200, body = ConsoleOutput), (status = 404, body = nubo_api::error::ErrorBody)))]
 pub async fn console(
