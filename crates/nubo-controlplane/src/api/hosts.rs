@@ -15,14 +15,12 @@ use std::sync::Arc;
 pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Host>>> {
     crate::authz::require_admin(&caller)?;
     let counts: HashMap<String, i64> = ctx.store.instance_counts_by_host().await?.into_iter().collect();
-    let now = crate::store::now_ms();
-    let timeout = ctx.config.heartbeat_timeout.as_millis() as i64;
     let mut out = Vec::new();
+    // Both lists come from the same ORDER BY; the snapshot says whether the host is up.
     for (h, snap) in ctx.store.hosts().await?.into_iter().zip(ctx.host_snapshots().await?) {
-        let up = h.enabled == 1 && now - h.last_heartbeat_ms <= timeout;
         out.push(Host {
             id: h.id.parse().map_err(AppError::internal)?,
-            state: if up { "up" } else { "down" }.into(),
+            state: if snap.up { "up" } else { "down" }.into(),
             accel: h.accel,
             vcpus: h.vcpus as u32,
             memory_mib: h.memory_mib as u64,

@@ -58,39 +58,30 @@ pub struct Cloud {
 impl Cloud {
     /// `nubo up` in a fresh data directory.
     pub fn up() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let listen = format!("127.0.0.1:{}", free_port());
-        let mut c = Cloud {
-            dir,
-            url: String::new(),
-            token: String::new(),
-            agent_token: String::new(),
-            server: None,
-            agent: None,
-            all_in_one: true,
-            listen,
-        };
+        let mut c = Self::fresh(true);
         c.start_server();
         c
     }
 
     /// `nubo server` and a separate `nubo agent` process.
     pub fn split() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let listen = format!("127.0.0.1:{}", free_port());
-        let mut c = Cloud {
-            dir,
+        let mut c = Self::fresh(false);
+        c.start_server();
+        c.start_agent();
+        c
+    }
+
+    fn fresh(all_in_one: bool) -> Self {
+        Cloud {
+            dir: tempfile::tempdir().expect("tempdir"),
             url: String::new(),
             token: String::new(),
             agent_token: String::new(),
             server: None,
             agent: None,
-            all_in_one: false,
-            listen,
-        };
-        c.start_server();
-        c.start_agent();
-        c
+            all_in_one,
+            listen: format!("127.0.0.1:{}", free_port()),
+        }
     }
 
     pub fn data_dir(&self) -> &Path {
