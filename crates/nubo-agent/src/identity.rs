@@ -36,18 +36,20 @@ pub fn load_credential(data_dir: &Path) -> anyhow::Result<Option<String>> {
 
 /// Keeps the credential readable by the agent's user only.
 pub fn save_credential(data_dir: &Path, credential: &str) -> anyhow::Result<()> {
+    write_private(&data_dir.join("host-credential"), credential)
+}
+
+/// Writes a secret file readable by its owner only (0600), atomically
+/// (temp file, then rename). Used for every credential Nubo keeps on disk.
+pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let path = data_dir.join("host-credential");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-    f.write_all(credential.as_bytes()).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-    Ok(())
+    let tmp = path.with_extension("tmp");
+    let fail = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", path.display());
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(fail)?;
+    f.write_all(contents.as_bytes()).map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
 }
 
 #[cfg(test)]

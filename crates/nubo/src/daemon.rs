@@ -5,6 +5,7 @@
 
 use crate::cli::{AgentArgs, AgentOpts, ServerArgs, UpArgs};
 use anyhow::Context;
+use nubo_agent::identity::write_private;
 use nubo_agent::{Agent, AgentConfig};
 use nubo_controlplane::tls::TlsFiles;
 use nubo_controlplane::{identity, Config, Ctx};
@@ -19,22 +20,6 @@ pub fn default_data_dir() -> PathBuf {
     }
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
     home.join(".local/share/nubo")
-}
-
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(contents.as_bytes())?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }
 
 /// Reuses the admin token saved in admin.env if it is still valid,

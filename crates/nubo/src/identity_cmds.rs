@@ -42,18 +42,10 @@ pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        writeln!(f, "export NUBO_URL='{}'\nexport NUBO_TOKEN='{}'", a.url, issued.token)?;
-    }
+    nubo_agent::identity::write_private(
+        &path,
+        &format!("export NUBO_URL='{}'\nexport NUBO_TOKEN='{}'\n", a.url, issued.token),
+    )?;
     println!(
         "Signed in as {} in project {} (role {}); session saved to {}",
         issued.user,
