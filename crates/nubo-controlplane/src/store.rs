@@ -1,5 +1,5 @@
 //! The control plane's state in SQL: hosts, instances, their ports, life
-//! events, console logs, images and credentials. SQLite now; the queries
+//! events, console logs and images (identity lives in `identity`). SQLite now; the queries
 //! are plain SQL with `$n` parameters so a PostgreSQL pool can run them.
 //! Every read-modify-write that must be atomic is a single conditional
 //! statement or a transaction, never an in-memory assumption.
@@ -122,32 +122,6 @@ impl Store {
             .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self { pool })
-    }
-
-    // ---- credentials ----
-
-    pub async fn insert_token(&self, hash: &str, kind: &str, name: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO tokens (hash, kind, name, created_at_ms) VALUES ($1, $2, $3, $4)")
-            .bind(hash)
-            .bind(kind)
-            .bind(name)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn token_kind(&self, hash: &str) -> Result<Option<String>, sqlx::Error> {
-        sqlx::query_scalar("SELECT kind FROM tokens WHERE hash = $1").bind(hash).fetch_optional(&self.pool).await
-    }
-
-    pub async fn count_tokens(&self, kind: &str) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE kind = $1").bind(kind).fetch_one(&self.pool).await
-    }
-
-    pub async fn delete_tokens(&self, kind: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM tokens WHERE kind = $1").bind(kind).execute(&self.pool).await?;
-        Ok(())
     }
 
     // ---- images ----
