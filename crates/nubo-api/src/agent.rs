@@ -52,6 +52,76 @@ pub struct DesiredInstance {
     /// Bumped by each reboot request; the agent resets the VM when the
     /// count it last applied is lower.
     pub reboot_count: i64,
+    /// OpenSSH public keys for root (seed `public-keys` and metadata).
+    #[serde(default)]
+    pub public_keys: Vec<NamedKey>,
+    /// Metadata service: true when IMDSv2 session tokens are required.
+    #[serde(default)]
+    pub imds_tokens_required: bool,
+    /// The host's availability zone, for the metadata service.
+    #[serde(default)]
+    pub availability_zone: String,
+    /// Runs not finished yet, oldest first.
+    #[serde(default)]
+    pub runs: Vec<DesiredRun>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NamedKey {
+    pub name: String,
+    pub public_key: String,
+}
+
+/// What a run executes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum RunAction {
+    /// A `/bin/sh` script with the parameters in its environment; its
+    /// output goes to a log file in the guest that the agent follows.
+    Script { body: String, env: Vec<(String, String)> },
+    /// One program with arguments; output captured by the guest agent.
+    Exec { command: Vec<String> },
+    /// Wait for cloud-init to finish (`cloud-init status --wait`) and report
+    /// how it went; the cloud-config itself went in as user-data at launch.
+    CloudInit,
+}
+
+/// A run the agent should carry out (or is carrying out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesiredRun {
+    pub id: crate::ids::RunId,
+    pub action: RunAction,
+    pub timeout_secs: u64,
+    /// `pending` or `running`.
+    pub state: String,
+    /// The guest pid recorded when it started (to re-adopt after an agent restart).
+    pub guest_pid: Option<i64>,
+    /// Log bytes the server already has.
+    pub log_offset: u64,
+}
+
+/// `POST /api/v1/agent/runs/{id}`: progress of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunProgress {
+    pub host_id: HostId,
+    /// `running`, `succeeded` or `failed`.
+    pub state: String,
+    #[serde(default)]
+    pub guest_pid: Option<i64>,
+    /// Byte offset of `log` in the run's log (in the guest's bytes).
+    #[serde(default)]
+    pub log_offset: u64,
+    /// Guest log bytes `log` covers (it may differ from `log.len()` after
+    /// invalid UTF-8 was replaced).
+    #[serde(default)]
+    pub log_raw_len: u64,
+    #[serde(default)]
+    pub log: String,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// `GET /api/v1/agent/hosts/{id}/desired?after=N`: the full desired set.
@@ -90,6 +160,9 @@ pub struct ActualInstance {
     /// Events observed since the last report (stage names as in the views).
     #[serde(default)]
     pub events: Vec<crate::views::InstanceEvent>,
+    /// What the guest agent reported, when it changed since the last report.
+    #[serde(default)]
+    pub guest: Option<crate::views::GuestStatus>,
 }
 
 /// `POST /api/v1/agent/hosts/{id}/report`: heartbeat plus actual state.
@@ -117,4 +190,11 @@ pub struct ConsoleChunk {
 pub struct ConsoleAck {
     /// The offset the server has up to; the agent continues from here.
     pub next_offset: u64,
+}
+
+/// Answer to [`RunProgress`]: the log offset the server has reached; the
+/// agent continues from there (so a lost or repeated chunk heals).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunAck {
+    pub log_offset: u64,
 }

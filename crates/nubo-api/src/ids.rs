@@ -94,6 +94,15 @@ typed_id!(
     TokenId, "t-", "token"
 );
 
+typed_id!(
+    /// An SSH key pair registered with a project, `key-...` (as EC2 names them).
+    KeypairId, "key-", "key pair"
+);
+typed_id!(
+    /// One run of a recipe or command inside an instance, `run-...`.
+    RunId, "run-", "run"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

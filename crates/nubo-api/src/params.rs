@@ -24,6 +24,104 @@ pub struct InstanceCreate {
     /// Guest TCP ports to forward from the host's 127.0.0.1.
     #[serde(default)]
     pub ports: Vec<u16>,
+    /// Name of a key pair of the project; its public key is installed for root.
+    #[serde(default)]
+    pub key_name: Option<String>,
+    /// A recipe to run once the instance has booted.
+    #[serde(default)]
+    pub recipe: Option<RunCreate>,
+    /// Instance metadata service options (as EC2's `MetadataOptions`).
+    #[serde(default)]
+    pub metadata: Option<MetadataOptions>,
+}
+
+/// How the instance metadata service at 169.254.169.254 answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataOptions {
+    /// `optional` (IMDSv1 and IMDSv2 both answer; the default) or `required`
+    /// (only requests with an IMDSv2 session token are answered).
+    #[serde(default)]
+    pub http_tokens: Option<String>,
+}
+
+/// `POST /api/v1/keypairs`: import a public key, or have one generated.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeypairCreate {
+    /// 1-63 letters, digits, `-`, `_` or `.`; unique in the project.
+    pub name: String,
+    /// An OpenSSH public key line (`ssh-ed25519 AAAA... comment`). Without
+    /// it, an Ed25519 key pair is generated and its private key returned once.
+    #[serde(default)]
+    pub public_key: Option<String>,
+}
+
+/// `POST /api/v1/instances/{id}/runs` (and `recipe` at launch): run a recipe.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunCreate {
+    /// Recipe name, e.g. `web-server`.
+    pub recipe: String,
+    /// Recipe version; the newest when absent.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Parameter values; declared parameters left out take their defaults.
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST /api/v1/instances/{id}/exec`: run one command through the guest agent.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecCreate {
+    /// Program and arguments, e.g. `["uname", "-a"]` (no shell unless you run one).
+    pub command: Vec<String>,
+    /// Seconds before the command is reported failed (default 60, at most 3600).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// One declared parameter of a recipe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecipeParam {
+    /// `[a-z][a-z0-9_]*`; the script sees it as the environment variable
+    /// of the same name in upper case (`port` -> `PORT`).
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Value used when the run does not give one. A parameter with no
+    /// default must be given.
+    #[serde(default)]
+    pub default: Option<String>,
+}
+
+/// `POST /api/v1/recipes`: add a recipe (or a new version of one) to the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecipeCreate {
+    pub name: String,
+    /// Free-form version, e.g. `1.0.0`; a name and version pair is immutable.
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    /// `script` (run by /bin/sh through the guest agent, on any image) or
+    /// `cloud-config` (given to cloud-init at launch; cloud-init images only).
+    #[serde(default = "default_recipe_kind")]
+    pub kind: String,
+    #[serde(default)]
+    pub params: Vec<RecipeParam>,
+    /// The script, or the `#cloud-config` document (`{{name}}` is replaced
+    /// by the parameter's value there).
+    pub body: String,
+    /// Seconds a run may take before it is reported failed (default 1800).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+fn default_recipe_kind() -> String {
+    "script".into()
 }
 
 /// `POST /api/v1/auth/login`

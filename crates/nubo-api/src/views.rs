@@ -79,6 +79,123 @@ pub struct Instance {
     pub updated_at_ms: i64,
     /// Life events, oldest first.
     pub events: Vec<InstanceEvent>,
+    /// The key pair whose public key was installed at launch.
+    #[serde(default)]
+    pub key_name: Option<String>,
+    /// Metadata service: `optional` (IMDSv1 and v2) or `required` (v2 only).
+    #[serde(default)]
+    pub metadata_http_tokens: String,
+    /// Recipe and command runs, newest first (show only; logs are tails).
+    #[serde(default)]
+    pub runs: Vec<Run>,
+    /// What the guest agent last reported, when it answers.
+    #[serde(default)]
+    pub guest: Option<GuestStatus>,
+}
+
+/// What the guest agent inside an instance reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GuestStatus {
+    /// When the agent last heard from the guest agent (ms since the epoch).
+    pub updated_at_ms: i64,
+    /// Guest agent version (`guest-info`).
+    #[serde(default)]
+    pub agent_version: Option<String>,
+    /// The guest OS's pretty name (`guest-get-osinfo`).
+    #[serde(default)]
+    pub os: Option<String>,
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// Mounted file systems with their use (`guest-get-fsinfo`).
+    #[serde(default)]
+    pub filesystems: Vec<GuestFilesystem>,
+    /// Network interfaces and addresses (`guest-network-get-interfaces`).
+    #[serde(default)]
+    pub interfaces: Vec<GuestInterface>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GuestFilesystem {
+    pub mountpoint: String,
+    pub device: String,
+    pub fs_type: String,
+    pub used_bytes: Option<u64>,
+    pub total_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GuestInterface {
+    pub name: String,
+    pub mac: Option<String>,
+    /// `address/prefix`
+    pub addresses: Vec<String>,
+}
+
+/// An SSH key pair of a project.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Keypair {
+    pub id: crate::ids::KeypairId,
+    pub name: String,
+    /// `SHA256:...`, as `ssh-keygen -l` prints it.
+    pub fingerprint: String,
+    /// e.g. `ssh-ed25519`
+    pub key_type: String,
+    pub public_key: String,
+    pub created_at_ms: i64,
+}
+
+/// `POST /api/v1/keypairs` answer. `private_key` (OpenSSH format) is there
+/// only when the server generated the pair, and is never shown again.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KeypairCreated {
+    pub keypair: Keypair,
+    pub private_key: Option<String>,
+}
+
+/// A recipe of the catalogue.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Recipe {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    /// `script` or `cloud-config`.
+    pub kind: String,
+    pub params: Vec<crate::params::RecipeParam>,
+    pub body: String,
+    pub timeout_secs: u64,
+    /// `builtin` (shipped with Nubo) or the project that added it.
+    pub source: String,
+    pub created_at_ms: i64,
+}
+
+/// State of a run: `pending` (waiting for the guest agent), `running`,
+/// `succeeded` or `failed`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Run {
+    pub id: crate::ids::RunId,
+    pub instance_id: InstanceId,
+    /// `recipe` or `exec`.
+    pub kind: String,
+    /// `name@version` for recipes, the command line for exec.
+    pub what: String,
+    pub params: std::collections::BTreeMap<String, String>,
+    pub state: String,
+    pub exit_code: Option<i32>,
+    /// Why it failed when it did not even run to an exit code.
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    /// Log text (stdout and stderr): from `log_from` when asked, else the tail.
+    pub log: String,
+    /// Byte offset of the end of `log`; pass it as `log_from` to follow.
+    pub log_next: u64,
+}
+
+impl Run {
+    pub fn finished(&self) -> bool {
+        matches!(self.state.as_str(), "succeeded" | "failed")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 fn audited(method: &Method, path: &str) -> bool {
     let mutating = matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
-    let heartbeat = path.starts_with("/api/v1/agent/hosts/") || path.starts_with("/api/v1/agent/instances/");
+    let heartbeat = path.starts_with("/api/v1/agent/hosts/")
+        || path.starts_with("/api/v1/agent/instances/")
+        || path.starts_with("/api/v1/agent/runs/");
     mutating && !heartbeat
 }
 

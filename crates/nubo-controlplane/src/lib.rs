@@ -10,8 +10,11 @@ pub mod auth;
 pub mod authz;
 pub mod error;
 pub mod identity;
+pub mod keys;
 pub mod ldap;
 pub mod placement;
+pub mod provisioning;
+pub mod recipes;
 pub mod secrets;
 pub mod store;
 pub mod tls;
@@ -41,6 +44,8 @@ pub struct Config {
     pub session_ttl: Duration,
     /// Sign-in against a directory, when set.
     pub ldap: Option<ldap::LdapConfig>,
+    /// The availability zone instances see in their metadata.
+    pub availability_zone: String,
 }
 
 impl Config {
@@ -54,6 +59,7 @@ impl Config {
             rate_per_sec: 200,
             session_ttl: Duration::from_secs(12 * 3600),
             ldap: None,
+            availability_zone: "nubo-1a".into(),
         }
     }
 }
@@ -77,6 +83,9 @@ impl Ctx {
         let store = Store::open(&config.data_dir.join("nubo.db")).await?;
         for (name, description) in BUILTIN_IMAGES {
             store.upsert_image(name, "builtin", description).await?;
+        }
+        for recipe in recipes::builtins()? {
+            store.upsert_builtin_recipe(&recipe).await?;
         }
         // Start the generation at the wall clock so it keeps rising across
         // server restarts, and an agent's stale `after` never blocks.

@@ -86,6 +86,10 @@ pub struct NewInstance<'a> {
     pub disk_gib: u64,
     pub user_data: Option<&'a str>,
     pub guest_ports: &'a [u16],
+    /// The key pair's name and public key, installed for root.
+    pub key: Option<(&'a str, &'a str)>,
+    /// `optional` or `required` (IMDSv2 session tokens).
+    pub imds_tokens: &'a str,
 }
 
 /// Why a claim on one host did not go through.
@@ -265,8 +269,9 @@ impl Store {
         let now = now_ms();
         sqlx::query(
             "INSERT INTO instances (id, name, image, vcpus, memory_mib, disk_gib, host_id, desired, state,
-               start_seq, reboot_count, user_data, created_at_ms, updated_at_ms, project_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', 'pending', 1, 0, $8, $9, $10, $11)",
+               start_seq, reboot_count, user_data, created_at_ms, updated_at_ms, project_id, key_name, public_key,
+               imds_tokens)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', 'pending', 1, 0, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(new.id.as_str())
         .bind(new.name)
@@ -279,6 +284,9 @@ impl Store {
         .bind(now)
         .bind(now)
         .bind(new.project_id)
+        .bind(new.key.map(|k| k.0))
+        .bind(new.key.map(|k| k.1))
+        .bind(new.imds_tokens)
         .execute(&mut *tx)
         .await?;
         // Ports: the lowest free ones in the range. The write lock taken
@@ -437,6 +445,27 @@ impl Store {
             .bind(&row.project_id)
             .execute(&mut *tx)
             .await?;
+        }
+        if state != row.state && matches!(state, "stopped" | "error" | "terminated") {
+            // A run cannot outlive its instance: fail what was running
+            // (and, once the instance is gone, what was still waiting).
+            sqlx::query(
+                "UPDATE runs SET state = 'failed', error = $1, finished_at_ms = $2
+                 WHERE instance_id = $3 AND (state = 'running' OR ($4 AND state = 'pending'))",
+            )
+            .bind(format!("the instance became {state} during the run"))
+            .bind(now)
+            .bind(&row.id)
+            .bind(state == "terminated")
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(guest) = &a.guest {
+            sqlx::query("UPDATE instances SET guest_json = $1 WHERE id = $2")
+                .bind(serde_json::to_string(guest).unwrap_or_default())
+                .bind(&row.id)
+                .execute(&mut *tx)
+                .await?;
         }
         for e in &a.events {
             insert_event(&mut tx, &row.id, e.at_ms, &e.stage, &e.detail).await?;

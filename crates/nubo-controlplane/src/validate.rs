@@ -80,6 +80,9 @@ mod tests {
             name: None,
             user_data: None,
             ports: vec![],
+            key_name: None,
+            recipe: None,
+            metadata: None,
         }
     }
 

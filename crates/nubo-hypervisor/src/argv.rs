@@ -89,10 +89,24 @@ pub fn qemu_argv(dir: &VmDir, cfg: &VmConfig) -> Result<Vec<OsString>, Hyperviso
     }
 
     let mut netdev = String::from("user,id=net0");
+    if let Some(relay) = &cfg.metadata_relay {
+        // libslirp splits the command with g_shell_parse_argv (no shell
+        // runs); validate() keeps every argument a single plain word.
+        netdev.push_str(&format!(
+            ",net={},guestfwd=tcp:{}:80-cmd:{}",
+            crate::config::METADATA_NET,
+            crate::config::METADATA_ADDR,
+            opt_escape(&relay.join(" "))
+        ));
+    }
     for pf in &cfg.port_forwards {
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", pf.host_port, pf.guest_port));
     }
-    push(&["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0,id=nic0"]);
+    let nic = match &cfg.mac {
+        Some(mac) => format!("virtio-net-pci,netdev=net0,id=nic0,mac={mac}"),
+        None => "virtio-net-pci,netdev=net0,id=nic0".to_string(),
+    };
+    push(&["-netdev", &netdev, "-device", &nic]);
 
     for i in 0..cfg.hotplug_slots {
         push(&["-device", &format!("pcie-root-port,id=hp{i},chassis={}", i + 1)]);
@@ -147,6 +161,8 @@ mod tests {
             ],
             accel: Accel::Tcg,
             hotplug_slots: 2,
+            metadata_relay: None,
+            mac: None,
         }
     }
 
@@ -218,6 +234,21 @@ mod tests {
             tail,
             ["-kernel", "/k/vmlinuz", "-initrd", "/k/initrd.img", "-append", "console=ttyS0 root=/dev/vda1 ds=nocloud"]
         );
+    }
+
+    #[test]
+    fn metadata_relay_and_mac() {
+        let mut c = cfg();
+        c.metadata_relay = Some(vec!["/usr/bin/nubo".into(), "imds-relay".into(), "/d/a,b/imds.sock".into()]);
+        c.mac = Some("52:54:00:aa:bb:cc".into());
+        let got = strings(qemu_argv(&VmDir::new("/d/vm-1"), &c).unwrap());
+        assert!(got.contains(
+            &"user,id=net0,net=169.254.0.0/16,guestfwd=tcp:169.254.169.254:80-cmd:/usr/bin/nubo imds-relay /d/a,,b/imds.sock,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80"
+                .to_string()
+        ), "{got:?}");
+        assert!(got.contains(&"virtio-net-pci,netdev=net0,id=nic0,mac=52:54:00:aa:bb:cc".to_string()));
+        c.metadata_relay = Some(vec!["/opt/my dir/nubo".into()]);
+        assert!(qemu_argv(&VmDir::new("/d/vm-1"), &c).unwrap_err().to_string().contains("plain paths"));
     }
 
     #[test]

@@ -53,6 +53,44 @@ pub struct VmConfig {
     /// Free PCIe root ports for disk hot-plug.
     #[serde(default = "default_hotplug_slots")]
     pub hotplug_slots: u32,
+    /// The instance metadata service: when set, the guest's user-mode
+    /// network is [`METADATA_NET`] and each TCP connection the guest opens
+    /// to [`METADATA_ADDR`]:80 is handed to this command (program and
+    /// arguments; its stdin and stdout are the connection).
+    #[serde(default)]
+    pub metadata_relay: Option<Vec<String>>,
+    /// MAC address of the NIC (`52:54:00:xx:xx:xx`); QEMU's default when absent.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// The guest network used with a metadata service; QEMU's guestfwd only
+/// takes addresses inside the user network, so it must contain
+/// [`METADATA_ADDR`]. The guest's DHCP address is [`GUEST_ADDR`].
+pub const METADATA_NET: &str = "169.254.0.0/16";
+/// Where guests find the metadata service, as on EC2.
+pub const METADATA_ADDR: &str = "169.254.169.254";
+/// The address slirp's DHCP server gives the guest in [`METADATA_NET`].
+pub const GUEST_ADDR: &str = "169.254.0.15";
+
+/// A locally administered-looking MAC in QEMU's 52:54:00 range, derived
+/// from `id` so it is stable across restarts.
+pub fn mac_for(id: &str) -> String {
+    // FNV-1a: tiny, stable and good enough to spread ids over 24 bits.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in id.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", (h >> 16) & 0xff, (h >> 8) & 0xff, h & 0xff)
+}
+
+fn valid_mac(mac: &str) -> bool {
+    let parts: Vec<&str> = mac.split(':').collect();
+    parts.len() == 6
+        && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+        // The first octet must be unicast (lowest bit clear).
+        && u8::from_str_radix(parts[0], 16).is_ok_and(|b| b & 1 == 0)
 }
 
 fn default_hotplug_slots() -> u32 {
@@ -111,6 +149,23 @@ impl VmConfig {
                 ));
             }
         }
+        if let Some(mac) = &self.mac {
+            if !valid_mac(mac) {
+                return bad(format!("MAC address '{mac}' is invalid; use six hex pairs like 52:54:00:12:34:56"));
+            }
+        }
+        if let Some(relay) = &self.metadata_relay {
+            // The command is split by glib's shell-like parser: keep every
+            // argument free of blanks, quotes and backslashes so it stays one word.
+            let plain = |a: &String| {
+                !a.is_empty() && !a.chars().any(|c| c.is_whitespace() || matches!(c, '\'' | '"' | '\\' | '\0' | '$' | '`'))
+            };
+            if relay.is_empty() || !relay.iter().all(plain) {
+                return bad(format!(
+                    "the metadata relay command {relay:?} has an empty argument or one with blanks, quotes or backslashes; install Nubo and its data directory under plain paths"
+                ));
+            }
+        }
         if let Boot::Direct { cmdline, .. } = &self.boot {
             if cmdline.contains('\0') {
                 return bad("the kernel command line contains a NUL byte".to_string());
@@ -123,6 +178,17 @@ impl VmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macs_are_stable_and_valid() {
+        let a = mac_for("i-0123456789abcdef0");
+        assert_eq!(a, mac_for("i-0123456789abcdef0"));
+        assert_ne!(a, mac_for("i-0123456789abcdef1"));
+        assert!(a.starts_with("52:54:00:") && valid_mac(&a), "{a}");
+        for bad in ["", "52:54:00:12:34", "53:54:00:12:34:56", "52:54:00:12:34:zz", "52-54-00-12-34-56"] {
+            assert!(!valid_mac(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn ids() {

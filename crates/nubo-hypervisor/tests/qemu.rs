@@ -49,6 +49,8 @@ fn config(id: &str, base: &Path, forwards: Vec<PortForward>) -> VmConfig {
         port_forwards: forwards,
         accel: Accel::Tcg,
         hotplug_slots: 2,
+        metadata_relay: None,
+        mac: None,
     }
 }
 

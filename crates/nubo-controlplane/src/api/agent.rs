@@ -9,7 +9,8 @@ use crate::Ctx;
 use axum::extract::{Path, State};
 use axum::Json;
 use nubo_api::agent::{
-    ConsoleAck, ConsoleChunk, DesiredInstance, DesiredState, HostReport, PortMapping, PowerState, RegisterHost,
+    ConsoleAck, ConsoleChunk, DesiredInstance, DesiredRun, DesiredState, HostReport, NamedKey, PortMapping, PowerState,
+    RegisterHost, RunAck, RunAction, RunProgress,
 };
 use nubo_api::ids::{HostId, InstanceId};
 use serde::Deserialize;
@@ -87,8 +88,32 @@ pub async fn desired(
     }
     let generation = ctx.generation();
     let ports = ctx.store.ports_on_host(host.as_str()).await?;
+    let runs = ctx.store.open_runs_on_host(host.as_str()).await?;
     let mut instances = Vec::new();
     for row in ctx.store.instances_on_host(host.as_str()).await? {
+        let (key_name, public_key, imds_tokens) = ctx.store.instance_access(&row.id).await?;
+        let public_keys = match (key_name, public_key) {
+            (Some(name), Some(public_key)) => vec![NamedKey { name, public_key }],
+            _ => Vec::new(),
+        };
+        let mut wanted_runs = Vec::new();
+        for r in runs.iter().filter(|r| r.instance_id == row.id) {
+            let action: RunAction = match serde_json::from_str(&r.action_json) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(run = %r.id, error = %e, "stored run action does not parse; skipped");
+                    continue;
+                }
+            };
+            wanted_runs.push(DesiredRun {
+                id: r.id.parse().map_err(AppError::internal)?,
+                action,
+                timeout_secs: r.timeout_secs as u64,
+                state: r.state.clone(),
+                guest_pid: r.guest_pid,
+                log_offset: r.log_offset as u64,
+            });
+        }
         let power = match row.desired.as_str() {
             "running" => PowerState::Running,
             "stopped" => PowerState::Stopped,
@@ -110,6 +135,10 @@ pub async fn desired(
             power,
             start_seq: row.start_seq,
             reboot_count: row.reboot_count,
+            public_keys,
+            imds_tokens_required: imds_tokens == "required",
+            availability_zone: ctx.config.availability_zone.clone(),
+            runs: wanted_runs,
         });
     }
     Ok(Json(DesiredState { generation, instances }))
@@ -190,4 +219,33 @@ pub async fn join(
             "the join token is unknown, already used or expired: create a new one with `nubo host join-token`".into(),
         )),
     }
+}
+
+/// Progress of a run on an instance of the reporting host: its state,
+/// guest pid, exit code and the next piece of its log.
+#[utoipa::path(post, path = "/api/v1/agent/runs/{id}", tag = "agent", operation_id = "agent_run_progress",
+    request_body = RunProgress,
+    params(("id" = String, Path, description = "run id")),
+    responses((status = 200, body = RunAck), (status = 404, body = nubo_api::error::ErrorBody)))]
+pub async fn run_progress(
+    caller: HostCaller,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+    ApiJson(p): ApiJson<RunProgress>,
+) -> AppResult<Json<RunAck>> {
+    same_host(&caller, &p.host_id)?;
+    if !matches!(p.state.as_str(), "running" | "succeeded" | "failed") {
+        return Err(AppError::BadRequest("run state must be running, succeeded or failed".into()));
+    }
+    if p.log_offset > (1 << 50) || p.log_raw_len > (1 << 24) || p.log.len() > (1 << 24) {
+        return Err(AppError::BadRequest("run log chunk offset or length out of range".into()));
+    }
+    let id: nubo_api::ids::RunId = id.parse().map_err(|e: nubo_api::ids::IdError| AppError::BadRequest(e.to_string()))?;
+    let run = ctx.store.run(id.as_str()).await?.ok_or(AppError::NotFound { kind: "run", id: id.to_string() })?;
+    let instance = ctx.store.instance(&run.instance_id).await?;
+    if instance.and_then(|i| i.host_id).as_deref() != Some(p.host_id.as_str()) {
+        return Err(AppError::Forbidden(format!("run {id} is not on host {}", p.host_id)));
+    }
+    let log_offset = ctx.store.apply_run_progress(&run, &p).await?;
+    Ok(Json(RunAck { log_offset }))
 }

@@ -44,6 +44,23 @@ pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<I
         .map(|p| (p.guest_port.to_string(), format!("127.0.0.1:{}", p.host_port)))
         .collect();
     let events = if with_events { ctx.store.events(&row.id).await? } else { Vec::new() };
+    let (key_name, _, imds_tokens) = ctx.store.instance_access(&row.id).await?;
+    let runs = if with_events {
+        ctx.store
+            .runs(&row.id, 20)
+            .await?
+            .into_iter()
+            .map(|r| super::provisioning::run_view(r, None))
+            .collect::<AppResult<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
+    // The guest agent's report means something only while the VM runs.
+    let guest = if row.state == "running" {
+        ctx.store.guest(&row.id).await?.and_then(|g| serde_json::from_str(&g).ok())
+    } else {
+        None
+    };
     Ok(Instance {
         id,
         name: row.name,
@@ -63,6 +80,10 @@ pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<I
         created_at_ms: row.created_at_ms,
         updated_at_ms: row.updated_at_ms,
         events,
+        key_name,
+        metadata_http_tokens: imds_tokens,
+        runs,
+        guest,
     })
 }
 
@@ -102,6 +123,38 @@ pub async fn create(
             known.join(", ")
         )));
     }
+    let imds_tokens = match p.metadata.as_ref().and_then(|m| m.http_tokens.as_deref()) {
+        None | Some("optional") => "optional",
+        Some("required") => "required",
+        Some(other) => {
+            return Err(AppError::BadRequest(format!(
+                "metadata http_tokens '{}' is unknown: use 'optional' (IMDSv1 and v2) or 'required' (IMDSv2 only)",
+                other.chars().take(40).collect::<String>()
+            )))
+        }
+    };
+    let key = match &p.key_name {
+        Some(k) => Some(ctx.store.keypair(&project, k).await?.ok_or_else(|| {
+            AppError::BadRequest(format!(
+                "key pair '{}' does not exist in this project: see `nubo keypair list`, or create it with `nubo keypair create`",
+                k.chars().take(64).collect::<String>()
+            ))
+        })?),
+        None => None,
+    };
+    // A cloud-config recipe becomes the user-data; a script recipe runs
+    // through the guest agent once the instance is up.
+    let mut user_data = p.user_data.clone();
+    if let Some(recipe) = &p.recipe {
+        if let Some(cloud_config) =
+            super::provisioning::check_launch_recipe(&ctx, &caller, recipe, p.user_data.as_deref()).await?
+        {
+            if cloud_config.len() > nubo_api::MAX_USER_DATA_BYTES {
+                return Err(AppError::BadRequest("the rendered cloud-config recipe is larger than 64 KiB".into()));
+            }
+            user_data = Some(cloud_config);
+        }
+    }
     let id = InstanceId::generate();
     let name = p.name.clone().unwrap_or_else(|| id.to_string());
     let new = NewInstance {
@@ -112,11 +165,16 @@ pub async fn create(
         vcpus: p.vcpus,
         memory_mib: p.memory_mib,
         disk_gib: p.disk_gib,
-        user_data: p.user_data.as_deref(),
+        user_data: user_data.as_deref(),
         guest_ports: &p.ports,
+        key: key.as_ref().map(|k| (k.name.as_str(), k.public_key.as_str())),
+        imds_tokens,
     };
     let (host, _) = placement::place(&ctx, &new).await?;
     tracing::info!(instance = %id, %host, "instance placed");
+    if let Some(recipe) = &p.recipe {
+        super::provisioning::start_recipe_run(&ctx, &caller, id.as_str(), recipe, true).await?;
+    }
     ctx.bump();
     let row = ctx.store.instance(id.as_str()).await?.ok_or_else(|| AppError::internal("instance vanished"))?;
     Ok((StatusCode::CREATED, Json(view(&ctx, row, true).await?)))

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod hosts;
 pub mod identity;
 pub mod instances;
+pub mod provisioning;
 
 use crate::error::AppError;
 use crate::Ctx;
@@ -41,6 +42,14 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(agent::report))
         .routes(routes!(agent::console))
         .routes(routes!(agent::join))
+        .routes(routes!(agent::run_progress))
+        .routes(routes!(provisioning::create_keypair, provisioning::list_keypairs))
+        .routes(routes!(provisioning::delete_keypair))
+        .routes(routes!(provisioning::create_recipe, provisioning::list_recipes))
+        .routes(routes!(provisioning::show_recipe, provisioning::delete_recipe))
+        .routes(routes!(provisioning::create_run, provisioning::list_runs))
+        .routes(routes!(provisioning::create_exec))
+        .routes(routes!(provisioning::show_run))
         .routes(routes!(identity::login))
         .routes(routes!(identity::whoami))
         .routes(routes!(identity::create_token, identity::list_tokens))
