@@ -8,7 +8,10 @@
 pub mod capacity;
 pub mod console;
 pub mod identity;
+pub mod guest;
+pub mod imds;
 pub mod reconcile;
+pub mod runs;
 
 use nubo_api::agent::{DesiredState, RegisterHost};
 use nubo_api::ids::HostId;
@@ -40,6 +43,11 @@ pub struct AgentConfig {
     pub stop_grace: Duration,
     /// Extra CA (PEM) to trust for an `https://` control plane with its own CA.
     pub ca_cert: Option<PathBuf>,
+    /// Program and leading arguments QEMU runs for each guest connection to
+    /// the metadata service (169.254.169.254:80); the socket path is
+    /// appended. `nubo agent` uses `[<itself>, "imds-relay"]`. `None`
+    /// leaves instances without a metadata service.
+    pub metadata_relay: Option<Vec<String>>,
 }
 
 pub struct Agent {

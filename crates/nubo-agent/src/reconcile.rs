@@ -6,12 +6,14 @@
 //! and neither restarts nor forgets them.
 
 use crate::console;
+use crate::imds::{Imds, InstanceMetadata};
+use crate::runs::QgaSession;
 use crate::AgentConfig;
 use nubo_api::agent::{
     ActualInstance, ActualPower, DesiredInstance, DesiredState, HostReport, PowerState, RegisterHost,
 };
-use nubo_api::ids::{HostId, InstanceId};
-use nubo_api::views::InstanceEvent;
+use nubo_api::ids::{HostId, InstanceId, RunId};
+use nubo_api::views::{GuestStatus, InstanceEvent};
 use nubo_client::Client;
 use nubo_hypervisor::{Accel, Boot, Hypervisor, PortForward, VmConfig, VmDir, VmStatus};
 use nubo_image::ImageCache;
@@ -24,6 +26,8 @@ use tracing::Instrument;
 
 /// How long after QEMU starts the agent watches for boot-complete.
 const BOOT_WATCH: Duration = Duration::from_secs(600);
+/// How often the guest agent of each running instance is asked for status.
+const GUEST_POLL: Duration = Duration::from_secs(5);
 
 /// What the agent last did to an instance, kept in `applied.json`.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -57,6 +61,17 @@ struct Shared {
     events: HashMap<InstanceId, Vec<InstanceEvent>>,
     /// Console offsets acknowledged by the server.
     console: HashMap<InstanceId, u64>,
+    /// Each instance's metadata service and the task serving it.
+    imds: HashMap<InstanceId, (Arc<Imds>, tokio::task::JoinHandle<()>)>,
+    /// Runs being carried out.
+    runs: HashMap<RunId, tokio::task::JoinHandle<()>>,
+    /// One guest-agent client at a time per instance (QEMU serves one).
+    qga_locks: HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>,
+    /// Guest status polls: when the last one started, and the task.
+    guest_polls: HashMap<InstanceId, (Instant, tokio::task::JoinHandle<()>)>,
+    /// Guest status collected and not yet reported, and the last reported.
+    guest_new: HashMap<InstanceId, GuestStatus>,
+    guest_sent: HashMap<InstanceId, GuestStatus>,
 }
 
 fn now_ms() -> i64 {
@@ -88,6 +103,137 @@ impl Reconciler {
         config: AgentConfig,
     ) -> Self {
         Self { host, client, hypervisor, images, accel, config, shared: Arc::default() }
+    }
+
+    pub(crate) fn host_id(&self) -> &HostId {
+        &self.host
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) async fn vm_running(&self, id: &InstanceId) -> bool {
+        self.hypervisor.status(&self.dir(id)).await.is_running()
+    }
+
+    /// A connection to the instance's guest agent, holding the instance's
+    /// guest-agent lock until dropped.
+    pub(crate) async fn guest_agent(
+        &self,
+        id: &InstanceId,
+        timeout: Duration,
+    ) -> Result<QgaSession, nubo_hypervisor::QgaError> {
+        let lock = self.lock().qga_locks.entry(id.clone()).or_default().clone();
+        let guard = lock.lock_owned().await;
+        let client = nubo_hypervisor::QgaClient::connect(&self.dir(id).qga_socket(), timeout).await?;
+        Ok(QgaSession { client, _guard: guard })
+    }
+
+    /// What the metadata service tells `want`'s guest.
+    fn metadata(&self, want: &DesiredInstance) -> InstanceMetadata {
+        InstanceMetadata {
+            instance_id: want.id.to_string(),
+            hostname: want.name.clone(),
+            image: want.image.clone(),
+            instance_type: format!("custom-{}-{}", want.vcpus, want.memory_mib),
+            availability_zone: want.availability_zone.clone(),
+            local_ipv4: nubo_hypervisor::GUEST_ADDR.to_string(),
+            mac: nubo_hypervisor::mac_for(want.id.as_str()),
+            public_keys: want.public_keys.clone(),
+            user_data: want.user_data.clone(),
+            tokens_required: want.imds_tokens_required,
+        }
+    }
+
+    /// Starts (or refreshes) the instance's metadata service. It runs
+    /// whenever the instance directory exists, so a VM re-adopted after an
+    /// agent restart keeps its metadata.
+    fn ensure_imds(&self, want: &DesiredInstance) {
+        if self.config.metadata_relay.is_none() {
+            return;
+        }
+        let dir = self.dir(&want.id);
+        let data = self.metadata(want);
+        let mut s = self.lock();
+        if let Some((imds, task)) = s.imds.get(&want.id) {
+            if !task.is_finished() {
+                imds.update(data);
+                return;
+            }
+        }
+        if !dir.path().exists() {
+            return;
+        }
+        let imds = Imds::new(data);
+        match crate::imds::serve(&dir.imds_socket(), imds.clone()) {
+            Ok(task) => {
+                s.imds.insert(want.id.clone(), (imds, task));
+            }
+            Err(e) => tracing::warn!(instance = %want.id, error = %e, "cannot start the metadata service"),
+        }
+    }
+
+    fn drop_instance_services(&self, id: &InstanceId) {
+        let mut s = self.lock();
+        if let Some((_, task)) = s.imds.remove(id) {
+            task.abort();
+        }
+        if let Some((_, task)) = s.guest_polls.remove(id) {
+            task.abort();
+        }
+        s.guest_new.remove(id);
+        s.guest_sent.remove(id);
+        s.qga_locks.remove(id);
+    }
+
+    /// Starts the runs that are not under way yet (once the VM runs).
+    fn ensure_runs(self: &Arc<Self>, want: &DesiredInstance) {
+        let mut s = self.lock();
+        s.runs.retain(|_, task| !task.is_finished());
+        for run in &want.runs {
+            if s.runs.contains_key(&run.id) {
+                continue;
+            }
+            let span = tracing::info_span!("run", instance = %want.id, run = %run.id);
+            let task = tokio::spawn(crate::runs::execute(self.clone(), want.id.clone(), run.clone()).instrument(span));
+            s.runs.insert(run.id.clone(), task);
+        }
+    }
+
+    /// Asks the guest agent for the guest's status every [`GUEST_POLL`].
+    fn poll_guest(self: &Arc<Self>, id: &InstanceId) {
+        let mut s = self.lock();
+        if let Some((at, task)) = s.guest_polls.get(id) {
+            if !task.is_finished() || at.elapsed() < GUEST_POLL {
+                return;
+            }
+        }
+        let this = self.clone();
+        let instance = id.clone();
+        let task = tokio::spawn(async move {
+            // Short timeouts: a guest without an agent is normal, not an error.
+            let Ok(mut session) = this.guest_agent(&instance, Duration::from_secs(2)).await else { return };
+            match crate::guest::collect(&mut session.client, now_ms()).await {
+                Ok(status) => {
+                    this.lock().guest_new.insert(instance, status);
+                }
+                Err(e) => tracing::debug!(instance = %instance, error = %e, "guest status not available"),
+            }
+        });
+        s.guest_polls.insert(id.clone(), (Instant::now(), task));
+    }
+
+    /// The guest status to report for `id`, when it changed.
+    fn guest_to_report(&self, id: &InstanceId) -> Option<GuestStatus> {
+        let mut s = self.lock();
+        let new = s.guest_new.remove(id)?;
+        if crate::guest::changed(s.guest_sent.get(id), &new) {
+            s.guest_sent.insert(id.clone(), new.clone());
+            Some(new)
+        } else {
+            None
+        }
     }
 
     fn dir(&self, id: &InstanceId) -> VmDir {
@@ -193,6 +339,16 @@ impl Reconciler {
         let mut out = Vec::with_capacity(d.instances.len());
         for want in &d.instances {
             let (power, pid) = self.reconcile_one(want).await;
+            match (want.power, power) {
+                (PowerState::Deleted, _) | (_, ActualPower::Deleted) => self.drop_instance_services(&want.id),
+                (PowerState::Running, ActualPower::Running) => {
+                    self.ensure_imds(want);
+                    self.ensure_runs(want);
+                    self.poll_guest(&want.id);
+                }
+                _ => self.ensure_imds(want),
+            }
+            let guest = self.guest_to_report(&want.id);
             let (error, events) = {
                 let mut s = self.lock();
                 let error = match power {
@@ -202,7 +358,7 @@ impl Reconciler {
                 (error, s.events.remove(&want.id).unwrap_or_default())
             };
             let exited_unexpectedly = events.iter().any(|e| e.stage == "exited_unexpectedly");
-            out.push(ActualInstance { id: want.id.clone(), power, pid, error, exited_unexpectedly, events });
+            out.push(ActualInstance { id: want.id.clone(), power, pid, error, exited_unexpectedly, events, guest });
         }
         out
     }
@@ -311,13 +467,20 @@ impl Reconciler {
                 .collect(),
             accel: self.accel,
             hotplug_slots: 4,
+            metadata_relay: self.config.metadata_relay.as_ref().map(|relay| {
+                let mut argv = relay.clone();
+                argv.push(dir.imds_socket().display().to_string());
+                argv
+            }),
+            mac: Some(nubo_hypervisor::mac_for(want.id.as_str())),
         };
         self.hypervisor.prepare_disk(&dir, &cfg).await?;
+        self.ensure_imds(want);
         let seed = nubo_image::seed::SeedData {
             instance_id: want.id.to_string(),
             hostname: want.name.clone(),
             user_data: want.user_data.clone(),
-            public_keys: Vec::new(),
+            public_keys: want.public_keys.iter().map(|k| k.public_key.clone()).collect(),
         };
         let seed_path = dir.seed();
         tokio::task::spawn_blocking(move || nubo_image::seed::write_nocloud_seed(&seed_path, &seed)).await??;
@@ -372,6 +535,7 @@ impl Reconciler {
         // Ship the last of the console before the log goes.
         let offset = self.lock().console.get(&want.id).copied();
         let _ = console::ship(&self.client, &self.host, &want.id, &dir.console_log(), offset).await;
+        self.drop_instance_services(&want.id);
         self.hypervisor.destroy(&dir).await?;
         self.lock().console.remove(&want.id);
         self.event(&want.id, "deleted", "");

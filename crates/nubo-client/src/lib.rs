@@ -135,7 +135,9 @@ impl Client {
                 },
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url: url.to_string(), detail: e.to_string() })
+        // 204 No Content (an empty body) decodes as JSON null, i.e. `()`.
+        let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        serde_json::from_slice(body).map_err(|e| ClientError::Decode { url: url.to_string(), detail: e.to_string() })
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -270,6 +272,72 @@ impl Client {
         self.delete(&format!("/api/v1/access-keys/{}", path_segment(id))).await
     }
 
+    // ---- provisioning ----
+
+    pub async fn create_keypair(
+        &self,
+        k: &nubo_api::params::KeypairCreate,
+    ) -> Result<nubo_api::views::KeypairCreated, ClientError> {
+        self.post("/api/v1/keypairs", k).await
+    }
+
+    pub async fn keypairs(&self) -> Result<Vec<nubo_api::views::Keypair>, ClientError> {
+        self.get("/api/v1/keypairs").await
+    }
+
+    pub async fn delete_keypair(&self, name: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/keypairs/{}", path_segment(name))).await
+    }
+
+    pub async fn recipes(&self) -> Result<Vec<nubo_api::views::Recipe>, ClientError> {
+        self.get("/api/v1/recipes").await
+    }
+
+    pub async fn recipe(&self, name: &str, version: Option<&str>) -> Result<nubo_api::views::Recipe, ClientError> {
+        let q = version.map(|v| format!("?version={}", path_segment(v))).unwrap_or_default();
+        self.get(&format!("/api/v1/recipes/{}{q}", path_segment(name))).await
+    }
+
+    pub async fn create_recipe(
+        &self,
+        r: &nubo_api::params::RecipeCreate,
+    ) -> Result<nubo_api::views::Recipe, ClientError> {
+        self.post("/api/v1/recipes", r).await
+    }
+
+    pub async fn delete_recipe(&self, name: &str, version: Option<&str>) -> Result<(), ClientError> {
+        let q = version.map(|v| format!("?version={}", path_segment(v))).unwrap_or_default();
+        self.delete(&format!("/api/v1/recipes/{}{q}", path_segment(name))).await
+    }
+
+    /// Runs a recipe in an instance.
+    pub async fn provision(
+        &self,
+        instance: &str,
+        r: &nubo_api::params::RunCreate,
+    ) -> Result<nubo_api::views::Run, ClientError> {
+        self.post(&format!("/api/v1/instances/{}/runs", path_segment(instance)), r).await
+    }
+
+    /// Runs one command in an instance through its guest agent.
+    pub async fn exec(
+        &self,
+        instance: &str,
+        e: &nubo_api::params::ExecCreate,
+    ) -> Result<nubo_api::views::Run, ClientError> {
+        self.post(&format!("/api/v1/instances/{}/exec", path_segment(instance)), e).await
+    }
+
+    pub async fn runs(&self, instance: &str) -> Result<Vec<nubo_api::views::Run>, ClientError> {
+        self.get(&format!("/api/v1/instances/{}/runs", path_segment(instance))).await
+    }
+
+    /// A run; with `log_from`, its log from that byte offset (to follow it).
+    pub async fn run(&self, id: &str, log_from: Option<u64>) -> Result<nubo_api::views::Run, ClientError> {
+        let q = log_from.map(|o| format!("?log_from={o}")).unwrap_or_default();
+        self.get(&format!("/api/v1/runs/{}{q}", path_segment(id))).await
+    }
+
     // ---- agent protocol ----
 
     /// Trades a join token for the host's own credential (no auth needed).
@@ -292,6 +360,14 @@ impl Client {
 
     pub async fn console_chunk(&self, id: &InstanceId, c: &ConsoleChunk) -> Result<ConsoleAck, ClientError> {
         self.post(&format!("/api/v1/agent/instances/{id}/console"), c).await
+    }
+
+    pub async fn run_progress(
+        &self,
+        id: &nubo_api::ids::RunId,
+        p: &nubo_api::agent::RunProgress,
+    ) -> Result<nubo_api::agent::RunAck, ClientError> {
+        self.post(&format!("/api/v1/agent/runs/{id}"), p).await
     }
 }
 

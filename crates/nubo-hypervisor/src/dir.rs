@@ -42,6 +42,11 @@ impl VmDir {
         self.path.join("qmp.sock")
     }
 
+    /// The instance metadata service's socket (served by the agent).
+    pub fn imds_socket(&self) -> PathBuf {
+        self.path.join("imds.sock")
+    }
+
     pub fn pidfile(&self) -> PathBuf {
         self.path.join("qemu.pid")
     }

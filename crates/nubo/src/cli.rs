@@ -46,6 +46,99 @@ pub enum Command {
     /// Access-key pairs for the EC2 API (SigV4).
     #[command(subcommand)]
     AccessKey(AccessKeyCmd),
+    /// SSH key pairs: the public key is installed in instances launched with it.
+    #[command(subcommand)]
+    Keypair(KeypairCmd),
+    /// The recipe catalogue: named, versioned, parameterised provisioning.
+    #[command(subcommand)]
+    Recipe(RecipeCmd),
+    /// Runs of recipes and commands inside instances.
+    #[command(subcommand)]
+    Run(RunCmd),
+    /// (Internal) pipes one guest connection to the metadata service:
+    /// QEMU runs it with the connection on stdin/stdout.
+    #[command(hide = true)]
+    ImdsRelay { socket: PathBuf },
+}
+
+#[derive(Subcommand)]
+pub enum KeypairCmd {
+    /// Generate an Ed25519 key pair; the private key is written to --private-key-file (mode 0600) or printed.
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        /// Where to save the private key (refuses to overwrite).
+        #[arg(long, value_name = "FILE")]
+        private_key_file: Option<PathBuf>,
+    },
+    /// Import your own OpenSSH public key (e.g. ~/.ssh/id_ed25519.pub).
+    Import {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        public_key_file: PathBuf,
+    },
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Delete a key pair (instances launched with it keep the key).
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RecipeCmd {
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a recipe: parameters, defaults and its script.
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Add a recipe (or a new version) from a TOML or JSON file.
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Delete a project recipe (all versions, or --version).
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        #[arg(long)]
+        version: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RunCmd {
+    /// A run's state, exit code and log tail.
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+    },
+    /// A run's whole log; with --follow, until it ends.
+    Logs {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -297,9 +390,58 @@ pub enum InstanceCmd {
         /// Guest TCP port to forward from 127.0.0.1 (repeatable).
         #[arg(long = "port")]
         ports: Vec<u16>,
-        /// Return only once the instance is running.
+        /// Key pair whose public key is installed for root.
+        #[arg(long)]
+        key_name: Option<String>,
+        /// Recipe to run once the instance is up (see `nubo recipe list`).
+        #[arg(long)]
+        recipe: Option<String>,
+        /// Recipe version (default: the newest).
+        #[arg(long, requires = "recipe")]
+        recipe_version: Option<String>,
+        /// Recipe parameter NAME=VALUE (repeatable).
+        #[arg(long = "param", value_name = "NAME=VALUE", requires = "recipe")]
+        params: Vec<String>,
+        /// Metadata service: optional (IMDSv1 and v2) or required (IMDSv2 tokens only).
+        #[arg(long, value_parser = ["optional", "required"])]
+        metadata_tokens: Option<String>,
+        /// Return only once the instance is running (and its recipe has finished).
         #[arg(long)]
         wait: bool,
+    },
+    /// Run a recipe in a running instance and follow its log.
+    Provision {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+        #[arg(long)]
+        recipe: String,
+        #[arg(long)]
+        version: Option<String>,
+        /// Recipe parameter NAME=VALUE (repeatable).
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Print the run id and return without following it.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Run a command in an instance through its guest agent; exits with its exit code.
+    Exec {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+        /// Seconds before the command is reported failed.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// The program and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// The instance's recipe and command runs.
+    Runs {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
     },
     List {
         #[command(flatten)]

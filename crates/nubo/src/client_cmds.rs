@@ -4,7 +4,7 @@
 use crate::cli::{Conn, Format, HostCmd, ImageCmd, InstanceCmd};
 use crate::output::{emit, table};
 use anyhow::Context;
-use nubo_api::params::InstanceCreate;
+use nubo_api::params::{InstanceCreate, MetadataOptions, RunCreate};
 use nubo_api::views::{Instance, InstanceState};
 use nubo_client::{Client, InstanceAction};
 use std::time::{Duration, Instant};
@@ -43,10 +43,36 @@ fn print_instance(i: &Instance) {
         ("disk_gib", i.disk_gib.to_string()),
         ("host", i.host_name.clone().unwrap_or_default()),
         ("ports", ports_text(i)),
+        ("key_name", i.key_name.clone().unwrap_or_default()),
+        ("metadata", format!("http_tokens={}", i.metadata_http_tokens)),
         ("error", i.error.clone().unwrap_or_default()),
     ];
     for (k, v) in rows {
         println!("{k:<11} {v}");
+    }
+    if let Some(g) = &i.guest {
+        println!("guest:");
+        println!("  agent      {}", g.agent_version.as_deref().unwrap_or("?"));
+        println!("  os         {} ({})", g.os.as_deref().unwrap_or("?"), g.kernel.as_deref().unwrap_or("?"));
+        for f in &g.filesystems {
+            let mib = |b: Option<u64>| b.map(|b| format!("{:.1}", b as f64 / 1048576.0)).unwrap_or_else(|| "?".into());
+            println!("  fs         {} {} {} MiB used of {} MiB", f.mountpoint, f.fs_type, mib(f.used_bytes), mib(f.total_bytes));
+        }
+        for n in &g.interfaces {
+            println!("  net        {} {} {}", n.name, n.mac.as_deref().unwrap_or(""), n.addresses.join(" "));
+        }
+    }
+    if !i.runs.is_empty() {
+        println!("runs:");
+        for r in &i.runs {
+            let code = r.exit_code.map(|c| format!(" exit {c}")).unwrap_or_default();
+            println!("  {} {:<10} {}{code} {}", r.id, r.state, r.what, r.error.as_deref().unwrap_or(""));
+            if r.state == "failed" {
+                for line in r.log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev() {
+                    println!("      | {line}");
+                }
+            }
+        }
     }
     if !i.events.is_empty() {
         println!("events:");
@@ -90,7 +116,22 @@ const WAIT_LIMIT: Duration = Duration::from_secs(600);
 
 pub async fn instance(cmd: InstanceCmd) -> anyhow::Result<()> {
     match cmd {
-        InstanceCmd::Run { conn, image, vcpus, memory, disk, name, user_data, ports, wait } => {
+        InstanceCmd::Run {
+            conn,
+            image,
+            vcpus,
+            memory,
+            disk,
+            name,
+            user_data,
+            ports,
+            key_name,
+            recipe,
+            recipe_version,
+            params,
+            metadata_tokens,
+            wait,
+        } => {
             let user_data = match user_data {
                 Some(p) => Some(
                     std::fs::read_to_string(&p)
@@ -98,11 +139,55 @@ pub async fn instance(cmd: InstanceCmd) -> anyhow::Result<()> {
                 ),
                 None => None,
             };
+            let recipe = match recipe {
+                Some(recipe) => Some(RunCreate {
+                    recipe,
+                    version: recipe_version,
+                    params: crate::provision_cmds::parse_params(&params)?,
+                }),
+                None => None,
+            };
             let c = client(&conn)?;
-            let req = InstanceCreate { image, vcpus, memory_mib: memory, disk_gib: disk, name, user_data, ports };
+            let req = InstanceCreate {
+                image,
+                vcpus,
+                memory_mib: memory,
+                disk_gib: disk,
+                name,
+                user_data,
+                ports,
+                key_name,
+                recipe,
+                metadata: metadata_tokens.map(|t| MetadataOptions { http_tokens: Some(t) }),
+            };
             let mut i = c.create_instance(&req).await?;
             if wait {
                 i = wait_for(&c, i.id.as_str(), InstanceState::Running, WAIT_LIMIT).await?;
+                // Then the launch recipe, with its log on stdout... unless
+                // stdout is for JSON.
+                if let Some(run) = c.runs(i.id.as_str()).await?.into_iter().last() {
+                    let done = if conn.output == Format::Json {
+                        loop {
+                            let r = c.run(run.id.as_str(), None).await?;
+                            if r.finished() {
+                                break r;
+                            }
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    } else {
+                        crate::provision_cmds::follow_run(&c, run.id.as_str(), 0, WAIT_LIMIT).await?
+                    };
+                    crate::provision_cmds::report_end(&done);
+                    i = c.instance(i.id.as_str()).await?;
+                    if done.state != "succeeded" {
+                        anyhow::bail!(
+                            "instance {} is running but its recipe {} failed; see `nubo run show {}`",
+                            i.id,
+                            done.what,
+                            done.id
+                        );
+                    }
+                }
             }
             match conn.output {
                 Format::Json => crate::output::print_json(&i)?,
@@ -129,6 +214,39 @@ pub async fn instance(cmd: InstanceCmd) -> anyhow::Result<()> {
                     })
                     .collect();
                 table(&["ID", "NAME", "STATE", "VCPUS", "MEMORY_MIB", "DISK_GIB", "HOST", "PORTS"], &rows);
+            })
+        }
+        InstanceCmd::Provision { conn, id, recipe, version, params, detach } => {
+            let c = client(&conn)?;
+            let req = RunCreate { recipe, version, params: crate::provision_cmds::parse_params(&params)? };
+            crate::provision_cmds::provision(&c, &id, req, detach, conn.output).await
+        }
+        InstanceCmd::Exec { conn, id, timeout, command } => {
+            let c = client(&conn)?;
+            let code = crate::provision_cmds::exec(&c, &id, command, timeout).await?;
+            if code != 0 {
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                std::process::exit(code.clamp(1, 255));
+            }
+            Ok(())
+        }
+        InstanceCmd::Runs { conn, id } => {
+            let runs = client(&conn)?.runs(&id).await?;
+            emit(conn.output, &runs, |runs| {
+                let rows: Vec<Vec<String>> = runs
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.id.to_string(),
+                            r.kind.clone(),
+                            r.what.chars().take(40).collect(),
+                            r.state.clone(),
+                            r.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "KIND", "WHAT", "STATE", "EXIT"], &rows);
             })
         }
         InstanceCmd::Show { conn, id } => {

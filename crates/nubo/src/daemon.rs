@@ -128,6 +128,10 @@ fn agent_config(
         interval: Duration::from_millis(500),
         stop_grace: Duration::from_secs(opts.stop_grace_secs),
         ca_cert,
+        // QEMU runs this binary as the metadata relay for each guest connection.
+        metadata_relay: std::env::current_exe()
+            .ok()
+            .map(|exe| vec![exe.display().to_string(), "imds-relay".to_string()]),
     }
 }
 

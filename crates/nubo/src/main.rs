@@ -6,11 +6,18 @@ mod client_cmds;
 mod daemon;
 mod identity_cmds;
 mod output;
+mod provision_cmds;
+mod relay;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
+    // The relay runs once per guest connection, started by QEMU: no
+    // runtime, no logging on the connection.
+    if let cli::Command::ImdsRelay { socket } = &cli.command {
+        return relay::run(socket);
+    }
     let daemon_like = matches!(cli.command, cli::Command::Up(_) | cli::Command::Server(_) | cli::Command::Agent(_));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if daemon_like { "info" } else { "warn" }));
@@ -46,5 +53,9 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::User(c) => identity_cmds::user(c).await,
         Command::Audit(c) => identity_cmds::audit(c).await,
         Command::AccessKey(c) => identity_cmds::access_key(c).await,
+        Command::Keypair(c) => provision_cmds::keypair(c).await,
+        Command::Recipe(c) => provision_cmds::recipe(c).await,
+        Command::Run(c) => provision_cmds::run(c).await,
+        Command::ImdsRelay { .. } => Ok(()),
     }
 }
