@@ -9,6 +9,11 @@ scripts/install-deps.sh
 export NUBO_IMAGE_CACHE="${NUBO_IMAGE_CACHE:-$PWD/.cache/images}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The guest agent goes into the tiny image as a static binary; an explicit
+# --target keeps crt-static away from build scripts and proc-macros.
+RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build -q --release -p nubo-guest-agent --target x86_64-unknown-linux-gnu
+export NUBO_GUEST_AGENT="${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release/nubo-guest-agent"
 # Build the shared image up front so parallel tests do not all wait on it.
 cargo run -q -p nubo -- image build tiny --cache "$NUBO_IMAGE_CACHE"
 if cargo nextest --version >/dev/null 2>&1; then

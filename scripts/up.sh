@@ -6,5 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# The static guest agent that the tiny image build puts into the guest.
+RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build --release -p nubo-guest-agent --target x86_64-unknown-linux-gnu
+export NUBO_GUEST_AGENT="${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release/nubo-guest-agent"
 cargo build --release -p nubo
-exec target/release/nubo up "$@"
+exec "${CARGO_TARGET_DIR:-$PWD/target}/release/nubo" up "$@"

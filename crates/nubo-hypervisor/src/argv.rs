@@ -23,13 +23,9 @@ pub fn qemu_argv(dir: &VmDir, cfg: &VmConfig) -> Result<Vec<OsString>, Hyperviso
     let qmp = dir.qmp_socket();
     let pidfile = dir.pidfile();
     let log = dir.qemu_log();
-    let qmp_s = path_str("QMP socket", &qmp)?;
-    if qmp_s.len() > MAX_SOCKET_PATH {
-        return Err(HypervisorError::InvalidConfig(format!(
-            "QMP socket path {qmp_s} is {} bytes, longer than the {MAX_SOCKET_PATH} a unix socket allows; use a shorter state directory",
-            qmp_s.len()
-        )));
-    }
+    let qga = dir.qga_socket();
+    let qmp_s = socket_path("QMP socket", &qmp)?;
+    let qga_s = socket_path("guest agent socket", &qga)?;
 
     let mut a: Vec<String> = Vec::with_capacity(64);
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
@@ -62,6 +58,16 @@ pub fn qemu_argv(dir: &VmDir, cfg: &VmConfig) -> Result<Vec<OsString>, Hyperviso
     push(&["-D", path_str("QEMU log", &log)?]);
     push(&["-daemonize"]);
     push(&["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0"]);
+    // The guest agent channel: a virtio-serial port the in-guest agent
+    // finds by name, backed by a unix socket for crate::QgaClient.
+    push(&[
+        "-chardev",
+        &format!("socket,id=qga0,path={},server=on,wait=off", opt_escape(qga_s)),
+        "-device",
+        "virtio-serial-pci,id=vser0",
+        "-device",
+        "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+    ]);
 
     // Keys in alphabetical order so the text is the same whether or not
     // serde_json's `preserve_order` feature is on somewhere in the workspace.
@@ -134,6 +140,18 @@ fn path_str<'a>(what: &str, p: &'a Path) -> Result<&'a str, HypervisorError> {
     })
 }
 
+/// A unix socket path as UTF-8, checked to fit in `sun_path`.
+fn socket_path<'a>(what: &str, p: &'a Path) -> Result<&'a str, HypervisorError> {
+    let s = path_str(what, p)?;
+    if s.len() > MAX_SOCKET_PATH {
+        return Err(HypervisorError::InvalidConfig(format!(
+            "{what} path {s} is {} bytes, longer than the {MAX_SOCKET_PATH} a unix socket allows; use a shorter state directory",
+            s.len()
+        )));
+    }
+    Ok(s)
+}
+
 /// Escape a value for QEMU's `key=value,...` option syntax (`,` becomes `,,`).
 fn opt_escape(s: &str) -> String {
     s.replace(',', ",,")
@@ -196,6 +214,9 @@ mod tests {
             "-daemonize",
             "-object", "rng-random,id=rng0,filename=/dev/urandom",
             "-device", "virtio-rng-pci,rng=rng0",
+            "-chardev", "socket,id=qga0,path=/var/lib/nubo/vms/vm-1/qga.sock,server=on,wait=off",
+            "-device", "virtio-serial-pci,id=vser0",
+            "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
             "-blockdev", r#"{"discard":"unmap","driver":"qcow2","file":{"discard":"unmap","driver":"file","filename":"/var/lib/nubo/vms/vm-1/disk.qcow2"},"node-name":"root"}"#,
             "-device", "virtio-blk-pci,drive=root,id=root-disk,bootindex=0",
             "-blockdev", r#"{"driver":"raw","file":{"driver":"file","filename":"/var/lib/nubo/vms/vm-1/seed.img","read-only":true},"node-name":"seed","read-only":true}"#,
@@ -255,6 +276,7 @@ mod tests {
     fn commas_in_paths_are_escaped() {
         let got = strings(qemu_argv(&VmDir::new("/d/a,b"), &cfg()).unwrap());
         assert!(got.contains(&"file,id=con0,path=/d/a,,b/console.log,append=on".to_string()));
+        assert!(got.contains(&"socket,id=qga0,path=/d/a,,b/qga.sock,server=on,wait=off".to_string()));
         // JSON blockdev values need no escaping.
         assert!(got.iter().any(|a| a.contains(r#""filename":"/d/a,b/disk.qcow2""#)));
     }

@@ -8,7 +8,7 @@ use crate::HypervisorError;
 pub(crate) const MAX_SOCKET_PATH: usize = 107;
 
 /// One VM's directory. Holds `disk.qcow2`, `seed.img`, `console.log`,
-/// `qmp.sock`, `qemu.pid` and `qemu.log` (plus `qemu.log.1`, the previous run's).
+/// `qmp.sock`, `qga.sock`, `qemu.pid` and `qemu.log` (plus `qemu.log.1`, the previous run's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmDir {
     path: PathBuf,
@@ -45,6 +45,11 @@ impl VmDir {
     /// The instance metadata service's socket (served by the agent).
     pub fn imds_socket(&self) -> PathBuf {
         self.path.join("imds.sock")
+    }
+
+    /// The guest agent channel (QEMU Guest Agent protocol, see [`crate::QgaClient`]).
+    pub fn qga_socket(&self) -> PathBuf {
+        self.path.join("qga.sock")
     }
 
     pub fn pidfile(&self) -> PathBuf {

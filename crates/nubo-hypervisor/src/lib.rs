@@ -4,7 +4,8 @@
 //! config" and a QEMU process: the [`Hypervisor`] trait (one implementation per
 //! driver; today [`Qemu`]), the per-VM instance directory layout ([`VmDir`]),
 //! the QEMU command line ([`qemu_argv`]), accelerator detection
-//! ([`detect_accel`]) and a small typed QMP client ([`qmp`]).
+//! ([`detect_accel`]), a small typed QMP client ([`qmp`]) and a QEMU Guest
+//! Agent client ([`QgaClient`]) for the agent channel every VM gets.
 //!
 //! VMs run outside the caller's process group and session (QEMU `-daemonize`),
 //! so a restarted agent re-adopts them through the pidfile and QMP socket kept
@@ -18,6 +19,7 @@ mod error;
 mod hypervisor;
 mod process;
 mod qemu;
+pub mod qga;
 pub mod qmp;
 
 pub use accel::{detect_accel, Accel, AccelPreference, ParseAccelError};
@@ -27,3 +29,7 @@ pub use dir::VmDir;
 pub use error::HypervisorError;
 pub use hypervisor::{Hypervisor, VmStatus};
 pub use qemu::Qemu;
+pub use qga::{
+    GuestAgentInfo, GuestExec, GuestExecStatus, GuestFileRead, GuestFilesystem, GuestIpAddress, GuestNetworkInterface,
+    GuestOsInfo, QgaClient, QgaError, ShutdownMode,
+};

@@ -245,6 +245,7 @@ impl Hypervisor for Qemu {
 
         remove_if_exists(&pidfile)?;
         remove_if_exists(&dir.qmp_socket())?;
+        remove_if_exists(&dir.qga_socket())?;
         let log_path = dir.qemu_log();
         match std::fs::rename(&log_path, dir.previous_qemu_log()) {
             Ok(()) => {}
@@ -549,9 +550,9 @@ fn remove_if_exists(path: &Path) -> Result<(), HypervisorError> {
     }
 }
 
-/// Remove the pidfile and QMP socket of a VM that is not running.
+/// Remove the pidfile and the QMP and guest agent sockets of a VM that is not running.
 fn cleanup_runtime_files(dir: &VmDir) {
-    for path in [dir.pidfile(), dir.qmp_socket()] {
+    for path in [dir.pidfile(), dir.qmp_socket(), dir.qga_socket()] {
         if let Err(e) = remove_if_exists(&path) {
             warn!(error = %e, "cannot clean up");
         }

@@ -69,6 +69,17 @@ pub enum ImageError {
         detail: String,
     },
 
+    /// The static guest agent binary to put into the image was not found.
+    #[error(
+        "cannot install the guest agent: {detail}; build it with `{build}` and/or set NUBO_GUEST_AGENT to its path"
+    )]
+    GuestAgent {
+        /// What was looked for and where.
+        detail: String,
+        /// The cargo command that builds it.
+        build: String,
+    },
+
     /// The NoCloud seed could not be written.
     #[error("writing the NoCloud seed {}: {detail}; check that the directory exists and is writable and that there is free disk space", path.display())]
     Seed {

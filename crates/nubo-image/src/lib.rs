@@ -23,11 +23,15 @@
 //! [`BOOT_COMPLETE_MARKER`]` instance-id=<id>` on the serial console when it
 //! is up, runs a `#!` user-data script on every boot with its output on the
 //! console, and powers off on an ACPI power-button press (QMP
-//! `system_powerdown`, q35's ACPI is on by default).
+//! `system_powerdown`, q35's ACPI is on by default). It runs a guest agent
+//! (QEMU Guest Agent protocol) on the virtio-serial port
+//! `org.qemu.guest_agent.0` when the VM has one, and an SSH server on port
+//! 22 that accepts only the seed's public keys, for root.
 //!
 //! Building needs these host tools: `apt-get`/`apt-cache` (with current
 //! package lists, `apt-get update`), `dpkg`, `mkfs.ext4` (e2fsprogs) and
-//! `qemu-img` (qemu-utils).
+//! `qemu-img` (qemu-utils), plus the static `nubo-guest-agent` binary (see
+//! [`guest_agent_binary`]).
 //!
 //! All functions block (they run host tools); call them from
 //! `spawn_blocking` in async code.
@@ -47,6 +51,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 pub use error::ImageError;
+pub use tiny::guest_agent_binary;
 
 use crate::error::IoContext;
 use crate::store::{CacheLock, Layout, Manifest, MANIFEST};
@@ -54,7 +59,7 @@ use crate::store::{CacheLock, Layout, Manifest, MANIFEST};
 /// Images this crate can build: `(name, one-line description)`.
 pub const BUILTIN_IMAGES: &[(&str, &str)] = &[(
     "tiny",
-    "CirrOS-like busybox guest on Debian's cloud kernel: DHCP, NoCloud seed, user-data scripts, ACPI power-off",
+    "CirrOS-like busybox guest on Debian's cloud kernel: DHCP, NoCloud seed, user-data scripts, ACPI power-off, guest agent (QGA protocol), dropbear SSH (key logins)",
 )];
 
 /// What the guest prints on the serial console (followed by

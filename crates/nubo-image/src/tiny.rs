@@ -5,8 +5,17 @@
 //!   virtio/vfat/ACPI modules; its `/init` loads the modules, mounts
 //!   `/dev/vda`, grows the ext4 online to the disk size and `switch_root`s;
 //! * `disk.qcow2`: a small ext4 root file system with busybox, its applet
-//!   links and the init scripts in `assets/tiny/` (DHCP, NoCloud seed,
-//!   boot marker, user-data, ACPI power button).
+//!   links, the init scripts in `assets/tiny/` (DHCP, NoCloud seed,
+//!   boot marker, user-data, ACPI power button), the static
+//!   `nubo-guest-agent` (QEMU Guest Agent protocol on the virtio-serial port
+//!   `org.qemu.guest_agent.0`, at /usr/sbin/nubo-guest-agent) and Debian's
+//!   `dropbear` SSH server (+ its shared libraries; key logins only, for
+//!   root with the seed's public keys; host keys made on first connect).
+//!
+//! The guest agent binary is not built here: it is found through
+//! [`guest_agent_binary`] (env `NUBO_GUEST_AGENT`, or next to the running
+//! program) and its SHA-256 is part of the recipe, so a changed agent
+//! rebuilds the image.
 //!
 //! The guest prints `NUBO_BOOT_COMPLETE instance-id=<id>` on the serial
 //! console once it is up.
@@ -36,10 +45,19 @@ const KERNEL_META: &str = "linux-image-cloud-amd64";
 const BUSYBOX: &str = "busybox-static";
 /// `resize2fs` and the packages holding its shared libraries and loader.
 const RESIZE_PACKAGES: &[&str] = &["e2fsprogs", "libext2fs2", "libcom-err2", "libblkid1", "libuuid1", "libc6"];
+/// The SSH server and the packages holding its shared libraries (libc6
+/// comes with [`RESIZE_PACKAGES`]).
+const DROPBEAR_PACKAGES: &[&str] = &["dropbear-bin", "libcrypt1", "libtomcrypt1", "libtommath1", "libgmp10", "zlib1g"];
+/// Where the guest agent lives in the root file system (inittab and rcS start it there).
+const GUEST_AGENT_PATH: &str = "usr/sbin/nubo-guest-agent";
+/// Environment variable naming the static guest agent binary to install.
+pub(crate) const GUEST_AGENT_ENV: &str = "NUBO_GUEST_AGENT";
+/// How to build the guest agent, for error messages.
+const GUEST_AGENT_BUILD: &str = "RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release -p nubo-guest-agent --target x86_64-unknown-linux-gnu";
 
 /// Modules the image cannot work without (dependencies are added).
 const REQUIRED_MODULES: &[&str] =
-    &["virtio_pci", "virtio_blk", "virtio_net", "vfat", "nls_cp437", "nls_ascii", "button", "evdev"];
+    &["virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "vfat", "nls_cp437", "nls_ascii", "button", "evdev"];
 /// Modules that help when the kernel has them.
 const OPTIONAL_MODULES: &[&str] = &["nls_utf8", "nls_iso8859_1", "virtio_rng", "qemu_fw_cfg"];
 
@@ -53,11 +71,15 @@ const UDHCPC_SCRIPT: &str = include_str!("../assets/tiny/udhcpc.script");
 
 /// Digest of everything that defines how `tiny` is built (apart from the
 /// Debian package versions): the scripts, command line, module and package
-/// lists and the disk size. `ensure` rebuilds images made by another recipe.
+/// lists, the disk size and the guest agent binary's SHA-256. `ensure`
+/// rebuilds images made by another recipe. Without a guest agent binary the
+/// digest matches no built image, so the build runs and says what is missing.
 pub(crate) fn recipe() -> String {
     let mut h = Sha256::new();
     h.update(format!("tiny/{}\n{CMDLINE}\n{DISK_SIZE}\n{KERNEL_META}\n{BUSYBOX}\n", store::FORMAT));
-    for list in [RESIZE_PACKAGES, REQUIRED_MODULES, OPTIONAL_MODULES] {
+    let agent = guest_agent_binary().ok().and_then(|p| sha256_of(&p).ok());
+    h.update(format!("guest-agent={}\n", agent.as_deref().unwrap_or("missing")).as_bytes());
+    for list in [RESIZE_PACKAGES, DROPBEAR_PACKAGES, REQUIRED_MODULES, OPTIONAL_MODULES] {
         h.update(list.join(",").as_bytes());
         h.update(b"\n");
     }
@@ -66,6 +88,55 @@ pub(crate) fn recipe() -> String {
         h.update(script.as_bytes());
     }
     hex::encode(h.finalize())
+}
+
+fn sha256_of(path: &Path) -> Result<String, ImageError> {
+    let data = fs::read(path).ctx("reading", path)?;
+    Ok(hex::encode(Sha256::digest(&data)))
+}
+
+/// The static `nubo-guest-agent` binary to install: `$NUBO_GUEST_AGENT`, else
+/// the first static one of `<exe dir>/nubo-guest-agent`,
+/// `<exe dir>/../x86_64-unknown-linux-gnu/{release,debug}/nubo-guest-agent` and
+/// `<exe dir>/../../x86_64-unknown-linux-gnu/{release,debug}/nubo-guest-agent`
+/// (the last for tests, which run from `target/debug/deps`). Dynamically
+/// linked candidates (a plain `cargo build` output) are skipped: the guest
+/// has no matching C library.
+pub fn guest_agent_binary() -> Result<PathBuf, ImageError> {
+    let missing = |detail: String| ImageError::GuestAgent { detail, build: GUEST_AGENT_BUILD.to_string() };
+    if let Some(path) = std::env::var_os(GUEST_AGENT_ENV).filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        return match is_static_elf(&path) {
+            Ok(true) => Ok(path),
+            Ok(false) => Err(missing(format!(
+                "{GUEST_AGENT_ENV}={} is dynamically linked; the guest needs a static binary",
+                path.display()
+            ))),
+            Err(e) => Err(missing(format!("{GUEST_AGENT_ENV}={}: {e}", path.display()))),
+        };
+    }
+    let exe = std::env::current_exe().map_err(|e| missing(format!("cannot find the running program: {e}")))?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    let mut candidates = vec![dir.join("nubo-guest-agent")];
+    for up in [dir.join(".."), dir.join("../..")] {
+        for profile in ["release", "debug"] {
+            candidates.push(up.join("x86_64-unknown-linux-gnu").join(profile).join("nubo-guest-agent"));
+        }
+    }
+    for c in &candidates {
+        if let Ok(true) = is_static_elf(c) {
+            return Ok(c.clone());
+        }
+    }
+    let tried = candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ");
+    Err(missing(format!("no static nubo-guest-agent binary; {GUEST_AGENT_ENV} is not set and none of {tried} is one")))
+}
+
+/// True for an ELF file without a program interpreter (statically linked).
+fn is_static_elf(path: &Path) -> Result<bool, String> {
+    let data = fs::read(path).map_err(|e| e.to_string())?;
+    let elf = Elf::parse(&data)?;
+    Ok(elf.interpreter().is_none())
 }
 
 /// What a build produced, for the manifest.
@@ -99,8 +170,10 @@ pub(crate) fn build(
             detail: format!("no linux-image-<version>-cloud-amd64 in Depends: {}", meta.depends),
             hint: "run `apt-get update`; the package index may be incomplete".to_string(),
         })?;
+    let agent = guest_agent_binary()?;
     let mut wanted = vec![kernel_name.as_str(), BUSYBOX];
     wanted.extend_from_slice(RESIZE_PACKAGES);
+    wanted.extend_from_slice(DROPBEAR_PACKAGES);
     let packages: Vec<DebPackage> = apt::candidates(&wanted)?;
 
     let mut unpacked = BTreeMap::new();
@@ -153,7 +226,13 @@ pub(crate) fn build(
     for name in RESIZE_PACKAGES {
         lib_roots.push(pkg_root(name)?.clone());
     }
-    install_program(&staging, &pkg_root("e2fsprogs")?.join("sbin/resize2fs"), "sbin/resize2fs", &lib_roots)?;
+    install_program(
+        &staging,
+        &pkg_root("e2fsprogs")?.join("sbin/resize2fs"),
+        "sbin/resize2fs",
+        &lib_roots,
+        "e2fsprogs",
+    )?;
     let mod_dir = staging.join("lib/modules");
     mkdir(&mod_dir)?;
     let mut order = String::new();
@@ -170,6 +249,19 @@ pub(crate) fn build(
     progress("building root disk");
     let rootfs = work.join("rootfs");
     stage_rootfs(&rootfs, &busybox, &applets)?;
+    let agent_data = fs::read(&agent).ctx("reading the guest agent", &agent)?;
+    write_bytes(&rootfs.join(GUEST_AGENT_PATH), &agent_data, 0o755)?;
+    let mut ssh_roots = Vec::new();
+    for name in DROPBEAR_PACKAGES.iter().chain(&["libc6"]) {
+        ssh_roots.push(pkg_root(name)?.clone());
+    }
+    install_program(
+        &rootfs,
+        &pkg_root("dropbear-bin")?.join("usr/sbin/dropbear"),
+        "usr/sbin/dropbear",
+        &ssh_roots,
+        "dropbear-bin",
+    )?;
     let raw = work.join("disk.raw");
     {
         let f = fs::File::create(&raw).ctx("creating", &raw)?;
@@ -313,11 +405,19 @@ fn find_library(roots: &[PathBuf], name: &str) -> Option<PathBuf> {
 
 /// Copies a dynamically linked program to `root/<dest>` with its shared
 /// libraries (to `lib/x86_64-linux-gnu`) and its loader (to its PT_INTERP path).
-fn install_program(root: &Path, program: &Path, dest: &str, lib_roots: &[PathBuf]) -> Result<(), ImageError> {
+fn install_program(
+    root: &Path,
+    program: &Path,
+    dest: &str,
+    lib_roots: &[PathBuf],
+    package: &str,
+) -> Result<(), ImageError> {
     let bad = |detail: String| ImageError::Package {
-        package: "e2fsprogs".into(),
+        package: package.into(),
         detail,
-        hint: "the e2fsprogs/libc6 packages changed layout; update RESIZE_PACKAGES in nubo-image".into(),
+        hint: format!(
+            "the {package} package or its libraries changed layout; update the package lists in nubo-image's tiny.rs"
+        ),
     };
     let data = fs::read(program).ctx("reading", program)?;
     let elf = Elf::parse(&data).map_err(|e| bad(format!("{}: {e}", program.display())))?;
@@ -361,7 +461,20 @@ fn write_bytes(path: &Path, data: &[u8], mode: u32) -> Result<(), ImageError> {
 
 /// Lays out the root file system of the base disk in `root`.
 fn stage_rootfs(root: &Path, busybox: &Path, applets: &[String]) -> Result<(), ImageError> {
-    for dir in ["dev", "proc", "sys", "tmp", "run", "mnt", "home", "var/log", "var/lib", "var/www", "etc/init.d"] {
+    for dir in [
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "run",
+        "mnt",
+        "home",
+        "var/log",
+        "var/lib",
+        "var/www",
+        "etc/init.d",
+        "etc/dropbear",
+    ] {
         mkdir(&root.join(dir))?;
     }
     install_busybox(root, busybox, applets)?;
@@ -382,7 +495,15 @@ fn stage_rootfs(root: &Path, busybox: &Path, applets: &[String]) -> Result<(), I
     write_file(&root.join("usr/share/udhcpc/default.script"), UDHCPC_SCRIPT, 0o755)?;
     write_file(&root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
     write_file(&root.join("etc/group"), "root:x:0:\ntty:x:5:\n", 0o644)?;
+    // `*`: no password can match, so root logs in only with an SSH key.
     write_file(&root.join("etc/shadow"), "root:*:19000:0:99999:7:::\n", 0o600)?;
+    write_file(&root.join("etc/shells"), "/bin/sh\n/bin/ash\n", 0o644)?;
+    // dropbear looks users up through glibc's NSS; say plainly to use the files.
+    write_file(
+        &root.join("etc/nsswitch.conf"),
+        "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n",
+        0o644,
+    )?;
     write_file(&root.join("etc/hostname"), "nubo\n", 0o644)?;
     write_file(&root.join("etc/hosts"), "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n", 0o644)?;
     write_file(&root.join("etc/resolv.conf"), "", 0o644)?;

@@ -1,0 +1,685 @@
+//! A small typed QEMU Guest Agent (QGA) client over the VM's `qga.sock`.
+//!
+//! It owns one connection to the agent in the guest (`nubo-guest-agent` or
+//! the stock qemu-ga, which speak the same protocol): the resynchronisation
+//! on connect (`guest-sync-delimited` with a random id, discarding whatever
+//! an earlier client left in the channel up to the 0xFF sentinel), typed
+//! commands, and a timeout on every call.
+//!
+//! QEMU's chardev socket serves one client at a time and the virtio-serial
+//! channel behind it has no request ids, so callers hold one connection per
+//! operation and drop it afterwards; a second client waits (and times out)
+//! until the first has gone.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+
+/// Longest reply accepted (a 48 MiB guest-file-read is ~64 MiB of base64).
+const MAX_LINE: u64 = 80 * 1024 * 1024;
+/// Bytes per guest-file-write in [`QgaClient::write_file`].
+const WRITE_CHUNK: usize = 1024 * 1024;
+/// How often [`QgaClient::run`] polls guest-exec-status.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// The byte QGA puts before the reply of guest-sync-delimited; sent by the
+/// client too, to reset the agent's JSON parser.
+const SENTINEL: u8 = 0xFF;
+/// How long guest-shutdown waits for an error reply (there is none on success).
+const SHUTDOWN_ERROR_WAIT: Duration = Duration::from_secs(2);
+
+/// Errors from the guest agent client.
+#[derive(Debug, thiserror::Error)]
+pub enum QgaError {
+    #[error(
+        "cannot connect to the guest agent socket {path}: {source}; is the VM running? see qemu.log in its directory"
+    )]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the guest agent on {path} did not answer within {after:?}; the guest may still be booting, the agent may not be running in it (images need nubo-guest-agent or qemu-guest-agent), or another client holds the channel (one at a time)")]
+    NotResponding { path: PathBuf, after: Duration },
+    #[error("guest agent {what} timed out after {after:?}; the guest may be overloaded or the command still running; connect again before retrying")]
+    Timeout { what: String, after: Duration },
+    #[error("the guest agent refused the command: {class}: {desc}")]
+    Guest { class: String, desc: String },
+    #[error("guest agent protocol error: {0}; connect again")]
+    Protocol(String),
+    #[error("I/O error talking to the guest agent: {0}; the VM may have stopped; connect again")]
+    Io(#[from] std::io::Error),
+}
+
+/// `guest-info`: the agent's version and the names of its enabled commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestAgentInfo {
+    pub version: String,
+    pub supported_commands: Vec<String>,
+}
+
+/// A `guest-exec` request.
+#[derive(Debug, Clone, Default)]
+pub struct GuestExec {
+    /// Program to run; looked up in the guest's PATH when it has no `/`.
+    pub path: String,
+    pub args: Vec<String>,
+    /// `NAME=value` entries; when non-empty they replace the whole environment.
+    pub env: Vec<String>,
+    /// Bytes fed to the program's stdin (otherwise stdin is /dev/null).
+    pub input: Option<Vec<u8>>,
+    /// Capture stdout and stderr (up to 16 MiB each in qemu-ga).
+    pub capture_output: bool,
+}
+
+/// A `guest-exec-status` reply, with the output decoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestExecStatus {
+    pub exited: bool,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+}
+
+/// A `guest-file-read` reply, decoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestFileRead {
+    pub data: Vec<u8>,
+    pub eof: bool,
+}
+
+/// One entry of `guest-get-fsinfo`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuestFilesystem {
+    /// Kernel name of the device, e.g. `vda`.
+    pub name: String,
+    pub mountpoint: String,
+    pub fs_type: String,
+    pub used_bytes: Option<u64>,
+    /// Size available to unprivileged users (used + available).
+    pub total_bytes: Option<u64>,
+}
+
+/// `guest-get-osinfo` (the fields Nubo uses).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuestOsInfo {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub pretty_name: Option<String>,
+    pub version_id: Option<String>,
+    pub kernel_release: Option<String>,
+    pub machine: Option<String>,
+}
+
+/// One entry of `guest-network-get-interfaces`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuestNetworkInterface {
+    pub name: String,
+    /// MAC address as `aa:bb:cc:dd:ee:ff`.
+    pub hardware_address: Option<String>,
+    pub ip_addresses: Vec<GuestIpAddress>,
+}
+
+/// An address of a [`GuestNetworkInterface`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuestIpAddress {
+    pub address: String,
+    pub prefix: u8,
+    /// `"ipv4"` or `"ipv6"`.
+    pub family: String,
+}
+
+/// `guest-shutdown` modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownMode {
+    Powerdown,
+    Halt,
+    Reboot,
+}
+
+impl ShutdownMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            ShutdownMode::Powerdown => "powerdown",
+            ShutdownMode::Halt => "halt",
+            ShutdownMode::Reboot => "reboot",
+        }
+    }
+}
+
+/// One synchronised connection to a guest agent.
+#[derive(Debug)]
+pub struct QgaClient {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    line: Vec<u8>,
+    timeout: Duration,
+    /// Set after a timeout or I/O error: replies may be out of step.
+    broken: bool,
+}
+
+impl QgaClient {
+    /// Connects and synchronises (guest-sync-delimited with a random id). Fails fast with
+    /// [`QgaError::NotResponding`] when the guest agent does not answer within `timeout`.
+    /// `timeout` is also the limit of every later call.
+    pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, QgaError> {
+        let stream = match tokio::time::timeout(timeout, UnixStream::connect(path)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return Err(QgaError::Connect { path: path.to_path_buf(), source }),
+            Err(_) => return Err(QgaError::NotResponding { path: path.to_path_buf(), after: timeout }),
+        };
+        let (r, w) = stream.into_split();
+        let mut client = QgaClient { reader: BufReader::new(r), writer: w, line: Vec::new(), timeout, broken: false };
+        let id = random_id();
+        match tokio::time::timeout(timeout, client.sync(id)).await {
+            Ok(Ok(())) => Ok(client),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(QgaError::NotResponding { path: path.to_path_buf(), after: timeout }),
+        }
+    }
+
+    /// Sends the sentinel and guest-sync-delimited, then skips everything
+    /// (stale replies to earlier clients, partial lines) until our id comes back.
+    async fn sync(&mut self, id: i64) -> Result<(), QgaError> {
+        let mut msg = vec![SENTINEL];
+        msg.extend_from_slice(
+            json!({"execute": "guest-sync-delimited", "arguments": {"id": id}}).to_string().as_bytes(),
+        );
+        msg.push(b'\n');
+        self.writer.write_all(&msg).await?;
+        loop {
+            let line = self.read_line().await?;
+            // Only what follows the last sentinel can be the reply to us.
+            let tail = match line.iter().rposition(|&b| b == SENTINEL) {
+                Some(p) => &line[p + 1..],
+                None => &line[..],
+            };
+            match serde_json::from_slice::<Value>(tail.trim_ascii()) {
+                Ok(v) if v.get("return").and_then(Value::as_i64) == Some(id) => return Ok(()),
+                _ => tracing::debug!(line = %String::from_utf8_lossy(&line), "discarding stale guest agent output"),
+            }
+        }
+    }
+
+    /// Runs `command`; returns its `return` value.
+    async fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QgaError> {
+        if self.broken {
+            return Err(QgaError::Protocol(
+                "this connection is unusable after an earlier timeout or I/O error".to_string(),
+            ));
+        }
+        let timeout = self.timeout;
+        match tokio::time::timeout(timeout, self.roundtrip(command, arguments)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if !matches!(e, QgaError::Guest { .. }) {
+                    self.broken = true;
+                }
+                Err(e)
+            }
+            Err(_) => {
+                self.broken = true;
+                Err(QgaError::Timeout { what: format!("command `{command}`"), after: timeout })
+            }
+        }
+    }
+
+    async fn send(&mut self, command: &str, arguments: Option<Value>) -> Result<(), QgaError> {
+        let mut msg = json!({ "execute": command });
+        if let Some(args) = arguments {
+            msg["arguments"] = args;
+        }
+        let mut bytes = msg.to_string().into_bytes();
+        bytes.push(b'\n');
+        self.writer.write_all(&bytes).await?;
+        Ok(())
+    }
+
+    async fn roundtrip(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QgaError> {
+        self.send(command, arguments).await?;
+        loop {
+            let line = self.read_line().await?;
+            let text = line.strip_prefix(&[SENTINEL]).unwrap_or(&line).trim_ascii();
+            if text.is_empty() {
+                continue;
+            }
+            let reply: Value = serde_json::from_slice(text).map_err(|e| {
+                QgaError::Protocol(format!(
+                    "invalid JSON reply to `{command}` ({e}): {}",
+                    String::from_utf8_lossy(text)
+                ))
+            })?;
+            return reply_value(command, reply);
+        }
+    }
+
+    /// Reads one line (without the newline). Cancel-safe: a partly read line
+    /// stays in `self.line`.
+    async fn read_line(&mut self) -> Result<Vec<u8>, QgaError> {
+        loop {
+            let room = MAX_LINE.saturating_sub(self.line.len() as u64);
+            let n = (&mut self.reader).take(room).read_until(b'\n', &mut self.line).await?;
+            if self.line.last() == Some(&b'\n') {
+                let mut line = std::mem::take(&mut self.line);
+                line.pop();
+                return Ok(line);
+            }
+            if n == 0 {
+                return Err(QgaError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "QEMU closed the guest agent socket",
+                )));
+            }
+            if self.line.len() as u64 >= MAX_LINE {
+                return Err(QgaError::Protocol(format!("reply longer than {MAX_LINE} bytes")));
+            }
+        }
+    }
+
+    /// `guest-ping`.
+    pub async fn ping(&mut self) -> Result<(), QgaError> {
+        self.execute("guest-ping", None).await.map(drop)
+    }
+
+    /// `guest-info`: version and the names of the enabled commands.
+    pub async fn info(&mut self) -> Result<GuestAgentInfo, QgaError> {
+        let v = self.execute("guest-info", None).await?;
+        let version = v["version"].as_str().unwrap_or_default().to_string();
+        let supported_commands = v["supported_commands"]
+            .as_array()
+            .ok_or_else(|| bad_reply("guest-info", &v))?
+            .iter()
+            .filter(|c| c["enabled"].as_bool().unwrap_or(true))
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect();
+        Ok(GuestAgentInfo { version, supported_commands })
+    }
+
+    /// `guest-exec`: starts a process; returns its pid in the guest.
+    pub async fn exec(&mut self, req: &GuestExec) -> Result<i64, QgaError> {
+        let mut args = json!({ "path": req.path, "arg": req.args, "capture-output": req.capture_output });
+        if !req.env.is_empty() {
+            args["env"] = json!(req.env);
+        }
+        if let Some(input) = &req.input {
+            args["input-data"] = json!(B64.encode(input));
+        }
+        let v = self.execute("guest-exec", Some(args)).await?;
+        v["pid"].as_i64().ok_or_else(|| bad_reply("guest-exec", &v))
+    }
+
+    /// `guest-exec-status`. Once it reports `exited`, the agent forgets the pid.
+    pub async fn exec_status(&mut self, pid: i64) -> Result<GuestExecStatus, QgaError> {
+        let v = self.execute("guest-exec-status", Some(json!({ "pid": pid }))).await?;
+        let exited = v["exited"].as_bool().ok_or_else(|| bad_reply("guest-exec-status", &v))?;
+        let int = |key: &str| v.get(key).and_then(Value::as_i64).and_then(|n| i32::try_from(n).ok());
+        let data = |key: &str| -> Result<Vec<u8>, QgaError> {
+            match v.get(key).and_then(Value::as_str) {
+                Some(s) => {
+                    B64.decode(s).map_err(|e| QgaError::Protocol(format!("guest-exec-status {key} is not base64: {e}")))
+                }
+                None => Ok(Vec::new()),
+            }
+        };
+        Ok(GuestExecStatus {
+            exited,
+            exit_code: int("exitcode"),
+            signal: int("signal"),
+            stdout: data("out-data")?,
+            stderr: data("err-data")?,
+            stdout_truncated: v["out-truncated"].as_bool().unwrap_or(false),
+            stderr_truncated: v["err-truncated"].as_bool().unwrap_or(false),
+        })
+    }
+
+    /// exec + poll exec_status every 100 ms until exited or `timeout`.
+    pub async fn run(&mut self, req: &GuestExec, timeout: Duration) -> Result<GuestExecStatus, QgaError> {
+        let started = Instant::now();
+        let pid = self.exec(req).await?;
+        loop {
+            let status = self.exec_status(pid).await?;
+            if status.exited {
+                return Ok(status);
+            }
+            if started.elapsed() >= timeout {
+                return Err(QgaError::Timeout { what: format!("running `{}` (pid {pid})", req.path), after: timeout });
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// `guest-file-open` with an fopen(3) mode (`r`, `w`, `a`, `r+`, ...); returns the handle.
+    pub async fn file_open(&mut self, path: &str, mode: &str) -> Result<i64, QgaError> {
+        let v = self.execute("guest-file-open", Some(json!({ "path": path, "mode": mode }))).await?;
+        v.as_i64().ok_or_else(|| bad_reply("guest-file-open", &v))
+    }
+
+    /// `guest-file-read` of up to `count` bytes.
+    pub async fn file_read(&mut self, handle: i64, count: usize) -> Result<GuestFileRead, QgaError> {
+        let v = self.execute("guest-file-read", Some(json!({ "handle": handle, "count": count }))).await?;
+        let b64 = v["buf-b64"].as_str().ok_or_else(|| bad_reply("guest-file-read", &v))?;
+        let data =
+            B64.decode(b64).map_err(|e| QgaError::Protocol(format!("guest-file-read data is not base64: {e}")))?;
+        Ok(GuestFileRead { data, eof: v["eof"].as_bool().unwrap_or(false) })
+    }
+
+    /// `guest-file-write`; returns the number of bytes written.
+    pub async fn file_write(&mut self, handle: i64, data: &[u8]) -> Result<usize, QgaError> {
+        let v =
+            self.execute("guest-file-write", Some(json!({ "handle": handle, "buf-b64": B64.encode(data) }))).await?;
+        v["count"].as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| bad_reply("guest-file-write", &v))
+    }
+
+    /// `guest-file-close`.
+    pub async fn file_close(&mut self, handle: i64) -> Result<(), QgaError> {
+        self.execute("guest-file-close", Some(json!({ "handle": handle }))).await.map(drop)
+    }
+
+    /// open(w) + write in chunks + close.
+    pub async fn write_file(&mut self, path: &str, data: &[u8]) -> Result<(), QgaError> {
+        let handle = self.file_open(path, "w").await?;
+        let mut written = Ok(());
+        for chunk in data.chunks(WRITE_CHUNK) {
+            match self.file_write(handle, chunk).await {
+                Ok(n) if n == chunk.len() => {}
+                Ok(n) => {
+                    written = Err(QgaError::Protocol(format!(
+                        "guest-file-write wrote {n} of {} bytes to {path}",
+                        chunk.len()
+                    )));
+                    break;
+                }
+                Err(e) => {
+                    written = Err(e);
+                    break;
+                }
+            }
+        }
+        // Close even after a failed write so the guest does not leak the handle.
+        let closed = if self.broken { Ok(()) } else { self.file_close(handle).await };
+        written.and(closed)
+    }
+
+    /// `guest-get-fsinfo`.
+    pub async fn fsinfo(&mut self) -> Result<Vec<GuestFilesystem>, QgaError> {
+        let v = self.execute("guest-get-fsinfo", None).await?;
+        let list = v.as_array().ok_or_else(|| bad_reply("guest-get-fsinfo", &v))?;
+        Ok(list
+            .iter()
+            .map(|f| GuestFilesystem {
+                name: str_field(f, "name").unwrap_or_default(),
+                mountpoint: str_field(f, "mountpoint").unwrap_or_default(),
+                fs_type: str_field(f, "type").unwrap_or_default(),
+                used_bytes: f.get("used-bytes").and_then(Value::as_u64),
+                total_bytes: f.get("total-bytes").and_then(Value::as_u64),
+            })
+            .collect())
+    }
+
+    /// `guest-get-osinfo`.
+    pub async fn osinfo(&mut self) -> Result<GuestOsInfo, QgaError> {
+        let v = self.execute("guest-get-osinfo", None).await?;
+        if !v.is_object() {
+            return Err(bad_reply("guest-get-osinfo", &v));
+        }
+        Ok(GuestOsInfo {
+            id: str_field(&v, "id"),
+            name: str_field(&v, "name"),
+            pretty_name: str_field(&v, "pretty-name"),
+            version_id: str_field(&v, "version-id"),
+            kernel_release: str_field(&v, "kernel-release"),
+            machine: str_field(&v, "machine"),
+        })
+    }
+
+    /// `guest-network-get-interfaces`.
+    pub async fn network_interfaces(&mut self) -> Result<Vec<GuestNetworkInterface>, QgaError> {
+        let v = self.execute("guest-network-get-interfaces", None).await?;
+        let list = v.as_array().ok_or_else(|| bad_reply("guest-network-get-interfaces", &v))?;
+        Ok(list
+            .iter()
+            .map(|n| GuestNetworkInterface {
+                name: str_field(n, "name").unwrap_or_default(),
+                hardware_address: str_field(n, "hardware-address"),
+                ip_addresses: n["ip-addresses"]
+                    .as_array()
+                    .map(|ips| {
+                        ips.iter()
+                            .filter_map(|ip| {
+                                Some(GuestIpAddress {
+                                    address: str_field(ip, "ip-address")?,
+                                    prefix: ip["prefix"].as_u64().and_then(|p| u8::try_from(p).ok())?,
+                                    family: str_field(ip, "ip-address-type")?,
+                                })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// `guest-shutdown`. The agent sends no reply when it succeeds, so this
+    /// waits briefly for an error and otherwise reports success; the guest
+    /// then shuts down on its own schedule (watch the VM's status or QMP
+    /// events). The connection is unusable afterwards.
+    pub async fn shutdown(&mut self, mode: ShutdownMode) -> Result<(), QgaError> {
+        if self.broken {
+            return Err(QgaError::Protocol(
+                "this connection is unusable after an earlier timeout or I/O error".to_string(),
+            ));
+        }
+        self.broken = true;
+        let timeout = self.timeout;
+        let command = "guest-shutdown";
+        match tokio::time::timeout(timeout, self.send(command, Some(json!({ "mode": mode.as_str() })))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(QgaError::Timeout { what: format!("command `{command}`"), after: timeout }),
+        }
+        match tokio::time::timeout(timeout.min(SHUTDOWN_ERROR_WAIT), self.read_line()).await {
+            Ok(Ok(line)) => {
+                let text = line.strip_prefix(&[SENTINEL]).unwrap_or(&line).trim_ascii();
+                match serde_json::from_slice::<Value>(text) {
+                    Ok(reply) => reply_value(command, reply).map(drop),
+                    Err(_) => Ok(()),
+                }
+            }
+            // No reply (success) or the channel went away with the guest.
+            Ok(Err(_)) | Err(_) => Ok(()),
+        }
+    }
+}
+
+/// The `return` of a reply, or its `error` as [`QgaError::Guest`].
+fn reply_value(command: &str, mut reply: Value) -> Result<Value, QgaError> {
+    if let Some(ret) = reply.get_mut("return") {
+        return Ok(ret.take());
+    }
+    if let Some(err) = reply.get("error") {
+        return Err(QgaError::Guest {
+            class: err["class"].as_str().unwrap_or("GenericError").to_string(),
+            desc: err["desc"].as_str().unwrap_or("no description").to_string(),
+        });
+    }
+    Err(QgaError::Protocol(format!("reply to `{command}` has neither return nor error: {reply}")))
+}
+
+fn bad_reply(command: &str, v: &Value) -> QgaError {
+    QgaError::Protocol(format!("unexpected reply to `{command}`: {v}"))
+}
+
+fn str_field(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+/// A positive id for guest-sync, unpredictable enough that a stale reply
+/// from an earlier client is never taken for ours.
+fn random_id() -> i64 {
+    let mut buf = [0u8; 4];
+    // SAFETY: getrandom writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let r = if n == buf.len() as isize {
+        u32::from_ne_bytes(buf)
+    } else {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        nanos ^ std::process::id().rotate_left(16)
+    };
+    i64::from(r & 0x7fff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::UnixListener;
+
+    /// A fake agent: answers the sync (after some stale output) and then
+    /// each request line with `reply(command, arguments)`, if it returns a line.
+    async fn fake_agent<F>(reply: F) -> (tempfile::TempDir, PathBuf)
+    where
+        F: Fn(&str, &Value) -> Option<String> + Send + 'static,
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qga.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (r, mut w) = stream.into_split();
+            // Leftovers of an earlier client, including a stale sync reply.
+            w.write_all(b"{\"return\": 5}\n\xff{\"return\": 1}\n{\"retu").await.unwrap();
+            let mut r = BufReader::new(r);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                if r.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let text = line.strip_prefix(&[SENTINEL]).unwrap_or(&line);
+                let v: Value = serde_json::from_slice(text).unwrap();
+                let cmd = v["execute"].as_str().unwrap().to_string();
+                let args = v.get("arguments").cloned().unwrap_or(json!({}));
+                let out = if cmd == "guest-sync-delimited" {
+                    format!("\n\u{0}\u{0}{}\n", json!({"return": args["id"]}))
+                        .into_bytes()
+                        .into_iter()
+                        .map(|b| if b == 0 { SENTINEL } else { b })
+                        .collect()
+                } else {
+                    match reply(&cmd, &args) {
+                        Some(s) => format!("{s}\n").into_bytes(),
+                        None => continue,
+                    }
+                };
+                w.write_all(&out).await.unwrap();
+            }
+        });
+        (dir, path)
+    }
+
+    #[tokio::test]
+    async fn typed_commands() {
+        let (_dir, path) = fake_agent(|cmd, args| {
+            Some(match cmd {
+                "guest-ping" => r#"{"return": {}}"#.to_string(),
+                "guest-info" => r#"{"return": {"version": "7.2.0", "supported_commands": [
+                    {"name": "guest-ping", "enabled": true, "success-response": true},
+                    {"name": "guest-exec", "enabled": false, "success-response": true}]}}"#
+                    .replace('\n', ""),
+                "guest-exec" => {
+                    assert_eq!(args["path"], "/bin/echo");
+                    assert_eq!(args["input-data"], B64.encode("in"));
+                    r#"{"return": {"pid": 42}}"#.to_string()
+                }
+                "guest-exec-status" => format!(
+                    r#"{{"return": {{"exited": true, "exitcode": 3, "out-data": "{}", "err-truncated": true}}}}"#,
+                    B64.encode("hi\n")
+                ),
+                "guest-file-open" => r#"{"return": 1000}"#.to_string(),
+                "guest-file-write" => format!(r#"{{"return": {{"count": {}, "eof": false}}}}"#, {
+                    B64.decode(args["buf-b64"].as_str().unwrap()).unwrap().len()
+                }),
+                "guest-file-close" => r#"{"return": {}}"#.to_string(),
+                "guest-get-fsinfo" => r#"{"return": [{"name": "vda", "mountpoint": "/", "type": "ext4", "used-bytes": 10, "total-bytes": 20, "disk": []}]}"#.to_string(),
+                "guest-get-osinfo" => r#"{"return": {"id": "nubo-tiny", "kernel-release": "6.1", "machine": "x86_64"}}"#.to_string(),
+                "guest-network-get-interfaces" => r#"{"return": [{"name": "eth0", "hardware-address": "52:54:00:12:34:56", "ip-addresses": [{"ip-address-type": "ipv4", "ip-address": "10.0.2.15", "prefix": 24}]}]}"#.to_string(),
+                "guest-shutdown" => return None,
+                _ => format!(r#"{{"error": {{"class": "CommandNotFound", "desc": "The command {cmd} has not been found"}}}}"#),
+            })
+        })
+        .await;
+        let mut c = QgaClient::connect(&path, Duration::from_secs(2)).await.unwrap();
+        c.ping().await.unwrap();
+        let info = c.info().await.unwrap();
+        assert_eq!(info, GuestAgentInfo { version: "7.2.0".into(), supported_commands: vec!["guest-ping".into()] });
+        let req = GuestExec { path: "/bin/echo".into(), input: Some(b"in".to_vec()), ..Default::default() };
+        let st = c.run(&req, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(
+            st,
+            GuestExecStatus {
+                exited: true,
+                exit_code: Some(3),
+                stdout: b"hi\n".to_vec(),
+                stderr_truncated: true,
+                ..Default::default()
+            }
+        );
+        c.write_file("/tmp/x", &vec![7u8; WRITE_CHUNK + 10]).await.unwrap();
+        let fs = c.fsinfo().await.unwrap();
+        assert_eq!(fs[0].fs_type, "ext4");
+        assert_eq!((fs[0].used_bytes, fs[0].total_bytes), (Some(10), Some(20)));
+        let os = c.osinfo().await.unwrap();
+        assert_eq!(os.id.as_deref(), Some("nubo-tiny"));
+        assert_eq!(os.pretty_name, None);
+        let nics = c.network_interfaces().await.unwrap();
+        assert_eq!(
+            nics[0].ip_addresses,
+            vec![GuestIpAddress { address: "10.0.2.15".into(), prefix: 24, family: "ipv4".into() }]
+        );
+        let err = c.file_close(1).await;
+        assert!(err.is_ok());
+        let err = c.execute("guest-bogus", None).await.unwrap_err();
+        assert!(matches!(&err, QgaError::Guest { class, .. } if class == "CommandNotFound"), "{err}");
+        // A guest error leaves the connection usable.
+        c.ping().await.unwrap();
+        c.shutdown(ShutdownMode::Powerdown).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn silent_agent_and_missing_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qga.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        // Accepts (as QEMU does) but nothing answers: no agent in the guest.
+        tokio::spawn(async move {
+            let (_s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        });
+        let t = Instant::now();
+        let err = QgaClient::connect(&path, Duration::from_millis(300)).await.unwrap_err();
+        assert!(matches!(err, QgaError::NotResponding { .. }), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+        assert!(err.to_string().contains("did not answer"), "{err}");
+
+        let err = QgaClient::connect(&dir.path().join("none.sock"), Duration::from_secs(1)).await.unwrap_err();
+        assert!(matches!(err, QgaError::Connect { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn command_timeout_breaks_connection() {
+        let (_dir, path) = fake_agent(|cmd, _| (cmd == "guest-ping").then(|| r#"{"return": {}}"#.to_string())).await;
+        let mut c = QgaClient::connect(&path, Duration::from_millis(300)).await.unwrap();
+        c.ping().await.unwrap();
+        let err = c.osinfo().await.unwrap_err();
+        assert!(matches!(err, QgaError::Timeout { .. }), "{err}");
+        assert!(matches!(c.ping().await, Err(QgaError::Protocol(_))));
+    }
+}
