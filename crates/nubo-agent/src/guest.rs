@@ -8,9 +8,28 @@ use nubo_hypervisor::{QgaClient, QgaError};
 
 /// File system types that say nothing about the guest's disks.
 const PSEUDO_FS: &[&str] = &[
-    "proc", "sysfs", "devtmpfs", "devpts", "tmpfs", "cgroup", "cgroup2", "securityfs", "debugfs", "tracefs",
-    "pstore", "bpf", "mqueue", "hugetlbfs", "configfs", "fusectl", "autofs", "efivarfs", "binfmt_misc", "ramfs",
-    "rpc_pipefs", "nsfs",
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "devpts",
+    "tmpfs",
+    "cgroup",
+    "cgroup2",
+    "securityfs",
+    "debugfs",
+    "tracefs",
+    "pstore",
+    "bpf",
+    "mqueue",
+    "hugetlbfs",
+    "configfs",
+    "fusectl",
+    "autofs",
+    "efivarfs",
+    "binfmt_misc",
+    "ramfs",
+    "rpc_pipefs",
+    "nsfs",
 ];
 
 /// Asks the guest agent for the guest's status.

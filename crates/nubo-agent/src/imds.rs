@@ -13,11 +13,11 @@
 //! without a valid token gets 401, as on EC2.
 
 use axum::body::Body;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use nubo_api::agent::NamedKey;
 use std::collections::HashMap;
 use std::path::Path;

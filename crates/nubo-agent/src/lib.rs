@@ -7,8 +7,8 @@
 
 pub mod capacity;
 pub mod console;
-pub mod identity;
 pub mod guest;
+pub mod identity;
 pub mod imds;
 pub mod reconcile;
 pub mod runs;

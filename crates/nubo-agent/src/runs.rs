@@ -27,7 +27,8 @@ const READ_CHUNK: usize = 48 * 1024;
 const GUEST_DIR: &str = "/var/lib/nubo/runs";
 /// The environment every run starts with (guest-exec replaces the whole
 /// environment, so PATH and HOME must be given).
-const BASE_ENV: &[&str] = &["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8"];
+const BASE_ENV: &[&str] =
+    &["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8"];
 
 /// How a run ended, before it is reported.
 struct Outcome {
@@ -41,10 +42,14 @@ impl Outcome {
         match (status.exit_code, status.signal) {
             (Some(0), _) => Self { state: "succeeded", exit_code: Some(0), error: None },
             (Some(code), _) => Self { state: "failed", exit_code: Some(code), error: None },
-            (None, Some(sig)) => {
-                Self { state: "failed", exit_code: None, error: Some(format!("the process was killed by signal {sig}")) }
+            (None, Some(sig)) => Self {
+                state: "failed",
+                exit_code: None,
+                error: Some(format!("the process was killed by signal {sig}")),
+            },
+            (None, None) => {
+                Self { state: "failed", exit_code: None, error: Some("the process ended without an exit code".into()) }
             }
-            (None, None) => Self { state: "failed", exit_code: None, error: Some("the process ended without an exit code".into()) },
         }
     }
 
@@ -115,7 +120,12 @@ impl LogShipper {
     }
 }
 
-async fn drive(rec: &Arc<Reconciler>, id: &InstanceId, run: &DesiredRun, log: &mut LogShipper) -> Result<Outcome, String> {
+async fn drive(
+    rec: &Arc<Reconciler>,
+    id: &InstanceId,
+    run: &DesiredRun,
+    log: &mut LogShipper,
+) -> Result<Outcome, String> {
     let started = Instant::now();
     let timeout = Duration::from_secs(run.timeout_secs.max(1));
     match &run.action {
@@ -217,13 +227,8 @@ async fn start_script(
     let wrapper = format!(
         "chmod 700 {script} && if [ \"$(head -c 2 {script})\" = '#!' ]; then exec {script} >{log} 2>&1 </dev/null; else exec /bin/sh {script} >{log} 2>&1 </dev/null; fi"
     );
-    let req = GuestExec {
-        path: "/bin/sh".into(),
-        args: vec!["-c".into(), wrapper],
-        env,
-        input: None,
-        capture_output: false,
-    };
+    let req =
+        GuestExec { path: "/bin/sh".into(), args: vec!["-c".into(), wrapper], env, input: None, capture_output: false };
     let pid = q.exec(&req).await.map_err(|e| format!("starting the script: {e}"))?;
     tracing::info!(run = %run.id, pid, "run started in the guest");
     Ok(pid)

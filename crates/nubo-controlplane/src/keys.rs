@@ -22,7 +22,9 @@ pub enum KeyError {
     #[error("this is not an OpenSSH public key ({0}); give one line like 'ssh-ed25519 AAAA... you@host', e.g. the contents of ~/.ssh/id_ed25519.pub")]
     NotOpenSsh(String),
     /// private key given by mistake
-    #[error("this looks like a private key; import the PUBLIC key (the .pub file) and keep the private key to yourself")]
+    #[error(
+        "this looks like a private key; import the PUBLIC key (the .pub file) and keep the private key to yourself"
+    )]
     Private,
     /// an RSA key that is too short
     #[error("RSA keys must have at least 2048 bits; this one has {0}")]

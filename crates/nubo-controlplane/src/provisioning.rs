@@ -122,7 +122,11 @@ impl Store {
     // ---- guest agent reports ----
 
     pub async fn set_guest(&self, id: &str, json: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE instances SET guest_json = $1 WHERE id = $2").bind(json).bind(id).execute(&self.pool).await?;
+        sqlx::query("UPDATE instances SET guest_json = $1 WHERE id = $2")
+            .bind(json)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -184,12 +188,10 @@ impl Store {
     /// Recipes a project sees: its own and the built-in ones, newest
     /// version last within each name.
     pub async fn recipes(&self, project: Option<&str>) -> Result<Vec<RecipeRow>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT * FROM recipes WHERE project_id IS NULL OR project_id = $1 ORDER BY name, seq",
-        )
-        .bind(project)
-        .fetch_all(&self.pool)
-        .await
+        sqlx::query_as("SELECT * FROM recipes WHERE project_id IS NULL OR project_id = $1 ORDER BY name, seq")
+            .bind(project)
+            .fetch_all(&self.pool)
+            .await
     }
 
     /// One recipe as a project sees it: the project's own first, then the

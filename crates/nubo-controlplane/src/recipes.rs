@@ -21,7 +21,8 @@ const MAX_TIMEOUT_SECS: u64 = 86_400;
 const RESERVED_ENV: &[&str] = &["PATH", "HOME", "SHELL", "USER", "LOGNAME", "PWD", "IFS", "TERM", "LANG", "ENV", "PS1"];
 
 /// Recipes shipped with Nubo, as TOML (the same format `nubo recipe create -f` reads).
-pub const BUILTIN_RECIPES: &[&str] = &[include_str!("../recipes/web-server.toml"), include_str!("../recipes/kv-store.toml")];
+pub const BUILTIN_RECIPES: &[&str] =
+    &[include_str!("../recipes/web-server.toml"), include_str!("../recipes/kv-store.toml")];
 
 fn bad(msg: String) -> AppError {
     AppError::BadRequest(msg)
@@ -254,7 +255,9 @@ mod tests {
         assert_eq!(values.get("port").map(String::as_str), Some("80"));
         match action {
             RunAction::Script { env, .. } => {
-                assert!(env.contains(&("PORT".into(), "80".into())) && env.contains(&("PAGE".into(), "hi there".into())))
+                assert!(
+                    env.contains(&("PORT".into(), "80".into())) && env.contains(&("PAGE".into(), "hi there".into()))
+                )
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -265,7 +268,8 @@ mod tests {
 
     #[test]
     fn bad_recipes_are_refused_with_reasons() {
-        let cases: Vec<(Box<dyn Fn(&mut RecipeCreate)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut RecipeCreate)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|r| r.version = "1 0".into()), "version"),
             (Box::new(|r| r.kind = "ansible".into()), "kind 'ansible' is unknown"),
             (Box::new(|r| r.body = "  ".into()), "body is empty"),

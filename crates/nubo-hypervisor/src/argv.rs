@@ -99,8 +99,10 @@ pub fn qemu_argv(dir: &VmDir, cfg: &VmConfig) -> Result<Vec<OsString>, Hyperviso
         // libslirp splits the command with g_shell_parse_argv (no shell
         // runs); validate() keeps every argument a single plain word.
         netdev.push_str(&format!(
-            ",net={},guestfwd=tcp:{}:80-cmd:{}",
+            ",net={},host={},dhcpstart={},guestfwd=tcp:{}:80-cmd:{}",
             crate::config::METADATA_NET,
+            crate::config::GATEWAY_ADDR,
+            crate::config::GUEST_ADDR,
             crate::config::METADATA_ADDR,
             opt_escape(&relay.join(" "))
         ));
@@ -264,7 +266,7 @@ mod tests {
         c.mac = Some("52:54:00:aa:bb:cc".into());
         let got = strings(qemu_argv(&VmDir::new("/d/vm-1"), &c).unwrap());
         assert!(got.contains(
-            &"user,id=net0,net=169.254.0.0/16,guestfwd=tcp:169.254.169.254:80-cmd:/usr/bin/nubo imds-relay /d/a,,b/imds.sock,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80"
+            &"user,id=net0,net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15,guestfwd=tcp:169.254.169.254:80-cmd:/usr/bin/nubo imds-relay /d/a,,b/imds.sock,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80"
                 .to_string()
         ), "{got:?}");
         assert!(got.contains(&"virtio-net-pci,netdev=net0,id=nic0,mac=52:54:00:aa:bb:cc".to_string()));

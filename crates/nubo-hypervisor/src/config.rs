@@ -70,8 +70,11 @@ pub struct VmConfig {
 pub const METADATA_NET: &str = "169.254.0.0/16";
 /// Where guests find the metadata service, as on EC2.
 pub const METADATA_ADDR: &str = "169.254.169.254";
-/// The address slirp's DHCP server gives the guest in [`METADATA_NET`].
+/// The address slirp's DHCP server gives the guest in [`METADATA_NET`]
+/// (set explicitly: slirp's own default there is 169.254.2.15).
 pub const GUEST_ADDR: &str = "169.254.0.15";
+/// The guest's gateway (slirp's host side) in [`METADATA_NET`].
+pub const GATEWAY_ADDR: &str = "169.254.0.2";
 
 /// A locally administered-looking MAC in QEMU's 52:54:00 range, derived
 /// from `id` so it is stable across restarts.
@@ -158,7 +161,8 @@ impl VmConfig {
             // The command is split by glib's shell-like parser: keep every
             // argument free of blanks, quotes and backslashes so it stays one word.
             let plain = |a: &String| {
-                !a.is_empty() && !a.chars().any(|c| c.is_whitespace() || matches!(c, '\'' | '"' | '\\' | '\0' | '$' | '`'))
+                !a.is_empty()
+                    && !a.chars().any(|c| c.is_whitespace() || matches!(c, '\'' | '"' | '\\' | '\0' | '$' | '`'))
             };
             if relay.is_empty() || !relay.iter().all(plain) {
                 return bad(format!(

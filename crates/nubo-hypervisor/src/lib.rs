@@ -24,7 +24,9 @@ pub mod qmp;
 
 pub use accel::{detect_accel, Accel, AccelPreference, ParseAccelError};
 pub use argv::qemu_argv;
-pub use config::{mac_for, validate_id, Boot, PortForward, VmConfig, DEFAULT_HOTPLUG_SLOTS, GUEST_ADDR, METADATA_ADDR, METADATA_NET};
+pub use config::{
+    mac_for, validate_id, Boot, PortForward, VmConfig, DEFAULT_HOTPLUG_SLOTS, GUEST_ADDR, METADATA_ADDR, METADATA_NET,
+};
 pub use dir::VmDir;
 pub use error::HypervisorError;
 pub use hypervisor::{Hypervisor, VmStatus};

@@ -156,6 +156,8 @@ async fn guest_agent_and_ssh_in_tiny() {
         port_forwards: vec![PortForward { host_port: ssh_port, guest_port: 22 }],
         accel: Accel::Tcg,
         hotplug_slots: 0,
+        metadata_relay: None,
+        mac: None,
     };
     let qemu = Qemu::default();
     qemu.prepare_disk(&dir, &cfg).await.unwrap();

@@ -276,6 +276,9 @@ pub struct ServerArgs {
     /// How hosts are chosen: spread (least loaded) or pack (fullest that fits).
     #[arg(long, default_value = "spread")]
     pub weigher: String,
+    /// Host ports (on 127.0.0.1 of each host) handed out for forwarded guest ports, FIRST-LAST.
+    #[arg(long, default_value = "20000-29999", value_parser = parse_port_range)]
+    pub port_range: (u16, u16),
     /// LDAP sign-in settings (JSON: url, user_dn_template, group_base, mappings).
     #[arg(long, env = "NUBO_LDAP_CONFIG")]
     pub ldap_config: Option<PathBuf>,
@@ -517,4 +520,14 @@ pub enum ImageCmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or_else(|| format!("'{s}' is not FIRST-LAST, e.g. 20000-29999"))?;
+    let first: u16 = a.trim().parse().map_err(|_| format!("'{a}' is not a port number"))?;
+    let last: u16 = b.trim().parse().map_err(|_| format!("'{b}' is not a port number"))?;
+    if first == 0 || first > last {
+        return Err(format!("the range {first}-{last} is empty or starts at 0"));
+    }
+    Ok((first, last))
 }

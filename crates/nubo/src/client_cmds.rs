@@ -56,7 +56,13 @@ fn print_instance(i: &Instance) {
         println!("  os         {} ({})", g.os.as_deref().unwrap_or("?"), g.kernel.as_deref().unwrap_or("?"));
         for f in &g.filesystems {
             let mib = |b: Option<u64>| b.map(|b| format!("{:.1}", b as f64 / 1048576.0)).unwrap_or_else(|| "?".into());
-            println!("  fs         {} {} {} MiB used of {} MiB", f.mountpoint, f.fs_type, mib(f.used_bytes), mib(f.total_bytes));
+            println!(
+                "  fs         {} {} {} MiB used of {} MiB",
+                f.mountpoint,
+                f.fs_type,
+                mib(f.used_bytes),
+                mib(f.total_bytes)
+            );
         }
         for n in &g.interfaces {
             println!("  net        {} {} {}", n.name, n.mac.as_deref().unwrap_or(""), n.addresses.join(" "));

@@ -58,6 +58,7 @@ async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
     let mut config = Config::new(data_dir.clone());
     config.policy.cpu_overcommit = a.cpu_overcommit;
     config.policy.memory_overcommit = a.memory_overcommit;
+    config.port_range = a.port_range;
     config.policy.weigher = a.weigher.parse().map_err(anyhow::Error::msg)?;
     if let Some(path) = &a.ldap_config {
         let text = std::fs::read_to_string(path)

@@ -59,7 +59,10 @@ pub async fn keypair(cmd: KeypairCmd) -> anyhow::Result<()> {
                     Format::Json => crate::output::print_json(&created),
                     Format::Table => {
                         print!("{private}");
-                        eprintln!("{} {}: save the private key above; it cannot be shown again", created.keypair.name, created.keypair.fingerprint);
+                        eprintln!(
+                            "{} {}: save the private key above; it cannot be shown again",
+                            created.keypair.name, created.keypair.fingerprint
+                        );
                         Ok(())
                     }
                 },
@@ -198,20 +201,24 @@ pub async fn follow_run(c: &Client, id: &str, from: u64, limit: Duration) -> any
     let mut state = String::new();
     loop {
         let r = c.run(id, Some(offset)).await?;
-        if r.state != state {
-            eprintln!("[{:>5.1}s] run {} is {}", started.elapsed().as_secs_f64(), r.id, r.state);
-            state = r.state.clone();
-        }
         if !r.log.is_empty() {
             print!("{}", r.log);
             let _ = std::io::stdout().flush();
+        }
+        if r.state != state {
+            eprintln!("[{:>5.1}s] run {} is {}", started.elapsed().as_secs_f64(), r.id, r.state);
+            state = r.state.clone();
         }
         offset = r.log_next;
         if r.finished() {
             return Ok(r);
         }
         if started.elapsed() > limit {
-            anyhow::bail!("run {id} is still {} after {} s; follow it with `nubo run logs -f {id}`", r.state, limit.as_secs());
+            anyhow::bail!(
+                "run {id} is still {} after {} s; follow it with `nubo run logs -f {id}`",
+                r.state,
+                limit.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -240,7 +240,8 @@ pub async fn run_progress(
     if p.log_offset > (1 << 50) || p.log_raw_len > (1 << 24) || p.log.len() > (1 << 24) {
         return Err(AppError::BadRequest("run log chunk offset or length out of range".into()));
     }
-    let id: nubo_api::ids::RunId = id.parse().map_err(|e: nubo_api::ids::IdError| AppError::BadRequest(e.to_string()))?;
+    let id: nubo_api::ids::RunId =
+        id.parse().map_err(|e: nubo_api::ids::IdError| AppError::BadRequest(e.to_string()))?;
     let run = ctx.store.run(id.as_str()).await?.ok_or(AppError::NotFound { kind: "run", id: id.to_string() })?;
     let instance = ctx.store.instance(&run.instance_id).await?;
     if instance.and_then(|i| i.host_id).as_deref() != Some(p.host_id.as_str()) {

@@ -311,10 +311,8 @@ async fn load_instance(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> 
     let row =
         ctx.store.instance(id.as_str()).await?.ok_or(AppError::NotFound { kind: "instance", id: id.to_string() })?;
     authz::check(caller, access, row.project_id.as_deref(), "instance", id.as_str())?;
-    if row.desired == "deleted" || row.state == "terminated" {
-        if access == Access::Write {
-            return Err(AppError::Conflict(format!("instance {id} is terminated: nothing can run in it")));
-        }
+    if access == Access::Write && (row.desired == "deleted" || row.state == "terminated") {
+        return Err(AppError::Conflict(format!("instance {id} is terminated: nothing can run in it")));
     }
     Ok(row)
 }
@@ -385,7 +383,11 @@ pub async fn create_exec(
 #[utoipa::path(get, path = "/api/v1/instances/{id}/runs", tag = "runs", operation_id = "list_runs",
     params(("id" = String, Path, description = "instance id")),
     responses((status = 200, body = Vec<Run>), (status = 404, body = nubo_api::error::ErrorBody)))]
-pub async fn list_runs(caller: Caller, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<Json<Vec<Run>>> {
+pub async fn list_runs(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+) -> AppResult<Json<Vec<Run>>> {
     let row = load_instance(&ctx, &caller, &id, Access::Read).await?;
     let runs = ctx.store.runs(&row.id, 100).await?;
     Ok(Json(runs.into_iter().map(|r| run_view(r, None)).collect::<AppResult<_>>()?))

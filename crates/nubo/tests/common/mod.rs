@@ -109,10 +109,16 @@ impl Cloud {
         } else {
             cmd.arg("server");
         }
+        // Each test cloud forwards from its own window of host ports, so
+        // clouds running side by side never hand out the same port.
+        let slot = (std::process::id().wrapping_mul(31).wrapping_add(u32::from(free_port()))) % 100;
+        let first = 20000 + slot as u16 * 100;
         cmd.arg("--data-dir")
             .arg(self.dir.path())
             .arg("--listen")
             .arg(&self.listen)
+            .arg("--port-range")
+            .arg(format!("{first}-{}", first + 99))
             .env("NUBO_IMAGE_CACHE", image_cache())
             .env("RUST_LOG", "info")
             .stdout(self.log("server.log"))
