@@ -22,7 +22,7 @@ use crate::error::{ImageError, IoContext};
 use crate::host::{MKFS_EXT4, QEMU_IMG};
 use crate::initrd;
 use crate::kmod::ModuleTree;
-use crate::store::{self, describe, ManifestFile, ManifestPackage};
+use crate::store::{self, describe, Built, ManifestPackage};
 use sha2::{Digest, Sha256};
 
 /// Kernel command line for direct kernel boot of `tiny`.
@@ -66,14 +66,6 @@ pub(crate) fn recipe() -> String {
         h.update(script.as_bytes());
     }
     hex::encode(h.finalize())
-}
-
-/// What a build produced, for the manifest.
-#[derive(Debug)]
-pub(crate) struct Built {
-    pub kernel_version: String,
-    pub packages: Vec<ManifestPackage>,
-    pub files: Vec<ManifestFile>,
 }
 
 /// Builds `tiny` into `out` (which must exist and be empty), using `work`
