@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Nubo needs on a Debian machine: QEMU, qemu-img, the
-# firmware QEMU loads, e2fsprogs (builds the tiny image's disk), curl.
+# firmware QEMU loads, e2fsprogs (builds the images' disks), mmdebstrap
+# (installs the debian image's root file system), curl.
 # Idempotent; refreshes apt's lists because the image build runs
 # `apt-get download` against them.
 set -euo pipefail
@@ -9,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends \
-  qemu-system-x86 qemu-utils seabios ipxe-qemu e2fsprogs curl ca-certificates procps \
+  qemu-system-x86 qemu-utils seabios ipxe-qemu e2fsprogs mmdebstrap curl ca-certificates procps \
   slapd
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust stable (https://rustup.rs) and re-run" >&2

@@ -29,6 +29,30 @@ pub enum ImageError {
         source: io::Error,
     },
 
+    /// A name given as an extra package is not a valid Debian package name.
+    #[error("invalid Debian package name `{name}`: a name has at least two characters, lower-case letters, digits, `+`, `-` and `.`, and starts with a letter or digit")]
+    InvalidPackageName {
+        /// The name as given.
+        name: String,
+    },
+
+    /// Extra packages that the host's apt sources do not know.
+    #[error("unknown Debian packages: {packages}; check the names with `apt-cache search NAME` (the build uses this host's apt sources; `apt-get update` refreshes them)")]
+    UnknownPackages {
+        /// The unknown names, comma-separated.
+        packages: String,
+    },
+
+    /// The build was asked for something it cannot do (options the image
+    /// does not take, a host that lacks what the recipe needs).
+    #[error("{detail}; {hint}")]
+    Unsupported {
+        /// What is not possible.
+        detail: String,
+        /// What to do about it.
+        hint: String,
+    },
+
     /// A host tool the build needs is not installed.
     #[error("`{tool}` was not found on this host; install it with `apt-get install {package}`")]
     ToolMissing {

@@ -1,6 +1,7 @@
 //! NoCloud seed disks: a small FAT image labelled `cidata` holding
-//! `meta-data` (instance id, hostname, public SSH keys) and `user-data`,
-//! written with the pure-Rust `fatfs` crate. Attach it to the VM as a second
+//! `meta-data` (instance id, hostname, public SSH keys), `user-data` and
+//! `network-config` ([`NETWORK_CONFIG`]: DHCP on the first ethernet NIC, for
+//! cloud-init; `tiny` ignores it), written with the pure-Rust `fatfs` crate. Attach it to the VM as a second
 //! (raw) disk; the guest finds it by its label.
 
 use std::fs::{self, File, OpenOptions};
@@ -11,6 +12,20 @@ use crate::error::ImageError;
 
 /// The FAT volume label NoCloud looks for.
 pub const VOLUME_LABEL: &str = "cidata";
+
+/// `network-config` (cloud-init network config version 2): DHCPv4 on the
+/// virtio NIC. The entry is called `eth0` because cloud-init's ifupdown
+/// renderer names the interface after the entry (the `debian` image boots
+/// with `net.ifnames=0`); the name match lets netplan/networkd renderers
+/// find the NIC whatever its name. (No `driver:` match: the ifupdown
+/// renderer would copy it into `/etc/network/interfaces` as an option.)
+pub const NETWORK_CONFIG: &str = "version: 2
+ethernets:
+  eth0:
+    match:
+      name: \"e*\"
+    dhcp4: true
+";
 
 /// Smallest seed image size (the FAT file system needs some room; it is sparse).
 const MIN_SIZE: u64 = 2 * 1024 * 1024;
@@ -75,7 +90,7 @@ pub fn write_nocloud_seed(path: &Path, data: &SeedData) -> Result<(), ImageError
     let meta = meta_data(data);
     let user = data.user_data.as_deref().unwrap_or("");
     // Room for both files plus FAT overhead, rounded up to a MiB.
-    let needed = (meta.len() as u64 + user.len() as u64) * 2 + 512 * 1024;
+    let needed = (meta.len() as u64 + user.len() as u64 + NETWORK_CONFIG.len() as u64) * 2 + 512 * 1024;
     let size = needed.max(MIN_SIZE).div_ceil(1024 * 1024) * 1024 * 1024;
 
     // Build next to the target and rename, so a reader never sees half a seed.
@@ -109,7 +124,7 @@ fn write_image(tmp: &Path, size: u64, meta: &str, user: &str) -> Result<(), Stri
     {
         let fs = fatfs::FileSystem::new(&mut file, fatfs::FsOptions::new())
             .map_err(|e| format!("opening the new FAT file system: {e}"))?;
-        for (name, content) in [("meta-data", meta), ("user-data", user)] {
+        for (name, content) in [("meta-data", meta), ("user-data", user), ("network-config", NETWORK_CONFIG)] {
             let root = fs.root_dir();
             let mut f = root.create_file(name).map_err(|e| format!("creating {name}: {e}"))?;
             f.truncate().map_err(|e| format!("writing {name}: {e}"))?;
@@ -157,6 +172,10 @@ mod tests {
             "instance-id: i-0123abcd\nlocal-hostname: web-1\npublic-keys:\n  - \"ssh-ed25519 AAAAC3Nza me@host # laptop\"\n"
         );
         assert_eq!(read_seed_file(&path, "user-data").expect("user-data"), "#!/bin/sh\necho hello\n");
+        let net = read_seed_file(&path, "network-config").expect("network-config");
+        assert_eq!(net, NETWORK_CONFIG);
+        assert!(net.starts_with("version: 2\n"));
+        assert!(net.contains("dhcp4: true") && net.contains("name: \"e*\""));
 
         let fs = fatfs::FileSystem::new(File::open(&path).expect("open"), fatfs::FsOptions::new()).expect("fat");
         assert_eq!(fs.volume_label(), "cidata");

@@ -72,7 +72,18 @@ pub(crate) struct ManifestFile {
 pub(crate) struct ManifestPackage {
     pub name: String,
     pub version: String,
+    /// SHA-256 of the `.deb` when the build fetched it itself (`tiny`);
+    /// empty when apt installed it inside a root file system (`debian`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha256: String,
+}
+
+/// What a recipe's build produced, for the manifest.
+#[derive(Debug)]
+pub(crate) struct Built {
+    pub kernel_version: String,
+    pub packages: Vec<ManifestPackage>,
+    pub files: Vec<ManifestFile>,
 }
 
 /// `manifest.json` of an image directory.
@@ -88,6 +99,10 @@ pub(crate) struct Manifest {
     /// cached image built by another recipe is rebuilt by `ensure`.
     #[serde(default)]
     pub recipe: String,
+    /// Packages asked for on top of the recipe's own (sorted). They do not
+    /// change `recipe`: the image keeps its name and satisfies `ensure`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_packages: Vec<String>,
     pub files: Vec<ManifestFile>,
     pub packages: Vec<ManifestPackage>,
 }
@@ -115,6 +130,7 @@ impl Manifest {
             initrd: path_of("initrd")?,
             disk: path_of("disk")?,
             cmdline: self.cmdline.clone(),
+            extra_packages: self.extra_packages.clone(),
         })
     }
 }
@@ -337,6 +353,7 @@ mod tests {
             built_at: now_rfc3339(),
             kernel_version: "test".into(),
             recipe: "r1".into(),
+            extra_packages: Vec::new(),
             files,
             packages: Vec::new(),
         };

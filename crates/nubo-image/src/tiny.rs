@@ -31,7 +31,7 @@ use crate::error::{ImageError, IoContext};
 use crate::host::{MKFS_EXT4, QEMU_IMG};
 use crate::initrd;
 use crate::kmod::ModuleTree;
-use crate::store::{self, describe, ManifestFile, ManifestPackage};
+use crate::store::{self, describe, Built, ManifestPackage};
 use sha2::{Digest, Sha256};
 
 /// Kernel command line for direct kernel boot of `tiny`.
@@ -137,14 +137,6 @@ fn is_static_elf(path: &Path) -> Result<bool, String> {
     let data = fs::read(path).map_err(|e| e.to_string())?;
     let elf = Elf::parse(&data)?;
     Ok(elf.interpreter().is_none())
-}
-
-/// What a build produced, for the manifest.
-#[derive(Debug)]
-pub(crate) struct Built {
-    pub kernel_version: String,
-    pub packages: Vec<ManifestPackage>,
-    pub files: Vec<ManifestFile>,
 }
 
 /// Builds `tiny` into `out` (which must exist and be empty), using `work`

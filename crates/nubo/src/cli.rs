@@ -508,15 +508,20 @@ pub enum ImageCmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Build a builtin image (e.g. tiny) into the local image cache.
+    /// Build a builtin image (tiny, debian) into the local image cache.
     Build {
         name: String,
+        /// Extra Debian packages for the `debian` image (comma-separated, repeatable),
+        /// e.g. `--packages nginx,curl`. The build is still the image `debian`.
+        #[arg(long = "packages", value_delimiter = ',', value_name = "PKG[,PKG...]")]
+        packages: Vec<String>,
         /// Image cache. Default: DATA_DIR/images.
         #[arg(long, env = "NUBO_IMAGE_CACHE")]
         cache: Option<PathBuf>,
         #[arg(long, env = "NUBO_DATA_DIR")]
         data_dir: Option<PathBuf>,
-        /// Rebuild even if cached.
+        /// Rebuild even if cached (a cached `debian` is reused only when it
+        /// already holds every package asked for).
         #[arg(long)]
         force: bool,
     },

@@ -325,21 +325,27 @@ pub async fn image(cmd: ImageCmd) -> anyhow::Result<()> {
                 table(&["NAME", "SOURCE", "DESCRIPTION"], &rows);
             })
         }
-        ImageCmd::Build { name, cache, data_dir, force } => {
+        ImageCmd::Build { name, packages, cache, data_dir, force } => {
             let cache =
                 cache.unwrap_or_else(|| data_dir.unwrap_or_else(crate::daemon::default_data_dir).join("images"));
             let started = Instant::now();
+            let options = nubo_image::BuildOptions { packages };
             let built = tokio::task::spawn_blocking(move || {
                 let images = nubo_image::ImageCache::new(cache);
                 let mut progress = |msg: &str| eprintln!("[{:>5.1}s] {msg}", started.elapsed().as_secs_f64());
                 if force {
-                    images.build(&name, &mut progress)
+                    images.build_with(&name, &options, &mut progress)
                 } else {
-                    images.ensure(&name, &mut progress)
+                    images.ensure_with(&name, &options, &mut progress)
                 }
             })
             .await??;
-            println!("{} sha256:{} in {}", built.name, built.sha256, built.dir.display());
+            let extras = if built.extra_packages.is_empty() {
+                String::new()
+            } else {
+                format!(" (extra packages: {})", built.extra_packages.join(", "))
+            };
+            println!("{} sha256:{} in {}{extras}", built.name, built.sha256, built.dir.display());
             Ok(())
         }
     }

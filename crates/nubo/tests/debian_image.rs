@@ -1,0 +1,129 @@
+//! The `debian` image end to end (slow, opt-in with `NUBO_SLOW_TESTS=1`,
+//! needs root and mmdebstrap): `nubo image build debian --packages nginx`
+//! into the test image cache, then a VM under `nubo up` whose `#cloud-config`
+//! user-data (from the NoCloud seed) writes nginx's index page. The page
+//! coming back through the forwarded port proves that cloud-init applied
+//! the seed's user-data and network-config and that the baked-in nginx runs.
+//! Prints the build time, the time to the boot marker and to the first page.
+//!
+//! ```sh
+//! NUBO_SLOW_TESTS=1 cargo test -p nubo --test debian_image -- --nocapture
+//! ```
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn http_get(addr: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn value_after(console: &str, key: &str) -> u64 {
+    console
+        .lines()
+        .find_map(|l| l.split(key).nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no '{key}' on the console:\n{console}"))
+}
+
+#[test]
+fn debian_image_with_nginx_serves_the_page_cloud_init_wrote() {
+    if std::env::var("NUBO_SLOW_TESTS").as_deref() != Ok("1") {
+        eprintln!("skipped: set NUBO_SLOW_TESTS=1 to build the debian image and boot it (several minutes, needs root)");
+        return;
+    }
+
+    // Build (or reuse a cached debian that already has nginx).
+    let started = Instant::now();
+    let out = Command::new(nubo_bin())
+        .args(["image", "build", "debian", "--packages", "nginx", "--cache"])
+        .arg(image_cache())
+        .output()
+        .expect("run nubo image build");
+    let build_time = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "image build failed:\n{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("extra packages: nginx"), "{stdout}");
+    let reused = !stderr.contains("mmdebstrap");
+    eprintln!(
+        "image build: {:.1} s{}: {}",
+        build_time.as_secs_f64(),
+        if reused { " (reused the cached image)" } else { "" },
+        stdout.trim()
+    );
+
+    let cloud = Cloud::up();
+    let token = format!("nubo-debian-{}", std::process::id());
+    let user_data = format!(
+        "#cloud-config\n\
+         write_files:\n\
+         \x20 - path: /var/www/html/index.html\n\
+         \x20   content: |\n\
+         \x20     {token}\n\
+         runcmd:\n\
+         \x20 - echo \"df-root-kb=$(df -k / | awk 'NR==2 {{print $2}}') hostname=$(hostname)\" > /dev/ttyS0\n"
+    );
+    let ud = cloud.data_dir().join("user-data.yaml");
+    std::fs::write(&ud, user_data).expect("write user-data");
+    let started = Instant::now();
+    let out = cloud.nubo_ok(&[
+        "instance",
+        "run",
+        "--image",
+        "debian",
+        "--vcpus",
+        "2",
+        "--memory",
+        "1024",
+        "--disk",
+        "4",
+        "--name",
+        "deb-web",
+        "--port",
+        "80",
+        "--user-data",
+        ud.to_str().expect("utf-8 path"),
+    ]);
+    let id = out.trim().to_string();
+    assert!(id.starts_with("i-"), "run prints the id, got {out}");
+
+    let i = cloud.wait_state(&id, "running", Duration::from_secs(600));
+    let addr = i["ports"]["80"].as_str().expect("port 80 forwarded").to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    let console = cloud.wait_console(&id, nubo_api::BOOT_COMPLETE_MARKER, 1, Duration::from_secs(600));
+    let to_marker = started.elapsed();
+    assert!(console.contains(&format!("{} instance-id={id}", nubo_api::BOOT_COMPLETE_MARKER)), "{console}");
+
+    let page = wait_until("nginx to serve the page cloud-init wrote", Duration::from_secs(300), || {
+        http_get(&addr).filter(|p| p.contains(&token))
+    });
+    let to_http = started.elapsed();
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.to_ascii_lowercase().contains("server: nginx"), "{page}");
+
+    // cloud-init grew the root file system to the 4 GiB disk and took the
+    // hostname from the seed's meta-data.
+    let console = cloud.wait_console(&id, "df-root-kb=", 1, Duration::from_secs(120));
+    let df_kb = value_after(&console, "df-root-kb=");
+    assert!(df_kb > 3_500_000, "root file system is only {df_kb} KiB");
+    assert!(console.contains("hostname=deb-web"), "{console}");
+
+    eprintln!(
+        "debian VM: boot marker after {:.1} s, nginx answered after {:.1} s (from `instance run`), root fs {} MiB",
+        to_marker.as_secs_f64(),
+        to_http.as_secs_f64(),
+        df_kb / 1024
+    );
+
+    cloud.nubo_ok(&["instance", "terminate", &id, "--wait"]);
+    assert!(!cloud.agent_dir().join("instances").join(&id).exists(), "instance files left behind");
+}
