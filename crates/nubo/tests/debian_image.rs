@@ -90,6 +90,8 @@ fn debian_image_with_nginx_serves_the_page_cloud_init_wrote() {
         "deb-web",
         "--port",
         "80",
+        "--port",
+        "8080",
         "--user-data",
         ud.to_str().expect("utf-8 path"),
     ]);
@@ -123,6 +125,45 @@ fn debian_image_with_nginx_serves_the_page_cloud_init_wrote() {
         to_http.as_secs_f64(),
         df_kb / 1024
     );
+
+    // The stock qemu-guest-agent answers Nubo's agent like tiny's own:
+    // exec, the guest's status, and the metadata service read from inside.
+    let out = cloud.nubo_ok(&["instance", "exec", &id, "--", "cat", "/etc/os-release"]);
+    assert!(out.contains("ID=debian"), "{out}");
+    let imds = cloud.nubo_ok(&[
+        "instance",
+        "exec",
+        &id,
+        "--",
+        "python3",
+        "-c",
+        "import urllib.request as u; print(u.urlopen('http://169.254.169.254/latest/meta-data/instance-id', timeout=10).read().decode())",
+    ]);
+    assert_eq!(imds.trim(), id, "IMDS from the debian guest");
+    let guest = wait_until("the guest agent's report", Duration::from_secs(120), || {
+        let i = cloud.instance(&id);
+        let os = i["guest"]["os"].as_str()?.to_string();
+        i["guest"]["filesystems"].as_array()?.iter().any(|f| f["mountpoint"] == "/").then_some(os)
+    });
+    assert!(guest.contains("Debian"), "{guest}");
+    // A script recipe runs on the full image too (python3's web server here).
+    let out = cloud.nubo_ok(&[
+        "instance",
+        "provision",
+        &id,
+        "--recipe",
+        "web-server",
+        "--param",
+        "port=8080",
+        "--param",
+        "page=recipe-on-debian",
+        "--param",
+        "root=/var/www/recipe",
+    ]);
+    assert!(out.contains("serving /var/www/recipe on port 8080"), "{out}");
+    let recipe_addr = i["ports"]["8080"].as_str().expect("port 8080 forwarded").to_string();
+    let page = wait_until("the recipe's web server", Duration::from_secs(30), || http_get(&recipe_addr));
+    assert!(page.contains("recipe-on-debian"), "{page}");
 
     cloud.nubo_ok(&["instance", "terminate", &id, "--wait"]);
     assert!(!cloud.agent_dir().join("instances").join(&id).exists(), "instance files left behind");
