@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Nubo needs on a Debian machine: QEMU, qemu-img, the
 # firmware QEMU loads, e2fsprogs (builds the images' disks), mmdebstrap
-# (installs the debian image's root file system), curl.
+# (installs the debian image's root file system), curl, and openssh-client
+# (the tests log in to guests with ssh).
 # Idempotent; refreshes apt's lists because the image build runs
 # `apt-get download` against them.
 set -euo pipefail
@@ -11,7 +12,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends \
   qemu-system-x86 qemu-utils seabios ipxe-qemu e2fsprogs mmdebstrap curl ca-certificates procps \
-  slapd
+  slapd openssh-client
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust stable (https://rustup.rs) and re-run" >&2
   exit 1

@@ -236,7 +236,7 @@ fn imdsv2_required_refuses_tokenless_requests() {
 }
 
 #[test]
-fn bad_input_is_refused_with_reasons() {
+fn keypairs_and_bad_input() {
     let cloud = Cloud::up();
     let dir = cloud.data_dir();
     let err = |args: &[&str]| {
@@ -261,4 +261,22 @@ fn bad_input_is_refused_with_reasons() {
     assert!(err(&["recipe", "create", "-f", bad_recipe.to_str().unwrap()]).contains("kind 'ansible' is unknown"));
     // Nothing was launched by any of that.
     assert_eq!(cloud.nubo_json(&["instance", "list"]).as_array().unwrap().len(), 0);
+
+    // Import a key made by ssh-keygen; the fingerprint matches ssh-keygen's own.
+    let key = dir.join("id_test");
+    let made =
+        Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "me@laptop", "-f"]).arg(&key).status();
+    assert!(made.expect("ssh-keygen").success());
+    let pubkey = dir.join("id_test.pub");
+    let imported = cloud.nubo_json(&["keypair", "import", "laptop", "--public-key-file", pubkey.to_str().unwrap()]);
+    let fp = Command::new("ssh-keygen").arg("-lf").arg(&pubkey).output().expect("ssh-keygen -l");
+    let fp = String::from_utf8_lossy(&fp.stdout).split_whitespace().nth(1).unwrap_or_default().to_string();
+    assert_eq!(imported["keypair"]["fingerprint"], fp.as_str());
+    assert!(imported["private_key"].is_null(), "an imported pair has no private key to show");
+    assert!(
+        err(&["keypair", "import", "laptop", "--public-key-file", pubkey.to_str().unwrap()]).contains("already exists")
+    );
+    cloud.nubo_ok(&["keypair", "delete", "laptop"]);
+    assert_eq!(cloud.nubo_json(&["keypair", "list"]).as_array().unwrap().len(), 0);
+    assert!(err(&["keypair", "delete", "laptop"]).contains("does not exist"));
 }
