@@ -144,8 +144,10 @@ impl Ctx {
 }
 
 /// Images every agent can build itself from Debian's packages.
-pub const BUILTIN_IMAGES: &[(&str, &str)] =
-    &[("tiny", "CirrOS-like test image: Debian cloud kernel, busybox, DHCP, runs #! user-data")];
+pub const BUILTIN_IMAGES: &[(&str, &str)] = &[(
+    "tiny",
+    "CirrOS-like test image: Debian cloud kernel, busybox, DHCP, runs #! user-data, guest agent, SSH (key logins)",
+)];
 
 /// The whole HTTP application, without a socket (tests call it directly).
 pub fn app(ctx: Arc<Ctx>) -> axum::Router {
