@@ -154,7 +154,10 @@ impl Ctx {
 
 /// Images every agent can build itself from Debian's packages.
 pub const BUILTIN_IMAGES: &[(&str, &str)] = &[
-    ("tiny", "CirrOS-like test image: Debian cloud kernel, busybox, DHCP, runs #! user-data"),
+    (
+        "tiny",
+        "CirrOS-like test image: Debian cloud kernel, busybox, DHCP, runs #! user-data, guest agent, SSH (key logins)",
+    ),
     ("debian", "Debian with systemd, cloud-init, qemu-guest-agent and openssh-server (built on first use; needs root)"),
 ];
 

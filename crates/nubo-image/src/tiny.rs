@@ -147,6 +147,8 @@ pub(crate) fn build(
     downloads: &DownloadCache,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Built, ImageError> {
+    // Before any download: without the agent there is nothing to build.
+    let agent = guest_agent_binary()?;
     progress("resolving Debian packages");
     let meta = apt::candidates(&[KERNEL_META])?.into_iter().next().ok_or_else(|| ImageError::Package {
         package: KERNEL_META.to_string(),
@@ -162,7 +164,6 @@ pub(crate) fn build(
             detail: format!("no linux-image-<version>-cloud-amd64 in Depends: {}", meta.depends),
             hint: "run `apt-get update`; the package index may be incomplete".to_string(),
         })?;
-    let agent = guest_agent_binary()?;
     let mut wanted = vec![kernel_name.as_str(), BUSYBOX];
     wanted.extend_from_slice(RESIZE_PACKAGES);
     wanted.extend_from_slice(DROPBEAR_PACKAGES);
