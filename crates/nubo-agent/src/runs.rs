@@ -156,8 +156,11 @@ async fn drive(
             exec_captured(rec, id, run, req, started, timeout, log).await
         }
         RunAction::CloudInit => {
+            // Exit 2 is cloud-init 23.4+'s "done, with recoverable errors"
+            // (e.g. deprecated keys): the config was applied, the log says what.
             let script = "cloud-init status --wait --long; rc=$?; echo '--- /var/log/cloud-init-output.log (tail)'; \
-                          tail -n 40 /var/log/cloud-init-output.log 2>/dev/null; exit $rc";
+                          tail -n 40 /var/log/cloud-init-output.log 2>/dev/null; \
+                          if [ $rc -eq 2 ]; then echo 'cloud-init finished with recoverable errors'; rc=0; fi; exit $rc";
             let req = GuestExec {
                 path: "/bin/sh".into(),
                 args: vec!["-c".into(), script.into()],

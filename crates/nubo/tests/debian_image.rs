@@ -168,3 +168,57 @@ fn debian_image_with_nginx_serves_the_page_cloud_init_wrote() {
     cloud.nubo_ok(&["instance", "terminate", &id, "--wait"]);
     assert!(!cloud.agent_dir().join("instances").join(&id).exists(), "instance files left behind");
 }
+
+/// A cloud-config recipe at launch: rendered with its parameters, given to
+/// cloud-init as the user-data, and reported by `cloud-init status --wait`
+/// through the stock qemu-guest-agent.
+#[test]
+fn debian_cloud_config_recipe_at_launch() {
+    if std::env::var("NUBO_SLOW_TESTS").as_deref() != Ok("1") {
+        eprintln!("skipped: set NUBO_SLOW_TESTS=1 to boot the debian image");
+        return;
+    }
+    let out = Command::new(nubo_bin())
+        .args(["image", "build", "debian", "--cache"])
+        .arg(image_cache())
+        .output()
+        .expect("run nubo image build");
+    assert!(out.status.success(), "image build failed:\n{}", String::from_utf8_lossy(&out.stderr));
+
+    let cloud = Cloud::up();
+    let recipe = cloud.data_dir().join("greeting.toml");
+    std::fs::write(
+        &recipe,
+        "name = \"greeting\"\nversion = \"1\"\nkind = \"cloud-config\"\nbody = '''\n#cloud-config\nwrite_files:\n  - path: /etc/nubo-greeting\n    content: \"{{greeting}}\"\n'''\n[[params]]\nname = \"greeting\"\n",
+    )
+    .expect("write recipe");
+    cloud.nubo_ok(&["recipe", "create", "-f", recipe.to_str().expect("utf-8 path")]);
+    let started = Instant::now();
+    let out = cloud.nubo_ok(&[
+        "instance",
+        "run",
+        "--image",
+        "debian",
+        "--vcpus",
+        "2",
+        "--memory",
+        "1024",
+        "--disk",
+        "3",
+        "--recipe",
+        "greeting",
+        "--param",
+        "greeting=hello-from-cloud-config",
+        "--wait",
+    ]);
+    assert!(out.contains("status: done"), "cloud-init status in the run log: {out}");
+    let id = out.lines().last().unwrap_or_default().trim().to_string();
+    assert!(id.starts_with("i-"), "{out}");
+    let runs = cloud.nubo_json(&["instance", "runs", &id]);
+    assert_eq!(runs[0]["state"], "succeeded", "{runs}");
+    assert_eq!(runs[0]["what"], "greeting@1");
+    let text = cloud.nubo_ok(&["instance", "exec", &id, "--", "cat", "/etc/nubo-greeting"]);
+    assert_eq!(text.trim(), "hello-from-cloud-config");
+    eprintln!("cloud-config recipe applied and reported after {:.1} s", started.elapsed().as_secs_f64());
+    cloud.nubo_ok(&["instance", "terminate", &id, "--wait"]);
+}
