@@ -65,6 +65,9 @@ struct Shared {
     imds: HashMap<InstanceId, (Arc<Imds>, tokio::task::JoinHandle<()>)>,
     /// Runs being carried out.
     runs: HashMap<RunId, tokio::task::JoinHandle<()>>,
+    /// Runs this agent finished. A desired state fetched before the
+    /// server saw the end may still list one; it must not run twice.
+    runs_done: std::collections::HashSet<RunId>,
     /// One guest-agent client at a time per instance (QEMU serves one).
     qga_locks: HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>,
     /// Guest status polls: when the last one started, and the task.
@@ -190,9 +193,13 @@ impl Reconciler {
     /// Starts the runs that are not under way yet (once the VM runs).
     fn ensure_runs(self: &Arc<Self>, want: &DesiredInstance) {
         let mut s = self.lock();
-        s.runs.retain(|_, task| !task.is_finished());
+        let finished: Vec<RunId> = s.runs.iter().filter(|(_, t)| t.is_finished()).map(|(id, _)| id.clone()).collect();
+        for id in finished {
+            s.runs.remove(&id);
+            s.runs_done.insert(id);
+        }
         for run in &want.runs {
-            if s.runs.contains_key(&run.id) {
+            if s.runs.contains_key(&run.id) || s.runs_done.contains(&run.id) {
                 continue;
             }
             let span = tracing::info_span!("run", instance = %want.id, run = %run.id);
@@ -335,6 +342,12 @@ impl Reconciler {
         {
             let mut s = self.lock();
             s.ops.retain(|_, op| !op.handle.is_finished());
+        }
+        // Forget finished runs the server no longer lists (it has their end).
+        {
+            let listed: std::collections::HashSet<&RunId> =
+                d.instances.iter().flat_map(|i| i.runs.iter().map(|r| &r.id)).collect();
+            self.lock().runs_done.retain(|id| listed.contains(id));
         }
         let mut out = Vec::with_capacity(d.instances.len());
         for want in &d.instances {

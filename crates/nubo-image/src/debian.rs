@@ -11,7 +11,7 @@
 //! [`CMDLINE`] (`/dev/vda` is the root disk). In the guest:
 //!
 //! * cloud-init reads only the NoCloud seed (`datasource_list: [NoCloud,
-//!   None]`), renders the seed's `network-config` for ifupdown (`eni`), sets
+//!   None]`), leaves the locale alone (none is generated), renders the seed's `network-config` for ifupdown (`eni`), sets
 //!   the hostname and grows the root file system to the overlay's size
 //!   (`resize_rootfs`: resize2fs works online on the unpartitioned
 //!   `/dev/vda`, so no growpart);
@@ -70,7 +70,11 @@ const INITRAMFS_MODULES: &[&str] = &["virtio_pci", "virtio_blk"];
 const HEADROOM: u64 = 256 * 1024 * 1024;
 
 const CLOUD_CFG: &str = "# Written by nubo-image: NoCloud seed only, ifupdown networking, grow the root fs.
+# The locale module is off: the image has no generated locales, so its
+# default (en_US.UTF-8) made every boot end in cloud-init status 'error'.
+# A user-data `locale:` still turns it on (with the locales it needs).
 datasource_list: [NoCloud, None]
+locale: false
 resize_rootfs: true
 growpart:
   mode: off
