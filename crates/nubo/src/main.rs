@@ -19,6 +19,16 @@ fn main() -> std::process::ExitCode {
         return relay::run(socket);
     }
     let daemon_like = matches!(cli.command, cli::Command::Up(_) | cli::Command::Server(_) | cli::Command::Agent(_));
+    if !daemon_like {
+        // A client command piped into `head` should end quietly when the
+        // pipe closes, like other Unix tools, instead of panicking in
+        // println!. Daemons keep Rust's default (SIGPIPE ignored, EPIPE
+        // returned), which their sockets rely on.
+        // SAFETY: called before any thread starts; SIG_DFL is a valid handler.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if daemon_like { "info" } else { "warn" }));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
