@@ -38,11 +38,16 @@ pub fn check(
     }
 }
 
+/// The project `caller`'s token is scoped to (for reading its resources).
+pub fn caller_project(caller: &Caller) -> Result<String, AppError> {
+    caller.project_id.clone().ok_or_else(|| {
+        AppError::BadRequest("this token is not scoped to a project: sign in with `nubo login --project NAME`".into())
+    })
+}
+
 /// The project new resources of `caller` belong to, if it may create them.
 pub fn creation_project(caller: &Caller) -> Result<String, AppError> {
-    let project = caller.project_id.clone().ok_or_else(|| {
-        AppError::BadRequest("this token is not scoped to a project: sign in with `nubo login --project NAME`".into())
-    })?;
+    let project = caller_project(caller)?;
     match caller.role {
         Role::Admin | Role::Member => Ok(project),
         other => Err(AppError::Forbidden(format!(

@@ -13,6 +13,13 @@ use sqlx::FromRow;
 pub const DEFAULT_PROJECT: &str = "default";
 pub const BOOTSTRAP_ADMIN: &str = "admin";
 
+/// The tables of revocable user credentials (same columns for revocation).
+#[derive(Debug, Clone, Copy)]
+enum Credentials {
+    ApiTokens,
+    AccessKeys,
+}
+
 #[derive(Debug, Clone, FromRow)]
 pub struct ProjectRow {
     pub id: String,
@@ -255,10 +262,20 @@ impl Store {
 
     /// Revokes a token the user owns (any token if `user_id` is None).
     pub async fn revoke_token(&self, id: &str, user_id: Option<&str>) -> Result<bool, sqlx::Error> {
-        let r = sqlx::query(
-            "UPDATE api_tokens SET revoked_at_ms = $1 WHERE id = $2 AND ($3 IS NULL OR user_id = $3)
-               AND revoked_at_ms IS NULL",
-        )
+        self.revoke(Credentials::ApiTokens, id, user_id).await
+    }
+
+    /// Marks a credential revoked, once; only the owner's when `user_id` is given.
+    async fn revoke(&self, table: Credentials, id: &str, user_id: Option<&str>) -> Result<bool, sqlx::Error> {
+        // The table name comes from the enum, never from input.
+        let table = match table {
+            Credentials::ApiTokens => "api_tokens",
+            Credentials::AccessKeys => "access_keys",
+        };
+        let r = sqlx::query(&format!(
+            "UPDATE {table} SET revoked_at_ms = $1 WHERE id = $2 AND ($3 IS NULL OR user_id = $3)
+               AND revoked_at_ms IS NULL"
+        ))
         .bind(now_ms())
         .bind(id)
         .bind(user_id)
@@ -362,16 +379,7 @@ impl Store {
     }
 
     pub async fn revoke_access_key(&self, id: &str, user_id: Option<&str>) -> Result<bool, sqlx::Error> {
-        let r = sqlx::query(
-            "UPDATE access_keys SET revoked_at_ms = $1 WHERE id = $2 AND ($3 IS NULL OR user_id = $3)
-               AND revoked_at_ms IS NULL",
-        )
-        .bind(now_ms())
-        .bind(id)
-        .bind(user_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        self.revoke(Credentials::AccessKeys, id, user_id).await
     }
 
     // ---- audit ----

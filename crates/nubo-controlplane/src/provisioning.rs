@@ -110,34 +110,6 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    pub async fn instance_access(&self, id: &str) -> Result<(Option<String>, Option<String>, String), sqlx::Error> {
-        let row: Option<(Option<String>, Option<String>, String)> =
-            sqlx::query_as("SELECT key_name, public_key, imds_tokens FROM instances WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.unwrap_or((None, None, "optional".into())))
-    }
-
-    // ---- guest agent reports ----
-
-    pub async fn set_guest(&self, id: &str, json: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE instances SET guest_json = $1 WHERE id = $2")
-            .bind(json)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn guest(&self, id: &str) -> Result<Option<String>, sqlx::Error> {
-        let v: Option<Option<String>> = sqlx::query_scalar("SELECT guest_json FROM instances WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(v.flatten())
-    }
-
     // ---- recipes ----
 
     /// Inserts a recipe version; false when that name and version exist
@@ -287,13 +259,7 @@ impl Store {
         if p.log_raw_len > 0 && p.log_offset == offset {
             log.push_str(&p.log);
             offset += p.log_raw_len;
-            if log.len() > RUN_LOG_KEEP_BYTES {
-                let mut cut = log.len() - RUN_LOG_KEEP_BYTES;
-                while !log.is_char_boundary(cut) {
-                    cut += 1;
-                }
-                log.drain(..cut);
-            }
+            crate::store::keep_tail(&mut log, RUN_LOG_KEEP_BYTES);
         }
         let now = now_ms();
         let finished = matches!(p.state.as_str(), "succeeded" | "failed");

@@ -16,6 +16,24 @@ use std::time::Duration;
 /// Console text kept per instance; older output is dropped.
 pub const CONSOLE_KEEP_BYTES: usize = 1024 * 1024;
 
+/// The first char boundary of `s` at or after byte `i` (`s.len()` at most).
+pub(crate) fn char_boundary_from(s: &str, i: usize) -> usize {
+    let mut i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    i
+}
+
+/// Drops the front of `text` so that at most `max` bytes remain, cutting
+/// on a char boundary (consoles and run logs keep their tails).
+pub(crate) fn keep_tail(text: &mut String, max: usize) {
+    if text.len() > max {
+        let cut = char_boundary_from(text, text.len() - max);
+        text.drain(..cut);
+    }
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -66,6 +84,13 @@ pub struct InstanceRow {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub project_id: Option<String>,
+    /// The key pair chosen at launch and its public key (copied then).
+    pub key_name: Option<String>,
+    pub public_key: Option<String>,
+    /// Metadata service: `optional` or `required` (IMDSv2 tokens).
+    pub imds_tokens: String,
+    /// The guest agent's last report (a `GuestStatus` as JSON).
+    pub guest_json: Option<String>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -505,19 +530,9 @@ impl Store {
             return Ok(next);
         }
         // Overlap with what is stored (a retried chunk): skip that part.
-        let mut skip = (next.saturating_sub(offset) as usize).min(data.len());
-        while !data.is_char_boundary(skip) {
-            skip += 1;
-        }
-        let fresh = &data[skip..];
-        text.push_str(fresh);
-        if text.len() > CONSOLE_KEEP_BYTES {
-            let mut cut = text.len() - CONSOLE_KEEP_BYTES;
-            while !text.is_char_boundary(cut) {
-                cut += 1;
-            }
-            text.drain(..cut);
-        }
+        let skip = char_boundary_from(data, next.saturating_sub(offset) as usize);
+        text.push_str(&data[skip..]);
+        keep_tail(&mut text, CONSOLE_KEEP_BYTES);
         sqlx::query(
             "INSERT INTO consoles (instance_id, data, next_offset) VALUES ($1, $2, $3)
              ON CONFLICT (instance_id) DO UPDATE SET data = excluded.data, next_offset = excluded.next_offset",

@@ -91,8 +91,7 @@ pub async fn desired(
     let runs = ctx.store.open_runs_on_host(host.as_str()).await?;
     let mut instances = Vec::new();
     for row in ctx.store.instances_on_host(host.as_str()).await? {
-        let (key_name, public_key, imds_tokens) = ctx.store.instance_access(&row.id).await?;
-        let public_keys = match (key_name, public_key) {
+        let public_keys = match (row.key_name.clone(), row.public_key.clone()) {
             (Some(name), Some(public_key)) => vec![NamedKey { name, public_key }],
             _ => Vec::new(),
         };
@@ -136,7 +135,7 @@ pub async fn desired(
             start_seq: row.start_seq,
             reboot_count: row.reboot_count,
             public_keys,
-            imds_tokens_required: imds_tokens == "required",
+            imds_tokens_required: row.imds_tokens == "required",
             availability_zone: ctx.config.availability_zone.clone(),
             runs: wanted_runs,
         });

@@ -21,7 +21,7 @@ fn parse_id(id: &str) -> AppResult<InstanceId> {
 
 /// Loads an instance the caller may access; the one door every
 /// instance handler goes through.
-async fn load(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> AppResult<InstanceRow> {
+pub(crate) async fn load(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> AppResult<InstanceRow> {
     let id = parse_id(id)?;
     let row =
         ctx.store.instance(id.as_str()).await?.ok_or(AppError::NotFound { kind: "instance", id: id.to_string() })?;
@@ -44,7 +44,6 @@ pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<I
         .map(|p| (p.guest_port.to_string(), format!("127.0.0.1:{}", p.host_port)))
         .collect();
     let events = if with_events { ctx.store.events(&row.id).await? } else { Vec::new() };
-    let (key_name, _, imds_tokens) = ctx.store.instance_access(&row.id).await?;
     let runs = if with_events {
         ctx.store
             .runs(&row.id, 20)
@@ -56,10 +55,9 @@ pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<I
         Vec::new()
     };
     // The guest agent's report means something only while the VM runs.
-    let guest = if row.state == "running" {
-        ctx.store.guest(&row.id).await?.and_then(|g| serde_json::from_str(&g).ok())
-    } else {
-        None
+    let guest = match (&row.guest_json, row.state.as_str()) {
+        (Some(g), "running") => serde_json::from_str(g).ok(),
+        _ => None,
     };
     Ok(Instance {
         id,
@@ -80,8 +78,8 @@ pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<I
         created_at_ms: row.created_at_ms,
         updated_at_ms: row.updated_at_ms,
         events,
-        key_name,
-        metadata_http_tokens: imds_tokens,
+        key_name: row.key_name,
+        metadata_http_tokens: row.imds_tokens,
         runs,
         guest,
     })

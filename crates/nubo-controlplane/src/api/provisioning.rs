@@ -7,7 +7,7 @@ use crate::auth::Caller;
 use crate::authz::{self, Access};
 use crate::error::{ApiJson, ApiQuery, AppError, AppResult};
 use crate::provisioning::{KeypairRow, NewRun, RecipeRow, RunRow};
-use crate::store::now_ms;
+use crate::store::{char_boundary_from, now_ms};
 use crate::{keys, recipes, Ctx};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -32,13 +32,6 @@ fn keypair_view(k: KeypairRow) -> AppResult<Keypair> {
         key_type: k.key_type,
         public_key: k.public_key,
         created_at_ms: k.created_at_ms,
-    })
-}
-
-/// The project whose key pairs and recipes the caller works with.
-fn project_of(caller: &Caller) -> AppResult<String> {
-    caller.project_id.clone().ok_or_else(|| {
-        AppError::BadRequest("this token is not scoped to a project: sign in with `nubo login --project NAME`".into())
     })
 }
 
@@ -84,7 +77,7 @@ pub async fn create_keypair(
 #[utoipa::path(get, path = "/api/v1/keypairs", tag = "keypairs", operation_id = "list_keypairs",
     responses((status = 200, body = Vec<Keypair>), (status = 401, body = nubo_api::error::ErrorBody)))]
 pub async fn list_keypairs(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Keypair>>> {
-    let project = project_of(&caller)?;
+    let project = authz::caller_project(&caller)?;
     let rows = ctx.store.keypairs(&project).await?;
     Ok(Json(rows.into_iter().map(keypair_view).collect::<AppResult<_>>()?))
 }
@@ -211,24 +204,12 @@ pub fn run_view(r: RunRow, log_from: Option<u64>) -> AppResult<Run> {
     // `log.len()` bytes before `total` (in the guest's bytes, close enough
     // after UTF-8 repair for paging).
     let kept_from = total.saturating_sub(r.log.len() as u64);
-    let log = match log_from {
-        Some(from) if from >= total => String::new(),
-        Some(from) => {
-            let mut skip = from.saturating_sub(kept_from) as usize;
-            skip = skip.min(r.log.len());
-            while !r.log.is_char_boundary(skip) {
-                skip += 1;
-            }
-            r.log[skip..].to_string()
-        }
-        None => {
-            let mut cut = r.log.len().saturating_sub(LOG_TAIL_BYTES);
-            while !r.log.is_char_boundary(cut) {
-                cut += 1;
-            }
-            r.log[cut..].to_string()
-        }
+    let from = match log_from {
+        Some(from) if from >= total => r.log.len(),
+        Some(from) => from.saturating_sub(kept_from) as usize,
+        None => r.log.len().saturating_sub(LOG_TAIL_BYTES),
     };
+    let log = r.log[char_boundary_from(&r.log, from)..].to_string();
     Ok(Run {
         id: r.id.parse().map_err(AppError::internal)?,
         instance_id: r.instance_id.parse().map_err(AppError::internal)?,
@@ -305,14 +286,11 @@ pub async fn check_launch_recipe(
     Ok(None)
 }
 
+/// An instance the caller may use; runs cannot go to a terminated one.
 async fn load_instance(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> AppResult<crate::store::InstanceRow> {
-    let id: nubo_api::ids::InstanceId =
-        id.parse().map_err(|e: nubo_api::ids::IdError| AppError::BadRequest(e.to_string()))?;
-    let row =
-        ctx.store.instance(id.as_str()).await?.ok_or(AppError::NotFound { kind: "instance", id: id.to_string() })?;
-    authz::check(caller, access, row.project_id.as_deref(), "instance", id.as_str())?;
+    let row = super::instances::load(ctx, caller, id, access).await?;
     if access == Access::Write && (row.desired == "deleted" || row.state == "terminated") {
-        return Err(AppError::Conflict(format!("instance {id} is terminated: nothing can run in it")));
+        return Err(AppError::Conflict(format!("instance {} is terminated: nothing can run in it", row.id)));
     }
     Ok(row)
 }
