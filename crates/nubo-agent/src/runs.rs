@@ -30,6 +30,18 @@ const GUEST_DIR: &str = "/var/lib/nubo/runs";
 const BASE_ENV: &[&str] =
     &["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8"];
 
+/// A command for `guest-exec` with the base environment; `capture` asks
+/// the guest agent to keep its output.
+fn guest_command(path: &str, args: Vec<String>, capture: bool) -> GuestExec {
+    GuestExec {
+        path: path.to_string(),
+        args,
+        env: BASE_ENV.iter().map(|s| s.to_string()).collect(),
+        input: None,
+        capture_output: capture,
+    }
+}
+
 /// How a run ended, before it is reported.
 struct Outcome {
     state: &'static str,
@@ -146,13 +158,7 @@ async fn drive(
         }
         RunAction::Exec { command } => {
             let (program, args) = command.split_first().ok_or("the command is empty")?;
-            let req = GuestExec {
-                path: program.clone(),
-                args: args.to_vec(),
-                env: BASE_ENV.iter().map(|s| s.to_string()).collect(),
-                input: None,
-                capture_output: true,
-            };
+            let req = guest_command(program, args.to_vec(), true);
             exec_captured(rec, id, run, req, started, timeout, log).await
         }
         RunAction::CloudInit => {
@@ -161,13 +167,7 @@ async fn drive(
             let script = "cloud-init status --wait --long; rc=$?; echo '--- /var/log/cloud-init-output.log (tail)'; \
                           tail -n 40 /var/log/cloud-init-output.log 2>/dev/null; \
                           if [ $rc -eq 2 ]; then echo 'cloud-init finished with recoverable errors'; rc=0; fi; exit $rc";
-            let req = GuestExec {
-                path: "/bin/sh".into(),
-                args: vec!["-c".into(), script.into()],
-                env: BASE_ENV.iter().map(|s| s.to_string()).collect(),
-                input: None,
-                capture_output: true,
-            };
+            let req = guest_command("/bin/sh", vec!["-c".into(), script.into()], true);
             exec_captured(rec, id, run, req, started, timeout, log).await
         }
     }
@@ -207,13 +207,7 @@ async fn start_script(
 ) -> Result<i64, String> {
     let mut s = connect(rec, id, GUEST_AGENT_WAIT).await?;
     let q = &mut s.client;
-    let mkdir = GuestExec {
-        path: "/bin/mkdir".into(),
-        args: vec!["-p".into(), GUEST_DIR.into()],
-        env: BASE_ENV.iter().map(|s| s.to_string()).collect(),
-        input: None,
-        capture_output: true,
-    };
+    let mkdir = guest_command("/bin/mkdir", vec!["-p".into(), GUEST_DIR.into()], true);
     let st = q.run(&mkdir, Duration::from_secs(30)).await.map_err(|e| format!("preparing {GUEST_DIR}: {e}"))?;
     if st.exit_code != Some(0) {
         return Err(format!("cannot create {GUEST_DIR} in the guest: {}", String::from_utf8_lossy(&st.stderr).trim()));
@@ -221,17 +215,15 @@ async fn start_script(
     let script = format!("{GUEST_DIR}/{}.sh", run.id);
     let log = format!("{GUEST_DIR}/{}.log", run.id);
     q.write_file(&script, body.as_bytes()).await.map_err(|e| format!("writing the script to {script}: {e}"))?;
-    let mut env: Vec<String> = BASE_ENV.iter().map(|s| s.to_string()).collect();
-    env.extend(params.iter().map(|(k, v)| format!("{k}={v}")));
-    env.push(format!("NUBO_RUN_ID={}", run.id));
-    env.push(format!("NUBO_INSTANCE_ID={id}"));
     // The shell redirects the script's output to the log we follow; the
     // script's own shebang is honoured when it has one.
     let wrapper = format!(
         "chmod 700 {script} && if [ \"$(head -c 2 {script})\" = '#!' ]; then exec {script} >{log} 2>&1 </dev/null; else exec /bin/sh {script} >{log} 2>&1 </dev/null; fi"
     );
-    let req =
-        GuestExec { path: "/bin/sh".into(), args: vec!["-c".into(), wrapper], env, input: None, capture_output: false };
+    let mut req = guest_command("/bin/sh", vec!["-c".into(), wrapper], false);
+    req.env.extend(params.iter().map(|(k, v)| format!("{k}={v}")));
+    req.env.push(format!("NUBO_RUN_ID={}", run.id));
+    req.env.push(format!("NUBO_INSTANCE_ID={id}"));
     let pid = q.exec(&req).await.map_err(|e| format!("starting the script: {e}"))?;
     tracing::info!(run = %run.id, pid, "run started in the guest");
     Ok(pid)
@@ -256,12 +248,7 @@ async fn follow(
     loop {
         if started.elapsed() > timeout {
             if let Ok(mut s) = connect(rec, id, Duration::from_secs(5)).await {
-                let kill = GuestExec {
-                    path: "/bin/kill".into(),
-                    args: vec!["-9".into(), pid.to_string()],
-                    env: BASE_ENV.iter().map(|s| s.to_string()).collect(),
-                    ..Default::default()
-                };
+                let kill = guest_command("/bin/kill", vec!["-9".into(), pid.to_string()], false);
                 let _ = s.client.run(&kill, Duration::from_secs(10)).await;
             }
             return Ok(Outcome::failed(format!("timed out after {} s and was killed", timeout.as_secs())));

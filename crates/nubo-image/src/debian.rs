@@ -31,8 +31,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ImageError, IoContext};
-use crate::host::{APT_CACHE, CHROOT, DPKG_QUERY, MKFS_EXT4, MMDEBSTRAP, QEMU_IMG};
-use crate::store::{self, describe, Built, ManifestPackage};
+use crate::host::{APT_CACHE, CHROOT, DPKG_QUERY, MMDEBSTRAP};
+use crate::store::{self, Built, ManifestPackage};
 
 /// Kernel command line for direct kernel boot of `debian`. `net.ifnames=0`
 /// keeps the classic `eth0`, which the seed's network-config names.
@@ -318,33 +318,8 @@ pub(crate) fn build(
 
     let size = disk_size(&rootfs)?;
     progress(&format!("making the ext4 root file system ({} MiB)", size >> 20));
-    let raw = work.join("disk.raw");
-    {
-        let f = fs::File::create(&raw).ctx("creating", &raw)?;
-        f.set_len(size).ctx("sizing", &raw)?;
-    }
-    MKFS_EXT4.run(
-        MKFS_EXT4
-            .command()
-            .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0"])
-            .args(["-L", "nubo-root", "-E", "root_owner=0:0", "-d"])
-            .arg(&rootfs)
-            .arg(&raw),
-        "check that e2fsprogs >= 1.43 is installed (`apt-get install e2fsprogs`) and that the disk is not full",
-    )?;
-    progress("converting to qcow2");
-    QEMU_IMG.run(
-        QEMU_IMG.command().args(["convert", "-q", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(out.join("disk.qcow2")),
-        "check that qemu-utils is installed (`apt-get install qemu-utils`) and that the disk is not full",
-    )?;
-    fs::remove_file(&raw).ctx("removing", &raw)?;
-
-    let mut files = Vec::new();
-    for (role, file) in [("kernel", "kernel"), ("initrd", "initrd"), ("disk", "disk.qcow2")] {
-        let path = out.join(file);
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o444)).ctx("making read-only", &path)?;
-        files.push(describe(out, role, file)?);
-    }
+    crate::disk::root_disk(&rootfs, work, out, size, &[], progress)?;
+    let files = crate::disk::seal(out)?;
     Ok(Built { kernel_version, packages, files })
 }
 

@@ -54,6 +54,7 @@
 
 mod apt;
 mod debian;
+mod disk;
 mod elf;
 mod error;
 mod host;

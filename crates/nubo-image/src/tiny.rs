@@ -28,10 +28,9 @@ use std::path::{Component, Path, PathBuf};
 use crate::apt::{self, DebPackage, DownloadCache};
 use crate::elf::Elf;
 use crate::error::{ImageError, IoContext};
-use crate::host::{MKFS_EXT4, QEMU_IMG};
 use crate::initrd;
 use crate::kmod::ModuleTree;
-use crate::store::{self, describe, Built, ManifestPackage};
+use crate::store::{self, Built, ManifestPackage};
 use sha2::{Digest, Sha256};
 
 /// Kernel command line for direct kernel boot of `tiny`.
@@ -77,7 +76,7 @@ const UDHCPC_SCRIPT: &str = include_str!("../assets/tiny/udhcpc.script");
 pub(crate) fn recipe() -> String {
     let mut h = Sha256::new();
     h.update(format!("tiny/{}\n{CMDLINE}\n{DISK_SIZE}\n{KERNEL_META}\n{BUSYBOX}\n", store::FORMAT));
-    let agent = guest_agent_binary().ok().and_then(|p| sha256_of(&p).ok());
+    let agent = guest_agent_binary().ok().and_then(|p| store::sha256_file(&p).ok());
     h.update(format!("guest-agent={}\n", agent.as_deref().unwrap_or("missing")).as_bytes());
     for list in [RESIZE_PACKAGES, DROPBEAR_PACKAGES, REQUIRED_MODULES, OPTIONAL_MODULES] {
         h.update(list.join(",").as_bytes());
@@ -88,11 +87,6 @@ pub(crate) fn recipe() -> String {
         h.update(script.as_bytes());
     }
     hex::encode(h.finalize())
-}
-
-fn sha256_of(path: &Path) -> Result<String, ImageError> {
-    let data = fs::read(path).ctx("reading", path)?;
-    Ok(hex::encode(Sha256::digest(&data)))
 }
 
 /// The static `nubo-guest-agent` binary to install: `$NUBO_GUEST_AGENT`, else
@@ -255,32 +249,8 @@ pub(crate) fn build(
         &ssh_roots,
         "dropbear-bin",
     )?;
-    let raw = work.join("disk.raw");
-    {
-        let f = fs::File::create(&raw).ctx("creating", &raw)?;
-        f.set_len(DISK_SIZE).ctx("sizing", &raw)?;
-    }
-    MKFS_EXT4.run(
-        MKFS_EXT4
-            .command()
-            .args(["-q", "-F", "-t", "ext4", "-T", "default", "-b", "4096", "-m", "0"])
-            .args(["-L", "nubo-root", "-E", "root_owner=0:0", "-d"])
-            .arg(&rootfs)
-            .arg(&raw),
-        "check that e2fsprogs >= 1.43 is installed (`apt-get install e2fsprogs`) and that the disk is not full",
-    )?;
-    QEMU_IMG.run(
-        QEMU_IMG.command().args(["convert", "-q", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(out.join("disk.qcow2")),
-        "check that qemu-utils is installed (`apt-get install qemu-utils`) and that the disk is not full",
-    )?;
-    fs::remove_file(&raw).ctx("removing", &raw)?;
-
-    let mut files = Vec::new();
-    for (role, file) in [("kernel", "kernel"), ("initrd", "initrd"), ("disk", "disk.qcow2")] {
-        let path = out.join(file);
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o444)).ctx("making read-only", &path)?;
-        files.push(describe(out, role, file)?);
-    }
+    crate::disk::root_disk(&rootfs, work, out, DISK_SIZE, &["-T", "default"], &mut |_| {})?;
+    let files = crate::disk::seal(out)?;
     Ok(Built {
         kernel_version: kver,
         packages: packages

@@ -12,17 +12,22 @@
 
 mod common;
 use common::*;
-use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn http_get(addr: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
+/// `nubo image build debian ARGS` into the test image cache (a cached
+/// build is reused when it fits); its stdout and stderr.
+fn build_debian(args: &[&str]) -> (String, String) {
+    let out = Command::new(nubo_bin())
+        .args(["image", "build", "debian"])
+        .args(args)
+        .arg("--cache")
+        .arg(image_cache())
+        .output()
+        .expect("run nubo image build");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "image build failed:\n{stderr}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
 }
 
 fn value_after(console: &str, key: &str) -> u64 {
@@ -43,15 +48,8 @@ fn debian_image_with_nginx_serves_the_page_cloud_init_wrote() {
 
     // Build (or reuse a cached debian that already has nginx).
     let started = Instant::now();
-    let out = Command::new(nubo_bin())
-        .args(["image", "build", "debian", "--packages", "nginx", "--cache"])
-        .arg(image_cache())
-        .output()
-        .expect("run nubo image build");
+    let (stdout, stderr) = build_debian(&["--packages", "nginx"]);
     let build_time = started.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "image build failed:\n{stderr}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("extra packages: nginx"), "{stdout}");
     let reused = !stderr.contains("mmdebstrap");
     eprintln!(
@@ -106,7 +104,7 @@ fn debian_image_with_nginx_serves_the_page_cloud_init_wrote() {
     assert!(console.contains(&format!("{} instance-id={id}", nubo_api::BOOT_COMPLETE_MARKER)), "{console}");
 
     let page = wait_until("nginx to serve the page cloud-init wrote", Duration::from_secs(300), || {
-        http_get(&addr).filter(|p| p.contains(&token))
+        http(&addr, "GET", "/", "").filter(|p| p.contains(&token))
     });
     let to_http = started.elapsed();
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
@@ -162,7 +160,7 @@ fn debian_image_with_nginx_serves_the_page_cloud_init_wrote() {
     ]);
     assert!(out.contains("serving /var/www/recipe on port 8080"), "{out}");
     let recipe_addr = i["ports"]["8080"].as_str().expect("port 8080 forwarded").to_string();
-    let page = wait_until("the recipe's web server", Duration::from_secs(30), || http_get(&recipe_addr));
+    let page = wait_until("the recipe's web server", Duration::from_secs(30), || http(&recipe_addr, "GET", "/", ""));
     assert!(page.contains("recipe-on-debian"), "{page}");
 
     cloud.nubo_ok(&["instance", "terminate", &id, "--wait"]);
@@ -178,12 +176,7 @@ fn debian_cloud_config_recipe_at_launch() {
         eprintln!("skipped: set NUBO_SLOW_TESTS=1 to boot the debian image");
         return;
     }
-    let out = Command::new(nubo_bin())
-        .args(["image", "build", "debian", "--cache"])
-        .arg(image_cache())
-        .output()
-        .expect("run nubo image build");
-    assert!(out.status.success(), "image build failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    build_debian(&[]);
 
     let cloud = Cloud::up();
     let recipe = cloud.data_dir().join("greeting.toml");

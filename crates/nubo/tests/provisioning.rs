@@ -9,29 +9,10 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
 const BOOT: Duration = Duration::from_secs(180);
-
-fn http(addr: &str, method: &str, path: &str, body: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let req = format!("{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-    s.write_all(req.as_bytes()).ok()?;
-    // Keep what arrived even if the connection then ends with a reset
-    // (slirp passes on a guest's abortive close).
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned())
-}
 
 fn port(instance: &Value, guest: u16) -> String {
     instance["ports"][guest.to_string()].as_str().expect("forwarded port").to_string()

@@ -6,7 +6,6 @@
 
 mod common;
 use common::*;
-use std::io::{Read, Write};
 use std::time::Duration;
 
 const USER_DATA: &str = r#"#!/bin/sh
@@ -17,15 +16,6 @@ mkdir -p /www && echo hello-from-guest > /www/index.html
 httpd -p 80 -h /www
 echo "httpd-started"
 "#;
-
-fn http_get(addr: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
 
 fn value_after(console: &str, key: &str) -> u64 {
     console
@@ -84,7 +74,7 @@ fn tiny_vm_boots_serves_and_obeys_power_commands() {
 
     // The forwarded port reaches the guest's web server.
     let page = wait_until("the guest's web server", Duration::from_secs(30), || {
-        http_get(&addr).filter(|p| p.contains("hello-from-guest"))
+        http(&addr, "GET", "/index.html", "").filter(|p| p.contains("hello-from-guest"))
     });
     assert!(page.starts_with("HTTP/1."), "{page}");
 
@@ -99,7 +89,7 @@ fn tiny_vm_boots_serves_and_obeys_power_commands() {
     assert!(alive(pid));
     cloud.nubo_ok(&["instance", "stop", &id, "--wait"]);
     wait_until("QEMU to exit after stop", Duration::from_secs(30), || (!alive(pid)).then_some(()));
-    assert!(http_get(&addr).is_none_or(|p| !p.contains("hello-from-guest")));
+    assert!(http(&addr, "GET", "/index.html", "").is_none_or(|p| !p.contains("hello-from-guest")));
 
     // Start: boots again from the same disk.
     cloud.nubo_ok(&["instance", "start", &id, "--wait"]);
@@ -108,7 +98,7 @@ fn tiny_vm_boots_serves_and_obeys_power_commands() {
     assert_ne!(pid, pid2);
     // The first boot's files survived the stop (it is the same disk).
     wait_until("the web server after start", Duration::from_secs(60), || {
-        http_get(&addr).filter(|p| p.contains("hello-from-guest"))
+        http(&addr, "GET", "/index.html", "").filter(|p| p.contains("hello-from-guest"))
     });
 
     // Reboot: same QEMU process, the guest boots once more.
