@@ -10,8 +10,18 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
-$SUDO apt-get install -y -q --no-install-recommends \
-  qemu-system-x86 qemu-utils seabios ipxe-qemu e2fsprogs mmdebstrap curl ca-certificates procps \
+# qemu-utils and qemu-system-x86 must come from the same QEMU release. Some
+# machines carry a newer qemu-utils (a backport) whose source is gone, and
+# it Breaks the release's qemu-system-common: install both at the version
+# the configured sources offer for qemu-system-x86 (downgrading if needed).
+QEMU_VERSION="$(apt-cache madison qemu-system-x86 | awk 'NR==1 {print $3}')"
+QEMU_PKGS="qemu-system-x86 qemu-utils"
+if [ -n "$QEMU_VERSION" ]; then
+  QEMU_PKGS="qemu-system-x86=$QEMU_VERSION qemu-system-common=$QEMU_VERSION qemu-utils=$QEMU_VERSION"
+fi
+# shellcheck disable=SC2086 # QEMU_PKGS is a word list on purpose
+$SUDO apt-get install -y -q --no-install-recommends --allow-downgrades \
+  $QEMU_PKGS seabios ipxe-qemu e2fsprogs mmdebstrap curl ca-certificates procps \
   slapd openssh-client
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust stable (https://rustup.rs) and re-run" >&2
