@@ -486,6 +486,8 @@ impl Reconciler {
                 argv
             }),
             mac: Some(nubo_hypervisor::mac_for(want.id.as_str())),
+            base_format: None,
+            disks: Vec::new(),
         };
         self.hypervisor.prepare_disk(&dir, &cfg).await?;
         self.ensure_imds(want);

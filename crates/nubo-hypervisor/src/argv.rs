@@ -119,6 +119,12 @@ pub fn qemu_argv(dir: &VmDir, cfg: &VmConfig) -> Result<Vec<OsString>, Hyperviso
     for i in 0..cfg.hotplug_slots {
         push(&["-device", &format!("pcie-root-port,id=hp{i},chassis={}", i + 1)]);
     }
+    // Data disks go behind root ports (not on pcie.0, whose devices cannot
+    // be unplugged), exactly as a later hot-plug puts them.
+    for d in &cfg.disks {
+        let node = crate::disks::data_disk_node(d, path_str("data disk", &d.path)?);
+        push(&["-blockdev", &node.to_string(), "-device", &crate::disks::data_disk_device(d)]);
+    }
 
     if let Boot::Direct { kernel, initrd, cmdline } = &cfg.boot {
         push(&["-kernel", path_str("kernel", kernel)?]);
@@ -183,6 +189,8 @@ mod tests {
             hotplug_slots: 2,
             metadata_relay: None,
             mac: None,
+            base_format: None,
+            disks: Vec::new(),
         }
     }
 
@@ -272,6 +280,30 @@ mod tests {
         assert!(got.contains(&"virtio-net-pci,netdev=net0,id=nic0,mac=52:54:00:aa:bb:cc".to_string()));
         c.metadata_relay = Some(vec!["/opt/my dir/nubo".into()]);
         assert!(qemu_argv(&VmDir::new("/d/vm-1"), &c).unwrap_err().to_string().contains("plain paths"));
+    }
+
+    #[test]
+    fn data_disks_sit_behind_root_ports() {
+        let mut c = cfg();
+        c.disks.push(crate::DataDisk {
+            id: "vol-0123456789abcdef0".into(),
+            path: "/v/a,b.qcow2".into(),
+            serial: "vol0123456789abcdef0".into(),
+            slot: 1,
+        });
+        let got = strings(qemu_argv(&VmDir::new("/d/vm-1"), &c).unwrap());
+        let tail: Vec<&str> = got[got.len() - 4..].iter().map(String::as_str).collect();
+        assert_eq!(
+            tail,
+            [
+                "-blockdev",
+                r#"{"discard":"unmap","driver":"qcow2","file":{"discard":"unmap","driver":"file","filename":"/v/a,b.qcow2"},"node-name":"vol-0123456789abcdef0"}"#,
+                "-device",
+                "virtio-blk-pci,drive=vol-0123456789abcdef0,id=vol-0123456789abcdef0,serial=vol0123456789abcdef0,bus=hp1",
+            ]
+        );
+        c.disks[0].slot = 2;
+        assert!(qemu_argv(&VmDir::new("/d/vm-1"), &c).unwrap_err().to_string().contains("slot"));
     }
 
     #[test]

@@ -8,8 +8,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Accel, HypervisorError};
 
-/// Free `pcie-root-port`s created at boot for later disk hot-plug.
-pub const DEFAULT_HOTPLUG_SLOTS: u32 = 4;
+/// `pcie-root-port`s created at boot for data disks: each data disk sits
+/// on its own port (at boot or hot-plugged), so this is also the most data
+/// disks a VM can have.
+pub const DEFAULT_HOTPLUG_SLOTS: u32 = 8;
+
+/// Longest serial a virtio-blk disk carries (`VIRTIO_BLK_ID_BYTES`).
+pub const MAX_DISK_SERIAL: usize = 20;
+/// Longest QMP node name / device id QEMU accepts.
+const MAX_NODE_NAME: usize = 31;
 
 const MAX_VCPUS: u32 = 255;
 const MIN_MEMORY_MIB: u64 = 32;
@@ -30,6 +37,66 @@ pub enum Boot {
 pub struct PortForward {
     pub host_port: u16,
     pub guest_port: u16,
+}
+
+/// A data disk (a volume): a qcow2 file on its own PCIe root port, so it
+/// can be hot-plugged and unplugged. Its id names the QMP block node and
+/// the device; the guest finds it by `serial`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataDisk {
+    /// `[a-z][a-z0-9-]*`, at most 31 characters (QMP node names), e.g. the volume id.
+    pub id: String,
+    /// The qcow2 file (absolute path).
+    pub path: PathBuf,
+    /// What the guest reads in `/sys/block/*/serial`: 1-20 of `[A-Za-z0-9]`.
+    pub serial: String,
+    /// Index of the root port (`hp{slot}`), below `hotplug_slots`.
+    pub slot: u32,
+}
+
+impl DataDisk {
+    /// Check the fields that end up in QMP and on the command line.
+    pub fn validate(&self, hotplug_slots: u32) -> Result<(), HypervisorError> {
+        let bad = |msg: String| Err(HypervisorError::InvalidConfig(msg));
+        let id_ok = self.id.len() <= MAX_NODE_NAME
+            && self.id.starts_with(|c: char| c.is_ascii_lowercase())
+            && self.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !id_ok {
+            return bad(format!(
+                "data disk id {:?} is invalid; use 1-{MAX_NODE_NAME} of [a-z0-9-] starting with a letter",
+                self.id
+            ));
+        }
+        // Ids of our own nodes, so a data disk can never shadow them.
+        if matches!(self.id.as_str(), "root" | "seed") || self.id.starts_with("bk") {
+            return bad(format!("data disk id {:?} is reserved; use a volume id", self.id));
+        }
+        if self.serial.is_empty()
+            || self.serial.len() > MAX_DISK_SERIAL
+            || !self.serial.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return bad(format!(
+                "data disk serial {:?} is invalid; use 1-{MAX_DISK_SERIAL} letters and digits",
+                self.serial
+            ));
+        }
+        if self.slot >= hotplug_slots {
+            return bad(format!(
+                "data disk {} wants slot {}, but the VM has {hotplug_slots} hot-plug slots (0-{})",
+                self.id,
+                self.slot,
+                hotplug_slots.saturating_sub(1)
+            ));
+        }
+        if !self.path.is_absolute() {
+            return bad(format!(
+                "data disk {} path {} is relative; pass an absolute path",
+                self.id,
+                self.path.display()
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Everything needed to prepare and start one VM.
@@ -62,6 +129,14 @@ pub struct VmConfig {
     /// MAC address of the NIC (`52:54:00:xx:xx:xx`); QEMU's default when absent.
     #[serde(default)]
     pub mac: Option<String>,
+    /// Format of `base_disk` (`raw` or `qcow2`). Images from users must name
+    /// it: guessing from the content lets a "raw" image that looks like a
+    /// qcow2 point QEMU at any file. `None` guesses (Nubo's own images only).
+    #[serde(default)]
+    pub base_format: Option<String>,
+    /// Data disks plugged in at start, each on its slot's root port.
+    #[serde(default)]
+    pub disks: Vec<DataDisk>,
 }
 
 /// The guest network used with a metadata service; QEMU's guestfwd only
@@ -152,6 +227,22 @@ impl VmConfig {
                 ));
             }
         }
+        if let Some(f) = &self.base_format {
+            if f != "raw" && f != "qcow2" {
+                return bad(format!("base_format {f:?} is unknown; use raw or qcow2"));
+            }
+        }
+        let mut disk_ids = HashSet::new();
+        let mut slots = HashSet::new();
+        for d in &self.disks {
+            d.validate(self.hotplug_slots)?;
+            if !disk_ids.insert(d.id.as_str()) {
+                return bad(format!("data disk {} is listed twice", d.id));
+            }
+            if !slots.insert(d.slot) {
+                return bad(format!("two data disks want slot {}; give each its own", d.slot));
+            }
+        }
         if let Some(mac) = &self.mac {
             if !valid_mac(mac) {
                 return bad(format!("MAC address '{mac}' is invalid; use six hex pairs like 52:54:00:12:34:56"));
@@ -192,6 +283,28 @@ mod tests {
         for bad in ["", "52:54:00:12:34", "53:54:00:12:34:56", "52:54:00:12:34:zz", "52-54-00-12-34-56"] {
             assert!(!valid_mac(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn data_disks_are_checked() {
+        let ok = DataDisk {
+            id: "vol-0123456789abcdef0".into(),
+            path: "/v/vol.qcow2".into(),
+            serial: "vol0123456789abcdef0".into(),
+            slot: 1,
+        };
+        assert!(ok.validate(2).is_ok());
+        let with = |f: &dyn Fn(&mut DataDisk)| {
+            let mut d = ok.clone();
+            f(&mut d);
+            d.validate(2).unwrap_err().to_string()
+        };
+        assert!(with(&|d| d.slot = 2).contains("slot"));
+        assert!(with(&|d| d.id = "root".into()).contains("reserved"));
+        assert!(with(&|d| d.id = "Vol".into()).contains("[a-z0-9-]"));
+        assert!(with(&|d| d.id = "v".repeat(32)).contains("[a-z0-9-]"));
+        assert!(with(&|d| d.serial = "vol-0123456789abcdef0".into()).contains("serial"));
+        assert!(with(&|d| d.path = "vol.qcow2".into()).contains("relative"));
     }
 
     #[test]

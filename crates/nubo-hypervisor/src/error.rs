@@ -78,6 +78,14 @@ pub enum HypervisorError {
         source: std::io::Error,
     },
 
+    /// The guest did not let go of a data disk in time.
+    #[error("the guest did not release disk {id} within {waited:?}; it may be in use (mounted) or the guest may not support PCIe hot-unplug: unmount it in the guest and detach again, or stop the instance and detach it then")]
+    DetachTimeout { id: String, waited: Duration },
+
+    /// A point-in-time copy of a disk did not complete.
+    #[error("copying the disk to {what} failed: {reason}; check free space on the host and retry")]
+    CopyFailed { what: String, reason: String },
+
     /// Talking to QEMU's monitor failed.
     #[error(transparent)]
     Qmp(#[from] QmpError),

@@ -1,8 +1,9 @@
 //! The driver-independent interface the compute agent uses to run VMs.
 
+use std::path::Path;
 use std::time::Duration;
 
-use crate::{HypervisorError, VmConfig, VmDir};
+use crate::{AttachedDisk, BackupJob, DataDisk, HypervisorError, VmConfig, VmDir};
 
 /// Whether a VM's process is alive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +70,41 @@ pub trait Hypervisor: Send + Sync {
     fn cpu_time(&self, _dir: &VmDir) -> Option<Duration> {
         None
     }
+
+    // ---- data disks (volumes) ----
+
+    /// Create a sparse volume file of `size` bytes (kept, or grown, if it exists).
+    async fn create_volume(&self, path: &Path, size: u64) -> Result<(), HypervisorError>;
+
+    /// Grow a volume file no running VM has open.
+    async fn resize_volume(&self, path: &Path, size: u64) -> Result<(), HypervisorError>;
+
+    /// Virtual size in bytes of a volume (or disk) file.
+    async fn volume_size(&self, path: &Path) -> Result<u64, HypervisorError>;
+
+    /// Copy a disk file no running VM writes into a new self-contained file
+    /// at `dst` (any backing chain flattened).
+    async fn copy_disk_file(&self, src: &Path, dst: &Path) -> Result<(), HypervisorError>;
+
+    /// Hot-plug a data disk into the running VM. Ok if it is attached already.
+    async fn attach_disk(&self, dir: &VmDir, disk: &DataDisk) -> Result<(), HypervisorError>;
+
+    /// Hot-unplug data disk `id`, waiting up to `timeout` for the guest to
+    /// release it. Ok if it is not attached.
+    async fn detach_disk(&self, dir: &VmDir, id: &str, timeout: Duration) -> Result<(), HypervisorError>;
+
+    /// The data disks the running VM has.
+    async fn attached_disks(&self, dir: &VmDir) -> Result<Vec<AttachedDisk>, HypervisorError>;
+
+    /// Grow an attached data disk while the guest runs.
+    async fn resize_attached_disk(&self, dir: &VmDir, id: &str, size: u64) -> Result<(), HypervisorError>;
+
+    /// Start a point-in-time copy of the running VM's disk `node` (`root`,
+    /// or a data disk id) into a new self-contained file at `target`.
+    async fn backup_start(&self, dir: &VmDir, node: &str, target: &Path) -> Result<BackupJob, HypervisorError>;
+
+    /// Wait for a copy to complete; on failure the partial file is removed.
+    async fn backup_finish(&self, dir: &VmDir, job: &BackupJob, timeout: Duration) -> Result<(), HypervisorError>;
 }
 
 #[cfg(test)]

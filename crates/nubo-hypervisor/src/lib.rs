@@ -5,7 +5,9 @@
 //! driver; today [`Qemu`]), the per-VM instance directory layout ([`VmDir`]),
 //! the QEMU command line ([`qemu_argv`]), accelerator detection
 //! ([`detect_accel`]), a small typed QMP client ([`qmp`]) and a QEMU Guest
-//! Agent client ([`QgaClient`]) for the agent channel every VM gets.
+//! Agent client ([`QgaClient`]) for the agent channel every VM gets, and
+//! data disks ([`DataDisk`]): hot-plug, unplug, online resize and
+//! point-in-time copies.
 //!
 //! VMs run outside the caller's process group and session (QEMU `-daemonize`),
 //! so a restarted agent re-adopts them through the pidfile and QMP socket kept
@@ -15,6 +17,7 @@ mod accel;
 mod argv;
 mod config;
 mod dir;
+mod disks;
 mod error;
 mod hypervisor;
 mod process;
@@ -25,9 +28,11 @@ pub mod qmp;
 pub use accel::{detect_accel, Accel, AccelPreference, ParseAccelError};
 pub use argv::qemu_argv;
 pub use config::{
-    mac_for, validate_id, Boot, PortForward, VmConfig, DEFAULT_HOTPLUG_SLOTS, GUEST_ADDR, METADATA_ADDR, METADATA_NET,
+    mac_for, validate_id, Boot, DataDisk, PortForward, VmConfig, DEFAULT_HOTPLUG_SLOTS, GUEST_ADDR, MAX_DISK_SERIAL,
+    METADATA_ADDR, METADATA_NET,
 };
 pub use dir::VmDir;
+pub use disks::{AttachedDisk, BackupJob};
 pub use error::HypervisorError;
 pub use hypervisor::{Hypervisor, VmStatus};
 pub use qemu::Qemu;

@@ -14,7 +14,10 @@ use tracing::{debug, info, warn};
 
 use crate::process::{self, running_pid};
 use crate::qmp::{QmpClient, QmpError};
-use crate::{qemu_argv, Boot, Hypervisor, HypervisorError, PortForward, VmConfig, VmDir, VmStatus};
+use crate::{
+    qemu_argv, AttachedDisk, BackupJob, Boot, DataDisk, Hypervisor, HypervisorError, PortForward, VmConfig, VmDir,
+    VmStatus,
+};
 
 const GIB: u64 = 1024 * 1024 * 1024;
 /// How long QEMU gets to exit after `quit` or SIGTERM before SIGKILL.
@@ -100,12 +103,12 @@ impl Qemu {
         Ok(self.qmp(dir).await?.cont().await?)
     }
 
-    async fn qemu_img(&self, args: &[OsString]) -> Result<String, HypervisorError> {
+    pub(crate) async fn qemu_img(&self, args: &[OsString]) -> Result<String, HypervisorError> {
         run_capture(&self.qemu_img, args).await
     }
 
     /// Virtual size in bytes of the image at `path`.
-    async fn virtual_size(&self, path: &Path, format: &str) -> Result<u64, HypervisorError> {
+    pub(crate) async fn virtual_size(&self, path: &Path, format: &str) -> Result<u64, HypervisorError> {
         let out = self
             .qemu_img(&["info".into(), "-U".into(), "--output=json".into(), "-f".into(), format.into(), path.into()])
             .await?;
@@ -198,7 +201,11 @@ impl Hypervisor for Qemu {
                 hint: "import or download the image first",
             });
         }
-        let format = image_format(&base)?;
+        let format = match cfg.base_format.as_deref() {
+            Some("raw") => "raw",
+            Some(_) => "qcow2",
+            None => image_format(&base)?,
+        };
         let base_size = self.virtual_size(&base, format).await?;
         let size = want.max(base_size);
         if size > want {
@@ -439,6 +446,46 @@ impl Hypervisor for Qemu {
         let dir = dir.resolved().ok()?;
         let pid = running_pid(&dir.pidfile())?;
         process::cpu_time(pid)
+    }
+
+    async fn create_volume(&self, path: &Path, size: u64) -> Result<(), HypervisorError> {
+        self.create_volume_file(path, size).await
+    }
+
+    async fn resize_volume(&self, path: &Path, size: u64) -> Result<(), HypervisorError> {
+        self.resize_volume_file(path, size).await
+    }
+
+    async fn volume_size(&self, path: &Path) -> Result<u64, HypervisorError> {
+        self.qcow2_size(path).await
+    }
+
+    async fn copy_disk_file(&self, src: &Path, dst: &Path) -> Result<(), HypervisorError> {
+        self.copy_qcow2_file(src, dst).await
+    }
+
+    async fn attach_disk(&self, dir: &VmDir, disk: &DataDisk) -> Result<(), HypervisorError> {
+        self.attach_data_disk(&dir.resolved()?, disk).await
+    }
+
+    async fn detach_disk(&self, dir: &VmDir, id: &str, timeout: Duration) -> Result<(), HypervisorError> {
+        self.detach_data_disk(&dir.resolved()?, id, timeout).await
+    }
+
+    async fn attached_disks(&self, dir: &VmDir) -> Result<Vec<AttachedDisk>, HypervisorError> {
+        self.attached_data_disks(&dir.resolved()?).await
+    }
+
+    async fn resize_attached_disk(&self, dir: &VmDir, id: &str, size: u64) -> Result<(), HypervisorError> {
+        self.resize_data_disk(&dir.resolved()?, id, size).await
+    }
+
+    async fn backup_start(&self, dir: &VmDir, node: &str, target: &Path) -> Result<BackupJob, HypervisorError> {
+        Qemu::backup_start(self, &dir.resolved()?, node, target).await
+    }
+
+    async fn backup_finish(&self, dir: &VmDir, job: &BackupJob, timeout: Duration) -> Result<(), HypervisorError> {
+        Qemu::backup_finish(self, &dir.resolved()?, job, timeout).await
     }
 }
 

@@ -51,6 +51,8 @@ fn config(id: &str, base: &Path, forwards: Vec<PortForward>) -> VmConfig {
         hotplug_slots: 2,
         metadata_relay: None,
         mac: None,
+        base_format: None,
+        disks: Vec::new(),
     }
 }
 

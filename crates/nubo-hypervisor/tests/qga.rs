@@ -158,6 +158,8 @@ async fn guest_agent_and_ssh_in_tiny() {
         hotplug_slots: 0,
         metadata_relay: None,
         mac: None,
+        base_format: None,
+        disks: Vec::new(),
     };
     let qemu = Qemu::default();
     qemu.prepare_disk(&dir, &cfg).await.unwrap();
