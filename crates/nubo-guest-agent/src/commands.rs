@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::exec::Processes;
-use crate::sysinfo;
+use crate::{disks, sysinfo};
 
 /// Largest `count` accepted by `guest-file-read` (qemu-ga's QGA_READ_COUNT_MAX).
 const READ_COUNT_MAX: i64 = 48 * 1024 * 1024;
@@ -41,6 +41,7 @@ pub const COMMANDS: &[(&str, bool)] = &[
     ("guest-get-fsinfo", true),
     ("guest-get-osinfo", true),
     ("guest-network-get-interfaces", true),
+    ("guest-get-disks", true),
     ("guest-shutdown", false),
 ];
 
@@ -106,6 +107,7 @@ impl Agent {
             "guest-get-fsinfo" => no_args(args).and_then(|()| sysinfo::fsinfo()),
             "guest-get-osinfo" => no_args(args).map(|()| sysinfo::osinfo()),
             "guest-network-get-interfaces" => no_args(args).and_then(|()| sysinfo::network_interfaces()),
+            "guest-get-disks" => no_args(args).and_then(|()| disks::disks()),
             "guest-shutdown" => {
                 return match parse::<ShutdownArgs>(args).and_then(|a| self.shutdown(a)) {
                     Ok(()) => Outcome::NoReply,

@@ -1,7 +1,8 @@
 //! `nubo-guest-agent`: Nubo's in-guest agent. It speaks the QEMU Guest
 //! Agent protocol (the subset Nubo uses; same JSON shapes as qemu-ga) on the
 //! virtio-serial port named `org.qemu.guest_agent.0`, so the host can run
-//! commands, move files and read facts about the guest without a network.
+//! commands, move files and read facts about the guest (disks included)
+//! without a network.
 //!
 //! This module owns the process: command-line options, finding and
 //! (re)opening the port, and the read-dispatch-write loop. It is built as a
@@ -12,6 +13,7 @@
 //! ```
 
 mod commands;
+mod disks;
 mod exec;
 mod protocol;
 mod sysinfo;

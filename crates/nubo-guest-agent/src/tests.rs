@@ -1,10 +1,14 @@
-//! Dispatcher tests: JSON lines in, replies out, no VM needed.
+//! Dispatcher tests: JSON lines in, replies out, no VM needed. Disks are
+//! read from a fake sysfs tree.
+
+use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::commands::{Agent, QgaError};
+use crate::disks::{bus_type, disks_in, pci_address, scsi_address, PciAddress};
 use crate::protocol::{Session, SENTINEL};
 use crate::sysinfo::{parse_mountinfo, parse_os_release, Mount};
 
@@ -172,7 +176,7 @@ fn exec_captures_output_input_and_status() {
 
 #[test]
 fn file_open_write_seek_read_close() {
-    let dir = tempfile_dir();
+    let dir = tempfile_dir("files");
     let path = dir.join("f.txt");
     let path = path.to_str().expect("utf8 path");
     let mut s = session();
@@ -200,8 +204,8 @@ fn file_open_write_seek_read_close() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("nubo-guest-agent-test-{}", std::process::id()));
+fn tempfile_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("nubo-guest-agent-test-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
@@ -254,4 +258,97 @@ fn parses_mountinfo_and_os_release() {
     assert_eq!(os.get("NAME").map(String::as_str), Some("Nubo tiny"));
     assert_eq!(os.get("ID").map(String::as_str), Some("nubo-tiny"));
     assert_eq!(os.get("PRETTY_NAME").map(String::as_str), Some("a \"b\""));
+}
+
+#[test]
+fn parses_sysfs_pci_and_scsi_paths() {
+    let pci = |domain, bus, slot, function| Some(PciAddress { domain, bus, slot, function });
+    // The agent canonicalises /sys/block/<d>/device (its link target is just
+    // ../../../virtioN); the last PCI function on the path is the disk's own,
+    // not the PCIe root port it sits behind.
+    assert_eq!(pci_address("../../../0000:00:03.0/virtio1"), pci(0, 0, 3, 0));
+    assert_eq!(pci_address("/sys/devices/pci0000:00/0000:00:1c.2/0000:01:00.0/virtio3"), pci(0, 1, 0, 0));
+    assert_eq!(pci_address("/sys/devices/pci0001:10/0001:10:1f.7/host0/target0:0:1/0:0:1:2"), pci(1, 0x10, 0x1f, 7));
+    assert_eq!(pci_address("/sys/devices/platform/virtio-mmio.0/virtio0"), None);
+    assert_eq!(pci_address("/sys/devices/pci0000:00/0000:00:0g.0/virtio1"), None);
+    assert_eq!(pci_address(""), None);
+    assert_eq!(scsi_address("/sys/devices/pci0000:00/0000:00:05.0/host2/target2:0:1/2:0:1:3"), Some((0, 1, 3)));
+    assert_eq!(scsi_address("/sys/devices/pci0000:00/0000:00:05.0/virtio2"), None);
+    assert_eq!((bus_type("vdc"), bus_type("sda"), bus_type("nvme0n1")), ("virtio", "scsi", "unknown"));
+}
+
+/// Writes `text` to `path`, creating its directory.
+fn put(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, text).expect("write");
+}
+
+#[test]
+fn lists_disks_from_sysfs() {
+    let root = tempfile_dir("sysfs");
+    let devices = root.join("devices");
+    let block = root.join("block");
+    std::fs::create_dir_all(&block).expect("mkdir");
+    // Each disk: a real directory under devices/, linked from block/, with a
+    // `device` link to its parent, as in sysfs.
+    let disk = |parent: &str, name: &str, size: &str| {
+        let dir = devices.join(parent).join("block").join(name);
+        put(&dir.join("size"), size);
+        std::os::unix::fs::symlink("../..", dir.join("device")).expect("device link");
+        std::os::unix::fs::symlink(&dir, block.join(name)).expect("block link");
+        dir
+    };
+    let vda = disk("pci0000:00/0000:00:03.0/virtio1", "vda", "2097152\n");
+    put(&vda.join("vda1/partition"), "1\n");
+    put(&vda.join("vda10/partition"), "10\n");
+    put(&vda.join("vda2/partition"), "2\n");
+    put(&vda.join("queue/rotational"), "0\n");
+    put(&vda.join("serial"), "\n");
+    let vdc = disk("pci0000:00/0000:00:1c.0/0000:01:00.0/virtio3", "vdc", "131072\n");
+    put(&vdc.join("serial"), "vol0123456789abcdef0");
+    disk("pci0000:00/0000:00:05.0/host0/target0:0:1/0:0:1:2", "sda", "8\n");
+    disk("platform/virtio-mmio.0/virtio0", "vdz", "8\n");
+    disk("virtual", "loop0", "8\n");
+    disk("virtual", "zram0", "8\n");
+    disk("pci0000:00/0000:00:1f.2/ata1/host1/target1:0:0/1:0:0:0", "sr0", "8\n");
+    disk("virtual", "nbd0", "0\n");
+
+    let list = disks_in(&block).expect("disks");
+    let names: Vec<&str> = list.as_array().expect("list").iter().filter_map(|d| d["name"].as_str()).collect();
+    assert_eq!(names, ["/dev/sda", "/dev/vda", "/dev/vda1", "/dev/vda2", "/dev/vda10", "/dev/vdc", "/dev/vdz"]);
+    let get = |name: &str| list.as_array().and_then(|l| l.iter().find(|d| d["name"] == name)).cloned().expect(name);
+    assert_eq!(
+        get("/dev/vda"),
+        json!({"name": "/dev/vda", "partition": false, "dependencies": [], "address": {
+            "pci-controller": {"domain": 0, "bus": 0, "slot": 3, "function": 0},
+            "bus-type": "virtio", "bus": 0, "target": 0, "unit": 0, "dev": "/dev/vda"}})
+    );
+    assert_eq!(get("/dev/vda2"), json!({"name": "/dev/vda2", "partition": true, "dependencies": ["/dev/vda"]}));
+    let vdc = get("/dev/vdc");
+    assert_eq!(vdc["address"]["serial"], "vol0123456789abcdef0");
+    assert_eq!(vdc["address"]["pci-controller"], json!({"domain": 0, "bus": 1, "slot": 0, "function": 0}));
+    let sda = get("/dev/sda")["address"].clone();
+    assert_eq!(
+        (sda["bus-type"].clone(), sda["bus"].clone(), sda["target"].clone(), sda["unit"].clone()),
+        (json!("scsi"), json!(0), json!(1), json!(2))
+    );
+    let vdz = get("/dev/vdz")["address"].clone();
+    assert_eq!(vdz["pci-controller"], json!({"domain": -1, "bus": -1, "slot": -1, "function": -1}));
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn get_disks_on_this_machine_has_the_mandatory_members() {
+    let mut s = session();
+    let list = ret(&mut s, "guest-get-disks", json!({}));
+    for d in list.as_array().expect("list") {
+        assert!(d["name"].as_str().is_some_and(|n| n.starts_with("/dev/")) && d["partition"].is_boolean(), "{d}");
+        if d["partition"] == false {
+            let a = &d["address"];
+            for key in ["bus-type", "bus", "target", "unit"] {
+                assert!(!a[key].is_null(), "{key} missing in {d}");
+            }
+            assert!(["domain", "bus", "slot", "function"].iter().all(|k| a["pci-controller"][k].is_i64()), "{d}");
+        }
+    }
 }
