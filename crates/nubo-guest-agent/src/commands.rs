@@ -1,5 +1,6 @@
 //! The command table and the agent's state: which QGA commands exist, how
-//! their arguments are parsed, and the open-file handles. Argument and
+//! their arguments are parsed, the open-file handles and the file-system
+//! freeze (which disables most commands while it lasts). Argument and
 //! return shapes follow QEMU's qga/qapi-schema.json, so host tools written
 //! for the stock qemu-ga work unchanged.
 
@@ -14,7 +15,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::exec::Processes;
-use crate::sysinfo;
+use crate::fsfreeze::{self, Freezer};
+use crate::{disks, sysinfo};
 
 /// Largest `count` accepted by `guest-file-read` (qemu-ga's QGA_READ_COUNT_MAX).
 const READ_COUNT_MAX: i64 = 48 * 1024 * 1024;
@@ -41,6 +43,10 @@ pub const COMMANDS: &[(&str, bool)] = &[
     ("guest-get-fsinfo", true),
     ("guest-get-osinfo", true),
     ("guest-network-get-interfaces", true),
+    ("guest-get-disks", true),
+    ("guest-fsfreeze-status", true),
+    ("guest-fsfreeze-freeze", true),
+    ("guest-fsfreeze-thaw", true),
     ("guest-shutdown", false),
 ];
 
@@ -77,14 +83,23 @@ pub struct Agent {
     next_handle: i64,
     processes: Processes,
     shutdown: ShutdownFn,
+    freezer: Freezer,
 }
 
 impl Agent {
-    pub fn new(shutdown: ShutdownFn) -> Self {
-        Agent { files: HashMap::new(), next_handle: FIRST_HANDLE, processes: Processes::default(), shutdown }
+    pub fn new(shutdown: ShutdownFn, freezer: Freezer) -> Self {
+        Agent { files: HashMap::new(), next_handle: FIRST_HANDLE, processes: Processes::default(), shutdown, freezer }
     }
 
     pub fn dispatch(&mut self, command: &str, args: Value) -> Outcome {
+        // Like qemu-ga: unknown commands are "not found" even while frozen;
+        // known ones outside the allow-list are refused until the thaw.
+        if self.freezer.is_frozen()
+            && !fsfreeze::ALLOWED_WHILE_FROZEN.contains(&command)
+            && COMMANDS.iter().any(|(name, _)| *name == command)
+        {
+            return Outcome::Error(fsfreeze::disabled(command));
+        }
         let result = match command {
             "guest-sync-delimited" => {
                 return match sync(args) {
@@ -94,7 +109,7 @@ impl Agent {
             }
             "guest-sync" => sync(args),
             "guest-ping" => no_args(args).map(|()| json!({})),
-            "guest-info" => no_args(args).map(|()| info()),
+            "guest-info" => no_args(args).map(|()| info(self.freezer.is_frozen())),
             "guest-exec" => parse(args).and_then(|a| self.processes.exec(a)),
             "guest-exec-status" => parse::<Pid>(args).and_then(|a| self.processes.status(a.pid)),
             "guest-file-open" => parse(args).and_then(|a| self.file_open(a)),
@@ -106,6 +121,10 @@ impl Agent {
             "guest-get-fsinfo" => no_args(args).and_then(|()| sysinfo::fsinfo()),
             "guest-get-osinfo" => no_args(args).map(|()| sysinfo::osinfo()),
             "guest-network-get-interfaces" => no_args(args).and_then(|()| sysinfo::network_interfaces()),
+            "guest-get-disks" => no_args(args).and_then(|()| disks::disks()),
+            "guest-fsfreeze-status" => no_args(args).map(|()| self.freezer.status()),
+            "guest-fsfreeze-freeze" => no_args(args).and_then(|()| self.freezer.freeze()),
+            "guest-fsfreeze-thaw" => no_args(args).and_then(|()| self.freezer.thaw()),
             "guest-shutdown" => {
                 return match parse::<ShutdownArgs>(args).and_then(|a| self.shutdown(a)) {
                     Ok(()) => Outcome::NoReply,
@@ -243,10 +262,15 @@ fn sync(args: Value) -> Result<Value, QgaError> {
     parse::<Sync>(args).map(|s| json!(s.id))
 }
 
-fn info() -> Value {
+/// `guest-info`; while frozen, as in qemu-ga, only the commands that still
+/// run are `enabled`.
+fn info(frozen: bool) -> Value {
     let commands: Vec<Value> = COMMANDS
         .iter()
-        .map(|(name, success)| json!({ "name": name, "enabled": true, "success-response": success }))
+        .map(|(name, success)| {
+            let enabled = !frozen || fsfreeze::ALLOWED_WHILE_FROZEN.contains(name);
+            json!({ "name": name, "enabled": enabled, "success-response": success })
+        })
         .collect();
     json!({ "version": env!("CARGO_PKG_VERSION"), "supported_commands": commands })
 }

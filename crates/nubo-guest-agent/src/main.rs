@@ -1,7 +1,8 @@
 //! `nubo-guest-agent`: Nubo's in-guest agent. It speaks the QEMU Guest
 //! Agent protocol (the subset Nubo uses; same JSON shapes as qemu-ga) on the
-//! virtio-serial port named `org.qemu.guest_agent.0`, so the host can run
-//! commands, move files and read facts about the guest without a network.
+//! virtio-serial port named `org.qemu.guest_agent.0`, so the host can,
+//! without a network, run commands, move files, read facts about the guest
+//! (disks included) and freeze its file systems for snapshots.
 //!
 //! This module owns the process: command-line options, finding and
 //! (re)opening the port, and the read-dispatch-write loop. It is built as a
@@ -12,7 +13,9 @@
 //! ```
 
 mod commands;
+mod disks;
 mod exec;
+mod fsfreeze;
 mod protocol;
 mod sysinfo;
 #[cfg(test)]
@@ -22,9 +25,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
+use std::sync::Arc;
 use std::time::Duration;
 
 use commands::{Agent, QgaError};
+use fsfreeze::Freezer;
 use protocol::Session;
 
 /// The port name QEMU gives the guest agent channel (`virtserialport,name=...`).
@@ -66,7 +71,8 @@ fn usage(problem: &str) -> ExitCode {
 /// Serves forever: the port survives host (dis)connections, and the open
 /// files and processes survive the port being reopened.
 fn serve(device: Option<PathBuf>) -> ! {
-    let mut session = Session::new(Agent::new(run_power_command));
+    let freezer = Freezer::new(Arc::new(fsfreeze::Kernel), fsfreeze::AUTO_THAW);
+    let mut session = Session::new(Agent::new(run_power_command, freezer));
     let mut complained = false;
     loop {
         let path = match device.clone().or_else(find_port) {

@@ -47,6 +47,8 @@ pub(crate) struct Mount {
     pub mountpoint: String,
     pub fstype: String,
     pub source: String,
+    /// The file system (its superblock options, not this mount's) is read-only.
+    pub read_only: bool,
 }
 
 /// The mounts of a /proc/self/mountinfo text (malformed lines are skipped).
@@ -59,12 +61,14 @@ pub(crate) fn parse_mountinfo(text: &str) -> Vec<Mount> {
             let mut r = right.split(' ');
             let fstype = r.next()?;
             let source = r.next().unwrap_or("none");
+            let read_only = r.next().is_some_and(|opts| opts.split(',').any(|o| o == "ro"));
             Some(Mount {
                 major: major.parse().ok()?,
                 minor: minor.parse().ok()?,
                 mountpoint: unescape_octal(f.get(4)?),
                 fstype: fstype.to_string(),
                 source: unescape_octal(source),
+                read_only,
             })
         })
         .collect()

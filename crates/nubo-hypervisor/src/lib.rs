@@ -37,6 +37,6 @@ pub use error::HypervisorError;
 pub use hypervisor::{Hypervisor, VmStatus};
 pub use qemu::Qemu;
 pub use qga::{
-    GuestAgentInfo, GuestExec, GuestExecStatus, GuestFileRead, GuestFilesystem, GuestIpAddress, GuestNetworkInterface,
-    GuestOsInfo, QgaClient, QgaError, ShutdownMode,
+    GuestAgentInfo, GuestDisk, GuestExec, GuestExecStatus, GuestFileRead, GuestFilesystem, GuestIpAddress,
+    GuestNetworkInterface, GuestOsInfo, QgaClient, QgaError, ShutdownMode,
 };

@@ -25,6 +25,8 @@ use tokio::net::UnixStream;
 const MAX_LINE: u64 = 80 * 1024 * 1024;
 /// Bytes per guest-file-write in [`QgaClient::write_file`].
 const WRITE_CHUNK: usize = 1024 * 1024;
+/// Bytes per guest-file-read in [`QgaClient::read_small_file`].
+const READ_CHUNK: usize = 1024 * 1024;
 /// How often [`QgaClient::run`] polls guest-exec-status.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// The byte QGA puts before the reply of guest-sync-delimited; sent by the
@@ -106,6 +108,23 @@ pub struct GuestFilesystem {
     pub used_bytes: Option<u64>,
     /// Size available to unprivileged users (used + available).
     pub total_bytes: Option<u64>,
+}
+
+/// One entry of `guest-get-disks`: a disk or a partition the guest kernel
+/// sees. The address members are flattened; those not given are `None`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuestDisk {
+    /// Device node, e.g. `/dev/vda` or `/dev/vda1`.
+    pub name: String,
+    pub partition: bool,
+    /// Devices this one sits on: a partition's disk, a device-mapper volume's disks.
+    pub dependencies: Vec<String>,
+    /// The disk's serial number (virtio-blk `serial=`), when it has one.
+    pub serial: Option<String>,
+    /// `"virtio"`, `"scsi"`, `"unknown"`, ... (the schema's GuestDiskBusType).
+    pub bus_type: Option<String>,
+    /// Device node from the disk's address.
+    pub dev: Option<String>,
 }
 
 /// `guest-get-osinfo` (the fields Nubo uses).
@@ -408,6 +427,35 @@ impl QgaClient {
         written.and(closed)
     }
 
+    /// Reads a whole small guest file, such as `/sys/block/vdb/size`: open
+    /// `r`, read until end of file or `max` bytes (the rest is not read),
+    /// close. The handle is closed when a read fails too, unless the
+    /// connection itself broke.
+    pub async fn read_small_file(&mut self, path: &str, max: usize) -> Result<Vec<u8>, QgaError> {
+        let handle = self.file_open(path, "r").await?;
+        let mut data = Vec::new();
+        let read = loop {
+            let want = max.saturating_sub(data.len()).min(READ_CHUNK);
+            if want == 0 {
+                break Ok(());
+            }
+            match self.file_read(handle, want).await {
+                Ok(r) => {
+                    let done = r.eof || r.data.is_empty();
+                    // Never more than asked for, whatever the agent sent.
+                    data.extend_from_slice(&r.data[..r.data.len().min(want)]);
+                    if done {
+                        break Ok(());
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        // Close even after a failed read so the guest does not leak the handle.
+        let closed = if self.broken { Ok(()) } else { self.file_close(handle).await };
+        read.and(closed).map(|()| data)
+    }
+
     /// `guest-get-fsinfo`.
     pub async fn fsinfo(&mut self) -> Result<Vec<GuestFilesystem>, QgaError> {
         let v = self.execute("guest-get-fsinfo", None).await?;
@@ -422,6 +470,55 @@ impl QgaClient {
                 total_bytes: f.get("total-bytes").and_then(Value::as_u64),
             })
             .collect())
+    }
+
+    /// `guest-get-disks`: disks and partitions, in the agent's order. Members
+    /// this client does not know (qemu-ga's `alias`, `smart`, ...) are ignored.
+    pub async fn disks(&mut self) -> Result<Vec<GuestDisk>, QgaError> {
+        let v = self.execute("guest-get-disks", None).await?;
+        let list = v.as_array().ok_or_else(|| bad_reply("guest-get-disks", &v))?;
+        Ok(list
+            .iter()
+            .map(|d| {
+                let address = d.get("address").unwrap_or(&Value::Null);
+                GuestDisk {
+                    name: str_field(d, "name").unwrap_or_default(),
+                    partition: d["partition"].as_bool().unwrap_or(false),
+                    dependencies: d["dependencies"]
+                        .as_array()
+                        .map(|l| l.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                        .unwrap_or_default(),
+                    serial: str_field(address, "serial"),
+                    bus_type: str_field(address, "bus-type"),
+                    dev: str_field(address, "dev"),
+                }
+            })
+            .collect())
+    }
+
+    /// `guest-fsfreeze-status`: `"thawed"` or `"frozen"`.
+    pub async fn fsfreeze_status(&mut self) -> Result<String, QgaError> {
+        let v = self.execute("guest-fsfreeze-status", None).await?;
+        v.as_str().map(str::to_string).ok_or_else(|| bad_reply("guest-fsfreeze-status", &v))
+    }
+
+    /// `guest-fsfreeze-freeze`: syncs and freezes the guest's local file
+    /// systems; returns how many are frozen (0 leaves the guest thawed).
+    /// Until [`Self::fsfreeze_thaw`], the agent refuses all but a few
+    /// commands (guest-exec, file I/O, ...: [`QgaError::Guest`] with class
+    /// `CommandNotFound`). The sync can take a while on a busy guest: connect
+    /// with a timeout to match.
+    pub async fn fsfreeze_freeze(&mut self) -> Result<u64, QgaError> {
+        let v = self.execute("guest-fsfreeze-freeze", None).await?;
+        v.as_u64().ok_or_else(|| bad_reply("guest-fsfreeze-freeze", &v))
+    }
+
+    /// `guest-fsfreeze-thaw`: returns how many file systems were thawed; a
+    /// number below the freeze's means some were thawed meanwhile by
+    /// something else (nubo-guest-agent thaws by itself after 60 s).
+    pub async fn fsfreeze_thaw(&mut self) -> Result<u64, QgaError> {
+        let v = self.execute("guest-fsfreeze-thaw", None).await?;
+        v.as_u64().ok_or_else(|| bad_reply("guest-fsfreeze-thaw", &v))
     }
 
     /// `guest-get-osinfo`.
@@ -651,6 +748,110 @@ mod tests {
         // A guest error leaves the connection usable.
         c.ping().await.unwrap();
         c.shutdown(ShutdownMode::Powerdown).await.unwrap();
+    }
+
+    /// `guest-get-disks` as Debian's qemu-ga 7.2 answers it: udev serials,
+    /// partitions without an address, extra members.
+    const STOCK_DISKS: &str = r#"{"return": [
+        {"name": "/dev/vda1", "partition": true, "dependencies": ["/dev/vda"]},
+        {"name": "/dev/vda", "partition": false, "address": {"serial": "root0", "bus-type": "virtio", "bus": 0,
+            "unit": 0, "pci-controller": {"bus": 0, "slot": 3, "domain": 0, "function": 0}, "dev": "/dev/vda",
+            "target": 0}},
+        {"name": "/dev/dm-0", "partition": false, "dependencies": ["/dev/vda1"], "alias": "vg-root"},
+        {"name": "/dev/nvme0n1", "partition": false, "smart": {"type": "nvme", "critical-warning": 0},
+            "address": {"bus-type": "nvme", "bus": 0, "unit": 0, "target": 0,
+            "pci-controller": {"bus": -1, "slot": -1, "domain": -1, "function": -1}}}]}"#;
+
+    #[tokio::test]
+    async fn disks_fsfreeze_and_small_files() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let closed = Arc::new(AtomicUsize::new(0));
+        let file: Vec<u8> = (0..250u8).collect();
+        // The fake's read position, and its copies of the file and the close counter.
+        let (off, content, cl) = (AtomicUsize::new(0), file.clone(), closed.clone());
+        let (_dir, path) = fake_agent(move |cmd, args| {
+            Some(match cmd {
+                "guest-get-disks" => STOCK_DISKS.replace('\n', ""),
+                "guest-fsfreeze-status" => r#"{"return": "frozen"}"#.to_string(),
+                "guest-fsfreeze-freeze" => r#"{"return": 2}"#.to_string(),
+                "guest-fsfreeze-thaw" => r#"{"return": 2}"#.to_string(),
+                "guest-file-open" if args["path"] == "/missing" => {
+                    r#"{"error": {"class": "GenericError", "desc": "failed to open file '/missing'"}}"#.to_string()
+                }
+                "guest-file-open" => {
+                    off.store(0, Ordering::SeqCst);
+                    format!(r#"{{"return": {}}}"#, if args["path"] == "/bad" { 1001 } else { 1000 })
+                }
+                "guest-file-read" if args["handle"] == 1001 => {
+                    r#"{"error": {"class": "GenericError", "desc": "failed to read file: EIO"}}"#.to_string()
+                }
+                "guest-file-read" => {
+                    // At most 100 bytes a read, like a short read(2).
+                    let start = off.load(Ordering::SeqCst);
+                    let count = args["count"].as_u64().unwrap() as usize;
+                    let end = (start + count.min(100)).min(content.len());
+                    off.store(end, Ordering::SeqCst);
+                    let eof = end == content.len() && end - start < count;
+                    format!(
+                        r#"{{"return": {{"count": {}, "buf-b64": "{}", "eof": {eof}}}}}"#,
+                        end - start,
+                        B64.encode(&content[start..end])
+                    )
+                }
+                "guest-file-close" => {
+                    cl.fetch_add(1, Ordering::SeqCst);
+                    r#"{"return": {}}"#.to_string()
+                }
+                _ => format!(
+                    r#"{{"error": {{"class": "CommandNotFound", "desc": "The command {cmd} has not been found"}}}}"#
+                ),
+            })
+        })
+        .await;
+        let mut c = QgaClient::connect(&path, Duration::from_secs(2)).await.unwrap();
+        let disks = c.disks().await.unwrap();
+        assert_eq!(
+            disks[..2],
+            [
+                GuestDisk {
+                    name: "/dev/vda1".into(),
+                    partition: true,
+                    dependencies: vec!["/dev/vda".into()],
+                    serial: None,
+                    bus_type: None,
+                    dev: None,
+                },
+                GuestDisk {
+                    name: "/dev/vda".into(),
+                    partition: false,
+                    dependencies: vec![],
+                    serial: Some("root0".into()),
+                    bus_type: Some("virtio".into()),
+                    dev: Some("/dev/vda".into()),
+                },
+            ]
+        );
+        assert_eq!(
+            (disks[2].dependencies.as_slice(), disks[2].bus_type.as_deref()),
+            (["/dev/vda1".to_string()].as_slice(), None)
+        );
+        assert_eq!((disks[3].name.as_str(), disks[3].bus_type.as_deref()), ("/dev/nvme0n1", Some("nvme")));
+
+        assert_eq!(c.fsfreeze_freeze().await.unwrap(), 2);
+        assert_eq!(c.fsfreeze_status().await.unwrap(), "frozen");
+        assert_eq!(c.fsfreeze_thaw().await.unwrap(), 2);
+
+        // Whole file in several reads; a max cuts it short; the handle is closed each time.
+        assert_eq!(c.read_small_file("/sys/x", 4096).await.unwrap(), file);
+        assert_eq!(c.read_small_file("/sys/x", 130).await.unwrap(), file[..130]);
+        assert_eq!(c.read_small_file("/sys/x", 0).await.unwrap(), b"");
+        assert_eq!(closed.load(Ordering::SeqCst), 3);
+        let err = c.read_small_file("/bad", 10).await.unwrap_err();
+        assert!(matches!(&err, QgaError::Guest { desc, .. } if desc.contains("EIO")), "{err}");
+        assert_eq!(closed.load(Ordering::SeqCst), 4, "closed after a failed read");
+        assert!(matches!(c.read_small_file("/missing", 10).await, Err(QgaError::Guest { .. })));
+        assert_eq!(closed.load(Ordering::SeqCst), 4);
     }
 
     #[tokio::test]

@@ -1,8 +1,9 @@
 //! Boots the real `tiny` image under QEMU (TCG) and drives its guest agent
 //! through [`QgaClient`] over the VM's qga.sock: ping, info, exec, files,
-//! fsinfo, osinfo, network, shutdown; and checks that dropbear answers SSH
-//! on a forwarded port (and, when `ssh`/`ssh-keygen` are installed, that a
-//! key login works and a password login does not).
+//! fsinfo, osinfo, network, disks (with a volume hot-plugged over QMP and
+//! found by its serial), fsfreeze, shutdown; and checks that dropbear answers
+//! SSH on a forwarded port (and, when `ssh`/`ssh-keygen` are installed, that
+//! a key login works and a password login does not).
 //!
 //! The image comes from the shared cache `$NUBO_IMAGE_CACHE` (default
 //! `<workspace>/.cache/images`), built first if needed; that needs the static
@@ -15,10 +16,16 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nubo_hypervisor::{
-    Accel, Boot, GuestExec, Hypervisor, PortForward, Qemu, QgaClient, QgaError, ShutdownMode, VmConfig, VmDir, VmStatus,
+    Accel, Boot, GuestExec, Hypervisor, PortForward, Qemu, QgaClient, QgaError, ShutdownMode, VmConfig, VmDir,
+    VmStatus, DEFAULT_HOTPLUG_SLOTS,
 };
 use nubo_image::seed::{write_nocloud_seed, SeedData};
 use nubo_image::{ImageCache, BOOT_COMPLETE_MARKER};
+use serde_json::json;
+
+/// The hot-plugged volume: 20 characters, the most virtio-blk keeps.
+const VOLUME_SERIAL: &str = "vol0123456789abcdef0";
+const VOLUME_SIZE: u64 = 48 << 20;
 
 fn qemu_available() -> bool {
     let ok = |bin: &str| Command::new(bin).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
@@ -155,7 +162,8 @@ async fn guest_agent_and_ssh_in_tiny() {
         seed_image: Some(seed),
         port_forwards: vec![PortForward { host_port: ssh_port, guest_port: 22 }],
         accel: Accel::Tcg,
-        hotplug_slots: 0,
+        // Free pcie-root-ports hp0.. for the volume hot-plug below.
+        hotplug_slots: DEFAULT_HOTPLUG_SLOTS,
         metadata_relay: None,
         mac: None,
         base_format: None,
@@ -265,6 +273,95 @@ async fn guest_agent_and_ssh_in_tiny() {
     };
     println!("{eth0:?}");
     assert!(eth0.hardware_address.as_deref().is_some_and(|m| m.len() == 17), "{eth0:?}");
+
+    // Disks: the root disk and the NoCloud seed, both virtio-blk.
+    let disks = qga.disks().await.unwrap();
+    println!("disks: {disks:?}");
+    let root = disks.iter().find(|d| d.name == "/dev/vda").expect("/dev/vda in guest-get-disks");
+    assert_eq!(
+        (root.partition, root.bus_type.as_deref(), root.dev.as_deref()),
+        (false, Some("virtio"), Some("/dev/vda")),
+        "{root:?}"
+    );
+    assert!(
+        disks.iter().any(|d| d.name == "/dev/vdb" && !d.partition && d.bus_type.as_deref() == Some("virtio")),
+        "no seed disk in {disks:?}"
+    );
+
+    // A volume hot-plugged the way Nubo attaches them shows up, found by its serial.
+    let volume = tmp.path().join("vol0.qcow2");
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&volume)
+        .arg(VOLUME_SIZE.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut qmp = qemu.qmp(&dir).await.unwrap();
+    let file = json!({"driver": "file", "filename": volume.to_str().unwrap()});
+    qmp.execute("blockdev-add", Some(json!({"driver": "qcow2", "node-name": "vol0", "file": file}))).await.unwrap();
+    let device =
+        json!({"driver": "virtio-blk-pci", "id": "vol0-disk", "drive": "vol0", "serial": VOLUME_SERIAL, "bus": "hp0"});
+    qmp.execute("device_add", Some(device)).await.unwrap();
+    drop(qmp);
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(30);
+    let vol = loop {
+        let list = qga.disks().await.unwrap();
+        if let Some(d) = list.into_iter().find(|d| d.serial.as_deref() == Some(VOLUME_SERIAL)) {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "the hot-plugged volume never showed up in guest-get-disks");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("hot-plugged volume {vol:?} seen after {:?}", t.elapsed());
+    assert_eq!((vol.partition, vol.bus_type.as_deref()), (false, Some("virtio")), "{vol:?}");
+    let kname = vol.name.strip_prefix("/dev/").expect("a /dev path");
+    let size = qga.read_small_file(&format!("/sys/block/{kname}/size"), 64).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&size).trim(), (VOLUME_SIZE / 512).to_string(), "size in 512-byte sectors");
+
+    // fsfreeze: a ticker appends the time to a file on / every 0.2 s; while
+    // frozen its writes block (a gap in its ticks) and the agent refuses exec.
+    assert_eq!(qga.fsfreeze_status().await.unwrap(), "thawed");
+    let ticker = qga.exec(&sh("for i in $(seq 30); do date +%s >> /root/ticks; sleep 0.2; done")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = Instant::now();
+    let frozen = qga.fsfreeze_freeze().await.unwrap();
+    println!("froze {frozen} file system(s) in {:?}", t.elapsed());
+    assert!(frozen >= 1, "nothing frozen");
+    assert_eq!(qga.fsfreeze_status().await.unwrap(), "frozen");
+    match qga.exec(&sh("touch /root/while-frozen")).await {
+        Err(QgaError::Guest { class, desc }) => {
+            assert_eq!(class, "CommandNotFound");
+            assert!(desc.contains("the agent is in frozen state"), "{desc}");
+        }
+        other => panic!("exec while frozen: {other:?}"),
+    }
+    let info = qga.info().await.unwrap();
+    assert!(!info.supported_commands.iter().any(|c| c == "guest-exec"), "{info:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t = Instant::now();
+    assert_eq!(qga.fsfreeze_thaw().await.unwrap(), frozen);
+    println!("thawed in {:?}", t.elapsed());
+    assert_eq!(qga.fsfreeze_status().await.unwrap(), "thawed");
+    let st =
+        qga.run(&sh("echo thawed > /root/after-thaw && cat /root/after-thaw"), Duration::from_secs(30)).await.unwrap();
+    assert_eq!((st.exit_code, st.stdout.as_slice()), (Some(0), b"thawed\n".as_slice()), "{st:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !qga.exec_status(ticker).await.unwrap().exited {
+        assert!(Instant::now() < deadline, "the ticker did not finish");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let gap = qga
+        .run(
+            &sh("awk 'NR > 1 && $1 - p > m { m = $1 - p } { p = $1 } END { print m + 0 }' /root/ticks"),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let gap: u64 = String::from_utf8_lossy(&gap.stdout).trim().parse().unwrap();
+    println!("longest gap between ticks: {gap} s");
+    assert!(gap >= 2, "the ticker kept writing while frozen (longest gap {gap} s)");
     drop(qga);
 
     // A new connection resynchronises and works.
