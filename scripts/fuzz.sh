@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing (cargo-fuzz / libFuzzer) of the request parsers:
+# Coverage-guided fuzzing (cargo-fuzz / libFuzzer) of the request parsers
+# and of the disk image header checks:
 #   instance_create  POST /api/v1/instances body -> serde -> validate::instance_create
 #   agent_bodies     RegisterHost, HostReport, ConsoleChunk bodies
 #   ids              InstanceId / HostId from arbitrary strings
+#   image_header     nubo_image::inspect::{check_qcow2_header, sniff_format} on arbitrary bytes
 # The fuzz crate (fuzz/) is not a workspace member.
 #
 # cargo-fuzz needs nightly compiler flags (-Zsanitizer=address, ...). On a
@@ -59,6 +61,15 @@ seed agent_bodies console '{"host_id":"h-0123456789abcdef0","offset":0,"raw_len"
 seed ids instance 'i-0123456789abcdef0'
 seed ids host 'h-0123456789abcdef0'
 seed ids bad 'i-0123456789ABCDEF0'
+# Real qcow2 headers (binary, so made by qemu-img when it is installed):
+# 512-byte clusters keep the whole file under -max_len.
+if command -v qemu-img >/dev/null; then
+    mkdir -p corpus/image_header
+    for compat in 0.10 1.1; do
+        f="corpus/image_header/seed-qcow2-$compat"
+        [ -e "$f" ] || qemu-img create -q -f qcow2 -o "compat=$compat,cluster_size=512" "$f" 1M
+    done
+fi
 
 log "building fuzz targets (sanitizer: $SANITIZER)"
 cargo fuzz build --sanitizer "$SANITIZER"

@@ -49,6 +49,9 @@
 //! `qemu-img` (qemu-utils), plus the static `nubo-guest-agent` binary for
 //! `tiny` (see [`guest_agent_binary`]); `debian` also needs `mmdebstrap` and root.
 //!
+//! [`inspect`] checks untrusted disk images (user uploads, raw or qcow2)
+//! before any QEMU tool opens them.
+//!
 //! All functions block (they run host tools); call them from
 //! `spawn_blocking` in async code.
 
@@ -59,6 +62,7 @@ mod elf;
 mod error;
 mod host;
 mod initrd;
+pub mod inspect;
 mod kmod;
 pub mod seed;
 mod store;
