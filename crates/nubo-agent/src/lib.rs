@@ -5,6 +5,7 @@
 //! compares the whole desired set with reality, so a lost message or a
 //! restart of either side heals on the next pass.
 
+pub mod blobs;
 pub mod capacity;
 pub mod console;
 pub mod guest;
@@ -12,6 +13,7 @@ pub mod identity;
 pub mod imds;
 pub mod reconcile;
 pub mod runs;
+pub mod storage;
 
 use nubo_api::agent::{DesiredState, RegisterHost};
 use nubo_api::ids::HostId;

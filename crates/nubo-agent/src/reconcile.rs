@@ -18,7 +18,7 @@ use nubo_client::Client;
 use nubo_hypervisor::{Accel, Boot, Hypervisor, PortForward, VmConfig, VmDir, VmStatus};
 use nubo_image::ImageCache;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -88,12 +88,14 @@ fn ms_at(at: Instant) -> i64 {
 
 pub struct Reconciler {
     host: HostId,
-    client: Client,
-    hypervisor: Arc<dyn Hypervisor>,
+    pub(crate) client: Client,
+    pub(crate) hypervisor: Arc<dyn Hypervisor>,
     images: Arc<ImageCache>,
     accel: Accel,
-    config: AgentConfig,
+    pub(crate) config: AgentConfig,
     shared: Arc<Mutex<Shared>>,
+    /// Volumes, snapshots, attachments and instance snapshots (`storage`).
+    pub(crate) storage: Mutex<crate::storage::StorageState>,
 }
 
 impl Reconciler {
@@ -105,7 +107,7 @@ impl Reconciler {
         accel: Accel,
         config: AgentConfig,
     ) -> Self {
-        Self { host, client, hypervisor, images, accel, config, shared: Arc::default() }
+        Self { host, client, hypervisor, images, accel, config, shared: Arc::default(), storage: Default::default() }
     }
 
     pub(crate) fn host_id(&self) -> &HostId {
@@ -188,6 +190,8 @@ impl Reconciler {
         s.guest_new.remove(id);
         s.guest_sent.remove(id);
         s.qga_locks.remove(id);
+        drop(s);
+        self.forget_disks(id);
     }
 
     /// Starts the runs that are not under way yet (once the VM runs).
@@ -243,7 +247,12 @@ impl Reconciler {
         }
     }
 
-    fn dir(&self, id: &InstanceId) -> VmDir {
+    /// Where registry image files are cached on this host.
+    pub(crate) fn blob_root(&self) -> PathBuf {
+        self.images.root().join("blobs")
+    }
+
+    pub(crate) fn dir(&self, id: &InstanceId) -> VmDir {
         VmDir::new(self.instances_root().join(id.as_str()))
     }
 
@@ -278,8 +287,10 @@ impl Reconciler {
                         this.event(&i.id, "agent_seen", "");
                     }
                 }
-                let actual = this.reconcile(&d).await;
-                this.report(actual, &registration).await;
+                let (actual, running) = this.reconcile(&d).await;
+                let volumes = this.reconcile_volumes(&d, &running);
+                let snapshots = this.reconcile_snapshots(&d);
+                this.report(HostReport { instances: actual, volumes, snapshots }, &registration).await;
                 this.ship_consoles(&d).await;
             }
             tokio::select! {
@@ -293,8 +304,7 @@ impl Reconciler {
         }
     }
 
-    async fn report(&self, instances: Vec<ActualInstance>, registration: &RegisterHost) {
-        let report = HostReport { instances };
+    async fn report(&self, report: HostReport, registration: &RegisterHost) {
         if let Err(e) = self.client.report(&self.host, &report).await {
             tracing::warn!(error = %e, "report failed; events kept for the next one");
             // Put the events back so they are not lost.
@@ -336,8 +346,9 @@ impl Reconciler {
         }
     }
 
-    /// One pass over the desired set; returns the actual state of each.
-    async fn reconcile(self: &Arc<Self>, d: &DesiredState) -> Vec<ActualInstance> {
+    /// One pass over the desired set; returns the actual state of each,
+    /// and which instances run.
+    async fn reconcile(self: &Arc<Self>, d: &DesiredState) -> (Vec<ActualInstance>, HashSet<InstanceId>) {
         // Forget finished operations.
         {
             let mut s = self.lock();
@@ -350,8 +361,30 @@ impl Reconciler {
             self.lock().runs_done.retain(|id| listed.contains(id));
         }
         let mut out = Vec::with_capacity(d.instances.len());
+        let mut running = HashSet::new();
         for want in &d.instances {
             let (power, pid) = self.reconcile_one(want).await;
+            // A reboot or start in flight reports no pid: leave the disks alone then.
+            let vm_pid = match (power, pid) {
+                (ActualPower::Running, Some(pid)) => Some(pid),
+                _ => None,
+            };
+            if vm_pid.is_some() {
+                running.insert(want.id.clone());
+            }
+            let busy = power == ActualPower::Running && pid.is_none() || power == ActualPower::Starting;
+            let volumes = match (want.power, vm_pid) {
+                (PowerState::Deleted, _) => Vec::new(),
+                (_, Some(pid)) => self.reconcile_attachments(want, Some(pid)),
+                _ if busy => Vec::new(),
+                _ => self.reconcile_attachments(want, None),
+            };
+            let captures = match (want.power, power) {
+                (PowerState::Deleted, _) => Vec::new(),
+                (_, ActualPower::Running) if vm_pid.is_some() => self.reconcile_captures(want, true),
+                (_, ActualPower::Stopped) => self.reconcile_captures(want, false),
+                _ => Vec::new(),
+            };
             match (want.power, power) {
                 (PowerState::Deleted, _) | (_, ActualPower::Deleted) => self.drop_instance_services(&want.id),
                 (PowerState::Running, ActualPower::Running) => {
@@ -371,9 +404,19 @@ impl Reconciler {
                 (error, s.events.remove(&want.id).unwrap_or_default())
             };
             let exited_unexpectedly = events.iter().any(|e| e.stage == "exited_unexpectedly");
-            out.push(ActualInstance { id: want.id.clone(), power, pid, error, exited_unexpectedly, events, guest });
+            out.push(ActualInstance {
+                id: want.id.clone(),
+                power,
+                pid,
+                error,
+                exited_unexpectedly,
+                events,
+                guest,
+                volumes,
+                captures,
+            });
         }
-        out
+        (out, running)
     }
 
     async fn reconcile_one(self: &Arc<Self>, want: &DesiredInstance) -> (ActualPower, Option<u32>) {
@@ -451,27 +494,54 @@ impl Reconciler {
         self.lock().ops.insert(id, Op { kind, handle });
     }
 
+    /// A builtin image, built here first if it is not cached yet.
+    async fn builtin_image(&self, name: &str) -> anyhow::Result<nubo_image::BuiltImage> {
+        let images = self.images.clone();
+        let name = name.to_string();
+        Ok(tokio::task::spawn_blocking(move || images.ensure(&name, &mut |msg| tracing::info!(image = %name, "{msg}")))
+            .await??)
+    }
+
+    /// How `want` boots and from which base disk (and its format, when it
+    /// must not be guessed): a builtin image, or a registry image's file
+    /// fetched into the local cache, booted by firmware or with a builtin
+    /// image's kernel.
+    async fn boot_source(&self, want: &DesiredInstance) -> anyhow::Result<(Boot, PathBuf, Option<String>, String)> {
+        let direct = |image: &nubo_image::BuiltImage| Boot::Direct {
+            kernel: image.kernel.clone(),
+            initrd: image.initrd.clone(),
+            cmdline: image.cmdline.clone(),
+        };
+        match &want.image_source {
+            None => {
+                let image = self.builtin_image(&want.image).await?;
+                Ok((direct(&image), image.disk.clone(), None, image.sha256))
+            }
+            Some(src) => {
+                let disk =
+                    crate::blobs::ensure(&self.client, &self.blob_root(), src).await.map_err(anyhow::Error::msg)?;
+                let boot = match &src.kernel_image {
+                    Some(k) => direct(&self.builtin_image(k).await?),
+                    None => Boot::Firmware,
+                };
+                Ok((boot, disk, Some(src.disk_format.clone()), src.sha256.clone()))
+            }
+        }
+    }
+
     async fn start(self: &Arc<Self>, want: &DesiredInstance) -> anyhow::Result<()> {
         let dir = self.dir(&want.id);
-        let images = self.images.clone();
-        let image_name = want.image.clone();
-        let image = tokio::task::spawn_blocking(move || {
-            images.ensure(&image_name, &mut |msg| tracing::info!(image = %image_name, "{msg}"))
-        })
-        .await??;
-        self.event(&want.id, "image_ready", image.sha256.clone());
+        let (boot, base_disk, base_format, sha256) = self.boot_source(want).await?;
+        self.event(&want.id, "image_ready", sha256);
+        let disks = self.cold_disks(want);
         let cfg = VmConfig {
             id: want.id.to_string(),
             name: want.name.clone(),
             vcpus: want.vcpus,
             memory_mib: want.memory_mib,
             disk_gib: want.disk_gib,
-            boot: Boot::Direct {
-                kernel: image.kernel.clone(),
-                initrd: image.initrd.clone(),
-                cmdline: image.cmdline.clone(),
-            },
-            base_disk: image.disk.clone(),
+            boot,
+            base_disk,
             seed_image: Some(dir.seed()),
             port_forwards: want
                 .ports
@@ -479,15 +549,15 @@ impl Reconciler {
                 .map(|p| PortForward { host_port: p.host_port, guest_port: p.guest_port })
                 .collect(),
             accel: self.accel,
-            hotplug_slots: 4,
+            hotplug_slots: nubo_api::MAX_VOLUMES_PER_INSTANCE,
             metadata_relay: self.config.metadata_relay.as_ref().map(|relay| {
                 let mut argv = relay.clone();
                 argv.push(dir.imds_socket().display().to_string());
                 argv
             }),
             mac: Some(nubo_hypervisor::mac_for(want.id.as_str())),
-            base_format: None,
-            disks: Vec::new(),
+            base_format,
+            disks,
         };
         self.hypervisor.prepare_disk(&dir, &cfg).await?;
         self.ensure_imds(want);
@@ -502,6 +572,7 @@ impl Reconciler {
         self.event(&want.id, "disk_ready", format!("{} GiB overlay", want.disk_gib));
         let log_start = std::fs::metadata(dir.console_log()).map(|m| m.len()).unwrap_or(0);
         let pid = self.hypervisor.start(&dir, &cfg).await?;
+        self.note_started(&want.id, pid, &cfg.disks);
         write_applied(
             &dir,
             &Applied { start_seq: want.start_seq, reboot_count: want.reboot_count, stopped_on_purpose: false },

@@ -2,7 +2,7 @@
 //! state of its instances (level-triggered: the whole set, every time) and
 //! reports what is actually running. A lost message heals on the next pass.
 
-use crate::ids::{HostId, InstanceId};
+use crate::ids::{HostId, ImageId, InstanceId, SnapshotId, VolumeId};
 use serde::{Deserialize, Serialize};
 
 /// `POST /api/v1/agent/register`: a host announces itself and its capacity.
@@ -64,6 +64,70 @@ pub struct DesiredInstance {
     /// Runs not finished yet, oldest first.
     #[serde(default)]
     pub runs: Vec<DesiredRun>,
+    /// Where the image comes from when it is a registry image (imported, or
+    /// an instance snapshot); `None`: a builtin the agent builds by name.
+    #[serde(default)]
+    pub image_source: Option<ImageSource>,
+    /// Volumes that should be attached (hot-plugged while it runs, plugged
+    /// in at start otherwise). A volume no longer listed is unplugged.
+    #[serde(default)]
+    pub volumes: Vec<DesiredAttachment>,
+    /// Images to make of the root disk (instance snapshots) and upload.
+    #[serde(default)]
+    pub captures: Vec<DesiredCapture>,
+}
+
+/// A registry image's file, fetched from the control plane by content address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImageSource {
+    pub image_id: ImageId,
+    /// SHA-256 of the file; what the agent downloads is checked against it.
+    pub sha256: String,
+    /// `raw` or `qcow2`, as checked at import (never guessed from the content).
+    pub disk_format: String,
+    pub size_bytes: u64,
+    /// Boot with this builtin image's kernel, initrd and command line; none: firmware boot.
+    pub kernel_image: Option<String>,
+}
+
+/// A volume to attach to an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesiredAttachment {
+    pub volume_id: VolumeId,
+    /// The PCIe root port (`hp<slot>`) it goes on.
+    pub slot: u32,
+    /// What the guest reads in `/sys/block/*/serial`.
+    pub serial: String,
+    /// The size the guest should see, in GiB.
+    pub size_gib: u64,
+}
+
+/// An instance snapshot to take: copy the root disk at a point in time
+/// and upload it as the file of image `image_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesiredCapture {
+    pub image_id: ImageId,
+}
+
+/// A volume on this host's storage pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesiredVolume {
+    pub id: VolumeId,
+    /// Its size; a larger value than the file has is an extend.
+    pub size_gib: u64,
+    /// False: delete the file.
+    pub present: bool,
+    /// Fill a new volume with this snapshot's content.
+    pub from_snapshot: Option<SnapshotId>,
+}
+
+/// A volume snapshot on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesiredSnapshot {
+    pub id: SnapshotId,
+    pub volume_id: VolumeId,
+    /// False: delete it.
+    pub present: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -131,6 +195,12 @@ pub struct RunProgress {
 pub struct DesiredState {
     pub generation: u64,
     pub instances: Vec<DesiredInstance>,
+    /// Volumes on this host's storage pool (not yet deleted).
+    #[serde(default)]
+    pub volumes: Vec<DesiredVolume>,
+    /// Volume snapshots on this host (not yet deleted).
+    #[serde(default)]
+    pub snapshots: Vec<DesiredSnapshot>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -163,6 +233,57 @@ pub struct ActualInstance {
     /// What the guest agent reported, when it changed since the last report.
     #[serde(default)]
     pub guest: Option<crate::views::GuestStatus>,
+    /// Volumes the VM has or should have; one not listed is fully detached.
+    #[serde(default)]
+    pub volumes: Vec<ActualAttachment>,
+    /// Instance snapshots that could not be taken (a taken one is uploaded).
+    #[serde(default)]
+    pub captures: Vec<ActualCapture>,
+}
+
+/// A volume attachment as the host sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ActualAttachment {
+    pub volume_id: VolumeId,
+    /// `attaching` (wanted, not yet seen by the guest), `attached`, or
+    /// `detaching` (plugged in, no longer wanted).
+    pub state: String,
+    /// The guest's name for it and its size as the guest sees it.
+    pub guest_device: Option<String>,
+    pub guest_size_bytes: Option<u64>,
+    /// Why the last attempt to plug, unplug or resize it failed.
+    pub error: Option<String>,
+}
+
+/// An instance snapshot the host is working on or failed to take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ActualCapture {
+    pub image_id: ImageId,
+    /// `saving` or `failed`.
+    pub state: String,
+    pub error: Option<String>,
+}
+
+/// A volume file as the host has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ActualVolume {
+    pub id: VolumeId,
+    /// `creating`, `available`, `deleted` or `error`.
+    pub state: String,
+    /// The file's size in GiB (rounded down).
+    pub size_gib: u64,
+    pub error: Option<String>,
+}
+
+/// A volume snapshot as the host has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ActualSnapshot {
+    pub id: SnapshotId,
+    /// `pending`, `completed`, `deleted` or `error`.
+    pub state: String,
+    /// `filesystem` or `crash`.
+    pub consistency: Option<String>,
+    pub error: Option<String>,
 }
 
 /// `POST /api/v1/agent/hosts/{id}/report`: heartbeat plus actual state.
@@ -170,6 +291,10 @@ pub struct ActualInstance {
 #[serde(deny_unknown_fields)]
 pub struct HostReport {
     pub instances: Vec<ActualInstance>,
+    #[serde(default)]
+    pub volumes: Vec<ActualVolume>,
+    #[serde(default)]
+    pub snapshots: Vec<ActualSnapshot>,
 }
 
 /// `POST /api/v1/agent/instances/{id}/console`: appends console bytes.

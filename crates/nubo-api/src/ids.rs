@@ -103,6 +103,38 @@ typed_id!(
     RunId, "run-", "run"
 );
 
+typed_id!(
+    /// An image in the registry (builtin, imported or an instance snapshot), `ami-...` as on EC2.
+    ImageId, "ami-", "image"
+);
+typed_id!(
+    /// A volume: a data disk that can be attached to an instance, `vol-...`.
+    VolumeId, "vol-", "volume"
+);
+typed_id!(
+    /// A point-in-time copy of a volume, `snap-...`.
+    SnapshotId, "snap-", "snapshot"
+);
+
+impl ImageId {
+    /// The stable id of a builtin image: the same on every control plane,
+    /// derived from its name.
+    pub fn builtin(name: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(format!("nubo-builtin-image:{name}").as_bytes());
+        Self(format!("{}{}", Self::PREFIX, &hex::encode(digest)[..17]))
+    }
+}
+
+impl VolumeId {
+    /// The serial number the guest sees for this volume: the id without
+    /// its dash (`vol0123...`, 20 characters, the most virtio-blk carries),
+    /// as EC2 names its NVMe volumes.
+    pub fn serial(&self) -> String {
+        self.0.replacen('-', "", 1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +155,18 @@ mod tests {
         assert!("i-../../etc/passwdxx".parse::<InstanceId>().is_err());
         let e = "nope".parse::<HostId>().unwrap_err();
         assert!(e.to_string().contains("host id"));
+    }
+
+    #[test]
+    fn storage_ids() {
+        let v: VolumeId = "vol-0123456789abcdef0".parse().unwrap();
+        assert_eq!(v.serial(), "vol0123456789abcdef0");
+        assert_eq!(v.serial().len(), 20);
+        let tiny = ImageId::builtin("tiny");
+        assert_eq!(tiny, ImageId::builtin("tiny"));
+        assert_ne!(tiny, ImageId::builtin("debian"));
+        assert_eq!(tiny.as_str().parse::<ImageId>().unwrap(), tiny);
+        assert!("snap-0123456789abcdef0".parse::<SnapshotId>().is_ok());
     }
 
     #[test]

@@ -15,3 +15,7 @@ pub const BOOT_COMPLETE_MARKER: &str = "NUBO_BOOT_COMPLETE";
 
 /// Largest user-data accepted, as EC2 does (16 KiB there, 64 KiB here).
 pub const MAX_USER_DATA_BYTES: usize = 64 * 1024;
+
+/// Most volumes one instance can have attached (each takes one of the
+/// PCIe root ports every VM gets at boot).
+pub const MAX_VOLUMES_PER_INSTANCE: u32 = 8;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceCreate {
-    /// Image name, e.g. `tiny`.
+    /// Image name (e.g. `tiny`) or id (`ami-...`).
     pub image: String,
     /// Number of virtual CPUs (1..=64).
     pub vcpus: u32,
@@ -195,4 +195,87 @@ pub struct MemberSet {
 pub struct HostJoin {
     pub join_token: String,
     pub host_id: crate::ids::HostId,
+}
+
+/// `POST /api/v1/images`: register an image; its file follows with
+/// `PUT /api/v1/images/{id}/file` (as OpenStack Glance does it).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageCreate {
+    /// 1-128 letters, digits, `-`, `_` or `.`, not starting with `.`; unique in the project.
+    pub name: String,
+    /// `raw` or `qcow2`: checked against the file's content.
+    pub disk_format: String,
+    /// The file's size in bytes: an upload that runs longer is refused.
+    pub size_bytes: u64,
+    /// Expected SHA-256 (hex) of the file; the upload is refused if it differs.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Smallest root disk in GiB (at least the image's virtual size; that by default).
+    #[serde(default)]
+    pub min_disk_gib: Option<u64>,
+    /// Smallest memory in MiB instances of it need.
+    #[serde(default)]
+    pub min_memory_mib: Option<u64>,
+    /// `project` (the default) or `public` (operators only).
+    #[serde(default)]
+    pub visibility: Option<String>,
+    /// Boot with this builtin image's kernel, initrd and command line
+    /// (e.g. `tiny`); without it the firmware boots the disk.
+    #[serde(default)]
+    pub kernel_image: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `POST /api/v1/volumes`
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeCreate {
+    /// Size in GiB (1..=16384); from a snapshot, at least the snapshot's size.
+    pub size_gib: u64,
+    /// Optional name: 1-63 letters, digits, `-`, `_` or `.`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Create it with this snapshot's content (on the snapshot's host).
+    #[serde(default)]
+    pub snapshot_id: Option<crate::ids::SnapshotId>,
+    /// Put it on this instance's host, to attach it there (volumes live on
+    /// one host's storage pool).
+    #[serde(default)]
+    pub instance_id: Option<crate::ids::InstanceId>,
+}
+
+/// `POST /api/v1/volumes/{id}/attach`
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeAttach {
+    pub instance_id: crate::ids::InstanceId,
+}
+
+/// `POST /api/v1/volumes/{id}/extend`: grow a volume (online when attached).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeExtend {
+    /// The new size in GiB, larger than the current one.
+    pub size_gib: u64,
+}
+
+/// `POST /api/v1/volumes/{id}/snapshots`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreate {
+    /// Optional name: 1-63 letters, digits, `-`, `_` or `.`.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `POST /api/v1/instances/{id}/snapshot`: make an image of the root disk.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSnapshot {
+    /// The new image's name (as for `ImageCreate`).
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
 }

@@ -91,6 +91,22 @@ pub struct Instance {
     /// What the guest agent last reported, when it answers.
     #[serde(default)]
     pub guest: Option<GuestStatus>,
+    /// The image's id (the `image` field is its name).
+    #[serde(default)]
+    pub image_id: Option<crate::ids::ImageId>,
+    /// Volumes attached (or being attached or detached), by id.
+    #[serde(default)]
+    pub volumes: Vec<InstanceVolume>,
+}
+
+/// A volume as its instance lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InstanceVolume {
+    pub volume_id: crate::ids::VolumeId,
+    pub size_gib: u64,
+    /// `attaching`, `attached` or `detaching`.
+    pub state: String,
+    pub guest_device: Option<String>,
 }
 
 /// What the guest agent inside an instance reports.
@@ -218,12 +234,97 @@ pub struct Host {
     pub last_heartbeat_ms: i64,
 }
 
+/// An image instances boot from.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Image {
+    pub id: crate::ids::ImageId,
     pub name: String,
-    /// `builtin` images are built by each agent from Debian's packages.
+    /// `builtin` (each agent builds it from Debian's packages), `import`
+    /// (uploaded) or `snapshot` (taken from an instance's root disk).
     pub source: String,
+    /// `queued` (waiting for its file), `saving` (being taken or checked),
+    /// `active` (bootable) or `error`.
+    pub state: String,
+    /// `public` (every project) or `project` (its own project only).
+    pub visibility: String,
+    /// The owning project (none for builtin images).
+    pub project: Option<String>,
     pub description: String,
+    /// `raw` or `qcow2` (registry images).
+    pub disk_format: Option<String>,
+    /// SHA-256 of the stored file, which is stored under it.
+    pub sha256: Option<String>,
+    /// Bytes of the stored file.
+    pub size_bytes: Option<u64>,
+    /// Size of the disk the image holds.
+    pub virtual_size_bytes: Option<u64>,
+    /// Smallest root disk (GiB) and memory (MiB) an instance of it may have.
+    pub min_disk_gib: u64,
+    pub min_memory_mib: u64,
+    /// The builtin image whose kernel, initrd and command line it boots
+    /// with; none: the firmware boots the disk itself.
+    pub kernel_image: Option<String>,
+    /// The image the instance it was taken from was running.
+    pub parent: Option<crate::ids::ImageId>,
+    pub source_instance: Option<InstanceId>,
+    /// Why it is in `error`.
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+}
+
+/// A volume: a data disk on one host's storage pool.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Volume {
+    pub id: crate::ids::VolumeId,
+    pub name: String,
+    /// The size asked for, in GiB (after an extend, the new size).
+    pub size_gib: u64,
+    /// The size of the file on the host; below `size_gib` while an extend is under way.
+    pub actual_size_gib: u64,
+    /// `creating`, `available`, `in-use`, `deleting`, `deleted` or `error`.
+    pub state: String,
+    pub host: Option<HostId>,
+    pub host_name: Option<String>,
+    pub attachment: Option<VolumeAttachment>,
+    /// The snapshot it was created from.
+    pub snapshot_id: Option<crate::ids::SnapshotId>,
+    /// What went wrong last, when something did.
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// Where a volume is attached and what the guest sees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VolumeAttachment {
+    pub instance_id: InstanceId,
+    /// `attaching`, `attached` (the guest sees it) or `detaching`.
+    pub state: String,
+    /// The serial number the guest reads in `/sys/block/*/serial`
+    /// (`/dev/disk/by-id/virtio-<serial>`).
+    pub serial: String,
+    /// The guest's name for it, e.g. `/dev/vdc`, while the instance runs and the guest has it.
+    pub guest_device: Option<String>,
+    /// Its size as the guest sees it.
+    pub guest_size_bytes: Option<u64>,
+}
+
+/// A point-in-time copy of a volume, on the volume's host.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Snapshot {
+    pub id: crate::ids::SnapshotId,
+    pub name: String,
+    pub volume_id: crate::ids::VolumeId,
+    pub size_gib: u64,
+    /// `pending`, `completed`, `deleting` or `error`.
+    pub state: String,
+    /// `filesystem` (the guest's file systems were frozen for it) or
+    /// `crash` (as after a power cut: no guest agent, or the volume was not in use).
+    pub consistency: Option<String>,
+    pub host: Option<HostId>,
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+    pub completed_at_ms: Option<i64>,
 }
 
 /// `GET /api/v1/instances/{id}/console`

@@ -37,6 +37,12 @@ pub enum ClientError {
          the host in the URL is one the certificate covers"
     )]
     Tls { url: String, detail: String },
+    /// A local file to send or write could not be used.
+    #[error("cannot use {path}: {detail}")]
+    File { path: String, detail: String },
+    /// An argument is not valid (checked before sending).
+    #[error("{0}")]
+    Input(String),
     /// The extra CA certificate to trust cannot be used.
     #[error(
         "cannot use the CA certificate {path}: {detail}; point NUBO_CA_CERT (or --ca-cert) at the server's CA in \
@@ -126,14 +132,7 @@ impl Client {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|source| transport(url, source))?;
         if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(b) => ClientError::Api { status: status.as_u16(), code: b.error.code, message: b.error.message },
-                Err(_) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: "http_error".into(),
-                    message: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
-                },
-            });
+            return Err(api_error(status.as_u16(), &bytes));
         }
         // 204 No Content (an empty body) decodes as JSON null, i.e. `()`.
         let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
@@ -193,6 +192,99 @@ impl Client {
 
     pub async fn images(&self) -> Result<Vec<Image>, ClientError> {
         self.get("/api/v1/images").await
+    }
+
+    /// An image by id or name.
+    pub async fn image(&self, key: &str) -> Result<Image, ClientError> {
+        self.get(&format!("/api/v1/images/{}", path_segment(key))).await
+    }
+
+    pub async fn create_image(&self, p: &nubo_api::params::ImageCreate) -> Result<Image, ClientError> {
+        self.post("/api/v1/images", p).await
+    }
+
+    /// Uploads the file of a queued image, calling `progress` with the
+    /// bytes sent so far.
+    pub async fn upload_image(
+        &self,
+        id: &str,
+        file: &Path,
+        progress: impl FnMut(u64) + Send + 'static,
+    ) -> Result<Image, ClientError> {
+        let url = format!("{}/api/v1/images/{}/file", self.base, path_segment(id));
+        let body = file_body(file, progress)
+            .await
+            .map_err(|e| ClientError::File { path: file.display().to_string(), detail: e.to_string() })?;
+        self.send(self.http.put(&url).timeout(FILE_TIMEOUT).body(body), &url).await
+    }
+
+    pub async fn delete_image(&self, key: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/images/{}", path_segment(key))).await
+    }
+
+    /// Takes an image of an instance's root disk.
+    pub async fn snapshot_instance(
+        &self,
+        id: &str,
+        p: &nubo_api::params::InstanceSnapshot,
+    ) -> Result<Image, ClientError> {
+        self.post(&format!("/api/v1/instances/{}/snapshot", path_segment(id)), p).await
+    }
+
+    // ---- volumes ----
+
+    pub async fn volumes(&self) -> Result<Vec<nubo_api::views::Volume>, ClientError> {
+        self.get("/api/v1/volumes").await
+    }
+
+    pub async fn volume(&self, id: &str) -> Result<nubo_api::views::Volume, ClientError> {
+        self.get(&format!("/api/v1/volumes/{}", path_segment(id))).await
+    }
+
+    pub async fn create_volume(
+        &self,
+        p: &nubo_api::params::VolumeCreate,
+    ) -> Result<nubo_api::views::Volume, ClientError> {
+        self.post("/api/v1/volumes", p).await
+    }
+
+    pub async fn delete_volume(&self, id: &str) -> Result<nubo_api::views::Volume, ClientError> {
+        self.delete(&format!("/api/v1/volumes/{}", path_segment(id))).await
+    }
+
+    pub async fn attach_volume(&self, id: &str, instance: &str) -> Result<nubo_api::views::Volume, ClientError> {
+        let instance_id = instance.parse().map_err(|e: nubo_api::ids::IdError| ClientError::Input(e.to_string()))?;
+        let body = nubo_api::params::VolumeAttach { instance_id };
+        self.post(&format!("/api/v1/volumes/{}/attach", path_segment(id)), &body).await
+    }
+
+    pub async fn detach_volume(&self, id: &str) -> Result<nubo_api::views::Volume, ClientError> {
+        self.post(&format!("/api/v1/volumes/{}/detach", path_segment(id)), &()).await
+    }
+
+    pub async fn extend_volume(&self, id: &str, size_gib: u64) -> Result<nubo_api::views::Volume, ClientError> {
+        let body = nubo_api::params::VolumeExtend { size_gib };
+        self.post(&format!("/api/v1/volumes/{}/extend", path_segment(id)), &body).await
+    }
+
+    pub async fn snapshot_volume(
+        &self,
+        id: &str,
+        p: &nubo_api::params::SnapshotCreate,
+    ) -> Result<nubo_api::views::Snapshot, ClientError> {
+        self.post(&format!("/api/v1/volumes/{}/snapshots", path_segment(id)), p).await
+    }
+
+    pub async fn snapshots(&self) -> Result<Vec<nubo_api::views::Snapshot>, ClientError> {
+        self.get("/api/v1/snapshots").await
+    }
+
+    pub async fn snapshot(&self, id: &str) -> Result<nubo_api::views::Snapshot, ClientError> {
+        self.get(&format!("/api/v1/snapshots/{}", path_segment(id))).await
+    }
+
+    pub async fn delete_snapshot(&self, id: &str) -> Result<nubo_api::views::Snapshot, ClientError> {
+        self.delete(&format!("/api/v1/snapshots/{}", path_segment(id))).await
     }
 
     // ---- identity ----
@@ -362,6 +454,55 @@ impl Client {
         self.post(&format!("/api/v1/agent/instances/{id}/console"), c).await
     }
 
+    /// Streams a registry image's file into `out`, handing each piece to
+    /// `on_chunk` (to hash it); returns the bytes written.
+    pub async fn download_image(
+        &self,
+        id: &nubo_api::ids::ImageId,
+        out: &mut tokio::fs::File,
+        on_chunk: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<u64, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let url = format!("{}/api/v1/agent/images/{id}/file", self.base);
+        let mut resp = self
+            .http
+            .get(&url)
+            .timeout(FILE_TIMEOUT)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| transport(&url, source))?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let bytes = resp.bytes().await.map_err(|source| transport(&url, source))?;
+            return Err(api_error(status, &bytes));
+        }
+        let mut total = 0u64;
+        while let Some(chunk) = resp.chunk().await.map_err(|source| transport(&url, source))? {
+            on_chunk(&chunk);
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| ClientError::File { path: "(download)".into(), detail: e.to_string() })?;
+            total += chunk.len() as u64;
+        }
+        Ok(total)
+    }
+
+    /// Uploads an instance snapshot the host took as image `id`'s file.
+    pub async fn upload_capture(
+        &self,
+        id: &nubo_api::ids::ImageId,
+        file: &Path,
+        size_bytes: u64,
+        sha256: &str,
+    ) -> Result<Image, ClientError> {
+        let url = format!("{}/api/v1/agent/images/{id}/file?size_bytes={size_bytes}&sha256={sha256}", self.base);
+        let body = file_body(file, |_| {})
+            .await
+            .map_err(|e| ClientError::File { path: file.display().to_string(), detail: e.to_string() })?;
+        self.send(self.http.put(&url).timeout(FILE_TIMEOUT).body(body), &url).await
+    }
+
     pub async fn run_progress(
         &self,
         id: &nubo_api::ids::RunId,
@@ -369,6 +510,35 @@ impl Client {
     ) -> Result<nubo_api::agent::RunAck, ClientError> {
         self.post(&format!("/api/v1/agent/runs/{id}"), p).await
     }
+}
+
+/// How long an image upload or download may take.
+const FILE_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+/// The server's error body as a [`ClientError`].
+fn api_error(status: u16, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(b) => ClientError::Api { status, code: b.error.code, message: b.error.message },
+        Err(_) => ClientError::Api {
+            status,
+            code: "http_error".into(),
+            message: String::from_utf8_lossy(bytes).chars().take(500).collect(),
+        },
+    }
+}
+
+/// A request body streaming `path`, calling `progress` with the bytes read so far.
+async fn file_body(path: &Path, mut progress: impl FnMut(u64) + Send + 'static) -> std::io::Result<reqwest::Body> {
+    use futures_util::StreamExt;
+    let file = tokio::fs::File::open(path).await?;
+    let mut sent = 0u64;
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).inspect(move |chunk| {
+        if let Ok(c) = chunk {
+            sent += c.len() as u64;
+            progress(sent);
+        }
+    });
+    Ok(reqwest::Body::wrap_stream(stream))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

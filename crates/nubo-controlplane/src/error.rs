@@ -29,6 +29,9 @@ pub enum AppError {
     /// The project's quota does not allow this.
     #[error("{0}")]
     QuotaExceeded(String),
+    /// The request body is larger than allowed.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// The credential sent too many requests.
     #[error("{0}")]
     TooManyRequests(String),
@@ -58,6 +61,7 @@ impl AppError {
             Self::NoValidHost(_) => (StatusCode::CONFLICT, "no_valid_host"),
             Self::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

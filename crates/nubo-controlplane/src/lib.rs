@@ -10,15 +10,18 @@ pub mod auth;
 pub mod authz;
 pub mod error;
 pub mod identity;
+pub mod images;
 pub mod keys;
 pub mod ldap;
 pub mod placement;
 pub mod provisioning;
 pub mod recipes;
+pub mod registry;
 pub mod secrets;
 pub mod store;
 pub mod tls;
 pub mod validate;
+pub mod volumes;
 
 use nubo_scheduler::{HostSnapshot, Policy};
 use std::net::SocketAddr;
@@ -46,6 +49,8 @@ pub struct Config {
     pub ldap: Option<ldap::LdapConfig>,
     /// The availability zone instances see in their metadata.
     pub availability_zone: String,
+    /// Largest image file accepted (imports and instance snapshots).
+    pub max_image_bytes: u64,
 }
 
 impl Config {
@@ -60,6 +65,7 @@ impl Config {
             session_ttl: Duration::from_secs(12 * 3600),
             ldap: None,
             availability_zone: "nubo-1a".into(),
+            max_image_bytes: 256 << 30,
         }
     }
 }
@@ -74,6 +80,8 @@ pub struct Ctx {
     pub limiter: governor::DefaultKeyedRateLimiter<String>,
     /// Seals secrets the server must read back (access-key secrets).
     pub sealer: secrets::Sealer,
+    /// The image files (`DATA_DIR/registry`).
+    pub registry: registry::Registry,
 }
 
 impl Ctx {
@@ -82,8 +90,9 @@ impl Ctx {
             .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", config.data_dir.display()))?;
         let store = Store::open(&config.data_dir.join("nubo.db")).await?;
         for (name, description) in BUILTIN_IMAGES {
-            store.upsert_image(name, "builtin", description).await?;
+            store.upsert_builtin_image(name, description).await?;
         }
+        store.backfill_instance_image_ids().await?;
         for recipe in recipes::builtins()? {
             store.upsert_builtin_recipe(&recipe).await?;
         }
@@ -101,7 +110,8 @@ impl Ctx {
         let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).unwrap_or(std::num::NonZeroU32::MIN));
         let limiter = governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst));
         let sealer = secrets::Sealer::load_or_create(&config.data_dir)?;
-        Ok(Arc::new(Self { config, store, generation, limiter, sealer }))
+        let registry = registry::Registry::new(&config.data_dir);
+        Ok(Arc::new(Self { config, store, generation, limiter, sealer, registry }))
     }
 
     /// Signals agents that desired state changed.

@@ -43,3 +43,38 @@ async fn claim(ctx: &Ctx, host: &HostSnapshot, new: &NewInstance<'_>) -> Result<
         )
         .await
 }
+
+/// Picks the host whose storage pool takes `gib` more (the one with the
+/// most room), or checks that `only` does. Returns the host and its pool
+/// limit (the claim re-checks it atomically). A refusal names each host's
+/// free space.
+pub async fn place_storage(ctx: &Ctx, gib: u64, only: Option<&str>) -> Result<(String, i64), AppError> {
+    let p = &ctx.config.policy;
+    let hosts = ctx.host_snapshots().await?;
+    let mut best: Option<(&HostSnapshot, u64)> = None;
+    let mut reasons = Vec::new();
+    for h in hosts.iter().filter(|h| only.is_none_or(|o| o == h.id)) {
+        let limit = p.schedulable_disk(h);
+        let free = limit.saturating_sub(h.used_disk_gib);
+        if !h.up && only.is_none() {
+            reasons.push(format!("host {} is down", h.name));
+        } else if free < gib {
+            reasons.push(format!(
+                "host {}'s storage pool has {free} GiB free ({} of {limit} GiB in use)",
+                h.name, h.used_disk_gib
+            ));
+        } else if best.is_none_or(|(_, f)| free > f) {
+            best = Some((h, free));
+        }
+    }
+    match best {
+        Some((h, _)) => Ok((h.id.clone(), p.schedulable_disk(h) as i64)),
+        None if reasons.is_empty() => Err(AppError::NoValidHost(
+            "no compute host is registered: start `nubo agent` on a host (or use `nubo up`)".into(),
+        )),
+        None => Err(AppError::NoValidHost(format!(
+            "no storage pool can take {gib} GiB: {}; choose a smaller size or free space",
+            reasons.join("; ")
+        ))),
+    }
+}

@@ -91,6 +91,8 @@ pub struct InstanceRow {
     pub imds_tokens: String,
     /// The guest agent's last report (a `GuestStatus` as JSON).
     pub guest_json: Option<String>,
+    /// The image's id (`image` holds its name).
+    pub image_id: Option<String>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -106,6 +108,7 @@ pub struct NewInstance<'a> {
     pub project_id: &'a str,
     pub name: &'a str,
     pub image: &'a str,
+    pub image_id: &'a str,
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disk_gib: u64,
@@ -155,28 +158,15 @@ impl Store {
 
     // ---- images ----
 
-    pub async fn upsert_image(&self, name: &str, source: &str, description: &str) -> Result<(), sqlx::Error> {
+    /// Instances from before images had ids get their builtin image's id.
+    pub async fn backfill_instance_image_ids(&self) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO images (name, source, description, created_at_ms) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (name) DO UPDATE SET source = excluded.source, description = excluded.description",
+            "UPDATE instances SET image_id = (SELECT id FROM images WHERE images.name = instances.image
+               AND images.source = 'builtin') WHERE image_id IS NULL",
         )
-        .bind(name)
-        .bind(source)
-        .bind(description)
-        .bind(now_ms())
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-
-    pub async fn images(&self) -> Result<Vec<(String, String, String)>, sqlx::Error> {
-        sqlx::query_as("SELECT name, source, description FROM images ORDER BY name").fetch_all(&self.pool).await
-    }
-
-    pub async fn image_exists(&self, name: &str) -> Result<bool, sqlx::Error> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE name = $1").bind(name).fetch_one(&self.pool).await?;
-        Ok(n > 0)
     }
 
     // ---- hosts ----
@@ -295,8 +285,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO instances (id, name, image, vcpus, memory_mib, disk_gib, host_id, desired, state,
                start_seq, reboot_count, user_data, created_at_ms, updated_at_ms, project_id, key_name, public_key,
-               imds_tokens)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', 'pending', 1, 0, $8, $9, $10, $11, $12, $13, $14)",
+               imds_tokens, image_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', 'pending', 1, 0, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(new.id.as_str())
         .bind(new.name)
@@ -312,6 +302,7 @@ impl Store {
         .bind(new.key.map(|k| k.0))
         .bind(new.key.map(|k| k.1))
         .bind(new.imds_tokens)
+        .bind(new.image_id)
         .execute(&mut *tx)
         .await?;
         // Ports: the lowest free ones in the range. The write lock taken
@@ -468,6 +459,15 @@ impl Store {
             .bind(row.vcpus)
             .bind(row.memory_mib)
             .bind(&row.project_id)
+            .execute(&mut *tx)
+            .await?;
+            Self::release_volumes_of(&mut tx, &row.id).await?;
+            // Instance snapshots that were not taken can no longer be.
+            sqlx::query(
+                "UPDATE images SET state = 'error', error = 'the instance was terminated before the snapshot was taken'
+                 WHERE source_instance = $1 AND state = 'saving'",
+            )
+            .bind(&row.id)
             .execute(&mut *tx)
             .await?;
         }

@@ -26,9 +26,15 @@ pub enum Command {
     /// Compute hosts.
     #[command(subcommand)]
     Host(HostCmd),
-    /// Images.
+    /// Images: builtin, imported, and snapshots of instances.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Volumes: data disks attached to instances.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Volume snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// Sign in and save a session token for the other commands.
     Login(LoginArgs),
     /// API tokens.
@@ -487,6 +493,115 @@ pub enum InstanceCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Make an image of the instance's root disk (a point-in-time copy).
+    Snapshot {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+        /// The new image's name.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// Return once the image is active.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum VolumeCmd {
+    /// Create a volume (a sparse file on a host's storage pool).
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        /// Size in GiB.
+        #[arg(long, value_name = "GIB")]
+        size: u64,
+        #[arg(long)]
+        name: Option<String>,
+        /// Fill it from this snapshot.
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Put it on this instance's host (to attach it there).
+        #[arg(long)]
+        instance: Option<String>,
+        /// Return once it is available.
+        #[arg(long)]
+        wait: bool,
+    },
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        volume: String,
+    },
+    /// Attach to an instance (hot-plugged if it runs); with --wait, until the guest sees it.
+    Attach {
+        #[command(flatten)]
+        conn: Conn,
+        volume: String,
+        instance: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Detach (hot-unplugged from a running guest once it lets go).
+    Detach {
+        #[command(flatten)]
+        conn: Conn,
+        volume: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Grow a volume (online when attached); with --wait, until the guest sees the new size.
+    Extend {
+        #[command(flatten)]
+        conn: Conn,
+        volume: String,
+        /// The new size in GiB.
+        #[arg(long, value_name = "GIB")]
+        size: u64,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Take a point-in-time snapshot of a volume.
+    Snapshot {
+        #[command(flatten)]
+        conn: Conn,
+        volume: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        wait: bool,
+    },
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        volume: String,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SnapshotCmd {
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        snapshot: String,
+    },
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        snapshot: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -507,6 +622,43 @@ pub enum ImageCmd {
     List {
         #[command(flatten)]
         conn: Conn,
+    },
+    /// Upload a disk image (raw or qcow2) into the registry.
+    Import {
+        #[command(flatten)]
+        conn: Conn,
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// raw or qcow2 (default: what the file looks like; the server checks it).
+        #[arg(long, value_parser = ["raw", "qcow2"])]
+        format: Option<String>,
+        /// Smallest root disk in GiB instances of it get (at least its virtual size).
+        #[arg(long, value_name = "GIB")]
+        min_disk: Option<u64>,
+        /// Smallest memory in MiB instances of it need.
+        #[arg(long, value_name = "MIB")]
+        min_memory: Option<u64>,
+        /// Visible to every project (operators only).
+        #[arg(long)]
+        public: bool,
+        /// Boot it with this builtin image's kernel and initrd (e.g. tiny) instead of its own boot loader.
+        #[arg(long)]
+        kernel_image: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Show an image (by id or name).
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        image: String,
+    },
+    /// Delete an image (refused while instances use it or snapshots came from it).
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        image: String,
     },
     /// Build a builtin image (tiny, debian) into the local image cache.
     Build {

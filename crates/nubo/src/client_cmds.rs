@@ -37,7 +37,13 @@ fn print_instance(i: &Instance) {
         ("name", i.name.clone()),
         ("state", i.state.as_str().to_string()),
         ("desired", i.desired_state.clone()),
-        ("image", i.image.clone()),
+        (
+            "image",
+            match &i.image_id {
+                Some(id) => format!("{} ({id})", i.image),
+                None => i.image.clone(),
+            },
+        ),
         ("vcpus", i.vcpus.to_string()),
         ("memory_mib", i.memory_mib.to_string()),
         ("disk_gib", i.disk_gib.to_string()),
@@ -66,6 +72,18 @@ fn print_instance(i: &Instance) {
         }
         for n in &g.interfaces {
             println!("  net        {} {} {}", n.name, n.mac.as_deref().unwrap_or(""), n.addresses.join(" "));
+        }
+    }
+    if !i.volumes.is_empty() {
+        println!("volumes:");
+        for v in &i.volumes {
+            println!(
+                "  {} {:>5} GiB {:<10} {}",
+                v.volume_id,
+                v.size_gib,
+                v.state,
+                v.guest_device.as_deref().unwrap_or("")
+            );
         }
     }
     if !i.runs.is_empty() {
@@ -273,6 +291,9 @@ pub async fn instance(cmd: InstanceCmd) -> anyhow::Result<()> {
         InstanceCmd::Terminate { conn, id, wait } => {
             action(&conn, &id, InstanceAction::Terminate, wait.then_some(InstanceState::Terminated)).await
         }
+        InstanceCmd::Snapshot { conn, id, name, description, wait } => {
+            crate::storage_cmds::snapshot_instance(&conn, &id, name, description, wait).await
+        }
     }
 }
 
@@ -317,13 +338,24 @@ pub async fn host(cmd: HostCmd) -> anyhow::Result<()> {
 
 pub async fn image(cmd: ImageCmd) -> anyhow::Result<()> {
     match cmd {
-        ImageCmd::List { conn } => {
-            let images = client(&conn)?.images().await?;
-            emit(conn.output, &images, |images| {
-                let rows: Vec<Vec<String>> =
-                    images.iter().map(|i| vec![i.name.clone(), i.source.clone(), i.description.clone()]).collect();
-                table(&["NAME", "SOURCE", "DESCRIPTION"], &rows);
-            })
+        ImageCmd::List { conn } => crate::storage_cmds::list_images(&conn).await,
+        ImageCmd::Import { conn, file, name, format, min_disk, min_memory, public, kernel_image, description } => {
+            let opts = crate::storage_cmds::ImportOptions {
+                name,
+                format,
+                min_disk,
+                min_memory,
+                public,
+                kernel_image,
+                description,
+            };
+            crate::storage_cmds::import_image(&conn, &file, opts).await
+        }
+        ImageCmd::Show { conn, image } => crate::storage_cmds::show_image(&conn, &image).await,
+        ImageCmd::Delete { conn, image } => {
+            client(&conn)?.delete_image(&image).await?;
+            println!("deleted {image}");
+            Ok(())
         }
         ImageCmd::Build { name, packages, cache, data_dir, force } => {
             let cache =

@@ -8,6 +8,7 @@ mod identity_cmds;
 mod output;
 mod provision_cmds;
 mod relay;
+mod storage_cmds;
 
 use clap::Parser;
 
@@ -57,6 +58,8 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Instance(c) => client_cmds::instance(c).await,
         Command::Host(c) => client_cmds::host(c).await,
         Command::Image(c) => client_cmds::image(c).await,
+        Command::Volume(c) => storage_cmds::volume(c).await,
+        Command::Snapshot(c) => storage_cmds::snapshot(c).await,
         Command::Login(a) => identity_cmds::login(a).await,
         Command::Token(c) => identity_cmds::token(c).await,
         Command::Project(c) => identity_cmds::project(c).await,

@@ -9,10 +9,11 @@ use crate::Ctx;
 use axum::extract::{Path, State};
 use axum::Json;
 use nubo_api::agent::{
-    ConsoleAck, ConsoleChunk, DesiredInstance, DesiredRun, DesiredState, HostReport, NamedKey, PortMapping, PowerState,
-    RegisterHost, RunAck, RunAction, RunProgress,
+    ConsoleAck, ConsoleChunk, DesiredAttachment, DesiredCapture, DesiredInstance, DesiredRun, DesiredSnapshot,
+    DesiredState, DesiredVolume, HostReport, ImageSource, NamedKey, PortMapping, PowerState, RegisterHost, RunAck,
+    RunAction, RunProgress,
 };
-use nubo_api::ids::{HostId, InstanceId};
+use nubo_api::ids::{HostId, InstanceId, VolumeId};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,6 +90,9 @@ pub async fn desired(
     let generation = ctx.generation();
     let ports = ctx.store.ports_on_host(host.as_str()).await?;
     let runs = ctx.store.open_runs_on_host(host.as_str()).await?;
+    let volume_rows = ctx.store.volumes_on_host(host.as_str()).await?;
+    let captures = ctx.store.pending_captures_on_host(host.as_str()).await?;
+    let mut image_sources: std::collections::HashMap<String, Option<ImageSource>> = Default::default();
     let mut instances = Vec::new();
     for row in ctx.store.instances_on_host(host.as_str()).await? {
         let public_keys = match (row.key_name.clone(), row.public_key.clone()) {
@@ -113,6 +117,35 @@ pub async fn desired(
                 log_offset: r.log_offset as u64,
             });
         }
+        let image_source = match &row.image_id {
+            Some(image_id) => match image_sources.get(image_id) {
+                Some(src) => src.clone(),
+                None => {
+                    let src = ctx.store.image(image_id).await?.and_then(|i| image_source(&i));
+                    image_sources.insert(image_id.clone(), src.clone());
+                    src
+                }
+            },
+            None => None,
+        };
+        let mut volumes = Vec::new();
+        for v in volume_rows.iter().filter(|v| v.instance_id.as_deref() == Some(row.id.as_str())) {
+            // A volume being detached is no longer wanted: the agent unplugs it.
+            if matches!(v.attach_state.as_deref(), Some("attaching" | "attached")) {
+                let id: VolumeId = v.id.parse().map_err(AppError::internal)?;
+                volumes.push(DesiredAttachment {
+                    serial: id.serial(),
+                    volume_id: id,
+                    slot: v.slot.unwrap_or(0) as u32,
+                    size_gib: v.size_gib as u64,
+                });
+            }
+        }
+        let wanted_captures = captures
+            .iter()
+            .filter(|(_, instance)| *instance == row.id)
+            .map(|(image, _)| Ok(DesiredCapture { image_id: image.parse().map_err(AppError::internal)? }))
+            .collect::<AppResult<Vec<_>>>()?;
         let power = match row.desired.as_str() {
             "running" => PowerState::Running,
             "stopped" => PowerState::Stopped,
@@ -138,9 +171,51 @@ pub async fn desired(
             imds_tokens_required: row.imds_tokens == "required",
             availability_zone: ctx.config.availability_zone.clone(),
             runs: wanted_runs,
+            image_source,
+            volumes,
+            captures: wanted_captures,
         });
     }
-    Ok(Json(DesiredState { generation, instances }))
+    let volumes = volume_rows
+        .iter()
+        .map(|v| {
+            Ok(DesiredVolume {
+                id: v.id.parse().map_err(AppError::internal)?,
+                size_gib: v.size_gib as u64,
+                present: v.desired == "present",
+                from_snapshot: v.snapshot_id.as_deref().and_then(|s| s.parse().ok()),
+            })
+        })
+        .collect::<AppResult<Vec<_>>>()?;
+    let snapshots = ctx
+        .store
+        .snapshots_on_host(host.as_str())
+        .await?
+        .into_iter()
+        .map(|s| {
+            Ok(DesiredSnapshot {
+                id: s.id.parse().map_err(AppError::internal)?,
+                volume_id: s.volume_id.parse().map_err(AppError::internal)?,
+                present: s.desired == "present",
+            })
+        })
+        .collect::<AppResult<Vec<_>>>()?;
+    Ok(Json(DesiredState { generation, instances, volumes, snapshots }))
+}
+
+/// Where a host gets a registry image's file; `None` for builtin images
+/// (each agent builds those) and for images without a stored file.
+fn image_source(i: &crate::images::ImageRow) -> Option<ImageSource> {
+    if i.source == "builtin" {
+        return None;
+    }
+    Some(ImageSource {
+        image_id: i.id.parse().ok()?,
+        sha256: i.sha256.clone()?,
+        disk_format: i.disk_format.clone()?,
+        size_bytes: i.size_bytes? as u64,
+        kernel_image: i.kernel_image.clone(),
+    })
 }
 
 /// Heartbeat and actual state of the host's instances.
@@ -162,8 +237,22 @@ pub async fn report(
     for a in &r.instances {
         if ctx.store.apply_actual(host.as_str(), a).await? {
             changed |= a.exited_unexpectedly;
+            ctx.store.apply_attachment_report(a.id.as_str(), &a.volumes).await?;
+            for c in a.captures.iter().filter(|c| c.state == "failed") {
+                changed |= ctx.store.fail_capture(c.image_id.as_str(), a.id.as_str(), c.error.as_deref()).await?;
+            }
         } else {
             tracing::warn!(%host, instance = %a.id, "report for an instance the host does not own was ignored");
+        }
+    }
+    for v in &r.volumes {
+        if !ctx.store.apply_volume_report(host.as_str(), v).await? {
+            tracing::debug!(%host, volume = %v.id, "report for a volume the host does not hold was ignored");
+        }
+    }
+    for s in &r.snapshots {
+        if !ctx.store.apply_snapshot_report(host.as_str(), s).await? {
+            tracing::debug!(%host, snapshot = %s.id, "report for a snapshot the host does not hold was ignored");
         }
     }
     if changed {

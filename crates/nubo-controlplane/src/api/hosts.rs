@@ -1,11 +1,11 @@
-//! `/api/v1/hosts` and `/api/v1/images`: what the cloud runs on and boots from.
+//! `/api/v1/hosts`: what the cloud runs on.
 
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::Ctx;
 use axum::extract::State;
 use axum::Json;
-use nubo_api::views::{Host, Image};
+use nubo_api::views::Host;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -35,12 +35,4 @@ pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json
         });
     }
     Ok(Json(out))
-}
-
-/// List images that instances can boot from.
-#[utoipa::path(get, path = "/api/v1/images", tag = "images",
-    responses((status = 200, body = Vec<Image>), (status = 401, body = nubo_api::error::ErrorBody)))]
-pub async fn images(_caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Image>>> {
-    let images = ctx.store.images().await?;
-    Ok(Json(images.into_iter().map(|(name, source, description)| Image { name, source, description }).collect()))
 }

@@ -54,6 +54,20 @@ pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<I
     } else {
         Vec::new()
     };
+    let volumes = ctx
+        .store
+        .volumes_of_instance(&row.id)
+        .await?
+        .into_iter()
+        .filter_map(|v| {
+            Some(nubo_api::views::InstanceVolume {
+                volume_id: v.id.parse().ok()?,
+                size_gib: v.size_gib as u64,
+                state: v.attach_state?,
+                guest_device: v.guest_device,
+            })
+        })
+        .collect();
     // The guest agent's report means something only while the VM runs.
     let guest = match (&row.guest_json, row.state.as_str()) {
         (Some(g), "running") => serde_json::from_str(g).ok(),
@@ -82,6 +96,8 @@ pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<I
         metadata_http_tokens: row.imds_tokens,
         runs,
         guest,
+        image_id: row.image_id.as_deref().and_then(|i| i.parse().ok()),
+        volumes,
     })
 }
 
@@ -113,12 +129,36 @@ pub async fn create(
 ) -> AppResult<(StatusCode, Json<Instance>)> {
     let project = authz::creation_project(&caller)?;
     validate::instance_create(&p)?;
-    if !ctx.store.image_exists(&p.image).await? {
-        let known: Vec<String> = ctx.store.images().await?.into_iter().map(|i| i.0).collect();
+    let image = match ctx.store.resolve_image(Some(&project), &p.image).await? {
+        Some(i) => i,
+        None => {
+            let known: Vec<String> =
+                ctx.store.images_visible(Some(&project)).await?.into_iter().map(|i| i.name).collect();
+            return Err(AppError::BadRequest(format!(
+                "image '{}' does not exist; known images: {} (see `nubo image list`)",
+                p.image.chars().take(80).collect::<String>(),
+                known.join(", ")
+            )));
+        }
+    };
+    if image.state != "active" {
+        return Err(AppError::Conflict(format!(
+            "image {} is {}; it can be booted once it is active{}",
+            image.name,
+            image.state,
+            image.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+        )));
+    }
+    if p.disk_gib < image.min_disk_gib as u64 {
         return Err(AppError::BadRequest(format!(
-            "image '{}' does not exist; known images: {} (see `nubo image list`)",
-            p.image.chars().take(80).collect::<String>(),
-            known.join(", ")
+            "image {} needs a root disk of at least {} GiB; ask for --disk {} or more",
+            image.name, image.min_disk_gib, image.min_disk_gib
+        )));
+    }
+    if p.memory_mib < image.min_memory_mib as u64 {
+        return Err(AppError::BadRequest(format!(
+            "image {} needs at least {} MiB of memory; ask for --memory {} or more",
+            image.name, image.min_memory_mib, image.min_memory_mib
         )));
     }
     let imds_tokens = match p.metadata.as_ref().and_then(|m| m.http_tokens.as_deref()) {
@@ -159,7 +199,8 @@ pub async fn create(
         id: &id,
         project_id: &project,
         name: &name,
-        image: &p.image,
+        image: &image.name,
+        image_id: &image.id,
         vcpus: p.vcpus,
         memory_mib: p.memory_mib,
         disk_gib: p.disk_gib,

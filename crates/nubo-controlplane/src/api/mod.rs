@@ -5,8 +5,10 @@
 pub mod agent;
 pub mod hosts;
 pub mod identity;
+pub mod images;
 pub mod instances;
 pub mod provisioning;
+pub mod volumes;
 
 use crate::error::AppError;
 use crate::Ctx;
@@ -36,7 +38,17 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(instances::reboot))
         .routes(routes!(instances::console))
         .routes(routes!(hosts::list))
-        .routes(routes!(hosts::images))
+        .routes(routes!(images::list, images::create))
+        .routes(routes!(images::show, images::delete))
+        .routes(routes!(images::snapshot_instance))
+        .routes(routes!(volumes::list, volumes::create))
+        .routes(routes!(volumes::show, volumes::delete))
+        .routes(routes!(volumes::attach))
+        .routes(routes!(volumes::detach))
+        .routes(routes!(volumes::extend))
+        .routes(routes!(volumes::create_snapshot))
+        .routes(routes!(volumes::list_snapshots))
+        .routes(routes!(volumes::show_snapshot, volumes::delete_snapshot))
         .routes(routes!(agent::register))
         .routes(routes!(agent::desired))
         .routes(routes!(agent::report))
@@ -62,6 +74,12 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(identity::join_token))
         .routes(routes!(identity::create_access_key, identity::list_access_keys))
         .routes(routes!(identity::revoke_access_key))
+}
+
+/// Routes whose bodies are image files: streamed, with their own size
+/// limit instead of the JSON one.
+fn file_routes() -> OpenApiRouter<Arc<Ctx>> {
+    OpenApiRouter::new().routes(routes!(images::upload)).routes(routes!(images::agent_download, images::agent_capture))
 }
 
 /// Sign-in through LDAP: bind as the user, read its groups, and map them
@@ -94,18 +112,25 @@ pub async fn ldap_login(ctx: &Ctx, user: &str, password: &str) -> Result<crate::
 
 /// The OpenAPI document, exactly as served.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+    routes().merge(file_routes()).split_for_parts().1
 }
 
 pub fn router(ctx: Arc<Ctx>) -> axum::Router {
     let max_body = ctx.config.max_body_bytes;
-    let (router, doc) = routes().split_for_parts();
-    router
+    let max_file = usize::try_from(ctx.config.max_image_bytes).unwrap_or(usize::MAX);
+    let (json, mut doc) = routes().split_for_parts();
+    let (files, files_doc) = file_routes().split_for_parts();
+    doc.merge(files_doc);
+    let json = json
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body));
+    let files = files
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(max_file))
+        .layer(axum::extract::DefaultBodyLimit::disable());
+    json.merge(files)
         .route("/api/v1/openapi.json", get(move || async move { Json(doc) }))
         .route("/api/v1/health", get(|| async { "ok" }))
         .fallback(|uri: axum::http::Uri| async move { AppError::UnknownRoute(uri.path().chars().take(200).collect()) })
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), crate::audit::middleware))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
-        .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .with_state(ctx)
 }

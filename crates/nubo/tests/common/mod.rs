@@ -238,6 +238,41 @@ impl Cloud {
         serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
+    /// POST a JSON body with this cloud's token; the JSON answer.
+    pub fn api_post(&self, path: &str, body: &str) -> Value {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "30", "-X", "POST", "-H", "Content-Type: application/json", "-H"])
+            .arg(format!("Authorization: Bearer {}", self.token))
+            .arg("--data-binary")
+            .arg(body)
+            .arg(format!("{}{path}", self.url))
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// PUT a file as the raw body; the HTTP status and the body.
+    pub fn api_put_file(&self, path: &str, file: &Path) -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "60", "-X", "PUT", "-w", "\n%{http_code}", "-H"])
+            .arg(format!("Authorization: Bearer {}", self.token))
+            .args(["-H", "Content-Type: application/octet-stream", "--data-binary"])
+            .arg(format!("@{}", file.display()))
+            .arg(format!("{}{path}", self.url))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// The directory of the builtin image `name` in the shared image cache.
+    pub fn image_of(&self, name: &str) -> String {
+        let cache = image_cache();
+        let sha = std::fs::read_to_string(cache.join("names").join(name)).expect("image name in the cache");
+        cache.join("sha256").join(sha.trim()).display().to_string()
+    }
+
     pub fn instance(&self, id: &str) -> Value {
         self.nubo_json(&["instance", "show", id])
     }

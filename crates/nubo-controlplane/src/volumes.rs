@@ -1,0 +1,563 @@
+//! Volume and snapshot state in SQL: creation with its claims (the
+//! project's volume quota and the host's storage pool, in one transaction
+//! of conditional UPDATEs), attachments with their PCIe slots, extends,
+//! snapshots, deletion, and how agents' reports move each of them along.
+//!
+//! A volume lives on one host's pool, like its instance's root disk; the
+//! pool is the host's `disk_gib`, shared by root disks, volumes and
+//! snapshots, all counted at their full (virtual) size so that a thin
+//! file can never outgrow the disk beneath it.
+
+use crate::store::{now_ms, Store};
+use nubo_api::agent::{ActualAttachment, ActualSnapshot, ActualVolume};
+use sqlx::FromRow;
+
+#[derive(Debug, Clone, FromRow)]
+pub struct VolumeRow {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub host_id: String,
+    pub size_gib: i64,
+    pub actual_size_gib: i64,
+    pub desired: String,
+    pub state: String,
+    pub snapshot_id: Option<String>,
+    pub instance_id: Option<String>,
+    pub attach_state: Option<String>,
+    pub slot: Option<i64>,
+    pub guest_device: Option<String>,
+    pub guest_size_bytes: Option<i64>,
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct SnapshotRow {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub volume_id: String,
+    pub host_id: String,
+    pub size_gib: i64,
+    pub desired: String,
+    pub state: String,
+    pub consistency: Option<String>,
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+    pub completed_at_ms: Option<i64>,
+}
+
+/// Why a storage claim did not go through.
+#[derive(Debug)]
+pub enum StorageClaimError {
+    /// The project's volume quota would be exceeded; the text says how far.
+    Quota(String),
+    /// The host's storage pool has no room; the text says how much it has.
+    Pool(String),
+    /// The row was not in a state that allows this (someone else changed it).
+    State,
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for StorageClaimError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(e)
+    }
+}
+
+/// What [`Store::attach_volume`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachOutcome {
+    /// Attaching, on this slot.
+    Attached(u32),
+    /// The volume is not available (any more).
+    NotAvailable,
+    /// Every slot of the instance is taken.
+    NoFreeSlot,
+}
+
+/// A new volume, already placed on `host_id`.
+pub struct NewVolume<'a> {
+    pub id: &'a str,
+    pub project_id: &'a str,
+    pub name: &'a str,
+    pub host_id: &'a str,
+    pub size_gib: u64,
+    pub snapshot_id: Option<&'a str>,
+}
+
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
+
+/// Takes `gib` of the project's volume quota, or says why not.
+async fn claim_quota(tx: &mut Tx<'_>, project: &str, gib: i64) -> Result<(), StorageClaimError> {
+    let r = sqlx::query(
+        "UPDATE projects SET used_volume_gib = used_volume_gib + $1
+         WHERE id = $2 AND used_volume_gib + $1 <= quota_volume_gib",
+    )
+    .bind(gib)
+    .bind(project)
+    .execute(&mut **tx)
+    .await?;
+    if r.rows_affected() == 1 {
+        return Ok(());
+    }
+    let row: Option<(String, i64, i64)> =
+        sqlx::query_as("SELECT name, used_volume_gib, quota_volume_gib FROM projects WHERE id = $1")
+            .bind(project)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Err(StorageClaimError::Quota(match row {
+        Some((name, used, quota)) => format!(
+            "project {name} would go past its volume quota: {used} of {quota} GiB used, this needs {gib} GiB more; delete volumes or ask an operator to raise it (`nubo project quota {name} --volume-gib N`)"
+        ),
+        None => "the token's project no longer exists".into(),
+    }))
+}
+
+/// Takes `gib` of `host`'s storage pool (at most `limit` in use), or says why not.
+async fn claim_pool(tx: &mut Tx<'_>, host: &str, gib: i64, limit: i64) -> Result<(), StorageClaimError> {
+    let r =
+        sqlx::query("UPDATE hosts SET used_disk_gib = used_disk_gib + $1 WHERE id = $2 AND used_disk_gib + $1 <= $3")
+            .bind(gib)
+            .bind(host)
+            .bind(limit)
+            .execute(&mut **tx)
+            .await?;
+    if r.rows_affected() == 1 {
+        return Ok(());
+    }
+    let row: Option<(String, i64)> = sqlx::query_as("SELECT name, used_disk_gib FROM hosts WHERE id = $1")
+        .bind(host)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Err(StorageClaimError::Pool(match row {
+        Some((name, used)) => format!(
+            "host {name}'s storage pool has {} GiB free ({used} of {limit} GiB in use by disks, volumes and snapshots), and this needs {gib} GiB; choose a smaller size or free space",
+            (limit - used).max(0)
+        ),
+        None => "the host no longer exists".into(),
+    }))
+}
+
+/// Gives `gib` back to `host`'s pool and, if `project` is given, to its quota.
+async fn release(tx: &mut Tx<'_>, host: &str, project: Option<&str>, gib: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE hosts SET used_disk_gib = CASE WHEN used_disk_gib > $1 THEN used_disk_gib - $1 ELSE 0 END WHERE id = $2")
+        .bind(gib)
+        .bind(host)
+        .execute(&mut **tx)
+        .await?;
+    if let Some(p) = project {
+        sqlx::query("UPDATE projects SET used_volume_gib = CASE WHEN used_volume_gib > $1 THEN used_volume_gib - $1 ELSE 0 END WHERE id = $2")
+            .bind(gib)
+            .bind(p)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The user-visible state of a volume that exists on its host.
+fn live_state(instance: Option<&str>) -> &'static str {
+    if instance.is_some() {
+        "in-use"
+    } else {
+        "available"
+    }
+}
+
+impl Store {
+    /// Claims quota and pool space and inserts the volume (`creating`).
+    pub async fn create_volume(&self, v: &NewVolume<'_>, pool_limit: i64) -> Result<(), StorageClaimError> {
+        let mut tx = self.pool.begin().await?;
+        claim_quota(&mut tx, v.project_id, v.size_gib as i64).await?;
+        claim_pool(&mut tx, v.host_id, v.size_gib as i64, pool_limit).await?;
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO volumes (id, project_id, name, host_id, size_gib, desired, state, snapshot_id,
+               created_at_ms, updated_at_ms)
+             VALUES ($1, $2, $3, $4, $5, 'present', 'creating', $6, $7, $7)",
+        )
+        .bind(v.id)
+        .bind(v.project_id)
+        .bind(v.name)
+        .bind(v.host_id)
+        .bind(v.size_gib as i64)
+        .bind(v.snapshot_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn volume(&self, id: &str) -> Result<Option<VolumeRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM volumes WHERE id = $1").bind(id).fetch_optional(&self.pool).await
+    }
+
+    /// Volumes not yet deleted, of one project or (for `None`) all.
+    pub async fn volumes(&self, project: Option<&str>) -> Result<Vec<VolumeRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT * FROM volumes WHERE state <> 'deleted' AND ($1 IS NULL OR project_id = $1)
+             ORDER BY created_at_ms, id",
+        )
+        .bind(project)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    pub async fn volumes_on_host(&self, host: &str) -> Result<Vec<VolumeRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM volumes WHERE host_id = $1 AND state <> 'deleted' ORDER BY id")
+            .bind(host)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    pub async fn volumes_of_instance(&self, instance: &str) -> Result<Vec<VolumeRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM volumes WHERE instance_id = $1 ORDER BY slot, id")
+            .bind(instance)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// Attaches an available volume to `instance` on the lowest free slot
+    /// below `slots`.
+    pub async fn attach_volume(&self, id: &str, instance: &str, slots: u32) -> Result<AttachOutcome, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let used: Vec<i64> = sqlx::query_scalar("SELECT slot FROM volumes WHERE instance_id = $1 AND slot IS NOT NULL")
+            .bind(instance)
+            .fetch_all(&mut *tx)
+            .await?;
+        let Some(slot) = (0..slots).find(|s| !used.contains(&i64::from(*s))) else {
+            return Ok(AttachOutcome::NoFreeSlot);
+        };
+        let r = sqlx::query(
+            "UPDATE volumes SET instance_id = $1, attach_state = 'attaching', slot = $2, state = 'in-use',
+               guest_device = NULL, guest_size_bytes = NULL, error = NULL, updated_at_ms = $3
+             WHERE id = $4 AND state = 'available' AND instance_id IS NULL AND desired = 'present'",
+        )
+        .bind(instance)
+        .bind(i64::from(slot))
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Ok(AttachOutcome::NotAvailable);
+        }
+        tx.commit().await?;
+        Ok(AttachOutcome::Attached(slot))
+    }
+
+    /// Starts detaching; false when the volume was not attached (or attaching).
+    pub async fn detach_volume(&self, id: &str) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query(
+            "UPDATE volumes SET attach_state = 'detaching', error = NULL, updated_at_ms = $1
+             WHERE id = $2 AND instance_id IS NOT NULL AND attach_state IN ('attaching', 'attached')",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Grows a volume to `size_gib`, claiming the difference from the quota
+    /// and the pool.
+    pub async fn extend_volume(&self, v: &VolumeRow, size_gib: u64, pool_limit: i64) -> Result<(), StorageClaimError> {
+        let delta = size_gib as i64 - v.size_gib;
+        let mut tx = self.pool.begin().await?;
+        claim_quota(&mut tx, &v.project_id, delta).await?;
+        claim_pool(&mut tx, &v.host_id, delta, pool_limit).await?;
+        let r = sqlx::query(
+            "UPDATE volumes SET size_gib = $1, error = NULL, updated_at_ms = $2
+             WHERE id = $3 AND size_gib = $4 AND desired = 'present' AND state IN ('available', 'in-use')",
+        )
+        .bind(size_gib as i64)
+        .bind(now_ms())
+        .bind(&v.id)
+        .bind(v.size_gib)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Err(StorageClaimError::State);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Asks for the volume's file to be deleted; false unless it is
+    /// available (or failed) and attached nowhere.
+    pub async fn delete_volume(&self, id: &str) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query(
+            "UPDATE volumes SET desired = 'deleted', state = 'deleting', updated_at_ms = $1
+             WHERE id = $2 AND instance_id IS NULL AND state IN ('available', 'error')",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Applies what the host says about one of its volume files.
+    pub async fn apply_volume_report(&self, host: &str, a: &ActualVolume) -> Result<bool, sqlx::Error> {
+        let Some(v) = self.volume(a.id.as_str()).await?.filter(|v| v.host_id == host && v.state != "deleted") else {
+            return Ok(false);
+        };
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        match a.state.as_str() {
+            "deleted" if v.desired == "deleted" => {
+                // Free the claims exactly once: only the report that moves
+                // the row from deleting to deleted gets here.
+                let r = sqlx::query(
+                    "UPDATE volumes SET state = 'deleted', updated_at_ms = $1 WHERE id = $2 AND state <> 'deleted'",
+                )
+                .bind(now)
+                .bind(&v.id)
+                .execute(&mut *tx)
+                .await?;
+                if r.rows_affected() == 1 {
+                    release(&mut tx, host, Some(&v.project_id), v.size_gib).await?;
+                }
+            }
+            "available" => {
+                let state = if v.desired == "deleted" { "deleting" } else { live_state(v.instance_id.as_deref()) };
+                sqlx::query(
+                    "UPDATE volumes SET actual_size_gib = $1, state = $2, error = COALESCE($3, error), updated_at_ms = $4
+                     WHERE id = $5",
+                )
+                .bind(a.size_gib as i64)
+                .bind(state)
+                .bind(&a.error)
+                .bind(now)
+                .bind(&v.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            "error" => {
+                // A volume that never came to be is in error; a later
+                // failure (an extend) is only recorded.
+                let state = if v.state == "creating" { "error" } else { v.state.as_str() };
+                sqlx::query("UPDATE volumes SET state = $1, error = $2, updated_at_ms = $3 WHERE id = $4")
+                    .bind(state)
+                    .bind(&a.error)
+                    .bind(now)
+                    .bind(&v.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            _ => {}
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Applies the attachments a host reports for `instance`: a volume it
+    /// lists moves along (attaching -> attached once the guest sees it);
+    /// a volume being detached that it no longer lists is detached.
+    pub async fn apply_attachment_report(
+        &self,
+        instance: &str,
+        reported: &[ActualAttachment],
+    ) -> Result<(), sqlx::Error> {
+        let now = now_ms();
+        for v in self.volumes_of_instance(instance).await? {
+            let seen = reported.iter().find(|a| a.volume_id.as_str() == v.id);
+            match (v.attach_state.as_deref(), seen) {
+                (Some("detaching"), None) => {
+                    let state = if v.desired == "deleted" { "deleting" } else { "available" };
+                    sqlx::query(
+                        "UPDATE volumes SET instance_id = NULL, attach_state = NULL, slot = NULL, guest_device = NULL,
+                           guest_size_bytes = NULL, state = $1, error = NULL, updated_at_ms = $2
+                         WHERE id = $3 AND attach_state = 'detaching'",
+                    )
+                    .bind(state)
+                    .bind(now)
+                    .bind(&v.id)
+                    .execute(&self.pool)
+                    .await?;
+                }
+                (Some(current @ ("attaching" | "attached")), Some(a)) => {
+                    let next = if a.state == "attached" { "attached" } else { current };
+                    let next = if current == "attached" && a.state == "attaching" { "attached" } else { next };
+                    // A success clears an earlier failure; no news keeps it.
+                    let error = match (&a.error, next) {
+                        (Some(e), _) => Some(e.clone()),
+                        (None, "attached") => None,
+                        (None, _) => v.error.clone(),
+                    };
+                    sqlx::query(
+                        "UPDATE volumes SET attach_state = $1, guest_device = $2, guest_size_bytes = $3, error = $4,
+                           updated_at_ms = $5
+                         WHERE id = $6 AND attach_state IN ('attaching', 'attached')",
+                    )
+                    .bind(next)
+                    .bind(&a.guest_device)
+                    .bind(a.guest_size_bytes.map(|b| b as i64))
+                    .bind(&error)
+                    .bind(now)
+                    .bind(&v.id)
+                    .execute(&self.pool)
+                    .await?;
+                }
+                (Some("detaching"), Some(a)) if a.error.is_some() => {
+                    sqlx::query("UPDATE volumes SET error = $1, updated_at_ms = $2 WHERE id = $3")
+                        .bind(&a.error)
+                        .bind(now)
+                        .bind(&v.id)
+                        .execute(&self.pool)
+                        .await?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A terminated instance lets go of its volumes (as EC2's default,
+    /// they are kept, not deleted).
+    pub(crate) async fn release_volumes_of(tx: &mut Tx<'_>, instance: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE volumes SET instance_id = NULL, attach_state = NULL, slot = NULL, guest_device = NULL,
+               guest_size_bytes = NULL, state = CASE WHEN desired = 'deleted' THEN 'deleting' ELSE 'available' END,
+               updated_at_ms = $1
+             WHERE instance_id = $2",
+        )
+        .bind(now_ms())
+        .bind(instance)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    // ---- snapshots ----
+
+    /// Claims pool space on the volume's host and inserts a pending snapshot.
+    pub async fn create_snapshot(
+        &self,
+        id: &str,
+        name: &str,
+        v: &VolumeRow,
+        pool_limit: i64,
+    ) -> Result<(), StorageClaimError> {
+        let mut tx = self.pool.begin().await?;
+        claim_pool(&mut tx, &v.host_id, v.size_gib, pool_limit).await?;
+        let ok: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM volumes WHERE id = $1 AND desired = 'present' AND state IN ('available', 'in-use')",
+        )
+        .bind(&v.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if ok != 1 {
+            return Err(StorageClaimError::State);
+        }
+        sqlx::query(
+            "INSERT INTO snapshots (id, project_id, name, volume_id, host_id, size_gib, desired, state, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, 'present', 'pending', $7)",
+        )
+        .bind(id)
+        .bind(&v.project_id)
+        .bind(name)
+        .bind(&v.id)
+        .bind(&v.host_id)
+        .bind(v.size_gib)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn snapshot(&self, id: &str) -> Result<Option<SnapshotRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM snapshots WHERE id = $1").bind(id).fetch_optional(&self.pool).await
+    }
+
+    pub async fn snapshots(&self, project: Option<&str>) -> Result<Vec<SnapshotRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT * FROM snapshots WHERE state <> 'deleted' AND ($1 IS NULL OR project_id = $1)
+             ORDER BY created_at_ms, id",
+        )
+        .bind(project)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    pub async fn snapshots_on_host(&self, host: &str) -> Result<Vec<SnapshotRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM snapshots WHERE host_id = $1 AND state <> 'deleted' ORDER BY id")
+            .bind(host)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// Asks for a snapshot to be deleted; false unless it is completed or failed.
+    pub async fn delete_snapshot(&self, id: &str) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query(
+            "UPDATE snapshots SET desired = 'deleted', state = 'deleting'
+             WHERE id = $1 AND state IN ('completed', 'error')",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Volumes (not deleted) being created from `snapshot`.
+    pub async fn volumes_from_snapshot(&self, snapshot: &str) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT id FROM volumes WHERE snapshot_id = $1 AND state = 'creating'")
+            .bind(snapshot)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    pub async fn apply_snapshot_report(&self, host: &str, a: &ActualSnapshot) -> Result<bool, sqlx::Error> {
+        let Some(s) = self.snapshot(a.id.as_str()).await?.filter(|s| s.host_id == host && s.state != "deleted") else {
+            return Ok(false);
+        };
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        match a.state.as_str() {
+            "deleted" if s.desired == "deleted" => {
+                let r = sqlx::query("UPDATE snapshots SET state = 'deleted' WHERE id = $1 AND state <> 'deleted'")
+                    .bind(&s.id)
+                    .execute(&mut *tx)
+                    .await?;
+                if r.rows_affected() == 1 {
+                    release(&mut tx, host, None, s.size_gib).await?;
+                }
+            }
+            "completed" if s.state == "pending" => {
+                sqlx::query(
+                    "UPDATE snapshots SET state = 'completed', consistency = $1, error = NULL, completed_at_ms = $2
+                     WHERE id = $3 AND state = 'pending'",
+                )
+                .bind(&a.consistency)
+                .bind(now)
+                .bind(&s.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            "error" if s.state == "pending" => {
+                sqlx::query("UPDATE snapshots SET state = 'error', error = $1 WHERE id = $2 AND state = 'pending'")
+                    .bind(&a.error)
+                    .bind(&s.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            _ => {}
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn states() {
+        assert_eq!(super::live_state(Some("i-1")), "in-use");
+        assert_eq!(super::live_state(None), "available");
+    }
+}
