@@ -9,8 +9,9 @@
 
 use nubo_image::inspect::{DiskFormat, InspectError, InspectLimits};
 use sha2::{Digest, Sha256};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 /// Zero blocks of this size are skipped (left as holes) when writing, so
 /// a mostly empty raw image costs little space.
@@ -68,49 +69,48 @@ pub fn is_sha256(s: &str) -> bool {
 
 /// Writes bytes to a file, leaving whole zero blocks as holes.
 struct SparseWriter {
-    file: std::fs::File,
+    file: tokio::fs::File,
     /// Bytes not yet making up a whole block.
     pending: Vec<u8>,
     len: u64,
 }
 
 impl SparseWriter {
-    fn write(&mut self, mut data: &[u8]) -> std::io::Result<()> {
+    async fn write(&mut self, mut data: &[u8]) -> std::io::Result<()> {
         if !self.pending.is_empty() {
             let take = (SPARSE_BLOCK - self.pending.len()).min(data.len());
             self.pending.extend_from_slice(&data[..take]);
             data = &data[take..];
             if self.pending.len() == SPARSE_BLOCK {
                 let block = std::mem::take(&mut self.pending);
-                self.block(&block)?;
+                self.block(&block).await?;
             }
         }
         let mut chunks = data.chunks_exact(SPARSE_BLOCK);
         for block in &mut chunks {
-            self.block(block)?;
+            self.block(block).await?;
         }
         self.pending.extend_from_slice(chunks.remainder());
         Ok(())
     }
 
-    fn block(&mut self, block: &[u8]) -> std::io::Result<()> {
+    async fn block(&mut self, block: &[u8]) -> std::io::Result<()> {
         if block.iter().all(|b| *b == 0) {
-            self.file.seek(SeekFrom::Current(block.len() as i64))?;
+            self.file.seek(SeekFrom::Current(block.len() as i64)).await?;
         } else {
-            self.file.write_all(block)?;
+            self.file.write_all(block).await?;
         }
         self.len += block.len() as u64;
         Ok(())
     }
 
-    fn finish(mut self) -> std::io::Result<std::fs::File> {
+    async fn finish(mut self) -> std::io::Result<()> {
         let rest = std::mem::take(&mut self.pending);
-        self.file.write_all(&rest)?;
+        self.file.write_all(&rest).await?;
         self.len += rest.len() as u64;
         // A trailing hole needs the length set explicitly.
-        self.file.set_len(self.len)?;
-        self.file.sync_all()?;
-        Ok(self.file)
+        self.file.set_len(self.len).await?;
+        self.file.sync_all().await
     }
 }
 
@@ -164,7 +164,7 @@ impl Registry {
             .tempfile_in(&tmp_dir)
             .map_err(io("create a file in", &tmp_dir))?
             .into_temp_path();
-        let file = std::fs::OpenOptions::new().write(true).open(&tmp).map_err(io("open", &tmp))?;
+        let file = tokio::fs::OpenOptions::new().write(true).open(&tmp).await.map_err(io("open", &tmp))?;
         let mut writer = SparseWriter { file, pending: Vec::new(), len: 0 };
         let mut hasher = Sha256::new();
         let mut got: u64 = 0;
@@ -177,13 +177,12 @@ impl Registry {
                 return Err(RegistryError::TooLarge { declared: size });
             }
             hasher.update(&data);
-            // Blocking writes of at most one frame; small enough for the runtime.
-            tokio::task::block_in_place(|| writer.write(&data)).map_err(io("write", &tmp))?;
+            writer.write(&data).await.map_err(io("write", &tmp))?;
         }
         if got < size {
             return Err(RegistryError::Short { got, declared: size });
         }
-        writer.finish().map_err(io("write", &tmp))?;
+        writer.finish().await.map_err(io("write", &tmp))?;
         let sha256 = hex::encode(hasher.finalize());
         if let Some(want) = expected_sha256 {
             if want != sha256 {
@@ -209,20 +208,20 @@ impl Registry {
 mod tests {
     use super::*;
 
-    #[test]
-    fn sparse_writer_keeps_content_and_holes() {
+    #[tokio::test]
+    async fn sparse_writer_keeps_content_and_holes() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
-        let file = std::fs::File::create(&p).unwrap();
+        let file = tokio::fs::File::create(&p).await.unwrap();
         let mut w = SparseWriter { file, pending: Vec::new(), len: 0 };
         let mut want = Vec::new();
         // Odd-sized pieces across block boundaries, a long zero run, and a zero tail.
         for piece in [vec![1u8; 100], vec![0u8; 1 << 20], vec![2u8; 5000], vec![0u8; 3 * SPARSE_BLOCK + 7]] {
-            w.write(&piece).unwrap();
+            w.write(&piece).await.unwrap();
             want.extend_from_slice(&piece);
         }
-        w.finish().unwrap();
+        w.finish().await.unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), want);
         let allocated = std::fs::metadata(&p).unwrap().blocks() * 512;
         assert!(allocated < 256 * 1024, "zero blocks became holes: {allocated} bytes allocated");

@@ -2,77 +2,13 @@
 //! project isolation, roles, token expiry and revocation, quotas under
 //! parallel requests, host joins, and the audit log of every attempt.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+mod common;
+use axum::http::StatusCode;
+use common::T;
 use nubo_api::ids::HostId;
-use nubo_controlplane::{app, Config, Ctx};
+use nubo_controlplane::{Config, Ctx};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use tower::ServiceExt;
-
-struct T {
-    ctx: Arc<Ctx>,
-    admin: String,
-    _dir: tempfile::TempDir,
-}
-
-impl T {
-    async fn new() -> T {
-        let dir = tempfile::tempdir().unwrap();
-        let ctx = Ctx::new(Config::new(dir.path().to_path_buf())).await.unwrap();
-        let admin = ctx.bootstrap_admin_token().await.unwrap();
-        T { ctx, admin, _dir: dir }
-    }
-
-    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let resp = app(self.ctx.clone()).oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-    }
-
-    async fn ok(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
-        let (s, v) = self.call(method, path, Some(token), body).await;
-        assert!(s.is_success(), "{method} {path}: {s} {v}");
-        v
-    }
-
-    /// A user with `role` in `project` (created as needed); returns its session token.
-    async fn user(&self, name: &str, project: &str, role: &str) -> String {
-        let (s, _) = self.call("POST", "/api/v1/projects", Some(&self.admin), Some(json!({"name": project}))).await;
-        assert!(s == StatusCode::CREATED || s == StatusCode::CONFLICT);
-        let admin = self.admin.clone();
-        self.ok("POST", "/api/v1/users", &admin, Some(json!({"name": name, "password": "s3cret-pass"}))).await;
-        self.ok("PUT", &format!("/api/v1/projects/{project}/members/{name}"), &admin, Some(json!({"role": role})))
-            .await;
-        let v =
-            self.ok("POST", "/api/v1/auth/login", "", Some(json!({"username": name, "password": "s3cret-pass"}))).await;
-        assert_eq!(v["role"], role);
-        v["token"].as_str().unwrap().to_string()
-    }
-
-    async fn add_host(&self) -> String {
-        let (join, _) = self.ctx.store.create_join_token(60_000).await.unwrap();
-        let id = HostId::generate();
-        let v = self.ok("POST", "/api/v1/agent/join", "", Some(json!({"join_token": join, "host_id": id}))).await;
-        let cred = v["credential"].as_str().unwrap().to_string();
-        let reg =
-            json!({"host_id": id, "name": "h1", "accel": "tcg", "vcpus": 64, "memory_mib": 262144, "disk_gib": 1000});
-        self.ok("POST", "/api/v1/agent/register", &cred, Some(reg)).await;
-        cred
-    }
-
-    async fn audit(&self) -> Vec<Value> {
-        let admin = self.admin.clone();
-        self.ok("GET", "/api/v1/audit?limit=1000", &admin, None).await.as_array().unwrap().clone()
-    }
-}
 
 fn small() -> Value {
     json!({"image": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})

@@ -1,0 +1,103 @@
+//! Test harness for the control plane's router, driven in-process
+//! through `app()` (no socket, no VM): a fresh data directory, the
+//! bootstrap admin, users with roles, hosts that join and register.
+#![allow(dead_code)]
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use nubo_api::ids::HostId;
+use nubo_controlplane::{app, Config, Ctx};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tower::ServiceExt;
+
+pub struct T {
+    pub ctx: Arc<Ctx>,
+    pub admin: String,
+    pub _dir: tempfile::TempDir,
+}
+
+impl T {
+    pub async fn new() -> T {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = Ctx::new(Config::new(dir.path().to_path_buf())).await.unwrap();
+        let admin = ctx.bootstrap_admin_token().await.unwrap();
+        T { ctx, admin, _dir: dir }
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// One request with a raw body and content type; the status and JSON answer.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path).header("content-type", content_type);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = app(self.ctx.clone()).oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        self.raw(method, path, token, "application/json", body.into_bytes()).await
+    }
+
+    pub async fn ok(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
+        let (s, v) = self.call(method, path, Some(token), body).await;
+        assert!(s.is_success(), "{method} {path}: {s} {v}");
+        v
+    }
+
+    /// A user with `role` in `project` (created as needed); returns its session token.
+    pub async fn user(&self, name: &str, project: &str, role: &str) -> String {
+        let (s, _) = self.call("POST", "/api/v1/projects", Some(&self.admin), Some(json!({"name": project}))).await;
+        assert!(s == StatusCode::CREATED || s == StatusCode::CONFLICT);
+        let admin = self.admin.clone();
+        self.ok("POST", "/api/v1/users", &admin, Some(json!({"name": name, "password": "s3cret-pass"}))).await;
+        self.ok("PUT", &format!("/api/v1/projects/{project}/members/{name}"), &admin, Some(json!({"role": role})))
+            .await;
+        let v =
+            self.ok("POST", "/api/v1/auth/login", "", Some(json!({"username": name, "password": "s3cret-pass"}))).await;
+        assert_eq!(v["role"], role);
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    /// A host that joined and registered with a 1000 GiB storage pool; its credential.
+    pub async fn add_host(&self) -> String {
+        self.add_host_with_id().await.1
+    }
+
+    pub async fn add_host_with_id(&self) -> (HostId, String) {
+        let (join, _) = self.ctx.store.create_join_token(60_000).await.unwrap();
+        let id = HostId::generate();
+        let v = self.ok("POST", "/api/v1/agent/join", "", Some(json!({"join_token": join, "host_id": id}))).await;
+        let cred = v["credential"].as_str().unwrap().to_string();
+        let reg =
+            json!({"host_id": id, "name": "h1", "accel": "tcg", "vcpus": 64, "memory_mib": 262144, "disk_gib": 1000});
+        self.ok("POST", "/api/v1/agent/register", &cred, Some(reg)).await;
+        (id, cred)
+    }
+
+    pub async fn audit(&self) -> Vec<Value> {
+        let admin = self.admin.clone();
+        self.ok("GET", "/api/v1/audit?limit=1000", &admin, None).await.as_array().unwrap().clone()
+    }
+}
