@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Nubo needs on a Debian machine: QEMU, qemu-img, the
 # firmware QEMU loads, e2fsprogs (builds the images' disks), mmdebstrap
-# (installs the debian image's root file system), curl, and openssh-client
-# (the tests log in to guests with ssh).
+# (installs the debian image's root file system), curl, openssh-client
+# (the tests log in to guests with ssh), and syslinux, mtools, dosfstools
+# and fdisk (the storage test builds a BIOS-bootable disk to import).
 # Idempotent; refreshes apt's lists because the image build runs
 # `apt-get download` against them.
 set -euo pipefail
@@ -22,7 +23,7 @@ fi
 # shellcheck disable=SC2086 # QEMU_PKGS is a word list on purpose
 $SUDO apt-get install -y -q --no-install-recommends --allow-downgrades \
   $QEMU_PKGS seabios ipxe-qemu e2fsprogs mmdebstrap curl ca-certificates procps \
-  slapd openssh-client
+  slapd openssh-client syslinux syslinux-common mtools dosfstools fdisk
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust stable (https://rustup.rs) and re-run" >&2
   exit 1

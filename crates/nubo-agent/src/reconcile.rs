@@ -376,7 +376,7 @@ impl Reconciler {
             let volumes = match (want.power, vm_pid) {
                 (PowerState::Deleted, _) => Vec::new(),
                 (_, Some(pid)) => self.reconcile_attachments(want, Some(pid)),
-                _ if busy => Vec::new(),
+                _ if busy => self.attachments_as_known(want),
                 _ => self.reconcile_attachments(want, None),
             };
             let captures = match (want.power, power) {

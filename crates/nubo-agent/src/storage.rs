@@ -251,6 +251,36 @@ impl Reconciler {
         want: &DesiredInstance,
         running: Option<u32>,
     ) -> Vec<ActualAttachment> {
+        self.attachments(want, running, true)
+    }
+
+    /// The attachments of `want` as last known, changing nothing: while a
+    /// start or reboot is under way, a volume being detached must not look
+    /// detached before it is.
+    pub(crate) fn attachments_as_known(self: &Arc<Self>, want: &DesiredInstance) -> Vec<ActualAttachment> {
+        let pid = self.storage().disks.get(&want.id).map(|d| d.pid);
+        match pid {
+            Some(pid) => self.attachments(want, Some(pid), false),
+            None => want
+                .volumes
+                .iter()
+                .map(|v| ActualAttachment {
+                    volume_id: v.volume_id.clone(),
+                    state: "attaching".into(),
+                    guest_device: None,
+                    guest_size_bytes: None,
+                    error: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn attachments(
+        self: &Arc<Self>,
+        want: &DesiredInstance,
+        running: Option<u32>,
+        work: bool,
+    ) -> Vec<ActualAttachment> {
         let Some(pid) = running else {
             self.forget_disks(&want.id);
             // A stopped VM has nothing plugged: wanted volumes go in at start.
@@ -311,7 +341,7 @@ impl Reconciler {
             }
             (needs_work, report)
         };
-        if needs_work {
+        if needs_work && work {
             let this = self.clone();
             let want = want.clone();
             self.spawn_storage(disk_key(&want.id), async move { this.disk_task(want, pid).await });

@@ -223,6 +223,19 @@ impl Store {
         Ok(())
     }
 
+    /// Imports whose upload was under way when the server stopped: in error,
+    /// so their owners see it and upload again.
+    pub async fn fail_interrupted_uploads(&self) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE images SET state = 'error', error = 'the upload was interrupted by a control-plane restart; delete the image and import it again', updated_at_ms = $1
+             WHERE source = 'import' AND state = 'saving'",
+        )
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// An instance snapshot its host could not take; true when it moved to error.
     pub async fn fail_capture(&self, image: &str, instance: &str, error: Option<&str>) -> Result<bool, sqlx::Error> {
         let r = sqlx::query(

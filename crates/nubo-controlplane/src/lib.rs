@@ -93,6 +93,8 @@ impl Ctx {
             store.upsert_builtin_image(name, description).await?;
         }
         store.backfill_instance_image_ids().await?;
+        // Uploads this server was receiving when it stopped will never end.
+        store.fail_interrupted_uploads().await?;
         for recipe in recipes::builtins()? {
             store.upsert_builtin_recipe(&recipe).await?;
         }
@@ -111,6 +113,7 @@ impl Ctx {
         let limiter = governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst));
         let sealer = secrets::Sealer::load_or_create(&config.data_dir)?;
         let registry = registry::Registry::new(&config.data_dir);
+        registry.remove_partial_uploads();
         Ok(Arc::new(Self { config, store, generation, limiter, sealer, registry }))
     }
 

@@ -133,6 +133,18 @@ impl Registry {
         is_sha256(sha256).then(|| self.blobs().join(sha256))
     }
 
+    /// Removes what uploads cut short by a restart left in `tmp/`.
+    pub fn remove_partial_uploads(&self) {
+        let tmp = self.tmp();
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                if let Err(err) = std::fs::remove_file(e.path()) {
+                    tracing::warn!(path = %e.path().display(), error = %err, "cannot remove a partial upload");
+                }
+            }
+        }
+    }
+
     /// Removes a file no image refers to any more.
     pub fn remove_blob(&self, sha256: &str) {
         if let Some(p) = self.blob_path(sha256) {

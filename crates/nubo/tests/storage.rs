@@ -10,7 +10,8 @@
 //! * images: every bad image refused (backing file, external data file,
 //!   a file lying about its format, an unaccepted format, one larger than
 //!   declared, a truncated one, a name with `../`), with nothing stored and
-//!   nothing outside the data directory opened; a good import booted; an
+//!   nothing outside the data directory opened; good imports booted (one
+//!   with tiny's kernel, one by the firmware from its own boot loader); an
 //!   instance snapshot that boots a new instance with the first one's data;
 //!   deletes refused while an instance or a snapshot uses the image.
 
@@ -321,6 +322,22 @@ fn images_end_to_end() {
     let raw_id = cloud.nubo_ok(&["image", "import", &ps("full.raw"), "--name", "plain-raw"]).trim().to_string();
     assert_eq!(cloud.nubo_json(&["image", "show", &raw_id])["virtual_size_bytes"], 8 << 20);
 
+    // An image with its own boot loader, booted by the firmware: a raw disk
+    // with an MBR, a FAT partition holding syslinux, tiny's kernel and
+    // initrd, and tiny's root file system as the second partition.
+    let bootable = bios_bootable_disk(&cloud, dir.path());
+    let fw = cloud.nubo_ok(&["image", "import", bootable.to_str().unwrap(), "--name", "fw-tiny"]).trim().to_string();
+    let fw_image = cloud.nubo_json(&["image", "show", &fw]);
+    assert_eq!((fw_image["disk_format"].as_str(), fw_image["kernel_image"].as_str()), (Some("raw"), None));
+    let f = cloud.nubo_ok(&["instance", "run", "--image", "fw-tiny", "--name", "fw", "--wait"]).trim().to_string();
+    cloud.wait_console(&f, nubo_api::BOOT_COMPLETE_MARKER, 1, BOOT);
+    let cmdline = guest_sh(&cloud, &f, "cat /proc/cmdline");
+    assert!(
+        cmdline.contains("BOOT_IMAGE=vmlinuz") && cmdline.contains("root=/dev/vda2"),
+        "booted by syslinux: {cmdline}"
+    );
+    cloud.nubo_ok(&["instance", "terminate", &f, "--wait"]);
+
     // Boot it; write data on the root disk; snapshot the instance.
     let a = cloud.nubo_ok(&["instance", "run", "--image", "my-tiny", "--name", "a", "--wait"]).trim().to_string();
     cloud.wait_console(&a, nubo_api::BOOT_COMPLETE_MARKER, 1, BOOT);
@@ -353,6 +370,43 @@ fn images_end_to_end() {
     assert!(!cloud.data_dir().join("registry/sha256").join(&sha).exists(), "an unused file is removed");
     let builtin = cloud.nubo(&["image", "delete", "tiny"]);
     assert!(String::from_utf8_lossy(&builtin.stderr).contains("builtin"));
+}
+
+/// A raw disk that SeaBIOS boots: syslinux's MBR, a FAT partition with
+/// syslinux, tiny's kernel and initrd, and tiny's root file system as
+/// partition 2. Built without root or loop devices (mtools, sfdisk, dd).
+fn bios_bootable_disk(cloud: &Cloud, dir: &Path) -> std::path::PathBuf {
+    let tiny = cloud.image_of("tiny");
+    let script = r#"set -eu
+T="$1"; cd "$2"
+truncate -s 32M boot.img && mkfs.vfat -n BOOT boot.img >/dev/null
+printf 'DEFAULT nubo
+PROMPT 0
+TIMEOUT 1
+LABEL nubo
+  KERNEL vmlinuz
+  INITRD initrd
+  APPEND console=ttyS0 root=/dev/vda2 rw quiet
+' > syslinux.cfg
+mcopy -i boot.img "$T/kernel" ::vmlinuz && mcopy -i boot.img "$T/initrd" ::initrd && mcopy -i boot.img syslinux.cfg ::syslinux.cfg
+syslinux --install boot.img
+qemu-img convert -f qcow2 -O raw "$T/disk.qcow2" root.img
+truncate -s $((1048576 + 33554432 + $(stat -c %s root.img))) bootable.raw
+printf 'label: dos
+start=2048, size=65536, type=c, bootable
+start=67584, type=83
+' | sfdisk -q bootable.raw
+dd if=boot.img of=bootable.raw bs=1M seek=1 conv=notrunc status=none
+dd if=root.img of=bootable.raw bs=512 seek=67584 conv=notrunc status=none
+dd if=/usr/lib/syslinux/mbr/mbr.bin of=bootable.raw bs=440 count=1 conv=notrunc status=none
+"#;
+    let out = Command::new("sh").args(["-c", script, "sh", &tiny]).arg(dir).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "building a BIOS-bootable disk (needs syslinux, mtools, dosfstools, fdisk: scripts/install-deps.sh): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("bootable.raw")
 }
 
 fn sha256_file(p: &Path) -> String {
