@@ -14,15 +14,21 @@ pub const MAX_PORTS: usize = 16;
 /// Names: 1-63 of letters, digits, `-`, `_`, `.`, not starting with `.`
 /// or `-` (they end up in file names and QEMU's `-name`).
 pub fn name(n: &str) -> Result<(), AppError> {
+    name_of("name", n, 63)
+}
+
+/// Like [`name`] for `what` (e.g. "image name"), at most `max` long. Such a
+/// name can never be a path: no `/`, no leading `.`.
+pub fn name_of(what: &str, n: &str, max: usize) -> Result<(), AppError> {
     let ok = !n.is_empty()
-        && n.len() <= 63
+        && n.len() <= max
         && !n.starts_with(['.', '-'])
         && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if ok {
         Ok(())
     } else {
         Err(AppError::BadRequest(format!(
-            "name '{}' is not valid: use 1-63 letters, digits, '-', '_' or '.', not starting with '.' or '-'",
+            "{what} '{}' is not valid: use 1-{max} letters, digits, '-', '_' or '.', not starting with '.' or '-'",
             n.chars().take(80).collect::<String>()
         )))
     }

@@ -90,6 +90,14 @@ pub struct NewVolume<'a> {
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
 
+/// Which rows a listing covers.
+enum Scope<'a> {
+    /// One project's (`None`: every project's).
+    Project(Option<&'a str>),
+    /// One host's.
+    Host(&'a str),
+}
+
 /// Takes `gib` of the project's volume quota, or says why not.
 async fn claim_quota(tx: &mut Tx<'_>, project: &str, gib: i64) -> Result<(), StorageClaimError> {
     let r = sqlx::query(
@@ -198,20 +206,36 @@ impl Store {
 
     /// Volumes not yet deleted, of one project or (for `None`) all.
     pub async fn volumes(&self, project: Option<&str>) -> Result<Vec<VolumeRow>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT * FROM volumes WHERE state <> 'deleted' AND ($1 IS NULL OR project_id = $1)
-             ORDER BY created_at_ms, id",
-        )
-        .bind(project)
-        .fetch_all(&self.pool)
-        .await
+        self.live_rows("volumes", Scope::Project(project)).await
     }
 
     pub async fn volumes_on_host(&self, host: &str) -> Result<Vec<VolumeRow>, sqlx::Error> {
-        sqlx::query_as("SELECT * FROM volumes WHERE host_id = $1 AND state <> 'deleted' ORDER BY id")
-            .bind(host)
-            .fetch_all(&self.pool)
-            .await
+        self.live_rows("volumes", Scope::Host(host)).await
+    }
+
+    /// Rows of `table` (volumes or snapshots) not yet deleted, in `scope`.
+    async fn live_rows<T>(&self, table: &'static str, scope: Scope<'_>) -> Result<Vec<T>, sqlx::Error>
+    where
+        T: for<'r> FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+    {
+        // `table` is one of our own names, never user input.
+        match scope {
+            Scope::Project(project) => {
+                sqlx::query_as(&format!(
+                    "SELECT * FROM {table} WHERE state <> 'deleted' AND ($1 IS NULL OR project_id = $1)
+                     ORDER BY created_at_ms, id"
+                ))
+                .bind(project)
+                .fetch_all(&self.pool)
+                .await
+            }
+            Scope::Host(host) => {
+                sqlx::query_as(&format!("SELECT * FROM {table} WHERE host_id = $1 AND state <> 'deleted' ORDER BY id"))
+                    .bind(host)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
     }
 
     pub async fn volumes_of_instance(&self, instance: &str) -> Result<Vec<VolumeRow>, sqlx::Error> {
@@ -476,20 +500,11 @@ impl Store {
     }
 
     pub async fn snapshots(&self, project: Option<&str>) -> Result<Vec<SnapshotRow>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT * FROM snapshots WHERE state <> 'deleted' AND ($1 IS NULL OR project_id = $1)
-             ORDER BY created_at_ms, id",
-        )
-        .bind(project)
-        .fetch_all(&self.pool)
-        .await
+        self.live_rows("snapshots", Scope::Project(project)).await
     }
 
     pub async fn snapshots_on_host(&self, host: &str) -> Result<Vec<SnapshotRow>, sqlx::Error> {
-        sqlx::query_as("SELECT * FROM snapshots WHERE host_id = $1 AND state <> 'deleted' ORDER BY id")
-            .bind(host)
-            .fetch_all(&self.pool)
-            .await
+        self.live_rows("snapshots", Scope::Host(host)).await
     }
 
     /// Asks for a snapshot to be deleted; false unless it is completed or failed.

@@ -8,58 +8,17 @@
 //! The image comes from the shared cache `$NUBO_IMAGE_CACHE` (default
 //! `<workspace>/.cache/images`), built first if needed.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::*;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nubo_hypervisor::{
-    Accel, Boot, DataDisk, GuestExec, Hypervisor, Qemu, QgaClient, VmConfig, VmDir, DEFAULT_HOTPLUG_SLOTS,
-};
+use nubo_hypervisor::{Accel, Boot, DataDisk, Hypervisor, Qemu, QgaClient, VmConfig, VmDir, DEFAULT_HOTPLUG_SLOTS};
 use nubo_image::seed::{write_nocloud_seed, SeedData};
 use nubo_image::{ImageCache, BOOT_COMPLETE_MARKER};
 
 const MIB: u64 = 1024 * 1024;
-
-fn qemu_available() -> bool {
-    let ok = |bin: &str| Command::new(bin).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
-    if ok("qemu-system-x86_64") && ok("qemu-img") {
-        true
-    } else {
-        eprintln!("SKIPPED: qemu-system-x86_64 or qemu-img is not installed");
-        false
-    }
-}
-
-fn cache_root() -> PathBuf {
-    let root = match std::env::var_os("NUBO_IMAGE_CACHE") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/images"),
-    };
-    std::path::absolute(root).unwrap()
-}
-
-/// Kills the VM if the test fails half-way.
-struct Reaper(VmDir);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if let Some(pid) = std::fs::read_to_string(self.0.pidfile()).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains("qemu") {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-    }
-}
-
-fn sh(cmd: &str) -> GuestExec {
-    GuestExec {
-        path: "/bin/sh".into(),
-        args: vec!["-c".into(), cmd.into()],
-        capture_output: true,
-        ..Default::default()
-    }
-}
 
 async fn guest(qga: &mut QgaClient, cmd: &str) -> String {
     let st = qga.run(&sh(cmd), Duration::from_secs(60)).await.unwrap();

@@ -9,9 +9,11 @@
 //! `<workspace>/.cache/images`), built first if needed; that needs the static
 //! guest agent (scripts/test.sh builds it and sets NUBO_GUEST_AGENT).
 
+mod common;
+use common::*;
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -27,28 +29,6 @@ use serde_json::json;
 const VOLUME_SERIAL: &str = "vol0123456789abcdef0";
 const VOLUME_SIZE: u64 = 48 << 20;
 
-fn qemu_available() -> bool {
-    let ok = |bin: &str| Command::new(bin).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
-    if ok("qemu-system-x86_64") && ok("qemu-img") {
-        true
-    } else {
-        eprintln!("SKIPPED: qemu-system-x86_64 or qemu-img is not installed");
-        false
-    }
-}
-
-fn cache_root() -> PathBuf {
-    let root = match std::env::var_os("NUBO_IMAGE_CACHE") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/images"),
-    };
-    std::path::absolute(root).unwrap()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Polls `check` every 200 ms until it returns Some or `limit` passes.
 async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where
@@ -62,30 +42,6 @@ where
         }
         assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Kills the VM if the test fails half-way.
-struct Reaper(VmDir);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let pidfile = self.0.pidfile();
-        if let Some(pid) = std::fs::read_to_string(pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains("qemu") {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-    }
-}
-
-fn sh(cmd: &str) -> GuestExec {
-    GuestExec {
-        path: "/bin/sh".into(),
-        args: vec!["-c".into(), cmd.into()],
-        capture_output: true,
-        ..Default::default()
     }
 }
 

@@ -83,15 +83,7 @@ fn launch(cloud: &Cloud) -> Run {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("boot_stages: run with `cargo bench -p nubo --bench boot_stages` (skipped: boots real VMs)");
-        return;
-    }
-    let runs: usize = match std::env::var("NUBO_BENCH_RUNS") {
-        Ok(s) => s.trim().parse().ok().filter(|n| *n > 0).expect("NUBO_BENCH_RUNS must be a positive integer"),
-        Err(_) => 5,
-    };
-    install_signal_handlers();
+    let Some(runs) = bench_runs("boot_stages") else { return };
 
     let load_before = loadavg();
     ensure_image();

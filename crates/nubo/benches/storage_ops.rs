@@ -50,15 +50,7 @@ const OPS: &[&str] = &[
 ];
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("storage_ops: run with `cargo bench -p nubo --bench storage_ops` (skipped: boots real VMs)");
-        return;
-    }
-    let runs: usize = match std::env::var("NUBO_BENCH_RUNS") {
-        Ok(s) => s.trim().parse().ok().filter(|n| *n > 0).expect("NUBO_BENCH_RUNS must be a positive integer"),
-        Err(_) => 5,
-    };
-    install_signal_handlers();
+    let Some(runs) = bench_runs("storage_ops") else { return };
     let load_before = loadavg();
     ensure_image();
     let cloud = Cloud::up();

@@ -28,18 +28,7 @@ const GIB: u64 = 1 << 30;
 /// Image names: 1-128 of letters, digits, `-`, `_`, `.`, not starting with
 /// `.` or `-` (so never `..`, `/` or a hidden name).
 pub(crate) fn check_image_name(n: &str) -> AppResult<()> {
-    let ok = !n.is_empty()
-        && n.len() <= 128
-        && !n.starts_with(['.', '-'])
-        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(AppError::BadRequest(format!(
-            "image name '{}' is not valid: use 1-128 letters, digits, '-', '_' or '.', not starting with '.' or '-' (no '/')",
-            n.chars().take(80).collect::<String>()
-        )))
-    }
+    crate::validate::name_of("image name", n, 128)
 }
 
 /// The view of an image row.

@@ -286,3 +286,19 @@ pub fn install_signal_handlers() {
         libc::signal(libc::SIGTERM, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
     }
 }
+
+/// The number of runs (`NUBO_BENCH_RUNS`, default 5) when started by
+/// `cargo bench` (with `--bench`), with the signal handlers installed;
+/// `None` under `cargo test --benches`, so test runs boot no VMs.
+pub fn bench_runs(name: &str) -> Option<usize> {
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("{name}: run with `cargo bench -p nubo --bench {name}` (skipped: boots real VMs)");
+        return None;
+    }
+    let runs = match std::env::var("NUBO_BENCH_RUNS") {
+        Ok(s) => s.trim().parse().ok().filter(|n| *n > 0).expect("NUBO_BENCH_RUNS must be a positive integer"),
+        Err(_) => 5,
+    };
+    install_signal_handlers();
+    Some(runs)
+}
