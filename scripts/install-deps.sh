@@ -3,7 +3,11 @@
 # firmware QEMU loads, e2fsprogs (builds the images' disks), mmdebstrap
 # (installs the debian image's root file system), curl, openssh-client
 # (the tests log in to guests with ssh), and syslinux, mtools, dosfstools
-# and fdisk (the storage test builds a BIOS-bootable disk to import).
+# and fdisk (the storage test builds a BIOS-bootable disk to import), and
+# Debian's monitoring-plugins (Nagios plugins such as check_http for plugin
+# checks). Prometheus' promtool, which the monitoring test uses to check
+# /metrics, is unpacked from Debian's package into .cache/tools (installing
+# the package would start a Prometheus server).
 # Idempotent; refreshes apt's lists because the image build runs
 # `apt-get download` against them.
 set -euo pipefail
@@ -23,7 +27,7 @@ fi
 # shellcheck disable=SC2086 # QEMU_PKGS is a word list on purpose
 $SUDO apt-get install -y -q --no-install-recommends --allow-downgrades \
   $QEMU_PKGS seabios ipxe-qemu e2fsprogs mmdebstrap curl ca-certificates procps \
-  slapd openssh-client syslinux syslinux-common mtools dosfstools fdisk
+  slapd openssh-client syslinux syslinux-common mtools dosfstools fdisk monitoring-plugins-basic
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust stable (https://rustup.rs) and re-run" >&2
   exit 1
@@ -32,3 +36,15 @@ fi
 # 127.0.0.1; never leave Debian's system instance listening.
 if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now slapd >/dev/null 2>&1 || true; fi
 $SUDO service slapd stop >/dev/null 2>&1 || true
+
+# promtool, unpacked (not installed) so that no Prometheus service starts.
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+TOOLS="$ROOT/.cache/tools"
+if [ ! -x "$TOOLS/prometheus/usr/bin/promtool" ]; then
+  mkdir -p "$TOOLS/deb" "$TOOLS/prometheus"
+  (cd "$TOOLS/deb" && apt-get download -q prometheus >/dev/null 2>&1) || {
+    echo "cannot download Debian's prometheus package (for promtool)" >&2
+    exit 1
+  }
+  dpkg -x "$(ls "$TOOLS"/deb/prometheus_*.deb | head -n 1)" "$TOOLS/prometheus"
+fi

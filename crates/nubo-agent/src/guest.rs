@@ -32,8 +32,17 @@ const PSEUDO_FS: &[&str] = &[
     "nsfs",
 ];
 
-/// Asks the guest agent for the guest's status.
-pub async fn collect(q: &mut QgaClient, now_ms: i64) -> Result<GuestStatus, QgaError> {
+/// Bytes the guest's interfaces (all but loopback) have received and sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// Asks the guest agent for the guest's status, and its network counters
+/// (kept apart: they change all the time, so they go to monitoring, not
+/// into the status the control plane stores).
+pub async fn collect(q: &mut QgaClient, now_ms: i64) -> Result<(GuestStatus, Option<NetCounters>), QgaError> {
     let info = q.info().await?;
     // Each part is optional: an agent may have some commands disabled.
     let os = q.osinfo().await.ok();
@@ -51,10 +60,16 @@ pub async fn collect(q: &mut QgaClient, now_ms: i64) -> Result<GuestStatus, QgaE
             total_bytes: f.total_bytes,
         })
         .collect();
-    let interfaces = q
-        .network_interfaces()
-        .await
-        .unwrap_or_default()
+    let raw_interfaces = q.network_interfaces().await.unwrap_or_default();
+    let mut counters: Option<NetCounters> = None;
+    for i in raw_interfaces.iter().filter(|i| i.name != "lo") {
+        if let (Some(rx), Some(tx)) = (i.rx_bytes, i.tx_bytes) {
+            let c = counters.get_or_insert_with(NetCounters::default);
+            c.rx_bytes = c.rx_bytes.saturating_add(rx);
+            c.tx_bytes = c.tx_bytes.saturating_add(tx);
+        }
+    }
+    let interfaces = raw_interfaces
         .into_iter()
         .map(|i| GuestInterface {
             name: i.name,
@@ -62,14 +77,17 @@ pub async fn collect(q: &mut QgaClient, now_ms: i64) -> Result<GuestStatus, QgaE
             addresses: i.ip_addresses.into_iter().map(|a| format!("{}/{}", a.address, a.prefix)).collect(),
         })
         .collect();
-    Ok(GuestStatus {
-        updated_at_ms: now_ms,
-        agent_version: Some(info.version),
-        os: os.as_ref().and_then(|o| o.pretty_name.clone().or_else(|| o.name.clone())),
-        kernel: os.and_then(|o| o.kernel_release),
-        filesystems,
-        interfaces,
-    })
+    Ok((
+        GuestStatus {
+            updated_at_ms: now_ms,
+            agent_version: Some(info.version),
+            os: os.as_ref().and_then(|o| o.pretty_name.clone().or_else(|| o.name.clone())),
+            kernel: os.and_then(|o| o.kernel_release),
+            filesystems,
+            interfaces,
+        },
+        counters,
+    ))
 }
 
 /// Whether two reports differ in anything but their time (so an

@@ -7,10 +7,12 @@
 
 pub mod blobs;
 pub mod capacity;
+pub mod checks;
 pub mod console;
 pub mod guest;
 pub mod identity;
 pub mod imds;
+pub mod metrics;
 pub mod reconcile;
 pub mod runs;
 pub mod storage;
@@ -50,6 +52,10 @@ pub struct AgentConfig {
     /// appended. `nubo agent` uses `[<itself>, "imds-relay"]`. `None`
     /// leaves instances without a metadata service.
     pub metadata_relay: Option<Vec<String>>,
+    /// How often the host and its instances are sampled (monitoring).
+    pub metrics_interval: Duration,
+    /// Where Nagios plugins of plugin checks are looked up.
+    pub plugin_dirs: Vec<PathBuf>,
 }
 
 pub struct Agent {

@@ -53,7 +53,7 @@ struct Op {
 
 /// State shared between the loop and the operation tasks.
 #[derive(Default)]
-struct Shared {
+pub(crate) struct Shared {
     ops: HashMap<InstanceId, Op>,
     /// Last failure per instance, with the start_seq it applies to.
     errors: HashMap<InstanceId, (i64, String)>,
@@ -75,9 +75,13 @@ struct Shared {
     /// Guest status collected and not yet reported, and the last reported.
     guest_new: HashMap<InstanceId, GuestStatus>,
     guest_sent: HashMap<InstanceId, GuestStatus>,
+    /// The newest guest status and network counters, for monitoring.
+    pub(crate) guest_latest: HashMap<InstanceId, (Instant, GuestStatus, Option<crate::guest::NetCounters>)>,
+    /// The last desired state seen (monitoring and checks read it).
+    pub(crate) desired: Option<DesiredState>,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
@@ -189,6 +193,7 @@ impl Reconciler {
         }
         s.guest_new.remove(id);
         s.guest_sent.remove(id);
+        s.guest_latest.remove(id);
         s.qga_locks.remove(id);
         drop(s);
         self.forget_disks(id);
@@ -226,8 +231,10 @@ impl Reconciler {
             // Short timeouts: a guest without an agent is normal, not an error.
             let Ok(mut session) = this.guest_agent(&instance, Duration::from_secs(2)).await else { return };
             match crate::guest::collect(&mut session.client, now_ms()).await {
-                Ok(status) => {
-                    this.lock().guest_new.insert(instance, status);
+                Ok((status, counters)) => {
+                    let mut s = this.lock();
+                    s.guest_latest.insert(instance.clone(), (Instant::now(), status.clone(), counters));
+                    s.guest_new.insert(instance, status);
                 }
                 Err(e) => tracing::debug!(instance = %instance, error = %e, "guest status not available"),
             }
@@ -260,7 +267,7 @@ impl Reconciler {
         self.config.data_dir.join("instances")
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         // A panicked op task cannot leave `Shared` half-updated in a way
         // that matters (each field is replaced whole), so recover.
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
@@ -278,10 +285,16 @@ impl Reconciler {
         registration: RegisterHost,
     ) -> anyhow::Result<()> {
         let this = Arc::new(self);
+        let metrics = tokio::spawn(this.clone().metrics_loop(this.config.metrics_interval).in_current_span());
+        let checks = tokio::spawn(this.clone().checks_loop().in_current_span());
+        // Both end with the reconciler (the loop below only ends when the
+        // desired-state watcher is gone).
+        let _guards = (AbortOnDrop(metrics), AbortOnDrop(checks));
         let mut seen: std::collections::HashSet<InstanceId> = Default::default();
         loop {
             let desired = rx.borrow_and_update().clone();
             if let Some(d) = desired {
+                this.lock().desired = Some(d.clone());
                 for i in &d.instances {
                     if seen.insert(i.id.clone()) {
                         this.event(&i.id, "agent_seen", "");
@@ -626,6 +639,15 @@ impl Reconciler {
         self.lock().console.remove(&want.id);
         self.event(&want.id, "deleted", "");
         Ok(())
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

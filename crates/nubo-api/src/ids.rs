@@ -116,6 +116,19 @@ typed_id!(
     SnapshotId, "snap-", "snapshot"
 );
 
+typed_id!(
+    /// A health check of a host or an instance, `chk-...`.
+    CheckId, "chk-", "check"
+);
+typed_id!(
+    /// An alert rule, `rule-...`.
+    AlertRuleId, "rule-", "alert rule"
+);
+typed_id!(
+    /// One alert (a rule's condition holding for one resource), `alert-...`.
+    AlertId, "alert-", "alert"
+);
+
 impl ImageId {
     /// The stable id of a builtin image: the same on every control plane,
     /// derived from its name.

@@ -1,11 +1,13 @@
 //! Nubo's public API vocabulary, shared by the control plane, the agent and
 //! every client. Inputs (`params`) are kept apart from outputs (`views`);
 //! ids are typed so an instance id can never be passed where a host id is
-//! expected; `agent` holds the control-plane <-> compute-node protocol.
+//! expected; `agent` holds the control-plane <-> compute-node protocol;
+//! `monitoring` the metrics, checks and alerts vocabulary.
 
 pub mod agent;
 pub mod error;
 pub mod ids;
+pub mod monitoring;
 pub mod params;
 pub mod views;
 

@@ -287,6 +287,84 @@ impl Client {
         self.delete(&format!("/api/v1/snapshots/{}", path_segment(id))).await
     }
 
+    // ---- monitoring ----
+
+    pub async fn metric_series(
+        &self,
+        resource: &str,
+        metric: &str,
+        from: &str,
+        step: Option<&str>,
+    ) -> Result<nubo_api::monitoring::MetricSeries, ClientError> {
+        let step = step.map(|s| format!("&step={}", path_segment(s))).unwrap_or_default();
+        self.get(&format!(
+            "/api/v1/metrics?resource={}&metric={}&from={}{step}",
+            path_segment(resource),
+            path_segment(metric),
+            path_segment(from)
+        ))
+        .await
+    }
+
+    pub async fn metric_latest(&self, resource: &str) -> Result<Vec<nubo_api::monitoring::MetricLatest>, ClientError> {
+        self.get(&format!("/api/v1/metrics/latest?resource={}", path_segment(resource))).await
+    }
+
+    pub async fn create_check(
+        &self,
+        c: &nubo_api::monitoring::CheckCreate,
+    ) -> Result<nubo_api::monitoring::Check, ClientError> {
+        self.post("/api/v1/checks", c).await
+    }
+
+    pub async fn checks(&self) -> Result<Vec<nubo_api::monitoring::Check>, ClientError> {
+        self.get("/api/v1/checks").await
+    }
+
+    pub async fn check(&self, id: &str) -> Result<nubo_api::monitoring::Check, ClientError> {
+        self.get(&format!("/api/v1/checks/{}", path_segment(id))).await
+    }
+
+    pub async fn delete_check(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/checks/{}", path_segment(id))).await
+    }
+
+    pub async fn create_alert_rule(
+        &self,
+        r: &nubo_api::monitoring::AlertRuleCreate,
+    ) -> Result<nubo_api::monitoring::AlertRule, ClientError> {
+        self.post("/api/v1/alert-rules", r).await
+    }
+
+    pub async fn alert_rules(&self) -> Result<Vec<nubo_api::monitoring::AlertRule>, ClientError> {
+        self.get("/api/v1/alert-rules").await
+    }
+
+    pub async fn delete_alert_rule(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/alert-rules/{}", path_segment(id))).await
+    }
+
+    pub async fn alerts(&self, all: bool) -> Result<Vec<nubo_api::monitoring::Alert>, ClientError> {
+        self.get(&format!("/api/v1/alerts?all={all}")).await
+    }
+
+    pub async fn alert(&self, id: &str) -> Result<nubo_api::monitoring::Alert, ClientError> {
+        self.get(&format!("/api/v1/alerts/{}", path_segment(id))).await
+    }
+
+    pub async fn acknowledge_alert(&self, id: &str) -> Result<nubo_api::monitoring::Alert, ClientError> {
+        self.post(&format!("/api/v1/alerts/{}/acknowledge", path_segment(id)), &()).await
+    }
+
+    pub async fn silence_alert(&self, id: &str, for_secs: u64) -> Result<nubo_api::monitoring::Alert, ClientError> {
+        let body = nubo_api::monitoring::AlertSilence { for_secs };
+        self.post(&format!("/api/v1/alerts/{}/silence", path_segment(id)), &body).await
+    }
+
+    pub async fn events(&self) -> Result<Vec<nubo_api::monitoring::CloudEvent>, ClientError> {
+        self.get("/api/v1/events").await
+    }
+
     // ---- identity ----
 
     pub async fn login(&self, l: &nubo_api::params::Login) -> Result<nubo_api::views::TokenIssued, ClientError> {
@@ -486,6 +564,23 @@ impl Client {
             total += chunk.len() as u64;
         }
         Ok(total)
+    }
+
+    pub async fn send_metrics(&self, host: &HostId, b: &nubo_api::monitoring::MetricsBatch) -> Result<(), ClientError> {
+        self.post(&format!("/api/v1/agent/hosts/{host}/metrics"), b).await
+    }
+
+    /// The health checks this host runs.
+    pub async fn host_checks(&self, host: &HostId) -> Result<nubo_api::monitoring::HostChecks, ClientError> {
+        self.get(&format!("/api/v1/agent/hosts/{host}/checks")).await
+    }
+
+    pub async fn send_check_results(
+        &self,
+        host: &HostId,
+        r: &nubo_api::monitoring::CheckResults,
+    ) -> Result<(), ClientError> {
+        self.post(&format!("/api/v1/agent/hosts/{host}/checks"), r).await
     }
 
     /// Uploads an instance snapshot the host took as image `id`'s file.

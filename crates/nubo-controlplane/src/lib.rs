@@ -4,15 +4,19 @@
 //! `/api/v1/agent/`. Agents, local or remote, only ever talk to it over
 //! HTTP with their own credential.
 
+pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod authz;
+pub mod checks;
 pub mod error;
+pub mod exposition;
 pub mod identity;
 pub mod images;
 pub mod keys;
 pub mod ldap;
+pub mod monitor;
 pub mod placement;
 pub mod provisioning;
 pub mod recipes;
@@ -20,6 +24,7 @@ pub mod registry;
 pub mod secrets;
 pub mod store;
 pub mod tls;
+pub mod tsdb;
 pub mod validate;
 pub mod volumes;
 
@@ -51,6 +56,8 @@ pub struct Config {
     pub availability_zone: String,
     /// Largest image file accepted (imports and instance snapshots).
     pub max_image_bytes: u64,
+    /// How long metric samples and rollups are kept.
+    pub retention: tsdb::Retention,
 }
 
 impl Config {
@@ -66,6 +73,7 @@ impl Config {
             ldap: None,
             availability_zone: "nubo-1a".into(),
             max_image_bytes: 256 << 30,
+            retention: tsdb::Retention::default(),
         }
     }
 }
@@ -115,6 +123,12 @@ impl Ctx {
         let registry = registry::Registry::new(&config.data_dir);
         registry.remove_partial_uploads();
         Ok(Arc::new(Self { config, store, generation, limiter, sealer, registry }))
+    }
+
+    /// Starts the server's background work (metric rollups, heartbeat
+    /// checks, alert evaluation, webhook delivery).
+    pub fn start_background(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(monitor::run(self.clone()))
     }
 
     /// Signals agents that desired state changed.

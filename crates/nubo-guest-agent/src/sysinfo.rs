@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
@@ -240,11 +241,69 @@ pub fn network_interfaces() -> Result<Value, QgaError> {
     }
     // SAFETY: head came from getifaddrs and is freed exactly once.
     unsafe { libc::freeifaddrs(head) };
+    for (name, entry) in ifaces.iter_mut() {
+        if let Some(stats) = interface_statistics(Path::new("/sys/class/net"), name) {
+            entry.insert("statistics".into(), stats);
+        }
+    }
     Ok(Value::Array(order.iter().filter_map(|n| ifaces.remove(n)).map(Value::Object).collect()))
+}
+
+/// `GuestNetworkStats` of interface `name` from `<net>/<name>/statistics`,
+/// as stock qemu-ga reports them (the host computes network rates from them).
+fn interface_statistics(net: &Path, name: &str) -> Option<Value> {
+    // The name comes from the kernel, but it goes into a path: plain names only.
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return None;
+    }
+    let dir = net.join(name).join("statistics");
+    let read = |f: &str| -> Option<u64> { std::fs::read_to_string(dir.join(f)).ok()?.trim().parse().ok() };
+    let mut m = Map::new();
+    for (key, file) in [
+        ("rx-bytes", "rx_bytes"),
+        ("rx-packets", "rx_packets"),
+        ("rx-errs", "rx_errors"),
+        ("rx-dropped", "rx_dropped"),
+        ("tx-bytes", "tx_bytes"),
+        ("tx-packets", "tx_packets"),
+        ("tx-errs", "tx_errors"),
+        ("tx-dropped", "tx_dropped"),
+    ] {
+        m.insert(key.into(), json!(read(file)?));
+    }
+    Some(Value::Object(m))
 }
 
 fn push_ip(entry: &mut Map<String, Value>, kind: &str, address: String, prefix: u32) {
     if let Some(Value::Array(list)) = entry.get_mut("ip-addresses") {
         list.push(json!({ "ip-address-type": kind, "ip-address": address, "prefix": prefix }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_from_sysfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = dir.path().join("eth0/statistics");
+        std::fs::create_dir_all(&stats).unwrap();
+        for (f, v) in [
+            ("rx_bytes", 1000),
+            ("rx_packets", 10),
+            ("rx_errors", 0),
+            ("rx_dropped", 1),
+            ("tx_bytes", 2000),
+            ("tx_packets", 20),
+            ("tx_errors", 0),
+            ("tx_dropped", 0),
+        ] {
+            std::fs::write(stats.join(f), format!("{v}\n")).unwrap();
+        }
+        let s = interface_statistics(dir.path(), "eth0").unwrap();
+        assert_eq!((s["rx-bytes"].as_u64(), s["tx-bytes"].as_u64()), (Some(1000), Some(2000)));
+        assert!(interface_statistics(dir.path(), "../etc").is_none());
+        assert!(interface_statistics(dir.path(), "lo").is_none(), "missing files: no statistics");
     }
 }

@@ -85,6 +85,20 @@ fn parse_query_block(v: &Value) -> Vec<AttachedDisk> {
     out
 }
 
+/// The I/O of every disk of the VM in a `query-blockstats` answer, summed.
+pub(crate) fn sum_blockstats(v: &Value) -> crate::BlockStats {
+    let mut t = crate::BlockStats::default();
+    for dev in v.as_array().into_iter().flatten() {
+        let s = &dev["stats"];
+        let get = |k: &str| s[k].as_u64().unwrap_or(0);
+        t.read_bytes += get("rd_bytes");
+        t.write_bytes += get("wr_bytes");
+        t.read_ops += get("rd_operations");
+        t.write_ops += get("wr_operations");
+    }
+    t
+}
+
 /// Whether a QMP error says the thing was not there (so removing it is done).
 fn is_not_found(e: &QmpError) -> bool {
     match e {
@@ -461,6 +475,16 @@ mod tests {
         );
         assert_eq!(device_id_of("/machine/peripheral/x/virtio-backend"), Some("x"));
         assert_eq!(device_id_of("/machine/unattached/device[3]"), None);
+    }
+
+    #[test]
+    fn blockstats_are_summed() {
+        let v = json!([
+            {"device": "", "qdev": "root-disk", "stats": {"rd_bytes": 100, "wr_bytes": 10, "rd_operations": 2, "wr_operations": 1}},
+            {"device": "", "stats": {"rd_bytes": 5, "wr_bytes": 7, "rd_operations": 1, "wr_operations": 3}},
+        ]);
+        let t = sum_blockstats(&v);
+        assert_eq!((t.read_bytes, t.write_bytes, t.read_ops, t.write_ops), (105, 17, 3, 4));
     }
 
     #[test]

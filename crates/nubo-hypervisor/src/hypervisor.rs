@@ -31,6 +31,24 @@ impl VmStatus {
     }
 }
 
+/// What a running VM's process uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmUsage {
+    pub pid: u32,
+    /// CPU time of the vCPU threads (all of the process when they cannot be told apart).
+    pub vcpu_time: Duration,
+    pub rss_bytes: u64,
+}
+
+/// Cumulative I/O counters of a VM's disks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlockStats {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_ops: u64,
+    pub write_ops: u64,
+}
+
 /// One way of running VMs (QEMU today, a simulated driver later).
 ///
 /// Every method works from the instance directory alone, so a fresh driver
@@ -70,6 +88,15 @@ pub trait Hypervisor: Send + Sync {
     fn cpu_time(&self, _dir: &VmDir) -> Option<Duration> {
         None
     }
+
+    /// What the VM's process uses, for monitoring: its vCPUs' CPU time and
+    /// its resident memory. `None` when it is not running.
+    fn usage(&self, _dir: &VmDir) -> Option<VmUsage> {
+        None
+    }
+
+    /// Cumulative I/O of all the VM's disks (QMP `query-blockstats`).
+    async fn block_stats(&self, dir: &VmDir) -> Result<BlockStats, HypervisorError>;
 
     // ---- data disks (volumes) ----
 

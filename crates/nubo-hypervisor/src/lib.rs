@@ -34,7 +34,7 @@ pub use config::{
 pub use dir::VmDir;
 pub use disks::{AttachedDisk, BackupJob};
 pub use error::HypervisorError;
-pub use hypervisor::{Hypervisor, VmStatus};
+pub use hypervisor::{BlockStats, Hypervisor, VmStatus, VmUsage};
 pub use qemu::Qemu;
 pub use qga::{
     GuestAgentInfo, GuestDisk, GuestExec, GuestExecStatus, GuestFileRead, GuestFilesystem, GuestIpAddress,

@@ -97,18 +97,61 @@ pub(crate) async fn wait_gone(pid: u32, pidfile: &Path, timeout: Duration) -> bo
 
 /// CPU time (user + system) used so far by `pid`.
 pub(crate) fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = read_stat(pid)?;
+    ticks_to_duration(read_stat(pid)?.cpu_ticks)
+}
+
+/// CPU time the guest's vCPUs have used: the threads QEMU names
+/// `CPU <n>/KVM` or `CPU <n>/TCG` (not its I/O and main-loop threads).
+pub(crate) fn vcpu_time(pid: u32) -> Option<Duration> {
+    let mut ticks: u64 = 0;
+    let mut found = false;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !is_vcpu_thread(comm.trim()) {
+            continue;
+        }
+        if let Some(stat) = std::fs::read_to_string(task.path().join("stat")).ok().and_then(|t| parse_stat(&t)) {
+            ticks = ticks.saturating_add(stat.cpu_ticks);
+            found = true;
+        }
+    }
+    found.then(|| ticks_to_duration(ticks)).flatten()
+}
+
+fn is_vcpu_thread(comm: &str) -> bool {
+    comm.strip_prefix("CPU ").is_some_and(|rest| rest.ends_with("/KVM") || rest.ends_with("/TCG"))
+}
+
+/// Resident memory of `pid` in bytes (`VmRSS`).
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn ticks_to_duration(ticks: u64) -> Option<Duration> {
     // SAFETY: sysconf has no memory-safety preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = u64::try_from(hz).ok().filter(|&h| h > 0)?;
-    let secs = stat.cpu_ticks / hz;
-    let rem = stat.cpu_ticks % hz;
-    Some(Duration::from_secs(secs) + Duration::from_nanos(rem * 1_000_000_000 / hz))
+    Some(Duration::from_secs(ticks / hz) + Duration::from_nanos((ticks % hz) * 1_000_000_000 / hz))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vcpu_threads_by_name() {
+        for yes in ["CPU 0/TCG", "CPU 12/KVM"] {
+            assert!(is_vcpu_thread(yes), "{yes}");
+        }
+        for no in ["qemu-system-x86", "IO mon_iothread", "worker", "CPU"] {
+            assert!(!is_vcpu_thread(no), "{no}");
+        }
+        let me = std::process::id();
+        assert!(rss_bytes(me).is_some_and(|b| b > 0));
+        assert_eq!(vcpu_time(me), None, "the test process has no vCPU threads");
+    }
 
     #[test]
     fn stat_with_odd_comm() {

@@ -15,8 +15,8 @@ use tracing::{debug, info, warn};
 use crate::process::{self, running_pid};
 use crate::qmp::{QmpClient, QmpError};
 use crate::{
-    qemu_argv, AttachedDisk, BackupJob, Boot, DataDisk, Hypervisor, HypervisorError, PortForward, VmConfig, VmDir,
-    VmStatus,
+    qemu_argv, AttachedDisk, BackupJob, BlockStats, Boot, DataDisk, Hypervisor, HypervisorError, PortForward, VmConfig,
+    VmDir, VmStatus, VmUsage,
 };
 
 const GIB: u64 = 1024 * 1024 * 1024;
@@ -446,6 +446,19 @@ impl Hypervisor for Qemu {
         let dir = dir.resolved().ok()?;
         let pid = running_pid(&dir.pidfile())?;
         process::cpu_time(pid)
+    }
+
+    fn usage(&self, dir: &VmDir) -> Option<VmUsage> {
+        let dir = dir.resolved().ok()?;
+        let pid = running_pid(&dir.pidfile())?;
+        let vcpu_time = process::vcpu_time(pid).or_else(|| process::cpu_time(pid))?;
+        Some(VmUsage { pid, vcpu_time, rss_bytes: process::rss_bytes(pid).unwrap_or(0) })
+    }
+
+    async fn block_stats(&self, dir: &VmDir) -> Result<BlockStats, HypervisorError> {
+        let mut c = self.qmp(dir).await?;
+        let v = c.execute("query-blockstats", None).await?;
+        Ok(crate::disks::sum_blockstats(&v))
     }
 
     async fn create_volume(&self, path: &Path, size: u64) -> Result<(), HypervisorError> {

@@ -145,6 +145,9 @@ pub struct GuestNetworkInterface {
     /// MAC address as `aa:bb:cc:dd:ee:ff`.
     pub hardware_address: Option<String>,
     pub ip_addresses: Vec<GuestIpAddress>,
+    /// Bytes received and sent so far (`statistics`), when the agent reports them.
+    pub rx_bytes: Option<u64>,
+    pub tx_bytes: Option<u64>,
 }
 
 /// An address of a [`GuestNetworkInterface`].
@@ -560,6 +563,8 @@ impl QgaClient {
                             .collect()
                     })
                     .unwrap_or_default(),
+                rx_bytes: n["statistics"]["rx-bytes"].as_u64(),
+                tx_bytes: n["statistics"]["tx-bytes"].as_u64(),
             })
             .collect())
     }

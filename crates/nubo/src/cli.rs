@@ -35,6 +35,18 @@ pub enum Command {
     /// Volume snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Metrics of hosts and instances: charts in the terminal, or JSON.
+    #[command(subcommand)]
+    Metrics(MetricsCmd),
+    /// Health checks (Nagios-style: TCP, HTTP, liveness, plugins).
+    #[command(subcommand)]
+    Check(CheckCmd),
+    /// Alerts and alert rules.
+    #[command(subcommand)]
+    Alert(AlertCmd),
+    /// The event log (alerts, check state changes).
+    #[command(subcommand)]
+    Event(EventCmd),
     /// Sign in and save a session token for the other commands.
     Login(LoginArgs),
     /// API tokens.
@@ -326,6 +338,13 @@ pub struct AgentOpts {
     /// QEMU binary.
     #[arg(long, default_value = "qemu-system-x86_64", env = "NUBO_QEMU")]
     pub qemu: String,
+    /// Seconds between samples of the host and its instances (monitoring).
+    #[arg(long, default_value_t = 10)]
+    pub metrics_interval_secs: u64,
+    /// Where plugin checks' Nagios plugins are looked up (repeatable;
+    /// default /usr/lib/nagios/plugins).
+    #[arg(long = "plugin-dir", value_name = "DIR")]
+    pub plugin_dirs: Vec<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -687,4 +706,167 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
         return Err(format!("the range {first}-{last} is empty or starts at 0"));
     }
     Ok((first, last))
+}
+
+#[derive(Subcommand)]
+pub enum MetricsCmd {
+    /// A metric of an instance or host as a chart (or the series with -o json).
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        /// Instance (i-...) or host (h-...) id.
+        resource: String,
+        /// e.g. cpu (cpu_percent), memory, disk (fs_used_percent), net_rx_bytes_per_second.
+        #[arg(long, default_value = "cpu")]
+        metric: String,
+        /// How far back: 15m, 2h, 7d.
+        #[arg(long, default_value = "15m")]
+        since: String,
+        /// Step between points, e.g. 10s or 1m (default: the range over 60).
+        #[arg(long)]
+        step: Option<String>,
+    },
+    /// The newest value of every metric of an instance or host.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        resource: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CheckCmd {
+    /// Watch an instance (or, operators, a host): one of --tcp, --http, --liveness, or a plugin after `--`.
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        target: String,
+        #[arg(long)]
+        name: String,
+        /// TCP connect to this guest port (through its forwarded port).
+        #[arg(long, value_name = "PORT", conflicts_with_all = ["http", "liveness"])]
+        tcp: Option<u16>,
+        /// HTTP GET on this guest port.
+        #[arg(long, value_name = "PORT", conflicts_with_all = ["tcp", "liveness"])]
+        http: Option<u16>,
+        #[arg(long, requires = "http")]
+        path: Option<String>,
+        #[arg(long, requires = "http")]
+        expect: Option<u16>,
+        /// QEMU runs and the guest agent answers.
+        #[arg(long)]
+        liveness: bool,
+        /// Seconds between checks (default 60).
+        #[arg(long)]
+        interval: Option<u64>,
+        /// Seconds between retries of a soft problem.
+        #[arg(long)]
+        retry_interval: Option<u64>,
+        /// Non-OK results in a row before a problem is hard (default 3).
+        #[arg(long)]
+        max_attempts: Option<u64>,
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// A Nagios plugin and its arguments (operators), e.g.
+        /// `-- check_http -H '$HOSTADDRESS$' -p '$PORT:80$' -u /`.
+        #[arg(last = true)]
+        plugin: Vec<String>,
+    },
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// A check with its state history.
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+    },
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AlertCmd {
+    /// Firing alerts (--all: resolved ones too).
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        all: bool,
+    },
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+    },
+    /// Mark an alert as being looked after.
+    Ack {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+    },
+    /// No notifications for a while, e.g. --for 1h.
+    Silence {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+    },
+    /// Alert rules.
+    #[command(subcommand)]
+    Rule(AlertRuleCmd),
+}
+
+#[derive(Subcommand)]
+pub enum AlertRuleCmd {
+    /// A rule on a metric (--metric with --above/--below) or on checks (--check-state).
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        name: String,
+        /// Instance or host id, or '*' for every instance of the project.
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        metric: Option<String>,
+        #[arg(long, conflicts_with = "below")]
+        above: Option<f64>,
+        #[arg(long)]
+        below: Option<f64>,
+        /// How long the condition must hold, e.g. 30s (default 0).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        /// Fire on checks of the target in this hard state or worse: warning or critical.
+        #[arg(long, value_parser = ["warning", "critical"], conflicts_with = "metric")]
+        check_state: Option<String>,
+        /// Only this check.
+        #[arg(long, requires = "check_state")]
+        check: Option<String>,
+        /// POST notifications here (JSON).
+        #[arg(long)]
+        webhook: Option<String>,
+    },
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum EventCmd {
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
 }

@@ -69,6 +69,7 @@ async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
         config.ldap = Some(ldap);
     }
     let ctx = Ctx::new(config).await?;
+    ctx.start_background();
     let admin_token = ensure_admin_token(&ctx, &data_dir.join("admin.env")).await?;
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
@@ -133,6 +134,12 @@ fn agent_config(
         metadata_relay: std::env::current_exe()
             .ok()
             .map(|exe| vec![exe.display().to_string(), "imds-relay".to_string()]),
+        metrics_interval: Duration::from_secs(opts.metrics_interval_secs.max(1)),
+        plugin_dirs: if opts.plugin_dirs.is_empty() {
+            nubo_agent::checks::default_plugin_dirs()
+        } else {
+            opts.plugin_dirs.clone()
+        },
     }
 }
 

@@ -5,6 +5,7 @@ mod cli;
 mod client_cmds;
 mod daemon;
 mod identity_cmds;
+mod monitoring_cmds;
 mod output;
 mod provision_cmds;
 mod relay;
@@ -60,6 +61,10 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Image(c) => client_cmds::image(c).await,
         Command::Volume(c) => storage_cmds::volume(c).await,
         Command::Snapshot(c) => storage_cmds::snapshot(c).await,
+        Command::Metrics(c) => monitoring_cmds::metrics(c).await,
+        Command::Check(c) => monitoring_cmds::check(c).await,
+        Command::Alert(c) => monitoring_cmds::alert(c).await,
+        Command::Event(c) => monitoring_cmds::event(c).await,
         Command::Login(a) => identity_cmds::login(a).await,
         Command::Token(c) => identity_cmds::token(c).await,
         Command::Project(c) => identity_cmds::project(c).await,

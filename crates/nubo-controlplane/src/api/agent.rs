@@ -58,6 +58,9 @@ pub async fn register(
         ));
     }
     ctx.store.register_host(&r).await?;
+    // Every host is watched for missed heartbeats.
+    let interval = ctx.config.heartbeat_timeout.as_secs().clamp(1, 60);
+    ctx.store.ensure_heartbeat_check(r.host_id.as_str(), interval).await?;
     tracing::info!(host = %r.host_id, name = %r.name, vcpus = r.vcpus, memory_mib = r.memory_mib, "host registered");
     Ok(Json(()))
 }

@@ -7,6 +7,7 @@ pub mod hosts;
 pub mod identity;
 pub mod images;
 pub mod instances;
+pub mod monitoring;
 pub mod provisioning;
 pub mod volumes;
 
@@ -49,6 +50,20 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(volumes::create_snapshot))
         .routes(routes!(volumes::list_snapshots))
         .routes(routes!(volumes::show_snapshot, volumes::delete_snapshot))
+        .routes(routes!(monitoring::series))
+        .routes(routes!(monitoring::latest))
+        .routes(routes!(monitoring::ingest))
+        .routes(routes!(monitoring::host_checks, monitoring::check_results))
+        .routes(routes!(monitoring::list_checks, monitoring::create_check))
+        .routes(routes!(monitoring::show_check, monitoring::delete_check))
+        .routes(routes!(monitoring::list_rules, monitoring::create_rule))
+        .routes(routes!(monitoring::delete_rule))
+        .routes(routes!(monitoring::list_alerts))
+        .routes(routes!(monitoring::show_alert))
+        .routes(routes!(monitoring::acknowledge))
+        .routes(routes!(monitoring::silence))
+        .routes(routes!(monitoring::events))
+        .routes(routes!(monitoring::prometheus))
         .routes(routes!(agent::register))
         .routes(routes!(agent::desired))
         .routes(routes!(agent::report))

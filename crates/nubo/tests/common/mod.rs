@@ -60,8 +60,21 @@ fn free_port() -> u16 {
 }
 
 /// Capacity every test host offers, so results do not depend on the machine.
-pub const HOST_ARGS: &[&str] =
-    &["--vcpus", "4", "--memory-mib", "4096", "--disk-gib", "200", "--accel", "tcg", "--stop-grace-secs", "5"];
+/// Monitoring samples every 2 s, so tests see metrics move quickly.
+pub const HOST_ARGS: &[&str] = &[
+    "--vcpus",
+    "4",
+    "--memory-mib",
+    "4096",
+    "--disk-gib",
+    "200",
+    "--accel",
+    "tcg",
+    "--stop-grace-secs",
+    "5",
+    "--metrics-interval-secs",
+    "2",
+];
 
 pub struct Cloud {
     pub dir: tempfile::TempDir,

@@ -1,0 +1,57 @@
+//! The control plane's own monitoring work, on timers: rolling up and
+//! expiring metrics (every minute), judging host heartbeats and
+//! evaluating alert rules (every couple of seconds), and delivering
+//! webhook notifications (every second, with backoff per notification).
+//! One task per server; each round is a plain function so tests can run
+//! one round and look.
+
+use crate::Ctx;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ROLLUP_EVERY: Duration = Duration::from_secs(60);
+const EVALUATE_EVERY: Duration = Duration::from_secs(2);
+const DELIVER_EVERY: Duration = Duration::from_secs(1);
+
+/// One round of heartbeat checks and alert evaluation.
+pub async fn evaluate(ctx: &Ctx) -> Result<(), sqlx::Error> {
+    let timeout = ctx.config.heartbeat_timeout.as_millis() as i64;
+    for (c, t) in ctx.store.run_heartbeat_checks(timeout).await? {
+        let msg = format!("check {} on {} is {} ({}): {}", c.name, c.target, t.state, t.state_type, c.output);
+        ctx.store.event(None, &c.target, "check_state", &msg).await?;
+    }
+    ctx.store.evaluate_alerts().await?;
+    Ok(())
+}
+
+/// Runs until the process ends.
+pub async fn run(ctx: Arc<Ctx>) {
+    let http = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the webhook client; notifications will not be delivered");
+            return;
+        }
+    };
+    let mut last_rollup: Option<Instant> = None;
+    let mut last_eval: Option<Instant> = None;
+    loop {
+        if last_rollup.is_none_or(|t| t.elapsed() >= ROLLUP_EVERY) {
+            last_rollup = Some(Instant::now());
+            match ctx.store.rollup_and_expire(&ctx.config.retention, crate::store::now_ms()).await {
+                Ok(n) => tracing::debug!(rollups = n, "metrics rolled up"),
+                Err(e) => tracing::warn!(error = %e, "metrics rollup failed; retrying next minute"),
+            }
+        }
+        if last_eval.is_none_or(|t| t.elapsed() >= EVALUATE_EVERY) {
+            last_eval = Some(Instant::now());
+            if let Err(e) = evaluate(&ctx).await {
+                tracing::warn!(error = %e, "alert evaluation failed");
+            }
+        }
+        if let Err(e) = crate::alerts::deliver(&ctx.store, &http).await {
+            tracing::warn!(error = %e, "notification delivery failed");
+        }
+        tokio::time::sleep(DELIVER_EVERY).await;
+    }
+}

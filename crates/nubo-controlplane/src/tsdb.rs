@@ -1,0 +1,244 @@
+//! The embedded time-series store, in the control plane's database: raw
+//! samples as agents send them (kept a day by default), one-minute
+//! rollups with min, max, sum and count (kept a month), and the newest
+//! value of every series (for `/metrics`, alert rules and listings).
+//! Queries read raw samples when the range is still covered by them and
+//! rollups otherwise, averaged per step. Plain SQL, so PostgreSQL can run it.
+
+use crate::store::{now_ms, Store};
+use nubo_api::monitoring::{MetricLatest, MetricPoint, MetricSample};
+use std::time::Duration;
+
+/// How long raw samples and rollups are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub raw: Duration,
+    pub rollups: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { raw: Duration::from_secs(24 * 3600), rollups: Duration::from_secs(30 * 24 * 3600) }
+    }
+}
+
+const MINUTE_MS: i64 = 60_000;
+/// Most points one query returns; a finer step is widened to fit.
+pub const MAX_POINTS: i64 = 10_000;
+
+/// Where a query's points came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Raw,
+    Rollup,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Rollup => "rollup",
+        }
+    }
+}
+
+impl Store {
+    /// Stores samples (a repeated one is ignored) and moves each series'
+    /// newest value forward.
+    pub async fn ingest(&self, samples: &[MetricSample]) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        for s in samples {
+            sqlx::query(
+                "INSERT INTO metric_samples (resource, metric, at_ms, value) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&s.resource)
+            .bind(&s.metric)
+            .bind(s.at_ms)
+            .bind(s.value)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO metric_latest (resource, metric, at_ms, value) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (resource, metric) DO UPDATE SET at_ms = excluded.at_ms, value = excluded.value
+                 WHERE excluded.at_ms >= metric_latest.at_ms",
+            )
+            .bind(&s.resource)
+            .bind(&s.metric)
+            .bind(s.at_ms)
+            .bind(s.value)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    /// Rolls the complete minutes not rolled up yet into one-minute
+    /// rollups, then drops what is past its retention. Returns the rollup
+    /// rows written. Samples arriving for a minute already rolled up stay
+    /// in the raw table only.
+    pub async fn rollup_and_expire(&self, retention: &Retention, now: i64) -> Result<u64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mark: Option<i64> = sqlx::query_scalar("SELECT done_until_ms FROM metric_rollup_mark WHERE id = 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        // A minute is complete once the next one has started and a late
+        // sample had half a minute to arrive.
+        let until = ((now - MINUTE_MS / 2) / MINUTE_MS) * MINUTE_MS;
+        let from = match mark {
+            Some(m) => m,
+            None => sqlx::query_scalar::<_, Option<i64>>("SELECT MIN(at_ms) FROM metric_samples")
+                .fetch_one(&mut *tx)
+                .await?
+                .map(|t| (t / MINUTE_MS) * MINUTE_MS)
+                .unwrap_or(until),
+        };
+        let mut written = 0;
+        if until > from {
+            written = sqlx::query(
+                "INSERT INTO metric_rollups (resource, metric, bucket_ms, min_value, max_value, sum_value, samples)
+                 SELECT resource, metric, (at_ms / 60000) * 60000, MIN(value), MAX(value), SUM(value), COUNT(*)
+                 FROM metric_samples WHERE at_ms >= $1 AND at_ms < $2
+                 GROUP BY resource, metric, (at_ms / 60000) * 60000
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(from)
+            .bind(until)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        sqlx::query(
+            "INSERT INTO metric_rollup_mark (id, done_until_ms) VALUES (1, $1)
+             ON CONFLICT (id) DO UPDATE SET done_until_ms = excluded.done_until_ms",
+        )
+        .bind(until.max(from))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM metric_samples WHERE at_ms < $1")
+            .bind(now - retention.raw.as_millis() as i64)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM metric_rollups WHERE bucket_ms < $1")
+            .bind(now - retention.rollups.as_millis() as i64)
+            .execute(&mut *tx)
+            .await?;
+        // Series of instances that are gone are not "latest" any more.
+        sqlx::query(
+            "DELETE FROM metric_latest WHERE resource IN (SELECT id FROM instances WHERE state = 'terminated')
+               OR at_ms < $1",
+        )
+        .bind(now - retention.raw.as_millis() as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    /// The average of `metric` of `resource` per `step_ms` in `[from, to)`.
+    pub async fn query_series(
+        &self,
+        resource: &str,
+        metric: &str,
+        from: i64,
+        to: i64,
+        step_ms: i64,
+        retention: &Retention,
+    ) -> Result<(Source, Vec<MetricPoint>), sqlx::Error> {
+        let raw_covers = from >= now_ms() - retention.raw.as_millis() as i64;
+        let (source, sql) = if raw_covers {
+            (
+                Source::Raw,
+                "SELECT (at_ms - $3) / $5 AS b, AVG(value) FROM metric_samples
+                 WHERE resource = $1 AND metric = $2 AND at_ms >= $3 AND at_ms < $4 GROUP BY b ORDER BY b",
+            )
+        } else {
+            (
+                Source::Rollup,
+                "SELECT (bucket_ms - $3) / $5 AS b, SUM(sum_value) / SUM(samples) FROM metric_rollups
+                 WHERE resource = $1 AND metric = $2 AND bucket_ms >= $3 AND bucket_ms < $4 GROUP BY b ORDER BY b",
+            )
+        };
+        let rows: Vec<(i64, f64)> = sqlx::query_as(sql)
+            .bind(resource)
+            .bind(metric)
+            .bind(from)
+            .bind(to)
+            .bind(step_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok((source, rows.into_iter().map(|(b, value)| MetricPoint { at_ms: from + b * step_ms, value }).collect()))
+    }
+
+    /// The newest value of every series of `resource`.
+    pub async fn latest_of(&self, resource: &str) -> Result<Vec<MetricLatest>, sqlx::Error> {
+        let rows: Vec<(String, i64, f64)> =
+            sqlx::query_as("SELECT metric, at_ms, value FROM metric_latest WHERE resource = $1 ORDER BY metric")
+                .bind(resource)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(metric, at_ms, value)| MetricLatest { metric, at_ms, value }).collect())
+    }
+
+    /// The newest value of one series, if it is newer than `since`.
+    pub async fn latest_value(&self, resource: &str, metric: &str, since: i64) -> Result<Option<f64>, sqlx::Error> {
+        sqlx::query_scalar("SELECT value FROM metric_latest WHERE resource = $1 AND metric = $2 AND at_ms >= $3")
+            .bind(resource)
+            .bind(metric)
+            .bind(since)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Every series' newest value: (resource, metric, at_ms, value).
+    pub async fn all_latest(&self) -> Result<Vec<(String, String, i64, f64)>, sqlx::Error> {
+        sqlx::query_as("SELECT resource, metric, at_ms, value FROM metric_latest ORDER BY metric, resource")
+            .fetch_all(&self.pool)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(metric: &str, at_ms: i64, value: f64) -> MetricSample {
+        MetricSample { resource: "i-0123456789abcdef0".into(), metric: metric.into(), at_ms, value }
+    }
+
+    #[tokio::test]
+    async fn ingest_query_rollup_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let r = Retention::default();
+        let now = now_ms();
+        let t0 = (now / MINUTE_MS - 10) * MINUTE_MS; // ten minutes ago, on a minute
+                                                     // One sample every 10 s for 5 minutes: value = minute index.
+        let samples: Vec<_> = (0..30).map(|i| s("cpu_percent", t0 + i * 10_000, (i / 6) as f64)).collect();
+        store.ingest(&samples).await.unwrap();
+        store.ingest(&samples[..3]).await.unwrap(); // repeats are ignored
+        let (src, pts) = store
+            .query_series("i-0123456789abcdef0", "cpu_percent", t0, t0 + 5 * MINUTE_MS, MINUTE_MS, &r)
+            .await
+            .unwrap();
+        assert_eq!(src, Source::Raw);
+        assert_eq!(pts.iter().map(|p| p.value).collect::<Vec<_>>(), vec![0.0, 1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(pts[1].at_ms, t0 + MINUTE_MS);
+        assert_eq!(store.latest_of("i-0123456789abcdef0").await.unwrap()[0].value, 4.0);
+
+        let written = store.rollup_and_expire(&r, now).await.unwrap();
+        assert_eq!(written, 5);
+        assert_eq!(store.rollup_and_expire(&r, now).await.unwrap(), 0, "each minute is rolled up once");
+        // A short raw retention: the raw samples go, the rollups answer.
+        let short = Retention { raw: Duration::from_secs(60), rollups: r.rollups };
+        store.rollup_and_expire(&short, now).await.unwrap();
+        let (src, pts) = store
+            .query_series("i-0123456789abcdef0", "cpu_percent", t0, t0 + 5 * MINUTE_MS, 2 * MINUTE_MS, &short)
+            .await
+            .unwrap();
+        assert_eq!(src, Source::Rollup);
+        assert_eq!(pts.iter().map(|p| p.value).collect::<Vec<_>>(), vec![0.5, 2.5, 4.0]);
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM metric_samples").fetch_one(&store.pool).await.unwrap();
+        assert_eq!(n, 0);
+    }
+}
