@@ -116,6 +116,19 @@ typed_id!(
     SnapshotId, "snap-", "snapshot"
 );
 
+typed_id!(
+    /// A security group of a project, `sg-...` (as on EC2).
+    SecurityGroupId, "sg-", "security group"
+);
+typed_id!(
+    /// One rule of a security group, `sgr-...`.
+    SecurityGroupRuleId, "sgr-", "security group rule"
+);
+typed_id!(
+    /// The instances of one EC2 RunInstances call, `r-...`.
+    ReservationId, "r-", "reservation"
+);
+
 impl ImageId {
     /// The stable id of a builtin image: the same on every control plane,
     /// derived from its name.

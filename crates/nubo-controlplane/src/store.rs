@@ -93,6 +93,12 @@ pub struct InstanceRow {
     pub guest_json: Option<String>,
     /// The image's id (`image` holds its name).
     pub image_id: Option<String>,
+    /// The instance type it was launched by (EC2 API); none: by size.
+    pub instance_type: Option<String>,
+    /// The EC2 reservation (one RunInstances call) and its place in it.
+    pub reservation_id: Option<String>,
+    pub launch_index: i64,
+    pub client_token: Option<String>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -118,6 +124,9 @@ pub struct NewInstance<'a> {
     pub key: Option<(&'a str, &'a str)>,
     /// `optional` or `required` (IMDSv2 session tokens).
     pub imds_tokens: &'a str,
+    /// What an EC2 launch adds; tags and security groups are inserted in
+    /// the same transaction, so no instance ever exists without them.
+    pub ec2: crate::launch::LaunchRecord<'a>,
 }
 
 /// Why a claim on one host did not go through.
@@ -328,6 +337,7 @@ impl Store {
             .await?;
             mapped.push((*guest, host_port));
         }
+        crate::launch::insert_launch_record(&mut tx, new.id.as_str(), new.project_id, &new.ec2).await?;
         insert_event(&mut tx, new.id.as_str(), now, "requested", "").await?;
         insert_event(&mut tx, new.id.as_str(), now, "scheduled", host).await?;
         tx.commit().await?;
