@@ -3,7 +3,9 @@
 # firmware QEMU loads, e2fsprogs (builds the images' disks), mmdebstrap
 # (installs the debian image's root file system), curl, openssh-client
 # (the tests log in to guests with ssh), and syslinux, mtools, dosfstools
-# and fdisk (the storage test builds a BIOS-bootable disk to import).
+# and fdisk (the storage test builds a BIOS-bootable disk to import), and
+# python3-venv (the EC2 test installs the stock aws CLI and boto3 from PyPI
+# into a virtualenv).
 # Idempotent; refreshes apt's lists because the image build runs
 # `apt-get download` against them.
 set -euo pipefail
@@ -23,7 +25,7 @@ fi
 # shellcheck disable=SC2086 # QEMU_PKGS is a word list on purpose
 $SUDO apt-get install -y -q --no-install-recommends --allow-downgrades \
   $QEMU_PKGS seabios ipxe-qemu e2fsprogs mmdebstrap curl ca-certificates procps \
-  slapd openssh-client syslinux syslinux-common mtools dosfstools fdisk
+  slapd openssh-client syslinux syslinux-common mtools dosfstools fdisk python3 python3-venv
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust stable (https://rustup.rs) and re-run" >&2
   exit 1
