@@ -44,8 +44,11 @@ pub enum InstanceTypesError {
     Invalid { path: String, name: String, detail: String },
 }
 
-/// (family, [(size, vcpus, memory MiB)]) as AWS publishes them.
-const DEFAULTS: &[(&str, &[(&str, u32, u64)])] = &[
+/// (size, vCPUs, memory MiB) of one family.
+type Sizes = &'static [(&'static str, u32, u64)];
+
+/// (family, sizes) as AWS publishes them.
+const DEFAULTS: &[(&str, Sizes)] = &[
     (
         "t2",
         &[
@@ -67,7 +70,7 @@ const DEFAULTS: &[(&str, &[(&str, u32, u64)])] = &[
     ("r5", MEMORY),
     ("r6i", MEMORY),
 ];
-const BURSTABLE: &[(&str, u32, u64)] = &[
+const BURSTABLE: Sizes = &[
     ("nano", 2, 512),
     ("micro", 2, 1024),
     ("small", 2, 2048),
@@ -76,12 +79,9 @@ const BURSTABLE: &[(&str, u32, u64)] = &[
     ("xlarge", 4, 16384),
     ("2xlarge", 8, 32768),
 ];
-const GENERAL: &[(&str, u32, u64)] =
-    &[("large", 2, 8192), ("xlarge", 4, 16384), ("2xlarge", 8, 32768), ("4xlarge", 16, 65536)];
-const COMPUTE: &[(&str, u32, u64)] =
-    &[("large", 2, 4096), ("xlarge", 4, 8192), ("2xlarge", 8, 16384), ("4xlarge", 16, 32768)];
-const MEMORY: &[(&str, u32, u64)] =
-    &[("large", 2, 16384), ("xlarge", 4, 32768), ("2xlarge", 8, 65536), ("4xlarge", 16, 131072)];
+const GENERAL: Sizes = &[("large", 2, 8192), ("xlarge", 4, 16384), ("2xlarge", 8, 32768), ("4xlarge", 16, 65536)];
+const COMPUTE: Sizes = &[("large", 2, 4096), ("xlarge", 4, 8192), ("2xlarge", 8, 16384), ("4xlarge", 16, 32768)];
+const MEMORY: Sizes = &[("large", 2, 16384), ("xlarge", 4, 32768), ("2xlarge", 8, 65536), ("4xlarge", 16, 131072)];
 
 impl Default for InstanceTypes {
     fn default() -> Self {

@@ -252,7 +252,7 @@ fn stock_aws_cli_and_boto3_drive_nubo() {
         .flat_map(|r| r["Instances"].as_array().cloned().unwrap_or_default())
         .map(|i| s(&i["InstanceId"]))
         .collect();
-    assert_eq!(ids, [id.clone()]);
+    assert_eq!(ids, std::slice::from_ref(&id));
     let none = aws.ok(&["describe-instances", "--filters", "Name=tag:team,Values=red"]);
     assert_eq!(none["Reservations"].as_array().map(Vec::len), Some(0), "{none}");
 

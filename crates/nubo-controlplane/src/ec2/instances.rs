@@ -411,7 +411,7 @@ pub async fn run(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answe
         .store
         .resolve_image(Some(&project), &req.image)
         .await?
-        .ok_or_else(|| Ec2Error::not_found("image", &[req.image.clone()]))?;
+        .ok_or_else(|| Ec2Error::not_found("image", std::slice::from_ref(&req.image)))?;
     if let Some(k) = &req.key_name {
         if ctx.store.keypair(&project, k).await?.is_none() {
             return Err(Ec2Error::bad(

@@ -75,16 +75,15 @@ pub fn tag_set<'a>(tags: impl IntoIterator<Item = (&'a String, &'a String)>) -> 
     El::list("tagSet", tags.into_iter().map(|(k, v)| El::item().field("key", k).field("value", v)))
 }
 
-/// Text with `&`, `<`, `>`, `"` and `'` escaped; characters XML 1.0 cannot
-/// carry at all (most control characters) are dropped.
+/// Text with `&`, `<` and `>` escaped (quotes need no escaping outside
+/// attributes, and no attribute carries user text); characters XML 1.0
+/// cannot carry at all (most control characters) are dropped.
 fn escape_into(text: &str, out: &mut String) {
     for c in text.chars() {
         match c {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
             '\t' | '\n' | '\r' => out.push(c),
             c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => {}
             c => out.push(c),
@@ -148,7 +147,9 @@ mod tests {
         assert!(doc.contains(
             "<RunInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>rid</requestId>"
         ));
-        assert!(doc.contains("<instancesSet><item><instanceId>i-1</instanceId><x>&lt;a &amp; &apos;b&apos;&gt;</x></item></instancesSet>"));
+        assert!(doc.contains(
+            "<instancesSet><item><instanceId>i-1</instanceId><x>&lt;a &amp; 'b'&gt;</x></item></instancesSet>"
+        ));
         let e = error("AuthFailure", "no <way>", "rid");
         assert!(e.ends_with("<Response><Errors><Error><Code>AuthFailure</Code><Message>no &lt;way&gt;</Message></Error></Errors><RequestID>rid</RequestID></Response>"));
     }
