@@ -423,9 +423,23 @@ impl Store {
     /// Applies one agent report entry for an instance on `host`. Entries
     /// for instances the host does not own are ignored (and counted).
     pub async fn apply_actual(&self, host: &str, a: &ActualInstance) -> Result<bool, sqlx::Error> {
+        // A user's request (terminate, stop) may change the row between
+        // the read and the write: the write is conditional on what was
+        // read, and a lost race reads again, so a stale report can never
+        // put back the old desired state.
+        for _ in 0..5 {
+            if let Some(applied) = self.apply_actual_once(host, a).await? {
+                return Ok(applied);
+            }
+        }
+        Ok(false)
+    }
+
+    /// One try of [`Store::apply_actual`]; `None` when the row changed meanwhile.
+    async fn apply_actual_once(&self, host: &str, a: &ActualInstance) -> Result<Option<bool>, sqlx::Error> {
         let row = match self.instance(a.id.as_str()).await? {
             Some(r) if r.host_id.as_deref() == Some(host) && r.state != "terminated" => r,
-            _ => return Ok(false),
+            _ => return Ok(Some(false)),
         };
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
@@ -440,14 +454,23 @@ impl Store {
             ActualPower::Error => a.error.clone(),
             _ => None,
         };
-        sqlx::query("UPDATE instances SET desired = $1, state = $2, error = $3, updated_at_ms = $4 WHERE id = $5")
-            .bind(&desired)
-            .bind(state)
-            .bind(&error)
-            .bind(now)
-            .bind(&row.id)
-            .execute(&mut *tx)
-            .await?;
+        let updated = sqlx::query(
+            "UPDATE instances SET desired = $1, state = $2, error = $3, updated_at_ms = $4
+             WHERE id = $5 AND desired = $6 AND state = $7",
+        )
+        .bind(&desired)
+        .bind(state)
+        .bind(&error)
+        .bind(now)
+        .bind(&row.id)
+        .bind(&row.desired)
+        .bind(&row.state)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
         if state == "terminated" {
             // Free the claim and the ports exactly once: only the report
             // that moves the row to terminated gets here.
@@ -509,7 +532,7 @@ impl Store {
             insert_event(&mut tx, &row.id, now, &format!("state_{state}"), a.error.as_deref().unwrap_or("")).await?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(true))
     }
 
     pub async fn events(&self, id: &str) -> Result<Vec<InstanceEvent>, sqlx::Error> {

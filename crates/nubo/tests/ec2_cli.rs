@@ -3,9 +3,10 @@
 //! first use and reused), against a real `nubo up` booting a `tiny` VM:
 //! import a key pair, run an instance with user-data and tags (and the
 //! same ClientToken again), the `instance-running` waiter, describe with
-//! filters, the user-data's output in get-console-output, a volume
-//! created, attached (seen attached by the guest) and detached, stop,
-//! start and terminate with their waiters, a wrong secret refused with
+//! filters, the user-data's output in get-console-output, the instance
+//! type in the guest's metadata service, a volume created, attached (seen
+//! attached by the guest) and detached, stop, start and terminate with
+//! their waiters, a wrong secret refused with
 //! AuthFailure and an unknown id with InvalidInstanceID.NotFound (the
 //! CLI's normal error exit), and a boto3 script reading instances and
 //! volumes. Nothing outside is read: a fresh AWS config, no metadata
@@ -263,6 +264,22 @@ fn stock_aws_cli_and_boto3_drive_nubo() {
         text.contains("ec2-user-data-says-42").then_some(text)
     });
     assert!(console.contains("NUBO_BOOT_COMPLETE"));
+    // The metadata service inside reports the type it was launched by.
+    let imds = wait_until("the metadata service's instance-type", BOOT, || {
+        let out = cloud.nubo(&[
+            "instance",
+            "exec",
+            &id,
+            "--timeout",
+            "30",
+            "--",
+            "wget",
+            "-qO-",
+            "http://169.254.169.254/latest/meta-data/instance-type",
+        ]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert_eq!(imds.trim(), "t2.nano");
 
     // Attach, seen attached by the guest; detach.
     aws.ok(&["wait", "volume-available", "--volume-ids", &vol_id]);
