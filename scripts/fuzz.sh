@@ -3,6 +3,7 @@
 # and of the disk image header checks:
 #   instance_create  POST /api/v1/instances body -> serde -> validate::instance_create
 #   agent_bodies     RegisterHost, HostReport, ConsoleChunk bodies
+#   ec2_request      EC2 Query form bodies, SigV4 Authorization headers, X-Amz-Date
 #   ids              InstanceId / HostId from arbitrary strings
 #   image_header     nubo_image::inspect::{check_qcow2_header, sniff_format} on arbitrary bytes
 # The fuzz crate (fuzz/) is not a workspace member.
@@ -57,6 +58,8 @@ seed instance_create full '{"image":"tiny","vcpus":2,"memory_mib":512,"disk_gib"
 seed instance_create dup-port '{"image":"tiny","vcpus":1,"memory_mib":64,"disk_gib":1,"ports":[80,80]}'
 seed agent_bodies register '{"host_id":"h-0123456789abcdef0","name":"node-1","accel":"kvm","vcpus":8,"memory_mib":16384,"disk_gib":100}'
 seed agent_bodies report '{"instances":[{"id":"i-0123456789abcdef0","power":"running","pid":42,"error":null,"exited_unexpectedly":false,"events":[{"at_ms":1,"stage":"boot_complete","detail":""}]}]}'
+seed ec2_request run 'Action=RunInstances&ImageId=ami-0123456789abcdef0&MinCount=1&MaxCount=2&TagSpecification.1.ResourceType=instance&TagSpecification.1.Tag.1.Key=a&TagSpecification.1.Tag.1.Value=b&Filter.1.Name=tag:a&Filter.1.Value.1=b*&MaxResults=5&NextToken=nubo-offset-5'
+seed ec2_request auth 'AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/20150830/nubo-1/ec2/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7'
 seed agent_bodies console '{"host_id":"h-0123456789abcdef0","offset":0,"raw_len":5,"data":"hello"}'
 seed ids instance 'i-0123456789abcdef0'
 seed ids host 'h-0123456789abcdef0'

@@ -7,7 +7,9 @@
 # Debian's monitoring-plugins (Nagios plugins such as check_http for plugin
 # checks). Prometheus' promtool, which the monitoring test uses to check
 # /metrics, is unpacked from Debian's package into .cache/tools (installing
-# the package would start a Prometheus server).
+# the package would start a Prometheus server), and
+# python3-venv (the EC2 test installs the stock aws CLI and boto3 from PyPI
+# into a virtualenv).
 # Idempotent; refreshes apt's lists because the image build runs
 # `apt-get download` against them.
 set -euo pipefail
@@ -27,7 +29,8 @@ fi
 # shellcheck disable=SC2086 # QEMU_PKGS is a word list on purpose
 $SUDO apt-get install -y -q --no-install-recommends --allow-downgrades \
   $QEMU_PKGS seabios ipxe-qemu e2fsprogs mmdebstrap curl ca-certificates procps \
-  slapd openssh-client syslinux syslinux-common mtools dosfstools fdisk monitoring-plugins-basic
+  slapd openssh-client syslinux syslinux-common mtools dosfstools fdisk monitoring-plugins-basic \
+  python3 python3-venv
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust stable (https://rustup.rs) and re-run" >&2
   exit 1

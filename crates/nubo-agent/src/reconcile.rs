@@ -145,7 +145,10 @@ impl Reconciler {
             instance_id: want.id.to_string(),
             hostname: want.name.clone(),
             image: want.image.clone(),
-            instance_type: format!("custom-{}-{}", want.vcpus, want.memory_mib),
+            instance_type: want
+                .instance_type
+                .clone()
+                .unwrap_or_else(|| nubo_api::views::custom_instance_type(want.vcpus, want.memory_mib)),
             availability_zone: want.availability_zone.clone(),
             local_ipv4: nubo_hypervisor::GUEST_ADDR.to_string(),
             mac: nubo_hypervisor::mac_for(want.id.as_str()),

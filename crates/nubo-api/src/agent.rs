@@ -75,6 +75,10 @@ pub struct DesiredInstance {
     /// Images to make of the root disk (instance snapshots) and upload.
     #[serde(default)]
     pub captures: Vec<DesiredCapture>,
+    /// The instance type the metadata service reports (`t3.micro`, or
+    /// `custom-<vcpus>-<mib>` for an instance launched by size).
+    #[serde(default)]
+    pub instance_type: Option<String>,
 }
 
 /// A registry image's file, fetched from the control plane by content address.

@@ -128,6 +128,18 @@ typed_id!(
     /// One alert (a rule's condition holding for one resource), `alert-...`.
     AlertId, "alert-", "alert"
 );
+typed_id!(
+    /// A security group of a project, `sg-...` (as on EC2).
+    SecurityGroupId, "sg-", "security group"
+);
+typed_id!(
+    /// One rule of a security group, `sgr-...`.
+    SecurityGroupRuleId, "sgr-", "security group rule"
+);
+typed_id!(
+    /// The instances of one EC2 RunInstances call, `r-...`.
+    ReservationId, "r-", "reservation"
+);
 
 impl ImageId {
     /// The stable id of a builtin image: the same on every control plane,

@@ -33,6 +33,9 @@ pub struct InstanceCreate {
     /// Instance metadata service options (as EC2's `MetadataOptions`).
     #[serde(default)]
     pub metadata: Option<MetadataOptions>,
+    /// Tags (key to value; keys 1-128 characters, values at most 256, at most 50 tags).
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// How the instance metadata service at 169.254.169.254 answers.

@@ -97,6 +97,19 @@ pub struct Instance {
     /// Volumes attached (or being attached or detached), by id.
     #[serde(default)]
     pub volumes: Vec<InstanceVolume>,
+    /// The instance type it was launched by (`t3.micro`, ...), or
+    /// `custom-<vcpus>-<mib>` when it was launched by size.
+    #[serde(default)]
+    pub instance_type: String,
+    /// Tags (key to value), as the EC2 API's CreateTags sets them.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+}
+
+/// The instance type reported for an instance launched by size, not by a
+/// named type: `custom-<vcpus>-<mib>`.
+pub fn custom_instance_type(vcpus: u32, memory_mib: u64) -> String {
+    format!("custom-{vcpus}-{memory_mib}")
 }
 
 /// A volume as its instance lists it.
@@ -292,6 +305,9 @@ pub struct Volume {
     pub error: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Tags (key to value).
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// Where a volume is attached and what the guest sees.

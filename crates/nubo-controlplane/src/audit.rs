@@ -43,6 +43,13 @@ pub async fn middleware(State(ctx): State<Arc<Ctx>>, mut req: Request, next: Nex
         _ => "failed",
     };
     let info = slot.0.lock().map(|i| i.clone()).unwrap_or_default();
+    if info.read_only {
+        return resp;
+    }
+    let path = match &info.detail {
+        Some(d) => format!("{path} ({d})"),
+        None => path,
+    };
     let actor = info.actor.unwrap_or_else(|| "anonymous".into());
     if let Err(e) =
         ctx.store.audit(&actor, info.project_id.as_deref(), method.as_str(), &path, &source, status, outcome).await

@@ -11,6 +11,16 @@ use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
 
+/// Names what an audited request did (the EC2 action), and whether it was
+/// only a read (a POST that changed nothing is then left out of the log).
+pub(crate) fn record_detail(parts: &Parts, detail: String, read_only: bool) {
+    if let Some(slot) = parts.extensions.get::<AuditSlot>() {
+        let mut info = slot.0.lock().unwrap_or_else(|p| p.into_inner());
+        info.detail = Some(detail);
+        info.read_only = read_only;
+    }
+}
+
 /// A new random token, `nubo_` + 64 hex digits.
 pub fn generate_token() -> String {
     let bytes: [u8; 32] = rand::random();
@@ -67,12 +77,16 @@ pub struct HostCaller {
 pub struct AuditInfo {
     pub actor: Option<String>,
     pub project_id: Option<String>,
+    /// What the request did when the path alone does not say (an EC2 action).
+    pub detail: Option<String>,
+    /// A read that arrived as a POST (EC2 Describe* actions): not audited.
+    pub read_only: bool,
 }
 
 #[derive(Clone, Default)]
 pub struct AuditSlot(pub Arc<Mutex<AuditInfo>>);
 
-fn record(parts: &Parts, actor: String, project: Option<String>) {
+pub(crate) fn record(parts: &Parts, actor: String, project: Option<String>) {
     if let Some(slot) = parts.extensions.get::<AuditSlot>() {
         let mut info = slot.0.lock().unwrap_or_else(|p| p.into_inner());
         info.actor = Some(actor);
@@ -93,7 +107,7 @@ fn bearer(parts: &Parts) -> Result<&str, AppError> {
         .ok_or_else(|| AppError::Unauthorized("the Authorization header must be 'Bearer <token>'".into()))
 }
 
-fn rate_limit(ctx: &Ctx, key: &str) -> Result<(), AppError> {
+pub(crate) fn rate_limit(ctx: &Ctx, key: &str) -> Result<(), AppError> {
     ctx.limiter.check_key(&key.to_string()).map_err(|_| {
         AppError::TooManyRequests(format!(
             "too many requests for this credential (limit {} per second): slow down and retry",
@@ -116,25 +130,30 @@ impl FromRequestParts<Arc<Ctx>> for Caller {
             }
         };
         rate_limit(ctx, &owner.token_id)?;
-        let admin = owner.is_admin == 1;
-        let role = if admin {
-            Role::Admin
-        } else {
-            match owner.role.as_deref() {
-                Some("member") => Role::Member,
-                Some("reader") => Role::Reader,
-                _ => Role::None,
-            }
-        };
         record(parts, owner.user_name.clone(), owner.project_id.clone());
-        Ok(Caller {
-            user_id: owner.user_id,
-            user_name: owner.user_name,
-            admin,
-            project_id: owner.project_id,
-            project_name: owner.project_name,
-            role,
-        })
+        Ok(caller_of(owner))
+    }
+}
+
+/// The caller a resolved credential (API token or access key) stands for.
+pub(crate) fn caller_of(owner: crate::identity::TokenOwner) -> Caller {
+    let admin = owner.is_admin == 1;
+    let role = if admin {
+        Role::Admin
+    } else {
+        match owner.role.as_deref() {
+            Some("member") => Role::Member,
+            Some("reader") => Role::Reader,
+            _ => Role::None,
+        }
+    };
+    Caller {
+        user_id: owner.user_id,
+        user_name: owner.user_name,
+        admin,
+        project_id: owner.project_id,
+        project_name: owner.project_name,
+        role,
     }
 }
 

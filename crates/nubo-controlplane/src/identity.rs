@@ -75,6 +75,13 @@ pub struct AccessKeyRow {
     pub revoked_at_ms: Option<i64>,
 }
 
+#[derive(Debug, Clone, FromRow)]
+struct AccessKeyOwnerRow {
+    secret_sealed: String,
+    #[sqlx(flatten)]
+    owner: TokenOwner,
+}
+
 /// at_ms, actor, project name, method, path, source, status, outcome.
 type AuditRow = (i64, String, Option<String>, String, String, String, i64, String);
 
@@ -374,6 +381,37 @@ impl Store {
             "SELECT secret_sealed, user_id, project_id FROM access_keys WHERE id = $1 AND revoked_at_ms IS NULL",
         )
         .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// A live access key's sealed secret and owner, as a `TokenOwner`
+    /// (its id in `token_id`) with the role in the key's project (for SigV4).
+    pub async fn access_key_owner(&self, id: &str) -> Result<Option<(String, TokenOwner)>, sqlx::Error> {
+        let row: Option<AccessKeyOwnerRow> = sqlx::query_as(
+            "SELECT k.secret_sealed, k.id AS token_id, u.id AS user_id, u.name AS user_name, u.is_admin,
+                    k.project_id, p.name AS project_name, m.role
+             FROM access_keys k
+             JOIN users u ON u.id = k.user_id
+             LEFT JOIN projects p ON p.id = k.project_id
+             LEFT JOIN memberships m ON m.user_id = k.user_id AND m.project_id = k.project_id
+             WHERE k.id = $1 AND k.revoked_at_ms IS NULL",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| (r.secret_sealed, r.owner)))
+    }
+
+    /// An access key of `user` in `project` that is still live, if any
+    /// (`nubo up` reuses the admin's across restarts).
+    pub async fn live_access_key(&self, user_id: &str, project_id: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT id FROM access_keys WHERE user_id = $1 AND project_id = $2 AND revoked_at_ms IS NULL
+             ORDER BY created_at_ms LIMIT 1",
+        )
+        .bind(user_id)
+        .bind(project_id)
         .fetch_optional(&self.pool)
         .await
     }

@@ -10,11 +10,15 @@ pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod checks;
+pub mod client_tokens;
+pub mod ec2;
 pub mod error;
 pub mod exposition;
 pub mod identity;
 pub mod images;
+pub mod instance_types;
 pub mod keys;
+pub mod launch;
 pub mod ldap;
 pub mod monitor;
 pub mod placement;
@@ -22,7 +26,9 @@ pub mod provisioning;
 pub mod recipes;
 pub mod registry;
 pub mod secrets;
+pub mod security_groups;
 pub mod store;
+pub mod tags;
 pub mod tls;
 pub mod tsdb;
 pub mod validate;
@@ -58,6 +64,11 @@ pub struct Config {
     pub max_image_bytes: u64,
     /// How long metric samples and rollups are kept.
     pub retention: tsdb::Retention,
+    /// The region the EC2 API is (SigV4 scope, DescribeRegions); the
+    /// availability zone is in it.
+    pub region: String,
+    /// Instance types the EC2 API launches by.
+    pub instance_types: instance_types::InstanceTypes,
 }
 
 impl Config {
@@ -74,6 +85,8 @@ impl Config {
             availability_zone: "nubo-1a".into(),
             max_image_bytes: 256 << 30,
             retention: tsdb::Retention::default(),
+            region: "nubo-1".into(),
+            instance_types: instance_types::InstanceTypes::default(),
         }
     }
 }
@@ -177,6 +190,53 @@ impl Ctx {
         let project = self.store.ensure_project(identity::DEFAULT_PROJECT).await?;
         Ok(self.store.issue_token(&admin.id, Some(&project.id), "bootstrap", None).await?.1)
     }
+}
+
+impl Ctx {
+    /// A new access-key pair for the EC2 API (SigV4); returns (id, secret).
+    /// The secret is stored sealed, and shown only to the caller.
+    pub async fn issue_access_key(
+        &self,
+        user_id: &str,
+        project_id: Option<&str>,
+    ) -> Result<(String, String), sqlx::Error> {
+        let id = format!("AKIA{}", random_chars(16, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"));
+        let secret = random_chars(40, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/");
+        let sealed = self.sealer.seal(&secret);
+        self.store.create_access_key(&id, &sealed, user_id, project_id).await?;
+        Ok((id, secret))
+    }
+
+    /// The bootstrap admin's access key in the default project (written to
+    /// admin.env): `known` (id, secret) when it is still live and right,
+    /// else a new one.
+    pub async fn bootstrap_admin_access_key(
+        &self,
+        known: Option<(String, String)>,
+    ) -> anyhow::Result<(String, String)> {
+        if let Some((id, secret)) = known {
+            if let Some((sealed, owner)) = self.store.access_key_owner(&id).await? {
+                if owner.user_name == identity::BOOTSTRAP_ADMIN
+                    && self.sealer.unseal(&sealed).ok() == Some(secret.clone())
+                {
+                    return Ok((id, secret));
+                }
+            }
+        }
+        let admin = self
+            .store
+            .user_by_name(identity::BOOTSTRAP_ADMIN)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the bootstrap admin user is missing"))?;
+        let project = self.store.ensure_project(identity::DEFAULT_PROJECT).await?;
+        Ok(self.issue_access_key(&admin.id, Some(&project.id)).await?)
+    }
+}
+
+fn random_chars(n: usize, alphabet: &[u8]) -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    (0..n).map(|_| alphabet[rng.gen_range(0..alphabet.len())] as char).collect()
 }
 
 /// Images every agent can build itself from Debian's packages.

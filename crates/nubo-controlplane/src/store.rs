@@ -93,6 +93,12 @@ pub struct InstanceRow {
     pub guest_json: Option<String>,
     /// The image's id (`image` holds its name).
     pub image_id: Option<String>,
+    /// The instance type it was launched by (EC2 API); none: by size.
+    pub instance_type: Option<String>,
+    /// The EC2 reservation (one RunInstances call) and its place in it.
+    pub reservation_id: Option<String>,
+    pub launch_index: i64,
+    pub client_token: Option<String>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -118,6 +124,9 @@ pub struct NewInstance<'a> {
     pub key: Option<(&'a str, &'a str)>,
     /// `optional` or `required` (IMDSv2 session tokens).
     pub imds_tokens: &'a str,
+    /// What an EC2 launch adds; tags and security groups are inserted in
+    /// the same transaction, so no instance ever exists without them.
+    pub ec2: crate::launch::LaunchRecord<'a>,
 }
 
 /// Why a claim on one host did not go through.
@@ -328,6 +337,7 @@ impl Store {
             .await?;
             mapped.push((*guest, host_port));
         }
+        crate::launch::insert_launch_record(&mut tx, new.id.as_str(), new.project_id, &new.ec2).await?;
         insert_event(&mut tx, new.id.as_str(), now, "requested", "").await?;
         insert_event(&mut tx, new.id.as_str(), now, "scheduled", host).await?;
         tx.commit().await?;
@@ -413,9 +423,23 @@ impl Store {
     /// Applies one agent report entry for an instance on `host`. Entries
     /// for instances the host does not own are ignored (and counted).
     pub async fn apply_actual(&self, host: &str, a: &ActualInstance) -> Result<bool, sqlx::Error> {
+        // A user's request (terminate, stop) may change the row between
+        // the read and the write: the write is conditional on what was
+        // read, and a lost race reads again, so a stale report can never
+        // put back the old desired state.
+        for _ in 0..5 {
+            if let Some(applied) = self.apply_actual_once(host, a).await? {
+                return Ok(applied);
+            }
+        }
+        Ok(false)
+    }
+
+    /// One try of [`Store::apply_actual`]; `None` when the row changed meanwhile.
+    async fn apply_actual_once(&self, host: &str, a: &ActualInstance) -> Result<Option<bool>, sqlx::Error> {
         let row = match self.instance(a.id.as_str()).await? {
             Some(r) if r.host_id.as_deref() == Some(host) && r.state != "terminated" => r,
-            _ => return Ok(false),
+            _ => return Ok(Some(false)),
         };
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
@@ -430,14 +454,23 @@ impl Store {
             ActualPower::Error => a.error.clone(),
             _ => None,
         };
-        sqlx::query("UPDATE instances SET desired = $1, state = $2, error = $3, updated_at_ms = $4 WHERE id = $5")
-            .bind(&desired)
-            .bind(state)
-            .bind(&error)
-            .bind(now)
-            .bind(&row.id)
-            .execute(&mut *tx)
-            .await?;
+        let updated = sqlx::query(
+            "UPDATE instances SET desired = $1, state = $2, error = $3, updated_at_ms = $4
+             WHERE id = $5 AND desired = $6 AND state = $7",
+        )
+        .bind(&desired)
+        .bind(state)
+        .bind(&error)
+        .bind(now)
+        .bind(&row.id)
+        .bind(&row.desired)
+        .bind(&row.state)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
         if state == "terminated" {
             // Free the claim and the ports exactly once: only the report
             // that moves the row to terminated gets here.
@@ -499,7 +532,7 @@ impl Store {
             insert_event(&mut tx, &row.id, now, &format!("state_{state}"), a.error.as_deref().unwrap_or("")).await?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(true))
     }
 
     pub async fn events(&self, id: &str) -> Result<Vec<InstanceEvent>, sqlx::Error> {

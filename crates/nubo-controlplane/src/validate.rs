@@ -61,6 +61,16 @@ pub fn instance_create(p: &InstanceCreate) -> Result<(), AppError> {
     if p.ports.len() > MAX_PORTS {
         return Err(AppError::BadRequest(format!("at most {MAX_PORTS} ports can be forwarded, got {}", p.ports.len())));
     }
+    if p.tags.len() > crate::tags::MAX_TAGS_PER_RESOURCE as usize {
+        return Err(AppError::BadRequest(format!(
+            "at most {} tags are allowed, got {}",
+            crate::tags::MAX_TAGS_PER_RESOURCE,
+            p.tags.len()
+        )));
+    }
+    for (k, v) in &p.tags {
+        tag(k, v)?;
+    }
     let mut seen = std::collections::HashSet::new();
     for port in &p.ports {
         if *port == 0 {
@@ -69,6 +79,25 @@ pub fn instance_create(p: &InstanceCreate) -> Result<(), AppError> {
         if !seen.insert(port) {
             return Err(AppError::BadRequest(format!("port {port} is listed twice")));
         }
+    }
+    Ok(())
+}
+
+/// A tag, as EC2 allows them: a key of 1-128 characters not starting
+/// with `aws:`, a value of at most 256, no control characters.
+pub fn tag(key: &str, value: &str) -> Result<(), AppError> {
+    let shown: String = key.chars().take(80).collect();
+    if key.is_empty() || key.chars().count() > 128 {
+        return Err(AppError::BadRequest(format!("tag key '{shown}' must be 1-128 characters long")));
+    }
+    if key.to_ascii_lowercase().starts_with("aws:") {
+        return Err(AppError::BadRequest(format!("tag key '{shown}': keys starting with 'aws:' are reserved")));
+    }
+    if value.chars().count() > 256 {
+        return Err(AppError::BadRequest(format!("the value of tag '{shown}' is longer than 256 characters")));
+    }
+    if key.chars().chain(value.chars()).any(char::is_control) {
+        return Err(AppError::BadRequest(format!("tag '{shown}' contains control characters")));
     }
     Ok(())
 }
@@ -89,6 +118,7 @@ mod tests {
             key_name: None,
             recipe: None,
             metadata: None,
+            tags: Default::default(),
         }
     }
 

@@ -31,6 +31,8 @@ pub struct VolumeRow {
     pub error: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The device name an EC2 AttachVolume asked for (`/dev/sdf`).
+    pub device_name: Option<String>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -258,7 +260,7 @@ impl Store {
         };
         let r = sqlx::query(
             "UPDATE volumes SET instance_id = $1, attach_state = 'attaching', slot = $2, state = 'in-use',
-               guest_device = NULL, guest_size_bytes = NULL, error = NULL, updated_at_ms = $3
+               guest_device = NULL, guest_size_bytes = NULL, device_name = NULL, error = NULL, updated_at_ms = $3
              WHERE id = $4 AND state = 'available' AND instance_id IS NULL AND desired = 'present'",
         )
         .bind(instance)
@@ -275,6 +277,16 @@ impl Store {
     }
 
     /// Starts detaching; false when the volume was not attached (or attaching).
+    /// Records the device name an EC2 AttachVolume asked for.
+    pub async fn set_volume_device_name(&self, id: &str, device: Option<&str>) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE volumes SET device_name = $1 WHERE id = $2")
+            .bind(device)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn detach_volume(&self, id: &str) -> Result<bool, sqlx::Error> {
         let r = sqlx::query(
             "UPDATE volumes SET attach_state = 'detaching', error = NULL, updated_at_ms = $1

@@ -310,6 +310,10 @@ pub struct ServerArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Instance types for the EC2 API (TOML `[[type]]` or JSON `{"types": [...]}`
+    /// with name, vcpus, memory_mib), added to the built-in EC2 names.
+    #[arg(long, value_name = "FILE", env = "NUBO_INSTANCE_TYPES")]
+    pub instance_types: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]

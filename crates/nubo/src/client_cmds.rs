@@ -183,6 +183,7 @@ pub async fn instance(cmd: InstanceCmd) -> anyhow::Result<()> {
                 key_name,
                 recipe,
                 metadata: metadata_tokens.map(|t| MetadataOptions { http_tokens: Some(t) }),
+                tags: Default::default(),
             };
             let mut i = c.create_instance(&req).await?;
             if wait {

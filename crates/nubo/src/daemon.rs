@@ -48,6 +48,8 @@ struct Started {
     url: String,
     data_dir: PathBuf,
     admin_token: String,
+    /// The admin's EC2 access key id and secret.
+    access_key: (String, String),
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     /// The CA clients must trust, when the server made its own (`--tls`).
     ca_cert: Option<PathBuf>,
@@ -68,9 +70,17 @@ async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
         ldap.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         config.ldap = Some(ldap);
     }
+    if let Some(path) = &a.instance_types {
+        config.instance_types = nubo_controlplane::instance_types::InstanceTypes::load(path)?;
+    }
     let ctx = Ctx::new(config).await?;
     ctx.start_background();
     let admin_token = ensure_admin_token(&ctx, &data_dir.join("admin.env")).await?;
+    // The admin's EC2 access key, reused across restarts like the token.
+    let known = std::fs::read_to_string(data_dir.join("admin.env"))
+        .ok()
+        .and_then(|s| Some((env_value(&s, "AWS_ACCESS_KEY_ID")?, env_value(&s, "AWS_SECRET_ACCESS_KEY")?)));
+    let access_key = ctx.bootstrap_admin_access_key(known).await?;
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("cannot listen on {}: is another Nubo running? choose another --listen", a.listen))?;
@@ -91,7 +101,7 @@ async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
         }
         None => (format!("http://{addr}"), None, tokio::spawn(nubo_controlplane::serve(ctx.clone(), listener))),
     };
-    Ok(Started { ctx, url, data_dir, admin_token, server, ca_cert })
+    Ok(Started { ctx, url, data_dir, admin_token, access_key, server, ca_cert })
 }
 
 fn write_admin_env(s: &Started) -> anyhow::Result<PathBuf> {
@@ -100,6 +110,11 @@ fn write_admin_env(s: &Started) -> anyhow::Result<PathBuf> {
     if let Some(ca) = &s.ca_cert {
         text.push_str(&format!("export {}='{}'\n", nubo_client::CA_CERT_ENV, ca.display()));
     }
+    // The EC2 API on the same listener: `aws --endpoint-url $NUBO_URL ec2 ...`.
+    text.push_str(&format!(
+        "export AWS_ACCESS_KEY_ID='{}'\nexport AWS_SECRET_ACCESS_KEY='{}'\nexport AWS_DEFAULT_REGION='{}'\n",
+        s.access_key.0, s.access_key.1, s.ctx.config.region
+    ));
     write_private(&path, &text)?;
     Ok(path)
 }

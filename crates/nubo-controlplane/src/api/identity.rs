@@ -294,10 +294,6 @@ pub async fn join_token(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResul
     Ok((StatusCode::CREATED, Json(JoinToken { token, expires_at_ms })))
 }
 
-fn random_chars(n: usize, alphabet: &[u8]) -> String {
-    (0..n).map(|_| alphabet[rand::random::<usize>() % alphabet.len()] as char).collect()
-}
-
 /// Create an access-key pair for the EC2 API (SigV4), in your current project.
 #[utoipa::path(post, path = "/api/v1/access-keys", tag = "identity",
     responses((status = 201, body = nubo_api::views::AccessKeyIssued)))]
@@ -305,10 +301,7 @@ pub async fn create_access_key(
     caller: Caller,
     State(ctx): State<Arc<Ctx>>,
 ) -> AppResult<(StatusCode, Json<nubo_api::views::AccessKeyIssued>)> {
-    let id = format!("AKIA{}", random_chars(16, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"));
-    let secret = random_chars(40, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/");
-    let sealed = ctx.sealer.seal(&secret);
-    ctx.store.create_access_key(&id, &sealed, &caller.user_id, caller.project_id.as_deref()).await?;
+    let (id, secret) = ctx.issue_access_key(&caller.user_id, caller.project_id.as_deref()).await?;
     Ok((
         StatusCode::CREATED,
         Json(nubo_api::views::AccessKeyIssued {

@@ -32,6 +32,8 @@ pub(crate) async fn load(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -
 /// Builds the view; `with_events` adds the life events (show only).
 pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<Instance> {
     let id: InstanceId = row.id.parse().map_err(AppError::internal)?;
+    let instance_type = instance_type_of(&row);
+    let tags = ctx.store.tags_of(&row.id).await?;
     let host = match &row.host_id {
         Some(h) => ctx.store.host(h).await?,
         None => None,
@@ -98,7 +100,16 @@ pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<I
         guest,
         image_id: row.image_id.as_deref().and_then(|i| i.parse().ok()),
         volumes,
+        instance_type,
+        tags,
     })
+}
+
+/// What the instance is reported as: its type, or `custom-<vcpus>-<mib>`.
+pub fn instance_type_of(row: &InstanceRow) -> String {
+    row.instance_type
+        .clone()
+        .unwrap_or_else(|| nubo_api::views::custom_instance_type(row.vcpus as u32, row.memory_mib as u64))
 }
 
 /// List instances, terminated ones included (as EC2 shows them for a while).
@@ -127,8 +138,22 @@ pub async fn create(
     State(ctx): State<Arc<Ctx>>,
     ApiJson(p): ApiJson<InstanceCreate>,
 ) -> AppResult<(StatusCode, Json<Instance>)> {
-    let project = authz::creation_project(&caller)?;
-    validate::instance_create(&p)?;
+    let row = launch(&ctx, &caller, &p, crate::launch::LaunchRecord::default()).await?;
+    Ok((StatusCode::CREATED, Json(view(&ctx, row, true).await?)))
+}
+
+/// Launches one instance: the REST API's create and each instance of an
+/// EC2 RunInstances. `record` carries what EC2 adds (type, reservation,
+/// security groups); without groups the instance joins the project's
+/// default group. `p.tags` are recorded with it.
+pub async fn launch(
+    ctx: &Arc<Ctx>,
+    caller: &Caller,
+    p: &InstanceCreate,
+    mut record: crate::launch::LaunchRecord<'_>,
+) -> AppResult<InstanceRow> {
+    let project = authz::creation_project(caller)?;
+    validate::instance_create(p)?;
     let image = match ctx.store.resolve_image(Some(&project), &p.image).await? {
         Some(i) => i,
         None => {
@@ -185,7 +210,7 @@ pub async fn create(
     let mut user_data = p.user_data.clone();
     if let Some(recipe) = &p.recipe {
         if let Some(cloud_config) =
-            super::provisioning::check_launch_recipe(&ctx, &caller, recipe, p.user_data.as_deref()).await?
+            super::provisioning::check_launch_recipe(ctx, caller, recipe, p.user_data.as_deref()).await?
         {
             if cloud_config.len() > nubo_api::MAX_USER_DATA_BYTES {
                 return Err(AppError::BadRequest("the rendered cloud-config recipe is larger than 64 KiB".into()));
@@ -195,6 +220,15 @@ pub async fn create(
     }
     let id = InstanceId::generate();
     let name = p.name.clone().unwrap_or_else(|| id.to_string());
+    let default_group;
+    if record.security_groups.is_empty() {
+        default_group = [ctx.store.ensure_default_security_group(&project).await?.id];
+        record.security_groups = &default_group;
+    }
+    let tags: Vec<(String, String)> = p.tags.clone().into_iter().collect();
+    if record.tags.is_empty() {
+        record.tags = &tags;
+    }
     let new = NewInstance {
         id: &id,
         project_id: &project,
@@ -208,15 +242,15 @@ pub async fn create(
         guest_ports: &p.ports,
         key: key.as_ref().map(|k| (k.name.as_str(), k.public_key.as_str())),
         imds_tokens,
+        ec2: record,
     };
-    let (host, _) = placement::place(&ctx, &new).await?;
+    let (host, _) = placement::place(ctx, &new).await?;
     tracing::info!(instance = %id, %host, "instance placed");
     if let Some(recipe) = &p.recipe {
-        super::provisioning::start_recipe_run(&ctx, &caller, id.as_str(), recipe, true).await?;
+        super::provisioning::start_recipe_run(ctx, caller, id.as_str(), recipe, true).await?;
     }
     ctx.bump();
-    let row = ctx.store.instance(id.as_str()).await?.ok_or_else(|| AppError::internal("instance vanished"))?;
-    Ok((StatusCode::CREATED, Json(view(&ctx, row, true).await?)))
+    ctx.store.instance(id.as_str()).await?.ok_or_else(|| AppError::internal("instance vanished"))
 }
 
 /// Show one instance, with its life events.

@@ -142,7 +142,10 @@ pub fn router(ctx: Arc<Ctx>) -> axum::Router {
     let files = files
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_file))
         .layer(axum::extract::DefaultBodyLimit::disable());
+    // The EC2 Query API (not in the OpenAPI document: its shapes are EC2's).
+    let ec2 = axum::Router::new().route("/", axum::routing::post(crate::ec2::handle).get(crate::ec2::handle));
     json.merge(files)
+        .merge(ec2)
         .route("/api/v1/openapi.json", get(move || async move { Json(doc) }))
         .route("/api/v1/health", get(|| async { "ok" }))
         .fallback(|uri: axum::http::Uri| async move { AppError::UnknownRoute(uri.path().chars().take(200).collect()) })

@@ -43,7 +43,7 @@ fn check_size(size_gib: u64) -> AppResult<()> {
 }
 
 /// Loads a volume the caller may access.
-async fn load(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> AppResult<VolumeRow> {
+pub(crate) async fn load(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> AppResult<VolumeRow> {
     let id: VolumeId = parse(id)?;
     let row = ctx
         .store
@@ -55,7 +55,7 @@ async fn load(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> AppResult
     Ok(row)
 }
 
-async fn load_snapshot(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> AppResult<SnapshotRow> {
+pub(crate) async fn load_snapshot(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> AppResult<SnapshotRow> {
     let id: SnapshotId = parse(id)?;
     let row = ctx
         .store
@@ -89,6 +89,7 @@ pub(crate) async fn view(ctx: &Ctx, v: VolumeRow) -> AppResult<Volume> {
         host_name: host.map(|h| h.name),
         attachment,
         snapshot_id: v.snapshot_id.and_then(|s| s.parse().ok()),
+        tags: ctx.store.tags_of(&v.id).await?,
         error: v.error,
         created_at_ms: v.created_at_ms,
         updated_at_ms: v.updated_at_ms,

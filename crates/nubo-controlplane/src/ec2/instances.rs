@@ -1,0 +1,643 @@
+//! EC2 instances: RunInstances (by instance type, with user-data, key
+//! pair, security groups, tags, the root disk's size and ClientToken
+//! idempotency), DescribeInstances (ids, filters, pagination),
+//! Start/Stop/Reboot/TerminateInstances and GetConsoleOutput. Launches
+//! and power changes go through the REST handlers (`api::instances`), so
+//! quotas, placement and the agent's work are exactly the REST API's.
+
+use super::error::{Domain, Ec2Error, Ec2Result, InDomain};
+use super::query::{self, Page, Params};
+use super::xml::{self, El};
+use super::{project_of, Answer};
+use crate::api::instances as rest;
+use crate::auth::Caller;
+use crate::authz::Access;
+use crate::client_tokens::Claim;
+use crate::error::AppError;
+use crate::store::InstanceRow;
+use crate::volumes::VolumeRow;
+use crate::Ctx;
+use axum::extract::{Path, State};
+use base64::Engine;
+use nubo_api::ids::{InstanceId, ReservationId};
+use nubo_api::params::{InstanceCreate, MetadataOptions};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// The instance type used when RunInstances names none.
+pub const DEFAULT_INSTANCE_TYPE: &str = "t2.micro";
+/// The root disk when no block device mapping sets it (EC2's usual 8 GiB).
+pub const DEFAULT_ROOT_GIB: u64 = 8;
+/// The device name instances report for their root disk.
+pub const ROOT_DEVICE: &str = "/dev/sda1";
+/// Most instances one RunInstances may ask for.
+pub const MAX_COUNT: i64 = 100;
+/// Terminated instances stay visible in listings this long, as on EC2.
+const TERMINATED_VISIBLE_MS: i64 = 3600 * 1000;
+
+/// EC2's state code and name for an instance, from what the user asked
+/// for and what the agent reported.
+pub fn state_of(row: &InstanceRow) -> (u16, &'static str) {
+    match (row.desired.as_str(), row.state.as_str()) {
+        (_, "terminated") => (48, "terminated"),
+        ("deleted", _) => (32, "shutting-down"),
+        // EC2 has no error state: a VM that failed is stopped, with the reason.
+        (_, "error") => (80, "stopped"),
+        ("stopped", "stopped") => (80, "stopped"),
+        ("stopped", _) => (64, "stopping"),
+        ("running", "running") => (16, "running"),
+        _ => (0, "pending"),
+    }
+}
+
+fn state_el(name: &'static str, row: &InstanceRow) -> El {
+    let (code, state) = state_of(row);
+    El::new(name).field("code", code).field("name", state)
+}
+
+/// The reservation an instance belongs to; one of its own for instances
+/// launched through REST.
+pub fn reservation_of(row: &InstanceRow) -> String {
+    row.reservation_id.clone().unwrap_or_else(|| format!("r-{}", row.id.trim_start_matches("i-")))
+}
+
+/// What listing instances needs beside their rows, read once per request.
+struct Lookups {
+    tags: HashMap<String, BTreeMap<String, String>>,
+    groups: HashMap<String, Vec<(String, String)>>,
+    volumes: HashMap<String, Vec<VolumeRow>>,
+}
+
+async fn lookups(ctx: &Ctx, project: Option<&str>) -> Ec2Result<Lookups> {
+    let tags = ctx.store.tags_by_resource(project).await?;
+    let mut groups: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for (instance, id, name) in ctx.store.instance_security_groups(project).await? {
+        groups.entry(instance).or_default().push((id, name));
+    }
+    let mut volumes: HashMap<String, Vec<VolumeRow>> = HashMap::new();
+    for v in ctx.store.volumes(project).await? {
+        if let Some(i) = v.instance_id.clone() {
+            volumes.entry(i).or_default().push(v);
+        }
+    }
+    Ok(Lookups { tags, groups, volumes })
+}
+
+fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
+    let (_, state) = state_of(row);
+    let groups = l.groups.get(&row.id).map(Vec::as_slice).unwrap_or_default();
+    let empty = BTreeMap::new();
+    let tags = l.tags.get(&row.id).unwrap_or(&empty);
+    let mut devices = vec![El::item()
+        .field("deviceName", ROOT_DEVICE)
+        .child(El::new("ebs").field("status", "attached").field("deleteOnTermination", "true"))];
+    for v in l.volumes.get(&row.id).into_iter().flatten() {
+        devices.push(
+            El::item().field("deviceName", super::volumes::device_of(v)).child(
+                El::new("ebs")
+                    .field("volumeId", &v.id)
+                    .field("status", v.attach_state.as_deref().unwrap_or("attaching"))
+                    .field("attachTime", xml::time(v.updated_at_ms))
+                    .field("deleteOnTermination", "false"),
+            ),
+        );
+    }
+    let reason = match (row.state.as_str(), &row.error) {
+        ("error", Some(e)) => Some(El::new("stateReason").field("code", "Server.InternalError").field("message", e)),
+        _ if state == "stopped" || state == "stopping" => Some(
+            El::new("stateReason")
+                .field("code", "Client.UserInitiatedShutdown")
+                .field("message", "Client.UserInitiatedShutdown: User initiated shutdown"),
+        ),
+        _ => None,
+    };
+    let mut item = El::item()
+        .field("instanceId", &row.id)
+        .field("imageId", row.image_id.as_deref().unwrap_or(&row.image))
+        .child(state_el("instanceState", row))
+        .field("privateDnsName", "")
+        .field("dnsName", "")
+        .field("reason", reason.as_ref().map(|_| "User initiated").unwrap_or(""))
+        .opt("keyName", row.key_name.as_deref())
+        .field("amiLaunchIndex", row.launch_index)
+        .child(El::new("productCodes"))
+        .field("instanceType", rest::instance_type_of(row))
+        .field("launchTime", xml::time(row.created_at_ms))
+        .child(
+            El::new("placement")
+                .field("availabilityZone", &ctx.config.availability_zone)
+                .field("groupName", "")
+                .field("tenancy", "default"),
+        )
+        .child(El::new("monitoring").field("state", "disabled"))
+        .child(El::list(
+            "groupSet",
+            groups.iter().map(|(id, name)| El::item().field("groupId", id).field("groupName", name)),
+        ))
+        .field("architecture", "x86_64")
+        .field("rootDeviceType", "ebs")
+        .field("rootDeviceName", ROOT_DEVICE)
+        .child(El::list("blockDeviceMapping", devices))
+        .field("virtualizationType", "hvm")
+        .opt("clientToken", row.client_token.as_deref())
+        .child(xml::tag_set(tags))
+        .child(El::new("cpuOptions").field("coreCount", row.vcpus).field("threadsPerCore", 1))
+        .child(
+            El::new("metadataOptions")
+                .field("state", "applied")
+                .field("httpTokens", &row.imds_tokens)
+                .field("httpPutResponseHopLimit", 1)
+                .field("httpEndpoint", "enabled"),
+        );
+    if let Some(r) = reason {
+        item = item.child(r);
+    }
+    item
+}
+
+/// Reservations of `rows`, in the order their first instance comes.
+fn reservations(ctx: &Ctx, rows: &[InstanceRow], l: &Lookups) -> Vec<El> {
+    let mut order: Vec<String> = Vec::new();
+    let mut by: HashMap<String, Vec<&InstanceRow>> = HashMap::new();
+    for r in rows {
+        let id = reservation_of(r);
+        if !by.contains_key(&id) {
+            order.push(id.clone());
+        }
+        by.entry(id).or_default().push(r);
+    }
+    order
+        .into_iter()
+        .map(|id| {
+            let members = by.remove(&id).unwrap_or_default();
+            let owner = members.first().and_then(|r| r.project_id.clone()).unwrap_or_default();
+            El::item()
+                .field("reservationId", &id)
+                .field("ownerId", owner)
+                .child(El::new("groupSet"))
+                .child(El::list("instancesSet", members.into_iter().map(|r| instance_item(ctx, r, l))))
+        })
+        .collect()
+}
+
+/// Parses instance ids; the first malformed one refuses the request.
+pub fn parse_ids(ids: &[String]) -> Ec2Result<Vec<InstanceId>> {
+    ids.iter()
+        .map(|i| {
+            i.parse::<InstanceId>().map_err(|_| {
+                Ec2Error::bad(
+                    "InvalidInstanceID.Malformed",
+                    format!(
+                        "Invalid id: \"{}\" (expected i- and 17 hex digits)",
+                        i.chars().take(64).collect::<String>()
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Loads every instance named, or names all that the caller cannot see.
+async fn load_all(ctx: &Ctx, caller: &Caller, ids: &[InstanceId], access: Access) -> Ec2Result<Vec<InstanceRow>> {
+    let mut rows = Vec::new();
+    let mut missing = Vec::new();
+    for id in ids {
+        match rest::load(ctx, caller, id.as_str(), access).await {
+            Ok(r) => rows.push(r),
+            Err(AppError::NotFound { .. }) => missing.push(id.to_string()),
+            Err(e) => return Err(Ec2Error::from_app(e, Domain::Instance)),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Ec2Error::not_found("instance", &missing));
+    }
+    Ok(rows)
+}
+
+const FILTERS: &[&str] = &[
+    "instance-id",
+    "instance-state-name",
+    "instance-state-code",
+    "instance-type",
+    "image-id",
+    "key-name",
+    "reservation-id",
+    "availability-zone",
+    "client-token",
+    "launch-index",
+    "instance.group-id",
+    "instance.group-name",
+];
+
+pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
+    let project = project_of(caller)?;
+    let ids = parse_ids(&p.list("InstanceId"))?;
+    let filters = p.filters()?;
+    query::check_filters(&filters, FILTERS, true)?;
+    if !ids.is_empty() && p.str("MaxResults").is_some() {
+        return Err(Ec2Error::bad(
+            "InvalidParameterCombination",
+            "The parameter instancesSet cannot be used with the parameter maxResults",
+        ));
+    }
+    let page = Page::parse(p, 5, 1000)?;
+    let rows = if ids.is_empty() {
+        let now = crate::store::now_ms();
+        ctx.store
+            .instances(Some(&project))
+            .await?
+            .into_iter()
+            .filter(|r| r.state != "terminated" || now - r.updated_at_ms < TERMINATED_VISIBLE_MS)
+            .collect()
+    } else {
+        load_all(ctx, caller, &ids, Access::Read).await?
+    };
+    let l = lookups(ctx, Some(&project)).await?;
+    let rows: Vec<InstanceRow> = rows
+        .into_iter()
+        .filter(|r| {
+            query::matches(&filters, |name| {
+                let (code, state) = state_of(r);
+                let groups = l.groups.get(&r.id).cloned().unwrap_or_default();
+                match name {
+                    "instance-id" => vec![r.id.clone()],
+                    "instance-state-name" => vec![state.to_string()],
+                    "instance-state-code" => vec![code.to_string()],
+                    "instance-type" => vec![rest::instance_type_of(r)],
+                    "image-id" => r.image_id.clone().into_iter().collect(),
+                    "key-name" => r.key_name.clone().into_iter().collect(),
+                    "reservation-id" => vec![reservation_of(r)],
+                    "availability-zone" => vec![ctx.config.availability_zone.clone()],
+                    "client-token" => r.client_token.clone().into_iter().collect(),
+                    "launch-index" => vec![r.launch_index.to_string()],
+                    "instance.group-id" => groups.into_iter().map(|g| g.0).collect(),
+                    "instance.group-name" => groups.into_iter().map(|g| g.1).collect(),
+                    other => query::tag_field(other, l.tags.get(&r.id)),
+                }
+            })
+        })
+        .collect();
+    let (rows, next) = page.apply(rows);
+    let mut out = vec![El::list("reservationSet", reservations(ctx, &rows, &l))];
+    if let Some(n) = next {
+        out.push(El::text("nextToken", n));
+    }
+    Ok(out)
+}
+
+/// RunInstances' parameters, checked.
+struct RunRequest {
+    image: String,
+    instance_type: String,
+    min: u32,
+    max: u32,
+    user_data: Option<String>,
+    key_name: Option<String>,
+    group_ids: Vec<String>,
+    group_names: Vec<String>,
+    tags: Vec<(String, String)>,
+    root_gib: Option<u64>,
+    client_token: Option<String>,
+    http_tokens: Option<String>,
+}
+
+fn parse_run(ctx: &Ctx, p: &Params) -> Ec2Result<RunRequest> {
+    let image = p.required("ImageId")?.to_string();
+    if image.starts_with("ami-") && image.parse::<nubo_api::ids::ImageId>().is_err() {
+        return Err(Ec2Error::bad(
+            "InvalidAMIID.Malformed",
+            format!("Invalid id: \"{}\"", image.chars().take(64).collect::<String>()),
+        ));
+    }
+    let instance_type = p.str("InstanceType").unwrap_or(DEFAULT_INSTANCE_TYPE).to_string();
+    let min = p.int_in("MinCount", 1..=MAX_COUNT)?.unwrap_or(1);
+    let max = p.int_in("MaxCount", 1..=MAX_COUNT)?.unwrap_or(min);
+    if min > max {
+        return Err(Ec2Error::invalid(format!("MinCount ({min}) must not be above MaxCount ({max})")));
+    }
+    let user_data = match p.str("UserData") {
+        None | Some("") => None,
+        Some(b64) => {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|_| Ec2Error::invalid("Invalid BASE64 encoding of user data"))?;
+            Some(String::from_utf8(raw).map_err(|_| {
+                Ec2Error::invalid("the user data is not UTF-8 text (compressed user data is not supported): send a script or #cloud-config")
+            })?)
+        }
+    };
+    let mut tags = Vec::new();
+    for spec in p.structs("TagSpecification") {
+        match spec.str("ResourceType") {
+            Some("instance") => {}
+            other => {
+                return Err(Ec2Error::invalid(format!(
+                    "TagSpecification ResourceType '{}' is not supported by RunInstances here: only 'instance' (the root disk is not a separate volume)",
+                    other.unwrap_or("").chars().take(40).collect::<String>()
+                )))
+            }
+        }
+        for (k, v) in spec.tags("Tag")? {
+            tags.push((k, v.unwrap_or_default()));
+        }
+    }
+    let mut root_gib = None;
+    for m in p.structs("BlockDeviceMapping") {
+        let device = m.str("DeviceName").unwrap_or(ROOT_DEVICE);
+        let is_root = ["/dev/sda1", "/dev/sda", "/dev/xvda", "/dev/vda", "/dev/nvme0n1"].contains(&device);
+        if !is_root {
+            return Err(Ec2Error::bad(
+                "UnsupportedOperation",
+                format!("block device mapping {}: only the root device (/dev/sda1 or /dev/xvda) can be set at launch; create data disks with CreateVolume and AttachVolume", device.chars().take(40).collect::<String>()),
+            ));
+        }
+        if let Some(size) = m.int_in("Ebs.VolumeSize", 1..=crate::validate::MAX_DISK_GIB as i64)? {
+            root_gib = Some(size as u64);
+        }
+    }
+    if let Some(z) = p.str("Placement.AvailabilityZone").filter(|z| !z.is_empty()) {
+        if z != ctx.config.availability_zone {
+            return Err(Ec2Error::invalid(format!(
+                "Invalid availability zone: [{}]; this region has {}",
+                z.chars().take(40).collect::<String>(),
+                ctx.config.availability_zone
+            )));
+        }
+    }
+    let client_token = p.str("ClientToken").filter(|t| !t.is_empty()).map(str::to_string);
+    if client_token.as_ref().is_some_and(|t| t.len() > 64 || !t.is_ascii()) {
+        return Err(Ec2Error::invalid("ClientToken must be at most 64 ASCII characters"));
+    }
+    Ok(RunRequest {
+        image,
+        instance_type,
+        min: min as u32,
+        max: max as u32,
+        user_data,
+        key_name: p.str("KeyName").filter(|k| !k.is_empty()).map(str::to_string),
+        group_ids: p.list("SecurityGroupId"),
+        group_names: p.list("SecurityGroup"),
+        tags,
+        root_gib,
+        client_token,
+        http_tokens: p.str("MetadataOptions.HttpTokens").map(str::to_string),
+    })
+}
+
+/// A hash of the parameters that define a launch (not the signature's or
+/// DryRun), to tell a retry from a different request with the same token.
+fn request_hash(p: &Params) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in p.iter().filter(|(k, _)| !matches!(k.as_str(), "DryRun" | "Version")) {
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.as_bytes());
+        h.update(b"\n");
+    }
+    hex::encode(h.finalize())
+}
+
+pub async fn run(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
+    let project = crate::authz::creation_project(caller).in_domain(Domain::Instance)?;
+    let req = parse_run(ctx, p)?;
+    let itype = ctx.config.instance_types.get(&req.instance_type).cloned().ok_or_else(|| {
+        Ec2Error::invalid(format!(
+            "Invalid value '{}' for InstanceType; see DescribeInstanceTypes (e.g. t2.micro, t3.small, m5.large)",
+            req.instance_type.chars().take(40).collect::<String>()
+        ))
+    })?;
+    let image = ctx
+        .store
+        .resolve_image(Some(&project), &req.image)
+        .await?
+        .ok_or_else(|| Ec2Error::not_found("image", std::slice::from_ref(&req.image)))?;
+    if let Some(k) = &req.key_name {
+        if ctx.store.keypair(&project, k).await?.is_none() {
+            return Err(Ec2Error::bad(
+                "InvalidKeyPair.NotFound",
+                format!("The key pair '{}' does not exist", k.chars().take(64).collect::<String>()),
+            ));
+        }
+    }
+    let groups = super::security_groups::resolve(ctx, &project, &req.group_ids, &req.group_names).await?;
+    for (k, v) in &req.tags {
+        crate::validate::tag(k, v).in_domain(Domain::Instance)?;
+    }
+    // ClientToken: a retry gets the first request's reservation.
+    let reservation = ReservationId::generate().to_string();
+    if let Some(token) = &req.client_token {
+        match ctx.store.claim_client_token(&project, token, &request_hash(p), &reservation).await? {
+            Claim::New => {}
+            Claim::Existing(row) => return answer_retry(ctx, caller, &project, token, row, &request_hash(p)).await,
+        }
+    }
+    let launched = launch_all(ctx, caller, &project, &req, &itype, &image, &groups, &reservation).await;
+    let rows = match launched {
+        Ok(rows) => rows,
+        Err(e) => {
+            if let Some(token) = &req.client_token {
+                ctx.store.release_client_token(&project, token).await?;
+            }
+            return Err(e);
+        }
+    };
+    if let Some(token) = &req.client_token {
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        ctx.store.complete_client_token(&project, token, &ids).await?;
+    }
+    run_answer(ctx, &project, &reservation, &rows).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn launch_all(
+    ctx: &Arc<Ctx>,
+    caller: &Caller,
+    project: &str,
+    req: &RunRequest,
+    itype: &crate::instance_types::InstanceType,
+    image: &crate::images::ImageRow,
+    groups: &[String],
+    reservation: &str,
+) -> Ec2Result<Vec<InstanceRow>> {
+    // The quota must allow MinCount, or nothing is launched (as on EC2).
+    if let Some(q) = ctx.store.project(project).await? {
+        let n = i64::from(req.min);
+        let (need_vcpus, need_mib) = (n * i64::from(itype.vcpus), n * itype.memory_mib as i64);
+        if q.used_instances + n > q.quota_instances
+            || q.used_vcpus + need_vcpus > q.quota_vcpus
+            || q.used_memory_mib + need_mib > q.quota_memory_mib
+        {
+            return Err(Ec2Error::bad(
+                "InstanceLimitExceeded",
+                format!(
+                    "Your quota allows no {} more {} instances: project {} uses instances {}/{}, vCPUs {}/{}, memory {}/{} MiB. Terminate instances or ask an operator to raise the quota",
+                    req.min, itype.name, q.name, q.used_instances, q.quota_instances, q.used_vcpus, q.quota_vcpus,
+                    q.used_memory_mib, q.quota_memory_mib
+                ),
+            ));
+        }
+    }
+    let name_tag = req.tags.iter().find(|(k, _)| k == "Name").map(|(_, v)| v.clone());
+    let create = InstanceCreate {
+        image: image.id.clone(),
+        vcpus: itype.vcpus,
+        memory_mib: itype.memory_mib,
+        disk_gib: req.root_gib.unwrap_or_else(|| DEFAULT_ROOT_GIB.max(image.min_disk_gib as u64)),
+        // The Name tag names the instance for the CLI too, when it is a valid name.
+        name: name_tag.filter(|n| crate::validate::name(n).is_ok()),
+        user_data: req.user_data.clone(),
+        ports: Vec::new(),
+        key_name: req.key_name.clone(),
+        recipe: None,
+        metadata: req.http_tokens.clone().map(|t| MetadataOptions { http_tokens: Some(t) }),
+        tags: Default::default(),
+    };
+    let mut rows = Vec::new();
+    for i in 0..req.max {
+        let record = crate::launch::LaunchRecord {
+            instance_type: Some(&itype.name),
+            reservation_id: Some(reservation),
+            launch_index: i,
+            client_token: req.client_token.as_deref(),
+            security_groups: groups,
+            tags: &req.tags,
+        };
+        match rest::launch(ctx, caller, &create, record).await {
+            Ok(row) => rows.push(row),
+            Err(e) if rows.len() >= req.min as usize => {
+                tracing::info!(error = %e, launched = rows.len(), "RunInstances launched fewer than MaxCount");
+                break;
+            }
+            Err(e) => {
+                // Fewer than MinCount: undo what was launched, as EC2 launches none.
+                for r in &rows {
+                    let _ = ctx
+                        .store
+                        .set_desired(&r.id, &["running", "stopped"], "deleted", false, false, "terminate")
+                        .await;
+                }
+                if !rows.is_empty() {
+                    ctx.bump();
+                }
+                return Err(Ec2Error::from_app(e, Domain::Instance));
+            }
+        }
+    }
+    tracing::info!(reservation, count = rows.len(), instance_type = %itype.name, "RunInstances launched");
+    Ok(rows)
+}
+
+async fn answer_retry(
+    ctx: &Arc<Ctx>,
+    caller: &Caller,
+    project: &str,
+    token: &str,
+    mut row: crate::client_tokens::ClientTokenRow,
+    hash: &str,
+) -> Ec2Result<Answer> {
+    if row.request_hash != hash {
+        return Err(Ec2Error::bad(
+            "IdempotentParameterMismatch",
+            format!("The client token '{}' was used before with other parameters: use a new ClientToken for a different request", token.chars().take(64).collect::<String>()),
+        ));
+    }
+    // The first request may still be launching: give it a little time.
+    for _ in 0..100 {
+        if row.instance_ids.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        match ctx.store.client_token(project, token).await? {
+            Some(r) => row = r,
+            None => {
+                return Err(Ec2Error::bad("IncorrectState", "the first request with this ClientToken failed: retry it"))
+            }
+        }
+    }
+    let Some(ids) = row.instance_ids else {
+        return Err(Ec2Error::bad(
+            "IncorrectState",
+            "the first request with this ClientToken is still launching: retry shortly",
+        ));
+    };
+    let ids: Vec<InstanceId> = ids.split_whitespace().filter_map(|i| i.parse().ok()).collect();
+    let rows = load_all(ctx, caller, &ids, Access::Read).await?;
+    run_answer(ctx, project, &row.reservation_id, &rows).await
+}
+
+async fn run_answer(ctx: &Ctx, project: &str, reservation: &str, rows: &[InstanceRow]) -> Ec2Result<Answer> {
+    let l = lookups(ctx, Some(project)).await?;
+    Ok(vec![
+        El::text("reservationId", reservation),
+        El::text("ownerId", project),
+        El::new("groupSet"),
+        El::list("instancesSet", rows.iter().map(|r| instance_item(ctx, r, &l))),
+    ])
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    Start,
+    Stop,
+    Reboot,
+    Terminate,
+}
+
+pub async fn power(ctx: &Arc<Ctx>, caller: &Caller, p: &Params, op: Power) -> Ec2Result<Answer> {
+    let ids = parse_ids(&p.list("InstanceId"))?;
+    if ids.is_empty() {
+        return Err(Ec2Error::missing("InstanceId"));
+    }
+    let rows = load_all(ctx, caller, &ids, Access::Write).await?;
+    let mut items = Vec::new();
+    for row in rows {
+        let before = row.clone();
+        let terminated = row.desired == "deleted" || row.state == "terminated";
+        // As on EC2, asking for the state an instance is already in (or
+        // going to) succeeds and changes nothing.
+        let result = match op {
+            Power::Start if row.desired == "running" && row.state != "error" => Ok(()),
+            Power::Stop if row.desired == "stopped" => Ok(()),
+            Power::Terminate if terminated => Ok(()),
+            Power::Start => rest::start(caller.clone(), State(ctx.clone()), Path(row.id.clone())).await.map(|_| ()),
+            Power::Stop => rest::stop(caller.clone(), State(ctx.clone()), Path(row.id.clone())).await.map(|_| ()),
+            Power::Reboot => rest::reboot(caller.clone(), State(ctx.clone()), Path(row.id.clone())).await.map(|_| ()),
+            Power::Terminate => {
+                rest::terminate(caller.clone(), State(ctx.clone()), Path(row.id.clone())).await.map(|_| ())
+            }
+        };
+        result.in_domain(Domain::Instance)?;
+        let after = ctx.store.instance(&row.id).await?.unwrap_or(row);
+        items.push(
+            El::item()
+                .field("instanceId", &after.id)
+                .child(state_el("currentState", &after))
+                .child(state_el("previousState", &before)),
+        );
+    }
+    if op == Power::Reboot {
+        return Ok(vec![El::text("return", "true")]);
+    }
+    Ok(vec![El::list("instancesSet", items)])
+}
+
+/// EC2 sends at most the last 64 KiB with `Latest=true`; the whole kept
+/// console (up to 1 MiB) otherwise, so boot messages are not cut off.
+const LATEST_BYTES: usize = 64 * 1024;
+
+pub async fn console(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
+    let id = p.required("InstanceId")?.to_string();
+    let id = parse_ids(&[id])?.remove(0);
+    let rows = load_all(ctx, caller, std::slice::from_ref(&id), Access::Read).await?;
+    let mut output = ctx.store.console(&rows[0].id).await?;
+    if p.bool("Latest")? == Some(true) && output.len() > LATEST_BYTES {
+        let cut = crate::store::char_boundary_from(&output, output.len() - LATEST_BYTES);
+        output.drain(..cut);
+    }
+    Ok(vec![
+        El::text("instanceId", id),
+        El::text("timestamp", xml::time(crate::store::now_ms())),
+        El::text("output", base64::engine::general_purpose::STANDARD.encode(output.as_bytes())),
+    ])
+}

@@ -1,0 +1,223 @@
+//! The EC2-compatible API: the EC2 Query protocol (version 2016-11-15)
+//! on the API listener's `/` (form-encoded `Action=...&Version=...`,
+//! SigV4-signed with an access key), so that the stock `aws ec2` CLI and
+//! boto3 drive Nubo. Each action maps onto the REST handlers and the
+//! store: an `i-...`, `vol-...` or `ami-...` is the same resource through
+//! REST, the CLI and EC2, and the access key's user, project and role make
+//! the caller, so tenancy, quotas and the audit log apply as for REST.
+//!
+//! Modules: `sigv4` (signature checks), `query` (parameters), `xml`
+//! (answers), `error` (EC2 error codes), and one module per resource.
+
+pub mod catalog;
+pub mod error;
+pub mod instances;
+pub mod keypairs;
+pub mod query;
+pub mod security_groups;
+pub mod sigv4;
+pub mod tags;
+pub mod volumes;
+pub mod xml;
+
+use crate::auth::{caller_of, record, record_detail, Caller, Role};
+use crate::Ctx;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use error::{Ec2Error, Ec2Result};
+use query::Params;
+use std::sync::Arc;
+use tracing::Instrument;
+use xml::El;
+
+/// The only API version served.
+pub const API_VERSION: &str = "2016-11-15";
+/// The SigV4 service name clients sign for.
+pub const SERVICE: &str = "ec2";
+
+/// What one action answers: the elements under the response's root.
+pub type Answer = Vec<El>;
+
+/// Does this action only read? (Reads are not written to the audit log.)
+fn read_only(action: &str) -> bool {
+    action.starts_with("Describe") || action.starts_with("Get")
+}
+
+/// `POST /` (and `GET /?Action=...`): one EC2 request.
+pub async fn handle(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
+    let request_id = xml::request_id();
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, ctx.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            let e = Ec2Error::invalid(format!(
+                "the request body is larger than {} bytes (or was cut off)",
+                ctx.config.max_body_bytes
+            ));
+            return error_response(&e, &request_id);
+        }
+    };
+    let mut params = Params::from_form(&body);
+    if let Some(q) = parts.uri.query() {
+        params.merge_form(q.as_bytes());
+    }
+    let action = params.str("Action").unwrap_or_default().to_string();
+    let span =
+        tracing::info_span!("ec2", action = %action.chars().take(64).collect::<String>(), request_id = %request_id);
+    record_detail(&parts, format!("ec2:{}", action.chars().take(64).collect::<String>()), read_only(&action));
+    let result = async {
+        let caller = authenticate(&ctx, &parts, &body).await?;
+        if action.is_empty() {
+            return Err(Ec2Error::missing("Action"));
+        }
+        match params.str("Version") {
+            Some(API_VERSION) | None => {}
+            Some(v) => {
+                return Err(Ec2Error::bad(
+                    "InvalidParameterValue",
+                    format!(
+                        "API version '{}' is not served; use Version={API_VERSION}",
+                        v.chars().take(20).collect::<String>()
+                    ),
+                ))
+            }
+        }
+        if params.bool("DryRun")? == Some(true) {
+            return Err(dry_run(&caller, &action));
+        }
+        let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
+        dispatch(&ctx, &caller, &action, &params, &host).await
+    }
+    .instrument(span)
+    .await;
+    match result {
+        Ok(body) => {
+            let doc = xml::response(&action, &request_id, body);
+            ([(header::CONTENT_TYPE, "text/xml;charset=UTF-8")], doc).into_response()
+        }
+        Err(e) => {
+            if e.status.is_server_error() {
+                tracing::warn!(code = %e.code, %action, "EC2 request failed");
+            } else {
+                tracing::info!(code = %e.code, %action, "EC2 request refused");
+            }
+            error_response(&e, &request_id)
+        }
+    }
+}
+
+fn error_response(e: &Ec2Error, request_id: &str) -> Response {
+    let doc = xml::error(&e.code, &e.message, request_id);
+    let mut resp = Response::new(Body::from(doc));
+    *resp.status_mut() = e.status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/xml;charset=UTF-8"));
+    resp
+}
+
+/// The SigV4 signature, then the access key's owner as the caller.
+async fn authenticate(ctx: &Ctx, parts: &axum::http::request::Parts, body: &[u8]) -> Ec2Result<Caller> {
+    let header = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Ec2Error::auth(sigv4::SigError::Missing.to_string()))?;
+    let auth = sigv4::parse_authorization(header).map_err(|e| Ec2Error::auth(e.to_string()))?;
+    let Some((sealed, owner)) = ctx.store.access_key_owner(&auth.access_key).await? else {
+        record(parts, "invalid-access-key".into(), None);
+        return Err(Ec2Error::auth(format!(
+            "AWS was not able to validate the provided access credentials: access key '{}' does not exist or was revoked; create one with `nubo access-key create`",
+            auth.access_key.chars().take(40).collect::<String>()
+        )));
+    };
+    crate::auth::rate_limit(ctx, &owner.token_id).map_err(|e| Ec2Error::from_app(e, error::Domain::Other))?;
+    let secret = ctx.sealer.unseal(&sealed).map_err(|e| {
+        tracing::error!(error = %e, key = %auth.access_key, "cannot unseal an access key's secret");
+        Ec2Error::internal()
+    })?;
+    let signed = sigv4::SignedRequest {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        headers: &parts.headers,
+        body,
+    };
+    let now = crate::store::now_ms() / 1000;
+    if let Err(e) = sigv4::verify(&auth, &signed, &secret, &ctx.config.region, SERVICE, now) {
+        record(parts, format!("invalid-signature:{}", auth.access_key), None);
+        return Err(match e {
+            sigv4::SigError::Skewed { .. } => Ec2Error::bad("RequestExpired", e.to_string()),
+            other => Ec2Error::auth(other.to_string()),
+        });
+    }
+    record(parts, owner.user_name.clone(), owner.project_id.clone());
+    Ok(caller_of(owner))
+}
+
+/// EC2's DryRun: would the caller be allowed? (`DryRunOperation` if so.)
+fn dry_run(caller: &Caller, action: &str) -> Ec2Error {
+    let allowed = if read_only(action) {
+        caller.admin || (caller.project_id.is_some() && caller.role != Role::None)
+    } else {
+        crate::authz::creation_project(caller).is_ok()
+    };
+    if allowed {
+        Ec2Error::dry_run_ok()
+    } else {
+        Ec2Error::unauthorized(format!(
+            "You are not authorized to perform this operation: your role in project {} is {}",
+            caller.project_name.as_deref().unwrap_or("?"),
+            caller.role.as_str()
+        ))
+    }
+}
+
+/// The project an EC2 caller works in (the access key's).
+pub(crate) fn project_of(caller: &Caller) -> Ec2Result<String> {
+    crate::authz::caller_project(caller).map_err(|_| {
+        Ec2Error::unauthorized(
+            "this access key is not scoped to a project: create it after `nubo login --project NAME`",
+        )
+    })
+}
+
+async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, host: &str) -> Ec2Result<Answer> {
+    match action {
+        "RunInstances" => instances::run(ctx, caller, p).await,
+        "DescribeInstances" => instances::describe(ctx, caller, p).await,
+        "StartInstances" => instances::power(ctx, caller, p, instances::Power::Start).await,
+        "StopInstances" => instances::power(ctx, caller, p, instances::Power::Stop).await,
+        "RebootInstances" => instances::power(ctx, caller, p, instances::Power::Reboot).await,
+        "TerminateInstances" => instances::power(ctx, caller, p, instances::Power::Terminate).await,
+        "GetConsoleOutput" => instances::console(ctx, caller, p).await,
+        "DescribeInstanceTypes" => catalog::instance_types(ctx, p),
+        "DescribeImages" => catalog::images(ctx, caller, p).await,
+        "DescribeRegions" => catalog::regions(ctx, p, host),
+        "DescribeAvailabilityZones" => catalog::zones(ctx, p),
+        "CreateVolume" => volumes::create(ctx, caller, p).await,
+        "DescribeVolumes" => volumes::describe(ctx, caller, p).await,
+        "AttachVolume" => volumes::attach(ctx, caller, p).await,
+        "DetachVolume" => volumes::detach(ctx, caller, p).await,
+        "DeleteVolume" => volumes::delete(ctx, caller, p).await,
+        "CreateKeyPair" => keypairs::create(ctx, caller, p).await,
+        "ImportKeyPair" => keypairs::import(ctx, caller, p).await,
+        "DescribeKeyPairs" => keypairs::describe(ctx, caller, p).await,
+        "DeleteKeyPair" => keypairs::delete(ctx, caller, p).await,
+        "CreateSecurityGroup" => security_groups::create(ctx, caller, p).await,
+        "DescribeSecurityGroups" => security_groups::describe(ctx, caller, p).await,
+        "AuthorizeSecurityGroupIngress" => security_groups::authorize_ingress(ctx, caller, p).await,
+        "DeleteSecurityGroup" => security_groups::delete(ctx, caller, p).await,
+        "CreateTags" => tags::create(ctx, caller, p).await,
+        "DeleteTags" => tags::delete(ctx, caller, p).await,
+        "DescribeTags" => tags::describe(ctx, caller, p).await,
+        other => Err(Ec2Error::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidAction",
+            format!(
+                "The action {} is not valid for this web service; Nubo serves: RunInstances, DescribeInstances, Start/Stop/Reboot/TerminateInstances, GetConsoleOutput, DescribeInstanceTypes, DescribeImages, Create/Describe/Attach/Detach/DeleteVolume(s), Create/Import/Describe/DeleteKeyPair(s), Create/Describe/DeleteSecurityGroup(s), AuthorizeSecurityGroupIngress, Create/Delete/DescribeTags, DescribeRegions, DescribeAvailabilityZones",
+                other.chars().take(64).collect::<String>()
+            ),
+        )),
+    }
+}

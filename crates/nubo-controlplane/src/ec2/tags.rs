@@ -1,0 +1,131 @@
+//! EC2 tags: CreateTags, DeleteTags and DescribeTags on instances,
+//! volumes, images, snapshots and security groups. Each resource is loaded
+//! through its own REST access check first, so a project can only tag
+//! (and see the tags of) its own resources.
+
+use super::error::{Domain, Ec2Error, Ec2Result, InDomain};
+use super::query::{self, Page, Params};
+use super::xml::El;
+use super::{project_of, Answer};
+use crate::auth::Caller;
+use crate::authz::{self, Access};
+use crate::Ctx;
+use std::sync::Arc;
+
+/// Checks the caller may change `id`; returns (id, type, project).
+async fn writable(ctx: &Ctx, caller: &Caller, id: &str) -> Ec2Result<(String, &'static str, String)> {
+    let kind = crate::tags::resource_type_of(id).ok_or_else(|| {
+        Ec2Error::bad(
+            "InvalidID",
+            format!(
+                "The ID '{}' is not valid: tags go on i-, vol-, ami-, snap- and sg- resources",
+                id.chars().take(64).collect::<String>()
+            ),
+        )
+    })?;
+    let project = match kind {
+        "instance" => {
+            let id = super::instances::parse_ids(&[id.to_string()])?.remove(0);
+            crate::api::instances::load(ctx, caller, id.as_str(), Access::Write)
+                .await
+                .in_domain(Domain::Instance)?
+                .project_id
+                .unwrap_or_default()
+        }
+        "volume" => {
+            crate::api::volumes::load(ctx, caller, id, Access::Write).await.in_domain(Domain::Volume)?.project_id
+        }
+        "snapshot" => {
+            crate::api::volumes::load_snapshot(ctx, caller, id, Access::Write)
+                .await
+                .in_domain(Domain::Volume)?
+                .project_id
+        }
+        "image" => {
+            let img = crate::api::images::load(ctx, caller, id, Access::Read).await.in_domain(Domain::Other)?;
+            let Some(project) = img.project_id else {
+                return Err(Ec2Error::unauthorized(format!(
+                    "image {id} is builtin: only a project's own images can be tagged"
+                )));
+            };
+            authz::check(caller, Access::Write, Some(&project), "image", id).in_domain(Domain::Other)?;
+            project
+        }
+        _ => super::security_groups::load(ctx, caller, id, Access::Write).await?.project_id,
+    };
+    Ok((id.to_string(), kind, project))
+}
+
+fn resources(p: &Params) -> Ec2Result<Vec<String>> {
+    let ids = p.list("ResourceId");
+    if ids.is_empty() {
+        return Err(Ec2Error::missing("ResourceId"));
+    }
+    Ok(ids)
+}
+
+pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
+    let ids = resources(p)?;
+    let tags: Vec<(String, String)> = p.tags("Tag")?.into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect();
+    if tags.is_empty() {
+        return Err(Ec2Error::missing("Tag"));
+    }
+    for (k, v) in &tags {
+        crate::validate::tag(k, v).in_domain(Domain::Other)?;
+    }
+    let mut targets = Vec::new();
+    for id in &ids {
+        targets.push(writable(ctx, caller, id).await?);
+    }
+    ctx.store.set_tags(&targets, &tags).await.map_err(|e| match e {
+        crate::tags::TagError::TooMany { .. } => Ec2Error::bad("TagLimitExceeded", e.to_string()),
+        crate::tags::TagError::Db(e) => e.into(),
+    })?;
+    Ok(vec![El::text("return", "true")])
+}
+
+pub async fn delete(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
+    let ids = resources(p)?;
+    let tags = p.tags("Tag")?;
+    for id in &ids {
+        writable(ctx, caller, id).await?;
+    }
+    ctx.store.delete_tags(&ids, &tags).await?;
+    Ok(vec![El::text("return", "true")])
+}
+
+pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
+    let project = project_of(caller)?;
+    let filters = p.filters()?;
+    query::check_filters(&filters, &["resource-id", "resource-type", "key", "value"], false)?;
+    let page = Page::parse(p, 5, 1000)?;
+    let rows: Vec<_> = ctx
+        .store
+        .tags(Some(&project))
+        .await?
+        .into_iter()
+        .filter(|t| {
+            query::matches(&filters, |f| match f {
+                "resource-id" => vec![t.resource_id.clone()],
+                "resource-type" => vec![t.resource_type.clone()],
+                "key" => vec![t.key.clone()],
+                _ => vec![t.value.clone()],
+            })
+        })
+        .collect();
+    let (rows, next) = page.apply(rows);
+    let mut out = vec![El::list(
+        "tagSet",
+        rows.into_iter().map(|t| {
+            El::item()
+                .field("resourceId", t.resource_id)
+                .field("resourceType", t.resource_type)
+                .field("key", t.key)
+                .field("value", t.value)
+        }),
+    )];
+    if let Some(n) = next {
+        out.push(El::text("nextToken", n));
+    }
+    Ok(out)
+}

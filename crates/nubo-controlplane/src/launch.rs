@@ -1,0 +1,51 @@
+//! What a launch records beside the instance row: the EC2 API's fields
+//! (instance type, reservation, launch index, client token), the
+//! instance's tags and its security-group memberships. They are written in
+//! the transaction that claims the instance's host, so an instance never
+//! exists without them (later policies select instances by tag, and
+//! firewall rules by group).
+
+/// The extra fields of one launch; `Default` is a plain REST launch.
+#[derive(Debug, Clone, Default)]
+pub struct LaunchRecord<'a> {
+    pub instance_type: Option<&'a str>,
+    pub reservation_id: Option<&'a str>,
+    pub launch_index: u32,
+    pub client_token: Option<&'a str>,
+    /// Security group ids of the instance's project (already checked).
+    pub security_groups: &'a [String],
+    /// Tags, already validated.
+    pub tags: &'a [(String, String)],
+}
+
+pub(crate) async fn insert_launch_record(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    instance: &str,
+    project: &str,
+    r: &LaunchRecord<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE instances SET instance_type = $1, reservation_id = $2, launch_index = $3, client_token = $4
+         WHERE id = $5",
+    )
+    .bind(r.instance_type)
+    .bind(r.reservation_id)
+    .bind(i64::from(r.launch_index))
+    .bind(r.client_token)
+    .bind(instance)
+    .execute(&mut **tx)
+    .await?;
+    for g in r.security_groups {
+        sqlx::query(
+            "INSERT INTO instance_security_groups (instance_id, group_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(instance)
+        .bind(g)
+        .execute(&mut **tx)
+        .await?;
+    }
+    for (key, value) in r.tags {
+        crate::tags::upsert(tx, instance, "instance", project, key, value).await?;
+    }
+    Ok(())
+}

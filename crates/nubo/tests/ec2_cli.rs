@@ -1,0 +1,338 @@
+//! The EC2 API end to end with the stock tools: the `aws` CLI (awscli v1)
+//! and boto3 from PyPI, in a virtualenv (`<repo>/.cache/venv-aws`, made on
+//! first use and reused), against a real `nubo up` booting a `tiny` VM:
+//! import a key pair, run an instance with user-data and tags (and the
+//! same ClientToken again), the `instance-running` waiter, describe with
+//! filters, the user-data's output in get-console-output, the instance
+//! type in the guest's metadata service, a volume created, attached (seen
+//! attached by the guest) and detached, stop, start and terminate with
+//! their waiters, a wrong secret refused with
+//! AuthFailure and an unknown id with InvalidInstanceID.NotFound (the
+//! CLI's normal error exit), and a boto3 script reading instances and
+//! volumes. Nothing outside is read: a fresh AWS config, no metadata
+//! lookups, the endpoint on 127.0.0.1.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Pinned so that every run drives the same client code.
+const PIP_PACKAGES: &[&str] = &["awscli==1.46.3", "boto3==1.44.8"];
+const BOOT: Duration = Duration::from_secs(180);
+
+/// The virtualenv with `aws` and boto3, made when missing (needs PyPI).
+fn venv() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/venv-aws");
+    let ready = dir.join(".nubo-ready");
+    let want = PIP_PACKAGES.join(" ");
+    if std::fs::read_to_string(&ready).ok().as_deref() == Some(want.as_str()) && dir.join("bin/aws").exists() {
+        return dir;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.parent().expect("cache dir")).expect("create .cache");
+    // Debian's python3 (with python3-venv) rather than a pyenv shim.
+    let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let st = Command::new(python).args(["-m", "venv"]).arg(&dir).status().expect("run python3 -m venv");
+    assert!(st.success(), "python3 -m venv failed: install python3-venv (scripts/install-deps.sh does)");
+    let st = Command::new(dir.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(PIP_PACKAGES)
+        .status()
+        .expect("run pip");
+    assert!(st.success(), "pip install {want} failed (it needs PyPI)");
+    std::fs::write(&ready, &want).expect("mark the venv ready");
+    dir
+}
+
+/// The stock CLI pointed at one cloud, with nothing from outside.
+struct Aws {
+    venv: PathBuf,
+    home: tempfile::TempDir,
+    endpoint: String,
+    key: String,
+    secret: String,
+    region: String,
+}
+
+impl Aws {
+    fn new(venv: PathBuf, cloud: &Cloud) -> Self {
+        let env = std::fs::read_to_string(cloud.data_dir().join("admin.env")).expect("admin.env");
+        let get = |k: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+                .map(|v| v.trim_matches('\'').to_string())
+                .unwrap_or_else(|| panic!("admin.env has no {k}:\n{env}"))
+        };
+        let home = tempfile::tempdir().expect("tempdir");
+        std::fs::write(home.path().join("config"), "[default]\n").expect("config");
+        std::fs::write(home.path().join("credentials"), "").expect("credentials");
+        Aws {
+            venv,
+            home,
+            endpoint: get("NUBO_URL"),
+            key: get("AWS_ACCESS_KEY_ID"),
+            secret: get("AWS_SECRET_ACCESS_KEY"),
+            region: get("AWS_DEFAULT_REGION"),
+        }
+    }
+
+    fn command(&self, program: &str, secret: &str) -> Command {
+        let mut c = Command::new(self.venv.join("bin").join(program));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AWS_") || k.starts_with("BOTO") {
+                c.env_remove(k);
+            }
+        }
+        c.env("AWS_ACCESS_KEY_ID", &self.key)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_DEFAULT_REGION", &self.region)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", self.home.path().join("config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", self.home.path().join("credentials"))
+            .env("AWS_MAX_ATTEMPTS", "2")
+            .env("HOME", self.home.path())
+            .env("NUBO_EC2_ENDPOINT", &self.endpoint)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run_with(&self, secret: &str, args: &[&str]) -> Output {
+        self.command("aws", secret)
+            .args(["--endpoint-url", &self.endpoint, "--output", "json", "ec2"])
+            .args(args)
+            .output()
+            .expect("run aws")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_with(&self.secret, args)
+    }
+
+    /// `aws ec2 ARGS` that must succeed; its JSON (Null for no output).
+    fn ok(&self, args: &[&str]) -> Value {
+        let start = Instant::now();
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "aws ec2 {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        eprintln!("aws ec2 {} ({:.1} s)", args.first().unwrap_or(&""), start.elapsed().as_secs_f64());
+        if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// `aws ec2 ARGS` that must fail the CLI's usual way, with `code` in stderr.
+    fn fails(&self, out: Output, code: &str) {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            matches!(out.status.code(), Some(254 | 255)),
+            "expected the CLI's error exit (254/255), got {}: {stderr}",
+            out.status
+        );
+        assert!(stderr.contains(code), "expected {code} in: {stderr}");
+    }
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v}")).to_string()
+}
+
+#[test]
+fn stock_aws_cli_and_boto3_drive_nubo() {
+    let t0 = Instant::now();
+    let venv = venv();
+    eprintln!("venv ready after {:.1} s", t0.elapsed().as_secs_f64());
+    let cloud = Cloud::up();
+    let aws = Aws::new(venv, &cloud);
+    let work = tempfile::tempdir().expect("tempdir");
+
+    // Regions, zones, types and images, as the metadata service reports them.
+    let regions = aws.ok(&["describe-regions"]);
+    assert_eq!(regions["Regions"][0]["RegionName"], "nubo-1");
+    let zones = aws.ok(&["describe-availability-zones"]);
+    assert_eq!(zones["AvailabilityZones"][0]["ZoneName"], "nubo-1a");
+    let types = aws.ok(&["describe-instance-types", "--instance-types", "t2.nano", "m5.large"]);
+    let mut got: Vec<(String, u64, u64)> = types["InstanceTypes"]
+        .as_array()
+        .expect("types")
+        .iter()
+        .map(|t| {
+            (
+                s(&t["InstanceType"]),
+                t["VCpuInfo"]["DefaultVCpus"].as_u64().unwrap_or(0),
+                t["MemoryInfo"]["SizeInMiB"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, [("m5.large".to_string(), 2, 8192), ("t2.nano".to_string(), 1, 512)]);
+    let images = aws.ok(&["describe-images", "--filters", "Name=name,Values=tiny"]);
+    let ami = s(&images["Images"][0]["ImageId"]);
+    assert!(ami.starts_with("ami-"), "{images}");
+
+    // A key pair, imported from a key made here.
+    let key = work.path().join("id");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "ec2-test", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen");
+    assert!(st.success());
+    let imported = aws.ok(&[
+        "import-key-pair",
+        "--key-name",
+        "k1",
+        "--public-key-material",
+        &format!("fileb://{}.pub", key.display()),
+    ]);
+    assert_eq!(imported["KeyName"], "k1");
+    assert!(s(&imported["KeyFingerprint"]).starts_with("SHA256:"), "{imported}");
+
+    // Launch with user-data and tags; the same ClientToken gives the same instance.
+    let user_data = work.path().join("user-data.sh");
+    std::fs::write(&user_data, "#!/bin/sh\necho \"ec2-user-data-says-$((40 + 2))\"\n").expect("user-data");
+    let run_args = [
+        "run-instances",
+        "--image-id",
+        &ami,
+        "--instance-type",
+        "t2.nano",
+        "--count",
+        "1",
+        "--key-name",
+        "k1",
+        "--user-data",
+        &format!("file://{}", user_data.display()),
+        "--client-token",
+        "ec2-cli-test-1",
+        "--tag-specifications",
+        "ResourceType=instance,Tags=[{Key=Name,Value=web-1},{Key=team,Value=blue}]",
+    ];
+    let run = aws.ok(&run_args);
+    let inst = &run["Instances"][0];
+    let id = s(&inst["InstanceId"]);
+    assert!(id.starts_with("i-"), "{run}");
+    assert_eq!(inst["InstanceType"], "t2.nano");
+    assert_eq!(inst["State"]["Name"], "pending");
+    assert_eq!(inst["KeyName"], "k1");
+    let again = aws.ok(&run_args);
+    assert_eq!(s(&again["Instances"][0]["InstanceId"]), id, "same ClientToken, same instance");
+    assert_eq!(again["ReservationId"], run["ReservationId"]);
+    // The same resource through the REST API.
+    let rest = cloud.instance(&id);
+    assert_eq!(rest["instance_type"], "t2.nano");
+    assert_eq!(rest["tags"]["team"], "blue");
+    assert_eq!((rest["vcpus"].as_u64(), rest["memory_mib"].as_u64()), (Some(1), Some(512)));
+
+    // A volume while it boots.
+    let vol = aws.ok(&["create-volume", "--size", "1", "--availability-zone", "nubo-1a"]);
+    let vol_id = s(&vol["VolumeId"]);
+    assert!(vol_id.starts_with("vol-"), "{vol}");
+
+    let t_boot = Instant::now();
+    aws.ok(&["wait", "instance-running", "--instance-ids", &id]);
+    eprintln!("instance-running after {:.1} s", t_boot.elapsed().as_secs_f64());
+    let found = aws.ok(&[
+        "describe-instances",
+        "--filters",
+        "Name=instance-state-name,Values=running",
+        "Name=tag:team,Values=blue",
+    ]);
+    let ids: Vec<String> = found["Reservations"]
+        .as_array()
+        .expect("reservations")
+        .iter()
+        .flat_map(|r| r["Instances"].as_array().cloned().unwrap_or_default())
+        .map(|i| s(&i["InstanceId"]))
+        .collect();
+    assert_eq!(ids, std::slice::from_ref(&id));
+    let none = aws.ok(&["describe-instances", "--filters", "Name=tag:team,Values=red"]);
+    assert_eq!(none["Reservations"].as_array().map(Vec::len), Some(0), "{none}");
+
+    // The user-data ran at boot and printed to the console.
+    let console = wait_until("the user-data's marker in get-console-output", BOOT, || {
+        let out = aws.ok(&["get-console-output", "--instance-id", &id]);
+        let text = out["Output"].as_str().unwrap_or("").to_string();
+        text.contains("ec2-user-data-says-42").then_some(text)
+    });
+    assert!(console.contains("NUBO_BOOT_COMPLETE"));
+    // The metadata service inside reports the type it was launched by.
+    let imds = wait_until("the metadata service's instance-type", BOOT, || {
+        let out = cloud.nubo(&[
+            "instance",
+            "exec",
+            &id,
+            "--timeout",
+            "30",
+            "--",
+            "wget",
+            "-qO-",
+            "http://169.254.169.254/latest/meta-data/instance-type",
+        ]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert_eq!(imds.trim(), "t2.nano");
+
+    // Attach, seen attached by the guest; detach.
+    aws.ok(&["wait", "volume-available", "--volume-ids", &vol_id]);
+    let att = aws.ok(&["attach-volume", "--volume-id", &vol_id, "--instance-id", &id, "--device", "/dev/sdf"]);
+    assert_eq!(att["Device"], "/dev/sdf");
+    assert_eq!(att["State"], "attaching");
+    wait_until("the volume attached", BOOT, || {
+        let v = aws.ok(&["describe-volumes", "--volume-ids", &vol_id]);
+        let a = &v["Volumes"][0]["Attachments"][0];
+        (a["State"] == "attached").then(|| {
+            assert_eq!(a["InstanceId"], id.as_str());
+            assert_eq!(a["Device"], "/dev/sdf");
+            assert_eq!(v["Volumes"][0]["State"], "in-use");
+        })
+    });
+    let det = aws.ok(&["detach-volume", "--volume-id", &vol_id]);
+    assert_eq!(det["State"], "detaching");
+    aws.ok(&["wait", "volume-available", "--volume-ids", &vol_id]);
+
+    // boto3, from a script.
+    let script = r#"
+import os, sys, boto3
+ec2 = boto3.client("ec2", endpoint_url=os.environ["NUBO_EC2_ENDPOINT"])
+inst = [i for r in ec2.describe_instances(InstanceIds=[sys.argv[1]])["Reservations"] for i in r["Instances"]]
+assert len(inst) == 1 and inst[0]["State"]["Name"] == "running", inst
+tags = {t["Key"]: t["Value"] for t in inst[0]["Tags"]}
+assert tags == {"Name": "web-1", "team": "blue"}, tags
+vols = ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [sys.argv[2]]}])["Volumes"]
+assert len(vols) == 1 and vols[0]["Size"] == 1 and vols[0]["State"] == "available", vols
+print("boto3-ok", inst[0]["LaunchTime"].year)
+"#;
+    let out = aws.command("python", &aws.secret).arg("-c").arg(script).arg(&id).arg(&vol_id).output().expect("python");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("boto3-ok"),
+        "boto3 script failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Errors, as the CLI's normal error exit.
+    aws.fails(aws.run_with("wrong-secret-0123456789", &["describe-instances"]), "AuthFailure");
+    aws.fails(aws.run(&["describe-instances", "--instance-ids", "i-0123456789abcdef0"]), "InvalidInstanceID.NotFound");
+
+    // Stop, start, terminate, with their waiters.
+    let stop = aws.ok(&["stop-instances", "--instance-ids", &id]);
+    assert_eq!(stop["StoppingInstances"][0]["CurrentState"]["Name"], "stopping");
+    assert_eq!(stop["StoppingInstances"][0]["PreviousState"]["Name"], "running");
+    aws.ok(&["wait", "instance-stopped", "--instance-ids", &id]);
+    aws.ok(&["start-instances", "--instance-ids", &id]);
+    aws.ok(&["wait", "instance-running", "--instance-ids", &id]);
+    let term = aws.ok(&["terminate-instances", "--instance-ids", &id]);
+    assert_eq!(term["TerminatingInstances"][0]["CurrentState"]["Name"], "shutting-down");
+    aws.ok(&["wait", "instance-terminated", "--instance-ids", &id]);
+    aws.ok(&["delete-volume", "--volume-id", &vol_id]);
+    eprintln!("EC2 end to end took {:.1} s", t0.elapsed().as_secs_f64());
+}
