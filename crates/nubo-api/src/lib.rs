@@ -5,6 +5,7 @@
 //! `monitoring` the metrics, checks and alerts vocabulary.
 
 pub mod agent;
+pub mod automation;
 pub mod error;
 pub mod ids;
 pub mod monitoring;

@@ -365,6 +365,55 @@ impl Client {
         self.get("/api/v1/events").await
     }
 
+    // ---- automation ----
+
+    pub async fn apply_policy(
+        &self,
+        d: &nubo_api::automation::PolicyDoc,
+    ) -> Result<nubo_api::automation::Policy, ClientError> {
+        self.post("/api/v1/policies", d).await
+    }
+
+    pub async fn policies(&self) -> Result<Vec<nubo_api::automation::Policy>, ClientError> {
+        self.get("/api/v1/policies").await
+    }
+
+    pub async fn policy(&self, name: &str) -> Result<nubo_api::automation::Policy, ClientError> {
+        self.get(&format!("/api/v1/policies/{}", path_segment(name))).await
+    }
+
+    pub async fn delete_policy(&self, name: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/policies/{}", path_segment(name))).await
+    }
+
+    pub async fn create_group(
+        &self,
+        g: &nubo_api::automation::GroupCreate,
+    ) -> Result<nubo_api::automation::Group, ClientError> {
+        self.post("/api/v1/groups", g).await
+    }
+
+    pub async fn groups(&self) -> Result<Vec<nubo_api::automation::Group>, ClientError> {
+        self.get("/api/v1/groups").await
+    }
+
+    pub async fn group(&self, name: &str) -> Result<nubo_api::automation::Group, ClientError> {
+        self.get(&format!("/api/v1/groups/{}", path_segment(name))).await
+    }
+
+    pub async fn set_group_desired(
+        &self,
+        name: &str,
+        desired: u32,
+    ) -> Result<nubo_api::automation::Group, ClientError> {
+        let body = nubo_api::automation::GroupDesired { desired };
+        self.post(&format!("/api/v1/groups/{}/desired", path_segment(name)), &body).await
+    }
+
+    pub async fn delete_group(&self, name: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/groups/{}", path_segment(name))).await
+    }
+
     // ---- identity ----
 
     pub async fn login(&self, l: &nubo_api::params::Login) -> Result<nubo_api::views::TokenIssued, ClientError> {

@@ -416,19 +416,38 @@ impl Store {
             "started_at_ms": a.started_at_ms,
             "at_ms": now,
         });
+        self.queue_notification(&a.id, kind, url, &payload.to_string()).await?;
+        Ok(1)
+    }
+
+    /// Queues a webhook POST for `source` (an alert or a policy firing);
+    /// returns its id.
+    pub async fn queue_notification(
+        &self,
+        source: &str,
+        kind: &str,
+        url: &str,
+        payload: &str,
+    ) -> Result<String, sqlx::Error> {
+        let id = format!("ntf-{:017x}", rand::random::<u64>() & 0x000f_ffff_ffff_ffff_u64);
         sqlx::query(
             "INSERT INTO notifications (id, alert_id, kind, url, payload, state, attempts, next_attempt_ms, created_at_ms)
              VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6)",
         )
-        .bind(format!("ntf-{:017x}", rand::random::<u64>()))
-        .bind(&a.id)
+        .bind(&id)
+        .bind(source)
         .bind(kind)
         .bind(url)
-        .bind(payload.to_string())
-        .bind(now)
+        .bind(payload)
+        .bind(now_ms())
         .execute(&self.pool)
         .await?;
-        Ok(1)
+        Ok(id)
+    }
+
+    /// `pending`, `sent` or `failed`.
+    pub async fn notification_state(&self, id: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT state FROM notifications WHERE id = $1").bind(id).fetch_optional(&self.pool).await
     }
 
     /// Makes every pending notification due now (skips the backoff).

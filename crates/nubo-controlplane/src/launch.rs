@@ -1,5 +1,5 @@
 //! What a launch records beside the instance row: the EC2 API's fields
-//! (instance type, reservation, launch index, client token), the
+//! (instance type, reservation, launch index, client token), its group, the
 //! instance's tags and its security-group memberships. They are written in
 //! the transaction that claims the instance's host, so an instance never
 //! exists without them (later policies select instances by tag, and
@@ -16,6 +16,9 @@ pub struct LaunchRecord<'a> {
     pub security_groups: &'a [String],
     /// Tags, already validated.
     pub tags: &'a [(String, String)],
+    /// The instance group it is a member of (recorded with the claim, so a
+    /// group never loses count of a member it launched).
+    pub group_id: Option<&'a str>,
 }
 
 pub(crate) async fn insert_launch_record(
@@ -25,13 +28,15 @@ pub(crate) async fn insert_launch_record(
     r: &LaunchRecord<'_>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE instances SET instance_type = $1, reservation_id = $2, launch_index = $3, client_token = $4
-         WHERE id = $5",
+        "UPDATE instances SET instance_type = $1, reservation_id = $2, launch_index = $3, client_token = $4,
+           group_id = $5
+         WHERE id = $6",
     )
     .bind(r.instance_type)
     .bind(r.reservation_id)
     .bind(i64::from(r.launch_index))
     .bind(r.client_token)
+    .bind(r.group_id)
     .bind(instance)
     .execute(&mut **tx)
     .await?;

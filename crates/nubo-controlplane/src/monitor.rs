@@ -1,7 +1,8 @@
 //! The control plane's own monitoring work, on timers: rolling up and
 //! expiring metrics (every minute), judging host heartbeats and
 //! evaluating alert rules (every couple of seconds), and delivering
-//! webhook notifications (every second, with backoff per notification).
+//! webhook notifications (every second, with backoff per notification),
+//! and automation: service policies and instance groups (every 2 s).
 //! One task per server; each round is a plain function so tests can run
 //! one round and look.
 
@@ -22,6 +23,13 @@ pub async fn evaluate(ctx: &Ctx) -> Result<(), sqlx::Error> {
     }
     ctx.store.evaluate_alerts().await?;
     Ok(())
+}
+
+/// One round of automation: policies (judged, then their firings
+/// advanced) and groups (kept at their counts).
+pub async fn automate(ctx: &Arc<Ctx>) -> Result<(), sqlx::Error> {
+    crate::policies::run_round(ctx).await?;
+    crate::groups::reconcile(ctx).await
 }
 
 /// Runs until the process ends.
@@ -47,6 +55,9 @@ pub async fn run(ctx: Arc<Ctx>) {
             last_eval = Some(Instant::now());
             if let Err(e) = evaluate(&ctx).await {
                 tracing::warn!(error = %e, "alert evaluation failed");
+            }
+            if let Err(e) = automate(&ctx).await {
+                tracing::warn!(error = %e, "policy or group round failed");
             }
         }
         if let Err(e) = crate::alerts::deliver(&ctx.store, &http).await {

@@ -44,9 +44,15 @@ pub enum Command {
     /// Alerts and alert rules.
     #[command(subcommand)]
     Alert(AlertCmd),
-    /// The event log (alerts, check state changes).
+    /// The event log (alerts, check state changes, policy firings).
     #[command(subcommand)]
     Event(EventCmd),
+    /// Service policies: when a condition holds, act (attach a volume, scale a group, ...).
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Instance groups: a launch template kept at a desired count.
+    #[command(subcommand)]
+    Group(GroupCmd),
     /// Sign in and save a session token for the other commands.
     Login(LoginArgs),
     /// API tokens.
@@ -872,5 +878,65 @@ pub enum EventCmd {
     List {
         #[command(flatten)]
         conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCmd {
+    /// Create or replace a policy from a YAML or JSON document.
+    Apply {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// A policy with its newest firings.
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+    },
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum GroupCmd {
+    /// Create a group from a YAML or JSON document (name, template, min, max, ...).
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// A group with its members and activity.
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+    },
+    /// Set the desired count.
+    SetDesired {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        desired: u32,
+    },
+    /// Delete a group and terminate its members.
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
     },
 }

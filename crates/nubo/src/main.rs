@@ -1,6 +1,7 @@
 //! The `nubo` binary: the all-in-one cloud (`up`), the control plane
 //! (`server`), the compute agent (`agent`), and the client commands.
 
+mod automation_cmds;
 mod cli;
 mod client_cmds;
 mod daemon;
@@ -65,6 +66,8 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Check(c) => monitoring_cmds::check(c).await,
         Command::Alert(c) => monitoring_cmds::alert(c).await,
         Command::Event(c) => monitoring_cmds::event(c).await,
+        Command::Policy(c) => automation_cmds::policy(c).await,
+        Command::Group(c) => automation_cmds::group(c).await,
         Command::Login(a) => identity_cmds::login(a).await,
         Command::Token(c) => identity_cmds::token(c).await,
         Command::Project(c) => identity_cmds::project(c).await,

@@ -3,6 +3,7 @@
 //! checked in as docs/openapi.json; a test fails when the two drift).
 
 pub mod agent;
+pub mod automation;
 pub mod hosts;
 pub mod identity;
 pub mod images;
@@ -64,6 +65,11 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(monitoring::silence))
         .routes(routes!(monitoring::events))
         .routes(routes!(monitoring::prometheus))
+        .routes(routes!(automation::list, automation::apply))
+        .routes(routes!(automation::show, automation::delete))
+        .routes(routes!(automation::list_groups, automation::create_group))
+        .routes(routes!(automation::show_group, automation::delete_group))
+        .routes(routes!(automation::set_desired))
         .routes(routes!(agent::register))
         .routes(routes!(agent::desired))
         .routes(routes!(agent::report))

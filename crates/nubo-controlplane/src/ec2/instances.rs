@@ -502,6 +502,7 @@ async fn launch_all(
             client_token: req.client_token.as_deref(),
             security_groups: groups,
             tags: &req.tags,
+            group_id: None,
         };
         match rest::launch(ctx, caller, &create, record).await {
             Ok(row) => rows.push(row),

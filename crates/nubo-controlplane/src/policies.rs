@@ -1,0 +1,934 @@
+//! Service policies: automation instead of an operator. Each round (every
+//! couple of seconds, in the monitor task) every policy's condition is
+//! judged over its scope, breach by breach:
+//!
+//! * the condition must hold for `for` before the policy fires, once per
+//!   breach (a breach ends when the value is back past the threshold by the
+//!   hysteresis), never within `cooldown` of the previous firing for the same
+//!   target, and again during one long breach only with `repeat` (then
+//!   after each cooldown, for step scaling);
+//! * a firing is recorded first (with the values that caused it), then its
+//!   actions run as small steps of a saga: each step records what it made
+//!   (a volume id, a target size, a run id) before making it, so a retry or a
+//!   server restart picks up where it was and never does anything twice; a
+//!   failing step is retried with backoff, then marked failed;
+//! * a dry run records what it would have done, and does nothing.
+
+use crate::alerts::compare;
+use crate::auth::{Caller, Role};
+use crate::store::{now_ms, Store};
+use crate::volumes::{AttachOutcome, NewVolume, StorageClaimError};
+use crate::Ctx;
+use nubo_api::automation::{ActionOutcome, PolicyAction, PolicyDoc, PolicyFiring};
+use nubo_api::ids::VolumeId;
+use serde::{Deserialize, Serialize};
+use sqlx::FromRow;
+use std::collections::BTreeMap;
+
+/// Attempts of an action before it is marked failed.
+pub const MAX_ATTEMPTS: u64 = 5;
+/// Metric values older than this do not count.
+const STALE_MS: i64 = 120_000;
+
+#[derive(Debug, Clone, FromRow)]
+pub struct PolicyRow {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub doc_json: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl PolicyRow {
+    pub fn doc(&self) -> Option<PolicyDoc> {
+        serde_json::from_str(&self.doc_json).ok()
+    }
+}
+
+#[derive(Debug, Clone, FromRow)]
+struct StateRow {
+    since_ms: Option<i64>,
+    breaching: i64,
+    last_fired_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct FiringRow {
+    pub id: String,
+    pub policy_id: String,
+    pub project_id: String,
+    pub target: String,
+    pub at_ms: i64,
+    pub dry_run: i64,
+    pub values_json: String,
+    pub state: String,
+    pub actions_json: String,
+    pub next_attempt_ms: i64,
+}
+
+/// What an action has made so far (so a replay does not make it again).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_gib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<u32>,
+    #[serde(default)]
+    pub done: bool,
+}
+
+/// One action of a firing, with its outcome and plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionRecord {
+    pub spec: PolicyAction,
+    pub outcome: ActionOutcome,
+    #[serde(default)]
+    pub plan: Plan,
+}
+
+/// Where a step left an action.
+enum Step {
+    /// Ended well, with what it made.
+    Done(String),
+    /// Under way (waiting for a host); look again next round.
+    Wait,
+    /// Failed this time; try again later.
+    Retry(String),
+    /// Cannot succeed.
+    Fail(String),
+}
+
+/// `30s`, `5m`, `1h`, `2d` or seconds, in ms.
+pub fn duration_ms(s: &str) -> Option<i64> {
+    crate::api::monitoring::parse_duration_ms(s)
+}
+
+/// The breach logic for one target. Returns (new state, fire now).
+pub fn breach_step(
+    state: (Option<i64>, bool, Option<i64>),
+    holds: bool,
+    cleared: bool,
+    now: i64,
+    hold_ms: i64,
+    cooldown_ms: i64,
+    repeat: bool,
+) -> ((Option<i64>, bool, Option<i64>), bool) {
+    let (since, breaching, last) = state;
+    if holds {
+        let since = since.or(Some(now));
+        let held = since.is_some_and(|s| now - s >= hold_ms);
+        let cooled = last.is_none_or(|l| now - l >= cooldown_ms);
+        let fire = held && cooled && (!breaching || repeat);
+        if fire {
+            return ((since, true, Some(now)), true);
+        }
+        return ((since, breaching, last), false);
+    }
+    // Not holding: the hold restarts; the breach ends only once cleared.
+    ((None, breaching && !cleared, last), false)
+}
+
+/// Words for an action, as firings show it.
+pub fn describe(a: &PolicyAction, target: &str) -> String {
+    match a {
+        PolicyAction::AttachVolume { size_gib } => format!("attach a new {size_gib} GiB volume to {target}"),
+        PolicyAction::ExtendVolume { by_gib, volume } => match volume {
+            Some(v) => format!("extend volume {v} of {target} by {by_gib} GiB"),
+            None => format!("extend the newest volume of {target} by {by_gib} GiB"),
+        },
+        PolicyAction::Scale { by, group } => {
+            format!("scale group {} by {by:+}", group.as_deref().unwrap_or("(of the scope)"))
+        }
+        PolicyAction::RunRecipe { recipe, .. } => format!("run recipe {recipe} on {target}"),
+        PolicyAction::Reboot => format!("reboot {target}"),
+        PolicyAction::Notify { webhook } => format!("notify {webhook}"),
+    }
+}
+
+/// Checks a document: names, one scope, a well-formed condition, and
+/// actions that make sense for the scope and aggregation.
+pub fn validate(doc: &PolicyDoc) -> Result<(), String> {
+    crate::validate::name(&doc.name).map_err(|e| e.to_string())?;
+    let s = &doc.scope;
+    let scopes = [s.instance.is_some(), s.group.is_some(), s.host.is_some(), s.tag.is_some()];
+    if scopes.iter().filter(|x| **x).count() != 1 {
+        return Err("scope must name exactly one of: instance, group, host, tag".into());
+    }
+    let c = &doc.condition;
+    match (&c.metric, &c.check_state) {
+        (Some(m), None) => {
+            let m = crate::api::monitoring::canonical_metric(m);
+            if !nubo_api::monitoring::valid_metric_name(&m) {
+                return Err(format!("condition.metric '{m}' is not a metric name"));
+            }
+            if !matches!(c.op.as_deref(), Some(">" | ">=" | "<" | "<=")) {
+                return Err("condition.op must be one of >, >=, <, <=".into());
+            }
+            if !c.threshold.is_some_and(f64::is_finite) {
+                return Err("condition.threshold must be a number".into());
+            }
+        }
+        (None, Some(state)) => {
+            if !matches!(state.to_uppercase().as_str(), "WARNING" | "CRITICAL") {
+                return Err("condition.check_state must be WARNING or CRITICAL".into());
+            }
+        }
+        _ => return Err("condition needs exactly one of metric (with op and threshold) and check_state".into()),
+    }
+    if !matches!(c.aggregate.as_str(), "each" | "avg" | "max" | "min" | "sum") {
+        return Err("condition.aggregate must be each, avg, max, min or sum".into());
+    }
+    for (what, d) in [("condition.for", &c.hold), ("cooldown", &doc.cooldown)] {
+        if let Some(d) = d {
+            if duration_ms(d).is_none_or(|ms| ms > 7 * 86_400_000) {
+                return Err(format!("{what} '{d}' is not a duration like 30s, 5m or 1h (at most a week)"));
+            }
+        }
+    }
+    if c.hysteresis.is_some_and(|h| !h.is_finite() || h < 0.0) {
+        return Err("condition.hysteresis must be a number of 0 or more".into());
+    }
+    if doc.actions.is_empty() || doc.actions.len() > 10 {
+        return Err("a policy needs 1 to 10 actions".into());
+    }
+    let per_instance = c.aggregate == "each" && s.host.is_none();
+    for a in &doc.actions {
+        match a {
+            PolicyAction::AttachVolume { size_gib } | PolicyAction::ExtendVolume { by_gib: size_gib, .. } => {
+                if *size_gib == 0 || *size_gib > crate::validate::MAX_DISK_GIB {
+                    return Err(format!("a volume size must be 1 to {} GiB", crate::validate::MAX_DISK_GIB));
+                }
+                if !per_instance {
+                    return Err(format!("'{}' acts on one instance: use aggregate: each", describe(a, "an instance")));
+                }
+            }
+            PolicyAction::RunRecipe { .. } | PolicyAction::Reboot if !per_instance => {
+                return Err(format!("'{}' acts on one instance: use aggregate: each", describe(a, "an instance")));
+            }
+            PolicyAction::Scale { by, group } => {
+                if *by == 0 || by.abs() > 100 {
+                    return Err("scale.by must be between -100 and 100, not 0".into());
+                }
+                if group.is_none() && s.group.is_none() {
+                    return Err("scale needs a group: give scale.group, or scope the policy to a group".into());
+                }
+            }
+            PolicyAction::Notify { webhook }
+                if !(webhook.starts_with("http://") || webhook.starts_with("https://"))
+                    || reqwest::Url::parse(webhook).is_err() =>
+            {
+                return Err(format!("notify.webhook '{webhook}' is not an http(s) URL"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Creates or replaces the project's policy `doc.name`; its breach
+    /// state starts over when the document changes.
+    pub async fn upsert_policy(&self, project: &str, doc: &PolicyDoc) -> Result<PolicyRow, sqlx::Error> {
+        let now = now_ms();
+        let json = serde_json::to_string(doc).unwrap_or_default();
+        let id = format!("pol-{:017x}", rand::random::<u64>() & 0x000f_ffff_ffff_ffff_u64);
+        let mut tx = self.pool.begin().await?;
+        let existing: Option<(String, String)> =
+            sqlx::query_as("SELECT id, doc_json FROM policies WHERE project_id = $1 AND name = $2")
+                .bind(project)
+                .bind(&doc.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match existing {
+            Some((id, old)) => {
+                if old != json {
+                    sqlx::query("UPDATE policies SET doc_json = $1, updated_at_ms = $2 WHERE id = $3")
+                        .bind(&json)
+                        .bind(now)
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("DELETE FROM policy_states WHERE policy_id = $1").bind(&id).execute(&mut *tx).await?;
+                }
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO policies (id, project_id, name, doc_json, created_at_ms, updated_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $5)",
+                )
+                .bind(&id)
+                .bind(project)
+                .bind(&doc.name)
+                .bind(&json)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        let row = sqlx::query_as("SELECT * FROM policies WHERE project_id = $1 AND name = $2")
+            .bind(project)
+            .bind(&doc.name)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    pub async fn policies(&self, project: Option<&str>) -> Result<Vec<PolicyRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM policies WHERE ($1 IS NULL OR project_id = $1) ORDER BY name")
+            .bind(project)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    pub async fn policy_by_name(&self, project: &str, name: &str) -> Result<Option<PolicyRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM policies WHERE project_id = $1 AND name = $2")
+            .bind(project)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    pub async fn delete_policy(&self, id: &str) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM policy_states WHERE policy_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM policies WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await
+    }
+
+    pub async fn breaching_targets(&self, policy: &str) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT target FROM policy_states WHERE policy_id = $1 AND breaching = 1 ORDER BY target")
+            .bind(policy)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    pub async fn firings(&self, policy: &str, limit: i64) -> Result<Vec<FiringRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM policy_firings WHERE policy_id = $1 ORDER BY at_ms DESC LIMIT $2")
+            .bind(policy)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    async fn save_firing(&self, f: &FiringRow) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE policy_firings SET state = $1, actions_json = $2, next_attempt_ms = $3 WHERE id = $4")
+            .bind(&f.state)
+            .bind(&f.actions_json)
+            .bind(f.next_attempt_ms)
+            .bind(&f.id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The instances a scope covers now (running ones), or the host.
+    async fn scope_targets(&self, p: &PolicyRow, doc: &PolicyDoc) -> Result<Vec<String>, sqlx::Error> {
+        let s = &doc.scope;
+        if let Some(i) = &s.instance {
+            return Ok(self
+                .instance(i.as_str())
+                .await?
+                .filter(|r| r.project_id.as_deref() == Some(p.project_id.as_str()) && r.state == "running")
+                .map(|r| vec![r.id])
+                .unwrap_or_default());
+        }
+        if let Some(h) = &s.host {
+            return Ok(vec![h.clone()]);
+        }
+        if let Some(g) = &s.group {
+            return sqlx::query_scalar(
+                "SELECT instances.id FROM instances JOIN instance_groups ON instance_groups.id = instances.group_id
+                 WHERE instance_groups.project_id = $1 AND instance_groups.name = $2 AND instances.state = 'running'
+                   AND instances.desired = 'running' ORDER BY instances.id",
+            )
+            .bind(&p.project_id)
+            .bind(g)
+            .fetch_all(&self.pool)
+            .await;
+        }
+        if let Some(t) = &s.tag {
+            return sqlx::query_scalar(
+                "SELECT instances.id FROM instances JOIN tags ON tags.resource_id = instances.id
+                 WHERE instances.project_id = $1 AND tags.key = $2 AND ($3 IS NULL OR tags.value = $3)
+                   AND instances.state = 'running' ORDER BY instances.id",
+            )
+            .bind(&p.project_id)
+            .bind(&t.key)
+            .bind(&t.value)
+            .fetch_all(&self.pool)
+            .await;
+        }
+        Ok(Vec::new())
+    }
+
+    /// The condition's value for one resource: the metric's newest value,
+    /// or the worst hard state of its checks (0 OK .. 2 CRITICAL, UNKNOWN as 1).
+    async fn condition_value(&self, doc: &PolicyDoc, resource: &str, now: i64) -> Result<Option<f64>, sqlx::Error> {
+        if let Some(m) = &doc.condition.metric {
+            let m = crate::api::monitoring::canonical_metric(m);
+            return self.latest_value(resource, &m, now - STALE_MS).await;
+        }
+        let states: Vec<String> =
+            sqlx::query_scalar("SELECT state FROM checks WHERE target = $1 AND state_type = 'HARD'")
+                .bind(resource)
+                .fetch_all(&self.pool)
+                .await?;
+        let worst = states
+            .iter()
+            .map(|s| match s.as_str() {
+                "CRITICAL" => 2.0,
+                "WARNING" | "UNKNOWN" => 1.0,
+                _ => 0.0,
+            })
+            .fold(0.0, f64::max);
+        Ok(Some(worst))
+    }
+
+    async fn step_target(
+        &self,
+        p: &PolicyRow,
+        doc: &PolicyDoc,
+        target: &str,
+        holds: bool,
+        cleared: bool,
+        values: BTreeMap<String, f64>,
+    ) -> Result<Option<String>, sqlx::Error> {
+        let now = now_ms();
+        let row: Option<StateRow> = sqlx::query_as(
+            "SELECT since_ms, breaching, last_fired_ms FROM policy_states WHERE policy_id = $1 AND target = $2",
+        )
+        .bind(&p.id)
+        .bind(target)
+        .fetch_optional(&self.pool)
+        .await?;
+        let state = row.map(|r| (r.since_ms, r.breaching == 1, r.last_fired_ms)).unwrap_or((None, false, None));
+        let hold = doc.condition.hold.as_deref().and_then(duration_ms).unwrap_or(0);
+        let cooldown = doc.cooldown.as_deref().and_then(duration_ms).unwrap_or(0);
+        let repeat = doc.repeat;
+        let ((since, breaching, last), fire) = breach_step(state, holds, cleared, now, hold, cooldown, repeat);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO policy_states (policy_id, target, since_ms, breaching, last_fired_ms) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (policy_id, target) DO UPDATE SET since_ms = excluded.since_ms, breaching = excluded.breaching,
+               last_fired_ms = excluded.last_fired_ms",
+        )
+        .bind(&p.id)
+        .bind(target)
+        .bind(since)
+        .bind(i64::from(breaching))
+        .bind(last)
+        .execute(&mut *tx)
+        .await?;
+        let mut fired = None;
+        if fire {
+            // The firing is recorded in the same transaction that marks the
+            // breach, so a breach can never fire twice, even across a crash.
+            let id = format!("fire-{:017x}", rand::random::<u64>() & 0x000f_ffff_ffff_ffff_u64);
+            let records: Vec<ActionRecord> = doc
+                .actions
+                .iter()
+                .map(|a| ActionRecord {
+                    spec: a.clone(),
+                    outcome: ActionOutcome {
+                        action: if doc.dry_run {
+                            format!("would {}", describe(a, target))
+                        } else {
+                            describe(a, target)
+                        },
+                        state: if doc.dry_run { "skipped" } else { "pending" }.into(),
+                        attempts: 0,
+                        error: None,
+                        result: None,
+                    },
+                    plan: Plan::default(),
+                })
+                .collect();
+            sqlx::query(
+                "INSERT INTO policy_firings (id, policy_id, project_id, target, at_ms, dry_run, values_json, state,
+                   actions_json, next_attempt_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $5)",
+            )
+            .bind(&id)
+            .bind(&p.id)
+            .bind(&p.project_id)
+            .bind(target)
+            .bind(now)
+            .bind(i64::from(doc.dry_run))
+            .bind(serde_json::to_string(&values).unwrap_or_default())
+            .bind(if doc.dry_run { "succeeded" } else { "running" })
+            .bind(serde_json::to_string(&records).unwrap_or_default())
+            .execute(&mut *tx)
+            .await?;
+            fired = Some(id);
+        }
+        tx.commit().await?;
+        if let Some(id) = &fired {
+            let what: Vec<String> = doc.actions.iter().map(|a| describe(a, target)).collect();
+            let msg = format!(
+                "policy {} {} on {target} (values {values:?}): {}",
+                p.name,
+                if doc.dry_run { "would fire (dry run)" } else { "fired" },
+                what.join("; ")
+            );
+            self.event(Some(&p.project_id), target, "policy_fired", &msg).await?;
+            tracing::info!(policy = %p.name, %target, firing = %id, dry_run = doc.dry_run, "policy fired");
+        }
+        Ok(fired)
+    }
+
+    /// Judges one policy over its scope; returns the firings it made.
+    pub async fn evaluate_policy(&self, p: &PolicyRow) -> Result<Vec<String>, sqlx::Error> {
+        let Some(doc) = p.doc() else { return Ok(Vec::new()) };
+        let now = now_ms();
+        let c = &doc.condition;
+        let judge = |v: f64| -> (bool, bool) {
+            match (&c.metric, c.op.as_deref(), c.threshold) {
+                (Some(_), Some(op), Some(t)) => {
+                    let h = c.hysteresis.unwrap_or(0.0);
+                    let holds = compare(v, op, t);
+                    let cleared = match op {
+                        ">" | ">=" => v < t - h || (h == 0.0 && !holds),
+                        _ => v > t + h || (h == 0.0 && !holds),
+                    };
+                    (holds, cleared)
+                }
+                _ => {
+                    let min = if c.check_state.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("warning")) {
+                        1.0
+                    } else {
+                        2.0
+                    };
+                    (v >= min, v < min)
+                }
+            }
+        };
+        let mut fired = Vec::new();
+        let targets = self.scope_targets(p, &doc).await?;
+        let mut values = BTreeMap::new();
+        for t in &targets {
+            if let Some(v) = self.condition_value(&doc, t, now).await? {
+                values.insert(t.clone(), v);
+            }
+        }
+        if c.aggregate == "each" {
+            for t in &targets {
+                let (holds, cleared) = values.get(t).map(|v| judge(*v)).unwrap_or((false, false));
+                let v: BTreeMap<String, f64> = values.get(t).map(|v| (t.clone(), *v)).into_iter().collect();
+                if let Some(id) = self.step_target(p, &doc, t, holds, cleared, v).await? {
+                    fired.push(id);
+                }
+            }
+            return Ok(fired);
+        }
+        let xs: Vec<f64> = values.values().copied().collect();
+        let agg = match (c.aggregate.as_str(), xs.is_empty()) {
+            (_, true) => None,
+            ("avg", _) => Some(xs.iter().sum::<f64>() / xs.len() as f64),
+            ("max", _) => xs.iter().copied().reduce(f64::max),
+            ("min", _) => xs.iter().copied().reduce(f64::min),
+            _ => Some(xs.iter().sum()),
+        };
+        let (holds, cleared) = agg.map(judge).unwrap_or((false, false));
+        let mut v = values.clone();
+        if let Some(a) = agg {
+            v.insert(format!("{}()", c.aggregate), a);
+        }
+        if let Some(id) = self.step_target(p, &doc, "*", holds, cleared, v).await? {
+            fired.push(id);
+        }
+        Ok(fired)
+    }
+
+    /// Makes every running firing due now (skips the backoff).
+    pub async fn make_firings_due(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE policy_firings SET next_attempt_ms = 0 WHERE state = 'running'")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn due_firings(&self) -> Result<Vec<FiringRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT * FROM policy_firings WHERE state = 'running' AND next_attempt_ms <= $1 ORDER BY at_ms LIMIT 50",
+        )
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await
+    }
+}
+
+/// The identity policies act as: a member of the policy's project.
+fn policy_caller(project: &str, policy: &str) -> Caller {
+    Caller {
+        user_id: format!("policy:{policy}"),
+        user_name: format!("policy:{policy}"),
+        admin: false,
+        project_id: Some(project.to_string()),
+        project_name: None,
+        role: Role::Member,
+    }
+}
+
+/// One step of one action (see the module doc).
+async fn advance(ctx: &Ctx, f: &FiringRow, policy: &str, r: &mut ActionRecord) -> Result<Step, sqlx::Error> {
+    let store = &ctx.store;
+    let instance = f.target.as_str();
+    match r.spec.clone() {
+        PolicyAction::AttachVolume { size_gib } => {
+            let Some(inst) = store.instance(instance).await? else {
+                return Ok(Step::Fail(format!("instance {instance} no longer exists")));
+            };
+            let Some(vid) = r.plan.volume_id.clone() else {
+                // Recorded first: whatever happens next, this is the volume.
+                r.plan.volume_id = Some(VolumeId::generate().to_string());
+                return Ok(Step::Wait);
+            };
+            match store.volume(&vid).await? {
+                None => {
+                    let Some(host) = inst.host_id.clone() else {
+                        return Ok(Step::Retry("the instance has no host yet".into()));
+                    };
+                    let (host, limit) = match crate::placement::place_storage(ctx, size_gib, Some(&host)).await {
+                        Ok(x) => x,
+                        Err(e) => return Ok(Step::Retry(e.to_string())),
+                    };
+                    let name = format!("{policy}-{}", &vid[4..12]);
+                    let new = NewVolume {
+                        id: &vid,
+                        project_id: &f.project_id,
+                        name: &name,
+                        host_id: &host,
+                        size_gib,
+                        snapshot_id: None,
+                    };
+                    match store.create_volume(&new, limit).await {
+                        Ok(()) => {
+                            ctx.bump();
+                            Ok(Step::Wait)
+                        }
+                        Err(StorageClaimError::Db(e)) => Err(e),
+                        Err(StorageClaimError::Quota(m) | StorageClaimError::Pool(m)) => Ok(Step::Retry(m)),
+                        Err(StorageClaimError::State) => Ok(Step::Retry("the volume changed meanwhile".into())),
+                    }
+                }
+                Some(v) if v.state == "error" => {
+                    Ok(Step::Fail(format!("volume {vid} failed: {}", v.error.unwrap_or_default())))
+                }
+                Some(v) if v.state == "available" => {
+                    match store.attach_volume(&vid, instance, nubo_api::MAX_VOLUMES_PER_INSTANCE).await? {
+                        AttachOutcome::Attached(_) => {
+                            ctx.bump();
+                            Ok(Step::Wait)
+                        }
+                        AttachOutcome::NoFreeSlot => {
+                            Ok(Step::Fail(format!("instance {instance} has no free volume slot")))
+                        }
+                        AttachOutcome::NotAvailable => Ok(Step::Wait),
+                    }
+                }
+                Some(v)
+                    if v.instance_id.as_deref() == Some(instance) && v.attach_state.as_deref() == Some("attached") =>
+                {
+                    Ok(Step::Done(format!("{vid} attached as {}", v.guest_device.unwrap_or_else(|| "?".into()))))
+                }
+                Some(_) => Ok(Step::Wait),
+            }
+        }
+        PolicyAction::ExtendVolume { by_gib, volume } => {
+            let (vid, to) = match (&r.plan.volume_id, r.plan.to_gib) {
+                (Some(v), Some(to)) => (v.clone(), to),
+                _ => {
+                    let vols = store.volumes_of_instance(instance).await?;
+                    let chosen = match &volume {
+                        Some(v) => vols.into_iter().find(|x| x.id == v.as_str()),
+                        None => vols.into_iter().max_by_key(|x| x.updated_at_ms.max(x.created_at_ms)),
+                    };
+                    let Some(v) = chosen else {
+                        return Ok(Step::Fail(format!("instance {instance} has no such volume attached")));
+                    };
+                    r.plan.volume_id = Some(v.id.clone());
+                    r.plan.to_gib = Some(v.size_gib as u64 + by_gib);
+                    return Ok(Step::Wait);
+                }
+            };
+            let Some(v) = store.volume(&vid).await? else { return Ok(Step::Fail(format!("volume {vid} is gone"))) };
+            if (v.size_gib as u64) < to {
+                let (_, limit) =
+                    match crate::placement::place_storage(ctx, to - v.size_gib as u64, Some(&v.host_id)).await {
+                        Ok(x) => x,
+                        Err(e) => return Ok(Step::Retry(e.to_string())),
+                    };
+                return match store.extend_volume(&v, to, limit).await {
+                    Ok(()) => {
+                        ctx.bump();
+                        Ok(Step::Wait)
+                    }
+                    Err(StorageClaimError::Db(e)) => Err(e),
+                    Err(StorageClaimError::Quota(m) | StorageClaimError::Pool(m)) => Ok(Step::Retry(m)),
+                    Err(StorageClaimError::State) => Ok(Step::Retry("the volume is busy".into())),
+                };
+            }
+            let seen = v.attach_state.is_none() || v.guest_size_bytes.is_some_and(|b| b as u64 >= to << 30);
+            if v.actual_size_gib as u64 >= to && seen {
+                Ok(Step::Done(format!("{vid} is {to} GiB")))
+            } else {
+                Ok(Step::Wait)
+            }
+        }
+        PolicyAction::Scale { by, group } => {
+            let name = match group {
+                Some(g) => g,
+                None => match store.policy_scope_group(&f.policy_id).await? {
+                    Some(g) => g,
+                    None => return Ok(Step::Fail("the policy names no group".into())),
+                },
+            };
+            let Some(g) = store.group_by_name(&f.project_id, &name).await? else {
+                return Ok(Step::Fail(format!("group {name} does not exist")));
+            };
+            let target = match r.plan.desired {
+                Some(d) => d,
+                None => {
+                    let d = (g.desired + by).clamp(g.min_size, g.max_size) as u32;
+                    r.plan.desired = Some(d);
+                    return Ok(Step::Wait);
+                }
+            };
+            store.set_group_desired(&g.id, target, &format!("policy {policy}: {by:+}")).await?;
+            ctx.bump();
+            Ok(Step::Done(format!("group {name} desired {} -> {target}", g.desired)))
+        }
+        PolicyAction::RunRecipe { recipe, version, params } => match r.plan.run_id.clone() {
+            None => {
+                let caller = policy_caller(&f.project_id, policy);
+                let req = nubo_api::params::RunCreate { recipe, version, params };
+                match crate::api::provisioning::start_recipe_run(ctx, &caller, instance, &req, false).await {
+                    Ok((run_id, _)) => {
+                        r.plan.run_id = Some(run_id);
+                        ctx.bump();
+                        Ok(Step::Wait)
+                    }
+                    Err(e) => Ok(Step::Fail(e.to_string())),
+                }
+            }
+            Some(run_id) => match store.run(&run_id).await? {
+                Some(run) if run.state == "succeeded" => Ok(Step::Done(format!("run {run_id} succeeded"))),
+                Some(run) if run.state == "failed" => Ok(Step::Fail(format!(
+                    "run {run_id} failed: {}",
+                    run.error.unwrap_or_else(|| format!("exit {:?}", run.exit_code))
+                ))),
+                Some(_) => Ok(Step::Wait),
+                None => Ok(Step::Fail(format!("run {run_id} is gone"))),
+            },
+        },
+        PolicyAction::Reboot => {
+            if r.plan.done {
+                return Ok(Step::Done(format!("{instance} rebooted")));
+            }
+            if store.set_desired(instance, &["running"], "running", false, true, "reboot").await? {
+                r.plan.done = true;
+                ctx.bump();
+                Ok(Step::Done(format!("{instance} rebooted")))
+            } else {
+                Ok(Step::Fail(format!("{instance} is not running")))
+            }
+        }
+        PolicyAction::Notify { webhook } => match r.plan.notification_id.clone() {
+            None => {
+                let id = store.queue_notification(&f.id, "policy", &webhook, &firing_payload(f, policy)).await?;
+                r.plan.notification_id = Some(id);
+                Ok(Step::Wait)
+            }
+            Some(id) => match store.notification_state(&id).await?.as_deref() {
+                Some("sent") => Ok(Step::Done("delivered".into())),
+                Some("failed") => Ok(Step::Fail("the webhook did not take it (see nubo event list)".into())),
+                _ => Ok(Step::Wait),
+            },
+        },
+    }
+}
+
+fn firing_payload(f: &FiringRow, policy: &str) -> String {
+    serde_json::json!({
+        "firing_id": f.id,
+        "policy": policy,
+        "target": f.target,
+        "at_ms": f.at_ms,
+        "values": serde_json::from_str::<serde_json::Value>(&f.values_json).unwrap_or_default(),
+    })
+    .to_string()
+}
+
+/// Advances every due firing by one step per action.
+pub async fn execute(ctx: &Ctx) -> Result<(), sqlx::Error> {
+    for mut f in ctx.store.due_firings().await? {
+        let policy = ctx.store.policy_name(&f.policy_id).await?.unwrap_or_else(|| f.policy_id.clone());
+        let mut records: Vec<ActionRecord> = serde_json::from_str(&f.actions_json).unwrap_or_default();
+        let mut retry_in: Option<i64> = None;
+        for r in records.iter_mut() {
+            if matches!(r.outcome.state.as_str(), "succeeded" | "failed" | "skipped") {
+                continue;
+            }
+            let before = r.plan.clone();
+            let step = advance(ctx, &f, &policy, r).await?;
+            r.outcome.state = "running".into();
+            match step {
+                Step::Done(result) => {
+                    r.outcome.state = "succeeded".into();
+                    r.outcome.result = Some(result);
+                    r.outcome.error = None;
+                }
+                Step::Wait => {}
+                Step::Retry(e) => {
+                    r.outcome.attempts += 1;
+                    r.outcome.error = Some(e);
+                    if r.outcome.attempts >= MAX_ATTEMPTS {
+                        r.outcome.state = "failed".into();
+                    } else {
+                        let backoff = crate::alerts::backoff(r.outcome.attempts as i64).as_millis() as i64;
+                        retry_in = Some(retry_in.map_or(backoff, |x| x.min(backoff)));
+                    }
+                }
+                Step::Fail(e) => {
+                    r.outcome.state = "failed".into();
+                    r.outcome.error = Some(e);
+                }
+            }
+            // A plan change is saved before anything else happens, so the
+            // next step (maybe after a restart) builds on it.
+            if r.plan != before {
+                f.actions_json = serde_json::to_string(&records).unwrap_or_default();
+                ctx.store.save_firing(&f).await?;
+                break;
+            }
+        }
+        f.actions_json = serde_json::to_string(&records).unwrap_or_default();
+        let ended = records.iter().all(|r| matches!(r.outcome.state.as_str(), "succeeded" | "failed" | "skipped"));
+        if ended {
+            let failed = records.iter().any(|r| r.outcome.state == "failed");
+            f.state = if failed { "failed" } else { "succeeded" }.into();
+            let summary: Vec<String> =
+                records.iter().map(|r| format!("{}: {}", r.outcome.action, r.outcome.state)).collect();
+            ctx.store
+                .event(
+                    Some(&f.project_id),
+                    &f.target,
+                    "policy_done",
+                    &format!("policy {policy} firing {} {}: {}", f.id, f.state, summary.join("; ")),
+                )
+                .await?;
+        }
+        f.next_attempt_ms = now_ms() + retry_in.unwrap_or(0);
+        ctx.store.save_firing(&f).await?;
+    }
+    Ok(())
+}
+
+/// One round: judge every policy, then advance the firings.
+pub async fn run_round(ctx: &Ctx) -> Result<(), sqlx::Error> {
+    for p in ctx.store.policies(None).await? {
+        ctx.store.evaluate_policy(&p).await?;
+    }
+    execute(ctx).await
+}
+
+/// The view of a firing.
+pub fn firing_view(f: &FiringRow, policy: &str) -> PolicyFiring {
+    let records: Vec<ActionRecord> = serde_json::from_str(&f.actions_json).unwrap_or_default();
+    PolicyFiring {
+        id: f.id.clone(),
+        policy: policy.to_string(),
+        target: f.target.clone(),
+        at_ms: f.at_ms,
+        dry_run: f.dry_run == 1,
+        values: serde_json::from_str(&f.values_json).unwrap_or_default(),
+        state: f.state.clone(),
+        actions: records.into_iter().map(|r| r.outcome).collect(),
+    }
+}
+
+impl Store {
+    pub async fn policy_name(&self, id: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT name FROM policies WHERE id = $1").bind(id).fetch_optional(&self.pool).await
+    }
+
+    async fn policy_scope_group(&self, id: &str) -> Result<Option<String>, sqlx::Error> {
+        let doc: Option<String> = sqlx::query_scalar("SELECT doc_json FROM policies WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(doc.and_then(|d| serde_json::from_str::<PolicyDoc>(&d).ok()).and_then(|d| d.scope.group))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_breach_fires_once_after_its_hold() {
+        let s0 = (None, false, None);
+        // Holds at t=0: not yet (hold 30 s).
+        let (s1, fire) = breach_step(s0, true, false, 0, 30_000, 0, false);
+        assert!(!fire && s1.0 == Some(0));
+        let (s2, fire) = breach_step(s1, true, false, 29_999, 30_000, 0, false);
+        assert!(!fire);
+        let (s3, fire) = breach_step(s2, true, false, 30_000, 30_000, 0, false);
+        assert!(fire && s3.1);
+        // Still holding: no second firing for the same breach.
+        let (s4, fire) = breach_step(s3, true, false, 90_000, 30_000, 0, false);
+        assert!(!fire);
+        // Dips into the hysteresis band: the breach stays, the hold restarts.
+        let (s5, fire) = breach_step(s4, false, false, 91_000, 30_000, 0, false);
+        assert!(!fire && s5.1 && s5.0.is_none());
+        let (s6, fire) = breach_step(s5, true, false, 92_000, 0, 0, false);
+        assert!(!fire, "back above without clearing: same breach");
+        // Cleared: a new breach may fire again.
+        let (s7, _) = breach_step(s6, false, true, 93_000, 0, 0, false);
+        assert!(!s7.1);
+        let (_, fire) = breach_step(s7, true, false, 94_000, 0, 0, false);
+        assert!(fire);
+    }
+
+    #[test]
+    fn cooldown_and_repeat() {
+        let fired_at = (Some(0), false, Some(10_000));
+        let (_, fire) = breach_step(fired_at, true, false, 20_000, 0, 60_000, false);
+        assert!(!fire, "within the cooldown");
+        let (_, fire) = breach_step(fired_at, true, false, 80_000, 0, 60_000, false);
+        assert!(fire, "after the cooldown");
+        let breaching = (Some(0), true, Some(10_000));
+        let (_, fire) = breach_step(breaching, true, false, 80_000, 0, 60_000, true);
+        assert!(fire, "repeat fires again during one breach");
+    }
+
+    #[test]
+    fn documents_are_checked() {
+        let ok = |yaml: &str| -> Result<(), String> {
+            // As the CLI reads a document: YAML to JSON's data model, then the type.
+            let v: serde_json::Value = yaml_serde::from_str(yaml).map_err(|e| e.to_string())?;
+            let doc: PolicyDoc = serde_json::from_value(v).map_err(|e| e.to_string())?;
+            validate(&doc)
+        };
+        ok("name: grow\nscope: {instance: i-0123456789abcdef0}\ncondition: {metric: fs_used_percent, op: '>=', threshold: 80, for: 30s}\nactions: [{attach_volume: {size_gib: 100}}]\n").unwrap();
+        ok("name: out\nscope: {group: web}\ncondition: {metric: cpu, op: '>', threshold: 70, aggregate: avg, for: 1m}\nactions: [{scale: {by: 1}}]\ncooldown: 2m\n").unwrap();
+        for (bad, why) in [
+            ("name: a\nscope: {}\ncondition: {metric: cpu, op: '>', threshold: 1}\nactions: [reboot]\n", "exactly one"),
+            ("name: a\nscope: {group: g}\ncondition: {metric: cpu, op: '>', threshold: 1, aggregate: avg}\nactions: [reboot]\n", "aggregate: each"),
+            ("name: a\nscope: {tag: {key: k}}\ncondition: {metric: cpu, op: '=', threshold: 1}\nactions: [reboot]\n", "op"),
+            ("name: a\nscope: {tag: {key: k}}\ncondition: {metric: cpu, op: '>', threshold: 1}\nactions: [{scale: {by: 1}}]\n", "needs a group"),
+            ("name: a\nscope: {tag: {key: k}}\ncondition: {metric: cpu, op: '>', threshold: 1, for: soon}\nactions: [reboot]\n", "duration"),
+        ] {
+            let err = ok(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+}
