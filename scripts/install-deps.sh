@@ -9,7 +9,8 @@
 # /metrics, is unpacked from Debian's package into .cache/tools (installing
 # the package would start a Prometheus server), and
 # python3-venv (the EC2 test installs the stock aws CLI and boto3 from PyPI
-# into a virtualenv).
+# into a virtualenv), and Debian's Chromium and ChromeDriver (the portal
+# test drives a real browser over WebDriver) with a font to render text.
 # Idempotent; refreshes apt's lists because the image build runs
 # `apt-get download` against them.
 set -euo pipefail
@@ -30,7 +31,7 @@ fi
 $SUDO apt-get install -y -q --no-install-recommends --allow-downgrades \
   $QEMU_PKGS seabios ipxe-qemu e2fsprogs mmdebstrap curl ca-certificates procps \
   slapd openssh-client syslinux syslinux-common mtools dosfstools fdisk monitoring-plugins-basic \
-  python3 python3-venv
+  python3 python3-venv chromium chromium-driver fonts-dejavu-core
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust stable (https://rustup.rs) and re-run" >&2
   exit 1

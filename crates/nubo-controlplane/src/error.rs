@@ -51,7 +51,7 @@ impl AppError {
         Self::Internal { internal: e.to_string() }
     }
 
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    pub(crate) fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
@@ -68,7 +68,7 @@ impl AppError {
     }
 
     /// The message a user sees.
-    fn public_message(&self) -> String {
+    pub(crate) fn public_message(&self) -> String {
         match self {
             Self::Internal { .. } => {
                 "the control plane hit an internal error; it has been logged: retry, and report it if it persists"

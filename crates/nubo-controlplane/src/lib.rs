@@ -24,6 +24,7 @@ pub mod ldap;
 pub mod monitor;
 pub mod placement;
 pub mod policies;
+pub mod portal;
 pub mod provisioning;
 pub mod recipes;
 pub mod registry;
@@ -259,7 +260,8 @@ pub fn app(ctx: Arc<Ctx>) -> axum::Router {
 pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "control plane listening");
-    axum::serve(listener, app(ctx).into_make_service_with_connect_info::<SocketAddr>()).await
+    let app = app(ctx).layer(axum::Extension(portal::Transport::Http));
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
 }
 
 /// Serves the API over HTTPS on `listener` until the future is dropped;
@@ -278,6 +280,10 @@ pub async fn serve_tls(
         .acceptor(acceptor)
         // A failed handshake (a plain-HTTP client, an untrusting client) ends that connection only.
         .accept_error_handler(|peer, e| tracing::debug!(?peer, error = %e, "TLS connection failed"))
-        .serve(app(ctx).into_make_service_with_connect_info::<SocketAddr>())
+        .serve(
+            app(ctx)
+                .layer(axum::Extension(portal::Transport::Https))
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
         .await
 }

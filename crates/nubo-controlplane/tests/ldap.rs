@@ -374,3 +374,75 @@ async fn login_through_the_api_gets_the_mapped_role() {
     assert_eq!(logins.len(), 4, "{audit}");
     assert!(logins.contains(&401) && logins.contains(&403) && logins.contains(&200));
 }
+
+/// The web portal's sign-in form binds against the real slapd too: a
+/// directory member gets a session in her mapped project, and is refused
+/// the operator pages that a directory operator opens.
+#[tokio::test]
+async fn portal_sign_in_through_ldap() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let Some(slapd) = Slapd::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = nubo_controlplane::Config::new(dir.path().to_path_buf());
+    config.ldap = Some(slapd.config());
+    let ctx = nubo_controlplane::Ctx::new(config).await.unwrap();
+    // GET or POST (form) with cookies; the status, Set-Cookie headers and body.
+    let send = |method: &str, path: &str, cookie: String, form: Option<Vec<(&str, String)>>| {
+        let body =
+            form.map(|f| form_urlencoded::Serializer::new(String::new()).extend_pairs(f).finish()).unwrap_or_default();
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "127.0.0.1")
+            .header("cookie", cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap();
+        let app = nubo_controlplane::app(ctx.clone());
+        async move {
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let cookies: Vec<String> =
+                resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+            let body = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+            (status, cookies, body)
+        }
+    };
+    let sign_in = |user: &'static str, pw: &'static str| {
+        let send = &send;
+        async move {
+            let (_, cookies, body) = send("GET", "/ui/login", String::new(), None).await;
+            let login_cookie = cookies[0].split(';').next().unwrap().to_string();
+            let csrf = login_cookie.split_once('=').unwrap().1.to_string();
+            assert!(body.contains(&csrf));
+            let form = vec![("csrf", csrf), ("username", user.to_string()), ("password", pw.to_string())];
+            let (status, cookies, body) = send("POST", "/ui/login", login_cookie, Some(form)).await;
+            (status, cookies.into_iter().find(|c| c.starts_with("nubo_session=")), body)
+        }
+    };
+
+    let (status, cookie, body) = sign_in("alice", "alice-secret").await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}\n{}", slapd.log());
+    let alice = cookie.expect("a session cookie").split(';').next().unwrap().to_string();
+    let (status, _, page) = send("GET", "/ui/instances", alice.clone(), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("alice · member") && page.contains(">dev<"), "{page}");
+    let (status, _, page) = send("GET", "/ui/admin/hosts", alice, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(!page.contains("Heat map"));
+
+    let (status, cookie, _) = sign_in("bob", "bob-secret").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let bob = cookie.unwrap().split(';').next().unwrap().to_string();
+    let (status, _, page) = send("GET", "/ui/admin/hosts", bob, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Heat map"));
+
+    let (status, cookie, page) = sign_in("alice", "not-her-password").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(cookie.is_none() && page.contains("invalid username or password"));
+}

@@ -14,6 +14,7 @@ pub mod volumes;
 
 use crate::error::AppError;
 use crate::Ctx;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Json;
 use std::sync::Arc;
@@ -154,7 +155,13 @@ pub fn router(ctx: Arc<Ctx>) -> axum::Router {
         .merge(ec2)
         .route("/api/v1/openapi.json", get(move || async move { Json(doc) }))
         .route("/api/v1/health", get(|| async { "ok" }))
-        .fallback(|uri: axum::http::Uri| async move { AppError::UnknownRoute(uri.path().chars().take(200).collect()) })
+        .merge(crate::portal::router())
+        .fallback(|uri: axum::http::Uri| async move {
+            if uri.path().starts_with("/ui") {
+                return crate::portal::not_found();
+            }
+            AppError::UnknownRoute(uri.path().chars().take(200).collect()).into_response()
+        })
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), crate::audit::middleware))
         .with_state(ctx)
 }

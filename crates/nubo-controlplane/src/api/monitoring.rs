@@ -528,7 +528,7 @@ pub async fn delete_rule(caller: Caller, State(ctx): State<Arc<Ctx>>, Path(id): 
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn alert_view(ctx: &Ctx, a: crate::alerts::AlertRow, with_notifications: bool) -> AppResult<Alert> {
+pub(crate) async fn alert_view(ctx: &Ctx, a: crate::alerts::AlertRow, with_notifications: bool) -> AppResult<Alert> {
     let rule = ctx.store.rule(&a.rule_id).await?.map(|r| r.name).unwrap_or_default();
     let notifications = if with_notifications {
         ctx.store
