@@ -80,7 +80,11 @@ impl Agent {
         RegisterHost {
             host_id: self.host_id.clone(),
             name: self.config.name.clone(),
-            accel: self.accel.to_string(),
+            // A simulated host says so wherever hosts are listed.
+            accel: match self.hypervisor.name() {
+                "qemu" => self.accel.to_string(),
+                driver => driver.to_string(),
+            },
             vcpus: self.config.vcpus,
             memory_mib: self.config.memory_mib,
             disk_gib: self.config.disk_gib,

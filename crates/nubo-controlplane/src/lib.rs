@@ -94,12 +94,53 @@ impl Config {
     }
 }
 
+/// The desired-state generation and, per host, the generation at which
+/// that host's desired state last changed. Kept inside the watch channel
+/// so that a waiter's check and a bump never need a second lock.
+#[derive(Debug, Clone, Default)]
+pub struct Generations {
+    /// Rises with every change, of any host.
+    pub current: u64,
+    /// The last change that concerned every host.
+    all_at: u64,
+    /// The last change of each host's own desired state.
+    hosts: std::collections::HashMap<String, u64>,
+}
+
+impl Generations {
+    fn starting_at(g: u64) -> Self {
+        Self { current: g, all_at: g, hosts: Default::default() }
+    }
+
+    fn bump_all(&mut self) {
+        self.current += 1;
+        self.all_at = self.current;
+    }
+
+    fn bump_host(&mut self, host: &str) {
+        self.current += 1;
+        self.hosts.insert(host.to_string(), self.current);
+    }
+
+    /// The generation at which `host`'s desired state last changed.
+    pub fn changed_for(&self, host: &str) -> u64 {
+        self.hosts.get(host).copied().unwrap_or(0).max(self.all_at)
+    }
+
+    /// Whether an agent of `host` that has generation `after` must fetch
+    /// again: something of its changed since, or `after` is not one of this
+    /// server's (from before a restart, or from another server).
+    pub fn is_news(&self, host: &str, after: u64) -> bool {
+        self.changed_for(host) > after || after > self.current
+    }
+}
+
 /// Shared state of the request handlers.
 pub struct Ctx {
     pub config: Config,
     pub store: Store,
     /// Bumped on every change of desired state; agents long-poll on it.
-    generation: tokio::sync::watch::Sender<u64>,
+    generation: tokio::sync::watch::Sender<Generations>,
     /// Per-credential request rate limiter.
     pub limiter: governor::DefaultKeyedRateLimiter<String>,
     /// Seals secrets the server must read back (access-key secrets).
@@ -124,7 +165,7 @@ impl Ctx {
         }
         // Start the generation at the wall clock so it keeps rising across
         // server restarts, and an agent's stale `after` never blocks.
-        let (generation, _) = tokio::sync::watch::channel(store::now_ms() as u64);
+        let (generation, _) = tokio::sync::watch::channel(Generations::starting_at(store::now_ms() as u64));
         // The operator's account and the project it starts in.
         let project = store.ensure_project(identity::DEFAULT_PROJECT).await?;
         let admin = match store.user_by_name(identity::BOOTSTRAP_ADMIN).await? {
@@ -147,16 +188,24 @@ impl Ctx {
         tokio::spawn(monitor::run(self.clone()))
     }
 
-    /// Signals agents that desired state changed.
+    /// Signals every agent that desired state changed (when the change
+    /// may concern any host, or its host is not known here).
     pub fn bump(&self) {
-        self.generation.send_modify(|g| *g += 1);
+        self.generation.send_modify(Generations::bump_all);
+    }
+
+    /// Signals the agent of `host` alone: with a thousand hosts, waking
+    /// every long-poll for one host's change made each launch cost a
+    /// thousand desired-state computations.
+    pub fn bump_host(&self, host: &str) {
+        self.generation.send_modify(|g| g.bump_host(host));
     }
 
     pub fn generation(&self) -> u64 {
-        *self.generation.borrow()
+        self.generation.borrow().current
     }
 
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Generations> {
         self.generation.subscribe()
     }
 
@@ -286,4 +335,31 @@ pub async fn serve_tls(
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Generations;
+
+    #[test]
+    fn a_hosts_change_wakes_that_host_only() {
+        let mut g = Generations::starting_at(100);
+        // Up to date agents wait.
+        assert!(!g.is_news("h-a", 100) && !g.is_news("h-b", 100));
+        g.bump_host("h-a");
+        assert!(g.is_news("h-a", 100));
+        assert!(!g.is_news("h-b", 100), "another host's change is not news");
+        // h-b fetched after that change; still nothing for it.
+        assert!(!g.is_news("h-b", g.current));
+        g.bump_all();
+        assert!(g.is_news("h-b", 101) && g.is_news("h-a", 101));
+        assert!(!g.is_news("h-a", g.current));
+    }
+
+    #[test]
+    fn a_generation_from_elsewhere_is_always_news() {
+        let g = Generations::starting_at(1_000);
+        assert!(g.is_news("h-a", 10), "from before a restart");
+        assert!(g.is_news("h-a", 5_000), "higher than this server's");
+    }
 }

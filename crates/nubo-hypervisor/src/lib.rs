@@ -2,7 +2,8 @@
 //!
 //! This crate owns everything between "the agent wants VM X running with this
 //! config" and a QEMU process: the [`Hypervisor`] trait (one implementation per
-//! driver; today [`Qemu`]), the per-VM instance directory layout ([`VmDir`]),
+//! driver: [`Qemu`], and [`Simulated`], which starts no VM and exists for
+//! scale tests and benchmarks), the per-VM instance directory layout ([`VmDir`]),
 //! the QEMU command line ([`qemu_argv`]), accelerator detection
 //! ([`detect_accel`]), a small typed QMP client ([`qmp`]) and a QEMU Guest
 //! Agent client ([`QgaClient`]) for the agent channel every VM gets, and
@@ -24,6 +25,7 @@ mod process;
 mod qemu;
 pub mod qga;
 pub mod qmp;
+mod simulated;
 
 pub use accel::{detect_accel, Accel, AccelPreference, ParseAccelError};
 pub use argv::qemu_argv;
@@ -40,3 +42,4 @@ pub use qga::{
     GuestAgentInfo, GuestDisk, GuestExec, GuestExecStatus, GuestFileRead, GuestFilesystem, GuestIpAddress,
     GuestNetworkInterface, GuestOsInfo, QgaClient, QgaError, ShutdownMode,
 };
+pub use simulated::Simulated;

@@ -320,6 +320,10 @@ pub struct ServerArgs {
     /// with name, vcpus, memory_mib), added to the built-in EC2 names.
     #[arg(long, value_name = "FILE", env = "NUBO_INSTANCE_TYPES")]
     pub instance_types: Option<PathBuf>,
+    /// API requests per second allowed to each token or host credential
+    /// (twice that in a burst); over it the caller gets 429 and retries.
+    #[arg(long, default_value_t = 200)]
+    pub api_rate_limit: u32,
 }
 
 #[derive(Args, Clone)]
@@ -348,6 +352,10 @@ pub struct AgentOpts {
     /// QEMU binary.
     #[arg(long, default_value = "qemu-system-x86_64", env = "NUBO_QEMU")]
     pub qemu: String,
+    /// The hypervisor driver. `simulated` starts no VM: it reports
+    /// plausible state and metrics, for scale tests and benchmarks only.
+    #[arg(long, value_enum, default_value_t = HypervisorKind::Qemu)]
+    pub hypervisor: HypervisorKind,
     /// Seconds between samples of the host and its instances (monitoring).
     #[arg(long, default_value_t = 10)]
     pub metrics_interval_secs: u64,
@@ -939,4 +947,13 @@ pub enum GroupCmd {
         conn: Conn,
         name: String,
     },
+}
+
+/// Which hypervisor driver an agent uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HypervisorKind {
+    /// QEMU, with KVM or TCG (see --accel).
+    Qemu,
+    /// No VM at all: plausible state and metrics, for measuring the control plane.
+    Simulated,
 }

@@ -3,6 +3,7 @@
 //! still reaches the control plane over HTTP with its own credential,
 //! exactly as a remote agent does.
 
+use crate::cli::HypervisorKind;
 use crate::cli::{AgentArgs, AgentOpts, ServerArgs, UpArgs};
 use anyhow::Context;
 use nubo_agent::identity::write_private;
@@ -61,6 +62,7 @@ async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
     config.policy.cpu_overcommit = a.cpu_overcommit;
     config.policy.memory_overcommit = a.memory_overcommit;
     config.port_range = a.port_range;
+    config.rate_per_sec = a.api_rate_limit;
     config.policy.weigher = a.weigher.parse().map_err(anyhow::Error::msg)?;
     if let Some(path) = &a.ldap_config {
         let text = std::fs::read_to_string(path)
@@ -161,7 +163,13 @@ fn agent_config(
 fn make_agent(opts: &AgentOpts, config: AgentConfig) -> anyhow::Result<Agent> {
     let pref: AccelPreference = opts.accel.parse().map_err(|e| anyhow::anyhow!("--accel: {e}"))?;
     let accel = detect_accel(pref)?;
-    let hypervisor = Arc::new(Qemu::new(&opts.qemu, "qemu-img"));
+    let hypervisor: Arc<dyn nubo_hypervisor::Hypervisor> = match opts.hypervisor {
+        HypervisorKind::Qemu => Arc::new(Qemu::new(&opts.qemu, "qemu-img")),
+        HypervisorKind::Simulated => {
+            tracing::warn!("the simulated hypervisor starts no VM; use it only to measure the control plane");
+            Arc::new(nubo_hypervisor::Simulated::default())
+        }
+    };
     Agent::new(config, accel, hypervisor)
 }
 

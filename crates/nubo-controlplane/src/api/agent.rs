@@ -88,7 +88,7 @@ pub async fn desired(
         let mut rx = ctx.subscribe();
         // Wait only while nothing newer exists; a stale `after` from before
         // a server restart is lower than the current one and returns at once.
-        let _ = tokio::time::timeout(LONG_POLL, rx.wait_for(|g| *g != after)).await;
+        let _ = tokio::time::timeout(LONG_POLL, rx.wait_for(|g| g.is_news(host.as_str(), after))).await;
     }
     let generation = ctx.generation();
     let ports = ctx.store.ports_on_host(host.as_str()).await?;
@@ -260,7 +260,7 @@ pub async fn report(
         }
     }
     if changed {
-        ctx.bump();
+        ctx.bump_host(host.as_str());
     }
     Ok(Json(()))
 }

@@ -249,7 +249,7 @@ pub async fn launch(
     if let Some(recipe) = &p.recipe {
         super::provisioning::start_recipe_run(ctx, caller, id.as_str(), recipe, true).await?;
     }
-    ctx.bump();
+    ctx.bump_host(host.as_str());
     ctx.store.instance(id.as_str()).await?.ok_or_else(|| AppError::internal("instance vanished"))
 }
 
@@ -281,7 +281,10 @@ async fn change(
             row.id, now, row.state
         )));
     }
-    ctx.bump();
+    match &row.host_id {
+        Some(host) => ctx.bump_host(host),
+        None => ctx.bump(),
+    }
     let row = load(ctx, caller, id, Access::Read).await?;
     Ok((StatusCode::ACCEPTED, Json(view(ctx, row, true).await?)))
 }
