@@ -306,7 +306,7 @@ impl Reconciler {
                 let (actual, running) = this.reconcile(&d).await;
                 let volumes = this.reconcile_volumes(&d, &running);
                 let snapshots = this.reconcile_snapshots(&d);
-                this.report(HostReport { instances: actual, volumes, snapshots }, &registration).await;
+                this.report(HostReport { instances: actual, volumes, snapshots, balancers: Vec::new() }, &registration).await;
                 this.ship_consoles(&d).await;
             }
             tokio::select! {
