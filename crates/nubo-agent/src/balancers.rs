@@ -181,16 +181,20 @@ impl Reconciler {
             if d.balancers.is_empty() {
                 continue;
             }
+            let mut sampled = Vec::new();
             for i in d.instances.iter().filter(|i| i.power == PowerState::Running) {
                 let backend = d.balancers.iter().any(|b| b.backends.iter().any(|be| be.instance_id == i.id));
                 if !backend {
                     continue;
                 }
+                sampled.push(i.id.clone());
                 let cpu = self.hypervisor.usage(&self.dir(&i.id)).and_then(|u| {
                     sampler.instance_cpu(&i.id, Instant::now(), u.pid, u.vcpu_time, i.vcpus).map(|p| p / 100.0)
                 });
                 self.balancers().set_cpu(i.id.as_str(), cpu);
             }
+            // Instances that stopped being backends start afresh if they come back.
+            sampler.retain(&sampled);
         }
     }
 }

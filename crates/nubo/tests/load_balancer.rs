@@ -43,7 +43,8 @@ fn guest(cloud: &Cloud, id: &str, script: &str) -> String {
 /// The body of a GET / through `addr`, trimmed; None when it failed.
 fn fetch(addr: &str) -> Option<String> {
     let resp = http(addr, "GET", "/", "")?;
-    if !resp.starts_with("HTTP/1.") || !resp.split_whitespace().nth(1).is_some_and(|s| s == "200") {
+    let status = resp.strip_prefix("HTTP/1.")?.split_whitespace().nth(1)?;
+    if status != "200" {
         return None;
     }
     Some(resp.split_once("\r\n\r\n")?.1.trim().to_string())
@@ -262,8 +263,10 @@ fn balancers_over_a_group_spread_fail_over_and_follow_load() {
     let ll = create(&cloud, "web-ll", &["--algorithm", "least-loaded"]);
     wait_up(&cloud, "web-ll", &[&a, &b]);
     guest(&cloud, &b, "touch /tmp/busy");
-    let cpu = wait_until("b's CPU above 50%", Duration::from_secs(30), || {
-        backend(&lb(&cloud, "web-ll"), &b)?["cpu_percent"].as_f64().filter(|c| *c > 50.0)
+    // (The host's measure is vCPU thread time over wall time: on a busy
+    // 2-core test machine a spinning TCG guest gets 50-90% of a core.)
+    let cpu = wait_until("b's CPU above 40%", Duration::from_secs(30), || {
+        backend(&lb(&cloud, "web-ll"), &b)?["cpu_percent"].as_f64().filter(|c| *c > 40.0)
     });
     println!("b busy: cpu {cpu:.0}%, a: {}", backend(&lb(&cloud, "web-ll"), &a).unwrap()["cpu_percent"]);
     let busy_ll = spread_concurrent(&ll, 2, 20);
