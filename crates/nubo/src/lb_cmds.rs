@@ -65,7 +65,8 @@ fn print_lb(lb: &LoadBalancer) {
                 b.errors.to_string(),
                 b.in_flight.to_string(),
                 b.cpu_percent.map(|c| format!("{c:.0}%")).unwrap_or_else(|| "-".into()),
-                b.last_error.clone().unwrap_or_default(),
+                // The last error is history once the backend is up again.
+                if b.health == "up" { String::new() } else { b.last_error.clone().unwrap_or_default() },
             ]
         })
         .collect();

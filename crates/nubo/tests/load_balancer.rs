@@ -3,7 +3,8 @@
 //! Each guest's page is its own instance id, so a response says which
 //! backend served it. Shown here, in one cloud with two guests:
 //! - a group's new member gets traffic without a restart of the balancer,
-//!   and a keep-alive client connection opened before keeps working;
+//!   and a keep-alive client connection opened before keeps working; a
+//!   member the group scales in leaves it, again without a restart;
 //! - round-robin spreads requests evenly, and by weight;
 //! - least-connections (TCP) sends new connections away from a backend
 //!   holding one, and spreads evenly when none are held;
@@ -285,6 +286,13 @@ fn balancers_over_a_group_spread_fail_over_and_follow_load() {
     let idle_ll = spread_concurrent(&ll, 2, 20);
     println!("b idle again: least-loaded {idle_ll:?}");
     assert!(count(&idle_ll, &b) >= 8, "{idle_ll:?}");
+
+    // The group scales in (the newest, b, goes): b leaves the balancer,
+    // which again is not restarted, and a takes everything.
+    cloud.nubo_ok(&["group", "set-desired", "web", "1"]);
+    wait_until("b gone from web", Duration::from_secs(60), || backend(&lb(&cloud, "web"), &b).is_none().then_some(()));
+    assert_eq!(spread(&rr, 10), BTreeMap::from([(a.clone(), 10)]));
+    assert_eq!(lb(&cloud, "web")["started_at_ms"], started, "the balancer was not restarted");
 
     // list and delete: the listener goes away.
     let list = cloud.nubo_json(&["lb", "list"]);
