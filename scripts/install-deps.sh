@@ -9,8 +9,11 @@
 # /metrics, is unpacked from Debian's package into .cache/tools (installing
 # the package would start a Prometheus server), and
 # python3-venv (the EC2 test installs the stock aws CLI and boto3 from PyPI
-# into a virtualenv), and Debian's Chromium and ChromeDriver (the portal
-# test drives a real browser over WebDriver) with a font to render text.
+# into a virtualenv), Debian's Chromium and ChromeDriver (the portal
+# test drives a real browser over WebDriver) with a font to render text,
+# and nginx-light (the load balancer benchmark compares nubo-lb with nginx
+# as a reverse proxy; it runs its own nginx on 127.0.0.1 from a generated
+# config).
 # Idempotent; refreshes apt's lists because the image build runs
 # `apt-get download` against them.
 set -euo pipefail
@@ -31,7 +34,7 @@ fi
 $SUDO apt-get install -y -q --no-install-recommends --allow-downgrades \
   $QEMU_PKGS seabios ipxe-qemu e2fsprogs mmdebstrap curl ca-certificates procps \
   slapd openssh-client syslinux syslinux-common mtools dosfstools fdisk monitoring-plugins-basic \
-  python3 python3-venv chromium chromium-driver fonts-dejavu-core
+  python3 python3-venv chromium chromium-driver fonts-dejavu-core nginx-light
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust stable (https://rustup.rs) and re-run" >&2
   exit 1
@@ -40,6 +43,9 @@ fi
 # 127.0.0.1; never leave Debian's system instance listening.
 if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now slapd >/dev/null 2>&1 || true; fi
 $SUDO service slapd stop >/dev/null 2>&1 || true
+# Likewise Debian's nginx service (port 80): the benchmark starts its own.
+if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true; fi
+$SUDO service nginx stop >/dev/null 2>&1 || true
 
 # promtool, unpacked (not installed) so that no Prometheus service starts.
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

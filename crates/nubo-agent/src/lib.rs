@@ -5,6 +5,7 @@
 //! compares the whole desired set with reality, so a lost message or a
 //! restart of either side heals on the next pass.
 
+pub mod balancers;
 pub mod blobs;
 pub mod capacity;
 pub mod checks;

@@ -184,7 +184,7 @@ impl Sampler {
     }
 
     /// Forget instances that are gone.
-    fn retain(&mut self, live: &[InstanceId]) {
+    pub(crate) fn retain(&mut self, live: &[InstanceId]) {
         self.prev_cpu.retain(|id, _| live.contains(id));
         self.prev.retain(|k, _| !k.starts_with("i-") || live.iter().any(|id| k.starts_with(id.as_str())));
     }

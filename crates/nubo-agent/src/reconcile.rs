@@ -100,6 +100,8 @@ pub struct Reconciler {
     shared: Arc<Mutex<Shared>>,
     /// Volumes, snapshots, attachments and instance snapshots (`storage`).
     pub(crate) storage: Mutex<crate::storage::StorageState>,
+    /// The host's load balancers (`balancers`).
+    pub(crate) balancers: Mutex<crate::balancers::Balancers>,
 }
 
 impl Reconciler {
@@ -111,7 +113,17 @@ impl Reconciler {
         accel: Accel,
         config: AgentConfig,
     ) -> Self {
-        Self { host, client, hypervisor, images, accel, config, shared: Arc::default(), storage: Default::default() }
+        Self {
+            host,
+            client,
+            hypervisor,
+            images,
+            accel,
+            config,
+            shared: Arc::default(),
+            storage: Default::default(),
+            balancers: Default::default(),
+        }
     }
 
     pub(crate) fn host_id(&self) -> &HostId {
@@ -290,9 +302,10 @@ impl Reconciler {
         let this = Arc::new(self);
         let metrics = tokio::spawn(this.clone().metrics_loop(this.config.metrics_interval).in_current_span());
         let checks = tokio::spawn(this.clone().checks_loop().in_current_span());
-        // Both end with the reconciler (the loop below only ends when the
+        let lb_load = tokio::spawn(this.clone().balancer_load_loop().in_current_span());
+        // They end with the reconciler (the loop below only ends when the
         // desired-state watcher is gone).
-        let _guards = (AbortOnDrop(metrics), AbortOnDrop(checks));
+        let _guards = (AbortOnDrop(metrics), AbortOnDrop(checks), AbortOnDrop(lb_load));
         let mut seen: std::collections::HashSet<InstanceId> = Default::default();
         loop {
             let desired = rx.borrow_and_update().clone();
@@ -306,7 +319,8 @@ impl Reconciler {
                 let (actual, running) = this.reconcile(&d).await;
                 let volumes = this.reconcile_volumes(&d, &running);
                 let snapshots = this.reconcile_snapshots(&d);
-                this.report(HostReport { instances: actual, volumes, snapshots }, &registration).await;
+                let balancers = this.reconcile_balancers(&d);
+                this.report(HostReport { instances: actual, volumes, snapshots, balancers }, &registration).await;
                 this.ship_consoles(&d).await;
             }
             tokio::select! {

@@ -205,6 +205,9 @@ pub struct DesiredState {
     /// Volume snapshots on this host (not yet deleted).
     #[serde(default)]
     pub snapshots: Vec<DesiredSnapshot>,
+    /// Load balancers this host runs, with their backends resolved.
+    #[serde(default)]
+    pub balancers: Vec<crate::lb::DesiredBalancer>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -299,6 +302,9 @@ pub struct HostReport {
     pub volumes: Vec<ActualVolume>,
     #[serde(default)]
     pub snapshots: Vec<ActualSnapshot>,
+    /// The host's load balancers, each backend's health and counters.
+    #[serde(default)]
+    pub balancers: Vec<crate::lb::ActualBalancer>,
 }
 
 /// `POST /api/v1/agent/instances/{id}/console`: appends console bytes.

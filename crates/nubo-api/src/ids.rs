@@ -117,6 +117,11 @@ typed_id!(
 );
 
 typed_id!(
+    /// A load balancer, `lb-...`.
+    LoadBalancerId, "lb-", "load balancer"
+);
+
+typed_id!(
     /// A health check of a host or an instance, `chk-...`.
     CheckId, "chk-", "check"
 );

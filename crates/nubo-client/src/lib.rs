@@ -414,6 +414,28 @@ impl Client {
         self.delete(&format!("/api/v1/groups/{}", path_segment(name))).await
     }
 
+    // ---- load balancers ----
+
+    pub async fn create_lb(
+        &self,
+        c: &nubo_api::lb::LoadBalancerCreate,
+    ) -> Result<nubo_api::lb::LoadBalancer, ClientError> {
+        self.post("/api/v1/load-balancers", c).await
+    }
+
+    pub async fn lbs(&self) -> Result<Vec<nubo_api::lb::LoadBalancer>, ClientError> {
+        self.get("/api/v1/load-balancers").await
+    }
+
+    /// By id or name.
+    pub async fn lb(&self, key: &str) -> Result<nubo_api::lb::LoadBalancer, ClientError> {
+        self.get(&format!("/api/v1/load-balancers/{}", path_segment(key))).await
+    }
+
+    pub async fn delete_lb(&self, key: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/load-balancers/{}", path_segment(key))).await
+    }
+
     // ---- identity ----
 
     pub async fn login(&self, l: &nubo_api::params::Login) -> Result<nubo_api::views::TokenIssued, ClientError> {

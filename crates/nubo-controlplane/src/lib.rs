@@ -20,6 +20,7 @@ pub mod images;
 pub mod instance_types;
 pub mod keys;
 pub mod launch;
+pub mod lb;
 pub mod ldap;
 pub mod monitor;
 pub mod placement;

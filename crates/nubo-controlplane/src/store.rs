@@ -317,10 +317,14 @@ impl Store {
         // Ports: the lowest free ones in the range. The write lock taken
         // by the UPDATE above serialises this on SQLite; on PostgreSQL the
         // UNIQUE (host_id, host_port) constraint is the guard.
-        let used: Vec<i64> = sqlx::query_scalar("SELECT host_port FROM instance_ports WHERE host_id = $1")
-            .bind(host)
-            .fetch_all(&mut *tx)
-            .await?;
+        // Load balancers listen on ports of the same range.
+        let used: Vec<i64> = sqlx::query_scalar(
+            "SELECT host_port FROM instance_ports WHERE host_id = $1
+             UNION SELECT host_port FROM load_balancers WHERE host_id = $1",
+        )
+        .bind(host)
+        .fetch_all(&mut *tx)
+        .await?;
         let used: std::collections::HashSet<i64> = used.into_iter().collect();
         let mut free = (port_range.0..=port_range.1).filter(|p| !used.contains(&i64::from(*p)));
         let mut mapped = Vec::new();

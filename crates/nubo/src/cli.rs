@@ -53,6 +53,9 @@ pub enum Command {
     /// Instance groups: a launch template kept at a desired count.
     #[command(subcommand)]
     Group(GroupCmd),
+    /// Load balancers (HTTP or TCP) in front of instances or a group; `serve` runs one from a file.
+    #[command(subcommand)]
+    Lb(LbCmd),
     /// Sign in and save a session token for the other commands.
     Login(LoginArgs),
     /// API tokens.
@@ -956,4 +959,82 @@ pub enum HypervisorKind {
     Qemu,
     /// No VM at all: plausible state and metrics, for measuring the control plane.
     Simulated,
+}
+
+#[derive(Subcommand)]
+pub enum LbCmd {
+    /// Create a load balancer in front of instances (--target) and/or a group (--group).
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        /// 1-63 letters, digits, `-`, `_` or `.`.
+        name: String,
+        /// The guest port the targets serve on (each target must forward it).
+        #[arg(long)]
+        port: u16,
+        /// `http` (each request balanced) or `tcp` (each connection).
+        #[arg(long, default_value = "http")]
+        protocol: String,
+        /// `round-robin`, `least-connections` or `least-loaded`.
+        #[arg(long, default_value = "round-robin")]
+        algorithm: String,
+        /// An instance id to balance to (repeatable).
+        #[arg(long = "target", value_name = "INSTANCE")]
+        targets: Vec<String>,
+        /// An instance group whose members are targets as it scales.
+        #[arg(long)]
+        group: Option<String>,
+        /// A target's weight, INSTANCE=N with N 1 to 1000 (repeatable; default 1).
+        #[arg(long = "weight", value_name = "INSTANCE=N", value_parser = parse_weight)]
+        weights: Vec<(String, u32)>,
+        /// HTTP balancers: the path the health check GETs (default `/`).
+        #[arg(long, value_name = "PATH")]
+        check_path: Option<String>,
+        /// Seconds between health checks (default 5).
+        #[arg(long, value_name = "SECS")]
+        check_interval: Option<u32>,
+        /// Seconds a health check may take.
+        #[arg(long, value_name = "SECS")]
+        check_timeout: Option<u32>,
+        /// The status a passing HTTP check answers (default: any 2xx or 3xx).
+        #[arg(long, value_name = "STATUS")]
+        check_status: Option<u16>,
+        /// Passing checks in a row that bring a backend back (default 1).
+        #[arg(long, value_name = "N")]
+        healthy_threshold: Option<u32>,
+        /// Failing checks in a row that take a backend out (default 1).
+        #[arg(long, value_name = "N")]
+        unhealthy_threshold: Option<u32>,
+        /// Return once its host runs it.
+        #[arg(long)]
+        wait: bool,
+    },
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// A load balancer with each backend's health and counters.
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        /// Its id or name.
+        lb: String,
+    },
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        lb: String,
+    },
+    /// Run the data plane outside Nubo, from a TOML (or .json) file of
+    /// listeners; SIGHUP reloads it in place.
+    Serve {
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn parse_weight(s: &str) -> Result<(String, u32), String> {
+    let (id, w) = s.split_once('=').ok_or_else(|| format!("'{s}' is not INSTANCE=N (e.g. i-0123456789abcdef0=3)"))?;
+    let w: u32 = w.trim().parse().map_err(|_| format!("the weight in '{s}' is not a whole number"))?;
+    Ok((id.trim().to_string(), w))
 }

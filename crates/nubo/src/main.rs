@@ -6,6 +6,7 @@ mod cli;
 mod client_cmds;
 mod daemon;
 mod identity_cmds;
+mod lb_cmds;
 mod monitoring_cmds;
 mod output;
 mod provision_cmds;
@@ -21,7 +22,13 @@ fn main() -> std::process::ExitCode {
     if let cli::Command::ImdsRelay { socket } = &cli.command {
         return relay::run(socket);
     }
-    let daemon_like = matches!(cli.command, cli::Command::Up(_) | cli::Command::Server(_) | cli::Command::Agent(_));
+    let daemon_like = matches!(
+        cli.command,
+        cli::Command::Up(_)
+            | cli::Command::Server(_)
+            | cli::Command::Agent(_)
+            | cli::Command::Lb(cli::LbCmd::Serve { .. })
+    );
     if !daemon_like {
         // A client command piped into `head` should end quietly when the
         // pipe closes, like other Unix tools, instead of panicking in
@@ -68,6 +75,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Event(c) => monitoring_cmds::event(c).await,
         Command::Policy(c) => automation_cmds::policy(c).await,
         Command::Group(c) => automation_cmds::group(c).await,
+        Command::Lb(c) => lb_cmds::lb(c).await,
         Command::Login(a) => identity_cmds::login(a).await,
         Command::Token(c) => identity_cmds::token(c).await,
         Command::Project(c) => identity_cmds::project(c).await,

@@ -204,7 +204,8 @@ pub async fn desired(
             })
         })
         .collect::<AppResult<Vec<_>>>()?;
-    Ok(Json(DesiredState { generation, instances, volumes, snapshots }))
+    let balancers = ctx.store.desired_balancers(host.as_str()).await?;
+    Ok(Json(DesiredState { generation, instances, volumes, snapshots, balancers }))
 }
 
 /// Where a host gets a registry image's file; `None` for builtin images
@@ -257,6 +258,11 @@ pub async fn report(
     for s in &r.snapshots {
         if !ctx.store.apply_snapshot_report(host.as_str(), s).await? {
             tracing::debug!(%host, snapshot = %s.id, "report for a snapshot the host does not hold was ignored");
+        }
+    }
+    for b in &r.balancers {
+        if !ctx.store.apply_lb_report(host.as_str(), b).await? {
+            tracing::debug!(%host, lb = %b.id, "report for a load balancer the host does not run was ignored");
         }
     }
     if changed {

@@ -8,6 +8,7 @@ pub mod hosts;
 pub mod identity;
 pub mod images;
 pub mod instances;
+pub mod load_balancers;
 pub mod monitoring;
 pub mod provisioning;
 pub mod volumes;
@@ -71,6 +72,8 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(automation::list_groups, automation::create_group))
         .routes(routes!(automation::show_group, automation::delete_group))
         .routes(routes!(automation::set_desired))
+        .routes(routes!(load_balancers::list, load_balancers::create))
+        .routes(routes!(load_balancers::show, load_balancers::delete))
         .routes(routes!(agent::register))
         .routes(routes!(agent::desired))
         .routes(routes!(agent::report))
