@@ -76,7 +76,7 @@ const UDHCPC_SCRIPT: &str = include_str!("../assets/tiny/udhcpc.script");
 pub(crate) fn recipe() -> String {
     let mut h = Sha256::new();
     h.update(format!("tiny/{}\n{CMDLINE}\n{DISK_SIZE}\n{KERNEL_META}\n{BUSYBOX}\n", store::FORMAT));
-    let agent = guest_agent_binary().ok().and_then(|p| store::sha256_file(&p).ok());
+    let agent = guest_agent_binary().ok().and_then(|p| guest_agent_sha256(&p));
     h.update(format!("guest-agent={}\n", agent.as_deref().unwrap_or("missing")).as_bytes());
     for list in [RESIZE_PACKAGES, DROPBEAR_PACKAGES, REQUIRED_MODULES, OPTIONAL_MODULES] {
         h.update(list.join(",").as_bytes());
@@ -87,6 +87,25 @@ pub(crate) fn recipe() -> String {
         h.update(script.as_bytes());
     }
     hex::encode(h.finalize())
+}
+
+/// The guest agent binary's SHA-256, hashed again only when its path, size
+/// or modification time changes: every instance start looks the image up,
+/// and hashing megabytes each time cost more than the rest of a start.
+fn guest_agent_sha256(path: &std::path::Path) -> Option<String> {
+    type Key = (PathBuf, u64, Option<std::time::SystemTime>);
+    static LAST: std::sync::Mutex<Option<(Key, String)>> = std::sync::Mutex::new(None);
+    let meta = std::fs::metadata(path).ok()?;
+    let key: Key = (path.to_path_buf(), meta.len(), meta.modified().ok());
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((k, sha)) = last.as_ref() {
+        if *k == key {
+            return Some(sha.clone());
+        }
+    }
+    let sha = store::sha256_file(path).ok()?;
+    *last = Some((key, sha.clone()));
+    Some(sha)
 }
 
 /// The static `nubo-guest-agent` binary to install: `$NUBO_GUEST_AGENT`, else

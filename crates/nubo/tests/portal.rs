@@ -143,7 +143,11 @@ async fn member_launches_and_watches_an_instance_and_operator_runs_the_cloud() {
     b.find(By::LinkText("Launch instance")).await.unwrap().click().await.unwrap();
     b.find(By::Name("name")).await.unwrap().send_keys("portal-web").await.unwrap();
     let user_data = b.find(By::Name("user_data")).await.unwrap();
-    user_data.send_keys("#!/bin/sh\necho portal-hello-$((6*7))\n").await.unwrap();
+    user_data
+        .send_keys("#!/bin/sh\necho portal-hello-$((6*7))\nmkdir -p /www\necho portal-lb-ok > /www/index.html\nhttpd -p 80 -h /www\n")
+        .await
+        .unwrap();
+    b.find(By::Name("ports")).await.unwrap().send_keys("80").await.unwrap();
     shot(&b, &dir, "launch").await;
     b.find(By::Css("#launch-form button[type=submit]")).await.unwrap().click().await.unwrap();
     let id = wait_for("the instance's page", Duration::from_secs(20), || async {
@@ -176,6 +180,29 @@ async fn member_launches_and_watches_an_instance_and_operator_runs_the_cloud() {
     let row = text_of(&b, &format!("tr[data-instance='{id}']")).await.expect("the instance in the list");
     assert!(row.contains("portal-web") && row.contains("running"), "{row}");
     shot(&b, &dir, "instances").await;
+
+    // A load balancer in front of it, made with the form; the page shows
+    // the backend come up, and the balancer serves the guest's page.
+    b.find(By::LinkText("Load balancers")).await.unwrap().click().await.unwrap();
+    b.find(By::Css("#balancer-form input[name=name]")).await.unwrap().send_keys("portal-lb").await.unwrap();
+    b.find(By::Css(&format!("#balancer-form input[name='target:{id}']"))).await.unwrap().click().await.unwrap();
+    b.find(By::Css("#balancer-form input[name=check_interval]")).await.unwrap().send_keys("1").await.unwrap();
+    b.find(By::Css("#balancer-form button[type=submit]")).await.unwrap().click().await.unwrap();
+    wait_for("the backend up on the balancer's page", Duration::from_secs(60), || async {
+        let state =
+            b.find(By::Css(&format!("tr[data-backend='{id}'] .badge"))).await.ok()?.attr("data-state").await.ok()??;
+        (state == "up").then_some(())
+    })
+    .await;
+    let listen = text_of(&b, "dl.facts").await.unwrap_or_default();
+    let addr = listen
+        .split_whitespace()
+        .find(|w| w.starts_with("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no listen address on the page: {listen}"))
+        .to_string();
+    let page = reqwest::get(format!("http://{addr}/")).await.unwrap().text().await.unwrap();
+    assert_eq!(page.trim(), "portal-lb-ok");
+    shot(&b, &dir, "balancer").await;
 
     // The operator pages refuse her, and show nothing of themselves.
     for page in ["hosts", "instances", "alerts", "audit", "projects", "users"] {

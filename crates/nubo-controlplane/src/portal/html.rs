@@ -17,6 +17,7 @@ pub enum Nav {
     Keypairs,
     Policies,
     Groups,
+    Balancers,
     Alerts,
     OpHosts,
     OpInstances,
@@ -33,6 +34,7 @@ const USER_NAV: &[(Nav, &str, &str)] = &[
     (Nav::Keypairs, "/ui/keypairs", "Key pairs"),
     (Nav::Policies, "/ui/policies", "Policies"),
     (Nav::Groups, "/ui/groups", "Groups"),
+    (Nav::Balancers, "/ui/balancers", "Load balancers"),
     (Nav::Alerts, "/ui/alerts", "Alerts"),
 ];
 

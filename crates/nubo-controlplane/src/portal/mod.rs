@@ -12,6 +12,7 @@
 //! stylesheet and script are compiled into the binary, and the Content
 //! Security Policy forbids any other source.
 
+mod balancers;
 mod chart;
 mod html;
 mod instances;
@@ -128,6 +129,7 @@ pub fn router() -> Router<Arc<Ctx>> {
         .route("/ui/logout", post(resources::logout))
         .route("/ui/project", post(resources::switch_project))
         .merge(instances::routes())
+        .merge(balancers::routes())
         .merge(resources::routes())
         .merge(operator::routes())
         .layer(axum::middleware::from_fn(security_headers))

@@ -1,0 +1,365 @@
+//! Fleet benchmark: one real control plane (`nubo server`, a separate
+//! process) and many compute agents in this process, each on the
+//! *simulated* hypervisor driver (it starts no VM; see
+//! `nubo_hypervisor::Simulated`), to measure the control plane at a scale
+//! one machine cannot boot.
+//!
+//! Run: `cargo bench -p nubo --bench fleet`
+//!
+//! - `NUBO_FLEET_HOSTS` (default 1000) agents, each offering 16 vCPUs,
+//!   64 GiB and 1 TB; `NUBO_FLEET_INSTANCES` (default 10000) launches of
+//!   1 vCPU / 256 MiB / 1 GiB, `NUBO_FLEET_CONCURRENCY` (default 32)
+//!   requests in flight.
+//! - The database: SQLite, the server's default (the only one today).
+//!
+//! Measured: join-and-register time of the fleet; launches per second
+//! (each one a scheduler placement over every host and an atomic claim,
+//! so it is also placements per second with concurrent claims) and their
+//! latency; the time from a launch's `requested` event to its host
+//! starting the VM (`qemu_started`, recorded by the agent) at p50 and p99;
+//! describes (`GET /api/v1/instances/{id}`) per second; one full list; the
+//! server's CPU time; and the database's size on disk.
+//!
+//! Without `--bench` (e.g. under `cargo test --benches`) it does nothing.
+
+mod support;
+
+use nubo_agent::{Agent, AgentConfig};
+use nubo_hypervisor::{Accel, Simulated};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::*;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => {
+            v.trim().parse().ok().filter(|n| *n > 0).unwrap_or_else(|| panic!("{name} must be a positive integer"))
+        }
+        Err(_) => default,
+    }
+}
+
+/// A `nubo server` child, killed when dropped.
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    url: String,
+    token: String,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("server dir");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.join("server.log")).expect("server.log");
+        let child = Command::new(nubo_bin())
+            .args(["server", "--data-dir"])
+            .arg(dir)
+            .args(["--listen", &listen, "--api-rate-limit", "1000000"])
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", nubo_bin().display()));
+        let env_file = dir.join("admin.env");
+        let text =
+            wait_until("the server's admin.env", Duration::from_secs(60), || std::fs::read_to_string(&env_file).ok());
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+                .map(|v| v.trim().trim_matches('\'').to_string())
+                .unwrap_or_else(|| panic!("{k} missing from admin.env"))
+        };
+        Server { url: get("NUBO_URL"), token: get("NUBO_TOKEN"), child, dir: dir.to_path_buf() }
+    }
+
+    /// CPU seconds (user + system) the server process has used.
+    fn cpu_secs(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime are fields 14 and 15; 11 and 12 after the ")".
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    fn db_bytes(&self) -> u64 {
+        ["nubo.db", "nubo.db-wal", "nubo.db-shm"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(self.dir.join(f)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone)]
+struct Api {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Api {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut req = self.http.request(method.clone(), format!("{}{path}", self.url)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let bytes = resp.bytes().await.unwrap_or_default();
+                (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+            }
+            Err(e) => (0, json!({ "error": e.to_string() })),
+        }
+    }
+}
+
+/// Percentile `p` (0..=100) of sorted values.
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+/// Runs `n` calls of `f(i)` with `concurrency` in flight; returns each
+/// call's latency in ms and its status.
+async fn burst<F, Fut>(n: usize, concurrency: usize, f: F) -> Vec<(f64, u16, Value)>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = (u16, Value)> + Send,
+{
+    let f = Arc::new(f);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (f, next) = (f.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= n {
+                    return out;
+                }
+                let t = Instant::now();
+                let (status, body) = f(i).await;
+                out.push((i, t.elapsed().as_secs_f64() * 1e3, status, body));
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for w in workers {
+        all.extend(w.await.expect("worker"));
+    }
+    all.sort_by_key(|r| r.0);
+    all.into_iter().map(|(_, ms, s, b)| (ms, s, b)).collect()
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("fleet: run with `cargo bench -p nubo --bench fleet` (skipped: starts a server and many agents)");
+        return;
+    }
+    install_signal_handlers();
+    let hosts = env_usize("NUBO_FLEET_HOSTS", 1000);
+    let instances = env_usize("NUBO_FLEET_INSTANCES", 10_000);
+    let concurrency = env_usize("NUBO_FLEET_CONCURRENCY", 32);
+    ensure_image();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&tmp.path().join("server"));
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let api = Api {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .pool_max_idle_per_host(concurrency * 2)
+            .build()
+            .expect("http client"),
+        url: server.url.clone(),
+        token: server.token.clone(),
+    };
+    println!("fleet: {hosts} simulated hosts, {instances} instances, {concurrency} requests in flight, SQLite");
+    println!("machine: {} ({} CPUs), load {}", cpu_model(), nubo_agent::capacity::cpus(), loadavg());
+
+    rt.block_on(async {
+        let (s, _) = api
+            .call(
+                reqwest::Method::PUT,
+                "/api/v1/projects/default/quota",
+                Some(&json!({"instances": instances * 2, "vcpus": instances * 2, "memory_mib": instances * 512, "volume_gib": 1000})),
+            )
+            .await;
+        assert_eq!(s, 200, "setting the default project's quota");
+
+        // ---- the fleet joins ----
+        let t = Instant::now();
+        let tokens = burst(hosts, concurrency, {
+            let api = api.clone();
+            move |_| {
+                let api = api.clone();
+                async move { api.call(reqwest::Method::POST, "/api/v1/hosts/join-tokens", None).await }
+            }
+        })
+        .await;
+        let mut agents = Vec::new();
+        for (i, (_, status, body)) in tokens.into_iter().enumerate() {
+            assert_eq!(status, 201, "join token: {body}");
+            let token = body["token"].as_str().expect("token").to_string();
+            let data_dir = tmp.path().join(format!("hosts/h{i:04}"));
+            let config = AgentConfig {
+                server_url: server.url.clone(),
+                join_token: Some(token),
+                data_dir,
+                image_cache: image_cache(),
+                name: format!("sim-{i:04}"),
+                vcpus: 16,
+                memory_mib: 65536,
+                disk_gib: 1000,
+                interval: Duration::from_millis(500),
+                stop_grace: Duration::from_secs(1),
+                ca_cert: None,
+                metadata_relay: None,
+                metrics_interval: Duration::from_secs(10),
+                plugin_dirs: Vec::new(),
+            };
+            let agent = Agent::new(config, Accel::Tcg, Arc::new(Simulated::new(Duration::from_millis(200))))
+                .expect("agent");
+            agents.push(tokio::spawn(agent.run()));
+        }
+        let registered = loop {
+            let (_, list) = api.call(reqwest::Method::GET, "/api/v1/hosts", None).await;
+            let up = list.as_array().map(|a| a.len()).unwrap_or(0);
+            if up >= hosts {
+                break t.elapsed();
+            }
+            assert!(t.elapsed() < Duration::from_secs(600), "only {up} of {hosts} hosts registered after 10 min");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        println!("join: {hosts} hosts registered in {:.1} s", registered.as_secs_f64());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        // ---- launches ----
+        let cpu0 = server.cpu_secs();
+        let t = Instant::now();
+        let launches = burst(instances, concurrency, {
+            let api = api.clone();
+            move |i| {
+                let api = api.clone();
+                async move {
+                    let body = json!({"name": format!("f{i}"), "image": "tiny", "vcpus": 1, "memory_mib": 256, "disk_gib": 1});
+                    api.call(reqwest::Method::POST, "/api/v1/instances", Some(&body)).await
+                }
+            }
+        })
+        .await;
+        let launch_secs = t.elapsed().as_secs_f64();
+        let launch_cpu = server.cpu_secs() - cpu0;
+        let ids: Vec<String> =
+            launches.iter().filter(|r| r.1 == 201).filter_map(|r| r.2["id"].as_str().map(str::to_string)).collect();
+        let failed: Vec<&(f64, u16, Value)> = launches.iter().filter(|r| r.1 != 201).collect();
+        if let Some(f) = failed.first() {
+            eprintln!("first failed launch: {} {}", f.1, f.2);
+        }
+        let lat = sorted(launches.iter().map(|r| r.0).collect());
+        println!(
+            "launch: {} of {instances} accepted in {launch_secs:.1} s = {:.0} launches/s (= placements/s, {concurrency} concurrent claims); latency p50 {:.1} ms, p99 {:.1} ms; server CPU {:.1} s",
+            ids.len(),
+            ids.len() as f64 / launch_secs,
+            pct(&lat, 50.0),
+            pct(&lat, 99.0),
+            launch_cpu
+        );
+
+        // ---- until every host has started its instances ----
+        let t = Instant::now();
+        loop {
+            let (_, list) = api.call(reqwest::Method::GET, "/api/v1/instances", None).await;
+            let running = list.as_array().map(|a| a.iter().filter(|i| i["state"] == "running").count()).unwrap_or(0);
+            if running >= ids.len() {
+                println!("settle: all {running} running {:.1} s after the last launch was accepted", t.elapsed().as_secs_f64());
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(900) {
+                println!("settle: only {running} of {} running after 15 min", ids.len());
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let lt = Instant::now();
+        let (_, list) = api.call(reqwest::Method::GET, "/api/v1/instances", None).await;
+        println!(
+            "list: GET /api/v1/instances ({} instances) in {:.0} ms",
+            list.as_array().map(|a| a.len()).unwrap_or(0),
+            lt.elapsed().as_secs_f64() * 1e3
+        );
+
+        // ---- describes, and each launch's reconcile time from its events ----
+        let ids = Arc::new(ids);
+        let cpu0 = server.cpu_secs();
+        let t = Instant::now();
+        let shows = burst(ids.len(), concurrency, {
+            let (api, ids) = (api.clone(), ids.clone());
+            move |i| {
+                let (api, ids) = (api.clone(), ids.clone());
+                async move { api.call(reqwest::Method::GET, &format!("/api/v1/instances/{}", ids[i]), None).await }
+            }
+        })
+        .await;
+        let show_secs = t.elapsed().as_secs_f64();
+        let show_cpu = server.cpu_secs() - cpu0;
+        let lat = sorted(shows.iter().map(|r| r.0).collect());
+        println!(
+            "describe: {} in {show_secs:.1} s = {:.0}/s; latency p50 {:.1} ms, p99 {:.1} ms; server CPU {:.1} s",
+            shows.len(),
+            shows.len() as f64 / show_secs,
+            pct(&lat, 50.0),
+            pct(&lat, 99.0),
+            show_cpu
+        );
+        let stage = |v: &Value, name: &str| {
+            v["events"].as_array().and_then(|e| e.iter().find(|e| e["stage"] == name)).and_then(|e| e["at_ms"].as_i64())
+        };
+        let reconcile = sorted(
+            shows
+                .iter()
+                .filter_map(|(_, _, v)| Some((stage(v, "qemu_started")? - stage(v, "requested")?) as f64))
+                .collect(),
+        );
+        println!(
+            "reconcile: requested -> started on its host for {} instances: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            reconcile.len(),
+            pct(&reconcile, 50.0),
+            pct(&reconcile, 99.0),
+            reconcile.last().copied().unwrap_or(f64::NAN)
+        );
+        println!(
+            "database: {:.1} MiB on disk (nubo.db with its WAL) for {hosts} hosts and {} instances",
+            server.db_bytes() as f64 / 1048576.0,
+            ids.len()
+        );
+        for a in agents {
+            a.abort();
+        }
+    });
+    // The agents' tasks end with the runtime; the server with its Drop.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    drop(server);
+}
