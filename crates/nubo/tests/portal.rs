@@ -185,12 +185,12 @@ async fn member_launches_and_watches_an_instance_and_operator_runs_the_cloud() {
     // the backend come up, and the balancer serves the guest's page.
     b.find(By::LinkText("Load balancers")).await.unwrap().click().await.unwrap();
     b.find(By::Css("#balancer-form input[name=name]")).await.unwrap().send_keys("portal-lb").await.unwrap();
-    b.find(By::Css(&format!("#balancer-form input[name='target:{id}']"))).await.unwrap().click().await.unwrap();
+    b.find(By::Css(format!("#balancer-form input[name='target:{id}']"))).await.unwrap().click().await.unwrap();
     b.find(By::Css("#balancer-form input[name=check_interval]")).await.unwrap().send_keys("1").await.unwrap();
     b.find(By::Css("#balancer-form button[type=submit]")).await.unwrap().click().await.unwrap();
     wait_for("the backend up on the balancer's page", Duration::from_secs(60), || async {
         let state =
-            b.find(By::Css(&format!("tr[data-backend='{id}'] .badge"))).await.ok()?.attr("data-state").await.ok()??;
+            b.find(By::Css(format!("tr[data-backend='{id}'] .badge"))).await.ok()?.attr("data-state").await.ok()??;
         (state == "up").then_some(())
     })
     .await;
