@@ -445,7 +445,6 @@ impl Store {
             Some(r) if r.host_id.as_deref() == Some(host) && r.state != "terminated" => r,
             _ => return Ok(Some(false)),
         };
-        let mut tx = self.pool.begin().await?;
         let now = now_ms();
         let mut desired = row.desired.clone();
         if a.exited_unexpectedly && desired == "running" {
@@ -458,6 +457,19 @@ impl Store {
             ActualPower::Error => a.error.clone(),
             _ => None,
         };
+        let guest_json = a.guest.as_ref().map(|g| serde_json::to_string(g).unwrap_or_default());
+        // Most reports repeat what the row already says: no write at all
+        // then (a thousand hosts' heartbeats would otherwise rewrite every
+        // instance row every few seconds).
+        if desired == row.desired
+            && state == row.state
+            && error == row.error
+            && a.events.is_empty()
+            && (guest_json.is_none() || guest_json == row.guest_json)
+        {
+            return Ok(Some(true));
+        }
+        let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE instances SET desired = $1, state = $2, error = $3, updated_at_ms = $4
              WHERE id = $5 AND desired = $6 AND state = $7",
@@ -522,9 +534,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        if let Some(guest) = &a.guest {
+        if let Some(guest) = &guest_json {
             sqlx::query("UPDATE instances SET guest_json = $1 WHERE id = $2")
-                .bind(serde_json::to_string(guest).unwrap_or_default())
+                .bind(guest)
                 .bind(&row.id)
                 .execute(&mut *tx)
                 .await?;
