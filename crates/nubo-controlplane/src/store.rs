@@ -1,17 +1,35 @@
 //! The control plane's state in SQL: hosts, instances, their ports, life
-//! events, console logs and images (identity lives in `identity`). SQLite now; the queries
-//! are plain SQL with `$n` parameters so a PostgreSQL pool can run them.
+//! events, console logs and images (identity lives in `identity`). It runs
+//! on embedded SQLite (the default) or on PostgreSQL, chosen by the
+//! database URL; both go through sqlx's `Any` driver, so every query is one
+//! text in the SQL both accept (`$n` parameters, BIGINT, ON CONFLICT, no
+//! SQLite-only functions) and every value is decoded as i64, f64 or String.
 //! Every read-modify-write that must be atomic is a single conditional
 //! statement or a transaction, never an in-memory assumption.
 
 use nubo_api::agent::{ActualInstance, ActualPower, RegisterHost};
 use nubo_api::ids::{HostId, InstanceId};
 use nubo_api::views::InstanceEvent;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow, SqlitePool};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, ConnectOptions, FromRow};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
+
+/// The database the store runs on, whichever backend it is (see the
+/// module's comment): queries and transactions are written against it.
+pub type Db = sqlx::Any;
+/// A transaction on the store's database.
+pub type Tx<'a> = sqlx::Transaction<'a, Db>;
+/// A row of the store's database.
+pub type DbRow = sqlx::any::AnyRow;
+
+/// Which SQL database the store is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
 
 /// Console text kept per instance; older output is dropped.
 pub const CONSOLE_KEEP_BYTES: usize = 1024 * 1024;
@@ -34,6 +52,19 @@ pub(crate) fn keep_tail(text: &mut String, max: usize) {
     }
 }
 
+/// `url` with its password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(parts) => parts,
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -42,13 +73,24 @@ pub fn now_ms() -> i64 {
 pub enum StoreError {
     #[error("cannot open the database {path}: {source}; check the data directory exists and is writable")]
     Open { path: String, source: sqlx::Error },
+    #[error(
+        "the database URL {url} is not one Nubo can use: {reason}; give a PostgreSQL URL \
+         (postgres://USER:PASSWORD@HOST/DATABASE) or leave --database out for SQLite in the data directory"
+    )]
+    BadUrl { url: String, reason: String },
+    #[error(
+        "cannot connect to PostgreSQL at {url}: {source}; check the server is running and reachable, \
+         and that the user, password and database in the URL exist"
+    )]
+    Connect { url: String, source: sqlx::Error },
     #[error("database migration failed: {0}; the data directory may belong to a newer Nubo")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
 #[derive(Clone)]
 pub struct Store {
-    pub(crate) pool: SqlitePool,
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -148,21 +190,76 @@ impl From<sqlx::Error> for ClaimError {
 }
 
 impl Store {
+    /// Opens (creating it if need be) the SQLite database at `path`.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
+        sqlx::any::install_default_drivers();
+        let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
+        // The URL carries only the file and `mode=rwc` (create if missing);
+        // the rest of SQLite's settings are PRAGMAs run on every new
+        // connection, since the Any driver's options cannot carry them.
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let opts = AnyConnectOptions::from_str(&url).map_err(open_err)?.disable_statement_logging();
+        let pool = AnyPoolOptions::new()
             .max_connections(8)
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL: readers never wait for the writer; NORMAL is
+                    // durable across crashes of the process in WAL mode;
+                    // a writer waits up to 10 s for another one.
+                    for pragma in [
+                        "PRAGMA journal_mode = WAL",
+                        "PRAGMA synchronous = NORMAL",
+                        "PRAGMA busy_timeout = 10000",
+                        "PRAGMA foreign_keys = ON",
+                    ] {
+                        sqlx::Executor::execute(&mut *conn, pragma).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(opts)
             .await
-            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+            .map_err(open_err)?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, backend: Backend::Sqlite })
+    }
+
+    /// Connects to the database at `url`: a PostgreSQL URL
+    /// (`postgres://` or `postgresql://`), or `sqlite://PATH` for a SQLite
+    /// file. Runs the migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let bad = |reason: &str| StoreError::BadUrl { url: redact(url), reason: reason.into() };
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("sqlite") => {
+                let rest = &url["sqlite://".len()..];
+                let path = rest.split('?').next().unwrap_or(rest);
+                if path.is_empty() {
+                    return Err(bad("it names no file"));
+                }
+                Self::open(Path::new(path)).await
+            }
+            Some("postgres" | "postgresql") => {
+                sqlx::any::install_default_drivers();
+                let opts = AnyConnectOptions::from_str(url)
+                    .map_err(|e| bad(&e.to_string()))?
+                    .disable_statement_logging();
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(opts)
+                    .await
+                    .map_err(|source| StoreError::Connect { url: redact(url), source })?;
+                sqlx::migrate!("./migrations").run(&pool).await?;
+                Ok(Self { pool, backend: Backend::Postgres })
+            }
+            _ => Err(bad("it does not start with postgres:// (or sqlite://)")),
+        }
+    }
+
+    /// Which database this store is in.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     // ---- images ----
@@ -601,7 +698,7 @@ impl Store {
 }
 
 async fn insert_event(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut Tx<'_>,
     id: &str,
     at_ms: i64,
     stage: &str,

@@ -90,7 +90,7 @@ pub struct NewVolume<'a> {
     pub snapshot_id: Option<&'a str>,
 }
 
-type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
+use crate::store::Tx;
 
 /// Which rows a listing covers.
 enum Scope<'a> {
@@ -218,7 +218,7 @@ impl Store {
     /// Rows of `table` (volumes or snapshots) not yet deleted, in `scope`.
     async fn live_rows<T>(&self, table: &'static str, scope: Scope<'_>) -> Result<Vec<T>, sqlx::Error>
     where
-        T: for<'r> FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+        T: for<'r> FromRow<'r, crate::store::DbRow> + Send + Unpin,
     {
         // `table` is one of our own names, never user input.
         match scope {

@@ -212,12 +212,7 @@ async fn a_host_cannot_register_without_joining() {
 
 #[tokio::test]
 async fn each_credential_is_rate_limited() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path().to_path_buf());
-    config.rate_per_sec = 5;
-    let ctx = Ctx::new(config).await.unwrap();
-    let admin = ctx.bootstrap_admin_token().await.unwrap();
-    let t = T { ctx, admin, _dir: dir };
+    let t = T::with(|config| config.rate_per_sec = 5).await;
     let mut limited = 0;
     for _ in 0..30 {
         let (s, v) = t.call("GET", "/api/v1/instances", Some(&t.admin), None).await;
