@@ -79,10 +79,12 @@ pub enum StoreError {
     )]
     BadUrl { url: String, reason: String },
     #[error(
-        "cannot connect to PostgreSQL at {url}: {source}; check the server is running and reachable, \
+        "cannot connect to PostgreSQL at {url}: {cause}; check the server is running and reachable, \
          and that the user, password and database in the URL exist"
     )]
-    Connect { url: String, source: sqlx::Error },
+    // `cause`, not `source`: the text is already in the message, and
+    // anyhow would print it a second time as the cause.
+    Connect { url: String, cause: String },
     #[error("database migration failed: {0}; the data directory may belong to a newer Nubo")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -241,15 +243,23 @@ impl Store {
             }
             Some("postgres" | "postgresql") => {
                 sqlx::any::install_default_drivers();
-                let opts = AnyConnectOptions::from_str(url)
-                    .map_err(|e| bad(&e.to_string()))?
-                    .disable_statement_logging();
+                let opts =
+                    AnyConnectOptions::from_str(url).map_err(|e| bad(&e.to_string()))?.disable_statement_logging();
+                let connect_err = |cause: String| StoreError::Connect { url: redact(url), cause };
+                // One connection first, so that a refused connection or a
+                // wrong password is reported as such at once, rather than as
+                // the pool's timeout after its retries.
+                let first = tokio::time::timeout(Duration::from_secs(10), opts.connect())
+                    .await
+                    .map_err(|_| connect_err("no answer within 10 s".into()))?
+                    .map_err(|e| connect_err(e.to_string()))?;
+                sqlx::Connection::close(first).await.map_err(|e| connect_err(e.to_string()))?;
                 let pool = AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(opts)
                     .await
-                    .map_err(|source| StoreError::Connect { url: redact(url), source })?;
+                    .map_err(|e| connect_err(e.to_string()))?;
                 sqlx::migrate!("./migrations").run(&pool).await?;
                 Ok(Self { pool, backend: Backend::Postgres })
             }
@@ -697,13 +707,7 @@ impl Store {
     }
 }
 
-async fn insert_event(
-    tx: &mut Tx<'_>,
-    id: &str,
-    at_ms: i64,
-    stage: &str,
-    detail: &str,
-) -> Result<(), sqlx::Error> {
+async fn insert_event(tx: &mut Tx<'_>, id: &str, at_ms: i64, stage: &str, detail: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO instance_events (instance_id, seq, at_ms, stage, detail)
          VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM instance_events WHERE instance_id = $1), $2, $3, $4)",

@@ -35,8 +35,11 @@ impl TestDatabase {
         let name = format!("nubo_test_{:016x}", rand::random::<u64>());
         // C collation: text sorts by bytes, as it does in SQLite, so
         // listings come back in the same order on both.
-        admin(admin_url, &format!("CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'"))
-            .await?;
+        admin(
+            admin_url,
+            &format!("CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'"),
+        )
+        .await?;
         let url = with_database(admin_url, &name)
             .ok_or_else(|| StoreError::BadUrl { url: redact(admin_url), reason: "it has no host part".into() })?;
         Ok(Self { admin_url: admin_url.to_string(), name, url })
@@ -61,7 +64,7 @@ impl Drop for TestDatabase {
 
 async fn admin(admin_url: &str, sql: &str) -> Result<(), StoreError> {
     sqlx::any::install_default_drivers();
-    let connect = |source| StoreError::Connect { url: redact(admin_url), source };
+    let connect = |e: sqlx::Error| StoreError::Connect { url: redact(admin_url), cause: e.to_string() };
     let opts = AnyConnectOptions::from_str(admin_url).map_err(connect)?.disable_statement_logging();
     let mut conn = opts.connect().await.map_err(connect)?;
     sqlx::Executor::execute(&mut conn, sql).await.map_err(connect)?;

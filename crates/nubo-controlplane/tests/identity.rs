@@ -115,7 +115,7 @@ async fn wrong_password_expired_and_revoked_tokens_are_refused() {
     let tokens = t.ok("GET", "/api/v1/tokens", &alice, None).await;
     assert!(tokens.as_array().unwrap().iter().any(|x| x["id"] == long_id.as_str() && x["revoked"] == true));
     // Tokens are stored hashed: the secret is nowhere in the database file.
-    let db = std::fs::read(t.ctx.config.data_dir.join("nubo.db")).unwrap();
+    let db = t.database_bytes().await;
     assert!(!db.windows(long.len()).any(|w| w == long.as_bytes()));
 
     let audit = t.audit().await;
@@ -241,7 +241,7 @@ async fn access_keys_are_issued_once_stored_sealed_and_revocable() {
     // The server can read the secret back (SigV4 needs it), the database alone cannot.
     let (sealed, _, _) = t.ctx.store.access_key_secret(id).await.unwrap().unwrap();
     assert_eq!(t.ctx.sealer.unseal(&sealed).unwrap(), secret);
-    let db = std::fs::read(t.ctx.config.data_dir.join("nubo.db")).unwrap();
+    let db = t.database_bytes().await;
     assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()));
     // Only its owner (or an operator) can revoke it; then it is gone for SigV4.
     let (s, _) = t.call("DELETE", &format!("/api/v1/access-keys/{id}"), Some(&bob), None).await;

@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use nubo_api::ids::HostId;
+use nubo_controlplane::store::Backend;
 use nubo_controlplane::testdb::TestDatabase;
 use nubo_controlplane::{app, Config, Ctx};
 use serde_json::{json, Value};
@@ -49,8 +50,36 @@ impl T {
         let mut config = config(dir.path(), &db);
         tweak(&mut config);
         let ctx = Ctx::new(config).await.unwrap();
+        let want = if db.is_some() { Backend::Postgres } else { Backend::Sqlite };
+        assert_eq!(ctx.store.backend(), want);
         let admin = ctx.bootstrap_admin_token().await.unwrap();
         T { ctx, admin, _dir: dir, db }
+    }
+
+    /// Everything the database holds, as bytes to search for secrets that
+    /// must not be stored: the SQLite file, or with PostgreSQL every row of
+    /// every table as text.
+    pub async fn database_bytes(&self) -> Vec<u8> {
+        use sqlx::Connection;
+        let Some(db) = &self.db else {
+            return std::fs::read(self.ctx.config.data_dir.join("nubo.db")).unwrap();
+        };
+        let mut conn = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+        let tables: Vec<String> =
+            sqlx::query_scalar("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        let mut out = Vec::new();
+        for table in tables {
+            let rows: Vec<String> =
+                sqlx::query_scalar(&format!("SELECT t::text FROM \"{table}\" t")).fetch_all(&mut conn).await.unwrap();
+            for row in rows {
+                out.extend_from_slice(row.as_bytes());
+                out.push(b'\n');
+            }
+        }
+        out
     }
 
     /// The settings this test's server was started with (for a restart).
