@@ -22,6 +22,7 @@ pub mod keys;
 pub mod launch;
 pub mod lb;
 pub mod ldap;
+pub mod leases;
 pub mod monitor;
 pub mod placement;
 pub mod policies;

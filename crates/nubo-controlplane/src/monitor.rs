@@ -4,7 +4,9 @@
 //! webhook notifications (every second, with backoff per notification),
 //! and automation: service policies and instance groups (every 2 s).
 //! One task per server; each round is a plain function so tests can run
-//! one round and look.
+//! one round and look. With several servers on one database, only the
+//! holder of the `monitor` lease runs the rounds (see `leases`); the others
+//! wait, and take over within `LEASE_TTL` of the holder's death.
 
 use crate::Ctx;
 use std::sync::Arc;
@@ -13,6 +15,12 @@ use std::time::{Duration, Instant};
 const ROLLUP_EVERY: Duration = Duration::from_secs(60);
 const EVALUATE_EVERY: Duration = Duration::from_secs(2);
 const DELIVER_EVERY: Duration = Duration::from_secs(1);
+/// The lease's name and lifetime. The holder renews it every round (about
+/// a second), so this is also how long the others wait after it dies;
+/// it is much longer than a round takes, or a slow round would let a
+/// second server start the same work.
+pub const LEASE: &str = "monitor";
+pub const LEASE_TTL: Duration = Duration::from_secs(30);
 
 /// One round of heartbeat checks and alert evaluation.
 pub async fn evaluate(ctx: &Ctx) -> Result<(), sqlx::Error> {
@@ -43,7 +51,28 @@ pub async fn run(ctx: Arc<Ctx>) {
     };
     let mut last_rollup: Option<Instant> = None;
     let mut last_eval: Option<Instant> = None;
+    // This process's name as a lease holder: unique per start, so a
+    // restarted server never mistakes its predecessor's lease for its own.
+    let holder = format!("server-{}-{:016x}", std::process::id(), rand::random::<u64>());
+    let mut leading = false;
     loop {
+        match ctx.store.take_lease(LEASE, &holder, LEASE_TTL.as_millis() as i64, crate::store::now_ms()).await {
+            Ok(held) => {
+                if held != leading {
+                    tracing::info!(holder = %holder, "{}", if held { "this server now runs the monitor's rounds" } else { "another server runs the monitor's rounds" });
+                }
+                leading = held;
+            }
+            Err(e) => {
+                // Unknown: stop rather than risk running twice.
+                tracing::warn!(error = %e, "cannot take or renew the monitor lease; skipping this round");
+                leading = false;
+            }
+        }
+        if !leading {
+            tokio::time::sleep(DELIVER_EVERY).await;
+            continue;
+        }
         if last_rollup.is_none_or(|t| t.elapsed() >= ROLLUP_EVERY) {
             last_rollup = Some(Instant::now());
             match ctx.store.rollup_and_expire(&ctx.config.retention, crate::store::now_ms()).await {

@@ -707,7 +707,42 @@ impl Store {
     }
 }
 
+/// Holds, until `tx` ends, the lock of one numbered series (`series`, e.g.
+/// an instance's events), so that two writers never compute the same
+/// `MAX(seq) + 1`. SQLite needs none: a writing statement holds the
+/// database's write lock, so the MAX and the INSERT are one step. On
+/// PostgreSQL, under READ COMMITTED, two transactions would both read the
+/// old MAX and one would fail on the primary key; a transaction-scoped
+/// advisory lock on the series' hash queues them instead.
+pub(crate) async fn lock_series(tx: &mut Tx<'_>, series: &str) -> Result<(), sqlx::Error> {
+    if tx.backend_name() == "PostgreSQL" {
+        // `SELECT 1 FROM`: the function returns `void`, which the Any
+        // driver cannot decode.
+        sqlx::query("SELECT 1 FROM pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(series)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Inserts a row numbered next in its series: `insert` is an INSERT whose
+/// number is `MAX(seq) + 1` of the series, and `series` names the series
+/// (see `lock_series`). Its own transaction.
+pub(crate) async fn insert_numbered<'q>(
+    pool: &AnyPool,
+    series: &str,
+    insert: sqlx::query::Query<'q, Db, sqlx::any::AnyArguments<'q>>,
+) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    lock_series(&mut tx, series).await?;
+    let r = insert.execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(r)
+}
+
 async fn insert_event(tx: &mut Tx<'_>, id: &str, at_ms: i64, stage: &str, detail: &str) -> Result<(), sqlx::Error> {
+    lock_series(tx, &format!("instance_events/{id}")).await?;
     sqlx::query(
         "INSERT INTO instance_events (instance_id, seq, at_ms, stage, detail)
          VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM instance_events WHERE instance_id = $1), $2, $3, $4)",

@@ -6,7 +6,6 @@ mod common;
 use axum::http::StatusCode;
 use common::T;
 use nubo_api::ids::HostId;
-use nubo_controlplane::{Config, Ctx};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
