@@ -51,20 +51,34 @@ pub async fn run(ctx: Arc<Ctx>) {
     };
     let mut last_rollup: Option<Instant> = None;
     let mut last_eval: Option<Instant> = None;
-    // This process's name as a lease holder: unique per start, so a
-    // restarted server never mistakes its predecessor's lease for its own.
-    let holder = format!("server-{}-{:016x}", std::process::id(), rand::random::<u64>());
+    // The lease holder's name: this machine and data directory, so that a
+    // restarted server takes its own lease back at once instead of waiting
+    // for its predecessor's to expire, while servers elsewhere (or in
+    // another data directory) are other holders.
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let holder = format!("{}:{}", hostname.trim(), ctx.config.data_dir.display());
     let mut leading = false;
     loop {
-        match ctx.store.take_lease(LEASE, &holder, LEASE_TTL.as_millis() as i64, crate::store::now_ms()).await {
+        // SQLite is one server's own file: no lease, as before leases.
+        let held = match ctx.store.backend() {
+            crate::store::Backend::Sqlite => Ok(true),
+            crate::store::Backend::Postgres => {
+                ctx.store.take_lease(LEASE, &holder, LEASE_TTL.as_millis() as i64, crate::store::now_ms()).await
+            }
+        };
+        match held {
             Ok(held) => {
-                if held != leading {
-                    tracing::info!(holder = %holder, "{}", if held { "this server now runs the monitor's rounds" } else { "another server runs the monitor's rounds" });
+                if held != leading && ctx.store.backend() == crate::store::Backend::Postgres {
+                    if held {
+                        tracing::info!(holder = %holder, "this server now runs the monitor's rounds");
+                    } else {
+                        tracing::info!(holder = %holder, "another server runs the monitor's rounds");
+                    }
                 }
                 leading = held;
             }
             Err(e) => {
-                // Unknown: stop rather than risk running twice.
+                // Unknown: skip rather than risk running twice.
                 tracing::warn!(error = %e, "cannot take or renew the monitor lease; skipping this round");
                 leading = false;
             }

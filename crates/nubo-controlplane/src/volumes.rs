@@ -241,7 +241,9 @@ impl Store {
     }
 
     pub async fn volumes_of_instance(&self, instance: &str) -> Result<Vec<VolumeRow>, sqlx::Error> {
-        sqlx::query_as("SELECT * FROM volumes WHERE instance_id = $1 ORDER BY slot, id")
+        // Volumes without a slot first, as SQLite sorts NULLs and as
+        // PostgreSQL (NULLs last) would not by `slot` alone.
+        sqlx::query_as("SELECT * FROM volumes WHERE instance_id = $1 ORDER BY (slot IS NOT NULL), slot, id")
             .bind(instance)
             .fetch_all(&self.pool)
             .await
