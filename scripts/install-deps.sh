@@ -13,7 +13,8 @@
 # test drives a real browser over WebDriver) with a font to render text,
 # and nginx-light (the load balancer benchmark compares nubo-lb with nginx
 # as a reverse proxy; it runs its own nginx on 127.0.0.1 from a generated
-# config).
+# config), and Debian's PostgreSQL (the control-plane tests run a second
+# time against it; scripts/postgres.sh starts it on 127.0.0.1 only).
 # Idempotent; refreshes apt's lists because the image build runs
 # `apt-get download` against them.
 set -euo pipefail
@@ -34,7 +35,7 @@ fi
 $SUDO apt-get install -y -q --no-install-recommends --allow-downgrades \
   $QEMU_PKGS seabios ipxe-qemu e2fsprogs mmdebstrap curl ca-certificates procps \
   slapd openssh-client syslinux syslinux-common mtools dosfstools fdisk monitoring-plugins-basic \
-  python3 python3-venv chromium chromium-driver fonts-dejavu-core nginx-light
+  python3 python3-venv chromium chromium-driver fonts-dejavu-core nginx-light postgresql
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust stable (https://rustup.rs) and re-run" >&2
   exit 1

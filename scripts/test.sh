@@ -2,7 +2,10 @@
 # Second command of the README: the whole test suite. Formatting, lints
 # (warnings are errors), unit tests, and integration tests that boot real
 # `tiny` VMs under QEMU. The tiny image is built once into .cache/images
-# and shared by every test. Slow tiers are opt-in (see README).
+# and shared by every test. Slow tiers are opt-in (see README). Then the
+# control plane's integration tests once more, and the VM lifecycle test,
+# on PostgreSQL (Debian's, started on 127.0.0.1 by scripts/postgres.sh; a
+# database per test). About two minutes more.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -17,7 +20,14 @@ export NUBO_GUEST_AGENT="${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-g
 # Build the shared image up front so parallel tests do not all wait on it.
 cargo run -q -p nubo -- image build tiny --cache "$NUBO_IMAGE_CACHE"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast
+  RUN=(cargo nextest run)
 else
-  cargo test --workspace --no-fail-fast
+  RUN=(cargo test)
 fi
+"${RUN[@]}" --workspace --no-fail-fast
+NUBO_TEST_DATABASE="$(scripts/postgres.sh)"
+export NUBO_TEST_DATABASE
+"${RUN[@]}" -p nubo-controlplane --no-fail-fast
+# One end-to-end test on PostgreSQL too: `nubo up --database`, a real VM
+# booted, stopped, started and terminated (about 30 s).
+"${RUN[@]}" -p nubo --test vm_lifecycle --no-fail-fast

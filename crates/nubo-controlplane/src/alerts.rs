@@ -199,7 +199,7 @@ impl Store {
         kind: &str,
         message: &str,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO cloud_events (seq, at_ms, project_id, resource, kind, message)
              VALUES ((SELECT COALESCE(MAX(seq), 0) + 1 FROM cloud_events), $1, $2, $3, $4, $5)",
         )
@@ -207,9 +207,8 @@ impl Store {
         .bind(project)
         .bind(resource)
         .bind(kind)
-        .bind(message)
-        .execute(&self.pool)
-        .await?;
+        .bind(message);
+        crate::store::insert_numbered(&self.pool, "cloud_events", insert).await?;
         Ok(())
     }
 

@@ -358,6 +358,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if t.changed {
+            crate::store::lock_series(&mut tx, &format!("check_history/{}", c.id)).await?;
             sqlx::query(
                 "INSERT INTO check_history (check_id, seq, at_ms, state, state_type, attempt, output)
                  VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM check_history WHERE check_id = $1), $2, $3, $4, $5, $6)",

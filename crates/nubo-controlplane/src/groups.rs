@@ -181,16 +181,15 @@ impl Store {
     }
 
     pub async fn group_activity(&self, group: &str, kind: &str, detail: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO group_activities (group_id, seq, at_ms, kind, detail)
              VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM group_activities WHERE group_id = $1), $2, $3, $4)",
         )
         .bind(group)
         .bind(now_ms())
         .bind(kind)
-        .bind(detail)
-        .execute(&self.pool)
-        .await?;
+        .bind(detail);
+        crate::store::insert_numbered(&self.pool, &format!("group_activities/{group}"), insert).await?;
         Ok(())
     }
 

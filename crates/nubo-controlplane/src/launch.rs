@@ -22,7 +22,7 @@ pub struct LaunchRecord<'a> {
 }
 
 pub(crate) async fn insert_launch_record(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut crate::store::Tx<'_>,
     instance: &str,
     project: &str,
     r: &LaunchRecord<'_>,

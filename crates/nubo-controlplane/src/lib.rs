@@ -22,6 +22,7 @@ pub mod keys;
 pub mod launch;
 pub mod lb;
 pub mod ldap;
+pub mod leases;
 pub mod monitor;
 pub mod placement;
 pub mod policies;
@@ -33,6 +34,7 @@ pub mod secrets;
 pub mod security_groups;
 pub mod store;
 pub mod tags;
+pub mod testdb;
 pub mod tls;
 pub mod tsdb;
 pub mod validate;
@@ -49,6 +51,10 @@ use store::Store;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// The database URL (`postgres://...`); none: SQLite at
+    /// `DATA_DIR/nubo.db`. The data directory still holds the image files
+    /// and the sealing key.
+    pub database: Option<String>,
     pub policy: Policy,
     /// Host ports handed out for forwarded guest ports.
     pub port_range: (u16, u16),
@@ -79,6 +85,7 @@ impl Config {
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
             data_dir,
+            database: None,
             policy: Policy::default(),
             port_range: (20000, 29999),
             heartbeat_timeout: Duration::from_secs(30),
@@ -154,7 +161,10 @@ impl Ctx {
     pub async fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", config.data_dir.display()))?;
-        let store = Store::open(&config.data_dir.join("nubo.db")).await?;
+        let store = match &config.database {
+            Some(url) => Store::connect(url).await?,
+            None => Store::open(&config.data_dir.join("nubo.db")).await?,
+        };
         for (name, description) in BUILTIN_IMAGES {
             store.upsert_builtin_image(name, description).await?;
         }

@@ -4,7 +4,9 @@
 //! webhook notifications (every second, with backoff per notification),
 //! and automation: service policies and instance groups (every 2 s).
 //! One task per server; each round is a plain function so tests can run
-//! one round and look.
+//! one round and look. With several servers on one database, only the
+//! holder of the `monitor` lease runs the rounds (see `leases`); the others
+//! wait, and take over within `LEASE_TTL` of the holder's death.
 
 use crate::Ctx;
 use std::sync::Arc;
@@ -13,6 +15,12 @@ use std::time::{Duration, Instant};
 const ROLLUP_EVERY: Duration = Duration::from_secs(60);
 const EVALUATE_EVERY: Duration = Duration::from_secs(2);
 const DELIVER_EVERY: Duration = Duration::from_secs(1);
+/// The lease's name and lifetime. The holder renews it every round (about
+/// a second), so this is also how long the others wait after it dies;
+/// it is much longer than a round takes, or a slow round would let a
+/// second server start the same work.
+pub const LEASE: &str = "monitor";
+pub const LEASE_TTL: Duration = Duration::from_secs(30);
 
 /// One round of heartbeat checks and alert evaluation.
 pub async fn evaluate(ctx: &Ctx) -> Result<(), sqlx::Error> {
@@ -43,7 +51,42 @@ pub async fn run(ctx: Arc<Ctx>) {
     };
     let mut last_rollup: Option<Instant> = None;
     let mut last_eval: Option<Instant> = None;
+    // The lease holder's name: this machine and data directory, so that a
+    // restarted server takes its own lease back at once instead of waiting
+    // for its predecessor's to expire, while servers elsewhere (or in
+    // another data directory) are other holders.
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let holder = format!("{}:{}", hostname.trim(), ctx.config.data_dir.display());
+    let mut leading = false;
     loop {
+        // SQLite is one server's own file: no lease, as before leases.
+        let held = match ctx.store.backend() {
+            crate::store::Backend::Sqlite => Ok(true),
+            crate::store::Backend::Postgres => {
+                ctx.store.take_lease(LEASE, &holder, LEASE_TTL.as_millis() as i64, crate::store::now_ms()).await
+            }
+        };
+        match held {
+            Ok(held) => {
+                if held != leading && ctx.store.backend() == crate::store::Backend::Postgres {
+                    if held {
+                        tracing::info!(holder = %holder, "this server now runs the monitor's rounds");
+                    } else {
+                        tracing::info!(holder = %holder, "another server runs the monitor's rounds");
+                    }
+                }
+                leading = held;
+            }
+            Err(e) => {
+                // Unknown: skip rather than risk running twice.
+                tracing::warn!(error = %e, "cannot take or renew the monitor lease; skipping this round");
+                leading = false;
+            }
+        }
+        if !leading {
+            tokio::time::sleep(DELIVER_EVERY).await;
+            continue;
+        }
         if last_rollup.is_none_or(|t| t.elapsed() >= ROLLUP_EVERY) {
             last_rollup = Some(Instant::now());
             match ctx.store.rollup_and_expire(&ctx.config.retention, crate::store::now_ms()).await {

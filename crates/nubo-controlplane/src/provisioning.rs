@@ -115,7 +115,7 @@ impl Store {
     /// Inserts a recipe version; false when that name and version exist
     /// already in the same scope.
     pub async fn insert_recipe(&self, r: &RecipeRow) -> Result<bool, sqlx::Error> {
-        let res = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO recipes (project_id, name, version, description, kind, params_json, body, timeout_secs,
                created_at_ms, seq)
              SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, COALESCE(MAX(seq), 0) + 1 FROM recipes WHERE true
@@ -129,9 +129,8 @@ impl Store {
         .bind(&r.params_json)
         .bind(&r.body)
         .bind(r.timeout_secs)
-        .bind(r.created_at_ms)
-        .execute(&self.pool)
-        .await?;
+        .bind(r.created_at_ms);
+        let res = crate::store::insert_numbered(&self.pool, "recipes", insert).await?;
         Ok(res.rows_affected() == 1)
     }
 

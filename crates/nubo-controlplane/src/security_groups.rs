@@ -78,7 +78,7 @@ pub enum DeleteOutcome {
     Referenced(Vec<String>),
 }
 
-type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
+use crate::store::Tx;
 
 async fn insert_rule(tx: &mut Tx<'_>, group: &str, r: &NewRule) -> Result<RuleRow, sqlx::Error> {
     let id = SecurityGroupRuleId::generate().to_string();

@@ -1,17 +1,35 @@
 //! The control plane's state in SQL: hosts, instances, their ports, life
-//! events, console logs and images (identity lives in `identity`). SQLite now; the queries
-//! are plain SQL with `$n` parameters so a PostgreSQL pool can run them.
+//! events, console logs and images (identity lives in `identity`). It runs
+//! on embedded SQLite (the default) or on PostgreSQL, chosen by the
+//! database URL; both go through sqlx's `Any` driver, so every query is one
+//! text in the SQL both accept (`$n` parameters, BIGINT, ON CONFLICT, no
+//! SQLite-only functions) and every value is decoded as i64, f64 or String.
 //! Every read-modify-write that must be atomic is a single conditional
 //! statement or a transaction, never an in-memory assumption.
 
 use nubo_api::agent::{ActualInstance, ActualPower, RegisterHost};
 use nubo_api::ids::{HostId, InstanceId};
 use nubo_api::views::InstanceEvent;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow, SqlitePool};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, ConnectOptions, FromRow};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
+
+/// The database the store runs on, whichever backend it is (see the
+/// module's comment): queries and transactions are written against it.
+pub type Db = sqlx::Any;
+/// A transaction on the store's database.
+pub type Tx<'a> = sqlx::Transaction<'a, Db>;
+/// A row of the store's database.
+pub type DbRow = sqlx::any::AnyRow;
+
+/// Which SQL database the store is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
 
 /// Console text kept per instance; older output is dropped.
 pub const CONSOLE_KEEP_BYTES: usize = 1024 * 1024;
@@ -34,6 +52,19 @@ pub(crate) fn keep_tail(text: &mut String, max: usize) {
     }
 }
 
+/// `url` with its password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(parts) => parts,
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -42,13 +73,26 @@ pub fn now_ms() -> i64 {
 pub enum StoreError {
     #[error("cannot open the database {path}: {source}; check the data directory exists and is writable")]
     Open { path: String, source: sqlx::Error },
+    #[error(
+        "the database URL {url} is not one Nubo can use: {reason}; give a PostgreSQL URL \
+         (postgres://USER:PASSWORD@HOST/DATABASE) or leave --database out for SQLite in the data directory"
+    )]
+    BadUrl { url: String, reason: String },
+    #[error(
+        "cannot connect to PostgreSQL at {url}: {cause}; check the server is running and reachable, \
+         and that the user, password and database in the URL exist"
+    )]
+    // `cause`, not `source`: the text is already in the message, and
+    // anyhow would print it a second time as the cause.
+    Connect { url: String, cause: String },
     #[error("database migration failed: {0}; the data directory may belong to a newer Nubo")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
 #[derive(Clone)]
 pub struct Store {
-    pub(crate) pool: SqlitePool,
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -148,21 +192,84 @@ impl From<sqlx::Error> for ClaimError {
 }
 
 impl Store {
+    /// Opens (creating it if need be) the SQLite database at `path`.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
+        sqlx::any::install_default_drivers();
+        let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
+        // The URL carries only the file and `mode=rwc` (create if missing);
+        // the rest of SQLite's settings are PRAGMAs run on every new
+        // connection, since the Any driver's options cannot carry them.
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let opts = AnyConnectOptions::from_str(&url).map_err(open_err)?.disable_statement_logging();
+        let pool = AnyPoolOptions::new()
             .max_connections(8)
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL: readers never wait for the writer; NORMAL is
+                    // durable across crashes of the process in WAL mode;
+                    // a writer waits up to 10 s for another one.
+                    for pragma in [
+                        "PRAGMA journal_mode = WAL",
+                        "PRAGMA synchronous = NORMAL",
+                        "PRAGMA busy_timeout = 10000",
+                        "PRAGMA foreign_keys = ON",
+                    ] {
+                        sqlx::Executor::execute(&mut *conn, pragma).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(opts)
             .await
-            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+            .map_err(open_err)?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, backend: Backend::Sqlite })
+    }
+
+    /// Connects to the database at `url`: a PostgreSQL URL
+    /// (`postgres://` or `postgresql://`), or `sqlite://PATH` for a SQLite
+    /// file. Runs the migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let bad = |reason: &str| StoreError::BadUrl { url: redact(url), reason: reason.into() };
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("sqlite") => {
+                let rest = &url["sqlite://".len()..];
+                let path = rest.split('?').next().unwrap_or(rest);
+                if path.is_empty() {
+                    return Err(bad("it names no file"));
+                }
+                Self::open(Path::new(path)).await
+            }
+            Some("postgres" | "postgresql") => {
+                sqlx::any::install_default_drivers();
+                let opts =
+                    AnyConnectOptions::from_str(url).map_err(|e| bad(&e.to_string()))?.disable_statement_logging();
+                let connect_err = |cause: String| StoreError::Connect { url: redact(url), cause };
+                // One connection first, so that a refused connection or a
+                // wrong password is reported as such at once, rather than as
+                // the pool's timeout after its retries.
+                let first = tokio::time::timeout(Duration::from_secs(10), opts.connect())
+                    .await
+                    .map_err(|_| connect_err("no answer within 10 s".into()))?
+                    .map_err(|e| connect_err(e.to_string()))?;
+                sqlx::Connection::close(first).await.map_err(|e| connect_err(e.to_string()))?;
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(opts)
+                    .await
+                    .map_err(|e| connect_err(e.to_string()))?;
+                sqlx::migrate!("./migrations").run(&pool).await?;
+                Ok(Self { pool, backend: Backend::Postgres })
+            }
+            _ => Err(bad("it does not start with postgres:// (or sqlite://)")),
+        }
+    }
+
+    /// Which database this store is in.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     // ---- images ----
@@ -612,13 +719,42 @@ impl Store {
     }
 }
 
-async fn insert_event(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    id: &str,
-    at_ms: i64,
-    stage: &str,
-    detail: &str,
-) -> Result<(), sqlx::Error> {
+/// Holds, until `tx` ends, the lock of one numbered series (`series`, e.g.
+/// an instance's events), so that two writers never compute the same
+/// `MAX(seq) + 1`. SQLite needs none: a writing statement holds the
+/// database's write lock, so the MAX and the INSERT are one step. On
+/// PostgreSQL, under READ COMMITTED, two transactions would both read the
+/// old MAX and one would fail on the primary key; a transaction-scoped
+/// advisory lock on the series' hash queues them instead.
+pub(crate) async fn lock_series(tx: &mut Tx<'_>, series: &str) -> Result<(), sqlx::Error> {
+    if tx.backend_name() == "PostgreSQL" {
+        // `SELECT 1 FROM`: the function returns `void`, which the Any
+        // driver cannot decode.
+        sqlx::query("SELECT 1 FROM pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(series)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Inserts a row numbered next in its series: `insert` is an INSERT whose
+/// number is `MAX(seq) + 1` of the series, and `series` names the series
+/// (see `lock_series`). Its own transaction.
+pub(crate) async fn insert_numbered<'q>(
+    pool: &AnyPool,
+    series: &str,
+    insert: sqlx::query::Query<'q, Db, sqlx::any::AnyArguments<'q>>,
+) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    lock_series(&mut tx, series).await?;
+    let r = insert.execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(r)
+}
+
+async fn insert_event(tx: &mut Tx<'_>, id: &str, at_ms: i64, stage: &str, detail: &str) -> Result<(), sqlx::Error> {
+    lock_series(tx, &format!("instance_events/{id}")).await?;
     sqlx::query(
         "INSERT INTO instance_events (instance_id, seq, at_ms, stage, detail)
          VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM instance_events WHERE instance_id = $1), $2, $3, $4)",

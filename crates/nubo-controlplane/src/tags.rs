@@ -28,7 +28,7 @@ pub fn resource_type_of(id: &str) -> Option<&'static str> {
 }
 
 pub(crate) async fn upsert(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut crate::store::Tx<'_>,
     resource: &str,
     resource_type: &str,
     project: &str,

@@ -90,7 +90,7 @@ pub struct NewVolume<'a> {
     pub snapshot_id: Option<&'a str>,
 }
 
-type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
+use crate::store::Tx;
 
 /// Which rows a listing covers.
 enum Scope<'a> {
@@ -218,7 +218,7 @@ impl Store {
     /// Rows of `table` (volumes or snapshots) not yet deleted, in `scope`.
     async fn live_rows<T>(&self, table: &'static str, scope: Scope<'_>) -> Result<Vec<T>, sqlx::Error>
     where
-        T: for<'r> FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+        T: for<'r> FromRow<'r, crate::store::DbRow> + Send + Unpin,
     {
         // `table` is one of our own names, never user input.
         match scope {
@@ -241,7 +241,9 @@ impl Store {
     }
 
     pub async fn volumes_of_instance(&self, instance: &str) -> Result<Vec<VolumeRow>, sqlx::Error> {
-        sqlx::query_as("SELECT * FROM volumes WHERE instance_id = $1 ORDER BY slot, id")
+        // Volumes without a slot first, as SQLite sorts NULLs and as
+        // PostgreSQL (NULLs last) would not by `slot` alone.
+        sqlx::query_as("SELECT * FROM volumes WHERE instance_id = $1 ORDER BY (slot IS NOT NULL), slot, id")
             .bind(instance)
             .fetch_all(&self.pool)
             .await

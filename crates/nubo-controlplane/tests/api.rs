@@ -18,13 +18,19 @@ struct T {
     /// Credential of the last host added.
     agent: String,
     _dir: tempfile::TempDir,
+    /// With `NUBO_TEST_DATABASE`: this test's PostgreSQL database
+    /// (dropped last, after the pool).
+    _db: Option<nubo_controlplane::testdb::TestDatabase>,
 }
 
 async fn setup() -> T {
     let dir = tempfile::tempdir().unwrap();
-    let ctx = Ctx::new(Config::new(dir.path().to_path_buf())).await.unwrap();
+    let db = nubo_controlplane::testdb::from_env().await.unwrap();
+    let mut config = Config::new(dir.path().to_path_buf());
+    config.database = db.as_ref().map(|d| d.url.clone());
+    let ctx = Ctx::new(config).await.unwrap();
     let admin = ctx.bootstrap_admin_token().await.unwrap();
-    T { ctx, admin, agent: String::new(), _dir: dir }
+    T { ctx, admin, agent: String::new(), _dir: dir, _db: db }
 }
 
 impl T {

@@ -10,7 +10,7 @@ mod common;
 use axum::http::StatusCode;
 use common::T;
 use nubo_controlplane::store::now_ms;
-use nubo_controlplane::{policies, Config, Ctx};
+use nubo_controlplane::{policies, Ctx};
 use serde_json::{json, Value};
 
 async fn instance(t: &T) -> String {
@@ -100,8 +100,8 @@ async fn a_breach_fires_once_and_its_saga_makes_one_volume_across_a_restart() {
     // A few steps of the saga, then a restart of the control plane.
     policies::execute(&t.ctx).await.unwrap(); // records the volume id
     policies::execute(&t.ctx).await.unwrap(); // creates the volume
-    let dir = t._dir.path().to_path_buf();
-    drop(std::mem::replace(&mut t.ctx, Ctx::new(Config::new(dir)).await.unwrap()));
+    let restarted = Ctx::new(t.config()).await.unwrap();
+    drop(std::mem::replace(&mut t.ctx, restarted));
     for _ in 0..6 {
         t.ctx.store.make_firings_due().await.unwrap();
         policies::execute(&t.ctx).await.unwrap();

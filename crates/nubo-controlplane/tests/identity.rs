@@ -6,7 +6,6 @@ mod common;
 use axum::http::StatusCode;
 use common::T;
 use nubo_api::ids::HostId;
-use nubo_controlplane::{Config, Ctx};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -115,7 +114,7 @@ async fn wrong_password_expired_and_revoked_tokens_are_refused() {
     let tokens = t.ok("GET", "/api/v1/tokens", &alice, None).await;
     assert!(tokens.as_array().unwrap().iter().any(|x| x["id"] == long_id.as_str() && x["revoked"] == true));
     // Tokens are stored hashed: the secret is nowhere in the database file.
-    let db = std::fs::read(t.ctx.config.data_dir.join("nubo.db")).unwrap();
+    let db = t.database_bytes().await;
     assert!(!db.windows(long.len()).any(|w| w == long.as_bytes()));
 
     let audit = t.audit().await;
@@ -212,12 +211,7 @@ async fn a_host_cannot_register_without_joining() {
 
 #[tokio::test]
 async fn each_credential_is_rate_limited() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path().to_path_buf());
-    config.rate_per_sec = 5;
-    let ctx = Ctx::new(config).await.unwrap();
-    let admin = ctx.bootstrap_admin_token().await.unwrap();
-    let t = T { ctx, admin, _dir: dir };
+    let t = T::with(|config| config.rate_per_sec = 5).await;
     let mut limited = 0;
     for _ in 0..30 {
         let (s, v) = t.call("GET", "/api/v1/instances", Some(&t.admin), None).await;
@@ -246,7 +240,7 @@ async fn access_keys_are_issued_once_stored_sealed_and_revocable() {
     // The server can read the secret back (SigV4 needs it), the database alone cannot.
     let (sealed, _, _) = t.ctx.store.access_key_secret(id).await.unwrap().unwrap();
     assert_eq!(t.ctx.sealer.unseal(&sealed).unwrap(), secret);
-    let db = std::fs::read(t.ctx.config.data_dir.join("nubo.db")).unwrap();
+    let db = t.database_bytes().await;
     assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()));
     // Only its owner (or an operator) can revoke it; then it is gone for SigV4.
     let (s, _) = t.call("DELETE", &format!("/api/v1/access-keys/{id}"), Some(&bob), None).await;

@@ -316,7 +316,9 @@ async fn login_through_the_api_gets_the_mapped_role() {
 
     let Some(slapd) = Slapd::start() else { return };
     let dir = tempfile::tempdir().unwrap();
+    let _db = nubo_controlplane::testdb::from_env().await.unwrap();
     let mut config = nubo_controlplane::Config::new(dir.path().to_path_buf());
+    config.database = _db.as_ref().map(|d| d.url.clone());
     config.ldap = Some(slapd.config());
     let ctx = nubo_controlplane::Ctx::new(config).await.unwrap();
     let call = |method: &str, path: &str, token: Option<&str>, body: Option<serde_json::Value>| {
@@ -387,7 +389,9 @@ async fn portal_sign_in_through_ldap() {
 
     let Some(slapd) = Slapd::start() else { return };
     let dir = tempfile::tempdir().unwrap();
+    let _db = nubo_controlplane::testdb::from_env().await.unwrap();
     let mut config = nubo_controlplane::Config::new(dir.path().to_path_buf());
+    config.database = _db.as_ref().map(|d| d.url.clone());
     config.ldap = Some(slapd.config());
     let ctx = nubo_controlplane::Ctx::new(config).await.unwrap();
     // GET or POST (form) with cookies; the status, Set-Cookie headers and body.

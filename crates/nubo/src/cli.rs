@@ -327,6 +327,11 @@ pub struct ServerArgs {
     /// (twice that in a burst); over it the caller gets 429 and retries.
     #[arg(long, default_value_t = 200)]
     pub api_rate_limit: u32,
+    /// Keep the control plane's state in this PostgreSQL database
+    /// (postgres://USER:PASSWORD@HOST/DATABASE) instead of SQLite in
+    /// DATA_DIR/nubo.db. Image files and the sealing key stay in DATA_DIR.
+    #[arg(long, value_name = "URL", env = "NUBO_DATABASE")]
+    pub database: Option<String>,
 }
 
 #[derive(Args, Clone)]

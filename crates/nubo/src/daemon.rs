@@ -63,6 +63,7 @@ async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
     config.policy.memory_overcommit = a.memory_overcommit;
     config.port_range = a.port_range;
     config.rate_per_sec = a.api_rate_limit;
+    config.database = a.database.clone();
     config.policy.weigher = a.weigher.parse().map_err(anyhow::Error::msg)?;
     if let Some(path) = &a.ldap_config {
         let text = std::fs::read_to_string(path)

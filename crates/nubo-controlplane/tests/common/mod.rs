@@ -1,12 +1,16 @@
 //! Test harness for the control plane's router, driven in-process
 //! through `app()` (no socket, no VM): a fresh data directory, the
 //! bootstrap admin, users with roles, hosts that join and register.
+//! With `NUBO_TEST_DATABASE=postgres://...` each test's state is in a
+//! PostgreSQL database of its own (see `nubo_controlplane::testdb`).
 #![allow(dead_code)]
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use nubo_api::ids::HostId;
+use nubo_controlplane::store::Backend;
+use nubo_controlplane::testdb::TestDatabase;
 use nubo_controlplane::{app, Config, Ctx};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -16,14 +20,71 @@ pub struct T {
     pub ctx: Arc<Ctx>,
     pub admin: String,
     pub _dir: tempfile::TempDir,
+    /// The test's PostgreSQL database, dropped after the test (declared
+    /// last: fields drop in order, so the pool goes first).
+    pub db: Option<TestDatabase>,
+}
+
+/// A new test database when `NUBO_TEST_DATABASE` is set.
+pub async fn test_db() -> Option<TestDatabase> {
+    nubo_controlplane::testdb::from_env().await.unwrap()
+}
+
+/// The settings of a server with its data in `dir` (and, with `db`, its
+/// state in that PostgreSQL database).
+pub fn config(dir: &std::path::Path, db: &Option<TestDatabase>) -> Config {
+    let mut config = Config::new(dir.to_path_buf());
+    config.database = db.as_ref().map(|d| d.url.clone());
+    config
 }
 
 impl T {
     pub async fn new() -> T {
+        Self::with(|_| {}).await
+    }
+
+    /// A server whose settings `tweak` changes first.
+    pub async fn with(tweak: impl FnOnce(&mut Config)) -> T {
         let dir = tempfile::tempdir().unwrap();
-        let ctx = Ctx::new(Config::new(dir.path().to_path_buf())).await.unwrap();
+        let db = test_db().await;
+        let mut config = config(dir.path(), &db);
+        tweak(&mut config);
+        let ctx = Ctx::new(config).await.unwrap();
+        let want = if db.is_some() { Backend::Postgres } else { Backend::Sqlite };
+        assert_eq!(ctx.store.backend(), want);
         let admin = ctx.bootstrap_admin_token().await.unwrap();
-        T { ctx, admin, _dir: dir }
+        T { ctx, admin, _dir: dir, db }
+    }
+
+    /// Everything the database holds, as bytes to search for secrets that
+    /// must not be stored: the SQLite file, or with PostgreSQL every row of
+    /// every table as text.
+    pub async fn database_bytes(&self) -> Vec<u8> {
+        use sqlx::Connection;
+        let Some(db) = &self.db else {
+            return std::fs::read(self.ctx.config.data_dir.join("nubo.db")).unwrap();
+        };
+        let mut conn = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+        let tables: Vec<String> =
+            sqlx::query_scalar("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        let mut out = Vec::new();
+        for table in tables {
+            let rows: Vec<String> =
+                sqlx::query_scalar(&format!("SELECT t::text FROM \"{table}\" t")).fetch_all(&mut conn).await.unwrap();
+            for row in rows {
+                out.extend_from_slice(row.as_bytes());
+                out.push(b'\n');
+            }
+        }
+        out
+    }
+
+    /// The settings this test's server was started with (for a restart).
+    pub fn config(&self) -> Config {
+        config(self._dir.path(), &self.db)
     }
 
     pub fn data_dir(&self) -> &std::path::Path {

@@ -2,7 +2,9 @@
 //! `agent`) in a temporary data directory and drives it through the CLI
 //! and the HTTP API. Guests are real `tiny` VMs under TCG. The image is
 //! built once into `<repo>/.cache/images` (or $NUBO_IMAGE_CACHE) and
-//! shared by every test.
+//! shared by every test. With `NUBO_TEST_DATABASE=postgres://...` the
+//! server keeps its state in a PostgreSQL database of the cloud's own
+//! (`--database`), dropped with the cloud.
 #![allow(dead_code)]
 
 use serde_json::Value;
@@ -86,6 +88,21 @@ pub struct Cloud {
     /// `nubo up` (true) or `nubo server` + `nubo agent` (false).
     all_in_one: bool,
     listen: String,
+    /// The cloud's PostgreSQL database (with `NUBO_TEST_DATABASE`); last,
+    /// so it is dropped after `Drop` has stopped the server.
+    db: Option<nubo_controlplane::testdb::TestDatabase>,
+}
+
+/// A fresh database when `NUBO_TEST_DATABASE` is set. The harness is
+/// synchronous, and may be called from inside a test's runtime: the
+/// database is made on a thread with a runtime of its own.
+fn test_database() -> Option<nubo_controlplane::testdb::TestDatabase> {
+    std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(nubo_controlplane::testdb::from_env()).expect("create the test database")
+    })
+    .join()
+    .expect("test database thread")
 }
 
 impl Cloud {
@@ -114,6 +131,7 @@ impl Cloud {
             agent: None,
             all_in_one,
             listen: format!("127.0.0.1:{}", free_port()),
+            db: test_database(),
         }
     }
 
@@ -152,6 +170,7 @@ impl Cloud {
             .arg(&self.listen)
             .arg("--port-range")
             .arg(format!("{first}-{}", first + 99))
+            .args(self.db.iter().flat_map(|db| ["--database", db.url.as_str()]))
             .env("NUBO_IMAGE_CACHE", image_cache())
             .env("RUST_LOG", "info")
             .stdout(self.log("server.log"))
