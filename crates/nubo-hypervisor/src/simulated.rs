@@ -55,19 +55,17 @@ impl From<&SimDisk> for AttachedDisk {
 pub struct Simulated {
     /// How long a simulated boot takes before the console shows the marker.
     boot_delay: Duration,
+    /// The line a booted guest prints (the agent's boot-complete marker).
+    boot_marker: String,
     /// State by instance directory; the file is the truth after a restart.
     vms: Mutex<HashMap<PathBuf, SimVm>>,
 }
 
-impl Default for Simulated {
-    fn default() -> Self {
-        Self::new(Duration::from_millis(200))
-    }
-}
-
 impl Simulated {
-    pub fn new(boot_delay: Duration) -> Self {
-        Self { boot_delay, vms: Mutex::new(HashMap::new()) }
+    /// `boot_marker` is what the console shows once the "guest" has booted
+    /// (`boot_delay` after a start), followed by ` instance-id=<id>`.
+    pub fn new(boot_delay: Duration, boot_marker: impl Into<String>) -> Self {
+        Self { boot_delay, boot_marker: boot_marker.into(), vms: Mutex::new(HashMap::new()) }
     }
 
     fn state_file(dir: &VmDir) -> PathBuf {
@@ -201,7 +199,7 @@ impl Hypervisor for Simulated {
         // The console shows the boot marker after the simulated boot, as a
         // real guest prints it, so that boot_complete events still happen.
         let log = dir.console_log();
-        let line = format!("simulated VM (no guest runs)\n{} instance-id={}\n", nubo_marker(), cfg.id);
+        let line = format!("simulated VM (no guest runs)\n{} instance-id={}\n", self.boot_marker, cfg.id);
         let delay = self.boot_delay;
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -329,12 +327,6 @@ impl Hypervisor for Simulated {
     }
 }
 
-/// The line a booted guest prints (nubo-api's BOOT_COMPLETE_MARKER; this
-/// crate does not depend on nubo-api, so the agent's test checks they agree).
-pub const fn nubo_marker() -> &'static str {
-    "NUBO_BOOT_COMPLETE"
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,13 +356,13 @@ mod tests {
     async fn lifecycle_survives_a_new_driver() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = VmDir::new(tmp.path().join("i-1"));
-        let sim = Simulated::new(Duration::from_millis(1));
+        let sim = Simulated::new(Duration::from_millis(1), "NUBO_BOOT_COMPLETE");
         sim.prepare_disk(&dir, &cfg("i-1")).await.unwrap();
         assert_eq!(sim.status(&dir).await, VmStatus::NotRunning);
         sim.start(&dir, &cfg("i-1")).await.unwrap();
         assert!(matches!(sim.start(&dir, &cfg("i-1")).await, Err(HypervisorError::AlreadyRunning { .. })));
         // A fresh driver (an agent restart) sees the VM from its file.
-        let again = Simulated::new(Duration::from_millis(1));
+        let again = Simulated::new(Duration::from_millis(1), "NUBO_BOOT_COMPLETE");
         assert!(again.status(&dir).await.is_running());
         tokio::time::sleep(Duration::from_millis(50)).await;
         let console = fs::read_to_string(dir.console_log()).unwrap();
@@ -389,7 +381,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = VmDir::new(tmp.path().join("i-2"));
         let vol = tmp.path().join("vol-a.qcow2");
-        let sim = Simulated::default();
+        let sim = Simulated::new(Duration::from_millis(1), "NUBO_BOOT_COMPLETE");
         sim.create_volume(&vol, 1 << 30).await.unwrap();
         // The file is sparse: a GiB of size, next to nothing on disk.
         use std::os::unix::fs::MetadataExt;

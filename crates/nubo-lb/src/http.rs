@@ -54,18 +54,7 @@ fn client(shared: &Shared) -> ProxyClient {
 pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let client = client(&shared);
     loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+        let Some((stream, peer)) = crate::accept(&listener, &stop).await else { return };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let client = client.clone();

@@ -28,6 +28,27 @@ pub use config::{Algorithm, BackendConfig, HealthConfig, ListenerConfig, Protoco
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// The next client connection of a listener (HTTP or TCP), or `None` once
+/// `stop` is cancelled. A failed accept (out of file descriptors and the
+/// like) is logged and retried after a pause: the listener keeps serving.
+pub(crate) async fn accept(
+    listener: &tokio::net::TcpListener,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 /// What can go wrong starting, configuring or serving a balancer.
 #[derive(Debug, thiserror::Error)]
 pub enum LbError {

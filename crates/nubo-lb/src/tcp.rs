@@ -8,7 +8,7 @@
 
 use crate::balancer::Shared;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -18,17 +18,7 @@ const MAX_ATTEMPTS: usize = 3;
 
 pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     loop {
-        let (inbound, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+        let Some((inbound, peer)) = crate::accept(&listener, &stop).await else { return };
         let span = tracing::debug_span!("conn", %peer);
         tokio::spawn(relay(shared.clone(), inbound).instrument(span));
     }

@@ -70,13 +70,12 @@ impl Server {
         let env_file = dir.join("admin.env");
         let text =
             wait_until("the server's admin.env", Duration::from_secs(60), || std::fs::read_to_string(&env_file).ok());
-        let get = |k: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("export {k}=")))
-                .map(|v| v.trim().trim_matches('\'').to_string())
-                .unwrap_or_else(|| panic!("{k} missing from admin.env"))
-        };
-        Server { url: get("NUBO_URL"), token: get("NUBO_TOKEN"), child, dir: dir.to_path_buf() }
+        Server {
+            url: admin_env_var(&text, "NUBO_URL"),
+            token: admin_env_var(&text, "NUBO_TOKEN"),
+            child,
+            dir: dir.to_path_buf(),
+        }
     }
 
     /// CPU seconds (user + system) the server process has used.
@@ -245,7 +244,7 @@ fn main() {
                 metrics_interval: Duration::from_secs(10),
                 plugin_dirs: Vec::new(),
             };
-            let agent = Agent::new(config, Accel::Tcg, Arc::new(Simulated::new(Duration::from_millis(200))))
+            let agent = Agent::new(config, Accel::Tcg, Arc::new(Simulated::new(Duration::from_millis(200), nubo_api::BOOT_COMPLETE_MARKER)))
                 .expect("agent");
             agents.push(tokio::spawn(agent.run()));
         }

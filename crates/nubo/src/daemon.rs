@@ -168,7 +168,7 @@ fn make_agent(opts: &AgentOpts, config: AgentConfig) -> anyhow::Result<Agent> {
         HypervisorKind::Qemu => Arc::new(Qemu::new(&opts.qemu, "qemu-img")),
         HypervisorKind::Simulated => {
             tracing::warn!("the simulated hypervisor starts no VM; use it only to measure the control plane");
-            Arc::new(nubo_hypervisor::Simulated::default())
+            Arc::new(nubo_hypervisor::Simulated::new(Duration::from_millis(200), nubo_api::BOOT_COMPLETE_MARKER))
         }
     };
     Agent::new(config, accel, hypervisor)

@@ -4,9 +4,9 @@
 
 use super::html::{self, badge, button, csrf, Nav};
 use super::session::{Posted, Session};
-use super::{see_other, PageResult, PortalError};
+use super::{bad, see_other, Empty, PageResult};
 use crate::api;
-use crate::error::{ApiJson, AppError};
+use crate::error::ApiJson;
 use crate::Ctx;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
@@ -24,10 +24,6 @@ pub fn routes() -> Router<Arc<Ctx>> {
         .route("/ui/balancers/{key}", get(show))
         .route("/ui/balancers/{key}/backends", get(backends_fragment))
         .route("/ui/balancers/{key}/delete", post(delete))
-}
-
-fn bad(e: impl std::fmt::Display) -> PortalError {
-    PortalError::App(AppError::BadRequest(e.to_string()))
 }
 
 /// The create form. Targets are checkboxes named `target:<instance id>`
@@ -200,9 +196,6 @@ async fn backends_fragment(State(ctx): State<Arc<Ctx>>, s: Session, Path(key): P
     let lb = api::load_balancers::show(s.caller.clone(), State(ctx.clone()), Path(key)).await?.0;
     Ok(backend_rows(&lb).into_response())
 }
-
-#[derive(Debug, Deserialize)]
-struct Empty {}
 
 async fn delete(
     State(ctx): State<Arc<Ctx>>,

@@ -6,7 +6,7 @@
 use super::chart::{self, Line, Unit};
 use super::html::{self, badge, button, csrf, Nav};
 use super::session::{Posted, Session};
-use super::{see_other, PageResult, PortalError};
+use super::{see_other, Empty, PageResult, PortalError};
 use crate::api;
 use crate::error::{ApiJson, ApiQuery, AppError};
 use crate::Ctx;
@@ -490,9 +490,6 @@ async fn charts_fragment(
 ) -> PageResult {
     Ok(charts(&ctx, &s, &id, q.range.as_deref().unwrap_or("15m")).await?.into_response())
 }
-
-#[derive(Debug, Deserialize)]
-struct Empty {}
 
 async fn action(
     State(ctx): State<Arc<Ctx>>,

@@ -87,6 +87,15 @@ pub fn see_other(to: &str) -> Response {
     Redirect::to(to).into_response()
 }
 
+/// A form that carries nothing but its CSRF token (a button).
+#[derive(Debug, serde::Deserialize)]
+pub struct Empty {}
+
+/// A form field the portal could not use: a 400 page with the reason.
+pub fn bad(e: impl std::fmt::Display) -> PortalError {
+    PortalError::App(AppError::BadRequest(e.to_string()))
+}
+
 const CSS: &str = include_str!("static/portal.css");
 const JS: &str = include_str!("static/portal.js");
 

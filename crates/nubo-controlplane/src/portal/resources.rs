@@ -4,7 +4,7 @@
 
 use super::html::{self, badge, button, csrf, Nav};
 use super::session::{self, LoginPosted, Posted, Session, Transport};
-use super::{see_other, PageResult, PortalError};
+use super::{bad, see_other, Empty, PageResult, PortalError};
 use crate::api;
 use crate::error::{ApiJson, AppError};
 use crate::Ctx;
@@ -36,9 +36,6 @@ pub fn routes() -> Router<Arc<Ctx>> {
         .route("/ui/alerts", get(project_alerts))
         .route("/ui/alerts/{id}/{action}", post(alert_action))
 }
-
-#[derive(Debug, Deserialize)]
-pub struct Empty {}
 
 // ---- signing in ----
 
@@ -290,10 +287,6 @@ async fn volumes(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
         }
     };
     html::page(&ctx, &s, "Volumes", Nav::Volumes, body).await
-}
-
-fn bad(e: impl std::fmt::Display) -> PortalError {
-    PortalError::App(AppError::BadRequest(e.to_string()))
 }
 
 async fn create_volume(State(ctx): State<Arc<Ctx>>, Posted { session: s, form }: Posted<VolumeForm>) -> PageResult {

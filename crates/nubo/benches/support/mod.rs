@@ -113,14 +113,8 @@ impl Cloud {
             }
             std::fs::read_to_string(&env_file).ok()
         });
-        let get = |k: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("export {k}=")))
-                .map(|v| v.trim().trim_matches('\'').to_string())
-                .unwrap_or_else(|| panic!("{k} missing from admin.env"))
-        };
-        cloud.url = get("NUBO_URL");
-        cloud.token = get("NUBO_TOKEN");
+        cloud.url = admin_env_var(&text, "NUBO_URL");
+        cloud.token = admin_env_var(&text, "NUBO_TOKEN");
         cloud
     }
 
@@ -215,6 +209,14 @@ impl Drop for Cloud {
             }
         }
     }
+}
+
+/// The value of `export K='...'` in a server's admin.env.
+pub fn admin_env_var(text: &str, k: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+        .map(|v| v.trim().trim_matches('\'').to_string())
+        .unwrap_or_else(|| panic!("{k} missing from admin.env"))
 }
 
 /// (min, median, max) of the values present.
