@@ -61,12 +61,20 @@ fn spread(addr: &str, n: usize) -> BTreeMap<String, usize> {
     out
 }
 
-/// `clients` threads doing `each` sequential GETs at once.
-fn spread_concurrent(addr: &str, clients: usize, each: usize) -> BTreeMap<String, usize> {
+/// `clients` threads doing `each` sequential GETs at once, each client
+/// pausing `gap` after every answer.
+fn spread_concurrent(addr: &str, clients: usize, each: usize, gap: Duration) -> BTreeMap<String, usize> {
     let threads: Vec<_> = (0..clients)
         .map(|_| {
             let addr = addr.to_string();
-            std::thread::spawn(move || spread(&addr, each))
+            std::thread::spawn(move || {
+                let mut out = BTreeMap::<String, usize>::new();
+                for _ in 0..each {
+                    *out.entry(fetch(&addr).unwrap_or_else(|| "failed".into())).or_default() += 1;
+                    std::thread::sleep(gap);
+                }
+                out
+            })
         })
         .collect();
     let mut out = BTreeMap::new();
@@ -270,12 +278,24 @@ fn balancers_over_a_group_spread_fail_over_and_follow_load() {
         backend(&lb(&cloud, "web-ll"), &b)?["cpu_percent"].as_f64().filter(|c| *c > 40.0)
     });
     println!("b busy: cpu {cpu:.0}%, a: {}", backend(&lb(&cloud, "web-ll"), &a).unwrap()["cpu_percent"]);
-    let busy_ll = spread_concurrent(&ll, 2, 20);
-    let busy_rr = spread_concurrent(&rr, 2, 20);
-    println!("b busy, 2 clients x 20: least-loaded {busy_ll:?}, round-robin {busy_rr:?}");
+    // One client pausing 100 ms between requests: traffic well under what
+    // a can serve. (Flat out, a TCG guest forking busybox httpd for every
+    // request spends about as much CPU as b's spinner, and least-loaded
+    // then rightly splits between two busy backends; and with requests in
+    // flight on a, `(in_flight + 1) / (1 - cpu)` can rightly prefer a
+    // half-busy b. The unit tests in nubo-lb cover that mix.)
+    let paced = Duration::from_millis(100);
+    let busy_ll = spread_concurrent(&ll, 1, 30, paced);
+    let busy_rr = spread_concurrent(&rr, 1, 30, paced);
+    let v = lb(&cloud, "web-ll");
+    println!(
+        "b busy, 30 paced requests: least-loaded {busy_ll:?}, round-robin {busy_rr:?}; cpu now a {} b {}",
+        backend(&v, &a).unwrap()["cpu_percent"],
+        backend(&v, &b).unwrap()["cpu_percent"]
+    );
     assert_eq!(count(&busy_ll, "failed") + count(&busy_rr, "failed"), 0);
-    assert!(count(&busy_ll, &b) * 4 <= count(&busy_ll, &a), "least-loaded spared b: {busy_ll:?}");
-    assert!(count(&busy_rr, &b) >= 18, "round-robin does not: {busy_rr:?}");
+    assert!(count(&busy_ll, &b) <= 3, "least-loaded spared b: {busy_ll:?}");
+    assert!(count(&busy_rr, &b) >= 14, "round-robin does not: {busy_rr:?}");
     let v = lb(&cloud, "web-ll");
     assert!(backend(&v, &a).unwrap()["requests"].as_u64().unwrap() >= count(&busy_ll, &a) as u64, "{v}");
     // The load ends: b's share comes back.
@@ -283,9 +303,9 @@ fn balancers_over_a_group_spread_fail_over_and_follow_load() {
     wait_until("b's CPU below 30%", Duration::from_secs(30), || {
         backend(&lb(&cloud, "web-ll"), &b)?["cpu_percent"].as_f64().filter(|c| *c < 30.0)
     });
-    let idle_ll = spread_concurrent(&ll, 2, 20);
+    let idle_ll = spread_concurrent(&ll, 1, 30, paced);
     println!("b idle again: least-loaded {idle_ll:?}");
-    assert!(count(&idle_ll, &b) >= 8, "{idle_ll:?}");
+    assert!(count(&idle_ll, &b) >= 6, "{idle_ll:?}");
 
     // The group scales in (the newest, b, goes): b leaves the balancer,
     // which again is not restarted, and a takes everything.
