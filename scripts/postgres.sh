@@ -3,7 +3,7 @@
 # with a superuser role `nubo` (password `nubo`) that the tests connect as
 # to create a database per test. Idempotent: a running cluster and an
 # existing role are left as they are. Prints the admin URL the tests take
-# as NUBO_TEST_DATABASE.
+# as NUBO_TEST_DATABASE on standard output, and nothing else there.
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -29,10 +29,10 @@ if pg_lsclusters -h | awk -v v="$VERSION" -v c="$CLUSTER" '$1 == v && $2 == c &&
   # Running, perhaps listening elsewhere from before: listen_addresses
   # takes a restart.
   if [ "$(psql_admin -c "SHOW listen_addresses")" != "127.0.0.1" ]; then
-    $SUDO pg_ctlcluster "$VERSION" "$CLUSTER" restart
+    $SUDO pg_ctlcluster "$VERSION" "$CLUSTER" restart >&2
   fi
 else
-  $SUDO pg_ctlcluster "$VERSION" "$CLUSTER" start
+  $SUDO pg_ctlcluster "$VERSION" "$CLUSTER" start >&2
 fi
 for _ in $(seq 1 30); do
   psql_admin -c "SELECT 1" >/dev/null 2>&1 && break
