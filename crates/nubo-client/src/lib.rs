@@ -11,6 +11,8 @@ use nubo_api::views::{ConsoleOutput, Host, Image, Instance};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The environment variable naming an extra CA certificate (PEM) to
@@ -78,15 +80,34 @@ impl ClientError {
     }
 }
 
+/// A client of one control plane, which may be several servers (on one
+/// PostgreSQL): requests go to the server that answered last, and move to
+/// the next one when it cannot be reached. Clones share that choice.
 #[derive(Clone)]
 pub struct Client {
-    base: String,
+    /// Every server's base URL, in the order given.
+    servers: Arc<[String]>,
+    /// Index into `servers` of the one requests go to.
+    current: Arc<AtomicUsize>,
     token: String,
     http: reqwest::Client,
 }
 
+/// The base URLs in `list`: one URL, or several separated by commas
+/// (`http://a:8780,http://b:8780`), without trailing slashes.
+fn server_list(list: &str) -> Vec<String> {
+    let servers: Vec<String> =
+        list.split(',').map(|s| s.trim().trim_end_matches('/').to_string()).filter(|s| !s.is_empty()).collect();
+    if servers.is_empty() {
+        vec![list.trim().to_string()]
+    } else {
+        servers
+    }
+}
+
 impl Client {
-    /// `base` is the server's URL, e.g. `http://127.0.0.1:8780`.
+    /// `base` is the server's URL, e.g. `http://127.0.0.1:8780`, or the
+    /// URLs of several servers of one control plane separated by commas.
     pub fn new(base: &str, token: &str) -> Result<Self, ClientError> {
         Self::with_ca(base, token, None)
     }
@@ -120,15 +141,55 @@ impl Client {
                 },
                 None => ClientError::Transport { url: base.to_string(), source },
             })?;
-        Ok(Self { base: base.trim_end_matches('/').to_string(), token: token.to_string(), http })
+        let servers: Arc<[String]> = server_list(base).into();
+        Ok(Self { servers, current: Arc::new(AtomicUsize::new(0)), token: token.to_string(), http })
     }
 
+    /// The server requests go to now.
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.servers[self.current.load(Ordering::Relaxed) % self.servers.len()]
+    }
+
+    /// Sends the request `build` makes for a URL, to the current server;
+    /// when that one cannot be reached (the connection was refused or
+    /// timed out, so the request never left), to each other server in
+    /// turn, and the first that answers becomes the current one. Any other
+    /// failure is returned, and the next request starts at the next
+    /// server: an answer that never came may mean a server that hangs.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let n = self.servers.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        // `k` servers before this one refused the connection.
+        let mut k = 0;
+        loop {
+            let i = (first + k) % n;
+            let url = format!("{}{path}", self.servers[i]);
+            match build(&url).bearer_auth(&self.token).send().await {
+                Ok(resp) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return self.read(resp, &url).await;
+                }
+                Err(e) if e.is_connect() && k + 1 < n => k += 1,
+                Err(e) => {
+                    self.current.store((i + 1) % n, Ordering::Relaxed);
+                    // None of them could be reached: name them all.
+                    let which = if k > 0 && e.is_connect() { self.servers.join(", ") } else { url };
+                    return Err(transport(&which, e));
+                }
+            }
+        }
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<T, ClientError> {
         let resp = req.bearer_auth(&self.token).send().await.map_err(|source| transport(url, source))?;
+        self.read(resp, url).await
+    }
+
+    async fn read<T: DeserializeOwned>(&self, resp: reqwest::Response, url: &str) -> Result<T, ClientError> {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|source| transport(url, source))?;
         if !status.is_success() {
@@ -140,23 +201,19 @@ impl Client {
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
-        self.send(self.http.get(&url), &url).await
+        self.call(path, |url| self.http.get(url)).await
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
-        self.send(self.http.post(&url).json(body), &url).await
+        self.call(path, |url| self.http.post(url).json(body)).await
     }
 
     async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
-        self.send(self.http.put(&url).json(body), &url).await
+        self.call(path, |url| self.http.put(url).json(body)).await
     }
 
     async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
-        self.send(self.http.delete(&url), &url).await
+        self.call(path, |url| self.http.delete(url)).await
     }
 
     // ---- user API ----
@@ -211,7 +268,7 @@ impl Client {
         file: &Path,
         progress: impl FnMut(u64) + Send + 'static,
     ) -> Result<Image, ClientError> {
-        let url = format!("{}/api/v1/images/{}/file", self.base, path_segment(id));
+        let url = format!("{}/api/v1/images/{}/file", self.base_url(), path_segment(id));
         let body = file_body(file, progress)
             .await
             .map_err(|e| ClientError::File { path: file.display().to_string(), detail: e.to_string() })?;
@@ -612,7 +669,7 @@ impl Client {
         on_chunk: &mut (dyn FnMut(&[u8]) + Send),
     ) -> Result<u64, ClientError> {
         use tokio::io::AsyncWriteExt;
-        let url = format!("{}/api/v1/agent/images/{id}/file", self.base);
+        let url = format!("{}/api/v1/agent/images/{id}/file", self.base_url());
         let mut resp = self
             .http
             .get(&url)
@@ -662,7 +719,7 @@ impl Client {
         size_bytes: u64,
         sha256: &str,
     ) -> Result<Image, ClientError> {
-        let url = format!("{}/api/v1/agent/images/{id}/file?size_bytes={size_bytes}&sha256={sha256}", self.base);
+        let url = format!("{}/api/v1/agent/images/{id}/file?size_bytes={size_bytes}&sha256={sha256}", self.base_url());
         let body = file_body(file, |_| {})
             .await
             .map_err(|e| ClientError::File { path: file.display().to_string(), detail: e.to_string() })?;
@@ -746,5 +803,63 @@ mod tests {
     fn path_segment_keeps_ids_and_escapes_the_rest() {
         assert_eq!(super::path_segment("i-0123456789abcdef0"), "i-0123456789abcdef0");
         assert_eq!(super::path_segment("../x"), "..%2Fx");
+    }
+
+    /// A port nothing listens on (bound, then closed): connections to it are refused.
+    fn dead_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    /// A server answering every request with an empty JSON list; counts them.
+    async fn live_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = served.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = l.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    // One request per read is enough for these small GETs.
+                    while let Ok(n) = conn.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n[]";
+                        if conn.write_all(answer.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (port, served)
+    }
+
+    #[tokio::test]
+    async fn a_refusing_server_is_skipped_and_the_one_that_answers_stays_current() {
+        let (live, served) = live_server().await;
+        let dead = dead_port();
+        let client = super::Client::new(&format!("http://127.0.0.1:{dead}/, http://127.0.0.1:{live}"), "t").unwrap();
+        assert_eq!(client.base_url(), format!("http://127.0.0.1:{dead}"));
+        assert!(client.hosts().await.unwrap().is_empty());
+        assert_eq!(client.base_url(), format!("http://127.0.0.1:{live}"));
+        // Clones share the choice; the next requests go straight there.
+        let clone = client.clone();
+        assert!(clone.images().await.unwrap().is_empty());
+        assert!(client.instances().await.unwrap().is_empty());
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn when_no_server_answers_the_error_names_every_one() {
+        let (a, b) = (dead_port(), dead_port());
+        let client = super::Client::new(&format!("http://127.0.0.1:{a},http://127.0.0.1:{b}"), "t").unwrap();
+        let e = client.hosts().await.unwrap_err().to_string();
+        assert!(e.contains(&format!("127.0.0.1:{a}, http://127.0.0.1:{b}")) && e.contains("cannot reach"), "{e}");
     }
 }

@@ -383,7 +383,9 @@ pub struct UpArgs {
 
 #[derive(Args, Clone)]
 pub struct AgentArgs {
-    /// The control plane's URL, e.g. http://10.0.0.1:8780.
+    /// The control plane's URL, e.g. http://10.0.0.1:8780; with several
+    /// servers on one PostgreSQL, all their URLs separated by commas (the
+    /// agent moves to the next one when one cannot be reached).
     #[arg(long, env = "NUBO_SERVER")]
     pub server: String,
     /// One-time join token (printed by `nubo server`, or `nubo host join-token`).
@@ -409,7 +411,8 @@ pub enum Format {
 
 #[derive(Args, Clone)]
 pub struct Conn {
-    /// API URL; else the one saved by `nubo login`.
+    /// API URL (several servers' URLs separated by commas fail over); else
+    /// the one saved by `nubo login`.
     #[arg(long, env = "NUBO_URL", hide_env_values = true)]
     pub url: Option<String>,
     /// API token; else the one saved by `nubo login`.
