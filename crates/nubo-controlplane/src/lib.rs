@@ -39,6 +39,7 @@ pub mod tls;
 pub mod tsdb;
 pub mod validate;
 pub mod volumes;
+pub mod wakeups;
 
 use nubo_scheduler::{HostSnapshot, Policy};
 use std::net::SocketAddr;
@@ -155,6 +156,9 @@ pub struct Ctx {
     pub sealer: secrets::Sealer,
     /// The image files (`DATA_DIR/registry`).
     pub registry: registry::Registry,
+    /// This server process, among several on one database (random at
+    /// each start): the sender of its notifications (see `wakeups`).
+    pub server_id: String,
 }
 
 impl Ctx {
@@ -190,26 +194,39 @@ impl Ctx {
         let sealer = secrets::Sealer::load_or_create(&config.data_dir)?;
         let registry = registry::Registry::new(&config.data_dir);
         registry.remove_partial_uploads();
-        Ok(Arc::new(Self { config, store, generation, limiter, sealer, registry }))
+        let server_id = format!("s-{:016x}", rand::random::<u64>());
+        Ok(Arc::new(Self { config, store, generation, limiter, sealer, registry, server_id }))
     }
 
     /// Starts the server's background work (metric rollups, heartbeat
     /// checks, alert evaluation, webhook delivery).
     pub fn start_background(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(wakeups::listen(self.clone()));
         tokio::spawn(monitor::run(self.clone()))
     }
 
     /// Signals every agent that desired state changed (when the change
     /// may concern any host, or its host is not known here).
     pub fn bump(&self) {
-        self.generation.send_modify(Generations::bump_all);
+        self.bump_local(wakeups::Wake::Every);
+        wakeups::notify(self, wakeups::Wake::Every);
     }
 
     /// Signals the agent of `host` alone: with a thousand hosts, waking
     /// every long-poll for one host's change made each launch cost a
     /// thousand desired-state computations.
     pub fn bump_host(&self, host: &str) {
-        self.generation.send_modify(|g| g.bump_host(host));
+        self.bump_local(wakeups::Wake::Host(host));
+        wakeups::notify(self, wakeups::Wake::Host(host));
+    }
+
+    /// Wakes this server's long-polls alone (for a change another server
+    /// made and notified).
+    pub fn bump_local(&self, wake: wakeups::Wake<'_>) {
+        match wake {
+            wakeups::Wake::Every => self.generation.send_modify(Generations::bump_all),
+            wakeups::Wake::Host(h) => self.generation.send_modify(|g| g.bump_host(h)),
+        }
     }
 
     pub fn generation(&self) -> u64 {

@@ -41,6 +41,29 @@ pub async fn automate(ctx: &Arc<Ctx>) -> Result<(), sqlx::Error> {
 }
 
 /// Runs until the process ends.
+/// The lease holder's name: this machine and data directory, so that a
+/// restarted server takes its own lease back at once instead of waiting
+/// for its predecessor's to expire, while servers elsewhere (or in
+/// another data directory) are other holders.
+pub fn lease_holder(config: &crate::Config) -> String {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}:{}", hostname.trim(), config.data_dir.display())
+}
+
+/// Gives the monitor's lease up (a server stopping), so another server
+/// takes the rounds over at its next round instead of after `LEASE_TTL`.
+pub async fn release(ctx: &Ctx) {
+    if ctx.store.backend() != crate::store::Backend::Postgres {
+        return;
+    }
+    match ctx.store.release_lease(LEASE, &lease_holder(&ctx.config)).await {
+        Ok(()) => tracing::info!("gave up the monitor lease"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot give up the monitor lease; another server takes it when it expires")
+        }
+    }
+}
+
 pub async fn run(ctx: Arc<Ctx>) {
     let http = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
         Ok(c) => c,
@@ -51,12 +74,7 @@ pub async fn run(ctx: Arc<Ctx>) {
     };
     let mut last_rollup: Option<Instant> = None;
     let mut last_eval: Option<Instant> = None;
-    // The lease holder's name: this machine and data directory, so that a
-    // restarted server takes its own lease back at once instead of waiting
-    // for its predecessor's to expire, while servers elsewhere (or in
-    // another data directory) are other holders.
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let holder = format!("{}:{}", hostname.trim(), ctx.config.data_dir.display());
+    let holder = lease_holder(&ctx.config);
     let mut leading = false;
     loop {
         // SQLite is one server's own file: no lease, as before leases.

@@ -445,7 +445,12 @@ impl Store {
             .bind(host)
             .bind(i64::from(host_port))
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| match e.as_database_error() {
+                // Another server's launch took that port first: place again.
+                Some(d) if d.is_unique_violation() => ClaimError::Lost,
+                _ => ClaimError::Db(e),
+            })?;
             mapped.push((*guest, host_port));
         }
         crate::launch::insert_launch_record(&mut tx, new.id.as_str(), new.project_id, &new.ec2).await?;

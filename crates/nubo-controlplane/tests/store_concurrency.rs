@@ -62,3 +62,60 @@ async fn racing_for_a_lease_one_wins() {
     }
     assert_eq!(winners, 1);
 }
+
+/// Two servers on one PostgreSQL: a change made through one wakes the
+/// long-polls of the other for that host alone, and neither wakes its own
+/// agents twice for its own change. (On SQLite there is one server and
+/// nothing to notify.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_one_server_wakes_the_agents_polling_the_other() {
+    let Some(db) = common::test_db().await else {
+        eprintln!("PostgreSQL only (NUBO_TEST_DATABASE): one SQLite server has nobody to notify");
+        return;
+    };
+    let db = Some(db);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = nubo_controlplane::Ctx::new(common::config(dir_a.path(), &db)).await.unwrap();
+    let b = nubo_controlplane::Ctx::new(common::config(dir_b.path(), &db)).await.unwrap();
+    assert_ne!(a.server_id, b.server_id);
+    for s in [&a, &b] {
+        tokio::spawn(nubo_controlplane::wakeups::listen(s.clone()));
+    }
+    // Until b listens: a's bumps reach it.
+    let mut rx_b = b.subscribe();
+    let seen =
+        |rx: &tokio::sync::watch::Receiver<nubo_controlplane::Generations>, host: &str| rx.borrow().changed_for(host);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let before = seen(&rx_b, "h-x");
+        a.bump_host("h-x");
+        let woke = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            rx_b.wait_for(|g| g.changed_for("h-x") > before),
+        )
+        .await;
+        if woke.is_ok() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "b never heard of a's changes");
+    }
+    // Now one change of h-x through a: b wakes h-x's agent, not h-y's.
+    let (x, y) = (seen(&rx_b, "h-x"), seen(&rx_b, "h-y"));
+    let a_before = a.generation();
+    a.bump_host("h-x");
+    tokio::time::timeout(std::time::Duration::from_secs(5), rx_b.wait_for(|g| g.changed_for("h-x") > x))
+        .await
+        .expect("b's long-poll of h-x was not woken within 5 s")
+        .unwrap();
+    assert_eq!(seen(&rx_b, "h-y"), y, "b woke an agent the change does not concern");
+    // A change for every host through b reaches a; notifications arrive in
+    // order, so a has handled the echo of its own one by then.
+    let mut rx_a = a.subscribe();
+    let y_on_a = seen(&rx_a, "h-y");
+    b.bump();
+    tokio::time::timeout(std::time::Duration::from_secs(5), rx_a.wait_for(|g| g.changed_for("h-y") > y_on_a))
+        .await
+        .expect("a did not hear of b's change")
+        .unwrap();
+    assert_eq!(a.generation(), a_before + 2, "a bumped for its own change twice (its echo), or missed b's");
+}

@@ -234,7 +234,10 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     tokio::select! {
         r = s.server => { r??; }
         r = agent_task => { r??; }
-        _ = shutdown_signal() => { eprintln!("stopping Nubo; running VMs keep running and are re-adopted at the next start"); }
+        _ = shutdown_signal() => {
+            eprintln!("stopping Nubo; running VMs keep running and are re-adopted at the next start");
+            nubo_controlplane::monitor::release(&s.ctx).await;
+        }
     }
     Ok(())
 }
@@ -254,7 +257,7 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
     println!("  nubo agent --server {}{ca} --join-token {join}", s.url);
     tokio::select! {
         r = s.server => { r??; }
-        _ = shutdown_signal() => {}
+        _ = shutdown_signal() => nubo_controlplane::monitor::release(&s.ctx).await,
     }
     Ok(())
 }
