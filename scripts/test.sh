@@ -3,9 +3,10 @@
 # (warnings are errors), unit tests, and integration tests that boot real
 # `tiny` VMs under QEMU. The tiny image is built once into .cache/images
 # and shared by every test. Slow tiers are opt-in (see README). Then the
-# control plane's integration tests once more, and the VM lifecycle test,
-# on PostgreSQL (Debian's, started on 127.0.0.1 by scripts/postgres.sh; a
-# database per test). About two minutes more.
+# integration suite once more on PostgreSQL (Debian's, started on
+# 127.0.0.1 by scripts/postgres.sh; a database per test): the control
+# plane's tests and the end-to-end ones, among them the two-server test
+# that only runs there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -27,7 +28,4 @@ fi
 "${RUN[@]}" --workspace --no-fail-fast
 NUBO_TEST_DATABASE="$(scripts/postgres.sh)"
 export NUBO_TEST_DATABASE
-"${RUN[@]}" -p nubo-controlplane --no-fail-fast
-# One end-to-end test on PostgreSQL too: `nubo up --database`, a real VM
-# booted, stopped, started and terminated (about 30 s).
-"${RUN[@]}" -p nubo --test vm_lifecycle --no-fail-fast
+"${RUN[@]}" -p nubo-controlplane -p nubo --no-fail-fast

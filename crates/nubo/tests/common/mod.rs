@@ -85,9 +85,15 @@ pub struct Cloud {
     pub agent_token: String,
     server: Option<Child>,
     agent: Option<Child>,
+    /// A second `nubo server` on the same PostgreSQL (`two_servers`): its
+    /// URL and process; its data directory is `DIR/server-b`.
+    pub second_url: Option<String>,
+    second: Option<Child>,
     /// `nubo up` (true) or `nubo server` + `nubo agent` (false).
     all_in_one: bool,
     listen: String,
+    /// The host ports this cloud forwards from (FIRST-LAST).
+    port_range: String,
     /// The cloud's PostgreSQL database (with `NUBO_TEST_DATABASE`); last,
     /// so it is dropped after `Drop` has stopped the server.
     db: Option<nubo_controlplane::testdb::TestDatabase>,
@@ -121,6 +127,42 @@ impl Cloud {
         c
     }
 
+    /// Two `nubo server` processes on one PostgreSQL (needs
+    /// `NUBO_TEST_DATABASE`; None without it) and one `nubo agent` given
+    /// both addresses. The second server has a data directory of its own
+    /// with a copy of the first one's sealing key, as an operator sets a
+    /// second server up.
+    pub fn two_servers() -> Option<Self> {
+        let mut c = Self::fresh(false);
+        let db = c.db.as_ref()?.url.clone();
+        c.start_server();
+        let dir = c.dir.path().join("server-b");
+        std::fs::create_dir_all(&dir).expect("server-b dir");
+        std::fs::copy(c.dir.path().join("secret.key"), dir.join("secret.key")).expect("copy the sealing key");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(nubo_bin());
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--port-range")
+            .arg(&c.port_range)
+            .arg("--database")
+            .arg(&db)
+            .env("NUBO_IMAGE_CACHE", image_cache())
+            .env("RUST_LOG", "info")
+            .stdout(c.log("server-b.log"))
+            .stderr(c.log("server-b.log"));
+        c.second = Some(cmd.spawn().expect("spawn the second nubo server"));
+        wait_until("the second server's admin.env", Duration::from_secs(120), || {
+            std::fs::read_to_string(dir.join("admin.env")).ok()
+        });
+        c.second_url = Some(format!("http://{listen}"));
+        c.start_agent();
+        Some(c)
+    }
+
     fn fresh(all_in_one: bool) -> Self {
         Cloud {
             dir: tempfile::tempdir().expect("tempdir"),
@@ -129,8 +171,18 @@ impl Cloud {
             agent_token: String::new(),
             server: None,
             agent: None,
+            second_url: None,
+            second: None,
             all_in_one,
             listen: format!("127.0.0.1:{}", free_port()),
+            port_range: {
+                // Each test cloud forwards from its own window of host
+                // ports, so clouds running side by side never hand out
+                // the same port.
+                let slot = (std::process::id().wrapping_mul(31).wrapping_add(u32::from(free_port()))) % 100;
+                let first = 20000 + slot as u16 * 100;
+                format!("{first}-{}", first + 99)
+            },
             db: test_database(),
         }
     }
@@ -160,16 +212,12 @@ impl Cloud {
         } else {
             cmd.arg("server");
         }
-        // Each test cloud forwards from its own window of host ports, so
-        // clouds running side by side never hand out the same port.
-        let slot = (std::process::id().wrapping_mul(31).wrapping_add(u32::from(free_port()))) % 100;
-        let first = 20000 + slot as u16 * 100;
         cmd.arg("--data-dir")
             .arg(self.dir.path())
             .arg("--listen")
             .arg(&self.listen)
             .arg("--port-range")
-            .arg(format!("{first}-{}", first + 99))
+            .arg(&self.port_range)
             .args(self.db.iter().flat_map(|db| ["--database", db.url.as_str()]))
             .env("NUBO_IMAGE_CACHE", image_cache())
             .env("RUST_LOG", "info")
@@ -199,7 +247,10 @@ impl Cloud {
             .arg("--host-name")
             .arg("test-agent")
             .arg("--server")
-            .arg(&self.url)
+            .arg(match &self.second_url {
+                Some(b) => format!("{},{b}", self.url),
+                None => self.url.clone(),
+            })
             .arg("--join-token")
             .arg(&self.agent_token)
             .arg("--data-dir")
@@ -221,6 +272,11 @@ impl Cloud {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The (first) server's process id, to kill it while `&self` is shared.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(|c| c.id())
     }
 
     pub fn kill_agent(&mut self) {
@@ -349,6 +405,10 @@ impl Drop for Cloud {
     fn drop(&mut self) {
         self.kill_agent();
         self.kill_server();
+        if let Some(mut c) = self.second.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         // Leave no VM behind: kill every QEMU this cloud started.
         if let Ok(entries) = std::fs::read_dir(self.agent_dir().join("instances")) {
             for e in entries.flatten() {
@@ -361,7 +421,7 @@ impl Drop for Cloud {
         }
         // On failure, show what the daemons said.
         if std::thread::panicking() {
-            for log in ["server.log", "agent.log"] {
+            for log in ["server.log", "server-b.log", "agent.log"] {
                 if let Ok(text) = std::fs::read_to_string(self.dir.path().join(log)) {
                     let tail: Vec<&str> = text.lines().rev().take(60).collect();
                     eprintln!("---- last lines of {log} ----");
