@@ -10,8 +10,14 @@
 //!   64 GiB and 1 TB; `NUBO_FLEET_INSTANCES` (default 10000) launches of
 //!   1 vCPU / 256 MiB / 1 GiB, `NUBO_FLEET_CONCURRENCY` (default 32)
 //!   requests in flight; no launch starts after `NUBO_FLEET_LAUNCH_SECS`
-//!   (default 900), so a fleet that cannot keep up still gives figures.
-//! - The database: SQLite, the server's default (the only one today).
+//!   (default 900), so a fleet that cannot keep up still gives figures;
+//!   `NUBO_FLEET_SETTLE_SECS` (default 300) to wait for the last launches
+//!   to run; `NUBO_FLEET_DESCRIBES` (default 2000) describes, of an even
+//!   sample of the launches.
+//! - `NUBO_FLEET_DATABASES` (default `sqlite,postgres`): the whole run once
+//!   per database, one after the other, and a table of both at the end.
+//!   PostgreSQL is the server at `NUBO_TEST_DATABASE` (an admin URL, as
+//!   `scripts/postgres.sh` prints it), in a fresh database of the run's own.
 //!
 //! Measured: join-and-register time of the fleet; launches per second
 //! (each one a scheduler placement over every host and an atomic claim,
@@ -19,7 +25,8 @@
 //! latency; the time from a launch's `requested` event to its host
 //! starting the VM (`qemu_started`, recorded by the agent) at p50 and p99;
 //! describes (`GET /api/v1/instances/{id}`) per second; one full list; the
-//! server's CPU time; and the database's size on disk.
+//! server's CPU time; and the database's size (SQLite: the file and its
+//! WAL; PostgreSQL: `pg_database_size`).
 //!
 //! Without `--bench` (e.g. under `cargo test --benches`) it does nothing.
 
@@ -49,10 +56,12 @@ struct Server {
     dir: PathBuf,
     url: String,
     token: String,
+    /// The PostgreSQL database it runs on; None: SQLite in `dir`.
+    database: Option<String>,
 }
 
 impl Server {
-    fn start(dir: &Path) -> Self {
+    fn start(dir: &Path, database: Option<&str>) -> Self {
         std::fs::create_dir_all(dir).expect("server dir");
         let listen = format!("127.0.0.1:{}", free_port());
         let log = std::fs::File::create(dir.join("server.log")).expect("server.log");
@@ -60,6 +69,7 @@ impl Server {
             .args(["server", "--data-dir"])
             .arg(dir)
             .args(["--listen", &listen, "--api-rate-limit", "1000000"])
+            .args(database.iter().flat_map(|d| ["--database", d]))
             .env("RUST_LOG", "warn")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -75,6 +85,7 @@ impl Server {
             token: admin_env_var(&text, "NUBO_TOKEN"),
             child,
             dir: dir.to_path_buf(),
+            database: database.map(str::to_string),
         }
     }
 
@@ -88,6 +99,14 @@ impl Server {
     }
 
     fn db_bytes(&self) -> u64 {
+        if let Some(url) = &self.database {
+            // psql comes with Debian's postgresql, which the run needs anyway.
+            let out = Command::new("psql")
+                .args([url.as_str(), "-tAc", "SELECT pg_database_size(current_database())"])
+                .output()
+                .expect("run psql");
+            return String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+        }
         ["nubo.db", "nubo.db-wal", "nubo.db-shm"]
             .iter()
             .filter_map(|f| std::fs::metadata(self.dir.join(f)).ok())
@@ -174,21 +193,106 @@ where
     all.into_iter().map(|(_, ms, s, b)| (ms, s, b)).collect()
 }
 
+/// What one run is given.
+struct Settings {
+    hosts: usize,
+    instances: usize,
+    concurrency: usize,
+    launch_limit: Duration,
+    /// How many of the launches are described (an even sample).
+    describes: usize,
+    /// How long to wait for the last launches to run.
+    settle_limit: Duration,
+}
+
+/// What one run measured, for the table at the end.
+#[derive(Default)]
+struct Figures {
+    database: String,
+    join_secs: f64,
+    accepted: usize,
+    launches_per_sec: f64,
+    launch_p50_ms: f64,
+    launch_p99_ms: f64,
+    /// When the last launches were all running, or how many were not.
+    settle: String,
+    list_ms: Option<f64>,
+    describes_per_sec: f64,
+    describe_p99_ms: f64,
+    reconcile_p50_ms: f64,
+    reconcile_p99_ms: f64,
+    db_mib: f64,
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         eprintln!("fleet: run with `cargo bench -p nubo --bench fleet` (skipped: starts a server and many agents)");
         return;
     }
     install_signal_handlers();
-    let hosts = env_usize("NUBO_FLEET_HOSTS", 1000);
-    let instances = env_usize("NUBO_FLEET_INSTANCES", 10_000);
-    let concurrency = env_usize("NUBO_FLEET_CONCURRENCY", 32);
-    // Past this, no new launch starts: a fleet that cannot keep up still
-    // gives figures, for the launches it took.
-    let launch_limit = Duration::from_secs(env_usize("NUBO_FLEET_LAUNCH_SECS", 900) as u64);
+    let settings = Settings {
+        hosts: env_usize("NUBO_FLEET_HOSTS", 1000),
+        instances: env_usize("NUBO_FLEET_INSTANCES", 10_000),
+        concurrency: env_usize("NUBO_FLEET_CONCURRENCY", 32),
+        // Past this, no new launch starts: a fleet that cannot keep up
+        // still gives figures, for the launches it took.
+        launch_limit: Duration::from_secs(env_usize("NUBO_FLEET_LAUNCH_SECS", 900) as u64),
+        describes: env_usize("NUBO_FLEET_DESCRIBES", 2000),
+        settle_limit: Duration::from_secs(env_usize("NUBO_FLEET_SETTLE_SECS", 300) as u64),
+    };
+    let databases = std::env::var("NUBO_FLEET_DATABASES").unwrap_or_else(|_| "sqlite,postgres".into());
     ensure_image();
+    let mut all = Vec::new();
+    for name in databases.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let figures = match name {
+            "sqlite" => run(&settings, "SQLite", None),
+            "postgres" => {
+                let admin = std::env::var(nubo_controlplane::testdb::ENV).unwrap_or_else(|_| {
+                    panic!("the PostgreSQL run needs NUBO_TEST_DATABASE (e.g. \"$(scripts/postgres.sh)\"); or set NUBO_FLEET_DATABASES=sqlite")
+                });
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                let db = rt
+                    .block_on(nubo_controlplane::testdb::TestDatabase::create(&admin))
+                    .expect("create the bench database");
+                let f = run(&settings, "PostgreSQL", Some(&db.url));
+                drop(db);
+                f
+            }
+            other => panic!("NUBO_FLEET_DATABASES: unknown database {other:?}; use sqlite and/or postgres"),
+        };
+        all.push(figures);
+    }
+    println!();
+    println!(
+        "| {} hosts, {} launches, {} in flight | {} |",
+        settings.hosts,
+        settings.instances,
+        settings.concurrency,
+        all.iter().map(|f| f.database.as_str()).collect::<Vec<_>>().join(" | ")
+    );
+    println!("|---|{}", "---|".repeat(all.len()));
+    let row = |what: &str, cell: &dyn Fn(&Figures) -> String| {
+        println!("| {what} | {} |", all.iter().map(cell).collect::<Vec<_>>().join(" | "));
+    };
+    row("fleet joined and registered", &|f| format!("{:.1} s", f.join_secs));
+    row("launches accepted", &|f| f.accepted.to_string());
+    row("launches/s (= placements/s, concurrent claims)", &|f| format!("{:.0}", f.launches_per_sec));
+    row("launch latency p50 / p99", &|f| format!("{:.0} / {:.0} ms", f.launch_p50_ms, f.launch_p99_ms));
+    row("requested → started on its host, p50 / p99", &|f| {
+        format!("{:.0} / {:.0} ms", f.reconcile_p50_ms, f.reconcile_p99_ms)
+    });
+    row("last launches running after the last was accepted", &|f| f.settle.clone());
+    row("describes/s (p99)", &|f| format!("{:.0} ({:.0} ms)", f.describes_per_sec, f.describe_p99_ms));
+    row("one full list", &|f| f.list_ms.map_or("failed".into(), |ms| format!("{:.1} s", ms / 1e3)));
+    row("database size", &|f| format!("{:.1} MiB", f.db_mib));
+}
+
+/// One whole run on one database: a fresh server, the fleet, the launches.
+fn run(settings: &Settings, database: &str, url: Option<&str>) -> Figures {
+    let Settings { hosts, instances, concurrency, launch_limit, describes, settle_limit } = *settings;
+    let mut figures = Figures { database: database.to_string(), ..Default::default() };
     let tmp = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&tmp.path().join("server"));
+    let server = Server::start(&tmp.path().join("server"), url);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let api = Api {
         http: reqwest::Client::builder()
@@ -199,7 +303,7 @@ fn main() {
         url: server.url.clone(),
         token: server.token.clone(),
     };
-    println!("fleet: {hosts} simulated hosts, {instances} instances, {concurrency} requests in flight, SQLite");
+    println!("fleet: {hosts} simulated hosts, {instances} instances, {concurrency} requests in flight, {database}");
     println!("machine: {} ({} CPUs), load {}", cpu_model(), nubo_agent::capacity::cpus(), loadavg());
 
     rt.block_on(async {
@@ -258,6 +362,7 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         println!("join: {hosts} hosts registered in {:.1} s", registered.as_secs_f64());
+        figures.join_secs = registered.as_secs_f64();
         tokio::time::sleep(Duration::from_secs(2)).await;
 
         // ---- launches ----
@@ -283,6 +388,9 @@ fn main() {
             eprintln!("first failed launch: {} {}", f.1, f.2);
         }
         let lat = sorted(launches.iter().map(|r| r.0).collect());
+        figures.accepted = ids.len();
+        figures.launches_per_sec = ids.len() as f64 / launch_secs;
+        (figures.launch_p50_ms, figures.launch_p99_ms) = (pct(&lat, 50.0), pct(&lat, 99.0));
         println!(
             "launch: {} of {instances} accepted in {launch_secs:.1} s = {:.0} launches/s (= placements/s, {concurrency} concurrent claims); latency p50 {:.1} ms, p99 {:.1} ms; server CPU {:.1} s",
             ids.len(),
@@ -296,7 +404,7 @@ fn main() {
         // (the last ones, polled one by one: a full list is itself slow
         // at this size, and is measured once below)
         let t = Instant::now();
-        let tail: Vec<&String> = ids.iter().rev().take(50).collect();
+        let tail: Vec<&String> = ids.iter().rev().take(20).collect();
         loop {
             let mut running = 0;
             for id in &tail {
@@ -304,11 +412,13 @@ fn main() {
                 running += usize::from(v["state"] == "running");
             }
             if running == tail.len() {
+                figures.settle = format!("{:.1} s", t.elapsed().as_secs_f64());
                 println!("settle: the last {running} launches running {:.1} s after the last was accepted", t.elapsed().as_secs_f64());
                 break;
             }
-            if t.elapsed() > Duration::from_secs(600) {
-                println!("settle: only {running} of the last {} running after 10 min", tail.len());
+            if t.elapsed() > settle_limit {
+                figures.settle = format!("{running} of the last {} after {} s", tail.len(), settle_limit.as_secs());
+                println!("settle: only {running} of the last {} running after {} s", tail.len(), settle_limit.as_secs());
                 break;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -316,7 +426,10 @@ fn main() {
         let lt = Instant::now();
         let (status, list) = api.call(reqwest::Method::GET, "/api/v1/instances", None).await;
         match list.as_array() {
-            Some(a) => println!("list: GET /api/v1/instances ({} instances) in {:.0} ms", a.len(), lt.elapsed().as_secs_f64() * 1e3),
+            Some(a) => {
+                figures.list_ms = Some(lt.elapsed().as_secs_f64() * 1e3);
+                println!("list: GET /api/v1/instances ({} instances) in {:.0} ms", a.len(), lt.elapsed().as_secs_f64() * 1e3)
+            }
             None => println!("list: GET /api/v1/instances failed after {:.0} s ({status})", lt.elapsed().as_secs_f64()),
         }
 
@@ -324,17 +437,22 @@ fn main() {
         let ids = Arc::new(ids);
         let cpu0 = server.cpu_secs();
         let t = Instant::now();
-        let shows = burst(ids.len(), concurrency, far, {
+        // An even sample of the launches (all of them when fewer).
+        let n = describes.min(ids.len());
+        let shows = burst(n, concurrency, far, {
             let (api, ids) = (api.clone(), ids.clone());
             move |i| {
                 let (api, ids) = (api.clone(), ids.clone());
-                async move { api.call(reqwest::Method::GET, &format!("/api/v1/instances/{}", ids[i]), None).await }
+                let id = ids[i * ids.len() / n].clone();
+                async move { api.call(reqwest::Method::GET, &format!("/api/v1/instances/{id}"), None).await }
             }
         })
         .await;
         let show_secs = t.elapsed().as_secs_f64();
         let show_cpu = server.cpu_secs() - cpu0;
         let lat = sorted(shows.iter().map(|r| r.0).collect());
+        figures.describes_per_sec = shows.len() as f64 / show_secs;
+        figures.describe_p99_ms = pct(&lat, 99.0);
         println!(
             "describe: {} in {show_secs:.1} s = {:.0}/s; latency p50 {:.1} ms, p99 {:.1} ms; server CPU {:.1} s",
             shows.len(),
@@ -352,6 +470,7 @@ fn main() {
                 .filter_map(|(_, _, v)| Some((stage(v, "qemu_started")? - stage(v, "requested")?) as f64))
                 .collect(),
         );
+        (figures.reconcile_p50_ms, figures.reconcile_p99_ms) = (pct(&reconcile, 50.0), pct(&reconcile, 99.0));
         println!(
             "reconcile: requested -> started on its host for {} instances: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
             reconcile.len(),
@@ -359,11 +478,8 @@ fn main() {
             pct(&reconcile, 99.0),
             reconcile.last().copied().unwrap_or(f64::NAN)
         );
-        println!(
-            "database: {:.1} MiB on disk (nubo.db with its WAL) for {hosts} hosts and {} instances",
-            server.db_bytes() as f64 / 1048576.0,
-            ids.len()
-        );
+        figures.db_mib = server.db_bytes() as f64 / 1048576.0;
+        println!("database: {:.1} MiB ({database}) for {hosts} hosts and {} instances", figures.db_mib, ids.len());
         for a in agents {
             a.abort();
         }
@@ -371,4 +487,5 @@ fn main() {
     // The agents' tasks end with the runtime; the server with its Drop.
     rt.shutdown_timeout(Duration::from_secs(5));
     drop(server);
+    figures
 }
