@@ -26,6 +26,18 @@ const MINUTE_MS: i64 = 60_000;
 /// Most points one query returns; a finer step is widened to fit.
 pub const MAX_POINTS: i64 = 10_000;
 
+/// Rows per multi-row INSERT of samples: 4 parameters a row stays far
+/// below SQLite's (32,766) and PostgreSQL's (65,535) parameter limits.
+pub const INGEST_ROWS: usize = 200;
+
+/// `($1, $2, $3, $4), ($5, ...)`: the VALUES of `rows` rows of four.
+fn value_rows(rows: usize) -> String {
+    (0..rows)
+        .map(|r| format!("(${}, ${}, ${}, ${})", 4 * r + 1, 4 * r + 2, 4 * r + 3, 4 * r + 4))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Where a query's points came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -44,31 +56,45 @@ impl Source {
 
 impl Store {
     /// Stores samples (a repeated one is ignored) and moves each series'
-    /// newest value forward.
+    /// newest value forward. A fleet sends a batch per host every few
+    /// seconds, tens of samples each: they go in as multi-row statements
+    /// of [`INGEST_ROWS`] rows, not two statements a sample, which on
+    /// SQLite queued every other write behind metrics.
     pub async fn ingest(&self, samples: &[MetricSample]) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        // Per series, the newest sample of the batch: one upsert may not
+        // touch a row twice (PostgreSQL refuses it).
+        let mut latest: std::collections::BTreeMap<(&str, &str), &MetricSample> = Default::default();
         for s in samples {
-            sqlx::query(
-                "INSERT INTO metric_samples (resource, metric, at_ms, value) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&s.resource)
-            .bind(&s.metric)
-            .bind(s.at_ms)
-            .bind(s.value)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO metric_latest (resource, metric, at_ms, value) VALUES ($1, $2, $3, $4)
+            let e = latest.entry((s.resource.as_str(), s.metric.as_str())).or_insert(s);
+            if s.at_ms > e.at_ms {
+                *e = s;
+            }
+        }
+        let latest: Vec<&MetricSample> = latest.into_values().collect();
+        let mut tx = self.pool.begin().await?;
+        for chunk in samples.chunks(INGEST_ROWS) {
+            let sql = format!(
+                "INSERT INTO metric_samples (resource, metric, at_ms, value) VALUES {} ON CONFLICT DO NOTHING",
+                value_rows(chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for s in chunk {
+                q = q.bind(&s.resource).bind(&s.metric).bind(s.at_ms).bind(s.value);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in latest.chunks(INGEST_ROWS) {
+            let sql = format!(
+                "INSERT INTO metric_latest (resource, metric, at_ms, value) VALUES {}
                  ON CONFLICT (resource, metric) DO UPDATE SET at_ms = excluded.at_ms, value = excluded.value
                  WHERE excluded.at_ms >= metric_latest.at_ms",
-            )
-            .bind(&s.resource)
-            .bind(&s.metric)
-            .bind(s.at_ms)
-            .bind(s.value)
-            .execute(&mut *tx)
-            .await?;
+                value_rows(chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for s in chunk {
+                q = q.bind(&s.resource).bind(&s.metric).bind(s.at_ms).bind(s.value);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await
     }
@@ -204,6 +230,44 @@ mod tests {
 
     fn s(metric: &str, at_ms: i64, value: f64) -> MetricSample {
         MetricSample { resource: "i-0123456789abcdef0".into(), metric: metric.into(), at_ms, value }
+    }
+
+    #[test]
+    fn value_rows_number_the_parameters_in_order() {
+        assert_eq!(value_rows(2), "($1, $2, $3, $4), ($5, $6, $7, $8)");
+    }
+
+    /// More samples than one statement takes, repeats inside the batch,
+    /// and several series: each sample stored once, each series' newest
+    /// value kept.
+    #[tokio::test]
+    async fn a_large_batch_goes_in_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        // On PostgreSQL too when NUBO_TEST_DATABASE is set: it is the one
+        // that refuses an upsert touching a row twice.
+        let db = crate::testdb::from_env().await.unwrap();
+        let store = match &db {
+            Some(db) => Store::connect(&db.url).await.unwrap(),
+            None => Store::open(&dir.path().join("t.db")).await.unwrap(),
+        };
+        let t0 = now_ms() - 3_600_000;
+        let mut samples = Vec::new();
+        for i in 0..(INGEST_ROWS as i64 + 50) {
+            for m in ["cpu_percent", "memory_used_bytes", "disk_used_bytes"] {
+                samples.push(s(m, t0 + i * 1_000, i as f64));
+            }
+        }
+        // The same samples again in the batch, oldest last.
+        let mut again = samples.clone();
+        again.reverse();
+        samples.extend(again);
+        store.ingest(&samples).await.unwrap();
+        let stored: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM metric_samples").fetch_one(&store.pool).await.unwrap();
+        assert_eq!(stored, 3 * (INGEST_ROWS as i64 + 50));
+        let latest = store.latest_of("i-0123456789abcdef0").await.unwrap();
+        assert_eq!(latest.len(), 3);
+        assert!(latest.iter().all(|l| l.value == (INGEST_ROWS + 49) as f64), "{latest:?}");
     }
 
     #[tokio::test]
