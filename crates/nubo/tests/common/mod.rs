@@ -61,6 +61,23 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(18780)
 }
 
+/// Claims one of 100 windows of 100 host ports (20000-29999) for a
+/// cloud's forwarded ports and balancers. Holding a listener on
+/// 127.0.0.1:(19800 + window) is the claim, so clouds of tests running side
+/// by side, in any process, never share a window (a window picked from a
+/// hash of the pid once did collide, and a guest's port was already taken).
+fn claim_port_window() -> (std::net::TcpListener, String) {
+    let start = (std::process::id() as usize).wrapping_mul(31).wrapping_add(usize::from(free_port())) % 100;
+    for k in 0..100 {
+        let window = (start + k) % 100;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", 19800 + window as u16)) {
+            let first = 20000 + window as u16 * 100;
+            return (l, format!("{first}-{}", first + 99));
+        }
+    }
+    panic!("all 100 port windows (claims on 127.0.0.1:19800-19899) are held by other test clouds");
+}
+
 /// Capacity every test host offers, so results do not depend on the machine.
 /// Monitoring samples every 2 s, so tests see metrics move quickly.
 pub const HOST_ARGS: &[&str] = &[
@@ -92,8 +109,10 @@ pub struct Cloud {
     /// `nubo up` (true) or `nubo server` + `nubo agent` (false).
     all_in_one: bool,
     listen: String,
-    /// The host ports this cloud forwards from (FIRST-LAST).
+    /// The host ports this cloud forwards from (FIRST-LAST), and the
+    /// listener that holds that window for it (see `claim_port_window`).
     port_range: String,
+    _port_window: std::net::TcpListener,
     /// The cloud's PostgreSQL database (with `NUBO_TEST_DATABASE`); last,
     /// so it is dropped after `Drop` has stopped the server.
     db: Option<nubo_controlplane::testdb::TestDatabase>,
@@ -164,6 +183,7 @@ impl Cloud {
     }
 
     fn fresh(all_in_one: bool) -> Self {
+        let window = claim_port_window();
         Cloud {
             dir: tempfile::tempdir().expect("tempdir"),
             url: String::new(),
@@ -175,14 +195,8 @@ impl Cloud {
             second: None,
             all_in_one,
             listen: format!("127.0.0.1:{}", free_port()),
-            port_range: {
-                // Each test cloud forwards from its own window of host
-                // ports, so clouds running side by side never hand out
-                // the same port.
-                let slot = (std::process::id().wrapping_mul(31).wrapping_add(u32::from(free_port()))) % 100;
-                let first = 20000 + slot as u16 * 100;
-                format!("{first}-{}", first + 99)
-            },
+            port_range: window.1,
+            _port_window: window.0,
             db: test_database(),
         }
     }
