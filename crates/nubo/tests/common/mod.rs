@@ -248,8 +248,13 @@ impl Cloud {
         self.url = get("NUBO_URL");
         self.token = get("NUBO_TOKEN");
         if !self.all_in_one {
-            self.agent_token =
-                std::fs::read_to_string(self.dir.path().join("join.token")).expect("join.token").trim().to_string();
+            // `nubo server` writes join.token after admin.env.
+            let file = self.dir.path().join("join.token");
+            self.agent_token = wait_until("join.token", Duration::from_secs(60), || {
+                std::fs::read_to_string(&file).ok().filter(|t| t.ends_with('\n'))
+            })
+            .trim()
+            .to_string();
         }
     }
 
