@@ -40,7 +40,6 @@ pub async fn automate(ctx: &Arc<Ctx>) -> Result<(), sqlx::Error> {
     crate::groups::reconcile(ctx).await
 }
 
-/// Runs until the process ends.
 /// The lease holder's name: this machine and data directory, so that a
 /// restarted server takes its own lease back at once instead of waiting
 /// for its predecessor's to expire, while servers elsewhere (or in
@@ -64,6 +63,7 @@ pub async fn release(ctx: &Ctx) {
     }
 }
 
+/// Runs until the process ends.
 pub async fn run(ctx: Arc<Ctx>) {
     let http = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
         Ok(c) => c,

@@ -38,6 +38,25 @@ fn value_rows(rows: usize) -> String {
         .join(", ")
 }
 
+/// `head VALUES-rows tail` for `rows`, in statements of [`INGEST_ROWS`]
+/// rows, each row bound as (resource, metric, at_ms, value).
+async fn insert_rows(
+    tx: &mut crate::store::Tx<'_>,
+    head: &str,
+    tail: &str,
+    rows: &[&MetricSample],
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(INGEST_ROWS) {
+        let sql = format!("{head} {} {tail}", value_rows(chunk.len()));
+        let mut q = sqlx::query(&sql);
+        for s in chunk {
+            q = q.bind(&s.resource).bind(&s.metric).bind(s.at_ms).bind(s.value);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 /// Where a query's points came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -71,31 +90,23 @@ impl Store {
             }
         }
         let latest: Vec<&MetricSample> = latest.into_values().collect();
+        let all: Vec<&MetricSample> = samples.iter().collect();
         let mut tx = self.pool.begin().await?;
-        for chunk in samples.chunks(INGEST_ROWS) {
-            let sql = format!(
-                "INSERT INTO metric_samples (resource, metric, at_ms, value) VALUES {} ON CONFLICT DO NOTHING",
-                value_rows(chunk.len())
-            );
-            let mut q = sqlx::query(&sql);
-            for s in chunk {
-                q = q.bind(&s.resource).bind(&s.metric).bind(s.at_ms).bind(s.value);
-            }
-            q.execute(&mut *tx).await?;
-        }
-        for chunk in latest.chunks(INGEST_ROWS) {
-            let sql = format!(
-                "INSERT INTO metric_latest (resource, metric, at_ms, value) VALUES {}
-                 ON CONFLICT (resource, metric) DO UPDATE SET at_ms = excluded.at_ms, value = excluded.value
-                 WHERE excluded.at_ms >= metric_latest.at_ms",
-                value_rows(chunk.len())
-            );
-            let mut q = sqlx::query(&sql);
-            for s in chunk {
-                q = q.bind(&s.resource).bind(&s.metric).bind(s.at_ms).bind(s.value);
-            }
-            q.execute(&mut *tx).await?;
-        }
+        insert_rows(
+            &mut tx,
+            "INSERT INTO metric_samples (resource, metric, at_ms, value) VALUES",
+            "ON CONFLICT DO NOTHING",
+            &all,
+        )
+        .await?;
+        insert_rows(
+            &mut tx,
+            "INSERT INTO metric_latest (resource, metric, at_ms, value) VALUES",
+            "ON CONFLICT (resource, metric) DO UPDATE SET at_ms = excluded.at_ms, value = excluded.value
+             WHERE excluded.at_ms >= metric_latest.at_ms",
+            &latest,
+        )
+        .await?;
         tx.commit().await
     }
 
