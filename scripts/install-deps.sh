@@ -35,7 +35,8 @@ fi
 $SUDO apt-get install -y -q --no-install-recommends --allow-downgrades \
   $QEMU_PKGS seabios ipxe-qemu e2fsprogs mmdebstrap curl ca-certificates procps \
   slapd openssh-client syslinux syslinux-common mtools dosfstools fdisk monitoring-plugins-basic \
-  python3 python3-venv chromium chromium-driver fonts-dejavu-core nginx-light postgresql
+  python3 python3-venv chromium chromium-driver fonts-dejavu-core nginx-light postgresql \
+  iproute2 nftables dnsmasq-base
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust stable (https://rustup.rs) and re-run" >&2
   exit 1

@@ -106,6 +106,7 @@ fn main() {
             mac: None,
             base_format: Some("qcow2".into()),
             disks: vec![],
+            taps: Vec::new(),
         };
         rt.block_on(async {
             qemu.prepare_disk(&dir, &cfg).await.expect("disk");

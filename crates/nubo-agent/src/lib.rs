@@ -14,6 +14,7 @@ pub mod guest;
 pub mod identity;
 pub mod imds;
 pub mod metrics;
+pub mod network;
 pub mod reconcile;
 pub mod runs;
 pub mod storage;
@@ -57,6 +58,9 @@ pub struct AgentConfig {
     pub metrics_interval: Duration,
     /// Where Nagios plugins of plugin checks are looked up.
     pub plugin_dirs: Vec<PathBuf>,
+    /// Private networks (bridges, VXLAN, DHCP, firewall); none: instances
+    /// have user-mode networking only.
+    pub network: Option<network::NetworkConfig>,
 }
 
 pub struct Agent {
@@ -89,6 +93,7 @@ impl Agent {
             vcpus: self.config.vcpus,
             memory_mib: self.config.memory_mib,
             disk_gib: self.config.disk_gib,
+            underlay: self.config.network.as_ref().map(|n| n.underlay.to_string()),
         }
     }
 

@@ -85,6 +85,13 @@ pub(crate) struct Shared {
     pub(crate) desired: Option<DesiredState>,
 }
 
+impl Shared {
+    /// The instance's metadata service, while it has one.
+    pub(crate) fn imds_of(&self, id: &InstanceId) -> Option<Arc<Imds>> {
+        self.imds.get(id).map(|(imds, _)| imds.clone())
+    }
+}
+
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -106,6 +113,9 @@ pub struct Reconciler {
     pub(crate) storage: Mutex<crate::storage::StorageState>,
     /// The host's load balancers (`balancers`).
     pub(crate) balancers: Mutex<crate::balancers::Balancers>,
+    /// Private networks' bridges, taps, DHCP and firewall (`network`);
+    /// none when the host has user-mode networking only.
+    network: Option<tokio::sync::Mutex<crate::network::Plumbing>>,
 }
 
 impl Reconciler {
@@ -117,6 +127,11 @@ impl Reconciler {
         accel: Accel,
         config: AgentConfig,
     ) -> Self {
+        let shared: Arc<Mutex<Shared>> = Arc::default();
+        let network = config.network.clone().map(|n| {
+            let lookup = crate::network::lookup_from(shared.clone());
+            tokio::sync::Mutex::new(crate::network::Plumbing::new(n, &config.data_dir, lookup))
+        });
         Self {
             host,
             client,
@@ -124,9 +139,10 @@ impl Reconciler {
             images,
             accel,
             config,
-            shared: Arc::default(),
+            shared,
             storage: Default::default(),
             balancers: Default::default(),
+            network,
         }
     }
 
@@ -166,8 +182,14 @@ impl Reconciler {
                 .clone()
                 .unwrap_or_else(|| nubo_api::views::custom_instance_type(want.vcpus, want.memory_mib)),
             availability_zone: want.availability_zone.clone(),
-            local_ipv4: nubo_hypervisor::GUEST_ADDR.to_string(),
-            mac: nubo_hypervisor::mac_for(want.id.as_str()),
+            local_ipv4: match want.nics.first() {
+                Some(nic) => nic.address.clone(),
+                None => nubo_hypervisor::GUEST_ADDR.to_string(),
+            },
+            mac: match want.nics.first() {
+                Some(nic) => nic.mac.clone(),
+                None => nubo_hypervisor::mac_for(want.id.as_str()),
+            },
             public_keys: want.public_keys.clone(),
             user_data: want.user_data.clone(),
             tokens_required: want.imds_tokens_required,
@@ -178,7 +200,8 @@ impl Reconciler {
     /// whenever the instance directory exists, so a VM re-adopted after an
     /// agent restart keeps its metadata.
     fn ensure_imds(&self, want: &DesiredInstance) {
-        if self.config.metadata_relay.is_none() {
+        // Bridged instances reach their service over the network.
+        if self.config.metadata_relay.is_none() && want.nics.is_empty() {
             return;
         }
         let dir = self.dir(&want.id);
@@ -322,6 +345,7 @@ impl Reconciler {
                         this.event(&i.id, "agent_seen", "");
                     }
                 }
+                this.reconcile_networks(&d).await;
                 let (actual, running) = this.reconcile(&d).await;
                 let volumes = this.reconcile_volumes(&d, &running);
                 let snapshots = this.reconcile_snapshots(&d);
@@ -345,6 +369,46 @@ impl Reconciler {
                 _ = tokio::time::sleep(this.config.interval) => {}
             }
         }
+    }
+
+    /// Sets up the host's private networks for `d` (before instances
+    /// start, so their taps exist). A failure is logged and retried on the
+    /// next pass; instances whose tap is missing fail to start and say why.
+    async fn reconcile_networks(&self, d: &DesiredState) {
+        let Some(net) = &self.network else { return };
+        if let Err(e) = net.lock().await.reconcile(d).await {
+            tracing::warn!(error = %e, "private networks not (fully) set up; retrying");
+        }
+    }
+
+    /// The tap NICs of `want`, created (and put on their bridges) if missing.
+    async fn taps_for(&self, want: &DesiredInstance) -> anyhow::Result<Vec<nubo_hypervisor::TapNic>> {
+        if want.nics.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(net) = &self.network else {
+            anyhow::bail!(
+                "instance {} has private network NICs but this host runs none; start its agent with --underlay ADDRESS",
+                want.id
+            );
+        };
+        let vni_of: HashMap<_, _> =
+            self.lock().desired.iter().flat_map(|d| d.networks.iter().map(|n| (n.id.clone(), n.vni))).collect();
+        let plumbing = net.lock().await;
+        let mut taps = Vec::new();
+        for (index, nic) in want.nics.iter().enumerate() {
+            let vni = *vni_of.get(&nic.network_id).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "network {} of instance {} is not in this host's desired state yet",
+                    nic.network_id,
+                    want.id
+                )
+            })?;
+            let tap = crate::network::tap_name(&want.id, index);
+            plumbing.ensure_tap(&tap, vni).await?;
+            taps.push(nubo_hypervisor::TapNic { tap, mac: nic.mac.clone(), netns: plumbing.netns_path() });
+        }
+        Ok(taps)
     }
 
     /// Sends a report; false (with its events kept) when it did not arrive.
@@ -580,6 +644,8 @@ impl Reconciler {
         let (boot, base_disk, base_format, sha256) = self.boot_source(want).await?;
         self.event(&want.id, "image_ready", sha256);
         let disks = self.cold_disks(want);
+        let taps = self.taps_for(want).await?;
+        let bridged = !taps.is_empty();
         let cfg = VmConfig {
             id: want.id.to_string(),
             name: want.name.clone(),
@@ -596,7 +662,7 @@ impl Reconciler {
                 .collect(),
             accel: self.accel,
             hotplug_slots: nubo_api::MAX_VOLUMES_PER_INSTANCE,
-            metadata_relay: self.config.metadata_relay.as_ref().map(|relay| {
+            metadata_relay: self.config.metadata_relay.as_ref().filter(|_| !bridged).map(|relay| {
                 let mut argv = relay.clone();
                 argv.push(dir.imds_socket().display().to_string());
                 argv
@@ -604,6 +670,7 @@ impl Reconciler {
             mac: Some(nubo_hypervisor::mac_for(want.id.as_str())),
             base_format,
             disks,
+            taps,
         };
         self.hypervisor.prepare_disk(&dir, &cfg).await?;
         self.ensure_imds(want);
@@ -669,6 +736,9 @@ impl Reconciler {
         let _ = console::ship(&self.client, &self.host, &want.id, &dir.console_log(), offset).await;
         self.drop_instance_services(&want.id);
         self.hypervisor.destroy(&dir).await?;
+        if let Some(net) = &self.network {
+            net.lock().await.remove_taps(&want.id).await;
+        }
         self.lock().console.remove(&want.id);
         self.event(&want.id, "deleted", "");
         Ok(())

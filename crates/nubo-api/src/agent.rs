@@ -16,6 +16,10 @@ pub struct RegisterHost {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disk_gib: u64,
+    /// The host's underlay address when it runs bridged private networks
+    /// (VXLAN peers reach it there); none: user-mode networking only.
+    #[serde(default)]
+    pub underlay: Option<String>,
 }
 
 /// What the control plane wants an instance on this host to be.
@@ -79,6 +83,56 @@ pub struct DesiredInstance {
     /// `custom-<vcpus>-<mib>` for an instance launched by size).
     #[serde(default)]
     pub instance_type: Option<String>,
+    /// NICs on private networks, in order (the guest's eth0, eth1, ...).
+    /// None: one NIC on the host's user-mode network.
+    #[serde(default)]
+    pub nics: Vec<DesiredNic>,
+}
+
+/// One NIC of an instance on a private network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesiredNic {
+    pub network_id: crate::ids::NetworkId,
+    pub mac: String,
+    pub address: String,
+}
+
+/// A private network as one host runs it: its bridge, its VXLAN to the
+/// other hosts with ports on it, DHCP and metadata for the local ports,
+/// and the firewall of each local port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesiredNetwork {
+    pub id: crate::ids::NetworkId,
+    pub vni: u32,
+    pub cidr: String,
+    pub gateway: String,
+    /// Underlay addresses of the other hosts with ports on the network.
+    pub peers: Vec<String>,
+    /// This host's ports on the network.
+    pub ports: Vec<DesiredPort>,
+}
+
+/// An instance's NIC as its host's network plumbing sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesiredPort {
+    pub instance_id: InstanceId,
+    pub mac: String,
+    pub address: String,
+    /// What may come in (stateful: replies to what went out always may).
+    /// Rules naming a source group are resolved to its members' addresses.
+    pub ingress: Vec<FirewallRule>,
+}
+
+/// One allowed inbound flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FirewallRule {
+    /// `tcp`, `udp`, `icmp` or `all`.
+    pub protocol: String,
+    /// Inclusive port range (tcp and udp; 0-65535 otherwise).
+    pub from_port: u16,
+    pub to_port: u16,
+    /// Source CIDRs; empty matches nothing.
+    pub sources: Vec<String>,
 }
 
 /// A registry image's file, fetched from the control plane by content address.
@@ -208,6 +262,9 @@ pub struct DesiredState {
     /// Load balancers this host runs, with their backends resolved.
     #[serde(default)]
     pub balancers: Vec<crate::lb::DesiredBalancer>,
+    /// Private networks with ports on this host.
+    #[serde(default)]
+    pub networks: Vec<DesiredNetwork>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -142,6 +142,10 @@ typed_id!(
     SecurityGroupRuleId, "sgr-", "security group rule"
 );
 typed_id!(
+    /// A project's private network (one bridge per host, VXLAN between hosts), `net-...`.
+    NetworkId, "net-", "network"
+);
+typed_id!(
     /// The instances of one EC2 RunInstances call, `r-...`.
     ReservationId, "r-", "reservation"
 );

@@ -36,6 +36,25 @@ pub struct InstanceCreate {
     /// Tags (key to value; keys 1-128 characters, values at most 256, at most 50 tags).
     #[serde(default)]
     pub tags: std::collections::BTreeMap<String, String>,
+    /// Networks (names or `net-...` ids of the project) to attach, one NIC
+    /// each, in order. None: the host's user-mode network.
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// Security groups (names or `sg-...` ids) whose rules let traffic in
+    /// on the instance's networks. None: the project's `default` group.
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+}
+
+/// `POST /api/v1/networks`
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkCreate {
+    /// 1-63 letters, digits, `-`, `_` or `.`; unique in the project.
+    pub name: String,
+    /// The IPv4 range, `/16` to `/29` (e.g. `10.20.0.0/24`). The first
+    /// address is the gateway; instances get the others by DHCP.
+    pub cidr: String,
 }
 
 /// How the instance metadata service at 169.254.169.254 answers.
@@ -281,4 +300,34 @@ pub struct InstanceSnapshot {
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
+}
+
+/// `POST /api/v1/security-groups`
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroupCreate {
+    /// 1-63 letters, digits, `-`, `_` or `.`; unique in the project.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// `POST /api/v1/security-groups/{id}/rules`: let traffic in.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroupRuleCreate {
+    /// `tcp`, `udp`, `icmp` or `all`.
+    pub protocol: String,
+    /// First port (tcp and udp; omitted for icmp and all).
+    #[serde(default)]
+    pub from_port: Option<u16>,
+    /// Last port; the first one when omitted.
+    #[serde(default)]
+    pub to_port: Option<u16>,
+    /// Source range, e.g. `10.20.0.0/24` or `0.0.0.0/0`.
+    #[serde(default)]
+    pub cidr: Option<String>,
+    /// Or: a security group (name or `sg-...`) whose members may connect.
+    #[serde(default)]
+    pub source_group: Option<String>,
 }

@@ -104,6 +104,43 @@ pub struct Instance {
     /// Tags (key to value), as the EC2 API's CreateTags sets them.
     #[serde(default)]
     pub tags: std::collections::BTreeMap<String, String>,
+    /// One per attached network, in NIC order.
+    #[serde(default)]
+    pub addresses: Vec<InstanceAddress>,
+}
+
+/// An instance's address on one of its networks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InstanceAddress {
+    pub network_id: crate::ids::NetworkId,
+    pub network: String,
+    /// IPv4 address, kept for the instance's life (stop, start, migration).
+    pub address: String,
+    pub mac: String,
+}
+
+/// A project's private network.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Network {
+    pub id: crate::ids::NetworkId,
+    pub name: String,
+    pub project_id: crate::ids::ProjectId,
+    pub cidr: String,
+    /// The first address of the range: each host's router for the network.
+    pub gateway: String,
+    /// The VXLAN network identifier that carries it between hosts.
+    pub vni: u32,
+    /// Instances attached (not terminated).
+    pub ports: Vec<NetworkPort>,
+    pub created_at_ms: i64,
+}
+
+/// An instance's NIC on a network.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NetworkPort {
+    pub instance_id: InstanceId,
+    pub address: String,
+    pub mac: String,
 }
 
 /// The instance type reported for an instance launched by size, not by a
@@ -245,6 +282,10 @@ pub struct Host {
     pub schedulable_vcpus: u32,
     pub instances: u32,
     pub last_heartbeat_ms: i64,
+    /// The host's address on the underlay that carries private networks
+    /// (VXLAN); none: the host has only user-mode networking.
+    #[serde(default)]
+    pub underlay: Option<String>,
 }
 
 /// An image instances boot from.
@@ -454,4 +495,28 @@ pub struct AccessKey {
     pub project: Option<String>,
     pub created_at_ms: i64,
     pub revoked: bool,
+}
+
+/// A security group with its rules.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SecurityGroup {
+    pub id: crate::ids::SecurityGroupId,
+    pub name: String,
+    pub description: String,
+    pub project_id: crate::ids::ProjectId,
+    pub rules: Vec<SecurityGroupRule>,
+}
+
+/// One rule: traffic it lets in (`ingress`) or out (`egress`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SecurityGroupRule {
+    pub id: crate::ids::SecurityGroupRuleId,
+    pub direction: String,
+    /// `tcp`, `udp`, `icmp` or `-1` (all, as EC2 writes it).
+    pub protocol: String,
+    /// -1 when the protocol has no ports.
+    pub from_port: i64,
+    pub to_port: i64,
+    pub cidr: Option<String>,
+    pub source_group_id: Option<String>,
 }

@@ -218,6 +218,54 @@ impl Client {
 
     // ---- user API ----
 
+    pub async fn networks(&self) -> Result<Vec<nubo_api::views::Network>, ClientError> {
+        self.get("/api/v1/networks").await
+    }
+
+    pub async fn create_network(
+        &self,
+        p: &nubo_api::params::NetworkCreate,
+    ) -> Result<nubo_api::views::Network, ClientError> {
+        self.post("/api/v1/networks", p).await
+    }
+
+    /// `id` is a network id or name, as typed; the server validates it.
+    pub async fn network(&self, id: &str) -> Result<nubo_api::views::Network, ClientError> {
+        self.get(&format!("/api/v1/networks/{id}")).await
+    }
+
+    pub async fn delete_network(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/networks/{id}")).await
+    }
+
+    pub async fn security_groups(&self) -> Result<Vec<nubo_api::views::SecurityGroup>, ClientError> {
+        self.get("/api/v1/security-groups").await
+    }
+
+    pub async fn create_security_group(
+        &self,
+        p: &nubo_api::params::SecurityGroupCreate,
+    ) -> Result<nubo_api::views::SecurityGroup, ClientError> {
+        self.post("/api/v1/security-groups", p).await
+    }
+
+    /// `group` is a group id or name.
+    pub async fn add_security_group_rule(
+        &self,
+        group: &str,
+        p: &nubo_api::params::SecurityGroupRuleCreate,
+    ) -> Result<nubo_api::views::SecurityGroup, ClientError> {
+        self.post(&format!("/api/v1/security-groups/{group}/rules"), p).await
+    }
+
+    pub async fn delete_security_group_rule(
+        &self,
+        group: &str,
+        rule: &str,
+    ) -> Result<nubo_api::views::SecurityGroup, ClientError> {
+        self.delete(&format!("/api/v1/security-groups/{group}/rules/{rule}")).await
+    }
+
     pub async fn instances(&self) -> Result<Vec<Instance>, ClientError> {
         self.get("/api/v1/instances").await
     }

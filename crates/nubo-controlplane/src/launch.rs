@@ -19,6 +19,8 @@ pub struct LaunchRecord<'a> {
     /// The instance group it is a member of (recorded with the claim, so a
     /// group never loses count of a member it launched).
     pub group_id: Option<&'a str>,
+    /// Network ids of the instance's project (already checked), one NIC each.
+    pub networks: &'a [String],
 }
 
 pub(crate) async fn insert_launch_record(

@@ -24,6 +24,7 @@ pub mod lb;
 pub mod ldap;
 pub mod leases;
 pub mod monitor;
+pub mod networks;
 pub mod placement;
 pub mod policies;
 pub mod portal;

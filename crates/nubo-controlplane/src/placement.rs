@@ -14,7 +14,20 @@ pub async fn place(ctx: &Ctx, new: &NewInstance<'_>) -> Result<(String, Vec<(u16
     // A few rounds: each round re-reads the hosts, so a lost claim is
     // retried against fresh numbers rather than a stale snapshot.
     for _ in 0..5 {
-        let snapshot = ctx.host_snapshots().await?;
+        let mut snapshot = ctx.host_snapshots().await?;
+        if !new.ec2.networks.is_empty() {
+            // Private networks need a host that runs them (bridges and
+            // VXLAN on an underlay); user-mode-only hosts cannot.
+            let bridged: std::collections::HashSet<String> =
+                ctx.store.hosts().await?.into_iter().filter(|h| h.underlay.is_some()).map(|h| h.id).collect();
+            snapshot.retain(|h| bridged.contains(&h.id));
+            if snapshot.is_empty() {
+                return Err(AppError::NoValidHost(
+                    "no host runs private networks: start an agent with --underlay ADDRESS (see docs/networks.md)"
+                        .into(),
+                ));
+            }
+        }
         let ranked = nubo_scheduler::rank(&snapshot, &demand, &ctx.config.policy)
             .map_err(|refusal| AppError::NoValidHost(refusal.to_string()))?;
         for host in ranked {

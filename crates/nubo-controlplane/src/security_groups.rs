@@ -233,6 +233,39 @@ impl Store {
         Ok(added)
     }
 
+    /// Removes rules of `group` equal to `rules` (EC2's revoke); returns
+    /// how many went.
+    pub async fn revoke_security_group_rules(&self, group: &str, rules: &[NewRule]) -> Result<u64, sqlx::Error> {
+        let mut removed = 0;
+        for r in self.security_group_rules_of(group).await? {
+            if rules.iter().any(|n| n.same_as(&r)) {
+                removed += self.delete_security_group_rule(group, &r.id).await? as u64;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// One group's rules.
+    pub async fn security_group_rules_of(&self, group: &str) -> Result<Vec<RuleRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, group_id, direction, protocol, from_port, to_port, cidr, source_group_id, description
+             FROM security_group_rules WHERE group_id = $1 ORDER BY id",
+        )
+        .bind(group)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Deletes one rule of `group`; false when there was none with that id.
+    pub async fn delete_security_group_rule(&self, group: &str, rule: &str) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query("DELETE FROM security_group_rules WHERE group_id = $1 AND id = $2")
+            .bind(group)
+            .bind(rule)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// Deletes a group unless it is the default one, has members that are
     /// not terminated, or is the source of another group's rule.
     pub async fn delete_security_group(&self, group: &SecurityGroupRow) -> Result<DeleteOutcome, sqlx::Error> {

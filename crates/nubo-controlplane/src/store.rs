@@ -108,6 +108,7 @@ pub struct HostRow {
     pub used_disk_gib: i64,
     pub enabled: i64,
     pub last_heartbeat_ms: i64,
+    pub underlay: Option<String>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -290,11 +291,12 @@ impl Store {
     pub async fn register_host(&self, r: &RegisterHost) -> Result<(), sqlx::Error> {
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO hosts (id, name, accel, vcpus, memory_mib, disk_gib, last_heartbeat_ms, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO hosts (id, name, accel, vcpus, memory_mib, disk_gib, last_heartbeat_ms, created_at_ms,
+               underlay)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, accel = excluded.accel,
                vcpus = excluded.vcpus, memory_mib = excluded.memory_mib, disk_gib = excluded.disk_gib,
-               last_heartbeat_ms = excluded.last_heartbeat_ms",
+               last_heartbeat_ms = excluded.last_heartbeat_ms, underlay = excluded.underlay",
         )
         .bind(r.host_id.as_str())
         .bind(&r.name)
@@ -304,6 +306,7 @@ impl Store {
         .bind(r.disk_gib as i64)
         .bind(now)
         .bind(now)
+        .bind(&r.underlay)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -454,6 +457,7 @@ impl Store {
             mapped.push((*guest, host_port));
         }
         crate::launch::insert_launch_record(&mut tx, new.id.as_str(), new.project_id, &new.ec2).await?;
+        crate::networks::attach_new_instance(&mut tx, new.id.as_str(), new.ec2.networks).await?;
         insert_event(&mut tx, new.id.as_str(), now, "requested", "").await?;
         insert_event(&mut tx, new.id.as_str(), now, "scheduled", host).await?;
         tx.commit().await?;

@@ -119,6 +119,8 @@ mod tests {
             recipe: None,
             metadata: None,
             tags: Default::default(),
+            networks: vec![],
+            security_groups: vec![],
         }
     }
 

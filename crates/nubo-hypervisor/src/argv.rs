@@ -94,6 +94,13 @@ pub fn qemu_argv(dir: &VmDir, cfg: &VmConfig) -> Result<Vec<OsString>, Hyperviso
         push(&["-blockdev", &seed.to_string(), "-device", "virtio-blk-pci,drive=seed,id=seed-disk"]);
     }
 
+    // Bridged NICs first, so the guest's eth0 is the first network's.
+    for (i, nic) in cfg.taps.iter().enumerate() {
+        let fd = crate::tap::TAP_FD_BASE + i as i32;
+        push(&["-netdev", &format!("tap,id=tap{i},fd={fd}")]);
+        push(&["-device", &format!("virtio-net-pci,netdev=tap{i},id=tapnic{i},mac={}", nic.mac)]);
+    }
+    let user_net = cfg.taps.is_empty() || cfg.metadata_relay.is_some() || !cfg.port_forwards.is_empty();
     let mut netdev = String::from("user,id=net0");
     if let Some(relay) = &cfg.metadata_relay {
         // libslirp splits the command with g_shell_parse_argv (no shell
@@ -114,7 +121,9 @@ pub fn qemu_argv(dir: &VmDir, cfg: &VmConfig) -> Result<Vec<OsString>, Hyperviso
         Some(mac) => format!("virtio-net-pci,netdev=net0,id=nic0,mac={mac}"),
         None => "virtio-net-pci,netdev=net0,id=nic0".to_string(),
     };
-    push(&["-netdev", &netdev, "-device", &nic]);
+    if user_net {
+        push(&["-netdev", &netdev, "-device", &nic]);
+    }
 
     for i in 0..cfg.hotplug_slots {
         push(&["-device", &format!("pcie-root-port,id=hp{i},chassis={}", i + 1)]);
@@ -191,6 +200,7 @@ mod tests {
             mac: None,
             base_format: None,
             disks: Vec::new(),
+            taps: Vec::new(),
         }
     }
 

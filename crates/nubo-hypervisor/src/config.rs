@@ -137,6 +137,11 @@ pub struct VmConfig {
     /// Data disks plugged in at start, each on its slot's root port.
     #[serde(default)]
     pub disks: Vec<DataDisk>,
+    /// NICs on host bridges (the guest's eth0, eth1, ...). When there are
+    /// any, the VM has no user-mode NIC unless it forwards ports or has a
+    /// metadata relay (which then comes after them).
+    #[serde(default)]
+    pub taps: Vec<crate::tap::TapNic>,
 }
 
 /// The guest network used with a metadata service; QEMU's guestfwd only
@@ -211,6 +216,17 @@ impl VmConfig {
         }
         if self.hotplug_slots > MAX_HOTPLUG_SLOTS {
             return bad(format!("hotplug_slots is {}; use at most {MAX_HOTPLUG_SLOTS}", self.hotplug_slots));
+        }
+        if self.taps.len() > 16 {
+            return bad(format!("{} tap NICs; a VM has at most 16", self.taps.len()));
+        }
+        for t in &self.taps {
+            if t.tap.is_empty() || t.tap.len() > 15 || !t.tap.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return bad(format!("tap name {:?} must be 1-15 letters, digits or '-'", t.tap));
+            }
+            if !valid_mac(&t.mac) {
+                return bad(format!("tap {} has MAC {:?}; use a unicast xx:xx:xx:xx:xx:xx", t.tap, t.mac));
+            }
         }
         let mut host_ports = HashSet::new();
         for pf in &self.port_forwards {

@@ -16,6 +16,10 @@ pub enum HypervisorError {
     #[error("invalid VM config: {0}")]
     InvalidConfig(String),
 
+    /// A NIC's tap device could not be opened.
+    #[error("network: {0}")]
+    Network(String),
+
     /// `--accel kvm` was asked for but KVM cannot run guests here.
     #[error("KVM is not usable on this host: {reason}; use --accel tcg (software emulation, slower) or --accel auto")]
     KvmUnavailable { reason: String },

@@ -26,6 +26,7 @@ mod qemu;
 pub mod qga;
 pub mod qmp;
 mod simulated;
+mod tap;
 
 pub use accel::{detect_accel, Accel, AccelPreference, ParseAccelError};
 pub use argv::qemu_argv;
@@ -43,3 +44,4 @@ pub use qga::{
     GuestNetworkInterface, GuestOsInfo, QgaClient, QgaError, ShutdownMode,
 };
 pub use simulated::Simulated;
+pub use tap::{TapNic, TAP_FD_BASE};

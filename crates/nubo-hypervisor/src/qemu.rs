@@ -265,14 +265,19 @@ impl Hypervisor for Qemu {
             .open(&log_path)
             .map_err(|e| HypervisorError::io("create", &log_path, e))?;
 
+        // Taps are opened here and inherited by QEMU; this process's
+        // copies close when `taps` drops at the end of start.
+        let taps = cfg.taps.iter().map(crate::tap::open).collect::<Result<Vec<_>, _>>()?;
+        let tap_fds = crate::tap::raw(&taps);
         let mut cmd = tokio::process::Command::new(&self.binary);
         cmd.args(&argv).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log)).kill_on_drop(false);
-        // SAFETY: the closure only makes a raw syscall, which is
-        // async-signal-safe, and touches no memory of the parent.
+        // SAFETY: the closure makes only raw syscalls (close_range, fcntl,
+        // dup2), which are async-signal-safe, and reads `tap_fds`, which
+        // was allocated before the fork.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 mark_inherited_fds_cloexec();
-                Ok(())
+                crate::tap::install_in_child(&tap_fds)
             });
         }
         debug!(binary = %self.binary.display(), ?argv, "starting QEMU");

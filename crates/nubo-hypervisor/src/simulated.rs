@@ -349,6 +349,7 @@ mod tests {
             mac: None,
             base_format: None,
             disks: vec![],
+            taps: vec![],
         }
     }
 

@@ -121,6 +121,7 @@ async fn data_disks_hot_plug_resize_copy_and_unplug() {
         mac: None,
         base_format: Some("qcow2".into()),
         disks: vec![cold.clone()],
+        taps: Vec::new(),
     };
     qemu.prepare_disk(&dir, &cfg).await.unwrap();
     qemu.start(&dir, &cfg).await.unwrap();

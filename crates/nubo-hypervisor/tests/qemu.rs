@@ -53,6 +53,7 @@ fn config(id: &str, base: &Path, forwards: Vec<PortForward>) -> VmConfig {
         mac: None,
         base_format: None,
         disks: Vec::new(),
+        taps: Vec::new(),
     }
 }
 

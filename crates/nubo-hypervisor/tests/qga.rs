@@ -124,6 +124,7 @@ async fn guest_agent_and_ssh_in_tiny() {
         mac: None,
         base_format: None,
         disks: Vec::new(),
+        taps: Vec::new(),
     };
     let qemu = Qemu::default();
     qemu.prepare_disk(&dir, &cfg).await.unwrap();

@@ -347,6 +347,7 @@ fn run(settings: &Settings, database: &str, url: Option<&str>) -> Figures {
                 metadata_relay: None,
                 metrics_interval: Duration::from_secs(10),
                 plugin_dirs: Vec::new(),
+                network: None,
             };
             let agent = Agent::new(config, Accel::Tcg, Arc::new(Simulated::new(Duration::from_millis(200), nubo_api::BOOT_COMPLETE_MARKER)))
                 .expect("agent");

@@ -53,6 +53,12 @@ pub enum Command {
     /// Instance groups: a launch template kept at a desired count.
     #[command(subcommand)]
     Group(GroupCmd),
+    /// Private networks: bridged on each host, joined between hosts by VXLAN.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Security groups: what may reach instances on private networks.
+    #[command(subcommand, name = "security-group", alias = "sg")]
+    SecurityGroup(SecurityGroupCmd),
     /// Load balancers (HTTP or TCP) in front of instances or a group; `serve` runs one from a file.
     #[command(subcommand)]
     Lb(LbCmd),
@@ -371,6 +377,15 @@ pub struct AgentOpts {
     /// default /usr/lib/nagios/plugins).
     #[arg(long = "plugin-dir", value_name = "DIR")]
     pub plugin_dirs: Vec<PathBuf>,
+    /// Run private networks: this host's address on the underlay network
+    /// that joins the hosts (VXLAN tunnels end there). Needs iproute2,
+    /// nftables and dnsmasq. Without it, instances get user-mode networking.
+    #[arg(long, value_name = "IPV4")]
+    pub underlay: Option<std::net::Ipv4Addr>,
+    /// The network namespace holding this host's bridges and taps (for a
+    /// test host made with `ip netns add`); default: the agent's own.
+    #[arg(long, value_name = "NAME", requires = "underlay")]
+    pub netns: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -462,6 +477,12 @@ pub enum InstanceCmd {
         /// Metadata service: optional (IMDSv1 and v2) or required (IMDSv2 tokens only).
         #[arg(long, value_parser = ["optional", "required"])]
         metadata_tokens: Option<String>,
+        /// Attach to this private network (name or id; repeatable, one NIC each).
+        #[arg(long = "network", value_name = "NETWORK")]
+        networks: Vec<String>,
+        /// Security group (name or id; repeatable). Default: the project's `default`.
+        #[arg(long = "security-group", value_name = "GROUP")]
+        security_groups: Vec<String>,
         /// Return only once the instance is running (and its recipe has finished).
         #[arg(long)]
         wait: bool,
@@ -1045,4 +1066,75 @@ fn parse_weight(s: &str) -> Result<(String, u32), String> {
     let (id, w) = s.split_once('=').ok_or_else(|| format!("'{s}' is not INSTANCE=N (e.g. i-0123456789abcdef0=3)"))?;
     let w: u32 = w.trim().parse().map_err(|_| format!("the weight in '{s}' is not a whole number"))?;
     Ok((id.trim().to_string(), w))
+}
+
+#[derive(Subcommand)]
+pub enum NetworkCmd {
+    /// Create a private network (its first address is the gateway).
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        /// IPv4 range, /16 to /29, e.g. 10.20.0.0/24.
+        #[arg(long)]
+        cidr: String,
+    },
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// A network and the instances on it.
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        network: String,
+    },
+    /// Delete a network no instance uses.
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        network: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SecurityGroupCmd {
+    /// Create a group (it lets nothing in until a rule says so).
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Groups and their rules.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Let traffic in: `allow web --protocol tcp --port 80 --cidr 0.0.0.0/0`.
+    Allow {
+        #[command(flatten)]
+        conn: Conn,
+        group: String,
+        /// tcp, udp, icmp or all.
+        #[arg(long, default_value = "tcp")]
+        protocol: String,
+        /// A port or a range LOW-HIGH (tcp and udp).
+        #[arg(long)]
+        port: Option<String>,
+        /// From this IPv4 range.
+        #[arg(long, conflicts_with = "source_group")]
+        cidr: Option<String>,
+        /// From members of this group.
+        #[arg(long)]
+        source_group: Option<String>,
+    },
+    /// Remove a rule by id (sgr-...); new connections it allowed are refused.
+    Revoke {
+        #[command(flatten)]
+        conn: Conn,
+        group: String,
+        rule: String,
+    },
 }

@@ -154,6 +154,8 @@ pub async fn instance(cmd: InstanceCmd) -> anyhow::Result<()> {
             recipe_version,
             params,
             metadata_tokens,
+            networks,
+            security_groups,
             wait,
         } => {
             let user_data = match user_data {
@@ -184,6 +186,8 @@ pub async fn instance(cmd: InstanceCmd) -> anyhow::Result<()> {
                 recipe,
                 metadata: metadata_tokens.map(|t| MetadataOptions { http_tokens: Some(t) }),
                 tags: Default::default(),
+                networks,
+                security_groups,
             };
             let mut i = c.create_instance(&req).await?;
             if wait {

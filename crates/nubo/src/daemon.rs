@@ -153,6 +153,9 @@ fn agent_config(
             .ok()
             .map(|exe| vec![exe.display().to_string(), "imds-relay".to_string()]),
         metrics_interval: Duration::from_secs(opts.metrics_interval_secs.max(1)),
+        network: opts
+            .underlay
+            .map(|underlay| nubo_agent::network::NetworkConfig { underlay, netns: opts.netns.clone() }),
         plugin_dirs: if opts.plugin_dirs.is_empty() {
             nubo_agent::checks::default_plugin_dirs()
         } else {

@@ -8,6 +8,7 @@ mod daemon;
 mod identity_cmds;
 mod lb_cmds;
 mod monitoring_cmds;
+mod network_cmds;
 mod output;
 mod provision_cmds;
 mod relay;
@@ -76,6 +77,8 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Policy(c) => automation_cmds::policy(c).await,
         Command::Group(c) => automation_cmds::group(c).await,
         Command::Lb(c) => lb_cmds::lb(c).await,
+        Command::Network(c) => network_cmds::network(c).await,
+        Command::SecurityGroup(c) => network_cmds::security_group(c).await,
         Command::Login(a) => identity_cmds::login(a).await,
         Command::Token(c) => identity_cmds::token(c).await,
         Command::Project(c) => identity_cmds::project(c).await,

@@ -96,6 +96,7 @@ pub async fn desired(
     let volume_rows = ctx.store.volumes_on_host(host.as_str()).await?;
     let captures = ctx.store.pending_captures_on_host(host.as_str()).await?;
     let mut image_sources: std::collections::HashMap<String, Option<ImageSource>> = Default::default();
+    let (mut nics, networks) = ctx.store.desired_networks(host.as_str()).await?;
     let mut instances = Vec::new();
     for row in ctx.store.instances_on_host(host.as_str()).await? {
         let public_keys = match (row.key_name.clone(), row.public_key.clone()) {
@@ -178,6 +179,7 @@ pub async fn desired(
             image_source,
             volumes,
             captures: wanted_captures,
+            nics: nics.remove(&row.id).unwrap_or_default(),
         });
     }
     let volumes = volume_rows
@@ -205,7 +207,7 @@ pub async fn desired(
         })
         .collect::<AppResult<Vec<_>>>()?;
     let balancers = ctx.store.desired_balancers(host.as_str()).await?;
-    Ok(Json(DesiredState { generation, instances, volumes, snapshots, balancers }))
+    Ok(Json(DesiredState { generation, instances, volumes, snapshots, balancers, networks }))
 }
 
 /// Where a host gets a registry image's file; `None` for builtin images

@@ -31,6 +31,7 @@ pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json
             schedulable_vcpus: ctx.config.policy.schedulable_vcpus(&snap) as u32,
             instances: counts.get(&h.id).copied().unwrap_or(0) as u32,
             last_heartbeat_ms: h.last_heartbeat_ms,
+            underlay: h.underlay,
             name: h.name,
         });
     }

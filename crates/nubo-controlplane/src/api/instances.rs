@@ -70,6 +70,16 @@ pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<I
             })
         })
         .collect();
+    let mut addresses = Vec::new();
+    for port in ctx.store.instance_network_ports(&row.id).await? {
+        let network = ctx.store.network(&port.network_id).await?.map(|n| n.name).unwrap_or_default();
+        addresses.push(nubo_api::views::InstanceAddress {
+            network_id: port.network_id.parse().map_err(AppError::internal)?,
+            network,
+            address: port.address,
+            mac: port.mac,
+        });
+    }
     // The guest agent's report means something only while the VM runs.
     let guest = match (&row.guest_json, row.state.as_str()) {
         (Some(g), "running") => serde_json::from_str(g).ok(),
@@ -102,6 +112,7 @@ pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<I
         volumes,
         instance_type,
         tags,
+        addresses,
     })
 }
 
@@ -220,6 +231,42 @@ pub async fn launch(
     }
     let id = InstanceId::generate();
     let name = p.name.clone().unwrap_or_else(|| id.to_string());
+    // Networks and security groups named in the request (REST); an EC2
+    // launch brings its groups in `record`.
+    let mut network_ids = Vec::new();
+    for n in &p.networks {
+        let net = ctx.store.network_by_ref(&project, n).await?.ok_or_else(|| {
+            AppError::BadRequest(format!(
+                "network '{}' does not exist in this project: see `nubo network list`, or create it with `nubo network create`",
+                n.chars().take(64).collect::<String>()
+            ))
+        })?;
+        if network_ids.contains(&net.id) {
+            return Err(AppError::BadRequest(format!(
+                "network '{}' is named twice; an instance has one NIC per network",
+                net.name
+            )));
+        }
+        network_ids.push(net.id);
+    }
+    record.networks = &network_ids;
+    let mut group_ids = Vec::new();
+    for g in &p.security_groups {
+        let group = match ctx.store.security_group(g).await? {
+            Some(row) if row.project_id == project => Some(row),
+            _ => ctx.store.security_group_by_name(&project, g).await?,
+        }
+        .ok_or_else(|| {
+            AppError::BadRequest(format!(
+                "security group '{}' does not exist in this project: see `nubo security-group list`",
+                g.chars().take(64).collect::<String>()
+            ))
+        })?;
+        group_ids.push(group.id);
+    }
+    if !group_ids.is_empty() {
+        record.security_groups = &group_ids;
+    }
     let default_group;
     if record.security_groups.is_empty() {
         default_group = [ctx.store.ensure_default_security_group(&project).await?.id];
@@ -249,7 +296,13 @@ pub async fn launch(
     if let Some(recipe) = &p.recipe {
         super::provisioning::start_recipe_run(ctx, caller, id.as_str(), recipe, true).await?;
     }
-    ctx.bump_host(host.as_str());
+    if network_ids.is_empty() {
+        ctx.bump_host(host.as_str());
+    } else {
+        // Other hosts on its networks gain a VXLAN peer and, through
+        // source-group rules, maybe a new allowed address.
+        ctx.bump();
+    }
     ctx.store.instance(id.as_str()).await?.ok_or_else(|| AppError::internal("instance vanished"))
 }
 

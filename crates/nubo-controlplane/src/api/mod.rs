@@ -10,6 +10,7 @@ pub mod images;
 pub mod instances;
 pub mod load_balancers;
 pub mod monitoring;
+pub mod networks;
 pub mod provisioning;
 pub mod volumes;
 
@@ -45,6 +46,11 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(images::list, images::create))
         .routes(routes!(images::show, images::delete))
         .routes(routes!(images::snapshot_instance))
+        .routes(routes!(networks::list, networks::create))
+        .routes(routes!(networks::show, networks::delete))
+        .routes(routes!(networks::list_groups, networks::create_group))
+        .routes(routes!(networks::add_rule))
+        .routes(routes!(networks::delete_rule))
         .routes(routes!(volumes::list, volumes::create))
         .routes(routes!(volumes::show, volumes::delete))
         .routes(routes!(volumes::attach))

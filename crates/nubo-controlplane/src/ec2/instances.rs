@@ -492,6 +492,8 @@ async fn launch_all(
         recipe: None,
         metadata: req.http_tokens.clone().map(|t| MetadataOptions { http_tokens: Some(t) }),
         tags: Default::default(),
+        networks: Vec::new(),
+        security_groups: Vec::new(),
     };
     let mut rows = Vec::new();
     for i in 0..req.max {
@@ -503,6 +505,7 @@ async fn launch_all(
             security_groups: groups,
             tags: &req.tags,
             group_id: None,
+            networks: &[],
         };
         match rest::launch(ctx, caller, &create, record).await {
             Ok(row) => rows.push(row),

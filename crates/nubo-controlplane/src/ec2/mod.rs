@@ -207,6 +207,7 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, hos
         "CreateSecurityGroup" => security_groups::create(ctx, caller, p).await,
         "DescribeSecurityGroups" => security_groups::describe(ctx, caller, p).await,
         "AuthorizeSecurityGroupIngress" => security_groups::authorize_ingress(ctx, caller, p).await,
+        "RevokeSecurityGroupIngress" => security_groups::revoke_ingress(ctx, caller, p).await,
         "DeleteSecurityGroup" => security_groups::delete(ctx, caller, p).await,
         "CreateTags" => tags::create(ctx, caller, p).await,
         "DeleteTags" => tags::delete(ctx, caller, p).await,

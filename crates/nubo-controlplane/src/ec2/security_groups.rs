@@ -301,6 +301,8 @@ pub async fn authorize_ingress(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> E
         ),
         RuleError::Db(e) => e.into(),
     })?;
+    // Hosts enforce the rules: they re-read them now.
+    ctx.bump();
     let items: Vec<El> = added
         .iter()
         .map(|r| {
@@ -320,6 +322,31 @@ pub async fn authorize_ingress(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> E
         })
         .collect();
     Ok(vec![El::text("return", "true"), El::list("securityGroupRuleSet", items)])
+}
+
+/// RevokeSecurityGroupIngress: removes the rules equal to the ones given.
+/// Open connections they let in stay; new ones are refused.
+pub async fn revoke_ingress(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
+    let g = named(ctx, caller, p, Access::Write).await?;
+    let mut rules = Vec::new();
+    for perm in p.structs("IpPermissions") {
+        rules.extend(rules_of(ctx, &g.project_id, &perm).await?);
+    }
+    if p.str("IpProtocol").is_some() {
+        rules.extend(rules_of(ctx, &g.project_id, p).await?);
+    }
+    if rules.is_empty() {
+        return Err(Ec2Error::missing("IpPermissions"));
+    }
+    let removed = ctx.store.revoke_security_group_rules(&g.id, &rules).await?;
+    if removed == 0 {
+        return Err(Ec2Error::bad(
+            "InvalidPermission.NotFound",
+            format!("the specified rule does not exist in security group {}", g.id),
+        ));
+    }
+    ctx.bump();
+    Ok(vec![El::text("return", "true")])
 }
 
 pub async fn delete(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {

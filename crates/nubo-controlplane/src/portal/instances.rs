@@ -159,6 +159,8 @@ impl LaunchForm {
             recipe,
             metadata: None,
             tags: BTreeMap::new(),
+            networks: Vec::new(),
+            security_groups: Vec::new(),
         })
     }
 }

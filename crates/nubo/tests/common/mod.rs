@@ -102,6 +102,8 @@ pub struct Cloud {
     pub agent_token: String,
     server: Option<Child>,
     agent: Option<Child>,
+    /// Agents started by `start_host`, by host name.
+    hosts: Vec<(String, Child)>,
     /// A second `nubo server` on the same PostgreSQL (`two_servers`): its
     /// URL and process; its data directory is `DIR/server-b`.
     pub second_url: Option<String>,
@@ -191,6 +193,7 @@ impl Cloud {
             agent_token: String::new(),
             server: None,
             agent: None,
+            hosts: Vec::new(),
             second_url: None,
             second: None,
             all_in_one,
@@ -283,6 +286,58 @@ impl Cloud {
             let hosts = self.api_get("/api/v1/hosts").ok()?;
             (hosts.as_array()?.iter().any(|h| h["state"] == "up")).then_some(())
         });
+    }
+
+    /// `nubo server` alone; hosts join with [`Cloud::start_host`].
+    pub fn server_only() -> Self {
+        let mut c = Self::fresh(false);
+        c.start_server();
+        c
+    }
+
+    /// Starts an agent for host `name` (data dir `DIR/agent-NAME`, log
+    /// `agent-NAME.log`) with `extra` arguments, and waits until it is up.
+    pub fn start_host(&mut self, name: &str, extra: &[&str]) {
+        assert!(!self.all_in_one);
+        let dir = self.dir.path().join(format!("agent-{name}"));
+        let log = format!("agent-{name}.log");
+        // Join tokens are single-use: each host gets one of its own.
+        let token = self.nubo_ok(&["host", "join-token"]).trim().to_string();
+        let mut cmd = Command::new(nubo_bin());
+        cmd.arg("agent")
+            .args(HOST_ARGS)
+            .arg("--host-name")
+            .arg(name)
+            .arg("--server")
+            .arg(&self.url)
+            .arg("--join-token")
+            .arg(&token)
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(extra)
+            .env("NUBO_IMAGE_CACHE", image_cache())
+            .env("RUST_LOG", "info")
+            .stdout(self.log(&log))
+            .stderr(self.log(&log));
+        self.hosts.push((name.to_string(), cmd.spawn().expect("spawn nubo agent")));
+        wait_until(&format!("host {name} up"), Duration::from_secs(600), || {
+            if let Some((_, c)) = self.hosts.iter_mut().find(|(n, _)| n == name) {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("the agent of host {name} exited ({status}); see {log}");
+                }
+            }
+            let hosts = self.api_get("/api/v1/hosts").ok()?;
+            (hosts.as_array()?.iter().any(|h| h["name"] == name && h["state"] == "up")).then_some(())
+        });
+    }
+
+    /// SIGKILL of a `start_host` agent, as a crash would (its VMs run on).
+    pub fn kill_host(&mut self, name: &str) {
+        if let Some(pos) = self.hosts.iter().position(|(n, _)| n == name) {
+            let (_, mut c) = self.hosts.remove(pos);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// SIGKILL, as a crash would.
@@ -428,19 +483,30 @@ impl Drop for Cloud {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Leave no VM behind: kill every QEMU this cloud started.
-        if let Ok(entries) = std::fs::read_dir(self.agent_dir().join("instances")) {
-            for e in entries.flatten() {
-                if let Some(pid) =
-                    std::fs::read_to_string(e.path().join("qemu.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok())
-                {
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+        let names: Vec<String> = self.hosts.iter().map(|(n, _)| n.clone()).collect();
+        for n in &names {
+            self.kill_host(n);
+        }
+        // Leave no VM (nor dnsmasq of a private network) behind.
+        let mut agent_dirs = vec![self.agent_dir()];
+        agent_dirs.extend(names.iter().map(|n| self.dir.path().join(format!("agent-{n}"))));
+        for dir in &agent_dirs {
+            for (sub, pidfile) in [("instances", "qemu.pid"), ("networks", "dnsmasq.pid")] {
+                let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };
+                for e in entries.flatten() {
+                    if let Some(pid) =
+                        std::fs::read_to_string(e.path().join(pidfile)).ok().and_then(|s| s.trim().parse::<i32>().ok())
+                    {
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
                 }
             }
         }
         // On failure, show what the daemons said.
         if std::thread::panicking() {
-            for log in ["server.log", "server-b.log", "agent.log"] {
+            let mut logs: Vec<String> = ["server.log", "server-b.log", "agent.log"].map(String::from).to_vec();
+            logs.extend(names.iter().map(|n| format!("agent-{n}.log")));
+            for log in &logs {
                 if let Ok(text) = std::fs::read_to_string(self.dir.path().join(log)) {
                     let tail: Vec<&str> = text.lines().rev().take(60).collect();
                     eprintln!("---- last lines of {log} ----");

@@ -1,0 +1,534 @@
+//! Private networks on this host. The plumbing of each network is:
+//!
+//! ```text
+//!  guest eth0 ── tap nt… ─┐
+//!  guest eth0 ── tap nt… ─┤ bridge nb<vni> ── vxlan nx<vni> ══ underlay ══ other hosts
+//!                         └─ veth nr<vni> ══ gw (router namespace <prefix>r<vni>):
+//!                              the gateway address, 169.254.169.254 (metadata), dnsmasq (DHCP)
+//! ```
+//!
+//! The VXLAN and router ports are isolated from each other on the bridge,
+//! so every host answers DHCP, ARP for the gateway and metadata for its own
+//! guests only, with the same gateway MAC everywhere (a migrated guest's
+//! ARP cache stays right). Each network's router has a namespace of its
+//! own, so two projects may use the same range. Security groups become one
+//! nftables ruleset for the host (see [`firewall`]); it is replaced in one
+//! transaction on every change, and conntrack keeps open flows open.
+//!
+//! In tests the host is itself a network namespace (`netns`), so several
+//! hosts share a machine; `ip`, `bridge` and `nft` then run inside it.
+//! Everything is done with iproute2, nftables and dnsmasq from Debian:
+//! those are what an operator debugs with.
+
+pub mod firewall;
+
+use nubo_api::agent::{DesiredNetwork, DesiredState};
+use nubo_api::ids::InstanceId;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// The MTU guests get by DHCP: the underlay's 1500 less VXLAN's 50 bytes.
+pub const GUEST_MTU: u32 = 1450;
+const VXLAN_PORT: u16 = 4789;
+
+/// How this host runs private networks (`nubo agent --underlay`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// This host's address on the underlay; VXLAN tunnels end here.
+    pub underlay: Ipv4Addr,
+    /// The network namespace the host's bridges live in (a test host);
+    /// none: the agent's own.
+    pub netns: Option<String>,
+}
+
+/// Why a network could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// A command failed.
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
+    /// A command could not be run at all.
+    #[error("cannot run `{program}`: {source}; install iproute2, nftables and dnsmasq-base")]
+    Missing {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Anything else, with what to do.
+    #[error("{0}")]
+    Other(String),
+}
+
+type Result<T> = std::result::Result<T, NetworkError>;
+
+/// Looks up the metadata service of the instance at an address of a network.
+pub type MetadataLookup = Arc<dyn Fn(u32, Ipv4Addr) -> Option<Arc<crate::imds::Imds>> + Send + Sync>;
+
+/// What this host has set up, so each pass changes only what differs.
+pub struct Plumbing {
+    cfg: NetworkConfig,
+    state_dir: PathBuf,
+    /// The last desired networks applied in full, to skip unchanged passes.
+    applied: Option<String>,
+    metadata: HashMap<u32, tokio::task::JoinHandle<()>>,
+    lookup: MetadataLookup,
+}
+
+/// The tap of an instance's `index`th NIC: `nt`, 8 hex digits of the
+/// instance id's hash, and the index (IFNAMSIZ allows 15 bytes).
+pub fn tap_name(instance: &InstanceId, index: usize) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in instance.as_str().bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("nt{h:08x}{index:x}")
+}
+
+/// The gateway's MAC on a network: the same on every host.
+fn gateway_mac(vni: u32) -> String {
+    let b = vni.to_be_bytes();
+    format!("02:4e:75:{:02x}:{:02x}:{:02x}", b[1], b[2], b[3])
+}
+
+fn prefix_len(cidr: &str) -> Result<u8> {
+    cidr.split_once('/')
+        .and_then(|(_, l)| l.parse().ok())
+        .ok_or_else(|| NetworkError::Other(format!("network range {cidr:?} is not a CIDR")))
+}
+
+fn netmask(len: u8) -> Ipv4Addr {
+    Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0))
+}
+
+/// Runs a program; its stderr is the error.
+async fn run(program: &str, args: &[String], stdin: Option<&str>) -> Result<String> {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    if stdin.is_some() {
+        cmd.stdin(std::process::Stdio::piped());
+    } else {
+        cmd.stdin(std::process::Stdio::null());
+    }
+    let mut child = cmd.spawn().map_err(|source| NetworkError::Missing { program: program.into(), source })?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
+            .await
+            .map_err(|e| NetworkError::Other(format!("cannot write to {program}: {e}")))?;
+    }
+    let out =
+        child.wait_with_output().await.map_err(|source| NetworkError::Missing { program: program.into(), source })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(NetworkError::Command {
+            command: format!("{program} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+impl Plumbing {
+    pub fn new(cfg: NetworkConfig, data_dir: &std::path::Path, lookup: MetadataLookup) -> Self {
+        Self { cfg, state_dir: data_dir.join("networks"), applied: None, metadata: HashMap::new(), lookup }
+    }
+
+    /// The namespace file a tap's opener enters, if the host is one.
+    pub fn netns_path(&self) -> Option<PathBuf> {
+        self.cfg.netns.as_ref().map(|n| PathBuf::from("/run/netns").join(n))
+    }
+
+    fn router_ns(&self, vni: u32) -> String {
+        match &self.cfg.netns {
+            Some(ns) => format!("{ns}-r{vni}"),
+            None => format!("nubo-r{vni}"),
+        }
+    }
+
+    /// `ip` in the host's namespace.
+    async fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut v = Vec::new();
+        if let Some(ns) = &self.cfg.netns {
+            v.extend(strings(&["-n", ns]));
+        }
+        v.extend(strings(args));
+        run("ip", &v, None).await
+    }
+
+    async fn bridge_cmd(&self, args: &[&str]) -> Result<String> {
+        let mut v = Vec::new();
+        if let Some(ns) = &self.cfg.netns {
+            v.extend(strings(&["-n", ns]));
+        }
+        v.extend(strings(args));
+        run("bridge", &v, None).await
+    }
+
+    /// A program inside the host's namespace.
+    async fn host_exec(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        match &self.cfg.netns {
+            Some(ns) => {
+                let mut v = strings(&["netns", "exec", ns, program]);
+                v.extend(strings(args));
+                run("ip", &v, stdin).await
+            }
+            None => run(program, &strings(args), stdin).await,
+        }
+    }
+
+    async fn link_exists(&self, name: &str) -> bool {
+        self.ip(&["link", "show", "dev", name]).await.is_ok()
+    }
+
+    /// Makes this host match `d`'s networks: plumbing, VXLAN peers, DHCP,
+    /// metadata and the firewall; removes networks no longer wanted.
+    /// Skips the work when nothing changed since the last full success.
+    pub async fn reconcile(&mut self, d: &DesiredState) -> Result<()> {
+        let mut nics: BTreeMap<(String, usize), (u32, String)> = BTreeMap::new();
+        let vni_of: HashMap<_, _> = d.networks.iter().map(|n| (n.id.clone(), n.vni)).collect();
+        for i in d.instances.iter().filter(|i| i.power != nubo_api::agent::PowerState::Deleted) {
+            for (index, nic) in i.nics.iter().enumerate() {
+                if let Some(vni) = vni_of.get(&nic.network_id) {
+                    nics.insert((i.id.to_string(), index), (*vni, tap_name(&i.id, index)));
+                }
+            }
+        }
+        // (JSON maps need string keys, so the NICs go in as a list.)
+        let nic_list: Vec<_> = nics.iter().collect();
+        let fingerprint = serde_json::to_string(&(&d.networks, &nic_list))
+            .map_err(|e| NetworkError::Other(format!("cannot fingerprint the desired networks: {e}")))?;
+        let metadata_alive = self.metadata.values().all(|t| !t.is_finished());
+        if self.applied.as_deref() == Some(fingerprint.as_str()) && metadata_alive {
+            return Ok(());
+        }
+        self.applied = None;
+        self.host_setup().await?;
+        for net in &d.networks {
+            let span = tracing::info_span!("network", network = %net.id, vni = net.vni);
+            tracing::Instrument::instrument(self.ensure_network(net), span).await?;
+        }
+        for (vni, tap) in nics.values() {
+            self.ensure_tap(tap, *vni).await?;
+        }
+        let wanted: HashSet<u32> = d.networks.iter().map(|n| n.vni).collect();
+        self.remove_unwanted(&wanted).await?;
+        let taps: HashMap<(String, u32), String> =
+            nics.iter().map(|((i, _), (vni, tap))| ((i.clone(), *vni), tap.clone())).collect();
+        let ruleset = firewall::render(&d.networks, &|instance, vni| taps.get(&(instance.to_string(), vni)).cloned());
+        self.host_exec("nft", &["-f", "-"], Some(&ruleset)).await?;
+        self.applied = Some(fingerprint);
+        Ok(())
+    }
+
+    /// Once per host: bridged IPv4 goes through nftables' inet hooks (the
+    /// firewall's conntrack), which br_netfilter does when asked.
+    async fn host_setup(&self) -> Result<()> {
+        self.host_exec("sysctl", &["-q", "-w", "net.bridge.bridge-nf-call-iptables=1"], None).await?;
+        if self.cfg.netns.is_some() {
+            self.ip(&["link", "set", "lo", "up"]).await?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_network(&mut self, net: &DesiredNetwork) -> Result<()> {
+        let vni = net.vni;
+        let (br, vx, rv) = (format!("nb{vni}"), format!("nx{vni}"), format!("nr{vni}"));
+        let router = self.router_ns(vni);
+        if !self.link_exists(&br).await {
+            tracing::info!(bridge = %br, "creating the network's bridge");
+            self.ip(&["link", "add", &br, "type", "bridge"]).await?;
+        }
+        self.ip(&["link", "set", &br, "up"]).await?;
+        if !self.link_exists(&vx).await {
+            let vni_s = vni.to_string();
+            let local = self.cfg.underlay.to_string();
+            let port = VXLAN_PORT.to_string();
+            let mtu = GUEST_MTU.to_string();
+            self.ip(&[
+                "link", "add", &vx, "mtu", &mtu, "type", "vxlan", "id", &vni_s, "local", &local, "dstport", &port,
+            ])
+            .await?;
+        }
+        self.ip(&["link", "set", &vx, "master", &br, "up"]).await?;
+        self.bridge_cmd(&["link", "set", "dev", &vx, "isolated", "on"]).await?;
+        self.sync_peers(&vx, &net.peers).await?;
+
+        // The router namespace and its leg on the bridge.
+        let ns_file = PathBuf::from("/run/netns").join(&router);
+        if !ns_file.exists() {
+            run("ip", &strings(&["netns", "add", &router]), None).await?;
+        }
+        if !self.link_exists(&rv).await {
+            self.ip(&["link", "add", &rv, "type", "veth", "peer", "name", "gw", "netns", &router]).await?;
+        }
+        self.ip(&["link", "set", &rv, "master", &br, "up"]).await?;
+        self.bridge_cmd(&["link", "set", "dev", &rv, "isolated", "on"]).await?;
+        let len = prefix_len(&net.cidr)?;
+        let gw_addr = format!("{}/{len}", net.gateway);
+        let mac = gateway_mac(vni);
+        let mtu = GUEST_MTU.to_string();
+        let in_router = |args: &[&str]| {
+            let mut v = strings(&["-n", &router]);
+            v.extend(strings(args));
+            v
+        };
+        run("ip", &in_router(&["link", "set", "lo", "up"]), None).await?;
+        run("ip", &in_router(&["link", "set", "gw", "address", &mac, "mtu", &mtu, "up"]), None).await?;
+        let addrs = run("ip", &in_router(&["-o", "addr", "show", "dev", "gw"]), None).await?;
+        for a in [gw_addr.as_str(), "169.254.169.254/32"] {
+            if !addrs.contains(&format!(" {a} ")) {
+                run("ip", &in_router(&["addr", "add", a, "dev", "gw"]), None).await?;
+            }
+        }
+        self.ensure_dhcp(net, &router).await?;
+        self.ensure_metadata(vni, &router)?;
+        Ok(())
+    }
+
+    /// Head-end replication: one all-zero FDB entry per peer host, so
+    /// broadcasts reach every host with the network; unicast is learnt.
+    async fn sync_peers(&self, vx: &str, peers: &[String]) -> Result<()> {
+        let text = self.bridge_cmd(&["-j", "fdb", "show", "dev", vx]).await?;
+        let entries: Vec<serde_json::Value> = serde_json::from_str(text.trim()).unwrap_or_default();
+        let have: HashSet<String> = entries
+            .iter()
+            .filter(|e| e["mac"] == "00:00:00:00:00:00")
+            .filter_map(|e| e["dst"].as_str().map(str::to_string))
+            .collect();
+        for p in peers.iter().filter(|p| !have.contains(*p)) {
+            tracing::info!(peer = %p, "VXLAN peer added");
+            self.bridge_cmd(&["fdb", "append", "00:00:00:00:00:00", "dev", vx, "dst", p]).await?;
+        }
+        for old in have.iter().filter(|h| !peers.contains(h)) {
+            tracing::info!(peer = %old, "VXLAN peer removed");
+            self.bridge_cmd(&["fdb", "del", "00:00:00:00:00:00", "dev", vx, "dst", old]).await?;
+        }
+        Ok(())
+    }
+
+    /// dnsmasq in the router namespace: fixed leases for this host's ports
+    /// (by MAC), nothing for unknown ones; SIGHUP re-reads the hosts file.
+    async fn ensure_dhcp(&self, net: &DesiredNetwork, router: &str) -> Result<()> {
+        let dir = self.state_dir.join(net.vni.to_string());
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| NetworkError::Other(format!("cannot create {}: {e}", dir.display())))?;
+        let hosts: String = net.ports.iter().map(|p| format!("{},{}\n", p.mac, p.address)).collect();
+        let hosts_file = dir.join("dhcp-hosts");
+        let changed = std::fs::read_to_string(&hosts_file).ok().as_deref() != Some(hosts.as_str());
+        if changed {
+            std::fs::write(&hosts_file, &hosts)
+                .map_err(|e| NetworkError::Other(format!("cannot write {}: {e}", hosts_file.display())))?;
+        }
+        let pid_file = dir.join("dnsmasq.pid");
+        if let Some(pid) = dnsmasq_pid(&pid_file) {
+            if changed {
+                // SAFETY: a signal to the dnsmasq this module started (its
+                // pidfile and command line were checked).
+                unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+            }
+            return Ok(());
+        }
+        let len = prefix_len(&net.cidr)?;
+        let network = net.cidr.split('/').next().unwrap_or_default();
+        let args = [
+            "netns".to_string(),
+            "exec".into(),
+            router.into(),
+            "dnsmasq".into(),
+            "--conf-file=/dev/null".into(),
+            // DHCP only: no DNS service (port 0).
+            "--port=0".into(),
+            "--interface=gw".into(),
+            "--bind-interfaces".into(),
+            "--dhcp-authoritative".into(),
+            "--no-ping".into(),
+            "--user=root".into(),
+            format!("--dhcp-range={network},static,{},1h", netmask(len)),
+            format!("--dhcp-hostsfile={}", hosts_file.display()),
+            format!("--dhcp-option=option:router,{}", net.gateway),
+            format!("--dhcp-option-force=option:mtu,{GUEST_MTU}"),
+            format!("--dhcp-leasefile={}", dir.join("leases").display()),
+            format!("--pid-file={}", pid_file.display()),
+            format!("--log-facility={}", dir.join("dnsmasq.log").display()),
+            "--log-dhcp".into(),
+        ];
+        tracing::info!(router, "starting dnsmasq");
+        run("ip", &args, None).await?;
+        Ok(())
+    }
+
+    /// The metadata service at 169.254.169.254:80 inside the router
+    /// namespace; each guest is told its own data, found by its address.
+    fn ensure_metadata(&mut self, vni: u32, router: &str) -> Result<()> {
+        if self.metadata.get(&vni).is_some_and(|t| !t.is_finished()) {
+            return Ok(());
+        }
+        let ns = PathBuf::from("/run/netns").join(router);
+        let listener = bind_in_netns(&ns, SocketAddr::from(([169, 254, 169, 254], 80)))?;
+        let lookup = self.lookup.clone();
+        let app = axum::Router::new().fallback(
+            move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+                  req: axum::extract::Request| {
+                let lookup = lookup.clone();
+                async move {
+                    use axum::response::IntoResponse;
+                    use tower::ServiceExt;
+                    let found = match peer.ip() {
+                        IpAddr::V4(a) => lookup(vni, a),
+                        IpAddr::V6(_) => None,
+                    };
+                    match found {
+                        Some(imds) => match crate::imds::router(imds).oneshot(req).await {
+                            Ok(r) => r,
+                            Err(never) => match never {},
+                        },
+                        None => (axum::http::StatusCode::NOT_FOUND, "no instance has this address\n").into_response(),
+                    }
+                }
+            },
+        );
+        let task = tokio::spawn(async move {
+            let svc = app.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(listener, svc).await {
+                tracing::warn!(vni, error = %e, "network metadata service stopped");
+            }
+        });
+        self.metadata.insert(vni, task);
+        Ok(())
+    }
+
+    /// The instance's tap: persistent (it outlives a stop), on the bridge.
+    pub async fn ensure_tap(&self, tap: &str, vni: u32) -> Result<()> {
+        if !self.link_exists(tap).await {
+            self.ip(&["tuntap", "add", "dev", tap, "mode", "tap"]).await?;
+        }
+        let br = format!("nb{vni}");
+        let mtu = GUEST_MTU.to_string();
+        self.ip(&["link", "set", tap, "master", &br, "mtu", &mtu, "up"]).await?;
+        Ok(())
+    }
+
+    /// Removes a deleted instance's taps.
+    pub async fn remove_taps(&mut self, instance: &InstanceId) {
+        for index in 0..16 {
+            let tap = tap_name(instance, index);
+            if !self.link_exists(&tap).await {
+                break;
+            }
+            if let Err(e) = self.ip(&["link", "del", &tap]).await {
+                tracing::warn!(tap, error = %e, "cannot remove a tap");
+            }
+        }
+        self.applied = None;
+    }
+
+    /// Takes down networks this host set up and no longer has ports on.
+    async fn remove_unwanted(&mut self, wanted: &HashSet<u32>) -> Result<()> {
+        let Ok(entries) = std::fs::read_dir(&self.state_dir) else { return Ok(()) };
+        let here: Vec<u32> = entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+        for vni in here.into_iter().filter(|v| !wanted.contains(v)) {
+            tracing::info!(vni, "removing a network no instance here uses");
+            if let Some(t) = self.metadata.remove(&vni) {
+                t.abort();
+            }
+            let dir = self.state_dir.join(vni.to_string());
+            if let Some(pid) = dnsmasq_pid(&dir.join("dnsmasq.pid")) {
+                // SAFETY: the dnsmasq this module started (checked by pidfile and command line).
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+            for link in [format!("nr{vni}"), format!("nx{vni}"), format!("nb{vni}")] {
+                if self.link_exists(&link).await {
+                    self.ip(&["link", "del", &link]).await?;
+                }
+            }
+            let router = self.router_ns(vni);
+            if PathBuf::from("/run/netns").join(&router).exists() {
+                run("ip", &strings(&["netns", "del", &router]), None).await?;
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        Ok(())
+    }
+}
+
+/// The pid of a dnsmasq we started, if it still runs.
+fn dnsmasq_pid(pid_file: &std::path::Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let needle = format!("--pid-file={}", pid_file.display());
+    let ours = cmdline.split(|b| *b == 0).any(|arg| arg == needle.as_bytes());
+    ours.then_some(pid)
+}
+
+/// A TCP listener inside a network namespace: bound on a thread that
+/// entered it (setns changes one thread), then served from this runtime.
+fn bind_in_netns(ns: &std::path::Path, addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    use std::os::fd::AsRawFd;
+    let ns = ns.to_path_buf();
+    let std_listener = std::thread::spawn(move || -> std::io::Result<std::net::TcpListener> {
+        let f = std::fs::File::open(&ns)?;
+        // SAFETY: setns with a namespace descriptor we own; it changes
+        // only this short-lived thread.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let l = std::net::TcpListener::bind(addr)?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    })
+    .join()
+    .map_err(|_| NetworkError::Other("the thread binding the metadata service panicked".into()))?
+    .map_err(|e| NetworkError::Other(format!("cannot serve metadata on {addr}: {e}")))?;
+    tokio::net::TcpListener::from_std(std_listener)
+        .map_err(|e| NetworkError::Other(format!("cannot serve metadata on {addr}: {e}")))
+}
+
+/// Instances by (network vni, address), from the desired state.
+pub fn address_index(d: &DesiredState) -> HashMap<(u32, Ipv4Addr), InstanceId> {
+    let mut out = HashMap::new();
+    for n in &d.networks {
+        for p in &n.ports {
+            if let Ok(a) = p.address.parse() {
+                out.insert((n.vni, a), p.instance_id.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The lookup the metadata service uses: the address's instance in the
+/// last desired state, and that instance's service.
+pub(crate) fn lookup_from(shared: Arc<Mutex<crate::reconcile::Shared>>) -> MetadataLookup {
+    Arc::new(move |vni, addr| {
+        let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let d = s.desired.as_ref()?;
+        let id = d.networks.iter().find(|n| n.vni == vni)?.ports.iter().find(|p| p.address == addr.to_string())?;
+        s.imds_of(&id.instance_id)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_ifnamsiz_and_are_stable() {
+        let id: InstanceId = "i-0123456789abcdef0".parse().unwrap();
+        let t = tap_name(&id, 0);
+        assert!(t.len() <= 15, "{t}");
+        assert_eq!(t, tap_name(&id, 0));
+        assert_ne!(t, tap_name(&id, 1));
+        assert_eq!(gateway_mac(1000), "02:4e:75:00:03:e8");
+        assert_eq!(netmask(24), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(netmask(16), Ipv4Addr::new(255, 255, 0, 0));
+        assert_eq!(prefix_len("10.0.0.0/24").unwrap(), 24);
+        assert!(prefix_len("10.0.0.0").is_err());
+    }
+}

@@ -1,0 +1,414 @@
+//! Private networks in SQL: a project's networks (an IPv4 range, its
+//! gateway, the VXLAN id that carries it between hosts), the NIC each
+//! attached instance has on them (MAC and address, fixed for the
+//! instance's life), and what one host must run for them: the networks
+//! with local ports, their VXLAN peers, and each port's inbound firewall
+//! rules resolved from its security groups.
+
+use crate::store::{now_ms, ClaimError, Store, Tx};
+use nubo_api::agent::{DesiredNetwork, DesiredNic, DesiredPort, FirewallRule};
+use nubo_api::ids::NetworkId;
+use sqlx::FromRow;
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+/// The first VXLAN id handed out (low ids are left to the operator).
+const FIRST_VNI: i64 = 1000;
+
+#[derive(Debug, Clone, FromRow)]
+pub struct NetworkRow {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub cidr: String,
+    pub gateway: String,
+    pub vni: i64,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct NetworkPortRow {
+    pub instance_id: String,
+    pub network_id: String,
+    pub nic_index: i64,
+    pub mac: String,
+    pub address: String,
+}
+
+/// An IPv4 range `a.b.c.d/len`, aligned on its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub base: Ipv4Addr,
+    pub len: u8,
+}
+
+impl Cidr {
+    /// Parses a network's range; the text says what is wrong and what to use.
+    pub fn parse_network(s: &str) -> Result<Self, String> {
+        let (addr, len) = s.split_once('/').ok_or_else(|| format!("'{s}' is not a CIDR: write it as 10.20.0.0/24"))?;
+        let base: Ipv4Addr = addr.parse().map_err(|_| format!("'{addr}' is not an IPv4 address"))?;
+        let len: u8 = len.parse().map_err(|_| format!("'/{len}' is not a prefix length"))?;
+        if !(16..=29).contains(&len) {
+            return Err(format!("a network's prefix must be /16 to /29, not /{len}"));
+        }
+        let c = Cidr { base, len };
+        if c.network() != base {
+            return Err(format!("'{s}' has host bits set: the network is {}/{len}", c.network()));
+        }
+        Ok(c)
+    }
+
+    fn mask(self) -> u32 {
+        u32::MAX << (32 - u32::from(self.len))
+    }
+
+    pub fn network(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.base) & self.mask())
+    }
+
+    /// The gateway: the first address after the network's.
+    pub fn gateway(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network()) + 1)
+    }
+
+    /// Addresses instances may get: all but the network, gateway and broadcast.
+    pub fn hosts(self) -> impl Iterator<Item = Ipv4Addr> {
+        let first = u32::from(self.network()) + 2;
+        let last = (u32::from(self.network()) | !self.mask()) - 1;
+        (first..=last).map(Ipv4Addr::from)
+    }
+}
+
+/// A MAC for a NIC: QEMU's 52:54:00 prefix and the address's last three
+/// bytes would collide across networks, so it is derived from the instance
+/// and network ids instead (FNV-1a over both).
+fn mac_for(instance: &str, network: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in instance.bytes().chain([0]).chain(network.bytes()) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", (h >> 24) & 0xff, (h >> 16) & 0xff, (h >> 8) & 0xff, h & 0xff)
+}
+
+/// Why a network was not created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("the project already has a network named '{0}'")]
+    Duplicate(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Gives the new instance a NIC on each network (ids, already checked to
+/// be the project's), in order: the lowest free address of each. Runs in
+/// the launch's transaction; on PostgreSQL a concurrent launch that took
+/// the same address first makes the claim `Lost`, and placement retries.
+pub(crate) async fn attach_new_instance(
+    tx: &mut Tx<'_>,
+    instance: &str,
+    networks: &[String],
+) -> Result<(), ClaimError> {
+    for (index, net) in networks.iter().enumerate() {
+        let cidr: String =
+            sqlx::query_scalar("SELECT cidr FROM networks WHERE id = $1").bind(net).fetch_one(&mut **tx).await?;
+        let cidr = Cidr::parse_network(&cidr).map_err(|e| ClaimError::Db(sqlx::Error::Protocol(e)))?;
+        let used: Vec<String> = sqlx::query_scalar("SELECT address FROM network_ports WHERE network_id = $1")
+            .bind(net)
+            .fetch_all(&mut **tx)
+            .await?;
+        let used: HashSet<String> = used.into_iter().collect();
+        let address = cidr
+            .hosts()
+            .map(|a| a.to_string())
+            .find(|a| !used.contains(a))
+            .ok_or_else(|| ClaimError::Quota(format!("network {net} ({cidr:?}) has no free address left")))?;
+        sqlx::query(
+            "INSERT INTO network_ports (instance_id, network_id, nic_index, mac, address) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(instance)
+        .bind(net)
+        .bind(index as i64)
+        .bind(mac_for(instance, net))
+        .bind(&address)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| match e.as_database_error() {
+            Some(d) if d.is_unique_violation() => ClaimError::Lost,
+            _ => ClaimError::Db(e),
+        })?;
+    }
+    Ok(())
+}
+
+impl Store {
+    pub async fn create_network(&self, project: &str, name: &str, cidr: Cidr) -> Result<NetworkRow, CreateError> {
+        let mut tx = self.pool.begin().await?;
+        let taken: Option<String> = sqlx::query_scalar("SELECT id FROM networks WHERE project_id = $1 AND name = $2")
+            .bind(project)
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if taken.is_some() {
+            return Err(CreateError::Duplicate(name.to_string()));
+        }
+        let vni: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(vni) + 1, $1) FROM networks")
+            .bind(FIRST_VNI)
+            .fetch_one(&mut *tx)
+            .await?;
+        let row = NetworkRow {
+            id: NetworkId::generate().to_string(),
+            project_id: project.to_string(),
+            name: name.to_string(),
+            cidr: format!("{}/{}", cidr.network(), cidr.len),
+            gateway: cidr.gateway().to_string(),
+            vni,
+            created_at_ms: now_ms(),
+        };
+        sqlx::query(
+            "INSERT INTO networks (id, project_id, name, cidr, gateway, vni, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&row.id)
+        .bind(&row.project_id)
+        .bind(&row.name)
+        .bind(&row.cidr)
+        .bind(&row.gateway)
+        .bind(row.vni)
+        .bind(row.created_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// All networks, or one project's.
+    pub async fn networks(&self, project: Option<&str>) -> Result<Vec<NetworkRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM networks WHERE ($1 IS NULL OR project_id = $1) ORDER BY name, id")
+            .bind(project)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    pub async fn network(&self, id: &str) -> Result<Option<NetworkRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM networks WHERE id = $1").bind(id).fetch_optional(&self.pool).await
+    }
+
+    /// A project's network by id or name.
+    pub async fn network_by_ref(&self, project: &str, reference: &str) -> Result<Option<NetworkRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM networks WHERE project_id = $1 AND (id = $2 OR name = $2)")
+            .bind(project)
+            .bind(reference)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Ports of instances not terminated: of one network, or of all.
+    pub async fn network_ports(&self, network: Option<&str>) -> Result<Vec<NetworkPortRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT p.instance_id, p.network_id, p.nic_index, p.mac, p.address FROM network_ports p
+             JOIN instances i ON i.id = p.instance_id
+             WHERE ($1 IS NULL OR p.network_id = $1) AND i.state <> 'terminated'
+             ORDER BY p.instance_id, p.nic_index",
+        )
+        .bind(network)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// One instance's NICs, in order.
+    pub async fn instance_network_ports(&self, instance: &str) -> Result<Vec<NetworkPortRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT instance_id, network_id, nic_index, mac, address FROM network_ports
+             WHERE instance_id = $1 ORDER BY nic_index",
+        )
+        .bind(instance)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Deletes a network without attached instances; otherwise returns them.
+    pub async fn delete_network(&self, id: &str) -> Result<Vec<String>, sqlx::Error> {
+        let users: Vec<String> = self.network_ports(Some(id)).await?.into_iter().map(|p| p.instance_id).collect();
+        if !users.is_empty() {
+            return Ok(users);
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM network_ports WHERE network_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM networks WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Vec::new())
+    }
+
+    /// What `host` runs for private networks: each instance's NICs (by
+    /// instance id) and the networks with ports there.
+    pub async fn desired_networks(
+        &self,
+        host: &str,
+    ) -> Result<(HashMap<String, Vec<DesiredNic>>, Vec<DesiredNetwork>), sqlx::Error> {
+        // Every live port with its host: peers and source groups need the
+        // ports elsewhere too.
+        let ports: Vec<(String, String, i64, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT p.instance_id, p.network_id, p.nic_index, p.mac, p.address, i.host_id FROM network_ports p
+             JOIN instances i ON i.id = p.instance_id
+             WHERE i.state <> 'terminated' ORDER BY p.instance_id, p.nic_index",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let local: Vec<_> = ports.iter().filter(|p| p.5.as_deref() == Some(host)).collect();
+        if local.is_empty() {
+            return Ok((HashMap::new(), Vec::new()));
+        }
+        let mut nics: HashMap<String, Vec<DesiredNic>> = HashMap::new();
+        for p in &local {
+            let network_id = p.1.parse().map_err(|e| sqlx::Error::Protocol(format!("network id: {e}")))?;
+            nics.entry(p.0.clone()).or_default().push(DesiredNic {
+                network_id,
+                mac: p.3.clone(),
+                address: p.4.clone(),
+            });
+        }
+        let underlays: HashMap<String, String> =
+            sqlx::query_as::<_, (String, String)>("SELECT id, underlay FROM hosts WHERE underlay IS NOT NULL")
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .collect();
+        // Security groups: each instance's groups, each group's ingress
+        // rules, and each group's members (for rules by source group).
+        let memberships: Vec<(String, String)> =
+            sqlx::query_as("SELECT instance_id, group_id FROM instance_security_groups").fetch_all(&self.pool).await?;
+        let mut groups_of: HashMap<&str, Vec<&str>> = HashMap::new();
+        let mut members_of: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (i, g) in &memberships {
+            groups_of.entry(i.as_str()).or_default().push(g.as_str());
+            members_of.entry(g.as_str()).or_default().push(i.as_str());
+        }
+        let rules: Vec<crate::security_groups::RuleRow> = sqlx::query_as(
+            "SELECT id, group_id, direction, protocol, from_port, to_port, cidr, source_group_id, description
+             FROM security_group_rules WHERE direction = 'ingress' ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let local_nets: Vec<&str> = {
+            let mut v: Vec<&str> = local.iter().map(|p| p.1.as_str()).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let mut networks = Vec::new();
+        for net in local_nets {
+            let Some(row) = self.network(net).await? else { continue };
+            let mut peers: Vec<String> = ports
+                .iter()
+                .filter(|p| p.1 == net)
+                .filter_map(|p| p.5.as_deref())
+                .filter(|h| *h != host)
+                .filter_map(|h| underlays.get(h).cloned())
+                .collect();
+            peers.sort();
+            peers.dedup();
+            // Addresses on this network of each instance.
+            let address_on_net: HashMap<&str, &str> =
+                ports.iter().filter(|p| p.1 == net).map(|p| (p.0.as_str(), p.4.as_str())).collect();
+            let mut desired_ports = Vec::new();
+            for p in local.iter().filter(|p| p.1 == net) {
+                let mut ingress = Vec::new();
+                for g in groups_of.get(p.0.as_str()).into_iter().flatten() {
+                    for r in rules.iter().filter(|r| r.group_id == *g) {
+                        let sources = match (&r.cidr, &r.source_group_id) {
+                            (Some(c), _) => vec![c.clone()],
+                            (None, Some(src)) => members_of
+                                .get(src.as_str())
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|m| address_on_net.get(m))
+                                .map(|a| format!("{a}/32"))
+                                .collect(),
+                            (None, None) => Vec::new(),
+                        };
+                        ingress.push(firewall_rule(r, sources));
+                    }
+                }
+                desired_ports.push(DesiredPort {
+                    instance_id: p.0.parse().map_err(|e| sqlx::Error::Protocol(format!("instance id: {e}")))?,
+                    mac: p.3.clone(),
+                    address: p.4.clone(),
+                    ingress,
+                });
+            }
+            networks.push(DesiredNetwork {
+                id: row.id.parse().map_err(|e| sqlx::Error::Protocol(format!("network id: {e}")))?,
+                vni: row.vni as u32,
+                cidr: row.cidr,
+                gateway: row.gateway,
+                peers,
+                ports: desired_ports,
+            });
+        }
+        Ok((nics, networks))
+    }
+}
+
+/// A stored rule as the host's firewall takes it: `-1` (EC2's "all") is
+/// `all`, and ports are meaningful for tcp and udp only.
+fn firewall_rule(r: &crate::security_groups::RuleRow, sources: Vec<String>) -> FirewallRule {
+    let protocol = match r.protocol.as_str() {
+        "tcp" | "udp" | "icmp" => r.protocol.clone(),
+        _ => "all".to_string(),
+    };
+    let (from_port, to_port) = if matches!(protocol.as_str(), "tcp" | "udp") && r.from_port >= 0 {
+        (r.from_port.clamp(0, 65535) as u16, r.to_port.clamp(0, 65535) as u16)
+    } else {
+        (0, 65535)
+    };
+    FirewallRule { protocol, from_port, to_port, sources }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parsing_and_ranges() {
+        let c = Cidr::parse_network("10.20.0.0/24").unwrap();
+        assert_eq!(c.gateway(), Ipv4Addr::new(10, 20, 0, 1));
+        let hosts: Vec<_> = c.hosts().collect();
+        assert_eq!(hosts.first(), Some(&Ipv4Addr::new(10, 20, 0, 2)));
+        assert_eq!(hosts.last(), Some(&Ipv4Addr::new(10, 20, 0, 254)));
+        assert_eq!(hosts.len(), 253);
+        assert_eq!(Cidr::parse_network("10.20.0.0/29").unwrap().hosts().count(), 5);
+        assert!(Cidr::parse_network("10.20.0.5/24").unwrap_err().contains("10.20.0.0/24"));
+        assert!(Cidr::parse_network("10.20.0.0/30").unwrap_err().contains("/16 to /29"));
+        assert!(Cidr::parse_network("10.20.0.0").is_err());
+        assert!(Cidr::parse_network("nonsense/24").is_err());
+    }
+
+    #[test]
+    fn macs_are_unicast_stable_and_differ_per_network() {
+        let a = mac_for("i-1", "net-a");
+        assert_eq!(a, mac_for("i-1", "net-a"));
+        assert_ne!(a, mac_for("i-1", "net-b"));
+        assert!(a.starts_with("52:54:"));
+    }
+
+    #[test]
+    fn ec2_all_protocol_becomes_all_ports() {
+        let r = crate::security_groups::RuleRow {
+            id: "sgr-1".into(),
+            group_id: "sg-1".into(),
+            direction: "ingress".into(),
+            protocol: "-1".into(),
+            from_port: -1,
+            to_port: -1,
+            cidr: None,
+            source_group_id: Some("sg-1".into()),
+            description: String::new(),
+        };
+        let f = firewall_rule(&r, vec!["10.0.0.2/32".into()]);
+        assert_eq!((f.protocol.as_str(), f.from_port, f.to_port), ("all", 0, 65535));
+        let tcp = crate::security_groups::RuleRow { protocol: "tcp".into(), from_port: 80, to_port: 81, ..r };
+        let f = firewall_rule(&tcp, vec![]);
+        assert_eq!((f.protocol.as_str(), f.from_port, f.to_port), ("tcp", 80, 81));
+    }
+}

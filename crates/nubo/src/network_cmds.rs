@@ -1,0 +1,111 @@
+//! Client commands for private networks and security groups.
+
+use crate::cli::{NetworkCmd, SecurityGroupCmd};
+use crate::client_cmds::client;
+use crate::output::{emit, table};
+use nubo_api::params::{NetworkCreate, SecurityGroupCreate, SecurityGroupRuleCreate};
+use nubo_api::views::{Network, SecurityGroup};
+
+fn print_networks(nets: &[Network]) {
+    let rows: Vec<Vec<String>> = nets
+        .iter()
+        .map(|n| {
+            vec![
+                n.id.to_string(),
+                n.name.clone(),
+                n.cidr.clone(),
+                n.gateway.clone(),
+                n.vni.to_string(),
+                n.ports.len().to_string(),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "CIDR", "GATEWAY", "VNI", "INSTANCES"], &rows);
+}
+
+pub async fn network(cmd: NetworkCmd) -> anyhow::Result<()> {
+    match cmd {
+        NetworkCmd::Create { conn, name, cidr } => {
+            let n = client(&conn)?.create_network(&NetworkCreate { name, cidr }).await?;
+            emit(conn.output, &n, |n| println!("{}", n.id))
+        }
+        NetworkCmd::List { conn } => {
+            let nets = client(&conn)?.networks().await?;
+            emit(conn.output, &nets, |n| print_networks(n))
+        }
+        NetworkCmd::Show { conn, network } => {
+            let n = client(&conn)?.network(&network).await?;
+            emit(conn.output, &n, |n| {
+                print_networks(std::slice::from_ref(n));
+                println!();
+                let rows: Vec<Vec<String>> =
+                    n.ports.iter().map(|p| vec![p.instance_id.to_string(), p.address.clone(), p.mac.clone()]).collect();
+                table(&["INSTANCE", "ADDRESS", "MAC"], &rows);
+            })
+        }
+        NetworkCmd::Delete { conn, network } => {
+            client(&conn)?.delete_network(&network).await?;
+            Ok(())
+        }
+    }
+}
+
+fn print_groups(groups: &[SecurityGroup]) {
+    let mut rows = Vec::new();
+    for g in groups {
+        if g.rules.is_empty() {
+            rows.push(vec![g.id.to_string(), g.name.clone(), "-".into(), String::new(), String::new(), String::new()]);
+        }
+        for r in &g.rules {
+            let ports = match (r.from_port, r.to_port) {
+                (-1, _) => "all".to_string(),
+                (a, b) if a == b => a.to_string(),
+                (a, b) => format!("{a}-{b}"),
+            };
+            let from = r.cidr.clone().or(r.source_group_id.clone()).unwrap_or_default();
+            let proto = if r.protocol == "-1" { "all".to_string() } else { r.protocol.clone() };
+            rows.push(vec![
+                g.id.to_string(),
+                g.name.clone(),
+                r.id.to_string(),
+                format!("{} {proto}", r.direction),
+                ports,
+                from,
+            ]);
+        }
+    }
+    table(&["GROUP", "NAME", "RULE", "TRAFFIC", "PORTS", "FROM"], &rows);
+}
+
+pub async fn security_group(cmd: SecurityGroupCmd) -> anyhow::Result<()> {
+    match cmd {
+        SecurityGroupCmd::Create { conn, name, description } => {
+            let g = client(&conn)?.create_security_group(&SecurityGroupCreate { name, description }).await?;
+            emit(conn.output, &g, |g| println!("{}", g.id))
+        }
+        SecurityGroupCmd::List { conn } => {
+            let groups = client(&conn)?.security_groups().await?;
+            emit(conn.output, &groups, |g| print_groups(g))
+        }
+        SecurityGroupCmd::Allow { conn, group, protocol, port, cidr, source_group } => {
+            let (from_port, to_port) = match port.as_deref() {
+                None => (None, None),
+                Some(p) => match p.split_once('-') {
+                    Some((a, b)) => (Some(parse_port(a)?), Some(parse_port(b)?)),
+                    None => (Some(parse_port(p)?), None),
+                },
+            };
+            let rule = SecurityGroupRuleCreate { protocol, from_port, to_port, cidr, source_group };
+            let g = client(&conn)?.add_security_group_rule(&group, &rule).await?;
+            emit(conn.output, &g, |g| print_groups(std::slice::from_ref(g)))
+        }
+        SecurityGroupCmd::Revoke { conn, group, rule } => {
+            let g = client(&conn)?.delete_security_group_rule(&group, &rule).await?;
+            emit(conn.output, &g, |g| print_groups(std::slice::from_ref(g)))
+        }
+    }
+}
+
+fn parse_port(s: &str) -> anyhow::Result<u16> {
+    s.trim().parse().map_err(|_| anyhow::anyhow!("'{s}' is not a port: use a number 1-65535 or a range LOW-HIGH"))
+}
