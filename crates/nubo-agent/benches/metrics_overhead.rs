@@ -107,6 +107,7 @@ fn main() {
             base_format: Some("qcow2".into()),
             disks: vec![],
             taps: Vec::new(),
+            incoming: false,
         };
         rt.block_on(async {
             qemu.prepare_disk(&dir, &cfg).await.expect("disk");

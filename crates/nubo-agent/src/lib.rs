@@ -61,6 +61,8 @@ pub struct AgentConfig {
     /// Private networks (bridges, VXLAN, DHCP, firewall); none: instances
     /// have user-mode networking only.
     pub network: Option<network::NetworkConfig>,
+    /// The address migration targets here listen on (NBD and QEMU state).
+    pub migration_address: String,
 }
 
 pub struct Agent {

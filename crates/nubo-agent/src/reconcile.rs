@@ -10,7 +10,7 @@ use crate::imds::{Imds, InstanceMetadata};
 use crate::runs::QgaSession;
 use crate::AgentConfig;
 use nubo_api::agent::{
-    ActualInstance, ActualPower, DesiredInstance, DesiredState, HostReport, PowerState, RegisterHost,
+    ActualInstance, ActualPower, DesiredInstance, DesiredState, HostReport, MigrationRole, PowerState, RegisterHost,
 };
 use nubo_api::ids::{HostId, InstanceId, RunId};
 use nubo_api::views::{GuestStatus, InstanceEvent};
@@ -48,6 +48,10 @@ enum OpKind {
     Stop,
     Reboot,
     Delete,
+    /// Start the target copy of a live migration.
+    Incoming,
+    /// Send the instance to the target of a live migration.
+    MigrateOut,
 }
 
 struct Op {
@@ -83,6 +87,10 @@ pub(crate) struct Shared {
     pub(crate) guest_latest: HashMap<InstanceId, (Instant, GuestStatus, Option<crate::guest::NetCounters>)>,
     /// The last desired state seen (monitoring and checks read it).
     pub(crate) desired: Option<DesiredState>,
+    /// Targets of live migrations started here whose NBD server still runs.
+    incoming: HashSet<InstanceId>,
+    /// Instances this host migrated away (their VM and files are gone).
+    migrated_out: HashSet<InstanceId>,
 }
 
 impl Shared {
@@ -474,6 +482,16 @@ impl Reconciler {
         let mut running = HashSet::new();
         for want in &d.instances {
             let (power, pid) = self.reconcile_one(want).await;
+            // The target copy of a live migration is not the instance yet:
+            // nothing of it is reported, attached or served until it runs
+            // here (a removed failed copy is reported, as deleted).
+            let target_copy = want.migration.as_ref().is_some_and(|m| m.role == MigrationRole::Target);
+            if target_copy && want.power != PowerState::Deleted {
+                continue;
+            }
+            if self.lock().migrated_out.contains(&want.id) {
+                continue;
+            }
             // A reboot or start in flight reports no pid: leave the disks alone then.
             let vm_pid = match (power, pid) {
                 (ActualPower::Running, Some(pid)) => Some(pid),
@@ -533,14 +551,46 @@ impl Reconciler {
         if let Some(kind) = self.lock().ops.get(&want.id).map(|o| o.kind) {
             return match kind {
                 OpKind::Start => (ActualPower::Starting, None),
-                OpKind::Reboot => (ActualPower::Running, None),
+                OpKind::Reboot | OpKind::MigrateOut => (ActualPower::Running, None),
+                OpKind::Incoming => (ActualPower::Starting, None),
                 OpKind::Stop | OpKind::Delete => (ActualPower::Stopping, None),
             };
+        }
+        let coming_back = want.migration.as_ref().is_some_and(|m| m.role == MigrationRole::Target);
+        {
+            let mut s = self.lock();
+            if coming_back {
+                s.migrated_out.remove(&want.id);
+            } else if s.migrated_out.contains(&want.id) {
+                // Sent away; the desired state has not caught up yet.
+                return (ActualPower::Deleted, None);
+            }
         }
         let dir = self.dir(&want.id);
         let status = self.hypervisor.status(&dir).await;
         let applied = read_applied(&dir);
         let failed_seq = self.lock().errors.get(&want.id).map(|e| e.0);
+        if let Some(m) = want.migration.as_ref().filter(|_| want.power != PowerState::Deleted) {
+            match (m.role, &status, &m.target) {
+                (MigrationRole::Target, VmStatus::NotRunning, _) if failed_seq != Some(want.start_seq) => {
+                    self.spawn(want, OpKind::Incoming);
+                    return (ActualPower::Starting, None);
+                }
+                (MigrationRole::Target, VmStatus::Running { pid, .. }, _) => return (ActualPower::Running, Some(*pid)),
+                (MigrationRole::Target, _, _) => return (ActualPower::Error, None),
+                (MigrationRole::Source, VmStatus::Running { .. }, Some(_)) => {
+                    self.spawn(want, OpKind::MigrateOut);
+                    return (ActualPower::Running, None);
+                }
+                _ => {}
+            }
+        } else if self.lock().incoming.remove(&want.id) {
+            // A migration into this host ended: the disks are ours now.
+            let (hv, dir) = (self.hypervisor.clone(), dir.clone());
+            tokio::spawn(async move {
+                let _ = hv.migration_target_finish(&dir).await;
+            });
+        }
         match (want.power, status) {
             (PowerState::Deleted, _) => {
                 if dir.path().exists() {
@@ -592,6 +642,8 @@ impl Reconciler {
                     OpKind::Stop => this.stop(&want).await,
                     OpKind::Reboot => this.reboot(&want).await,
                     OpKind::Delete => this.delete(&want).await,
+                    OpKind::Incoming => this.incoming(&want).await,
+                    OpKind::MigrateOut => this.migrate_out(&want).await,
                 };
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "operation failed");
@@ -640,6 +692,12 @@ impl Reconciler {
     }
 
     async fn start(self: &Arc<Self>, want: &DesiredInstance) -> anyhow::Result<()> {
+        self.boot(want, false).await
+    }
+
+    /// Starts QEMU for `want`: booting, or (`incoming`) paused as the
+    /// target of a live migration, with the same devices as the source.
+    async fn boot(self: &Arc<Self>, want: &DesiredInstance, incoming: bool) -> anyhow::Result<()> {
         let dir = self.dir(&want.id);
         let (boot, base_disk, base_format, sha256) = self.boot_source(want).await?;
         self.event(&want.id, "image_ready", sha256);
@@ -671,6 +729,7 @@ impl Reconciler {
             base_format,
             disks,
             taps,
+            incoming,
         };
         self.hypervisor.prepare_disk(&dir, &cfg).await?;
         self.ensure_imds(want);
@@ -690,9 +749,123 @@ impl Reconciler {
             &dir,
             &Applied { start_seq: want.start_seq, reboot_count: want.reboot_count, stopped_on_purpose: false },
         );
+        if incoming {
+            tracing::info!(pid, "migration target started");
+            return Ok(());
+        }
         self.event(&want.id, "qemu_started", format!("pid {pid}"));
         tracing::info!(pid, "VM started");
         self.watch_boot(&want.id, dir.console_log(), log_start);
+        Ok(())
+    }
+
+    /// The target side of a live migration: empty disks (volumes too),
+    /// QEMU waiting for state, NBD exports; then tells the control plane
+    /// where the source should send. A failure is reported, so the
+    /// migration ends and the source's instance runs on.
+    async fn incoming(self: &Arc<Self>, want: &DesiredInstance) -> anyhow::Result<()> {
+        let Some(m) = want.migration.clone() else { return Ok(()) };
+        let result = async {
+            for v in &want.volumes {
+                let path = self.volume_path(&v.volume_id);
+                if !path.is_file() {
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    self.hypervisor.create_volume(&path, v.size_gib << 30).await?;
+                }
+            }
+            self.boot(want, true).await?;
+            let host = self.config.migration_address.clone();
+            let (nbd_port, migrate_port) = (free_port()?, free_port()?);
+            let mut nodes = vec!["root".to_string()];
+            nodes.extend(want.volumes.iter().map(|v| v.volume_id.to_string()));
+            self.hypervisor.migration_listen(&self.dir(&want.id), &host, nbd_port, migrate_port, &nodes).await?;
+            self.lock().incoming.insert(want.id.clone());
+            let target = nubo_api::agent::MigrationTarget {
+                nbd_host: host.clone(),
+                nbd_port,
+                migrate_uri: format!("tcp:{host}:{migrate_port}"),
+            };
+            self.client.migration_ready(&m.id, &target).await?;
+            tracing::info!(migration = %m.id, nbd_port, migrate_port, "migration target ready");
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = &result {
+            let _ = self.hypervisor.kill(&self.dir(&want.id)).await;
+            let done = nubo_api::agent::MigrationDone {
+                ok: false,
+                error: Some(format!("the target could not prepare: {e:#}")),
+                downtime_ms: None,
+                total_ms: None,
+                disk_bytes: None,
+                ram_bytes: None,
+            };
+            let _ = self.client.migration_done(&m.id, &done).await;
+        }
+        result
+    }
+
+    /// The source side: mirror the disks and send the state, report how it
+    /// went, and on success remove this host's copy.
+    async fn migrate_out(self: &Arc<Self>, want: &DesiredInstance) -> anyhow::Result<()> {
+        let Some((m, target)) = want.migration.as_ref().and_then(|m| Some((m.clone(), m.target.clone()?))) else {
+            return Ok(());
+        };
+        let dir = self.dir(&want.id);
+        let mut disks = vec![nubo_hypervisor::MigratingDisk { node: "root".into(), top_only: true }];
+        disks.extend(
+            want.volumes
+                .iter()
+                .map(|v| nubo_hypervisor::MigratingDisk { node: v.volume_id.to_string(), top_only: false }),
+        );
+        tracing::info!(migration = %m.id, to = %target.migrate_uri, "live migration: copying disks and state");
+        let result = self
+            .hypervisor
+            .migration_send(&dir, &target.nbd_host, target.nbd_port, &target.migrate_uri, &disks, MIGRATION_LIMIT)
+            .await;
+        let done = match &result {
+            Ok(s) => nubo_api::agent::MigrationDone {
+                ok: true,
+                error: None,
+                downtime_ms: Some(s.downtime_ms),
+                total_ms: Some(s.total_ms),
+                disk_bytes: Some(s.disk_bytes),
+                ram_bytes: Some(s.ram_bytes),
+            },
+            Err(e) => nubo_api::agent::MigrationDone {
+                ok: false,
+                error: Some(e.to_string()),
+                downtime_ms: None,
+                total_ms: None,
+                disk_bytes: None,
+                ram_bytes: None,
+            },
+        };
+        // The control plane must hear it: the instance is now the target's.
+        let mut delay = Duration::from_millis(200);
+        for _ in 0..20 {
+            match self.client.migration_done(&m.id, &done).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot report the migration's end; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let stats = result?;
+        tracing::info!(downtime_ms = stats.downtime_ms, total_ms = stats.total_ms, "live migration completed");
+        self.lock().migrated_out.insert(want.id.clone());
+        self.drop_instance_services(&want.id);
+        self.hypervisor.destroy(&dir).await?;
+        if let Some(net) = &self.network {
+            net.lock().await.remove_taps(&want.id).await;
+        }
+        for v in &want.volumes {
+            let _ = std::fs::remove_file(self.volume_path(&v.volume_id));
+        }
         Ok(())
     }
 
@@ -743,6 +916,14 @@ impl Reconciler {
         self.event(&want.id, "deleted", "");
         Ok(())
     }
+}
+
+/// How long a live migration may take, disks included.
+const MIGRATION_LIMIT: Duration = Duration::from_secs(900);
+
+/// A free TCP port on this machine (for a migration target's listeners).
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Aborts a background task when dropped.

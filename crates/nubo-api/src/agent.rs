@@ -87,6 +87,59 @@ pub struct DesiredInstance {
     /// None: one NIC on the host's user-mode network.
     #[serde(default)]
     pub nics: Vec<DesiredNic>,
+    /// A live migration this host takes part in.
+    #[serde(default)]
+    pub migration: Option<DesiredMigration>,
+}
+
+/// This host's part in a live migration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesiredMigration {
+    pub id: crate::ids::MigrationId,
+    pub role: MigrationRole,
+    /// Where the target listens, once it is ready (for the source).
+    pub target: Option<MigrationTarget>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationRole {
+    /// Runs the instance now; mirrors its disks and sends its state.
+    Source,
+    /// Starts an empty copy that waits for the disks and the state.
+    Target,
+}
+
+/// `POST /api/v1/agent/migrations/{id}/ready` (target), and what the
+/// source is then told: where to send disks (NBD) and state (QEMU migration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationTarget {
+    /// Address of the target's NBD server (one export per disk node).
+    pub nbd_host: String,
+    pub nbd_port: u16,
+    /// QEMU migration URI, `tcp:HOST:PORT`.
+    pub migrate_uri: String,
+}
+
+/// `POST /api/v1/agent/migrations/{id}/done` (source): how it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationDone {
+    pub ok: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The pause the guest saw (QEMU's measured downtime).
+    #[serde(default)]
+    pub downtime_ms: Option<u64>,
+    /// From the start of the disk copy to the target running.
+    #[serde(default)]
+    pub total_ms: Option<u64>,
+    /// Bytes of disk copied and of memory sent.
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
+    #[serde(default)]
+    pub ram_bytes: Option<u64>,
 }
 
 /// One NIC of an instance on a private network.

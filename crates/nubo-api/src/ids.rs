@@ -146,6 +146,10 @@ typed_id!(
     NetworkId, "net-", "network"
 );
 typed_id!(
+    /// One live migration of an instance between hosts, `mig-...`.
+    MigrationId, "mig-", "migration"
+);
+typed_id!(
     /// The instances of one EC2 RunInstances call, `r-...`.
     ReservationId, "r-", "reservation"
 );

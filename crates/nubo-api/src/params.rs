@@ -331,3 +331,12 @@ pub struct SecurityGroupRuleCreate {
     #[serde(default)]
     pub source_group: Option<String>,
 }
+
+/// `POST /api/v1/instances/{id}/migrate`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceMigrate {
+    /// Target host (name or id); none: the scheduler picks one.
+    #[serde(default)]
+    pub to: Option<String>,
+}

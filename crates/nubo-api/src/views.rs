@@ -520,3 +520,23 @@ pub struct SecurityGroupRule {
     pub cidr: Option<String>,
     pub source_group_id: Option<String>,
 }
+
+/// A live migration of an instance, with what it cost.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Migration {
+    pub id: crate::ids::MigrationId,
+    pub instance_id: InstanceId,
+    pub source_host: String,
+    pub target_host: String,
+    /// `preparing` (the target starts), `migrating` (disks and memory
+    /// copied), `completed` or `failed`.
+    pub state: String,
+    /// The pause the guest saw.
+    pub downtime_ms: Option<u64>,
+    pub total_ms: Option<u64>,
+    pub disk_bytes: Option<u64>,
+    pub ram_bytes: Option<u64>,
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}

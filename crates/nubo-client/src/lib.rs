@@ -218,6 +218,27 @@ impl Client {
 
     // ---- user API ----
 
+    pub async fn migrate_instance(
+        &self,
+        id: &str,
+        p: &nubo_api::params::InstanceMigrate,
+    ) -> Result<nubo_api::views::Migration, ClientError> {
+        self.post(&format!("/api/v1/instances/{id}/migrate"), p).await
+    }
+
+    pub async fn migrations(&self) -> Result<Vec<nubo_api::views::Migration>, ClientError> {
+        self.get("/api/v1/migrations").await
+    }
+
+    pub async fn migration(&self, id: &str) -> Result<nubo_api::views::Migration, ClientError> {
+        self.get(&format!("/api/v1/migrations/{id}")).await
+    }
+
+    /// `action` is `drain`, `enable` or `evacuate`.
+    pub async fn host_action<T: DeserializeOwned>(&self, host: &str, action: &str) -> Result<T, ClientError> {
+        self.post(&format!("/api/v1/hosts/{host}/{action}"), &serde_json::json!({})).await
+    }
+
     pub async fn networks(&self) -> Result<Vec<nubo_api::views::Network>, ClientError> {
         self.get("/api/v1/networks").await
     }
@@ -698,6 +719,22 @@ impl Client {
     pub async fn desired(&self, host: &HostId, after: Option<u64>) -> Result<DesiredState, ClientError> {
         let q = after.map(|a| format!("?after={a}")).unwrap_or_default();
         self.get(&format!("/api/v1/agent/hosts/{host}/desired{q}")).await
+    }
+
+    pub async fn migration_ready(
+        &self,
+        id: &nubo_api::ids::MigrationId,
+        t: &nubo_api::agent::MigrationTarget,
+    ) -> Result<(), ClientError> {
+        self.post(&format!("/api/v1/agent/migrations/{id}/ready"), t).await
+    }
+
+    pub async fn migration_done(
+        &self,
+        id: &nubo_api::ids::MigrationId,
+        d: &nubo_api::agent::MigrationDone,
+    ) -> Result<(), ClientError> {
+        self.post(&format!("/api/v1/agent/migrations/{id}/done"), d).await
     }
 
     pub async fn report(&self, host: &HostId, r: &HostReport) -> Result<(), ClientError> {

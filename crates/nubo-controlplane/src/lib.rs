@@ -23,6 +23,7 @@ pub mod launch;
 pub mod lb;
 pub mod ldap;
 pub mod leases;
+pub mod migrations;
 pub mod monitor;
 pub mod networks;
 pub mod placement;

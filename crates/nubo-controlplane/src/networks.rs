@@ -248,13 +248,26 @@ impl Store {
     ) -> Result<(HashMap<String, Vec<DesiredNic>>, Vec<DesiredNetwork>), sqlx::Error> {
         // Every live port with its host: peers and source groups need the
         // ports elsewhere too.
-        let ports: Vec<(String, String, i64, String, String, Option<String>)> = sqlx::query_as(
+        let mut ports: Vec<(String, String, i64, String, String, Option<String>)> = sqlx::query_as(
             "SELECT p.instance_id, p.network_id, p.nic_index, p.mac, p.address, i.host_id FROM network_ports p
              JOIN instances i ON i.id = p.instance_id
              WHERE i.state <> 'terminated' ORDER BY p.instance_id, p.nic_index",
         )
         .fetch_all(&self.pool)
         .await?;
+        // An instance being migrated has its ports on both hosts meanwhile.
+        let moving: Vec<(String, String)> =
+            sqlx::query_as("SELECT instance_id, target_host FROM migrations WHERE state IN ('preparing', 'migrating')")
+                .fetch_all(&self.pool)
+                .await?;
+        for (instance, target) in &moving {
+            let copies: Vec<_> = ports
+                .iter()
+                .filter(|p| &p.0 == instance)
+                .map(|p| (p.0.clone(), p.1.clone(), p.2, p.3.clone(), p.4.clone(), Some(target.clone())))
+                .collect();
+            ports.extend(copies);
+        }
         let local: Vec<_> = ports.iter().filter(|p| p.5.as_deref() == Some(host)).collect();
         if local.is_empty() {
             return Ok((HashMap::new(), Vec::new()));

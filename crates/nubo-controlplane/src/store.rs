@@ -762,7 +762,13 @@ pub(crate) async fn insert_numbered<'q>(
     Ok(r)
 }
 
-async fn insert_event(tx: &mut Tx<'_>, id: &str, at_ms: i64, stage: &str, detail: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn insert_event(
+    tx: &mut Tx<'_>,
+    id: &str,
+    at_ms: i64,
+    stage: &str,
+    detail: &str,
+) -> Result<(), sqlx::Error> {
     lock_series(tx, &format!("instance_events/{id}")).await?;
     sqlx::query(
         "INSERT INTO instance_events (instance_id, seq, at_ms, stage, detail)

@@ -125,6 +125,9 @@ pub fn qemu_argv(dir: &VmDir, cfg: &VmConfig) -> Result<Vec<OsString>, Hyperviso
         push(&["-netdev", &netdev, "-device", &nic]);
     }
 
+    if cfg.incoming {
+        push(&["-incoming", "defer"]);
+    }
     for i in 0..cfg.hotplug_slots {
         push(&["-device", &format!("pcie-root-port,id=hp{i},chassis={}", i + 1)]);
     }
@@ -201,6 +204,7 @@ mod tests {
             base_format: None,
             disks: Vec::new(),
             taps: Vec::new(),
+            incoming: false,
         }
     }
 

@@ -142,6 +142,10 @@ pub struct VmConfig {
     /// metadata relay (which then comes after them).
     #[serde(default)]
     pub taps: Vec<crate::tap::TapNic>,
+    /// Start as the target of a live migration: paused, waiting for the
+    /// disks and the state (QEMU `-incoming defer`).
+    #[serde(default)]
+    pub incoming: bool,
 }
 
 /// The guest network used with a metadata service; QEMU's guestfwd only

@@ -16,6 +16,14 @@ pub enum HypervisorError {
     #[error("invalid VM config: {0}")]
     InvalidConfig(String),
 
+    /// A live migration step failed; the VM stays where it was.
+    #[error("live migration failed at {0}; the instance keeps running on its host")]
+    Migration(String),
+
+    /// The driver cannot do this.
+    #[error("the {driver} hypervisor driver cannot {what}")]
+    Unsupported { driver: &'static str, what: &'static str },
+
     /// A NIC's tap device could not be opened.
     #[error("network: {0}")]
     Network(String),

@@ -132,6 +132,38 @@ pub trait Hypervisor: Send + Sync {
 
     /// Wait for a copy to complete; on failure the partial file is removed.
     async fn backup_finish(&self, dir: &VmDir, job: &BackupJob, timeout: Duration) -> Result<(), HypervisorError>;
+
+    // ---- live migration (see the `migration` module) ----
+
+    /// Target side: export `nodes` over NBD and wait for the state.
+    async fn migration_listen(
+        &self,
+        _dir: &VmDir,
+        _host: &str,
+        _nbd_port: u16,
+        _migrate_port: u16,
+        _nodes: &[String],
+    ) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported { driver: self.name(), what: "live-migrate" })
+    }
+
+    /// Target side, once the instance runs here.
+    async fn migration_target_finish(&self, _dir: &VmDir) -> Result<(), HypervisorError> {
+        Ok(())
+    }
+
+    /// Source side: copy the disks and the state to the target.
+    async fn migration_send(
+        &self,
+        _dir: &VmDir,
+        _nbd_host: &str,
+        _nbd_port: u16,
+        _uri: &str,
+        _disks: &[crate::MigratingDisk],
+        _timeout: Duration,
+    ) -> Result<crate::MigrationStats, HypervisorError> {
+        Err(HypervisorError::Unsupported { driver: self.name(), what: "live-migrate" })
+    }
 }
 
 #[cfg(test)]

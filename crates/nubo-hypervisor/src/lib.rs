@@ -21,6 +21,7 @@ mod dir;
 mod disks;
 mod error;
 mod hypervisor;
+mod migration;
 mod process;
 mod qemu;
 pub mod qga;
@@ -38,6 +39,7 @@ pub use dir::VmDir;
 pub use disks::{AttachedDisk, BackupJob};
 pub use error::HypervisorError;
 pub use hypervisor::{BlockStats, Hypervisor, VmStatus, VmUsage};
+pub use migration::{MigratingDisk, MigrationStats};
 pub use qemu::Qemu;
 pub use qga::{
     GuestAgentInfo, GuestDisk, GuestExec, GuestExecStatus, GuestFileRead, GuestFilesystem, GuestIpAddress,

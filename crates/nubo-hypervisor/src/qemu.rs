@@ -502,6 +502,33 @@ impl Hypervisor for Qemu {
         Qemu::backup_start(self, &dir.resolved()?, node, target).await
     }
 
+    async fn migration_listen(
+        &self,
+        dir: &VmDir,
+        host: &str,
+        nbd_port: u16,
+        migrate_port: u16,
+        nodes: &[String],
+    ) -> Result<(), HypervisorError> {
+        Qemu::migration_listen(self, dir, host, nbd_port, migrate_port, nodes).await
+    }
+
+    async fn migration_target_finish(&self, dir: &VmDir) -> Result<(), HypervisorError> {
+        Qemu::migration_target_finish(self, dir).await
+    }
+
+    async fn migration_send(
+        &self,
+        dir: &VmDir,
+        nbd_host: &str,
+        nbd_port: u16,
+        uri: &str,
+        disks: &[crate::MigratingDisk],
+        timeout: Duration,
+    ) -> Result<crate::MigrationStats, HypervisorError> {
+        Qemu::migration_send(self, dir, nbd_host, nbd_port, uri, disks, timeout).await
+    }
+
     async fn backup_finish(&self, dir: &VmDir, job: &BackupJob, timeout: Duration) -> Result<(), HypervisorError> {
         Qemu::backup_finish(self, &dir.resolved()?, job, timeout).await
     }

@@ -350,6 +350,7 @@ mod tests {
             base_format: None,
             disks: vec![],
             taps: vec![],
+            incoming: false,
         }
     }
 

@@ -54,6 +54,7 @@ fn config(id: &str, base: &Path, forwards: Vec<PortForward>) -> VmConfig {
         base_format: None,
         disks: Vec::new(),
         taps: Vec::new(),
+        incoming: false,
     }
 }
 

@@ -125,6 +125,7 @@ async fn guest_agent_and_ssh_in_tiny() {
         base_format: None,
         disks: Vec::new(),
         taps: Vec::new(),
+        incoming: false,
     };
     let qemu = Qemu::default();
     qemu.prepare_disk(&dir, &cfg).await.unwrap();

@@ -348,6 +348,7 @@ fn run(settings: &Settings, database: &str, url: Option<&str>) -> Figures {
                 metrics_interval: Duration::from_secs(10),
                 plugin_dirs: Vec::new(),
                 network: None,
+                migration_address: "127.0.0.1".into(),
             };
             let agent = Agent::new(config, Accel::Tcg, Arc::new(Simulated::new(Duration::from_millis(200), nubo_api::BOOT_COMPLETE_MARKER)))
                 .expect("agent");

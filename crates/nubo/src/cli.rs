@@ -386,6 +386,11 @@ pub struct AgentOpts {
     /// test host made with `ip netns add`); default: the agent's own.
     #[arg(long, value_name = "NAME", requires = "underlay")]
     pub netns: Option<String>,
+    /// Where live migrations into this host arrive (disks over NBD, then
+    /// the VM's state). Default: the underlay address, or 127.0.0.1 when
+    /// there is none or the host is a test namespace (QEMU runs outside it).
+    #[arg(long, value_name = "IPV4")]
+    pub migration_address: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Args, Clone)]
@@ -514,6 +519,18 @@ pub enum InstanceCmd {
         /// The program and its arguments (after `--`).
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Live-migrate a running instance to another host (operators);
+    /// with --wait, prints the pause the guest saw and the total time.
+    Migrate {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+        /// Target host (name or id); default: the scheduler's pick.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        wait: bool,
     },
     /// The instance's recipe and command runs.
     Runs {
@@ -681,6 +698,32 @@ pub enum HostCmd {
     },
     /// A one-time token for `nubo agent --join-token` (valid 1 hour).
     JoinToken {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Stop new placements on a host (its instances keep running).
+    Drain {
+        #[command(flatten)]
+        conn: Conn,
+        host: String,
+    },
+    /// Let a drained host take new instances again.
+    Enable {
+        #[command(flatten)]
+        conn: Conn,
+        host: String,
+    },
+    /// Drain a host and live-migrate its running instances elsewhere.
+    Evacuate {
+        #[command(flatten)]
+        conn: Conn,
+        host: String,
+        /// Return once every migration has ended (with each one's figures).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Live migrations, newest first.
+    Migrations {
         #[command(flatten)]
         conn: Conn,
     },

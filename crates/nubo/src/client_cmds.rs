@@ -5,7 +5,7 @@ use crate::cli::{Conn, Format, HostCmd, ImageCmd, InstanceCmd};
 use crate::output::{emit, table};
 use anyhow::Context;
 use nubo_api::params::{InstanceCreate, MetadataOptions, RunCreate};
-use nubo_api::views::{Instance, InstanceState};
+use nubo_api::views::{Instance, InstanceState, Migration};
 use nubo_client::{Client, InstanceAction};
 use std::time::{Duration, Instant};
 
@@ -293,6 +293,14 @@ pub async fn instance(cmd: InstanceCmd) -> anyhow::Result<()> {
             action(&conn, &id, InstanceAction::Start, wait.then_some(InstanceState::Running)).await
         }
         InstanceCmd::Reboot { conn, id } => action(&conn, &id, InstanceAction::Reboot, None).await,
+        InstanceCmd::Migrate { conn, id, to, wait } => {
+            let c = client(&conn)?;
+            let mut m = c.migrate_instance(&id, &nubo_api::params::InstanceMigrate { to }).await?;
+            if wait {
+                m = wait_migration(&c, m.id.as_str()).await?;
+            }
+            emit(conn.output, &m, |m| print_migrations(std::slice::from_ref(m)))
+        }
         InstanceCmd::Terminate { conn, id, wait } => {
             action(&conn, &id, InstanceAction::Terminate, wait.then_some(InstanceState::Terminated)).await
         }
@@ -309,6 +317,47 @@ async fn action(conn: &Conn, id: &str, what: InstanceAction, wait: Option<Instan
         i = wait_for(&c, id, target, WAIT_LIMIT).await?;
     }
     emit(conn.output, &i, |i| println!("{} {}", i.id, i.state.as_str()))
+}
+
+fn print_migrations(ms: &[Migration]) {
+    let ms_text = |v: Option<u64>| v.map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = ms
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                m.instance_id.to_string(),
+                format!("{} -> {}", m.source_host, m.target_host),
+                m.state.clone(),
+                ms_text(m.downtime_ms),
+                ms_text(m.total_ms),
+                m.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["MIGRATION", "INSTANCE", "HOSTS", "STATE", "DOWNTIME", "TOTAL", "ERROR"], &rows);
+}
+
+/// Polls a migration until it ends, with its state changes on stderr.
+async fn wait_migration(c: &nubo_client::Client, id: &str) -> anyhow::Result<Migration> {
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        let m = c.migration(id).await?;
+        if m.state != last {
+            eprintln!("[{:>5.1}s] migration {id} is {}", started.elapsed().as_secs_f64(), m.state);
+            last = m.state.clone();
+        }
+        match m.state.as_str() {
+            "completed" => return Ok(m),
+            "failed" => anyhow::bail!("migration {id} failed: {}", m.error.unwrap_or_default()),
+            _ => {}
+        }
+        if started.elapsed() > WAIT_LIMIT {
+            anyhow::bail!("migration {id} did not end within {} s", WAIT_LIMIT.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 pub async fn host(cmd: HostCmd) -> anyhow::Result<()> {
@@ -337,6 +386,24 @@ pub async fn host(cmd: HostCmd) -> anyhow::Result<()> {
         HostCmd::JoinToken { conn } => {
             let t = client(&conn)?.join_token().await?;
             emit(conn.output, &t, |t| println!("{}", t.token))
+        }
+        HostCmd::Drain { conn, host } => client(&conn)?.host_action::<()>(&host, "drain").await.map_err(Into::into),
+        HostCmd::Enable { conn, host } => client(&conn)?.host_action::<()>(&host, "enable").await.map_err(Into::into),
+        HostCmd::Evacuate { conn, host, wait } => {
+            let c = client(&conn)?;
+            let mut started: Vec<Migration> = c.host_action(&host, "evacuate").await?;
+            if wait {
+                let mut done = Vec::new();
+                for m in &started {
+                    done.push(wait_migration(&c, m.id.as_str()).await?);
+                }
+                started = done;
+            }
+            emit(conn.output, &started, |ms| print_migrations(ms))
+        }
+        HostCmd::Migrations { conn } => {
+            let ms = client(&conn)?.migrations().await?;
+            emit(conn.output, &ms, |ms| print_migrations(ms))
         }
     }
 }

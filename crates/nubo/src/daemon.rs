@@ -156,6 +156,11 @@ fn agent_config(
         network: opts
             .underlay
             .map(|underlay| nubo_agent::network::NetworkConfig { underlay, netns: opts.netns.clone() }),
+        migration_address: match (opts.migration_address, opts.underlay, &opts.netns) {
+            (Some(a), _, _) => a.to_string(),
+            (None, Some(u), None) => u.to_string(),
+            _ => "127.0.0.1".to_string(),
+        },
         plugin_dirs: if opts.plugin_dirs.is_empty() {
             nubo_agent::checks::default_plugin_dirs()
         } else {

@@ -37,8 +37,9 @@ fn sh_ok(cmd: &str) {
 
 impl Fabric {
     /// None when this machine does not let the test make namespaces.
-    fn new() -> Option<Self> {
-        let prefix = format!("nt{}", std::process::id() % 100_000);
+    /// `tag` keeps the names of tests running side by side apart.
+    fn new(tag: &str, hosts: u32) -> Option<Self> {
+        let prefix = format!("n{tag}{}", std::process::id() % 100_000);
         let probe = format!("{prefix}probe");
         if !sh(&format!("ip netns add {probe} && ip netns del {probe}")).status.success() {
             return None;
@@ -46,7 +47,7 @@ impl Fabric {
         let f = Fabric { prefix };
         let sw = f.ns("sw");
         sh_ok(&format!("ip netns add {sw} && ip -n {sw} link add br0 type bridge && ip -n {sw} link set br0 up"));
-        for i in 1..=3 {
+        for i in 1..=hosts {
             let h = f.ns(&format!("h{i}"));
             sh_ok(&format!(
                 "ip netns add {h} && ip link add u{i} netns {sw} type veth peer name eth0 netns {h} && \
@@ -115,7 +116,7 @@ fn second_project(cloud: &Cloud) -> String {
 
 #[test]
 fn private_networks_dhcp_metadata_and_security_groups_across_hosts() {
-    let Some(fabric) = Fabric::new() else {
+    let Some(fabric) = Fabric::new("a", 3) else {
         eprintln!("skipped: cannot create network namespaces here (needs root)");
         return;
     };
@@ -226,6 +227,100 @@ fn private_networks_dhcp_metadata_and_security_groups_across_hosts() {
     });
     let (code, _) = guest(&cloud, &a, &format!("ping -c 1 -W 2 {b_ip}"));
     assert_eq!(code, 0, "revoking the TCP rule also stopped ICMP");
+    drop(cloud);
+    drop(fabric);
+}
+
+/// The largest gap in a busybox ping log's sequence numbers (replies
+/// missed in a row), and the last sequence number seen.
+fn ping_gap(log: &str) -> (u64, u64) {
+    let seqs: Vec<u64> =
+        log.lines().filter_map(|l| l.split("seq=").nth(1)?.split_whitespace().next()?.parse().ok()).collect();
+    let gap = seqs.windows(2).map(|w| w[1].saturating_sub(w[0])).max().unwrap_or(0);
+    (gap, seqs.last().copied().unwrap_or(0))
+}
+
+#[test]
+fn live_migration_keeps_address_data_and_a_running_ping_then_evacuate_empties_a_host() {
+    let Some(fabric) = Fabric::new("m", 2) else {
+        eprintln!("skipped: cannot create network namespaces here (needs root)");
+        return;
+    };
+    let mut cloud = Cloud::server_only();
+    for i in 1..=2 {
+        let ns = fabric.ns(&format!("h{i}"));
+        cloud.start_host(&format!("h{i}"), &["--underlay", &format!("192.168.77.{i}"), "--netns", &ns]);
+    }
+    cloud.nubo_ok(&["network", "create", "blue", "--cidr", "10.20.0.0/24"]);
+    let m = launch(&cloud, &[], &["--name", "mover", "--network", "blue"]);
+    let v = cloud.wait_state(&m, "running", BOOT);
+    let first_host = v["host_name"].as_str().unwrap_or_default().to_string();
+    let address = v["addresses"][0]["address"].as_str().expect("an address").to_string();
+    wait_until("the guest's DHCP lease", BOOT, || {
+        guest(&cloud, &m, "ip -4 addr show dev eth0").1.contains(&format!("inet {address}/24")).then_some(())
+    });
+    // A volume with data on it.
+    let vol = cloud.nubo_ok(&["volume", "create", "--size", "1", "--instance", &m, "--wait"]).trim().to_string();
+    cloud.nubo_ok(&["volume", "attach", &vol, &m, "--wait"]);
+    let dev = cloud.nubo_json(&["volume", "show", &vol])["attachment"]["guest_device"]
+        .as_str()
+        .expect("the volume's device in the guest")
+        .to_string();
+    let (code, text) = guest(
+        &cloud,
+        &m,
+        &format!("printf 'nubo-moving-data-7' | dd of={dev} bs=512 seek=2048 conv=fsync 2>/dev/null"),
+    );
+    assert_eq!(code, 0, "{text}");
+
+    // A ping loop in the guest, to its gateway, five a second.
+    guest(&cloud, &m, "setsid sh -c 'ping -i 0.2 10.20.0.1 > /tmp/ping.log 2>&1' >/dev/null 2>&1 </dev/null &");
+    std::thread::sleep(Duration::from_secs(2));
+    let moved = cloud.nubo_json(&["instance", "migrate", &m, "--wait"]);
+    assert_eq!(moved["state"], "completed", "{moved}");
+    let downtime = moved["downtime_ms"].as_u64().expect("downtime");
+    let total = moved["total_ms"].as_u64().expect("total time");
+    eprintln!(
+        "migration: downtime {downtime} ms, total {total} ms, disk {} B, RAM {} B",
+        moved["disk_bytes"], moved["ram_bytes"]
+    );
+    let v = cloud.instance(&m);
+    assert_ne!(v["host_name"].as_str().unwrap_or_default(), first_host, "the instance did not move");
+    assert_eq!(v["state"], "running");
+    assert_eq!(v["addresses"][0]["address"], address.as_str(), "the address changed");
+
+    // The guest kept running (the ping loop too) and kept its data.
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, log) = guest(&cloud, &m, "cat /tmp/ping.log");
+    let (gap, last) = ping_gap(&log);
+    eprintln!("ping across the migration: {last} replies seen, largest gap {gap} (x 0.2 s)");
+    assert!(last >= 20, "the ping loop did not go on after the move: {log}");
+    assert!(gap <= 25, "the guest was unreachable for {gap} pings (x 0.2 s): {log}");
+    let (_, text) = guest(
+        &cloud,
+        &m,
+        &format!("ip -4 addr show dev eth0; dd if={dev} bs=512 skip=2048 count=1 2>/dev/null | head -c 18"),
+    );
+    assert!(text.contains(&format!("inet {address}/24")), "{text}");
+    assert!(text.contains("nubo-moving-data-7"), "the volume's data did not move with it: {text}");
+    let shown = cloud.nubo_json(&["volume", "show", &vol]);
+    assert_eq!(shown["attachment"]["instance_id"], m.as_str(), "{shown}");
+
+    // Evacuate the host it is on now: it goes back, and the host is empty and drained.
+    let second_host = v["host_name"].as_str().unwrap_or_default().to_string();
+    let ms = cloud.nubo_json(&["host", "evacuate", &second_host, "--wait"]);
+    assert_eq!(ms.as_array().map(|a| a.len()), Some(1), "{ms}");
+    assert_eq!(ms[0]["state"], "completed", "{ms}");
+    let v = cloud.instance(&m);
+    assert_eq!(v["host_name"], first_host.as_str());
+    let hosts = cloud.nubo_json(&["host", "list"]);
+    let h = hosts.as_array().and_then(|a| a.iter().find(|h| h["name"] == second_host.as_str()).cloned()).expect("host");
+    assert_eq!(h["instances"], 0, "{h}");
+    // Drained: a new instance does not land there.
+    let n = launch(&cloud, &[], &["--name", "newcomer", "--network", "blue"]);
+    assert_eq!(cloud.instance(&n)["host_name"], first_host.as_str());
+    let (code, text) = guest(&cloud, &m, &format!("dd if={dev} bs=512 skip=2048 count=1 2>/dev/null | head -c 18"));
+    assert!(code == 0 && text.contains("nubo-moving-data-7"), "{text}");
     drop(cloud);
     drop(fabric);
 }

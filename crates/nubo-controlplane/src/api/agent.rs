@@ -97,14 +97,45 @@ pub async fn desired(
     let captures = ctx.store.pending_captures_on_host(host.as_str()).await?;
     let mut image_sources: std::collections::HashMap<String, Option<ImageSource>> = Default::default();
     let (mut nics, networks) = ctx.store.desired_networks(host.as_str()).await?;
+    let migrations = ctx.store.migrations_of_host(host.as_str()).await?;
+    let mut rows = ctx.store.instances_on_host(host.as_str()).await?;
+    for m in migrations.iter().filter(|m| m.target_host == host.as_str()) {
+        if let Some(r) = ctx.store.instance(&m.instance_id).await? {
+            rows.push(r);
+        }
+    }
     let mut instances = Vec::new();
-    for row in ctx.store.instances_on_host(host.as_str()).await? {
+    for row in rows {
+        let migration = migrations.iter().find(|m| m.instance_id == row.id);
+        let target_here = migration.is_some_and(|m| m.target_host == host.as_str());
+        let desired_migration = match migration {
+            Some(m) => Some(nubo_api::agent::DesiredMigration {
+                id: m.id.parse().map_err(AppError::internal)?,
+                role: if target_here {
+                    nubo_api::agent::MigrationRole::Target
+                } else {
+                    nubo_api::agent::MigrationRole::Source
+                },
+                target: match (&m.nbd_host, m.nbd_port, &m.migrate_uri) {
+                    (Some(h), Some(p), Some(u)) if m.state == "migrating" => Some(nubo_api::agent::MigrationTarget {
+                        nbd_host: h.clone(),
+                        nbd_port: p as u16,
+                        migrate_uri: u.clone(),
+                    }),
+                    _ => None,
+                },
+            }),
+            None => None,
+        };
+        // The target of a failed migration removes its copy.
+        let failed_copy = migration.is_some_and(|m| target_here && m.state == "failed");
+        let instance_volumes = if target_here { ctx.store.volumes_of_instance(&row.id).await? } else { Vec::new() };
         let public_keys = match (row.key_name.clone(), row.public_key.clone()) {
             (Some(name), Some(public_key)) => vec![NamedKey { name, public_key }],
             _ => Vec::new(),
         };
         let mut wanted_runs = Vec::new();
-        for r in runs.iter().filter(|r| r.instance_id == row.id) {
+        for r in runs.iter().filter(|r| r.instance_id == row.id && !target_here) {
             let action: RunAction = match serde_json::from_str(&r.action_json) {
                 Ok(a) => a,
                 Err(e) => {
@@ -133,7 +164,8 @@ pub async fn desired(
             None => None,
         };
         let mut volumes = Vec::new();
-        for v in volume_rows.iter().filter(|v| v.instance_id.as_deref() == Some(row.id.as_str())) {
+        let source = if target_here { &instance_volumes } else { &volume_rows };
+        for v in source.iter().filter(|v| v.instance_id.as_deref() == Some(row.id.as_str())) {
             // A volume being detached is no longer wanted: the agent unplugs it.
             if matches!(v.attach_state.as_deref(), Some("attaching" | "attached")) {
                 let id: VolumeId = v.id.parse().map_err(AppError::internal)?;
@@ -151,6 +183,7 @@ pub async fn desired(
             .map(|(image, _)| Ok(DesiredCapture { image_id: image.parse().map_err(AppError::internal)? }))
             .collect::<AppResult<Vec<_>>>()?;
         let power = match row.desired.as_str() {
+            _ if failed_copy => PowerState::Deleted,
             "running" => PowerState::Running,
             "stopped" => PowerState::Stopped,
             _ => PowerState::Deleted,
@@ -180,6 +213,7 @@ pub async fn desired(
             volumes,
             captures: wanted_captures,
             nics: nics.remove(&row.id).unwrap_or_default(),
+            migration: desired_migration,
         });
     }
     let volumes = volume_rows
@@ -248,6 +282,9 @@ pub async fn report(
             for c in a.captures.iter().filter(|c| c.state == "failed") {
                 changed |= ctx.store.fail_capture(c.image_id.as_str(), a.id.as_str(), c.error.as_deref()).await?;
             }
+        } else if a.power == nubo_api::agent::ActualPower::Deleted {
+            // The target of a failed migration removed its copy.
+            ctx.store.migration_cleaned(a.id.as_str(), host.as_str()).await?;
         } else {
             tracing::warn!(%host, instance = %a.id, "report for an instance the host does not own was ignored");
         }

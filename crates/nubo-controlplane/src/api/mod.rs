@@ -9,6 +9,7 @@ pub mod identity;
 pub mod images;
 pub mod instances;
 pub mod load_balancers;
+pub mod migrations;
 pub mod monitoring;
 pub mod networks;
 pub mod provisioning;
@@ -43,6 +44,12 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(instances::reboot))
         .routes(routes!(instances::console))
         .routes(routes!(hosts::list))
+        .routes(routes!(migrations::migrate))
+        .routes(routes!(migrations::list))
+        .routes(routes!(migrations::show))
+        .routes(routes!(migrations::drain))
+        .routes(routes!(migrations::enable))
+        .routes(routes!(migrations::evacuate))
         .routes(routes!(images::list, images::create))
         .routes(routes!(images::show, images::delete))
         .routes(routes!(images::snapshot_instance))
@@ -83,6 +90,8 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(agent::register))
         .routes(routes!(agent::desired))
         .routes(routes!(agent::report))
+        .routes(routes!(migrations::ready))
+        .routes(routes!(migrations::done))
         .routes(routes!(agent::console))
         .routes(routes!(agent::join))
         .routes(routes!(agent::run_progress))
