@@ -63,6 +63,21 @@ pub struct AgentConfig {
     pub network: Option<network::NetworkConfig>,
     /// The address migration targets here listen on (NBD and QEMU state).
     pub migration_address: String,
+    /// Instance disks and volumes live here instead of in `data_dir`, on
+    /// storage other hosts mount at the same path.
+    pub shared_storage: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// Where instance directories (disk, seed, sockets, logs) live.
+    pub fn instances_root(&self) -> PathBuf {
+        self.shared_storage.as_ref().unwrap_or(&self.data_dir).join("instances")
+    }
+
+    /// Where volume files live.
+    pub fn volumes_root(&self) -> PathBuf {
+        self.shared_storage.as_ref().unwrap_or(&self.data_dir).join("volumes")
+    }
 }
 
 pub struct Agent {
@@ -75,9 +90,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(config: AgentConfig, accel: Accel, hypervisor: Arc<dyn Hypervisor>) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(config.data_dir.join("instances")).map_err(|e| {
+        std::fs::create_dir_all(config.instances_root()).map_err(|e| {
             anyhow::anyhow!("cannot create {}: {e}; check the agent's --data-dir", config.data_dir.display())
         })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create the data dir {}: {e}", config.data_dir.display()))?;
         let host_id = identity::load_or_create(&config.data_dir)?;
         let images = Arc::new(ImageCache::new(config.image_cache.clone()));
         Ok(Self { config, host_id, accel, hypervisor, images })
@@ -96,6 +113,7 @@ impl Agent {
             memory_mib: self.config.memory_mib,
             disk_gib: self.config.disk_gib,
             underlay: self.config.network.as_ref().map(|n| n.underlay.to_string()),
+            shared_storage: self.config.shared_storage.as_ref().map(|p| p.display().to_string()),
         }
     }
 

@@ -314,7 +314,7 @@ impl Reconciler {
     }
 
     fn instances_root(&self) -> PathBuf {
-        self.config.data_dir.join("instances")
+        self.config.instances_root()
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {

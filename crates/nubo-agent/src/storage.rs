@@ -168,7 +168,7 @@ fn parse_disk_lines(text: &str) -> HashMap<String, (String, u64)> {
 
 impl Reconciler {
     pub(crate) fn volume_path(&self, id: &VolumeId) -> PathBuf {
-        self.config.data_dir.join("volumes").join(format!("{id}.qcow2"))
+        self.config.volumes_root().join(format!("{id}.qcow2"))
     }
 
     fn snapshot_path(&self, id: &SnapshotId) -> PathBuf {

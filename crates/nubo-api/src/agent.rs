@@ -20,6 +20,10 @@ pub struct RegisterHost {
     /// (VXLAN peers reach it there); none: user-mode networking only.
     #[serde(default)]
     pub underlay: Option<String>,
+    /// Where instance disks live when other hosts mount the same storage
+    /// (the path is its name): a down host's instances restart on those.
+    #[serde(default)]
+    pub shared_storage: Option<String>,
 }
 
 /// What the control plane wants an instance on this host to be.

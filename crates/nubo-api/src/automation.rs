@@ -95,6 +95,9 @@ pub enum PolicyAction {
     },
     /// Reboot the instance.
     Reboot,
+    /// Host scope: live-migrate the host's busiest instance (by CPU) to
+    /// the host with the most headroom, instead of letting it overload.
+    Rebalance,
     /// POST the firing (JSON) to a webhook.
     Notify { webhook: String },
 }

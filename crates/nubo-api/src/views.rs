@@ -12,6 +12,9 @@ pub enum InstanceState {
     Stopped,
     Terminated,
     Error,
+    /// Its host stopped reporting and its disks were not on storage
+    /// another host shares; `error` says so.
+    Lost,
 }
 
 impl InstanceState {
@@ -23,6 +26,7 @@ impl InstanceState {
             Self::Stopped => "stopped",
             Self::Terminated => "terminated",
             Self::Error => "error",
+            Self::Lost => "lost",
         }
     }
 
@@ -34,6 +38,7 @@ impl InstanceState {
             "stopped" => Self::Stopped,
             "terminated" => Self::Terminated,
             "error" => Self::Error,
+            "lost" => Self::Lost,
             _ => return None,
         })
     }

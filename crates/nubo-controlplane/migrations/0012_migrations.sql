@@ -23,3 +23,7 @@ CREATE TABLE migrations (
 );
 CREATE INDEX migrations_instance ON migrations(instance_id);
 CREATE INDEX migrations_target ON migrations(target_host, state);
+
+-- Hosts whose instance disks live on storage other hosts mount too (the
+-- same path): a down host's instances restart on one of those.
+ALTER TABLE hosts ADD COLUMN shared_storage TEXT;

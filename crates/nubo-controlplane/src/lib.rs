@@ -14,6 +14,7 @@ pub mod client_tokens;
 pub mod ec2;
 pub mod error;
 pub mod exposition;
+pub mod failover;
 pub mod groups;
 pub mod identity;
 pub mod images;

@@ -120,6 +120,9 @@ pub async fn run(ctx: Arc<Ctx>) {
             if let Err(e) = automate(&ctx).await {
                 tracing::warn!(error = %e, "policy or group round failed");
             }
+            if let Err(e) = crate::failover::run_once(&ctx).await {
+                tracing::warn!(error = %e, "down-host round failed");
+            }
         }
         if let Err(e) = crate::alerts::deliver(&ctx.store, &http).await {
             tracing::warn!(error = %e, "notification delivery failed");

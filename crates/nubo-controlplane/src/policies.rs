@@ -80,6 +80,8 @@ pub struct Plan {
     pub notification_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_id: Option<String>,
     #[serde(default)]
     pub done: bool,
 }
@@ -148,6 +150,7 @@ pub fn describe(a: &PolicyAction, target: &str) -> String {
         }
         PolicyAction::RunRecipe { recipe, .. } => format!("run recipe {recipe} on {target}"),
         PolicyAction::Reboot => format!("reboot {target}"),
+        PolicyAction::Rebalance => format!("move the busiest instance off host {target}"),
         PolicyAction::Notify { webhook } => format!("notify {webhook}"),
     }
 }
@@ -208,6 +211,9 @@ pub fn validate(doc: &PolicyDoc) -> Result<(), String> {
                 if !per_instance {
                     return Err(format!("'{}' acts on one instance: use aggregate: each", describe(a, "an instance")));
                 }
+            }
+            PolicyAction::Rebalance if s.host.is_none() => {
+                return Err("rebalance moves instances off a host: scope the policy to a host".into());
             }
             PolicyAction::RunRecipe { .. } | PolicyAction::Reboot if !per_instance => {
                 return Err(format!("'{}' acts on one instance: use aggregate: each", describe(a, "an instance")));
@@ -741,6 +747,38 @@ async fn advance(ctx: &Ctx, f: &FiringRow, policy: &str, r: &mut ActionRecord) -
                 Ok(Step::Fail(format!("{instance} is not running")))
             }
         }
+        PolicyAction::Rebalance => match r.plan.migration_id.clone() {
+            None => {
+                // A migration off this host already under way (this step's,
+                // if a crash came between starting it and recording it) is
+                // the one to follow.
+                if let Some(m) = store.migrations_of_host(instance).await?.into_iter().find(|m| m.active()) {
+                    r.plan.migration_id = Some(m.id);
+                    return Ok(Step::Wait);
+                }
+                match rebalance_once(ctx, instance).await {
+                    Ok(id) => {
+                        r.plan.migration_id = Some(id);
+                        Ok(Step::Wait)
+                    }
+                    Err(e) => Ok(Step::Retry(e)),
+                }
+            }
+            Some(id) => match store.migration(&id).await? {
+                Some(m) if m.state == "completed" => Ok(Step::Done(format!(
+                    "moved {} from {} to {} (downtime {} ms)",
+                    m.instance_id,
+                    m.source_host,
+                    m.target_host,
+                    m.downtime_ms.unwrap_or(0)
+                ))),
+                Some(m) if m.state == "failed" => {
+                    Ok(Step::Fail(format!("migration {id} failed: {}", m.error.unwrap_or_default())))
+                }
+                Some(_) => Ok(Step::Wait),
+                None => Ok(Step::Fail(format!("migration {id} is gone"))),
+            },
+        },
         PolicyAction::Notify { webhook } => match r.plan.notification_id.clone() {
             None => {
                 let id = store.queue_notification(&f.id, "policy", &webhook, &firing_payload(f, policy)).await?;
@@ -754,6 +792,43 @@ async fn advance(ctx: &Ctx, f: &FiringRow, policy: &str, r: &mut ActionRecord) -
             },
         },
     }
+}
+
+/// Starts moving the busiest running instance (newest `cpu_percent`) off
+/// `host` to the up host with the most free CPU and memory; the error says
+/// why nothing could move.
+async fn rebalance_once(ctx: &Ctx, host: &str) -> Result<String, String> {
+    let store = &ctx.store;
+    let now = now_ms();
+    let mut busiest: Option<(f64, crate::store::InstanceRow)> = None;
+    for row in store.instances_on_host(host).await.map_err(|e| e.to_string())? {
+        if row.state != "running" || row.desired != "running" {
+            continue;
+        }
+        let cpu = store.latest_value(&row.id, "cpu_percent", now - STALE_MS).await.map_err(|e| e.to_string())?;
+        let cpu = cpu.unwrap_or(0.0);
+        if busiest.as_ref().is_none_or(|(c, _)| cpu > *c) {
+            busiest = Some((cpu, row));
+        }
+    }
+    let (_, row) = busiest.ok_or_else(|| format!("host {host} runs no instance to move"))?;
+    // The most headroom: the spread weigher's first choice, whatever
+    // weigher placement uses.
+    let policy = nubo_scheduler::Policy { weigher: nubo_scheduler::Weigher::Spread, ..ctx.config.policy };
+    let mut hosts = ctx.host_snapshots().await.map_err(|e| e.to_string())?;
+    hosts.retain(|h| h.id != host);
+    let demand = nubo_scheduler::Demand {
+        vcpus: row.vcpus as u32,
+        memory_mib: row.memory_mib as u64,
+        disk_gib: row.disk_gib as u64,
+    };
+    let target = nubo_scheduler::rank(&hosts, &demand, &policy)
+        .map_err(|r| format!("no host can take {}: {r}", row.id))?
+        .first()
+        .map(|h| h.id.clone())
+        .ok_or_else(|| "no other host is up".to_string())?;
+    let m = crate::api::migrations::start(ctx, &row, Some(&target)).await.map_err(|e| e.to_string())?;
+    Ok(m.id)
 }
 
 fn firing_payload(f: &FiringRow, policy: &str) -> String {

@@ -109,6 +109,7 @@ pub struct HostRow {
     pub enabled: i64,
     pub last_heartbeat_ms: i64,
     pub underlay: Option<String>,
+    pub shared_storage: Option<String>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -292,11 +293,12 @@ impl Store {
         let now = now_ms();
         sqlx::query(
             "INSERT INTO hosts (id, name, accel, vcpus, memory_mib, disk_gib, last_heartbeat_ms, created_at_ms,
-               underlay)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               underlay, shared_storage)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, accel = excluded.accel,
                vcpus = excluded.vcpus, memory_mib = excluded.memory_mib, disk_gib = excluded.disk_gib,
-               last_heartbeat_ms = excluded.last_heartbeat_ms, underlay = excluded.underlay",
+               last_heartbeat_ms = excluded.last_heartbeat_ms, underlay = excluded.underlay,
+               shared_storage = excluded.shared_storage",
         )
         .bind(r.host_id.as_str())
         .bind(&r.name)
@@ -307,6 +309,7 @@ impl Store {
         .bind(now)
         .bind(now)
         .bind(&r.underlay)
+        .bind(&r.shared_storage)
         .execute(&self.pool)
         .await?;
         Ok(())

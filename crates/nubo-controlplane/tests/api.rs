@@ -69,6 +69,7 @@ impl T {
             memory_mib,
             disk_gib: 100,
             underlay: None,
+            shared_storage: None,
         };
         let body = serde_json::to_string(&r).unwrap();
         let (s, _) = self.call("POST", "/api/v1/agent/register", Some(&self.agent.clone()), Some(&body)).await;

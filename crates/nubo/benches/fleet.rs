@@ -349,6 +349,7 @@ fn run(settings: &Settings, database: &str, url: Option<&str>) -> Figures {
                 plugin_dirs: Vec::new(),
                 network: None,
                 migration_address: "127.0.0.1".into(),
+                shared_storage: None,
             };
             let agent = Agent::new(config, Accel::Tcg, Arc::new(Simulated::new(Duration::from_millis(200), nubo_api::BOOT_COMPLETE_MARKER)))
                 .expect("agent");

@@ -303,6 +303,11 @@ pub struct ServerArgs {
     /// vCPUs promised per host CPU.
     #[arg(long, default_value_t = 4.0)]
     pub cpu_overcommit: f64,
+    /// A host silent this long is down (no new placements); silent twice
+    /// as long, its instances restart elsewhere (shared storage) or are
+    /// marked lost. Agents report at least every 10 s.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub heartbeat_timeout_secs: u64,
     /// Memory promised per MiB of host memory.
     #[arg(long, default_value_t = 1.0)]
     pub memory_overcommit: f64,
@@ -391,6 +396,11 @@ pub struct AgentOpts {
     /// there is none or the host is a test namespace (QEMU runs outside it).
     #[arg(long, value_name = "IPV4")]
     pub migration_address: Option<std::net::Ipv4Addr>,
+    /// Keep instance disks and volumes in DIR, storage every host of the
+    /// group mounts at the same path (NFS, CephFS, ...): when this host
+    /// stops reporting, its instances restart on another of them.
+    #[arg(long, value_name = "DIR")]
+    pub shared_storage: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]

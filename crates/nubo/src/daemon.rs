@@ -60,6 +60,7 @@ async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
     let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
     let mut config = Config::new(data_dir.clone());
     config.policy.cpu_overcommit = a.cpu_overcommit;
+    config.heartbeat_timeout = Duration::from_secs(a.heartbeat_timeout_secs.max(11));
     config.policy.memory_overcommit = a.memory_overcommit;
     config.port_range = a.port_range;
     config.rate_per_sec = a.api_rate_limit;
@@ -156,6 +157,7 @@ fn agent_config(
         network: opts
             .underlay
             .map(|underlay| nubo_agent::network::NetworkConfig { underlay, netns: opts.netns.clone() }),
+        shared_storage: opts.shared_storage.clone(),
         migration_address: match (opts.migration_address, opts.underlay, &opts.netns) {
             (Some(a), _, _) => a.to_string(),
             (None, Some(u), None) => u.to_string(),

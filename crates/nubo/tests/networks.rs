@@ -321,6 +321,112 @@ fn live_migration_keeps_address_data_and_a_running_ping_then_evacuate_empties_a_
     assert_eq!(cloud.instance(&n)["host_name"], first_host.as_str());
     let (code, text) = guest(&cloud, &m, &format!("dd if={dev} bs=512 skip=2048 count=1 2>/dev/null | head -c 18"));
     assert!(code == 0 && text.contains("nubo-moving-data-7"), "{text}");
+
+    // Rebalance: the first host is kept busy (a guest spinning), and a host
+    // policy moves its busiest instance to the host with room.
+    cloud.nubo_ok(&["host", "enable", &second_host]);
+    guest(&cloud, &m, "setsid sh -c 'while :; do :; done' >/dev/null 2>&1 </dev/null &");
+    let first_id = hosts
+        .as_array()
+        .and_then(|a| a.iter().find(|h| h["name"] == first_host.as_str()))
+        .and_then(|h| h["id"].as_str())
+        .expect("the first host's id")
+        .to_string();
+    let file = cloud.data_dir().join("rebalance.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: rebalance-busy\nscope: {{host: {first_id}}}\ncondition: {{metric: cpu_percent, op: '>', threshold: 30, for: 4s}}\nactions: [rebalance]\n"
+        ),
+    )
+    .expect("policy file");
+    cloud.nubo_ok(&["policy", "apply", "-f", file.to_str().unwrap_or_default()]);
+    wait_until("the rebalance policy to move the busy instance", Duration::from_secs(120), || {
+        (cloud.instance(&m)["host_name"] == second_host.as_str()).then_some(())
+    });
+    let firing = wait_until("the firing to succeed", Duration::from_secs(30), || {
+        let f = cloud.nubo_json(&["policy", "show", "rebalance-busy"])["firings"][0].clone();
+        (f["actions"][0]["state"] == "succeeded").then_some(f)
+    });
+    eprintln!("rebalance: {}", firing["actions"][0]["result"]);
+    assert_eq!(cloud.instance(&n)["host_name"], first_host.as_str(), "the idle instance moved instead");
+    drop(cloud);
+    drop(fabric);
+}
+
+/// The QEMU of an instance, from its pidfile in `dir/instances`.
+fn kill_vm(dir: &std::path::Path, id: &str) {
+    let pid = std::fs::read_to_string(dir.join("instances").join(id).join("qemu.pid")).expect("the VM's pidfile");
+    let pid: i32 = pid.trim().parse().expect("a pid");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+#[test]
+fn a_silent_host_s_instances_restart_from_shared_storage_or_are_lost() {
+    let Some(fabric) = Fabric::new("f", 3) else {
+        eprintln!("skipped: cannot create network namespaces here (needs root)");
+        return;
+    };
+    // Down after 15 s of silence; instances dealt with after 30 s.
+    let mut cloud = Cloud::server_with(&["--heartbeat-timeout-secs", "15"]);
+    let shared = cloud.data_dir().join("shared");
+    let shared_arg = shared.to_str().expect("a UTF-8 path").to_string();
+    for i in 1..=3 {
+        let ns = fabric.ns(&format!("h{i}"));
+        let underlay = format!("192.168.77.{i}");
+        let mut args = vec!["--underlay", underlay.as_str(), "--netns", ns.as_str()];
+        if i < 3 {
+            args.extend(["--shared-storage", shared_arg.as_str()]);
+        }
+        cloud.start_host(&format!("h{i}"), &args);
+    }
+    cloud.nubo_ok(&["network", "create", "blue", "--cidr", "10.20.0.0/24"]);
+    let ids: Vec<String> =
+        (1..=3).map(|i| launch(&cloud, &[], &["--name", &format!("v{i}"), "--network", "blue"])).collect();
+    let mut on = std::collections::HashMap::new();
+    for id in &ids {
+        let v = cloud.wait_state(id, "running", BOOT);
+        on.insert(v["host_name"].as_str().unwrap_or_default().to_string(), (id.clone(), v));
+    }
+    assert_eq!(on.len(), 3, "spread placement put two instances on one host");
+    let (a, av) = on["h1"].clone();
+    let (c, _) = on["h3"].clone();
+    let (b, _) = on["h2"].clone();
+    let a_ip = av["addresses"][0]["address"].as_str().expect("an address").to_string();
+    let (code, text) = guest(&cloud, &a, "echo survived-the-host > /root/marker && sync");
+    assert_eq!(code, 0, "{text}");
+
+    // h1 and h3 die: their agents and their VMs.
+    cloud.kill_host("h1");
+    cloud.kill_host("h3");
+    kill_vm(&shared, &a);
+    kill_vm(&cloud.data_dir().join("agent-h3"), &c);
+    let died = std::time::Instant::now();
+
+    let v = wait_until("a to run again on h2", Duration::from_secs(150), || {
+        let v = cloud.instance(&a);
+        (v["host_name"] == "h2" && v["state"] == "running").then_some(v)
+    });
+    eprintln!("restarted on h2 {:.0} s after its host died", died.elapsed().as_secs_f64());
+    assert_eq!(v["addresses"][0]["address"], a_ip.as_str(), "the address changed");
+    wait_until("a's DHCP lease on h2", BOOT, || {
+        guest(&cloud, &a, "ip -4 addr show dev eth0").1.contains(&format!("inet {a_ip}/24")).then_some(())
+    });
+    let (_, text) = guest(&cloud, &a, "cat /root/marker");
+    assert!(text.contains("survived-the-host"), "the root disk did not come along: {text}");
+    let events = cloud.nubo_ok(&["instance", "show", &a]);
+    assert!(events.contains("restarted_elsewhere"), "{events}");
+
+    let cv = wait_until("c to be marked lost", Duration::from_secs(60), || {
+        let v = cloud.instance(&c);
+        (v["state"] == "lost").then_some(v)
+    });
+    let why = cv["error"].as_str().unwrap_or_default();
+    assert!(why.contains("host h3 stopped reporting") && why.contains("local"), "{why}");
+    assert_eq!(cloud.instance(&b)["state"], "running", "the instance of the live host was touched");
+    let hosts = cloud.nubo_json(&["host", "list"]);
+    let h1 = hosts.as_array().and_then(|a| a.iter().find(|h| h["name"] == "h1").cloned()).expect("h1");
+    assert_eq!(h1["state"], "down", "{h1}");
     drop(cloud);
     drop(fabric);
 }

@@ -46,7 +46,7 @@ async fn find_host(ctx: &Ctx, reference: &str) -> AppResult<crate::store::HostRo
 
 /// Starts moving `row` off its host: to `to`, or where the scheduler
 /// places it (never its own host). Used by migrate, evacuate and policies.
-pub async fn start(ctx: &Arc<Ctx>, row: &InstanceRow, to: Option<&str>) -> AppResult<MigrationRow> {
+pub async fn start(ctx: &Ctx, row: &InstanceRow, to: Option<&str>) -> AppResult<MigrationRow> {
     let source =
         row.host_id.clone().ok_or_else(|| AppError::Conflict(format!("instance {} has no host yet", row.id)))?;
     if row.state != "running" || row.desired != "running" {

@@ -43,7 +43,7 @@ pub fn state_of(row: &InstanceRow) -> (u16, &'static str) {
         (_, "terminated") => (48, "terminated"),
         ("deleted", _) => (32, "shutting-down"),
         // EC2 has no error state: a VM that failed is stopped, with the reason.
-        (_, "error") => (80, "stopped"),
+        (_, "error" | "lost") => (80, "stopped"),
         ("stopped", "stopped") => (80, "stopped"),
         ("stopped", _) => (64, "stopping"),
         ("running", "running") => (16, "running"),

@@ -104,6 +104,8 @@ pub struct Cloud {
     agent: Option<Child>,
     /// Agents started by `start_host`, by host name.
     hosts: Vec<(String, Child)>,
+    /// Extra arguments of `nubo server` (`server_with`).
+    server_args: Vec<String>,
     /// A second `nubo server` on the same PostgreSQL (`two_servers`): its
     /// URL and process; its data directory is `DIR/server-b`.
     pub second_url: Option<String>,
@@ -194,6 +196,7 @@ impl Cloud {
             server: None,
             agent: None,
             hosts: Vec::new(),
+            server_args: Vec::new(),
             second_url: None,
             second: None,
             all_in_one,
@@ -236,6 +239,7 @@ impl Cloud {
             .arg("--port-range")
             .arg(&self.port_range)
             .args(self.db.iter().flat_map(|db| ["--database", db.url.as_str()]))
+            .args(&self.server_args)
             .env("NUBO_IMAGE_CACHE", image_cache())
             .env("RUST_LOG", "info")
             .stdout(self.log("server.log"))
@@ -290,7 +294,13 @@ impl Cloud {
 
     /// `nubo server` alone; hosts join with [`Cloud::start_host`].
     pub fn server_only() -> Self {
+        Self::server_with(&[])
+    }
+
+    /// `nubo server ARGS...` alone.
+    pub fn server_with(args: &[&str]) -> Self {
         let mut c = Self::fresh(false);
+        c.server_args = args.iter().map(|a| a.to_string()).collect();
         c.start_server();
         c
     }
@@ -490,6 +500,8 @@ impl Drop for Cloud {
         // Leave no VM (nor dnsmasq of a private network) behind.
         let mut agent_dirs = vec![self.agent_dir()];
         agent_dirs.extend(names.iter().map(|n| self.dir.path().join(format!("agent-{n}"))));
+        // Hosts of a test may keep disks on storage they share.
+        agent_dirs.push(self.dir.path().join("shared"));
         for dir in &agent_dirs {
             for (sub, pidfile) in [("instances", "qemu.pid"), ("networks", "dnsmasq.pid")] {
                 let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };

@@ -1,0 +1,175 @@
+//! What happens to the instances of a host that stopped reporting. Once it
+//! has been silent for the heartbeat timeout it is down (the scheduler
+//! skips it); after as long again, each of its instances is dealt with
+//! once:
+//!
+//! * its disks are on storage another up host shares: it moves to the
+//!   best such host, and one that should run is started there from its
+//!   disk (a new `start_seq`), with its address and volumes;
+//! * otherwise it is marked `lost`, with the reason: its disks went down
+//!   with the host.
+//!
+//! Nothing fences the silent host: restarting elsewhere trusts that it is
+//! really gone (a host that was only cut off would run a second copy on
+//! the same disk). Operators of shared storage fence with its own tools.
+
+use crate::store::now_ms;
+use crate::Ctx;
+
+/// One round: handles the instances of hosts silent for twice the heartbeat timeout.
+pub async fn run_once(ctx: &Ctx) -> Result<(), sqlx::Error> {
+    let silent_ms = 2 * ctx.config.heartbeat_timeout.as_millis() as i64;
+    let now = now_ms();
+    let hosts = ctx.store.hosts().await?;
+    let snapshots = ctx.host_snapshots().await?;
+    for dead in hosts.iter().filter(|h| now - h.last_heartbeat_ms > silent_ms) {
+        let instances = ctx.store.instances_on_host(&dead.id).await?;
+        for row in instances.into_iter().filter(|r| !matches!(r.state.as_str(), "lost" | "terminated")) {
+            let demand = nubo_scheduler::Demand {
+                vcpus: row.vcpus as u32,
+                memory_mib: row.memory_mib as u64,
+                disk_gib: row.disk_gib as u64,
+            };
+            let candidates: Vec<_> = match &dead.shared_storage {
+                Some(s) => snapshots
+                    .iter()
+                    .filter(|snap| {
+                        snap.id != dead.id
+                            && hosts.iter().any(|h| h.id == snap.id && h.shared_storage.as_deref() == Some(s.as_str()))
+                    })
+                    .cloned()
+                    .collect(),
+                None => Vec::new(),
+            };
+            let p = &ctx.config.policy;
+            let target =
+                nubo_scheduler::rank(&candidates, &demand, p).ok().and_then(|r| r.first().map(|h| (*h).clone()));
+            match target {
+                Some(t) => {
+                    let limits = (
+                        p.schedulable_vcpus(&t) as i64,
+                        p.schedulable_memory(&t) as i64,
+                        p.schedulable_disk(&t) as i64,
+                    );
+                    if ctx.store.restart_elsewhere(&row, &dead.id, &t.id, limits).await? {
+                        tracing::warn!(instance = %row.id, from = %dead.name, to = %t.name,
+                            "host stopped reporting; instance restarted from its shared disk");
+                        ctx.bump();
+                    }
+                }
+                None => {
+                    let reason = match &dead.shared_storage {
+                        Some(_) => format!(
+                            "lost: host {} stopped reporting and no up host that shares its storage can take it; \
+                             start the host again, or terminate the instance",
+                            dead.name
+                        ),
+                        None => format!(
+                            "lost: host {} stopped reporting and the instance's disks were local to it; \
+                             start the host again to get it back, or terminate it",
+                            dead.name
+                        ),
+                    };
+                    ctx.store.mark_lost(&row.id, &reason).await?;
+                    tracing::warn!(instance = %row.id, host = %dead.name, "instance lost with its host");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl crate::store::Store {
+    /// Moves an instance of a dead host to `target` (capacity claimed under
+    /// `limits`, the dead host's freed), with its volumes; a running one is
+    /// started there. False when the target had no room or it moved already.
+    pub async fn restart_elsewhere(
+        &self,
+        row: &crate::store::InstanceRow,
+        dead: &str,
+        target: &str,
+        limits: (i64, i64, i64),
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(
+            "UPDATE hosts SET used_vcpus = used_vcpus + $1, used_memory_mib = used_memory_mib + $2,
+               used_disk_gib = used_disk_gib + $3
+             WHERE id = $4 AND used_vcpus + $1 <= $5 AND used_memory_mib + $2 <= $6 AND used_disk_gib + $3 <= $7",
+        )
+        .bind(row.vcpus)
+        .bind(row.memory_mib)
+        .bind(row.disk_gib)
+        .bind(target)
+        .bind(limits.0)
+        .bind(limits.1)
+        .bind(limits.2)
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let now = now_ms();
+        let start = i64::from(row.desired == "running");
+        let moved = sqlx::query(
+            "UPDATE instances SET host_id = $1, start_seq = start_seq + $2,
+               state = CASE WHEN desired = 'running' THEN 'pending' ELSE state END, error = NULL, updated_at_ms = $3
+             WHERE id = $4 AND host_id = $5",
+        )
+        .bind(target)
+        .bind(start)
+        .bind(now)
+        .bind(&row.id)
+        .bind(dead)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE hosts SET used_vcpus = used_vcpus - $1, used_memory_mib = used_memory_mib - $2,
+               used_disk_gib = used_disk_gib - $3 WHERE id = $4",
+        )
+        .bind(row.vcpus)
+        .bind(row.memory_mib)
+        .bind(row.disk_gib)
+        .bind(dead)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE volumes SET host_id = $1 WHERE instance_id = $2")
+            .bind(target)
+            .bind(&row.id)
+            .execute(&mut *tx)
+            .await?;
+        // Forwarded ports belonged to the dead host's 127.0.0.1.
+        sqlx::query("DELETE FROM instance_ports WHERE instance_id = $1").bind(&row.id).execute(&mut *tx).await?;
+        crate::store::insert_event(
+            &mut tx,
+            &row.id,
+            now,
+            "restarted_elsewhere",
+            &format!("{dead} stopped reporting; now on {target}"),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Marks an instance of a dead host lost, with why.
+    pub async fn mark_lost(&self, id: &str, reason: &str) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let r = sqlx::query(
+            "UPDATE instances SET state = 'lost', error = $1, updated_at_ms = $2 WHERE id = $3 AND state <> 'lost'",
+        )
+        .bind(reason)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 1 {
+            crate::store::insert_event(&mut tx, id, now, "lost", reason).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
