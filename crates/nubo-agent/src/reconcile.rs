@@ -713,11 +713,12 @@ impl Reconciler {
             boot,
             base_disk,
             seed_image: Some(dir.seed()),
-            port_forwards: want
-                .ports
-                .iter()
-                .map(|p| PortForward { host_port: p.host_port, guest_port: p.guest_port })
-                .collect(),
+            // On a private network the host's NAT forwards the ports (`network`).
+            port_forwards: if bridged {
+                Vec::new()
+            } else {
+                want.ports.iter().map(|p| PortForward { host_port: p.host_port, guest_port: p.guest_port }).collect()
+            },
             accel: self.accel,
             hotplug_slots: nubo_api::MAX_VOLUMES_PER_INSTANCE,
             metadata_relay: self.config.metadata_relay.as_ref().filter(|_| !bridged).map(|relay| {

@@ -273,7 +273,7 @@ impl Run {
 pub struct Host {
     pub id: HostId,
     pub name: String,
-    /// `up`, or `down` once it has missed heartbeats.
+    /// `up`, `down` once it has missed heartbeats, or `drained` (no new placements).
     pub state: String,
     /// The accelerator the agent uses: `kvm` or `tcg`.
     pub accel: String,

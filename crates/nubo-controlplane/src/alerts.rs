@@ -136,7 +136,7 @@ impl Store {
 
     /// Deletes a rule; its open alerts are resolved without notifications.
     pub async fn delete_rule(&self, id: &str) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE alerts SET state = 'resolved', resolved_at_ms = $1 WHERE rule_id = $2 AND state <> 'resolved'",
         )

@@ -249,7 +249,7 @@ impl Store {
     }
 
     pub async fn delete_check(&self, id: &str) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("DELETE FROM check_history WHERE check_id = $1").bind(id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM checks WHERE id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await
@@ -341,7 +341,7 @@ impl Store {
         let now = now_ms();
         let output: String = r.output.chars().take(4096).collect();
         let perfdata: String = r.perfdata.chars().take(4096).collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE checks SET state = $1, state_type = $2, attempt = $3, output = $4, perfdata = $5,
                last_check_ms = $6, last_change_ms = CASE WHEN $7 THEN $6 ELSE last_change_ms END

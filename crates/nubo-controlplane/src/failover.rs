@@ -90,7 +90,7 @@ impl crate::store::Store {
         target: &str,
         limits: (i64, i64, i64),
     ) -> Result<bool, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let claimed = sqlx::query(
             "UPDATE hosts SET used_vcpus = used_vcpus + $1, used_memory_mib = used_memory_mib + $2,
                used_disk_gib = used_disk_gib + $3
@@ -156,7 +156,7 @@ impl crate::store::Store {
 
     /// Marks an instance of a dead host lost, with why.
     pub async fn mark_lost(&self, id: &str, reason: &str) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let now = now_ms();
         let r = sqlx::query(
             "UPDATE instances SET state = 'lost', error = $1, updated_at_ms = $2 WHERE id = $3 AND state <> 'lost'",

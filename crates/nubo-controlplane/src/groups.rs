@@ -212,7 +212,7 @@ impl Store {
     }
 
     pub async fn delete_group(&self, id: &str) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("DELETE FROM group_activities WHERE group_id = $1").bind(id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM instance_groups WHERE id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await

@@ -307,7 +307,7 @@ impl Store {
 
     /// Consumes a join token (once) and issues the host's credential.
     pub async fn join_host(&self, join_token: &str, host_id: &str) -> Result<Option<String>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let now = now_ms();
         let used = sqlx::query(
             "UPDATE join_tokens SET used_at_ms = $1, used_by_host = $2

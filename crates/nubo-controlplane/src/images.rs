@@ -271,7 +271,7 @@ impl Store {
     /// Deletes the row; returns its file's sha256 when no other image
     /// shares that file (so the caller may remove it).
     pub async fn delete_image(&self, id: &str) -> Result<Option<String>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let sha: Option<Option<String>> =
             sqlx::query_scalar("SELECT sha256 FROM images WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?;
         sqlx::query("DELETE FROM images WHERE id = $1").bind(id).execute(&mut *tx).await?;

@@ -183,7 +183,7 @@ impl Store {
         host: &str,
         range: (u16, u16),
     ) -> Result<LbRow, InsertError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // Write first: SQLite then holds its write lock for the whole
         // transaction, so the free port read below cannot be taken by a
         // concurrent instance launch (which takes the lock the same way).

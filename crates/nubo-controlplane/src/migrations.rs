@@ -73,7 +73,7 @@ impl Store {
         target: &str,
         limits: (i64, i64, i64),
     ) -> Result<MigrationRow, StartError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let busy: Option<String> = sqlx::query_scalar(
             "SELECT id FROM migrations WHERE instance_id = $1 AND state IN ('preparing', 'migrating')",
         )
@@ -176,7 +176,7 @@ impl Store {
         host: &str,
         o: &Outcome,
     ) -> Result<Option<MigrationRow>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let Some(m): Option<MigrationRow> = sqlx::query_as(
             "SELECT * FROM migrations WHERE id = $1 AND state IN ('preparing', 'migrating')
                AND (source_host = $2 OR target_host = $2)",

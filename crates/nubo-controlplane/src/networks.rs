@@ -143,7 +143,7 @@ pub(crate) async fn attach_new_instance(
 
 impl Store {
     pub async fn create_network(&self, project: &str, name: &str, cidr: Cidr) -> Result<NetworkRow, CreateError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let taken: Option<String> = sqlx::query_scalar("SELECT id FROM networks WHERE project_id = $1 AND name = $2")
             .bind(project)
             .bind(name)
@@ -233,7 +233,7 @@ impl Store {
         if !users.is_empty() {
             return Ok(users);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("DELETE FROM network_ports WHERE network_id = $1").bind(id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM networks WHERE id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;

@@ -245,7 +245,7 @@ impl Store {
         let now = now_ms();
         let json = serde_json::to_string(doc).unwrap_or_default();
         let id = format!("pol-{:017x}", rand::random::<u64>() & 0x000f_ffff_ffff_ffff_u64);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let existing: Option<(String, String)> =
             sqlx::query_as("SELECT id, doc_json FROM policies WHERE project_id = $1 AND name = $2")
                 .bind(project)
@@ -303,7 +303,7 @@ impl Store {
     }
 
     pub async fn delete_policy(&self, id: &str) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("DELETE FROM policy_states WHERE policy_id = $1").bind(id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM policies WHERE id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await
@@ -420,7 +420,7 @@ impl Store {
         let cooldown = doc.cooldown.as_deref().and_then(duration_ms).unwrap_or(0);
         let repeat = doc.repeat;
         let ((since, breaching, last), fire) = breach_step(state, holds, cleared, now, hold, cooldown, repeat);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO policy_states (policy_id, target, since_ms, breaching, last_fired_ms) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (policy_id, target) DO UPDATE SET since_ms = excluded.since_ms, breaching = excluded.breaching,

@@ -244,7 +244,7 @@ impl Store {
     /// server has. A chunk at the wrong offset is dropped (the agent
     /// resends from the returned offset); a finished run never changes.
     pub async fn apply_run_progress(&self, run: &RunRow, p: &RunProgress) -> Result<u64, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let cur: Option<(String, i64, String)> =
             sqlx::query_as("SELECT state, log_offset, log FROM runs WHERE id = $1")
                 .bind(&run.id)

@@ -117,7 +117,7 @@ impl Store {
         if let Some(g) = self.security_group_by_name(project, DEFAULT_GROUP).await? {
             return Ok(g);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let id = SecurityGroupId::generate().to_string();
         let made = sqlx::query(
             "INSERT INTO security_groups (id, project_id, name, description, is_default, created_at_ms)
@@ -214,7 +214,7 @@ impl Store {
     /// Adds rules to a group, all or none: one that the group already has
     /// (or that is given twice) refuses the whole request, as on EC2.
     pub async fn add_security_group_rules(&self, group: &str, rules: &[NewRule]) -> Result<Vec<RuleRow>, RuleError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let existing: Vec<RuleRow> = sqlx::query_as(
             "SELECT id, group_id, direction, protocol, from_port, to_port, cidr, source_group_id, description
              FROM security_group_rules WHERE group_id = $1",
@@ -272,7 +272,7 @@ impl Store {
         if group.is_default == 1 {
             return Ok(DeleteOutcome::IsDefault);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let members: Vec<String> = sqlx::query_scalar(
             "SELECT m.instance_id FROM instance_security_groups m JOIN instances i ON i.id = m.instance_id
              WHERE m.group_id = $1 AND i.state <> 'terminated' ORDER BY m.instance_id",

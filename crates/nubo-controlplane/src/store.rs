@@ -194,6 +194,15 @@ impl From<sqlx::Error> for ClaimError {
 }
 
 impl Store {
+    /// Begins a transaction. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads and then
+    /// writes fails with SQLITE_BUSY_SNAPSHOT (517) when another
+    /// connection wrote in between, which no busy timeout retries; waiting
+    /// for the lock up front is retried. PostgreSQL's default is right.
+    pub(crate) async fn begin(&self) -> Result<Tx<'static>, sqlx::Error> {
+        begin(&self.pool, self.backend).await
+    }
+
     /// Opens (creating it if need be) the SQLite database at `path`.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
@@ -357,7 +366,7 @@ impl Store {
         port_range: (u16, u16),
         new: &NewInstance<'_>,
     ) -> Result<Vec<(u16, u16)>, ClaimError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // The project's quota first, in the same transaction and with the
         // same conditional-UPDATE pattern as the host claim, so parallel
         // requests can never take a project past its limits.
@@ -521,7 +530,7 @@ impl Store {
         if !from.contains(&row.desired.as_str()) || row.state == "terminated" {
             return Ok(false);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let now = now_ms();
         let r = sqlx::query(
             "UPDATE instances SET desired = $1, start_seq = start_seq + $2, reboot_count = reboot_count + $3,
@@ -588,7 +597,7 @@ impl Store {
         {
             return Ok(Some(true));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let updated = sqlx::query(
             "UPDATE instances SET desired = $1, state = $2, error = $3, updated_at_ms = $4
              WHERE id = $5 AND desired = $6 AND state = $7",
@@ -684,7 +693,7 @@ impl Store {
     /// Appends console bytes that start at `offset` of the VM's log,
     /// skipping any part already stored; returns the next expected offset.
     pub async fn append_console(&self, id: &str, offset: u64, raw_len: u64, data: &str) -> Result<u64, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let current: Option<(String, i64)> =
             sqlx::query_as("SELECT data, next_offset FROM consoles WHERE instance_id = $1")
                 .bind(id)
@@ -758,7 +767,7 @@ pub(crate) async fn insert_numbered<'q>(
     series: &str,
     insert: sqlx::query::Query<'q, Db, sqlx::any::AnyArguments<'q>>,
 ) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin().await?; // its lock_series serialises it
     lock_series(&mut tx, series).await?;
     let r = insert.execute(&mut *tx).await?;
     tx.commit().await?;
@@ -814,5 +823,13 @@ mod tests {
         assert_eq!(derive_state("deleted", ActualPower::Running), "stopping");
         assert_eq!(derive_state("deleted", ActualPower::Deleted), "terminated");
         assert_eq!(derive_state("running", ActualPower::Error), "error");
+    }
+}
+
+/// See [`Store::begin`].
+pub(crate) async fn begin(pool: &AnyPool, backend: Backend) -> Result<Tx<'static>, sqlx::Error> {
+    match backend {
+        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
+        Backend::Postgres => pool.begin().await,
     }
 }

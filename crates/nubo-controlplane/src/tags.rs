@@ -69,7 +69,7 @@ impl Store {
         resources: &[(String, &'static str, String)],
         tags: &[(String, String)],
     ) -> Result<(), TagError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         for (id, kind, project) in resources {
             for (k, v) in tags {
                 upsert(&mut tx, id, kind, project, k, v).await?;
@@ -93,7 +93,7 @@ impl Store {
         resources: &[String],
         tags: &[(String, Option<String>)],
     ) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         for id in resources {
             if tags.is_empty() {
                 sqlx::query("DELETE FROM tags WHERE resource_id = $1").bind(id).execute(&mut *tx).await?;

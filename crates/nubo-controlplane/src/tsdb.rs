@@ -91,7 +91,7 @@ impl Store {
         }
         let latest: Vec<&MetricSample> = latest.into_values().collect();
         let all: Vec<&MetricSample> = samples.iter().collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         insert_rows(
             &mut tx,
             "INSERT INTO metric_samples (resource, metric, at_ms, value) VALUES",
@@ -115,7 +115,7 @@ impl Store {
     /// rows written. Samples arriving for a minute already rolled up stay
     /// in the raw table only.
     pub async fn rollup_and_expire(&self, retention: &Retention, now: i64) -> Result<u64, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let mark: Option<i64> = sqlx::query_scalar("SELECT done_until_ms FROM metric_rollup_mark WHERE id = 1")
             .fetch_optional(&mut *tx)
             .await?;

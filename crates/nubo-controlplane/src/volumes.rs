@@ -180,7 +180,7 @@ fn live_state(instance: Option<&str>) -> &'static str {
 impl Store {
     /// Claims quota and pool space and inserts the volume (`creating`).
     pub async fn create_volume(&self, v: &NewVolume<'_>, pool_limit: i64) -> Result<(), StorageClaimError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         claim_quota(&mut tx, v.project_id, v.size_gib as i64).await?;
         claim_pool(&mut tx, v.host_id, v.size_gib as i64, pool_limit).await?;
         let now = now_ms();
@@ -252,7 +252,7 @@ impl Store {
     /// Attaches an available volume to `instance` on the lowest free slot
     /// below `slots`.
     pub async fn attach_volume(&self, id: &str, instance: &str, slots: u32) -> Result<AttachOutcome, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let used: Vec<i64> = sqlx::query_scalar("SELECT slot FROM volumes WHERE instance_id = $1 AND slot IS NOT NULL")
             .bind(instance)
             .fetch_all(&mut *tx)
@@ -305,7 +305,7 @@ impl Store {
     /// and the pool.
     pub async fn extend_volume(&self, v: &VolumeRow, size_gib: u64, pool_limit: i64) -> Result<(), StorageClaimError> {
         let delta = size_gib as i64 - v.size_gib;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         claim_quota(&mut tx, &v.project_id, delta).await?;
         claim_pool(&mut tx, &v.host_id, delta, pool_limit).await?;
         let r = sqlx::query(
@@ -344,7 +344,7 @@ impl Store {
         let Some(v) = self.volume(a.id.as_str()).await?.filter(|v| v.host_id == host && v.state != "deleted") else {
             return Ok(false);
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let now = now_ms();
         match a.state.as_str() {
             "deleted" if v.desired == "deleted" => {
@@ -481,7 +481,7 @@ impl Store {
         v: &VolumeRow,
         pool_limit: i64,
     ) -> Result<(), StorageClaimError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         claim_pool(&mut tx, &v.host_id, v.size_gib, pool_limit).await?;
         let ok: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM volumes WHERE id = $1 AND desired = 'present' AND state IN ('available', 'in-use')",
@@ -545,7 +545,7 @@ impl Store {
         let Some(s) = self.snapshot(a.id.as_str()).await?.filter(|s| s.host_id == host && s.state != "deleted") else {
             return Ok(false);
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let now = now_ms();
         match a.state.as_str() {
             "deleted" if s.desired == "deleted" => {

@@ -46,7 +46,11 @@ impl Fabric {
         }
         let f = Fabric { prefix };
         let sw = f.ns("sw");
-        sh_ok(&format!("ip netns add {sw} && ip -n {sw} link add br0 type bridge && ip -n {sw} link set br0 up"));
+        // The switch also plays "the outside": 192.168.77.100.
+        sh_ok(&format!(
+            "ip netns add {sw} && ip -n {sw} link add br0 type bridge && ip -n {sw} link set br0 up && \
+             ip -n {sw} addr add 192.168.77.100/24 dev br0 && ip -n {sw} link set lo up"
+        ));
         for i in 1..=hosts {
             let h = f.ns(&format!("h{i}"));
             sh_ok(&format!(
@@ -140,7 +144,7 @@ fn private_networks_dhcp_metadata_and_security_groups_across_hosts() {
 
     // Spread placement puts each on its own host.
     let a = launch(&cloud, &[], &["--name", "a", "--network", "blue"]);
-    let b = launch(&cloud, &[], &["--name", "b", "--network", "blue", "--security-group", "web"]);
+    let b = launch(&cloud, &[], &["--name", "b", "--network", "blue", "--security-group", "web", "--port", "8080"]);
     let c = launch(&cloud, &as_other, &["--name", "c", "--network", "red"]);
     let mut hosts = std::collections::HashSet::new();
     let mut addr = std::collections::HashMap::new();
@@ -227,9 +231,75 @@ fn private_networks_dhcp_metadata_and_security_groups_across_hosts() {
     });
     let (code, _) = guest(&cloud, &a, &format!("ping -c 1 -W 2 {b_ip}"));
     assert_eq!(code, 0, "revoking the TCP rule also stopped ICMP");
+
+    // Egress through the hosts' NAT: a reaches a server outside (on the
+    // underlay), which sees the host's address, not the guest's.
+    let sw = fabric.ns("sw");
+    let mut outside = Command::new("ip")
+        .args(["netns", "exec", &sw, "python3", "-c", OUTSIDE_SERVER])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the outside server");
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, text) = guest(&cloud, &a, "echo hi | nc -w 3 192.168.77.100 9000");
+    assert!(code == 0 && text.contains("hello-from-outside 192.168.77."), "no egress: {text}");
+    let seen_from =
+        text.split("hello-from-outside ").nth(1).and_then(|t| t.split_whitespace().next()).unwrap_or_default();
+    assert!(!seen_from.starts_with("10.20."), "not NATed: {text}");
+
+    // b's forwarded port: the host's underlay address and a port of its
+    // range, open once its group lets the outside in.
+    let bv = cloud.instance(&b);
+    let floating = bv["ports"]["8080"].as_str().expect("b's forwarded port").to_string();
+    assert!(floating.starts_with("192.168.77."), "{floating}");
+    let from_outside = || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &sw, "python3", "-c", OUTSIDE_CLIENT, &floating])
+            .output()
+            .expect("the outside client");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(!from_outside().contains("hello-from-b"), "the forwarded port was open before a rule");
+    cloud.nubo_ok(&[
+        "security-group",
+        "allow",
+        "web",
+        "--protocol",
+        "tcp",
+        "--port",
+        "8080",
+        "--cidr",
+        "192.168.77.0/24",
+    ]);
+    wait_until("b's forwarded port open from outside", Duration::from_secs(30), || {
+        from_outside().contains("hello-from-b").then_some(())
+    });
+    let _ = outside.kill();
+    let _ = outside.wait();
     drop(cloud);
     drop(fabric);
 }
+
+/// A TCP server on 192.168.77.100:9000 that greets with the peer's address.
+const OUTSIDE_SERVER: &str = r#"
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("192.168.77.100", 9000)); s.listen(8)
+while True:
+    c, peer = s.accept()
+    c.sendall(("hello-from-outside %s\n" % peer[0]).encode()); c.close()
+"#;
+
+/// Connects to ADDR:PORT (argv[1]) and prints what arrives within 3 s.
+const OUTSIDE_CLIENT: &str = r#"
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+try:
+    c = socket.create_connection((host, int(port)), timeout=3); c.settimeout(3)
+    print(c.recv(100).decode(errors="replace"))
+except Exception as e:
+    print("failed:", e)
+"#;
 
 /// The largest gap in a busybox ping log's sequence numbers (replies
 /// missed in a row), and the last sequence number seen.
@@ -326,6 +396,17 @@ fn live_migration_keeps_address_data_and_a_running_ping_then_evacuate_empties_a_
     // policy moves its busiest instance to the host with room.
     cloud.nubo_ok(&["host", "enable", &second_host]);
     guest(&cloud, &m, "setsid sh -c 'while :; do :; done' >/dev/null 2>&1 </dev/null &");
+    // The spinner must be the busiest before the policy looks (the
+    // newcomer may still be booting).
+    cloud.wait_state(&n, "running", BOOT);
+    let cpu = |id: &str| {
+        let list = cloud.nubo_json(&["metrics", "list", id]);
+        list.as_array()?.iter().find(|m| m["metric"] == "cpu_percent")?["value"].as_f64()
+    };
+    wait_until("the spinning guest to be the busiest", Duration::from_secs(120), || {
+        let (busy, idle) = (cpu(&m)?, cpu(&n)?);
+        (busy > 50.0 && idle < busy / 2.0).then_some(())
+    });
     let first_id = hosts
         .as_array()
         .and_then(|a| a.iter().find(|h| h["name"] == first_host.as_str()))

@@ -59,6 +59,59 @@ pub fn render(networks: &[DesiredNetwork], tap_of: &dyn Fn(&str, u32) -> Option<
     out
 }
 
+/// A forwarded port of an instance on a private network: the host's
+/// `host_port` (on its underlay address) reaches `address:guest_port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub vni: u32,
+    pub address: String,
+    pub guest_port: u16,
+    pub host_port: u16,
+}
+
+/// The forwarded ports of `d`'s bridged instances, to their first NIC.
+pub fn forwards(d: &nubo_api::agent::DesiredState) -> Vec<Forward> {
+    let mut out = Vec::new();
+    for i in d.instances.iter().filter(|i| i.power != nubo_api::agent::PowerState::Deleted) {
+        let Some(nic) = i.nics.first() else { continue };
+        let Some(net) = d.networks.iter().find(|n| n.id == nic.network_id) else { continue };
+        for p in &i.ports {
+            out.push(Forward {
+                vni: net.vni,
+                address: nic.address.clone(),
+                guest_port: p.guest_port,
+                host_port: p.host_port,
+            });
+        }
+    }
+    out
+}
+
+/// The host's NAT: forwarded ports to the routers' uplinks, and
+/// masquerade of what the routers send out.
+pub fn render_host_nat(underlay: std::net::Ipv4Addr, forwards: &[Forward]) -> String {
+    let mut dnat = String::new();
+    for f in forwards {
+        let (_, router) = super::uplink_addresses(f.vni);
+        let _ = writeln!(dnat, "    ip daddr {underlay} tcp dport {} dnat to {router}:{}", f.host_port, f.host_port);
+    }
+    format!(
+        "table ip nubo_nat {{}}\ndelete table ip nubo_nat\ntable ip nubo_nat {{\n  chain prerouting {{\n    type nat hook prerouting priority -100; policy accept;\n{dnat}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{dnat}  }}\n  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    ip saddr 100.64.0.0/10 oifname != \"nu*\" masquerade\n  }}\n}}\n"
+    )
+}
+
+/// A router's NAT: forwarded ports on to the instances, masquerade out.
+pub fn render_router(forwards: &[Forward]) -> String {
+    let mut dnat = String::new();
+    for f in forwards {
+        let _ =
+            writeln!(dnat, "    iifname \"uplink\" tcp dport {} dnat to {}:{}", f.host_port, f.address, f.guest_port);
+    }
+    format!(
+        "table ip nubo_router {{}}\ndelete table ip nubo_router\ntable ip nubo_router {{\n  chain prerouting {{\n    type nat hook prerouting priority -100; policy accept;\n{dnat}  }}\n  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    oifname \"uplink\" masquerade\n  }}\n}}\n"
+    )
+}
+
 /// One accept rule, or None when it can match nothing (no sources).
 fn rule_line(r: &FirewallRule) -> Option<String> {
     if r.sources.is_empty() {
@@ -125,6 +178,21 @@ mod tests {
         assert_eq!(text.matches(" accept\n").count(), 5, "{text}");
         let chain = text.split("chain port_nt1 {").nth(1).unwrap();
         assert!(chain.trim_end().ends_with("drop\n  }\n}") || chain.contains("    drop\n  }"));
+    }
+
+    #[test]
+    fn forwarded_ports_are_dnat_twice_and_egress_masqueraded() {
+        let f = [Forward { vni: 1001, address: "10.20.0.5".into(), guest_port: 80, host_port: 20005 }];
+        let host = render_host_nat("192.0.2.1".parse().unwrap(), &f);
+        assert!(host.contains("ip daddr 192.0.2.1 tcp dport 20005 dnat to 100.64.0.6:20005"), "{host}");
+        assert!(host.contains("ip saddr 100.64.0.0/10 oifname != \"nu*\" masquerade"));
+        let router = render_router(&f);
+        assert!(router.contains("iifname \"uplink\" tcp dport 20005 dnat to 10.20.0.5:80"), "{router}");
+        assert!(router.contains("oifname \"uplink\" masquerade"));
+        assert_eq!(
+            super::super::uplink_addresses(1000),
+            ("100.64.0.1".parse().unwrap(), "100.64.0.2".parse().unwrap())
+        );
     }
 
     #[test]

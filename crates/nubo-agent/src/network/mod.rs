@@ -15,6 +15,15 @@
 //! nftables ruleset for the host (see [`firewall`]); it is replaced in one
 //! transaction on every change, and conntrack keeps open flows open.
 //!
+//! Egress and forwarded ports: each router has an uplink, a veth pair to
+//! the host's namespace with a /30 from 100.64.0.0/10 (RFC 6598) chosen by
+//! the VNI, so overlapping tenant ranges never meet in the host's routing
+//! table. The router masquerades what leaves by it and the host
+//! masquerades again towards its own network. A forwarded port (an
+//! instance's `--port`) is the host's underlay address and a port from its
+//! range: the host DNATs it to the router's uplink, the router DNATs it to
+//! the instance, and the instance's security groups still decide.
+//!
 //! In tests the host is itself a network namespace (`netns`), so several
 //! hosts share a machine; `ip`, `bridge` and `nft` then run inside it.
 //! Everything is done with iproute2, nftables and dnsmasq from Debian:
@@ -210,9 +219,11 @@ impl Plumbing {
         }
         self.applied = None;
         self.host_setup().await?;
+        let forwards = firewall::forwards(d);
         for net in &d.networks {
             let span = tracing::info_span!("network", network = %net.id, vni = net.vni);
-            tracing::Instrument::instrument(self.ensure_network(net), span).await?;
+            let mine: Vec<_> = forwards.iter().filter(|f| f.vni == net.vni).cloned().collect();
+            tracing::Instrument::instrument(self.ensure_network(net, &mine), span).await?;
         }
         for (vni, tap) in nics.values() {
             self.ensure_tap(tap, *vni).await?;
@@ -221,7 +232,10 @@ impl Plumbing {
         self.remove_unwanted(&wanted).await?;
         let taps: HashMap<(String, u32), String> =
             nics.iter().map(|((i, _), (vni, tap))| ((i.clone(), *vni), tap.clone())).collect();
-        let ruleset = firewall::render(&d.networks, &|instance, vni| taps.get(&(instance.to_string(), vni)).cloned());
+        let mut ruleset =
+            firewall::render(&d.networks, &|instance, vni| taps.get(&(instance.to_string(), vni)).cloned());
+        ruleset.push_str(&firewall::render_host_nat(self.cfg.underlay, &forwards));
+        self.host_exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"], None).await?;
         self.host_exec("nft", &["-f", "-"], Some(&ruleset)).await?;
         self.applied = Some(fingerprint);
         Ok(())
@@ -237,7 +251,7 @@ impl Plumbing {
         Ok(())
     }
 
-    async fn ensure_network(&mut self, net: &DesiredNetwork) -> Result<()> {
+    async fn ensure_network(&mut self, net: &DesiredNetwork, forwards: &[firewall::Forward]) -> Result<()> {
         let vni = net.vni;
         let (br, vx, rv) = (format!("nb{vni}"), format!("nx{vni}"), format!("nr{vni}"));
         let router = self.router_ns(vni);
@@ -287,8 +301,41 @@ impl Plumbing {
                 run("ip", &in_router(&["addr", "add", a, "dev", "gw"]), None).await?;
             }
         }
+        self.ensure_uplink(vni, &router, forwards).await?;
         self.ensure_dhcp(net, &router).await?;
         self.ensure_metadata(vni, &router)?;
+        Ok(())
+    }
+
+    /// The router's way out (see the module doc), its NAT and the
+    /// forwarded ports of instances on the network.
+    async fn ensure_uplink(&self, vni: u32, router: &str, forwards: &[firewall::Forward]) -> Result<()> {
+        let (host_side, router_side) = uplink_addresses(vni);
+        let nu = format!("nu{vni}");
+        if !self.link_exists(&nu).await {
+            self.ip(&["link", "add", &nu, "type", "veth", "peer", "name", "uplink", "netns", router]).await?;
+        }
+        let addrs = self.ip(&["-o", "addr", "show", "dev", &nu]).await?;
+        let host_cidr = format!("{host_side}/30");
+        if !addrs.contains(&format!(" {host_cidr} ")) {
+            self.ip(&["addr", "add", &host_cidr, "dev", &nu]).await?;
+        }
+        self.ip(&["link", "set", &nu, "up"]).await?;
+        let in_router = |args: &[&str]| {
+            let mut v = strings(&["-n", router]);
+            v.extend(strings(args));
+            v
+        };
+        let addrs = run("ip", &in_router(&["-o", "addr", "show", "dev", "uplink"]), None).await?;
+        let router_cidr = format!("{router_side}/30");
+        if !addrs.contains(&format!(" {router_cidr} ")) {
+            run("ip", &in_router(&["addr", "add", &router_cidr, "dev", "uplink"]), None).await?;
+        }
+        run("ip", &in_router(&["link", "set", "uplink", "up"]), None).await?;
+        run("ip", &in_router(&["route", "replace", "default", "via", &host_side.to_string()]), None).await?;
+        run("ip", &strings(&["netns", "exec", router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]), None).await?;
+        let ruleset = firewall::render_router(forwards);
+        run("ip", &strings(&["netns", "exec", router, "nft", "-f", "-"]), Some(&ruleset)).await?;
         Ok(())
     }
 
@@ -443,7 +490,7 @@ impl Plumbing {
                 // SAFETY: the dnsmasq this module started (checked by pidfile and command line).
                 unsafe { libc::kill(pid as i32, libc::SIGTERM) };
             }
-            for link in [format!("nr{vni}"), format!("nx{vni}"), format!("nb{vni}")] {
+            for link in [format!("nr{vni}"), format!("nu{vni}"), format!("nx{vni}"), format!("nb{vni}")] {
                 if self.link_exists(&link).await {
                     self.ip(&["link", "del", &link]).await?;
                 }
@@ -456,6 +503,14 @@ impl Plumbing {
         }
         Ok(())
     }
+}
+
+/// The uplink /30 of a network's router: (host side, router side).
+pub fn uplink_addresses(vni: u32) -> (Ipv4Addr, Ipv4Addr) {
+    // 2^18 networks of 4 addresses fill 100.64.0.0/10.
+    let index = vni.wrapping_sub(1000) & 0x3_ffff;
+    let base = u32::from(Ipv4Addr::new(100, 64, 0, 0)) + index * 4;
+    (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2))
 }
 
 /// The pid of a dnsmasq we started, if it still runs.

@@ -20,7 +20,13 @@ pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json
     for (h, snap) in ctx.store.hosts().await?.into_iter().zip(ctx.host_snapshots().await?) {
         out.push(Host {
             id: h.id.parse().map_err(AppError::internal)?,
-            state: if snap.up { "up" } else { "down" }.into(),
+            // Drained hosts take no new instances (their heartbeat still counts).
+            state: match (h.enabled, snap.up) {
+                (0, _) => "drained",
+                (_, true) => "up",
+                _ => "down",
+            }
+            .into(),
             accel: h.accel,
             vcpus: h.vcpus as u32,
             memory_mib: h.memory_mib as u64,

@@ -38,12 +38,19 @@ pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<I
         Some(h) => ctx.store.host(h).await?,
         None => None,
     };
+    let nics = ctx.store.instance_network_ports(&row.id).await?;
+    // On a private network a port is forwarded from the host's underlay
+    // address (by its NAT), otherwise from its 127.0.0.1 (by QEMU).
+    let forwarded_from = match (nics.is_empty(), host.as_ref().and_then(|h| h.underlay.clone())) {
+        (false, Some(underlay)) => underlay,
+        _ => "127.0.0.1".to_string(),
+    };
     let ports: BTreeMap<String, String> = ctx
         .store
         .ports(&row.id)
         .await?
         .into_iter()
-        .map(|p| (p.guest_port.to_string(), format!("127.0.0.1:{}", p.host_port)))
+        .map(|p| (p.guest_port.to_string(), format!("{forwarded_from}:{}", p.host_port)))
         .collect();
     let events = if with_events { ctx.store.events(&row.id).await? } else { Vec::new() };
     let runs = if with_events {
@@ -71,7 +78,7 @@ pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<I
         })
         .collect();
     let mut addresses = Vec::new();
-    for port in ctx.store.instance_network_ports(&row.id).await? {
+    for port in nics {
         let network = ctx.store.network(&port.network_id).await?.map(|n| n.name).unwrap_or_default();
         addresses.push(nubo_api::views::InstanceAddress {
             network_id: port.network_id.parse().map_err(AppError::internal)?,

@@ -57,8 +57,8 @@ pub async fn start(ctx: &Ctx, row: &InstanceRow, to: Option<&str>) -> AppResult<
     }
     if !ctx.store.ports(&row.id).await?.is_empty() {
         return Err(AppError::Conflict(format!(
-            "instance {} forwards ports from its host's 127.0.0.1, which do not move with it; \
-             migrate instances on private networks (--network)",
+            "instance {} forwards ports from its host's address, which do not move with it; \
+             migrate instances without --port",
             row.id
         )));
     }
