@@ -810,6 +810,14 @@ pub fn derive_state(desired: &str, actual: ActualPower) -> &'static str {
     }
 }
 
+/// See [`Store::begin`].
+pub(crate) async fn begin(pool: &AnyPool, backend: Backend) -> Result<Tx<'static>, sqlx::Error> {
+    match backend {
+        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
+        Backend::Postgres => pool.begin().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -823,13 +831,5 @@ mod tests {
         assert_eq!(derive_state("deleted", ActualPower::Running), "stopping");
         assert_eq!(derive_state("deleted", ActualPower::Deleted), "terminated");
         assert_eq!(derive_state("running", ActualPower::Error), "error");
-    }
-}
-
-/// See [`Store::begin`].
-pub(crate) async fn begin(pool: &AnyPool, backend: Backend) -> Result<Tx<'static>, sqlx::Error> {
-    match backend {
-        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
-        Backend::Postgres => pool.begin().await,
     }
 }
