@@ -13,7 +13,7 @@
 //! really gone (a host that was only cut off would run a second copy on
 //! the same disk). Operators of shared storage fence with its own tools.
 
-use crate::store::now_ms;
+use crate::store::{now_ms, Size};
 use crate::Ctx;
 
 /// One round: handles the instances of hosts silent for twice the heartbeat timeout.
@@ -46,11 +46,7 @@ pub async fn run_once(ctx: &Ctx) -> Result<(), sqlx::Error> {
                 nubo_scheduler::rank(&candidates, &demand, p).ok().and_then(|r| r.first().map(|h| (*h).clone()));
             match target {
                 Some(t) => {
-                    let limits = (
-                        p.schedulable_vcpus(&t) as i64,
-                        p.schedulable_memory(&t) as i64,
-                        p.schedulable_disk(&t) as i64,
-                    );
+                    let limits = Size::limits(p, &t);
                     if ctx.store.restart_elsewhere(&row, &dead.id, &t.id, limits).await? {
                         tracing::warn!(instance = %row.id, from = %dead.name, to = %t.name,
                             "host stopped reporting; instance restarted from its shared disk");
@@ -88,24 +84,10 @@ impl crate::store::Store {
         row: &crate::store::InstanceRow,
         dead: &str,
         target: &str,
-        limits: (i64, i64, i64),
+        limits: Size,
     ) -> Result<bool, sqlx::Error> {
         let mut tx = self.begin().await?;
-        let claimed = sqlx::query(
-            "UPDATE hosts SET used_vcpus = used_vcpus + $1, used_memory_mib = used_memory_mib + $2,
-               used_disk_gib = used_disk_gib + $3
-             WHERE id = $4 AND used_vcpus + $1 <= $5 AND used_memory_mib + $2 <= $6 AND used_disk_gib + $3 <= $7",
-        )
-        .bind(row.vcpus)
-        .bind(row.memory_mib)
-        .bind(row.disk_gib)
-        .bind(target)
-        .bind(limits.0)
-        .bind(limits.1)
-        .bind(limits.2)
-        .execute(&mut *tx)
-        .await?;
-        if claimed.rows_affected() != 1 {
+        if !crate::store::claim_capacity(&mut tx, target, Size::of(row), limits).await? {
             return Ok(false);
         }
         let now = now_ms();
@@ -125,16 +107,7 @@ impl crate::store::Store {
         if moved.rows_affected() != 1 {
             return Ok(false);
         }
-        sqlx::query(
-            "UPDATE hosts SET used_vcpus = used_vcpus - $1, used_memory_mib = used_memory_mib - $2,
-               used_disk_gib = used_disk_gib - $3 WHERE id = $4",
-        )
-        .bind(row.vcpus)
-        .bind(row.memory_mib)
-        .bind(row.disk_gib)
-        .bind(dead)
-        .execute(&mut *tx)
-        .await?;
+        crate::store::release_capacity(&mut tx, dead, Size::of(row)).await?;
         sqlx::query("UPDATE volumes SET host_id = $1 WHERE instance_id = $2")
             .bind(target)
             .bind(&row.id)

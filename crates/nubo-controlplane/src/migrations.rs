@@ -11,7 +11,7 @@
 //!    to the target and the source's capacity is freed; on failure the
 //!    target's claim is freed and the target removes its copy.
 
-use crate::store::{now_ms, Store};
+use crate::store::{now_ms, Size, Store};
 use nubo_api::ids::MigrationId;
 use sqlx::FromRow;
 
@@ -71,7 +71,7 @@ impl Store {
         instance: &crate::store::InstanceRow,
         source: &str,
         target: &str,
-        limits: (i64, i64, i64),
+        limits: Size,
     ) -> Result<MigrationRow, StartError> {
         let mut tx = self.begin().await?;
         let busy: Option<String> = sqlx::query_scalar(
@@ -83,21 +83,7 @@ impl Store {
         if let Some(m) = busy {
             return Err(StartError::Busy(instance.id.clone(), m));
         }
-        let claimed = sqlx::query(
-            "UPDATE hosts SET used_vcpus = used_vcpus + $1, used_memory_mib = used_memory_mib + $2,
-               used_disk_gib = used_disk_gib + $3
-             WHERE id = $4 AND used_vcpus + $1 <= $5 AND used_memory_mib + $2 <= $6 AND used_disk_gib + $3 <= $7",
-        )
-        .bind(instance.vcpus)
-        .bind(instance.memory_mib)
-        .bind(instance.disk_gib)
-        .bind(target)
-        .bind(limits.0)
-        .bind(limits.1)
-        .bind(limits.2)
-        .execute(&mut *tx)
-        .await?;
-        if claimed.rows_affected() != 1 {
+        if !crate::store::claim_capacity(&mut tx, target, Size::of(instance), limits).await? {
             return Err(StartError::Lost(target.to_string()));
         }
         let now = now_ms();
@@ -199,16 +185,7 @@ impl Store {
             return Ok(None);
         };
         let freed = if ok { &m.source_host } else { &m.target_host };
-        sqlx::query(
-            "UPDATE hosts SET used_vcpus = used_vcpus - $1, used_memory_mib = used_memory_mib - $2,
-               used_disk_gib = used_disk_gib - $3 WHERE id = $4",
-        )
-        .bind(inst.vcpus)
-        .bind(inst.memory_mib)
-        .bind(inst.disk_gib)
-        .bind(freed)
-        .execute(&mut *tx)
-        .await?;
+        crate::store::release_capacity(&mut tx, freed, Size::of(&inst)).await?;
         if ok {
             sqlx::query("UPDATE instances SET host_id = $1, updated_at_ms = $2 WHERE id = $3")
                 .bind(&m.target_host)

@@ -395,21 +395,10 @@ impl Store {
                 None => "the token's project no longer exists".to_string(),
             }));
         }
-        let claimed = sqlx::query(
-            "UPDATE hosts SET used_vcpus = used_vcpus + $1, used_memory_mib = used_memory_mib + $2,
-               used_disk_gib = used_disk_gib + $3
-             WHERE id = $4 AND used_vcpus + $1 <= $5 AND used_memory_mib + $2 <= $6 AND used_disk_gib + $3 <= $7",
-        )
-        .bind(i64::from(new.vcpus))
-        .bind(new.memory_mib as i64)
-        .bind(new.disk_gib as i64)
-        .bind(host)
-        .bind(vcpu_limit)
-        .bind(memory_limit)
-        .bind(disk_limit)
-        .execute(&mut *tx)
-        .await?;
-        if claimed.rows_affected() != 1 {
+        let size =
+            Size { vcpus: i64::from(new.vcpus), memory_mib: new.memory_mib as i64, disk_gib: new.disk_gib as i64 };
+        let limits = Size { vcpus: vcpu_limit, memory_mib: memory_limit, disk_gib: disk_limit };
+        if !claim_capacity(&mut tx, host, size, limits).await? {
             return Err(ClaimError::Lost);
         }
         let now = now_ms();
@@ -618,16 +607,7 @@ impl Store {
         if state == "terminated" {
             // Free the claim and the ports exactly once: only the report
             // that moves the row to terminated gets here.
-            sqlx::query(
-                "UPDATE hosts SET used_vcpus = used_vcpus - $1, used_memory_mib = used_memory_mib - $2,
-                   used_disk_gib = used_disk_gib - $3 WHERE id = $4",
-            )
-            .bind(row.vcpus)
-            .bind(row.memory_mib)
-            .bind(row.disk_gib)
-            .bind(host)
-            .execute(&mut *tx)
-            .await?;
+            release_capacity(&mut tx, host, Size::of(&row)).await?;
             sqlx::query("DELETE FROM instance_ports WHERE instance_id = $1").bind(&row.id).execute(&mut *tx).await?;
             sqlx::query(
                 "UPDATE projects SET used_instances = used_instances - 1, used_vcpus = used_vcpus - $1,
@@ -808,6 +788,64 @@ pub fn derive_state(desired: &str, actual: ActualPower) -> &'static str {
         ("stopped", _) => "stopped",
         _ => "error",
     }
+}
+
+/// An instance's size on a host (vCPUs, MiB of memory, GiB of disk), or what a host may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Size {
+    pub vcpus: i64,
+    pub memory_mib: i64,
+    pub disk_gib: i64,
+}
+
+impl Size {
+    pub fn of(row: &InstanceRow) -> Self {
+        Size { vcpus: row.vcpus, memory_mib: row.memory_mib, disk_gib: row.disk_gib }
+    }
+
+    /// What the policy lets a host hold.
+    pub fn limits(p: &nubo_scheduler::Policy, h: &nubo_scheduler::HostSnapshot) -> Self {
+        Size {
+            vcpus: p.schedulable_vcpus(h) as i64,
+            memory_mib: p.schedulable_memory(h) as i64,
+            disk_gib: p.schedulable_disk(h) as i64,
+        }
+    }
+}
+
+/// Claims `size` on `host` if it stays within `limits` (one conditional
+/// UPDATE, so concurrent claims never overshoot); false when it would not.
+pub(crate) async fn claim_capacity(tx: &mut Tx<'_>, host: &str, size: Size, limits: Size) -> Result<bool, sqlx::Error> {
+    let claimed = sqlx::query(
+        "UPDATE hosts SET used_vcpus = used_vcpus + $1, used_memory_mib = used_memory_mib + $2,
+           used_disk_gib = used_disk_gib + $3
+         WHERE id = $4 AND used_vcpus + $1 <= $5 AND used_memory_mib + $2 <= $6 AND used_disk_gib + $3 <= $7",
+    )
+    .bind(size.vcpus)
+    .bind(size.memory_mib)
+    .bind(size.disk_gib)
+    .bind(host)
+    .bind(limits.vcpus)
+    .bind(limits.memory_mib)
+    .bind(limits.disk_gib)
+    .execute(&mut **tx)
+    .await?;
+    Ok(claimed.rows_affected() == 1)
+}
+
+/// Gives `size` back to `host`.
+pub(crate) async fn release_capacity(tx: &mut Tx<'_>, host: &str, size: Size) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE hosts SET used_vcpus = used_vcpus - $1, used_memory_mib = used_memory_mib - $2,
+           used_disk_gib = used_disk_gib - $3 WHERE id = $4",
+    )
+    .bind(size.vcpus)
+    .bind(size.memory_mib)
+    .bind(size.disk_gib)
+    .bind(host)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// See [`Store::begin`].

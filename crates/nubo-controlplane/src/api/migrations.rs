@@ -92,8 +92,7 @@ pub async fn start(ctx: &Ctx, row: &InstanceRow, to: Option<&str>) -> AppResult<
             .map(|h| (*h).clone())
             .ok_or_else(|| AppError::NoValidHost("no other host is up".into()))?,
     };
-    let limits =
-        (p.schedulable_vcpus(&target) as i64, p.schedulable_memory(&target) as i64, p.schedulable_disk(&target) as i64);
+    let limits = crate::store::Size::limits(p, &target);
     let m = ctx.store.start_migration(row, &source, &target.id, limits).await.map_err(|e| match e {
         StartError::Busy(..) | StartError::Lost(_) => AppError::Conflict(e.to_string()),
         StartError::Db(e) => e.into(),
