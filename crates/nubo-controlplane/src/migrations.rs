@@ -200,11 +200,12 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             if moved.rows_affected() > 0 {
-                let gib: i64 =
-                    sqlx::query_scalar("SELECT COALESCE(SUM(size_gib), 0) FROM volumes WHERE instance_id = $1")
-                        .bind(&m.instance_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
+                let gib: i64 = sqlx::query_scalar(
+                    "SELECT CAST(COALESCE(SUM(size_gib), 0) AS BIGINT) FROM volumes WHERE instance_id = $1",
+                )
+                .bind(&m.instance_id)
+                .fetch_one(&mut *tx)
+                .await?;
                 for (h, sign) in [(&m.source_host, -1i64), (&m.target_host, 1)] {
                     sqlx::query("UPDATE hosts SET used_disk_gib = used_disk_gib + $1 WHERE id = $2")
                         .bind(sign * gib)
