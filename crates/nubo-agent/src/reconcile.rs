@@ -795,14 +795,7 @@ impl Reconciler {
         .await;
         if let Err(e) = &result {
             let _ = self.hypervisor.kill(&self.dir(&want.id)).await;
-            let done = nubo_api::agent::MigrationDone {
-                ok: false,
-                error: Some(format!("the target could not prepare: {e:#}")),
-                downtime_ms: None,
-                total_ms: None,
-                disk_bytes: None,
-                ram_bytes: None,
-            };
+            let done = nubo_api::agent::MigrationDone::failed(format!("the target could not prepare: {e:#}"));
             let _ = self.client.migration_done(&m.id, &done).await;
         }
         result
@@ -835,14 +828,7 @@ impl Reconciler {
                 disk_bytes: Some(s.disk_bytes),
                 ram_bytes: Some(s.ram_bytes),
             },
-            Err(e) => nubo_api::agent::MigrationDone {
-                ok: false,
-                error: Some(e.to_string()),
-                downtime_ms: None,
-                total_ms: None,
-                disk_bytes: None,
-                ram_bytes: None,
-            },
+            Err(e) => nubo_api::agent::MigrationDone::failed(e.to_string()),
         };
         // The control plane must hear it: the instance is now the target's.
         let mut delay = Duration::from_millis(200);

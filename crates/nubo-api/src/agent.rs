@@ -146,6 +146,20 @@ pub struct MigrationDone {
     pub ram_bytes: Option<u64>,
 }
 
+impl MigrationDone {
+    /// A migration that did not happen, and why.
+    pub fn failed(error: String) -> Self {
+        MigrationDone {
+            ok: false,
+            error: Some(error),
+            downtime_ms: None,
+            total_ms: None,
+            disk_bytes: None,
+            ram_bytes: None,
+        }
+    }
+}
+
 /// One NIC of an instance on a private network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DesiredNic {

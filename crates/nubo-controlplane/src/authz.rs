@@ -59,6 +59,19 @@ pub fn creation_project(caller: &Caller) -> Result<String, AppError> {
 }
 
 /// Operator-only actions (hosts, users, projects, the audit log).
+/// Whose resources a listing shows: `Some(None)` every project's
+/// (operators), `Some(Some(p))` the caller's project, `None` nothing (no
+/// role in any project).
+pub fn list_scope(caller: &Caller) -> Option<Option<String>> {
+    if caller.admin {
+        Some(None)
+    } else if caller.role == Role::None {
+        None
+    } else {
+        Some(Some(caller.project_id.clone().unwrap_or_default()))
+    }
+}
+
 pub fn require_admin(caller: &Caller) -> Result<(), AppError> {
     if caller.admin {
         Ok(())

@@ -16,17 +16,6 @@ use nubo_api::params::{NetworkCreate, SecurityGroupCreate, SecurityGroupRuleCrea
 use nubo_api::views::{Network, NetworkPort, SecurityGroup, SecurityGroupRule};
 use std::sync::Arc;
 
-/// The project whose resources the caller lists: None for operators (all).
-fn scope(caller: &Caller) -> Option<Option<String>> {
-    if caller.admin {
-        Some(None)
-    } else if caller.role == crate::auth::Role::None {
-        None
-    } else {
-        Some(Some(caller.project_id.clone().unwrap_or_default()))
-    }
-}
-
 async fn network_view(ctx: &Ctx, n: NetworkRow) -> AppResult<Network> {
     let ports = ctx
         .store
@@ -70,7 +59,7 @@ async fn load_network(ctx: &Ctx, caller: &Caller, reference: &str, access: Acces
 #[utoipa::path(get, path = "/api/v1/networks", tag = "networks", operation_id = "list_networks",
     responses((status = 200, body = Vec<Network>), (status = 401, body = nubo_api::error::ErrorBody)))]
 pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Network>>> {
-    let Some(project) = scope(&caller) else { return Ok(Json(Vec::new())) };
+    let Some(project) = authz::list_scope(&caller) else { return Ok(Json(Vec::new())) };
     let mut out = Vec::new();
     for n in ctx.store.networks(project.as_deref()).await? {
         out.push(network_view(&ctx, n).await?);
@@ -174,7 +163,7 @@ async fn load_group(ctx: &Ctx, caller: &Caller, reference: &str, access: Access)
 #[utoipa::path(get, path = "/api/v1/security-groups", tag = "networks", operation_id = "list_security_groups",
     responses((status = 200, body = Vec<SecurityGroup>), (status = 401, body = nubo_api::error::ErrorBody)))]
 pub async fn list_groups(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<SecurityGroup>>> {
-    let Some(project) = scope(&caller) else { return Ok(Json(Vec::new())) };
+    let Some(project) = authz::list_scope(&caller) else { return Ok(Json(Vec::new())) };
     if let Some(p) = &project {
         ctx.store.ensure_default_security_group(p).await?;
     }

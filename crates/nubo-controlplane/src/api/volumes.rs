@@ -111,21 +111,11 @@ fn snapshot_view(s: SnapshotRow) -> AppResult<Snapshot> {
     })
 }
 
-fn scope(caller: &Caller) -> Option<Option<String>> {
-    if caller.admin {
-        Some(None)
-    } else if caller.role == crate::auth::Role::None {
-        None
-    } else {
-        Some(Some(caller.project_id.clone().unwrap_or_default()))
-    }
-}
-
 /// List volumes (deleted ones are not shown).
 #[utoipa::path(get, path = "/api/v1/volumes", tag = "volumes", operation_id = "list_volumes",
     responses((status = 200, body = Vec<Volume>), (status = 401, body = nubo_api::error::ErrorBody)))]
 pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Volume>>> {
-    let Some(project) = scope(&caller) else { return Ok(Json(Vec::new())) };
+    let Some(project) = authz::list_scope(&caller) else { return Ok(Json(Vec::new())) };
     let mut out = Vec::new();
     for v in ctx.store.volumes(project.as_deref()).await? {
         out.push(view(&ctx, v).await?);
@@ -369,7 +359,7 @@ pub async fn create_snapshot(
 #[utoipa::path(get, path = "/api/v1/snapshots", tag = "volumes", operation_id = "list_snapshots",
     responses((status = 200, body = Vec<Snapshot>)))]
 pub async fn list_snapshots(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Snapshot>>> {
-    let Some(project) = scope(&caller) else { return Ok(Json(Vec::new())) };
+    let Some(project) = authz::list_scope(&caller) else { return Ok(Json(Vec::new())) };
     let rows = ctx.store.snapshots(project.as_deref()).await?;
     Ok(Json(rows.into_iter().map(snapshot_view).collect::<AppResult<_>>()?))
 }

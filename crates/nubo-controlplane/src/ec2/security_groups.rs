@@ -282,18 +282,25 @@ async fn rules_of(ctx: &Ctx, project: &str, perm: &Params) -> Ec2Result<Vec<NewR
     Ok(out)
 }
 
-pub async fn authorize_ingress(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
-    let g = named(ctx, caller, p, Access::Write).await?;
+/// The rules a call names: its `IpPermissions`, or the flat form
+/// (`IpProtocol`, ...) of the older API; at least one.
+async fn requested_rules(ctx: &Ctx, project: &str, p: &Params) -> Ec2Result<Vec<NewRule>> {
     let mut rules = Vec::new();
     for perm in p.structs("IpPermissions") {
-        rules.extend(rules_of(ctx, &g.project_id, &perm).await?);
+        rules.extend(rules_of(ctx, project, &perm).await?);
     }
     if p.str("IpProtocol").is_some() {
-        rules.extend(rules_of(ctx, &g.project_id, p).await?);
+        rules.extend(rules_of(ctx, project, p).await?);
     }
     if rules.is_empty() {
         return Err(Ec2Error::missing("IpPermissions"));
     }
+    Ok(rules)
+}
+
+pub async fn authorize_ingress(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
+    let g = named(ctx, caller, p, Access::Write).await?;
+    let rules = requested_rules(ctx, &g.project_id, p).await?;
     let added = ctx.store.add_security_group_rules(&g.id, &rules).await.map_err(|e| match e {
         RuleError::Duplicate => Ec2Error::bad(
             "InvalidPermission.Duplicate",
@@ -328,16 +335,7 @@ pub async fn authorize_ingress(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> E
 /// Open connections they let in stay; new ones are refused.
 pub async fn revoke_ingress(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
     let g = named(ctx, caller, p, Access::Write).await?;
-    let mut rules = Vec::new();
-    for perm in p.structs("IpPermissions") {
-        rules.extend(rules_of(ctx, &g.project_id, &perm).await?);
-    }
-    if p.str("IpProtocol").is_some() {
-        rules.extend(rules_of(ctx, &g.project_id, p).await?);
-    }
-    if rules.is_empty() {
-        return Err(Ec2Error::missing("IpPermissions"));
-    }
+    let rules = requested_rules(ctx, &g.project_id, p).await?;
     let removed = ctx.store.revoke_security_group_rules(&g.id, &rules).await?;
     if removed == 0 {
         return Err(Ec2Error::bad(
