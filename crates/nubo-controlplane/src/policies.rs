@@ -29,6 +29,10 @@ use std::collections::BTreeMap;
 pub const MAX_ATTEMPTS: u64 = 5;
 /// Metric values older than this do not count.
 const STALE_MS: i64 = 120_000;
+/// "Busiest" for rebalance is the highest average CPU over this window:
+/// one sample is noise (a guest that just booted, a burst), and moving the
+/// wrong instance costs a migration.
+const BUSY_WINDOW_MS: i64 = 30_000;
 
 #[derive(Debug, Clone, FromRow)]
 pub struct PolicyRow {
@@ -805,7 +809,7 @@ async fn rebalance_once(ctx: &Ctx, host: &str) -> Result<String, String> {
         if row.state != "running" || row.desired != "running" {
             continue;
         }
-        let cpu = store.latest_value(&row.id, "cpu_percent", now - STALE_MS).await.map_err(|e| e.to_string())?;
+        let cpu = store.average_since(&row.id, "cpu_percent", now - BUSY_WINDOW_MS).await.map_err(|e| e.to_string())?;
         let cpu = cpu.unwrap_or(0.0);
         if busiest.as_ref().is_none_or(|(c, _)| cpu > *c) {
             busiest = Some((cpu, row));

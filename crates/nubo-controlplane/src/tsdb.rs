@@ -227,6 +227,16 @@ impl Store {
             .await
     }
 
+    /// The average of one series' raw samples since `since`, if it has any.
+    pub async fn average_since(&self, resource: &str, metric: &str, since: i64) -> Result<Option<f64>, sqlx::Error> {
+        sqlx::query_scalar("SELECT AVG(value) FROM metric_samples WHERE resource = $1 AND metric = $2 AND at_ms >= $3")
+            .bind(resource)
+            .bind(metric)
+            .bind(since)
+            .fetch_one(&self.pool)
+            .await
+    }
+
     /// Every series' newest value: (resource, metric, at_ms, value).
     pub async fn all_latest(&self) -> Result<Vec<(String, String, i64, f64)>, sqlx::Error> {
         sqlx::query_as("SELECT resource, metric, at_ms, value FROM metric_latest ORDER BY metric, resource")
@@ -279,6 +289,29 @@ mod tests {
         let latest = store.latest_of("i-0123456789abcdef0").await.unwrap();
         assert_eq!(latest.len(), 3);
         assert!(latest.iter().all(|l| l.value == (INGEST_ROWS + 49) as f64), "{latest:?}");
+    }
+
+    /// The window's samples are averaged, older ones left out, and a series
+    /// with none in the window has no average (not zero).
+    #[tokio::test]
+    async fn average_since_covers_only_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::testdb::from_env().await.unwrap();
+        let store = match &db {
+            Some(db) => Store::connect(&db.url).await.unwrap(),
+            None => Store::open(&dir.path().join("t.db")).await.unwrap(),
+        };
+        let now = now_ms();
+        let samples = [
+            s("cpu_percent", now - 90_000, 100.0),
+            s("cpu_percent", now - 20_000, 10.0),
+            s("cpu_percent", now - 10_000, 30.0),
+        ];
+        store.ingest(&samples).await.unwrap();
+        let avg = store.average_since("i-0123456789abcdef0", "cpu_percent", now - 30_000).await.unwrap();
+        assert_eq!(avg, Some(20.0));
+        let none = store.average_since("i-0123456789abcdef0", "cpu_percent", now - 5_000).await.unwrap();
+        assert_eq!(none, None);
     }
 
     #[tokio::test]

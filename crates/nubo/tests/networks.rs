@@ -240,7 +240,15 @@ fn private_networks_dhcp_metadata_and_security_groups_across_hosts() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("the outside server");
-    std::thread::sleep(Duration::from_millis(500));
+    // Wait for the server's "listening" line: python's start-up under CI's
+    // load took longer than any fixed pause.
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(outside.stdout.as_mut().expect("the outside server's stdout")),
+        &mut ready,
+    )
+    .expect("the outside server's first line");
+    assert_eq!(ready.trim(), "listening", "the outside server did not start");
     let (code, text) = guest(&cloud, &a, "echo hi | nc -w 3 192.168.77.100 9000");
     assert!(code == 0 && text.contains("hello-from-outside 192.168.77."), "no egress: {text}");
     let seen_from =
@@ -285,6 +293,7 @@ const OUTSIDE_SERVER: &str = r#"
 import socket
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("192.168.77.100", 9000)); s.listen(8)
+print("listening", flush=True)
 while True:
     c, peer = s.accept()
     c.sendall(("hello-from-outside %s\n" % peer[0]).encode()); c.close()
