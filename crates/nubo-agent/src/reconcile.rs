@@ -380,12 +380,14 @@ impl Reconciler {
     }
 
     /// Sets up the host's private networks for `d` (before instances
-    /// start, so their taps exist). A failure is logged and retried on the
-    /// next pass; instances whose tap is missing fail to start and say why.
+    /// start, so their taps exist). A failure is logged and retried after
+    /// a pause that grows while it lasts, or at once when the desired
+    /// networks change; instances whose tap is missing fail to start and
+    /// say why.
     async fn reconcile_networks(&self, d: &DesiredState) {
         let Some(net) = &self.network else { return };
         if let Err(e) = net.lock().await.reconcile(d).await {
-            tracing::warn!(error = %e, "private networks not (fully) set up; retrying");
+            tracing::warn!(error = %e, "private networks not (fully) set up; retrying in 1 to 30 s, or when they change");
         }
     }
 

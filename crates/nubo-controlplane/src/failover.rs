@@ -9,6 +9,9 @@
 //! * otherwise it is marked `lost`, with the reason: its disks went down
 //!   with the host.
 //!
+//! The same round gives up on live migrations whose target never got
+//! ready (`expire_unready_migrations`).
+//!
 //! Nothing fences the silent host: restarting elsewhere trusts that it is
 //! really gone (a host that was only cut off would run a second copy on
 //! the same disk). Operators of shared storage fence with its own tools.
@@ -16,8 +19,36 @@
 use crate::store::{now_ms, Size};
 use crate::Ctx;
 
+/// Fails the live migrations whose target has not said it is ready within
+/// the prepare timeout. Nothing has moved while a migration prepares (the
+/// source starts copying only once the target is ready), so failing it is
+/// safe: the instance runs on at the source, the target's claim is freed,
+/// and the target removes its copy if it ever made one.
+pub async fn expire_unready_migrations(ctx: &Ctx) -> Result<(), sqlx::Error> {
+    let timeout = ctx.config.migration_prepare_timeout;
+    let before = now_ms() - timeout.as_millis() as i64;
+    for m in ctx.store.preparing_since(before).await? {
+        let target = ctx.store.host(&m.target_host).await?.map(|h| h.name).unwrap_or_else(|| m.target_host.clone());
+        let outcome = crate::migrations::Outcome {
+            ok: false,
+            error: Some(format!(
+                "the target host {target} was not ready within {} s; check its agent (`nubo host list`, its log), then migrate again",
+                timeout.as_secs()
+            )),
+            ..Default::default()
+        };
+        if ctx.store.finish_migration(&m.id, &m.target_host, &outcome).await?.is_some() {
+            tracing::warn!(migration = %m.id, instance = %m.instance_id, target = %target,
+                "live migration given up: its target never got ready");
+            ctx.bump();
+        }
+    }
+    Ok(())
+}
+
 /// One round: handles the instances of hosts silent for twice the heartbeat timeout.
 pub async fn run_once(ctx: &Ctx) -> Result<(), sqlx::Error> {
+    expire_unready_migrations(ctx).await?;
     let silent_ms = 2 * ctx.config.heartbeat_timeout.as_millis() as i64;
     let now = now_ms();
     let hosts = ctx.store.hosts().await?;

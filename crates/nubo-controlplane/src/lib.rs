@@ -64,6 +64,9 @@ pub struct Config {
     pub port_range: (u16, u16),
     /// A host that has not reported for this long is `down`.
     pub heartbeat_timeout: Duration,
+    /// A live migration whose target has not said it is ready after this
+    /// long is failed (nothing has been copied yet; the source runs on).
+    pub migration_prepare_timeout: Duration,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
     /// Requests per second allowed per credential (with a burst of twice that).
@@ -93,6 +96,7 @@ impl Config {
             policy: Policy::default(),
             port_range: (20000, 29999),
             heartbeat_timeout: Duration::from_secs(30),
+            migration_prepare_timeout: Duration::from_secs(120),
             max_body_bytes: 256 * 1024,
             rate_per_sec: 200,
             session_ttl: Duration::from_secs(12 * 3600),

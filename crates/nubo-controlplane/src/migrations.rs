@@ -10,6 +10,10 @@
 //! 3. `finish` (the source): on success the instance and its volumes move
 //!    to the target and the source's capacity is freed; on failure the
 //!    target's claim is freed and the target removes its copy.
+//!
+//! A target that never gets to step 2 (its agent died, QEMU would not
+//! start) is given up on by the control plane after the prepare timeout:
+//! see `failover::expire_unready_migrations`.
 
 use crate::store::{now_ms, Size, Store};
 use nubo_api::ids::MigrationId;
@@ -127,6 +131,16 @@ impl Store {
                OR (state = 'failed' AND cleaned = 0 AND target_host = $1)",
         )
         .bind(host)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Migrations still `preparing` that started before `before`.
+    pub async fn preparing_since(&self, before: i64) -> Result<Vec<MigrationRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT * FROM migrations WHERE state = 'preparing' AND created_at_ms < $1 ORDER BY created_at_ms",
+        )
+        .bind(before)
         .fetch_all(&self.pool)
         .await
     }

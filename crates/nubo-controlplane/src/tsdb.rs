@@ -253,6 +253,19 @@ mod tests {
         MetricSample { resource: "i-0123456789abcdef0".into(), metric: metric.into(), at_ms, value }
     }
 
+    /// A store on PostgreSQL when NUBO_TEST_DATABASE is set, else on SQLite
+    /// in a temporary directory. Keep the tuple whole: its fields drop in
+    /// order, the pool before the database it is connected to.
+    async fn test_store() -> (Store, tempfile::TempDir, Option<crate::testdb::TestDatabase>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::testdb::from_env().await.unwrap();
+        let store = match &db {
+            Some(db) => Store::connect(&db.url).await.unwrap(),
+            None => Store::open(&dir.path().join("t.db")).await.unwrap(),
+        };
+        (store, dir, db)
+    }
+
     #[test]
     fn value_rows_number_the_parameters_in_order() {
         assert_eq!(value_rows(2), "($1, $2, $3, $4), ($5, $6, $7, $8)");
@@ -263,14 +276,10 @@ mod tests {
     /// value kept.
     #[tokio::test]
     async fn a_large_batch_goes_in_whole() {
-        let dir = tempfile::tempdir().unwrap();
         // On PostgreSQL too when NUBO_TEST_DATABASE is set: it is the one
         // that refuses an upsert touching a row twice.
-        let db = crate::testdb::from_env().await.unwrap();
-        let store = match &db {
-            Some(db) => Store::connect(&db.url).await.unwrap(),
-            None => Store::open(&dir.path().join("t.db")).await.unwrap(),
-        };
+        let t = test_store().await;
+        let store = &t.0;
         let t0 = now_ms() - 3_600_000;
         let mut samples = Vec::new();
         for i in 0..(INGEST_ROWS as i64 + 50) {
@@ -295,12 +304,8 @@ mod tests {
     /// with none in the window has no average (not zero).
     #[tokio::test]
     async fn average_since_covers_only_the_window() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = crate::testdb::from_env().await.unwrap();
-        let store = match &db {
-            Some(db) => Store::connect(&db.url).await.unwrap(),
-            None => Store::open(&dir.path().join("t.db")).await.unwrap(),
-        };
+        let t = test_store().await;
+        let store = &t.0;
         let now = now_ms();
         let samples = [
             s("cpu_percent", now - 90_000, 100.0),

@@ -81,8 +81,26 @@ pub struct Plumbing {
     state_dir: PathBuf,
     /// The last desired networks applied in full, to skip unchanged passes.
     applied: Option<String>,
+    /// The last failed attempt, so an unchanged desired state is retried
+    /// with a growing pause instead of on every pass.
+    retry: Option<Retry>,
     metadata: HashMap<u32, tokio::task::JoinHandle<()>>,
     lookup: MetadataLookup,
+}
+
+/// A failed attempt at the desired networks with `fingerprint`.
+struct Retry {
+    fingerprint: String,
+    failures: u32,
+    not_before: std::time::Instant,
+}
+
+/// The pause after `failures` failed attempts in a row: 1 s, doubling, at
+/// most 30 s (agent passes are 0.5 s apart; a missing program or a broken
+/// namespace would otherwise be retried, and logged, twice a second).
+fn retry_delay(failures: u32) -> std::time::Duration {
+    let secs = 1u64 << failures.saturating_sub(1).min(5);
+    std::time::Duration::from_secs(secs.min(30))
 }
 
 /// The tap of an instance's `index`th NIC: `nt`, 8 hex digits of the
@@ -146,7 +164,7 @@ fn strings(args: &[&str]) -> Vec<String> {
 
 impl Plumbing {
     pub fn new(cfg: NetworkConfig, data_dir: &std::path::Path, lookup: MetadataLookup) -> Self {
-        Self { cfg, state_dir: data_dir.join("networks"), applied: None, metadata: HashMap::new(), lookup }
+        Self { cfg, state_dir: data_dir.join("networks"), applied: None, retry: None, metadata: HashMap::new(), lookup }
     }
 
     /// The namespace file a tap's opener enters, if the host is one.
@@ -217,7 +235,29 @@ impl Plumbing {
         if self.applied.as_deref() == Some(fingerprint.as_str()) && metadata_alive {
             return Ok(());
         }
+        let now = std::time::Instant::now();
+        let failures = match &self.retry {
+            Some(r) if r.fingerprint == fingerprint && now < r.not_before => return Ok(()),
+            Some(r) if r.fingerprint == fingerprint => r.failures,
+            _ => 0,
+        };
         self.applied = None;
+        match self.apply(d, &nics).await {
+            Ok(()) => {
+                self.applied = Some(fingerprint);
+                self.retry = None;
+                Ok(())
+            }
+            Err(e) => {
+                let failures = failures + 1;
+                self.retry = Some(Retry { fingerprint, failures, not_before: now + retry_delay(failures) });
+                Err(e)
+            }
+        }
+    }
+
+    /// Sets up everything `d` wants (see `reconcile`), in order.
+    async fn apply(&mut self, d: &DesiredState, nics: &BTreeMap<(String, usize), (u32, String)>) -> Result<()> {
         self.host_setup().await?;
         let forwards = firewall::forwards(d);
         for net in &d.networks {
@@ -237,7 +277,6 @@ impl Plumbing {
         ruleset.push_str(&firewall::render_host_nat(self.cfg.underlay, &forwards));
         self.host_exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"], None).await?;
         self.host_exec("nft", &["-f", "-"], Some(&ruleset)).await?;
-        self.applied = Some(fingerprint);
         Ok(())
     }
 
@@ -572,6 +611,13 @@ pub(crate) fn lookup_from(shared: Arc<Mutex<crate::reconcile::Shared>>) -> Metad
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_setups_are_retried_with_a_growing_pause() {
+        let secs: Vec<u64> = (1..=8).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(retry_delay(u32::MAX).as_secs(), 30);
+    }
 
     #[test]
     fn names_fit_ifnamsiz_and_are_stable() {

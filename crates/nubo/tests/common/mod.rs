@@ -157,26 +157,13 @@ impl Cloud {
     /// second server up.
     pub fn two_servers() -> Option<Self> {
         let mut c = Self::fresh(false);
-        let db = c.db.as_ref()?.url.clone();
+        c.db.as_ref()?;
         c.start_server();
         let dir = c.dir.path().join("server-b");
         std::fs::create_dir_all(&dir).expect("server-b dir");
         std::fs::copy(c.dir.path().join("secret.key"), dir.join("secret.key")).expect("copy the sealing key");
         let listen = format!("127.0.0.1:{}", free_port());
-        let mut cmd = Command::new(nubo_bin());
-        cmd.arg("server")
-            .arg("--data-dir")
-            .arg(&dir)
-            .arg("--listen")
-            .arg(&listen)
-            .arg("--port-range")
-            .arg(&c.port_range)
-            .arg("--database")
-            .arg(&db)
-            .env("NUBO_IMAGE_CACHE", image_cache())
-            .env("RUST_LOG", "info")
-            .stdout(c.log("server-b.log"))
-            .stderr(c.log("server-b.log"));
+        let mut cmd = c.server_command(false, &dir, &listen, "server-b.log");
         c.second = Some(cmd.spawn().expect("spawn the second nubo server"));
         wait_until("the second server's admin.env", Duration::from_secs(120), || {
             std::fs::read_to_string(dir.join("admin.env")).ok()
@@ -223,27 +210,35 @@ impl Cloud {
         std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(name)).expect("log file")
     }
 
-    pub fn start_server(&mut self) {
-        let env_file = self.dir.path().join("admin.env");
-        let _ = std::fs::remove_file(&env_file);
+    /// `nubo up` (all in one) or `nubo server` with its data in `dir`,
+    /// listening on `listen`, logging to `log` in the cloud's directory:
+    /// this cloud's port window, database and extra server arguments.
+    fn server_command(&self, all_in_one: bool, dir: &Path, listen: &str, log: &str) -> Command {
         let mut cmd = Command::new(nubo_bin());
-        if self.all_in_one {
+        if all_in_one {
             cmd.arg("up").args(HOST_ARGS).arg("--host-name").arg("test-host");
         } else {
             cmd.arg("server");
         }
         cmd.arg("--data-dir")
-            .arg(self.dir.path())
+            .arg(dir)
             .arg("--listen")
-            .arg(&self.listen)
+            .arg(listen)
             .arg("--port-range")
             .arg(&self.port_range)
             .args(self.db.iter().flat_map(|db| ["--database", db.url.as_str()]))
             .args(&self.server_args)
             .env("NUBO_IMAGE_CACHE", image_cache())
             .env("RUST_LOG", "info")
-            .stdout(self.log("server.log"))
-            .stderr(self.log("server.log"));
+            .stdout(self.log(log))
+            .stderr(self.log(log));
+        cmd
+    }
+
+    pub fn start_server(&mut self) {
+        let env_file = self.dir.path().join("admin.env");
+        let _ = std::fs::remove_file(&env_file);
+        let mut cmd = self.server_command(self.all_in_one, self.dir.path(), &self.listen, "server.log");
         self.server = Some(cmd.spawn().expect("spawn nubo"));
         let text = wait_until("admin.env", Duration::from_secs(600), || std::fs::read_to_string(&env_file).ok());
         let get = |k: &str| {
