@@ -9,23 +9,32 @@
 # own, among them the two-server test that only runs there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each phase prints when it starts, in seconds since this script began, so
+# a slow CI run says where its time went.
+phase() { echo "== [${SECONDS} s] $*"; }
+phase "packages"
 scripts/install-deps.sh
 export NUBO_IMAGE_CACHE="${NUBO_IMAGE_CACHE:-$PWD/.cache/images}"
+phase "rustfmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The guest agent goes into the tiny image as a static binary; an explicit
 # --target keeps crt-static away from build scripts and proc-macros.
+phase "the static guest agent"
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build -q --release -p nubo-guest-agent --target x86_64-unknown-linux-gnu
 export NUBO_GUEST_AGENT="${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release/nubo-guest-agent"
 # Build the shared image up front so parallel tests do not all wait on it.
+phase "the tiny image"
 cargo run -q -p nubo -- image build tiny --cache "$NUBO_IMAGE_CACHE"
 if cargo nextest --version >/dev/null 2>&1; then
   RUN=(cargo nextest run)
 else
   RUN=(cargo test)
 fi
+phase "the tests on SQLite"
 "${RUN[@]}" --workspace --no-fail-fast
+phase "the tests on PostgreSQL"
 NUBO_TEST_DATABASE="$(scripts/postgres.sh)"
 export NUBO_TEST_DATABASE
 status=0
@@ -38,4 +47,5 @@ status=0
 "${RUN[@]}" -p nubo --no-fail-fast \
   --test vm_lifecycle --test restarts --test servers --test networks \
   --test tenancy_cli --test tls || status=$?
+phase "done (exit $status)"
 exit "$status"

@@ -15,6 +15,12 @@ use std::net::Ipv4Addr;
 /// The first VXLAN id handed out (low ids are left to the operator).
 const FIRST_VNI: i64 = 1000;
 
+/// The networks a host (`$1`) has ports on: its live instances' and those
+/// of instances being migrated to it. A subquery, with aliases of its own.
+const LOCAL_NETWORKS: &str = "SELECT lp.network_id FROM network_ports lp JOIN instances li ON li.id = lp.instance_id
+     WHERE li.state <> 'terminated' AND (li.host_id = $1 OR lp.instance_id IN
+       (SELECT instance_id FROM migrations WHERE target_host = $1 AND state IN ('preparing', 'migrating')))";
+
 #[derive(Debug, Clone, FromRow)]
 pub struct NetworkRow {
     pub id: String,
@@ -247,26 +253,21 @@ impl Store {
         host: &str,
     ) -> Result<(HashMap<String, Vec<DesiredNic>>, Vec<DesiredNetwork>), sqlx::Error> {
         // Most hosts (and every host of a cloud without networks) have no
-        // port: one indexed lookup, before reading every network's ports.
-        let any_local: Option<String> = sqlx::query_scalar(
-            "SELECT p.instance_id FROM network_ports p JOIN instances i ON i.id = p.instance_id
-             WHERE i.state <> 'terminated' AND (i.host_id = $1 OR p.instance_id IN
-               (SELECT instance_id FROM migrations WHERE target_host = $1 AND state IN ('preparing', 'migrating')))
-             LIMIT 1",
-        )
-        .bind(host)
-        .fetch_optional(&self.pool)
-        .await?;
+        // port: one indexed lookup, before reading the networks' ports.
+        let any_local: Option<String> =
+            sqlx::query_scalar(&format!("{LOCAL_NETWORKS} LIMIT 1")).bind(host).fetch_optional(&self.pool).await?;
         if any_local.is_none() {
             return Ok((HashMap::new(), Vec::new()));
         }
-        // Every live port with its host: peers and source groups need the
-        // ports elsewhere too.
-        let mut ports: Vec<(String, String, i64, String, String, Option<String>)> = sqlx::query_as(
+        // Every live port of the networks this host has ports on, with its
+        // host: peers and source groups need the ports elsewhere too. Other
+        // networks cannot reach this host's ports, so they are not read.
+        let mut ports: Vec<(String, String, i64, String, String, Option<String>)> = sqlx::query_as(&format!(
             "SELECT p.instance_id, p.network_id, p.nic_index, p.mac, p.address, i.host_id FROM network_ports p
              JOIN instances i ON i.id = p.instance_id
-             WHERE i.state <> 'terminated' ORDER BY p.instance_id, p.nic_index",
-        )
+             WHERE i.state <> 'terminated' AND p.network_id IN ({LOCAL_NETWORKS}) ORDER BY p.instance_id, p.nic_index"
+        ))
+        .bind(host)
         .fetch_all(&self.pool)
         .await?;
         // An instance being migrated has its ports on both hosts meanwhile.
@@ -303,18 +304,30 @@ impl Store {
                 .collect();
         // Security groups: each instance's groups, each group's ingress
         // rules, and each group's members (for rules by source group).
-        let memberships: Vec<(String, String)> =
-            sqlx::query_as("SELECT instance_id, group_id FROM instance_security_groups").fetch_all(&self.pool).await?;
+        // Only the members on this host's networks matter (a source group
+        // is resolved to addresses on the port's network), and only the
+        // rules of their groups.
+        let on_local_networks =
+            format!("SELECT np.instance_id FROM network_ports np WHERE np.network_id IN ({LOCAL_NETWORKS})");
+        let memberships: Vec<(String, String)> = sqlx::query_as(&format!(
+            "SELECT instance_id, group_id FROM instance_security_groups WHERE instance_id IN ({on_local_networks})"
+        ))
+        .bind(host)
+        .fetch_all(&self.pool)
+        .await?;
         let mut groups_of: HashMap<&str, Vec<&str>> = HashMap::new();
         let mut members_of: HashMap<&str, Vec<&str>> = HashMap::new();
         for (i, g) in &memberships {
             groups_of.entry(i.as_str()).or_default().push(g.as_str());
             members_of.entry(g.as_str()).or_default().push(i.as_str());
         }
-        let rules: Vec<crate::security_groups::RuleRow> = sqlx::query_as(
+        let rules: Vec<crate::security_groups::RuleRow> = sqlx::query_as(&format!(
             "SELECT id, group_id, direction, protocol, from_port, to_port, cidr, source_group_id, description
-             FROM security_group_rules WHERE direction = 'ingress' ORDER BY id",
-        )
+             FROM security_group_rules WHERE direction = 'ingress' AND group_id IN
+               (SELECT group_id FROM instance_security_groups WHERE instance_id IN ({on_local_networks}))
+             ORDER BY id"
+        ))
+        .bind(host)
         .fetch_all(&self.pool)
         .await?;
         let local_nets: Vec<&str> = {
