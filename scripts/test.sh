@@ -24,14 +24,19 @@ phase "the static guest agent"
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build -q --release -p nubo-guest-agent --target x86_64-unknown-linux-gnu
 export NUBO_GUEST_AGENT="${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release/nubo-guest-agent"
-# Build the shared image up front so parallel tests do not all wait on it.
-phase "the tiny image"
-cargo run -q -p nubo -- image build tiny --cache "$NUBO_IMAGE_CACHE"
 if cargo nextest --version >/dev/null 2>&1; then
   RUN=(cargo nextest run)
 else
   RUN=(cargo test)
 fi
+# The tests' build first, and the shared image built with its `nubo`, so
+# parallel tests do not all wait on the image. (`cargo run -p nubo` would
+# build every dependency a second time: without the test targets, cargo
+# unifies their features differently.)
+phase "the test build"
+"${RUN[@]}" --workspace --no-run
+phase "the tiny image"
+"${CARGO_TARGET_DIR:-$PWD/target}/debug/nubo" image build tiny --cache "$NUBO_IMAGE_CACHE"
 phase "the tests on SQLite"
 "${RUN[@]}" --workspace --no-fail-fast
 phase "the tests on PostgreSQL"
