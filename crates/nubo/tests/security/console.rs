@@ -1,0 +1,1 @@
+//! Attacks on the `console` boundary (see main.rs).

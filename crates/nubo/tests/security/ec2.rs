@@ -1,0 +1,1 @@
+//! Attacks on the `ec2` boundary (see main.rs).

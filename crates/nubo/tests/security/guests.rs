@@ -1,0 +1,1 @@
+//! Attacks on the `guests` boundary (see main.rs).

@@ -1,0 +1,1 @@
+//! Attacks on the `host_liveness` boundary (see main.rs).

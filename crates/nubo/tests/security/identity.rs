@@ -1,0 +1,1 @@
+//! Attacks on the `identity` boundary (see main.rs).

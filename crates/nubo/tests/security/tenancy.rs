@@ -1,0 +1,1 @@
+//! Attacks on the `tenancy` boundary (see main.rs).

@@ -1,0 +1,1 @@
+//! Attacks on the `webhooks` boundary (see main.rs).
