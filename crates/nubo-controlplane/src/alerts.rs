@@ -2,7 +2,8 @@
 //! hard states, the alerts they raise (pending, firing, resolved; with
 //! acknowledgement and silences), and their notifications: always an
 //! entry in the event log, and a JSON POST to the rule's webhook, retried
-//! with backoff and then marked failed. An alert fires once per breach:
+//! with backoff and then marked failed (delivered by `webhooks`, which
+//! also decides where a webhook may go). An alert fires once per breach:
 //! it notifies when it starts firing and when it is resolved, never again
 //! in between.
 
@@ -127,6 +128,14 @@ impl Store {
         sqlx::query_as("SELECT * FROM alert_rules WHERE ($1 IS NULL OR project_id = $1) ORDER BY name")
             .bind(project)
             .fetch_all(&self.pool)
+            .await
+    }
+
+    /// How many alert rules `project` has.
+    pub async fn rule_count(&self, project: &str) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM alert_rules WHERE project_id = $1")
+            .bind(project)
+            .fetch_one(&self.pool)
             .await
     }
 
@@ -496,21 +505,23 @@ impl Store {
     }
 }
 
-/// Posts due notifications to their webhooks, once each attempt.
-pub async fn deliver(store: &Store, http: &reqwest::Client) -> Result<usize, sqlx::Error> {
-    let due = store.due_notifications().await?;
+/// One round of delivery, all at once, waiting for every attempt (each
+/// at most `webhooks::REQUEST_TIMEOUT`): for tests that run a round and
+/// look. The server delivers from its own task (`webhooks::Dispatcher`).
+pub async fn deliver(store: &Store, client: &crate::webhooks::WebhookClient) -> Result<usize, sqlx::Error> {
+    let mut attempts = tokio::task::JoinSet::new();
+    for n in store.due_notifications().await? {
+        let (store, client) = (store.clone(), client.clone());
+        attempts.spawn(async move { crate::webhooks::attempt(&store, &client, &n).await });
+    }
     let mut sent = 0;
-    for n in due {
-        let result = http.post(&n.url).header("content-type", "application/json").body(n.payload.clone()).send().await;
-        let error = match result {
-            Ok(r) if r.status().is_success() => None,
-            Ok(r) => Some(format!("the webhook answered HTTP {}", r.status().as_u16())),
-            Err(e) => Some(format!("cannot reach the webhook: {e}")),
-        };
-        if error.is_none() {
-            sent += 1;
+    while let Some(done) = attempts.join_next().await {
+        match done {
+            Ok(Ok(true)) => sent += 1,
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => tracing::error!(error = %e, "a webhook delivery task failed"),
         }
-        store.record_delivery(&n, error).await?;
     }
     Ok(sent)
 }

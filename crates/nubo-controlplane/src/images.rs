@@ -58,6 +58,70 @@ pub struct NewImage<'a> {
     pub source_instance: Option<&'a str>,
 }
 
+/// A project's image bytes against its quota, when an image does not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageQuotaUsage {
+    pub used: u64,
+    pub quota: u64,
+    /// What the refused image needed.
+    pub needed: u64,
+}
+
+/// Takes the project's row lock (so two uploads of one project cannot
+/// both fit in the room left for one; SQLite's writer lock does the same),
+/// and returns the bytes its images keep or are receiving, except `except`'s.
+async fn lock_image_usage(
+    tx: &mut crate::store::Tx<'_>,
+    project: &str,
+    except: Option<&str>,
+) -> Result<u64, sqlx::Error> {
+    sqlx::query("UPDATE projects SET quota_volume_gib = quota_volume_gib WHERE id = $1")
+        .bind(project)
+        .execute(&mut **tx)
+        .await?;
+    let used: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM images
+         WHERE project_id = $1 AND state IN ('queued', 'saving', 'active') AND id <> $2",
+    )
+    .bind(project)
+    .bind(except.unwrap_or(""))
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(used.max(0) as u64)
+}
+
+async fn insert_image_on<'e, E>(exec: E, n: &NewImage<'_>) -> Result<bool, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = crate::store::Db>,
+{
+    let now = now_ms();
+    let r = sqlx::query(
+        "INSERT INTO images (id, name, project_id, visibility, source, state, description, disk_format,
+           size_bytes, min_disk_gib, min_memory_mib, kernel_image, parent_id, source_instance,
+           created_at_ms, updated_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(n.id.as_str())
+    .bind(n.name)
+    .bind(n.project_id)
+    .bind(n.visibility)
+    .bind(n.source)
+    .bind(n.state)
+    .bind(n.description)
+    .bind(n.disk_format)
+    .bind(n.size_bytes.map(|s| s as i64))
+    .bind(n.min_disk_gib as i64)
+    .bind(n.min_memory_mib as i64)
+    .bind(n.kernel_image)
+    .bind(n.parent_id)
+    .bind(n.source_instance)
+    .bind(now)
+    .execute(exec)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
 /// Why an image cannot be deleted.
 #[derive(Debug)]
 pub enum ImageInUse {
@@ -88,32 +152,61 @@ impl Store {
 
     /// Inserts a registry image; false when the project already has one by that name.
     pub async fn insert_image(&self, n: &NewImage<'_>) -> Result<bool, sqlx::Error> {
-        let now = now_ms();
-        let r = sqlx::query(
-            "INSERT INTO images (id, name, project_id, visibility, source, state, description, disk_format,
-               size_bytes, min_disk_gib, min_memory_mib, kernel_image, parent_id, source_instance,
-               created_at_ms, updated_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)
-             ON CONFLICT DO NOTHING",
+        insert_image_on(&self.pool, n).await
+    }
+
+    /// Inserts an imported image whose declared size counts against the
+    /// project's image quota at once (the upload can never be larger), if
+    /// it fits: `Ok(Err(usage))` when it does not.
+    pub async fn insert_image_within_quota(
+        &self,
+        n: &NewImage<'_>,
+        quota: u64,
+    ) -> Result<Result<bool, ImageQuotaUsage>, sqlx::Error> {
+        let mut tx = self.begin().await?;
+        let used = lock_image_usage(&mut tx, n.project_id, None).await?;
+        let needed = n.size_bytes.unwrap_or(0);
+        if used.saturating_add(needed) > quota {
+            return Ok(Err(ImageQuotaUsage { used, quota, needed }));
+        }
+        let inserted = insert_image_on(&mut *tx, n).await?;
+        tx.commit().await?;
+        Ok(Ok(inserted))
+    }
+
+    /// Reserves `size` bytes of the project's image quota for the file of
+    /// image `id` (an instance snapshot arriving), if it fits.
+    pub async fn reserve_image_bytes(
+        &self,
+        project: &str,
+        id: &str,
+        size: u64,
+        quota: u64,
+    ) -> Result<Result<(), ImageQuotaUsage>, sqlx::Error> {
+        let mut tx = self.begin().await?;
+        let used = lock_image_usage(&mut tx, project, Some(id)).await?;
+        if used.saturating_add(size) > quota {
+            return Ok(Err(ImageQuotaUsage { used, quota, needed: size }));
+        }
+        sqlx::query("UPDATE images SET size_bytes = $1 WHERE id = $2")
+            .bind(size as i64)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Bytes of image files the project keeps or is receiving.
+    pub async fn image_bytes_used(&self, project: &str) -> Result<u64, sqlx::Error> {
+        let used: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM images
+             WHERE project_id = $1 AND state IN ('queued', 'saving', 'active')",
         )
-        .bind(n.id.as_str())
-        .bind(n.name)
-        .bind(n.project_id)
-        .bind(n.visibility)
-        .bind(n.source)
-        .bind(n.state)
-        .bind(n.description)
-        .bind(n.disk_format)
-        .bind(n.size_bytes.map(|s| s as i64))
-        .bind(n.min_disk_gib as i64)
-        .bind(n.min_memory_mib as i64)
-        .bind(n.kernel_image)
-        .bind(n.parent_id)
-        .bind(n.source_instance)
-        .bind(now)
-        .execute(&self.pool)
+        .bind(project)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(r.rows_affected() == 1)
+        Ok(used.max(0) as u64)
     }
 
     pub async fn image(&self, id: &str) -> Result<Option<ImageRow>, sqlx::Error> {

@@ -43,6 +43,7 @@ pub mod tsdb;
 pub mod validate;
 pub mod volumes;
 pub mod wakeups;
+pub mod webhooks;
 
 use nubo_scheduler::{HostSnapshot, Policy};
 use std::net::SocketAddr;
@@ -86,6 +87,15 @@ pub struct Config {
     pub region: String,
     /// Instance types the EC2 API launches by.
     pub instance_types: instance_types::InstanceTypes,
+    /// Special addresses (loopback, private, link-local...) webhooks may
+    /// still go to: the operator's own receivers. Empty: none.
+    pub webhook_allow: Vec<ipnet::IpNet>,
+    /// Alert rules one project may have.
+    pub max_alert_rules_per_project: u32,
+    /// Service policies one project may have.
+    pub max_policies_per_project: u32,
+    /// Bytes of image files one project may keep (imports and snapshots).
+    pub image_quota_bytes: u64,
 }
 
 impl Config {
@@ -102,10 +112,15 @@ impl Config {
             session_ttl: Duration::from_secs(12 * 3600),
             ldap: None,
             availability_zone: "nubo-1a".into(),
-            max_image_bytes: 256 << 30,
+            // Larger than any cloud image, and well under a project's quota.
+            max_image_bytes: 32 << 30,
             retention: tsdb::Retention::default(),
             region: "nubo-1".into(),
             instance_types: instance_types::InstanceTypes::default(),
+            webhook_allow: Vec::new(),
+            max_alert_rules_per_project: 100,
+            max_policies_per_project: 100,
+            image_quota_bytes: 50 << 30,
         }
     }
 }

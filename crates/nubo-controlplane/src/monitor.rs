@@ -1,7 +1,8 @@
 //! The control plane's own monitoring work, on timers: rolling up and
 //! expiring metrics (every minute), judging host heartbeats and
-//! evaluating alert rules (every couple of seconds), and delivering
-//! webhook notifications (every second, with backoff per notification),
+//! evaluating alert rules (every couple of seconds), and handing due
+//! webhook notifications to their delivery task (every second; the task
+//! POSTs them, see `webhooks`, so no webhook can hold these rounds up),
 //! and automation: service policies and instance groups (every 2 s).
 //! One task per server; each round is a plain function so tests can run
 //! one round and look. With several servers on one database, only the
@@ -65,11 +66,12 @@ pub async fn release(ctx: &Ctx) {
 
 /// Runs until the process ends.
 pub async fn run(ctx: Arc<Ctx>) {
-    let http = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
-        Ok(c) => c,
+    let dispatcher = match crate::webhooks::WebhookClient::new(&ctx.config.webhook_allow) {
+        Ok(client) => Some(crate::webhooks::Dispatcher::start(ctx.store.clone(), client)),
         Err(e) => {
+            // Alerts, automation and failover still run; only webhooks stop.
             tracing::error!(error = %e, "cannot build the webhook client; notifications will not be delivered");
-            return;
+            None
         }
     };
     let mut last_rollup: Option<Instant> = None;
@@ -124,8 +126,10 @@ pub async fn run(ctx: Arc<Ctx>) {
                 tracing::warn!(error = %e, "down-host round failed");
             }
         }
-        if let Err(e) = crate::alerts::deliver(&ctx.store, &http).await {
-            tracing::warn!(error = %e, "notification delivery failed");
+        if let Some(d) = &dispatcher {
+            if let Err(e) = d.enqueue_due(&ctx.store).await {
+                tracing::warn!(error = %e, "cannot hand notifications to the webhook task; retrying next round");
+            }
         }
         tokio::time::sleep(DELIVER_EVERY).await;
     }

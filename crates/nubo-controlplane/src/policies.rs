@@ -298,6 +298,14 @@ impl Store {
             .await
     }
 
+    /// How many policies `project` has.
+    pub async fn policy_count(&self, project: &str) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM policies WHERE project_id = $1")
+            .bind(project)
+            .fetch_one(&self.pool)
+            .await
+    }
+
     pub async fn policy_by_name(&self, project: &str, name: &str) -> Result<Option<PolicyRow>, sqlx::Error> {
         sqlx::query_as("SELECT * FROM policies WHERE project_id = $1 AND name = $2")
             .bind(project)

@@ -113,7 +113,8 @@ async fn checks_go_soft_then_hard_and_alerts_notify_a_webhook_with_retries() {
         axum::serve(listener, app).await.unwrap();
     });
 
-    let t = T::new().await;
+    // The receivers are on loopback, which only an operator's allow-list opens.
+    let t = T::with(allow_loopback).await;
     let (host, cred) = t.add_host_with_id().await;
     let admin = t.admin.clone();
     let id = instance(&t, &admin, &[80]).await;
@@ -203,7 +204,7 @@ async fn checks_go_soft_then_hard_and_alerts_notify_a_webhook_with_retries() {
     let alerts = t.ok("GET", "/api/v1/alerts", &admin, None).await;
     assert_eq!(alerts.as_array().unwrap().len(), 1);
     assert_eq!(alerts[0]["notifications"].as_array().unwrap().len(), 1, "one notification per breach");
-    let http = reqwest::Client::new();
+    let http = webhook_client(&t);
     for _ in 0..40 {
         nubo_controlplane::alerts::deliver(&t.ctx.store, &http).await.unwrap();
         if !got.lock().unwrap().is_empty() {
@@ -235,7 +236,7 @@ async fn checks_go_soft_then_hard_and_alerts_notify_a_webhook_with_retries() {
 
 #[tokio::test]
 async fn metric_rules_hold_before_firing_and_failed_deliveries_are_marked() {
-    let t = T::new().await;
+    let t = T::with(allow_loopback).await;
     let (host, cred) = t.add_host_with_id().await;
     let admin = t.admin.clone();
     let id = instance(&t, &admin, &[]).await;
@@ -257,7 +258,7 @@ async fn metric_rules_hold_before_firing_and_failed_deliveries_are_marked() {
     assert_eq!(alerts[0]["state"], "firing", "{alerts}");
     assert_eq!(alerts[0]["value"], 95.0);
     // Deliveries fail and back off; after the last attempt the notification is failed.
-    let http = reqwest::Client::new();
+    let http = webhook_client(&t);
     let store = &t.ctx.store;
     for _ in 0..nubo_controlplane::alerts::MAX_ATTEMPTS {
         // Make the next attempt due at once instead of waiting out the backoff.
@@ -287,6 +288,16 @@ async fn metric_rules_hold_before_firing_and_failed_deliveries_are_marked() {
         let (s, v) = t.call("POST", "/api/v1/alert-rules", Some(&admin), Some(bad.clone())).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
     }
+}
+
+/// The settings of a cloud whose operator lets webhooks reach loopback.
+fn allow_loopback(c: &mut nubo_controlplane::Config) {
+    c.webhook_allow = vec!["127.0.0.0/8".parse().unwrap()];
+}
+
+/// The webhook client of `t`'s server (its allow-list).
+fn webhook_client(t: &T) -> nubo_controlplane::webhooks::WebhookClient {
+    nubo_controlplane::webhooks::WebhookClient::new(&t.ctx.config.webhook_allow).unwrap()
 }
 
 /// Makes every pending notification due now (the test does not wait out backoffs).

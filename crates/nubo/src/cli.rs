@@ -343,6 +343,50 @@ pub struct ServerArgs {
     /// DATA_DIR/nubo.db. Image files and the sealing key stay in DATA_DIR.
     #[arg(long, value_name = "URL", env = "NUBO_DATABASE")]
     pub database: Option<String>,
+    /// Let alert and policy webhooks reach this range although it is
+    /// loopback, private, link-local or otherwise special (repeatable; an
+    /// address or a CIDR, e.g. 10.0.0.0/8 for receivers on your own network).
+    /// Without it webhooks go to public addresses only.
+    #[arg(long = "webhook-allow", value_name = "CIDR", value_parser = parse_cidr)]
+    pub webhook_allow: Vec<ipnet::IpNet>,
+    /// Alert rules one project may have.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub max_alert_rules_per_project: u32,
+    /// Service policies one project may have.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub max_policies_per_project: u32,
+    /// Image files one project may keep in the registry, imports and
+    /// instance snapshots together (e.g. 50GiB, 500MiB).
+    #[arg(long, default_value = "50GiB", value_name = "SIZE", value_parser = parse_size)]
+    pub image_quota: u64,
+    /// The largest image file accepted (e.g. 32GiB).
+    #[arg(long, default_value = "32GiB", value_name = "SIZE", value_parser = parse_size)]
+    pub max_image_size: u64,
+}
+
+/// An address (one host) or a CIDR.
+fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("'{s}' is not an address or a CIDR such as 10.0.0.0/8 or fd00::/8"))
+}
+
+/// A size in bytes, or with a unit: KiB, MiB, GiB, TiB (K, M, G, T are the same).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("'{s}' is not a size such as 50GiB, 500MiB or 1048576"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        other => return Err(format!("'{other}' is not a size unit: use KiB, MiB, GiB or TiB")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("'{s}' is too large"))
 }
 
 #[derive(Args, Clone)]

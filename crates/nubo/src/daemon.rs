@@ -65,6 +65,11 @@ async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
     config.port_range = a.port_range;
     config.rate_per_sec = a.api_rate_limit;
     config.database = a.database.clone();
+    config.webhook_allow = a.webhook_allow.clone();
+    config.max_alert_rules_per_project = a.max_alert_rules_per_project;
+    config.max_policies_per_project = a.max_policies_per_project;
+    config.image_quota_bytes = a.image_quota;
+    config.max_image_bytes = a.max_image_size;
     config.policy.weigher = a.weigher.parse().map_err(anyhow::Error::msg)?;
     if let Some(path) = &a.ldap_config {
         let text = std::fs::read_to_string(path)

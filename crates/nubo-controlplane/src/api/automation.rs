@@ -69,6 +69,23 @@ pub async fn apply(
             )));
         }
     }
+    for a in &doc.actions {
+        if let nubo_api::automation::PolicyAction::Notify { webhook } = a {
+            crate::webhooks::check_url(webhook, &ctx.config.webhook_allow)
+                .map_err(|e| AppError::BadRequest(format!("policy '{}': notify.webhook {e}", doc.name)))?;
+        }
+    }
+    if ctx.store.policy_by_name(&project, &doc.name).await?.is_none() {
+        let max = ctx.config.max_policies_per_project;
+        if ctx.store.policy_count(&project).await? >= i64::from(max) {
+            return Err(AppError::QuotaExceeded(format!(
+                "policy '{}' not created: the project already has {max} policies, the most this cloud allows; \
+                 delete policies it no longer needs (`nubo policy delete NAME`) or ask an operator to raise the \
+                 limit (nubo server --max-policies-per-project N)",
+                doc.name
+            )));
+        }
+    }
     let row = ctx.store.upsert_policy(&project, &doc).await?;
     tracing::info!(policy = %row.name, dry_run = doc.dry_run, "policy applied");
     Ok(Json(policy_view(&ctx, row, 0).await?))

@@ -170,23 +170,27 @@ pub async fn create(
     let id = ImageId::generate();
     let inserted = ctx
         .store
-        .insert_image(&NewImage {
-            id: &id,
-            name: &p.name,
-            project_id: &project,
-            visibility,
-            source: "import",
-            state: "queued",
-            description: &description,
-            disk_format: Some(format.as_str()),
-            size_bytes: Some(p.size_bytes),
-            min_disk_gib,
-            min_memory_mib,
-            kernel_image: p.kernel_image.as_deref(),
-            parent_id: None,
-            source_instance: None,
-        })
-        .await?;
+        .insert_image_within_quota(
+            &NewImage {
+                id: &id,
+                name: &p.name,
+                project_id: &project,
+                visibility,
+                source: "import",
+                state: "queued",
+                description: &description,
+                disk_format: Some(format.as_str()),
+                size_bytes: Some(p.size_bytes),
+                min_disk_gib,
+                min_memory_mib,
+                kernel_image: p.kernel_image.as_deref(),
+                parent_id: None,
+                source_instance: None,
+            },
+            ctx.config.image_quota_bytes,
+        )
+        .await?
+        .map_err(|usage| over_quota(&caller, &p.name, usage))?;
     if !inserted {
         return Err(AppError::Conflict(format!(
             "this project already has an image named '{}': pick another name, or delete that one first",
@@ -200,6 +204,29 @@ pub async fn create(
     let row = ctx.store.image(id.as_str()).await?.ok_or_else(|| AppError::internal("image vanished"))?;
     tracing::info!(image = %id, name = %p.name, %format, size = p.size_bytes, "image registered");
     Ok((StatusCode::CREATED, Json(view_one(&ctx, row).await?)))
+}
+
+/// Bytes as people read them.
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= GIB => format!("{:.1} GiB", b as f64 / GIB as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{b} bytes"),
+    }
+}
+
+/// The refusal of an image that does not fit the project's image quota.
+fn over_quota(caller: &Caller, name: &str, u: crate::images::ImageQuotaUsage) -> AppError {
+    let project = caller.project_id.clone().unwrap_or_default();
+    tracing::info!(%project, image = %name, used = u.used, needed = u.needed, quota = u.quota, "image refused: over the image quota");
+    AppError::QuotaExceeded(format!(
+        "image '{name}' does not fit the project's image quota: {} of {} used, and it needs {} more; \
+         delete images the project no longer needs (`nubo image delete NAME`) or ask an operator to raise the \
+         quota (nubo server --image-quota SIZE)",
+        human(u.used),
+        human(u.quota),
+        human(u.needed)
+    ))
 }
 
 /// A refused or failed upload as the user sees it.
@@ -224,6 +251,7 @@ pub async fn upload(
     caller: Caller,
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> AppResult<Json<Image>> {
     let row = load(&ctx, &caller, &id, Access::Write).await?;
@@ -231,6 +259,22 @@ pub async fn upload(
         return Err(AppError::Conflict(format!(
             "image {} is {}, not waiting for its file: register a new image to upload another file",
             row.id, row.state
+        )));
+    }
+    // A body announced larger than the registered size is refused before a
+    // byte is read; one that only turns out larger is cut off at the
+    // registered size while it streams (`store_upload`), and that size is
+    // what the project's image quota already counts.
+    let declared = row.size_bytes.unwrap_or(0).max(0) as u64;
+    let announced = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(n) = announced.filter(|n| *n > declared) {
+        tracing::info!(image = %row.id, declared, announced = n, "image upload refused: larger than registered");
+        // Nothing is kept of a refused image: its row goes (no file was written).
+        ctx.store.delete_image(&row.id).await?;
+        return Err(AppError::PayloadTooLarge(format!(
+            "image {} was registered with size_bytes {declared} and this upload is {n} bytes; nothing was kept: \
+             register the image again with its real size",
+            row.id
         )));
     }
     let format: DiskFormat =
@@ -326,6 +370,15 @@ pub async fn snapshot_instance(
     let description = p.description.clone().unwrap_or_else(|| format!("snapshot of instance {}", inst.id));
     if description.len() > 1024 {
         return Err(AppError::BadRequest("description is at most 1024 bytes".into()));
+    }
+    let (used, quota) = (ctx.store.image_bytes_used(&project).await?, ctx.config.image_quota_bytes);
+    if used >= quota {
+        return Err(AppError::QuotaExceeded(format!(
+            "the project's image quota is used up ({} of {}): delete images it no longer needs \
+             (`nubo image delete NAME`) or ask an operator to raise the quota (nubo server --image-quota SIZE)",
+            human(used),
+            human(quota)
+        )));
     }
     let image_id = ImageId::generate();
     let inserted = ctx
@@ -425,6 +478,23 @@ pub async fn agent_capture(
     }
     if q.size_bytes == 0 || q.size_bytes > ctx.config.max_image_bytes || !crate::registry::is_sha256(&q.sha256) {
         return Err(AppError::BadRequest("size_bytes or sha256 out of range".into()));
+    }
+    // The snapshot's size counts against its project's image quota before
+    // its bytes arrive (and the upload is cut off at that size).
+    let project = row.project_id.clone().unwrap_or_default();
+    if let Err(u) = ctx.store.reserve_image_bytes(&project, &row.id, q.size_bytes, ctx.config.image_quota_bytes).await?
+    {
+        let message = format!(
+            "the snapshot ({}) does not fit the project's image quota: {} of {} used; delete images the project \
+             no longer needs (`nubo image delete NAME`) or ask an operator to raise the quota (nubo server --image-quota SIZE)",
+            human(u.needed),
+            human(u.used),
+            human(u.quota)
+        );
+        tracing::info!(image = %row.id, %project, "instance snapshot refused: over the image quota");
+        ctx.store.fail_image(&row.id, &message).await?;
+        ctx.bump();
+        return Err(AppError::QuotaExceeded(message));
     }
     match ctx.registry.store_upload(body, q.size_bytes, Some(&q.sha256), DiskFormat::Qcow2).await {
         Ok(stored) => {

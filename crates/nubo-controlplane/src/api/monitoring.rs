@@ -493,13 +493,18 @@ pub async fn create_rule(
         }
     }
     if let Some(url) = &p.webhook_url {
-        let ok = (url.starts_with("http://") || url.starts_with("https://"))
-            && url.len() <= 2048
-            && reqwest::Url::parse(url).is_ok();
-        if !ok {
-            return Err(AppError::BadRequest("webhook_url must be an http:// or https:// URL".into()));
-        }
+        crate::webhooks::check_url(url, &ctx.config.webhook_allow)
+            .map_err(|e| AppError::BadRequest(format!("alert rule '{}': webhook_url {e}", p.name)))?;
         rule.webhook_url = Some(url.clone());
+    }
+    let max = ctx.config.max_alert_rules_per_project;
+    if ctx.store.rule_count(rule.project_id.as_deref().unwrap_or_default()).await? >= i64::from(max) {
+        return Err(AppError::QuotaExceeded(format!(
+            "alert rule '{}' not created: the project already has {max} alert rules, the most this cloud allows; \
+             delete rules it no longer needs (`nubo alert rule delete ID`) or ask an operator to raise the limit \
+             (nubo server --max-alert-rules-per-project N)",
+            p.name
+        )));
     }
     if !ctx.store.insert_rule(&rule).await? {
         return Err(AppError::Conflict(format!("the project already has an alert rule named '{}'", p.name)));

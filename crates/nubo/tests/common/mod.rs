@@ -142,6 +142,14 @@ impl Cloud {
         c
     }
 
+    /// `nubo up ARGS...` in a fresh data directory.
+    pub fn up_with(args: &[&str]) -> Self {
+        let mut c = Self::fresh(true);
+        c.server_args = args.iter().map(|a| a.to_string()).collect();
+        c.start_server();
+        c
+    }
+
     /// `nubo server` and a separate `nubo agent` process.
     pub fn split() -> Self {
         let mut c = Self::fresh(false);
