@@ -1235,3 +1235,24 @@ pub enum SecurityGroupCmd {
         rule: String,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_cidrs_as_operators_write_them() {
+        assert_eq!(parse_size("50GiB"), Ok(50 << 30));
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size(" 2 G "), Ok(2 << 30));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        for bad in ["", "GiB", "5 parsecs", "-1G", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_cidr("10.0.0.0/8").map(|n| n.to_string()), Ok("10.0.0.0/8".into()));
+        assert_eq!(parse_cidr("127.0.0.1").map(|n| n.to_string()), Ok("127.0.0.1/32".into()));
+        assert_eq!(parse_cidr("fd00::/8").map(|n| n.to_string()), Ok("fd00::/8".into()));
+        assert!(parse_cidr("10.0.0.0/33").is_err() && parse_cidr("intranet").is_err());
+    }
+}

@@ -202,7 +202,7 @@ fn loopback_alias() -> String {
 
 #[test]
 fn webhooks_into_the_clouds_own_network_are_refused_at_creation_and_at_delivery() {
-    let cloud = Cloud::server_with(&["--heartbeat-timeout-secs", "600"]);
+    let cloud = Cloud::server_with(&["--heartbeat-timeout-secs", "600", "--max-policies-per-project", "1"]);
     let tenant = member(&cloud, "tenant", "mallory");
     let listener = Receiver::start(false);
     let port = listener.url.split(':').nth(2).and_then(|p| p.split('/').next()).expect("port").to_string();
@@ -232,11 +232,24 @@ fn webhooks_into_the_clouds_own_network_are_refused_at_creation_and_at_delivery(
         assert_eq!(status, 400, "policy notify to {url} was accepted: {v}");
     }
 
+    // Policies are capped per project (here at 1 by the operator): the
+    // refusal says what to do. (Names are not resolved at creation, and
+    // this policy never fires: nothing is looked up or sent.)
+    let policy = |name: &str| {
+        json!({"name": name, "scope": {"tag": {"key": "k"}}, "condition": {"metric": "cpu", "op": ">", "threshold": 1.0e12},
+            "actions": [{"notify": {"webhook": "https://hooks.example.com/nubo"}}]})
+    };
+    ok(&cloud, &tenant, "POST", "/api/v1/policies", Some(&policy("first")));
+    ok(&cloud, &tenant, "POST", "/api/v1/policies", Some(&policy("first")));
+    let (status, v) = call(&cloud, &tenant, "POST", "/api/v1/policies", Some(&policy("second")));
+    assert_eq!(status, 403, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap_or_default().contains("delete policies"), "{v}");
+
     // At delivery: a name that resolves to loopback is refused after
     // resolution, and nothing connects to the listener behind it.
     let host = FakeHost::join(&cloud);
     let id = launch(&cloud, &tenant);
-    host.running(&cloud, &[id.clone()]);
+    host.running(&cloud, std::slice::from_ref(&id));
     let alias = loopback_alias();
     let url = format!("http://{alias}:{port}/hook");
     ok(
@@ -248,7 +261,7 @@ fn webhooks_into_the_clouds_own_network_are_refused_at_creation_and_at_delivery(
             &json!({"name": "rebind", "kind": "metric", "target": id, "metric": "cpu", "op": ">", "threshold": 80, "webhook_url": url}),
         ),
     );
-    host.cpu(&cloud, &[id.clone()], 95.0);
+    host.cpu(&cloud, std::slice::from_ref(&id), 95.0);
     let notification = wait_until("the alert's first delivery attempt", Duration::from_secs(30), || {
         let alerts = ok(&cloud, &tenant, "GET", "/api/v1/alerts", None);
         let alert_id = alerts.as_array()?.first()?["id"].as_str()?.to_string();
@@ -307,7 +320,7 @@ fn black_hole_webhooks_of_one_project_do_not_delay_another_projects_alerts() {
     // more than one round of delay beyond that fails.
     let round = Duration::from_secs(2);
     let start = Instant::now();
-    host.cpu(&cloud, &[mine.clone()], 95.0);
+    host.cpu(&cloud, std::slice::from_ref(&mine), 95.0);
     let limit = round * 3 + Duration::from_secs(1);
     let arrived = wait_until("the victim's webhook", Duration::from_secs(20), || {
         good.posts.lock().unwrap().first().map(|(at, body)| (*at, body.clone()))
