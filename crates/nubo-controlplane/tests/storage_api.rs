@@ -359,3 +359,47 @@ async fn uploads_are_checked_against_size_checksum_and_content() {
     let (s, _) = t.call("POST", "/api/v1/images", Some(&admin), Some(register("good", 10, None))).await;
     assert_eq!(s, StatusCode::CONFLICT);
 }
+
+#[tokio::test]
+async fn instance_snapshots_count_against_the_image_quota() {
+    const MIB: u64 = 1 << 20;
+    let t = T::with(|c| c.image_quota_bytes = 2 * MIB).await;
+    let (host, cred) = t.add_host_with_id().await;
+    let alice = t.user("alice", "proj-a", "member").await;
+    let i = t
+        .ok(
+            "POST",
+            "/api/v1/instances",
+            &alice,
+            Some(json!({"image": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})),
+        )
+        .await;
+    let id = i["id"].as_str().unwrap().to_string();
+    report(&t, host.as_str(), &cred, json!({"instances": [{"id": id, "power": "running", "pid": 1, "error": null}]}))
+        .await;
+    let snap = t.ok("POST", &format!("/api/v1/instances/{id}/snapshot"), &alice, Some(json!({"name": "golden"}))).await;
+    let image = snap["id"].as_str().unwrap().to_string();
+    // The host's upload says 3 MiB: refused before a byte is read, and the
+    // image is failed with the reason (the host stops retrying).
+    let path = format!("/api/v1/agent/images/{image}/file?size_bytes={}&sha256={}", 3 * MIB, "a".repeat(64));
+    let (s, v) = t.raw("PUT", &path, Some(&cred), "application/octet-stream", vec![1u8; 1024]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(msg(&v).contains("image quota") && msg(&v).contains("2.0 MiB"), "{v}");
+    let shown = t.ok("GET", &format!("/api/v1/images/{image}"), &alice, None).await;
+    assert_eq!(shown["state"], "error", "{shown}");
+    assert!(shown["error"].as_str().unwrap_or_default().contains("image quota"), "{shown}");
+    // A project at its quota cannot ask for another snapshot.
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/v1/images",
+            Some(&alice),
+            Some(json!({"name": "fill", "disk_format": "raw", "size_bytes": 2 * MIB})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) =
+        t.call("POST", &format!("/api/v1/instances/{id}/snapshot"), Some(&alice), Some(json!({"name": "again"}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(msg(&v).contains("quota is used up") && msg(&v).contains("nubo image delete"), "{v}");
+}
