@@ -1009,3 +1009,67 @@ fn write_applied(dir: &VmDir, a: &Applied) {
         tracing::error!(path = %path.display(), error = %e, "cannot record applied state");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reconciler(dir: &std::path::Path) -> Reconciler {
+        let config = AgentConfig {
+            server_url: "http://127.0.0.1:9".into(),
+            join_token: None,
+            data_dir: dir.to_path_buf(),
+            image_cache: dir.join("images"),
+            name: "h".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            disk_gib: 1,
+            interval: Duration::from_millis(500),
+            stop_grace: Duration::from_secs(1),
+            ca_cert: None,
+            metadata_relay: None,
+            metrics_interval: Duration::from_secs(2),
+            plugin_dirs: Vec::new(),
+            network: None,
+            migration_address: "127.0.0.1".into(),
+            shared_storage: None,
+        };
+        Reconciler::new(
+            "h-0123456789abcdef0".parse().unwrap(),
+            Client::new("http://127.0.0.1:9", "").unwrap(),
+            Arc::new(nubo_hypervisor::Simulated::new(Duration::ZERO, "x")),
+            Arc::new(ImageCache::new(dir.join("images"))),
+            Accel::Tcg,
+            config,
+        )
+    }
+
+    /// A guest status goes in every report until one is accepted, and
+    /// waits when the report has no room for it.
+    #[test]
+    fn guest_status_is_sent_until_a_report_takes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = reconciler(dir.path());
+        let id: InstanceId = "i-0123456789abcdef0".parse().unwrap();
+        let status = GuestStatus { os: Some("Nubo tiny".into()), ..Default::default() };
+        r.lock().guest_new.insert(id.clone(), status.clone());
+        let mut budget = GUEST_BYTES_PER_REPORT;
+        assert_eq!(r.guest_to_report(&id, &mut budget), Some(status.clone()));
+        assert!(budget < GUEST_BYTES_PER_REPORT);
+        // That report failed: the next one carries it again.
+        let mut budget = GUEST_BYTES_PER_REPORT;
+        assert_eq!(r.guest_to_report(&id, &mut budget), Some(status.clone()));
+        // No room left in this report: it waits.
+        let mut none = 10;
+        assert_eq!(r.guest_to_report(&id, &mut none), None);
+        assert_eq!(none, 10);
+        // Accepted: not sent again while it does not change.
+        r.guest_reported(vec![(id.clone(), status.clone())]);
+        assert_eq!(r.guest_to_report(&id, &mut budget), None);
+        r.lock().guest_new.insert(id.clone(), GuestStatus { updated_at_ms: 5, ..status.clone() });
+        assert_eq!(r.guest_to_report(&id, &mut budget), None, "only the time changed");
+        let changed = GuestStatus { kernel: Some("6.1".into()), ..status };
+        r.lock().guest_new.insert(id.clone(), changed.clone());
+        assert_eq!(r.guest_to_report(&id, &mut budget), Some(changed));
+    }
+}
