@@ -6,6 +6,7 @@
 #   ec2_request      EC2 Query form bodies, SigV4 Authorization headers, X-Amz-Date
 #   ids              InstanceId / HostId from arbitrary strings
 #   image_header     nubo_image::inspect::{check_qcow2_header, sniff_format} on arbitrary bytes
+#   qga_reply        guest-agent reply lines -> nubo_hypervisor::qga::decode (what a guest sends its host)
 # The fuzz crate (fuzz/) is not a workspace member.
 #
 # cargo-fuzz needs nightly compiler flags (-Zsanitizer=address, ...). On a
@@ -64,6 +65,10 @@ seed agent_bodies console '{"host_id":"h-0123456789abcdef0","offset":0,"raw_len"
 seed ids instance 'i-0123456789abcdef0'
 seed ids host 'h-0123456789abcdef0'
 seed ids bad 'i-0123456789ABCDEF0'
+seed qga_reply exec '{"return": {"exited": true, "exitcode": 0, "out-data": "aGkK", "out-truncated": false}}'
+seed qga_reply fsinfo '{"return": [{"name": "vda", "mountpoint": "/", "type": "ext4", "used-bytes": 10, "total-bytes": 20}]}'
+seed qga_reply nics '{"return": [{"name": "eth0", "hardware-address": "52:54:00:12:34:56", "ip-addresses": [{"ip-address-type": "ipv4", "ip-address": "10.0.2.15", "prefix": 24}], "statistics": {"rx-bytes": 1, "tx-bytes": 2}}]}'
+seed qga_reply error '{"error": {"class": "GenericError", "desc": "failed"}}'
 # Real qcow2 headers (binary, so made by qemu-img when it is installed):
 # 512-byte clusters keep the whole file under -max_len.
 if command -v qemu-img >/dev/null; then

@@ -13,6 +13,7 @@ pub mod console;
 pub mod guest;
 pub mod identity;
 pub mod imds;
+pub mod lease;
 pub mod metrics;
 pub mod network;
 pub mod reconcile;

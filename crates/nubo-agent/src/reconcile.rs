@@ -28,10 +28,14 @@ use tracing::Instrument;
 const BOOT_WATCH: Duration = Duration::from_secs(600);
 /// How often the guest agent of each running instance is asked for status.
 const GUEST_POLL: Duration = Duration::from_secs(5);
-/// A report that says nothing new is sent this often, as the host's
-/// heartbeat (the server's timeout is 30 s, three of these). Sending every
-/// pass (0.5 s) made a thousand idle hosts two thousand reports a second.
+/// A report that says nothing new is sent this often (liveness is the
+/// heartbeat's, see `lease`). Sending every pass (0.5 s) made a thousand
+/// idle hosts two thousand reports a second.
 const UNCHANGED_REPORT_EVERY: Duration = Duration::from_secs(10);
+/// Most guest status (as JSON) one report carries, over all its instances;
+/// the rest waits for the next report. Half the server's default body
+/// limit (256 KiB), so that guests cannot make a report too large.
+const GUEST_BYTES_PER_REPORT: usize = 128 * 1024;
 
 /// What the agent last did to an instance, kept in `applied.json`.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -124,6 +128,9 @@ pub struct Reconciler {
     /// Private networks' bridges, taps, DHCP and firewall (`network`);
     /// none when the host has user-mode networking only.
     network: Option<tokio::sync::Mutex<crate::network::Plumbing>>,
+    /// The host's lease with the control plane (`lease`): renewed by the
+    /// heartbeat; while it is out, VMs are stopped and none start.
+    pub(crate) lease: Arc<crate::lease::Lease>,
 }
 
 impl Reconciler {
@@ -136,6 +143,7 @@ impl Reconciler {
         config: AgentConfig,
     ) -> Self {
         let shared: Arc<Mutex<Shared>> = Arc::default();
+        let config_fences = config.shared_storage.is_some();
         let network = config.network.clone().map(|n| {
             let lookup = crate::network::lookup_from(shared.clone());
             tokio::sync::Mutex::new(crate::network::Plumbing::new(n, &config.data_dir, lookup))
@@ -151,6 +159,7 @@ impl Reconciler {
             storage: Default::default(),
             balancers: Default::default(),
             network,
+            lease: Arc::new(crate::lease::Lease::new(config_fences)),
         }
     }
 
@@ -292,15 +301,34 @@ impl Reconciler {
         s.guest_polls.insert(id.clone(), (Instant::now(), task));
     }
 
-    /// The guest status to report for `id`, when it changed.
-    fn guest_to_report(&self, id: &InstanceId) -> Option<GuestStatus> {
+    /// The guest status to report for `id`, when it changed since the
+    /// last one the control plane accepted and fits in `budget` (bytes of
+    /// guest status left for this report, reduced by what it takes). It
+    /// stays pending until [`Self::guest_reported`]: a report that fails
+    /// (or has no room) sends it again next time.
+    fn guest_to_report(&self, id: &InstanceId, budget: &mut usize) -> Option<GuestStatus> {
         let mut s = self.lock();
-        let new = s.guest_new.remove(id)?;
-        if crate::guest::changed(s.guest_sent.get(id), &new) {
-            s.guest_sent.insert(id.clone(), new.clone());
-            Some(new)
-        } else {
-            None
+        let new = s.guest_new.get(id)?;
+        if !crate::guest::changed(s.guest_sent.get(id), new) {
+            s.guest_new.remove(id);
+            return None;
+        }
+        let size = serde_json::to_vec(new).map_or(usize::MAX, |b| b.len());
+        if size > *budget {
+            return None;
+        }
+        *budget -= size;
+        Some(new.clone())
+    }
+
+    /// The control plane accepted these guest statuses: they are sent.
+    fn guest_reported(&self, sent: Vec<(InstanceId, GuestStatus)>) {
+        let mut s = self.lock();
+        for (id, g) in sent {
+            if s.guest_new.get(&id) == Some(&g) {
+                s.guest_new.remove(&id);
+            }
+            s.guest_sent.insert(id, g);
         }
     }
 
@@ -323,7 +351,7 @@ impl Reconciler {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn event(&self, id: &InstanceId, stage: &str, detail: impl Into<String>) {
+    pub(crate) fn event(&self, id: &InstanceId, stage: &str, detail: impl Into<String>) {
         push_event(&self.shared, id, now_ms(), stage, detail.into());
     }
 
@@ -338,9 +366,17 @@ impl Reconciler {
         let metrics = tokio::spawn(this.clone().metrics_loop(this.config.metrics_interval).in_current_span());
         let checks = tokio::spawn(this.clone().checks_loop().in_current_span());
         let lb_load = tokio::spawn(this.clone().balancer_load_loop().in_current_span());
+        let heartbeat = tokio::spawn(this.clone().heartbeat_loop(registration.clone()).in_current_span());
+        let watchdog = tokio::spawn(this.clone().fence_loop().in_current_span());
         // They end with the reconciler (the loop below only ends when the
         // desired-state watcher is gone).
-        let _guards = (AbortOnDrop(metrics), AbortOnDrop(checks), AbortOnDrop(lb_load));
+        let _guards = (
+            AbortOnDrop(metrics),
+            AbortOnDrop(checks),
+            AbortOnDrop(lb_load),
+            AbortOnDrop(heartbeat),
+            AbortOnDrop(watchdog),
+        );
         let mut seen: std::collections::HashSet<InstanceId> = Default::default();
         // The last report the control plane took, and when.
         let mut last_report: Option<(Vec<u8>, Instant)> = None;
@@ -358,6 +394,8 @@ impl Reconciler {
                 let volumes = this.reconcile_volumes(&d, &running);
                 let snapshots = this.reconcile_snapshots(&d);
                 let balancers = this.reconcile_balancers(&d);
+                let guests: Vec<(InstanceId, GuestStatus)> =
+                    actual.iter().filter_map(|a| Some((a.id.clone(), a.guest.clone()?))).collect();
                 let report = HostReport { instances: actual, volumes, snapshots, balancers };
                 let body = serde_json::to_vec(&report).unwrap_or_default();
                 let due = last_report
@@ -365,6 +403,7 @@ impl Reconciler {
                     .is_none_or(|(sent, at)| *sent != body || at.elapsed() >= UNCHANGED_REPORT_EVERY);
                 if due && this.report(report, &registration).await {
                     last_report = Some((body, Instant::now()));
+                    this.guest_reported(guests);
                 }
                 this.ship_consoles(&d).await;
             }
@@ -482,6 +521,7 @@ impl Reconciler {
         }
         let mut out = Vec::with_capacity(d.instances.len());
         let mut running = HashSet::new();
+        let mut guest_budget = GUEST_BYTES_PER_REPORT;
         for want in &d.instances {
             let (power, pid) = self.reconcile_one(want).await;
             // The target copy of a live migration is not the instance yet:
@@ -524,7 +564,7 @@ impl Reconciler {
                 }
                 _ => self.ensure_imds(want),
             }
-            let guest = self.guest_to_report(&want.id);
+            let guest = self.guest_to_report(&want.id, &mut guest_budget);
             let (error, events) = {
                 let mut s = self.lock();
                 let error = match power {
@@ -574,6 +614,9 @@ impl Reconciler {
         let failed_seq = self.lock().errors.get(&want.id).map(|e| e.0);
         if let Some(m) = want.migration.as_ref().filter(|_| want.power != PowerState::Deleted) {
             match (m.role, &status, &m.target) {
+                (MigrationRole::Target, VmStatus::NotRunning, _) if !self.lease.may_start() => {
+                    return (ActualPower::Starting, None);
+                }
                 (MigrationRole::Target, VmStatus::NotRunning, _) if failed_seq != Some(want.start_seq) => {
                     self.spawn(want, OpKind::Incoming);
                     return (ActualPower::Starting, None);
@@ -603,7 +646,7 @@ impl Reconciler {
                 }
             }
             (PowerState::Running, VmStatus::Running { pid, .. }) => {
-                if want.reboot_count > applied.reboot_count {
+                if want.reboot_count > applied.reboot_count && self.lease.may_start() {
                     self.spawn(want, OpKind::Reboot);
                 }
                 (ActualPower::Running, Some(pid))
@@ -611,6 +654,10 @@ impl Reconciler {
             (PowerState::Running, VmStatus::NotRunning) => {
                 if failed_seq == Some(want.start_seq) {
                     (ActualPower::Error, None)
+                } else if want.start_seq > applied.start_seq && !self.lease.may_start() {
+                    // Cut off from the control plane: it may be starting
+                    // this instance elsewhere. Wait for a renewal.
+                    (ActualPower::Stopped, None)
                 } else if want.start_seq > applied.start_seq {
                     self.spawn(want, OpKind::Start);
                     (ActualPower::Starting, None)
@@ -697,9 +744,22 @@ impl Reconciler {
         self.boot(want, false).await
     }
 
+    /// An error while the lease is out (no VM may start then).
+    fn lease_allows_start(&self) -> anyhow::Result<()> {
+        if self.lease.may_start() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "not started: this host has not reached the control plane for {} s, so the control plane may start \
+             the instance on another host that shares its storage; it starts here again once the host is back in touch",
+            self.lease.timing().renewed_at.elapsed().as_secs()
+        )
+    }
+
     /// Starts QEMU for `want`: booting, or (`incoming`) paused as the
     /// target of a live migration, with the same devices as the source.
     async fn boot(self: &Arc<Self>, want: &DesiredInstance, incoming: bool) -> anyhow::Result<()> {
+        self.lease_allows_start()?;
         let dir = self.dir(&want.id);
         let (boot, base_disk, base_format, sha256) = self.boot_source(want).await?;
         self.event(&want.id, "image_ready", sha256);
@@ -746,6 +806,8 @@ impl Reconciler {
         tokio::task::spawn_blocking(move || nubo_image::seed::write_nocloud_seed(&seed_path, &seed)).await??;
         self.event(&want.id, "disk_ready", format!("{} GiB overlay", want.disk_gib));
         let log_start = std::fs::metadata(dir.console_log()).map(|m| m.len()).unwrap_or(0);
+        // Checked again: preparing the disk may have taken a while.
+        self.lease_allows_start()?;
         let pid = self.hypervisor.start(&dir, &cfg).await?;
         self.note_started(&want.id, pid, &cfg.disks);
         write_applied(
@@ -945,5 +1007,69 @@ fn write_applied(dir: &VmDir, a: &Applied) {
         .and_then(|()| std::fs::rename(&tmp, &path));
     if let Err(e) = result {
         tracing::error!(path = %path.display(), error = %e, "cannot record applied state");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reconciler(dir: &std::path::Path) -> Reconciler {
+        let config = AgentConfig {
+            server_url: "http://127.0.0.1:9".into(),
+            join_token: None,
+            data_dir: dir.to_path_buf(),
+            image_cache: dir.join("images"),
+            name: "h".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            disk_gib: 1,
+            interval: Duration::from_millis(500),
+            stop_grace: Duration::from_secs(1),
+            ca_cert: None,
+            metadata_relay: None,
+            metrics_interval: Duration::from_secs(2),
+            plugin_dirs: Vec::new(),
+            network: None,
+            migration_address: "127.0.0.1".into(),
+            shared_storage: None,
+        };
+        Reconciler::new(
+            "h-0123456789abcdef0".parse().unwrap(),
+            Client::new("http://127.0.0.1:9", "").unwrap(),
+            Arc::new(nubo_hypervisor::Simulated::new(Duration::ZERO, "x")),
+            Arc::new(ImageCache::new(dir.join("images"))),
+            Accel::Tcg,
+            config,
+        )
+    }
+
+    /// A guest status goes in every report until one is accepted, and
+    /// waits when the report has no room for it.
+    #[test]
+    fn guest_status_is_sent_until_a_report_takes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = reconciler(dir.path());
+        let id: InstanceId = "i-0123456789abcdef0".parse().unwrap();
+        let status = GuestStatus { os: Some("Nubo tiny".into()), ..Default::default() };
+        r.lock().guest_new.insert(id.clone(), status.clone());
+        let mut budget = GUEST_BYTES_PER_REPORT;
+        assert_eq!(r.guest_to_report(&id, &mut budget), Some(status.clone()));
+        assert!(budget < GUEST_BYTES_PER_REPORT);
+        // That report failed: the next one carries it again.
+        let mut budget = GUEST_BYTES_PER_REPORT;
+        assert_eq!(r.guest_to_report(&id, &mut budget), Some(status.clone()));
+        // No room left in this report: it waits.
+        let mut none = 10;
+        assert_eq!(r.guest_to_report(&id, &mut none), None);
+        assert_eq!(none, 10);
+        // Accepted: not sent again while it does not change.
+        r.guest_reported(vec![(id.clone(), status.clone())]);
+        assert_eq!(r.guest_to_report(&id, &mut budget), None);
+        r.lock().guest_new.insert(id.clone(), GuestStatus { updated_at_ms: 5, ..status.clone() });
+        assert_eq!(r.guest_to_report(&id, &mut budget), None, "only the time changed");
+        let changed = GuestStatus { kernel: Some("6.1".into()), ..status };
+        r.lock().guest_new.insert(id.clone(), changed.clone());
+        assert_eq!(r.guest_to_report(&id, &mut budget), Some(changed));
     }
 }

@@ -421,7 +421,25 @@ pub struct ActualSnapshot {
     pub error: Option<String>,
 }
 
-/// `POST /api/v1/agent/hosts/{id}/report`: heartbeat plus actual state.
+/// Answer to `POST /api/v1/agent/hosts/{id}/heartbeat` (no body): the
+/// host is alive, and its lease is renewed. The heartbeat is a request of
+/// its own, apart from the report, so that nothing a guest puts into the
+/// report can silence its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HeartbeatAck {
+    /// How long the lease lasts, counted by the agent (on its monotonic
+    /// clock) from when it sent the heartbeat this answers. An agent that
+    /// has not renewed it for this long stops the VMs whose disks other
+    /// hosts share; the control plane restarts them elsewhere only after
+    /// `restart_after_ms` without a renewal, counted from when it saw the last one.
+    pub lease_ms: u64,
+    /// When the control plane may restart this host's instances on another
+    /// host sharing its storage: lease plus the time the agent has to stop them.
+    pub restart_after_ms: u64,
+}
+
+/// `POST /api/v1/agent/hosts/{id}/report`: the actual state (the
+/// heartbeat is its own request).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostReport {

@@ -183,6 +183,11 @@ pub struct GuestStatus {
     /// Network interfaces and addresses (`guest-network-get-interfaces`).
     #[serde(default)]
     pub interfaces: Vec<GuestInterface>,
+    /// True when the guest sent more than a host keeps of it (long texts
+    /// end in `[truncated]`, long lists were cut): the guest chooses all of
+    /// this, so its host caps it before reporting it.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -737,6 +737,11 @@ impl Client {
         self.post(&format!("/api/v1/agent/migrations/{id}/done"), d).await
     }
 
+    /// Renews the host's lease (see [`nubo_api::agent::HeartbeatAck`]).
+    pub async fn heartbeat(&self, host: &HostId) -> Result<nubo_api::agent::HeartbeatAck, ClientError> {
+        self.post(&format!("/api/v1/agent/hosts/{host}/heartbeat"), &serde_json::json!({})).await
+    }
+
     pub async fn report(&self, host: &HostId, r: &HostReport) -> Result<(), ClientError> {
         self.post(&format!("/api/v1/agent/hosts/{host}/report"), r).await
     }

@@ -63,7 +63,10 @@ pub struct Config {
     pub policy: Policy,
     /// Host ports handed out for forwarded guest ports.
     pub port_range: (u16, u16),
-    /// A host that has not reported for this long is `down`.
+    /// A host whose heartbeat has not renewed its lease for this long is
+    /// `down`. It is also the lease itself: the agent stops its VMs when it
+    /// has not renewed it for this long, and failover restarts them
+    /// elsewhere only after as long again (see `failover::Lease`).
     pub heartbeat_timeout: Duration,
     /// A live migration whose target has not said it is ready after this
     /// long is failed (nothing has been copied yet; the source runs on).
@@ -181,6 +184,9 @@ pub struct Ctx {
     /// This server process, among several on one database (random at
     /// each start): the sender of its notifications (see `wakeups`).
     pub server_id: String,
+    /// When this server last saw each host renew its lease, on its own
+    /// monotonic clock (what failover counts from).
+    pub renewals: failover::Renewals,
 }
 
 impl Ctx {
@@ -217,7 +223,8 @@ impl Ctx {
         let registry = registry::Registry::new(&config.data_dir);
         registry.remove_partial_uploads();
         let server_id = format!("s-{:016x}", rand::random::<u64>());
-        Ok(Arc::new(Self { config, store, generation, limiter, sealer, registry, server_id }))
+        let renewals = failover::Renewals::default();
+        Ok(Arc::new(Self { config, store, generation, limiter, sealer, registry, server_id, renewals }))
     }
 
     /// Starts the server's background work (metric rollups, heartbeat

@@ -324,14 +324,20 @@ impl Store {
         Ok(())
     }
 
-    /// Records a heartbeat; false when the host is not registered.
-    pub async fn heartbeat(&self, host: &HostId) -> Result<bool, sqlx::Error> {
-        let r = sqlx::query("UPDATE hosts SET last_heartbeat_ms = $1 WHERE id = $2")
-            .bind(now_ms())
-            .bind(host.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() == 1)
+    /// Records a heartbeat (a lease renewal); the stored value, or None
+    /// when the host is not registered. The value rises with every
+    /// heartbeat even if the wall clock stalls or steps back, so that
+    /// failover, which notes when it last changed, sees each renewal.
+    pub async fn heartbeat(&self, host: &HostId) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar(
+            "UPDATE hosts SET last_heartbeat_ms =
+               CASE WHEN $1 > last_heartbeat_ms THEN $1 ELSE last_heartbeat_ms + 1 END
+             WHERE id = $2 RETURNING last_heartbeat_ms",
+        )
+        .bind(now_ms())
+        .bind(host.as_str())
+        .fetch_optional(&self.pool)
+        .await
     }
 
     pub async fn hosts(&self) -> Result<Vec<HostRow>, sqlx::Error> {

@@ -21,8 +21,12 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
-/// Longest reply accepted (a 48 MiB guest-file-read is ~64 MiB of base64).
-const MAX_LINE: u64 = 80 * 1024 * 1024;
+/// Longest reply line accepted. Everything in a reply is the guest's to
+/// choose, so this bounds what one guest can make its host buffer (and
+/// parse) per call: a 1 MiB guest-file-read ([`READ_CHUNK`]) is ~1.4 MiB of
+/// base64, and command output beyond ~3 MiB per stream is refused rather
+/// than held (qemu-ga and nubo-guest-agent keep up to 16 MiB of it).
+pub const MAX_REPLY_BYTES: usize = 8 * 1024 * 1024;
 /// Bytes per guest-file-write in [`QgaClient::write_file`].
 const WRITE_CHUNK: usize = 1024 * 1024;
 /// Bytes per guest-file-read in [`QgaClient::read_small_file`].
@@ -54,6 +58,8 @@ pub enum QgaError {
     Guest { class: String, desc: String },
     #[error("guest agent protocol error: {0}; connect again")]
     Protocol(String),
+    #[error("the guest agent sent a reply longer than {limit} bytes; it was dropped and this connection is closed. Guests may send at most that much at once: write large command output to a file in the guest and read it in pieces")]
+    ReplyTooLong { limit: usize },
     #[error("I/O error talking to the guest agent: {0}; the VM may have stopped; connect again")]
     Io(#[from] std::io::Error),
 }
@@ -177,6 +183,15 @@ impl ShutdownMode {
     }
 }
 
+/// What [`QgaClient::read_line`] does with a line longer than [`MAX_REPLY_BYTES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Overlong {
+    /// It is a reply: refuse it.
+    Fail,
+    /// Stale output before our sync reply: skip it.
+    Skip,
+}
+
 /// One synchronised connection to a guest agent.
 #[derive(Debug)]
 pub struct QgaClient {
@@ -218,7 +233,7 @@ impl QgaClient {
         msg.push(b'\n');
         self.writer.write_all(&msg).await?;
         loop {
-            let line = self.read_line().await?;
+            let line = self.read_line(Overlong::Skip).await?;
             // Only what follows the last sentinel can be the reply to us.
             let tail = match line.iter().rposition(|&b| b == SENTINEL) {
                 Some(p) => &line[p + 1..],
@@ -268,40 +283,49 @@ impl QgaClient {
     async fn roundtrip(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QgaError> {
         self.send(command, arguments).await?;
         loop {
-            let line = self.read_line().await?;
-            let text = line.strip_prefix(&[SENTINEL]).unwrap_or(&line).trim_ascii();
-            if text.is_empty() {
-                continue;
+            let line = self.read_line(Overlong::Fail).await?;
+            if let Some(v) = decode::reply(command, &line)? {
+                return Ok(v);
             }
-            let reply: Value = serde_json::from_slice(text).map_err(|e| {
-                QgaError::Protocol(format!(
-                    "invalid JSON reply to `{command}` ({e}): {}",
-                    String::from_utf8_lossy(text)
-                ))
-            })?;
-            return reply_value(command, reply);
         }
     }
 
-    /// Reads one line (without the newline). Cancel-safe: a partly read line
-    /// stays in `self.line`.
-    async fn read_line(&mut self) -> Result<Vec<u8>, QgaError> {
+    /// Reads one line (without the newline), holding at most
+    /// [`MAX_REPLY_BYTES`] of it. Cancel-safe: a partly read line stays in
+    /// `self.line`. A longer line is an error ([`Overlong::Fail`]), or,
+    /// while resynchronising ([`Overlong::Skip`]), dropped but for what
+    /// follows its last sentinel, the only part that can be the reply to
+    /// our sync; the caller's timeout bounds how long that may go on.
+    async fn read_line(&mut self, overlong: Overlong) -> Result<Vec<u8>, QgaError> {
         loop {
-            let room = MAX_LINE.saturating_sub(self.line.len() as u64);
+            let room = MAX_REPLY_BYTES.saturating_sub(self.line.len()) as u64;
             let n = (&mut self.reader).take(room).read_until(b'\n', &mut self.line).await?;
             if self.line.last() == Some(&b'\n') {
                 let mut line = std::mem::take(&mut self.line);
                 line.pop();
                 return Ok(line);
             }
+            if self.line.len() >= MAX_REPLY_BYTES {
+                match overlong {
+                    Overlong::Skip => {
+                        match self.line.iter().rposition(|&b| b == SENTINEL).filter(|&p| p > 0) {
+                            Some(p) => drop(self.line.drain(..p)),
+                            None => self.line.clear(),
+                        }
+                        continue;
+                    }
+                    Overlong::Fail => {
+                        // Give the memory back: the next connection resyncs past the rest.
+                        self.line = Vec::new();
+                        return Err(QgaError::ReplyTooLong { limit: MAX_REPLY_BYTES });
+                    }
+                }
+            }
             if n == 0 {
                 return Err(QgaError::Io(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "QEMU closed the guest agent socket",
                 )));
-            }
-            if self.line.len() as u64 >= MAX_LINE {
-                return Err(QgaError::Protocol(format!("reply longer than {MAX_LINE} bytes")));
             }
         }
     }
@@ -313,16 +337,7 @@ impl QgaClient {
 
     /// `guest-info`: version and the names of the enabled commands.
     pub async fn info(&mut self) -> Result<GuestAgentInfo, QgaError> {
-        let v = self.execute("guest-info", None).await?;
-        let version = v["version"].as_str().unwrap_or_default().to_string();
-        let supported_commands = v["supported_commands"]
-            .as_array()
-            .ok_or_else(|| bad_reply("guest-info", &v))?
-            .iter()
-            .filter(|c| c["enabled"].as_bool().unwrap_or(true))
-            .filter_map(|c| c["name"].as_str().map(str::to_string))
-            .collect();
-        Ok(GuestAgentInfo { version, supported_commands })
+        decode::info(&self.execute("guest-info", None).await?)
     }
 
     /// `guest-exec`: starts a process; returns its pid in the guest.
@@ -340,26 +355,7 @@ impl QgaClient {
 
     /// `guest-exec-status`. Once it reports `exited`, the agent forgets the pid.
     pub async fn exec_status(&mut self, pid: i64) -> Result<GuestExecStatus, QgaError> {
-        let v = self.execute("guest-exec-status", Some(json!({ "pid": pid }))).await?;
-        let exited = v["exited"].as_bool().ok_or_else(|| bad_reply("guest-exec-status", &v))?;
-        let int = |key: &str| v.get(key).and_then(Value::as_i64).and_then(|n| i32::try_from(n).ok());
-        let data = |key: &str| -> Result<Vec<u8>, QgaError> {
-            match v.get(key).and_then(Value::as_str) {
-                Some(s) => {
-                    B64.decode(s).map_err(|e| QgaError::Protocol(format!("guest-exec-status {key} is not base64: {e}")))
-                }
-                None => Ok(Vec::new()),
-            }
-        };
-        Ok(GuestExecStatus {
-            exited,
-            exit_code: int("exitcode"),
-            signal: int("signal"),
-            stdout: data("out-data")?,
-            stderr: data("err-data")?,
-            stdout_truncated: v["out-truncated"].as_bool().unwrap_or(false),
-            stderr_truncated: v["err-truncated"].as_bool().unwrap_or(false),
-        })
+        decode::exec_status(&self.execute("guest-exec-status", Some(json!({ "pid": pid }))).await?)
     }
 
     /// exec + poll exec_status every 100 ms until exited or `timeout`.
@@ -386,11 +382,7 @@ impl QgaClient {
 
     /// `guest-file-read` of up to `count` bytes.
     pub async fn file_read(&mut self, handle: i64, count: usize) -> Result<GuestFileRead, QgaError> {
-        let v = self.execute("guest-file-read", Some(json!({ "handle": handle, "count": count }))).await?;
-        let b64 = v["buf-b64"].as_str().ok_or_else(|| bad_reply("guest-file-read", &v))?;
-        let data =
-            B64.decode(b64).map_err(|e| QgaError::Protocol(format!("guest-file-read data is not base64: {e}")))?;
-        Ok(GuestFileRead { data, eof: v["eof"].as_bool().unwrap_or(false) })
+        decode::file_read(&self.execute("guest-file-read", Some(json!({ "handle": handle, "count": count }))).await?)
     }
 
     /// `guest-file-write`; returns the number of bytes written.
@@ -461,42 +453,13 @@ impl QgaClient {
 
     /// `guest-get-fsinfo`.
     pub async fn fsinfo(&mut self) -> Result<Vec<GuestFilesystem>, QgaError> {
-        let v = self.execute("guest-get-fsinfo", None).await?;
-        let list = v.as_array().ok_or_else(|| bad_reply("guest-get-fsinfo", &v))?;
-        Ok(list
-            .iter()
-            .map(|f| GuestFilesystem {
-                name: str_field(f, "name").unwrap_or_default(),
-                mountpoint: str_field(f, "mountpoint").unwrap_or_default(),
-                fs_type: str_field(f, "type").unwrap_or_default(),
-                used_bytes: f.get("used-bytes").and_then(Value::as_u64),
-                total_bytes: f.get("total-bytes").and_then(Value::as_u64),
-            })
-            .collect())
+        decode::fsinfo(&self.execute("guest-get-fsinfo", None).await?)
     }
 
     /// `guest-get-disks`: disks and partitions, in the agent's order. Members
     /// this client does not know (qemu-ga's `alias`, `smart`, ...) are ignored.
     pub async fn disks(&mut self) -> Result<Vec<GuestDisk>, QgaError> {
-        let v = self.execute("guest-get-disks", None).await?;
-        let list = v.as_array().ok_or_else(|| bad_reply("guest-get-disks", &v))?;
-        Ok(list
-            .iter()
-            .map(|d| {
-                let address = d.get("address").unwrap_or(&Value::Null);
-                GuestDisk {
-                    name: str_field(d, "name").unwrap_or_default(),
-                    partition: d["partition"].as_bool().unwrap_or(false),
-                    dependencies: d["dependencies"]
-                        .as_array()
-                        .map(|l| l.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
-                        .unwrap_or_default(),
-                    serial: str_field(address, "serial"),
-                    bus_type: str_field(address, "bus-type"),
-                    dev: str_field(address, "dev"),
-                }
-            })
-            .collect())
+        decode::disks(&self.execute("guest-get-disks", None).await?)
     }
 
     /// `guest-fsfreeze-status`: `"thawed"` or `"frozen"`.
@@ -526,24 +489,202 @@ impl QgaClient {
 
     /// `guest-get-osinfo`.
     pub async fn osinfo(&mut self) -> Result<GuestOsInfo, QgaError> {
-        let v = self.execute("guest-get-osinfo", None).await?;
-        if !v.is_object() {
-            return Err(bad_reply("guest-get-osinfo", &v));
-        }
-        Ok(GuestOsInfo {
-            id: str_field(&v, "id"),
-            name: str_field(&v, "name"),
-            pretty_name: str_field(&v, "pretty-name"),
-            version_id: str_field(&v, "version-id"),
-            kernel_release: str_field(&v, "kernel-release"),
-            machine: str_field(&v, "machine"),
-        })
+        decode::osinfo(&self.execute("guest-get-osinfo", None).await?)
     }
 
     /// `guest-network-get-interfaces`.
     pub async fn network_interfaces(&mut self) -> Result<Vec<GuestNetworkInterface>, QgaError> {
-        let v = self.execute("guest-network-get-interfaces", None).await?;
-        let list = v.as_array().ok_or_else(|| bad_reply("guest-network-get-interfaces", &v))?;
+        decode::network_interfaces(&self.execute("guest-network-get-interfaces", None).await?)
+    }
+
+    /// `guest-shutdown`. The agent sends no reply when it succeeds, so this
+    /// waits briefly for an error and otherwise reports success; the guest
+    /// then shuts down on its own schedule (watch the VM's status or QMP
+    /// events). The connection is unusable afterwards.
+    pub async fn shutdown(&mut self, mode: ShutdownMode) -> Result<(), QgaError> {
+        if self.broken {
+            return Err(QgaError::Protocol(
+                "this connection is unusable after an earlier timeout or I/O error".to_string(),
+            ));
+        }
+        self.broken = true;
+        let timeout = self.timeout;
+        let command = "guest-shutdown";
+        match tokio::time::timeout(timeout, self.send(command, Some(json!({ "mode": mode.as_str() })))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(QgaError::Timeout { what: format!("command `{command}`"), after: timeout }),
+        }
+        match tokio::time::timeout(timeout.min(SHUTDOWN_ERROR_WAIT), self.read_line(Overlong::Fail)).await {
+            Ok(Ok(line)) => {
+                let text = line.strip_prefix(&[SENTINEL]).unwrap_or(&line).trim_ascii();
+                match serde_json::from_slice::<Value>(text) {
+                    Ok(reply) => reply_value(command, reply).map(drop),
+                    Err(_) => Ok(()),
+                }
+            }
+            // No reply (success) or the channel went away with the guest.
+            Ok(Err(_)) | Err(_) => Ok(()),
+        }
+    }
+}
+
+/// The `return` of a reply, or its `error` as [`QgaError::Guest`].
+fn reply_value(command: &str, mut reply: Value) -> Result<Value, QgaError> {
+    if let Some(ret) = reply.get_mut("return") {
+        return Ok(ret.take());
+    }
+    if let Some(err) = reply.get("error") {
+        return Err(QgaError::Guest {
+            class: preview(err["class"].as_str().unwrap_or("GenericError").as_bytes()),
+            desc: preview(err["desc"].as_str().unwrap_or("no description").as_bytes()),
+        });
+    }
+    Err(QgaError::Protocol(format!(
+        "reply to `{command}` has neither return nor error: {}",
+        preview(reply.to_string().as_bytes())
+    )))
+}
+
+fn bad_reply(command: &str, v: &Value) -> QgaError {
+    QgaError::Protocol(format!("unexpected reply to `{command}`: {}", preview(v.to_string().as_bytes())))
+}
+
+/// The start of a guest-sent text, for an error message: the guest chose
+/// it, so it must not make the message (and the logs, and the reports it
+/// ends up in) as long as the reply.
+fn preview(text: &[u8]) -> String {
+    const MAX: usize = 200;
+    if text.len() <= MAX {
+        String::from_utf8_lossy(text).into_owned()
+    } else {
+        format!("{}... ({} bytes)", String::from_utf8_lossy(&text[..MAX]), text.len())
+    }
+}
+
+fn str_field(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+/// Decoding of guest agent replies, apart from the socket so that it can
+/// be fuzzed (fuzz/fuzz_targets/qga_reply.rs). Everything here parses what
+/// a guest chose to send: nothing panics, and errors quote at most a
+/// preview of it.
+pub mod decode {
+    use super::*;
+
+    /// One reply line (without its newline): its `return` value, `None`
+    /// for an empty line (the agent's padding; read the next), or the
+    /// guest's error ([`QgaError::Guest`]) or a protocol error.
+    pub fn reply(command: &str, line: &[u8]) -> Result<Option<Value>, QgaError> {
+        let text = line.strip_prefix(&[SENTINEL]).unwrap_or(line).trim_ascii();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let reply: Value = serde_json::from_slice(text)
+            .map_err(|e| QgaError::Protocol(format!("invalid JSON reply to `{command}` ({e}): {}", preview(text))))?;
+        reply_value(command, reply).map(Some)
+    }
+
+    /// `guest-info`.
+    pub fn info(v: &Value) -> Result<GuestAgentInfo, QgaError> {
+        let version = v["version"].as_str().unwrap_or_default().to_string();
+        let supported_commands = v["supported_commands"]
+            .as_array()
+            .ok_or_else(|| bad_reply("guest-info", v))?
+            .iter()
+            .filter(|c| c["enabled"].as_bool().unwrap_or(true))
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect();
+        Ok(GuestAgentInfo { version, supported_commands })
+    }
+
+    /// `guest-exec-status`, with the output decoded.
+    pub fn exec_status(v: &Value) -> Result<GuestExecStatus, QgaError> {
+        let exited = v["exited"].as_bool().ok_or_else(|| bad_reply("guest-exec-status", v))?;
+        let int = |key: &str| v.get(key).and_then(Value::as_i64).and_then(|n| i32::try_from(n).ok());
+        let data = |key: &str| -> Result<Vec<u8>, QgaError> {
+            match v.get(key).and_then(Value::as_str) {
+                Some(s) => {
+                    B64.decode(s).map_err(|e| QgaError::Protocol(format!("guest-exec-status {key} is not base64: {e}")))
+                }
+                None => Ok(Vec::new()),
+            }
+        };
+        Ok(GuestExecStatus {
+            exited,
+            exit_code: int("exitcode"),
+            signal: int("signal"),
+            stdout: data("out-data")?,
+            stderr: data("err-data")?,
+            stdout_truncated: v["out-truncated"].as_bool().unwrap_or(false),
+            stderr_truncated: v["err-truncated"].as_bool().unwrap_or(false),
+        })
+    }
+
+    /// `guest-file-read`, with the data decoded.
+    pub fn file_read(v: &Value) -> Result<GuestFileRead, QgaError> {
+        let b64 = v["buf-b64"].as_str().ok_or_else(|| bad_reply("guest-file-read", v))?;
+        let data =
+            B64.decode(b64).map_err(|e| QgaError::Protocol(format!("guest-file-read data is not base64: {e}")))?;
+        Ok(GuestFileRead { data, eof: v["eof"].as_bool().unwrap_or(false) })
+    }
+
+    /// `guest-get-fsinfo`.
+    pub fn fsinfo(v: &Value) -> Result<Vec<GuestFilesystem>, QgaError> {
+        let list = v.as_array().ok_or_else(|| bad_reply("guest-get-fsinfo", v))?;
+        Ok(list
+            .iter()
+            .map(|f| GuestFilesystem {
+                name: str_field(f, "name").unwrap_or_default(),
+                mountpoint: str_field(f, "mountpoint").unwrap_or_default(),
+                fs_type: str_field(f, "type").unwrap_or_default(),
+                used_bytes: f.get("used-bytes").and_then(Value::as_u64),
+                total_bytes: f.get("total-bytes").and_then(Value::as_u64),
+            })
+            .collect())
+    }
+
+    /// `guest-get-disks`.
+    pub fn disks(v: &Value) -> Result<Vec<GuestDisk>, QgaError> {
+        let list = v.as_array().ok_or_else(|| bad_reply("guest-get-disks", v))?;
+        Ok(list
+            .iter()
+            .map(|d| {
+                let address = d.get("address").unwrap_or(&Value::Null);
+                GuestDisk {
+                    name: str_field(d, "name").unwrap_or_default(),
+                    partition: d["partition"].as_bool().unwrap_or(false),
+                    dependencies: d["dependencies"]
+                        .as_array()
+                        .map(|l| l.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                        .unwrap_or_default(),
+                    serial: str_field(address, "serial"),
+                    bus_type: str_field(address, "bus-type"),
+                    dev: str_field(address, "dev"),
+                }
+            })
+            .collect())
+    }
+
+    /// `guest-get-osinfo`.
+    pub fn osinfo(v: &Value) -> Result<GuestOsInfo, QgaError> {
+        if !v.is_object() {
+            return Err(bad_reply("guest-get-osinfo", v));
+        }
+        Ok(GuestOsInfo {
+            id: str_field(v, "id"),
+            name: str_field(v, "name"),
+            pretty_name: str_field(v, "pretty-name"),
+            version_id: str_field(v, "version-id"),
+            kernel_release: str_field(v, "kernel-release"),
+            machine: str_field(v, "machine"),
+        })
+    }
+
+    /// `guest-network-get-interfaces`.
+    pub fn network_interfaces(v: &Value) -> Result<Vec<GuestNetworkInterface>, QgaError> {
+        let list = v.as_array().ok_or_else(|| bad_reply("guest-network-get-interfaces", v))?;
         Ok(list
             .iter()
             .map(|n| GuestNetworkInterface {
@@ -568,59 +709,6 @@ impl QgaClient {
             })
             .collect())
     }
-
-    /// `guest-shutdown`. The agent sends no reply when it succeeds, so this
-    /// waits briefly for an error and otherwise reports success; the guest
-    /// then shuts down on its own schedule (watch the VM's status or QMP
-    /// events). The connection is unusable afterwards.
-    pub async fn shutdown(&mut self, mode: ShutdownMode) -> Result<(), QgaError> {
-        if self.broken {
-            return Err(QgaError::Protocol(
-                "this connection is unusable after an earlier timeout or I/O error".to_string(),
-            ));
-        }
-        self.broken = true;
-        let timeout = self.timeout;
-        let command = "guest-shutdown";
-        match tokio::time::timeout(timeout, self.send(command, Some(json!({ "mode": mode.as_str() })))).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(QgaError::Timeout { what: format!("command `{command}`"), after: timeout }),
-        }
-        match tokio::time::timeout(timeout.min(SHUTDOWN_ERROR_WAIT), self.read_line()).await {
-            Ok(Ok(line)) => {
-                let text = line.strip_prefix(&[SENTINEL]).unwrap_or(&line).trim_ascii();
-                match serde_json::from_slice::<Value>(text) {
-                    Ok(reply) => reply_value(command, reply).map(drop),
-                    Err(_) => Ok(()),
-                }
-            }
-            // No reply (success) or the channel went away with the guest.
-            Ok(Err(_)) | Err(_) => Ok(()),
-        }
-    }
-}
-
-/// The `return` of a reply, or its `error` as [`QgaError::Guest`].
-fn reply_value(command: &str, mut reply: Value) -> Result<Value, QgaError> {
-    if let Some(ret) = reply.get_mut("return") {
-        return Ok(ret.take());
-    }
-    if let Some(err) = reply.get("error") {
-        return Err(QgaError::Guest {
-            class: err["class"].as_str().unwrap_or("GenericError").to_string(),
-            desc: err["desc"].as_str().unwrap_or("no description").to_string(),
-        });
-    }
-    Err(QgaError::Protocol(format!("reply to `{command}` has neither return nor error: {reply}")))
-}
-
-fn bad_reply(command: &str, v: &Value) -> QgaError {
-    QgaError::Protocol(format!("unexpected reply to `{command}`: {v}"))
-}
-
-fn str_field(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(str::to_string)
 }
 
 /// A positive id for guest-sync, unpredictable enough that a stale reply
@@ -887,5 +975,79 @@ mod tests {
         let err = c.osinfo().await.unwrap_err();
         assert!(matches!(err, QgaError::Timeout { .. }), "{err}");
         assert!(matches!(c.ping().await, Err(QgaError::Protocol(_))));
+    }
+
+    /// Reads one request line from a fake agent's side of the socket.
+    async fn request(r: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> Value {
+        let mut line = Vec::new();
+        r.read_until(b'\n', &mut line).await.unwrap();
+        serde_json::from_slice(line.strip_prefix(&[SENTINEL]).unwrap_or(&line)).unwrap()
+    }
+
+    /// A guest whose agent answers a command with an endless line: the
+    /// client stops reading at the cap (the guest's writes then block), the
+    /// call fails saying why, and the next connection skips the rest of the
+    /// junk to find its sync reply.
+    #[tokio::test]
+    async fn an_endless_reply_is_refused_and_the_next_connection_resyncs() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qga.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let written = Arc::new(AtomicUsize::new(0));
+        let w2 = written.clone();
+        tokio::spawn(async move {
+            // First client: synced, then an endless reply to its command.
+            let (stream, _) = listener.accept().await.unwrap();
+            let (r, mut w) = stream.into_split();
+            let mut r = BufReader::new(r);
+            let sync = request(&mut r).await;
+            w.write_all(format!("{}\n", json!({"return": sync["arguments"]["id"]})).as_bytes()).await.unwrap();
+            let _ = request(&mut r).await;
+            let chunk = vec![b'A'; 64 * 1024];
+            tokio::spawn(async move {
+                while w.write_all(&chunk).await.is_ok() {
+                    w2.fetch_add(chunk.len(), Ordering::SeqCst);
+                }
+            });
+            // Second client: 20 MiB more of the line, then the sync reply.
+            let (stream, _) = listener.accept().await.unwrap();
+            let (r, mut w) = stream.into_split();
+            let mut r = BufReader::new(r);
+            let sync = request(&mut r).await;
+            w.write_all(&vec![b'B'; 20 * 1024 * 1024]).await.unwrap();
+            let mut reply = vec![SENTINEL];
+            reply.extend_from_slice(format!("{}\n", json!({"return": sync["arguments"]["id"]})).as_bytes());
+            w.write_all(&reply).await.unwrap();
+            let _ = request(&mut r).await;
+            w.write_all(b"{\"return\": {}}\n").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let mut c = QgaClient::connect(&path, Duration::from_secs(20)).await.unwrap();
+        let err = c.ping().await.unwrap_err();
+        assert!(matches!(err, QgaError::ReplyTooLong { limit: MAX_REPLY_BYTES }), "{err}");
+        assert!(err.to_string().contains("longer than 8388608 bytes"), "{err}");
+        assert!(matches!(c.ping().await, Err(QgaError::Protocol(_))), "the connection stays closed");
+        // The guest's writes block once the socket buffers are full.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sent = written.load(Ordering::SeqCst);
+        assert!(sent < MAX_REPLY_BYTES + 8 * 1024 * 1024, "the client read on: {sent} bytes");
+        drop(c);
+        let mut c = QgaClient::connect(&path, Duration::from_secs(20)).await.unwrap();
+        c.ping().await.unwrap();
+    }
+
+    #[test]
+    fn decoding_previews_what_the_guest_sent() {
+        let long = format!("{{\"return\": {}}}", "1".repeat(100_000));
+        assert_eq!(decode::reply("x", b"\xff  ").unwrap(), None);
+        let err = decode::reply("guest-ping", &long.as_bytes()[..50_000]).unwrap_err();
+        assert!(err.to_string().len() < 600, "{err}");
+        let err = decode::reply("x", format!("{{\"error\": {{\"desc\": \"{}\"}}}}", "d".repeat(10_000)).as_bytes())
+            .unwrap_err();
+        assert!(err.to_string().len() < 600, "{err}");
+        let err = decode::fsinfo(&json!({"a": "b".repeat(10_000)})).unwrap_err();
+        assert!(err.to_string().len() < 600, "{err}");
     }
 }

@@ -303,9 +303,11 @@ pub struct ServerArgs {
     /// vCPUs promised per host CPU.
     #[arg(long, default_value_t = 4.0)]
     pub cpu_overcommit: f64,
-    /// A host silent this long is down (no new placements); silent twice
-    /// as long, its instances restart elsewhere (shared storage) or are
-    /// marked lost. Agents report at least every 10 s.
+    /// A host whose heartbeat is silent this long is down (no new
+    /// placements); silent twice as long, its instances restart elsewhere
+    /// (shared storage) or are marked lost. It is also the lease: an agent
+    /// with shared storage that cannot renew it for this long stops its VMs
+    /// first. At least 11; agents send a heartbeat every quarter of it.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub heartbeat_timeout_secs: u64,
     /// Memory promised per MiB of host memory.

@@ -10,8 +10,8 @@ use axum::extract::{Path, State};
 use axum::Json;
 use nubo_api::agent::{
     ConsoleAck, ConsoleChunk, DesiredAttachment, DesiredCapture, DesiredInstance, DesiredRun, DesiredSnapshot,
-    DesiredState, DesiredVolume, HostReport, ImageSource, NamedKey, PortMapping, PowerState, RegisterHost, RunAck,
-    RunAction, RunProgress,
+    DesiredState, DesiredVolume, HeartbeatAck, HostReport, ImageSource, NamedKey, PortMapping, PowerState,
+    RegisterHost, RunAck, RunAction, RunProgress,
 };
 use nubo_api::ids::{HostId, InstanceId, VolumeId};
 use serde::Deserialize;
@@ -259,7 +259,28 @@ fn image_source(i: &crate::images::ImageRow) -> Option<ImageSource> {
     })
 }
 
-/// Heartbeat and actual state of the host's instances.
+/// The host is alive: renews its lease. The only request the control
+/// plane's liveness (down hosts, failover) counts; it carries nothing, so
+/// nothing a guest does can make it fail. The answer says how long the
+/// lease lasts (see `failover::Lease`).
+#[utoipa::path(post, path = "/api/v1/agent/hosts/{id}/heartbeat", tag = "agent",
+    params(("id" = String, Path, description = "host id")),
+    responses((status = 200, body = HeartbeatAck), (status = 404, body = nubo_api::error::ErrorBody)))]
+pub async fn heartbeat(
+    caller: HostCaller,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+) -> AppResult<Json<HeartbeatAck>> {
+    let host = host_id(&id)?;
+    same_host(&caller, &host)?;
+    let Some(value) = ctx.store.heartbeat(&host).await? else {
+        return Err(AppError::NotFound { kind: "host", id: host.to_string() });
+    };
+    ctx.renewals.renewed(host.as_str(), value, std::time::Instant::now());
+    Ok(Json(crate::failover::Lease::of(&ctx.config).ack()))
+}
+
+/// Actual state of the host's instances (liveness is the heartbeat's).
 #[utoipa::path(post, path = "/api/v1/agent/hosts/{id}/report", tag = "agent", request_body = HostReport,
     params(("id" = String, Path, description = "host id")),
     responses((status = 200, description = "applied"), (status = 404, body = nubo_api::error::ErrorBody)))]
@@ -271,9 +292,7 @@ pub async fn report(
 ) -> AppResult<Json<()>> {
     let host = host_id(&id)?;
     same_host(&caller, &host)?;
-    if !ctx.store.heartbeat(&host).await? {
-        return Err(AppError::NotFound { kind: "host", id: host.to_string() });
-    }
+    known_host(&ctx, &host).await?;
     let mut changed = false;
     for a in &r.instances {
         if ctx.store.apply_actual(host.as_str(), a).await? {

@@ -89,6 +89,7 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(load_balancers::show, load_balancers::delete))
         .routes(routes!(agent::register))
         .routes(routes!(agent::desired))
+        .routes(routes!(agent::heartbeat))
         .routes(routes!(agent::report))
         .routes(routes!(migrations::ready))
         .routes(routes!(migrations::done))
