@@ -259,6 +259,8 @@ fn an_agent_joins_a_lan_server_over_tls_with_only_the_join_token() {
     // do; with NUBO_CA_CERT it signs in.
     let out = cli(&net.lan, &env, true, &["user", "create", "alice"], "alice-pw-123456\n");
     assert!(out.status.success(), "user create: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&net.lan, &env, true, &["project", "add-member", "default", "alice"], "");
+    assert!(out.status.success(), "add-member: {}", String::from_utf8_lossy(&out.stderr));
     let login = ["login", "--url", url.as_str(), "--user", "alice", "--password-stdin"];
     let out = cli(&net.lan, &env, false, &login, "alice-pw-123456\n");
     let err = String::from_utf8_lossy(&out.stderr);
