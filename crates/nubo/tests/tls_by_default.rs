@@ -235,6 +235,11 @@ fn an_agent_joins_a_lan_server_over_tls_with_only_the_join_token() {
     });
     // It pinned the server's CA, the one the token named.
     assert_eq!(read(&adir.join("server-ca.pem")), read(&sdir.join("tls/ca.pem")));
+    // Tokens minted through the API name the same CA.
+    let fingerprint = join.split_once(".ca-sha256-").map(|(_, fp)| fp.to_string()).expect("a fingerprint");
+    let out = cli(&net.lan, &env, true, &["host", "join-token"], "");
+    let minted = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(out.status.success() && minted.ends_with(&format!(".ca-sha256-{fingerprint}")), "{minted}");
 
     // An instance runs there.
     let out =
