@@ -282,7 +282,11 @@ fn a_join_token_for_another_servers_ca_is_refused() {
     let (a_listen, b_listen) = (format!("{SERVER_IP}:8780"), format!("{SERVER_IP}:8781"));
     let (_a, a_env, _) = server(&net.srv, &tmp.path().join("a"), &a_listen, &[]);
     let (_b, _, b_join) = server(&net.srv, &tmp.path().join("b"), &b_listen, &[]);
-    assert!(a_env["NUBO_URL"].starts_with("https://"), "a LAN listener must serve HTTPS by default: {a_env:?}");
+    assert!(
+        a_env["NUBO_URL"].starts_with("https://"),
+        "a LAN listener must serve HTTPS by default: {}",
+        a_env["NUBO_URL"]
+    );
 
     // B's token, A's address (or someone posing as A): refused before
     // the token's secret is sent.
