@@ -19,10 +19,12 @@ pub mod network;
 pub mod reconcile;
 pub mod runs;
 pub mod storage;
+pub mod trust;
 
 use nubo_api::agent::{DesiredState, RegisterHost};
 use nubo_api::ids::HostId;
-use nubo_client::Client;
+use nubo_api::join::JoinToken;
+use nubo_client::{Client, Trust};
 use nubo_hypervisor::{Accel, Hypervisor};
 use nubo_image::ImageCache;
 use std::path::PathBuf;
@@ -50,6 +52,9 @@ pub struct AgentConfig {
     pub stop_grace: Duration,
     /// Extra CA (PEM) to trust for an `https://` control plane with its own CA.
     pub ca_cert: Option<PathBuf>,
+    /// Talk to a control plane on another machine over plain HTTP
+    /// (`--insecure-http`); refused otherwise (see `trust`).
+    pub insecure_http: bool,
     /// Program and leading arguments QEMU runs for each guest connection to
     /// the metadata service (169.254.169.254:80); the socket path is
     /// appended. `nubo agent` uses `[<itself>, "imds-relay"]`. `None`
@@ -118,19 +123,35 @@ impl Agent {
         }
     }
 
-    /// The host's own credential: from DATA_DIR/host-credential, or by
-    /// trading the join token for one (retrying until the server answers).
-    pub async fn credential(&self) -> anyhow::Result<String> {
-        if let Some(c) = identity::load_credential(&self.config.data_dir)? {
-            return Ok(c);
+    /// The join token, parsed, while the host has not joined yet.
+    fn pending_join(&self) -> anyhow::Result<Option<JoinToken>> {
+        if identity::load_credential(&self.config.data_dir)?.is_some() {
+            return Ok(None);
         }
-        let join = self.config.join_token.clone().ok_or_else(|| {
+        let text = self.config.join_token.as_deref().ok_or_else(|| {
             anyhow::anyhow!(
                 "this host has not joined yet: pass --join-token (an operator creates one with `nubo host join-token`)"
             )
         })?;
-        let anonymous = Client::with_ca(&self.config.server_url, "", self.config.ca_cert.as_deref())?;
-        let req = nubo_api::params::HostJoin { join_token: join, host_id: self.host_id.clone() };
+        Ok(Some(text.parse().map_err(|e| anyhow::anyhow!("--join-token: {e}"))?))
+    }
+
+    /// The host's own credential: from DATA_DIR/host-credential, or by
+    /// trading the join token for one (retrying until the server answers),
+    /// over a connection checked as `trust` says.
+    pub async fn credential(&self, trust: &Trust, join: Option<JoinToken>) -> anyhow::Result<String> {
+        if let Some(c) = identity::load_credential(&self.config.data_dir)? {
+            return Ok(c);
+        }
+        let join = join.ok_or_else(|| {
+            anyhow::anyhow!(
+                "this host has not joined yet: pass --join-token (an operator creates one with `nubo host join-token`)"
+            )
+        })?;
+        let anonymous = Client::with_trust(&self.config.server_url, "", trust)?;
+        let pinned = join.ca_fingerprint.is_some();
+        // Only the secret goes to the server: the fingerprint was for us.
+        let req = nubo_api::params::HostJoin { join_token: join.secret, host_id: self.host_id.clone() };
         let mut delay = Duration::from_millis(200);
         loop {
             match anonymous.join(&req).await {
@@ -142,6 +163,15 @@ impl Agent {
                 Err(e @ nubo_client::ClientError::Api { .. }) => {
                     return Err(anyhow::anyhow!("the control plane refused to let this host join: {e}"))
                 }
+                // An untrusted certificate does not heal by retrying.
+                Err(e @ nubo_client::ClientError::Tls { .. }) if !pinned && self.config.ca_cert.is_none() => {
+                    return Err(anyhow::anyhow!(
+                        "{e}. The join token carries no CA fingerprint (it was made by an older Nubo, or by a server \
+                         with an operator's certificate), so nothing says which CA to trust: mint a new token with \
+                         `nubo host join-token` on the server, or pass --ca-cert"
+                    ))
+                }
+                Err(e @ nubo_client::ClientError::Tls { .. }) => return Err(anyhow::anyhow!("cannot join: {e}")),
                 Err(e) => {
                     tracing::warn!(error = %e, "join failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -173,8 +203,10 @@ impl Agent {
     pub async fn run(self) -> anyhow::Result<()> {
         let span = tracing::info_span!("agent", host = %self.host_id);
         async move {
-            let credential = self.credential().await?;
-            let client = Client::with_ca(&self.config.server_url, &credential, self.config.ca_cert.as_deref())?;
+            let join = self.pending_join()?;
+            let trust = trust::resolve(&self.config, join.as_ref()).await?;
+            let credential = self.credential(&trust, join).await?;
+            let client = Client::with_trust(&self.config.server_url, &credential, &trust)?;
             self.register(&client).await?;
             tracing::info!(name = %self.config.name, accel = %self.accel, "agent registered");
             let (tx, rx) = tokio::sync::watch::channel::<Option<DesiredState>>(None);

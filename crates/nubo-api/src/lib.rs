@@ -8,6 +8,7 @@ pub mod agent;
 pub mod automation;
 pub mod error;
 pub mod ids;
+pub mod join;
 pub mod lb;
 pub mod monitoring;
 pub mod params;

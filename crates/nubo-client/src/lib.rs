@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod trust;
+pub use trust::Trust;
+
 /// The environment variable naming an extra CA certificate (PEM) to
 /// trust, e.g. the one `nubo server --tls` generates in DATA_DIR/tls/ca.pem.
 pub const CA_CERT_ENV: &str = "NUBO_CA_CERT";
@@ -51,11 +54,18 @@ pub enum ClientError {
          PEM, e.g. DATA_DIR/tls/ca.pem"
     )]
     CaCert { path: String, detail: String },
+    /// The server's CA is not the one the join token names.
+    #[error(
+        "the server at {url} presents a CA whose SHA-256 fingerprint is {found}, but the join token names \
+         {expected}: the token was minted by another server, or something on the way is posing as this one. Nothing \
+         secret was sent. Mint a token on the server you mean (`nubo host join-token`) and pass it with --join-token"
+    )]
+    CaFingerprint { url: String, expected: String, found: String },
 }
 
 /// Classifies a failed request: certificate problems get their own error,
 /// which says how to trust the server.
-fn transport(url: &str, source: reqwest::Error) -> ClientError {
+pub(crate) fn transport(url: &str, source: reqwest::Error) -> ClientError {
     let mut cause: Option<&dyn std::error::Error> = Some(&source);
     let mut innermost = String::new();
     let mut about_certificates = false;
@@ -115,18 +125,13 @@ impl Client {
     /// Like [`Client::new`], also trusting the CA certificate(s) in the
     /// PEM file `ca_cert` (for an `https://` server with its own CA).
     pub fn with_ca(base: &str, token: &str, ca_cert: Option<&Path>) -> Result<Self, ClientError> {
-        let mut builder = reqwest::Client::builder();
-        if let Some(path) = ca_cert {
-            let ca_error = |detail: String| ClientError::CaCert { path: path.display().to_string(), detail };
-            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(ca_error("it holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into()));
-            }
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
-        }
+        Self::with_trust(base, token, &Trust::Public { extra: ca_cert.map(Path::to_path_buf) })
+    }
+
+    /// Like [`Client::new`], trusting the server certificates `trust` says.
+    pub fn with_trust(base: &str, token: &str, trust: &Trust) -> Result<Self, ClientError> {
+        let ca_cert = trust.file();
+        let builder = trust::configure(reqwest::Client::builder(), trust)?;
         let http = builder
             .connect_timeout(Duration::from_secs(5))
             // Above the server's long-poll (20 s).
@@ -829,7 +834,7 @@ impl Client {
 const FILE_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 /// The server's error body as a [`ClientError`].
-fn api_error(status: u16, bytes: &[u8]) -> ClientError {
+pub(crate) fn api_error(status: u16, bytes: &[u8]) -> ClientError {
     match serde_json::from_slice::<ErrorBody>(bytes) {
         Ok(b) => ClientError::Api { status, code: b.error.code, message: b.error.message },
         Err(_) => ClientError::Api {

@@ -99,6 +99,10 @@ pub struct Config {
     pub max_policies_per_project: u32,
     /// Bytes of image files one project may keep (imports and snapshots).
     pub image_quota_bytes: u64,
+    /// The CA this server made for its HTTPS certificate: join tokens
+    /// carry its fingerprint, and new hosts fetch it to check the server.
+    /// `None`: plain HTTP, or an operator's certificate.
+    pub tls_ca: Option<tls::ServedCa>,
 }
 
 impl Config {
@@ -124,6 +128,7 @@ impl Config {
             max_alert_rules_per_project: 100,
             max_policies_per_project: 100,
             image_quota_bytes: 50 << 30,
+            tls_ca: None,
         }
     }
 }
@@ -298,6 +303,15 @@ impl Ctx {
             .ok_or_else(|| anyhow::anyhow!("the bootstrap admin user is missing"))?;
         let project = self.store.ensure_project(identity::DEFAULT_PROJECT).await?;
         Ok(self.store.issue_token(&admin.id, Some(&project.id), "bootstrap", None).await?.1)
+    }
+
+    /// A one-time join token valid for `ttl_ms`, and when it expires. It
+    /// names this server's CA (when it has one), so that the new host
+    /// can tell it reached this server before it sends the secret.
+    pub async fn mint_join_token(&self, ttl_ms: i64) -> Result<(String, i64), sqlx::Error> {
+        let (secret, expires_at_ms) = self.store.create_join_token(ttl_ms).await?;
+        let fingerprint = self.config.tls_ca.as_ref().map(|ca| ca.fingerprint);
+        Ok((nubo_api::join::JoinToken::new(secret, fingerprint).to_string(), expires_at_ms))
     }
 }
 

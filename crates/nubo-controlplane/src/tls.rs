@@ -11,6 +11,10 @@
 //! its key, or expires within 30 days. Clients trust the CA through
 //! `NUBO_CA_CERT`, which admin.env sets. Keys are written with mode 0600.
 //! The crypto provider is ring.
+//!
+//! A generated CA is also what new hosts pin: join tokens carry its
+//! SHA-256 fingerprint ([`ServedCa`]), and the server hands out the CA
+//! itself at `GET /api/v1/tls/ca.pem` for agents to check against it.
 
 use anyhow::{anyhow, Context};
 use rcgen::{
@@ -106,6 +110,26 @@ impl TlsFiles {
             })?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
+    }
+}
+
+/// The CA a server made for itself, as it is handed to new hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedCa {
+    /// The CA certificate in PEM (`GET /api/v1/tls/ca.pem`).
+    pub pem: String,
+    /// SHA-256 of its DER, carried by every join token.
+    pub fingerprint: nubo_api::join::CaFingerprint,
+}
+
+impl ServedCa {
+    /// Reads the CA certificate at `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let remedy = format!("remove {} to make a new CA", path.parent().unwrap_or(path).display());
+        let pem = std::fs::read_to_string(path).with_context(|| format!("cannot read {}; {remedy}", path.display()))?;
+        let der = CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| anyhow!("{} is not a PEM certificate ({e}); {remedy}", path.display()))?;
+        Ok(Self { fingerprint: nubo_api::join::CaFingerprint::of_der(&der), pem })
     }
 }
 
@@ -354,6 +378,9 @@ mod tests {
         assert_eq!(mode(&tls.join("server-key.pem")), 0o600);
         assert_eq!(mode(&tls), 0o700);
         files.server_config().expect("server config");
+        let served = ServedCa::load(&tls.join("ca.pem")).expect("served CA");
+        let der = CertificateDer::from_pem_slice(served.pem.as_bytes()).expect("der");
+        assert_eq!(served.fingerprint, nubo_api::join::CaFingerprint::of_der(&der));
         let (ca, server) = (read(&tls.join("ca.pem")), read(&tls.join("server.pem")));
 
         // Same address: nothing changes.

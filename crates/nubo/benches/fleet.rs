@@ -344,6 +344,7 @@ fn run(settings: &Settings, database: &str, url: Option<&str>) -> Figures {
                 interval: Duration::from_millis(500),
                 stop_grace: Duration::from_secs(1),
                 ca_cert: None,
+                insecure_http: false,
                 metadata_relay: None,
                 metrics_interval: Duration::from_secs(10),
                 plugin_dirs: Vec::new(),

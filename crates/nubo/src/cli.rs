@@ -322,10 +322,17 @@ pub struct ServerArgs {
     /// LDAP sign-in settings (JSON: url, user_dn_template, group_base, mappings).
     #[arg(long, env = "NUBO_LDAP_CONFIG")]
     pub ldap_config: Option<PathBuf>,
-    /// Serve HTTPS. Without --tls-cert, Nubo makes a CA and a certificate in
-    /// DATA_DIR/tls on first start; clients trust it via NUBO_CA_CERT (admin.env sets it).
+    /// Serve HTTPS, also on a loopback --listen address (any other address
+    /// gets it without asking). Without --tls-cert, Nubo makes a CA and a
+    /// certificate in DATA_DIR/tls on first start; clients trust it via
+    /// NUBO_CA_CERT (admin.env sets it), agents via their join token.
     #[arg(long)]
     pub tls: bool,
+    /// Serve plain HTTP on a --listen address beyond loopback. Join tokens,
+    /// host credentials, API tokens and sessions then cross the network in
+    /// clear; without this flag such a server serves HTTPS.
+    #[arg(long, conflicts_with_all = ["tls", "tls_cert"])]
+    pub insecure_http: bool,
     /// Serve this PEM certificate chain (server certificate first) instead; implies --tls.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -459,22 +466,29 @@ pub struct UpArgs {
 
 #[derive(Args, Clone)]
 pub struct AgentArgs {
-    /// The control plane's URL, e.g. http://10.0.0.1:8780; with several
+    /// The control plane's URL, e.g. https://10.0.0.1:8780; with several
     /// servers on one PostgreSQL, all their URLs separated by commas (the
     /// agent moves to the next one when one cannot be reached).
     #[arg(long, env = "NUBO_SERVER")]
     pub server: String,
     /// One-time join token (printed by `nubo server`, or `nubo host join-token`).
     /// Needed only at the first start; the host then keeps its own credential.
+    /// It names the server's CA: the agent checks the server against it and
+    /// keeps the CA in DATA_DIR/server-ca.pem, so no --ca-cert is needed.
     #[arg(long, env = "NUBO_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
     /// Where the agent keeps its host id and VMs. Default as for `nubo up`.
     #[arg(long, env = "NUBO_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Extra CA certificate (PEM) to trust for an https:// server, e.g. the
-    /// server's DATA_DIR/tls/ca.pem.
+    /// server's DATA_DIR/tls/ca.pem (not needed with a current join token).
     #[arg(long, value_name = "FILE", env = "NUBO_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
+    /// Talk to a server on another machine over plain http:// (refused
+    /// otherwise: the join token and the host's credential would cross the
+    /// network in clear).
+    #[arg(long)]
+    pub insecure_http: bool,
     #[command(flatten)]
     pub opts: AgentOpts,
 }

@@ -8,7 +8,7 @@ use crate::cli::{AgentArgs, AgentOpts, ServerArgs, UpArgs};
 use anyhow::Context;
 use nubo_agent::identity::write_private;
 use nubo_agent::{Agent, AgentConfig};
-use nubo_controlplane::tls::TlsFiles;
+use nubo_controlplane::tls::{ServedCa, TlsFiles};
 use nubo_controlplane::{identity, Config, Ctx};
 use nubo_hypervisor::{detect_accel, AccelPreference, Qemu};
 use std::path::{Path, PathBuf};
@@ -82,6 +82,12 @@ async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
     if let Some(path) = &a.instance_types {
         config.instance_types = nubo_controlplane::instance_types::InstanceTypes::load(path)?;
     }
+    // Settled before the state opens, so that every join token minted
+    // names the CA.
+    let tls = tls_files(a, &data_dir)?;
+    if let Some(ca) = tls.as_ref().and_then(|f| f.ca.as_ref()) {
+        config.tls_ca = Some(ServedCa::load(ca)?);
+    }
     let ctx = Ctx::new(config).await?;
     ctx.start_background();
     let admin_token = ensure_admin_token(&ctx, &data_dir.join("admin.env")).await?;
@@ -94,11 +100,6 @@ async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
         .await
         .with_context(|| format!("cannot listen on {}: is another Nubo running? choose another --listen", a.listen))?;
     let addr = listener.local_addr()?;
-    let tls = match (&a.tls_cert, &a.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles::provided(cert.clone(), key.clone())),
-        _ if a.tls => Some(TlsFiles::generated(&data_dir, addr)?),
-        _ => None,
-    };
     let (url, ca_cert, server) = match tls {
         Some(files) => {
             let config = files.server_config()?;
@@ -111,6 +112,30 @@ async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
         None => (format!("http://{addr}"), None, tokio::spawn(nubo_controlplane::serve(ctx.clone(), listener))),
     };
     Ok(Started { ctx, url, data_dir, admin_token, access_key, server, ca_cert })
+}
+
+/// The certificate to serve, if any: the operator's (`--tls-cert`), else
+/// one from Nubo's own CA with `--tls` or on any address beyond loopback,
+/// since join tokens, host credentials, API tokens and sessions would
+/// otherwise cross a network in clear. Plain HTTP there takes
+/// `--insecure-http`, and a warning.
+fn tls_files(a: &ServerArgs, data_dir: &Path) -> anyhow::Result<Option<TlsFiles>> {
+    if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
+        return Ok(Some(TlsFiles::provided(cert.clone(), key.clone())));
+    }
+    let beyond_loopback = !a.listen.ip().is_loopback();
+    if a.tls || (beyond_loopback && !a.insecure_http) {
+        // The certificate's names depend only on the address, not the port.
+        return Ok(Some(TlsFiles::generated(data_dir, a.listen)?));
+    }
+    if beyond_loopback {
+        tracing::warn!(
+            listen = %a.listen,
+            "serving plain HTTP beyond loopback (--insecure-http): join tokens, host credentials, API tokens and \
+             sessions cross the network in clear; drop --insecure-http to serve HTTPS with a CA of Nubo's own"
+        );
+    }
+    Ok(None)
 }
 
 fn write_admin_env(s: &Started) -> anyhow::Result<PathBuf> {
@@ -154,6 +179,7 @@ fn agent_config(
         interval: Duration::from_millis(500),
         stop_grace: Duration::from_secs(opts.stop_grace_secs),
         ca_cert,
+        insecure_http: false,
         // QEMU runs this binary as the metadata relay for each guest connection.
         metadata_relay: std::env::current_exe()
             .ok()
@@ -231,7 +257,9 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         .ca_cert
         .clone()
         .or_else(|| std::env::var_os(nubo_client::CA_CERT_ENV).filter(|v| !v.is_empty()).map(PathBuf::from));
-    let config = agent_config(&a.agent, &s.url, join, &s.data_dir, ca_cert);
+    let mut config = agent_config(&a.agent, &s.url, join, &s.data_dir, ca_cert);
+    // The local agent follows the server's choice of plain HTTP.
+    config.insecure_http = a.server.insecure_http;
     ensure_tiny(config.image_cache.clone()).await?;
     let agent = make_agent(&a.agent, config)?;
     let host = agent.host_id.clone();
@@ -260,16 +288,21 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
 pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
     let s = start_server(&a).await?;
     let env = write_admin_env(&s)?;
-    let (join, _) = s.ctx.store.create_join_token(3600 * 1000).await?;
+    let (join, _) = s.ctx.mint_join_token(3600 * 1000).await?;
     let join_file = s.data_dir.join("join.token");
     write_private(&join_file, &format!("{join}\n"))?;
     println!("Nubo control plane at {}; admin credentials in {}", s.url, env.display());
+    if let Some(ca) = &s.ctx.config.tls_ca {
+        println!("Its CA's SHA-256 fingerprint (join tokens carry it): {}", ca.fingerprint);
+    }
     println!(
         "Join a compute host (one-time token, valid 1 h, also in {}; more with `nubo host join-token`):",
         join_file.display()
     );
-    let ca = s.ca_cert.as_ref().map(|c| format!(" --ca-cert {}", c.display())).unwrap_or_default();
-    println!("  nubo agent --server {}{ca} --join-token {join}", s.url);
+    // The token names the CA, so an agent needs nothing else to check the
+    // server; plain HTTP beyond loopback takes the agent's consent too.
+    let insecure = if a.insecure_http && !a.listen.ip().is_loopback() { " --insecure-http" } else { "" };
+    println!("  nubo agent --server {}{insecure} --join-token {join}", s.url);
     tokio::select! {
         r = s.server => { r??; }
         _ = shutdown_signal() => nubo_controlplane::monitor::release(&s.ctx).await,
@@ -279,7 +312,8 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
 
 pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
     let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
-    let config = agent_config(&a.opts, &a.server, a.join_token.clone(), &data_dir, a.ca_cert.clone());
+    let mut config = agent_config(&a.opts, &a.server, a.join_token.clone(), &data_dir, a.ca_cert.clone());
+    config.insecure_http = a.insecure_http;
     let agent = make_agent(&a.opts, config)?;
     tokio::select! {
         r = agent.run() => r,

@@ -366,7 +366,11 @@ pub async fn join(
     State(ctx): State<Arc<Ctx>>,
     ApiJson(j): ApiJson<nubo_api::params::HostJoin>,
 ) -> AppResult<Json<nubo_api::views::HostCredential>> {
-    match ctx.store.join_host(j.join_token.trim(), j.host_id.as_str()).await? {
+    // The whole token or just its secret: only the secret is checked (the
+    // agent already checked the fingerprint against this server's CA).
+    let token: nubo_api::join::JoinToken =
+        j.join_token.parse().map_err(|e: nubo_api::join::JoinTokenError| AppError::BadRequest(e.to_string()))?;
+    match ctx.store.join_host(&token.secret, j.host_id.as_str()).await? {
         Some(credential) => {
             tracing::info!(host = %j.host_id, "host joined");
             Ok(Json(nubo_api::views::HostCredential { host_id: j.host_id, credential }))

@@ -290,7 +290,7 @@ pub async fn audit(
     responses((status = 201, body = JoinToken), (status = 403, body = nubo_api::error::ErrorBody)))]
 pub async fn join_token(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<(StatusCode, Json<JoinToken>)> {
     authz::require_admin(&caller)?;
-    let (token, expires_at_ms) = ctx.store.create_join_token(3600 * 1000).await?;
+    let (token, expires_at_ms) = ctx.mint_join_token(3600 * 1000).await?;
     Ok((StatusCode::CREATED, Json(JoinToken { token, expires_at_ms })))
 }
 

@@ -156,6 +156,22 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().merge(file_routes()).split_for_parts().1
 }
 
+/// The CA this server's certificate chains to. Anyone may read it (a CA
+/// certificate is no secret): a new host fetches it over an unchecked
+/// connection and trusts it only if its fingerprint is the one in its join
+/// token. Not in the OpenAPI document, as it is PEM, not JSON.
+async fn tls_ca(axum::extract::State(ctx): axum::extract::State<Arc<Ctx>>) -> axum::response::Response {
+    match &ctx.config.tls_ca {
+        Some(ca) => ([(axum::http::header::CONTENT_TYPE, "application/x-pem-file")], ca.pem.clone()).into_response(),
+        None => AppError::Conflict(
+            "this server has no CA of its own (it serves plain HTTP or an operator's certificate): trust its \
+             certificate through NUBO_CA_CERT (`nubo agent`: --ca-cert)"
+                .into(),
+        )
+        .into_response(),
+    }
+}
+
 pub fn router(ctx: Arc<Ctx>) -> axum::Router {
     let max_body = ctx.config.max_body_bytes;
     let max_file = usize::try_from(ctx.config.max_image_bytes).unwrap_or(usize::MAX);
@@ -174,6 +190,7 @@ pub fn router(ctx: Arc<Ctx>) -> axum::Router {
         .merge(ec2)
         .route("/api/v1/openapi.json", get(move || async move { Json(doc) }))
         .route("/api/v1/health", get(|| async { "ok" }))
+        .route("/api/v1/tls/ca.pem", get(tls_ca))
         .merge(crate::portal::router())
         .fallback(|uri: axum::http::Uri| async move {
             if uri.path().starts_with("/ui") {

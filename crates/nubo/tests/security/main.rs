@@ -13,6 +13,8 @@
 //! - `webhooks`: alert and policy webhooks as SSRF and as a stall.
 //! - `identity`: sign-in guessing, token caps, LDAP removal, audit floods.
 //! - `tenancy`: removed members, image quotas, rule CIDRs.
+//! - `tls`: credentials on the LAN (HTTPS by default beyond loopback,
+//!   join tokens that pin the server's CA).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -23,4 +25,5 @@ mod guests;
 mod host_liveness;
 mod identity;
 mod tenancy;
+mod tls;
 mod webhooks;
