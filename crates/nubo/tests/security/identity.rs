@@ -339,7 +339,8 @@ impl Slapd {
         ldif += &person("nubo", "services", SERVICE_PW);
         ldif += &format!(
             "dn: cn=devs,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: devs\nmember: uid=alice,ou=people,{SUFFIX}\n\n\
-             dn: cn=ops,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: ops\nmember: uid=bob,ou=people,{SUFFIX}\n\n\
+             dn: cn=ops,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: ops\nmember: uid=bob,ou=people,{SUFFIX}\n\
+             member: uid=nubo,ou=services,{SUFFIX}\n\n\
              dn: cn=auditors,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: auditors\nmember: uid=bob,ou=people,{SUFFIX}\n\n"
         );
         let ldif_file = d.join("base.ldif");
