@@ -15,7 +15,8 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 /// Above this many tracked keys, keys whose limit has fully recovered are
-/// dropped at the next attempt (and every minute in any case), so memory
+/// dropped at the next attempt (and hourly in any case, by the audit
+/// retention task), so memory
 /// follows the number of recent guessers, not of every name ever tried.
 const PRUNE_ABOVE: usize = 10_000;
 
