@@ -16,8 +16,8 @@ use tokio::sync::Semaphore;
 
 /// Above this many tracked keys, keys whose limit has fully recovered are
 /// dropped at the next attempt (and hourly in any case, by the audit
-/// retention task), so memory
-/// follows the number of recent guessers, not of every name ever tried.
+/// retention task), so memory follows the number of recent guessers, not
+/// of every name ever tried.
 const PRUNE_ABOVE: usize = 10_000;
 
 /// Sign-in attempt limits and the hashing pool.
