@@ -1033,6 +1033,7 @@ mod tests {
             network: None,
             migration_address: "127.0.0.1".into(),
             shared_storage: None,
+            insecure_http: false,
         };
         Reconciler::new(
             "h-0123456789abcdef0".parse().unwrap(),

@@ -616,6 +616,11 @@ impl Client {
         self.put(&format!("/api/v1/projects/{}/members/{}", path_segment(project), path_segment(user)), &body).await
     }
 
+    /// Takes the user's role in the project away (operators only).
+    pub async fn remove_member(&self, project: &str, user: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/projects/{}/members/{}", path_segment(project), path_segment(user))).await
+    }
+
     pub async fn users(&self) -> Result<Vec<nubo_api::views::User>, ClientError> {
         self.get("/api/v1/users").await
     }

@@ -1,8 +1,10 @@
 //! Who is calling. Every request's credential is resolved here, in one
 //! place: user API tokens to a `Caller` (user, project, role), host
 //! credentials to a `HostCaller`. Secrets are random 256-bit tokens kept
-//! only as SHA-256 hashes. Each credential is rate limited, and what was
-//! resolved is handed to the audit log.
+//! only as SHA-256 hashes. Requests are rate limited per user (every token
+//! and access key of one user share one budget, so minting tokens buys no
+//! more requests) and per host, and what was resolved is handed to the
+//! audit log.
 
 use crate::error::AppError;
 use crate::Ctx;
@@ -107,13 +109,43 @@ fn bearer(parts: &Parts) -> Result<&str, AppError> {
         .ok_or_else(|| AppError::Unauthorized("the Authorization header must be 'Bearer <token>'".into()))
 }
 
+/// Counts one request against a principal's budget: `user:ID` or `host:ID`.
 pub(crate) fn rate_limit(ctx: &Ctx, key: &str) -> Result<(), AppError> {
     ctx.limiter.check_key(&key.to_string()).map_err(|_| {
         AppError::TooManyRequests(format!(
-            "too many requests for this credential (limit {} per second): slow down and retry",
+            "too many requests for this user or host (limit {} per second, all its tokens together): slow down \
+             and retry",
             ctx.config.rate_per_sec
         ))
     })
+}
+
+/// The budget key of a resolved user credential: the user, not the token.
+pub(crate) fn user_key(owner: &crate::identity::TokenOwner) -> String {
+    format!("user:{}", owner.user_id)
+}
+
+/// The address a request came from (`in-process` when served without a
+/// socket, as in tests), for per-address limits and the audit log.
+#[derive(Debug, Clone)]
+pub struct SourceAddr(pub String);
+
+impl SourceAddr {
+    pub fn of(parts_extensions: &axum::http::Extensions) -> Self {
+        Self(
+            parts_extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string())
+                .unwrap_or_else(|| "in-process".into()),
+        )
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for SourceAddr {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self::of(&parts.extensions))
+    }
 }
 
 impl FromRequestParts<Arc<Ctx>> for Caller {
@@ -129,7 +161,7 @@ impl FromRequestParts<Arc<Ctx>> for Caller {
                 ));
             }
         };
-        rate_limit(ctx, &owner.token_id)?;
+        rate_limit(ctx, &user_key(&owner))?;
         record(parts, owner.user_name.clone(), owner.project_id.clone());
         Ok(caller_of(owner))
     }
@@ -163,7 +195,7 @@ impl FromRequestParts<Arc<Ctx>> for HostCaller {
         let token = bearer(parts)?;
         match ctx.store.credential_host(token).await? {
             Some(host_id) => {
-                rate_limit(ctx, &host_id)?;
+                rate_limit(ctx, &format!("host:{host_id}"))?;
                 record(parts, format!("host:{host_id}"), None);
                 Ok(HostCaller { host_id })
             }

@@ -39,10 +39,25 @@ pub fn check(
 }
 
 /// The project `caller`'s token is scoped to (for reading its resources).
+/// A caller whose role in that project is gone gets nothing: the token
+/// still names the project, but membership is what grants reading it.
 pub fn caller_project(caller: &Caller) -> Result<String, AppError> {
-    caller.project_id.clone().ok_or_else(|| {
+    let project = caller.project_id.clone().ok_or_else(|| {
         AppError::BadRequest("this token is not scoped to a project: sign in with `nubo login --project NAME`".into())
-    })
+    })?;
+    if !caller.admin && caller.role == Role::None {
+        return Err(no_role(caller));
+    }
+    Ok(project)
+}
+
+/// The refusal of a caller who is no longer a member of the token's project.
+pub fn no_role(caller: &Caller) -> AppError {
+    AppError::Forbidden(format!(
+        "you are no longer a member of project {}: ask an operator to add you again, or sign in to another \
+         project with `nubo login --project NAME`",
+        caller.project_name.as_deref().unwrap_or("?")
+    ))
 }
 
 /// The project new resources of `caller` belong to, if it may create them.
@@ -58,7 +73,17 @@ pub fn creation_project(caller: &Caller) -> Result<String, AppError> {
     }
 }
 
-/// Operator-only actions (hosts, users, projects, the audit log).
+/// The token's project when the caller may read it (an operator, or a
+/// member or reader of it); `None` once the caller's role there is gone.
+/// For lookups that also show shared things (builtin recipes).
+pub fn readable_project(caller: &Caller) -> Option<&str> {
+    if caller.admin || caller.role != Role::None {
+        caller.project_id.as_deref()
+    } else {
+        None
+    }
+}
+
 /// Whose resources a listing shows: `Some(None)` every project's
 /// (operators), `Some(Some(p))` the caller's project, `None` nothing (no
 /// role in any project).
@@ -72,6 +97,15 @@ pub fn list_scope(caller: &Caller) -> Option<Option<String>> {
     }
 }
 
+/// The project whose resources a listing of shareable things (images)
+/// shows besides the public ones: `None` every project's (operators). A
+/// caller without a role sees only public and builtin ones (an empty
+/// project id matches no project).
+pub fn shared_list_scope(caller: &Caller) -> Option<String> {
+    list_scope(caller).unwrap_or(Some(String::new()))
+}
+
+/// Operator-only actions (hosts, users, projects, the audit log).
 pub fn require_admin(caller: &Caller) -> Result<(), AppError> {
     if caller.admin {
         Ok(())
@@ -107,5 +141,18 @@ mod tests {
         assert!(check(&caller("x", Role::Admin), Access::Write, Some("b"), "instance", "i").is_ok());
         assert!(creation_project(&r).is_err());
         assert!(require_admin(&m).is_err());
+    }
+
+    #[test]
+    fn a_caller_without_a_role_lists_nothing_of_the_project() {
+        let gone = caller("a", Role::None);
+        assert_eq!(list_scope(&gone), None);
+        assert_eq!(shared_list_scope(&gone), Some(String::new()));
+        assert!(matches!(caller_project(&gone), Err(AppError::Forbidden(_))));
+        assert!(matches!(check(&gone, Access::Read, Some("a"), "check", "c"), Err(AppError::NotFound { .. })));
+        let m = caller("a", Role::Reader);
+        assert_eq!(list_scope(&m), Some(Some("a".into())));
+        assert_eq!(caller_project(&m).unwrap(), "a");
+        assert_eq!(list_scope(&caller("a", Role::Admin)), Some(None));
     }
 }

@@ -35,6 +35,10 @@ pub enum AppError {
     /// The credential sent too many requests.
     #[error("{0}")]
     TooManyRequests(String),
+    /// Too many attempts (sign-ins): refused until `retry_after_secs` have
+    /// passed, which the response's Retry-After header says too.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_secs: u64 },
     /// A service Nubo depends on (e.g. the LDAP server) cannot be reached.
     #[error("{0}")]
     Unavailable(String),
@@ -62,7 +66,7 @@ impl AppError {
             Self::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            Self::TooManyRequests(_) | Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -92,7 +96,12 @@ impl IntoResponse for AppError {
             tracing::error!(error = %internal, "internal error");
         }
         let body = ErrorBody { error: ErrorDetail { code: code.to_string(), message: self.public_message() } };
-        (status, axum::Json(body)).into_response()
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let Self::RateLimited { retry_after_secs, .. } = &self {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(*retry_after_secs));
+        }
+        resp
     }
 }
 

@@ -193,6 +193,16 @@ impl Store {
         Ok(())
     }
 
+    /// Takes one role away; whether there was one.
+    pub async fn remove_membership(&self, user_id: &str, project_id: &str) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query("DELETE FROM memberships WHERE user_id = $1 AND project_id = $2")
+            .bind(user_id)
+            .bind(project_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     pub async fn remove_memberships(&self, user_id: &str) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM memberships WHERE user_id = $1").bind(user_id).execute(&self.pool).await?;
         Ok(())
@@ -235,6 +245,106 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok((id, secret))
+    }
+
+    /// Issues a token unless the user already holds `max` live ones. A
+    /// sign-in session (`session`) makes room by revoking the user's oldest
+    /// live sessions instead: signing in again must not lock a user out.
+    /// Returns `Err(live)` when there is no room.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn issue_token_capped(
+        &self,
+        user_id: &str,
+        project_id: Option<&str>,
+        name: &str,
+        expires_at_ms: Option<i64>,
+        max: u32,
+        session: bool,
+    ) -> Result<Result<(TokenId, String), u64>, sqlx::Error> {
+        let now = now_ms();
+        let live: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM api_tokens WHERE user_id = $1 AND revoked_at_ms IS NULL
+               AND (expires_at_ms IS NULL OR expires_at_ms > $2)",
+        )
+        .bind(user_id)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        let max = i64::from(max.max(1));
+        if live >= max {
+            if !session {
+                return Ok(Err(live as u64));
+            }
+            let excess = live - max + 1;
+            let oldest: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM api_tokens WHERE user_id = $1 AND revoked_at_ms IS NULL
+                   AND (expires_at_ms IS NULL OR expires_at_ms > $2) AND name IN ('login', 'portal')
+                 ORDER BY created_at_ms LIMIT $3",
+            )
+            .bind(user_id)
+            .bind(now)
+            .bind(excess)
+            .fetch_all(&self.pool)
+            .await?;
+            if (oldest.len() as i64) < excess {
+                return Ok(Err(live as u64));
+            }
+            for id in &oldest {
+                self.revoke(Credentials::ApiTokens, id, Some(user_id)).await?;
+            }
+            tracing::info!(user_id, revoked = oldest.len(), "oldest sessions revoked to stay within the token cap");
+        }
+        Ok(Ok(self.issue_token(user_id, project_id, name, expires_at_ms).await?))
+    }
+
+    /// Gives every token without an expiry (but the bootstrap admin's, kept
+    /// in the server's admin.env) one: its creation plus `max_life_ms`.
+    pub async fn cap_token_lifetimes(&self, max_life_ms: i64) -> Result<u64, sqlx::Error> {
+        let r = sqlx::query(
+            "UPDATE api_tokens SET expires_at_ms = created_at_ms + $1
+             WHERE expires_at_ms IS NULL AND NOT (name = 'bootstrap'
+               AND user_id IN (SELECT id FROM users WHERE name = $2))",
+        )
+        .bind(max_life_ms)
+        .bind(BOOTSTRAP_ADMIN)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Revokes every token and access key of a user (it left the directory).
+    pub async fn revoke_user_credentials(&self, user_id: &str) -> Result<u64, sqlx::Error> {
+        let now = now_ms();
+        let mut n = 0;
+        for table in ["api_tokens", "access_keys"] {
+            // The table name is one of the two literals above, never input.
+            let r = sqlx::query(&format!(
+                "UPDATE {table} SET revoked_at_ms = $1 WHERE user_id = $2 AND revoked_at_ms IS NULL"
+            ))
+            .bind(now)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+            n += r.rows_affected();
+        }
+        Ok(n)
+    }
+
+    /// Users signed in from a given source (`ldap`).
+    pub async fn users_from(&self, source: &str) -> Result<Vec<UserRow>, sqlx::Error> {
+        sqlx::query_as("SELECT id, name, source, password_hash, is_admin FROM users WHERE source = $1 ORDER BY name")
+            .bind(source)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    pub async fn set_admin(&self, user_id: &str, is_admin: bool) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE users SET is_admin = $1 WHERE id = $2")
+            .bind(i64::from(is_admin))
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// The owner of a live token: not revoked, not expired.
@@ -450,6 +560,19 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Deletes up to `batch` audit entries older than `before_ms`; how many
+    /// went. Batches keep each delete short on a large log.
+    pub async fn prune_audit(&self, before_ms: i64, batch: i64) -> Result<u64, sqlx::Error> {
+        let r = sqlx::query(
+            "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE at_ms < $1 ORDER BY at_ms LIMIT $2)",
+        )
+        .bind(before_ms)
+        .bind(batch)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
     }
 
     pub async fn audit_entries(&self, limit: i64) -> Result<Vec<nubo_api::views::AuditEntry>, sqlx::Error> {

@@ -4,9 +4,12 @@
 //! project and role), the escaping of user input into DNs (RFC 4514) and
 //! search filters (RFC 4515), and `authenticate`, which binds as the user
 //! with their password, reads their groups as that user and maps the
-//! groups to Nubo grants. It holds no state and keeps no password: each
-//! sign-in is one short connection, closed before it returns. What a grant
-//! means inside Nubo (users, projects, tokens) is the caller's business.
+//! groups to Nubo grants; and `lookup`, which re-reads a known user's
+//! standing (still there? which grants?) between sign-ins, bound as the
+//! settings' service account. It holds no state and keeps no user's
+//! password: each call is one short connection, closed before it returns.
+//! What a grant means inside Nubo (users, projects, tokens) is the caller's
+//! business (`ldap_sync`).
 //!
 //! `ldap://` sends the password in clear text: outside a loopback or
 //! otherwise trusted network use `ldaps://` (TLS, checked against the
@@ -29,6 +32,10 @@ pub const ROLES: &[&str] = &["admin", "member", "reader"];
 
 /// Longest user name accepted.
 pub const MAX_USERNAME_LEN: usize = 64;
+
+/// Seconds between re-checks of the directory's users unless the settings
+/// say otherwise.
+pub const DEFAULT_REFRESH_SECS: u64 = 300;
 
 fn default_group_filter() -> String {
     DEFAULT_GROUP_FILTER.to_string()
@@ -54,6 +61,29 @@ pub struct LdapConfig {
     /// Seconds each step may take (default 5).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// The DN the server binds as to re-check its LDAP users between
+    /// sign-ins (it needs to read their entries and the groups); without
+    /// it the re-check searches anonymously.
+    #[serde(default)]
+    pub bind_dn: Option<String>,
+    /// The password of `bind_dn` (never written back out).
+    #[serde(default, skip_serializing)]
+    pub bind_password: Option<String>,
+    /// Seconds between re-checks of every LDAP user (default 300): a user
+    /// removed from the directory, or from every mapped group, loses its
+    /// roles, tokens and access keys within this long.
+    #[serde(default)]
+    pub refresh_secs: Option<u64>,
+}
+
+/// What the directory says of a known user now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// The user's entry is gone.
+    Gone,
+    /// The mapped grants the user's groups give (none: every mapped group
+    /// dropped the user).
+    Grants(Vec<GroupMapping>),
 }
 
 /// Members of the LDAP group `group` (its `cn`, compared ignoring ASCII
@@ -185,6 +215,22 @@ impl LdapConfig {
         Duration::from_secs(self.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS))
     }
 
+    /// How often the directory's users are re-checked.
+    pub fn refresh(&self) -> Duration {
+        Duration::from_secs(self.refresh_secs.unwrap_or(DEFAULT_REFRESH_SECS))
+    }
+
+    /// The mappings the groups named `groups` (cns) give.
+    pub fn grants_for(&self, groups: &[String]) -> Vec<GroupMapping> {
+        let mut grants: Vec<GroupMapping> = Vec::new();
+        for m in &self.mappings {
+            if groups.iter().any(|g| g.eq_ignore_ascii_case(&m.group)) && !grants.contains(m) {
+                grants.push(m.clone());
+            }
+        }
+        grants
+    }
+
     /// The DN of `username` (escaped into the template).
     pub fn user_dn(&self, username: &str) -> String {
         fill(&self.user_dn_template, &[("user", &escape_dn_value(username))])
@@ -246,6 +292,23 @@ impl LdapConfig {
                     ROLES.join(", ")
                 ));
             }
+        }
+        if self.bind_dn.is_some() != self.bind_password.is_some() {
+            return bad("bind_dn and bind_password go together: give both (a service account that may read users \
+                 and groups) or neither (anonymous re-checks)"
+                .into());
+        }
+        if self.bind_password.as_deref() == Some("") {
+            return bad(
+                "bind_password is empty: an empty password binds anonymously; give the account's password".into()
+            );
+        }
+        match self.refresh_secs {
+            Some(0) => return bad("refresh_secs is 0: leave it out (300 s) or give 1 or more seconds".into()),
+            Some(t) if t > 86400 => {
+                return bad(format!("refresh_secs {t} is too long: give at most 86400 seconds (a day)"))
+            }
+            _ => {}
         }
         match self.timeout_secs {
             Some(0) => bad("timeout_secs is 0: leave it out (5 s) or give 1 or more seconds".into()),
@@ -349,18 +412,84 @@ pub async fn authenticate(cfg: &LdapConfig, username: &str, password: &str) -> R
     groups.sort();
     groups.dedup();
 
-    let mut grants: Vec<GroupMapping> = Vec::new();
-    for m in &cfg.mappings {
-        if groups.iter().any(|g| g.eq_ignore_ascii_case(&m.group)) && !grants.contains(m) {
-            grants.push(m.clone());
-        }
-    }
+    let grants = cfg.grants_for(&groups);
     if grants.is_empty() {
         tracing::debug!(username, ?groups, "LDAP sign-in refused: no mapped group");
         return Err(LdapError::NoMatchingGroup { user: username.to_string() });
     }
     tracing::debug!(username, ?groups, "LDAP sign-in accepted");
     Ok(LdapIdentity { username: username.to_string(), dn, groups, grants })
+}
+
+/// Re-reads the standing of `username`, a user who signed in before,
+/// bound as the settings' service account (or anonymously). The group
+/// base must be visible, or nothing is concluded: a service account that
+/// cannot read the directory must not make every user look gone.
+pub async fn lookup(cfg: &LdapConfig, username: &str) -> Result<Standing, LdapError> {
+    if !valid_username(username) {
+        return Ok(Standing::Gone);
+    }
+    let timeout = cfg.timeout();
+    let unreachable = |detail: String| LdapError::Unreachable { url: cfg.url.clone(), detail };
+    let from_ldap = |e: ldap3::LdapError| map_ldap_error(cfg, timeout, e);
+    let settings = LdapConnSettings::new().set_conn_timeout(timeout);
+    let (conn, mut ldap) = tokio::time::timeout(timeout, LdapConnAsync::with_settings(settings, &cfg.url))
+        .await
+        .map_err(|_| unreachable(format!("no connection within {} s", timeout.as_secs())))?
+        .map_err(from_ldap)?;
+    let _driver = Driver(tokio::spawn(async move {
+        if let Err(e) = conn.drive().await {
+            tracing::debug!("LDAP connection ended: {e}");
+        }
+    }));
+    if let (Some(dn), Some(pw)) = (&cfg.bind_dn, &cfg.bind_password) {
+        let bind = ldap.with_timeout(timeout).simple_bind(dn, pw).await.map_err(from_ldap)?;
+        if bind.rc != 0 {
+            return Err(LdapError::Config(format!(
+                "the service account {dn} cannot bind ({}): check bind_dn and bind_password",
+                describe(&bind)
+            )));
+        }
+    }
+    let base_visible = |entries: &[ResultEntry], rc: u32| rc == 0 && !entries.is_empty();
+    let ldap3::SearchResult(entries, result) = ldap
+        .with_timeout(timeout)
+        .search(&cfg.group_base, Scope::Base, "(objectClass=*)", vec!["1.1"])
+        .await
+        .map_err(from_ldap)?;
+    if !base_visible(&entries, result.rc) {
+        return Err(LdapError::Config(format!(
+            "the re-check cannot read group_base '{}' ({}): give bind_dn and bind_password of an account that may \
+             read users and groups",
+            cfg.group_base,
+            describe(&result)
+        )));
+    }
+    let dn = cfg.user_dn(username);
+    let ldap3::SearchResult(entries, result) =
+        ldap.with_timeout(timeout).search(&dn, Scope::Base, "(objectClass=*)", vec!["1.1"]).await.map_err(from_ldap)?;
+    match result.rc {
+        0 if !entries.is_empty() => {}
+        0 | 32 => return Ok(Standing::Gone),
+        _ => return Err(LdapError::Protocol(format!("reading {dn} failed ({})", describe(&result)))),
+    }
+    let filter = cfg.group_filter_for(username, &dn);
+    let ldap3::SearchResult(entries, result) = ldap
+        .with_timeout(timeout)
+        .search(&cfg.group_base, Scope::Subtree, &filter, vec!["cn"])
+        .await
+        .map_err(from_ldap)?;
+    if result.rc != 0 {
+        return Err(LdapError::Protocol(format!("the group search failed ({})", describe(&result))));
+    }
+    let _ = ldap.with_timeout(timeout).unbind().await;
+    let mut groups = Vec::new();
+    for entry in entries {
+        let (_, cns) =
+            entry_cns(entry).ok_or_else(|| LdapError::Protocol("a group search result could not be decoded".into()))?;
+        groups.extend(cns);
+    }
+    Ok(Standing::Grants(cfg.grants_for(&groups)))
 }
 
 fn describe(r: &ldap3::LdapResult) -> String {
@@ -524,6 +653,7 @@ mod tests {
         let cfg = config();
         assert_eq!(cfg.group_filter, DEFAULT_GROUP_FILTER);
         assert_eq!(cfg.timeout(), Duration::from_secs(DEFAULT_TIMEOUT_SECS));
+        assert_eq!(cfg.refresh(), Duration::from_secs(DEFAULT_REFRESH_SECS));
         cfg.validate().unwrap();
         // Unknown fields are refused, so a typo does not silently fall back to a default.
         let err = serde_json::from_str::<LdapConfig>(
@@ -562,6 +692,15 @@ mod tests {
         check(&|c| c.mappings[0].project = "../etc".into(), "devs");
         check(&|c| c.mappings[0].group = "".into(), "group");
         check(&|c| c.timeout_secs = Some(0), "timeout_secs");
+        check(&|c| c.refresh_secs = Some(0), "refresh_secs");
+        check(&|c| c.bind_dn = Some("cn=nubo,dc=x".into()), "bind_password");
+        check(
+            &|c| {
+                c.bind_dn = Some("cn=nubo,dc=x".into());
+                c.bind_password = Some(String::new());
+            },
+            "bind_password",
+        );
         let mut cfg = config();
         cfg.url = "LDAPS://ldap.example.org:636".into();
         cfg.timeout_secs = Some(2);

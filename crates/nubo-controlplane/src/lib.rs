@@ -23,6 +23,7 @@ pub mod keys;
 pub mod launch;
 pub mod lb;
 pub mod ldap;
+pub mod ldap_sync;
 pub mod leases;
 pub mod migrations;
 pub mod monitor;
@@ -35,6 +36,7 @@ pub mod recipes;
 pub mod registry;
 pub mod secrets;
 pub mod security_groups;
+pub mod signin;
 pub mod store;
 pub mod tags;
 pub mod testdb;
@@ -73,8 +75,23 @@ pub struct Config {
     pub migration_prepare_timeout: Duration,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
-    /// Requests per second allowed per credential (with a burst of twice that).
+    /// Requests per second allowed per user (all of its tokens and access
+    /// keys together) or host, with a burst of twice that.
     pub rate_per_sec: u32,
+    /// Sign-in attempts a minute for one user name, right or wrong.
+    pub login_attempts_per_user: u32,
+    /// Sign-in attempts a minute from one address.
+    pub login_attempts_per_source: u32,
+    /// Live API tokens one user may hold (sign-in sessions included).
+    pub max_tokens_per_user: u32,
+    /// The longest life of an API token; tokens asked for without an
+    /// expiry get this one.
+    pub max_token_lifetime: Duration,
+    /// How long audit entries are kept.
+    pub audit_retention: Duration,
+    /// Audit entries a minute written for unauthenticated requests from one
+    /// address (with a burst of that many); past it they are only counted.
+    pub anonymous_audit_per_min: u32,
     /// Lifetime of tokens issued by `login`.
     pub session_ttl: Duration,
     /// Sign-in against a directory, when set.
@@ -116,6 +133,12 @@ impl Config {
             migration_prepare_timeout: Duration::from_secs(120),
             max_body_bytes: 256 * 1024,
             rate_per_sec: 200,
+            login_attempts_per_user: 5,
+            login_attempts_per_source: 30,
+            max_tokens_per_user: 50,
+            max_token_lifetime: Duration::from_secs(90 * 86400),
+            audit_retention: Duration::from_secs(90 * 86400),
+            anonymous_audit_per_min: 60,
             session_ttl: Duration::from_secs(12 * 3600),
             ldap: None,
             availability_zone: "nubo-1a".into(),
@@ -180,8 +203,12 @@ pub struct Ctx {
     pub store: Store,
     /// Bumped on every change of desired state; agents long-poll on it.
     generation: tokio::sync::watch::Sender<Generations>,
-    /// Per-credential request rate limiter.
+    /// Per-user (and per-host) request rate limiter.
     pub limiter: governor::DefaultKeyedRateLimiter<String>,
+    /// Sign-in attempt limits and the password-hashing pool.
+    pub signin: signin::SignInGuard,
+    /// Per-address budget of audit entries for unauthenticated requests.
+    pub anonymous_audit: governor::DefaultKeyedRateLimiter<String>,
     /// Seals secrets the server must read back (access-key secrets).
     pub sealer: secrets::Sealer,
     /// The image files (`DATA_DIR/registry`).
@@ -224,18 +251,40 @@ impl Ctx {
         let rate = std::num::NonZeroU32::new(config.rate_per_sec.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
         let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).unwrap_or(std::num::NonZeroU32::MIN));
         let limiter = governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst));
+        let signin = signin::SignInGuard::new(config.login_attempts_per_user, config.login_attempts_per_source);
+        let anonymous_audit = audit::anonymous_limiter(config.anonymous_audit_per_min);
+        // Tokens from before lifetimes were capped get the longest allowed
+        // life, counted from their creation.
+        let capped = store.cap_token_lifetimes(config.max_token_lifetime.as_millis() as i64).await?;
+        if capped > 0 {
+            tracing::info!(tokens = capped, "API tokens without an expiry now expire after the longest token life");
+        }
         let sealer = secrets::Sealer::load_or_create(&config.data_dir)?;
         let registry = registry::Registry::new(&config.data_dir);
         registry.remove_partial_uploads();
         let server_id = format!("s-{:016x}", rand::random::<u64>());
         let renewals = failover::Renewals::default();
-        Ok(Arc::new(Self { config, store, generation, limiter, sealer, registry, server_id, renewals }))
+        Ok(Arc::new(Self {
+            config,
+            store,
+            generation,
+            limiter,
+            signin,
+            anonymous_audit,
+            sealer,
+            registry,
+            server_id,
+            renewals,
+        }))
     }
 
     /// Starts the server's background work (metric rollups, heartbeat
-    /// checks, alert evaluation, webhook delivery).
+    /// checks, alert evaluation, webhook delivery, the audit log's
+    /// retention, the directory re-check).
     pub fn start_background(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(wakeups::listen(self.clone()));
+        tokio::spawn(audit::retention_task(self.clone()));
+        tokio::spawn(ldap_sync::run(self.clone()));
         tokio::spawn(monitor::run(self.clone()))
     }
 

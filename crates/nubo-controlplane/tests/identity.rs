@@ -248,3 +248,25 @@ async fn access_keys_are_issued_once_stored_sealed_and_revocable() {
     t.ok("DELETE", &format!("/api/v1/access-keys/{id}"), &alice, None).await;
     assert!(t.ctx.store.access_key_secret(id).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn tokens_from_before_the_lifetime_cap_get_one_but_the_bootstrap_admins() {
+    let t = T::new().await;
+    let store = &t.ctx.store;
+    let old = store.upsert_user("old-timer", "local", None, false).await.unwrap();
+    store.issue_token(&old.id, None, "forever", None).await.unwrap();
+    let bootstrap = t.ctx.bootstrap_admin_token().await.unwrap();
+    let day = 86_400_000;
+    assert_eq!(store.cap_token_lifetimes(day).await.unwrap(), 1);
+    for tok in store.tokens(None).await.unwrap() {
+        match tok.name.as_str() {
+            "forever" => assert_eq!(tok.expires_at_ms, Some(tok.created_at_ms + day)),
+            // admin.env's token stays usable across restarts.
+            "bootstrap" => assert_eq!(tok.expires_at_ms, None),
+            _ => {}
+        }
+    }
+    assert!(store.token_owner(&bootstrap).await.unwrap().is_some());
+    // Run again: nothing left to cap.
+    assert_eq!(store.cap_token_lifetimes(day).await.unwrap(), 0);
+}

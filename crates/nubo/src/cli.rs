@@ -264,6 +264,14 @@ pub enum ProjectCmd {
         #[arg(long, default_value = "member")]
         role: String,
     },
+    /// Take a user's role in a project away: at once, the user's tokens
+    /// for that project read and change nothing of it.
+    RemoveMember {
+        #[command(flatten)]
+        conn: Conn,
+        project: String,
+        user: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -343,10 +351,33 @@ pub struct ServerArgs {
     /// with name, vcpus, memory_mib), added to the built-in EC2 names.
     #[arg(long, value_name = "FILE", env = "NUBO_INSTANCE_TYPES")]
     pub instance_types: Option<PathBuf>,
-    /// API requests per second allowed to each token or host credential
-    /// (twice that in a burst); over it the caller gets 429 and retries.
+    /// API requests per second allowed to each user (all its tokens and
+    /// access keys together) or host (twice that in a burst); over it the
+    /// caller gets 429 and retries.
     #[arg(long, default_value_t = 200)]
     pub api_rate_limit: u32,
+    /// Sign-in attempts a minute allowed for one user name, right or wrong
+    /// (that many at once); past it sign-ins get 429 with Retry-After.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub login_attempts_per_user: u32,
+    /// Sign-in attempts a minute allowed from one address.
+    #[arg(long, default_value_t = 30, value_name = "N")]
+    pub login_attempts_per_source: u32,
+    /// Live API tokens one user may hold, sign-in sessions included (a new
+    /// sign-in replaces the oldest session; a new named token is refused).
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub max_tokens_per_user: u32,
+    /// The longest life of an API token, e.g. 90d, 12h (tokens asked for
+    /// without an expiry get it; older tokens without one get it at start).
+    #[arg(long, default_value = "90d", value_parser = parse_duration, value_name = "DURATION")]
+    pub max_token_lifetime: std::time::Duration,
+    /// How long audit entries are kept, e.g. 90d (older ones are deleted).
+    #[arg(long, default_value = "90d", value_parser = parse_duration, value_name = "DURATION")]
+    pub audit_retention: std::time::Duration,
+    /// Audit entries a minute written for unauthenticated requests from one
+    /// address; past it such requests are only counted in the server's log.
+    #[arg(long, default_value_t = 60, value_name = "N")]
+    pub anonymous_audit_per_minute: u32,
     /// Keep the control plane's state in this PostgreSQL database
     /// (postgres://USER:PASSWORD@HOST/DATABASE) instead of SQLite in
     /// DATA_DIR/nubo.db. Image files and the sealing key stay in DATA_DIR.
@@ -1270,5 +1301,43 @@ mod tests {
         assert_eq!(parse_cidr("127.0.0.1").map(|n| n.to_string()), Ok("127.0.0.1/32".into()));
         assert_eq!(parse_cidr("fd00::/8").map(|n| n.to_string()), Ok("fd00::/8".into()));
         assert!(parse_cidr("10.0.0.0/33").is_err() && parse_cidr("intranet").is_err());
+    }
+}
+
+/// A duration as a number and a unit: `30s`, `15m`, `12h`, `90d`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("'{s}' is not a duration: write a number and a unit, e.g. 90d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("'{s}' has no known unit: use s, m, h or d, e.g. 90d or 12h")),
+    };
+    if n == 0 {
+        return Err(format!("'{s}' is zero: give at least 1{unit}"));
+    }
+    n.checked_mul(secs)
+        .filter(|t| *t <= 100 * 365 * 86400)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("'{s}' is too long: give at most 100 years"))
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_with_units() {
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86400)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        for bad in ["", "d", "90", "0d", "9x", "-1d", "99999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -64,6 +64,12 @@ async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
     config.policy.memory_overcommit = a.memory_overcommit;
     config.port_range = a.port_range;
     config.rate_per_sec = a.api_rate_limit;
+    config.login_attempts_per_user = a.login_attempts_per_user;
+    config.login_attempts_per_source = a.login_attempts_per_source;
+    config.max_tokens_per_user = a.max_tokens_per_user;
+    config.max_token_lifetime = a.max_token_lifetime;
+    config.audit_retention = a.audit_retention;
+    config.anonymous_audit_per_min = a.anonymous_audit_per_minute;
     config.database = a.database.clone();
     config.webhook_allow = a.webhook_allow.clone();
     config.max_alert_rules_per_project = a.max_alert_rules_per_project;

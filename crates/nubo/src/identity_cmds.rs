@@ -128,6 +128,11 @@ pub async fn project(cmd: ProjectCmd) -> anyhow::Result<()> {
             println!("{user} is {role} of {project}");
             Ok(())
         }
+        ProjectCmd::RemoveMember { conn, project, user } => {
+            client(&conn)?.remove_member(&project, &user).await?;
+            println!("{user} is no longer a member of {project}");
+            Ok(())
+        }
     }
 }
 

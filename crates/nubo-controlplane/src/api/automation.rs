@@ -13,14 +13,6 @@ use axum::Json;
 use nubo_api::automation::{Group, GroupCreate, GroupDesired, GroupMember, Policy, PolicyDoc};
 use std::sync::Arc;
 
-fn scope(caller: &Caller) -> Option<String> {
-    if caller.admin {
-        None
-    } else {
-        Some(caller.project_id.clone().unwrap_or_default())
-    }
-}
-
 async fn policy_view(ctx: &Ctx, p: crate::policies::PolicyRow, firings: i64) -> AppResult<Policy> {
     let doc = p.doc().ok_or_else(|| AppError::internal(format!("policy {} does not parse", p.id)))?;
     let firings = if firings > 0 {
@@ -94,8 +86,9 @@ pub async fn apply(
 #[utoipa::path(get, path = "/api/v1/policies", tag = "automation", operation_id = "list_policies",
     responses((status = 200, body = Vec<Policy>)))]
 pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Policy>>> {
+    let Some(project) = authz::list_scope(&caller) else { return Ok(Json(Vec::new())) };
     let mut out = Vec::new();
-    for p in ctx.store.policies(scope(&caller).as_deref()).await? {
+    for p in ctx.store.policies(project.as_deref()).await? {
         out.push(policy_view(&ctx, p, 0).await?);
     }
     Ok(Json(out))
@@ -208,8 +201,9 @@ pub async fn create_group(
 #[utoipa::path(get, path = "/api/v1/groups", tag = "automation", operation_id = "list_groups",
     responses((status = 200, body = Vec<Group>)))]
 pub async fn list_groups(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Group>>> {
+    let Some(project) = authz::list_scope(&caller) else { return Ok(Json(Vec::new())) };
     let mut out = Vec::new();
-    for g in ctx.store.groups(scope(&caller).as_deref()).await? {
+    for g in ctx.store.groups(project.as_deref()).await? {
         out.push(group_view(&ctx, g, false).await?);
     }
     Ok(Json(out))

@@ -3,9 +3,10 @@
 //! log, and join tokens for new hosts.
 
 use crate::auth::Caller;
+use crate::auth::{AuditSlot, SourceAddr};
 use crate::authz;
 use crate::error::{ApiJson, AppError, AppResult};
-use crate::identity::{hash_password, verify_password, ProjectRow};
+use crate::identity::ProjectRow;
 use crate::store::now_ms;
 use crate::Ctx;
 use axum::extract::{Path, State};
@@ -38,20 +39,44 @@ fn project_view(p: ProjectRow) -> AppResult<Project> {
 const BAD_LOGIN: &str = "invalid username or password";
 
 /// Sign in with a local password (or LDAP, when configured); returns a token.
+/// Attempts are limited per user name and per address (429 with
+/// Retry-After past the limit, whatever the password).
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "identity", request_body = Login,
-    responses((status = 200, body = TokenIssued), (status = 401, body = nubo_api::error::ErrorBody)))]
-pub async fn login(State(ctx): State<Arc<Ctx>>, ApiJson(l): ApiJson<Login>) -> AppResult<Json<TokenIssued>> {
+    responses((status = 200, body = TokenIssued), (status = 401, body = nubo_api::error::ErrorBody),
+        (status = 429, body = nubo_api::error::ErrorBody)))]
+pub async fn login(
+    State(ctx): State<Arc<Ctx>>,
+    source: SourceAddr,
+    audit: Option<axum::Extension<AuditSlot>>,
+    ApiJson(l): ApiJson<Login>,
+) -> AppResult<Json<TokenIssued>> {
+    let issued = sign_in(&ctx, &source.0, l).await?;
+    if let Some(axum::Extension(slot)) = audit {
+        let mut info = slot.0.lock().unwrap_or_else(|p| p.into_inner());
+        info.actor = Some(issued.user.clone());
+    }
+    Ok(Json(issued))
+}
+
+/// A password sign-in from `source` (the REST API's and the portal's).
+pub async fn sign_in(ctx: &Ctx, source: &str, l: Login) -> AppResult<TokenIssued> {
+    // Counted before anything else, the password included, so that a
+    // right password during a lockout is refused like a wrong one.
+    ctx.signin.admit_or_refuse(&l.username.chars().take(64).collect::<String>(), source)?;
     crate::validate::name(&l.username).map_err(|_| AppError::Unauthorized(BAD_LOGIN.into()))?;
     let local = ctx.store.user_by_name(&l.username).await?;
     let user = match local {
         Some(u) if u.source == "local" => {
-            let ok = u.password_hash.as_deref().is_some_and(|h| verify_password(&l.password, h));
+            let ok = match u.password_hash.as_deref() {
+                Some(h) => ctx.signin.verify(&l.password, h).await?,
+                None => false,
+            };
             if !ok {
                 return Err(AppError::Unauthorized(BAD_LOGIN.into()));
             }
             u
         }
-        _ => crate::api::ldap_login(&ctx, &l.username, &l.password).await?,
+        _ => crate::api::ldap_login(ctx, &l.username, &l.password).await?,
     };
     let memberships = ctx.store.memberships(&user.id).await?;
     let chosen = match &l.project {
@@ -73,8 +98,44 @@ pub async fn login(State(ctx): State<Arc<Ctx>>, ApiJson(l): ApiJson<Login>) -> A
         }
     };
     let expires = now_ms() + ctx.config.session_ttl.as_millis() as i64;
-    let (id, token) = ctx.store.issue_token(&user.id, project_id.as_deref(), "login", Some(expires)).await?;
-    Ok(Json(TokenIssued { id, token, user: user.name, project: project_name, role, expires_at_ms: Some(expires) }))
+    let (id, token) = issue_session(ctx, &user.id, project_id.as_deref(), "login", expires).await?;
+    Ok(TokenIssued { id, token, user: user.name, project: project_name, role, expires_at_ms: Some(expires) })
+}
+
+/// A sign-in session token (`login` or `portal`), within the user's token
+/// cap: the oldest sessions make room.
+pub async fn issue_session(
+    ctx: &Ctx,
+    user_id: &str,
+    project_id: Option<&str>,
+    name: &str,
+    expires_at_ms: i64,
+) -> AppResult<(nubo_api::ids::TokenId, String)> {
+    let max = ctx.config.max_tokens_per_user;
+    ctx.store
+        .issue_token_capped(user_id, project_id, name, Some(expires_at_ms), max, true)
+        .await?
+        .map_err(|live| too_many_tokens(live, max))
+}
+
+fn too_many_tokens(live: u64, max: u32) -> AppError {
+    AppError::Conflict(format!(
+        "you hold {live} live API tokens, the most allowed is {max}: revoke one you no longer use with \
+         `nubo token revoke ID` (see `nubo token list`), then try again"
+    ))
+}
+
+/// The longest life a new token of `user_id` may have. A directory
+/// user's tokens live no longer than a sign-in session: what the directory
+/// takes away must not outlive it for months.
+async fn max_token_life(ctx: &Ctx, user_id: &str, user_name: &str) -> AppResult<std::time::Duration> {
+    let from_directory =
+        ctx.store.user_by_name(user_name).await?.is_some_and(|u| u.id == user_id && u.source == "ldap");
+    Ok(if from_directory {
+        ctx.config.max_token_lifetime.min(ctx.config.session_ttl)
+    } else {
+        ctx.config.max_token_lifetime
+    })
 }
 
 /// Who the token belongs to.
@@ -98,12 +159,26 @@ pub async fn create_token(
     ApiJson(t): ApiJson<TokenCreate>,
 ) -> AppResult<(StatusCode, Json<TokenIssued>)> {
     crate::validate::name(&t.name)?;
-    let expires = match t.expires_in_secs {
+    let max_secs = max_token_life(&ctx, &caller.user_id, &caller.user_name).await?.as_secs().max(1);
+    let secs = match t.expires_in_secs {
         Some(0) => return Err(AppError::BadRequest("expires_in_secs must be at least 1".into())),
-        Some(s) => Some(now_ms().saturating_add((s.min(100 * 365 * 86400) * 1000) as i64)),
-        None => None,
+        Some(s) if s > max_secs => {
+            return Err(AppError::BadRequest(format!(
+                "expires_in_secs {s} is longer than the longest token life ({max_secs} s, {} days): ask for less, \
+                 or leave it out to get the longest",
+                max_secs / 86400
+            )))
+        }
+        Some(s) => s,
+        None => max_secs,
     };
-    let (id, token) = ctx.store.issue_token(&caller.user_id, caller.project_id.as_deref(), &t.name, expires).await?;
+    let expires = Some(now_ms().saturating_add((secs * 1000) as i64));
+    let max = ctx.config.max_tokens_per_user;
+    let (id, token) = ctx
+        .store
+        .issue_token_capped(&caller.user_id, caller.project_id.as_deref(), &t.name, expires, max, false)
+        .await?
+        .map_err(|live| too_many_tokens(live, max))?;
     Ok((
         StatusCode::CREATED,
         Json(TokenIssued {
@@ -226,6 +301,26 @@ pub async fn set_member(
     Ok(Json(()))
 }
 
+/// Take a user's role in a project away (operators only). The user's
+/// tokens for the project then read and change nothing of it.
+#[utoipa::path(delete, path = "/api/v1/projects/{id}/members/{user}", tag = "identity",
+    params(("id" = String, Path, description = "project id or name"), ("user" = String, Path, description = "user name")),
+    responses((status = 200, description = "removed"), (status = 404, body = nubo_api::error::ErrorBody)))]
+pub async fn remove_member(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    Path((id, user)): Path<(String, String)>,
+) -> AppResult<Json<()>> {
+    authz::require_admin(&caller)?;
+    let p = ctx.store.project(&id).await?.ok_or(AppError::NotFound { kind: "project", id: id.clone() })?;
+    let u = ctx.store.user_by_name(&user).await?.ok_or(AppError::NotFound { kind: "user", id: user.clone() })?;
+    if !ctx.store.remove_membership(&u.id, &p.id).await? {
+        return Err(AppError::NotFound { kind: "membership", id: format!("{user} in {}", p.name) });
+    }
+    tracing::info!(user = %u.name, project = %p.name, "membership removed");
+    Ok(Json(()))
+}
+
 async fn user_view(ctx: &Ctx, u: crate::identity::UserRow) -> AppResult<User> {
     let projects = ctx.store.memberships(&u.id).await?.into_iter().map(|(_, name, role)| (name, role)).collect();
     Ok(User {
@@ -261,7 +356,7 @@ pub async fn create_user(
     if u.password.chars().count() < 8 || u.password.len() > 1024 {
         return Err(AppError::BadRequest("the password must be 8 to 1024 characters".into()));
     }
-    let hash = hash_password(&u.password).map_err(AppError::internal)?;
+    let hash = ctx.signin.hash(&u.password).await?;
     let row = ctx.store.upsert_user(&u.name, "local", Some(&hash), u.admin).await?;
     Ok((StatusCode::CREATED, Json(user_view(&ctx, row).await?)))
 }

@@ -63,20 +63,11 @@ pub(crate) async fn view_one(ctx: &Ctx, r: ImageRow) -> AppResult<Image> {
     view(&project_names(ctx).await?, r)
 }
 
-/// The project whose images the caller sees (`None`: every image, operators).
-fn scope(caller: &Caller) -> Option<String> {
-    if caller.admin {
-        None
-    } else {
-        Some(caller.project_id.clone().unwrap_or_default())
-    }
-}
-
 /// An image (by id or name) the caller may see; `access` Write also needs
 /// it to be the caller's project's (builtin images are nobody's to change).
 pub(crate) async fn load(ctx: &Ctx, caller: &Caller, key: &str, access: Access) -> AppResult<ImageRow> {
     let not_found = || AppError::NotFound { kind: "image", id: key.chars().take(80).collect() };
-    let row = ctx.store.resolve_image(scope(caller).as_deref(), key).await?.ok_or_else(not_found)?;
+    let row = ctx.store.resolve_image(authz::shared_list_scope(caller).as_deref(), key).await?.ok_or_else(not_found)?;
     if access == Access::Write {
         if row.source == "builtin" {
             return Err(AppError::Forbidden(format!(
@@ -94,7 +85,7 @@ pub(crate) async fn load(ctx: &Ctx, caller: &Caller, key: &str, access: Access) 
     responses((status = 200, body = Vec<Image>), (status = 401, body = nubo_api::error::ErrorBody)))]
 pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Image>>> {
     let names = project_names(&ctx).await?;
-    let rows = ctx.store.images_visible(scope(&caller).as_deref()).await?;
+    let rows = ctx.store.images_visible(authz::shared_list_scope(&caller).as_deref()).await?;
     Ok(Json(rows.into_iter().map(|r| view(&names, r)).collect::<AppResult<_>>()?))
 }
 

@@ -46,7 +46,7 @@ async fn view(ctx: &Ctx, row: LbRow) -> AppResult<LoadBalancer> {
 
 async fn load(ctx: &Ctx, caller: &Caller, key: &str, access: Access) -> AppResult<LbRow> {
     let not_found = || AppError::NotFound { kind: "lb", id: key.chars().take(64).collect() };
-    let row = ctx.store.lb_by_key(caller.project_id.as_deref(), key).await?.ok_or_else(not_found)?;
+    let row = ctx.store.lb_by_key(authz::readable_project(caller), key).await?.ok_or_else(not_found)?;
     authz::check(caller, access, Some(&row.project_id), "lb", key)?;
     Ok(row)
 }
@@ -133,9 +133,9 @@ pub async fn create(
 #[utoipa::path(get, path = "/api/v1/load-balancers", tag = "load-balancers", operation_id = "list_load_balancers",
     responses((status = 200, body = Vec<LoadBalancer>)))]
 pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<LoadBalancer>>> {
-    let scope = if caller.admin { None } else { Some(authz::caller_project(&caller)?) };
+    let Some(project) = authz::list_scope(&caller) else { return Ok(Json(Vec::new())) };
     let mut out = Vec::new();
-    for row in ctx.store.lbs(scope.as_deref()).await? {
+    for row in ctx.store.lbs(project.as_deref()).await? {
         out.push(view(&ctx, row).await?);
     }
     Ok(Json(out))

@@ -109,7 +109,7 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(identity::revoke_token))
         .routes(routes!(identity::list_projects, identity::create_project))
         .routes(routes!(identity::set_quota))
-        .routes(routes!(identity::set_member))
+        .routes(routes!(identity::set_member, identity::remove_member))
         .routes(routes!(identity::list_users, identity::create_user))
         .routes(routes!(identity::audit))
         .routes(routes!(identity::join_token))
@@ -125,7 +125,8 @@ fn file_routes() -> OpenApiRouter<Arc<Ctx>> {
 
 /// Sign-in through LDAP: bind as the user, read its groups, and map them
 /// to projects and roles. Memberships follow the directory at every
-/// sign-in. Without an LDAP configuration, unknown users are refused.
+/// sign-in, and between sign-ins at each re-check (`ldap_sync`). Without
+/// an LDAP configuration, unknown users are refused.
 pub async fn ldap_login(ctx: &Ctx, user: &str, password: &str) -> Result<crate::identity::UserRow, AppError> {
     use crate::ldap::{authenticate, LdapError};
     let refused = || AppError::Unauthorized("invalid username or password".into());
@@ -142,12 +143,7 @@ pub async fn ldap_login(ctx: &Ctx, user: &str, password: &str) -> Result<crate::
     };
     let admin = identity.grants.iter().any(|g| g.role == "admin");
     let row = ctx.store.upsert_user(user, "ldap", None, admin).await?;
-    ctx.store.remove_memberships(&row.id).await?;
-    for g in &identity.grants {
-        let project = ctx.store.ensure_project(&g.project).await?;
-        let role = if g.role == "reader" { "reader" } else { "member" };
-        ctx.store.set_membership(&row.id, &project.id, role).await?;
-    }
+    crate::ldap_sync::apply_grants(ctx, &row, &identity.grants).await?;
     Ok(row)
 }
 

@@ -260,14 +260,6 @@ fn check_view(c: CheckRow, history: Vec<nubo_api::monitoring::CheckEvent>) -> Ap
     })
 }
 
-fn scope(caller: &Caller) -> Option<String> {
-    if caller.admin {
-        None
-    } else {
-        Some(caller.project_id.clone().unwrap_or_default())
-    }
-}
-
 async fn load_check(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> AppResult<CheckRow> {
     let id: CheckId = id.parse().map_err(|e: nubo_api::ids::IdError| AppError::BadRequest(e.to_string()))?;
     let c = ctx.store.check(id.as_str()).await?.ok_or(AppError::NotFound { kind: "check", id: id.to_string() })?;
@@ -383,7 +375,8 @@ pub async fn create_check(
 #[utoipa::path(get, path = "/api/v1/checks", tag = "monitoring", operation_id = "list_checks",
     responses((status = 200, body = Vec<Check>)))]
 pub async fn list_checks(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Check>>> {
-    let rows = ctx.store.checks(scope(&caller).as_deref()).await?;
+    let Some(project) = authz::list_scope(&caller) else { return Ok(Json(Vec::new())) };
+    let rows = ctx.store.checks(project.as_deref()).await?;
     Ok(Json(rows.into_iter().map(|c| check_view(c, Vec::new())).collect::<AppResult<_>>()?))
 }
 
@@ -515,7 +508,8 @@ pub async fn create_rule(
 #[utoipa::path(get, path = "/api/v1/alert-rules", tag = "monitoring", operation_id = "list_alert_rules",
     responses((status = 200, body = Vec<AlertRule>)))]
 pub async fn list_rules(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<AlertRule>>> {
-    let rows = ctx.store.rules(scope(&caller).as_deref()).await?;
+    let Some(project) = authz::list_scope(&caller) else { return Ok(Json(Vec::new())) };
+    let rows = ctx.store.rules(project.as_deref()).await?;
     Ok(Json(rows.into_iter().map(rule_view).collect::<AppResult<_>>()?))
 }
 
@@ -585,8 +579,9 @@ pub async fn list_alerts(
     State(ctx): State<Arc<Ctx>>,
     ApiQuery(q): ApiQuery<AlertsQuery>,
 ) -> AppResult<Json<Vec<Alert>>> {
+    let Some(project) = authz::list_scope(&caller) else { return Ok(Json(Vec::new())) };
     let mut out = Vec::new();
-    for a in ctx.store.alerts(scope(&caller).as_deref(), q.all).await? {
+    for a in ctx.store.alerts(project.as_deref(), q.all).await? {
         out.push(alert_view(&ctx, a, true).await?);
     }
     Ok(Json(out))
@@ -651,7 +646,8 @@ pub async fn silence(
 #[utoipa::path(get, path = "/api/v1/events", tag = "monitoring", operation_id = "list_events",
     responses((status = 200, body = Vec<CloudEvent>)))]
 pub async fn events(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<CloudEvent>>> {
-    Ok(Json(ctx.store.cloud_events(scope(&caller).as_deref(), 200).await?))
+    let Some(project) = authz::list_scope(&caller) else { return Ok(Json(Vec::new())) };
+    Ok(Json(ctx.store.cloud_events(project.as_deref(), 200).await?))
 }
 
 /// The whole cloud's newest metrics in Prometheus' text format (operators;

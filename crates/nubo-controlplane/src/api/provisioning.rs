@@ -117,7 +117,7 @@ fn recipe_view(r: RecipeRow) -> Recipe {
 #[utoipa::path(get, path = "/api/v1/recipes", tag = "recipes", operation_id = "list_recipes",
     responses((status = 200, body = Vec<Recipe>), (status = 401, body = nubo_api::error::ErrorBody)))]
 pub async fn list_recipes(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Recipe>>> {
-    let rows = ctx.store.recipes(caller.project_id.as_deref()).await?;
+    let rows = ctx.store.recipes(authz::readable_project(&caller)).await?;
     Ok(Json(rows.into_iter().map(recipe_view).collect()))
 }
 
@@ -153,7 +153,7 @@ pub struct VersionQuery {
 }
 
 async fn find_recipe(ctx: &Ctx, caller: &Caller, name: &str, version: Option<&str>) -> AppResult<RecipeRow> {
-    ctx.store.recipe(caller.project_id.as_deref(), name, version).await?.ok_or_else(|| AppError::NotFound {
+    ctx.store.recipe(authz::readable_project(caller), name, version).await?.ok_or_else(|| AppError::NotFound {
         kind: "recipe",
         id: match version {
             Some(v) => format!("{name}@{v}"),

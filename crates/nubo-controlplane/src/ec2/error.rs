@@ -121,7 +121,9 @@ impl Ec2Error {
                 _ => Self::bad("InsufficientInstanceCapacity", m),
             },
             // botocore retries these two after a pause, which is what they call for.
-            AppError::TooManyRequests(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "RequestLimitExceeded", m),
+            AppError::TooManyRequests(m) | AppError::RateLimited { message: m, .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "RequestLimitExceeded", m)
+            }
             AppError::Unavailable(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", m),
             AppError::Internal { internal } => {
                 tracing::error!(error = %internal, "internal error (EC2 API)");

@@ -131,7 +131,8 @@ async fn authenticate(ctx: &Ctx, parts: &axum::http::request::Parts, body: &[u8]
             auth.access_key.chars().take(40).collect::<String>()
         )));
     };
-    crate::auth::rate_limit(ctx, &owner.token_id).map_err(|e| Ec2Error::from_app(e, error::Domain::Other))?;
+    crate::auth::rate_limit(ctx, &crate::auth::user_key(&owner))
+        .map_err(|e| Ec2Error::from_app(e, error::Domain::Other))?;
     let secret = ctx.sealer.unseal(&sealed).map_err(|e| {
         tracing::error!(error = %e, key = %auth.access_key, "cannot unseal an access key's secret");
         Ec2Error::internal()

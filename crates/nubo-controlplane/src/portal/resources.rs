@@ -105,12 +105,16 @@ pub struct LoginForm {
     next: String,
 }
 
-pub async fn login(State(ctx): State<Arc<Ctx>>, p: LoginPosted<LoginForm>) -> PageResult {
+pub async fn login(
+    State(ctx): State<Arc<Ctx>>,
+    source: crate::auth::SourceAddr,
+    p: LoginPosted<LoginForm>,
+) -> PageResult {
     let LoginPosted { transport, form, audit } = p;
     let project = Some(form.project.trim().to_string()).filter(|p| !p.is_empty());
     let attempt = Login { username: form.username.trim().to_string(), password: form.password, project };
-    match api::identity::login(State(ctx.clone()), ApiJson(attempt)).await {
-        Ok(Json(issued)) => {
+    match api::identity::sign_in(&ctx, &source.0, attempt).await {
+        Ok(issued) => {
             audit.actor(&issued.user);
             signed_in(transport, &issued.token, ctx.config.session_ttl.as_secs(), &form.next)
         }
@@ -118,6 +122,7 @@ pub async fn login(State(ctx): State<Arc<Ctx>>, p: LoginPosted<LoginForm>) -> Pa
             e @ (AppError::Unauthorized(_)
             | AppError::Forbidden(_)
             | AppError::Unavailable(_)
+            | AppError::RateLimited { .. }
             | AppError::NotFound { .. }),
         ) => login_response(transport, &form.next, Some(&e.public_message()), e.status_and_code().0),
         Err(e) => Err(e.into()),
@@ -147,7 +152,7 @@ pub async fn login_with_token(State(ctx): State<Arc<Ctx>>, p: LoginPosted<TokenF
     let ttl = ctx.config.session_ttl;
     let expires = crate::store::now_ms() + ttl.as_millis() as i64;
     let (_, token) =
-        ctx.store.issue_token(&owner.user_id, owner.project_id.as_deref(), "portal", Some(expires)).await?;
+        api::identity::issue_session(&ctx, &owner.user_id, owner.project_id.as_deref(), "portal", expires).await?;
     signed_in(transport, &token, ttl.as_secs(), &form.next)
 }
 
@@ -184,7 +189,7 @@ pub async fn switch_project(
     };
     let ttl = ctx.config.session_ttl;
     let expires = crate::store::now_ms() + ttl.as_millis() as i64;
-    let (_, token) = ctx.store.issue_token(&s.caller.user_id, Some(&target), "portal", Some(expires)).await?;
+    let (_, token) = api::identity::issue_session(&ctx, &s.caller.user_id, Some(&target), "portal", expires).await?;
     ctx.store.revoke_token(&s.token_id, None).await?;
     // Back to the page the switch was made on, when it is a portal page of ours.
     let back = headers

@@ -101,12 +101,18 @@ pub struct Session {
 }
 
 impl Session {
+    /// The session's project, once its role there is checked: a user
+    /// removed from the project sees none of it.
     pub fn project_id(&self) -> Result<&str, PortalError> {
-        self.caller.project_id.as_deref().ok_or_else(|| {
+        let project = self.caller.project_id.as_deref().ok_or_else(|| {
             PortalError::App(AppError::Forbidden(
                 "this session has no project: choose one in the menu at the top right".into(),
             ))
-        })
+        })?;
+        if !self.caller.admin && self.caller.role == crate::auth::Role::None {
+            return Err(PortalError::App(crate::authz::no_role(&self.caller)));
+        }
+        Ok(project)
     }
 }
 
@@ -133,7 +139,7 @@ impl FromRequestParts<Arc<Ctx>> for Session {
             crate::auth::record(parts, "invalid-session".into(), None);
             return Err(PortalError::SignIn { next });
         };
-        crate::auth::rate_limit(ctx, &owner.token_id)?;
+        crate::auth::rate_limit(ctx, &crate::auth::user_key(&owner))?;
         crate::auth::record(parts, owner.user_name.clone(), owner.project_id.clone());
         let token_id = owner.token_id.clone();
         Ok(Session { caller: caller_of(owner), token_id, csrf: csrf_for(secret), transport })

@@ -11,7 +11,6 @@
 //! the VM) and the CLI run in the other. Nothing is sent anywhere else.
 //! Needs root for the namespaces; without it the tests fail, saying so.
 
-
 use crate::common::{image_cache, nubo_bin, wait_until, HOST_ARGS};
 use serde_json::Value;
 use std::collections::HashMap;
