@@ -20,7 +20,8 @@ const BOOT: Duration = Duration::from_secs(240);
 
 fn run_tiny(cloud: &Cloud, name: &str) -> String {
     let out = cloud.nubo_ok(&[
-        "instance", "run", "--image", "tiny", "--vcpus", "1", "--memory", "192", "--disk", "1", "--name", name, "--wait",
+        "instance", "run", "--image", "tiny", "--vcpus", "1", "--memory", "192", "--disk", "1", "--name", name,
+        "--wait",
     ]);
     out.trim().to_string()
 }
