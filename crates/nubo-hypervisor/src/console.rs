@@ -155,8 +155,17 @@ impl Pumps {
                 return;
             }
         };
+        // Opened here rather than on the thread, so the log exists once
+        // `start` returns. Without it nobody reads and QEMU drops the output.
+        let file = match std::fs::OpenOptions::new().create(true).append(true).open(&log) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(%vm, error = %e, log = %log.display(), "cannot open the console log; console output is dropped");
+                return;
+            }
+        };
         let name = format!("console-{vm}");
-        match std::thread::Builder::new().name(name).spawn(move || pump(stream, &log, cap, &vm)) {
+        match std::thread::Builder::new().name(name).spawn(move || pump(stream, file, &log, cap, &vm)) {
             Ok(h) => {
                 running.insert(dir.path().to_path_buf(), h);
             }
@@ -169,16 +178,8 @@ impl Pumps {
 /// the newest `cap` bytes on disk. Write errors (a full disk) lose output
 /// but never stop the reading: a pump that stopped reading would stall the
 /// guest's serial port.
-fn pump(mut stream: UnixStream, log: &Path, cap: u64, vm: &str) {
-    let open = || std::fs::OpenOptions::new().create(true).append(true).open(log);
-    let mut file = match open() {
-        Ok(f) => Some(f),
-        Err(e) => {
-            warn!(%vm, error = %e, log = %log.display(), "cannot open the console log; console output is dropped");
-            None
-        }
-    };
-    let mut len = file.as_ref().and_then(|f| f.metadata().ok()).map(|m| m.len()).unwrap_or(0);
+fn pump(mut stream: UnixStream, mut file: File, log: &Path, cap: u64, vm: &str) {
+    let mut len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut punched = 0;
     let mut failing = false;
     let mut buf = vec![0u8; PUMP_READ];
@@ -193,7 +194,7 @@ fn pump(mut stream: UnixStream, log: &Path, cap: u64, vm: &str) {
                 break;
             }
         };
-        let Some(f) = file.as_mut() else { continue };
+        let f = &mut file;
         // Punch first, for the length the file is about to have: trimming
         // after the write would leave the cap exceeded in between.
         let step = trim(f, len + n as u64, cap, punched).and_then(|p| {
