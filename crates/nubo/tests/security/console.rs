@@ -136,3 +136,61 @@ fn a_console_flood_keeps_at_most_the_cap_on_disk_and_the_host_up() {
     let out = cloud.nubo_ok(&["instance", "exec", &quiet, "--timeout", "60", "--", "echo", "still-here"]);
     assert_eq!(out.trim(), "still-here");
 }
+
+/// The qemu process's resident memory in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// While the agent is down (crashed, upgraded), a flooding guest costs the
+/// host no disk and QEMU no memory, and the guest does not block; the
+/// restarted agent picks the console up again.
+#[test]
+fn a_console_flood_while_the_agent_is_down_costs_no_disk() {
+    let mut cloud = Cloud::split();
+    let ud = cloud.data_dir().join("flood.sh");
+    std::fs::write(
+        &ud,
+        "#!/bin/sh\n(i=0; while :; do i=$((i+1)); echo \"tick-$i\"; head -c 4096 /dev/urandom; done > /dev/ttyS0) &\n",
+    )
+    .unwrap();
+    let id = cloud
+        .nubo_ok(&["instance", "run", "--memory", "192", "--user-data", ud.to_str().unwrap(), "--wait"])
+        .trim()
+        .to_string();
+    let log = cloud.agent_dir().join("instances").join(&id).join("console.log");
+    wait_until("the flood to pass the cap", BOOT, || (on_disk(&log).1 > 2 * CAP).then_some(()));
+    let pid = cloud.qemu_pid(&id).expect("pidfile");
+
+    cloud.kill_agent();
+    let (_, len_down) = on_disk(&log);
+    let rss_down = rss_kib(pid);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        let (disk, len) = on_disk(&log);
+        assert!(disk <= CAP, "{disk} bytes on disk with the agent down");
+        assert_eq!(len, len_down, "the console log grew by {} bytes with nobody to cap it", len - len_down);
+        assert!(alive(pid), "the VM died with its agent");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let rss_after = rss_kib(pid);
+    eprintln!("agent down 10 s: console log stayed at {len_down} bytes; QEMU RSS {rss_down} -> {rss_after} KiB");
+    assert!(rss_after < rss_down + 16 * 1024, "QEMU grew from {rss_down} to {rss_after} KiB holding console output");
+
+    cloud.start_agent();
+    wait_until("the restarted agent to read the console again", Duration::from_secs(60), || {
+        (on_disk(&log).1 > len_down + CAP).then_some(())
+    });
+    assert!(on_disk(&log).0 <= CAP);
+    // The guest kept running: its ticks on the console go on after the restart.
+    let tick = |c: &str| c.rsplit("tick-").next().and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok());
+    let first = wait_until("a tick on the console", Duration::from_secs(60), || tick(&cloud.console(&id)));
+    wait_until("newer ticks on the console", Duration::from_secs(60), || {
+        (tick(&cloud.console(&id))? > first).then_some(())
+    });
+}
