@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 const CAP: u64 = 1024 * 1024;
 /// What the control plane keeps per instance (and `instance console` shows).
 const KEPT: usize = 1024 * 1024;
-/// How long the guest floods. Under TCG its serial port moves a few MB/s
-/// at most, so this is what fits in a CI run, not 1 GiB (see docs/security.md).
+/// How long the guest floods. Under TCG its serial port moved 100 to 360
+/// KiB/s here (1 GiB would take about an hour), so this is what fits in a
+/// CI run: several times the cap, which is what the cap has to survive.
 const FLOOD_SECS: u64 = 40;
 const BOOT: Duration = Duration::from_secs(240);
 
