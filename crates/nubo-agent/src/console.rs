@@ -1,28 +1,23 @@
 //! Serial console handling: ships each VM's console log to the control
 //! plane in order (resuming at the offset the server has), and watches a
 //! freshly started VM's log for the boot-complete line to time the boot.
+//! The log itself is written and capped on disk by the hypervisor crate's
+//! console pump (`nubo_hypervisor::console`): output older than the cap is
+//! a hole in the file, which both readers here skip.
 
 use nubo_api::agent::ConsoleChunk;
 use nubo_api::ids::{HostId, InstanceId};
 use nubo_client::Client;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Largest chunk sent in one request.
 const MAX_CHUNK: u64 = 64 * 1024;
 
-/// Reads up to `MAX_CHUNK` bytes of `path` from `offset`.
-fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
-    if len <= offset {
-        return Ok(Vec::new());
-    }
-    f.seek(SeekFrom::Start(offset))?;
-    let mut buf = Vec::new();
-    f.take(MAX_CHUNK.min(len - offset)).read_to_end(&mut buf)?;
-    Ok(buf)
+/// Up to `MAX_CHUNK` bytes of `path` from `offset`, or from the oldest byte
+/// still kept when the pump trimmed that part away; returns where they start.
+fn read_from(path: &Path, offset: u64) -> std::io::Result<(u64, Vec<u8>)> {
+    nubo_hypervisor::console::read_console(path, offset, MAX_CHUNK)
 }
 
 /// Sends what is new in the log; returns the offset to continue from.
@@ -44,13 +39,15 @@ pub async fn ship(
     // A log shorter than what the server has means the file was replaced:
     // nothing sensible to resume, so keep the server's offset.
     for _ in 0..16 {
-        let bytes = match read_from(log, offset) {
-            Ok(b) if !b.is_empty() => b,
+        // A flood trimmed the log past `offset`: what was there is gone on
+        // this host too, so continue with the oldest output still kept.
+        let (start, bytes) = match read_from(log, offset) {
+            Ok((start, b)) if !b.is_empty() => (start, b),
             _ => break,
         };
         let chunk = ConsoleChunk {
             host_id: host.clone(),
-            offset,
+            offset: start,
             raw_len: bytes.len() as u64,
             data: String::from_utf8_lossy(&bytes).into_owned(),
         };
@@ -66,9 +63,9 @@ pub async fn wait_for_marker(log: &Path, from: u64, marker: &str, limit: Duratio
     let mut offset = from;
     let mut carry: Vec<u8> = Vec::new();
     while started.elapsed() < limit {
-        if let Ok(bytes) = read_from(log, offset) {
+        if let Ok((start, bytes)) = read_from(log, offset) {
             if !bytes.is_empty() {
-                offset += bytes.len() as u64;
+                offset = start + bytes.len() as u64;
                 carry.extend_from_slice(&bytes);
                 if carry.windows(marker.len()).any(|w| w == marker.as_bytes()) {
                     return Some(Instant::now());

@@ -491,6 +491,9 @@ impl Reconciler {
                 continue;
             }
             let dir = self.dir(&i.id);
+            // Restarts the console pump of a VM this agent did not start
+            // (it was restarted) and keeps the log within its cap.
+            self.hypervisor.watch_console(&dir);
             let log = dir.console_log();
             if !log.exists() {
                 continue;

@@ -678,43 +678,79 @@ impl Store {
 
     /// Appends console bytes that start at `offset` of the VM's log,
     /// skipping any part already stored; returns the next expected offset.
+    /// One new chunk row per call, and the chunks that fell out of the
+    /// newest [`CONSOLE_KEEP_BYTES`] deleted: the work per chunk is the
+    /// chunk's size, not the kept console's.
     pub async fn append_console(&self, id: &str, offset: u64, raw_len: u64, data: &str) -> Result<u64, sqlx::Error> {
         let mut tx = self.begin().await?;
-        let current: Option<(String, i64)> =
-            sqlx::query_as("SELECT data, next_offset FROM consoles WHERE instance_id = $1")
+        // One writer per console at a time, so two retries of one chunk
+        // cannot both pass the offset check.
+        lock_series(&mut tx, &format!("console:{id}")).await?;
+        let current: Option<(i64, i64)> =
+            sqlx::query_as("SELECT next_offset, text_bytes FROM consoles WHERE instance_id = $1")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let (mut text, next) = current.unwrap_or_default();
+        let (next, text_total) = current.unwrap_or_default();
         let next = next as u64;
         let end = offset + raw_len;
         if end <= next {
             tx.commit().await?;
             return Ok(next);
         }
-        // Overlap with what is stored (a retried chunk): skip that part.
+        // Overlap with what is stored (a retried chunk): skip that part;
+        // of a chunk larger than what is kept, only its tail matters.
         let skip = char_boundary_from(data, next.saturating_sub(offset) as usize);
-        text.push_str(&data[skip..]);
-        keep_tail(&mut text, CONSOLE_KEEP_BYTES);
+        let skip = skip.max(char_boundary_from(data, data.len().saturating_sub(CONSOLE_KEEP_BYTES)));
+        let piece = &data[skip..];
+        let text_end = text_total + piece.len() as i64;
+        sqlx::query("INSERT INTO console_chunks (instance_id, end_offset, text_end, data) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(end as i64)
+            .bind(text_end)
+            .bind(piece)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
-            "INSERT INTO consoles (instance_id, data, next_offset) VALUES ($1, $2, $3)
-             ON CONFLICT (instance_id) DO UPDATE SET data = excluded.data, next_offset = excluded.next_offset",
+            "INSERT INTO consoles (instance_id, data, next_offset, text_bytes) VALUES ($1, '', $2, $3)
+             ON CONFLICT (instance_id) DO UPDATE SET next_offset = excluded.next_offset, text_bytes = excluded.text_bytes",
         )
         .bind(id)
-        .bind(&text)
         .bind(end as i64)
+        .bind(text_end)
         .execute(&mut *tx)
         .await?;
+        // Chunks that end before the newest CONSOLE_KEEP_BYTES of text hold
+        // nothing that is shown any more.
+        sqlx::query("DELETE FROM console_chunks WHERE instance_id = $1 AND text_end <= $2")
+            .bind(id)
+            .bind(text_end - CONSOLE_KEEP_BYTES as i64)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(end)
     }
 
+    /// The newest [`CONSOLE_KEEP_BYTES`] of an instance's console text.
     pub async fn console(&self, id: &str) -> Result<String, sqlx::Error> {
-        let data: Option<String> = sqlx::query_scalar("SELECT data FROM consoles WHERE instance_id = $1")
+        let chunks: Vec<String> =
+            sqlx::query_scalar("SELECT data FROM console_chunks WHERE instance_id = $1 ORDER BY end_offset")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut text = chunks.concat();
+        keep_tail(&mut text, CONSOLE_KEEP_BYTES);
+        Ok(text)
+    }
+
+    /// How many chunk rows and text bytes an instance's console holds in
+    /// the database (for measuring what a console costs).
+    pub async fn console_usage(&self, id: &str) -> Result<(usize, usize), sqlx::Error> {
+        let chunks: Vec<String> = sqlx::query_scalar("SELECT data FROM console_chunks WHERE instance_id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_all(&self.pool)
             .await?;
-        Ok(data.unwrap_or_default())
+        Ok((chunks.len(), chunks.iter().map(String::len).sum()))
     }
 
     pub async fn console_offset(&self, id: &str) -> Result<u64, sqlx::Error> {

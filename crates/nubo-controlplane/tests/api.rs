@@ -287,3 +287,53 @@ async fn out_of_range_agent_numbers_are_refused() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(v["error"]["code"], "invalid_request");
 }
+
+/// Console chunks from the agent are appended as rows and trimmed to the
+/// newest 1 MiB per instance: a guest that floods its console costs the
+/// database a bounded amount, a retried chunk is stored once, and a gap
+/// (the host trimmed output it could not ship) is taken as is.
+#[tokio::test]
+async fn console_chunks_are_appended_and_trimmed_to_the_newest() {
+    let mut t = setup().await;
+    let host = t.add_host("h", 4, 4096).await;
+    let (_, v) = t.admin("POST", "/api/v1/instances", Some(req(1, 128))).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/agent/instances/{id}/console");
+    let chunk_len = 64 * 1024;
+    let mut offset = 0u64;
+    let send = |offset: u64, data: String| {
+        let body = json!({"host_id": host, "offset": offset, "raw_len": data.len(), "data": data}).to_string();
+        (path.clone(), body)
+    };
+    for i in 0..48u64 {
+        let line = format!("chunk {i:03} ");
+        let data = format!("{line}{}", "z".repeat(chunk_len - line.len()));
+        offset = post_chunk(&t, send(offset, data)).await;
+    }
+    assert_eq!(offset, 48 * chunk_len as u64);
+    // The same chunk again changes nothing.
+    let again = post_chunk(&t, send(offset - chunk_len as u64, "x".repeat(chunk_len))).await;
+    assert_eq!(again, offset);
+    // Output the host trimmed away before shipping: a gap, then the newest.
+    let next = post_chunk(&t, send(offset + 10 * chunk_len as u64, "the newest line\n".into())).await;
+    assert_eq!(next, offset + 10 * chunk_len as u64 + 16);
+
+    let (rows, bytes) = t.ctx.store.console_usage(&id).await.unwrap();
+    eprintln!("3.6 MiB of console output sent: {rows} chunk rows, {bytes} bytes kept in the database");
+    assert!(bytes <= 1024 * 1024 + chunk_len, "{bytes} bytes of console in the database");
+    assert!(rows <= 18, "{rows} chunk rows kept");
+    let (s, v) = t.admin("GET", &format!("/api/v1/instances/{id}/console"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let out = v["output"].as_str().unwrap();
+    assert!(out.len() <= 1024 * 1024);
+    assert!(out.ends_with("the newest line\n"), "...{}", &out[out.len() - 40..]);
+    assert!(out.contains("chunk 047") && !out.contains("chunk 020"));
+    assert!(!out.contains('x'), "a retried chunk was stored twice");
+}
+
+/// Posts one console chunk as the host agent; the offset the server has.
+async fn post_chunk(t: &T, (path, body): (String, String)) -> u64 {
+    let (s, v) = t.call("POST", &path, Some(&t.agent.clone()), Some(&body)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["next_offset"].as_u64().unwrap()
+}

@@ -19,11 +19,12 @@ pub fn qemu_argv(dir: &VmDir, cfg: &VmConfig) -> Result<Vec<OsString>, Hyperviso
     cfg.validate()?;
     path_str("instance directory", dir.path())?;
     let disk = dir.disk();
-    let console = dir.console_log();
+    let console = dir.console_socket();
     let qmp = dir.qmp_socket();
     let pidfile = dir.pidfile();
     let log = dir.qemu_log();
     let qga = dir.qga_socket();
+    let console_s = socket_path("console socket", &console)?;
     let qmp_s = socket_path("QMP socket", &qmp)?;
     let qga_s = socket_path("guest agent socket", &qga)?;
 
@@ -40,9 +41,12 @@ pub fn qemu_argv(dir: &VmDir, cfg: &VmConfig) -> Result<Vec<OsString>, Hyperviso
     push(&["-m", &cfg.memory_mib.to_string()]);
     push(&["-nodefaults", "-no-user-config", "-display", "none", "-vga", "none"]);
     push(&["-msg", "timestamp=on"]);
+    // The serial console goes to a socket the agent's pump reads and caps
+    // on disk (see crate::console): with nobody connected QEMU drops the
+    // output, so the guest never blocks on it and QEMU never buffers it.
     push(&[
         "-chardev",
-        &format!("file,id=con0,path={},append=on", opt_escape(path_str("console log", &console)?)),
+        &format!("socket,id=con0,path={},server=on,wait=off", opt_escape(console_s)),
         "-serial",
         "chardev:con0",
     ]);
@@ -229,7 +233,7 @@ mod tests {
             "-display", "none",
             "-vga", "none",
             "-msg", "timestamp=on",
-            "-chardev", "file,id=con0,path=/var/lib/nubo/vms/vm-1/console.log,append=on",
+            "-chardev", "socket,id=con0,path=/var/lib/nubo/vms/vm-1/console.sock,server=on,wait=off",
             "-serial", "chardev:con0",
             "-chardev", "socket,id=qmp0,path=/var/lib/nubo/vms/vm-1/qmp.sock,server=on,wait=off",
             "-mon", "chardev=qmp0,mode=control",
@@ -323,7 +327,7 @@ mod tests {
     #[test]
     fn commas_in_paths_are_escaped() {
         let got = strings(qemu_argv(&VmDir::new("/d/a,b"), &cfg()).unwrap());
-        assert!(got.contains(&"file,id=con0,path=/d/a,,b/console.log,append=on".to_string()));
+        assert!(got.contains(&"socket,id=con0,path=/d/a,,b/console.sock,server=on,wait=off".to_string()));
         assert!(got.contains(&"socket,id=qga0,path=/d/a,,b/qga.sock,server=on,wait=off".to_string()));
         // JSON blockdev values need no escaping.
         assert!(got.iter().any(|a| a.contains(r#""filename":"/d/a,b/disk.qcow2""#)));

@@ -8,7 +8,7 @@ use crate::HypervisorError;
 pub(crate) const MAX_SOCKET_PATH: usize = 107;
 
 /// One VM's directory. Holds `disk.qcow2`, `seed.img`, `console.log`,
-/// `qmp.sock`, `qga.sock`, `qemu.pid` and `qemu.log` (plus `qemu.log.1`, the previous run's).
+/// `console.sock`, `qmp.sock`, `qga.sock`, `qemu.pid` and `qemu.log` (plus `qemu.log.1`, the previous run's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmDir {
     path: PathBuf,
@@ -33,9 +33,15 @@ impl VmDir {
         self.path.join("seed.img")
     }
 
-    /// Serial console output, appended across restarts.
+    /// Serial console output, appended across restarts and capped on disk
+    /// (see [`crate::console`]).
     pub fn console_log(&self) -> PathBuf {
         self.path.join("console.log")
+    }
+
+    /// Where QEMU offers the serial console's output to the agent's pump.
+    pub fn console_socket(&self) -> PathBuf {
+        self.path.join("console.sock")
     }
 
     pub fn qmp_socket(&self) -> PathBuf {

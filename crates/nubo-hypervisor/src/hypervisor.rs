@@ -84,6 +84,11 @@ pub trait Hypervisor: Send + Sync {
     /// [`Self::kill`] and remove the whole instance directory. Ok if it is gone.
     async fn destroy(&self, dir: &VmDir) -> Result<(), HypervisorError>;
 
+    /// Keep the running VM's console log flowing and within its cap on
+    /// disk: starts the console pump if none runs (after an agent restart,
+    /// or when QEMU dropped the connection). Cheap; call it every pass.
+    fn watch_console(&self, _dir: &VmDir) {}
+
     /// CPU time the VM's process has used, if known.
     fn cpu_time(&self, _dir: &VmDir) -> Option<Duration> {
         None

@@ -8,7 +8,7 @@
 //! ([`detect_accel`]), a small typed QMP client ([`qmp`]) and a QEMU Guest
 //! Agent client ([`QgaClient`]) for the agent channel every VM gets, and
 //! data disks ([`DataDisk`]): hot-plug, unplug, online resize and
-//! point-in-time copies.
+//! point-in-time copies. Serial consoles are capped on disk ([`console`]).
 //!
 //! VMs run outside the caller's process group and session (QEMU `-daemonize`),
 //! so a restarted agent re-adopts them through the pidfile and QMP socket kept
@@ -17,6 +17,7 @@
 mod accel;
 mod argv;
 mod config;
+pub mod console;
 mod dir;
 mod disks;
 mod error;

@@ -37,6 +37,8 @@ pub struct Qemu {
     qemu_img: PathBuf,
     qmp_timeout: Duration,
     start_timeout: Duration,
+    console_cap: u64,
+    consoles: crate::console::Pumps,
 }
 
 impl Default for Qemu {
@@ -53,7 +55,16 @@ impl Qemu {
             qemu_img: qemu_img.into(),
             qmp_timeout: Duration::from_secs(5),
             start_timeout: Duration::from_secs(60),
+            console_cap: crate::console::DEFAULT_CONSOLE_CAP,
+            consoles: crate::console::Pumps::default(),
         }
+    }
+
+    /// Bytes of each VM's console output kept on disk (default 1 MiB; at
+    /// least [`crate::console::MIN_CONSOLE_CAP`], rounded up to 4 KiB).
+    pub fn with_console_cap(mut self, bytes: u64) -> Self {
+        self.console_cap = crate::console::effective_cap(bytes);
+        self
     }
 
     /// Timeout for each QMP call (default 5 s).
@@ -251,6 +262,7 @@ impl Hypervisor for Qemu {
         let argv = qemu_argv(&dir, &cfg)?;
 
         remove_if_exists(&pidfile)?;
+        remove_if_exists(&dir.console_socket())?;
         remove_if_exists(&dir.qmp_socket())?;
         remove_if_exists(&dir.qga_socket())?;
         let log_path = dir.qemu_log();
@@ -320,6 +332,7 @@ impl Hypervisor for Qemu {
         match running_pid(&pidfile) {
             Some(pid) => {
                 info!(pid, accel = %cfg.accel, "VM started");
+                self.consoles.ensure(&dir, self.console_cap);
                 Ok(pid)
             }
             None => {
@@ -445,6 +458,13 @@ impl Hypervisor for Qemu {
         }
         info!("VM directory removed");
         Ok(())
+    }
+
+    fn watch_console(&self, dir: &VmDir) {
+        let Ok(dir) = dir.resolved() else { return };
+        if running_pid(&dir.pidfile()).is_some() {
+            self.consoles.ensure(&dir, self.console_cap);
+        }
     }
 
     fn cpu_time(&self, dir: &VmDir) -> Option<Duration> {
@@ -644,7 +664,7 @@ fn remove_if_exists(path: &Path) -> Result<(), HypervisorError> {
 
 /// Remove the pidfile and the QMP and guest agent sockets of a VM that is not running.
 fn cleanup_runtime_files(dir: &VmDir) {
-    for path in [dir.pidfile(), dir.qmp_socket(), dir.qga_socket()] {
+    for path in [dir.pidfile(), dir.console_socket(), dir.qmp_socket(), dir.qga_socket()] {
         if let Err(e) = remove_if_exists(&path) {
             warn!(error = %e, "cannot clean up");
         }

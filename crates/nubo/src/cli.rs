@@ -455,6 +455,17 @@ pub struct AgentOpts {
     /// QEMU binary.
     #[arg(long, default_value = "qemu-system-x86_64", env = "NUBO_QEMU")]
     pub qemu: String,
+    /// Bytes of each instance's serial console output kept on this host's
+    /// disk; older output is dropped as new output arrives (65536 at
+    /// least; rounded up to a multiple of 4096).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = nubo_hypervisor::console::DEFAULT_CONSOLE_CAP,
+        env = "NUBO_CONSOLE_MAX_BYTES",
+        value_parser = clap::value_parser!(u64).range(nubo_hypervisor::console::MIN_CONSOLE_CAP..),
+    )]
+    pub console_max_bytes: u64,
     /// The hypervisor driver. `simulated` starts no VM: it reports
     /// plausible state and metrics, for scale tests and benchmarks only.
     #[arg(long, value_enum, default_value_t = HypervisorKind::Qemu)]

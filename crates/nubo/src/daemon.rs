@@ -212,7 +212,7 @@ fn make_agent(opts: &AgentOpts, config: AgentConfig) -> anyhow::Result<Agent> {
     let pref: AccelPreference = opts.accel.parse().map_err(|e| anyhow::anyhow!("--accel: {e}"))?;
     let accel = detect_accel(pref)?;
     let hypervisor: Arc<dyn nubo_hypervisor::Hypervisor> = match opts.hypervisor {
-        HypervisorKind::Qemu => Arc::new(Qemu::new(&opts.qemu, "qemu-img")),
+        HypervisorKind::Qemu => Arc::new(Qemu::new(&opts.qemu, "qemu-img").with_console_cap(opts.console_max_bytes)),
         HypervisorKind::Simulated => {
             tracing::warn!("the simulated hypervisor starts no VM; use it only to measure the control plane");
             Arc::new(nubo_hypervisor::Simulated::new(Duration::from_millis(200), nubo_api::BOOT_COMPLETE_MARKER))
