@@ -12,6 +12,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// The command line is parsed once per process, so the size of its largest
+// variant (all of `nubo up`'s flags) costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Command {
     /// Run an all-in-one cloud: control plane, one compute agent, SQLite state.
