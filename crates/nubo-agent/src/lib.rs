@@ -10,6 +10,7 @@ pub mod blobs;
 pub mod capacity;
 pub mod checks;
 pub mod console;
+pub mod guard;
 pub mod guest;
 pub mod identity;
 pub mod imds;
@@ -72,6 +73,9 @@ pub struct AgentConfig {
     /// Instance disks and volumes live here instead of in `data_dir`, on
     /// storage other hosts mount at the same path.
     pub shared_storage: Option<PathBuf>,
+    /// The confinement of this host's guests (see [`guard`]); None when
+    /// the operator turned it off or the driver starts no QEMU.
+    pub guard: Option<Arc<guard::GuestGuard>>,
 }
 
 impl AgentConfig {

@@ -37,6 +37,40 @@ const UNCHANGED_REPORT_EVERY: Duration = Duration::from_secs(10);
 /// limit (256 KiB), so that guests cannot make a report too large.
 const GUEST_BYTES_PER_REPORT: usize = 128 * 1024;
 
+/// The guest-confinement window for a migration's streams to `target`
+/// (its NBD port and the port of its `tcp:HOST:PORT` state URI); they
+/// close when dropped. Only local destinations are refused by the guard,
+/// so a window for a remote target is harmless.
+fn migration_window(
+    guard: &Arc<crate::guard::GuestGuard>,
+    instance: &str,
+    target: &nubo_api::agent::MigrationTarget,
+) -> anyhow::Result<Vec<crate::guard::MigrationWindow>> {
+    use std::net::ToSocketAddrs;
+    let (uri_host, uri_port) = target
+        .migrate_uri
+        .strip_prefix("tcp:")
+        .and_then(|r| r.rsplit_once(':'))
+        .and_then(|(h, p)| Some((h.trim_matches(|c| c == '[' || c == ']'), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| anyhow::anyhow!("the migration target's URI {:?} is not tcp:HOST:PORT", target.migrate_uri))?;
+    let resolve = |host: &str, port: u16| -> anyhow::Result<std::net::IpAddr> {
+        (host, port)
+            .to_socket_addrs()?
+            .next()
+            .map(|a| a.ip())
+            .ok_or_else(|| anyhow::anyhow!("the migration target {host} has no address"))
+    };
+    let nbd = resolve(&target.nbd_host, target.nbd_port)?;
+    let state = resolve(uri_host, uri_port)?;
+    if nbd == state {
+        return Ok(vec![guard.allow_migration(instance, nbd, &[target.nbd_port, uri_port])?]);
+    }
+    Ok(vec![
+        guard.allow_migration(instance, nbd, &[target.nbd_port])?,
+        guard.allow_migration(instance, state, &[uri_port])?,
+    ])
+}
+
 /// What the agent last did to an instance, kept in `applied.json`.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Applied {
@@ -812,6 +846,9 @@ impl Reconciler {
         // Checked again: preparing the disk may have taken a while.
         self.lease_allows_start()?;
         let pid = self.hypervisor.start(&dir, &cfg).await?;
+        if let Some(g) = &self.config.guard {
+            g.vm_started(want.id.as_str());
+        }
         self.note_started(&want.id, pid, &cfg.disks);
         write_applied(
             &dir,
@@ -882,10 +919,30 @@ impl Reconciler {
                 .map(|v| nubo_hypervisor::MigratingDisk { node: v.volume_id.to_string(), top_only: false }),
         );
         tracing::info!(migration = %m.id, to = %target.migrate_uri, "live migration: copying disks and state");
-        let result = self
-            .hypervisor
-            .migration_send(&dir, &target.nbd_host, target.nbd_port, &target.migrate_uri, &disks, MIGRATION_LIMIT)
-            .await;
+        // The streams may go to this very host (two agents on one
+        // machine): let this VM's QEMU through the guest confinement for
+        // them, and only for as long as the migration runs.
+        let window = match &self.config.guard {
+            Some(g) => migration_window(g, want.id.as_str(), &target),
+            None => Ok(Vec::new()),
+        };
+        let result = match window {
+            Ok(_window) => {
+                self.hypervisor
+                    .migration_send(
+                        &dir,
+                        &target.nbd_host,
+                        target.nbd_port,
+                        &target.migrate_uri,
+                        &disks,
+                        MIGRATION_LIMIT,
+                    )
+                    .await
+            }
+            Err(e) => Err(nubo_hypervisor::HypervisorError::Migration(format!(
+                "opening the guest confinement for the migration streams: {e}"
+            ))),
+        };
         let done = match &result {
             Ok(s) => nubo_api::agent::MigrationDone {
                 ok: true,

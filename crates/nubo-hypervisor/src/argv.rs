@@ -151,6 +151,18 @@ pub fn qemu_argv(dir: &VmDir, cfg: &VmConfig) -> Result<Vec<OsString>, Hyperviso
     Ok(a.into_iter().map(OsString::from).collect())
 }
 
+/// Adds `restrict=on` to the user-mode network of `argv` (from
+/// [`qemu_argv`]): the guest then reaches nothing outside QEMU, while
+/// forwarded ports (`hostfwd`) and the metadata relay (`guestfwd`) still
+/// work. Operators turn guest egress off with it.
+pub fn restrict_user_net(argv: &mut [OsString]) {
+    for a in argv.iter_mut() {
+        if a.to_str().is_some_and(|s| s.starts_with("user,id=net0")) {
+            a.push(",restrict=on");
+        }
+    }
+}
+
 /// A path as UTF-8, insisting that it is absolute.
 fn path_str<'a>(what: &str, p: &'a Path) -> Result<&'a str, HypervisorError> {
     if !p.is_absolute() {
@@ -298,6 +310,19 @@ mod tests {
         assert!(got.contains(&"virtio-net-pci,netdev=net0,id=nic0,mac=52:54:00:aa:bb:cc".to_string()));
         c.metadata_relay = Some(vec!["/opt/my dir/nubo".into()]);
         assert!(qemu_argv(&VmDir::new("/d/vm-1"), &c).unwrap_err().to_string().contains("plain paths"));
+    }
+
+    #[test]
+    fn restricted_egress_keeps_forwards_and_metadata() {
+        let mut c = cfg();
+        c.metadata_relay = Some(vec!["/usr/bin/nubo".into(), "imds-relay".into(), "/d/imds.sock".into()]);
+        let mut argv = qemu_argv(&VmDir::new("/d/vm-1"), &c).unwrap();
+        restrict_user_net(&mut argv);
+        let got = strings(argv);
+        let net = got.iter().find(|a| a.starts_with("user,id=net0")).unwrap();
+        assert!(net.ends_with(",restrict=on"), "{net}");
+        assert!(net.contains("guestfwd=tcp:169.254.169.254:80-cmd:") && net.contains("hostfwd=tcp:127.0.0.1:8080-:80"));
+        assert_eq!(got.iter().filter(|a| a.contains("restrict")).count(), 1);
     }
 
     #[test]

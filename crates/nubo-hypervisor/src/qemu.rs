@@ -39,6 +39,13 @@ pub struct Qemu {
     start_timeout: Duration,
     console_cap: u64,
     consoles: crate::console::Pumps,
+    /// The cgroup v2 directory each QEMU is started in (one child per VM),
+    /// so the host's firewall can tell guests' traffic apart (see
+    /// `nubo_agent::guard`). None: QEMU stays in the caller's cgroup.
+    cgroup: Option<PathBuf>,
+    /// QEMU's user-mode network gets `restrict=on`: no egress, only
+    /// forwarded ports and the metadata service.
+    restrict_egress: bool,
 }
 
 impl Default for Qemu {
@@ -57,6 +64,8 @@ impl Qemu {
             start_timeout: Duration::from_secs(60),
             console_cap: crate::console::DEFAULT_CONSOLE_CAP,
             consoles: crate::console::Pumps::default(),
+            cgroup: None,
+            restrict_egress: false,
         }
     }
 
@@ -65,6 +74,30 @@ impl Qemu {
     pub fn with_console_cap(mut self, bytes: u64) -> Self {
         self.console_cap = crate::console::effective_cap(bytes);
         self
+    }
+
+    /// Starts every QEMU in its own child of the cgroup v2 directory `dir`
+    /// (which must exist), moved there before it runs a single instruction
+    /// of its own, so no connection of the VM ever leaves from elsewhere.
+    pub fn with_cgroup(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cgroup = Some(dir.into());
+        self
+    }
+
+    /// Cuts guests on the user-mode network off from everything but their
+    /// forwarded ports and the metadata service (`restrict=on`).
+    pub fn with_restricted_egress(mut self, restrict: bool) -> Self {
+        self.restrict_egress = restrict;
+        self
+    }
+
+    /// The cgroup directory of VM `id`, when QEMUs are started in cgroups.
+    pub fn vm_cgroup(&self, id: &str) -> Option<PathBuf> {
+        // Only a plain name, never a path that would leave the subtree.
+        if id.is_empty() || id.contains('/') || id == "." || id == ".." {
+            return None;
+        }
+        self.cgroup.as_ref().map(|c| c.join(id))
     }
 
     /// Timeout for each QMP call (default 5 s).
@@ -259,7 +292,28 @@ impl Hypervisor for Qemu {
         }
         let cfg = absolute_paths(cfg)?;
         check_ports_free(&cfg.port_forwards)?;
-        let argv = qemu_argv(&dir, &cfg)?;
+        let mut argv = qemu_argv(&dir, &cfg)?;
+        if self.restrict_egress {
+            crate::argv::restrict_user_net(&mut argv);
+        }
+        // The VM's cgroup: created here, joined by the child before exec
+        // (a path prepared now, since the child may not allocate).
+        let cgroup_procs = match self.vm_cgroup(&cfg.id) {
+            Some(cg) => {
+                match std::fs::create_dir(&cg) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(HypervisorError::io("create the VM's cgroup", &cg, e)),
+                }
+                let procs = cg.join("cgroup.procs");
+                let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(procs.as_os_str())).map_err(
+                    |_| HypervisorError::InvalidConfig(format!("cgroup path {} has a NUL byte", cg.display())),
+                )?;
+                Some((cg, c))
+            }
+            None => None,
+        };
+        let procs_path = cgroup_procs.as_ref().map(|(_, c)| c.clone());
 
         remove_if_exists(&pidfile)?;
         remove_if_exists(&dir.console_socket())?;
@@ -283,18 +337,25 @@ impl Hypervisor for Qemu {
         let tap_fds = crate::tap::raw(&taps);
         let mut cmd = tokio::process::Command::new(&self.binary);
         cmd.args(&argv).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log)).kill_on_drop(false);
-        // SAFETY: the closure makes only raw syscalls (close_range, fcntl,
-        // dup2), which are async-signal-safe, and reads `tap_fds`, which
-        // was allocated before the fork.
+        // SAFETY: the closure makes only raw syscalls (open, write, close,
+        // close_range, fcntl, dup2), which are async-signal-safe, and reads
+        // `tap_fds` and `procs_path`, which were allocated before the fork.
         unsafe {
             cmd.pre_exec(move || {
+                if let Some(p) = &procs_path {
+                    join_cgroup(p)?;
+                }
                 mark_inherited_fds_cloexec();
                 crate::tap::install_in_child(&tap_fds)
             });
         }
         debug!(binary = %self.binary.display(), ?argv, "starting QEMU");
-        let mut child =
-            cmd.spawn().map_err(|source| HypervisorError::BinaryNotFound { binary: self.binary.clone(), source })?;
+        let mut child = cmd.spawn().map_err(|source| match &cgroup_procs {
+            Some((cg, _)) if source.kind() != std::io::ErrorKind::NotFound => {
+                HypervisorError::io("start QEMU in its cgroup", cg, source)
+            }
+            _ => HypervisorError::BinaryNotFound { binary: self.binary.clone(), source },
+        })?;
 
         // With -daemonize, this process exits once the VM is set up (0) or
         // failed (non-zero); the VM itself keeps running in its own session.
@@ -457,6 +518,14 @@ impl Hypervisor for Qemu {
             Err(e) => return Err(HypervisorError::io("remove", dir.path(), e)),
         }
         info!("VM directory removed");
+        if let Some(cg) = self.vm_cgroup(&dir.label()) {
+            // Empty now that QEMU is gone; a cgroup is removed with rmdir.
+            if let Err(e) = std::fs::remove_dir(&cg) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!(cgroup = %cg.display(), error = %e, "cannot remove the VM's cgroup");
+                }
+            }
+        }
         Ok(())
     }
 
@@ -669,6 +738,26 @@ fn cleanup_runtime_files(dir: &VmDir) {
             warn!(error = %e, "cannot clean up");
         }
     }
+}
+
+/// In the child before exec: move this process into the cgroup whose
+/// `cgroup.procs` is `procs` (writing 0 means "the writer").
+fn join_cgroup(procs: &std::ffi::CStr) -> std::io::Result<()> {
+    // SAFETY: open/write/close on a NUL-terminated path made before the
+    // fork; no allocation, async-signal-safe.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if n != 1 {
+            return Err(err);
+        }
+    }
+    Ok(())
 }
 
 /// In the child before exec: make every inherited descriptor above stderr

@@ -349,6 +349,7 @@ fn run(settings: &Settings, database: &str, url: Option<&str>) -> Figures {
                 metrics_interval: Duration::from_secs(10),
                 plugin_dirs: Vec::new(),
                 network: None,
+                guard: None,
                 migration_address: "127.0.0.1".into(),
                 shared_storage: None,
             };

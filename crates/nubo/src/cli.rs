@@ -499,6 +499,17 @@ pub struct AgentOpts {
     /// stops reporting, its instances restart on another of them.
     #[arg(long, value_name = "DIR")]
     pub shared_storage: Option<PathBuf>,
+    /// Whether guests on the user-mode network may open connections to
+    /// other machines (`off`: QEMU's `restrict=on`; forwarded ports and the
+    /// metadata service still work).
+    #[arg(long, value_enum, default_value_t = GuestEgress::On)]
+    pub guest_egress: GuestEgress,
+    /// Run even where guests cannot be kept from this host's own listeners
+    /// (no cgroup v2, no nftables, not root). Guests can then reach the
+    /// control plane, other instances' forwarded ports and every service on
+    /// this host's 127.0.0.1: only for a single-user test machine.
+    #[arg(long)]
+    pub insecure_guest_host_access: bool,
 }
 
 #[derive(Args, Clone)]
@@ -536,6 +547,13 @@ pub struct AgentArgs {
     pub insecure_http: bool,
     #[command(flatten)]
     pub opts: AgentOpts,
+}
+
+/// `--guest-egress`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum GuestEgress {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]

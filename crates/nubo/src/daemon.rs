@@ -3,8 +3,8 @@
 //! still reaches the control plane over HTTP with its own credential,
 //! exactly as a remote agent does.
 
-use crate::cli::HypervisorKind;
 use crate::cli::{AgentArgs, AgentOpts, ServerArgs, UpArgs};
+use crate::cli::{GuestEgress, HypervisorKind};
 use anyhow::Context;
 use nubo_agent::identity::write_private;
 use nubo_agent::{Agent, AgentConfig};
@@ -195,6 +195,7 @@ fn agent_config(
             .underlay
             .map(|underlay| nubo_agent::network::NetworkConfig { underlay, netns: opts.netns.clone() }),
         shared_storage: opts.shared_storage.clone(),
+        guard: None,
         migration_address: match (opts.migration_address, opts.underlay, &opts.netns) {
             (Some(a), _, _) => a.to_string(),
             (None, Some(u), None) => u.to_string(),
@@ -208,11 +209,36 @@ fn agent_config(
     }
 }
 
-fn make_agent(opts: &AgentOpts, config: AgentConfig) -> anyhow::Result<Agent> {
+fn make_agent(opts: &AgentOpts, mut config: AgentConfig) -> anyhow::Result<Agent> {
     let pref: AccelPreference = opts.accel.parse().map_err(|e| anyhow::anyhow!("--accel: {e}"))?;
     let accel = detect_accel(pref)?;
     let hypervisor: Arc<dyn nubo_hypervisor::Hypervisor> = match opts.hypervisor {
-        HypervisorKind::Qemu => Arc::new(Qemu::new(&opts.qemu, "qemu-img").with_console_cap(opts.console_max_bytes)),
+        HypervisorKind::Qemu => {
+            let mut qemu = Qemu::new(&opts.qemu, "qemu-img")
+                .with_console_cap(opts.console_max_bytes)
+                .with_restricted_egress(opts.guest_egress == GuestEgress::Off);
+            if opts.guest_egress == GuestEgress::Off {
+                tracing::info!("guest egress is off: user-mode guests reach only their forwarded ports and metadata");
+            }
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+            let host = nubo_agent::identity::load_or_create(&config.data_dir)?;
+            match nubo_agent::guard::GuestGuard::install(host.as_str()) {
+                Ok(guard) => {
+                    qemu = qemu.with_cgroup(guard.cgroup_dir());
+                    config.guard = Some(guard);
+                }
+                Err(e) if opts.insecure_guest_host_access => tracing::warn!(
+                    host = %host,
+                    error = %e,
+                    "guests are NOT confined (--insecure-guest-host-access): every guest can reach every listener on this host's addresses, including the control plane"
+                ),
+                Err(e) => anyhow::bail!(
+                    "cannot keep guests from this host's own listeners: {e}. Fix that, or pass --insecure-guest-host-access to run with guests able to reach every service on this host (test machines only)"
+                ),
+            }
+            Arc::new(qemu)
+        }
         HypervisorKind::Simulated => {
             tracing::warn!("the simulated hypervisor starts no VM; use it only to measure the control plane");
             Arc::new(nubo_hypervisor::Simulated::new(Duration::from_millis(200), nubo_api::BOOT_COMPLETE_MARKER))
@@ -268,6 +294,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     config.insecure_http = a.server.insecure_http;
     ensure_tiny(config.image_cache.clone()).await?;
     let agent = make_agent(&a.agent, config)?;
+    let guard = agent.config.guard.clone();
     let host = agent.host_id.clone();
     let agent_task = tokio::spawn(agent.run());
     // Ready once our own host is registered and reporting.
@@ -287,6 +314,9 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
             eprintln!("stopping Nubo; running VMs keep running and are re-adopted at the next start");
             nubo_controlplane::monitor::release(&s.ctx).await;
         }
+    }
+    if let Some(g) = guard {
+        g.remove();
     }
     Ok(())
 }
@@ -321,10 +351,15 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
     let mut config = agent_config(&a.opts, &a.server, a.join_token.clone(), &data_dir, a.ca_cert.clone());
     config.insecure_http = a.insecure_http;
     let agent = make_agent(&a.opts, config)?;
-    tokio::select! {
+    let guard = agent.config.guard.clone();
+    let result = tokio::select! {
         r = agent.run() => r,
         _ = shutdown_signal() => Ok(()),
+    };
+    if let Some(g) = guard {
+        g.remove();
     }
+    result
 }
 
 #[cfg(test)]

@@ -275,6 +275,7 @@ impl Plumbing {
         let mut ruleset =
             firewall::render(&d.networks, &|instance, vni| taps.get(&(instance.to_string(), vni)).cloned());
         ruleset.push_str(&firewall::render_host_nat(self.cfg.underlay, &forwards));
+        ruleset.push_str(&render_host_guard());
         self.host_exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"], None).await?;
         self.host_exec("nft", &["-f", "-"], Some(&ruleset)).await?;
         Ok(())
@@ -406,11 +407,17 @@ impl Plumbing {
         std::fs::create_dir_all(&dir)
             .map_err(|e| NetworkError::Other(format!("cannot create {}: {e}", dir.display())))?;
         let hosts: String = net.ports.iter().map(|p| format!("{},{}\n", p.mac, p.address)).collect();
-        let hosts_file = dir.join("dhcp-hosts");
+        // dnsmasq drops root (see dnsmasq_account) and then re-reads this
+        // file on SIGHUP, so it lives where that account can read it, and
+        // only it: the data dir may be behind a 0700 directory.
+        let account = dnsmasq_account()?;
+        let hosts_dir = PathBuf::from(DHCP_HOSTS_DIR).join(router);
+        std::fs::create_dir_all(&hosts_dir)
+            .map_err(|e| NetworkError::Other(format!("cannot create {}: {e}", hosts_dir.display())))?;
+        let hosts_file = hosts_dir.join("dhcp-hosts");
         let changed = std::fs::read_to_string(&hosts_file).ok().as_deref() != Some(hosts.as_str());
         if changed {
-            std::fs::write(&hosts_file, &hosts)
-                .map_err(|e| NetworkError::Other(format!("cannot write {}: {e}", hosts_file.display())))?;
+            write_for(&hosts_file, &hosts, &account)?;
         }
         let pid_file = dir.join("dnsmasq.pid");
         if let Some(pid) = dnsmasq_pid(&pid_file) {
@@ -435,7 +442,8 @@ impl Plumbing {
             "--bind-interfaces".into(),
             "--dhcp-authoritative".into(),
             "--no-ping".into(),
-            "--user=root".into(),
+            format!("--user={}", account.name),
+            format!("--group={}", account.group),
             format!("--dhcp-range={network},static,{},1h", netmask(len)),
             format!("--dhcp-hostsfile={}", hosts_file.display()),
             format!("--dhcp-option=option:router,{}", net.gateway),
@@ -535,6 +543,7 @@ impl Plumbing {
                 }
             }
             let router = self.router_ns(vni);
+            let _ = std::fs::remove_dir_all(PathBuf::from(DHCP_HOSTS_DIR).join(&router));
             if PathBuf::from("/run/netns").join(&router).exists() {
                 run("ip", &strings(&["netns", "del", &router]), None).await?;
             }
@@ -544,12 +553,76 @@ impl Plumbing {
     }
 }
 
+/// What guests on private networks may open towards this host itself:
+/// nothing. Their traffic reaches the host's namespace by the routers'
+/// uplinks (`nu*`: the uplink's host side and, routed, every other address
+/// of the host, the underlay's included) and by the bridges (`nb*`: IPv6
+/// link-local addresses, broadcasts). Forwarded ports are DNAT'ed before
+/// this hook and egress is forwarded, so neither comes here; replies to
+/// what the host opened are `established`.
+pub fn render_host_guard() -> String {
+    "table inet nubo_host_guard {}\ndelete table inet nubo_host_guard\ntable inet nubo_host_guard {\n  chain input {\n    type filter hook input priority 0; policy accept;\n    iifname \"nu*\" ct state new reject\n    iifname \"nb*\" ct state new reject\n  }\n}\n".to_string()
+}
+
 /// The uplink /30 of a network's router: (host side, router side).
 pub fn uplink_addresses(vni: u32) -> (Ipv4Addr, Ipv4Addr) {
     // 2^18 networks of 4 addresses fill 100.64.0.0/10.
     let index = vni.wrapping_sub(1000) & 0x3_ffff;
     let base = u32::from(Ipv4Addr::new(100, 64, 0, 0)) + index * 4;
     (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2))
+}
+
+/// Where each router's dnsmasq finds its hosts file (see `ensure_dhcp`).
+const DHCP_HOSTS_DIR: &str = "/run/nubo/dhcp";
+
+/// The unprivileged account dnsmasq runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsmasqAccount {
+    pub name: String,
+    pub group: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Debian's `dnsmasq` account when it exists, else `nobody`: dnsmasq
+/// needs root only to bind its DHCP socket, then drops to this account
+/// (a guest that exploits it gets nothing of the host's).
+fn dnsmasq_account() -> Result<DnsmasqAccount> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    ["dnsmasq", "nobody"].iter().find_map(|n| account_from(&passwd, &group, n)).ok_or_else(|| {
+        NetworkError::Other(
+            "neither a `dnsmasq` nor a `nobody` account exists for dnsmasq to drop root to; create one (useradd --system dnsmasq)".into(),
+        )
+    })
+}
+
+/// The account `name` from passwd and group texts; never root.
+fn account_from(passwd: &str, group: &str, name: &str) -> Option<DnsmasqAccount> {
+    let fields: Vec<&str> = passwd.lines().find(|l| l.split(':').next() == Some(name))?.split(':').collect();
+    let uid: u32 = fields.get(2)?.parse().ok()?;
+    let gid: u32 = fields.get(3)?.parse().ok()?;
+    if uid == 0 || gid == 0 {
+        return None;
+    }
+    let group_name = group
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|g| g.get(2).and_then(|x| x.parse::<u32>().ok()) == Some(gid))
+        .and_then(|g| g.first().map(|s| s.to_string()))?;
+    Some(DnsmasqAccount { name: name.to_string(), group: group_name, uid, gid })
+}
+
+/// Writes `text` to `path` readable by `account` alone (mode 0400).
+fn write_for(path: &std::path::Path, text: &str, account: &DnsmasqAccount) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |e: std::io::Error| NetworkError::Other(format!("cannot write {}: {e}", path.display()));
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).map_err(err)?;
+    std::os::unix::fs::chown(&tmp, Some(account.uid), Some(account.gid)).map_err(err)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o400)).map_err(err)?;
+    // Renamed into place, so dnsmasq never reads half a file.
+    std::fs::rename(&tmp, path).map_err(err)
 }
 
 /// The pid of a dnsmasq we started, if it still runs.
@@ -611,6 +684,30 @@ pub(crate) fn lookup_from(shared: Arc<Mutex<crate::reconcile::Shared>>) -> Metad
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guests_open_nothing_towards_the_host() {
+        let text = render_host_guard();
+        assert!(text.starts_with("table inet nubo_host_guard {}\ndelete table inet nubo_host_guard\n"));
+        assert!(text.contains("type filter hook input priority 0; policy accept;"));
+        assert!(text.contains("iifname \"nu*\" ct state new reject"));
+        assert!(text.contains("iifname \"nb*\" ct state new reject"));
+    }
+
+    #[test]
+    fn dnsmasq_runs_as_an_unprivileged_account() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\ndnsmasq:x:999:65534:dnsmasq,,,:/var/lib/misc:/usr/sbin/nologin\nevil:x:0:5::/:/bin/sh\n";
+        let group = "root:x:0:\nnogroup:x:65534:\n";
+        let a = account_from(passwd, group, "dnsmasq").unwrap();
+        assert_eq!(a, DnsmasqAccount { name: "dnsmasq".into(), group: "nogroup".into(), uid: 999, gid: 65534 });
+        assert_eq!(account_from(passwd, group, "nobody").unwrap().uid, 65534);
+        assert!(account_from(passwd, group, "root").is_none(), "never root");
+        assert!(account_from(passwd, group, "evil").is_none(), "never uid 0 under another name");
+        assert!(account_from(passwd, group, "absent").is_none());
+        // On this machine: whichever account is found, it is not root.
+        let mine = dnsmasq_account().unwrap();
+        assert!(mine.uid != 0 && mine.gid != 0, "{mine:?}");
+    }
 
     #[test]
     fn failed_setups_are_retried_with_a_growing_pause() {
