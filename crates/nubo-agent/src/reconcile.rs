@@ -1094,6 +1094,7 @@ mod tests {
             migration_address: "127.0.0.1".into(),
             shared_storage: None,
             insecure_http: false,
+            guard: None,
         };
         Reconciler::new(
             "h-0123456789abcdef0".parse().unwrap(),

@@ -127,6 +127,7 @@ mod tests {
             network: None,
             migration_address: "127.0.0.1".into(),
             shared_storage: None,
+            guard: None,
         }
     }
 
