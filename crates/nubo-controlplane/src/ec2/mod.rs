@@ -47,6 +47,13 @@ fn read_only(action: &str) -> bool {
     action.starts_with("Describe") || action.starts_with("Get")
 }
 
+/// May a copy of this signed request run again? Reads (see `replay`), and
+/// a RunInstances with a ClientToken, whose copy gets the first one's
+/// reservation: refusing it would break the token's own retries.
+fn replay_harmless(action: &str, params: &Params) -> bool {
+    read_only(action) || (action == "RunInstances" && params.str("ClientToken").is_some_and(|t| !t.is_empty()))
+}
+
 /// `POST /` (and `GET /?Action=...`): one EC2 request.
 pub async fn handle(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
     let request_id = xml::request_id();
@@ -71,7 +78,7 @@ pub async fn handle(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
     record_detail(&parts, format!("ec2:{}", action.chars().take(64).collect::<String>()), read_only(&action));
     let mut claimed: Option<String> = None;
     let result = async {
-        let (caller, signature) = authenticate(&ctx, &parts, &body, read_only(&action)).await?;
+        let (caller, signature) = authenticate(&ctx, &parts, &body, replay_harmless(&action, &params)).await?;
         claimed = signature;
         if action.is_empty() {
             return Err(Ec2Error::missing("Action"));
@@ -130,13 +137,13 @@ fn error_response(e: &Ec2Error, request_id: &str) -> Response {
 }
 
 /// The SigV4 signature, then the access key's owner as the caller; and
-/// the signature (hex) when it was claimed against replays (every action
-/// that changes something; see `replay` for why reads are not).
+/// the signature (hex) when it was claimed against replays (unless
+/// `replay_harmless`).
 async fn authenticate(
     ctx: &Ctx,
     parts: &axum::http::request::Parts,
     body: &[u8],
-    read_only: bool,
+    replay_harmless: bool,
 ) -> Ec2Result<(Caller, Option<String>)> {
     let header = parts
         .headers
@@ -180,13 +187,13 @@ async fn authenticate(
     // it (a retry would be signed anew and succeed, hiding nothing).
     let expires_ms = (at + sigv4::MAX_SKEW_SECS + 1) * 1000;
     let signature = hex::encode(&auth.signature);
-    if !read_only && !ctx.store.claim_signature(&signature, expires_ms, now_ms).await? {
+    if !replay_harmless && !ctx.store.claim_signature(&signature, expires_ms, now_ms).await? {
         record(parts, format!("replayed-signature:{}", auth.access_key), None);
         tracing::warn!(key = %auth.access_key, "refused a replayed EC2 request");
         return Err(Ec2Error::bad("RequestExpired", sigv4::SigError::Replayed.to_string()));
     }
     record(parts, owner.user_name.clone(), owner.project_id.clone());
-    Ok((caller_of(owner), (!read_only).then_some(signature)))
+    Ok((caller_of(owner), (!replay_harmless).then_some(signature)))
 }
 
 /// EC2's DryRun: would the caller be allowed? (`DryRunOperation` if so.)

@@ -3,7 +3,8 @@
 //! claimed once it verified, in the `sigv4_signatures` table, until its
 //! request would be refused as expired anyway; a second claim is a replay.
 //!
-//! Reads are not claimed: botocore signs neither its invocation id nor its
+//! Neither is a RunInstances with a ClientToken: a copy gets the first
+//! request's reservation and launches nothing. Reads are not claimed: botocore signs neither its invocation id nor its
 //! attempt number, so two identical calls within one second (a polling
 //! loop, two `aws ec2 describe-instances` in a row) carry the same
 //! signature, and refusing the second would break them. A replayed read
