@@ -4,6 +4,8 @@
 #   instance_create  POST /api/v1/instances body -> serde -> validate::instance_create
 #   agent_bodies     RegisterHost, HostReport, ConsoleChunk bodies
 #   ec2_request      EC2 Query form bodies, SigV4 Authorization headers, X-Amz-Date
+#   sigv4_canonical  SigV4 canonical requests and verification: the body always hashed
+#   rule_cidr        security-group rule CIDRs, and rules through the agent's nftables renderer
 #   ids              InstanceId / HostId from arbitrary strings
 #   image_header     nubo_image::inspect::{check_qcow2_header, sniff_format} on arbitrary bytes
 #   qga_reply        guest-agent reply lines -> nubo_hypervisor::qga::decode (what a guest sends its host)
@@ -61,6 +63,8 @@ seed agent_bodies register '{"host_id":"h-0123456789abcdef0","name":"node-1","ac
 seed agent_bodies report '{"instances":[{"id":"i-0123456789abcdef0","power":"running","pid":42,"error":null,"exited_unexpectedly":false,"events":[{"at_ms":1,"stage":"boot_complete","detail":""}]}]}'
 seed ec2_request run 'Action=RunInstances&ImageId=ami-0123456789abcdef0&MinCount=1&MaxCount=2&TagSpecification.1.ResourceType=instance&TagSpecification.1.Tag.1.Key=a&TagSpecification.1.Tag.1.Value=b&Filter.1.Name=tag:a&Filter.1.Value.1=b*&MaxResults=5&NextToken=nubo-offset-5'
 seed ec2_request auth 'AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/20150830/nubo-1/ec2/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7'
+seed sigv4_canonical describe $'AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/20150830/nubo-1/ec2/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7\ncontent-type: application/x-www-form-urlencoded; charset=utf-8\nhost: 127.0.0.1:8780\nx-amz-date: 20150830T123600Z\nx-amz-content-sha256: 0000000000000000000000000000000000000000000000000000000000000000\n\nPOST /\nAction=DescribeInstances&Version=2016-11-15'
+seed rule_cidr list $'\x00\x16\x00\x16\x000.0.0.0/0,10.20.0.0/24,10.20.0.0/25,203.0.113.7, 192.0.2.0/24 ,0.0.0.0/+0,::/0,10.0.0.5/8'
 seed agent_bodies console '{"host_id":"h-0123456789abcdef0","offset":0,"raw_len":5,"data":"hello"}'
 seed ids instance 'i-0123456789abcdef0'
 seed ids host 'h-0123456789abcdef0'

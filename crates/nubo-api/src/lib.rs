@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod automation;
+pub mod cidr;
 pub mod error;
 pub mod ids;
 pub mod join;

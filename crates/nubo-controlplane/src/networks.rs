@@ -357,7 +357,18 @@ impl Store {
                 for g in groups_of.get(p.0.as_str()).into_iter().flatten() {
                     for r in rules.iter().filter(|r| r.group_id == *g) {
                         let sources = match (&r.cidr, &r.source_group_id) {
-                            (Some(c), _) => vec![c.clone()],
+                            (Some(c), _) => match nubo_api::cidr::parse_rule_cidr(c) {
+                                Ok(net) => vec![nubo_api::cidr::canonical(&net)],
+                                // A row stored before CIDRs were parsed at the
+                                // edge. Sent on, it would make the host's
+                                // whole ruleset fail; left out, it allows
+                                // nothing, which is what it can be trusted to mean.
+                                Err(e) => {
+                                    tracing::warn!(rule = %r.id, group = %r.group_id, instance = %p.0, error = %e,
+                                        "left a security-group rule out of the host's firewall: its stored CIDR does not parse; delete the rule and add it again");
+                                    continue;
+                                }
+                            },
                             (None, Some(src)) => members_of
                                 .get(src.as_str())
                                 .into_iter()

@@ -1299,7 +1299,7 @@ pub enum SecurityGroupCmd {
         /// A port or a range LOW-HIGH (tcp and udp).
         #[arg(long)]
         port: Option<String>,
-        /// From this IPv4 range.
+        /// From this IPv4 range, A.B.C.D/LEN without host bits (an address alone is its /32).
         #[arg(long, conflicts_with = "source_group")]
         cidr: Option<String>,
         /// From members of this group.

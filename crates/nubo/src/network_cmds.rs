@@ -95,6 +95,11 @@ pub async fn security_group(cmd: SecurityGroupCmd) -> anyhow::Result<()> {
                     None => (Some(parse_port(p)?), None),
                 },
             };
+            // Refused here with the server's words, before anything is sent.
+            let cidr = cidr
+                .map(|c| nubo_api::cidr::parse_rule_cidr(&c).map(|n| nubo_api::cidr::canonical(&n)))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--cidr: {e}"))?;
             let rule = SecurityGroupRuleCreate { protocol, from_port, to_port, cidr, source_group };
             let g = client(&conn)?.add_security_group_rule(&group, &rule).await?;
             emit(conn.output, &g, |g| print_groups(std::slice::from_ref(g)))

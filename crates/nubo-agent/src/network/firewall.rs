@@ -10,9 +10,18 @@
 //! rest. Outbound is open. The whole ruleset is replaced in one `nft -f`
 //! transaction, so a change never leaves a port half-filtered, and
 //! connections already open stay open.
+//!
+//! Because that one transaction carries every project's rules, nothing of
+//! a rule reaches its text untyped: each rule is parsed into a protocol,
+//! a port range and IPv4 networks first (merged, as nft refuses an
+//! anonymous set with overlapping ranges), and a rule that does not parse
+//! is left out (it allows nothing) and logged with its instance, instead
+//! of failing the host's ruleset for everyone.
 
 use nubo_api::agent::{DesiredNetwork, FirewallRule};
+use nubo_api::cidr::Ipv4Net;
 use std::fmt::Write;
+use std::net::Ipv4Addr;
 
 /// Marks are this base plus the port's index in the ruleset.
 const MARK_BASE: u32 = 0x4e75_0000;
@@ -30,16 +39,30 @@ pub fn render(networks: &[DesiredNetwork], tap_of: &dyn Fn(&str, u32) -> Option<
             index += 1;
             let mark = MARK_BASE + index;
             let chain = format!("port_{tap}");
-            let _ = writeln!(bridge, "    iifname \"{tap}\" ether saddr != {} drop", port.mac);
-            let _ = writeln!(bridge, "    iifname \"{tap}\" ip saddr != {{ {}, 0.0.0.0 }} drop", port.address);
+            let (Some(mac), Ok(address)) = (mac_of(&port.mac), port.address.parse::<Ipv4Addr>()) else {
+                // Without its own addresses a port cannot be told from a
+                // spoofer: it gets nothing in or out rather than everything.
+                tracing::warn!(instance = %port.instance_id, network = %net.id, mac = %port.mac.escape_debug(),
+                    address = %port.address.escape_debug(), "a port's MAC or address does not parse: its traffic is dropped");
+                let _ = writeln!(bridge, "    iifname \"{tap}\" drop\n    oifname \"{tap}\" drop");
+                continue;
+            };
+            let _ = writeln!(bridge, "    iifname \"{tap}\" ether saddr != {mac} drop");
+            let _ = writeln!(bridge, "    iifname \"{tap}\" ip saddr != {{ {address}, 0.0.0.0 }} drop");
             let _ = writeln!(bridge, "    oifname \"{tap}\" meta mark set {mark:#x}");
             let _ = writeln!(inet_jumps, "    meta mark {mark:#x} jump {chain}");
             let _ = writeln!(chains, "  chain {chain} {{");
             chains.push_str("    ct state established,related accept\n    ct state invalid drop\n");
             chains.push_str("    udp sport 67 udp dport 68 accept\n");
             for r in &port.ingress {
-                if let Some(line) = rule_line(r) {
-                    let _ = writeln!(chains, "    {line}");
+                match TypedRule::parse(r) {
+                    Ok(rule) => {
+                        if let Some(line) = rule.line() {
+                            let _ = writeln!(chains, "    {line}");
+                        }
+                    }
+                    Err(e) => tracing::warn!(instance = %port.instance_id, network = %net.id, error = %e,
+                        "left a security-group rule out of the host's firewall (it allows nothing); the host's other rules apply"),
                 }
             }
             chains.push_str("    drop\n  }\n");
@@ -112,19 +135,81 @@ pub fn render_router(forwards: &[Forward]) -> String {
     )
 }
 
-/// One accept rule, or None when it can match nothing (no sources).
-fn rule_line(r: &FirewallRule) -> Option<String> {
-    if r.sources.is_empty() {
-        return None;
+/// A MAC as nft takes it (`52:54:00:0a:0b:0c`), or None.
+fn mac_of(s: &str) -> Option<String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    ok.then(|| s.to_ascii_lowercase())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+    All,
+}
+
+/// A rule in the only form rendered: typed fields, sources merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TypedRule {
+    protocol: Protocol,
+    from_port: u16,
+    to_port: u16,
+    sources: Vec<Ipv4Net>,
+}
+
+/// Why a rule was left out of the ruleset.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum RuleError {
+    #[error("unknown protocol '{0}' (tcp, udp, icmp or all)")]
+    Protocol(String),
+    #[error("empty port range {0}-{1}")]
+    Ports(u16, u16),
+    #[error("source {0}")]
+    Source(#[from] nubo_api::cidr::CidrError),
+}
+
+impl TypedRule {
+    fn parse(r: &FirewallRule) -> Result<Self, RuleError> {
+        let protocol = match r.protocol.as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            "icmp" => Protocol::Icmp,
+            "all" => Protocol::All,
+            other => {
+                return Err(RuleError::Protocol(other.chars().take(20).collect::<String>().escape_debug().to_string()))
+            }
+        };
+        if matches!(protocol, Protocol::Tcp | Protocol::Udp) && r.from_port > r.to_port {
+            return Err(RuleError::Ports(r.from_port, r.to_port));
+        }
+        let sources =
+            r.sources.iter().map(|s| nubo_api::cidr::parse_rule_cidr(s)).collect::<Result<Vec<Ipv4Net>, _>>()?;
+        // nft refuses an anonymous set whose ranges overlap (two groups'
+        // members, 10.0.0.0/8 next to 10.1.0.0/16): merge them first.
+        Ok(TypedRule { protocol, from_port: r.from_port, to_port: r.to_port, sources: Ipv4Net::aggregate(&sources) })
     }
-    let sources = format!("ip saddr {{ {} }}", r.sources.join(", "));
-    let ports =
-        if r.from_port == r.to_port { r.from_port.to_string() } else { format!("{}-{}", r.from_port, r.to_port) };
-    Some(match r.protocol.as_str() {
-        "tcp" | "udp" => format!("{sources} {} dport {ports} accept", r.protocol),
-        "icmp" => format!("{sources} meta l4proto icmp accept"),
-        _ => format!("{sources} accept"),
-    })
+
+    /// One accept rule, or None when it can match nothing (no sources).
+    fn line(&self) -> Option<String> {
+        if self.sources.is_empty() {
+            return None;
+        }
+        let list = self.sources.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        let sources = format!("ip saddr {{ {list} }}");
+        let ports = if self.from_port == self.to_port {
+            self.from_port.to_string()
+        } else {
+            format!("{}-{}", self.from_port, self.to_port)
+        };
+        Some(match self.protocol {
+            Protocol::Tcp => format!("{sources} tcp dport {ports} accept"),
+            Protocol::Udp => format!("{sources} udp dport {ports} accept"),
+            Protocol::Icmp => format!("{sources} meta l4proto icmp accept"),
+            Protocol::All => format!("{sources} accept"),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -193,6 +278,48 @@ mod tests {
             super::super::uplink_addresses(1000),
             ("100.64.0.1".parse().unwrap(), "100.64.0.2".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn a_bad_rule_is_left_out_and_the_others_stay() {
+        let rule = |protocol: &str, from_port: u16, to_port: u16, sources: &[&str]| FirewallRule {
+            protocol: protocol.into(),
+            from_port,
+            to_port,
+            sources: sources.iter().map(|s| s.to_string()).collect(),
+        };
+        let rules = vec![
+            rule("tcp", 22, 22, &["0.0.0.0/+0"]),
+            rule("tcp", 23, 23, &["10.0.0.0/8", "0.0.0.0/0 } accept; flush ruleset; #"]),
+            rule("tcp", 24, 24, &["::/0"]),
+            rule("sctp", 25, 25, &["10.0.0.0/8"]),
+            rule("udp", 27, 26, &["10.0.0.0/8"]),
+            rule("tcp", 8080, 8080, &["10.20.0.0/24"]),
+            // Overlapping and adjacent sources merge into one range.
+            rule("udp", 53, 53, &["10.30.0.0/25", "10.30.0.0/24", "10.31.0.0/24", "10.30.1.0/24"]),
+        ];
+        let text = render(&[net(rules)], &|_, _| Some("nt1".to_string()));
+        let chain = text.split("chain port_nt1 {").nth(1).expect("the port's chain");
+        assert!(chain.contains("ip saddr { 10.20.0.0/24 } tcp dport 8080 accept"), "{text}");
+        assert!(chain.contains("ip saddr { 10.30.0.0/23, 10.31.0.0/24 } udp dport 53 accept"), "{text}");
+        for port in ["22", "23", "24", "25", "26", "27"] {
+            assert!(!chain.contains(&format!("dport {port} ")), "a bad rule was rendered: {text}");
+        }
+        assert!(!text.contains("flush") && !text.contains('+') && !text.contains("::"), "{text}");
+    }
+
+    #[test]
+    fn a_port_with_a_bad_address_is_closed_not_open() {
+        let mut n = net(vec![FirewallRule {
+            protocol: "all".into(),
+            from_port: 0,
+            to_port: 65535,
+            sources: vec!["0.0.0.0/0".into()],
+        }]);
+        n.ports[0].address = "10.20.0.2 }; flush ruleset".into();
+        let text = render(&[n], &|_, _| Some("nt1".to_string()));
+        assert!(text.contains("iifname \"nt1\" drop") && text.contains("oifname \"nt1\" drop"), "{text}");
+        assert!(!text.contains("flush") && !text.contains("port_nt1"), "{text}");
     }
 
     #[test]

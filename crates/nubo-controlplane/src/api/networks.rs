@@ -239,15 +239,10 @@ async fn new_rule(ctx: &Ctx, caller: &Caller, g: &SecurityGroupRow, p: &Security
     };
     let (cidr, source_group_id) = match (&p.cidr, &p.source_group) {
         (Some(c), None) => {
-            let (addr, len) = c.split_once('/').unwrap_or((c.as_str(), "32"));
-            let ok = addr.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32);
-            if !ok {
-                return Err(AppError::BadRequest(format!(
-                    "'{}' is not an IPv4 CIDR such as 10.20.0.0/24 or 0.0.0.0/0",
-                    c.chars().take(40).collect::<String>()
-                )));
-            }
-            (Some(format!("{addr}/{len}")), None)
+            // Typed here, stored canonical: the host's nftables ruleset is
+            // rendered from this, and one bad rule would stop it for all.
+            let net = nubo_api::cidr::parse_rule_cidr(c).map_err(|e| AppError::BadRequest(e.to_string()))?;
+            (Some(nubo_api::cidr::canonical(&net)), None)
         }
         (None, Some(s)) => {
             let src = load_group(ctx, caller, s, Access::Read).await?;

@@ -6,7 +6,8 @@
 //! REST, the CLI and EC2, and the access key's user, project and role make
 //! the caller, so tenancy, quotas and the audit log apply as for REST.
 //!
-//! Modules: `sigv4` (signature checks), `query` (parameters), `xml`
+//! Modules: `sigv4` (signature checks), `replay` (each signature once),
+//! `query` (parameters), `xml`
 //! (answers), `error` (EC2 error codes), and one module per resource.
 
 pub mod catalog;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod instances;
 pub mod keypairs;
 pub mod query;
+pub mod replay;
 pub mod security_groups;
 pub mod sigv4;
 pub mod tags;
@@ -45,6 +47,13 @@ fn read_only(action: &str) -> bool {
     action.starts_with("Describe") || action.starts_with("Get")
 }
 
+/// May a copy of this signed request run again? Reads (see `replay`), and
+/// a RunInstances with a ClientToken, whose copy gets the first one's
+/// reservation: refusing it would break the token's own retries.
+fn replay_harmless(action: &str, params: &Params) -> bool {
+    read_only(action) || (action == "RunInstances" && params.str("ClientToken").is_some_and(|t| !t.is_empty()))
+}
+
 /// `POST /` (and `GET /?Action=...`): one EC2 request.
 pub async fn handle(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
     let request_id = xml::request_id();
@@ -67,8 +76,10 @@ pub async fn handle(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
     let span =
         tracing::info_span!("ec2", action = %action.chars().take(64).collect::<String>(), request_id = %request_id);
     record_detail(&parts, format!("ec2:{}", action.chars().take(64).collect::<String>()), read_only(&action));
+    let mut claimed: Option<String> = None;
     let result = async {
-        let caller = authenticate(&ctx, &parts, &body).await?;
+        let (caller, signature) = authenticate(&ctx, &parts, &body, replay_harmless(&action, &params)).await?;
+        claimed = signature;
         if action.is_empty() {
             return Err(Ec2Error::missing("Action"));
         }
@@ -92,6 +103,15 @@ pub async fn handle(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
     }
     .instrument(span)
     .await;
+    if let (Err(e), Some(signature)) = (&result, &claimed) {
+        // botocore retries a 5xx, within the same second with the same
+        // signature: that retry is not a replay (see `replay`).
+        if e.status.is_server_error() {
+            if let Err(db) = ctx.store.release_signature(signature).await {
+                tracing::warn!(error = %db, "cannot release a SigV4 signature claim: the client's retry may be refused");
+            }
+        }
+    }
     match result {
         Ok(body) => {
             let doc = xml::response(&action, &request_id, body);
@@ -116,8 +136,15 @@ fn error_response(e: &Ec2Error, request_id: &str) -> Response {
     resp
 }
 
-/// The SigV4 signature, then the access key's owner as the caller.
-async fn authenticate(ctx: &Ctx, parts: &axum::http::request::Parts, body: &[u8]) -> Ec2Result<Caller> {
+/// The SigV4 signature, then the access key's owner as the caller; and
+/// the signature (hex) when it was claimed against replays (unless
+/// `replay_harmless`).
+async fn authenticate(
+    ctx: &Ctx,
+    parts: &axum::http::request::Parts,
+    body: &[u8],
+    replay_harmless: bool,
+) -> Ec2Result<(Caller, Option<String>)> {
     let header = parts
         .headers
         .get(header::AUTHORIZATION)
@@ -144,16 +171,30 @@ async fn authenticate(ctx: &Ctx, parts: &axum::http::request::Parts, body: &[u8]
         headers: &parts.headers,
         body,
     };
-    let now = crate::store::now_ms() / 1000;
-    if let Err(e) = sigv4::verify(&auth, &signed, &secret, &ctx.config.region, SERVICE, now) {
-        record(parts, format!("invalid-signature:{}", auth.access_key), None);
-        return Err(match e {
-            sigv4::SigError::Skewed { .. } => Ec2Error::bad("RequestExpired", e.to_string()),
-            other => Ec2Error::auth(other.to_string()),
-        });
+    let now_ms = crate::store::now_ms();
+    let at = match sigv4::verify(&auth, &signed, &secret, &ctx.config.region, SERVICE, now_ms / 1000) {
+        Ok(at) => at,
+        Err(e) => {
+            record(parts, format!("invalid-signature:{}", auth.access_key), None);
+            return Err(match e {
+                sigv4::SigError::Skewed { .. } => Ec2Error::bad("RequestExpired", e.to_string()),
+                other => Ec2Error::auth(other.to_string()),
+            });
+        }
+    };
+    // Claimed only once verified, so forged signatures cannot fill the
+    // table. EC2 has no code for a replay; RequestExpired is the one for
+    // "this signed request is no longer good", and botocore does not retry
+    // it (a retry would be signed anew and succeed, hiding nothing).
+    let expires_ms = (at + sigv4::MAX_SKEW_SECS + 1) * 1000;
+    let signature = hex::encode(&auth.signature);
+    if !replay_harmless && !ctx.store.claim_signature(&signature, expires_ms, now_ms).await? {
+        record(parts, format!("replayed-signature:{}", auth.access_key), None);
+        tracing::warn!(key = %auth.access_key, "refused a replayed EC2 request");
+        return Err(Ec2Error::bad("RequestExpired", sigv4::SigError::Replayed.to_string()));
     }
     record(parts, owner.user_name.clone(), owner.project_id.clone());
-    Ok(caller_of(owner))
+    Ok((caller_of(owner), (!replay_harmless).then_some(signature)))
 }
 
 /// EC2's DryRun: would the caller be allowed? (`DryRunOperation` if so.)

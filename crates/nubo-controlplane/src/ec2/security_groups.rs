@@ -14,7 +14,6 @@ use crate::authz::{self, Access};
 use crate::security_groups::{DeleteOutcome, NewRule, RuleError, RuleRow, SecurityGroupRow};
 use crate::Ctx;
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 fn parse_group_id(id: &str) -> Ec2Result<()> {
@@ -214,19 +213,10 @@ fn protocol(p: &str) -> Ec2Result<&'static str> {
 }
 
 fn cidr(c: &str) -> Ec2Result<String> {
-    let bad = || {
-        Ec2Error::bad(
-            "InvalidParameterValue",
-            format!(
-                "CIDR block {} is malformed: use an IPv4 network like 10.0.0.0/8",
-                c.chars().take(40).collect::<String>()
-            ),
-        )
-    };
-    let (addr, len) = c.split_once('/').ok_or_else(bad)?;
-    let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
-    let len: u8 = len.parse().ok().filter(|l| *l <= 32).ok_or_else(bad)?;
-    Ok(format!("{addr}/{len}"))
+    // EC2 names a malformed CIDR `InvalidParameterValue`; the message is
+    // the shared parser's, which says which form to use.
+    let net = nubo_api::cidr::parse_rule_cidr(c).map_err(|e| Ec2Error::invalid(format!("CIDR block {e}")))?;
+    Ok(nubo_api::cidr::canonical(&net))
 }
 
 /// One `IpPermissions.N` (or the flat legacy form) into rules.
@@ -255,6 +245,13 @@ async fn rules_of(ctx: &Ctx, project: &str, perm: &Params) -> Ec2Result<Vec<NewR
         source_group_id: source,
         description,
     };
+    if !perm.structs("Ipv6Ranges").is_empty() {
+        // Silently dropping them would leave a rule the caller believes in.
+        return Err(Ec2Error::invalid(format!(
+            "Ipv6Ranges are not supported: private networks and their firewall are IPv4 only; use IpRanges with {}",
+            nubo_api::cidr::CIDR_FORM
+        )));
+    }
     for r in perm.structs("IpRanges") {
         let c = cidr(r.required("CidrIp")?)?;
         out.push(make(Some(c), None, r.str("Description").unwrap_or("").chars().take(255).collect()));

@@ -6,6 +6,12 @@
 //! scope, and compare signatures in constant time (`Mac::verify_slice`).
 //! The request time (`X-Amz-Date`) must be within 5 minutes of ours and
 //! of the scope's date, as AWS requires.
+//!
+//! The body is always hashed here: an `x-amz-content-sha256` header is
+//! only compared with that hash, never trusted for it, since the header
+//! need not be signed and a copy of one signed request would otherwise
+//! carry any other body. Replays of a whole signed request are refused by
+//! the caller (`ec2::replay`), once the signature is known to be good.
 
 use axum::http::HeaderMap;
 use hmac::{Hmac, Mac};
@@ -45,6 +51,10 @@ pub enum SigError {
     Skewed { request: String, server: String },
     #[error("AWS was not able to validate the provided access credentials: the signature does not match (check AWS_SECRET_ACCESS_KEY)")]
     Mismatch,
+    #[error("AWS was not able to validate the provided access credentials: the body's SHA-256 is not the x-amz-content-sha256 header's value (the body was changed after signing); sign the body you send, or leave the header out")]
+    BodyMismatch,
+    #[error("this signed request was already received: each signature is accepted once; sign each request anew (the aws CLI and the AWS SDKs do, retries included)")]
+    Replayed,
 }
 
 pub fn parse_authorization(value: &str) -> Result<AuthHeader, SigError> {
@@ -145,10 +155,14 @@ pub fn canonical_request(req: &SignedRequest<'_>, signed_headers: &[String]) -> 
         }
         headers.push_str(&format!("{name}:{}\n", values.join(",")));
     }
-    let payload = match req.headers.get("x-amz-content-sha256").and_then(|v| v.to_str().ok()) {
-        Some(h) if h.len() == 64 => h.to_ascii_lowercase(),
-        _ => hex::encode(Sha256::digest(req.body)),
-    };
+    // The hash of what arrived, whatever a header claims (see the module's doc).
+    let payload = hex::encode(Sha256::digest(req.body));
+    for claimed in req.headers.get_all("x-amz-content-sha256") {
+        // UNSIGNED-PAYLOAD and streaming forms are S3's; EC2 bodies are signed.
+        if !claimed.as_bytes().eq_ignore_ascii_case(payload.as_bytes()) {
+            return Err(SigError::BodyMismatch);
+        }
+    }
     let path = if req.path.is_empty() { "/" } else { req.path };
     Ok(format!(
         "{}\n{path}\n{}\n{headers}\n{}\n{payload}",
@@ -215,7 +229,8 @@ fn format_amz_date(secs: i64) -> String {
 }
 
 /// Checks the scope (`region`, `service`), the time (`now` in seconds since
-/// the epoch) and, last, the signature made with `secret`.
+/// the epoch) and, last, the signature made with `secret`. Returns the
+/// request's time (seconds since the epoch).
 pub fn verify(
     auth: &AuthHeader,
     req: &SignedRequest<'_>,
@@ -223,7 +238,7 @@ pub fn verify(
     region: &str,
     service: &str,
     now: i64,
-) -> Result<(), SigError> {
+) -> Result<i64, SigError> {
     if auth.service != service {
         return Err(SigError::Scope(format!(
             "the credential is scoped to service '{}': sign for service '{service}'",
@@ -255,7 +270,8 @@ pub fn verify(
     let mut mac = <HmacSha256 as Mac>::new_from_slice(&key).map_err(|_| SigError::Mismatch)?;
     mac.update(to_sign.as_bytes());
     // Constant time: no early exit on the first differing byte.
-    mac.verify_slice(&auth.signature).map_err(|_| SigError::Mismatch)
+    mac.verify_slice(&auth.signature).map_err(|_| SigError::Mismatch)?;
+    Ok(at)
 }
 
 #[cfg(test)]
@@ -293,6 +309,62 @@ mod tests {
         assert_eq!(verify(&auth, &req, "wrong", "us-east-1", "iam", now), Err(SigError::Mismatch));
         assert!(matches!(verify(&auth, &req, secret, "us-east-1", "iam", now + 301), Err(SigError::Skewed { .. })));
         assert!(matches!(verify(&auth, &req, secret, "nubo-1", "iam", now), Err(SigError::Scope(_))));
+    }
+
+    /// A POST signed with the documented example's key, its body hashed.
+    fn signed_post(body: &[u8], secret: &str) -> (HeaderMap, AuthHeader) {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "application/x-www-form-urlencoded; charset=utf-8".parse().unwrap());
+        headers.insert("host", "127.0.0.1:8780".parse().unwrap());
+        headers.insert("x-amz-date", "20150830T123600Z".parse().unwrap());
+        let signed = vec!["content-type".to_string(), "host".to_string(), "x-amz-date".to_string()];
+        let req = SignedRequest { method: "POST", path: "/", query: "", headers: &headers, body };
+        let mut auth = AuthHeader {
+            access_key: "AKIDEXAMPLE".into(),
+            date: "20150830".into(),
+            region: "nubo-1".into(),
+            service: "ec2".into(),
+            signed_headers: signed,
+            signature: vec![],
+        };
+        let canonical = canonical_request(&req, &auth.signed_headers).unwrap();
+        let to_sign = string_to_sign("20150830T123600Z", &auth, &canonical);
+        auth.signature = hmac(&signing_key(secret, "20150830", "nubo-1", "ec2"), to_sign.as_bytes());
+        (headers, auth)
+    }
+
+    #[test]
+    fn the_signature_covers_the_body_whatever_x_amz_content_sha256_says() {
+        let secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+        let now = parse_amz_date("20150830T123600Z").unwrap();
+        let good = b"Action=DescribeInstances&Version=2016-11-15";
+        let evil = b"Action=TerminateInstances&InstanceId.1=i-0123456789abcdef0&Version=2016-11-15";
+        let (mut headers, auth) = signed_post(good, secret);
+        let req = |headers: &HeaderMap, body: &'static [u8]| {
+            verify(
+                &auth,
+                &SignedRequest { method: "POST", path: "/", query: "", headers, body },
+                secret,
+                "nubo-1",
+                "ec2",
+                now,
+            )
+        };
+        assert_eq!(req(&headers, good), Ok(now));
+        assert_eq!(req(&headers, evil), Err(SigError::Mismatch));
+        // The attack: an unsigned header naming the signed body's hash.
+        headers.insert("x-amz-content-sha256", hex::encode(Sha256::digest(good)).parse().unwrap());
+        assert_eq!(req(&headers, evil), Err(SigError::BodyMismatch));
+        // The honest use of the header (its hash, any case) still verifies.
+        assert_eq!(req(&headers, good), Ok(now));
+        headers.insert("x-amz-content-sha256", hex::encode_upper(Sha256::digest(good)).parse().unwrap());
+        assert_eq!(req(&headers, good), Ok(now));
+        headers.insert("x-amz-content-sha256", "UNSIGNED-PAYLOAD".parse().unwrap());
+        assert_eq!(req(&headers, good), Err(SigError::BodyMismatch));
+        // Two headers: each must match.
+        headers.insert("x-amz-content-sha256", hex::encode(Sha256::digest(good)).parse().unwrap());
+        headers.append("x-amz-content-sha256", hex::encode(Sha256::digest(evil)).parse().unwrap());
+        assert_eq!(req(&headers, good), Err(SigError::BodyMismatch));
     }
 
     #[test]
