@@ -20,6 +20,9 @@
 #   FUZZ_SECONDS      seconds per target (default 30), libFuzzer -max_total_time
 #   FUZZ_JOBS         parallel libFuzzer jobs per target (default 1)
 #   FUZZ_SANITIZER    address (default) or none (faster, catches panics only)
+#   FUZZ_PROFILE      release (default) or dev: dev builds in a fraction of
+#                     the time and keeps debug assertions, at fewer runs per
+#                     second (CI uses it for its bounded smoke run)
 #   CARGO_TARGET_DIR  honoured (default fuzz/target)
 # Corpora grow in fuzz/corpus/TARGET, crashes land in fuzz/artifacts/TARGET
 # (both git-ignored). Exit status: non-zero if any target found a crash.
@@ -31,6 +34,8 @@ cd "$ROOT/fuzz"
 SECONDS_PER_TARGET="${FUZZ_SECONDS:-30}"
 JOBS="${FUZZ_JOBS:-1}"
 SANITIZER="${FUZZ_SANITIZER:-address}"
+PROFILE_FLAG="--release"
+if [ "${FUZZ_PROFILE:-release}" = "dev" ]; then PROFILE_FLAG="--dev"; fi
 CARGO_FUZZ_VERSION="0.13.2"
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -84,13 +89,13 @@ if command -v qemu-img >/dev/null; then
 fi
 
 log "building fuzz targets (sanitizer: $SANITIZER)"
-cargo fuzz build --sanitizer "$SANITIZER"
+cargo fuzz build "$PROFILE_FLAG" --sanitizer "$SANITIZER"
 
 rc=0
 for t in "${TARGETS[@]}"; do
     log "fuzzing $t for ${SECONDS_PER_TARGET}s"
     start=$(date +%s)
-    if cargo fuzz run --sanitizer "$SANITIZER" --jobs "$JOBS" "$t" -- \
+    if cargo fuzz run "$PROFILE_FLAG" --sanitizer "$SANITIZER" --jobs "$JOBS" "$t" -- \
         -max_total_time="$SECONDS_PER_TARGET" -max_len=65536 -timeout=10 -rss_limit_mb=4096 -print_final_stats=1; then
         log "$t: no crash in $(($(date +%s) - start)) s (corpus: $(find "corpus/$t" -type f | wc -l) inputs)"
     else

@@ -8,6 +8,7 @@
 # checks). Prometheus' promtool, which the monitoring test uses to check
 # /metrics, is unpacked from Debian's package into .cache/tools (installing
 # the package would start a Prometheus server), and
+# ldap-utils (the LDAP removal test deletes users with ldapdelete),
 # python3-venv (the EC2 test installs the stock aws CLI and boto3 from PyPI
 # into a virtualenv), Debian's Chromium and ChromeDriver (the portal
 # test drives a real browser over WebDriver) with a font to render text,
@@ -34,7 +35,7 @@ fi
 # shellcheck disable=SC2086 # QEMU_PKGS is a word list on purpose
 $SUDO apt-get install -y -q --no-install-recommends --allow-downgrades \
   $QEMU_PKGS seabios ipxe-qemu e2fsprogs mmdebstrap curl ca-certificates procps \
-  slapd openssh-client syslinux syslinux-common mtools dosfstools fdisk monitoring-plugins-basic \
+  slapd ldap-utils openssh-client syslinux syslinux-common mtools dosfstools fdisk monitoring-plugins-basic \
   python3 python3-venv chromium chromium-driver fonts-dejavu-core nginx-light postgresql \
   iproute2 nftables dnsmasq-base
 if ! command -v cargo >/dev/null; then

@@ -51,6 +51,12 @@ status=0
 # would add minutes of booting guests to CI for no new SQL.
 "${RUN[@]}" -p nubo --no-fail-fast \
   --test vm_lifecycle --test restarts --test servers --test networks \
-  --test tenancy_cli --test tls || status=$?
+  --test tenancy_cli --test tls --test security || status=$?
+# Every fuzz target for a bounded time (NUBO_FUZZ_SECONDS each, default 15):
+# a smoke run that catches a parser panicking on what the fuzzer finds
+# quickly. A debug build without a sanitizer builds in a few minutes; longer
+# runs with AddressSanitizer are `scripts/fuzz.sh` on its own.
+phase "fuzzing"
+FUZZ_SECONDS="${NUBO_FUZZ_SECONDS:-15}" FUZZ_SANITIZER=none FUZZ_PROFILE=dev scripts/fuzz.sh || status=$?
 phase "done (exit $status)"
 exit "$status"
