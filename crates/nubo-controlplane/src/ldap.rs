@@ -328,6 +328,25 @@ impl Drop for Driver {
     }
 }
 
+/// Opens a connection to the directory within `timeout`; the connection
+/// lives as long as the returned `Driver`.
+async fn connect(cfg: &LdapConfig, timeout: std::time::Duration) -> Result<(ldap3::Ldap, Driver), LdapError> {
+    let settings = LdapConnSettings::new().set_conn_timeout(timeout);
+    let (conn, ldap) = tokio::time::timeout(timeout, LdapConnAsync::with_settings(settings, &cfg.url))
+        .await
+        .map_err(|_| LdapError::Unreachable {
+            url: cfg.url.clone(),
+            detail: format!("no connection within {} s", timeout.as_secs()),
+        })?
+        .map_err(|e| map_ldap_error(cfg, timeout, e))?;
+    let driver = Driver(tokio::spawn(async move {
+        if let Err(e) = conn.drive().await {
+            tracing::debug!("LDAP connection ended: {e}");
+        }
+    }));
+    Ok((ldap, driver))
+}
+
 /// Signs `username` in with `password`: binds to the directory as the
 /// user, reads the user's groups (as the user) and maps them to grants.
 /// Malformed user names and empty passwords are refused before any
@@ -347,16 +366,7 @@ pub async fn authenticate(cfg: &LdapConfig, username: &str, password: &str) -> R
     let unreachable = |detail: String| LdapError::Unreachable { url: cfg.url.clone(), detail };
     let from_ldap = |e: ldap3::LdapError| map_ldap_error(cfg, timeout, e);
 
-    let settings = LdapConnSettings::new().set_conn_timeout(timeout);
-    let (conn, mut ldap) = tokio::time::timeout(timeout, LdapConnAsync::with_settings(settings, &cfg.url))
-        .await
-        .map_err(|_| unreachable(format!("no connection within {} s", timeout.as_secs())))?
-        .map_err(from_ldap)?;
-    let _driver = Driver(tokio::spawn(async move {
-        if let Err(e) = conn.drive().await {
-            tracing::debug!("LDAP connection ended: {e}");
-        }
-    }));
+    let (mut ldap, _driver) = connect(cfg, timeout).await?;
 
     let dn = cfg.user_dn(username);
     let bind = ldap.with_timeout(timeout).simple_bind(&dn, password).await.map_err(from_ldap)?;
@@ -430,18 +440,8 @@ pub async fn lookup(cfg: &LdapConfig, username: &str) -> Result<Standing, LdapEr
         return Ok(Standing::Gone);
     }
     let timeout = cfg.timeout();
-    let unreachable = |detail: String| LdapError::Unreachable { url: cfg.url.clone(), detail };
     let from_ldap = |e: ldap3::LdapError| map_ldap_error(cfg, timeout, e);
-    let settings = LdapConnSettings::new().set_conn_timeout(timeout);
-    let (conn, mut ldap) = tokio::time::timeout(timeout, LdapConnAsync::with_settings(settings, &cfg.url))
-        .await
-        .map_err(|_| unreachable(format!("no connection within {} s", timeout.as_secs())))?
-        .map_err(from_ldap)?;
-    let _driver = Driver(tokio::spawn(async move {
-        if let Err(e) = conn.drive().await {
-            tracing::debug!("LDAP connection ended: {e}");
-        }
-    }));
+    let (mut ldap, _driver) = connect(cfg, timeout).await?;
     if let (Some(dn), Some(pw)) = (&cfg.bind_dn, &cfg.bind_password) {
         let bind = ldap.with_timeout(timeout).simple_bind(dn, pw).await.map_err(from_ldap)?;
         if bind.rc != 0 {

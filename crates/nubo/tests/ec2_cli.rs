@@ -15,37 +15,11 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Pinned so that every run drives the same client code.
-const PIP_PACKAGES: &[&str] = &["awscli==1.46.3", "boto3==1.44.8"];
 const BOOT: Duration = Duration::from_secs(180);
-
-/// The virtualenv with `aws` and boto3, made when missing (needs PyPI).
-fn venv() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/venv-aws");
-    let ready = dir.join(".nubo-ready");
-    let want = PIP_PACKAGES.join(" ");
-    if std::fs::read_to_string(&ready).ok().as_deref() == Some(want.as_str()) && dir.join("bin/aws").exists() {
-        return dir;
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.parent().expect("cache dir")).expect("create .cache");
-    // Debian's python3 (with python3-venv) rather than a pyenv shim.
-    let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
-    let st = Command::new(python).args(["-m", "venv"]).arg(&dir).status().expect("run python3 -m venv");
-    assert!(st.success(), "python3 -m venv failed: install python3-venv (scripts/install-deps.sh does)");
-    let st = Command::new(dir.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .args(PIP_PACKAGES)
-        .status()
-        .expect("run pip");
-    assert!(st.success(), "pip install {want} failed (it needs PyPI)");
-    std::fs::write(&ready, &want).expect("mark the venv ready");
-    dir
-}
 
 /// The stock CLI pointed at one cloud, with nothing from outside.
 struct Aws {
@@ -148,7 +122,7 @@ fn s(v: &Value) -> String {
 #[test]
 fn stock_aws_cli_and_boto3_drive_nubo() {
     let t0 = Instant::now();
-    let venv = venv();
+    let venv = aws_venv();
     eprintln!("venv ready after {:.1} s", t0.elapsed().as_secs_f64());
     let cloud = Cloud::up();
     let aws = Aws::new(venv, &cloud);

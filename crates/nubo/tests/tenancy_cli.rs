@@ -48,17 +48,7 @@ fn members_are_isolated_through_the_cli() {
     let cloud = Cloud::split();
     for (user, project) in [("alice", "proj-a"), ("bob", "proj-b")] {
         cloud.nubo_ok(&["project", "create", project]);
-        let mut c = Command::new(nubo_bin())
-            .args(["user", "create", user])
-            .env("NUBO_URL", &cloud.url)
-            .env("NUBO_TOKEN", &cloud.token)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        c.stdin.take().unwrap().write_all(b"password-of-user\n").unwrap();
-        assert!(c.wait().unwrap().success());
-        cloud.nubo_ok(&["project", "add-member", project, user, "--role", "member"]);
+        cloud.create_member(project, user, "password-of-user");
     }
     let homes = tempfile::tempdir().unwrap();
     let alice = homes.path().join("alice");

@@ -23,6 +23,35 @@ pub fn image_cache() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/images"))
 }
 
+/// The aws CLI and boto3, pinned so that every run drives the same client
+/// code.
+pub const AWS_PIP_PACKAGES: &[&str] = &["awscli==1.46.3", "boto3==1.44.8"];
+
+/// The virtualenv with `aws` and boto3 (`<repo>/.cache/venv-aws`), made
+/// when missing (needs PyPI) and shared by every test that drives them.
+pub fn aws_venv() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/venv-aws");
+    let ready = dir.join(".nubo-ready");
+    let want = AWS_PIP_PACKAGES.join(" ");
+    if std::fs::read_to_string(&ready).ok().as_deref() == Some(want.as_str()) && dir.join("bin/aws").exists() {
+        return dir;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.parent().expect("cache dir")).expect("create .cache");
+    // Debian's python3 (with python3-venv) rather than a pyenv shim.
+    let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let st = Command::new(python).args(["-m", "venv"]).arg(&dir).status().expect("run python3 -m venv");
+    assert!(st.success(), "python3 -m venv failed: install python3-venv (scripts/install-deps.sh does)");
+    let st = Command::new(dir.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(AWS_PIP_PACKAGES)
+        .status()
+        .expect("run pip");
+    assert!(st.success(), "pip install {want} failed (it needs PyPI)");
+    std::fs::write(&ready, &want).expect("mark the venv ready");
+    dir
+}
+
 /// Polls `f` every 100 ms until it returns Some, or panics after `limit`
 /// with `what` (no fixed sleeps in tests).
 pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -374,6 +403,22 @@ impl Cloud {
     }
 
     /// Runs the CLI with this cloud's credentials.
+    /// Creates the user `user` with `password` (typed on stdin, as a
+    /// person would) and makes it a member of `project`.
+    pub fn create_member(&self, project: &str, user: &str, password: &str) {
+        let mut c = Command::new(nubo_bin())
+            .args(["user", "create", user])
+            .env("NUBO_URL", &self.url)
+            .env("NUBO_TOKEN", &self.token)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("nubo user create");
+        c.stdin.take().expect("stdin").write_all(format!("{password}\n").as_bytes()).expect("password");
+        assert!(c.wait().expect("user create").success(), "nubo user create {user} failed");
+        self.nubo_ok(&["project", "add-member", project, user, "--role", "member"]);
+    }
+
     pub fn nubo(&self, args: &[&str]) -> std::process::Output {
         Command::new(nubo_bin())
             .args(args)

@@ -14,36 +14,9 @@
 use crate::common::*;
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// The same pins as crates/nubo/tests/ec2_cli.rs, so both use one virtualenv.
-const PIP_PACKAGES: &[&str] = &["awscli==1.46.3", "boto3==1.44.8"];
-
-/// The virtualenv with `aws` and boto3 (`<repo>/.cache/venv-aws`), made
-/// when missing as ec2_cli.rs makes it (needs PyPI).
-fn venv() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/venv-aws");
-    let ready = dir.join(".nubo-ready");
-    let want = PIP_PACKAGES.join(" ");
-    if std::fs::read_to_string(&ready).ok().as_deref() == Some(want.as_str()) && dir.join("bin/aws").exists() {
-        return dir;
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.parent().expect("cache dir")).expect("create .cache");
-    let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
-    let st = Command::new(python).args(["-m", "venv"]).arg(&dir).status().expect("run python3 -m venv");
-    assert!(st.success(), "python3 -m venv failed: install python3-venv (scripts/install-deps.sh does)");
-    let st = Command::new(dir.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .args(PIP_PACKAGES)
-        .status()
-        .expect("run pip");
-    assert!(st.success(), "pip install {want} failed (it needs PyPI)");
-    std::fs::write(&ready, &want).expect("mark the venv ready");
-    dir
-}
 
 /// A program of the venv (`python`, `aws`) with the cloud's admin access
 /// key and nothing from outside (no config, no metadata lookups).
@@ -200,7 +173,7 @@ fn key_pairs(cloud: &Cloud) -> String {
 
 #[test]
 fn ec2_signed_body_swap_and_replay_are_refused() {
-    let venv = venv();
+    let venv = aws_venv();
     let cloud = Cloud::server_only();
     let home = tempfile::tempdir().expect("tempdir");
     let out = aws_command(&venv, "python", &cloud, home.path()).arg("-c").arg(CAPTURE).output().expect("python");
@@ -284,17 +257,7 @@ fn ec2_signed_body_swap_and_replay_are_refused() {
 /// A member of a project of its own, signed in: (project, token).
 fn tenant(cloud: &Cloud, project: &str, user: &str) -> String {
     cloud.nubo_ok(&["project", "create", project]);
-    let mut c = Command::new(nubo_bin())
-        .args(["user", "create", user])
-        .env("NUBO_URL", &cloud.url)
-        .env("NUBO_TOKEN", &cloud.token)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("nubo user create");
-    c.stdin.take().expect("stdin").write_all(format!("password-of-{user}\n").as_bytes()).expect("password");
-    assert!(c.wait().expect("user create").success());
-    cloud.nubo_ok(&["project", "add-member", project, user, "--role", "member"]);
+    cloud.create_member(project, user, &format!("password-of-{user}"));
     let body = serde_json::json!({"username": user, "password": format!("password-of-{user}")}).to_string();
     let v = cloud.api_post("/api/v1/auth/login", &body);
     v["token"].as_str().unwrap_or_else(|| panic!("no token in {v}")).to_string()

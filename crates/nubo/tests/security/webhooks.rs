@@ -14,7 +14,7 @@ use crate::common::*;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,17 +42,7 @@ fn ok(cloud: &Cloud, token: &str, method: &str, path: &str, body: Option<&Value>
 /// A member of a new project `project`: its token.
 fn member(cloud: &Cloud, project: &str, user: &str) -> String {
     cloud.nubo_ok(&["project", "create", project]);
-    let mut c = Command::new(nubo_bin())
-        .args(["user", "create", user])
-        .env("NUBO_URL", &cloud.url)
-        .env("NUBO_TOKEN", &cloud.token)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("nubo user create");
-    c.stdin.take().expect("stdin").write_all(b"password-of-user\n").expect("password");
-    assert!(c.wait().expect("user create").success());
-    cloud.nubo_ok(&["project", "add-member", project, user, "--role", "member"]);
+    cloud.create_member(project, user, "password-of-user");
     let v = cloud.api_post(
         "/api/v1/auth/login",
         &json!({"username": user, "password": "password-of-user", "project": project}).to_string(),
