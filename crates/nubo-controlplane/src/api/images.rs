@@ -263,8 +263,9 @@ pub async fn upload(
         // Nothing is kept of a refused image: its row goes (no file was written).
         ctx.store.delete_image(&row.id).await?;
         return Err(AppError::PayloadTooLarge(format!(
-            "image {} was registered with size_bytes {declared} and this upload is {n} bytes; nothing was kept: \
-             register the image again with its real size",
+            "the upload of image {} is larger than the declared size: it was registered with size_bytes \
+             {declared} and this upload is {n} bytes; nothing was kept: register the image again with its real \
+             size (`ls -l FILE`)",
             row.id
         )));
     }
