@@ -357,7 +357,10 @@ impl Store {
 }
 
 /// The view's backends: each candidate with what the host last said about
-/// it, then backends the host still drains.
+/// it, then backends the host still drains or still serves although they
+/// are no longer wanted (a member the group just let go, before the host
+/// has reconfigured): the view shows what the data plane does, so a
+/// backend leaves it only once the host no longer sends it traffic.
 pub fn backends_view(resolved: Vec<Resolved>, actual: Option<&ActualBalancer>) -> Vec<LbBackend> {
     let reported = |id: &str| actual.and_then(|a| a.backends.iter().find(|b| b.instance_id == id));
     let mut out: Vec<LbBackend> = resolved
@@ -378,8 +381,10 @@ pub fn backends_view(resolved: Vec<Resolved>, actual: Option<&ActualBalancer>) -
         })
         .collect();
     if let Some(a) = actual {
-        for b in a.backends.iter().filter(|b| b.health == "draining") {
-            if !resolved.iter().any(|r| r.reason.is_none() && r.instance_id == b.instance_id) {
+        for b in &a.backends {
+            let wanted = resolved.iter().any(|r| r.reason.is_none() && r.instance_id == b.instance_id);
+            let listed = resolved.iter().any(|r| r.instance_id == b.instance_id);
+            if (b.health == "draining" && !wanted) || !listed {
                 out.push(b.clone());
             }
         }
@@ -390,6 +395,40 @@ pub fn backends_view(resolved: Vec<Resolved>, actual: Option<&ActualBalancer>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backend_the_host_still_serves_stays_in_the_view_until_it_is_gone() {
+        let served = |id: &str, health: &str| LbBackend {
+            instance_id: id.into(),
+            address: Some("127.0.0.1:20000".into()),
+            weight: 1,
+            health: health.into(),
+            requests: 3,
+            errors: 0,
+            in_flight: 0,
+            cpu_percent: None,
+            last_error: None,
+        };
+        let a = Resolved { instance_id: "i-a".into(), address: None, weight: 1, reason: None };
+        let stopped = Resolved { instance_id: "i-c".into(), address: None, weight: 1, reason: Some("not running") };
+        let actual = ActualBalancer {
+            id: "lb-0123456789abcdef0".parse().expect("id"),
+            state: "active".into(),
+            error: None,
+            started_at_ms: Some(1),
+            backends: vec![served("i-a", "up"), served("i-b", "up"), served("i-c", "down")],
+        };
+        let view = backends_view(vec![a, stopped], Some(&actual));
+        let ids: Vec<(&str, &str)> = view.iter().map(|b| (b.instance_id.as_str(), b.health.as_str())).collect();
+        // b was let go but still gets traffic on the host: it stays, as the
+        // host reports it; c is listed once, with why it is not a backend.
+        assert_eq!(ids, vec![("i-a", "up"), ("i-c", "not running"), ("i-b", "up")]);
+        // Once the host no longer reports b, it is gone from the view.
+        let actual = ActualBalancer { backends: vec![served("i-a", "up")], ..actual };
+        let a = Resolved { instance_id: "i-a".into(), address: None, weight: 1, reason: None };
+        let view = backends_view(vec![a], Some(&actual));
+        assert_eq!(view.iter().map(|b| b.instance_id.as_str()).collect::<Vec<_>>(), vec!["i-a"]);
+    }
 
     fn create(v: serde_json::Value) -> LoadBalancerCreate {
         serde_json::from_value(v).unwrap()
