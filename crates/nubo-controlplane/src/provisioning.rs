@@ -256,7 +256,7 @@ impl Store {
         }
         let mut offset = offset as u64;
         if p.log_raw_len > 0 && p.log_offset == offset {
-            log.push_str(&p.log);
+            log.push_str(&crate::store::storable_text(&p.log));
             offset += p.log_raw_len;
             crate::store::keep_tail(&mut log, RUN_LOG_KEEP_BYTES);
         }
@@ -273,7 +273,7 @@ impl Store {
         .bind(offset as i64)
         .bind(p.guest_pid)
         .bind(p.exit_code.map(i64::from))
-        .bind(&p.error)
+        .bind(p.error.as_deref().map(|e| crate::store::storable_text(e).into_owned()))
         .bind(now)
         .bind(if finished { Some(now) } else { None })
         .bind(&run.id)

@@ -52,6 +52,19 @@ pub(crate) fn keep_tail(text: &mut String, max: usize) {
     }
 }
 
+/// `text` as it can be stored as TEXT on both databases: PostgreSQL's TEXT
+/// cannot hold NUL (SQLite's can), and a guest may write any byte to its
+/// console or a run's log (`cat /dev/urandom`). A NUL becomes U+FFFD, the
+/// same mark invalid UTF-8 already got from the agent, so both databases
+/// store and show the same text.
+pub(crate) fn storable_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 /// `url` with its password replaced by `***`, for messages and logs.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
@@ -702,13 +715,13 @@ impl Store {
         // of a chunk larger than what is kept, only its tail matters.
         let skip = char_boundary_from(data, next.saturating_sub(offset) as usize);
         let skip = skip.max(char_boundary_from(data, data.len().saturating_sub(CONSOLE_KEEP_BYTES)));
-        let piece = &data[skip..];
+        let piece = storable_text(&data[skip..]);
         let text_end = text_total + piece.len() as i64;
         sqlx::query("INSERT INTO console_chunks (instance_id, end_offset, text_end, data) VALUES ($1, $2, $3, $4)")
             .bind(id)
             .bind(end as i64)
             .bind(text_end)
-            .bind(piece)
+            .bind(piece.as_ref())
             .execute(&mut *tx)
             .await?;
         sqlx::query(
@@ -911,5 +924,11 @@ mod tests {
         assert_eq!(derive_state("deleted", ActualPower::Running), "stopping");
         assert_eq!(derive_state("deleted", ActualPower::Deleted), "terminated");
         assert_eq!(derive_state("running", ActualPower::Error), "error");
+    }
+
+    #[test]
+    fn nul_is_stored_as_the_replacement_mark() {
+        assert_eq!(storable_text("a\0b\0"), "a\u{FFFD}b\u{FFFD}");
+        assert!(matches!(storable_text("plain"), std::borrow::Cow::Borrowed("plain")));
     }
 }

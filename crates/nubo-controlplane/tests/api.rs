@@ -317,18 +317,49 @@ async fn console_chunks_are_appended_and_trimmed_to_the_newest() {
     // Output the host trimmed away before shipping: a gap, then the newest.
     let next = post_chunk(&t, send(offset + 10 * chunk_len as u64, "the newest line\n".into())).await;
     assert_eq!(next, offset + 10 * chunk_len as u64 + 16);
+    // A guest writes any byte (`cat /dev/urandom > /dev/ttyS0`), NUL too,
+    // which PostgreSQL's TEXT cannot hold: stored as U+FFFD on both.
+    let next = post_chunk(&t, send(next, "nul\0here\n".into())).await;
+    let next = post_chunk(&t, send(next, "the newest line\n".into())).await;
 
     let (rows, bytes) = t.ctx.store.console_usage(&id).await.unwrap();
     eprintln!("3.6 MiB of console output sent: {rows} chunk rows, {bytes} bytes kept in the database");
     assert!(bytes <= 1024 * 1024 + chunk_len, "{bytes} bytes of console in the database");
-    assert!(rows <= 18, "{rows} chunk rows kept");
+    assert!(rows <= 20, "{rows} chunk rows kept");
     let (s, v) = t.admin("GET", &format!("/api/v1/instances/{id}/console"), None).await;
     assert_eq!(s, StatusCode::OK);
     let out = v["output"].as_str().unwrap();
     assert!(out.len() <= 1024 * 1024);
     assert!(out.ends_with("the newest line\n"), "...{}", &out[out.len() - 40..]);
     assert!(out.contains("chunk 047") && !out.contains("chunk 020"));
+    assert!(out.contains("nul\u{FFFD}here\n"), "the NUL chunk is not shown as U+FFFD");
     assert!(!out.contains('x'), "a retried chunk was stored twice");
+}
+
+/// A run's log is guest output too: NUL bytes in it (which PostgreSQL's
+/// TEXT cannot hold) are stored as U+FFFD, and the run goes on.
+#[tokio::test]
+async fn a_run_log_with_nul_bytes_is_stored() {
+    let mut t = setup().await;
+    let host = t.add_host("h", 4, 4096).await;
+    let (_, v) = t.admin("POST", "/api/v1/instances", Some(req(1, 128))).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let (s, v) = t
+        .admin("POST", &format!("/api/v1/instances/{id}/exec"), Some(json!({"command": ["cat", "/dev/urandom"]})))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let run = v["id"].as_str().unwrap().to_string();
+    let log = "bytes\0from\0the guest\n";
+    let body = json!({"host_id": host, "state": "running", "log_offset": 0, "log_raw_len": log.len(), "log": log,
+        "error": "exit\0"})
+    .to_string();
+    let (s, v) = t.call("POST", &format!("/api/v1/agent/runs/{run}"), Some(&t.agent.clone()), Some(&body)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["log_offset"], log.len());
+    let (s, v) = t.admin("GET", &format!("/api/v1/instances/{id}/runs"), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let shown = v.to_string();
+    assert!(shown.contains("bytes\u{FFFD}from\u{FFFD}the guest"), "{shown}");
 }
 
 /// Posts one console chunk as the host agent; the offset the server has.
