@@ -1,7 +1,8 @@
 //! Attacks on the `tenancy` boundary (see main.rs): a user whose role in a
 //! project is taken away keeps its token (scoped to that project) and its
 //! EC2 access key, and tries every list and describe of the REST and EC2
-//! APIs against a real `nubo server` and `nubo agent`.
+//! APIs against a real `nubo server` and `nubo agent`. Only an operator
+//! may take the role away.
 
 use crate::common::*;
 use crate::identity::{call, token_of, user};
@@ -142,6 +143,19 @@ fn tenancy_a_removed_member_reads_nothing_of_the_project() {
     assert!(seen.len() >= 10, "the member should see its resources first; saw them in {seen:?}");
     let (status, body) = ec2(&url, &key_id, &secret, "DescribeInstances");
     assert!(status == 200 && body.contains(&instance), "EC2 before: {status} {body}");
+
+    // Only an operator takes a role away: not a member of the project,
+    // not a reader, not an anonymous caller; each refusal leaves it as is.
+    for (who, token, target, want) in [
+        ("the member", Some(leaver.as_str()), "stayer", 403),
+        ("the reader", Some(stayer.as_str()), "leaver", 403),
+        ("an anonymous caller", None, "leaver", 401),
+    ] {
+        let r = call(&url, "DELETE", &format!("/api/v1/projects/pa/members/{target}"), token, None);
+        assert_eq!(r.status, want, "{who} removing {target}: {}", r.body);
+    }
+    let r = call(&url, "GET", "/api/v1/instances", Some(&stayer), None);
+    assert!(r.status == 200 && mentions_secret(&r.body), "a refused removal changed the reader's role: {}", r.body);
 
     // The role goes.
     let r = call(&url, "DELETE", "/api/v1/projects/pa/members/leaver", Some(&cloud.token), None);
