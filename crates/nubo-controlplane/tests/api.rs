@@ -320,7 +320,7 @@ async fn console_chunks_are_appended_and_trimmed_to_the_newest() {
     // A guest writes any byte (`cat /dev/urandom > /dev/ttyS0`), NUL too,
     // which PostgreSQL's TEXT cannot hold: stored as U+FFFD on both.
     let next = post_chunk(&t, send(next, "nul\0here\n".into())).await;
-    let next = post_chunk(&t, send(next, "the newest line\n".into())).await;
+    post_chunk(&t, send(next, "the newest line\n".into())).await;
 
     let (rows, bytes) = t.ctx.store.console_usage(&id).await.unwrap();
     eprintln!("3.6 MiB of console output sent: {rows} chunk rows, {bytes} bytes kept in the database");

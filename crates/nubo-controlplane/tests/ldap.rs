@@ -1,103 +1,46 @@
-//! LDAP sign-in against a real OpenLDAP server. Each test runs its own
-//! `slapd` (Debian's package: `slapd` and `ldap-utils`) from a temporary
-//! directory: its own slapd.conf, its own mdb database loaded with
-//! `slapadd`, listening only on `ldap://127.0.0.1:<free port>/`, in the
-//! foreground (`-d 0`), and killed when the test ends. The system's own
-//! slapd instance, if any, is not used. Without /usr/sbin/slapd the tests
-//! print "SKIPPED: slapd not installed" and pass.
+//! LDAP sign-in against a real OpenLDAP server: each test runs its own
+//! private `slapd` on 127.0.0.1 (`nubo_testkit::slapd`, Debian's `slapd`
+//! and `ldap-utils`), loaded with the users and groups below.
 
 use nubo_controlplane::ldap::{authenticate, GroupMapping, LdapConfig, LdapError};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use nubo_testkit::slapd::{person, Slapd, SUFFIX};
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-const SLAPD: &str = "/usr/sbin/slapd";
-const SLAPADD: &str = "/usr/sbin/slapadd";
-const SLAPPASSWD: &str = "/usr/sbin/slappasswd";
-const SCHEMA_DIR: &str = "/etc/ldap/schema";
-const MODULE_DIR: &str = "/usr/lib/ldap";
-const SUFFIX: &str = "dc=nubo,dc=test";
-
-/// One private slapd, killed on drop.
-struct Slapd {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
 }
 
-impl Drop for Slapd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A server with alice (devs), bob (ops and auditors) and carol (only a
+/// group that maps to nothing).
+fn start() -> Slapd {
+    let mut ldif = person("alice", "people", "alice-secret");
+    ldif += &person("bob", "people", "bob-secret");
+    ldif += &person("carol", "people", "carol-secret");
+    // groupOfNames, with the cn in another case than the mapping's.
+    ldif += &format!(
+        "dn: cn=devs,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: Devs\nmember: uid=alice,ou=people,{SUFFIX}\n\n"
+    );
+    ldif += &format!(
+        "dn: cn=ops,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: ops\nmember: uid=bob,ou=people,{SUFFIX}\n\n"
+    );
+    // posixGroup: membership by user name, found by memberUid={user}.
+    ldif += &format!(
+        "dn: cn=auditors,ou=groups,{SUFFIX}\nobjectClass: posixGroup\ncn: auditors\ngidNumber: 2000\nmemberUid: bob\n\n"
+    );
+    // A group that maps to nothing: carol's only group.
+    ldif += &format!(
+        "dn: cn=interns,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: interns\nmember: uid=carol,ou=people,{SUFFIX}\n\n"
+    );
+    Slapd::start(&ldif)
 }
 
-impl Slapd {
-    /// Starts a loaded server, or returns `None` (after saying so) when
-    /// slapd is not installed.
-    fn start() -> Option<Slapd> {
-        if !Path::new(SLAPD).exists() {
-            println!("SKIPPED: slapd not installed (apt-get install slapd ldap-utils)");
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("temp dir");
-        let d = dir.path();
-        std::fs::create_dir(d.join("db")).expect("db dir");
-        let conf = d.join("slapd.conf");
-        std::fs::write(&conf, slapd_conf(d)).expect("write slapd.conf");
-        let ldif = d.join("base.ldif");
-        std::fs::write(&ldif, base_ldif()).expect("write base.ldif");
-        run(Command::new(SLAPADD).arg("-q").arg("-f").arg(&conf).arg("-l").arg(&ldif));
-
-        let port = free_port();
-        let log = std::fs::File::create(d.join("slapd.log")).expect("slapd.log");
-        let child = Command::new(SLAPD)
-            .arg("-f")
-            .arg(&conf)
-            .arg("-h")
-            .arg(format!("ldap://127.0.0.1:{port}/"))
-            .args(["-d", "0"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("start slapd");
-        let mut slapd = Slapd { child, port, dir };
-        slapd.wait_listening();
-        Some(slapd)
-    }
-
-    fn wait_listening(&mut self) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("slapd exited ({status}) before listening:\n{}", self.log());
-            }
-            if Instant::now() > deadline {
-                panic!("slapd did not listen on {addr} within 10 s:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("slapd.log")).unwrap_or_default()
-    }
-
-    fn url(&self) -> String {
-        format!("ldap://127.0.0.1:{}", self.port)
-    }
-
-    fn config(&self) -> LdapConfig {
-        let mut cfg = config(&self.url());
-        cfg.timeout_secs = Some(5);
-        cfg
-    }
+/// Nubo's settings for `slapd`.
+fn ldap_config(slapd: &Slapd) -> LdapConfig {
+    let mut cfg = config(&slapd.url());
+    cfg.timeout_secs = Some(5);
+    cfg
 }
 
 fn config(url: &str) -> LdapConfig {
@@ -115,94 +58,12 @@ fn config(url: &str) -> LdapConfig {
     .expect("config")
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
-
-fn slapd_conf(dir: &Path) -> String {
-    let d = dir.display();
-    format!(
-        "include {SCHEMA_DIR}/core.schema
-include {SCHEMA_DIR}/cosine.schema
-include {SCHEMA_DIR}/inetorgperson.schema
-include {SCHEMA_DIR}/nis.schema
-pidfile {d}/slapd.pid
-argsfile {d}/slapd.args
-modulepath {MODULE_DIR}
-moduleload back_mdb
-database mdb
-maxsize 16777216
-suffix \"{SUFFIX}\"
-rootdn \"cn=admin,{SUFFIX}\"
-directory {d}/db
-access to attrs=userPassword by anonymous auth by * none
-access to * by users read by * none
-"
-    )
-}
-
-/// Hashes a password the way an administrator would ({SSHA}).
-fn ssha(password: &str) -> String {
-    if Path::new(SLAPPASSWD).exists() {
-        run(Command::new(SLAPPASSWD).args(["-h", "{SSHA}", "-s", password]))
-    } else {
-        password.to_string()
-    }
-}
-
-fn base_ldif() -> String {
-    let person = |uid: &str, password: &str| {
-        format!(
-            "dn: uid={uid},ou=people,{SUFFIX}\nobjectClass: inetOrgPerson\nobjectClass: posixAccount\nuid: {uid}\n\
-             cn: {uid}\nsn: {uid}\nuidNumber: 1000\ngidNumber: 1000\nhomeDirectory: /home/{uid}\n\
-             userPassword: {}\n\n",
-            ssha(password)
-        )
-    };
-    let mut ldif = format!(
-        "dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: nubo\no: Nubo test\n\n\
-         dn: ou=people,{SUFFIX}\nobjectClass: organizationalUnit\nou: people\n\n\
-         dn: ou=groups,{SUFFIX}\nobjectClass: organizationalUnit\nou: groups\n\n"
-    );
-    ldif += &person("alice", "alice-secret");
-    ldif += &person("bob", "bob-secret");
-    ldif += &person("carol", "carol-secret");
-    // groupOfNames, with the cn in another case than the mapping's.
-    ldif += &format!(
-        "dn: cn=devs,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: Devs\nmember: uid=alice,ou=people,{SUFFIX}\n\n"
-    );
-    ldif += &format!(
-        "dn: cn=ops,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: ops\nmember: uid=bob,ou=people,{SUFFIX}\n\n"
-    );
-    // posixGroup: membership by user name, found by memberUid={user}.
-    ldif += &format!(
-        "dn: cn=auditors,ou=groups,{SUFFIX}\nobjectClass: posixGroup\ncn: auditors\ngidNumber: 2000\nmemberUid: bob\n\n"
-    );
-    // A group that maps to nothing: carol's only group.
-    ldif += &format!(
-        "dn: cn=interns,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: interns\nmember: uid=carol,ou=people,{SUFFIX}\n\n"
-    );
-    ldif
-}
-
 #[tokio::test]
 async fn alice_signs_in_as_dev_member() {
-    let Some(slapd) = Slapd::start() else { return };
-    let id =
-        authenticate(&slapd.config(), "alice", "alice-secret").await.unwrap_or_else(|e| panic!("{e}\n{}", slapd.log()));
+    let slapd = start();
+    let id = authenticate(&ldap_config(&slapd), "alice", "alice-secret")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", slapd.log()));
     assert_eq!(id.username, "alice");
     assert_eq!(id.dn, format!("uid=alice,ou=people,{SUFFIX}"));
     assert_eq!(id.groups, vec!["Devs".to_string()]);
@@ -213,9 +74,10 @@ async fn alice_signs_in_as_dev_member() {
 
 #[tokio::test]
 async fn bob_signs_in_as_ops_admin_and_dev_reader() {
-    let Some(slapd) = Slapd::start() else { return };
-    let id =
-        authenticate(&slapd.config(), "bob", "bob-secret").await.unwrap_or_else(|e| panic!("{e}\n{}", slapd.log()));
+    let slapd = start();
+    let id = authenticate(&ldap_config(&slapd), "bob", "bob-secret")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", slapd.log()));
     assert_eq!(id.groups, vec!["auditors".to_string(), "ops".to_string()]);
     let grants: Vec<(&str, &str)> = id.grants.iter().map(|g| (g.project.as_str(), g.role.as_str())).collect();
     assert_eq!(grants, vec![("ops", "admin"), ("dev", "reader")]);
@@ -225,8 +87,8 @@ async fn bob_signs_in_as_ops_admin_and_dev_reader() {
 
 #[tokio::test]
 async fn wrong_password_and_unknown_user_are_refused_alike() {
-    let Some(slapd) = Slapd::start() else { return };
-    let cfg = slapd.config();
+    let slapd = start();
+    let cfg = ldap_config(&slapd);
     for (user, password) in [("alice", "bob-secret"), ("alice", "alice-secret "), ("nobody", "alice-secret")] {
         let err = authenticate(&cfg, user, password).await.expect_err(user);
         assert!(matches!(err, LdapError::InvalidCredentials), "{user}/{password}: {err:?}");
@@ -236,8 +98,8 @@ async fn wrong_password_and_unknown_user_are_refused_alike() {
 
 #[tokio::test]
 async fn empty_password_is_refused() {
-    let Some(slapd) = Slapd::start() else { return };
-    let err = authenticate(&slapd.config(), "alice", "").await.expect_err("empty password");
+    let slapd = start();
+    let err = authenticate(&ldap_config(&slapd), "alice", "").await.expect_err("empty password");
     assert!(matches!(err, LdapError::InvalidCredentials), "{err:?}");
     // Refused before connecting: the same answer with no server at all.
     let err =
@@ -247,20 +109,20 @@ async fn empty_password_is_refused() {
 
 #[tokio::test]
 async fn carol_has_no_mapped_group() {
-    let Some(slapd) = Slapd::start() else { return };
-    let err = authenticate(&slapd.config(), "carol", "carol-secret").await.expect_err("carol has no mapped group");
+    let slapd = start();
+    let err = authenticate(&ldap_config(&slapd), "carol", "carol-secret").await.expect_err("carol has no mapped group");
     assert!(matches!(&err, LdapError::NoMatchingGroup { user } if user == "carol"), "{err:?}");
     // Her password is still checked first.
-    let err = authenticate(&slapd.config(), "carol", "wrong").await.expect_err("wrong password");
+    let err = authenticate(&ldap_config(&slapd), "carol", "wrong").await.expect_err("wrong password");
     assert!(matches!(err, LdapError::InvalidCredentials), "{err:?}");
 }
 
 #[tokio::test]
 async fn metacharacters_in_username_never_reach_the_server() {
-    let Some(slapd) = Slapd::start() else { return };
+    let slapd = start();
     let dead = config(&format!("ldap://127.0.0.1:{}", free_port()));
     for user in ["*)(uid=*", "*", "alice)(|(uid=*", "uid=alice,ou=people", "alice\0", "alice,ou=people", "(alice)"] {
-        for cfg in [&slapd.config(), &dead] {
+        for cfg in [&ldap_config(&slapd), &dead] {
             let err = authenticate(cfg, user, "alice-secret").await.expect_err(user);
             // Against the dead server, anything but InvalidCredentials would
             // mean a connection was tried.
@@ -268,7 +130,7 @@ async fn metacharacters_in_username_never_reach_the_server() {
         }
     }
     // The server is still fine for a good sign-in.
-    authenticate(&slapd.config(), "alice", "alice-secret").await.expect("alice");
+    authenticate(&ldap_config(&slapd), "alice", "alice-secret").await.expect("alice");
 }
 
 #[tokio::test]
@@ -298,8 +160,8 @@ async fn silent_server_times_out() {
 
 #[tokio::test]
 async fn missing_group_base_is_a_config_error() {
-    let Some(slapd) = Slapd::start() else { return };
-    let mut cfg = slapd.config();
+    let slapd = start();
+    let mut cfg = ldap_config(&slapd);
     cfg.group_base = format!("ou=teams,{SUFFIX}");
     let err = authenticate(&cfg, "alice", "alice-secret").await.expect_err("no such base");
     assert!(matches!(&err, LdapError::Config(m) if m.contains("ou=teams")), "{err:?}");
@@ -314,12 +176,12 @@ async fn login_through_the_api_gets_the_mapped_role() {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    let Some(slapd) = Slapd::start() else { return };
+    let slapd = start();
     let dir = tempfile::tempdir().unwrap();
     let _db = nubo_controlplane::testdb::from_env().await.unwrap();
     let mut config = nubo_controlplane::Config::new(dir.path().to_path_buf());
     config.database = _db.as_ref().map(|d| d.url.clone());
-    config.ldap = Some(slapd.config());
+    config.ldap = Some(ldap_config(&slapd));
     let ctx = nubo_controlplane::Ctx::new(config).await.unwrap();
     let call = |method: &str, path: &str, token: Option<&str>, body: Option<serde_json::Value>| {
         let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
@@ -387,12 +249,12 @@ async fn portal_sign_in_through_ldap() {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    let Some(slapd) = Slapd::start() else { return };
+    let slapd = start();
     let dir = tempfile::tempdir().unwrap();
     let _db = nubo_controlplane::testdb::from_env().await.unwrap();
     let mut config = nubo_controlplane::Config::new(dir.path().to_path_buf());
     config.database = _db.as_ref().map(|d| d.url.clone());
-    config.ldap = Some(slapd.config());
+    config.ldap = Some(ldap_config(&slapd));
     let ctx = nubo_controlplane::Ctx::new(config).await.unwrap();
     // GET or POST (form) with cookies; the status, Set-Cookie headers and body.
     let send = |method: &str, path: &str, cookie: String, form: Option<Vec<(&str, String)>>| {

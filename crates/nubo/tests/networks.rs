@@ -21,65 +21,6 @@ use std::time::Duration;
 
 const BOOT: Duration = Duration::from_secs(180);
 
-/// The namespaces of one run: a switch and three hosts on 192.168.77.0/24.
-struct Fabric {
-    prefix: String,
-}
-
-fn sh(cmd: &str) -> std::process::Output {
-    Command::new("sh").arg("-c").arg(cmd).output().expect("run sh")
-}
-
-fn sh_ok(cmd: &str) {
-    let out = sh(cmd);
-    assert!(out.status.success(), "`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-impl Fabric {
-    /// None when this machine does not let the test make namespaces.
-    /// `tag` keeps the names of tests running side by side apart.
-    fn new(tag: &str, hosts: u32) -> Option<Self> {
-        let prefix = format!("n{tag}{}", std::process::id() % 100_000);
-        let probe = format!("{prefix}probe");
-        if !sh(&format!("ip netns add {probe} && ip netns del {probe}")).status.success() {
-            return None;
-        }
-        let f = Fabric { prefix };
-        let sw = f.ns("sw");
-        // The switch also plays "the outside": 192.168.77.100.
-        sh_ok(&format!(
-            "ip netns add {sw} && ip -n {sw} link add br0 type bridge && ip -n {sw} link set br0 up && \
-             ip -n {sw} addr add 192.168.77.100/24 dev br0 && ip -n {sw} link set lo up"
-        ));
-        for i in 1..=hosts {
-            let h = f.ns(&format!("h{i}"));
-            sh_ok(&format!(
-                "ip netns add {h} && ip link add u{i} netns {sw} type veth peer name eth0 netns {h} && \
-                 ip -n {sw} link set u{i} master br0 up && ip -n {h} addr add 192.168.77.{i}/24 dev eth0 && \
-                 ip -n {h} link set eth0 up && ip -n {h} link set lo up"
-            ));
-        }
-        Some(f)
-    }
-
-    fn ns(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
-    }
-}
-
-impl Drop for Fabric {
-    fn drop(&mut self) {
-        // The hosts' namespaces and the router namespaces their agents made.
-        let list = sh("ip netns list");
-        for line in String::from_utf8_lossy(&list.stdout).lines() {
-            let name = line.split_whitespace().next().unwrap_or_default();
-            if name.starts_with(&self.prefix) {
-                let _ = sh(&format!("ip netns del {name}"));
-            }
-        }
-    }
-}
-
 /// Runs `script` in the guest; (exit code, output).
 fn guest(cloud: &Cloud, id: &str, script: &str) -> (i32, String) {
     let out = cloud.nubo(&["instance", "exec", id, "--timeout", "30", "--", "/bin/sh", "-c", script]);
@@ -120,7 +61,7 @@ fn second_project(cloud: &Cloud) -> String {
 
 #[test]
 fn private_networks_dhcp_metadata_and_security_groups_across_hosts() {
-    let Some(fabric) = Fabric::new("a", 3) else {
+    let Some(fabric) = Fabric::try_new("a", 3) else {
         eprintln!("skipped: cannot create network namespaces here (needs root)");
         return;
     };
@@ -321,7 +262,7 @@ fn ping_gap(log: &str) -> (u64, u64) {
 
 #[test]
 fn live_migration_keeps_address_data_and_a_running_ping_then_evacuate_empties_a_host() {
-    let Some(fabric) = Fabric::new("m", 2) else {
+    let Some(fabric) = Fabric::try_new("m", 2) else {
         eprintln!("skipped: cannot create network namespaces here (needs root)");
         return;
     };
@@ -464,7 +405,7 @@ fn kill_vm(dir: &std::path::Path, id: &str) {
 
 #[test]
 fn a_silent_host_s_instances_restart_from_shared_storage_or_are_lost() {
-    let Some(fabric) = Fabric::new("f", 3) else {
+    let Some(fabric) = Fabric::try_new("f", 3) else {
         eprintln!("skipped: cannot create network namespaces here (needs root)");
         return;
     };

@@ -13,6 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod aws;
+mod fabric;
+// Each test target compiles this module and uses only part of it.
+#[allow(unused_imports)]
+pub use aws::Aws;
+#[allow(unused_imports)]
+pub use fabric::{sh, sh_ok, Fabric};
+
 pub fn nubo_bin() -> &'static str {
     env!("CARGO_BIN_EXE_nubo")
 }

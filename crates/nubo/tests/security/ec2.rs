@@ -14,39 +14,8 @@
 use crate::common::*;
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// A program of the venv (`python`, `aws`) with the cloud's admin access
-/// key and nothing from outside (no config, no metadata lookups).
-fn aws_command(venv: &Path, program: &str, cloud: &Cloud, home: &Path) -> Command {
-    let env = std::fs::read_to_string(cloud.data_dir().join("admin.env")).expect("admin.env");
-    let get = |k: &str| {
-        env.lines()
-            .find_map(|l| l.strip_prefix(&format!("export {k}=")))
-            .map(|v| v.trim_matches('\'').to_string())
-            .unwrap_or_else(|| panic!("admin.env has no {k}:\n{env}"))
-    };
-    std::fs::write(home.join("config"), "[default]\n").expect("config");
-    std::fs::write(home.join("credentials"), "").expect("credentials");
-    let mut c = Command::new(venv.join("bin").join(program));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AWS_") || k.starts_with("BOTO") {
-            c.env_remove(k);
-        }
-    }
-    c.env("AWS_ACCESS_KEY_ID", get("AWS_ACCESS_KEY_ID"))
-        .env("AWS_SECRET_ACCESS_KEY", get("AWS_SECRET_ACCESS_KEY"))
-        .env("AWS_DEFAULT_REGION", get("AWS_DEFAULT_REGION"))
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", home.join("config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("credentials"))
-        .env("HOME", home)
-        .env("NUBO_EC2_ENDPOINT", &cloud.url)
-        .stdin(Stdio::null());
-    c
-}
 
 /// boto3 makes key pairs `victim` and `temp` and a security group, then
 /// botocore signs requests, each captured as it would go on the wire
@@ -173,10 +142,9 @@ fn key_pairs(cloud: &Cloud) -> String {
 
 #[test]
 fn ec2_signed_body_swap_and_replay_are_refused() {
-    let venv = aws_venv();
     let cloud = Cloud::server_only();
-    let home = tempfile::tempdir().expect("tempdir");
-    let out = aws_command(&venv, "python", &cloud, home.path()).arg("-c").arg(CAPTURE).output().expect("python");
+    let aws = Aws::new(&cloud);
+    let out = aws.command("python", &aws.secret).arg("-c").arg(CAPTURE).output().expect("python");
     assert!(
         out.status.success(),
         "the botocore capture failed: {}{}",
@@ -245,10 +213,7 @@ fn ec2_signed_body_swap_and_replay_are_refused() {
 
     // 4. The stock CLI, twice in a row (the same command within one second).
     for _ in 0..2 {
-        let out = aws_command(&venv, "aws", &cloud, home.path())
-            .args(["--endpoint-url", &cloud.url, "--output", "json", "ec2", "describe-key-pairs"])
-            .output()
-            .expect("aws");
+        let out = aws.run(&["describe-key-pairs"]);
         assert!(out.status.success(), "aws ec2 describe-key-pairs: {}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains("victim"));
     }

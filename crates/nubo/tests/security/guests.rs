@@ -187,56 +187,6 @@ fn metadata_connection_flood_is_bounded() {
     guest(&cloud, &a, "killall sleep nc 2>/dev/null; true");
 }
 
-/// Namespaces of one run: a switch that also plays "the outside"
-/// (192.168.77.100) and one host (192.168.77.1), as networks.rs builds.
-/// Nothing here leaves them but the agent's traffic on 127.0.0.1.
-struct Fabric {
-    prefix: String,
-}
-
-fn sh(cmd: &str) -> std::process::Output {
-    std::process::Command::new("sh").arg("-c").arg(cmd).output().expect("run sh")
-}
-
-fn sh_ok(cmd: &str) -> String {
-    let out = sh(cmd);
-    assert!(out.status.success(), "`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl Fabric {
-    fn new() -> Self {
-        let prefix = format!("sg{}", std::process::id() % 100_000);
-        let f = Fabric { prefix };
-        let (sw, h) = (f.ns("sw"), f.ns("h1"));
-        // Fails (never skips) where namespaces cannot be made: run as root.
-        sh_ok(&format!(
-            "ip netns add {sw} && ip -n {sw} link add br0 type bridge && ip -n {sw} link set br0 up && \
-             ip -n {sw} addr add 192.168.77.100/24 dev br0 && ip -n {sw} link set lo up && \
-             ip netns add {h} && ip link add u1 netns {sw} type veth peer name eth0 netns {h} && \
-             ip -n {sw} link set u1 master br0 up && ip -n {h} addr add 192.168.77.1/24 dev eth0 && \
-             ip -n {h} link set eth0 up && ip -n {h} link set lo up"
-        ));
-        f
-    }
-
-    fn ns(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
-    }
-}
-
-impl Drop for Fabric {
-    fn drop(&mut self) {
-        let list = sh("ip netns list");
-        for line in String::from_utf8_lossy(&list.stdout).lines() {
-            let name = line.split_whitespace().next().unwrap_or_default();
-            if name.starts_with(&self.prefix) {
-                let _ = sh(&format!("ip netns del {name}"));
-            }
-        }
-    }
-}
-
 /// A web server inside namespace `ns` on `port`, serving `page`; killed
 /// when dropped.
 /// (The directory is kept for the server's life.)
@@ -274,7 +224,7 @@ impl Drop for NsServer {
 /// answers it; and the DHCP server that answered it does not run as root.
 #[test]
 fn private_network_guest_reaches_nothing_on_its_host_and_dnsmasq_is_not_root() {
-    let fabric = Fabric::new();
+    let fabric = Fabric::new("sg", 1);
     let h = fabric.ns("h1");
     let mut cloud = Cloud::server_only();
     cloud.start_host("h1", &["--underlay", "192.168.77.1", "--netns", &h]);

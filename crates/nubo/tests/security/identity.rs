@@ -5,11 +5,10 @@
 //! real `nubo server` (and a private slapd for LDAP) on 127.0.0.1.
 
 use crate::common::*;
+use nubo_testkit::slapd::{person, Slapd, SUFFIX};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// One answer: status, raw header block, body.
@@ -262,129 +261,28 @@ fn identity_tokens_are_capped_in_number_and_life() {
 
 // ---- item 10: LDAP users keep their power after leaving ----
 
-const SUFFIX: &str = "dc=nubo,dc=test";
-const ROOT_PW: &str = "root-secret";
 const SERVICE_PW: &str = "service-secret";
 
-/// A private slapd on 127.0.0.1, killed on drop.
-struct Slapd {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Slapd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run(cmd: &mut Command, input: Option<&str>) -> String {
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child =
-        cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (apt-get install slapd ldap-utils)"));
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.unwrap_or("").as_bytes()).expect("stdin");
-    }
-    let out = child.wait_with_output().expect("output");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+/// A private slapd with alice (devs), bob (ops and auditors) and the
+/// service account Nubo reads the directory with (in ops, as a directory's
+/// own admin group often holds its service accounts).
+fn start_slapd() -> Slapd {
+    let mut ldif = person("alice", "people", "alice-secret");
+    ldif += &person("bob", "people", "bob-secret");
+    ldif += &person("nubo", "services", SERVICE_PW);
+    ldif += &format!(
+        "dn: cn=devs,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: devs\nmember: uid=alice,ou=people,{SUFFIX}\n\n\
+         dn: cn=ops,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: ops\nmember: uid=bob,ou=people,{SUFFIX}\n\
+         member: uid=nubo,ou=services,{SUFFIX}\n\n\
+         dn: cn=auditors,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: auditors\nmember: uid=bob,ou=people,{SUFFIX}\n\n"
     );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-impl Slapd {
-    /// Starts slapd with alice (devs), bob (ops and auditors) and a service
-    /// account. Panics when slapd is missing: this test must not pass
-    /// without running.
-    fn start() -> Slapd {
-        assert!(Path::new("/usr/sbin/slapd").exists(), "slapd is not installed (apt-get install slapd ldap-utils)");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let d = dir.path();
-        std::fs::create_dir(d.join("db")).expect("db dir");
-        let conf = d.join("slapd.conf");
-        let s = "/etc/ldap/schema";
-        std::fs::write(
-            &conf,
-            format!(
-                "include {s}/core.schema\ninclude {s}/cosine.schema\ninclude {s}/inetorgperson.schema\n\
-                 include {s}/nis.schema\npidfile {p}/slapd.pid\nargsfile {p}/slapd.args\nmodulepath /usr/lib/ldap\n\
-                 moduleload back_mdb\ndatabase mdb\nmaxsize 16777216\nsuffix \"{SUFFIX}\"\n\
-                 rootdn \"cn=admin,{SUFFIX}\"\nrootpw {ROOT_PW}\ndirectory {p}/db\n\
-                 access to attrs=userPassword by anonymous auth by * none\naccess to * by users read by * none\n",
-                p = d.display()
-            ),
-        )
-        .expect("slapd.conf");
-        let hash = |pw: &str| run(Command::new("/usr/sbin/slappasswd").args(["-h", "{SSHA}", "-s", pw]), None);
-        let person = |uid: &str, ou: &str, pw: &str| {
-            format!(
-                "dn: uid={uid},ou={ou},{SUFFIX}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\n\
-                 userPassword: {}\n\n",
-                hash(pw)
-            )
-        };
-        let mut ldif = format!(
-            "dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: nubo\no: Nubo test\n\n\
-             dn: ou=people,{SUFFIX}\nobjectClass: organizationalUnit\nou: people\n\n\
-             dn: ou=services,{SUFFIX}\nobjectClass: organizationalUnit\nou: services\n\n\
-             dn: ou=groups,{SUFFIX}\nobjectClass: organizationalUnit\nou: groups\n\n"
-        );
-        ldif += &person("alice", "people", "alice-secret");
-        ldif += &person("bob", "people", "bob-secret");
-        ldif += &person("nubo", "services", SERVICE_PW);
-        ldif += &format!(
-            "dn: cn=devs,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: devs\nmember: uid=alice,ou=people,{SUFFIX}\n\n\
-             dn: cn=ops,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: ops\nmember: uid=bob,ou=people,{SUFFIX}\n\
-             member: uid=nubo,ou=services,{SUFFIX}\n\n\
-             dn: cn=auditors,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: auditors\nmember: uid=bob,ou=people,{SUFFIX}\n\n"
-        );
-        let ldif_file = d.join("base.ldif");
-        std::fs::write(&ldif_file, ldif).expect("ldif");
-        run(Command::new("/usr/sbin/slapadd").arg("-q").arg("-f").arg(&conf).arg("-l").arg(&ldif_file), None);
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-        let log = std::fs::File::create(d.join("slapd.log")).expect("log");
-        let child = Command::new("/usr/sbin/slapd")
-            .arg("-f")
-            .arg(&conf)
-            .arg("-h")
-            .arg(format!("ldap://127.0.0.1:{port}/"))
-            .args(["-d", "0"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start slapd");
-        let slapd = Slapd { child, port, dir };
-        wait_until("slapd listening", Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", slapd.port)).ok().map(drop)
-        });
-        slapd
-    }
-
-    fn url(&self) -> String {
-        format!("ldap://127.0.0.1:{}", self.port)
-    }
-
-    /// `ldapmodify` (or `ldapdelete`) as the directory's administrator.
-    fn admin(&self, tool: &str, args: &[&str], input: Option<&str>) {
-        run(
-            Command::new(tool)
-                .args(["-x", "-H", &self.url(), "-D", &format!("cn=admin,{SUFFIX}"), "-w", ROOT_PW])
-                .args(args),
-            input,
-        );
-    }
+    Slapd::start(&ldif)
 }
 
 #[test]
 fn identity_a_user_removed_from_the_directory_loses_tokens_and_roles() {
-    let slapd = Slapd::start();
-    let config = slapd.dir.path().join("nubo-ldap.json");
+    let slapd = start_slapd();
+    let config = slapd.dir().join("nubo-ldap.json");
     std::fs::write(
         &config,
         json!({

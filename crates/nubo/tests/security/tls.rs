@@ -11,7 +11,7 @@
 //! the VM) and the CLI run in the other. Nothing is sent anywhere else.
 //! Needs root for the namespaces; without it the tests fail, saying so.
 
-use crate::common::{image_cache, nubo_bin, wait_until, HOST_ARGS};
+use crate::common::{image_cache, nubo_bin, sh, sh_ok, wait_until, HOST_ARGS};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,15 +19,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 const SERVER_IP: &str = "10.231.0.1";
-
-fn sh(cmd: &str) -> Output {
-    Command::new("sh").arg("-c").arg(cmd).output().expect("run sh")
-}
-
-fn sh_ok(cmd: &str) {
-    let out = sh(cmd);
-    assert!(out.status.success(), "`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
-}
 
 /// Two namespaces joined by a veth pair: `srv` holds 10.231.0.1, `lan`
 /// 10.231.0.2. Removed on drop.

@@ -1,0 +1,105 @@
+//! The stock `aws` CLI and boto3 (from the shared virtualenv,
+//! [`aws_venv`]) pointed at one cloud with its admin access key, and
+//! nothing from outside: a fresh AWS config, no metadata lookups, the
+//! endpoint on 127.0.0.1.
+
+use super::{aws_venv, Cloud};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+/// The stock CLI pointed at one cloud, with nothing from outside.
+pub struct Aws {
+    venv: PathBuf,
+    home: tempfile::TempDir,
+    pub endpoint: String,
+    key: String,
+    pub secret: String,
+    region: String,
+}
+
+impl Aws {
+    pub fn new(cloud: &Cloud) -> Self {
+        let venv = aws_venv();
+        let env = std::fs::read_to_string(cloud.data_dir().join("admin.env")).expect("admin.env");
+        let get = |k: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+                .map(|v| v.trim_matches('\'').to_string())
+                .unwrap_or_else(|| panic!("admin.env has no {k}:\n{env}"))
+        };
+        let home = tempfile::tempdir().expect("tempdir");
+        std::fs::write(home.path().join("config"), "[default]\n").expect("config");
+        std::fs::write(home.path().join("credentials"), "").expect("credentials");
+        Aws {
+            venv,
+            home,
+            endpoint: get("NUBO_URL"),
+            key: get("AWS_ACCESS_KEY_ID"),
+            secret: get("AWS_SECRET_ACCESS_KEY"),
+            region: get("AWS_DEFAULT_REGION"),
+        }
+    }
+
+    pub fn command(&self, program: &str, secret: &str) -> Command {
+        let mut c = Command::new(self.venv.join("bin").join(program));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AWS_") || k.starts_with("BOTO") {
+                c.env_remove(k);
+            }
+        }
+        c.env("AWS_ACCESS_KEY_ID", &self.key)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_DEFAULT_REGION", &self.region)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", self.home.path().join("config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", self.home.path().join("credentials"))
+            .env("AWS_MAX_ATTEMPTS", "2")
+            .env("HOME", self.home.path())
+            .env("NUBO_EC2_ENDPOINT", &self.endpoint)
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run_with(&self, secret: &str, args: &[&str]) -> Output {
+        self.command("aws", secret)
+            .args(["--endpoint-url", &self.endpoint, "--output", "json", "ec2"])
+            .args(args)
+            .output()
+            .expect("run aws")
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with(&self.secret, args)
+    }
+
+    /// `aws ec2 ARGS` that must succeed; its JSON (Null for no output).
+    pub fn ok(&self, args: &[&str]) -> Value {
+        let start = Instant::now();
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "aws ec2 {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        eprintln!("aws ec2 {} ({:.1} s)", args.first().unwrap_or(&""), start.elapsed().as_secs_f64());
+        if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// `aws ec2 ARGS` that must fail the CLI's usual way, with `code` in stderr.
+    pub fn fails(&self, out: Output, code: &str) {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            matches!(out.status.code(), Some(254 | 255)),
+            "expected the CLI's error exit (254/255), got {}: {stderr}",
+            out.status
+        );
+        assert!(stderr.contains(code), "expected {code} in: {stderr}");
+    }
+}

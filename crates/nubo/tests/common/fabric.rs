@@ -1,0 +1,76 @@
+//! Network namespaces that stand in for a LAN: a switch (a bridge in a
+//! namespace of its own, which also plays "the outside" at
+//! 192.168.77.100) and hosts 192.168.77.1, .2, ... joined to it by veth
+//! pairs. The tests' agents run inside the host namespaces (`--netns`), so
+//! nothing leaves them but the agents' control-plane traffic on 127.0.0.1.
+//! Every namespace whose name starts with the fabric's prefix (the ones
+//! made here and the router namespaces the agents made) goes on drop.
+
+use std::process::{Command, Output};
+
+/// Runs `cmd` with `sh -c`.
+pub fn sh(cmd: &str) -> Output {
+    Command::new("sh").arg("-c").arg(cmd).output().expect("run sh")
+}
+
+/// Runs `cmd` with `sh -c`, which must succeed; its standard output.
+pub fn sh_ok(cmd: &str) -> String {
+    let out = sh(cmd);
+    assert!(out.status.success(), "`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The namespaces of one test: `sw` and `h1` to `h<hosts>`.
+pub struct Fabric {
+    prefix: String,
+}
+
+impl Fabric {
+    /// None when this machine does not let the test make namespaces (not
+    /// root). `tag` keeps the names of tests running side by side apart.
+    pub fn try_new(tag: &str, hosts: u32) -> Option<Self> {
+        let prefix = format!("n{tag}{}", std::process::id() % 100_000);
+        let probe = format!("{prefix}probe");
+        if !sh(&format!("ip netns add {probe} && ip netns del {probe}")).status.success() {
+            return None;
+        }
+        let f = Fabric { prefix };
+        let sw = f.ns("sw");
+        sh_ok(&format!(
+            "ip netns add {sw} && ip -n {sw} link add br0 type bridge && ip -n {sw} link set br0 up && \
+             ip -n {sw} addr add 192.168.77.100/24 dev br0 && ip -n {sw} link set lo up"
+        ));
+        for i in 1..=hosts {
+            let h = f.ns(&format!("h{i}"));
+            sh_ok(&format!(
+                "ip netns add {h} && ip link add u{i} netns {sw} type veth peer name eth0 netns {h} && \
+                 ip -n {sw} link set u{i} master br0 up && ip -n {h} addr add 192.168.77.{i}/24 dev eth0 && \
+                 ip -n {h} link set eth0 up && ip -n {h} link set lo up"
+            ));
+        }
+        Some(f)
+    }
+
+    /// As [`Fabric::try_new`], for a test that must fail rather than skip
+    /// where namespaces cannot be made.
+    pub fn new(tag: &str, hosts: u32) -> Self {
+        Self::try_new(tag, hosts).expect("this test makes network namespaces: run it as root")
+    }
+
+    /// The full name of this fabric's namespace `name` (`sw`, `h1`, ...).
+    pub fn ns(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        let list = sh("ip netns list");
+        for line in String::from_utf8_lossy(&list.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if name.starts_with(&self.prefix) {
+                let _ = sh(&format!("ip netns del {name}"));
+            }
+        }
+    }
+}
