@@ -1,6 +1,7 @@
 //! Client commands for automation: policies and instance groups, both
 //! written as YAML or JSON documents (read here, sent as JSON).
 
+use crate::cli::Conn;
 use crate::cli::{GroupCmd, PolicyCmd};
 use crate::client_cmds::client;
 use crate::output::{emit, table};
@@ -23,15 +24,15 @@ fn clock(ms: i64) -> String {
     format!("{:02}:{:02}:{:02}", day / 3600, (day / 60) % 60, day % 60)
 }
 
-pub async fn policy(cmd: PolicyCmd) -> anyhow::Result<()> {
+pub async fn policy(cmd: PolicyCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        PolicyCmd::Apply { conn, file } => {
+        PolicyCmd::Apply { file } => {
             let doc: nubo_api::automation::PolicyDoc = read_document(&file)?;
-            let p = client(&conn)?.apply_policy(&doc).await?;
+            let p = client(conn)?.apply_policy(&doc).await?;
             emit(conn.output, &p, |p| println!("{} {}{}", p.id, p.name, if p.doc.dry_run { " (dry run)" } else { "" }))
         }
-        PolicyCmd::List { conn } => {
-            let list = client(&conn)?.policies().await?;
+        PolicyCmd::List => {
+            let list = client(conn)?.policies().await?;
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -60,8 +61,8 @@ pub async fn policy(cmd: PolicyCmd) -> anyhow::Result<()> {
                 table(&["NAME", "CONDITION", "ACTIONS", "DRY_RUN", "BREACHING"], &rows);
             })
         }
-        PolicyCmd::Show { conn, name } => {
-            let p = client(&conn)?.policy(&name).await?;
+        PolicyCmd::Show { name } => {
+            let p = client(conn)?.policy(&name).await?;
             emit(conn.output, &p, |p| {
                 println!("{} ({}){}", p.name, p.id, if p.doc.dry_run { " dry run" } else { "" });
                 println!("breaching: {}", if p.breaching.is_empty() { "-".into() } else { p.breaching.join(", ") });
@@ -79,15 +80,15 @@ pub async fn policy(cmd: PolicyCmd) -> anyhow::Result<()> {
                 }
             })
         }
-        PolicyCmd::Delete { conn, name } => {
-            client(&conn)?.delete_policy(&name).await?;
+        PolicyCmd::Delete { name } => {
+            client(conn)?.delete_policy(&name).await?;
             println!("deleted {name}");
             Ok(())
         }
     }
 }
 
-pub async fn group(cmd: GroupCmd) -> anyhow::Result<()> {
+pub async fn group(cmd: GroupCmd, conn: &Conn) -> anyhow::Result<()> {
     let print = |g: &nubo_api::automation::Group| {
         println!("{} ({}) min {} desired {} max {}", g.name, g.id, g.min, g.desired, g.max);
         for m in &g.members {
@@ -98,13 +99,13 @@ pub async fn group(cmd: GroupCmd) -> anyhow::Result<()> {
         }
     };
     match cmd {
-        GroupCmd::Create { conn, file } => {
+        GroupCmd::Create { file } => {
             let g: nubo_api::automation::GroupCreate = read_document(&file)?;
-            let g = client(&conn)?.create_group(&g).await?;
+            let g = client(conn)?.create_group(&g).await?;
             emit(conn.output, &g, print)
         }
-        GroupCmd::List { conn } => {
-            let list = client(&conn)?.groups().await?;
+        GroupCmd::List => {
+            let list = client(conn)?.groups().await?;
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -121,16 +122,16 @@ pub async fn group(cmd: GroupCmd) -> anyhow::Result<()> {
                 table(&["NAME", "MIN/DESIRED/MAX", "HEALTHY/MEMBERS", "IMAGE"], &rows);
             })
         }
-        GroupCmd::Show { conn, name } => {
-            let g = client(&conn)?.group(&name).await?;
+        GroupCmd::Show { name } => {
+            let g = client(conn)?.group(&name).await?;
             emit(conn.output, &g, print)
         }
-        GroupCmd::SetDesired { conn, name, desired } => {
-            let g = client(&conn)?.set_group_desired(&name, desired).await?;
+        GroupCmd::SetDesired { name, desired } => {
+            let g = client(conn)?.set_group_desired(&name, desired).await?;
             emit(conn.output, &g, print)
         }
-        GroupCmd::Delete { conn, name } => {
-            client(&conn)?.delete_group(&name).await?;
+        GroupCmd::Delete { name } => {
+            client(conn)?.delete_group(&name).await?;
             println!("deleted {name} (its members are terminating)");
             Ok(())
         }

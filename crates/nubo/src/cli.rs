@@ -8,6 +8,11 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(name = "nubo", version, about = "Nubo: an open-source IaaS cloud on QEMU/KVM")]
 pub struct Cli {
+    /// Where and as whom the client commands connect: given once, before
+    /// or after the subcommand (`nubo --url U instance list` or
+    /// `nubo instance list --url U`).
+    #[command(flatten)]
+    pub conn: Conn,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -101,8 +106,6 @@ pub enum Command {
 pub enum KeypairCmd {
     /// Generate an Ed25519 key pair; the private key is written to --private-key-file (mode 0600) or printed.
     Create {
-        #[command(flatten)]
-        conn: Conn,
         name: String,
         /// Where to save the private key (refuses to overwrite).
         #[arg(long, value_name = "FILE")]
@@ -110,49 +113,33 @@ pub enum KeypairCmd {
     },
     /// Import your own OpenSSH public key (e.g. ~/.ssh/id_ed25519.pub).
     Import {
-        #[command(flatten)]
-        conn: Conn,
         name: String,
         #[arg(long, value_name = "FILE")]
         public_key_file: PathBuf,
     },
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
     /// Delete a key pair (instances launched with it keep the key).
     Delete {
-        #[command(flatten)]
-        conn: Conn,
         name: String,
     },
 }
 
 #[derive(Subcommand)]
 pub enum RecipeCmd {
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
     /// Show a recipe: parameters, defaults and its script.
     Show {
-        #[command(flatten)]
-        conn: Conn,
         name: String,
         #[arg(long)]
         version: Option<String>,
     },
     /// Add a recipe (or a new version) from a TOML or JSON file.
     Create {
-        #[command(flatten)]
-        conn: Conn,
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: PathBuf,
     },
     /// Delete a project recipe (all versions, or --version).
     Delete {
-        #[command(flatten)]
-        conn: Conn,
         name: String,
         #[arg(long)]
         version: Option<String>,
@@ -162,15 +149,9 @@ pub enum RecipeCmd {
 #[derive(Subcommand)]
 pub enum RunCmd {
     /// A run's state, exit code and log tail.
-    Show {
-        #[command(flatten)]
-        conn: Conn,
-        id: String,
-    },
+    Show { id: String },
     /// A run's whole log; with --follow, until it ends.
     Logs {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
         #[arg(short = 'f', long)]
         follow: bool,
@@ -180,26 +161,16 @@ pub enum RunCmd {
 #[derive(Subcommand)]
 pub enum AccessKeyCmd {
     /// Create a pair; the secret is shown once.
-    Create {
-        #[command(flatten)]
-        conn: Conn,
-    },
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    Create,
+    List,
     /// Revoke a key at once.
     Delete {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
     },
 }
 
 #[derive(Args)]
 pub struct LoginArgs {
-    #[arg(long, env = "NUBO_URL")]
-    pub url: String,
     #[arg(long = "user")]
     pub user: String,
     /// Project to work in (default: your first).
@@ -214,21 +185,14 @@ pub struct LoginArgs {
 pub enum TokenCmd {
     /// Create a token for yourself (printed once).
     Create {
-        #[command(flatten)]
-        conn: Conn,
         #[arg(long, default_value = "cli")]
         name: String,
         /// Lifetime, e.g. 3600 (seconds); default: no expiry.
         #[arg(long)]
         expires_in: Option<u64>,
     },
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
     Revoke {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
     },
 }
@@ -236,18 +200,11 @@ pub enum TokenCmd {
 #[derive(Subcommand)]
 pub enum ProjectCmd {
     Create {
-        #[command(flatten)]
-        conn: Conn,
         name: String,
     },
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
     /// Set limits; unnamed ones keep their value.
     Quota {
-        #[command(flatten)]
-        conn: Conn,
         project: String,
         #[arg(long)]
         instances: Option<u64>,
@@ -260,8 +217,6 @@ pub enum ProjectCmd {
     },
     /// Add a user to a project, or change its role (member or reader).
     AddMember {
-        #[command(flatten)]
-        conn: Conn,
         project: String,
         user: String,
         #[arg(long, default_value = "member")]
@@ -270,8 +225,6 @@ pub enum ProjectCmd {
     /// Take a user's role in a project away: at once, the user's tokens
     /// for that project read and change nothing of it.
     RemoveMember {
-        #[command(flatten)]
-        conn: Conn,
         project: String,
         user: String,
     },
@@ -281,23 +234,16 @@ pub enum ProjectCmd {
 pub enum UserCmd {
     /// Create a local user; the password is read from standard input.
     Create {
-        #[command(flatten)]
-        conn: Conn,
         name: String,
         #[arg(long)]
         admin: bool,
     },
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
 }
 
 #[derive(Subcommand)]
 pub enum AuditCmd {
     List {
-        #[command(flatten)]
-        conn: Conn,
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
@@ -566,22 +512,32 @@ pub enum Format {
 pub struct Conn {
     /// API URL (several servers' URLs separated by commas fail over); else
     /// the one saved by `nubo login`.
-    #[arg(long, env = "NUBO_URL", hide_env_values = true)]
-    pub url: Option<String>,
+    #[arg(long, env = "NUBO_URL", hide_env_values = true, global = true)]
+    url: Option<String>,
     /// API token; else the one saved by `nubo login`.
-    #[arg(long, env = "NUBO_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[arg(long, env = "NUBO_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
     pub output: Format,
+}
+
+impl Conn {
+    /// The URL given, if any (an empty `NUBO_URL=` counts as none).
+    pub fn url(&self) -> Option<&str> {
+        self.url.as_deref().filter(|u| !u.trim().is_empty())
+    }
+
+    /// The token given, if any (an empty `NUBO_TOKEN=` counts as none).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref().filter(|t| !t.trim().is_empty())
+    }
 }
 
 #[derive(Subcommand)]
 pub enum InstanceCmd {
     /// Launch an instance; prints its id.
     Run {
-        #[command(flatten)]
-        conn: Conn,
         #[arg(long, default_value = "tiny")]
         image: String,
         #[arg(long, default_value_t = 1)]
@@ -627,8 +583,6 @@ pub enum InstanceCmd {
     },
     /// Run a recipe in a running instance and follow its log.
     Provision {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
         #[arg(long)]
         recipe: String,
@@ -643,8 +597,6 @@ pub enum InstanceCmd {
     },
     /// Run a command in an instance through its guest agent; exits with its exit code.
     Exec {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
         /// Seconds before the command is reported failed.
         #[arg(long, default_value_t = 60)]
@@ -656,8 +608,6 @@ pub enum InstanceCmd {
     /// Live-migrate a running instance to another host (operators);
     /// with --wait, prints the pause the guest saw and the total time.
     Migrate {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
         /// Target host (name or id); default: the scheduler's pick.
         #[arg(long)]
@@ -667,55 +617,36 @@ pub enum InstanceCmd {
     },
     /// The instance's recipe and command runs.
     Runs {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
     },
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
     Show {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
     },
     /// Print the serial console's output.
     Console {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
     },
     Stop {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
         #[arg(long)]
         wait: bool,
     },
     Start {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
         #[arg(long)]
         wait: bool,
     },
     Reboot {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
     },
     Terminate {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
         #[arg(long)]
         wait: bool,
     },
     /// Make an image of the instance's root disk (a point-in-time copy).
     Snapshot {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
         /// The new image's name.
         #[arg(long)]
@@ -732,8 +663,6 @@ pub enum InstanceCmd {
 pub enum VolumeCmd {
     /// Create a volume (a sparse file on a host's storage pool).
     Create {
-        #[command(flatten)]
-        conn: Conn,
         /// Size in GiB.
         #[arg(long, value_name = "GIB")]
         size: u64,
@@ -749,19 +678,12 @@ pub enum VolumeCmd {
         #[arg(long)]
         wait: bool,
     },
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
     Show {
-        #[command(flatten)]
-        conn: Conn,
         volume: String,
     },
     /// Attach to an instance (hot-plugged if it runs); with --wait, until the guest sees it.
     Attach {
-        #[command(flatten)]
-        conn: Conn,
         volume: String,
         instance: String,
         #[arg(long)]
@@ -769,16 +691,12 @@ pub enum VolumeCmd {
     },
     /// Detach (hot-unplugged from a running guest once it lets go).
     Detach {
-        #[command(flatten)]
-        conn: Conn,
         volume: String,
         #[arg(long)]
         wait: bool,
     },
     /// Grow a volume (online when attached); with --wait, until the guest sees the new size.
     Extend {
-        #[command(flatten)]
-        conn: Conn,
         volume: String,
         /// The new size in GiB.
         #[arg(long, value_name = "GIB")]
@@ -788,8 +706,6 @@ pub enum VolumeCmd {
     },
     /// Take a point-in-time snapshot of a volume.
     Snapshot {
-        #[command(flatten)]
-        conn: Conn,
         volume: String,
         #[arg(long)]
         name: Option<String>,
@@ -797,8 +713,6 @@ pub enum VolumeCmd {
         wait: bool,
     },
     Delete {
-        #[command(flatten)]
-        conn: Conn,
         volume: String,
         #[arg(long)]
         wait: bool,
@@ -807,71 +721,40 @@ pub enum VolumeCmd {
 
 #[derive(Subcommand)]
 pub enum SnapshotCmd {
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
-    Show {
-        #[command(flatten)]
-        conn: Conn,
-        snapshot: String,
-    },
-    Delete {
-        #[command(flatten)]
-        conn: Conn,
-        snapshot: String,
-    },
+    List,
+    Show { snapshot: String },
+    Delete { snapshot: String },
 }
 
 #[derive(Subcommand)]
 pub enum HostCmd {
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
     /// A one-time token for `nubo agent --join-token` (valid 1 hour).
-    JoinToken {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    JoinToken,
     /// Stop new placements on a host (its instances keep running).
     Drain {
-        #[command(flatten)]
-        conn: Conn,
         host: String,
     },
     /// Let a drained host take new instances again.
     Enable {
-        #[command(flatten)]
-        conn: Conn,
         host: String,
     },
     /// Drain a host and live-migrate its running instances elsewhere.
     Evacuate {
-        #[command(flatten)]
-        conn: Conn,
         host: String,
         /// Return once every migration has ended (with each one's figures).
         #[arg(long)]
         wait: bool,
     },
     /// Live migrations, newest first.
-    Migrations {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    Migrations,
 }
 
 #[derive(Subcommand)]
 pub enum ImageCmd {
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
     /// Upload a disk image (raw or qcow2) into the registry.
     Import {
-        #[command(flatten)]
-        conn: Conn,
         file: PathBuf,
         #[arg(long)]
         name: String,
@@ -895,14 +778,10 @@ pub enum ImageCmd {
     },
     /// Show an image (by id or name).
     Show {
-        #[command(flatten)]
-        conn: Conn,
         image: String,
     },
     /// Delete an image (refused while instances use it or snapshots came from it).
     Delete {
-        #[command(flatten)]
-        conn: Conn,
         image: String,
     },
     /// Build a builtin image (tiny, debian) into the local image cache.
@@ -938,8 +817,6 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 pub enum MetricsCmd {
     /// A metric of an instance or host as a chart (or the series with -o json).
     Show {
-        #[command(flatten)]
-        conn: Conn,
         /// Instance (i-...) or host (h-...) id.
         resource: String,
         /// e.g. cpu (cpu_percent), memory, disk (fs_used_percent), net_rx_bytes_per_second.
@@ -953,19 +830,13 @@ pub enum MetricsCmd {
         step: Option<String>,
     },
     /// The newest value of every metric of an instance or host.
-    List {
-        #[command(flatten)]
-        conn: Conn,
-        resource: String,
-    },
+    List { resource: String },
 }
 
 #[derive(Subcommand)]
 pub enum CheckCmd {
     /// Watch an instance (or, operators, a host): one of --tcp, --http, --liveness, or a plugin after `--`.
     Create {
-        #[command(flatten)]
-        conn: Conn,
         target: String,
         #[arg(long)]
         name: String,
@@ -998,19 +869,12 @@ pub enum CheckCmd {
         #[arg(last = true)]
         plugin: Vec<String>,
     },
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
     /// A check with its state history.
     Show {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
     },
     Delete {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
     },
 }
@@ -1019,26 +883,18 @@ pub enum CheckCmd {
 pub enum AlertCmd {
     /// Firing alerts (--all: resolved ones too).
     List {
-        #[command(flatten)]
-        conn: Conn,
         #[arg(long)]
         all: bool,
     },
     Show {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
     },
     /// Mark an alert as being looked after.
     Ack {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
     },
     /// No notifications for a while, e.g. --for 1h.
     Silence {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
         #[arg(long = "for", value_name = "DURATION")]
         duration: String,
@@ -1052,8 +908,6 @@ pub enum AlertCmd {
 pub enum AlertRuleCmd {
     /// A rule on a metric (--metric with --above/--below) or on checks (--check-state).
     Create {
-        #[command(flatten)]
-        conn: Conn,
         #[arg(long)]
         name: String,
         /// Instance or host id, or '*' for every instance of the project.
@@ -1078,47 +932,30 @@ pub enum AlertRuleCmd {
         #[arg(long)]
         webhook: Option<String>,
     },
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
     Delete {
-        #[command(flatten)]
-        conn: Conn,
         id: String,
     },
 }
 
 #[derive(Subcommand)]
 pub enum EventCmd {
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
 }
 
 #[derive(Subcommand)]
 pub enum PolicyCmd {
     /// Create or replace a policy from a YAML or JSON document.
     Apply {
-        #[command(flatten)]
-        conn: Conn,
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: PathBuf,
     },
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
     /// A policy with its newest firings.
     Show {
-        #[command(flatten)]
-        conn: Conn,
         name: String,
     },
     Delete {
-        #[command(flatten)]
-        conn: Conn,
         name: String,
     },
 }
@@ -1127,32 +964,21 @@ pub enum PolicyCmd {
 pub enum GroupCmd {
     /// Create a group from a YAML or JSON document (name, template, min, max, ...).
     Create {
-        #[command(flatten)]
-        conn: Conn,
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: PathBuf,
     },
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
     /// A group with its members and activity.
     Show {
-        #[command(flatten)]
-        conn: Conn,
         name: String,
     },
     /// Set the desired count.
     SetDesired {
-        #[command(flatten)]
-        conn: Conn,
         name: String,
         desired: u32,
     },
     /// Delete a group and terminate its members.
     Delete {
-        #[command(flatten)]
-        conn: Conn,
         name: String,
     },
 }
@@ -1170,8 +996,6 @@ pub enum HypervisorKind {
 pub enum LbCmd {
     /// Create a load balancer in front of instances (--target) and/or a group (--group).
     Create {
-        #[command(flatten)]
-        conn: Conn,
         /// 1-63 letters, digits, `-`, `_` or `.`.
         name: String,
         /// The guest port the targets serve on (each target must forward it).
@@ -1214,20 +1038,13 @@ pub enum LbCmd {
         #[arg(long)]
         wait: bool,
     },
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
     /// A load balancer with each backend's health and counters.
     Show {
-        #[command(flatten)]
-        conn: Conn,
         /// Its id or name.
         lb: String,
     },
     Delete {
-        #[command(flatten)]
-        conn: Conn,
         lb: String,
     },
     /// Run the data plane outside Nubo, from a TOML (or .json) file of
@@ -1248,27 +1065,18 @@ fn parse_weight(s: &str) -> Result<(String, u32), String> {
 pub enum NetworkCmd {
     /// Create a private network (its first address is the gateway).
     Create {
-        #[command(flatten)]
-        conn: Conn,
         name: String,
         /// IPv4 range, /16 to /29, e.g. 10.20.0.0/24.
         #[arg(long)]
         cidr: String,
     },
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
     /// A network and the instances on it.
     Show {
-        #[command(flatten)]
-        conn: Conn,
         network: String,
     },
     /// Delete a network no instance uses.
     Delete {
-        #[command(flatten)]
-        conn: Conn,
         network: String,
     },
 }
@@ -1277,21 +1085,14 @@ pub enum NetworkCmd {
 pub enum SecurityGroupCmd {
     /// Create a group (it lets nothing in until a rule says so).
     Create {
-        #[command(flatten)]
-        conn: Conn,
         name: String,
         #[arg(long, default_value = "")]
         description: String,
     },
     /// Groups and their rules.
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
     /// Let traffic in: `allow web --protocol tcp --port 80 --cidr 0.0.0.0/0`.
     Allow {
-        #[command(flatten)]
-        conn: Conn,
         group: String,
         /// tcp, udp, icmp or all.
         #[arg(long, default_value = "tcp")]
@@ -1307,17 +1108,35 @@ pub enum SecurityGroupCmd {
         source_group: Option<String>,
     },
     /// Remove a rule by id (sgr-...); new connections it allowed are refused.
-    Revoke {
-        #[command(flatten)]
-        conn: Conn,
-        group: String,
-        rule: String,
-    },
+    Revoke { group: String, rule: String },
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_grammar_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn connection_flags_are_given_once_before_or_after_the_subcommand() {
+        for argv in [
+            &["nubo", "--url", "http://127.0.0.1:8780", "--token", "t", "instance", "list"][..],
+            &["nubo", "instance", "list", "--url", "http://127.0.0.1:8780", "--token", "t"][..],
+            &["nubo", "instance", "--url", "http://127.0.0.1:8780", "list", "--token", "t"][..],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            assert_eq!(cli.conn.url(), Some("http://127.0.0.1:8780"), "{argv:?}");
+            assert_eq!(cli.conn.token(), Some("t"), "{argv:?}");
+            assert!(matches!(cli.command, Command::Instance(InstanceCmd::List { .. })), "{argv:?}");
+        }
+        // An empty value (NUBO_URL= in a script) is no URL at all.
+        let cli = Cli::try_parse_from(["nubo", "--url", "", "keypair", "list"]).expect("parses");
+        assert_eq!(cli.conn.url(), None);
+    }
 
     #[test]
     fn sizes_and_cidrs_as_operators_write_them() {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 /// The API client, from flags/env, else the session saved by `nubo login`.
 pub fn client(c: &Conn) -> anyhow::Result<Client> {
     let saved = crate::identity_cmds::saved_session();
-    let url = c.url.clone().or_else(|| saved.as_ref().map(|s| s.0.clone()));
-    let token = c.token.clone().or_else(|| saved.as_ref().map(|s| s.1.clone()));
+    let url = c.url().map(str::to_string).or_else(|| saved.as_ref().map(|s| s.0.clone()));
+    let token = c.token().map(str::to_string).or_else(|| saved.as_ref().map(|s| s.1.clone()));
     match (url, token) {
         (Some(u), Some(t)) => Ok(Client::with_ca(&u, &t, ca_cert().as_deref())?),
         _ => anyhow::bail!(
@@ -138,10 +138,9 @@ async fn wait_for(c: &Client, id: &str, target: InstanceState, limit: Duration) 
 
 const WAIT_LIMIT: Duration = Duration::from_secs(600);
 
-pub async fn instance(cmd: InstanceCmd) -> anyhow::Result<()> {
+pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
         InstanceCmd::Run {
-            conn,
             image,
             vcpus,
             memory,
@@ -173,7 +172,7 @@ pub async fn instance(cmd: InstanceCmd) -> anyhow::Result<()> {
                 }),
                 None => None,
             };
-            let c = client(&conn)?;
+            let c = client(conn)?;
             let req = InstanceCreate {
                 image,
                 vcpus,
@@ -224,8 +223,8 @@ pub async fn instance(cmd: InstanceCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        InstanceCmd::List { conn } => {
-            let list = client(&conn)?.instances().await?;
+        InstanceCmd::List => {
+            let list = client(conn)?.instances().await?;
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -245,13 +244,13 @@ pub async fn instance(cmd: InstanceCmd) -> anyhow::Result<()> {
                 table(&["ID", "NAME", "STATE", "VCPUS", "MEMORY_MIB", "DISK_GIB", "HOST", "PORTS"], &rows);
             })
         }
-        InstanceCmd::Provision { conn, id, recipe, version, params, detach } => {
-            let c = client(&conn)?;
+        InstanceCmd::Provision { id, recipe, version, params, detach } => {
+            let c = client(conn)?;
             let req = RunCreate { recipe, version, params: crate::provision_cmds::parse_params(&params)? };
             crate::provision_cmds::provision(&c, &id, req, detach, conn.output).await
         }
-        InstanceCmd::Exec { conn, id, timeout, command } => {
-            let c = client(&conn)?;
+        InstanceCmd::Exec { id, timeout, command } => {
+            let c = client(conn)?;
             let code = crate::provision_cmds::exec(&c, &id, command, timeout).await?;
             if code != 0 {
                 use std::io::Write;
@@ -260,8 +259,8 @@ pub async fn instance(cmd: InstanceCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        InstanceCmd::Runs { conn, id } => {
-            let runs = client(&conn)?.runs(&id).await?;
+        InstanceCmd::Runs { id } => {
+            let runs = client(conn)?.runs(&id).await?;
             emit(conn.output, &runs, |runs| {
                 let rows: Vec<Vec<String>> = runs
                     .iter()
@@ -278,34 +277,34 @@ pub async fn instance(cmd: InstanceCmd) -> anyhow::Result<()> {
                 table(&["ID", "KIND", "WHAT", "STATE", "EXIT"], &rows);
             })
         }
-        InstanceCmd::Show { conn, id } => {
-            let i = client(&conn)?.instance(&id).await?;
+        InstanceCmd::Show { id } => {
+            let i = client(conn)?.instance(&id).await?;
             emit(conn.output, &i, print_instance)
         }
-        InstanceCmd::Console { conn, id } => {
-            let out = client(&conn)?.console(&id).await?;
+        InstanceCmd::Console { id } => {
+            let out = client(conn)?.console(&id).await?;
             emit(conn.output, &out, |o| print!("{}", o.output))
         }
-        InstanceCmd::Stop { conn, id, wait } => {
-            action(&conn, &id, InstanceAction::Stop, wait.then_some(InstanceState::Stopped)).await
+        InstanceCmd::Stop { id, wait } => {
+            action(conn, &id, InstanceAction::Stop, wait.then_some(InstanceState::Stopped)).await
         }
-        InstanceCmd::Start { conn, id, wait } => {
-            action(&conn, &id, InstanceAction::Start, wait.then_some(InstanceState::Running)).await
+        InstanceCmd::Start { id, wait } => {
+            action(conn, &id, InstanceAction::Start, wait.then_some(InstanceState::Running)).await
         }
-        InstanceCmd::Reboot { conn, id } => action(&conn, &id, InstanceAction::Reboot, None).await,
-        InstanceCmd::Migrate { conn, id, to, wait } => {
-            let c = client(&conn)?;
+        InstanceCmd::Reboot { id } => action(conn, &id, InstanceAction::Reboot, None).await,
+        InstanceCmd::Migrate { id, to, wait } => {
+            let c = client(conn)?;
             let mut m = c.migrate_instance(&id, &nubo_api::params::InstanceMigrate { to }).await?;
             if wait {
                 m = wait_migration(&c, m.id.as_str()).await?;
             }
             emit(conn.output, &m, |m| print_migrations(std::slice::from_ref(m)))
         }
-        InstanceCmd::Terminate { conn, id, wait } => {
-            action(&conn, &id, InstanceAction::Terminate, wait.then_some(InstanceState::Terminated)).await
+        InstanceCmd::Terminate { id, wait } => {
+            action(conn, &id, InstanceAction::Terminate, wait.then_some(InstanceState::Terminated)).await
         }
-        InstanceCmd::Snapshot { conn, id, name, description, wait } => {
-            crate::storage_cmds::snapshot_instance(&conn, &id, name, description, wait).await
+        InstanceCmd::Snapshot { id, name, description, wait } => {
+            crate::storage_cmds::snapshot_instance(conn, &id, name, description, wait).await
         }
     }
 }
@@ -360,10 +359,10 @@ async fn wait_migration(c: &nubo_client::Client, id: &str) -> anyhow::Result<Mig
     }
 }
 
-pub async fn host(cmd: HostCmd) -> anyhow::Result<()> {
+pub async fn host(cmd: HostCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        HostCmd::List { conn } => {
-            let hosts = client(&conn)?.hosts().await?;
+        HostCmd::List => {
+            let hosts = client(conn)?.hosts().await?;
             emit(conn.output, &hosts, |hosts| {
                 let rows: Vec<Vec<String>> = hosts
                     .iter()
@@ -383,14 +382,14 @@ pub async fn host(cmd: HostCmd) -> anyhow::Result<()> {
                 table(&["ID", "NAME", "STATE", "ACCEL", "VCPUS", "MEMORY_MIB", "DISK_GIB", "INSTANCES"], &rows);
             })
         }
-        HostCmd::JoinToken { conn } => {
-            let t = client(&conn)?.join_token().await?;
+        HostCmd::JoinToken => {
+            let t = client(conn)?.join_token().await?;
             emit(conn.output, &t, |t| println!("{}", t.token))
         }
-        HostCmd::Drain { conn, host } => client(&conn)?.host_action::<()>(&host, "drain").await.map_err(Into::into),
-        HostCmd::Enable { conn, host } => client(&conn)?.host_action::<()>(&host, "enable").await.map_err(Into::into),
-        HostCmd::Evacuate { conn, host, wait } => {
-            let c = client(&conn)?;
+        HostCmd::Drain { host } => client(conn)?.host_action::<()>(&host, "drain").await.map_err(Into::into),
+        HostCmd::Enable { host } => client(conn)?.host_action::<()>(&host, "enable").await.map_err(Into::into),
+        HostCmd::Evacuate { host, wait } => {
+            let c = client(conn)?;
             let mut started: Vec<Migration> = c.host_action(&host, "evacuate").await?;
             if wait {
                 let mut done = Vec::new();
@@ -401,17 +400,17 @@ pub async fn host(cmd: HostCmd) -> anyhow::Result<()> {
             }
             emit(conn.output, &started, |ms| print_migrations(ms))
         }
-        HostCmd::Migrations { conn } => {
-            let ms = client(&conn)?.migrations().await?;
+        HostCmd::Migrations => {
+            let ms = client(conn)?.migrations().await?;
             emit(conn.output, &ms, |ms| print_migrations(ms))
         }
     }
 }
 
-pub async fn image(cmd: ImageCmd) -> anyhow::Result<()> {
+pub async fn image(cmd: ImageCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        ImageCmd::List { conn } => crate::storage_cmds::list_images(&conn).await,
-        ImageCmd::Import { conn, file, name, format, min_disk, min_memory, public, kernel_image, description } => {
+        ImageCmd::List => crate::storage_cmds::list_images(conn).await,
+        ImageCmd::Import { file, name, format, min_disk, min_memory, public, kernel_image, description } => {
             let opts = crate::storage_cmds::ImportOptions {
                 name,
                 format,
@@ -421,11 +420,11 @@ pub async fn image(cmd: ImageCmd) -> anyhow::Result<()> {
                 kernel_image,
                 description,
             };
-            crate::storage_cmds::import_image(&conn, &file, opts).await
+            crate::storage_cmds::import_image(conn, &file, opts).await
         }
-        ImageCmd::Show { conn, image } => crate::storage_cmds::show_image(&conn, &image).await,
-        ImageCmd::Delete { conn, image } => {
-            client(&conn)?.delete_image(&image).await?;
+        ImageCmd::Show { image } => crate::storage_cmds::show_image(conn, &image).await,
+        ImageCmd::Delete { image } => {
+            client(conn)?.delete_image(&image).await?;
             println!("deleted {image}");
             Ok(())
         }

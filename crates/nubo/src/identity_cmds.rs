@@ -1,5 +1,6 @@
 //! Identity commands: `login`, `token`, `project`, `user`, `audit`.
 
+use crate::cli::Conn;
 use crate::cli::{AccessKeyCmd, AuditCmd, LoginArgs, ProjectCmd, TokenCmd, UserCmd};
 use crate::client_cmds::client;
 use crate::output::{emit, table};
@@ -34,9 +35,12 @@ fn read_password(from_stdin: bool, prompt: &str) -> anyhow::Result<String> {
     }
 }
 
-pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
+pub async fn login(a: LoginArgs, conn: &Conn) -> anyhow::Result<()> {
+    let Some(url) = conn.url() else {
+        anyhow::bail!("which server? give its URL with --url or NUBO_URL (e.g. https://nubo.example:8780)");
+    };
     let password = read_password(a.password_stdin, "Password: ")?;
-    let anonymous = nubo_client::Client::with_ca(&a.url, "", crate::client_cmds::ca_cert().as_deref())?;
+    let anonymous = nubo_client::Client::with_ca(url, "", crate::client_cmds::ca_cert().as_deref())?;
     let issued = anonymous.login(&Login { username: a.user.clone(), password, project: a.project.clone() }).await?;
     let path = session_file();
     if let Some(dir) = path.parent() {
@@ -44,7 +48,7 @@ pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
     }
     nubo_agent::identity::write_private(
         &path,
-        &format!("export NUBO_URL='{}'\nexport NUBO_TOKEN='{}'\n", a.url, issued.token),
+        &format!("export NUBO_URL='{url}'\nexport NUBO_TOKEN='{}'\n", issued.token),
     )?;
     println!(
         "Signed in as {} in project {} (role {}); session saved to {}",
@@ -56,14 +60,14 @@ pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
+pub async fn token(cmd: TokenCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        TokenCmd::Create { conn, name, expires_in } => {
-            let t = client(&conn)?.create_token(&TokenCreate { name, expires_in_secs: expires_in }).await?;
+        TokenCmd::Create { name, expires_in } => {
+            let t = client(conn)?.create_token(&TokenCreate { name, expires_in_secs: expires_in }).await?;
             emit(conn.output, &t, |t| println!("{}\n(id {}; shown once: store it now)", t.token, t.id))
         }
-        TokenCmd::List { conn } => {
-            let list = client(&conn)?.tokens().await?;
+        TokenCmd::List => {
+            let list = client(conn)?.tokens().await?;
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -81,22 +85,22 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                 table(&["ID", "NAME", "USER", "PROJECT", "EXPIRES_AT_MS", "STATUS"], &rows);
             })
         }
-        TokenCmd::Revoke { conn, id } => {
-            client(&conn)?.revoke_token(&id).await?;
+        TokenCmd::Revoke { id } => {
+            client(conn)?.revoke_token(&id).await?;
             println!("revoked {id}");
             Ok(())
         }
     }
 }
 
-pub async fn project(cmd: ProjectCmd) -> anyhow::Result<()> {
+pub async fn project(cmd: ProjectCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        ProjectCmd::Create { conn, name } => {
-            let p = client(&conn)?.create_project(&ProjectCreate { name, quota: None }).await?;
+        ProjectCmd::Create { name } => {
+            let p = client(conn)?.create_project(&ProjectCreate { name, quota: None }).await?;
             emit(conn.output, &p, |p| println!("{}", p.id))
         }
-        ProjectCmd::List { conn } => {
-            let list = client(&conn)?.projects().await?;
+        ProjectCmd::List => {
+            let list = client(conn)?.projects().await?;
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -114,8 +118,8 @@ pub async fn project(cmd: ProjectCmd) -> anyhow::Result<()> {
                 table(&["ID", "NAME", "INSTANCES", "VCPUS", "MEMORY_MIB", "VOLUME_GIB"], &rows);
             })
         }
-        ProjectCmd::Quota { conn, project, instances, vcpus, memory_mib, volume_gib } => {
-            let p = client(&conn)?.set_quota(&project, &Quota { instances, vcpus, memory_mib, volume_gib }).await?;
+        ProjectCmd::Quota { project, instances, vcpus, memory_mib, volume_gib } => {
+            let p = client(conn)?.set_quota(&project, &Quota { instances, vcpus, memory_mib, volume_gib }).await?;
             emit(conn.output, &p, |p| {
                 println!(
                     "{}: instances {}, vCPUs {}, memory {} MiB, volumes {} GiB",
@@ -123,28 +127,28 @@ pub async fn project(cmd: ProjectCmd) -> anyhow::Result<()> {
                 )
             })
         }
-        ProjectCmd::AddMember { conn, project, user, role } => {
-            client(&conn)?.set_member(&project, &user, &role).await?;
+        ProjectCmd::AddMember { project, user, role } => {
+            client(conn)?.set_member(&project, &user, &role).await?;
             println!("{user} is {role} of {project}");
             Ok(())
         }
-        ProjectCmd::RemoveMember { conn, project, user } => {
-            client(&conn)?.remove_member(&project, &user).await?;
+        ProjectCmd::RemoveMember { project, user } => {
+            client(conn)?.remove_member(&project, &user).await?;
             println!("{user} is no longer a member of {project}");
             Ok(())
         }
     }
 }
 
-pub async fn user(cmd: UserCmd) -> anyhow::Result<()> {
+pub async fn user(cmd: UserCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        UserCmd::Create { conn, name, admin } => {
+        UserCmd::Create { name, admin } => {
             let password = read_password(true, "")?;
-            let u = client(&conn)?.create_user(&UserCreate { name, password, admin }).await?;
+            let u = client(conn)?.create_user(&UserCreate { name, password, admin }).await?;
             emit(conn.output, &u, |u| println!("{}", u.id))
         }
-        UserCmd::List { conn } => {
-            let list = client(&conn)?.users().await?;
+        UserCmd::List => {
+            let list = client(conn)?.users().await?;
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -165,10 +169,10 @@ pub async fn user(cmd: UserCmd) -> anyhow::Result<()> {
     }
 }
 
-pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
+pub async fn audit(cmd: AuditCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        AuditCmd::List { conn, limit } => {
-            let list = client(&conn)?.audit(limit).await?;
+        AuditCmd::List { limit } => {
+            let list = client(conn)?.audit(limit).await?;
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -190,17 +194,17 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
     }
 }
 
-pub async fn access_key(cmd: AccessKeyCmd) -> anyhow::Result<()> {
+pub async fn access_key(cmd: AccessKeyCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        AccessKeyCmd::Create { conn } => {
-            let k = client(&conn)?.create_access_key().await?;
+        AccessKeyCmd::Create => {
+            let k = client(conn)?.create_access_key().await?;
             emit(conn.output, &k, |k| {
                 println!("AWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY={}", k.access_key_id, k.secret_access_key);
                 println!("(the secret is shown once: store it now)");
             })
         }
-        AccessKeyCmd::List { conn } => {
-            let list = client(&conn)?.access_keys().await?;
+        AccessKeyCmd::List => {
+            let list = client(conn)?.access_keys().await?;
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -216,8 +220,8 @@ pub async fn access_key(cmd: AccessKeyCmd) -> anyhow::Result<()> {
                 table(&["ACCESS_KEY_ID", "USER", "PROJECT", "STATUS"], &rows);
             })
         }
-        AccessKeyCmd::Delete { conn, id } => {
-            client(&conn)?.revoke_access_key(&id).await?;
+        AccessKeyCmd::Delete { id } => {
+            client(conn)?.revoke_access_key(&id).await?;
             println!("revoked {id}");
             Ok(())
         }

@@ -2,6 +2,7 @@
 //! each backend's health and counters, delete), and `nubo lb serve`, the
 //! data plane on its own from a configuration file (`nubo_lb::serve`).
 
+use crate::cli::Conn;
 use crate::cli::LbCmd;
 use crate::client_cmds::client;
 use crate::output::{emit, table};
@@ -112,10 +113,9 @@ async fn wait_active(c: &nubo_client::Client, id: &str) -> anyhow::Result<LoadBa
     }
 }
 
-pub async fn lb(cmd: LbCmd) -> anyhow::Result<()> {
+pub async fn lb(cmd: LbCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
         LbCmd::Create {
-            conn,
             name,
             port,
             protocol,
@@ -161,7 +161,7 @@ pub async fn lb(cmd: LbCmd) -> anyhow::Result<()> {
                     unhealthy_threshold,
                 }),
             };
-            let c = client(&conn)?;
+            let c = client(conn)?;
             let mut lb = c.create_lb(&body).await?;
             eprintln!("{} created on host {}, listening on {}", lb.id, lb.host_id, lb.listen);
             if wait {
@@ -169,8 +169,8 @@ pub async fn lb(cmd: LbCmd) -> anyhow::Result<()> {
             }
             emit(conn.output, &lb, print_lb)
         }
-        LbCmd::List { conn } => {
-            let list = client(&conn)?.lbs().await?;
+        LbCmd::List => {
+            let list = client(conn)?.lbs().await?;
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -190,12 +190,12 @@ pub async fn lb(cmd: LbCmd) -> anyhow::Result<()> {
                 table(&["ID", "NAME", "PROTOCOL", "ALGORITHM", "LISTEN", "STATE", "UP/BACKENDS"], &rows);
             })
         }
-        LbCmd::Show { conn, lb } => {
-            let lb = client(&conn)?.lb(&lb).await?;
+        LbCmd::Show { lb } => {
+            let lb = client(conn)?.lb(&lb).await?;
             emit(conn.output, &lb, print_lb)
         }
-        LbCmd::Delete { conn, lb } => {
-            client(&conn)?.delete_lb(&lb).await?;
+        LbCmd::Delete { lb } => {
+            client(conn)?.delete_lb(&lb).await?;
             println!("deleted {lb}");
             Ok(())
         }

@@ -2,6 +2,7 @@
 //! (block characters, eight levels per row), metric listings, health
 //! checks with their history, alerts and rules, and the event log.
 
+use crate::cli::Conn;
 use crate::cli::{AlertCmd, AlertRuleCmd, CheckCmd, EventCmd, MetricsCmd};
 use crate::client_cmds::client;
 use crate::output::{emit, table};
@@ -67,10 +68,10 @@ fn clock(ms: i64) -> String {
     format!("{:02}:{:02}:{:02}", day / 3600, (day / 60) % 60, day % 60)
 }
 
-pub async fn metrics(cmd: MetricsCmd) -> anyhow::Result<()> {
+pub async fn metrics(cmd: MetricsCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        MetricsCmd::Show { conn, resource, metric, since, step } => {
-            let c = client(&conn)?;
+        MetricsCmd::Show { resource, metric, since, step } => {
+            let c = client(conn)?;
             let s = c.metric_series(&resource, &metric, &since, step.as_deref()).await?;
             emit(conn.output, &s, |s| {
                 println!(
@@ -87,8 +88,8 @@ pub async fn metrics(cmd: MetricsCmd) -> anyhow::Result<()> {
                 }
             })
         }
-        MetricsCmd::List { conn, resource } => {
-            let list = client(&conn)?.metric_latest(&resource).await?;
+        MetricsCmd::List { resource } => {
+            let list = client(conn)?.metric_latest(&resource).await?;
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> =
                     list.iter().map(|m| vec![m.metric.clone(), format!("{:.3}", m.value), clock(m.at_ms)]).collect();
@@ -111,10 +112,9 @@ fn parse_secs(s: &str) -> anyhow::Result<u64> {
     })
 }
 
-pub async fn check(cmd: CheckCmd) -> anyhow::Result<()> {
+pub async fn check(cmd: CheckCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
         CheckCmd::Create {
-            conn,
             target,
             name,
             tcp,
@@ -148,11 +148,11 @@ pub async fn check(cmd: CheckCmd) -> anyhow::Result<()> {
                 max_attempts,
                 timeout_secs: timeout,
             };
-            let c = client(&conn)?.create_check(&req).await?;
+            let c = client(conn)?.create_check(&req).await?;
             emit(conn.output, &c, |c| println!("{}", c.id))
         }
-        CheckCmd::List { conn } => {
-            let list = client(&conn)?.checks().await?;
+        CheckCmd::List => {
+            let list = client(conn)?.checks().await?;
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -170,8 +170,8 @@ pub async fn check(cmd: CheckCmd) -> anyhow::Result<()> {
                 table(&["ID", "NAME", "TARGET", "KIND", "STATE", "OUTPUT"], &rows);
             })
         }
-        CheckCmd::Show { conn, id } => {
-            let c = client(&conn)?.check(&id).await?;
+        CheckCmd::Show { id } => {
+            let c = client(conn)?.check(&id).await?;
             emit(conn.output, &c, |c| {
                 for (k, v) in [
                     ("id", c.id.to_string()),
@@ -194,18 +194,18 @@ pub async fn check(cmd: CheckCmd) -> anyhow::Result<()> {
                 }
             })
         }
-        CheckCmd::Delete { conn, id } => {
-            client(&conn)?.delete_check(&id).await?;
+        CheckCmd::Delete { id } => {
+            client(conn)?.delete_check(&id).await?;
             println!("deleted {id}");
             Ok(())
         }
     }
 }
 
-pub async fn alert(cmd: AlertCmd) -> anyhow::Result<()> {
+pub async fn alert(cmd: AlertCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        AlertCmd::List { conn, all } => {
-            let list = client(&conn)?.alerts(all).await?;
+        AlertCmd::List { all } => {
+            let list = client(conn)?.alerts(all).await?;
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -222,8 +222,8 @@ pub async fn alert(cmd: AlertCmd) -> anyhow::Result<()> {
                 table(&["ID", "RULE", "STATE", "ACKED BY", "SUMMARY"], &rows);
             })
         }
-        AlertCmd::Show { conn, id } => {
-            let a = client(&conn)?.alert(&id).await?;
+        AlertCmd::Show { id } => {
+            let a = client(conn)?.alert(&id).await?;
             emit(conn.output, &a, |a| {
                 println!("{} {} ({}) {}", a.id, a.state, a.rule, a.summary);
                 for n in &a.notifications {
@@ -238,20 +238,19 @@ pub async fn alert(cmd: AlertCmd) -> anyhow::Result<()> {
                 }
             })
         }
-        AlertCmd::Ack { conn, id } => {
-            let a = client(&conn)?.acknowledge_alert(&id).await?;
+        AlertCmd::Ack { id } => {
+            let a = client(conn)?.acknowledge_alert(&id).await?;
             emit(conn.output, &a, |a| {
                 println!("{} acknowledged by {}", a.id, a.acknowledged_by.as_deref().unwrap_or("?"))
             })
         }
-        AlertCmd::Silence { conn, id, duration } => {
-            let a = client(&conn)?.silence_alert(&id, parse_secs(&duration)?).await?;
+        AlertCmd::Silence { id, duration } => {
+            let a = client(conn)?.silence_alert(&id, parse_secs(&duration)?).await?;
             emit(conn.output, &a, |a| {
                 println!("{} silenced until {}", a.id, a.silenced_until_ms.map(clock).unwrap_or_default())
             })
         }
         AlertCmd::Rule(AlertRuleCmd::Create {
-            conn,
             name,
             target,
             metric,
@@ -295,11 +294,11 @@ pub async fn alert(cmd: AlertCmd) -> anyhow::Result<()> {
                     webhook_url: webhook,
                 }
             };
-            let r = client(&conn)?.create_alert_rule(&req).await?;
+            let r = client(conn)?.create_alert_rule(&req).await?;
             emit(conn.output, &r, |r| println!("{}", r.id))
         }
-        AlertCmd::Rule(AlertRuleCmd::List { conn }) => {
-            let list = client(&conn)?.alert_rules().await?;
+        AlertCmd::Rule(AlertRuleCmd::List) => {
+            let list = client(conn)?.alert_rules().await?;
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -326,18 +325,18 @@ pub async fn alert(cmd: AlertCmd) -> anyhow::Result<()> {
                 table(&["ID", "NAME", "TARGET", "CONDITION", "WEBHOOK"], &rows);
             })
         }
-        AlertCmd::Rule(AlertRuleCmd::Delete { conn, id }) => {
-            client(&conn)?.delete_alert_rule(&id).await?;
+        AlertCmd::Rule(AlertRuleCmd::Delete { id }) => {
+            client(conn)?.delete_alert_rule(&id).await?;
             println!("deleted {id}");
             Ok(())
         }
     }
 }
 
-pub async fn event(cmd: EventCmd) -> anyhow::Result<()> {
+pub async fn event(cmd: EventCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        EventCmd::List { conn } => {
-            let list = client(&conn)?.events().await?;
+        EventCmd::List => {
+            let list = client(conn)?.events().await?;
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()

@@ -1,5 +1,6 @@
 //! Client commands for private networks and security groups.
 
+use crate::cli::Conn;
 use crate::cli::{NetworkCmd, SecurityGroupCmd};
 use crate::client_cmds::client;
 use crate::output::{emit, table};
@@ -23,18 +24,18 @@ fn print_networks(nets: &[Network]) {
     table(&["ID", "NAME", "CIDR", "GATEWAY", "VNI", "INSTANCES"], &rows);
 }
 
-pub async fn network(cmd: NetworkCmd) -> anyhow::Result<()> {
+pub async fn network(cmd: NetworkCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        NetworkCmd::Create { conn, name, cidr } => {
-            let n = client(&conn)?.create_network(&NetworkCreate { name, cidr }).await?;
+        NetworkCmd::Create { name, cidr } => {
+            let n = client(conn)?.create_network(&NetworkCreate { name, cidr }).await?;
             emit(conn.output, &n, |n| println!("{}", n.id))
         }
-        NetworkCmd::List { conn } => {
-            let nets = client(&conn)?.networks().await?;
+        NetworkCmd::List => {
+            let nets = client(conn)?.networks().await?;
             emit(conn.output, &nets, |n| print_networks(n))
         }
-        NetworkCmd::Show { conn, network } => {
-            let n = client(&conn)?.network(&network).await?;
+        NetworkCmd::Show { network } => {
+            let n = client(conn)?.network(&network).await?;
             emit(conn.output, &n, |n| {
                 print_networks(std::slice::from_ref(n));
                 println!();
@@ -43,8 +44,8 @@ pub async fn network(cmd: NetworkCmd) -> anyhow::Result<()> {
                 table(&["INSTANCE", "ADDRESS", "MAC"], &rows);
             })
         }
-        NetworkCmd::Delete { conn, network } => {
-            client(&conn)?.delete_network(&network).await?;
+        NetworkCmd::Delete { network } => {
+            client(conn)?.delete_network(&network).await?;
             Ok(())
         }
     }
@@ -77,17 +78,17 @@ fn print_groups(groups: &[SecurityGroup]) {
     table(&["GROUP", "NAME", "RULE", "TRAFFIC", "PORTS", "FROM"], &rows);
 }
 
-pub async fn security_group(cmd: SecurityGroupCmd) -> anyhow::Result<()> {
+pub async fn security_group(cmd: SecurityGroupCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        SecurityGroupCmd::Create { conn, name, description } => {
-            let g = client(&conn)?.create_security_group(&SecurityGroupCreate { name, description }).await?;
+        SecurityGroupCmd::Create { name, description } => {
+            let g = client(conn)?.create_security_group(&SecurityGroupCreate { name, description }).await?;
             emit(conn.output, &g, |g| println!("{}", g.id))
         }
-        SecurityGroupCmd::List { conn } => {
-            let groups = client(&conn)?.security_groups().await?;
+        SecurityGroupCmd::List => {
+            let groups = client(conn)?.security_groups().await?;
             emit(conn.output, &groups, |g| print_groups(g))
         }
-        SecurityGroupCmd::Allow { conn, group, protocol, port, cidr, source_group } => {
+        SecurityGroupCmd::Allow { group, protocol, port, cidr, source_group } => {
             let (from_port, to_port) = match port.as_deref() {
                 None => (None, None),
                 Some(p) => match p.split_once('-') {
@@ -101,11 +102,11 @@ pub async fn security_group(cmd: SecurityGroupCmd) -> anyhow::Result<()> {
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--cidr: {e}"))?;
             let rule = SecurityGroupRuleCreate { protocol, from_port, to_port, cidr, source_group };
-            let g = client(&conn)?.add_security_group_rule(&group, &rule).await?;
+            let g = client(conn)?.add_security_group_rule(&group, &rule).await?;
             emit(conn.output, &g, |g| print_groups(std::slice::from_ref(g)))
         }
-        SecurityGroupCmd::Revoke { conn, group, rule } => {
-            let g = client(&conn)?.delete_security_group_rule(&group, &rule).await?;
+        SecurityGroupCmd::Revoke { group, rule } => {
+            let g = client(conn)?.delete_security_group_rule(&group, &rule).await?;
             emit(conn.output, &g, |g| print_groups(std::slice::from_ref(g)))
         }
     }

@@ -2,6 +2,7 @@
 //! (recipes and commands inside instances), with live logs on stdout and
 //! progress on stderr.
 
+use crate::cli::Conn;
 use crate::cli::{Format, KeypairCmd, RecipeCmd, RunCmd};
 use crate::client_cmds::client;
 use crate::output::{emit, table};
@@ -38,15 +39,15 @@ pub fn read_recipe(path: &Path) -> anyhow::Result<RecipeCreate> {
     }
 }
 
-pub async fn keypair(cmd: KeypairCmd) -> anyhow::Result<()> {
+pub async fn keypair(cmd: KeypairCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        KeypairCmd::Create { conn, name, private_key_file } => {
+        KeypairCmd::Create { name, private_key_file } => {
             if let Some(f) = &private_key_file {
                 if f.exists() {
                     anyhow::bail!("{} exists; choose another --private-key-file", f.display());
                 }
             }
-            let created = client(&conn)?.create_keypair(&KeypairCreate { name, public_key: None }).await?;
+            let created = client(conn)?.create_keypair(&KeypairCreate { name, public_key: None }).await?;
             let private = created.private_key.clone().context("the server returned no private key")?;
             match &private_key_file {
                 Some(f) => {
@@ -68,32 +69,32 @@ pub async fn keypair(cmd: KeypairCmd) -> anyhow::Result<()> {
                 },
             }
         }
-        KeypairCmd::Import { conn, name, public_key_file } => {
+        KeypairCmd::Import { name, public_key_file } => {
             let key = std::fs::read_to_string(&public_key_file)
                 .with_context(|| format!("cannot read {}", public_key_file.display()))?;
-            let created = client(&conn)?.create_keypair(&KeypairCreate { name, public_key: Some(key) }).await?;
+            let created = client(conn)?.create_keypair(&KeypairCreate { name, public_key: Some(key) }).await?;
             emit(conn.output, &created, |c| println!("{} {}", c.keypair.name, c.keypair.fingerprint))
         }
-        KeypairCmd::List { conn } => {
-            let list = client(&conn)?.keypairs().await?;
+        KeypairCmd::List => {
+            let list = client(conn)?.keypairs().await?;
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> =
                     list.iter().map(|k| vec![k.name.clone(), k.key_type.clone(), k.fingerprint.clone()]).collect();
                 table(&["NAME", "TYPE", "FINGERPRINT"], &rows);
             })
         }
-        KeypairCmd::Delete { conn, name } => {
-            client(&conn)?.delete_keypair(&name).await?;
+        KeypairCmd::Delete { name } => {
+            client(conn)?.delete_keypair(&name).await?;
             eprintln!("deleted key pair {name}");
             Ok(())
         }
     }
 }
 
-pub async fn recipe(cmd: RecipeCmd) -> anyhow::Result<()> {
+pub async fn recipe(cmd: RecipeCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        RecipeCmd::List { conn } => {
-            let list = client(&conn)?.recipes().await?;
+        RecipeCmd::List => {
+            let list = client(conn)?.recipes().await?;
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -120,8 +121,8 @@ pub async fn recipe(cmd: RecipeCmd) -> anyhow::Result<()> {
                 table(&["NAME", "VERSION", "KIND", "SOURCE", "PARAMS"], &rows);
             })
         }
-        RecipeCmd::Show { conn, name, version } => {
-            let r = client(&conn)?.recipe(&name, version.as_deref()).await?;
+        RecipeCmd::Show { name, version } => {
+            let r = client(conn)?.recipe(&name, version.as_deref()).await?;
             emit(conn.output, &r, |r| {
                 println!("name        {}@{}", r.name, r.version);
                 println!("kind        {}", r.kind);
@@ -136,27 +137,27 @@ pub async fn recipe(cmd: RecipeCmd) -> anyhow::Result<()> {
                 println!("body:\n{}", r.body);
             })
         }
-        RecipeCmd::Create { conn, file } => {
+        RecipeCmd::Create { file } => {
             let r = read_recipe(&file)?;
-            let created = client(&conn)?.create_recipe(&r).await?;
+            let created = client(conn)?.create_recipe(&r).await?;
             emit(conn.output, &created, |r| println!("{}@{}", r.name, r.version))
         }
-        RecipeCmd::Delete { conn, name, version } => {
-            client(&conn)?.delete_recipe(&name, version.as_deref()).await?;
+        RecipeCmd::Delete { name, version } => {
+            client(conn)?.delete_recipe(&name, version.as_deref()).await?;
             eprintln!("deleted recipe {name}");
             Ok(())
         }
     }
 }
 
-pub async fn run(cmd: RunCmd) -> anyhow::Result<()> {
+pub async fn run(cmd: RunCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        RunCmd::Show { conn, id } => {
-            let r = client(&conn)?.run(&id, None).await?;
+        RunCmd::Show { id } => {
+            let r = client(conn)?.run(&id, None).await?;
             emit(conn.output, &r, print_run)
         }
-        RunCmd::Logs { conn, id, follow } => {
-            let c = client(&conn)?;
+        RunCmd::Logs { id, follow } => {
+            let c = client(conn)?;
             if follow {
                 let r = follow_run(&c, &id, 0, Duration::from_secs(24 * 3600)).await?;
                 report_end(&r);

@@ -260,10 +260,10 @@ async fn wait_volume(c: &Client, id: &str, done: impl Fn(&Volume) -> bool) -> an
     .await
 }
 
-pub async fn volume(cmd: VolumeCmd) -> anyhow::Result<()> {
+pub async fn volume(cmd: VolumeCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        VolumeCmd::Create { conn, size, name, snapshot, instance, wait } => {
-            let c = client(&conn)?;
+        VolumeCmd::Create { size, name, snapshot, instance, wait } => {
+            let c = client(conn)?;
             let snapshot_id =
                 snapshot.map(|s| s.parse().map_err(|e| anyhow::anyhow!("--snapshot: {e}"))).transpose()?;
             let instance_id =
@@ -275,8 +275,8 @@ pub async fn volume(cmd: VolumeCmd) -> anyhow::Result<()> {
             }
             emit(conn.output, &v, |v| println!("{}", v.id))
         }
-        VolumeCmd::List { conn } => {
-            let list = client(&conn)?.volumes().await?;
+        VolumeCmd::List => {
+            let list = client(conn)?.volumes().await?;
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -296,28 +296,28 @@ pub async fn volume(cmd: VolumeCmd) -> anyhow::Result<()> {
                 table(&["ID", "NAME", "SIZE_GIB", "STATE", "INSTANCE", "ATTACHMENT", "DEVICE", "HOST"], &rows);
             })
         }
-        VolumeCmd::Show { conn, volume } => {
-            let v = client(&conn)?.volume(&volume).await?;
+        VolumeCmd::Show { volume } => {
+            let v = client(conn)?.volume(&volume).await?;
             emit(conn.output, &v, print_volume)
         }
-        VolumeCmd::Attach { conn, volume, instance, wait } => {
-            let c = client(&conn)?;
+        VolumeCmd::Attach { volume, instance, wait } => {
+            let c = client(conn)?;
             let mut v = c.attach_volume(&volume, &instance).await?;
             if wait {
                 v = wait_volume(&c, &volume, |v| v.attachment.as_ref().is_some_and(|a| a.state == "attached")).await?;
             }
             emit(conn.output, &v, |v| println!("{}", volume_line(v)))
         }
-        VolumeCmd::Detach { conn, volume, wait } => {
-            let c = client(&conn)?;
+        VolumeCmd::Detach { volume, wait } => {
+            let c = client(conn)?;
             let mut v = c.detach_volume(&volume).await?;
             if wait {
                 v = wait_volume(&c, &volume, |v| v.attachment.is_none()).await?;
             }
             emit(conn.output, &v, |v| println!("{}", volume_line(v)))
         }
-        VolumeCmd::Extend { conn, volume, size, wait } => {
-            let c = client(&conn)?;
+        VolumeCmd::Extend { volume, size, wait } => {
+            let c = client(conn)?;
             let mut v = c.extend_volume(&volume, size).await?;
             if wait {
                 v = wait_volume(&c, &volume, |v| {
@@ -330,16 +330,16 @@ pub async fn volume(cmd: VolumeCmd) -> anyhow::Result<()> {
             }
             emit(conn.output, &v, |v| println!("{}", volume_line(v)))
         }
-        VolumeCmd::Snapshot { conn, volume, name, wait } => {
-            let c = client(&conn)?;
+        VolumeCmd::Snapshot { volume, name, wait } => {
+            let c = client(conn)?;
             let mut s = c.snapshot_volume(&volume, &SnapshotCreate { name }).await?;
             if wait {
                 s = wait_snapshot(&c, s.id.as_str()).await?;
             }
             emit(conn.output, &s, |s| println!("{}", s.id))
         }
-        VolumeCmd::Delete { conn, volume, wait } => {
-            let c = client(&conn)?;
+        VolumeCmd::Delete { volume, wait } => {
+            let c = client(conn)?;
             let v = c.delete_volume(&volume).await?;
             if wait {
                 wait_until(&format!("volume {volume}"), async || match c.volume(&volume).await {
@@ -372,10 +372,10 @@ async fn wait_snapshot(c: &Client, id: &str) -> anyhow::Result<Snapshot> {
     .await
 }
 
-pub async fn snapshot(cmd: SnapshotCmd) -> anyhow::Result<()> {
+pub async fn snapshot(cmd: SnapshotCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        SnapshotCmd::List { conn } => {
-            let list = client(&conn)?.snapshots().await?;
+        SnapshotCmd::List => {
+            let list = client(conn)?.snapshots().await?;
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -393,8 +393,8 @@ pub async fn snapshot(cmd: SnapshotCmd) -> anyhow::Result<()> {
                 table(&["ID", "NAME", "VOLUME", "SIZE_GIB", "STATE", "CONSISTENCY"], &rows);
             })
         }
-        SnapshotCmd::Show { conn, snapshot } => {
-            let s = client(&conn)?.snapshot(&snapshot).await?;
+        SnapshotCmd::Show { snapshot } => {
+            let s = client(conn)?.snapshot(&snapshot).await?;
             emit(conn.output, &s, |s| {
                 for (k, v) in [
                     ("id", s.id.to_string()),
@@ -409,8 +409,8 @@ pub async fn snapshot(cmd: SnapshotCmd) -> anyhow::Result<()> {
                 }
             })
         }
-        SnapshotCmd::Delete { conn, snapshot } => {
-            let s = client(&conn)?.delete_snapshot(&snapshot).await?;
+        SnapshotCmd::Delete { snapshot } => {
+            let s = client(conn)?.delete_snapshot(&snapshot).await?;
             emit(conn.output, &s, |s| println!("{} {}", s.id, s.state))
         }
     }
