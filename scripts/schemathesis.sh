@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Property-based API testing of the control plane with schemathesis, driven
-# by the OpenAPI document the server itself serves (/api/v1/openapi.json).
+# by the OpenAPI documents the server itself serves (/api/v1/openapi.json,
+# and /api/v1/agent/openapi.json for the agent protocol).
 #
 # Starts `nubo server` alone (no agent, no VM) on a free loopback port with
 # a throw-away data directory, then runs schemathesis four times:
@@ -177,11 +178,11 @@ TOML
 SEED_ARGS=()
 [ -n "${SCHEMATHESIS_SEED:-}" ] && SEED_ARGS=(--seed "$SCHEMATHESIS_SEED")
 
-st_run() { # name token filter...
-    local name="$1" token="$2"
-    shift 2
+st_run() { # name token document filter...
+    local name="$1" token="$2" doc="$3"
+    shift 3
     log "schemathesis: $name (max $MAX_EXAMPLES examples per operation)"
-    "$VENV/bin/schemathesis" --config-file "$CONFIG" run "$BASE/api/v1/openapi.json" \
+    "$VENV/bin/schemathesis" --config-file "$CONFIG" run "$BASE$doc" \
         --url "$BASE" \
         -H "Authorization: Bearer $token" \
         --checks "$CHECKS" \
@@ -201,12 +202,14 @@ st_run() { # name token filter...
 
 START=$(date +%s)
 rc=0
-st_run instances "$NUBO_TOKEN" --exclude-tag identity --exclude-tag agent || rc=1
-st_run identity "$NUBO_TOKEN" --include-tag identity --exclude-operation-id revoke_token || rc=1
+USER_DOC=/api/v1/openapi.json
+AGENT_DOC=/api/v1/agent/openapi.json
+st_run instances "$NUBO_TOKEN" "$USER_DOC" --exclude-tag identity || rc=1
+st_run identity "$NUBO_TOKEN" "$USER_DOC" --include-tag identity --exclude-operation-id revoke_token || rc=1
 THROWAWAY_TOKEN="$(curl -fsS -X POST "$BASE/api/v1/tokens" "${auth_admin[@]}" "${json[@]}" \
     -d '{"name":"schemathesis-revoke"}' | json_field token)"
-st_run revoke "$THROWAWAY_TOKEN" --include-operation-id revoke_token --include-operation-id list_tokens || rc=1
-st_run agent "$AGENT_TOKEN" --include-tag agent || rc=1
+st_run revoke "$THROWAWAY_TOKEN" "$USER_DOC" --include-operation-id revoke_token --include-operation-id list_tokens || rc=1
+st_run agent "$AGENT_TOKEN" "$AGENT_DOC" || rc=1
 
 if ! kill -0 "$SERVER_PID" 2>/dev/null; then
     echo "nubo server died during the run" >&2

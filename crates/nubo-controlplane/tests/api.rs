@@ -238,20 +238,40 @@ async fn a_host_reads_only_its_own_desired_state() {
 /// `NUBO_UPDATE_OPENAPI=1 cargo test -p nubo-controlplane --test api openapi`.
 #[test]
 fn openapi_document_is_checked_in_and_current() {
-    let generated = serde_json::to_string_pretty(&nubo_controlplane::api::openapi()).unwrap() + "\n";
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+    let doc = checked_in_and_current(&nubo_controlplane::api::openapi(), "openapi.json");
+    for p in ["/api/v1/instances", "/api/v1/instances/{id}", "/api/v1/hosts"] {
+        assert!(doc["paths"].get(p).is_some(), "missing {p}");
+    }
+    // The agent protocol is a document of its own.
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(!paths.keys().any(|p| p.starts_with("/api/v1/agent/")), "agent routes in the user API's document");
+}
+
+/// The agent protocol's document (docs/openapi-agent.json) likewise.
+#[test]
+fn agent_openapi_document_is_checked_in_and_current() {
+    let doc = checked_in_and_current(&nubo_controlplane::api::agent_openapi(), "openapi-agent.json");
+    for p in ["/api/v1/agent/hosts/{id}/desired", "/api/v1/agent/join", "/api/v1/agent/images/{id}/file"] {
+        assert!(doc["paths"].get(p).is_some(), "missing {p}");
+    }
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(paths.keys().all(|p| p.starts_with("/api/v1/agent/")), "a user route in the agent's document");
+}
+
+/// `doc` as JSON, after checking it equals docs/`file` (or writing it
+/// there with NUBO_UPDATE_OPENAPI).
+fn checked_in_and_current(doc: &utoipa::openapi::OpenApi, file: &str) -> Value {
+    let generated = serde_json::to_string_pretty(doc).unwrap() + "\n";
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs").join(file);
     if std::env::var_os("NUBO_UPDATE_OPENAPI").is_some() {
         std::fs::write(&path, &generated).unwrap();
     }
     let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         checked_in == generated,
-        "docs/openapi.json is out of date: run NUBO_UPDATE_OPENAPI=1 cargo test -p nubo-controlplane --test api openapi"
+        "docs/{file} is out of date: run NUBO_UPDATE_OPENAPI=1 cargo test -p nubo-controlplane --test api openapi"
     );
-    let doc: Value = serde_json::from_str(&generated).unwrap();
-    for p in ["/api/v1/instances", "/api/v1/instances/{id}", "/api/v1/hosts", "/api/v1/agent/hosts/{id}/desired"] {
-        assert!(doc["paths"].get(p).is_some(), "missing {p}");
-    }
+    serde_json::from_str(&generated).unwrap()
 }
 
 #[tokio::test]
@@ -260,6 +280,9 @@ async fn openapi_is_served() {
     let (s, v) = t.call("GET", "/api/v1/openapi.json", None, None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["info"]["title"], "Nubo API");
+    let (s, v) = t.call("GET", "/api/v1/agent/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["info"]["title"], "Nubo agent protocol");
 }
 
 /// Found by schemathesis: out-of-range numbers from an agent are refused

@@ -1,6 +1,11 @@
-//! The HTTP routes. Each handler is annotated for OpenAPI, and the
-//! document served at `/api/v1/openapi.json` is generated from them (and
-//! checked in as docs/openapi.json; a test fails when the two drift).
+//! The HTTP routes. Each handler is annotated for OpenAPI, and two
+//! documents are generated from them: the user API at
+//! `/api/v1/openapi.json` (docs/openapi.json) and the agent protocol, the
+//! routes under `/api/v1/agent/` that only hosts call, at
+//! `/api/v1/agent/openapi.json` (docs/openapi-agent.json). Both are checked
+//! in; a test fails when either drifts from the code. They are apart
+//! because they have different callers, credentials and compatibility
+//! promises: a user tool should never see the agent's routes.
 
 pub mod agent;
 pub mod automation;
@@ -29,12 +34,25 @@ use utoipa_axum::routes;
 #[openapi(
     info(
         title = "Nubo API",
-        description = "Nubo IaaS control plane: instances, hosts, images, and the agent protocol."
+        description = "Nubo IaaS control plane: instances, hosts, images, and everything users call."
     ),
     components(schemas(nubo_api::error::ErrorBody))
 )]
 struct ApiDoc;
 
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Nubo agent protocol",
+        description = "What a compute host's agent calls on the control plane, with the host's own credential: \
+                       joining, registration, desired state, reports, console, metrics, checks, runs, migrations \
+                       and image files."
+    ),
+    components(schemas(nubo_api::error::ErrorBody))
+)]
+struct AgentDoc;
+
+/// The user API's JSON routes.
 fn routes() -> OpenApiRouter<Arc<Ctx>> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(instances::list, instances::create))
@@ -68,8 +86,6 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(volumes::show_snapshot, volumes::delete_snapshot))
         .routes(routes!(monitoring::series))
         .routes(routes!(monitoring::latest))
-        .routes(routes!(monitoring::ingest))
-        .routes(routes!(monitoring::host_checks, monitoring::check_results))
         .routes(routes!(monitoring::list_checks, monitoring::create_check))
         .routes(routes!(monitoring::show_check, monitoring::delete_check))
         .routes(routes!(monitoring::list_rules, monitoring::create_rule))
@@ -87,15 +103,6 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(automation::set_desired))
         .routes(routes!(load_balancers::list, load_balancers::create))
         .routes(routes!(load_balancers::show, load_balancers::delete))
-        .routes(routes!(agent::register))
-        .routes(routes!(agent::desired))
-        .routes(routes!(agent::heartbeat))
-        .routes(routes!(agent::report))
-        .routes(routes!(migrations::ready))
-        .routes(routes!(migrations::done))
-        .routes(routes!(agent::console))
-        .routes(routes!(agent::join))
-        .routes(routes!(agent::run_progress))
         .routes(routes!(provisioning::create_keypair, provisioning::list_keypairs))
         .routes(routes!(provisioning::delete_keypair))
         .routes(routes!(provisioning::create_recipe, provisioning::list_recipes))
@@ -117,10 +124,31 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(identity::revoke_access_key))
 }
 
-/// Routes whose bodies are image files: streamed, with their own size
-/// limit instead of the JSON one.
+/// The agent protocol's JSON routes.
+fn agent_routes() -> OpenApiRouter<Arc<Ctx>> {
+    OpenApiRouter::with_openapi(AgentDoc::openapi())
+        .routes(routes!(agent::join))
+        .routes(routes!(agent::register))
+        .routes(routes!(agent::desired))
+        .routes(routes!(agent::heartbeat))
+        .routes(routes!(agent::report))
+        .routes(routes!(agent::console))
+        .routes(routes!(agent::run_progress))
+        .routes(routes!(monitoring::ingest))
+        .routes(routes!(monitoring::host_checks, monitoring::check_results))
+        .routes(routes!(migrations::ready))
+        .routes(routes!(migrations::done))
+}
+
+/// User routes whose bodies are image files: streamed, with their own
+/// size limit instead of the JSON one.
 fn file_routes() -> OpenApiRouter<Arc<Ctx>> {
-    OpenApiRouter::new().routes(routes!(images::upload)).routes(routes!(images::agent_download, images::agent_capture))
+    OpenApiRouter::new().routes(routes!(images::upload))
+}
+
+/// The agent's image-file routes (download to a host, upload a capture).
+fn agent_file_routes() -> OpenApiRouter<Arc<Ctx>> {
+    OpenApiRouter::new().routes(routes!(images::agent_download, images::agent_capture))
 }
 
 /// Sign-in through LDAP: bind as the user, read its groups, and map them
@@ -147,9 +175,14 @@ pub async fn ldap_login(ctx: &Ctx, user: &str, password: &str) -> Result<crate::
     Ok(row)
 }
 
-/// The OpenAPI document, exactly as served.
+/// The user API's OpenAPI document, exactly as served.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().merge(file_routes()).split_for_parts().1
+}
+
+/// The agent protocol's OpenAPI document, exactly as served.
+pub fn agent_openapi() -> utoipa::openapi::OpenApi {
+    agent_routes().merge(agent_file_routes()).split_for_parts().1
 }
 
 /// The CA this server's certificate chains to. Anyone may read it (a CA
@@ -174,10 +207,15 @@ pub fn router(ctx: Arc<Ctx>) -> axum::Router {
     let (json, mut doc) = routes().split_for_parts();
     let (files, files_doc) = file_routes().split_for_parts();
     doc.merge(files_doc);
+    let (agent_json, mut agent_doc) = agent_routes().split_for_parts();
+    let (agent_files, agent_files_doc) = agent_file_routes().split_for_parts();
+    agent_doc.merge(agent_files_doc);
     let json = json
+        .merge(agent_json)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
         .layer(axum::extract::DefaultBodyLimit::max(max_body));
     let files = files
+        .merge(agent_files)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_file))
         .layer(axum::extract::DefaultBodyLimit::disable());
     // The EC2 Query API (not in the OpenAPI document: its shapes are EC2's).
@@ -185,6 +223,7 @@ pub fn router(ctx: Arc<Ctx>) -> axum::Router {
     json.merge(files)
         .merge(ec2)
         .route("/api/v1/openapi.json", get(move || async move { Json(doc) }))
+        .route("/api/v1/agent/openapi.json", get(move || async move { Json(agent_doc) }))
         .route("/api/v1/health", get(|| async { "ok" }))
         .route("/api/v1/tls/ca.pem", get(tls_ca))
         .merge(crate::portal::router())
