@@ -159,16 +159,18 @@ pub struct Cloud {
     db: Option<nubo_controlplane::testdb::TestDatabase>,
 }
 
-/// A fresh database when `NUBO_TEST_DATABASE` is set. The harness is
+/// A fresh database when `NUBO_TEST_DATABASE` is set (set to anything
+/// but a PostgreSQL URL, the test fails and says why). The harness is
 /// synchronous, and may be called from inside a test's runtime: the
 /// database is made on a thread with a runtime of its own.
 fn test_database() -> Option<nubo_controlplane::testdb::TestDatabase> {
-    std::thread::spawn(|| {
+    let made = std::thread::spawn(|| {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(nubo_controlplane::testdb::from_env()).expect("create the test database")
+        rt.block_on(nubo_controlplane::testdb::from_env()).map_err(|e| e.to_string())
     })
     .join()
-    .expect("test database thread")
+    .expect("test database thread");
+    made.unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl Cloud {
