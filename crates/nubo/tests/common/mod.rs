@@ -132,6 +132,13 @@ pub const HOST_ARGS: &[&str] = &[
     "2",
 ];
 
+/// [`HOST_ARGS`] without `--disk-gib`: the host offers the size of its
+/// data directory's file system, as a host started by the README does.
+pub fn host_args_measuring_disk() -> Vec<&'static str> {
+    let at = HOST_ARGS.iter().position(|a| *a == "--disk-gib").expect("HOST_ARGS has --disk-gib");
+    HOST_ARGS.iter().enumerate().filter(|(i, _)| *i != at && *i != at + 1).map(|(_, a)| *a).collect()
+}
+
 pub struct Cloud {
     pub dir: tempfile::TempDir,
     pub url: String,
@@ -347,17 +354,28 @@ impl Cloud {
         c
     }
 
+    /// The data directory of the host `name` of [`Cloud::start_host`].
+    pub fn host_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("agent-{name}"))
+    }
+
     /// Starts an agent for host `name` (data dir `DIR/agent-NAME`, log
     /// `agent-NAME.log`) with `extra` arguments, and waits until it is up.
     pub fn start_host(&mut self, name: &str, extra: &[&str]) {
+        self.start_host_with(name, HOST_ARGS, extra);
+    }
+
+    /// [`Cloud::start_host`] with `host_args` in place of [`HOST_ARGS`]
+    /// (e.g. [`host_args_measuring_disk`]).
+    pub fn start_host_with(&mut self, name: &str, host_args: &[&str], extra: &[&str]) {
         assert!(!self.all_in_one);
-        let dir = self.dir.path().join(format!("agent-{name}"));
+        let dir = self.host_dir(name);
         let log = format!("agent-{name}.log");
         // Join tokens are single-use: each host gets one of its own.
         let token = self.nubo_ok(&["host", "join-token"]).trim().to_string();
         let mut cmd = Command::new(nubo_bin());
         cmd.arg("agent")
-            .args(HOST_ARGS)
+            .args(host_args)
             .arg("--host-name")
             .arg(name)
             .arg("--server")
