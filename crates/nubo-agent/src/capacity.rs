@@ -23,17 +23,20 @@ pub fn memory_mib() -> u64 {
     (total_kib / 1024).saturating_sub(HOST_MEMORY_RESERVE_MIB).max(128)
 }
 
-/// Total size in GiB of the filesystem holding `path`.
-pub fn disk_gib(path: &Path) -> u64 {
+/// Total size in GiB of the filesystem holding `path`, which must exist:
+/// a path that cannot be measured is an error, never 0 GiB, since a host
+/// offering no disk gets nothing placed on it and says nothing about why.
+pub fn disk_gib(path: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return 0 };
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path contains a NUL byte"))?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
     if rc != 0 {
-        return 0;
+        return Err(std::io::Error::last_os_error());
     }
-    (st.f_blocks as u64).saturating_mul(st.f_frsize as u64) >> 30
+    Ok((st.f_blocks as u64).saturating_mul(st.f_frsize as u64) >> 30)
 }
 
 #[cfg(test)]
@@ -42,6 +45,13 @@ mod tests {
     fn reads_this_machine() {
         assert!(super::cpus() >= 1);
         assert!(super::memory_mib() >= 128);
-        assert!(super::disk_gib(std::path::Path::new("/")) >= 1);
+        assert!(super::disk_gib(std::path::Path::new("/")).unwrap() >= 1);
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error_not_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = super::disk_gib(&dir.path().join("not-made-yet")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
     }
 }

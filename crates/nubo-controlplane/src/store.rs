@@ -91,6 +91,15 @@ pub enum StoreError {
          (postgres://USER:PASSWORD@HOST/DATABASE) or leave --database out for SQLite in the data directory"
     )]
     BadUrl { url: String, reason: String },
+    /// An empty URL is a mistake (an unset shell variable, `NUBO_DATABASE=`
+    /// left in an environment file), never a wish for SQLite: falling back
+    /// would run a second, empty cloud beside the real one.
+    #[error(
+        "the database URL is empty (--database '' or NUBO_DATABASE set to nothing): give a PostgreSQL URL \
+         (postgres://USER:PASSWORD@HOST/DATABASE), or for SQLite in the data directory leave --database out \
+         and unset NUBO_DATABASE"
+    )]
+    EmptyUrl,
     #[error(
         "cannot connect to PostgreSQL at {url}: {cause}; check the server is running and reachable, \
          and that the user, password and database in the URL exist"
@@ -254,6 +263,9 @@ impl Store {
     /// (`postgres://` or `postgresql://`), or `sqlite://PATH` for a SQLite
     /// file. Runs the migrations.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        if url.trim().is_empty() {
+            return Err(StoreError::EmptyUrl);
+        }
         let bad = |reason: &str| StoreError::BadUrl { url: redact(url), reason: reason.into() };
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         match scheme.as_deref() {
@@ -924,6 +936,17 @@ mod tests {
         assert_eq!(derive_state("deleted", ActualPower::Running), "stopping");
         assert_eq!(derive_state("deleted", ActualPower::Deleted), "terminated");
         assert_eq!(derive_state("running", ActualPower::Error), "error");
+    }
+
+    #[tokio::test]
+    async fn an_empty_url_is_refused_and_says_how_to_get_sqlite() {
+        for url in ["", "  "] {
+            let e = Store::connect(url).await.err().expect("an empty URL must not open a database");
+            assert!(matches!(e, StoreError::EmptyUrl), "{url:?}: {e}");
+            let text = e.to_string();
+            assert!(text.contains("postgres://USER:PASSWORD@HOST/DATABASE"), "{text}");
+            assert!(text.contains("unset NUBO_DATABASE"), "{text}");
+        }
     }
 
     #[test]

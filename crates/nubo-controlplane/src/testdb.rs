@@ -2,7 +2,9 @@
 //! PostgreSQL (`NUBO_TEST_DATABASE=postgres://...`, an admin connection)
 //! gets a database of its own, created empty and dropped when the guard
 //! goes, so tests never see each other's rows and can run in parallel.
-//! Without the variable, tests use SQLite in their data directory.
+//! Without the variable, tests use SQLite in their data directory; set
+//! but empty or not a PostgreSQL URL, it is an error: a run meant for
+//! PostgreSQL that quietly ran on SQLite would pass without testing it.
 
 use crate::store::{redact, StoreError};
 use sqlx::any::AnyConnectOptions;
@@ -20,12 +22,50 @@ pub struct TestDatabase {
     pub url: String,
 }
 
-/// A fresh database when `NUBO_TEST_DATABASE` is set; none otherwise.
-pub async fn from_env() -> Result<Option<TestDatabase>, StoreError> {
-    match std::env::var(ENV) {
-        Ok(url) if !url.is_empty() => TestDatabase::create(&url).await.map(Some),
-        _ => Ok(None),
+/// Why the tests cannot have the database they were asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum TestDbError {
+    #[error(
+        "NUBO_TEST_DATABASE is set but empty: set it to a PostgreSQL admin URL \
+         (e.g. \"$(scripts/postgres.sh)\") to run on PostgreSQL, or unset it to run on SQLite"
+    )]
+    Empty,
+    #[error(
+        "NUBO_TEST_DATABASE={0} is not a PostgreSQL URL: give postgres://USER:PASSWORD@HOST/postgres \
+         (e.g. \"$(scripts/postgres.sh)\"), or unset it to run on SQLite"
+    )]
+    NotPostgres(String),
+    #[error("NUBO_TEST_DATABASE is not valid UTF-8: give postgres://USER:PASSWORD@HOST/postgres, or unset it")]
+    NotUnicode,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A fresh database when `NUBO_TEST_DATABASE` is set; none when it is
+/// unset; an error when it is set to anything but a PostgreSQL URL.
+pub async fn from_env() -> Result<Option<TestDatabase>, TestDbError> {
+    match admin_url(std::env::var(ENV))? {
+        Some(url) => Ok(Some(TestDatabase::create(&url).await?)),
+        None => Ok(None),
     }
+}
+
+/// The admin URL the variable's value names: None when unset.
+fn admin_url(value: Result<String, std::env::VarError>) -> Result<Option<String>, TestDbError> {
+    let url = match value {
+        Ok(url) => url,
+        Err(std::env::VarError::NotPresent) => return Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => return Err(TestDbError::NotUnicode),
+    };
+    let url = url.trim();
+    if url.is_empty() {
+        return Err(TestDbError::Empty);
+    }
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    if !matches!(scheme.as_deref(), Some("postgres" | "postgresql")) {
+        return Err(TestDbError::NotPostgres(redact(url)));
+    }
+    Ok(Some(url.to_string()))
 }
 
 impl TestDatabase {
@@ -88,7 +128,33 @@ fn with_database(url: &str, name: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::with_database;
+    use super::{admin_url, with_database, TestDbError};
+    use std::env::VarError;
+
+    #[test]
+    fn unset_means_sqlite_and_a_postgres_url_is_taken() {
+        assert_eq!(admin_url(Err(VarError::NotPresent)).unwrap(), None);
+        for url in ["postgres://u:p@h/postgres", "postgresql://u@h:5432/postgres", "POSTGRES://u:p@h/db"] {
+            assert_eq!(admin_url(Ok(url.into())).unwrap().as_deref(), Some(url));
+        }
+    }
+
+    #[test]
+    fn set_but_empty_or_not_postgres_is_refused() {
+        for empty in ["", " ", "\n"] {
+            let e = admin_url(Ok(empty.into())).unwrap_err();
+            assert!(matches!(e, TestDbError::Empty), "{empty:?}: {e}");
+            assert!(e.to_string().contains("unset it to run on SQLite"), "{e}");
+        }
+        for other in ["sqlite:///tmp/x.db", "mysql://u:secret@h/db", "127.0.0.1:5432", "nubo"] {
+            let e = admin_url(Ok(other.into())).unwrap_err();
+            assert!(matches!(e, TestDbError::NotPostgres(_)), "{other:?}: {e}");
+            assert!(!e.to_string().contains("secret"), "the password is not shown: {e}");
+        }
+        let not_unicode = <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(vec![0x70, 0xff]);
+        let e = admin_url(Err(VarError::NotUnicode(not_unicode))).unwrap_err();
+        assert!(matches!(e, TestDbError::NotUnicode), "{e}");
+    }
 
     #[test]
     fn replaces_the_database() {

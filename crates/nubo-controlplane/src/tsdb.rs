@@ -258,7 +258,7 @@ mod tests {
     /// order, the pool before the database it is connected to.
     async fn test_store() -> (Store, tempfile::TempDir, Option<crate::testdb::TestDatabase>) {
         let dir = tempfile::tempdir().unwrap();
-        let db = crate::testdb::from_env().await.unwrap();
+        let db = crate::testdb::from_env().await.unwrap_or_else(|e| panic!("{e}"));
         let store = match &db {
             Some(db) => Store::connect(&db.url).await.unwrap(),
             None => Store::open(&dir.path().join("t.db")).await.unwrap(),

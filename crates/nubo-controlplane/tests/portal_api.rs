@@ -1,4 +1,5 @@
-//! The web portal through the real router, in-process: signing in (local
+//! The web portal through the real router, in-process: the server's own
+//! address leading a browser to it (and EC2 clients not), signing in (local
 //! password and API token), the session cookie's attributes over HTTP
 //! and HTTPS, CSRF and cross-origin refusals, a member refused every
 //! operator page and form, launching from the form, logout revoking the
@@ -109,6 +110,49 @@ impl<'a> Browser<'a> {
     /// The session's CSRF token, read from a page's form.
     async fn csrf(&mut self) -> String {
         self.get("/ui/keypairs").await.csrf()
+    }
+}
+
+#[tokio::test]
+async fn the_server_address_in_a_browser_leads_to_the_portal() {
+    let t = T::new().await;
+    t.user("alice", "web", "member").await;
+    let mut b = Browser::new(&t);
+
+    // `/` sends a browser to the portal's home, which without a session
+    // sends it on to the sign-in form, coming back home after it.
+    let p = b.get("/").await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    assert_eq!(p.location(), "/ui/instances");
+    let p = b.get(p.location().to_string().as_str()).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    assert_eq!(p.location(), "/ui/login?next=%2Fui%2Finstances");
+    let p = b.get(p.location().to_string().as_str()).await;
+    assert_eq!(p.status, StatusCode::OK);
+    assert!(p.body.contains("name=\"password\""), "the sign-in form: {}", p.body);
+    // Signed in, the same address lands on the home page itself.
+    assert_eq!(b.sign_in("alice", "s3cret-pass").await.status, StatusCode::SEE_OTHER);
+    let p = b.get("/").await;
+    assert_eq!((p.status, p.location()), (StatusCode::SEE_OTHER, "/ui/instances"));
+    let p = b.get(p.location().to_string().as_str()).await;
+    assert_eq!(p.status, StatusCode::OK);
+    assert!(p.body.contains("Launch instance"), "{}", p.body);
+
+    // An EC2 client's GET (a query, or a signature) still gets EC2's XML
+    // answer: here the refusal of a request that is not validly signed.
+    for (uri, authorization) in [
+        ("/?Action=DescribeRegions&Version=2016-11-15", None),
+        ("/", Some("AWS4-HMAC-SHA256 Credential=AKIAUNKNOWNUNKNOWN00/20260101/nubo-1/ec2/aws4_request")),
+    ] {
+        let mut req = Request::builder().method("GET").uri(uri).header("host", "127.0.0.1:8080");
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        let resp = nubo_controlplane::app(t.ctx.clone()).oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{uri}");
+        assert!(resp.headers().get("location").is_none(), "{uri}: an API client is not redirected");
+        let body = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert!(body.contains("<Code>AuthFailure</Code>"), "{uri}: {body}");
     }
 }
 

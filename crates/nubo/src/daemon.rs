@@ -165,7 +165,11 @@ fn agent_config(
     join_token: Option<String>,
     data_dir: &Path,
     ca_cert: Option<PathBuf>,
-) -> AgentConfig {
+) -> anyhow::Result<AgentConfig> {
+    let disk_gib = match opts.disk_gib {
+        Some(gib) => gib,
+        None => data_dir_disk_gib(data_dir)?,
+    };
     let host_name = opts.host_name.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname")
             .map(|s| s.trim().to_string())
@@ -173,7 +177,7 @@ fn agent_config(
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "localhost".into())
     });
-    AgentConfig {
+    Ok(AgentConfig {
         server_url: server_url.to_string(),
         join_token,
         data_dir: data_dir.to_path_buf(),
@@ -181,7 +185,7 @@ fn agent_config(
         name: host_name,
         vcpus: opts.vcpus.unwrap_or_else(nubo_agent::capacity::cpus),
         memory_mib: opts.memory_mib.unwrap_or_else(nubo_agent::capacity::memory_mib),
-        disk_gib: opts.disk_gib.unwrap_or_else(|| nubo_agent::capacity::disk_gib(data_dir)),
+        disk_gib,
         interval: Duration::from_millis(500),
         stop_grace: Duration::from_secs(opts.stop_grace_secs),
         ca_cert,
@@ -206,7 +210,24 @@ fn agent_config(
         } else {
             opts.plugin_dirs.clone()
         },
-    }
+    })
+}
+
+/// The size of the file system the host's disks will live on. The data
+/// directory is made first and then measured, rather than measuring its
+/// nearest existing ancestor: the directory is what root disks, volumes
+/// and images go into, so measuring it measures exactly their file system
+/// (whatever is or gets mounted on the way), and the agent needs it made
+/// anyway. On a fresh host it did not exist yet, the measure failed, and
+/// the host offered 0 GiB until its next start.
+fn data_dir_disk_gib(data_dir: &Path) -> anyhow::Result<u64> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+    nubo_agent::capacity::disk_gib(data_dir).with_context(|| {
+        format!(
+            "cannot measure the file system of the data dir {}: pass --disk-gib to say how much disk this host offers",
+            data_dir.display()
+        )
+    })
 }
 
 fn make_agent(opts: &AgentOpts, mut config: AgentConfig) -> anyhow::Result<Agent> {
@@ -289,7 +310,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         .ca_cert
         .clone()
         .or_else(|| std::env::var_os(nubo_client::CA_CERT_ENV).filter(|v| !v.is_empty()).map(PathBuf::from));
-    let mut config = agent_config(&a.agent, &s.url, join, &s.data_dir, ca_cert);
+    let mut config = agent_config(&a.agent, &s.url, join, &s.data_dir, ca_cert)?;
     // The local agent follows the server's choice of plain HTTP.
     config.insecure_http = a.server.insecure_http;
     ensure_tiny(config.image_cache.clone()).await?;
@@ -348,7 +369,7 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
 
 pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
     let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
-    let mut config = agent_config(&a.opts, &a.server, a.join_token.clone(), &data_dir, a.ca_cert.clone());
+    let mut config = agent_config(&a.opts, &a.server, a.join_token.clone(), &data_dir, a.ca_cert.clone())?;
     config.insecure_http = a.insecure_http;
     let agent = make_agent(&a.opts, config)?;
     let guard = agent.config.guard.clone();
@@ -370,5 +391,16 @@ mod tests {
         assert_eq!(super::env_value(s, "NUBO_TOKEN").as_deref(), Some("nubo_abc"));
         assert_eq!(super::env_value(s, "NUBO_URL").as_deref(), Some("http://x"));
         assert_eq!(super::env_value(s, "NOPE"), None);
+    }
+
+    #[test]
+    fn a_data_dir_not_made_yet_is_made_and_measured() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fresh = tmp.path().join("nubo").join("agent");
+        let gib = super::data_dir_disk_gib(&fresh).unwrap();
+        assert!(fresh.is_dir());
+        // The same file system as its parent, which exists.
+        assert_eq!(gib, nubo_agent::capacity::disk_gib(tmp.path()).unwrap());
+        assert!(gib >= 1, "a real file system has at least 1 GiB");
     }
 }

@@ -2,7 +2,10 @@
 //! user-data's output on the console, a disk of the requested size inside
 //! the guest, a forwarded port reaching a server the user-data started,
 //! then stop, start, reboot and terminate, and terminate freeing the
-//! host's capacity and the instance's files.
+//! host's capacity and the instance's files. And a new host joined with a
+//! join token into a data directory that does not exist yet, as the
+//! README says: it offers its file system's real size at once, and runs an
+//! instance.
 
 mod common;
 use common::*;
@@ -125,4 +128,39 @@ fn tiny_vm_boots_serves_and_obeys_power_commands() {
     let out = cloud.nubo(&["instance", "start", &id]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("terminated"));
+}
+
+/// The size in GiB of the file system holding `path`, as `stat -f` reads
+/// it (fundamental block size times blocks: what statfs reports).
+fn file_system_gib(path: &std::path::Path) -> u64 {
+    let out = sh_ok(&format!("stat -f -c '%S %b' '{}'", path.display()));
+    let mut fields = out.split_whitespace().map(|f| f.parse::<u64>().expect("a number from stat -f"));
+    let (block, blocks) = (fields.next().expect("block size"), fields.next().expect("blocks"));
+    (block * blocks) >> 30
+}
+
+#[test]
+fn a_host_joined_into_an_empty_data_dir_offers_its_disk_and_runs_an_instance() {
+    let mut cloud = Cloud::server_only();
+    let dir = cloud.host_dir("fresh");
+    assert!(!dir.exists(), "the host's data directory must not exist before it joins");
+    // `nubo agent --server URL --join-token T` with no --disk-gib.
+    cloud.start_host_with("fresh", &host_args_measuring_disk(), &[]);
+    assert!(dir.is_dir());
+
+    let hosts = cloud.nubo_json(&["host", "list"]);
+    let host = hosts.as_array().and_then(|a| a.iter().find(|h| h["name"] == "fresh")).expect("host fresh").clone();
+    let real = file_system_gib(&dir);
+    assert!(real >= 2, "the test needs a file system of at least 2 GiB under {}", dir.display());
+    assert_eq!(host["disk_gib"].as_u64(), Some(real), "the host offers its data directory's file system: {host}");
+
+    let id = cloud
+        .nubo_ok(&["instance", "run", "--image", "tiny", "--memory", "128", "--disk", "2", "--wait"])
+        .trim()
+        .to_string();
+    let i = cloud.wait_state(&id, "running", Duration::from_secs(120));
+    assert_eq!(i["host"], host["id"], "placed on the new host");
+    cloud.wait_console(&id, nubo_api::BOOT_COMPLETE_MARKER, 1, Duration::from_secs(120));
+    let hosts = cloud.nubo_json(&["host", "list"]);
+    assert_eq!(hosts[0]["used_disk_gib"], 2);
 }

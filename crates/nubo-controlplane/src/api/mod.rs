@@ -201,6 +201,19 @@ async fn tls_ca(axum::extract::State(ctx): axum::extract::State<Arc<Ctx>>) -> ax
     }
 }
 
+/// `GET /`: a browser typing the server's address (no query, no
+/// `Authorization`) is sent to the portal; anything else is an EC2 Query
+/// request (`GET /?Action=...`, signed in the `Authorization` header) and
+/// gets the EC2 answer it always got, errors included.
+async fn root(state: axum::extract::State<Arc<Ctx>>, req: axum::extract::Request) -> axum::response::Response {
+    let from_a_browser =
+        req.uri().query().is_none_or(str::is_empty) && !req.headers().contains_key(axum::http::header::AUTHORIZATION);
+    if from_a_browser {
+        return crate::portal::see_other(crate::portal::HOME);
+    }
+    crate::ec2::handle(state, req).await
+}
+
 pub fn router(ctx: Arc<Ctx>) -> axum::Router {
     let max_body = ctx.config.max_body_bytes;
     let max_file = usize::try_from(ctx.config.max_image_bytes).unwrap_or(usize::MAX);
@@ -218,8 +231,9 @@ pub fn router(ctx: Arc<Ctx>) -> axum::Router {
         .merge(agent_files)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_file))
         .layer(axum::extract::DefaultBodyLimit::disable());
-    // The EC2 Query API (not in the OpenAPI document: its shapes are EC2's).
-    let ec2 = axum::Router::new().route("/", axum::routing::post(crate::ec2::handle).get(crate::ec2::handle));
+    // The EC2 Query API (not in the OpenAPI document: its shapes are EC2's),
+    // which shares `/` with a browser's first visit.
+    let ec2 = axum::Router::new().route("/", axum::routing::post(crate::ec2::handle).get(root));
     json.merge(files)
         .merge(ec2)
         .route("/api/v1/openapi.json", get(move || async move { Json(doc) }))

@@ -126,11 +126,15 @@ async fn security_headers(req: Request, next: Next) -> Response {
     resp
 }
 
+/// The portal's home page: where `/ui` and a browser's `GET /` lead
+/// (without a session it sends the browser on to the sign-in page).
+pub const HOME: &str = "/ui/instances";
+
 /// Every `/ui` route.
 pub fn router() -> Router<Arc<Ctx>> {
     Router::new()
-        .route("/ui", get(|| async { see_other("/ui/instances") }))
-        .route("/ui/", get(|| async { see_other("/ui/instances") }))
+        .route("/ui", get(|| async { see_other(HOME) }))
+        .route("/ui/", get(|| async { see_other(HOME) }))
         .route("/ui/static/portal.css", get(|| async { asset("text/css; charset=utf-8", CSS) }))
         .route("/ui/static/portal.js", get(|| async { asset("text/javascript; charset=utf-8", JS) }))
         .route("/ui/login", get(resources::login_page).post(resources::login))

@@ -25,9 +25,10 @@ pub struct T {
     pub db: Option<TestDatabase>,
 }
 
-/// A new test database when `NUBO_TEST_DATABASE` is set.
+/// A new test database when `NUBO_TEST_DATABASE` is set (a test fails,
+/// saying why, when it is set to anything but a PostgreSQL URL).
 pub async fn test_db() -> Option<TestDatabase> {
-    nubo_controlplane::testdb::from_env().await.unwrap()
+    nubo_controlplane::testdb::from_env().await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The settings of a server with its data in `dir` (and, with `db`, its

@@ -132,6 +132,13 @@ pub const HOST_ARGS: &[&str] = &[
     "2",
 ];
 
+/// [`HOST_ARGS`] without `--disk-gib`: the host offers the size of its
+/// data directory's file system, as a host started by the README does.
+pub fn host_args_measuring_disk() -> Vec<&'static str> {
+    let at = HOST_ARGS.iter().position(|a| *a == "--disk-gib").expect("HOST_ARGS has --disk-gib");
+    HOST_ARGS.iter().enumerate().filter(|(i, _)| *i != at && *i != at + 1).map(|(_, a)| *a).collect()
+}
+
 pub struct Cloud {
     pub dir: tempfile::TempDir,
     pub url: String,
@@ -159,16 +166,18 @@ pub struct Cloud {
     db: Option<nubo_controlplane::testdb::TestDatabase>,
 }
 
-/// A fresh database when `NUBO_TEST_DATABASE` is set. The harness is
+/// A fresh database when `NUBO_TEST_DATABASE` is set (set to anything
+/// but a PostgreSQL URL, the test fails and says why). The harness is
 /// synchronous, and may be called from inside a test's runtime: the
 /// database is made on a thread with a runtime of its own.
 fn test_database() -> Option<nubo_controlplane::testdb::TestDatabase> {
-    std::thread::spawn(|| {
+    let made = std::thread::spawn(|| {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(nubo_controlplane::testdb::from_env()).expect("create the test database")
+        rt.block_on(nubo_controlplane::testdb::from_env()).map_err(|e| e.to_string())
     })
     .join()
-    .expect("test database thread")
+    .expect("test database thread");
+    made.unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl Cloud {
@@ -345,17 +354,28 @@ impl Cloud {
         c
     }
 
+    /// The data directory of the host `name` of [`Cloud::start_host`].
+    pub fn host_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("agent-{name}"))
+    }
+
     /// Starts an agent for host `name` (data dir `DIR/agent-NAME`, log
     /// `agent-NAME.log`) with `extra` arguments, and waits until it is up.
     pub fn start_host(&mut self, name: &str, extra: &[&str]) {
+        self.start_host_with(name, HOST_ARGS, extra);
+    }
+
+    /// [`Cloud::start_host`] with `host_args` in place of [`HOST_ARGS`]
+    /// (e.g. [`host_args_measuring_disk`]).
+    pub fn start_host_with(&mut self, name: &str, host_args: &[&str], extra: &[&str]) {
         assert!(!self.all_in_one);
-        let dir = self.dir.path().join(format!("agent-{name}"));
+        let dir = self.host_dir(name);
         let log = format!("agent-{name}.log");
         // Join tokens are single-use: each host gets one of its own.
         let token = self.nubo_ok(&["host", "join-token"]).trim().to_string();
         let mut cmd = Command::new(nubo_bin());
         cmd.arg("agent")
-            .args(HOST_ARGS)
+            .args(host_args)
             .arg("--host-name")
             .arg(name)
             .arg("--server")
