@@ -39,10 +39,13 @@ fn authenticated(actor: Option<&str>) -> bool {
 
 fn audited(method: &Method, path: &str) -> bool {
     let mutating = matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
+    // The EC2 Query API takes any action as `GET /?Action=...` too: its
+    // handler marks the reads read-only, so only changes are logged.
+    let ec2_query = *method == Method::GET && path == "/";
     let heartbeat = path.starts_with("/api/v1/agent/hosts/")
         || path.starts_with("/api/v1/agent/instances/")
         || path.starts_with("/api/v1/agent/runs/");
-    mutating && !heartbeat
+    (mutating || ec2_query) && !heartbeat
 }
 
 pub async fn middleware(State(ctx): State<Arc<Ctx>>, mut req: Request, next: Next) -> Response {

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 
 /// Names what an audited request did (the EC2 action), and whether it was
 /// only a read (a POST that changed nothing is then left out of the log).
-pub(crate) fn record_detail(parts: &Parts, detail: String, read_only: bool) {
-    if let Some(slot) = parts.extensions.get::<AuditSlot>() {
+pub(crate) fn record_detail(extensions: &axum::http::Extensions, detail: String, read_only: bool) {
+    if let Some(slot) = extensions.get::<AuditSlot>() {
         let mut info = slot.0.lock().unwrap_or_else(|p| p.into_inner());
         info.detail = Some(detail);
         info.read_only = read_only;

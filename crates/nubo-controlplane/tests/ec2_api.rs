@@ -660,3 +660,60 @@ async fn volumes_keys_groups_and_tags() {
     assert_eq!(one(&zones, "zoneName"), "nubo-1a");
     assert_eq!(one(&zones, "regionName"), "nubo-1");
 }
+
+/// One EC2 request sent the other way the Query API allows: `GET
+/// /?Action=...`, the parameters in the signed query string.
+async fn signed_get(t: &T, k: &Key, params: &[(&str, &str)]) -> (StatusCode, String) {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("Version", "2016-11-15");
+    for (name, value) in params {
+        form.append_pair(name, value);
+    }
+    let query = form.finish();
+    let identity = aws_credential_types::Credentials::new(&k.id, &k.secret, None, None, "test").into();
+    let signing: aws_sigv4::http_request::SigningParams<'_> = v4::SigningParams::builder()
+        .identity(&identity)
+        .region("nubo-1")
+        .name("ec2")
+        .time(SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .unwrap()
+        .into();
+    let url = format!("http://127.0.0.1:8780/?{query}");
+    let signable =
+        SignableRequest::new("GET", &url, [("host", "127.0.0.1:8780")].into_iter(), SignableBody::Bytes(b"")).unwrap();
+    let (instructions, _) = sign(signable, &signing).unwrap().into_parts();
+    let mut req = http::Request::builder()
+        .method("GET")
+        .uri(format!("/?{query}"))
+        .header("host", "127.0.0.1:8780")
+        .body("")
+        .unwrap();
+    instructions.apply_to_request_http1x(&mut req);
+    send(t, req.map(Body::from)).await
+}
+
+/// A change sent as `GET /?Action=...` is in the audit log like one sent
+/// as POST (the audit once logged only POST, PUT, PATCH and DELETE); reads
+/// and a browser's visit to `/` are not.
+#[tokio::test]
+async fn ec2_changes_sent_as_get_are_audited() {
+    let t = T::new().await;
+    let k = admin_key(&t).await;
+    let (s, body) = signed_get(&t, &k, &[("Action", "CreateKeyPair"), ("KeyName", "by-get")]).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = signed_get(&t, &k, &[("Action", "DescribeKeyPairs")]).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert!(body.contains("by-get"), "{body}");
+    let (s, _) = send(&t, http::Request::builder().uri("/").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+
+    let audit = t.audit().await;
+    assert!(
+        audit.iter().any(|e| e["method"] == "GET" && e["path"] == "/ (ec2:CreateKeyPair)" && e["status"] == 200),
+        "{audit:?}"
+    );
+    assert!(!audit.iter().any(|e| e["path"] == "/ (ec2:DescribeKeyPairs)"), "{audit:?}");
+    assert!(!audit.iter().any(|e| e["method"] == "GET" && e["path"] == "/ (to the portal)"), "{audit:?}");
+}

@@ -209,6 +209,7 @@ async fn root(state: axum::extract::State<Arc<Ctx>>, req: axum::extract::Request
     let from_a_browser =
         req.uri().query().is_none_or(str::is_empty) && !req.headers().contains_key(axum::http::header::AUTHORIZATION);
     if from_a_browser {
+        crate::auth::record_detail(req.extensions(), "to the portal".into(), true);
         return crate::portal::see_other(crate::portal::HOME);
     }
     crate::ec2::handle(state, req).await

@@ -75,7 +75,11 @@ pub async fn handle(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
     let action = params.str("Action").unwrap_or_default().to_string();
     let span =
         tracing::info_span!("ec2", action = %action.chars().take(64).collect::<String>(), request_id = %request_id);
-    record_detail(&parts, format!("ec2:{}", action.chars().take(64).collect::<String>()), read_only(&action));
+    record_detail(
+        &parts.extensions,
+        format!("ec2:{}", action.chars().take(64).collect::<String>()),
+        read_only(&action),
+    );
     let mut claimed: Option<String> = None;
     let result = async {
         let (caller, signature) = authenticate(&ctx, &parts, &body, replay_harmless(&action, &params)).await?;
