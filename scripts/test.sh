@@ -26,8 +26,12 @@ RUSTFLAGS="-C target-feature=+crt-static" \
 export NUBO_GUEST_AGENT="${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release/nubo-guest-agent"
 if cargo nextest --version >/dev/null 2>&1; then
   RUN=(cargo nextest run)
+  # Tests that need PostgreSQL are #[ignore]d (reported as skipped on
+  # SQLite); the PostgreSQL pass asks for them too.
+  WITH_IGNORED=(--run-ignored all)
 else
   RUN=(cargo test)
+  WITH_IGNORED=(-- --include-ignored)
 fi
 # The tests' build first, and the shared image built with its `nubo`, so
 # parallel tests do not all wait on the image. (`cargo run -p nubo` would
@@ -44,7 +48,7 @@ phase "the tests on SQLite"
 phase "the tests on PostgreSQL"
 NUBO_TEST_DATABASE="$(scripts/postgres.sh)"
 export NUBO_TEST_DATABASE
-"${RUN[@]}" -p nubo-controlplane --no-fail-fast || status=$?
+"${RUN[@]}" -p nubo-controlplane --no-fail-fast "${WITH_IGNORED[@]}" || status=$?
 # Of the end-to-end tests, those whose database work the control plane's
 # tests above do not already do on PostgreSQL: state across restarts,
 # several servers, capacity sums, migrations and failover, tenancy, TLS,
@@ -54,7 +58,7 @@ export NUBO_TEST_DATABASE
 # would add minutes of booting guests to CI for no new SQL.
 "${RUN[@]}" -p nubo --no-fail-fast \
   --test vm_lifecycle --test restarts --test servers --test networks \
-  --test tenancy_cli --test tls --test security || status=$?
+  --test tenancy_cli --test tls --test security "${WITH_IGNORED[@]}" || status=$?
 # Every fuzz target for a bounded time (NUBO_FUZZ_SECONDS each, default 15):
 # a smoke run that catches a parser panicking on what the fuzzer finds
 # quickly. A debug build without a sanitizer builds in a few minutes; longer

@@ -70,9 +70,7 @@ fn qcow2_bytes(path: &Path, offset: usize, len: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn data_disks_hot_plug_resize_copy_and_unplug() {
-    if !qemu_available() {
-        return;
-    }
+    require_qemu();
     let cache = ImageCache::new(cache_root());
     let image = tokio::task::spawn_blocking(move || cache.ensure("tiny", &mut |m: &str| eprintln!("[nubo-image] {m}")))
         .await

@@ -75,9 +75,7 @@ fn ssh(key: &Path, port: u16, extra: &[&str]) -> std::process::Output {
 
 #[tokio::test]
 async fn guest_agent_and_ssh_in_tiny() {
-    if !qemu_available() {
-        return;
-    }
+    require_qemu();
     let started = Instant::now();
     let cache = ImageCache::new(cache_root());
     let image = tokio::task::spawn_blocking(move || cache.ensure("tiny", &mut |m: &str| eprintln!("[nubo-image] {m}")))
@@ -87,14 +85,14 @@ async fn guest_agent_and_ssh_in_tiny() {
     println!("image ready after {:?}", started.elapsed());
 
     let tmp = tempfile::tempdir().unwrap();
-    let use_ssh = have("ssh") && have("ssh-keygen");
+    assert!(
+        have("ssh") && have("ssh-keygen"),
+        "ssh or ssh-keygen is not installed: apt-get install openssh-client (scripts/install-deps.sh does)"
+    );
     let key = tmp.path().join("id_ed25519");
-    let mut public_keys = Vec::new();
-    if use_ssh {
-        let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).output().unwrap();
-        assert!(out.status.success(), "{out:?}");
-        public_keys.push(std::fs::read_to_string(key.with_extension("pub")).unwrap().trim().to_string());
-    }
+    let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let public_keys = vec![std::fs::read_to_string(key.with_extension("pub")).unwrap().trim().to_string()];
     let vm_dir = tmp.path().join("vm-qga");
     std::fs::create_dir_all(&vm_dir).unwrap();
     let dir = VmDir::new(&vm_dir);
@@ -282,7 +280,12 @@ async fn guest_agent_and_ssh_in_tiny() {
     // frozen its writes block (a gap in its ticks) and the agent refuses exec.
     assert_eq!(qga.fsfreeze_status().await.unwrap(), "thawed");
     let ticker = qga.exec(&sh("for i in $(seq 30); do date +%s >> /root/ticks; sleep 0.2; done")).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Freeze once the ticker is writing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while qga.read_small_file("/root/ticks", 4096).await.map_or(true, |t| t.is_empty()) {
+        assert!(Instant::now() < deadline, "the ticker wrote nothing to /root/ticks in 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let t = Instant::now();
     let frozen = qga.fsfreeze_freeze().await.unwrap();
     println!("froze {frozen} file system(s) in {:?}", t.elapsed());
@@ -297,6 +300,8 @@ async fn guest_agent_and_ssh_in_tiny() {
     }
     let info = qga.info().await.unwrap();
     assert!(!info.supported_commands.iter().any(|c| c == "guest-exec"), "{info:?}");
+    // Part of what is tested: frozen for 3 s, which must show as a gap in
+    // the ticks.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let t = Instant::now();
     assert_eq!(qga.fsfreeze_thaw().await.unwrap(), frozen);
@@ -330,24 +335,20 @@ async fn guest_agent_and_ssh_in_tiny() {
     let banner = wait_for("the SSH banner", Duration::from_secs(60), || async { ssh_banner(ssh_port) }).await;
     println!("banner: {}", banner.trim());
     assert!(banner.starts_with("SSH-2.0-dropbear"), "{banner}");
-    if use_ssh {
-        let t = Instant::now();
-        let key_login = tokio::task::spawn_blocking({
-            let key = key.clone();
-            move || ssh(&key, ssh_port, &[])
-        })
-        .await
-        .unwrap();
-        println!("ssh key login took {:?}", t.elapsed());
-        assert!(
-            key_login.status.success() && String::from_utf8_lossy(&key_login.stdout).contains("ssh-ok"),
-            "{key_login:?}"
-        );
-        let password = ssh(&key, ssh_port, &["-o", "PasswordAuthentication=yes", "-o", "PubkeyAuthentication=no"]);
-        assert!(!password.status.success(), "password login must fail: {password:?}");
-    } else {
-        eprintln!("(ssh or ssh-keygen not installed: skipping the SSH login checks)");
-    }
+    let t = Instant::now();
+    let key_login = tokio::task::spawn_blocking({
+        let key = key.clone();
+        move || ssh(&key, ssh_port, &[])
+    })
+    .await
+    .unwrap();
+    println!("ssh key login took {:?}", t.elapsed());
+    assert!(
+        key_login.status.success() && String::from_utf8_lossy(&key_login.stdout).contains("ssh-ok"),
+        "{key_login:?}"
+    );
+    let password = ssh(&key, ssh_port, &["-o", "PasswordAuthentication=yes", "-o", "PubkeyAuthentication=no"]);
+    assert!(!password.status.success(), "password login must fail: {password:?}");
 
     // guest-shutdown: no reply, and the VM powers off.
     qga.shutdown(ShutdownMode::Powerdown).await.unwrap();

@@ -87,8 +87,23 @@ fn a_full_disk_gets_one_new_volume_and_a_dry_run_does_nothing() {
     );
     assert_eq!(seen.trim().parse::<u64>().unwrap(), 100 * 1024 * 1024 * 2, "the guest sees 100 GiB");
 
-    // Still full for a while longer: no second firing, one volume.
-    std::thread::sleep(Duration::from_secs(10));
+    // Still full for longer than the policy's 30 s hold after it fired (and
+    // three 2 s rounds more): a policy that fired per hold rather than per
+    // breach would have fired again by then. Wait on the guest's samples
+    // rather than the clock, so a slow round cannot cut the wait short.
+    let fired_at = firing["at_ms"].as_i64().expect("the firing's time");
+    wait_until("30 s of samples of the ongoing breach after the firing", Duration::from_secs(120), || {
+        let list = cloud.nubo_json(&["metrics", "list", &id]);
+        let sample = list.as_array()?.iter().find(|m| m["metric"] == "fs_used_percent")?.clone();
+        let (at, value) = (sample["at_ms"].as_i64()?, sample["value"].as_f64()?);
+        assert!(value >= 80.0, "the disk is no longer full ({value}%): the breach ended, nothing left to check");
+        (at >= fired_at + 36_000).then_some(())
+    });
+    let policy = cloud.nubo_json(&["policy", "show", "grow-disk"]);
+    assert!(
+        policy["breaching"].as_array().is_some_and(|b| b.iter().any(|t| t == id.as_str())),
+        "the breach is still on: {policy}"
+    );
     assert_eq!(firings(&cloud, "grow-disk").len(), 1, "once per breach");
     let volumes = cloud.nubo_json(&["volume", "list"]);
     assert_eq!(volumes.as_array().unwrap().len(), 1, "{volumes}");

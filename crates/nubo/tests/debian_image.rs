@@ -1,5 +1,6 @@
-//! The `debian` image end to end (slow, opt-in with `NUBO_SLOW_TESTS=1`,
-//! needs root and mmdebstrap): `nubo image build debian --packages nginx`
+//! The `debian` image end to end (slow, so `#[ignore]`d: the runner
+//! reports the tests as skipped unless asked for them; needs root and
+//! mmdebstrap): `nubo image build debian --packages nginx`
 //! into the test image cache, then a VM under `nubo up` whose `#cloud-config`
 //! user-data (from the NoCloud seed) writes nginx's index page. The page
 //! coming back through the forwarded port proves that cloud-init applied
@@ -7,7 +8,7 @@
 //! Prints the build time, the time to the boot marker and to the first page.
 //!
 //! ```sh
-//! NUBO_SLOW_TESTS=1 cargo test -p nubo --test debian_image -- --nocapture
+//! cargo test -p nubo --test debian_image -- --ignored --nocapture --test-threads 1
 //! ```
 
 mod common;
@@ -40,12 +41,8 @@ fn value_after(console: &str, key: &str) -> u64 {
 }
 
 #[test]
+#[ignore = "slow: builds and boots the debian image (minutes, needs root); run with --run-ignored"]
 fn debian_image_with_nginx_serves_the_page_cloud_init_wrote() {
-    if std::env::var("NUBO_SLOW_TESTS").as_deref() != Ok("1") {
-        eprintln!("skipped: set NUBO_SLOW_TESTS=1 to build the debian image and boot it (several minutes, needs root)");
-        return;
-    }
-
     // Build (or reuse a cached debian that already has nginx).
     let started = Instant::now();
     let (stdout, stderr) = build_debian(&["--packages", "nginx"]);
@@ -171,11 +168,8 @@ fn debian_image_with_nginx_serves_the_page_cloud_init_wrote() {
 /// cloud-init as the user-data, and reported by `cloud-init status --wait`
 /// through the stock qemu-guest-agent.
 #[test]
+#[ignore = "slow: builds and boots the debian image (minutes, needs root); run with --run-ignored"]
 fn debian_cloud_config_recipe_at_launch() {
-    if std::env::var("NUBO_SLOW_TESTS").as_deref() != Ok("1") {
-        eprintln!("skipped: set NUBO_SLOW_TESTS=1 to boot the debian image");
-        return;
-    }
     build_debian(&[]);
 
     let cloud = Cloud::up();

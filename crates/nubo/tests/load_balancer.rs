@@ -397,7 +397,11 @@ fn lb_serve_runs_a_config_file_and_reloads_it() {
     wait_until("the failed reload in the log", Duration::from_secs(10), || {
         std::fs::read_to_string(&log).ok().filter(|l| l.contains("reload failed")).map(|_| ())
     });
-    assert_eq!(spread(&listen, 2).len(), 2, "still both");
+    // Round robin over x and y: two requests, one answer from each (a
+    // failed request would show as "failed", not as a backend).
+    let after = spread(&listen, 2);
+    assert_eq!(after.len(), 2, "still both: {after:?}");
+    assert_eq!((count(&after, "x"), count(&after, "y")), (1, 1), "still both: {after:?}");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 

@@ -167,8 +167,15 @@ fn metrics_checks_and_alerts_end_to_end() {
     wait_until("the webhook notification", Duration::from_secs(30), || {
         (!hooks.lock().unwrap().is_empty()).then_some(())
     });
-    // Several more failing checks: still exactly one notification.
-    std::thread::sleep(Duration::from_secs(6));
+    // Several more failing checks (three intervals' worth, seen in the
+    // check's own last run): still exactly one notification.
+    let hard_at = hard["last_check_ms"].as_i64().expect("the hard CRITICAL's check time");
+    let interval_ms = hard["interval_secs"].as_i64().expect("the check's interval") * 1000;
+    wait_until("three more failing checks", Duration::from_secs(60), || {
+        let s = state(&cloud);
+        assert_eq!(s["state"], "CRITICAL", "the check recovered: {s}");
+        (s["last_check_ms"].as_i64()? >= hard_at + 3 * interval_ms).then_some(())
+    });
     let firing: Vec<Value> = hooks.lock().unwrap().iter().filter(|h| h["state"] == "firing").cloned().collect();
     assert_eq!(firing.len(), 1, "notified once: {firing:?}");
     assert_eq!(firing[0]["target"], id.as_str());

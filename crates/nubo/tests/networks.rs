@@ -11,7 +11,8 @@
 //! instance of another project, on a network with the same range, reaches
 //! neither.
 //!
-//! Needs root (network namespaces); without it the test says so and passes.
+//! Needs root (network namespaces); without it each test fails, saying
+//! to run it as root.
 
 mod common;
 use common::*;
@@ -26,6 +27,16 @@ fn guest(cloud: &Cloud, id: &str, script: &str) -> (i32, String) {
     let out = cloud.nubo(&["instance", "exec", id, "--timeout", "30", "--", "/bin/sh", "-c", script]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
+}
+
+/// Runs `script` in the guest, then prints its exit code
+/// (`probe-exit=N`) and `probe-done`; its output, once it is sure the
+/// exec itself ran: "no answer" from a guest must mean the connection
+/// failed, not that the probe never ran (no guest agent, a timeout).
+fn guest_probe(cloud: &Cloud, id: &str, script: &str) -> String {
+    let (code, text) = guest(cloud, id, &format!("{script}; echo probe-exit=$?; echo probe-done"));
+    assert!(code == 0 && text.contains("probe-done"), "the probe did not run in {id} (exit {code}): {text}");
+    text
 }
 
 fn launch(cloud: &Cloud, env: &[(&str, &str)], args: &[&str]) -> String {
@@ -61,10 +72,7 @@ fn second_project(cloud: &Cloud) -> String {
 
 #[test]
 fn private_networks_dhcp_metadata_and_security_groups_across_hosts() {
-    let Some(fabric) = Fabric::try_new("a", 3) else {
-        eprintln!("skipped: cannot create network namespaces here (needs root)");
-        return;
-    };
+    let fabric = Fabric::new("a", 3);
     let mut cloud = Cloud::server_only();
     for i in 1..=3 {
         let ns = fabric.ns(&format!("h{i}"));
@@ -125,10 +133,10 @@ fn private_networks_dhcp_metadata_and_security_groups_across_hosts() {
         "setsid sh -c 'while true; do echo hello-from-b | nc -l -p 8080; done' >/dev/null 2>&1 </dev/null &",
     );
     let probe = format!("echo hi | nc -w 3 {b_ip} 8080");
-    let (_, text) = guest(&cloud, &a, &probe);
+    let text = guest_probe(&cloud, &a, &probe);
     assert!(!text.contains("hello-from-b"), "b's port 8080 was open before any rule: {text}");
-    let (code, _) = guest(&cloud, &a, &format!("ping -c 1 -W 2 {b_ip}"));
-    assert_ne!(code, 0, "b answered ping with no rule");
+    let text = guest_probe(&cloud, &a, &format!("ping -c 1 -W 2 {b_ip}"));
+    assert!(!text.contains("probe-exit=0"), "b answered ping with no rule: {text}");
 
     // Rules: ICMP from members of default, TCP 8080 from the network.
     cloud.nubo_ok(&["security-group", "allow", "web", "--protocol", "icmp", "--source-group", "default"]);
@@ -154,8 +162,9 @@ fn private_networks_dhcp_metadata_and_security_groups_across_hosts() {
     wait_until("c's DHCP lease", BOOT, || {
         guest(&cloud, &c, "ip -4 addr show dev eth0").1.contains(&format!("inet {c_ip}/24")).then_some(())
     });
-    let (code, text) = guest(&cloud, &c, &format!("ping -c 2 -W 2 {b_ip}; echo hi | nc -w 3 {b_ip} 8080"));
-    assert!(code != 0 || !text.contains("hello-from-b"), "c reached b: {text}");
+    let text =
+        guest_probe(&cloud, &c, &format!("ping -c 2 -W 2 {b_ip}; echo ping-exit=$?; echo hi | nc -w 3 {b_ip} 8080"));
+    assert!(!text.contains("ping-exit=0"), "c pinged b: {text}");
     assert!(!text.contains("hello-from-b") && !text.contains(" 0% packet loss"), "c reached b: {text}");
 
     // Revoking the TCP rule refuses the next connection.
@@ -168,7 +177,7 @@ fn private_networks_dhcp_metadata_and_security_groups_across_hosts() {
         .expect("the 8080 rule");
     cloud.nubo_ok(&["security-group", "revoke", "web", rule["id"].as_str().unwrap_or_default()]);
     wait_until("b's port 8080 closed again", Duration::from_secs(30), || {
-        (!guest(&cloud, &a, &probe).1.contains("hello-from-b")).then_some(())
+        (!guest_probe(&cloud, &a, &probe).contains("hello-from-b")).then_some(())
     });
     let (code, _) = guest(&cloud, &a, &format!("ping -c 1 -W 2 {b_ip}"));
     assert_eq!(code, 0, "revoking the TCP rule also stopped ICMP");
@@ -262,10 +271,7 @@ fn ping_gap(log: &str) -> (u64, u64) {
 
 #[test]
 fn live_migration_keeps_address_data_and_a_running_ping_then_evacuate_empties_a_host() {
-    let Some(fabric) = Fabric::try_new("m", 2) else {
-        eprintln!("skipped: cannot create network namespaces here (needs root)");
-        return;
-    };
+    let fabric = Fabric::new("m", 2);
     let mut cloud = Cloud::server_only();
     for i in 1..=2 {
         let ns = fabric.ns(&format!("h{i}"));
@@ -295,7 +301,8 @@ fn live_migration_keeps_address_data_and_a_running_ping_then_evacuate_empties_a_
 
     // A ping loop in the guest, to its gateway, five a second.
     guest(&cloud, &m, "setsid sh -c 'ping -i 0.2 10.20.0.1 > /tmp/ping.log 2>&1' >/dev/null 2>&1 </dev/null &");
-    std::thread::sleep(Duration::from_secs(2));
+    let replies = || ping_gap(&guest(&cloud, &m, "cat /tmp/ping.log").1).1;
+    wait_until("the guest's ping loop to get replies", Duration::from_secs(30), || (replies() >= 5).then_some(()));
     let moved = cloud.nubo_json(&["instance", "migrate", &m, "--wait"]);
     assert_eq!(moved["state"], "completed", "{moved}");
     let downtime = moved["downtime_ms"].as_u64().expect("downtime");
@@ -309,9 +316,14 @@ fn live_migration_keeps_address_data_and_a_running_ping_then_evacuate_empties_a_
     assert_eq!(v["state"], "running");
     assert_eq!(v["addresses"][0]["address"], address.as_str(), "the address changed");
 
-    // The guest kept running (the ping loop too) and kept its data.
-    std::thread::sleep(Duration::from_secs(3));
-    let (_, log) = guest(&cloud, &m, "cat /tmp/ping.log");
+    // The guest kept running (the ping loop too) and kept its data: wait
+    // for replies newer than the newest one seen once the move was done.
+    let after_move = replies();
+    let log = wait_until("ping replies after the move", Duration::from_secs(60), || {
+        let (_, log) = guest(&cloud, &m, "cat /tmp/ping.log");
+        let last = ping_gap(&log).1;
+        (last > after_move && last >= 20).then_some(log)
+    });
     let (gap, last) = ping_gap(&log);
     eprintln!("ping across the migration: {last} replies seen, largest gap {gap} (x 0.2 s)");
     assert!(last >= 20, "the ping loop did not go on after the move: {log}");
@@ -349,23 +361,27 @@ fn live_migration_keeps_address_data_and_a_running_ping_then_evacuate_empties_a_
     // The spinner must be the busiest before the policy looks (the
     // newcomer may still be booting).
     cloud.wait_state(&n, "running", BOOT);
+    // The newest cpu_percent sample of an instance: (taken at, value).
     let cpu = |id: &str| {
         let list = cloud.nubo_json(&["metrics", "list", id]);
-        list.as_array()?.iter().find(|m| m["metric"] == "cpu_percent")?["value"].as_f64()
+        let sample = list.as_array()?.iter().find(|m| m["metric"] == "cpu_percent")?.clone();
+        Some((sample["at_ms"].as_i64()?, sample["value"].as_f64()?))
     };
-    // Three readings in a row (metrics come every 2 s): one reading under
+    // Three samples in a row (metrics come every 2 s): one reading under
     // CI's load once showed the spinner ahead, and the policy's own look a
-    // few seconds later found the idle one busier.
-    let mut in_a_row = 0;
+    // few seconds later found the idle one busier. A sample counts once:
+    // polling again before the next one arrives reads the same sample.
+    let (mut in_a_row, mut counted_at) = (0, None);
     wait_until("the spinning guest to stay the busiest", Duration::from_secs(120), || {
-        let ahead = match (cpu(&m), cpu(&n)) {
-            (Some(busy), Some(idle)) => busy > 50.0 && idle < busy / 2.0,
-            _ => false,
+        let (Some((at, busy)), Some((_, idle))) = (cpu(&m), cpu(&n)) else {
+            in_a_row = 0;
+            return None;
         };
-        in_a_row = if ahead { in_a_row + 1 } else { 0 };
-        if in_a_row < 3 {
-            std::thread::sleep(Duration::from_secs(2));
+        if counted_at == Some(at) {
+            return None;
         }
+        counted_at = Some(at);
+        in_a_row = if busy > 50.0 && idle < busy / 2.0 { in_a_row + 1 } else { 0 };
         (in_a_row >= 3).then_some(())
     });
     let first_id = hosts
@@ -405,10 +421,7 @@ fn kill_vm(dir: &std::path::Path, id: &str) {
 
 #[test]
 fn a_silent_host_s_instances_restart_from_shared_storage_or_are_lost() {
-    let Some(fabric) = Fabric::try_new("f", 3) else {
-        eprintln!("skipped: cannot create network namespaces here (needs root)");
-        return;
-    };
+    let fabric = Fabric::new("f", 3);
     // Down after 15 s of silence; instances dealt with after 30 s.
     let mut cloud = Cloud::server_with(&["--heartbeat-timeout-secs", "15"]);
     let shared = cloud.data_dir().join("shared");

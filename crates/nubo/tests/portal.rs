@@ -11,7 +11,8 @@
 //!
 //! Screenshots of each page go to the test's data directory, or to
 //! docs/screenshots/ with NUBO_UPDATE_SCREENSHOTS=1. Without
-//! /usr/bin/chromedriver the test prints SKIPPED and passes (CI installs it).
+//! /usr/bin/chromedriver the test fails, saying what to install
+//! (scripts/install-deps.sh installs it).
 
 mod common;
 use common::*;
@@ -123,10 +124,10 @@ async fn text_of(b: &WebDriver, css: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_launches_and_watches_an_instance_and_operator_runs_the_cloud() {
-    if !Path::new(CHROMEDRIVER).exists() {
-        println!("SKIPPED: {CHROMEDRIVER} not installed (apt-get install chromium chromium-driver)");
-        return;
-    }
+    assert!(
+        Path::new(CHROMEDRIVER).exists(),
+        "{CHROMEDRIVER} is not installed: apt-get install chromium chromium-driver (scripts/install-deps.sh does)"
+    );
     let cloud = Cloud::up();
     let dir = shots(&cloud);
     cloud.api_post("/api/v1/users", r#"{"name": "alice", "password": "alice-password"}"#);

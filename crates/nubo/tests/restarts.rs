@@ -25,6 +25,8 @@ fn agent_restart_readopts_running_vm() {
         let beat = hosts[0]["last_heartbeat_ms"].as_i64()?;
         (beat > now_ms() - 2_000).then_some(())
     });
+    // Part of what is tested: for 2 s more nothing happens to the VM (an
+    // agent that restarted it would have done so by then).
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(cloud.qemu_pid(&id), Some(pid));
     assert!(alive(pid));
@@ -58,6 +60,7 @@ fn server_restart_loses_no_instance() {
         .map(|i| (i["name"].as_str().unwrap().to_string(), i["state"].as_str().unwrap().to_string()))
         .collect();
     assert_eq!(states, vec![("a".to_string(), "running".to_string()), ("b".to_string(), "stopped".to_string())]);
+    // Part of what is tested: for 2 s more nothing happens to the VM.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(cloud.qemu_pid(&a), Some(pid), "the VM was re-adopted, not restarted");
     assert!(alive(pid));

@@ -48,6 +48,11 @@ fn guest_disks(cloud: &Cloud, id: &str) -> std::collections::HashMap<String, (St
         .collect()
 }
 
+fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since_epoch.map(|d| d.as_millis() as i64).expect("a clock after 1970")
+}
+
 fn serial(volume: &str) -> String {
     volume.replacen('-', "", 1)
 }
@@ -58,10 +63,15 @@ fn launch(cloud: &Cloud, name: &str) -> String {
     id
 }
 
+/// The files in the agent's volume directory. A directory that cannot be
+/// read fails the test: read as "no files", it would make every "no file
+/// left" check pass whatever the agent did.
 fn volume_files(cloud: &Cloud) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(cloud.agent_dir().join("volumes"))
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
+    let dir = cloud.agent_dir().join("volumes");
+    let mut v: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read the agent's volume directory {}: {e}", dir.display()))
+        .map(|e| e.expect("a volume directory entry").file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -153,10 +163,15 @@ fn volumes_end_to_end() {
 
     // A volume larger than the pool is refused up front, leaving no file.
     let files = volume_files(&cloud);
+    for v in [&v1, &v2, &v3] {
+        assert!(files.iter().any(|f| f.starts_with(v.as_str())), "no file of {v} among {files:?}");
+    }
     let used = used_disk(&cloud);
     let big = cloud.nubo(&["volume", "create", "--size", "500"]);
     let err = String::from_utf8_lossy(&big.stderr);
     assert!(!big.status.success() && err.contains("storage pool") && err.contains("GiB free"), "{err}");
+    // "Nothing appears": the refusal is synchronous, and the second is
+    // there for an agent that would make the file anyway, a little later.
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(volume_files(&cloud), files, "no file for a refused volume");
     assert_eq!(used_disk(&cloud), used);
@@ -179,8 +194,14 @@ fn volumes_end_to_end() {
     cloud.kill_agent();
     cloud.start_agent();
     cloud.kill_server();
+    let restarted_ms = now_ms();
     cloud.start_server();
-    std::thread::sleep(Duration::from_secs(3));
+    // The agent has reached the restarted server (and had its chance to
+    // plug anything twice) once it reported after the restart.
+    wait_until("the agent to report to the restarted server", Duration::from_secs(60), || {
+        let beat = cloud.nubo_json(&["host", "list"])[0]["last_heartbeat_ms"].as_i64()?;
+        (beat > restarted_ms).then_some(())
+    });
     assert_eq!(cloud.qemu_pid(&a), Some(pid), "the VM was re-adopted");
     let disks = guest_disks(&cloud, &a);
     assert_eq!(disks.len(), 2, "the two volumes, once each: {disks:?}");

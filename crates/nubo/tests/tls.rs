@@ -1,11 +1,13 @@
 //! HTTPS: `nubo server --tls` (with a generated CA, or the operator's
 //! certificate) and `nubo up --tls`, driven through the real binary, the
 //! CLI and curl. Only `up_tls_*` needs the tiny image (it starts an
-//! agent, but no VM); the rest needs no VM at all.
+//! agent, but no VM); the rest needs no VM at all. With
+//! `NUBO_TEST_DATABASE` each server keeps its state in a PostgreSQL
+//! database of its own.
 
 mod common;
 
-use common::{image_cache, nubo_bin, wait_until, HOST_ARGS};
+use common::{image_cache, nubo_bin, wait_until, ServerDatabase, HOST_ARGS};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,9 +35,10 @@ impl Drop for Daemon {
     }
 }
 
-/// Starts `nubo <args> --data-dir DIR --listen LISTEN` and waits for
-/// DIR/admin.env; returns the daemon and admin.env's values.
-fn start(args: &[&str], dir: &Path, listen: &str) -> (Daemon, HashMap<String, String>) {
+/// Starts `nubo <args> --data-dir DIR --listen LISTEN` with its state in
+/// `db`, and waits for DIR/admin.env; returns the daemon and admin.env's
+/// values.
+fn start(args: &[&str], dir: &Path, db: &ServerDatabase, listen: &str) -> (Daemon, HashMap<String, String>) {
     let env_file = dir.join("admin.env");
     let _ = std::fs::remove_file(&env_file);
     let log = dir.with_extension("log");
@@ -46,6 +49,7 @@ fn start(args: &[&str], dir: &Path, listen: &str) -> (Daemon, HashMap<String, St
         .arg(dir)
         .arg("--listen")
         .arg(listen)
+        .args(db.args())
         .env("NUBO_IMAGE_CACHE", image_cache())
         .env_remove("NUBO_CA_CERT")
         .env("RUST_LOG", "info")
@@ -111,7 +115,9 @@ fn server_tls_with_a_generated_ca() {
     let dir = tmp.path().join("data");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let (daemon, env) = start(&["server", "--tls"], &dir, &listen);
+    let db = ServerDatabase::from_env();
+    let (daemon, env) = start(&["server", "--tls"], &dir, &db, &listen);
+    db.assert_used_by(&dir);
 
     assert_eq!(env["NUBO_URL"], format!("https://{listen}"));
     let ca = dir.join("tls/ca.pem");
@@ -158,7 +164,7 @@ fn server_tls_with_a_generated_ca() {
     // A restart reuses the CA and the certificate.
     let (ca_pem, server_pem) = (read(&ca), read(&dir.join("tls/server.pem")));
     drop(daemon);
-    let (daemon, env) = start(&["server", "--tls"], &dir, &listen);
+    let (daemon, env) = start(&["server", "--tls"], &dir, &db, &listen);
     assert_eq!(read(&ca), ca_pem);
     assert_eq!(read(&dir.join("tls/server.pem")), server_pem);
     assert!(hosts(&env, &ca).is_empty());
@@ -166,7 +172,7 @@ fn server_tls_with_a_generated_ca() {
 
     // A new listen address gets a new server certificate from the same CA.
     let listen2 = format!("127.0.0.2:{}", free_port());
-    let (_daemon, env) = start(&["server", "--tls"], &dir, &listen2);
+    let (_daemon, env) = start(&["server", "--tls"], &dir, &db, &listen2);
     assert_eq!(read(&ca), ca_pem);
     assert_ne!(read(&dir.join("tls/server.pem")), server_pem);
     assert!(hosts(&env, &ca).is_empty());
@@ -177,7 +183,9 @@ fn server_tls_with_a_generated_ca() {
 fn server_tls_with_the_operators_certificate() {
     let tmp = tempfile::tempdir().expect("tempdir");
     // Any CA and certificate will do: take the ones another server generated.
-    let (issuer, _) = start(&["server", "--tls"], &tmp.path().join("issuer"), &format!("127.0.0.1:{}", free_port()));
+    let issuer_db = ServerDatabase::from_env();
+    let issuer_dir = tmp.path().join("issuer");
+    let (issuer, _) = start(&["server", "--tls"], &issuer_dir, &issuer_db, &format!("127.0.0.1:{}", free_port()));
     drop(issuer);
     let tls = tmp.path().join("issuer/tls");
     let (cert, key, ca) = (tls.join("server.pem"), tls.join("server-key.pem"), tls.join("ca.pem"));
@@ -185,7 +193,9 @@ fn server_tls_with_the_operators_certificate() {
 
     let dir = tmp.path().join("data");
     let listen = format!("127.0.0.1:{}", free_port());
-    let (_daemon, env) = start(&["server", "--tls-cert", cert_s, "--tls-key", key_s], &dir, &listen);
+    let db = ServerDatabase::from_env();
+    let (_daemon, env) = start(&["server", "--tls-cert", cert_s, "--tls-key", key_s], &dir, &db, &listen);
+    db.assert_used_by(&dir);
     assert_eq!(env["NUBO_URL"], format!("https://{listen}"));
     assert!(!env.contains_key("NUBO_CA_CERT"), "no CA of ours to trust: {env:?}");
     assert!(!dir.join("tls").exists(), "a CA was generated next to the operator's certificate");
@@ -216,11 +226,13 @@ fn up_tls_local_agent_joins_over_https() {
     let dir = tmp.path().join("data");
     let mut args = vec!["up", "--tls", "--host-name", "tls-host"];
     args.extend(HOST_ARGS);
-    let (_daemon, env) = start(&args, &dir, &format!("127.0.0.1:{}", free_port()));
+    let db = ServerDatabase::from_env();
+    let (_daemon, env) = start(&args, &dir, &db, &format!("127.0.0.1:{}", free_port()));
     assert!(env["NUBO_URL"].starts_with("https://"));
     let ca = PathBuf::from(&env["NUBO_CA_CERT"]);
     let host = wait_until("the local agent to report over HTTPS", Duration::from_secs(60), || {
         hosts(&env, &ca).into_iter().find(|h| h["name"] == "tls-host" && h["state"] == "up")
     });
     assert_eq!(host["name"], "tls-host");
+    db.assert_used_by(&dir);
 }

@@ -1,4 +1,4 @@
-//! What the QEMU driver's integration tests share: whether QEMU is there,
+//! What the QEMU driver's integration tests share: a check that QEMU is there,
 //! the shared image cache, a VM reaper for failed tests, and a shell
 //! command for the guest agent.
 #![allow(dead_code)]
@@ -7,16 +7,15 @@ use nubo_hypervisor::{GuestExec, VmDir};
 use std::path::PathBuf;
 use std::process::Command;
 
-pub fn qemu_available() -> bool {
+/// Fails the test when QEMU is missing: these tests boot real VMs, and
+/// passing without them would prove nothing.
+pub fn require_qemu() {
     let ok = |bin: &str| Command::new(bin).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
-    if ok("qemu-system-x86_64") && ok("qemu-img") {
-        true
-    } else {
-        eprintln!(
-            "SKIPPED: qemu-system-x86_64 or qemu-img is not installed (apt-get install qemu-system-x86 qemu-utils)"
-        );
-        false
-    }
+    assert!(
+        ok("qemu-system-x86_64") && ok("qemu-img"),
+        "qemu-system-x86_64 or qemu-img is not installed: apt-get install qemu-system-x86 qemu-utils \
+         (scripts/install-deps.sh does)"
+    );
 }
 
 /// The shared image cache: `$NUBO_IMAGE_CACHE`, else `<workspace>/.cache/images`.

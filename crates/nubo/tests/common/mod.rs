@@ -15,11 +15,14 @@ use std::time::{Duration, Instant};
 
 mod aws;
 mod fabric;
+mod server_database;
 // Each test target compiles this module and uses only part of it.
 #[allow(unused_imports)]
 pub use aws::Aws;
 #[allow(unused_imports)]
 pub use fabric::{sh, sh_ok, Fabric};
+#[allow(unused_imports)]
+pub use server_database::ServerDatabase;
 
 pub fn nubo_bin() -> &'static str {
     env!("CARGO_BIN_EXE_nubo")

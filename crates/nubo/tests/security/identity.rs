@@ -195,7 +195,8 @@ fn identity_minting_tokens_buys_no_more_requests() {
         assert_eq!(r.status, 201, "{}", r.body);
         tokens.push(r.json()["token"].as_str().expect("token").to_string());
     }
-    // Let the budget refill, then spend it round-robin over six tokens.
+    // Let the budget refill (it refills with time: there is nothing else
+    // to wait on), then spend it round-robin over six tokens.
     std::thread::sleep(Duration::from_secs(3));
     let start = Instant::now();
     let mut ok = 0;

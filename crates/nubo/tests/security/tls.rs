@@ -10,8 +10,10 @@
 //! agent (simulated driver: the point is the control-plane connection, not
 //! the VM) and the CLI run in the other. Nothing is sent anywhere else.
 //! Needs root for the namespaces; without it the tests fail, saying so.
+//! With `NUBO_TEST_DATABASE` each server keeps its state in a PostgreSQL
+//! database of its own, reached from its namespace through a relay.
 
-use crate::common::{image_cache, nubo_bin, sh, sh_ok, wait_until, HOST_ARGS};
+use crate::common::{image_cache, nubo_bin, sh, sh_ok, wait_until, ServerDatabase, HOST_ARGS};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -112,12 +114,20 @@ impl Drop for Daemon {
 }
 
 /// A `nubo server` in `ns` on `listen` (plus `extra` flags) with its data
-/// in `dir`; waits for admin.env and join.token. Returns the server,
-/// admin.env's values and the join token.
-fn server(ns: &str, dir: &Path, listen: &str, extra: &[&str]) -> (Daemon, HashMap<String, String>, String) {
+/// in `dir` and `db`; waits for admin.env and join.token. Returns the
+/// server, admin.env's values and the join token.
+fn server(
+    ns: &str,
+    dir: &Path,
+    db: &mut ServerDatabase,
+    listen: &str,
+    extra: &[&str],
+) -> (Daemon, HashMap<String, String>, String) {
     let dir_s = dir.to_str().expect("utf-8 path");
+    let database = db.args_in_netns(ns);
     let mut args = vec!["server", "--data-dir", dir_s, "--listen", listen];
     args.extend(extra);
+    args.extend(database.iter().map(String::as_str));
     let mut d = Daemon::spawn(ns, &args, &dir.with_extension("log"));
     let (env, join) = wait_until("the server's admin.env and join.token", Duration::from_secs(120), || {
         if let Ok(Some(status)) = d.child.try_wait() {
@@ -205,7 +215,9 @@ fn an_agent_joins_a_lan_server_over_tls_with_only_the_join_token() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let listen = format!("{SERVER_IP}:8780");
     let sdir = tmp.path().join("server");
-    let (_server, env, join) = server(&net.srv, &sdir, &listen, &[]);
+    let mut db = ServerDatabase::from_env();
+    let (_server, env, join) = server(&net.srv, &sdir, &mut db, &listen, &[]);
+    db.assert_used_by(&sdir);
 
     // HTTPS without --tls, with the server's own CA; the CLI trusts it
     // through NUBO_CA_CERT, as admin.env says.
@@ -269,8 +281,11 @@ fn a_join_token_for_another_servers_ca_is_refused() {
     let net = Lan::new("x");
     let tmp = tempfile::tempdir().expect("tempdir");
     let (a_listen, b_listen) = (format!("{SERVER_IP}:8780"), format!("{SERVER_IP}:8781"));
-    let (_a, a_env, _) = server(&net.srv, &tmp.path().join("a"), &a_listen, &[]);
-    let (_b, _, b_join) = server(&net.srv, &tmp.path().join("b"), &b_listen, &[]);
+    let (mut a_db, mut b_db) = (ServerDatabase::from_env(), ServerDatabase::from_env());
+    let (_a, a_env, _) = server(&net.srv, &tmp.path().join("a"), &mut a_db, &a_listen, &[]);
+    let (_b, _, b_join) = server(&net.srv, &tmp.path().join("b"), &mut b_db, &b_listen, &[]);
+    a_db.assert_used_by(&tmp.path().join("a"));
+    b_db.assert_used_by(&tmp.path().join("b"));
     assert!(
         a_env["NUBO_URL"].starts_with("https://"),
         "a LAN listener must serve HTTPS by default: {}",
@@ -321,7 +336,9 @@ fn plain_http_beyond_loopback_takes_a_flag_on_both_sides() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let listen = format!("{SERVER_IP}:8780");
     let sdir = tmp.path().join("server");
-    let (server_d, env, join) = server(&net.srv, &sdir, &listen, &["--insecure-http"]);
+    let mut db = ServerDatabase::from_env();
+    let (server_d, env, join) = server(&net.srv, &sdir, &mut db, &listen, &["--insecure-http"]);
+    db.assert_used_by(&sdir);
     assert_eq!(env["NUBO_URL"], format!("http://{listen}"));
     assert!(!env.contains_key("NUBO_CA_CERT"), "{env:?}");
     let log = server_d.log_text();
