@@ -4,6 +4,11 @@
 //! with life events and console output. Level-triggered: every pass
 //! compares the whole desired set with reality, so a lost message or a
 //! restart of either side heals on the next pass.
+//!
+//! [`reconcile::Reconciler`] supervises the components (the instance
+//! manager, metadata, storage, networks, balancers, the lease) and starts
+//! the monitoring and checks loops; the components depend on the host
+//! and the instance manager only, never on the reconciler.
 
 pub mod balancers;
 pub mod blobs;
