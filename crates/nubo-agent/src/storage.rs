@@ -1,5 +1,6 @@
-//! The host's storage: volume files (`DATA_DIR/volumes/<id>.qcow2`) and
-//! volume snapshots (`DATA_DIR/snapshots/<id>.qcow2`) on the storage pool,
+//! The storage component: the host's volume files
+//! (`DATA_DIR/volumes/<id>.qcow2`) and volume snapshots
+//! (`DATA_DIR/snapshots/<id>.qcow2`) on the storage pool,
 //! the volumes attached to each running VM (hot-plug, unplug, online
 //! resize, each checked from inside the guest through its guest agent),
 //! and instance snapshots (a point-in-time copy of the root disk, uploaded
