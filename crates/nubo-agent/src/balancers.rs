@@ -7,7 +7,7 @@
 //! second) and handed to the balancers, which `least-loaded` scores by;
 //! an instance that cannot be measured counts as unknown (in-flight
 //! requests alone). Each pass reports every balancer's backends with
-//! their health and counters. [`LoadBalancing`] is the component the
+//! their health and counters. `LoadBalancing` is the component the
 //! agent owns; [`Balancers`] the listeners it runs.
 
 use crate::host::Host;

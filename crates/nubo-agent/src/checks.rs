@@ -4,7 +4,7 @@
 //! instance's liveness: QMP and its guest agent), and sends the results
 //! (status 0/1/2/3, output, perfdata). Soft and hard states, retries and
 //! notifications are the control plane's business: it sets the interval
-//! each check runs at. The reconciler starts [`CheckRunner::run`].
+//! each check runs at. The reconciler starts `CheckRunner::run`.
 
 use crate::host::Host;
 use crate::instances::Instances;
