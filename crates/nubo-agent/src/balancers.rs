@@ -7,16 +7,18 @@
 //! second) and handed to the balancers, which `least-loaded` scores by;
 //! an instance that cannot be measured counts as unknown (in-flight
 //! requests alone). Each pass reports every balancer's backends with
-//! their health and counters.
+//! their health and counters. `LoadBalancing` is the component the
+//! agent owns; [`Balancers`] the listeners it runs.
 
-use crate::reconcile::Reconciler;
+use crate::host::Host;
+use crate::instances::Instances;
 use nubo_api::agent::{DesiredState, PowerState};
 use nubo_api::ids::LoadBalancerId;
 use nubo_api::lb::{ActualBalancer, DesiredBalancer, LbBackend};
 use nubo_lb::{Balancer, LbError, ListenerConfig};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How often backends' CPU utilisation is measured (least-loaded needs it
@@ -89,7 +91,7 @@ impl Balancers {
         match Balancer::start(cfg) {
             Ok(balancer) => {
                 self.errors.remove(id);
-                self.running.insert(id.clone(), Running { balancer, started_at_ms: crate::reconcile::now_ms() });
+                self.running.insert(id.clone(), Running { balancer, started_at_ms: crate::clock::now_ms() });
             }
             Err(e) => self.fail(id, e.to_string()),
         }
@@ -160,24 +162,37 @@ impl Balancers {
     }
 }
 
-impl Reconciler {
-    pub(crate) fn balancers(&self) -> std::sync::MutexGuard<'_, Balancers> {
+/// The balancer component the agent owns: the running balancers, and the
+/// loop that feeds them their backends' CPU use.
+pub(crate) struct LoadBalancing {
+    host: Arc<Host>,
+    /// The desired state says which instances are backends.
+    instances: Arc<Instances>,
+    balancers: Mutex<Balancers>,
+}
+
+impl LoadBalancing {
+    pub(crate) fn new(host: Arc<Host>, instances: Arc<Instances>) -> Self {
+        Self { host, instances, balancers: Mutex::default() }
+    }
+
+    fn balancers(&self) -> MutexGuard<'_, Balancers> {
         // Each step leaves the map whole; recover from a panicked holder.
         self.balancers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn reconcile_balancers(&self, d: &DesiredState) -> Vec<ActualBalancer> {
+    pub(crate) fn reconcile(&self, d: &DesiredState) -> Vec<ActualBalancer> {
         self.balancers().reconcile(&d.balancers)
     }
 
     /// Every [`LOAD_INTERVAL`]: each backend instance's CPU utilisation, to the balancers.
-    pub(crate) async fn balancer_load_loop(self: Arc<Self>) {
+    pub(crate) async fn load_loop(self: Arc<Self>) {
         let mut sampler = crate::metrics::Sampler::default();
         let mut tick = tokio::time::interval(LOAD_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Some(d) = self.lock().desired.clone() else { continue };
+            let Some(d) = self.instances.with_desired(|d| d.cloned()) else { continue };
             if d.balancers.is_empty() {
                 continue;
             }
@@ -188,7 +203,7 @@ impl Reconciler {
                     continue;
                 }
                 sampled.push(i.id.clone());
-                let cpu = self.hypervisor.usage(&self.dir(&i.id)).and_then(|u| {
+                let cpu = self.host.hypervisor.usage(&self.host.dir(&i.id)).and_then(|u| {
                     sampler.instance_cpu(&i.id, Instant::now(), u.pid, u.vcpu_time, i.vcpus).map(|p| p / 100.0)
                 });
                 self.balancers().set_cpu(i.id.as_str(), cpu);

@@ -4,9 +4,10 @@
 //! instance's liveness: QMP and its guest agent), and sends the results
 //! (status 0/1/2/3, output, perfdata). Soft and hard states, retries and
 //! notifications are the control plane's business: it sets the interval
-//! each check runs at.
+//! each check runs at. The reconciler starts `CheckRunner::run`.
 
-use crate::reconcile::Reconciler;
+use crate::host::Host;
+use crate::instances::Instances;
 use nubo_api::ids::CheckId;
 use nubo_api::monitoring::{CheckAction, CheckResult, CheckResults, DesiredCheck};
 use nubo_hypervisor::VmStatus;
@@ -148,9 +149,20 @@ async fn run_http(port: u16, path: &str, expect: u16, timeout: Duration) -> (u8,
     }
 }
 
-impl Reconciler {
+/// Runs the host's checks: liveness checks need the host's hypervisor and
+/// each instance's guest channel.
+pub(crate) struct CheckRunner {
+    host: Arc<Host>,
+    instances: Arc<Instances>,
+}
+
+impl CheckRunner {
+    pub(crate) fn new(host: Arc<Host>, instances: Arc<Instances>) -> Self {
+        Self { host, instances }
+    }
+
     async fn run_liveness(&self, instance: &nubo_api::ids::InstanceId, timeout: Duration) -> (u8, String, String) {
-        match self.hypervisor.status(&self.dir(instance)).await {
+        match self.host.hypervisor.status(&self.host.dir(instance)).await {
             VmStatus::NotRunning => (CRITICAL, "LIVENESS CRITICAL - the VM is not running".into(), String::new()),
             VmStatus::Running { paused: true, .. } => {
                 (CRITICAL, "LIVENESS CRITICAL - the VM's vCPUs are stopped (paused or crashed)".into(), String::new())
@@ -158,7 +170,7 @@ impl Reconciler {
             VmStatus::Running { pid, .. } => {
                 let t = Instant::now();
                 let ping = async {
-                    let mut q = self.guest_agent(instance, timeout).await?;
+                    let mut q = self.instances.guest_agent(instance, timeout).await?;
                     q.client.ping().await
                 };
                 match tokio::time::timeout(timeout, ping).await {
@@ -183,16 +195,16 @@ impl Reconciler {
     async fn run_check(&self, c: &DesiredCheck) -> CheckResult {
         let timeout = Duration::from_secs(c.timeout_secs.clamp(1, 300));
         let (status, output, perfdata) = match &c.action {
-            CheckAction::Plugin { command } => run_plugin(&self.config.plugin_dirs, command, timeout).await,
+            CheckAction::Plugin { command } => run_plugin(&self.host.config.plugin_dirs, command, timeout).await,
             CheckAction::Tcp { port } => run_tcp(*port, timeout).await,
             CheckAction::Http { port, path, expect_status } => run_http(*port, path, *expect_status, timeout).await,
             CheckAction::Liveness { instance } => self.run_liveness(instance, timeout).await,
         };
-        CheckResult { check_id: c.id.clone(), status, output, perfdata, at_ms: crate::reconcile::now_ms() }
+        CheckResult { check_id: c.id.clone(), status, output, perfdata, at_ms: crate::clock::now_ms() }
     }
 
     /// Fetches the host's checks, runs each when it is due, sends results.
-    pub(crate) async fn checks_loop(self: Arc<Self>) {
+    pub(crate) async fn run(self: Arc<Self>) {
         let mut checks: Vec<DesiredCheck> = Vec::new();
         let mut fetched: Option<Instant> = None;
         let mut last_run: HashMap<CheckId, Instant> = HashMap::new();
@@ -200,7 +212,7 @@ impl Reconciler {
         loop {
             tokio::time::sleep(TICK).await;
             if fetched.is_none_or(|t| t.elapsed() >= REFRESH) {
-                match self.client.host_checks(self.host_id()).await {
+                match self.host.client.host_checks(&self.host.id).await {
                     Ok(list) => {
                         checks = list.checks;
                         fetched = Some(Instant::now());
@@ -221,7 +233,7 @@ impl Reconciler {
                 }
             }
             if !results.is_empty() {
-                match self.client.send_check_results(self.host_id(), &CheckResults { results }).await {
+                match self.host.client.send_check_results(&self.host.id, &CheckResults { results }).await {
                     // New results may change how often a check runs (retries).
                     Ok(()) => fetched = None,
                     Err(e) => tracing::warn!(error = %e, "check results not delivered"),

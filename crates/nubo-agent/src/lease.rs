@@ -20,7 +20,8 @@
 //! stopping them would only add an outage. On a host with shared storage,
 //! every instance's disks live there, so all its VMs are stopped.
 
-use crate::reconcile::Reconciler;
+use crate::host::Host;
+use crate::instances::Instances;
 use nubo_api::agent::{HeartbeatAck, RegisterHost};
 use nubo_hypervisor::VmStatus;
 use std::sync::{Arc, Mutex};
@@ -129,19 +130,17 @@ impl Lease {
     pub fn fences(&self) -> bool {
         self.fences
     }
-}
 
-impl Reconciler {
     /// Renews the lease every [`LeaseTiming::renew_every`], each try
     /// bounded by that too, so one hung request never holds up the next.
-    pub(crate) async fn heartbeat_loop(self: Arc<Self>, registration: RegisterHost) {
+    pub(crate) async fn heartbeat_loop(self: Arc<Self>, host: Arc<Host>, registration: RegisterHost) {
         loop {
-            let every = self.lease.timing().renew_every();
+            let every = self.timing().renew_every();
             let sent = Instant::now();
-            match tokio::time::timeout(every, self.client.heartbeat(self.host_id())).await {
+            match tokio::time::timeout(every, host.client.heartbeat(&host.id)).await {
                 Ok(Ok(ack)) => {
-                    let was = self.lease.phase();
-                    self.lease.renewed(sent, &ack);
+                    let was = self.phase();
+                    self.renewed(sent, &ack);
                     if was != Phase::Live {
                         tracing::warn!(
                             "lease renewed: back in touch with the control plane; VMs stopped meanwhile stay \
@@ -153,7 +152,7 @@ impl Reconciler {
                     tracing::warn!(error = %e, "heartbeat failed; retrying");
                     if e.status() == Some(404) {
                         // The control plane forgot this host (new database): join again.
-                        let _ = self.client.register(&registration).await;
+                        let _ = host.client.register(&registration).await;
                     }
                 }
                 Err(_) => tracing::warn!(after = ?every, "heartbeat timed out; retrying"),
@@ -165,16 +164,16 @@ impl Reconciler {
     /// Watches the lease; while it is [`Phase::Fencing`], kills every VM
     /// of this host's instances (again at each tick, in case a start was
     /// under way).
-    pub(crate) async fn fence_loop(self: Arc<Self>) {
-        if !self.lease.fences() {
+    pub(crate) async fn fence_loop(self: Arc<Self>, host: Arc<Host>, instances: Arc<Instances>) {
+        if !self.fences() {
             return;
         }
         let mut fencing = false;
         loop {
             tokio::time::sleep(WATCHDOG_TICK).await;
-            let phase = self.lease.phase();
+            let phase = self.phase();
             if phase == Phase::Fencing && !fencing {
-                let t = self.lease.timing();
+                let t = self.timing();
                 tracing::error!(
                     silent_secs = t.renewed_at.elapsed().as_secs(),
                     lease_secs = t.lease.as_secs(),
@@ -185,29 +184,30 @@ impl Reconciler {
             }
             fencing = phase == Phase::Fencing;
             if fencing {
-                self.fence().await;
+                fence(&host, &instances).await;
             }
         }
     }
+}
 
-    /// Kills the running VMs of the instances this host last had.
-    async fn fence(&self) {
-        let ids: Vec<_> = self.lock().desired.iter().flat_map(|d| d.instances.iter().map(|i| i.id.clone())).collect();
-        for id in ids {
-            let dir = self.dir(&id);
-            let VmStatus::Running { pid, .. } = self.hypervisor.status(&dir).await else { continue };
-            match self.hypervisor.kill(&dir).await {
-                Ok(()) => {
-                    tracing::warn!(instance = %id, pid, "VM stopped: fenced (lease expired)");
-                    self.event(
-                        &id,
-                        "fenced",
-                        "its host lost touch with the control plane for longer than the lease; the VM was \
-                         stopped so that it cannot run twice on its shared disk",
-                    );
-                }
-                Err(e) => tracing::error!(instance = %id, pid, error = %e, "cannot stop a fenced VM; retrying"),
+/// Kills the running VMs of the instances this host last had.
+async fn fence(host: &Host, instances: &Instances) {
+    let ids: Vec<_> =
+        instances.with_desired(|d| d.iter().flat_map(|d| d.instances.iter().map(|i| i.id.clone())).collect());
+    for id in ids {
+        let dir = host.dir(&id);
+        let VmStatus::Running { pid, .. } = host.hypervisor.status(&dir).await else { continue };
+        match host.hypervisor.kill(&dir).await {
+            Ok(()) => {
+                tracing::warn!(instance = %id, pid, "VM stopped: fenced (lease expired)");
+                instances.event(
+                    &id,
+                    "fenced",
+                    "its host lost touch with the control plane for longer than the lease; the VM was \
+                     stopped so that it cannot run twice on its shared disk",
+                );
             }
+            Err(e) => tracing::error!(instance = %id, pid, error = %e, "cannot stop a fenced VM; retrying"),
         }
     }
 }

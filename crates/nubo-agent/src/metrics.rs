@@ -7,13 +7,14 @@
 //!   CPU time over the interval, per vCPU), QEMU's resident memory, disk
 //!   I/O of all its disks (QMP `query-blockstats`), network I/O and file
 //!   system use inside the guest (from the guest agent, through the
-//!   reconciler's guest poll).
+//!   instance manager's guest poll).
 //!
 //! Counters go out as they are (`*_total`) and as rates over the last
 //! interval (`*_per_second`); a counter that went backwards (a restarted
 //! VM) starts a new rate instead of a negative one.
 
-use crate::reconcile::Reconciler;
+use crate::host::Host;
+use crate::instances::Instances;
 use nubo_api::agent::PowerState;
 use nubo_api::ids::InstanceId;
 use nubo_api::monitoring::{MetricSample, MetricsBatch};
@@ -248,50 +249,41 @@ pub async fn sample_instances(
     (samples, live)
 }
 
-impl Reconciler {
-    /// One round of samples: the host and every running instance.
-    pub(crate) async fn sample_metrics(&self, sampler: &mut Sampler) -> Vec<MetricSample> {
-        let at_ms = crate::reconcile::now_ms();
-        let desired = self.lock().desired.clone();
-        let vms: Vec<SampledVm> = {
-            let s = self.lock();
-            desired
-                .map(|d| d.instances)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|i| i.power == PowerState::Running)
-                .map(|i| SampledVm {
-                    dir: self.dir(&i.id),
-                    vcpus: i.vcpus,
-                    memory_mib: i.memory_mib,
-                    // Only what the guest agent said recently is about now.
-                    guest: s
-                        .guest_latest
-                        .get(&i.id)
-                        .filter(|(seen, _, _)| seen.elapsed() < Duration::from_secs(60))
-                        .map(|(_, status, counters)| (status.clone(), *counters)),
-                    id: i.id,
-                })
-                .collect()
-        };
-        let (mut samples, live) = sample_instances(self.hypervisor.as_ref(), sampler, &vms, at_ms).await;
-        let mut host = sampler.host(self.host_id().as_str(), &self.config.data_dir, at_ms, live.len());
-        host.append(&mut samples);
-        host
-    }
+/// One round of samples: the host and every running instance.
+async fn sample_metrics(host: &Host, instances: &Instances, sampler: &mut Sampler) -> Vec<MetricSample> {
+    let at_ms = crate::clock::now_ms();
+    let desired = instances.with_desired(|d| d.cloned());
+    let vms: Vec<SampledVm> = desired
+        .map(|d| d.instances)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| i.power == PowerState::Running)
+        .map(|i| SampledVm {
+            dir: host.dir(&i.id),
+            vcpus: i.vcpus,
+            memory_mib: i.memory_mib,
+            // Only what the guest agent said recently is about now.
+            guest: instances.guest_latest(&i.id, Duration::from_secs(60)),
+            id: i.id,
+        })
+        .collect();
+    let (mut samples, live) = sample_instances(host.hypervisor.as_ref(), sampler, &vms, at_ms).await;
+    let mut out = sampler.host(host.id.as_str(), &host.config.data_dir, at_ms, live.len());
+    out.append(&mut samples);
+    out
+}
 
-    /// Samples every `interval` and sends each round to the control plane
-    /// (a round that cannot be sent is dropped: the next one follows).
-    pub(crate) async fn metrics_loop(self: Arc<Self>, interval: Duration) {
-        let mut sampler = Sampler::default();
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let samples = self.sample_metrics(&mut sampler).await;
-            if let Err(e) = self.client.send_metrics(self.host_id(), &MetricsBatch { samples }).await {
-                tracing::debug!(error = %e, "metrics not sent this round");
-            }
+/// Samples every `interval` and sends each round to the control plane
+/// (a round that cannot be sent is dropped: the next one follows).
+pub(crate) async fn metrics_loop(host: Arc<Host>, instances: Arc<Instances>, interval: Duration) {
+    let mut sampler = Sampler::default();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let samples = sample_metrics(&host, &instances, &mut sampler).await;
+        if let Err(e) = host.client.send_metrics(&host.id, &MetricsBatch { samples }).await {
+            tracing::debug!(error = %e, "metrics not sent this round");
         }
     }
 }

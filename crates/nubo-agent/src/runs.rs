@@ -9,10 +9,11 @@
 //! starting it twice. A run whose process disappears (the guest rebooted
 //! or stopped) is reported failed, never left running.
 
-use crate::reconcile::Reconciler;
+use crate::host::Host;
+use crate::instances::{Instances, QgaSession};
 use nubo_api::agent::{DesiredRun, RunAction, RunProgress};
 use nubo_api::ids::InstanceId;
-use nubo_hypervisor::{GuestExec, GuestExecStatus, QgaClient, QgaError};
+use nubo_hypervisor::{GuestExec, GuestExecStatus, QgaError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,10 +71,17 @@ impl Outcome {
     }
 }
 
+/// What a run needs: the host (its control plane, its VMs) and the
+/// instances' guest channels.
+pub(crate) struct RunContext {
+    pub(crate) host: Arc<Host>,
+    pub(crate) instances: Arc<Instances>,
+}
+
 /// Follows one run to its end. Errors are reported as a failed run.
-pub(crate) async fn execute(rec: Arc<Reconciler>, instance: InstanceId, run: DesiredRun) {
-    let mut log = LogShipper { rec: rec.clone(), run: run.clone(), offset: run.log_offset, pid: run.guest_pid };
-    let outcome = match drive(&rec, &instance, &run, &mut log).await {
+pub(crate) async fn execute(ctx: Arc<RunContext>, instance: InstanceId, run: DesiredRun) {
+    let mut log = LogShipper { ctx: ctx.clone(), run: run.clone(), offset: run.log_offset, pid: run.guest_pid };
+    let outcome = match drive(&ctx, &instance, &run, &mut log).await {
         Ok(o) => o,
         Err(why) => Outcome::failed(why),
     };
@@ -84,7 +92,7 @@ pub(crate) async fn execute(rec: Arc<Reconciler>, instance: InstanceId, run: Des
 /// Sends progress to the control plane, keeping the log offset in step
 /// with what the server has.
 struct LogShipper {
-    rec: Arc<Reconciler>,
+    ctx: Arc<RunContext>,
     run: DesiredRun,
     offset: u64,
     pid: Option<i64>,
@@ -93,7 +101,7 @@ struct LogShipper {
 impl LogShipper {
     async fn send(&mut self, state: &str, raw: &[u8], outcome: Option<&Outcome>) {
         let progress = RunProgress {
-            host_id: self.rec.host_id().clone(),
+            host_id: self.ctx.host.id.clone(),
             state: state.to_string(),
             guest_pid: self.pid,
             log_offset: self.offset,
@@ -104,7 +112,7 @@ impl LogShipper {
         };
         // A few tries: the end of a run must not be lost to one hiccup.
         for attempt in 0..5 {
-            match self.rec.client().run_progress(&self.run.id, &progress).await {
+            match self.ctx.host.client.run_progress(&self.run.id, &progress).await {
                 Ok(ack) => {
                     self.offset = ack.log_offset;
                     return;
@@ -133,7 +141,7 @@ impl LogShipper {
 }
 
 async fn drive(
-    rec: &Arc<Reconciler>,
+    ctx: &Arc<RunContext>,
     id: &InstanceId,
     run: &DesiredRun,
     log: &mut LogShipper,
@@ -148,18 +156,18 @@ async fn drive(
                     if run.state == "running" {
                         return Err("the agent restarted before the run was under way; run it again".into());
                     }
-                    let pid = start_script(rec, id, run, body, env).await?;
+                    let pid = start_script(ctx, id, run, body, env).await?;
                     log.pid = Some(pid);
                     log.running().await;
                     pid
                 }
             };
-            follow(rec, id, run, pid, started, timeout, log).await
+            follow(ctx, id, run, pid, started, timeout, log).await
         }
         RunAction::Exec { command } => {
             let (program, args) = command.split_first().ok_or("the command is empty")?;
             let req = guest_command(program, args.to_vec(), true);
-            exec_captured(rec, id, run, req, started, timeout, log).await
+            exec_captured(ctx, id, run, req, started, timeout, log).await
         }
         RunAction::CloudInit => {
             // Exit 2 is cloud-init 23.4+'s "done, with recoverable errors"
@@ -168,20 +176,20 @@ async fn drive(
                           tail -n 40 /var/log/cloud-init-output.log 2>/dev/null; \
                           if [ $rc -eq 2 ]; then echo 'cloud-init finished with recoverable errors'; rc=0; fi; exit $rc";
             let req = guest_command("/bin/sh", vec!["-c".into(), script.into()], true);
-            exec_captured(rec, id, run, req, started, timeout, log).await
+            exec_captured(ctx, id, run, req, started, timeout, log).await
         }
     }
 }
 
 /// Connects to the instance's guest agent, waiting up to `wait` for it to
 /// answer; gives up at once when the VM is not running.
-async fn connect(rec: &Arc<Reconciler>, id: &InstanceId, wait: Duration) -> Result<QgaSession, String> {
+async fn connect(ctx: &Arc<RunContext>, id: &InstanceId, wait: Duration) -> Result<QgaSession, String> {
     let until = Instant::now() + wait;
     loop {
-        if !rec.vm_running(id).await {
+        if !ctx.host.vm_running(id).await {
             return Err("the instance is not running".into());
         }
-        match rec.guest_agent(id, Duration::from_secs(3)).await {
+        match ctx.instances.guest_agent(id, Duration::from_secs(3)).await {
             Ok(s) => return Ok(s),
             Err(e) if Instant::now() >= until => {
                 return Err(format!("the guest agent did not answer within {} s: {e}", wait.as_secs()))
@@ -191,21 +199,14 @@ async fn connect(rec: &Arc<Reconciler>, id: &InstanceId, wait: Duration) -> Resu
     }
 }
 
-/// A guest-agent connection, held with the instance's lock (QEMU serves
-/// one client per socket).
-pub(crate) struct QgaSession {
-    pub(crate) client: QgaClient,
-    pub(crate) _guard: tokio::sync::OwnedMutexGuard<()>,
-}
-
 async fn start_script(
-    rec: &Arc<Reconciler>,
+    ctx: &Arc<RunContext>,
     id: &InstanceId,
     run: &DesiredRun,
     body: &str,
     params: &[(String, String)],
 ) -> Result<i64, String> {
-    let mut s = connect(rec, id, GUEST_AGENT_WAIT).await?;
+    let mut s = connect(ctx, id, GUEST_AGENT_WAIT).await?;
     let q = &mut s.client;
     let mkdir = guest_command("/bin/mkdir", vec!["-p".into(), GUEST_DIR.into()], true);
     let st = q.run(&mkdir, Duration::from_secs(30)).await.map_err(|e| format!("preparing {GUEST_DIR}: {e}"))?;
@@ -231,7 +232,7 @@ async fn start_script(
 
 /// Polls the script's process and ships its log until it ends.
 async fn follow(
-    rec: &Arc<Reconciler>,
+    ctx: &Arc<RunContext>,
     id: &InstanceId,
     run: &DesiredRun,
     pid: i64,
@@ -247,19 +248,19 @@ async fn follow(
     let mut lost_since: Option<Instant> = None;
     loop {
         if started.elapsed() > timeout {
-            if let Ok(mut s) = connect(rec, id, Duration::from_secs(5)).await {
+            if let Ok(mut s) = connect(ctx, id, Duration::from_secs(5)).await {
                 let kill = guest_command("/bin/kill", vec!["-9".into(), pid.to_string()], false);
                 let _ = s.client.run(&kill, Duration::from_secs(10)).await;
             }
             return Ok(Outcome::failed(format!("timed out after {} s and was killed", timeout.as_secs())));
         }
-        let mut s = match connect(rec, id, Duration::from_secs(5)).await {
+        let mut s = match connect(ctx, id, Duration::from_secs(5)).await {
             Ok(s) => {
                 lost_since = None;
                 s
             }
             Err(e) => {
-                if !rec.vm_running(id).await {
+                if !ctx.host.vm_running(id).await {
                     return Ok(Outcome::failed("the instance stopped during the run"));
                 }
                 let since = *lost_since.get_or_insert_with(Instant::now);
@@ -328,7 +329,7 @@ async fn follow(
 
 /// Runs one command with captured output; the output is the run's log.
 async fn exec_captured(
-    rec: &Arc<Reconciler>,
+    ctx: &Arc<RunContext>,
     id: &InstanceId,
     run: &DesiredRun,
     req: GuestExec,
@@ -342,7 +343,7 @@ async fn exec_captured(
         return Err("the agent restarted during the command; run it again".into());
     }
     let pid = {
-        let mut s = connect(rec, id, GUEST_AGENT_WAIT).await?;
+        let mut s = connect(ctx, id, GUEST_AGENT_WAIT).await?;
         s.client.exec(&req).await.map_err(|e| format!("starting {}: {e}", req.path))?
     };
     log.pid = Some(pid);
@@ -352,10 +353,10 @@ async fn exec_captured(
         if started.elapsed() > timeout {
             return Ok(Outcome::failed(format!("timed out after {} s", timeout.as_secs())));
         }
-        let mut s = match connect(rec, id, Duration::from_secs(5)).await {
+        let mut s = match connect(ctx, id, Duration::from_secs(5)).await {
             Ok(s) => s,
             Err(e) => {
-                if !rec.vm_running(id).await {
+                if !ctx.host.vm_running(id).await {
                     return Ok(Outcome::failed("the instance stopped during the command"));
                 }
                 tracing::debug!(run = %run.id, error = %e, "guest agent busy; retrying");

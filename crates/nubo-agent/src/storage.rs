@@ -1,5 +1,6 @@
-//! The host's storage: volume files (`DATA_DIR/volumes/<id>.qcow2`) and
-//! volume snapshots (`DATA_DIR/snapshots/<id>.qcow2`) on the storage pool,
+//! The storage component: the host's volume files
+//! (`DATA_DIR/volumes/<id>.qcow2`) and volume snapshots
+//! (`DATA_DIR/snapshots/<id>.qcow2`) on the storage pool,
 //! the volumes attached to each running VM (hot-plug, unplug, online
 //! resize, each checked from inside the guest through its guest agent),
 //! and instance snapshots (a point-in-time copy of the root disk, uploaded
@@ -13,7 +14,8 @@
 //! message arriving once. After an agent restart the plugged disks are
 //! read back from QEMU, so nothing is plugged twice.
 
-use crate::reconcile::Reconciler;
+use crate::host::Host;
+use crate::instances::Instances;
 use nubo_api::agent::{
     ActualAttachment, ActualCapture, ActualSnapshot, ActualVolume, DesiredInstance, DesiredSnapshot, DesiredState,
     DesiredVolume,
@@ -22,7 +24,7 @@ use nubo_api::ids::{ImageId, InstanceId, SnapshotId, VolumeId};
 use nubo_hypervisor::{DataDisk, QgaClient};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -69,7 +71,7 @@ enum Capture {
 }
 
 #[derive(Default)]
-pub struct StorageState {
+struct StorageState {
     /// One task per object: `vol:<id>`, `snap:<id>`, `disk:<instance>`, `cap:<image>`.
     tasks: HashMap<String, tokio::task::JoinHandle<()>>,
     /// Not before this instant may the task with this key start again.
@@ -166,17 +168,30 @@ fn parse_disk_lines(text: &str) -> HashMap<String, (String, u64)> {
         .collect()
 }
 
-impl Reconciler {
+/// The storage component: the state above, and the tasks that change files and disks.
+pub(crate) struct Storage {
+    host: Arc<Host>,
+    /// For each instance's guest channel (what the guest sees, freezes).
+    instances: Arc<Instances>,
+    state: Mutex<StorageState>,
+}
+
+impl Storage {
+    pub(crate) fn new(host: Arc<Host>, instances: Arc<Instances>) -> Self {
+        Self { host, instances, state: Mutex::default() }
+    }
+
     pub(crate) fn volume_path(&self, id: &VolumeId) -> PathBuf {
-        self.config.volumes_root().join(format!("{id}.qcow2"))
+        self.host.config.volumes_root().join(format!("{id}.qcow2"))
     }
 
     fn snapshot_path(&self, id: &SnapshotId) -> PathBuf {
-        self.config.data_dir.join("snapshots").join(format!("{id}.qcow2"))
+        self.host.config.data_dir.join("snapshots").join(format!("{id}.qcow2"))
     }
 
-    fn storage(&self) -> std::sync::MutexGuard<'_, StorageState> {
-        self.storage.lock().unwrap_or_else(|p| p.into_inner())
+    fn storage(&self) -> MutexGuard<'_, StorageState> {
+        // Each step leaves the state whole; recover from a panicked holder.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts `fut` as the task `key` unless one runs (or waits to retry).
@@ -353,9 +368,9 @@ impl Reconciler {
     /// no longer wanted, plug what is, grow what is smaller, then ask the
     /// guest what it sees.
     async fn disk_task(self: Arc<Self>, want: DesiredInstance, pid: u32) {
-        let dir = self.dir(&want.id);
+        let dir = self.host.dir(&want.id);
         let key = disk_key(&want.id);
-        let hv = self.hypervisor.clone();
+        let hv = self.host.hypervisor.clone();
         let attached = match hv.attached_disks(&dir).await {
             Ok(a) => a,
             Err(e) => {
@@ -473,7 +488,7 @@ impl Reconciler {
             }
         }
         // What the guest sees.
-        let seen = match self.guest_agent(&want.id, Duration::from_secs(3)).await {
+        let seen = match self.instances.guest_agent(&want.id, Duration::from_secs(3)).await {
             Ok(mut q) => guest_disks(&mut q.client).await.ok(),
             Err(_) => None,
         };
@@ -571,7 +586,7 @@ impl Reconciler {
         let key = vol_key(&v.id);
         self.spawn_storage(key.clone(), async move {
             let path = this.volume_path(&v.id);
-            let hv = this.hypervisor.clone();
+            let hv = this.host.hypervisor.clone();
             let want = v.size_gib * GIB;
             let result: Result<Option<u64>, String> = async {
                 if !v.present {
@@ -702,7 +717,7 @@ impl Reconciler {
                 if !src.is_file() {
                     return Err(format!("volume {} has no file on this host", snap.volume_id));
                 }
-                self.hypervisor.copy_disk_file(&src, &tmp).await.map_err(|e| e.to_string())?;
+                self.host.hypervisor.copy_disk_file(&src, &tmp).await.map_err(|e| e.to_string())?;
                 "offline".to_string()
             }
         };
@@ -714,10 +729,10 @@ impl Reconciler {
     /// with the guest's file systems frozen for the instant the copy
     /// starts when its guest agent answers. Returns the consistency.
     async fn copy_running_disk(&self, instance: &InstanceId, node: &str, target: &Path) -> Result<String, String> {
-        let dir = self.dir(instance);
-        let hv = self.hypervisor.clone();
+        let dir = self.host.dir(instance);
+        let hv = self.host.hypervisor.clone();
         let mut frozen = false;
-        let job = match self.guest_agent(instance, Duration::from_secs(3)).await {
+        let job = match self.instances.guest_agent(instance, Duration::from_secs(3)).await {
             Ok(mut q) => {
                 match q.client.fsfreeze_freeze().await {
                     Ok(n) => frozen = n > 0,
@@ -771,7 +786,7 @@ impl Reconciler {
 
     async fn capture(self: Arc<Self>, instance: InstanceId, image: ImageId, running: bool) {
         let started = Instant::now();
-        let work = self.config.data_dir.join("captures");
+        let work = self.host.config.data_dir.join("captures");
         let result: Result<(), (bool, String)> = async {
             std::fs::create_dir_all(&work).map_err(|e| (true, format!("cannot create {}: {e}", work.display())))?;
             let tmp = work.join(format!("{image}.qcow2"));
@@ -779,13 +794,13 @@ impl Reconciler {
             if running {
                 self.copy_running_disk(&instance, "root", &tmp).await.map_err(|e| (true, e))?;
             } else {
-                let disk = self.dir(&instance).disk();
-                self.hypervisor.copy_disk_file(&disk, &tmp).await.map_err(|e| (true, e.to_string()))?;
+                let disk = self.host.dir(&instance).disk();
+                self.host.hypervisor.copy_disk_file(&disk, &tmp).await.map_err(|e| (true, e.to_string()))?;
             }
             // Keep it in the local cache too: booting it here needs no download.
-            let cached = crate::blobs::adopt(&self.blob_root(), &tmp).await.map_err(|e| (true, e))?;
+            let cached = crate::blobs::adopt(&self.host.blob_root(), &tmp).await.map_err(|e| (true, e))?;
             tracing::info!(sha256 = %cached.sha256, size = cached.size, after = ?started.elapsed(), "root disk copied");
-            match self.client.upload_capture(&image, &cached.path, cached.size, &cached.sha256).await {
+            match self.host.client.upload_capture(&image, &cached.path, cached.size, &cached.sha256).await {
                 Ok(_) => Ok(()),
                 Err(e @ nubo_client::ClientError::Api { status: 400..=499, .. }) => Err((true, e.to_string())),
                 Err(e) => Err((false, e.to_string())),

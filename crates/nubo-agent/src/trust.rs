@@ -12,7 +12,7 @@
 //!
 //! Plain `http://` beyond loopback is refused unless `--insecure-http`.
 
-use crate::AgentConfig;
+use crate::config::AgentConfig;
 use nubo_api::join::JoinToken;
 use nubo_client::{ClientError, Trust};
 use std::path::PathBuf;

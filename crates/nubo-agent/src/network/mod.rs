@@ -30,13 +30,16 @@
 //! those are what an operator debugs with.
 
 pub mod firewall;
+mod networks;
+
+pub(crate) use networks::Networks;
 
 use nubo_api::agent::{DesiredNetwork, DesiredState};
 use nubo_api::ids::InstanceId;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The MTU guests get by DHCP: the underlay's 1500 less VXLAN's 50 bytes.
 pub const GUEST_MTU: u32 = 1450;
@@ -668,17 +671,6 @@ pub fn address_index(d: &DesiredState) -> HashMap<(u32, Ipv4Addr), InstanceId> {
         }
     }
     out
-}
-
-/// The lookup the metadata service uses: the address's instance in the
-/// last desired state, and that instance's service.
-pub(crate) fn lookup_from(shared: Arc<Mutex<crate::reconcile::Shared>>) -> MetadataLookup {
-    Arc::new(move |vni, addr| {
-        let s = shared.lock().unwrap_or_else(|p| p.into_inner());
-        let d = s.desired.as_ref()?;
-        let id = d.networks.iter().find(|n| n.vni == vni)?.ports.iter().find(|p| p.address == addr.to_string())?;
-        s.imds_of(&id.instance_id)
-    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,33 @@
+//! What the agent last did to an instance, kept in its directory
+//! (`applied.json`), so that a restarted agent re-adopts running VMs and
+//! neither restarts nor forgets them.
+
+use nubo_hypervisor::VmDir;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub(crate) struct Applied {
+    pub(crate) start_seq: i64,
+    pub(crate) reboot_count: i64,
+    /// The VM was stopped on purpose (so its absence is not a crash).
+    pub(crate) stopped_on_purpose: bool,
+}
+
+pub(crate) fn read_applied(dir: &VmDir) -> Applied {
+    std::fs::read(dir.path().join("applied.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+pub(crate) fn write_applied(dir: &VmDir, a: &Applied) {
+    let path = dir.path().join("applied.json");
+    let tmp = dir.path().join("applied.json.tmp");
+    let result = serde_json::to_vec(a)
+        .map_err(std::io::Error::other)
+        .and_then(|b| std::fs::write(&tmp, b))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = result {
+        tracing::error!(path = %path.display(), error = %e, "cannot record applied state");
+    }
+}
