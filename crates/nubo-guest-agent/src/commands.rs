@@ -1,8 +1,9 @@
-//! The command table and the agent's state: which QGA commands exist, how
-//! their arguments are parsed, the open-file handles and the file-system
-//! freeze (which disables most commands while it lasts). Argument and
-//! return shapes follow QEMU's qga/qapi-schema.json, so host tools written
-//! for the stock qemu-ga work unchanged.
+//! The command table and the agent's state: how each QGA command of
+//! [`nubo_guest_protocol::Command`] is served, the open-file handles and
+//! the file-system freeze (which disables most commands while it lasts).
+//! Argument and reply shapes are `nubo_guest_protocol`'s, which follow
+//! QEMU's qga/qapi-schema.json, so host tools written for the stock qemu-ga
+//! work unchanged.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -10,45 +11,24 @@ use std::io::{Read, Seek, SeekFrom, Write};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use nubo_guest_protocol::{
+    Command, CommandInfo, Empty, ExecStatusArgs, FileOpenArgs, FileReadArgs, FileReadReturn, FileSeekArgs,
+    FileSeekReturn, FileWriteArgs, FileWriteReturn, GuestInfo, HandleArgs, ShutdownArgs, ShutdownMode, SyncArgs,
+    Whence, FILE_READ_COUNT_DEFAULT, FILE_READ_COUNT_MAX, GENERIC_ERROR,
+};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::exec::Processes;
 use crate::fsfreeze::{self, Freezer};
 use crate::{disks, sysinfo};
 
-/// Largest `count` accepted by `guest-file-read` (qemu-ga's QGA_READ_COUNT_MAX).
-const READ_COUNT_MAX: i64 = 48 * 1024 * 1024;
-/// Default `count` of `guest-file-read`.
-const READ_COUNT_DEFAULT: i64 = 4096;
 /// First file handle; qemu-ga starts its persistent counter at 1000 too.
 const FIRST_HANDLE: i64 = 1000;
 
-/// Every command, with qemu-ga's `success-response` flag (false for the
-/// commands that do not answer when they succeed).
-pub const COMMANDS: &[(&str, bool)] = &[
-    ("guest-sync-delimited", true),
-    ("guest-sync", true),
-    ("guest-ping", true),
-    ("guest-info", true),
-    ("guest-exec", true),
-    ("guest-exec-status", true),
-    ("guest-file-open", true),
-    ("guest-file-close", true),
-    ("guest-file-read", true),
-    ("guest-file-write", true),
-    ("guest-file-seek", true),
-    ("guest-file-flush", true),
-    ("guest-get-fsinfo", true),
-    ("guest-get-osinfo", true),
-    ("guest-network-get-interfaces", true),
-    ("guest-get-disks", true),
-    ("guest-fsfreeze-status", true),
-    ("guest-fsfreeze-freeze", true),
-    ("guest-fsfreeze-thaw", true),
-    ("guest-shutdown", false),
-];
+/// The error class of a command the agent does not know, or has disabled.
+pub const COMMAND_NOT_FOUND: &str = "CommandNotFound";
 
 /// A QGA error: `{"error": {"class": ..., "desc": ...}}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +39,7 @@ pub struct QgaError {
 
 impl QgaError {
     pub fn generic(desc: impl Into<String>) -> Self {
-        QgaError { class: "GenericError", desc: desc.into() }
+        QgaError { class: GENERIC_ERROR, desc: desc.into() }
     }
 }
 
@@ -75,7 +55,7 @@ pub enum Outcome {
 }
 
 /// Runs the power command for a `guest-shutdown` mode; swapped out in tests.
-pub type ShutdownFn = fn(&str) -> Result<(), QgaError>;
+pub type ShutdownFn = fn(ShutdownMode) -> Result<(), QgaError>;
 
 /// The agent's state across requests and host connections.
 pub struct Agent {
@@ -94,44 +74,50 @@ impl Agent {
     pub fn dispatch(&mut self, command: &str, args: Value) -> Outcome {
         // Like qemu-ga: unknown commands are "not found" even while frozen;
         // known ones outside the allow-list are refused until the thaw.
-        if self.freezer.is_frozen()
-            && !fsfreeze::ALLOWED_WHILE_FROZEN.contains(&command)
-            && COMMANDS.iter().any(|(name, _)| *name == command)
-        {
+        let Some(command) = Command::from_name(command) else {
+            return Outcome::Error(QgaError {
+                class: COMMAND_NOT_FOUND,
+                desc: format!("The command {command} has not been found"),
+            });
+        };
+        if self.freezer.is_frozen() && !fsfreeze::ALLOWED_WHILE_FROZEN.contains(&command) {
             return Outcome::Error(fsfreeze::disabled(command));
         }
+        // Every command is matched here: one added to the protocol does not
+        // build until the agent serves it.
         let result = match command {
-            "guest-sync-delimited" => {
-                return match sync(args) {
+            Command::SyncDelimited => {
+                return match parse::<SyncArgs>(args).and_then(|a| reply(a.id)) {
                     Ok(v) => Outcome::Delimited(v),
                     Err(e) => Outcome::Error(e),
                 }
             }
-            "guest-sync" => sync(args),
-            "guest-ping" => no_args(args).map(|()| json!({})),
-            "guest-info" => no_args(args).map(|()| info(self.freezer.is_frozen())),
-            "guest-exec" => parse(args).and_then(|a| self.processes.exec(a)),
-            "guest-exec-status" => parse::<Pid>(args).and_then(|a| self.processes.status(a.pid)),
-            "guest-file-open" => parse(args).and_then(|a| self.file_open(a)),
-            "guest-file-close" => parse::<Handle>(args).and_then(|a| self.file_close(a.handle)),
-            "guest-file-read" => parse(args).and_then(|a| self.file_read(a)),
-            "guest-file-write" => parse(args).and_then(|a| self.file_write(a)),
-            "guest-file-seek" => parse(args).and_then(|a| self.file_seek(a)),
-            "guest-file-flush" => parse::<Handle>(args).and_then(|a| self.file_flush(a.handle)),
-            "guest-get-fsinfo" => no_args(args).and_then(|()| sysinfo::fsinfo()),
-            "guest-get-osinfo" => no_args(args).map(|()| sysinfo::osinfo()),
-            "guest-network-get-interfaces" => no_args(args).and_then(|()| sysinfo::network_interfaces()),
-            "guest-get-disks" => no_args(args).and_then(|()| disks::disks()),
-            "guest-fsfreeze-status" => no_args(args).map(|()| self.freezer.status()),
-            "guest-fsfreeze-freeze" => no_args(args).and_then(|()| self.freezer.freeze()),
-            "guest-fsfreeze-thaw" => no_args(args).and_then(|()| self.freezer.thaw()),
-            "guest-shutdown" => {
+            Command::Sync => parse::<SyncArgs>(args).and_then(|a| reply(a.id)),
+            Command::Ping => no_args(args).and_then(|()| reply(Empty {})),
+            Command::Info => no_args(args).and_then(|()| reply(info(self.freezer.is_frozen()))),
+            Command::Exec => parse(args).and_then(|a| self.processes.exec(a)).and_then(reply),
+            Command::ExecStatus => {
+                parse::<ExecStatusArgs>(args).and_then(|a| self.processes.status(a.pid)).and_then(reply)
+            }
+            Command::FileOpen => parse(args).and_then(|a| self.file_open(a)).and_then(reply),
+            Command::FileClose => parse::<HandleArgs>(args).and_then(|a| self.file_close(a.handle)).and_then(reply),
+            Command::FileRead => parse(args).and_then(|a| self.file_read(a)).and_then(reply),
+            Command::FileWrite => parse(args).and_then(|a| self.file_write(a)).and_then(reply),
+            Command::FileSeek => parse(args).and_then(|a| self.file_seek(a)).and_then(reply),
+            Command::FileFlush => parse::<HandleArgs>(args).and_then(|a| self.file_flush(a.handle)).and_then(reply),
+            Command::GetFsinfo => no_args(args).and_then(|()| sysinfo::fsinfo()).and_then(reply),
+            Command::GetOsinfo => no_args(args).and_then(|()| reply(sysinfo::osinfo())),
+            Command::NetworkGetInterfaces => no_args(args).and_then(|()| sysinfo::network_interfaces()).and_then(reply),
+            Command::GetDisks => no_args(args).and_then(|()| disks::disks()).and_then(reply),
+            Command::FsfreezeStatus => no_args(args).and_then(|()| reply(self.freezer.status())),
+            Command::FsfreezeFreeze => no_args(args).and_then(|()| self.freezer.freeze()).and_then(reply),
+            Command::FsfreezeThaw => no_args(args).and_then(|()| self.freezer.thaw()).and_then(reply),
+            Command::Shutdown => {
                 return match parse::<ShutdownArgs>(args).and_then(|a| self.shutdown(a)) {
                     Ok(()) => Outcome::NoReply,
                     Err(e) => Outcome::Error(e),
                 }
             }
-            _ => Err(QgaError { class: "CommandNotFound", desc: format!("The command {command} has not been found") }),
         };
         match result {
             Ok(v) => Outcome::Return(v),
@@ -143,7 +129,7 @@ impl Agent {
         self.files.get_mut(&handle).ok_or_else(|| QgaError::generic(format!("handle '{handle}' has not been found")))
     }
 
-    fn file_open(&mut self, a: OpenArgs) -> Result<Value, QgaError> {
+    fn file_open(&mut self, a: FileOpenArgs) -> Result<i64, QgaError> {
         let mode = a.mode.as_deref().unwrap_or("r");
         let opts = open_options(mode).ok_or_else(|| QgaError::generic(format!("invalid file open mode '{mode}'")))?;
         let file = opts
@@ -152,19 +138,19 @@ impl Agent {
         let handle = self.next_handle;
         self.next_handle += 1;
         self.files.insert(handle, file);
-        Ok(json!(handle))
+        Ok(handle)
     }
 
-    fn file_close(&mut self, handle: i64) -> Result<Value, QgaError> {
+    fn file_close(&mut self, handle: i64) -> Result<Empty, QgaError> {
         match self.files.remove(&handle) {
-            Some(_) => Ok(json!({})),
+            Some(_) => Ok(Empty {}),
             None => Err(QgaError::generic(format!("handle '{handle}' has not been found"))),
         }
     }
 
-    fn file_read(&mut self, a: ReadArgs) -> Result<Value, QgaError> {
-        let count = a.count.unwrap_or(READ_COUNT_DEFAULT);
-        if !(0..=READ_COUNT_MAX).contains(&count) {
+    fn file_read(&mut self, a: FileReadArgs) -> Result<FileReadReturn, QgaError> {
+        let count = a.count.unwrap_or(FILE_READ_COUNT_DEFAULT);
+        if !(0..=FILE_READ_COUNT_MAX).contains(&count) {
             return Err(QgaError::generic(format!("value '{count}' is invalid for argument count")));
         }
         let file = self.handle(a.handle)?;
@@ -183,10 +169,10 @@ impl Agent {
             }
         }
         data.truncate(got);
-        Ok(json!({ "count": got, "buf-b64": B64.encode(&data), "eof": eof }))
+        Ok(FileReadReturn { count: got as u64, buf_b64: B64.encode(&data), eof })
     }
 
-    fn file_write(&mut self, a: WriteArgs) -> Result<Value, QgaError> {
+    fn file_write(&mut self, a: FileWriteArgs) -> Result<FileWriteReturn, QgaError> {
         let data =
             B64.decode(a.buf_b64.as_bytes()).map_err(|e| QgaError::generic(format!("invalid base64 data: {e}")))?;
         let count = match a.count {
@@ -196,10 +182,10 @@ impl Agent {
         };
         let file = self.handle(a.handle)?;
         file.write_all(&data[..count]).map_err(|e| QgaError::generic(format!("failed to write to file: {e}")))?;
-        Ok(json!({ "count": count, "eof": false }))
+        Ok(FileWriteReturn { count: count as u64, eof: false })
     }
 
-    fn file_seek(&mut self, a: SeekArgs) -> Result<Value, QgaError> {
+    fn file_seek(&mut self, a: FileSeekArgs) -> Result<FileSeekReturn, QgaError> {
         let whence = match &a.whence {
             Whence::Int(0) => SeekFrom::Start(0),
             Whence::Int(1) => SeekFrom::Current(0),
@@ -220,21 +206,17 @@ impl Agent {
         };
         let file = self.handle(a.handle)?;
         let position = file.seek(pos).map_err(|e| QgaError::generic(format!("failed to seek file: {e}")))?;
-        Ok(json!({ "position": position, "eof": false }))
+        Ok(FileSeekReturn { position, eof: false })
     }
 
-    fn file_flush(&mut self, handle: i64) -> Result<Value, QgaError> {
+    fn file_flush(&mut self, handle: i64) -> Result<Empty, QgaError> {
         let file = self.handle(handle)?;
         file.flush().map_err(|e| QgaError::generic(format!("failed to flush file: {e}")))?;
-        Ok(json!({}))
+        Ok(Empty {})
     }
 
     fn shutdown(&mut self, a: ShutdownArgs) -> Result<(), QgaError> {
-        let mode = a.mode.as_deref().unwrap_or("powerdown");
-        if !matches!(mode, "powerdown" | "halt" | "reboot") {
-            return Err(QgaError::generic(format!("Parameter 'mode' does not accept value '{mode}'")));
-        }
-        (self.shutdown)(mode)
+        (self.shutdown)(a.mode.unwrap_or(ShutdownMode::Powerdown))
     }
 }
 
@@ -253,26 +235,23 @@ fn open_options(mode: &str) -> Option<OpenOptions> {
     Some(o)
 }
 
-fn sync(args: Value) -> Result<Value, QgaError> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Sync {
-        id: i64,
-    }
-    parse::<Sync>(args).map(|s| json!(s.id))
-}
-
 /// `guest-info`; while frozen, as in qemu-ga, only the commands that still
 /// run are `enabled`.
-fn info(frozen: bool) -> Value {
-    let commands: Vec<Value> = COMMANDS
-        .iter()
-        .map(|(name, success)| {
-            let enabled = !frozen || fsfreeze::ALLOWED_WHILE_FROZEN.contains(name);
-            json!({ "name": name, "enabled": enabled, "success-response": success })
+fn info(frozen: bool) -> GuestInfo {
+    let supported_commands = Command::ALL
+        .into_iter()
+        .map(|c| CommandInfo {
+            name: c.name().to_string(),
+            enabled: !frozen || fsfreeze::ALLOWED_WHILE_FROZEN.contains(&c),
+            success_response: c.success_response(),
         })
         .collect();
-    json!({ "version": env!("CARGO_PKG_VERSION"), "supported_commands": commands })
+    GuestInfo { version: env!("CARGO_PKG_VERSION").to_string(), supported_commands }
+}
+
+/// A command's result as the `return` value of its reply.
+fn reply<T: Serialize>(result: T) -> Result<Value, QgaError> {
+    serde_json::to_value(result).map_err(|e| QgaError::generic(format!("cannot encode the reply: {e}")))
 }
 
 fn no_args(args: Value) -> Result<(), QgaError> {
@@ -287,7 +266,10 @@ fn parse<T: DeserializeOwned>(args: Value) -> Result<T, QgaError> {
     serde_json::from_value(args).map_err(|e| {
         let msg = e.to_string();
         let quoted = |prefix: &str| msg.strip_prefix(prefix).and_then(|r| r.split('`').next()).map(str::to_string);
-        if let Some(field) = quoted("missing field `") {
+        if msg.starts_with("Parameter '") {
+            // Already in qemu-ga's words (an enum value it does not accept).
+            QgaError::generic(msg)
+        } else if let Some(field) = quoted("missing field `") {
             QgaError::generic(format!("Parameter '{field}' missing"))
         } else if let Some(field) = quoted("unknown field `") {
             QgaError::generic(format!("Parameter '{field}' is unexpected"))
@@ -295,60 +277,4 @@ fn parse<T: DeserializeOwned>(args: Value) -> Result<T, QgaError> {
             QgaError::generic(format!("Invalid parameter: {msg}"))
         }
     })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Pid {
-    pid: i64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Handle {
-    handle: i64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OpenArgs {
-    path: String,
-    mode: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReadArgs {
-    handle: i64,
-    count: Option<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WriteArgs {
-    handle: i64,
-    #[serde(rename = "buf-b64")]
-    buf_b64: String,
-    count: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Whence {
-    Int(i64),
-    Name(String),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SeekArgs {
-    handle: i64,
-    offset: i64,
-    whence: Whence,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ShutdownArgs {
-    mode: Option<String>,
 }

@@ -10,7 +10,8 @@
 
 use std::path::Path;
 
-use serde_json::{json, Map, Value};
+pub(crate) use nubo_guest_protocol::PciAddress;
+use nubo_guest_protocol::{Disk, DiskAddress};
 
 use crate::commands::QgaError;
 
@@ -18,31 +19,13 @@ use crate::commands::QgaError;
 /// RAM swap, CD-ROMs and floppies.
 const SKIPPED_PREFIXES: &[&str] = &["loop", "ram", "zram", "sr", "fd"];
 
-/// A PCI function's address, the schema's `GuestPCIAddress`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct PciAddress {
-    pub domain: i64,
-    pub bus: i64,
-    pub slot: i64,
-    pub function: i64,
-}
-
-impl PciAddress {
-    /// What qemu-ga reports when the controller is unknown.
-    const UNKNOWN: PciAddress = PciAddress { domain: -1, bus: -1, slot: -1, function: -1 };
-
-    fn to_json(self) -> Value {
-        json!({ "domain": self.domain, "bus": self.bus, "slot": self.slot, "function": self.function })
-    }
-}
-
 /// `guest-get-disks` on the running kernel.
-pub fn disks() -> Result<Value, QgaError> {
+pub fn disks() -> Result<Vec<Disk>, QgaError> {
     disks_in(Path::new("/sys/block"))
 }
 
 /// `guest-get-disks` for a /sys/block directory: each disk, then its partitions.
-pub(crate) fn disks_in(sys_block: &Path) -> Result<Value, QgaError> {
+pub(crate) fn disks_in(sys_block: &Path) -> Result<Vec<Disk>, QgaError> {
     let entries = std::fs::read_dir(sys_block)
         .map_err(|e| QgaError::generic(format!("failed to read {}: {e}", sys_block.display())))?;
     let mut names: Vec<String> = entries
@@ -63,13 +46,13 @@ pub(crate) fn disks_in(sys_block: &Path) -> Result<Value, QgaError> {
         let dev = dev_path(&name);
         out.push(disk_info(&dir, &name, &dev));
         for part in partitions(&dir, &name) {
-            out.push(json!({ "name": dev_path(&part), "partition": true, "dependencies": [dev] }));
+            out.push(Disk { name: dev_path(&part), partition: true, dependencies: vec![dev.clone()], address: None });
         }
     }
-    Ok(Value::Array(out))
+    Ok(out)
 }
 
-fn disk_info(dir: &Path, name: &str, dev: &str) -> Value {
+fn disk_info(dir: &Path, name: &str, dev: &str) -> Disk {
     // Through the `device` link to the real device directory, whose path
     // names the PCI function and, for SCSI, the host:channel:target:lun.
     let device = std::fs::canonicalize(dir.join("device")).ok();
@@ -81,26 +64,24 @@ fn disk_info(dir: &Path, name: &str, dev: &str) -> Value {
         "scsi" => scsi_address(&device).unwrap_or((-1, -1, -1)),
         _ => (-1, -1, -1),
     };
-    let mut address = Map::new();
-    address.insert("pci-controller".into(), pci_address(&device).unwrap_or(PciAddress::UNKNOWN).to_json());
-    address.insert("bus-type".into(), json!(bus_type));
-    address.insert("bus".into(), json!(bus));
-    address.insert("target".into(), json!(target));
-    address.insert("unit".into(), json!(unit));
     // virtio-blk exposes its serial on the disk, NVMe on the controller.
     let serial = [dir.join("serial"), dir.join("device/serial")]
         .iter()
         .find_map(|p| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()));
-    if let Some(serial) = serial {
-        address.insert("serial".into(), json!(serial));
+    Disk {
+        name: dev.to_string(),
+        partition: false,
+        dependencies: slaves(dir),
+        address: Some(DiskAddress {
+            pci_controller: pci_address(&device).unwrap_or(PciAddress::UNKNOWN),
+            bus_type: bus_type.to_string(),
+            bus,
+            target,
+            unit,
+            serial,
+            dev: Some(dev.to_string()),
+        }),
     }
-    address.insert("dev".into(), json!(dev));
-    json!({
-        "name": dev,
-        "partition": false,
-        "dependencies": slaves(dir),
-        "address": Value::Object(address),
-    })
 }
 
 /// The schema's `GuestDiskBusType` for a kernel disk name.

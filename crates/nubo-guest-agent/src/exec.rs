@@ -9,35 +9,9 @@ use std::thread::JoinHandle;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use nubo_guest_protocol::{CaptureMode, CaptureOutput, ExecArgs, ExecReturn, ExecStatus, EXEC_OUTPUT_MAX};
 
 use crate::commands::QgaError;
-
-/// Most output kept per stream (qemu-ga's GUEST_EXEC_MAX_OUTPUT); the rest
-/// is read and dropped so the process does not block, and flagged truncated.
-const MAX_OUTPUT: usize = 16 * 1024 * 1024;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExecArgs {
-    path: String,
-    #[serde(default)]
-    arg: Vec<String>,
-    env: Option<Vec<String>>,
-    #[serde(rename = "input-data")]
-    input_data: Option<String>,
-    #[serde(rename = "capture-output")]
-    capture_output: Option<Capture>,
-}
-
-/// `capture-output`: a bool in older QEMU, GuestExecCaptureOutputMode since 8.1.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Capture {
-    Flag(bool),
-    Mode(String),
-}
 
 type Collector = JoinHandle<(Vec<u8>, bool)>;
 
@@ -54,23 +28,14 @@ pub struct Processes {
 }
 
 impl Processes {
-    pub fn exec(&mut self, a: ExecArgs) -> Result<Value, QgaError> {
+    pub fn exec(&mut self, a: ExecArgs) -> Result<ExecReturn, QgaError> {
         // (stdout captured, stderr captured, stderr merged into stdout)
-        let (out, err, merged) = match &a.capture_output {
-            None | Some(Capture::Flag(false)) => (false, false, false),
-            Some(Capture::Flag(true)) => (true, true, false),
-            Some(Capture::Mode(m)) => match m.as_str() {
-                "none" => (false, false, false),
-                "stdout" => (true, false, false),
-                "stderr" => (false, true, false),
-                "separated" => (true, true, false),
-                "merged" => (true, false, true),
-                other => {
-                    return Err(QgaError::generic(format!(
-                        "Parameter 'capture-output' does not accept value '{other}'"
-                    )))
-                }
-            },
+        let (out, err, merged) = match a.capture_output.map_or(CaptureMode::None, CaptureOutput::mode) {
+            CaptureMode::None => (false, false, false),
+            CaptureMode::Stdout => (true, false, false),
+            CaptureMode::Stderr => (false, true, false),
+            CaptureMode::Separated => (true, true, false),
+            CaptureMode::Merged => (true, false, true),
         };
         let input = match &a.input_data {
             Some(b64) => Some(
@@ -130,46 +95,46 @@ impl Processes {
         let err_collector = child.stderr.take().map(collect);
         let pid = i64::from(child.id());
         self.running.insert(pid, Running { child, out: out_collector, err: err_collector });
-        Ok(json!({ "pid": pid }))
+        Ok(ExecReturn { pid })
     }
 
-    pub fn status(&mut self, pid: i64) -> Result<Value, QgaError> {
+    pub fn status(&mut self, pid: i64) -> Result<ExecStatus, QgaError> {
         let entry = self.running.get_mut(&pid).ok_or_else(|| QgaError::generic("Invalid parameter 'pid'"))?;
         let exit =
             entry.child.try_wait().map_err(|e| QgaError::generic(format!("cannot wait for process {pid}: {e}")))?;
         let drained = |c: &Option<Collector>| c.as_ref().is_none_or(JoinHandle::is_finished);
         // Exited only once its output is complete too, so no data is lost.
         let Some(exit) = exit.filter(|_| drained(&entry.out) && drained(&entry.err)) else {
-            return Ok(json!({ "exited": false }));
+            return Ok(ExecStatus { exited: false, ..ExecStatus::default() });
         };
         let Some(done) = self.running.remove(&pid) else {
             return Err(QgaError::generic("Invalid parameter 'pid'"));
         };
-        let mut status = Map::new();
-        status.insert("exited".into(), json!(true));
         use std::os::unix::process::ExitStatusExt;
-        if let Some(code) = exit.code() {
-            status.insert("exitcode".into(), json!(code));
-        } else if let Some(sig) = exit.signal() {
-            status.insert("signal".into(), json!(sig));
+        let mut status = ExecStatus { exited: true, exitcode: exit.code(), ..ExecStatus::default() };
+        if status.exitcode.is_none() {
+            status.signal = exit.signal();
         }
-        for (collector, data_key, trunc_key) in
-            [(done.out, "out-data", "out-truncated"), (done.err, "err-data", "err-truncated")]
-        {
-            let Some(collector) = collector else { continue };
-            let (data, truncated) = collector.join().unwrap_or_default();
-            if !data.is_empty() {
-                status.insert(data_key.into(), json!(B64.encode(&data)));
-            }
-            if truncated {
-                status.insert(trunc_key.into(), json!(true));
-            }
-        }
-        Ok(Value::Object(status))
+        // Output only when there was some, truncation only when it happened, as qemu-ga.
+        let (out_data, out_truncated) = output(done.out);
+        let (err_data, err_truncated) = output(done.err);
+        status.out_data = out_data;
+        status.out_truncated = out_truncated;
+        status.err_data = err_data;
+        status.err_truncated = err_truncated;
+        Ok(status)
     }
 }
 
-/// Reads a stream to its end in a thread: (first MAX_OUTPUT bytes, truncated).
+/// A finished collector's (base64 data when not empty, truncated).
+fn output(collector: Option<Collector>) -> (Option<String>, bool) {
+    let Some(collector) = collector else { return (None, false) };
+    let (data, truncated) = collector.join().unwrap_or_default();
+    ((!data.is_empty()).then(|| B64.encode(&data)), truncated)
+}
+
+/// Reads a stream to its end in a thread: (first [`EXEC_OUTPUT_MAX`] bytes,
+/// truncated); the rest is read and dropped so the process does not block.
 fn collect(mut r: impl Read + Send + 'static) -> Collector {
     std::thread::spawn(move || {
         let mut data = Vec::new();
@@ -179,7 +144,7 @@ fn collect(mut r: impl Read + Send + 'static) -> Collector {
             match r.read(&mut chunk) {
                 Ok(0) => break,
                 Ok(n) => {
-                    let room = MAX_OUTPUT - data.len();
+                    let room = EXEC_OUTPUT_MAX - data.len();
                     if n > room {
                         truncated = true;
                     }

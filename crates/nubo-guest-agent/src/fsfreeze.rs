@@ -18,9 +18,9 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use nubo_guest_protocol::{Command, FsfreezeStatus};
 
-use crate::commands::QgaError;
+use crate::commands::{QgaError, COMMAND_NOT_FOUND};
 use crate::sysinfo::{parse_mountinfo, Mount};
 
 /// How long a freeze lasts at most when the host never thaws.
@@ -28,8 +28,14 @@ pub const AUTO_THAW: Duration = Duration::from_secs(60);
 
 /// The commands that still run while frozen (qemu-ga's `ga_freeze_allowlist`):
 /// none of them writes to a file system.
-pub const ALLOWED_WHILE_FROZEN: &[&str] =
-    &["guest-ping", "guest-info", "guest-sync", "guest-sync-delimited", "guest-fsfreeze-status", "guest-fsfreeze-thaw"];
+pub const ALLOWED_WHILE_FROZEN: &[Command] = &[
+    Command::Ping,
+    Command::Info,
+    Command::Sync,
+    Command::SyncDelimited,
+    Command::FsfreezeStatus,
+    Command::FsfreezeThaw,
+];
 
 /// File system types that are frozen: the local, block-backed ones. proc,
 /// sysfs, tmpfs, devtmpfs, devpts and the like have nothing to make
@@ -44,9 +50,9 @@ const FITHAW: libc::Ioctl = 0xC004_5878;
 
 /// The error qemu-ga's dispatcher gives for a command disabled while frozen
 /// (class CommandNotFound, as for every disabled command).
-pub fn disabled(command: &str) -> QgaError {
+pub fn disabled(command: Command) -> QgaError {
     QgaError {
-        class: "CommandNotFound",
+        class: COMMAND_NOT_FOUND,
         desc: format!("Command {command} has been disabled: the agent is in frozen state"),
     }
 }
@@ -139,14 +145,18 @@ impl Freezer {
     }
 
     /// `guest-fsfreeze-status`.
-    pub fn status(&self) -> Value {
-        json!(if self.is_frozen() { "frozen" } else { "thawed" })
+    pub fn status(&self) -> FsfreezeStatus {
+        if self.is_frozen() {
+            FsfreezeStatus::Frozen
+        } else {
+            FsfreezeStatus::Thawed
+        }
     }
 
     /// `guest-fsfreeze-freeze`: the number of file systems frozen. On an
     /// error, those already frozen are thawed again and the state stays
     /// "thawed"; so it does when there was nothing to freeze.
-    pub fn freeze(&self) -> Result<Value, QgaError> {
+    pub fn freeze(&self) -> Result<u64, QgaError> {
         let mut state = self.lock();
         let targets = self.targets()?;
         let mut frozen: Vec<&str> = Vec::new();
@@ -167,7 +177,7 @@ impl Freezer {
             }
         }
         if frozen.is_empty() {
-            return Ok(json!(0));
+            return Ok(0);
         }
         state.frozen = true;
         state.generation += 1;
@@ -184,18 +194,18 @@ impl Freezer {
             state.generation += 1;
             return Err(QgaError::generic(format!("cannot start the auto-thaw timer: {e}")));
         }
-        Ok(json!(frozen.len()))
+        Ok(frozen.len() as u64)
     }
 
     /// `guest-fsfreeze-thaw`: the number of file systems thawed. Like
     /// qemu-ga, it thaws whatever is frozen among the current mounts, so it
     /// also undoes a freeze by an earlier agent process.
-    pub fn thaw(&self) -> Result<Value, QgaError> {
+    pub fn thaw(&self) -> Result<u64, QgaError> {
         let mut state = self.lock();
         let thawed = self.thaw_list(self.targets()?.iter().map(String::as_str));
         state.frozen = false;
         state.generation += 1;
-        Ok(json!(thawed))
+        Ok(thawed)
     }
 
     /// What the auto-thaw timer of freeze `generation` does when it fires:

@@ -30,10 +30,8 @@ use std::time::Duration;
 
 use commands::{Agent, QgaError};
 use fsfreeze::Freezer;
+use nubo_guest_protocol::{ShutdownMode, PORT_NAME};
 use protocol::Session;
-
-/// The port name QEMU gives the guest agent channel (`virtserialport,name=...`).
-const PORT_NAME: &str = "org.qemu.guest_agent.0";
 
 fn main() -> ExitCode {
     let mut device: Option<PathBuf> = None;
@@ -142,11 +140,11 @@ fn find_port() -> Option<PathBuf> {
 }
 
 /// guest-shutdown: flush the disks, then ask init to power off, halt or reboot.
-fn run_power_command(mode: &str) -> Result<(), QgaError> {
+fn run_power_command(mode: ShutdownMode) -> Result<(), QgaError> {
     let program = match mode {
-        "halt" => "halt",
-        "reboot" => "reboot",
-        _ => "poweroff",
+        ShutdownMode::Halt => "halt",
+        ShutdownMode::Reboot => "reboot",
+        ShutdownMode::Powerdown => "poweroff",
     };
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };

@@ -7,6 +7,8 @@
 //! `guest-sync-delimited` to throw away whatever half-written request an
 //! earlier, vanished client left behind.
 
+use nubo_guest_protocol::{ErrorBody, ErrorReply, ReturnReply, GENERIC_ERROR};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::commands::{Agent, Outcome};
@@ -16,7 +18,7 @@ use crate::commands::{Agent, Outcome};
 const MAX_REQUEST: usize = 80 * 1024 * 1024;
 
 /// The byte that resets the host's and the guest's JSON parsers.
-pub const SENTINEL: u8 = 0xFF;
+pub use nubo_guest_protocol::SENTINEL;
 
 /// One agent serving one byte stream (the virtio-serial port).
 pub struct Session {
@@ -50,7 +52,7 @@ impl Session {
         }
         if self.buf.len() > MAX_REQUEST {
             self.buf.clear();
-            push_reply(&mut out, error_reply("GenericError", format!("JSON request larger than {MAX_REQUEST} bytes")));
+            push_reply(&mut out, &error_reply(GENERIC_ERROR, format!("JSON request larger than {MAX_REQUEST} bytes")));
         }
         out
     }
@@ -76,7 +78,7 @@ impl Session {
                     // poison the ones after it.
                     let end = self.buf.iter().position(|&b| b == b'\n').map_or(self.buf.len(), |p| p + 1);
                     self.buf.drain(..end);
-                    push_reply(out, error_reply("GenericError", format!("JSON parse error, {e}")));
+                    push_reply(out, &error_reply(GENERIC_ERROR, format!("JSON parse error, {e}")));
                 }
                 None => {
                     self.buf.clear();
@@ -88,7 +90,7 @@ impl Session {
 
     fn handle(&mut self, request: Value, out: &mut Vec<u8>) {
         let Value::Object(mut request) = request else {
-            push_reply(out, error_reply("GenericError", "QMP input must be a JSON object".into()));
+            push_reply(out, &error_reply(GENERIC_ERROR, "QMP input must be a JSON object".into()));
             return;
         };
         let id = request.remove("id");
@@ -97,12 +99,12 @@ impl Session {
             Some(_) => {
                 push_reply(
                     out,
-                    with_id(error_reply("GenericError", "QMP input member 'execute' must be a string".into()), id),
+                    &with_id(error_reply(GENERIC_ERROR, "QMP input member 'execute' must be a string".into()), id),
                 );
                 return;
             }
             None => {
-                push_reply(out, with_id(error_reply("GenericError", "QMP input lacks member 'execute'".into()), id));
+                push_reply(out, &with_id(error_reply(GENERIC_ERROR, "QMP input lacks member 'execute'".into()), id));
                 return;
             }
         };
@@ -112,7 +114,7 @@ impl Session {
             Some(_) => {
                 push_reply(
                     out,
-                    with_id(error_reply("GenericError", "QMP input member 'arguments' must be an object".into()), id),
+                    &with_id(error_reply(GENERIC_ERROR, "QMP input member 'arguments' must be an object".into()), id),
                 );
                 return;
             }
@@ -120,34 +122,40 @@ impl Session {
         if let Some(key) = request.keys().next() {
             push_reply(
                 out,
-                with_id(error_reply("GenericError", format!("QMP input member '{key}' is unexpected")), id),
+                &with_id(error_reply(GENERIC_ERROR, format!("QMP input member '{key}' is unexpected")), id),
             );
             return;
         }
         match self.agent.dispatch(&command, arguments) {
-            Outcome::Return(v) => push_reply(out, with_id(json!({ "return": v }), id)),
-            Outcome::Delimited(v) => {
+            Outcome::Return(value) => push_reply(out, &ReturnReply { value, id }),
+            Outcome::Delimited(value) => {
                 out.push(SENTINEL);
-                push_reply(out, with_id(json!({ "return": v }), id));
+                push_reply(out, &ReturnReply { value, id });
             }
-            Outcome::Error(e) => push_reply(out, with_id(error_reply(e.class, e.desc), id)),
+            Outcome::Error(e) => push_reply(out, &with_id(error_reply(e.class, e.desc), id)),
             Outcome::NoReply => {}
         }
     }
 }
 
-fn error_reply(class: &str, desc: String) -> Value {
-    json!({ "error": { "class": class, "desc": desc } })
+fn error_reply(class: &str, desc: String) -> ErrorReply {
+    ErrorReply { error: ErrorBody { class: class.to_string(), desc }, id: None }
 }
 
-fn with_id(mut reply: Value, id: Option<Value>) -> Value {
-    if let (Some(id), Value::Object(map)) = (id, &mut reply) {
-        map.insert("id".into(), id);
+fn with_id(reply: ErrorReply, id: Option<Value>) -> ErrorReply {
+    ErrorReply { id, ..reply }
+}
+
+fn push_reply(out: &mut Vec<u8>, reply: &impl Serialize) {
+    match serde_json::to_vec(reply) {
+        Ok(bytes) => out.extend_from_slice(&bytes),
+        // Replies have string keys only, so this does not happen; if it
+        // did, the host still gets an answer rather than waiting for one.
+        Err(e) => out.extend_from_slice(
+            json!({ "error": { "class": GENERIC_ERROR, "desc": format!("cannot encode the reply: {e}") } })
+                .to_string()
+                .as_bytes(),
+        ),
     }
-    reply
-}
-
-fn push_reply(out: &mut Vec<u8>, reply: Value) {
-    out.extend_from_slice(reply.to_string().as_bytes());
     out.push(b'\n');
 }

@@ -8,13 +8,13 @@ use std::ffi::{CStr, CString};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use serde_json::{json, Map, Value};
+use nubo_guest_protocol::{FsInfo, IpAddress, IpAddressType, NetworkInterface, NetworkStats, OsInfo};
 
 use crate::commands::QgaError;
 
 /// `guest-get-fsinfo`: file systems backed by a block device (major != 0),
 /// so proc, sysfs, tmpfs, devtmpfs and the like are left out, as in qemu-ga.
-pub fn fsinfo() -> Result<Value, QgaError> {
+pub fn fsinfo() -> Result<Vec<FsInfo>, QgaError> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| QgaError::generic(format!("failed to read /proc/self/mountinfo: {e}")))?;
     let mut out = Vec::new();
@@ -26,19 +26,18 @@ pub fn fsinfo() -> Result<Value, QgaError> {
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| m.source.rsplit('/').next().unwrap_or(&m.source).to_string());
-        let mut fs = Map::new();
-        fs.insert("name".into(), json!(name));
-        fs.insert("mountpoint".into(), json!(m.mountpoint));
-        fs.insert("type".into(), json!(m.fstype));
-        if let Some((used, total, privileged)) = usage(&m.mountpoint) {
-            fs.insert("used-bytes".into(), json!(used));
-            fs.insert("total-bytes".into(), json!(total));
-            fs.insert("total-bytes-privileged".into(), json!(privileged));
-        }
-        fs.insert("disk".into(), json!([]));
-        out.push(Value::Object(fs));
+        let usage = usage(&m.mountpoint);
+        out.push(FsInfo {
+            name,
+            used_bytes: usage.map(|(used, _, _)| used),
+            total_bytes: usage.map(|(_, total, _)| total),
+            total_bytes_privileged: usage.map(|(_, _, privileged)| privileged),
+            mountpoint: m.mountpoint,
+            fs_type: m.fstype,
+            disk: Vec::new(),
+        });
     }
-    Ok(Value::Array(out))
+    Ok(out)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -106,37 +105,29 @@ fn usage(mountpoint: &str) -> Option<(u64, u64, u64)> {
 }
 
 /// `guest-get-osinfo`: /etc/os-release (or /usr/lib/os-release) and uname.
-pub fn osinfo() -> Value {
-    let mut info = Map::new();
+pub fn osinfo() -> OsInfo {
+    let mut info = OsInfo::default();
     // SAFETY: uname fills the zeroed struct we own.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     if unsafe { libc::uname(&mut u) } == 0 {
-        for (key, field) in
-            [("kernel-release", &u.release[..]), ("kernel-version", &u.version[..]), ("machine", &u.machine[..])]
-        {
-            // SAFETY: uname NUL-terminates every field it fills.
-            let s = unsafe { CStr::from_ptr(field.as_ptr()) }.to_string_lossy().into_owned();
-            info.insert(key.into(), json!(s));
-        }
+        // SAFETY: uname NUL-terminates every field it fills.
+        let text = |field: &[libc::c_char]| unsafe { CStr::from_ptr(field.as_ptr()) }.to_string_lossy().into_owned();
+        info.kernel_release = Some(text(&u.release));
+        info.kernel_version = Some(text(&u.version));
+        info.machine = Some(text(&u.machine));
     }
     let text = std::fs::read_to_string("/etc/os-release")
         .or_else(|_| std::fs::read_to_string("/usr/lib/os-release"))
         .unwrap_or_default();
-    let release = parse_os_release(&text);
-    for (key, var) in [
-        ("id", "ID"),
-        ("name", "NAME"),
-        ("pretty-name", "PRETTY_NAME"),
-        ("version", "VERSION"),
-        ("version-id", "VERSION_ID"),
-        ("variant", "VARIANT"),
-        ("variant-id", "VARIANT_ID"),
-    ] {
-        if let Some(v) = release.get(var) {
-            info.insert(key.into(), json!(v));
-        }
-    }
-    Value::Object(info)
+    let mut release = parse_os_release(&text);
+    info.id = release.remove("ID");
+    info.name = release.remove("NAME");
+    info.pretty_name = release.remove("PRETTY_NAME");
+    info.version = release.remove("VERSION");
+    info.version_id = release.remove("VERSION_ID");
+    info.variant = release.remove("VARIANT");
+    info.variant_id = release.remove("VARIANT_ID");
+    info
 }
 
 /// `KEY=value` lines of os-release(5), with shell quoting removed.
@@ -172,9 +163,9 @@ pub(crate) fn parse_os_release(text: &str) -> HashMap<String, String> {
 }
 
 /// `guest-network-get-interfaces`: every interface from getifaddrs, in its order.
-pub fn network_interfaces() -> Result<Value, QgaError> {
+pub fn network_interfaces() -> Result<Vec<NetworkInterface>, QgaError> {
     let mut order: Vec<String> = Vec::new();
-    let mut ifaces: HashMap<String, Map<String, Value>> = HashMap::new();
+    let mut ifaces: HashMap<String, NetworkInterface> = HashMap::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates a list we free below with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -192,10 +183,7 @@ pub fn network_interfaces() -> Result<Value, QgaError> {
         let name = unsafe { CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
         let entry = ifaces.entry(name.clone()).or_insert_with(|| {
             order.push(name.clone());
-            let mut m = Map::new();
-            m.insert("name".into(), json!(name));
-            m.insert("ip-addresses".into(), json!([]));
-            m
+            NetworkInterface { name: name.clone(), ..NetworkInterface::default() }
         });
         if ifa.ifa_addr.is_null() {
             continue;
@@ -209,7 +197,7 @@ pub fn network_interfaces() -> Result<Value, QgaError> {
                 let len = usize::from(ll.sll_halen).min(ll.sll_addr.len());
                 let mac: Vec<String> = ll.sll_addr[..len].iter().map(|b| format!("{b:02x}")).collect();
                 if !mac.is_empty() {
-                    entry.insert("hardware-address".into(), json!(mac.join(":")));
+                    entry.hardware_address = Some(mac.join(":"));
                 }
             }
             libc::AF_INET => {
@@ -222,7 +210,7 @@ pub fn network_interfaces() -> Result<Value, QgaError> {
                     let mask = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in) };
                     u32::from_be(mask.sin_addr.s_addr).count_ones()
                 };
-                push_ip(entry, "ipv4", ip.to_string(), prefix);
+                push_ip(entry, IpAddressType::Ipv4, ip.to_string(), prefix);
             }
             libc::AF_INET6 => {
                 // SAFETY: AF_INET6 addresses (and their netmasks) are sockaddr_in6.
@@ -234,7 +222,7 @@ pub fn network_interfaces() -> Result<Value, QgaError> {
                     let mask = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in6) };
                     mask.sin6_addr.s6_addr.iter().map(|b| b.count_ones()).sum()
                 };
-                push_ip(entry, "ipv6", ip.to_string(), prefix);
+                push_ip(entry, IpAddressType::Ipv6, ip.to_string(), prefix);
             }
             _ => {}
         }
@@ -242,42 +230,34 @@ pub fn network_interfaces() -> Result<Value, QgaError> {
     // SAFETY: head came from getifaddrs and is freed exactly once.
     unsafe { libc::freeifaddrs(head) };
     for (name, entry) in ifaces.iter_mut() {
-        if let Some(stats) = interface_statistics(Path::new("/sys/class/net"), name) {
-            entry.insert("statistics".into(), stats);
-        }
+        entry.statistics = interface_statistics(Path::new("/sys/class/net"), name);
     }
-    Ok(Value::Array(order.iter().filter_map(|n| ifaces.remove(n)).map(Value::Object).collect()))
+    Ok(order.iter().filter_map(|n| ifaces.remove(n)).collect())
 }
 
 /// `GuestNetworkStats` of interface `name` from `<net>/<name>/statistics`,
 /// as stock qemu-ga reports them (the host computes network rates from them).
-fn interface_statistics(net: &Path, name: &str) -> Option<Value> {
+fn interface_statistics(net: &Path, name: &str) -> Option<NetworkStats> {
     // The name comes from the kernel, but it goes into a path: plain names only.
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
         return None;
     }
     let dir = net.join(name).join("statistics");
     let read = |f: &str| -> Option<u64> { std::fs::read_to_string(dir.join(f)).ok()?.trim().parse().ok() };
-    let mut m = Map::new();
-    for (key, file) in [
-        ("rx-bytes", "rx_bytes"),
-        ("rx-packets", "rx_packets"),
-        ("rx-errs", "rx_errors"),
-        ("rx-dropped", "rx_dropped"),
-        ("tx-bytes", "tx_bytes"),
-        ("tx-packets", "tx_packets"),
-        ("tx-errs", "tx_errors"),
-        ("tx-dropped", "tx_dropped"),
-    ] {
-        m.insert(key.into(), json!(read(file)?));
-    }
-    Some(Value::Object(m))
+    Some(NetworkStats {
+        rx_bytes: read("rx_bytes")?,
+        rx_packets: read("rx_packets")?,
+        rx_errs: read("rx_errors")?,
+        rx_dropped: read("rx_dropped")?,
+        tx_bytes: read("tx_bytes")?,
+        tx_packets: read("tx_packets")?,
+        tx_errs: read("tx_errors")?,
+        tx_dropped: read("tx_dropped")?,
+    })
 }
 
-fn push_ip(entry: &mut Map<String, Value>, kind: &str, address: String, prefix: u32) {
-    if let Some(Value::Array(list)) = entry.get_mut("ip-addresses") {
-        list.push(json!({ "ip-address-type": kind, "ip-address": address, "prefix": prefix }));
-    }
+fn push_ip(entry: &mut NetworkInterface, kind: IpAddressType, address: String, prefix: u32) {
+    entry.ip_addresses.push(IpAddress { ip_address_type: kind, ip_address: address, prefix: i64::from(prefix) });
 }
 
 #[cfg(test)]
@@ -302,7 +282,7 @@ mod tests {
             std::fs::write(stats.join(f), format!("{v}\n")).unwrap();
         }
         let s = interface_statistics(dir.path(), "eth0").unwrap();
-        assert_eq!((s["rx-bytes"].as_u64(), s["tx-bytes"].as_u64()), (Some(1000), Some(2000)));
+        assert_eq!((s.rx_bytes, s.tx_bytes), (1000, 2000));
         assert!(interface_statistics(dir.path(), "../etc").is_none());
         assert!(interface_statistics(dir.path(), "lo").is_none(), "missing files: no statistics");
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use nubo_guest_protocol::{FsfreezeStatus, ShutdownMode};
 use serde_json::{json, Value};
 
 use crate::commands::{Agent, QgaError};
@@ -17,8 +18,8 @@ use crate::fsfreeze::{targets, Freezer, FsOps};
 use crate::protocol::{Session, SENTINEL};
 use crate::sysinfo::{parse_mountinfo, parse_os_release, Mount};
 
-fn no_shutdown(mode: &str) -> Result<(), QgaError> {
-    if mode == "halt" {
+fn no_shutdown(mode: ShutdownMode) -> Result<(), QgaError> {
+    if mode == ShutdownMode::Halt {
         Err(QgaError::generic("halt is not allowed in tests"))
     } else {
         Ok(())
@@ -316,6 +317,19 @@ fn shutdown_replies_only_on_error() {
 }
 
 #[test]
+fn unknown_enum_values_are_refused_in_qemu_gas_words() {
+    let mut s = session();
+    assert_eq!(
+        err(&mut s, "guest-shutdown", json!({"mode": "explode"})),
+        ("GenericError".into(), "Parameter 'mode' does not accept value 'explode'".into())
+    );
+    assert_eq!(
+        err(&mut s, "guest-exec", json!({"path": "/bin/true", "capture-output": "sideways"})),
+        ("GenericError".into(), "Parameter 'capture-output' does not accept value 'sideways'".into())
+    );
+}
+
+#[test]
 fn parses_mountinfo_and_os_release() {
     let text = "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
                 23 22 0:21 / /proc rw - proc proc rw\n\
@@ -458,7 +472,7 @@ fn auto_thaw_undoes_only_its_own_freeze() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(fs.frozen.lock().expect("lock").is_empty());
-    assert_eq!(f.status(), json!("thawed"));
+    assert_eq!(f.status(), FsfreezeStatus::Thawed);
 }
 
 #[test]
@@ -514,7 +528,8 @@ fn lists_disks_from_sysfs() {
     disk("pci0000:00/0000:00:1f.2/ata1/host1/target1:0:0/1:0:0:0", "sr0", "8\n");
     disk("virtual", "nbd0", "0\n");
 
-    let list = disks_in(&block).expect("disks");
+    // Checked as the host sees it: the JSON on the wire.
+    let list = serde_json::to_value(disks_in(&block).expect("disks")).expect("JSON");
     let names: Vec<&str> = list.as_array().expect("list").iter().filter_map(|d| d["name"].as_str()).collect();
     assert_eq!(names, ["/dev/sda", "/dev/vda", "/dev/vda1", "/dev/vda2", "/dev/vda10", "/dev/vdc", "/dev/vdz"]);
     let get = |name: &str| list.as_array().and_then(|l| l.iter().find(|d| d["name"] == name)).cloned().expect(name);

@@ -6,6 +6,11 @@
 //! an earlier client left in the channel up to the 0xFF sentinel), typed
 //! commands, and a timeout on every call.
 //!
+//! The commands, their arguments and replies are `nubo_guest_protocol`'s,
+//! the same types the in-guest agent serves; this module turns them into
+//! the host's views ([`GuestExecStatus`], [`GuestDisk`], ...) and decodes
+//! their base64 payloads.
+//!
 //! QEMU's chardev socket serves one client at a time and the virtio-serial
 //! channel behind it has no request ids, so callers hold one connection per
 //! operation and drop it afterwards; a second client waits (and times out)
@@ -16,7 +21,14 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use serde_json::{json, Value};
+pub use nubo_guest_protocol::ShutdownMode;
+use nubo_guest_protocol::{
+    request_line, CaptureOutput, Command, Disk, ErrorBody, ExecArgs, ExecReturn, ExecStatus, ExecStatusArgs,
+    FileOpenArgs, FileReadArgs, FileReadReturn, FileWriteArgs, FileWriteReturn, FsInfo, FsfreezeStatus, GuestInfo,
+    HandleArgs, NetworkInterface, OsInfo, ShutdownArgs, SyncArgs, EXEC_OUTPUT_MAX, GENERIC_ERROR, SENTINEL,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
@@ -25,17 +37,17 @@ use tokio::net::UnixStream;
 /// choose, so this bounds what one guest can make its host buffer (and
 /// parse) per call: a 1 MiB guest-file-read ([`READ_CHUNK`]) is ~1.4 MiB of
 /// base64, and command output beyond ~3 MiB per stream is refused rather
-/// than held (qemu-ga and nubo-guest-agent keep up to 16 MiB of it).
+/// than held (agents keep up to [`EXEC_OUTPUT_MAX`], 16 MiB, of it).
 pub const MAX_REPLY_BYTES: usize = 8 * 1024 * 1024;
+// A whole guest-file-read of READ_CHUNK, in base64, must fit in one reply;
+// and some command output may be refused, or the doc above is wrong.
+const _: () = assert!(READ_CHUNK.div_ceil(3) * 4 < MAX_REPLY_BYTES && EXEC_OUTPUT_MAX > MAX_REPLY_BYTES);
 /// Bytes per guest-file-write in [`QgaClient::write_file`].
 const WRITE_CHUNK: usize = 1024 * 1024;
 /// Bytes per guest-file-read in [`QgaClient::read_small_file`].
 const READ_CHUNK: usize = 1024 * 1024;
 /// How often [`QgaClient::run`] polls guest-exec-status.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// The byte QGA puts before the reply of guest-sync-delimited; sent by the
-/// client too, to reset the agent's JSON parser.
-const SENTINEL: u8 = 0xFF;
 /// How long guest-shutdown waits for an error reply (there is none on success).
 const SHUTDOWN_ERROR_WAIT: Duration = Duration::from_secs(2);
 
@@ -62,6 +74,9 @@ pub enum QgaError {
     ReplyTooLong { limit: usize },
     #[error("I/O error talking to the guest agent: {0}; the VM may have stopped; connect again")]
     Io(#[from] std::io::Error),
+    /// Only for arguments serde cannot write as JSON, which Nubo's never are.
+    #[error("cannot encode a guest agent request: {0}; this is a bug in Nubo, please report it")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// `guest-info`: the agent's version and the names of its enabled commands.
@@ -165,24 +180,6 @@ pub struct GuestIpAddress {
     pub family: String,
 }
 
-/// `guest-shutdown` modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShutdownMode {
-    Powerdown,
-    Halt,
-    Reboot,
-}
-
-impl ShutdownMode {
-    fn as_str(self) -> &'static str {
-        match self {
-            ShutdownMode::Powerdown => "powerdown",
-            ShutdownMode::Halt => "halt",
-            ShutdownMode::Reboot => "reboot",
-        }
-    }
-}
-
 /// What [`QgaClient::read_line`] does with a line longer than [`MAX_REPLY_BYTES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Overlong {
@@ -227,10 +224,7 @@ impl QgaClient {
     /// (stale replies to earlier clients, partial lines) until our id comes back.
     async fn sync(&mut self, id: i64) -> Result<(), QgaError> {
         let mut msg = vec![SENTINEL];
-        msg.extend_from_slice(
-            json!({"execute": "guest-sync-delimited", "arguments": {"id": id}}).to_string().as_bytes(),
-        );
-        msg.push(b'\n');
+        msg.extend_from_slice(&request_line(Command::SyncDelimited.name(), Some(SyncArgs { id }))?);
         self.writer.write_all(&msg).await?;
         loop {
             let line = self.read_line(Overlong::Skip).await?;
@@ -270,14 +264,14 @@ impl QgaClient {
     }
 
     async fn send(&mut self, command: &str, arguments: Option<Value>) -> Result<(), QgaError> {
-        let mut msg = json!({ "execute": command });
-        if let Some(args) = arguments {
-            msg["arguments"] = args;
-        }
-        let mut bytes = msg.to_string().into_bytes();
-        bytes.push(b'\n');
-        self.writer.write_all(&bytes).await?;
+        self.writer.write_all(&request_line(command, arguments)?).await?;
         Ok(())
+    }
+
+    /// Runs `command` with typed arguments; returns its `return` value.
+    async fn call(&mut self, command: Command, arguments: impl Serialize) -> Result<Value, QgaError> {
+        let arguments = serde_json::to_value(arguments)?;
+        self.execute(command.name(), Some(arguments)).await
     }
 
     async fn roundtrip(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QgaError> {
@@ -332,30 +326,30 @@ impl QgaClient {
 
     /// `guest-ping`.
     pub async fn ping(&mut self) -> Result<(), QgaError> {
-        self.execute("guest-ping", None).await.map(drop)
+        self.execute(Command::Ping.name(), None).await.map(drop)
     }
 
     /// `guest-info`: version and the names of the enabled commands.
     pub async fn info(&mut self) -> Result<GuestAgentInfo, QgaError> {
-        decode::info(&self.execute("guest-info", None).await?)
+        decode::info(&self.execute(Command::Info.name(), None).await?)
     }
 
     /// `guest-exec`: starts a process; returns its pid in the guest.
     pub async fn exec(&mut self, req: &GuestExec) -> Result<i64, QgaError> {
-        let mut args = json!({ "path": req.path, "arg": req.args, "capture-output": req.capture_output });
-        if !req.env.is_empty() {
-            args["env"] = json!(req.env);
-        }
-        if let Some(input) = &req.input {
-            args["input-data"] = json!(B64.encode(input));
-        }
-        let v = self.execute("guest-exec", Some(args)).await?;
-        v["pid"].as_i64().ok_or_else(|| bad_reply("guest-exec", &v))
+        let args = ExecArgs {
+            path: req.path.clone(),
+            arg: req.args.clone(),
+            env: (!req.env.is_empty()).then(|| req.env.clone()),
+            input_data: req.input.as_ref().map(|input| B64.encode(input)),
+            capture_output: Some(CaptureOutput::Flag(req.capture_output)),
+        };
+        let v = self.call(Command::Exec, args).await?;
+        decode::typed::<ExecReturn>(Command::Exec, &v).map(|r| r.pid)
     }
 
     /// `guest-exec-status`. Once it reports `exited`, the agent forgets the pid.
     pub async fn exec_status(&mut self, pid: i64) -> Result<GuestExecStatus, QgaError> {
-        decode::exec_status(&self.execute("guest-exec-status", Some(json!({ "pid": pid }))).await?)
+        decode::exec_status(&self.call(Command::ExecStatus, ExecStatusArgs { pid }).await?)
     }
 
     /// exec + poll exec_status every 100 ms until exited or `timeout`.
@@ -376,25 +370,28 @@ impl QgaClient {
 
     /// `guest-file-open` with an fopen(3) mode (`r`, `w`, `a`, `r+`, ...); returns the handle.
     pub async fn file_open(&mut self, path: &str, mode: &str) -> Result<i64, QgaError> {
-        let v = self.execute("guest-file-open", Some(json!({ "path": path, "mode": mode }))).await?;
-        v.as_i64().ok_or_else(|| bad_reply("guest-file-open", &v))
+        let args = FileOpenArgs { path: path.to_string(), mode: Some(mode.to_string()) };
+        decode::typed::<i64>(Command::FileOpen, &self.call(Command::FileOpen, args).await?)
     }
 
     /// `guest-file-read` of up to `count` bytes.
     pub async fn file_read(&mut self, handle: i64, count: usize) -> Result<GuestFileRead, QgaError> {
-        decode::file_read(&self.execute("guest-file-read", Some(json!({ "handle": handle, "count": count }))).await?)
+        // More than i64::MAX is more than any agent reads at once; it says so.
+        let args = FileReadArgs { handle, count: Some(i64::try_from(count).unwrap_or(i64::MAX)) };
+        decode::file_read(&self.call(Command::FileRead, args).await?)
     }
 
     /// `guest-file-write`; returns the number of bytes written.
     pub async fn file_write(&mut self, handle: i64, data: &[u8]) -> Result<usize, QgaError> {
-        let v =
-            self.execute("guest-file-write", Some(json!({ "handle": handle, "buf-b64": B64.encode(data) }))).await?;
-        v["count"].as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| bad_reply("guest-file-write", &v))
+        let args = FileWriteArgs { handle, buf_b64: B64.encode(data), count: None };
+        let v = self.call(Command::FileWrite, args).await?;
+        let written = decode::typed::<FileWriteReturn>(Command::FileWrite, &v)?.count;
+        usize::try_from(written).map_err(|_| bad_reply(Command::FileWrite, &v))
     }
 
     /// `guest-file-close`.
     pub async fn file_close(&mut self, handle: i64) -> Result<(), QgaError> {
-        self.execute("guest-file-close", Some(json!({ "handle": handle }))).await.map(drop)
+        self.call(Command::FileClose, HandleArgs { handle }).await.map(drop)
     }
 
     /// open(w) + write in chunks + close.
@@ -453,19 +450,19 @@ impl QgaClient {
 
     /// `guest-get-fsinfo`.
     pub async fn fsinfo(&mut self) -> Result<Vec<GuestFilesystem>, QgaError> {
-        decode::fsinfo(&self.execute("guest-get-fsinfo", None).await?)
+        decode::fsinfo(&self.execute(Command::GetFsinfo.name(), None).await?)
     }
 
     /// `guest-get-disks`: disks and partitions, in the agent's order. Members
     /// this client does not know (qemu-ga's `alias`, `smart`, ...) are ignored.
     pub async fn disks(&mut self) -> Result<Vec<GuestDisk>, QgaError> {
-        decode::disks(&self.execute("guest-get-disks", None).await?)
+        decode::disks(&self.execute(Command::GetDisks.name(), None).await?)
     }
 
     /// `guest-fsfreeze-status`: `"thawed"` or `"frozen"`.
     pub async fn fsfreeze_status(&mut self) -> Result<String, QgaError> {
-        let v = self.execute("guest-fsfreeze-status", None).await?;
-        v.as_str().map(str::to_string).ok_or_else(|| bad_reply("guest-fsfreeze-status", &v))
+        let v = self.execute(Command::FsfreezeStatus.name(), None).await?;
+        decode::typed::<FsfreezeStatus>(Command::FsfreezeStatus, &v).map(|s| s.name().to_string())
     }
 
     /// `guest-fsfreeze-freeze`: syncs and freezes the guest's local file
@@ -475,26 +472,26 @@ impl QgaClient {
     /// `CommandNotFound`). The sync can take a while on a busy guest: connect
     /// with a timeout to match.
     pub async fn fsfreeze_freeze(&mut self) -> Result<u64, QgaError> {
-        let v = self.execute("guest-fsfreeze-freeze", None).await?;
-        v.as_u64().ok_or_else(|| bad_reply("guest-fsfreeze-freeze", &v))
+        let v = self.execute(Command::FsfreezeFreeze.name(), None).await?;
+        decode::typed::<u64>(Command::FsfreezeFreeze, &v)
     }
 
     /// `guest-fsfreeze-thaw`: returns how many file systems were thawed; a
     /// number below the freeze's means some were thawed meanwhile by
     /// something else (nubo-guest-agent thaws by itself after 60 s).
     pub async fn fsfreeze_thaw(&mut self) -> Result<u64, QgaError> {
-        let v = self.execute("guest-fsfreeze-thaw", None).await?;
-        v.as_u64().ok_or_else(|| bad_reply("guest-fsfreeze-thaw", &v))
+        let v = self.execute(Command::FsfreezeThaw.name(), None).await?;
+        decode::typed::<u64>(Command::FsfreezeThaw, &v)
     }
 
     /// `guest-get-osinfo`.
     pub async fn osinfo(&mut self) -> Result<GuestOsInfo, QgaError> {
-        decode::osinfo(&self.execute("guest-get-osinfo", None).await?)
+        decode::osinfo(&self.execute(Command::GetOsinfo.name(), None).await?)
     }
 
     /// `guest-network-get-interfaces`.
     pub async fn network_interfaces(&mut self) -> Result<Vec<GuestNetworkInterface>, QgaError> {
-        decode::network_interfaces(&self.execute("guest-network-get-interfaces", None).await?)
+        decode::network_interfaces(&self.execute(Command::NetworkGetInterfaces.name(), None).await?)
     }
 
     /// `guest-shutdown`. The agent sends no reply when it succeeds, so this
@@ -509,8 +506,9 @@ impl QgaClient {
         }
         self.broken = true;
         let timeout = self.timeout;
-        let command = "guest-shutdown";
-        match tokio::time::timeout(timeout, self.send(command, Some(json!({ "mode": mode.as_str() })))).await {
+        let command = Command::Shutdown.name();
+        let arguments = serde_json::to_value(ShutdownArgs { mode: Some(mode) })?;
+        match tokio::time::timeout(timeout, self.send(command, Some(arguments))).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(QgaError::Timeout { what: format!("command `{command}`"), after: timeout }),
@@ -535,10 +533,11 @@ fn reply_value(command: &str, mut reply: Value) -> Result<Value, QgaError> {
         return Ok(ret.take());
     }
     if let Some(err) = reply.get("error") {
-        return Err(QgaError::Guest {
-            class: preview(err["class"].as_str().unwrap_or("GenericError").as_bytes()),
-            desc: preview(err["desc"].as_str().unwrap_or("no description").as_bytes()),
-        });
+        // A malformed error is still the guest's refusal: keep what is readable.
+        let body = ErrorBody::deserialize(err)
+            .unwrap_or_else(|_| ErrorBody { class: GENERIC_ERROR.to_string(), desc: String::new() });
+        let desc = if body.desc.is_empty() { "no description" } else { body.desc.as_str() };
+        return Err(QgaError::Guest { class: preview(body.class.as_bytes()), desc: preview(desc.as_bytes()) });
     }
     Err(QgaError::Protocol(format!(
         "reply to `{command}` has neither return nor error: {}",
@@ -546,7 +545,7 @@ fn reply_value(command: &str, mut reply: Value) -> Result<Value, QgaError> {
     )))
 }
 
-fn bad_reply(command: &str, v: &Value) -> QgaError {
+fn bad_reply(command: impl std::fmt::Display, v: &Value) -> QgaError {
     QgaError::Protocol(format!("unexpected reply to `{command}`: {}", preview(v.to_string().as_bytes())))
 }
 
@@ -560,10 +559,6 @@ fn preview(text: &[u8]) -> String {
     } else {
         format!("{}... ({} bytes)", String::from_utf8_lossy(&text[..MAX]), text.len())
     }
-}
-
-fn str_field(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(str::to_string)
 }
 
 /// Decoding of guest agent replies, apart from the socket so that it can
@@ -586,25 +581,32 @@ pub mod decode {
         reply_value(command, reply).map(Some)
     }
 
-    /// `guest-info`.
+    /// A reply's `return` value as `command`'s reply type. Members the
+    /// type does not know are ignored; a value of the wrong shape is a
+    /// protocol error quoting a preview of it.
+    pub fn typed<'a, T: Deserialize<'a>>(command: Command, v: &'a Value) -> Result<T, QgaError> {
+        T::deserialize(v).map_err(|e| {
+            QgaError::Protocol(format!(
+                "unexpected reply to `{command}` ({}): {}",
+                preview(e.to_string().as_bytes()),
+                preview(v.to_string().as_bytes())
+            ))
+        })
+    }
+
+    /// `guest-info`: the names of the enabled commands.
     pub fn info(v: &Value) -> Result<GuestAgentInfo, QgaError> {
-        let version = v["version"].as_str().unwrap_or_default().to_string();
-        let supported_commands = v["supported_commands"]
-            .as_array()
-            .ok_or_else(|| bad_reply("guest-info", v))?
-            .iter()
-            .filter(|c| c["enabled"].as_bool().unwrap_or(true))
-            .filter_map(|c| c["name"].as_str().map(str::to_string))
-            .collect();
-        Ok(GuestAgentInfo { version, supported_commands })
+        let info: GuestInfo = typed(Command::Info, v)?;
+        let supported_commands =
+            info.supported_commands.into_iter().filter(|c| c.enabled && !c.name.is_empty()).map(|c| c.name).collect();
+        Ok(GuestAgentInfo { version: info.version, supported_commands })
     }
 
     /// `guest-exec-status`, with the output decoded.
     pub fn exec_status(v: &Value) -> Result<GuestExecStatus, QgaError> {
-        let exited = v["exited"].as_bool().ok_or_else(|| bad_reply("guest-exec-status", v))?;
-        let int = |key: &str| v.get(key).and_then(Value::as_i64).and_then(|n| i32::try_from(n).ok());
-        let data = |key: &str| -> Result<Vec<u8>, QgaError> {
-            match v.get(key).and_then(Value::as_str) {
+        let status: ExecStatus = typed(Command::ExecStatus, v)?;
+        let data = |key: &str, b64: Option<String>| -> Result<Vec<u8>, QgaError> {
+            match b64 {
                 Some(s) => {
                     B64.decode(s).map_err(|e| QgaError::Protocol(format!("guest-exec-status {key} is not base64: {e}")))
                 }
@@ -612,56 +614,55 @@ pub mod decode {
             }
         };
         Ok(GuestExecStatus {
-            exited,
-            exit_code: int("exitcode"),
-            signal: int("signal"),
-            stdout: data("out-data")?,
-            stderr: data("err-data")?,
-            stdout_truncated: v["out-truncated"].as_bool().unwrap_or(false),
-            stderr_truncated: v["err-truncated"].as_bool().unwrap_or(false),
+            exited: status.exited,
+            exit_code: status.exitcode,
+            signal: status.signal,
+            stdout: data("out-data", status.out_data)?,
+            stderr: data("err-data", status.err_data)?,
+            stdout_truncated: status.out_truncated,
+            stderr_truncated: status.err_truncated,
         })
     }
 
     /// `guest-file-read`, with the data decoded.
     pub fn file_read(v: &Value) -> Result<GuestFileRead, QgaError> {
-        let b64 = v["buf-b64"].as_str().ok_or_else(|| bad_reply("guest-file-read", v))?;
-        let data =
-            B64.decode(b64).map_err(|e| QgaError::Protocol(format!("guest-file-read data is not base64: {e}")))?;
-        Ok(GuestFileRead { data, eof: v["eof"].as_bool().unwrap_or(false) })
+        let read: FileReadReturn = typed(Command::FileRead, v)?;
+        let data = B64
+            .decode(read.buf_b64)
+            .map_err(|e| QgaError::Protocol(format!("guest-file-read data is not base64: {e}")))?;
+        Ok(GuestFileRead { data, eof: read.eof })
     }
 
     /// `guest-get-fsinfo`.
     pub fn fsinfo(v: &Value) -> Result<Vec<GuestFilesystem>, QgaError> {
-        let list = v.as_array().ok_or_else(|| bad_reply("guest-get-fsinfo", v))?;
+        let list: Vec<FsInfo> = typed(Command::GetFsinfo, v)?;
         Ok(list
-            .iter()
+            .into_iter()
             .map(|f| GuestFilesystem {
-                name: str_field(f, "name").unwrap_or_default(),
-                mountpoint: str_field(f, "mountpoint").unwrap_or_default(),
-                fs_type: str_field(f, "type").unwrap_or_default(),
-                used_bytes: f.get("used-bytes").and_then(Value::as_u64),
-                total_bytes: f.get("total-bytes").and_then(Value::as_u64),
+                name: f.name,
+                mountpoint: f.mountpoint,
+                fs_type: f.fs_type,
+                used_bytes: f.used_bytes,
+                total_bytes: f.total_bytes,
             })
             .collect())
     }
 
     /// `guest-get-disks`.
     pub fn disks(v: &Value) -> Result<Vec<GuestDisk>, QgaError> {
-        let list = v.as_array().ok_or_else(|| bad_reply("guest-get-disks", v))?;
+        let list: Vec<Disk> = typed(Command::GetDisks, v)?;
         Ok(list
-            .iter()
+            .into_iter()
             .map(|d| {
-                let address = d.get("address").unwrap_or(&Value::Null);
+                let address = d.address.unwrap_or_default();
                 GuestDisk {
-                    name: str_field(d, "name").unwrap_or_default(),
-                    partition: d["partition"].as_bool().unwrap_or(false),
-                    dependencies: d["dependencies"]
-                        .as_array()
-                        .map(|l| l.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
-                        .unwrap_or_default(),
-                    serial: str_field(address, "serial"),
-                    bus_type: str_field(address, "bus-type"),
-                    dev: str_field(address, "dev"),
+                    name: d.name,
+                    partition: d.partition,
+                    dependencies: d.dependencies,
+                    serial: address.serial,
+                    // Empty: the agent gave no address, or none with a bus type.
+                    bus_type: Some(address.bus_type).filter(|t| !t.is_empty()),
+                    dev: address.dev,
                 }
             })
             .collect())
@@ -669,43 +670,43 @@ pub mod decode {
 
     /// `guest-get-osinfo`.
     pub fn osinfo(v: &Value) -> Result<GuestOsInfo, QgaError> {
+        // serde would also read a struct from a JSON array; the schema's is an object.
         if !v.is_object() {
-            return Err(bad_reply("guest-get-osinfo", v));
+            return Err(bad_reply(Command::GetOsinfo, v));
         }
+        let os: OsInfo = typed(Command::GetOsinfo, v)?;
         Ok(GuestOsInfo {
-            id: str_field(v, "id"),
-            name: str_field(v, "name"),
-            pretty_name: str_field(v, "pretty-name"),
-            version_id: str_field(v, "version-id"),
-            kernel_release: str_field(v, "kernel-release"),
-            machine: str_field(v, "machine"),
+            id: os.id,
+            name: os.name,
+            pretty_name: os.pretty_name,
+            version_id: os.version_id,
+            kernel_release: os.kernel_release,
+            machine: os.machine,
         })
     }
 
     /// `guest-network-get-interfaces`.
     pub fn network_interfaces(v: &Value) -> Result<Vec<GuestNetworkInterface>, QgaError> {
-        let list = v.as_array().ok_or_else(|| bad_reply("guest-network-get-interfaces", v))?;
+        let list: Vec<NetworkInterface> = typed(Command::NetworkGetInterfaces, v)?;
         Ok(list
-            .iter()
+            .into_iter()
             .map(|n| GuestNetworkInterface {
-                name: str_field(n, "name").unwrap_or_default(),
-                hardware_address: str_field(n, "hardware-address"),
-                ip_addresses: n["ip-addresses"]
-                    .as_array()
-                    .map(|ips| {
-                        ips.iter()
-                            .filter_map(|ip| {
-                                Some(GuestIpAddress {
-                                    address: str_field(ip, "ip-address")?,
-                                    prefix: ip["prefix"].as_u64().and_then(|p| u8::try_from(p).ok())?,
-                                    family: str_field(ip, "ip-address-type")?,
-                                })
-                            })
-                            .collect()
+                name: n.name,
+                hardware_address: n.hardware_address,
+                ip_addresses: n
+                    .ip_addresses
+                    .into_iter()
+                    // A prefix no address family has is left out with its address.
+                    .filter_map(|ip| {
+                        Some(GuestIpAddress {
+                            address: ip.ip_address,
+                            prefix: u8::try_from(ip.prefix).ok()?,
+                            family: ip.ip_address_type.name().to_string(),
+                        })
                     })
-                    .unwrap_or_default(),
-                rx_bytes: n["statistics"]["rx-bytes"].as_u64(),
-                tx_bytes: n["statistics"]["tx-bytes"].as_u64(),
+                    .collect(),
+                rx_bytes: n.statistics.map(|s| s.rx_bytes),
+                tx_bytes: n.statistics.map(|s| s.tx_bytes),
             })
             .collect())
     }
@@ -729,6 +730,7 @@ fn random_id() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use tokio::io::AsyncWriteExt;
     use tokio::net::UnixListener;
 
@@ -1036,6 +1038,56 @@ mod tests {
         drop(c);
         let mut c = QgaClient::connect(&path, Duration::from_secs(20)).await.unwrap();
         c.ping().await.unwrap();
+    }
+
+    /// The requests on the wire are QGA's JSON, member for member, and a
+    /// reply of the wrong shape is refused with a short message.
+    #[tokio::test]
+    async fn requests_are_qga_json_and_misshapen_replies_are_refused() {
+        use std::sync::{Arc, Mutex};
+        let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+        let log = seen.clone();
+        let (_dir, path) = fake_agent(move |cmd, args| {
+            log.lock().expect("lock").push((cmd.to_string(), args.clone()));
+            Some(match cmd {
+                "guest-exec" if args["path"] == "/bin/true" => r#"{"return": {"pid": 123}}"#.to_string(),
+                "guest-exec" => format!(r#"{{"return": {{"pid": "{}"}}}}"#, "x".repeat(10_000)),
+                "guest-file-read" => r#"{"return": {"count": 2, "buf-b64": "aGk=", "eof": true}}"#.to_string(),
+                _ => r#"{"return": {}}"#.to_string(),
+            })
+        })
+        .await;
+        let mut c = QgaClient::connect(&path, Duration::from_secs(2)).await.expect("connect");
+        let req = GuestExec {
+            path: "/bin/true".into(),
+            args: vec!["-c".into(), "true".into()],
+            capture_output: true,
+            ..Default::default()
+        };
+        assert_eq!(c.exec(&req).await.expect("exec"), 123);
+        let read = c.file_read(1000, 10).await.expect("read");
+        assert_eq!(read, GuestFileRead { data: b"hi".to_vec(), eof: true });
+        c.file_close(1000).await.expect("close");
+        let req = GuestExec { path: "/bin/sh".into(), env: vec!["A=1".into()], input: Some(b"hi".to_vec()), ..req };
+        let err = c.exec(&req).await.expect_err("a pid that is no number");
+        assert!(matches!(&err, QgaError::Protocol(m) if m.contains("guest-exec")), "{err}");
+        assert!(err.to_string().len() < 600, "{err}");
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(
+            seen,
+            [
+                ("guest-exec".into(), json!({"path": "/bin/true", "arg": ["-c", "true"], "capture-output": true})),
+                ("guest-file-read".into(), json!({"handle": 1000, "count": 10})),
+                ("guest-file-close".into(), json!({"handle": 1000})),
+                (
+                    "guest-exec".into(),
+                    json!({"path": "/bin/sh", "arg": ["-c", "true"], "env": ["A=1"], "input-data": "aGk=",
+                        "capture-output": true})
+                ),
+            ]
+        );
+        let err = decode::file_read(&json!({"count": 2, "eof": true})).expect_err("no data");
+        assert!(err.to_string().contains("missing field `buf-b64`"), "{err}");
     }
 
     #[test]
