@@ -13,6 +13,7 @@
 //! span, less what they used idle over an equal span before). At the
 //! agent's default interval of 10 s, a round's CPU time divided by 10 s is
 //! the share of one core collection takes. Without `--bench` it does nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use nubo_agent::metrics::{sample_instances, SampledVm, Sampler};
 use nubo_api::ids::InstanceId;

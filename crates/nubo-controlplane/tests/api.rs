@@ -1,6 +1,7 @@
 //! The control plane's HTTP API driven in-process through `app()` (no
 //! socket, no VM): validation, authentication, the scheduler's refusals,
 //! atomic claims under concurrency, and the OpenAPI document.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};

@@ -5,6 +5,7 @@
 //! makes nothing; an action that cannot succeed is retried, then marked
 //! failed; a group launches its members, replaces one in error and
 //! scales in by terminating the newest.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use axum::http::StatusCode;

@@ -5,6 +5,7 @@
 //! error documents, error codes and statuses, filters, pagination,
 //! ClientToken idempotency, DryRun, tenancy (another project's instance
 //! does not exist), quotas, and the audit log.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};

@@ -1,6 +1,7 @@
 //! Tenancy and security through the real router (no socket, no VM):
 //! project isolation, roles, token expiry and revocation, quotas under
 //! parallel requests, host joins, and the audit log of every attempt.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use axum::http::StatusCode;

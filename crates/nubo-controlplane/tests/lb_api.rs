@@ -4,6 +4,7 @@
 //! host's desired state with backends resolved to the instances'
 //! forwards (a group's members join as it scales), the host's report in
 //! the view, one host per balancer, and tenancy.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use axum::http::StatusCode;

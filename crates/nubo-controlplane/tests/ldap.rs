@@ -1,6 +1,7 @@
 //! LDAP sign-in against a real OpenLDAP server: each test runs its own
 //! private `slapd` on 127.0.0.1 (`nubo_testkit::slapd`, Debian's `slapd`
 //! and `ldap-utils`), loaded with the users and groups below.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use nubo_controlplane::ldap::{authenticate, GroupMapping, LdapConfig, LdapError};
 use nubo_testkit::slapd::{person, Slapd, SUFFIX};

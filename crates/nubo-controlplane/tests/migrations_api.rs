@@ -3,6 +3,7 @@
 //! ready is given up on after the prepare timeout, the instance stays on
 //! its source, the target's claim is freed and the target is told to
 //! remove its copy; a target that reports ready too late is refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use axum::http::StatusCode;

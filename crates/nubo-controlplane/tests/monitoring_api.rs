@@ -3,6 +3,7 @@
 //! speaking only for itself, checks' soft and hard states from results,
 //! metric alert rules with a hold time, webhook delivery with retries and
 //! its failure, silences, and who may see what.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use axum::http::StatusCode;

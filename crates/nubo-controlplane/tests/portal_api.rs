@@ -6,6 +6,7 @@
 //! session, switching projects, and the audit log naming portal users.
 //! (The browser tests in crates/nubo/tests/portal.rs drive the same pages
 //! in headless Chromium against a real VM.)
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use axum::body::Body;

@@ -5,6 +5,7 @@
 //! attached, detaching, deleting) as reports move it, slot limits, and
 //! image uploads checked against their declared size, checksum and
 //! minimum disk.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use axum::http::StatusCode;

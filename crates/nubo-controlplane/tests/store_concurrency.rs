@@ -2,6 +2,7 @@
 //! numbers are `MAX(seq) + 1`): on SQLite the write lock orders them, on
 //! PostgreSQL (`NUBO_TEST_DATABASE`) an advisory lock must, or two would
 //! take the same number and one would fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 

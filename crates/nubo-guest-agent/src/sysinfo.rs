@@ -96,6 +96,7 @@ fn usage(mountpoint: &str) -> Option<(u64, u64, u64)> {
     let path = CString::new(mountpoint).ok()?;
     // SAFETY: statvfs writes into the zeroed struct we own; path is NUL-terminated.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above: `path` is NUL-terminated and `st` is ours to fill.
     if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
         return None;
     }
@@ -109,6 +110,7 @@ pub fn osinfo() -> OsInfo {
     let mut info = OsInfo::default();
     // SAFETY: uname fills the zeroed struct we own.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid out-pointer that uname fills.
     if unsafe { libc::uname(&mut u) } == 0 {
         // SAFETY: uname NUL-terminates every field it fills.
         let text = |field: &[libc::c_char]| unsafe { CStr::from_ptr(field.as_ptr()) }.to_string_lossy().into_owned();
@@ -207,6 +209,7 @@ pub fn network_interfaces() -> Result<Vec<NetworkInterface>, QgaError> {
                 let prefix = if ifa.ifa_netmask.is_null() {
                     32
                 } else {
+                    // SAFETY: not null (checked above), and an AF_INET netmask is a sockaddr_in.
                     let mask = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in) };
                     u32::from_be(mask.sin_addr.s_addr).count_ones()
                 };
@@ -219,6 +222,7 @@ pub fn network_interfaces() -> Result<Vec<NetworkInterface>, QgaError> {
                 let prefix = if ifa.ifa_netmask.is_null() {
                     128
                 } else {
+                    // SAFETY: not null (checked above), and an AF_INET6 netmask is a sockaddr_in6.
                     let mask = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in6) };
                     mask.sin6_addr.s6_addr.iter().map(|b| b.count_ones()).sum()
                 };

@@ -7,6 +7,7 @@
 //!
 //! The image comes from the shared cache `$NUBO_IMAGE_CACHE` (default
 //! `<workspace>/.cache/images`), built first if needed.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use common::*;

@@ -1,6 +1,7 @@
 //! Integration tests against real QEMU under TCG. A VM with firmware boot and
 //! a blank disk just sits in SeaBIOS, which is enough to exercise the whole
 //! process lifecycle. Each test fails, saying what to install, without QEMU.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -64,6 +65,7 @@ struct Reaper(PathBuf);
 impl Drop for Reaper {
     fn drop(&mut self) {
         if let Some(pid) = live_pid(&self.0.join("qemu.pid")) {
+            // SAFETY: kill takes plain integers; a stale pid is an error, not UB.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
     }

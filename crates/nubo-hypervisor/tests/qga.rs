@@ -8,6 +8,7 @@
 //! The image comes from the shared cache `$NUBO_IMAGE_CACHE` (default
 //! `<workspace>/.cache/images`), built first if needed; that needs the static
 //! guest agent (scripts/test.sh builds it and sets NUBO_GUEST_AGENT).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use common::*;

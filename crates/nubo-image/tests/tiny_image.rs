@@ -2,6 +2,7 @@
 //! mkfs.ext4 and qemu-img) into the shared cache `$NUBO_IMAGE_CACHE`, or
 //! `<workspace>/.cache/images`, and checks the artefacts and the cache
 //! behaviour. Booting the image is tested by the hypervisor/agent crates.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::fs;
 use std::io::Read;

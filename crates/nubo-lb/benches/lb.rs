@@ -24,6 +24,7 @@
 //! gives each one's requests per second and p99, and the ratios.
 //! `NUBO_BENCH_NGINX` names another nginx binary (default `nginx` on PATH);
 //! without one that part is skipped with a message.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};

@@ -4,6 +4,7 @@
 //! removed backend with a request under way, retries and passive marks
 //! on a dead backend, active checks taking a backend out and back, and
 //! the TCP listener.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};

@@ -1,5 +1,6 @@
 //! Placement rate over 10,000 hosts held in memory (`InMemoryHostSet`,
 //! used by this benchmark only). Run: `cargo bench -p nubo-scheduler`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use nubo_scheduler::{Demand, InMemoryHostSet, Policy, Weigher};
 

@@ -22,6 +22,7 @@
 //! `nubo up` and every QEMU it started are killed at the end, also on a
 //! panic or on Ctrl-C / SIGTERM. Without `--bench` (e.g. under
 //! `cargo test --benches`) it does nothing, so test runs boot no VMs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod support;
 use serde_json::json;

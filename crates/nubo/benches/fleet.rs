@@ -29,6 +29,7 @@
 //! WAL; PostgreSQL: `pg_database_size`).
 //!
 //! Without `--bench` (e.g. under `cargo test --benches`) it does nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod support;
 

@@ -18,6 +18,7 @@
 //!
 //! Everything it started is killed at the end, also on a panic or Ctrl-C.
 //! Without `--bench` (e.g. under `cargo test --benches`) it does nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod support;
 use std::process::{Command, Stdio};

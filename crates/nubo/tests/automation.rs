@@ -5,6 +5,7 @@
 //! would have done; an instance group scales out while its members are
 //! busy and back in after; a member whose QEMU process is killed is
 //! replaced.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use common::*;
@@ -167,6 +168,7 @@ fn a_group_scales_out_and_in_with_load_and_replaces_a_dead_member() {
     let member = back["members"][0]["instance_id"].as_str().unwrap().to_string();
     cloud.wait_state(&member, "running", BOOT);
     let pid = cloud.qemu_pid(&member).expect("pidfile");
+    // SAFETY: kill takes plain integers; a stale pid is an error, not UB.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let replaced = wait_until("a replacement", Duration::from_secs(180), || {
         let g = show(&cloud);

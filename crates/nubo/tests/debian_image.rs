@@ -10,6 +10,7 @@
 //! ```sh
 //! cargo test -p nubo --test debian_image -- --ignored --nocapture --test-threads 1
 //! ```
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use common::*;

@@ -11,6 +11,7 @@
 //! CLI's normal error exit), and a boto3 script reading instances and
 //! volumes. Nothing outside is read: a fresh AWS config, no metadata
 //! lookups, the endpoint on 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use common::*;

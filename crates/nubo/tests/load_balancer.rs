@@ -14,6 +14,7 @@
 //!   less than an idle one, where round-robin in the same run does not.
 //!
 //! Plus `nubo lb serve` from a file, with loopback backends in the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use common::*;
@@ -378,6 +379,7 @@ fn lb_serve_runs_a_config_file_and_reloads_it() {
     assert_eq!(up, "x");
     // SIGHUP after adding y: both get requests, on the same process.
     write(&format!("{{ id = \"x\", address = \"{x}\" }}, {{ id = \"y\", address = \"{y}\", weight = 1 }}"));
+    // SAFETY: kill takes plain integers; a stale pid is an error, not UB.
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     wait_until("y to get traffic", Duration::from_secs(10), || {
         let s = spread(&listen, 4);
@@ -392,6 +394,7 @@ fn lb_serve_runs_a_config_file_and_reloads_it() {
     assert!(backends.iter().all(|b| b["health"] == "up" && b["requests"].as_u64().unwrap() >= 2), "{stats}");
     // A bad file on reload keeps the running configuration.
     std::fs::write(&config, "listeners = [] \nbogus = 1\n").unwrap();
+    // SAFETY: kill takes plain integers; a stale pid is an error, not UB.
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     let log = dir.path().join("serve.log");
     wait_until("the failed reload in the log", Duration::from_secs(10), || {
@@ -402,6 +405,7 @@ fn lb_serve_runs_a_config_file_and_reloads_it() {
     let after = spread(&listen, 2);
     assert_eq!(after.len(), 2, "still both: {after:?}");
     assert_eq!((count(&after, "x"), count(&after, "y")), (1, 1), "still both: {after:?}");
+    // SAFETY: kill takes plain integers; a stale pid is an error, not UB.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 

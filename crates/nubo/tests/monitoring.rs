@@ -6,6 +6,7 @@
 //! notification exactly once, and the check recovers to OK (with a
 //! resolved notification); `/metrics` passes Prometheus' own `promtool
 //! check metrics`; and `nubo metrics show` draws the chart.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use common::*;

@@ -13,6 +13,7 @@
 //!
 //! Needs root (network namespaces); without it each test fails, saying
 //! to run it as root.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use common::*;
@@ -416,6 +417,7 @@ fn live_migration_keeps_address_data_and_a_running_ping_then_evacuate_empties_a_
 fn kill_vm(dir: &std::path::Path, id: &str) {
     let pid = std::fs::read_to_string(dir.join("instances").join(id).join("qemu.pid")).expect("the VM's pidfile");
     let pid: i32 = pid.trim().parse().expect("a pid");
+    // SAFETY: kill takes plain integers; a stale pid is an error, not UB.
     unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 

@@ -13,6 +13,7 @@
 //! docs/screenshots/ with NUBO_UPDATE_SCREENSHOTS=1. Without
 //! /usr/bin/chromedriver the test fails, saying what to install
 //! (scripts/install-deps.sh installs it).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use common::*;
@@ -37,6 +38,7 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // SAFETY: kill takes plain integers; a stale pid is an error, not UB.
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }

@@ -5,6 +5,7 @@
 //! instance answering through forwarded ports, a failing recipe reported
 //! with its log, guest-get-fsinfo following the guest's disk use, and
 //! bad input refused with reasons.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use common::*;

@@ -1,5 +1,6 @@
 //! Crash safety: killing the agent leaves VMs running and a new agent
 //! re-adopts them; killing the control plane (`nubo up`) loses nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use common::*;

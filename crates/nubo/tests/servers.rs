@@ -5,6 +5,7 @@
 //! a change made through either reaches the agent at once, and when one
 //! is killed during a burst of launches, the agent and the clients move
 //! to the other and every acknowledged launch ends running.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use common::*;
@@ -85,6 +86,7 @@ fn two_servers_serve_one_cloud_and_a_killed_one_loses_no_acknowledged_launch() {
         wait_until("three acknowledged launches", Duration::from_secs(60), || {
             (acked.load(Ordering::SeqCst) >= 3).then_some(())
         });
+        // SAFETY: kill takes plain integers; a stale pid is an error, not UB.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         let killed_at = Instant::now();
         (launches.into_iter().map(|h| h.join().expect("launch thread")).collect::<Vec<_>>(), killed_at)

@@ -14,6 +14,7 @@
 //!   with tiny's kernel, one by the firmware from its own boot loader); an
 //!   instance snapshot that boots a new instance with the first one's data;
 //!   deletes refused while an instance or a snapshot uses the image.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use common::*;

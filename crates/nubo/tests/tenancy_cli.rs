@@ -2,6 +2,7 @@
 //! `nubo agent`): users sign in with `nubo login`, and a member of one
 //! project can neither list, read, change nor guess another project's
 //! instances; tokens are created and revoked; the audit log has it all.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use common::*;

@@ -4,6 +4,7 @@
 //! agent, but no VM); the rest needs no VM at all. With
 //! `NUBO_TEST_DATABASE` each server keeps its state in a PostgreSQL
 //! database of its own.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 

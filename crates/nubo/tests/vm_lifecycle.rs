@@ -6,6 +6,7 @@
 //! join token into a data directory that does not exist yet, as the
 //! README says: it offers its file system's real size at once, and runs an
 //! instance.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use common::*;

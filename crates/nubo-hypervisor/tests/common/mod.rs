@@ -39,6 +39,7 @@ impl Drop for Reaper {
         if let Some(pid) = std::fs::read_to_string(self.0.pidfile()).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             if String::from_utf8_lossy(&cmdline).contains("qemu") {
+                // SAFETY: kill takes plain integers; a stale pid is an error, not UB.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }

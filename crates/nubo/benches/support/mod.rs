@@ -173,6 +173,7 @@ impl Cloud {
 }
 
 pub fn alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks; it has no memory effects.
     let exists = unsafe { libc::kill(pid, 0) } == 0;
     let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
@@ -190,6 +191,7 @@ impl Drop for Cloud {
         }
         let pids = self.qemu_pids();
         for &pid in &pids {
+            // SAFETY: kill takes plain integers; a stale pid is an error, not UB.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         let start = Instant::now();

@@ -557,6 +557,7 @@ impl Cloud {
 
 pub fn alive(pid: i32) -> bool {
     // Signal 0 checks existence; a zombie is not "alive" for us.
+    // SAFETY: kill with signal 0 only checks; it has no memory effects.
     let exists = unsafe { libc::kill(pid, 0) } == 0;
     let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| s.rsplit(')').next().map(|r| r.trim_start().starts_with('Z')).unwrap_or(false))
@@ -588,6 +589,7 @@ impl Drop for Cloud {
                     if let Some(pid) =
                         std::fs::read_to_string(e.path().join(pidfile)).ok().and_then(|s| s.trim().parse::<i32>().ok())
                     {
+                        // SAFETY: kill takes plain integers; a stale pid is an error, not UB.
                         unsafe { libc::kill(pid, libc::SIGKILL) };
                     }
                 }

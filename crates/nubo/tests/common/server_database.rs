@@ -86,6 +86,7 @@ impl Drop for ServerDatabase {
     fn drop(&mut self) {
         for l in &self.relays {
             // Wakes the relay's accept (EINVAL on a shut listener), which ends it.
+            // SAFETY: the descriptor belongs to a listener this struct still owns.
             unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
         }
     }
@@ -112,6 +113,8 @@ fn listener_in_netns(ns: &str) -> TcpListener {
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || -> std::io::Result<TcpListener> {
         let file = std::fs::File::open(&path)?;
+        // SAFETY: the descriptor is an open namespace file; setns changes
+        // only this short-lived thread's network namespace.
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(std::io::Error::last_os_error());
         }

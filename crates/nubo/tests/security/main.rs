@@ -15,6 +15,7 @@
 //! - `tenancy`: removed members, image quotas, rule CIDRs.
 //! - `tls`: credentials on the LAN (HTTPS by default beyond loopback,
 //!   join tokens that pin the server's CA).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 #[path = "../common/mod.rs"]
 mod common;
