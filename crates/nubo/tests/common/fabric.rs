@@ -26,14 +26,18 @@ pub struct Fabric {
 }
 
 impl Fabric {
-    /// None when this machine does not let the test make namespaces (not
-    /// root). `tag` keeps the names of tests running side by side apart.
-    pub fn try_new(tag: &str, hosts: u32) -> Option<Self> {
+    /// Makes the switch and `hosts` hosts; fails (never skips) where
+    /// namespaces cannot be made: the tests that use it run as root.
+    /// `tag` keeps the names of tests running side by side apart.
+    pub fn new(tag: &str, hosts: u32) -> Self {
         let prefix = format!("n{tag}{}", std::process::id() % 100_000);
         let probe = format!("{prefix}probe");
-        if !sh(&format!("ip netns add {probe} && ip netns del {probe}")).status.success() {
-            return None;
-        }
+        let made = sh(&format!("ip netns add {probe} && ip netns del {probe}"));
+        assert!(
+            made.status.success(),
+            "this test makes network namespaces: run it as root ({})",
+            String::from_utf8_lossy(&made.stderr).trim()
+        );
         let f = Fabric { prefix };
         let sw = f.ns("sw");
         sh_ok(&format!(
@@ -48,13 +52,7 @@ impl Fabric {
                  ip -n {h} link set eth0 up && ip -n {h} link set lo up"
             ));
         }
-        Some(f)
-    }
-
-    /// As [`Fabric::try_new`], for a test that must fail rather than skip
-    /// where namespaces cannot be made.
-    pub fn new(tag: &str, hosts: u32) -> Self {
-        Self::try_new(tag, hosts).expect("this test makes network namespaces: run it as root")
+        f
     }
 
     /// The full name of this fabric's namespace `name` (`sw`, `h1`, ...).
