@@ -550,3 +550,54 @@ pub struct Migration {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
+
+/// The control plane's background tasks, as the server that answered
+/// records them (each server keeps its own record).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BackgroundTasks {
+    /// The server that answered, as it names itself for the lease
+    /// (`hostname:data-directory`).
+    pub server: String,
+    /// The server running the cluster-wide tasks now (it holds the lease);
+    /// none while no server holds it. Its record is the one to read for
+    /// them: on the others they have not run.
+    #[serde(default)]
+    pub cluster_tasks_on: Option<String>,
+    pub tasks: Vec<BackgroundTask>,
+}
+
+/// One background task and its last run on the server that answered.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BackgroundTask {
+    /// `rollups`, `alert_rules`, `policies`, `groups`, `failover`,
+    /// `webhooks`, `audit_retention`, `ldap_refresh`.
+    pub name: String,
+    /// What it does.
+    pub about: String,
+    /// `cluster`: run by one server at a time (the lease holder);
+    /// `server`: run by every server.
+    pub scope: String,
+    /// How often it runs.
+    pub every_ms: u64,
+    /// A run is under way.
+    pub running: bool,
+    /// When the last run started; none: it has not run on this server.
+    #[serde(default)]
+    pub last_started_at_ms: Option<i64>,
+    /// How long the last finished run took.
+    #[serde(default)]
+    pub last_duration_ms: Option<u64>,
+    /// `ok` or `failed`; none: no run has finished.
+    #[serde(default)]
+    pub last_outcome: Option<String>,
+    /// The last failure's error (kept after later runs succeed).
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// When the run that failed last started.
+    #[serde(default)]
+    pub last_error_at_ms: Option<i64>,
+    /// Finished runs since this server started.
+    pub runs: u64,
+    /// Failed runs since this server started.
+    pub failures: u64,
+}

@@ -321,6 +321,11 @@ impl Client {
         self.get("/api/v1/hosts").await
     }
 
+    /// The control plane's background tasks and their last runs (operators).
+    pub async fn background_tasks(&self) -> Result<nubo_api::views::BackgroundTasks, ClientError> {
+        self.get("/api/v1/background-tasks").await
+    }
+
     pub async fn images(&self) -> Result<Vec<Image>, ClientError> {
         self.get("/api/v1/images").await
     }

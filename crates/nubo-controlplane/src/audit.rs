@@ -85,28 +85,6 @@ pub async fn middleware(State(ctx): State<Arc<Ctx>>, mut req: Request, next: Nex
     resp
 }
 
-/// Deletes audit entries older than the retention: at start, then every
-/// quarter of the retention (at most hourly), in batches. Also drops the
-/// rate limiters' recovered keys, which have the same kind of life.
-pub async fn retention_task(ctx: Arc<Ctx>) {
-    let retention = ctx.config.audit_retention;
-    let every = (retention / 4).clamp(Duration::from_millis(500), Duration::from_secs(3600));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        ctx.signin.prune();
-        ctx.anonymous_audit.retain_recent();
-        ctx.anonymous_audit.shrink_to_fit();
-        ctx.limiter.retain_recent();
-        match prune(&ctx, retention).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(entries = n, "audit entries past their retention deleted"),
-            Err(e) => tracing::warn!(error = %e, "cannot delete old audit entries; will retry"),
-        }
-    }
-}
-
 /// One pass of the retention: every entry older than `retention` goes.
 pub async fn prune(ctx: &Ctx, retention: Duration) -> Result<u64, sqlx::Error> {
     let before = crate::store::now_ms().saturating_sub(retention.as_millis() as i64);

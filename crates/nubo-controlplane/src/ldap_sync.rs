@@ -1,9 +1,9 @@
 //! What the directory's word means inside Nubo, and keeping it current.
 //! This module owns the LDAP users' standing: at sign-in their groups
-//! become memberships and the admin flag (`apply_grants`), and a
-//! background task re-reads every LDAP user at the settings' refresh
-//! interval (`run`), so that a user deleted from the directory, or dropped
-//! from every mapped group, loses its roles, tokens, sessions and access
+//! become memberships and the admin flag (`apply_grants`), and the
+//! `ldap_refresh` background task re-reads every LDAP user at the
+//! settings' refresh interval (`refresh_once`), so that a user deleted
+//! from the directory, or dropped from every mapped group, loses its roles, tokens, sessions and access
 //! keys within one interval instead of at a next sign-in that never comes.
 //! A directory that cannot be read concludes nothing: the round stops and
 //! is tried again at the next interval.
@@ -12,7 +12,6 @@ use crate::error::AppError;
 use crate::identity::UserRow;
 use crate::ldap::{self, GroupMapping, LdapConfig, Standing};
 use crate::Ctx;
-use std::sync::Arc;
 
 /// Gives an LDAP user exactly the memberships and admin flag `grants`
 /// say, changing only what differs (a re-check must not leave a moment
@@ -95,23 +94,4 @@ pub async fn refresh_once(ctx: &Ctx, cfg: &LdapConfig) -> Result<Round, AppError
         }
     }
     Ok(round)
-}
-
-/// The background re-check, every `refresh_secs` of the LDAP settings
-/// (nothing without LDAP).
-pub async fn run(ctx: Arc<Ctx>) {
-    let Some(cfg) = ctx.config.ldap.clone() else { return };
-    let mut tick = tokio::time::interval(cfg.refresh());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        match refresh_once(&ctx, &cfg).await {
-            Ok(round) => tracing::debug!(?round, "LDAP re-check done"),
-            Err(e) => tracing::warn!(
-                error = %e,
-                "LDAP re-check stopped: nothing was concluded this round; it runs again in {} s",
-                cfg.refresh().as_secs()
-            ),
-        }
-    }
 }

@@ -9,6 +9,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod authz;
+pub mod background;
 pub mod checks;
 pub mod client_tokens;
 pub mod ec2;
@@ -26,7 +27,6 @@ pub mod ldap;
 pub mod ldap_sync;
 pub mod leases;
 pub mod migrations;
-pub mod monitor;
 pub mod networks;
 pub mod placement;
 pub mod policies;
@@ -219,6 +219,8 @@ pub struct Ctx {
     /// When this server last saw each host renew its lease, on its own
     /// monotonic clock (what failover counts from).
     pub renewals: failover::Renewals,
+    /// Each background task's last run on this server.
+    pub background: background::Board,
 }
 
 impl Ctx {
@@ -275,17 +277,17 @@ impl Ctx {
             registry,
             server_id,
             renewals,
+            background: background::Board::default(),
         }))
     }
 
-    /// Starts the server's background work (metric rollups, heartbeat
-    /// checks, alert evaluation, webhook delivery, the audit log's
-    /// retention, the directory re-check).
+    /// Starts the server's background work: listening for the other
+    /// servers' changes, and the background tasks (metric rollups, alert
+    /// rules, policies, groups, failover, webhook delivery, the audit
+    /// log's retention, the directory re-check; see `background`).
     pub fn start_background(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(wakeups::listen(self.clone()));
-        tokio::spawn(audit::retention_task(self.clone()));
-        tokio::spawn(ldap_sync::run(self.clone()));
-        tokio::spawn(monitor::run(self.clone()))
+        background::start(self.clone())
     }
 
     /// Signals every agent that desired state changed (when the change

@@ -181,7 +181,7 @@ async fn checks_go_soft_then_hard_and_alerts_notify_a_webhook_with_retries() {
     // While soft, the host re-checks at the retry interval.
     let hc = t.ok("GET", &format!("/api/v1/agent/hosts/{host}/checks"), &cred, None).await;
     assert_eq!(hc["checks"][0]["interval_secs"], check["retry_interval_secs"]);
-    nubo_controlplane::monitor::evaluate(&t.ctx).await.unwrap();
+    nubo_controlplane::background::alert_rules::evaluate(&t.ctx).await.unwrap();
     assert!(
         t.ok("GET", "/api/v1/alerts", &admin, None).await.as_array().unwrap().is_empty(),
         "soft problems do not alert"
@@ -200,7 +200,7 @@ async fn checks_go_soft_then_hard_and_alerts_notify_a_webhook_with_retries() {
 
     // Hard CRITICAL: the alert fires once; delivery is retried until the webhook takes it.
     for _ in 0..3 {
-        nubo_controlplane::monitor::evaluate(&t.ctx).await.unwrap();
+        nubo_controlplane::background::alert_rules::evaluate(&t.ctx).await.unwrap();
     }
     let alerts = t.ok("GET", "/api/v1/alerts", &admin, None).await;
     assert_eq!(alerts.as_array().unwrap().len(), 1);
@@ -226,7 +226,7 @@ async fn checks_go_soft_then_hard_and_alerts_notify_a_webhook_with_retries() {
     // Silenced, the recovery is logged but not posted.
     t.ok("POST", &format!("/api/v1/alerts/{alert_id}/silence"), &admin, Some(json!({"for_secs": 3600}))).await;
     post(0).await;
-    nubo_controlplane::monitor::evaluate(&t.ctx).await.unwrap();
+    nubo_controlplane::background::alert_rules::evaluate(&t.ctx).await.unwrap();
     let a = t.ok("GET", &format!("/api/v1/alerts/{alert_id}"), &admin, None).await;
     assert_eq!(a["state"], "resolved");
     assert_eq!(a["notifications"].as_array().unwrap().len(), 1, "no resolved notification while silenced");
@@ -248,13 +248,13 @@ async fn metric_rules_hold_before_firing_and_failed_deliveries_are_marked() {
     let sample =
         |v: f64| json!({"samples": [{"resource": id, "metric": "cpu_percent", "at_ms": now_ms(), "value": v}]});
     t.ok("POST", &format!("/api/v1/agent/hosts/{host}/metrics"), &cred, Some(sample(95.0))).await;
-    nubo_controlplane::monitor::evaluate(&t.ctx).await.unwrap();
+    nubo_controlplane::background::alert_rules::evaluate(&t.ctx).await.unwrap();
     assert!(
         t.ok("GET", "/api/v1/alerts", &admin, None).await.as_array().unwrap().is_empty(),
         "pending, not firing yet"
     );
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    nubo_controlplane::monitor::evaluate(&t.ctx).await.unwrap();
+    nubo_controlplane::background::alert_rules::evaluate(&t.ctx).await.unwrap();
     let alerts = t.ok("GET", "/api/v1/alerts", &admin, None).await;
     assert_eq!(alerts[0]["state"], "firing", "{alerts}");
     assert_eq!(alerts[0]["value"], 95.0);
@@ -276,7 +276,7 @@ async fn metric_rules_hold_before_firing_and_failed_deliveries_are_marked() {
     assert!(n["last_error"].as_str().unwrap().contains("cannot reach"), "{n}");
     // A value back below the threshold resolves it.
     t.ok("POST", &format!("/api/v1/agent/hosts/{host}/metrics"), &cred, Some(sample(10.0))).await;
-    nubo_controlplane::monitor::evaluate(&t.ctx).await.unwrap();
+    nubo_controlplane::background::alert_rules::evaluate(&t.ctx).await.unwrap();
     assert!(t.ok("GET", "/api/v1/alerts", &admin, None).await.as_array().unwrap().is_empty());
     // Rules are validated.
     for bad in [

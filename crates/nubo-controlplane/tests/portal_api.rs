@@ -284,6 +284,7 @@ async fn a_member_is_refused_every_operator_page_and_form() {
         ("/ui/admin/audit", "Audit log"),
         ("/ui/admin/projects", "Projects &amp; quotas"),
         ("/ui/admin/users", "Create a local user"),
+        ("/ui/admin/tasks", "Runs / failures"),
     ];
     for (path, marker) in pages {
         let p = alice.get(path).await;

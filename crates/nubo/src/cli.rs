@@ -84,6 +84,9 @@ pub enum Command {
     /// The audit log (operators).
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// The control plane's background tasks and their last runs (operators).
+    #[command(subcommand)]
+    Task(TaskCmd),
     /// Access-key pairs for the EC2 API (SigV4).
     #[command(subcommand)]
     AccessKey(AccessKeyCmd),
@@ -247,6 +250,12 @@ pub enum AuditCmd {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+}
+
+#[derive(Subcommand)]
+pub enum TaskCmd {
+    /// Each task: how often it runs, when it last ran, how long it took, and its last error.
+    List,
 }
 
 #[derive(Args, Clone)]

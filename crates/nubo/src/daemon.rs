@@ -333,7 +333,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         r = agent_task => { r??; }
         _ = shutdown_signal() => {
             eprintln!("stopping Nubo; running VMs keep running and are re-adopted at the next start");
-            nubo_controlplane::monitor::release(&s.ctx).await;
+            nubo_controlplane::background::release(&s.ctx).await;
         }
     }
     if let Some(g) = guard {
@@ -362,7 +362,7 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
     println!("  nubo agent --server {}{insecure} --join-token {join}", s.url);
     tokio::select! {
         r = s.server => { r??; }
-        _ = shutdown_signal() => nubo_controlplane::monitor::release(&s.ctx).await,
+        _ = shutdown_signal() => nubo_controlplane::background::release(&s.ctx).await,
     }
     Ok(())
 }

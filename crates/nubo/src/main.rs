@@ -13,6 +13,7 @@ mod output;
 mod provision_cmds;
 mod relay;
 mod storage_cmds;
+mod task_cmds;
 
 use clap::Parser;
 
@@ -84,6 +85,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Project(c) => identity_cmds::project(c, &cli.conn).await,
         Command::User(c) => identity_cmds::user(c, &cli.conn).await,
         Command::Audit(c) => identity_cmds::audit(c, &cli.conn).await,
+        Command::Task(c) => task_cmds::task(c, &cli.conn).await,
         Command::AccessKey(c) => identity_cmds::access_key(c, &cli.conn).await,
         Command::Keypair(c) => provision_cmds::keypair(c, &cli.conn).await,
         Command::Recipe(c) => provision_cmds::recipe(c, &cli.conn).await,

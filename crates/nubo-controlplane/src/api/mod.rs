@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod automation;
+pub mod background;
 pub mod hosts;
 pub mod identity;
 pub mod images;
@@ -62,6 +63,7 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(instances::reboot))
         .routes(routes!(instances::console))
         .routes(routes!(hosts::list))
+        .routes(routes!(background::list))
         .routes(routes!(migrations::migrate))
         .routes(routes!(migrations::list))
         .routes(routes!(migrations::show))

@@ -25,6 +25,7 @@ pub enum Nav {
     OpAudit,
     OpProjects,
     OpUsers,
+    OpTasks,
 }
 
 const USER_NAV: &[(Nav, &str, &str)] = &[
@@ -45,6 +46,7 @@ const OPERATOR_NAV: &[(Nav, &str, &str)] = &[
     (Nav::OpAudit, "/ui/admin/audit", "Audit log"),
     (Nav::OpProjects, "/ui/admin/projects", "Projects & quotas"),
     (Nav::OpUsers, "/ui/admin/users", "Users"),
+    (Nav::OpTasks, "/ui/admin/tasks", "Background tasks"),
 ];
 
 fn head(title: &str) -> Markup {

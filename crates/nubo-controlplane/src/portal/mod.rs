@@ -1,7 +1,8 @@
 //! The web portals under `/ui`: the user portal (a project's instances,
 //! volumes, key pairs, images, policies, groups and alerts) and the
 //! operator portal under `/ui/admin` (hosts, every project's instances,
-//! alerts, the audit log, projects, quotas and users).
+//! alerts, the audit log, projects, quotas, users and the background
+//! tasks).
 //!
 //! Pages are rendered on the server (maud) and call the same handlers
 //! the REST API routes to, with the session's caller, so the portal can
@@ -12,6 +13,7 @@
 //! stylesheet and script are compiled into the binary, and the Content
 //! Security Policy forbids any other source.
 
+mod background;
 mod balancers;
 mod chart;
 mod html;
@@ -145,5 +147,6 @@ pub fn router() -> Router<Arc<Ctx>> {
         .merge(balancers::routes())
         .merge(resources::routes())
         .merge(operator::routes())
+        .merge(background::routes())
         .layer(axum::middleware::from_fn(security_headers))
 }
