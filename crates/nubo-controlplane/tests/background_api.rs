@@ -2,6 +2,7 @@
 //! task is listed with its last run and no error, the answer names the
 //! server running the cluster-wide tasks, and only operators may read it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 mod common;
 use axum::http::StatusCode;
 use common::T;

@@ -214,6 +214,7 @@ async fn a_host_cannot_register_without_joining() {
 async fn each_credential_is_rate_limited() {
     let t = T::with(|config| config.rate_per_sec = 5).await;
     let mut limited = 0;
+    let started = std::time::Instant::now();
     for _ in 0..30 {
         let (s, v) = t.call("GET", "/api/v1/instances", Some(&t.admin), None).await;
         if s == StatusCode::TOO_MANY_REQUESTS {
@@ -221,7 +222,16 @@ async fn each_credential_is_rate_limited() {
             limited += 1;
         }
     }
-    assert!(limited >= 15, "only {limited} of 30 rapid requests were limited");
+    // A burst of 10, then 5 a second: in under a second at least 15 of 30
+    // are limited; on a loaded machine the loop takes longer, and the
+    // limiter lets through what the elapsed time has refilled.
+    let refilled = (5.0 * started.elapsed().as_secs_f64()).ceil() as usize;
+    let answered = 30 - limited;
+    assert!(
+        limited >= 1 && answered <= 10 + refilled,
+        "{answered} of 30 rapid requests answered in {:?} (burst 10, then 5 a second)",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
