@@ -61,6 +61,19 @@ impl<'a> Selection<'a> {
         self
     }
 
+    /// The selection to read `rows`' related rows by, once `rows` were
+    /// read with `self`: their ids when they fit in a page (so that each
+    /// related table is read by its index on `instance_id`, whatever the
+    /// planner makes of a subquery), else `self` as a subquery (a whole
+    /// list would bind too many values).
+    pub fn for_related<'r>(&'r self, ids: &'r [String]) -> Selection<'r> {
+        if ids.len() <= crate::pagination::MAX_PAGE as usize + 1 {
+            Selection::new(Scope::Ids(ids))
+        } else {
+            self.clone()
+        }
+    }
+
     pub fn terminated_since(mut self, at_ms: i64) -> Self {
         self.terminated_since_ms = Some(at_ms);
         self
@@ -311,16 +324,19 @@ impl Store {
         })
     }
 
-    /// The images of every instance a host must know about (its own not
-    /// yet terminated, and those migrating to it): one query.
-    pub async fn images_of_host(&self, host: &str) -> Result<Vec<crate::images::ImageRow>, sqlx::Error> {
-        sqlx::query_as(&format!(
-            "SELECT * FROM images WHERE id IN (SELECT image_id FROM instances
-               WHERE (host_id = $1 AND state <> 'terminated') OR id IN ({ARRIVING}))"
-        ))
-        .bind(host)
-        .fetch_all(&self.pool)
-        .await
+    /// The images named by `ids` (distinct image ids: there are at most
+    /// as many as images, whatever the number of instances): one query.
+    pub async fn images_by_ids(&self, ids: &[String]) -> Result<Vec<crate::images::ImageRow>, sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let sql = format!("SELECT * FROM images WHERE id IN ({})", marks.join(", "));
+        let mut q = sqlx::query_as(&sql);
+        for id in ids {
+            q = q.bind(id);
+        }
+        q.fetch_all(&self.pool).await
     }
 }
 

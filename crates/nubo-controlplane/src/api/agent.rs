@@ -119,8 +119,11 @@ pub async fn desired(
             volumes_by_instance.entry(i).or_default().push(v);
         }
     }
+    let mut image_ids: Vec<String> = rows.iter().filter_map(|r| r.image_id.clone()).collect();
+    image_ids.sort();
+    image_ids.dedup();
     let image_sources: HashMap<String, Option<ImageSource>> =
-        ctx.store.images_of_host(host.as_str()).await?.into_iter().map(|i| (i.id.clone(), image_source(&i))).collect();
+        ctx.store.images_by_ids(&image_ids).await?.into_iter().map(|i| (i.id.clone(), image_source(&i))).collect();
     let mut instances = Vec::new();
     for row in rows {
         let migration = migrations.iter().find(|m| m.instance_id == row.id);

@@ -55,7 +55,8 @@ pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<I
 /// number of queries however many there are; `selection` must be the one
 /// `rows` were read with.
 pub async fn views(ctx: &Ctx, selection: &Selection<'_>, rows: Vec<InstanceRow>) -> AppResult<Vec<Instance>> {
-    let related = ctx.store.related(selection).await?;
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let related = ctx.store.related(&selection.for_related(&ids)).await?;
     rows.into_iter().map(|row| view_of(row, &related)).collect()
 }
 

@@ -250,7 +250,9 @@ pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<
             .page(page);
         let rows = ctx.store.select_instances(&selection).await?;
         let (rows, next) = selection.page.cut(rows, rest::cursor_of);
-        (rows, next, lookups(ctx, &selection).await?)
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let l = lookups(ctx, &selection.for_related(&ids)).await?;
+        (rows, next, l)
     } else {
         let rows = load_all(ctx, caller, &ids, Access::Read).await?;
         let found: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
