@@ -166,6 +166,17 @@ impl Client {
         path: &str,
         build: impl Fn(&str) -> reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
+        let (resp, url) = self.respond(path, build).await?;
+        self.read(resp, &url).await
+    }
+
+    /// Sends the request to the first server that takes the connection;
+    /// its response and the URL it answered at.
+    async fn respond(
+        &self,
+        path: &str,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<(reqwest::Response, String), ClientError> {
         let n = self.servers.len();
         let first = self.current.load(Ordering::Relaxed) % n;
         // `k` servers before this one refused the connection.
@@ -176,7 +187,7 @@ impl Client {
             match build(&url).bearer_auth(&self.token).send().await {
                 Ok(resp) => {
                     self.current.store(i, Ordering::Relaxed);
-                    return self.read(resp, &url).await;
+                    return Ok((resp, url));
                 }
                 Err(e) if e.is_connect() && k + 1 < n => k += 1,
                 Err(e) => {
@@ -185,6 +196,38 @@ impl Client {
                     let which = if k > 0 && e.is_connect() { self.servers.join(", ") } else { url };
                     return Err(transport(&which, e));
                 }
+            }
+        }
+    }
+
+    /// One page of a list (`GET path?limit=N&page_token=T`) and the token
+    /// of the next page, from the `Next-Page-Token` header.
+    async fn get_page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        limit: u32,
+        token: Option<&str>,
+    ) -> Result<(Vec<T>, Option<String>), ClientError> {
+        let mut query = format!("limit={limit}");
+        if let Some(t) = token {
+            // Tokens are opaque: escaped like any value the server made.
+            query.push_str(&format!("&page_token={}", path_segment(t)));
+        }
+        let (resp, url) = self.respond(&format!("{path}?{query}"), |url| self.http.get(url)).await?;
+        let next = resp.headers().get(NEXT_PAGE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+        Ok((self.read(resp, &url).await?, next))
+    }
+
+    /// Every item of a paged list, following its pages.
+    async fn get_all_pages<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, ClientError> {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let (items, next) = self.get_page(path, LIST_PAGE_SIZE, token.as_deref()).await?;
+            all.extend(items);
+            match next {
+                Some(t) => token = Some(t),
+                None => return Ok(all),
             }
         }
     }
@@ -292,8 +335,20 @@ impl Client {
         self.delete(&format!("/api/v1/security-groups/{group}/rules/{rule}")).await
     }
 
+    /// Every instance the token may see, read a page at a time.
     pub async fn instances(&self) -> Result<Vec<Instance>, ClientError> {
-        self.get("/api/v1/instances").await
+        self.get_all_pages("/api/v1/instances").await
+    }
+
+    /// One page of at most `limit` instances (1 to 1000), starting where
+    /// `page_token` (the previous page's next token) says; the token of
+    /// the next page, if any.
+    pub async fn instances_page(
+        &self,
+        limit: u32,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<Instance>, Option<String>), ClientError> {
+        self.get_page("/api/v1/instances", limit, page_token).await
     }
 
     pub async fn create_instance(&self, p: &InstanceCreate) -> Result<Instance, ClientError> {
@@ -841,6 +896,10 @@ impl Client {
 }
 
 /// How long an image upload or download may take.
+/// The response header that says where a list's next page starts.
+pub const NEXT_PAGE_HEADER: &str = "next-page-token";
+/// How many items a page of a followed list holds (the server's largest).
+const LIST_PAGE_SIZE: u32 = 1000;
 const FILE_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 /// The server's error body as a [`ClientError`].

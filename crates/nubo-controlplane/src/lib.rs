@@ -19,6 +19,7 @@ pub mod failover;
 pub mod groups;
 pub mod identity;
 pub mod images;
+pub mod instance_batch;
 pub mod instance_types;
 pub mod keys;
 pub mod launch;
@@ -28,6 +29,7 @@ pub mod ldap_sync;
 pub mod leases;
 pub mod migrations;
 pub mod networks;
+pub mod pagination;
 pub mod placement;
 pub mod policies;
 pub mod portal;
@@ -120,6 +122,9 @@ pub struct Config {
     /// carry its fingerprint, and new hosts fetch it to check the server.
     /// `None`: plain HTTP, or an operator's certificate.
     pub tls_ca: Option<tls::ServedCa>,
+    /// Log every SQL statement the store runs (tracing target
+    /// `sqlx::query`, at DEBUG): to see or count what a request costs.
+    pub log_statements: bool,
 }
 
 impl Config {
@@ -152,6 +157,7 @@ impl Config {
             max_policies_per_project: 100,
             image_quota_bytes: 50 << 30,
             tls_ca: None,
+            log_statements: false,
         }
     }
 }
@@ -227,9 +233,10 @@ impl Ctx {
     pub async fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", config.data_dir.display()))?;
+        let options = store::StoreOptions { log_statements: config.log_statements };
         let store = match &config.database {
-            Some(url) => Store::connect(url).await?,
-            None => Store::open(&config.data_dir.join("nubo.db")).await?,
+            Some(url) => Store::connect_with(url, options).await?,
+            None => Store::open_with(&config.data_dir.join("nubo.db"), options).await?,
         };
         for (name, description) in BUILTIN_IMAGES {
             store.upsert_builtin_image(name, description).await?;

@@ -111,6 +111,24 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// How the store talks to its database, beyond the URL.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreOptions {
+    /// Log every statement (tracing target `sqlx::query`, at DEBUG). Off
+    /// by default: each request would log several lines.
+    pub log_statements: bool,
+}
+
+impl StoreOptions {
+    fn apply(self, opts: AnyConnectOptions) -> AnyConnectOptions {
+        if self.log_statements {
+            opts.log_statements(tracing::log::LevelFilter::Debug)
+        } else {
+            opts.disable_statement_logging()
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     pub(crate) pool: AnyPool,
@@ -227,13 +245,18 @@ impl Store {
 
     /// Opens (creating it if need be) the SQLite database at `path`.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, StoreOptions::default()).await
+    }
+
+    /// [`Store::open`] with `options`.
+    pub async fn open_with(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
         // The URL carries only the file and `mode=rwc` (create if missing);
         // the rest of SQLite's settings are PRAGMAs run on every new
         // connection, since the Any driver's options cannot carry them.
         let url = format!("sqlite://{}?mode=rwc", path.display());
-        let opts = AnyConnectOptions::from_str(&url).map_err(open_err)?.disable_statement_logging();
+        let opts = options.apply(AnyConnectOptions::from_str(&url).map_err(open_err)?);
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .after_connect(|conn, _meta| {
@@ -263,6 +286,11 @@ impl Store {
     /// (`postgres://` or `postgresql://`), or `sqlite://PATH` for a SQLite
     /// file. Runs the migrations.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, StoreOptions::default()).await
+    }
+
+    /// [`Store::connect`] with `options`.
+    pub async fn connect_with(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
         if url.trim().is_empty() {
             return Err(StoreError::EmptyUrl);
         }
@@ -275,12 +303,11 @@ impl Store {
                 if path.is_empty() {
                     return Err(bad("it names no file"));
                 }
-                Self::open(Path::new(path)).await
+                Self::open_with(Path::new(path), options).await
             }
             Some("postgres" | "postgresql") => {
                 sqlx::any::install_default_drivers();
-                let opts =
-                    AnyConnectOptions::from_str(url).map_err(|e| bad(&e.to_string()))?.disable_statement_logging();
+                let opts = options.apply(AnyConnectOptions::from_str(url).map_err(|e| bad(&e.to_string()))?);
                 let connect_err = |cause: String| StoreError::Connect { url: redact(url), cause };
                 // One connection first, so that a refused connection or a
                 // wrong password is reported as such at once, rather than as

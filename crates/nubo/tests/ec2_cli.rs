@@ -134,6 +134,12 @@ fn stock_aws_cli_and_boto3_drive_nubo() {
         .map(|i| s(&i["InstanceId"]))
         .collect();
     assert_eq!(ids, std::slice::from_ref(&id));
+    // The CLI's own pagination: --page-size sends MaxResults and follows
+    // every NextToken; the pages together are the unpaged answer.
+    let unpaged = aws.ok(&["describe-instances", "--query", "Reservations[].Instances[].InstanceId"]);
+    let paged = aws.ok(&["describe-instances", "--page-size", "5", "--query", "Reservations[].Instances[].InstanceId"]);
+    assert_eq!(paged, unpaged);
+    assert!(paged.as_array().is_some_and(|a| a.iter().any(|i| i.as_str() == Some(id.as_str()))), "{paged}");
     let none = aws.ok(&["describe-instances", "--filters", "Name=tag:team,Values=red"]);
     assert_eq!(none["Reservations"].as_array().map(Vec::len), Some(0), "{none}");
 

@@ -5,6 +5,7 @@
 
 use crate::auth::HostCaller;
 use crate::error::{ApiJson, AppError, AppResult};
+use crate::store::InstanceRow;
 use crate::Ctx;
 use axum::extract::{Path, State};
 use axum::Json;
@@ -15,6 +16,7 @@ use nubo_api::agent::{
 };
 use nubo_api::ids::{HostId, InstanceId, VolumeId};
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,19 +93,37 @@ pub async fn desired(
         let _ = tokio::time::timeout(LONG_POLL, rx.wait_for(|g| g.is_news(host.as_str(), after))).await;
     }
     let generation = ctx.generation();
-    let ports = ctx.store.ports_on_host(host.as_str()).await?;
-    let runs = ctx.store.open_runs_on_host(host.as_str()).await?;
+    // A fixed number of queries for the whole host, however many
+    // instances it runs; the related rows are grouped by instance here.
+    let mut ports = group_by_instance(ctx.store.ports_on_host(host.as_str()).await?, |p| &p.instance_id);
+    let mut runs = group_by_instance(ctx.store.open_runs_on_host(host.as_str()).await?, |r| &r.instance_id);
     let volume_rows = ctx.store.volumes_on_host(host.as_str()).await?;
-    let captures = ctx.store.pending_captures_on_host(host.as_str()).await?;
-    let mut image_sources: std::collections::HashMap<String, Option<ImageSource>> = Default::default();
+    let mut captures = group_by_instance(ctx.store.pending_captures_on_host(host.as_str()).await?, |c| &c.1);
     let (mut nics, networks) = ctx.store.desired_networks(host.as_str()).await?;
     let migrations = ctx.store.migrations_of_host(host.as_str()).await?;
     let mut rows = ctx.store.instances_on_host(host.as_str()).await?;
+    let incoming = ctx.store.incoming_migrations(host.as_str()).await?;
+    // Instances arriving here are listed after the host's own, in the
+    // order of their migrations.
+    let mut arriving: HashMap<String, InstanceRow> =
+        incoming.instances.into_iter().map(|r| (r.id.clone(), r)).collect();
     for m in migrations.iter().filter(|m| m.target_host == host.as_str()) {
-        if let Some(r) = ctx.store.instance(&m.instance_id).await? {
+        if let Some(r) = arriving.remove(&m.instance_id) {
             rows.push(r);
         }
     }
+    let mut arriving_volumes = incoming.volumes;
+    let mut volumes_by_instance: HashMap<&str, Vec<&crate::volumes::VolumeRow>> = HashMap::new();
+    for v in &volume_rows {
+        if let Some(i) = v.instance_id.as_deref() {
+            volumes_by_instance.entry(i).or_default().push(v);
+        }
+    }
+    let mut image_ids: Vec<String> = rows.iter().filter_map(|r| r.image_id.clone()).collect();
+    image_ids.sort();
+    image_ids.dedup();
+    let image_sources: HashMap<String, Option<ImageSource>> =
+        ctx.store.images_by_ids(&image_ids).await?.into_iter().map(|i| (i.id.clone(), image_source(&i))).collect();
     let mut instances = Vec::new();
     for row in rows {
         let migration = migrations.iter().find(|m| m.instance_id == row.id);
@@ -129,13 +149,15 @@ pub async fn desired(
         };
         // The target of a failed migration removes its copy.
         let failed_copy = migration.is_some_and(|m| target_here && m.state == "failed");
-        let instance_volumes = if target_here { ctx.store.volumes_of_instance(&row.id).await? } else { Vec::new() };
+        let instance_volumes =
+            if target_here { arriving_volumes.remove(&row.id).unwrap_or_default() } else { Vec::new() };
         let public_keys = match (row.key_name.clone(), row.public_key.clone()) {
             (Some(name), Some(public_key)) => vec![NamedKey { name, public_key }],
             _ => Vec::new(),
         };
         let mut wanted_runs = Vec::new();
-        for r in runs.iter().filter(|r| r.instance_id == row.id && !target_here) {
+        let own_runs = if target_here { Vec::new() } else { runs.remove(&row.id).unwrap_or_default() };
+        for r in &own_runs {
             let action: RunAction = match serde_json::from_str(&r.action_json) {
                 Ok(a) => a,
                 Err(e) => {
@@ -152,20 +174,14 @@ pub async fn desired(
                 log_offset: r.log_offset as u64,
             });
         }
-        let image_source = match &row.image_id {
-            Some(image_id) => match image_sources.get(image_id) {
-                Some(src) => src.clone(),
-                None => {
-                    let src = ctx.store.image(image_id).await?.and_then(|i| image_source(&i));
-                    image_sources.insert(image_id.clone(), src.clone());
-                    src
-                }
-            },
-            None => None,
-        };
+        let image_source = row.image_id.as_ref().and_then(|i| image_sources.get(i).cloned().flatten());
         let mut volumes = Vec::new();
-        let source = if target_here { &instance_volumes } else { &volume_rows };
-        for v in source.iter().filter(|v| v.instance_id.as_deref() == Some(row.id.as_str())) {
+        let source: Vec<&crate::volumes::VolumeRow> = if target_here {
+            instance_volumes.iter().collect()
+        } else {
+            volumes_by_instance.remove(row.id.as_str()).unwrap_or_default()
+        };
+        for v in source {
             // A volume being detached is no longer wanted: the agent unplugs it.
             if matches!(v.attach_state.as_deref(), Some("attaching" | "attached")) {
                 let id: VolumeId = v.id.parse().map_err(AppError::internal)?;
@@ -178,8 +194,9 @@ pub async fn desired(
             }
         }
         let wanted_captures = captures
-            .iter()
-            .filter(|(_, instance)| *instance == row.id)
+            .remove(&row.id)
+            .unwrap_or_default()
+            .into_iter()
             .map(|(image, _)| Ok(DesiredCapture { image_id: image.parse().map_err(AppError::internal)? }))
             .collect::<AppResult<Vec<_>>>()?;
         let power = match row.desired.as_str() {
@@ -192,8 +209,9 @@ pub async fn desired(
             instance_type: Some(super::instances::instance_type_of(&row)),
             id: row.id.parse().map_err(AppError::internal)?,
             ports: ports
-                .iter()
-                .filter(|p| p.instance_id == row.id)
+                .remove(&row.id)
+                .unwrap_or_default()
+                .into_iter()
                 .map(|p| PortMapping { guest_port: p.guest_port as u16, host_port: p.host_port as u16 })
                 .collect(),
             name: row.name,
@@ -242,6 +260,15 @@ pub async fn desired(
         .collect::<AppResult<Vec<_>>>()?;
     let balancers = ctx.store.desired_balancers(host.as_str()).await?;
     Ok(Json(DesiredState { generation, instances, volumes, snapshots, balancers, networks }))
+}
+
+/// `rows` grouped by the instance `instance_of` names, in their order.
+fn group_by_instance<T>(rows: Vec<T>, instance_of: impl Fn(&T) -> &String) -> HashMap<String, Vec<T>> {
+    let mut out: HashMap<String, Vec<T>> = HashMap::new();
+    for row in rows {
+        out.entry(instance_of(&row).clone()).or_default().push(row);
+    }
+    out
 }
 
 /// Where a host gets a registry image's file; `None` for builtin images

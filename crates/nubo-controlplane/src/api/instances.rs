@@ -4,6 +4,7 @@
 use crate::auth::Caller;
 use crate::authz::{self, Access};
 use crate::error::{ApiJson, AppError, AppResult};
+use crate::instance_batch::{Related, Scope, Selection};
 use crate::store::{InstanceRow, NewInstance};
 use crate::{placement, validate, Ctx};
 use axum::extract::{Path, State};
@@ -31,60 +32,76 @@ pub(crate) async fn load(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -
 
 /// Builds the view; `with_events` adds the life events (show only).
 pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<Instance> {
-    let id: InstanceId = row.id.parse().map_err(AppError::internal)?;
-    let instance_type = instance_type_of(&row);
-    let tags = ctx.store.tags_of(&row.id).await?;
-    let host = match &row.host_id {
-        Some(h) => ctx.store.host(h).await?,
-        None => None,
-    };
-    let nics = ctx.store.instance_network_ports(&row.id).await?;
-    // On a private network a port is forwarded from the host's underlay
-    // address (by its NAT), otherwise from its 127.0.0.1 (by QEMU).
-    let forwarded_from = match (nics.is_empty(), host.as_ref().and_then(|h| h.underlay.clone())) {
-        (false, Some(underlay)) => underlay,
-        _ => "127.0.0.1".to_string(),
-    };
-    let ports: BTreeMap<String, String> = ctx
-        .store
-        .ports(&row.id)
-        .await?
-        .into_iter()
-        .map(|p| (p.guest_port.to_string(), format!("{forwarded_from}:{}", p.host_port)))
-        .collect();
-    let events = if with_events { ctx.store.events(&row.id).await? } else { Vec::new() };
-    let runs = if with_events {
-        ctx.store
+    let related = ctx.store.related(&Selection::new(Scope::One(&row.id))).await?;
+    let (events, runs) = if with_events {
+        let runs = ctx
+            .store
             .runs(&row.id, 20)
             .await?
             .into_iter()
             .map(|r| super::provisioning::run_view(r, None))
-            .collect::<AppResult<Vec<_>>>()?
+            .collect::<AppResult<Vec<_>>>()?;
+        (ctx.store.events(&row.id).await?, runs)
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
-    let volumes = ctx
-        .store
-        .volumes_of_instance(&row.id)
-        .await?
+    let mut view = view_of(row, &related)?;
+    view.events = events;
+    view.runs = runs;
+    Ok(view)
+}
+
+/// The views of a selection's instances (in list order), with a fixed
+/// number of queries however many there are; `selection` must be the one
+/// `rows` were read with.
+pub async fn views(ctx: &Ctx, selection: &Selection<'_>, rows: Vec<InstanceRow>) -> AppResult<Vec<Instance>> {
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let related = ctx.store.related(&selection.for_related(&ids)).await?;
+    rows.into_iter().map(|row| view_of(row, &related)).collect()
+}
+
+/// One instance's view (without life events and runs) from its row and
+/// the related rows read for its selection.
+fn view_of(row: InstanceRow, related: &Related) -> AppResult<Instance> {
+    let id: InstanceId = row.id.parse().map_err(AppError::internal)?;
+    let instance_type = instance_type_of(&row);
+    let tags = related.tags.get(&row.id).cloned().unwrap_or_default();
+    let host = row.host_id.as_ref().and_then(|h| related.hosts.get(h));
+    let nics = related.addresses.get(&row.id).map(Vec::as_slice).unwrap_or_default();
+    // On a private network a port is forwarded from the host's underlay
+    // address (by its NAT), otherwise from its 127.0.0.1 (by QEMU).
+    let forwarded_from = match (nics.is_empty(), host.and_then(|h| h.underlay.clone())) {
+        (false, Some(underlay)) => underlay,
+        _ => "127.0.0.1".to_string(),
+    };
+    let ports: BTreeMap<String, String> = related
+        .ports
+        .get(&row.id)
         .into_iter()
+        .flatten()
+        .map(|p| (p.guest_port.to_string(), format!("{forwarded_from}:{}", p.host_port)))
+        .collect();
+    let volumes = related
+        .volumes
+        .get(&row.id)
+        .into_iter()
+        .flatten()
         .filter_map(|v| {
             Some(nubo_api::views::InstanceVolume {
                 volume_id: v.id.parse().ok()?,
                 size_gib: v.size_gib as u64,
-                state: v.attach_state?,
-                guest_device: v.guest_device,
+                state: v.attach_state.clone()?,
+                guest_device: v.guest_device.clone(),
             })
         })
         .collect();
     let mut addresses = Vec::new();
-    for port in nics {
-        let network = ctx.store.network(&port.network_id).await?.map(|n| n.name).unwrap_or_default();
+    for nic in nics {
         addresses.push(nubo_api::views::InstanceAddress {
-            network_id: port.network_id.parse().map_err(AppError::internal)?,
-            network,
-            address: port.address,
-            mac: port.mac,
+            network_id: nic.port.network_id.parse().map_err(AppError::internal)?,
+            network: nic.network_name.clone(),
+            address: nic.port.address.clone(),
+            mac: nic.port.mac.clone(),
         });
     }
     // The guest agent's report means something only while the VM runs.
@@ -105,15 +122,15 @@ pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<I
             Some(h) => Some(h.parse().map_err(AppError::internal)?),
             None => None,
         },
-        host_name: host.map(|h| h.name),
+        host_name: host.map(|h| h.name.clone()),
         ports,
         error: row.error,
         created_at_ms: row.created_at_ms,
         updated_at_ms: row.updated_at_ms,
-        events,
+        events: Vec::new(),
         key_name: row.key_name,
         metadata_http_tokens: row.imds_tokens,
-        runs,
+        runs: Vec::new(),
         guest,
         image_id: row.image_id.as_deref().and_then(|i| i.parse().ok()),
         volumes,
@@ -130,20 +147,36 @@ pub fn instance_type_of(row: &InstanceRow) -> String {
         .unwrap_or_else(|| nubo_api::views::custom_instance_type(row.vcpus as u32, row.memory_mib as u64))
 }
 
-/// List instances, terminated ones included (as EC2 shows them for a while).
+/// List instances, terminated ones included (as EC2 shows them for a
+/// while), oldest first. With `limit`, one page of them: the
+/// `Next-Page-Token` header says where the next one starts.
 #[utoipa::path(get, path = "/api/v1/instances", tag = "instances", operation_id = "list_instances",
-    responses((status = 200, body = Vec<Instance>), (status = 401, body = nubo_api::error::ErrorBody)))]
-pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Instance>>> {
-    let mut out = Vec::new();
+    params(crate::pagination::ListQuery),
+    responses((status = 200, body = Vec<Instance>,
+            headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
+        (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody),
+        (status = 401, body = nubo_api::error::ErrorBody)))]
+pub async fn list(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
+) -> AppResult<axum::response::Response> {
+    let page = q.page()?;
     // Operators see every project's instances; everyone else their project's.
-    let scope = if caller.admin { None } else { Some(caller.project_id.clone().unwrap_or_default()) };
-    if !caller.admin && caller.role == crate::auth::Role::None {
-        return Ok(Json(out));
-    }
-    for row in ctx.store.instances(scope.as_deref()).await? {
-        out.push(view(&ctx, row, false).await?);
-    }
-    Ok(Json(out))
+    let scope = match caller.project_id.as_deref() {
+        _ if caller.admin => Scope::All,
+        Some(project) if caller.role != crate::auth::Role::None => Scope::Project(project),
+        _ => return Ok(crate::pagination::paged_json(Vec::<Instance>::new(), None)),
+    };
+    let selection = Selection::new(scope).page(page);
+    let rows = ctx.store.select_instances(&selection).await?;
+    let (rows, next) = selection.page.cut(rows, cursor_of);
+    Ok(crate::pagination::paged_json(views(&ctx, &selection, rows).await?, next))
+}
+
+/// Where a list of instances stands after `row`.
+pub fn cursor_of(row: &InstanceRow) -> crate::pagination::Cursor {
+    crate::pagination::Cursor { created_at_ms: row.created_at_ms, id: row.id.clone() }
 }
 
 /// Launch an instance: validate, place on a host (atomic claim), record.

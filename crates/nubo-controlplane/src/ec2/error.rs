@@ -38,6 +38,17 @@ impl Ec2Error {
         Self::bad("InvalidParameterValue", message)
     }
 
+    /// A refused `MaxResults` or `NextToken`.
+    pub fn from_page(e: crate::pagination::PageError) -> Self {
+        match e {
+            crate::pagination::PageError::Token => Self::bad(
+                "InvalidPaginationToken",
+                "The NextToken is not valid: pass the nextToken of the previous answer unchanged",
+            ),
+            limit @ crate::pagination::PageError::Limit { .. } => Self::invalid(limit.to_string()),
+        }
+    }
+
     pub fn missing(name: &str) -> Self {
         Self::bad("MissingParameter", format!("The request must contain the parameter {name}"))
     }

@@ -6,7 +6,7 @@
 //! quotas, placement and the agent's work are exactly the REST API's.
 
 use super::error::{Domain, Ec2Error, Ec2Result, InDomain};
-use super::query::{self, Page, Params};
+use super::query::{self, Params};
 use super::xml::{self, El};
 use super::{project_of, Answer};
 use crate::api::instances as rest;
@@ -14,6 +14,8 @@ use crate::auth::Caller;
 use crate::authz::Access;
 use crate::client_tokens::Claim;
 use crate::error::AppError;
+use crate::instance_batch::{Scope, Selection};
+use crate::pagination::{PageRequest, MAX_PAGE};
 use crate::store::InstanceRow;
 use crate::volumes::VolumeRow;
 use crate::Ctx;
@@ -69,19 +71,14 @@ struct Lookups {
     volumes: HashMap<String, Vec<VolumeRow>>,
 }
 
-async fn lookups(ctx: &Ctx, project: Option<&str>) -> Ec2Result<Lookups> {
-    let tags = ctx.store.tags_by_resource(project).await?;
-    let mut groups: HashMap<String, Vec<(String, String)>> = HashMap::new();
-    for (instance, id, name) in ctx.store.instance_security_groups(project).await? {
-        groups.entry(instance).or_default().push((id, name));
-    }
-    let mut volumes: HashMap<String, Vec<VolumeRow>> = HashMap::new();
-    for v in ctx.store.volumes(project).await? {
-        if let Some(i) = v.instance_id.clone() {
-            volumes.entry(i).or_default().push(v);
-        }
-    }
-    Ok(Lookups { tags, groups, volumes })
+/// Tags, security groups and live volumes of the selection's instances:
+/// three queries however many instances it holds.
+async fn lookups(ctx: &Ctx, selection: &Selection<'_>) -> Ec2Result<Lookups> {
+    Ok(Lookups {
+        tags: ctx.store.tags_of_selection(selection).await?,
+        groups: ctx.store.groups_of_selection(selection).await?,
+        volumes: ctx.store.volumes_of_selection(selection, true).await?,
+    })
 }
 
 fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
@@ -241,19 +238,27 @@ pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<
             "The parameter instancesSet cannot be used with the parameter maxResults",
         ));
     }
-    let page = Page::parse(p, 5, 1000)?;
-    let rows = if ids.is_empty() {
-        let now = crate::store::now_ms();
-        ctx.store
-            .instances(Some(&project))
-            .await?
-            .into_iter()
-            .filter(|r| r.state != "terminated" || now - r.updated_at_ms < TERMINATED_VISIBLE_MS)
-            .collect()
+    let page = PageRequest::parse("MaxResults", p.int("MaxResults")?, p.str("NextToken"), 5..=MAX_PAGE)
+        .map_err(Ec2Error::from_page)?;
+    // Without ids: one page of the project's instances in SQL (terminated
+    // ones for an hour, as EC2 shows them). Filters apply to the page read,
+    // so a page may hold fewer than MaxResults (even none) and still have
+    // a NextToken, as on EC2.
+    let (rows, next, l) = if ids.is_empty() {
+        let selection = Selection::new(Scope::Project(&project))
+            .terminated_since(crate::store::now_ms() - TERMINATED_VISIBLE_MS)
+            .page(page);
+        let rows = ctx.store.select_instances(&selection).await?;
+        let (rows, next) = selection.page.cut(rows, rest::cursor_of);
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let l = lookups(ctx, &selection.for_related(&ids)).await?;
+        (rows, next, l)
     } else {
-        load_all(ctx, caller, &ids, Access::Read).await?
+        let rows = load_all(ctx, caller, &ids, Access::Read).await?;
+        let found: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let l = lookups(ctx, &Selection::new(Scope::Ids(&found))).await?;
+        (rows, None, l)
     };
-    let l = lookups(ctx, Some(&project)).await?;
     let rows: Vec<InstanceRow> = rows
         .into_iter()
         .filter(|r| {
@@ -278,7 +283,6 @@ pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<
             })
         })
         .collect();
-    let (rows, next) = page.apply(rows);
     let mut out = vec![El::list("reservationSet", reservations(ctx, &rows, &l))];
     if let Some(n) = next {
         out.push(El::text("nextToken", n));
@@ -571,7 +575,8 @@ async fn answer_retry(
 }
 
 async fn run_answer(ctx: &Ctx, project: &str, reservation: &str, rows: &[InstanceRow]) -> Ec2Result<Answer> {
-    let l = lookups(ctx, Some(project)).await?;
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let l = lookups(ctx, &Selection::new(Scope::Ids(&ids))).await?;
     Ok(vec![
         El::text("reservationId", reservation),
         El::text("ownerId", project),

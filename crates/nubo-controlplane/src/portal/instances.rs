@@ -9,6 +9,7 @@ use super::session::{Posted, Session};
 use super::{see_other, Empty, PageResult, PortalError};
 use crate::api;
 use crate::error::{ApiJson, ApiQuery, AppError};
+use crate::instance_batch::{Scope, Selection};
 use crate::Ctx;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -43,10 +44,9 @@ pub fn routes() -> Router<Arc<Ctx>> {
 /// in the operator portal).
 async fn project_instances(ctx: &Arc<Ctx>, s: &Session) -> Result<Vec<Instance>, PortalError> {
     let project = s.project_id()?;
-    let mut out = Vec::new();
-    for row in ctx.store.instances(Some(project)).await? {
-        out.push(api::instances::view(ctx, row, false).await?);
-    }
+    let selection = Selection::new(Scope::Project(project));
+    let rows = ctx.store.select_instances(&selection).await?;
+    let mut out = api::instances::views(ctx, &selection, rows).await?;
     out.sort_by_key(|i| std::cmp::Reverse(i.created_at_ms));
     Ok(out)
 }

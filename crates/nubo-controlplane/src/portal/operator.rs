@@ -11,6 +11,7 @@ use super::session::{Operator, OperatorPosted, Session};
 use super::{see_other, PageResult, PortalError};
 use crate::api;
 use crate::error::{ApiJson, ApiQuery, AppError};
+use crate::instance_batch::{Scope, Selection};
 use crate::Ctx;
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
@@ -210,13 +211,14 @@ async fn every_instance(
     ctx: &Arc<Ctx>,
 ) -> Result<(Vec<nubo_api::views::Instance>, BTreeMap<String, String>), PortalError> {
     let projects: BTreeMap<String, String> = ctx.store.projects().await?.into_iter().map(|p| (p.id, p.name)).collect();
-    let mut list = Vec::new();
     let mut project_of = BTreeMap::new();
-    for row in ctx.store.instances(None).await? {
+    let selection = Selection::new(Scope::All);
+    let rows = ctx.store.select_instances(&selection).await?;
+    for row in &rows {
         let project = row.project_id.as_ref().and_then(|p| projects.get(p)).cloned().unwrap_or_else(|| "-".into());
         project_of.insert(row.id.clone(), project);
-        list.push(api::instances::view(ctx, row, false).await?);
     }
+    let mut list = api::instances::views(ctx, &selection, rows).await?;
     list.sort_by_key(|i| std::cmp::Reverse(i.created_at_ms));
     Ok((list, project_of))
 }

@@ -5,6 +5,8 @@
 //! PostgreSQL database of its own (see `nubo_controlplane::testdb`).
 #![allow(dead_code)]
 
+pub mod ec2;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;

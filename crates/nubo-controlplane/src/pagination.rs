@@ -1,0 +1,217 @@
+//! Pages of long lists, for every list that pages (REST `limit` and
+//! `page_token`, EC2 `MaxResults` and `NextToken`): what a client may ask
+//! for, the opaque token that says where the next page starts, and how a
+//! page is cut from the rows read for it.
+//!
+//! Pages are cut by position, not by offset: a token holds the sort key
+//! of the last row returned (`created_at_ms`, then `id`), and the next page
+//! is the rows after it. Rows created meanwhile sort after every existing
+//! one, so paging through a list that grows returns each row that was
+//! there exactly once, and a page is read with an indexed range scan
+//! whatever its depth.
+
+use base64::Engine;
+use std::ops::RangeInclusive;
+
+/// The most rows one page may hold.
+pub const MAX_PAGE: u32 = 1000;
+
+/// Tokens carry this version mark, so that their format can change
+/// without misreading the old ones.
+const TOKEN_VERSION: &str = "p1";
+
+/// Where a page ends: the sort key of its last row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at_ms: i64,
+    pub id: String,
+}
+
+impl Cursor {
+    /// The opaque token for the page after this row.
+    pub fn token(&self) -> String {
+        let text = format!("{TOKEN_VERSION}:{}:{}", self.created_at_ms, self.id);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    }
+
+    /// Reads a token made by [`Cursor::token`].
+    pub fn from_token(token: &str) -> Result<Self, PageError> {
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| PageError::Token)?;
+        let text = String::from_utf8(raw).map_err(|_| PageError::Token)?;
+        let mut parts = text.splitn(3, ':');
+        let (Some(TOKEN_VERSION), Some(at), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(PageError::Token);
+        };
+        let created_at_ms = at.parse().map_err(|_| PageError::Token)?;
+        // Ids are short ASCII names (`i-...`); anything else was not made here.
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(PageError::Token);
+        }
+        Ok(Self { created_at_ms, id: id.to_string() })
+    }
+}
+
+/// Why a page request was refused; the text says what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PageError {
+    #[error("{name} {given} is out of range: ask for {min} to {max} items per page")]
+    Limit { name: &'static str, given: i64, min: u32, max: u32 },
+    #[error(
+        "the page token is not valid: pass the token of the previous answer unchanged, \
+         or leave it out to start from the first page"
+    )]
+    Token,
+}
+
+/// What a client asked for: at most `limit` rows after `after`. No limit
+/// and no token is the whole list in one answer, as before lists paged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: Option<u32>,
+    pub after: Option<Cursor>,
+}
+
+impl PageRequest {
+    /// Checks a request's page size (named `name` in errors) against
+    /// `allowed` and reads its token. A token without a size continues
+    /// with pages of the largest size allowed.
+    pub fn parse(
+        name: &'static str,
+        limit: Option<i64>,
+        token: Option<&str>,
+        allowed: RangeInclusive<u32>,
+    ) -> Result<Self, PageError> {
+        let after = match token {
+            None | Some("") => None,
+            Some(t) => Some(Cursor::from_token(t)?),
+        };
+        let limit = match limit {
+            Some(n) if n < i64::from(*allowed.start()) || n > i64::from(*allowed.end()) => {
+                return Err(PageError::Limit { name, given: n, min: *allowed.start(), max: *allowed.end() })
+            }
+            Some(n) => Some(n as u32),
+            None if after.is_some() => Some(*allowed.end()),
+            None => None,
+        };
+        Ok(Self { limit, after })
+    }
+
+    /// How many rows to read for this page: one more than it holds, so
+    /// that the extra row tells whether a next page exists.
+    pub fn rows_to_read(&self) -> Option<i64> {
+        self.limit.map(|l| i64::from(l) + 1)
+    }
+
+    /// Cuts the page from `rows` (read in sort order, at most
+    /// [`PageRequest::rows_to_read`] of them): the page's rows and the token
+    /// of the next page, if there is one.
+    pub fn cut<T>(&self, mut rows: Vec<T>, cursor_of: impl Fn(&T) -> Cursor) -> (Vec<T>, Option<String>) {
+        match self.limit {
+            Some(limit) if rows.len() > limit as usize => {
+                rows.truncate(limit as usize);
+                let next = rows.last().map(|r| cursor_of(r).token());
+                (rows, next)
+            }
+            _ => (rows, None),
+        }
+    }
+}
+
+/// The response header that carries the next page's token (REST). Lists
+/// answer with a JSON array, as before they paged, so the token travels
+/// beside the body; no header means this was the last page.
+pub const NEXT_PAGE_HEADER: &str = "next-page-token";
+
+/// A REST list's paging parameters: `?limit=N&page_token=T`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// At most this many items (1 to 1000); the answer's `Next-Page-Token`
+    /// header says where the next page starts. Without `limit` and
+    /// `page_token` the answer is the whole list.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    pub limit: Option<String>,
+    /// The `Next-Page-Token` of the previous answer, unchanged.
+    pub page_token: Option<String>,
+}
+
+impl ListQuery {
+    /// The page asked for; a bad `limit` or token is a 400 saying what is allowed.
+    pub fn page(&self) -> Result<PageRequest, crate::error::AppError> {
+        let limit = match self.limit.as_deref() {
+            None => None,
+            Some(l) => Some(l.trim().parse::<i64>().map_err(|_| {
+                crate::error::AppError::BadRequest(format!(
+                    "limit '{}' is not a number: ask for 1 to {MAX_PAGE} items per page",
+                    l.chars().take(40).collect::<String>()
+                ))
+            })?),
+        };
+        Ok(PageRequest::parse("limit", limit, self.page_token.as_deref(), 1..=MAX_PAGE)?)
+    }
+}
+
+impl From<PageError> for crate::error::AppError {
+    fn from(e: PageError) -> Self {
+        crate::error::AppError::BadRequest(e.to_string())
+    }
+}
+
+/// A page of a REST list: the items as a JSON array, and the next page's
+/// token in [`NEXT_PAGE_HEADER`] when there is one.
+pub fn paged_json<T: serde::Serialize>(items: Vec<T>, next: Option<String>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut response = axum::Json(items).into_response();
+    if let Some(token) = next.and_then(|t| axum::http::HeaderValue::from_str(&t).ok()) {
+        response.headers_mut().insert(NEXT_PAGE_HEADER, token);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor(at: i64, id: &str) -> Cursor {
+        Cursor { created_at_ms: at, id: id.into() }
+    }
+
+    #[test]
+    fn tokens_round_trip_and_refuse_what_they_did_not_make() {
+        let c = cursor(1_700_000_000_123, "i-0123456789abcdef0");
+        assert_eq!(Cursor::from_token(&c.token()).unwrap(), c);
+        for bad in [
+            "zzz",
+            "nubo-offset-2",
+            "cDE6eDppLTE",
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("p1:5:i 1"),
+        ] {
+            assert_eq!(Cursor::from_token(bad), Err(PageError::Token), "{bad}");
+        }
+    }
+
+    #[test]
+    fn limits_outside_the_range_are_refused_with_the_range() {
+        let e = PageRequest::parse("limit", Some(0), None, 1..=MAX_PAGE).unwrap_err();
+        assert_eq!(e.to_string(), "limit 0 is out of range: ask for 1 to 1000 items per page");
+        assert!(PageRequest::parse("limit", Some(1001), None, 1..=MAX_PAGE).is_err());
+        assert_eq!(PageRequest::parse("limit", None, None, 1..=MAX_PAGE).unwrap(), PageRequest::default());
+        // A token alone continues with the largest pages.
+        let t = cursor(1, "i-a").token();
+        let r = PageRequest::parse("limit", None, Some(&t), 5..=MAX_PAGE).unwrap();
+        assert_eq!((r.limit, r.after), (Some(MAX_PAGE), Some(cursor(1, "i-a"))));
+    }
+
+    #[test]
+    fn a_page_is_cut_from_one_extra_row() {
+        let req = PageRequest { limit: Some(2), after: None };
+        assert_eq!(req.rows_to_read(), Some(3));
+        let rows = vec![cursor(1, "i-a"), cursor(2, "i-b"), cursor(3, "i-c")];
+        let (page, next) = req.cut(rows.clone(), Clone::clone);
+        assert_eq!(page, rows[..2]);
+        assert_eq!(Cursor::from_token(&next.unwrap()).unwrap(), rows[1]);
+        let (page, next) = req.cut(rows[..2].to_vec(), Clone::clone);
+        assert_eq!((page.len(), next), (2, None));
+        let (page, next) = PageRequest::default().cut(rows, Clone::clone);
+        assert_eq!((page.len(), next), (3, None));
+    }
+}
