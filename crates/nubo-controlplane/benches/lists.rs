@@ -26,14 +26,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use common::ec2::{all, key, ok};
 use common::T;
-use http_body_util::BodyExt;
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use tower::ServiceExt;
 
 const HOSTS: usize = 10;
 const PAGE: usize = 1000;
@@ -42,15 +39,12 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
-/// A GET through the router: the status, the JSON answer and the next page's token.
+/// A GET through the router that must answer 200: the status, the JSON
+/// answer and the next page's token.
 async fn get(t: &T, path: &str, token: &str) -> (StatusCode, Value, Option<String>) {
-    let req = Request::builder().uri(path).header("authorization", format!("Bearer {token}"));
-    let resp = nubo_controlplane::app(t.ctx.clone()).oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
-    let status = resp.status();
-    let next = resp.headers().get("next-page-token").map(|v| v.to_str().unwrap().to_string());
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(status, StatusCode::OK, "{path}: {}", String::from_utf8_lossy(&bytes));
-    (status, serde_json::from_slice(&bytes).unwrap(), next)
+    let (status, v, next) = t.get_page(path, token).await;
+    assert_eq!(status, StatusCode::OK, "{path}: {v}");
+    (status, v, next)
 }
 
 /// Writes `n` instances (numbered from `from`) of the default project

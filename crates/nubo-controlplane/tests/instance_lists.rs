@@ -7,24 +7,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use common::ec2::{all, ec2, is_error, key, ok};
 use common::T;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use tower::ServiceExt;
-
-/// A GET: the status, the JSON answer and the next page's token.
-async fn get(t: &T, path: &str, token: &str) -> (StatusCode, Value, Option<String>) {
-    let req = Request::builder().uri(path).header("authorization", format!("Bearer {token}"));
-    let resp = nubo_controlplane::app(t.ctx.clone()).oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
-    let status = resp.status();
-    let next = resp.headers().get("next-page-token").map(|v| v.to_str().unwrap().to_string());
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), next)
-}
 
 fn set(ids: &[String]) -> HashSet<String> {
     ids.iter().cloned().collect()
@@ -62,7 +49,7 @@ async fn pages(t: &T, token: &str, limit: u32) -> Vec<Vec<String>> {
             Some(n) => format!("/api/v1/instances?limit={limit}&page_token={n}"),
             None => format!("/api/v1/instances?limit={limit}"),
         };
-        let (s, v, n) = get(t, &path, token).await;
+        let (s, v, n) = t.get_page(&path, token).await;
         assert_eq!(s, StatusCode::OK, "{path}: {v}");
         let page = ids(&v);
         assert!(page.len() <= limit as usize, "{path}: {} items", page.len());
@@ -85,7 +72,7 @@ async fn rest_pages_cover_every_instance_once_and_only_the_callers_project() {
 
     // Without `limit`: the whole list in one answer, oldest first, as
     // before lists paged, and no token.
-    let (s, whole, next) = get(&t, "/api/v1/instances", &alice).await;
+    let (s, whole, next) = t.get_page("/api/v1/instances", &alice).await;
     assert_eq!((s, next), (StatusCode::OK, None));
     // Oldest first; instances launched in the same millisecond by id.
     let order = ids(&whole);
@@ -98,20 +85,20 @@ async fn rest_pages_cover_every_instance_once_and_only_the_callers_project() {
     assert_eq!(paged.iter().map(Vec::len).collect::<Vec<_>>(), [5, 5, 5, 5, 3]);
     assert_eq!(paged.concat(), order);
     // A page's views are the unpaged list's (tags, ports, ...).
-    let (_, first, _) = get(&t, "/api/v1/instances?limit=5", &alice).await;
+    let (_, first, _) = t.get_page("/api/v1/instances?limit=5", &alice).await;
     assert_eq!(first.as_array().unwrap()[..], whole.as_array().unwrap()[..5]);
     // A page exactly as long as the list has no next page.
-    let (_, all23, next) = get(&t, "/api/v1/instances?limit=23", &alice).await;
+    let (_, all23, next) = t.get_page("/api/v1/instances?limit=23", &alice).await;
     assert_eq!((ids(&all23), next), (order.clone(), None));
 
     // Instances launched between two pages: what was listed is not
     // listed again, nothing is skipped, the new ones come last.
-    let (_, first, next) = get(&t, "/api/v1/instances?limit=10", &alice).await;
+    let (_, first, next) = t.get_page("/api/v1/instances?limit=10", &alice).await;
     let mut seen = ids(&first);
     a.extend(launch(&t, &alice, 3).await);
     let mut token = next.expect("a next page");
     loop {
-        let (s, v, n) = get(&t, &format!("/api/v1/instances?limit=10&page_token={token}"), &alice).await;
+        let (s, v, n) = t.get_page(&format!("/api/v1/instances?limit=10&page_token={token}"), &alice).await;
         assert_eq!(s, StatusCode::OK, "{v}");
         seen.extend(ids(&v));
         match n {
@@ -119,7 +106,7 @@ async fn rest_pages_cover_every_instance_once_and_only_the_callers_project() {
             None => break,
         }
     }
-    let (_, whole, _) = get(&t, "/api/v1/instances", &alice).await;
+    let (_, whole, _) = t.get_page("/api/v1/instances", &alice).await;
     assert_eq!(seen, ids(&whole));
     assert_eq!(set(&seen), set(&a));
 
@@ -133,8 +120,8 @@ async fn rest_pages_cover_every_instance_once_and_only_the_callers_project() {
     assert_eq!(set(&everyone), set(&a).union(&set(&b)).cloned().collect());
     // A token only says where to start: bob following alice's token
     // still sees only bob's instances.
-    let (_, _, alices_next) = get(&t, "/api/v1/instances?limit=1", &alice).await;
-    let (s, v, _) = get(&t, &format!("/api/v1/instances?page_token={}", alices_next.unwrap()), &bob).await;
+    let (_, _, alices_next) = t.get_page("/api/v1/instances?limit=1", &alice).await;
+    let (s, v, _) = t.get_page(&format!("/api/v1/instances?page_token={}", alices_next.unwrap()), &bob).await;
     assert_eq!(s, StatusCode::OK);
     assert!(ids(&v).iter().all(|i| b.contains(i)), "{v}");
 
@@ -146,7 +133,7 @@ async fn rest_pages_cover_every_instance_once_and_only_the_callers_project() {
         ("limit=5&page_token=garbage", "the page token is not valid: pass the token of the previous answer unchanged"),
         ("page_token=bnViby1vZmZzZXQtMg", "the page token is not valid"),
     ] {
-        let (s, v, next) = get(&t, &format!("/api/v1/instances?{query}"), &alice).await;
+        let (s, v, next) = t.get_page(&format!("/api/v1/instances?{query}"), &alice).await;
         assert_eq!((s, next), (StatusCode::BAD_REQUEST, None), "{query}: {v}");
         assert!(v["error"]["message"].as_str().unwrap().contains(says), "{query}: {v}");
     }

@@ -192,15 +192,8 @@ impl Default for PciAddress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{json, Value};
-
-    fn round_trip<T>(wire: Value, typed: T)
-    where
-        T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
-    {
-        assert_eq!(serde_json::from_value::<T>(wire.clone()).expect("parse"), typed);
-        assert_eq!(serde_json::to_value(&typed).expect("serialise"), wire);
-    }
+    use crate::testing::round_trip;
+    use serde_json::json;
 
     #[test]
     fn guest_info_round_trips_and_reads_a_stock_agents() {

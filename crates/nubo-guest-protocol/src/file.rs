@@ -92,15 +92,8 @@ pub struct FileSeekReturn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{json, Value};
-
-    fn round_trip<T>(wire: Value, typed: T)
-    where
-        T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
-    {
-        assert_eq!(serde_json::from_value::<T>(wire.clone()).expect("parse"), typed);
-        assert_eq!(serde_json::to_value(&typed).expect("serialise"), wire);
-    }
+    use crate::testing::round_trip;
+    use serde_json::json;
 
     #[test]
     fn arguments_as_a_client_sends_them() {

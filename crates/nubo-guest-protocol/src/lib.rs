@@ -38,3 +38,20 @@ pub use framing::{
     request_line, Empty, ErrorBody, ErrorReply, Request, ReturnReply, EXEC_OUTPUT_MAX, FILE_READ_COUNT_DEFAULT,
     FILE_READ_COUNT_MAX, GENERIC_ERROR, PORT_NAME, SENTINEL,
 };
+
+/// What the modules' tests share.
+#[cfg(test)]
+mod testing {
+    use serde::{Deserialize, Serialize};
+    use serde_json::Value;
+
+    /// `wire` (JSON as QEMU's guest agent sends or accepts it) reads as
+    /// `typed`, and `typed` writes exactly `wire`.
+    pub fn round_trip<T>(wire: Value, typed: T)
+    where
+        T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
+    {
+        assert_eq!(serde_json::from_value::<T>(wire.clone()).expect("parse"), typed);
+        assert_eq!(serde_json::to_value(&typed).expect("serialise"), wire);
+    }
+}

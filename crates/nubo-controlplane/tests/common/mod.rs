@@ -124,6 +124,17 @@ impl T {
         self.raw(method, path, token, "application/json", body.into_bytes()).await
     }
 
+    /// A GET of one page of a list: the status, the JSON answer and the
+    /// next page's token (the `Next-Page-Token` header).
+    pub async fn get_page(&self, path: &str, token: &str) -> (StatusCode, Value, Option<String>) {
+        let req = axum::http::Request::builder().uri(path).header("authorization", format!("Bearer {token}"));
+        let resp = app(self.ctx.clone()).oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let status = resp.status();
+        let next = resp.headers().get("next-page-token").map(|v| v.to_str().unwrap().to_string());
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), next)
+    }
+
     pub async fn ok(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
         let (s, v) = self.call(method, path, Some(token), body).await;
         assert!(s.is_success(), "{method} {path}: {s} {v}");
