@@ -4,14 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use nubo_controlplane::ldap::{authenticate, GroupMapping, LdapConfig, LdapError};
+use nubo_testkit::free_port;
 use nubo_testkit::slapd::{person, Slapd, SUFFIX};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
 
 /// A server with alice (devs), bob (ops and auditors) and carol (only a
 /// group that maps to nothing).

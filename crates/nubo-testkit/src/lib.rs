@@ -5,3 +5,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod slapd;
+
+/// A TCP port free on 127.0.0.1 right now (the kernel's pick for port 0),
+/// for a server a test starts. Panics when none can be had.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}

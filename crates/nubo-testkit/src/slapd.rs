@@ -11,7 +11,7 @@
 //! must not pass without running.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -52,7 +52,7 @@ impl Slapd {
         std::fs::write(&ldif, format!("{}{entries}", base_ldif())).expect("write base.ldif");
         run(Command::new("/usr/sbin/slapadd").arg("-q").arg("-f").arg(&conf).arg("-l").arg(&ldif), None);
 
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let port = crate::free_port();
         let log = std::fs::File::create(d.join("slapd.log")).expect("slapd.log");
         let child = Command::new(SLAPD)
             .arg("-f")

@@ -18,6 +18,7 @@
 
 mod common;
 use common::*;
+use nubo_testkit::free_port;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -347,10 +348,6 @@ fn loopback_backend(name: &'static str) -> std::net::SocketAddr {
         }
     });
     addr
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[test]

@@ -9,15 +9,12 @@
 mod common;
 
 use common::{image_cache, nubo_bin, wait_until, ServerDatabase, HOST_ARGS};
+use nubo_testkit::free_port;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
 
 /// A `nubo server`/`nubo up` process, killed on drop (with its log shown
 /// if the test failed).

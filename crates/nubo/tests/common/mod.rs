@@ -7,6 +7,7 @@
 //! (`--database`), dropped with the cloud.
 #![allow(dead_code)]
 
+use nubo_testkit::free_port;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -95,10 +96,6 @@ pub fn http(addr: &str, method: &str, path: &str, body: &str) -> Option<String> 
         out.extend_from_slice(&buf[..n]);
     }
     (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(18780)
 }
 
 /// Claims one of 100 windows of 100 host ports (20000-29999) for a
