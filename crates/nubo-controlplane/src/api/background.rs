@@ -14,10 +14,5 @@ use std::sync::Arc;
     responses((status = 200, body = BackgroundTasks), (status = 401, body = nubo_api::error::ErrorBody),
         (status = 403, body = nubo_api::error::ErrorBody)))]
 pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<BackgroundTasks>> {
-    crate::authz::require_admin(&caller)?;
-    Ok(Json(BackgroundTasks {
-        server: crate::background::lease_holder(&ctx.config),
-        cluster_tasks_on: crate::background::leader::current(&ctx).await?,
-        tasks: ctx.background.tasks(),
-    }))
+    Ok(Json(crate::background::overview(&ctx, &caller).await?))
 }

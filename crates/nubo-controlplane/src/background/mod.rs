@@ -93,6 +93,21 @@ impl TaskError {
     }
 }
 
+/// What an operator sees of the background work: this server, the one
+/// running the cluster-wide tasks, and each task's last run here. The
+/// REST API and the portal both show this; operators only.
+pub async fn overview(
+    ctx: &Ctx,
+    caller: &crate::auth::Caller,
+) -> Result<nubo_api::views::BackgroundTasks, crate::error::AppError> {
+    crate::authz::require_admin(caller)?;
+    Ok(nubo_api::views::BackgroundTasks {
+        server: lease_holder(&ctx.config),
+        cluster_tasks_on: leader::current(ctx).await?,
+        tasks: ctx.background.tasks(),
+    })
+}
+
 /// The cluster-wide tasks, in the order one round runs them. The order
 /// matters where one task's output is the next one's input:
 ///

@@ -6,7 +6,6 @@
 use super::html::{self, badge, Nav};
 use super::session::Operator;
 use super::PageResult;
-use crate::api;
 use crate::Ctx;
 use axum::extract::State;
 use axum::routing::get;
@@ -34,7 +33,7 @@ fn interval(ms: u64) -> String {
 }
 
 async fn tasks(State(ctx): State<Arc<Ctx>>, Operator(s): Operator) -> PageResult {
-    let list = api::background::list(s.caller.clone(), State(ctx.clone())).await?.0;
+    let list = crate::background::overview(&ctx, &s.caller).await?;
     let now = crate::store::now_ms();
     let body = html! {
         p.muted {
