@@ -1,0 +1,1 @@
+//! Operations on automation (being moved here from `api::automation`).

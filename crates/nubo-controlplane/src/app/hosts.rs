@@ -1,0 +1,1 @@
+//! Operations on hosts (being moved here from `api::hosts`).

@@ -1,0 +1,1 @@
+//! Operations on identity (being moved here from `api::identity`).

@@ -1,0 +1,1 @@
+//! Operations on images (being moved here from `api::images`).

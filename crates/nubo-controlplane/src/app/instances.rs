@@ -1,0 +1,1 @@
+//! Operations on instances (being moved here from `api::instances`).

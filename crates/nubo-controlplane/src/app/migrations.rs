@@ -1,0 +1,1 @@
+//! Operations on migrations (being moved here from `api::migrations`).

@@ -1,0 +1,1 @@
+//! Operations on monitoring (being moved here from `api::monitoring`).

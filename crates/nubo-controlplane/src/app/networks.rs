@@ -1,0 +1,1 @@
+//! Operations on networks (being moved here from `api::networks`).

@@ -1,0 +1,1 @@
+//! Operations on provisioning (being moved here from `api::provisioning`).

@@ -1,0 +1,1 @@
+//! Operations on volumes (being moved here from `api::volumes`).
