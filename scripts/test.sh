@@ -48,17 +48,19 @@ phase "the tests on SQLite"
 phase "the tests on PostgreSQL"
 NUBO_TEST_DATABASE="$(scripts/postgres.sh)"
 export NUBO_TEST_DATABASE
-"${RUN[@]}" -p nubo-controlplane --no-fail-fast "${WITH_IGNORED[@]}" || status=$?
+"${RUN[@]}" -p nubo-controlplane -p nubo-test-cloud --no-fail-fast "${WITH_IGNORED[@]}" || status=$?
 # Of the end-to-end tests, those whose database work the control plane's
 # tests above do not already do on PostgreSQL: state across restarts,
 # several servers, capacity sums, migrations and failover, tenancy, TLS,
 # and the attacks of the security target (a console flood puts any byte a
-# guest writes into the database).
+# guest writes into the database). The `debian` tier (real cloud-init and
+# the stock qemu-guest-agent; minutes, so #[ignore]d on SQLite and reported
+# there as skipped) runs here, once.
 # The rest repeat on PostgreSQL what their API-level twins just did, and
 # would add minutes of booting guests to CI for no new SQL.
 "${RUN[@]}" -p nubo --no-fail-fast \
   --test vm_lifecycle --test restarts --test servers --test networks \
-  --test tenancy_cli --test tls --test security "${WITH_IGNORED[@]}" || status=$?
+  --test tenancy_cli --test tls --test security --test debian_image "${WITH_IGNORED[@]}" || status=$?
 # Every fuzz target for a bounded time (NUBO_FUZZ_SECONDS each, default 15):
 # a smoke run that catches a parser panicking on what the fuzzer finds
 # quickly. A debug build without a sanitizer builds in a few minutes; longer
