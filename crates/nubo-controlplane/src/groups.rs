@@ -261,7 +261,7 @@ async fn launch_member(ctx: &Arc<Ctx>, g: &GroupRow) -> Result<String, String> {
     template.tags.insert("nubo:group".into(), g.name.clone());
     let record = crate::launch::LaunchRecord { group_id: Some(&g.id), ..Default::default() };
     let row =
-        crate::api::instances::launch(ctx, &group_caller(g), &template, record).await.map_err(|e| e.to_string())?;
+        crate::app::instances::launch(ctx, &group_caller(g), &template, record).await.map_err(|e| e.to_string())?;
     if let Some(h) = g.health() {
         let spec = match h.kind.as_str() {
             "http" => {

@@ -728,7 +728,7 @@ async fn advance(ctx: &Ctx, f: &FiringRow, policy: &str, r: &mut ActionRecord) -
             None => {
                 let caller = policy_caller(&f.project_id, policy);
                 let req = nubo_api::params::RunCreate { recipe, version, params };
-                match crate::api::provisioning::start_recipe_run(ctx, &caller, instance, &req, false).await {
+                match crate::app::provisioning::start_recipe_run(ctx, &caller, instance, &req, false).await {
                     Ok((run_id, _)) => {
                         r.plan.run_id = Some(run_id);
                         ctx.bump();

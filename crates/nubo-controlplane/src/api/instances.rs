@@ -1,151 +1,22 @@
 //! `/api/v1/instances`: launch, inspect, power and terminate instances.
-//! Handlers only record desired state; the host's agent makes it so.
+//! The handlers are adapters over `app::instances`, which records the
+//! desired state; the host's agent makes it so.
 
+use crate::app::instances as app;
 use crate::auth::Caller;
-use crate::authz::{self, Access};
-use crate::error::{ApiJson, AppError, AppResult};
-use crate::instance_batch::{Related, Scope, Selection};
-use crate::store::{InstanceRow, NewInstance};
-use crate::{placement, validate, Ctx};
+use crate::error::{ApiJson, AppResult};
+use crate::Ctx;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use nubo_api::ids::InstanceId;
 use nubo_api::params::InstanceCreate;
-use nubo_api::views::{ConsoleOutput, Instance, InstanceState};
-use std::collections::BTreeMap;
+use nubo_api::views::{ConsoleOutput, Instance};
 use std::sync::Arc;
 
-fn parse_id(id: &str) -> AppResult<InstanceId> {
-    id.parse().map_err(|e: nubo_api::ids::IdError| AppError::BadRequest(e.to_string()))
-}
-
-/// Loads an instance the caller may access; the one door every
-/// instance handler goes through.
-pub(crate) async fn load(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> AppResult<InstanceRow> {
-    let id = parse_id(id)?;
-    let row =
-        ctx.store.instance(id.as_str()).await?.ok_or(AppError::NotFound { kind: "instance", id: id.to_string() })?;
-    authz::check(caller, access, row.project_id.as_deref(), "instance", id.as_str())?;
-    Ok(row)
-}
-
-/// Builds the view; `with_events` adds the life events (show only).
-pub async fn view(ctx: &Ctx, row: InstanceRow, with_events: bool) -> AppResult<Instance> {
-    let related = ctx.store.related(&Selection::new(Scope::One(&row.id))).await?;
-    let (events, runs) = if with_events {
-        let runs = ctx
-            .store
-            .runs(&row.id, 20)
-            .await?
-            .into_iter()
-            .map(|r| super::provisioning::run_view(r, None))
-            .collect::<AppResult<Vec<_>>>()?;
-        (ctx.store.events(&row.id).await?, runs)
-    } else {
-        (Vec::new(), Vec::new())
-    };
-    let mut view = view_of(row, &related)?;
-    view.events = events;
-    view.runs = runs;
-    Ok(view)
-}
-
-/// The views of a selection's instances (in list order), with a fixed
-/// number of queries however many there are; `selection` must be the one
-/// `rows` were read with.
-pub async fn views(ctx: &Ctx, selection: &Selection<'_>, rows: Vec<InstanceRow>) -> AppResult<Vec<Instance>> {
-    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-    let related = ctx.store.related(&selection.for_related(&ids)).await?;
-    rows.into_iter().map(|row| view_of(row, &related)).collect()
-}
-
-/// One instance's view (without life events and runs) from its row and
-/// the related rows read for its selection.
-fn view_of(row: InstanceRow, related: &Related) -> AppResult<Instance> {
-    let id: InstanceId = row.id.parse().map_err(AppError::internal)?;
-    let instance_type = instance_type_of(&row);
-    let tags = related.tags.get(&row.id).cloned().unwrap_or_default();
-    let host = row.host_id.as_ref().and_then(|h| related.hosts.get(h));
-    let nics = related.addresses.get(&row.id).map(Vec::as_slice).unwrap_or_default();
-    // On a private network a port is forwarded from the host's underlay
-    // address (by its NAT), otherwise from its 127.0.0.1 (by QEMU).
-    let forwarded_from = match (nics.is_empty(), host.and_then(|h| h.underlay.clone())) {
-        (false, Some(underlay)) => underlay,
-        _ => "127.0.0.1".to_string(),
-    };
-    let ports: BTreeMap<String, String> = related
-        .ports
-        .get(&row.id)
-        .into_iter()
-        .flatten()
-        .map(|p| (p.guest_port.to_string(), format!("{forwarded_from}:{}", p.host_port)))
-        .collect();
-    let volumes = related
-        .volumes
-        .get(&row.id)
-        .into_iter()
-        .flatten()
-        .filter_map(|v| {
-            Some(nubo_api::views::InstanceVolume {
-                volume_id: v.id.parse().ok()?,
-                size_gib: v.size_gib as u64,
-                state: v.attach_state.clone()?,
-                guest_device: v.guest_device.clone(),
-            })
-        })
-        .collect();
-    let mut addresses = Vec::new();
-    for nic in nics {
-        addresses.push(nubo_api::views::InstanceAddress {
-            network_id: nic.port.network_id.parse().map_err(AppError::internal)?,
-            network: nic.network_name.clone(),
-            address: nic.port.address.clone(),
-            mac: nic.port.mac.clone(),
-        });
-    }
-    // The guest agent's report means something only while the VM runs.
-    let guest = match (&row.guest_json, row.state.as_str()) {
-        (Some(g), "running") => serde_json::from_str(g).ok(),
-        _ => None,
-    };
-    Ok(Instance {
-        id,
-        name: row.name,
-        image: row.image,
-        state: InstanceState::parse(&row.state).unwrap_or(InstanceState::Error),
-        desired_state: if row.desired == "deleted" { "terminated".into() } else { row.desired },
-        vcpus: row.vcpus as u32,
-        memory_mib: row.memory_mib as u64,
-        disk_gib: row.disk_gib as u64,
-        host: match &row.host_id {
-            Some(h) => Some(h.parse().map_err(AppError::internal)?),
-            None => None,
-        },
-        host_name: host.map(|h| h.name.clone()),
-        ports,
-        error: row.error,
-        created_at_ms: row.created_at_ms,
-        updated_at_ms: row.updated_at_ms,
-        events: Vec::new(),
-        key_name: row.key_name,
-        metadata_http_tokens: row.imds_tokens,
-        runs: Vec::new(),
-        guest,
-        image_id: row.image_id.as_deref().and_then(|i| i.parse().ok()),
-        volumes,
-        instance_type,
-        tags,
-        addresses,
-    })
-}
-
-/// What the instance is reported as: its type, or `custom-<vcpus>-<mib>`.
-pub fn instance_type_of(row: &InstanceRow) -> String {
-    row.instance_type
-        .clone()
-        .unwrap_or_else(|| nubo_api::views::custom_instance_type(row.vcpus as u32, row.memory_mib as u64))
-}
+// The REST modules of other resources still load instances and name
+// their types through this path; they move to `app::instances` as they
+// move to the application layer themselves.
+pub(crate) use crate::app::instances::{instance_type_of, load};
 
 /// List instances, terminated ones included (as EC2 shows them for a
 /// while), oldest first. With `limit`, one page of them: the
@@ -161,22 +32,8 @@ pub async fn list(
     State(ctx): State<Arc<Ctx>>,
     crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
 ) -> AppResult<axum::response::Response> {
-    let page = q.page()?;
-    // Operators see every project's instances; everyone else their project's.
-    let scope = match caller.project_id.as_deref() {
-        _ if caller.admin => Scope::All,
-        Some(project) if caller.role != crate::auth::Role::None => Scope::Project(project),
-        _ => return Ok(crate::pagination::paged_json(Vec::<Instance>::new(), None)),
-    };
-    let selection = Selection::new(scope).page(page);
-    let rows = ctx.store.select_instances(&selection).await?;
-    let (rows, next) = selection.page.cut(rows, cursor_of);
-    Ok(crate::pagination::paged_json(views(&ctx, &selection, rows).await?, next))
-}
-
-/// Where a list of instances stands after `row`.
-pub fn cursor_of(row: &InstanceRow) -> crate::pagination::Cursor {
-    crate::pagination::Cursor { created_at_ms: row.created_at_ms, id: row.id.clone() }
+    let (page, next) = app::list(&ctx, &caller, q.page()?).await?;
+    Ok(crate::pagination::paged_json(page, next))
 }
 
 /// Launch an instance: validate, place on a host (atomic claim), record.
@@ -189,161 +46,7 @@ pub async fn create(
     State(ctx): State<Arc<Ctx>>,
     ApiJson(p): ApiJson<InstanceCreate>,
 ) -> AppResult<(StatusCode, Json<Instance>)> {
-    let row = launch(&ctx, &caller, &p, crate::launch::LaunchRecord::default()).await?;
-    Ok((StatusCode::CREATED, Json(view(&ctx, row, true).await?)))
-}
-
-/// Launches one instance: the REST API's create and each instance of an
-/// EC2 RunInstances. `record` carries what EC2 adds (type, reservation,
-/// security groups); without groups the instance joins the project's
-/// default group. `p.tags` are recorded with it.
-pub async fn launch(
-    ctx: &Arc<Ctx>,
-    caller: &Caller,
-    p: &InstanceCreate,
-    mut record: crate::launch::LaunchRecord<'_>,
-) -> AppResult<InstanceRow> {
-    let project = authz::creation_project(caller)?;
-    validate::instance_create(p)?;
-    let image = match ctx.store.resolve_image(Some(&project), &p.image).await? {
-        Some(i) => i,
-        None => {
-            let known: Vec<String> =
-                ctx.store.images_visible(Some(&project)).await?.into_iter().map(|i| i.name).collect();
-            return Err(AppError::BadRequest(format!(
-                "image '{}' does not exist; known images: {} (see `nubo image list`)",
-                p.image.chars().take(80).collect::<String>(),
-                known.join(", ")
-            )));
-        }
-    };
-    if image.state != "active" {
-        return Err(AppError::Conflict(format!(
-            "image {} is {}; it can be booted once it is active{}",
-            image.name,
-            image.state,
-            image.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
-        )));
-    }
-    if p.disk_gib < image.min_disk_gib as u64 {
-        return Err(AppError::BadRequest(format!(
-            "image {} needs a root disk of at least {} GiB; ask for --disk {} or more",
-            image.name, image.min_disk_gib, image.min_disk_gib
-        )));
-    }
-    if p.memory_mib < image.min_memory_mib as u64 {
-        return Err(AppError::BadRequest(format!(
-            "image {} needs at least {} MiB of memory; ask for --memory {} or more",
-            image.name, image.min_memory_mib, image.min_memory_mib
-        )));
-    }
-    let imds_tokens = match p.metadata.as_ref().and_then(|m| m.http_tokens.as_deref()) {
-        None | Some("optional") => "optional",
-        Some("required") => "required",
-        Some(other) => {
-            return Err(AppError::BadRequest(format!(
-                "metadata http_tokens '{}' is unknown: use 'optional' (IMDSv1 and v2) or 'required' (IMDSv2 only)",
-                other.chars().take(40).collect::<String>()
-            )))
-        }
-    };
-    let key = match &p.key_name {
-        Some(k) => Some(ctx.store.keypair(&project, k).await?.ok_or_else(|| {
-            AppError::BadRequest(format!(
-                "key pair '{}' does not exist in this project: see `nubo keypair list`, or create it with `nubo keypair create`",
-                k.chars().take(64).collect::<String>()
-            ))
-        })?),
-        None => None,
-    };
-    // A cloud-config recipe becomes the user-data; a script recipe runs
-    // through the guest agent once the instance is up.
-    let mut user_data = p.user_data.clone();
-    if let Some(recipe) = &p.recipe {
-        if let Some(cloud_config) =
-            super::provisioning::check_launch_recipe(ctx, caller, recipe, p.user_data.as_deref()).await?
-        {
-            if cloud_config.len() > nubo_api::MAX_USER_DATA_BYTES {
-                return Err(AppError::BadRequest("the rendered cloud-config recipe is larger than 64 KiB".into()));
-            }
-            user_data = Some(cloud_config);
-        }
-    }
-    let id = InstanceId::generate();
-    let name = p.name.clone().unwrap_or_else(|| id.to_string());
-    // Networks and security groups named in the request (REST); an EC2
-    // launch brings its groups in `record`.
-    let mut network_ids = Vec::new();
-    for n in &p.networks {
-        let net = ctx.store.network_by_ref(&project, n).await?.ok_or_else(|| {
-            AppError::BadRequest(format!(
-                "network '{}' does not exist in this project: see `nubo network list`, or create it with `nubo network create`",
-                n.chars().take(64).collect::<String>()
-            ))
-        })?;
-        if network_ids.contains(&net.id) {
-            return Err(AppError::BadRequest(format!(
-                "network '{}' is named twice; an instance has one NIC per network",
-                net.name
-            )));
-        }
-        network_ids.push(net.id);
-    }
-    record.networks = &network_ids;
-    let mut group_ids = Vec::new();
-    for g in &p.security_groups {
-        let group = match ctx.store.security_group(g).await? {
-            Some(row) if row.project_id == project => Some(row),
-            _ => ctx.store.security_group_by_name(&project, g).await?,
-        }
-        .ok_or_else(|| {
-            AppError::BadRequest(format!(
-                "security group '{}' does not exist in this project: see `nubo security-group list`",
-                g.chars().take(64).collect::<String>()
-            ))
-        })?;
-        group_ids.push(group.id);
-    }
-    if !group_ids.is_empty() {
-        record.security_groups = &group_ids;
-    }
-    let default_group;
-    if record.security_groups.is_empty() {
-        default_group = [ctx.store.ensure_default_security_group(&project).await?.id];
-        record.security_groups = &default_group;
-    }
-    let tags: Vec<(String, String)> = p.tags.clone().into_iter().collect();
-    if record.tags.is_empty() {
-        record.tags = &tags;
-    }
-    let new = NewInstance {
-        id: &id,
-        project_id: &project,
-        name: &name,
-        image: &image.name,
-        image_id: &image.id,
-        vcpus: p.vcpus,
-        memory_mib: p.memory_mib,
-        disk_gib: p.disk_gib,
-        user_data: user_data.as_deref(),
-        guest_ports: &p.ports,
-        key: key.as_ref().map(|k| (k.name.as_str(), k.public_key.as_str())),
-        imds_tokens,
-        ec2: record,
-    };
-    let (host, _) = placement::place(ctx, &new).await?;
-    tracing::info!(instance = %id, %host, "instance placed");
-    if let Some(recipe) = &p.recipe {
-        super::provisioning::start_recipe_run(ctx, caller, id.as_str(), recipe, true).await?;
-    }
-    if network_ids.is_empty() {
-        ctx.bump_host(host.as_str());
-    } else {
-        // Other hosts on its networks gain a VXLAN peer and, through
-        // source-group rules, maybe a new allowed address.
-        ctx.bump();
-    }
-    ctx.store.instance(id.as_str()).await?.ok_or_else(|| AppError::internal("instance vanished"))
+    Ok((StatusCode::CREATED, Json(app::create(&ctx, &caller, &p).await?)))
 }
 
 /// Show one instance, with its life events.
@@ -351,35 +54,7 @@ pub async fn launch(
     params(("id" = String, Path, description = "instance id, i-...")),
     responses((status = 200, body = Instance), (status = 404, body = nubo_api::error::ErrorBody)))]
 pub async fn show(caller: Caller, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<Json<Instance>> {
-    let row = load(&ctx, &caller, &id, Access::Read).await?;
-    Ok(Json(view(&ctx, row, true).await?))
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn change(
-    ctx: &Arc<Ctx>,
-    caller: &Caller,
-    id: &str,
-    from: &[&str],
-    to: &str,
-    bump_start: bool,
-    bump_reboot: bool,
-    event: &str,
-) -> AppResult<(StatusCode, Json<Instance>)> {
-    let row = load(ctx, caller, id, Access::Write).await?;
-    if !ctx.store.set_desired(&row.id, from, to, bump_start, bump_reboot, event).await? {
-        let now = if row.desired == "deleted" { "terminated" } else { row.desired.as_str() };
-        return Err(AppError::Conflict(format!(
-            "cannot {event} instance {} while it is {} (state {})",
-            row.id, now, row.state
-        )));
-    }
-    match &row.host_id {
-        Some(host) => ctx.bump_host(host),
-        None => ctx.bump(),
-    }
-    let row = load(ctx, caller, id, Access::Read).await?;
-    Ok((StatusCode::ACCEPTED, Json(view(ctx, row, true).await?)))
+    Ok(Json(app::show(&ctx, &caller, &id).await?))
 }
 
 /// Stop (ACPI power-off, then forced after a grace period).
@@ -391,7 +66,7 @@ pub async fn stop(
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
 ) -> AppResult<(StatusCode, Json<Instance>)> {
-    change(&ctx, &caller, &id, &["running", "stopped"], "stopped", false, false, "stop").await
+    Ok((StatusCode::ACCEPTED, Json(app::stop(&ctx, &caller, &id).await?)))
 }
 
 /// Start a stopped instance.
@@ -403,11 +78,7 @@ pub async fn start(
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
 ) -> AppResult<(StatusCode, Json<Instance>)> {
-    let row = load(&ctx, &caller, &id, Access::Write).await?;
-    if row.desired == "running" && row.state != "error" {
-        return Err(AppError::Conflict(format!("instance {} is already running (state {})", row.id, row.state)));
-    }
-    change(&ctx, &caller, &id, &["stopped", "running"], "running", true, false, "start").await
+    Ok((StatusCode::ACCEPTED, Json(app::start(&ctx, &caller, &id).await?)))
 }
 
 /// Reboot a running instance (hardware reset).
@@ -419,14 +90,7 @@ pub async fn reboot(
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
 ) -> AppResult<(StatusCode, Json<Instance>)> {
-    let row = load(&ctx, &caller, &id, Access::Write).await?;
-    if row.state != "running" {
-        return Err(AppError::Conflict(format!(
-            "cannot reboot instance {} while it is {}: start it first",
-            row.id, row.state
-        )));
-    }
-    change(&ctx, &caller, &id, &["running"], "running", false, true, "reboot").await
+    Ok((StatusCode::ACCEPTED, Json(app::reboot(&ctx, &caller, &id).await?)))
 }
 
 /// Terminate: the VM and its disk are deleted and the host's capacity freed.
@@ -438,7 +102,7 @@ pub async fn terminate(
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
 ) -> AppResult<(StatusCode, Json<Instance>)> {
-    change(&ctx, &caller, &id, &["running", "stopped"], "deleted", false, false, "terminate").await
+    Ok((StatusCode::ACCEPTED, Json(app::terminate(&ctx, &caller, &id).await?)))
 }
 
 /// The serial console's output (the last 1 MiB).
@@ -450,7 +114,5 @@ pub async fn console(
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
 ) -> AppResult<Json<ConsoleOutput>> {
-    let row = load(&ctx, &caller, &id, Access::Read).await?;
-    let output = ctx.store.console(&row.id).await?;
-    Ok(Json(ConsoleOutput { instance_id: parse_id(&row.id)?, output }))
+    Ok(Json(app::console(&ctx, &caller, &id).await?))
 }

@@ -2,14 +2,15 @@
 //! pair, security groups, tags, the root disk's size and ClientToken
 //! idempotency), DescribeInstances (ids, filters, pagination),
 //! Start/Stop/Reboot/TerminateInstances and GetConsoleOutput. Launches
-//! and power changes go through the REST handlers (`api::instances`), so
-//! quotas, placement and the agent's work are exactly the REST API's.
+//! and power changes are the application layer's (`app::instances`), as
+//! for the REST API, so quotas, placement and the agent's work are the
+//! same.
 
 use super::error::{Domain, Ec2Error, Ec2Result, InDomain};
 use super::query::{self, Params};
 use super::xml::{self, El};
 use super::{project_of, Answer};
-use crate::api::instances as rest;
+use crate::app;
 use crate::auth::Caller;
 use crate::authz::Access;
 use crate::client_tokens::Claim;
@@ -19,7 +20,6 @@ use crate::pagination::{PageRequest, MAX_PAGE};
 use crate::store::InstanceRow;
 use crate::volumes::VolumeRow;
 use crate::Ctx;
-use axum::extract::{Path, State};
 use base64::Engine;
 use nubo_api::ids::{InstanceId, ReservationId};
 use nubo_api::params::{InstanceCreate, MetadataOptions};
@@ -119,7 +119,7 @@ fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
         .opt("keyName", row.key_name.as_deref())
         .field("amiLaunchIndex", row.launch_index)
         .child(El::new("productCodes"))
-        .field("instanceType", rest::instance_type_of(row))
+        .field("instanceType", app::instances::instance_type_of(row))
         .field("launchTime", xml::time(row.created_at_ms))
         .child(
             El::new("placement")
@@ -200,7 +200,7 @@ async fn load_all(ctx: &Ctx, caller: &Caller, ids: &[InstanceId], access: Access
     let mut rows = Vec::new();
     let mut missing = Vec::new();
     for id in ids {
-        match rest::load(ctx, caller, id.as_str(), access).await {
+        match app::instances::load(ctx, caller, id.as_str(), access).await {
             Ok(r) => rows.push(r),
             Err(AppError::NotFound { .. }) => missing.push(id.to_string()),
             Err(e) => return Err(Ec2Error::from_app(e, Domain::Instance)),
@@ -249,7 +249,7 @@ pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<
             .terminated_since(crate::store::now_ms() - TERMINATED_VISIBLE_MS)
             .page(page);
         let rows = ctx.store.select_instances(&selection).await?;
-        let (rows, next) = selection.page.cut(rows, rest::cursor_of);
+        let (rows, next) = selection.page.cut(rows, app::instances::cursor_of);
         let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
         let l = lookups(ctx, &selection.for_related(&ids)).await?;
         (rows, next, l)
@@ -269,7 +269,7 @@ pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<
                     "instance-id" => vec![r.id.clone()],
                     "instance-state-name" => vec![state.to_string()],
                     "instance-state-code" => vec![code.to_string()],
-                    "instance-type" => vec![rest::instance_type_of(r)],
+                    "instance-type" => vec![app::instances::instance_type_of(r)],
                     "image-id" => r.image_id.clone().into_iter().collect(),
                     "key-name" => r.key_name.clone().into_iter().collect(),
                     "reservation-id" => vec![reservation_of(r)],
@@ -511,7 +511,7 @@ async fn launch_all(
             group_id: None,
             networks: &[],
         };
-        match rest::launch(ctx, caller, &create, record).await {
+        match app::instances::launch(ctx, caller, &create, record).await {
             Ok(row) => rows.push(row),
             Err(e) if rows.len() >= req.min as usize => {
                 tracing::info!(error = %e, launched = rows.len(), "RunInstances launched fewer than MaxCount");
@@ -609,12 +609,10 @@ pub async fn power(ctx: &Arc<Ctx>, caller: &Caller, p: &Params, op: Power) -> Ec
             Power::Start if row.desired == "running" && row.state != "error" => Ok(()),
             Power::Stop if row.desired == "stopped" => Ok(()),
             Power::Terminate if terminated => Ok(()),
-            Power::Start => rest::start(caller.clone(), State(ctx.clone()), Path(row.id.clone())).await.map(|_| ()),
-            Power::Stop => rest::stop(caller.clone(), State(ctx.clone()), Path(row.id.clone())).await.map(|_| ()),
-            Power::Reboot => rest::reboot(caller.clone(), State(ctx.clone()), Path(row.id.clone())).await.map(|_| ()),
-            Power::Terminate => {
-                rest::terminate(caller.clone(), State(ctx.clone()), Path(row.id.clone())).await.map(|_| ())
-            }
+            Power::Start => app::instances::start(ctx, caller, &row.id).await.map(drop),
+            Power::Stop => app::instances::stop(ctx, caller, &row.id).await.map(drop),
+            Power::Reboot => app::instances::reboot(ctx, caller, &row.id).await.map(drop),
+            Power::Terminate => app::instances::terminate(ctx, caller, &row.id).await.map(drop),
         };
         result.in_domain(Domain::Instance)?;
         let after = ctx.store.instance(&row.id).await?.unwrap_or(row);

@@ -1,20 +1,19 @@
 //! EC2 key pairs: CreateKeyPair (an Ed25519 pair made by the server, the
 //! private key returned once), ImportKeyPair (an OpenSSH public key,
 //! base64-encoded as botocore sends blobs), DescribeKeyPairs and
-//! DeleteKeyPair, on the project's key pairs (`api::provisioning`).
+//! DeleteKeyPair, on the project's key pairs (`app::provisioning`).
 
 use super::error::{Domain, Ec2Error, Ec2Result, InDomain};
 use super::query::{self, Params};
 use super::xml::{self, El};
 use super::{project_of, Answer};
-use crate::api::provisioning as rest;
+use crate::app;
 use crate::auth::Caller;
-use crate::error::{ApiJson, AppError};
-use crate::provisioning::KeypairRow;
+use crate::error::AppError;
 use crate::Ctx;
-use axum::extract::{Path, State};
 use base64::Engine;
 use nubo_api::params::KeypairCreate;
+use nubo_api::views::KeypairCreated;
 use std::sync::Arc;
 
 fn key_name(p: &Params) -> Ec2Result<String> {
@@ -23,19 +22,10 @@ fn key_name(p: &Params) -> Ec2Result<String> {
     Ok(name.to_string())
 }
 
-async fn add(
-    ctx: &Arc<Ctx>,
-    caller: &Caller,
-    name: &str,
-    public_key: Option<String>,
-) -> Ec2Result<(KeypairRow, Option<String>)> {
+async fn add(ctx: &Arc<Ctx>, caller: &Caller, name: &str, public_key: Option<String>) -> Ec2Result<KeypairCreated> {
     let body = KeypairCreate { name: name.to_string(), public_key };
-    match rest::create_keypair(caller.clone(), State(ctx.clone()), ApiJson(body)).await {
-        Ok((_, axum::Json(created))) => {
-            let project = project_of(caller)?;
-            let row = ctx.store.keypair(&project, name).await?.ok_or_else(Ec2Error::internal)?;
-            Ok((row, created.private_key))
-        }
+    match app::provisioning::create_keypair(ctx, caller, &body).await {
+        Ok(created) => Ok(created),
         Err(AppError::Conflict(_)) => {
             Err(Ec2Error::bad("InvalidKeyPair.Duplicate", format!("The keypair '{name}' already exists.")))
         }
@@ -55,12 +45,12 @@ pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
             )))
         }
     }
-    let (row, private) = add(ctx, caller, &name, None).await?;
+    let KeypairCreated { keypair, private_key } = add(ctx, caller, &name, None).await?;
     Ok(vec![
-        El::text("keyName", &row.name),
-        El::text("keyFingerprint", &row.fingerprint),
-        El::text("keyMaterial", private.unwrap_or_default()),
-        El::text("keyPairId", &row.id),
+        El::text("keyName", &keypair.name),
+        El::text("keyFingerprint", &keypair.fingerprint),
+        El::text("keyMaterial", private_key.unwrap_or_default()),
+        El::text("keyPairId", keypair.id.as_str()),
     ])
 }
 
@@ -74,11 +64,11 @@ pub async fn import(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
         })?,
         Err(_) => material.to_string(),
     };
-    let (row, _) = add(ctx, caller, &name, Some(text.trim().to_string())).await?;
+    let keypair = add(ctx, caller, &name, Some(text.trim().to_string())).await?.keypair;
     Ok(vec![
-        El::text("keyFingerprint", &row.fingerprint),
-        El::text("keyName", &row.name),
-        El::text("keyPairId", &row.id),
+        El::text("keyFingerprint", &keypair.fingerprint),
+        El::text("keyName", &keypair.name),
+        El::text("keyPairId", keypair.id.as_str()),
     ])
 }
 
@@ -144,7 +134,7 @@ pub async fn delete(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
         _ => return Err(Ec2Error::missing("KeyName")),
     };
     // Deleting a key pair that is not there succeeds, as on EC2.
-    match rest::delete_keypair(caller.clone(), State(ctx.clone()), Path(name)).await {
+    match app::provisioning::delete_keypair(ctx, caller, &name).await {
         Ok(_) | Err(AppError::NotFound { .. }) => Ok(vec![El::text("return", "true")]),
         Err(e) => Err(Ec2Error::from_app(e, Domain::Other)),
     }

@@ -26,7 +26,7 @@ async fn writable(ctx: &Ctx, caller: &Caller, id: &str) -> Ec2Result<(String, &'
     let project = match kind {
         "instance" => {
             let id = super::instances::parse_ids(&[id.to_string()])?.remove(0);
-            crate::api::instances::load(ctx, caller, id.as_str(), Access::Write)
+            crate::app::instances::load(ctx, caller, id.as_str(), Access::Write)
                 .await
                 .in_domain(Domain::Instance)?
                 .project_id

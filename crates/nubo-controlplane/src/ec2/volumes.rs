@@ -209,7 +209,7 @@ pub async fn attach(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
         )));
     }
     // The instance first, so that an unknown one is named as such.
-    crate::api::instances::load(ctx, caller, instance.as_str(), Access::Write).await.in_domain(Domain::Instance)?;
+    crate::app::instances::load(ctx, caller, instance.as_str(), Access::Write).await.in_domain(Domain::Instance)?;
     let v = load(ctx, caller, vol.as_str(), Access::Write).await?;
     if v.state == "in-use" {
         return Err(Ec2Error::bad(

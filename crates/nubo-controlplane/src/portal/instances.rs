@@ -8,6 +8,7 @@ use super::html::{self, badge, button, csrf, Nav};
 use super::session::{Posted, Session};
 use super::{see_other, Empty, PageResult, PortalError};
 use crate::api;
+use crate::app;
 use crate::error::{ApiJson, ApiQuery, AppError};
 use crate::instance_batch::{Scope, Selection};
 use crate::Ctx;
@@ -15,7 +16,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::Json;
 use axum::Router;
 use maud::{html, Markup};
 use nubo_api::params::{InstanceCreate, RunCreate, VolumeAttach};
@@ -46,7 +46,7 @@ async fn project_instances(ctx: &Arc<Ctx>, s: &Session) -> Result<Vec<Instance>,
     let project = s.project_id()?;
     let selection = Selection::new(Scope::Project(project));
     let rows = ctx.store.select_instances(&selection).await?;
-    let mut out = api::instances::views(ctx, &selection, rows).await?;
+    let mut out = app::instances::views(ctx, &selection, rows).await?;
     out.sort_by_key(|i| std::cmp::Reverse(i.created_at_ms));
     Ok(out)
 }
@@ -167,9 +167,8 @@ impl LaunchForm {
 
 async fn launch_form(ctx: &Arc<Ctx>, s: &Session, f: &LaunchForm, error: Option<&str>) -> PageResult {
     let images = api::images::list(s.caller.clone(), State(ctx.clone())).await?.0;
-    let keypairs =
-        api::provisioning::list_keypairs(s.caller.clone(), State(ctx.clone())).await.map(|j| j.0).unwrap_or_default();
-    let recipes = api::provisioning::list_recipes(s.caller.clone(), State(ctx.clone())).await?.0;
+    let keypairs = app::provisioning::list_keypairs(ctx, &s.caller).await.unwrap_or_default();
+    let recipes = app::provisioning::list_recipes(ctx, &s.caller).await?;
     let body = html! {
         (html::form_error(error))
         form.stack method="post" action="/ui/instances" id="launch-form" {
@@ -249,8 +248,8 @@ async fn launch(State(ctx): State<Arc<Ctx>>, Posted { session: s, form }: Posted
         Ok(p) => p,
         Err(e) => return launch_form(&ctx, &s, &form, Some(&e)).await,
     };
-    match api::instances::create(s.caller.clone(), State(ctx.clone()), ApiJson(params)).await {
-        Ok((_, Json(i))) => Ok(see_other(&format!("/ui/instances/{}", i.id))),
+    match app::instances::create(&ctx, &s.caller, &params).await {
+        Ok(i) => Ok(see_other(&format!("/ui/instances/{}", i.id))),
         Err(
             e @ (AppError::BadRequest(_)
             | AppError::QuotaExceeded(_)
@@ -267,7 +266,7 @@ async fn launch(State(ctx): State<Arc<Ctx>>, Posted { session: s, form }: Posted
 }
 
 async fn load(ctx: &Arc<Ctx>, s: &Session, id: &str) -> Result<Instance, PortalError> {
-    Ok(api::instances::show(s.caller.clone(), State(ctx.clone()), Path(id.to_string())).await?.0)
+    Ok(app::instances::show(ctx, &s.caller, id).await?)
 }
 
 fn status_block(s: &Session, i: &Instance) -> Markup {
@@ -321,7 +320,7 @@ async fn show(
     let i = load(&ctx, &s, &id).await?;
     let range = q.range.as_deref().filter(|r| RANGES.contains(r)).unwrap_or("15m");
     let id = i.id.as_str().to_string();
-    let recipes = api::provisioning::list_recipes(s.caller.clone(), State(ctx.clone())).await?.0;
+    let recipes = app::provisioning::list_recipes(&ctx, &s.caller).await?;
     let volumes = api::volumes::list(s.caller.clone(), State(ctx.clone())).await.map(|j| j.0).unwrap_or_default();
     let available: Vec<_> = volumes.iter().filter(|v| v.state == "available").collect();
     let attached: Vec<_> =
@@ -409,7 +408,7 @@ async fn status_fragment(State(ctx): State<Arc<Ctx>>, s: Session, Path(id): Path
 
 /// The console's last 64 KiB (the API keeps 1 MiB; a page needs less).
 async fn console_tail(ctx: &Arc<Ctx>, s: &Session, id: &str) -> Result<String, PortalError> {
-    let out = api::instances::console(s.caller.clone(), State(ctx.clone()), Path(id.to_string())).await?.0.output;
+    let out = app::instances::console(ctx, &s.caller, id).await?.output;
     let keep = 64 * 1024;
     let start = out.len().saturating_sub(keep);
     let start = (start..out.len()).find(|i| out.is_char_boundary(*i)).unwrap_or(out.len());
@@ -498,14 +497,12 @@ async fn action(
     Path((id, action)): Path<(String, String)>,
     Posted { session: s, .. }: Posted<Empty>,
 ) -> PageResult {
-    let c = s.caller.clone();
-    let st = State(ctx.clone());
-    let p = Path(id.clone());
+    let c = &s.caller;
     match action.as_str() {
-        "stop" => api::instances::stop(c, st, p).await.map(drop),
-        "start" => api::instances::start(c, st, p).await.map(drop),
-        "reboot" => api::instances::reboot(c, st, p).await.map(drop),
-        "terminate" => api::instances::terminate(c, st, p).await.map(drop),
+        "stop" => app::instances::stop(&ctx, c, &id).await.map(drop),
+        "start" => app::instances::start(&ctx, c, &id).await.map(drop),
+        "reboot" => app::instances::reboot(&ctx, c, &id).await.map(drop),
+        "terminate" => app::instances::terminate(&ctx, c, &id).await.map(drop),
         _ => Err(AppError::BadRequest(format!(
             "unknown instance action '{}'",
             action.chars().take(20).collect::<String>()
@@ -530,14 +527,12 @@ async fn run_recipe(
     let params =
         parse_params(&form.params.split_whitespace().collect::<Vec<_>>().join("\n")).map_err(AppError::BadRequest)?;
     let run = RunCreate { recipe: form.recipe, version: None, params };
-    let (_, Json(r)) =
-        api::provisioning::create_run(s.caller.clone(), State(ctx.clone()), Path(id.clone()), ApiJson(run)).await?;
+    let r = app::provisioning::create_run(&ctx, &s.caller, &id, &run).await?;
     Ok(see_other(&format!("/ui/instances/{id}/runs/{}", r.id)))
 }
 
 async fn load_run(ctx: &Arc<Ctx>, s: &Session, run: &str) -> Result<nubo_api::views::Run, PortalError> {
-    let q = api::provisioning::RunQuery { log_from: None };
-    Ok(api::provisioning::show_run(s.caller.clone(), State(ctx.clone()), Path(run.to_string()), ApiQuery(q)).await?.0)
+    Ok(app::provisioning::show_run(ctx, &s.caller, run, None).await?)
 }
 
 fn run_status(r: &nubo_api::views::Run) -> Markup {

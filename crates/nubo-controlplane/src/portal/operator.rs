@@ -218,7 +218,7 @@ async fn every_instance(
         let project = row.project_id.as_ref().and_then(|p| projects.get(p)).cloned().unwrap_or_else(|| "-".into());
         project_of.insert(row.id.clone(), project);
     }
-    let mut list = api::instances::views(ctx, &selection, rows).await?;
+    let mut list = crate::app::instances::views(ctx, &selection, rows).await?;
     list.sort_by_key(|i| std::cmp::Reverse(i.created_at_ms));
     Ok((list, project_of))
 }

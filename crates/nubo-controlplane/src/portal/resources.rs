@@ -6,6 +6,7 @@ use super::html::{self, badge, button, csrf, Nav};
 use super::session::{self, LoginPosted, Posted, Session, Transport};
 use super::{bad, see_other, Empty, PageResult, PortalError};
 use crate::api;
+use crate::app;
 use crate::error::{ApiJson, AppError};
 use crate::Ctx;
 use axum::extract::{Path, Query, State};
@@ -383,7 +384,7 @@ async fn images(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
 // ---- key pairs ----
 
 async fn keypair_page(ctx: &Arc<Ctx>, s: &Session, created: Option<(String, String)>) -> PageResult {
-    let list = api::provisioning::list_keypairs(s.caller.clone(), State(ctx.clone())).await?.0;
+    let list = app::provisioning::list_keypairs(ctx, &s.caller).await?;
     let body = html! {
         @if let Some((name, private_key)) = &created {
             section.notice id="private-key" {
@@ -432,8 +433,7 @@ struct KeypairForm {
 async fn create_keypair(State(ctx): State<Arc<Ctx>>, Posted { session: s, form }: Posted<KeypairForm>) -> PageResult {
     let public_key = Some(form.public_key.trim().to_string()).filter(|k| !k.is_empty());
     let p = KeypairCreate { name: form.name.trim().to_string(), public_key };
-    let (_, Json(created)) =
-        api::provisioning::create_keypair(s.caller.clone(), State(ctx.clone()), ApiJson(p)).await?;
+    let created = app::provisioning::create_keypair(&ctx, &s.caller, &p).await?;
     match created.private_key {
         Some(key) => keypair_page(&ctx, &s, Some((created.keypair.name, key))).await,
         None => Ok(see_other("/ui/keypairs")),
@@ -445,7 +445,7 @@ async fn delete_keypair(
     Path(name): Path<String>,
     Posted { session: s, .. }: Posted<Empty>,
 ) -> PageResult {
-    api::provisioning::delete_keypair(s.caller.clone(), State(ctx.clone()), Path(name)).await?;
+    app::provisioning::delete_keypair(&ctx, &s.caller, &name).await?;
     Ok(see_other("/ui/keypairs"))
 }
 
