@@ -11,11 +11,14 @@ use nubo_image::inspect::{DiskFormat, InspectError, InspectLimits};
 use sha2::{Digest, Sha256};
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 /// Zero blocks of this size are skipped (left as holes) when writing, so
 /// a mostly empty raw image costs little space.
 const SPARSE_BLOCK: usize = 4096;
+
+/// How much of an upload is read at a time.
+const UPLOAD_CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -158,15 +161,15 @@ impl Registry {
 
     /// Receives an upload of exactly `size` bytes (checked against
     /// `expected_sha256` when given), checks it as a `format` image and
-    /// stores it. Nothing is kept when any step fails.
+    /// stores it. Nothing is kept when any step fails. The bytes come from
+    /// any reader (an HTTP body for uploads); its errors are the body's.
     pub async fn store_upload(
         &self,
-        body: axum::body::Body,
+        mut body: impl AsyncRead + Unpin,
         size: u64,
         expected_sha256: Option<&str>,
         format: DiskFormat,
     ) -> Result<Stored, RegistryError> {
-        use http_body_util::BodyExt;
         let tmp_dir = self.tmp();
         std::fs::create_dir_all(&tmp_dir).map_err(io("create", &tmp_dir))?;
         std::fs::create_dir_all(self.blobs()).map_err(io("create", &self.blobs()))?;
@@ -180,16 +183,19 @@ impl Registry {
         let mut writer = SparseWriter { file, pending: Vec::new(), len: 0 };
         let mut hasher = Sha256::new();
         let mut got: u64 = 0;
-        let mut body = body;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| RegistryError::Body(e.to_string()))?;
-            let Ok(data) = frame.into_data() else { continue };
+        let mut buf = vec![0u8; UPLOAD_CHUNK];
+        loop {
+            let n = body.read(&mut buf).await.map_err(|e| RegistryError::Body(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            let data = &buf[..n];
             got += data.len() as u64;
             if got > size {
                 return Err(RegistryError::TooLarge { declared: size });
             }
-            hasher.update(&data);
-            writer.write(&data).await.map_err(io("write", &tmp))?;
+            hasher.update(data);
+            writer.write(data).await.map_err(io("write", &tmp))?;
         }
         if got < size {
             return Err(RegistryError::Short { got, declared: size });

@@ -1,92 +1,35 @@
-//! `/api/v1/images`: the image registry. Builtin images are listed beside
-//! the project's own and public ones. An import is two requests, as in
-//! OpenStack Glance: register the image (name, format, size), then upload
-//! its file, which is checked before the image becomes `active`. The
-//! agent side (`/api/v1/agent/images/{id}/file`) lets hosts fetch image
-//! files and upload the instance snapshots they take.
+//! `/api/v1/images`: the REST adapter over `app::images` (the image
+//! registry). An import is two requests: register the image, then `PUT`
+//! its file, whose body streams to the registry. The agent side
+//! (`/api/v1/agent/images/{id}/file`) lets hosts fetch image files and
+//! upload the instance snapshots they take.
 
+use crate::app::images as app;
 use crate::auth::{Caller, HostCaller};
-use crate::authz::{self, Access};
-use crate::error::{ApiJson, ApiQuery, AppError, AppResult};
-use crate::images::{ImageInUse, ImageRow, NewImage};
-use crate::registry::RegistryError;
+use crate::error::{ApiJson, ApiQuery, AppResult};
 use crate::Ctx;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use nubo_api::ids::ImageId;
+use http_body_util::{BodyDataStream, BodyExt};
 use nubo_api::params::ImageCreate;
 use nubo_api::views::Image;
-use nubo_image::inspect::DiskFormat;
 use serde::Deserialize;
 use std::sync::Arc;
 
-const GIB: u64 = 1 << 30;
-
-/// Image names: 1-128 of letters, digits, `-`, `_`, `.`, not starting with
-/// `.` or `-` (so never `..`, `/` or a hidden name).
-pub(crate) fn check_image_name(n: &str) -> AppResult<()> {
-    crate::validate::name_of("image name", n, 128)
-}
-
-/// The view of an image row.
-pub(crate) fn view(ctx_projects: &std::collections::HashMap<String, String>, r: ImageRow) -> AppResult<Image> {
-    Ok(Image {
-        id: r.id.parse().map_err(AppError::internal)?,
-        project: r.project_id.as_ref().map(|p| ctx_projects.get(p).cloned().unwrap_or_else(|| p.clone())),
-        name: r.name,
-        source: r.source,
-        state: r.state,
-        visibility: r.visibility,
-        description: r.description,
-        disk_format: r.disk_format,
-        sha256: r.sha256,
-        size_bytes: r.size_bytes.map(|b| b as u64),
-        virtual_size_bytes: r.virtual_size_bytes.map(|b| b as u64),
-        min_disk_gib: r.min_disk_gib as u64,
-        min_memory_mib: r.min_memory_mib as u64,
-        kernel_image: r.kernel_image,
-        parent: r.parent_id.and_then(|p| p.parse().ok()),
-        source_instance: r.source_instance.and_then(|i| i.parse().ok()),
-        error: r.error,
-        created_at_ms: r.created_at_ms,
-    })
-}
-
-async fn project_names(ctx: &Ctx) -> AppResult<std::collections::HashMap<String, String>> {
-    Ok(ctx.store.projects().await?.into_iter().map(|p| (p.id, p.name)).collect())
-}
-
-pub(crate) async fn view_one(ctx: &Ctx, r: ImageRow) -> AppResult<Image> {
-    view(&project_names(ctx).await?, r)
-}
-
-/// An image (by id or name) the caller may see; `access` Write also needs
-/// it to be the caller's project's (builtin images are nobody's to change).
-pub(crate) async fn load(ctx: &Ctx, caller: &Caller, key: &str, access: Access) -> AppResult<ImageRow> {
-    let not_found = || AppError::NotFound { kind: "image", id: key.chars().take(80).collect() };
-    let row = ctx.store.resolve_image(authz::shared_list_scope(caller).as_deref(), key).await?.ok_or_else(not_found)?;
-    if access == Access::Write {
-        if row.source == "builtin" {
-            return Err(AppError::Forbidden(format!(
-                "image {} is builtin: it ships with Nubo and cannot be changed or deleted",
-                row.name
-            )));
-        }
-        authz::check(caller, Access::Write, row.project_id.as_deref(), "image", &row.id)?;
-    }
-    Ok(row)
+/// A request body as the plain reader the registry reads uploads from
+/// (a broken body is the reader's error, so the upload is refused).
+fn reader(body: Body) -> impl tokio::io::AsyncRead + Unpin {
+    tokio_util::io::StreamReader::new(BodyDataStream::new(body.map_err(std::io::Error::other)))
 }
 
 /// List the images the caller can boot: builtin, the project's own, and public ones.
 #[utoipa::path(get, path = "/api/v1/images", tag = "images", operation_id = "list_images",
     responses((status = 200, body = Vec<Image>), (status = 401, body = nubo_api::error::ErrorBody)))]
 pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Image>>> {
-    let names = project_names(&ctx).await?;
-    let rows = ctx.store.images_visible(authz::shared_list_scope(&caller).as_deref()).await?;
-    Ok(Json(rows.into_iter().map(|r| view(&names, r)).collect::<AppResult<_>>()?))
+    Ok(Json(app::list(&ctx, &caller).await?))
 }
 
 /// Show an image, by id (`ami-...`) or name.
@@ -94,8 +37,7 @@ pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json
     params(("id" = String, Path, description = "image id (ami-...) or name")),
     responses((status = 200, body = Image), (status = 404, body = nubo_api::error::ErrorBody)))]
 pub async fn show(caller: Caller, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<Json<Image>> {
-    let row = load(&ctx, &caller, &id, Access::Read).await?;
-    Ok(Json(view_one(&ctx, row).await?))
+    Ok(Json(app::show(&ctx, &caller, &id).await?))
 }
 
 /// Register an image (`queued`); upload its file next with `PUT /api/v1/images/{id}/file`.
@@ -107,126 +49,7 @@ pub async fn create(
     State(ctx): State<Arc<Ctx>>,
     ApiJson(p): ApiJson<ImageCreate>,
 ) -> AppResult<(StatusCode, Json<Image>)> {
-    let project = authz::creation_project(&caller)?;
-    check_image_name(&p.name)?;
-    let format: DiskFormat = p.disk_format.parse().map_err(|e| AppError::BadRequest(format!("disk_format: {e}")))?;
-    if p.size_bytes == 0 || p.size_bytes > ctx.config.max_image_bytes {
-        return Err(AppError::BadRequest(format!(
-            "size_bytes must be between 1 and {} (the largest image this cloud accepts), got {}",
-            ctx.config.max_image_bytes, p.size_bytes
-        )));
-    }
-    if let Some(sha) = &p.sha256 {
-        if !crate::registry::is_sha256(sha) {
-            return Err(AppError::BadRequest("sha256 must be 64 lowercase hex digits (`sha256sum FILE`)".into()));
-        }
-    }
-    let visibility = match p.visibility.as_deref() {
-        None | Some("project") => "project",
-        Some("public") => {
-            authz::require_admin(&caller).map_err(|_| {
-                AppError::Forbidden("only operators can publish an image to every project (visibility public)".into())
-            })?;
-            "public"
-        }
-        Some(other) => {
-            return Err(AppError::BadRequest(format!(
-                "visibility '{}' is unknown: use 'project' or 'public'",
-                other.chars().take(40).collect::<String>()
-            )))
-        }
-    };
-    if let Some(k) = &p.kernel_image {
-        if !crate::BUILTIN_IMAGES.iter().any(|(n, _)| n == k) {
-            let known: Vec<&str> = crate::BUILTIN_IMAGES.iter().map(|(n, _)| *n).collect();
-            return Err(AppError::BadRequest(format!(
-                "kernel_image '{}' is not a builtin image; use one of: {}",
-                k.chars().take(64).collect::<String>(),
-                known.join(", ")
-            )));
-        }
-    }
-    let min_disk_gib = p.min_disk_gib.unwrap_or(0);
-    if min_disk_gib > crate::validate::MAX_DISK_GIB {
-        return Err(AppError::BadRequest(format!("min_disk_gib is at most {}", crate::validate::MAX_DISK_GIB)));
-    }
-    let min_memory_mib = p.min_memory_mib.unwrap_or(0);
-    if min_memory_mib > crate::validate::MAX_MEMORY_MIB {
-        return Err(AppError::BadRequest(format!("min_memory_mib is at most {}", crate::validate::MAX_MEMORY_MIB)));
-    }
-    let description = p.description.clone().unwrap_or_default();
-    if description.len() > 1024 {
-        return Err(AppError::BadRequest("description is at most 1024 bytes".into()));
-    }
-    let id = ImageId::generate();
-    let inserted = ctx
-        .store
-        .insert_image_within_quota(
-            &NewImage {
-                id: &id,
-                name: &p.name,
-                project_id: &project,
-                visibility,
-                source: "import",
-                state: "queued",
-                description: &description,
-                disk_format: Some(format.as_str()),
-                size_bytes: Some(p.size_bytes),
-                min_disk_gib,
-                min_memory_mib,
-                kernel_image: p.kernel_image.as_deref(),
-                parent_id: None,
-                source_instance: None,
-            },
-            ctx.config.image_quota_bytes,
-        )
-        .await?
-        .map_err(|usage| over_quota(&caller, &p.name, usage))?;
-    if !inserted {
-        return Err(AppError::Conflict(format!(
-            "this project already has an image named '{}': pick another name, or delete that one first",
-            p.name
-        )));
-    }
-    // The expected checksum rides along until the upload checks it.
-    if let Some(sha) = &p.sha256 {
-        ctx.store.set_expected_sha256(id.as_str(), sha).await?;
-    }
-    let row = ctx.store.image(id.as_str()).await?.ok_or_else(|| AppError::internal("image vanished"))?;
-    tracing::info!(image = %id, name = %p.name, %format, size = p.size_bytes, "image registered");
-    Ok((StatusCode::CREATED, Json(view_one(&ctx, row).await?)))
-}
-
-/// Bytes as people read them.
-fn human(bytes: u64) -> String {
-    match bytes {
-        b if b >= GIB => format!("{:.1} GiB", b as f64 / GIB as f64),
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
-        b => format!("{b} bytes"),
-    }
-}
-
-/// The refusal of an image that does not fit the project's image quota.
-fn over_quota(caller: &Caller, name: &str, u: crate::images::ImageQuotaUsage) -> AppError {
-    let project = caller.project_id.clone().unwrap_or_default();
-    tracing::info!(%project, image = %name, used = u.used, needed = u.needed, quota = u.quota, "image refused: over the image quota");
-    AppError::QuotaExceeded(format!(
-        "image '{name}' does not fit the project's image quota: {} of {} used, and it needs {} more; \
-         delete images the project no longer needs (`nubo image delete NAME`) or ask an operator to raise the \
-         quota (nubo server --image-quota SIZE)",
-        human(u.used),
-        human(u.quota),
-        human(u.needed)
-    ))
-}
-
-/// A refused or failed upload as the user sees it.
-fn upload_error(e: RegistryError) -> AppError {
-    match e {
-        RegistryError::Io { .. } => AppError::internal(e),
-        RegistryError::TooLarge { .. } => AppError::PayloadTooLarge(e.to_string()),
-        other => AppError::BadRequest(format!("the image was refused and not stored: {other}")),
-    }
+    Ok((StatusCode::CREATED, Json(app::create(&ctx, &caller, &p).await?)))
 }
 
 /// Upload a queued image's file (the raw bytes as the body). It is checked
@@ -245,49 +68,8 @@ pub async fn upload(
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> AppResult<Json<Image>> {
-    let row = load(&ctx, &caller, &id, Access::Write).await?;
-    if !ctx.store.set_image_state(&row.id, &["queued"], "saving").await? {
-        return Err(AppError::Conflict(format!(
-            "image {} is {}, not waiting for its file: register a new image to upload another file",
-            row.id, row.state
-        )));
-    }
-    // A body announced larger than the registered size is refused before a
-    // byte is read; one that only turns out larger is cut off at the
-    // registered size while it streams (`store_upload`), and that size is
-    // what the project's image quota already counts.
-    let declared = row.size_bytes.unwrap_or(0).max(0) as u64;
     let announced = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if let Some(n) = announced.filter(|n| *n > declared) {
-        tracing::info!(image = %row.id, declared, announced = n, "image upload refused: larger than registered");
-        // Nothing is kept of a refused image: its row goes (no file was written).
-        ctx.store.delete_image(&row.id).await?;
-        return Err(AppError::PayloadTooLarge(format!(
-            "the upload of image {} is larger than the declared size: it was registered with size_bytes \
-             {declared} and this upload is {n} bytes; nothing was kept: register the image again with its real \
-             size (`ls -l FILE`)",
-            row.id
-        )));
-    }
-    let format: DiskFormat =
-        row.disk_format.as_deref().unwrap_or_default().parse().map_err(|e| AppError::internal(format!("{e}")))?;
-    let size = row.size_bytes.unwrap_or(0) as u64;
-    let expected = ctx.store.expected_sha256(&row.id).await?;
-    match ctx.registry.store_upload(body, size, expected.as_deref(), format).await {
-        Ok(stored) => {
-            let min_disk = (row.min_disk_gib as u64).max(stored.virtual_size.div_ceil(GIB));
-            ctx.store.activate_image(&row.id, &stored.sha256, stored.size, stored.virtual_size, min_disk).await?;
-            tracing::info!(image = %row.id, sha256 = %stored.sha256, virtual_size = stored.virtual_size, "image stored");
-            let row = ctx.store.image(&row.id).await?.ok_or_else(|| AppError::internal("image vanished"))?;
-            Ok(Json(view_one(&ctx, row).await?))
-        }
-        Err(e) => {
-            tracing::info!(image = %row.id, error = %e, "image upload refused");
-            // Nothing is kept of a refused image: not its file, not its row.
-            ctx.store.delete_image(&row.id).await?;
-            Err(upload_error(e))
-        }
-    }
+    Ok(Json(app::upload(&ctx, &caller, &id, announced, reader(body)).await?))
 }
 
 /// Delete an image; refused while instances run it or snapshots came from it.
@@ -296,34 +78,7 @@ pub async fn upload(
     responses((status = 204), (status = 403, body = nubo_api::error::ErrorBody), (status = 404, body = nubo_api::error::ErrorBody),
         (status = 409, description = "in use", body = nubo_api::error::ErrorBody)))]
 pub async fn delete(caller: Caller, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<StatusCode> {
-    let row = load(&ctx, &caller, &id, Access::Write).await?;
-    if row.state == "saving" {
-        return Err(AppError::Conflict(format!(
-            "image {} is being saved; wait until it is active or in error, then delete it",
-            row.id
-        )));
-    }
-    match ctx.store.image_in_use(&row.id).await? {
-        Some(ImageInUse::Instances(ids)) => {
-            return Err(AppError::Conflict(format!(
-                "image {} is in use by instances {}: terminate them first",
-                row.name,
-                ids.join(", ")
-            )))
-        }
-        Some(ImageInUse::Snapshots(ids)) => {
-            return Err(AppError::Conflict(format!(
-                "image {} has instance snapshots taken from it ({}): delete them first",
-                row.name,
-                ids.join(", ")
-            )))
-        }
-        None => {}
-    }
-    if let Some(orphan) = ctx.store.delete_image(&row.id).await? {
-        ctx.registry.remove_blob(&orphan);
-    }
-    tracing::info!(image = %row.id, name = %row.name, "image deleted");
+    app::delete(&ctx, &caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -340,68 +95,7 @@ pub async fn snapshot_instance(
     Path(id): Path<String>,
     ApiJson(p): ApiJson<nubo_api::params::InstanceSnapshot>,
 ) -> AppResult<(StatusCode, Json<Image>)> {
-    let inst = super::instances::load(&ctx, &caller, &id, Access::Write).await?;
-    let project = inst.project_id.clone().ok_or_else(|| AppError::Conflict("the instance has no project".into()))?;
-    check_image_name(&p.name)?;
-    if !matches!(inst.state.as_str(), "running" | "stopped") || inst.desired == "deleted" {
-        return Err(AppError::Conflict(format!(
-            "instance {} is {}; snapshot it when it is running or stopped",
-            inst.id, inst.state
-        )));
-    }
-    let parent = match &inst.image_id {
-        Some(i) => ctx.store.image(i).await?,
-        None => None,
-    };
-    // A snapshot boots like its parent: with the same builtin kernel, or by firmware.
-    let kernel_image = match &parent {
-        Some(pr) if pr.source == "builtin" => Some(pr.name.clone()),
-        Some(pr) => pr.kernel_image.clone(),
-        None => Some(inst.image.clone()),
-    };
-    let description = p.description.clone().unwrap_or_else(|| format!("snapshot of instance {}", inst.id));
-    if description.len() > 1024 {
-        return Err(AppError::BadRequest("description is at most 1024 bytes".into()));
-    }
-    let (used, quota) = (ctx.store.image_bytes_used(&project).await?, ctx.config.image_quota_bytes);
-    if used >= quota {
-        return Err(AppError::QuotaExceeded(format!(
-            "the project's image quota is used up ({} of {}): delete images it no longer needs \
-             (`nubo image delete NAME`) or ask an operator to raise the quota (nubo server --image-quota SIZE)",
-            human(used),
-            human(quota)
-        )));
-    }
-    let image_id = ImageId::generate();
-    let inserted = ctx
-        .store
-        .insert_image(&NewImage {
-            id: &image_id,
-            name: &p.name,
-            project_id: &project,
-            visibility: "project",
-            source: "snapshot",
-            state: "saving",
-            description: &description,
-            disk_format: Some("qcow2"),
-            size_bytes: None,
-            min_disk_gib: inst.disk_gib as u64,
-            min_memory_mib: parent.as_ref().map_or(0, |pr| pr.min_memory_mib as u64),
-            kernel_image: kernel_image.as_deref(),
-            parent_id: parent.as_ref().map(|pr| pr.id.as_str()),
-            source_instance: Some(&inst.id),
-        })
-        .await?;
-    if !inserted {
-        return Err(AppError::Conflict(format!(
-            "this project already has an image named '{}': pick another name, or delete that one first",
-            p.name
-        )));
-    }
-    ctx.bump();
-    tracing::info!(instance = %inst.id, image = %image_id, "instance snapshot requested");
-    let row = ctx.store.image(image_id.as_str()).await?.ok_or_else(|| AppError::internal("image vanished"))?;
-    Ok((StatusCode::ACCEPTED, Json(view_one(&ctx, row).await?)))
+    Ok((StatusCode::ACCEPTED, Json(app::snapshot_instance(&ctx, &caller, &id, &p).await?)))
 }
 
 // ---- agent side ----
@@ -416,13 +110,7 @@ pub async fn agent_download(
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
 ) -> AppResult<Response> {
-    let not_found = || AppError::NotFound { kind: "image", id: id.chars().take(80).collect() };
-    let row = ctx.store.image(&id).await?.filter(|r| r.state == "active").ok_or_else(not_found)?;
-    let path = row.sha256.as_deref().and_then(|s| ctx.registry.blob_path(s)).ok_or_else(not_found)?;
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| AppError::internal(format!("image {} file {}: {e}", row.id, path.display())))?;
-    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let (file, len) = app::file(&ctx, &id).await?;
     let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
     Ok((
         [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::CONTENT_LENGTH, len.to_string())],
@@ -452,73 +140,5 @@ pub async fn agent_capture(
     ApiQuery(q): ApiQuery<CaptureQuery>,
     body: Body,
 ) -> AppResult<Json<Image>> {
-    let row = ctx
-        .store
-        .image(&id)
-        .await?
-        .filter(|r| r.source == "snapshot")
-        .ok_or_else(|| AppError::NotFound { kind: "image", id: id.chars().take(80).collect() })?;
-    let instance = match &row.source_instance {
-        Some(i) => ctx.store.instance(i).await?,
-        None => None,
-    };
-    if instance.and_then(|i| i.host_id).as_deref() != Some(host.host_id.as_str()) {
-        return Err(AppError::Forbidden(format!("image {} is not being taken on host {}", row.id, host.host_id)));
-    }
-    if row.state != "saving" {
-        return Err(AppError::Conflict(format!("image {} is {}, not being saved", row.id, row.state)));
-    }
-    if q.size_bytes == 0 || q.size_bytes > ctx.config.max_image_bytes || !crate::registry::is_sha256(&q.sha256) {
-        return Err(AppError::BadRequest("size_bytes or sha256 out of range".into()));
-    }
-    // The snapshot's size counts against its project's image quota before
-    // its bytes arrive (and the upload is cut off at that size).
-    let project = row.project_id.clone().unwrap_or_default();
-    if let Err(u) = ctx.store.reserve_image_bytes(&project, &row.id, q.size_bytes, ctx.config.image_quota_bytes).await?
-    {
-        let message = format!(
-            "the snapshot ({}) does not fit the project's image quota: {} of {} used; delete images the project \
-             no longer needs (`nubo image delete NAME`) or ask an operator to raise the quota (nubo server --image-quota SIZE)",
-            human(u.needed),
-            human(u.used),
-            human(u.quota)
-        );
-        tracing::info!(image = %row.id, %project, "instance snapshot refused: over the image quota");
-        ctx.store.fail_image(&row.id, &message).await?;
-        ctx.bump();
-        return Err(AppError::QuotaExceeded(message));
-    }
-    match ctx.registry.store_upload(body, q.size_bytes, Some(&q.sha256), DiskFormat::Qcow2).await {
-        Ok(stored) => {
-            let min_disk = (row.min_disk_gib as u64).max(stored.virtual_size.div_ceil(GIB));
-            ctx.store.activate_image(&row.id, &stored.sha256, stored.size, stored.virtual_size, min_disk).await?;
-            ctx.bump();
-            tracing::info!(image = %row.id, sha256 = %stored.sha256, "instance snapshot stored");
-            let row = ctx.store.image(&row.id).await?.ok_or_else(|| AppError::internal("image vanished"))?;
-            Ok(Json(view_one(&ctx, row).await?))
-        }
-        Err(e) => {
-            // The host retries an interrupted upload; a refused file fails the image.
-            if matches!(e, RegistryError::Rejected(_) | RegistryError::TooLarge { .. }) {
-                ctx.store.fail_image(&row.id, &e.to_string()).await?;
-                ctx.bump();
-            }
-            Err(upload_error(e))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn image_names() {
-        for ok in ["debian-12", "my.image_v2", "A"] {
-            assert!(check_image_name(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "../etc/passwd", "a/b", ".hidden", "-x", "a b", &"x".repeat(129)] {
-            assert!(check_image_name(bad).is_err(), "{bad}");
-        }
-    }
+    Ok(Json(app::capture(&ctx, &host, &id, q.size_bytes, &q.sha256, reader(body)).await?))
 }

@@ -1,126 +1,24 @@
-//! `/api/v1/volumes` and `/api/v1/snapshots`: data disks on hosts'
-//! storage pools, attached to instances, grown, copied at a point in time.
-//! Handlers record what is wanted; the volume's host makes it so and
-//! reports back, and the states move as EC2 users know them (creating,
-//! available, in-use, deleting; attaching, attached, detaching).
+//! `/api/v1/volumes` and `/api/v1/snapshots`: the REST adapter over
+//! `app::volumes` (data disks on hosts' storage pools, attached to
+//! instances, grown, copied at a point in time). Each handler extracts
+//! the request, calls the operation and answers with its status.
 
+use crate::app::volumes as app;
 use crate::auth::Caller;
-use crate::authz::{self, Access};
-use crate::error::{ApiJson, AppError, AppResult};
-use crate::volumes::{AttachOutcome, NewVolume, SnapshotRow, StorageClaimError, VolumeRow};
-use crate::{placement, validate, Ctx};
+use crate::error::{ApiJson, AppResult};
+use crate::Ctx;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use nubo_api::ids::{SnapshotId, VolumeId};
 use nubo_api::params::{SnapshotCreate, VolumeAttach, VolumeCreate, VolumeExtend};
-use nubo_api::views::{Snapshot, Volume, VolumeAttachment};
+use nubo_api::views::{Snapshot, Volume};
 use std::sync::Arc;
-
-fn parse<T: std::str::FromStr<Err = nubo_api::ids::IdError>>(id: &str) -> AppResult<T> {
-    id.parse().map_err(|e: nubo_api::ids::IdError| AppError::BadRequest(e.to_string()))
-}
-
-fn claim_error(e: StorageClaimError, what: &str) -> AppError {
-    match e {
-        StorageClaimError::Quota(m) => AppError::QuotaExceeded(m),
-        StorageClaimError::Pool(m) => AppError::NoValidHost(format!("cannot {what}: {m}")),
-        StorageClaimError::State => {
-            AppError::Conflict(format!("cannot {what}: it changed meanwhile (another request); look at it and retry"))
-        }
-        StorageClaimError::Db(e) => e.into(),
-    }
-}
-
-fn check_size(size_gib: u64) -> AppResult<()> {
-    if size_gib == 0 || size_gib > validate::MAX_DISK_GIB {
-        return Err(AppError::BadRequest(format!(
-            "size_gib must be between 1 and {}, got {size_gib}",
-            validate::MAX_DISK_GIB
-        )));
-    }
-    Ok(())
-}
-
-/// Loads a volume the caller may access.
-pub(crate) async fn load(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> AppResult<VolumeRow> {
-    let id: VolumeId = parse(id)?;
-    let row = ctx
-        .store
-        .volume(id.as_str())
-        .await?
-        .filter(|v| v.state != "deleted")
-        .ok_or(AppError::NotFound { kind: "volume", id: id.to_string() })?;
-    authz::check(caller, access, Some(&row.project_id), "volume", id.as_str())?;
-    Ok(row)
-}
-
-pub(crate) async fn load_snapshot(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> AppResult<SnapshotRow> {
-    let id: SnapshotId = parse(id)?;
-    let row = ctx
-        .store
-        .snapshot(id.as_str())
-        .await?
-        .filter(|s| s.state != "deleted")
-        .ok_or(AppError::NotFound { kind: "snapshot", id: id.to_string() })?;
-    authz::check(caller, access, Some(&row.project_id), "snapshot", id.as_str())?;
-    Ok(row)
-}
-
-pub(crate) async fn view(ctx: &Ctx, v: VolumeRow) -> AppResult<Volume> {
-    let host = ctx.store.host(&v.host_id).await?;
-    let attachment = match (&v.instance_id, &v.attach_state) {
-        (Some(i), Some(state)) => Some(VolumeAttachment {
-            instance_id: i.parse().map_err(AppError::internal)?,
-            state: state.clone(),
-            serial: parse::<VolumeId>(&v.id)?.serial(),
-            guest_device: v.guest_device.clone(),
-            guest_size_bytes: v.guest_size_bytes.map(|b| b as u64),
-        }),
-        _ => None,
-    };
-    Ok(Volume {
-        id: v.id.parse().map_err(AppError::internal)?,
-        name: v.name,
-        size_gib: v.size_gib as u64,
-        actual_size_gib: v.actual_size_gib as u64,
-        state: v.state,
-        host: Some(v.host_id.parse().map_err(AppError::internal)?),
-        host_name: host.map(|h| h.name),
-        attachment,
-        snapshot_id: v.snapshot_id.and_then(|s| s.parse().ok()),
-        tags: ctx.store.tags_of(&v.id).await?,
-        error: v.error,
-        created_at_ms: v.created_at_ms,
-        updated_at_ms: v.updated_at_ms,
-    })
-}
-
-fn snapshot_view(s: SnapshotRow) -> AppResult<Snapshot> {
-    Ok(Snapshot {
-        id: s.id.parse().map_err(AppError::internal)?,
-        name: s.name,
-        volume_id: s.volume_id.parse().map_err(AppError::internal)?,
-        size_gib: s.size_gib as u64,
-        state: s.state,
-        consistency: s.consistency,
-        host: s.host_id.parse().ok(),
-        error: s.error,
-        created_at_ms: s.created_at_ms,
-        completed_at_ms: s.completed_at_ms,
-    })
-}
 
 /// List volumes (deleted ones are not shown).
 #[utoipa::path(get, path = "/api/v1/volumes", tag = "volumes", operation_id = "list_volumes",
     responses((status = 200, body = Vec<Volume>), (status = 401, body = nubo_api::error::ErrorBody)))]
 pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Volume>>> {
-    let Some(project) = authz::list_scope(&caller) else { return Ok(Json(Vec::new())) };
-    let mut out = Vec::new();
-    for v in ctx.store.volumes(project.as_deref()).await? {
-        out.push(view(&ctx, v).await?);
-    }
-    Ok(Json(out))
+    Ok(Json(app::list(&ctx, &caller).await?))
 }
 
 /// Create a volume: a sparse file on one host's storage pool, claimed up
@@ -134,53 +32,8 @@ pub async fn create(
     State(ctx): State<Arc<Ctx>>,
     ApiJson(p): ApiJson<VolumeCreate>,
 ) -> AppResult<(StatusCode, Json<Volume>)> {
-    let project = authz::creation_project(&caller)?;
-    check_size(p.size_gib)?;
-    if let Some(n) = &p.name {
-        validate::name(n)?;
-    }
-    // Where it can go: the snapshot's host (its content is there), or the
-    // named instance's host, or wherever the pool has room.
-    let mut host_hint = None;
-    if let Some(snap) = &p.snapshot_id {
-        let s = load_snapshot(&ctx, &caller, snap.as_str(), Access::Read).await?;
-        if s.state != "completed" {
-            return Err(AppError::Conflict(format!("snapshot {} is {}; wait until it is completed", s.id, s.state)));
-        }
-        if p.size_gib < s.size_gib as u64 {
-            return Err(AppError::BadRequest(format!(
-                "a volume from snapshot {} needs at least its size, {} GiB",
-                s.id, s.size_gib
-            )));
-        }
-        host_hint = Some(s.host_id);
-    }
-    if let Some(i) = &p.instance_id {
-        let inst = super::instances::load(&ctx, &caller, i.as_str(), Access::Read).await?;
-        let h = inst.host_id.ok_or_else(|| AppError::Conflict(format!("instance {i} is not on a host yet")))?;
-        if host_hint.as_ref().is_some_and(|s| *s != h) {
-            return Err(AppError::Conflict(format!(
-                "the snapshot lives on another host than instance {i}; volumes from a snapshot are created on the snapshot's host"
-            )));
-        }
-        host_hint = Some(h);
-    }
-    let id = VolumeId::generate();
-    let name = p.name.clone().unwrap_or_else(|| id.to_string());
-    let (host, limit) = placement::place_storage(&ctx, p.size_gib, host_hint.as_deref()).await?;
-    let new = NewVolume {
-        id: id.as_str(),
-        project_id: &project,
-        name: &name,
-        host_id: &host,
-        size_gib: p.size_gib,
-        snapshot_id: p.snapshot_id.as_ref().map(|s| s.as_str()),
-    };
-    ctx.store.create_volume(&new, limit).await.map_err(|e| claim_error(e, "create the volume"))?;
-    ctx.bump();
-    tracing::info!(volume = %id, %host, size_gib = p.size_gib, "volume placed");
-    let row = ctx.store.volume(id.as_str()).await?.ok_or_else(|| AppError::internal("volume vanished"))?;
-    Ok((StatusCode::CREATED, Json(view(&ctx, row).await?)))
+    let row = app::create(&ctx, &caller, &p).await?;
+    Ok((StatusCode::CREATED, Json(app::view(&ctx, row).await?)))
 }
 
 /// Show a volume with its attachment.
@@ -188,8 +41,7 @@ pub async fn create(
     params(("id" = String, Path, description = "volume id, vol-...")),
     responses((status = 200, body = Volume), (status = 404, body = nubo_api::error::ErrorBody)))]
 pub async fn show(caller: Caller, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<Json<Volume>> {
-    let v = load(&ctx, &caller, &id, Access::Read).await?;
-    Ok(Json(view(&ctx, v).await?))
+    Ok(Json(app::show(&ctx, &caller, &id).await?))
 }
 
 /// Delete an available volume (detach it first).
@@ -201,16 +53,8 @@ pub async fn delete(
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
 ) -> AppResult<(StatusCode, Json<Volume>)> {
-    let v = load(&ctx, &caller, &id, Access::Write).await?;
-    if !ctx.store.delete_volume(&v.id).await? {
-        return Err(AppError::Conflict(match &v.instance_id {
-            Some(i) => format!("volume {} is attached to {i}: detach it first (`nubo volume detach {}`)", v.id, v.id),
-            None => format!("volume {} is {}; it can be deleted once it is available", v.id, v.state),
-        }));
-    }
-    ctx.bump();
-    let v = load(&ctx, &caller, &id, Access::Read).await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&ctx, v).await?)))
+    let row = app::delete(&ctx, &caller, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(app::view(&ctx, row).await?)))
 }
 
 /// Attach a volume to an instance on the same host: hot-plugged into a
@@ -224,50 +68,8 @@ pub async fn attach(
     Path(id): Path<String>,
     ApiJson(p): ApiJson<VolumeAttach>,
 ) -> AppResult<(StatusCode, Json<Volume>)> {
-    let v = load(&ctx, &caller, &id, Access::Write).await?;
-    let inst = super::instances::load(&ctx, &caller, p.instance_id.as_str(), Access::Write).await?;
-    if inst.project_id.as_deref() != Some(v.project_id.as_str()) {
-        return Err(AppError::Conflict(format!(
-            "volume {} and instance {} belong to different projects",
-            v.id, inst.id
-        )));
-    }
-    if inst.desired == "deleted" || inst.state == "terminated" {
-        return Err(AppError::Conflict(format!("instance {} is terminated", inst.id)));
-    }
-    if inst.host_id.as_deref() != Some(v.host_id.as_str()) {
-        return Err(AppError::Conflict(format!(
-            "volume {} lives on another host's storage pool than instance {}; a volume attaches to instances on its own host: create the volume with `--instance {}`",
-            v.id, inst.id, inst.id
-        )));
-    }
-    if v.state != "available" {
-        return Err(AppError::Conflict(match &v.instance_id {
-            Some(i) => format!("volume {} is already attached to {i}", v.id),
-            None => format!("volume {} is {}; it can be attached once it is available", v.id, v.state),
-        }));
-    }
-    let slots = nubo_api::MAX_VOLUMES_PER_INSTANCE;
-    match ctx.store.attach_volume(&v.id, &inst.id, slots).await? {
-        AttachOutcome::Attached(slot) => {
-            tracing::info!(volume = %v.id, instance = %inst.id, slot, "volume attaching")
-        }
-        AttachOutcome::NotAvailable => {
-            return Err(AppError::Conflict(format!(
-                "volume {} was attached or changed meanwhile; look at it again",
-                v.id
-            )))
-        }
-        AttachOutcome::NoFreeSlot => {
-            return Err(AppError::Conflict(format!(
-                "instance {} already has {slots} volumes attached, the most it can take; detach one first",
-                inst.id
-            )))
-        }
-    }
-    ctx.bump();
-    let v = load(&ctx, &caller, &id, Access::Read).await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&ctx, v).await?)))
+    let row = app::attach(&ctx, &caller, &id, &p).await?;
+    Ok((StatusCode::ACCEPTED, Json(app::view(&ctx, row).await?)))
 }
 
 /// Detach a volume: hot-unplugged from a running guest once it lets go.
@@ -279,16 +81,8 @@ pub async fn detach(
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
 ) -> AppResult<(StatusCode, Json<Volume>)> {
-    let v = load(&ctx, &caller, &id, Access::Write).await?;
-    if !ctx.store.detach_volume(&v.id).await? {
-        return Err(AppError::Conflict(match v.attach_state.as_deref() {
-            Some("detaching") => format!("volume {} is already being detached", v.id),
-            _ => format!("volume {} is not attached", v.id),
-        }));
-    }
-    ctx.bump();
-    let v = load(&ctx, &caller, &id, Access::Read).await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&ctx, v).await?)))
+    let row = app::detach(&ctx, &caller, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(app::view(&ctx, row).await?)))
 }
 
 /// Grow a volume; an attached one is resized online and the guest sees it.
@@ -301,25 +95,8 @@ pub async fn extend(
     Path(id): Path<String>,
     ApiJson(p): ApiJson<VolumeExtend>,
 ) -> AppResult<(StatusCode, Json<Volume>)> {
-    let v = load(&ctx, &caller, &id, Access::Write).await?;
-    check_size(p.size_gib)?;
-    if p.size_gib <= v.size_gib as u64 {
-        return Err(AppError::BadRequest(format!(
-            "volume {} is {} GiB; extend makes it larger (shrinking would lose data)",
-            v.id, v.size_gib
-        )));
-    }
-    if !matches!(v.state.as_str(), "available" | "in-use") || v.attach_state.as_deref() == Some("detaching") {
-        return Err(AppError::Conflict(format!(
-            "volume {} is {}; extend it once it is available or in use",
-            v.id, v.state
-        )));
-    }
-    let (_, limit) = placement::place_storage(&ctx, p.size_gib - v.size_gib as u64, Some(&v.host_id)).await?;
-    ctx.store.extend_volume(&v, p.size_gib, limit).await.map_err(|e| claim_error(e, "extend the volume"))?;
-    ctx.bump();
-    let v = load(&ctx, &caller, &id, Access::Read).await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&ctx, v).await?)))
+    let row = app::extend(&ctx, &caller, &id, &p).await?;
+    Ok((StatusCode::ACCEPTED, Json(app::view(&ctx, row).await?)))
 }
 
 /// Take a point-in-time snapshot of a volume (consistent: the guest's file
@@ -333,35 +110,15 @@ pub async fn create_snapshot(
     Path(id): Path<String>,
     ApiJson(p): ApiJson<SnapshotCreate>,
 ) -> AppResult<(StatusCode, Json<Snapshot>)> {
-    let v = load(&ctx, &caller, &id, Access::Write).await?;
-    if let Some(n) = &p.name {
-        validate::name(n)?;
-    }
-    if !matches!(v.state.as_str(), "available" | "in-use") {
-        return Err(AppError::Conflict(format!(
-            "volume {} is {}; snapshot it once it is available or in use",
-            v.id, v.state
-        )));
-    }
-    let sid = SnapshotId::generate();
-    let name = p.name.clone().unwrap_or_else(|| sid.to_string());
-    let (_, limit) = placement::place_storage(&ctx, v.size_gib as u64, Some(&v.host_id)).await?;
-    ctx.store
-        .create_snapshot(sid.as_str(), &name, &v, limit)
-        .await
-        .map_err(|e| claim_error(e, "snapshot the volume"))?;
-    ctx.bump();
-    let s = ctx.store.snapshot(sid.as_str()).await?.ok_or_else(|| AppError::internal("snapshot vanished"))?;
-    Ok((StatusCode::ACCEPTED, Json(snapshot_view(s)?)))
+    let s = app::create_snapshot(&ctx, &caller, &id, &p).await?;
+    Ok((StatusCode::ACCEPTED, Json(app::snapshot_view(s)?)))
 }
 
 /// List volume snapshots.
 #[utoipa::path(get, path = "/api/v1/snapshots", tag = "volumes", operation_id = "list_snapshots",
     responses((status = 200, body = Vec<Snapshot>)))]
 pub async fn list_snapshots(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Snapshot>>> {
-    let Some(project) = authz::list_scope(&caller) else { return Ok(Json(Vec::new())) };
-    let rows = ctx.store.snapshots(project.as_deref()).await?;
-    Ok(Json(rows.into_iter().map(snapshot_view).collect::<AppResult<_>>()?))
+    Ok(Json(app::list_snapshots(&ctx, &caller).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/snapshots/{id}", tag = "volumes", operation_id = "show_snapshot",
@@ -372,7 +129,7 @@ pub async fn show_snapshot(
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
 ) -> AppResult<Json<Snapshot>> {
-    Ok(Json(snapshot_view(load_snapshot(&ctx, &caller, &id, Access::Read).await?)?))
+    Ok(Json(app::show_snapshot(&ctx, &caller, &id).await?))
 }
 
 /// Delete a snapshot (volumes made from it are independent copies).
@@ -384,19 +141,6 @@ pub async fn delete_snapshot(
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
 ) -> AppResult<(StatusCode, Json<Snapshot>)> {
-    let s = load_snapshot(&ctx, &caller, &id, Access::Write).await?;
-    let busy = ctx.store.volumes_from_snapshot(&s.id).await?;
-    if !busy.is_empty() {
-        return Err(AppError::Conflict(format!(
-            "volumes {} are being created from snapshot {}; delete it once they are available",
-            busy.join(", "),
-            s.id
-        )));
-    }
-    if !ctx.store.delete_snapshot(&s.id).await? {
-        return Err(AppError::Conflict(format!("snapshot {} is {}; delete it once it is completed", s.id, s.state)));
-    }
-    ctx.bump();
-    let s = load_snapshot(&ctx, &caller, &id, Access::Read).await?;
-    Ok((StatusCode::ACCEPTED, Json(snapshot_view(s)?)))
+    let s = app::delete_snapshot(&ctx, &caller, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(app::snapshot_view(s)?)))
 }

@@ -33,16 +33,16 @@ async fn writable(ctx: &Ctx, caller: &Caller, id: &str) -> Ec2Result<(String, &'
                 .unwrap_or_default()
         }
         "volume" => {
-            crate::api::volumes::load(ctx, caller, id, Access::Write).await.in_domain(Domain::Volume)?.project_id
+            crate::app::volumes::load(ctx, caller, id, Access::Write).await.in_domain(Domain::Volume)?.project_id
         }
         "snapshot" => {
-            crate::api::volumes::load_snapshot(ctx, caller, id, Access::Write)
+            crate::app::volumes::load_snapshot(ctx, caller, id, Access::Write)
                 .await
                 .in_domain(Domain::Volume)?
                 .project_id
         }
         "image" => {
-            let img = crate::api::images::load(ctx, caller, id, Access::Read).await.in_domain(Domain::Other)?;
+            let img = crate::app::images::load(ctx, caller, id, Access::Read).await.in_domain(Domain::Other)?;
             let Some(project) = img.project_id else {
                 return Err(Ec2Error::unauthorized(format!(
                     "image {id} is builtin: only a project's own images can be tagged"

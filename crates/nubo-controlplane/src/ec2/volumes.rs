@@ -1,20 +1,19 @@
 //! EC2 volumes: CreateVolume, DescribeVolumes, AttachVolume, DetachVolume
-//! and DeleteVolume on Nubo's volumes (the REST handlers in
-//! `api::volumes` do the work, so quotas, pools and the agent's hot-plug
-//! are the REST API's). The device name an attach asks for is kept and
-//! echoed; the guest sees the disk by its serial (`vol<hex>`).
+//! and DeleteVolume on Nubo's volumes (the operations in `app::volumes`
+//! do the work, so quotas, pools and the agent's hot-plug are the same as
+//! over REST). The device name an attach asks for is kept and echoed; the
+//! guest sees the disk by its serial (`vol<hex>`).
 
 use super::error::{Domain, Ec2Error, Ec2Result, InDomain};
 use super::query::{self, Page, Params};
 use super::xml::{self, El};
 use super::{project_of, Answer};
-use crate::api::volumes as rest;
+use crate::app::volumes as app;
 use crate::auth::Caller;
 use crate::authz::Access;
-use crate::error::{ApiJson, AppError};
+use crate::error::AppError;
 use crate::volumes::VolumeRow;
 use crate::Ctx;
-use axum::extract::{Path, State};
 use nubo_api::ids::{SnapshotId, VolumeId};
 use nubo_api::params::{VolumeAttach, VolumeCreate};
 use std::collections::{BTreeMap, HashMap};
@@ -44,7 +43,7 @@ fn parse_volume_id(id: &str) -> Ec2Result<VolumeId> {
 
 async fn load(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> Ec2Result<VolumeRow> {
     let id = parse_volume_id(id)?;
-    rest::load(ctx, caller, id.as_str(), access).await.in_domain(Domain::Volume)
+    app::load(ctx, caller, id.as_str(), access).await.in_domain(Domain::Volume)
 }
 
 fn attachment_el(name: &'static str, v: &VolumeRow, status: &str) -> El {
@@ -95,7 +94,7 @@ pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
     let size_gib = match (size, &snapshot_id) {
         (Some(s), _) => s as u64,
         (None, Some(s)) => {
-            let snap = rest::load_snapshot(ctx, caller, s.as_str(), Access::Read).await.in_domain(Domain::Volume)?;
+            let snap = app::load_snapshot(ctx, caller, s.as_str(), Access::Read).await.in_domain(Domain::Volume)?;
             snap.size_gib as u64
         }
         (None, None) => return Err(Ec2Error::missing("Size")),
@@ -123,9 +122,7 @@ pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
     let name =
         tags.iter().find(|(k, _)| k == "Name").map(|(_, v)| v.clone()).filter(|n| crate::validate::name(n).is_ok());
     let body = VolumeCreate { size_gib, name, snapshot_id, instance_id: None };
-    let (_, axum::Json(view)) =
-        rest::create(caller.clone(), State(ctx.clone()), ApiJson(body)).await.in_domain(Domain::Volume)?;
-    let row = ctx.store.volume(view.id.as_str()).await?.ok_or_else(Ec2Error::internal)?;
+    let row = app::create(ctx, caller, &body).await.in_domain(Domain::Volume)?;
     if !tags.is_empty() {
         ctx.store
             .set_tags(&[(row.id.clone(), "volume", row.project_id.clone())], &tags)
@@ -160,7 +157,7 @@ pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<
         let mut rows = Vec::new();
         let mut missing = Vec::new();
         for id in &ids {
-            match rest::load(ctx, caller, id.as_str(), Access::Read).await {
+            match app::load(ctx, caller, id.as_str(), Access::Read).await {
                 Ok(r) => rows.push(r),
                 Err(AppError::NotFound { .. }) => missing.push(id.to_string()),
                 Err(e) => return Err(Ec2Error::from_app(e, Domain::Volume)),
@@ -218,9 +215,7 @@ pub async fn attach(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
         ));
     }
     let body = VolumeAttach { instance_id: instance };
-    let _ = rest::attach(caller.clone(), State(ctx.clone()), Path(v.id.clone()), ApiJson(body))
-        .await
-        .in_domain(Domain::Volume)?;
+    app::attach(ctx, caller, &v.id, &body).await.in_domain(Domain::Volume)?;
     ctx.store.set_volume_device_name(&v.id, Some(&device)).await?;
     let row = ctx.store.volume(&v.id).await?.ok_or_else(Ec2Error::internal)?;
     Ok(attachment_fields(&row, row.attach_state.as_deref().unwrap_or("attaching")))
@@ -247,7 +242,7 @@ pub async fn detach(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
             format!("Volume '{}' is in the '{}' state (not attached)", v.id, v.state),
         ));
     }
-    let _ = rest::detach(caller.clone(), State(ctx.clone()), Path(v.id.clone())).await.in_domain(Domain::Volume)?;
+    app::detach(ctx, caller, &v.id).await.in_domain(Domain::Volume)?;
     let row = ctx.store.volume(&v.id).await?.unwrap_or(v);
     Ok(attachment_fields(&row, "detaching"))
 }
@@ -260,7 +255,7 @@ pub async fn delete(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
             format!("Volume {} is currently attached to {i}: detach it first", v.id),
         ));
     }
-    let _ = rest::delete(caller.clone(), State(ctx.clone()), Path(v.id.clone())).await.in_domain(Domain::Volume)?;
+    app::delete(ctx, caller, &v.id).await.in_domain(Domain::Volume)?;
     ctx.store.delete_tags(std::slice::from_ref(&v.id), &[]).await?;
     Ok(vec![El::text("return", "true")])
 }

@@ -9,7 +9,7 @@ use super::session::{Posted, Session};
 use super::{see_other, Empty, PageResult, PortalError};
 use crate::api;
 use crate::app;
-use crate::error::{ApiJson, ApiQuery, AppError};
+use crate::error::{ApiQuery, AppError};
 use crate::instance_batch::{Scope, Selection};
 use crate::Ctx;
 use axum::extract::{Path, Query, State};
@@ -166,7 +166,7 @@ impl LaunchForm {
 }
 
 async fn launch_form(ctx: &Arc<Ctx>, s: &Session, f: &LaunchForm, error: Option<&str>) -> PageResult {
-    let images = api::images::list(s.caller.clone(), State(ctx.clone())).await?.0;
+    let images = app::images::list(ctx, &s.caller).await?;
     let keypairs = app::provisioning::list_keypairs(ctx, &s.caller).await.unwrap_or_default();
     let recipes = app::provisioning::list_recipes(ctx, &s.caller).await?;
     let body = html! {
@@ -321,7 +321,7 @@ async fn show(
     let range = q.range.as_deref().filter(|r| RANGES.contains(r)).unwrap_or("15m");
     let id = i.id.as_str().to_string();
     let recipes = app::provisioning::list_recipes(&ctx, &s.caller).await?;
-    let volumes = api::volumes::list(s.caller.clone(), State(ctx.clone())).await.map(|j| j.0).unwrap_or_default();
+    let volumes = app::volumes::list(&ctx, &s.caller).await.unwrap_or_default();
     let available: Vec<_> = volumes.iter().filter(|v| v.state == "available").collect();
     let attached: Vec<_> =
         volumes.iter().filter(|v| v.attachment.as_ref().is_some_and(|a| a.instance_id == i.id)).collect();
@@ -583,14 +583,7 @@ async fn attach_volume(
     Posted { session: s, form }: Posted<AttachForm>,
 ) -> PageResult {
     let instance_id = id.parse().map_err(|e: nubo_api::ids::IdError| AppError::BadRequest(e.to_string()))?;
-    api::volumes::attach(
-        s.caller.clone(),
-        State(ctx.clone()),
-        Path(form.volume_id),
-        ApiJson(VolumeAttach { instance_id }),
-    )
-    .await
-    .map(drop)?;
+    app::volumes::attach(&ctx, &s.caller, &form.volume_id, &VolumeAttach { instance_id }).await.map(drop)?;
     Ok(see_other(&format!("/ui/instances/{id}")))
 }
 

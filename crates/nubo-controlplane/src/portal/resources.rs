@@ -213,9 +213,8 @@ struct VolumeForm {
 }
 
 async fn volumes(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
-    let c = || s.caller.clone();
-    let vols = api::volumes::list(c(), State(ctx.clone())).await?.0;
-    let snaps = api::volumes::list_snapshots(c(), State(ctx.clone())).await?.0;
+    let vols = app::volumes::list(&ctx, &s.caller).await?;
+    let snaps = app::volumes::list_snapshots(&ctx, &s.caller).await?;
     let project = s.project_id()?.to_string();
     let mut instances = Vec::new();
     for row in ctx.store.instances(Some(&project)).await? {
@@ -303,7 +302,7 @@ async fn create_volume(State(ctx): State<Arc<Ctx>>, Posted { session: s, form }:
     };
     let name = Some(form.name.trim().to_string()).filter(|n| !n.is_empty());
     let p = VolumeCreate { size_gib, name, snapshot_id: None, instance_id };
-    api::volumes::create(s.caller.clone(), State(ctx.clone()), ApiJson(p)).await.map(drop)?;
+    app::volumes::create(&ctx, &s.caller, &p).await.map(drop)?;
     Ok(see_other("/ui/volumes"))
 }
 
@@ -325,22 +324,20 @@ async fn volume_action(
     Query(q): Query<BackQuery>,
     Posted { session: s, form }: Posted<VolumeActionForm>,
 ) -> PageResult {
-    let (c, st, p) = (s.caller.clone(), State(ctx.clone()), Path(id));
+    let (ctx, c) = (&ctx, &s.caller);
     match action.as_str() {
-        "detach" => api::volumes::detach(c, st, p).await.map(drop)?,
-        "delete" => api::volumes::delete(c, st, p).await.map(drop)?,
+        "detach" => app::volumes::detach(ctx, c, &id).await.map(drop)?,
+        "delete" => app::volumes::delete(ctx, c, &id).await.map(drop)?,
         "attach" => {
             let instance_id = form.instance_id.parse().map_err(|e: nubo_api::ids::IdError| bad(e))?;
-            api::volumes::attach(c, st, p, ApiJson(VolumeAttach { instance_id })).await.map(drop)?
+            app::volumes::attach(ctx, c, &id, &VolumeAttach { instance_id }).await.map(drop)?
         }
         "extend" => {
             let size_gib =
                 form.size_gib.trim().parse().map_err(|_| bad("the new size must be a whole number of GiB"))?;
-            api::volumes::extend(c, st, p, ApiJson(VolumeExtend { size_gib })).await.map(drop)?
+            app::volumes::extend(ctx, c, &id, &VolumeExtend { size_gib }).await.map(drop)?
         }
-        "snapshot" => {
-            api::volumes::create_snapshot(c, st, p, ApiJson(SnapshotCreate { name: None })).await.map(drop)?
-        }
+        "snapshot" => app::volumes::create_snapshot(ctx, c, &id, &SnapshotCreate { name: None }).await.map(drop)?,
         other => return Err(bad(format!("unknown volume action '{}'", other.chars().take(20).collect::<String>()))),
     }
     Ok(see_other(&session::safe_next(q.back.as_deref().unwrap_or("/ui/volumes"))))
@@ -351,14 +348,14 @@ async fn delete_snapshot(
     Path(id): Path<String>,
     Posted { session: s, .. }: Posted<Empty>,
 ) -> PageResult {
-    api::volumes::delete_snapshot(s.caller.clone(), State(ctx.clone()), Path(id)).await.map(drop)?;
+    app::volumes::delete_snapshot(&ctx, &s.caller, &id).await.map(drop)?;
     Ok(see_other("/ui/volumes"))
 }
 
 // ---- images ----
 
 async fn images(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
-    let list = api::images::list(s.caller.clone(), State(ctx.clone())).await?.0;
+    let list = app::images::list(&ctx, &s.caller).await?;
     let body = html! {
         p.muted { "Import an image with " code { "nubo image import FILE --name NAME" } " (raw or qcow2); it is checked before it can boot." }
         table.list {
