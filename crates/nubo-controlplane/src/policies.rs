@@ -113,7 +113,7 @@ enum Step {
 
 /// `30s`, `5m`, `1h`, `2d` or seconds, in ms.
 pub fn duration_ms(s: &str) -> Option<i64> {
-    crate::api::monitoring::parse_duration_ms(s)
+    crate::app::monitoring::parse_duration_ms(s)
 }
 
 /// The breach logic for one target. Returns (new state, fire now).
@@ -171,7 +171,7 @@ pub fn validate(doc: &PolicyDoc) -> Result<(), String> {
     let c = &doc.condition;
     match (&c.metric, &c.check_state) {
         (Some(m), None) => {
-            let m = crate::api::monitoring::canonical_metric(m);
+            let m = crate::app::monitoring::canonical_metric(m);
             if !nubo_api::monitoring::valid_metric_name(&m) {
                 return Err(format!("condition.metric '{m}' is not a metric name"));
             }
@@ -391,7 +391,7 @@ impl Store {
     /// or the worst hard state of its checks (0 OK .. 2 CRITICAL, UNKNOWN as 1).
     async fn condition_value(&self, doc: &PolicyDoc, resource: &str, now: i64) -> Result<Option<f64>, sqlx::Error> {
         if let Some(m) = &doc.condition.metric {
-            let m = crate::api::monitoring::canonical_metric(m);
+            let m = crate::app::monitoring::canonical_metric(m);
             return self.latest_value(resource, &m, now - STALE_MS).await;
         }
         let states: Vec<String> =

@@ -1,35 +1,16 @@
 //! `/api/v1/policies` and `/api/v1/groups`: service policies (applied as
 //! whole documents, by name) with their firings, and instance groups
-//! with their members and activity. The work itself happens in the
-//! monitor task (`policies`, `groups`).
+//! with their members and activity. The work is `app::automation`'s.
 
+use crate::app::automation as app;
 use crate::auth::Caller;
-use crate::authz::{self, Access};
-use crate::error::{ApiJson, AppError, AppResult};
+use crate::error::{ApiJson, AppResult};
 use crate::Ctx;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use nubo_api::automation::{Group, GroupCreate, GroupDesired, GroupMember, Policy, PolicyDoc};
+use nubo_api::automation::{Group, GroupCreate, GroupDesired, Policy, PolicyDoc};
 use std::sync::Arc;
-
-async fn policy_view(ctx: &Ctx, p: crate::policies::PolicyRow, firings: i64) -> AppResult<Policy> {
-    let doc = p.doc().ok_or_else(|| AppError::internal(format!("policy {} does not parse", p.id)))?;
-    let firings = if firings > 0 {
-        ctx.store.firings(&p.id, firings).await?.iter().map(|f| crate::policies::firing_view(f, &p.name)).collect()
-    } else {
-        Vec::new()
-    };
-    Ok(Policy {
-        breaching: ctx.store.breaching_targets(&p.id).await?,
-        id: p.id,
-        name: p.name,
-        doc,
-        created_at_ms: p.created_at_ms,
-        updated_at_ms: p.updated_at_ms,
-        firings,
-    })
-}
 
 /// Create or replace (by name) a policy.
 #[utoipa::path(post, path = "/api/v1/policies", tag = "automation", operation_id = "apply_policy", request_body = PolicyDoc,
@@ -39,70 +20,13 @@ pub async fn apply(
     State(ctx): State<Arc<Ctx>>,
     ApiJson(doc): ApiJson<PolicyDoc>,
 ) -> AppResult<Json<Policy>> {
-    let project = authz::creation_project(&caller)?;
-    crate::policies::validate(&doc).map_err(|e| AppError::BadRequest(format!("the policy is not valid: {e}")))?;
-    // What it names must be the project's (and a host scope is for operators).
-    if let Some(i) = &doc.scope.instance {
-        super::instances::load(&ctx, &caller, i.as_str(), Access::Write).await?;
-    }
-    if let Some(h) = &doc.scope.host {
-        authz::require_admin(&caller)?;
-        if ctx.store.host(h).await?.is_none() {
-            return Err(AppError::NotFound { kind: "host", id: h.chars().take(64).collect() });
-        }
-    }
-    for g in doc.scope.group.iter().chain(doc.actions.iter().filter_map(|a| match a {
-        nubo_api::automation::PolicyAction::Scale { group: Some(g), .. } => Some(g),
-        _ => None,
-    })) {
-        if ctx.store.group_by_name(&project, g).await?.is_none() {
-            return Err(AppError::BadRequest(format!(
-                "group '{g}' does not exist in this project (see `nubo group list`)"
-            )));
-        }
-    }
-    for a in &doc.actions {
-        if let nubo_api::automation::PolicyAction::Notify { webhook } = a {
-            crate::webhooks::check_url(webhook, &ctx.config.webhook_allow)
-                .map_err(|e| AppError::BadRequest(format!("policy '{}': notify.webhook {e}", doc.name)))?;
-        }
-    }
-    if ctx.store.policy_by_name(&project, &doc.name).await?.is_none() {
-        let max = ctx.config.max_policies_per_project;
-        if ctx.store.policy_count(&project).await? >= i64::from(max) {
-            return Err(AppError::QuotaExceeded(format!(
-                "policy '{}' not created: the project already has {max} policies, the most this cloud allows; \
-                 delete policies it no longer needs (`nubo policy delete NAME`) or ask an operator to raise the \
-                 limit (nubo server --max-policies-per-project N)",
-                doc.name
-            )));
-        }
-    }
-    let row = ctx.store.upsert_policy(&project, &doc).await?;
-    tracing::info!(policy = %row.name, dry_run = doc.dry_run, "policy applied");
-    Ok(Json(policy_view(&ctx, row, 0).await?))
+    Ok(Json(app::apply(&ctx, &caller, doc).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/policies", tag = "automation", operation_id = "list_policies",
     responses((status = 200, body = Vec<Policy>)))]
 pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Policy>>> {
-    let Some(project) = authz::list_scope(&caller) else { return Ok(Json(Vec::new())) };
-    let mut out = Vec::new();
-    for p in ctx.store.policies(project.as_deref()).await? {
-        out.push(policy_view(&ctx, p, 0).await?);
-    }
-    Ok(Json(out))
-}
-
-async fn load_policy(ctx: &Ctx, caller: &Caller, name: &str, access: Access) -> AppResult<crate::policies::PolicyRow> {
-    let project = authz::caller_project(caller)?;
-    let p = ctx
-        .store
-        .policy_by_name(&project, name)
-        .await?
-        .ok_or_else(|| AppError::NotFound { kind: "policy", id: name.chars().take(64).collect() })?;
-    authz::check(caller, access, Some(&p.project_id), "policy", name)?;
-    Ok(p)
+    Ok(Json(app::list(&ctx, &caller).await?))
 }
 
 /// A policy with its newest firings (the values that caused each, and each action's outcome).
@@ -110,54 +34,15 @@ async fn load_policy(ctx: &Ctx, caller: &Caller, name: &str, access: Access) -> 
     params(("name" = String, Path, description = "policy name")),
     responses((status = 200, body = Policy), (status = 404, body = nubo_api::error::ErrorBody)))]
 pub async fn show(caller: Caller, State(ctx): State<Arc<Ctx>>, Path(name): Path<String>) -> AppResult<Json<Policy>> {
-    let p = load_policy(&ctx, &caller, &name, Access::Read).await?;
-    Ok(Json(policy_view(&ctx, p, 50).await?))
+    Ok(Json(app::show(&ctx, &caller, &name).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/policies/{name}", tag = "automation", operation_id = "delete_policy",
     params(("name" = String, Path, description = "policy name")),
     responses((status = 204), (status = 404, body = nubo_api::error::ErrorBody)))]
 pub async fn delete(caller: Caller, State(ctx): State<Arc<Ctx>>, Path(name): Path<String>) -> AppResult<StatusCode> {
-    let p = load_policy(&ctx, &caller, &name, Access::Write).await?;
-    ctx.store.delete_policy(&p.id).await?;
+    app::delete(&ctx, &caller, &name).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-async fn group_view(ctx: &Ctx, g: crate::groups::GroupRow, with_activities: bool) -> AppResult<Group> {
-    let mut members = Vec::new();
-    for m in ctx.store.group_members(&g.id).await? {
-        let health = ctx.store.member_health(&m).await?;
-        members.push(GroupMember {
-            instance_id: m.id.parse().map_err(AppError::internal)?,
-            state: m.state.clone(),
-            health: health.describe(),
-        });
-    }
-    let activities = if with_activities { ctx.store.group_activities(&g.id, 100).await? } else { Vec::new() };
-    Ok(Group {
-        template: g.template().ok_or_else(|| AppError::internal("the group's template does not parse"))?,
-        health_check: g.health(),
-        schedules: g.schedules(),
-        id: g.id,
-        name: g.name,
-        min: g.min_size as u32,
-        max: g.max_size as u32,
-        desired: g.desired as u32,
-        members,
-        activities,
-        created_at_ms: g.created_at_ms,
-    })
-}
-
-async fn load_group(ctx: &Ctx, caller: &Caller, name: &str, access: Access) -> AppResult<crate::groups::GroupRow> {
-    let project = authz::caller_project(caller)?;
-    let g = ctx
-        .store
-        .group_by_name(&project, name)
-        .await?
-        .ok_or_else(|| AppError::NotFound { kind: "group", id: name.chars().take(64).collect() })?;
-    authz::check(caller, access, Some(&g.project_id), "group", name)?;
-    Ok(g)
 }
 
 /// Create an instance group; it launches its members at once.
@@ -168,45 +53,13 @@ pub async fn create_group(
     State(ctx): State<Arc<Ctx>>,
     ApiJson(g): ApiJson<GroupCreate>,
 ) -> AppResult<(StatusCode, Json<Group>)> {
-    let project = authz::creation_project(&caller)?;
-    crate::groups::validate(&g).map_err(|e| AppError::BadRequest(format!("the group is not valid: {e}")))?;
-    if ctx.store.resolve_image(Some(&project), &g.template.image).await?.is_none() {
-        return Err(AppError::BadRequest(format!(
-            "image '{}' does not exist (see `nubo image list`)",
-            g.template.image
-        )));
-    }
-    if let Some(k) = &g.template.key_name {
-        if ctx.store.keypair(&project, k).await?.is_none() {
-            return Err(AppError::BadRequest(format!("key pair '{k}' does not exist in this project")));
-        }
-    }
-    if !ctx.store.insert_group(&project, &g).await? {
-        return Err(AppError::Conflict(format!("the project already has a group named '{}'", g.name)));
-    }
-    let row = ctx.store.group_by_name(&project, &g.name).await?.ok_or_else(|| AppError::internal("group vanished"))?;
-    ctx.store
-        .group_activity(
-            &row.id,
-            "created",
-            &format!("min {}, desired {}, max {}", row.min_size, row.desired, row.max_size),
-        )
-        .await?;
-    // Launch now rather than at the next round.
-    crate::groups::reconcile(&ctx).await?;
-    let row = ctx.store.group_by_name(&project, &g.name).await?.ok_or_else(|| AppError::internal("group vanished"))?;
-    Ok((StatusCode::CREATED, Json(group_view(&ctx, row, true).await?)))
+    Ok((StatusCode::CREATED, Json(app::create_group(&ctx, &caller, g).await?)))
 }
 
 #[utoipa::path(get, path = "/api/v1/groups", tag = "automation", operation_id = "list_groups",
     responses((status = 200, body = Vec<Group>)))]
 pub async fn list_groups(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Group>>> {
-    let Some(project) = authz::list_scope(&caller) else { return Ok(Json(Vec::new())) };
-    let mut out = Vec::new();
-    for g in ctx.store.groups(project.as_deref()).await? {
-        out.push(group_view(&ctx, g, false).await?);
-    }
-    Ok(Json(out))
+    Ok(Json(app::list_groups(&ctx, &caller).await?))
 }
 
 /// A group with its members' health and its activity history.
@@ -218,8 +71,7 @@ pub async fn show_group(
     State(ctx): State<Arc<Ctx>>,
     Path(name): Path<String>,
 ) -> AppResult<Json<Group>> {
-    let g = load_group(&ctx, &caller, &name, Access::Read).await?;
-    Ok(Json(group_view(&ctx, g, true).await?))
+    Ok(Json(app::show_group(&ctx, &caller, &name).await?))
 }
 
 /// Set the desired count (within min and max).
@@ -232,17 +84,7 @@ pub async fn set_desired(
     Path(name): Path<String>,
     ApiJson(d): ApiJson<GroupDesired>,
 ) -> AppResult<Json<Group>> {
-    let g = load_group(&ctx, &caller, &name, Access::Write).await?;
-    if i64::from(d.desired) < g.min_size || i64::from(d.desired) > g.max_size {
-        return Err(AppError::BadRequest(format!(
-            "group {name} takes {} to {} members; {} is outside that",
-            g.min_size, g.max_size, d.desired
-        )));
-    }
-    ctx.store.set_group_desired(&g.id, d.desired, &format!("set by {}", caller.user_name)).await?;
-    crate::groups::reconcile(&ctx).await?;
-    let g = load_group(&ctx, &caller, &name, Access::Read).await?;
-    Ok(Json(group_view(&ctx, g, true).await?))
+    Ok(Json(app::set_desired(&ctx, &caller, &name, d.desired).await?))
 }
 
 /// Delete a group and terminate its members.
@@ -254,11 +96,6 @@ pub async fn delete_group(
     State(ctx): State<Arc<Ctx>>,
     Path(name): Path<String>,
 ) -> AppResult<StatusCode> {
-    let g = load_group(&ctx, &caller, &name, Access::Write).await?;
-    for m in ctx.store.group_members(&g.id).await? {
-        ctx.store.set_desired(&m.id, &["running", "stopped"], "deleted", false, false, "terminate").await?;
-    }
-    ctx.store.delete_group(&g.id).await?;
-    ctx.bump();
+    app::delete_group(&ctx, &caller, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -153,30 +153,6 @@ fn agent_file_routes() -> OpenApiRouter<Arc<Ctx>> {
     OpenApiRouter::new().routes(routes!(images::agent_download, images::agent_capture))
 }
 
-/// Sign-in through LDAP: bind as the user, read its groups, and map them
-/// to projects and roles. Memberships follow the directory at every
-/// sign-in, and between sign-ins at each re-check (`ldap_sync`). Without
-/// an LDAP configuration, unknown users are refused.
-pub async fn ldap_login(ctx: &Ctx, user: &str, password: &str) -> Result<crate::identity::UserRow, AppError> {
-    use crate::ldap::{authenticate, LdapError};
-    let refused = || AppError::Unauthorized("invalid username or password".into());
-    let Some(cfg) = &ctx.config.ldap else { return Err(refused()) };
-    let identity = match authenticate(cfg, user, password).await {
-        Ok(i) => i,
-        Err(LdapError::InvalidCredentials) => return Err(refused()),
-        Err(e @ LdapError::NoMatchingGroup { .. }) => return Err(AppError::Forbidden(e.to_string())),
-        Err(e @ LdapError::Unreachable { .. }) => return Err(AppError::Unavailable(e.to_string())),
-        Err(e) => {
-            tracing::warn!(error = %e, "LDAP sign-in failed");
-            return Err(refused());
-        }
-    };
-    let admin = identity.grants.iter().any(|g| g.role == "admin");
-    let row = ctx.store.upsert_user(user, "ldap", None, admin).await?;
-    crate::ldap_sync::apply_grants(ctx, &row, &identity.grants).await?;
-    Ok(row)
-}
-
 /// The user API's OpenAPI document, exactly as served.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().merge(file_routes()).split_for_parts().1

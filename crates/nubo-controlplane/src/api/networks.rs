@@ -1,70 +1,23 @@
 //! `/api/v1/networks` and `/api/v1/security-groups`: a project's private
 //! networks, and the firewall groups that say what may reach its instances
-//! on them. Every change here changes what hosts run (bridges, DHCP,
-//! nftables), so each ends by waking the agents.
+//! on them. The work is `app::networks`'s.
 
+use crate::app::networks as app;
 use crate::auth::Caller;
-use crate::authz::{self, Access};
-use crate::error::{ApiJson, AppError, AppResult};
-use crate::networks::{Cidr, CreateError, NetworkRow};
-use crate::security_groups::{NewRule, RuleError, SecurityGroupRow};
-use crate::{validate, Ctx};
+use crate::error::{ApiJson, AppResult};
+use crate::Ctx;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use nubo_api::params::{NetworkCreate, SecurityGroupCreate, SecurityGroupRuleCreate};
-use nubo_api::views::{Network, NetworkPort, SecurityGroup, SecurityGroupRule};
+use nubo_api::views::{Network, SecurityGroup};
 use std::sync::Arc;
-
-async fn network_view(ctx: &Ctx, n: NetworkRow) -> AppResult<Network> {
-    let ports = ctx
-        .store
-        .network_ports(Some(&n.id))
-        .await?
-        .into_iter()
-        .map(|p| {
-            Ok(NetworkPort {
-                instance_id: p.instance_id.parse().map_err(AppError::internal)?,
-                address: p.address,
-                mac: p.mac,
-            })
-        })
-        .collect::<AppResult<Vec<_>>>()?;
-    Ok(Network {
-        id: n.id.parse().map_err(AppError::internal)?,
-        name: n.name,
-        project_id: n.project_id.parse().map_err(AppError::internal)?,
-        cidr: n.cidr,
-        gateway: n.gateway,
-        vni: n.vni as u32,
-        ports,
-        created_at_ms: n.created_at_ms,
-    })
-}
-
-/// A network (by id or, in the caller's project, by name) the caller may access.
-async fn load_network(ctx: &Ctx, caller: &Caller, reference: &str, access: Access) -> AppResult<NetworkRow> {
-    let by_id = ctx.store.network(reference).await?;
-    let row = match (by_id, &caller.project_id) {
-        (Some(n), _) => Some(n),
-        (None, Some(project)) => ctx.store.network_by_ref(project, reference).await?,
-        (None, None) => None,
-    }
-    .ok_or(AppError::NotFound { kind: "network", id: reference.chars().take(64).collect() })?;
-    authz::check(caller, access, Some(&row.project_id), "network", &row.id)?;
-    Ok(row)
-}
 
 /// List networks.
 #[utoipa::path(get, path = "/api/v1/networks", tag = "networks", operation_id = "list_networks",
     responses((status = 200, body = Vec<Network>), (status = 401, body = nubo_api::error::ErrorBody)))]
 pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Network>>> {
-    let Some(project) = authz::list_scope(&caller) else { return Ok(Json(Vec::new())) };
-    let mut out = Vec::new();
-    for n in ctx.store.networks(project.as_deref()).await? {
-        out.push(network_view(&ctx, n).await?);
-    }
-    Ok(Json(out))
+    Ok(Json(app::list(&ctx, &caller).await?))
 }
 
 /// Create a private network: an IPv4 range whose first address is the
@@ -77,15 +30,7 @@ pub async fn create(
     State(ctx): State<Arc<Ctx>>,
     ApiJson(p): ApiJson<NetworkCreate>,
 ) -> AppResult<(StatusCode, Json<Network>)> {
-    let project = authz::creation_project(&caller)?;
-    validate::name(&p.name)?;
-    let cidr = Cidr::parse_network(&p.cidr).map_err(AppError::BadRequest)?;
-    let row = ctx.store.create_network(&project, &p.name, cidr).await.map_err(|e| match e {
-        CreateError::Duplicate(_) => AppError::Conflict(format!("{e}: pick another name, or use that one")),
-        CreateError::Db(e) => e.into(),
-    })?;
-    tracing::info!(network = %row.id, cidr = %row.cidr, vni = row.vni, "network created");
-    Ok((StatusCode::CREATED, Json(network_view(&ctx, row).await?)))
+    Ok((StatusCode::CREATED, Json(app::create(&ctx, &caller, p).await?)))
 }
 
 /// Show one network, with the instances on it.
@@ -93,8 +38,7 @@ pub async fn create(
     params(("id" = String, Path, description = "network id or name")),
     responses((status = 200, body = Network), (status = 404, body = nubo_api::error::ErrorBody)))]
 pub async fn show(caller: Caller, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<Json<Network>> {
-    let n = load_network(&ctx, &caller, &id, Access::Read).await?;
-    Ok(Json(network_view(&ctx, n).await?))
+    Ok(Json(app::show(&ctx, &caller, &id).await?))
 }
 
 /// Delete a network no instance is attached to.
@@ -102,76 +46,15 @@ pub async fn show(caller: Caller, State(ctx): State<Arc<Ctx>>, Path(id): Path<St
     params(("id" = String, Path, description = "network id or name")),
     responses((status = 204), (status = 404, body = nubo_api::error::ErrorBody), (status = 409, body = nubo_api::error::ErrorBody)))]
 pub async fn delete(caller: Caller, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<StatusCode> {
-    let n = load_network(&ctx, &caller, &id, Access::Write).await?;
-    let users = ctx.store.delete_network(&n.id).await?;
-    if !users.is_empty() {
-        return Err(AppError::Conflict(format!(
-            "network {} has instances attached ({}); terminate them first",
-            n.name,
-            users.join(", ")
-        )));
-    }
+    app::delete(&ctx, &caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-async fn group_view(ctx: &Ctx, g: SecurityGroupRow) -> AppResult<SecurityGroup> {
-    let rules = ctx
-        .store
-        .security_group_rules_of(&g.id)
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok(SecurityGroupRule {
-                id: r.id.parse().map_err(AppError::internal)?,
-                direction: r.direction,
-                protocol: r.protocol,
-                from_port: r.from_port,
-                to_port: r.to_port,
-                cidr: r.cidr,
-                source_group_id: r.source_group_id,
-            })
-        })
-        .collect::<AppResult<Vec<_>>>()?;
-    Ok(SecurityGroup {
-        id: g.id.parse().map_err(AppError::internal)?,
-        name: g.name,
-        description: g.description,
-        project_id: g.project_id.parse().map_err(AppError::internal)?,
-        rules,
-    })
-}
-
-/// A group (by id or, in the caller's project, by name) the caller may access.
-async fn load_group(ctx: &Ctx, caller: &Caller, reference: &str, access: Access) -> AppResult<SecurityGroupRow> {
-    let row = match (ctx.store.security_group(reference).await?, &caller.project_id) {
-        (Some(g), _) => Some(g),
-        (None, Some(project)) => {
-            if reference == crate::security_groups::DEFAULT_GROUP {
-                Some(ctx.store.ensure_default_security_group(project).await?)
-            } else {
-                ctx.store.security_group_by_name(project, reference).await?
-            }
-        }
-        (None, None) => None,
-    }
-    .ok_or(AppError::NotFound { kind: "security group", id: reference.chars().take(64).collect() })?;
-    authz::check(caller, access, Some(&row.project_id), "security group", &row.id)?;
-    Ok(row)
 }
 
 /// List security groups with their rules.
 #[utoipa::path(get, path = "/api/v1/security-groups", tag = "networks", operation_id = "list_security_groups",
     responses((status = 200, body = Vec<SecurityGroup>), (status = 401, body = nubo_api::error::ErrorBody)))]
 pub async fn list_groups(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<SecurityGroup>>> {
-    let Some(project) = authz::list_scope(&caller) else { return Ok(Json(Vec::new())) };
-    if let Some(p) = &project {
-        ctx.store.ensure_default_security_group(p).await?;
-    }
-    let mut out = Vec::new();
-    for g in ctx.store.security_groups(project.as_deref()).await? {
-        out.push(group_view(&ctx, g).await?);
-    }
-    Ok(Json(out))
+    Ok(Json(app::list_groups(&ctx, &caller).await?))
 }
 
 /// Create a security group (no rules: nothing may come in until a rule says so).
@@ -184,13 +67,7 @@ pub async fn create_group(
     State(ctx): State<Arc<Ctx>>,
     ApiJson(p): ApiJson<SecurityGroupCreate>,
 ) -> AppResult<(StatusCode, Json<SecurityGroup>)> {
-    let project = authz::creation_project(&caller)?;
-    validate::name(&p.name)?;
-    let g =
-        ctx.store.create_security_group(&project, &p.name, &p.description).await?.ok_or_else(|| {
-            AppError::Conflict(format!("the project already has a security group named '{}'", p.name))
-        })?;
-    Ok((StatusCode::CREATED, Json(group_view(&ctx, g).await?)))
+    Ok((StatusCode::CREATED, Json(app::create_group(&ctx, &caller, p).await?)))
 }
 
 /// Let traffic in: applied on every host at once (running instances
@@ -205,63 +82,7 @@ pub async fn add_rule(
     Path(id): Path<String>,
     ApiJson(p): ApiJson<SecurityGroupRuleCreate>,
 ) -> AppResult<(StatusCode, Json<SecurityGroup>)> {
-    let g = load_group(&ctx, &caller, &id, Access::Write).await?;
-    let rule = new_rule(&ctx, &caller, &g, &p).await?;
-    ctx.store.add_security_group_rules(&g.id, &[rule]).await.map_err(|e| match e {
-        RuleError::Duplicate => AppError::Conflict(format!("security group {} already has this rule", g.name)),
-        RuleError::Db(e) => e.into(),
-    })?;
-    ctx.bump();
-    Ok((StatusCode::CREATED, Json(group_view(&ctx, g).await?)))
-}
-
-/// Checks a rule as the user wrote it.
-async fn new_rule(ctx: &Ctx, caller: &Caller, g: &SecurityGroupRow, p: &SecurityGroupRuleCreate) -> AppResult<NewRule> {
-    let protocol = match p.protocol.as_str() {
-        "tcp" | "udp" | "icmp" => p.protocol.clone(),
-        "all" | "-1" => "-1".to_string(),
-        other => {
-            return Err(AppError::BadRequest(format!(
-                "protocol '{}' is unknown: use tcp, udp, icmp or all",
-                other.chars().take(20).collect::<String>()
-            )))
-        }
-    };
-    let (from_port, to_port) = if matches!(protocol.as_str(), "tcp" | "udp") {
-        let from = p.from_port.ok_or_else(|| AppError::BadRequest(format!("a {protocol} rule needs a port")))?;
-        let to = p.to_port.unwrap_or(from);
-        if to < from {
-            return Err(AppError::BadRequest(format!("the port range {from}-{to} is empty: write it low-high")));
-        }
-        (i64::from(from), i64::from(to))
-    } else {
-        (-1, -1)
-    };
-    let (cidr, source_group_id) = match (&p.cidr, &p.source_group) {
-        (Some(c), None) => {
-            // Typed here, stored canonical: the host's nftables ruleset is
-            // rendered from this, and one bad rule would stop it for all.
-            let net = nubo_api::cidr::parse_rule_cidr(c).map_err(|e| AppError::BadRequest(e.to_string()))?;
-            (Some(nubo_api::cidr::canonical(&net)), None)
-        }
-        (None, Some(s)) => {
-            let src = load_group(ctx, caller, s, Access::Read).await?;
-            if src.project_id != g.project_id {
-                return Err(AppError::BadRequest("the source group must be in the same project".into()));
-            }
-            (None, Some(src.id))
-        }
-        _ => return Err(AppError::BadRequest("give a rule either a cidr or a source_group (one of them)".into())),
-    };
-    Ok(NewRule {
-        direction: "ingress",
-        protocol,
-        from_port,
-        to_port,
-        cidr,
-        source_group_id,
-        description: String::new(),
-    })
+    Ok((StatusCode::CREATED, Json(app::add_rule(&ctx, &caller, &id, p).await?)))
 }
 
 /// Remove a rule: connections it let in that are open stay, new ones are refused.
@@ -274,10 +95,5 @@ pub async fn delete_rule(
     State(ctx): State<Arc<Ctx>>,
     Path((id, rule)): Path<(String, String)>,
 ) -> AppResult<Json<SecurityGroup>> {
-    let g = load_group(&ctx, &caller, &id, Access::Write).await?;
-    if !ctx.store.delete_security_group_rule(&g.id, &rule).await? {
-        return Err(AppError::NotFound { kind: "security group rule", id: rule.chars().take(64).collect() });
-    }
-    ctx.bump();
-    Ok(Json(group_view(&ctx, g).await?))
+    Ok(Json(app::delete_rule(&ctx, &caller, &id, &rule).await?))
 }

@@ -215,8 +215,7 @@ fn protocol(p: &str) -> Ec2Result<&'static str> {
 fn cidr(c: &str) -> Ec2Result<String> {
     // EC2 names a malformed CIDR `InvalidParameterValue`; the message is
     // the shared parser's, which says which form to use.
-    let net = nubo_api::cidr::parse_rule_cidr(c).map_err(|e| Ec2Error::invalid(format!("CIDR block {e}")))?;
-    Ok(nubo_api::cidr::canonical(&net))
+    crate::app::networks::rule_cidr(c).map_err(|e| Ec2Error::invalid(format!("CIDR block {e}")))
 }
 
 /// One `IpPermissions.N` (or the flat legacy form) into rules.

@@ -5,8 +5,7 @@
 use super::html::{self, badge, button, csrf, Nav};
 use super::session::{Posted, Session};
 use super::{bad, see_other, Empty, PageResult};
-use crate::api;
-use crate::error::ApiJson;
+use crate::app;
 use crate::Ctx;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
@@ -78,7 +77,7 @@ impl BalancerForm {
 }
 
 async fn list(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
-    let lbs = api::load_balancers::list(s.caller.clone(), State(ctx.clone())).await?.0;
+    let lbs = app::load_balancers::list(&ctx, &s.caller).await?;
     let project = s.project_id()?.to_string();
     let mut instances = Vec::new();
     for row in ctx.store.instances(Some(&project)).await? {
@@ -86,7 +85,7 @@ async fn list(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
             instances.push((row.id.clone(), row.name.clone()));
         }
     }
-    let groups = api::automation::list_groups(s.caller.clone(), State(ctx.clone())).await?.0;
+    let groups = app::automation::list_groups(&ctx, &s.caller).await?;
     let body = html! {
         table.list {
             thead { tr { th { "Balancer" } th { "Protocol" } th { "Algorithm" } th { "Listens on" } th { "State" } th { "Backends up" } th { "Requests" } } }
@@ -140,8 +139,8 @@ async fn list(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
 
 async fn create(State(ctx): State<Arc<Ctx>>, Posted { session: s, form }: Posted<BalancerForm>) -> PageResult {
     let p = form.to_params().map_err(bad)?;
-    let (_, lb) = api::load_balancers::create(s.caller.clone(), State(ctx.clone()), ApiJson(p)).await?;
-    Ok(see_other(&format!("/ui/balancers/{}", lb.0.id)))
+    let lb = app::load_balancers::create(&ctx, &s.caller, p).await?;
+    Ok(see_other(&format!("/ui/balancers/{}", lb.id)))
 }
 
 fn backend_rows(lb: &LoadBalancer) -> Markup {
@@ -163,7 +162,7 @@ fn backend_rows(lb: &LoadBalancer) -> Markup {
 }
 
 async fn show(State(ctx): State<Arc<Ctx>>, s: Session, Path(key): Path<String>) -> PageResult {
-    let lb = api::load_balancers::show(s.caller.clone(), State(ctx.clone()), Path(key)).await?.0;
+    let lb = app::load_balancers::show(&ctx, &s.caller, &key).await?;
     let hc = &lb.health_check;
     let body = html! {
         div.actions {
@@ -193,7 +192,7 @@ async fn show(State(ctx): State<Arc<Ctx>>, s: Session, Path(key): Path<String>) 
 }
 
 async fn backends_fragment(State(ctx): State<Arc<Ctx>>, s: Session, Path(key): Path<String>) -> PageResult {
-    let lb = api::load_balancers::show(s.caller.clone(), State(ctx.clone()), Path(key)).await?.0;
+    let lb = app::load_balancers::show(&ctx, &s.caller, &key).await?;
     Ok(backend_rows(&lb).into_response())
 }
 
@@ -202,7 +201,7 @@ async fn delete(
     Path(key): Path<String>,
     Posted { session: s, .. }: Posted<Empty>,
 ) -> PageResult {
-    api::load_balancers::delete(s.caller.clone(), State(ctx.clone()), Path(key)).await?;
+    app::load_balancers::delete(&ctx, &s.caller, &key).await?;
     Ok(see_other("/ui/balancers"))
 }
 

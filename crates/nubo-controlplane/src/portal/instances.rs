@@ -434,14 +434,14 @@ async fn series(
     metric: &str,
     range: &str,
 ) -> Result<nubo_api::monitoring::MetricSeries, PortalError> {
-    let q = api::monitoring::SeriesQuery {
+    let q = crate::app::monitoring::SeriesSpec {
         resource: id.to_string(),
         metric: metric.to_string(),
         from: Some(range.to_string()),
         to: None,
         step: None,
     };
-    Ok(api::monitoring::series(s.caller.clone(), State(ctx.clone()), ApiQuery(q)).await?.0)
+    Ok(crate::app::monitoring::series(ctx, &s.caller, q).await?)
 }
 
 /// A chart's title, unit, and the metrics it draws with their labels.

@@ -10,13 +10,14 @@ use super::resources::{alerts_page, AlertsQuery};
 use super::session::{Operator, OperatorPosted, Session};
 use super::{see_other, PageResult, PortalError};
 use crate::api;
-use crate::error::{ApiJson, ApiQuery, AppError};
+use crate::app;
+use crate::error::AppError;
 use crate::instance_batch::{Scope, Selection};
 use crate::Ctx;
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use maud::{html, Markup};
 use nubo_api::params::{MemberSet, ProjectCreate, Quota, UserCreate};
 use nubo_api::views::Host;
@@ -154,7 +155,7 @@ struct HostsQuery {
 }
 
 async fn hosts(State(ctx): State<Arc<Ctx>>, Operator(s): Operator, Query(q): Query<HostsQuery>) -> PageResult {
-    let list = api::hosts::list(s.caller.clone(), State(ctx.clone())).await?.0;
+    let list = app::hosts::list(&ctx, &s.caller).await?;
     let by = HeatBy::parse(q.by.as_deref());
     let mut hosts = Vec::new();
     for h in list {
@@ -250,8 +251,7 @@ async fn all_alerts(State(ctx): State<Arc<Ctx>>, Operator(s): Operator, Query(q)
 // ---- audit log ----
 
 async fn audit(State(ctx): State<Arc<Ctx>>, Operator(s): Operator) -> PageResult {
-    let q = api::identity::AuditQuery { limit: Some(500) };
-    let entries = api::identity::audit(s.caller.clone(), State(ctx.clone()), ApiQuery(q)).await?.0;
+    let entries = app::identity::audit(&ctx, &s.caller, Some(500)).await?;
     let body = html! {
         p.muted { "The newest 500 changes (every POST, PUT, PATCH and DELETE, through the API, the EC2 API or this portal). " code { "nubo audit" } " shows more." }
         table.list.dense id="audit" {
@@ -280,8 +280,8 @@ fn quota_cell(used: u64, quota: u64, unit: &str) -> Markup {
 }
 
 async fn projects(State(ctx): State<Arc<Ctx>>, Operator(s): Operator) -> PageResult {
-    let list = api::identity::list_projects(s.caller.clone(), State(ctx.clone())).await?.0;
-    let users = api::identity::list_users(s.caller.clone(), State(ctx.clone())).await?.0;
+    let list = app::identity::list_projects(&ctx, &s.caller).await?;
+    let users = app::identity::list_users(&ctx, &s.caller).await?;
     let body = html! {
         table.list id="projects" {
             thead { tr { th { "Project" } th { "Instances" } th { "vCPUs" } th { "Memory" } th { "Volumes" } th { "Members" } th { "Set quota" } } }
@@ -344,7 +344,7 @@ async fn create_project(
     OperatorPosted { session: s, form }: OperatorPosted<NameForm>,
 ) -> PageResult {
     let p = ProjectCreate { name: form.name.trim().to_string(), quota: None };
-    api::identity::create_project(s.caller.clone(), State(ctx.clone()), ApiJson(p)).await.map(drop)?;
+    app::identity::create_project(&ctx, &s.caller, p).await.map(drop)?;
     Ok(see_other("/ui/admin/projects"))
 }
 
@@ -378,7 +378,7 @@ async fn set_quota(
         memory_mib: quota_value("memory", &form.memory_mib)?,
         volume_gib: quota_value("volume", &form.volume_gib)?,
     };
-    api::identity::set_quota(s.caller.clone(), State(ctx.clone()), Path(id), ApiJson(q)).await.map(drop)?;
+    app::identity::set_quota(&ctx, &s.caller, &id, q).await.map(drop)?;
     Ok(see_other("/ui/admin/projects"))
 }
 
@@ -395,9 +395,7 @@ async fn set_member(
     OperatorPosted { session: s, form }: OperatorPosted<MemberForm>,
 ) -> PageResult {
     let m = MemberSet { role: form.role };
-    api::identity::set_member(s.caller.clone(), State(ctx.clone()), Path((form.project, form.user)), ApiJson(m))
-        .await
-        .map(drop)?;
+    app::identity::set_member(&ctx, &s.caller, &form.project, &form.user, m).await?;
     Ok(see_other("/ui/admin/projects"))
 }
 
@@ -408,7 +406,7 @@ async fn users(State(ctx): State<Arc<Ctx>>, Operator(s): Operator) -> PageResult
 }
 
 async fn users_page(ctx: &Arc<Ctx>, s: &Session) -> PageResult {
-    let list = api::identity::list_users(s.caller.clone(), State(ctx.clone())).await?.0;
+    let list = app::identity::list_users(ctx, &s.caller).await?;
     let body = html! {
         table.list id="users" {
             thead { tr { th { "User" } th { "Source" } th { "Operator" } th { "Projects" } } }
@@ -449,7 +447,7 @@ async fn create_user(
     OperatorPosted { session: s, form }: OperatorPosted<UserForm>,
 ) -> PageResult {
     let u = UserCreate { name: form.name.trim().to_string(), password: form.password, admin: form.admin.is_some() };
-    let (_, Json(_)) = api::identity::create_user(s.caller.clone(), State(ctx.clone()), ApiJson(u)).await?;
+    app::identity::create_user(&ctx, &s.caller, u).await?;
     Ok(see_other("/ui/admin/users"))
 }
 

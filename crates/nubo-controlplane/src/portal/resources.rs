@@ -114,7 +114,7 @@ pub async fn login(
     let LoginPosted { transport, form, audit } = p;
     let project = Some(form.project.trim().to_string()).filter(|p| !p.is_empty());
     let attempt = Login { username: form.username.trim().to_string(), password: form.password, project };
-    match api::identity::sign_in(&ctx, &source.0, attempt).await {
+    match app::identity::sign_in(&ctx, &source.0, attempt).await {
         Ok(issued) => {
             audit.actor(&issued.user);
             signed_in(transport, &issued.token, ctx.config.session_ttl.as_secs(), &form.next)
@@ -153,7 +153,7 @@ pub async fn login_with_token(State(ctx): State<Arc<Ctx>>, p: LoginPosted<TokenF
     let ttl = ctx.config.session_ttl;
     let expires = crate::store::now_ms() + ttl.as_millis() as i64;
     let (_, token) =
-        api::identity::issue_session(&ctx, &owner.user_id, owner.project_id.as_deref(), "portal", expires).await?;
+        app::identity::issue_session(&ctx, &owner.user_id, owner.project_id.as_deref(), "portal", expires).await?;
     signed_in(transport, &token, ttl.as_secs(), &form.next)
 }
 
@@ -176,21 +176,8 @@ pub async fn switch_project(
     headers: HeaderMap,
     Posted { session: s, form }: Posted<ProjectForm>,
 ) -> PageResult {
-    let memberships = ctx.store.memberships(&s.caller.user_id).await?;
-    let target = match memberships.iter().find(|(id, name, _)| *id == form.project || *name == form.project) {
-        Some((id, _, _)) => id.clone(),
-        None if s.caller.admin => {
-            ctx.store
-                .project(&form.project)
-                .await?
-                .ok_or(AppError::NotFound { kind: "project", id: form.project.chars().take(64).collect() })?
-                .id
-        }
-        None => return Err(AppError::Forbidden("you are not a member of that project".into()).into()),
-    };
     let ttl = ctx.config.session_ttl;
-    let expires = crate::store::now_ms() + ttl.as_millis() as i64;
-    let (_, token) = api::identity::issue_session(&ctx, &s.caller.user_id, Some(&target), "portal", expires).await?;
+    let token = app::identity::session_in_project(&ctx, &s.caller, &form.project, "portal").await?;
     ctx.store.revoke_token(&s.token_id, None).await?;
     // Back to the page the switch was made on, when it is a portal page of ours.
     let back = headers
@@ -462,7 +449,7 @@ fn yaml(v: &impl serde::Serialize) -> String {
 const POLICY_EXAMPLE: &str = "name: grow-disk\nscope:\n  tag: {key: role, value: db}\ncondition:\n  metric: fs_used_percent\n  op: \">=\"\n  threshold: 80\n  for: 1m\nactions:\n  - attach_volume: {size_gib: 100}\ncooldown: 10m\n";
 
 async fn policies(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
-    let list = api::automation::list(s.caller.clone(), State(ctx.clone())).await?.0;
+    let list = app::automation::list(&ctx, &s.caller).await?;
     let body = html! {
         table.list {
             thead { tr { th { "Policy" } th { "Condition" } th { "Actions" } th { "Breaching now" } th { "Mode" } } }
@@ -498,12 +485,12 @@ struct DocForm {
 
 async fn apply_policy(State(ctx): State<Arc<Ctx>>, Posted { session: s, form }: Posted<DocForm>) -> PageResult {
     let doc = parse_yaml("policy", &form.doc)?;
-    let Json(p) = api::automation::apply(s.caller.clone(), State(ctx.clone()), ApiJson(doc)).await?;
+    let p = app::automation::apply(&ctx, &s.caller, doc).await?;
     Ok(see_other(&format!("/ui/policies/{}", p.name)))
 }
 
 async fn show_policy(State(ctx): State<Arc<Ctx>>, s: Session, Path(name): Path<String>) -> PageResult {
-    let p = api::automation::show(s.caller.clone(), State(ctx.clone()), Path(name)).await?.0;
+    let p = app::automation::show(&ctx, &s.caller, &name).await?;
     let body = html! {
         p.actions { (button(&s, &format!("/ui/policies/{}/delete", p.name), "Delete", "danger", Some("Delete this policy?"))) }
         h2 { "Definition" }
@@ -535,7 +522,7 @@ async fn delete_policy(
     Path(name): Path<String>,
     Posted { session: s, .. }: Posted<Empty>,
 ) -> PageResult {
-    api::automation::delete(s.caller.clone(), State(ctx.clone()), Path(name)).await?;
+    app::automation::delete(&ctx, &s.caller, &name).await?;
     Ok(see_other("/ui/policies"))
 }
 
@@ -545,7 +532,7 @@ const GROUP_EXAMPLE: &str =
     "name: web\nmin: 1\nmax: 4\ndesired: 2\ntemplate:\n  image: tiny\n  vcpus: 1\n  memory_mib: 256\n  disk_gib: 1\n";
 
 async fn groups(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
-    let list = api::automation::list_groups(s.caller.clone(), State(ctx.clone())).await?.0;
+    let list = app::automation::list_groups(&ctx, &s.caller).await?;
     let body = html! {
         table.list {
             thead { tr { th { "Group" } th { "Desired" } th { "Min–max" } th { "Members" } th { "Template" } } }
@@ -574,12 +561,12 @@ async fn groups(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
 
 async fn create_group(State(ctx): State<Arc<Ctx>>, Posted { session: s, form }: Posted<DocForm>) -> PageResult {
     let doc = parse_yaml("group", &form.doc)?;
-    let (_, Json(g)) = api::automation::create_group(s.caller.clone(), State(ctx.clone()), ApiJson(doc)).await?;
+    let g = app::automation::create_group(&ctx, &s.caller, doc).await?;
     Ok(see_other(&format!("/ui/groups/{}", g.name)))
 }
 
 async fn show_group(State(ctx): State<Arc<Ctx>>, s: Session, Path(name): Path<String>) -> PageResult {
-    let g = api::automation::show_group(s.caller.clone(), State(ctx.clone()), Path(name)).await?.0;
+    let g = app::automation::show_group(&ctx, &s.caller, &name).await?;
     let body = html! {
         div.actions {
             form.inline method="post" action=(format!("/ui/groups/{}/desired", g.name)) {
@@ -622,10 +609,7 @@ async fn set_desired(
     Posted { session: s, form }: Posted<DesiredForm>,
 ) -> PageResult {
     let desired = form.desired.trim().parse().map_err(|_| bad("desired must be a whole number"))?;
-    let p = nubo_api::automation::GroupDesired { desired };
-    api::automation::set_desired(s.caller.clone(), State(ctx.clone()), Path(name.clone()), ApiJson(p))
-        .await
-        .map(drop)?;
+    app::automation::set_desired(&ctx, &s.caller, &name, desired).await?;
     Ok(see_other(&format!("/ui/groups/{name}")))
 }
 
@@ -634,7 +618,7 @@ async fn delete_group(
     Path(name): Path<String>,
     Posted { session: s, .. }: Posted<Empty>,
 ) -> PageResult {
-    api::automation::delete_group(s.caller.clone(), State(ctx.clone()), Path(name)).await?;
+    app::automation::delete_group(&ctx, &s.caller, &name).await?;
     Ok(see_other("/ui/groups"))
 }
 
@@ -657,7 +641,7 @@ impl AlertsQuery {
 pub async fn alerts_page(ctx: &Arc<Ctx>, s: &Session, project: Option<&str>, all: bool, nav: Nav) -> PageResult {
     let mut list = Vec::new();
     for a in ctx.store.alerts(project, all).await? {
-        list.push(api::monitoring::alert_view(ctx, a, false).await?);
+        list.push(app::monitoring::alert_view(ctx, a, false).await?);
     }
     let here = if project.is_some() { "/ui/alerts" } else { "/ui/admin/alerts" };
     let now = crate::store::now_ms();
@@ -702,12 +686,9 @@ async fn alert_action(
     Query(q): Query<BackQuery>,
     Posted { session: s, .. }: Posted<Empty>,
 ) -> PageResult {
-    let (c, st, p) = (s.caller.clone(), State(ctx.clone()), Path(id));
     match action.as_str() {
-        "acknowledge" => api::monitoring::acknowledge(c, st, p).await.map(drop)?,
-        "silence" => api::monitoring::silence(c, st, p, ApiJson(nubo_api::monitoring::AlertSilence { for_secs: 3600 }))
-            .await
-            .map(drop)?,
+        "acknowledge" => app::monitoring::acknowledge(&ctx, &s.caller, &id).await.map(drop)?,
+        "silence" => app::monitoring::silence(&ctx, &s.caller, &id, 3600).await.map(drop)?,
         other => return Err(bad(format!("unknown alert action '{}'", other.chars().take(20).collect::<String>()))),
     }
     Ok(see_other(&session::safe_next(q.back.as_deref().unwrap_or("/ui/alerts"))))
