@@ -34,7 +34,7 @@ pub async fn apply(ctx: &Arc<Ctx>, caller: &Caller, doc: PolicyDoc) -> AppResult
     crate::policies::validate(&doc).map_err(|e| AppError::BadRequest(format!("the policy is not valid: {e}")))?;
     // What it names must be the project's (and a host scope is for operators).
     if let Some(i) = &doc.scope.instance {
-        crate::api::instances::load(ctx, caller, i.as_str(), Access::Write).await?;
+        crate::app::instances::load(ctx, caller, i.as_str(), Access::Write).await?;
     }
     if let Some(h) = &doc.scope.host {
         authz::require_admin(caller)?;

@@ -56,7 +56,7 @@ pub async fn load(ctx: &Ctx, caller: &Caller, key: &str, access: Access) -> AppR
 async fn place(ctx: &Ctx, caller: &Caller, project: &str, c: &LoadBalancerCreate) -> AppResult<String> {
     let mut hosts = BTreeSet::new();
     for t in &c.targets {
-        let row = crate::api::instances::load(ctx, caller, t.as_str(), Access::Read).await?;
+        let row = crate::app::instances::load(ctx, caller, t.as_str(), Access::Read).await?;
         if row.state == "terminated" || row.desired == "deleted" {
             return Err(AppError::BadRequest(format!("target {t} is terminated; pick running instances")));
         }

@@ -57,7 +57,7 @@ fn parse_time(s: &str, now: i64) -> AppResult<i64> {
 /// May the caller read the metrics of `resource`?
 async fn check_resource(ctx: &Ctx, caller: &Caller, resource: &str, access: Access) -> AppResult<()> {
     if resource.parse::<InstanceId>().is_ok() {
-        crate::api::instances::load(ctx, caller, resource, access).await.map(drop)
+        crate::app::instances::load(ctx, caller, resource, access).await.map(drop)
     } else if resource.parse::<HostId>().is_ok() {
         authz::require_admin(caller)
     } else {
@@ -233,7 +233,7 @@ async fn load_check(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> App
 pub async fn create_check(ctx: &Arc<Ctx>, caller: &Caller, p: CheckCreate) -> AppResult<Check> {
     crate::validate::name(&p.name)?;
     let (project, ports) = if p.target.parse::<InstanceId>().is_ok() {
-        let inst = crate::api::instances::load(ctx, caller, &p.target, Access::Write).await?;
+        let inst = crate::app::instances::load(ctx, caller, &p.target, Access::Write).await?;
         let ports: Vec<u16> = ctx.store.ports(&inst.id).await?.into_iter().map(|p| p.guest_port as u16).collect();
         (inst.project_id, ports)
     } else if p.target.parse::<HostId>().is_ok() {

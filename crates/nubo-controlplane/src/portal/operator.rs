@@ -9,7 +9,6 @@ use super::instances::instance_rows;
 use super::resources::{alerts_page, AlertsQuery};
 use super::session::{Operator, OperatorPosted, Session};
 use super::{see_other, PageResult, PortalError};
-use crate::api;
 use crate::app;
 use crate::error::AppError;
 use crate::instance_batch::{Scope, Selection};

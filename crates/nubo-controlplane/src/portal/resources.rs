@@ -5,15 +5,14 @@
 use super::html::{self, badge, button, csrf, Nav};
 use super::session::{self, LoginPosted, Posted, Session, Transport};
 use super::{bad, see_other, Empty, PageResult, PortalError};
-use crate::api;
 use crate::app;
-use crate::error::{ApiJson, AppError};
+use crate::error::AppError;
 use crate::Ctx;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use maud::{html, Markup};
 use nubo_api::params::{KeypairCreate, Login, SnapshotCreate, VolumeAttach, VolumeCreate, VolumeExtend};
 use serde::Deserialize;
