@@ -206,7 +206,7 @@ pub async fn desired(
             _ => PowerState::Deleted,
         };
         instances.push(DesiredInstance {
-            instance_type: Some(super::instances::instance_type_of(&row)),
+            instance_type: Some(crate::app::instances::instance_type_of(&row)),
             id: row.id.parse().map_err(AppError::internal)?,
             ports: ports
                 .remove(&row.id)
