@@ -13,6 +13,7 @@ pub mod join;
 pub mod lb;
 pub mod monitoring;
 pub mod params;
+pub mod state;
 pub mod views;
 
 /// The line the `tiny` image prints on its serial console once it has

@@ -3,44 +3,18 @@
 use crate::ids::{HostId, InstanceId};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum InstanceState {
-    Pending,
-    Running,
-    Stopping,
-    Stopped,
-    Terminated,
-    Error,
-    /// Its host stopped reporting and its disks were not on storage
-    /// another host shares; `error` says so.
-    Lost,
-}
-
-impl InstanceState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Running => "running",
-            Self::Stopping => "stopping",
-            Self::Stopped => "stopped",
-            Self::Terminated => "terminated",
-            Self::Error => "error",
-            Self::Lost => "lost",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "pending" => Self::Pending,
-            "running" => Self::Running,
-            "stopping" => Self::Stopping,
-            "stopped" => Self::Stopped,
-            "terminated" => Self::Terminated,
-            "error" => Self::Error,
-            "lost" => Self::Lost,
-            _ => return None,
-        })
+crate::state_enum! {
+    /// Where an instance is in its life, as its host last reported it.
+    pub enum InstanceState("instance") {
+        Pending = "pending",
+        Running = "running",
+        Stopping = "stopping",
+        Stopped = "stopped",
+        Terminated = "terminated",
+        Error = "error",
+        /// Its host stopped reporting and its disks were not on storage
+        /// another host shares; `error` says so.
+        Lost = "lost",
     }
 }
 
