@@ -208,3 +208,80 @@ fn nothing_outside_placement_chooses_hosts() {
     let ours = std::fs::read_to_string(placement.join("mod.rs")).unwrap();
     assert_eq!(calls(&ours).len(), 1, "placement's own call to the scheduler was not recognised");
 }
+
+/// The claim's conditional writes (instances' capacity, storage pools)
+/// take exactly what the filters let through, at and around each limit:
+/// the SQL re-check and the scheduler agree on what fits.
+#[tokio::test]
+async fn the_claims_sql_agrees_with_the_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(&dir.path().join("nubo.db")).await.unwrap();
+    let host_id = nubo_api::ids::HostId::generate();
+    let register = nubo_api::agent::RegisterHost {
+        host_id: host_id.clone(),
+        name: "h".into(),
+        accel: "tcg".into(),
+        vcpus: 3,
+        memory_mib: 3000,
+        disk_gib: 30,
+        underlay: None,
+        shared_storage: None,
+    };
+    store.register_host(&register).await.unwrap();
+    let p = Policy { cpu_overcommit: 1.5, memory_overcommit: 1.25, disk_overcommit: 0.9, ..Policy::default() };
+    let used = (2i64, 1000i64, 10i64); // limits 4 vCPUs, 3750 MiB, 27 GiB
+    sqlx::query("UPDATE hosts SET used_vcpus = $1, used_memory_mib = $2, used_disk_gib = $3")
+        .bind(used.0)
+        .bind(used.1)
+        .bind(used.2)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    let row = store.hosts().await.unwrap().remove(0);
+    let snap = HostSnapshot {
+        id: row.id.clone(),
+        name: row.name.clone(),
+        up: true,
+        vcpus: row.vcpus as u32,
+        memory_mib: row.memory_mib as u64,
+        disk_gib: row.disk_gib as u64,
+        used_vcpus: row.used_vcpus as u32,
+        used_memory_mib: row.used_memory_mib as u64,
+        used_disk_gib: row.used_disk_gib as u64,
+        underlay: false,
+        shared_storage: None,
+    };
+    let limits = Size::limits(&p, &snap);
+    let mut needs: Vec<Need> = Vec::new();
+    for vcpus in 1..=3 {
+        for memory_mib in [2749, 2750, 2751] {
+            for disk_gib in [16, 17, 18] {
+                needs.push(Demand { vcpus, memory_mib, disk_gib }.into());
+            }
+        }
+    }
+    needs.extend([16, 17, 18].map(|gib| Need::Pool { gib }));
+    let mut fits_seen = (0, 0);
+    for need in needs {
+        let filters = choose_among(std::slice::from_ref(&snap), need, &p, &Constraints::default()).is_ok();
+        let mut tx = store.begin().await.unwrap();
+        let sql = match need {
+            Need::Instance(d) => {
+                let size =
+                    Size { vcpus: i64::from(d.vcpus), memory_mib: d.memory_mib as i64, disk_gib: d.disk_gib as i64 };
+                crate::store::claim_capacity(&mut tx, &row.id, size, limits).await.unwrap()
+            }
+            Need::Pool { gib } => {
+                crate::volumes::claim_pool(&mut tx, &row.id, gib as i64, limits.disk_gib).await.is_ok()
+            }
+        };
+        tx.rollback().await.unwrap();
+        assert_eq!(filters, sql, "{need:?}: the filters say {filters}, the claim {sql}");
+        if filters {
+            fits_seen.0 += 1;
+        } else {
+            fits_seen.1 += 1;
+        }
+    }
+    assert!(fits_seen.0 > 0 && fits_seen.1 > 0, "both sides of the limits were tried: {fits_seen:?}");
+}
