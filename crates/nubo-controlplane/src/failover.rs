@@ -28,6 +28,7 @@
 //! million). Both numbers derive from the one `heartbeat_timeout`, and the
 //! agent learns them from each heartbeat's answer, so they cannot disagree.
 
+use crate::placement::{self, Constraints, Demand, Refusal};
 use crate::store::{now_ms, Size};
 use crate::Ctx;
 use std::collections::HashMap;
@@ -138,35 +139,28 @@ pub async fn run_once(ctx: &Ctx) -> Result<(), sqlx::Error> {
     let restart_after = Lease::of(&ctx.config).restart_after();
     let now = Instant::now();
     let hosts = ctx.store.hosts().await?;
-    let snapshots = ctx.host_snapshots().await?;
     let silent: Vec<_> =
         hosts.iter().filter(|h| ctx.renewals.silent_for(&h.id, h.last_heartbeat_ms, now) > restart_after).collect();
     for dead in silent {
         let instances = ctx.store.instances_on_host(&dead.id).await?;
         for row in instances.into_iter().filter(|r| !matches!(r.state.as_str(), "lost" | "terminated")) {
-            let demand = nubo_scheduler::Demand {
-                vcpus: row.vcpus as u32,
-                memory_mib: row.memory_mib as u64,
-                disk_gib: row.disk_gib as u64,
+            let demand =
+                Demand { vcpus: row.vcpus as u32, memory_mib: row.memory_mib as u64, disk_gib: row.disk_gib as u64 };
+            // Only a host that shares the dead one's storage has the disks.
+            let target = match &dead.shared_storage {
+                Some(s) => {
+                    let c = Constraints { exclude: Some(&dead.id), shared_storage: Some(s), ..Constraints::default() };
+                    match placement::choose(ctx, demand, &c).await {
+                        Ok(choice) => Some(choice.best),
+                        Err(Refusal::NoHost { .. }) => None,
+                        Err(Refusal::Db(e)) => return Err(e),
+                    }
+                }
+                None => None,
             };
-            let candidates: Vec<_> = match &dead.shared_storage {
-                Some(s) => snapshots
-                    .iter()
-                    .filter(|snap| {
-                        snap.id != dead.id
-                            && hosts.iter().any(|h| h.id == snap.id && h.shared_storage.as_deref() == Some(s.as_str()))
-                    })
-                    .cloned()
-                    .collect(),
-                None => Vec::new(),
-            };
-            let p = &ctx.config.policy;
-            let target =
-                nubo_scheduler::rank(&candidates, &demand, p).ok().and_then(|r| r.first().map(|h| (*h).clone()));
             match target {
                 Some(t) => {
-                    let limits = Size::limits(p, &t);
-                    if ctx.store.restart_elsewhere(&row, dead, &t.id, limits).await? {
+                    if ctx.store.restart_elsewhere(&row, dead, &t.id, t.limits).await? {
                         tracing::warn!(instance = %row.id, from = %dead.name, to = %t.name,
                             "host stopped reporting; instance restarted from its shared disk");
                         ctx.bump();

@@ -348,6 +348,8 @@ impl Ctx {
                 used_vcpus: h.used_vcpus as u32,
                 used_memory_mib: h.used_memory_mib as u64,
                 used_disk_gib: h.used_disk_gib as u64,
+                underlay: h.underlay.is_some(),
+                shared_storage: h.shared_storage,
             })
             .collect())
     }

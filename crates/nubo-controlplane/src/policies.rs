@@ -826,20 +826,13 @@ async fn rebalance_once(ctx: &Ctx, host: &str) -> Result<String, String> {
     let (_, row) = busiest.ok_or_else(|| format!("host {host} runs no instance to move"))?;
     // The most headroom: the spread weigher's first choice, whatever
     // weigher placement uses.
-    let policy = nubo_scheduler::Policy { weigher: nubo_scheduler::Weigher::Spread, ..ctx.config.policy };
-    let mut hosts = ctx.host_snapshots().await.map_err(|e| e.to_string())?;
-    hosts.retain(|h| h.id != host);
-    let demand = nubo_scheduler::Demand {
-        vcpus: row.vcpus as u32,
-        memory_mib: row.memory_mib as u64,
-        disk_gib: row.disk_gib as u64,
-    };
-    let target = nubo_scheduler::rank(&hosts, &demand, &policy)
-        .map_err(|r| format!("no host can take {}: {r}", row.id))?
-        .first()
-        .map(|h| h.id.clone())
-        .ok_or_else(|| "no other host is up".to_string())?;
-    let m = crate::api::migrations::start(ctx, &row, Some(&target)).await.map_err(|e| e.to_string())?;
+    let m =
+        crate::app::migrations::start(ctx, &row, None, Some(crate::placement::Weigher::Spread)).await.map_err(|e| {
+            match e {
+                crate::error::AppError::NoValidHost(why) => format!("no host can take {}: {why}", row.id),
+                e => e.to_string(),
+            }
+        })?;
     Ok(m.id)
 }
 

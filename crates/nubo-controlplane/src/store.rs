@@ -414,13 +414,10 @@ impl Store {
     /// forwarded ports, in one transaction. The claim is a conditional
     /// UPDATE that re-checks capacity, so concurrent requests cannot
     /// overcommit a host even when they ranked it from the same snapshot.
-    #[allow(clippy::too_many_arguments)]
     pub async fn claim_and_insert(
         &self,
         host: &str,
-        vcpu_limit: i64,
-        memory_limit: i64,
-        disk_limit: i64,
+        limits: Size,
         port_range: (u16, u16),
         new: &NewInstance<'_>,
     ) -> Result<Vec<(u16, u16)>, ClaimError> {
@@ -455,7 +452,6 @@ impl Store {
         }
         let size =
             Size { vcpus: i64::from(new.vcpus), memory_mib: new.memory_mib as i64, disk_gib: new.disk_gib as i64 };
-        let limits = Size { vcpus: vcpu_limit, memory_mib: memory_limit, disk_gib: disk_limit };
         if !claim_capacity(&mut tx, host, size, limits).await? {
             return Err(ClaimError::Lost);
         }
@@ -885,7 +881,7 @@ pub fn derive_state(desired: &str, actual: ActualPower) -> &'static str {
 }
 
 /// An instance's size on a host (vCPUs, MiB of memory, GiB of disk), or what a host may hold.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size {
     pub vcpus: i64,
     pub memory_mib: i64,
@@ -897,18 +893,20 @@ impl Size {
         Size { vcpus: row.vcpus, memory_mib: row.memory_mib, disk_gib: row.disk_gib }
     }
 
-    /// What the policy lets a host hold.
+    /// What the policy lets a host hold: the scheduler's limits, the very
+    /// ones its capacity filters compare against.
     pub fn limits(p: &nubo_scheduler::Policy, h: &nubo_scheduler::HostSnapshot) -> Self {
-        Size {
-            vcpus: p.schedulable_vcpus(h) as i64,
-            memory_mib: p.schedulable_memory(h) as i64,
-            disk_gib: p.schedulable_disk(h) as i64,
-        }
+        let l = p.limits(h);
+        Size { vcpus: l.vcpus as i64, memory_mib: l.memory_mib as i64, disk_gib: l.disk_gib as i64 }
     }
 }
 
 /// Claims `size` on `host` if it stays within `limits` (one conditional
 /// UPDATE, so concurrent claims never overshoot); false when it would not.
+/// The condition is the scheduler's capacity filters (`used + asked <=
+/// limit` for vCPUs, memory and disk) with the limits placement chose the
+/// host under (`placement::Chosen::limits`), re-checked against the row as
+/// it is now.
 pub(crate) async fn claim_capacity(tx: &mut Tx<'_>, host: &str, size: Size, limits: Size) -> Result<bool, sqlx::Error> {
     let claimed = sqlx::query(
         "UPDATE hosts SET used_vcpus = used_vcpus + $1, used_memory_mib = used_memory_mib + $2,

@@ -127,7 +127,10 @@ async fn claim_quota(tx: &mut Tx<'_>, project: &str, gib: i64) -> Result<(), Sto
 }
 
 /// Takes `gib` of `host`'s storage pool (at most `limit` in use), or says why not.
-async fn claim_pool(tx: &mut Tx<'_>, host: &str, gib: i64, limit: i64) -> Result<(), StorageClaimError> {
+/// The condition is the scheduler's pool filter with the limit placement
+/// chose the host under (`placement::Chosen::limits`), re-checked as one
+/// conditional write.
+pub(crate) async fn claim_pool(tx: &mut Tx<'_>, host: &str, gib: i64, limit: i64) -> Result<(), StorageClaimError> {
     let r =
         sqlx::query("UPDATE hosts SET used_disk_gib = used_disk_gib + $1 WHERE id = $2 AND used_disk_gib + $1 <= $3")
             .bind(gib)

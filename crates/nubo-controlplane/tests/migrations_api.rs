@@ -92,3 +92,61 @@ async fn a_target_that_never_gets_ready_is_given_up_on_and_the_instance_stays() 
     let events = t.ok("GET", &format!("/api/v1/instances/{id}"), &admin, None).await["events"].clone();
     assert!(events.to_string().contains("migration_failed"), "{events}");
 }
+
+/// `POST /instances/{id}/migrate`, to `to` or where placement chooses.
+async fn migrate(t: &T, id: &str, to: Option<String>) -> (StatusCode, Value) {
+    let body = match to {
+        Some(to) => json!({"to": to}),
+        None => json!({}),
+    };
+    t.call("POST", &format!("/api/v1/instances/{id}/migrate"), Some(t.admin.as_str()), Some(body)).await
+}
+
+/// Where a migration may go is placement's choice: never the instance's
+/// own host, never a drained one; a refusal names each host's reason, and
+/// a pinned target is explained alone.
+#[tokio::test]
+async fn a_migration_refusal_explains_each_host() {
+    let t = T::new().await;
+    let admin = t.admin.clone();
+    let (source, source_cred) = t.add_host_with_id().await;
+    let v = t
+        .ok(
+            "POST",
+            "/api/v1/instances",
+            &admin,
+            Some(json!({"image": "tiny", "vcpus": 2, "memory_mib": 512, "disk_gib": 1})),
+        )
+        .await;
+    let id = v["id"].as_str().expect("an instance id").to_string();
+    let running = json!({"instances": [{"id": id, "power": "running", "pid": 1, "error": null}]});
+    t.ok("POST", &format!("/api/v1/agent/hosts/{source}/report"), &source_cred, Some(running)).await;
+    let migrate = |to: Option<String>| migrate(&t, &id, to);
+    let message = |v: &Value| v["error"]["message"].as_str().unwrap_or_default().to_string();
+
+    // Alone on its host: nowhere to go, and the refusal says why.
+    let (status, v) = migrate(None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["error"]["code"], "no_valid_host");
+    assert!(message(&v).contains("rejected by ExcludeFilter: the instance is already on it"), "{v}");
+    let (status, v) = migrate(Some(source.to_string())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(message(&v).contains("already runs on"), "{v}");
+
+    // A second host, drained: refused for that, by name when pinned.
+    let (other, _) = t.add_host_with_id().await;
+    t.ok("POST", &format!("/api/v1/hosts/{other}/drain"), &admin, None).await;
+    let (status, v) = migrate(None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert!(message(&v).contains("ExcludeFilter") && message(&v).contains("HostStateFilter"), "{v}");
+    let (status, v) = migrate(Some(other.to_string())).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert_eq!(message(&v), "host h1: host is down or disabled");
+
+    // Enabled again, it is the choice.
+    t.ok("POST", &format!("/api/v1/hosts/{other}/enable"), &admin, None).await;
+    let (status, m) = migrate(None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{m}");
+    assert_eq!(m["target_host"], other.to_string());
+    assert_eq!(host(&t, &other.to_string()).await["used_vcpus"], 2, "the target's capacity is claimed");
+}

@@ -1,12 +1,18 @@
-//! Placement: which host gets a new instance. Pure functions over a
-//! snapshot of hosts, so the same code runs against the database's hosts
-//! and against the in-memory host set of the placement benchmark.
+//! Placement: which host gets a new instance, a moved one, or a volume's
+//! bytes. Pure functions over a snapshot of hosts, so the same code runs
+//! against the database's hosts and against the in-memory host set of the
+//! placement benchmark.
 //!
 //! Filters each say yes or no with a reason; a refusal lists, per host,
 //! the first filter that rejected it (never a bare "no valid host").
-//! Weighers order the survivors. The claim itself (atomic) is the
-//! caller's job: the control plane re-checks capacity in one conditional
-//! UPDATE and moves to the next candidate when a concurrent claim won.
+//! [`Constraints`] add the caller's conditions (a host to avoid or to
+//! pin, private networks, shared storage) as filters of the same kind, so
+//! every turned-away host is explained the same way. Weighers order the
+//! survivors. The claim itself (atomic) is the caller's job: the control
+//! plane re-checks capacity in one conditional UPDATE, whose condition is
+//! the capacity filters' arithmetic (`used + asked <= limit`, the limits
+//! from [`Policy::limits`]), and moves to the next candidate when a
+//! concurrent claim won.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -24,6 +30,10 @@ pub struct HostSnapshot {
     pub used_vcpus: u32,
     pub used_memory_mib: u64,
     pub used_disk_gib: u64,
+    /// The host runs private networks (bridges and VXLAN on an underlay).
+    pub underlay: bool,
+    /// The shared storage the host's disks are on, if any (its name).
+    pub shared_storage: Option<String>,
 }
 
 /// The resources one instance asks for.
@@ -32,6 +42,20 @@ pub struct Demand {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disk_gib: u64,
+}
+
+/// What is asked of a host: room for an instance, or only room in its
+/// storage pool (a volume, a volume grown, a snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    Instance(Demand),
+    Pool { gib: u64 },
+}
+
+impl From<Demand> for Need {
+    fn from(d: Demand) -> Self {
+        Need::Instance(d)
+    }
 }
 
 /// How hosts are ordered once filtered.
@@ -43,6 +67,10 @@ pub enum Weigher {
     Spread,
     /// Prefer the fullest host that still fits (free whole hosts).
     Pack,
+    /// Prefer the host with the most free storage-pool space. Where
+    /// volumes go; not an operator's choice for instances.
+    #[serde(skip)]
+    FreeDisk,
 }
 
 impl std::str::FromStr for Weigher {
@@ -72,6 +100,15 @@ impl Default for Policy {
     }
 }
 
+/// What a host may hold under a policy: the limits the capacity filters
+/// compare against, and the ones the claim's conditional write re-checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub vcpus: u64,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+}
+
 impl Policy {
     pub fn schedulable_vcpus(&self, h: &HostSnapshot) -> u64 {
         (f64::from(h.vcpus) * self.cpu_overcommit).floor() as u64
@@ -81,6 +118,41 @@ impl Policy {
     }
     pub fn schedulable_disk(&self, h: &HostSnapshot) -> u64 {
         (h.disk_gib as f64 * self.disk_overcommit).floor() as u64
+    }
+    /// All three limits of a host.
+    pub fn limits(&self, h: &HostSnapshot) -> Limits {
+        Limits {
+            vcpus: self.schedulable_vcpus(h),
+            memory_mib: self.schedulable_memory(h),
+            disk_gib: self.schedulable_disk(h),
+        }
+    }
+}
+
+/// The caller's conditions on the host, beyond room for the need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Constraints<'a> {
+    /// Only this host (by id) is considered; the others are not listed in
+    /// a refusal, since the caller did not ask about them.
+    pub pin: Option<&'a str>,
+    /// Never this host (by id): the instance's own, or a dead one.
+    pub exclude: Option<&'a str>,
+    /// The host must run private networks (the instance is on some).
+    pub underlay: bool,
+    /// The host must share this storage (the instance's disks are on it).
+    pub shared_storage: Option<&'a str>,
+    /// The host must be up. Off only where the need is bound to a host
+    /// whatever its state (a volume's pool is claimed while its host is
+    /// down, for the volume lives there).
+    pub require_up: bool,
+    /// How survivors are ordered; `None`: the policy's weigher (for an
+    /// instance) or [`Weigher::FreeDisk`] (for a pool).
+    pub weigher: Option<Weigher>,
+}
+
+impl Default for Constraints<'_> {
+    fn default() -> Self {
+        Self { pin: None, exclude: None, underlay: false, shared_storage: None, require_up: true, weigher: None }
     }
 }
 
@@ -129,25 +201,66 @@ impl fmt::Display for Refusal {
 
 impl std::error::Error for Refusal {}
 
-type Filter = fn(&HostSnapshot, &Demand, &Policy) -> Result<(), String>;
+/// Names of the filters, for callers that explain a refusal their own way.
+pub mod filter {
+    pub const EXCLUDE: &str = "ExcludeFilter";
+    pub const UNDERLAY: &str = "UnderlayFilter";
+    pub const SHARED_STORAGE: &str = "SharedStorageFilter";
+    pub const HOST_STATE: &str = "HostStateFilter";
+    pub const VCPU: &str = "VcpuFilter";
+    pub const MEMORY: &str = "MemoryFilter";
+    pub const DISK: &str = "DiskFilter";
+    pub const POOL: &str = "PoolFilter";
+}
 
-/// The filters, in the order they are applied.
+type Filter = fn(&HostSnapshot, &Need, &Policy, &Constraints) -> Result<(), String>;
+
+/// The filters, in the order they are applied: the caller's conditions
+/// first (a host that may not take the instance at all is named for that,
+/// not for being full), then state, then room.
 const FILTERS: &[(&str, Filter)] = &[
-    ("HostStateFilter", host_state_filter),
-    ("VcpuFilter", vcpu_filter),
-    ("MemoryFilter", memory_filter),
-    ("DiskFilter", disk_filter),
+    (filter::EXCLUDE, exclude_filter),
+    (filter::UNDERLAY, underlay_filter),
+    (filter::SHARED_STORAGE, shared_storage_filter),
+    (filter::HOST_STATE, host_state_filter),
+    (filter::VCPU, vcpu_filter),
+    (filter::MEMORY, memory_filter),
+    (filter::DISK, disk_filter),
+    (filter::POOL, pool_filter),
 ];
 
-fn host_state_filter(h: &HostSnapshot, _: &Demand, _: &Policy) -> Result<(), String> {
-    if h.up {
+fn exclude_filter(h: &HostSnapshot, _: &Need, _: &Policy, c: &Constraints) -> Result<(), String> {
+    match c.exclude {
+        Some(x) if x == h.id => Err("the instance is already on it".into()),
+        _ => Ok(()),
+    }
+}
+
+fn underlay_filter(h: &HostSnapshot, _: &Need, _: &Policy, c: &Constraints) -> Result<(), String> {
+    if !c.underlay || h.underlay {
+        Ok(())
+    } else {
+        Err("runs no private networks (its agent has no --underlay)".into())
+    }
+}
+
+fn shared_storage_filter(h: &HostSnapshot, _: &Need, _: &Policy, c: &Constraints) -> Result<(), String> {
+    match c.shared_storage {
+        Some(s) if h.shared_storage.as_deref() != Some(s) => Err(format!("does not share storage {s}")),
+        _ => Ok(()),
+    }
+}
+
+fn host_state_filter(h: &HostSnapshot, _: &Need, _: &Policy, c: &Constraints) -> Result<(), String> {
+    if h.up || !c.require_up {
         Ok(())
     } else {
         Err("host is down or disabled".into())
     }
 }
 
-fn vcpu_filter(h: &HostSnapshot, d: &Demand, p: &Policy) -> Result<(), String> {
+fn vcpu_filter(h: &HostSnapshot, n: &Need, p: &Policy, _: &Constraints) -> Result<(), String> {
+    let Need::Instance(d) = n else { return Ok(()) };
     let limit = p.schedulable_vcpus(h);
     let free = limit.saturating_sub(u64::from(h.used_vcpus));
     if u64::from(d.vcpus) <= free {
@@ -160,7 +273,8 @@ fn vcpu_filter(h: &HostSnapshot, d: &Demand, p: &Policy) -> Result<(), String> {
     }
 }
 
-fn memory_filter(h: &HostSnapshot, d: &Demand, p: &Policy) -> Result<(), String> {
+fn memory_filter(h: &HostSnapshot, n: &Need, p: &Policy, _: &Constraints) -> Result<(), String> {
+    let Need::Instance(d) = n else { return Ok(()) };
     let limit = p.schedulable_memory(h);
     let free = limit.saturating_sub(h.used_memory_mib);
     if d.memory_mib <= free {
@@ -170,7 +284,8 @@ fn memory_filter(h: &HostSnapshot, d: &Demand, p: &Policy) -> Result<(), String>
     }
 }
 
-fn disk_filter(h: &HostSnapshot, d: &Demand, p: &Policy) -> Result<(), String> {
+fn disk_filter(h: &HostSnapshot, n: &Need, p: &Policy, _: &Constraints) -> Result<(), String> {
+    let Need::Instance(d) = n else { return Ok(()) };
     let limit = p.schedulable_disk(h);
     let free = limit.saturating_sub(h.used_disk_gib);
     if d.disk_gib <= free {
@@ -180,12 +295,28 @@ fn disk_filter(h: &HostSnapshot, d: &Demand, p: &Policy) -> Result<(), String> {
     }
 }
 
+fn pool_filter(h: &HostSnapshot, n: &Need, p: &Policy, _: &Constraints) -> Result<(), String> {
+    let Need::Pool { gib } = *n else { return Ok(()) };
+    let limit = p.schedulable_disk(h);
+    let free = limit.saturating_sub(h.used_disk_gib);
+    if gib <= free {
+        Ok(())
+    } else {
+        Err(format!("storage pool has {free} GiB free ({} of {limit} GiB in use)", h.used_disk_gib))
+    }
+}
+
 /// Runs every filter on one host; the first that fails names the reason.
-pub fn check_host(h: &HostSnapshot, d: &Demand, p: &Policy) -> Result<(), Rejection> {
+pub fn check(h: &HostSnapshot, n: &Need, p: &Policy, c: &Constraints) -> Result<(), Rejection> {
     for (name, f) in FILTERS {
-        f(h, d, p).map_err(|reason| Rejection { host: h.name.clone(), filter: name, reason })?;
+        f(h, n, p, c).map_err(|reason| Rejection { host: h.name.clone(), filter: name, reason })?;
     }
     Ok(())
+}
+
+/// [`check`] for an instance with no constraints.
+pub fn check_host(h: &HostSnapshot, d: &Demand, p: &Policy) -> Result<(), Rejection> {
+    check(h, &Need::Instance(*d), p, &Constraints::default())
 }
 
 /// Free fraction of the host after placing `d`, averaged over CPU and memory.
@@ -197,21 +328,41 @@ fn free_fraction_after(h: &HostSnapshot, d: &Demand, p: &Policy) -> f64 {
     (cpu_free + mem_free) / 2.0
 }
 
-/// Hosts that can take the instance, best first. Ties keep input order,
-/// so the result is deterministic for a given snapshot.
-pub fn rank<'a>(hosts: &'a [HostSnapshot], d: &Demand, p: &Policy) -> Result<Vec<&'a HostSnapshot>, Refusal> {
+/// A host's weight under `w`: the higher, the better.
+fn weight(h: &HostSnapshot, n: &Need, p: &Policy, w: Weigher) -> f64 {
+    let d = match *n {
+        Need::Instance(d) => d,
+        Need::Pool { gib } => Demand { vcpus: 0, memory_mib: 0, disk_gib: gib },
+    };
+    match w {
+        Weigher::Spread => free_fraction_after(h, &d, p),
+        Weigher::Pack => -free_fraction_after(h, &d, p),
+        Weigher::FreeDisk => p.schedulable_disk(h).saturating_sub(h.used_disk_gib) as f64,
+    }
+}
+
+fn weigher_for(n: &Need, p: &Policy, c: &Constraints) -> Weigher {
+    c.weigher.unwrap_or(match n {
+        Need::Instance(_) => p.weigher,
+        Need::Pool { .. } => Weigher::FreeDisk,
+    })
+}
+
+/// Hosts that meet `n` under the constraints, best first. Ties keep
+/// input order, so the result is deterministic for a given snapshot. A
+/// refusal lists every considered host (all, or the pinned one).
+pub fn choose<'a>(
+    hosts: &'a [HostSnapshot],
+    n: &Need,
+    p: &Policy,
+    c: &Constraints,
+) -> Result<Vec<&'a HostSnapshot>, Refusal> {
+    let w = weigher_for(n, p, c);
     let mut fits: Vec<(f64, &HostSnapshot)> = Vec::new();
     let mut rejections = Vec::new();
-    for h in hosts {
-        match check_host(h, d, p) {
-            Ok(()) => {
-                let free = free_fraction_after(h, d, p);
-                let weight = match p.weigher {
-                    Weigher::Spread => free,
-                    Weigher::Pack => -free,
-                };
-                fits.push((weight, h));
-            }
+    for h in hosts.iter().filter(|h| c.pin.is_none_or(|id| id == h.id)) {
+        match check(h, n, p, c) {
+            Ok(()) => fits.push((weight(h, n, p, w), h)),
             Err(r) => rejections.push(r),
         }
     }
@@ -222,16 +373,22 @@ pub fn rank<'a>(hosts: &'a [HostSnapshot], d: &Demand, p: &Policy) -> Result<Vec
     Ok(fits.into_iter().map(|(_, h)| h).collect())
 }
 
+/// [`choose`] for an instance with no constraints.
+pub fn rank<'a>(hosts: &'a [HostSnapshot], d: &Demand, p: &Policy) -> Result<Vec<&'a HostSnapshot>, Refusal> {
+    choose(hosts, &Need::Instance(*d), p, &Constraints::default())
+}
+
 /// The best host only: one pass, no sort. Used where only the winner
-/// matters (the benchmark's placement rate, and single claims).
+/// matters (the benchmark's placement rate).
 pub fn pick<'a>(hosts: &'a [HostSnapshot], d: &Demand, p: &Policy) -> Result<&'a HostSnapshot, Refusal> {
+    let n = Need::Instance(*d);
+    let c = Constraints::default();
     let mut best: Option<(f64, &HostSnapshot)> = None;
     let mut rejections = Vec::new();
     for h in hosts {
-        match check_host(h, d, p) {
+        match check(h, &n, p, &c) {
             Ok(()) => {
-                let free = free_fraction_after(h, d, p);
-                let w = if p.weigher == Weigher::Spread { free } else { -free };
+                let w = weight(h, &n, p, p.weigher);
                 if best.is_none_or(|(bw, _)| w > bw) {
                     best = Some((w, h));
                 }
@@ -262,6 +419,8 @@ impl InMemoryHostSet {
                 used_vcpus: 0,
                 used_memory_mib: 0,
                 used_disk_gib: 0,
+                underlay: false,
+                shared_storage: None,
             })
             .collect();
         Self { hosts }
@@ -294,6 +453,8 @@ mod tests {
             used_vcpus,
             used_memory_mib: used_mem,
             used_disk_gib: 0,
+            underlay: false,
+            shared_storage: None,
         }
     }
 
@@ -348,5 +509,108 @@ mod tests {
         }
         assert_eq!(seen.len(), 3, "spread puts one on each host");
         assert!(set.place(&d, &p).is_err());
+    }
+
+    fn names(r: &[&HostSnapshot]) -> Vec<String> {
+        r.iter().map(|h| h.name.clone()).collect()
+    }
+
+    fn only_filters(r: &Refusal) -> Vec<(&str, &'static str)> {
+        r.rejections.iter().map(|x| (x.host.as_str(), x.filter)).collect()
+    }
+
+    #[test]
+    fn exclude_turns_the_host_away_and_says_so() {
+        let hosts = vec![host("a", 8, 8192, 0, 0), host("b", 8, 8192, 0, 0)];
+        let c = Constraints { exclude: Some("a"), ..Constraints::default() };
+        assert_eq!(names(&choose(&hosts, &D.into(), &Policy::default(), &c).unwrap()), ["b"]);
+        let refusal = choose(&hosts[..1], &D.into(), &Policy::default(), &c).unwrap_err();
+        assert_eq!(only_filters(&refusal), [("a", filter::EXCLUDE)]);
+        assert!(refusal.to_string().contains("host a rejected by ExcludeFilter: the instance is already on it"));
+    }
+
+    #[test]
+    fn underlay_and_shared_storage_come_before_room() {
+        let mut a = host("a", 1, 512, 0, 0); // too small, and no underlay
+        a.shared_storage = Some("nfs1".into());
+        let mut b = host("b", 8, 8192, 0, 0);
+        b.underlay = true;
+        let mut c_host = host("c", 8, 8192, 0, 0);
+        c_host.underlay = true;
+        c_host.shared_storage = Some("nfs1".into());
+        let hosts = vec![a, b, c_host];
+        let p = Policy::default();
+        let net = Constraints { underlay: true, ..Constraints::default() };
+        assert_eq!(names(&choose(&hosts, &D.into(), &p, &net).unwrap()), ["b", "c"]);
+        let shared = Constraints { shared_storage: Some("nfs1"), ..Constraints::default() };
+        assert_eq!(names(&choose(&hosts, &D.into(), &p, &shared).unwrap()), ["c"]);
+        let both = Constraints { underlay: true, shared_storage: Some("nfs2"), ..Constraints::default() };
+        let refusal = choose(&hosts, &D.into(), &p, &both).unwrap_err();
+        assert_eq!(
+            only_filters(&refusal),
+            [("a", filter::UNDERLAY), ("b", filter::SHARED_STORAGE), ("c", filter::SHARED_STORAGE)]
+        );
+        assert!(refusal.rejections[1].reason.contains("does not share storage nfs2"), "{refusal}");
+    }
+
+    #[test]
+    fn pin_considers_that_host_only_and_explains_it_alone() {
+        let mut down = host("down", 8, 8192, 0, 0);
+        down.up = false;
+        let hosts = vec![down, host("small", 8, 512, 0, 0), host("big", 8, 8192, 0, 0)];
+        let p = Policy::default();
+        let c = Constraints { pin: Some("small"), ..Constraints::default() };
+        let refusal = choose(&hosts, &D.into(), &p, &c).unwrap_err();
+        assert_eq!(only_filters(&refusal), [("small", filter::MEMORY)]);
+        let c = Constraints { pin: Some("big"), ..Constraints::default() };
+        assert_eq!(names(&choose(&hosts, &D.into(), &p, &c).unwrap()), ["big"]);
+        // A pinned host that must not be down is refused for it; one whose
+        // state does not matter (a volume's own pool) is not.
+        let c = Constraints { pin: Some("down"), ..Constraints::default() };
+        assert_eq!(only_filters(&choose(&hosts, &D.into(), &p, &c).unwrap_err()), [("down", filter::HOST_STATE)]);
+        let c = Constraints { pin: Some("down"), require_up: false, ..Constraints::default() };
+        assert_eq!(names(&choose(&hosts, &Need::Pool { gib: 10 }, &p, &c).unwrap()), ["down"]);
+        // Pinned to a host that is not there: nothing considered.
+        let c = Constraints { pin: Some("gone"), ..Constraints::default() };
+        assert!(choose(&hosts, &D.into(), &p, &c).unwrap_err().rejections.is_empty());
+    }
+
+    #[test]
+    fn pool_need_counts_only_the_pool_and_prefers_the_most_room() {
+        let mut a = host("a", 1, 128, 0, 0); // no room for an instance, pool empty
+        a.disk_gib = 50;
+        let mut b = host("b", 8, 8192, 0, 0);
+        b.used_disk_gib = 80; // 20 GiB free of 100
+        let mut c_host = host("c", 8, 8192, 0, 0);
+        c_host.used_disk_gib = 95;
+        let hosts = vec![b, a, c_host];
+        let p = Policy::default();
+        let ranked = choose(&hosts, &Need::Pool { gib: 10 }, &p, &Constraints::default()).unwrap();
+        assert_eq!(names(&ranked), ["a", "b"], "most free pool first; c is too full");
+        let refusal = choose(&hosts, &Need::Pool { gib: 60 }, &p, &Constraints::default()).unwrap_err();
+        assert_eq!(only_filters(&refusal), [("b", filter::POOL), ("a", filter::POOL), ("c", filter::POOL)]);
+        assert_eq!(refusal.rejections[0].reason, "storage pool has 20 GiB free (80 of 100 GiB in use)");
+    }
+
+    #[test]
+    fn a_weigher_in_the_constraints_overrides_the_policy() {
+        let hosts = vec![host("a", 4, 8192, 8, 4096), host("b", 4, 8192, 0, 0)];
+        let pack = Policy { weigher: Weigher::Pack, ..Policy::default() };
+        assert_eq!(choose(&hosts, &D.into(), &pack, &Constraints::default()).unwrap()[0].name, "a");
+        let spread = Constraints { weigher: Some(Weigher::Spread), ..Constraints::default() };
+        assert_eq!(choose(&hosts, &D.into(), &pack, &spread).unwrap()[0].name, "b");
+    }
+
+    #[test]
+    fn free_disk_is_no_operator_weigher() {
+        assert!("freedisk".parse::<Weigher>().is_err());
+        assert_eq!("pack".parse::<Weigher>(), Ok(Weigher::Pack));
+    }
+
+    #[test]
+    fn limits_are_the_filters_limits() {
+        let h = host("a", 3, 1000, 0, 0);
+        let p = Policy { cpu_overcommit: 2.5, memory_overcommit: 1.5, disk_overcommit: 0.5, ..Policy::default() };
+        assert_eq!(p.limits(&h), Limits { vcpus: 7, memory_mib: 1500, disk_gib: 50 });
     }
 }

@@ -1,0 +1,35 @@
+//! Placing a new instance: choose hosts, then claim on the best one,
+//! falling through to the next when a concurrent request won the race.
+
+use super::{choose, Chosen, Constraints, Demand};
+use crate::error::AppError;
+use crate::store::{ClaimError, NewInstance};
+use crate::Ctx;
+
+/// Places and inserts the instance; returns the chosen host's id and the
+/// forwarded ports (guest, host).
+pub async fn place(ctx: &Ctx, new: &NewInstance<'_>) -> Result<(String, Vec<(u16, u16)>), AppError> {
+    let demand = Demand { vcpus: new.vcpus, memory_mib: new.memory_mib, disk_gib: new.disk_gib };
+    // Private networks need a host that runs them (bridges and VXLAN on
+    // an underlay); user-mode-only hosts cannot.
+    let constraints = Constraints { underlay: !new.ec2.networks.is_empty(), ..Constraints::default() };
+    // A few rounds: each round re-reads the hosts, so a lost claim is
+    // retried against fresh numbers rather than a stale snapshot.
+    for _ in 0..5 {
+        let choice = choose(ctx, demand, &constraints).await?;
+        for host in choice.hosts() {
+            match claim(ctx, host, new).await {
+                Ok(ports) => return Ok((host.id.clone(), ports)),
+                Err(ClaimError::Lost) => continue,
+                Err(ClaimError::NoPorts) => continue,
+                Err(ClaimError::Quota(msg)) => return Err(AppError::QuotaExceeded(msg)),
+                Err(ClaimError::Db(e)) => return Err(e.into()),
+            }
+        }
+    }
+    Err(AppError::NoValidHost("every fitting host was claimed by concurrent requests; retry the request".into()))
+}
+
+async fn claim(ctx: &Ctx, host: &Chosen, new: &NewInstance<'_>) -> Result<Vec<(u16, u16)>, ClaimError> {
+    ctx.store.claim_and_insert(&host.id, host.limits, ctx.config.port_range, new).await
+}
