@@ -37,6 +37,7 @@ pub mod portal;
 pub mod provisioning;
 pub mod recipes;
 pub mod registry;
+pub mod saga;
 pub mod secrets;
 pub mod security_groups;
 pub mod signin;
