@@ -38,6 +38,7 @@ pub mod provisioning;
 pub mod recipes;
 pub mod registry;
 pub mod saga;
+pub mod sagas;
 pub mod secrets;
 pub mod security_groups;
 pub mod signin;

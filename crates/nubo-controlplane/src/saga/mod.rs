@@ -25,6 +25,16 @@
 //!   idempotent** and may also wait ([`Undo::Wait`]) for an agent.
 //! * A saga ends `done` or `unwound`; an undo that errors is retried at
 //!   the next run (an unwinding saga never gives up).
+//! * Whoever owns a kind of saga resumes it from its background tick, so a
+//!   restarted server finishes what the previous one left: the groups'
+//!   round resumes the group sagas ([`resume_all`]) before it counts
+//!   members, and the policies' round runs the sagas of every firing still
+//!   running. A database error ends a run where it is; the next run goes on
+//!   from what was recorded.
+//!
+//! Steps that talk to agents (a migration, a failover) fit the same shape:
+//! the step sets desired state and returns its output, and the next step
+//! waits ([`Step::Wait`]) until the agent's report shows it done.
 //!
 //! Why a small runner of our own rather than Oxide's `steno` (the crate
 //! omicron's Nexus runs its sagas on, `nexus/src/app/sagas/`): steno's
@@ -237,8 +247,7 @@ pub async fn run_with<S: SagaDef>(
     opts: RunOptions,
 ) -> Result<Status, sqlx::Error> {
     let row = db::saga(store, id).await?.ok_or(sqlx::Error::RowNotFound)?;
-    let params: S::Params =
-        serde_json::from_str(&row.params_json).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let params: S::Params = serde_json::from_str(&row.params_json).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     let names = S::steps(&params);
     let mut state = SagaState::parse(&row.state).unwrap_or(SagaState::Running);
     let mut error = row.error.clone();

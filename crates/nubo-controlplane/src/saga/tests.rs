@@ -24,59 +24,43 @@ impl SagaDef for Toy {
         vec!["a", "b", "c"]
     }
 
-    fn action<'a>(
-        store: &'a Store,
-        p: &'a ToyParams,
-        step: &'static str,
-        done: &'a Outputs,
-    ) -> impl Future<Output = Result<Step, sqlx::Error>> + Send + 'a {
-        async move {
-            let value = match step {
-                "a" => format!("{}-a", p.tag),
-                "b" => {
-                    let tries: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM toy WHERE k LIKE 'try-%'")
-                        .fetch_one(&store.pool)
+    async fn action(store: &Store, p: &ToyParams, step: &'static str, done: &Outputs) -> Result<Step, sqlx::Error> {
+        let value = match step {
+            "a" => format!("{}-a", p.tag),
+            "b" => {
+                let tries: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM toy WHERE k LIKE 'try-%'").fetch_one(&store.pool).await?;
+                if (tries as u64) < p.flaky {
+                    sqlx::query("INSERT INTO toy (k, v) VALUES ($1, 'x')")
+                        .bind(format!("try-{tries}"))
+                        .execute(&store.pool)
                         .await?;
-                    if (tries as u64) < p.flaky {
-                        sqlx::query("INSERT INTO toy (k, v) VALUES ($1, 'x')")
-                            .bind(format!("try-{tries}"))
-                            .execute(&store.pool)
-                            .await?;
-                        return Ok(Step::Retry(format!("try {tries} failed")));
-                    }
-                    let a: String = done.get("a").unwrap_or_default();
-                    format!("{a}+b")
+                    return Ok(Step::Retry(format!("try {tries} failed")));
                 }
-                _ => {
-                    let gate: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM toy WHERE k = 'gate'")
-                        .fetch_one(&store.pool)
-                        .await?;
-                    if gate == 0 {
-                        return Ok(Step::Wait);
-                    }
-                    "c".to_string()
+                let a: String = done.get("a").unwrap_or_default();
+                format!("{a}+b")
+            }
+            _ => {
+                let gate: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM toy WHERE k = 'gate'").fetch_one(&store.pool).await?;
+                if gate == 0 {
+                    return Ok(Step::Wait);
                 }
-            };
-            // Idempotent: the row is keyed on the step.
-            sqlx::query("INSERT INTO toy (k, v) VALUES ($1, $2) ON CONFLICT (k) DO NOTHING")
-                .bind(step)
-                .bind(&value)
-                .execute(&store.pool)
-                .await?;
-            Ok(Step::done(value))
-        }
+                "c".to_string()
+            }
+        };
+        // Idempotent: the row is keyed on the step.
+        sqlx::query("INSERT INTO toy (k, v) VALUES ($1, $2) ON CONFLICT (k) DO NOTHING")
+            .bind(step)
+            .bind(&value)
+            .execute(&store.pool)
+            .await?;
+        Ok(Step::done(value))
     }
 
-    fn undo<'a>(
-        store: &'a Store,
-        _: &'a ToyParams,
-        step: &'static str,
-        _: &'a Outputs,
-    ) -> impl Future<Output = Result<Undo, sqlx::Error>> + Send + 'a {
-        async move {
-            sqlx::query("DELETE FROM toy WHERE k = $1").bind(step).execute(&store.pool).await?;
-            Ok(Undo::Done)
-        }
+    async fn undo(store: &Store, _: &ToyParams, step: &'static str, _: &Outputs) -> Result<Undo, sqlx::Error> {
+        sqlx::query("DELETE FROM toy WHERE k = $1").bind(step).execute(&store.pool).await?;
+        Ok(Undo::Done)
     }
 }
 
@@ -171,10 +155,8 @@ async fn passing_failures_are_retried_with_backoff_then_unwind() {
         s = run::<Toy>(&w.store, &w.store, &id).await.unwrap();
     }
     assert_eq!((s.state, s.attempts), (SagaState::Unwound, MAX_ATTEMPTS), "{s:?}");
-    let left: Vec<String> = sqlx::query_scalar("SELECT k FROM toy WHERE k IN ('a', 'b', 'c')")
-        .fetch_all(&w.store.pool)
-        .await
-        .unwrap();
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT k FROM toy WHERE k IN ('a', 'b', 'c')").fetch_all(&w.store.pool).await.unwrap();
     assert!(left.is_empty(), "{left:?}");
 }
 
