@@ -4,15 +4,14 @@
 //! error, stopped, or whose health check is HARD CRITICAL is replaced),
 //! then launches or terminates members until the count is right (the
 //! newest go first on scale-in). Everything it does is in its activity
-//! history. Launches go through the same path as `POST /api/v1/instances`
+//! history. Launching a member and scaling in are sagas
+//! (`sagas::group_scale`), resumed at the start of the next round when a
+//! server died halfway. Launches go through the same path as `POST /api/v1/instances`
 //! (placement, quotas), as a member of the group's project.
 
-use crate::auth::{Caller, Role};
-use crate::checks::{CheckSpec, NewCheck};
 use crate::store::{now_ms, Store};
 use crate::Ctx;
 use nubo_api::automation::{GroupCreate, GroupHealthCheck, GroupSchedule};
-use nubo_api::ids::CheckId;
 use nubo_api::params::InstanceCreate;
 use sqlx::FromRow;
 use std::str::FromStr;
@@ -241,56 +240,10 @@ impl Store {
     }
 }
 
-/// The identity a group launches as: a member of its project.
-fn group_caller(g: &GroupRow) -> Caller {
-    Caller {
-        user_id: format!("group:{}", g.name),
-        user_name: format!("group:{}", g.name),
-        admin: false,
-        project_id: Some(g.project_id.clone()),
-        project_name: None,
-        role: Role::Member,
-    }
-}
-
-/// Launches one member of `g`.
-async fn launch_member(ctx: &Arc<Ctx>, g: &GroupRow) -> Result<String, String> {
-    let mut template = g.template().ok_or("the group's template does not parse")?;
-    let n = ctx.store.next_member_number(&g.id).await.map_err(|e| e.to_string())?;
-    template.name = Some(format!("{}-{n}", g.name));
-    template.tags.insert("nubo:group".into(), g.name.clone());
-    let record = crate::launch::LaunchRecord { group_id: Some(&g.id), ..Default::default() };
-    let row =
-        crate::app::instances::launch(ctx, &group_caller(g), &template, record).await.map_err(|e| e.to_string())?;
-    if let Some(h) = g.health() {
-        let spec = match h.kind.as_str() {
-            "http" => {
-                CheckSpec::Http { port: h.port, path: h.path.clone().unwrap_or_else(|| "/".into()), expect_status: 200 }
-            }
-            _ => CheckSpec::Tcp { port: h.port },
-        };
-        let interval = h.interval_secs.unwrap_or(10).clamp(1, 3600);
-        let id = CheckId::generate();
-        ctx.store
-            .insert_check(&NewCheck {
-                id: &id,
-                project_id: Some(&g.project_id),
-                name: HEALTH_CHECK,
-                target: &row.id,
-                spec: &spec,
-                interval_secs: interval,
-                retry_interval_secs: (interval / 2).max(1),
-                max_attempts: h.max_attempts.unwrap_or(3).clamp(1, 10),
-                timeout_secs: 5,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(row.id)
-}
-
 /// One round for every group.
 pub async fn reconcile(ctx: &Arc<Ctx>) -> Result<(), sqlx::Error> {
+    // Sagas a crash left halfway first: the members they launch count below.
+    crate::sagas::group_scale::resume(ctx).await?;
     let now = now_ms();
     for g in ctx.store.groups(None).await? {
         // Schedules first: they set the count this round works towards.
@@ -321,31 +274,15 @@ pub async fn reconcile(ctx: &Arc<Ctx>) -> Result<(), sqlx::Error> {
         let desired = g.desired as usize;
         if alive.len() > desired {
             // Scale in: the newest members go first.
-            for m in alive.iter().rev().take(alive.len() - desired) {
-                if ctx.store.set_desired(&m.id, &["running", "stopped"], "deleted", false, false, "terminate").await? {
-                    ctx.store
-                        .group_activity(&g.id, "terminate", &format!("terminating {} (scale in to {desired})", m.id))
-                        .await?;
-                    ctx.bump();
-                }
-            }
+            let victims: Vec<String> = alive.iter().rev().take(alive.len() - desired).map(|m| m.id.clone()).collect();
+            crate::sagas::group_scale::scale_in(ctx, &g, desired, victims).await?;
         } else if alive.len() < desired && now >= g.launch_retry_ms {
             for _ in alive.len()..desired {
-                match launch_member(ctx, &g).await {
-                    Ok(id) => {
-                        ctx.store
-                            .group_activity(
-                                &g.id,
-                                "launch",
-                                &format!("launched {id} ({} of {desired})", alive.len() + 1),
-                            )
-                            .await?;
-                    }
-                    Err(e) => {
-                        ctx.store.group_activity(&g.id, "launch_failed", &e).await?;
-                        ctx.store.delay_launches(&g.id, now + LAUNCH_RETRY_MS).await?;
-                        break;
-                    }
+                // The saga notes the launch in the activity history.
+                if let Err(e) = crate::sagas::group_scale::launch_member(ctx, &g, alive.len() + 1, desired).await? {
+                    ctx.store.group_activity(&g.id, "launch_failed", &e).await?;
+                    ctx.store.delay_launches(&g.id, now + LAUNCH_RETRY_MS).await?;
+                    break;
                 }
             }
         }
@@ -354,7 +291,7 @@ pub async fn reconcile(ctx: &Arc<Ctx>) -> Result<(), sqlx::Error> {
 }
 
 impl Store {
-    async fn next_member_number(&self, group: &str) -> Result<i64, sqlx::Error> {
+    pub(crate) async fn next_member_number(&self, group: &str) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("UPDATE instance_groups SET launched = launched + 1 WHERE id = $1 RETURNING launched")
             .bind(group)
             .fetch_one(&self.pool)

@@ -37,6 +37,8 @@ pub mod portal;
 pub mod provisioning;
 pub mod recipes;
 pub mod registry;
+pub mod saga;
+pub mod sagas;
 pub mod secrets;
 pub mod security_groups;
 pub mod signin;

@@ -7,26 +7,29 @@
 //!   hysteresis), never within `cooldown` of the previous firing for the same
 //!   target, and again during one long breach only with `repeat` (then
 //!   after each cooldown, for step scaling);
-//! * a firing is recorded first (with the values that caused it), then its
-//!   actions run as small steps of a saga: each step records what it made
-//!   (a volume id, a target size, a run id) before making it, so a retry or a
-//!   server restart picks up where it was and never does anything twice; a
-//!   failing step is retried with backoff, then marked failed;
+//! * a firing is recorded first (with the values that caused it), then each
+//!   of its actions runs as a saga (`sagas::policy_action`): each step
+//!   records what it made (a volume id, a target size, a run id) before the
+//!   next builds on it, so a retry or a server restart picks up where it
+//!   was and never does anything twice; a failing step is retried with
+//!   backoff, then the action is marked failed and what its saga made is
+//!   undone;
 //! * a dry run records what it would have done, and does nothing.
 
 use crate::alerts::compare;
 use crate::auth::{Caller, Role};
+use crate::saga::{self, SagaState};
+use crate::sagas::policy_action::PolicyActionSaga;
 use crate::store::{now_ms, Store};
-use crate::volumes::{AttachOutcome, NewVolume, StorageClaimError};
 use crate::Ctx;
 use nubo_api::automation::{ActionOutcome, PolicyAction, PolicyDoc, PolicyFiring};
-use nubo_api::ids::VolumeId;
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use std::collections::BTreeMap;
 
-/// Attempts of an action before it is marked failed.
-pub const MAX_ATTEMPTS: u64 = 5;
+/// Attempts of one step of an action (its saga's) before the action is
+/// marked failed.
+pub const MAX_ATTEMPTS: u64 = saga::MAX_ATTEMPTS;
 /// Metric values older than this do not count.
 const STALE_MS: i64 = 120_000;
 /// "Busiest" for rebalance is the highest average CPU over this window:
@@ -71,7 +74,8 @@ pub struct FiringRow {
     pub next_attempt_ms: i64,
 }
 
-/// What an action has made so far (so a replay does not make it again).
+/// What an action had made so far, as servers before the action sagas
+/// recorded it: a firing still running from then reuses it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -97,18 +101,6 @@ pub struct ActionRecord {
     pub outcome: ActionOutcome,
     #[serde(default)]
     pub plan: Plan,
-}
-
-/// Where a step left an action.
-enum Step {
-    /// Ended well, with what it made.
-    Done(String),
-    /// Under way (waiting for a host); look again next round.
-    Wait,
-    /// Failed this time; try again later.
-    Retry(String),
-    /// Cannot succeed.
-    Fail(String),
 }
 
 /// `30s`, `5m`, `1h`, `2d` or seconds, in ms.
@@ -595,221 +587,26 @@ fn policy_caller(project: &str, policy: &str) -> Caller {
     }
 }
 
-/// One step of one action (see the module doc).
-async fn advance(ctx: &Ctx, f: &FiringRow, policy: &str, r: &mut ActionRecord) -> Result<Step, sqlx::Error> {
-    let store = &ctx.store;
-    let instance = f.target.as_str();
-    match r.spec.clone() {
-        PolicyAction::AttachVolume { size_gib } => {
-            let Some(inst) = store.instance(instance).await? else {
-                return Ok(Step::Fail(format!("instance {instance} no longer exists")));
-            };
-            let Some(vid) = r.plan.volume_id.clone() else {
-                // Recorded first: whatever happens next, this is the volume.
-                r.plan.volume_id = Some(VolumeId::generate().to_string());
-                return Ok(Step::Wait);
-            };
-            match store.volume(&vid).await? {
-                None => {
-                    let Some(host) = inst.host_id.clone() else {
-                        return Ok(Step::Retry("the instance has no host yet".into()));
-                    };
-                    let (host, limit) = match crate::placement::place_storage(ctx, size_gib, Some(&host)).await {
-                        Ok(x) => x,
-                        Err(e) => return Ok(Step::Retry(e.to_string())),
-                    };
-                    let name = format!("{policy}-{}", &vid[4..12]);
-                    let new = NewVolume {
-                        id: &vid,
-                        project_id: &f.project_id,
-                        name: &name,
-                        host_id: &host,
-                        size_gib,
-                        snapshot_id: None,
-                    };
-                    match store.create_volume(&new, limit).await {
-                        Ok(()) => {
-                            ctx.bump();
-                            Ok(Step::Wait)
-                        }
-                        Err(StorageClaimError::Db(e)) => Err(e),
-                        Err(StorageClaimError::Quota(m) | StorageClaimError::Pool(m)) => Ok(Step::Retry(m)),
-                        Err(StorageClaimError::State) => Ok(Step::Retry("the volume changed meanwhile".into())),
-                    }
-                }
-                Some(v) if v.state == "error" => {
-                    Ok(Step::Fail(format!("volume {vid} failed: {}", v.error.unwrap_or_default())))
-                }
-                Some(v) if v.state == "available" => {
-                    match store.attach_volume(&vid, instance, nubo_api::MAX_VOLUMES_PER_INSTANCE).await? {
-                        AttachOutcome::Attached(_) => {
-                            ctx.bump();
-                            Ok(Step::Wait)
-                        }
-                        AttachOutcome::NoFreeSlot => {
-                            Ok(Step::Fail(format!("instance {instance} has no free volume slot")))
-                        }
-                        AttachOutcome::NotAvailable => Ok(Step::Wait),
-                    }
-                }
-                Some(v)
-                    if v.instance_id.as_deref() == Some(instance) && v.attach_state.as_deref() == Some("attached") =>
-                {
-                    Ok(Step::Done(format!("{vid} attached as {}", v.guest_device.unwrap_or_else(|| "?".into()))))
-                }
-                Some(_) => Ok(Step::Wait),
-            }
-        }
-        PolicyAction::ExtendVolume { by_gib, volume } => {
-            let (vid, to) = match (&r.plan.volume_id, r.plan.to_gib) {
-                (Some(v), Some(to)) => (v.clone(), to),
-                _ => {
-                    let vols = store.volumes_of_instance(instance).await?;
-                    let chosen = match &volume {
-                        Some(v) => vols.into_iter().find(|x| x.id == v.as_str()),
-                        None => vols.into_iter().max_by_key(|x| x.updated_at_ms.max(x.created_at_ms)),
-                    };
-                    let Some(v) = chosen else {
-                        return Ok(Step::Fail(format!("instance {instance} has no such volume attached")));
-                    };
-                    r.plan.volume_id = Some(v.id.clone());
-                    r.plan.to_gib = Some(v.size_gib as u64 + by_gib);
-                    return Ok(Step::Wait);
-                }
-            };
-            let Some(v) = store.volume(&vid).await? else { return Ok(Step::Fail(format!("volume {vid} is gone"))) };
-            if (v.size_gib as u64) < to {
-                let (_, limit) =
-                    match crate::placement::place_storage(ctx, to - v.size_gib as u64, Some(&v.host_id)).await {
-                        Ok(x) => x,
-                        Err(e) => return Ok(Step::Retry(e.to_string())),
-                    };
-                return match store.extend_volume(&v, to, limit).await {
-                    Ok(()) => {
-                        ctx.bump();
-                        Ok(Step::Wait)
-                    }
-                    Err(StorageClaimError::Db(e)) => Err(e),
-                    Err(StorageClaimError::Quota(m) | StorageClaimError::Pool(m)) => Ok(Step::Retry(m)),
-                    Err(StorageClaimError::State) => Ok(Step::Retry("the volume is busy".into())),
-                };
-            }
-            let seen = v.attach_state.is_none() || v.guest_size_bytes.is_some_and(|b| b as u64 >= to << 30);
-            if v.actual_size_gib as u64 >= to && seen {
-                Ok(Step::Done(format!("{vid} is {to} GiB")))
-            } else {
-                Ok(Step::Wait)
-            }
-        }
-        PolicyAction::Scale { by, group } => {
-            let name = match group {
-                Some(g) => g,
-                None => match store.policy_scope_group(&f.policy_id).await? {
-                    Some(g) => g,
-                    None => return Ok(Step::Fail("the policy names no group".into())),
-                },
-            };
-            let Some(g) = store.group_by_name(&f.project_id, &name).await? else {
-                return Ok(Step::Fail(format!("group {name} does not exist")));
-            };
-            let target = match r.plan.desired {
-                Some(d) => d,
-                None => {
-                    let d = (g.desired + by).clamp(g.min_size, g.max_size) as u32;
-                    r.plan.desired = Some(d);
-                    return Ok(Step::Wait);
-                }
-            };
-            store.set_group_desired(&g.id, target, &format!("policy {policy}: {by:+}")).await?;
-            ctx.bump();
-            Ok(Step::Done(format!("group {name} desired {} -> {target}", g.desired)))
-        }
-        PolicyAction::RunRecipe { recipe, version, params } => match r.plan.run_id.clone() {
-            None => {
-                let caller = policy_caller(&f.project_id, policy);
-                let req = nubo_api::params::RunCreate { recipe, version, params };
-                match crate::app::provisioning::start_recipe_run(ctx, &caller, instance, &req, false).await {
-                    Ok((run_id, _)) => {
-                        r.plan.run_id = Some(run_id);
-                        ctx.bump();
-                        Ok(Step::Wait)
-                    }
-                    Err(e) => Ok(Step::Fail(e.to_string())),
-                }
-            }
-            Some(run_id) => match store.run(&run_id).await? {
-                Some(run) if run.state == "succeeded" => Ok(Step::Done(format!("run {run_id} succeeded"))),
-                Some(run) if run.state == "failed" => Ok(Step::Fail(format!(
-                    "run {run_id} failed: {}",
-                    run.error.unwrap_or_else(|| format!("exit {:?}", run.exit_code))
-                ))),
-                Some(_) => Ok(Step::Wait),
-                None => Ok(Step::Fail(format!("run {run_id} is gone"))),
-            },
-        },
-        PolicyAction::Reboot => {
-            if r.plan.done {
-                return Ok(Step::Done(format!("{instance} rebooted")));
-            }
-            if store.set_desired(instance, &["running"], "running", false, true, "reboot").await? {
-                r.plan.done = true;
-                ctx.bump();
-                Ok(Step::Done(format!("{instance} rebooted")))
-            } else {
-                Ok(Step::Fail(format!("{instance} is not running")))
-            }
-        }
-        PolicyAction::Rebalance => match r.plan.migration_id.clone() {
-            None => {
-                // A migration off this host already under way (this step's,
-                // if a crash came between starting it and recording it) is
-                // the one to follow.
-                if let Some(m) = store.migrations_of_host(instance).await?.into_iter().find(|m| m.active()) {
-                    r.plan.migration_id = Some(m.id);
-                    return Ok(Step::Wait);
-                }
-                match rebalance_once(ctx, instance).await {
-                    Ok(id) => {
-                        r.plan.migration_id = Some(id);
-                        Ok(Step::Wait)
-                    }
-                    Err(e) => Ok(Step::Retry(e)),
-                }
-            }
-            Some(id) => match store.migration(&id).await? {
-                Some(m) if m.state == "completed" => Ok(Step::Done(format!(
-                    "moved {} from {} to {} (downtime {} ms)",
-                    m.instance_id,
-                    m.source_host,
-                    m.target_host,
-                    m.downtime_ms.unwrap_or(0)
-                ))),
-                Some(m) if m.state == "failed" => {
-                    Ok(Step::Fail(format!("migration {id} failed: {}", m.error.unwrap_or_default())))
-                }
-                Some(_) => Ok(Step::Wait),
-                None => Ok(Step::Fail(format!("migration {id} is gone"))),
-            },
-        },
-        PolicyAction::Notify { webhook } => match r.plan.notification_id.clone() {
-            None => {
-                let id = store.queue_notification(&f.id, "policy", &webhook, &firing_payload(f, policy)).await?;
-                r.plan.notification_id = Some(id);
-                Ok(Step::Wait)
-            }
-            Some(id) => match store.notification_state(&id).await?.as_deref() {
-                Some("sent") => Ok(Step::Done("delivered".into())),
-                Some("failed") => Ok(Step::Fail("the webhook did not take it (see nubo event list)".into())),
-                _ => Ok(Step::Wait),
-            },
-        },
+/// Starts recipe run `req` on `instance` for a firing of `policy`: the
+/// run's id, or why it could not start.
+pub(crate) async fn start_run(
+    ctx: &Ctx,
+    project: &str,
+    policy: &str,
+    instance: &str,
+    req: &nubo_api::params::RunCreate,
+) -> Result<String, String> {
+    let caller = policy_caller(project, policy);
+    match crate::app::provisioning::start_recipe_run(ctx, &caller, instance, req, false).await {
+        Ok((run_id, _)) => Ok(run_id),
+        Err(e) => Err(e.to_string()),
     }
 }
 
 /// Starts moving the busiest running instance (newest `cpu_percent`) off
 /// `host` to the up host with the most free CPU and memory; the error says
 /// why nothing could move.
-async fn rebalance_once(ctx: &Ctx, host: &str) -> Result<String, String> {
+pub(crate) async fn rebalance_once(ctx: &Ctx, host: &str) -> Result<String, String> {
     let store = &ctx.store;
     let now = now_ms();
     let mut busiest: Option<(f64, crate::store::InstanceRow)> = None;
@@ -836,58 +633,40 @@ async fn rebalance_once(ctx: &Ctx, host: &str) -> Result<String, String> {
     Ok(m.id)
 }
 
-fn firing_payload(f: &FiringRow, policy: &str) -> String {
-    serde_json::json!({
-        "firing_id": f.id,
-        "policy": policy,
-        "target": f.target,
-        "at_ms": f.at_ms,
-        "values": serde_json::from_str::<serde_json::Value>(&f.values_json).unwrap_or_default(),
-    })
-    .to_string()
-}
-
-/// Advances every due firing by one step per action.
+/// Runs the sagas of every due firing's actions as far as they go now
+/// (see `sagas::policy_action`), and shows each saga's state as its
+/// action's outcome.
 pub async fn execute(ctx: &Ctx) -> Result<(), sqlx::Error> {
     for mut f in ctx.store.due_firings().await? {
         let policy = ctx.store.policy_name(&f.policy_id).await?.unwrap_or_else(|| f.policy_id.clone());
         let mut records: Vec<ActionRecord> = serde_json::from_str(&f.actions_json).unwrap_or_default();
         let mut retry_in: Option<i64> = None;
-        for r in records.iter_mut() {
+        for (i, r) in records.iter_mut().enumerate() {
             if matches!(r.outcome.state.as_str(), "succeeded" | "failed" | "skipped") {
                 continue;
             }
-            let before = r.plan.clone();
-            let step = advance(ctx, &f, &policy, r).await?;
+            let id = crate::sagas::policy_action::new_action(ctx, &f, &policy, i, &r.spec, &r.plan).await?;
+            let s = saga::run::<PolicyActionSaga>(&ctx.store, ctx, &id).await?;
             r.outcome.state = "running".into();
-            match step {
-                Step::Done(result) => {
+            r.outcome.attempts = r.outcome.attempts.max(s.attempts);
+            match s.state {
+                SagaState::Done => {
                     r.outcome.state = "succeeded".into();
-                    r.outcome.result = Some(result);
+                    r.outcome.result = s.output.map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string()));
                     r.outcome.error = None;
                 }
-                Step::Wait => {}
-                Step::Retry(e) => {
-                    r.outcome.attempts += 1;
-                    r.outcome.error = Some(e);
-                    if r.outcome.attempts >= MAX_ATTEMPTS {
-                        r.outcome.state = "failed".into();
-                    } else {
-                        let backoff = crate::alerts::backoff(r.outcome.attempts as i64).as_millis() as i64;
+                SagaState::Unwound => {
+                    r.outcome.state = "failed".into();
+                    r.outcome.error = s.error;
+                }
+                SagaState::Running | SagaState::Unwinding => {
+                    // A step failed this time and is tried again after a backoff.
+                    if s.state == SagaState::Running && s.attempts > 0 {
+                        r.outcome.error = s.error;
+                        let backoff = crate::alerts::backoff(s.attempts as i64).as_millis() as i64;
                         retry_in = Some(retry_in.map_or(backoff, |x| x.min(backoff)));
                     }
                 }
-                Step::Fail(e) => {
-                    r.outcome.state = "failed".into();
-                    r.outcome.error = Some(e);
-                }
-            }
-            // A plan change is saved before anything else happens, so the
-            // next step (maybe after a restart) builds on it.
-            if r.plan != before {
-                f.actions_json = serde_json::to_string(&records).unwrap_or_default();
-                ctx.store.save_firing(&f).await?;
-                break;
             }
         }
         f.actions_json = serde_json::to_string(&records).unwrap_or_default();
@@ -940,7 +719,7 @@ impl Store {
         sqlx::query_scalar("SELECT name FROM policies WHERE id = $1").bind(id).fetch_optional(&self.pool).await
     }
 
-    async fn policy_scope_group(&self, id: &str) -> Result<Option<String>, sqlx::Error> {
+    pub(crate) async fn policy_scope_group(&self, id: &str) -> Result<Option<String>, sqlx::Error> {
         let doc: Option<String> = sqlx::query_scalar("SELECT doc_json FROM policies WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)

@@ -13,10 +13,6 @@ use nubo_api::params::InstanceCreate;
 use nubo_api::views::{ConsoleOutput, Instance};
 use std::sync::Arc;
 
-// The REST modules of other resources still load instances and name
-// their types through this path; they move to `app::instances` as they
-// move to the application layer themselves.
-pub(crate) use crate::app::instances::load;
 
 /// List instances, terminated ones included (as EC2 shows them for a
 /// while), oldest first. With `limit`, one page of them: the

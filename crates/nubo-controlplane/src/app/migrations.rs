@@ -99,7 +99,7 @@ pub async fn start(
 /// chooses.
 pub async fn migrate(ctx: &Arc<Ctx>, caller: &Caller, id: &str, to: Option<&str>) -> AppResult<Migration> {
     crate::authz::require_admin(caller)?;
-    let row = crate::api::instances::load(ctx, caller, id, crate::authz::Access::Write).await?;
+    let row = crate::app::instances::load(ctx, caller, id, crate::authz::Access::Write).await?;
     view(start(ctx, &row, to, None).await?)
 }
 
