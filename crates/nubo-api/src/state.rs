@@ -21,14 +21,14 @@ pub struct UnknownState {
 #[macro_export]
 macro_rules! state_enum {
     (
-        $(#[$meta:meta])*
+        $(#[doc = $doc:literal])*
         pub enum $name:ident($kind:literal) {
             $( $(#[$vmeta:meta])* $variant:ident = $text:literal ),+ $(,)?
         }
     ) => {
-        $(#[$meta])*
+        $(#[doc = $doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
-                 serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+                 serde::Serialize, serde::Deserialize)]
         pub enum $name {
             $( $(#[$vmeta])* #[serde(rename = $text)] $variant ),+
         }
@@ -47,6 +47,22 @@ macro_rules! state_enum {
                 match s { $($text => Some($name::$variant),)+ _ => None }
             }
         }
+
+        // By hand rather than derived: the derive does not see a
+        // `serde(rename)` whose value comes from a macro argument, and
+        // would publish the variants' Rust names.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                let doc: Vec<&str> = [$($doc),*].iter().map(|l| l.trim()).collect();
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .description((!doc.is_empty()).then(|| doc.join("\n")))
+                    .enum_values(Some([$($text),+]))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
 
         impl std::str::FromStr for $name {
             type Err = $crate::state::UnknownState;
@@ -131,5 +147,8 @@ mod tests {
         let err = "blue".parse::<Light>().err().map(|e| e.to_string()).unwrap_or_default();
         assert_eq!(err, "'blue' is not a light state; expected one of: red, green");
         assert!(Light::Red == "red");
+        let schema = serde_json::to_value(<Light as utoipa::PartialSchema>::schema()).unwrap_or_default();
+        assert_eq!(schema["enum"], serde_json::json!(["red", "green"]), "{schema}");
+        assert_eq!(schema["description"], "A test state.");
     }
 }
