@@ -26,14 +26,70 @@ pub struct RegisterHost {
     pub shared_storage: Option<String>,
 }
 
-/// What the control plane wants an instance on this host to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum PowerState {
-    Running,
-    Stopped,
-    /// Remove the VM and its files.
-    Deleted,
+crate::state_enum! {
+    /// What the control plane wants an instance on this host to be: the
+    /// instance's desired state, as the database stores it (the views show
+    /// `deleted` as `terminated`).
+    pub enum PowerState("desired") {
+        Running = "running",
+        Stopped = "stopped",
+        /// Remove the VM and its files.
+        Deleted = "deleted",
+    }
+}
+
+impl PowerState {
+    /// Whether a user's request may record `to` over an instance wanted
+    /// `self`. Nothing comes back from `deleted` (terminated); otherwise
+    /// each wish may follow each, the same one too: a stop repeated while
+    /// the VM shuts down, a start retried after an error, a reboot (the
+    /// request itself, not this table, says it needs a running instance).
+    pub fn can_become(self, to: PowerState) -> bool {
+        use PowerState as P;
+        match (self, to) {
+            (P::Deleted, _) => false,
+            (P::Running | P::Stopped, P::Running | P::Stopped | P::Deleted) => true,
+        }
+    }
+
+    /// The desired state as the views show it.
+    pub fn shown(self) -> crate::views::DesiredInstanceState {
+        use crate::views::DesiredInstanceState as D;
+        match self {
+            PowerState::Running => D::Running,
+            PowerState::Stopped => D::Stopped,
+            PowerState::Deleted => D::Terminated,
+        }
+    }
+}
+
+#[cfg(test)]
+mod power_state_tests {
+    use super::PowerState::{self, Deleted, Running, Stopped};
+
+    #[test]
+    fn only_a_terminated_instance_can_be_asked_nothing_more() {
+        let legal = [
+            (Running, Running),
+            (Running, Stopped),
+            (Running, Deleted),
+            (Stopped, Running),
+            (Stopped, Stopped),
+            (Stopped, Deleted),
+        ];
+        for from in PowerState::ALL {
+            for to in PowerState::ALL {
+                assert_eq!(from.can_become(*to), legal.contains(&(*from, *to)), "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn deleted_is_shown_as_terminated() {
+        let shown: Vec<&str> = PowerState::ALL.iter().map(|p| p.shown().as_str()).collect();
+        assert_eq!(shown, ["running", "stopped", "terminated"]);
+        assert_eq!(serde_json::to_value(Deleted).unwrap_or_default(), serde_json::json!("deleted"));
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

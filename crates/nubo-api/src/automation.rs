@@ -173,7 +173,7 @@ pub struct Policy {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GroupMember {
     pub instance_id: InstanceId,
-    pub state: String,
+    pub state: crate::views::InstanceState,
     /// `healthy`, `starting`, or why it will be replaced.
     pub health: String,
 }

@@ -18,12 +18,15 @@ pub struct UnknownState {
 }
 
 /// Declares a state enum: `state_enum! { /// doc \n pub enum Name("kind") { Variant = "spelling", ... } }`.
+/// Each spelling is taken as a plain token (`tt`), not a `literal`
+/// fragment: utoipa's derive does not see a `serde(rename)` whose value
+/// comes wrapped as a fragment, and would document `Running` for `running`.
 #[macro_export]
 macro_rules! state_enum {
     (
         $(#[doc = $doc:literal])*
         pub enum $name:ident($kind:literal) {
-            $( $(#[$vmeta:meta])* $variant:ident = $text:literal ),+ $(,)?
+            $( $(#[$vmeta:meta])* $variant:ident = $text:tt ),+ $(,)?
         }
     ) => {
         $(#[doc = $doc])*

@@ -18,6 +18,37 @@ crate::state_enum! {
     }
 }
 
+crate::state_enum! {
+    /// What the user asked an instance to be: `running`, `stopped` or
+    /// `terminated` (stored as the agent protocol's `deleted`).
+    pub enum DesiredInstanceState("desired instance") {
+        Running = "running",
+        Stopped = "stopped",
+        Terminated = "terminated",
+    }
+}
+
+impl DesiredInstanceState {
+    /// The instance state that fulfils the wish.
+    pub fn fulfilled_by(self) -> InstanceState {
+        match self {
+            DesiredInstanceState::Running => InstanceState::Running,
+            DesiredInstanceState::Stopped => InstanceState::Stopped,
+            DesiredInstanceState::Terminated => InstanceState::Terminated,
+        }
+    }
+}
+
+crate::state_enum! {
+    /// Whether a host takes part: `up`, `down` once it has missed
+    /// heartbeats, or `drained` (no new placements).
+    pub enum HostState("host") {
+        Up = "up",
+        Down = "down",
+        Drained = "drained",
+    }
+}
+
 /// A forwarded port: guest TCP port -> host address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PortForward {
@@ -43,7 +74,7 @@ pub struct Instance {
     pub image: String,
     pub state: InstanceState,
     /// What the user asked for: `running`, `stopped` or `terminated`.
-    pub desired_state: String,
+    pub desired_state: DesiredInstanceState,
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disk_gib: u64,
@@ -253,7 +284,7 @@ pub struct Host {
     pub id: HostId,
     pub name: String,
     /// `up`, `down` once it has missed heartbeats, or `drained` (no new placements).
-    pub state: String,
+    pub state: HostState,
     /// The accelerator the agent uses: `kvm` or `tcg`.
     pub accel: String,
     pub vcpus: u32,

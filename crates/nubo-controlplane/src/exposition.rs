@@ -8,6 +8,7 @@
 
 use crate::error::AppResult;
 use crate::Ctx;
+use nubo_api::views::InstanceState;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
@@ -57,7 +58,7 @@ pub async fn render(ctx: &Ctx) -> AppResult<String> {
         .instances(None)
         .await?
         .into_iter()
-        .filter(|i| i.state != "terminated")
+        .filter(|i| i.state != InstanceState::Terminated)
         .map(|i| {
             let project = i.project_id.as_ref().and_then(|p| projects.get(p)).cloned().unwrap_or_default();
             (i.id, (i.name, project, i.host_id.unwrap_or_default()))

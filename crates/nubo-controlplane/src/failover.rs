@@ -31,6 +31,8 @@
 use crate::placement::{self, Constraints, Demand, Refusal};
 use crate::store::{now_ms, Size};
 use crate::Ctx;
+use nubo_api::agent::PowerState;
+use nubo_api::views::InstanceState;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -143,7 +145,8 @@ pub async fn run_once(ctx: &Ctx) -> Result<(), sqlx::Error> {
         hosts.iter().filter(|h| ctx.renewals.silent_for(&h.id, h.last_heartbeat_ms, now) > restart_after).collect();
     for dead in silent {
         let instances = ctx.store.instances_on_host(&dead.id).await?;
-        for row in instances.into_iter().filter(|r| !matches!(r.state.as_str(), "lost" | "terminated")) {
+        for row in instances.into_iter().filter(|r| !matches!(r.state, InstanceState::Lost | InstanceState::Terminated))
+        {
             let demand =
                 Demand { vcpus: row.vcpus as u32, memory_mib: row.memory_mib as u64, disk_gib: row.disk_gib as u64 };
             // Only a host that shares the dead one's storage has the disks.
@@ -207,7 +210,7 @@ impl crate::store::Store {
             return Ok(false);
         }
         let now = now_ms();
-        let start = i64::from(row.desired == "running");
+        let start = i64::from(row.desired == PowerState::Running);
         let moved = sqlx::query(
             "UPDATE instances SET host_id = $1, start_seq = start_seq + $2,
                state = CASE WHEN desired = 'running' THEN 'pending' ELSE state END, error = NULL, updated_at_ms = $3

@@ -11,8 +11,10 @@
 
 use crate::store::{now_ms, Store};
 use crate::Ctx;
+use nubo_api::agent::PowerState;
 use nubo_api::automation::{GroupCreate, GroupHealthCheck, GroupSchedule};
 use nubo_api::params::InstanceCreate;
+use nubo_api::views::InstanceState;
 use sqlx::FromRow;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -219,10 +221,10 @@ impl Store {
 
     /// How a member is doing.
     pub async fn member_health(&self, m: &crate::store::InstanceRow) -> Result<Health, sqlx::Error> {
-        if m.state == "error" {
+        if m.state == InstanceState::Error {
             return Ok(Health::Replace(format!("it is in error: {}", m.error.clone().unwrap_or_default())));
         }
-        if m.desired == "stopped" {
+        if m.desired == PowerState::Stopped {
             return Ok(Health::Replace("it stopped (its VM died, or someone stopped it)".into()));
         }
         let check: Option<(String, String)> =
@@ -236,7 +238,7 @@ impl Store {
                 return Ok(Health::Replace("its health check is CRITICAL".into()));
             }
         }
-        Ok(if m.state == "running" { Health::Healthy } else { Health::Starting })
+        Ok(if m.state == InstanceState::Running { Health::Healthy } else { Health::Starting })
     }
 }
 
@@ -261,7 +263,14 @@ pub async fn reconcile(ctx: &Arc<Ctx>) -> Result<(), sqlx::Error> {
                 Health::Replace(why) => {
                     if ctx
                         .store
-                        .set_desired(&m.id, &["running", "stopped"], "deleted", false, false, "terminate")
+                        .set_desired(
+                            &m.id,
+                            &[PowerState::Running, PowerState::Stopped],
+                            PowerState::Deleted,
+                            false,
+                            false,
+                            "terminate",
+                        )
                         .await?
                     {
                         ctx.store.group_activity(&g.id, "replace", &format!("terminating {} ({why})", m.id)).await?;

@@ -6,8 +6,10 @@
 //! balancers, and the host's reports of each backend's health and counters.
 
 use crate::store::{now_ms, Store};
+use nubo_api::agent::PowerState;
 use nubo_api::ids::{InstanceId, LoadBalancerId};
 use nubo_api::lb::{ActualBalancer, DesiredBackend, DesiredBalancer, LbBackend, LbHealthCheck, LoadBalancerCreate};
+use nubo_api::views::InstanceState;
 use sqlx::FromRow;
 use std::collections::BTreeMap;
 
@@ -304,9 +306,9 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let weight = weights.get(&r.id).copied().unwrap_or(1);
-            let reason = if r.state == "terminated" || r.desired == "deleted" {
+            let reason = if r.state == InstanceState::Terminated || r.desired == PowerState::Deleted {
                 Some("terminated")
-            } else if r.desired != "running" {
+            } else if r.desired != PowerState::Running {
                 Some("not running")
             } else if r.host_id.as_deref() != Some(lb.host_id.as_str()) {
                 Some("on another host")

@@ -22,7 +22,9 @@ use crate::saga::{self, SagaState};
 use crate::sagas::policy_action::PolicyActionSaga;
 use crate::store::{now_ms, Store};
 use crate::Ctx;
+use nubo_api::agent::PowerState;
 use nubo_api::automation::{ActionOutcome, PolicyAction, PolicyDoc, PolicyFiring};
+use nubo_api::views::InstanceState;
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use std::collections::BTreeMap;
@@ -346,7 +348,7 @@ impl Store {
             return Ok(self
                 .instance(i.as_str())
                 .await?
-                .filter(|r| r.project_id.as_deref() == Some(p.project_id.as_str()) && r.state == "running")
+                .filter(|r| r.project_id.as_deref() == Some(p.project_id.as_str()) && r.state == InstanceState::Running)
                 .map(|r| vec![r.id])
                 .unwrap_or_default());
         }
@@ -611,7 +613,7 @@ pub(crate) async fn rebalance_once(ctx: &Ctx, host: &str) -> Result<String, Stri
     let now = now_ms();
     let mut busiest: Option<(f64, crate::store::InstanceRow)> = None;
     for row in store.instances_on_host(host).await.map_err(|e| e.to_string())? {
-        if row.state != "running" || row.desired != "running" {
+        if row.state != InstanceState::Running || row.desired != PowerState::Running {
             continue;
         }
         let cpu = store.average_since(&row.id, "cpu_percent", now - BUSY_WINDOW_MS).await.map_err(|e| e.to_string())?;

@@ -7,9 +7,9 @@
 //! Every read-modify-write that must be atomic is a single conditional
 //! statement or a transaction, never an in-memory assumption.
 
-use nubo_api::agent::{ActualInstance, ActualPower, RegisterHost};
+use nubo_api::agent::{ActualInstance, ActualPower, PowerState, RegisterHost};
 use nubo_api::ids::{HostId, InstanceId};
-use nubo_api::views::InstanceEvent;
+use nubo_api::views::{InstanceEvent, InstanceState};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, FromRow};
 use std::path::Path;
@@ -161,8 +161,8 @@ pub struct InstanceRow {
     pub memory_mib: i64,
     pub disk_gib: i64,
     pub host_id: Option<String>,
-    pub desired: String,
-    pub state: String,
+    pub desired: PowerState,
+    pub state: InstanceState,
     pub start_seq: i64,
     pub reboot_count: i64,
     pub user_data: Option<String>,
@@ -556,12 +556,13 @@ impl Store {
     }
 
     /// Changes what the user wants, if the instance's desired state is one
-    /// of `from`. Returns false when it was not (the caller says why).
+    /// of `from` and may become `desired` ([`PowerState::can_become`]).
+    /// Returns false when it was not (the caller says why).
     pub async fn set_desired(
         &self,
         id: &str,
-        from: &[&str],
-        desired: &str,
+        from: &[PowerState],
+        desired: PowerState,
         bump_start: bool,
         bump_reboot: bool,
         event: &str,
@@ -570,7 +571,7 @@ impl Store {
             Some(r) => r,
             None => return Ok(false),
         };
-        if !from.contains(&row.desired.as_str()) || row.state == "terminated" {
+        if !from.contains(&row.desired) || !row.desired.can_become(desired) || row.state == InstanceState::Terminated {
             return Ok(false);
         }
         let mut tx = self.begin().await?;
@@ -585,7 +586,7 @@ impl Store {
         .bind(i64::from(bump_reboot))
         .bind(now)
         .bind(id)
-        .bind(&row.desired)
+        .bind(row.desired)
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 1 {
@@ -613,17 +614,17 @@ impl Store {
     /// One try of [`Store::apply_actual`]; `None` when the row changed meanwhile.
     async fn apply_actual_once(&self, host: &str, a: &ActualInstance) -> Result<Option<bool>, sqlx::Error> {
         let row = match self.instance(a.id.as_str()).await? {
-            Some(r) if r.host_id.as_deref() == Some(host) && r.state != "terminated" => r,
+            Some(r) if r.host_id.as_deref() == Some(host) && r.state != InstanceState::Terminated => r,
             _ => return Ok(Some(false)),
         };
         let now = now_ms();
-        let mut desired = row.desired.clone();
-        if a.exited_unexpectedly && desired == "running" {
+        let mut desired = row.desired;
+        if a.exited_unexpectedly && desired == PowerState::Running {
             // Like EC2: a guest that powers itself off, or a VM that dies,
             // is recorded as stopped; the user starts it again.
-            desired = "stopped".into();
+            desired = PowerState::Stopped;
         }
-        let state = derive_state(&desired, a.power);
+        let state = derive_state(desired, a.power);
         let error = match a.power {
             ActualPower::Error => a.error.clone(),
             _ => None,
@@ -645,20 +646,20 @@ impl Store {
             "UPDATE instances SET desired = $1, state = $2, error = $3, updated_at_ms = $4
              WHERE id = $5 AND desired = $6 AND state = $7",
         )
-        .bind(&desired)
+        .bind(desired)
         .bind(state)
         .bind(&error)
         .bind(now)
         .bind(&row.id)
-        .bind(&row.desired)
-        .bind(&row.state)
+        .bind(row.desired)
+        .bind(row.state)
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() != 1 {
             tx.rollback().await?;
             return Ok(None);
         }
-        if state == "terminated" {
+        if state == InstanceState::Terminated {
             // Free the claim and the ports exactly once: only the report
             // that moves the row to terminated gets here.
             release_capacity(&mut tx, host, Size::of(&row)).await?;
@@ -682,7 +683,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        if state != row.state && matches!(state, "stopped" | "error" | "terminated") {
+        if state != row.state
+            && matches!(state, InstanceState::Stopped | InstanceState::Error | InstanceState::Terminated)
+        {
             // A run cannot outlive its instance: fail what was running
             // (and, once the instance is gone, what was still waiting).
             sqlx::query(
@@ -692,7 +695,7 @@ impl Store {
             .bind(format!("the instance became {state} during the run"))
             .bind(now)
             .bind(&row.id)
-            .bind(state == "terminated")
+            .bind(state == InstanceState::Terminated)
             .execute(&mut *tx)
             .await?;
         }
@@ -866,17 +869,18 @@ pub(crate) async fn insert_event(
 }
 
 /// The user-visible state, from what is wanted and what the agent sees.
-pub fn derive_state(desired: &str, actual: ActualPower) -> &'static str {
+pub fn derive_state(desired: PowerState, actual: ActualPower) -> InstanceState {
     use ActualPower as A;
+    use InstanceState as S;
+    use PowerState as P;
     match (desired, actual) {
-        (_, A::Error) => "error",
-        ("deleted", A::Deleted) => "terminated",
-        ("deleted", _) => "stopping",
-        ("running", A::Running) => "running",
-        ("running", _) => "pending",
-        ("stopped", A::Running | A::Stopping | A::Starting) => "stopping",
-        ("stopped", _) => "stopped",
-        _ => "error",
+        (_, A::Error) => S::Error,
+        (P::Deleted, A::Deleted) => S::Terminated,
+        (P::Deleted, _) => S::Stopping,
+        (P::Running, A::Running) => S::Running,
+        (P::Running, _) => S::Pending,
+        (P::Stopped, A::Running | A::Stopping | A::Starting) => S::Stopping,
+        (P::Stopped, _) => S::Stopped,
     }
 }
 
@@ -954,13 +958,13 @@ mod tests {
 
     #[test]
     fn state_follows_desired_and_actual() {
-        assert_eq!(derive_state("running", ActualPower::Starting), "pending");
-        assert_eq!(derive_state("running", ActualPower::Running), "running");
-        assert_eq!(derive_state("stopped", ActualPower::Running), "stopping");
-        assert_eq!(derive_state("stopped", ActualPower::Stopped), "stopped");
-        assert_eq!(derive_state("deleted", ActualPower::Running), "stopping");
-        assert_eq!(derive_state("deleted", ActualPower::Deleted), "terminated");
-        assert_eq!(derive_state("running", ActualPower::Error), "error");
+        assert_eq!(derive_state(PowerState::Running, ActualPower::Starting), "pending");
+        assert_eq!(derive_state(PowerState::Running, ActualPower::Running), "running");
+        assert_eq!(derive_state(PowerState::Stopped, ActualPower::Running), "stopping");
+        assert_eq!(derive_state(PowerState::Stopped, ActualPower::Stopped), "stopped");
+        assert_eq!(derive_state(PowerState::Deleted, ActualPower::Running), "stopping");
+        assert_eq!(derive_state(PowerState::Deleted, ActualPower::Deleted), "terminated");
+        assert_eq!(derive_state(PowerState::Running, ActualPower::Error), "error");
     }
 
     #[tokio::test]

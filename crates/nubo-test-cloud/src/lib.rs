@@ -25,7 +25,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use nubo_api::ids::HostId;
-use nubo_api::views::{Host, Instance, InstanceState};
+use nubo_api::views::{Host, HostState, Instance, InstanceState};
 use nubo_client::Client;
 use nubo_controlplane::store::Backend;
 use nubo_controlplane::testdb::TestDatabase;
@@ -202,7 +202,7 @@ impl TestCloud {
         wait_for(&format!("host {name} to register and be up"), START_TIMEOUT, || {
             let admin = admin.clone();
             let want = want.clone();
-            async move { admin.hosts().await.ok()?.into_iter().find(|h| h.id == want && h.state == "up") }
+            async move { admin.hosts().await.ok()?.into_iter().find(|h| h.id == want && h.state == HostState::Up) }
         })
         .await;
         self.hosts.push(SimHost { id, name: name.to_string(), task });

@@ -36,7 +36,7 @@ fn print_instance(i: &Instance) {
         ("id", i.id.to_string()),
         ("name", i.name.clone()),
         ("state", i.state.as_str().to_string()),
-        ("desired", i.desired_state.clone()),
+        ("desired", i.desired_state.as_str().to_string()),
         (
             "image",
             match &i.image_id {
@@ -370,7 +370,7 @@ pub async fn host(cmd: HostCmd, conn: &Conn) -> anyhow::Result<()> {
                         vec![
                             h.id.to_string(),
                             h.name.clone(),
-                            h.state.clone(),
+                            h.state.as_str().to_string(),
                             h.accel.clone(),
                             format!("{}/{}", h.used_vcpus, h.schedulable_vcpus),
                             format!("{}/{}", h.used_memory_mib, h.memory_mib),

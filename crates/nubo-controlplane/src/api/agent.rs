@@ -199,12 +199,7 @@ pub async fn desired(
             .into_iter()
             .map(|(image, _)| Ok(DesiredCapture { image_id: image.parse().map_err(AppError::internal)? }))
             .collect::<AppResult<Vec<_>>>()?;
-        let power = match row.desired.as_str() {
-            _ if failed_copy => PowerState::Deleted,
-            "running" => PowerState::Running,
-            "stopped" => PowerState::Stopped,
-            _ => PowerState::Deleted,
-        };
+        let power = if failed_copy { PowerState::Deleted } else { row.desired };
         instances.push(DesiredInstance {
             instance_type: Some(crate::app::instances::instance_type_of(&row)),
             id: row.id.parse().map_err(AppError::internal)?,

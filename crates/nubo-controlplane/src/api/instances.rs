@@ -13,7 +13,6 @@ use nubo_api::params::InstanceCreate;
 use nubo_api::views::{ConsoleOutput, Instance};
 use std::sync::Arc;
 
-
 /// List instances, terminated ones included (as EC2 shows them for a
 /// while), oldest first. With `limit`, one page of them: the
 /// `Next-Page-Token` header says where the next one starts.

@@ -7,6 +7,7 @@ use crate::auth::Caller;
 use crate::authz::{self, Access};
 use crate::error::{AppError, AppResult};
 use crate::Ctx;
+use nubo_api::agent::PowerState;
 use nubo_api::automation::{Group, GroupCreate, GroupMember, Policy, PolicyDoc};
 use std::sync::Arc;
 
@@ -113,7 +114,7 @@ async fn group_view(ctx: &Ctx, g: crate::groups::GroupRow, with_activities: bool
         let health = ctx.store.member_health(&m).await?;
         members.push(GroupMember {
             instance_id: m.id.parse().map_err(AppError::internal)?,
-            state: m.state.clone(),
+            state: m.state,
             health: health.describe(),
         });
     }
@@ -211,7 +212,16 @@ pub async fn set_desired(ctx: &Arc<Ctx>, caller: &Caller, name: &str, desired: u
 pub async fn delete_group(ctx: &Arc<Ctx>, caller: &Caller, name: &str) -> AppResult<()> {
     let g = load_group(ctx, caller, name, Access::Write).await?;
     for m in ctx.store.group_members(&g.id).await? {
-        ctx.store.set_desired(&m.id, &["running", "stopped"], "deleted", false, false, "terminate").await?;
+        ctx.store
+            .set_desired(
+                &m.id,
+                &[PowerState::Running, PowerState::Stopped],
+                PowerState::Deleted,
+                false,
+                false,
+                "terminate",
+            )
+            .await?;
     }
     ctx.store.delete_group(&g.id).await?;
     ctx.bump();

@@ -5,6 +5,7 @@ use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::Ctx;
 use nubo_api::views::Host;
+use nubo_api::views::HostState;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -19,11 +20,10 @@ pub async fn list(ctx: &Arc<Ctx>, caller: &Caller) -> AppResult<Vec<Host>> {
             id: h.id.parse().map_err(AppError::internal)?,
             // Drained hosts take no new instances (their heartbeat still counts).
             state: match (h.enabled, snap.up) {
-                (0, _) => "drained",
-                (_, true) => "up",
-                _ => "down",
-            }
-            .into(),
+                (0, _) => HostState::Drained,
+                (_, true) => HostState::Up,
+                _ => HostState::Down,
+            },
             accel: h.accel,
             vcpus: h.vcpus as u32,
             memory_mib: h.memory_mib as u64,

@@ -13,9 +13,11 @@ use crate::error::{AppError, AppResult};
 use crate::images::{ImageInUse, ImageQuotaUsage, ImageRow, NewImage};
 use crate::registry::RegistryError;
 use crate::Ctx;
+use nubo_api::agent::PowerState;
 use nubo_api::ids::ImageId;
 use nubo_api::params::{ImageCreate, InstanceSnapshot};
 use nubo_api::views::Image;
+use nubo_api::views::InstanceState;
 use nubo_image::inspect::DiskFormat;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -328,7 +330,7 @@ pub async fn snapshot_instance(
     let inst = crate::app::instances::load(ctx, caller, instance_id, Access::Write).await?;
     let project = inst.project_id.clone().ok_or_else(|| AppError::Conflict("the instance has no project".into()))?;
     check_image_name(&p.name)?;
-    if !matches!(inst.state.as_str(), "running" | "stopped") || inst.desired == "deleted" {
+    if !matches!(inst.state, InstanceState::Running | InstanceState::Stopped) || inst.desired == PowerState::Deleted {
         return Err(AppError::Conflict(format!(
             "instance {} is {}; snapshot it when it is running or stopped",
             inst.id, inst.state

@@ -12,6 +12,7 @@ use crate::instance_batch::{Related, Scope, Selection};
 use crate::pagination::{Cursor, PageRequest};
 use crate::store::{InstanceRow, NewInstance};
 use crate::{placement, validate, Ctx};
+use nubo_api::agent::PowerState;
 use nubo_api::ids::InstanceId;
 use nubo_api::params::InstanceCreate;
 use nubo_api::views::{ConsoleOutput, Instance, InstanceState};
@@ -108,16 +109,16 @@ fn view_of(row: InstanceRow, related: &Related) -> AppResult<Instance> {
         });
     }
     // The guest agent's report means something only while the VM runs.
-    let guest = match (&row.guest_json, row.state.as_str()) {
-        (Some(g), "running") => serde_json::from_str(g).ok(),
+    let guest = match (&row.guest_json, row.state) {
+        (Some(g), InstanceState::Running) => serde_json::from_str(g).ok(),
         _ => None,
     };
     Ok(Instance {
         id,
         name: row.name,
         image: row.image,
-        state: InstanceState::parse(&row.state).unwrap_or(InstanceState::Error),
-        desired_state: if row.desired == "deleted" { "terminated".into() } else { row.desired },
+        state: row.state,
+        desired_state: row.desired.shown(),
         vcpus: row.vcpus as u32,
         memory_mib: row.memory_mib as u64,
         disk_gib: row.disk_gib as u64,
@@ -342,10 +343,10 @@ pub async fn show(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppResult<Instan
 struct PowerChange {
     /// The operation's verb, in the life event and in errors.
     verb: &'static str,
-    /// The desired states it may be asked in.
-    from: &'static [&'static str],
+    /// The desired states it may be asked in (each may become `to`).
+    from: &'static [PowerState],
     /// The desired state it records.
-    to: &'static str,
+    to: PowerState,
     /// A new start attempt: the agent boots the VM again, and an earlier
     /// error is cleared.
     new_start: bool,
@@ -353,25 +354,47 @@ struct PowerChange {
     reset: bool,
 }
 
-const STOP: PowerChange =
-    PowerChange { verb: "stop", from: &["running", "stopped"], to: "stopped", new_start: false, reset: false };
-const START: PowerChange =
-    PowerChange { verb: "start", from: &["stopped", "running"], to: "running", new_start: true, reset: false };
-const REBOOT: PowerChange =
-    PowerChange { verb: "reboot", from: &["running"], to: "running", new_start: false, reset: true };
+const STOP: PowerChange = PowerChange {
+    verb: "stop",
+    from: &[PowerState::Running, PowerState::Stopped],
+    to: PowerState::Stopped,
+    new_start: false,
+    reset: false,
+};
+const START: PowerChange = PowerChange {
+    verb: "start",
+    from: &[PowerState::Stopped, PowerState::Running],
+    to: PowerState::Running,
+    new_start: true,
+    reset: false,
+};
+const REBOOT: PowerChange = PowerChange {
+    verb: "reboot",
+    from: &[PowerState::Running],
+    to: PowerState::Running,
+    new_start: false,
+    reset: true,
+};
 // Terminated instances are recorded as desired "deleted" (shown as
 // "terminated"), which the agent reaps.
-const TERMINATE: PowerChange =
-    PowerChange { verb: "terminate", from: &["running", "stopped"], to: "deleted", new_start: false, reset: false };
+const TERMINATE: PowerChange = PowerChange {
+    verb: "terminate",
+    from: &[PowerState::Running, PowerState::Stopped],
+    to: PowerState::Deleted,
+    new_start: false,
+    reset: false,
+};
 
 /// Records `change` for `row` (loaded for writing), wakes its host's agent
 /// and returns the instance's view with its life events.
 async fn change_power(ctx: &Arc<Ctx>, caller: &Caller, row: InstanceRow, change: &PowerChange) -> AppResult<Instance> {
     if !ctx.store.set_desired(&row.id, change.from, change.to, change.new_start, change.reset, change.verb).await? {
-        let now = if row.desired == "deleted" { "terminated" } else { row.desired.as_str() };
         return Err(AppError::Conflict(format!(
             "cannot {} instance {} while it is {} (state {})",
-            change.verb, row.id, now, row.state
+            change.verb,
+            row.id,
+            row.desired.shown(),
+            row.state
         )));
     }
     match &row.host_id {
@@ -391,7 +414,7 @@ pub async fn stop(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppResult<Instan
 /// Start a stopped instance (or retry one that failed to start).
 pub async fn start(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppResult<Instance> {
     let row = load(ctx, caller, id, Access::Write).await?;
-    if row.desired == "running" && row.state != "error" {
+    if row.desired == PowerState::Running && row.state != InstanceState::Error {
         return Err(AppError::Conflict(format!("instance {} is already running (state {})", row.id, row.state)));
     }
     change_power(ctx, caller, row, &START).await
@@ -400,7 +423,7 @@ pub async fn start(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppResult<Insta
 /// Reboot a running instance (hardware reset).
 pub async fn reboot(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppResult<Instance> {
     let row = load(ctx, caller, id, Access::Write).await?;
-    if row.state != "running" {
+    if row.state != InstanceState::Running {
         return Err(AppError::Conflict(format!(
             "cannot reboot instance {} while it is {}: start it first",
             row.id, row.state
@@ -420,4 +443,22 @@ pub async fn console(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppResult<Con
     let row = load(ctx, caller, id, Access::Read).await?;
     let output = ctx.store.console(&row.id).await?;
     Ok(ConsoleOutput { instance_id: parse_id(&row.id)?, output })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_power_change_asks_only_legal_transitions() {
+        for change in [&STOP, &START, &REBOOT, &TERMINATE] {
+            assert!(!change.from.is_empty(), "{}", change.verb);
+            for from in change.from {
+                assert!(from.can_become(change.to), "{}: {from} -> {}", change.verb, change.to);
+            }
+            // Nothing is asked of a terminated instance.
+            assert!(!change.from.contains(&PowerState::Deleted), "{}", change.verb);
+        }
+        assert_eq!(REBOOT.from, [PowerState::Running], "only a running instance reboots");
+    }
 }

@@ -10,7 +10,9 @@ use crate::authz::{self, Access};
 use crate::error::{AppError, AppResult};
 use crate::lb::{InsertError, LbRow};
 use crate::Ctx;
+use nubo_api::agent::PowerState;
 use nubo_api::lb::{LoadBalancer, LoadBalancerCreate};
+use nubo_api::views::InstanceState;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -57,7 +59,7 @@ async fn place(ctx: &Ctx, caller: &Caller, project: &str, c: &LoadBalancerCreate
     let mut hosts = BTreeSet::new();
     for t in &c.targets {
         let row = crate::app::instances::load(ctx, caller, t.as_str(), Access::Read).await?;
-        if row.state == "terminated" || row.desired == "deleted" {
+        if row.state == InstanceState::Terminated || row.desired == PowerState::Deleted {
             return Err(AppError::BadRequest(format!("target {t} is terminated; pick running instances")));
         }
         if !ctx.store.ports(&row.id).await?.iter().any(|p| p.guest_port == i64::from(c.port)) {

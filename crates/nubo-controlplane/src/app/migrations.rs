@@ -11,7 +11,9 @@ use crate::migrations::{MigrationRow, Outcome, StartError};
 use crate::placement::{self, Constraints, Demand, Weigher};
 use crate::store::{HostRow, InstanceRow};
 use crate::Ctx;
+use nubo_api::agent::PowerState;
 use nubo_api::agent::{MigrationDone, MigrationTarget};
+use nubo_api::views::InstanceState;
 use nubo_api::views::Migration;
 use std::sync::Arc;
 
@@ -53,7 +55,7 @@ pub async fn start(
 ) -> AppResult<MigrationRow> {
     let source =
         row.host_id.clone().ok_or_else(|| AppError::Conflict(format!("instance {} has no host yet", row.id)))?;
-    if row.state != "running" || row.desired != "running" {
+    if row.state != InstanceState::Running || row.desired != PowerState::Running {
         return Err(AppError::Conflict(format!(
             "instance {} is {}; only running instances are live-migrated",
             row.id, row.state

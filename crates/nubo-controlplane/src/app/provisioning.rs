@@ -10,9 +10,11 @@ use crate::error::{AppError, AppResult};
 use crate::provisioning::{KeypairRow, NewRun, RecipeRow, RunRow};
 use crate::store::{char_boundary_from, now_ms, InstanceRow};
 use crate::{keys, recipes, Ctx};
+use nubo_api::agent::PowerState;
 use nubo_api::agent::RunAction;
 use nubo_api::ids::{KeypairId, RunId};
 use nubo_api::params::{ExecCreate, KeypairCreate, RecipeCreate, RunCreate};
+use nubo_api::views::InstanceState;
 use nubo_api::views::{Keypair, KeypairCreated, Recipe, Run};
 use std::sync::Arc;
 
@@ -245,7 +247,7 @@ pub async fn check_launch_recipe(
 /// An instance the caller may use; runs cannot go to a terminated one.
 async fn load_instance(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> AppResult<InstanceRow> {
     let row = super::instances::load(ctx, caller, id, access).await?;
-    if access == Access::Write && (row.desired == "deleted" || row.state == "terminated") {
+    if access == Access::Write && (row.desired == PowerState::Deleted || row.state == InstanceState::Terminated) {
         return Err(AppError::Conflict(format!("instance {} is terminated: nothing can run in it", row.id)));
     }
     Ok(row)

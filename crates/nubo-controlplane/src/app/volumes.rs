@@ -12,8 +12,10 @@ use crate::authz::{self, Access};
 use crate::error::{AppError, AppResult};
 use crate::volumes::{AttachOutcome, NewVolume, SnapshotRow, StorageClaimError, VolumeRow};
 use crate::{placement, validate, Ctx};
+use nubo_api::agent::PowerState;
 use nubo_api::ids::{SnapshotId, VolumeId};
 use nubo_api::params::{SnapshotCreate, VolumeAttach, VolumeCreate, VolumeExtend};
+use nubo_api::views::InstanceState;
 use nubo_api::views::{Snapshot, Volume, VolumeAttachment};
 use std::sync::Arc;
 
@@ -207,7 +209,7 @@ pub async fn attach(ctx: &Arc<Ctx>, caller: &Caller, id: &str, p: &VolumeAttach)
             v.id, inst.id
         )));
     }
-    if inst.desired == "deleted" || inst.state == "terminated" {
+    if inst.desired == PowerState::Deleted || inst.state == InstanceState::Terminated {
         return Err(AppError::Conflict(format!("instance {} is terminated", inst.id)));
     }
     if inst.host_id.as_deref() != Some(v.host_id.as_str()) {

@@ -21,8 +21,10 @@ use crate::store::InstanceRow;
 use crate::volumes::VolumeRow;
 use crate::Ctx;
 use base64::Engine;
+use nubo_api::agent::PowerState;
 use nubo_api::ids::{InstanceId, ReservationId};
 use nubo_api::params::{InstanceCreate, MetadataOptions};
+use nubo_api::views::InstanceState;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -41,14 +43,16 @@ const TERMINATED_VISIBLE_MS: i64 = 3600 * 1000;
 /// EC2's state code and name for an instance, from what the user asked
 /// for and what the agent reported.
 pub fn state_of(row: &InstanceRow) -> (u16, &'static str) {
-    match (row.desired.as_str(), row.state.as_str()) {
-        (_, "terminated") => (48, "terminated"),
-        ("deleted", _) => (32, "shutting-down"),
+    use InstanceState as S;
+    use PowerState as P;
+    match (row.desired, row.state) {
+        (_, S::Terminated) => (48, "terminated"),
+        (P::Deleted, _) => (32, "shutting-down"),
         // EC2 has no error state: a VM that failed is stopped, with the reason.
-        (_, "error" | "lost") => (80, "stopped"),
-        ("stopped", "stopped") => (80, "stopped"),
-        ("stopped", _) => (64, "stopping"),
-        ("running", "running") => (16, "running"),
+        (_, S::Error | S::Lost) => (80, "stopped"),
+        (P::Stopped, S::Stopped) => (80, "stopped"),
+        (P::Stopped, _) => (64, "stopping"),
+        (P::Running, S::Running) => (16, "running"),
         _ => (0, "pending"),
     }
 }
@@ -82,7 +86,7 @@ async fn lookups(ctx: &Ctx, selection: &Selection<'_>) -> Ec2Result<Lookups> {
 }
 
 fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
-    let (_, state) = state_of(row);
+    let (code, _) = state_of(row);
     let groups = l.groups.get(&row.id).map(Vec::as_slice).unwrap_or_default();
     let empty = BTreeMap::new();
     let tags = l.tags.get(&row.id).unwrap_or(&empty);
@@ -100,9 +104,12 @@ fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
             ),
         );
     }
-    let reason = match (row.state.as_str(), &row.error) {
-        ("error", Some(e)) => Some(El::new("stateReason").field("code", "Server.InternalError").field("message", e)),
-        _ if state == "stopped" || state == "stopping" => Some(
+    let reason = match (row.state, &row.error) {
+        (InstanceState::Error, Some(e)) => {
+            Some(El::new("stateReason").field("code", "Server.InternalError").field("message", e))
+        }
+        // 64 and 80: EC2's stopping and stopped.
+        _ if matches!(code, 64 | 80) => Some(
             El::new("stateReason")
                 .field("code", "Client.UserInitiatedShutdown")
                 .field("message", "Client.UserInitiatedShutdown: User initiated shutdown"),
@@ -522,7 +529,14 @@ async fn launch_all(
                 for r in &rows {
                     let _ = ctx
                         .store
-                        .set_desired(&r.id, &["running", "stopped"], "deleted", false, false, "terminate")
+                        .set_desired(
+                            &r.id,
+                            &[PowerState::Running, PowerState::Stopped],
+                            PowerState::Deleted,
+                            false,
+                            false,
+                            "terminate",
+                        )
                         .await;
                 }
                 if !rows.is_empty() {
@@ -602,12 +616,12 @@ pub async fn power(ctx: &Arc<Ctx>, caller: &Caller, p: &Params, op: Power) -> Ec
     let mut items = Vec::new();
     for row in rows {
         let before = row.clone();
-        let terminated = row.desired == "deleted" || row.state == "terminated";
+        let terminated = row.desired == PowerState::Deleted || row.state == InstanceState::Terminated;
         // As on EC2, asking for the state an instance is already in (or
         // going to) succeeds and changes nothing.
         let result = match op {
-            Power::Start if row.desired == "running" && row.state != "error" => Ok(()),
-            Power::Stop if row.desired == "stopped" => Ok(()),
+            Power::Start if row.desired == PowerState::Running && row.state != InstanceState::Error => Ok(()),
+            Power::Stop if row.desired == PowerState::Stopped => Ok(()),
             Power::Terminate if terminated => Ok(()),
             Power::Start => app::instances::start(ctx, caller, &row.id).await.map(drop),
             Power::Stop => app::instances::stop(ctx, caller, &row.id).await.map(drop),

@@ -12,6 +12,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use maud::{html, Markup};
+use nubo_api::agent::PowerState;
 use nubo_api::lb::{LbHealthCheck, LoadBalancer, LoadBalancerCreate};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -81,7 +82,7 @@ async fn list(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
     let project = s.project_id()?.to_string();
     let mut instances = Vec::new();
     for row in ctx.store.instances(Some(&project)).await? {
-        if row.desired != "deleted" {
+        if row.desired != PowerState::Deleted {
             instances.push((row.id.clone(), row.name.clone()));
         }
     }

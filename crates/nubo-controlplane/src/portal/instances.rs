@@ -19,6 +19,7 @@ use axum::Router;
 use maud::{html, Markup};
 use nubo_api::params::{InstanceCreate, RunCreate, VolumeAttach};
 use nubo_api::views::Instance;
+use nubo_api::views::InstanceState;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -270,20 +271,20 @@ async fn load(ctx: &Arc<Ctx>, s: &Session, id: &str) -> Result<Instance, PortalE
 
 fn status_block(s: &Session, i: &Instance) -> Markup {
     let id = i.id.as_str();
-    let state = i.state.as_str();
+    let state = i.state;
     html! {
         div.status-line {
-            (badge(state))
-            @if i.desired_state != state && state != "error" { span.muted { " → " (i.desired_state) } }
+            (badge(state.as_str()))
+            @if i.desired_state.fulfilled_by() != state && state != InstanceState::Error { span.muted { " → " (i.desired_state) } }
             div.actions {
-                @if state == "running" {
+                @if state == InstanceState::Running {
                     (button(s, &format!("/ui/instances/{id}/action/stop"), "Stop", "", None))
                     (button(s, &format!("/ui/instances/{id}/action/reboot"), "Reboot", "", None))
                 }
-                @if state == "stopped" || state == "error" {
+                @if state == InstanceState::Stopped || state == InstanceState::Error {
                     (button(s, &format!("/ui/instances/{id}/action/start"), "Start", "", None))
                 }
-                @if state != "terminated" {
+                @if state != InstanceState::Terminated {
                     (button(s, &format!("/ui/instances/{id}/action/terminate"), "Terminate", "danger", Some("Terminate this instance? Its disk is deleted.")))
                 }
             }
@@ -356,7 +357,7 @@ async fn show(
                     @if attached.is_empty() { tr { td colspan="5" { "No volumes attached." } } }
                 }
             }
-            @if !available.is_empty() && i.state.as_str() != "terminated" {
+            @if !available.is_empty() && i.state != InstanceState::Terminated {
                 form.inline method="post" action=(format!("/ui/instances/{id}/attach")) {
                     (csrf(&s))
                     label { "Attach " select name="volume_id" { @for v in &available { option value=(v.id.as_str()) { (v.name) " (" (v.size_gib) " GiB)" } } } }
@@ -381,7 +382,7 @@ async fn show(
                     @if i.runs.is_empty() { tr { td colspan="5" { "No runs." } } }
                 }
             }
-            @if !recipes.is_empty() && i.state.as_str() == "running" {
+            @if !recipes.is_empty() && i.state == InstanceState::Running {
                 form.inline method="post" action=(format!("/ui/instances/{id}/runs")) {
                     (csrf(&s))
                     label { "Run recipe " select name="recipe" { @for r in &recipes { option value=(r.name) { (r.name) } } } }

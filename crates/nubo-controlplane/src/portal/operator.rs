@@ -20,6 +20,7 @@ use axum::Router;
 use maud::{html, Markup};
 use nubo_api::params::{MemberSet, ProjectCreate, Quota, UserCreate};
 use nubo_api::views::Host;
+use nubo_api::views::HostState;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -135,10 +136,10 @@ fn heat_map(hosts: &[(Host, HostUse)], by: HeatBy) -> String {
             s,
             r##"<a href="#host-{id}"><rect class="{class}" data-host="{name}" x="{x}" y="{y}" width="{c}" height="{c}" rx="3"><title>{name}: {pct} ({state})</title></rect><text class="heat-label" x="{tx}" y="{ty}" text-anchor="middle">{short}</text></a>"##,
             id = escape(host.id.as_str()),
-            class = heat_class(v, host.state == "up"),
+            class = heat_class(v, host.state == HostState::Up),
             name = escape(&host.name),
             c = cell - 3.0,
-            state = escape(&host.state),
+            state = escape(host.state.as_str()),
             tx = x + (cell - 3.0) / 2.0,
             ty = y + cell / 2.0 + 1.0,
             short = escape(&pct),
@@ -172,7 +173,7 @@ async fn hosts(State(ctx): State<Arc<Ctx>>, Operator(s): Operator, Query(q): Que
                 format!("{} of {} MiB", total(|h| h.used_memory_mib as f64), total(|h| h.memory_mib as f64))))
             (meter("Disk", total(|h| h.used_disk_gib as f64), total(|h| h.disk_gib as f64),
                 format!("{} of {} GiB", total(|h| h.used_disk_gib as f64), total(|h| h.disk_gib as f64))))
-            p { (hosts.len()) " hosts, " (hosts.iter().filter(|(h, _)| h.state == "up").count()) " up, "
+            p { (hosts.len()) " hosts, " (hosts.iter().filter(|(h, _)| h.state == HostState::Up).count()) " up, "
                 (hosts.iter().map(|(h, _)| h.instances).sum::<u32>()) " instances" }
         }
         h2 { "Heat map" }
@@ -188,7 +189,7 @@ async fn hosts(State(ctx): State<Arc<Ctx>>, Operator(s): Operator, Query(q): Que
                 @for (h, u) in &hosts {
                     tr id=(format!("host-{}", h.id)) data-host=(h.name) {
                         td { b { (h.name) } br; small.mono { (h.id.as_str()) } br; small { (h.accel) } }
-                        td { (badge(&h.state)) }
+                        td { (badge(h.state.as_str())) }
                         td.bars {
                             (meter("vCPU", f64::from(h.used_vcpus), f64::from(h.schedulable_vcpus.max(h.vcpus)), format!("{} / {} ({} physical)", h.used_vcpus, h.schedulable_vcpus, h.vcpus)))
                             (meter("Memory", h.used_memory_mib as f64, h.memory_mib as f64, format!("{} / {} MiB", h.used_memory_mib, h.memory_mib)))

@@ -14,6 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use maud::{html, Markup};
+use nubo_api::agent::PowerState;
 use nubo_api::params::{KeypairCreate, Login, SnapshotCreate, VolumeAttach, VolumeCreate, VolumeExtend};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -204,7 +205,7 @@ async fn volumes(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
     let project = s.project_id()?.to_string();
     let mut instances = Vec::new();
     for row in ctx.store.instances(Some(&project)).await? {
-        if row.desired != "deleted" {
+        if row.desired != PowerState::Deleted {
             instances.push((row.id.clone(), row.name.clone()));
         }
     }
@@ -583,7 +584,7 @@ async fn show_group(State(ctx): State<Arc<Ctx>>, s: Session, Path(name): Path<St
                 @for m in &g.members {
                     tr {
                         td { a href=(format!("/ui/instances/{}", m.instance_id)) { (m.instance_id.as_str()) } }
-                        td { (badge(&m.state)) }
+                        td { (badge(m.state.as_str())) }
                         td { (badge(&m.health)) }
                     }
                 }

@@ -14,9 +14,11 @@ use crate::checks::{CheckSpec, NewCheck};
 use crate::groups::{GroupRow, HEALTH_CHECK};
 use crate::saga::{self, Outputs, SagaDef, SagaId, Status, Step, Undo};
 use crate::Ctx;
+use nubo_api::agent::PowerState;
 use nubo_api::automation::GroupHealthCheck;
 use nubo_api::ids::CheckId;
 use nubo_api::params::InstanceCreate;
+use nubo_api::views::InstanceState;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -178,8 +180,17 @@ async fn health_check(ctx: &Ctx, p: &LaunchParams, instance: &str) -> Result<Ste
 
 /// Asks for `instance` to be terminated (a no-op if it already is).
 async fn terminate(ctx: &Ctx, instance: &str) -> Result<bool, sqlx::Error> {
-    let changed =
-        ctx.store.set_desired(instance, &["running", "stopped"], "deleted", false, false, "terminate").await?;
+    let changed = ctx
+        .store
+        .set_desired(
+            instance,
+            &[PowerState::Running, PowerState::Stopped],
+            PowerState::Deleted,
+            false,
+            false,
+            "terminate",
+        )
+        .await?;
     if changed {
         ctx.bump();
     }
@@ -283,7 +294,9 @@ impl SagaDef for ScaleIn {
             let mut noted = Vec::new();
             for v in &p.victims {
                 let Some(r) = ctx.store.instance(v).await? else { continue };
-                if matches!(r.desired.as_str(), "running" | "stopped") && r.state != "terminated" {
+                if matches!(r.desired, PowerState::Running | PowerState::Stopped)
+                    && r.state != InstanceState::Terminated
+                {
                     record_once(ctx, &p.group_id, "terminate", &p.detail(v)).await?;
                     noted.push(v.clone());
                 }

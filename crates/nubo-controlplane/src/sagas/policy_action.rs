@@ -16,6 +16,7 @@ use crate::policies::{FiringRow, Plan};
 use crate::saga::{self, Outputs, SagaDef, SagaId, Step, Undo};
 use crate::volumes::{AttachOutcome, NewVolume, StorageClaimError};
 use crate::Ctx;
+use nubo_api::agent::PowerState;
 use nubo_api::automation::PolicyAction;
 use nubo_api::ids::VolumeId;
 use serde::{Deserialize, Serialize};
@@ -318,7 +319,7 @@ async fn reboot(ctx: &Ctx, p: &ActionParams) -> Result<Step, sqlx::Error> {
     if p.plan.done {
         return Ok(Step::done(format!("{instance} rebooted")));
     }
-    if ctx.store.set_desired(instance, &["running"], "running", false, true, "reboot").await? {
+    if ctx.store.set_desired(instance, &[PowerState::Running], PowerState::Running, false, true, "reboot").await? {
         ctx.bump();
         Ok(Step::done(format!("{instance} rebooted")))
     } else {
