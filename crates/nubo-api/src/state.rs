@@ -31,7 +31,7 @@ macro_rules! state_enum {
     ) => {
         $(#[doc = $doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
-                 serde::Serialize, serde::Deserialize)]
+                 serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
         pub enum $name {
             $( $(#[$vmeta])* #[serde(rename = $text)] $variant ),+
         }
@@ -50,22 +50,6 @@ macro_rules! state_enum {
                 match s { $($text => Some($name::$variant),)+ _ => None }
             }
         }
-
-        // By hand rather than derived: the derive does not see a
-        // `serde(rename)` whose value comes from a macro argument, and
-        // would publish the variants' Rust names.
-        impl utoipa::PartialSchema for $name {
-            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-                let doc: Vec<&str> = [$($doc),*].iter().map(|l| l.trim()).collect();
-                utoipa::openapi::ObjectBuilder::new()
-                    .schema_type(utoipa::openapi::schema::Type::String)
-                    .description((!doc.is_empty()).then(|| doc.join("\n")))
-                    .enum_values(Some([$($text),+]))
-                    .into()
-            }
-        }
-
-        impl utoipa::ToSchema for $name {}
 
         impl std::str::FromStr for $name {
             type Err = $crate::state::UnknownState;
