@@ -15,6 +15,7 @@ use crate::instances::Instances;
 use nubo_api::agent::{DesiredState, PowerState};
 use nubo_api::ids::LoadBalancerId;
 use nubo_api::lb::{ActualBalancer, DesiredBalancer, LbBackend};
+use nubo_api::lb::{BackendHealth, BalancerState};
 use nubo_lb::{Balancer, LbError, ListenerConfig};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -77,7 +78,8 @@ fn backend_view(s: nubo_lb::BackendStats) -> LbBackend {
         instance_id: s.id,
         address: Some(s.address.to_string()),
         weight: s.weight,
-        health: s.health,
+        // The balancer's labels are the view's spellings.
+        health: s.health.parse().unwrap_or(BackendHealth::Unknown),
         requests: s.requests,
         errors: s.errors,
         in_flight: s.in_flight,
@@ -139,14 +141,14 @@ impl Balancers {
             .map(|w| match self.running.get(&w.id) {
                 Some(r) => ActualBalancer {
                     id: w.id.clone(),
-                    state: "active".into(),
+                    state: BalancerState::Active,
                     error: self.errors.get(&w.id).cloned(),
                     started_at_ms: Some(r.started_at_ms),
                     backends: r.balancer.stats().backends.into_iter().map(backend_view).collect(),
                 },
                 None => ActualBalancer {
                     id: w.id.clone(),
-                    state: "error".into(),
+                    state: BalancerState::Error,
                     error: Some(self.errors.get(&w.id).cloned().unwrap_or_else(|| "not started yet".into())),
                     started_at_ms: None,
                     backends: Vec::new(),

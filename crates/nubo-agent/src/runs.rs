@@ -13,6 +13,7 @@ use crate::host::Host;
 use crate::instances::{Instances, QgaSession};
 use nubo_api::agent::{DesiredRun, RunAction, RunProgress};
 use nubo_api::ids::InstanceId;
+use nubo_api::views::RunState;
 use nubo_hypervisor::{GuestExec, GuestExecStatus, QgaError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,7 +46,7 @@ fn guest_command(path: &str, args: Vec<String>, capture: bool) -> GuestExec {
 
 /// How a run ended, before it is reported.
 struct Outcome {
-    state: &'static str,
+    state: RunState,
     exit_code: Option<i32>,
     error: Option<String>,
 }
@@ -53,21 +54,23 @@ struct Outcome {
 impl Outcome {
     fn exited(status: &GuestExecStatus) -> Self {
         match (status.exit_code, status.signal) {
-            (Some(0), _) => Self { state: "succeeded", exit_code: Some(0), error: None },
-            (Some(code), _) => Self { state: "failed", exit_code: Some(code), error: None },
+            (Some(0), _) => Self { state: RunState::Succeeded, exit_code: Some(0), error: None },
+            (Some(code), _) => Self { state: RunState::Failed, exit_code: Some(code), error: None },
             (None, Some(sig)) => Self {
-                state: "failed",
+                state: RunState::Failed,
                 exit_code: None,
                 error: Some(format!("the process was killed by signal {sig}")),
             },
-            (None, None) => {
-                Self { state: "failed", exit_code: None, error: Some("the process ended without an exit code".into()) }
-            }
+            (None, None) => Self {
+                state: RunState::Failed,
+                exit_code: None,
+                error: Some("the process ended without an exit code".into()),
+            },
         }
     }
 
     fn failed(why: impl Into<String>) -> Self {
-        Self { state: "failed", exit_code: None, error: Some(why.into()) }
+        Self { state: RunState::Failed, exit_code: None, error: Some(why.into()) }
     }
 }
 
@@ -85,7 +88,7 @@ pub(crate) async fn execute(ctx: Arc<RunContext>, instance: InstanceId, run: Des
         Ok(o) => o,
         Err(why) => Outcome::failed(why),
     };
-    tracing::info!(run = %run.id, state = outcome.state, exit_code = ?outcome.exit_code, error = ?outcome.error, "run finished");
+    tracing::info!(run = %run.id, state = %outcome.state, exit_code = ?outcome.exit_code, error = ?outcome.error, "run finished");
     log.finish(outcome).await;
 }
 
@@ -99,10 +102,10 @@ struct LogShipper {
 }
 
 impl LogShipper {
-    async fn send(&mut self, state: &str, raw: &[u8], outcome: Option<&Outcome>) {
+    async fn send(&mut self, state: RunState, raw: &[u8], outcome: Option<&Outcome>) {
         let progress = RunProgress {
             host_id: self.ctx.host.id.clone(),
-            state: state.to_string(),
+            state,
             guest_pid: self.pid,
             log_offset: self.offset,
             log_raw_len: raw.len() as u64,
@@ -126,12 +129,12 @@ impl LogShipper {
     }
 
     async fn running(&mut self) {
-        self.send("running", &[], None).await;
+        self.send(RunState::Running, &[], None).await;
     }
 
     async fn chunk(&mut self, raw: &[u8]) {
         if !raw.is_empty() {
-            self.send("running", raw, None).await;
+            self.send(RunState::Running, raw, None).await;
         }
     }
 
@@ -150,10 +153,10 @@ async fn drive(
     let timeout = Duration::from_secs(run.timeout_secs.max(1));
     match &run.action {
         RunAction::Script { body, env } => {
-            let pid = match run.guest_pid.filter(|_| run.state == "running") {
+            let pid = match run.guest_pid.filter(|_| run.state == RunState::Running) {
                 Some(pid) => pid, // adopted after an agent restart
                 None => {
-                    if run.state == "running" {
+                    if run.state == RunState::Running {
                         return Err("the agent restarted before the run was under way; run it again".into());
                     }
                     let pid = start_script(ctx, id, run, body, env).await?;
@@ -337,7 +340,7 @@ async fn exec_captured(
     timeout: Duration,
     log: &mut LogShipper,
 ) -> Result<Outcome, String> {
-    if run.state == "running" {
+    if run.state == RunState::Running {
         // Captured output lives in the old guest-exec slot only; after an
         // agent restart there is no safe way to resume it.
         return Err("the agent restarted during the command; run it again".into());

@@ -342,7 +342,7 @@ pub struct DesiredRun {
     pub action: RunAction,
     pub timeout_secs: u64,
     /// `pending` or `running`.
-    pub state: String,
+    pub state: crate::views::RunState,
     /// The guest pid recorded when it started (to re-adopt after an agent restart).
     pub guest_pid: Option<i64>,
     /// Log bytes the server already has.
@@ -355,7 +355,7 @@ pub struct DesiredRun {
 pub struct RunProgress {
     pub host_id: HostId,
     /// `running`, `succeeded` or `failed`.
-    pub state: String,
+    pub state: crate::views::RunState,
     #[serde(default)]
     pub guest_pid: Option<i64>,
     /// Byte offset of `log` in the run's log (in the guest's bytes).

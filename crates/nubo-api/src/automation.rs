@@ -126,13 +126,70 @@ pub struct PolicyDoc {
     pub repeat: bool,
 }
 
+crate::state_enum! {
+    /// Where one action of a policy firing is: `pending`, `running`,
+    /// `succeeded`, `failed`, or `skipped` (dry run).
+    pub enum ActionState("policy action") {
+        Pending = "pending",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Skipped = "skipped",
+    }
+}
+
+impl ActionState {
+    /// It ended (any way) and never changes again.
+    pub fn ended(self) -> bool {
+        matches!(self, ActionState::Succeeded | ActionState::Failed | ActionState::Skipped)
+    }
+
+    /// Pending, then running (while its saga retries), then succeeded or
+    /// failed; a dry run's actions are skipped from the start and never
+    /// change.
+    pub fn can_become(self, to: ActionState) -> bool {
+        matches!(
+            (self, to),
+            (ActionState::Pending, ActionState::Running)
+                | (ActionState::Running, ActionState::Running | ActionState::Succeeded | ActionState::Failed)
+        )
+    }
+}
+
+crate::state_enum! {
+    /// Where a policy firing is: `running` until every action has ended,
+    /// then `succeeded` or `failed` (a dry run is `succeeded` at once).
+    pub enum FiringState("policy firing") {
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+    }
+}
+
+impl FiringState {
+    /// A running firing ends once, either way; then it never changes.
+    pub fn can_become(self, to: FiringState) -> bool {
+        self == FiringState::Running && to != FiringState::Running
+    }
+
+    /// What a firing whose actions all ended became: failed if any of them
+    /// failed.
+    pub fn of_ended(actions: impl IntoIterator<Item = ActionState>) -> FiringState {
+        if actions.into_iter().any(|a| a == ActionState::Failed) {
+            FiringState::Failed
+        } else {
+            FiringState::Succeeded
+        }
+    }
+}
+
 /// What became of one action of a firing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActionOutcome {
     /// What it was, in words (`attach a new 100 GiB volume to i-...`).
     pub action: String,
     /// `pending`, `running`, `succeeded`, `failed`, or `skipped` (dry run).
-    pub state: String,
+    pub state: ActionState,
     pub attempts: u64,
     pub error: Option<String>,
     /// What it made or changed (a volume id, the new desired count...).
@@ -151,7 +208,7 @@ pub struct PolicyFiring {
     /// The values that caused it: resource -> value (and `aggregate` when aggregated).
     pub values: BTreeMap<String, f64>,
     /// `running` until every action has ended, then `succeeded` or `failed`.
-    pub state: String,
+    pub state: FiringState,
     pub actions: Vec<ActionOutcome>,
 }
 

@@ -68,6 +68,68 @@ fn default_protocol() -> String {
     "http".into()
 }
 
+crate::state_enum! {
+    /// A backend's health as the balancer judges it (`up`, `down`,
+    /// `unknown` before its first check, `failing` when out of rotation
+    /// after failed requests, `draining` once removed), or why the control
+    /// plane does not make it a backend.
+    pub enum BackendHealth("backend health") {
+        Up = "up",
+        Down = "down",
+        Unknown = "unknown",
+        Failing = "failing",
+        Draining = "draining",
+        Terminated = "terminated",
+        NotRunning = "not running",
+        OnAnotherHost = "on another host",
+        NoForwardedPort = "no forwarded port",
+    }
+}
+
+impl BackendHealth {
+    /// The balancer sends it traffic (or finishes what it has).
+    pub fn reported(self) -> bool {
+        matches!(
+            self,
+            BackendHealth::Up
+                | BackendHealth::Down
+                | BackendHealth::Unknown
+                | BackendHealth::Failing
+                | BackendHealth::Draining
+        )
+    }
+
+    /// As the balancer checks it: unknown becomes up or down, up and down
+    /// swap, a failing backend is up or down again after its pause, and
+    /// any backend may be drained; a drained one is gone, not back. The
+    /// control plane's reasons are not health and do not change this way.
+    pub fn can_become(self, to: BackendHealth) -> bool {
+        if !self.reported() || !to.reported() || self == BackendHealth::Draining {
+            return false;
+        }
+        to != BackendHealth::Unknown
+    }
+}
+
+crate::state_enum! {
+    /// A balancer's state: `pending` (its host has not started it yet),
+    /// `active`, or `error`.
+    pub enum BalancerState("load balancer") {
+        Pending = "pending",
+        Active = "active",
+        Error = "error",
+    }
+}
+
+impl BalancerState {
+    /// Pending until its host first reports it, then active or error as
+    /// each report says (a reconfiguration may fail or recover); never
+    /// pending again.
+    pub fn can_become(self, to: BalancerState) -> bool {
+        to != BalancerState::Pending
+    }
+}
+
 /// One backend of a balancer: a target instance, where the balancer
 /// reaches it, and what the balancer last reported about it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -79,7 +141,7 @@ pub struct LbBackend {
     /// `up`, `down`, `unknown` (not checked yet), `failing` (out of
     /// rotation after failed requests), `draining` (removed), or why it is
     /// not a backend (`not running`, `on another host`, `no forwarded port`).
-    pub health: String,
+    pub health: BackendHealth,
     /// Requests (HTTP) or connections (TCP) sent to it.
     #[serde(default)]
     pub requests: u64,
@@ -113,7 +175,7 @@ pub struct LoadBalancer {
     /// Where clients connect: `127.0.0.1:<port>` on that host.
     pub listen: String,
     /// `pending` (the host has not started it yet), `active`, or `error`.
-    pub state: String,
+    pub state: BalancerState,
     pub error: Option<String>,
     /// When the host started the current listener (it stays the same across reconfigurations).
     pub started_at_ms: Option<i64>,
@@ -151,7 +213,7 @@ pub struct DesiredBalancer {
 pub struct ActualBalancer {
     pub id: LoadBalancerId,
     /// `active` or `error`.
-    pub state: String,
+    pub state: BalancerState,
     pub error: Option<String>,
     pub started_at_ms: Option<i64>,
     #[serde(default)]

@@ -203,12 +203,109 @@ pub struct MetricLatest {
     pub value: f64,
 }
 
+crate::state_enum! {
+    /// A check's state, Nagios' spelling: `PENDING` (not run yet), then
+    /// what its plugin's exit code says (`OK`, `WARNING`, `CRITICAL`,
+    /// `UNKNOWN`).
+    pub enum CheckState("check") {
+        Pending = "PENDING",
+        Ok = "OK",
+        Warning = "WARNING",
+        Critical = "CRITICAL",
+        Unknown = "UNKNOWN",
+    }
+}
+
+impl CheckState {
+    /// The states a plugin's exit code gives, in exit-code order (0-3).
+    pub const BY_STATUS: [CheckState; 4] =
+        [CheckState::Ok, CheckState::Warning, CheckState::Critical, CheckState::Unknown];
+
+    /// What a plugin exit code means; any other code is `UNKNOWN`.
+    pub fn from_status(status: u8) -> CheckState {
+        Self::BY_STATUS.get(usize::from(status)).copied().unwrap_or(CheckState::Unknown)
+    }
+
+    /// The exit code that gives this state; none for `PENDING`.
+    pub fn status(self) -> Option<u8> {
+        Self::BY_STATUS.iter().position(|s| *s == self).map(|p| p as u8)
+    }
+
+    /// Every result moves a check to the state its exit code gives; no
+    /// result makes it `PENDING` again.
+    pub fn can_become(self, to: CheckState) -> bool {
+        to != CheckState::Pending
+    }
+
+    /// A hard check in this state fires a rule whose lowest firing state
+    /// is `min`: `WARNING` fires on anything but OK, `CRITICAL` (or
+    /// anything else) on CRITICAL only.
+    pub fn fires(self, min: CheckState) -> bool {
+        match min {
+            CheckState::Warning => {
+                matches!(self, CheckState::Warning | CheckState::Critical | CheckState::Unknown)
+            }
+            _ => self == CheckState::Critical,
+        }
+    }
+}
+
+crate::state_enum! {
+    /// Whether a check's state is `SOFT` (being retried) or `HARD` (confirmed).
+    pub enum CheckStateType("check state type") {
+        Soft = "SOFT",
+        Hard = "HARD",
+    }
+}
+
+crate::state_enum! {
+    /// Where an alert is: `pending` (its condition holds, not for long
+    /// enough yet), `firing`, or `resolved`.
+    pub enum AlertState("alert") {
+        Pending = "pending",
+        Firing = "firing",
+        Resolved = "resolved",
+    }
+}
+
+impl AlertState {
+    /// Pending, then firing once the condition has held long enough, then
+    /// resolved; a pending alert whose condition cleared is resolved
+    /// without having fired (and so is any alert of a deleted rule).
+    pub fn can_become(self, to: AlertState) -> bool {
+        matches!(
+            (self, to),
+            (AlertState::Pending, AlertState::Firing | AlertState::Resolved)
+                | (AlertState::Firing, AlertState::Resolved)
+        )
+    }
+}
+
+crate::state_enum! {
+    /// A webhook delivery (of an alert's notification): `pending` (being
+    /// retried), `sent` or `failed` (gave up).
+    pub enum NotificationState("notification") {
+        Pending = "pending",
+        Sent = "sent",
+        Failed = "failed",
+    }
+}
+
+impl NotificationState {
+    /// A pending delivery is sent, or failed once it has run out of
+    /// attempts (an attempt that failed but may be retried leaves it
+    /// pending); then it never changes.
+    pub fn can_become(self, to: NotificationState) -> bool {
+        matches!((self, to), (NotificationState::Pending, _))
+    }
+}
+
 /// One state change of a check.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckEvent {
     pub at_ms: i64,
-    pub state: String,
-    pub state_type: String,
+    pub state: CheckState,
+    pub state_type: CheckStateType,
     pub attempt: u64,
     pub output: String,
 }
@@ -226,9 +323,9 @@ pub struct Check {
     pub max_attempts: u64,
     pub timeout_secs: u64,
     /// `PENDING` (not run yet), `OK`, `WARNING`, `CRITICAL` or `UNKNOWN`.
-    pub state: String,
+    pub state: CheckState,
     /// `SOFT` (being retried) or `HARD` (confirmed).
-    pub state_type: String,
+    pub state_type: CheckStateType,
     pub attempt: u64,
     pub output: String,
     pub perfdata: String,
@@ -250,7 +347,7 @@ pub struct AlertRule {
     pub threshold: Option<f64>,
     pub for_secs: u64,
     pub check_id: Option<CheckId>,
-    pub min_state: Option<String>,
+    pub min_state: Option<CheckState>,
     pub webhook_url: Option<String>,
     pub created_at_ms: i64,
 }
@@ -262,7 +359,7 @@ pub struct Notification {
     pub kind: String,
     pub url: String,
     /// `pending` (being retried), `sent` or `failed` (gave up).
-    pub state: String,
+    pub state: NotificationState,
     pub attempts: u64,
     pub last_error: Option<String>,
     pub created_at_ms: i64,
@@ -275,7 +372,7 @@ pub struct Alert {
     pub rule: String,
     pub resource: String,
     /// `firing` or `resolved`.
-    pub state: String,
+    pub state: AlertState,
     pub summary: String,
     pub value: Option<f64>,
     pub started_at_ms: i64,

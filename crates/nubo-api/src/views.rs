@@ -249,6 +249,34 @@ pub struct Recipe {
     pub created_at_ms: i64,
 }
 
+crate::state_enum! {
+    /// Where a recipe or command run is: `pending` (waiting for the guest
+    /// agent), `running`, `succeeded` or `failed`.
+    pub enum RunState("run") {
+        Pending = "pending",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+    }
+}
+
+impl RunState {
+    /// It ended (either way) and never changes again.
+    pub fn finished(self) -> bool {
+        matches!(self, RunState::Succeeded | RunState::Failed)
+    }
+
+    /// A run goes forward only: pending, then running (reported again with
+    /// each log chunk), then succeeded or failed; a finished run never
+    /// changes, and a run may end without having been seen running.
+    pub fn can_become(self, to: RunState) -> bool {
+        matches!(
+            (self, to),
+            (RunState::Pending | RunState::Running, RunState::Running | RunState::Succeeded | RunState::Failed)
+        )
+    }
+}
+
 /// State of a run: `pending` (waiting for the guest agent), `running`,
 /// `succeeded` or `failed`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -260,7 +288,7 @@ pub struct Run {
     /// `name@version` for recipes, the command line for exec.
     pub what: String,
     pub params: std::collections::BTreeMap<String, String>,
-    pub state: String,
+    pub state: RunState,
     pub exit_code: Option<i32>,
     /// Why it failed when it did not even run to an exit code.
     pub error: Option<String>,
@@ -275,7 +303,7 @@ pub struct Run {
 
 impl Run {
     pub fn finished(&self) -> bool {
-        matches!(self.state.as_str(), "succeeded" | "failed")
+        self.state.finished()
     }
 }
 
@@ -536,6 +564,39 @@ pub struct SecurityGroupRule {
     pub source_group_id: Option<String>,
 }
 
+crate::state_enum! {
+    /// Where a live migration is: `preparing` (the target starts),
+    /// `migrating` (disks and memory copied), `completed` or `failed`.
+    pub enum MigrationState("migration") {
+        Preparing = "preparing",
+        Migrating = "migrating",
+        Completed = "completed",
+        Failed = "failed",
+    }
+}
+
+impl MigrationState {
+    /// Still under way: it holds the target's capacity and blocks another
+    /// migration of the instance.
+    pub fn active(self) -> bool {
+        matches!(self, MigrationState::Preparing | MigrationState::Migrating)
+    }
+
+    /// Preparing, then migrating (the target may say it is ready again),
+    /// then completed or failed; only the source can complete it, which it
+    /// does after migrating, while either side may fail it at any point
+    /// before it ended.
+    pub fn can_become(self, to: MigrationState) -> bool {
+        matches!(
+            (self, to),
+            (
+                MigrationState::Preparing | MigrationState::Migrating,
+                MigrationState::Migrating | MigrationState::Completed | MigrationState::Failed
+            )
+        )
+    }
+}
+
 /// A live migration of an instance, with what it cost.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Migration {
@@ -545,7 +606,7 @@ pub struct Migration {
     pub target_host: String,
     /// `preparing` (the target starts), `migrating` (disks and memory
     /// copied), `completed` or `failed`.
-    pub state: String,
+    pub state: MigrationState,
     /// The pause the guest saw.
     pub downtime_ms: Option<u64>,
     pub total_ms: Option<u64>,

@@ -10,6 +10,7 @@
 use crate::checks::CheckRow;
 use crate::store::{now_ms, Store};
 use nubo_api::ids::{AlertId, AlertRuleId};
+use nubo_api::monitoring::{AlertState, CheckState, CheckStateType, NotificationState};
 use serde_json::json;
 use sqlx::FromRow;
 use std::time::Duration;
@@ -31,7 +32,7 @@ pub struct RuleRow {
     pub threshold: Option<f64>,
     pub for_secs: i64,
     pub check_id: Option<String>,
-    pub min_state: Option<String>,
+    pub min_state: Option<CheckState>,
     pub webhook_url: Option<String>,
     pub created_at_ms: i64,
 }
@@ -42,7 +43,7 @@ pub struct AlertRow {
     pub rule_id: String,
     pub project_id: Option<String>,
     pub resource: String,
-    pub state: String,
+    pub state: AlertState,
     pub summary: String,
     pub value: Option<f64>,
     pub started_at_ms: i64,
@@ -60,7 +61,7 @@ pub struct NotificationRow {
     pub kind: String,
     pub url: String,
     pub payload: String,
-    pub state: String,
+    pub state: NotificationState,
     pub attempts: i64,
     pub next_attempt_ms: i64,
     pub last_error: Option<String>,
@@ -75,14 +76,6 @@ pub fn compare(value: f64, op: &str, threshold: f64) -> bool {
         "<" => value < threshold,
         "<=" => value <= threshold,
         _ => false,
-    }
-}
-
-/// Whether a check in `state` (hard) is at least as bad as `min_state`.
-pub fn state_fires(state: &str, min_state: &str) -> bool {
-    match min_state {
-        "WARNING" => matches!(state, "WARNING" | "CRITICAL" | "UNKNOWN"),
-        _ => state == "CRITICAL",
     }
 }
 
@@ -116,7 +109,7 @@ impl Store {
         .bind(r.threshold)
         .bind(r.for_secs)
         .bind(&r.check_id)
-        .bind(&r.min_state)
+        .bind(r.min_state)
         .bind(&r.webhook_url)
         .bind(r.created_at_ms)
         .execute(&self.pool)
@@ -279,11 +272,11 @@ impl Store {
                     .await?
             }
         };
-        let min = rule.min_state.as_deref().unwrap_or("CRITICAL");
+        let min = rule.min_state.unwrap_or(CheckState::Critical);
         Ok(checks
             .into_iter()
             .map(|c| Finding {
-                holds: c.state_type == "HARD" && state_fires(&c.state, min),
+                holds: c.state_type == CheckStateType::Hard && c.state.fires(min),
                 value: None,
                 summary: format!("check {} on {} is {} ({}): {}", c.name, c.target, c.state, c.state_type, c.output),
                 resource: c.id,
@@ -333,7 +326,11 @@ impl Store {
                 }
                 Ok(0)
             }
-            (Some(a), true) if a.state == "pending" && now - a.started_at_ms >= rule.for_secs * 1000 => {
+            (Some(a), true)
+                if a.state == AlertState::Pending
+                    && a.state.can_become(AlertState::Firing)
+                    && now - a.started_at_ms >= rule.for_secs * 1000 =>
+            {
                 self.fire(rule, &a.id, &f).await
             }
             (Some(a), true) => {
@@ -345,12 +342,12 @@ impl Store {
                     .await?;
                 Ok(0)
             }
-            (Some(a), false) if a.state == "pending" => {
+            (Some(a), false) if a.state == AlertState::Pending => {
                 // It did not hold for long enough: never an alert.
                 sqlx::query("DELETE FROM alerts WHERE id = $1").bind(&a.id).execute(&self.pool).await?;
                 Ok(0)
             }
-            (Some(a), false) => {
+            (Some(a), false) if a.state.can_become(AlertState::Resolved) => {
                 let r = sqlx::query(
                     "UPDATE alerts SET state = 'resolved', resolved_at_ms = $1, value = $2 WHERE id = $3 AND state = 'firing'",
                 )
@@ -362,9 +359,9 @@ impl Store {
                 if r.rows_affected() != 1 {
                     return Ok(0);
                 }
-                self.notify(rule, &a, "resolved", &f.summary, f.value).await
+                self.notify(rule, &a, AlertState::Resolved, &f.summary, f.value).await
             }
-            (None, false) => Ok(0),
+            (Some(_), false) | (None, false) => Ok(0),
         }
     }
 
@@ -382,7 +379,7 @@ impl Store {
             return Ok(0);
         }
         let Some(a) = self.alert(id).await? else { return Ok(0) };
-        self.notify(rule, &a, "firing", &f.summary, f.value).await
+        self.notify(rule, &a, AlertState::Firing, &f.summary, f.value).await
     }
 
     /// The event log entry and, unless silenced, the webhook notification.
@@ -390,7 +387,7 @@ impl Store {
         &self,
         rule: &RuleRow,
         a: &AlertRow,
-        kind: &str,
+        kind: AlertState,
         summary: &str,
         value: Option<f64>,
     ) -> Result<usize, sqlx::Error> {
@@ -418,13 +415,13 @@ impl Store {
             "resource": a.resource,
             "target": target,
             "project_id": a.project_id,
-            "state": kind,
+            "state": kind.as_str(),
             "summary": summary,
             "value": value,
             "started_at_ms": a.started_at_ms,
             "at_ms": now,
         });
-        self.queue_notification(&a.id, kind, url, &payload.to_string()).await?;
+        self.queue_notification(&a.id, kind.as_str(), url, &payload.to_string()).await?;
         Ok(1)
     }
 
@@ -454,7 +451,7 @@ impl Store {
     }
 
     /// `pending`, `sent` or `failed`.
-    pub async fn notification_state(&self, id: &str) -> Result<Option<String>, sqlx::Error> {
+    pub async fn notification_state(&self, id: &str) -> Result<Option<NotificationState>, sqlx::Error> {
         sqlx::query_scalar("SELECT state FROM notifications WHERE id = $1").bind(id).fetch_optional(&self.pool).await
     }
 
@@ -478,10 +475,13 @@ impl Store {
     pub async fn record_delivery(&self, n: &NotificationRow, error: Option<String>) -> Result<(), sqlx::Error> {
         let attempts = n.attempts + 1;
         let (state, next) = match &error {
-            None => ("sent", n.next_attempt_ms),
-            Some(_) if attempts >= MAX_ATTEMPTS => ("failed", n.next_attempt_ms),
-            Some(_) => ("pending", now_ms() + backoff(attempts).as_millis() as i64),
+            None => (NotificationState::Sent, n.next_attempt_ms),
+            Some(_) if attempts >= MAX_ATTEMPTS => (NotificationState::Failed, n.next_attempt_ms),
+            Some(_) => (NotificationState::Pending, now_ms() + backoff(attempts).as_millis() as i64),
         };
+        if !n.state.can_become(state) {
+            return Ok(());
+        }
         sqlx::query(
             "UPDATE notifications SET state = $1, attempts = $2, next_attempt_ms = $3, last_error = $4 WHERE id = $5",
         )
@@ -492,7 +492,7 @@ impl Store {
         .bind(&n.id)
         .execute(&self.pool)
         .await?;
-        if state == "failed" {
+        if state == NotificationState::Failed {
             self.event(
                 None,
                 &n.alert_id,
@@ -534,6 +534,12 @@ pub fn new_rule_id() -> AlertRuleId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether a hard check spelled `state` fires a rule whose lowest
+    /// firing state is spelled `min_state`.
+    fn state_fires(state: &str, min_state: &str) -> bool {
+        state.parse::<CheckState>().unwrap().fires(min_state.parse().unwrap())
+    }
 
     #[test]
     fn comparisons_states_and_backoff() {

@@ -8,12 +8,11 @@
 
 use crate::store::{now_ms, Store};
 use nubo_api::ids::{CheckId, InstanceId};
-use nubo_api::monitoring::{CheckAction, CheckEvent, CheckResult, DesiredCheck, MetricSample};
+use nubo_api::monitoring::{
+    CheckAction, CheckEvent, CheckResult, CheckState, CheckStateType, DesiredCheck, MetricSample,
+};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
-
-/// Nagios states by plugin exit code.
-pub const STATES: [&str; 4] = ["OK", "WARNING", "CRITICAL", "UNKNOWN"];
 
 #[derive(Debug, Clone, FromRow)]
 pub struct CheckRow {
@@ -27,8 +26,8 @@ pub struct CheckRow {
     pub retry_interval_secs: i64,
     pub max_attempts: i64,
     pub timeout_secs: i64,
-    pub state: String,
-    pub state_type: String,
+    pub state: CheckState,
+    pub state_type: CheckStateType,
     pub attempt: i64,
     pub output: String,
     pub perfdata: String,
@@ -51,8 +50,8 @@ pub enum CheckSpec {
 /// One state transition of a check, as [`next_state`] decides it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
-    pub state: &'static str,
-    pub state_type: &'static str,
+    pub state: CheckState,
+    pub state_type: CheckStateType,
     pub attempt: i64,
     /// The state or its type changed (history gets an entry).
     pub changed: bool,
@@ -61,29 +60,38 @@ pub struct Transition {
 }
 
 /// Nagios' soft/hard logic: `status` (0-3) after `state`/`state_type`/`attempt`.
-pub fn next_state(state: &str, state_type: &str, attempt: i64, max_attempts: i64, status: u8) -> Transition {
-    let new = STATES.get(usize::from(status)).copied().unwrap_or("UNKNOWN");
-    let was_ok = state == "OK" || state == "PENDING";
-    if new == "OK" {
+pub fn next_state(
+    state: CheckState,
+    state_type: CheckStateType,
+    attempt: i64,
+    max_attempts: i64,
+    status: u8,
+) -> Transition {
+    use CheckState::{Ok as OK, Pending};
+    use CheckStateType::{Hard, Soft};
+    let new = CheckState::from_status(status);
+    debug_assert!(state.can_become(new));
+    let was_ok = state == OK || state == Pending;
+    if new == OK {
         // A recovery is hard at once; it is news only after a hard problem.
-        let hard_change = state != "OK" && (state_type == "HARD" || state == "PENDING");
-        return Transition { state: "OK", state_type: "HARD", attempt: 1, changed: state != "OK", hard_change };
+        let hard_change = state != OK && (state_type == Hard || state == Pending);
+        return Transition { state: OK, state_type: Hard, attempt: 1, changed: state != OK, hard_change };
     }
     if was_ok {
         if max_attempts <= 1 {
-            return Transition { state: new, state_type: "HARD", attempt: 1, changed: true, hard_change: true };
+            return Transition { state: new, state_type: Hard, attempt: 1, changed: true, hard_change: true };
         }
-        return Transition { state: new, state_type: "SOFT", attempt: 1, changed: true, hard_change: false };
+        return Transition { state: new, state_type: Soft, attempt: 1, changed: true, hard_change: false };
     }
-    if state_type == "SOFT" {
+    if state_type == Soft {
         let attempt = attempt + 1;
         if attempt >= max_attempts {
-            return Transition { state: new, state_type: "HARD", attempt, changed: true, hard_change: true };
+            return Transition { state: new, state_type: Hard, attempt, changed: true, hard_change: true };
         }
-        return Transition { state: new, state_type: "SOFT", attempt, changed: state != new, hard_change: false };
+        return Transition { state: new, state_type: Soft, attempt, changed: state != new, hard_change: false };
     }
     // Already a hard problem: a different problem state is a hard change.
-    Transition { state: new, state_type: "HARD", attempt, changed: state != new, hard_change: state != new }
+    Transition { state: new, state_type: Hard, attempt, changed: state != new, hard_change: state != new }
 }
 
 /// A perfdata value in base units (seconds, bytes), from `12ms`, `3KB`, `80%`...
@@ -150,8 +158,11 @@ impl CheckRow {
 
     /// Seconds until the next run: the retry interval while a problem is soft.
     pub fn effective_interval(&self) -> u64 {
-        let secs =
-            if self.state_type == "SOFT" && self.state != "OK" { self.retry_interval_secs } else { self.interval_secs };
+        let secs = if self.state_type == CheckStateType::Soft && self.state != CheckState::Ok {
+            self.retry_interval_secs
+        } else {
+            self.interval_secs
+        };
         secs.max(1) as u64
     }
 }
@@ -256,7 +267,7 @@ impl Store {
     }
 
     pub async fn check_history(&self, id: &str, limit: i64) -> Result<Vec<CheckEvent>, sqlx::Error> {
-        let rows: Vec<(i64, String, String, i64, String)> = sqlx::query_as(
+        let rows: Vec<(i64, CheckState, CheckStateType, i64, String)> = sqlx::query_as(
             "SELECT at_ms, state, state_type, attempt, output FROM check_history WHERE check_id = $1
              ORDER BY seq DESC LIMIT $2",
         )
@@ -337,7 +348,7 @@ impl Store {
     /// Applies one result: the soft/hard transition, history, perfdata as
     /// metrics. Returns the transition (None for an unknown check).
     pub async fn apply_check_result(&self, c: &CheckRow, r: &CheckResult) -> Result<Transition, sqlx::Error> {
-        let t = next_state(&c.state, &c.state_type, c.attempt, c.max_attempts, r.status);
+        let t = next_state(c.state, c.state_type, c.attempt, c.max_attempts, r.status);
         let now = now_ms();
         let output: String = r.output.chars().take(4096).collect();
         let perfdata: String = r.perfdata.chars().take(4096).collect();
@@ -429,6 +440,27 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A transition with its states spelled, as the assertions below read.
+    struct Spelled {
+        state: &'static str,
+        state_type: &'static str,
+        attempt: i64,
+        changed: bool,
+        hard_change: bool,
+    }
+
+    /// [`super::next_state`] from spelled states.
+    fn next_state(state: &str, state_type: &str, attempt: i64, max_attempts: i64, status: u8) -> Spelled {
+        let t = super::next_state(state.parse().unwrap(), state_type.parse().unwrap(), attempt, max_attempts, status);
+        Spelled {
+            state: t.state.as_str(),
+            state_type: t.state_type.as_str(),
+            attempt: t.attempt,
+            changed: t.changed,
+            hard_change: t.hard_change,
+        }
+    }
 
     #[test]
     fn soft_then_hard_then_recovery() {

@@ -8,6 +8,7 @@
 
 use crate::error::AppResult;
 use crate::Ctx;
+use nubo_api::monitoring::CheckStateType;
 use nubo_api::views::InstanceState;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -81,8 +82,8 @@ pub async fn render(ctx: &Ctx) -> AppResult<String> {
     }
     let mut checks = Vec::new();
     for c in ctx.store.checks(None).await? {
-        let state = crate::checks::STATES.iter().position(|s| *s == c.state).map(|p| p as f64).unwrap_or(-1.0);
-        let hard = if c.state_type == "HARD" { "1" } else { "0" };
+        let state = c.state.status().map(f64::from).unwrap_or(-1.0);
+        let hard = if c.state_type == CheckStateType::Hard { "1" } else { "0" };
         checks.push(format!(
             "nubo_check_state{} {state}",
             labels(&[("check", &c.id), ("name", &c.name), ("target", &c.target), ("kind", &c.kind), ("hard", hard)])

@@ -13,6 +13,7 @@ use crate::store::{now_ms, Store};
 use crate::Ctx;
 use nubo_api::agent::PowerState;
 use nubo_api::automation::{GroupCreate, GroupHealthCheck, GroupSchedule};
+use nubo_api::monitoring::{CheckState, CheckStateType};
 use nubo_api::params::InstanceCreate;
 use nubo_api::views::InstanceState;
 use sqlx::FromRow;
@@ -227,14 +228,14 @@ impl Store {
         if m.desired == PowerState::Stopped {
             return Ok(Health::Replace("it stopped (its VM died, or someone stopped it)".into()));
         }
-        let check: Option<(String, String)> =
+        let check: Option<(CheckState, CheckStateType)> =
             sqlx::query_as("SELECT state, state_type FROM checks WHERE target = $1 AND name = $2")
                 .bind(&m.id)
                 .bind(HEALTH_CHECK)
                 .fetch_optional(&self.pool)
                 .await?;
         if let Some((state, kind)) = check {
-            if state == "CRITICAL" && kind == "HARD" {
+            if state == CheckState::Critical && kind == CheckStateType::Hard {
                 return Ok(Health::Replace("its health check is CRITICAL".into()));
             }
         }

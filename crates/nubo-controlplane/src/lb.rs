@@ -8,6 +8,7 @@
 use crate::store::{now_ms, Store};
 use nubo_api::agent::PowerState;
 use nubo_api::ids::{InstanceId, LoadBalancerId};
+use nubo_api::lb::BackendHealth;
 use nubo_api::lb::{ActualBalancer, DesiredBackend, DesiredBalancer, LbBackend, LbHealthCheck, LoadBalancerCreate};
 use nubo_api::views::InstanceState;
 use sqlx::FromRow;
@@ -155,7 +156,7 @@ pub struct Resolved {
     pub instance_id: String,
     pub address: Option<String>,
     pub weight: u32,
-    pub reason: Option<&'static str>,
+    pub reason: Option<BackendHealth>,
 }
 
 /// Why a new balancer cannot get a port.
@@ -307,11 +308,11 @@ impl Store {
         for r in rows {
             let weight = weights.get(&r.id).copied().unwrap_or(1);
             let reason = if r.state == InstanceState::Terminated || r.desired == PowerState::Deleted {
-                Some("terminated")
+                Some(BackendHealth::Terminated)
             } else if r.desired != PowerState::Running {
-                Some("not running")
+                Some(BackendHealth::NotRunning)
             } else if r.host_id.as_deref() != Some(lb.host_id.as_str()) {
-                Some("on another host")
+                Some(BackendHealth::OnAnotherHost)
             } else {
                 None
             };
@@ -320,7 +321,7 @@ impl Store {
                 Some(_) => None,
             };
             let reason = match (reason, &port) {
-                (None, None) => Some("no forwarded port"),
+                (None, None) => Some(BackendHealth::NoForwardedPort),
                 (r, _) => r,
             };
             out.push(Resolved {
@@ -373,7 +374,7 @@ pub fn backends_view(resolved: Vec<Resolved>, actual: Option<&ActualBalancer>) -
                 instance_id: r.instance_id.clone(),
                 address: r.address.clone(),
                 weight: r.weight,
-                health: reason.unwrap_or("unknown").to_string(),
+                health: reason.unwrap_or(BackendHealth::Unknown),
                 requests: 0,
                 errors: 0,
                 in_flight: 0,
@@ -386,7 +387,7 @@ pub fn backends_view(resolved: Vec<Resolved>, actual: Option<&ActualBalancer>) -
         for b in &a.backends {
             let wanted = resolved.iter().any(|r| r.reason.is_none() && r.instance_id == b.instance_id);
             let listed = resolved.iter().any(|r| r.instance_id == b.instance_id);
-            if (b.health == "draining" && !wanted) || !listed {
+            if (b.health == BackendHealth::Draining && !wanted) || !listed {
                 out.push(b.clone());
             }
         }
@@ -404,7 +405,7 @@ mod tests {
             instance_id: id.into(),
             address: Some("127.0.0.1:20000".into()),
             weight: 1,
-            health: health.into(),
+            health: health.parse().unwrap(),
             requests: 3,
             errors: 0,
             in_flight: 0,
@@ -412,10 +413,11 @@ mod tests {
             last_error: None,
         };
         let a = Resolved { instance_id: "i-a".into(), address: None, weight: 1, reason: None };
-        let stopped = Resolved { instance_id: "i-c".into(), address: None, weight: 1, reason: Some("not running") };
+        let stopped =
+            Resolved { instance_id: "i-c".into(), address: None, weight: 1, reason: Some(BackendHealth::NotRunning) };
         let actual = ActualBalancer {
             id: "lb-0123456789abcdef0".parse().expect("id"),
-            state: "active".into(),
+            state: nubo_api::lb::BalancerState::Active,
             error: None,
             started_at_ms: Some(1),
             backends: vec![served("i-a", "up"), served("i-b", "up"), served("i-c", "down")],

@@ -17,6 +17,7 @@
 
 use crate::store::{now_ms, Size, Store};
 use nubo_api::ids::MigrationId;
+use nubo_api::views::MigrationState;
 use sqlx::FromRow;
 
 #[derive(Debug, Clone, FromRow)]
@@ -25,7 +26,7 @@ pub struct MigrationRow {
     pub instance_id: String,
     pub source_host: String,
     pub target_host: String,
-    pub state: String,
+    pub state: MigrationState,
     pub nbd_host: Option<String>,
     pub nbd_port: Option<i64>,
     pub migrate_uri: Option<String>,
@@ -41,7 +42,7 @@ pub struct MigrationRow {
 
 impl MigrationRow {
     pub fn active(&self) -> bool {
-        matches!(self.state.as_str(), "preparing" | "migrating")
+        self.state.active()
     }
 }
 
@@ -78,12 +79,13 @@ impl Store {
         limits: Size,
     ) -> Result<MigrationRow, StartError> {
         let mut tx = self.begin().await?;
-        let busy: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM migrations WHERE instance_id = $1 AND state IN ('preparing', 'migrating')",
-        )
-        .bind(&instance.id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let busy: Option<String> =
+            sqlx::query_scalar("SELECT id FROM migrations WHERE instance_id = $1 AND state IN ($2, $3)")
+                .bind(&instance.id)
+                .bind(MigrationState::Preparing)
+                .bind(MigrationState::Migrating)
+                .fetch_optional(&mut *tx)
+                .await?;
         if let Some(m) = busy {
             return Err(StartError::Busy(instance.id.clone(), m));
         }
@@ -94,13 +96,14 @@ impl Store {
         let id = MigrationId::generate().to_string();
         sqlx::query(
             "INSERT INTO migrations (id, instance_id, source_host, target_host, state, created_at_ms, updated_at_ms)
-             VALUES ($1, $2, $3, $4, 'preparing', $5, $5)",
+             VALUES ($1, $2, $3, $4, $6, $5, $5)",
         )
         .bind(&id)
         .bind(&instance.id)
         .bind(source)
         .bind(target)
         .bind(now)
+        .bind(MigrationState::Preparing)
         .execute(&mut *tx)
         .await?;
         crate::store::insert_event(&mut tx, &instance.id, now, "migration_started", &format!("{id} to {target}"))
@@ -190,6 +193,10 @@ impl Store {
         };
         // Only the source can say it worked: it saw QEMU complete.
         let ok = o.ok && host == m.source_host;
+        let to = if ok { MigrationState::Completed } else { MigrationState::Failed };
+        if !m.state.can_become(to) {
+            return Ok(None);
+        }
         let now = now_ms();
         let Some(inst): Option<crate::store::InstanceRow> = sqlx::query_as("SELECT * FROM instances WHERE id = $1")
             .bind(&m.instance_id)
@@ -233,7 +240,7 @@ impl Store {
             "UPDATE migrations SET state = $1, error = $2, downtime_ms = $3, total_ms = $4, disk_bytes = $5,
                ram_bytes = $6, updated_at_ms = $7 WHERE id = $8",
         )
-        .bind(if ok { "completed" } else { "failed" })
+        .bind(to)
         .bind(&o.error)
         .bind(o.downtime_ms.map(|v| v as i64))
         .bind(o.total_ms.map(|v| v as i64))

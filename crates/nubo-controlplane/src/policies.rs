@@ -23,7 +23,8 @@ use crate::sagas::policy_action::PolicyActionSaga;
 use crate::store::{now_ms, Store};
 use crate::Ctx;
 use nubo_api::agent::PowerState;
-use nubo_api::automation::{ActionOutcome, PolicyAction, PolicyDoc, PolicyFiring};
+use nubo_api::automation::{ActionOutcome, ActionState, FiringState, PolicyAction, PolicyDoc, PolicyFiring};
+use nubo_api::monitoring::{CheckState, CheckStateType};
 use nubo_api::views::InstanceState;
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
@@ -71,7 +72,7 @@ pub struct FiringRow {
     pub at_ms: i64,
     pub dry_run: i64,
     pub values_json: String,
-    pub state: String,
+    pub state: FiringState,
     pub actions_json: String,
     pub next_attempt_ms: i64,
 }
@@ -332,7 +333,7 @@ impl Store {
 
     async fn save_firing(&self, f: &FiringRow) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE policy_firings SET state = $1, actions_json = $2, next_attempt_ms = $3 WHERE id = $4")
-            .bind(&f.state)
+            .bind(f.state)
             .bind(&f.actions_json)
             .bind(f.next_attempt_ms)
             .bind(&f.id)
@@ -388,16 +389,17 @@ impl Store {
             let m = crate::app::monitoring::canonical_metric(m);
             return self.latest_value(resource, &m, now - STALE_MS).await;
         }
-        let states: Vec<String> =
-            sqlx::query_scalar("SELECT state FROM checks WHERE target = $1 AND state_type = 'HARD'")
+        let states: Vec<CheckState> =
+            sqlx::query_scalar("SELECT state FROM checks WHERE target = $1 AND state_type = $2")
                 .bind(resource)
+                .bind(CheckStateType::Hard)
                 .fetch_all(&self.pool)
                 .await?;
         let worst = states
             .iter()
-            .map(|s| match s.as_str() {
-                "CRITICAL" => 2.0,
-                "WARNING" | "UNKNOWN" => 1.0,
+            .map(|s| match s {
+                CheckState::Critical => 2.0,
+                CheckState::Warning | CheckState::Unknown => 1.0,
                 _ => 0.0,
             })
             .fold(0.0, f64::max);
@@ -455,7 +457,7 @@ impl Store {
                         } else {
                             describe(a, target)
                         },
-                        state: if doc.dry_run { "skipped" } else { "pending" }.into(),
+                        state: if doc.dry_run { ActionState::Skipped } else { ActionState::Pending },
                         attempts: 0,
                         error: None,
                         result: None,
@@ -475,7 +477,7 @@ impl Store {
             .bind(now)
             .bind(i64::from(doc.dry_run))
             .bind(serde_json::to_string(&values).unwrap_or_default())
-            .bind(if doc.dry_run { "succeeded" } else { "running" })
+            .bind(if doc.dry_run { FiringState::Succeeded } else { FiringState::Running })
             .bind(serde_json::to_string(&records).unwrap_or_default())
             .execute(&mut *tx)
             .await?;
@@ -513,7 +515,9 @@ impl Store {
                     (holds, cleared)
                 }
                 _ => {
-                    let min = if c.check_state.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("warning")) {
+                    let min = if c.check_state.as_deref().and_then(|s| CheckState::parse(&s.to_uppercase()))
+                        == Some(CheckState::Warning)
+                    {
                         1.0
                     } else {
                         2.0
@@ -644,21 +648,21 @@ pub async fn execute(ctx: &Ctx) -> Result<(), sqlx::Error> {
         let mut records: Vec<ActionRecord> = serde_json::from_str(&f.actions_json).unwrap_or_default();
         let mut retry_in: Option<i64> = None;
         for (i, r) in records.iter_mut().enumerate() {
-            if matches!(r.outcome.state.as_str(), "succeeded" | "failed" | "skipped") {
+            if r.outcome.state.ended() {
                 continue;
             }
             let id = crate::sagas::policy_action::new_action(ctx, &f, &policy, i, &r.spec, &r.plan).await?;
             let s = saga::run::<PolicyActionSaga>(&ctx.store, ctx, &id).await?;
-            r.outcome.state = "running".into();
+            set_action_state(&mut r.outcome, ActionState::Running);
             r.outcome.attempts = r.outcome.attempts.max(s.attempts);
             match s.state {
                 SagaState::Done => {
-                    r.outcome.state = "succeeded".into();
+                    set_action_state(&mut r.outcome, ActionState::Succeeded);
                     r.outcome.result = s.output.map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string()));
                     r.outcome.error = None;
                 }
                 SagaState::Unwound => {
-                    r.outcome.state = "failed".into();
+                    set_action_state(&mut r.outcome, ActionState::Failed);
                     r.outcome.error = s.error;
                 }
                 SagaState::Running | SagaState::Unwinding => {
@@ -672,10 +676,10 @@ pub async fn execute(ctx: &Ctx) -> Result<(), sqlx::Error> {
             }
         }
         f.actions_json = serde_json::to_string(&records).unwrap_or_default();
-        let ended = records.iter().all(|r| matches!(r.outcome.state.as_str(), "succeeded" | "failed" | "skipped"));
-        if ended {
-            let failed = records.iter().any(|r| r.outcome.state == "failed");
-            f.state = if failed { "failed" } else { "succeeded" }.into();
+        let ended = records.iter().all(|r| r.outcome.state.ended());
+        let to = FiringState::of_ended(records.iter().map(|r| r.outcome.state));
+        if ended && f.state.can_become(to) {
+            f.state = to;
             let summary: Vec<String> =
                 records.iter().map(|r| format!("{}: {}", r.outcome.action, r.outcome.state)).collect();
             ctx.store
@@ -691,6 +695,14 @@ pub async fn execute(ctx: &Ctx) -> Result<(), sqlx::Error> {
         ctx.store.save_firing(&f).await?;
     }
     Ok(())
+}
+
+/// Moves an action's outcome to `to` when its state may become that (an
+/// ended action never changes).
+fn set_action_state(o: &mut ActionOutcome, to: ActionState) {
+    if o.state.can_become(to) {
+        o.state = to;
+    }
 }
 
 /// One round: judge every policy, then advance the firings.
@@ -711,7 +723,7 @@ pub fn firing_view(f: &FiringRow, policy: &str) -> PolicyFiring {
         at_ms: f.at_ms,
         dry_run: f.dry_run == 1,
         values: serde_json::from_str(&f.values_json).unwrap_or_default(),
-        state: f.state.clone(),
+        state: f.state,
         actions: records.into_iter().map(|r| r.outcome).collect(),
     }
 }

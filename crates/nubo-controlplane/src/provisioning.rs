@@ -4,6 +4,7 @@
 
 use crate::store::{now_ms, Store};
 use nubo_api::agent::{RunAction, RunProgress};
+use nubo_api::views::RunState;
 use sqlx::FromRow;
 
 /// Log text kept per run; older output is dropped (the tail matters).
@@ -43,7 +44,7 @@ pub struct RunRow {
     pub params_json: String,
     pub action_json: String,
     pub timeout_secs: i64,
-    pub state: String,
+    pub state: RunState,
     pub guest_pid: Option<i64>,
     pub exit_code: Option<i64>,
     pub error: Option<String>,
@@ -201,7 +202,7 @@ impl Store {
         let action = serde_json::to_string(r.action).unwrap_or_default();
         sqlx::query(
             "INSERT INTO runs (id, instance_id, kind, what, params_json, action_json, timeout_secs, state, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $8)",
         )
         .bind(r.id)
         .bind(r.instance_id)
@@ -211,6 +212,7 @@ impl Store {
         .bind(action)
         .bind(r.timeout_secs as i64)
         .bind(now_ms())
+        .bind(RunState::Pending)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -233,9 +235,11 @@ impl Store {
     pub async fn open_runs_on_host(&self, host: &str) -> Result<Vec<RunRow>, sqlx::Error> {
         sqlx::query_as(
             "SELECT r.* FROM runs r JOIN instances i ON i.id = r.instance_id
-             WHERE i.host_id = $1 AND r.state IN ('pending', 'running') ORDER BY r.created_at_ms, r.id",
+             WHERE i.host_id = $1 AND r.state IN ($2, $3) ORDER BY r.created_at_ms, r.id",
         )
         .bind(host)
+        .bind(RunState::Pending)
+        .bind(RunState::Running)
         .fetch_all(&self.pool)
         .await
     }
@@ -245,13 +249,13 @@ impl Store {
     /// resends from the returned offset); a finished run never changes.
     pub async fn apply_run_progress(&self, run: &RunRow, p: &RunProgress) -> Result<u64, sqlx::Error> {
         let mut tx = self.begin().await?;
-        let cur: Option<(String, i64, String)> =
+        let cur: Option<(RunState, i64, String)> =
             sqlx::query_as("SELECT state, log_offset, log FROM runs WHERE id = $1")
                 .bind(&run.id)
                 .fetch_optional(&mut *tx)
                 .await?;
         let Some((state, offset, mut log)) = cur else { return Ok(0) };
-        if matches!(state.as_str(), "succeeded" | "failed") {
+        if !state.can_become(p.state) {
             return Ok(offset as u64);
         }
         let mut offset = offset as u64;
@@ -261,14 +265,14 @@ impl Store {
             crate::store::keep_tail(&mut log, RUN_LOG_KEEP_BYTES);
         }
         let now = now_ms();
-        let finished = matches!(p.state.as_str(), "succeeded" | "failed");
+        let finished = p.state.finished();
         sqlx::query(
             "UPDATE runs SET state = $1, log = $2, log_offset = $3,
                guest_pid = COALESCE($4, guest_pid), exit_code = COALESCE($5, exit_code), error = COALESCE($6, error),
                started_at_ms = COALESCE(started_at_ms, $7), finished_at_ms = $8
              WHERE id = $9",
         )
-        .bind(&p.state)
+        .bind(p.state)
         .bind(&log)
         .bind(offset as i64)
         .bind(p.guest_pid)

@@ -269,7 +269,7 @@ pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
                             r.id.to_string(),
                             r.kind.clone(),
                             r.what.chars().take(40).collect(),
-                            r.state.clone(),
+                            r.state.to_string(),
                             r.exit_code.map(|c| c.to_string()).unwrap_or_default(),
                         ]
                     })
@@ -327,7 +327,7 @@ fn print_migrations(ms: &[Migration]) {
                 m.id.to_string(),
                 m.instance_id.to_string(),
                 format!("{} -> {}", m.source_host, m.target_host),
-                m.state.clone(),
+                m.state.to_string(),
                 ms_text(m.downtime_ms),
                 ms_text(m.total_ms),
                 m.error.clone().unwrap_or_default(),
@@ -343,9 +343,9 @@ async fn wait_migration(c: &nubo_client::Client, id: &str) -> anyhow::Result<Mig
     let mut last = String::new();
     loop {
         let m = c.migration(id).await?;
-        if m.state != last {
+        if m.state.as_str() != last {
             eprintln!("[{:>5.1}s] migration {id} is {}", started.elapsed().as_secs_f64(), m.state);
-            last = m.state.clone();
+            last = m.state.to_string();
         }
         match m.state.as_str() {
             "completed" => return Ok(m),

@@ -61,7 +61,7 @@ fn print_lb(lb: &LoadBalancer) {
                 b.instance_id.clone(),
                 b.address.clone().unwrap_or_else(|| "-".into()),
                 b.weight.to_string(),
-                b.health.clone(),
+                b.health.to_string(),
                 b.requests.to_string(),
                 b.errors.to_string(),
                 b.in_flight.to_string(),
@@ -86,9 +86,9 @@ async fn wait_active(c: &nubo_client::Client, id: &str) -> anyhow::Result<LoadBa
     let mut last = String::new();
     loop {
         let lb = c.lb(id).await?;
-        if lb.state != last {
+        if lb.state.as_str() != last {
             eprintln!("[{:>5.1}s] {} is {}", started.elapsed().as_secs_f64(), lb.id, lb.state);
-            last = lb.state.clone();
+            last = lb.state.to_string();
         }
         match lb.state.as_str() {
             "active" => return Ok(lb),
@@ -182,7 +182,7 @@ pub async fn lb(cmd: LbCmd, conn: &Conn) -> anyhow::Result<()> {
                             lb.protocol.clone(),
                             lb.algorithm.clone(),
                             lb.listen.clone(),
-                            lb.state.clone(),
+                            lb.state.to_string(),
                             format!("{up}/{}", lb.backends.len()),
                         ]
                     })

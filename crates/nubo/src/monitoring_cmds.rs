@@ -213,7 +213,7 @@ pub async fn alert(cmd: AlertCmd, conn: &Conn) -> anyhow::Result<()> {
                         vec![
                             a.id.to_string(),
                             a.rule.clone(),
-                            a.state.clone(),
+                            a.state.to_string(),
                             a.acknowledged_by.clone().unwrap_or_default(),
                             a.summary.chars().take(70).collect(),
                         ]
@@ -311,7 +311,7 @@ pub async fn alert(cmd: AlertCmd, conn: &Conn) -> anyhow::Result<()> {
                                 r.threshold.unwrap_or_default(),
                                 r.for_secs
                             ),
-                            _ => format!("check state >= {}", r.min_state.as_deref().unwrap_or("CRITICAL")),
+                            _ => format!("check state >= {}", r.min_state.map_or("CRITICAL", |s| s.as_str())),
                         };
                         vec![
                             r.id.to_string(),

@@ -206,9 +206,9 @@ pub async fn follow_run(c: &Client, id: &str, from: u64, limit: Duration) -> any
             print!("{}", r.log);
             let _ = std::io::stdout().flush();
         }
-        if r.state != state {
+        if r.state.as_str() != state {
             eprintln!("[{:>5.1}s] run {} is {}", started.elapsed().as_secs_f64(), r.id, r.state);
-            state = r.state.clone();
+            state = r.state.to_string();
         }
         offset = r.log_next;
         if r.finished() {

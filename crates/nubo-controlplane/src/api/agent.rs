@@ -15,6 +15,7 @@ use nubo_api::agent::{
     RegisterHost, RunAck, RunAction, RunProgress,
 };
 use nubo_api::ids::{HostId, InstanceId, VolumeId};
+use nubo_api::views::RunState;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -169,7 +170,7 @@ pub async fn desired(
                 id: r.id.parse().map_err(AppError::internal)?,
                 action,
                 timeout_secs: r.timeout_secs as u64,
-                state: r.state.clone(),
+                state: r.state,
                 guest_pid: r.guest_pid,
                 log_offset: r.log_offset as u64,
             });
@@ -416,7 +417,7 @@ pub async fn run_progress(
     ApiJson(p): ApiJson<RunProgress>,
 ) -> AppResult<Json<RunAck>> {
     same_host(&caller, &p.host_id)?;
-    if !matches!(p.state.as_str(), "running" | "succeeded" | "failed") {
+    if !matches!(p.state, RunState::Running | RunState::Succeeded | RunState::Failed) {
         return Err(AppError::BadRequest("run state must be running, succeeded or failed".into()));
     }
     if p.log_offset > (1 << 50) || p.log_raw_len > (1 << 24) || p.log.len() > (1 << 24) {

@@ -11,6 +11,7 @@ use crate::error::{AppError, AppResult};
 use crate::lb::{InsertError, LbRow};
 use crate::Ctx;
 use nubo_api::agent::PowerState;
+use nubo_api::lb::BalancerState;
 use nubo_api::lb::{LoadBalancer, LoadBalancerCreate};
 use nubo_api::views::InstanceState;
 use std::collections::BTreeSet;
@@ -21,8 +22,8 @@ pub async fn view(ctx: &Ctx, row: LbRow) -> AppResult<LoadBalancer> {
     let resolved = ctx.store.resolve_lb(&row).await?;
     let actual = row.actual();
     let (state, error, started_at_ms) = match &actual {
-        None => ("pending".to_string(), None, None),
-        Some(a) => (a.state.clone(), a.error.clone(), a.started_at_ms),
+        None => (BalancerState::Pending, None, None),
+        Some(a) => (a.state, a.error.clone(), a.started_at_ms),
     };
     Ok(LoadBalancer {
         id: row.id.parse().map_err(AppError::internal)?,

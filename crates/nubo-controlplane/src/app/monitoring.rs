@@ -11,6 +11,7 @@ use crate::checks::{CheckRow, CheckSpec, NewCheck};
 use crate::error::{AppError, AppResult};
 use crate::Ctx;
 use nubo_api::ids::{CheckId, HostId, InstanceId};
+use nubo_api::monitoring::CheckState;
 use nubo_api::monitoring::{
     valid_metric_name, Alert, AlertRule, AlertRuleCreate, Check, CheckCreate, CheckResults, CloudEvent, HostChecks,
     MetricLatest, MetricSeries, MetricsBatch, Notification,
@@ -191,7 +192,7 @@ pub async fn check_results(ctx: &Arc<Ctx>, caller: &HostCaller, id: &str, r: Che
         if t.hard_change {
             let msg = format!("check {} on {} is {} ({}): {}", c.name, c.target, t.state, t.state_type, result.output);
             ctx.store.event(c.project_id.as_deref(), &c.target, "check_state", &msg).await?;
-            tracing::info!(check = %c.id, target = %c.target, state = t.state, "check state changed");
+            tracing::info!(check = %c.id, target = %c.target, state = %t.state, "check state changed");
         }
     }
     Ok(())
@@ -408,9 +409,10 @@ pub async fn create_rule(ctx: &Arc<Ctx>, caller: &Caller, p: AlertRuleCreate) ->
                 rule.check_id = Some(c.id);
             }
             let min = p.min_state.clone().unwrap_or_else(|| "CRITICAL".into()).to_uppercase();
-            if !matches!(min.as_str(), "WARNING" | "CRITICAL") {
-                return Err(AppError::BadRequest("min_state must be WARNING or CRITICAL".into()));
-            }
+            let min = match CheckState::parse(&min) {
+                Some(s @ (CheckState::Warning | CheckState::Critical)) => s,
+                _ => return Err(AppError::BadRequest("min_state must be WARNING or CRITICAL".into())),
+            };
             rule.min_state = Some(min);
         }
         other => {

@@ -97,8 +97,8 @@ async fn list(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
                         td { (lb.protocol) }
                         td { (lb.algorithm) }
                         td.mono { (lb.listen) }
-                        td { (badge(&lb.state)) }
-                        td { (lb.backends.iter().filter(|b| b.health == "up").count()) " of " (lb.backends.len()) }
+                        td { (badge(lb.state.as_str())) }
+                        td { (lb.backends.iter().filter(|b| b.health == nubo_api::lb::BackendHealth::Up).count()) " of " (lb.backends.len()) }
                         td { (lb.backends.iter().map(|b| b.requests).sum::<u64>()) }
                     }
                 }
@@ -151,7 +151,7 @@ fn backend_rows(lb: &LoadBalancer) -> Markup {
                 td { a href=(format!("/ui/instances/{}", b.instance_id)) { (b.instance_id) } }
                 td.mono { (b.address.as_deref().unwrap_or("-")) }
                 td { (b.weight) }
-                td { (badge(&b.health)) @if let Some(e) = &b.last_error { br; small.error { (e) } } }
+                td { (badge(b.health.as_str())) @if let Some(e) = &b.last_error { br; small.error { (e) } } }
                 td { @match b.cpu_percent { Some(c) => { (format!("{c:.0}%")) }, None => { "-" } } }
                 td { (b.in_flight) }
                 td { (b.requests) }
@@ -167,7 +167,7 @@ async fn show(State(ctx): State<Arc<Ctx>>, s: Session, Path(key): Path<String>) 
     let hc = &lb.health_check;
     let body = html! {
         div.actions {
-            (badge(&lb.state))
+            (badge(lb.state.as_str()))
             (button(&s, &format!("/ui/balancers/{}/delete", lb.id), "Delete", "danger", Some("Delete this load balancer? Connections under way may finish.")))
         }
         @if let Some(e) = &lb.error { p.error { (e) } }

@@ -374,7 +374,7 @@ async fn show(
                         tr {
                             td { a href=(format!("/ui/instances/{id}/runs/{}", r.id)) { (r.id.as_str()) } }
                             td { (r.kind) ": " (r.what) }
-                            td { (badge(&r.state)) }
+                            td { (badge(r.state.as_str())) }
                             td { (r.started_at_ms.map(html::when).unwrap_or_else(|| "-".into())) }
                             td { (r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into())) }
                         }
@@ -537,7 +537,7 @@ async fn load_run(ctx: &Arc<Ctx>, s: &Session, run: &str) -> Result<nubo_api::vi
 
 fn run_status(r: &nubo_api::views::Run) -> Markup {
     html! {
-        (badge(&r.state))
+        (badge(r.state.as_str()))
         @if let Some(c) = r.exit_code { " exit code " (c) }
         @if let Some(e) = &r.error { p.error { (e) } }
         pre.console id="run-log" data-scroll="bottom" { (r.log) }

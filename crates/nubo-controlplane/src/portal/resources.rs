@@ -506,8 +506,8 @@ async fn show_policy(State(ctx): State<Arc<Ctx>>, s: Session, Path(name): Path<S
                         td { (html::when(f.at_ms)) @if f.dry_run { " " (badge("dry run")) } }
                         td.mono { (f.target) }
                         td.mono { @for (k, v) in &f.values { (k) "=" (format!("{v:.1}")) " " } }
-                        td { (badge(&f.state)) }
-                        td { @for a in &f.actions { (a.action) " " (badge(&a.state)) @if let Some(e) = &a.error { " " small.error { (e) } } br; } }
+                        td { (badge(f.state.as_str())) }
+                        td { @for a in &f.actions { (a.action) " " (badge(a.state.as_str())) @if let Some(e) = &a.error { " " small.error { (e) } } br; } }
                     }
                 }
                 @if p.firings.is_empty() { tr { td colspan="5" { "It has not fired." } } }
@@ -655,14 +655,14 @@ pub async fn alerts_page(ctx: &Arc<Ctx>, s: &Session, project: Option<&str>, all
                     tr data-alert=(id) {
                         td { b { (a.rule) } br; (a.summary) }
                         td.mono { (a.resource) }
-                        td { (badge(&a.state)) @if a.silenced_until_ms.is_some_and(|t| t > now) { " " (badge("silenced")) } }
+                        td { (badge(a.state.as_str())) @if a.silenced_until_ms.is_some_and(|t| t > now) { " " (badge("silenced")) } }
                         td { (html::ago(a.fired_at_ms.unwrap_or(a.started_at_ms), now)) }
                         td { @if let Some(by) = &a.acknowledged_by { (by) " " small.muted { (a.acknowledged_at_ms.map(|t| html::ago(t, now)).unwrap_or_default()) } } @else { "-" } }
                         td.actions {
-                            @if a.state == "firing" && a.acknowledged_by.is_none() {
+                            @if a.state == nubo_api::monitoring::AlertState::Firing && a.acknowledged_by.is_none() {
                                 (button(s, &format!("/ui/alerts/{id}/acknowledge?back={here}"), "Acknowledge", "primary", None))
                             }
-                            @if a.state == "firing" {
+                            @if a.state == nubo_api::monitoring::AlertState::Firing {
                                 (button(s, &format!("/ui/alerts/{id}/silence?back={here}"), "Silence 1h", "", None))
                             }
                         }

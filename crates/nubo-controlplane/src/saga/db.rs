@@ -12,7 +12,7 @@ pub struct SagaRow {
     pub name: String,
     pub saga_key: String,
     pub params_json: String,
-    pub state: String,
+    pub state: SagaState,
     pub error: Option<String>,
     pub attempts: i64,
     pub next_attempt_ms: i64,
@@ -122,7 +122,7 @@ pub(super) async fn set_progress(
         "UPDATE sagas SET state = $1, error = $2, attempts = $3, next_attempt_ms = $4, updated_at_ms = $5
          WHERE id = $6",
     )
-    .bind(state.as_str())
+    .bind(state)
     .bind(error)
     .bind(attempts as i64)
     .bind(next_attempt_ms)

@@ -80,42 +80,34 @@ impl std::fmt::Display for SagaId {
     }
 }
 
-/// Where a saga is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SagaState {
-    /// Running its actions forwards.
-    Running,
-    /// A step failed: running the undos of the done steps, newest first.
-    Unwinding,
-    /// Every action ran.
-    Done,
-    /// A step failed and every done step was undone.
-    Unwound,
+nubo_api::state_enum! {
+    /// Where a saga is.
+    pub enum SagaState("saga") {
+        /// Running its actions forwards.
+        Running = "running",
+        /// A step failed: running the undos of the done steps, newest first.
+        Unwinding = "unwinding",
+        /// Every action ran.
+        Done = "done",
+        /// A step failed and every done step was undone.
+        Unwound = "unwound",
+    }
 }
 
 impl SagaState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Unwinding => "unwinding",
-            Self::Done => "done",
-            Self::Unwound => "unwound",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "running" => Self::Running,
-            "unwinding" => Self::Unwinding,
-            "done" => Self::Done,
-            "unwound" => Self::Unwound,
-            _ => return None,
-        })
-    }
-
     /// Done or unwound: nothing more will run.
     pub fn finished(self) -> bool {
         matches!(self, Self::Done | Self::Unwound)
+    }
+
+    /// Running forwards until done, or until a step fails for good and it
+    /// unwinds; an unwinding saga ends unwound. Nothing comes back.
+    pub fn can_become(self, to: SagaState) -> bool {
+        matches!(
+            (self, to),
+            (Self::Running, Self::Done | Self::Unwinding | Self::Running)
+                | (Self::Unwinding, Self::Unwinding | Self::Unwound)
+        )
     }
 }
 
@@ -249,7 +241,7 @@ pub async fn run_with<S: SagaDef>(
     let row = db::saga(store, id).await?.ok_or(sqlx::Error::RowNotFound)?;
     let params: S::Params = serde_json::from_str(&row.params_json).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     let names = S::steps(&params);
-    let mut state = SagaState::parse(&row.state).unwrap_or(SagaState::Running);
+    let mut state = row.state;
     let mut error = row.error.clone();
     let mut attempts = row.attempts as u64;
     let crash_now = |progress: usize| opts.crash_after.is_some_and(|k| progress >= k);
@@ -388,7 +380,7 @@ pub async fn status(store: &Store, id: &SagaId) -> Result<Option<Status>, sqlx::
     let last: Option<String> =
         steps.into_iter().filter(|s| s.state == "done").max_by_key(|s| s.step).and_then(|s| s.output_json);
     Ok(Some(Status {
-        state: SagaState::parse(&row.state).unwrap_or(SagaState::Running),
+        state: row.state,
         error: row.error,
         attempts: row.attempts as u64,
         output: last.and_then(|o| serde_json::from_str(&o).ok()),

@@ -172,3 +172,19 @@ async fn a_failure_at_any_step_unwinds_leaving_nothing() {
     // Steps 0, 1, 2: 2 + 3 + 4 runs (no crash, and a crash at each undo).
     assert_eq!(check_unwind_at_every_step(&mut w).await, 9);
 }
+
+#[test]
+fn saga_states_go_forward_or_unwind_and_never_come_back() {
+    let mut allowed = Vec::new();
+    for &from in SagaState::ALL {
+        for &to in SagaState::ALL {
+            if from.can_become(to) {
+                allowed.push(format!("{from}>{to}"));
+            }
+        }
+    }
+    assert_eq!(
+        allowed,
+        ["running>running", "running>unwinding", "running>done", "unwinding>unwinding", "unwinding>unwound"]
+    );
+}

@@ -19,6 +19,8 @@ use crate::Ctx;
 use nubo_api::agent::PowerState;
 use nubo_api::automation::PolicyAction;
 use nubo_api::ids::VolumeId;
+use nubo_api::monitoring::NotificationState;
+use nubo_api::views::{MigrationState, RunState};
 use serde::{Deserialize, Serialize};
 
 /// One action of one firing, as decided when the saga was made.
@@ -304,8 +306,8 @@ async fn run_recipe(
     };
     debug_assert_eq!(step, "wait-run");
     match ctx.store.run(&run_id).await? {
-        Some(run) if run.state == "succeeded" => Ok(Step::done(format!("run {run_id} succeeded"))),
-        Some(run) if run.state == "failed" => Ok(Step::Fail(format!(
+        Some(run) if run.state == RunState::Succeeded => Ok(Step::done(format!("run {run_id} succeeded"))),
+        Some(run) if run.state == RunState::Failed => Ok(Step::Fail(format!(
             "run {run_id} failed: {}",
             run.error.unwrap_or_else(|| format!("exit {:?}", run.exit_code))
         ))),
@@ -347,14 +349,14 @@ async fn rebalance(ctx: &Ctx, p: &ActionParams, step: &str, done: &Outputs) -> R
     };
     debug_assert_eq!(step, "wait-migration");
     match store.migration(&id).await? {
-        Some(m) if m.state == "completed" => Ok(Step::done(format!(
+        Some(m) if m.state == MigrationState::Completed => Ok(Step::done(format!(
             "moved {} from {} to {} (downtime {} ms)",
             m.instance_id,
             m.source_host,
             m.target_host,
             m.downtime_ms.unwrap_or(0)
         ))),
-        Some(m) if m.state == "failed" => {
+        Some(m) if m.state == MigrationState::Failed => {
             Ok(Step::Fail(format!("migration {id} failed: {}", m.error.unwrap_or_default())))
         }
         Some(_) => Ok(Step::Wait),
@@ -372,9 +374,9 @@ async fn notify(ctx: &Ctx, p: &ActionParams, step: &str, done: &Outputs, webhook
         return Ok(Step::done(id));
     };
     debug_assert_eq!(step, "wait-delivered");
-    match store.notification_state(&id).await?.as_deref() {
-        Some("sent") => Ok(Step::done("delivered")),
-        Some("failed") => Ok(Step::Fail("the webhook did not take it (see nubo event list)".into())),
+    match store.notification_state(&id).await? {
+        Some(NotificationState::Sent) => Ok(Step::done("delivered")),
+        Some(NotificationState::Failed) => Ok(Step::Fail("the webhook did not take it (see nubo event list)".into())),
         _ => Ok(Step::Wait),
     }
 }
