@@ -23,7 +23,7 @@ macro_rules! state_enum {
     (
         $(#[$meta:meta])*
         pub enum $name:ident($kind:literal) {
-            $( $(#[$vmeta:meta])* $variant:ident = $text:literal ),+ $(,)?
+            $( $(#[$vmeta:meta])* $variant:ident = $text:tt ),+ $(,)?
         }
     ) => {
         $(#[$meta])*
