@@ -17,10 +17,11 @@
 use crate::host::Host;
 use crate::instances::Instances;
 use nubo_api::agent::{
-    ActualAttachment, ActualCapture, ActualSnapshot, ActualVolume, DesiredInstance, DesiredSnapshot, DesiredState,
-    DesiredVolume,
+    ActualAttachment, ActualCapture, ActualSnapshot, ActualSnapshotState, ActualVolume, ActualVolumeState,
+    CaptureState, DesiredInstance, DesiredSnapshot, DesiredState, DesiredVolume,
 };
 use nubo_api::ids::{ImageId, InstanceId, SnapshotId, VolumeId};
+use nubo_api::views::AttachState;
 use nubo_hypervisor::{DataDisk, QgaClient};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -281,7 +282,7 @@ impl Storage {
                 .iter()
                 .map(|v| ActualAttachment {
                     volume_id: v.volume_id.clone(),
-                    state: "attaching".into(),
+                    state: AttachState::Attaching,
                     guest_device: None,
                     guest_size_bytes: None,
                     error: None,
@@ -304,7 +305,7 @@ impl Storage {
                 .iter()
                 .map(|v| ActualAttachment {
                     volume_id: v.volume_id.clone(),
-                    state: "attached".into(),
+                    state: AttachState::Attached,
                     guest_device: None,
                     guest_size_bytes: None,
                     error: None,
@@ -338,7 +339,7 @@ impl Storage {
                 }
                 report.push(ActualAttachment {
                     volume_id: v.volume_id.clone(),
-                    state: if done { "attached" } else { "attaching" }.into(),
+                    state: if done { AttachState::Attached } else { AttachState::Attaching },
                     guest_device: seen.as_ref().map(|g| g.0.clone()),
                     guest_size_bytes: seen.map(|g| g.1),
                     error,
@@ -348,7 +349,7 @@ impl Storage {
                 needs_work = true;
                 report.push(ActualAttachment {
                     volume_id: id.clone(),
-                    state: "detaching".into(),
+                    state: AttachState::Detaching,
                     guest_device: None,
                     guest_size_bytes: None,
                     error: state.errors.get(id).cloned(),
@@ -541,40 +542,40 @@ impl Storage {
                     self.spawn_volume_task(v.clone(), false);
                 }
                 if exists {
-                    "available"
+                    ActualVolumeState::Available
                 } else {
                     self.storage().volume_sizes.remove(&v.id);
-                    "deleted"
+                    ActualVolumeState::Deleted
                 }
             } else if !exists {
                 if !busy {
                     self.spawn_volume_task(v.clone(), false);
                 }
                 if error.is_some() {
-                    "error"
+                    ActualVolumeState::Error
                 } else {
-                    "creating"
+                    ActualVolumeState::Creating
                 }
             } else {
                 match size {
                     // Learn the size of a file found on disk (agent restart).
                     None => {
                         self.spawn_volume_task(v.clone(), false);
-                        "creating"
+                        ActualVolumeState::Creating
                     }
                     Some(bytes) => {
                         if bytes < v.size_gib * GIB && !in_use.contains(&v.id) {
                             self.spawn_volume_task(v.clone(), true);
                         }
-                        "available"
+                        ActualVolumeState::Available
                     }
                 }
             };
             out.push(ActualVolume {
                 id: v.id.clone(),
-                state: state.into(),
+                state,
                 size_gib: size.unwrap_or(0) / GIB,
-                error: if state == "deleted" { None } else { error },
+                error: if state == ActualVolumeState::Deleted { None } else { error },
             });
         }
         out
@@ -664,21 +665,21 @@ impl Storage {
                 if exists && !busy {
                     self.spawn_snapshot_task(snap.clone());
                 }
-                (if exists { "completed" } else { "deleted" }, None, None)
+                (if exists { ActualSnapshotState::Completed } else { ActualSnapshotState::Deleted }, None, None)
             } else {
                 match (exists, result) {
-                    (true, Some(Ok(c))) => ("completed", Some(c), None),
-                    (true, _) => ("completed", None, None),
-                    (false, Some(Err(e))) => ("error", None, Some(e)),
+                    (true, Some(Ok(c))) => (ActualSnapshotState::Completed, Some(c), None),
+                    (true, _) => (ActualSnapshotState::Completed, None, None),
+                    (false, Some(Err(e))) => (ActualSnapshotState::Error, None, Some(e)),
                     (false, _) => {
                         if !busy {
                             self.spawn_snapshot_task(snap.clone());
                         }
-                        ("pending", None, None)
+                        (ActualSnapshotState::Pending, None, None)
                     }
                 }
             };
-            out.push(ActualSnapshot { id: snap.id.clone(), state: state.into(), consistency, error });
+            out.push(ActualSnapshot { id: snap.id.clone(), state, consistency, error });
         }
         out
     }
@@ -767,9 +768,11 @@ impl Storage {
                 (s.busy(&key), s.captures.get(&c.image_id).cloned())
             };
             match done {
-                Some(Capture::Failed(e)) => {
-                    out.push(ActualCapture { image_id: c.image_id.clone(), state: "failed".into(), error: Some(e) })
-                }
+                Some(Capture::Failed(e)) => out.push(ActualCapture {
+                    image_id: c.image_id.clone(),
+                    state: CaptureState::Failed,
+                    error: Some(e),
+                }),
                 Some(Capture::Uploaded) => {}
                 None => {
                     if !busy {
@@ -777,7 +780,7 @@ impl Storage {
                         let (instance, image) = (want.id.clone(), c.image_id.clone());
                         self.spawn_storage(key, async move { this.capture(instance, image, running).await });
                     }
-                    out.push(ActualCapture { image_id: c.image_id.clone(), state: "saving".into(), error: None });
+                    out.push(ActualCapture { image_id: c.image_id.clone(), state: CaptureState::Saving, error: None });
                 }
             }
         }

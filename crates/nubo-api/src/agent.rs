@@ -438,7 +438,7 @@ pub struct ActualAttachment {
     pub volume_id: VolumeId,
     /// `attaching` (wanted, not yet seen by the guest), `attached`, or
     /// `detaching` (plugged in, no longer wanted).
-    pub state: String,
+    pub state: crate::views::AttachState,
     /// The guest's name for it and its size as the guest sees it.
     pub guest_device: Option<String>,
     pub guest_size_bytes: Option<u64>,
@@ -446,32 +446,67 @@ pub struct ActualAttachment {
     pub error: Option<String>,
 }
 
+crate::state_enum! {
+    /// An instance snapshot as its host reports it.
+    pub enum CaptureState("capture") {
+        /// Being taken and uploaded.
+        Saving = "saving",
+        /// Could not be taken; `error` says why.
+        Failed = "failed",
+    }
+}
+
 /// An instance snapshot the host is working on or failed to take.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActualCapture {
     pub image_id: ImageId,
-    /// `saving` or `failed`.
-    pub state: String,
+    pub state: CaptureState,
     pub error: Option<String>,
+}
+
+crate::state_enum! {
+    /// A volume file as its host reports it.
+    pub enum ActualVolumeState("reported volume") {
+        /// Being made.
+        Creating = "creating",
+        /// There, at the reported size.
+        Available = "available",
+        /// Gone.
+        Deleted = "deleted",
+        /// Could not be made (or extended); `error` says why.
+        Error = "error",
+    }
 }
 
 /// A volume file as the host has it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActualVolume {
     pub id: VolumeId,
-    /// `creating`, `available`, `deleted` or `error`.
-    pub state: String,
+    pub state: ActualVolumeState,
     /// The file's size in GiB (rounded down).
     pub size_gib: u64,
     pub error: Option<String>,
+}
+
+crate::state_enum! {
+    /// A volume snapshot as its host reports it.
+    pub enum ActualSnapshotState("reported snapshot") {
+        /// Being taken.
+        Pending = "pending",
+        /// Taken.
+        Completed = "completed",
+        /// Gone.
+        Deleted = "deleted",
+        /// Could not be taken; `error` says why.
+        Error = "error",
+    }
 }
 
 /// A volume snapshot as the host has it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActualSnapshot {
     pub id: SnapshotId,
-    /// `pending`, `completed`, `deleted` or `error`.
-    pub state: String,
+    pub state: ActualSnapshotState,
     /// `filesystem` or `crash`.
     pub consistency: Option<String>,
     pub error: Option<String>,

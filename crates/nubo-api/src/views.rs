@@ -159,13 +159,50 @@ pub fn custom_instance_type(vcpus: u32, memory_mib: u64) -> String {
     format!("custom-{vcpus}-{memory_mib}")
 }
 
+crate::state_enum! {
+    /// Where a volume's attachment to an instance is: `attaching` (wanted,
+    /// not yet seen by the guest), `attached` (the guest sees it), or
+    /// `detaching` (plugged in, no longer wanted). A volume that is fully
+    /// detached has no attachment.
+    pub enum AttachState("attachment") {
+        Attaching = "attaching",
+        Attached = "attached",
+        Detaching = "detaching",
+    }
+}
+
+impl AttachState {
+    /// Whether an attachment in `self` may move to `to` (staying is always
+    /// allowed; leaving `detaching` is the attachment's end, not a state).
+    pub fn can_become(self, to: Self) -> bool {
+        use AttachState::*;
+        self == to || matches!((self, to), (Attaching, Attached) | (Attaching | Attached, Detaching))
+    }
+
+    /// Whether the volume is still wanted on the instance (the host plugs
+    /// it in); a detaching one is unplugged.
+    pub fn is_wanted(self) -> bool {
+        matches!(self, AttachState::Attaching | AttachState::Attached)
+    }
+
+    /// Where a wanted attachment goes when its host reports it as `seen`:
+    /// attached once the guest sees it, and never back to attaching (a
+    /// host that lost track of it re-plugs it without the user seeing it).
+    pub fn after_report(self, seen: Self) -> Self {
+        if seen == AttachState::Attached && self.can_become(seen) {
+            seen
+        } else {
+            self
+        }
+    }
+}
+
 /// A volume as its instance lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceVolume {
     pub volume_id: crate::ids::VolumeId,
     pub size_gib: u64,
-    /// `attaching`, `attached` or `detaching`.
-    pub state: String,
+    pub state: AttachState,
     pub guest_device: Option<String>,
 }
 
@@ -331,6 +368,31 @@ pub struct Host {
     pub underlay: Option<String>,
 }
 
+crate::state_enum! {
+    /// Where an image is: `queued` (waiting for its file), `saving` (being
+    /// taken or checked), `active` (bootable) or `error`.
+    pub enum ImageState("image") {
+        Queued = "queued",
+        Saving = "saving",
+        Active = "active",
+        Error = "error",
+    }
+}
+
+impl ImageState {
+    /// Whether an image in `self` may move to `to`: its file arrives
+    /// (queued -> saving -> active), or it fails before it is active.
+    pub fn can_become(self, to: Self) -> bool {
+        use ImageState::*;
+        self == to || matches!((self, to), (Queued, Saving) | (Saving, Active) | (Queued | Saving, Error))
+    }
+
+    /// Whether instances may boot from it.
+    pub fn is_bootable(self) -> bool {
+        self == ImageState::Active
+    }
+}
+
 /// An image instances boot from.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Image {
@@ -339,9 +401,7 @@ pub struct Image {
     /// `builtin` (each agent builds it from Debian's packages), `import`
     /// (uploaded) or `snapshot` (taken from an instance's root disk).
     pub source: String,
-    /// `queued` (waiting for its file), `saving` (being taken or checked),
-    /// `active` (bootable) or `error`.
-    pub state: String,
+    pub state: ImageState,
     /// `public` (every project) or `project` (its own project only).
     pub visibility: String,
     /// The owning project (none for builtin images).
@@ -369,6 +429,61 @@ pub struct Image {
     pub created_at_ms: i64,
 }
 
+crate::state_enum! {
+    /// Where a volume is in its life.
+    pub enum VolumeState("volume") {
+        /// Its file is being made (empty, or from a snapshot).
+        Creating = "creating",
+        /// It exists and is attached nowhere.
+        Available = "available",
+        /// It exists and is attached (or attaching, or detaching).
+        InUse = "in-use",
+        /// Its file is being deleted.
+        Deleting = "deleting",
+        /// Its file is gone (not shown).
+        Deleted = "deleted",
+        /// Its file could not be made; `error` says why.
+        Error = "error",
+    }
+}
+
+impl VolumeState {
+    /// Whether a volume in `self` may move to `to`. Staying is always
+    /// allowed; a host that reports a failed volume's file after all makes
+    /// it live again.
+    pub fn can_become(self, to: Self) -> bool {
+        use VolumeState::*;
+        self == to
+            || matches!(
+                (self, to),
+                (Creating | Error, Available | InUse | Error)
+                    | (Available, InUse | Deleting)
+                    | (InUse, Available | Deleting)
+                    | (Error, Deleting)
+                    | (Deleting, Deleted)
+            )
+    }
+
+    /// The state of a volume whose file exists on its host.
+    pub fn live(attached: bool) -> Self {
+        if attached {
+            VolumeState::InUse
+        } else {
+            VolumeState::Available
+        }
+    }
+
+    /// Whether its file exists and may be extended or snapshotted.
+    pub fn is_live(self) -> bool {
+        matches!(self, VolumeState::Available | VolumeState::InUse)
+    }
+
+    /// Whether it may be deleted (when attached nowhere).
+    pub fn is_deletable(self) -> bool {
+        matches!(self, VolumeState::Available | VolumeState::Error)
+    }
+}
+
 /// A volume: a data disk on one host's storage pool.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Volume {
@@ -378,8 +493,7 @@ pub struct Volume {
     pub size_gib: u64,
     /// The size of the file on the host; below `size_gib` while an extend is under way.
     pub actual_size_gib: u64,
-    /// `creating`, `available`, `in-use`, `deleting`, `deleted` or `error`.
-    pub state: String,
+    pub state: VolumeState,
     pub host: Option<HostId>,
     pub host_name: Option<String>,
     pub attachment: Option<VolumeAttachment>,
@@ -398,8 +512,7 @@ pub struct Volume {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VolumeAttachment {
     pub instance_id: InstanceId,
-    /// `attaching`, `attached` (the guest sees it) or `detaching`.
-    pub state: String,
+    pub state: AttachState,
     /// The serial number the guest reads in `/sys/block/*/serial`
     /// (`/dev/disk/by-id/virtio-<serial>`).
     pub serial: String,
@@ -409,6 +522,36 @@ pub struct VolumeAttachment {
     pub guest_size_bytes: Option<u64>,
 }
 
+crate::state_enum! {
+    /// Where a volume snapshot is in its life.
+    pub enum SnapshotState("snapshot") {
+        /// Being taken.
+        Pending = "pending",
+        /// Taken; volumes can be made from it.
+        Completed = "completed",
+        /// Being deleted.
+        Deleting = "deleting",
+        /// Gone (not shown).
+        Deleted = "deleted",
+        /// Could not be taken; `error` says why.
+        Error = "error",
+    }
+}
+
+impl SnapshotState {
+    /// Whether a snapshot in `self` may move to `to`.
+    pub fn can_become(self, to: Self) -> bool {
+        use SnapshotState::*;
+        self == to
+            || matches!((self, to), (Pending, Completed | Error) | (Completed | Error, Deleting) | (Deleting, Deleted))
+    }
+
+    /// Whether it may be deleted.
+    pub fn is_deletable(self) -> bool {
+        matches!(self, SnapshotState::Completed | SnapshotState::Error)
+    }
+}
+
 /// A point-in-time copy of a volume, on the volume's host.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Snapshot {
@@ -416,8 +559,7 @@ pub struct Snapshot {
     pub name: String,
     pub volume_id: crate::ids::VolumeId,
     pub size_gib: u64,
-    /// `pending`, `completed`, `deleting` or `error`.
-    pub state: String,
+    pub state: SnapshotState,
     /// `filesystem` (the guest's file systems were frozen for it) or
     /// `crash` (as after a power cut: no guest agent, or the volume was not in use).
     pub consistency: Option<String>,

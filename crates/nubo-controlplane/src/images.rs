@@ -6,6 +6,7 @@
 
 use crate::store::{now_ms, Store};
 use nubo_api::ids::ImageId;
+use nubo_api::views::ImageState;
 use sqlx::FromRow;
 
 #[derive(Debug, Clone, FromRow)]
@@ -15,7 +16,7 @@ pub struct ImageRow {
     pub project_id: Option<String>,
     pub visibility: String,
     pub source: String,
-    pub state: String,
+    pub state: ImageState,
     pub description: String,
     pub disk_format: Option<String>,
     pub sha256: Option<String>,
@@ -47,7 +48,7 @@ pub struct NewImage<'a> {
     pub project_id: &'a str,
     pub visibility: &'a str,
     pub source: &'a str,
-    pub state: &'a str,
+    pub state: ImageState,
     pub description: &'a str,
     pub disk_format: Option<&'a str>,
     pub size_bytes: Option<u64>,
@@ -248,10 +249,11 @@ impl Store {
     }
 
     /// Moves an image between states (e.g. queued -> saving); false when
-    /// it was not in `from` (someone else got there first).
-    pub async fn set_image_state(&self, id: &str, from: &[&str], to: &str) -> Result<bool, sqlx::Error> {
+    /// it was not in `from` (someone else got there first) or may not
+    /// become `to` from where it is.
+    pub async fn set_image_state(&self, id: &str, from: &[ImageState], to: ImageState) -> Result<bool, sqlx::Error> {
         let row = match self.image(id).await? {
-            Some(r) if from.contains(&r.state.as_str()) => r,
+            Some(r) if from.contains(&r.state) && r.state.can_become(to) => r,
             _ => return Ok(false),
         };
         let r =
@@ -259,7 +261,7 @@ impl Store {
                 .bind(to)
                 .bind(now_ms())
                 .bind(id)
-                .bind(&row.state)
+                .bind(row.state)
                 .execute(&self.pool)
                 .await?;
         Ok(r.rows_affected() == 1)
@@ -275,7 +277,7 @@ impl Store {
         min_disk_gib: u64,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE images SET state = 'active', sha256 = $1, size_bytes = $2, virtual_size_bytes = $3,
+            "UPDATE images SET state = $7, sha256 = $1, size_bytes = $2, virtual_size_bytes = $3,
                min_disk_gib = $4, error = NULL, updated_at_ms = $5 WHERE id = $6",
         )
         .bind(sha256)
@@ -284,6 +286,7 @@ impl Store {
         .bind(min_disk_gib as i64)
         .bind(now_ms())
         .bind(id)
+        .bind(ImageState::Active)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -307,10 +310,11 @@ impl Store {
     }
 
     pub async fn fail_image(&self, id: &str, error: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE images SET state = 'error', error = $1, updated_at_ms = $2 WHERE id = $3")
+        sqlx::query("UPDATE images SET state = $4, error = $1, updated_at_ms = $2 WHERE id = $3")
             .bind(error)
             .bind(now_ms())
             .bind(id)
+            .bind(ImageState::Error)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -332,13 +336,15 @@ impl Store {
     /// An instance snapshot its host could not take; true when it moved to error.
     pub async fn fail_capture(&self, image: &str, instance: &str, error: Option<&str>) -> Result<bool, sqlx::Error> {
         let r = sqlx::query(
-            "UPDATE images SET state = 'error', error = $1, updated_at_ms = $2
-             WHERE id = $3 AND source_instance = $4 AND state = 'saving'",
+            "UPDATE images SET state = $5, error = $1, updated_at_ms = $2
+             WHERE id = $3 AND source_instance = $4 AND state = $6",
         )
         .bind(error.unwrap_or("the host could not take the snapshot"))
         .bind(now_ms())
         .bind(image)
         .bind(instance)
+        .bind(ImageState::Error)
+        .bind(ImageState::Saving)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)

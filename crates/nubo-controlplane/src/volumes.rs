@@ -9,8 +9,18 @@
 //! file can never outgrow the disk beneath it.
 
 use crate::store::{now_ms, Store};
-use nubo_api::agent::{ActualAttachment, ActualSnapshot, ActualVolume};
+use nubo_api::agent::{ActualAttachment, ActualSnapshot, ActualSnapshotState, ActualVolume, ActualVolumeState};
+use nubo_api::views::{AttachState, SnapshotState, VolumeState};
 use sqlx::FromRow;
+
+nubo_api::state_enum! {
+    /// Whether a volume's or snapshot's file is wanted on its host (the
+    /// `desired` column); the host deletes an unwanted one.
+    pub enum Presence("presence") {
+        Present = "present",
+        Deleted = "deleted",
+    }
+}
 
 #[derive(Debug, Clone, FromRow)]
 pub struct VolumeRow {
@@ -20,11 +30,11 @@ pub struct VolumeRow {
     pub host_id: String,
     pub size_gib: i64,
     pub actual_size_gib: i64,
-    pub desired: String,
-    pub state: String,
+    pub desired: Presence,
+    pub state: VolumeState,
     pub snapshot_id: Option<String>,
     pub instance_id: Option<String>,
-    pub attach_state: Option<String>,
+    pub attach_state: Option<AttachState>,
     pub slot: Option<i64>,
     pub guest_device: Option<String>,
     pub guest_size_bytes: Option<i64>,
@@ -43,8 +53,8 @@ pub struct SnapshotRow {
     pub volume_id: String,
     pub host_id: String,
     pub size_gib: i64,
-    pub desired: String,
-    pub state: String,
+    pub desired: Presence,
+    pub state: SnapshotState,
     pub consistency: Option<String>,
     pub error: Option<String>,
     pub created_at_ms: i64,
@@ -171,15 +181,6 @@ async fn release(tx: &mut Tx<'_>, host: &str, project: Option<&str>, gib: i64) -
     Ok(())
 }
 
-/// The user-visible state of a volume that exists on its host.
-fn live_state(instance: Option<&str>) -> &'static str {
-    if instance.is_some() {
-        "in-use"
-    } else {
-        "available"
-    }
-}
-
 impl Store {
     /// Claims quota and pool space and inserts the volume (`creating`).
     pub async fn create_volume(&self, v: &NewVolume<'_>, pool_limit: i64) -> Result<(), StorageClaimError> {
@@ -190,7 +191,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO volumes (id, project_id, name, host_id, size_gib, desired, state, snapshot_id,
                created_at_ms, updated_at_ms)
-             VALUES ($1, $2, $3, $4, $5, 'present', 'creating', $6, $7, $7)",
+             VALUES ($1, $2, $3, $4, $5, $8, $9, $6, $7, $7)",
         )
         .bind(v.id)
         .bind(v.project_id)
@@ -199,6 +200,8 @@ impl Store {
         .bind(v.size_gib as i64)
         .bind(v.snapshot_id)
         .bind(now)
+        .bind(Presence::Present)
+        .bind(VolumeState::Creating)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -264,14 +267,18 @@ impl Store {
             return Ok(AttachOutcome::NoFreeSlot);
         };
         let r = sqlx::query(
-            "UPDATE volumes SET instance_id = $1, attach_state = 'attaching', slot = $2, state = 'in-use',
+            "UPDATE volumes SET instance_id = $1, attach_state = $5, slot = $2, state = $6,
                guest_device = NULL, guest_size_bytes = NULL, device_name = NULL, error = NULL, updated_at_ms = $3
-             WHERE id = $4 AND state = 'available' AND instance_id IS NULL AND desired = 'present'",
+             WHERE id = $4 AND state = $7 AND instance_id IS NULL AND desired = $8",
         )
         .bind(instance)
         .bind(i64::from(slot))
         .bind(now_ms())
         .bind(id)
+        .bind(AttachState::Attaching)
+        .bind(VolumeState::InUse)
+        .bind(VolumeState::Available)
+        .bind(Presence::Present)
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() != 1 {
@@ -294,11 +301,14 @@ impl Store {
 
     pub async fn detach_volume(&self, id: &str) -> Result<bool, sqlx::Error> {
         let r = sqlx::query(
-            "UPDATE volumes SET attach_state = 'detaching', error = NULL, updated_at_ms = $1
-             WHERE id = $2 AND instance_id IS NOT NULL AND attach_state IN ('attaching', 'attached')",
+            "UPDATE volumes SET attach_state = $3, error = NULL, updated_at_ms = $1
+             WHERE id = $2 AND instance_id IS NOT NULL AND attach_state IN ($4, $5)",
         )
         .bind(now_ms())
         .bind(id)
+        .bind(AttachState::Detaching)
+        .bind(AttachState::Attaching)
+        .bind(AttachState::Attached)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
@@ -313,12 +323,15 @@ impl Store {
         claim_pool(&mut tx, &v.host_id, delta, pool_limit).await?;
         let r = sqlx::query(
             "UPDATE volumes SET size_gib = $1, error = NULL, updated_at_ms = $2
-             WHERE id = $3 AND size_gib = $4 AND desired = 'present' AND state IN ('available', 'in-use')",
+             WHERE id = $3 AND size_gib = $4 AND desired = $5 AND state IN ($6, $7)",
         )
         .bind(size_gib as i64)
         .bind(now_ms())
         .bind(&v.id)
         .bind(v.size_gib)
+        .bind(Presence::Present)
+        .bind(VolumeState::Available)
+        .bind(VolumeState::InUse)
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() != 1 {
@@ -332,11 +345,15 @@ impl Store {
     /// available (or failed) and attached nowhere.
     pub async fn delete_volume(&self, id: &str) -> Result<bool, sqlx::Error> {
         let r = sqlx::query(
-            "UPDATE volumes SET desired = 'deleted', state = 'deleting', updated_at_ms = $1
-             WHERE id = $2 AND instance_id IS NULL AND state IN ('available', 'error')",
+            "UPDATE volumes SET desired = $3, state = $4, updated_at_ms = $1
+             WHERE id = $2 AND instance_id IS NULL AND state IN ($5, $6)",
         )
         .bind(now_ms())
         .bind(id)
+        .bind(Presence::Deleted)
+        .bind(VolumeState::Deleting)
+        .bind(VolumeState::Available)
+        .bind(VolumeState::Error)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
@@ -344,28 +361,38 @@ impl Store {
 
     /// Applies what the host says about one of its volume files.
     pub async fn apply_volume_report(&self, host: &str, a: &ActualVolume) -> Result<bool, sqlx::Error> {
-        let Some(v) = self.volume(a.id.as_str()).await?.filter(|v| v.host_id == host && v.state != "deleted") else {
+        let Some(v) =
+            self.volume(a.id.as_str()).await?.filter(|v| v.host_id == host && v.state != VolumeState::Deleted)
+        else {
             return Ok(false);
         };
         let mut tx = self.begin().await?;
         let now = now_ms();
-        match a.state.as_str() {
-            "deleted" if v.desired == "deleted" => {
+        match a.state {
+            ActualVolumeState::Deleted
+                if v.desired == Presence::Deleted && v.state.can_become(VolumeState::Deleted) =>
+            {
                 // Free the claims exactly once: only the report that moves
                 // the row from deleting to deleted gets here.
-                let r = sqlx::query(
-                    "UPDATE volumes SET state = 'deleted', updated_at_ms = $1 WHERE id = $2 AND state <> 'deleted'",
-                )
-                .bind(now)
-                .bind(&v.id)
-                .execute(&mut *tx)
-                .await?;
+                let r = sqlx::query("UPDATE volumes SET state = $3, updated_at_ms = $1 WHERE id = $2 AND state <> $3")
+                    .bind(now)
+                    .bind(&v.id)
+                    .bind(VolumeState::Deleted)
+                    .execute(&mut *tx)
+                    .await?;
                 if r.rows_affected() == 1 {
                     release(&mut tx, host, Some(&v.project_id), v.size_gib).await?;
                 }
             }
-            "available" => {
-                let state = if v.desired == "deleted" { "deleting" } else { live_state(v.instance_id.as_deref()) };
+            ActualVolumeState::Available => {
+                let state = match v.desired {
+                    Presence::Deleted => VolumeState::Deleting,
+                    Presence::Present => VolumeState::live(v.instance_id.is_some()),
+                };
+                if !v.state.can_become(state) {
+                    tracing::warn!(volume = %v.id, from = %v.state, to = %state, "a volume report asked for a move that is not allowed; ignored");
+                    return Ok(true);
+                }
                 sqlx::query(
                     "UPDATE volumes SET actual_size_gib = $1, state = $2, error = COALESCE($3, error), updated_at_ms = $4
                      WHERE id = $5",
@@ -378,10 +405,10 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            "error" => {
+            ActualVolumeState::Error => {
                 // A volume that never came to be is in error; a later
                 // failure (an extend) is only recorded.
-                let state = if v.state == "creating" { "error" } else { v.state.as_str() };
+                let state = if v.state == VolumeState::Creating { VolumeState::Error } else { v.state };
                 sqlx::query("UPDATE volumes SET state = $1, error = $2, updated_at_ms = $3 WHERE id = $4")
                     .bind(state)
                     .bind(&a.error)
@@ -407,33 +434,36 @@ impl Store {
         let now = now_ms();
         for v in self.volumes_of_instance(instance).await? {
             let seen = reported.iter().find(|a| a.volume_id.as_str() == v.id);
-            match (v.attach_state.as_deref(), seen) {
-                (Some("detaching"), None) => {
-                    let state = if v.desired == "deleted" { "deleting" } else { "available" };
+            match (v.attach_state, seen) {
+                (Some(AttachState::Detaching), None) => {
+                    let state = match v.desired {
+                        Presence::Deleted => VolumeState::Deleting,
+                        Presence::Present => VolumeState::Available,
+                    };
                     sqlx::query(
                         "UPDATE volumes SET instance_id = NULL, attach_state = NULL, slot = NULL, guest_device = NULL,
                            guest_size_bytes = NULL, state = $1, error = NULL, updated_at_ms = $2
-                         WHERE id = $3 AND attach_state = 'detaching'",
+                         WHERE id = $3 AND attach_state = $4",
                     )
                     .bind(state)
                     .bind(now)
                     .bind(&v.id)
+                    .bind(AttachState::Detaching)
                     .execute(&self.pool)
                     .await?;
                 }
-                (Some(current @ ("attaching" | "attached")), Some(a)) => {
-                    let next = if a.state == "attached" { "attached" } else { current };
-                    let next = if current == "attached" && a.state == "attaching" { "attached" } else { next };
+                (Some(current), Some(a)) if current.is_wanted() => {
+                    let next = current.after_report(a.state);
                     // A success clears an earlier failure; no news keeps it.
                     let error = match (&a.error, next) {
                         (Some(e), _) => Some(e.clone()),
-                        (None, "attached") => None,
+                        (None, AttachState::Attached) => None,
                         (None, _) => v.error.clone(),
                     };
                     sqlx::query(
                         "UPDATE volumes SET attach_state = $1, guest_device = $2, guest_size_bytes = $3, error = $4,
                            updated_at_ms = $5
-                         WHERE id = $6 AND attach_state IN ('attaching', 'attached')",
+                         WHERE id = $6 AND attach_state IN ($7, $8)",
                     )
                     .bind(next)
                     .bind(&a.guest_device)
@@ -441,10 +471,12 @@ impl Store {
                     .bind(&error)
                     .bind(now)
                     .bind(&v.id)
+                    .bind(AttachState::Attaching)
+                    .bind(AttachState::Attached)
                     .execute(&self.pool)
                     .await?;
                 }
-                (Some("detaching"), Some(a)) if a.error.is_some() => {
+                (Some(AttachState::Detaching), Some(a)) if a.error.is_some() => {
                     sqlx::query("UPDATE volumes SET error = $1, updated_at_ms = $2 WHERE id = $3")
                         .bind(&a.error)
                         .bind(now)
@@ -463,12 +495,15 @@ impl Store {
     pub(crate) async fn release_volumes_of(tx: &mut Tx<'_>, instance: &str) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE volumes SET instance_id = NULL, attach_state = NULL, slot = NULL, guest_device = NULL,
-               guest_size_bytes = NULL, state = CASE WHEN desired = 'deleted' THEN 'deleting' ELSE 'available' END,
+               guest_size_bytes = NULL, state = CASE WHEN desired = $3 THEN $4 ELSE $5 END,
                updated_at_ms = $1
              WHERE instance_id = $2",
         )
         .bind(now_ms())
         .bind(instance)
+        .bind(Presence::Deleted)
+        .bind(VolumeState::Deleting)
+        .bind(VolumeState::Available)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -486,18 +521,20 @@ impl Store {
     ) -> Result<(), StorageClaimError> {
         let mut tx = self.begin().await?;
         claim_pool(&mut tx, &v.host_id, v.size_gib, pool_limit).await?;
-        let ok: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM volumes WHERE id = $1 AND desired = 'present' AND state IN ('available', 'in-use')",
-        )
-        .bind(&v.id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let ok: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM volumes WHERE id = $1 AND desired = $2 AND state IN ($3, $4)")
+                .bind(&v.id)
+                .bind(Presence::Present)
+                .bind(VolumeState::Available)
+                .bind(VolumeState::InUse)
+                .fetch_one(&mut *tx)
+                .await?;
         if ok != 1 {
             return Err(StorageClaimError::State);
         }
         sqlx::query(
             "INSERT INTO snapshots (id, project_id, name, volume_id, host_id, size_gib, desired, state, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, 'present', 'pending', $7)",
+             VALUES ($1, $2, $3, $4, $5, $6, $8, $9, $7)",
         )
         .bind(id)
         .bind(&v.project_id)
@@ -506,6 +543,8 @@ impl Store {
         .bind(&v.host_id)
         .bind(v.size_gib)
         .bind(now_ms())
+        .bind(Presence::Present)
+        .bind(SnapshotState::Pending)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -527,10 +566,14 @@ impl Store {
     /// Asks for a snapshot to be deleted; false unless it is completed or failed.
     pub async fn delete_snapshot(&self, id: &str) -> Result<bool, sqlx::Error> {
         let r = sqlx::query(
-            "UPDATE snapshots SET desired = 'deleted', state = 'deleting'
-             WHERE id = $1 AND state IN ('completed', 'error')",
+            "UPDATE snapshots SET desired = $2, state = $3
+             WHERE id = $1 AND state IN ($4, $5)",
         )
         .bind(id)
+        .bind(Presence::Deleted)
+        .bind(SnapshotState::Deleting)
+        .bind(SnapshotState::Completed)
+        .bind(SnapshotState::Error)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
@@ -538,43 +581,53 @@ impl Store {
 
     /// Volumes (not deleted) being created from `snapshot`.
     pub async fn volumes_from_snapshot(&self, snapshot: &str) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query_scalar("SELECT id FROM volumes WHERE snapshot_id = $1 AND state = 'creating'")
+        sqlx::query_scalar("SELECT id FROM volumes WHERE snapshot_id = $1 AND state = $2")
             .bind(snapshot)
+            .bind(VolumeState::Creating)
             .fetch_all(&self.pool)
             .await
     }
 
     pub async fn apply_snapshot_report(&self, host: &str, a: &ActualSnapshot) -> Result<bool, sqlx::Error> {
-        let Some(s) = self.snapshot(a.id.as_str()).await?.filter(|s| s.host_id == host && s.state != "deleted") else {
+        let Some(s) =
+            self.snapshot(a.id.as_str()).await?.filter(|s| s.host_id == host && s.state != SnapshotState::Deleted)
+        else {
             return Ok(false);
         };
         let mut tx = self.begin().await?;
         let now = now_ms();
-        match a.state.as_str() {
-            "deleted" if s.desired == "deleted" => {
-                let r = sqlx::query("UPDATE snapshots SET state = 'deleted' WHERE id = $1 AND state <> 'deleted'")
+        match a.state {
+            ActualSnapshotState::Deleted
+                if s.desired == Presence::Deleted && s.state.can_become(SnapshotState::Deleted) =>
+            {
+                let r = sqlx::query("UPDATE snapshots SET state = $2 WHERE id = $1 AND state <> $2")
                     .bind(&s.id)
+                    .bind(SnapshotState::Deleted)
                     .execute(&mut *tx)
                     .await?;
                 if r.rows_affected() == 1 {
                     release(&mut tx, host, None, s.size_gib).await?;
                 }
             }
-            "completed" if s.state == "pending" => {
+            ActualSnapshotState::Completed if s.state == SnapshotState::Pending => {
                 sqlx::query(
-                    "UPDATE snapshots SET state = 'completed', consistency = $1, error = NULL, completed_at_ms = $2
-                     WHERE id = $3 AND state = 'pending'",
+                    "UPDATE snapshots SET state = $4, consistency = $1, error = NULL, completed_at_ms = $2
+                     WHERE id = $3 AND state = $5",
                 )
                 .bind(&a.consistency)
                 .bind(now)
                 .bind(&s.id)
+                .bind(SnapshotState::Completed)
+                .bind(SnapshotState::Pending)
                 .execute(&mut *tx)
                 .await?;
             }
-            "error" if s.state == "pending" => {
-                sqlx::query("UPDATE snapshots SET state = 'error', error = $1 WHERE id = $2 AND state = 'pending'")
+            ActualSnapshotState::Error if s.state == SnapshotState::Pending => {
+                sqlx::query("UPDATE snapshots SET state = $3, error = $1 WHERE id = $2 AND state = $4")
                     .bind(&a.error)
                     .bind(&s.id)
+                    .bind(SnapshotState::Error)
+                    .bind(SnapshotState::Pending)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -587,9 +640,13 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use nubo_api::views::VolumeState;
+
     #[test]
     fn states() {
-        assert_eq!(super::live_state(Some("i-1")), "in-use");
-        assert_eq!(super::live_state(None), "available");
+        assert_eq!(VolumeState::live(true), "in-use");
+        assert_eq!(VolumeState::live(false), "available");
+        assert_eq!(super::Presence::Present, "present");
+        assert_eq!(super::Presence::Deleted, "deleted");
     }
 }

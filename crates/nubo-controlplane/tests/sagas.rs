@@ -269,7 +269,13 @@ impl Harness for AttachWorld {
                 Some(i) => self.0.t.ctx.store.instance(i).await.unwrap().map(|i| i.image).unwrap_or_default(),
                 None => "-".into(),
             };
-            lines.push(format!("{} GiB {} {:?} {:?} on {to}", v.size_gib, v.state, v.attach_state, v.guest_device));
+            lines.push(format!(
+                "{} GiB {} {:?} {:?} on {to}",
+                v.size_gib,
+                v.state,
+                v.attach_state.map(|a| a.as_str()),
+                v.guest_device
+            ));
         }
         lines.join("\n")
     }

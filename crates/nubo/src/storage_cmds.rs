@@ -10,7 +10,7 @@ use crate::client_cmds::client;
 use crate::output::{emit, table};
 use anyhow::Context;
 use nubo_api::params::{ImageCreate, InstanceSnapshot, SnapshotCreate, VolumeCreate};
-use nubo_api::views::{Image, Snapshot, Volume};
+use nubo_api::views::{AttachState, Image, ImageState, Snapshot, SnapshotState, Volume, VolumeState};
 use nubo_client::Client;
 use std::io::Read;
 use std::path::Path;
@@ -132,7 +132,7 @@ fn print_image(i: &Image) {
     let rows = vec![
         ("id", i.id.to_string()),
         ("name", i.name.clone()),
-        ("state", i.state.clone()),
+        ("state", i.state.to_string()),
         ("source", i.source.clone()),
         ("visibility", i.visibility.clone()),
         ("project", i.project.clone().unwrap_or_default()),
@@ -163,7 +163,7 @@ pub async fn list_images(conn: &Conn) -> anyhow::Result<()> {
                     i.id.to_string(),
                     i.name.clone(),
                     i.source.clone(),
-                    i.state.clone(),
+                    i.state.to_string(),
                     i.visibility.clone(),
                     i.disk_format.clone().unwrap_or_default(),
                     i.virtual_size_bytes.map(human_bytes).unwrap_or_default(),
@@ -183,9 +183,9 @@ pub async fn show_image(conn: &Conn, key: &str) -> anyhow::Result<()> {
 async fn wait_image_active(c: &Client, id: &str) -> anyhow::Result<Image> {
     wait_until(&format!("image {id}"), async || {
         let i = c.image(id).await?;
-        match i.state.as_str() {
-            "active" => Ok((Some(i), format!("image {id} is active"))),
-            "error" => anyhow::bail!("image {id} failed: {}", i.error.unwrap_or_default()),
+        match i.state {
+            ImageState::Active => Ok((Some(i), format!("image {id} is active"))),
+            ImageState::Error => anyhow::bail!("image {id} failed: {}", i.error.unwrap_or_default()),
             s => Ok((None, format!("image {id} is {s}"))),
         }
     })
@@ -213,7 +213,7 @@ fn print_volume(v: &Volume) {
     let mut rows = vec![
         ("id", v.id.to_string()),
         ("name", v.name.clone()),
-        ("state", v.state.clone()),
+        ("state", v.state.to_string()),
         ("size_gib", v.size_gib.to_string()),
         ("actual_gib", v.actual_size_gib.to_string()),
         ("host", v.host_name.clone().unwrap_or_default()),
@@ -221,7 +221,7 @@ fn print_volume(v: &Volume) {
     ];
     if let Some(a) = &v.attachment {
         rows.push(("attached_to", a.instance_id.to_string()));
-        rows.push(("attachment", a.state.clone()));
+        rows.push(("attachment", a.state.to_string()));
         rows.push(("serial", a.serial.clone()));
         rows.push(("guest_device", a.guest_device.clone().unwrap_or_default()));
         rows.push(("guest_size", a.guest_size_bytes.map(human_bytes).unwrap_or_default()));
@@ -237,7 +237,7 @@ fn volume_line(v: &Volume) -> String {
         Some(a) => format!(
             ", {} {} {}{}",
             a.state,
-            if a.state == "detaching" { "from" } else { "to" },
+            if a.state == AttachState::Detaching { "from" } else { "to" },
             a.instance_id,
             a.guest_device.as_ref().map(|d| format!(" as {d}")).unwrap_or_default()
         ),
@@ -251,7 +251,7 @@ fn volume_line(v: &Volume) -> String {
 async fn wait_volume(c: &Client, id: &str, done: impl Fn(&Volume) -> bool) -> anyhow::Result<Volume> {
     wait_until(&format!("volume {id}"), async || {
         let v = c.volume(id).await?;
-        if v.state == "error" {
+        if v.state == VolumeState::Error {
             anyhow::bail!("volume {id} failed: {}", v.error.clone().unwrap_or_default());
         }
         let line = volume_line(&v);
@@ -271,7 +271,7 @@ pub async fn volume(cmd: VolumeCmd, conn: &Conn) -> anyhow::Result<()> {
             let req = VolumeCreate { size_gib: size, name, snapshot_id, instance_id };
             let mut v = c.create_volume(&req).await?;
             if wait {
-                v = wait_volume(&c, v.id.as_str(), |v| v.state == "available").await?;
+                v = wait_volume(&c, v.id.as_str(), |v| v.state == VolumeState::Available).await?;
             }
             emit(conn.output, &v, |v| println!("{}", v.id))
         }
@@ -285,9 +285,9 @@ pub async fn volume(cmd: VolumeCmd, conn: &Conn) -> anyhow::Result<()> {
                             v.id.to_string(),
                             v.name.clone(),
                             v.size_gib.to_string(),
-                            v.state.clone(),
+                            v.state.to_string(),
                             v.attachment.as_ref().map(|a| a.instance_id.to_string()).unwrap_or_default(),
-                            v.attachment.as_ref().map(|a| a.state.clone()).unwrap_or_default(),
+                            v.attachment.as_ref().map(|a| a.state.to_string()).unwrap_or_default(),
                             v.attachment.as_ref().and_then(|a| a.guest_device.clone()).unwrap_or_default(),
                             v.host_name.clone().unwrap_or_default(),
                         ]
@@ -304,7 +304,10 @@ pub async fn volume(cmd: VolumeCmd, conn: &Conn) -> anyhow::Result<()> {
             let c = client(conn)?;
             let mut v = c.attach_volume(&volume, &instance).await?;
             if wait {
-                v = wait_volume(&c, &volume, |v| v.attachment.as_ref().is_some_and(|a| a.state == "attached")).await?;
+                v = wait_volume(&c, &volume, |v| {
+                    v.attachment.as_ref().is_some_and(|a| a.state == AttachState::Attached)
+                })
+                .await?;
             }
             emit(conn.output, &v, |v| println!("{}", volume_line(v)))
         }
@@ -323,7 +326,7 @@ pub async fn volume(cmd: VolumeCmd, conn: &Conn) -> anyhow::Result<()> {
                 v = wait_volume(&c, &volume, |v| {
                     v.actual_size_gib >= size
                         && v.attachment.as_ref().is_none_or(|a| {
-                            a.state == "attached" && a.guest_size_bytes.is_some_and(|b| b >= size * GIB)
+                            a.state == AttachState::Attached && a.guest_size_bytes.is_some_and(|b| b >= size * GIB)
                         })
                 })
                 .await?;
@@ -361,11 +364,11 @@ pub async fn volume(cmd: VolumeCmd, conn: &Conn) -> anyhow::Result<()> {
 async fn wait_snapshot(c: &Client, id: &str) -> anyhow::Result<Snapshot> {
     wait_until(&format!("snapshot {id}"), async || {
         let s = c.snapshot(id).await?;
-        match s.state.as_str() {
-            "completed" => {
+        match s.state {
+            SnapshotState::Completed => {
                 Ok((Some(s.clone()), format!("snapshot {id} is completed ({})", s.consistency.unwrap_or_default())))
             }
-            "error" => anyhow::bail!("snapshot {id} failed: {}", s.error.unwrap_or_default()),
+            SnapshotState::Error => anyhow::bail!("snapshot {id} failed: {}", s.error.unwrap_or_default()),
             st => Ok((None, format!("snapshot {id} is {st}"))),
         }
     })
@@ -385,7 +388,7 @@ pub async fn snapshot(cmd: SnapshotCmd, conn: &Conn) -> anyhow::Result<()> {
                             s.name.clone(),
                             s.volume_id.to_string(),
                             s.size_gib.to_string(),
-                            s.state.clone(),
+                            s.state.to_string(),
                             s.consistency.clone().unwrap_or_default(),
                         ]
                     })
@@ -401,7 +404,7 @@ pub async fn snapshot(cmd: SnapshotCmd, conn: &Conn) -> anyhow::Result<()> {
                     ("name", s.name.clone()),
                     ("volume", s.volume_id.to_string()),
                     ("size_gib", s.size_gib.to_string()),
-                    ("state", s.state.clone()),
+                    ("state", s.state.to_string()),
                     ("consistency", s.consistency.clone().unwrap_or_default()),
                     ("error", s.error.clone().unwrap_or_default()),
                 ] {

@@ -184,7 +184,7 @@ pub async fn desired(
         };
         for v in source {
             // A volume being detached is no longer wanted: the agent unplugs it.
-            if matches!(v.attach_state.as_deref(), Some("attaching" | "attached")) {
+            if v.attach_state.is_some_and(|a| a.is_wanted()) {
                 let id: VolumeId = v.id.parse().map_err(AppError::internal)?;
                 volumes.push(DesiredAttachment {
                     serial: id.serial(),
@@ -236,7 +236,7 @@ pub async fn desired(
             Ok(DesiredVolume {
                 id: v.id.parse().map_err(AppError::internal)?,
                 size_gib: v.size_gib as u64,
-                present: v.desired == "present",
+                present: v.desired == crate::volumes::Presence::Present,
                 from_snapshot: v.snapshot_id.as_deref().and_then(|s| s.parse().ok()),
             })
         })
@@ -250,7 +250,7 @@ pub async fn desired(
             Ok(DesiredSnapshot {
                 id: s.id.parse().map_err(AppError::internal)?,
                 volume_id: s.volume_id.parse().map_err(AppError::internal)?,
-                present: s.desired == "present",
+                present: s.desired == crate::volumes::Presence::Present,
             })
         })
         .collect::<AppResult<Vec<_>>>()?;
@@ -321,7 +321,7 @@ pub async fn report(
         if ctx.store.apply_actual(host.as_str(), a).await? {
             changed |= a.exited_unexpectedly;
             ctx.store.apply_attachment_report(a.id.as_str(), &a.volumes).await?;
-            for c in a.captures.iter().filter(|c| c.state == "failed") {
+            for c in a.captures.iter().filter(|c| c.state == nubo_api::agent::CaptureState::Failed) {
                 changed |= ctx.store.fail_capture(c.image_id.as_str(), a.id.as_str(), c.error.as_deref()).await?;
             }
         } else if a.power == nubo_api::agent::ActualPower::Deleted {

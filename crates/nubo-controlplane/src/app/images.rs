@@ -16,8 +16,7 @@ use crate::Ctx;
 use nubo_api::agent::PowerState;
 use nubo_api::ids::ImageId;
 use nubo_api::params::{ImageCreate, InstanceSnapshot};
-use nubo_api::views::Image;
-use nubo_api::views::InstanceState;
+use nubo_api::views::{Image, ImageState, InstanceState};
 use nubo_image::inspect::DiskFormat;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -158,7 +157,7 @@ pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &ImageCreate) -> AppResu
                 project_id: &project,
                 visibility,
                 source: "import",
-                state: "queued",
+                state: ImageState::Queued,
                 description: &description,
                 disk_format: Some(format.as_str()),
                 size_bytes: Some(p.size_bytes),
@@ -239,7 +238,7 @@ pub async fn upload(
     body: impl AsyncRead + Unpin,
 ) -> AppResult<Image> {
     let row = load(ctx, caller, key, Access::Write).await?;
-    if !ctx.store.set_image_state(&row.id, &["queued"], "saving").await? {
+    if !ctx.store.set_image_state(&row.id, &[ImageState::Queued], ImageState::Saving).await? {
         return Err(AppError::Conflict(format!(
             "image {} is {}, not waiting for its file: register a new image to upload another file",
             row.id, row.state
@@ -286,7 +285,7 @@ pub async fn upload(
 /// while snapshots taken from it remain.
 pub async fn delete(ctx: &Arc<Ctx>, caller: &Caller, key: &str) -> AppResult<()> {
     let row = load(ctx, caller, key, Access::Write).await?;
-    if row.state == "saving" {
+    if row.state == ImageState::Saving {
         return Err(AppError::Conflict(format!(
             "image {} is being saved; wait until it is active or in error, then delete it",
             row.id
@@ -368,7 +367,7 @@ pub async fn snapshot_instance(
             project_id: &project,
             visibility: "project",
             source: "snapshot",
-            state: "saving",
+            state: ImageState::Saving,
             description: &description,
             disk_format: Some("qcow2"),
             size_bytes: None,
@@ -396,7 +395,7 @@ pub async fn snapshot_instance(
 /// An active image's file, opened for a host to boot from, and its length.
 pub async fn file(ctx: &Ctx, id: &str) -> AppResult<(tokio::fs::File, u64)> {
     let not_found = || AppError::NotFound { kind: "image", id: id.chars().take(80).collect() };
-    let row = ctx.store.image(id).await?.filter(|r| r.state == "active").ok_or_else(not_found)?;
+    let row = ctx.store.image(id).await?.filter(|r| r.state.is_bootable()).ok_or_else(not_found)?;
     let path = row.sha256.as_deref().and_then(|s| ctx.registry.blob_path(s)).ok_or_else(not_found)?;
     let file = tokio::fs::File::open(&path)
         .await
@@ -431,7 +430,7 @@ pub async fn capture(
     if instance.and_then(|i| i.host_id).as_deref() != Some(host.host_id.as_str()) {
         return Err(AppError::Forbidden(format!("image {} is not being taken on host {}", row.id, host.host_id)));
     }
-    if row.state != "saving" {
+    if row.state != ImageState::Saving {
         return Err(AppError::Conflict(format!("image {} is {}, not being saved", row.id, row.state)));
     }
     if size_bytes == 0 || size_bytes > ctx.config.max_image_bytes || !crate::registry::is_sha256(sha256) {

@@ -94,7 +94,7 @@ fn view_of(row: InstanceRow, related: &Related) -> AppResult<Instance> {
             Some(nubo_api::views::InstanceVolume {
                 volume_id: v.id.parse().ok()?,
                 size_gib: v.size_gib as u64,
-                state: v.attach_state.clone()?,
+                state: v.attach_state?,
                 guest_device: v.guest_device.clone(),
             })
         })
@@ -203,7 +203,7 @@ pub async fn launch(
             )));
         }
     };
-    if image.state != "active" {
+    if !image.state.is_bootable() {
         return Err(AppError::Conflict(format!(
             "image {} is {}; it can be booted once it is active{}",
             image.name,

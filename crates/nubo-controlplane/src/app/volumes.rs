@@ -15,8 +15,7 @@ use crate::{placement, validate, Ctx};
 use nubo_api::agent::PowerState;
 use nubo_api::ids::{SnapshotId, VolumeId};
 use nubo_api::params::{SnapshotCreate, VolumeAttach, VolumeCreate, VolumeExtend};
-use nubo_api::views::InstanceState;
-use nubo_api::views::{Snapshot, Volume, VolumeAttachment};
+use nubo_api::views::{AttachState, InstanceState, Snapshot, SnapshotState, Volume, VolumeAttachment, VolumeState};
 use std::sync::Arc;
 
 fn parse<T: std::str::FromStr<Err = nubo_api::ids::IdError>>(id: &str) -> AppResult<T> {
@@ -51,7 +50,7 @@ pub async fn load(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> AppRe
         .store
         .volume(id.as_str())
         .await?
-        .filter(|v| v.state != "deleted")
+        .filter(|v| v.state != VolumeState::Deleted)
         .ok_or(AppError::NotFound { kind: "volume", id: id.to_string() })?;
     authz::check(caller, access, Some(&row.project_id), "volume", id.as_str())?;
     Ok(row)
@@ -64,7 +63,7 @@ pub async fn load_snapshot(ctx: &Ctx, caller: &Caller, id: &str, access: Access)
         .store
         .snapshot(id.as_str())
         .await?
-        .filter(|s| s.state != "deleted")
+        .filter(|s| s.state != SnapshotState::Deleted)
         .ok_or(AppError::NotFound { kind: "snapshot", id: id.to_string() })?;
     authz::check(caller, access, Some(&row.project_id), "snapshot", id.as_str())?;
     Ok(row)
@@ -73,10 +72,10 @@ pub async fn load_snapshot(ctx: &Ctx, caller: &Caller, id: &str, access: Access)
 /// The view of a volume row, with its host's name, attachment and tags.
 pub async fn view(ctx: &Ctx, v: VolumeRow) -> AppResult<Volume> {
     let host = ctx.store.host(&v.host_id).await?;
-    let attachment = match (&v.instance_id, &v.attach_state) {
+    let attachment = match (&v.instance_id, v.attach_state) {
         (Some(i), Some(state)) => Some(VolumeAttachment {
             instance_id: i.parse().map_err(AppError::internal)?,
-            state: state.clone(),
+            state,
             serial: parse::<VolumeId>(&v.id)?.serial(),
             guest_device: v.guest_device.clone(),
             guest_size_bytes: v.guest_size_bytes.map(|b| b as u64),
@@ -145,7 +144,7 @@ pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &VolumeCreate) -> AppRes
     let mut host_hint = None;
     if let Some(snap) = &p.snapshot_id {
         let s = load_snapshot(ctx, caller, snap.as_str(), Access::Read).await?;
-        if s.state != "completed" {
+        if s.state != SnapshotState::Completed {
             return Err(AppError::Conflict(format!("snapshot {} is {}; wait until it is completed", s.id, s.state)));
         }
         if p.size_gib < s.size_gib as u64 {
@@ -218,7 +217,7 @@ pub async fn attach(ctx: &Arc<Ctx>, caller: &Caller, id: &str, p: &VolumeAttach)
             v.id, inst.id, inst.id
         )));
     }
-    if v.state != "available" {
+    if v.state != VolumeState::Available {
         return Err(AppError::Conflict(match &v.instance_id {
             Some(i) => format!("volume {} is already attached to {i}", v.id),
             None => format!("volume {} is {}; it can be attached once it is available", v.id, v.state),
@@ -251,8 +250,8 @@ pub async fn attach(ctx: &Arc<Ctx>, caller: &Caller, id: &str, p: &VolumeAttach)
 pub async fn detach(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppResult<VolumeRow> {
     let v = load(ctx, caller, id, Access::Write).await?;
     if !ctx.store.detach_volume(&v.id).await? {
-        return Err(AppError::Conflict(match v.attach_state.as_deref() {
-            Some("detaching") => format!("volume {} is already being detached", v.id),
+        return Err(AppError::Conflict(match v.attach_state {
+            Some(AttachState::Detaching) => format!("volume {} is already being detached", v.id),
             _ => format!("volume {} is not attached", v.id),
         }));
     }
@@ -272,7 +271,7 @@ pub async fn extend(ctx: &Arc<Ctx>, caller: &Caller, id: &str, p: &VolumeExtend)
             v.id, v.size_gib
         )));
     }
-    if !matches!(v.state.as_str(), "available" | "in-use") || v.attach_state.as_deref() == Some("detaching") {
+    if !v.state.is_live() || v.attach_state == Some(AttachState::Detaching) {
         return Err(AppError::Conflict(format!(
             "volume {} is {}; extend it once it is available or in use",
             v.id, v.state
@@ -292,7 +291,7 @@ pub async fn create_snapshot(ctx: &Arc<Ctx>, caller: &Caller, id: &str, p: &Snap
     if let Some(n) = &p.name {
         validate::name(n)?;
     }
-    if !matches!(v.state.as_str(), "available" | "in-use") {
+    if !v.state.is_live() {
         return Err(AppError::Conflict(format!(
             "volume {} is {}; snapshot it once it is available or in use",
             v.id, v.state

@@ -9,6 +9,7 @@ use super::xml::{self, El};
 use super::{project_of, Answer};
 use crate::auth::Caller;
 use crate::Ctx;
+use nubo_api::views::ImageState;
 use std::sync::Arc;
 
 pub fn regions(ctx: &Ctx, p: &Params, host: &str) -> Ec2Result<Answer> {
@@ -133,11 +134,12 @@ pub fn instance_types(ctx: &Ctx, p: &Params) -> Ec2Result<Answer> {
     Ok(out)
 }
 
-fn image_state(state: &str) -> &'static str {
+/// EC2's name for an image's state.
+fn image_state(state: ImageState) -> &'static str {
     match state {
-        "active" => "available",
-        "error" => "failed",
-        _ => "pending",
+        ImageState::Active => "available",
+        ImageState::Error => "failed",
+        ImageState::Queued | ImageState::Saving => "pending",
     }
 }
 
@@ -183,7 +185,7 @@ pub async fn images(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
             query::matches(&filters, |f| match f {
                 "image-id" => vec![r.id.clone()],
                 "name" => vec![r.name.clone()],
-                "state" => vec![image_state(&r.state).into()],
+                "state" => vec![image_state(r.state).into()],
                 "owner-id" => vec![r.project_id.clone().unwrap_or_else(|| "nubo".into())],
                 "is-public" => vec![(r.visibility == "public").to_string()],
                 "architecture" => vec!["x86_64".into()],
@@ -197,7 +199,7 @@ pub async fn images(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
         El::item()
             .field("imageId", &r.id)
             .field("imageLocation", format!("nubo/{}", r.name))
-            .field("imageState", image_state(&r.state))
+            .field("imageState", image_state(r.state))
             .field("imageOwnerId", r.project_id.as_deref().unwrap_or("nubo"))
             .opt("imageOwnerAlias", (r.source == "builtin").then_some("nubo"))
             .field("creationDate", xml::time(r.created_at_ms))

@@ -98,7 +98,7 @@ fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
             El::item().field("deviceName", super::volumes::device_of(v)).child(
                 El::new("ebs")
                     .field("volumeId", &v.id)
-                    .field("status", v.attach_state.as_deref().unwrap_or("attaching"))
+                    .field("status", v.attach_state.unwrap_or(nubo_api::views::AttachState::Attaching).as_str())
                     .field("attachTime", xml::time(v.updated_at_ms))
                     .field("deleteOnTermination", "false"),
             ),

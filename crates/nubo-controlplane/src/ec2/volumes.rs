@@ -16,6 +16,7 @@ use crate::volumes::VolumeRow;
 use crate::Ctx;
 use nubo_api::ids::{SnapshotId, VolumeId};
 use nubo_api::params::{VolumeAttach, VolumeCreate};
+use nubo_api::views::{AttachState, VolumeState};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -46,19 +47,19 @@ async fn load(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> Ec2Result
     app::load(ctx, caller, id.as_str(), access).await.in_domain(Domain::Volume)
 }
 
-fn attachment_el(name: &'static str, v: &VolumeRow, status: &str) -> El {
+fn attachment_el(name: &'static str, v: &VolumeRow, status: AttachState) -> El {
     El::new(name)
         .field("volumeId", &v.id)
         .opt("instanceId", v.instance_id.as_deref())
         .field("device", device_of(v))
-        .field("status", status)
+        .field("status", status.as_str())
         .field("attachTime", xml::time(v.updated_at_ms))
         .field("deleteOnTermination", "false")
 }
 
 /// The members of a volume (CreateVolume's answer, DescribeVolumes' items).
 fn volume_fields(ctx: &Ctx, v: &VolumeRow, tags: Option<&BTreeMap<String, String>>) -> Vec<El> {
-    let attachments = match (&v.instance_id, &v.attach_state) {
+    let attachments = match (&v.instance_id, v.attach_state) {
         (Some(_), Some(state)) => vec![attachment_el("item", v, state)],
         _ => Vec::new(),
     };
@@ -68,7 +69,7 @@ fn volume_fields(ctx: &Ctx, v: &VolumeRow, tags: Option<&BTreeMap<String, String
         El::text("size", v.size_gib),
         El::text("snapshotId", v.snapshot_id.as_deref().unwrap_or("")),
         El::text("availabilityZone", &ctx.config.availability_zone),
-        El::text("status", if v.state == "error" { "error" } else { v.state.as_str() }),
+        El::text("status", v.state.as_str()),
         El::text("createTime", xml::time(v.created_at_ms)),
         El::list("attachmentSet", attachments),
         El::text("volumeType", "gp3"),
@@ -174,12 +175,12 @@ pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<
         .filter(|v| {
             query::matches(&filters, |name| match name {
                 "volume-id" => vec![v.id.clone()],
-                "status" => vec![v.state.clone()],
+                "status" => vec![v.state.to_string()],
                 "size" => vec![v.size_gib.to_string()],
                 "availability-zone" => vec![ctx.config.availability_zone.clone()],
                 "snapshot-id" => v.snapshot_id.clone().into_iter().collect(),
                 "attachment.instance-id" => v.instance_id.clone().into_iter().collect(),
-                "attachment.status" => v.attach_state.clone().into_iter().collect(),
+                "attachment.status" => v.attach_state.map(|a| a.to_string()).into_iter().collect(),
                 "attachment.device" => v.instance_id.as_ref().map(|_| device_of(v)).into_iter().collect(),
                 "volume-type" => vec!["gp3".into()],
                 other => query::tag_field(other, tags.get(&v.id)),
@@ -208,7 +209,7 @@ pub async fn attach(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
     // The instance first, so that an unknown one is named as such.
     crate::app::instances::load(ctx, caller, instance.as_str(), Access::Write).await.in_domain(Domain::Instance)?;
     let v = load(ctx, caller, vol.as_str(), Access::Write).await?;
-    if v.state == "in-use" {
+    if v.state == VolumeState::InUse {
         return Err(Ec2Error::bad(
             "VolumeInUse",
             format!("vol {} is already attached to an instance ({})", v.id, v.instance_id.as_deref().unwrap_or("?")),
@@ -218,10 +219,10 @@ pub async fn attach(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
     app::attach(ctx, caller, &v.id, &body).await.in_domain(Domain::Volume)?;
     ctx.store.set_volume_device_name(&v.id, Some(&device)).await?;
     let row = ctx.store.volume(&v.id).await?.ok_or_else(Ec2Error::internal)?;
-    Ok(attachment_fields(&row, row.attach_state.as_deref().unwrap_or("attaching")))
+    Ok(attachment_fields(&row, row.attach_state.unwrap_or(AttachState::Attaching)))
 }
 
-fn attachment_fields(v: &VolumeRow, status: &str) -> Answer {
+fn attachment_fields(v: &VolumeRow, status: AttachState) -> Answer {
     let el = attachment_el("x", v, status);
     el.into_children()
 }
@@ -244,7 +245,7 @@ pub async fn detach(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
     }
     app::detach(ctx, caller, &v.id).await.in_domain(Domain::Volume)?;
     let row = ctx.store.volume(&v.id).await?.unwrap_or(v);
-    Ok(attachment_fields(&row, "detaching"))
+    Ok(attachment_fields(&row, AttachState::Detaching))
 }
 
 pub async fn delete(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {

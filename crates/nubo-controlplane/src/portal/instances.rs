@@ -18,8 +18,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use maud::{html, Markup};
 use nubo_api::params::{InstanceCreate, RunCreate, VolumeAttach};
-use nubo_api::views::Instance;
-use nubo_api::views::InstanceState;
+use nubo_api::views::{Instance, InstanceState, VolumeState};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -178,7 +177,7 @@ async fn launch_form(ctx: &Arc<Ctx>, s: &Session, f: &LaunchForm, error: Option<
                 label { "Name " small { "(optional)" } input name="name" value=(f.name) maxlength="63" placeholder="web-1"; }
                 label { "Image"
                     select name="image" required {
-                        @for i in images.iter().filter(|i| i.state == "active" || i.source == "builtin") {
+                        @for i in images.iter().filter(|i| i.state.is_bootable() || i.source == "builtin") {
                             option value=(i.name) selected[i.name == f.image] { (i.name) " · " (i.description.chars().take(60).collect::<String>()) }
                         }
                     }
@@ -322,7 +321,7 @@ async fn show(
     let id = i.id.as_str().to_string();
     let recipes = app::provisioning::list_recipes(&ctx, &s.caller).await?;
     let volumes = app::volumes::list(&ctx, &s.caller).await.unwrap_or_default();
-    let available: Vec<_> = volumes.iter().filter(|v| v.state == "available").collect();
+    let available: Vec<_> = volumes.iter().filter(|v| v.state == VolumeState::Available).collect();
     let attached: Vec<_> =
         volumes.iter().filter(|v| v.attachment.as_ref().is_some_and(|a| a.instance_id == i.id)).collect();
     let body = html! {

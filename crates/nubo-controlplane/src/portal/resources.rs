@@ -16,6 +16,7 @@ use axum::Router;
 use maud::{html, Markup};
 use nubo_api::agent::PowerState;
 use nubo_api::params::{KeypairCreate, Login, SnapshotCreate, VolumeAttach, VolumeCreate, VolumeExtend};
+use nubo_api::views::VolumeState;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -220,16 +221,16 @@ async fn volumes(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
                     tr data-volume=(id) {
                         td { (v.name) br; small.mono { (id) } }
                         td { (v.size_gib) " GiB" br; small.muted { (v.actual_size_gib) " GiB used on the host" } }
-                        td { (badge(&v.state)) @if let Some(e) = &v.error { br; small.error { (e) } } }
+                        td { (badge(v.state.as_str())) @if let Some(e) = &v.error { br; small.error { (e) } } }
                         td { @if let Some(a) = &v.attachment {
-                            a href=(format!("/ui/instances/{}", a.instance_id)) { (name_of(a.instance_id.as_str())) } " " (badge(&a.state))
+                            a href=(format!("/ui/instances/{}", a.instance_id)) { (name_of(a.instance_id.as_str())) } " " (badge(a.state.as_str()))
                         } @else { "-" } }
                         td.mono { (v.attachment.as_ref().and_then(|a| a.guest_device.as_deref()).unwrap_or("-")) }
                         td { (v.host_name.as_deref().unwrap_or("-")) }
                         td.actions {
                             @if v.attachment.is_some() {
                                 (button(&s, &format!("/ui/volumes/{id}/detach"), "Detach", "", None))
-                            } @else if v.state == "available" {
+                            } @else if v.state == VolumeState::Available {
                                 form.inline method="post" action=(format!("/ui/volumes/{id}/attach")) {
                                     (csrf(&s))
                                     select name="instance_id" aria-label="instance" { @for (iid, n) in &instances { option value=(iid) { (n) } } }
@@ -268,7 +269,7 @@ async fn volumes(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
                         td { (sn.name) br; small.mono { (sn.id.as_str()) } }
                         td.mono { (sn.volume_id.as_str()) }
                         td { (sn.size_gib) " GiB" }
-                        td { (badge(&sn.state)) }
+                        td { (badge(sn.state.as_str())) }
                         td { (sn.consistency.as_deref().unwrap_or("-")) }
                         td { (html::when(sn.created_at_ms)) }
                         td { (button(&s, &format!("/ui/snapshots/{}/delete", sn.id), "Delete", "danger", Some("Delete this snapshot?"))) }
@@ -352,7 +353,7 @@ async fn images(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
                     tr {
                         td { (i.name) br; small.mono { (i.id.as_str()) } }
                         td { (i.source) }
-                        td { (badge(&i.state)) }
+                        td { (badge(i.state.as_str())) }
                         td { (i.visibility) }
                         td { (i.disk_format.as_deref().unwrap_or("-")) }
                         td { (i.size_bytes.map(|b| html::bytes(b as f64)).unwrap_or_else(|| "-".into())) }

@@ -20,7 +20,7 @@ use nubo_api::agent::PowerState;
 use nubo_api::automation::PolicyAction;
 use nubo_api::ids::VolumeId;
 use nubo_api::monitoring::NotificationState;
-use nubo_api::views::{MigrationState, RunState};
+use nubo_api::views::{AttachState, MigrationState, RunState, VolumeState};
 use serde::{Deserialize, Serialize};
 
 /// One action of one firing, as decided when the saga was made.
@@ -110,7 +110,7 @@ impl SagaDef for PolicyActionSaga {
             // being created cannot be deleted yet).
             (PolicyAction::AttachVolume { .. }, "create-volume") => match store.volume(&vid).await? {
                 None => Ok(Undo::Done),
-                Some(v) if v.desired == "deleted" => Ok(Undo::Done),
+                Some(v) if v.desired == crate::volumes::Presence::Deleted => Ok(Undo::Done),
                 Some(_) => {
                     if store.delete_volume(&vid).await? {
                         ctx.bump();
@@ -142,7 +142,7 @@ async fn attach_volume(
         return Ok(Step::done(p.plan.volume_id.clone().unwrap_or_else(|| VolumeId::generate().to_string())));
     };
     let volume = store.volume(&vid).await?;
-    if let Some(v) = volume.as_ref().filter(|v| v.state == "error") {
+    if let Some(v) = volume.as_ref().filter(|v| v.state == VolumeState::Error) {
         return Ok(Step::Fail(format!("volume {vid} failed: {}", v.error.clone().unwrap_or_default())));
     }
     match (step, volume) {
@@ -179,7 +179,7 @@ async fn attach_volume(
             if v.instance_id.as_deref() == Some(instance) {
                 return Ok(Step::done(&vid));
             }
-            if v.state != "available" {
+            if v.state != VolumeState::Available {
                 // Still being made by its host.
                 return Ok(Step::Wait);
             }
@@ -193,7 +193,7 @@ async fn attach_volume(
             }
         }
         (_, Some(v)) => {
-            if v.instance_id.as_deref() == Some(instance) && v.attach_state.as_deref() == Some("attached") {
+            if v.instance_id.as_deref() == Some(instance) && v.attach_state == Some(AttachState::Attached) {
                 Ok(Step::done(format!("{vid} attached as {}", v.guest_device.unwrap_or_else(|| "?".into()))))
             } else {
                 Ok(Step::Wait)
