@@ -255,7 +255,7 @@ mod tests {
         assert_eq!(cfg.listen.to_string(), format!("127.0.0.1:{port}"));
         let mut b = Balancers::default();
         let r = b.reconcile(&[desired(port, &[("i-0123456789abcdef0", 1)])]);
-        assert_eq!(r[0].state, "active");
+        assert_eq!(r[0].state.as_str(), "active");
         let started = r[0].started_at_ms;
         let r = b.reconcile(&[desired(port, &[("i-0123456789abcdef0", 1), ("i-0123456789abcdef1", 2)])]);
         assert_eq!((r[0].started_at_ms, r[0].backends.len()), (started, 2), "reconfigured, not restarted");
@@ -266,13 +266,13 @@ mod tests {
         let mut other = desired(port, &[]);
         other.id = "lb-0123456789abcdef1".parse().unwrap();
         let r = b.reconcile(&[desired(port, &[]), other]);
-        assert_eq!(r[1].state, "error");
+        assert_eq!(r[1].state.as_str(), "error");
         assert!(r[1].error.as_deref().unwrap().contains("cannot listen"), "{:?}", r[1]);
         assert!(b.reconcile(&[]).is_empty());
         assert!(b.running.is_empty() && b.errors.is_empty());
         // Its port is free again once the stopped listener's task ends.
         let start = Instant::now();
-        while b.reconcile(&[desired(port, &[])])[0].state != "active" {
+        while b.reconcile(&[desired(port, &[])])[0].state.as_str() != "active" {
             assert!(start.elapsed() < Duration::from_secs(5), "the port was not freed");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

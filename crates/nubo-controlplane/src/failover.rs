@@ -9,6 +9,9 @@
 //! * otherwise it is marked `lost`, with the reason: its disks went down
 //!   with the host.
 //!
+//! Each instance's failover is a saga (`sagas::failover`), so a server
+//! that dies halfway through a round finishes it from the next one.
+//!
 //! The same round gives up on live migrations whose target never got
 //! ready (`expire_unready_migrations`).
 //!
@@ -28,7 +31,7 @@
 //! million). Both numbers derive from the one `heartbeat_timeout`, and the
 //! agent learns them from each heartbeat's answer, so they cannot disagree.
 
-use crate::placement::{self, Constraints, Demand, Refusal};
+use crate::sagas::failover::{self as failover_saga, FailoverParams};
 use crate::store::{now_ms, Size};
 use crate::Ctx;
 use nubo_api::agent::PowerState;
@@ -138,6 +141,9 @@ pub async fn expire_unready_migrations(ctx: &Ctx) -> Result<(), sqlx::Error> {
 /// lease for [`Lease::restart_after`] as this server saw it.
 pub async fn run_once(ctx: &Ctx) -> Result<(), sqlx::Error> {
     expire_unready_migrations(ctx).await?;
+    // The sagas a crash left under way go on first (see `sagas`).
+    crate::sagas::migration::resume(ctx).await?;
+    failover_saga::resume(ctx).await?;
     let restart_after = Lease::of(&ctx.config).restart_after();
     let now = Instant::now();
     let hosts = ctx.store.hosts().await?;
@@ -147,45 +153,22 @@ pub async fn run_once(ctx: &Ctx) -> Result<(), sqlx::Error> {
         let instances = ctx.store.instances_on_host(&dead.id).await?;
         for row in instances.into_iter().filter(|r| !matches!(r.state, InstanceState::Lost | InstanceState::Terminated))
         {
-            let demand =
-                Demand { vcpus: row.vcpus as u32, memory_mib: row.memory_mib as u64, disk_gib: row.disk_gib as u64 };
-            // Only a host that shares the dead one's storage has the disks.
-            let target = match &dead.shared_storage {
-                Some(s) => {
-                    let c = Constraints { exclude: Some(&dead.id), shared_storage: Some(s), ..Constraints::default() };
-                    match placement::choose(ctx, demand, &c).await {
-                        Ok(choice) => Some(choice.best),
-                        Err(Refusal::NoHost { .. }) => None,
-                        Err(Refusal::Db(e)) => return Err(e),
-                    }
-                }
-                None => None,
-            };
-            match target {
-                Some(t) => {
-                    if ctx.store.restart_elsewhere(&row, dead, &t.id, t.limits).await? {
-                        tracing::warn!(instance = %row.id, from = %dead.name, to = %t.name,
-                            "host stopped reporting; instance restarted from its shared disk");
-                        ctx.bump();
-                    }
-                }
-                None => {
-                    let reason = match &dead.shared_storage {
-                        Some(_) => format!(
-                            "lost: host {} stopped reporting and no up host that shares its storage can take it; \
-                             start the host again, or terminate the instance",
-                            dead.name
-                        ),
-                        None => format!(
-                            "lost: host {} stopped reporting and the instance's disks were local to it; \
-                             start the host again to get it back, or terminate it",
-                            dead.name
-                        ),
-                    };
-                    ctx.store.mark_lost(&row.id, &reason).await?;
-                    tracing::warn!(instance = %row.id, host = %dead.name, "instance lost with its host");
-                }
+            // One saga at a time per instance: one a crash left under way
+            // was run on above.
+            if failover_saga::unfinished(ctx, &row.id).await?.is_some() {
+                continue;
             }
+            let p = FailoverParams {
+                instance_id: row.id.clone(),
+                dead_host: dead.id.clone(),
+                dead_name: dead.name.clone(),
+                heartbeat_ms: dead.last_heartbeat_ms,
+                shared_storage: dead.shared_storage.clone(),
+                vcpus: row.vcpus as u32,
+                memory_mib: row.memory_mib as u64,
+                disk_gib: row.disk_gib as u64,
+            };
+            failover_saga::fail_over(ctx, &p).await?;
         }
     }
     Ok(())

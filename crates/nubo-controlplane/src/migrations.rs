@@ -1,6 +1,6 @@
 //! Live migrations in SQL: one row per move of a running instance from
-//! its host to another. The steps, each a transaction that is safe to
-//! repeat:
+//! its host to another. The steps (driven by the saga in
+//! `sagas::migration`), each a transaction that is safe to repeat:
 //!
 //! 1. `start`: claim the target's capacity, row in `preparing`. The target
 //!    host now lists the instance with role `target` and starts an empty
@@ -16,7 +16,6 @@
 //! see `failover::expire_unready_migrations`.
 
 use crate::store::{now_ms, Size, Store};
-use nubo_api::ids::MigrationId;
 use nubo_api::views::MigrationState;
 use sqlx::FromRow;
 
@@ -70,9 +69,11 @@ pub struct Outcome {
 
 impl Store {
     /// Claims the target's capacity (under `limits`: vCPUs, MiB, GiB) and
-    /// records the migration in `preparing`.
+    /// records the migration `id` in `preparing` (its saga chose the id, so
+    /// that a claim made by a try that crashed is found again by it).
     pub async fn start_migration(
         &self,
+        id: &str,
         instance: &crate::store::InstanceRow,
         source: &str,
         target: &str,
@@ -93,12 +94,11 @@ impl Store {
             return Err(StartError::Lost(target.to_string()));
         }
         let now = now_ms();
-        let id = MigrationId::generate().to_string();
         sqlx::query(
             "INSERT INTO migrations (id, instance_id, source_host, target_host, state, created_at_ms, updated_at_ms)
              VALUES ($1, $2, $3, $4, $6, $5, $5)",
         )
-        .bind(&id)
+        .bind(id)
         .bind(&instance.id)
         .bind(source)
         .bind(target)
@@ -109,7 +109,7 @@ impl Store {
         crate::store::insert_event(&mut tx, &instance.id, now, "migration_started", &format!("{id} to {target}"))
             .await?;
         tx.commit().await?;
-        Ok(self.migration(&id).await?.ok_or_else(|| sqlx::Error::RowNotFound)?)
+        Ok(self.migration(id).await?.ok_or_else(|| sqlx::Error::RowNotFound)?)
     }
 
     pub async fn migration(&self, id: &str) -> Result<Option<MigrationRow>, sqlx::Error> {

@@ -958,13 +958,13 @@ mod tests {
 
     #[test]
     fn state_follows_desired_and_actual() {
-        assert_eq!(derive_state(PowerState::Running, ActualPower::Starting), "pending");
-        assert_eq!(derive_state(PowerState::Running, ActualPower::Running), "running");
-        assert_eq!(derive_state(PowerState::Stopped, ActualPower::Running), "stopping");
-        assert_eq!(derive_state(PowerState::Stopped, ActualPower::Stopped), "stopped");
-        assert_eq!(derive_state(PowerState::Deleted, ActualPower::Running), "stopping");
-        assert_eq!(derive_state(PowerState::Deleted, ActualPower::Deleted), "terminated");
-        assert_eq!(derive_state(PowerState::Running, ActualPower::Error), "error");
+        assert_eq!(derive_state(PowerState::Running, ActualPower::Starting).as_str(), "pending");
+        assert_eq!(derive_state(PowerState::Running, ActualPower::Running).as_str(), "running");
+        assert_eq!(derive_state(PowerState::Stopped, ActualPower::Running).as_str(), "stopping");
+        assert_eq!(derive_state(PowerState::Stopped, ActualPower::Stopped).as_str(), "stopped");
+        assert_eq!(derive_state(PowerState::Deleted, ActualPower::Running).as_str(), "stopping");
+        assert_eq!(derive_state(PowerState::Deleted, ActualPower::Deleted).as_str(), "terminated");
+        assert_eq!(derive_state(PowerState::Running, ActualPower::Error).as_str(), "error");
     }
 
     #[tokio::test]

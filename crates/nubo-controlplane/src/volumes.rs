@@ -644,9 +644,9 @@ mod tests {
 
     #[test]
     fn states() {
-        assert_eq!(VolumeState::live(true), "in-use");
-        assert_eq!(VolumeState::live(false), "available");
-        assert_eq!(super::Presence::Present, "present");
-        assert_eq!(super::Presence::Deleted, "deleted");
+        assert_eq!(VolumeState::live(true).as_str(), "in-use");
+        assert_eq!(VolumeState::live(false).as_str(), "available");
+        assert_eq!(super::Presence::Present.as_str(), "present");
+        assert_eq!(super::Presence::Deleted.as_str(), "deleted");
     }
 }

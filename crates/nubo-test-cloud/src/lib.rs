@@ -227,7 +227,7 @@ impl TestCloud {
         };
         let image = self.admin.create_image(&create).await.expect("registering the test image");
         let image = self.admin.upload_image(image.id.as_str(), &file, |_| {}).await.expect("uploading the test image");
-        assert_eq!(image.state, "active", "the test image did not become active: {image:?}");
+        assert_eq!(image.state, nubo_api::views::ImageState::Active, "the test image did not become active: {image:?}");
     }
 
     /// The API's base URL (`http://127.0.0.1:PORT`).

@@ -9,7 +9,7 @@
 //! goes down and loses its instance.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-use nubo_api::views::InstanceState;
+use nubo_api::views::{DesiredInstanceState, HostState, InstanceState, MigrationState};
 use nubo_client::InstanceAction;
 use nubo_test_cloud::{wait_for, HostCapacity, TestCloud};
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,7 +30,7 @@ async fn a_launched_instance_is_brought_to_running_by_the_simulated_agent() {
     let running = cloud.wait_for_instance_state(admin, launched.id.as_str(), InstanceState::Running, TIMEOUT).await;
     assert_eq!(running.host.as_ref(), Some(&host.id), "placed on the only host");
     assert_eq!(running.host_name.as_deref(), Some("sim-1"));
-    assert_eq!(running.desired_state, "running");
+    assert_eq!(running.desired_state, DesiredInstanceState::Running);
     let stages: Vec<&str> = running.events.iter().map(|e| e.stage.as_str()).collect();
     for stage in ["agent_seen", "image_ready", "disk_ready", "qemu_started"] {
         assert!(stages.contains(&stage), "no {stage} event from the agent: {stages:?}");
@@ -64,7 +64,7 @@ async fn stop_start_reboot_and_terminate_are_carried_out_and_terminate_frees_the
     cloud.wait_for_host_usage(&host, 4, 1024, TIMEOUT).await;
 
     let stopping = admin.instance_action(&id, InstanceAction::Stop).await.unwrap();
-    assert_eq!(stopping.desired_state, "stopped");
+    assert_eq!(stopping.desired_state, DesiredInstanceState::Stopped);
     let stopped = cloud.wait_for_instance_state(admin, &id, InstanceState::Stopped, TIMEOUT).await;
     assert!(stopped.events.iter().any(|e| e.stage == "stopped"), "the agent reported no stop: {:?}", stopped.events);
     // A stopped instance keeps its place on the host, so it can start again there.
@@ -84,7 +84,7 @@ async fn stop_start_reboot_and_terminate_are_carried_out_and_terminate_frees_the
     assert_eq!(rebooted.state, InstanceState::Running, "a rebooted instance runs");
 
     let terminating = admin.instance_action(&id, InstanceAction::Terminate).await.unwrap();
-    assert_eq!(terminating.desired_state, "terminated");
+    assert_eq!(terminating.desired_state, DesiredInstanceState::Terminated);
     cloud.wait_for_instance_state(admin, &id, InstanceState::Terminated, TIMEOUT).await;
     let freed = cloud.wait_for_host_usage(&host, 0, 0, TIMEOUT).await;
     assert_eq!(freed.used_disk_gib, 0, "the root disk's claim was not freed");
@@ -185,10 +185,10 @@ async fn live_migration_between_simulated_hosts_fails_cleanly_and_the_instance_s
     let mid = m.id.to_string();
     let ended = wait_for("the migration to end", TIMEOUT, || async {
         let m = admin.migration(&mid).await.ok()?;
-        (m.state != "preparing" && m.state != "migrating").then_some(m)
+        (m.state != MigrationState::Preparing && m.state != MigrationState::Migrating).then_some(m)
     })
     .await;
-    assert_eq!(ended.state, "failed", "{ended:?}");
+    assert_eq!(ended.state, MigrationState::Failed, "{ended:?}");
     let error = ended.error.clone().unwrap_or_default();
     assert!(error.contains("simulated") && error.contains("live-migrate"), "the error does not say why: {error}");
 
@@ -212,11 +212,11 @@ async fn a_host_whose_agent_stops_goes_down_and_its_instance_is_lost() {
     gone.stop();
     let down = wait_for("the silent host to be down", TIMEOUT, || async {
         let h = cloud.host(&gone.id).await;
-        (h.state == "down").then_some(h)
+        (h.state == HostState::Down).then_some(h)
     })
     .await;
     assert_eq!(down.name, gone.name);
-    assert_eq!(cloud.host(&other.id).await.state, "up", "the host that kept its agent went down too");
+    assert_eq!(cloud.host(&other.id).await.state, HostState::Up, "the host that kept its agent went down too");
     // Its disks were on that host alone, so nothing can restart it elsewhere.
     let lost = cloud.wait_for_instance_state(admin, &id, InstanceState::Lost, TIMEOUT).await;
     assert!(lost.error.as_deref().is_some_and(|e| !e.is_empty()), "a lost instance says why: {lost:?}");

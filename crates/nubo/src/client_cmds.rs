@@ -91,7 +91,7 @@ fn print_instance(i: &Instance) {
         for r in &i.runs {
             let code = r.exit_code.map(|c| format!(" exit {c}")).unwrap_or_default();
             println!("  {} {:<10} {}{code} {}", r.id, r.state, r.what, r.error.as_deref().unwrap_or(""));
-            if r.state == "failed" {
+            if r.state == nubo_api::views::RunState::Failed {
                 for line in r.log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev() {
                     println!("      | {line}");
                 }
@@ -207,7 +207,7 @@ pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
                     };
                     crate::provision_cmds::report_end(&done);
                     i = c.instance(i.id.as_str()).await?;
-                    if done.state != "succeeded" {
+                    if done.state != nubo_api::views::RunState::Succeeded {
                         anyhow::bail!(
                             "instance {} is running but its recipe {} failed; see `nubo run show {}`",
                             i.id,

@@ -67,7 +67,11 @@ fn print_lb(lb: &LoadBalancer) {
                 b.in_flight.to_string(),
                 b.cpu_percent.map(|c| format!("{c:.0}%")).unwrap_or_else(|| "-".into()),
                 // The last error is history once the backend is up again.
-                if b.health == "up" { String::new() } else { b.last_error.clone().unwrap_or_default() },
+                if b.health == nubo_api::lb::BackendHealth::Up {
+                    String::new()
+                } else {
+                    b.last_error.clone().unwrap_or_default()
+                },
             ]
         })
         .collect();
@@ -175,7 +179,7 @@ pub async fn lb(cmd: LbCmd, conn: &Conn) -> anyhow::Result<()> {
                 let rows: Vec<Vec<String>> = list
                     .iter()
                     .map(|lb| {
-                        let up = lb.backends.iter().filter(|b| b.health == "up").count();
+                        let up = lb.backends.iter().filter(|b| b.health == nubo_api::lb::BackendHealth::Up).count();
                         vec![
                             lb.id.to_string(),
                             lb.name.clone(),

@@ -250,7 +250,7 @@ pub async fn provision(
     if output == Format::Json {
         crate::output::print_json(&done)?;
     }
-    if done.state != "succeeded" {
+    if done.state != nubo_api::views::RunState::Succeeded {
         anyhow::bail!("recipe {} failed in {instance}; see `nubo run show {}`", done.what, done.id);
     }
     Ok(())

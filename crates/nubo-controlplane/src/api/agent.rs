@@ -15,7 +15,7 @@ use nubo_api::agent::{
     RegisterHost, RunAck, RunAction, RunProgress,
 };
 use nubo_api::ids::{HostId, InstanceId, VolumeId};
-use nubo_api::views::RunState;
+use nubo_api::views::{MigrationState, RunState};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -138,18 +138,20 @@ pub async fn desired(
                     nubo_api::agent::MigrationRole::Source
                 },
                 target: match (&m.nbd_host, m.nbd_port, &m.migrate_uri) {
-                    (Some(h), Some(p), Some(u)) if m.state == "migrating" => Some(nubo_api::agent::MigrationTarget {
-                        nbd_host: h.clone(),
-                        nbd_port: p as u16,
-                        migrate_uri: u.clone(),
-                    }),
+                    (Some(h), Some(p), Some(u)) if m.state == MigrationState::Migrating => {
+                        Some(nubo_api::agent::MigrationTarget {
+                            nbd_host: h.clone(),
+                            nbd_port: p as u16,
+                            migrate_uri: u.clone(),
+                        })
+                    }
                     _ => None,
                 },
             }),
             None => None,
         };
         // The target of a failed migration removes its copy.
-        let failed_copy = migration.is_some_and(|m| target_here && m.state == "failed");
+        let failed_copy = migration.is_some_and(|m| target_here && m.state == MigrationState::Failed);
         let instance_volumes =
             if target_here { arriving_volumes.remove(&row.id).unwrap_or_default() } else { Vec::new() };
         let public_keys = match (row.key_name.clone(), row.public_key.clone()) {

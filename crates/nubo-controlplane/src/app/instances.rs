@@ -317,18 +317,14 @@ pub async fn launch(
         imds_tokens,
         ec2: record,
     };
+    // With a recipe, placing and starting the run are a saga: a run that
+    // cannot start terminates the instance (see `sagas::launch`).
+    if let Some(recipe) = &p.recipe {
+        return crate::sagas::launch::launch(ctx, &crate::sagas::launch::LaunchParams::new(&new, caller, recipe)).await;
+    }
     let (host, _) = placement::place(ctx, &new).await?;
     tracing::info!(instance = %id, %host, "instance placed");
-    if let Some(recipe) = &p.recipe {
-        super::provisioning::start_recipe_run(ctx, caller, id.as_str(), recipe, true).await?;
-    }
-    if network_ids.is_empty() {
-        ctx.bump_host(host.as_str());
-    } else {
-        // Other hosts on its networks gain a VXLAN peer and, through
-        // source-group rules, maybe a new allowed address.
-        ctx.bump();
-    }
+    crate::sagas::launch::announce(ctx, &host, !network_ids.is_empty());
     ctx.store.instance(id.as_str()).await?.ok_or_else(|| AppError::internal("instance vanished"))
 }
 

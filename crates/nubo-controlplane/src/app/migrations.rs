@@ -1,18 +1,22 @@
 //! Operations on live migrations: starting one (an operator's migrate,
 //! a host's evacuation, a rebalance policy), listing and showing them,
 //! draining and enabling hosts, and the two steps the hosts report (the
-//! target is ready; the move ended). Where the instance goes is
-//! placement's choice (`placement::choose`); the records and their claims
+//! target is ready; the move ended). A migration's steps are a saga
+//! (`sagas::migration`): where the instance goes is placement's choice
+//! (`placement::choose`) in its first step; the records and their claims
 //! are `migrations`' SQL.
 
 use crate::auth::{Caller, HostCaller};
 use crate::error::{AppError, AppResult};
-use crate::migrations::{MigrationRow, Outcome, StartError};
-use crate::placement::{self, Constraints, Demand, Weigher};
+use crate::migrations::{MigrationRow, Outcome};
+use crate::placement::Weigher;
+use crate::saga::SagaState;
+use crate::sagas::migration::{self, MigrationParams};
 use crate::store::{HostRow, InstanceRow};
 use crate::Ctx;
 use nubo_api::agent::PowerState;
 use nubo_api::agent::{MigrationDone, MigrationTarget};
+use nubo_api::ids::MigrationId;
 use nubo_api::views::InstanceState;
 use nubo_api::views::Migration;
 use std::sync::Arc;
@@ -78,23 +82,30 @@ pub async fn start(
         }
         None => None,
     };
-    let constraints = Constraints {
-        pin: pin.as_deref(),
-        exclude: Some(&source),
+    // The rest is the migration's saga: choose the target, claim it, ask
+    // it to prepare, then (later rounds) the source to send.
+    let params = MigrationParams {
+        migration_id: MigrationId::generate().to_string(),
+        instance_id: row.id.clone(),
+        source,
+        pin,
         underlay: !ctx.store.instance_network_ports(&row.id).await?.is_empty(),
         weigher,
-        ..Constraints::default()
+        vcpus: row.vcpus as u32,
+        memory_mib: row.memory_mib as u64,
+        disk_gib: row.disk_gib as u64,
     };
-    let demand = Demand { vcpus: row.vcpus as u32, memory_mib: row.memory_mib as u64, disk_gib: row.disk_gib as u64 };
-    let target = placement::choose(ctx, demand, &constraints).await?.best;
-    let m = ctx.store.start_migration(row, &source, &target.id, target.limits).await.map_err(|e| match e {
-        StartError::Busy(..) | StartError::Lost(_) => AppError::Conflict(e.to_string()),
-        StartError::Db(e) => e.into(),
-    })?;
-    tracing::info!(instance = %row.id, migration = %m.id, from = %source, to = %target.id, "live migration started");
-    ctx.bump_host(&source);
-    ctx.bump_host(&target.id);
-    Ok(m)
+    let s = migration::begin(ctx, &params).await?;
+    if s.state == SagaState::Unwound {
+        let why = s.error.unwrap_or_else(|| "the migration could not start".into());
+        // Nothing was done: placement refused. Otherwise the claim was
+        // refused (another migration, or the host filled meanwhile).
+        return Err(if s.progress == 0 { AppError::NoValidHost(why) } else { AppError::Conflict(why) });
+    }
+    ctx.store
+        .migration(&params.migration_id)
+        .await?
+        .ok_or_else(|| AppError::internal(format!("migration {} was not recorded", params.migration_id)))
 }
 
 /// An operator live-migrates instance `id` to `to`, or where placement

@@ -1,6 +1,8 @@
 //! Failover: every couple of seconds, live migrations whose target never
 //! got ready are given up, and the instances of hosts silent past their
-//! lease are restarted elsewhere or marked lost (see `failover`).
+//! lease are restarted elsewhere or marked lost (see `failover`). The
+//! same round runs on the sagas that wait on hosts or that a crash left
+//! under way: live migrations, failovers, and launches with a recipe.
 
 use super::{Info, Scope, Task, TaskError, TaskFuture};
 use crate::Ctx;
@@ -21,7 +23,11 @@ impl Task for Failover {
 
     fn run<'a>(&'a self, ctx: &'a Arc<Ctx>) -> TaskFuture<'a> {
         Box::pin(async move {
-            crate::failover::run_once(ctx).await.map_err(|e| TaskError::new("cannot run the down-host round", e))
+            crate::failover::run_once(ctx).await.map_err(|e| TaskError::new("cannot run the down-host round", e))?;
+            crate::sagas::launch::resume(ctx)
+                .await
+                .map_err(|e| TaskError::new("cannot run on the launches with a recipe", e))?;
+            Ok(())
         })
     }
 }

@@ -145,3 +145,22 @@ pub(super) async fn unfinished(store: &Store, name: &str, now: i64) -> Result<Ve
     .await?;
     Ok(ids.into_iter().map(SagaId::from_db).collect())
 }
+
+/// The unfinished saga named `name` whose key begins with `prefix`, if any
+/// (the oldest): for owners that make a new saga per try of one thing.
+pub async fn unfinished_with_key_prefix(
+    store: &Store,
+    name: &str,
+    prefix: &str,
+) -> Result<Option<SagaId>, sqlx::Error> {
+    let escaped = prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    let id: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM sagas WHERE state IN ('running', 'unwinding') AND name = $1 AND saga_key LIKE $2 ESCAPE '\\'
+         ORDER BY created_at_ms, id LIMIT 1",
+    )
+    .bind(name)
+    .bind(format!("{escaped}%"))
+    .fetch_optional(&store.pool)
+    .await?;
+    Ok(id.map(SagaId::from_db))
+}
