@@ -163,3 +163,36 @@ fn the_application_layer_knows_nothing_of_http() {
         found.join("\n")
     );
 }
+
+/// States are enums (`nubo_api::state_enum!`): no struct of the control
+/// plane or of the API types holds one as a string, and no code compares
+/// one's spelling. (Comparing an enum with a `&str` does not compile
+/// outside tests; this catches the spelled-out way round it.)
+#[test]
+fn states_are_enums_not_strings() {
+    let api = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../nubo-api/src");
+    let mut files = all_sources();
+    sources(&api, &api, &mut files);
+    let mut found = Vec::new();
+    for (file, text) in files {
+        for (n, line) in code_lines(&text) {
+            let l = line.trim();
+            // A field that records a state (a user's input naming one,
+            // such as a policy's `check_state`, is parsed where it is
+            // checked, with its own message).
+            let field = l.strip_prefix("pub ").unwrap_or(l);
+            let holds_string = ["state", "desired", "attach_state"].iter().any(|name| {
+                [": String", ": Option<String>"].iter().any(|ty| field.starts_with(&format!("{name}{ty}")))
+            });
+            let compares_spelling =
+                ["state.as_str() ==", "state.as_str() !=", "desired.as_str() ==", "desired.as_str() !="]
+                    .iter()
+                    .any(|p| l.contains(p))
+                    || l.contains("matches!(") && (l.contains("state.as_str()") || l.contains("desired.as_str()"));
+            if holds_string || compares_spelling {
+                found.push(format!("{file}:{n}: {l}"));
+            }
+        }
+    }
+    assert!(found.is_empty(), "a state held or compared as a string; use its enum:\n{}", found.join("\n"));
+}

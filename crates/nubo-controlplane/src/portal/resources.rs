@@ -601,7 +601,9 @@ async fn show_group(State(ctx): State<Arc<Ctx>>, s: Session, Path(name): Path<St
 
 #[derive(Debug, Deserialize)]
 struct DesiredForm {
-    desired: String,
+    /// The group's new desired count, as typed.
+    #[serde(rename = "desired")]
+    count: String,
 }
 
 async fn set_desired(
@@ -609,7 +611,7 @@ async fn set_desired(
     Path(name): Path<String>,
     Posted { session: s, form }: Posted<DesiredForm>,
 ) -> PageResult {
-    let desired = form.desired.trim().parse().map_err(|_| bad("desired must be a whole number"))?;
+    let desired = form.count.trim().parse().map_err(|_| bad("desired must be a whole number"))?;
     app::automation::set_desired(&ctx, &s.caller, &name, desired).await?;
     Ok(see_other(&format!("/ui/groups/{name}")))
 }

@@ -1,7 +1,7 @@
 //! The sagas' rows (tables `sagas` and `saga_steps`, migration 0016), in
 //! the SQL both databases accept, on the store's pool.
 
-use super::{SagaId, SagaState};
+use super::{SagaId, SagaState, StepState};
 use crate::store::{now_ms, Store};
 use serde_json::Value;
 use sqlx::FromRow;
@@ -23,7 +23,7 @@ pub struct SagaRow {
 #[derive(Debug, Clone, FromRow)]
 pub struct StepRow {
     pub step: i64,
-    pub state: String,
+    pub state: StepState,
     pub output_json: Option<String>,
 }
 
@@ -74,12 +74,13 @@ pub(super) async fn steps(store: &Store, id: &SagaId) -> Result<Vec<StepRow>, sq
 /// Records that step `i` begins (a no-op if a crashed run already did).
 pub(super) async fn start_step(store: &Store, id: &SagaId, i: usize, name: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO saga_steps (saga_id, step, name, state, updated_at_ms) VALUES ($1, $2, $3, 'started', $4)
+        "INSERT INTO saga_steps (saga_id, step, name, state, updated_at_ms) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (saga_id, step) DO NOTHING",
     )
     .bind(id.as_str())
     .bind(i as i64)
     .bind(name)
+    .bind(StepState::Started)
     .bind(now_ms())
     .execute(&store.pool)
     .await?;
@@ -88,8 +89,9 @@ pub(super) async fn start_step(store: &Store, id: &SagaId, i: usize, name: &str)
 
 pub(super) async fn finish_step(store: &Store, id: &SagaId, i: usize, output: &Value) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE saga_steps SET state = 'done', output_json = $1, updated_at_ms = $2 WHERE saga_id = $3 AND step = $4",
+        "UPDATE saga_steps SET state = $1, output_json = $2, updated_at_ms = $3 WHERE saga_id = $4 AND step = $5",
     )
+    .bind(StepState::Done)
     .bind(output.to_string())
     .bind(now_ms())
     .bind(id.as_str())
@@ -99,12 +101,19 @@ pub(super) async fn finish_step(store: &Store, id: &SagaId, i: usize, output: &V
     Ok(())
 }
 
-pub(super) async fn set_step_state(store: &Store, id: &SagaId, i: usize, state: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE saga_steps SET state = $1, updated_at_ms = $2 WHERE saga_id = $3 AND step = $4")
+/// Moves step `i` on to `state`, only from a state that may become it
+/// (`StepState::can_become`); a replay that finds it there already
+/// changes nothing.
+pub(super) async fn set_step_state(store: &Store, id: &SagaId, i: usize, state: StepState) -> Result<(), sqlx::Error> {
+    let Some(from) = StepState::ALL.iter().copied().find(|s| s.can_become(state)) else {
+        return Err(sqlx::Error::Protocol(format!("a saga step never becomes {state}")));
+    };
+    sqlx::query("UPDATE saga_steps SET state = $1, updated_at_ms = $2 WHERE saga_id = $3 AND step = $4 AND state = $5")
         .bind(state)
         .bind(now_ms())
         .bind(id.as_str())
         .bind(i as i64)
+        .bind(from)
         .execute(&store.pool)
         .await?;
     Ok(())

@@ -94,6 +94,44 @@ nubo_api::state_enum! {
     }
 }
 
+nubo_api::state_enum! {
+    /// Where one step of a saga is.
+    pub enum StepState("saga step") {
+        /// Its action began (and may have been cut short by a crash: it
+        /// runs again, which is why actions are idempotent).
+        Started = "started",
+        /// Its action finished; its output is recorded.
+        Done = "done",
+        /// Unwinding: its undo began.
+        Undoing = "undoing",
+        /// Its undo finished.
+        Undone = "undone",
+    }
+}
+
+impl StepState {
+    /// How far the step has gone, counting its action as one and its undo
+    /// as one more (a saga's progress is the sum over its steps).
+    pub fn progress(self) -> usize {
+        match self {
+            Self::Started => 0,
+            Self::Done | Self::Undoing => 1,
+            Self::Undone => 2,
+        }
+    }
+
+    /// Whether its action's output is recorded (done, or being undone or
+    /// undone after it was done).
+    pub fn has_output(self) -> bool {
+        self != Self::Started
+    }
+
+    /// The legal moves: forwards through the action, then through the undo.
+    pub fn can_become(self, to: Self) -> bool {
+        matches!((self, to), (Self::Started, Self::Done) | (Self::Done, Self::Undoing) | (Self::Undoing, Self::Undone))
+    }
+}
+
 impl SagaState {
     /// Done or unwound: nothing more will run.
     pub fn finished(self) -> bool {
@@ -248,26 +286,19 @@ pub async fn run_with<S: SagaDef>(
     // Every recorded step, by index.
     let steps = db::steps(store, id).await?;
     let mut outputs = Outputs::default();
-    let mut step_state: Vec<Option<String>> = vec![None; names.len()];
+    let mut step_state: Vec<Option<StepState>> = vec![None; names.len()];
     for s in &steps {
         let i = s.step as usize;
         if let Some(name) = names.get(i) {
-            step_state[i] = Some(s.state.clone());
-            if s.state != "started" {
+            step_state[i] = Some(s.state);
+            if s.state.has_output() {
                 let v = s.output_json.as_deref().and_then(|o| serde_json::from_str(o).ok()).unwrap_or(Value::Null);
                 outputs.0.push((name, v));
             }
         }
     }
     // An action done counts one, its undo one more.
-    let mut recorded: usize = step_state
-        .iter()
-        .map(|s| match s.as_deref() {
-            Some("done" | "undoing") => 1,
-            Some("undone") => 2,
-            _ => 0,
-        })
-        .sum();
+    let mut recorded: usize = step_state.iter().flatten().map(|s| s.progress()).sum();
     let status = |state, error: &Option<String>, attempts, outputs: &Outputs, progress| Status {
         state,
         error: error.clone(),
@@ -278,7 +309,7 @@ pub async fn run_with<S: SagaDef>(
 
     if state == SagaState::Running {
         for (i, name) in names.iter().enumerate() {
-            if step_state[i].as_deref().is_some_and(|s| s != "started") {
+            if step_state[i].is_some_and(StepState::has_output) {
                 continue;
             }
             if crash_now(recorded) && !opts.crash_in_flight {
@@ -286,7 +317,7 @@ pub async fn run_with<S: SagaDef>(
             }
             if step_state[i].is_none() {
                 db::start_step(store, id, i, name).await?;
-                step_state[i] = Some("started".into());
+                step_state[i] = Some(StepState::Started);
             }
             let step = if opts.fail_at == Some(i) {
                 Step::Fail(format!("injected failure at step {name}"))
@@ -299,7 +330,7 @@ pub async fn run_with<S: SagaDef>(
             match step {
                 Step::Done(output) => {
                     db::finish_step(store, id, i, &output).await?;
-                    step_state[i] = Some("done".into());
+                    step_state[i] = Some(StepState::Done);
                     outputs.0.push((name, output));
                     attempts = 0;
                     error = None;
@@ -336,15 +367,15 @@ pub async fn run_with<S: SagaDef>(
 
     if state == SagaState::Unwinding {
         for (i, name) in names.iter().enumerate().rev() {
-            if !matches!(step_state[i].as_deref(), Some("done" | "undoing")) {
+            if !matches!(step_state[i], Some(StepState::Done | StepState::Undoing)) {
                 continue;
             }
             if crash_now(recorded) && !opts.crash_in_flight {
                 return Ok(status(state, &error, attempts, &outputs, recorded));
             }
-            if step_state[i].as_deref() == Some("done") {
-                db::set_step_state(store, id, i, "undoing").await?;
-                step_state[i] = Some("undoing".into());
+            if step_state[i] == Some(StepState::Done) {
+                db::set_step_state(store, id, i, StepState::Undoing).await?;
+                step_state[i] = Some(StepState::Undoing);
             }
             let undo = S::undo(env, &params, name, &outputs).await?;
             if crash_now(recorded) {
@@ -352,8 +383,8 @@ pub async fn run_with<S: SagaDef>(
             }
             match undo {
                 Undo::Done => {
-                    db::set_step_state(store, id, i, "undone").await?;
-                    step_state[i] = Some("undone".into());
+                    db::set_step_state(store, id, i, StepState::Undone).await?;
+                    step_state[i] = Some(StepState::Undone);
                     recorded += 1;
                 }
                 Undo::Wait => return Ok(status(state, &error, attempts, &outputs, recorded)),
@@ -369,16 +400,9 @@ pub async fn run_with<S: SagaDef>(
 pub async fn status(store: &Store, id: &SagaId) -> Result<Option<Status>, sqlx::Error> {
     let Some(row) = db::saga(store, id).await? else { return Ok(None) };
     let steps = db::steps(store, id).await?;
-    let progress = steps
-        .iter()
-        .map(|s| match s.state.as_str() {
-            "done" | "undoing" => 1,
-            "undone" => 2,
-            _ => 0,
-        })
-        .sum();
+    let progress = steps.iter().map(|s| s.state.progress()).sum();
     let last: Option<String> =
-        steps.into_iter().filter(|s| s.state == "done").max_by_key(|s| s.step).and_then(|s| s.output_json);
+        steps.into_iter().filter(|s| s.state == StepState::Done).max_by_key(|s| s.step).and_then(|s| s.output_json);
     Ok(Some(Status {
         state: row.state,
         error: row.error,

@@ -188,3 +188,19 @@ fn saga_states_go_forward_or_unwind_and_never_come_back() {
         ["running>running", "running>unwinding", "running>done", "unwinding>unwinding", "unwinding>unwound"]
     );
 }
+
+#[test]
+fn a_step_moves_only_forwards_through_its_action_then_its_undo() {
+    use super::StepState::{self, *};
+    let legal = [(Started, Done), (Done, Undoing), (Undoing, Undone)];
+    for from in StepState::ALL {
+        for to in StepState::ALL {
+            assert_eq!(from.can_become(*to), legal.contains(&(*from, *to)), "{from} -> {to}");
+        }
+    }
+    assert_eq!(
+        StepState::ALL.iter().map(|s| s.progress()).collect::<Vec<_>>(),
+        [0, 1, 1, 2],
+        "an action counts one, its undo one more"
+    );
+}
