@@ -262,18 +262,7 @@ pub async fn reconcile(ctx: &Arc<Ctx>) -> Result<(), sqlx::Error> {
         for m in members {
             match ctx.store.member_health(&m).await? {
                 Health::Replace(why) => {
-                    if ctx
-                        .store
-                        .set_desired(
-                            &m.id,
-                            &[PowerState::Running, PowerState::Stopped],
-                            PowerState::Deleted,
-                            false,
-                            false,
-                            "terminate",
-                        )
-                        .await?
-                    {
+                    if ctx.store.terminate(&m.id).await? {
                         ctx.store.group_activity(&g.id, "replace", &format!("terminating {} ({why})", m.id)).await?;
                         ctx.bump();
                     }

@@ -555,6 +555,22 @@ impl Store {
             .await
     }
 
+    /// Terminates an instance on the cloud's own behalf (a group, a
+    /// rollback, a saga's undo): desired `deleted` from running or
+    /// stopped, recorded as a `terminate` event. False when it was not
+    /// running or stopped (already terminated, say).
+    pub async fn terminate(&self, id: &str) -> Result<bool, sqlx::Error> {
+        self.set_desired(
+            id,
+            &[PowerState::Running, PowerState::Stopped],
+            PowerState::Deleted,
+            false,
+            false,
+            "terminate",
+        )
+        .await
+    }
+
     /// Changes what the user wants, if the instance's desired state is one
     /// of `from` and may become `desired` ([`PowerState::can_become`]).
     /// Returns false when it was not (the caller says why).
@@ -885,7 +901,7 @@ pub fn derive_state(desired: PowerState, actual: ActualPower) -> InstanceState {
 }
 
 /// An instance's size on a host (vCPUs, MiB of memory, GiB of disk), or what a host may hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Size {
     pub vcpus: i64,
     pub memory_mib: i64,

@@ -7,7 +7,6 @@ use crate::auth::Caller;
 use crate::authz::{self, Access};
 use crate::error::{AppError, AppResult};
 use crate::Ctx;
-use nubo_api::agent::PowerState;
 use nubo_api::automation::{Group, GroupCreate, GroupMember, Policy, PolicyDoc};
 use std::sync::Arc;
 
@@ -212,16 +211,7 @@ pub async fn set_desired(ctx: &Arc<Ctx>, caller: &Caller, name: &str, desired: u
 pub async fn delete_group(ctx: &Arc<Ctx>, caller: &Caller, name: &str) -> AppResult<()> {
     let g = load_group(ctx, caller, name, Access::Write).await?;
     for m in ctx.store.group_members(&g.id).await? {
-        ctx.store
-            .set_desired(
-                &m.id,
-                &[PowerState::Running, PowerState::Stopped],
-                PowerState::Deleted,
-                false,
-                false,
-                "terminate",
-            )
-            .await?;
+        ctx.store.terminate(&m.id).await?;
     }
     ctx.store.delete_group(&g.id).await?;
     ctx.bump();

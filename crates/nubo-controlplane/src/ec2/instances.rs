@@ -527,17 +527,7 @@ async fn launch_all(
             Err(e) => {
                 // Fewer than MinCount: undo what was launched, as EC2 launches none.
                 for r in &rows {
-                    let _ = ctx
-                        .store
-                        .set_desired(
-                            &r.id,
-                            &[PowerState::Running, PowerState::Stopped],
-                            PowerState::Deleted,
-                            false,
-                            false,
-                            "terminate",
-                        )
-                        .await;
+                    let _ = ctx.store.terminate(&r.id).await;
                 }
                 if !rows.is_empty() {
                     ctx.bump();

@@ -27,8 +27,9 @@ use crate::Ctx;
 use nubo_scheduler::{HostSnapshot, Policy};
 use std::fmt;
 
-/// One host that can take the need.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One host that can take the need (a saga records it as its step's
+/// output, so it is serializable).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Chosen {
     pub id: String,
     pub name: String,

@@ -15,9 +15,8 @@
 //! makes that safe (the lease ran out on the one that made the saga, and
 //! no renewal came since).
 
-use crate::placement::{self, Constraints, Demand, Refusal};
+use crate::placement::{self, Chosen, Constraints, Demand, Refusal};
 use crate::saga::{self, db, Outputs, SagaDef, SagaId, Step, Undo};
-use crate::store::Size;
 use crate::Ctx;
 use serde::{Deserialize, Serialize};
 
@@ -36,16 +35,6 @@ pub struct FailoverParams {
     pub disk_gib: u64,
 }
 
-/// Where the instance goes, or null (nowhere: it is lost).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Target {
-    id: String,
-    name: String,
-    vcpus: i64,
-    memory_mib: i64,
-    disk_gib: i64,
-}
-
 /// The steps of failing one instance over.
 pub struct Failover;
 
@@ -62,7 +51,7 @@ impl SagaDef for Failover {
         if step == "choose-target" {
             return choose_target(ctx, p).await;
         }
-        match done.get::<Option<Target>>("choose-target").flatten() {
+        match done.get::<Option<Chosen>>("choose-target").flatten() {
             Some(t) => restart(ctx, p, &t).await,
             None => {
                 let reason = match &p.shared_storage {
@@ -92,28 +81,20 @@ impl SagaDef for Failover {
 
 /// Only a host that shares the dead one's storage has the disks.
 async fn choose_target(ctx: &Ctx, p: &FailoverParams) -> Result<Step, sqlx::Error> {
-    let Some(s) = &p.shared_storage else { return Ok(Step::done(None::<Target>)) };
+    let Some(s) = &p.shared_storage else { return Ok(Step::done(None::<Chosen>)) };
     let demand = Demand { vcpus: p.vcpus, memory_mib: p.memory_mib, disk_gib: p.disk_gib };
     let c = Constraints { exclude: Some(&p.dead_host), shared_storage: Some(s), ..Constraints::default() };
     match placement::choose(ctx, demand, &c).await {
-        Ok(choice) => {
-            let t = choice.best;
-            Ok(Step::done(Some(Target {
-                id: t.id,
-                name: t.name,
-                vcpus: t.limits.vcpus,
-                memory_mib: t.limits.memory_mib,
-                disk_gib: t.limits.disk_gib,
-            })))
-        }
-        Err(Refusal::NoHost { .. }) => Ok(Step::done(None::<Target>)),
+        // Where the instance goes, or null (nowhere: it is lost).
+        Ok(choice) => Ok(Step::done(Some(choice.best))),
+        Err(Refusal::NoHost { .. }) => Ok(Step::done(None::<Chosen>)),
         Err(Refusal::Db(e)) => Err(e),
     }
 }
 
 /// Restarts the instance on `t`, or finds that it needs no restart (an
 /// earlier try moved it, or its host came back).
-async fn restart(ctx: &Ctx, p: &FailoverParams, t: &Target) -> Result<Step, sqlx::Error> {
+async fn restart(ctx: &Ctx, p: &FailoverParams, t: &Chosen) -> Result<Step, sqlx::Error> {
     let store = &ctx.store;
     let Some(row) = store.instance(&p.instance_id).await? else {
         return Ok(Step::done("gone"));
@@ -129,8 +110,7 @@ async fn restart(ctx: &Ctx, p: &FailoverParams, t: &Target) -> Result<Step, sqlx
         // It renewed its lease: it is alive and kept its VMs.
         return Ok(Step::done("host came back"));
     }
-    let limits = Size { vcpus: t.vcpus, memory_mib: t.memory_mib, disk_gib: t.disk_gib };
-    if store.restart_elsewhere(&row, &dead, &t.id, limits).await? {
+    if store.restart_elsewhere(&row, &dead, &t.id, t.limits).await? {
         tracing::warn!(instance = %row.id, from = %p.dead_name, to = %t.name,
             "host stopped reporting; instance restarted from its shared disk");
         ctx.bump();

@@ -180,17 +180,7 @@ async fn health_check(ctx: &Ctx, p: &LaunchParams, instance: &str) -> Result<Ste
 
 /// Asks for `instance` to be terminated (a no-op if it already is).
 async fn terminate(ctx: &Ctx, instance: &str) -> Result<bool, sqlx::Error> {
-    let changed = ctx
-        .store
-        .set_desired(
-            instance,
-            &[PowerState::Running, PowerState::Stopped],
-            PowerState::Deleted,
-            false,
-            false,
-            "terminate",
-        )
-        .await?;
+    let changed = ctx.store.terminate(instance).await?;
     if changed {
         ctx.bump();
     }

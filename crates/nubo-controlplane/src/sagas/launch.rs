@@ -12,7 +12,6 @@ use crate::error::AppError;
 use crate::saga::{self, Outputs, SagaDef, SagaState, Step, Undo};
 use crate::store::{InstanceRow, NewInstance};
 use crate::Ctx;
-use nubo_api::agent::PowerState;
 use nubo_api::ids::InstanceId;
 use nubo_api::params::RunCreate;
 use serde::{Deserialize, Serialize};
@@ -217,20 +216,7 @@ impl SagaDef for RecipeLaunch {
 
     async fn undo(env: &LaunchEnv, p: &LaunchParams, step: &'static str, _: &Outputs) -> Result<Undo, sqlx::Error> {
         // Terminate what was launched (the run, the last step, goes with it).
-        if step == "place"
-            && env
-                .ctx
-                .store
-                .set_desired(
-                    &p.id,
-                    &[PowerState::Running, PowerState::Stopped],
-                    PowerState::Deleted,
-                    false,
-                    false,
-                    "terminate",
-                )
-                .await?
-        {
+        if step == "place" && env.ctx.store.terminate(&p.id).await? {
             env.ctx.bump();
         }
         Ok(Undo::Done)

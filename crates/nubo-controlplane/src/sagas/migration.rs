@@ -18,9 +18,8 @@
 //! the same way, and the saga then unwinds with nothing left to free.
 
 use crate::migrations::{Outcome, StartError};
-use crate::placement::{self, Constraints, Demand, Refusal, Weigher};
+use crate::placement::{self, Chosen, Constraints, Demand, Refusal, Weigher};
 use crate::saga::{self, Outputs, SagaDef, SagaId, Status, Step, Undo};
-use crate::store::Size;
 use crate::Ctx;
 use nubo_api::views::MigrationState;
 use serde::{Deserialize, Serialize};
@@ -43,16 +42,6 @@ pub struct MigrationParams {
     pub disk_gib: u64,
 }
 
-/// The chosen target and the limits its claim is checked against.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Target {
-    id: String,
-    name: String,
-    vcpus: i64,
-    memory_mib: i64,
-    disk_gib: i64,
-}
-
 /// The steps of a live migration.
 pub struct Migration;
 
@@ -69,7 +58,7 @@ impl SagaDef for Migration {
         if step == "choose-target" {
             return choose_target(ctx, p).await;
         }
-        let Some(target) = done.get::<Target>("choose-target") else {
+        let Some(target) = done.get::<Chosen>("choose-target") else {
             return Ok(Step::Fail("the choose-target step recorded no target".into()));
         };
         let store = &ctx.store;
@@ -124,7 +113,7 @@ impl SagaDef for Migration {
         if step != "claim" {
             return Ok(Undo::Done);
         }
-        let Some(target) = done.get::<Target>("choose-target") else { return Ok(Undo::Done) };
+        let Some(target) = done.get::<Chosen>("choose-target") else { return Ok(Undo::Done) };
         let outcome = Outcome {
             ok: false,
             error: Some(format!(
@@ -158,16 +147,8 @@ async fn choose_target(ctx: &Ctx, p: &MigrationParams) -> Result<Step, sqlx::Err
     };
     let demand = Demand { vcpus: p.vcpus, memory_mib: p.memory_mib, disk_gib: p.disk_gib };
     match placement::choose(ctx, demand, &constraints).await {
-        Ok(choice) => {
-            let t = choice.best;
-            Ok(Step::done(Target {
-                id: t.id,
-                name: t.name,
-                vcpus: t.limits.vcpus,
-                memory_mib: t.limits.memory_mib,
-                disk_gib: t.limits.disk_gib,
-            }))
-        }
+        // The chosen target and the limits its claim is checked against.
+        Ok(choice) => Ok(Step::done(choice.best)),
         Err(Refusal::Db(e)) => Err(e),
         Err(no_host) => Ok(Step::Fail(no_host.to_string())),
     }
@@ -175,15 +156,14 @@ async fn choose_target(ctx: &Ctx, p: &MigrationParams) -> Result<Step, sqlx::Err
 
 /// Claims the target's capacity with the migration's row, or finds the
 /// row an earlier try made.
-async fn claim(ctx: &Ctx, p: &MigrationParams, target: &Target) -> Result<Step, sqlx::Error> {
+async fn claim(ctx: &Ctx, p: &MigrationParams, target: &Chosen) -> Result<Step, sqlx::Error> {
     if ctx.store.migration(&p.migration_id).await?.is_some() {
         return Ok(Step::done(&p.migration_id));
     }
     let Some(row) = ctx.store.instance(&p.instance_id).await? else {
         return Ok(Step::Fail(format!("instance {} no longer exists", p.instance_id)));
     };
-    let limits = Size { vcpus: target.vcpus, memory_mib: target.memory_mib, disk_gib: target.disk_gib };
-    match ctx.store.start_migration(&p.migration_id, &row, &p.source, &target.id, limits).await {
+    match ctx.store.start_migration(&p.migration_id, &row, &p.source, &target.id, target.limits).await {
         Ok(m) => Ok(Step::done(m.id)),
         Err(StartError::Db(e)) => Err(e),
         Err(e) => Ok(Step::Fail(e.to_string())),
