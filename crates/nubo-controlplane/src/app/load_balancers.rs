@@ -96,10 +96,16 @@ async fn place(ctx: &Ctx, caller: &Caller, project: &str, c: &LoadBalancerCreate
     if let Some(h) = hosts.into_iter().next() {
         return Ok(h);
     }
-    let snapshots = ctx.host_snapshots().await?;
-    snapshots.into_iter().find(|h| h.up).map(|h| h.id).ok_or_else(|| {
-        AppError::NoValidHost("no host is up to run the load balancer: start an agent (`nubo agent`)".into())
-    })
+    // No target yet: any host that is up, as placement ranks them (a
+    // balancer claims no capacity of its own).
+    let nothing = crate::placement::Demand { vcpus: 0, memory_mib: 0, disk_gib: 0 };
+    match crate::placement::choose(ctx, nothing, &crate::placement::Constraints::default()).await {
+        Ok(choice) => Ok(choice.best.id),
+        Err(crate::placement::Refusal::Db(e)) => Err(e.into()),
+        Err(crate::placement::Refusal::NoHost { .. }) => {
+            Err(AppError::NoValidHost("no host is up to run the load balancer: start an agent (`nubo agent`)".into()))
+        }
+    }
 }
 
 /// Creates a load balancer in front of instances and/or a group.
