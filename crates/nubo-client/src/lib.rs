@@ -351,6 +351,19 @@ impl Client {
         self.get_page("/api/v1/instances", limit, page_token).await
     }
 
+    /// One page of at most `limit` items (1 to 1000) of any paged REST list
+    /// (`path` such as `/api/v1/volumes`), starting where `page_token` (the
+    /// previous page's next token) says; the token of the next page, if any.
+    /// Pages other than the instances' run in creation order.
+    pub async fn list_page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        limit: u32,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<T>, Option<String>), ClientError> {
+        self.get_page(path, limit, page_token).await
+    }
+
     pub async fn create_instance(&self, p: &InstanceCreate) -> Result<Instance, ClientError> {
         self.post("/api/v1/instances", p).await
     }

@@ -8,7 +8,9 @@
 //! is the rows after it. Rows created meanwhile sort after every existing
 //! one, so paging through a list that grows returns each row that was
 //! there exactly once, and a page is read with an indexed range scan
-//! whatever its depth.
+//! whatever its depth. Lists whose store query takes no cursor yet (every
+//! REST list but the instances') are read whole and cut here by the same
+//! key ([`paged_list`]): the same pages and tokens, without the bounded read.
 
 use base64::Engine;
 use std::ops::RangeInclusive;
@@ -167,6 +169,50 @@ pub fn paged_json<T: serde::Serialize>(items: Vec<T>, next: Option<String>) -> a
     response
 }
 
+/// A REST list that is read whole and paged here (lists whose store query
+/// does not take a cursor yet). Without `limit` and token the answer is
+/// `items` exactly as given, in their own order and with no header, as
+/// before they paged; with them, the items are ordered by
+/// (`created_at_ms`, `id`) and the page is the `limit` items after the
+/// token's cursor, with the next page's token beside it.
+pub fn paged_list<T: serde::Serialize>(
+    items: Vec<T>,
+    page: &PageRequest,
+    cursor_of: impl Fn(&T) -> Cursor,
+) -> axum::response::Response {
+    let (items, next) = cut_in_memory(items, page, cursor_of);
+    paged_json(items, next)
+}
+
+/// The page of `items` that `page` asks for, cut in memory; see [`paged_list`].
+pub fn cut_in_memory<T>(
+    items: Vec<T>,
+    page: &PageRequest,
+    cursor_of: impl Fn(&T) -> Cursor,
+) -> (Vec<T>, Option<String>) {
+    if page.limit.is_none() && page.after.is_none() {
+        return (items, None);
+    }
+    let key = |c: Cursor| (c.created_at_ms, c.id);
+    let mut keyed: Vec<((i64, String), T)> = items.into_iter().map(|t| (key(cursor_of(&t)), t)).collect();
+    if let Some(after) = &page.after {
+        let after = key(after.clone());
+        keyed.retain(|(k, _)| *k > after);
+    }
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(n) = page.rows_to_read() {
+        keyed.truncate(usize::try_from(n).unwrap_or(usize::MAX));
+    }
+    page.cut(keyed.into_iter().map(|(_, t)| t).collect(), cursor_of)
+}
+
+impl Cursor {
+    /// The cursor of an item with this creation time and id.
+    pub fn of(created_at_ms: i64, id: impl ToString) -> Self {
+        Self { created_at_ms, id: id.to_string() }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +259,19 @@ mod tests {
         assert_eq!((page.len(), next), (2, None));
         let (page, next) = PageRequest::default().cut(rows, Clone::clone);
         assert_eq!((page.len(), next), (3, None));
+    }
+
+    #[test]
+    fn in_memory_pages_keep_the_whole_list_as_it_was_and_order_pages_by_time_then_id() {
+        // Listed by name today: (3, b), (1, c), (1, a).
+        let rows = vec![cursor(3, "i-b"), cursor(1, "i-c"), cursor(1, "i-a")];
+        let (whole, next) = cut_in_memory(rows.clone(), &PageRequest::default(), Clone::clone);
+        assert_eq!((whole, next), (rows.clone(), None));
+        let first = PageRequest { limit: Some(2), after: None };
+        let (page, next) = cut_in_memory(rows.clone(), &first, Clone::clone);
+        assert_eq!(page, vec![cursor(1, "i-a"), cursor(1, "i-c")]);
+        let after = Cursor::from_token(&next.unwrap()).unwrap();
+        let (page, next) = cut_in_memory(rows, &PageRequest { limit: Some(2), after: Some(after) }, Clone::clone);
+        assert_eq!((page, next), (vec![cursor(3, "i-b")], None));
     }
 }

@@ -23,10 +23,22 @@ pub async fn apply(
     Ok(Json(app::apply(&ctx, &caller, doc).await?))
 }
 
+/// List policies.
+/// With `limit`, one page of them, ordered by creation time then id:
+/// the `Next-Page-Token` header says where the next one starts.
 #[utoipa::path(get, path = "/api/v1/policies", tag = "automation", operation_id = "list_policies",
-    responses((status = 200, body = Vec<Policy>)))]
-pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Policy>>> {
-    Ok(Json(app::list(&ctx, &caller).await?))
+    params(crate::pagination::ListQuery),
+    responses((status = 200, body = Vec<Policy>,
+            headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
+        (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody)))]
+pub async fn list(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
+) -> AppResult<axum::response::Response> {
+    let page = q.page()?;
+    let items = app::list(&ctx, &caller).await?;
+    Ok(crate::pagination::paged_list(items, &page, |v| crate::pagination::Cursor::of(v.created_at_ms, &v.id)))
 }
 
 /// A policy with its newest firings (the values that caused each, and each action's outcome).
@@ -56,10 +68,22 @@ pub async fn create_group(
     Ok((StatusCode::CREATED, Json(app::create_group(&ctx, &caller, g).await?)))
 }
 
+/// List instance groups.
+/// With `limit`, one page of them, ordered by creation time then id:
+/// the `Next-Page-Token` header says where the next one starts.
 #[utoipa::path(get, path = "/api/v1/groups", tag = "automation", operation_id = "list_groups",
-    responses((status = 200, body = Vec<Group>)))]
-pub async fn list_groups(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Group>>> {
-    Ok(Json(app::list_groups(&ctx, &caller).await?))
+    params(crate::pagination::ListQuery),
+    responses((status = 200, body = Vec<Group>,
+            headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
+        (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody)))]
+pub async fn list_groups(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
+) -> AppResult<axum::response::Response> {
+    let page = q.page()?;
+    let items = app::list_groups(&ctx, &caller).await?;
+    Ok(crate::pagination::paged_list(items, &page, |v| crate::pagination::Cursor::of(v.created_at_ms, &v.id)))
 }
 
 /// A group with its members' health and its activity history.

@@ -25,10 +25,22 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(app::create(&ctx, &caller, c).await?)))
 }
 
+/// List load balancers.
+/// With `limit`, one page of them, ordered by creation time then id:
+/// the `Next-Page-Token` header says where the next one starts.
 #[utoipa::path(get, path = "/api/v1/load-balancers", tag = "load-balancers", operation_id = "list_load_balancers",
-    responses((status = 200, body = Vec<LoadBalancer>)))]
-pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<LoadBalancer>>> {
-    Ok(Json(app::list(&ctx, &caller).await?))
+    params(crate::pagination::ListQuery),
+    responses((status = 200, body = Vec<LoadBalancer>,
+            headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
+        (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody)))]
+pub async fn list(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
+) -> AppResult<axum::response::Response> {
+    let page = q.page()?;
+    let items = app::list(&ctx, &caller).await?;
+    Ok(crate::pagination::paged_list(items, &page, |v| crate::pagination::Cursor::of(v.created_at_ms, &v.id)))
 }
 
 /// A load balancer with each backend's health and counters.

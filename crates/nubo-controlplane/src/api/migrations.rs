@@ -31,11 +31,22 @@ pub async fn migrate(
     Ok((StatusCode::ACCEPTED, Json(app::migrate(&ctx, &caller, &id, p.to.as_deref()).await?)))
 }
 
-/// Migrations, newest first (operators).
+/// Migrations, newest first (operators): the 200 newest. With `limit`,
+/// one page of those same ones, ordered by creation time then id:
+/// the `Next-Page-Token` header says where the next one starts.
 #[utoipa::path(get, path = "/api/v1/migrations", tag = "hosts", operation_id = "list_migrations",
-    responses((status = 200, body = Vec<Migration>), (status = 403, body = nubo_api::error::ErrorBody)))]
-pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Migration>>> {
-    Ok(Json(app::list(&ctx, &caller).await?))
+    params(crate::pagination::ListQuery),
+    responses((status = 200, body = Vec<Migration>,
+            headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
+        (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody), (status = 403, body = nubo_api::error::ErrorBody)))]
+pub async fn list(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
+) -> AppResult<axum::response::Response> {
+    let page = q.page()?;
+    let items = app::list(&ctx, &caller).await?;
+    Ok(crate::pagination::paged_list(items, &page, |v| crate::pagination::Cursor::of(v.created_at_ms, &v.id)))
 }
 
 /// One migration (operators).

@@ -149,10 +149,22 @@ pub async fn create_rule(
     Ok((StatusCode::CREATED, Json(app::create_rule(&ctx, &caller, p).await?)))
 }
 
+/// List alert rules.
+/// With `limit`, one page of them, ordered by creation time then id:
+/// the `Next-Page-Token` header says where the next one starts.
 #[utoipa::path(get, path = "/api/v1/alert-rules", tag = "monitoring", operation_id = "list_alert_rules",
-    responses((status = 200, body = Vec<AlertRule>)))]
-pub async fn list_rules(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<AlertRule>>> {
-    Ok(Json(app::list_rules(&ctx, &caller).await?))
+    params(crate::pagination::ListQuery),
+    responses((status = 200, body = Vec<AlertRule>,
+            headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
+        (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody)))]
+pub async fn list_rules(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
+) -> AppResult<axum::response::Response> {
+    let page = q.page()?;
+    let items = app::list_rules(&ctx, &caller).await?;
+    Ok(crate::pagination::paged_list(items, &page, |v| crate::pagination::Cursor::of(v.created_at_ms, &v.id)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/alert-rules/{id}", tag = "monitoring", operation_id = "delete_alert_rule",

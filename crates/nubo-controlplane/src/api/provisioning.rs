@@ -30,10 +30,21 @@ pub async fn create_keypair(
 }
 
 /// The project's key pairs.
+/// With `limit`, one page of them, ordered by creation time then id:
+/// the `Next-Page-Token` header says where the next one starts.
 #[utoipa::path(get, path = "/api/v1/keypairs", tag = "keypairs", operation_id = "list_keypairs",
-    responses((status = 200, body = Vec<Keypair>), (status = 401, body = nubo_api::error::ErrorBody)))]
-pub async fn list_keypairs(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Keypair>>> {
-    Ok(Json(app::list_keypairs(&ctx, &caller).await?))
+    params(crate::pagination::ListQuery),
+    responses((status = 200, body = Vec<Keypair>,
+            headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
+        (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody), (status = 401, body = nubo_api::error::ErrorBody)))]
+pub async fn list_keypairs(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
+) -> AppResult<axum::response::Response> {
+    let page = q.page()?;
+    let items = app::list_keypairs(&ctx, &caller).await?;
+    Ok(crate::pagination::paged_list(items, &page, |v| crate::pagination::Cursor::of(v.created_at_ms, &v.id)))
 }
 
 /// Delete a key pair. Instances launched with it keep their key.

@@ -15,10 +15,21 @@ use nubo_api::views::{Snapshot, Volume};
 use std::sync::Arc;
 
 /// List volumes (deleted ones are not shown).
+/// With `limit`, one page of them, ordered by creation time then id:
+/// the `Next-Page-Token` header says where the next one starts.
 #[utoipa::path(get, path = "/api/v1/volumes", tag = "volumes", operation_id = "list_volumes",
-    responses((status = 200, body = Vec<Volume>), (status = 401, body = nubo_api::error::ErrorBody)))]
-pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Volume>>> {
-    Ok(Json(app::list(&ctx, &caller).await?))
+    params(crate::pagination::ListQuery),
+    responses((status = 200, body = Vec<Volume>,
+            headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
+        (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody), (status = 401, body = nubo_api::error::ErrorBody)))]
+pub async fn list(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
+) -> AppResult<axum::response::Response> {
+    let page = q.page()?;
+    let items = app::list(&ctx, &caller).await?;
+    Ok(crate::pagination::paged_list(items, &page, |v| crate::pagination::Cursor::of(v.created_at_ms, &v.id)))
 }
 
 /// Create a volume: a sparse file on one host's storage pool, claimed up
@@ -115,10 +126,21 @@ pub async fn create_snapshot(
 }
 
 /// List volume snapshots.
+/// With `limit`, one page of them, ordered by creation time then id:
+/// the `Next-Page-Token` header says where the next one starts.
 #[utoipa::path(get, path = "/api/v1/snapshots", tag = "volumes", operation_id = "list_snapshots",
-    responses((status = 200, body = Vec<Snapshot>)))]
-pub async fn list_snapshots(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<Snapshot>>> {
-    Ok(Json(app::list_snapshots(&ctx, &caller).await?))
+    params(crate::pagination::ListQuery),
+    responses((status = 200, body = Vec<Snapshot>,
+            headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
+        (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody)))]
+pub async fn list_snapshots(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
+) -> AppResult<axum::response::Response> {
+    let page = q.page()?;
+    let items = app::list_snapshots(&ctx, &caller).await?;
+    Ok(crate::pagination::paged_list(items, &page, |v| crate::pagination::Cursor::of(v.created_at_ms, &v.id)))
 }
 
 #[utoipa::path(get, path = "/api/v1/snapshots/{id}", tag = "volumes", operation_id = "show_snapshot",
