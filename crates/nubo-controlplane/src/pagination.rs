@@ -206,6 +206,59 @@ pub fn cut_in_memory<T>(
     page.cut(keyed.into_iter().map(|(_, t)| t).collect(), cursor_of)
 }
 
+/// An item of a list that is paged by (`created_at_ms`, `id`).
+pub trait Listed {
+    fn cursor(&self) -> Cursor;
+}
+
+/// The views whose REST lists are read whole and paged by [`Paged`].
+macro_rules! listed {
+    ($($view:ty),+) => {
+        $(impl Listed for $view {
+            fn cursor(&self) -> Cursor {
+                Cursor::of(self.created_at_ms, &self.id)
+            }
+        })+
+    };
+}
+
+listed!(
+    nubo_api::automation::Policy,
+    nubo_api::automation::Group,
+    nubo_api::views::Image,
+    nubo_api::lb::LoadBalancer,
+    nubo_api::views::Migration,
+    nubo_api::monitoring::AlertRule,
+    nubo_api::views::Network,
+    nubo_api::views::Keypair,
+    nubo_api::views::Volume,
+    nubo_api::views::Snapshot
+);
+
+/// The page a REST list is asked for (`?limit=&page_token=`), checked
+/// before the list is read: a bad one is a 400 even for an empty list.
+pub struct Page(pub PageRequest);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Page {
+    type Rejection = crate::error::AppError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let crate::error::ApiQuery(q) = crate::error::ApiQuery::<ListQuery>::from_request_parts(parts, state).await?;
+        Ok(Page(q.page()?))
+    }
+}
+
+/// A REST list's answer: the items read whole, paged here as
+/// [`paged_list`] says.
+pub struct Paged<T>(pub Vec<T>, pub Page);
+
+impl<T: Listed + serde::Serialize> axum::response::IntoResponse for Paged<T> {
+    fn into_response(self) -> axum::response::Response {
+        let Paged(items, Page(page)) = self;
+        paged_list(items, &page, T::cursor)
+    }
+}
+
 impl Cursor {
     /// The cursor of an item with this creation time and id.
     pub fn of(created_at_ms: i64, id: impl ToString) -> Self {

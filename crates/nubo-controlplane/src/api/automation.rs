@@ -5,6 +5,7 @@
 use crate::app::automation as app;
 use crate::auth::Caller;
 use crate::error::{ApiJson, AppResult};
+use crate::pagination::{Page, Paged};
 use crate::Ctx;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -31,14 +32,8 @@ pub async fn apply(
     responses((status = 200, body = Vec<Policy>,
             headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
         (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody)))]
-pub async fn list(
-    caller: Caller,
-    State(ctx): State<Arc<Ctx>>,
-    crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
-) -> AppResult<axum::response::Response> {
-    let page = q.page()?;
-    let items = app::list(&ctx, &caller).await?;
-    Ok(crate::pagination::paged_list(items, &page, |v| crate::pagination::Cursor::of(v.created_at_ms, &v.id)))
+pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>, page: Page) -> AppResult<Paged<Policy>> {
+    Ok(Paged(app::list(&ctx, &caller).await?, page))
 }
 
 /// A policy with its newest firings (the values that caused each, and each action's outcome).
@@ -76,14 +71,8 @@ pub async fn create_group(
     responses((status = 200, body = Vec<Group>,
             headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
         (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody)))]
-pub async fn list_groups(
-    caller: Caller,
-    State(ctx): State<Arc<Ctx>>,
-    crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
-) -> AppResult<axum::response::Response> {
-    let page = q.page()?;
-    let items = app::list_groups(&ctx, &caller).await?;
-    Ok(crate::pagination::paged_list(items, &page, |v| crate::pagination::Cursor::of(v.created_at_ms, &v.id)))
+pub async fn list_groups(caller: Caller, State(ctx): State<Arc<Ctx>>, page: Page) -> AppResult<Paged<Group>> {
+    Ok(Paged(app::list_groups(&ctx, &caller).await?, page))
 }
 
 /// A group with its members' health and its activity history.

@@ -7,6 +7,7 @@
 use crate::app::images as app;
 use crate::auth::{Caller, HostCaller};
 use crate::error::{ApiJson, ApiQuery, AppResult};
+use crate::pagination::{Page, Paged};
 use crate::Ctx;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -33,14 +34,8 @@ fn reader(body: Body) -> impl tokio::io::AsyncRead + Unpin {
     responses((status = 200, body = Vec<Image>,
             headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
         (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody), (status = 401, body = nubo_api::error::ErrorBody)))]
-pub async fn list(
-    caller: Caller,
-    State(ctx): State<Arc<Ctx>>,
-    crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
-) -> AppResult<axum::response::Response> {
-    let page = q.page()?;
-    let items = app::list(&ctx, &caller).await?;
-    Ok(crate::pagination::paged_list(items, &page, |v| crate::pagination::Cursor::of(v.created_at_ms, &v.id)))
+pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>, page: Page) -> AppResult<Paged<Image>> {
+    Ok(Paged(app::list(&ctx, &caller).await?, page))
 }
 
 /// Show an image, by id (`ami-...`) or name.

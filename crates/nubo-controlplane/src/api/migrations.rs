@@ -8,6 +8,7 @@
 use crate::app::migrations as app;
 use crate::auth::{Caller, HostCaller};
 use crate::error::{ApiJson, AppResult};
+use crate::pagination::{Page, Paged};
 use crate::Ctx;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -39,14 +40,8 @@ pub async fn migrate(
     responses((status = 200, body = Vec<Migration>,
             headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
         (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody), (status = 403, body = nubo_api::error::ErrorBody)))]
-pub async fn list(
-    caller: Caller,
-    State(ctx): State<Arc<Ctx>>,
-    crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
-) -> AppResult<axum::response::Response> {
-    let page = q.page()?;
-    let items = app::list(&ctx, &caller).await?;
-    Ok(crate::pagination::paged_list(items, &page, |v| crate::pagination::Cursor::of(v.created_at_ms, &v.id)))
+pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>, page: Page) -> AppResult<Paged<Migration>> {
+    Ok(Paged(app::list(&ctx, &caller).await?, page))
 }
 
 /// One migration (operators).

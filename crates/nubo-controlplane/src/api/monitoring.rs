@@ -7,6 +7,7 @@
 use crate::app::monitoring as app;
 use crate::auth::{Caller, HostCaller};
 use crate::error::{ApiJson, ApiQuery, AppResult};
+use crate::pagination::{Page, Paged};
 use crate::Ctx;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -157,14 +158,8 @@ pub async fn create_rule(
     responses((status = 200, body = Vec<AlertRule>,
             headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
         (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody)))]
-pub async fn list_rules(
-    caller: Caller,
-    State(ctx): State<Arc<Ctx>>,
-    crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
-) -> AppResult<axum::response::Response> {
-    let page = q.page()?;
-    let items = app::list_rules(&ctx, &caller).await?;
-    Ok(crate::pagination::paged_list(items, &page, |v| crate::pagination::Cursor::of(v.created_at_ms, &v.id)))
+pub async fn list_rules(caller: Caller, State(ctx): State<Arc<Ctx>>, page: Page) -> AppResult<Paged<AlertRule>> {
+    Ok(Paged(app::list_rules(&ctx, &caller).await?, page))
 }
 
 #[utoipa::path(delete, path = "/api/v1/alert-rules/{id}", tag = "monitoring", operation_id = "delete_alert_rule",

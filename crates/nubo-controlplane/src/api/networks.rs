@@ -5,6 +5,7 @@
 use crate::app::networks as app;
 use crate::auth::Caller;
 use crate::error::{ApiJson, AppResult};
+use crate::pagination::{Page, Paged};
 use crate::Ctx;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -21,14 +22,8 @@ use std::sync::Arc;
     responses((status = 200, body = Vec<Network>,
             headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
         (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody), (status = 401, body = nubo_api::error::ErrorBody)))]
-pub async fn list(
-    caller: Caller,
-    State(ctx): State<Arc<Ctx>>,
-    crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
-) -> AppResult<axum::response::Response> {
-    let page = q.page()?;
-    let items = app::list(&ctx, &caller).await?;
-    Ok(crate::pagination::paged_list(items, &page, |v| crate::pagination::Cursor::of(v.created_at_ms, &v.id)))
+pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>, page: Page) -> AppResult<Paged<Network>> {
+    Ok(Paged(app::list(&ctx, &caller).await?, page))
 }
 
 /// Create a private network: an IPv4 range whose first address is the

@@ -7,6 +7,7 @@
 use crate::app::provisioning as app;
 use crate::auth::Caller;
 use crate::error::{ApiJson, ApiQuery, AppResult};
+use crate::pagination::{Page, Paged};
 use crate::Ctx;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -37,14 +38,8 @@ pub async fn create_keypair(
     responses((status = 200, body = Vec<Keypair>,
             headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
         (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody), (status = 401, body = nubo_api::error::ErrorBody)))]
-pub async fn list_keypairs(
-    caller: Caller,
-    State(ctx): State<Arc<Ctx>>,
-    crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
-) -> AppResult<axum::response::Response> {
-    let page = q.page()?;
-    let items = app::list_keypairs(&ctx, &caller).await?;
-    Ok(crate::pagination::paged_list(items, &page, |v| crate::pagination::Cursor::of(v.created_at_ms, &v.id)))
+pub async fn list_keypairs(caller: Caller, State(ctx): State<Arc<Ctx>>, page: Page) -> AppResult<Paged<Keypair>> {
+    Ok(Paged(app::list_keypairs(&ctx, &caller).await?, page))
 }
 
 /// Delete a key pair. Instances launched with it keep their key.

@@ -6,6 +6,7 @@
 use crate::app::volumes as app;
 use crate::auth::Caller;
 use crate::error::{ApiJson, AppResult};
+use crate::pagination::{Page, Paged};
 use crate::Ctx;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -22,14 +23,8 @@ use std::sync::Arc;
     responses((status = 200, body = Vec<Volume>,
             headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
         (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody), (status = 401, body = nubo_api::error::ErrorBody)))]
-pub async fn list(
-    caller: Caller,
-    State(ctx): State<Arc<Ctx>>,
-    crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
-) -> AppResult<axum::response::Response> {
-    let page = q.page()?;
-    let items = app::list(&ctx, &caller).await?;
-    Ok(crate::pagination::paged_list(items, &page, |v| crate::pagination::Cursor::of(v.created_at_ms, &v.id)))
+pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>, page: Page) -> AppResult<Paged<Volume>> {
+    Ok(Paged(app::list(&ctx, &caller).await?, page))
 }
 
 /// Create a volume: a sparse file on one host's storage pool, claimed up
@@ -133,14 +128,8 @@ pub async fn create_snapshot(
     responses((status = 200, body = Vec<Snapshot>,
             headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
         (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody)))]
-pub async fn list_snapshots(
-    caller: Caller,
-    State(ctx): State<Arc<Ctx>>,
-    crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
-) -> AppResult<axum::response::Response> {
-    let page = q.page()?;
-    let items = app::list_snapshots(&ctx, &caller).await?;
-    Ok(crate::pagination::paged_list(items, &page, |v| crate::pagination::Cursor::of(v.created_at_ms, &v.id)))
+pub async fn list_snapshots(caller: Caller, State(ctx): State<Arc<Ctx>>, page: Page) -> AppResult<Paged<Snapshot>> {
+    Ok(Paged(app::list_snapshots(&ctx, &caller).await?, page))
 }
 
 #[utoipa::path(get, path = "/api/v1/snapshots/{id}", tag = "volumes", operation_id = "show_snapshot",
