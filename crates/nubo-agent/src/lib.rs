@@ -78,6 +78,7 @@ impl Agent {
             disk_gib: self.config.disk_gib,
             underlay: self.config.network.as_ref().map(|n| n.underlay.to_string()),
             shared_storage: self.config.shared_storage.as_ref().map(|p| p.display().to_string()),
+            externals: self.config.network.as_ref().map(|n| n.externals.keys().cloned().collect()).unwrap_or_default(),
         }
     }
 

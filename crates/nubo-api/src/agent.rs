@@ -24,6 +24,11 @@ pub struct RegisterHost {
     /// (the path is its name): a down host's instances restart on those.
     #[serde(default)]
     pub shared_storage: Option<String>,
+    /// The external networks' interface names this host maps
+    /// (`--external NAME=IFACE`): instances on those networks, or with
+    /// floating IPs from them, can run here.
+    #[serde(default)]
+    pub externals: Vec<String>,
 }
 
 crate::state_enum! {
@@ -237,6 +242,35 @@ pub struct DesiredNetwork {
     pub peers: Vec<String>,
     /// This host's ports on the network.
     pub ports: Vec<DesiredPort>,
+    /// Set for an external network: the host's interface it bridges to
+    /// instead of VXLAN (the network has no router then: its gateway is
+    /// the LAN's).
+    #[serde(default)]
+    pub external: Option<ExternalLink>,
+    /// Floating IPs of this host's ports on this (private) network.
+    #[serde(default)]
+    pub floating: Vec<FloatingNat>,
+}
+
+/// Where an external network is on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExternalLink {
+    /// The operator's name for it, mapped by each host (`--external NAME=IFACE`).
+    pub interface: String,
+    pub vlan: Option<u16>,
+    /// The address each host's DHCP for the network answers from; it
+    /// never leaves the host (an isolated bridge port).
+    pub service_address: String,
+}
+
+/// One floating IP of a port on this host: traffic to `address` on the
+/// external network `external` reaches `private` (1:1 NAT), and what
+/// `private` opens leaves as `address`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FloatingNat {
+    pub address: String,
+    pub private: String,
+    pub external: crate::ids::NetworkId,
 }
 
 /// An instance's NIC as its host's network plumbing sees it.

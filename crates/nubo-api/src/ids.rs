@@ -146,6 +146,11 @@ typed_id!(
     NetworkId, "net-", "network"
 );
 typed_id!(
+    /// An address of an external network a project holds, which follows
+    /// the instance it is associated with, `fip-...`.
+    FloatingIpId, "fip-", "floating IP"
+);
+typed_id!(
     /// One live migration of an instance between hosts, `mig-...`.
     MigrationId, "mig-", "migration"
 );

@@ -55,6 +55,44 @@ pub struct NetworkCreate {
     /// The IPv4 range, `/16` to `/29` (e.g. `10.20.0.0/24`). The first
     /// address is the gateway; instances get the others by DHCP.
     pub cidr: String,
+    /// An external (provider) network: the hosts' own LAN or VLAN, which
+    /// instances attach to directly and floating IPs come from. Operators only.
+    #[serde(default)]
+    pub external: Option<ExternalNetworkCreate>,
+}
+
+/// What makes a network external: where it is on each host, and its addresses.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalNetworkCreate {
+    /// The name each host maps to one of its interfaces or bridges
+    /// (`nubo agent --external NAME=IFACE`).
+    pub interface: String,
+    /// An 802.1Q tag (1-4094) on that interface; none: untagged.
+    #[serde(default)]
+    pub vlan: Option<u16>,
+    /// The LAN's router, which instances attached directly route through.
+    pub gateway: String,
+    /// `FIRST-LAST`: the addresses Nubo may hand out. The first answers
+    /// DHCP on each host and never leaves it; instances and floating IPs
+    /// get the others. Keep the LAN's own DHCP server out of this range.
+    pub pool: String,
+}
+
+/// `POST /api/v1/floating-ips`
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FloatingIpCreate {
+    /// The external network (id or name) to take the address from.
+    pub network: String,
+}
+
+/// `POST /api/v1/floating-ips/{id}/associate`
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FloatingIpAssociate {
+    /// The instance (id or name), which must have a NIC on a private network.
+    pub instance: String,
 }
 
 /// How the instance metadata service at 169.254.169.254 answers.
@@ -188,6 +226,8 @@ pub struct Quota {
     pub memory_mib: Option<u64>,
     #[serde(default)]
     pub volume_gib: Option<u64>,
+    #[serde(default)]
+    pub floating_ips: Option<u64>,
 }
 
 /// `POST /api/v1/users`

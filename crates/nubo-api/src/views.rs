@@ -127,6 +127,10 @@ pub struct InstanceAddress {
     /// IPv4 address, kept for the instance's life (stop, start, migration).
     pub address: String,
     pub mac: String,
+    /// The floating IP associated with this address, if any: where the
+    /// instance is reached from the external network.
+    #[serde(default)]
+    pub floating_ip: Option<String>,
 }
 
 /// A project's private network.
@@ -142,6 +146,35 @@ pub struct Network {
     pub vni: u32,
     /// Instances attached (not terminated).
     pub ports: Vec<NetworkPort>,
+    pub created_at_ms: i64,
+    /// Set for an external (provider) network.
+    #[serde(default)]
+    pub external: Option<ExternalNetwork>,
+}
+
+/// Where an external network is on the hosts, and which addresses Nubo hands out.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExternalNetwork {
+    /// The name hosts map to an interface (`nubo agent --external NAME=IFACE`).
+    pub interface: String,
+    pub vlan: Option<u16>,
+    /// The first address of the pool (each host's DHCP for the network).
+    pub pool_start: String,
+    pub pool_end: String,
+}
+
+/// A floating IP: an address of an external network held by a project.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FloatingIp {
+    pub id: crate::ids::FloatingIpId,
+    pub project_id: crate::ids::ProjectId,
+    pub network_id: crate::ids::NetworkId,
+    pub network: String,
+    pub address: String,
+    /// The instance it reaches, if associated.
+    pub instance_id: Option<InstanceId>,
+    /// The instance's private address the floating IP is translated to.
+    pub private_address: Option<String>,
     pub created_at_ms: i64,
 }
 

@@ -307,6 +307,38 @@ impl Client {
         self.delete(&format!("/api/v1/networks/{id}")).await
     }
 
+    pub async fn floating_ips(&self) -> Result<Vec<nubo_api::views::FloatingIp>, ClientError> {
+        self.get("/api/v1/floating-ips").await
+    }
+
+    pub async fn allocate_floating_ip(
+        &self,
+        p: &nubo_api::params::FloatingIpCreate,
+    ) -> Result<nubo_api::views::FloatingIp, ClientError> {
+        self.post("/api/v1/floating-ips", p).await
+    }
+
+    /// `id` is a floating IP's id or address.
+    pub async fn floating_ip(&self, id: &str) -> Result<nubo_api::views::FloatingIp, ClientError> {
+        self.get(&format!("/api/v1/floating-ips/{}", path_segment(id))).await
+    }
+
+    pub async fn associate_floating_ip(
+        &self,
+        id: &str,
+        p: &nubo_api::params::FloatingIpAssociate,
+    ) -> Result<nubo_api::views::FloatingIp, ClientError> {
+        self.post(&format!("/api/v1/floating-ips/{}/associate", path_segment(id)), p).await
+    }
+
+    pub async fn disassociate_floating_ip(&self, id: &str) -> Result<nubo_api::views::FloatingIp, ClientError> {
+        self.post(&format!("/api/v1/floating-ips/{}/disassociate", path_segment(id)), &serde_json::json!({})).await
+    }
+
+    pub async fn release_floating_ip(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/floating-ips/{}", path_segment(id))).await
+    }
+
     pub async fn security_groups(&self) -> Result<Vec<nubo_api::views::SecurityGroup>, ClientError> {
         self.get("/api/v1/security-groups").await
     }

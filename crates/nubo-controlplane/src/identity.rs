@@ -128,7 +128,8 @@ impl Store {
         let opt = |v: Option<u64>| v.map(|n| n.min(i64::MAX as u64) as i64);
         sqlx::query(
             "UPDATE projects SET quota_instances = COALESCE($1, quota_instances), quota_vcpus = COALESCE($2, quota_vcpus),
-               quota_memory_mib = COALESCE($3, quota_memory_mib), quota_volume_gib = COALESCE($4, quota_volume_gib)
+               quota_memory_mib = COALESCE($3, quota_memory_mib), quota_volume_gib = COALESCE($4, quota_volume_gib),
+               quota_floating_ips = COALESCE($6, quota_floating_ips)
              WHERE id = $5",
         )
         .bind(opt(q.instances))
@@ -136,6 +137,7 @@ impl Store {
         .bind(opt(q.memory_mib))
         .bind(opt(q.volume_gib))
         .bind(id)
+        .bind(opt(q.floating_ips))
         .execute(&self.pool)
         .await?;
         Ok(())

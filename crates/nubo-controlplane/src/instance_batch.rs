@@ -149,6 +149,9 @@ fn group<K: Eq + std::hash::Hash, V>(rows: impl IntoIterator<Item = (K, V)>) -> 
 pub struct Address {
     pub port: NetworkPortRow,
     pub network_name: String,
+    /// The floating IP translated to this NIC's address (the instance's
+    /// first NIC on a private network has it, if any).
+    pub floating_ip: Option<String>,
 }
 
 /// What an instance's REST view shows beside its row, for a selection.
@@ -209,19 +212,23 @@ impl Store {
         s: &Selection<'_>,
     ) -> Result<HashMap<String, Vec<Address>>, sqlx::Error> {
         let (ids, args) = s.ids();
-        let rows: Vec<(String, String, i64, String, String, Option<String>)> = bind_all(
+        let rows: Vec<(String, String, i64, String, String, Option<String>, Option<String>)> = bind_all(
             sqlx::query_as(&format!(
-                "SELECT p.instance_id, p.network_id, p.nic_index, p.mac, p.address, n.name FROM network_ports p
-                 LEFT JOIN networks n ON n.id = p.network_id WHERE p.instance_id IN ({ids})
+                "SELECT p.instance_id, p.network_id, p.nic_index, p.mac, p.address, n.name, f.address FROM network_ports p
+                 LEFT JOIN networks n ON n.id = p.network_id
+                 LEFT JOIN floating_ips f ON f.instance_id = p.instance_id AND n.external_interface IS NULL
+                   AND p.nic_index = (SELECT MIN(q.nic_index) FROM network_ports q JOIN networks qn ON qn.id = q.network_id
+                                      WHERE q.instance_id = p.instance_id AND qn.external_interface IS NULL)
+                 WHERE p.instance_id IN ({ids})
                  ORDER BY p.instance_id, p.nic_index"
             )),
             args,
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(group(rows.into_iter().map(|(instance_id, network_id, nic_index, mac, address, name)| {
+        Ok(group(rows.into_iter().map(|(instance_id, network_id, nic_index, mac, address, name, floating_ip)| {
             let port = NetworkPortRow { instance_id: instance_id.clone(), network_id, nic_index, mac, address };
-            (instance_id, Address { port, network_name: name.unwrap_or_default() })
+            (instance_id, Address { port, network_name: name.unwrap_or_default(), floating_ip })
         })))
     }
 

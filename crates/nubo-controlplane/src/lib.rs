@@ -17,6 +17,7 @@ pub mod ec2;
 pub mod error;
 pub mod exposition;
 pub mod failover;
+pub mod floating_ips;
 pub mod groups;
 pub mod identity;
 pub mod images;

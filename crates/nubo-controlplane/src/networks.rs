@@ -30,6 +30,42 @@ pub struct NetworkRow {
     pub gateway: String,
     pub vni: i64,
     pub created_at_ms: i64,
+    /// Set for an external network: the name hosts map to an interface.
+    pub external_interface: Option<String>,
+    pub vlan: Option<i64>,
+    pub pool_start: Option<String>,
+    pub pool_end: Option<String>,
+}
+
+impl NetworkRow {
+    /// The addresses instances and floating IPs of an external network
+    /// get: its pool less the first address (each host's DHCP). None for a
+    /// private network.
+    pub fn pool(&self) -> Option<(Ipv4Addr, Ipv4Addr)> {
+        let start: Ipv4Addr = self.pool_start.as_deref()?.parse().ok()?;
+        let end: Ipv4Addr = self.pool_end.as_deref()?.parse().ok()?;
+        Some((Ipv4Addr::from(u32::from(start).checked_add(1)?), end))
+    }
+
+    pub fn is_external(&self) -> bool {
+        self.external_interface.is_some()
+    }
+}
+
+/// The first address of `pool` (`first..=last`) not in `used`.
+pub fn first_free(pool: (Ipv4Addr, Ipv4Addr), used: &HashSet<String>) -> Option<Ipv4Addr> {
+    (u32::from(pool.0)..=u32::from(pool.1)).map(Ipv4Addr::from).find(|a| !used.contains(&a.to_string()))
+}
+
+/// Addresses of an external network taken by ports or floating IPs.
+pub(crate) async fn external_addresses_used(tx: &mut Tx<'_>, network: &str) -> Result<HashSet<String>, sqlx::Error> {
+    let used: Vec<String> = sqlx::query_scalar(
+        "SELECT address FROM network_ports WHERE network_id = $1 UNION SELECT address FROM floating_ips WHERE network_id = $1",
+    )
+    .bind(network)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(used.into_iter().collect())
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -116,19 +152,32 @@ pub(crate) async fn attach_new_instance(
     networks: &[String],
 ) -> Result<(), ClaimError> {
     for (index, net) in networks.iter().enumerate() {
-        let cidr: String =
-            sqlx::query_scalar("SELECT cidr FROM networks WHERE id = $1").bind(net).fetch_one(&mut **tx).await?;
-        let cidr = Cidr::parse_network(&cidr).map_err(|e| ClaimError::Db(sqlx::Error::Protocol(e)))?;
-        let used: Vec<String> = sqlx::query_scalar("SELECT address FROM network_ports WHERE network_id = $1")
-            .bind(net)
-            .fetch_all(&mut **tx)
-            .await?;
-        let used: HashSet<String> = used.into_iter().collect();
-        let address = cidr
-            .hosts()
-            .map(|a| a.to_string())
-            .find(|a| !used.contains(a))
-            .ok_or_else(|| ClaimError::Quota(format!("network {net} ({cidr:?}) has no free address left")))?;
+        let row: NetworkRow =
+            sqlx::query_as("SELECT * FROM networks WHERE id = $1").bind(net).fetch_one(&mut **tx).await?;
+        let address = match row.pool() {
+            // An external network hands out its pool, shared with floating IPs.
+            Some(pool) => {
+                let used = external_addresses_used(tx, net).await?;
+                first_free(pool, &used).map(|a| a.to_string()).ok_or_else(|| {
+                    ClaimError::Quota(format!(
+                        "external network {} has no free address left in its pool; release floating IPs or ask the operator for a larger pool",
+                        row.name
+                    ))
+                })?
+            }
+            None => {
+                let cidr = Cidr::parse_network(&row.cidr).map_err(|e| ClaimError::Db(sqlx::Error::Protocol(e)))?;
+                let used: Vec<String> = sqlx::query_scalar("SELECT address FROM network_ports WHERE network_id = $1")
+                    .bind(net)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                let used: HashSet<String> = used.into_iter().collect();
+                cidr.hosts()
+                    .map(|a| a.to_string())
+                    .find(|a| !used.contains(a))
+                    .ok_or_else(|| ClaimError::Quota(format!("network {net} ({cidr:?}) has no free address left")))?
+            }
+        };
         sqlx::query(
             "INSERT INTO network_ports (instance_id, network_id, nic_index, mac, address) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -170,6 +219,10 @@ impl Store {
             gateway: cidr.gateway().to_string(),
             vni,
             created_at_ms: now_ms(),
+            external_interface: None,
+            vlan: None,
+            pool_start: None,
+            pool_end: None,
         };
         sqlx::query(
             "INSERT INTO networks (id, project_id, name, cidr, gateway, vni, created_at_ms)
@@ -188,9 +241,49 @@ impl Store {
         Ok(row)
     }
 
-    /// All networks, or one project's.
+    /// Creates an external network (checked by the caller): a row like a
+    /// private network's, with the interface name, VLAN and pool set.
+    pub async fn create_external_network(&self, row: &NetworkRow) -> Result<NetworkRow, CreateError> {
+        let mut tx = self.begin().await?;
+        let taken: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM networks WHERE name = $1 AND (project_id = $2 OR external_interface IS NOT NULL)",
+        )
+        .bind(&row.name)
+        .bind(&row.project_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if taken.is_some() {
+            return Err(CreateError::Duplicate(row.name.clone()));
+        }
+        let vni: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(vni) + 1, $1) FROM networks")
+            .bind(FIRST_VNI)
+            .fetch_one(&mut *tx)
+            .await?;
+        let row = NetworkRow { vni, ..row.clone() };
+        sqlx::query(
+            "INSERT INTO networks (id, project_id, name, cidr, gateway, vni, created_at_ms, external_interface, vlan, pool_start, pool_end)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&row.id)
+        .bind(&row.project_id)
+        .bind(&row.name)
+        .bind(&row.cidr)
+        .bind(&row.gateway)
+        .bind(row.vni)
+        .bind(row.created_at_ms)
+        .bind(&row.external_interface)
+        .bind(row.vlan)
+        .bind(&row.pool_start)
+        .bind(&row.pool_end)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// All networks, or one project's and the external ones (every project sees those).
     pub async fn networks(&self, project: Option<&str>) -> Result<Vec<NetworkRow>, sqlx::Error> {
-        sqlx::query_as("SELECT * FROM networks WHERE ($1 IS NULL OR project_id = $1) ORDER BY name, id")
+        sqlx::query_as("SELECT * FROM networks WHERE ($1 IS NULL OR project_id = $1 OR external_interface IS NOT NULL) ORDER BY name, id")
             .bind(project)
             .fetch_all(&self.pool)
             .await
@@ -200,9 +293,13 @@ impl Store {
         sqlx::query_as("SELECT * FROM networks WHERE id = $1").bind(id).fetch_optional(&self.pool).await
     }
 
-    /// A project's network by id or name.
+    /// A project's network by id or name, or an external network (which
+    /// every project may attach to); the project's own name wins.
     pub async fn network_by_ref(&self, project: &str, reference: &str) -> Result<Option<NetworkRow>, sqlx::Error> {
-        sqlx::query_as("SELECT * FROM networks WHERE project_id = $1 AND (id = $2 OR name = $2)")
+        sqlx::query_as(
+            "SELECT * FROM networks WHERE (project_id = $1 OR external_interface IS NOT NULL) AND (id = $2 OR name = $2)
+             ORDER BY CASE WHEN project_id = $1 THEN 0 ELSE 1 END LIMIT 1",
+        )
             .bind(project)
             .bind(reference)
             .fetch_optional(&self.pool)
@@ -336,9 +433,59 @@ impl Store {
             v.dedup();
             v
         };
+        // Floating IPs of this host's instances (not of copies being
+        // migrated here: the address moves when the instance does), each
+        // on its instance's first private NIC.
+        let floating: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT f.instance_id, f.address, f.network_id FROM floating_ips f JOIN instances i ON i.id = f.instance_id
+             WHERE i.host_id = $1 AND i.state <> 'terminated' ORDER BY f.address",
+        )
+        .bind(host)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut rows: HashMap<String, NetworkRow> = HashMap::new();
+        for net in local_nets.iter().copied().chain(floating.iter().map(|f| f.2.as_str())) {
+            if !rows.contains_key(net) {
+                if let Some(row) = self.network(net).await? {
+                    rows.insert(net.to_string(), row);
+                }
+            }
+        }
+        let mut floating_on: HashMap<&str, Vec<nubo_api::agent::FloatingNat>> = HashMap::new();
+        for (instance, address, external) in &floating {
+            let private = local
+                .iter()
+                .filter(|p| p.5.as_deref() == Some(host) && &p.0 == instance)
+                .find(|p| rows.get(&p.1).is_some_and(|r| !r.is_external()));
+            let Some(private) = private else { continue };
+            floating_on.entry(private.1.as_str()).or_default().push(nubo_api::agent::FloatingNat {
+                address: address.clone(),
+                private: private.4.clone(),
+                external: external.parse().map_err(|e| sqlx::Error::Protocol(format!("network id: {e}")))?,
+            });
+        }
+        // The external networks of those floating IPs run here too, with
+        // or without ports of their own: their bridge is where the host
+        // answers for the addresses.
+        let mut wanted: Vec<String> = local_nets.iter().map(|n| n.to_string()).collect();
+        for f in floating_on.values().flatten() {
+            if !wanted.iter().any(|w| w == f.external.as_str()) {
+                wanted.push(f.external.to_string());
+            }
+        }
+        wanted.sort();
         let mut networks = Vec::new();
-        for net in local_nets {
-            let Some(row) = self.network(net).await? else { continue };
+        for net in &wanted {
+            let net = net.as_str();
+            let Some(row) = rows.get(net).cloned() else { continue };
+            let external = match (&row.external_interface, &row.pool_start) {
+                (Some(interface), Some(service)) => Some(nubo_api::agent::ExternalLink {
+                    interface: interface.clone(),
+                    vlan: row.vlan.and_then(|v| u16::try_from(v).ok()),
+                    service_address: service.clone(),
+                }),
+                _ => None,
+            };
             let mut peers: Vec<String> = ports
                 .iter()
                 .filter(|p| p.1 == net)
@@ -348,6 +495,10 @@ impl Store {
                 .collect();
             peers.sort();
             peers.dedup();
+            // An external network is the hosts' own LAN: no VXLAN between them.
+            if external.is_some() {
+                peers.clear();
+            }
             // Addresses on this network of each instance.
             let address_on_net: HashMap<&str, &str> =
                 ports.iter().filter(|p| p.1 == net).map(|p| (p.0.as_str(), p.4.as_str())).collect();
@@ -395,6 +546,8 @@ impl Store {
                 gateway: row.gateway,
                 peers,
                 ports: desired_ports,
+                floating: floating_on.remove(net).unwrap_or_default(),
+                external,
             });
         }
         Ok((nics, networks))

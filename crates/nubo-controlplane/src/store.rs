@@ -150,6 +150,8 @@ pub struct HostRow {
     pub last_heartbeat_ms: i64,
     pub underlay: Option<String>,
     pub shared_storage: Option<String>,
+    /// External networks' interface names the host maps, comma-separated.
+    pub externals: String,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -354,12 +356,12 @@ impl Store {
         let now = now_ms();
         sqlx::query(
             "INSERT INTO hosts (id, name, accel, vcpus, memory_mib, disk_gib, last_heartbeat_ms, created_at_ms,
-               underlay, shared_storage)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+               underlay, shared_storage, externals)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, accel = excluded.accel,
                vcpus = excluded.vcpus, memory_mib = excluded.memory_mib, disk_gib = excluded.disk_gib,
                last_heartbeat_ms = excluded.last_heartbeat_ms, underlay = excluded.underlay,
-               shared_storage = excluded.shared_storage",
+               shared_storage = excluded.shared_storage, externals = excluded.externals",
         )
         .bind(r.host_id.as_str())
         .bind(&r.name)
@@ -371,6 +373,9 @@ impl Store {
         .bind(now)
         .bind(&r.underlay)
         .bind(&r.shared_storage)
+        // Names are the operator's (`--external NAME=IFACE`); one with a
+        // comma could not be told apart in the list, so it is left out.
+        .bind(r.externals.iter().filter(|n| !n.contains(',')).cloned().collect::<Vec<_>>().join(","))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -560,15 +565,25 @@ impl Store {
     /// stopped, recorded as a `terminate` event. False when it was not
     /// running or stopped (already terminated, say).
     pub async fn terminate(&self, id: &str) -> Result<bool, sqlx::Error> {
-        self.set_desired(
-            id,
-            &[PowerState::Running, PowerState::Stopped],
-            PowerState::Deleted,
-            false,
-            false,
-            "terminate",
-        )
-        .await
+        let done = self
+            .set_desired(
+                id,
+                &[PowerState::Running, PowerState::Stopped],
+                PowerState::Deleted,
+                false,
+                false,
+                "terminate",
+            )
+            .await?;
+        if done {
+            // The project keeps its floating IPs (as EC2 keeps elastic
+            // addresses); they point at nothing until associated again.
+            sqlx::query("UPDATE floating_ips SET instance_id = NULL WHERE instance_id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(done)
     }
 
     /// Changes what the user wants, if the instance's desired state is one

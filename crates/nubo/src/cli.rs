@@ -64,6 +64,9 @@ pub enum Command {
     /// Private networks: bridged on each host, joined between hosts by VXLAN.
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Floating IPs: addresses of an external network that reach an instance on a private one.
+    #[command(subcommand, name = "floating-ip", alias = "fip")]
+    FloatingIp(FloatingIpCmd),
     /// Security groups: what may reach instances on private networks.
     #[command(subcommand, name = "security-group", alias = "sg")]
     SecurityGroup(SecurityGroupCmd),
@@ -217,6 +220,9 @@ pub enum ProjectCmd {
         memory_mib: Option<u64>,
         #[arg(long)]
         volume_gib: Option<u64>,
+        /// Floating IPs the project may hold (default 5).
+        #[arg(long)]
+        floating_ips: Option<u64>,
     },
     /// Add a user to a project, or change its role (member or reader).
     AddMember {
@@ -444,6 +450,13 @@ pub struct AgentOpts {
     /// test host made with `ip netns add`); default: the agent's own.
     #[arg(long, value_name = "NAME", requires = "underlay")]
     pub netns: Option<String>,
+    /// Map an external network's interface name to one of this host's
+    /// interfaces or bridges (repeatable): `--external lan=eth1`. Instances
+    /// on external networks with that name, and floating IPs from them,
+    /// then run here. The interface should carry no address of the host's
+    /// own unless it is a bridge (Nubo adds its ports to a bridge of its own).
+    #[arg(long = "external", value_name = "NAME=IFACE", requires = "underlay", value_parser = parse_external)]
+    pub externals: Vec<(String, String)>,
     /// Where live migrations into this host arrive (disks over NBD, then
     /// the VM's state). Default: the underlay address, or 127.0.0.1 when
     /// there is none or the host is a test namespace (QEMU runs outside it).
@@ -1072,12 +1085,30 @@ fn parse_weight(s: &str) -> Result<(String, u32), String> {
 
 #[derive(Subcommand)]
 pub enum NetworkCmd {
-    /// Create a private network (its first address is the gateway).
+    /// Create a private network (its first address is the gateway), or,
+    /// as an operator, an external one: the hosts' LAN or a VLAN of it.
     Create {
         name: String,
         /// IPv4 range, /16 to /29, e.g. 10.20.0.0/24.
         #[arg(long)]
         cidr: String,
+        /// An external (provider) network: instances attach to it directly
+        /// and floating IPs come from its pool.
+        #[arg(long, requires_all = ["interface", "gateway", "pool"])]
+        external: bool,
+        /// The name each host maps to an interface (`nubo agent --external NAME=IFACE`).
+        #[arg(long, requires = "external")]
+        interface: Option<String>,
+        /// An 802.1Q VLAN tag on that interface.
+        #[arg(long, requires = "external")]
+        vlan: Option<u16>,
+        /// The LAN's router.
+        #[arg(long, requires = "external")]
+        gateway: Option<String>,
+        /// FIRST-LAST: the addresses Nubo hands out (the first answers DHCP
+        /// on each host). Keep the LAN's own DHCP out of it.
+        #[arg(long, requires = "external")]
+        pool: Option<String>,
     },
     List,
     /// A network and the instances on it.
@@ -1087,6 +1118,34 @@ pub enum NetworkCmd {
     /// Delete a network no instance uses.
     Delete {
         network: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum FloatingIpCmd {
+    /// Take an address from an external network's pool for the project.
+    Allocate {
+        /// The external network (id or name).
+        #[arg(long)]
+        network: String,
+    },
+    List,
+    Show {
+        /// Its id or address.
+        floating_ip: String,
+    },
+    /// Point it at an instance on a private network (its first private NIC).
+    Associate {
+        floating_ip: String,
+        instance: String,
+    },
+    /// Point it at nothing; the project keeps it.
+    Disassociate {
+        floating_ip: String,
+    },
+    /// Give it back to the pool.
+    Release {
+        floating_ip: String,
     },
 }
 
@@ -1199,5 +1258,20 @@ mod duration_tests {
         for bad in ["", "d", "90", "0d", "9x", "-1d", "99999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+}
+
+/// `NAME=IFACE` of `nubo agent --external`.
+fn parse_external(s: &str) -> Result<(String, String), String> {
+    let (name, iface) = s.split_once('=').ok_or_else(|| format!("'{s}' is not NAME=IFACE: write it as lan=eth1"))?;
+    let ok_name = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    // IFNAMSIZ: 15 bytes; no '/' or whitespace (the kernel refuses them).
+    let ok_iface = !iface.is_empty() && iface.len() <= 15 && iface.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
+    match (ok_name, ok_iface) {
+        (true, true) => Ok((name.to_string(), iface.to_string())),
+        (false, _) => Err(format!("'{name}' is not a valid name: use letters, digits, '-', '_' or '.'")),
+        (_, false) => Err(format!("'{iface}' is not an interface name (at most 15 characters, no '/')")),
     }
 }

@@ -49,6 +49,17 @@ fn print_instance(i: &Instance) {
         ("disk_gib", i.disk_gib.to_string()),
         ("host", i.host_name.clone().unwrap_or_default()),
         ("ports", ports_text(i)),
+        (
+            "addresses",
+            i.addresses
+                .iter()
+                .map(|a| match &a.floating_ip {
+                    Some(f) => format!("{} {} (floating {f})", a.network, a.address),
+                    None => format!("{} {}", a.network, a.address),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
         ("key_name", i.key_name.clone().unwrap_or_default()),
         ("metadata", format!("http_tokens={}", i.metadata_http_tokens)),
         ("error", i.error.clone().unwrap_or_default()),

@@ -118,8 +118,10 @@ pub async fn project(cmd: ProjectCmd, conn: &Conn) -> anyhow::Result<()> {
                 table(&["ID", "NAME", "INSTANCES", "VCPUS", "MEMORY_MIB", "VOLUME_GIB"], &rows);
             })
         }
-        ProjectCmd::Quota { project, instances, vcpus, memory_mib, volume_gib } => {
-            let p = client(conn)?.set_quota(&project, &Quota { instances, vcpus, memory_mib, volume_gib }).await?;
+        ProjectCmd::Quota { project, instances, vcpus, memory_mib, volume_gib, floating_ips } => {
+            let p = client(conn)?
+                .set_quota(&project, &Quota { instances, vcpus, memory_mib, volume_gib, floating_ips })
+                .await?;
             emit(conn.output, &p, |p| {
                 println!(
                     "{}: instances {}, vCPUs {}, memory {} MiB, volumes {} GiB",

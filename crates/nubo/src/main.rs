@@ -79,6 +79,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Group(c) => automation_cmds::group(c, &cli.conn).await,
         Command::Lb(c) => lb_cmds::lb(c, &cli.conn).await,
         Command::Network(c) => network_cmds::network(c, &cli.conn).await,
+        Command::FloatingIp(c) => network_cmds::floating_ip(c, &cli.conn).await,
         Command::SecurityGroup(c) => network_cmds::security_group(c, &cli.conn).await,
         Command::Login(a) => identity_cmds::login(a, &cli.conn).await,
         Command::Token(c) => identity_cmds::token(c, &cli.conn).await,

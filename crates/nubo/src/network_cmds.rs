@@ -1,11 +1,14 @@
 //! Client commands for private networks and security groups.
 
 use crate::cli::Conn;
-use crate::cli::{NetworkCmd, SecurityGroupCmd};
+use crate::cli::{FloatingIpCmd, NetworkCmd, SecurityGroupCmd};
 use crate::client_cmds::client;
 use crate::output::{emit, table};
-use nubo_api::params::{NetworkCreate, SecurityGroupCreate, SecurityGroupRuleCreate};
-use nubo_api::views::{Network, SecurityGroup};
+use nubo_api::params::{
+    ExternalNetworkCreate, FloatingIpAssociate, FloatingIpCreate, NetworkCreate, SecurityGroupCreate,
+    SecurityGroupRuleCreate,
+};
+use nubo_api::views::{FloatingIp, Network, SecurityGroup};
 
 fn print_networks(nets: &[Network]) {
     let rows: Vec<Vec<String>> = nets
@@ -18,16 +21,32 @@ fn print_networks(nets: &[Network]) {
                 n.gateway.clone(),
                 n.vni.to_string(),
                 n.ports.len().to_string(),
+                match &n.external {
+                    Some(e) => format!(
+                        "external {}{} pool {}-{}",
+                        e.interface,
+                        e.vlan.map(|v| format!(" vlan {v}")).unwrap_or_default(),
+                        e.pool_start,
+                        e.pool_end
+                    ),
+                    None => "private".into(),
+                },
             ]
         })
         .collect();
-    table(&["ID", "NAME", "CIDR", "GATEWAY", "VNI", "INSTANCES"], &rows);
+    table(&["ID", "NAME", "CIDR", "GATEWAY", "VNI", "INSTANCES", "KIND"], &rows);
 }
 
 pub async fn network(cmd: NetworkCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        NetworkCmd::Create { name, cidr } => {
-            let n = client(conn)?.create_network(&NetworkCreate { name, cidr }).await?;
+        NetworkCmd::Create { name, cidr, external, interface, vlan, gateway, pool } => {
+            let external = match (external, interface, gateway, pool) {
+                (true, Some(interface), Some(gateway), Some(pool)) => {
+                    Some(ExternalNetworkCreate { interface, vlan, gateway, pool })
+                }
+                _ => None,
+            };
+            let n = client(conn)?.create_network(&NetworkCreate { name, cidr, external }).await?;
             emit(conn.output, &n, |n| println!("{}", n.id))
         }
         NetworkCmd::List => {
@@ -114,4 +133,50 @@ pub async fn security_group(cmd: SecurityGroupCmd, conn: &Conn) -> anyhow::Resul
 
 fn parse_port(s: &str) -> anyhow::Result<u16> {
     s.trim().parse().map_err(|_| anyhow::anyhow!("'{s}' is not a port: use a number 1-65535 or a range LOW-HIGH"))
+}
+
+fn print_floating_ips(ips: &[FloatingIp]) {
+    let rows: Vec<Vec<String>> = ips
+        .iter()
+        .map(|f| {
+            vec![
+                f.id.to_string(),
+                f.address.clone(),
+                f.network.clone(),
+                f.instance_id.as_ref().map(ToString::to_string).unwrap_or_else(|| "-".into()),
+                f.private_address.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(&["ID", "ADDRESS", "NETWORK", "INSTANCE", "PRIVATE ADDRESS"], &rows);
+}
+
+pub async fn floating_ip(cmd: FloatingIpCmd, conn: &Conn) -> anyhow::Result<()> {
+    let c = client(conn)?;
+    match cmd {
+        FloatingIpCmd::Allocate { network } => {
+            let f = c.allocate_floating_ip(&FloatingIpCreate { network }).await?;
+            emit(conn.output, &f, |f| println!("{} {}", f.id, f.address))
+        }
+        FloatingIpCmd::List => {
+            let ips = c.floating_ips().await?;
+            emit(conn.output, &ips, |ips| print_floating_ips(ips))
+        }
+        FloatingIpCmd::Show { floating_ip } => {
+            let f = c.floating_ip(&floating_ip).await?;
+            emit(conn.output, &f, |f| print_floating_ips(std::slice::from_ref(f)))
+        }
+        FloatingIpCmd::Associate { floating_ip, instance } => {
+            let f = c.associate_floating_ip(&floating_ip, &FloatingIpAssociate { instance }).await?;
+            emit(conn.output, &f, |f| print_floating_ips(std::slice::from_ref(f)))
+        }
+        FloatingIpCmd::Disassociate { floating_ip } => {
+            let f = c.disassociate_floating_ip(&floating_ip).await?;
+            emit(conn.output, &f, |f| print_floating_ips(std::slice::from_ref(f)))
+        }
+        FloatingIpCmd::Release { floating_ip } => {
+            c.release_floating_ip(&floating_ip).await?;
+            Ok(())
+        }
+    }
 }

@@ -123,15 +123,27 @@ pub fn render_host_nat(underlay: std::net::Ipv4Addr, forwards: &[Forward]) -> St
     )
 }
 
-/// A router's NAT: forwarded ports on to the instances, masquerade out.
-pub fn render_router(forwards: &[Forward]) -> String {
+/// A router's NAT: floating IPs 1:1 both ways, forwarded ports on to the
+/// instances, masquerade out for the rest. A floating IP or private
+/// address that does not parse is left out (logged), as a bad rule is.
+pub fn render_router(forwards: &[Forward], floating: &[nubo_api::agent::FloatingNat]) -> String {
     let mut dnat = String::new();
+    let mut snat = String::new();
+    for f in floating {
+        let (Ok(public), Ok(private)) = (f.address.parse::<Ipv4Addr>(), f.private.parse::<Ipv4Addr>()) else {
+            tracing::warn!(floating_ip = %f.address.escape_debug(), private = %f.private.escape_debug(),
+                "left a floating IP out of the router's NAT: an address does not parse");
+            continue;
+        };
+        let _ = writeln!(dnat, "    iifname \"uplink\" ip daddr {public} dnat to {private}");
+        let _ = writeln!(snat, "    oifname \"uplink\" ip saddr {private} snat to {public}");
+    }
     for f in forwards {
         let _ =
             writeln!(dnat, "    iifname \"uplink\" tcp dport {} dnat to {}:{}", f.host_port, f.address, f.guest_port);
     }
     format!(
-        "table ip nubo_router {{}}\ndelete table ip nubo_router\ntable ip nubo_router {{\n  chain prerouting {{\n    type nat hook prerouting priority -100; policy accept;\n{dnat}  }}\n  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    oifname \"uplink\" masquerade\n  }}\n}}\n"
+        "table ip nubo_router {{}}\ndelete table ip nubo_router\ntable ip nubo_router {{\n  chain prerouting {{\n    type nat hook prerouting priority -100; policy accept;\n{dnat}  }}\n  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n{snat}    oifname \"uplink\" masquerade\n  }}\n}}\n"
     )
 }
 
@@ -271,7 +283,7 @@ mod tests {
         let host = render_host_nat("192.0.2.1".parse().unwrap(), &f);
         assert!(host.contains("ip daddr 192.0.2.1 tcp dport 20005 dnat to 100.64.0.6:20005"), "{host}");
         assert!(host.contains("ip saddr 100.64.0.0/10 oifname != \"nu*\" masquerade"));
-        let router = render_router(&f);
+        let router = render_router(&f, &[]);
         assert!(router.contains("iifname \"uplink\" tcp dport 20005 dnat to 10.20.0.5:80"), "{router}");
         assert!(router.contains("oifname \"uplink\" masquerade"));
         assert_eq!(

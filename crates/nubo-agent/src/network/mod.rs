@@ -29,7 +29,9 @@
 //! Everything is done with iproute2, nftables and dnsmasq from Debian:
 //! those are what an operator debugs with.
 
+mod external;
 pub mod firewall;
+mod garp;
 mod networks;
 
 pub(crate) use networks::Networks;
@@ -53,6 +55,9 @@ pub struct NetworkConfig {
     /// The network namespace the host's bridges live in (a test host);
     /// none: the agent's own.
     pub netns: Option<String>,
+    /// External networks' interface names mapped to this host's
+    /// interfaces or bridges (`--external NAME=IFACE`).
+    pub externals: BTreeMap<String, String>,
 }
 
 /// Why a network could not be set up.
@@ -89,6 +94,9 @@ pub struct Plumbing {
     retry: Option<Retry>,
     metadata: HashMap<u32, tokio::task::JoinHandle<()>>,
     lookup: MetadataLookup,
+    /// Floating IPs this host answered for after the last pass: a new one
+    /// is announced (gratuitous ARP) once its NAT is in place.
+    announced: HashSet<String>,
 }
 
 /// A failed attempt at the desired networks with `fingerprint`.
@@ -167,7 +175,15 @@ fn strings(args: &[&str]) -> Vec<String> {
 
 impl Plumbing {
     pub fn new(cfg: NetworkConfig, data_dir: &std::path::Path, lookup: MetadataLookup) -> Self {
-        Self { cfg, state_dir: data_dir.join("networks"), applied: None, retry: None, metadata: HashMap::new(), lookup }
+        Self {
+            cfg,
+            state_dir: data_dir.join("networks"),
+            applied: None,
+            retry: None,
+            metadata: HashMap::new(),
+            lookup,
+            announced: HashSet::new(),
+        }
     }
 
     /// The namespace file a tap's opener enters, if the host is one.
@@ -273,6 +289,7 @@ impl Plumbing {
         }
         let wanted: HashSet<u32> = d.networks.iter().map(|n| n.vni).collect();
         self.remove_unwanted(&wanted).await?;
+        self.sync_floating(&d.networks).await?;
         let taps: HashMap<(String, u32), String> =
             nics.iter().map(|((i, _), (vni, tap))| ((i.clone(), *vni), tap.clone())).collect();
         let mut ruleset =
@@ -295,6 +312,9 @@ impl Plumbing {
     }
 
     async fn ensure_network(&mut self, net: &DesiredNetwork, forwards: &[firewall::Forward]) -> Result<()> {
+        if let Some(link) = &net.external {
+            return self.ensure_external(net, link).await;
+        }
         let vni = net.vni;
         let (br, vx, rv) = (format!("nb{vni}"), format!("nx{vni}"), format!("nr{vni}"));
         let router = self.router_ns(vni);
@@ -344,7 +364,7 @@ impl Plumbing {
                 run("ip", &in_router(&["addr", "add", a, "dev", "gw"]), None).await?;
             }
         }
-        self.ensure_uplink(vni, &router, forwards).await?;
+        self.ensure_uplink(vni, &router, forwards, &net.floating).await?;
         self.ensure_dhcp(net, &router).await?;
         self.ensure_metadata(vni, &router)?;
         Ok(())
@@ -352,7 +372,13 @@ impl Plumbing {
 
     /// The router's way out (see the module doc), its NAT and the
     /// forwarded ports of instances on the network.
-    async fn ensure_uplink(&self, vni: u32, router: &str, forwards: &[firewall::Forward]) -> Result<()> {
+    async fn ensure_uplink(
+        &self,
+        vni: u32,
+        router: &str,
+        forwards: &[firewall::Forward],
+        floating: &[nubo_api::agent::FloatingNat],
+    ) -> Result<()> {
         let (host_side, router_side) = uplink_addresses(vni);
         let nu = format!("nu{vni}");
         if !self.link_exists(&nu).await {
@@ -377,7 +403,7 @@ impl Plumbing {
         run("ip", &in_router(&["link", "set", "uplink", "up"]), None).await?;
         run("ip", &in_router(&["route", "replace", "default", "via", &host_side.to_string()]), None).await?;
         run("ip", &strings(&["netns", "exec", router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]), None).await?;
-        let ruleset = firewall::render_router(forwards);
+        let ruleset = firewall::render_router(forwards, floating);
         run("ip", &strings(&["netns", "exec", router, "nft", "-f", "-"]), Some(&ruleset)).await?;
         Ok(())
     }
@@ -433,7 +459,7 @@ impl Plumbing {
         }
         let len = prefix_len(&net.cidr)?;
         let network = net.cidr.split('/').next().unwrap_or_default();
-        let args = [
+        let mut args = vec![
             "netns".to_string(),
             "exec".into(),
             router.into(),
@@ -456,6 +482,15 @@ impl Plumbing {
             format!("--log-facility={}", dir.join("dnsmasq.log").display()),
             "--log-dhcp".into(),
         ];
+        // On an external network the default route is the LAN's router,
+        // so metadata needs a route of its own to this host's service
+        // address (RFC 3442, which then must repeat the default route).
+        if let Some(link) = &net.external {
+            args.push(format!(
+                "--dhcp-option=option:classless-static-route,169.254.169.254/32,{},0.0.0.0/0,{}",
+                link.service_address, net.gateway
+            ));
+        }
         tracing::info!(router, "starting dnsmasq");
         run("ip", &args, None).await?;
         Ok(())
@@ -540,7 +575,14 @@ impl Plumbing {
                 // SAFETY: the dnsmasq this module started (checked by pidfile and command line).
                 unsafe { libc::kill(pid as i32, libc::SIGTERM) };
             }
-            for link in [format!("nr{vni}"), format!("nu{vni}"), format!("nx{vni}"), format!("nb{vni}")] {
+            let ext_links = [format!("nv{vni}"), format!("nf{vni}"), format!("ne{vni}")];
+            // An interface of the operator's that was enslaved (an
+            // untagged external network) is released, not deleted.
+            self.release_external_uplink(vni).await?;
+            for link in [format!("nr{vni}"), format!("nu{vni}"), format!("nx{vni}"), format!("nb{vni}")]
+                .into_iter()
+                .chain(ext_links)
+            {
                 if self.link_exists(&link).await {
                     self.ip(&["link", "del", &link]).await?;
                 }

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod automation;
 pub mod background;
+pub mod floating_ips;
 pub mod hosts;
 pub mod identity;
 pub mod images;
@@ -75,6 +76,10 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(images::snapshot_instance))
         .routes(routes!(networks::list, networks::create))
         .routes(routes!(networks::show, networks::delete))
+        .routes(routes!(floating_ips::list, floating_ips::allocate))
+        .routes(routes!(floating_ips::show, floating_ips::release))
+        .routes(routes!(floating_ips::associate))
+        .routes(routes!(floating_ips::disassociate))
         .routes(routes!(networks::list_groups, networks::create_group))
         .routes(routes!(networks::add_rule))
         .routes(routes!(networks::delete_rule))

@@ -106,6 +106,7 @@ fn view_of(row: InstanceRow, related: &Related) -> AppResult<Instance> {
             network: nic.network_name.clone(),
             address: nic.port.address.clone(),
             mac: nic.port.mac.clone(),
+            floating_ip: nic.floating_ip.clone(),
         });
     }
     // The guest agent's report means something only while the VM runs.

@@ -14,11 +14,21 @@ use nubo_api::params::{NetworkCreate, SecurityGroupCreate, SecurityGroupRuleCrea
 use nubo_api::views::{Network, NetworkPort, SecurityGroup, SecurityGroupRule};
 use std::sync::Arc;
 
-async fn network_view(ctx: &Ctx, n: NetworkRow) -> AppResult<Network> {
-    let ports = ctx
-        .store
-        .network_ports(Some(&n.id))
-        .await?
+async fn network_view(ctx: &Ctx, caller: &Caller, n: NetworkRow) -> AppResult<Network> {
+    let mut ports = ctx.store.network_ports(Some(&n.id)).await?;
+    // An external network is shared: a project sees only its own
+    // instances on it, never another tenant's addresses.
+    if n.is_external() && !caller.admin {
+        let mut mine = Vec::new();
+        for p in ports {
+            let owner = ctx.store.instance(&p.instance_id).await?.and_then(|i| i.project_id);
+            if owner.is_some() && owner == caller.project_id {
+                mine.push(p);
+            }
+        }
+        ports = mine;
+    }
+    let ports = ports
         .into_iter()
         .map(|p| {
             Ok(NetworkPort {
@@ -37,6 +47,15 @@ async fn network_view(ctx: &Ctx, n: NetworkRow) -> AppResult<Network> {
         vni: n.vni as u32,
         ports,
         created_at_ms: n.created_at_ms,
+        external: match (&n.external_interface, &n.pool_start, &n.pool_end) {
+            (Some(interface), Some(start), Some(end)) => Some(nubo_api::views::ExternalNetwork {
+                interface: interface.clone(),
+                vlan: n.vlan.and_then(|v| u16::try_from(v).ok()),
+                pool_start: start.clone(),
+                pool_end: end.clone(),
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -49,6 +68,16 @@ pub async fn load_network(ctx: &Ctx, caller: &Caller, reference: &str, access: A
         (None, None) => None,
     }
     .ok_or(AppError::NotFound { kind: "network", id: reference.chars().take(64).collect() })?;
+    // Every project sees and uses external networks; only operators change them.
+    if row.is_external() && access == Access::Read {
+        return Ok(row);
+    }
+    if row.is_external() && !caller.admin {
+        return Err(AppError::Forbidden(format!(
+            "network {} is external: only an operator may change or delete it",
+            row.name
+        )));
+    }
     authz::check(caller, access, Some(&row.project_id), "network", &row.id)?;
     Ok(row)
 }
@@ -58,28 +87,115 @@ pub async fn list(ctx: &Arc<Ctx>, caller: &Caller) -> AppResult<Vec<Network>> {
     let Some(project) = authz::list_scope(caller) else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     for n in ctx.store.networks(project.as_deref()).await? {
-        out.push(network_view(ctx, n).await?);
+        out.push(network_view(ctx, caller, n).await?);
     }
     Ok(out)
 }
 
-/// Creates a private network: an IPv4 range whose first address is the gateway.
+/// Creates a private network: an IPv4 range whose first address is the
+/// gateway; or, for an operator, an external one (see [`create_external`]).
 pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: NetworkCreate) -> AppResult<Network> {
     let project = authz::creation_project(caller)?;
     validate::name(&p.name)?;
     let cidr = Cidr::parse_network(&p.cidr).map_err(AppError::BadRequest)?;
+    if let Some(external) = &p.external {
+        return create_external(ctx, caller, &project, &p.name, cidr, external).await;
+    }
     let row = ctx.store.create_network(&project, &p.name, cidr).await.map_err(|e| match e {
         CreateError::Duplicate(_) => AppError::Conflict(format!("{e}: pick another name, or use that one")),
         CreateError::Db(e) => e.into(),
     })?;
     tracing::info!(network = %row.id, cidr = %row.cidr, vni = row.vni, "network created");
-    network_view(ctx, row).await
+    network_view(ctx, caller, row).await
+}
+
+/// An external (provider) network: the hosts' LAN or one of its VLANs,
+/// which each host maps by name to an interface. Its gateway is the LAN's
+/// router; its pool is what Nubo hands out, to instances attached
+/// directly and as floating IPs.
+async fn create_external(
+    ctx: &Arc<Ctx>,
+    caller: &Caller,
+    project: &str,
+    name: &str,
+    cidr: Cidr,
+    e: &nubo_api::params::ExternalNetworkCreate,
+) -> AppResult<Network> {
+    if !caller.admin {
+        return Err(AppError::Forbidden(
+            "only an operator may create an external network: it bridges instances onto the hosts' own LAN".into(),
+        ));
+    }
+    validate::name(&e.interface).map_err(|_| {
+        AppError::BadRequest(format!(
+            "interface name '{}' is not valid: use the name hosts map with `nubo agent --external NAME=IFACE`",
+            e.interface.chars().take(64).collect::<String>()
+        ))
+    })?;
+    if let Some(vlan) = e.vlan {
+        if !(1..=4094).contains(&vlan) {
+            return Err(AppError::BadRequest(format!("VLAN {vlan} is out of range: use 1 to 4094")));
+        }
+    }
+    // Any address of the range but its network and broadcast addresses.
+    let (first, size) = (u32::from(cidr.network()), 1u32 << (32 - u32::from(cidr.len)));
+    let inside = |a: std::net::Ipv4Addr| u32::from(a) > first && u32::from(a) < first + size - 1;
+    let gateway: std::net::Ipv4Addr = e.gateway.parse().map_err(|_| {
+        AppError::BadRequest(format!(
+            "gateway '{}' is not an IPv4 address",
+            e.gateway.chars().take(64).collect::<String>()
+        ))
+    })?;
+    if !inside(gateway) {
+        return Err(AppError::BadRequest(format!("gateway {gateway} is not inside {}/{}", cidr.network(), cidr.len)));
+    }
+    let (start, end) = e
+        .pool
+        .split_once('-')
+        .and_then(|(a, b)| {
+            Some((a.trim().parse::<std::net::Ipv4Addr>().ok()?, b.trim().parse::<std::net::Ipv4Addr>().ok()?))
+        })
+        .ok_or_else(|| {
+            AppError::BadRequest(format!(
+                "pool '{}' is not FIRST-LAST: write it as 192.168.50.100-192.168.50.199",
+                e.pool.chars().take(64).collect::<String>()
+            ))
+        })?;
+    if !inside(start) || !inside(end) || u32::from(start) >= u32::from(end) {
+        return Err(AppError::BadRequest(format!(
+            "pool {start}-{end} must be at least two addresses of {}/{}, first before last",
+            cidr.network(),
+            cidr.len
+        )));
+    }
+    if (u32::from(start)..=u32::from(end)).contains(&u32::from(gateway)) {
+        return Err(AppError::BadRequest(format!("gateway {gateway} is inside the pool {start}-{end}: keep it out")));
+    }
+    let row = NetworkRow {
+        id: nubo_api::ids::NetworkId::generate().to_string(),
+        project_id: project.to_string(),
+        name: name.to_string(),
+        cidr: format!("{}/{}", cidr.network(), cidr.len),
+        gateway: gateway.to_string(),
+        vni: 0,
+        created_at_ms: crate::store::now_ms(),
+        external_interface: Some(e.interface.clone()),
+        vlan: e.vlan.map(i64::from),
+        pool_start: Some(start.to_string()),
+        pool_end: Some(end.to_string()),
+    };
+    let row = ctx.store.create_external_network(&row).await.map_err(|e| match e {
+        CreateError::Duplicate(_) => AppError::Conflict(format!("{e}: pick another name")),
+        CreateError::Db(e) => e.into(),
+    })?;
+    tracing::info!(network = %row.id, cidr = %row.cidr, interface = ?row.external_interface, vlan = ?row.vlan, "external network created");
+    network_view(ctx, caller, row).await
 }
 
 /// One network, by id or name, with the instances on it.
 pub async fn show(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppResult<Network> {
     let n = load_network(ctx, caller, id, Access::Read).await?;
-    network_view(ctx, n).await
+    network_view(ctx, caller, n).await
 }
 
 /// Deletes a network no instance is attached to.

@@ -377,6 +377,7 @@ async fn set_quota(
         vcpus: quota_value("vCPU", &form.vcpus)?,
         memory_mib: quota_value("memory", &form.memory_mib)?,
         volume_gib: quota_value("volume", &form.volume_gib)?,
+        floating_ips: None,
     };
     app::identity::set_quota(&ctx, &s.caller, &id, q).await.map(drop)?;
     Ok(see_other("/ui/admin/projects"))

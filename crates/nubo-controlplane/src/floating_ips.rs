@@ -1,0 +1,142 @@
+//! Floating IPs in SQL: addresses of an external network's pool held by a
+//! project, each associated with at most one instance at a time. The pool
+//! is shared with instances attached to the network directly, so both
+//! allocations read the same set of taken addresses in one transaction.
+
+use crate::networks::{external_addresses_used, first_free, NetworkRow};
+use crate::store::{now_ms, Store};
+use nubo_api::ids::FloatingIpId;
+use sqlx::FromRow;
+
+#[derive(Debug, Clone, FromRow)]
+pub struct FloatingIpRow {
+    pub id: String,
+    pub project_id: String,
+    pub network_id: String,
+    pub address: String,
+    pub instance_id: Option<String>,
+    pub created_at_ms: i64,
+}
+
+/// Why no address was allocated.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocateError {
+    #[error("the project holds {held} floating IPs, its quota; release one (`nubo floating-ip release`) or ask an operator to raise the quota")]
+    Quota { held: i64 },
+    #[error("external network {0} has no free address left in its pool; release floating IPs or ask the operator for a larger pool")]
+    PoolFull(String),
+    #[error("another allocation took the same address at the same moment; try again")]
+    Raced,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Why an association was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AssociateError {
+    #[error("instance {0} already has floating IP {1}; disassociate that one first")]
+    InstanceHasOne(String, String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+impl Store {
+    /// Takes the lowest free address of `network`'s pool for `project`,
+    /// within its floating-IP quota.
+    pub async fn allocate_floating_ip(
+        &self,
+        project: &str,
+        network: &NetworkRow,
+    ) -> Result<FloatingIpRow, AllocateError> {
+        let mut tx = self.begin().await?;
+        // Touching the project row first serialises allocations of one
+        // project on PostgreSQL, so two cannot both pass the quota check.
+        sqlx::query("UPDATE projects SET quota_floating_ips = quota_floating_ips WHERE id = $1")
+            .bind(project)
+            .execute(&mut *tx)
+            .await?;
+        let (held, quota): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM floating_ips WHERE project_id = $1), quota_floating_ips FROM projects WHERE id = $1",
+        )
+        .bind(project)
+        .fetch_one(&mut *tx)
+        .await?;
+        if held >= quota {
+            return Err(AllocateError::Quota { held });
+        }
+        let pool = network.pool().ok_or_else(|| AllocateError::PoolFull(network.name.clone()))?;
+        let used = external_addresses_used(&mut tx, &network.id).await?;
+        let address = first_free(pool, &used).ok_or_else(|| AllocateError::PoolFull(network.name.clone()))?;
+        let row = FloatingIpRow {
+            id: FloatingIpId::generate().to_string(),
+            project_id: project.to_string(),
+            network_id: network.id.clone(),
+            address: address.to_string(),
+            instance_id: None,
+            created_at_ms: now_ms(),
+        };
+        sqlx::query(
+            "INSERT INTO floating_ips (id, project_id, network_id, address, instance_id, created_at_ms)
+             VALUES ($1, $2, $3, $4, NULL, $5)",
+        )
+        .bind(&row.id)
+        .bind(&row.project_id)
+        .bind(&row.network_id)
+        .bind(&row.address)
+        .bind(row.created_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match e.as_database_error() {
+            Some(d) if d.is_unique_violation() => AllocateError::Raced,
+            _ => AllocateError::Db(e),
+        })?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// All floating IPs, or one project's.
+    pub async fn floating_ips(&self, project: Option<&str>) -> Result<Vec<FloatingIpRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM floating_ips WHERE ($1 IS NULL OR project_id = $1) ORDER BY address, id")
+            .bind(project)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// A floating IP by id, or by address.
+    pub async fn floating_ip(&self, reference: &str) -> Result<Option<FloatingIpRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM floating_ips WHERE id = $1 OR address = $1 ORDER BY id LIMIT 1")
+            .bind(reference)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Points `id` at `instance` (or at nothing). An instance has at most
+    /// one floating IP: its first private NIC is what it translates to.
+    pub async fn associate_floating_ip(&self, id: &str, instance: Option<&str>) -> Result<(), AssociateError> {
+        let mut tx = self.begin().await?;
+        if let Some(instance) = instance {
+            let other: Option<String> =
+                sqlx::query_scalar("SELECT address FROM floating_ips WHERE instance_id = $1 AND id <> $2")
+                    .bind(instance)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(other) = other {
+                return Err(AssociateError::InstanceHasOne(instance.to_string(), other));
+            }
+        }
+        sqlx::query("UPDATE floating_ips SET instance_id = $2 WHERE id = $1")
+            .bind(id)
+            .bind(instance)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Gives the address back to the pool.
+    pub async fn release_floating_ip(&self, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM floating_ips WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+}
