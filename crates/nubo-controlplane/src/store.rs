@@ -565,25 +565,15 @@ impl Store {
     /// stopped, recorded as a `terminate` event. False when it was not
     /// running or stopped (already terminated, say).
     pub async fn terminate(&self, id: &str) -> Result<bool, sqlx::Error> {
-        let done = self
-            .set_desired(
-                id,
-                &[PowerState::Running, PowerState::Stopped],
-                PowerState::Deleted,
-                false,
-                false,
-                "terminate",
-            )
-            .await?;
-        if done {
-            // The project keeps its floating IPs (as EC2 keeps elastic
-            // addresses); they point at nothing until associated again.
-            sqlx::query("UPDATE floating_ips SET instance_id = NULL WHERE instance_id = $1")
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
-        }
-        Ok(done)
+        self.set_desired(
+            id,
+            &[PowerState::Running, PowerState::Stopped],
+            PowerState::Deleted,
+            false,
+            false,
+            "terminate",
+        )
+        .await
     }
 
     /// Changes what the user wants, if the instance's desired state is one
@@ -622,6 +612,14 @@ impl Store {
         .await?;
         if r.rows_affected() == 1 {
             insert_event(&mut tx, id, now, event, "").await?;
+            if desired == PowerState::Deleted {
+                // The project keeps its floating IPs (as EC2 keeps elastic
+                // addresses); they point at nothing until associated again.
+                sqlx::query("UPDATE floating_ips SET instance_id = NULL WHERE instance_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         tx.commit().await?;
         Ok(r.rows_affected() == 1)

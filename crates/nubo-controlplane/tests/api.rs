@@ -71,6 +71,7 @@ impl T {
             disk_gib: 100,
             underlay: None,
             shared_storage: None,
+            externals: Vec::new(),
         };
         let body = serde_json::to_string(&r).unwrap();
         let (s, _) = self.call("POST", "/api/v1/agent/register", Some(&self.agent.clone()), Some(&body)).await;

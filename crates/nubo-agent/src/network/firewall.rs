@@ -236,6 +236,8 @@ mod tests {
             cidr: "10.20.0.0/24".into(),
             gateway: "10.20.0.1".into(),
             peers: vec![],
+            external: None,
+            floating: vec![],
             ports: vec![DesiredPort {
                 instance_id: "i-0123456789abcdef0".parse().unwrap(),
                 mac: "52:54:00:00:00:01".into(),
@@ -284,6 +286,24 @@ mod tests {
         assert!(host.contains("ip daddr 192.0.2.1 tcp dport 20005 dnat to 100.64.0.6:20005"), "{host}");
         assert!(host.contains("ip saddr 100.64.0.0/10 oifname != \"nu*\" masquerade"));
         let router = render_router(&f, &[]);
+        let floating = [
+            nubo_api::agent::FloatingNat {
+                address: "192.168.50.102".into(),
+                private: "10.20.0.2".into(),
+                external: "net-0123456789abcdef1".parse().unwrap(),
+            },
+            nubo_api::agent::FloatingNat {
+                address: "192.168.50.103; flush ruleset".into(),
+                private: "10.20.0.3".into(),
+                external: "net-0123456789abcdef1".parse().unwrap(),
+            },
+        ];
+        let one_to_one = render_router(&[], &floating);
+        assert!(one_to_one.contains("iifname \"uplink\" ip daddr 192.168.50.102 dnat to 10.20.0.2\n"), "{one_to_one}");
+        assert!(one_to_one.contains("oifname \"uplink\" ip saddr 10.20.0.2 snat to 192.168.50.102\n"), "{one_to_one}");
+        assert!(!one_to_one.contains("flush"), "an address that does not parse is left out: {one_to_one}");
+        // The 1:1 translation comes before the masquerade of everything else.
+        assert!(one_to_one.find("snat to").unwrap() < one_to_one.find("masquerade").unwrap());
         assert!(router.contains("iifname \"uplink\" tcp dport 20005 dnat to 10.20.0.5:80"), "{router}");
         assert!(router.contains("oifname \"uplink\" masquerade"));
         assert_eq!(

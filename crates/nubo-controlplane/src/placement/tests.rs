@@ -226,6 +226,7 @@ async fn the_claims_sql_agrees_with_the_filters() {
         disk_gib: 30,
         underlay: None,
         shared_storage: None,
+        externals: Vec::new(),
     };
     store.register_host(&register).await.unwrap();
     let p = Policy { cpu_overcommit: 1.5, memory_overcommit: 1.25, disk_overcommit: 0.9, ..Policy::default() };

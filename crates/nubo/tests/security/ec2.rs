@@ -350,6 +350,8 @@ fn another_projects_bad_rule_does_not_stop_a_hosts_firewall() {
             cidr: "10.20.0.0/24".into(),
             gateway: "10.20.0.1".into(),
             peers: vec![],
+            external: None,
+            floating: vec![],
             ports: vec![port("i-0000000000000000a", "52:54:00:00:00:0a", "10.20.0.2", &["10.20.0.0/24"], 8080)],
         },
         DesiredNetwork {
@@ -358,6 +360,8 @@ fn another_projects_bad_rule_does_not_stop_a_hosts_firewall() {
             cidr: "10.30.0.0/24".into(),
             gateway: "10.30.0.1".into(),
             peers: vec![],
+            external: None,
+            floating: vec![],
             ports: vec![
                 port("i-0000000000000000b", "52:54:00:00:00:0b", "10.30.0.2", &["0.0.0.0/+0"], 22),
                 port("i-0000000000000000c", "52:54:00:00:00:0c", "10.30.0.3", &["10.30.0.0/24", "10.30.0.0/25"], 80),
