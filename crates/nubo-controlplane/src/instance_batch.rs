@@ -144,6 +144,10 @@ fn group<K: Eq + std::hash::Hash, V>(rows: impl IntoIterator<Item = (K, V)>) -> 
     out
 }
 
+/// A NIC as read for a selection: instance, network, index, MAC,
+/// address, the network's name and the floating IP on it.
+type AddressRow = (String, String, i64, String, String, Option<String>, Option<String>);
+
 /// A NIC of an instance with its network's name.
 #[derive(Debug, Clone)]
 pub struct Address {
@@ -212,7 +216,7 @@ impl Store {
         s: &Selection<'_>,
     ) -> Result<HashMap<String, Vec<Address>>, sqlx::Error> {
         let (ids, args) = s.ids();
-        let rows: Vec<(String, String, i64, String, String, Option<String>, Option<String>)> = bind_all(
+        let rows: Vec<AddressRow> = bind_all(
             sqlx::query_as(&format!(
                 "SELECT p.instance_id, p.network_id, p.nic_index, p.mac, p.address, n.name, f.address FROM network_ports p
                  LEFT JOIN networks n ON n.id = p.network_id

@@ -353,6 +353,7 @@ impl Ctx {
                 used_disk_gib: h.used_disk_gib as u64,
                 underlay: h.underlay.is_some(),
                 shared_storage: h.shared_storage,
+                externals: h.externals.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect(),
             })
             .collect())
     }

@@ -281,6 +281,32 @@ impl Store {
         Ok(row)
     }
 
+    /// The interface names of the external networks among `networks` (ids).
+    pub async fn external_names(&self, networks: &[String]) -> Result<Vec<String>, sqlx::Error> {
+        let mut out = Vec::new();
+        for id in networks {
+            if let Some(name) = self.network(id).await?.and_then(|n| n.external_interface) {
+                if !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The external networks' interface names an instance needs on its
+    /// host: those it is attached to, and its floating IP's.
+    pub async fn instance_external_names(&self, instance: &str) -> Result<Vec<String>, sqlx::Error> {
+        let mut ids: Vec<String> =
+            self.instance_network_ports(instance).await?.into_iter().map(|p| p.network_id).collect();
+        let floating: Vec<String> = sqlx::query_scalar("SELECT network_id FROM floating_ips WHERE instance_id = $1")
+            .bind(instance)
+            .fetch_all(&self.pool)
+            .await?;
+        ids.extend(floating);
+        self.external_names(&ids).await
+    }
+
     /// All networks, or one project's and the external ones (every project sees those).
     pub async fn networks(&self, project: Option<&str>) -> Result<Vec<NetworkRow>, sqlx::Error> {
         sqlx::query_as("SELECT * FROM networks WHERE ($1 IS NULL OR project_id = $1 OR external_interface IS NOT NULL) ORDER BY name, id")

@@ -410,6 +410,7 @@ impl Harness for MigrationWorld {
             source: row.host_id.clone().unwrap(),
             pin: None,
             underlay: false,
+            externals: Vec::new(),
             weigher: None,
             vcpus: 2,
             memory_mib: 512,

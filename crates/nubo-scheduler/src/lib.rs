@@ -34,6 +34,8 @@ pub struct HostSnapshot {
     pub underlay: bool,
     /// The shared storage the host's disks are on, if any (its name).
     pub shared_storage: Option<String>,
+    /// The external networks' interface names the host maps (`--external NAME=IFACE`).
+    pub externals: Vec<String>,
 }
 
 /// The resources one instance asks for.
@@ -141,6 +143,9 @@ pub struct Constraints<'a> {
     pub underlay: bool,
     /// The host must share this storage (the instance's disks are on it).
     pub shared_storage: Option<&'a str>,
+    /// The host must map each of these external networks' interface
+    /// names (the instance is on them, or has a floating IP of one).
+    pub externals: &'a [String],
     /// The host must be up. Off only where the need is bound to a host
     /// whatever its state (a volume's pool is claimed while its host is
     /// down, for the volume lives there).
@@ -152,7 +157,15 @@ pub struct Constraints<'a> {
 
 impl Default for Constraints<'_> {
     fn default() -> Self {
-        Self { pin: None, exclude: None, underlay: false, shared_storage: None, require_up: true, weigher: None }
+        Self {
+            pin: None,
+            exclude: None,
+            underlay: false,
+            shared_storage: None,
+            externals: &[],
+            require_up: true,
+            weigher: None,
+        }
     }
 }
 
@@ -205,6 +218,7 @@ impl std::error::Error for Refusal {}
 pub mod filter {
     pub const EXCLUDE: &str = "ExcludeFilter";
     pub const UNDERLAY: &str = "UnderlayFilter";
+    pub const EXTERNAL: &str = "ExternalNetworkFilter";
     pub const SHARED_STORAGE: &str = "SharedStorageFilter";
     pub const HOST_STATE: &str = "HostStateFilter";
     pub const VCPU: &str = "VcpuFilter";
@@ -221,6 +235,7 @@ type Filter = fn(&HostSnapshot, &Need, &Policy, &Constraints) -> Result<(), Stri
 const FILTERS: &[(&str, Filter)] = &[
     (filter::EXCLUDE, exclude_filter),
     (filter::UNDERLAY, underlay_filter),
+    (filter::EXTERNAL, external_filter),
     (filter::SHARED_STORAGE, shared_storage_filter),
     (filter::HOST_STATE, host_state_filter),
     (filter::VCPU, vcpu_filter),
@@ -241,6 +256,13 @@ fn underlay_filter(h: &HostSnapshot, _: &Need, _: &Policy, c: &Constraints) -> R
         Ok(())
     } else {
         Err("runs no private networks (its agent has no --underlay)".into())
+    }
+}
+
+fn external_filter(h: &HostSnapshot, _: &Need, _: &Policy, c: &Constraints) -> Result<(), String> {
+    match c.externals.iter().find(|n| !h.externals.contains(n)) {
+        Some(n) => Err(format!("maps no interface to external network '{n}' (its agent has no --external {n}=IFACE)")),
+        None => Ok(()),
     }
 }
 
@@ -421,6 +443,7 @@ impl InMemoryHostSet {
                 used_disk_gib: 0,
                 underlay: false,
                 shared_storage: None,
+                externals: Vec::new(),
             })
             .collect();
         Self { hosts }
@@ -455,6 +478,7 @@ mod tests {
             used_disk_gib: 0,
             underlay: false,
             shared_storage: None,
+            externals: Vec::new(),
         }
     }
 
@@ -527,6 +551,20 @@ mod tests {
         let refusal = choose(&hosts[..1], &D.into(), &Policy::default(), &c).unwrap_err();
         assert_eq!(only_filters(&refusal), [("a", filter::EXCLUDE)]);
         assert!(refusal.to_string().contains("host a rejected by ExcludeFilter: the instance is already on it"));
+    }
+
+    #[test]
+    fn an_external_network_needs_a_host_that_maps_it() {
+        let mut hosts = vec![host("a", 8, 8192, 0, 0), host("b", 8, 8192, 0, 0)];
+        hosts[1].externals = vec!["lan".into()];
+        let lan = ["lan".to_string()];
+        let c = Constraints { externals: &lan, ..Constraints::default() };
+        assert_eq!(names(&choose(&hosts, &D.into(), &Policy::default(), &c).unwrap()), ["b"]);
+        let wan = ["wan".to_string()];
+        let c = Constraints { externals: &wan, ..Constraints::default() };
+        let refusal = choose(&hosts, &D.into(), &Policy::default(), &c).unwrap_err();
+        assert_eq!(only_filters(&refusal), [("a", filter::EXTERNAL), ("b", filter::EXTERNAL)]);
+        assert!(refusal.to_string().contains("--external wan=IFACE"), "{refusal}");
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub async fn start(
         source,
         pin,
         underlay: !ctx.store.instance_network_ports(&row.id).await?.is_empty(),
+        externals: ctx.store.instance_external_names(&row.id).await?,
         weigher,
         vcpus: row.vcpus as u32,
         memory_mib: row.memory_mib as u64,

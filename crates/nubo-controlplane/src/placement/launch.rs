@@ -12,7 +12,10 @@ pub async fn place(ctx: &Ctx, new: &NewInstance<'_>) -> Result<(String, Vec<(u16
     let demand = Demand { vcpus: new.vcpus, memory_mib: new.memory_mib, disk_gib: new.disk_gib };
     // Private networks need a host that runs them (bridges and VXLAN on
     // an underlay); user-mode-only hosts cannot.
-    let constraints = Constraints { underlay: !new.ec2.networks.is_empty(), ..Constraints::default() };
+    // An external network only on hosts that map its interface name.
+    let externals = ctx.store.external_names(new.ec2.networks).await?;
+    let constraints =
+        Constraints { underlay: !new.ec2.networks.is_empty(), externals: &externals, ..Constraints::default() };
     // A few rounds: each round re-reads the hosts, so a lost claim is
     // retried against fresh numbers rather than a stale snapshot.
     for _ in 0..5 {

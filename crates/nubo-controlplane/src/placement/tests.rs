@@ -16,6 +16,7 @@ fn host(name: &str, vcpus: u32, memory_mib: u64) -> HostSnapshot {
         used_disk_gib: 0,
         underlay: false,
         shared_storage: None,
+        externals: Vec::new(),
     }
 }
 
@@ -251,6 +252,7 @@ async fn the_claims_sql_agrees_with_the_filters() {
         used_disk_gib: row.used_disk_gib as u64,
         underlay: false,
         shared_storage: None,
+        externals: Vec::new(),
     };
     let limits = Size::limits(&p, &snap);
     let mut needs: Vec<Need> = Vec::new();

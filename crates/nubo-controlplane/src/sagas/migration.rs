@@ -36,6 +36,10 @@ pub struct MigrationParams {
     pub pin: Option<String>,
     /// The instance is on private networks: stay on their underlay.
     pub underlay: bool,
+    /// External networks (interface names) the target must map: the
+    /// instance's own and its floating IP's.
+    #[serde(default)]
+    pub externals: Vec<String>,
     pub weigher: Option<Weigher>,
     pub vcpus: u32,
     pub memory_mib: u64,
@@ -142,6 +146,7 @@ async fn choose_target(ctx: &Ctx, p: &MigrationParams) -> Result<Step, sqlx::Err
         pin: p.pin.as_deref(),
         exclude: Some(&p.source),
         underlay: p.underlay,
+        externals: &p.externals,
         weigher: p.weigher,
         ..Constraints::default()
     };
