@@ -143,6 +143,11 @@ pub struct Network {
     /// Instances attached (not terminated).
     pub ports: Vec<NetworkPort>,
     pub created_at_ms: i64,
+    /// The project's default network: made on first use, joined by
+    /// instances launched without networks where a host can bridge (the
+    /// EC2 API's default VPC).
+    #[serde(default)]
+    pub is_default: bool,
 }
 
 /// An instance's NIC on a network.
@@ -366,6 +371,11 @@ pub struct Host {
     /// (VXLAN); none: the host has only user-mode networking.
     #[serde(default)]
     pub underlay: Option<String>,
+    /// How the host's instances are networked: `bridged` (private
+    /// networks on bridges, over `underlay`) or `user-mode` (QEMU's
+    /// user-mode networking with forwarded ports only).
+    #[serde(default)]
+    pub networking: String,
 }
 
 crate::state_enum! {

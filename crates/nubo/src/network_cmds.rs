@@ -18,10 +18,11 @@ fn print_networks(nets: &[Network]) {
                 n.gateway.clone(),
                 n.vni.to_string(),
                 n.ports.len().to_string(),
+                if n.is_default { "yes" } else { "" }.to_string(),
             ]
         })
         .collect();
-    table(&["ID", "NAME", "CIDR", "GATEWAY", "VNI", "INSTANCES"], &rows);
+    table(&["ID", "NAME", "CIDR", "GATEWAY", "VNI", "INSTANCES", "DEFAULT"], &rows);
 }
 
 pub async fn network(cmd: NetworkCmd, conn: &Conn) -> anyhow::Result<()> {
