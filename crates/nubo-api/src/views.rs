@@ -150,6 +150,11 @@ pub struct Network {
     /// Set for an external (provider) network.
     #[serde(default)]
     pub external: Option<ExternalNetwork>,
+    /// The project's default network: made on first use, joined by
+    /// instances launched without networks where a host can bridge (the
+    /// EC2 API's default VPC).
+    #[serde(default)]
+    pub is_default: bool,
 }
 
 /// Where an external network is on the hosts, and which addresses Nubo hands out.
@@ -399,6 +404,11 @@ pub struct Host {
     /// (VXLAN); none: the host has only user-mode networking.
     #[serde(default)]
     pub underlay: Option<String>,
+    /// How the host's instances are networked: `bridged` (private
+    /// networks on bridges, over `underlay`) or `user-mode` (QEMU's
+    /// user-mode networking with forwarded ports only).
+    #[serde(default)]
+    pub networking: String,
 }
 
 crate::state_enum! {

@@ -21,6 +21,10 @@ pub struct LaunchRecord<'a> {
     pub group_id: Option<&'a str>,
     /// Network ids of the instance's project (already checked), one NIC each.
     pub networks: &'a [String],
+    /// The address asked for on the first network (EC2's
+    /// PrivateIpAddress, already checked to be in its range); none: the
+    /// lowest free one.
+    pub private_address: Option<&'a str>,
 }
 
 pub(crate) async fn insert_launch_record(

@@ -12,6 +12,33 @@ use sqlx::FromRow;
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
+/// The network a launch names to ask for user-mode networking alone
+/// (no NIC on any network, not even the default one); no network can
+/// have this name.
+pub const USER_MODE: &str = "none";
+
+/// The name and range of a project's default network (EC2's default
+/// VPC has 172.31.0.0/16; a /20 leaves room beside it for the project's
+/// own networks while giving 4093 addresses).
+pub const DEFAULT_NAME: &str = "default";
+pub const DEFAULT_CIDR: &str = "172.31.0.0/20";
+
+/// The EC2 API's ids of a network: it is one VPC with one subnet,
+/// `net-<hex>` is `vpc-<hex>` and `subnet-<hex>` (the same hex digits, so
+/// each maps back to the network: see [`network_of_ec2_id`]).
+pub fn ec2_ids(network: &str) -> (String, String) {
+    let hex = network.strip_prefix("net-").unwrap_or(network);
+    (format!("vpc-{hex}"), format!("subnet-{hex}"))
+}
+
+/// The network id of a `vpc-...` or `subnet-...` id (`prefix` says which),
+/// or `None` when it is not one of that shape.
+pub fn network_of_ec2_id(prefix: &str, id: &str) -> Option<String> {
+    let hex = id.strip_prefix(prefix)?.strip_prefix('-')?;
+    let net = format!("net-{hex}");
+    net.parse::<NetworkId>().ok().map(|n| n.to_string())
+}
+
 /// The first VXLAN id handed out (low ids are left to the operator).
 const FIRST_VNI: i64 = 1000;
 
@@ -35,6 +62,10 @@ pub struct NetworkRow {
     pub vlan: Option<i64>,
     pub pool_start: Option<String>,
     pub pool_end: Option<String>,
+    /// 1: the project's default network (see `app::networks::ensure_default`).
+    pub is_default: i64,
+    /// 1: its one EC2 subnet exists (see migration 0019).
+    pub has_subnet: i64,
 }
 
 impl NetworkRow {
@@ -113,6 +144,17 @@ impl Cidr {
         Ipv4Addr::from(u32::from(self.network()) + 1)
     }
 
+    /// How many addresses instances may get.
+    pub fn host_count(self) -> usize {
+        (!self.mask() as usize).saturating_sub(2)
+    }
+
+    /// Whether `a` is an address instances may get (see [`Cidr::hosts`]).
+    pub fn is_host(self, a: Ipv4Addr) -> bool {
+        let (first, last) = (u32::from(self.network()) + 2, (u32::from(self.network()) | !self.mask()) - 1);
+        (first..=last).contains(&u32::from(a))
+    }
+
     /// Addresses instances may get: all but the network, gateway and broadcast.
     pub fn hosts(self) -> impl Iterator<Item = Ipv4Addr> {
         let first = u32::from(self.network()) + 2;
@@ -138,40 +180,56 @@ fn mac_for(instance: &str, network: &str) -> String {
 pub enum CreateError {
     #[error("the project already has a network named '{0}'")]
     Duplicate(String),
+    /// A concurrent create took the name, the VXLAN id or the project's
+    /// default first: trying again reads what it made.
+    #[error("a concurrent request created a network at the same time; retry")]
+    Raced,
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
 
 /// Gives the new instance a NIC on each network (ids, already checked to
-/// be the project's), in order: the lowest free address of each. Runs in
-/// the launch's transaction; on PostgreSQL a concurrent launch that took
-/// the same address first makes the claim `Lost`, and placement retries.
+/// be the project's), in order: the lowest free address of each, or on
+/// the first network `requested` when given (EC2's PrivateIpAddress,
+/// already checked to be one of its hosts' addresses). Runs in the
+/// launch's transaction; on PostgreSQL a concurrent launch that took the
+/// same address first makes the claim `Lost`, and placement retries (a
+/// requested address that is taken is `AddressTaken`: no retry gets it).
 pub(crate) async fn attach_new_instance(
     tx: &mut Tx<'_>,
     instance: &str,
     networks: &[String],
+    requested: Option<&str>,
 ) -> Result<(), ClaimError> {
     for (index, net) in networks.iter().enumerate() {
         let row: NetworkRow =
             sqlx::query_as("SELECT * FROM networks WHERE id = $1").bind(net).fetch_one(&mut **tx).await?;
-        let address = match row.pool() {
-            // An external network hands out its pool, shared with floating IPs.
-            Some(pool) => {
-                let used = external_addresses_used(tx, net).await?;
-                first_free(pool, &used).map(|a| a.to_string()).ok_or_else(|| {
-                    ClaimError::Quota(format!(
-                        "external network {} has no free address left in its pool; release floating IPs or ask the operator for a larger pool",
-                        row.name
-                    ))
-                })?
-            }
+        // An external network hands out its pool, shared with floating
+        // IPs; a private one its range. A requested address (EC2's
+        // PrivateIpAddress, first NIC only) must be free.
+        let used: HashSet<String> = match row.pool() {
+            Some(_) => external_addresses_used(tx, net).await?,
             None => {
-                let cidr = Cidr::parse_network(&row.cidr).map_err(|e| ClaimError::Db(sqlx::Error::Protocol(e)))?;
                 let used: Vec<String> = sqlx::query_scalar("SELECT address FROM network_ports WHERE network_id = $1")
                     .bind(net)
                     .fetch_all(&mut **tx)
                     .await?;
-                let used: HashSet<String> = used.into_iter().collect();
+                used.into_iter().collect()
+            }
+        };
+        let address = match (requested.filter(|_| index == 0), row.pool()) {
+            (Some(a), _) if used.contains(a) => {
+                return Err(ClaimError::AddressTaken(format!("address {a} of network {net} is in use")))
+            }
+            (Some(a), _) => a.to_string(),
+            (None, Some(pool)) => first_free(pool, &used).map(|a| a.to_string()).ok_or_else(|| {
+                ClaimError::Quota(format!(
+                    "external network {} has no free address left in its pool; release floating IPs or ask the operator for a larger pool",
+                    row.name
+                ))
+            })?,
+            (None, None) => {
+                let cidr = Cidr::parse_network(&row.cidr).map_err(|e| ClaimError::Db(sqlx::Error::Protocol(e)))?;
                 cidr.hosts()
                     .map(|a| a.to_string())
                     .find(|a| !used.contains(a))
@@ -198,6 +256,21 @@ pub(crate) async fn attach_new_instance(
 
 impl Store {
     pub async fn create_network(&self, project: &str, name: &str, cidr: Cidr) -> Result<NetworkRow, CreateError> {
+        self.insert_network(&NetworkId::generate(), project, name, cidr, false, true).await
+    }
+
+    /// Creates a network: the project's default one (`is_default`), and
+    /// with or without its EC2 subnet (`has_subnet`). A unique violation
+    /// (name, VXLAN id or default taken by a concurrent create) is `Raced`.
+    pub async fn insert_network(
+        &self,
+        id: &NetworkId,
+        project: &str,
+        name: &str,
+        cidr: Cidr,
+        is_default: bool,
+        has_subnet: bool,
+    ) -> Result<NetworkRow, CreateError> {
         let mut tx = self.begin().await?;
         let taken: Option<String> = sqlx::query_scalar("SELECT id FROM networks WHERE project_id = $1 AND name = $2")
             .bind(project)
@@ -212,7 +285,7 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
         let row = NetworkRow {
-            id: NetworkId::generate().to_string(),
+            id: id.to_string(),
             project_id: project.to_string(),
             name: name.to_string(),
             cidr: format!("{}/{}", cidr.network(), cidr.len),
@@ -223,10 +296,12 @@ impl Store {
             vlan: None,
             pool_start: None,
             pool_end: None,
+            is_default: i64::from(is_default),
+            has_subnet: i64::from(has_subnet),
         };
         sqlx::query(
-            "INSERT INTO networks (id, project_id, name, cidr, gateway, vni, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO networks (id, project_id, name, cidr, gateway, vni, created_at_ms, is_default, has_subnet)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&row.id)
         .bind(&row.project_id)
@@ -235,9 +310,18 @@ impl Store {
         .bind(&row.gateway)
         .bind(row.vni)
         .bind(row.created_at_ms)
+        .bind(row.is_default)
+        .bind(row.has_subnet)
         .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        .await
+        .map_err(|e| match e.as_database_error() {
+            Some(d) if d.is_unique_violation() => CreateError::Raced,
+            _ => CreateError::Db(e),
+        })?;
+        tx.commit().await.map_err(|e| match e.as_database_error() {
+            Some(d) if d.is_unique_violation() => CreateError::Raced,
+            _ => CreateError::Db(e),
+        })?;
         Ok(row)
     }
 
@@ -276,7 +360,11 @@ impl Store {
         .bind(&row.pool_start)
         .bind(&row.pool_end)
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(|e| match e.as_database_error() {
+            Some(d) if d.is_unique_violation() => CreateError::Raced,
+            _ => CreateError::Db(e),
+        })?;
         tx.commit().await?;
         Ok(row)
     }
@@ -305,6 +393,38 @@ impl Store {
             .await?;
         ids.extend(floating);
         self.external_names(&ids).await
+    }
+
+    /// The project's default network, if it was made.
+    pub async fn default_network(&self, project: &str) -> Result<Option<NetworkRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM networks WHERE project_id = $1 AND is_default = 1")
+            .bind(project)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Makes or removes a network's EC2 subnet; false if another request
+    /// did it first (the subnet already was, or no longer is, there).
+    pub async fn set_network_subnet(&self, id: &str, present: bool) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("UPDATE networks SET has_subnet = $1 WHERE id = $2 AND has_subnet = $3")
+            .bind(i64::from(present))
+            .bind(id)
+            .bind(i64::from(!present))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Whether some host that is up (and not drained) runs private
+    /// networks: a launch without networks then gets the default network.
+    pub async fn bridging_host_up(&self, heartbeat_timeout_ms: i64) -> Result<bool, sqlx::Error> {
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM hosts WHERE underlay IS NOT NULL AND enabled = 1 AND last_heartbeat_ms >= $1 LIMIT 1",
+        )
+        .bind(now_ms() - heartbeat_timeout_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
     }
 
     /// All networks, or one project's and the external ones (every project sees those).
@@ -607,11 +727,26 @@ mod tests {
         assert_eq!(hosts.first(), Some(&Ipv4Addr::new(10, 20, 0, 2)));
         assert_eq!(hosts.last(), Some(&Ipv4Addr::new(10, 20, 0, 254)));
         assert_eq!(hosts.len(), 253);
+        assert_eq!(c.host_count(), 253);
+        assert!(c.is_host(Ipv4Addr::new(10, 20, 0, 2)) && c.is_host(Ipv4Addr::new(10, 20, 0, 254)));
+        assert!(!c.is_host(Ipv4Addr::new(10, 20, 0, 1)) && !c.is_host(Ipv4Addr::new(10, 20, 0, 255)));
+        assert!(!c.is_host(Ipv4Addr::new(10, 20, 1, 2)));
         assert_eq!(Cidr::parse_network("10.20.0.0/29").unwrap().hosts().count(), 5);
         assert!(Cidr::parse_network("10.20.0.5/24").unwrap_err().contains("10.20.0.0/24"));
         assert!(Cidr::parse_network("10.20.0.0/30").unwrap_err().contains("/16 to /29"));
         assert!(Cidr::parse_network("10.20.0.0").is_err());
         assert!(Cidr::parse_network("nonsense/24").is_err());
+    }
+
+    #[test]
+    fn ec2_ids_map_back_to_the_network() {
+        let net = NetworkId::generate().to_string();
+        let (vpc, subnet) = ec2_ids(&net);
+        assert!(vpc.starts_with("vpc-") && subnet.starts_with("subnet-"));
+        assert_eq!(network_of_ec2_id("vpc", &vpc), Some(net.clone()));
+        assert_eq!(network_of_ec2_id("subnet", &subnet), Some(net));
+        assert_eq!(network_of_ec2_id("vpc", &subnet), None);
+        assert_eq!(network_of_ec2_id("vpc", "vpc-zz"), None);
     }
 
     #[test]

@@ -226,6 +226,8 @@ pub enum ClaimError {
     NoPorts,
     /// The project's quota would be exceeded; the text says which limit.
     Quota(String),
+    /// The private address the launch asked for is another instance's.
+    AddressTaken(String),
     Db(sqlx::Error),
 }
 
@@ -517,7 +519,8 @@ impl Store {
             mapped.push((*guest, host_port));
         }
         crate::launch::insert_launch_record(&mut tx, new.id.as_str(), new.project_id, &new.ec2).await?;
-        crate::networks::attach_new_instance(&mut tx, new.id.as_str(), new.ec2.networks).await?;
+        crate::networks::attach_new_instance(&mut tx, new.id.as_str(), new.ec2.networks, new.ec2.private_address)
+            .await?;
         insert_event(&mut tx, new.id.as_str(), now, "requested", "").await?;
         insert_event(&mut tx, new.id.as_str(), now, "scheduled", host).await?;
         tx.commit().await?;

@@ -21,10 +21,18 @@ pub struct TagRow {
 
 /// The kind of resource an id names, from its prefix (`None`: not taggable).
 pub fn resource_type_of(id: &str) -> Option<&'static str> {
-    [("i-", "instance"), ("vol-", "volume"), ("ami-", "image"), ("snap-", "snapshot"), ("sg-", "security-group")]
-        .into_iter()
-        .find(|(prefix, _)| id.starts_with(prefix))
-        .map(|(_, t)| t)
+    [
+        ("i-", "instance"),
+        ("vol-", "volume"),
+        ("ami-", "image"),
+        ("snap-", "snapshot"),
+        ("sg-", "security-group"),
+        ("vpc-", "vpc"),
+        ("subnet-", "subnet"),
+    ]
+    .into_iter()
+    .find(|(prefix, _)| id.starts_with(prefix))
+    .map(|(_, t)| t)
 }
 
 pub(crate) async fn upsert(

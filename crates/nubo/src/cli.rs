@@ -594,6 +594,9 @@ pub enum InstanceCmd {
         #[arg(long, value_parser = ["optional", "required"])]
         metadata_tokens: Option<String>,
         /// Attach to this private network (name or id; repeatable, one NIC each).
+        /// Default: the project's default network when a host can bridge
+        /// (made on first use), else user-mode networking; `none` asks for
+        /// user-mode networking alone.
         #[arg(long = "network", value_name = "NETWORK")]
         networks: Vec<String>,
         /// Security group (name or id; repeatable). Default: the project's `default`.

@@ -387,10 +387,17 @@ pub async fn host(cmd: HostCmd, conn: &Conn) -> anyhow::Result<()> {
                             format!("{}/{}", h.used_memory_mib, h.memory_mib),
                             format!("{}/{}", h.used_disk_gib, h.disk_gib),
                             h.instances.to_string(),
+                            match &h.underlay {
+                                Some(u) => format!("bridged ({u})"),
+                                None => "user-mode".to_string(),
+                            },
                         ]
                     })
                     .collect();
-                table(&["ID", "NAME", "STATE", "ACCEL", "VCPUS", "MEMORY_MIB", "DISK_GIB", "INSTANCES"], &rows);
+                table(
+                    &["ID", "NAME", "STATE", "ACCEL", "VCPUS", "MEMORY_MIB", "DISK_GIB", "INSTANCES", "NETWORKING"],
+                    &rows,
+                );
             })
         }
         HostCmd::JoinToken => {

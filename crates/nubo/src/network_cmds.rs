@@ -29,6 +29,7 @@ fn print_networks(nets: &[Network]) {
                         e.pool_start,
                         e.pool_end
                     ),
+                    None if n.is_default => "private (default)".into(),
                     None => "private".into(),
                 },
             ]

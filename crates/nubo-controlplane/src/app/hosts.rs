@@ -34,6 +34,7 @@ pub async fn list(ctx: &Arc<Ctx>, caller: &Caller) -> AppResult<Vec<Host>> {
             schedulable_vcpus: ctx.config.policy.schedulable_vcpus(&snap) as u32,
             instances: counts.get(&h.id).copied().unwrap_or(0) as u32,
             last_heartbeat_ms: h.last_heartbeat_ms,
+            networking: if h.underlay.is_some() { "bridged" } else { "user-mode" }.to_string(),
             underlay: h.underlay,
             name: h.name,
         });

@@ -261,7 +261,22 @@ pub async fn launch(
     // Networks and security groups named in the request (REST); an EC2
     // launch brings its groups in `record`.
     let mut network_ids = Vec::new();
-    for n in &p.networks {
+    if p.networks.iter().any(|n| n == crate::networks::USER_MODE) {
+        if p.networks.len() > 1 {
+            return Err(AppError::BadRequest(format!(
+                "network '{}' (user-mode networking only) cannot be combined with other networks",
+                crate::networks::USER_MODE
+            )));
+        }
+    } else if p.networks.is_empty() {
+        // Like EC2's default VPC: where a host can bridge, an instance
+        // launched without networks joins the project's default network
+        // (made now if need be); otherwise it keeps user-mode networking.
+        if ctx.store.bridging_host_up(ctx.config.heartbeat_timeout.as_millis() as i64).await? {
+            network_ids.push(super::networks::ensure_default(ctx, &project).await?.id);
+        }
+    }
+    for n in p.networks.iter().filter(|n| *n != crate::networks::USER_MODE) {
         let net = ctx.store.network_by_ref(&project, n).await?.ok_or_else(|| {
             AppError::BadRequest(format!(
                 "network '{}' does not exist in this project: see `nubo network list`, or create it with `nubo network create`",

@@ -1,6 +1,8 @@
-//! Networks and security groups: a project's private networks, and the
-//! firewall groups that say what may reach its instances on them, with
-//! the check of a rule's CIDR that the REST API and the EC2 API share.
+//! Networks and security groups: a project's private networks (its
+//! default network, made on first use, among them; and the EC2 API's
+//! view of each as a VPC with one subnet), and the firewall groups that
+//! say what may reach its instances on them, with the check of a rule's
+//! CIDR that the REST API and the EC2 API share.
 //! Changes here change what hosts run (bridges, DHCP, nftables), so each
 //! rule change ends by waking the agents.
 
@@ -10,6 +12,7 @@ use crate::error::{AppError, AppResult};
 use crate::networks::{Cidr, CreateError, NetworkRow};
 use crate::security_groups::{NewRule, RuleError, SecurityGroupRow};
 use crate::{validate, Ctx};
+use nubo_api::ids::NetworkId;
 use nubo_api::params::{NetworkCreate, SecurityGroupCreate, SecurityGroupRuleCreate};
 use nubo_api::views::{Network, NetworkPort, SecurityGroup, SecurityGroupRule};
 use std::sync::Arc;
@@ -56,6 +59,7 @@ async fn network_view(ctx: &Ctx, caller: &Caller, n: NetworkRow) -> AppResult<Ne
             }),
             _ => None,
         },
+        is_default: n.is_default == 1,
     })
 }
 
@@ -92,20 +96,54 @@ pub async fn list(ctx: &Arc<Ctx>, caller: &Caller) -> AppResult<Vec<Network>> {
     Ok(out)
 }
 
+/// Checks a new network's name: valid, and not the one a launch names
+/// to ask for user-mode networking.
+fn check_name(name: &str) -> AppResult<()> {
+    validate::name(name)?;
+    if name == crate::networks::USER_MODE {
+        return Err(AppError::BadRequest(format!(
+            "the network name '{name}' is reserved: a launch with `--network {name}` asks for user-mode networking; pick another name"
+        )));
+    }
+    Ok(())
+}
+
+/// Inserts a network, retrying when a concurrent create took the VXLAN
+/// id first (a name taken is the caller's to resolve).
+async fn insert(
+    ctx: &Ctx,
+    id: &NetworkId,
+    project: &str,
+    name: &str,
+    cidr: Cidr,
+    has_subnet: bool,
+) -> AppResult<NetworkRow> {
+    for _ in 0..5 {
+        match ctx.store.insert_network(id, project, name, cidr, false, has_subnet).await {
+            Ok(row) => {
+                tracing::info!(network = %row.id, cidr = %row.cidr, vni = row.vni, "network created");
+                return Ok(row);
+            }
+            Err(CreateError::Raced) => continue,
+            Err(e @ CreateError::Duplicate(_)) => {
+                return Err(AppError::Conflict(format!("{e}: pick another name, or use that one")))
+            }
+            Err(CreateError::Db(e)) => return Err(e.into()),
+        }
+    }
+    Err(AppError::Unavailable("concurrent requests kept creating networks at the same time; retry".into()))
+}
+
 /// Creates a private network: an IPv4 range whose first address is the
 /// gateway; or, for an operator, an external one (see [`create_external`]).
 pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: NetworkCreate) -> AppResult<Network> {
     let project = authz::creation_project(caller)?;
-    validate::name(&p.name)?;
+    check_name(&p.name)?;
     let cidr = Cidr::parse_network(&p.cidr).map_err(AppError::BadRequest)?;
     if let Some(external) = &p.external {
         return create_external(ctx, caller, &project, &p.name, cidr, external).await;
     }
-    let row = ctx.store.create_network(&project, &p.name, cidr).await.map_err(|e| match e {
-        CreateError::Duplicate(_) => AppError::Conflict(format!("{e}: pick another name, or use that one")),
-        CreateError::Db(e) => e.into(),
-    })?;
-    tracing::info!(network = %row.id, cidr = %row.cidr, vni = row.vni, "network created");
+    let row = insert(ctx, &NetworkId::generate(), &project, &p.name, cidr, true).await?;
     network_view(ctx, caller, row).await
 }
 
@@ -183,13 +221,115 @@ async fn create_external(
         vlan: e.vlan.map(i64::from),
         pool_start: Some(start.to_string()),
         pool_end: Some(end.to_string()),
+        is_default: 0,
+        // Not an EC2 subnet: instances attach to it directly or through floating IPs.
+        has_subnet: 0,
     };
     let row = ctx.store.create_external_network(&row).await.map_err(|e| match e {
         CreateError::Duplicate(_) => AppError::Conflict(format!("{e}: pick another name")),
+        CreateError::Raced => AppError::Conflict("another network was created at the same moment; retry".into()),
         CreateError::Db(e) => e.into(),
     })?;
     tracing::info!(network = %row.id, cidr = %row.cidr, interface = ?row.external_interface, vlan = ?row.vlan, "external network created");
     network_view(ctx, caller, row).await
+}
+
+/// The project's default network, made now if it has none: named
+/// `default` (or `default-2`... when the project already has a network of
+/// its own by that name), range [`crate::networks::DEFAULT_CIDR`]. Two
+/// launches that make it at once both end up with the one that was
+/// inserted first: the store allows one default per project, and the
+/// loser reads the winner's.
+pub async fn ensure_default(ctx: &Ctx, project: &str) -> AppResult<NetworkRow> {
+    let cidr = Cidr::parse_network(crate::networks::DEFAULT_CIDR).map_err(AppError::internal)?;
+    for _ in 0..5 {
+        if let Some(row) = ctx.store.default_network(project).await? {
+            return Ok(row);
+        }
+        let taken: Vec<String> = ctx.store.networks(Some(project)).await?.into_iter().map(|n| n.name).collect();
+        let name = std::iter::once(crate::networks::DEFAULT_NAME.to_string())
+            .chain((2..100).map(|i| format!("{}-{i}", crate::networks::DEFAULT_NAME)))
+            .find(|n| !taken.contains(n))
+            .ok_or_else(|| {
+                AppError::Conflict("the project has networks named default to default-99; rename some".into())
+            })?;
+        match ctx.store.insert_network(&NetworkId::generate(), project, &name, cidr, true, true).await {
+            Ok(row) => {
+                tracing::info!(network = %row.id, %project, cidr = %row.cidr, "default network created");
+                return Ok(row);
+            }
+            // Another launch made it (or took the name or VXLAN id): read again.
+            Err(CreateError::Raced | CreateError::Duplicate(_)) => continue,
+            Err(CreateError::Db(e)) => return Err(e.into()),
+        }
+    }
+    Err(AppError::Unavailable("concurrent requests kept creating the default network; retry".into()))
+}
+
+/// The networks of the caller's project, as rows (the EC2 API's VPCs);
+/// `with_default` makes the default network first if there is none.
+pub async fn project_networks(ctx: &Ctx, caller: &Caller, with_default: bool) -> AppResult<Vec<NetworkRow>> {
+    let project = authz::caller_project(caller)?;
+    if with_default {
+        ensure_default(ctx, &project).await?;
+    }
+    // External networks are listed for every project but are none's VPC.
+    Ok(ctx.store.networks(Some(&project)).await?.into_iter().filter(|n| !n.is_external()).collect())
+}
+
+/// Creates a network in the caller's project with its id chosen by the
+/// caller (the EC2 API names it after its VPC id), with or without its
+/// one subnet. `name` absent, invalid or taken: the network is named
+/// `fallback` instead (EC2's Name tag need not be unique; a network's
+/// name must).
+pub async fn create_with_id(
+    ctx: &Ctx,
+    caller: &Caller,
+    id: &NetworkId,
+    name: Option<&str>,
+    fallback: &str,
+    cidr: &str,
+    has_subnet: bool,
+) -> AppResult<NetworkRow> {
+    let project = authz::creation_project(caller)?;
+    let cidr = Cidr::parse_network(cidr).map_err(AppError::BadRequest)?;
+    if let Some(name) = name.filter(|n| check_name(n).is_ok()) {
+        match insert(ctx, id, &project, name, cidr, has_subnet).await {
+            Err(AppError::Conflict(_)) => {}
+            other => return other,
+        }
+    }
+    insert(ctx, id, &project, fallback, cidr, has_subnet).await
+}
+
+/// Makes (`present`) or removes the network's one subnet. Removing it is
+/// refused while instances are on the network; making it twice, or
+/// removing it when it is not there, is a conflict.
+pub async fn set_subnet(ctx: &Ctx, caller: &Caller, id: &str, present: bool) -> AppResult<NetworkRow> {
+    let n = load_network(ctx, caller, id, Access::Write).await?;
+    if !present {
+        let users = instances_on(ctx, &n.id).await?;
+        if !users.is_empty() {
+            return Err(AppError::Conflict(format!(
+                "network {} has instances attached ({}); terminate them first",
+                n.name,
+                users.join(", ")
+            )));
+        }
+    }
+    if !ctx.store.set_network_subnet(&n.id, present).await? {
+        return Err(AppError::Conflict(if present {
+            format!("network {} already has its subnet: a network has one subnet, of its own range", n.name)
+        } else {
+            format!("network {} has no subnet", n.name)
+        }));
+    }
+    load_network(ctx, caller, &n.id, Access::Read).await
+}
+
+/// The instances (not terminated) attached to a network.
+pub async fn instances_on(ctx: &Ctx, network: &str) -> AppResult<Vec<String>> {
+    Ok(ctx.store.network_ports(Some(network)).await?.into_iter().map(|p| p.instance_id).collect())
 }
 
 /// One network, by id or name, with the instances on it.
@@ -209,6 +349,9 @@ pub async fn delete(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppResult<()> 
             users.join(", ")
         )));
     }
+    // The EC2 API's tags of its VPC and subnet go with it.
+    let (vpc, subnet) = crate::networks::ec2_ids(&n.id);
+    ctx.store.delete_tags(&[vpc, subnet], &[]).await?;
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! EC2 instances: RunInstances (by instance type, with user-data, key
-//! pair, security groups, tags, the root disk's size and ClientToken
-//! idempotency), DescribeInstances (ids, filters, pagination),
+//! pair, security groups, tags, the root disk's size, a subnet and a
+//! private address on it, and ClientToken idempotency), DescribeInstances
+//! (ids, filters, pagination; the VPC, subnet and address of instances
+//! on networks),
 //! Start/Stop/Reboot/TerminateInstances and GetConsoleOutput. Launches
 //! and power changes are the application layer's (`app::instances`), as
 //! for the REST API, so quotas, placement and the agent's work are the
@@ -73,15 +75,17 @@ struct Lookups {
     tags: HashMap<String, BTreeMap<String, String>>,
     groups: HashMap<String, Vec<(String, String)>>,
     volumes: HashMap<String, Vec<VolumeRow>>,
+    addresses: HashMap<String, Vec<crate::instance_batch::Address>>,
 }
 
-/// Tags, security groups and live volumes of the selection's instances:
-/// three queries however many instances it holds.
+/// Tags, security groups, live volumes and NICs of the selection's
+/// instances: four queries however many instances it holds.
 async fn lookups(ctx: &Ctx, selection: &Selection<'_>) -> Ec2Result<Lookups> {
     Ok(Lookups {
         tags: ctx.store.tags_of_selection(selection).await?,
         groups: ctx.store.groups_of_selection(selection).await?,
         volumes: ctx.store.volumes_of_selection(selection, true).await?,
+        addresses: ctx.store.addresses_of_selection(selection).await?,
     })
 }
 
@@ -116,11 +120,51 @@ fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
         ),
         _ => None,
     };
+    // On networks: the first NIC is the instance's VPC, subnet and
+    // private address, as EC2's primary network interface.
+    let nics = l.addresses.get(&row.id).map(Vec::as_slice).unwrap_or_default();
+    let primary = nics.first().map(|n| {
+        let (vpc, subnet) = crate::networks::ec2_ids(&n.port.network_id);
+        (vpc, subnet, n.port.address.clone(), private_dns_name(ctx, &n.port.address))
+    });
+    let group_items = || groups.iter().map(|(id, name)| El::item().field("groupId", id).field("groupName", name));
+    let interfaces = nics.iter().map(|n| {
+        let (vpc, subnet) = crate::networks::ec2_ids(&n.port.network_id);
+        let dns = private_dns_name(ctx, &n.port.address);
+        El::item()
+            .field("networkInterfaceId", format!("eni-{}", nic_hex(&row.id, n.port.nic_index)))
+            .field("subnetId", &subnet)
+            .field("vpcId", &vpc)
+            .field("ownerId", row.project_id.as_deref().unwrap_or(""))
+            .field("status", "in-use")
+            .field("macAddress", &n.port.mac)
+            .field("privateIpAddress", &n.port.address)
+            .field("privateDnsName", &dns)
+            .field("sourceDestCheck", true)
+            .child(El::list("groupSet", group_items()))
+            .child(
+                El::new("attachment")
+                    .field("attachmentId", format!("eni-attach-{}", nic_hex(&row.id, n.port.nic_index)))
+                    .field("deviceIndex", n.port.nic_index)
+                    .field("status", "attached")
+                    .field("attachTime", xml::time(row.created_at_ms))
+                    .field("deleteOnTermination", true),
+            )
+            .child(El::list(
+                "privateIpAddressesSet",
+                [El::item()
+                    .field("privateIpAddress", &n.port.address)
+                    .field("privateDnsName", &dns)
+                    .field("primary", true)],
+            ))
+            .field("interfaceType", "interface")
+    });
+    let interfaces: Vec<El> = interfaces.collect();
     let mut item = El::item()
         .field("instanceId", &row.id)
         .field("imageId", row.image_id.as_deref().unwrap_or(&row.image))
         .child(state_el("instanceState", row))
-        .field("privateDnsName", "")
+        .field("privateDnsName", primary.as_ref().map(|p| p.3.as_str()).unwrap_or(""))
         .field("dnsName", "")
         .field("reason", reason.as_ref().map(|_| "User initiated").unwrap_or(""))
         .opt("keyName", row.key_name.as_deref())
@@ -135,10 +179,10 @@ fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
                 .field("tenancy", "default"),
         )
         .child(El::new("monitoring").field("state", "disabled"))
-        .child(El::list(
-            "groupSet",
-            groups.iter().map(|(id, name)| El::item().field("groupId", id).field("groupName", name)),
-        ))
+        .opt("subnetId", primary.as_ref().map(|p| &p.1))
+        .opt("vpcId", primary.as_ref().map(|p| &p.0))
+        .opt("privateIpAddress", primary.as_ref().map(|p| &p.2))
+        .child(El::list("groupSet", group_items()))
         .field("architecture", "x86_64")
         .field("rootDeviceType", "ebs")
         .field("rootDeviceName", ROOT_DEVICE)
@@ -154,10 +198,24 @@ fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
                 .field("httpPutResponseHopLimit", 1)
                 .field("httpEndpoint", "enabled"),
         );
+    if !interfaces.is_empty() {
+        item = item.child(El::list("networkInterfaceSet", interfaces));
+    }
     if let Some(r) = reason {
         item = item.child(r);
     }
     item
+}
+
+/// EC2's private DNS name of an address (`ip-172-31-0-2.<region>.compute.internal`).
+fn private_dns_name(ctx: &Ctx, address: &str) -> String {
+    format!("ip-{}.{}.compute.internal", address.replace('.', "-"), ctx.config.region)
+}
+
+/// The hex digits of a NIC's interface id: the instance's, then its NIC
+/// index (an instance's NICs are fixed for its life, so the id is too).
+fn nic_hex(instance: &str, index: i64) -> String {
+    format!("{}{index:x}", instance.trim_start_matches("i-"))
 }
 
 /// Reservations of `rows`, in the order their first instance comes.
@@ -232,6 +290,9 @@ const FILTERS: &[&str] = &[
     "launch-index",
     "instance.group-id",
     "instance.group-name",
+    "vpc-id",
+    "subnet-id",
+    "private-ip-address",
 ];
 
 pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
@@ -285,6 +346,20 @@ pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<
                     "launch-index" => vec![r.launch_index.to_string()],
                     "instance.group-id" => groups.into_iter().map(|g| g.0).collect(),
                     "instance.group-name" => groups.into_iter().map(|g| g.1).collect(),
+                    "vpc-id" | "subnet-id" | "private-ip-address" => l
+                        .addresses
+                        .get(&r.id)
+                        .into_iter()
+                        .flatten()
+                        .map(|n| {
+                            let (vpc, subnet) = crate::networks::ec2_ids(&n.port.network_id);
+                            match name {
+                                "vpc-id" => vpc,
+                                "subnet-id" => subnet,
+                                _ => n.port.address.clone(),
+                            }
+                        })
+                        .collect(),
                     other => query::tag_field(other, l.tags.get(&r.id)),
                 }
             })
@@ -311,6 +386,8 @@ struct RunRequest {
     root_gib: Option<u64>,
     client_token: Option<String>,
     http_tokens: Option<String>,
+    subnet_id: Option<String>,
+    private_address: Option<String>,
 }
 
 fn parse_run(ctx: &Ctx, p: &Params) -> Ec2Result<RunRequest> {
@@ -376,6 +453,34 @@ fn parse_run(ctx: &Ctx, p: &Params) -> Ec2Result<RunRequest> {
             )));
         }
     }
+    // The subnet, address and groups come flat, or in the one network
+    // interface a launch may describe (NetworkInterface.1, device 0).
+    let mut subnet_id = p.str("SubnetId").filter(|s| !s.is_empty()).map(str::to_string);
+    let mut private_address = p.str("PrivateIpAddress").filter(|s| !s.is_empty()).map(str::to_string);
+    let mut group_ids = p.list("SecurityGroupId");
+    let interfaces = p.structs("NetworkInterface");
+    if interfaces.len() > 1 || interfaces.iter().any(|i| i.str("DeviceIndex").is_some_and(|d| d != "0")) {
+        return Err(Ec2Error::invalid(
+            "an instance has one network interface here (DeviceIndex 0): its subnet's network; attach more networks through the REST API",
+        ));
+    }
+    if let Some(i) = interfaces.first() {
+        if subnet_id.is_some() || private_address.is_some() || !group_ids.is_empty() {
+            return Err(Ec2Error::bad(
+                "InvalidParameterCombination",
+                "Network interfaces and an instance-level subnet ID, private IP address or security groups may not be specified on the same request",
+            ));
+        }
+        subnet_id = i.str("SubnetId").filter(|s| !s.is_empty()).map(str::to_string);
+        private_address = i.str("PrivateIpAddress").filter(|s| !s.is_empty()).map(str::to_string);
+        group_ids = i.list("SecurityGroupId");
+    }
+    if private_address.is_some() && max > 1 {
+        return Err(Ec2Error::bad(
+            "InvalidParameterCombination",
+            "PrivateIpAddress cannot be used with a MaxCount above 1: one address is one instance's",
+        ));
+    }
     let client_token = p.str("ClientToken").filter(|t| !t.is_empty()).map(str::to_string);
     if client_token.as_ref().is_some_and(|t| t.len() > 64 || !t.is_ascii()) {
         return Err(Ec2Error::invalid("ClientToken must be at most 64 ASCII characters"));
@@ -387,12 +492,14 @@ fn parse_run(ctx: &Ctx, p: &Params) -> Ec2Result<RunRequest> {
         max: max as u32,
         user_data,
         key_name: p.str("KeyName").filter(|k| !k.is_empty()).map(str::to_string),
-        group_ids: p.list("SecurityGroupId"),
+        group_ids,
         group_names: p.list("SecurityGroup"),
         tags,
         root_gib,
         client_token,
         http_tokens: p.str("MetadataOptions.HttpTokens").map(str::to_string),
+        subnet_id,
+        private_address,
     })
 }
 
@@ -435,6 +542,7 @@ pub async fn run(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answe
     for (k, v) in &req.tags {
         crate::validate::tag(k, v).in_domain(Domain::Instance)?;
     }
+    let network = subnet_of(ctx, caller, &project, &req).await?;
     // ClientToken: a retry gets the first request's reservation.
     let reservation = ReservationId::generate().to_string();
     if let Some(token) = &req.client_token {
@@ -443,7 +551,8 @@ pub async fn run(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answe
             Claim::Existing(row) => return answer_retry(ctx, caller, &project, token, row, &request_hash(p)).await,
         }
     }
-    let launched = launch_all(ctx, caller, &project, &req, &itype, &image, &groups, &reservation).await;
+    let launched =
+        launch_all(ctx, caller, &project, &req, &itype, &image, &groups, network.as_ref(), &reservation).await;
     let rows = match launched {
         Ok(rows) => rows,
         Err(e) => {
@@ -460,6 +569,53 @@ pub async fn run(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answe
     run_answer(ctx, &project, &reservation, &rows).await
 }
 
+/// The network a launch's SubnetId names (a PrivateIpAddress without one
+/// is of the default subnet, as on EC2), with the address checked to be
+/// one of its free instance addresses. None: the launch does as a REST
+/// launch without networks does (the default network where a host can
+/// bridge).
+async fn subnet_of(
+    ctx: &Ctx,
+    caller: &Caller,
+    project: &str,
+    req: &RunRequest,
+) -> Ec2Result<Option<crate::networks::NetworkRow>> {
+    let network = match (&req.subnet_id, &req.private_address) {
+        (Some(s), _) => super::vpcs::load_subnet(ctx, caller, s, Access::Write).await?,
+        (None, Some(_)) => app::networks::ensure_default(ctx, project).await.in_domain(Domain::Other)?,
+        (None, None) => return Ok(None),
+    };
+    if let Some(a) = &req.private_address {
+        let (_, subnet) = crate::networks::ec2_ids(&network.id);
+        let cidr = crate::networks::Cidr::parse_network(&network.cidr)
+            .map_err(|e| Ec2Error::from_app(AppError::internal(e), Domain::Other))?;
+        let addr: std::net::Ipv4Addr = a.parse().map_err(|_| {
+            Ec2Error::invalid(format!(
+                "Invalid value '{}' for PrivateIpAddress: expected an IPv4 address",
+                a.chars().take(40).collect::<String>()
+            ))
+        })?;
+        if !cidr.is_host(addr) {
+            return Err(Ec2Error::invalid(format!(
+                "Address {addr} does not fall within the subnet's address range: subnet {subnet} is {} (its first address is the gateway; the network and broadcast addresses are reserved)",
+                network.cidr
+            )));
+        }
+        if address_in_use(ctx, &network.id, &addr.to_string()).await? {
+            return Err(in_use(&addr.to_string()));
+        }
+    }
+    Ok(Some(network))
+}
+
+async fn address_in_use(ctx: &Ctx, network: &str, address: &str) -> Ec2Result<bool> {
+    Ok(ctx.store.network_ports(Some(network)).await?.iter().any(|p| p.address == address))
+}
+
+fn in_use(address: &str) -> Ec2Error {
+    Ec2Error::bad("InvalidIPAddress.InUse", format!("Address {address} is in use: ask for another, or for none"))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn launch_all(
     ctx: &Arc<Ctx>,
@@ -469,6 +625,7 @@ async fn launch_all(
     itype: &crate::instance_types::InstanceType,
     image: &crate::images::ImageRow,
     groups: &[String],
+    network: Option<&crate::networks::NetworkRow>,
     reservation: &str,
 ) -> Ec2Result<Vec<InstanceRow>> {
     // The quota must allow MinCount, or nothing is launched (as on EC2).
@@ -503,7 +660,7 @@ async fn launch_all(
         recipe: None,
         metadata: req.http_tokens.clone().map(|t| MetadataOptions { http_tokens: Some(t) }),
         tags: Default::default(),
-        networks: Vec::new(),
+        networks: network.map(|n| n.id.clone()).into_iter().collect(),
         security_groups: Vec::new(),
     };
     let mut rows = Vec::new();
@@ -517,6 +674,7 @@ async fn launch_all(
             tags: &req.tags,
             group_id: None,
             networks: &[],
+            private_address: req.private_address.as_deref(),
         };
         match app::instances::launch(ctx, caller, &create, record).await {
             Ok(row) => rows.push(row),
@@ -531,6 +689,12 @@ async fn launch_all(
                 }
                 if !rows.is_empty() {
                     ctx.bump();
+                }
+                // A concurrent launch took the address after it was checked.
+                if let (AppError::Conflict(_), Some(a), Some(n)) = (&e, &req.private_address, network) {
+                    if address_in_use(ctx, &n.id, a).await? {
+                        return Err(in_use(a));
+                    }
                 }
                 return Err(Ec2Error::from_app(e, Domain::Instance));
             }

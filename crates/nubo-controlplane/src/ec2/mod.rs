@@ -7,6 +7,7 @@
 //! the caller, so tenancy, quotas and the audit log apply as for REST.
 //!
 //! Modules: `sigv4` (signature checks), `replay` (each signature once),
+//! `vpcs` (VPCs and subnets over private networks),
 //! `query` (parameters), `xml`
 //! (answers), `error` (EC2 error codes), and one module per resource.
 
@@ -20,6 +21,7 @@ pub mod security_groups;
 pub mod sigv4;
 pub mod tags;
 pub mod volumes;
+pub mod vpcs;
 pub mod xml;
 
 use crate::auth::{caller_of, record, record_detail, Caller, Role};
@@ -254,7 +256,15 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, hos
         "DescribeSecurityGroups" => security_groups::describe(ctx, caller, p).await,
         "AuthorizeSecurityGroupIngress" => security_groups::authorize_ingress(ctx, caller, p).await,
         "RevokeSecurityGroupIngress" => security_groups::revoke_ingress(ctx, caller, p).await,
+        "AuthorizeSecurityGroupEgress" => security_groups::authorize_egress(ctx, caller, p).await,
+        "RevokeSecurityGroupEgress" => security_groups::revoke_egress(ctx, caller, p).await,
         "DeleteSecurityGroup" => security_groups::delete(ctx, caller, p).await,
+        "CreateVpc" => vpcs::create_vpc(ctx, caller, p).await,
+        "DescribeVpcs" => vpcs::describe_vpcs(ctx, caller, p).await,
+        "DeleteVpc" => vpcs::delete_vpc(ctx, caller, p).await,
+        "CreateSubnet" => vpcs::create_subnet(ctx, caller, p).await,
+        "DescribeSubnets" => vpcs::describe_subnets(ctx, caller, p).await,
+        "DeleteSubnet" => vpcs::delete_subnet(ctx, caller, p).await,
         "CreateTags" => tags::create(ctx, caller, p).await,
         "DeleteTags" => tags::delete(ctx, caller, p).await,
         "DescribeTags" => tags::describe(ctx, caller, p).await,
@@ -262,7 +272,7 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, hos
             StatusCode::BAD_REQUEST,
             "InvalidAction",
             format!(
-                "The action {} is not valid for this web service; Nubo serves: RunInstances, DescribeInstances, Start/Stop/Reboot/TerminateInstances, GetConsoleOutput, DescribeInstanceTypes, DescribeImages, Create/Describe/Attach/Detach/DeleteVolume(s), Create/Import/Describe/DeleteKeyPair(s), Create/Describe/DeleteSecurityGroup(s), AuthorizeSecurityGroupIngress, Create/Delete/DescribeTags, DescribeRegions, DescribeAvailabilityZones",
+                "The action {} is not valid for this web service; Nubo serves: RunInstances, DescribeInstances, Start/Stop/Reboot/TerminateInstances, GetConsoleOutput, DescribeInstanceTypes, DescribeImages, Create/Describe/Attach/Detach/DeleteVolume(s), Create/Import/Describe/DeleteKeyPair(s), Create/Describe/DeleteSecurityGroup(s), Authorize/RevokeSecurityGroupIngress, Authorize/RevokeSecurityGroupEgress, Create/Describe/DeleteVpc(s), Create/Describe/DeleteSubnet(s), Create/Delete/DescribeTags, DescribeRegions, DescribeAvailabilityZones",
                 other.chars().take(64).collect::<String>()
             ),
         )),

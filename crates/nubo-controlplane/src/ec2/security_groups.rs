@@ -1,5 +1,7 @@
 //! EC2 security groups: CreateSecurityGroup, DescribeSecurityGroups,
-//! AuthorizeSecurityGroupIngress and DeleteSecurityGroup, on the
+//! Authorize/RevokeSecurityGroupIngress, Authorize/RevokeSecurityGroupEgress
+//! (stored as egress rules, with a destination CIDR or group) and
+//! DeleteSecurityGroup, on the
 //! project's groups (`crate::security_groups`), and the groups a
 //! RunInstances names. Rules are checked here (protocol, ports, CIDR or a
 //! source group of the same project) and stored for the enforcement that
@@ -218,8 +220,10 @@ fn cidr(c: &str) -> Ec2Result<String> {
     crate::app::networks::rule_cidr(c).map_err(|e| Ec2Error::invalid(format!("CIDR block {e}")))
 }
 
-/// One `IpPermissions.N` (or the flat legacy form) into rules.
-async fn rules_of(ctx: &Ctx, project: &str, perm: &Params) -> Ec2Result<Vec<NewRule>> {
+/// One `IpPermissions.N` (or the flat legacy form) into rules of
+/// `direction` (`ingress`: CIDRs and groups are sources; `egress`:
+/// destinations).
+async fn rules_of(ctx: &Ctx, project: &str, perm: &Params, direction: &'static str) -> Ec2Result<Vec<NewRule>> {
     let proto = protocol(perm.required("IpProtocol")?)?;
     let (from, to) = if proto == "-1" {
         (-1, -1)
@@ -236,7 +240,7 @@ async fn rules_of(ctx: &Ctx, project: &str, perm: &Params) -> Ec2Result<Vec<NewR
     };
     let mut out = Vec::new();
     let make = |cidr: Option<String>, source: Option<String>, description: String| NewRule {
-        direction: "ingress",
+        direction,
         protocol: proto.to_string(),
         from_port: from,
         to_port: to,
@@ -280,13 +284,13 @@ async fn rules_of(ctx: &Ctx, project: &str, perm: &Params) -> Ec2Result<Vec<NewR
 
 /// The rules a call names: its `IpPermissions`, or the flat form
 /// (`IpProtocol`, ...) of the older API; at least one.
-async fn requested_rules(ctx: &Ctx, project: &str, p: &Params) -> Ec2Result<Vec<NewRule>> {
+async fn requested_rules(ctx: &Ctx, project: &str, p: &Params, direction: &'static str) -> Ec2Result<Vec<NewRule>> {
     let mut rules = Vec::new();
     for perm in p.structs("IpPermissions") {
-        rules.extend(rules_of(ctx, project, &perm).await?);
+        rules.extend(rules_of(ctx, project, &perm, direction).await?);
     }
     if p.str("IpProtocol").is_some() {
-        rules.extend(rules_of(ctx, project, p).await?);
+        rules.extend(rules_of(ctx, project, p, direction).await?);
     }
     if rules.is_empty() {
         return Err(Ec2Error::missing("IpPermissions"));
@@ -295,8 +299,25 @@ async fn requested_rules(ctx: &Ctx, project: &str, p: &Params) -> Ec2Result<Vec<
 }
 
 pub async fn authorize_ingress(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
+    authorize(ctx, caller, p, "ingress").await
+}
+
+/// AuthorizeSecurityGroupEgress: what the group's instances may open
+/// connections to (EC2 names the group by GroupId only).
+pub async fn authorize_egress(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
+    p.required("GroupId")?;
+    authorize(ctx, caller, p, "egress").await
+}
+
+/// RevokeSecurityGroupEgress: removes the egress rules equal to the ones given.
+pub async fn revoke_egress(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
+    p.required("GroupId")?;
+    revoke(ctx, caller, p, "egress").await
+}
+
+async fn authorize(ctx: &Arc<Ctx>, caller: &Caller, p: &Params, direction: &'static str) -> Ec2Result<Answer> {
     let g = named(ctx, caller, p, Access::Write).await?;
-    let rules = requested_rules(ctx, &g.project_id, p).await?;
+    let rules = requested_rules(ctx, &g.project_id, p, direction).await?;
     let added = ctx.store.add_security_group_rules(&g.id, &rules).await.map_err(|e| match e {
         RuleError::Duplicate => Ec2Error::bad(
             "InvalidPermission.Duplicate",
@@ -313,7 +334,7 @@ pub async fn authorize_ingress(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> E
                 .field("securityGroupRuleId", &r.id)
                 .field("groupId", &r.group_id)
                 .field("groupOwnerId", &g.project_id)
-                .field("isEgress", "false")
+                .field("isEgress", direction == "egress")
                 .field("ipProtocol", &r.protocol)
                 .field("fromPort", r.from_port)
                 .field("toPort", r.to_port)
@@ -330,8 +351,12 @@ pub async fn authorize_ingress(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> E
 /// RevokeSecurityGroupIngress: removes the rules equal to the ones given.
 /// Open connections they let in stay; new ones are refused.
 pub async fn revoke_ingress(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
+    revoke(ctx, caller, p, "ingress").await
+}
+
+async fn revoke(ctx: &Arc<Ctx>, caller: &Caller, p: &Params, direction: &'static str) -> Ec2Result<Answer> {
     let g = named(ctx, caller, p, Access::Write).await?;
-    let rules = requested_rules(ctx, &g.project_id, p).await?;
+    let rules = requested_rules(ctx, &g.project_id, p, direction).await?;
     let removed = ctx.store.revoke_security_group_rules(&g.id, &rules).await?;
     if removed == 0 {
         return Err(Ec2Error::bad(

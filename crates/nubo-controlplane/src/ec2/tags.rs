@@ -18,7 +18,7 @@ async fn writable(ctx: &Ctx, caller: &Caller, id: &str) -> Ec2Result<(String, &'
         Ec2Error::bad(
             "InvalidID",
             format!(
-                "The ID '{}' is not valid: tags go on i-, vol-, ami-, snap- and sg- resources",
+                "The ID '{}' is not valid: tags go on i-, vol-, ami-, snap-, sg-, vpc- and subnet- resources",
                 id.chars().take(64).collect::<String>()
             ),
         )
@@ -51,6 +51,8 @@ async fn writable(ctx: &Ctx, caller: &Caller, id: &str) -> Ec2Result<(String, &'
             authz::check(caller, Access::Write, Some(&project), "image", id).in_domain(Domain::Other)?;
             project
         }
+        "vpc" => super::vpcs::load_vpc(ctx, caller, id, Access::Write).await?.project_id,
+        "subnet" => super::vpcs::load_subnet(ctx, caller, id, Access::Write).await?.project_id,
         _ => super::security_groups::load(ctx, caller, id, Access::Write).await?.project_id,
     };
     Ok((id.to_string(), kind, project))

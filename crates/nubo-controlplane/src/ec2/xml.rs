@@ -53,6 +53,13 @@ impl El {
         }
     }
 
+    /// The same element under another name (an `<item>` of a list
+    /// answered alone, as CreateVpc's `<vpc>`).
+    pub fn renamed(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+
     /// The children alone (members that go right under the response root).
     pub fn into_children(self) -> Vec<El> {
         self.children

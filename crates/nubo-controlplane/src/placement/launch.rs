@@ -26,6 +26,9 @@ pub async fn place(ctx: &Ctx, new: &NewInstance<'_>) -> Result<(String, Vec<(u16
                 Err(ClaimError::Lost) => continue,
                 Err(ClaimError::NoPorts) => continue,
                 Err(ClaimError::Quota(msg)) => return Err(AppError::QuotaExceeded(msg)),
+                Err(ClaimError::AddressTaken(msg)) => {
+                    return Err(AppError::Conflict(format!("{msg}: ask for another address, or for none")))
+                }
                 Err(ClaimError::Db(e)) => return Err(e.into()),
             }
         }

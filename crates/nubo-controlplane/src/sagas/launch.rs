@@ -190,6 +190,9 @@ impl SagaDef for RecipeLaunch {
                     tags: &p.tags,
                     group_id: p.group_id.as_deref(),
                     networks: &p.networks,
+                    // Launches with a recipe come through REST, which
+                    // asks for no particular address.
+                    private_address: None,
                 },
             };
             return match crate::placement::place(ctx, &new).await {
