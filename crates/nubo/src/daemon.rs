@@ -195,9 +195,11 @@ fn agent_config(
             .ok()
             .map(|exe| vec![exe.display().to_string(), "imds-relay".to_string()]),
         metrics_interval: Duration::from_secs(opts.metrics_interval_secs.max(1)),
-        network: opts
-            .underlay
-            .map(|underlay| nubo_agent::network::NetworkConfig { underlay, netns: opts.netns.clone() }),
+        network: opts.underlay.map(|underlay| nubo_agent::network::NetworkConfig {
+            underlay,
+            netns: opts.netns.clone(),
+            resolvers: opts.resolvers.clone(),
+        }),
         shared_storage: opts.shared_storage.clone(),
         guard: None,
         migration_address: match (opts.migration_address, opts.underlay, &opts.netns) {
