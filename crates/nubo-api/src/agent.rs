@@ -250,6 +250,14 @@ pub struct DesiredNetwork {
     /// Floating IPs of this host's ports on this (private) network.
     #[serde(default)]
     pub floating: Vec<FloatingNat>,
+    /// The network's DNS domain (`<network-name>.internal`); empty from a
+    /// control plane that sends none: the host then uses `<id>.internal`.
+    #[serde(default)]
+    pub domain: String,
+    /// The names the network's DNS answers: every live instance on the
+    /// network (on any host) whose name is a DNS label.
+    #[serde(default)]
+    pub dns: Vec<DnsRecord>,
 }
 
 /// Where an external network is on a host.
@@ -273,6 +281,27 @@ pub struct FloatingNat {
     pub external: crate::ids::NetworkId,
 }
 
+/// One name of a network's DNS: `<name>.<domain>` (and the bare `<name>`)
+/// is `address`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DnsRecord {
+    /// A DNS label: see [`dns_label`].
+    pub name: String,
+    pub address: String,
+}
+
+/// `name` as a DNS label (lowercased), or None when it is not one: 1 to 63
+/// of `a-z`, `0-9` and `-`, not starting or ending with `-` (RFC 1123).
+/// Names are written into dnsmasq's files, so nothing else gets through.
+pub fn dns_label(name: &str) -> Option<String> {
+    let l = name.to_ascii_lowercase();
+    let ok = (1..=63).contains(&l.len())
+        && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !l.starts_with('-')
+        && !l.ends_with('-');
+    ok.then_some(l)
+}
+
 /// An instance's NIC as its host's network plumbing sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DesiredPort {
@@ -282,9 +311,14 @@ pub struct DesiredPort {
     /// What may come in (stateful: replies to what went out always may).
     /// Rules naming a source group are resolved to its members' addresses.
     pub ingress: Vec<FirewallRule>,
+    /// What may go out (stateful), the rules' `sources` being destinations.
+    /// DHCP, DNS to the gateway and metadata always may. None (a control
+    /// plane that sends no egress rules): everything may go out.
+    #[serde(default)]
+    pub egress: Option<Vec<FirewallRule>>,
 }
 
-/// One allowed inbound flow.
+/// One allowed flow: inbound (ingress) or outbound (egress).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FirewallRule {
     /// `tcp`, `udp`, `icmp` or `all`.
@@ -292,7 +326,7 @@ pub struct FirewallRule {
     /// Inclusive port range (tcp and udp; 0-65535 otherwise).
     pub from_port: u16,
     pub to_port: u16,
-    /// Source CIDRs; empty matches nothing.
+    /// Source CIDRs (ingress) or destination CIDRs (egress); empty matches nothing.
     pub sources: Vec<String>,
 }
 
@@ -603,4 +637,19 @@ pub struct ConsoleAck {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunAck {
     pub log_offset: u64,
+}
+
+#[cfg(test)]
+mod dns_label_tests {
+    use super::dns_label;
+
+    #[test]
+    fn only_dns_labels_get_through_lowercased() {
+        assert_eq!(dns_label("Web-1").as_deref(), Some("web-1"));
+        assert_eq!(dns_label("a").as_deref(), Some("a"));
+        assert_eq!(dns_label(&"x".repeat(63)).as_deref(), Some("x".repeat(63).as_str()));
+        for bad in ["", "web_1", "web.1", "-web", "web-", "we b", "a\nserver=1.2.3.4", "ünï", &"x".repeat(64)] {
+            assert_eq!(dns_label(bad), None, "{bad:?}");
+        }
+    }
 }

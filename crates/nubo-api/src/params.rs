@@ -352,7 +352,7 @@ pub struct SecurityGroupCreate {
     pub description: String,
 }
 
-/// `POST /api/v1/security-groups/{id}/rules`: let traffic in.
+/// `POST /api/v1/security-groups/{id}/rules`: let traffic in (or out).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityGroupRuleCreate {
@@ -370,6 +370,10 @@ pub struct SecurityGroupRuleCreate {
     /// Or: a security group (name or `sg-...`) whose members may connect.
     #[serde(default)]
     pub source_group: Option<String>,
+    /// An outbound rule: `cidr` or `source_group` are then where members
+    /// may connect to. Default: inbound.
+    #[serde(default)]
+    pub egress: bool,
 }
 
 /// `POST /api/v1/instances/{id}/migrate`

@@ -2,11 +2,12 @@
 //! gateway, the VXLAN id that carries it between hosts), the NIC each
 //! attached instance has on them (MAC and address, fixed for the
 //! instance's life), and what one host must run for them: the networks
-//! with local ports, their VXLAN peers, and each port's inbound firewall
-//! rules resolved from its security groups.
+//! with local ports, their VXLAN peers, each port's inbound and outbound
+//! firewall rules resolved from its security groups, and the names the
+//! network's DNS answers.
 
 use crate::store::{now_ms, ClaimError, Store, Tx};
-use nubo_api::agent::{DesiredNetwork, DesiredNic, DesiredPort, FirewallRule};
+use nubo_api::agent::{DesiredNetwork, DesiredNic, DesiredPort, DnsRecord, FirewallRule};
 use nubo_api::ids::NetworkId;
 use sqlx::FromRow;
 use std::collections::{HashMap, HashSet};
@@ -545,8 +546,8 @@ impl Store {
                 .await?
                 .into_iter()
                 .collect();
-        // Security groups: each instance's groups, each group's ingress
-        // rules, and each group's members (for rules by source group).
+        // Security groups: each instance's groups, each group's rules (in
+        // and out), and each group's members (for rules by source group).
         // Only the members on this host's networks matter (a source group
         // is resolved to addresses on the port's network), and only the
         // rules of their groups.
@@ -566,9 +567,18 @@ impl Store {
         }
         let rules: Vec<crate::security_groups::RuleRow> = sqlx::query_as(&format!(
             "SELECT id, group_id, direction, protocol, from_port, to_port, cidr, source_group_id, description
-             FROM security_group_rules WHERE direction = 'ingress' AND group_id IN
+             FROM security_group_rules WHERE direction IN ('ingress', 'egress') AND group_id IN
                (SELECT group_id FROM instance_security_groups WHERE instance_id IN ({on_local_networks}))
              ORDER BY id"
+        ))
+        .bind(host)
+        .fetch_all(&self.pool)
+        .await?;
+        // Names for each network's DNS: every live instance on the
+        // networks here, wherever it runs.
+        let names: Vec<(String, String, String)> = sqlx::query_as(&format!(
+            "SELECT p.network_id, i.name, p.address FROM network_ports p JOIN instances i ON i.id = p.instance_id
+             WHERE i.state <> 'terminated' AND p.network_id IN ({LOCAL_NETWORKS}) ORDER BY p.network_id, i.name, p.address"
         ))
         .bind(host)
         .fetch_all(&self.pool)
@@ -650,7 +660,7 @@ impl Store {
                 ports.iter().filter(|p| p.1 == net).map(|p| (p.0.as_str(), p.4.as_str())).collect();
             let mut desired_ports = Vec::new();
             for p in local.iter().filter(|p| p.1 == net) {
-                let mut ingress = Vec::new();
+                let (mut ingress, mut egress) = (Vec::new(), Vec::new());
                 for g in groups_of.get(p.0.as_str()).into_iter().flatten() {
                     for r in rules.iter().filter(|r| r.group_id == *g) {
                         let sources = match (&r.cidr, &r.source_group_id) {
@@ -675,7 +685,12 @@ impl Store {
                                 .collect(),
                             (None, None) => Vec::new(),
                         };
-                        ingress.push(firewall_rule(r, sources));
+                        let rule = firewall_rule(r, sources);
+                        if r.direction == "egress" {
+                            egress.push(rule);
+                        } else {
+                            ingress.push(rule);
+                        }
                     }
                 }
                 desired_ports.push(DesiredPort {
@@ -683,8 +698,10 @@ impl Store {
                     mac: p.3.clone(),
                     address: p.4.clone(),
                     ingress,
+                    egress: Some(egress),
                 });
             }
+            let dns = dns_records(names.iter().filter(|n| n.0 == net).map(|n| (n.1.as_str(), n.2.as_str())));
             networks.push(DesiredNetwork {
                 id: row.id.parse().map_err(|e| sqlx::Error::Protocol(format!("network id: {e}")))?,
                 vni: row.vni as u32,
@@ -694,6 +711,8 @@ impl Store {
                 ports: desired_ports,
                 floating: floating_on.remove(net).unwrap_or_default(),
                 external,
+                domain: dns_domain(&row.name, &row.id),
+                dns,
             });
         }
         Ok((nics, networks))
@@ -713,6 +732,29 @@ fn firewall_rule(r: &crate::security_groups::RuleRow, sources: Vec<String>) -> F
         (0, 65535)
     };
     FirewallRule { protocol, from_port, to_port, sources }
+}
+
+/// A network's DNS domain: `<name>.internal` when its name is a DNS
+/// label, else `<id>.internal` (names may hold `_` and `.`).
+fn dns_domain(name: &str, id: &str) -> String {
+    let label = nubo_api::agent::dns_label(name).or_else(|| nubo_api::agent::dns_label(id)).unwrap_or_default();
+    format!("{label}.internal")
+}
+
+/// DNS records of (instance name, address) pairs: instances whose name is
+/// not a DNS label are left out (they have no name in DNS, the others keep
+/// theirs); each (name, address) once.
+fn dns_records<'a>(named: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<DnsRecord> {
+    let mut out: Vec<DnsRecord> = named
+        .filter_map(|(name, address)| {
+            let name = nubo_api::agent::dns_label(name)?;
+            address.parse::<Ipv4Addr>().ok()?;
+            Some(DnsRecord { name, address: address.to_string() })
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.name, &a.address).cmp(&(&b.name, &b.address)));
+    out.dedup();
+    out
 }
 
 #[cfg(test)]
@@ -755,6 +797,16 @@ mod tests {
         assert_eq!(a, mac_for("i-1", "net-a"));
         assert_ne!(a, mac_for("i-1", "net-b"));
         assert!(a.starts_with("52:54:"));
+    }
+
+    #[test]
+    fn dns_names_are_labels_and_bad_ones_are_left_out() {
+        let named = [("Web-1", "10.0.0.2"), ("bad_name", "10.0.0.3"), ("web.2", "10.0.0.4"), ("db", "10.0.0.5")];
+        let r = dns_records(named.iter().copied().chain([("db", "10.0.0.5"), ("x", "nonsense")]));
+        let got: Vec<(&str, &str)> = r.iter().map(|r| (r.name.as_str(), r.address.as_str())).collect();
+        assert_eq!(got, [("db", "10.0.0.5"), ("web-1", "10.0.0.2")]);
+        assert_eq!(dns_domain("Blue", "net-0123456789abcdef0"), "blue.internal");
+        assert_eq!(dns_domain("blue_net", "net-0123456789abcdef0"), "net-0123456789abcdef0.internal");
     }
 
     #[test]

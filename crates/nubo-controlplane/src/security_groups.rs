@@ -2,8 +2,10 @@
 //! by protocol, port range and a CIDR or a source group, and the
 //! instances that are members. Each project has a `default` group, made on
 //! first use with EC2's default rules (all traffic from members of the
-//! group itself in, everything out). Enforcement on hosts comes later; the
-//! rows here are what it will read.
+//! group itself in, everything out); any other group starts, as on EC2,
+//! with one rule: everything out. Hosts enforce both directions (see
+//! `networks::desired_networks`): a group without egress rules lets
+//! nothing out but DHCP, DNS to the gateway and metadata.
 
 use crate::store::{now_ms, Store};
 use nubo_api::ids::{SecurityGroupId, SecurityGroupRuleId};
@@ -80,6 +82,19 @@ pub enum DeleteOutcome {
 
 use crate::store::Tx;
 
+/// Everything out: the egress rule every group starts with (EC2's).
+fn allow_all_out() -> NewRule {
+    NewRule {
+        direction: "egress",
+        protocol: "-1".into(),
+        from_port: -1,
+        to_port: -1,
+        cidr: Some("0.0.0.0/0".into()),
+        source_group_id: None,
+        description: String::new(),
+    }
+}
+
 async fn insert_rule(tx: &mut Tx<'_>, group: &str, r: &NewRule) -> Result<RuleRow, sqlx::Error> {
     let id = SecurityGroupRuleId::generate().to_string();
     sqlx::query(
@@ -140,7 +155,7 @@ impl Store {
                 description: String::new(),
             };
             insert_rule(&mut tx, &id, &all("ingress", None, Some(&id))).await?;
-            insert_rule(&mut tx, &id, &all("egress", Some("0.0.0.0/0"), None)).await?;
+            insert_rule(&mut tx, &id, &allow_all_out()).await?;
         }
         tx.commit().await?;
         // A concurrent first use may have made it instead: read whichever won.
@@ -157,6 +172,7 @@ impl Store {
         description: &str,
     ) -> Result<Option<SecurityGroupRow>, sqlx::Error> {
         let id = SecurityGroupId::generate().to_string();
+        let mut tx = self.begin().await?;
         let r = sqlx::query(
             "INSERT INTO security_groups (id, project_id, name, description, is_default, created_at_ms)
              VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT DO NOTHING",
@@ -166,11 +182,15 @@ impl Store {
         .bind(name)
         .bind(description)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if r.rows_affected() != 1 {
             return Ok(None);
         }
+        // EC2's one rule of a new group: everything out (revoke it to
+        // restrict what members may open).
+        insert_rule(&mut tx, &id, &allow_all_out()).await?;
+        tx.commit().await?;
         self.security_group(&id).await
     }
 

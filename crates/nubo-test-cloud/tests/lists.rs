@@ -86,7 +86,7 @@ async fn key_pairs_networks_and_volumes_page_within_their_project() {
         for k in 0..ITEMS {
             let kp = client.create_keypair(&KeypairCreate { name: format!("k{k}"), public_key: None }).await.unwrap();
             ids[0].insert(kp.keypair.id.to_string());
-            let net = NetworkCreate { name: format!("n{k}"), cidr: format!("10.{}.{k}.0/24", 20 + p) };
+            let net = NetworkCreate { name: format!("n{k}"), cidr: format!("10.{}.{k}.0/24", 20 + p), external: None };
             ids[1].insert(client.create_network(&net).await.unwrap().id.to_string());
             let vol = VolumeCreate { size_gib: 1, name: Some(format!("v{k}")), snapshot_id: None, instance_id: None };
             ids[2].insert(client.create_volume(&vol).await.unwrap().id.to_string());

@@ -457,6 +457,11 @@ pub struct AgentOpts {
     /// own unless it is a bridge (Nubo adds its ports to a bridge of its own).
     #[arg(long = "external", value_name = "NAME=IFACE", requires = "underlay", value_parser = parse_external)]
     pub externals: Vec<(String, String)>,
+    /// A DNS resolver for names outside the private networks (repeatable):
+    /// each network's DNS on its gateway forwards them there. None: the
+    /// networks' DNS answers only their instances' names.
+    #[arg(long = "resolver", value_name = "IPV4", requires = "underlay")]
+    pub resolvers: Vec<std::net::Ipv4Addr>,
     /// Where live migrations into this host arrive (disks over NBD, then
     /// the VM's state). Default: the underlay address, or 127.0.0.1 when
     /// there is none or the host is a test namespace (QEMU runs outside it).
@@ -1154,7 +1159,8 @@ pub enum FloatingIpCmd {
 
 #[derive(Subcommand)]
 pub enum SecurityGroupCmd {
-    /// Create a group (it lets nothing in until a rule says so).
+    /// Create a group (it lets nothing in until a rule says so, and
+    /// everything out).
     Create {
         name: String,
         #[arg(long, default_value = "")]
@@ -1162,7 +1168,9 @@ pub enum SecurityGroupCmd {
     },
     /// Groups and their rules.
     List,
-    /// Let traffic in: `allow web --protocol tcp --port 80 --cidr 0.0.0.0/0`.
+    /// Let traffic in: `allow web --protocol tcp --port 80 --cidr 0.0.0.0/0`
+    /// (or out, with --egress; a new group lets everything out until its
+    /// egress rule is revoked).
     Allow {
         group: String,
         /// tcp, udp, icmp or all.
@@ -1177,6 +1185,10 @@ pub enum SecurityGroupCmd {
         /// From members of this group.
         #[arg(long)]
         source_group: Option<String>,
+        /// Let traffic out instead: --cidr and --source-group then say
+        /// where members may connect to.
+        #[arg(long)]
+        egress: bool,
     },
     /// Remove a rule by id (sgr-...); new connections it allowed are refused.
     Revoke { group: String, rule: String },

@@ -199,6 +199,7 @@ fn agent_config(
             underlay,
             netns: opts.netns.clone(),
             externals: opts.externals.iter().cloned().collect(),
+            resolvers: opts.resolvers.clone(),
         }),
         shared_storage: opts.shared_storage.clone(),
         guard: None,

@@ -108,7 +108,7 @@ pub async fn security_group(cmd: SecurityGroupCmd, conn: &Conn) -> anyhow::Resul
             let groups = client(conn)?.security_groups().await?;
             emit(conn.output, &groups, |g| print_groups(g))
         }
-        SecurityGroupCmd::Allow { group, protocol, port, cidr, source_group } => {
+        SecurityGroupCmd::Allow { group, protocol, port, cidr, source_group, egress } => {
             let (from_port, to_port) = match port.as_deref() {
                 None => (None, None),
                 Some(p) => match p.split_once('-') {
@@ -121,7 +121,7 @@ pub async fn security_group(cmd: SecurityGroupCmd, conn: &Conn) -> anyhow::Resul
                 .map(|c| nubo_api::cidr::parse_rule_cidr(&c).map(|n| nubo_api::cidr::canonical(&n)))
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--cidr: {e}"))?;
-            let rule = SecurityGroupRuleCreate { protocol, from_port, to_port, cidr, source_group };
+            let rule = SecurityGroupRuleCreate { protocol, from_port, to_port, cidr, source_group, egress };
             let g = client(conn)?.add_security_group_rule(&group, &rule).await?;
             emit(conn.output, &g, |g| print_groups(std::slice::from_ref(g)))
         }

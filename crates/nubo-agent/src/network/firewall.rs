@@ -7,9 +7,16 @@
 //! from a MAC or address that is not its own, and marks each frame with the
 //! port it leaves by; the inet chain of that mark then accepts replies
 //! (conntrack), DHCP answers and what the port's rules allow, and drops the
-//! rest. Outbound is open. The whole ruleset is replaced in one `nft -f`
-//! transaction, so a change never leaves a port half-filtered, and
-//! connections already open stay open.
+//! rest. What a port sends is filtered in the inet family too, found by
+//! the bridge it came in by (br_netfilter shows bridged packets there with
+//! the bridge as `iifname`) and its source address (the bridge chain has
+//! already dropped anything spoofed): replies, DHCP, DNS to the gateway
+//! and metadata pass, then the egress rules, then it is dropped. A raw
+//! prerouting chain puts each network's packets in a conntrack zone of its
+//! own, so two networks with the same range on one host never share a
+//! flow. The whole ruleset is replaced in one `nft -f` transaction, so a
+//! change never leaves a port half-filtered, and connections already open
+//! stay open.
 //!
 //! Because that one transaction carries every project's rules, nothing of
 //! a rule reaches its text untyped: each rule is parsed into a protocol,
@@ -31,9 +38,12 @@ const MARK_BASE: u32 = 0x4e75_0000;
 pub fn render(networks: &[DesiredNetwork], tap_of: &dyn Fn(&str, u32) -> Option<String>) -> String {
     let mut bridge = String::new();
     let mut inet_jumps = String::new();
+    let mut egress_jumps = String::new();
+    let mut zones = String::new();
     let mut chains = String::new();
     let mut index = 0u32;
     for net in networks {
+        let _ = writeln!(zones, "    iifname \"nb{}\" ct zone set {}", net.vni, ct_zone(net.vni));
         for port in &net.ports {
             let Some(tap) = tap_of(port.instance_id.as_str(), net.vni) else { continue };
             index += 1;
@@ -66,6 +76,32 @@ pub fn render(networks: &[DesiredNetwork], tap_of: &dyn Fn(&str, u32) -> Option<
                 }
             }
             chains.push_str("    drop\n  }\n");
+            if let Some(egress) = &port.egress {
+                let _ = writeln!(egress_jumps, "    iifname \"nb{}\" ip saddr {address} jump egress_{tap}", net.vni);
+                let _ = writeln!(chains, "  chain egress_{tap} {{");
+                // Allowed: "return" (on to the ingress check of the port it
+                // goes to, when that is on this host); refused: drop.
+                chains.push_str("    ct state established,related return\n    ct state invalid drop\n");
+                chains.push_str("    udp sport 68 udp dport 67 return\n");
+                // As on EC2, the network's resolver and metadata are not filtered.
+                if let Ok(gateway) = net.gateway.parse::<Ipv4Addr>() {
+                    let _ = writeln!(chains, "    ip daddr {gateway} udp dport 53 return");
+                    let _ = writeln!(chains, "    ip daddr {gateway} tcp dport 53 return");
+                }
+                chains.push_str("    ip daddr 169.254.169.254 tcp dport 80 return\n");
+                for r in egress {
+                    match TypedRule::parse(r) {
+                        Ok(rule) => {
+                            if let Some(line) = rule.egress_line() {
+                                let _ = writeln!(chains, "    {line}");
+                            }
+                        }
+                        Err(e) => tracing::warn!(instance = %port.instance_id, network = %net.id, error = %e,
+                            "left an egress rule out of the host's firewall (it allows nothing); the host's other rules apply"),
+                    }
+                }
+                chains.push_str("    drop\n  }\n");
+            }
         }
     }
     let mut out = String::new();
@@ -77,9 +113,19 @@ pub fn render(networks: &[DesiredNetwork], tap_of: &dyn Fn(&str, u32) -> Option<
     );
     let _ = write!(
         out,
-        "table inet nubo {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n{inet_jumps}  }}\n{chains}}}\n"
+        "table inet nubo {{\n  chain zones {{\n    type filter hook prerouting priority raw; policy accept;\n{zones}  }}\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n{egress_jumps}{inet_jumps}  }}\n{chains}}}\n"
     );
     out
+}
+
+/// The conntrack zone of a network's packets on this host: its VNI (zones
+/// are 16 bits; a VNI above 65535 folds, and shares a zone only with a
+/// network 65535 VNIs away).
+pub fn ct_zone(vni: u32) -> u16 {
+    match u16::try_from(vni) {
+        Ok(z) if z > 0 => z,
+        _ => (vni % 65535) as u16 + 1,
+    }
 }
 
 /// A forwarded port of an instance on a private network: the host's
@@ -205,21 +251,31 @@ impl TypedRule {
 
     /// One accept rule, or None when it can match nothing (no sources).
     fn line(&self) -> Option<String> {
+        self.render("saddr", "accept")
+    }
+
+    /// One egress rule (its `sources` are destinations): `return` when it
+    /// matches, or None when it can match nothing.
+    fn egress_line(&self) -> Option<String> {
+        self.render("daddr", "return")
+    }
+
+    fn render(&self, field: &str, verdict: &str) -> Option<String> {
         if self.sources.is_empty() {
             return None;
         }
         let list = self.sources.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-        let sources = format!("ip saddr {{ {list} }}");
+        let sources = format!("ip {field} {{ {list} }}");
         let ports = if self.from_port == self.to_port {
             self.from_port.to_string()
         } else {
             format!("{}-{}", self.from_port, self.to_port)
         };
         Some(match self.protocol {
-            Protocol::Tcp => format!("{sources} tcp dport {ports} accept"),
-            Protocol::Udp => format!("{sources} udp dport {ports} accept"),
-            Protocol::Icmp => format!("{sources} meta l4proto icmp accept"),
-            Protocol::All => format!("{sources} accept"),
+            Protocol::Tcp => format!("{sources} tcp dport {ports} {verdict}"),
+            Protocol::Udp => format!("{sources} udp dport {ports} {verdict}"),
+            Protocol::Icmp => format!("{sources} meta l4proto icmp {verdict}"),
+            Protocol::All => format!("{sources} {verdict}"),
         })
     }
 }
@@ -243,7 +299,10 @@ mod tests {
                 mac: "52:54:00:00:00:01".into(),
                 address: "10.20.0.2".into(),
                 ingress: rules,
+                egress: None,
             }],
+            domain: "blue.internal".into(),
+            dns: vec![],
         }
     }
 
@@ -277,6 +336,72 @@ mod tests {
         assert_eq!(text.matches(" accept\n").count(), 5, "{text}");
         let chain = text.split("chain port_nt1 {").nth(1).unwrap();
         assert!(chain.trim_end().ends_with("drop\n  }\n}") || chain.contains("    drop\n  }"));
+    }
+
+    #[test]
+    fn egress_passes_replies_dhcp_dns_metadata_then_the_rules_then_drops() {
+        let mut n = net(vec![]);
+        n.ports[0].egress = Some(vec![
+            FirewallRule {
+                protocol: "tcp".into(),
+                from_port: 8080,
+                to_port: 8080,
+                sources: vec!["10.20.0.0/24".into()],
+            },
+            FirewallRule { protocol: "all".into(), from_port: 0, to_port: 65535, sources: vec!["192.0.2.0/24".into()] },
+            FirewallRule { protocol: "udp".into(), from_port: 53, to_port: 53, sources: vec!["0.0.0.0/+0".into()] },
+            FirewallRule { protocol: "icmp".into(), from_port: 0, to_port: 65535, sources: vec![] },
+        ]);
+        let text = render(&[n], &|_, _| Some("nt1".to_string()));
+        // Found by the bridge it came in by and its (anti-spoofed) address,
+        // checked before the ingress check of the port it goes to.
+        let jump = "iifname \"nb1000\" ip saddr 10.20.0.2 jump egress_nt1";
+        let forward = text.split("chain forward {").nth(2).expect("the inet forward chain");
+        assert!(forward.find(jump).unwrap() < forward.find("jump port_nt1").unwrap(), "{text}");
+        let chain = text.split("chain egress_nt1 {\n").nth(1).unwrap().split("  }\n").next().unwrap();
+        assert_eq!(
+            chain,
+            "    ct state established,related return
+    ct state invalid drop
+    udp sport 68 udp dport 67 return
+    ip daddr 10.20.0.1 udp dport 53 return
+    ip daddr 10.20.0.1 tcp dport 53 return
+    ip daddr 169.254.169.254 tcp dport 80 return
+    ip daddr { 10.20.0.0/24 } tcp dport 8080 return
+    ip daddr { 192.0.2.0/24 } return
+    drop
+",
+            "{text}"
+        );
+        // No egress rules at all: only the always-allowed, then drop.
+        let mut closed = net(vec![]);
+        closed.ports[0].egress = Some(vec![]);
+        let text = render(&[closed], &|_, _| Some("nt1".to_string()));
+        let chain = text.split("chain egress_nt1 {\n").nth(1).unwrap().split("  }\n").next().unwrap();
+        assert!(chain.ends_with("tcp dport 80 return\n    drop\n") && !chain.contains("daddr {"), "{text}");
+        // None (a control plane that sends no egress rules): not filtered.
+        let text = render(&[net(vec![])], &|_, _| Some("nt1".to_string()));
+        assert!(!text.contains("egress_"), "{text}");
+    }
+
+    #[test]
+    fn each_network_has_its_own_conntrack_zone() {
+        let mut other = net(vec![]);
+        other.vni = 1001;
+        other.ports.clear();
+        let text = render(&[net(vec![]), other], &|_, _| Some("nt1".to_string()));
+        let zones = text.split("chain zones {\n").nth(1).unwrap().split("  }\n").next().unwrap();
+        assert_eq!(
+            zones,
+            "    type filter hook prerouting priority raw; policy accept;
+    iifname \"nb1000\" ct zone set 1000
+    iifname \"nb1001\" ct zone set 1001
+"
+        );
+        assert_eq!((ct_zone(1000), ct_zone(65535), ct_zone(65536), ct_zone(0)), (1000, 65535, 2, 1));
+        // Zones and rules are one transaction: one table each, replaced whole.
+        assert_eq!(text.matches("delete table inet nubo\n").count(), 1);
+        assert_eq!(text.matches("table inet nubo {\n").count(), 1);
     }
 
     #[test]

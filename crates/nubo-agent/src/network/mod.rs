@@ -4,7 +4,7 @@
 //!  guest eth0 ── tap nt… ─┐
 //!  guest eth0 ── tap nt… ─┤ bridge nb<vni> ── vxlan nx<vni> ══ underlay ══ other hosts
 //!                         └─ veth nr<vni> ══ gw (router namespace <prefix>r<vni>):
-//!                              the gateway address, 169.254.169.254 (metadata), dnsmasq (DHCP)
+//!                              the gateway address, 169.254.169.254 (metadata), dnsmasq (DHCP, DNS)
 //! ```
 //!
 //! The VXLAN and router ports are isolated from each other on the bridge,
@@ -14,6 +14,13 @@
 //! own, so two projects may use the same range. Security groups become one
 //! nftables ruleset for the host (see [`firewall`]); it is replaced in one
 //! transaction on every change, and conntrack keeps open flows open.
+//! Conntrack's table is split by network (a zone per VNI), so two
+//! networks with the same range on one host never share a flow's state.
+//!
+//! DNS: each router's dnsmasq answers `<instance>.<network>.internal` (and
+//! the bare `<instance>`) for every instance on the network, from a hosts
+//! file re-read on SIGHUP, and forwards other names to the operator's
+//! resolvers (none: it answers only the network's own names).
 //!
 //! Egress and forwarded ports: each router has an uplink, a veth pair to
 //! the host's namespace with a /30 from 100.64.0.0/10 (RFC 6598) chosen by
@@ -58,6 +65,9 @@ pub struct NetworkConfig {
     /// External networks' interface names mapped to this host's
     /// interfaces or bridges (`--external NAME=IFACE`).
     pub externals: BTreeMap<String, String>,
+    /// Where each network's DNS forwards names that are not the network's
+    /// own (`nubo agent --resolver`); none: it answers only those.
+    pub resolvers: Vec<Ipv4Addr>,
 }
 
 /// Why a network could not be set up.
@@ -430,69 +440,59 @@ impl Plumbing {
     }
 
     /// dnsmasq in the router namespace: fixed leases for this host's ports
-    /// (by MAC), nothing for unknown ones; SIGHUP re-reads the hosts file.
+    /// (by MAC), nothing for unknown ones, and the network's DNS (see the
+    /// module doc); SIGHUP re-reads both hosts files. A dnsmasq started with
+    /// other arguments (another agent version, other resolvers) is
+    /// restarted.
     async fn ensure_dhcp(&self, net: &DesiredNetwork, router: &str) -> Result<()> {
         let dir = self.state_dir.join(net.vni.to_string());
         std::fs::create_dir_all(&dir)
             .map_err(|e| NetworkError::Other(format!("cannot create {}: {e}", dir.display())))?;
         let hosts: String = net.ports.iter().map(|p| format!("{},{}\n", p.mac, p.address)).collect();
-        // dnsmasq drops root (see dnsmasq_account) and then re-reads this
-        // file on SIGHUP, so it lives where that account can read it, and
-        // only it: the data dir may be behind a 0700 directory.
+        let domain = dns_domain(net);
+        let names = render_dns_hosts(net, &domain);
+        // dnsmasq drops root (see dnsmasq_account) and then re-reads these
+        // files on SIGHUP, so they live where that account can read them,
+        // and only it: the data dir may be behind a 0700 directory.
         let account = dnsmasq_account()?;
         let hosts_dir = PathBuf::from(DHCP_HOSTS_DIR).join(router);
         std::fs::create_dir_all(&hosts_dir)
             .map_err(|e| NetworkError::Other(format!("cannot create {}: {e}", hosts_dir.display())))?;
         let hosts_file = hosts_dir.join("dhcp-hosts");
-        let changed = std::fs::read_to_string(&hosts_file).ok().as_deref() != Some(hosts.as_str());
-        if changed {
-            write_for(&hosts_file, &hosts, &account)?;
+        let names_file = hosts_dir.join("dns-hosts");
+        let mut changed = false;
+        for (file, text) in [(&hosts_file, &hosts), (&names_file, &names)] {
+            if std::fs::read_to_string(file).ok().as_deref() != Some(text.as_str()) {
+                write_for(file, text, &account)?;
+                changed = true;
+            }
         }
         let pid_file = dir.join("dnsmasq.pid");
+        let files = DnsmasqFiles { dhcp_hosts: &hosts_file, dns_hosts: &names_file, dir: &dir, pid_file: &pid_file };
+        let args = dnsmasq_args(net, &domain, &files, &account, &self.cfg.resolvers)?;
         if let Some(pid) = dnsmasq_pid(&pid_file) {
-            if changed {
-                // SAFETY: a signal to the dnsmasq this module started (its
-                // pidfile and command line were checked).
-                unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+            if dnsmasq_cmdline(pid).is_some_and(|running| running == args) {
+                if changed {
+                    // SAFETY: a signal to the dnsmasq this module started (its
+                    // pidfile and command line were checked).
+                    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+                }
+                return Ok(());
             }
-            return Ok(());
+            tracing::info!(router, "restarting dnsmasq: its arguments changed");
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            for _ in 0..50 {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
         }
-        let len = prefix_len(&net.cidr)?;
-        let network = net.cidr.split('/').next().unwrap_or_default();
-        let mut args = vec![
-            "netns".to_string(),
-            "exec".into(),
-            router.into(),
-            "dnsmasq".into(),
-            "--conf-file=/dev/null".into(),
-            // DHCP only: no DNS service (port 0).
-            "--port=0".into(),
-            "--interface=gw".into(),
-            "--bind-interfaces".into(),
-            "--dhcp-authoritative".into(),
-            "--no-ping".into(),
-            format!("--user={}", account.name),
-            format!("--group={}", account.group),
-            format!("--dhcp-range={network},static,{},1h", netmask(len)),
-            format!("--dhcp-hostsfile={}", hosts_file.display()),
-            format!("--dhcp-option=option:router,{}", net.gateway),
-            format!("--dhcp-option-force=option:mtu,{GUEST_MTU}"),
-            format!("--dhcp-leasefile={}", dir.join("leases").display()),
-            format!("--pid-file={}", pid_file.display()),
-            format!("--log-facility={}", dir.join("dnsmasq.log").display()),
-            "--log-dhcp".into(),
-        ];
-        // On an external network the default route is the LAN's router,
-        // so metadata needs a route of its own to this host's service
-        // address (RFC 3442, which then must repeat the default route).
-        if let Some(link) = &net.external {
-            args.push(format!(
-                "--dhcp-option=option:classless-static-route,169.254.169.254/32,{},0.0.0.0/0,{}",
-                link.service_address, net.gateway
-            ));
-        }
+        let mut cmd = strings(&["netns", "exec", router, "dnsmasq"]);
+        cmd.extend(args);
         tracing::info!(router, "starting dnsmasq");
-        run("ip", &args, None).await?;
+        run("ip", &cmd, None).await?;
         Ok(())
     }
 
@@ -670,6 +670,120 @@ fn write_for(path: &std::path::Path, text: &str, account: &DnsmasqAccount) -> Re
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// The files of one router's dnsmasq.
+struct DnsmasqFiles<'a> {
+    dhcp_hosts: &'a std::path::Path,
+    dns_hosts: &'a std::path::Path,
+    dir: &'a std::path::Path,
+    pid_file: &'a std::path::Path,
+}
+
+/// The network's DNS domain as the guests see it: the control plane's,
+/// checked label by label, or `<network id>.internal`.
+fn dns_domain(net: &DesiredNetwork) -> String {
+    let labels: Option<Vec<String>> = net.domain.split('.').map(nubo_api::agent::dns_label).collect();
+    match labels {
+        Some(l) if !net.domain.is_empty() && net.domain.len() <= 200 => l.join("."),
+        _ => format!("{}.internal", net.id.as_str().to_ascii_lowercase()),
+    }
+}
+
+/// The network's names as a hosts file (`address name.domain name`): each
+/// name checked again as a DNS label and each address as IPv4, so nothing a
+/// guest chose becomes more than a name (a bad one is left out).
+fn render_dns_hosts(net: &DesiredNetwork, domain: &str) -> String {
+    let mut out = String::new();
+    for r in &net.dns {
+        let (Some(name), Ok(address)) = (nubo_api::agent::dns_label(&r.name), r.address.parse::<Ipv4Addr>()) else {
+            tracing::warn!(network = %net.id, name = %r.name.escape_debug(), "left a name out of the network's DNS: not a DNS label or not an IPv4 address");
+            continue;
+        };
+        out.push_str(&format!("{address} {name}.{domain} {name}\n"));
+    }
+    out
+}
+
+/// dnsmasq's arguments for a network: DHCP (fixed leases, the gateway as
+/// router and DNS server, the domain to search) and DNS on the gateway.
+fn dnsmasq_args(
+    net: &DesiredNetwork,
+    domain: &str,
+    files: &DnsmasqFiles<'_>,
+    account: &DnsmasqAccount,
+    resolvers: &[Ipv4Addr],
+) -> Result<Vec<String>> {
+    let len = prefix_len(&net.cidr)?;
+    let network: Ipv4Addr = net
+        .cidr
+        .split('/')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| NetworkError::Other(format!("network range {:?} is not a CIDR", net.cidr)))?;
+    let gateway: Ipv4Addr = net
+        .gateway
+        .parse()
+        .map_err(|_| NetworkError::Other(format!("gateway {:?} is not an IPv4 address", net.gateway)))?;
+    // The network's DNS answers on the gateway, or on an external
+    // network (whose gateway is the LAN's router) on this host's service address.
+    let dns_server = match &net.external {
+        Some(link) => link.service_address.clone(),
+        None => gateway.to_string(),
+    };
+    let mut args = vec![
+        "--conf-file=/dev/null".to_string(),
+        "--interface=gw".into(),
+        "--bind-interfaces".into(),
+        "--dhcp-authoritative".into(),
+        "--no-ping".into(),
+        format!("--user={}", account.name),
+        format!("--group={}", account.group),
+        format!("--dhcp-range={network},static,{},1h", netmask(len)),
+        format!("--dhcp-hostsfile={}", files.dhcp_hosts.display()),
+        format!("--dhcp-option=option:router,{gateway}"),
+        format!("--dhcp-option=option:dns-server,{dns_server}"),
+        format!("--dhcp-option=option:domain-search,{domain}"),
+        format!("--dhcp-option-force=option:mtu,{GUEST_MTU}"),
+        // DNS: the network's names from their own file only (not the
+        // host's /etc/hosts), its domain never forwarded, plain names and
+        // private reverse lookups never forwarded, and no resolv.conf: only
+        // the operator's resolvers.
+        format!("--domain={domain}"),
+        "--no-hosts".into(),
+        format!("--addn-hosts={}", files.dns_hosts.display()),
+        format!("--local=/{domain}/"),
+        "--domain-needed".into(),
+        "--bogus-priv".into(),
+        "--no-resolv".into(),
+    ];
+    args.extend(resolvers.iter().map(|r| format!("--server={r}")));
+    // On an external network the default route is the LAN's router, so
+    // metadata needs a route of its own to this host's service address
+    // (RFC 3442, which then must repeat the default route).
+    if let Some(link) = &net.external {
+        args.push(format!(
+            "--dhcp-option=option:classless-static-route,169.254.169.254/32,{},0.0.0.0/0,{gateway}",
+            link.service_address
+        ));
+    }
+    args.extend([
+        format!("--dhcp-leasefile={}", files.dir.join("leases").display()),
+        format!("--pid-file={}", files.pid_file.display()),
+        format!("--log-facility={}", files.dir.join("dnsmasq.log").display()),
+        "--log-dhcp".into(),
+    ]);
+    Ok(args)
+}
+
+/// The arguments (after the program) a running process was started with.
+fn dnsmasq_cmdline(pid: u32) -> Option<Vec<String>> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut parts: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    if parts.last().is_some_and(String::is_empty) {
+        parts.pop();
+    }
+    (!parts.is_empty()).then(|| parts.split_off(1))
+}
+
 /// The pid of a dnsmasq we started, if it still runs.
 fn dnsmasq_pid(pid_file: &std::path::Path) -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
@@ -741,6 +855,82 @@ mod tests {
         // On this machine: whichever account is found, it is not root.
         let mine = dnsmasq_account().unwrap();
         assert!(mine.uid != 0 && mine.gid != 0, "{mine:?}");
+    }
+
+    fn network(domain: &str, dns: &[(&str, &str)]) -> DesiredNetwork {
+        DesiredNetwork {
+            id: "net-0123456789abcdef0".parse().unwrap(),
+            vni: 1000,
+            cidr: "10.20.0.0/24".into(),
+            gateway: "10.20.0.1".into(),
+            peers: vec![],
+            ports: vec![],
+            domain: domain.into(),
+            dns: dns
+                .iter()
+                .map(|(n, a)| nubo_api::agent::DnsRecord { name: n.to_string(), address: a.to_string() })
+                .collect(),
+            external: None,
+            floating: vec![],
+        }
+    }
+
+    #[test]
+    fn dns_names_are_a_hosts_file_and_bad_ones_are_left_out() {
+        let net = network(
+            "blue.internal",
+            &[
+                ("web-1", "10.20.0.2"),
+                ("Web-2", "10.20.0.3"),
+                ("bad_name", "10.20.0.4"),
+                ("x\naddn-hosts=/etc/shadow", "10.20.0.5"),
+                ("evil", "10.20.0.6 other"),
+            ],
+        );
+        assert_eq!(dns_domain(&net), "blue.internal");
+        assert_eq!(
+            render_dns_hosts(&net, "blue.internal"),
+            "10.20.0.2 web-1.blue.internal web-1\n10.20.0.3 web-2.blue.internal web-2\n"
+        );
+        // A domain that is not labels falls back to the network id's.
+        for bad in ["", "blue..internal", "bl ue.internal", "blue.internal/\n--server=1.1.1.1"] {
+            assert_eq!(dns_domain(&network(bad, &[])), "net-0123456789abcdef0.internal", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dnsmasq_serves_dns_on_the_gateway_and_forwards_only_to_the_operators_resolvers() {
+        let net = network("blue.internal", &[]);
+        let account = DnsmasqAccount { name: "dnsmasq".into(), group: "nogroup".into(), uid: 999, gid: 65534 };
+        let p = std::path::Path::new;
+        let files = DnsmasqFiles {
+            dhcp_hosts: p("/run/nubo/dhcp/r/dhcp-hosts"),
+            dns_hosts: p("/run/nubo/dhcp/r/dns-hosts"),
+            dir: p("/data/networks/1000"),
+            pid_file: p("/data/networks/1000/dnsmasq.pid"),
+        };
+        let args = dnsmasq_args(&net, "blue.internal", &files, &account, &[]).unwrap();
+        for want in [
+            "--dhcp-option=option:dns-server,10.20.0.1",
+            "--dhcp-option=option:domain-search,blue.internal",
+            "--domain=blue.internal",
+            "--local=/blue.internal/",
+            "--addn-hosts=/run/nubo/dhcp/r/dns-hosts",
+            "--no-hosts",
+            "--no-resolv",
+            "--domain-needed",
+            "--dhcp-hostsfile=/run/nubo/dhcp/r/dhcp-hosts",
+            "--user=dnsmasq",
+            "--pid-file=/data/networks/1000/dnsmasq.pid",
+        ] {
+            assert!(args.iter().any(|a| a == want), "{want} missing from {args:?}");
+        }
+        assert!(!args.iter().any(|a| a.starts_with("--port") || a.starts_with("--server")), "{args:?}");
+        let resolvers = ["192.0.2.53".parse().unwrap(), "198.51.100.53".parse().unwrap()];
+        let args = dnsmasq_args(&net, "blue.internal", &files, &account, &resolvers).unwrap();
+        let servers: Vec<&String> = args.iter().filter(|a| a.starts_with("--server=")).collect();
+        assert_eq!(servers, ["--server=192.0.2.53", "--server=198.51.100.53"]);
+        assert!(args.iter().any(|a| a == "--no-resolv"));
     }
 
     #[test]

@@ -486,7 +486,7 @@ async fn new_rule(ctx: &Ctx, caller: &Caller, g: &SecurityGroupRow, p: &Security
         _ => return Err(AppError::BadRequest("give a rule either a cidr or a source_group (one of them)".into())),
     };
     Ok(NewRule {
-        direction: "ingress",
+        direction: if p.egress { "egress" } else { "ingress" },
         protocol,
         from_port,
         to_port,

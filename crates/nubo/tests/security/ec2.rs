@@ -340,6 +340,7 @@ fn another_projects_bad_rule_does_not_stop_a_hosts_firewall() {
             to_port: port,
             sources: sources.iter().map(|s| s.to_string()).collect(),
         }],
+        egress: None,
     };
     // Project A's network, and project B's with a rule stored before CIDRs
     // were parsed (or sent by an older control plane).
@@ -353,6 +354,8 @@ fn another_projects_bad_rule_does_not_stop_a_hosts_firewall() {
             external: None,
             floating: vec![],
             ports: vec![port("i-0000000000000000a", "52:54:00:00:00:0a", "10.20.0.2", &["10.20.0.0/24"], 8080)],
+            domain: String::new(),
+            dns: vec![],
         },
         DesiredNetwork {
             id: "net-0000000000000000b".parse().expect("net id"),
@@ -366,6 +369,8 @@ fn another_projects_bad_rule_does_not_stop_a_hosts_firewall() {
                 port("i-0000000000000000b", "52:54:00:00:00:0b", "10.30.0.2", &["0.0.0.0/+0"], 22),
                 port("i-0000000000000000c", "52:54:00:00:00:0c", "10.30.0.3", &["10.30.0.0/24", "10.30.0.0/25"], 80),
             ],
+            domain: String::new(),
+            dns: vec![],
         },
     ];
     let tap = |instance: &str, _vni: u32| Some(format!("nt{}", &instance[instance.len() - 1..]));
