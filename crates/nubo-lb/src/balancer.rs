@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     draining: Mutex<Vec<(Arc<Backend>, Instant)>>,
     /// Wakes the health checker when the backends changed.
     reconfigured: Notify,
+    /// Makes connections to backends, in the balancer's network namespace.
+    pub(crate) dialer: crate::dial::Dialer,
 }
 
 impl Shared {
@@ -56,9 +58,18 @@ pub struct Balancer {
 impl Balancer {
     /// Binds the listener and starts serving (inside a tokio runtime).
     pub fn start(cfg: ListenerConfig) -> Result<Self, LbError> {
+        Self::start_in(cfg, None)
+    }
+
+    /// Like [`Balancer::start`], with the listener and every connection to
+    /// a backend made inside a network namespace (see [`crate::dial`]).
+    pub fn start_in(cfg: ListenerConfig, netns: Option<Arc<crate::dial::Netns>>) -> Result<Self, LbError> {
         cfg.validate()?;
-        let std_listener =
-            std::net::TcpListener::bind(cfg.listen).map_err(|source| LbError::Bind { addr: cfg.listen, source })?;
+        let std_listener = match &netns {
+            Some(ns) => ns.listen(cfg.listen),
+            None => std::net::TcpListener::bind(cfg.listen),
+        }
+        .map_err(|source| LbError::Bind { addr: cfg.listen, source })?;
         std_listener.set_nonblocking(true).map_err(|source| LbError::Bind { addr: cfg.listen, source })?;
         let listener = tokio::net::TcpListener::from_std(std_listener)
             .map_err(|source| LbError::Bind { addr: cfg.listen, source })?;
@@ -72,6 +83,7 @@ impl Balancer {
             pool: ArcSwap::from_pointee(pool),
             draining: Mutex::new(Vec::new()),
             reconfigured: Notify::new(),
+            dialer: crate::dial::Dialer::new(netns),
         });
         let stop = CancellationToken::new();
         match protocol {
@@ -182,19 +194,20 @@ impl Drop for Balancer {
 /// Checks every backend every interval, and at once after a reconfiguration.
 async fn health_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let mut client_timeout = Duration::ZERO;
-    let mut client = crate::health::check_client(Duration::from_secs(1));
+    let mut client = crate::health::check_client(&shared.dialer, Duration::from_secs(1));
     loop {
         let cfg = shared.config.load_full();
         if cfg.health.active {
             if client_timeout != cfg.health.timeout() {
                 client_timeout = cfg.health.timeout();
-                client = crate::health::check_client(client_timeout);
+                client = crate::health::check_client(&shared.dialer, client_timeout);
             }
             let pool = shared.pool.load_full();
             let mut checks = tokio::task::JoinSet::new();
             for b in pool.backends.iter().cloned() {
                 let cfg = cfg.clone();
                 let client = client.clone();
+                let dialer = shared.dialer.clone();
                 checks.spawn(async move {
                     let timeout = cfg.health.timeout();
                     let result = match cfg.protocol {
@@ -208,7 +221,7 @@ async fn health_loop(shared: Arc<Shared>, stop: CancellationToken) {
                             )
                             .await
                         }
-                        crate::Protocol::Tcp => crate::health::check_tcp(b.address, timeout).await,
+                        crate::Protocol::Tcp => crate::health::check_tcp(&dialer, b.address, timeout).await,
                     };
                     b.record_check(result, &cfg.health);
                 });

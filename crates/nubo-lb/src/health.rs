@@ -132,13 +132,12 @@ impl HealthState {
 
 /// The client active HTTP checks use: a fresh connection per check, so a
 /// check sees a listener that is gone instead of a pooled connection.
-pub(crate) type CheckClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+pub(crate) type CheckClient = Client<crate::dial::Dialer, Empty<Bytes>>;
 
-pub(crate) fn check_client(connect_timeout: Duration) -> CheckClient {
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(hyper_util::rt::TokioExecutor::new()).pool_max_idle_per_host(0).build(connector)
+pub(crate) fn check_client(dialer: &crate::dial::Dialer, connect_timeout: Duration) -> CheckClient {
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(dialer.with_timeout(connect_timeout))
 }
 
 /// GET `path` on `addr`; passes on `expect` (or any 2xx/3xx when `None`).
@@ -176,9 +175,9 @@ pub(crate) async fn check_http(
 /// Connects to `addr`, then waits briefly: a forward whose other end has
 /// nothing listening (QEMU's user networking accepts on the guest's
 /// behalf, then closes) shows as a connection closed at once, which fails.
-pub(crate) async fn check_tcp(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+pub(crate) async fn check_tcp(dialer: &crate::dial::Dialer, addr: SocketAddr, timeout: Duration) -> Result<(), String> {
     use tokio::io::AsyncReadExt;
-    let mut s = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+    let mut s = match tokio::time::timeout(timeout, dialer.connect(addr)).await {
         Err(_) => return Err(format!("connect did not complete within {timeout:?}")),
         Ok(Err(e)) => return Err(format!("connect failed: {e}")),
         Ok(Ok(s)) => s,
@@ -269,18 +268,19 @@ mod tests {
                 });
             }
         });
-        let client = check_client(Duration::from_secs(1));
+        let dialer = crate::dial::Dialer::default();
+        let client = check_client(&dialer, Duration::from_secs(1));
         let t = Duration::from_secs(2);
         assert_eq!(check_http(&client, addr, "/ok", None, t).await, Ok(()));
         assert!(check_http(&client, addr, "/bad", None, t).await.unwrap_err().contains("answered 503"));
         assert!(check_http(&client, addr, "/ok", Some(204), t).await.unwrap_err().contains("expected 204"));
-        assert_eq!(check_tcp(addr, t).await, Ok(()));
+        assert_eq!(check_tcp(&dialer, addr, t).await, Ok(()));
         // Nothing listens: refused.
         let gone = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        assert!(check_tcp(gone, t).await.unwrap_err().contains("connect failed"));
+        assert!(check_tcp(&dialer, gone, t).await.unwrap_err().contains("connect failed"));
         assert!(check_http(&client, gone, "/", None, t).await.unwrap_err().contains("failed"));
         // Accepted, then closed at once (what a forward to a dead guest port does).
         let closing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -290,6 +290,6 @@ mod tests {
                 drop(s);
             }
         });
-        assert!(check_tcp(caddr, t).await.unwrap_err().contains("closed at once"));
+        assert!(check_tcp(&dialer, caddr, t).await.unwrap_err().contains("closed at once"));
     }
 }

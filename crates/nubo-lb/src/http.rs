@@ -18,7 +18,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
@@ -31,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
-type ProxyClient = Client<HttpConnector, ProxyBody>;
+type ProxyClient = Client<crate::dial::Dialer, ProxyBody>;
 
 /// Bodies up to this size of idempotent requests are buffered, so the
 /// request can be sent again to another backend.
@@ -41,9 +40,7 @@ const MAX_ATTEMPTS: usize = 3;
 
 fn client(shared: &Shared) -> ProxyClient {
     let t = shared.config.load().timeouts.clone();
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_millis(t.connect_ms)));
-    connector.set_nodelay(true);
+    let connector = shared.dialer.with_timeout(Duration::from_millis(t.connect_ms));
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_millis(t.backend_idle_ms))
         .pool_timer(TokioTimer::new())

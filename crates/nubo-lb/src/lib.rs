@@ -15,6 +15,7 @@ pub mod algorithm;
 pub mod backend;
 pub mod balancer;
 pub mod config;
+pub mod dial;
 pub mod health;
 mod http;
 pub mod pool;

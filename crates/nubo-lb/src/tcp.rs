@@ -31,7 +31,7 @@ async fn relay(shared: Arc<Shared>, mut inbound: TcpStream) {
     for _ in 0..MAX_ATTEMPTS {
         let Some(backend) = shared.pool.load().pick(&tried, Instant::now()) else { break };
         let guard = backend.begin();
-        let error = match tokio::time::timeout(cfg.timeouts.connect(), TcpStream::connect(backend.address)).await {
+        let error = match tokio::time::timeout(cfg.timeouts.connect(), shared.dialer.connect(backend.address)).await {
             Ok(Ok(mut outbound)) => {
                 let _ = outbound.set_nodelay(true);
                 backend.succeeded();
