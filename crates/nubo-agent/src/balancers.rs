@@ -36,6 +36,9 @@ struct Running {
 pub struct Balancers {
     running: HashMap<LoadBalancerId, Running>,
     errors: HashMap<LoadBalancerId, String>,
+    /// The host's network namespace (a test host), which names the
+    /// namespaces balancers on networks run in.
+    host_netns: Option<String>,
 }
 
 /// The data plane's configuration for a desired balancer.
@@ -52,7 +55,12 @@ pub fn listener_config(d: &DesiredBalancer) -> Result<ListenerConfig, String> {
     }
     Ok(ListenerConfig {
         id: d.id.to_string(),
-        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, d.listen_port)),
+        // On a network, every address of the balancer's own namespace:
+        // its address there and the floating IP translated to it.
+        listen: match &d.network {
+            Some(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, d.listen_port)),
+            None => SocketAddr::from((Ipv4Addr::LOCALHOST, d.listen_port)),
+        },
         protocol: d.protocol.parse()?,
         algorithm: d.algorithm.parse()?,
         backends,
@@ -89,8 +97,23 @@ fn backend_view(s: nubo_lb::BackendStats) -> LbBackend {
 }
 
 impl Balancers {
-    fn start(&mut self, id: &LoadBalancerId, cfg: ListenerConfig) {
-        match Balancer::start(cfg) {
+    fn start(&mut self, w: &DesiredBalancer, cfg: ListenerConfig) {
+        let id = &w.id;
+        let netns = match &w.network {
+            Some(_) => {
+                let name = crate::network::balancer_netns(self.host_netns.as_deref(), id);
+                match nubo_lb::dial::Netns::enter(&std::path::PathBuf::from("/run/netns").join(&name)) {
+                    Ok(ns) => Some(ns),
+                    Err(e) => {
+                        // The network's pass makes it; the next pass retries.
+                        self.fail(id, format!("cannot enter the balancer's namespace {name}: {e}"));
+                        return;
+                    }
+                }
+            }
+            None => None,
+        };
+        match Balancer::start_in(cfg, netns) {
             Ok(balancer) => {
                 self.errors.remove(id);
                 self.running.insert(id.clone(), Running { balancer, started_at_ms: crate::clock::now_ms() });
@@ -126,12 +149,12 @@ impl Balancers {
                 }
             };
             match self.running.get(&w.id).map(|r| r.balancer.reconfigure(cfg.clone())) {
-                None => self.start(&w.id, cfg),
+                None => self.start(w, cfg),
                 Some(Ok(())) => {}
                 Some(Err(LbError::NeedsRestart(what))) => {
                     tracing::info!(lb = %w.id, "{what} changed: restarting the listener");
                     self.running.remove(&w.id);
-                    self.start(&w.id, cfg);
+                    self.start(w, cfg);
                 }
                 Some(Err(e)) => self.fail(&w.id, e.to_string()),
             }
@@ -175,7 +198,9 @@ pub(crate) struct LoadBalancing {
 
 impl LoadBalancing {
     pub(crate) fn new(host: Arc<Host>, instances: Arc<Instances>) -> Self {
-        Self { host, instances, balancers: Mutex::default() }
+        let host_netns = host.config.network.as_ref().and_then(|n| n.netns.clone());
+        let balancers = Balancers { host_netns, ..Balancers::default() };
+        Self { host, instances, balancers: Mutex::new(balancers) }
     }
 
     fn balancers(&self) -> MutexGuard<'_, Balancers> {
@@ -228,6 +253,7 @@ mod tests {
             protocol: "http".into(),
             algorithm: "least-loaded".into(),
             listen_port: port,
+            network: None,
             backends: backends
                 .iter()
                 .map(|(id, p)| DesiredBackend {

@@ -62,6 +62,17 @@ pub struct LoadBalancerCreate {
     pub weights: BTreeMap<String, u32>,
     #[serde(default)]
     pub health_check: Option<LbHealthCheck>,
+    /// A private network (id or name) to run on: the balancer gets an
+    /// address of its own there and reaches its targets at theirs, on any
+    /// host, instead of through forwarded ports of its own host. Without
+    /// it, the balancer listens on `127.0.0.1` of its targets' host.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// With `network`: a floating IP of the project (id or address), not
+    /// associated, to listen on; the LAN reaches the balancer there, and it
+    /// keeps the address when it moves to another host.
+    #[serde(default)]
+    pub floating_ip: Option<String>,
 }
 
 fn default_protocol() -> String {
@@ -81,6 +92,8 @@ crate::state_enum! {
         Draining = "draining",
         Terminated = "terminated",
         NotRunning = "not running",
+        /// The instance has no NIC on the balancer's network.
+        OffNetwork = "not on the network",
         OnAnotherHost = "on another host",
         NoForwardedPort = "no forwarded port",
     }
@@ -172,8 +185,18 @@ pub struct LoadBalancer {
     pub health_check: LbHealthCheck,
     /// The host it runs on (where its targets are).
     pub host_id: HostId,
-    /// Where clients connect: `127.0.0.1:<port>` on that host.
+    /// Where clients connect: `127.0.0.1:<port>` on that host; for a
+    /// balancer on a network, its floating IP or its address there.
     pub listen: String,
+    /// The private network it runs on, if any.
+    #[serde(default)]
+    pub network_id: Option<crate::ids::NetworkId>,
+    /// Its own address on that network.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// The floating IP it listens on, if any.
+    #[serde(default)]
+    pub floating_ip: Option<String>,
     /// `pending` (the host has not started it yet), `active`, or `error`.
     pub state: BalancerState,
     pub error: Option<String>,
@@ -189,7 +212,9 @@ pub struct LoadBalancer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DesiredBackend {
     pub instance_id: InstanceId,
-    /// `127.0.0.1:<host port>`: the instance's forward of the balancer's guest port.
+    /// `127.0.0.1:<host port>`: the instance's forward of the balancer's
+    /// guest port; for a balancer on a network, the instance's address
+    /// there and the guest port.
     pub address: String,
     pub weight: u32,
 }
@@ -201,11 +226,26 @@ pub struct DesiredBalancer {
     pub name: String,
     pub protocol: String,
     pub algorithm: String,
-    /// Listen on `127.0.0.1:<listen_port>`.
+    /// Listen on `127.0.0.1:<listen_port>`, or with `network` on every
+    /// address of the balancer's namespace.
     pub listen_port: u16,
     pub backends: Vec<DesiredBackend>,
     /// With defaults filled in.
     pub health_check: LbHealthCheck,
+    /// Set for a balancer on a private network: it runs in a namespace of
+    /// its own with this leg on the network's bridge.
+    #[serde(default)]
+    pub network: Option<BalancerLeg>,
+}
+
+/// A balancer's place on a private network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BalancerLeg {
+    pub vni: u32,
+    pub cidr: String,
+    pub gateway: String,
+    pub address: String,
+    pub mac: String,
 }
 
 /// A balancer as the host runs it.

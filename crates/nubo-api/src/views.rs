@@ -181,6 +181,9 @@ pub struct FloatingIp {
     /// The instance's private address the floating IP is translated to.
     pub private_address: Option<String>,
     pub created_at_ms: i64,
+    /// The load balancer listening on it, if any (instead of an instance).
+    #[serde(default)]
+    pub load_balancer_id: Option<crate::ids::LoadBalancerId>,
 }
 
 /// An instance's NIC on a network.

@@ -170,6 +170,41 @@ pub async fn run_once(ctx: &Ctx) -> Result<(), sqlx::Error> {
             };
             failover_saga::fail_over(ctx, &p).await?;
         }
+        move_balancers(ctx, dead).await?;
+    }
+    Ok(())
+}
+
+/// A dead host's balancers on networks go to another up host that runs
+/// networks (and maps their floating IP's external network), keeping their
+/// address and floating IP: a balancer has no disk, so nothing is lost,
+/// and the new host announces the floating IP. Balancers on a host's
+/// 127.0.0.1 stay: their backends are that host's forwarded ports.
+async fn move_balancers(ctx: &Ctx, dead: &crate::store::HostRow) -> Result<(), sqlx::Error> {
+    for lb in ctx.store.lbs_on_host(&dead.id).await?.into_iter().filter(|l| l.network_id.is_some()) {
+        let externals = match ctx.store.lb_floating_ip(&lb.id).await? {
+            Some((_, external)) => ctx.store.external_names(&[external]).await?,
+            None => Vec::new(),
+        };
+        let nothing = crate::placement::Demand { vcpus: 0, memory_mib: 0, disk_gib: 0 };
+        let c = crate::placement::Constraints {
+            underlay: true,
+            externals: &externals,
+            exclude: Some(&dead.id),
+            ..crate::placement::Constraints::default()
+        };
+        let target = match crate::placement::choose(ctx, nothing, &c).await {
+            Ok(choice) => choice.best.id,
+            Err(crate::placement::Refusal::Db(e)) => return Err(e),
+            Err(refusal) => {
+                tracing::warn!(lb = %lb.id, host = %dead.id, %refusal, "a dead host's load balancer has nowhere to go; retrying next round");
+                continue;
+            }
+        };
+        if ctx.store.move_lb(&lb.id, &dead.id, dead.last_heartbeat_ms, &target).await? {
+            tracing::info!(lb = %lb.id, from = %dead.id, to = %target, "load balancer moved off a host that stopped reporting");
+            ctx.bump();
+        }
     }
     Ok(())
 }

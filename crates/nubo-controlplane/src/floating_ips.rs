@@ -16,6 +16,8 @@ pub struct FloatingIpRow {
     pub address: String,
     pub instance_id: Option<String>,
     pub created_at_ms: i64,
+    /// The load balancer listening on it, instead of an instance.
+    pub lb_id: Option<String>,
 }
 
 /// Why no address was allocated.
@@ -36,6 +38,8 @@ pub enum AllocateError {
 pub enum AssociateError {
     #[error("instance {0} already has floating IP {1}; disassociate that one first")]
     InstanceHasOne(String, String),
+    #[error("a load balancer listens on this floating IP; delete the load balancer first")]
+    UsedByBalancer,
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -74,6 +78,7 @@ impl Store {
             address: address.to_string(),
             instance_id: None,
             created_at_ms: now_ms(),
+            lb_id: None,
         };
         sqlx::query(
             "INSERT INTO floating_ips (id, project_id, network_id, address, instance_id, created_at_ms)
@@ -125,11 +130,15 @@ impl Store {
                 return Err(AssociateError::InstanceHasOne(instance.to_string(), other));
             }
         }
-        sqlx::query("UPDATE floating_ips SET instance_id = $2 WHERE id = $1")
+        // A balancer's floating IP stays its balancer's until it is deleted.
+        let done = sqlx::query("UPDATE floating_ips SET instance_id = $2 WHERE id = $1 AND lb_id IS NULL")
             .bind(id)
             .bind(instance)
             .execute(&mut *tx)
             .await?;
+        if done.rows_affected() != 1 {
+            return Err(AssociateError::UsedByBalancer);
+        }
         tx.commit().await?;
         Ok(())
     }

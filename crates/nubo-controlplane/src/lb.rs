@@ -36,6 +36,11 @@ pub struct LbRow {
     pub actual_json: Option<String>,
     pub reported_at_ms: Option<i64>,
     pub created_at_ms: i64,
+    /// Set for a balancer on a private network: the network, and the
+    /// balancer's own address and MAC there.
+    pub network_id: Option<String>,
+    pub address: Option<String>,
+    pub mac: Option<String>,
 }
 
 impl LbRow {
@@ -166,6 +171,12 @@ pub enum InsertError {
     NameTaken,
     /// The host's forwarded-port range is used up.
     NoPorts,
+    /// The balancer's network has no free address.
+    NoAddress,
+    /// The floating IP is associated with an instance or another balancer.
+    FloatingIpInUse,
+    /// A concurrent request took the address chosen; retry.
+    Raced,
     Db(sqlx::Error),
 }
 
@@ -235,6 +246,103 @@ impl Store {
         Ok(row)
     }
 
+    /// Inserts a balancer on `host` that runs on `network`: it takes the
+    /// lowest free address of the network's range (free of instances' NICs
+    /// and other balancers), and `floating_ip` (id) if given, which must be
+    /// the project's and associated with nothing.
+    pub async fn insert_network_lb(
+        &self,
+        project: &str,
+        c: &LoadBalancerCreate,
+        health: &LbHealthCheck,
+        host: &str,
+        network: &crate::networks::NetworkRow,
+        floating_ip: Option<&str>,
+    ) -> Result<LbRow, InsertError> {
+        let mut tx = self.begin().await?;
+        let taken: Option<String> =
+            sqlx::query_scalar("SELECT id FROM load_balancers WHERE project_id = $1 AND name = $2")
+                .bind(project)
+                .bind(&c.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if taken.is_some() {
+            return Err(InsertError::NameTaken);
+        }
+        let cidr = crate::networks::Cidr::parse_network(&network.cidr).map_err(sqlx::Error::Protocol)?;
+        let used = crate::networks::private_addresses_used(&mut tx, &network.id).await?;
+        let address = cidr.hosts().map(|a| a.to_string()).find(|a| !used.contains(a)).ok_or(InsertError::NoAddress)?;
+        let id = LoadBalancerId::generate();
+        let mac = crate::networks::mac_for(id.as_str(), &network.id);
+        sqlx::query(
+            "INSERT INTO load_balancers (id, project_id, name, protocol, algorithm, guest_port, targets_json, group_name,
+               weights_json, health_json, host_id, host_port, created_at_ms, network_id, address, mac)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12, $13, $14, $15)",
+        )
+        .bind(id.as_str())
+        .bind(project)
+        .bind(&c.name)
+        .bind(&c.protocol)
+        .bind(c.algorithm.as_deref().unwrap_or("round-robin"))
+        .bind(i64::from(c.port))
+        .bind(serde_json::to_string(&c.targets).unwrap_or_else(|_| "[]".into()))
+        .bind(&c.group)
+        .bind(serde_json::to_string(&c.weights).unwrap_or_else(|_| "{}".into()))
+        .bind(serde_json::to_string(health).unwrap_or_else(|_| "{}".into()))
+        .bind(host)
+        .bind(now_ms())
+        .bind(&network.id)
+        .bind(&address)
+        .bind(&mac)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match e.as_database_error() {
+            // Another balancer or a launch took the address at the same moment.
+            Some(d) if d.is_unique_violation() => InsertError::Raced,
+            _ => InsertError::Db(e),
+        })?;
+        if let Some(fip) = floating_ip {
+            let took = sqlx::query(
+                "UPDATE floating_ips SET lb_id = $1 WHERE id = $2 AND project_id = $3 AND instance_id IS NULL AND lb_id IS NULL",
+            )
+            .bind(id.as_str())
+            .bind(fip)
+            .bind(project)
+            .execute(&mut *tx)
+            .await?;
+            if took.rows_affected() != 1 {
+                return Err(InsertError::FloatingIpInUse);
+            }
+        }
+        let row =
+            sqlx::query_as("SELECT * FROM load_balancers WHERE id = $1").bind(id.as_str()).fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// The floating IP a balancer listens on: (address, external network id).
+    pub async fn lb_floating_ip(&self, lb: &str) -> Result<Option<(String, String)>, sqlx::Error> {
+        sqlx::query_as("SELECT address, network_id FROM floating_ips WHERE lb_id = $1").bind(lb).fetch_optional(&self.pool).await
+    }
+
+    /// Moves a balancer on a network off a dead host to `target`; false when
+    /// it moved already or the dead host renewed its lease since
+    /// `heartbeat_ms` was read (it is alive and keeps it).
+    pub async fn move_lb(&self, lb: &str, dead: &str, heartbeat_ms: i64, target: &str) -> Result<bool, sqlx::Error> {
+        let moved = sqlx::query(
+            "UPDATE load_balancers SET host_id = $1, actual_json = NULL, reported_at_ms = NULL
+             WHERE id = $2 AND host_id = $3 AND network_id IS NOT NULL
+               AND (SELECT last_heartbeat_ms FROM hosts WHERE id = $3) = $4",
+        )
+        .bind(target)
+        .bind(lb)
+        .bind(dead)
+        .bind(heartbeat_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(moved.rows_affected() == 1)
+    }
+
     pub async fn lbs(&self, project: Option<&str>) -> Result<Vec<LbRow>, sqlx::Error> {
         sqlx::query_as("SELECT * FROM load_balancers WHERE ($1 IS NULL OR project_id = $1) ORDER BY name, id")
             .bind(project)
@@ -258,7 +366,11 @@ impl Store {
     }
 
     pub async fn delete_lb(&self, id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM load_balancers WHERE id = $1").bind(id).execute(&self.pool).await?;
+        let mut tx = self.begin().await?;
+        // Its floating IP stays the project's, free to associate again.
+        sqlx::query("UPDATE floating_ips SET lb_id = NULL WHERE lb_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM load_balancers WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -311,11 +423,25 @@ impl Store {
                 Some(BackendHealth::Terminated)
             } else if r.desired != PowerState::Running {
                 Some(BackendHealth::NotRunning)
-            } else if r.host_id.as_deref() != Some(lb.host_id.as_str()) {
+            } else if lb.network_id.is_none() && r.host_id.as_deref() != Some(lb.host_id.as_str()) {
                 Some(BackendHealth::OnAnotherHost)
             } else {
                 None
             };
+            // On a network: the instance's address there, on whichever host.
+            if let Some(net) = &lb.network_id {
+                let on_net = match reason {
+                    None => self.instance_network_ports(&r.id).await?.into_iter().find(|p| &p.network_id == net),
+                    Some(_) => None,
+                };
+                out.push(Resolved {
+                    instance_id: r.id,
+                    address: on_net.as_ref().map(|p| format!("{}:{}", p.address, lb.guest_port)),
+                    weight,
+                    reason: reason.or(on_net.is_none().then_some(BackendHealth::OffNetwork)),
+                });
+                continue;
+            }
             let port = match reason {
                 None => self.ports(&r.id).await?.into_iter().find(|p| p.guest_port == lb.guest_port),
                 Some(_) => None,
@@ -345,14 +471,29 @@ impl Store {
                     backends.push(DesiredBackend { instance_id, address, weight: r.weight });
                 }
             }
+            // A balancer on a network listens on the targets' port, on its own address.
+            let network = match (&lb.network_id, &lb.address, &lb.mac) {
+                (Some(net), Some(address), Some(mac)) => match self.network(net).await? {
+                    Some(n) => Some(nubo_api::lb::BalancerLeg {
+                        vni: n.vni as u32,
+                        cidr: n.cidr,
+                        gateway: n.gateway,
+                        address: address.clone(),
+                        mac: mac.clone(),
+                    }),
+                    None => continue,
+                },
+                _ => None,
+            };
             out.push(DesiredBalancer {
                 health_check: lb.health(),
                 id,
                 name: lb.name,
                 protocol: lb.protocol,
                 algorithm: lb.algorithm,
-                listen_port: lb.host_port as u16,
+                listen_port: if network.is_some() { lb.guest_port as u16 } else { lb.host_port as u16 },
                 backends,
+                network,
             });
         }
         Ok(out)

@@ -47,7 +47,8 @@ const FIRST_VNI: i64 = 1000;
 /// of instances being migrated to it. A subquery, with aliases of its own.
 const LOCAL_NETWORKS: &str = "SELECT lp.network_id FROM network_ports lp JOIN instances li ON li.id = lp.instance_id
      WHERE li.state <> 'terminated' AND (li.host_id = $1 OR lp.instance_id IN
-       (SELECT instance_id FROM migrations WHERE target_host = $1 AND state IN ('preparing', 'migrating')))";
+       (SELECT instance_id FROM migrations WHERE target_host = $1 AND state IN ('preparing', 'migrating')))
+     UNION SELECT lb.network_id FROM load_balancers lb WHERE lb.host_id = $1 AND lb.network_id IS NOT NULL";
 
 #[derive(Debug, Clone, FromRow)]
 pub struct NetworkRow {
@@ -87,6 +88,18 @@ impl NetworkRow {
 /// The first address of `pool` (`first..=last`) not in `used`.
 pub fn first_free(pool: (Ipv4Addr, Ipv4Addr), used: &HashSet<String>) -> Option<Ipv4Addr> {
     (u32::from(pool.0)..=u32::from(pool.1)).map(Ipv4Addr::from).find(|a| !used.contains(&a.to_string()))
+}
+
+/// Addresses of a private network taken by instances' NICs or balancers.
+pub(crate) async fn private_addresses_used(tx: &mut Tx<'_>, network: &str) -> Result<HashSet<String>, sqlx::Error> {
+    let used: Vec<String> = sqlx::query_scalar(
+        "SELECT address FROM network_ports WHERE network_id = $1
+         UNION SELECT address FROM load_balancers WHERE network_id = $1 AND address IS NOT NULL",
+    )
+    .bind(network)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(used.into_iter().collect())
 }
 
 /// Addresses of an external network taken by ports or floating IPs.
@@ -167,7 +180,7 @@ impl Cidr {
 /// A MAC for a NIC: QEMU's 52:54:00 prefix and the address's last three
 /// bytes would collide across networks, so it is derived from the instance
 /// and network ids instead (FNV-1a over both).
-fn mac_for(instance: &str, network: &str) -> String {
+pub(crate) fn mac_for(instance: &str, network: &str) -> String {
     let mut h: u32 = 0x811c_9dc5;
     for b in instance.bytes().chain([0]).chain(network.bytes()) {
         h ^= u32::from(b);
@@ -210,13 +223,7 @@ pub(crate) async fn attach_new_instance(
         // PrivateIpAddress, first NIC only) must be free.
         let used: HashSet<String> = match row.pool() {
             Some(_) => external_addresses_used(tx, net).await?,
-            None => {
-                let used: Vec<String> = sqlx::query_scalar("SELECT address FROM network_ports WHERE network_id = $1")
-                    .bind(net)
-                    .fetch_all(&mut **tx)
-                    .await?;
-                used.into_iter().collect()
-            }
+            None => private_addresses_used(tx, net).await?,
         };
         let address = match (requested.filter(|_| index == 0), row.pool()) {
             (Some(a), _) if used.contains(a) => {
@@ -528,7 +535,16 @@ impl Store {
             ports.extend(copies);
         }
         let local: Vec<_> = ports.iter().filter(|p| p.5.as_deref() == Some(host)).collect();
-        if local.is_empty() {
+        // Balancers on networks, everywhere: a host with one is a VXLAN
+        // peer of the network's other hosts, as one with an instance is.
+        let balancers: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT id, network_id, host_id FROM load_balancers WHERE network_id IS NOT NULL ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let local_balancer_nets: Vec<&str> =
+            balancers.iter().filter(|b| b.2 == host).map(|b| b.1.as_str()).collect();
+        if local.is_empty() && local_balancer_nets.is_empty() {
             return Ok((HashMap::new(), Vec::new()));
         }
         let mut nics: HashMap<String, Vec<DesiredNic>> = HashMap::new();
@@ -584,7 +600,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let local_nets: Vec<&str> = {
-            let mut v: Vec<&str> = local.iter().map(|p| p.1.as_str()).collect();
+            let mut v: Vec<&str> = local.iter().map(|p| p.1.as_str()).chain(local_balancer_nets.iter().copied()).collect();
             v.sort();
             v.dedup();
             v
@@ -599,8 +615,22 @@ impl Store {
         .bind(host)
         .fetch_all(&self.pool)
         .await?;
+        // Floating IPs of this host's balancers: (address, external
+        // network, the balancer's network, its address there).
+        let balancer_floating: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT f.address, f.network_id, l.network_id, l.address FROM floating_ips f
+             JOIN load_balancers l ON l.id = f.lb_id WHERE l.host_id = $1 AND l.address IS NOT NULL ORDER BY f.address",
+        )
+        .bind(host)
+        .fetch_all(&self.pool)
+        .await?;
         let mut rows: HashMap<String, NetworkRow> = HashMap::new();
-        for net in local_nets.iter().copied().chain(floating.iter().map(|f| f.2.as_str())) {
+        for net in local_nets
+            .iter()
+            .copied()
+            .chain(floating.iter().map(|f| f.2.as_str()))
+            .chain(balancer_floating.iter().map(|f| f.1.as_str()))
+        {
             if !rows.contains_key(net) {
                 if let Some(row) = self.network(net).await? {
                     rows.insert(net.to_string(), row);
@@ -617,6 +647,13 @@ impl Store {
             floating_on.entry(private.1.as_str()).or_default().push(nubo_api::agent::FloatingNat {
                 address: address.clone(),
                 private: private.4.clone(),
+                external: external.parse().map_err(|e| sqlx::Error::Protocol(format!("network id: {e}")))?,
+            });
+        }
+        for (address, external, net, private) in &balancer_floating {
+            floating_on.entry(net.as_str()).or_default().push(nubo_api::agent::FloatingNat {
+                address: address.clone(),
+                private: private.clone(),
                 external: external.parse().map_err(|e| sqlx::Error::Protocol(format!("network id: {e}")))?,
             });
         }
@@ -646,6 +683,7 @@ impl Store {
                 .iter()
                 .filter(|p| p.1 == net)
                 .filter_map(|p| p.5.as_deref())
+                .chain(balancers.iter().filter(|b| b.1 == net).map(|b| b.2.as_str()))
                 .filter(|h| *h != host)
                 .filter_map(|h| underlays.get(h).cloned())
                 .collect();

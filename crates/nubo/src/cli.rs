@@ -1046,6 +1046,14 @@ pub enum LbCmd {
         /// A target's weight, INSTANCE=N with N 1 to 1000 (repeatable; default 1).
         #[arg(long = "weight", value_name = "INSTANCE=N", value_parser = parse_weight)]
         weights: Vec<(String, u32)>,
+        /// Run on this private network: the balancer gets an address there
+        /// and reaches its targets at theirs, on any host (no --port forwards).
+        #[arg(long)]
+        network: Option<String>,
+        /// With --network: listen on this floating IP of the project (id or
+        /// address), which the balancer keeps when it moves to another host.
+        #[arg(long, requires = "network")]
+        floating_ip: Option<String>,
         /// HTTP balancers: the path the health check GETs (default `/`).
         #[arg(long, value_name = "PATH")]
         check_path: Option<String>,

@@ -133,6 +133,8 @@ pub async fn lb(cmd: LbCmd, conn: &Conn) -> anyhow::Result<()> {
             check_status,
             healthy_threshold,
             unhealthy_threshold,
+            network,
+            floating_ip,
             wait,
         } => {
             let targets = targets
@@ -164,6 +166,8 @@ pub async fn lb(cmd: LbCmd, conn: &Conn) -> anyhow::Result<()> {
                     healthy_threshold,
                     unhealthy_threshold,
                 }),
+                network,
+                floating_ip,
             };
             let c = client(conn)?;
             let mut lb = c.create_lb(&body).await?;

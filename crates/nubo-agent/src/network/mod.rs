@@ -36,11 +36,13 @@
 //! Everything is done with iproute2, nftables and dnsmasq from Debian:
 //! those are what an operator debugs with.
 
+mod balancer_legs;
 mod external;
 pub mod firewall;
 mod garp;
 mod networks;
 
+pub use balancer_legs::balancer_netns;
 pub(crate) use networks::Networks;
 
 use nubo_api::agent::{DesiredNetwork, DesiredState};
@@ -258,7 +260,8 @@ impl Plumbing {
         }
         // (JSON maps need string keys, so the NICs go in as a list.)
         let nic_list: Vec<_> = nics.iter().collect();
-        let fingerprint = serde_json::to_string(&(&d.networks, &nic_list))
+        let legs: Vec<_> = d.balancers.iter().filter_map(|b| b.network.as_ref().map(|n| (&b.id, n))).collect();
+        let fingerprint = serde_json::to_string(&(&d.networks, &nic_list, &legs))
             .map_err(|e| NetworkError::Other(format!("cannot fingerprint the desired networks: {e}")))?;
         let metadata_alive = self.metadata.values().all(|t| !t.is_finished());
         if self.applied.as_deref() == Some(fingerprint.as_str()) && metadata_alive {
@@ -300,6 +303,7 @@ impl Plumbing {
         let wanted: HashSet<u32> = d.networks.iter().map(|n| n.vni).collect();
         self.remove_unwanted(&wanted).await?;
         self.sync_floating(&d.networks).await?;
+        self.sync_balancer_legs(&d.balancers).await?;
         let taps: HashMap<(String, u32), String> =
             nics.iter().map(|((i, _), (vni, tap))| ((i.clone(), *vni), tap.clone())).collect();
         let mut ruleset =

@@ -16,9 +16,10 @@ use std::sync::Arc;
 
 async fn view(ctx: &Ctx, f: FloatingIpRow) -> AppResult<FloatingIp> {
     let network = ctx.store.network(&f.network_id).await?.map(|n| n.name).unwrap_or_default();
-    let private_address = match &f.instance_id {
-        Some(i) => private_port(ctx, i).await?.map(|p| p.address),
-        None => None,
+    let private_address = match (&f.instance_id, &f.lb_id) {
+        (Some(i), _) => private_port(ctx, i).await?.map(|p| p.address),
+        (None, Some(lb)) => ctx.store.lb_by_key(None, lb).await?.and_then(|l| l.address),
+        (None, None) => None,
     };
     Ok(FloatingIp {
         id: f.id.parse().map_err(AppError::internal)?,
@@ -29,6 +30,7 @@ async fn view(ctx: &Ctx, f: FloatingIpRow) -> AppResult<FloatingIp> {
         instance_id: f.instance_id.map(|i| i.parse()).transpose().map_err(AppError::internal)?,
         private_address,
         created_at_ms: f.created_at_ms,
+        load_balancer_id: f.lb_id.map(|l| l.parse()).transpose().map_err(AppError::internal)?,
     })
 }
 
@@ -41,6 +43,19 @@ async fn private_port(ctx: &Ctx, instance: &str) -> AppResult<Option<crate::netw
         }
     }
     Ok(None)
+}
+
+/// A floating IP of the caller's project (by id or address) that nothing
+/// uses yet, for a load balancer to listen on.
+pub async fn load_free(ctx: &Ctx, caller: &Caller, reference: &str) -> AppResult<FloatingIpRow> {
+    let f = load(ctx, caller, reference, Access::Write).await?;
+    if f.instance_id.is_some() || f.lb_id.is_some() {
+        return Err(AppError::Conflict(format!(
+            "floating IP {} is in use; disassociate it, or allocate another (`nubo floating-ip allocate`)",
+            f.address
+        )));
+    }
+    Ok(f)
 }
 
 /// A floating IP the caller may access, by id or address.
@@ -103,7 +118,7 @@ pub async fn associate(ctx: &Arc<Ctx>, caller: &Caller, id: &str, p: FloatingIpA
         )));
     }
     ctx.store.associate_floating_ip(&f.id, Some(&instance.id)).await.map_err(|e| match e {
-        AssociateError::InstanceHasOne(..) => AppError::Conflict(e.to_string()),
+        AssociateError::InstanceHasOne(..) | AssociateError::UsedByBalancer => AppError::Conflict(e.to_string()),
         AssociateError::Db(e) => e.into(),
     })?;
     tracing::info!(floating_ip = %f.id, instance = %instance.id, "floating IP associated");
@@ -115,7 +130,7 @@ pub async fn associate(ctx: &Arc<Ctx>, caller: &Caller, id: &str, p: FloatingIpA
 pub async fn disassociate(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppResult<FloatingIp> {
     let f = load(ctx, caller, id, Access::Write).await?;
     ctx.store.associate_floating_ip(&f.id, None).await.map_err(|e| match e {
-        AssociateError::InstanceHasOne(..) => AppError::Conflict(e.to_string()),
+        AssociateError::InstanceHasOne(..) | AssociateError::UsedByBalancer => AppError::Conflict(e.to_string()),
         AssociateError::Db(e) => e.into(),
     })?;
     ctx.bump();
@@ -125,6 +140,12 @@ pub async fn disassociate(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppResul
 /// Gives the address back to the pool, associated or not.
 pub async fn release(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppResult<()> {
     let f = load(ctx, caller, id, Access::Write).await?;
+    if let Some(lb) = &f.lb_id {
+        return Err(AppError::Conflict(format!(
+            "load balancer {lb} listens on floating IP {}; delete the load balancer first",
+            f.address
+        )));
+    }
     ctx.store.release_floating_ip(&f.id).await?;
     tracing::info!(floating_ip = %f.id, address = %f.address, "floating IP released");
     ctx.bump();

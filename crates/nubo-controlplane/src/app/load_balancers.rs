@@ -2,8 +2,10 @@
 //! counters as its host last reported them) and delete a project's load
 //! balancers, and where a new one goes. A balancer is placed on the host
 //! of its targets and listens on a port of that host's forwarded-port
-//! range; the host's agent runs it (see `crate::lb` and the agent's
-//! `balancers`).
+//! range; or, on a private network, on any host that runs networks, with
+//! an address of its own there (and optionally a floating IP), reaching
+//! its targets at their addresses on any host. The host's agent runs it
+//! (see `crate::lb` and the agent's `balancers`).
 
 use crate::auth::Caller;
 use crate::authz::{self, Access};
@@ -20,6 +22,14 @@ use std::sync::Arc;
 /// A balancer as users see it.
 pub async fn view(ctx: &Ctx, row: LbRow) -> AppResult<LoadBalancer> {
     let resolved = ctx.store.resolve_lb(&row).await?;
+    let floating_ip = ctx.store.lb_floating_ip(&row.id).await?.map(|(address, _)| address);
+    // Where clients connect: its floating IP, its address on its network,
+    // or a port of its host's 127.0.0.1.
+    let listen = match (&floating_ip, &row.address) {
+        (Some(f), _) => format!("{f}:{}", row.guest_port),
+        (None, Some(a)) => format!("{a}:{}", row.guest_port),
+        (None, None) => format!("127.0.0.1:{}", row.host_port),
+    };
     let actual = row.actual();
     let (state, error, started_at_ms) = match &actual {
         None => (BalancerState::Pending, None, None),
@@ -31,7 +41,10 @@ pub async fn view(ctx: &Ctx, row: LbRow) -> AppResult<LoadBalancer> {
         targets: row.targets(),
         weights: row.weights(),
         host_id: row.host_id.parse().map_err(AppError::internal)?,
-        listen: format!("127.0.0.1:{}", row.host_port),
+        listen,
+        network_id: row.network_id.as_deref().map(str::parse).transpose().map_err(AppError::internal)?,
+        address: row.address.clone(),
+        floating_ip,
         backends: crate::lb::backends_view(resolved, actual.as_ref()),
         port: row.guest_port as u16,
         name: row.name,
@@ -108,24 +121,108 @@ async fn place(ctx: &Ctx, caller: &Caller, project: &str, c: &LoadBalancerCreate
     }
 }
 
+/// A balancer on a private network: its targets must have a NIC there
+/// (on any host); it goes on any up host that runs private networks (and
+/// maps the external network of its floating IP), and claims an address
+/// of the network and the floating IP in one transaction.
+async fn create_on_network(
+    ctx: &Arc<Ctx>,
+    caller: &Caller,
+    project: &str,
+    c: &LoadBalancerCreate,
+    health: &nubo_api::lb::LbHealthCheck,
+    network: &str,
+) -> AppResult<LoadBalancer> {
+    let net = crate::app::networks::load_network(ctx, caller, network, Access::Read).await?;
+    if net.is_external() {
+        return Err(AppError::BadRequest(format!(
+            "network {} is external: run the balancer on its targets' private network, with a floating IP of {} (--floating-ip)",
+            net.name, net.name
+        )));
+    }
+    for t in &c.targets {
+        let row = crate::app::instances::load(ctx, caller, t.as_str(), Access::Read).await?;
+        if row.state == InstanceState::Terminated || row.desired == PowerState::Deleted {
+            return Err(AppError::BadRequest(format!("target {t} is terminated; pick running instances")));
+        }
+        if !ctx.store.instance_network_ports(&row.id).await?.iter().any(|p| p.network_id == net.id) {
+            return Err(AppError::BadRequest(format!(
+                "target {t} has no NIC on network {}: pick instances launched with --network {}",
+                net.name, net.name
+            )));
+        }
+    }
+    if let Some(g) = &c.group {
+        ctx.store.group_by_name(project, g).await?.ok_or_else(|| {
+            AppError::BadRequest(format!("group '{g}' does not exist in this project (see `nubo group list`)"))
+        })?;
+    }
+    let floating = match &c.floating_ip {
+        Some(f) => Some(crate::app::floating_ips::load_free(ctx, caller, f).await?),
+        None => None,
+    };
+    let externals = match &floating {
+        Some(f) => ctx.store.external_names(std::slice::from_ref(&f.network_id)).await?,
+        None => Vec::new(),
+    };
+    let nothing = crate::placement::Demand { vcpus: 0, memory_mib: 0, disk_gib: 0 };
+    let constraints =
+        crate::placement::Constraints { underlay: true, externals: &externals, ..crate::placement::Constraints::default() };
+    let host = match crate::placement::choose(ctx, nothing, &constraints).await {
+        Ok(choice) => choice.best.id,
+        Err(crate::placement::Refusal::Db(e)) => return Err(e.into()),
+        Err(refusal) => return Err(AppError::NoValidHost(format!("no host can run the load balancer: {refusal}"))),
+    };
+    let row = ctx
+        .store
+        .insert_network_lb(project, c, health, &host, &net, floating.as_ref().map(|f| f.id.as_str()))
+        .await
+        .map_err(|e| insert_error(e, &c.name, &host))?;
+    tracing::info!(lb = %row.id, name = %row.name, host = %row.host_id, network = %net.id, address = ?row.address,
+        floating_ip = ?floating.as_ref().map(|f| &f.address), "load balancer created on a network");
+    ctx.bump();
+    view(ctx, row).await
+}
+
+/// What the user is told when a balancer could not be stored.
+fn insert_error(e: InsertError, name: &str, host: &str) -> AppError {
+    match e {
+        InsertError::NameTaken => AppError::Conflict(format!("the project already has a load balancer named '{name}'")),
+        InsertError::NoPorts => AppError::Conflict(format!(
+            "host {host} has no free port left in its forwarded-port range: terminate instances or delete load balancers there"
+        )),
+        InsertError::NoAddress => {
+            AppError::Conflict("the network has no free address left for the load balancer: use a larger range".into())
+        }
+        InsertError::FloatingIpInUse => AppError::Conflict(
+            "the floating IP was taken by an instance or another load balancer at the same moment; pick another".into(),
+        ),
+        InsertError::Raced => {
+            AppError::Conflict("a launch took the balancer's address at the same moment; retry".into())
+        }
+        InsertError::Db(e) => e.into(),
+    }
+}
+
 /// Creates a load balancer in front of instances and/or a group.
 pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, c: LoadBalancerCreate) -> AppResult<LoadBalancer> {
     let project = authz::creation_project(caller)?;
     let health =
         crate::lb::validate(&c).map_err(|e| AppError::BadRequest(format!("the load balancer is not valid: {e}")))?;
+    if let Some(network) = &c.network {
+        return create_on_network(ctx, caller, &project, &c, &health, network).await;
+    }
+    if c.floating_ip.is_some() {
+        return Err(AppError::BadRequest(
+            "a floating IP needs the balancer on a network: add --network with its targets' private network".into(),
+        ));
+    }
     let host = place(ctx, caller, &project, &c).await?;
-    let row = match ctx.store.insert_lb(&project, &c, &health, &host, ctx.config.port_range).await {
-        Ok(r) => r,
-        Err(InsertError::NameTaken) => {
-            return Err(AppError::Conflict(format!("the project already has a load balancer named '{}'", c.name)))
-        }
-        Err(InsertError::NoPorts) => {
-            return Err(AppError::Conflict(format!(
-                "host {host} has no free port left in its forwarded-port range: terminate instances or delete load balancers there"
-            )))
-        }
-        Err(InsertError::Db(e)) => return Err(e.into()),
-    };
+    let row = ctx
+        .store
+        .insert_lb(&project, &c, &health, &host, ctx.config.port_range)
+        .await
+        .map_err(|e| insert_error(e, &c.name, &host))?;
     tracing::info!(lb = %row.id, name = %row.name, host = %row.host_id, port = row.host_port, "load balancer created");
     ctx.bump();
     view(ctx, row).await

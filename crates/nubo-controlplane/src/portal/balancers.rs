@@ -73,6 +73,8 @@ impl BalancerForm {
                 healthy_threshold: None,
                 unhealthy_threshold: None,
             }),
+            network: None,
+            floating_ip: None,
         })
     }
 }
