@@ -3,7 +3,9 @@
 //! password and API token), the session cookie's attributes over HTTP
 //! and HTTPS, CSRF and cross-origin refusals, a member refused every
 //! operator page and form, launching from the form, logout revoking the
-//! session, switching projects, and the audit log naming portal users.
+//! session, switching projects, the audit log naming portal users, and
+//! the network pages (networks, security groups and their rules, floating
+//! IPs, an instance's addresses) with their forms, kept within a project.
 //! (The browser tests in crates/nubo/tests/portal.rs drive the same pages
 //! in headless Chromium against a real VM.)
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
@@ -500,4 +502,260 @@ async fn resource_pages_render_and_their_forms_work() {
         .await;
     assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
     assert!(b.get("/ui/groups/web").await.body.contains("Members"));
+}
+
+/// A host that runs private networks and maps the external name `lan`,
+/// and the external network `lan` an operator made on it.
+async fn external_lan(t: &T) {
+    let (join, _) = t.ctx.store.create_join_token(60_000).await.unwrap();
+    let id = nubo_api::ids::HostId::generate();
+    let v = t.ok("POST", "/api/v1/agent/join", "", Some(json!({"join_token": join, "host_id": id}))).await;
+    let cred = v["credential"].as_str().unwrap().to_string();
+    let reg = json!({"host_id": id, "name": "h1", "accel": "tcg", "vcpus": 64, "memory_mib": 262144,
+        "disk_gib": 1000, "underlay": "192.0.2.1", "externals": ["lan"]});
+    t.ok("POST", "/api/v1/agent/register", &cred, Some(reg)).await;
+    let admin = t.admin.clone();
+    let lan = json!({"name": "lan", "cidr": "192.168.50.0/24",
+        "external": {"interface": "lan", "gateway": "192.168.50.1", "pool": "192.168.50.100-192.168.50.110"}});
+    t.ok("POST", "/api/v1/networks", &admin, Some(lan)).await;
+}
+
+/// An instance of the token's project on `network`.
+async fn launch_on(t: &T, token: &str, network: &str) -> String {
+    let body = json!({"image": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1, "networks": [network]});
+    t.ok("POST", "/api/v1/instances", token, Some(body)).await["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn networks_security_groups_and_floating_ips_through_the_forms() {
+    let t = T::new().await;
+    external_lan(&t).await;
+    let alice = t.user("alice", "web", "member").await;
+    let mut b = Browser::new(&t);
+    b.sign_in("alice", "s3cret-pass").await;
+    let csrf = b.csrf().await;
+
+    // The navigation leads to the three pages; the shared external network is listed.
+    let home = b.get("/ui/instances").await.body;
+    for link in ["/ui/networks", "/ui/security-groups", "/ui/floating-ips"] {
+        assert!(home.contains(&format!("href=\"{link}\"")), "the navigation lacks {link}");
+    }
+    let p = b.get("/ui/networks").await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    assert!(p.body.contains("data-network=\"lan\"") && p.body.contains("external"), "{}", p.body);
+    assert!(p.body.contains("192.168.50.100–192.168.50.110"), "the pool: {}", p.body);
+
+    // A private network from the form; a bad range comes back with the reason.
+    let p = b.post("/ui/networks", &[("csrf", &csrf), ("name", "blue"), ("cidr", "10.30.0.0/33")], None).await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST, "{}", p.body);
+    assert!(p.body.contains("role=\"alert\""), "{}", p.body);
+    let p = b.post("/ui/networks", &[("csrf", &csrf), ("name", "blue"), ("cidr", "10.30.0.0/24")], None).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    let blue_page = p.location().to_string();
+    let blue = t.ok("GET", "/api/v1/networks/blue", &alice, None).await;
+    assert_eq!((blue["cidr"].as_str(), blue["gateway"].as_str()), (Some("10.30.0.0/24"), Some("10.30.0.1")));
+    assert_eq!(blue_page, format!("/ui/networks/{}", blue["id"].as_str().unwrap()));
+
+    // An instance on it: the network's page and the list show it and its address.
+    let vm = launch_on(&t, &alice, "blue").await;
+    let p = b.get(&blue_page).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    assert!(p.body.contains(&format!("data-instance=\"{vm}\"")) && p.body.contains("10.30.0.2"), "{}", p.body);
+    let list = b.get("/ui/networks").await.body;
+    assert!(list.contains("data-network=\"blue\"") && list.contains("10.30.0.2"), "{list}");
+    // It cannot be deleted while the instance is on it; an empty one can.
+    let p = b.post(&format!("{blue_page}/delete"), &[("csrf", &csrf)], None).await;
+    assert_eq!(p.status, StatusCode::CONFLICT, "{}", p.body);
+    assert!(p.body.contains("has instances attached"), "{}", p.body);
+    b.post("/ui/networks", &[("csrf", &csrf), ("name", "spare"), ("cidr", "10.31.0.0/24")], None).await;
+    let p = b.post("/ui/networks/spare/delete", &[("csrf", &csrf)], None).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    let (s, _) = t.call("GET", "/api/v1/networks/spare", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // A security group, a rule added from its page, shown, then deleted.
+    let p =
+        b.post("/ui/security-groups", &[("csrf", &csrf), ("name", "web"), ("description", "the web tier")], None).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    let group_page = p.location().to_string();
+    let gid = group_page.strip_prefix("/ui/security-groups/").unwrap().to_string();
+    assert!(gid.starts_with("sg-"), "{group_page}");
+    let rule = |direction: &'static str, port: &'static str, cidr: &'static str, source: &'static str| {
+        vec![
+            ("direction", direction),
+            ("protocol", "tcp"),
+            ("from_port", port),
+            ("to_port", ""),
+            ("cidr", cidr),
+            ("source_group", source),
+        ]
+    };
+    let post_rule = |fields: Vec<(&'static str, &'static str)>| {
+        let mut f = vec![("csrf", csrf.as_str())];
+        f.extend(fields);
+        f
+    };
+    let p = b.post(&format!("{group_page}/rules"), &post_rule(rule("ingress", "22", "0.0.0.0/0", "")), None).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    let p = b.post(&format!("{group_page}/rules"), &post_rule(rule("egress", "5432", "", "default")), None).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    // Both a range and a group, or a port that is no number: refused with why.
+    let p =
+        b.post(&format!("{group_page}/rules"), &post_rule(rule("ingress", "80", "10.0.0.0/8", "default")), None).await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST, "{}", p.body);
+    assert!(p.body.contains("either a cidr or a source_group"), "{}", p.body);
+    let p = b.post(&format!("{group_page}/rules"), &post_rule(rule("ingress", "ssh", "0.0.0.0/0", "")), None).await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST, "{}", p.body);
+    assert!(p.body.contains("first port"), "{}", p.body);
+    let groups = t.ok("GET", "/api/v1/security-groups", &alice, None).await;
+    let web = groups.as_array().unwrap().iter().find(|g| g["name"] == "web").unwrap().clone();
+    let rules = web["rules"].as_array().unwrap();
+    let ssh = rules.iter().find(|r| r["from_port"] == 22).expect("the ssh rule");
+    assert_eq!((ssh["direction"].as_str(), ssh["cidr"].as_str()), (Some("ingress"), Some("0.0.0.0/0")));
+    let pg = rules.iter().find(|r| r["from_port"] == 5432).expect("the egress rule");
+    assert_eq!(pg["direction"], "egress");
+    assert!(pg["source_group_id"].as_str().unwrap().starts_with("sg-"), "{pg}");
+    let ssh_id = ssh["id"].as_str().unwrap().to_string();
+    let page = b.get(&group_page).await.body;
+    assert!(page.contains(&format!("data-rule=\"{ssh_id}\"")) && page.contains("0.0.0.0/0"), "{page}");
+    assert!(page.contains("group <a href=\"/ui/security-groups/sg-") && page.contains("5432"), "{page}");
+    let list = b.get("/ui/security-groups").await.body;
+    assert!(list.contains("data-group=\"web\"") && list.contains("the web tier") && list.contains("0.0.0.0/0"));
+    let p = b.post(&format!("{group_page}/rules/{ssh_id}/delete"), &[("csrf", &csrf)], None).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    assert!(!b.get(&group_page).await.body.contains(&ssh_id));
+    let groups = t.ok("GET", "/api/v1/security-groups", &alice, None).await;
+    assert!(!groups.to_string().contains(&ssh_id), "{groups}");
+    // The default group stays; web goes.
+    let p = b.post("/ui/security-groups/default/delete", &[("csrf", &csrf)], None).await;
+    assert_eq!(p.status, StatusCode::CONFLICT, "{}", p.body);
+    assert!(p.body.contains("default group"), "{}", p.body);
+    let p = b.post(&format!("{group_page}/delete"), &[("csrf", &csrf)], None).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    let groups = t.ok("GET", "/api/v1/security-groups", &alice, None).await;
+    assert!(!groups.to_string().contains("\"web\""), "{groups}");
+
+    // Floating IPs: the page offers the external network and the instance.
+    let p = b.get("/ui/floating-ips").await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    assert!(p.body.contains("No floating IPs yet") && p.body.contains("<option value=\"lan\""), "{}", p.body);
+    let p = b.post("/ui/floating-ips", &[("csrf", &csrf), ("network", "blue")], None).await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST, "a private network has no floating IPs: {}", p.body);
+    assert!(p.body.contains("is private"), "{}", p.body);
+    let p = b.post("/ui/floating-ips", &[("csrf", &csrf), ("network", "lan")], None).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    let fips = t.ok("GET", "/api/v1/floating-ips", &alice, None).await;
+    let fip = fips[0].clone();
+    let fid = fip["id"].as_str().unwrap().to_string();
+    assert_eq!(fip["address"], "192.168.50.101");
+    let page = b.get("/ui/floating-ips").await.body;
+    assert!(page.contains("data-floating-ip=\"192.168.50.101\""), "{page}");
+    assert!(page.contains(&format!("<option value=\"{vm}\">")) && page.contains("(10.30.0.2)"), "{page}");
+
+    let p = b.post(&format!("/ui/floating-ips/{fid}/associate"), &[("csrf", &csrf), ("instance", &vm)], None).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    let v = t.ok("GET", &format!("/api/v1/floating-ips/{fid}"), &alice, None).await;
+    assert_eq!((v["instance_id"].as_str(), v["private_address"].as_str()), (Some(vm.as_str()), Some("10.30.0.2")));
+    let page = b.get("/ui/floating-ips").await.body;
+    assert!(page.contains(&format!("href=\"/ui/instances/{vm}\"")) && page.contains("Disassociate"), "{page}");
+    // The instance's page shows each address with its network and its floating IP.
+    let page = b.get(&format!("/ui/instances/{vm}")).await.body;
+    assert!(page.contains(&format!("href=\"{blue_page}\">blue</a>")), "{page}");
+    assert!(
+        page.contains("data-address=\"10.30.0.2\"") && page.contains("data-floating-ip=\"192.168.50.101\""),
+        "{page}"
+    );
+    // And so does the network's page.
+    assert!(b.get(&blue_page).await.body.contains("192.168.50.101"));
+
+    let p = b.post(&format!("/ui/floating-ips/{fid}/disassociate"), &[("csrf", &csrf)], None).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    let v = t.ok("GET", &format!("/api/v1/floating-ips/{fid}"), &alice, None).await;
+    assert_eq!(v["instance_id"], serde_json::Value::Null, "{v}");
+    assert!(!b.get(&format!("/ui/instances/{vm}")).await.body.contains("192.168.50.101"));
+    let p = b.post(&format!("/ui/floating-ips/{fid}/release"), &[("csrf", &csrf)], None).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    assert_eq!(t.ok("GET", "/api/v1/floating-ips", &alice, None).await, json!([]));
+    assert!(b.get("/ui/floating-ips").await.body.contains("No floating IPs yet"));
+}
+
+#[tokio::test]
+async fn another_projects_network_resources_cannot_be_changed_by_a_forged_form() {
+    let t = T::new().await;
+    external_lan(&t).await;
+    let alice = t.user("alice", "team-a", "member").await;
+    let bob = t.user("bob", "team-b", "member").await;
+    t.ok("POST", "/api/v1/networks", &alice, Some(json!({"name": "blue", "cidr": "10.30.0.0/24"}))).await;
+    let alices_vm = launch_on(&t, &alice, "blue").await;
+    let fip = t.ok("POST", "/api/v1/floating-ips", &alice, Some(json!({"network": "lan"}))).await;
+    let fid = fip["id"].as_str().unwrap().to_string();
+    t.ok("POST", &format!("/api/v1/floating-ips/{fid}/associate"), &alice, Some(json!({"instance": alices_vm}))).await;
+    let g = t.ok("POST", "/api/v1/security-groups", &alice, Some(json!({"name": "db"}))).await;
+    let gid = g["id"].as_str().unwrap().to_string();
+    let g = t
+        .ok(
+            "POST",
+            &format!("/api/v1/security-groups/{gid}/rules"),
+            &alice,
+            Some(json!({"protocol": "tcp", "from_port": 5432, "cidr": "10.30.0.0/24"})),
+        )
+        .await;
+    let rid = g["rules"].as_array().unwrap().iter().find(|r| r["from_port"] == 5432).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let net = t.ok("GET", "/api/v1/networks/blue", &alice, None).await["id"].as_str().unwrap().to_string();
+    // Bob's own instance and floating IP, to try pointing them at Alice's.
+    t.ok("POST", "/api/v1/networks", &bob, Some(json!({"name": "red", "cidr": "10.40.0.0/24"}))).await;
+    let bobs_fip = t.ok("POST", "/api/v1/floating-ips", &bob, Some(json!({"network": "lan"}))).await;
+    let bobs_fid = bobs_fip["id"].as_str().unwrap().to_string();
+
+    // Bob, signed in with a valid session and CSRF token of his own,
+    // posts forms naming Alice's resources: each is not found.
+    let mut b = Browser::new(&t);
+    b.sign_in("bob", "s3cret-pass").await;
+    let csrf = b.csrf().await;
+    let forged: Vec<(String, Vec<(&str, &str)>)> = vec![
+        (format!("/ui/floating-ips/{fid}/release"), vec![]),
+        (format!("/ui/floating-ips/{fid}/disassociate"), vec![]),
+        (format!("/ui/floating-ips/{fid}/associate"), vec![("instance", "")]),
+        (format!("/ui/floating-ips/{}/release", fip["address"].as_str().unwrap()), vec![]),
+        (format!("/ui/floating-ips/{bobs_fid}/associate"), vec![("instance", alices_vm.as_str())]),
+        (
+            format!("/ui/security-groups/{gid}/rules"),
+            vec![("protocol", "tcp"), ("from_port", "22"), ("cidr", "0.0.0.0/0")],
+        ),
+        (format!("/ui/security-groups/{gid}/rules/{rid}/delete"), vec![]),
+        (format!("/ui/security-groups/{gid}/delete"), vec![]),
+        (format!("/ui/networks/{net}/delete"), vec![]),
+    ];
+    for (path, mut fields) in forged {
+        if path.ends_with("/associate") && fields[0].1.is_empty() {
+            fields[0].1 = "i-0000000000000000";
+        }
+        fields.insert(0, ("csrf", csrf.as_str()));
+        let p = b.post(&path, &fields, None).await;
+        assert_eq!(p.status, StatusCode::NOT_FOUND, "{path}: {}", p.body);
+    }
+    // Nor does he see them on his pages.
+    for path in [format!("/ui/security-groups/{gid}"), format!("/ui/networks/{net}")] {
+        assert_eq!(b.get(&path).await.status, StatusCode::NOT_FOUND, "{path}");
+    }
+    for path in ["/ui/floating-ips", "/ui/security-groups", "/ui/networks"] {
+        let body = b.get(path).await.body;
+        for secret in [fid.as_str(), "192.168.50.101", gid.as_str(), "10.30.0.2", alices_vm.as_str()] {
+            assert!(!body.contains(secret), "{path} shows Alice's {secret}");
+        }
+    }
+
+    // Everything of Alice's is as it was.
+    let v = t.ok("GET", &format!("/api/v1/floating-ips/{fid}"), &alice, None).await;
+    assert_eq!(v["instance_id"].as_str(), Some(alices_vm.as_str()));
+    let groups = t.ok("GET", "/api/v1/security-groups", &alice, None).await;
+    let db = groups.as_array().unwrap().iter().find(|g| g["id"] == gid.as_str()).expect("the group stays").clone();
+    let ports: Vec<i64> = db["rules"].as_array().unwrap().iter().filter_map(|r| r["from_port"].as_i64()).collect();
+    assert!(ports.contains(&5432) && !ports.contains(&22), "{db}");
+    t.ok("GET", "/api/v1/networks/blue", &alice, None).await;
+    let v = t.ok("GET", &format!("/api/v1/floating-ips/{bobs_fid}"), &bob, None).await;
+    assert_eq!(v["instance_id"], serde_json::Value::Null, "{v}");
 }

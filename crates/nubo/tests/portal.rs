@@ -184,6 +184,23 @@ async fn member_launches_and_watches_an_instance_and_operator_runs_the_cloud() {
     assert!(row.contains("portal-web") && row.contains("running"), "{row}");
     shot(&b, &dir, "instances").await;
 
+    // The network pages: the instance page's addresses name its networks,
+    // and the networks page lists the instance on each of them.
+    b.goto(&format!("{}/ui/instances/{id}", cloud.url)).await.unwrap();
+    let addresses = text_of(&b, "#addresses").await.expect("the instance's addresses");
+    b.find(By::LinkText("Networks")).await.unwrap().click().await.unwrap();
+    b.find(By::Css("#network-form")).await.expect("the create form on the networks page");
+    for row in b.find_all(By::Css("#networks tbody tr[data-network]")).await.unwrap() {
+        let name = row.attr("data-network").await.unwrap().unwrap_or_default();
+        let text = row.text().await.unwrap();
+        assert_eq!(addresses.contains(&name), text.contains("portal-web"), "{name}: {text} (instance: {addresses})");
+    }
+    b.find(By::LinkText("Floating IPs")).await.unwrap().click().await.unwrap();
+    assert!(text_of(&b, "main").await.unwrap_or_default().contains("Allocate a floating IP"));
+    b.find(By::LinkText("Security groups")).await.unwrap().click().await.unwrap();
+    let groups = text_of(&b, "#security-groups").await.expect("the security groups");
+    assert!(groups.contains("default"), "{groups}");
+
     // A load balancer in front of it, made with the form; the page shows
     // the backend come up, and the balancer serves the guest's page.
     b.find(By::LinkText("Load balancers")).await.unwrap().click().await.unwrap();

@@ -10,7 +10,7 @@ use crate::auth::Caller;
 use crate::authz::{self, Access};
 use crate::error::{AppError, AppResult};
 use crate::networks::{Cidr, CreateError, NetworkRow};
-use crate::security_groups::{NewRule, RuleError, SecurityGroupRow};
+use crate::security_groups::{DeleteOutcome, NewRule, RuleError, SecurityGroupRow};
 use crate::{validate, Ctx};
 use nubo_api::ids::NetworkId;
 use nubo_api::params::{NetworkCreate, SecurityGroupCreate, SecurityGroupRuleCreate};
@@ -504,4 +504,27 @@ pub async fn delete_rule(ctx: &Arc<Ctx>, caller: &Caller, id: &str, rule: &str) 
     }
     ctx.bump();
     group_view(ctx, g).await
+}
+
+/// Deletes a security group that no instance (not terminated) is in and
+/// no other group's rule names; a project's default group stays.
+pub async fn delete_group(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppResult<()> {
+    let g = load_group(ctx, caller, id, Access::Write).await?;
+    match ctx.store.delete_security_group(&g).await? {
+        DeleteOutcome::Deleted => Ok(()),
+        DeleteOutcome::IsDefault => Err(AppError::Conflict(format!(
+            "security group {} is the project's default group, which instances join when no group is named; it cannot be deleted",
+            g.name
+        ))),
+        DeleteOutcome::InUse(i) => Err(AppError::Conflict(format!(
+            "security group {} has instances in it ({}); terminate them first",
+            g.name,
+            i.join(", ")
+        ))),
+        DeleteOutcome::Referenced(r) => Err(AppError::Conflict(format!(
+            "rules of security groups {} name {} as their source; delete those rules first",
+            r.join(", "),
+            g.name
+        ))),
+    }
 }

@@ -18,6 +18,9 @@ pub enum Nav {
     Policies,
     Groups,
     Balancers,
+    Networks,
+    SecurityGroups,
+    FloatingIps,
     Alerts,
     OpHosts,
     OpInstances,
@@ -36,6 +39,9 @@ const USER_NAV: &[(Nav, &str, &str)] = &[
     (Nav::Policies, "/ui/policies", "Policies"),
     (Nav::Groups, "/ui/groups", "Groups"),
     (Nav::Balancers, "/ui/balancers", "Load balancers"),
+    (Nav::Networks, "/ui/networks", "Networks"),
+    (Nav::SecurityGroups, "/ui/security-groups", "Security groups"),
+    (Nav::FloatingIps, "/ui/floating-ips", "Floating IPs"),
     (Nav::Alerts, "/ui/alerts", "Alerts"),
 ];
 

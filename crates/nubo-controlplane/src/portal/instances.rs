@@ -1,5 +1,6 @@
 //! The user portal's instance pages: the list with live states, the
-//! launch form, and an instance's page (state and actions, console,
+//! launch form, and an instance's page (state and actions, addresses on
+//! each network with their floating IPs, console,
 //! charts of CPU, disk and network, volumes, recipe runs and their logs,
 //! life events).
 
@@ -41,7 +42,7 @@ pub fn routes() -> Router<Arc<Ctx>> {
 
 /// The instances of the session's project (operators see every project's
 /// in the operator portal).
-async fn project_instances(ctx: &Arc<Ctx>, s: &Session) -> Result<Vec<Instance>, PortalError> {
+pub(super) async fn project_instances(ctx: &Arc<Ctx>, s: &Session) -> Result<Vec<Instance>, PortalError> {
     let project = s.project_id()?;
     let selection = Selection::new(Scope::Project(project));
     let rows = ctx.store.select_instances(&selection).await?;
@@ -294,6 +295,15 @@ fn status_block(s: &Session, i: &Instance) -> Markup {
             dt { "Image" } dd { (i.image) }
             dt { "Type" } dd { (i.instance_type) " · " (i.vcpus) " vCPU, " (i.memory_mib) " MiB, " (i.disk_gib) " GiB disk" }
             dt { "Host" } dd { (i.host_name.as_deref().unwrap_or("not placed yet")) }
+            dt { "Addresses" } dd id="addresses" {
+                @if i.addresses.is_empty() { "none: user-mode networking (reached through forwarded ports)" }
+                @for a in &i.addresses {
+                    a href=(format!("/ui/networks/{}", a.network_id)) { (a.network) } " "
+                    span.mono data-address=(a.address) { (a.address) }
+                    @if let Some(f) = &a.floating_ip { " · floating IP " a.mono href="/ui/floating-ips" data-floating-ip=(f) { (f) } }
+                    br;
+                }
+            }
             dt { "Ports" } dd.mono {
                 @if i.ports.is_empty() { "none forwarded" }
                 @for (g, h) in &i.ports { "guest " (g) " → " (h) br; }

@@ -1,5 +1,6 @@
 //! The web portals under `/ui`: the user portal (a project's instances,
-//! volumes, key pairs, images, policies, groups and alerts) and the
+//! volumes, key pairs, images, policies, groups, load balancers,
+//! networks, security groups, floating IPs and alerts) and the
 //! operator portal under `/ui/admin` (hosts, every project's instances,
 //! alerts, the audit log, projects, quotas, users and the background
 //! tasks).
@@ -16,8 +17,10 @@
 mod background;
 mod balancers;
 mod chart;
+mod floating_ips;
 mod html;
 mod instances;
+mod networks;
 mod operator;
 mod resources;
 pub mod session;
@@ -145,6 +148,8 @@ pub fn router() -> Router<Arc<Ctx>> {
         .route("/ui/project", post(resources::switch_project))
         .merge(instances::routes())
         .merge(balancers::routes())
+        .merge(networks::routes())
+        .merge(floating_ips::routes())
         .merge(resources::routes())
         .merge(operator::routes())
         .merge(background::routes())
