@@ -128,11 +128,28 @@ fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
         (vpc, subnet, n.port.address.clone(), private_dns_name(ctx, &n.port.address))
     });
     let group_items = || groups.iter().map(|(id, name)| El::item().field("groupId", id).field("groupName", name));
+    // A floating IP is the instance's public address, on the NIC it
+    // translates to (EC2's association of an Elastic IP).
+    let public_ip = nics.iter().find_map(|n| n.floating_ip.clone());
+    let association = |n: &crate::instance_batch::Address| {
+        n.floating_ip.as_ref().map(|ip| {
+            El::new("association")
+                .field("publicIp", ip)
+                .field("publicDnsName", "")
+                .field("ipOwnerId", row.project_id.as_deref().unwrap_or(""))
+        })
+    };
     let interfaces = nics.iter().map(|n| {
         let (vpc, subnet) = crate::networks::ec2_ids(&n.port.network_id);
         let dns = private_dns_name(ctx, &n.port.address);
-        El::item()
-            .field("networkInterfaceId", format!("eni-{}", nic_hex(&row.id, n.port.nic_index)))
+        let mut private =
+            El::item().field("privateIpAddress", &n.port.address).field("privateDnsName", &dns).field("primary", true);
+        let mut nic = El::item();
+        if let Some(a) = association(n) {
+            private = private.child(a.clone());
+            nic = nic.child(a);
+        }
+        nic.field("networkInterfaceId", format!("eni-{}", nic_hex(&row.id, n.port.nic_index)))
             .field("subnetId", &subnet)
             .field("vpcId", &vpc)
             .field("ownerId", row.project_id.as_deref().unwrap_or(""))
@@ -150,13 +167,7 @@ fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
                     .field("attachTime", xml::time(row.created_at_ms))
                     .field("deleteOnTermination", true),
             )
-            .child(El::list(
-                "privateIpAddressesSet",
-                [El::item()
-                    .field("privateIpAddress", &n.port.address)
-                    .field("privateDnsName", &dns)
-                    .field("primary", true)],
-            ))
+            .child(El::list("privateIpAddressesSet", [private]))
             .field("interfaceType", "interface")
     });
     let interfaces: Vec<El> = interfaces.collect();
@@ -182,6 +193,7 @@ fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
         .opt("subnetId", primary.as_ref().map(|p| &p.1))
         .opt("vpcId", primary.as_ref().map(|p| &p.0))
         .opt("privateIpAddress", primary.as_ref().map(|p| &p.2))
+        .opt("ipAddress", public_ip.as_deref())
         .child(El::list("groupSet", group_items()))
         .field("architecture", "x86_64")
         .field("rootDeviceType", "ebs")
@@ -293,6 +305,7 @@ const FILTERS: &[&str] = &[
     "vpc-id",
     "subnet-id",
     "private-ip-address",
+    "ip-address",
 ];
 
 pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
@@ -360,6 +373,9 @@ pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<
                             }
                         })
                         .collect(),
+                    "ip-address" => {
+                        l.addresses.get(&r.id).into_iter().flatten().filter_map(|n| n.floating_ip.clone()).collect()
+                    }
                     other => query::tag_field(other, l.tags.get(&r.id)),
                 }
             })

@@ -7,10 +7,12 @@
 //! the caller, so tenancy, quotas and the audit log apply as for REST.
 //!
 //! Modules: `sigv4` (signature checks), `replay` (each signature once),
-//! `vpcs` (VPCs and subnets over private networks),
+//! `vpcs` (VPCs and subnets over private networks), `addresses`
+//! (Elastic IPs over floating IPs),
 //! `query` (parameters), `xml`
 //! (answers), `error` (EC2 error codes), and one module per resource.
 
+pub mod addresses;
 pub mod catalog;
 pub mod error;
 pub mod instances;
@@ -265,6 +267,11 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, hos
         "CreateSubnet" => vpcs::create_subnet(ctx, caller, p).await,
         "DescribeSubnets" => vpcs::describe_subnets(ctx, caller, p).await,
         "DeleteSubnet" => vpcs::delete_subnet(ctx, caller, p).await,
+        "AllocateAddress" => addresses::allocate(ctx, caller, p).await,
+        "AssociateAddress" => addresses::associate(ctx, caller, p).await,
+        "DisassociateAddress" => addresses::disassociate(ctx, caller, p).await,
+        "ReleaseAddress" => addresses::release(ctx, caller, p).await,
+        "DescribeAddresses" => addresses::describe(ctx, caller, p).await,
         "CreateTags" => tags::create(ctx, caller, p).await,
         "DeleteTags" => tags::delete(ctx, caller, p).await,
         "DescribeTags" => tags::describe(ctx, caller, p).await,
@@ -272,7 +279,7 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, hos
             StatusCode::BAD_REQUEST,
             "InvalidAction",
             format!(
-                "The action {} is not valid for this web service; Nubo serves: RunInstances, DescribeInstances, Start/Stop/Reboot/TerminateInstances, GetConsoleOutput, DescribeInstanceTypes, DescribeImages, Create/Describe/Attach/Detach/DeleteVolume(s), Create/Import/Describe/DeleteKeyPair(s), Create/Describe/DeleteSecurityGroup(s), Authorize/RevokeSecurityGroupIngress, Authorize/RevokeSecurityGroupEgress, Create/Describe/DeleteVpc(s), Create/Describe/DeleteSubnet(s), Create/Delete/DescribeTags, DescribeRegions, DescribeAvailabilityZones",
+                "The action {} is not valid for this web service; Nubo serves: RunInstances, DescribeInstances, Start/Stop/Reboot/TerminateInstances, GetConsoleOutput, DescribeInstanceTypes, DescribeImages, Create/Describe/Attach/Detach/DeleteVolume(s), Create/Import/Describe/DeleteKeyPair(s), Create/Describe/DeleteSecurityGroup(s), Authorize/RevokeSecurityGroupIngress, Authorize/RevokeSecurityGroupEgress, Create/Describe/DeleteVpc(s), Create/Describe/DeleteSubnet(s), Allocate/Associate/Disassociate/Release/DescribeAddress(es), Create/Delete/DescribeTags, DescribeRegions, DescribeAvailabilityZones",
                 other.chars().take(64).collect::<String>()
             ),
         )),
