@@ -322,7 +322,10 @@ impl Store {
 
     /// The floating IP a balancer listens on: (address, external network id).
     pub async fn lb_floating_ip(&self, lb: &str) -> Result<Option<(String, String)>, sqlx::Error> {
-        sqlx::query_as("SELECT address, network_id FROM floating_ips WHERE lb_id = $1").bind(lb).fetch_optional(&self.pool).await
+        sqlx::query_as("SELECT address, network_id FROM floating_ips WHERE lb_id = $1")
+            .bind(lb)
+            .fetch_optional(&self.pool)
+            .await
     }
 
     /// Moves a balancer on a network off a dead host to `target`; false when

@@ -542,8 +542,7 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        let local_balancer_nets: Vec<&str> =
-            balancers.iter().filter(|b| b.2 == host).map(|b| b.1.as_str()).collect();
+        let local_balancer_nets: Vec<&str> = balancers.iter().filter(|b| b.2 == host).map(|b| b.1.as_str()).collect();
         if local.is_empty() && local_balancer_nets.is_empty() {
             return Ok((HashMap::new(), Vec::new()));
         }
@@ -600,7 +599,8 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let local_nets: Vec<&str> = {
-            let mut v: Vec<&str> = local.iter().map(|p| p.1.as_str()).chain(local_balancer_nets.iter().copied()).collect();
+            let mut v: Vec<&str> =
+                local.iter().map(|p| p.1.as_str()).chain(local_balancer_nets.iter().copied()).collect();
             v.sort();
             v.dedup();
             v

@@ -57,8 +57,18 @@ fn a_balancer_on_a_floating_ip_serves_the_office_and_comes_back_on_another_host(
         );
     }
     cloud.nubo_ok(&[
-        "network", "create", "lan", "--cidr", "192.168.50.0/24", "--external", "--interface", "lan", "--gateway",
-        "192.168.50.1", "--pool", "192.168.50.100-192.168.50.199",
+        "network",
+        "create",
+        "lan",
+        "--cidr",
+        "192.168.50.0/24",
+        "--external",
+        "--interface",
+        "lan",
+        "--gateway",
+        "192.168.50.1",
+        "--pool",
+        "192.168.50.100-192.168.50.199",
     ]);
     cloud.nubo_ok(&["network", "create", "blue", "--cidr", "10.40.0.0/24"]);
     cloud.nubo_ok(&["security-group", "create", "web"]);
@@ -71,17 +81,30 @@ fn a_balancer_on_a_floating_ip_serves_the_office_and_comes_back_on_another_host(
     cloud.nubo_ok(&["group", "create", "-f", file.to_str().unwrap()]);
     let members = wait_until("two running members on two hosts", BOOT, || {
         let g = cloud.nubo_json(&["group", "show", "web"]);
-        let ids: Vec<String> = g["members"].as_array()?.iter().filter_map(|m| m["instance_id"].as_str().map(str::to_string)).collect();
+        let ids: Vec<String> =
+            g["members"].as_array()?.iter().filter_map(|m| m["instance_id"].as_str().map(str::to_string)).collect();
         let views: Vec<_> = ids.iter().map(|id| cloud.instance(id)).collect();
-        let hosts: std::collections::HashSet<_> = views.iter().filter_map(|v| v["host_name"].as_str().map(str::to_string)).collect();
+        let hosts: std::collections::HashSet<_> =
+            views.iter().filter_map(|v| v["host_name"].as_str().map(str::to_string)).collect();
         (views.len() == 2 && views.iter().all(|v| v["state"] == "running") && hosts.len() == 2).then_some(views)
     });
 
     let fip = cloud.nubo_json(&["floating-ip", "allocate", "--network", "lan"]);
     let address = fip["address"].as_str().unwrap().to_string();
     let out = cloud.nubo(&[
-        "lb", "create", "web", "--port", "80", "--group", "web", "--network", "blue", "--floating-ip", &address,
-        "--check-interval", "1",
+        "lb",
+        "create",
+        "web",
+        "--port",
+        "80",
+        "--group",
+        "web",
+        "--network",
+        "blue",
+        "--floating-ip",
+        &address,
+        "--check-interval",
+        "1",
     ]);
     assert!(out.status.success(), "lb create: {}", String::from_utf8_lossy(&out.stderr));
     let lb = cloud.nubo_json(&["lb", "show", "web"]);

@@ -76,7 +76,8 @@ impl Plumbing {
         let Ok(entries) = std::fs::read_dir("/run/netns") else { return Ok(()) };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let ours = name.strip_prefix(&pre).is_some_and(|h| h.len() == 8 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+            let ours =
+                name.strip_prefix(&pre).is_some_and(|h| h.len() == 8 && h.bytes().all(|b| b.is_ascii_hexdigit()));
             if ours && !wanted.contains(&name) {
                 tracing::info!(netns = %name, "removing the namespace of a load balancer no longer here");
                 // Deleting the namespace deletes the veth pair with it.

@@ -166,8 +166,11 @@ async fn create_on_network(
         None => Vec::new(),
     };
     let nothing = crate::placement::Demand { vcpus: 0, memory_mib: 0, disk_gib: 0 };
-    let constraints =
-        crate::placement::Constraints { underlay: true, externals: &externals, ..crate::placement::Constraints::default() };
+    let constraints = crate::placement::Constraints {
+        underlay: true,
+        externals: &externals,
+        ..crate::placement::Constraints::default()
+    };
     let host = match crate::placement::choose(ctx, nothing, &constraints).await {
         Ok(choice) => choice.best.id,
         Err(crate::placement::Refusal::Db(e)) => return Err(e.into()),
