@@ -139,3 +139,89 @@ async fn external_networks_and_floating_ips_stay_within_their_project() {
     let v = t.ok("GET", &format!("/api/v1/floating-ips/{fid}"), &alice, None).await;
     assert_eq!(v["instance_id"], serde_json::Value::Null, "{v}");
 }
+
+#[tokio::test]
+async fn a_balancer_on_a_network_holds_its_floating_ip_and_no_other_project_s() {
+    let t = T::new().await;
+    bridged_host(&t).await;
+    let alice = t.user("alice", "team-a", "member").await;
+    let bob = t.user("bob", "team-b", "member").await;
+    let admin = t.admin.clone();
+    t.ok("POST", "/api/v1/networks", &admin, Some(external("lan", "192.168.50.100-192.168.50.110"))).await;
+    t.ok("POST", "/api/v1/networks", &alice, Some(json!({"name": "blue", "cidr": "10.30.0.0/24"}))).await;
+    t.ok("POST", "/api/v1/networks", &bob, Some(json!({"name": "red", "cidr": "10.30.0.0/24"}))).await;
+    let target = t
+        .ok(
+            "POST",
+            "/api/v1/instances",
+            &alice,
+            Some(json!({"image": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1, "networks": ["blue"]})),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mine = t.ok("POST", "/api/v1/floating-ips", &alice, Some(json!({"network": "lan"}))).await;
+    let bobs = t.ok("POST", "/api/v1/floating-ips", &bob, Some(json!({"network": "lan"}))).await;
+    let lb = |fip: &str, net: &str| json!({"name": "web", "port": 80, "targets": [target], "network": net, "floating_ip": fip});
+
+    // Another project's floating IP or network is not there for Alice.
+    let (s, v) =
+        t.call("POST", "/api/v1/load-balancers", Some(&alice), Some(lb(bobs["id"].as_str().unwrap(), "blue"))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, v) =
+        t.call("POST", "/api/v1/load-balancers", Some(&alice), Some(lb(mine["id"].as_str().unwrap(), "red"))).await;
+    assert!(s == StatusCode::NOT_FOUND || s == StatusCode::BAD_REQUEST, "Bob's network: {s} {v}");
+    // A target off the network is refused, saying why.
+    let (s, v) = t
+        .call(
+            "POST",
+            "/api/v1/load-balancers",
+            Some(&alice),
+            Some(json!({"name": "web", "port": 80, "targets": [target], "network": "lan", "floating_ip": mine["id"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("external"), "{v}");
+
+    let created = t.ok("POST", "/api/v1/load-balancers", &alice, Some(lb(mine["id"].as_str().unwrap(), "blue"))).await;
+    assert_eq!(created["listen"], format!("{}:80", mine["address"].as_str().unwrap()), "{created}");
+    assert_eq!(created["address"], "10.30.0.3", "the next free address after the target's");
+    assert!(created["backends"].as_array().unwrap().iter().any(|b| b["address"] == "10.30.0.2:80"), "{created}");
+    // A launch after it does not take the balancer's address.
+    let next = t
+        .ok(
+            "POST",
+            "/api/v1/instances",
+            &alice,
+            Some(json!({"image": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1, "networks": ["blue"]})),
+        )
+        .await;
+    assert_eq!(next["addresses"][0]["address"], "10.30.0.4", "{next}");
+
+    // The floating IP is the balancer's while it exists.
+    let fid = mine["id"].as_str().unwrap();
+    let shown = t.ok("GET", &format!("/api/v1/floating-ips/{fid}"), &alice, None).await;
+    assert_eq!(shown["load_balancer_id"], created["id"], "{shown}");
+    assert_eq!(shown["private_address"], "10.30.0.3");
+    let (s, _) = t
+        .call("POST", &format!("/api/v1/floating-ips/{fid}/associate"), Some(&alice), Some(json!({"instance": target})))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, _) = t.call("DELETE", &format!("/api/v1/floating-ips/{fid}"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, _) = t
+        .call(
+            "POST",
+            "/api/v1/load-balancers",
+            Some(&alice),
+            Some(json!({"name": "web2", "port": 80, "targets": [target], "network": "blue", "floating_ip": fid})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "one floating IP, one user");
+    // Deleted, the balancer leaves the floating IP to the project.
+    t.ok("DELETE", "/api/v1/load-balancers/web", &alice, None).await;
+    let shown = t.ok("GET", &format!("/api/v1/floating-ips/{fid}"), &alice, None).await;
+    assert_eq!(shown["load_balancer_id"], serde_json::Value::Null, "{shown}");
+    t.ok("DELETE", &format!("/api/v1/floating-ips/{fid}"), &alice, None).await;
+}
