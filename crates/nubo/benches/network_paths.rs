@@ -19,6 +19,9 @@
 //!   bare guests, the baseline of (c) and (e), whose other end is a host
 //!   process too: under TCG a path with one emulated guest is much faster
 //!   than a path with two;
+//! - (d3) a second baseline for (b): two bare QEMUs in two namespaces
+//!   joined by a veth pair, each with a bridge and Linux's VXLAN device
+//!   (guest MTU 1450, as on Nubo's networks); no Nubo;
 //! - (a) guest to guest on one host, on one private network;
 //! - (b) guest to guest across two hosts, the same network over VXLAN;
 //! - (c) an "office" client on an external network to a guest's floating IP;
@@ -368,6 +371,27 @@ impl Bare {
             "ip netns add {ns} && ip -n {ns} link set lo up && ip -n {ns} link add br0 type bridge && \
              ip -n {ns} link set br0 up && ip -n {ns} addr add {BARE_HOST}/24 dev br0"
         ));
+        // A second baseline for (b): two "hosts" joined by a veth pair, each
+        // with a bridge and a VXLAN device on it (Linux's own VXLAN, no Nubo).
+        let (xa, xb) = (bench.ns("bxa"), bench.ns("bxb"));
+        sh_ok(&format!(
+            "ip netns add {xa} && ip netns add {xb} && ip link add v0 netns {xa} type veth peer name v0 netns {xb}"
+        ));
+        for (n, me, peer) in [(&xa, 1, 2), (&xb, 2, 1)] {
+            sh_ok(&format!(
+                "ip -n {n} link set lo up && ip -n {n} addr add 10.98.0.{me}/24 dev v0 && ip -n {n} link set v0 up && \
+                 ip -n {n} link add br0 type bridge && ip -n {n} link set br0 up && \
+                 ip -n {n} link add vxlan0 type vxlan id 42 local 10.98.0.{me} remote 10.98.0.{peer} dstport 4789 dev v0 && \
+                 ip -n {n} link set vxlan0 master br0 up"
+            ));
+        }
+        // (guest, namespace, guest address, MTU: VXLAN's 50 bytes less across the tunnel)
+        let vms = [
+            (1, &ns, "10.99.0.1", 1500),
+            (2, &ns, "10.99.0.2", 1500),
+            (3, &xa, "10.97.0.3", 1450),
+            (4, &xb, "10.97.0.4", 1450),
+        ];
         let tiny = image_dir("tiny");
         let manifest: Value =
             serde_json::from_slice(&std::fs::read(tiny.join("manifest.json")).expect("tiny's manifest")).expect("json");
@@ -376,7 +400,7 @@ impl Bare {
         let qemu = Qemu::default();
         let mut qga = Vec::new();
         let mut dirs = Vec::new();
-        for i in 1..=2 {
+        for (i, ns, _, _) in vms {
             let tap = format!("tbare{i}");
             sh_ok(&format!("ip -n {ns} tuntap add dev {tap} mode tap && ip -n {ns} link set {tap} master br0 up"));
             let id = format!("bare-{i}");
@@ -425,17 +449,16 @@ impl Bare {
             qga.push(client);
         }
         let mut bare = Bare { rt, qga };
-        // No DHCP on this bridge: stop tiny's udhcpc and set the addresses.
-        for i in 0..2 {
+        // No DHCP on these bridges: stop tiny's udhcpc and set the addresses.
+        for (k, (i, _, ip, mtu)) in vms.iter().enumerate() {
             let (code, out) = bare.sh(
-                i,
+                k,
                 &format!(
                     "kill $(cat /run/udhcpc.eth0.pid) 2>/dev/null; ip addr flush dev eth0; \
-                     ip addr add 10.99.0.{}/24 dev eth0 && ip link set eth0 up",
-                    i + 1
+                     ip link set eth0 mtu {mtu} && ip addr add {ip}/24 dev eth0 && ip link set eth0 up"
                 ),
             );
-            assert_eq!(code, 0, "configuring bare-{}: {out}", i + 1);
+            assert_eq!(code, 0, "configuring bare-{i}: {out}");
         }
         bare
     }
@@ -656,8 +679,10 @@ fn main() {
         let (code, out) = bench.guest(id, &daemon);
         assert!(code == 0 && !out.trim().is_empty(), "iperf3 server in {id}: {out}");
     }
-    let (code, out) = bare.sh(1, &daemon);
-    assert!(code == 0 && !out.trim().is_empty(), "iperf3 server in bare-2: {out}");
+    for vm in [1, 3] {
+        let (code, out) = bare.sh(vm, &daemon);
+        assert!(code == 0 && !out.trim().is_empty(), "iperf3 server in bare-{}: {out}", vm + 1);
+    }
     let office = bench.ns("office");
     let bare_ns = bench.ns("bare");
     wait_until("the floating IP answering the office", Duration::from_secs(60), || {
@@ -681,6 +706,7 @@ fn main() {
         facts.push(format!("{label} on {h}, eth0 mtu {}", mtu(bench.guest(id, "cat /sys/class/net/eth0/mtu"))));
     }
     facts.push(format!("bare-1/2 eth0 mtu {}", mtu(bare.sh(0, "cat /sys/class/net/eth0/mtu"))));
+    facts.push(format!("bare-3/4 eth0 mtu {}", mtu(bare.sh(2, "cat /sys/class/net/eth0/mtu"))));
 
     // Each path with the baseline it is held against: two guests (both
     // under TCG) for guest to guest, one guest for the paths whose other
@@ -688,6 +714,7 @@ fn main() {
     const PATHS: &[(&str, usize)] = &[
         ("(d1) bare QEMU: guest to guest, tap + bridge", 0),
         ("(d2) bare QEMU: bridge's netns to guest, tap", 1),
+        ("(d3) bare QEMU: guest to guest, VXLAN, 2 netns", 0),
         ("(a) guest to guest, one host, private network", 0),
         ("(b) guest to guest, two hosts, VXLAN", 0),
         ("(c) office to guest, floating IP", 1),
@@ -710,19 +737,22 @@ fn main() {
         let i = in_ns(&bare_ns, &iperf_client(&iperf3_host, "10.99.0.2", PORT));
         let p = in_ns(&bare_ns, &ping_cmd("10.99.0.2"));
         record(&mut samples[1], i, p);
+        let i = bare.sh(2, &iperf_client(guest_iperf, "10.97.0.4", PORT));
+        let p = bare.sh(2, &ping_cmd("10.97.0.4"));
+        record(&mut samples[2], i, p);
         let i = bench.guest(&x, &iperf_client(guest_iperf, &y_ip, PORT));
         let p = bench.guest(&x, &ping_cmd(&y_ip));
-        record(&mut samples[2], i, p);
+        record(&mut samples[3], i, p);
         let i = bench.guest(&x, &iperf_client(guest_iperf, &z_ip, PORT));
         let p = bench.guest(&x, &ping_cmd(&z_ip));
-        record(&mut samples[3], i, p);
+        record(&mut samples[4], i, p);
         let i = in_ns(&office, &iperf_client(&iperf3_host, &fip_addr, PORT));
         let p = in_ns(&office, &ping_cmd(&fip_addr));
-        record(&mut samples[4], i, p);
+        record(&mut samples[5], i, p);
         let out = sh(&iperf_client(&iperf3_host, &fwd_addr, fwd_port));
         let i = (out.status.code().unwrap_or(-1), text(&out));
         let p = bench.guest(&user, &ping_cmd(&user_gw));
-        record(&mut samples[5], i, p);
+        record(&mut samples[6], i, p);
         eprintln!(
             "round {round}/{runs} ({:.0} s): {}",
             t.elapsed().as_secs_f64(),
