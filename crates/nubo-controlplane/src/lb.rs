@@ -186,6 +186,53 @@ impl From<sqlx::Error> for InsertError {
     }
 }
 
+/// Whether the project has a balancer named `name`.
+async fn name_taken(tx: &mut crate::store::Tx<'_>, project: &str, name: &str) -> Result<bool, sqlx::Error> {
+    let taken: Option<String> = sqlx::query_scalar("SELECT id FROM load_balancers WHERE project_id = $1 AND name = $2")
+        .bind(project)
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(taken.is_some())
+}
+
+/// Inserts a balancer's row; `network` is (network, address, MAC) for one on a network.
+#[allow(clippy::too_many_arguments)] // one row's columns, named at the two call sites
+async fn insert_row(
+    tx: &mut crate::store::Tx<'_>,
+    id: &LoadBalancerId,
+    project: &str,
+    c: &LoadBalancerCreate,
+    health: &LbHealthCheck,
+    host: &str,
+    host_port: i64,
+    network: Option<(&str, &str, &str)>,
+) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO load_balancers (id, project_id, name, protocol, algorithm, guest_port, targets_json, group_name,
+           weights_json, health_json, host_id, host_port, created_at_ms, network_id, address, mac)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(id.as_str())
+    .bind(project)
+    .bind(&c.name)
+    .bind(&c.protocol)
+    .bind(c.algorithm.as_deref().unwrap_or("round-robin"))
+    .bind(i64::from(c.port))
+    .bind(serde_json::to_string(&c.targets).unwrap_or_else(|_| "[]".into()))
+    .bind(&c.group)
+    .bind(serde_json::to_string(&c.weights).unwrap_or_else(|_| "{}".into()))
+    .bind(serde_json::to_string(health).unwrap_or_else(|_| "{}".into()))
+    .bind(host)
+    .bind(host_port)
+    .bind(now_ms())
+    .bind(network.map(|n| n.0))
+    .bind(network.map(|n| n.1))
+    .bind(network.map(|n| n.2))
+    .execute(&mut **tx)
+    .await
+}
+
 impl Store {
     /// Inserts a balancer on `host` with the lowest free host port of
     /// `range` (free of instances' forwards and other balancers).
@@ -202,13 +249,7 @@ impl Store {
         // transaction, so the free port read below cannot be taken by a
         // concurrent instance launch (which takes the lock the same way).
         sqlx::query("UPDATE hosts SET enabled = enabled WHERE id = $1").bind(host).execute(&mut *tx).await?;
-        let taken: Option<String> =
-            sqlx::query_scalar("SELECT id FROM load_balancers WHERE project_id = $1 AND name = $2")
-                .bind(project)
-                .bind(&c.name)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if taken.is_some() {
+        if name_taken(&mut tx, project, &c.name).await? {
             return Err(InsertError::NameTaken);
         }
         let used: Vec<i64> = sqlx::query_scalar(
@@ -220,26 +261,7 @@ impl Store {
         let used: std::collections::HashSet<i64> = used.into_iter().collect();
         let port = (range.0..=range.1).find(|p| !used.contains(&i64::from(*p))).ok_or(InsertError::NoPorts)?;
         let id = LoadBalancerId::generate();
-        sqlx::query(
-            "INSERT INTO load_balancers (id, project_id, name, protocol, algorithm, guest_port, targets_json, group_name,
-               weights_json, health_json, host_id, host_port, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(id.as_str())
-        .bind(project)
-        .bind(&c.name)
-        .bind(&c.protocol)
-        .bind(c.algorithm.as_deref().unwrap_or("round-robin"))
-        .bind(i64::from(c.port))
-        .bind(serde_json::to_string(&c.targets).unwrap_or_else(|_| "[]".into()))
-        .bind(&c.group)
-        .bind(serde_json::to_string(&c.weights).unwrap_or_else(|_| "{}".into()))
-        .bind(serde_json::to_string(health).unwrap_or_else(|_| "{}".into()))
-        .bind(host)
-        .bind(i64::from(port))
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
+        insert_row(&mut tx, &id, project, c, health, host, i64::from(port), None).await?;
         let row =
             sqlx::query_as("SELECT * FROM load_balancers WHERE id = $1").bind(id.as_str()).fetch_one(&mut *tx).await?;
         tx.commit().await?;
@@ -260,13 +282,7 @@ impl Store {
         floating_ip: Option<&str>,
     ) -> Result<LbRow, InsertError> {
         let mut tx = self.begin().await?;
-        let taken: Option<String> =
-            sqlx::query_scalar("SELECT id FROM load_balancers WHERE project_id = $1 AND name = $2")
-                .bind(project)
-                .bind(&c.name)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if taken.is_some() {
+        if name_taken(&mut tx, project, &c.name).await? {
             return Err(InsertError::NameTaken);
         }
         let cidr = crate::networks::Cidr::parse_network(&network.cidr).map_err(sqlx::Error::Protocol)?;
@@ -274,33 +290,13 @@ impl Store {
         let address = cidr.hosts().map(|a| a.to_string()).find(|a| !used.contains(a)).ok_or(InsertError::NoAddress)?;
         let id = LoadBalancerId::generate();
         let mac = crate::networks::mac_for(id.as_str(), &network.id);
-        sqlx::query(
-            "INSERT INTO load_balancers (id, project_id, name, protocol, algorithm, guest_port, targets_json, group_name,
-               weights_json, health_json, host_id, host_port, created_at_ms, network_id, address, mac)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12, $13, $14, $15)",
-        )
-        .bind(id.as_str())
-        .bind(project)
-        .bind(&c.name)
-        .bind(&c.protocol)
-        .bind(c.algorithm.as_deref().unwrap_or("round-robin"))
-        .bind(i64::from(c.port))
-        .bind(serde_json::to_string(&c.targets).unwrap_or_else(|_| "[]".into()))
-        .bind(&c.group)
-        .bind(serde_json::to_string(&c.weights).unwrap_or_else(|_| "{}".into()))
-        .bind(serde_json::to_string(health).unwrap_or_else(|_| "{}".into()))
-        .bind(host)
-        .bind(now_ms())
-        .bind(&network.id)
-        .bind(&address)
-        .bind(&mac)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match e.as_database_error() {
-            // Another balancer or a launch took the address at the same moment.
-            Some(d) if d.is_unique_violation() => InsertError::Raced,
-            _ => InsertError::Db(e),
-        })?;
+        insert_row(&mut tx, &id, project, c, health, host, 0, Some((&network.id, &address, &mac))).await.map_err(
+            |e| match e.as_database_error() {
+                // Another balancer or a launch took the address at the same moment.
+                Some(d) if d.is_unique_violation() => InsertError::Raced,
+                _ => InsertError::Db(e),
+            },
+        )?;
         if let Some(fip) = floating_ip {
             let took = sqlx::query(
                 "UPDATE floating_ips SET lb_id = $1 WHERE id = $2 AND project_id = $3 AND instance_id IS NULL AND lb_id IS NULL",

@@ -262,6 +262,36 @@ pub(crate) async fn attach_new_instance(
     Ok(())
 }
 
+/// The next VXLAN id: one above the highest given (a concurrent create
+/// may pick the same; the UNIQUE constraint then makes it retry).
+async fn next_vni(tx: &mut Tx<'_>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COALESCE(MAX(vni) + 1, $1) FROM networks").bind(FIRST_VNI).fetch_one(&mut **tx).await
+}
+
+/// Inserts a network's row, every column.
+async fn insert_row(tx: &mut Tx<'_>, row: &NetworkRow) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO networks (id, project_id, name, cidr, gateway, vni, created_at_ms, external_interface, vlan,
+           pool_start, pool_end, is_default, has_subnet)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(&row.id)
+    .bind(&row.project_id)
+    .bind(&row.name)
+    .bind(&row.cidr)
+    .bind(&row.gateway)
+    .bind(row.vni)
+    .bind(row.created_at_ms)
+    .bind(&row.external_interface)
+    .bind(row.vlan)
+    .bind(&row.pool_start)
+    .bind(&row.pool_end)
+    .bind(row.is_default)
+    .bind(row.has_subnet)
+    .execute(&mut **tx)
+    .await
+}
+
 impl Store {
     pub async fn create_network(&self, project: &str, name: &str, cidr: Cidr) -> Result<NetworkRow, CreateError> {
         self.insert_network(&NetworkId::generate(), project, name, cidr, false, true).await
@@ -288,10 +318,7 @@ impl Store {
         if taken.is_some() {
             return Err(CreateError::Duplicate(name.to_string()));
         }
-        let vni: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(vni) + 1, $1) FROM networks")
-            .bind(FIRST_VNI)
-            .fetch_one(&mut *tx)
-            .await?;
+        let vni = next_vni(&mut tx).await?;
         let row = NetworkRow {
             id: id.to_string(),
             project_id: project.to_string(),
@@ -307,22 +334,7 @@ impl Store {
             is_default: i64::from(is_default),
             has_subnet: i64::from(has_subnet),
         };
-        sqlx::query(
-            "INSERT INTO networks (id, project_id, name, cidr, gateway, vni, created_at_ms, is_default, has_subnet)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&row.id)
-        .bind(&row.project_id)
-        .bind(&row.name)
-        .bind(&row.cidr)
-        .bind(&row.gateway)
-        .bind(row.vni)
-        .bind(row.created_at_ms)
-        .bind(row.is_default)
-        .bind(row.has_subnet)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match e.as_database_error() {
+        insert_row(&mut tx, &row).await.map_err(|e| match e.as_database_error() {
             Some(d) if d.is_unique_violation() => CreateError::Raced,
             _ => CreateError::Db(e),
         })?;
@@ -347,29 +359,9 @@ impl Store {
         if taken.is_some() {
             return Err(CreateError::Duplicate(row.name.clone()));
         }
-        let vni: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(vni) + 1, $1) FROM networks")
-            .bind(FIRST_VNI)
-            .fetch_one(&mut *tx)
-            .await?;
+        let vni = next_vni(&mut tx).await?;
         let row = NetworkRow { vni, ..row.clone() };
-        sqlx::query(
-            "INSERT INTO networks (id, project_id, name, cidr, gateway, vni, created_at_ms, external_interface, vlan, pool_start, pool_end)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&row.id)
-        .bind(&row.project_id)
-        .bind(&row.name)
-        .bind(&row.cidr)
-        .bind(&row.gateway)
-        .bind(row.vni)
-        .bind(row.created_at_ms)
-        .bind(&row.external_interface)
-        .bind(row.vlan)
-        .bind(&row.pool_start)
-        .bind(&row.pool_end)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match e.as_database_error() {
+        insert_row(&mut tx, &row).await.map_err(|e| match e.as_database_error() {
             Some(d) if d.is_unique_violation() => CreateError::Raced,
             _ => CreateError::Db(e),
         })?;

@@ -13,17 +13,6 @@ use common::ec2::*;
 use common::T;
 use serde_json::json;
 
-/// A host that runs private networks and maps the external name `lan`.
-async fn bridged_host(t: &T) {
-    let (join, _) = t.ctx.store.create_join_token(60_000).await.unwrap();
-    let id = nubo_api::ids::HostId::generate();
-    let v = t.ok("POST", "/api/v1/agent/join", "", Some(json!({"join_token": join, "host_id": id}))).await;
-    let cred = v["credential"].as_str().unwrap().to_string();
-    let reg = json!({"host_id": id, "name": "h1", "accel": "tcg", "vcpus": 64, "memory_mib": 262144,
-        "disk_gib": 1000, "underlay": "192.0.2.1", "externals": ["lan"]});
-    t.ok("POST", "/api/v1/agent/register", &cred, Some(reg)).await;
-}
-
 fn external(name: &str, cidr: &str, gateway: &str, pool: &str) -> serde_json::Value {
     json!({"name": name, "cidr": cidr, "external": {"interface": "lan", "gateway": gateway, "pool": pool}})
 }
@@ -40,7 +29,7 @@ fn bad(got: (StatusCode, String), code: &str) -> String {
 #[tokio::test]
 async fn elastic_ips_allocate_associate_describe_and_release_within_the_project() {
     let t = T::new().await;
-    bridged_host(&t).await;
+    t.add_bridging_host(&["lan"]).await;
     let admin = t.admin.clone();
     let alice = t.user("alice", "team-a", "member").await;
     let bob = t.user("bob", "team-b", "member").await;

@@ -10,17 +10,6 @@ use axum::http::StatusCode;
 use common::T;
 use serde_json::json;
 
-/// A host that runs private networks and maps the external name `lan`.
-async fn bridged_host(t: &T) {
-    let (join, _) = t.ctx.store.create_join_token(60_000).await.unwrap();
-    let id = nubo_api::ids::HostId::generate();
-    let v = t.ok("POST", "/api/v1/agent/join", "", Some(json!({"join_token": join, "host_id": id}))).await;
-    let cred = v["credential"].as_str().unwrap().to_string();
-    let reg = json!({"host_id": id, "name": "h1", "accel": "tcg", "vcpus": 64, "memory_mib": 262144,
-        "disk_gib": 1000, "underlay": "192.0.2.1", "externals": ["lan"]});
-    t.ok("POST", "/api/v1/agent/register", &cred, Some(reg)).await;
-}
-
 fn external(name: &str, pool: &str) -> serde_json::Value {
     json!({"name": name, "cidr": "192.168.50.0/24",
         "external": {"interface": "lan", "gateway": "192.168.50.1", "pool": pool}})
@@ -29,7 +18,7 @@ fn external(name: &str, pool: &str) -> serde_json::Value {
 #[tokio::test]
 async fn external_networks_and_floating_ips_stay_within_their_project() {
     let t = T::new().await;
-    bridged_host(&t).await;
+    t.add_bridging_host(&["lan"]).await;
     let alice = t.user("alice", "team-a", "member").await;
     let bob = t.user("bob", "team-b", "member").await;
     let admin = t.admin.clone();
@@ -143,7 +132,7 @@ async fn external_networks_and_floating_ips_stay_within_their_project() {
 #[tokio::test]
 async fn a_balancer_on_a_network_holds_its_floating_ip_and_no_other_project_s() {
     let t = T::new().await;
-    bridged_host(&t).await;
+    t.add_bridging_host(&["lan"]).await;
     let alice = t.user("alice", "team-a", "member").await;
     let bob = t.user("bob", "team-b", "member").await;
     let admin = t.admin.clone();

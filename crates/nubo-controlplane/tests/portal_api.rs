@@ -507,13 +507,7 @@ async fn resource_pages_render_and_their_forms_work() {
 /// A host that runs private networks and maps the external name `lan`,
 /// and the external network `lan` an operator made on it.
 async fn external_lan(t: &T) {
-    let (join, _) = t.ctx.store.create_join_token(60_000).await.unwrap();
-    let id = nubo_api::ids::HostId::generate();
-    let v = t.ok("POST", "/api/v1/agent/join", "", Some(json!({"join_token": join, "host_id": id}))).await;
-    let cred = v["credential"].as_str().unwrap().to_string();
-    let reg = json!({"host_id": id, "name": "h1", "accel": "tcg", "vcpus": 64, "memory_mib": 262144,
-        "disk_gib": 1000, "underlay": "192.0.2.1", "externals": ["lan"]});
-    t.ok("POST", "/api/v1/agent/register", &cred, Some(reg)).await;
+    t.add_bridging_host(&["lan"]).await;
     let admin = t.admin.clone();
     let lan = json!({"name": "lan", "cidr": "192.168.50.0/24",
         "external": {"interface": "lan", "gateway": "192.168.50.1", "pool": "192.168.50.100-192.168.50.110"}});

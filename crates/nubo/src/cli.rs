@@ -1022,6 +1022,9 @@ pub enum HypervisorKind {
     Simulated,
 }
 
+// Parsed once per process, like `Command`: its largest variant (all of
+// `lb create`'s flags) costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum LbCmd {
     /// Create a load balancer in front of instances (--target) and/or a group (--group).

@@ -115,18 +115,10 @@ print("boto3-elastic-ip-ok")
 #[test]
 fn boto3_serves_a_page_at_an_elastic_ip_to_the_office() {
     let fabric = Fabric::new("e", 2);
-    let office = fabric.ns("office");
-    sh_ok(&format!(
-        "ip netns add {office} && ip -n {office} link add lan type bridge && ip -n {office} link set lan up && \
-         ip -n {office} addr add 192.168.50.10/24 dev lan && ip -n {office} addr add 192.168.50.1/24 dev lan && \
-         ip -n {office} link set lo up"
-    ));
+    let office = fabric.office(2);
     let mut cloud = Cloud::server_only();
     for i in 1..=2 {
         let h = fabric.ns(&format!("h{i}"));
-        sh_ok(&format!(
-            "ip link add o{i} netns {office} type veth peer name lan0 netns {h} && ip -n {office} link set o{i} master lan up"
-        ));
         cloud.start_host(
             &format!("h{i}"),
             &["--underlay", &format!("192.168.77.{i}"), "--netns", &h, "--external", "lan=lan0"],

@@ -28,15 +28,6 @@ fn guest(cloud: &Cloud, id: &str, script: &str) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-/// One GET from the office client: the page, or the error's name.
-const FETCH: &str = r#"
-import sys, urllib.request
-try:
-    print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode().strip())
-except Exception as e:
-    print("failed:", type(e).__name__)
-"#;
-
 /// The office client's request loop: one GET every 0.2 s for argv[2]
 /// seconds, a line per request: `<unix time> <1 ok|0 failed> <page>`.
 const LOOP: &str = r#"
@@ -51,11 +42,6 @@ while time.time() < end:
     print(f"{t:.3f} {ok} {body}", flush=True)
     time.sleep(0.2)
 "#;
-
-fn office_fetch(office: &str, url: &str) -> String {
-    let out = Command::new("ip").args(["netns", "exec", office, "python3", "-c", FETCH, url]).output().expect("fetch");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// (longest time without a successful answer while some failed, in ms;
 /// requests; failures) of a request loop's output.
@@ -84,18 +70,10 @@ fn longest_gap(log: &str) -> (u64, usize, usize) {
 #[test]
 fn lan_addresses_and_a_floating_ip_that_follows_a_live_migration() {
     let fabric = Fabric::new("x", 2);
-    let office = fabric.ns("office");
-    sh_ok(&format!(
-        "ip netns add {office} && ip -n {office} link add lan type bridge && ip -n {office} link set lan up && \
-         ip -n {office} addr add 192.168.50.10/24 dev lan && ip -n {office} addr add 192.168.50.1/24 dev lan && \
-         ip -n {office} link set lo up"
-    ));
+    let office = fabric.office(2);
     let mut cloud = Cloud::server_only();
     for i in 1..=2 {
         let h = fabric.ns(&format!("h{i}"));
-        sh_ok(&format!(
-            "ip link add o{i} netns {office} type veth peer name lan0 netns {h} && ip -n {office} link set o{i} master lan up"
-        ));
         cloud.start_host(
             &format!("h{i}"),
             &["--underlay", &format!("192.168.77.{i}"), "--netns", &h, "--external", "lan=lan0"],
@@ -164,14 +142,14 @@ fn lan_addresses_and_a_floating_ip_that_follows_a_live_migration() {
         let ping = |addr: &str| sh(&format!("ip netns exec {office} ping -c 1 -W 1 {addr}")).status.success();
         (ping(&a_ip) && ping(&fip_addr)).then_some(())
     });
-    assert!(office_fetch(&office, &a_url).starts_with("failed"), "A's port 8080 was open before a rule");
-    assert!(office_fetch(&office, &f_url).starts_with("failed"), "the floating IP's port 8080 was open before a rule");
+    assert!(fetch_in(&office, &a_url).starts_with("failed"), "A's port 8080 was open before a rule");
+    assert!(fetch_in(&office, &f_url).starts_with("failed"), "the floating IP's port 8080 was open before a rule");
     cloud.nubo_ok(&["security-group", "allow", "web", "--protocol", "tcp", "--port", "8080", "--cidr", "0.0.0.0/0"]);
     wait_until("A's page at its LAN address", Duration::from_secs(30), || {
-        (office_fetch(&office, &a_url) == "page-of-a").then_some(())
+        (fetch_in(&office, &a_url) == "page-of-a").then_some(())
     });
     wait_until("B's page at its floating IP", Duration::from_secs(30), || {
-        (office_fetch(&office, &f_url) == "page-of-b").then_some(())
+        (fetch_in(&office, &f_url) == "page-of-b").then_some(())
     });
 
     // B moves while the office client asks for its page five times a second.
@@ -199,7 +177,7 @@ fn lan_addresses_and_a_floating_ip_that_follows_a_live_migration() {
     // Released: the address no longer reaches B.
     cloud.nubo_ok(&["floating-ip", "release", &fip_id]);
     wait_until("B unreachable at the released address", Duration::from_secs(30), || {
-        office_fetch(&office, &f_url).starts_with("failed").then_some(())
+        fetch_in(&office, &f_url).starts_with("failed").then_some(())
     });
     let fips = cloud.nubo_json(&["floating-ip", "list"]);
     assert_eq!(fips.as_array().map(Vec::len), Some(0), "{fips}");

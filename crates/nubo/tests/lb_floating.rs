@@ -23,34 +23,14 @@ echo member-$(cat /sys/class/net/eth0/address) > /www/index.html
 httpd -p 80 -h /www
 ";
 
-const FETCH: &str = r#"
-import sys, urllib.request
-try:
-    print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode().strip())
-except Exception as e:
-    print("failed:", type(e).__name__)
-"#;
-
-fn office_fetch(office: &str, url: &str) -> String {
-    let out = Command::new("ip").args(["netns", "exec", office, "python3", "-c", FETCH, url]).output().expect("fetch");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn a_balancer_on_a_floating_ip_serves_the_office_and_comes_back_on_another_host() {
     let fabric = Fabric::new("l", 2);
-    let office = fabric.ns("office");
-    sh_ok(&format!(
-        "ip netns add {office} && ip -n {office} link add lan type bridge && ip -n {office} link set lan up && \
-         ip -n {office} addr add 192.168.50.10/24 dev lan && ip -n {office} link set lo up"
-    ));
+    let office = fabric.office(2);
     // Down after 5 s of silence; its balancers move after the lease and its margin.
     let mut cloud = Cloud::server_with(&["--heartbeat-timeout-secs", "5"]);
     for i in 1..=2 {
         let h = fabric.ns(&format!("h{i}"));
-        sh_ok(&format!(
-            "ip link add o{i} netns {office} type veth peer name lan0 netns {h} && ip -n {office} link set o{i} master lan up"
-        ));
         cloud.start_host(
             &format!("h{i}"),
             &["--underlay", &format!("192.168.77.{i}"), "--netns", &h, "--external", "lan=lan0"],
@@ -115,7 +95,7 @@ fn a_balancer_on_a_floating_ip_serves_the_office_and_comes_back_on_another_host(
     // Both members answer through the balancer, from the office.
     let mut seen = std::collections::HashSet::new();
     wait_until("pages of both members at the floating IP", BOOT, || {
-        let page = office_fetch(&office, &url);
+        let page = fetch_in(&office, &url);
         if page.starts_with("member-") {
             seen.insert(page);
         }
@@ -140,7 +120,7 @@ fn a_balancer_on_a_floating_ip_serves_the_office_and_comes_back_on_another_host(
     }
     let died = Instant::now();
     let page = wait_until("the floating IP to serve again", Duration::from_secs(120), || {
-        let page = office_fetch(&office, &url);
+        let page = fetch_in(&office, &url);
         page.starts_with("member-").then_some(page)
     });
     let took = died.elapsed();

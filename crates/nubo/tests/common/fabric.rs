@@ -55,6 +55,26 @@ impl Fabric {
         f
     }
 
+    /// Adds the "office": a namespace `office` that is the LAN (a bridge
+    /// `lan` with a client at 192.168.50.10 and the LAN's router address
+    /// .1), plugged into each of the first `hosts` hosts as their `lan0`
+    /// (which their agents map with `--external lan=lan0`). Its name.
+    pub fn office(&self, hosts: u32) -> String {
+        let office = self.ns("office");
+        sh_ok(&format!(
+            "ip netns add {office} && ip -n {office} link add lan type bridge && ip -n {office} link set lan up && \
+             ip -n {office} addr add 192.168.50.10/24 dev lan && ip -n {office} addr add 192.168.50.1/24 dev lan && \
+             ip -n {office} link set lo up"
+        ));
+        for i in 1..=hosts {
+            let h = self.ns(&format!("h{i}"));
+            sh_ok(&format!(
+                "ip link add o{i} netns {office} type veth peer name lan0 netns {h} && ip -n {office} link set o{i} master lan up"
+            ));
+        }
+        office
+    }
+
     /// The full name of this fabric's namespace `name` (`sw`, `h1`, ...).
     pub fn ns(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
@@ -71,4 +91,18 @@ impl Drop for Fabric {
             }
         }
     }
+}
+
+/// One GET from inside namespace `ns` (the office's client): the page's
+/// text, or `failed: <error>`.
+pub fn fetch_in(ns: &str, url: &str) -> String {
+    const FETCH: &str = r#"
+import sys, urllib.request
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode().strip())
+except Exception as e:
+    print("failed:", type(e).__name__)
+"#;
+    let out = Command::new("ip").args(["netns", "exec", ns, "python3", "-c", FETCH, url]).output().expect("fetch");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

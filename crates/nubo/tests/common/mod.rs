@@ -21,7 +21,7 @@ mod server_database;
 #[allow(unused_imports)]
 pub use aws::Aws;
 #[allow(unused_imports)]
-pub use fabric::{sh, sh_ok, Fabric};
+pub use fabric::{fetch_in, sh, sh_ok, Fabric};
 #[allow(unused_imports)]
 pub use server_database::ServerDatabase;
 
