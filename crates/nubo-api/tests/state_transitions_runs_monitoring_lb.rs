@@ -130,5 +130,5 @@ fn balancers_leave_pending_and_backends_follow_their_checks() {
     );
     // The control plane's reasons keep the spellings users always saw.
     let reasons: Vec<_> = BackendHealth::ALL.iter().filter(|h| !h.reported()).map(|h| h.as_str()).collect();
-    assert_eq!(reasons, ["terminated", "not running", "on another host", "no forwarded port"]);
+    assert_eq!(reasons, ["terminated", "not running", "not on the network", "on another host", "no forwarded port"]);
 }

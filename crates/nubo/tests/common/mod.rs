@@ -43,6 +43,13 @@ pub const AWS_PIP_PACKAGES: &[&str] = &["awscli==1.46.3", "boto3==1.44.8"];
 /// when missing (needs PyPI) and shared by every test that drives them.
 pub fn aws_venv() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/venv-aws");
+    std::fs::create_dir_all(dir.parent().expect("cache dir")).expect("create .cache");
+    // Tests run in processes side by side: the first makes the venv while
+    // the others wait on this lock, instead of all writing into one venv.
+    let lock = std::fs::File::create(dir.with_extension("lock")).expect("the venv's lock file");
+    // SAFETY: flock on a descriptor this function owns; released when `lock` drops.
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+    assert_eq!(locked, 0, "cannot lock {}: {}", dir.display(), std::io::Error::last_os_error());
     let ready = dir.join(".nubo-ready");
     let want = AWS_PIP_PACKAGES.join(" ");
     if std::fs::read_to_string(&ready).ok().as_deref() == Some(want.as_str()) && dir.join("bin/aws").exists() {
