@@ -43,8 +43,14 @@ fuzz_target!(|data: &[u8]| {
             instance_id: "i-0123456789abcdef0".parse().expect("instance id"),
             mac: "52:54:00:00:00:01".into(),
             address: "10.20.0.2".into(),
-            ingress: vec![rule],
+            // The same tenant text as an inbound and an outbound rule.
+            ingress: vec![rule.clone()],
+            egress: Some(vec![rule]),
         }],
+        external: None,
+        floating: vec![],
+        domain: String::new(),
+        dns: vec![],
     };
     let ruleset = nubo_agent::network::firewall::render(&[net], &|_, _| Some("nt1".to_string()));
     let chain = ruleset.split("chain port_nt1 {").nth(1).expect("the port's chain");
