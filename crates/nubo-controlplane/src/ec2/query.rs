@@ -164,19 +164,56 @@ impl Page {
 }
 
 /// EC2's filter wildcards: `*` any run, `?` any one character, `\` escapes.
+/// Matched greedily with one remembered `*` (the classic linear-space
+/// algorithm, at most pattern x value steps): a recursive matcher takes
+/// exponential time on a pattern of many `*`s, which anyone may send.
 pub fn glob(pattern: &str, value: &str) -> bool {
-    fn go(p: &[char], v: &[char]) -> bool {
-        match p.split_first() {
-            None => v.is_empty(),
-            Some(('*', rest)) => (0..=v.len()).any(|i| go(rest, &v[i..])),
-            Some(('?', rest)) => !v.is_empty() && go(rest, &v[1..]),
-            Some(('\\', rest)) if !rest.is_empty() => v.first() == rest.first() && go(&rest[1..], &v[1..]),
-            Some((c, rest)) => v.first() == Some(c) && go(rest, &v[1..]),
+    #[derive(Clone, Copy, PartialEq)]
+    enum Tok {
+        Star,
+        One,
+        Lit(char),
+    }
+    let mut p = Vec::new();
+    let mut chars = pattern.chars().peekable();
+    while let Some(c) = chars.next() {
+        p.push(match c {
+            '*' => Tok::Star,
+            '?' => Tok::One,
+            '\\' => Tok::Lit(chars.next().unwrap_or('\\')),
+            c => Tok::Lit(c),
+        });
+    }
+    let v: Vec<char> = value.chars().collect();
+    let (mut pi, mut vi) = (0usize, 0usize);
+    // The last `*` seen and where in the value it was tried up to.
+    let mut star: Option<(usize, usize)> = None;
+    while vi < v.len() {
+        match p.get(pi) {
+            Some(Tok::One) => {
+                pi += 1;
+                vi += 1;
+            }
+            Some(Tok::Lit(c)) if *c == v[vi] => {
+                pi += 1;
+                vi += 1;
+            }
+            Some(Tok::Star) => {
+                star = Some((pi, vi));
+                pi += 1;
+            }
+            _ => match star {
+                // Let the last `*` take one more character, and retry.
+                Some((sp, sv)) => {
+                    star = Some((sp, sv + 1));
+                    pi = sp + 1;
+                    vi = sv + 1;
+                }
+                None => return false,
+            },
         }
     }
-    let p: Vec<char> = pattern.chars().collect();
-    let v: Vec<char> = value.chars().collect();
-    go(&p, &v)
+    p[pi..].iter().all(|t| *t == Tok::Star)
 }
 
 /// Checks that every filter is one `known` lists (`tag:KEY` is always
@@ -236,6 +273,15 @@ mod tests {
         assert!(p.required("ImageId").is_err());
         assert_eq!(Params::from_form(b"DryRun=true").bool("DryRun").unwrap(), Some(true));
         assert!(Params::from_form(b"DryRun=yes").bool("DryRun").is_err());
+    }
+
+    #[test]
+    fn a_pattern_of_many_stars_takes_linear_time() {
+        let pattern = format!("{}x", "*".repeat(60));
+        let started = std::time::Instant::now();
+        assert!(!glob(&pattern, &"a".repeat(64)));
+        assert!(glob(&pattern, &format!("{}x", "a".repeat(63))));
+        assert!(started.elapsed() < std::time::Duration::from_millis(100), "{:?}", started.elapsed());
     }
 
     #[test]
