@@ -117,27 +117,7 @@ fn boto3_serves_a_page_at_an_elastic_ip_to_the_office() {
     let fabric = Fabric::new("e", 2);
     let office = fabric.office(2);
     let mut cloud = Cloud::server_only();
-    for i in 1..=2 {
-        let h = fabric.ns(&format!("h{i}"));
-        cloud.start_host(
-            &format!("h{i}"),
-            &["--underlay", &format!("192.168.77.{i}"), "--netns", &h, "--external", "lan=lan0"],
-        );
-    }
-    cloud.nubo_ok(&[
-        "network",
-        "create",
-        "lan",
-        "--cidr",
-        "192.168.50.0/24",
-        "--external",
-        "--interface",
-        "lan",
-        "--gateway",
-        "192.168.50.1",
-        "--pool",
-        "192.168.50.100-192.168.50.199",
-    ]);
+    cloud.start_hosts_on_the_office_lan(&fabric, 2);
     let aws = Aws::new(&cloud);
     let out =
         aws.command("python", &aws.secret).env("OFFICE_NS", &office).arg("-c").arg(SCRIPT).output().expect("python");

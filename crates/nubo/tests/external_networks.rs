@@ -72,27 +72,7 @@ fn lan_addresses_and_a_floating_ip_that_follows_a_live_migration() {
     let fabric = Fabric::new("x", 2);
     let office = fabric.office(2);
     let mut cloud = Cloud::server_only();
-    for i in 1..=2 {
-        let h = fabric.ns(&format!("h{i}"));
-        cloud.start_host(
-            &format!("h{i}"),
-            &["--underlay", &format!("192.168.77.{i}"), "--netns", &h, "--external", "lan=lan0"],
-        );
-    }
-    cloud.nubo_ok(&[
-        "network",
-        "create",
-        "lan",
-        "--cidr",
-        "192.168.50.0/24",
-        "--external",
-        "--interface",
-        "lan",
-        "--gateway",
-        "192.168.50.1",
-        "--pool",
-        "192.168.50.100-192.168.50.199",
-    ]);
+    cloud.start_hosts_on_the_office_lan(&fabric, 2);
     cloud.nubo_ok(&["network", "create", "blue", "--cidr", "10.30.0.0/24"]);
     cloud.nubo_ok(&["security-group", "create", "web"]);
     cloud.nubo_ok(&["security-group", "allow", "web", "--protocol", "icmp", "--cidr", "0.0.0.0/0"]);

@@ -29,27 +29,7 @@ fn a_balancer_on_a_floating_ip_serves_the_office_and_comes_back_on_another_host(
     let office = fabric.office(2);
     // Down after 5 s of silence; its balancers move after the lease and its margin.
     let mut cloud = Cloud::server_with(&["--heartbeat-timeout-secs", "5"]);
-    for i in 1..=2 {
-        let h = fabric.ns(&format!("h{i}"));
-        cloud.start_host(
-            &format!("h{i}"),
-            &["--underlay", &format!("192.168.77.{i}"), "--netns", &h, "--external", "lan=lan0"],
-        );
-    }
-    cloud.nubo_ok(&[
-        "network",
-        "create",
-        "lan",
-        "--cidr",
-        "192.168.50.0/24",
-        "--external",
-        "--interface",
-        "lan",
-        "--gateway",
-        "192.168.50.1",
-        "--pool",
-        "192.168.50.100-192.168.50.199",
-    ]);
+    cloud.start_hosts_on_the_office_lan(&fabric, 2);
     cloud.nubo_ok(&["network", "create", "blue", "--cidr", "10.40.0.0/24"]);
     cloud.nubo_ok(&["security-group", "create", "web"]);
     cloud.nubo_ok(&["security-group", "allow", "web", "--protocol", "tcp", "--port", "80", "--cidr", "10.40.0.0/24"]);

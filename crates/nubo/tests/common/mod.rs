@@ -408,6 +408,31 @@ impl Cloud {
         });
     }
 
+    /// Starts an agent in each of `fabric`'s first `hosts` hosts, mapping
+    /// the office LAN (`Fabric::office`) as `lan`, and creates the external
+    /// network `lan` on it (192.168.50.0/24, router .1, pool .100-.199).
+    pub fn start_hosts_on_the_office_lan(&mut self, fabric: &Fabric, hosts: u32) {
+        for i in 1..=hosts {
+            let h = fabric.ns(&format!("h{i}"));
+            let underlay = format!("192.168.77.{i}");
+            self.start_host(&format!("h{i}"), &["--underlay", &underlay, "--netns", &h, "--external", "lan=lan0"]);
+        }
+        self.nubo_ok(&[
+            "network",
+            "create",
+            "lan",
+            "--cidr",
+            "192.168.50.0/24",
+            "--external",
+            "--interface",
+            "lan",
+            "--gateway",
+            "192.168.50.1",
+            "--pool",
+            "192.168.50.100-192.168.50.199",
+        ]);
+    }
+
     /// SIGKILL of a `start_host` agent, as a crash would (its VMs run on).
     pub fn kill_host(&mut self, name: &str) {
         if let Some(pos) = self.hosts.iter().position(|(n, _)| n == name) {
