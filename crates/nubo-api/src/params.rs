@@ -77,6 +77,11 @@ pub struct ExternalNetworkCreate {
     /// DHCP on each host and never leaves it; instances and floating IPs
     /// get the others. Keep the LAN's own DHCP server out of this range.
     pub pool: String,
+    /// Give every instance launched on its project's default network an
+    /// address of this network automatically (EC2's public IP of a
+    /// default subnet), released with the instance. At most one network.
+    #[serde(default)]
+    pub auto_assign: bool,
 }
 
 /// `POST /api/v1/floating-ips`

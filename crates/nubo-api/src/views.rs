@@ -166,6 +166,10 @@ pub struct ExternalNetwork {
     /// The first address of the pool (each host's DHCP for the network).
     pub pool_start: String,
     pub pool_end: String,
+    /// Instances on their project's default network get an address of
+    /// this network automatically.
+    #[serde(default)]
+    pub auto_assign: bool,
 }
 
 /// A floating IP: an address of an external network held by a project.
@@ -180,6 +184,9 @@ pub struct FloatingIp {
     pub instance_id: Option<InstanceId>,
     /// The instance's private address the floating IP is translated to.
     pub private_address: Option<String>,
+    /// Assigned automatically at launch: it goes with its instance.
+    #[serde(default)]
+    pub auto_assigned: bool,
     pub created_at_ms: i64,
     /// The load balancer listening on it, if any (instead of an instance).
     #[serde(default)]

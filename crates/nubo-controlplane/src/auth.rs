@@ -167,6 +167,12 @@ impl FromRequestParts<Arc<Ctx>> for Caller {
     }
 }
 
+/// The caller an API token stands for, if it is valid: for the server's
+/// own start-up work done as its admin (`nubo up`'s host network).
+pub async fn token_caller(ctx: &Ctx, token: &str) -> Result<Option<Caller>, sqlx::Error> {
+    Ok(ctx.store.token_owner(token).await?.map(caller_of))
+}
+
 /// The caller a resolved credential (API token or access key) stands for.
 pub(crate) fn caller_of(owner: crate::identity::TokenOwner) -> Caller {
     let admin = owner.is_admin == 1;

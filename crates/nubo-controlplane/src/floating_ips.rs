@@ -18,6 +18,9 @@ pub struct FloatingIpRow {
     pub created_at_ms: i64,
     /// The load balancer listening on it, instead of an instance.
     pub lb_id: Option<String>,
+    /// 1: assigned automatically at launch (see migration 0022): the
+    /// instance's, released with it, outside the project's quota.
+    pub auto: i64,
 }
 
 /// Why no address was allocated.
@@ -60,7 +63,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let (held, quota): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT COUNT(*) FROM floating_ips WHERE project_id = $1), quota_floating_ips FROM projects WHERE id = $1",
+            "SELECT (SELECT COUNT(*) FROM floating_ips WHERE project_id = $1 AND auto = 0), quota_floating_ips
+             FROM projects WHERE id = $1",
         )
         .bind(project)
         .fetch_one(&mut *tx)
@@ -68,35 +72,31 @@ impl Store {
         if held >= quota {
             return Err(AllocateError::Quota { held });
         }
-        let pool = network.pool().ok_or_else(|| AllocateError::PoolFull(network.name.clone()))?;
-        let used = external_addresses_used(&mut tx, &network.id).await?;
-        let address = first_free(pool, &used).ok_or_else(|| AllocateError::PoolFull(network.name.clone()))?;
-        let row = FloatingIpRow {
-            id: FloatingIpId::generate().to_string(),
-            project_id: project.to_string(),
-            network_id: network.id.clone(),
-            address: address.to_string(),
-            instance_id: None,
-            created_at_ms: now_ms(),
-            lb_id: None,
-        };
-        sqlx::query(
-            "INSERT INTO floating_ips (id, project_id, network_id, address, instance_id, created_at_ms)
-             VALUES ($1, $2, $3, $4, NULL, $5)",
-        )
-        .bind(&row.id)
-        .bind(&row.project_id)
-        .bind(&row.network_id)
-        .bind(&row.address)
-        .bind(row.created_at_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match e.as_database_error() {
-            Some(d) if d.is_unique_violation() => AllocateError::Raced,
-            _ => AllocateError::Db(e),
-        })?;
+        let row = insert_from_pool(&mut tx, project, network, None).await?;
         tx.commit().await?;
         Ok(row)
+    }
+
+    /// Gives `instance` an address of `network`'s pool of its own (EC2's
+    /// auto-assigned public address): outside the quota, and released
+    /// with the instance. None when the instance already has a floating IP.
+    pub async fn assign_auto_floating_ip(
+        &self,
+        project: &str,
+        network: &NetworkRow,
+        instance: &str,
+    ) -> Result<Option<FloatingIpRow>, AllocateError> {
+        let mut tx = self.begin().await?;
+        let has: Option<String> = sqlx::query_scalar("SELECT id FROM floating_ips WHERE instance_id = $1")
+            .bind(instance)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if has.is_some() {
+            return Ok(None);
+        }
+        let row = insert_from_pool(&mut tx, project, network, Some(instance)).await?;
+        tx.commit().await?;
+        Ok(Some(row))
     }
 
     /// All floating IPs, or one project's.
@@ -120,6 +120,13 @@ impl Store {
     pub async fn associate_floating_ip(&self, id: &str, instance: Option<&str>) -> Result<(), AssociateError> {
         let mut tx = self.begin().await?;
         if let Some(instance) = instance {
+            // An address of the project's own replaces the instance's
+            // automatic one, as an elastic IP replaces EC2's public IP.
+            sqlx::query("DELETE FROM floating_ips WHERE instance_id = $1 AND auto = 1 AND id <> $2")
+                .bind(instance)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
             let other: Option<String> =
                 sqlx::query_scalar("SELECT address FROM floating_ips WHERE instance_id = $1 AND id <> $2")
                     .bind(instance)
@@ -148,4 +155,45 @@ impl Store {
         sqlx::query("DELETE FROM floating_ips WHERE id = $1").bind(id).execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// Inserts a floating IP with the lowest free address of `network`'s pool:
+/// the project's (`instance` None), or assigned to `instance` automatically.
+async fn insert_from_pool(
+    tx: &mut crate::store::Tx<'_>,
+    project: &str,
+    network: &NetworkRow,
+    instance: Option<&str>,
+) -> Result<FloatingIpRow, AllocateError> {
+    let pool = network.pool().ok_or_else(|| AllocateError::PoolFull(network.name.clone()))?;
+    let used = external_addresses_used(tx, &network.id).await?;
+    let address = first_free(pool, &used).ok_or_else(|| AllocateError::PoolFull(network.name.clone()))?;
+    let row = FloatingIpRow {
+        id: FloatingIpId::generate().to_string(),
+        project_id: project.to_string(),
+        network_id: network.id.clone(),
+        address: address.to_string(),
+        instance_id: instance.map(str::to_string),
+        created_at_ms: now_ms(),
+        lb_id: None,
+        auto: i64::from(instance.is_some()),
+    };
+    sqlx::query(
+        "INSERT INTO floating_ips (id, project_id, network_id, address, instance_id, created_at_ms, auto)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&row.id)
+    .bind(&row.project_id)
+    .bind(&row.network_id)
+    .bind(&row.address)
+    .bind(&row.instance_id)
+    .bind(row.created_at_ms)
+    .bind(row.auto)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| match e.as_database_error() {
+        Some(d) if d.is_unique_violation() => AllocateError::Raced,
+        _ => AllocateError::Db(e),
+    })?;
+    Ok(row)
 }

@@ -68,6 +68,9 @@ pub struct NetworkRow {
     pub is_default: i64,
     /// 1: its one EC2 subnet exists (see migration 0019).
     pub has_subnet: i64,
+    /// 1: an external network that gives instances on their project's
+    /// default network an address automatically (see migration 0022).
+    pub auto_assign: i64,
 }
 
 impl NetworkRow {
@@ -272,8 +275,8 @@ async fn next_vni(tx: &mut Tx<'_>) -> Result<i64, sqlx::Error> {
 async fn insert_row(tx: &mut Tx<'_>, row: &NetworkRow) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
     sqlx::query(
         "INSERT INTO networks (id, project_id, name, cidr, gateway, vni, created_at_ms, external_interface, vlan,
-           pool_start, pool_end, is_default, has_subnet)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+           pool_start, pool_end, is_default, has_subnet, auto_assign)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(&row.id)
     .bind(&row.project_id)
@@ -288,6 +291,7 @@ async fn insert_row(tx: &mut Tx<'_>, row: &NetworkRow) -> Result<sqlx::any::AnyQ
     .bind(&row.pool_end)
     .bind(row.is_default)
     .bind(row.has_subnet)
+    .bind(row.auto_assign)
     .execute(&mut **tx)
     .await
 }
@@ -333,6 +337,7 @@ impl Store {
             pool_end: None,
             is_default: i64::from(is_default),
             has_subnet: i64::from(has_subnet),
+            auto_assign: 0,
         };
         insert_row(&mut tx, &row).await.map_err(|e| match e.as_database_error() {
             Some(d) if d.is_unique_violation() => CreateError::Raced,
@@ -396,6 +401,11 @@ impl Store {
     }
 
     /// The project's default network, if it was made.
+    /// The external network that assigns addresses automatically, if any.
+    pub async fn auto_assign_network(&self) -> Result<Option<NetworkRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM networks WHERE auto_assign = 1").fetch_optional(&self.pool).await
+    }
+
     pub async fn default_network(&self, project: &str) -> Result<Option<NetworkRow>, sqlx::Error> {
         sqlx::query_as("SELECT * FROM networks WHERE project_id = $1 AND is_default = 1")
             .bind(project)

@@ -618,6 +618,11 @@ impl Store {
             if desired == PowerState::Deleted {
                 // The project keeps its floating IPs (as EC2 keeps elastic
                 // addresses); they point at nothing until associated again.
+                // An address assigned automatically goes back to the pool.
+                sqlx::query("DELETE FROM floating_ips WHERE instance_id = $1 AND auto = 1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query("UPDATE floating_ips SET instance_id = NULL WHERE instance_id = $1")
                     .bind(id)
                     .execute(&mut *tx)

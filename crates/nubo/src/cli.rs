@@ -448,19 +448,19 @@ pub struct AgentOpts {
     pub underlay: Option<std::net::Ipv4Addr>,
     /// The network namespace holding this host's bridges and taps (for a
     /// test host made with `ip netns add`); default: the agent's own.
-    #[arg(long, value_name = "NAME", requires = "underlay")]
+    #[arg(long, value_name = "NAME")]
     pub netns: Option<String>,
     /// Map an external network's interface name to one of this host's
     /// interfaces or bridges (repeatable): `--external lan=eth1`. Instances
     /// on external networks with that name, and floating IPs from them,
     /// then run here. The interface should carry no address of the host's
     /// own unless it is a bridge (Nubo adds its ports to a bridge of its own).
-    #[arg(long = "external", value_name = "NAME=IFACE", requires = "underlay", value_parser = parse_external)]
+    #[arg(long = "external", value_name = "NAME=IFACE", value_parser = parse_external)]
     pub externals: Vec<(String, String)>,
     /// A DNS resolver for names outside the private networks (repeatable):
     /// each network's DNS on its gateway forwards them there. None: the
     /// networks' DNS answers only their instances' names.
-    #[arg(long = "resolver", value_name = "IPV4", requires = "underlay")]
+    #[arg(long = "resolver", value_name = "IPV4")]
     pub resolvers: Vec<std::net::Ipv4Addr>,
     /// Where live migrations into this host arrive (disks over NBD, then
     /// the VM's state). Default: the underlay address, or 127.0.0.1 when
@@ -491,6 +491,18 @@ pub struct UpArgs {
     pub server: ServerArgs,
     #[command(flatten)]
     pub agent: AgentOpts,
+    /// As root: this machine's own network for instances, as libvirt's
+    /// default network is. A bridge (nubo0) takes the range's first
+    /// address, the range is masqueraded out, and it becomes the external
+    /// network `host`, which gives instances on their default network an
+    /// address this machine reaches directly. Pick a range no interface
+    /// of the machine uses.
+    #[arg(long, value_name = "CIDR", default_value = "192.168.123.0/24")]
+    pub host_network: String,
+    /// No host network, even as root: instances get user-mode networking
+    /// (ports forwarded on 127.0.0.1) unless --underlay is given.
+    #[arg(long)]
+    pub no_host_network: bool,
 }
 
 #[derive(Args, Clone)]
@@ -1128,6 +1140,11 @@ pub enum NetworkCmd {
         /// on each host). Keep the LAN's own DHCP out of it.
         #[arg(long, requires = "external")]
         pool: Option<String>,
+        /// Give every instance launched on its project's default network
+        /// an address of this network automatically (EC2's public IP),
+        /// released with the instance. At most one network does.
+        #[arg(long, requires = "external")]
+        auto_assign: bool,
     },
     List,
     /// A network and the instances on it.

@@ -299,7 +299,91 @@ async fn shutdown_signal() {
     }
 }
 
-pub async fn up(a: UpArgs) -> anyhow::Result<()> {
+/// The all-in-one host network's bridge, and the external network (and
+/// its interface name) it becomes.
+const HOST_BRIDGE: &str = "nubo0";
+const HOST_NETWORK: &str = "host";
+
+/// `nubo up`'s networking. As root: the host network (see
+/// [`nubo_agent::network::HostBridge`]), which also turns on the agent's
+/// bridged networking (its underlay, unless given, is the bridge's
+/// address). Otherwise, or when the bridge cannot be made, user-mode
+/// networking, and the operator is told so and why.
+async fn host_network(a: &mut UpArgs) -> anyhow::Result<Option<nubo_agent::network::HostBridge>> {
+    if a.no_host_network {
+        return Ok(None);
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        println!(
+            "Not running as root: instances get user-mode networking, reachable only through ports forwarded on 127.0.0.1. \
+             Run `sudo nubo up` for a network whose addresses this machine reaches directly."
+        );
+        return Ok(None);
+    }
+    let bridge = nubo_agent::network::HostBridge::new(HOST_BRIDGE, &a.host_network)?;
+    if let Err(e) = bridge.ensure(a.agent.netns.as_deref()).await {
+        println!(
+            "Cannot make the host network {}: {e}. Instances get user-mode networking instead; \
+             fix the cause, or pass --no-host-network to say that is what you want.",
+            bridge.cidr()
+        );
+        return Ok(None);
+    }
+    a.agent.underlay.get_or_insert(bridge.address);
+    if !a.agent.externals.iter().any(|(name, _)| name == HOST_NETWORK) {
+        a.agent.externals.push((HOST_NETWORK.to_string(), bridge.name.clone()));
+    }
+    println!(
+        "Host network {} on bridge {} (this machine is {}): instances get addresses of it that this machine reaches.",
+        bridge.cidr(),
+        bridge.name,
+        bridge.address
+    );
+    Ok(Some(bridge))
+}
+
+/// `--netns`, `--external` and `--resolver` are settings of bridged
+/// networking, which `--underlay` turns on.
+fn check_network_opts(opts: &AgentOpts) -> anyhow::Result<()> {
+    if opts.underlay.is_none() && (opts.netns.is_some() || !opts.externals.is_empty() || !opts.resolvers.is_empty()) {
+        anyhow::bail!(
+            "--netns, --external and --resolver need bridged networking: give --underlay (this host's address on the network that joins the hosts)"
+        );
+    }
+    Ok(())
+}
+
+/// Makes the external network `host` on the host network's range at the
+/// first start, as the admin (see `app::networks::ensure_host_network`).
+async fn ensure_host_external_network(s: &Started, bridge: &nubo_agent::network::HostBridge) -> anyhow::Result<()> {
+    let caller = nubo_controlplane::auth::token_caller(&s.ctx, &s.admin_token)
+        .await?
+        .context("the admin token was not accepted; delete admin.env from the data directory and start again")?;
+    let made = nubo_controlplane::app::networks::ensure_host_network(
+        &s.ctx,
+        &caller,
+        HOST_NETWORK,
+        &bridge.cidr(),
+        &bridge.address.to_string(),
+        &bridge.pool(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot make the external network {HOST_NETWORK}: {e}"))?;
+    if let Some(n) = made {
+        let auto = n.external.as_ref().is_some_and(|e| e.auto_assign);
+        println!(
+            "Made external network {HOST_NETWORK} ({}){}.",
+            n.cidr,
+            if auto { ", which gives each instance on its default network an address of it" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+pub async fn up(mut a: UpArgs) -> anyhow::Result<()> {
+    let host_net = host_network(&mut a).await?;
+    check_network_opts(&a.agent)?;
     let s = start_server(&a.server).await?;
     // The local agent joins like any other host: with a one-time token,
     // traded for its own credential on first start.
@@ -327,6 +411,9 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Some(bridge) = &host_net {
+        ensure_host_external_network(&s, bridge).await?;
     }
     let env = write_admin_env(&s)?;
     println!("Nubo is up at {} (host {host}).", s.url);
@@ -371,6 +458,7 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
 }
 
 pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
+    check_network_opts(&a.opts)?;
     let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
     let mut config = agent_config(&a.opts, &a.server, a.join_token.clone(), &data_dir, a.ca_cert.clone())?;
     config.insecure_http = a.insecure_http;

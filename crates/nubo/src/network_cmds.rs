@@ -23,11 +23,12 @@ fn print_networks(nets: &[Network]) {
                 n.ports.len().to_string(),
                 match &n.external {
                     Some(e) => format!(
-                        "external {}{} pool {}-{}",
+                        "external {}{} pool {}-{}{}",
                         e.interface,
                         e.vlan.map(|v| format!(" vlan {v}")).unwrap_or_default(),
                         e.pool_start,
-                        e.pool_end
+                        e.pool_end,
+                        if e.auto_assign { " (auto-assign)" } else { "" }
                     ),
                     None if n.is_default => "private (default)".into(),
                     None => "private".into(),
@@ -40,10 +41,10 @@ fn print_networks(nets: &[Network]) {
 
 pub async fn network(cmd: NetworkCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        NetworkCmd::Create { name, cidr, external, interface, vlan, gateway, pool } => {
+        NetworkCmd::Create { name, cidr, external, interface, vlan, gateway, pool, auto_assign } => {
             let external = match (external, interface, gateway, pool) {
                 (true, Some(interface), Some(gateway), Some(pool)) => {
-                    Some(ExternalNetworkCreate { interface, vlan, gateway, pool })
+                    Some(ExternalNetworkCreate { interface, vlan, gateway, pool, auto_assign })
                 }
                 _ => None,
             };

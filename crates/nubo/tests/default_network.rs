@@ -10,7 +10,6 @@
 
 mod common;
 use common::*;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const BOOT: Duration = Duration::from_secs(180);
@@ -19,26 +18,6 @@ fn guest(cloud: &Cloud, id: &str, script: &str) -> (i32, String) {
     let out = cloud.nubo(&["instance", "exec", id, "--timeout", "30", "--", "/bin/sh", "-c", script]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
-}
-
-/// The office's server: answers each connection with the address it came from.
-const OFFICE_SERVER: &str = r#"
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("192.168.77.100", 9000)); s.listen(8)
-print("listening", flush=True)
-while True:
-    c, peer = s.accept()
-    print("from", peer[0], flush=True)
-    c.sendall(("hello-from-office %s\n" % peer[0]).encode()); c.close()
-"#;
-
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -74,19 +53,10 @@ fn instances_without_network_flags_get_the_default_network_names_and_nat() {
     }
 
     // The office's server, which prints where each connection came from.
-    let sw = fabric.ns("sw");
-    let mut server = KillOnDrop(
-        Command::new("ip")
-            .args(["netns", "exec", &sw, "python3", "-u", "-c", OFFICE_SERVER])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the office server"),
-    );
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.0.stdout.take().unwrap()));
-    assert_eq!(lines.next().unwrap().unwrap(), "listening");
+    let mut server = OfficeServer::start(&fabric.ns("sw"), "192.168.77.100");
     let (code, text) = guest(&cloud, &a, "echo hi | nc -w 3 192.168.77.100 9000");
     assert!(code == 0 && text.contains("hello-from-office 192.168.77."), "no way out through NAT: {text}");
-    assert!(lines.next().unwrap().unwrap().starts_with("from 192.168.77."));
+    assert!(server.next_line().starts_with("from 192.168.77."));
 
     // web-1 takes web-2's address as its own and tries again from it:
     // the host drops every frame it sends from an address not its own.
@@ -102,6 +72,6 @@ fn instances_without_network_flags_get_the_default_network_names_and_nat() {
     // ...while its own address still works, and the server heard only that.
     let (code, text) = guest(&cloud, &a, "echo hi | nc -w 3 192.168.77.100 9000");
     assert!(code == 0 && text.contains("hello-from-office"), "{text}");
-    let next = lines.next().unwrap().unwrap();
+    let next = server.next_line();
     assert!(next.starts_with("from 192.168.77."), "the server heard {next}");
 }

@@ -157,7 +157,11 @@ pub fn forwards(d: &nubo_api::agent::DesiredState) -> Vec<Forward> {
 }
 
 /// The host's NAT: forwarded ports to the routers' uplinks, and
-/// masquerade of what the routers send out.
+/// masquerade of what the routers send out. Never of what crosses a
+/// network's bridge (br_netfilter shows bridged frames to these hooks
+/// too): a connection from this host itself to a floating IP reaches the
+/// instance from the host's uplink address, and masquerading it on the
+/// bridge would drop it.
 pub fn render_host_nat(underlay: std::net::Ipv4Addr, forwards: &[Forward]) -> String {
     let mut dnat = String::new();
     for f in forwards {
@@ -165,7 +169,7 @@ pub fn render_host_nat(underlay: std::net::Ipv4Addr, forwards: &[Forward]) -> St
         let _ = writeln!(dnat, "    ip daddr {underlay} tcp dport {} dnat to {router}:{}", f.host_port, f.host_port);
     }
     format!(
-        "table ip nubo_nat {{}}\ndelete table ip nubo_nat\ntable ip nubo_nat {{\n  chain prerouting {{\n    type nat hook prerouting priority -100; policy accept;\n{dnat}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{dnat}  }}\n  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    ip saddr 100.64.0.0/10 oifname != \"nu*\" masquerade\n  }}\n}}\n"
+        "table ip nubo_nat {{}}\ndelete table ip nubo_nat\ntable ip nubo_nat {{\n  chain prerouting {{\n    type nat hook prerouting priority -100; policy accept;\n{dnat}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{dnat}  }}\n  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    ip saddr 100.64.0.0/10 oifname != \"nu*\" oifname != \"nb*\" masquerade\n  }}\n}}\n"
     )
 }
 
@@ -409,7 +413,7 @@ mod tests {
         let f = [Forward { vni: 1001, address: "10.20.0.5".into(), guest_port: 80, host_port: 20005 }];
         let host = render_host_nat("192.0.2.1".parse().unwrap(), &f);
         assert!(host.contains("ip daddr 192.0.2.1 tcp dport 20005 dnat to 100.64.0.6:20005"), "{host}");
-        assert!(host.contains("ip saddr 100.64.0.0/10 oifname != \"nu*\" masquerade"));
+        assert!(host.contains("ip saddr 100.64.0.0/10 oifname != \"nu*\" oifname != \"nb*\" masquerade"));
         let router = render_router(&f, &[]);
         let floating = [
             nubo_api::agent::FloatingNat {

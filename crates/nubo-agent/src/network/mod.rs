@@ -40,9 +40,11 @@ mod balancer_legs;
 mod external;
 pub mod firewall;
 mod garp;
+mod host_bridge;
 mod networks;
 
 pub use balancer_legs::balancer_netns;
+pub use host_bridge::HostBridge;
 pub(crate) use networks::Networks;
 
 use nubo_api::agent::{DesiredNetwork, DesiredState};

@@ -29,6 +29,7 @@ async fn view(ctx: &Ctx, f: FloatingIpRow) -> AppResult<FloatingIp> {
         address: f.address,
         instance_id: f.instance_id.map(|i| i.parse()).transpose().map_err(AppError::internal)?,
         private_address,
+        auto_assigned: f.auto == 1,
         created_at_ms: f.created_at_ms,
         load_balancer_id: f.lb_id.map(|l| l.parse()).transpose().map_err(AppError::internal)?,
     })
@@ -104,6 +105,12 @@ pub async fn allocate(ctx: &Arc<Ctx>, caller: &Caller, p: FloatingIpCreate) -> A
 /// private network; a previous association is replaced.
 pub async fn associate(ctx: &Arc<Ctx>, caller: &Caller, id: &str, p: FloatingIpAssociate) -> AppResult<FloatingIp> {
     let f = load(ctx, caller, id, Access::Write).await?;
+    if f.auto == 1 {
+        return Err(AppError::Conflict(format!(
+            "floating IP {} was assigned automatically to its instance and goes with it; allocate one of the project's own (`nubo floating-ip allocate`)",
+            f.address
+        )));
+    }
     let instance = super::instances::load(ctx, caller, &p.instance, Access::Write).await?;
     if instance.project_id.as_deref() != Some(f.project_id.as_str()) {
         return Err(AppError::NotFound { kind: "instance", id: instance.id });
@@ -126,9 +133,18 @@ pub async fn associate(ctx: &Arc<Ctx>, caller: &Caller, id: &str, p: FloatingIpA
     show(ctx, caller, &f.id).await
 }
 
-/// Points the floating IP at nothing; the project keeps it.
+/// Points the floating IP at nothing; the project keeps it. An address
+/// assigned automatically goes back to the pool instead (it was the
+/// instance's, not the project's).
 pub async fn disassociate(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppResult<FloatingIp> {
     let f = load(ctx, caller, id, Access::Write).await?;
+    if f.auto == 1 {
+        let view = view(ctx, FloatingIpRow { instance_id: None, ..f.clone() }).await?;
+        ctx.store.release_floating_ip(&f.id).await?;
+        tracing::info!(floating_ip = %f.id, address = %f.address, "automatic floating IP released");
+        ctx.bump();
+        return Ok(view);
+    }
     ctx.store.associate_floating_ip(&f.id, None).await.map_err(|e| match e {
         AssociateError::InstanceHasOne(..) | AssociateError::UsedByBalancer => AppError::Conflict(e.to_string()),
         AssociateError::Db(e) => e.into(),
@@ -149,5 +165,43 @@ pub async fn release(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppResult<()>
     ctx.store.release_floating_ip(&f.id).await?;
     tracing::info!(floating_ip = %f.id, address = %f.address, "floating IP released");
     ctx.bump();
+    Ok(())
+}
+
+/// EC2's public address of a default subnet: an instance launched on its
+/// project's default network gets an address of the external network
+/// marked `auto_assign`, when its host maps that network. Nothing is
+/// assigned otherwise; a full pool leaves the instance with its private
+/// address alone, and says so in the log (the launch itself succeeds).
+pub async fn assign_automatically(ctx: &Ctx, instance: &str, project: &str, host: &str) -> AppResult<()> {
+    let Some(net) = ctx.store.auto_assign_network().await? else { return Ok(()) };
+    let Some(port) = private_port(ctx, instance).await? else { return Ok(()) };
+    if ctx.store.network(&port.network_id).await?.is_none_or(|n| n.is_default != 1) {
+        return Ok(());
+    }
+    let mapped = ctx.store.host(host).await?.is_some_and(|h| {
+        net.external_interface.as_deref().is_some_and(|name| h.externals.split(',').any(|e| e == name))
+    });
+    if !mapped {
+        tracing::info!(%instance, %host, network = %net.name, "no automatic address: the host does not map the network");
+        return Ok(());
+    }
+    for _ in 0..3 {
+        match ctx.store.assign_auto_floating_ip(project, &net, instance).await {
+            Ok(Some(f)) => {
+                tracing::info!(%instance, floating_ip = %f.id, address = %f.address, "address assigned automatically");
+                return Ok(());
+            }
+            Ok(None) => return Ok(()),
+            // Another allocation took the same address: take the next.
+            Err(AllocateError::Raced) => continue,
+            Err(e @ (AllocateError::PoolFull(_) | AllocateError::Quota { .. })) => {
+                tracing::warn!(%instance, error = %e, "no automatic address");
+                return Ok(());
+            }
+            Err(AllocateError::Db(e)) => return Err(e.into()),
+        }
+    }
+    tracing::warn!(%instance, "no automatic address: concurrent allocations kept taking the same one");
     Ok(())
 }

@@ -336,10 +336,17 @@ pub async fn launch(
     // With a recipe, placing and starting the run are a saga: a run that
     // cannot start terminates the instance (see `sagas::launch`).
     if let Some(recipe) = &p.recipe {
-        return crate::sagas::launch::launch(ctx, &crate::sagas::launch::LaunchParams::new(&new, caller, recipe)).await;
+        let row =
+            crate::sagas::launch::launch(ctx, &crate::sagas::launch::LaunchParams::new(&new, caller, recipe)).await?;
+        if let Some(host) = &row.host_id {
+            super::floating_ips::assign_automatically(ctx, &row.id, &project, host).await?;
+            ctx.bump();
+        }
+        return Ok(row);
     }
     let (host, _) = placement::place(ctx, &new).await?;
     tracing::info!(instance = %id, %host, "instance placed");
+    super::floating_ips::assign_automatically(ctx, id.as_str(), &project, &host).await?;
     crate::sagas::launch::announce(ctx, &host, !network_ids.is_empty());
     ctx.store.instance(id.as_str()).await?.ok_or_else(|| AppError::internal("instance vanished"))
 }

@@ -56,6 +56,7 @@ async fn network_view(ctx: &Ctx, caller: &Caller, n: NetworkRow) -> AppResult<Ne
                 vlan: n.vlan.and_then(|v| u16::try_from(v).ok()),
                 pool_start: start.clone(),
                 pool_end: end.clone(),
+                auto_assign: n.auto_assign == 1,
             }),
             _ => None,
         },
@@ -224,7 +225,16 @@ async fn create_external(
         is_default: 0,
         // Not an EC2 subnet: instances attach to it directly or through floating IPs.
         has_subnet: 0,
+        auto_assign: i64::from(e.auto_assign),
     };
+    if e.auto_assign {
+        if let Some(other) = ctx.store.auto_assign_network().await? {
+            return Err(AppError::Conflict(format!(
+                "external network {} already assigns addresses automatically, and only one may: delete it (`nubo network delete {}`) or create this one without --auto-assign",
+                other.name, other.name
+            )));
+        }
+    }
     let row = ctx.store.create_external_network(&row).await.map_err(|e| match e {
         CreateError::Duplicate(_) => AppError::Conflict(format!("{e}: pick another name")),
         CreateError::Raced => AppError::Conflict("another network was created at the same moment; retry".into()),
@@ -232,6 +242,35 @@ async fn create_external(
     })?;
     tracing::info!(network = %row.id, cidr = %row.cidr, interface = ?row.external_interface, vlan = ?row.vlan, "external network created");
     network_view(ctx, caller, row).await
+}
+
+/// `nubo up`'s host network: the external network `name` on the
+/// machine's own bridge (interface name `name` too), made at the first
+/// start. It assigns addresses automatically unless another network
+/// already does (an operator who made their LAN do it keeps that). A
+/// network by that name already there is left as it is: None.
+pub async fn ensure_host_network(
+    ctx: &Arc<Ctx>,
+    caller: &Caller,
+    name: &str,
+    cidr: &str,
+    gateway: &str,
+    pool: &str,
+) -> AppResult<Option<Network>> {
+    let exists = ctx.store.networks(None).await?.into_iter().any(|n| n.is_external() && n.name == name);
+    if exists {
+        return Ok(None);
+    }
+    let auto_assign = ctx.store.auto_assign_network().await?.is_none();
+    let external = nubo_api::params::ExternalNetworkCreate {
+        interface: name.to_string(),
+        vlan: None,
+        gateway: gateway.to_string(),
+        pool: pool.to_string(),
+        auto_assign,
+    };
+    let p = NetworkCreate { name: name.to_string(), cidr: cidr.to_string(), external: Some(external) };
+    create(ctx, caller, p).await.map(Some)
 }
 
 /// The project's default network, made now if it has none: named

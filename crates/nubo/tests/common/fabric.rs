@@ -106,3 +106,48 @@ except Exception as e:
     let out = Command::new("ip").args(["netns", "exec", ns, "python3", "-c", FETCH, url]).output().expect("fetch");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// The outside world's server in namespace `ns` at `address`:9000: answers
+/// each connection with `hello-from-office <the address it came from>`
+/// and prints `from <address>` for each. Stopped on drop.
+pub struct OfficeServer {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+const OFFICE_SERVER: &str = r#"
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 9000)); s.listen(8)
+print("listening", flush=True)
+while True:
+    c, peer = s.accept()
+    print("from", peer[0], flush=True)
+    c.sendall(("hello-from-office %s\n" % peer[0]).encode()); c.close()
+"#;
+
+impl OfficeServer {
+    pub fn start(ns: &str, address: &str) -> Self {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-u", "-c", OFFICE_SERVER, address])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the office server");
+        let out = child.stdout.take().expect("the office server's output");
+        let mut server = OfficeServer { child, lines: std::io::BufRead::lines(std::io::BufReader::new(out)) };
+        assert_eq!(server.next_line(), "listening");
+        server
+    }
+
+    /// The server's next line (it blocks until there is one).
+    pub fn next_line(&mut self) -> String {
+        self.lines.next().expect("the office server stopped").expect("the office server's output")
+    }
+}
+
+impl Drop for OfficeServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -21,7 +21,7 @@ mod server_database;
 #[allow(unused_imports)]
 pub use aws::Aws;
 #[allow(unused_imports)]
-pub use fabric::{fetch_in, sh, sh_ok, Fabric};
+pub use fabric::{fetch_in, sh, sh_ok, Fabric, OfficeServer};
 #[allow(unused_imports)]
 pub use server_database::ServerDatabase;
 
@@ -278,6 +278,12 @@ impl Cloud {
         let mut cmd = Command::new(nubo_bin());
         if all_in_one {
             cmd.arg("up").args(HOST_ARGS).arg("--host-name").arg("test-host");
+            // As root, `nubo up` would make its host network, a bridge with
+            // a private range, in this machine's own namespace: only a test
+            // that gives it a namespace of its own (`--netns`) gets one.
+            if !self.server_args.iter().any(|a| a == "--netns") {
+                cmd.arg("--no-host-network");
+            }
         } else {
             cmd.arg("server");
         }
