@@ -40,6 +40,7 @@ mod balancer_legs;
 mod external;
 pub mod firewall;
 mod garp;
+mod netlink;
 mod networks;
 
 pub use balancer_legs::balancer_netns;
