@@ -20,9 +20,7 @@ use rtnetlink::packet_route::neighbour::{
 };
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteProtocol, RouteScope};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::{
-    LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVlan, LinkVxlan, RouteMessageBuilder,
-};
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVlan, LinkVxlan, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
@@ -95,9 +93,13 @@ where
         let _ = tx.send(run());
     });
     let place = place_of(ns);
-    rx.await
-        .map_err(|_| NetworkError::Other(format!("the thread that would {what} in {place} panicked")))?
-        .map_err(|e| NetworkError::Other(format!("cannot {what} in {place}: {e}; check that the namespace exists and the agent runs as root")))
+    rx.await.map_err(|_| NetworkError::Other(format!("the thread that would {what} in {place} panicked")))?.map_err(
+        |e| {
+            NetworkError::Other(format!(
+                "cannot {what} in {place}: {e}; check that the namespace exists and the agent runs as root"
+            ))
+        },
+    )
 }
 
 /// What to do about a failed netlink request, by its errno.
@@ -260,7 +262,12 @@ impl Netlink {
                 Set::Mac(mac) => b.address(mac.to_vec()),
             };
         }
-        self.handle.link().set(b.build()).execute().await.map_err(|e| self.fail(&format!("configure interface {name}"), e))
+        self.handle
+            .link()
+            .set(b.build())
+            .execute()
+            .await
+            .map_err(|e| self.fail(&format!("configure interface {name}"), e))
     }
 
     /// Makes bridge port `name` isolated: it forwards only to ports that
@@ -385,7 +392,8 @@ impl Netlink {
     /// Deletes the main table's route to `dst/32` out of `dev`.
     pub async fn delete_host_route(&self, dst: Ipv4Addr, dev: &str) -> Result<()> {
         let index = self.require(dev).await?;
-        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, 32).output_interface(index).build();
+        let mut msg =
+            RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, 32).output_interface(index).build();
         // Any protocol and scope: the kernel matches those only when set.
         msg.header.protocol = RouteProtocol::Unspec;
         msg.header.scope = RouteScope::NoWhere;
@@ -470,15 +478,8 @@ impl Netlink {
     pub async fn proxies(&self, dev: &str) -> Result<Vec<Ipv4Addr>> {
         let index = self.require(dev).await?;
         let what = format!("list the proxy ARP entries of {dev}");
-        let msgs: Vec<_> = self
-            .handle
-            .neighbours()
-            .get()
-            .proxies()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| self.fail(&what, e))?;
+        let msgs: Vec<_> =
+            self.handle.neighbours().get().proxies().execute().try_collect().await.map_err(|e| self.fail(&what, e))?;
         Ok(msgs
             .iter()
             .filter(|m| m.header.ifindex == index && m.header.flags.contains(NeighbourFlags::Proxy))
@@ -534,7 +535,9 @@ pub(super) fn is_bridge_kind(kind: Option<&str>) -> bool {
 pub(super) async fn create_tap(ns: Option<&Path>, name: &str) -> Result<()> {
     use std::os::fd::AsRawFd;
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(NetworkError::Other(format!("tap name {name:?} does not fit IFNAMSIZ; this is a bug in the agent")));
+        return Err(NetworkError::Other(format!(
+            "tap name {name:?} does not fit IFNAMSIZ; this is a bug in the agent"
+        )));
     }
     let tap = name.to_string();
     in_netns(ns, &format!("create tap {name}"), move || {
@@ -666,10 +669,12 @@ mod tests {
         assert_eq!(h.master("nr7").await.unwrap(), None);
         h.ensure_address("nb7", "100.64.0.1".parse().unwrap(), 30).await.unwrap();
         let fip: Ipv4Addr = "203.0.113.5".parse().unwrap();
-        let route = Route { dst: fip, len: 32, via: Some("100.64.0.2".parse().unwrap()), dev: Some("nb7"), metric: None };
+        let route =
+            Route { dst: fip, len: 32, via: Some("100.64.0.2".parse().unwrap()), dev: Some("nb7"), metric: None };
         h.replace_route(route).await.unwrap();
         h.replace_route(route).await.unwrap(); // idempotent
-        let on_link = Route { dst: "198.51.100.0".parse().unwrap(), len: 24, via: None, dev: Some("nb7"), metric: Some(4242) };
+        let on_link =
+            Route { dst: "198.51.100.0".parse().unwrap(), len: 24, via: None, dev: Some("nb7"), metric: Some(4242) };
         h.replace_route(on_link).await.unwrap();
         assert_eq!(h.host_routes("nb7").await.unwrap(), [fip]);
         let routes = ip_json(&host, &["route", "show", "dev", "nb7"]);
@@ -679,9 +684,15 @@ mod tests {
         h.delete_host_route(fip, "nb7").await.unwrap();
         assert!(h.host_routes("nb7").await.unwrap().is_empty());
         r.ensure_address("gw", gw, 24).await.unwrap();
-        r.replace_route(Route { dst: Ipv4Addr::UNSPECIFIED, len: 0, via: Some("10.7.0.9".parse().unwrap()), dev: None, metric: None })
-            .await
-            .unwrap();
+        r.replace_route(Route {
+            dst: Ipv4Addr::UNSPECIFIED,
+            len: 0,
+            via: Some("10.7.0.9".parse().unwrap()),
+            dev: None,
+            metric: None,
+        })
+        .await
+        .unwrap();
         let default = ip_json(&router, &["route", "show", "default"]);
         assert_eq!(default[0]["gateway"], "10.7.0.9");
         h.replace_proxy("nb7", fip).await.unwrap();
