@@ -655,6 +655,8 @@ mod tests {
         assert_eq!(vx["linkinfo"]["info_data"]["local"], "192.0.2.10");
         assert_eq!(vx["linkinfo"]["info_data"]["port"], 4789);
         assert_eq!(vx["mtu"], 1450);
+        // As `ip link add ... type vxlan` leaves them: unicast is learnt.
+        assert_eq!(vx["linkinfo"]["info_data"]["learning"], true);
         let (p1, p2): (Ipv4Addr, Ipv4Addr) = ("192.0.2.11".parse().unwrap(), "192.0.2.12".parse().unwrap());
         h.append_flood_peer("nx7", p1).await.unwrap();
         h.append_flood_peer("nx7", p2).await.unwrap();
