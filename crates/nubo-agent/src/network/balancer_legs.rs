@@ -8,11 +8,12 @@
 //! the host's own namespace. Unlike the router's, the leg is not an
 //! isolated bridge port: it must reach the VXLAN port.
 
-use super::{run, strings, Plumbing, Result, GUEST_MTU};
+use super::netlink::{Netlink, Route, Set};
+use super::{ipv4, Plumbing, Result, GUEST_MTU};
 use nubo_api::ids::LoadBalancerId;
 use nubo_api::lb::DesiredBalancer;
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::net::Ipv4Addr;
 
 /// 8 hex digits of a balancer id's hash: names fit IFNAMSIZ.
 fn short(lb: &LoadBalancerId) -> String {
@@ -42,35 +43,41 @@ impl Plumbing {
     /// the namespaces of balancers no longer here.
     pub(super) async fn sync_balancer_legs(&self, balancers: &[DesiredBalancer]) -> Result<()> {
         let mut wanted = HashSet::new();
+        let mut host = None;
         for b in balancers {
             let Some(leg) = &b.network else { continue };
+            let nl = match &host {
+                Some(nl) => nl,
+                None => host.insert(self.host_nl().await?),
+            };
             let ns = balancer_netns(self.cfg.netns.as_deref(), &b.id);
             wanted.insert(ns.clone());
             let host_side = format!("nl{}", short(&b.id));
-            if !PathBuf::from("/run/netns").join(&ns).exists() {
+            let ns_file = super::netns_file(&ns);
+            if !ns_file.exists() {
                 tracing::info!(lb = %b.id, netns = %ns, "creating a load balancer's namespace");
-                run("ip", &strings(&["netns", "add", &ns]), None).await?;
+                super::add_netns(&ns).await?;
             }
-            if !self.link_exists(&host_side).await {
-                self.ip(&["link", "add", &host_side, "type", "veth", "peer", "name", "eth0", "netns", &ns]).await?;
+            if !nl.exists(&host_side).await? {
+                nl.add_veth(&host_side, "eth0", Some(&ns_file)).await?;
             }
             let br = format!("nb{}", leg.vni);
-            let mtu = GUEST_MTU.to_string();
-            self.ip(&["link", "set", &host_side, "master", &br, "mtu", &mtu, "up"]).await?;
+            nl.set(&host_side, &[Set::Master(&br), Set::Mtu(GUEST_MTU), Set::Up]).await?;
             let len = super::prefix_len(&leg.cidr)?;
-            let addr = format!("{}/{len}", leg.address);
-            let in_ns = |args: &[&str]| {
-                let mut v = strings(&["-n", &ns]);
-                v.extend(strings(args));
-                v
-            };
-            run("ip", &in_ns(&["link", "set", "lo", "up"]), None).await?;
-            run("ip", &in_ns(&["link", "set", "eth0", "address", &leg.mac, "mtu", &mtu, "up"]), None).await?;
-            let have = run("ip", &in_ns(&["-o", "addr", "show", "dev", "eth0"]), None).await?;
-            if !have.contains(&format!(" {addr} ")) {
-                run("ip", &in_ns(&["addr", "add", &addr, "dev", "eth0"]), None).await?;
-            }
-            run("ip", &in_ns(&["route", "replace", "default", "via", &leg.gateway]), None).await?;
+            let address = ipv4("a load balancer's address", &leg.address)?;
+            let gateway = ipv4("a load balancer's gateway", &leg.gateway)?;
+            let mac = super::garp::parse_mac(&leg.mac).ok_or_else(|| {
+                super::NetworkError::Other(format!(
+                    "load balancer {}'s MAC {:?} is not a MAC address; the control plane sent it: check its version matches this agent's",
+                    b.id, leg.mac
+                ))
+            })?;
+            let ln = Netlink::open(Some(&ns_file)).await?;
+            ln.set("lo", &[Set::Up]).await?;
+            ln.set("eth0", &[Set::Mac(mac), Set::Mtu(GUEST_MTU), Set::Up]).await?;
+            ln.ensure_address("eth0", address, len).await?;
+            let default = Route { dst: Ipv4Addr::UNSPECIFIED, len: 0, via: Some(gateway), dev: None, metric: None };
+            ln.replace_route(default).await?;
         }
         let pre = prefix(self.cfg.netns.as_deref());
         let Ok(entries) = std::fs::read_dir("/run/netns") else { return Ok(()) };
@@ -81,7 +88,7 @@ impl Plumbing {
             if ours && !wanted.contains(&name) {
                 tracing::info!(netns = %name, "removing the namespace of a load balancer no longer here");
                 // Deleting the namespace deletes the veth pair with it.
-                run("ip", &strings(&["netns", "del", &name]), None).await?;
+                super::del_netns(&name).await?;
             }
         }
         Ok(())

@@ -10,6 +10,7 @@
 //!                        └─ masquerade 192.168.123.0/24 towards eth0, wlan0, ...
 //! ```
 
+use super::netlink::{write_sysctl, Netlink, Set};
 use super::{run, strings, NetworkError, Result};
 use std::net::Ipv4Addr;
 
@@ -80,50 +81,30 @@ impl HostBridge {
     /// Makes the bridge, its address, forwarding and the masquerade, in the
     /// machine's namespace or `netns` (a test's machine). Safe to repeat.
     pub async fn ensure(&self, netns: Option<&str>) -> Result<()> {
-        let ip = |args: &[&str]| {
-            let mut v = Vec::new();
-            if let Some(ns) = netns {
-                v.extend(strings(&["-n", ns]));
-            }
-            v.extend(strings(args));
-            v
-        };
-        let exec = |program: &str, args: &[&str]| {
-            let mut v = match netns {
-                Some(ns) => strings(&["netns", "exec", ns, program]),
-                None => vec![],
-            };
-            v.extend(strings(args));
-            v
-        };
+        let ns_file = netns.map(|n| std::path::PathBuf::from("/run/netns").join(n));
+        let nl = Netlink::open(ns_file.as_deref()).await?;
         // A range the machine already routes elsewhere would shadow (or
         // be shadowed by) this one: refuse, and say how to pick another.
         let cidr = self.cidr();
-        let routes = run("ip", &ip(&["-j", "-4", "route", "show", "exact", &cidr]), None).await?;
-        let routes: Vec<serde_json::Value> = serde_json::from_str(routes.trim()).unwrap_or_default();
-        if let Some(other) = routes.iter().filter_map(|r| r["dev"].as_str()).find(|d| *d != self.name) {
+        if let Some(other) = nl.route_devices(self.network, self.prefix).await?.into_iter().find(|d| *d != self.name) {
             return Err(NetworkError::Other(format!(
                 "{cidr} is already routed through {other} on this machine: pick a free range with --host-network"
             )));
         }
-        if run("ip", &ip(&["link", "show", "dev", &self.name]), None).await.is_err() {
+        if !nl.exists(&self.name).await? {
             tracing::info!(bridge = %self.name, %cidr, "creating the host network's bridge");
-            run("ip", &ip(&["link", "add", &self.name, "type", "bridge"]), None).await?;
+            nl.add_bridge(&self.name).await?;
         }
-        let have = run("ip", &ip(&["-o", "-4", "addr", "show", "dev", &self.name]), None).await?;
-        let mine = format!("{}/{}", self.address, self.prefix);
-        if !have.contains(&format!(" {mine} ")) {
-            run("ip", &ip(&["addr", "add", &mine, "dev", &self.name]), None).await?;
-        }
-        run("ip", &ip(&["link", "set", &self.name, "up"]), None).await?;
-        let (sysctl, nft) = match netns {
-            Some(_) => ("ip", "ip"),
-            None => ("sysctl", "nft"),
-        };
-        run(sysctl, &exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"]), None).await?;
+        nl.ensure_address(&self.name, self.address, self.prefix).await?;
+        nl.set(&self.name, &[Set::Up]).await?;
+        write_sysctl(ns_file.as_deref(), "net.ipv4.ip_forward", "1").await?;
         // nft, not a crate: the ruleset file is one atomic transaction, and
         // the nftables crates drive this same binary.
-        run(nft, &exec("nft", &["-f", "-"]), Some(&self.ruleset())).await?;
+        let nft = match netns {
+            Some(ns) => ("ip", strings(&["netns", "exec", ns, "nft", "-f", "-"])),
+            None => ("nft", strings(&["-f", "-"])),
+        };
+        run(nft.0, &nft.1, Some(&self.ruleset())).await?;
         Ok(())
     }
 }

@@ -32,19 +32,31 @@
 //! the instance, and the instance's security groups still decide.
 //!
 //! In tests the host is itself a network namespace (`netns`), so several
-//! hosts share a machine; `ip`, `bridge` and `nft` then run inside it.
-//! Everything is done with iproute2, nftables and dnsmasq from Debian:
-//! those are what an operator debugs with.
+//! hosts share a machine; everything below is then done inside it.
+//!
+//! How: links, bridge ports, addresses, routes, proxy ARP entries and the
+//! VXLAN forwarding database through netlink ([`netlink`]: the `rtnetlink`
+//! crate, a socket opened inside the namespace it changes), taps by the
+//! tun driver's ioctls and sysctls by /proc/sys from a thread in the
+//! namespace. Command-line tools stay where they are the interface:
+//! `ip netns add/del/exec` (a named namespace is iproute2's bind-mount
+//! convention, which operators enter with `ip netns exec`), `nft -f` (the
+//! ruleset is one atomic transaction, and the text is what `nft list
+//! ruleset` shows an operator) and dnsmasq. What was made is read back
+//! with the same tools an operator debugs with (`ip -d link`,
+//! `bridge fdb`, `nft list ruleset`).
 
 mod balancer_legs;
 mod external;
 pub mod firewall;
 mod garp;
 mod host_bridge;
+mod netlink;
 mod networks;
 
 pub use balancer_legs::balancer_netns;
 pub use host_bridge::HostBridge;
+use netlink::{Netlink, Route, Set};
 pub(crate) use networks::Networks;
 
 use nubo_api::agent::{DesiredNetwork, DesiredState};
@@ -140,9 +152,52 @@ pub fn tap_name(instance: &InstanceId, index: usize) -> String {
 }
 
 /// The gateway's MAC on a network: the same on every host.
-fn gateway_mac(vni: u32) -> String {
+fn gateway_mac_octets(vni: u32) -> [u8; 6] {
     let b = vni.to_be_bytes();
-    format!("02:4e:75:{:02x}:{:02x}:{:02x}", b[1], b[2], b[3])
+    [0x02, 0x4e, 0x75, b[1], b[2], b[3]]
+}
+
+/// The gateway's MAC as text.
+#[cfg(test)]
+fn gateway_mac(vni: u32) -> String {
+    let m = gateway_mac_octets(vni);
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// The metadata service's address, on every router's `gw`.
+const METADATA_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+/// An IPv4 address the control plane sent (`what` says which).
+fn ipv4(what: &str, s: &str) -> Result<Ipv4Addr> {
+    s.parse().map_err(|_| {
+        NetworkError::Other(format!(
+            "{what} {s:?} is not an IPv4 address; the control plane sent it: check its version matches this agent's"
+        ))
+    })
+}
+
+/// A CIDR (`10.0.0.0/24`) as address and prefix length.
+fn cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
+    let (a, _) = s.split_once('/').unwrap_or((s, ""));
+    Ok((ipv4("network range", a)?, prefix_len(s)?))
+}
+
+/// The file a named namespace is bound to.
+fn netns_file(name: &str) -> PathBuf {
+    PathBuf::from("/run/netns").join(name)
+}
+
+/// Creates the named namespace `name`. By `ip netns add`, not a syscall of
+/// our own: a named namespace is iproute2's convention (a bind mount under
+/// /run/netns), and operators enter it with `ip netns exec`.
+async fn add_netns(name: &str) -> Result<()> {
+    run("ip", &strings(&["netns", "add", name]), None).await.map(drop)
+}
+
+/// Deletes the named namespace `name` (and the interfaces in it), by
+/// `ip netns del` for the reason in `add_netns`.
+async fn del_netns(name: &str) -> Result<()> {
+    run("ip", &strings(&["netns", "del", name]), None).await.map(drop)
 }
 
 fn prefix_len(cidr: &str) -> Result<u8> {
@@ -212,26 +267,14 @@ impl Plumbing {
         }
     }
 
-    /// `ip` in the host's namespace.
-    async fn ip(&self, args: &[&str]) -> Result<String> {
-        let mut v = Vec::new();
-        if let Some(ns) = &self.cfg.netns {
-            v.extend(strings(&["-n", ns]));
-        }
-        v.extend(strings(args));
-        run("ip", &v, None).await
+    /// A netlink socket in the host's namespace.
+    async fn host_nl(&self) -> Result<Netlink> {
+        Netlink::open(self.netns_path().as_deref()).await
     }
 
-    async fn bridge_cmd(&self, args: &[&str]) -> Result<String> {
-        let mut v = Vec::new();
-        if let Some(ns) = &self.cfg.netns {
-            v.extend(strings(&["-n", ns]));
-        }
-        v.extend(strings(args));
-        run("bridge", &v, None).await
-    }
-
-    /// A program inside the host's namespace.
+    /// A program inside the host's namespace. `ip netns exec` is how
+    /// iproute2 enters a named namespace for a program that cannot do it
+    /// itself (nft).
     async fn host_exec(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
         match &self.cfg.netns {
             Some(ns) => {
@@ -241,10 +284,6 @@ impl Plumbing {
             }
             None => run(program, &strings(args), stdin).await,
         }
-    }
-
-    async fn link_exists(&self, name: &str) -> bool {
-        self.ip(&["link", "show", "dev", name]).await.is_ok()
     }
 
     /// Makes this host match `d`'s networks: plumbing, VXLAN peers, DHCP,
@@ -312,7 +351,11 @@ impl Plumbing {
             firewall::render(&d.networks, &|instance, vni| taps.get(&(instance.to_string(), vni)).cloned());
         ruleset.push_str(&firewall::render_host_nat(self.cfg.underlay, &forwards));
         ruleset.push_str(&render_host_guard());
-        self.host_exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"], None).await?;
+        netlink::write_sysctl(self.netns_path().as_deref(), "net.ipv4.ip_forward", "1").await?;
+        // nft, not a crate: the ruleset file is one atomic transaction, the
+        // nftables crates drive this same binary (so nothing would be
+        // gained), and the text is what an operator reads back with
+        // `nft list ruleset`.
         self.host_exec("nft", &["-f", "-"], Some(&ruleset)).await?;
         Ok(())
     }
@@ -320,9 +363,9 @@ impl Plumbing {
     /// Once per host: bridged IPv4 goes through nftables' inet hooks (the
     /// firewall's conntrack), which br_netfilter does when asked.
     async fn host_setup(&self) -> Result<()> {
-        self.host_exec("sysctl", &["-q", "-w", "net.bridge.bridge-nf-call-iptables=1"], None).await?;
+        netlink::write_sysctl(self.netns_path().as_deref(), "net.bridge.bridge-nf-call-iptables", "1").await?;
         if self.cfg.netns.is_some() {
-            self.ip(&["link", "set", "lo", "up"]).await?;
+            self.host_nl().await?.set("lo", &[Set::Up]).await?;
         }
         Ok(())
     }
@@ -334,113 +377,87 @@ impl Plumbing {
         let vni = net.vni;
         let (br, vx, rv) = (format!("nb{vni}"), format!("nx{vni}"), format!("nr{vni}"));
         let router = self.router_ns(vni);
-        if !self.link_exists(&br).await {
+        let nl = self.host_nl().await?;
+        if !nl.exists(&br).await? {
             tracing::info!(bridge = %br, "creating the network's bridge");
-            self.ip(&["link", "add", &br, "type", "bridge"]).await?;
+            nl.add_bridge(&br).await?;
         }
-        self.ip(&["link", "set", &br, "up"]).await?;
-        if !self.link_exists(&vx).await {
-            let vni_s = vni.to_string();
-            let local = self.cfg.underlay.to_string();
-            let port = VXLAN_PORT.to_string();
-            let mtu = GUEST_MTU.to_string();
-            self.ip(&[
-                "link", "add", &vx, "mtu", &mtu, "type", "vxlan", "id", &vni_s, "local", &local, "dstport", &port,
-            ])
-            .await?;
+        nl.set(&br, &[Set::Up]).await?;
+        if !nl.exists(&vx).await? {
+            nl.add_vxlan(&vx, vni, self.cfg.underlay, VXLAN_PORT, GUEST_MTU).await?;
         }
-        self.ip(&["link", "set", &vx, "master", &br, "up"]).await?;
-        self.bridge_cmd(&["link", "set", "dev", &vx, "isolated", "on"]).await?;
-        self.sync_peers(&vx, &net.peers).await?;
+        nl.set(&vx, &[Set::Master(&br), Set::Up]).await?;
+        nl.isolate(&vx).await?;
+        self.sync_peers(&nl, &vx, &net.peers).await?;
 
         // The router namespace and its leg on the bridge.
-        let ns_file = PathBuf::from("/run/netns").join(&router);
+        let ns_file = netns_file(&router);
         if !ns_file.exists() {
-            run("ip", &strings(&["netns", "add", &router]), None).await?;
+            add_netns(&router).await?;
         }
-        if !self.link_exists(&rv).await {
-            self.ip(&["link", "add", &rv, "type", "veth", "peer", "name", "gw", "netns", &router]).await?;
+        if !nl.exists(&rv).await? {
+            nl.add_veth(&rv, "gw", Some(&ns_file)).await?;
         }
-        self.ip(&["link", "set", &rv, "master", &br, "up"]).await?;
-        self.bridge_cmd(&["link", "set", "dev", &rv, "isolated", "on"]).await?;
+        nl.set(&rv, &[Set::Master(&br), Set::Up]).await?;
+        nl.isolate(&rv).await?;
         let len = prefix_len(&net.cidr)?;
-        let gw_addr = format!("{}/{len}", net.gateway);
-        let mac = gateway_mac(vni);
-        let mtu = GUEST_MTU.to_string();
-        let in_router = |args: &[&str]| {
-            let mut v = strings(&["-n", &router]);
-            v.extend(strings(args));
-            v
-        };
-        run("ip", &in_router(&["link", "set", "lo", "up"]), None).await?;
-        run("ip", &in_router(&["link", "set", "gw", "address", &mac, "mtu", &mtu, "up"]), None).await?;
-        let addrs = run("ip", &in_router(&["-o", "addr", "show", "dev", "gw"]), None).await?;
-        for a in [gw_addr.as_str(), "169.254.169.254/32"] {
-            if !addrs.contains(&format!(" {a} ")) {
-                run("ip", &in_router(&["addr", "add", a, "dev", "gw"]), None).await?;
-            }
-        }
-        self.ensure_uplink(vni, &router, forwards, &net.floating).await?;
+        let gateway = ipv4("the network's gateway", &net.gateway)?;
+        let rn = Netlink::open(Some(&ns_file)).await?;
+        rn.set("lo", &[Set::Up]).await?;
+        rn.set("gw", &[Set::Mac(gateway_mac_octets(vni)), Set::Mtu(GUEST_MTU), Set::Up]).await?;
+        rn.ensure_address("gw", gateway, len).await?;
+        rn.ensure_address("gw", METADATA_ADDRESS, 32).await?;
+        self.ensure_uplink(vni, &router, (&nl, &rn), forwards, &net.floating).await?;
         self.ensure_dhcp(net, &router).await?;
         self.ensure_metadata(vni, &router)?;
         Ok(())
     }
 
     /// The router's way out (see the module doc), its NAT and the
-    /// forwarded ports of instances on the network.
+    /// forwarded ports of instances on the network. `nl` and `rn` are
+    /// netlink sockets in the host's and the router's namespaces.
     async fn ensure_uplink(
         &self,
         vni: u32,
         router: &str,
+        (nl, rn): (&Netlink, &Netlink),
         forwards: &[firewall::Forward],
         floating: &[nubo_api::agent::FloatingNat],
     ) -> Result<()> {
         let (host_side, router_side) = uplink_addresses(vni);
         let nu = format!("nu{vni}");
-        if !self.link_exists(&nu).await {
-            self.ip(&["link", "add", &nu, "type", "veth", "peer", "name", "uplink", "netns", router]).await?;
+        let ns_file = netns_file(router);
+        if !nl.exists(&nu).await? {
+            nl.add_veth(&nu, "uplink", Some(&ns_file)).await?;
         }
-        let addrs = self.ip(&["-o", "addr", "show", "dev", &nu]).await?;
-        let host_cidr = format!("{host_side}/30");
-        if !addrs.contains(&format!(" {host_cidr} ")) {
-            self.ip(&["addr", "add", &host_cidr, "dev", &nu]).await?;
-        }
-        self.ip(&["link", "set", &nu, "up"]).await?;
-        let in_router = |args: &[&str]| {
-            let mut v = strings(&["-n", router]);
-            v.extend(strings(args));
-            v
-        };
-        let addrs = run("ip", &in_router(&["-o", "addr", "show", "dev", "uplink"]), None).await?;
-        let router_cidr = format!("{router_side}/30");
-        if !addrs.contains(&format!(" {router_cidr} ")) {
-            run("ip", &in_router(&["addr", "add", &router_cidr, "dev", "uplink"]), None).await?;
-        }
-        run("ip", &in_router(&["link", "set", "uplink", "up"]), None).await?;
-        run("ip", &in_router(&["route", "replace", "default", "via", &host_side.to_string()]), None).await?;
-        run("ip", &strings(&["netns", "exec", router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]), None).await?;
+        nl.ensure_address(&nu, host_side, 30).await?;
+        nl.set(&nu, &[Set::Up]).await?;
+        rn.ensure_address("uplink", router_side, 30).await?;
+        rn.set("uplink", &[Set::Up]).await?;
+        let default = Route { dst: Ipv4Addr::UNSPECIFIED, len: 0, via: Some(host_side), dev: None, metric: None };
+        rn.replace_route(default).await?;
+        netlink::write_sysctl(Some(&ns_file), "net.ipv4.ip_forward", "1").await?;
         let ruleset = firewall::render_router(forwards, floating);
+        // nft by `ip netns exec` (see `apply` for why nft).
         run("ip", &strings(&["netns", "exec", router, "nft", "-f", "-"]), Some(&ruleset)).await?;
         Ok(())
     }
 
     /// Head-end replication: one all-zero FDB entry per peer host, so
     /// broadcasts reach every host with the network; unicast is learnt.
-    async fn sync_peers(&self, vx: &str, peers: &[String]) -> Result<()> {
-        let text = self.bridge_cmd(&["-j", "fdb", "show", "dev", vx]).await?;
-        let entries: Vec<serde_json::Value> = serde_json::from_str(text.trim()).unwrap_or_default();
-        let have: HashSet<String> = entries
-            .iter()
-            .filter(|e| e["mac"] == "00:00:00:00:00:00")
-            .filter_map(|e| e["dst"].as_str().map(str::to_string))
-            .collect();
-        for p in peers.iter().filter(|p| !have.contains(*p)) {
-            tracing::info!(peer = %p, "VXLAN peer added");
-            self.bridge_cmd(&["fdb", "append", "00:00:00:00:00:00", "dev", vx, "dst", p]).await?;
+    async fn sync_peers(&self, nl: &Netlink, vx: &str, peers: &[String]) -> Result<()> {
+        let have: HashSet<Ipv4Addr> = nl.flood_peers(vx).await?.into_iter().collect();
+        let mut wanted = HashSet::new();
+        for p in peers {
+            wanted.insert(ipv4("a VXLAN peer", p)?);
         }
-        for old in have.iter().filter(|h| !peers.contains(h)) {
+        for p in wanted.iter().filter(|p| !have.contains(*p)) {
+            tracing::info!(peer = %p, "VXLAN peer added");
+            nl.append_flood_peer(vx, *p).await?;
+        }
+        for old in have.iter().filter(|h| !wanted.contains(*h)) {
             tracing::info!(peer = %old, "VXLAN peer removed");
-            self.bridge_cmd(&["fdb", "del", "00:00:00:00:00:00", "dev", vx, "dst", old]).await?;
+            nl.delete_flood_peer(vx, *old).await?;
         }
         Ok(())
     }
@@ -495,6 +512,8 @@ impl Plumbing {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
+        // dnsmasq binds its DHCP socket in the router's namespace, so it
+        // starts there by `ip netns exec`.
         let mut cmd = strings(&["netns", "exec", router, "dnsmasq"]);
         cmd.extend(args);
         tracing::info!(router, "starting dnsmasq");
@@ -544,27 +563,39 @@ impl Plumbing {
 
     /// The instance's tap: persistent (it outlives a stop), on the bridge.
     pub async fn ensure_tap(&self, tap: &str, vni: u32) -> Result<()> {
-        if !self.link_exists(tap).await {
-            self.ip(&["tuntap", "add", "dev", tap, "mode", "tap"]).await?;
+        let nl = self.host_nl().await?;
+        if !nl.exists(tap).await? {
+            netlink::create_tap(self.netns_path().as_deref(), tap).await?;
         }
         let br = format!("nb{vni}");
-        let mtu = GUEST_MTU.to_string();
-        self.ip(&["link", "set", tap, "master", &br, "mtu", &mtu, "up"]).await?;
+        nl.set(tap, &[Set::Master(&br), Set::Mtu(GUEST_MTU), Set::Up]).await?;
         Ok(())
     }
 
     /// Removes a deleted instance's taps.
     pub async fn remove_taps(&mut self, instance: &InstanceId) {
+        self.applied = None;
+        let nl = match self.host_nl().await {
+            Ok(nl) => nl,
+            Err(e) => {
+                tracing::warn!(instance = %instance, error = %e, "cannot remove an instance's taps");
+                return;
+            }
+        };
         for index in 0..16 {
             let tap = tap_name(instance, index);
-            if !self.link_exists(&tap).await {
-                break;
+            match nl.exists(&tap).await {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(tap, error = %e, "cannot remove a tap");
+                    break;
+                }
             }
-            if let Err(e) = self.ip(&["link", "del", &tap]).await {
+            if let Err(e) = nl.delete(&tap).await {
                 tracing::warn!(tap, error = %e, "cannot remove a tap");
             }
         }
-        self.applied = None;
     }
 
     /// Takes down networks this host set up and no longer has ports on.
@@ -584,19 +615,20 @@ impl Plumbing {
             let ext_links = [format!("nv{vni}"), format!("nf{vni}"), format!("ne{vni}")];
             // An interface of the operator's that was enslaved (an
             // untagged external network) is released, not deleted.
-            self.release_external_uplink(vni).await?;
+            let nl = self.host_nl().await?;
+            self.release_external_uplink(&nl, vni).await?;
             for link in [format!("nr{vni}"), format!("nu{vni}"), format!("nx{vni}"), format!("nb{vni}")]
                 .into_iter()
                 .chain(ext_links)
             {
-                if self.link_exists(&link).await {
-                    self.ip(&["link", "del", &link]).await?;
+                if nl.exists(&link).await? {
+                    nl.delete(&link).await?;
                 }
             }
             let router = self.router_ns(vni);
             let _ = std::fs::remove_dir_all(PathBuf::from(DHCP_HOSTS_DIR).join(&router));
-            if PathBuf::from("/run/netns").join(&router).exists() {
-                run("ip", &strings(&["netns", "del", &router]), None).await?;
+            if netns_file(&router).exists() {
+                del_netns(&router).await?;
             }
             let _ = std::fs::remove_dir_all(&dir);
         }
