@@ -377,7 +377,9 @@ pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<
         .await
         .map_err(refusal)?
         .into_iter()
-        .filter(|f| f.project_id.as_str() == project)
+        // An address assigned automatically is the instance's public IP,
+        // which EC2 does not list among Elastic IPs.
+        .filter(|f| f.project_id.as_str() == project && !f.auto_assigned)
         .collect();
     // Every id and address named must be the project's.
     let mut wanted = Vec::new();
