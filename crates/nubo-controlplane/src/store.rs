@@ -701,6 +701,9 @@ impl Store {
             // that moves the row to terminated gets here.
             release_capacity(&mut tx, host, Size::of(&row)).await?;
             sqlx::query("DELETE FROM instance_ports WHERE instance_id = $1").bind(&row.id).execute(&mut *tx).await?;
+            // Its network addresses go back to their networks (a default
+            // network's /20 would otherwise run out after 4093 launches).
+            sqlx::query("DELETE FROM network_ports WHERE instance_id = $1").bind(&row.id).execute(&mut *tx).await?;
             sqlx::query(
                 "UPDATE projects SET used_instances = used_instances - 1, used_vcpus = used_vcpus - $1,
                    used_memory_mib = used_memory_mib - $2 WHERE id = $3",

@@ -173,7 +173,7 @@ impl T {
 
     /// A host that runs private networks (underlay 192.0.2.1) and maps the
     /// external networks' interface names `externals`.
-    pub async fn add_bridging_host(&self, externals: &[&str]) {
+    pub async fn add_bridging_host(&self, externals: &[&str]) -> HostId {
         let (join, _) = self.ctx.store.create_join_token(60_000).await.unwrap();
         let id = HostId::generate();
         let v = self.ok("POST", "/api/v1/agent/join", "", Some(json!({"join_token": join, "host_id": id}))).await;
@@ -181,6 +181,7 @@ impl T {
         let reg = json!({"host_id": id, "name": "h1", "accel": "tcg", "vcpus": 64, "memory_mib": 262144,
             "disk_gib": 1000, "underlay": "192.0.2.1", "externals": externals});
         self.ok("POST", "/api/v1/agent/register", &cred, Some(reg)).await;
+        id
     }
 
     pub async fn audit(&self) -> Vec<Value> {
