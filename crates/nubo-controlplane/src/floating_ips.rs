@@ -3,7 +3,7 @@
 //! is shared with instances attached to the network directly, so both
 //! allocations read the same set of taken addresses in one transaction.
 
-use crate::networks::{external_addresses_used, first_free, NetworkRow};
+use crate::networks::{external_addresses_used, first_free, lock_pool, NetworkRow};
 use crate::store::{now_ms, Store};
 use nubo_api::ids::FloatingIpId;
 use sqlx::FromRow;
@@ -166,6 +166,7 @@ async fn insert_from_pool(
     instance: Option<&str>,
 ) -> Result<FloatingIpRow, AllocateError> {
     let pool = network.pool().ok_or_else(|| AllocateError::PoolFull(network.name.clone()))?;
+    lock_pool(tx, &network.id).await?;
     let used = external_addresses_used(tx, &network.id).await?;
     let address = first_free(pool, &used).ok_or_else(|| AllocateError::PoolFull(network.name.clone()))?;
     let row = FloatingIpRow {

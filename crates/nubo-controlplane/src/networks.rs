@@ -105,6 +105,16 @@ pub(crate) async fn private_addresses_used(tx: &mut Tx<'_>, network: &str) -> Re
     Ok(used.into_iter().collect())
 }
 
+/// Serialises the transactions that take addresses of external network
+/// `network`'s pool until this one ends (a row lock on PostgreSQL; SQLite
+/// runs one writer at a time anyway). Ports and floating IPs share the
+/// pool but not a unique index, so without it two allocations at once, one
+/// of each, could both take the same free address.
+pub(crate) async fn lock_pool(tx: &mut Tx<'_>, network: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE networks SET vni = vni WHERE id = $1").bind(network).execute(&mut **tx).await?;
+    Ok(())
+}
+
 /// Addresses of an external network taken by ports or floating IPs.
 pub(crate) async fn external_addresses_used(tx: &mut Tx<'_>, network: &str) -> Result<HashSet<String>, sqlx::Error> {
     let used: Vec<String> = sqlx::query_scalar(
@@ -225,7 +235,10 @@ pub(crate) async fn attach_new_instance(
         // IPs; a private one its range. A requested address (EC2's
         // PrivateIpAddress, first NIC only) must be free.
         let used: HashSet<String> = match row.pool() {
-            Some(_) => external_addresses_used(tx, net).await?,
+            Some(_) => {
+                lock_pool(tx, net).await?;
+                external_addresses_used(tx, net).await?
+            }
             None => private_addresses_used(tx, net).await?,
         };
         let address = match (requested.filter(|_| index == 0), row.pool()) {
