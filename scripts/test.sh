@@ -24,14 +24,23 @@ phase "the static guest agent"
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build -q --release -p nubo-guest-agent --target x86_64-unknown-linux-gnu
 export NUBO_GUEST_AGENT="${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release/nubo-guest-agent"
+# The PostgreSQL pass's subsets (see there).
+PG_TESTS=(vm_lifecycle restarts servers networks tenancy_cli tls security debian_image)
 if cargo nextest --version >/dev/null 2>&1; then
   RUN=(cargo nextest run)
   # Tests that need PostgreSQL are #[ignore]d (reported as skipped on
   # SQLite); the PostgreSQL pass asks for them too.
   WITH_IGNORED=(--run-ignored all)
+  # Subsets as filters over the whole workspace's build: selecting them
+  # with -p would build their dependencies again with other features
+  # (three minutes of CI).
+  PG_CONTROL_PLANE=(--workspace -E 'package(nubo-controlplane) | package(nubo-test-cloud)')
+  PG_END_TO_END=(--workspace -E "package(nubo) & ($(printf 'binary(=%s) | ' "${PG_TESTS[@]}" | sed 's/ | $//'))")
 else
   RUN=(cargo test)
   WITH_IGNORED=(-- --include-ignored)
+  PG_CONTROL_PLANE=(-p nubo-controlplane -p nubo-test-cloud)
+  PG_END_TO_END=(-p nubo $(printf -- '--test %s ' "${PG_TESTS[@]}"))
 fi
 # The tests' build first, and the shared image built with its `nubo`, so
 # parallel tests do not all wait on the image. (`cargo run -p nubo` would
@@ -48,7 +57,7 @@ phase "the tests on SQLite"
 phase "the tests on PostgreSQL"
 NUBO_TEST_DATABASE="$(scripts/postgres.sh)"
 export NUBO_TEST_DATABASE
-"${RUN[@]}" -p nubo-controlplane -p nubo-test-cloud --no-fail-fast "${WITH_IGNORED[@]}" || status=$?
+"${RUN[@]}" "${PG_CONTROL_PLANE[@]}" --no-fail-fast "${WITH_IGNORED[@]}" || status=$?
 # Of the end-to-end tests, those whose database work the control plane's
 # tests above do not already do on PostgreSQL: state across restarts,
 # several servers, capacity sums, migrations and failover, tenancy, TLS,
@@ -58,9 +67,7 @@ export NUBO_TEST_DATABASE
 # there as skipped) runs here, once.
 # The rest repeat on PostgreSQL what their API-level twins just did, and
 # would add minutes of booting guests to CI for no new SQL.
-"${RUN[@]}" -p nubo --no-fail-fast \
-  --test vm_lifecycle --test restarts --test servers --test networks \
-  --test tenancy_cli --test tls --test security --test debian_image "${WITH_IGNORED[@]}" || status=$?
+"${RUN[@]}" "${PG_END_TO_END[@]}" --no-fail-fast "${WITH_IGNORED[@]}" || status=$?
 # Every fuzz target for a bounded time (NUBO_FUZZ_SECONDS each, default 15):
 # a smoke run that catches a parser panicking on what the fuzzer finds
 # quickly. A debug build without a sanitizer builds in a few minutes; longer
