@@ -147,10 +147,12 @@ fn print_floating_ips(ips: &[FloatingIp]) {
                 f.network.clone(),
                 f.instance_id.as_ref().map(ToString::to_string).unwrap_or_else(|| "-".into()),
                 f.private_address.clone().unwrap_or_else(|| "-".into()),
+                // An automatic address is the instance's (see `--auto-assign`).
+                if f.auto_assigned { "instance's (automatic)" } else { "project's" }.into(),
             ]
         })
         .collect();
-    table(&["ID", "ADDRESS", "NETWORK", "INSTANCE", "PRIVATE ADDRESS"], &rows);
+    table(&["ID", "ADDRESS", "NETWORK", "INSTANCE", "PRIVATE ADDRESS", "HELD BY"], &rows);
 }
 
 pub async fn floating_ip(cmd: FloatingIpCmd, conn: &Conn) -> anyhow::Result<()> {

@@ -52,7 +52,10 @@ async fn list(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
                 @for f in &fips {
                     @let id = f.id.as_str();
                     tr data-floating-ip=(f.address) {
-                        td.mono { (f.address) br; small.mono { (id) } }
+                        td.mono {
+                            (f.address) br; small.mono { (id) }
+                            @if f.auto_assigned { br; small.muted { "assigned automatically: it goes with its instance" } }
+                        }
                         td { a href=(format!("/ui/networks/{}", f.network_id)) { (f.network) } }
                         td { @match &f.instance_id {
                             Some(i) => { a href=(format!("/ui/instances/{i}")) { (names.get(i.as_str()).map(String::as_str).unwrap_or(i.as_str())) } },
