@@ -69,6 +69,9 @@ const DEFAULTS: &[(&str, Sizes)] = &[
     ("c6i", COMPUTE),
     ("r5", MEMORY),
     ("r6i", MEMORY),
+    // The first generation, still the default of old playbooks and
+    // tutorials (m1.small is Ansible's and boto's long-standing example).
+    ("m1", &[("small", 1, 1740), ("medium", 1, 3840), ("large", 2, 7680), ("xlarge", 4, 15360)]),
 ];
 const BURSTABLE: Sizes = &[
     ("nano", 2, 512),
@@ -157,6 +160,8 @@ mod tests {
         assert_eq!(t.get("m5.4xlarge").map(|t| (t.vcpus, t.memory_mib)), Some((16, 65536)));
         assert_eq!(t.get("r5.large").map(|t| (t.vcpus, t.memory_mib)), Some((2, 16384)));
         assert_eq!(t.get("c5.xlarge").map(|t| (t.vcpus, t.memory_mib)), Some((4, 8192)));
+        assert_eq!(t.get("m1.small").map(|t| (t.vcpus, t.memory_mib)), Some((1, 1740)));
+        assert_eq!(t.get("m1.xlarge").map(|t| (t.vcpus, t.memory_mib)), Some((4, 15360)));
         assert!(t.get("t9.huge").is_none());
     }
 
