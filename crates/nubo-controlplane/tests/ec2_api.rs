@@ -226,6 +226,18 @@ async fn instances_run_describe_filter_page_and_change_state() {
         "InvalidInstanceID.NotFound",
     );
     assert!(e.contains("i-0123456789abcdef0, i-0123456789abcdef1"), "{e}");
+    // EC2's older 8-digit ids are well-formed: unknown, not malformed.
+    let e = is_error(
+        ec2(&t, &k, &[("Action", "DescribeInstances"), ("InstanceId.1", "i-1234abcd")]).await,
+        StatusCode::BAD_REQUEST,
+        "InvalidInstanceID.NotFound",
+    );
+    assert!(e.contains("i-1234abcd"), "{e}");
+    is_error(
+        ec2(&t, &k, &[("Action", "DescribeInstances"), ("InstanceId.1", "i-1234ABCD")]).await,
+        StatusCode::BAD_REQUEST,
+        "InvalidInstanceID.Malformed",
+    );
     is_error(ec2(&t, &k, &[("Action", "RunInstances")]).await, StatusCode::BAD_REQUEST, "MissingParameter");
     is_error(
         ec2(&t, &k, &[("Action", "RunInstances"), ("ImageId", "ami-0123456789abcdef0")]).await,

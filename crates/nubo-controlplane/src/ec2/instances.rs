@@ -256,20 +256,35 @@ fn reservations(ctx: &Ctx, rows: &[InstanceRow], l: &Lookups) -> Vec<El> {
 }
 
 /// Parses instance ids; the first malformed one refuses the request.
+/// EC2's older ids (`i-` and 8 hex digits) are well-formed, but no Nubo
+/// instance has one: such ids are not found, as EC2 says of an unknown id.
 pub fn parse_ids(ids: &[String]) -> Ec2Result<Vec<InstanceId>> {
-    ids.iter()
-        .map(|i| {
-            i.parse::<InstanceId>().map_err(|_| {
-                Ec2Error::bad(
+    let mut parsed = Vec::new();
+    let mut unknown = Vec::new();
+    for i in ids {
+        match i.parse::<InstanceId>() {
+            Ok(id) => parsed.push(id),
+            Err(_) if is_short_instance_id(i) => unknown.push(i.clone()),
+            Err(_) => {
+                return Err(Ec2Error::bad(
                     "InvalidInstanceID.Malformed",
                     format!(
                         "Invalid id: \"{}\" (expected i- and 17 hex digits)",
                         i.chars().take(64).collect::<String>()
                     ),
-                )
-            })
-        })
-        .collect()
+                ))
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(Ec2Error::not_found("instance", &unknown));
+    }
+    Ok(parsed)
+}
+
+/// `i-` and 8 lowercase hex digits: EC2's instance ids before 2016.
+fn is_short_instance_id(id: &str) -> bool {
+    id.strip_prefix("i-").is_some_and(|h| h.len() == 8 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// Loads every instance named, or names all that the caller cannot see.
