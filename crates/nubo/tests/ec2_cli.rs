@@ -34,6 +34,12 @@ fn stock_aws_cli_and_boto3_drive_nubo() {
     let aws = Aws::new(&cloud);
     let work = tempfile::tempdir().expect("tempdir");
 
+    // Who am I: STS on the same endpoint, as tools ask before anything else.
+    let me = aws.service_ok("sts", &["get-caller-identity"]);
+    let account = me["Account"].as_str().expect("an account").to_string();
+    assert!(account.starts_with("p-"), "the account is the project: {me}");
+    assert_eq!(me["Arn"], format!("arn:aws:iam::{account}:user/admin"), "{me}");
+
     // Regions, zones, types and images, as the metadata service reports them.
     let regions = aws.ok(&["describe-regions"]);
     assert_eq!(regions["Regions"][0]["RegionName"], "nubo-1");

@@ -7,6 +7,7 @@
 //! the caller, so tenancy, quotas and the audit log apply as for REST.
 //!
 //! Modules: `sigv4` (signature checks), `replay` (each signature once),
+//! `sts` (STS's GetCallerIdentity, signed for service `sts` to this URL),
 //! `vpcs` (VPCs and subnets over private networks), `addresses`
 //! (Elastic IPs over floating IPs),
 //! `query` (parameters), `xml`
@@ -21,6 +22,7 @@ pub mod query;
 pub mod replay;
 pub mod security_groups;
 pub mod sigv4;
+pub mod sts;
 pub mod tags;
 pub mod volumes;
 pub mod vpcs;
@@ -77,6 +79,9 @@ pub async fn handle(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
         params.merge_form(q.as_bytes());
     }
     let action = params.str("Action").unwrap_or_default().to_string();
+    if signed_for_sts(&parts) {
+        return handle_sts(&ctx, &parts, &body, &params, &action, &request_id).await;
+    }
     let span =
         tracing::info_span!("ec2", action = %action.chars().take(64).collect::<String>(), request_id = %request_id);
     record_detail(
@@ -86,7 +91,7 @@ pub async fn handle(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
     );
     let mut claimed: Option<String> = None;
     let result = async {
-        let (caller, signature) = authenticate(&ctx, &parts, &body, replay_harmless(&action, &params)).await?;
+        let (caller, signature) = authenticate(&ctx, &parts, &body, replay_harmless(&action, &params), SERVICE).await?;
         claimed = signature;
         if action.is_empty() {
             return Err(Ec2Error::missing("Action"));
@@ -136,6 +141,38 @@ pub async fn handle(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
     }
 }
 
+/// Is the request signed for STS (its credential scope's service)?
+fn signed_for_sts(parts: &axum::http::request::Parts) -> bool {
+    let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    header.and_then(|h| sigv4::parse_authorization(h).ok()).is_some_and(|a| a.service == sts::SERVICE)
+}
+
+/// One STS request (see `sts`): authenticated as EC2 requests are.
+async fn handle_sts(
+    ctx: &Arc<Ctx>,
+    parts: &axum::http::request::Parts,
+    body: &[u8],
+    params: &Params,
+    action: &str,
+    request_id: &str,
+) -> Response {
+    let span =
+        tracing::info_span!("sts", action = %action.chars().take(64).collect::<String>(), request_id = %request_id);
+    record_detail(&parts.extensions, format!("sts:{}", action.chars().take(64).collect::<String>()), true);
+    let result = async {
+        // Every STS action served only reads: a replayed copy is harmless.
+        let (caller, _) = authenticate(ctx, parts, body, true, sts::SERVICE).await?;
+        sts::answer(&caller, action, params.str("Version"), request_id)
+    }
+    .instrument(span)
+    .await;
+    let (status, doc) = match result {
+        Ok(doc) => (StatusCode::OK, doc),
+        Err(e) => (e.status, sts::error(&e, request_id)),
+    };
+    (status, [(header::CONTENT_TYPE, "text/xml;charset=UTF-8")], doc).into_response()
+}
+
 fn error_response(e: &Ec2Error, request_id: &str) -> Response {
     let doc = xml::error(&e.code, &e.message, request_id);
     let mut resp = Response::new(Body::from(doc));
@@ -152,6 +189,7 @@ async fn authenticate(
     parts: &axum::http::request::Parts,
     body: &[u8],
     replay_harmless: bool,
+    service: &str,
 ) -> Ec2Result<(Caller, Option<String>)> {
     let header = parts
         .headers
@@ -180,7 +218,7 @@ async fn authenticate(
         body,
     };
     let now_ms = crate::store::now_ms();
-    let at = match sigv4::verify(&auth, &signed, &secret, &ctx.config.region, SERVICE, now_ms / 1000) {
+    let at = match sigv4::verify(&auth, &signed, &secret, &ctx.config.region, service, now_ms / 1000) {
         Ok(at) => at,
         Err(e) => {
             record(parts, format!("invalid-signature:{}", auth.access_key), None);

@@ -85,7 +85,7 @@ pub fn tag_set<'a>(tags: impl IntoIterator<Item = (&'a String, &'a String)>) -> 
 /// Text with `&`, `<` and `>` escaped (quotes need no escaping outside
 /// attributes, and no attribute carries user text); characters XML 1.0
 /// cannot carry at all (most control characters) are dropped.
-fn escape_into(text: &str, out: &mut String) {
+pub(crate) fn escape_into(text: &str, out: &mut String) {
     for c in text.chars() {
         match c {
             '&' => out.push_str("&amp;"),

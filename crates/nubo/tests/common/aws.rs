@@ -62,12 +62,17 @@ impl Aws {
         c
     }
 
-    pub fn run_with(&self, secret: &str, args: &[&str]) -> Output {
+    /// `aws SERVICE ARGS` against the cloud's endpoint.
+    fn run_service(&self, service: &str, secret: &str, args: &[&str]) -> Output {
         self.command("aws", secret)
-            .args(["--endpoint-url", &self.endpoint, "--output", "json", "ec2"])
+            .args(["--endpoint-url", &self.endpoint, "--output", "json", service])
             .args(args)
             .output()
             .expect("run aws")
+    }
+
+    pub fn run_with(&self, secret: &str, args: &[&str]) -> Output {
+        self.run_service("ec2", secret, args)
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
@@ -76,16 +81,22 @@ impl Aws {
 
     /// `aws ec2 ARGS` that must succeed; its JSON (Null for no output).
     pub fn ok(&self, args: &[&str]) -> Value {
+        self.service_ok("ec2", args)
+    }
+
+    /// `aws SERVICE ARGS` (e.g. `sts get-caller-identity`) that must
+    /// succeed; its JSON (Null for no output).
+    pub fn service_ok(&self, service: &str, args: &[&str]) -> Value {
         let start = Instant::now();
-        let out = self.run(args);
+        let out = self.run_service(service, &self.secret, args);
         assert!(
             out.status.success(),
-            "aws ec2 {args:?} failed ({}): {}{}",
+            "aws {service} {args:?} failed ({}): {}{}",
             out.status,
             String::from_utf8_lossy(&out.stderr),
             String::from_utf8_lossy(&out.stdout)
         );
-        eprintln!("aws ec2 {} ({:.1} s)", args.first().unwrap_or(&""), start.elapsed().as_secs_f64());
+        eprintln!("aws {service} {} ({:.1} s)", args.first().unwrap_or(&""), start.elapsed().as_secs_f64());
         if out.stdout.iter().all(u8::is_ascii_whitespace) {
             return Value::Null;
         }
