@@ -573,6 +573,8 @@ impl Conn {
     }
 }
 
+// Parsed once per process: the size of `Run`'s arguments costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum InstanceCmd {
     /// Launch an instance; prints its id.
@@ -619,6 +621,10 @@ pub enum InstanceCmd {
         /// Security group (name or id; repeatable). Default: the project's `default`.
         #[arg(long = "security-group", value_name = "GROUP")]
         security_groups: Vec<String>,
+        /// A tag, KEY=VALUE (repeatable): the same tags EC2 sees, and what
+        /// policies scoped by tag select.
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
         /// Return only once the instance is running (and its recipe has finished).
         #[arg(long)]
         wait: bool,
@@ -1305,6 +1311,13 @@ mod duration_tests {
 }
 
 /// `NAME=IFACE` of `nubo agent --external`.
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{s}' is not KEY=VALUE: write it as role=db (the value may be empty: role=)")),
+    }
+}
+
 fn parse_external(s: &str) -> Result<(String, String), String> {
     let (name, iface) = s.split_once('=').ok_or_else(|| format!("'{s}' is not NAME=IFACE: write it as lan=eth1"))?;
     let ok_name = !name.is_empty()

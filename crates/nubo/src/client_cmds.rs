@@ -61,6 +61,7 @@ fn print_instance(i: &Instance) {
                 .join(", "),
         ),
         ("key_name", i.key_name.clone().unwrap_or_default()),
+        ("tags", i.tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")),
         ("metadata", format!("http_tokens={}", i.metadata_http_tokens)),
         ("error", i.error.clone().unwrap_or_default()),
     ];
@@ -166,6 +167,7 @@ pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
             metadata_tokens,
             networks,
             security_groups,
+            tags,
             wait,
         } => {
             let user_data = match user_data {
@@ -195,7 +197,7 @@ pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
                 key_name,
                 recipe,
                 metadata: metadata_tokens.map(|t| MetadataOptions { http_tokens: Some(t) }),
-                tags: Default::default(),
+                tags: tags.into_iter().collect(),
                 networks,
                 security_groups,
             };

@@ -155,12 +155,20 @@ fn a_host_joined_into_an_empty_data_dir_offers_its_disk_and_runs_an_instance() {
     assert!(real >= 2, "the test needs a file system of at least 2 GiB under {}", dir.display());
     assert_eq!(host["disk_gib"].as_u64(), Some(real), "the host offers its data directory's file system: {host}");
 
+    // A tag that is not KEY=VALUE is refused before anything is launched.
+    let bad = cloud.nubo(&["instance", "run", "--memory", "128", "--tag", "=db"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("KEY=VALUE"));
     let id = cloud
-        .nubo_ok(&["instance", "run", "--image", "tiny", "--memory", "128", "--disk", "2", "--wait"])
+        .nubo_ok(&[
+            "instance", "run", "--image", "tiny", "--memory", "128", "--disk", "2", "--tag", "role=db", "--tag",
+            "tier=", "--wait",
+        ])
         .trim()
         .to_string();
     let i = cloud.wait_state(&id, "running", Duration::from_secs(120));
     assert_eq!(i["host"], host["id"], "placed on the new host");
+    assert_eq!(i["tags"], serde_json::json!({"role": "db", "tier": ""}), "{i}");
+    assert!(cloud.nubo_ok(&["instance", "show", &id]).contains("role=db, tier="));
     cloud.wait_console(&id, nubo_api::BOOT_COMPLETE_MARKER, 1, Duration::from_secs(120));
     let hosts = cloud.nubo_json(&["host", "list"]);
     assert_eq!(hosts[0]["used_disk_gib"], 2);
