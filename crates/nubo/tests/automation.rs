@@ -1,6 +1,7 @@
 //! Automation end to end on real `tiny` VMs under `nubo up` (metrics every
-//! 2 s): a service policy "disk used at or above 80% for 30 s: attach a
-//! 100 GiB volume" gives a guest that fills its disk a new disk it sees,
+//! 2 s): the README's service policy "disk used at or above 80% for 30 s:
+//! attach a 100 GiB volume", scoped to the tag `role=db` that `nubo
+//! instance run --tag` gave the instance, gives a guest that fills its disk a new disk it sees,
 //! exactly once, while the same policy in dry-run only records what it
 //! would have done; an instance group scales out while its members are
 //! busy and back in after; a member whose QEMU process is killed is
@@ -26,6 +27,16 @@ fn apply(cloud: &Cloud, name: &str, yaml: &str) {
     cloud.nubo_ok(&["policy", "apply", "-f", file.to_str().unwrap()]);
 }
 
+/// The README's YAML block whose first line is `first`.
+fn readme_policy(first: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let start = readme.find(&format!("```yaml\n{first}")).expect("the README's policy example") + "```yaml\n".len();
+    let len = readme[start..].find("```").expect("the end of the README's policy example");
+    let yaml = readme[start..start + len].to_string();
+    assert!(yaml.contains("scope: {tag: {key: role, value: db}}"), "the README's example changed: {yaml}");
+    yaml
+}
+
 fn firings(cloud: &Cloud, policy: &str) -> Vec<Value> {
     cloud.nubo_json(&["policy", "show", policy])["firings"].as_array().cloned().unwrap_or_default()
 }
@@ -40,17 +51,23 @@ fn a_full_disk_gets_one_new_volume_and_a_dry_run_does_nothing() {
         "#!/bin/sh\n(sleep 3; dd if=/dev/zero of=/root/fill bs=1M count=820 2>/dev/null; sync; echo disk-filled) &\n",
     )
     .unwrap();
+    // The README's example, as written there: an instance tagged role=db,
+    // and its grow-disk.yaml, scoped to that tag.
     let id = cloud
-        .nubo_ok(&["instance", "run", "--name", "full", "--user-data", ud.to_str().unwrap(), "--wait"])
+        .nubo_ok(&[
+            "instance",
+            "run",
+            "--name",
+            "full",
+            "--tag",
+            "role=db",
+            "--user-data",
+            ud.to_str().unwrap(),
+            "--wait",
+        ])
         .trim()
         .to_string();
-    apply(
-        &cloud,
-        "grow-disk",
-        &format!(
-            "name: grow-disk\nscope: {{instance: {id}}}\ncondition:\n  metric: fs_used_percent\n  op: '>='\n  threshold: 80\n  for: 30s\nactions:\n  - attach_volume: {{size_gib: 100}}\n"
-        ),
-    );
+    apply(&cloud, "grow-disk", &readme_policy("# grow-disk.yaml"));
     apply(
         &cloud,
         "grow-disk-dry",
