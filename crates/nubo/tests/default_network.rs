@@ -14,12 +14,6 @@ use std::time::Duration;
 
 const BOOT: Duration = Duration::from_secs(180);
 
-fn guest(cloud: &Cloud, id: &str, script: &str) -> (i32, String) {
-    let out = cloud.nubo(&["instance", "exec", id, "--timeout", "30", "--", "/bin/sh", "-c", script]);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
-}
-
 #[test]
 fn instances_without_network_flags_get_the_default_network_names_and_nat() {
     let fabric = Fabric::new("d", 2);

@@ -22,12 +22,6 @@ use std::time::Duration;
 
 const BOOT: Duration = Duration::from_secs(180);
 
-fn guest(cloud: &Cloud, id: &str, script: &str) -> (i32, String) {
-    let out = cloud.nubo(&["instance", "exec", id, "--timeout", "30", "--", "/bin/sh", "-c", script]);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
-}
-
 /// The office client's request loop: one GET every 0.2 s for argv[2]
 /// seconds, a line per request: `<unix time> <1 ok|0 failed> <page>`.
 const LOOP: &str = r#"

@@ -18,12 +18,6 @@ use std::time::Duration;
 
 const BOOT: Duration = Duration::from_secs(180);
 
-fn guest(cloud: &Cloud, id: &str, script: &str) -> (i32, String) {
-    let out = cloud.nubo(&["instance", "exec", id, "--timeout", "30", "--", "/bin/sh", "-c", script]);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
-}
-
 #[test]
 fn nubo_up_as_root_gives_instances_addresses_the_machine_reaches() {
     let fabric = Fabric::new("u", 1);

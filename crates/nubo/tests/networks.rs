@@ -23,23 +23,6 @@ use std::time::Duration;
 
 const BOOT: Duration = Duration::from_secs(180);
 
-/// Runs `script` in the guest; (exit code, output).
-fn guest(cloud: &Cloud, id: &str, script: &str) -> (i32, String) {
-    let out = cloud.nubo(&["instance", "exec", id, "--timeout", "30", "--", "/bin/sh", "-c", script]);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
-}
-
-/// Runs `script` in the guest, then prints its exit code
-/// (`probe-exit=N`) and `probe-done`; its output, once it is sure the
-/// exec itself ran: "no answer" from a guest must mean the connection
-/// failed, not that the probe never ran (no guest agent, a timeout).
-fn guest_probe(cloud: &Cloud, id: &str, script: &str) -> String {
-    let (code, text) = guest(cloud, id, &format!("{script}; echo probe-exit=$?; echo probe-done"));
-    assert!(code == 0 && text.contains("probe-done"), "the probe did not run in {id} (exit {code}): {text}");
-    text
-}
-
 fn launch(cloud: &Cloud, env: &[(&str, &str)], args: &[&str]) -> String {
     let mut cmd = Command::new(nubo_bin());
     cmd.args(["instance", "run", "--memory", "128"]).args(args).env("NUBO_URL", &cloud.url);

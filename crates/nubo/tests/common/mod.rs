@@ -646,3 +646,22 @@ impl Drop for Cloud {
         }
     }
 }
+
+/// Runs `script` with `/bin/sh -c` in guest `id` through its guest agent
+/// (30 s at most): its exit code (-1 when there is none) and its output,
+/// stdout then stderr.
+pub fn guest(cloud: &Cloud, id: &str, script: &str) -> (i32, String) {
+    let out = cloud.nubo(&["instance", "exec", id, "--timeout", "30", "--", "/bin/sh", "-c", script]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Runs `script` in the guest, then prints its exit code
+/// (`probe-exit=N`) and `probe-done`; its output, once it is sure the
+/// exec itself ran: "no answer" from a guest must mean the connection
+/// failed, not that the probe never ran (no guest agent, a timeout).
+pub fn guest_probe(cloud: &Cloud, id: &str, script: &str) -> String {
+    let (code, text) = guest(cloud, id, &format!("{script}; echo probe-exit=$?; echo probe-done"));
+    assert!(code == 0 && text.contains("probe-done"), "the probe did not run in {id} (exit {code}): {text}");
+    text
+}
