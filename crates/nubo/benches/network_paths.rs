@@ -22,8 +22,21 @@
 //! - (d3) a second baseline for (b): two bare QEMUs in two namespaces
 //!   joined by a veth pair, each with a bridge and Linux's VXLAN device
 //!   (guest MTU 1450, as on Nubo's networks); no Nubo;
+//! - (d4) the fair baseline for (b): as (d3), but the two namespaces are
+//!   joined as the bench's Nubo hosts are, each by a veth pair to a bridge
+//!   in a third, switch namespace (veth, bridge, veth); no Nubo. (d3) and
+//!   (d4) differ only in that underlay, so (d4) over (d3) is the cost of
+//!   the test's switch, and (b) over (d4) is what Nubo's cross-host path
+//!   costs on top;
 //! - (a) guest to guest on one host, on one private network;
 //! - (b) guest to guest across two hosts, the same network over VXLAN;
+//! - (b1) (b) again, with a bench-added nftables table in both hosts that
+//!   leaves VXLAN's UDP (port 4789) out of conntrack (`notrack` at raw
+//!   priority in prerouting and output), removed right after;
+//! - (b2) (b) again, with every nftables rule of both hosts removed (Nubo's
+//!   security groups, conntrack zones, NAT and guards), restored right
+//!   after from `nft list ruleset`: (b2) over (b) is what the hosts'
+//!   netfilter work costs the cross-host path, (d4) over (b2) the rest;
 //! - (c) an "office" client on an external network to a guest's floating IP;
 //! - (e) user-mode networking (`--network none --port 5201`): the host
 //!   to the guest through the port QEMU forwards from 127.0.0.1 (guests
@@ -385,12 +398,31 @@ impl Bare {
                  ip -n {n} link set vxlan0 master br0 up"
             ));
         }
+        // The fair baseline for (b): the same, but each "host" reaches the
+        // other through a switch namespace, as the Nubo hosts of this bench do.
+        let (ysw, ya, yb) = (bench.ns("bysw"), bench.ns("bya"), bench.ns("byb"));
+        sh_ok(&format!(
+            "ip netns add {ysw} && ip -n {ysw} link set lo up && ip -n {ysw} link add br0 type bridge && \
+             ip -n {ysw} link set br0 up"
+        ));
+        for (n, me, peer) in [(&ya, 1, 2), (&yb, 2, 1)] {
+            sh_ok(&format!(
+                "ip netns add {n} && ip link add u{me} netns {ysw} type veth peer name eth0 netns {n} && \
+                 ip -n {ysw} link set u{me} master br0 up && \
+                 ip -n {n} link set lo up && ip -n {n} addr add 10.96.0.{me}/24 dev eth0 && ip -n {n} link set eth0 up && \
+                 ip -n {n} link add br0 type bridge && ip -n {n} link set br0 up && \
+                 ip -n {n} link add vxlan0 type vxlan id 43 local 10.96.0.{me} remote 10.96.0.{peer} dstport 4789 dev eth0 && \
+                 ip -n {n} link set vxlan0 master br0 up"
+            ));
+        }
         // (guest, namespace, guest address, MTU: VXLAN's 50 bytes less across the tunnel)
         let vms = [
             (1, &ns, "10.99.0.1", 1500),
             (2, &ns, "10.99.0.2", 1500),
             (3, &xa, "10.97.0.3", 1450),
             (4, &xb, "10.97.0.4", 1450),
+            (5, &ya, "10.95.0.5", 1450),
+            (6, &yb, "10.95.0.6", 1450),
         ];
         let tiny = image_dir("tiny");
         let manifest: Value =
@@ -679,7 +711,7 @@ fn main() {
         let (code, out) = bench.guest(id, &daemon);
         assert!(code == 0 && !out.trim().is_empty(), "iperf3 server in {id}: {out}");
     }
-    for vm in [1, 3] {
+    for vm in [1, 3, 5] {
         let (code, out) = bare.sh(vm, &daemon);
         assert!(code == 0 && !out.trim().is_empty(), "iperf3 server in bare-{}: {out}", vm + 1);
     }
@@ -707,6 +739,7 @@ fn main() {
     }
     facts.push(format!("bare-1/2 eth0 mtu {}", mtu(bare.sh(0, "cat /sys/class/net/eth0/mtu"))));
     facts.push(format!("bare-3/4 eth0 mtu {}", mtu(bare.sh(2, "cat /sys/class/net/eth0/mtu"))));
+    facts.push(format!("bare-5/6 eth0 mtu {}", mtu(bare.sh(4, "cat /sys/class/net/eth0/mtu"))));
 
     // Each path with the baseline it is held against: two guests (both
     // under TCG) for guest to guest, one guest for the paths whose other
@@ -715,8 +748,11 @@ fn main() {
         ("(d1) bare QEMU: guest to guest, tap + bridge", 0),
         ("(d2) bare QEMU: bridge's netns to guest, tap", 1),
         ("(d3) bare QEMU: guest to guest, VXLAN, 2 netns", 0),
+        ("(d4) bare QEMU: VXLAN, 2 netns via a switch ns", 0),
         ("(a) guest to guest, one host, private network", 0),
         ("(b) guest to guest, two hosts, VXLAN", 0),
+        ("(b1) = (b), VXLAN's UDP untracked on both hosts", 0),
+        ("(b2) = (b), both hosts' nftables rules removed", 0),
         ("(c) office to guest, floating IP", 1),
         ("(e) user-mode NAT, host to guest, fwd port", 1),
     ];
@@ -740,19 +776,50 @@ fn main() {
         let i = bare.sh(2, &iperf_client(guest_iperf, "10.97.0.4", PORT));
         let p = bare.sh(2, &ping_cmd("10.97.0.4"));
         record(&mut samples[2], i, p);
+        let i = bare.sh(4, &iperf_client(guest_iperf, "10.95.0.6", PORT));
+        let p = bare.sh(4, &ping_cmd("10.95.0.6"));
+        record(&mut samples[3], i, p);
         let i = bench.guest(&x, &iperf_client(guest_iperf, &y_ip, PORT));
         let p = bench.guest(&x, &ping_cmd(&y_ip));
-        record(&mut samples[3], i, p);
+        record(&mut samples[4], i, p);
         let i = bench.guest(&x, &iperf_client(guest_iperf, &z_ip, PORT));
         let p = bench.guest(&x, &ping_cmd(&z_ip));
-        record(&mut samples[4], i, p);
+        record(&mut samples[5], i, p);
+        let hosts = [bench.ns("h1"), bench.ns("h2")];
+        for h in &hosts {
+            sh_ok(&format!(
+                "printf '%s\\n' 'table inet bench_notrack {{' \
+                 '  chain pre {{ type filter hook prerouting priority raw; udp dport 4789 notrack; }}' \
+                 '  chain out {{ type filter hook output priority raw; udp dport 4789 notrack; }}' '}}' | \
+                 ip netns exec {h} nft -f -"
+            ));
+        }
+        let i = bench.guest(&x, &iperf_client(guest_iperf, &z_ip, PORT));
+        let p = bench.guest(&x, &ping_cmd(&z_ip));
+        record(&mut samples[6], i, p);
+        for h in &hosts {
+            sh_ok(&format!("ip netns exec {h} nft delete table inet bench_notrack"));
+        }
+        let saved: Vec<PathBuf> = hosts.iter().map(|h| bench.dir.path().join(format!("{h}.nft"))).collect();
+        for (h, f) in hosts.iter().zip(&saved) {
+            sh_ok(&format!(
+                "ip netns exec {h} nft list ruleset > '{}' && ip netns exec {h} nft flush ruleset",
+                f.display()
+            ));
+        }
+        let i = bench.guest(&x, &iperf_client(guest_iperf, &z_ip, PORT));
+        let p = bench.guest(&x, &ping_cmd(&z_ip));
+        record(&mut samples[7], i, p);
+        for (h, f) in hosts.iter().zip(&saved) {
+            sh_ok(&format!("ip netns exec {h} nft -f '{}'", f.display()));
+        }
         let i = in_ns(&office, &iperf_client(&iperf3_host, &fip_addr, PORT));
         let p = in_ns(&office, &ping_cmd(&fip_addr));
-        record(&mut samples[5], i, p);
+        record(&mut samples[8], i, p);
         let out = sh(&iperf_client(&iperf3_host, &fwd_addr, fwd_port));
         let i = (out.status.code().unwrap_or(-1), text(&out));
         let p = bench.guest(&user, &ping_cmd(&user_gw));
-        record(&mut samples[6], i, p);
+        record(&mut samples[9], i, p);
         eprintln!(
             "round {round}/{runs} ({:.0} s): {}",
             t.elapsed().as_secs_f64(),
@@ -793,6 +860,16 @@ fn main() {
         };
         let ms = |p: f64| percentile(&s.rtt_ms, p).map_or("-".into(), |v| format!("{v:.2} ms"));
         println!("{name:<48} {} {ratio:>9} {:>9} {:>9}", fmt_stats(st), ms(50.0), ms(99.0));
+    }
+    // The cross-host path against both VXLAN baselines: (d3) without the
+    // switch namespace, (d4) through one as (b)'s hosts are.
+    if let (Some(b), Some(d3), Some(d4)) = (median(5), median(2), median(3)) {
+        println!();
+        println!("(b) over (d3): {:.2}; (b) over (d4): {:.2}; (d4) over (d3): {:.2}", b / d3, b / d4, d4 / d3);
+    }
+    // What the hosts' netfilter costs (b): the same path without it.
+    if let (Some(b), Some(b1), Some(b2)) = (median(5), median(6), median(7)) {
+        println!("(b1) over (b): {:.2}; (b2) over (b): {:.2}", b1 / b, b2 / b);
     }
     for ((name, _), s) in PATHS.iter().zip(&samples) {
         for e in &s.errors {
