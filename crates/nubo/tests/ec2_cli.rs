@@ -126,6 +126,20 @@ fn stock_aws_cli_and_boto3_drive_nubo() {
     let t_boot = Instant::now();
     aws.ok(&["wait", "instance-running", "--instance-ids", &id]);
     eprintln!("instance-running after {:.1} s", t_boot.elapsed().as_secs_f64());
+    // Both status checks pass once the host reports and the guest agent
+    // answers (watched here, so a failure shows the last status; then the
+    // CLI's own waiter, which polls every 15 s, passes at its first poll).
+    let status = wait_until("both status checks ok", Duration::from_secs(90), || {
+        let v = aws.ok(&["describe-instance-status", "--instance-ids", &id]);
+        eprintln!("status: {v}");
+        (v["InstanceStatuses"][0]["InstanceStatus"]["Status"] == "ok").then_some(v)
+    });
+    aws.ok(&["wait", "instance-status-ok", "--instance-ids", &id]);
+    eprintln!("instance-status-ok after {:.1} s", t_boot.elapsed().as_secs_f64());
+    let st = &status["InstanceStatuses"][0];
+    assert_eq!(st["InstanceState"]["Name"], "running", "{status}");
+    assert_eq!(st["SystemStatus"]["Status"], "ok", "{status}");
+    assert_eq!(st["InstanceStatus"]["Details"][0]["Status"], "passed", "{status}");
     let found = aws.ok(&[
         "describe-instances",
         "--filters",

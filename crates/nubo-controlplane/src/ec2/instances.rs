@@ -59,7 +59,7 @@ pub fn state_of(row: &InstanceRow) -> (u16, &'static str) {
     }
 }
 
-fn state_el(name: &'static str, row: &InstanceRow) -> El {
+pub(super) fn state_el(name: &'static str, row: &InstanceRow) -> El {
     let (code, state) = state_of(row);
     El::new(name).field("code", code).field("name", state)
 }
@@ -323,11 +323,18 @@ const FILTERS: &[&str] = &[
     "ip-address",
 ];
 
-pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
-    let project = project_of(caller)?;
-    let ids = parse_ids(&p.list("InstanceId"))?;
-    let filters = p.filters()?;
-    query::check_filters(&filters, FILTERS, true)?;
+/// The instances a Describe call answers about: those named (each must be
+/// the caller's), or one page (`MaxResults`, `NextToken`) of the
+/// project's, in SQL, terminated ones for an hour as EC2 shows them.
+/// Filters apply to the page read, so a page may hold fewer than
+/// MaxResults (even none) and still have a NextToken, as on EC2.
+pub(super) async fn listed(
+    ctx: &Ctx,
+    caller: &Caller,
+    project: &str,
+    ids: &[InstanceId],
+    p: &Params,
+) -> Ec2Result<(Vec<InstanceRow>, Option<String>)> {
     if !ids.is_empty() && p.str("MaxResults").is_some() {
         return Err(Ec2Error::bad(
             "InvalidParameterCombination",
@@ -336,25 +343,29 @@ pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<
     }
     let page = PageRequest::parse("MaxResults", p.int("MaxResults")?, p.str("NextToken"), 5..=MAX_PAGE)
         .map_err(Ec2Error::from_page)?;
-    // Without ids: one page of the project's instances in SQL (terminated
-    // ones for an hour, as EC2 shows them). Filters apply to the page read,
-    // so a page may hold fewer than MaxResults (even none) and still have
-    // a NextToken, as on EC2.
-    let (rows, next, l) = if ids.is_empty() {
-        let selection = Selection::new(Scope::Project(&project))
-            .terminated_since(crate::store::now_ms() - TERMINATED_VISIBLE_MS)
-            .page(page);
-        let rows = ctx.store.select_instances(&selection).await?;
-        let (rows, next) = selection.page.cut(rows, app::instances::cursor_of);
-        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-        let l = lookups(ctx, &selection.for_related(&ids)).await?;
-        (rows, next, l)
-    } else {
-        let rows = load_all(ctx, caller, &ids, Access::Read).await?;
-        let found: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-        let l = lookups(ctx, &Selection::new(Scope::Ids(&found))).await?;
-        (rows, None, l)
-    };
+    if !ids.is_empty() {
+        return Ok((load_all(ctx, caller, ids, Access::Read).await?, None));
+    }
+    let selection = project_selection(project).page(page);
+    let rows = ctx.store.select_instances(&selection).await?;
+    Ok(selection.page.cut(rows, app::instances::cursor_of))
+}
+
+/// The project's instances as Describe calls list them (terminated ones
+/// for an hour); [`Selection::for_related`] of it reads their related rows.
+fn project_selection(project: &str) -> Selection<'_> {
+    Selection::new(Scope::Project(project)).terminated_since(crate::store::now_ms() - TERMINATED_VISIBLE_MS)
+}
+
+pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
+    let project = project_of(caller)?;
+    let ids = parse_ids(&p.list("InstanceId"))?;
+    let filters = p.filters()?;
+    query::check_filters(&filters, FILTERS, true)?;
+    let (rows, next) = listed(ctx, caller, &project, &ids, p).await?;
+    let found: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let whole = project_selection(&project);
+    let l = lookups(ctx, &whole.for_related(&found)).await?;
     let rows: Vec<InstanceRow> = rows
         .into_iter()
         .filter(|r| {
