@@ -747,6 +747,9 @@ mod tests {
         assert_eq!(tap["linkinfo"]["info_kind"], "tun");
         assert_eq!(tap["linkinfo"]["info_data"]["type"], "tap");
         assert_eq!(tap["linkinfo"]["info_data"]["persist"], true);
+        // A new namespace starts from the machine's own setting (IPv4's
+        // inherit it), which other tests or the machine may have turned on.
+        write_sysctl(Some(&host_path), "net.ipv4.ip_forward", "0").await.unwrap();
         write_sysctl(Some(&router_path), "net.ipv4.ip_forward", "1").await.unwrap();
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", &router, "cat", "/proc/sys/net/ipv4/ip_forward"])
