@@ -507,6 +507,12 @@ impl Store {
         }
         let mut tx = self.begin().await?;
         sqlx::query("DELETE FROM network_ports WHERE network_id = $1").bind(id).execute(&mut *tx).await?;
+        // Groups an EC2 client made in its VPC outlive it, VPC-less, as
+        // groups made over REST are.
+        sqlx::query("UPDATE security_groups SET network_id = NULL WHERE network_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM networks WHERE id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(Vec::new())

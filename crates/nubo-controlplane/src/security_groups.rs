@@ -21,6 +21,9 @@ pub struct SecurityGroupRow {
     pub description: String,
     pub is_default: i64,
     pub created_at_ms: i64,
+    /// The network whose VPC an EC2 client made the group in (migration
+    /// 0027), if it named one.
+    pub network_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
@@ -164,24 +167,27 @@ impl Store {
             .ok_or_else(|| sqlx::Error::Protocol("the default security group vanished".into()))
     }
 
-    /// A new group; `None` when the project has one of that name.
+    /// A new group (made in `network`'s VPC when an EC2 client named
+    /// one); `None` when the project has one of that name.
     pub async fn create_security_group(
         &self,
         project: &str,
         name: &str,
         description: &str,
+        network: Option<&str>,
     ) -> Result<Option<SecurityGroupRow>, sqlx::Error> {
         let id = SecurityGroupId::generate().to_string();
         let mut tx = self.begin().await?;
         let r = sqlx::query(
-            "INSERT INTO security_groups (id, project_id, name, description, is_default, created_at_ms)
-             VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT DO NOTHING",
+            "INSERT INTO security_groups (id, project_id, name, description, is_default, created_at_ms, network_id)
+             VALUES ($1, $2, $3, $4, 0, $5, $6) ON CONFLICT DO NOTHING",
         )
         .bind(&id)
         .bind(project)
         .bind(name)
         .bind(description)
         .bind(now_ms())
+        .bind(network)
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() != 1 {

@@ -43,6 +43,9 @@ pub struct VolumeRow {
     pub updated_at_ms: i64,
     /// The device name an EC2 AttachVolume asked for (`/dev/sdf`).
     pub device_name: Option<String>,
+    /// 1: deleted when its instance is terminated (EC2's
+    /// DeleteOnTermination; migration 0027).
+    pub delete_on_termination: i64,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -299,9 +302,21 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the volume goes when its instance is terminated.
+    pub async fn set_volume_delete_on_termination(&self, id: &str, delete: bool) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE volumes SET delete_on_termination = $1 WHERE id = $2")
+            .bind(i64::from(delete))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Starts detaching; the flag to delete with the instance goes with
+    /// the attachment (as on EC2).
     pub async fn detach_volume(&self, id: &str) -> Result<bool, sqlx::Error> {
         let r = sqlx::query(
-            "UPDATE volumes SET attach_state = $3, error = NULL, updated_at_ms = $1
+            "UPDATE volumes SET attach_state = $3, error = NULL, delete_on_termination = 0, updated_at_ms = $1
              WHERE id = $2 AND instance_id IS NOT NULL AND attach_state IN ($4, $5)",
         )
         .bind(now_ms())
@@ -490,13 +505,16 @@ impl Store {
         Ok(())
     }
 
-    /// A terminated instance lets go of its volumes (as EC2's default,
-    /// they are kept, not deleted).
+    /// A terminated instance lets go of its volumes: kept (as EC2's
+    /// default for volumes attached later), or deleted when they were to
+    /// go with it (DeleteOnTermination, as for volumes made at launch).
     pub(crate) async fn release_volumes_of(tx: &mut Tx<'_>, instance: &str) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE volumes SET instance_id = NULL, attach_state = NULL, slot = NULL, guest_device = NULL,
-               guest_size_bytes = NULL, state = CASE WHEN desired = $3 THEN $4 ELSE $5 END,
-               updated_at_ms = $1
+               guest_size_bytes = NULL,
+               desired = CASE WHEN delete_on_termination = 1 THEN $3 ELSE desired END,
+               state = CASE WHEN desired = $3 OR delete_on_termination = 1 THEN $4 ELSE $5 END,
+               delete_on_termination = 0, updated_at_ms = $1
              WHERE instance_id = $2",
         )
         .bind(now_ms())

@@ -458,7 +458,7 @@ pub async fn create_group(ctx: &Arc<Ctx>, caller: &Caller, p: SecurityGroupCreat
     let project = authz::creation_project(caller)?;
     validate::name(&p.name)?;
     let g =
-        ctx.store.create_security_group(&project, &p.name, &p.description).await?.ok_or_else(|| {
+        ctx.store.create_security_group(&project, &p.name, &p.description, None).await?.ok_or_else(|| {
             AppError::Conflict(format!("the project already has a security group named '{}'", p.name))
         })?;
     group_view(ctx, g).await

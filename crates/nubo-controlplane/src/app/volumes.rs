@@ -339,3 +339,127 @@ pub async fn delete_snapshot(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppRe
     ctx.bump();
     load_snapshot(ctx, caller, id, Access::Read).await
 }
+
+/// A data volume a launch makes and attaches (EC2's block device mappings
+/// beyond the root disk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchVolume {
+    /// GiB; None: the snapshot's size.
+    pub size_gib: Option<u64>,
+    /// Made with this snapshot's content.
+    pub snapshot_id: Option<String>,
+    /// The device name the client asked for (`/dev/sdf`), reported back.
+    pub device_name: String,
+    /// Deleted when the instance is terminated.
+    pub delete_on_termination: bool,
+}
+
+/// Makes and attaches the volumes of a launch to the new `instance`, on
+/// its host, tagged with `tags`. Until all are made each is marked to go
+/// with the instance, so a failure part way (a quota, a full pool) is
+/// undone by terminating the instance, which the caller then does; the
+/// error says which volume failed.
+pub async fn create_for_launch(
+    ctx: &Arc<Ctx>,
+    caller: &Caller,
+    instance: &str,
+    volumes: &[LaunchVolume],
+    tags: &[(String, String)],
+) -> AppResult<Vec<VolumeRow>> {
+    let instance_id: nubo_api::ids::InstanceId = parse(instance)?;
+    let mut made = Vec::new();
+    for lv in volumes {
+        let size_gib = match (lv.size_gib, &lv.snapshot_id) {
+            (Some(s), _) => s,
+            (None, Some(snap)) => load_snapshot(ctx, caller, snap, Access::Read).await?.size_gib as u64,
+            (None, None) => {
+                return Err(AppError::BadRequest(format!(
+                    "volume {}: give its size or a snapshot to make it from",
+                    lv.device_name
+                )))
+            }
+        };
+        let params = VolumeCreate {
+            size_gib,
+            name: None,
+            snapshot_id: lv.snapshot_id.as_deref().map(parse::<SnapshotId>).transpose()?,
+            instance_id: Some(instance_id.clone()),
+        };
+        let v = create(ctx, caller, &params).await.map_err(|e| about(e, &lv.device_name))?;
+        let attached = async {
+            if !tags.is_empty() {
+                ctx.store
+                    .set_tags(&[(v.id.clone(), "volume", v.project_id.clone())], tags)
+                    .await
+                    .map_err(|e| AppError::BadRequest(e.to_string()))?;
+            }
+            attach_when_made(ctx, caller, &v.id, &instance_id).await
+        }
+        .await;
+        if let Err(e) = attached {
+            // Not attached, so not the instance's to take along: deleted
+            // here (once its host has made it, if it still is making it).
+            let _ = ctx.store.delete_volume(&v.id).await;
+            ctx.bump();
+            return Err(about(e, &lv.device_name));
+        }
+        ctx.store.set_volume_delete_on_termination(&v.id, true).await?;
+        ctx.store.set_volume_device_name(&v.id, Some(&lv.device_name)).await?;
+        made.push((v.id, lv.delete_on_termination));
+    }
+    let mut rows = Vec::new();
+    for (id, delete) in made {
+        ctx.store.set_volume_delete_on_termination(&id, delete).await?;
+        rows.push(load(ctx, caller, &id, Access::Read).await?);
+    }
+    Ok(rows)
+}
+
+/// Longest a launch waits for a host to make one of its volumes.
+const LAUNCH_VOLUME_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Attaches a volume the launch just made, once its host has made the
+/// file (a new volume is `creating` until then, and only an available
+/// one may be attached: the guest must find it there when it starts).
+async fn attach_when_made(
+    ctx: &Arc<Ctx>,
+    caller: &Caller,
+    volume: &str,
+    instance: &nubo_api::ids::InstanceId,
+) -> AppResult<()> {
+    let deadline = tokio::time::Instant::now() + LAUNCH_VOLUME_WAIT;
+    loop {
+        let v = load(ctx, caller, volume, Access::Read).await?;
+        match v.state {
+            VolumeState::Available => break,
+            VolumeState::Error => {
+                return Err(AppError::Conflict(format!(
+                    "volume {} could not be made on its host: {}",
+                    v.id,
+                    v.error.as_deref().unwrap_or("no reason given")
+                )))
+            }
+            _ if tokio::time::Instant::now() >= deadline => return Err(AppError::Unavailable(format!(
+                "volume {} was not made by its host within {} s: is the host up (`nubo host list`)? retry the launch",
+                v.id,
+                LAUNCH_VOLUME_WAIT.as_secs()
+            ))),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    attach(ctx, caller, volume, &VolumeAttach { instance_id: instance.clone() }).await?;
+    Ok(())
+}
+
+/// An error about one of a launch's volumes, saying which.
+fn about(e: AppError, device: &str) -> AppError {
+    let what = |m: String| format!("block device {device}: {m}");
+    match e {
+        AppError::BadRequest(m) => AppError::BadRequest(what(m)),
+        AppError::Conflict(m) => AppError::Conflict(what(m)),
+        AppError::QuotaExceeded(m) => AppError::QuotaExceeded(what(m)),
+        AppError::NoValidHost(m) => AppError::NoValidHost(what(m)),
+        AppError::Unavailable(m) => AppError::Unavailable(what(m)),
+        other => other,
+    }
+}

@@ -104,7 +104,7 @@ fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
                     .field("volumeId", &v.id)
                     .field("status", v.attach_state.unwrap_or(nubo_api::views::AttachState::Attaching).as_str())
                     .field("attachTime", xml::time(v.updated_at_ms))
-                    .field("deleteOnTermination", "false"),
+                    .field("deleteOnTermination", v.delete_on_termination == 1),
             ),
         );
     }
@@ -425,7 +425,9 @@ struct RunRequest {
     group_ids: Vec<String>,
     group_names: Vec<String>,
     tags: Vec<(String, String)>,
+    volume_tags: Vec<(String, String)>,
     root_gib: Option<u64>,
+    volumes: Vec<crate::app::volumes::LaunchVolume>,
     client_token: Option<String>,
     http_tokens: Option<String>,
     subnet_id: Option<String>,
@@ -457,35 +459,23 @@ fn parse_run(ctx: &Ctx, p: &Params) -> Ec2Result<RunRequest> {
             })?)
         }
     };
-    let mut tags = Vec::new();
+    let (mut tags, mut volume_tags) = (Vec::new(), Vec::new());
     for spec in p.structs("TagSpecification") {
-        match spec.str("ResourceType") {
-            Some("instance") => {}
-            other => {
-                return Err(Ec2Error::invalid(format!(
-                    "TagSpecification ResourceType '{}' is not supported by RunInstances here: only 'instance' (the root disk is not a separate volume)",
-                    other.unwrap_or("").chars().take(40).collect::<String>()
-                )))
-            }
-        }
+        // Volume tags go to the volumes the launch makes from its block
+        // device mappings (the root disk is part of the instance here).
+        let to = match spec.str("ResourceType") {
+            Some("instance") => &mut tags,
+            Some("volume") => &mut volume_tags,
+            other => return Err(Ec2Error::invalid(format!(
+                "TagSpecification ResourceType '{}' is not supported by RunInstances here: use 'instance' or 'volume'",
+                other.unwrap_or("").chars().take(40).collect::<String>()
+            ))),
+        };
         for (k, v) in spec.tags("Tag")? {
-            tags.push((k, v.unwrap_or_default()));
+            to.push((k, v.unwrap_or_default()));
         }
     }
-    let mut root_gib = None;
-    for m in p.structs("BlockDeviceMapping") {
-        let device = m.str("DeviceName").unwrap_or(ROOT_DEVICE);
-        let is_root = ["/dev/sda1", "/dev/sda", "/dev/xvda", "/dev/vda", "/dev/nvme0n1"].contains(&device);
-        if !is_root {
-            return Err(Ec2Error::bad(
-                "UnsupportedOperation",
-                format!("block device mapping {}: only the root device (/dev/sda1 or /dev/xvda) can be set at launch; create data disks with CreateVolume and AttachVolume", device.chars().take(40).collect::<String>()),
-            ));
-        }
-        if let Some(size) = m.int_in("Ebs.VolumeSize", 1..=crate::validate::MAX_DISK_GIB as i64)? {
-            root_gib = Some(size as u64);
-        }
-    }
+    let mappings = super::block_devices::parse(p)?;
     if let Some(z) = p.str("Placement.AvailabilityZone").filter(|z| !z.is_empty()) {
         if z != ctx.config.availability_zone {
             return Err(Ec2Error::invalid(format!(
@@ -537,7 +527,9 @@ fn parse_run(ctx: &Ctx, p: &Params) -> Ec2Result<RunRequest> {
         group_ids,
         group_names: p.list("SecurityGroup"),
         tags,
-        root_gib,
+        volume_tags,
+        root_gib: mappings.root_gib,
+        volumes: mappings.volumes,
         client_token,
         http_tokens: p.str("MetadataOptions.HttpTokens").map(str::to_string),
         subnet_id,
@@ -581,7 +573,7 @@ pub async fn run(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answe
         }
     }
     let groups = super::security_groups::resolve(ctx, &project, &req.group_ids, &req.group_names).await?;
-    for (k, v) in &req.tags {
+    for (k, v) in req.tags.iter().chain(&req.volume_tags) {
         crate::validate::tag(k, v).in_domain(Domain::Instance)?;
     }
     let network = subnet_of(ctx, caller, &project, &req).await?;
@@ -718,7 +710,22 @@ async fn launch_all(
             networks: &[],
             private_address: req.private_address.as_deref(),
         };
-        match app::instances::launch(ctx, caller, &create, record).await {
+        let launched = match app::instances::launch(ctx, caller, &create, record).await {
+            Ok(row) if req.volumes.is_empty() => Ok(row),
+            Ok(row) => {
+                match app::volumes::create_for_launch(ctx, caller, &row.id, &req.volumes, &req.volume_tags).await {
+                    Ok(_) => Ok(row),
+                    Err(e) => {
+                        // Its volumes made so far go with it.
+                        let _ = ctx.store.terminate(&row.id).await;
+                        ctx.bump();
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match launched {
             Ok(row) => rows.push(row),
             Err(e) if rows.len() >= req.min as usize => {
                 tracing::info!(error = %e, launched = rows.len(), "RunInstances launched fewer than MaxCount");

@@ -15,6 +15,7 @@
 //! (answers), `error` (EC2 error codes), and one module per resource.
 
 pub mod addresses;
+pub mod block_devices;
 pub mod catalog;
 pub mod error;
 pub mod instance_status;
@@ -305,6 +306,8 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, hos
         "CreateVpc" => vpcs::create_vpc(ctx, caller, p).await,
         "DescribeVpcs" => vpcs::describe_vpcs(ctx, caller, p).await,
         "DeleteVpc" => vpcs::delete_vpc(ctx, caller, p).await,
+        "DescribeVpcAttribute" => vpcs::describe_vpc_attribute(ctx, caller, p).await,
+        "ModifyVpcAttribute" => vpcs::modify_vpc_attribute(ctx, caller, p).await,
         "CreateSubnet" => vpcs::create_subnet(ctx, caller, p).await,
         "DescribeSubnets" => vpcs::describe_subnets(ctx, caller, p).await,
         "DeleteSubnet" => vpcs::delete_subnet(ctx, caller, p).await,
@@ -320,7 +323,7 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, hos
             StatusCode::BAD_REQUEST,
             "InvalidAction",
             format!(
-                "The action {} is not valid for this web service; Nubo serves: RunInstances, DescribeInstances, DescribeInstanceStatus, Start/Stop/Reboot/TerminateInstances, GetConsoleOutput, DescribeInstanceTypes, DescribeImages, Create/Describe/Attach/Detach/DeleteVolume(s), Create/Import/Describe/DeleteKeyPair(s), Create/Describe/DeleteSecurityGroup(s), Authorize/RevokeSecurityGroupIngress, Authorize/RevokeSecurityGroupEgress, Create/Describe/DeleteVpc(s), Create/Describe/DeleteSubnet(s), Allocate/Associate/Disassociate/Release/DescribeAddress(es), Create/Delete/DescribeTags, DescribeRegions, DescribeAvailabilityZones",
+                "The action {} is not valid for this web service; Nubo serves: RunInstances, DescribeInstances, DescribeInstanceStatus, Start/Stop/Reboot/TerminateInstances, GetConsoleOutput, DescribeInstanceTypes, DescribeImages, Create/Describe/Attach/Detach/DeleteVolume(s), Create/Import/Describe/DeleteKeyPair(s), Create/Describe/DeleteSecurityGroup(s), Authorize/RevokeSecurityGroupIngress, Authorize/RevokeSecurityGroupEgress, Create/Describe/DeleteVpc(s), Describe/ModifyVpcAttribute, Create/Describe/DeleteSubnet(s), Allocate/Associate/Disassociate/Release/DescribeAddress(es), Create/Delete/DescribeTags, DescribeRegions, DescribeAvailabilityZones",
                 other.chars().take(64).collect::<String>()
             ),
         )),

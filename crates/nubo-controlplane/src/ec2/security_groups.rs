@@ -96,7 +96,13 @@ pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
     if name == crate::security_groups::DEFAULT_GROUP {
         ctx.store.ensure_default_security_group(&project).await?;
     }
-    let Some(g) = ctx.store.create_security_group(&project, name, description).await? else {
+    // The VPC is remembered for DescribeSecurityGroups' vpcId and its
+    // `vpc-id` filter; the group applies on every network of the project.
+    let network = match p.str("VpcId").filter(|v| !v.is_empty()) {
+        Some(vpc) => Some(super::vpcs::load_vpc(ctx, caller, vpc, Access::Write).await?.id),
+        None => None,
+    };
+    let Some(g) = ctx.store.create_security_group(&project, name, description, network.as_deref()).await? else {
         return Err(Ec2Error::bad("InvalidGroup.Duplicate", format!("The security group '{name}' already exists")));
     };
     let mut tags = Vec::new();
@@ -116,16 +122,20 @@ pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
     Ok(vec![El::text("return", "true"), El::text("groupId", &g.id), xml::tag_set(tags.iter().map(|(k, v)| (k, v)))])
 }
 
-fn permission_el(r: &RuleRow, names: &HashMap<String, String>) -> El {
+/// One EC2 permission: the rules of one protocol and port range, with
+/// all their sources (EC2 answers a permission per protocol and ports,
+/// listing every CIDR and group that it lets in).
+fn permission_el(rules: &[&RuleRow], names: &HashMap<String, String>) -> El {
+    let r = rules[0];
     let mut item = El::item().field("ipProtocol", &r.protocol);
     if r.protocol != "-1" {
         item = item.field("fromPort", r.from_port).field("toPort", r.to_port);
     }
-    let groups = r
-        .source_group_id
+    let groups = rules
         .iter()
+        .filter_map(|r| r.source_group_id.as_ref())
         .map(|g| El::item().field("groupId", g).opt("groupName", names.get(g)).field("userId", ""));
-    let ranges = r.cidr.iter().map(|c| {
+    let ranges = rules.iter().filter_map(|r| r.cidr.as_ref().map(|c| (c, r))).map(|(c, r)| {
         El::item().field("cidrIp", c).opt("description", (!r.description.is_empty()).then_some(&r.description))
     });
     item.child(El::list("groups", groups))
@@ -134,13 +144,30 @@ fn permission_el(r: &RuleRow, names: &HashMap<String, String>) -> El {
         .child(El::new("prefixListIds"))
 }
 
+/// A rule's protocol and port range: what one EC2 permission covers.
+type Ports<'a> = (&'a str, i64, i64);
+
+/// A group's rules of one direction as EC2's permissions, in the order
+/// their first rule was made.
+fn permissions(rules: &[RuleRow], group: &str, direction: &str, names: &HashMap<String, String>) -> Vec<El> {
+    let mut by_ports: Vec<(Ports, Vec<&RuleRow>)> = Vec::new();
+    for r in rules.iter().filter(|r| r.group_id == group && r.direction == direction) {
+        let key = (r.protocol.as_str(), r.from_port, r.to_port);
+        match by_ports.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, same)) => same.push(r),
+            None => by_ports.push((key, vec![r])),
+        }
+    }
+    by_ports.iter().map(|(_, rules)| permission_el(rules, names)).collect()
+}
+
 pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
     let project = project_of(caller)?;
     ctx.store.ensure_default_security_group(&project).await?;
     let ids = p.list("GroupId");
     let names = p.list("GroupName");
     let filters = p.filters()?;
-    query::check_filters(&filters, &["group-id", "group-name", "description"], true)?;
+    query::check_filters(&filters, &["group-id", "group-name", "description", "vpc-id", "owner-id"], true)?;
     let page = Page::parse(p, 5, 1000)?;
     let groups = ctx.store.security_groups(Some(&project)).await?;
     for id in &ids {
@@ -166,24 +193,21 @@ pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<
                 "group-id" => vec![g.id.clone()],
                 "group-name" => vec![g.name.clone()],
                 "description" => vec![g.description.clone()],
+                "vpc-id" => vpc_of(g).into_iter().collect(),
+                "owner-id" => vec![g.project_id.clone()],
                 other => query::tag_field(other, tags.get(&g.id)),
             })
         })
         .collect();
     let (selected, next) = page.apply(selected);
     let items = selected.into_iter().map(|g| {
-        let of = |direction: &str| {
-            rules
-                .iter()
-                .filter(|r| r.group_id == g.id && r.direction == direction)
-                .map(|r| permission_el(r, &group_names))
-                .collect::<Vec<_>>()
-        };
+        let of = |direction: &str| permissions(&rules, &g.id, direction, &group_names);
         El::item()
             .field("ownerId", &g.project_id)
             .field("groupId", &g.id)
             .field("groupName", &g.name)
             .field("groupDescription", &g.description)
+            .opt("vpcId", vpc_of(g).as_ref())
             .child(El::list("ipPermissions", of("ingress")))
             .child(El::list("ipPermissionsEgress", of("egress")))
             .child(xml::tag_set(tags.get(&g.id).unwrap_or(&empty)))
@@ -193,6 +217,11 @@ pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<
         out.push(El::text("nextToken", n));
     }
     Ok(out)
+}
+
+/// The VPC id of the network a group was made in, if one was named.
+fn vpc_of(g: &SecurityGroupRow) -> Option<String> {
+    g.network_id.as_deref().map(|n| crate::networks::ec2_ids(n).0)
 }
 
 /// `tcp`/`6`, `udp`/`17`, `icmp`/`1` or `-1`/`all`, as EC2 accepts them.

@@ -214,7 +214,9 @@ pub async fn describe_vpcs(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Re
     let filters = p.filters()?;
     query::check_filters(
         &filters,
-        &["vpc-id", "cidr", "cidr-block-association.cidr-block", "is-default", "state", "owner-id"],
+        // `cidr-block` is not in EC2's list but EC2 takes it as `cidr`, and
+        // Ansible's ec2_vpc_net looks VPCs up by it.
+        &["vpc-id", "cidr", "cidr-block", "cidr-block-association.cidr-block", "is-default", "state", "owner-id"],
         true,
     )?;
     let page = Page::parse(p, 5, 1000)?;
@@ -230,7 +232,7 @@ pub async fn describe_vpcs(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Re
             let (vpc, _) = ec2_ids(&n.id);
             query::matches(&filters, |f| match f {
                 "vpc-id" => vec![vpc.clone()],
-                "cidr" | "cidr-block-association.cidr-block" => vec![n.cidr.clone()],
+                "cidr" | "cidr-block" | "cidr-block-association.cidr-block" => vec![n.cidr.clone()],
                 "is-default" => vec![(n.is_default == 1).to_string()],
                 "state" => vec!["available".into()],
                 "owner-id" => vec![n.project_id.clone()],
@@ -252,6 +254,59 @@ pub async fn delete_vpc(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Resul
     let id = p.required("VpcId")?;
     let n = load(ctx, caller, Kind::Vpc, id, Access::Write).await?;
     crate::app::networks::delete(ctx, caller, &n.id).await.map_err(|e| dependency(e, id))?;
+    Ok(vec![El::text("return", "true")])
+}
+
+/// The VPC attributes EC2 lets a client read and set: DNS resolution and
+/// DNS host names, both always on here (every Nubo network serves DNS and
+/// names its instances), so reading answers `true` and setting `true`
+/// changes nothing. Ansible's ec2_vpc_net reads both on every run.
+const VPC_ATTRIBUTES: &[(&str, &str)] =
+    &[("enableDnsSupport", "EnableDnsSupport"), ("enableDnsHostnames", "EnableDnsHostnames")];
+
+/// DescribeVpcAttribute: `enableDnsSupport` or `enableDnsHostnames`.
+pub async fn describe_vpc_attribute(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
+    let id = p.required("VpcId")?;
+    let attribute = p.required("Attribute")?;
+    let n = load(ctx, caller, Kind::Vpc, id, Access::Read).await?;
+    let Some((attribute, _)) = VPC_ATTRIBUTES.iter().find(|(a, _)| *a == attribute) else {
+        return Err(Ec2Error::invalid(format!(
+            "Value ({}) for parameter attribute is invalid: Nubo serves enableDnsSupport and enableDnsHostnames",
+            attribute.chars().take(40).collect::<String>()
+        )));
+    };
+    let (vpc, _) = ec2_ids(&n.id);
+    Ok(vec![El::text("vpcId", vpc), El::new(attribute).field("value", true)])
+}
+
+/// ModifyVpcAttribute: `EnableDnsSupport.Value` or
+/// `EnableDnsHostnames.Value` (one per request, as EC2 requires); `true`
+/// is what they are, `false` is refused because networks cannot drop DNS.
+pub async fn modify_vpc_attribute(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
+    let id = p.required("VpcId")?;
+    let mut asked = Vec::new();
+    for (_, param) in VPC_ATTRIBUTES {
+        if let Some(v) = p.bool(&format!("{param}.Value"))? {
+            asked.push((*param, v));
+        }
+    }
+    let (param, value) = match asked.as_slice() {
+        [] => return Err(Ec2Error::missing("EnableDnsSupport.Value or EnableDnsHostnames.Value")),
+        [one] => *one,
+        _ => {
+            return Err(Ec2Error::bad(
+                "InvalidParameterCombination",
+                "Only one attribute can be modified at a time: send EnableDnsSupport and EnableDnsHostnames in two requests",
+            ))
+        }
+    };
+    load(ctx, caller, Kind::Vpc, id, Access::Write).await?;
+    if !value {
+        return Err(Ec2Error::bad(
+            "UnsupportedOperation",
+            format!("{param} cannot be turned off: every Nubo network serves DNS to its instances and names them"),
+        ));
+    }
     Ok(vec![El::text("return", "true")])
 }
 

@@ -43,7 +43,13 @@ impl Aws {
     }
 
     pub fn command(&self, program: &str, secret: &str) -> Command {
-        let mut c = Command::new(self.venv.join("bin").join(program));
+        self.command_at(&self.venv.join("bin").join(program), secret)
+    }
+
+    /// `program` (of any virtualenv) with this cloud's endpoint and key
+    /// in its environment, and nothing of the machine's AWS setup.
+    pub fn command_at(&self, program: &std::path::Path, secret: &str) -> Command {
+        let mut c = Command::new(program);
         for (k, _) in std::env::vars() {
             if k.starts_with("AWS_") || k.starts_with("BOTO") {
                 c.env_remove(k);

@@ -39,10 +39,27 @@ pub fn image_cache() -> PathBuf {
 /// code.
 pub const AWS_PIP_PACKAGES: &[&str] = &["awscli==1.46.3", "boto3==1.44.8"];
 
+/// Ansible with its bundled `amazon.aws` collection (PyPI's `ansible`
+/// package; ansible-galaxy's server is not needed) and the boto3 that
+/// the collection drives, pinned as [`AWS_PIP_PACKAGES`] are.
+pub const ANSIBLE_PIP_PACKAGES: &[&str] = &["ansible==12.3.0", "boto3==1.44.8"];
+
 /// The virtualenv with `aws` and boto3 (`<repo>/.cache/venv-aws`), made
 /// when missing (needs PyPI) and shared by every test that drives them.
 pub fn aws_venv() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/venv-aws");
+    venv("venv-aws", AWS_PIP_PACKAGES, "aws")
+}
+
+/// The virtualenv with `ansible-playbook` (`<repo>/.cache/venv-ansible`).
+pub fn ansible_venv() -> PathBuf {
+    venv("venv-ansible", ANSIBLE_PIP_PACKAGES, "ansible-playbook")
+}
+
+/// `<repo>/.cache/NAME`, a virtualenv with `packages` installed, made
+/// when missing or when the pins changed; `program` is one of its
+/// commands, checked to be there.
+fn venv(name: &str, packages: &[&str], program: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache").join(name);
     std::fs::create_dir_all(dir.parent().expect("cache dir")).expect("create .cache");
     // Tests run in processes side by side: the first makes the venv while
     // the others wait on this lock, instead of all writing into one venv.
@@ -51,8 +68,9 @@ pub fn aws_venv() -> PathBuf {
     let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
     assert_eq!(locked, 0, "cannot lock {}: {}", dir.display(), std::io::Error::last_os_error());
     let ready = dir.join(".nubo-ready");
-    let want = AWS_PIP_PACKAGES.join(" ");
-    if std::fs::read_to_string(&ready).ok().as_deref() == Some(want.as_str()) && dir.join("bin/aws").exists() {
+    let want = packages.join(" ");
+    if std::fs::read_to_string(&ready).ok().as_deref() == Some(want.as_str()) && dir.join("bin").join(program).exists()
+    {
         return dir;
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -63,7 +81,7 @@ pub fn aws_venv() -> PathBuf {
     assert!(st.success(), "python3 -m venv failed: install python3-venv (scripts/install-deps.sh does)");
     let st = Command::new(dir.join("bin/pip"))
         .args(["install", "--quiet", "--disable-pip-version-check"])
-        .args(AWS_PIP_PACKAGES)
+        .args(packages)
         .status()
         .expect("run pip");
     assert!(st.success(), "pip install {want} failed (it needs PyPI)");
