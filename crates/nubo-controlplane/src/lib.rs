@@ -49,6 +49,7 @@ pub mod testdb;
 pub mod tls;
 pub mod tsdb;
 pub mod validate;
+pub mod volume_modifications;
 pub mod volumes;
 pub mod wakeups;
 pub mod webhooks;

@@ -10,12 +10,14 @@
 use crate::auth::Caller;
 use crate::authz::{self, Access};
 use crate::error::{AppError, AppResult};
+use crate::volume_modifications::{ModificationState, VolumeModificationRow};
 use crate::volumes::{AttachOutcome, NewVolume, SnapshotRow, StorageClaimError, VolumeRow};
 use crate::{placement, validate, Ctx};
 use nubo_api::agent::PowerState;
 use nubo_api::ids::{SnapshotId, VolumeId};
 use nubo_api::params::{SnapshotCreate, VolumeAttach, VolumeCreate, VolumeExtend};
 use nubo_api::views::{AttachState, InstanceState, Snapshot, SnapshotState, Volume, VolumeAttachment, VolumeState};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 fn parse<T: std::str::FromStr<Err = nubo_api::ids::IdError>>(id: &str) -> AppResult<T> {
@@ -462,4 +464,116 @@ fn about(e: AppError, device: &str) -> AppError {
         AppError::Unavailable(m) => AppError::Unavailable(what(m)),
         other => other,
     }
+}
+
+/// The longest snapshot description (EC2's limit for `Description`).
+pub const MAX_SNAPSHOT_DESCRIPTION: usize = 255;
+
+/// Takes a snapshot as `create_snapshot` does, keeping a free-text
+/// description beside it (EC2's CreateSnapshot `Description`).
+pub async fn create_described_snapshot(
+    ctx: &Arc<Ctx>,
+    caller: &Caller,
+    id: &str,
+    p: &SnapshotCreate,
+    description: &str,
+) -> AppResult<SnapshotRow> {
+    if description.len() > MAX_SNAPSHOT_DESCRIPTION || description.chars().any(char::is_control) {
+        return Err(AppError::BadRequest(format!(
+            "a snapshot description is at most {MAX_SNAPSHOT_DESCRIPTION} bytes of printable text"
+        )));
+    }
+    let s = create_snapshot(ctx, caller, id, p).await?;
+    if !description.is_empty() {
+        ctx.store.set_snapshot_description(&s.id, description).await?;
+    }
+    Ok(s)
+}
+
+/// The descriptions of the snapshots the caller may see, by snapshot id.
+pub async fn snapshot_descriptions(ctx: &Arc<Ctx>, caller: &Caller) -> AppResult<HashMap<String, String>> {
+    let Some(project) = authz::list_scope(caller) else { return Ok(HashMap::new()) };
+    Ok(ctx.store.snapshot_descriptions(project.as_deref()).await?)
+}
+
+const GIB: i64 = 1 << 30;
+
+/// Where a modification of `v` stands now, if it moved: `modifying` until
+/// the host reports the file grown (or fails: the volume's error, set
+/// after the modification began), then `optimizing` while an attached
+/// guest still sees the old size, then `completed`.
+fn next_modification_state(m: &VolumeModificationRow, v: &VolumeRow) -> Option<(ModificationState, Option<String>)> {
+    if !m.state.is_open() {
+        return None;
+    }
+    if v.actual_size_gib < m.target_size_gib {
+        let failed = m.state == ModificationState::Modifying && v.updated_at_ms >= m.started_at_ms;
+        return match (&v.error, failed) {
+            (Some(e), true) => Some((ModificationState::Failed, Some(e.clone()))),
+            _ => None,
+        };
+    }
+    let guest_behind = v.attach_state == Some(AttachState::Attached)
+        && v.guest_size_bytes.is_some_and(|b| b < m.target_size_gib.saturating_mul(GIB));
+    let to = if guest_behind { ModificationState::Optimizing } else { ModificationState::Completed };
+    (to != m.state).then_some((to, None))
+}
+
+/// Moves a modification on to where the volume now is. Done when it is
+/// looked at, not by a background task: its state follows from the
+/// volume's row alone, and the time it is first seen over is its end time.
+async fn refresh_modification(ctx: &Ctx, m: VolumeModificationRow, v: &VolumeRow) -> AppResult<VolumeModificationRow> {
+    let Some((to, message)) = next_modification_state(&m, v) else { return Ok(m) };
+    ctx.store.move_volume_modification(&m, to, message.as_deref()).await?;
+    // Whoever moved it (this request or another), the row says where it is now.
+    Ok(ctx.store.latest_volume_modification(&m.volume_id).await?.unwrap_or(m))
+}
+
+/// The latest modification of a volume the caller may see, if it was
+/// ever modified.
+pub async fn modification(ctx: &Ctx, caller: &Caller, id: &str) -> AppResult<Option<VolumeModificationRow>> {
+    let v = load(ctx, caller, id, Access::Read).await?;
+    match ctx.store.latest_volume_modification(&v.id).await? {
+        Some(m) => Ok(Some(refresh_modification(ctx, m, &v).await?)),
+        None => Ok(None),
+    }
+}
+
+/// The latest modification of each volume the caller may see (those of
+/// deleted volumes are not shown), in the order they began.
+pub async fn modifications(ctx: &Arc<Ctx>, caller: &Caller) -> AppResult<Vec<VolumeModificationRow>> {
+    let Some(project) = authz::list_scope(caller) else { return Ok(Vec::new()) };
+    let volumes: HashMap<String, VolumeRow> =
+        ctx.store.volumes(project.as_deref()).await?.into_iter().map(|v| (v.id.clone(), v)).collect();
+    let mut out = Vec::new();
+    for m in ctx.store.latest_volume_modifications(project.as_deref()).await? {
+        if let Some(v) = volumes.get(&m.volume_id) {
+            out.push(refresh_modification(ctx, m, v).await?);
+        }
+    }
+    Ok(out)
+}
+
+/// Grows a volume as `extend` does and records the modification (EC2's
+/// ModifyVolume); refused while the volume's previous modification is
+/// still being made by its host. Returns the volume and the record.
+pub async fn modify(
+    ctx: &Arc<Ctx>,
+    caller: &Caller,
+    id: &str,
+    p: &VolumeExtend,
+) -> AppResult<(VolumeRow, VolumeModificationRow)> {
+    let v = load(ctx, caller, id, Access::Write).await?;
+    if let Some(m) = modification(ctx, caller, id).await? {
+        if m.state == ModificationState::Modifying {
+            return Err(AppError::Conflict(format!(
+                "volume {} is still being grown to {} GiB; modify it again once that is done",
+                v.id, m.target_size_gib
+            )));
+        }
+    }
+    let grown = extend(ctx, caller, id, p).await?;
+    let m = ctx.store.insert_volume_modification(&v.id, &v.project_id, v.size_gib, grown.size_gib).await?;
+    tracing::info!(volume = %v.id, from = v.size_gib, to = grown.size_gib, "volume modification recorded");
+    Ok((grown, m))
 }

@@ -10,7 +10,9 @@
 //! `instance_status` (EC2's status checks from Nubo's own),
 //! `sts` (STS's GetCallerIdentity, signed for service `sts` to this URL),
 //! `vpcs` (VPCs and subnets over private networks), `addresses`
-//! (Elastic IPs over floating IPs),
+//! (Elastic IPs over floating IPs), `snapshots` (over volume snapshots),
+//! `images` (CreateImage, DeregisterImage), `volume_modifications`
+//! (ModifyVolume and its records),
 //! `query` (parameters), `xml`
 //! (answers), `error` (EC2 error codes), and one module per resource.
 
@@ -18,6 +20,7 @@ pub mod addresses;
 pub mod block_devices;
 pub mod catalog;
 pub mod error;
+pub mod images;
 pub mod instance_status;
 pub mod instances;
 pub mod keypairs;
@@ -25,8 +28,10 @@ pub mod query;
 pub mod replay;
 pub mod security_groups;
 pub mod sigv4;
+pub mod snapshots;
 pub mod sts;
 pub mod tags;
+pub mod volume_modifications;
 pub mod volumes;
 pub mod vpcs;
 pub mod xml;
@@ -292,6 +297,13 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, hos
         "AttachVolume" => volumes::attach(ctx, caller, p).await,
         "DetachVolume" => volumes::detach(ctx, caller, p).await,
         "DeleteVolume" => volumes::delete(ctx, caller, p).await,
+        "ModifyVolume" => volume_modifications::modify(ctx, caller, p).await,
+        "DescribeVolumesModifications" => volume_modifications::describe(ctx, caller, p).await,
+        "CreateSnapshot" => snapshots::create(ctx, caller, p).await,
+        "DescribeSnapshots" => snapshots::describe(ctx, caller, p).await,
+        "DeleteSnapshot" => snapshots::delete(ctx, caller, p).await,
+        "CreateImage" => images::create(ctx, caller, p).await,
+        "DeregisterImage" => images::deregister(ctx, caller, p).await,
         "CreateKeyPair" => keypairs::create(ctx, caller, p).await,
         "ImportKeyPair" => keypairs::import(ctx, caller, p).await,
         "DescribeKeyPairs" => keypairs::describe(ctx, caller, p).await,
@@ -323,7 +335,7 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, hos
             StatusCode::BAD_REQUEST,
             "InvalidAction",
             format!(
-                "The action {} is not valid for this web service; Nubo serves: RunInstances, DescribeInstances, DescribeInstanceStatus, Start/Stop/Reboot/TerminateInstances, GetConsoleOutput, DescribeInstanceTypes, DescribeImages, Create/Describe/Attach/Detach/DeleteVolume(s), Create/Import/Describe/DeleteKeyPair(s), Create/Describe/DeleteSecurityGroup(s), Authorize/RevokeSecurityGroupIngress, Authorize/RevokeSecurityGroupEgress, Create/Describe/DeleteVpc(s), Describe/ModifyVpcAttribute, Create/Describe/DeleteSubnet(s), Allocate/Associate/Disassociate/Release/DescribeAddress(es), Create/Delete/DescribeTags, DescribeRegions, DescribeAvailabilityZones",
+                "The action {} is not valid for this web service; Nubo serves: RunInstances, DescribeInstances, DescribeInstanceStatus, Start/Stop/Reboot/TerminateInstances, GetConsoleOutput, DescribeInstanceTypes, DescribeImages, CreateImage, DeregisterImage, Create/Describe/Attach/Detach/DeleteVolume(s), ModifyVolume, DescribeVolumesModifications, Create/Describe/DeleteSnapshot(s), Create/Import/Describe/DeleteKeyPair(s), Create/Describe/DeleteSecurityGroup(s), Authorize/RevokeSecurityGroupIngress, Authorize/RevokeSecurityGroupEgress, Create/Describe/DeleteVpc(s), Describe/ModifyVpcAttribute, Create/Describe/DeleteSubnet(s), Allocate/Associate/Disassociate/Release/DescribeAddress(es), Create/Delete/DescribeTags, DescribeRegions, DescribeAvailabilityZones",
                 other.chars().take(64).collect::<String>()
             ),
         )),

@@ -33,7 +33,7 @@ pub fn device_of(v: &VolumeRow) -> String {
     format!("/dev/sd{}", (b'f' + slot) as char)
 }
 
-fn parse_volume_id(id: &str) -> Ec2Result<VolumeId> {
+pub(crate) fn parse_volume_id(id: &str) -> Ec2Result<VolumeId> {
     id.parse().map_err(|_| {
         Ec2Error::bad(
             "InvalidVolumeID.Malformed",
