@@ -302,6 +302,7 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, hos
         "CreateSnapshot" => snapshots::create(ctx, caller, p).await,
         "DescribeSnapshots" => snapshots::describe(ctx, caller, p).await,
         "DeleteSnapshot" => snapshots::delete(ctx, caller, p).await,
+        "DescribeSnapshotAttribute" => snapshots::describe_attribute(ctx, caller, p).await,
         "CreateImage" => images::create(ctx, caller, p).await,
         "DeregisterImage" => images::deregister(ctx, caller, p).await,
         "CreateKeyPair" => keypairs::create(ctx, caller, p).await,
@@ -335,7 +336,7 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, hos
             StatusCode::BAD_REQUEST,
             "InvalidAction",
             format!(
-                "The action {} is not valid for this web service; Nubo serves: RunInstances, DescribeInstances, DescribeInstanceStatus, Start/Stop/Reboot/TerminateInstances, GetConsoleOutput, DescribeInstanceTypes, DescribeImages, CreateImage, DeregisterImage, Create/Describe/Attach/Detach/DeleteVolume(s), ModifyVolume, DescribeVolumesModifications, Create/Describe/DeleteSnapshot(s), Create/Import/Describe/DeleteKeyPair(s), Create/Describe/DeleteSecurityGroup(s), Authorize/RevokeSecurityGroupIngress, Authorize/RevokeSecurityGroupEgress, Create/Describe/DeleteVpc(s), Describe/ModifyVpcAttribute, Create/Describe/DeleteSubnet(s), Allocate/Associate/Disassociate/Release/DescribeAddress(es), Create/Delete/DescribeTags, DescribeRegions, DescribeAvailabilityZones",
+                "The action {} is not valid for this web service; Nubo serves: RunInstances, DescribeInstances, DescribeInstanceStatus, Start/Stop/Reboot/TerminateInstances, GetConsoleOutput, DescribeInstanceTypes, DescribeImages, CreateImage, DeregisterImage, Create/Describe/Attach/Detach/DeleteVolume(s), ModifyVolume, DescribeVolumesModifications, Create/Describe/DeleteSnapshot(s), DescribeSnapshotAttribute, Create/Import/Describe/DeleteKeyPair(s), Create/Describe/DeleteSecurityGroup(s), Authorize/RevokeSecurityGroupIngress, Authorize/RevokeSecurityGroupEgress, Create/Describe/DeleteVpc(s), Describe/ModifyVpcAttribute, Create/Describe/DeleteSubnet(s), Allocate/Associate/Disassociate/Release/DescribeAddress(es), Create/Delete/DescribeTags, DescribeRegions, DescribeAvailabilityZones",
                 other.chars().take(64).collect::<String>()
             ),
         )),

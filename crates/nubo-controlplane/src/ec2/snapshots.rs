@@ -205,3 +205,27 @@ pub async fn delete(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
     ctx.store.delete_tags(std::slice::from_ref(&s.id), &[]).await?;
     Ok(vec![El::text("return", "true")])
 }
+
+/// DescribeSnapshotAttribute: `createVolumePermission` (who else may make
+/// volumes from it: nobody, as snapshots are not shared between projects
+/// here) and `productCodes` (none). Ansible's ec2_snapshot_info asks for
+/// the first of every snapshot it lists.
+pub async fn describe_attribute(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
+    let id = parse_snapshot_id(p.required("SnapshotId")?)?;
+    let attribute = p.required("Attribute")?;
+    let s = app::load_snapshot(ctx, caller, id.as_str(), Access::Read).await.in_domain(Domain::Volume)?;
+    if status(s.state).is_none() {
+        return Err(Ec2Error::not_found("snapshot", &[s.id]));
+    }
+    let list = match attribute {
+        "createVolumePermission" => "createVolumePermission",
+        "productCodes" => "productCodes",
+        other => {
+            return Err(Ec2Error::invalid(format!(
+                "Value ({}) for parameter attribute is invalid: use createVolumePermission or productCodes",
+                other.chars().take(40).collect::<String>()
+            )))
+        }
+    };
+    Ok(vec![El::text("snapshotId", s.id), El::new(list)])
+}
