@@ -9,6 +9,7 @@
 //! Modules: `sigv4` (signature checks), `replay` (each signature once),
 //! `instance_status` (EC2's status checks from Nubo's own),
 //! `sts` (STS's GetCallerIdentity, signed for service `sts` to this URL),
+//! `launch_templates` (launch templates, and RunInstances from one),
 //! `vpcs` (VPCs and subnets over private networks), `addresses`
 //! (Elastic IPs over floating IPs),
 //! `query` (parameters), `xml`
@@ -20,6 +21,7 @@ pub mod error;
 pub mod instance_status;
 pub mod instances;
 pub mod keypairs;
+pub mod launch_templates;
 pub mod query;
 pub mod replay;
 pub mod security_groups;
@@ -316,11 +318,18 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, hos
         "CreateTags" => tags::create(ctx, caller, p).await,
         "DeleteTags" => tags::delete(ctx, caller, p).await,
         "DescribeTags" => tags::describe(ctx, caller, p).await,
+        "CreateLaunchTemplate" => launch_templates::create(ctx, caller, p).await,
+        "DescribeLaunchTemplates" => launch_templates::describe(ctx, caller, p).await,
+        "ModifyLaunchTemplate" => launch_templates::modify(ctx, caller, p).await,
+        "DeleteLaunchTemplate" => launch_templates::delete(ctx, caller, p).await,
+        "CreateLaunchTemplateVersion" => launch_templates::create_version(ctx, caller, p).await,
+        "DescribeLaunchTemplateVersions" => launch_templates::describe_versions(ctx, caller, p).await,
+        "DeleteLaunchTemplateVersions" => launch_templates::delete_versions(ctx, caller, p).await,
         other => Err(Ec2Error::new(
             StatusCode::BAD_REQUEST,
             "InvalidAction",
             format!(
-                "The action {} is not valid for this web service; Nubo serves: RunInstances, DescribeInstances, DescribeInstanceStatus, Start/Stop/Reboot/TerminateInstances, GetConsoleOutput, DescribeInstanceTypes, DescribeImages, Create/Describe/Attach/Detach/DeleteVolume(s), Create/Import/Describe/DeleteKeyPair(s), Create/Describe/DeleteSecurityGroup(s), Authorize/RevokeSecurityGroupIngress, Authorize/RevokeSecurityGroupEgress, Create/Describe/DeleteVpc(s), Create/Describe/DeleteSubnet(s), Allocate/Associate/Disassociate/Release/DescribeAddress(es), Create/Delete/DescribeTags, DescribeRegions, DescribeAvailabilityZones",
+                "The action {} is not valid for this web service; Nubo serves: RunInstances, DescribeInstances, DescribeInstanceStatus, Start/Stop/Reboot/TerminateInstances, GetConsoleOutput, DescribeInstanceTypes, DescribeImages, Create/Describe/Attach/Detach/DeleteVolume(s), Create/Import/Describe/DeleteKeyPair(s), Create/Describe/DeleteSecurityGroup(s), Authorize/RevokeSecurityGroupIngress, Authorize/RevokeSecurityGroupEgress, Create/Describe/DeleteVpc(s), Create/Describe/DeleteSubnet(s), Allocate/Associate/Disassociate/Release/DescribeAddress(es), Create/Delete/DescribeTags, Create/Describe/Modify/DeleteLaunchTemplate(s), Create/Describe/DeleteLaunchTemplateVersion(s), DescribeRegions, DescribeAvailabilityZones",
                 other.chars().take(64).collect::<String>()
             ),
         )),
