@@ -246,7 +246,7 @@ async fn ec2_launch_templates_answer_as_ec2_and_run_instances_from_them() {
 
     // Describe: by name, by id, by filters.
     let xml = ok(&t, &k, &[("Action", "DescribeLaunchTemplates"), ("LaunchTemplateName.1", "web")]).await;
-    assert_eq!(all(&xml, "launchTemplateId"), [id.clone()]);
+    assert_eq!(all(&xml, "launchTemplateId"), [id.as_str()]);
     assert!(xml.contains("<launchTemplates><item>"), "{xml}");
     for (name, value, hits) in [
         ("tag:env", "prod", 1),
@@ -330,7 +330,7 @@ async fn ec2_launch_templates_answer_as_ec2_and_run_instances_from_them() {
     assert_eq!(view["disk_gib"], 4);
     assert_eq!(view["metadata_http_tokens"], "required");
     assert_eq!(view["tags"]["Name"], "web");
-    assert_eq!(all(&xml, "groupId"), [sg.clone()], "{xml}");
+    assert_eq!(all(&xml, "groupId"), [sg.as_str()], "{xml}");
 
     // The default moves to 2; the request's own parameters win over the template's.
     let xml =
