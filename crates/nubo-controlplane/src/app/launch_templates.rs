@@ -93,9 +93,6 @@ pub async fn load(ctx: &Ctx, caller: &Caller, reference: &str, access: Access) -
     }
     .ok_or_else(not_found)?;
     authz::check(caller, access, Some(&row.project_id), KIND, reference)?;
-    if access == Access::Write {
-        authz::creation_project(caller)?;
-    }
     Ok(row)
 }
 
