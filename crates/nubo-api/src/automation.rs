@@ -276,8 +276,15 @@ pub struct GroupSchedule {
 pub struct GroupCreate {
     /// 1-63 letters, digits, `-`, `_` or `.`; unique in the project.
     pub name: String,
-    /// What each member is launched as (`name` is ignored: members are `<group>-<n>`).
-    pub template: crate::params::InstanceCreate,
+    /// What each member is launched as (`name` is ignored: members are
+    /// `<group>-<n>`). Give this or `launch_template`.
+    #[serde(default)]
+    pub template: Option<crate::params::InstanceCreate>,
+    /// Launch members from a launch template instead: `NAME` or `lt-...`,
+    /// with `:VERSION`, `:$Default` (the default) or `:$Latest`, resolved
+    /// at each launch (so `$Default` follows the template's default).
+    #[serde(default)]
+    pub launch_template: Option<String>,
     pub min: u32,
     pub max: u32,
     /// Default: `min`.
@@ -303,7 +310,12 @@ pub struct Group {
     pub min: u32,
     pub max: u32,
     pub desired: u32,
+    /// What members are launched as (from a launch template: as its
+    /// version resolved when the group was made).
     pub template: crate::params::InstanceCreate,
+    /// The launch template members are launched from, when there is one.
+    #[serde(default)]
+    pub launch_template: Option<String>,
     pub health_check: Option<GroupHealthCheck>,
     pub schedules: Vec<GroupSchedule>,
     pub members: Vec<GroupMember>,

@@ -10,6 +10,7 @@ pub mod cidr;
 pub mod error;
 pub mod ids;
 pub mod join;
+pub mod launch_templates;
 pub mod lb;
 pub mod monitoring;
 pub mod params;

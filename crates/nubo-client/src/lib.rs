@@ -650,6 +650,55 @@ impl Client {
         self.delete(&format!("/api/v1/groups/{}", path_segment(name))).await
     }
 
+    // ---- launch templates ----
+
+    pub async fn create_launch_template(
+        &self,
+        c: &nubo_api::launch_templates::LaunchTemplateCreate,
+    ) -> Result<nubo_api::launch_templates::LaunchTemplate, ClientError> {
+        self.post("/api/v1/launch-templates", c).await
+    }
+
+    pub async fn launch_templates(&self) -> Result<Vec<nubo_api::launch_templates::LaunchTemplate>, ClientError> {
+        self.get("/api/v1/launch-templates").await
+    }
+
+    /// `name` is a template's name or `lt-...` id.
+    pub async fn launch_template(&self, name: &str) -> Result<nubo_api::launch_templates::LaunchTemplate, ClientError> {
+        self.get(&format!("/api/v1/launch-templates/{}", path_segment(name))).await
+    }
+
+    pub async fn delete_launch_template(&self, name: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/launch-templates/{}", path_segment(name))).await
+    }
+
+    pub async fn create_launch_template_version(
+        &self,
+        name: &str,
+        c: &nubo_api::launch_templates::LaunchTemplateVersionCreate,
+    ) -> Result<nubo_api::launch_templates::LaunchTemplateVersion, ClientError> {
+        self.post(&format!("/api/v1/launch-templates/{}/versions", path_segment(name)), c).await
+    }
+
+    /// `version`: a number or `$Latest`.
+    pub async fn set_launch_template_default(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<nubo_api::launch_templates::LaunchTemplate, ClientError> {
+        let body = nubo_api::launch_templates::LaunchTemplateDefault { version: version.to_string() };
+        self.post(&format!("/api/v1/launch-templates/{}/default", path_segment(name)), &body).await
+    }
+
+    /// Launches one instance from a template (`name`, optionally `NAME:VERSION`).
+    pub async fn launch_from_template(
+        &self,
+        name: &str,
+        l: &nubo_api::launch_templates::LaunchTemplateLaunch,
+    ) -> Result<Instance, ClientError> {
+        self.post(&format!("/api/v1/launch-templates/{}/instances", path_segment(name)), l).await
+    }
+
     // ---- load balancers ----
 
     pub async fn create_lb(

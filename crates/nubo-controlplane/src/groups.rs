@@ -40,6 +40,8 @@ pub struct GroupRow {
     pub launched: i64,
     pub launch_retry_ms: i64,
     pub created_at_ms: i64,
+    /// The launch template members are launched from (see migration 0025).
+    pub launch_template: Option<String>,
 }
 
 impl GroupRow {
@@ -56,10 +58,11 @@ impl GroupRow {
     }
 }
 
-/// Checks a group: bounds, template, health check and schedules.
-pub fn validate(g: &GroupCreate) -> Result<(), String> {
+/// Checks a group: bounds, template (`g.template`, or the launch
+/// template's version it resolved to), health check and schedules.
+pub fn validate(g: &GroupCreate, template: &InstanceCreate) -> Result<(), String> {
     crate::validate::name(&g.name).map_err(|e| e.to_string())?;
-    crate::validate::instance_create(&g.template).map_err(|e| e.to_string())?;
+    crate::validate::instance_create(template).map_err(|e| e.to_string())?;
     let desired = g.desired.unwrap_or(g.min);
     if g.max > 100 || g.min > g.max || desired < g.min || desired > g.max {
         return Err(format!("need min <= desired <= max <= 100; got min {}, desired {desired}, max {}", g.min, g.max));
@@ -68,10 +71,10 @@ pub fn validate(g: &GroupCreate) -> Result<(), String> {
         if !matches!(h.kind.as_str(), "tcp" | "http") {
             return Err("health_check.kind must be tcp or http".into());
         }
-        if !g.template.ports.contains(&h.port) {
+        if !template.ports.contains(&h.port) {
             return Err(format!(
                 "health_check.port {} is not among the template's ports {:?}; add it to template.ports",
-                h.port, g.template.ports
+                h.port, template.ports
             ));
         }
     }
@@ -118,23 +121,31 @@ impl Health {
 }
 
 impl Store {
-    pub async fn insert_group(&self, project: &str, g: &GroupCreate) -> Result<bool, sqlx::Error> {
+    /// Records a group launching `template` (or from `g.launch_template`,
+    /// whose version `template` is).
+    pub async fn insert_group(
+        &self,
+        project: &str,
+        g: &GroupCreate,
+        template: &InstanceCreate,
+    ) -> Result<bool, sqlx::Error> {
         let now = now_ms();
         let r = sqlx::query(
             "INSERT INTO instance_groups (id, project_id, name, template_json, min_size, max_size, desired, health_json,
-               schedules_json, schedule_mark_ms, launched, launch_retry_ms, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, 0, $10) ON CONFLICT DO NOTHING",
+               schedules_json, schedule_mark_ms, launched, launch_retry_ms, created_at_ms, launch_template)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, 0, $10, $11) ON CONFLICT DO NOTHING",
         )
         .bind(format!("grp-{:017x}", rand::random::<u64>() & 0x000f_ffff_ffff_ffff_u64))
         .bind(project)
         .bind(&g.name)
-        .bind(serde_json::to_string(&g.template).unwrap_or_default())
+        .bind(serde_json::to_string(template).unwrap_or_default())
         .bind(i64::from(g.min))
         .bind(i64::from(g.max))
         .bind(i64::from(g.desired.unwrap_or(g.min)))
         .bind(g.health_check.as_ref().map(|h| serde_json::to_string(h).unwrap_or_default()))
         .bind(serde_json::to_string(&g.schedules).unwrap_or_default())
         .bind(now)
+        .bind(g.launch_template.as_deref())
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)

@@ -25,6 +25,7 @@ pub mod instance_batch;
 pub mod instance_types;
 pub mod keys;
 pub mod launch;
+pub mod launch_templates;
 pub mod lb;
 pub mod ldap;
 pub mod ldap_sync;

@@ -99,8 +99,13 @@ pub async fn group(cmd: GroupCmd, conn: &Conn) -> anyhow::Result<()> {
         }
     };
     match cmd {
-        GroupCmd::Create { file } => {
-            let g: nubo_api::automation::GroupCreate = read_document(&file)?;
+        GroupCmd::Create { file, template } => {
+            let mut g: nubo_api::automation::GroupCreate = read_document(&file)?;
+            // The flag replaces the document's own launch parameters.
+            if let Some(t) = template {
+                g.launch_template = Some(t);
+                g.template = None;
+            }
             let g = client(conn)?.create_group(&g).await?;
             emit(conn.output, &g, print)
         }

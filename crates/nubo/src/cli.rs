@@ -61,6 +61,10 @@ pub enum Command {
     /// Instance groups: a launch template kept at a desired count.
     #[command(subcommand)]
     Group(GroupCmd),
+    /// Launch templates: named launch parameters in numbered versions
+    /// (`nubo instance run --template`, groups, EC2's RunInstances).
+    #[command(subcommand)]
+    Template(TemplateCmd),
     /// Private networks: bridged on each host, joined between hosts by VXLAN.
     #[command(subcommand)]
     Network(NetworkCmd),
@@ -579,16 +583,23 @@ impl Conn {
 pub enum InstanceCmd {
     /// Launch an instance; prints its id.
     Run {
-        #[arg(long, default_value = "tiny")]
-        image: String,
-        #[arg(long, default_value_t = 1)]
-        vcpus: u32,
-        /// Memory in MiB.
-        #[arg(long, default_value_t = 256)]
-        memory: u64,
-        /// Root disk in GiB.
-        #[arg(long, default_value_t = 1)]
-        disk: u64,
+        /// Launch from this launch template (`NAME` or `lt-...`, with
+        /// `:VERSION` or `:$Latest`; default its default version): the
+        /// flags given override its fields (tags are added).
+        #[arg(long, value_name = "NAME[:VERSION]", conflicts_with = "recipe")]
+        template: Option<String>,
+        /// Image name or id (default: tiny).
+        #[arg(long)]
+        image: Option<String>,
+        /// Default: 1.
+        #[arg(long)]
+        vcpus: Option<u32>,
+        /// Memory in MiB (default: 256).
+        #[arg(long)]
+        memory: Option<u64>,
+        /// Root disk in GiB (default: 1).
+        #[arg(long)]
+        disk: Option<u64>,
         #[arg(long)]
         name: Option<String>,
         /// A file with user-data (a #! script runs at boot).
@@ -1014,6 +1025,11 @@ pub enum GroupCmd {
     Create {
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: PathBuf,
+        /// Launch members from this launch template instead of the
+        /// document's `template`: `NAME`, `NAME:VERSION`, `NAME:$Default`
+        /// (the default) or `NAME:$Latest`, resolved at each launch.
+        #[arg(long, value_name = "NAME[:VERSION]")]
+        template: Option<String>,
     },
     List,
     /// A group with its members and activity.
@@ -1311,6 +1327,91 @@ mod duration_tests {
 }
 
 /// `NAME=IFACE` of `nubo agent --external`.
+#[derive(Subcommand)]
+pub enum TemplateCmd {
+    /// Create a launch template with its version 1.
+    Create {
+        name: String,
+        /// Version 1's description.
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        data: TemplateFlags,
+    },
+    List,
+    /// A template with every version.
+    Show {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+    /// Template versions.
+    #[command(subcommand)]
+    Version(TemplateVersionCmd),
+    /// Set the default version (a number or $Latest).
+    Default {
+        name: String,
+        version: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TemplateVersionCmd {
+    /// Add a version (the latest; the default does not change).
+    Create {
+        name: String,
+        /// Start from this version (a number, $Latest or $Default): the
+        /// flags given override its fields. Without it, the flags alone.
+        #[arg(long = "from", value_name = "VERSION")]
+        from: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        data: TemplateFlags,
+    },
+}
+
+/// A launch template version's fields, each optional.
+#[derive(Args)]
+pub struct TemplateFlags {
+    /// Image name or id.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Instance type (e.g. t3.small); or give --vcpus and --memory.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub instance_type: Option<String>,
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// Memory in MiB.
+    #[arg(long)]
+    pub memory: Option<u64>,
+    /// Root disk in GiB.
+    #[arg(long)]
+    pub disk: Option<u64>,
+    /// Key pair whose public key is installed for root.
+    #[arg(long = "key")]
+    pub key: Option<String>,
+    /// Security group (name or id; repeatable).
+    #[arg(long = "security-group", value_name = "GROUP")]
+    pub security_groups: Vec<String>,
+    /// Private network (name or id; repeatable, one NIC each).
+    #[arg(long = "network", value_name = "NETWORK")]
+    pub networks: Vec<String>,
+    /// A file with user-data.
+    #[arg(long)]
+    pub user_data: Option<PathBuf>,
+    /// A tag of the instances launched, KEY=VALUE (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// Guest TCP port to forward from 127.0.0.1 (repeatable).
+    #[arg(long = "port")]
+    pub ports: Vec<u16>,
+    /// Metadata service: optional (IMDSv1 and v2) or required (IMDSv2 only).
+    #[arg(long, value_parser = ["optional", "required"])]
+    pub metadata_tokens: Option<String>,
+}
+
 fn parse_tag(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),

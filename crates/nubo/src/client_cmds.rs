@@ -153,6 +153,7 @@ const WAIT_LIMIT: Duration = Duration::from_secs(600);
 pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
         InstanceCmd::Run {
+            template,
             image,
             vcpus,
             memory,
@@ -186,22 +187,46 @@ pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
                 None => None,
             };
             let c = client(conn)?;
-            let req = InstanceCreate {
-                image,
-                vcpus,
-                memory_mib: memory,
-                disk_gib: disk,
-                name,
-                user_data,
-                ports,
-                key_name,
-                recipe,
-                metadata: metadata_tokens.map(|t| MetadataOptions { http_tokens: Some(t) }),
-                tags: tags.into_iter().collect(),
-                networks,
-                security_groups,
+            let metadata = metadata_tokens.map(|t| MetadataOptions { http_tokens: Some(t) });
+            let mut i = match template {
+                // The flags given override the template's fields.
+                Some(template) => {
+                    let overrides = nubo_api::launch_templates::LaunchTemplateData {
+                        image,
+                        instance_type: None,
+                        vcpus,
+                        memory_mib: memory,
+                        disk_gib: disk,
+                        key_name,
+                        security_groups,
+                        networks,
+                        user_data,
+                        tags: tags.into_iter().collect(),
+                        metadata,
+                        ports,
+                    };
+                    let l = nubo_api::launch_templates::LaunchTemplateLaunch { version: None, name, overrides };
+                    c.launch_from_template(&template, &l).await?
+                }
+                None => {
+                    let req = InstanceCreate {
+                        image: image.unwrap_or_else(|| "tiny".into()),
+                        vcpus: vcpus.unwrap_or(1),
+                        memory_mib: memory.unwrap_or(256),
+                        disk_gib: disk.unwrap_or(1),
+                        name,
+                        user_data,
+                        ports,
+                        key_name,
+                        recipe,
+                        metadata,
+                        tags: tags.into_iter().collect(),
+                        networks,
+                        security_groups,
+                    };
+                    c.create_instance(&req).await?
+                }
             };
-            let mut i = c.create_instance(&req).await?;
             if wait {
                 i = wait_for(&c, i.id.as_str(), InstanceState::Running, WAIT_LIMIT).await?;
                 // Then the launch recipe, with its log on stdout... unless

@@ -14,6 +14,7 @@ mod provision_cmds;
 mod relay;
 mod storage_cmds;
 mod task_cmds;
+mod template_cmds;
 
 use clap::Parser;
 
@@ -77,6 +78,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Event(c) => monitoring_cmds::event(c, &cli.conn).await,
         Command::Policy(c) => automation_cmds::policy(c, &cli.conn).await,
         Command::Group(c) => automation_cmds::group(c, &cli.conn).await,
+        Command::Template(c) => template_cmds::template(c, &cli.conn).await,
         Command::Lb(c) => lb_cmds::lb(c, &cli.conn).await,
         Command::Network(c) => network_cmds::network(c, &cli.conn).await,
         Command::FloatingIp(c) => network_cmds::floating_ip(c, &cli.conn).await,

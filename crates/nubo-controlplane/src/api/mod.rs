@@ -15,6 +15,7 @@ pub mod hosts;
 pub mod identity;
 pub mod images;
 pub mod instances;
+pub mod launch_templates;
 pub mod load_balancers;
 pub mod migrations;
 pub mod monitoring;
@@ -108,6 +109,11 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(automation::list_groups, automation::create_group))
         .routes(routes!(automation::show_group, automation::delete_group))
         .routes(routes!(automation::set_desired))
+        .routes(routes!(launch_templates::list, launch_templates::create))
+        .routes(routes!(launch_templates::show, launch_templates::delete))
+        .routes(routes!(launch_templates::create_version))
+        .routes(routes!(launch_templates::set_default))
+        .routes(routes!(launch_templates::launch))
         .routes(routes!(load_balancers::list, load_balancers::create))
         .routes(routes!(load_balancers::show, load_balancers::delete))
         .routes(routes!(provisioning::create_keypair, provisioning::list_keypairs))

@@ -120,6 +120,7 @@ async fn group_view(ctx: &Ctx, g: crate::groups::GroupRow, with_activities: bool
     let activities = if with_activities { ctx.store.group_activities(&g.id, 100).await? } else { Vec::new() };
     Ok(Group {
         template: g.template().ok_or_else(|| AppError::internal("the group's template does not parse"))?,
+        launch_template: g.launch_template.clone(),
         health_check: g.health(),
         schedules: g.schedules(),
         id: g.id,
@@ -147,19 +148,32 @@ async fn load_group(ctx: &Ctx, caller: &Caller, name: &str, access: Access) -> A
 /// Creates an instance group; it launches its members at once.
 pub async fn create_group(ctx: &Arc<Ctx>, caller: &Caller, g: GroupCreate) -> AppResult<Group> {
     let project = authz::creation_project(caller)?;
-    crate::groups::validate(&g).map_err(|e| AppError::BadRequest(format!("the group is not valid: {e}")))?;
-    if ctx.store.resolve_image(Some(&project), &g.template.image).await?.is_none() {
-        return Err(AppError::BadRequest(format!(
-            "image '{}' does not exist (see `nubo image list`)",
-            g.template.image
-        )));
+    // Members launch from the group's own template or from a launch
+    // template's version (resolved again at each launch).
+    let template = match (&g.template, &g.launch_template) {
+        (Some(t), None) => t.clone(),
+        (None, Some(reference)) => {
+            let (_, _, data) = super::launch_templates::resolve(ctx, caller, reference).await?;
+            super::launch_templates::instance_create(ctx, &project, &data, None).await?.0
+        }
+        _ => {
+            return Err(AppError::BadRequest(
+                "the group is not valid: give either template (the launch parameters) or launch_template \
+                 (NAME[:VERSION|$Default|$Latest]), not both"
+                    .into(),
+            ))
+        }
+    };
+    crate::groups::validate(&g, &template).map_err(|e| AppError::BadRequest(format!("the group is not valid: {e}")))?;
+    if ctx.store.resolve_image(Some(&project), &template.image).await?.is_none() {
+        return Err(AppError::BadRequest(format!("image '{}' does not exist (see `nubo image list`)", template.image)));
     }
-    if let Some(k) = &g.template.key_name {
+    if let Some(k) = &template.key_name {
         if ctx.store.keypair(&project, k).await?.is_none() {
             return Err(AppError::BadRequest(format!("key pair '{k}' does not exist in this project")));
         }
     }
-    if !ctx.store.insert_group(&project, &g).await? {
+    if !ctx.store.insert_group(&project, &g, &template).await? {
         return Err(AppError::Conflict(format!("the project already has a group named '{}'", g.name)));
     }
     let row = ctx.store.group_by_name(&project, &g.name).await?.ok_or_else(|| AppError::internal("group vanished"))?;

@@ -16,6 +16,7 @@ pub mod hosts;
 pub mod identity;
 pub mod images;
 pub mod instances;
+pub mod launch_templates;
 pub mod load_balancers;
 pub mod migrations;
 pub mod monitoring;

@@ -552,6 +552,9 @@ fn request_hash(p: &Params) -> String {
 
 pub async fn run(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
     let project = crate::authz::creation_project(caller).in_domain(Domain::Instance)?;
+    // A LaunchTemplate fills in what the request leaves out.
+    let merged = super::launch_templates::run_params(ctx, caller, p).await?;
+    let p = merged.as_ref().unwrap_or(p);
     let req = parse_run(ctx, p)?;
     let itype = ctx.config.instance_types.get(&req.instance_type).cloned().ok_or_else(|| {
         Ec2Error::invalid(format!(

@@ -9,6 +9,7 @@
 //! Modules: `sigv4` (signature checks), `replay` (each signature once),
 //! `instance_status` (EC2's status checks from Nubo's own),
 //! `sts` (STS's GetCallerIdentity, signed for service `sts` to this URL),
+//! `launch_templates` (launch templates, and RunInstances from one),
 //! `vpcs` (VPCs and subnets over private networks), `addresses`
 //! (Elastic IPs over floating IPs), `snapshots` (over volume snapshots),
 //! `images` (CreateImage, DeregisterImage), `volume_modifications`
@@ -24,6 +25,7 @@ pub mod images;
 pub mod instance_status;
 pub mod instances;
 pub mod keypairs;
+pub mod launch_templates;
 pub mod query;
 pub mod replay;
 pub mod security_groups;
@@ -278,6 +280,70 @@ pub(crate) fn project_of(caller: &Caller) -> Ec2Result<String> {
     })
 }
 
+/// Every action `dispatch` serves, named in the InvalidAction answer (a
+/// test below keeps the two the same).
+const SERVED: &[&str] = &[
+    "RunInstances",
+    "DescribeInstances",
+    "DescribeInstanceStatus",
+    "StartInstances",
+    "StopInstances",
+    "RebootInstances",
+    "TerminateInstances",
+    "GetConsoleOutput",
+    "DescribeInstanceTypes",
+    "DescribeImages",
+    "DescribeRegions",
+    "DescribeAvailabilityZones",
+    "CreateVolume",
+    "DescribeVolumes",
+    "AttachVolume",
+    "DetachVolume",
+    "DeleteVolume",
+    "ModifyVolume",
+    "DescribeVolumesModifications",
+    "CreateSnapshot",
+    "DescribeSnapshots",
+    "DeleteSnapshot",
+    "DescribeSnapshotAttribute",
+    "CreateImage",
+    "DeregisterImage",
+    "CreateKeyPair",
+    "ImportKeyPair",
+    "DescribeKeyPairs",
+    "DeleteKeyPair",
+    "CreateSecurityGroup",
+    "DescribeSecurityGroups",
+    "AuthorizeSecurityGroupIngress",
+    "RevokeSecurityGroupIngress",
+    "AuthorizeSecurityGroupEgress",
+    "RevokeSecurityGroupEgress",
+    "DeleteSecurityGroup",
+    "CreateVpc",
+    "DescribeVpcs",
+    "DeleteVpc",
+    "DescribeVpcAttribute",
+    "ModifyVpcAttribute",
+    "CreateSubnet",
+    "DescribeSubnets",
+    "DeleteSubnet",
+    "AllocateAddress",
+    "AssociateAddress",
+    "DisassociateAddress",
+    "ReleaseAddress",
+    "DescribeAddresses",
+    "CreateTags",
+    "DeleteTags",
+    "DescribeTags",
+    "CreateLaunchTemplate",
+    "DescribeLaunchTemplates",
+    "ModifyLaunchTemplate",
+    "DeleteLaunchTemplate",
+    "CreateLaunchTemplateVersion",
+    "DescribeLaunchTemplateVersions",
+    "DeleteLaunchTemplateVersions",
+];
+
 async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, host: &str) -> Ec2Result<Answer> {
     match action {
         "RunInstances" => instances::run(ctx, caller, p).await,
@@ -332,13 +398,36 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, hos
         "CreateTags" => tags::create(ctx, caller, p).await,
         "DeleteTags" => tags::delete(ctx, caller, p).await,
         "DescribeTags" => tags::describe(ctx, caller, p).await,
+        "CreateLaunchTemplate" => launch_templates::create(ctx, caller, p).await,
+        "DescribeLaunchTemplates" => launch_templates::describe(ctx, caller, p).await,
+        "ModifyLaunchTemplate" => launch_templates::modify(ctx, caller, p).await,
+        "DeleteLaunchTemplate" => launch_templates::delete(ctx, caller, p).await,
+        "CreateLaunchTemplateVersion" => launch_templates::create_version(ctx, caller, p).await,
+        "DescribeLaunchTemplateVersions" => launch_templates::describe_versions(ctx, caller, p).await,
+        "DeleteLaunchTemplateVersions" => launch_templates::delete_versions(ctx, caller, p).await,
         other => Err(Ec2Error::new(
             StatusCode::BAD_REQUEST,
             "InvalidAction",
             format!(
-                "The action {} is not valid for this web service; Nubo serves: RunInstances, DescribeInstances, DescribeInstanceStatus, Start/Stop/Reboot/TerminateInstances, GetConsoleOutput, DescribeInstanceTypes, DescribeImages, CreateImage, DeregisterImage, Create/Describe/Attach/Detach/DeleteVolume(s), ModifyVolume, DescribeVolumesModifications, Create/Describe/DeleteSnapshot(s), DescribeSnapshotAttribute, Create/Import/Describe/DeleteKeyPair(s), Create/Describe/DeleteSecurityGroup(s), Authorize/RevokeSecurityGroupIngress, Authorize/RevokeSecurityGroupEgress, Create/Describe/DeleteVpc(s), Describe/ModifyVpcAttribute, Create/Describe/DeleteSubnet(s), Allocate/Associate/Disassociate/Release/DescribeAddress(es), Create/Delete/DescribeTags, DescribeRegions, DescribeAvailabilityZones",
-                other.chars().take(64).collect::<String>()
+                "The action {} is not valid for this web service; Nubo serves: {}",
+                other.chars().take(64).collect::<String>(),
+                SERVED.join(", ")
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `SERVED` names exactly the actions `dispatch` has an arm for.
+    #[test]
+    fn served_list_matches_the_dispatch_arms() {
+        let source = include_str!("mod.rs");
+        let body = &source[source.find("async fn dispatch(").unwrap_or(0)..];
+        let arms: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix('"')?.split_once("\" => ").map(|(a, _)| a))
+            .collect();
+        assert_eq!(arms, super::SERVED, "add the action to SERVED (or its arm to dispatch)");
     }
 }

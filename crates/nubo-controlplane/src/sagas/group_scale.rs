@@ -30,6 +30,10 @@ pub struct LaunchParams {
     pub group_name: String,
     pub project_id: String,
     pub template_json: String,
+    /// The launch template members come from (resolved at each launch,
+    /// so `$Default` and `$Latest` follow the template); None: `template_json`.
+    #[serde(default)]
+    pub launch_template: Option<String>,
     pub health_json: Option<String>,
     /// The member's number (its name is `GROUP-N`), taken from the group's
     /// counter before the saga was made.
@@ -130,16 +134,39 @@ async fn launch_instance(ctx: &Arc<Ctx>, p: &LaunchParams) -> Result<Step, sqlx:
     if let Some(id) = earlier {
         return Ok(Step::done(id));
     }
-    let Some(mut template) = p.template() else {
-        return Ok(Step::Fail("the group's template does not parse".into()));
+    let caller = group_caller(p);
+    let (mut template, instance_type) = match &p.launch_template {
+        Some(reference) => match from_launch_template(ctx, &caller, reference).await {
+            Ok(t) => t,
+            Err(e) => return Ok(Step::Fail(format!("launch template {reference}: {e}"))),
+        },
+        None => match p.template() {
+            Some(t) => (t, None),
+            None => return Ok(Step::Fail("the group's template does not parse".into())),
+        },
     };
     template.name = Some(name);
     template.tags.insert("nubo:group".into(), p.group_name.clone());
-    let record = crate::launch::LaunchRecord { group_id: Some(&p.group_id), ..Default::default() };
-    match crate::app::instances::launch(ctx, &group_caller(p), &template, record).await {
+    let record = crate::launch::LaunchRecord {
+        group_id: Some(&p.group_id),
+        instance_type: instance_type.as_deref(),
+        ..Default::default()
+    };
+    match crate::app::instances::launch(ctx, &caller, &template, record).await {
         Ok(row) => Ok(Step::done(row.id)),
         Err(e) => Ok(Step::Fail(e.to_string())),
     }
+}
+
+/// What a member launched from a launch template asks for, and its type.
+async fn from_launch_template(
+    ctx: &Ctx,
+    caller: &Caller,
+    reference: &str,
+) -> crate::error::AppResult<(InstanceCreate, Option<String>)> {
+    let (_, _, data) = crate::app::launch_templates::resolve(ctx, caller, reference).await?;
+    crate::app::launch_templates::instance_create(ctx, &caller.project_id.clone().unwrap_or_default(), &data, None)
+        .await
 }
 
 /// Gives the member the group's health check (if it has one), or finds
@@ -217,6 +244,7 @@ pub async fn new_launch(
         group_name: g.name.clone(),
         project_id: g.project_id.clone(),
         template_json: g.template_json.clone(),
+        launch_template: g.launch_template.clone(),
         health_json: g.health_json.clone(),
         n,
         position,
