@@ -625,9 +625,33 @@ pub enum InstanceCmd {
         /// policies scoped by tag select.
         #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
         tags: Vec<(String, String)>,
+        /// Protect it from termination from the start (lift it with
+        /// `nubo instance protect ID --no-termination`).
+        #[arg(long)]
+        termination_protection: bool,
         /// Return only once the instance is running (and its recipe has finished).
         #[arg(long)]
         wait: bool,
+    },
+    /// Turn termination or stop protection on or off, or choose what a
+    /// poweroff inside the guest does; prints the instance.
+    Protect {
+        id: String,
+        /// Refuse every terminate (REST, CLI, portal, EC2, groups) until turned off.
+        #[arg(long, overrides_with = "no_termination")]
+        termination: bool,
+        /// Allow terminating it again.
+        #[arg(long)]
+        no_termination: bool,
+        /// Refuse every stop until turned off.
+        #[arg(long, overrides_with = "no_stop")]
+        stop: bool,
+        /// Allow stopping it again.
+        #[arg(long)]
+        no_stop: bool,
+        /// What a poweroff inside the guest does: stop (the default) or terminate.
+        #[arg(long, value_parser = ["stop", "terminate"])]
+        shutdown_behavior: Option<String>,
     },
     /// Run a recipe in a running instance and follow its log.
     Provision {

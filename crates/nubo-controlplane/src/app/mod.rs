@@ -15,6 +15,7 @@ pub mod floating_ips;
 pub mod hosts;
 pub mod identity;
 pub mod images;
+pub mod instance_attributes;
 pub mod instances;
 pub mod load_balancers;
 pub mod migrations;

@@ -8,6 +8,8 @@
 //!
 //! Modules: `sigv4` (signature checks), `replay` (each signature once),
 //! `instance_status` (EC2's status checks from Nubo's own),
+//! `instance_attributes` (one attribute of an instance, read or changed),
+//! `instance_filters` (DescribeInstances' filters),
 //! `sts` (STS's GetCallerIdentity, signed for service `sts` to this URL),
 //! `vpcs` (VPCs and subnets over private networks), `addresses`
 //! (Elastic IPs over floating IPs),
@@ -17,6 +19,8 @@
 pub mod addresses;
 pub mod catalog;
 pub mod error;
+pub mod instance_attributes;
+pub mod instance_filters;
 pub mod instance_status;
 pub mod instances;
 pub mod keypairs;
@@ -277,6 +281,8 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, hos
         "RunInstances" => instances::run(ctx, caller, p).await,
         "DescribeInstances" => instances::describe(ctx, caller, p).await,
         "DescribeInstanceStatus" => instance_status::describe(ctx, caller, p).await,
+        "DescribeInstanceAttribute" => instance_attributes::describe(ctx, caller, p).await,
+        "ModifyInstanceAttribute" => instance_attributes::modify(ctx, caller, p).await,
         "StartInstances" => instances::power(ctx, caller, p, instances::Power::Start).await,
         "StopInstances" => instances::power(ctx, caller, p, instances::Power::Stop).await,
         "RebootInstances" => instances::power(ctx, caller, p, instances::Power::Reboot).await,
@@ -320,7 +326,7 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, hos
             StatusCode::BAD_REQUEST,
             "InvalidAction",
             format!(
-                "The action {} is not valid for this web service; Nubo serves: RunInstances, DescribeInstances, DescribeInstanceStatus, Start/Stop/Reboot/TerminateInstances, GetConsoleOutput, DescribeInstanceTypes, DescribeImages, Create/Describe/Attach/Detach/DeleteVolume(s), Create/Import/Describe/DeleteKeyPair(s), Create/Describe/DeleteSecurityGroup(s), Authorize/RevokeSecurityGroupIngress, Authorize/RevokeSecurityGroupEgress, Create/Describe/DeleteVpc(s), Create/Describe/DeleteSubnet(s), Allocate/Associate/Disassociate/Release/DescribeAddress(es), Create/Delete/DescribeTags, DescribeRegions, DescribeAvailabilityZones",
+                "The action {} is not valid for this web service; Nubo serves: RunInstances, DescribeInstances, DescribeInstanceStatus, Describe/ModifyInstanceAttribute, Start/Stop/Reboot/TerminateInstances, GetConsoleOutput, DescribeInstanceTypes, DescribeImages, Create/Describe/Attach/Detach/DeleteVolume(s), Create/Import/Describe/DeleteKeyPair(s), Create/Describe/DeleteSecurityGroup(s), Authorize/RevokeSecurityGroupIngress, Authorize/RevokeSecurityGroupEgress, Create/Describe/DeleteVpc(s), Create/Describe/DeleteSubnet(s), Allocate/Associate/Disassociate/Release/DescribeAddress(es), Create/Delete/DescribeTags, DescribeRegions, DescribeAvailabilityZones",
                 other.chars().take(64).collect::<String>()
             ),
         )),
