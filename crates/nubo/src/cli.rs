@@ -1280,6 +1280,26 @@ mod tests {
     }
 
     #[test]
+    fn protection_flags_parse_and_the_last_of_a_pair_wins() {
+        let cli = Cli::try_parse_from(["nubo", "instance", "protect", "i-1", "--termination", "--no-stop"]).unwrap();
+        let Command::Instance(InstanceCmd::Protect { id, termination, no_termination, stop, no_stop, .. }) =
+            cli.command
+        else {
+            panic!("not instance protect")
+        };
+        assert_eq!((id.as_str(), termination, no_termination, stop, no_stop), ("i-1", true, false, false, true));
+        let cli =
+            Cli::try_parse_from(["nubo", "instance", "protect", "i-1", "--termination", "--no-termination"]).unwrap();
+        let Command::Instance(InstanceCmd::Protect { termination, no_termination, .. }) = cli.command else {
+            panic!("not instance protect")
+        };
+        assert_eq!((termination, no_termination), (false, true), "the later flag overrides");
+        assert!(Cli::try_parse_from(["nubo", "instance", "protect", "i-1", "--shutdown-behavior", "halt"]).is_err());
+        let cli = Cli::try_parse_from(["nubo", "instance", "run", "--termination-protection"]).unwrap();
+        assert!(matches!(cli.command, Command::Instance(InstanceCmd::Run { termination_protection: true, .. })));
+    }
+
+    #[test]
     fn sizes_and_cidrs_as_operators_write_them() {
         assert_eq!(parse_size("50GiB"), Ok(50 << 30));
         assert_eq!(parse_size("4MiB"), Ok(4 << 20));
