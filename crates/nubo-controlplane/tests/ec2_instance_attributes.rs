@@ -344,6 +344,15 @@ async fn protection_holds_through_rest_and_a_group_scale_in_passes_over_protecte
     let g = t.ok("GET", "/api/v1/groups/web", &admin, None).await;
     let left: Vec<&str> = g["members"].as_array().unwrap().iter().map(|m| m["instance_id"].as_str().unwrap()).collect();
     assert_eq!(left, vec![newest.as_str()], "{g}");
+    // A scale-in that chose it before it was protected (a saga resumed
+    // after a crash, say) passes over it too, and does not note it.
+    let project = t.ctx.store.instance(&newest).await.unwrap().unwrap().project_id.unwrap();
+    let row = t.ctx.store.group_by_name(&project, "web").await.unwrap().unwrap();
+    nubo_controlplane::sagas::group_scale::scale_in(&t.ctx, &row, 0, vec![newest.clone()]).await.unwrap();
+    let g = t.ok("GET", "/api/v1/groups/web", &admin, None).await;
+    assert_eq!(g["members"][0]["instance_id"], newest.as_str(), "{g}");
+    let noted = g["activities"].as_array().unwrap().iter().filter(|a| a["kind"] == "terminate");
+    assert!(noted.clone().all(|a| !a["detail"].as_str().unwrap().contains(&newest)), "{g}");
     // Deleting the group would terminate it: refused, saying why.
     let (s, v) = t.call("DELETE", "/api/v1/groups/web", Some(&admin), None).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
