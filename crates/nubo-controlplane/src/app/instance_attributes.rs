@@ -204,11 +204,8 @@ pub async fn set_security_groups(ctx: &Arc<Ctx>, caller: &Caller, id: &str, grou
         }
     }
     ctx.store.set_instance_security_groups(&row.id, &ids).await?;
-    match &row.host_id {
-        Some(host) => ctx.bump_host(host),
-        None => ctx.bump(),
-    }
-    // Members of the groups on other hosts admit by membership too.
+    // Every host, not only the instance's: other members' rules admit by
+    // group membership, so their hosts' rules change too.
     ctx.bump();
     tracing::info!(instance = %row.id, groups = ?ids, "instance security groups replaced");
     Ok(())
