@@ -389,3 +389,21 @@ pub struct InstanceMigrate {
     #[serde(default)]
     pub to: Option<String>,
 }
+
+/// `PUT /api/v1/instances/{id}/protection`: what is given changes, what
+/// is absent stays.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceProtection {
+    /// True: no terminate (REST, CLI, portal, EC2, groups) is carried out
+    /// until it is turned off (EC2's `DisableApiTermination`).
+    #[serde(default)]
+    pub termination_protection: Option<bool>,
+    /// True: no stop is carried out until it is turned off (EC2's `DisableApiStop`).
+    #[serde(default)]
+    pub stop_protection: Option<bool>,
+    /// What a poweroff from inside the guest does: `stop` (the default) or
+    /// `terminate` (EC2's `InstanceInitiatedShutdownBehavior`).
+    #[serde(default)]
+    pub shutdown_behavior: Option<String>,
+}

@@ -117,6 +117,19 @@ pub struct Instance {
     /// One per attached network, in NIC order.
     #[serde(default)]
     pub addresses: Vec<InstanceAddress>,
+    /// No terminate is carried out while true (`nubo instance protect`).
+    #[serde(default)]
+    pub termination_protection: bool,
+    /// No stop is carried out while true.
+    #[serde(default)]
+    pub stop_protection: bool,
+    /// What a poweroff from inside the guest does: `stop` or `terminate`.
+    #[serde(default = "default_shutdown_behavior")]
+    pub shutdown_behavior: String,
+}
+
+fn default_shutdown_behavior() -> String {
+    "stop".to_string()
 }
 
 /// An instance's address on one of its networks.

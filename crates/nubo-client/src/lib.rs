@@ -413,6 +413,16 @@ impl Client {
         }
     }
 
+    /// Turns termination or stop protection on or off, or sets the
+    /// shutdown behaviour; what `p` leaves out stays.
+    pub async fn protect_instance(
+        &self,
+        id: &str,
+        p: &nubo_api::params::InstanceProtection,
+    ) -> Result<Instance, ClientError> {
+        self.put(&format!("/api/v1/instances/{}/protection", path_segment(id)), p).await
+    }
+
     pub async fn console(&self, id: &str) -> Result<ConsoleOutput, ClientError> {
         self.get(&format!("/api/v1/instances/{}/console", path_segment(id))).await
     }

@@ -283,8 +283,25 @@ pub async fn reconcile(ctx: &Arc<Ctx>) -> Result<(), sqlx::Error> {
         }
         let desired = g.desired as usize;
         if alive.len() > desired {
-            // Scale in: the newest members go first.
-            let victims: Vec<String> = alive.iter().rev().take(alive.len() - desired).map(|m| m.id.clone()).collect();
+            // Scale in: the newest members go first, passing over those
+            // with termination protection (as an auto scaling group
+            // passes over members protected from scale-in): the group
+            // stays above its count while only protected members are left.
+            let excess = alive.len() - desired;
+            let victims: Vec<String> = alive
+                .iter()
+                .rev()
+                .filter(|m| m.termination_protection == 0)
+                .take(excess)
+                .map(|m| m.id.clone())
+                .collect();
+            if victims.len() < excess {
+                tracing::info!(group = %g.name, protected = excess - victims.len(),
+                    "scale-in passes over members with termination protection");
+            }
+            if victims.is_empty() {
+                continue;
+            }
             crate::sagas::group_scale::scale_in(ctx, &g, desired, victims).await?;
         } else if alive.len() < desired && now >= g.launch_retry_ms {
             for _ in alive.len()..desired {

@@ -21,6 +21,7 @@ pub mod floating_ips;
 pub mod groups;
 pub mod identity;
 pub mod images;
+pub mod instance_attributes;
 pub mod instance_batch;
 pub mod instance_types;
 pub mod keys;

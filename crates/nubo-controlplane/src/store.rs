@@ -187,6 +187,15 @@ pub struct InstanceRow {
     pub reservation_id: Option<String>,
     pub launch_index: i64,
     pub client_token: Option<String>,
+    /// 1: no user or automation may terminate it (migration 0024; see
+    /// `instance_attributes`).
+    pub termination_protection: i64,
+    /// 1: no user or automation may stop it.
+    pub stop_protection: i64,
+    /// What a guest-initiated poweroff does: `stop` or `terminate`.
+    pub shutdown_behavior: String,
+    /// EC2's source/destination check (1: on), stored and reported.
+    pub source_dest_check: i64,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -656,10 +665,15 @@ impl Store {
         };
         let now = now_ms();
         let mut desired = row.desired;
+        // Whether the instance is then terminated (its shutdown behaviour).
+        let mut terminate_after = false;
         if a.exited_unexpectedly && desired == PowerState::Running {
             // Like EC2: a guest that powers itself off, or a VM that dies,
-            // is recorded as stopped; the user starts it again.
+            // is recorded as stopped; the user starts it again, unless its
+            // shutdown behaviour says terminate (which, as on EC2, termination
+            // protection does not prevent: the guest asked for it).
             desired = PowerState::Stopped;
+            terminate_after = row.shutdown_behavior == crate::instance_attributes::SHUTDOWN_TERMINATE;
         }
         let state = derive_state(desired, a.power);
         let error = match a.power {
@@ -753,6 +767,11 @@ impl Store {
             insert_event(&mut tx, &row.id, now, &format!("state_{state}"), a.error.as_deref().unwrap_or("")).await?;
         }
         tx.commit().await?;
+        if terminate_after {
+            // Recorded stopped first, then terminated as a user's terminate
+            // is (its addresses released), so the agent reaps it.
+            self.terminate(&row.id).await?;
+        }
         Ok(Some(true))
     }
 

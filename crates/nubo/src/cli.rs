@@ -636,9 +636,33 @@ pub enum InstanceCmd {
         /// policies scoped by tag select.
         #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
         tags: Vec<(String, String)>,
+        /// Protect it from termination from the start (lift it with
+        /// `nubo instance protect ID --no-termination`).
+        #[arg(long)]
+        termination_protection: bool,
         /// Return only once the instance is running (and its recipe has finished).
         #[arg(long)]
         wait: bool,
+    },
+    /// Turn termination or stop protection on or off, or choose what a
+    /// poweroff inside the guest does; prints the instance.
+    Protect {
+        id: String,
+        /// Refuse every terminate (REST, CLI, portal, EC2, groups) until turned off.
+        #[arg(long, overrides_with = "no_termination")]
+        termination: bool,
+        /// Allow terminating it again.
+        #[arg(long)]
+        no_termination: bool,
+        /// Refuse every stop until turned off.
+        #[arg(long, overrides_with = "no_stop")]
+        stop: bool,
+        /// Allow stopping it again.
+        #[arg(long)]
+        no_stop: bool,
+        /// What a poweroff inside the guest does: stop (the default) or terminate.
+        #[arg(long, value_parser = ["stop", "terminate"])]
+        shutdown_behavior: Option<String>,
     },
     /// Run a recipe in a running instance and follow its log.
     Provision {
@@ -1269,6 +1293,26 @@ mod tests {
         // An empty value (NUBO_URL= in a script) is no URL at all.
         let cli = Cli::try_parse_from(["nubo", "--url", "", "keypair", "list"]).expect("parses");
         assert_eq!(cli.conn.url(), None);
+    }
+
+    #[test]
+    fn protection_flags_parse_and_the_last_of_a_pair_wins() {
+        let cli = Cli::try_parse_from(["nubo", "instance", "protect", "i-1", "--termination", "--no-stop"]).unwrap();
+        let Command::Instance(InstanceCmd::Protect { id, termination, no_termination, stop, no_stop, .. }) =
+            cli.command
+        else {
+            panic!("not instance protect")
+        };
+        assert_eq!((id.as_str(), termination, no_termination, stop, no_stop), ("i-1", true, false, false, true));
+        let cli =
+            Cli::try_parse_from(["nubo", "instance", "protect", "i-1", "--termination", "--no-termination"]).unwrap();
+        let Command::Instance(InstanceCmd::Protect { termination, no_termination, .. }) = cli.command else {
+            panic!("not instance protect")
+        };
+        assert_eq!((termination, no_termination), (false, true), "the later flag overrides");
+        assert!(Cli::try_parse_from(["nubo", "instance", "protect", "i-1", "--shutdown-behavior", "halt"]).is_err());
+        let cli = Cli::try_parse_from(["nubo", "instance", "run", "--termination-protection"]).unwrap();
+        assert!(matches!(cli.command, Command::Instance(InstanceCmd::Run { termination_protection: true, .. })));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crate::cli::{Conn, Format, HostCmd, ImageCmd, InstanceCmd};
 use crate::output::{emit, table};
 use anyhow::Context;
-use nubo_api::params::{InstanceCreate, MetadataOptions, RunCreate};
+use nubo_api::params::{InstanceCreate, InstanceProtection, MetadataOptions, RunCreate};
 use nubo_api::views::{Instance, InstanceState, Migration};
 use nubo_client::{Client, InstanceAction};
 use std::time::{Duration, Instant};
@@ -29,6 +29,15 @@ pub fn ca_cert() -> Option<std::path::PathBuf> {
 
 fn ports_text(i: &Instance) -> String {
     i.ports.iter().map(|(g, h)| format!("{g}->{h}")).collect::<Vec<_>>().join(",")
+}
+
+/// A `--X` / `--no-X` pair: whichever was given last (clap keeps one).
+fn flag(on: bool, off: bool) -> Option<bool> {
+    match (on, off) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    }
 }
 
 fn print_instance(i: &Instance) {
@@ -61,6 +70,16 @@ fn print_instance(i: &Instance) {
                 .join(", "),
         ),
         ("key_name", i.key_name.clone().unwrap_or_default()),
+        (
+            "protection",
+            match (i.termination_protection, i.stop_protection) {
+                (true, true) => "termination, stop".to_string(),
+                (true, false) => "termination".to_string(),
+                (false, true) => "stop".to_string(),
+                (false, false) => "none".to_string(),
+            },
+        ),
+        ("shutdown_behavior", i.shutdown_behavior.clone()),
         ("tags", i.tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")),
         ("metadata", format!("http_tokens={}", i.metadata_http_tokens)),
         ("error", i.error.clone().unwrap_or_default()),
@@ -169,6 +188,7 @@ pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
             networks,
             security_groups,
             tags,
+            termination_protection,
             wait,
         } => {
             let user_data = match user_data {
@@ -227,6 +247,12 @@ pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
                     c.create_instance(&req).await?
                 }
             };
+            if termination_protection {
+                let p = InstanceProtection { termination_protection: Some(true), ..Default::default() };
+                i = c.protect_instance(i.id.as_str(), &p).await.with_context(|| {
+                    format!("instance {} was launched, but its termination protection could not be turned on: retry with `nubo instance protect {} --termination`", i.id, i.id)
+                })?;
+            }
             if wait {
                 i = wait_for(&c, i.id.as_str(), InstanceState::Running, WAIT_LIMIT).await?;
                 // Then the launch recipe, with its log on stdout... unless
@@ -314,6 +340,20 @@ pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
                     .collect();
                 table(&["ID", "KIND", "WHAT", "STATE", "EXIT"], &rows);
             })
+        }
+        InstanceCmd::Protect { id, termination, no_termination, stop, no_stop, shutdown_behavior } => {
+            let p = InstanceProtection {
+                termination_protection: flag(termination, no_termination),
+                stop_protection: flag(stop, no_stop),
+                shutdown_behavior,
+            };
+            if p.termination_protection.is_none() && p.stop_protection.is_none() && p.shutdown_behavior.is_none() {
+                anyhow::bail!(
+                    "nothing to change: give --termination or --no-termination, --stop or --no-stop, or --shutdown-behavior stop|terminate"
+                );
+            }
+            let i = client(conn)?.protect_instance(&id, &p).await?;
+            emit(conn.output, &i, print_instance)
         }
         InstanceCmd::Show { id } => {
             let i = client(conn)?.instance(&id).await?;

@@ -9,7 +9,7 @@ use crate::Ctx;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use nubo_api::params::InstanceCreate;
+use nubo_api::params::{InstanceCreate, InstanceProtection};
 use nubo_api::views::{ConsoleOutput, Instance};
 use std::sync::Arc;
 
@@ -110,4 +110,21 @@ pub async fn console(
     Path(id): Path<String>,
 ) -> AppResult<Json<ConsoleOutput>> {
     Ok(Json(app::console(&ctx, &caller, &id).await?))
+}
+
+/// Turn termination or stop protection on or off, or choose what a
+/// poweroff from inside the guest does (`stop` or `terminate`); what the
+/// body leaves out stays as it is.
+#[utoipa::path(put, path = "/api/v1/instances/{id}/protection", tag = "instances", operation_id = "protect_instance",
+    request_body = InstanceProtection,
+    params(("id" = String, Path, description = "instance id")),
+    responses((status = 200, body = Instance), (status = 400, body = nubo_api::error::ErrorBody),
+        (status = 404, body = nubo_api::error::ErrorBody), (status = 409, description = "the instance is terminated", body = nubo_api::error::ErrorBody)))]
+pub async fn protect(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+    ApiJson(p): ApiJson<InstanceProtection>,
+) -> AppResult<Json<Instance>> {
+    Ok(Json(crate::app::instance_attributes::set_protection(&ctx, &caller, &id, &p).await?))
 }

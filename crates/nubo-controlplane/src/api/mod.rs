@@ -64,6 +64,7 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(instances::start))
         .routes(routes!(instances::reboot))
         .routes(routes!(instances::console))
+        .routes(routes!(instances::protect))
         .routes(routes!(hosts::list))
         .routes(routes!(background::list))
         .routes(routes!(migrations::migrate))

@@ -224,7 +224,18 @@ pub async fn set_desired(ctx: &Arc<Ctx>, caller: &Caller, name: &str, desired: u
 /// Deletes a group and terminates its members.
 pub async fn delete_group(ctx: &Arc<Ctx>, caller: &Caller, name: &str) -> AppResult<()> {
     let g = load_group(ctx, caller, name, Access::Write).await?;
-    for m in ctx.store.group_members(&g.id).await? {
+    let members = ctx.store.group_members(&g.id).await?;
+    // Deleting the group terminates its members: a protected one refuses
+    // it all, before anything is terminated.
+    let protected: Vec<&str> =
+        members.iter().filter(|m| m.termination_protection == 1).map(|m| m.id.as_str()).collect();
+    if !protected.is_empty() {
+        return Err(AppError::Conflict(format!(
+            "group {name} cannot be deleted: its members {} have termination protection; turn it off with `nubo instance protect ID --no-termination` first",
+            protected.join(", ")
+        )));
+    }
+    for m in members {
         ctx.store.terminate(&m.id).await?;
     }
     ctx.store.delete_group(&g.id).await?;

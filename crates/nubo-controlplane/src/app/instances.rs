@@ -142,6 +142,9 @@ fn view_of(row: InstanceRow, related: &Related) -> AppResult<Instance> {
         instance_type,
         tags,
         addresses,
+        termination_protection: row.termination_protection == 1,
+        stop_protection: row.stop_protection == 1,
+        shutdown_behavior: row.shutdown_behavior,
     })
 }
 
@@ -427,6 +430,9 @@ async fn change_power(ctx: &Arc<Ctx>, caller: &Caller, row: InstanceRow, change:
 /// Stop (ACPI power-off, then forced after a grace period).
 pub async fn stop(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppResult<Instance> {
     let row = load(ctx, caller, id, Access::Write).await?;
+    if let Some(why) = super::instance_attributes::stop_refusal(&row) {
+        return Err(AppError::Conflict(why));
+    }
     change_power(ctx, caller, row, &STOP).await
 }
 
@@ -454,6 +460,9 @@ pub async fn reboot(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppResult<Inst
 /// Terminate: the VM and its disk are deleted and the host's capacity freed.
 pub async fn terminate(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppResult<Instance> {
     let row = load(ctx, caller, id, Access::Write).await?;
+    if let Some(why) = super::instance_attributes::termination_refusal(&row) {
+        return Err(AppError::Conflict(why));
+    }
     change_power(ctx, caller, row, &TERMINATE).await
 }
 

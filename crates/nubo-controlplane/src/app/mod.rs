@@ -15,6 +15,7 @@ pub mod floating_ips;
 pub mod hosts;
 pub mod identity;
 pub mod images;
+pub mod instance_attributes;
 pub mod instances;
 pub mod launch_templates;
 pub mod load_balancers;

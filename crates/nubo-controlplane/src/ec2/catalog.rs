@@ -38,9 +38,14 @@ pub fn regions(ctx: &Ctx, p: &Params, host: &str) -> Ec2Result<Answer> {
     Ok(vec![El::list("regionInfo", items)])
 }
 
+/// The availability zone's id (`<region without dashes>-az1`).
+pub fn zone_id(ctx: &Ctx) -> String {
+    format!("{}-az1", ctx.config.region.replace('-', ""))
+}
+
 pub fn zones(ctx: &Ctx, p: &Params) -> Ec2Result<Answer> {
     let zone = &ctx.config.availability_zone;
-    let zone_id = format!("{}-az1", ctx.config.region.replace('-', ""));
+    let zone_id = zone_id(ctx);
     let names = p.list("ZoneName");
     if let Some(n) = names.iter().find(|n| *n != zone) {
         return Err(Ec2Error::bad(

@@ -71,11 +71,11 @@ pub fn reservation_of(row: &InstanceRow) -> String {
 }
 
 /// What listing instances needs beside their rows, read once per request.
-struct Lookups {
-    tags: HashMap<String, BTreeMap<String, String>>,
-    groups: HashMap<String, Vec<(String, String)>>,
-    volumes: HashMap<String, Vec<VolumeRow>>,
-    addresses: HashMap<String, Vec<crate::instance_batch::Address>>,
+pub(super) struct Lookups {
+    pub(super) tags: HashMap<String, BTreeMap<String, String>>,
+    pub(super) groups: HashMap<String, Vec<(String, String)>>,
+    pub(super) volumes: HashMap<String, Vec<VolumeRow>>,
+    pub(super) addresses: HashMap<String, Vec<crate::instance_batch::Address>>,
 }
 
 /// Tags, security groups, live volumes and NICs of the selection's
@@ -89,37 +89,25 @@ async fn lookups(ctx: &Ctx, selection: &Selection<'_>) -> Ec2Result<Lookups> {
     })
 }
 
-fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
+/// EC2's state reason of an instance: why it stopped or failed.
+pub(super) fn state_reason(row: &InstanceRow) -> Option<(&'static str, String)> {
     let (code, _) = state_of(row);
+    match (row.state, &row.error) {
+        (InstanceState::Error, Some(e)) => Some(("Server.InternalError", e.clone())),
+        // 64 and 80: EC2's stopping and stopped.
+        _ if matches!(code, 64 | 80) => {
+            Some(("Client.UserInitiatedShutdown", "Client.UserInitiatedShutdown: User initiated shutdown".to_string()))
+        }
+        _ => None,
+    }
+}
+
+fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
     let groups = l.groups.get(&row.id).map(Vec::as_slice).unwrap_or_default();
     let empty = BTreeMap::new();
     let tags = l.tags.get(&row.id).unwrap_or(&empty);
-    let mut devices = vec![El::item()
-        .field("deviceName", ROOT_DEVICE)
-        .child(El::new("ebs").field("status", "attached").field("deleteOnTermination", "true"))];
-    for v in l.volumes.get(&row.id).into_iter().flatten() {
-        devices.push(
-            El::item().field("deviceName", super::volumes::device_of(v)).child(
-                El::new("ebs")
-                    .field("volumeId", &v.id)
-                    .field("status", v.attach_state.unwrap_or(nubo_api::views::AttachState::Attaching).as_str())
-                    .field("attachTime", xml::time(v.updated_at_ms))
-                    .field("deleteOnTermination", v.delete_on_termination == 1),
-            ),
-        );
-    }
-    let reason = match (row.state, &row.error) {
-        (InstanceState::Error, Some(e)) => {
-            Some(El::new("stateReason").field("code", "Server.InternalError").field("message", e))
-        }
-        // 64 and 80: EC2's stopping and stopped.
-        _ if matches!(code, 64 | 80) => Some(
-            El::new("stateReason")
-                .field("code", "Client.UserInitiatedShutdown")
-                .field("message", "Client.UserInitiatedShutdown: User initiated shutdown"),
-        ),
-        _ => None,
-    };
+    let devices = block_devices(l.volumes.get(&row.id).map(Vec::as_slice).unwrap_or_default());
+    let reason = state_reason(row).map(|(c, m)| El::new("stateReason").field("code", c).field("message", m));
     // On networks: the first NIC is the instance's VPC, subnet and
     // private address, as EC2's primary network interface.
     let nics = l.addresses.get(&row.id).map(Vec::as_slice).unwrap_or_default();
@@ -157,7 +145,7 @@ fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
             .field("macAddress", &n.port.mac)
             .field("privateIpAddress", &n.port.address)
             .field("privateDnsName", &dns)
-            .field("sourceDestCheck", true)
+            .field("sourceDestCheck", row.source_dest_check == 1)
             .child(El::list("groupSet", group_items()))
             .child(
                 El::new("attachment")
@@ -186,6 +174,7 @@ fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
         .child(
             El::new("placement")
                 .field("availabilityZone", &ctx.config.availability_zone)
+                .field("availabilityZoneId", super::catalog::zone_id(ctx))
                 .field("groupName", "")
                 .field("tenancy", "default"),
         )
@@ -200,6 +189,22 @@ fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
         .field("rootDeviceName", ROOT_DEVICE)
         .child(El::list("blockDeviceMapping", devices))
         .field("virtualizationType", "hvm")
+        .field("hypervisor", super::instance_filters::HYPERVISOR)
+        .field("sourceDestCheck", row.source_dest_check == 1)
+        .field("ebsOptimized", false)
+        .field("enaSupport", false)
+        .child(El::new("hibernationOptions").field("configured", false))
+        .child(El::new("enclaveOptions").field("enabled", false))
+        .child(El::new("maintenanceOptions").field("autoRecovery", "default"))
+        .child(
+            El::new("privateDnsNameOptions")
+                .field("hostnameType", "ip-name")
+                .field("enableResourceNameDnsARecord", false)
+                .field("enableResourceNameDnsAAAARecord", false),
+        )
+        .field("platformDetails", super::instance_filters::PLATFORM_DETAILS)
+        .field("usageOperation", super::instance_filters::USAGE_OPERATION)
+        .field("usageOperationUpdateTime", xml::time(row.created_at_ms))
         .opt("clientToken", row.client_token.as_deref())
         .child(xml::tag_set(tags))
         .child(El::new("cpuOptions").field("coreCount", row.vcpus).field("threadsPerCore", 1))
@@ -208,7 +213,9 @@ fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
                 .field("state", "applied")
                 .field("httpTokens", &row.imds_tokens)
                 .field("httpPutResponseHopLimit", 1)
-                .field("httpEndpoint", "enabled"),
+                .field("httpEndpoint", "enabled")
+                .field("httpProtocolIpv6", "disabled")
+                .field("instanceMetadataTags", "disabled"),
         );
     if !interfaces.is_empty() {
         item = item.child(El::list("networkInterfaceSet", interfaces));
@@ -219,14 +226,39 @@ fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
     item
 }
 
+/// The block device mapping's items: the root disk, then the volumes
+/// attached (or being attached or detached).
+pub(super) fn block_devices(volumes: &[VolumeRow]) -> Vec<El> {
+    let mut devices = vec![El::item()
+        .field("deviceName", ROOT_DEVICE)
+        .child(El::new("ebs").field("status", "attached").field("deleteOnTermination", "true"))];
+    for v in volumes {
+        devices.push(
+            El::item().field("deviceName", super::volumes::device_of(v)).child(
+                El::new("ebs")
+                    .field("volumeId", &v.id)
+                    .field("status", volume_status(v))
+                    .field("attachTime", xml::time(v.updated_at_ms))
+                    .field("deleteOnTermination", v.delete_on_termination == 1),
+            ),
+        );
+    }
+    devices
+}
+
+/// A volume's attachment status as EC2 names it.
+pub(super) fn volume_status(v: &VolumeRow) -> &'static str {
+    v.attach_state.unwrap_or(nubo_api::views::AttachState::Attaching).as_str()
+}
+
 /// EC2's private DNS name of an address (`ip-172-31-0-2.<region>.compute.internal`).
-fn private_dns_name(ctx: &Ctx, address: &str) -> String {
+pub(super) fn private_dns_name(ctx: &Ctx, address: &str) -> String {
     format!("ip-{}.{}.compute.internal", address.replace('.', "-"), ctx.config.region)
 }
 
 /// The hex digits of a NIC's interface id: the instance's, then its NIC
 /// index (an instance's NICs are fixed for its life, so the id is too).
-fn nic_hex(instance: &str, index: i64) -> String {
+pub(super) fn nic_hex(instance: &str, index: i64) -> String {
     format!("{}{index:x}", instance.trim_start_matches("i-"))
 }
 
@@ -304,25 +336,6 @@ async fn load_all(ctx: &Ctx, caller: &Caller, ids: &[InstanceId], access: Access
     Ok(rows)
 }
 
-const FILTERS: &[&str] = &[
-    "instance-id",
-    "instance-state-name",
-    "instance-state-code",
-    "instance-type",
-    "image-id",
-    "key-name",
-    "reservation-id",
-    "availability-zone",
-    "client-token",
-    "launch-index",
-    "instance.group-id",
-    "instance.group-name",
-    "vpc-id",
-    "subnet-id",
-    "private-ip-address",
-    "ip-address",
-];
-
 /// The instances a Describe call answers about: those named (each must be
 /// the caller's), or one page (`MaxResults`, `NextToken`) of the
 /// project's, in SQL, terminated ones for an hour as EC2 shows them.
@@ -361,51 +374,14 @@ pub async fn describe(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<
     let project = project_of(caller)?;
     let ids = parse_ids(&p.list("InstanceId"))?;
     let filters = p.filters()?;
-    query::check_filters(&filters, FILTERS, true)?;
+    query::check_filters(&filters, super::instance_filters::FILTERS, true)?;
     let (rows, next) = listed(ctx, caller, &project, &ids, p).await?;
     let found: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
     let whole = project_selection(&project);
     let l = lookups(ctx, &whole.for_related(&found)).await?;
     let rows: Vec<InstanceRow> = rows
         .into_iter()
-        .filter(|r| {
-            query::matches(&filters, |name| {
-                let (code, state) = state_of(r);
-                let groups = l.groups.get(&r.id).cloned().unwrap_or_default();
-                match name {
-                    "instance-id" => vec![r.id.clone()],
-                    "instance-state-name" => vec![state.to_string()],
-                    "instance-state-code" => vec![code.to_string()],
-                    "instance-type" => vec![app::instances::instance_type_of(r)],
-                    "image-id" => r.image_id.clone().into_iter().collect(),
-                    "key-name" => r.key_name.clone().into_iter().collect(),
-                    "reservation-id" => vec![reservation_of(r)],
-                    "availability-zone" => vec![ctx.config.availability_zone.clone()],
-                    "client-token" => r.client_token.clone().into_iter().collect(),
-                    "launch-index" => vec![r.launch_index.to_string()],
-                    "instance.group-id" => groups.into_iter().map(|g| g.0).collect(),
-                    "instance.group-name" => groups.into_iter().map(|g| g.1).collect(),
-                    "vpc-id" | "subnet-id" | "private-ip-address" => l
-                        .addresses
-                        .get(&r.id)
-                        .into_iter()
-                        .flatten()
-                        .map(|n| {
-                            let (vpc, subnet) = crate::networks::ec2_ids(&n.port.network_id);
-                            match name {
-                                "vpc-id" => vpc,
-                                "subnet-id" => subnet,
-                                _ => n.port.address.clone(),
-                            }
-                        })
-                        .collect(),
-                    "ip-address" => {
-                        l.addresses.get(&r.id).into_iter().flatten().filter_map(|n| n.floating_ip.clone()).collect()
-                    }
-                    other => query::tag_field(other, l.tags.get(&r.id)),
-                }
-            })
-        })
+        .filter(|r| query::matches(&filters, |name| super::instance_filters::values(ctx, r, &l, name)))
         .collect();
     let mut out = vec![El::list("reservationSet", reservations(ctx, &rows, &l))];
     if let Some(n) = next {
@@ -819,6 +795,26 @@ pub async fn power(ctx: &Arc<Ctx>, caller: &Caller, p: &Params, op: Power) -> Ec
         return Err(Ec2Error::missing("InstanceId"));
     }
     let rows = load_all(ctx, caller, &ids, Access::Write).await?;
+    // Protection refuses the whole request before anything changes, in
+    // EC2's words (the app layer refuses it too, for every other caller).
+    for row in &rows {
+        let (refused, attribute, verb) = match op {
+            Power::Terminate => {
+                (app::instance_attributes::termination_refusal(row).is_some(), "disableApiTermination", "terminated")
+            }
+            Power::Stop => (app::instance_attributes::stop_refusal(row).is_some(), "disableApiStop", "stopped"),
+            Power::Start | Power::Reboot => (false, "", ""),
+        };
+        if refused {
+            return Err(Ec2Error::bad(
+                "OperationNotPermitted",
+                format!(
+                    "The instance '{}' may not be {verb}. Modify its '{attribute}' instance attribute and try again.",
+                    row.id
+                ),
+            ));
+        }
+    }
     let mut items = Vec::new();
     for row in rows {
         let before = row.clone();

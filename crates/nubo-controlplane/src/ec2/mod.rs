@@ -8,6 +8,8 @@
 //!
 //! Modules: `sigv4` (signature checks), `replay` (each signature once),
 //! `instance_status` (EC2's status checks from Nubo's own),
+//! `instance_attributes` (one attribute of an instance, read or changed),
+//! `instance_filters` (DescribeInstances' filters),
 //! `sts` (STS's GetCallerIdentity, signed for service `sts` to this URL),
 //! `launch_templates` (launch templates, and RunInstances from one),
 //! `vpcs` (VPCs and subnets over private networks), `addresses`
@@ -22,6 +24,8 @@ pub mod block_devices;
 pub mod catalog;
 pub mod error;
 pub mod images;
+pub mod instance_attributes;
+pub mod instance_filters;
 pub mod instance_status;
 pub mod instances;
 pub mod keypairs;
@@ -349,6 +353,8 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, hos
         "RunInstances" => instances::run(ctx, caller, p).await,
         "DescribeInstances" => instances::describe(ctx, caller, p).await,
         "DescribeInstanceStatus" => instance_status::describe(ctx, caller, p).await,
+        "DescribeInstanceAttribute" => instance_attributes::describe(ctx, caller, p).await,
+        "ModifyInstanceAttribute" => instance_attributes::modify(ctx, caller, p).await,
         "StartInstances" => instances::power(ctx, caller, p, instances::Power::Start).await,
         "StopInstances" => instances::power(ctx, caller, p, instances::Power::Stop).await,
         "RebootInstances" => instances::power(ctx, caller, p, instances::Power::Reboot).await,

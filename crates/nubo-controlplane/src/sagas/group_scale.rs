@@ -308,12 +308,14 @@ impl SagaDef for ScaleIn {
         if step == "record" {
             // Only members still running or stopped: one already being
             // terminated (by someone else) is not noted, as it is not
-            // terminated by this saga.
+            // terminated by this saga; nor one protected since it was
+            // chosen (a saga resumed after a crash may run much later).
             let mut noted = Vec::new();
             for v in &p.victims {
                 let Some(r) = ctx.store.instance(v).await? else { continue };
                 if matches!(r.desired, PowerState::Running | PowerState::Stopped)
                     && r.state != InstanceState::Terminated
+                    && r.termination_protection == 0
                 {
                     record_once(ctx, &p.group_id, "terminate", &p.detail(v)).await?;
                     noted.push(v.clone());
@@ -322,6 +324,10 @@ impl SagaDef for ScaleIn {
             return Ok(Step::done(noted));
         }
         for v in &p.victims {
+            // Termination protection turned on since the victims were chosen holds.
+            if ctx.store.instance(v).await?.is_some_and(|r| r.termination_protection == 1) {
+                continue;
+            }
             terminate(ctx, v).await?;
         }
         Ok(Step::done(&p.victims))
