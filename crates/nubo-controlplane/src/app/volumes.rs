@@ -417,6 +417,20 @@ pub async fn create_for_launch(
     Ok(rows)
 }
 
+/// Whether an attached volume is deleted when its instance is
+/// terminated (EC2's DeleteOnTermination of the attachment).
+pub async fn set_delete_on_termination(ctx: &Arc<Ctx>, caller: &Caller, id: &str, delete: bool) -> AppResult<()> {
+    let v = load(ctx, caller, id, Access::Write).await?;
+    if v.instance_id.is_none() {
+        return Err(AppError::Conflict(format!(
+            "volume {} is not attached: whether it goes with an instance is set while attached",
+            v.id
+        )));
+    }
+    ctx.store.set_volume_delete_on_termination(&v.id, delete).await?;
+    Ok(())
+}
+
 /// Longest a launch waits for a host to make one of its volumes.
 const LAUNCH_VOLUME_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -441,11 +455,13 @@ async fn attach_when_made(
                     v.error.as_deref().unwrap_or("no reason given")
                 )))
             }
-            _ if tokio::time::Instant::now() >= deadline => return Err(AppError::Unavailable(format!(
+            _ if tokio::time::Instant::now() >= deadline => {
+                return Err(AppError::Unavailable(format!(
                 "volume {} was not made by its host within {} s: is the host up (`nubo host list`)? retry the launch",
                 v.id,
                 LAUNCH_VOLUME_WAIT.as_secs()
-            ))),
+            )))
+            }
             _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
         }
     }

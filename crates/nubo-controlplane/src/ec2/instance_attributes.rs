@@ -112,6 +112,8 @@ enum Change {
     Shutdown(String),
     SourceDestCheck(bool),
     Groups(Vec<String>),
+    /// `BlockDeviceMapping.N`: device names and their DeleteOnTermination.
+    DeleteOnTermination(Vec<(String, bool)>),
 }
 
 /// EC2's boolean words.
@@ -189,8 +191,19 @@ fn parse_change(p: &Params) -> Ec2Result<Change> {
     if !groups.is_empty() {
         changes.push(Change::Groups(groups));
     }
-    if !p.structs("BlockDeviceMapping").is_empty() {
-        changes.push(change_of("blockDeviceMapping", "")?);
+    let mappings = p.structs("BlockDeviceMapping");
+    if !mappings.is_empty() {
+        let mut devices = Vec::new();
+        for m in &mappings {
+            let device = m.required("DeviceName")?.to_string();
+            let Some(v) = m.str("Ebs.DeleteOnTermination") else {
+                // Only an attachment's DeleteOnTermination can change:
+                // volumes come and go with AttachVolume and DetachVolume.
+                return Err(Ec2Error::missing("BlockDeviceMapping.N.Ebs.DeleteOnTermination"));
+            };
+            devices.push((device, boolean("DeleteOnTermination", v)?));
+        }
+        changes.push(Change::DeleteOnTermination(devices));
     }
     match (p.str("Attribute"), p.str("Value")) {
         (Some(a), Some(v)) => changes.push(change_of(a, v)?),
@@ -221,9 +234,50 @@ pub async fn modify(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
         Change::Shutdown(b) => attrs::set_shutdown_behavior(ctx, caller, &id, b).await,
         Change::SourceDestCheck(on) => attrs::set_source_dest_check(ctx, caller, &id, *on).await,
         Change::Groups(g) => attrs::set_security_groups(ctx, caller, &id, g).await,
+        Change::DeleteOnTermination(devices) => {
+            set_delete_on_termination(ctx, caller, &id, devices).await?;
+            Ok(())
+        }
     };
     done.in_domain(Domain::Instance)?;
     Ok(vec![El::text("return", "true")])
+}
+
+/// Which attached volumes go with the instance, by the device names
+/// DescribeInstances shows (the root disk always goes with it).
+async fn set_delete_on_termination(
+    ctx: &Arc<Ctx>,
+    caller: &Caller,
+    instance: &str,
+    devices: &[(String, bool)],
+) -> Ec2Result<()> {
+    let row =
+        app::instances::load(ctx, caller, instance, crate::authz::Access::Write).await.in_domain(Domain::Instance)?;
+    let volumes = ctx.store.volumes_of_instance(&row.id).await?;
+    let mut chosen = Vec::new();
+    for (device, delete) in devices {
+        if device == super::instances::ROOT_DEVICE {
+            if !delete {
+                return Err(Ec2Error::bad(
+                    "UnsupportedOperation",
+                    "the root disk is part of the instance and always goes with it: make an image (CreateImage) or a volume from a snapshot to keep its data",
+                ));
+            }
+            continue;
+        }
+        let v = volumes.iter().find(|v| super::volumes::device_of(v) == *device).ok_or_else(|| {
+            Ec2Error::invalid(format!(
+                "Instance {} has no device {}: see its blockDeviceMapping in DescribeInstances",
+                row.id,
+                device.chars().take(40).collect::<String>()
+            ))
+        })?;
+        chosen.push((v.id.clone(), *delete));
+    }
+    for (volume, delete) in chosen {
+        app::volumes::set_delete_on_termination(ctx, caller, &volume, delete).await.in_domain(Domain::Volume)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -247,6 +301,10 @@ mod tests {
         assert_eq!(parse_change(&bad).unwrap_err().code, "InvalidParameterValue");
         let kernel = Params::from_form(b"Kernel.Value=aki-1");
         assert_eq!(parse_change(&kernel).unwrap_err().code, "UnsupportedOperation");
+        let dot = Params::from_form(
+            b"BlockDeviceMapping.1.DeviceName=%2Fdev%2Fsdf&BlockDeviceMapping.1.Ebs.DeleteOnTermination=true",
+        );
+        assert_eq!(parse_change(&dot).unwrap(), Change::DeleteOnTermination(vec![("/dev/sdf".into(), true)]));
         let word = Params::from_form(b"DisableApiTermination.Value=yes");
         assert_eq!(parse_change(&word).unwrap_err().code, "InvalidParameterValue");
     }

@@ -442,10 +442,12 @@ fn parse_run(ctx: &Ctx, p: &Params) -> Ec2Result<RunRequest> {
         let to = match spec.str("ResourceType") {
             Some("instance") => &mut tags,
             Some("volume") => &mut volume_tags,
-            other => return Err(Ec2Error::invalid(format!(
+            other => {
+                return Err(Ec2Error::invalid(format!(
                 "TagSpecification ResourceType '{}' is not supported by RunInstances here: use 'instance' or 'volume'",
                 other.unwrap_or("").chars().take(40).collect::<String>()
-            ))),
+            )))
+            }
         };
         for (k, v) in spec.tags("Tag")? {
             to.push((k, v.unwrap_or_default()));
