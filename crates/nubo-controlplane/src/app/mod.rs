@@ -21,4 +21,5 @@ pub mod migrations;
 pub mod monitoring;
 pub mod networks;
 pub mod provisioning;
+pub mod tags;
 pub mod volumes;
