@@ -315,6 +315,9 @@ pub struct Keypair {
     pub key_type: String,
     pub public_key: String,
     pub created_at_ms: i64,
+    /// Tags (key to value): `nubo tag set`.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// `POST /api/v1/keypairs` answer. `private_key` (OpenSSH format) is there
@@ -886,7 +889,7 @@ pub struct Tag {
     /// VPC's (`vpc-` and the network id's digits), as the EC2 API sees them.
     pub resource_id: String,
     /// `instance`, `volume`, `snapshot`, `image`, `security-group`, `vpc`,
-    /// `subnet` or `floating-ip`.
+    /// `subnet`, `floating-ip` or `key-pair`.
     pub resource_type: String,
     pub key: String,
     pub value: String,

@@ -502,7 +502,7 @@ impl Client {
         self.get_all_pages(&format!("/api/v1/tags?{}", query.join("&"))).await
     }
 
-    /// One resource's tags (`id`: i-, vol-, snap-, ami-, sg-, net-, fip-...).
+    /// One resource's tags (`id`: i-, vol-, snap-, ami-, sg-, net-, fip-, key-...).
     pub async fn resource_tags(&self, id: &str) -> Result<nubo_api::views::ResourceTags, ClientError> {
         self.get(&format!("/api/v1/resources/{}/tags", path_segment(id))).await
     }

@@ -293,14 +293,16 @@ async fn another_projects_resources_are_not_found_and_readers_cannot_write() {
             Some(json!({"image": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})),
         )
         .await);
+    let kp = t.ok("POST", "/api/v1/keypairs", &alice, Some(json!({"name": "k1"}))).await;
+    let kp = kp["keypair"]["id"].as_str().unwrap().to_string();
     let bob_vol = id(&t.ok("POST", "/api/v1/volumes", &bob, Some(json!({"size_gib": 1}))).await);
-    for r in [&vol, &net, &sg, &inst] {
+    for r in [&vol, &net, &sg, &inst, &kp] {
         set(&t, &alice, r, json!({"secret": "a"})).await;
     }
     set(&t, &bob, &bob_vol, json!({"mine": "b"})).await;
 
     // Bob: alice's resources do not exist for him, by any route.
-    for r in [&vol, &net, &sg, &inst] {
+    for r in [&vol, &net, &sg, &inst, &kp] {
         let (s, v) = set(&t, &bob, r, json!({"x": "y"})).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{r}: {v}");
         let (s, v) = t.call("DELETE", &format!("/api/v1/resources/{r}/tags?key=secret"), Some(&bob), None).await;
@@ -328,7 +330,9 @@ async fn another_projects_resources_are_not_found_and_readers_cannot_write() {
     let v = t.ok("GET", &format!("/api/v1/tags?resource={vol}"), &rita, None).await;
     assert_eq!(v.as_array().unwrap().len(), 1);
     assert_eq!(ids(&t.ok("GET", "/api/v1/volumes?tag=secret=a", &rita, None).await), vec![vol.clone()]);
-    for r in [&vol, &net, &sg, &inst] {
+    assert_eq!(ids(&t.ok("GET", "/api/v1/keypairs?tag=secret", &rita, None).await), vec![kp.clone()]);
+    assert!(ids(&t.ok("GET", "/api/v1/keypairs?tag=secret", &bob, None).await).is_empty());
+    for r in [&vol, &net, &sg, &inst, &kp] {
         let (s, v) = set(&t, &rita, r, json!({"x": "y"})).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{r}: {v}");
         let (s, v) = t.call("DELETE", &format!("/api/v1/resources/{r}/tags?key=secret"), Some(&rita), None).await;

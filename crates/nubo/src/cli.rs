@@ -71,7 +71,7 @@ pub enum Command {
     #[command(subcommand, name = "security-group", alias = "sg")]
     SecurityGroup(SecurityGroupCmd),
     /// Tags (KEY=VALUE) on instances, volumes, snapshots, images, security
-    /// groups, networks and floating IPs: the same the EC2 API sees.
+    /// groups, networks, floating IPs and key pairs: the same the EC2 API sees.
     #[command(subcommand)]
     Tag(TagCmd),
     /// Load balancers (HTTP or TCP) in front of instances or a group; `serve` runs one from a file.
@@ -127,11 +127,14 @@ pub enum KeypairCmd {
         #[arg(long, value_name = "FILE")]
         public_key_file: PathBuf,
     },
-    List,
-    /// Delete a key pair (instances launched with it keep the key).
-    Delete {
-        name: String,
+    List {
+        /// Only those with a tag: `tag:KEY=VALUE` (that value) or `tag:KEY`
+        /// (any value); repeat it for several, all must match.
+        #[arg(long = "filter", value_name = "tag:KEY[=VALUE]")]
+        filter: Vec<String>,
     },
+    /// Delete a key pair (instances launched with it keep the key).
+    Delete { name: String },
 }
 
 #[derive(Subcommand)]
@@ -1261,7 +1264,7 @@ pub enum TagCmd {
     /// Add or overwrite tags on a resource (its other tags stay):
     /// `nubo tag set i-... env=prod team=web`.
     Set {
-        /// i-, vol-, snap-, ami-, sg-, net- (or vpc-, subnet-) or fip-...
+        /// i-, vol-, snap-, ami-, sg-, net- (or vpc-, subnet-), fip- or key-...
         resource: String,
         /// KEY=VALUE (an empty value is allowed: KEY=).
         #[arg(required = true, value_name = "KEY=VALUE")]

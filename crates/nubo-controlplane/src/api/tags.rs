@@ -1,6 +1,6 @@
 //! `/api/v1/tags` and `/api/v1/resources/{id}/tags`: the REST adapter over
 //! `app::tags` (the tags of instances, volumes, snapshots, images,
-//! security groups, networks and floating IPs, the same the EC2 API's
+//! security groups, networks, floating IPs and key pairs, the same the EC2 API's
 //! CreateTags and DescribeTags see), and the `tag` filter the lists of
 //! those resources take (`?tag=KEY=VALUE&tag=KEY`: all must match).
 //! Repeated query parameters are read from the raw query, which the
@@ -102,7 +102,7 @@ pub async fn list(
 
 /// Show one resource's tags.
 #[utoipa::path(get, path = "/api/v1/resources/{id}/tags", tag = "tags", operation_id = "show_tags",
-    params(("id" = String, Path, description = "the resource's id: i-, vol-, snap-, ami-, sg-, net- (or vpc-, subnet-), fip-")),
+    params(("id" = String, Path, description = "the resource's id: i-, vol-, snap-, ami-, sg-, net- (or vpc-, subnet-), fip-, key-")),
     responses((status = 200, body = ResourceTags), (status = 400, body = nubo_api::error::ErrorBody),
         (status = 404, body = nubo_api::error::ErrorBody)))]
 pub async fn show(
@@ -119,7 +119,7 @@ pub async fn show(
 /// characters; a resource carries at most 50 tags. Needs a role that may
 /// change the resource.
 #[utoipa::path(put, path = "/api/v1/resources/{id}/tags", tag = "tags", operation_id = "set_tags", request_body = TagSet,
-    params(("id" = String, Path, description = "the resource's id: i-, vol-, snap-, ami-, sg-, net- (or vpc-, subnet-), fip-")),
+    params(("id" = String, Path, description = "the resource's id: i-, vol-, snap-, ami-, sg-, net- (or vpc-, subnet-), fip-, key-")),
     responses((status = 200, description = "every tag the resource carries now", body = ResourceTags),
         (status = 400, description = "a bad key or value, or more than 50 tags", body = nubo_api::error::ErrorBody),
         (status = 403, body = nubo_api::error::ErrorBody), (status = 404, body = nubo_api::error::ErrorBody)))]

@@ -15,7 +15,9 @@ use crate::pagination::{Cursor, PageRequest, MAX_PAGE};
 use crate::tags::{TagError, TagRow, MAX_TAGS_PER_RESOURCE};
 use crate::{validate, Ctx};
 use base64::Engine;
-use nubo_api::views::{FloatingIp, Image, Instance, Network, ResourceTags, SecurityGroup, Snapshot, Tag, Volume};
+use nubo_api::views::{
+    FloatingIp, Image, Instance, Keypair, Network, ResourceTags, SecurityGroup, Snapshot, Tag, Volume,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -25,7 +27,7 @@ pub struct Target {
     /// The id its tags are kept under (a network's: its `vpc-` id).
     pub id: String,
     /// `instance`, `volume`, `snapshot`, `image`, `security-group`, `vpc`,
-    /// `subnet` or `floating-ip`.
+    /// `subnet`, `floating-ip` or `key-pair`.
     pub kind: &'static str,
     /// The resource's project (empty for a builtin image, which has none).
     pub project: String,
@@ -36,7 +38,7 @@ fn not_taggable(id: &str) -> AppError {
     AppError::BadRequest(format!(
         "'{}' is not the id of a resource that carries tags: tags go on instances (i-...), volumes (vol-...), \
          snapshots (snap-...), images (ami-...), security groups (sg-...), networks (net-..., or vpc-.../subnet-... \
-         as the EC2 API names them) and floating IPs (fip-...)",
+         as the EC2 API names them), floating IPs (fip-...) and key pairs (key-...)",
         id.chars().take(64).collect::<String>()
     ))
 }
@@ -54,6 +56,9 @@ pub fn kind_of(id: &str) -> Option<(String, &'static str)> {
     }
     if id.starts_with(nubo_api::ids::FloatingIpId::PREFIX) {
         return Some((id.to_string(), "floating-ip"));
+    }
+    if id.starts_with(nubo_api::ids::KeypairId::PREFIX) {
+        return Some((id.to_string(), "key-pair"));
     }
     None
 }
@@ -127,6 +132,15 @@ pub async fn target(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -> App
             if row.id != id {
                 return Err(AppError::NotFound { kind: "security group", id: id.chars().take(64).collect() });
             }
+            (row.id, row.project_id)
+        }
+        "key-pair" => {
+            // Key pairs are the caller's project's, by name; their ids
+            // are looked up among them.
+            let not_found = || AppError::NotFound { kind: "key pair", id: id.chars().take(64).collect() };
+            let project = authz::caller_project(caller).map_err(|_| not_found())?;
+            let row = ctx.store.keypairs(&project).await?.into_iter().find(|k| k.id == id).ok_or_else(not_found)?;
+            authz::check(caller, access, Some(&row.project_id), "key pair", id)?;
             (row.id, row.project_id)
         }
         _ => {
@@ -362,7 +376,7 @@ macro_rules! tagged {
     };
 }
 
-tagged!(Instance, Volume, Snapshot, Image, SecurityGroup, FloatingIp);
+tagged!(Instance, Volume, Snapshot, Image, SecurityGroup, FloatingIp, Keypair);
 
 impl Tagged for Network {
     fn tag_id(&self) -> String {
@@ -444,6 +458,7 @@ mod tests {
         assert_eq!(kind_of(&net), Some((vpc.clone(), "vpc")));
         assert_eq!(kind_of(&vpc), Some((vpc, "vpc")));
         assert_eq!(kind_of("fip-0123456789abcdef0").map(|k| k.1), Some("floating-ip"));
+        assert_eq!(kind_of("key-0123456789abcdef0").map(|k| k.1), Some("key-pair"));
         assert_eq!(kind_of("h-0123456789abcdef0"), None);
     }
 
