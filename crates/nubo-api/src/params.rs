@@ -407,3 +407,13 @@ pub struct InstanceProtection {
     #[serde(default)]
     pub shutdown_behavior: Option<String>,
 }
+
+/// `PUT /api/v1/resources/{id}/tags`: tags to add or overwrite; the
+/// resource's other tags stay.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TagSet {
+    /// Key to value: keys of 1-128 characters, not starting with `aws:`;
+    /// values of at most 256. A resource has at most 50 tags.
+    pub tags: std::collections::BTreeMap<String, String>,
+}

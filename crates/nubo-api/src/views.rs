@@ -168,6 +168,10 @@ pub struct Network {
     /// EC2 API's default VPC).
     #[serde(default)]
     pub is_default: bool,
+    /// Tags (key to value), the same as its VPC's on the EC2 API
+    /// (`vpc-` and the network id's digits).
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// Where an external network is on the hosts, and which addresses Nubo hands out.
@@ -204,6 +208,9 @@ pub struct FloatingIp {
     /// The load balancer listening on it, if any (instead of an instance).
     #[serde(default)]
     pub load_balancer_id: Option<crate::ids::LoadBalancerId>,
+    /// Tags (key to value): `nubo tag set`, or the EC2 API's CreateTags.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// An instance's NIC on a network.
@@ -321,6 +328,9 @@ pub struct Keypair {
     pub key_type: String,
     pub public_key: String,
     pub created_at_ms: i64,
+    /// Tags (key to value): `nubo tag set`.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// `POST /api/v1/keypairs` answer. `private_key` (OpenSSH format) is there
@@ -493,6 +503,9 @@ pub struct Image {
     /// Why it is in `error`.
     pub error: Option<String>,
     pub created_at_ms: i64,
+    /// Tags (key to value): `nubo tag set`, or the EC2 API's CreateTags.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 crate::state_enum! {
@@ -633,6 +646,9 @@ pub struct Snapshot {
     pub error: Option<String>,
     pub created_at_ms: i64,
     pub completed_at_ms: Option<i64>,
+    /// Tags (key to value): `nubo tag set`, or the EC2 API's CreateTags.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// `GET /api/v1/instances/{id}/console`
@@ -756,6 +772,9 @@ pub struct SecurityGroup {
     pub description: String,
     pub project_id: crate::ids::ProjectId,
     pub rules: Vec<SecurityGroupRule>,
+    /// Tags (key to value): `nubo tag set`, or the EC2 API's CreateTags.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// One rule: traffic it lets in (`ingress`) or out (`egress`).
@@ -874,4 +893,26 @@ pub struct BackgroundTask {
     pub runs: u64,
     /// Failed runs since this server started.
     pub failures: u64,
+}
+
+/// One tag of one resource (`GET /api/v1/tags`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Tag {
+    /// The resource's id as the tag is kept: a network's tags are its
+    /// VPC's (`vpc-` and the network id's digits), as the EC2 API sees them.
+    pub resource_id: String,
+    /// `instance`, `volume`, `snapshot`, `image`, `security-group`, `vpc`,
+    /// `subnet`, `floating-ip` or `key-pair`.
+    pub resource_type: String,
+    pub key: String,
+    pub value: String,
+}
+
+/// Every tag of one resource, after a change (`PUT`/`DELETE
+/// /api/v1/resources/{id}/tags`) or as read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ResourceTags {
+    pub resource_id: String,
+    pub resource_type: String,
+    pub tags: std::collections::BTreeMap<String, String>,
 }

@@ -213,7 +213,9 @@ impl Client {
             // Tokens are opaque: escaped like any value the server made.
             query.push_str(&format!("&page_token={}", path_segment(t)));
         }
-        let (resp, url) = self.respond(&format!("{path}?{query}"), |url| self.http.get(url)).await?;
+        // A path may carry a query of its own (a list's filters).
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let (resp, url) = self.respond(&format!("{path}{sep}{query}"), |url| self.http.get(url)).await?;
         let next = resp.headers().get(NEXT_PAGE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
         Ok((self.read(resp, &url).await?, next))
     }
@@ -475,6 +477,61 @@ impl Client {
         p: &nubo_api::params::InstanceSnapshot,
     ) -> Result<Image, ClientError> {
         self.post(&format!("/api/v1/instances/{}/snapshot", path_segment(id)), p).await
+    }
+
+    // ---- tags ----
+
+    /// Every item of a list (`path` such as `/api/v1/volumes`) that carries
+    /// the tags `filters` names (`KEY=VALUE`, or `KEY` for any value; all
+    /// must match), in the list's own order. The server filters, so only
+    /// the matches travel.
+    pub async fn list_tagged<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        filters: &[String],
+    ) -> Result<Vec<T>, ClientError> {
+        let query: Vec<String> = filters.iter().map(|f| format!("tag={}", path_segment(f))).collect();
+        self.get(&format!("{path}?{}", query.join("&"))).await
+    }
+
+    /// The tags the token's project put on its resources (an operator:
+    /// every project's): of one resource, with one of `keys` when any are
+    /// given; read a page at a time.
+    pub async fn tags(
+        &self,
+        resource: Option<&str>,
+        keys: &[String],
+    ) -> Result<Vec<nubo_api::views::Tag>, ClientError> {
+        let mut query: Vec<String> = keys.iter().map(|k| format!("key={}", path_segment(k))).collect();
+        if let Some(r) = resource {
+            query.push(format!("resource={}", path_segment(r)));
+        }
+        if query.is_empty() {
+            return self.get_all_pages("/api/v1/tags").await;
+        }
+        self.get_all_pages(&format!("/api/v1/tags?{}", query.join("&"))).await
+    }
+
+    /// One resource's tags (`id`: i-, vol-, snap-, ami-, sg-, net-, fip-, key-...).
+    pub async fn resource_tags(&self, id: &str) -> Result<nubo_api::views::ResourceTags, ClientError> {
+        self.get(&format!("/api/v1/resources/{}/tags", path_segment(id))).await
+    }
+
+    /// Adds or overwrites tags on a resource (its other tags stay); every
+    /// tag it carries after.
+    pub async fn set_tags(
+        &self,
+        id: &str,
+        tags: &std::collections::BTreeMap<String, String>,
+    ) -> Result<nubo_api::views::ResourceTags, ClientError> {
+        let body = nubo_api::params::TagSet { tags: tags.clone() };
+        self.put(&format!("/api/v1/resources/{}/tags", path_segment(id)), &body).await
+    }
+
+    /// Removes tags from a resource by key; the tags it still carries.
+    pub async fn unset_tags(&self, id: &str, keys: &[String]) -> Result<nubo_api::views::ResourceTags, ClientError> {
+        let query: Vec<String> = keys.iter().map(|k| format!("key={}", path_segment(k))).collect();
+        self.delete(&format!("/api/v1/resources/{}/tags?{}", path_segment(id), query.join("&"))).await
     }
 
     // ---- volumes ----

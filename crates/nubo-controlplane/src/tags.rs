@@ -1,7 +1,8 @@
 //! Tags in SQL: key/value pairs on any resource of a project (instances,
-//! volumes, images, snapshots, security groups), by the resource's id.
-//! The EC2 API sets and lists them; REST views of instances and volumes
-//! show them; later policies select resources by them.
+//! volumes, images, snapshots, security groups, VPCs and subnets, floating
+//! IPs, key pairs), by the resource's id. The EC2 API and the native API
+//! (`app::tags`: who may change them, and the native ids) set and list
+//! them; REST views show them; policies select resources by them.
 
 use crate::store::Store;
 use sqlx::FromRow;
@@ -19,7 +20,8 @@ pub struct TagRow {
     pub value: String,
 }
 
-/// The kind of resource an id names, from its prefix (`None`: not taggable).
+/// The kind of resource an EC2 id names, from its prefix (`None`: not
+/// taggable through the EC2 API; `app::tags::kind_of` adds the native ids).
 pub fn resource_type_of(id: &str) -> Option<&'static str> {
     [
         ("i-", "instance"),

@@ -74,6 +74,10 @@ pub enum Command {
     /// Security groups: what may reach instances on private networks.
     #[command(subcommand, name = "security-group", alias = "sg")]
     SecurityGroup(SecurityGroupCmd),
+    /// Tags (KEY=VALUE) on instances, volumes, snapshots, images, security
+    /// groups, networks, floating IPs and key pairs: the same the EC2 API sees.
+    #[command(subcommand)]
+    Tag(TagCmd),
     /// Load balancers (HTTP or TCP) in front of instances or a group; `serve` runs one from a file.
     #[command(subcommand)]
     Lb(LbCmd),
@@ -127,11 +131,14 @@ pub enum KeypairCmd {
         #[arg(long, value_name = "FILE")]
         public_key_file: PathBuf,
     },
-    List,
-    /// Delete a key pair (instances launched with it keep the key).
-    Delete {
-        name: String,
+    List {
+        /// Only those with a tag: `tag:KEY=VALUE` (that value) or `tag:KEY`
+        /// (any value); repeat it for several, all must match.
+        #[arg(long = "filter", value_name = "tag:KEY[=VALUE]")]
+        filter: Vec<String>,
     },
+    /// Delete a key pair (instances launched with it keep the key).
+    Delete { name: String },
 }
 
 #[derive(Subcommand)]
@@ -702,7 +709,12 @@ pub enum InstanceCmd {
     Runs {
         id: String,
     },
-    List,
+    List {
+        /// Only those with a tag: `tag:KEY=VALUE` (that value) or `tag:KEY`
+        /// (any value); repeat it for several, all must match.
+        #[arg(long = "filter", value_name = "tag:KEY[=VALUE]")]
+        filter: Vec<String>,
+    },
     Show {
         id: String,
     },
@@ -761,7 +773,12 @@ pub enum VolumeCmd {
         #[arg(long)]
         wait: bool,
     },
-    List,
+    List {
+        /// Only those with a tag: `tag:KEY=VALUE` (that value) or `tag:KEY`
+        /// (any value); repeat it for several, all must match.
+        #[arg(long = "filter", value_name = "tag:KEY[=VALUE]")]
+        filter: Vec<String>,
+    },
     Show {
         volume: String,
     },
@@ -804,9 +821,18 @@ pub enum VolumeCmd {
 
 #[derive(Subcommand)]
 pub enum SnapshotCmd {
-    List,
-    Show { snapshot: String },
-    Delete { snapshot: String },
+    List {
+        /// Only those with a tag: `tag:KEY=VALUE` (that value) or `tag:KEY`
+        /// (any value); repeat it for several, all must match.
+        #[arg(long = "filter", value_name = "tag:KEY[=VALUE]")]
+        filter: Vec<String>,
+    },
+    Show {
+        snapshot: String,
+    },
+    Delete {
+        snapshot: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -835,7 +861,12 @@ pub enum HostCmd {
 
 #[derive(Subcommand)]
 pub enum ImageCmd {
-    List,
+    List {
+        /// Only those with a tag: `tag:KEY=VALUE` (that value) or `tag:KEY`
+        /// (any value); repeat it for several, all must match.
+        #[arg(long = "filter", value_name = "tag:KEY[=VALUE]")]
+        filter: Vec<String>,
+    },
     /// Upload a disk image (raw or qcow2) into the registry.
     Import {
         file: PathBuf,
@@ -860,13 +891,9 @@ pub enum ImageCmd {
         description: Option<String>,
     },
     /// Show an image (by id or name).
-    Show {
-        image: String,
-    },
+    Show { image: String },
     /// Delete an image (refused while instances use it or snapshots came from it).
-    Delete {
-        image: String,
-    },
+    Delete { image: String },
     /// Build a builtin image (tiny, debian) into the local image cache.
     Build {
         name: String,
@@ -1192,15 +1219,16 @@ pub enum NetworkCmd {
         #[arg(long, requires = "external")]
         auto_assign: bool,
     },
-    List,
+    List {
+        /// Only those with a tag: `tag:KEY=VALUE` (that value) or `tag:KEY`
+        /// (any value); repeat it for several, all must match.
+        #[arg(long = "filter", value_name = "tag:KEY[=VALUE]")]
+        filter: Vec<String>,
+    },
     /// A network and the instances on it.
-    Show {
-        network: String,
-    },
+    Show { network: String },
     /// Delete a network no instance uses.
-    Delete {
-        network: String,
-    },
+    Delete { network: String },
 }
 
 #[derive(Subcommand)]
@@ -1211,24 +1239,22 @@ pub enum FloatingIpCmd {
         #[arg(long)]
         network: String,
     },
-    List,
+    List {
+        /// Only those with a tag: `tag:KEY=VALUE` (that value) or `tag:KEY`
+        /// (any value); repeat it for several, all must match.
+        #[arg(long = "filter", value_name = "tag:KEY[=VALUE]")]
+        filter: Vec<String>,
+    },
     Show {
         /// Its id or address.
         floating_ip: String,
     },
     /// Point it at an instance on a private network (its first private NIC).
-    Associate {
-        floating_ip: String,
-        instance: String,
-    },
+    Associate { floating_ip: String, instance: String },
     /// Point it at nothing; the project keeps it.
-    Disassociate {
-        floating_ip: String,
-    },
+    Disassociate { floating_ip: String },
     /// Give it back to the pool.
-    Release {
-        floating_ip: String,
-    },
+    Release { floating_ip: String },
 }
 
 #[derive(Subcommand)]
@@ -1241,7 +1267,12 @@ pub enum SecurityGroupCmd {
         description: String,
     },
     /// Groups and their rules.
-    List,
+    List {
+        /// Only those with a tag: `tag:KEY=VALUE` (that value) or `tag:KEY`
+        /// (any value); repeat it for several, all must match.
+        #[arg(long = "filter", value_name = "tag:KEY[=VALUE]")]
+        filter: Vec<String>,
+    },
     /// Let traffic in: `allow web --protocol tcp --port 80 --cidr 0.0.0.0/0`
     /// (or out, with --egress; a new group lets everything out until its
     /// egress rule is revoked).
@@ -1268,6 +1299,32 @@ pub enum SecurityGroupCmd {
     Revoke { group: String, rule: String },
 }
 
+#[derive(Subcommand)]
+pub enum TagCmd {
+    /// Add or overwrite tags on a resource (its other tags stay):
+    /// `nubo tag set i-... env=prod team=web`.
+    Set {
+        /// i-, vol-, snap-, ami-, sg-, net- (or vpc-, subnet-), fip- or key-...
+        resource: String,
+        /// KEY=VALUE (an empty value is allowed: KEY=).
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+    },
+    /// Remove tags from a resource by key.
+    Unset {
+        resource: String,
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+    },
+    /// The project's tags: all, or one resource's; --key for some keys only.
+    List {
+        resource: Option<String>,
+        /// Only tags with this key (repeatable).
+        #[arg(long = "key", value_name = "KEY")]
+        keys: Vec<String>,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1288,7 +1345,7 @@ mod tests {
             let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
             assert_eq!(cli.conn.url(), Some("http://127.0.0.1:8780"), "{argv:?}");
             assert_eq!(cli.conn.token(), Some("t"), "{argv:?}");
-            assert!(matches!(cli.command, Command::Instance(InstanceCmd::List)), "{argv:?}");
+            assert!(matches!(cli.command, Command::Instance(InstanceCmd::List { .. })), "{argv:?}");
         }
         // An empty value (NUBO_URL= in a script) is no URL at all.
         let cli = Cli::try_parse_from(["nubo", "--url", "", "keypair", "list"]).expect("parses");

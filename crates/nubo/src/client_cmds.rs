@@ -287,8 +287,15 @@ pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        InstanceCmd::List => {
-            let list = client(conn)?.instances().await?;
+        InstanceCmd::List { filter } => {
+            let list: Vec<nubo_api::views::Instance> = {
+                let c = client(conn)?;
+                if filter.is_empty() {
+                    c.instances().await?
+                } else {
+                    c.list_tagged("/api/v1/instances", &crate::tag_cmds::tag_filters(&filter)?).await?
+                }
+            };
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -494,7 +501,7 @@ pub async fn host(cmd: HostCmd, conn: &Conn) -> anyhow::Result<()> {
 
 pub async fn image(cmd: ImageCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        ImageCmd::List => crate::storage_cmds::list_images(conn).await,
+        ImageCmd::List { filter } => crate::storage_cmds::list_images(conn, &filter).await,
         ImageCmd::Import { file, name, format, min_disk, min_memory, public, kernel_image, description } => {
             let opts = crate::storage_cmds::ImportOptions {
                 name,

@@ -13,6 +13,7 @@ mod output;
 mod provision_cmds;
 mod relay;
 mod storage_cmds;
+mod tag_cmds;
 mod task_cmds;
 mod template_cmds;
 
@@ -83,6 +84,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Network(c) => network_cmds::network(c, &cli.conn).await,
         Command::FloatingIp(c) => network_cmds::floating_ip(c, &cli.conn).await,
         Command::SecurityGroup(c) => network_cmds::security_group(c, &cli.conn).await,
+        Command::Tag(c) => tag_cmds::tag(c, &cli.conn).await,
         Command::Login(a) => identity_cmds::login(a, &cli.conn).await,
         Command::Token(c) => identity_cmds::token(c, &cli.conn).await,
         Command::Project(c) => identity_cmds::project(c, &cli.conn).await,

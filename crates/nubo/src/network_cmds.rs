@@ -51,8 +51,15 @@ pub async fn network(cmd: NetworkCmd, conn: &Conn) -> anyhow::Result<()> {
             let n = client(conn)?.create_network(&NetworkCreate { name, cidr, external }).await?;
             emit(conn.output, &n, |n| println!("{}", n.id))
         }
-        NetworkCmd::List => {
-            let nets = client(conn)?.networks().await?;
+        NetworkCmd::List { filter } => {
+            let nets: Vec<Network> = {
+                let c = client(conn)?;
+                if filter.is_empty() {
+                    c.networks().await?
+                } else {
+                    c.list_tagged("/api/v1/networks", &crate::tag_cmds::tag_filters(&filter)?).await?
+                }
+            };
             emit(conn.output, &nets, |n| print_networks(n))
         }
         NetworkCmd::Show { network } => {
@@ -105,8 +112,15 @@ pub async fn security_group(cmd: SecurityGroupCmd, conn: &Conn) -> anyhow::Resul
             let g = client(conn)?.create_security_group(&SecurityGroupCreate { name, description }).await?;
             emit(conn.output, &g, |g| println!("{}", g.id))
         }
-        SecurityGroupCmd::List => {
-            let groups = client(conn)?.security_groups().await?;
+        SecurityGroupCmd::List { filter } => {
+            let groups: Vec<SecurityGroup> = {
+                let c = client(conn)?;
+                if filter.is_empty() {
+                    c.security_groups().await?
+                } else {
+                    c.list_tagged("/api/v1/security-groups", &crate::tag_cmds::tag_filters(&filter)?).await?
+                }
+            };
             emit(conn.output, &groups, |g| print_groups(g))
         }
         SecurityGroupCmd::Allow { group, protocol, port, cidr, source_group, egress } => {
@@ -162,8 +176,14 @@ pub async fn floating_ip(cmd: FloatingIpCmd, conn: &Conn) -> anyhow::Result<()> 
             let f = c.allocate_floating_ip(&FloatingIpCreate { network }).await?;
             emit(conn.output, &f, |f| println!("{} {}", f.id, f.address))
         }
-        FloatingIpCmd::List => {
-            let ips = c.floating_ips().await?;
+        FloatingIpCmd::List { filter } => {
+            let ips: Vec<FloatingIp> = {
+                if filter.is_empty() {
+                    c.floating_ips().await?
+                } else {
+                    c.list_tagged("/api/v1/floating-ips", &crate::tag_cmds::tag_filters(&filter)?).await?
+                }
+            };
             emit(conn.output, &ips, |ips| print_floating_ips(ips))
         }
         FloatingIpCmd::Show { floating_ip } => {

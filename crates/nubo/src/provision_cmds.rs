@@ -75,8 +75,13 @@ pub async fn keypair(cmd: KeypairCmd, conn: &Conn) -> anyhow::Result<()> {
             let created = client(conn)?.create_keypair(&KeypairCreate { name, public_key: Some(key) }).await?;
             emit(conn.output, &created, |c| println!("{} {}", c.keypair.name, c.keypair.fingerprint))
         }
-        KeypairCmd::List => {
-            let list = client(conn)?.keypairs().await?;
+        KeypairCmd::List { filter } => {
+            let c = client(conn)?;
+            let list: Vec<nubo_api::views::Keypair> = if filter.is_empty() {
+                c.keypairs().await?
+            } else {
+                c.list_tagged("/api/v1/keypairs", &crate::tag_cmds::tag_filters(&filter)?).await?
+            };
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> =
                     list.iter().map(|k| vec![k.name.clone(), k.key_type.clone(), k.fingerprint.clone()]).collect();

@@ -153,8 +153,15 @@ fn print_image(i: &Image) {
     }
 }
 
-pub async fn list_images(conn: &Conn) -> anyhow::Result<()> {
-    let images = client(conn)?.images().await?;
+pub async fn list_images(conn: &Conn, filter: &[String]) -> anyhow::Result<()> {
+    let images: Vec<nubo_api::views::Image> = {
+        let c = client(conn)?;
+        if filter.is_empty() {
+            c.images().await?
+        } else {
+            c.list_tagged("/api/v1/images", &crate::tag_cmds::tag_filters(filter)?).await?
+        }
+    };
     emit(conn.output, &images, |images| {
         let rows: Vec<Vec<String>> = images
             .iter()
@@ -275,8 +282,15 @@ pub async fn volume(cmd: VolumeCmd, conn: &Conn) -> anyhow::Result<()> {
             }
             emit(conn.output, &v, |v| println!("{}", v.id))
         }
-        VolumeCmd::List => {
-            let list = client(conn)?.volumes().await?;
+        VolumeCmd::List { filter } => {
+            let list: Vec<nubo_api::views::Volume> = {
+                let c = client(conn)?;
+                if filter.is_empty() {
+                    c.volumes().await?
+                } else {
+                    c.list_tagged("/api/v1/volumes", &crate::tag_cmds::tag_filters(&filter)?).await?
+                }
+            };
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -377,8 +391,15 @@ async fn wait_snapshot(c: &Client, id: &str) -> anyhow::Result<Snapshot> {
 
 pub async fn snapshot(cmd: SnapshotCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        SnapshotCmd::List => {
-            let list = client(conn)?.snapshots().await?;
+        SnapshotCmd::List { filter } => {
+            let list: Vec<nubo_api::views::Snapshot> = {
+                let c = client(conn)?;
+                if filter.is_empty() {
+                    c.snapshots().await?
+                } else {
+                    c.list_tagged("/api/v1/snapshots", &crate::tag_cmds::tag_filters(&filter)?).await?
+                }
+            };
             emit(conn.output, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()

@@ -14,9 +14,14 @@ use std::sync::Arc;
 
 /// List the project's floating IPs (an operator: every project's).
 #[utoipa::path(get, path = "/api/v1/floating-ips", tag = "networks", operation_id = "list_floating_ips",
+    params(crate::api::tags::TagQuery),
     responses((status = 200, body = Vec<FloatingIp>), (status = 401, body = nubo_api::error::ErrorBody)))]
-pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<FloatingIp>>> {
-    Ok(Json(app::list(&ctx, &caller).await?))
+pub async fn list(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    crate::api::tags::TagFilters(tags): crate::api::tags::TagFilters,
+) -> AppResult<Json<Vec<FloatingIp>>> {
+    Ok(Json(crate::app::tags::select(&ctx, &caller, app::list(&ctx, &caller).await?, &tags).await?))
 }
 
 /// Allocate a floating IP from an external network's pool, within the
@@ -38,7 +43,7 @@ pub async fn allocate(
     params(("id" = String, Path, description = "floating IP id or address")),
     responses((status = 200, body = FloatingIp), (status = 404, body = nubo_api::error::ErrorBody)))]
 pub async fn show(caller: Caller, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<Json<FloatingIp>> {
-    Ok(Json(app::show(&ctx, &caller, &id).await?))
+    Ok(Json(crate::app::tags::fill_one(&ctx, &caller, app::show(&ctx, &caller, &id).await?).await?))
 }
 
 /// Release a floating IP back to its pool (associated or not).

@@ -30,12 +30,17 @@ fn reader(body: Body) -> impl tokio::io::AsyncRead + Unpin {
 /// With `limit`, one page of them, ordered by creation time then id:
 /// the `Next-Page-Token` header says where the next one starts.
 #[utoipa::path(get, path = "/api/v1/images", tag = "images", operation_id = "list_images",
-    params(crate::pagination::ListQuery),
+    params(crate::pagination::ListQuery, crate::api::tags::TagQuery),
     responses((status = 200, body = Vec<Image>,
             headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
         (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody), (status = 401, body = nubo_api::error::ErrorBody)))]
-pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>, page: Page) -> AppResult<Paged<Image>> {
-    Ok(Paged(app::list(&ctx, &caller).await?, page))
+pub async fn list(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    page: Page,
+    crate::api::tags::TagFilters(tags): crate::api::tags::TagFilters,
+) -> AppResult<Paged<Image>> {
+    Ok(Paged(crate::app::tags::select(&ctx, &caller, app::list(&ctx, &caller).await?, &tags).await?, page))
 }
 
 /// Show an image, by id (`ami-...`) or name.
@@ -43,7 +48,7 @@ pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>, page: Page) -> Ap
     params(("id" = String, Path, description = "image id (ami-...) or name")),
     responses((status = 200, body = Image), (status = 404, body = nubo_api::error::ErrorBody)))]
 pub async fn show(caller: Caller, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<Json<Image>> {
-    Ok(Json(app::show(&ctx, &caller, &id).await?))
+    Ok(Json(crate::app::tags::fill_one(&ctx, &caller, app::show(&ctx, &caller, &id).await?).await?))
 }
 
 /// Register an image (`queued`); upload its file next with `PUT /api/v1/images/{id}/file`.

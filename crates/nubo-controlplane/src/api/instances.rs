@@ -15,9 +15,10 @@ use std::sync::Arc;
 
 /// List instances, terminated ones included (as EC2 shows them for a
 /// while), oldest first. With `limit`, one page of them: the
-/// `Next-Page-Token` header says where the next one starts.
+/// `Next-Page-Token` header says where the next one starts. With `tag`,
+/// only those with the tags named.
 #[utoipa::path(get, path = "/api/v1/instances", tag = "instances", operation_id = "list_instances",
-    params(crate::pagination::ListQuery),
+    params(crate::pagination::ListQuery, crate::api::tags::TagQuery),
     responses((status = 200, body = Vec<Instance>,
             headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
         (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody),
@@ -26,8 +27,9 @@ pub async fn list(
     caller: Caller,
     State(ctx): State<Arc<Ctx>>,
     crate::error::ApiQuery(q): crate::error::ApiQuery<crate::pagination::ListQuery>,
+    crate::api::tags::TagFilters(tags): crate::api::tags::TagFilters,
 ) -> AppResult<axum::response::Response> {
-    let (page, next) = app::list(&ctx, &caller, q.page()?).await?;
+    let (page, next) = crate::app::tags::instances(&ctx, &caller, q.page()?, &tags).await?;
     Ok(crate::pagination::paged_json(page, next))
 }
 

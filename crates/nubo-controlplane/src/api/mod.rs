@@ -21,6 +21,7 @@ pub mod migrations;
 pub mod monitoring;
 pub mod networks;
 pub mod provisioning;
+pub mod tags;
 pub mod volumes;
 
 use crate::error::AppError;
@@ -93,6 +94,8 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(volumes::create_snapshot))
         .routes(routes!(volumes::list_snapshots))
         .routes(routes!(volumes::show_snapshot, volumes::delete_snapshot))
+        .routes(routes!(tags::list))
+        .routes(routes!(tags::show, tags::set, tags::unset))
         .routes(routes!(monitoring::series))
         .routes(routes!(monitoring::latest))
         .routes(routes!(monitoring::list_checks, monitoring::create_check))

@@ -18,12 +18,17 @@ use std::sync::Arc;
 /// With `limit`, one page of them, ordered by creation time then id:
 /// the `Next-Page-Token` header says where the next one starts.
 #[utoipa::path(get, path = "/api/v1/networks", tag = "networks", operation_id = "list_networks",
-    params(crate::pagination::ListQuery),
+    params(crate::pagination::ListQuery, crate::api::tags::TagQuery),
     responses((status = 200, body = Vec<Network>,
             headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
         (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody), (status = 401, body = nubo_api::error::ErrorBody)))]
-pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>, page: Page) -> AppResult<Paged<Network>> {
-    Ok(Paged(app::list(&ctx, &caller).await?, page))
+pub async fn list(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    page: Page,
+    crate::api::tags::TagFilters(tags): crate::api::tags::TagFilters,
+) -> AppResult<Paged<Network>> {
+    Ok(Paged(crate::app::tags::select(&ctx, &caller, app::list(&ctx, &caller).await?, &tags).await?, page))
 }
 
 /// Create a private network: an IPv4 range whose first address is the
@@ -44,7 +49,7 @@ pub async fn create(
     params(("id" = String, Path, description = "network id or name")),
     responses((status = 200, body = Network), (status = 404, body = nubo_api::error::ErrorBody)))]
 pub async fn show(caller: Caller, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<Json<Network>> {
-    Ok(Json(app::show(&ctx, &caller, &id).await?))
+    Ok(Json(crate::app::tags::fill_one(&ctx, &caller, app::show(&ctx, &caller, &id).await?).await?))
 }
 
 /// Delete a network no instance is attached to.
@@ -58,9 +63,14 @@ pub async fn delete(caller: Caller, State(ctx): State<Arc<Ctx>>, Path(id): Path<
 
 /// List security groups with their rules.
 #[utoipa::path(get, path = "/api/v1/security-groups", tag = "networks", operation_id = "list_security_groups",
+    params(crate::api::tags::TagQuery),
     responses((status = 200, body = Vec<SecurityGroup>), (status = 401, body = nubo_api::error::ErrorBody)))]
-pub async fn list_groups(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResult<Json<Vec<SecurityGroup>>> {
-    Ok(Json(app::list_groups(&ctx, &caller).await?))
+pub async fn list_groups(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    crate::api::tags::TagFilters(tags): crate::api::tags::TagFilters,
+) -> AppResult<Json<Vec<SecurityGroup>>> {
+    Ok(Json(crate::app::tags::select(&ctx, &caller, app::list_groups(&ctx, &caller).await?, &tags).await?))
 }
 
 /// Create a security group (no rules: nothing may come in until a rule says so).

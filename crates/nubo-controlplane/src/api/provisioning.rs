@@ -34,12 +34,17 @@ pub async fn create_keypair(
 /// With `limit`, one page of them, ordered by creation time then id:
 /// the `Next-Page-Token` header says where the next one starts.
 #[utoipa::path(get, path = "/api/v1/keypairs", tag = "keypairs", operation_id = "list_keypairs",
-    params(crate::pagination::ListQuery),
+    params(crate::pagination::ListQuery, crate::api::tags::TagQuery),
     responses((status = 200, body = Vec<Keypair>,
             headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
         (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody), (status = 401, body = nubo_api::error::ErrorBody)))]
-pub async fn list_keypairs(caller: Caller, State(ctx): State<Arc<Ctx>>, page: Page) -> AppResult<Paged<Keypair>> {
-    Ok(Paged(app::list_keypairs(&ctx, &caller).await?, page))
+pub async fn list_keypairs(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    page: Page,
+    crate::api::tags::TagFilters(tags): crate::api::tags::TagFilters,
+) -> AppResult<Paged<Keypair>> {
+    Ok(Paged(crate::app::tags::select(&ctx, &caller, app::list_keypairs(&ctx, &caller).await?, &tags).await?, page))
 }
 
 /// Delete a key pair. Instances launched with it keep their key.

@@ -19,12 +19,17 @@ use std::sync::Arc;
 /// With `limit`, one page of them, ordered by creation time then id:
 /// the `Next-Page-Token` header says where the next one starts.
 #[utoipa::path(get, path = "/api/v1/volumes", tag = "volumes", operation_id = "list_volumes",
-    params(crate::pagination::ListQuery),
+    params(crate::pagination::ListQuery, crate::api::tags::TagQuery),
     responses((status = 200, body = Vec<Volume>,
             headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
         (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody), (status = 401, body = nubo_api::error::ErrorBody)))]
-pub async fn list(caller: Caller, State(ctx): State<Arc<Ctx>>, page: Page) -> AppResult<Paged<Volume>> {
-    Ok(Paged(app::list(&ctx, &caller).await?, page))
+pub async fn list(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    page: Page,
+    crate::api::tags::TagFilters(tags): crate::api::tags::TagFilters,
+) -> AppResult<Paged<Volume>> {
+    Ok(Paged(crate::app::tags::select(&ctx, &caller, app::list(&ctx, &caller).await?, &tags).await?, page))
 }
 
 /// Create a volume: a sparse file on one host's storage pool, claimed up
@@ -124,12 +129,17 @@ pub async fn create_snapshot(
 /// With `limit`, one page of them, ordered by creation time then id:
 /// the `Next-Page-Token` header says where the next one starts.
 #[utoipa::path(get, path = "/api/v1/snapshots", tag = "volumes", operation_id = "list_snapshots",
-    params(crate::pagination::ListQuery),
+    params(crate::pagination::ListQuery, crate::api::tags::TagQuery),
     responses((status = 200, body = Vec<Snapshot>,
             headers(("next-page-token" = String, description = "where the next page starts; absent on the last page"))),
         (status = 400, description = "a bad limit or page token", body = nubo_api::error::ErrorBody)))]
-pub async fn list_snapshots(caller: Caller, State(ctx): State<Arc<Ctx>>, page: Page) -> AppResult<Paged<Snapshot>> {
-    Ok(Paged(app::list_snapshots(&ctx, &caller).await?, page))
+pub async fn list_snapshots(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    page: Page,
+    crate::api::tags::TagFilters(tags): crate::api::tags::TagFilters,
+) -> AppResult<Paged<Snapshot>> {
+    Ok(Paged(crate::app::tags::select(&ctx, &caller, app::list_snapshots(&ctx, &caller).await?, &tags).await?, page))
 }
 
 #[utoipa::path(get, path = "/api/v1/snapshots/{id}", tag = "volumes", operation_id = "show_snapshot",
@@ -140,7 +150,7 @@ pub async fn show_snapshot(
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
 ) -> AppResult<Json<Snapshot>> {
-    Ok(Json(app::show_snapshot(&ctx, &caller, &id).await?))
+    Ok(Json(crate::app::tags::fill_one(&ctx, &caller, app::show_snapshot(&ctx, &caller, &id).await?).await?))
 }
 
 /// Delete a snapshot (volumes made from it are independent copies).

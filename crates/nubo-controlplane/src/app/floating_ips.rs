@@ -32,6 +32,8 @@ async fn view(ctx: &Ctx, f: FloatingIpRow) -> AppResult<FloatingIp> {
         auto_assigned: f.auto == 1,
         created_at_ms: f.created_at_ms,
         load_balancer_id: f.lb_id.map(|l| l.parse()).transpose().map_err(AppError::internal)?,
+        // Filled by `app::tags::fill` where a view is answered.
+        tags: Default::default(),
     })
 }
 
@@ -60,7 +62,7 @@ pub async fn load_free(ctx: &Ctx, caller: &Caller, reference: &str) -> AppResult
 }
 
 /// A floating IP the caller may access, by id or address.
-async fn load(ctx: &Ctx, caller: &Caller, reference: &str, access: Access) -> AppResult<FloatingIpRow> {
+pub async fn load(ctx: &Ctx, caller: &Caller, reference: &str, access: Access) -> AppResult<FloatingIpRow> {
     let not_found = || AppError::NotFound { kind: "floating IP", id: reference.chars().take(64).collect() };
     let f = ctx.store.floating_ip(reference).await?.ok_or_else(not_found)?;
     authz::check(caller, access, Some(&f.project_id), "floating IP", &f.id)?;

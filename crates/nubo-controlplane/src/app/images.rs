@@ -51,6 +51,8 @@ pub fn view(projects: &HashMap<String, String>, r: ImageRow) -> AppResult<Image>
         source_instance: r.source_instance.and_then(|i| i.parse().ok()),
         error: r.error,
         created_at_ms: r.created_at_ms,
+        // Filled by `app::tags::fill` where a view is answered.
+        tags: Default::default(),
     })
 }
 

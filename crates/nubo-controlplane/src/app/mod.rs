@@ -23,4 +23,5 @@ pub mod migrations;
 pub mod monitoring;
 pub mod networks;
 pub mod provisioning;
+pub mod tags;
 pub mod volumes;

@@ -61,6 +61,8 @@ async fn network_view(ctx: &Ctx, caller: &Caller, n: NetworkRow) -> AppResult<Ne
             _ => None,
         },
         is_default: n.is_default == 1,
+        // Filled by `app::tags::fill` where a view is answered.
+        tags: Default::default(),
     })
 }
 
@@ -418,6 +420,8 @@ async fn group_view(ctx: &Ctx, g: SecurityGroupRow) -> AppResult<SecurityGroup> 
         description: g.description,
         project_id: g.project_id.parse().map_err(AppError::internal)?,
         rules,
+        // Filled by `app::tags::fill` where a view is answered.
+        tags: Default::default(),
     })
 }
 

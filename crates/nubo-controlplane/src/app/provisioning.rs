@@ -31,6 +31,8 @@ fn keypair_view(k: KeypairRow) -> AppResult<Keypair> {
         key_type: k.key_type,
         public_key: k.public_key,
         created_at_ms: k.created_at_ms,
+        // Filled by `app::tags::fill` where a view is answered.
+        tags: Default::default(),
     })
 }
 

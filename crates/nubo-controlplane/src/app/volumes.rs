@@ -114,6 +114,8 @@ pub fn snapshot_view(s: SnapshotRow) -> AppResult<Snapshot> {
         error: s.error,
         created_at_ms: s.created_at_ms,
         completed_at_ms: s.completed_at_ms,
+        // Filled by `app::tags::fill` where a view is answered.
+        tags: Default::default(),
     })
 }
 

@@ -1,18 +1,23 @@
 //! EC2 tags: CreateTags, DeleteTags and DescribeTags on instances,
-//! volumes, images, snapshots and security groups. Each resource is loaded
-//! through its own REST access check first, so a project can only tag
-//! (and see the tags of) its own resources.
+//! volumes, images, snapshots, security groups, VPCs and subnets. Each
+//! resource is loaded through the application layer's check
+//! (`app::tags::target`, the one `nubo tag` goes through), so a project can
+//! only tag (and see the tags of) its own resources, and both APIs see
+//! the same tags.
 
 use super::error::{Domain, Ec2Error, Ec2Result, InDomain};
 use super::query::{self, Page, Params};
 use super::xml::El;
 use super::{project_of, Answer};
 use crate::auth::Caller;
-use crate::authz::{self, Access};
+use crate::authz::Access;
 use crate::Ctx;
 use std::sync::Arc;
 
-/// Checks the caller may change `id`; returns (id, type, project).
+/// Checks the caller may change `id`; returns (id, type, project). The
+/// check is the native API's (`app::tags::target`); before it, the ids
+/// EC2 names by their own codes (a malformed instance id, an unknown VPC,
+/// subnet or group) are looked at as the EC2 API always did.
 async fn writable(ctx: &Ctx, caller: &Caller, id: &str) -> Ec2Result<(String, &'static str, String)> {
     let kind = crate::tags::resource_type_of(id).ok_or_else(|| {
         Ec2Error::bad(
@@ -23,39 +28,28 @@ async fn writable(ctx: &Ctx, caller: &Caller, id: &str) -> Ec2Result<(String, &'
             ),
         )
     })?;
-    let project = match kind {
+    let domain = match kind {
         "instance" => {
-            let id = super::instances::parse_ids(&[id.to_string()])?.remove(0);
-            crate::app::instances::load(ctx, caller, id.as_str(), Access::Write)
-                .await
-                .in_domain(Domain::Instance)?
-                .project_id
-                .unwrap_or_default()
+            super::instances::parse_ids(&[id.to_string()])?;
+            Domain::Instance
         }
-        "volume" => {
-            crate::app::volumes::load(ctx, caller, id, Access::Write).await.in_domain(Domain::Volume)?.project_id
+        "volume" | "snapshot" => Domain::Volume,
+        "vpc" => {
+            super::vpcs::load_vpc(ctx, caller, id, Access::Write).await?;
+            Domain::Other
         }
-        "snapshot" => {
-            crate::app::volumes::load_snapshot(ctx, caller, id, Access::Write)
-                .await
-                .in_domain(Domain::Volume)?
-                .project_id
+        "subnet" => {
+            super::vpcs::load_subnet(ctx, caller, id, Access::Write).await?;
+            Domain::Other
         }
-        "image" => {
-            let img = crate::app::images::load(ctx, caller, id, Access::Read).await.in_domain(Domain::Other)?;
-            let Some(project) = img.project_id else {
-                return Err(Ec2Error::unauthorized(format!(
-                    "image {id} is builtin: only a project's own images can be tagged"
-                )));
-            };
-            authz::check(caller, Access::Write, Some(&project), "image", id).in_domain(Domain::Other)?;
-            project
+        "security-group" => {
+            super::security_groups::load(ctx, caller, id, Access::Write).await?;
+            Domain::Other
         }
-        "vpc" => super::vpcs::load_vpc(ctx, caller, id, Access::Write).await?.project_id,
-        "subnet" => super::vpcs::load_subnet(ctx, caller, id, Access::Write).await?.project_id,
-        _ => super::security_groups::load(ctx, caller, id, Access::Write).await?.project_id,
+        _ => Domain::Other,
     };
-    Ok((id.to_string(), kind, project))
+    let t = crate::app::tags::target(ctx, caller, id, Access::Write).await.in_domain(domain)?;
+    Ok((t.id, t.kind, t.project))
 }
 
 fn resources(p: &Params) -> Ec2Result<Vec<String>> {
