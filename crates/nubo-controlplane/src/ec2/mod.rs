@@ -290,6 +290,8 @@ const SERVED: &[&str] = &[
     "RunInstances",
     "DescribeInstances",
     "DescribeInstanceStatus",
+    "DescribeInstanceAttribute",
+    "ModifyInstanceAttribute",
     "StartInstances",
     "StopInstances",
     "RebootInstances",
