@@ -18,8 +18,7 @@ mod common;
 use common::*;
 
 const SCRIPT: &str = r##"
-import os, subprocess, time, boto3, botocore
-ec2 = boto3.client("ec2", endpoint_url=os.environ["NUBO_EC2_ENDPOINT"])
+import os, subprocess, time
 office = os.environ["OFFICE_NS"]
 
 FETCH = '''
@@ -43,12 +42,6 @@ def wait_for(what, seconds, probe):
         time.sleep(2)
     raise AssertionError("timed out after %ss waiting for %s" % (seconds, what))
 
-def code_of(call, **kw):
-    try:
-        call(**kw)
-    except botocore.exceptions.ClientError as e:
-        return e.response["Error"]["Code"]
-    raise AssertionError("no error from %s" % call)
 
 def step(text):
     print("[%s] %s" % (time.strftime("%H:%M:%S"), text), flush=True)
@@ -119,8 +112,7 @@ fn boto3_serves_a_page_at_an_elastic_ip_to_the_office() {
     let mut cloud = Cloud::server_only();
     cloud.start_hosts_on_the_office_lan(&fabric, 2);
     let aws = Aws::new(&cloud);
-    let out =
-        aws.command("python", &aws.secret).env("OFFICE_NS", &office).arg("-c").arg(SCRIPT).output().expect("python");
+    let out = aws.boto3(SCRIPT).env("OFFICE_NS", &office).output().expect("python");
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");
     assert!(

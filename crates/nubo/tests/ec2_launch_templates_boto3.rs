@@ -15,15 +15,7 @@ fn boto3_manages_launch_templates_and_their_versions() {
     let cloud = Cloud::server_only();
     let aws = Aws::new(&cloud);
     let script = r##"
-import base64, os, time, boto3, botocore
-ec2 = boto3.client("ec2", endpoint_url=os.environ["NUBO_EC2_ENDPOINT"])
-
-def code_of(call, **kw):
-    try:
-        call(**kw)
-    except botocore.exceptions.ClientError as e:
-        return e.response["Error"]["Code"]
-    raise AssertionError("no error from %s" % call)
+import base64
 
 ami = [i for i in ec2.describe_images()["Images"] if i["Name"] == "tiny"][0]["ImageId"]
 data = {"ImageId": ami, "InstanceType": "t3.micro",
@@ -76,7 +68,7 @@ time.sleep(1.1)
 assert code_of(ec2.delete_launch_template, LaunchTemplateId=lt_id) == "InvalidLaunchTemplateId.NotFound"
 print("boto3-lt-ok")
 "##;
-    let out = aws.command("python", &aws.secret).arg("-c").arg(script).output().expect("python");
+    let out = aws.boto3(script).output().expect("python");
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("boto3-lt-ok"),
         "boto3 script failed: {}{}",

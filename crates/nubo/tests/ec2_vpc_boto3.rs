@@ -15,16 +15,6 @@ fn boto3_creates_and_describes_vpcs_subnets_and_egress_rules() {
     let cloud = Cloud::server_only();
     let aws = Aws::new(&cloud);
     let script = r#"
-import os, time, boto3, botocore
-ec2 = boto3.client("ec2", endpoint_url=os.environ["NUBO_EC2_ENDPOINT"])
-
-def code_of(call, **kw):
-    try:
-        call(**kw)
-    except botocore.exceptions.ClientError as e:
-        return e.response["Error"]["Code"]
-    raise AssertionError("no error from %s" % call)
-
 vpc = ec2.create_vpc(CidrBlock="10.60.0.0/24",
                      TagSpecifications=[{"ResourceType": "vpc", "Tags": [{"Key": "Name", "Value": "apps"}]}])["Vpc"]
 vpc_id = vpc["VpcId"]
@@ -66,7 +56,7 @@ assert code_of(ec2.describe_vpcs, VpcIds=[vpc_id]) == "InvalidVpcID.NotFound"
 assert code_of(ec2.describe_vpcs, VpcIds=["vpc-nothex"]) == "InvalidVpcID.Malformed"
 print("boto3-vpc-ok")
 "#;
-    let out = aws.command("python", &aws.secret).arg("-c").arg(script).output().expect("python");
+    let out = aws.boto3(script).output().expect("python");
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("boto3-vpc-ok"),
         "boto3 script failed: {}{}",

@@ -16,8 +16,7 @@ mod common;
 use common::*;
 
 const PRELUDE: &str = r##"
-import os, time, boto3, botocore
-ec2 = boto3.client("ec2", endpoint_url=os.environ["NUBO_EC2_ENDPOINT"])
+import os, time
 # TCG guests on a shared machine boot slowly: poll every 3 s, for 10 minutes.
 patient = {"Delay": 3, "MaxAttempts": 200}
 
@@ -131,11 +130,11 @@ fn boto3_waiters_and_paginators_over_six_instances_a_volume_and_its_snapshots() 
     let cloud = Cloud::up();
     let aws = Aws::new(&cloud);
     let run = |script: &str, env: &[(&str, &str)], done: &str| {
-        let mut cmd = aws.command("python", &aws.secret);
+        let mut cmd = aws.boto3(&format!("{PRELUDE}{script}"));
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let out = cmd.arg("-c").arg(format!("{PRELUDE}{script}")).output().expect("python");
+        let out = cmd.output().expect("python");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         eprintln!("{stdout}");
         assert!(

@@ -270,18 +270,8 @@ fn description(p: &Params) -> Ec2Result<Option<String>> {
 pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
     let name = p.required("LaunchTemplateName")?.to_string();
     app::check_name(&name).map_err(|e| Ec2Error::bad("InvalidLaunchTemplateName.MalformedException", e.to_string()))?;
-    let mut tags = std::collections::BTreeMap::new();
-    for spec in p.structs("TagSpecification") {
-        if spec.str("ResourceType") != Some("launch-template") {
-            return Err(Ec2Error::invalid(format!(
-                "TagSpecification ResourceType '{}' is not valid here: use 'launch-template' (tags for instances go in LaunchTemplateData.TagSpecification)",
-                spec.str("ResourceType").unwrap_or("").chars().take(40).collect::<String>()
-            )));
-        }
-        for (k, v) in spec.tags("Tag")? {
-            tags.insert(k, v.unwrap_or_default());
-        }
-    }
+    // (Tags for its instances go in LaunchTemplateData.TagSpecification.)
+    let tags = super::query::tag_specs(p, "launch-template")?.into_iter().collect();
     let data = data_of(ctx, caller, &sub(p, "LaunchTemplateData.")).await?;
     let c = LaunchTemplateCreate { name, description: description(p)?, data, tags };
     let t = match app::create(ctx, caller, &c).await {

@@ -4,7 +4,7 @@
 //! as botocore's EC2 serializer writes them. Every accessor says which
 //! parameter was wrong and what it expects.
 
-use super::error::{Ec2Error, Ec2Result};
+use super::error::{Domain, Ec2Error, Ec2Result, InDomain};
 use std::collections::BTreeMap;
 
 /// The request's parameters (or one structure's members).
@@ -218,6 +218,30 @@ pub fn glob(pattern: &str, value: &str) -> bool {
 
 /// Checks that every filter is one `known` lists (`tag:KEY` is always
 /// known where `tags` is true).
+/// The tags a create action's `TagSpecification.N` give `resource_type`,
+/// each checked against EC2's limits before anything is made; a
+/// specification for another type is refused, naming the one allowed.
+pub fn tag_specs(p: &Params, resource_type: &str) -> Ec2Result<Vec<(String, String)>> {
+    let mut tags = Vec::new();
+    for spec in p.structs("TagSpecification") {
+        match spec.str("ResourceType") {
+            Some(t) if t == resource_type => {}
+            other => {
+                return Err(Ec2Error::invalid(format!(
+                    "TagSpecification ResourceType '{}' is not valid here: use '{resource_type}'",
+                    other.unwrap_or("").chars().take(40).collect::<String>()
+                )))
+            }
+        }
+        for (k, v) in spec.tags("Tag")? {
+            let v = v.unwrap_or_default();
+            crate::validate::tag(&k, &v).in_domain(Domain::Other)?;
+            tags.push((k, v));
+        }
+    }
+    Ok(tags)
+}
+
 pub fn check_filters(filters: &[Filter], known: &[&str], tags: bool) -> Ec2Result<()> {
     for f in filters {
         let ok = known.contains(&f.name.as_str())

@@ -96,6 +96,7 @@ pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
     if name == crate::security_groups::DEFAULT_GROUP {
         ctx.store.ensure_default_security_group(&project).await?;
     }
+    let tags = query::tag_specs(p, "security-group")?;
     // The VPC is remembered for DescribeSecurityGroups' vpcId and its
     // `vpc-id` filter; the group applies on every network of the project.
     let network = match p.str("VpcId").filter(|v| !v.is_empty()) {
@@ -105,14 +106,6 @@ pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
     let Some(g) = ctx.store.create_security_group(&project, name, description, network.as_deref()).await? else {
         return Err(Ec2Error::bad("InvalidGroup.Duplicate", format!("The security group '{name}' already exists")));
     };
-    let mut tags = Vec::new();
-    for spec in p.structs("TagSpecification") {
-        for (k, v) in spec.tags("Tag")? {
-            let v = v.unwrap_or_default();
-            crate::validate::tag(&k, &v).in_domain(Domain::Other)?;
-            tags.push((k, v));
-        }
-    }
     if !tags.is_empty() {
         ctx.store
             .set_tags(&[(g.id.clone(), "security-group", project.clone())], &tags)

@@ -72,17 +72,7 @@ fn snapshot_fields(s: &SnapshotRow, description: &str, tags: Option<&BTreeMap<St
 pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<Answer> {
     let volume = super::volumes::parse_volume_id(p.required("VolumeId")?)?;
     let description = p.str("Description").unwrap_or_default();
-    let mut tags = Vec::new();
-    for spec in p.structs("TagSpecification") {
-        if spec.str("ResourceType") != Some("snapshot") {
-            return Err(Ec2Error::invalid("CreateSnapshot takes TagSpecifications of ResourceType 'snapshot' only"));
-        }
-        for (k, v) in spec.tags("Tag")? {
-            let v = v.unwrap_or_default();
-            crate::validate::tag(&k, &v).in_domain(Domain::Volume)?;
-            tags.push((k, v));
-        }
-    }
+    let tags = super::query::tag_specs(p, "snapshot")?;
     // A `Name` tag names the snapshot for REST and the CLI too, when it is a valid name.
     let name =
         tags.iter().find(|(k, _)| k == "Name").map(|(_, v)| v.clone()).filter(|n| crate::validate::name(n).is_ok());

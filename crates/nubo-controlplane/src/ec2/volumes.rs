@@ -109,17 +109,7 @@ pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
             )));
         }
     }
-    let mut tags = Vec::new();
-    for spec in p.structs("TagSpecification") {
-        if spec.str("ResourceType") != Some("volume") {
-            return Err(Ec2Error::invalid("CreateVolume takes TagSpecifications of ResourceType 'volume' only"));
-        }
-        for (k, v) in spec.tags("Tag")? {
-            let v = v.unwrap_or_default();
-            crate::validate::tag(&k, &v).in_domain(Domain::Volume)?;
-            tags.push((k, v));
-        }
-    }
+    let tags = super::query::tag_specs(p, "volume")?;
     let name =
         tags.iter().find(|(k, _)| k == "Name").map(|(_, v)| v.clone()).filter(|n| crate::validate::name(n).is_ok());
     let body = VolumeCreate { size_gib, name, snapshot_id, instance_id: None };

@@ -85,28 +85,6 @@ pub async fn load_subnet(ctx: &Ctx, caller: &Caller, id: &str, access: Access) -
     load(ctx, caller, Kind::Subnet, id, access).await
 }
 
-/// TagSpecification.N of `resource_type`, checked (others refused).
-fn tag_specs(p: &Params, resource_type: &str) -> Ec2Result<Vec<(String, String)>> {
-    let mut tags = Vec::new();
-    for spec in p.structs("TagSpecification") {
-        match spec.str("ResourceType") {
-            Some(t) if t == resource_type => {}
-            other => {
-                return Err(Ec2Error::invalid(format!(
-                    "TagSpecification ResourceType '{}' is not valid here: use '{resource_type}'",
-                    other.unwrap_or("").chars().take(40).collect::<String>()
-                )))
-            }
-        }
-        for (k, v) in spec.tags("Tag")? {
-            let v = v.unwrap_or_default();
-            crate::validate::tag(&k, &v).in_domain(Domain::Other)?;
-            tags.push((k, v));
-        }
-    }
-    Ok(tags)
-}
-
 async fn set_tags(ctx: &Ctx, id: &str, kind: &'static str, project: &str, tags: &[(String, String)]) -> Ec2Result<()> {
     if tags.is_empty() {
         return Ok(());
@@ -172,7 +150,7 @@ pub async fn create_vpc(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Resul
     if p.str("AmazonProvidedIpv6CidrBlock").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return Err(Ec2Error::invalid("IPv6 blocks are not supported: private networks are IPv4 only"));
     }
-    let tags = tag_specs(p, "vpc")?;
+    let tags = query::tag_specs(p, "vpc")?;
     let name = tags.iter().find(|(k, _)| k == "Name").map(|(_, v)| v.as_str());
     let id = NetworkId::generate();
     let (vpc, _) = ec2_ids(id.as_str());
@@ -347,7 +325,7 @@ pub async fn create_subnet(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Re
             )));
         }
     }
-    let tags = tag_specs(p, "subnet")?;
+    let tags = query::tag_specs(p, "subnet")?;
     let n = crate::app::networks::set_subnet(ctx, caller, &n.id, true).await.map_err(|e| match e {
         AppError::Conflict(_) => Ec2Error::bad(
             "InvalidSubnet.Conflict",

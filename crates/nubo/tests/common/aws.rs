@@ -68,6 +68,27 @@ impl Aws {
         c
     }
 
+    /// A boto3 script (python) run against the cloud, after a prelude
+    /// that every such script shares: `os`, `time`, `boto3` and
+    /// `botocore` imported, `ec2` a client of the cloud's endpoint, and
+    /// `code_of(call, **kw)`, the EC2 error code a call must fail with.
+    pub fn boto3(&self, script: &str) -> Command {
+        const PRELUDE: &str = r#"
+import os, time, boto3, botocore
+ec2 = boto3.client("ec2", endpoint_url=os.environ["NUBO_EC2_ENDPOINT"])
+
+def code_of(call, **kw):
+    try:
+        call(**kw)
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+    raise AssertionError("no error from %s" % call)
+"#;
+        let mut c = self.command("python", &self.secret);
+        c.arg("-c").arg(format!("{PRELUDE}{script}"));
+        c
+    }
+
     /// `aws SERVICE ARGS` against the cloud's endpoint.
     fn run_service(&self, service: &str, secret: &str, args: &[&str]) -> Output {
         self.command("aws", secret)
