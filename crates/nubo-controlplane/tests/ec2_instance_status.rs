@@ -123,3 +123,29 @@ async fn status_checks_come_from_the_host_the_guest_agent_and_monitoring() {
         ok(&t, &k, &[("Action", "DescribeInstanceStatus"), ("IncludeAllInstances", "true"), ("MaxResults", "5")]).await;
     assert_eq!(all(&page, "instanceId").len(), 3, "{page}");
 }
+
+#[tokio::test]
+async fn another_project_sees_no_status_of_ours() {
+    let t = T::new().await;
+    t.add_host_with_id().await;
+    let alice = t.user("alice", "proj-a", "member").await;
+    let bob = t.user("bob", "proj-b", "member").await;
+    let (ka, kb) = (key(&t, &alice).await, key(&t, &bob).await);
+    let images =
+        ok(&t, &ka, &[("Action", "DescribeImages"), ("Filter.1.Name", "name"), ("Filter.1.Value.1", "tiny")]).await;
+    let ami = one(&images, "imageId");
+    let run = ok(&t, &ka, &[("Action", "RunInstances"), ("ImageId", &ami), ("InstanceType", "t3.nano")]).await;
+    let id = one(&run, "instanceId");
+    let mine =
+        ok(&t, &ka, &[("Action", "DescribeInstanceStatus"), ("InstanceId.1", &id), ("IncludeAllInstances", "true")])
+            .await;
+    assert_eq!(all(&mine, "instanceId"), vec![id.clone()]);
+    // Bob's listing leaves it out; naming it is NotFound, as for an id
+    // that does not exist.
+    let theirs = ok(&t, &kb, &[("Action", "DescribeInstanceStatus"), ("IncludeAllInstances", "true")]).await;
+    assert!(all(&theirs, "instanceId").is_empty(), "{theirs}");
+    let named =
+        ec2(&t, &kb, &[("Action", "DescribeInstanceStatus"), ("InstanceId.1", &id), ("IncludeAllInstances", "true")])
+            .await;
+    is_error(named, StatusCode::BAD_REQUEST, "InvalidInstanceID.NotFound");
+}

@@ -104,7 +104,7 @@ impl QmpClient {
             version: QemuVersion::default(),
             broken: false,
         };
-        let outcome = tokio::time::timeout(timeout, client.read_message("greeting")).await;
+        let outcome = tokio::time::timeout(timeout, client.read_greeting()).await;
         let greeting = client.finish("greeting", timeout, outcome, true)?;
         let qmp = greeting.get("QMP").ok_or_else(|| QmpError::Protocol {
             what: "greeting".into(),
@@ -306,6 +306,21 @@ impl QmpClient {
         }
     }
 
+    /// The greeting, past any events before it: QEMU serves one QMP
+    /// client at a time, and a client that was queued behind another can
+    /// be sent events of that one's session (a backup job's
+    /// JOB_STATUS_CHANGE, say) before its own greeting. They are not this
+    /// session's, so they are dropped.
+    async fn read_greeting(&mut self) -> Result<Value, QmpError> {
+        loop {
+            let msg = self.read_message("greeting").await?;
+            if msg.get("event").is_none() {
+                return Ok(msg);
+            }
+            tracing::debug!(%msg, "dropping a QMP event sent before the greeting");
+        }
+    }
+
     fn push_event(&mut self, msg: Value) {
         let ev = to_event(msg);
         tracing::debug!(event = %ev.event, "QMP event");
@@ -367,6 +382,30 @@ mod tests {
             }
         });
         (dir, path)
+    }
+
+    /// A client queued behind another may be sent that one's events
+    /// before its greeting: they are skipped, and not taken as its own.
+    #[tokio::test]
+    async fn events_before_the_greeting_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (r, mut w) = stream.into_split();
+            let early = r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "JOB_STATUS_CHANGE", "data": {"status": "waiting", "id": "bk1"}}"#;
+            w.write_all(format!("{early}\r\n{GREETING}\r\n").as_bytes()).await.unwrap();
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                let id = v["id"].as_u64().unwrap();
+                w.write_all(format!("{{\"return\": {{}}, \"id\": {id}}}\r\n").as_bytes()).await.unwrap();
+            }
+        });
+        let mut c = QmpClient::connect(&path, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(c.qemu_version(), &QemuVersion { major: 7, minor: 2, micro: 22 });
+        assert!(c.take_events().is_empty(), "another session's event was kept");
     }
 
     #[tokio::test]

@@ -33,15 +33,6 @@ def office_fetch(url):
     out = subprocess.run(["ip", "netns", "exec", office, "python3", "-c", FETCH, url], capture_output=True, text=True)
     return out.stdout.strip()
 
-def wait_for(what, seconds, probe):
-    end = time.time() + seconds
-    while time.time() < end:
-        got = probe()
-        if got:
-            return got
-        time.sleep(2)
-    raise AssertionError("timed out after %ss waiting for %s" % (seconds, what))
-
 
 def step(text):
     print("[%s] %s" % (time.strftime("%H:%M:%S"), text), flush=True)

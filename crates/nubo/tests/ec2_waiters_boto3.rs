@@ -22,15 +22,6 @@ patient = {"Delay": 3, "MaxAttempts": 200}
 
 def step(text):
     print("[%s] %s" % (time.strftime("%H:%M:%S"), text), flush=True)
-
-def wait_for(what, seconds, probe):
-    end = time.time() + seconds
-    while time.time() < end:
-        got = probe()
-        if got:
-            return got
-        time.sleep(2)
-    raise AssertionError("timed out after %ss waiting for %s" % (seconds, what))
 "##;
 
 const LAUNCH: &str = r##"

@@ -71,7 +71,9 @@ impl Aws {
     /// A boto3 script (python) run against the cloud, after a prelude
     /// that every such script shares: `os`, `time`, `boto3` and
     /// `botocore` imported, `ec2` a client of the cloud's endpoint, and
-    /// `code_of(call, **kw)`, the EC2 error code a call must fail with.
+    /// `code_of(call, **kw)`, the EC2 error code a call must fail with,
+    /// and `wait_for(what, seconds, probe)`, polling until `probe()` is
+    /// truthy.
     pub fn boto3(&self, script: &str) -> Command {
         const PRELUDE: &str = r#"
 import os, time, boto3, botocore
@@ -83,6 +85,15 @@ def code_of(call, **kw):
     except botocore.exceptions.ClientError as e:
         return e.response["Error"]["Code"]
     raise AssertionError("no error from %s" % call)
+
+def wait_for(what, seconds, probe):
+    end = time.time() + seconds
+    while time.time() < end:
+        got = probe()
+        if got:
+            return got
+        time.sleep(2)
+    raise AssertionError("timed out after %ss waiting for %s" % (seconds, what))
 "#;
         let mut c = self.command("python", &self.secret);
         c.arg("-c").arg(format!("{PRELUDE}{script}"));
