@@ -357,13 +357,21 @@ mod tests {
     where
         F: Fn(&str, u64) -> Vec<String> + Send + 'static,
     {
+        fake_server_after("", reply).await
+    }
+
+    /// [`fake_server`] that sends the lines of `before` ahead of the greeting.
+    async fn fake_server_after<F>(before: &'static str, reply: F) -> (tempfile::TempDir, PathBuf)
+    where
+        F: Fn(&str, u64) -> Vec<String> + Send + 'static,
+    {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("qmp.sock");
         let listener = UnixListener::bind(&path).unwrap();
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
             let (r, mut w) = stream.into_split();
-            w.write_all(format!("{GREETING}\r\n").as_bytes()).await.unwrap();
+            w.write_all(format!("{before}{GREETING}\r\n").as_bytes()).await.unwrap();
             let mut lines = BufReader::new(r).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let v: Value = serde_json::from_str(&line).unwrap();
@@ -388,21 +396,8 @@ mod tests {
     /// before its greeting: they are skipped, and not taken as its own.
     #[tokio::test]
     async fn events_before_the_greeting_are_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("qmp.sock");
-        let listener = UnixListener::bind(&path).unwrap();
-        tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (r, mut w) = stream.into_split();
-            let early = r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "JOB_STATUS_CHANGE", "data": {"status": "waiting", "id": "bk1"}}"#;
-            w.write_all(format!("{early}\r\n{GREETING}\r\n").as_bytes()).await.unwrap();
-            let mut lines = BufReader::new(r).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let v: Value = serde_json::from_str(&line).unwrap();
-                let id = v["id"].as_u64().unwrap();
-                w.write_all(format!("{{\"return\": {{}}, \"id\": {id}}}\r\n").as_bytes()).await.unwrap();
-            }
-        });
+        const EARLY: &str = "{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"JOB_STATUS_CHANGE\", \"data\": {\"status\": \"waiting\", \"id\": \"bk1\"}}\r\n";
+        let (_dir, path) = fake_server_after(EARLY, |_, id| vec![format!(r#"{{"return": {{}}, "id": {id}}}"#)]).await;
         let mut c = QmpClient::connect(&path, Duration::from_secs(2)).await.unwrap();
         assert_eq!(c.qemu_version(), &QemuVersion { major: 7, minor: 2, micro: 22 });
         assert!(c.take_events().is_empty(), "another session's event was kept");

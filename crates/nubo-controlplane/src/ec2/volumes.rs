@@ -190,7 +190,7 @@ pub async fn attach(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
     let vol = parse_volume_id(p.required("VolumeId")?)?;
     let instance = super::instances::parse_ids(&[p.required("InstanceId")?.to_string()])?.remove(0);
     let device = p.required("Device")?.to_string();
-    if !device.starts_with("/dev/") || device.len() > 32 || !device[5..].bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if !super::block_devices::valid_device(&device) {
         return Err(Ec2Error::invalid(format!(
             "Value ({}) for parameter device is invalid: use a name like /dev/sdf",
             device.chars().take(40).collect::<String>()
