@@ -15,7 +15,8 @@
 # and nginx-light (the load balancer benchmark compares nubo-lb with nginx
 # as a reverse proxy; it runs its own nginx on 127.0.0.1 from a generated
 # config), and Debian's PostgreSQL (the control-plane tests run a second
-# time against it; scripts/postgres.sh starts it on 127.0.0.1 only).
+# time against it; scripts/postgres.sh starts it on 127.0.0.1 only), and
+# xorriso and isolinux (the ISO install test builds a bootable installer CD).
 # Idempotent; refreshes apt's lists because the image build runs
 # `apt-get download` against them.
 set -euo pipefail
@@ -35,7 +36,7 @@ fi
 # shellcheck disable=SC2086 # QEMU_PKGS is a word list on purpose
 $SUDO apt-get install -y -q --no-install-recommends --allow-downgrades \
   $QEMU_PKGS seabios ipxe-qemu e2fsprogs mmdebstrap curl ca-certificates procps \
-  slapd ldap-utils openssh-client syslinux syslinux-common mtools dosfstools fdisk monitoring-plugins-basic \
+  slapd ldap-utils openssh-client syslinux syslinux-common mtools dosfstools fdisk xorriso isolinux monitoring-plugins-basic \
   python3 python3-venv chromium chromium-driver fonts-dejavu-core nginx-light postgresql \
   iproute2 nftables dnsmasq-base
 if ! command -v cargo >/dev/null; then

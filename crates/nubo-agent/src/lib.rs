@@ -13,6 +13,7 @@
 pub mod balancers;
 pub mod blobs;
 pub mod capacity;
+mod cdrom;
 pub mod checks;
 mod clock;
 pub mod config;

@@ -94,6 +94,8 @@ pub struct Reconciler {
     /// The host's lease with the control plane: renewed by the heartbeat;
     /// while it is out, VMs are stopped and none start.
     lease: Arc<Lease>,
+    /// CD-ROM drives' discs and the `blank` image's base.
+    cdroms: Arc<crate::cdrom::Cdroms>,
 }
 
 impl Reconciler {
@@ -113,6 +115,7 @@ impl Reconciler {
         Self {
             storage: Arc::new(Storage::new(host.clone(), instances.clone())),
             balancers: Arc::new(LoadBalancing::new(host.clone(), instances.clone())),
+            cdroms: Arc::new(crate::cdrom::Cdroms::new(host.clone())),
             host,
             instances,
             metadata,
@@ -277,6 +280,9 @@ impl Reconciler {
                     self.ensure_imds(want);
                     self.ensure_runs(want);
                     self.instances.poll_guest(&want.id);
+                    if vm_pid.is_some() {
+                        self.cdroms.reconcile(want);
+                    }
                 }
                 _ => self.ensure_imds(want),
             }
@@ -426,6 +432,7 @@ impl Reconciler {
         self.metadata.remove(id);
         self.instances.drop_guest(id);
         self.storage.forget_disks(id);
+        self.cdroms.forget(id);
     }
 
     /// Starts the runs that are not under way yet (once the VM runs).
@@ -456,6 +463,11 @@ impl Reconciler {
             cmdline: image.cmdline.clone(),
         };
         match &want.image_source {
+            // An empty root disk (an OS is installed on it from a CD),
+            // booted by the firmware.
+            None if want.image == nubo_api::agent::BLANK_IMAGE => {
+                Ok((Boot::Firmware, self.cdroms.blank_base().await?, Some("raw".into()), "blank".into()))
+            }
             None => {
                 let image = self.builtin_image(&want.image).await?;
                 Ok((direct(&image), image.disk.clone(), None, image.sha256))
@@ -495,6 +507,7 @@ impl Reconciler {
         self.lease_allows_start()?;
         let dir = self.host.dir(&want.id);
         let (boot, base_disk, base_format, sha256) = self.boot_source(want).await?;
+        let cdrom = self.cdroms.for_start(want).await?;
         self.instances.event(&want.id, "image_ready", sha256);
         let disks = self.storage.cold_disks(want);
         let vni_of: HashMap<_, _> = self
@@ -529,6 +542,7 @@ impl Reconciler {
             disks,
             taps,
             incoming,
+            cdrom,
         };
         self.host.hypervisor.prepare_disk(&dir, &cfg).await?;
         self.ensure_imds(want);
@@ -549,6 +563,7 @@ impl Reconciler {
             g.vm_started(want.id.as_str());
         }
         self.storage.note_started(&want.id, pid, &cfg.disks);
+        self.cdroms.started(want);
         write_applied(
             &dir,
             &Applied { start_seq: want.start_seq, reboot_count: want.reboot_count, stopped_on_purpose: false },

@@ -155,7 +155,24 @@ pub struct DesiredInstance {
     /// A live migration this host takes part in.
     #[serde(default)]
     pub migration: Option<DesiredMigration>,
+    /// A CD-ROM drive (an instance launched with `--cdrom`); none: no drive.
+    #[serde(default)]
+    pub cdrom: Option<DesiredCdrom>,
 }
+
+/// An instance's CD-ROM drive: the disc wanted in it (changed in place
+/// while the VM runs) and whether it boots before the root disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesiredCdrom {
+    /// The ISO image's file; none: the drive is empty.
+    pub media: Option<ImageSource>,
+    /// Boot from the CD first (`cdrom,disk`), else from the disk first.
+    pub boot_first: bool,
+}
+
+/// The builtin image whose root disk starts empty (an OS is installed on
+/// it from a CD): no file, no kernel, booted by firmware.
+pub const BLANK_IMAGE: &str = "blank";
 
 /// This host's part in a live migration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

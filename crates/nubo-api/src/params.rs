@@ -44,6 +44,15 @@ pub struct InstanceCreate {
     /// on the instance's networks. None: the project's `default` group.
     #[serde(default)]
     pub security_groups: Vec<String>,
+    /// An ISO image (name or `ami-...` id, `disk_format` iso) to put in a
+    /// CD-ROM drive, booted first unless `boot` says otherwise. With the
+    /// builtin `blank` image, the root disk starts empty: install onto it.
+    #[serde(default)]
+    pub cdrom: Option<String>,
+    /// Boot order with a CD-ROM drive: `cdrom,disk` (the default with
+    /// `cdrom`) or `disk,cdrom`.
+    #[serde(default)]
+    pub boot: Option<String>,
 }
 
 /// `POST /api/v1/networks`
@@ -335,6 +344,24 @@ pub struct SnapshotCreate {
     /// Optional name: 1-63 letters, digits, `-`, `_` or `.`.
     #[serde(default)]
     pub name: Option<String>,
+}
+
+/// `POST /api/v1/instances/{id}/cdrom/insert`: put an ISO image in the
+/// instance's CD-ROM drive (a running VM sees the new disc at once).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CdromInsert {
+    /// An ISO image (name or `ami-...` id) the caller may use.
+    pub image: String,
+}
+
+/// `POST /api/v1/instances/{id}/boot-order`: what a stopped instance boots
+/// from first when it next starts.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BootOrder {
+    /// `cdrom,disk` or `disk,cdrom`.
+    pub boot: String,
 }
 
 /// `POST /api/v1/instances/{id}/snapshot`: make an image of the root disk.

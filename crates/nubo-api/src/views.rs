@@ -126,6 +126,18 @@ pub struct Instance {
     /// What a poweroff from inside the guest does: `stop` or `terminate`.
     #[serde(default = "default_shutdown_behavior")]
     pub shutdown_behavior: String,
+    /// The CD-ROM drive, for an instance launched with one (`--cdrom`).
+    #[serde(default)]
+    pub cdrom: Option<InstanceCdrom>,
+}
+
+/// An instance's CD-ROM drive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InstanceCdrom {
+    /// The ISO image in the drive; none: empty (ejected).
+    pub image_id: Option<crate::ids::ImageId>,
+    /// `cdrom,disk` or `disk,cdrom`.
+    pub boot_order: String,
 }
 
 fn default_shutdown_behavior() -> String {

@@ -425,6 +425,23 @@ impl Client {
         self.put(&format!("/api/v1/instances/{}/protection", path_segment(id)), p).await
     }
 
+    /// Empties the instance's CD-ROM drive.
+    pub async fn eject_cdrom(&self, id: &str) -> Result<Instance, ClientError> {
+        self.post(&format!("/api/v1/instances/{}/cdrom/eject", path_segment(id)), &serde_json::json!({})).await
+    }
+
+    /// Puts an ISO image (name or id) in the instance's CD-ROM drive.
+    pub async fn insert_cdrom(&self, id: &str, image: &str) -> Result<Instance, ClientError> {
+        let p = nubo_api::params::CdromInsert { image: image.to_string() };
+        self.post(&format!("/api/v1/instances/{}/cdrom/insert", path_segment(id)), &p).await
+    }
+
+    /// Sets a stopped instance's boot order (`cdrom,disk` or `disk,cdrom`).
+    pub async fn set_boot_order(&self, id: &str, boot: &str) -> Result<Instance, ClientError> {
+        let p = nubo_api::params::BootOrder { boot: boot.to_string() };
+        self.post(&format!("/api/v1/instances/{}/boot-order", path_segment(id)), &p).await
+    }
+
     pub async fn console(&self, id: &str) -> Result<ConsoleOutput, ClientError> {
         self.get(&format!("/api/v1/instances/{}/console", path_segment(id))).await
     }

@@ -353,7 +353,11 @@ impl Store {
     /// What keeps an image from being deleted, if anything.
     pub async fn image_in_use(&self, id: &str) -> Result<Option<ImageInUse>, sqlx::Error> {
         let instances: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM instances WHERE image_id = $1 AND state <> 'terminated' ORDER BY id")
+            // An ISO in an instance's CD-ROM drive is in use as well.
+            sqlx::query_scalar(
+                "SELECT id FROM instances WHERE (image_id = $1 OR cdrom_image_id = $1) AND state <> 'terminated'
+                 ORDER BY id",
+            )
                 .bind(id)
                 .fetch_all(&self.pool)
                 .await?;

@@ -25,6 +25,9 @@ pub struct LaunchRecord<'a> {
     /// PrivateIpAddress, already checked to be in its range); none: the
     /// lowest free one.
     pub private_address: Option<&'a str>,
+    /// A CD-ROM drive: the ISO image's id in it and the boot order
+    /// (already checked; see `cdrom`).
+    pub cdrom: Option<(&'a str, &'a str)>,
 }
 
 pub(crate) async fn insert_launch_record(
@@ -57,6 +60,9 @@ pub(crate) async fn insert_launch_record(
     }
     for (key, value) in r.tags {
         crate::tags::upsert(tx, instance, "instance", project, key, value).await?;
+    }
+    if let Some((image_id, boot_order)) = r.cdrom {
+        crate::cdrom::record_at_launch(tx, instance, image_id, boot_order).await?;
     }
     Ok(())
 }

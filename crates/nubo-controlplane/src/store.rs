@@ -196,6 +196,15 @@ pub struct InstanceRow {
     pub shutdown_behavior: String,
     /// EC2's source/destination check (1: on), stored and reported.
     pub source_dest_check: i64,
+    /// 1: the instance has a CD-ROM drive (migration 0030; see `cdrom`).
+    #[sqlx(default)]
+    pub cdrom_drive: i64,
+    /// The ISO image in the drive; none: empty.
+    #[sqlx(default)]
+    pub cdrom_image_id: Option<String>,
+    /// `cdrom,disk` or `disk,cdrom` (instances with a drive).
+    #[sqlx(default)]
+    pub boot_order: Option<String>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -492,7 +501,8 @@ impl Store {
         .bind(new.key.map(|k| k.0))
         .bind(new.key.map(|k| k.1))
         .bind(new.imds_tokens)
-        .bind(new.image_id)
+        // The builtin `blank` has no image row (an empty disk): no id.
+        .bind(Some(new.image_id).filter(|i| !i.is_empty()))
         .execute(&mut *tx)
         .await?;
         // Ports: the lowest free ones in the range. The write lock taken

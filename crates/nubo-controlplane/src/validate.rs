@@ -121,6 +121,8 @@ mod tests {
             tags: Default::default(),
             networks: vec![],
             security_groups: vec![],
+            cdrom: None,
+            boot: None,
         }
     }
 

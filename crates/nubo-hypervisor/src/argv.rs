@@ -81,13 +81,32 @@ pub fn qemu_argv(dir: &VmDir, cfg: &VmConfig) -> Result<Vec<OsString>, Hyperviso
         "file": {"discard": "unmap", "driver": "file", "filename": path_str("root disk", &disk)?},
         "node-name": "root",
     });
-    // Firmware boot: boot from the root disk first. Direct boot: QEMU's
-    // kernel loader ROM takes bootindex 0 itself.
+    // Firmware boot: boot from the root disk first (or second, after a CD
+    // booted first). Direct boot: QEMU's kernel loader ROM takes bootindex
+    // 0 itself.
+    let cd_first = matches!(cfg.boot, Boot::Firmware) && cfg.cdrom.as_ref().is_some_and(|c| c.boot_first);
     let root_dev = match cfg.boot {
+        Boot::Firmware if cd_first => "virtio-blk-pci,drive=root,id=root-disk,bootindex=1",
         Boot::Firmware => "virtio-blk-pci,drive=root,id=root-disk,bootindex=0",
         Boot::Direct { .. } => "virtio-blk-pci,drive=root,id=root-disk",
     };
     push(&["-blockdev", &root.to_string(), "-device", root_dev]);
+    if let Some(cd) = &cfg.cdrom {
+        // A -drive (not -blockdev), so the drive may be empty and its disc
+        // changed over QMP; on the board's own AHCI controller, which q35
+        // has even with -nodefaults.
+        let mut drive = String::from("if=none,id=cd0drv,media=cdrom,readonly=on");
+        if let Some(iso) = &cd.media {
+            drive.push_str(&format!(",format=raw,file={}", opt_escape(path_str("CD-ROM image", iso)?)));
+        }
+        let mut device = format!("ide-cd,bus=ide.0,drive=cd0drv,id={}", crate::config::CDROM_DEVICE);
+        match cfg.boot {
+            Boot::Firmware if cd_first => device.push_str(",bootindex=0"),
+            Boot::Firmware => device.push_str(",bootindex=1"),
+            Boot::Direct { .. } => {}
+        }
+        push(&["-drive", &drive, "-device", &device]);
+    }
     if let Some(seed) = &cfg.seed_image {
         let seed = json!({
             "driver": "raw",
@@ -221,6 +240,7 @@ mod tests {
             disks: Vec::new(),
             taps: Vec::new(),
             incoming: false,
+            cdrom: None,
         }
     }
 
@@ -267,6 +287,42 @@ mod tests {
             "-device", "pcie-root-port,id=hp1,chassis=2",
         ];
         assert_eq!(got, want);
+    }
+
+    /// The pair of arguments that follows `flag` whose value starts with `prefix`.
+    fn arg_after<'a>(argv: &'a [String], flag: &str, prefix: &str) -> Option<&'a str> {
+        argv.windows(2).find(|w| w[0] == flag && w[1].starts_with(prefix)).map(|w| w[1].as_str())
+    }
+
+    #[test]
+    fn cdrom_drive_and_boot_order() {
+        let dir = VmDir::new("/var/lib/nubo/vms/vm-1");
+        let mut c = cfg();
+        c.cdrom = Some(crate::CdRom { media: Some("/cache/blobs/a,b.iso".into()), boot_first: true });
+        let got = strings(qemu_argv(&dir, &c).unwrap());
+        assert_eq!(
+            arg_after(&got, "-drive", "if=none,id=cd0drv"),
+            Some("if=none,id=cd0drv,media=cdrom,readonly=on,format=raw,file=/cache/blobs/a,,b.iso")
+        );
+        assert_eq!(arg_after(&got, "-device", "ide-cd"), Some("ide-cd,bus=ide.0,drive=cd0drv,id=cd0,bootindex=0"));
+        assert_eq!(
+            arg_after(&got, "-device", "virtio-blk-pci,drive=root"),
+            Some("virtio-blk-pci,drive=root,id=root-disk,bootindex=1")
+        );
+
+        // Disk first, and an empty drive (ejected): no file.
+        c.cdrom = Some(crate::CdRom { media: None, boot_first: false });
+        let got = strings(qemu_argv(&dir, &c).unwrap());
+        assert_eq!(arg_after(&got, "-drive", "if=none,id=cd0drv"), Some("if=none,id=cd0drv,media=cdrom,readonly=on"));
+        assert_eq!(arg_after(&got, "-device", "ide-cd"), Some("ide-cd,bus=ide.0,drive=cd0drv,id=cd0,bootindex=1"));
+        assert_eq!(
+            arg_after(&got, "-device", "virtio-blk-pci,drive=root"),
+            Some("virtio-blk-pci,drive=root,id=root-disk,bootindex=0")
+        );
+
+        // A relative ISO path is refused, as every other path.
+        c.cdrom = Some(crate::CdRom { media: Some("cd.iso".into()), boot_first: true });
+        assert!(qemu_argv(&dir, &c).is_err());
     }
 
     #[test]

@@ -99,6 +99,20 @@ impl DataDisk {
     }
 }
 
+/// A CD-ROM drive (an `ide-cd` on the q35 board's AHCI controller): the
+/// disc in it, read-only, and whether the firmware boots it first. Its
+/// disc is changed while the VM runs with [`crate::Hypervisor::change_cdrom`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CdRom {
+    /// The ISO file (absolute path, read as raw); none: an empty drive.
+    pub media: Option<PathBuf>,
+    /// Boot from the CD before the root disk (firmware boot only).
+    pub boot_first: bool,
+}
+
+/// The QMP id of the CD-ROM drive's device.
+pub const CDROM_DEVICE: &str = "cd0";
+
 /// Everything needed to prepare and start one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmConfig {
@@ -146,6 +160,9 @@ pub struct VmConfig {
     /// disks and the state (QEMU `-incoming defer`).
     #[serde(default)]
     pub incoming: bool,
+    /// A CD-ROM drive; none: the VM has none.
+    #[serde(default)]
+    pub cdrom: Option<CdRom>,
 }
 
 /// The guest network used with a metadata service; QEMU's guestfwd only
@@ -220,6 +237,11 @@ impl VmConfig {
         }
         if self.hotplug_slots > MAX_HOTPLUG_SLOTS {
             return bad(format!("hotplug_slots is {}; use at most {MAX_HOTPLUG_SLOTS}", self.hotplug_slots));
+        }
+        if let Some(path) = self.cdrom.as_ref().and_then(|c| c.media.as_ref()) {
+            if !path.is_absolute() {
+                return bad(format!("CD-ROM image path {} is relative; pass an absolute path", path.display()));
+            }
         }
         if self.taps.len() > 16 {
             return bad(format!("{} tap NICs; a VM has at most 16", self.taps.len()));

@@ -131,6 +131,11 @@ pub trait Hypervisor: Send + Sync {
     /// Grow an attached data disk while the guest runs.
     async fn resize_attached_disk(&self, dir: &VmDir, id: &str, size: u64) -> Result<(), HypervisorError>;
 
+    /// Puts `media` (an ISO file, read-only) in the running VM's CD-ROM
+    /// drive, or empties it (`None`), forcing the tray open if the guest
+    /// locked it. Ok if the drive already holds that.
+    async fn change_cdrom(&self, dir: &VmDir, media: Option<&Path>) -> Result<(), HypervisorError>;
+
     /// Start a point-in-time copy of the running VM's disk `node` (`root`,
     /// or a data disk id) into a new self-contained file at `target`.
     async fn backup_start(&self, dir: &VmDir, node: &str, target: &Path) -> Result<BackupJob, HypervisorError>;

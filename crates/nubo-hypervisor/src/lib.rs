@@ -33,8 +33,8 @@ mod tap;
 pub use accel::{detect_accel, Accel, AccelPreference, ParseAccelError};
 pub use argv::{qemu_argv, restrict_user_net};
 pub use config::{
-    mac_for, validate_id, Boot, DataDisk, PortForward, VmConfig, DEFAULT_HOTPLUG_SLOTS, GUEST_ADDR, MAX_DISK_SERIAL,
-    METADATA_ADDR, METADATA_NET,
+    mac_for, validate_id, Boot, CdRom, DataDisk, PortForward, VmConfig, CDROM_DEVICE, DEFAULT_HOTPLUG_SLOTS,
+    GUEST_ADDR, MAX_DISK_SERIAL, METADATA_ADDR, METADATA_NET,
 };
 pub use dir::VmDir;
 pub use disks::{AttachedDisk, BackupJob};

@@ -587,6 +587,40 @@ impl Hypervisor for Qemu {
         self.resize_data_disk(&dir.resolved()?, id, size).await
     }
 
+    #[tracing::instrument(skip_all, fields(vm = %dir.label()))]
+    async fn change_cdrom(&self, dir: &VmDir, media: Option<&Path>) -> Result<(), HypervisorError> {
+        let mut c = self.qmp(dir).await?;
+        match media {
+            // Forced: a guest that locked the tray (most installers do)
+            // must not keep a disc the user ejected.
+            None => {
+                c.execute("eject", Some(serde_json::json!({"id": crate::config::CDROM_DEVICE, "force": true}))).await?;
+                info!("CD-ROM ejected");
+            }
+            Some(iso) => {
+                let filename = iso.to_str().filter(|_| iso.is_absolute()).ok_or_else(|| {
+                    HypervisorError::InvalidConfig(format!(
+                        "CD-ROM image path {} must be absolute and UTF-8",
+                        iso.display()
+                    ))
+                })?;
+                // Read as raw (never probed), read-only, as at start.
+                c.execute(
+                    "blockdev-change-medium",
+                    Some(serde_json::json!({
+                        "id": crate::config::CDROM_DEVICE,
+                        "filename": filename,
+                        "format": "raw",
+                        "read-only-mode": "read-only",
+                    })),
+                )
+                .await?;
+                info!(iso = %filename, "CD-ROM disc inserted");
+            }
+        }
+        Ok(())
+    }
+
     async fn backup_start(&self, dir: &VmDir, node: &str, target: &Path) -> Result<BackupJob, HypervisorError> {
         Qemu::backup_start(self, &dir.resolved()?, node, target).await
     }

@@ -286,6 +286,11 @@ impl Hypervisor for Simulated {
         })
     }
 
+    async fn change_cdrom(&self, dir: &VmDir, _media: Option<&Path>) -> Result<(), HypervisorError> {
+        // No drive to model: only that the VM runs, as QEMU's QMP needs.
+        self.update(dir, |_| ())
+    }
+
     async fn detach_disk(&self, dir: &VmDir, id: &str, _timeout: Duration) -> Result<(), HypervisorError> {
         match self.update(dir, |vm| vm.disks.retain(|d| d.id != id)) {
             Err(HypervisorError::NotRunning { .. }) => Ok(()),
@@ -351,6 +356,7 @@ mod tests {
             disks: vec![],
             taps: vec![],
             incoming: false,
+            cdrom: None,
         }
     }
 

@@ -1,5 +1,5 @@
 //! Inspection of untrusted disk images (user uploads, `nubo image import FILE
-//! --format raw|qcow2`) before Nubo stores or boots them.
+//! --format raw|qcow2|iso`) before Nubo stores or boots them.
 //!
 //! An uploaded image is hostile input. The classic attacks are a file that
 //! lies about its format (a "raw" image whose bytes are a qcow2 header
@@ -43,16 +43,28 @@ pub enum DiskFormat {
     Raw,
     /// QEMU's copy-on-write format (version 2 or 3), self-contained.
     Qcow2,
+    /// An ISO 9660 CD image (raw bytes with a `CD001` volume descriptor):
+    /// attached as a read-only CD-ROM, never used as a root disk.
+    Iso,
 }
 
 impl DiskFormat {
     /// Every accepted format.
-    pub const ALL: [DiskFormat; 2] = [DiskFormat::Raw, DiskFormat::Qcow2];
+    pub const ALL: [DiskFormat; 3] = [DiskFormat::Raw, DiskFormat::Qcow2, DiskFormat::Iso];
 
-    /// The name qemu-img and the CLI use (`raw`, `qcow2`).
+    /// The name the CLI and the registry use (`raw`, `qcow2`, `iso`).
     pub fn as_str(self) -> &'static str {
         match self {
             DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Iso => "iso",
+        }
+    }
+
+    /// QEMU's block driver for it: an ISO is read as `raw` bytes.
+    pub fn qemu_driver(self) -> &'static str {
+        match self {
+            DiskFormat::Raw | DiskFormat::Iso => "raw",
             DiskFormat::Qcow2 => "qcow2",
         }
     }
@@ -66,7 +78,7 @@ impl fmt::Display for DiskFormat {
 
 /// A disk format name that is not one of [`DiskFormat::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown disk format `{given}`; accepted formats: raw, qcow2 (convert other formats with `qemu-img convert -O qcow2 IN OUT`)")]
+#[error("unknown disk format `{given}`; accepted formats: raw, qcow2 (disks; convert other formats with `qemu-img convert -O qcow2 IN OUT`) and iso (CD images)")]
 pub struct ParseDiskFormatError {
     /// The name as given (sanitised, cut to 64 characters).
     pub given: String,
@@ -332,12 +344,27 @@ pub fn inspect(path: &Path, declared: DiskFormat, limits: &InspectLimits) -> Res
 
     let virtual_size = match (declared, sniff_format(&head, &tail)) {
         (_, Some(format)) if format != "qcow2" => return Err(InspectError::UnsupportedFormat { format }),
-        (DiskFormat::Raw, Some(_)) => {
+        (DiskFormat::Raw | DiskFormat::Iso, Some(_)) => {
             return Err(InspectError::FormatMismatch {
                 declared,
                 found: "it is a qcow2 image".into(),
                 hint: "import it with --format qcow2".into(),
             })
+        }
+        (DiskFormat::Iso, None) => {
+            if !is_iso9660(&head) {
+                return Err(InspectError::FormatMismatch {
+                    declared,
+                    found: "it is not an ISO 9660 image (no `CD001` volume descriptor at byte 0x8001)".into(),
+                    hint: "import a disk image with --format raw or qcow2, or build a real ISO \
+                           (e.g. `xorriso -as mkisofs -o OUT.iso DIR`)"
+                        .into(),
+                });
+            }
+            if !file_size.is_multiple_of(512) {
+                return Err(InspectError::RawNotSectorAligned { size: file_size });
+            }
+            file_size
         }
         (DiskFormat::Raw, None) => {
             if !file_size.is_multiple_of(512) {
@@ -356,6 +383,17 @@ pub fn inspect(path: &Path, declared: DiskFormat, limits: &InspectLimits) -> Res
         cross_check_consistency(&path, limits)?;
     }
     Ok(Inspected { format: declared, virtual_size, file_size })
+}
+
+/// Where an ISO 9660 image's first volume descriptor starts (after the
+/// 32 KiB system area), and the identifier it carries one byte in.
+const ISO_DESCRIPTOR_AT: usize = 0x8000;
+const ISO_IDENTIFIER: &[u8] = b"CD001";
+
+/// Pure: whether the first bytes (`head`, at least 0x8006 of them) are
+/// those of an ISO 9660 image: its first volume descriptor's `CD001`.
+pub fn is_iso9660(head: &[u8]) -> bool {
+    head.get(ISO_DESCRIPTOR_AT + 1..ISO_DESCRIPTOR_AT + 1 + ISO_IDENTIFIER.len()) == Some(ISO_IDENTIFIER)
 }
 
 /// Pure: which known image format the first bytes (`head`) and the last
@@ -664,7 +702,7 @@ fn cross_check_info(
     virtual_size: u64,
     limits: &InspectLimits,
 ) -> Result<(), InspectError> {
-    let run = run_qemu_img(limits, &["info", "-f", format.as_str(), "--output=json"], path)?;
+    let run = run_qemu_img(limits, &["info", "-f", format.qemu_driver(), "--output=json"], path)?;
     if !run.status.success() {
         return Err(run.failure());
     }
@@ -681,11 +719,12 @@ fn cross_check_info(
         return Err(InspectError::Encrypted { method: "qemu-img reports it encrypted".into() });
     }
     let reported = info.get("format").and_then(Value::as_str);
-    if reported != Some(format.as_str()) {
+    if reported != Some(format.qemu_driver()) {
         return Err(InspectError::QemuImgMismatch {
             detail: format!(
-                "it reads the image as format {}, not {format}",
-                reported.map_or("(none)".into(), |f| sanitise(f.as_bytes(), 40))
+                "it reads the image as format {}, not {}",
+                reported.map_or("(none)".into(), |f| sanitise(f.as_bytes(), 40)),
+                format.qemu_driver()
             ),
         });
     }
@@ -908,6 +947,53 @@ mod tests {
 
     fn put_be(h: &mut [u8], at: usize, v: &[u8]) {
         h[at..at + v.len()].copy_from_slice(v);
+    }
+
+    #[test]
+    fn iso_is_known_by_its_volume_descriptor() {
+        let mut head = vec![0u8; 0x8800];
+        assert!(!is_iso9660(&head));
+        head[0x8000] = 1;
+        head[0x8001..0x8006].copy_from_slice(b"CD001");
+        assert!(is_iso9660(&head));
+        // Too short to hold the descriptor: not an ISO, and no panic.
+        assert!(!is_iso9660(&head[..0x8003]));
+        assert_eq!(DiskFormat::Iso.qemu_driver(), "raw");
+    }
+
+    #[test]
+    fn iso_imports_only_an_iso() {
+        require_qemu_img();
+        let dir = tempfile::tempdir().expect("tempdir");
+        // An ISO as xorriso writes it, when it is installed (the VM test
+        // needs it too); a hand-made descriptor otherwise.
+        let iso = dir.path().join("cd.iso");
+        let tree = dir.path().join("tree");
+        fs::create_dir(&tree).expect("mkdir");
+        fs::write(tree.join("hello.txt"), b"hello").expect("write");
+        let made = Command::new("xorriso")
+            .args(["-as", "mkisofs", "-quiet", "-o", s(&iso), s(&tree)])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !made {
+            let mut bytes = vec![0u8; 0x10000];
+            bytes[0x8000] = 1;
+            bytes[0x8001..0x8006].copy_from_slice(b"CD001");
+            fs::write(&iso, bytes).expect("write iso");
+        }
+        let got = check(&iso, DiskFormat::Iso).expect("a real ISO is accepted");
+        assert_eq!(got.format, DiskFormat::Iso);
+        assert_eq!(got.virtual_size, got.file_size);
+
+        let raw = dir.path().join("disk.raw");
+        raw_with_data(&raw, 1 << 20);
+        let err = check(&raw, DiskFormat::Iso).expect_err("a raw disk is not an ISO");
+        assert!(matches!(err, InspectError::FormatMismatch { declared: DiskFormat::Iso, .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("not an ISO 9660 image") && msg.contains("--format raw"), "{msg}");
+        let qcow2 = qcow2_with_data(dir.path(), "disk.qcow2", 1 << 20);
+        let err = check(&qcow2, DiskFormat::Iso).expect_err("a qcow2 is not an ISO");
+        assert!(matches!(err, InspectError::FormatMismatch { declared: DiskFormat::Iso, .. }), "{err}");
     }
 
     #[test]

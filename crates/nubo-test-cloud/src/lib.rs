@@ -285,6 +285,8 @@ impl TestCloud {
             tags: Default::default(),
             networks: Vec::new(),
             security_groups: Vec::new(),
+            cdrom: None,
+            boot: None,
         }
     }
 

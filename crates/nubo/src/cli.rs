@@ -647,6 +647,14 @@ pub enum InstanceCmd {
         /// `nubo instance protect ID --no-termination`).
         #[arg(long)]
         termination_protection: bool,
+        /// An ISO image (imported with `--format iso`) for a CD-ROM drive,
+        /// booted first; with `--image blank` the root disk starts empty,
+        /// to install an OS on.
+        #[arg(long, value_name = "ISO", conflicts_with_all = ["template", "recipe"])]
+        cdrom: Option<String>,
+        /// Boot order with a CD-ROM drive: cdrom,disk (default) or disk,cdrom.
+        #[arg(long, value_name = "ORDER", requires = "cdrom")]
+        boot: Option<String>,
         /// Return only once the instance is running (and its recipe has finished).
         #[arg(long)]
         wait: bool,
@@ -740,6 +748,18 @@ pub enum InstanceCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Eject or insert the disc of the instance's CD-ROM drive (running
+    /// or stopped); prints the instance.
+    Cdrom {
+        #[command(subcommand)]
+        cmd: CdromCmd,
+    },
+    /// Set what a stopped instance with a CD-ROM drive boots first:
+    /// `cdrom,disk` or `disk,cdrom`; prints the instance.
+    BootOrder {
+        id: String,
+        order: String,
+    },
     /// Make an image of the instance's root disk (a point-in-time copy).
     Snapshot {
         id: String,
@@ -752,6 +772,15 @@ pub enum InstanceCmd {
         #[arg(long)]
         wait: bool,
     },
+}
+
+#[derive(Subcommand)]
+pub enum CdromCmd {
+    /// Empty the drive (even if the guest locked it); it stays empty
+    /// across restarts.
+    Eject { id: String },
+    /// Put an ISO image (name or id) in the drive.
+    Insert { id: String, iso: String },
 }
 
 #[derive(Subcommand)]
@@ -872,8 +901,9 @@ pub enum ImageCmd {
         file: PathBuf,
         #[arg(long)]
         name: String,
-        /// raw or qcow2 (default: what the file looks like; the server checks it).
-        #[arg(long, value_parser = ["raw", "qcow2"])]
+        /// raw or qcow2 (default: what the file looks like; the server
+        /// checks it), or iso: a CD image for `nubo instance run --cdrom`.
+        #[arg(long, value_parser = ["raw", "qcow2", "iso"])]
         format: Option<String>,
         /// Smallest root disk in GiB instances of it get (at least its virtual size).
         #[arg(long, value_name = "GIB")]

@@ -87,6 +87,10 @@ fn print_instance(i: &Instance) {
     for (k, v) in rows {
         println!("{k:<11} {v}");
     }
+    if let Some(cd) = &i.cdrom {
+        let disc = cd.image_id.as_ref().map_or_else(|| "(empty)".to_string(), |id| id.to_string());
+        println!("{:<11} {disc}, boot {}", "cdrom", cd.boot_order);
+    }
     if let Some(g) = &i.guest {
         println!("guest:");
         println!("  agent      {}", g.agent_version.as_deref().unwrap_or("?"));
@@ -189,6 +193,8 @@ pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
             security_groups,
             tags,
             termination_protection,
+            cdrom,
+            boot,
             wait,
         } => {
             let user_data = match user_data {
@@ -243,6 +249,8 @@ pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
                         tags: tags.into_iter().collect(),
                         networks,
                         security_groups,
+                        cdrom,
+                        boot,
                     };
                     c.create_instance(&req).await?
                 }
@@ -390,6 +398,18 @@ pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
         }
         InstanceCmd::Snapshot { id, name, description, wait } => {
             crate::storage_cmds::snapshot_instance(conn, &id, name, description, wait).await
+        }
+        InstanceCmd::Cdrom { cmd } => {
+            let c = client(conn)?;
+            let i = match cmd {
+                crate::cli::CdromCmd::Eject { id } => c.eject_cdrom(&id).await?,
+                crate::cli::CdromCmd::Insert { id, iso } => c.insert_cdrom(&id, &iso).await?,
+            };
+            emit(conn.output, &i, print_instance)
+        }
+        InstanceCmd::BootOrder { id, order } => {
+            let i = client(conn)?.set_boot_order(&id, &order).await?;
+            emit(conn.output, &i, print_instance)
         }
     }
 }

@@ -120,7 +120,9 @@ pub async fn desired(
             volumes_by_instance.entry(i).or_default().push(v);
         }
     }
-    let mut image_ids: Vec<String> = rows.iter().filter_map(|r| r.image_id.clone()).collect();
+    // ISO images in CD-ROM drives are fetched as the root images are.
+    let mut image_ids: Vec<String> =
+        rows.iter().flat_map(|r| [r.image_id.clone(), r.cdrom_image_id.clone()]).flatten().collect();
     image_ids.sort();
     image_ids.dedup();
     let image_sources: HashMap<String, Option<ImageSource>> =
@@ -178,6 +180,10 @@ pub async fn desired(
             });
         }
         let image_source = row.image_id.as_ref().and_then(|i| image_sources.get(i).cloned().flatten());
+        let cdrom = (row.cdrom_drive == 1).then(|| nubo_api::agent::DesiredCdrom {
+            media: row.cdrom_image_id.as_ref().and_then(|i| image_sources.get(i).cloned().flatten()),
+            boot_first: row.boot_order.as_deref() != Some(crate::cdrom::DISK_FIRST),
+        });
         let mut volumes = Vec::new();
         let source: Vec<&crate::volumes::VolumeRow> = if target_here {
             instance_volumes.iter().collect()
@@ -230,6 +236,7 @@ pub async fn desired(
             captures: wanted_captures,
             nics: nics.remove(&row.id).unwrap_or_default(),
             migration: desired_migration,
+            cdrom,
         });
     }
     let volumes = volume_rows

@@ -130,3 +130,46 @@ pub async fn protect(
 ) -> AppResult<Json<Instance>> {
     Ok(Json(crate::app::instance_attributes::set_protection(&ctx, &caller, &id, &p).await?))
 }
+
+// ---- CD-ROM drive and boot order (`app::cdrom`) ----
+
+/// Empty the instance's CD-ROM drive: at once while it runs (even if the
+/// guest locked the tray), and it stays empty across restarts.
+#[utoipa::path(post, path = "/api/v1/instances/{id}/cdrom/eject", tag = "instances", operation_id = "eject_cdrom",
+    params(("id" = String, Path, description = "instance id")),
+    responses((status = 202, body = Instance), (status = 404, body = nubo_api::error::ErrorBody), (status = 409, body = nubo_api::error::ErrorBody)))]
+pub async fn eject_cdrom(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+) -> AppResult<(StatusCode, Json<Instance>)> {
+    Ok((StatusCode::ACCEPTED, Json(crate::app::cdrom::eject(&ctx, &caller, &id).await?)))
+}
+
+/// Put an ISO image in the instance's CD-ROM drive, in place of what is there.
+#[utoipa::path(post, path = "/api/v1/instances/{id}/cdrom/insert", tag = "instances", operation_id = "insert_cdrom",
+    request_body = nubo_api::params::CdromInsert, params(("id" = String, Path, description = "instance id")),
+    responses((status = 202, body = Instance), (status = 400, body = nubo_api::error::ErrorBody),
+        (status = 404, body = nubo_api::error::ErrorBody), (status = 409, body = nubo_api::error::ErrorBody)))]
+pub async fn insert_cdrom(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+    ApiJson(p): ApiJson<nubo_api::params::CdromInsert>,
+) -> AppResult<(StatusCode, Json<Instance>)> {
+    Ok((StatusCode::ACCEPTED, Json(crate::app::cdrom::insert(&ctx, &caller, &id, &p.image).await?)))
+}
+
+/// Set what a stopped instance with a CD-ROM drive boots first.
+#[utoipa::path(post, path = "/api/v1/instances/{id}/boot-order", tag = "instances", operation_id = "set_boot_order",
+    request_body = nubo_api::params::BootOrder, params(("id" = String, Path, description = "instance id")),
+    responses((status = 200, body = Instance), (status = 400, body = nubo_api::error::ErrorBody),
+        (status = 404, body = nubo_api::error::ErrorBody), (status = 409, body = nubo_api::error::ErrorBody)))]
+pub async fn boot_order(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+    ApiJson(p): ApiJson<nubo_api::params::BootOrder>,
+) -> AppResult<Json<Instance>> {
+    Ok(Json(crate::app::cdrom::set_boot_order(&ctx, &caller, &id, &p.boot).await?))
+}

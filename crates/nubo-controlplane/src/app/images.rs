@@ -345,6 +345,8 @@ pub async fn snapshot_instance(
     let kernel_image = match &parent {
         Some(pr) if pr.source == "builtin" => Some(pr.name.clone()),
         Some(pr) => pr.kernel_image.clone(),
+        // An OS installed from a CD onto `blank` boots by firmware.
+        None if inst.image == nubo_api::agent::BLANK_IMAGE => None,
         None => Some(inst.image.clone()),
     };
     let description = p.description.clone().unwrap_or_else(|| format!("snapshot of instance {}", inst.id));

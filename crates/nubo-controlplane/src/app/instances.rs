@@ -69,6 +69,7 @@ pub async fn views(ctx: &Ctx, selection: &Selection<'_>, rows: Vec<InstanceRow>)
 fn view_of(row: InstanceRow, related: &Related) -> AppResult<Instance> {
     let id: InstanceId = row.id.parse().map_err(AppError::internal)?;
     let instance_type = instance_type_of(&row);
+    let cdrom = super::cdrom::view_of(&row);
     let tags = related.tags.get(&row.id).cloned().unwrap_or_default();
     let host = row.host_id.as_ref().and_then(|h| related.hosts.get(h));
     let nics = related.addresses.get(&row.id).map(Vec::as_slice).unwrap_or_default();
@@ -145,6 +146,7 @@ fn view_of(row: InstanceRow, related: &Related) -> AppResult<Instance> {
         termination_protection: row.termination_protection == 1,
         stop_protection: row.stop_protection == 1,
         shutdown_behavior: row.shutdown_behavior,
+        cdrom,
     })
 }
 
@@ -191,12 +193,18 @@ pub async fn launch(
     ctx: &Arc<Ctx>,
     caller: &Caller,
     p: &InstanceCreate,
-    mut record: crate::launch::LaunchRecord<'_>,
+    record: crate::launch::LaunchRecord<'_>,
 ) -> AppResult<InstanceRow> {
     let project = authz::creation_project(caller)?;
     validate::instance_create(p)?;
     let image = match ctx.store.resolve_image(Some(&project), &p.image).await? {
         Some(i) => i,
+        // The builtin `blank` has no image row: an empty root disk, for
+        // installing from a CD (`app::cdrom`).
+        None if p.image == nubo_api::agent::BLANK_IMAGE => {
+            let cdrom = super::cdrom::check_launch(ctx, &project, None, p).await?;
+            return launch_checked(ctx, caller, p, record, project, None, cdrom).await;
+        }
         None => {
             let known: Vec<String> =
                 ctx.store.images_visible(Some(&project)).await?.into_iter().map(|i| i.name).collect();
@@ -215,16 +223,34 @@ pub async fn launch(
             image.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
         )));
     }
-    if p.disk_gib < image.min_disk_gib as u64 {
+    let cdrom = super::cdrom::check_launch(ctx, &project, Some(&image), p).await?;
+    launch_checked(ctx, caller, p, record, project, Some(image), cdrom).await
+}
+
+/// The rest of a launch, once its image (None: `blank`) and CD-ROM drive
+/// are known.
+async fn launch_checked(
+    ctx: &Arc<Ctx>,
+    caller: &Caller,
+    p: &InstanceCreate,
+    mut record: crate::launch::LaunchRecord<'_>,
+    project: String,
+    image: Option<crate::images::ImageRow>,
+    cdrom: Option<(String, &'static str)>,
+) -> AppResult<InstanceRow> {
+    let (image_name, image_id, min_disk_gib, min_memory_mib) = match &image {
+        Some(i) => (i.name.as_str(), i.id.as_str(), i.min_disk_gib, i.min_memory_mib),
+        None => (nubo_api::agent::BLANK_IMAGE, "", 0, 0),
+    };
+    record.cdrom = cdrom.as_ref().map(|(id, order)| (id.as_str(), *order));
+    if p.disk_gib < min_disk_gib as u64 {
         return Err(AppError::BadRequest(format!(
-            "image {} needs a root disk of at least {} GiB; ask for --disk {} or more",
-            image.name, image.min_disk_gib, image.min_disk_gib
+            "image {image_name} needs a root disk of at least {min_disk_gib} GiB; ask for --disk {min_disk_gib} or more"
         )));
     }
-    if p.memory_mib < image.min_memory_mib as u64 {
+    if p.memory_mib < min_memory_mib as u64 {
         return Err(AppError::BadRequest(format!(
-            "image {} needs at least {} MiB of memory; ask for --memory {} or more",
-            image.name, image.min_memory_mib, image.min_memory_mib
+            "image {image_name} needs at least {min_memory_mib} MiB of memory; ask for --memory {min_memory_mib} or more"
         )));
     }
     let imds_tokens = match p.metadata.as_ref().and_then(|m| m.http_tokens.as_deref()) {
@@ -325,8 +351,8 @@ pub async fn launch(
         id: &id,
         project_id: &project,
         name: &name,
-        image: &image.name,
-        image_id: &image.id,
+        image: image_name,
+        image_id,
         vcpus: p.vcpus,
         memory_mib: p.memory_mib,
         disk_gib: p.disk_gib,

@@ -440,6 +440,8 @@ pub async fn instance_create(
         tags: d.tags.clone(),
         networks: d.networks.clone(),
         security_groups: d.security_groups.clone(),
+        cdrom: None,
+        boot: None,
     };
     Ok((create, d.instance_type.clone()))
 }

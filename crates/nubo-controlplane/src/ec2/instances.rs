@@ -677,6 +677,8 @@ async fn launch_all(
         tags: Default::default(),
         networks: network.map(|n| n.id.clone()).into_iter().collect(),
         security_groups: Vec::new(),
+        cdrom: None,
+        boot: None,
     };
     let mut rows = Vec::new();
     for i in 0..req.max {
@@ -690,6 +692,7 @@ async fn launch_all(
             group_id: None,
             networks: &[],
             private_address: req.private_address.as_deref(),
+            cdrom: None,
         };
         let launched = match app::instances::launch(ctx, caller, &create, record).await {
             Ok(row) if req.volumes.is_empty() => Ok(row),

@@ -161,6 +161,8 @@ impl LaunchForm {
             tags: BTreeMap::new(),
             networks: Vec::new(),
             security_groups: Vec::new(),
+            cdrom: None,
+            boot: None,
         })
     }
 }

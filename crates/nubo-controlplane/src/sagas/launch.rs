@@ -193,6 +193,7 @@ impl SagaDef for RecipeLaunch {
                     // Launches with a recipe come through REST, which
                     // asks for no particular address.
                     private_address: None,
+                    cdrom: None,
                 },
             };
             return match crate::placement::place(ctx, &new).await {
