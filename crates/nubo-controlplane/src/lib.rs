@@ -13,6 +13,7 @@ pub mod authz;
 pub mod background;
 pub mod checks;
 pub mod client_tokens;
+pub mod day_two;
 pub mod ec2;
 pub mod error;
 pub mod exposition;

@@ -196,6 +196,9 @@ pub struct InstanceRow {
     pub shutdown_behavior: String,
     /// EC2's source/destination check (1: on), stored and reported.
     pub source_dest_check: i64,
+    /// Bumped by each rebuild or instance revert (migration 0029; see
+    /// `app::day_two`): the host replaces the root disk before the next boot.
+    pub rebuild_seq: i64,
 }
 
 #[derive(Debug, Clone, FromRow)]

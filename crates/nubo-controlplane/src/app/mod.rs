@@ -11,6 +11,7 @@
 //! JSON with a status, EC2 as its XML error codes, the portal as a page).
 
 pub mod automation;
+pub mod day_two;
 pub mod floating_ips;
 pub mod hosts;
 pub mod identity;
