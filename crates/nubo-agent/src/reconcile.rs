@@ -513,7 +513,11 @@ impl Reconciler {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => anyhow::bail!("cannot remove the old root disk {} for a rebuild: {e}", dir.disk().display()),
             }
-            self.instances.event(&want.id, "root_disk_removed", format!("rebuild {} from {}", want.rebuild_seq, want.image));
+            self.instances.event(
+                &want.id,
+                "root_disk_removed",
+                format!("rebuild {} from {}", want.rebuild_seq, want.image),
+            );
         }
         let disks = self.storage.cold_disks(want);
         let vni_of: HashMap<_, _> = self

@@ -9,6 +9,17 @@
 use crate::store::{insert_event, now_ms, Store};
 use nubo_api::views::VolumeState;
 
+/// An EC2 root volume replacement task as recorded.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ReplaceRootTaskRow {
+    pub id: String,
+    pub project_id: String,
+    pub instance_id: String,
+    pub image_id: Option<String>,
+    pub snapshot_id: Option<String>,
+    pub started_at_ms: i64,
+}
+
 impl Store {
     /// Points a stopped or running instance (desired and actual state
     /// both `power`) at `image` and asks its host for a fresh root disk
@@ -78,6 +89,31 @@ impl Store {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Records an EC2 root volume replacement task.
+    pub async fn insert_replace_root_task(&self, t: &ReplaceRootTaskRow) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO replace_root_volume_tasks (id, project_id, instance_id, image_id, snapshot_id, started_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&t.id)
+        .bind(&t.project_id)
+        .bind(&t.instance_id)
+        .bind(&t.image_id)
+        .bind(&t.snapshot_id)
+        .bind(t.started_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A project's root volume replacement tasks, oldest first.
+    pub async fn replace_root_tasks(&self, project: &str) -> Result<Vec<ReplaceRootTaskRow>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM replace_root_volume_tasks WHERE project_id = $1 ORDER BY started_at_ms, id")
+            .bind(project)
+            .fetch_all(&self.pool)
+            .await
     }
 
     /// The volumes of `instance` whose revert is not done yet.

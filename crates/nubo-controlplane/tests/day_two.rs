@@ -4,11 +4,13 @@
 //! stop first), rebuild and instance revert (what the desired state asks
 //! of the host, the life events), volume revert (creating until the host
 //! reports the revert applied, the instance kept from starting meanwhile),
-//! and each refused to a reader and hidden from another project.
+//! EC2's CreateReplaceRootVolumeTask and DescribeReplaceRootVolumeTasks
+//! over them, and each refused to a reader and hidden from another project.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 use axum::http::StatusCode;
+use common::ec2::{ec2, is_error, key, ok as ec2_ok, one};
 use common::T;
 use nubo_api::views::ImageState;
 use serde_json::{json, Value};
@@ -166,7 +168,12 @@ async fn an_instance_reverts_only_to_its_own_snapshot_and_only_when_stopped() {
     stopped(&t, &host, &cred, &alice, &other).await;
     for (instance, image) in [(other.as_str(), snap.as_str()), (id.as_str(), "tiny")] {
         let (s, v) = t
-            .call("POST", &format!("/api/v1/instances/{instance}/revert"), Some(&alice), Some(json!({"snapshot": image})))
+            .call(
+                "POST",
+                &format!("/api/v1/instances/{instance}/revert"),
+                Some(&alice),
+                Some(json!({"snapshot": image})),
+            )
             .await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
         assert!(msg(&v).contains("is not a snapshot of instance"), "{v}");
@@ -275,4 +282,70 @@ async fn a_reader_cannot_and_another_project_sees_nothing() {
     assert_eq!((i["vcpus"].as_u64(), i["image"].as_str()), (Some(1), Some("tiny")), "nothing changed");
     let d = desired(&t, &host, &cred).await;
     assert_eq!(d["instances"][0]["rebuild_seq"], 0);
+}
+
+#[tokio::test]
+async fn ec2_replaces_a_running_instances_root_volume_and_reports_the_task() {
+    let t = T::new().await;
+    let (host, cred) = t.add_host_with_id().await;
+    let host = host.to_string();
+    let alice = t.user("alice", "proj-a", "member").await;
+    let bob = t.user("bob", "proj-b", "member").await;
+    let (ka, kb) = (key(&t, &alice).await, key(&t, &bob).await);
+    let id = running(&t, &host, &cred, &alice).await;
+    let snap = t.ok("POST", &format!("/api/v1/instances/{id}/snapshot"), &alice, Some(json!({"name": "golden"}))).await;
+    let snap = snap["id"].as_str().unwrap().to_string();
+    assert!(t.ctx.store.set_image_state(&snap, &[ImageState::Saving], ImageState::Active).await.unwrap());
+    let tiny = t.ok("GET", "/api/v1/images/tiny", &alice, None).await["id"].as_str().unwrap().to_string();
+    let create = "CreateReplaceRootVolumeTask";
+
+    // Both sources at once, an unknown instance, another project's instance.
+    let both = [("Action", create), ("InstanceId", &id), ("ImageId", &tiny), ("SnapshotId", &snap)];
+    is_error(ec2(&t, &ka, &both).await, StatusCode::BAD_REQUEST, "InvalidParameterCombination");
+    let theirs = [("Action", create), ("InstanceId", id.as_str())];
+    is_error(ec2(&t, &kb, &theirs).await, StatusCode::BAD_REQUEST, "InvalidInstanceID.NotFound");
+    // An image that is no snapshot of it, given as SnapshotId.
+    let wrong = [("Action", create), ("InstanceId", id.as_str()), ("SnapshotId", tiny.as_str())];
+    let (s, body) = ec2(&t, &ka, &wrong).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("is not a snapshot of instance"), "{body}");
+
+    let made = ec2_ok(&t, &ka, &[("Action", create), ("InstanceId", &id), ("SnapshotId", &snap)]).await;
+    let task = one(&made, "replaceRootVolumeTaskId");
+    assert!(task.starts_with("replacevol-"), "{made}");
+    assert_eq!((one(&made, "taskState"), one(&made, "snapshotId")), ("pending".to_string(), snap.clone()));
+    let d = desired(&t, &host, &cred).await;
+    assert_eq!(
+        (d["instances"][0]["rebuild_seq"].as_i64(), d["instances"][0]["image"].as_str()),
+        (Some(1), Some("golden"))
+    );
+
+    // The host stops it, makes the new disk, starts it: the task follows.
+    let describe = [("Action", "DescribeReplaceRootVolumeTasks"), ("ReplaceRootVolumeTaskId.1", task.as_str())];
+    let stage = |stage: &str| {
+        json!({"instances": [{"id": id, "power": "running", "pid": 1, "error": null,
+        "events": [{"at_ms": nubo_controlplane::store::now_ms(), "stage": stage, "detail": ""}]}]})
+    };
+    report(&t, &host, &cred, stage("rebuild_stopping")).await;
+    assert_eq!(one(&ec2_ok(&t, &ka, &describe).await, "taskState"), "in-progress");
+    report(&t, &host, &cred, stage("root_disk_removed")).await;
+    let done = ec2_ok(&t, &ka, &describe).await;
+    assert_eq!(one(&done, "taskState"), "succeeded", "{done}");
+    assert!(!one(&done, "completeTime").is_empty());
+    // Filtered by instance; another project sees none of it.
+    let by_instance = [
+        ("Action", "DescribeReplaceRootVolumeTasks"),
+        ("Filter.1.Name", "instance-id"),
+        ("Filter.1.Value.1", id.as_str()),
+    ];
+    assert_eq!(one(&ec2_ok(&t, &ka, &by_instance).await, "replaceRootVolumeTaskId"), task);
+    assert!(!ec2_ok(&t, &kb, &describe).await.contains("replacevol-"));
+
+    // A stopped instance: EC2 wants it running.
+    stopped(&t, &host, &cred, &alice, &id).await;
+    is_error(
+        ec2(&t, &ka, &[("Action", create), ("InstanceId", &id)]).await,
+        StatusCode::BAD_REQUEST,
+        "IncorrectInstanceState",
+    );
 }

@@ -226,6 +226,57 @@ pub async fn revert_instance(ctx: &Arc<Ctx>, caller: &Caller, id: &str, p: &Inst
     super::instances::view(ctx, row, true).await
 }
 
+/// EC2's CreateReplaceRootVolumeTask: a running instance's root disk
+/// replaced (stopped, replaced, started, as EC2 does it) from `image`, or
+/// from `snapshot` (one of its instance snapshots), or from the image it
+/// runs now (its launch state) when neither is given. Returns the image
+/// the new disk comes from.
+pub async fn replace_root_running(
+    ctx: &Arc<Ctx>,
+    caller: &Caller,
+    id: &str,
+    image: Option<&str>,
+    snapshot: Option<&str>,
+) -> AppResult<crate::images::ImageRow> {
+    let (row, standing) = load(ctx, caller, id, "have its root volume replaced").await?;
+    if standing != Standing::Running {
+        return Err(AppError::Conflict(format!(
+            "instance {} is stopped; a root volume replacement task needs it running: start it first (`nubo instance start {}`), or use `nubo instance rebuild` / `nubo instance revert` while it is stopped",
+            row.id, row.id
+        )));
+    }
+    let project = row.project_id.clone().ok_or_else(|| AppError::internal("an instance without a project"))?;
+    let key = match (image, snapshot) {
+        (Some(i), _) => i.to_string(),
+        (None, Some(s)) => s.to_string(),
+        (None, None) => row.image_id.clone().unwrap_or_else(|| row.image.clone()),
+    };
+    let found = ctx.store.resolve_image(Some(&project), &key).await?;
+    let found = match snapshot {
+        Some(_) => found.filter(|i| i.source == "snapshot" && i.source_instance.as_deref() == Some(row.id.as_str())),
+        None => found,
+    };
+    let found = found.ok_or_else(|| {
+        AppError::BadRequest(match snapshot {
+            Some(_) => format!(
+                "'{}' is not a snapshot of instance {} (Nubo's root disk snapshots are images: CreateImage's ami-... ids)",
+                key.chars().take(80).collect::<String>(),
+                row.id
+            ),
+            None => format!("image '{}' does not exist: see DescribeImages", key.chars().take(80).collect::<String>()),
+        })
+    })?;
+    let (stage, detail) = match snapshot {
+        Some(_) => (
+            "revert",
+            format!("root disk from snapshot {} ({}): stopping, replacing the disk, starting", found.name, found.id),
+        ),
+        None => ("rebuild", format!("root disk from image {}: stopping, replacing the disk, starting", found.name)),
+    };
+    replace_root(ctx, &row, standing, &found, stage, &detail).await?;
+    Ok(found)
+}
+
 /// The checks and the record shared by rebuild and revert.
 async fn replace_root(
     ctx: &Ctx,
@@ -288,7 +339,8 @@ pub async fn revert_volume(ctx: &Arc<Ctx>, caller: &Caller, id: &str, p: &Volume
         )));
     }
     if let Some(instance) = &v.instance_id {
-        let inst = ctx.store.instance(instance).await?.ok_or_else(|| AppError::internal("volume's instance vanished"))?;
+        let inst =
+            ctx.store.instance(instance).await?.ok_or_else(|| AppError::internal("volume's instance vanished"))?;
         if !(inst.desired == PowerState::Stopped && inst.state == InstanceState::Stopped) {
             return Err(AppError::Conflict(format!(
                 "volume {} is attached to instance {}, which is {}: stop it first (`nubo instance stop {}`) or detach the volume (`nubo volume detach {}`), then retry",
@@ -304,7 +356,11 @@ pub async fn revert_volume(ctx: &Arc<Ctx>, caller: &Caller, id: &str, p: &Volume
     }
     tracing::info!(volume = %v.id, snapshot = %snap.id, "volume revert asked");
     ctx.bump_host(&v.host_id);
-    ctx.store.volume(&v.id).await?.filter(|v| v.state != VolumeState::Deleted).ok_or_else(|| AppError::internal("volume vanished"))
+    ctx.store
+        .volume(&v.id)
+        .await?
+        .filter(|v| v.state != VolumeState::Deleted)
+        .ok_or_else(|| AppError::internal("volume vanished"))
 }
 
 /// Refuses to start an instance while one of its volumes is being
