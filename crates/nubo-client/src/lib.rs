@@ -470,7 +470,6 @@ impl Client {
         self.delete(&format!("/api/v1/images/{}", path_segment(key))).await
     }
 
-    /// Takes an image of an instance's root disk.
     // ---- day-two operations ----
 
     /// Resizes an instance (`POST /api/v1/instances/{id}/resize`).
@@ -509,6 +508,7 @@ impl Client {
         self.post(&format!("/api/v1/volumes/{}/revert", path_segment(id)), p).await
     }
 
+    /// Takes an image of an instance's root disk.
     pub async fn snapshot_instance(
         &self,
         id: &str,
