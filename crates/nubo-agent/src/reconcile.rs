@@ -362,6 +362,13 @@ impl Reconciler {
                 }
             }
             (PowerState::Running, VmStatus::Running { pid, .. }) => {
+                if want.rebuild_seq > applied.rebuild_seq && want.start_seq > applied.start_seq {
+                    // A rebuild of a running instance: stop it; the start
+                    // the control plane asked with it makes the new disk.
+                    self.instances.event(&want.id, "rebuild_stopping", "stopping for a new root disk");
+                    self.spawn(want, OpKind::Stop);
+                    return (ActualPower::Stopping, Some(pid));
+                }
                 if want.reboot_count > applied.reboot_count && self.lease.may_start() {
                     self.spawn(want, OpKind::Reboot);
                 }
@@ -509,6 +516,22 @@ impl Reconciler {
         let (boot, base_disk, base_format, sha256) = self.boot_source(want).await?;
         let cdrom = self.cdroms.for_start(want).await?;
         self.instances.event(&want.id, "image_ready", sha256);
+        // A rebuild (or revert) not made yet: the old root disk goes, and
+        // the fresh one below comes from the image. A migration's target
+        // keeps the disk it receives.
+        let applied = read_applied(&dir);
+        if !incoming && want.rebuild_seq > applied.rebuild_seq {
+            match std::fs::remove_file(dir.disk()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => anyhow::bail!("cannot remove the old root disk {} for a rebuild: {e}", dir.disk().display()),
+            }
+            self.instances.event(
+                &want.id,
+                "root_disk_removed",
+                format!("rebuild {} from {}", want.rebuild_seq, want.image),
+            );
+        }
         let disks = self.storage.cold_disks(want);
         let vni_of: HashMap<_, _> = self
             .instances
@@ -566,7 +589,12 @@ impl Reconciler {
         self.cdroms.started(want);
         write_applied(
             &dir,
-            &Applied { start_seq: want.start_seq, reboot_count: want.reboot_count, stopped_on_purpose: false },
+            &Applied {
+                start_seq: want.start_seq,
+                reboot_count: want.reboot_count,
+                stopped_on_purpose: false,
+                rebuild_seq: want.rebuild_seq.max(applied.rebuild_seq),
+            },
         );
         if incoming {
             tracing::info!(pid, "migration target started");

@@ -113,6 +113,19 @@ fn tmp_of(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// `<path>.reverted`: the last revert applied to a volume's file (its
+/// `DesiredRevert::seq`), written after the file was replaced.
+fn revert_marker(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(".reverted");
+    PathBuf::from(s)
+}
+
+/// The revert last applied to the volume file at `path` (0: none).
+fn reverted_seq(path: &Path) -> i64 {
+    std::fs::read_to_string(revert_marker(path)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
 /// Lists the guest's disks as `name serial sectors` lines, for guest
 /// agents without `guest-get-disks` (qemu-ga before 5.2).
 const LIST_DISKS: &str = "for d in /sys/block/*; do [ -e \"$d/device\" ] || continue; \
@@ -556,6 +569,17 @@ impl Storage {
                 } else {
                     ActualVolumeState::Creating
                 }
+            } else if v.revert.as_ref().is_some_and(|r| r.seq > reverted_seq(&path)) {
+                // A revert not applied yet; it waits while an instance uses
+                // the volume (the control plane asks only when none does).
+                if !busy && !in_use.contains(&v.id) {
+                    self.spawn_revert_task(v.clone());
+                }
+                if error.is_some() {
+                    ActualVolumeState::Error
+                } else {
+                    ActualVolumeState::Creating
+                }
             } else {
                 match size {
                     // Learn the size of a file found on disk (agent restart).
@@ -576,6 +600,7 @@ impl Storage {
                 state,
                 size_gib: size.unwrap_or(0) / GIB,
                 error: if state == ActualVolumeState::Deleted { None } else { error },
+                reverted_seq: reverted_seq(&path),
             });
         }
         out
@@ -591,6 +616,7 @@ impl Storage {
             let want = v.size_gib * GIB;
             let result: Result<Option<u64>, String> = async {
                 if !v.present {
+                    let _ = std::fs::remove_file(revert_marker(&path));
                     match std::fs::remove_file(&path) {
                         Ok(()) => tracing::info!("volume file deleted"),
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -637,6 +663,54 @@ impl Storage {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "volume operation failed");
+                    s.volume_errors.insert(v.id.clone(), e);
+                    s.retry_at.insert(key, Instant::now() + RETRY * 6);
+                }
+            }
+        });
+    }
+
+    /// Replaces a volume's file by a copy of a snapshot (a revert): the
+    /// copy is made beside it and renamed over it, then the revert's count
+    /// is recorded (also by rename), so a restart at any point leaves
+    /// either the old file or the snapshot's, and at worst copies again.
+    fn spawn_revert_task(self: &Arc<Self>, v: DesiredVolume) {
+        let Some(revert) = v.revert.clone() else { return };
+        let this = self.clone();
+        let key = vol_key(&v.id);
+        self.spawn_storage(key.clone(), async move {
+            let path = this.volume_path(&v.id);
+            let hv = this.host.hypervisor.clone();
+            let result: Result<u64, String> = async {
+                let src = this.snapshot_path(&revert.snapshot);
+                if !src.is_file() {
+                    return Err(format!("snapshot {} is not on this host", revert.snapshot));
+                }
+                let tmp = tmp_of(&path);
+                hv.copy_disk_file(&src, &tmp).await.map_err(|e| e.to_string())?;
+                // The volume may have grown since the snapshot was taken.
+                let want = v.size_gib * GIB;
+                if hv.volume_size(&tmp).await.map_err(|e| e.to_string())? < want {
+                    hv.resize_volume(&tmp, want).await.map_err(|e| e.to_string())?;
+                }
+                std::fs::rename(&tmp, &path).map_err(|e| format!("cannot rename {}: {e}", tmp.display()))?;
+                let marker = revert_marker(&path);
+                let marker_tmp = tmp_of(&marker);
+                std::fs::write(&marker_tmp, revert.seq.to_string())
+                    .and_then(|()| std::fs::rename(&marker_tmp, &marker))
+                    .map_err(|e| format!("cannot record the revert in {}: {e}", marker.display()))?;
+                tracing::info!(snapshot = %revert.snapshot, seq = revert.seq, "volume reverted to a snapshot");
+                hv.volume_size(&path).await.map_err(|e| e.to_string())
+            }
+            .await;
+            let mut s = this.storage();
+            match result {
+                Ok(size) => {
+                    s.volume_sizes.insert(v.id.clone(), size);
+                    s.volume_errors.remove(&v.id);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "volume revert failed");
                     s.volume_errors.insert(v.id.clone(), e);
                     s.retry_at.insert(key, Instant::now() + RETRY * 6);
                 }

@@ -158,6 +158,11 @@ pub struct DesiredInstance {
     /// A CD-ROM drive (an instance launched with `--cdrom`); none: no drive.
     #[serde(default)]
     pub cdrom: Option<DesiredCdrom>,
+    /// Bumped by each rebuild (and instance revert): the agent replaces
+    /// the root disk with a fresh one from `image` before the next boot
+    /// when the count it last applied is lower (so it happens once).
+    #[serde(default)]
+    pub rebuild_seq: i64,
 }
 
 /// An instance's CD-ROM drive: the disc wanted in it (changed in place
@@ -389,6 +394,19 @@ pub struct DesiredVolume {
     pub present: bool,
     /// Fill a new volume with this snapshot's content.
     pub from_snapshot: Option<SnapshotId>,
+    /// Replace the volume's content with a snapshot's (a revert), once.
+    /// Left out when there is none, so a volume never reverted reads as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert: Option<DesiredRevert>,
+}
+
+/// A volume revert: its file becomes a copy of `snapshot`'s, replaced by
+/// rename; the agent records `seq` next to the file once done, so a
+/// restart neither reverts twice nor leaves half a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesiredRevert {
+    pub snapshot: SnapshotId,
+    pub seq: i64,
 }
 
 /// A volume snapshot on this host.
@@ -571,6 +589,9 @@ pub struct ActualVolume {
     /// The file's size in GiB (rounded down).
     pub size_gib: u64,
     pub error: Option<String>,
+    /// The last revert applied to the file (`DesiredRevert::seq`).
+    #[serde(default)]
+    pub reverted_seq: i64,
 }
 
 crate::state_enum! {

@@ -115,6 +115,10 @@ typed_id!(
     /// A point-in-time copy of a volume, `snap-...`.
     SnapshotId, "snap-", "snapshot"
 );
+typed_id!(
+    /// An EC2 root volume replacement task (a rebuild or a revert), `replacevol-...`.
+    ReplaceRootVolumeTaskId, "replacevol-", "root volume replacement task"
+);
 
 typed_id!(
     /// A load balancer, `lb-...`.

@@ -444,3 +444,46 @@ pub struct TagSet {
     /// values of at most 256. A resource has at most 50 tags.
     pub tags: std::collections::BTreeMap<String, String>,
 }
+
+// ---- day-two operations (resize, rebuild, revert) ----
+
+/// `POST /api/v1/instances/{id}/resize`: a new size. A stopped instance
+/// takes any size its host has room for (at its next start); a running
+/// one only grows its vCPUs (hot-added), up to its ceiling.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceResize {
+    /// The new number of vCPUs (absent: unchanged).
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    /// The new memory in MiB (absent: unchanged).
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+}
+
+/// `POST /api/v1/instances/{id}/rebuild`: a fresh root disk from `image`
+/// (name or id), keeping the instance's id, addresses, volumes, tags, key
+/// and user-data (first boot runs again).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceRebuild {
+    pub image: String,
+}
+
+/// `POST /api/v1/instances/{id}/revert`: the root disk becomes a copy of
+/// an instance snapshot (an image taken from this instance) again.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceRevert {
+    /// The instance snapshot's image (name or id).
+    pub snapshot: String,
+}
+
+/// `POST /api/v1/volumes/{id}/revert`: the volume's content becomes a
+/// snapshot's again (detached, or its instance stopped).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeRevert {
+    /// The snapshot (`snap-...`), one of this volume's.
+    pub snapshot: String,
+}

@@ -487,6 +487,44 @@ impl Client {
         self.delete(&format!("/api/v1/images/{}", path_segment(key))).await
     }
 
+    // ---- day-two operations ----
+
+    /// Resizes an instance (`POST /api/v1/instances/{id}/resize`).
+    pub async fn resize_instance(
+        &self,
+        id: &str,
+        p: &nubo_api::params::InstanceResize,
+    ) -> Result<Instance, ClientError> {
+        self.post(&format!("/api/v1/instances/{}/resize", path_segment(id)), p).await
+    }
+
+    /// Gives an instance a fresh root disk from an image.
+    pub async fn rebuild_instance(
+        &self,
+        id: &str,
+        p: &nubo_api::params::InstanceRebuild,
+    ) -> Result<Instance, ClientError> {
+        self.post(&format!("/api/v1/instances/{}/rebuild", path_segment(id)), p).await
+    }
+
+    /// Reverts a stopped instance's root disk to one of its snapshots.
+    pub async fn revert_instance(
+        &self,
+        id: &str,
+        p: &nubo_api::params::InstanceRevert,
+    ) -> Result<Instance, ClientError> {
+        self.post(&format!("/api/v1/instances/{}/revert", path_segment(id)), p).await
+    }
+
+    /// Reverts a volume to one of its snapshots.
+    pub async fn revert_volume(
+        &self,
+        id: &str,
+        p: &nubo_api::params::VolumeRevert,
+    ) -> Result<nubo_api::views::Volume, ClientError> {
+        self.post(&format!("/api/v1/volumes/{}/revert", path_segment(id)), p).await
+    }
+
     /// Takes an image of an instance's root disk.
     pub async fn snapshot_instance(
         &self,

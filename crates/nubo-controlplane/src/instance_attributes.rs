@@ -104,11 +104,30 @@ impl Store {
         limits: Size,
         instance_type: &str,
     ) -> Result<(), ResizeError> {
+        self.resize_while(id, project, host, from, to, limits, Some(instance_type), "stopped").await
+    }
+
+    /// [`Store::resize_stopped`] for an instance whose desired and actual
+    /// state are both `power` (`stopped`, or `running` for a vCPU hot-add);
+    /// `instance_type` none: a custom size (`custom-<vcpus>-<mib>`).
+    /// `ResizeError::NotStopped` then means "no longer `power`".
+    #[allow(clippy::too_many_arguments)]
+    pub async fn resize_while(
+        &self,
+        id: &str,
+        project: &str,
+        host: Option<&str>,
+        from: Size,
+        to: Size,
+        limits: Size,
+        instance_type: Option<&str>,
+        power: &str,
+    ) -> Result<(), ResizeError> {
         let delta = Size { vcpus: to.vcpus - from.vcpus, memory_mib: to.memory_mib - from.memory_mib, disk_gib: 0 };
         let mut tx = self.begin().await?;
         let updated = sqlx::query(
             "UPDATE instances SET vcpus = $1, memory_mib = $2, instance_type = $3, updated_at_ms = $4
-             WHERE id = $5 AND desired = 'stopped' AND state = 'stopped' AND vcpus = $6 AND memory_mib = $7",
+             WHERE id = $5 AND desired = $8 AND state = $8 AND vcpus = $6 AND memory_mib = $7",
         )
         .bind(to.vcpus)
         .bind(to.memory_mib)
@@ -117,6 +136,7 @@ impl Store {
         .bind(id)
         .bind(from.vcpus)
         .bind(from.memory_mib)
+        .bind(power)
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() != 1 {
@@ -170,7 +190,7 @@ impl Store {
             id,
             now_ms(),
             "resize",
-            &format!("{} vCPUs, {} MiB ({instance_type})", to.vcpus, to.memory_mib),
+            &format!("{} vCPUs, {} MiB ({})", to.vcpus, to.memory_mib, instance_type.unwrap_or("custom size")),
         )
         .await?;
         tx.commit().await?;

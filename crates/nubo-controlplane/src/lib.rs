@@ -14,6 +14,7 @@ pub mod background;
 pub mod cdrom;
 pub mod checks;
 pub mod client_tokens;
+pub mod day_two;
 pub mod ec2;
 pub mod error;
 pub mod exposition;

@@ -205,6 +205,9 @@ pub struct InstanceRow {
     /// `cdrom,disk` or `disk,cdrom` (instances with a drive).
     #[sqlx(default)]
     pub boot_order: Option<String>,
+    /// Bumped by each rebuild or instance revert (migration 0029; see
+    /// `app::day_two`): the host replaces the root disk before the next boot.
+    pub rebuild_seq: i64,
 }
 
 #[derive(Debug, Clone, FromRow)]

@@ -46,6 +46,10 @@ pub struct VolumeRow {
     /// 1: deleted when its instance is terminated (EC2's
     /// DeleteOnTermination; migration 0027).
     pub delete_on_termination: i64,
+    /// Bumped by each revert to `revert_snapshot_id` (migration 0029; see
+    /// `app::day_two`); the host reports the count it applied.
+    pub revert_seq: i64,
+    pub revert_snapshot_id: Option<String>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -399,6 +403,9 @@ impl Store {
                     release(&mut tx, host, Some(&v.project_id), v.size_gib).await?;
                 }
             }
+            // A report from before the host took up a revert still shows
+            // the old content: the volume stays `creating` until it has.
+            ActualVolumeState::Available if a.reverted_seq < v.revert_seq => {}
             ActualVolumeState::Available => {
                 let state = match v.desired {
                     Presence::Deleted => VolumeState::Deleting,

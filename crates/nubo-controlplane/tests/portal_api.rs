@@ -753,3 +753,66 @@ async fn another_projects_network_resources_cannot_be_changed_by_a_forged_form()
     let v = t.ok("GET", &format!("/api/v1/floating-ips/{bobs_fid}"), &bob, None).await;
     assert_eq!(v["instance_id"], serde_json::Value::Null, "{v}");
 }
+
+#[tokio::test]
+async fn day_two_forms_resize_and_rebuild_and_keep_another_project_out() {
+    let t = T::new().await;
+    let (host, cred) = t.add_host_with_id().await;
+    let alice = t.user("alice", "web", "member").await;
+    t.user("bob", "other", "member").await;
+    let i = t
+        .ok(
+            "POST",
+            "/api/v1/instances",
+            &alice,
+            Some(json!({"image": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})),
+        )
+        .await;
+    let id = i["id"].as_str().unwrap().to_string();
+    let report = |power: &str| json!({"instances": [{"id": id, "power": power, "pid": null, "error": null}]});
+    t.ok("POST", &format!("/api/v1/agent/hosts/{host}/report"), &cred, Some(report("running"))).await;
+
+    let mut b = Browser::new(&t);
+    b.sign_in("alice", "s3cret-pass").await;
+    let page = b.get(&format!("/ui/instances/{id}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    for needle in ["Resize", "Rebuild", "Revert", &format!("/ui/instances/{id}/resize")] {
+        assert!(page.body.contains(needle), "{needle} on the instance page");
+    }
+    let csrf = page.csrf();
+    let resize = format!("/ui/instances/{id}/resize");
+    let fields = [("csrf", csrf.as_str()), ("vcpus", "2"), ("memory_mib", "256")];
+    // Running: refused, with what to do.
+    let p = b.post(&resize, &fields, None).await;
+    assert_eq!(p.status, StatusCode::CONFLICT, "{}", p.body);
+    assert!(p.body.contains("stop it first"), "{}", p.body);
+    // Without the CSRF token: refused, nothing changes.
+    let p = b.post(&resize, &[("vcpus", "2"), ("memory_mib", "256")], None).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+
+    t.ok("POST", &format!("/api/v1/instances/{id}/stop"), &alice, None).await;
+    t.ok("POST", &format!("/api/v1/agent/hosts/{host}/report"), &cred, Some(report("stopped"))).await;
+    let p = b.post(&resize, &fields, None).await;
+    assert_eq!((p.status, p.location()), (StatusCode::SEE_OTHER, format!("/ui/instances/{id}").as_str()));
+    let shown = t.ok("GET", &format!("/api/v1/instances/{id}"), &alice, None).await;
+    assert_eq!((shown["vcpus"].as_u64(), shown["memory_mib"].as_u64()), (Some(2), Some(256)));
+    let p = b.post(&format!("/ui/instances/{id}/rebuild"), &[("csrf", &csrf), ("image", "tiny")], None).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    let shown = t.ok("GET", &format!("/api/v1/instances/{id}"), &alice, None).await;
+    assert!(shown["events"].as_array().unwrap().iter().any(|e| e["stage"] == "rebuild"), "{shown}");
+
+    // Bob, with a session and CSRF token of his own, cannot touch it.
+    let mut bob = Browser::new(&t);
+    bob.sign_in("bob", "s3cret-pass").await;
+    let csrf = bob.csrf().await;
+    for (path, fields) in [
+        (resize.clone(), vec![("csrf", csrf.as_str()), ("vcpus", "4"), ("memory_mib", "512")]),
+        (format!("/ui/instances/{id}/rebuild"), vec![("csrf", csrf.as_str()), ("image", "tiny")]),
+        (format!("/ui/instances/{id}/revert"), vec![("csrf", csrf.as_str()), ("snapshot", "tiny")]),
+    ] {
+        let p = bob.post(&path, &fields, None).await;
+        assert_eq!(p.status, StatusCode::NOT_FOUND, "{path}: {}", p.body);
+    }
+    let shown = t.ok("GET", &format!("/api/v1/instances/{id}"), &alice, None).await;
+    assert_eq!(shown["vcpus"], 2, "unchanged by Bob");
+}

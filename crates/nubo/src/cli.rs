@@ -772,6 +772,38 @@ pub enum InstanceCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Give an instance a new size: a stopped one any size its host has
+    /// room for (it boots with it next time); a running one must be
+    /// stopped first. Prints the instance.
+    Resize {
+        id: String,
+        /// The new number of vCPUs.
+        #[arg(long)]
+        vcpus: Option<u32>,
+        /// The new memory in MiB.
+        #[arg(long, value_name = "MIB")]
+        memory: Option<u64>,
+    },
+    /// A fresh root disk from an image, keeping the id, addresses,
+    /// volumes, tags, key and user-data (first boot runs again). A running
+    /// instance is stopped, rebuilt and started.
+    Rebuild {
+        id: String,
+        /// Image name or id.
+        #[arg(long)]
+        image: String,
+        /// Return once it runs again (or, stopped, once it is recorded).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Put a stopped instance's root disk back as one of its snapshots
+    /// (`nubo instance snapshot`) holds it; done at its next start.
+    Revert {
+        id: String,
+        /// The instance snapshot (image name or id).
+        #[arg(long)]
+        snapshot: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -843,6 +875,17 @@ pub enum VolumeCmd {
     },
     Delete {
         volume: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Put a volume's content back as one of its snapshots holds it
+    /// (detached, or its instance stopped).
+    Revert {
+        volume: String,
+        /// The snapshot, snap-...
+        #[arg(long)]
+        snapshot: String,
+        /// Return once the volume has its snapshot's content.
         #[arg(long)]
         wait: bool,
     },

@@ -411,6 +411,44 @@ pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
             let i = client(conn)?.set_boot_order(&id, &order).await?;
             emit(conn.output, &i, print_instance)
         }
+        InstanceCmd::Resize { id, vcpus, memory } => {
+            if vcpus.is_none() && memory.is_none() {
+                anyhow::bail!("nothing to change: give --vcpus N and/or --memory MIB");
+            }
+            let p = nubo_api::params::InstanceResize { vcpus, memory_mib: memory };
+            let i = client(conn)?.resize_instance(&id, &p).await?;
+            emit(conn.output, &i, print_instance)
+        }
+        InstanceCmd::Rebuild { id, image, wait } => {
+            let c = client(conn)?;
+            let mut i = c.rebuild_instance(&id, &nubo_api::params::InstanceRebuild { image }).await?;
+            if wait && i.desired_state == nubo_api::views::DesiredInstanceState::Running {
+                // It still runs on its old disk until its host stops it:
+                // wait for the host to have made the new disk, then for it
+                // to run again.
+                let asked = i.events.iter().rposition(|e| e.stage == "rebuild").unwrap_or(0);
+                let started = Instant::now();
+                loop {
+                    i = c.instance(&id).await?;
+                    if i.events.iter().skip(asked).any(|e| e.stage == "root_disk_removed") {
+                        break;
+                    }
+                    if i.state == InstanceState::Error || started.elapsed() > WAIT_LIMIT {
+                        anyhow::bail!(
+                            "instance {id} is {} and its host has not made the new root disk yet: see `nubo instance show {id}`",
+                            i.state.as_str()
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                i = wait_for(&c, &id, InstanceState::Running, WAIT_LIMIT).await?;
+            }
+            emit(conn.output, &i, print_instance)
+        }
+        InstanceCmd::Revert { id, snapshot } => {
+            let i = client(conn)?.revert_instance(&id, &nubo_api::params::InstanceRevert { snapshot }).await?;
+            emit(conn.output, &i, print_instance)
+        }
     }
 }
 

@@ -355,6 +355,14 @@ pub async fn volume(cmd: VolumeCmd, conn: &Conn) -> anyhow::Result<()> {
             }
             emit(conn.output, &s, |s| println!("{}", s.id))
         }
+        VolumeCmd::Revert { volume, snapshot, wait } => {
+            let c = client(conn)?;
+            let mut v = c.revert_volume(&volume, &nubo_api::params::VolumeRevert { snapshot }).await?;
+            if wait {
+                v = wait_volume(&c, &volume, |v| v.state.is_live()).await?;
+            }
+            emit(conn.output, &v, |v| println!("{}", volume_line(v)))
+        }
         VolumeCmd::Delete { volume, wait } => {
             let c = client(conn)?;
             let v = c.delete_volume(&volume).await?;

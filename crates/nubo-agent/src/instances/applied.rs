@@ -11,6 +11,9 @@ pub(crate) struct Applied {
     pub(crate) reboot_count: i64,
     /// The VM was stopped on purpose (so its absence is not a crash).
     pub(crate) stopped_on_purpose: bool,
+    /// The last rebuild whose fresh root disk was made (`DesiredInstance::rebuild_seq`).
+    #[serde(default)]
+    pub(crate) rebuild_seq: i64,
 }
 
 pub(crate) fn read_applied(dir: &VmDir) -> Applied {

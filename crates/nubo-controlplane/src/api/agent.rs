@@ -237,6 +237,7 @@ pub async fn desired(
             nics: nics.remove(&row.id).unwrap_or_default(),
             migration: desired_migration,
             cdrom,
+            rebuild_seq: row.rebuild_seq,
         });
     }
     let volumes = volume_rows
@@ -247,6 +248,13 @@ pub async fn desired(
                 size_gib: v.size_gib as u64,
                 present: v.desired == crate::volumes::Presence::Present,
                 from_snapshot: v.snapshot_id.as_deref().and_then(|s| s.parse().ok()),
+                revert: match (&v.revert_snapshot_id, v.revert_seq) {
+                    (Some(snap), seq) if seq > 0 => Some(nubo_api::agent::DesiredRevert {
+                        snapshot: snap.parse().map_err(AppError::internal)?,
+                        seq,
+                    }),
+                    _ => None,
+                },
             })
         })
         .collect::<AppResult<Vec<_>>>()?;

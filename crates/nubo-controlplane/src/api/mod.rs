@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod automation;
 pub mod background;
+pub mod day_two;
 pub mod floating_ips;
 pub mod hosts;
 pub mod identity;
@@ -97,6 +98,10 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(volumes::create_snapshot))
         .routes(routes!(volumes::list_snapshots))
         .routes(routes!(volumes::show_snapshot, volumes::delete_snapshot))
+        .routes(routes!(day_two::resize))
+        .routes(routes!(day_two::rebuild))
+        .routes(routes!(day_two::revert_instance))
+        .routes(routes!(day_two::revert_volume))
         .routes(routes!(tags::list))
         .routes(routes!(tags::show, tags::set, tags::unset))
         .routes(routes!(monitoring::series))

@@ -468,6 +468,7 @@ pub async fn start(ctx: &Arc<Ctx>, caller: &Caller, id: &str) -> AppResult<Insta
     if row.desired == PowerState::Running && row.state != InstanceState::Error {
         return Err(AppError::Conflict(format!("instance {} is already running (state {})", row.id, row.state)));
     }
+    super::day_two::check_no_revert_pending(ctx, &row).await?;
     change_power(ctx, caller, row, &START).await
 }
 

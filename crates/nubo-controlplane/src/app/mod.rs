@@ -12,6 +12,7 @@
 
 pub mod automation;
 pub mod cdrom;
+pub mod day_two;
 pub mod floating_ips;
 pub mod hosts;
 pub mod identity;

@@ -31,6 +31,7 @@ pub mod instances;
 pub mod keypairs;
 pub mod launch_templates;
 pub mod query;
+pub mod replace_root;
 pub mod replay;
 pub mod security_groups;
 pub mod sigv4;
@@ -348,6 +349,8 @@ const SERVED: &[&str] = &[
     "CreateLaunchTemplateVersion",
     "DescribeLaunchTemplateVersions",
     "DeleteLaunchTemplateVersions",
+    "CreateReplaceRootVolumeTask",
+    "DescribeReplaceRootVolumeTasks",
 ];
 
 async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, host: &str) -> Ec2Result<Answer> {
@@ -413,6 +416,8 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, action: &str, p: &Params, hos
         "CreateLaunchTemplateVersion" => launch_templates::create_version(ctx, caller, p).await,
         "DescribeLaunchTemplateVersions" => launch_templates::describe_versions(ctx, caller, p).await,
         "DeleteLaunchTemplateVersions" => launch_templates::delete_versions(ctx, caller, p).await,
+        "CreateReplaceRootVolumeTask" => replace_root::create(ctx, caller, p).await,
+        "DescribeReplaceRootVolumeTasks" => replace_root::describe(ctx, caller, p).await,
         other => Err(Ec2Error::new(
             StatusCode::BAD_REQUEST,
             "InvalidAction",

@@ -336,6 +336,7 @@ async fn show(
     let available: Vec<_> = volumes.iter().filter(|v| v.state == VolumeState::Available).collect();
     let attached: Vec<_> =
         volumes.iter().filter(|v| v.attachment.as_ref().is_some_and(|a| a.instance_id == i.id)).collect();
+    let images = app::images::list(&ctx, &s.caller).await.unwrap_or_default();
     let body = html! {
         section id="status" data-live=(format!("/ui/instances/{id}/status")) data-every="2000" { (status_block(&s, &i)) }
         section {
@@ -376,6 +377,7 @@ async fn show(
                 }
             }
         }
+        (super::day_two::instance_section(&s, &i, &images))
         section {
             h2 { "Recipe runs" }
             table.list {

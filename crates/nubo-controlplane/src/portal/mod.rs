@@ -17,6 +17,7 @@
 mod background;
 mod balancers;
 mod chart;
+mod day_two;
 mod floating_ips;
 mod html;
 mod instances;
@@ -147,6 +148,7 @@ pub fn router() -> Router<Arc<Ctx>> {
         .route("/ui/logout", post(resources::logout))
         .route("/ui/project", post(resources::switch_project))
         .merge(instances::routes())
+        .merge(day_two::routes())
         .merge(balancers::routes())
         .merge(networks::routes())
         .merge(floating_ips::routes())

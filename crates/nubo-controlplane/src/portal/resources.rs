@@ -244,6 +244,7 @@ async fn volumes(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
                                 button type="submit" { "Extend" }
                             }
                             (button(&s, &format!("/ui/volumes/{id}/snapshot"), "Snapshot", "", None))
+                            (super::day_two::volume_revert_form(&s, v, &snaps))
                         }
                     }
                 }
