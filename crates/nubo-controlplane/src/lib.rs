@@ -13,6 +13,7 @@ pub mod authz;
 pub mod background;
 pub mod checks;
 pub mod client_tokens;
+pub mod console_relay;
 pub mod ec2;
 pub mod error;
 pub mod exposition;
@@ -234,6 +235,8 @@ pub struct Ctx {
     pub renewals: failover::Renewals,
     /// Each background task's last run on this server.
     pub background: background::Board,
+    /// Interactive console sessions and graphical console tickets.
+    pub consoles: console_relay::Sessions,
 }
 
 impl Ctx {
@@ -292,6 +295,7 @@ impl Ctx {
             server_id,
             renewals,
             background: background::Board::default(),
+            consoles: console_relay::Sessions::default(),
         }))
     }
 

@@ -165,16 +165,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// One viewer of a VM's serial console: its output from the moment it
-/// attached, and a way to type into it. Dropping it detaches.
+/// attached, and a way to type into it. Dropping the output detaches.
 #[derive(Debug)]
 pub struct ConsoleViewer {
     /// The guest's output; ends when the VM's console closes or when the
     /// viewer fell [`VIEWER_QUEUE`] chunks behind.
     pub output: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    pub input: ConsoleInput,
+}
+
+/// Writes to a VM's serial port (shared by its viewers).
+#[derive(Debug, Clone)]
+pub struct ConsoleInput {
     mux: Arc<Mux>,
 }
 
-impl ConsoleViewer {
+impl ConsoleInput {
     /// Writes `bytes` to the guest's serial port. Blocks for at most
     /// [`INPUT_TIMEOUT`]; call it off the async runtime's threads.
     pub fn send(&self, bytes: &[u8]) -> std::io::Result<()> {
@@ -256,7 +262,7 @@ impl Pumps {
         }
         let (tx, output) = tokio::sync::mpsc::channel(VIEWER_QUEUE);
         lock(&mux.viewers).push(tx);
-        Some(ConsoleViewer { output, mux: mux.clone() })
+        Some(ConsoleViewer { output, input: ConsoleInput { mux: mux.clone() } })
     }
 }
 
@@ -526,7 +532,7 @@ mod tests {
         pumps.ensure(&vm, 64 * 1024);
         let (mut qemu, _) = listener.accept().unwrap();
         let viewer = pumps.attach(&vm, 64 * 1024).unwrap();
-        viewer.send(b"echo $((6*7))\r").unwrap();
+        viewer.input.send(b"echo $((6*7))\r").unwrap();
         let mut got = vec![0u8; 14];
         qemu.read_exact(&mut got).unwrap();
         assert_eq!(got, b"echo $((6*7))\r");

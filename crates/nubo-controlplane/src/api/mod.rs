@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod automation;
 pub mod background;
+pub mod consoles;
 pub mod floating_ips;
 pub mod hosts;
 pub mod identity;
@@ -65,6 +66,7 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(instances::start))
         .routes(routes!(instances::reboot))
         .routes(routes!(instances::console))
+        .routes(routes!(consoles::vnc_ticket))
         .routes(routes!(instances::protect))
         .routes(routes!(hosts::list))
         .routes(routes!(background::list))
@@ -235,6 +237,7 @@ pub fn router(ctx: Arc<Ctx>) -> axum::Router {
         .route("/api/v1/health", get(|| async { "ok" }))
         .route("/api/v1/tls/ca.pem", get(tls_ca))
         .merge(crate::portal::router())
+        .merge(consoles::router())
         .fallback(|uri: axum::http::Uri| async move {
             if uri.path().starts_with("/ui") {
                 return crate::portal::not_found();

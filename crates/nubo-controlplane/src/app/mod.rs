@@ -11,6 +11,7 @@
 //! JSON with a status, EC2 as its XML error codes, the portal as a page).
 
 pub mod automation;
+pub mod consoles;
 pub mod floating_ips;
 pub mod hosts;
 pub mod identity;
