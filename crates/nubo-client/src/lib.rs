@@ -1111,7 +1111,7 @@ impl InstanceAction {
 
 /// Percent-encodes what a user typed so it stays one path segment; the
 /// server then refuses it as an invalid id instead of routing elsewhere.
-pub(crate) fn path_segment(s: &str) -> String {
+pub fn path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

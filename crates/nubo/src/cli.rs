@@ -718,9 +718,14 @@ pub enum InstanceCmd {
     Show {
         id: String,
     },
-    /// Print the serial console's output.
+    /// Print the serial console's output, or with --attach type into it.
     Console {
         id: String,
+        /// Attach this terminal to the serial console, both ways: what you
+        /// type goes to the guest (a reader-role user only watches).
+        /// Detach with Ctrl-]; the terminal is restored on exit.
+        #[arg(long)]
+        attach: bool,
     },
     Stop {
         id: String,
