@@ -133,9 +133,18 @@ pub struct Config {
     /// Log every SQL statement the store runs (tracing target
     /// `sqlx::query`, at DEBUG): to see or count what a request costs.
     pub log_statements: bool,
+    /// The portal's browser libraries (xterm.js, noVNC), as
+    /// `scripts/web-assets.sh` installs them: served under `/ui/vendor/`.
+    /// `None`: `DATA_DIR/web`.
+    pub web_assets: Option<PathBuf>,
 }
 
 impl Config {
+    /// Where the portal's browser libraries are (see `web_assets`).
+    pub fn web_assets_dir(&self) -> PathBuf {
+        self.web_assets.clone().unwrap_or_else(|| self.data_dir.join("web"))
+    }
+
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
             data_dir,
@@ -166,6 +175,7 @@ impl Config {
             image_quota_bytes: 50 << 30,
             tls_ca: None,
             log_statements: false,
+            web_assets: None,
         }
     }
 }

@@ -34,7 +34,11 @@ struct Cloud {
 /// console session: the guest it fakes prints `login: ` at once and
 /// echoes each byte it receives (as a shell's terminal does).
 async fn cloud() -> Cloud {
-    let t = T::new().await;
+    cloud_with(None).await
+}
+
+async fn cloud_with(web_assets: Option<std::path::PathBuf>) -> Cloud {
+    let t = T::with(|c| c.web_assets = web_assets).await;
     let (host, cred) = t.add_host_with_id().await;
     let member = t.user("alice", "p1", "member").await;
     let v = t
@@ -276,4 +280,59 @@ async fn a_graphical_console_ticket_admits_once_its_user() {
     assert_eq!(c.ws(&path, &auth(&c.member)).await.err(), Some(403));
     let audit = c.t.audit().await;
     assert!(audit.iter().any(|e| e["path"].as_str().unwrap().contains("writable graphical console opened")));
+}
+
+#[tokio::test]
+async fn the_portal_console_pages_load_their_libraries_or_say_what_to_run() {
+    let assets = tempfile::tempdir().unwrap();
+    let c = cloud_with(Some(assets.path().to_path_buf())).await;
+    let http = reqwest::Client::new();
+    let get = |path: String, token: String| {
+        let http = http.clone();
+        let url = format!("http://{}{path}", c.addr);
+        async move {
+            let r = http.get(url).header("cookie", format!("nubo_session={token}")).send().await.unwrap();
+            let csp = r.headers().get("content-security-policy").map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), r.text().await.unwrap(), csp)
+        }
+    };
+    let page = format!("/ui/instances/{}/terminal", c.instance);
+    // Without the libraries: the page says what to run.
+    let (s, body, _) = get(page.clone(), c.member.clone()).await;
+    assert_eq!(s, 200);
+    assert!(body.contains("scripts/web-assets.sh") && body.contains("--web-assets"), "{body}");
+    assert!(!body.contains("console.js"));
+    let screen = format!("/ui/instances/{}/screen", c.instance);
+    assert!(get(screen.clone(), c.member.clone()).await.1.contains("scripts/web-assets.sh"));
+
+    // With them: the terminal, its websocket, and the files served.
+    let xterm = assets.path().join("node_modules/@xterm/xterm");
+    std::fs::create_dir_all(xterm.join("lib")).unwrap();
+    std::fs::create_dir_all(xterm.join("css")).unwrap();
+    std::fs::write(xterm.join("lib/xterm.js"), "window.Terminal = function () {};").unwrap();
+    std::fs::write(xterm.join("css/xterm.css"), ".xterm {}").unwrap();
+    let (s, body, csp) = get(page.clone(), c.member.clone()).await;
+    assert_eq!(s, 200);
+    assert!(body.contains(&format!("/api/v1/instances/{}/console/ws", c.instance)), "{body}");
+    assert!(body.contains("/ui/vendor/@xterm/xterm/lib/xterm.js") && body.contains("/ui/static/console.js"));
+    assert!(!body.contains("watch this console, not type"), "a member may type");
+    let csp = csp.unwrap();
+    assert!(csp.contains("script-src 'self';") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    let (s, js, _) = get("/ui/vendor/@xterm/xterm/lib/xterm.js".into(), c.member.clone()).await;
+    assert_eq!((s, js.as_str()), (200, "window.Terminal = function () {};"));
+    assert_eq!(get("/ui/static/console.js".into(), c.member.clone()).await.0, 200);
+    // Nothing outside the libraries' directory.
+    std::fs::write(assets.path().join("secret"), "no").unwrap();
+    for p in ["/ui/vendor/../secret", "/ui/vendor/%2e%2e/secret", "/ui/vendor/..%2fsecret"] {
+        let (s, body, _) = get(p.into(), c.member.clone()).await;
+        assert!(s == 404 || s == 400, "{p}: {s} {body}");
+        assert_ne!(body, "no");
+    }
+    // A reader is told they only watch; another project's instance does not exist.
+    let reader = c.t.user("rita", "p1", "reader").await;
+    let (s, body, _) = get(page.clone(), reader).await;
+    assert_eq!(s, 200);
+    assert!(body.contains("watch this console, not type"), "{body}");
+    let olga = c.t.user("olga", "p2", "member").await;
+    assert_eq!(get(page, olga).await.0, 404);
 }

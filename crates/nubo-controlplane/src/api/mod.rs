@@ -238,6 +238,7 @@ pub fn router(ctx: Arc<Ctx>) -> axum::Router {
         .route("/api/v1/tls/ca.pem", get(tls_ca))
         .merge(crate::portal::router())
         .merge(consoles::router())
+        .merge(crate::portal::consoles::vendor(ctx.config.web_assets_dir()))
         .fallback(|uri: axum::http::Uri| async move {
             if uri.path().starts_with("/ui") {
                 return crate::portal::not_found();
