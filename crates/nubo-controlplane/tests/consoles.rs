@@ -233,7 +233,12 @@ async fn another_project_or_nobody_or_another_site_is_kept_out() {
     assert_eq!(c.ws(&path, &[cookie.clone(), evil]).await.err(), Some(403));
     assert_eq!(c.ws(&path, &[cookie.clone()]).await.err(), Some(403), "no Origin");
     let ours = ("origin", format!("http://{}", c.addr));
-    let mut ws = c.ws(&path, &[cookie, ours]).await.unwrap();
+    let mut ws = c.ws(&path, &[cookie.clone(), ours.clone()]).await.unwrap();
+    assert_eq!(notice(&mut ws).await["writable"], true);
+    // Where the portal's pages open it (over HTTP its cookie is sent only under /ui).
+    let ui = format!("/ui/instances/{}/console/ws", c.instance);
+    assert_eq!(c.ws(&ui, &[cookie.clone(), ("origin", "http://evil.example".to_string())]).await.err(), Some(403));
+    let mut ws = c.ws(&ui, &[cookie, ours]).await.unwrap();
     assert_eq!(notice(&mut ws).await["writable"], true);
     // A stopped instance has no console, and the error says what to do.
     let bad = format!("/api/v1/instances/{}/console/ws", "i-00000000000000000000000000000000");
@@ -313,7 +318,7 @@ async fn the_portal_console_pages_load_their_libraries_or_say_what_to_run() {
     std::fs::write(xterm.join("css/xterm.css"), ".xterm {}").unwrap();
     let (s, body, csp) = get(page.clone(), c.member.clone()).await;
     assert_eq!(s, 200);
-    assert!(body.contains(&format!("/api/v1/instances/{}/console/ws", c.instance)), "{body}");
+    assert!(body.contains(&format!("/ui/instances/{}/console/ws", c.instance)), "{body}");
     assert!(body.contains("/ui/vendor/@xterm/xterm/lib/xterm.js") && body.contains("/ui/static/console.js"));
     assert!(!body.contains("watch this console, not type"), "a member may type");
     let csp = csp.unwrap();

@@ -247,6 +247,10 @@ pub fn router() -> axum::Router<Arc<Ctx>> {
     axum::Router::new()
         .route("/api/v1/instances/{id}/console/ws", get(serial_ws))
         .route("/api/v1/instances/{id}/console/vnc", get(vnc_ws))
+        // The same for the portal's pages: over plain HTTP its session
+        // cookie is sent only under /ui.
+        .route("/ui/instances/{id}/console/ws", get(serial_ws))
+        .route("/ui/instances/{id}/console/vnc", get(vnc_ws))
         .route("/api/v1/agent/hosts/{host}/consoles/{id}/input", get(agent_input))
         .route("/api/v1/agent/hosts/{host}/consoles/{id}/output", post(agent_output))
         .layer(axum::extract::DefaultBodyLimit::disable())

@@ -84,7 +84,7 @@ async fn terminal(State(ctx): State<Arc<Ctx>>, s: Session, Path(id): Path<String
                 p id="console-status" { "Connecting..." }
                 @if !writable { p.note { "Your role lets you watch this console, not type into it (typing needs the member role)." } }
                 link rel="stylesheet" href=(format!("/ui/vendor/{XTERM_CSS}"));
-                div id="terminal" data-ws=(format!("/api/v1/instances/{}/console/ws", row.id)) {}
+                div id="terminal" data-ws=(format!("/ui/instances/{}/console/ws", row.id)) {}
                 script src=(format!("/ui/vendor/{XTERM_JS}")) {}
                 script src="/ui/static/console.js" {}
             }
@@ -101,7 +101,7 @@ async fn screen(State(ctx): State<Arc<Ctx>>, s: Session, Path(id): Path<String>)
             @if let Some(m) = missing(&ctx, NOVNC_RFB) { (m) } @else {
                 p id="console-status" { "Connecting..." }
                 p { button id="ctrl-alt-del" type="button" disabled { "Send Ctrl-Alt-Del" } }
-                div id="screen" data-ticket=(format!("/ui/instances/{}/screen/ticket", row.id)) data-csrf=(s.csrf) {}
+                div id="screen" data-ticket=(format!("/ui/instances/{}/screen/ticket", row.id)) data-ws=(format!("/ui/instances/{}/console/vnc", row.id)) data-csrf=(s.csrf) {}
                 script type="module" src="/ui/static/screen.js" {}
             }
         }

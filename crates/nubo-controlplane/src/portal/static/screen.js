@@ -21,7 +21,7 @@ async function connect() {
   }
   const body = await resp.json();
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const rfb = new RFB(el, scheme + "//" + location.host + body.path);
+  const rfb = new RFB(el, scheme + "//" + location.host + el.dataset.ws + "?ticket=" + encodeURIComponent(body.ticket));
   rfb.scaleViewport = true;
   rfb.addEventListener("connect", () => {
     status.textContent = "Connected.";
