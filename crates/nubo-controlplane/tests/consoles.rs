@@ -231,7 +231,7 @@ async fn another_project_or_nobody_or_another_site_is_kept_out() {
     let cookie = ("cookie", format!("nubo_session={}", c.member));
     let evil = ("origin", "http://evil.example".to_string());
     assert_eq!(c.ws(&path, &[cookie.clone(), evil]).await.err(), Some(403));
-    assert_eq!(c.ws(&path, &[cookie.clone()]).await.err(), Some(403), "no Origin");
+    assert_eq!(c.ws(&path, std::slice::from_ref(&cookie)).await.err(), Some(403), "no Origin");
     let ours = ("origin", format!("http://{}", c.addr));
     let mut ws = c.ws(&path, &[cookie.clone(), ours.clone()]).await.unwrap();
     assert_eq!(notice(&mut ws).await["writable"], true);

@@ -188,10 +188,13 @@ impl ConsoleInput {
     }
 }
 
+/// A running pump: its thread, and the console it multiplexes.
+type Pump = (JoinHandle<()>, Arc<Mux>);
+
 /// The pump threads of one driver, by VM directory: one per running VM.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Pumps {
-    running: Arc<Mutex<HashMap<PathBuf, (JoinHandle<()>, Arc<Mux>)>>>,
+    running: Arc<Mutex<HashMap<PathBuf, Pump>>>,
 }
 
 impl Pumps {
