@@ -3,7 +3,9 @@
 //! typing `echo $((6*7))` and reading `42` back, detaching with Ctrl-];
 //! a reader-role user attached at the same time watches the same output,
 //! but what they type never reaches the guest; and the portal's console
-//! page in headless Chromium, typing into xterm.js.
+//! page in headless Chromium, typing into xterm.js. And the graphical
+//! console's relay, through the real agent, to a fake VNC server on the
+//! VM's `vnc.sock`, admitted once by its ticket.
 //!
 //! Needs tmux, Debian's chromium and chromium-driver, and the portal's
 //! browser libraries in .cache/web (scripts/install-deps.sh installs all
@@ -98,6 +100,22 @@ fn login(cloud: &Cloud, user: &str, password: &str) -> String {
     let json = resp.split("\r\n\r\n").nth(1).unwrap_or_default();
     let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {resp}"));
     v["token"].as_str().unwrap_or_else(|| panic!("no token: {resp}")).to_string()
+}
+
+/// A graphical console ticket of the user whose token is `token`.
+fn cloud_post_ticket(cloud: &Cloud, token: &str, id: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = cloud.url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let req = format!(
+        "POST /api/v1/instances/{id}/console/vnc-ticket HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let json = resp.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {resp}"));
+    v["ticket"].as_str().unwrap_or_else(|| panic!("no ticket: {resp}")).to_string()
 }
 
 fn web_assets() -> PathBuf {
@@ -218,6 +236,40 @@ async fn typing_into_the_serial_console_from_the_cli_and_the_portal() {
     let stty = tmux.run(&["send-keys", "-t", "reader", "C-]"]);
     drop(stty);
     tmux.wait_pane("reader", "the reader's CLI to exit", |p| has_line(p, "EXIT=0"));
+
+    // ---- the graphical console's relay, to a fake VNC server ----
+    // (QEMU's VNC server on the VM's vnc.sock comes with the `display`
+    // option; here a socket server of the test's own stands in for it.)
+    let sock = cloud.agent_dir().join("instances").join(&id).join("vnc.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let fake_vnc = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(b"RFB 003.008\n").unwrap();
+        let mut hello = [0u8; 12];
+        s.read_exact(&mut hello).unwrap();
+        hello
+    });
+    let client = nubo_client::Client::new(&cloud.url, &alice).unwrap();
+    let ticket = cloud_post_ticket(&cloud, &alice, &id);
+    let upgraded = client.websocket(&format!("/api/v1/instances/{id}/console/vnc?ticket={ticket}")).await.unwrap();
+    let mut vnc = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        upgraded,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let greeting = tokio::time::timeout(Duration::from_secs(30), vnc.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(greeting, Message::Binary(b"RFB 003.008\n".to_vec().into()));
+    vnc.send(Message::Binary(b"RFB 003.008\n".to_vec().into())).await.unwrap();
+    assert_eq!(&fake_vnc.join().unwrap(), b"RFB 003.008\n", "the viewer's bytes reached the VM's VNC socket");
+    drop(vnc);
+    // The ticket was spent.
+    let again = client.websocket(&format!("/api/v1/instances/{id}/console/vnc?ticket={ticket}")).await;
+    assert!(again.is_err());
+    std::fs::remove_file(&sock).unwrap();
 
     // ---- the portal, in headless Chromium ----
     let driver = Driver::start(&cloud.data_dir().join("chromedriver.log"));
