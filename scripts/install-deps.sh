@@ -17,6 +17,9 @@
 # config), and Debian's PostgreSQL (the control-plane tests run a second
 # time against it; scripts/postgres.sh starts it on 127.0.0.1 only), and
 # xorriso and isolinux (the ISO install test builds a bootable installer CD).
+# npm installs the portal's browser libraries (xterm.js, noVNC) at pinned
+# versions into .cache/web (scripts/web-assets.sh), and tmux drives the
+# console test's `nubo instance console --attach` in a real terminal.
 # Idempotent; refreshes apt's lists because the image build runs
 # `apt-get download` against them.
 set -euo pipefail
@@ -38,7 +41,7 @@ $SUDO apt-get install -y -q --no-install-recommends --allow-downgrades \
   $QEMU_PKGS seabios ipxe-qemu e2fsprogs mmdebstrap curl ca-certificates procps \
   slapd ldap-utils openssh-client syslinux syslinux-common mtools dosfstools fdisk xorriso isolinux monitoring-plugins-basic \
   python3 python3-venv chromium chromium-driver fonts-dejavu-core nginx-light postgresql \
-  iproute2 nftables dnsmasq-base
+  iproute2 nftables dnsmasq-base npm tmux
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust stable (https://rustup.rs) and re-run" >&2
   exit 1
@@ -62,3 +65,6 @@ if [ ! -x "$TOOLS/prometheus/usr/bin/promtool" ]; then
   }
   dpkg -x "$(ls "$TOOLS"/deb/prometheus_*.deb | head -n 1)" "$TOOLS/prometheus"
 fi
+
+# The portal's browser libraries (served with `--web-assets .cache/web`).
+"$ROOT/scripts/web-assets.sh"

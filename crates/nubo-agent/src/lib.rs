@@ -18,6 +18,7 @@ pub mod checks;
 mod clock;
 pub mod config;
 pub mod console;
+mod console_relay;
 pub mod guard;
 pub mod guest;
 mod host;

@@ -140,6 +140,9 @@ impl Reconciler {
         let heartbeat =
             tokio::spawn(this.lease.clone().heartbeat_loop(host.clone(), registration.clone()).in_current_span());
         let watchdog = tokio::spawn(this.lease.clone().fence_loop(host.clone(), instances.clone()).in_current_span());
+        // Console sessions are joined as soon as they appear, not after a
+        // whole reconcile pass.
+        let consoles = tokio::spawn(crate::console_relay::run(host.clone(), rx.clone()).in_current_span());
         // They end with the reconciler (the loop below only ends when the
         // desired-state watcher is gone).
         let _guards = (
@@ -148,6 +151,7 @@ impl Reconciler {
             AbortOnDrop(lb_load),
             AbortOnDrop(heartbeat),
             AbortOnDrop(watchdog),
+            AbortOnDrop(consoles),
         );
         let mut seen: std::collections::HashSet<InstanceId> = Default::default();
         // The last report the control plane took, and when.

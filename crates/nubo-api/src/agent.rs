@@ -495,6 +495,23 @@ pub struct DesiredState {
     /// Private networks with ports on this host.
     #[serde(default)]
     pub networks: Vec<DesiredNetwork>,
+    /// Console sessions users opened on this host's instances: the agent
+    /// joins each by opening its two streams (see [`DesiredConsoleSession`]).
+    #[serde(default)]
+    pub console_sessions: Vec<DesiredConsoleSession>,
+}
+
+/// A console session waiting for (or joined by) this host's agent. The
+/// agent reads the user's input from
+/// `GET /api/v1/agent/hosts/{host}/consoles/{id}/input` (a streamed body)
+/// and sends the guest's output as the streamed body of
+/// `POST /api/v1/agent/hosts/{host}/consoles/{id}/output`; either ending
+/// ends the session. Nothing listens on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesiredConsoleSession {
+    pub id: String,
+    pub instance_id: InstanceId,
+    pub kind: crate::console::ConsoleKind,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

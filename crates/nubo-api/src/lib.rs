@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod automation;
 pub mod cidr;
+pub mod console;
 pub mod error;
 pub mod ids;
 pub mod join;

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod console;
 pub mod trust;
 pub use trust::Trust;
 
@@ -1165,7 +1166,7 @@ impl InstanceAction {
 
 /// Percent-encodes what a user typed so it stays one path segment; the
 /// server then refuses it as an invalid id instead of routing elsewhere.
-fn path_segment(s: &str) -> String {
+pub fn path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

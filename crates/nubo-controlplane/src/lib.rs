@@ -15,6 +15,7 @@ pub mod cdrom;
 pub mod checks;
 pub mod client_tokens;
 pub mod day_two;
+pub mod console_relay;
 pub mod ec2;
 pub mod error;
 pub mod exposition;
@@ -134,9 +135,18 @@ pub struct Config {
     /// Log every SQL statement the store runs (tracing target
     /// `sqlx::query`, at DEBUG): to see or count what a request costs.
     pub log_statements: bool,
+    /// The portal's browser libraries (xterm.js, noVNC), as
+    /// `scripts/web-assets.sh` installs them: served under `/ui/vendor/`.
+    /// `None`: `DATA_DIR/web`.
+    pub web_assets: Option<PathBuf>,
 }
 
 impl Config {
+    /// Where the portal's browser libraries are (see `web_assets`).
+    pub fn web_assets_dir(&self) -> PathBuf {
+        self.web_assets.clone().unwrap_or_else(|| self.data_dir.join("web"))
+    }
+
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
             data_dir,
@@ -167,6 +177,7 @@ impl Config {
             image_quota_bytes: 50 << 30,
             tls_ca: None,
             log_statements: false,
+            web_assets: None,
         }
     }
 }
@@ -236,6 +247,8 @@ pub struct Ctx {
     pub renewals: failover::Renewals,
     /// Each background task's last run on this server.
     pub background: background::Board,
+    /// Interactive console sessions and graphical console tickets.
+    pub consoles: console_relay::Sessions,
 }
 
 impl Ctx {
@@ -294,6 +307,7 @@ impl Ctx {
             server_id,
             renewals,
             background: background::Board::default(),
+            consoles: console_relay::Sessions::default(),
         }))
     }
 

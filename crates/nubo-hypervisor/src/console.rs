@@ -21,6 +21,13 @@
 //!   (the agent resumes shipping to the control plane by offset), and the
 //!   blocks on disk never exceed the cap. Readers skip the hole with
 //!   `SEEK_DATA`.
+//!
+//! The pump is also the console's multiplexer, since QEMU's socket chardev
+//! takes one client: besides the log it hands each chunk to any number of
+//! live viewers ([`Pumps::attach`]), each through a bounded queue it fills
+//! without waiting (a viewer that falls [`VIEWER_QUEUE`] chunks behind is
+//! dropped, never the guest nor the log), and it writes viewers' keystrokes
+//! to the guest through its own end of the socket.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -121,10 +128,73 @@ pub fn read_console(path: &Path, offset: u64, max: u64) -> std::io::Result<(u64,
     Ok((start, buf))
 }
 
+/// Chunks of output a viewer may be behind before the pump drops it.
+pub const VIEWER_QUEUE: usize = 256;
+
+/// Longest a viewer's keystrokes wait for QEMU to take them (a guest that
+/// does not read its serial port fills QEMU's buffer): past it the write
+/// fails rather than holding the viewer's relay forever.
+const INPUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The live side of one VM's console, shared by its pump and its viewers.
+#[derive(Debug)]
+struct Mux {
+    viewers: Mutex<Vec<tokio::sync::mpsc::Sender<Vec<u8>>>>,
+    /// The pump's socket, for writing the viewers' input to the guest.
+    input: Mutex<UnixStream>,
+}
+
+impl Mux {
+    /// Hands `chunk` to every viewer without waiting; drops those that
+    /// are gone or too far behind (their receiver then ends).
+    fn fan_out(&self, chunk: &[u8], vm: &str) {
+        let mut viewers = lock(&self.viewers);
+        viewers.retain(|v| match v.try_send(chunk.to_vec()) {
+            Ok(()) => true,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                info!(%vm, "a console viewer fell too far behind and was disconnected");
+                false
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One viewer of a VM's serial console: its output from the moment it
+/// attached, and a way to type into it. Dropping the output detaches.
+#[derive(Debug)]
+pub struct ConsoleViewer {
+    /// The guest's output; ends when the VM's console closes or when the
+    /// viewer fell [`VIEWER_QUEUE`] chunks behind.
+    pub output: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    pub input: ConsoleInput,
+}
+
+/// Writes to a VM's serial port (shared by its viewers).
+#[derive(Debug, Clone)]
+pub struct ConsoleInput {
+    mux: Arc<Mux>,
+}
+
+impl ConsoleInput {
+    /// Writes `bytes` to the guest's serial port. Blocks for at most
+    /// [`INPUT_TIMEOUT`]; call it off the async runtime's threads.
+    pub fn send(&self, bytes: &[u8]) -> std::io::Result<()> {
+        lock(&self.mux.input).write_all(bytes)
+    }
+}
+
+/// A running pump: its thread, and the console it multiplexes.
+type Pump = (JoinHandle<()>, Arc<Mux>);
+
 /// The pump threads of one driver, by VM directory: one per running VM.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Pumps {
-    running: Arc<Mutex<HashMap<PathBuf, JoinHandle<()>>>>,
+    running: Arc<Mutex<HashMap<PathBuf, Pump>>>,
 }
 
 impl Pumps {
@@ -138,7 +208,7 @@ impl Pumps {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        running.retain(|_, h| !h.is_finished());
+        running.retain(|_, (h, _)| !h.is_finished());
         if running.contains_key(dir.path()) {
             return;
         }
@@ -164,13 +234,38 @@ impl Pumps {
                 return;
             }
         };
+        // The input side is a second handle on the same socket, with a
+        // send timeout (reads, the pump's, have none).
+        let input = match stream.try_clone().and_then(|s| s.set_write_timeout(Some(INPUT_TIMEOUT)).map(|()| s)) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(%vm, error = %e, "cannot open the console's input side; console output is dropped");
+                return;
+            }
+        };
+        let mux = Arc::new(Mux { viewers: Mutex::new(Vec::new()), input: Mutex::new(input) });
+        let shared = mux.clone();
         let name = format!("console-{vm}");
-        match std::thread::Builder::new().name(name).spawn(move || pump(stream, file, &log, cap, &vm)) {
+        match std::thread::Builder::new().name(name).spawn(move || pump(stream, file, &log, cap, &vm, &shared)) {
             Ok(h) => {
-                running.insert(dir.path().to_path_buf(), h);
+                running.insert(dir.path().to_path_buf(), (h, mux));
             }
             Err(e) => warn!(error = %e, "cannot start a console pump thread"),
         }
+    }
+
+    /// A new viewer of `dir`'s console (starting its pump if none runs);
+    /// `None` when the VM has no console socket to read.
+    pub(crate) fn attach(&self, dir: &VmDir, cap: u64) -> Option<ConsoleViewer> {
+        self.ensure(dir, cap);
+        let running = lock(&self.running);
+        let (handle, mux) = running.get(dir.path())?;
+        if handle.is_finished() {
+            return None;
+        }
+        let (tx, output) = tokio::sync::mpsc::channel(VIEWER_QUEUE);
+        lock(&mux.viewers).push(tx);
+        Some(ConsoleViewer { output, input: ConsoleInput { mux: mux.clone() } })
     }
 }
 
@@ -178,7 +273,7 @@ impl Pumps {
 /// the newest `cap` bytes on disk. Write errors (a full disk) lose output
 /// but never stop the reading: a pump that stopped reading would stall the
 /// guest's serial port.
-fn pump(mut stream: UnixStream, mut file: File, log: &Path, cap: u64, vm: &str) {
+fn pump(mut stream: UnixStream, mut file: File, log: &Path, cap: u64, vm: &str, mux: &Mux) {
     let mut len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut punched = 0;
     let mut failing = false;
@@ -194,6 +289,7 @@ fn pump(mut stream: UnixStream, mut file: File, log: &Path, cap: u64, vm: &str) 
                 break;
             }
         };
+        mux.fan_out(&buf[..n], vm);
         let f = &mut file;
         // Punch first, for the length the file is about to have: trimming
         // after the write would leave the cap exceeded in between.
@@ -217,6 +313,8 @@ fn pump(mut stream: UnixStream, mut file: File, log: &Path, cap: u64, vm: &str) 
             }
         }
     }
+    // Viewers see their output end.
+    lock(&mux.viewers).clear();
     info!(%vm, "console pump stopped (QEMU closed the console)");
 }
 
@@ -320,7 +418,7 @@ mod tests {
         }
         feeder.join().unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !pumps.running.lock().unwrap().values().all(|h| h.is_finished()) {
+        while !pumps.running.lock().unwrap().values().all(|(h, _)| h.is_finished()) {
             assert!(std::time::Instant::now() < deadline, "the pump did not finish the GiB");
             most = most.max(disk_bytes(&log));
             std::thread::sleep(std::time::Duration::from_millis(2));
@@ -352,7 +450,7 @@ mod tests {
         feeder.join().unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let done = pumps.running.lock().unwrap().values().all(|h| h.is_finished());
+            let done = pumps.running.lock().unwrap().values().all(|(h, _)| h.is_finished());
             if done {
                 break;
             }
@@ -363,5 +461,86 @@ mod tests {
         assert!(disk_bytes(&log) <= 64 * 1024, "{} bytes on disk", disk_bytes(&log));
         let (_, tail) = read_console(&log, 0, u64::MAX).unwrap();
         assert!(String::from_utf8_lossy(&tail).ends_with("THE END\n"));
+    }
+
+    /// A fake QEMU console: the listener side of `vm`'s console socket.
+    fn fake_console(vm: &VmDir) -> std::os::unix::net::UnixListener {
+        std::os::unix::net::UnixListener::bind(vm.console_socket()).unwrap()
+    }
+
+    #[test]
+    fn every_viewer_sees_the_output_and_the_log_keeps_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = VmDir::new(dir.path());
+        let listener = fake_console(&vm);
+        let pumps = Pumps::default();
+        pumps.ensure(&vm, 64 * 1024);
+        let (mut qemu, _) = listener.accept().unwrap();
+        let mut a = pumps.attach(&vm, 64 * 1024).unwrap();
+        let mut b = pumps.attach(&vm, 64 * 1024).unwrap();
+        qemu.write_all(b"login: ").unwrap();
+        for v in [&mut a, &mut b] {
+            let mut got = Vec::new();
+            while got.len() < 7 {
+                got.extend(v.output.blocking_recv().unwrap());
+            }
+            assert_eq!(got, b"login: ");
+        }
+        drop(qemu);
+        // QEMU closing the console ends every viewer's output.
+        assert!(a.output.blocking_recv().is_none());
+        assert!(b.output.blocking_recv().is_none());
+        let (_, log) = read_console(&vm.console_log(), 0, u64::MAX).unwrap();
+        assert_eq!(log, b"login: ");
+    }
+
+    #[test]
+    fn a_slow_viewer_is_dropped_while_the_others_and_the_log_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = VmDir::new(dir.path());
+        let listener = fake_console(&vm);
+        let pumps = Pumps::default();
+        pumps.ensure(&vm, 64 * 1024);
+        let (mut qemu, _) = listener.accept().unwrap();
+        let mut fast = pumps.attach(&vm, 64 * 1024).unwrap();
+        // Attached, never read: it falls behind.
+        let mut slow = pumps.attach(&vm, 64 * 1024).unwrap();
+        let rounds = VIEWER_QUEUE + 20;
+        for i in 0..rounds {
+            let line = format!("{i:05}\n");
+            qemu.write_all(line.as_bytes()).unwrap();
+            // One read of the pump per line: wait until the fast viewer has it.
+            let got = fast.output.blocking_recv().unwrap();
+            assert_eq!(got, line.as_bytes(), "the fast viewer gets every line, in order");
+        }
+        // The slow one got what fit in its queue, then its output ended.
+        let mut kept = 0;
+        while let Some(chunk) = slow.output.blocking_recv() {
+            assert_eq!(chunk, format!("{kept:05}\n").as_bytes());
+            kept += 1;
+        }
+        assert_eq!(kept, VIEWER_QUEUE);
+        drop(qemu);
+        assert!(fast.output.blocking_recv().is_none());
+        let (_, log) = read_console(&vm.console_log(), 0, u64::MAX).unwrap();
+        assert_eq!(log.len(), rounds * 6, "the log lost nothing to the slow viewer");
+    }
+
+    #[test]
+    fn a_viewers_input_reaches_the_guest() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = VmDir::new(dir.path());
+        let listener = fake_console(&vm);
+        let pumps = Pumps::default();
+        pumps.ensure(&vm, 64 * 1024);
+        let (mut qemu, _) = listener.accept().unwrap();
+        let viewer = pumps.attach(&vm, 64 * 1024).unwrap();
+        viewer.input.send(b"echo $((6*7))\r").unwrap();
+        let mut got = vec![0u8; 14];
+        qemu.read_exact(&mut got).unwrap();
+        assert_eq!(got, b"echo $((6*7))\r");
+        // Without a console socket there is nothing to attach to.
+        let other = tempfile::tempdir().unwrap();
+        assert!(pumps.attach(&VmDir::new(other.path()), 64 * 1024).is_none());
     }
 }

@@ -89,6 +89,12 @@ pub trait Hypervisor: Send + Sync {
     /// or when QEMU dropped the connection). Cheap; call it every pass.
     fn watch_console(&self, _dir: &VmDir) {}
 
+    /// A live viewer of the running VM's serial console (its output from
+    /// now on, and its input); `None` when there is none to attach to.
+    fn attach_console(&self, _dir: &VmDir) -> Option<crate::console::ConsoleViewer> {
+        None
+    }
+
     /// CPU time the VM's process has used, if known.
     fn cpu_time(&self, _dir: &VmDir) -> Option<Duration> {
         None

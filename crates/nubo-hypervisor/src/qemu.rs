@@ -536,6 +536,12 @@ impl Hypervisor for Qemu {
         }
     }
 
+    fn attach_console(&self, dir: &VmDir) -> Option<crate::console::ConsoleViewer> {
+        let dir = dir.resolved().ok()?;
+        running_pid(&dir.pidfile())?;
+        self.consoles.attach(&dir, self.console_cap)
+    }
+
     fn cpu_time(&self, dir: &VmDir) -> Option<Duration> {
         let dir = dir.resolved().ok()?;
         let pid = running_pid(&dir.pidfile())?;

@@ -377,6 +377,11 @@ pub struct ServerArgs {
     /// The largest image file accepted (e.g. 32GiB).
     #[arg(long, default_value = "32GiB", value_name = "SIZE", value_parser = parse_size)]
     pub max_image_size: u64,
+    /// The portal's browser libraries (xterm.js, noVNC) as
+    /// scripts/web-assets.sh installs them (its DIR, default .cache/web of
+    /// the source tree); served under /ui/vendor/. Default: DATA_DIR/web.
+    #[arg(long, env = "NUBO_WEB_ASSETS", value_name = "DIR")]
+    pub web_assets: Option<PathBuf>,
 }
 
 /// An address (one host) or a CIDR.
@@ -726,9 +731,14 @@ pub enum InstanceCmd {
     Show {
         id: String,
     },
-    /// Print the serial console's output.
+    /// Print the serial console's output, or with --attach type into it.
     Console {
         id: String,
+        /// Attach this terminal to the serial console, both ways: what you
+        /// type goes to the guest (a reader-role user only watches).
+        /// Detach with Ctrl-]; the terminal is restored on exit.
+        #[arg(long)]
+        attach: bool,
     },
     Stop {
         id: String,

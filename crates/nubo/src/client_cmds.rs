@@ -374,7 +374,8 @@ pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
             let i = client(conn)?.instance(&id).await?;
             emit(conn.output, &i, print_instance)
         }
-        InstanceCmd::Console { id } => {
+        InstanceCmd::Console { id, attach: true } => crate::console_cmds::attach(&client(conn)?, &id).await,
+        InstanceCmd::Console { id, attach: false } => {
             let out = client(conn)?.console(&id).await?;
             emit(conn.output, &out, |o| print!("{}", o.output))
         }

@@ -4,6 +4,7 @@
 mod automation_cmds;
 mod cli;
 mod client_cmds;
+mod console_cmds;
 mod daemon;
 mod identity_cmds;
 mod lb_cmds;

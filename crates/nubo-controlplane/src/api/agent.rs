@@ -272,7 +272,8 @@ pub async fn desired(
         })
         .collect::<AppResult<Vec<_>>>()?;
     let balancers = ctx.store.desired_balancers(host.as_str()).await?;
-    Ok(Json(DesiredState { generation, instances, volumes, snapshots, balancers, networks }))
+    let console_sessions = ctx.consoles.of_host(host.as_str());
+    Ok(Json(DesiredState { generation, instances, volumes, snapshots, balancers, networks, console_sessions }))
 }
 
 /// `rows` grouped by the instance `instance_of` names, in their order.

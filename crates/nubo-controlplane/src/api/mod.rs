@@ -11,6 +11,7 @@ pub mod agent;
 pub mod automation;
 pub mod background;
 pub mod day_two;
+pub mod consoles;
 pub mod floating_ips;
 pub mod hosts;
 pub mod identity;
@@ -66,6 +67,7 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(instances::start))
         .routes(routes!(instances::reboot))
         .routes(routes!(instances::console))
+        .routes(routes!(consoles::vnc_ticket))
         .routes(routes!(instances::protect))
         .routes(routes!(instances::eject_cdrom))
         .routes(routes!(instances::insert_cdrom))
@@ -243,6 +245,8 @@ pub fn router(ctx: Arc<Ctx>) -> axum::Router {
         .route("/api/v1/health", get(|| async { "ok" }))
         .route("/api/v1/tls/ca.pem", get(tls_ca))
         .merge(crate::portal::router())
+        .merge(consoles::router())
+        .merge(crate::portal::consoles::vendor(ctx.config.web_assets_dir()))
         .fallback(|uri: axum::http::Uri| async move {
             if uri.path().starts_with("/ui") {
                 return crate::portal::not_found();

@@ -13,6 +13,7 @@
 pub mod automation;
 pub mod cdrom;
 pub mod day_two;
+pub mod consoles;
 pub mod floating_ips;
 pub mod hosts;
 pub mod identity;

@@ -341,6 +341,7 @@ async fn show(
         section id="status" data-live=(format!("/ui/instances/{id}/status")) data-every="2000" { (status_block(&s, &i)) }
         section {
             h2 { "Console" }
+            p { a href=(format!("/ui/instances/{id}/terminal")) { "Open the interactive console" } " · " a href=(format!("/ui/instances/{id}/screen")) { "Open the graphical console" } }
             pre.console id="console" data-live=(format!("/ui/instances/{id}/console")) data-every="2000" data-scroll="bottom" { (console_tail(&ctx, &s, &id).await?) }
         }
         section {

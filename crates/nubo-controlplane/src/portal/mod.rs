@@ -18,6 +18,7 @@ mod background;
 mod balancers;
 mod chart;
 mod day_two;
+pub mod consoles;
 mod floating_ips;
 mod html;
 mod instances;
@@ -116,13 +117,16 @@ async fn security_headers(req: Request, next: Next) -> Response {
     let is_asset = req.uri().path().starts_with("/ui/static/");
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; \
+    // A page that set its own policy keeps it (the console pages).
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; \
              object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
-        ),
-    );
+            ),
+        );
+    }
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
@@ -155,5 +159,6 @@ pub fn router() -> Router<Arc<Ctx>> {
         .merge(resources::routes())
         .merge(operator::routes())
         .merge(background::routes())
+        .merge(consoles::routes())
         .layer(axum::middleware::from_fn(security_headers))
 }
