@@ -109,6 +109,7 @@ fn main() {
             disks: vec![],
             taps: Vec::new(),
             incoming: false,
+            hardware: Default::default(),
         };
         rt.block_on(async {
             qemu.prepare_disk(&dir, &cfg).await.expect("disk");

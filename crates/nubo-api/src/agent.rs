@@ -155,6 +155,9 @@ pub struct DesiredInstance {
     /// A live migration this host takes part in.
     #[serde(default)]
     pub migration: Option<DesiredMigration>,
+    /// Firmware, Secure Boot, TPM and display (image's and instance's merged).
+    #[serde(default)]
+    pub hardware: crate::hardware::Hardware,
 }
 
 /// This host's part in a live migration.

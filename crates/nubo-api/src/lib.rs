@@ -8,6 +8,7 @@ pub mod agent;
 pub mod automation;
 pub mod cidr;
 pub mod error;
+pub mod hardware;
 pub mod ids;
 pub mod join;
 pub mod launch_templates;

@@ -44,6 +44,10 @@ pub struct InstanceCreate {
     /// on the instance's networks. None: the project's `default` group.
     #[serde(default)]
     pub security_groups: Vec<String>,
+    /// Firmware, Secure Boot, TPM and display beyond what the image needs
+    /// (its firmware choice wins where the image allows it).
+    #[serde(default)]
+    pub hardware: crate::hardware::HardwareRequest,
 }
 
 /// `POST /api/v1/networks`
@@ -293,6 +297,9 @@ pub struct ImageCreate {
     pub kernel_image: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
+    /// What instances of it need: firmware, Secure Boot, TPM, display.
+    #[serde(default)]
+    pub hardware: crate::hardware::HardwareRequest,
 }
 
 /// `POST /api/v1/volumes`

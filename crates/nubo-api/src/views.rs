@@ -126,6 +126,9 @@ pub struct Instance {
     /// What a poweroff from inside the guest does: `stop` or `terminate`.
     #[serde(default = "default_shutdown_behavior")]
     pub shutdown_behavior: String,
+    /// Its firmware, Secure Boot, TPM and display.
+    #[serde(default)]
+    pub hardware: crate::hardware::Hardware,
 }
 
 fn default_shutdown_behavior() -> String {
@@ -506,6 +509,9 @@ pub struct Image {
     /// Tags (key to value): `nubo tag set`, or the EC2 API's CreateTags.
     #[serde(default)]
     pub tags: std::collections::BTreeMap<String, String>,
+    /// What instances of it need: firmware, Secure Boot, TPM, display.
+    #[serde(default)]
+    pub hardware: crate::hardware::Hardware,
 }
 
 crate::state_enum! {

@@ -146,6 +146,9 @@ pub struct VmConfig {
     /// disks and the state (QEMU `-incoming defer`).
     #[serde(default)]
     pub incoming: bool,
+    /// UEFI, Secure Boot, TPM and display (see [`crate::firmware`]).
+    #[serde(default)]
+    pub hardware: crate::VmHardware,
 }
 
 /// The guest network used with a metadata service; QEMU's guestfwd only
@@ -281,6 +284,7 @@ impl VmConfig {
                 ));
             }
         }
+        self.hardware.validate()?;
         if let Boot::Direct { cmdline, .. } = &self.boot {
             if cmdline.contains('\0') {
                 return bad("the kernel command line contains a NUL byte".to_string());

@@ -351,6 +351,7 @@ mod tests {
             disks: vec![],
             taps: vec![],
             incoming: false,
+            hardware: Default::default(),
         }
     }
 

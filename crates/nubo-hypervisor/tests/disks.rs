@@ -122,6 +122,7 @@ async fn data_disks_hot_plug_resize_copy_and_unplug() {
         disks: vec![cold.clone()],
         taps: Vec::new(),
         incoming: false,
+        hardware: Default::default(),
     };
     qemu.prepare_disk(&dir, &cfg).await.unwrap();
     qemu.start(&dir, &cfg).await.unwrap();

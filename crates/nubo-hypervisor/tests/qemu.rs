@@ -55,6 +55,7 @@ fn config(id: &str, base: &Path, forwards: Vec<PortForward>) -> VmConfig {
         disks: Vec::new(),
         taps: Vec::new(),
         incoming: false,
+        hardware: Default::default(),
     }
 }
 

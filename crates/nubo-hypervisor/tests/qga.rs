@@ -125,6 +125,7 @@ async fn guest_agent_and_ssh_in_tiny() {
         disks: Vec::new(),
         taps: Vec::new(),
         incoming: false,
+        hardware: Default::default(),
     };
     let qemu = Qemu::default();
     qemu.prepare_disk(&dir, &cfg).await.unwrap();

@@ -460,6 +460,7 @@ impl Bare {
                 disks: Vec::new(),
                 taps: vec![TapNic { tap, mac, netns: Some(PathBuf::from(format!("/run/netns/{ns}"))) }],
                 incoming: false,
+                hardware: Default::default(),
             };
             rt.block_on(async {
                 qemu.prepare_disk(&dir, &cfg).await.expect("the baseline's root disk");
