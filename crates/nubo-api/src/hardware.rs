@@ -79,6 +79,19 @@ impl HardwareRequest {
     }
 }
 
+/// One line for people: `uefi, secure boot, tpm 2.0, display`.
+impl std::fmt::Display for Hardware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.firmware.as_str())?;
+        for (on, what) in [(self.secure_boot, "secure boot"), (self.tpm, "tpm 2.0"), (self.display, "display")] {
+            if on {
+                write!(f, ", {what}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Hardware {
     /// Checks the combination: Secure Boot is a UEFI feature.
     pub fn validate(&self) -> Result<(), String> {
@@ -152,6 +165,9 @@ mod tests {
         assert!("efi".parse::<Firmware>().unwrap_err().contains("'bios' or 'uefi'"));
         let sb = Hardware { secure_boot: true, ..Hardware::default() };
         assert!(sb.validate().unwrap_err().contains("UEFI"));
+        let all = Hardware { firmware: Firmware::Uefi, secure_boot: true, tpm: true, display: false };
+        assert_eq!(all.to_string(), "uefi, secure boot, tpm 2.0");
+        assert_eq!(Hardware::default().to_string(), "bios");
     }
 
     #[test]

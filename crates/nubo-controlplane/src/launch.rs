@@ -25,6 +25,8 @@ pub struct LaunchRecord<'a> {
     /// PrivateIpAddress, already checked to be in its range); none: the
     /// lowest free one.
     pub private_address: Option<&'a str>,
+    /// The instance's hardware (the `hardware` column's JSON; none: defaults).
+    pub hardware: Option<&'a str>,
 }
 
 pub(crate) async fn insert_launch_record(
@@ -35,7 +37,7 @@ pub(crate) async fn insert_launch_record(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE instances SET instance_type = $1, reservation_id = $2, launch_index = $3, client_token = $4,
-           group_id = $5
+           group_id = $5, hardware = $7
          WHERE id = $6",
     )
     .bind(r.instance_type)
@@ -44,6 +46,7 @@ pub(crate) async fn insert_launch_record(
     .bind(r.client_token)
     .bind(r.group_id)
     .bind(instance)
+    .bind(r.hardware)
     .execute(&mut **tx)
     .await?;
     for g in r.security_groups {

@@ -196,6 +196,9 @@ pub struct InstanceRow {
     pub shutdown_behavior: String,
     /// EC2's source/destination check (1: on), stored and reported.
     pub source_dest_check: i64,
+    /// Firmware, Secure Boot, TPM, display (JSON, see `hardware`; NULL: defaults).
+    #[sqlx(default)]
+    pub hardware: Option<String>,
 }
 
 #[derive(Debug, Clone, FromRow)]

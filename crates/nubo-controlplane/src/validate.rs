@@ -121,6 +121,7 @@ mod tests {
             tags: Default::default(),
             networks: vec![],
             security_groups: vec![],
+            hardware: Default::default(),
         }
     }
 

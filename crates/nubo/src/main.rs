@@ -5,6 +5,7 @@ mod automation_cmds;
 mod cli;
 mod client_cmds;
 mod daemon;
+mod hardware_cmds;
 mod identity_cmds;
 mod lb_cmds;
 mod monitoring_cmds;

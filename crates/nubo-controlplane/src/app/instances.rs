@@ -145,6 +145,7 @@ fn view_of(row: InstanceRow, related: &Related) -> AppResult<Instance> {
         termination_protection: row.termination_protection == 1,
         stop_protection: row.stop_protection == 1,
         shutdown_behavior: row.shutdown_behavior,
+        hardware: crate::hardware::parse(row.hardware.as_deref()),
     })
 }
 
@@ -227,6 +228,8 @@ pub async fn launch(
             image.name, image.min_memory_mib, image.min_memory_mib
         )));
     }
+    let hardware = crate::hardware::column(&super::hardware::for_launch(&image, &p.hardware)?);
+    record.hardware = hardware.as_deref();
     let imds_tokens = match p.metadata.as_ref().and_then(|m| m.http_tokens.as_deref()) {
         None | Some("optional") => "optional",
         Some("required") => "required",

@@ -440,6 +440,7 @@ pub async fn instance_create(
         tags: d.tags.clone(),
         networks: d.networks.clone(),
         security_groups: d.security_groups.clone(),
+        hardware: Default::default(),
     };
     Ok((create, d.instance_type.clone()))
 }

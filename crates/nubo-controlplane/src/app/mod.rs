@@ -12,6 +12,7 @@
 
 pub mod automation;
 pub mod floating_ips;
+pub mod hardware;
 pub mod hosts;
 pub mod identity;
 pub mod images;

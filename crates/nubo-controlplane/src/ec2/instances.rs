@@ -191,6 +191,7 @@ fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
         .field("virtualizationType", "hvm")
         .field("hypervisor", super::instance_filters::HYPERVISOR)
         .field("sourceDestCheck", row.source_dest_check == 1)
+        .field("currentInstanceBootMode", crate::hardware::ec2_boot_mode(&crate::hardware::parse(row.hardware.as_deref())))
         .field("ebsOptimized", false)
         .field("enaSupport", false)
         .child(El::new("hibernationOptions").field("configured", false))
@@ -677,6 +678,7 @@ async fn launch_all(
         tags: Default::default(),
         networks: network.map(|n| n.id.clone()).into_iter().collect(),
         security_groups: Vec::new(),
+        hardware: Default::default(),
     };
     let mut rows = Vec::new();
     for i in 0..req.max {
@@ -690,6 +692,7 @@ async fn launch_all(
             group_id: None,
             networks: &[],
             private_address: req.private_address.as_deref(),
+            hardware: None,
         };
         let launched = match app::instances::launch(ctx, caller, &create, record).await {
             Ok(row) if req.volumes.is_empty() => Ok(row),

@@ -161,6 +161,7 @@ impl LaunchForm {
             tags: BTreeMap::new(),
             networks: Vec::new(),
             security_groups: Vec::new(),
+            hardware: Default::default(),
         })
     }
 }
@@ -294,6 +295,7 @@ fn status_block(s: &Session, i: &Instance) -> Markup {
             dt { "Id" } dd.mono { (id) }
             dt { "Image" } dd { (i.image) }
             dt { "Type" } dd { (i.instance_type) " · " (i.vcpus) " vCPU, " (i.memory_mib) " MiB, " (i.disk_gib) " GiB disk" }
+            dt { "Hardware" } dd id="hardware" { (i.hardware.to_string()) }
             dt { "Host" } dd { (i.host_name.as_deref().unwrap_or("not placed yet")) }
             dt { "Addresses" } dd id="addresses" {
                 @if i.addresses.is_empty() { "none: user-mode networking (reached through forwarded ports)" }
