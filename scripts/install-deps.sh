@@ -16,6 +16,8 @@
 # as a reverse proxy; it runs its own nginx on 127.0.0.1 from a generated
 # config), and Debian's PostgreSQL (the control-plane tests run a second
 # time against it; scripts/postgres.sh starts it on 127.0.0.1 only).
+# ovmf (UEFI firmware for instances that ask for it) and swtpm with
+# swtpm-tools (each instance with a TPM runs its own swtpm).
 # Idempotent; refreshes apt's lists because the image build runs
 # `apt-get download` against them.
 set -euo pipefail
@@ -37,7 +39,8 @@ $SUDO apt-get install -y -q --no-install-recommends --allow-downgrades \
   $QEMU_PKGS seabios ipxe-qemu e2fsprogs mmdebstrap curl ca-certificates procps \
   slapd ldap-utils openssh-client syslinux syslinux-common mtools dosfstools fdisk monitoring-plugins-basic \
   python3 python3-venv chromium chromium-driver fonts-dejavu-core nginx-light postgresql \
-  iproute2 nftables dnsmasq-base
+  iproute2 nftables dnsmasq-base \
+  ovmf swtpm swtpm-tools
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust stable (https://rustup.rs) and re-run" >&2
   exit 1
