@@ -28,7 +28,8 @@ async fn image(t: &T, token: &str, name: &str, hardware: Value) -> Value {
         )
         .await;
     let id = v["id"].as_str().unwrap().to_string();
-    let (s, r) = t.raw("PUT", &format!("/api/v1/images/{id}/file"), Some(token), "application/octet-stream", disk).await;
+    let (s, r) =
+        t.raw("PUT", &format!("/api/v1/images/{id}/file"), Some(token), "application/octet-stream", disk).await;
     assert_eq!(s, StatusCode::OK, "{r}");
     r
 }
@@ -144,8 +145,7 @@ async fn images_say_what_they_need_and_instances_may_ask_for_more() {
 
     // EC2 reports the boot mode and the TPM.
     let k = key(&t, &alice).await;
-    let xml =
-        ok(&t, &k, &[("Action", "DescribeImages"), ("Filter.1.Name", "name"), ("Filter.1.Value.1", "win")]).await;
+    let xml = ok(&t, &k, &[("Action", "DescribeImages"), ("Filter.1.Name", "name"), ("Filter.1.Value.1", "win")]).await;
     assert_eq!(one(&xml, "bootMode"), "uefi", "{xml}");
     assert_eq!(one(&xml, "tpmSupport"), "v2.0", "{xml}");
     let xml =

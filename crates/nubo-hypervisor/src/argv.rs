@@ -419,7 +419,8 @@ mod tests {
             got.iter().enumerate().filter(|(_, a)| *a == flag).map(|(i, _)| got[i + 1].as_str()).collect()
         };
         assert_eq!(after("-machine"), ["q35,smm=on"]);
-        assert!(after("-drive").contains(&"if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"));
+        assert!(after("-drive")
+            .contains(&"if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"));
         assert_eq!(after("-global"), ["driver=cfi.pflash01,property=secure,value=on"]);
         assert!(after("-chardev").contains(&"socket,id=chrtpm,path=/d/vm-1/swtpm.sock"));
         assert_eq!(after("-tpmdev"), ["emulator,id=tpm0,chardev=chrtpm"]);

@@ -52,9 +52,7 @@ pub struct VmHardware {
 impl VmHardware {
     pub fn validate(&self) -> Result<(), HypervisorError> {
         if self.secure_boot && !self.uefi {
-            return Err(HypervisorError::InvalidConfig(
-                "secure_boot needs UEFI firmware; set uefi too".to_string(),
-            ));
+            return Err(HypervisorError::InvalidConfig("secure_boot needs UEFI firmware; set uefi too".to_string()));
         }
         Ok(())
     }

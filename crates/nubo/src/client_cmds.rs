@@ -524,7 +524,7 @@ pub async fn image(cmd: ImageCmd, conn: &Conn) -> anyhow::Result<()> {
         }
         ImageCmd::Hardware { image, change } => {
             let image = client(conn)?.set_image_hardware(&image, &change.request()).await?;
-            emit(conn.output, &image, |i| println!("{} {}", i.id, i.hardware.to_string()))
+            emit(conn.output, &image, |i| println!("{} {}", i.id, i.hardware))
         }
         ImageCmd::Show { image } => crate::storage_cmds::show_image(conn, &image).await,
         ImageCmd::Delete { image } => {

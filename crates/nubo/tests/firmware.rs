@@ -123,7 +123,18 @@ fn uefi_variables_survive_a_restart_and_tpm_and_display_are_there() {
 
     // Secure Boot: on in the guest; no display asked, so no VNC socket.
     let sb = cloud
-        .nubo_ok(&["instance", "run", "--image", "tiny", "--memory", "256", "--firmware", "uefi", "--secure-boot", "--wait"])
+        .nubo_ok(&[
+            "instance",
+            "run",
+            "--image",
+            "tiny",
+            "--memory",
+            "256",
+            "--firmware",
+            "uefi",
+            "--secure-boot",
+            "--wait",
+        ])
         .trim()
         .to_string();
     cloud.wait_console(&sb, nubo_api::BOOT_COMPLETE_MARKER, 1, Duration::from_secs(120));

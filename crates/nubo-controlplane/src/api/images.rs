@@ -97,7 +97,10 @@ pub async fn set_hardware(
     Path(id): Path<String>,
     ApiJson(p): ApiJson<nubo_api::hardware::HardwareRequest>,
 ) -> AppResult<Json<Image>> {
-    Ok(Json(crate::app::tags::fill_one(&ctx, &caller, crate::app::hardware::set_image(&ctx, &caller, &id, &p).await?).await?))
+    Ok(Json(
+        crate::app::tags::fill_one(&ctx, &caller, crate::app::hardware::set_image(&ctx, &caller, &id, &p).await?)
+            .await?,
+    ))
 }
 
 /// Delete an image; refused while instances run it or snapshots came from it.

@@ -24,9 +24,7 @@ pub fn for_new_image(r: &HardwareRequest) -> AppResult<Hardware> {
 pub async fn set_image(ctx: &Arc<Ctx>, caller: &Caller, key: &str, r: &HardwareRequest) -> AppResult<Image> {
     let row = super::images::load(ctx, caller, key, Access::Write).await?;
     if r.is_empty() {
-        return Err(AppError::BadRequest(
-            "nothing to change: give firmware, secure_boot, tpm or display".to_string(),
-        ));
+        return Err(AppError::BadRequest("nothing to change: give firmware, secure_boot, tpm or display".to_string()));
     }
     let hw = crate::hardware::parse(row.hardware.as_deref())
         .with(r)

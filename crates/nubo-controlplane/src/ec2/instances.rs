@@ -191,7 +191,10 @@ fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
         .field("virtualizationType", "hvm")
         .field("hypervisor", super::instance_filters::HYPERVISOR)
         .field("sourceDestCheck", row.source_dest_check == 1)
-        .field("currentInstanceBootMode", crate::hardware::ec2_boot_mode(&crate::hardware::parse(row.hardware.as_deref())))
+        .field(
+            "currentInstanceBootMode",
+            crate::hardware::ec2_boot_mode(&crate::hardware::parse(row.hardware.as_deref())),
+        )
         .field("ebsOptimized", false)
         .field("enaSupport", false)
         .child(El::new("hibernationOptions").field("configured", false))
