@@ -68,7 +68,7 @@ fn uefi_variables_survive_a_restart_and_tpm_and_display_are_there() {
         .to_string();
     cloud.wait_console(&id, nubo_api::BOOT_COMPLETE_MARKER, 1, Duration::from_secs(120));
     eprintln!(
-        "UEFI boot: {} ({:.1} s after `instance run`, the image's build included)",
+        "UEFI boot: {} ({:.1} s after `instance run`, an image build included if there was one)",
         boot_time(&cloud, &id),
         started.elapsed().as_secs_f64()
     );
