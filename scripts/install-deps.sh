@@ -20,6 +20,8 @@
 # npm installs the portal's browser libraries (xterm.js, noVNC) at pinned
 # versions into .cache/web (scripts/web-assets.sh), and tmux drives the
 # console test's `nubo instance console --attach` in a real terminal.
+# ovmf (UEFI firmware for instances that ask for it) and swtpm with
+# swtpm-tools (each instance with a TPM runs its own swtpm).
 # Idempotent; refreshes apt's lists because the image build runs
 # `apt-get download` against them.
 set -euo pipefail
@@ -41,7 +43,8 @@ $SUDO apt-get install -y -q --no-install-recommends --allow-downgrades \
   $QEMU_PKGS seabios ipxe-qemu e2fsprogs mmdebstrap curl ca-certificates procps \
   slapd ldap-utils openssh-client syslinux syslinux-common mtools dosfstools fdisk xorriso isolinux monitoring-plugins-basic \
   python3 python3-venv chromium chromium-driver fonts-dejavu-core nginx-light postgresql \
-  iproute2 nftables dnsmasq-base npm tmux
+  iproute2 nftables dnsmasq-base npm tmux \
+  ovmf swtpm swtpm-tools
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust stable (https://rustup.rs) and re-run" >&2
   exit 1

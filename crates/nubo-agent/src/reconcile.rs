@@ -570,6 +570,7 @@ impl Reconciler {
             taps,
             incoming,
             cdrom,
+            hardware: vm_hardware(&want.hardware),
         };
         self.host.hypervisor.prepare_disk(&dir, &cfg).await?;
         self.ensure_imds(want);
@@ -777,6 +778,16 @@ impl Reconciler {
 
 /// How long a live migration may take, disks included.
 const MIGRATION_LIMIT: Duration = Duration::from_secs(900);
+
+/// The VM hardware the control plane asks for, in the hypervisor's terms.
+fn vm_hardware(hw: &nubo_api::hardware::Hardware) -> nubo_hypervisor::VmHardware {
+    nubo_hypervisor::VmHardware {
+        uefi: hw.firmware == nubo_api::hardware::Firmware::Uefi,
+        secure_boot: hw.secure_boot,
+        tpm: hw.tpm,
+        display: hw.display,
+    }
+}
 
 /// A free TCP port on this machine (for a migration target's listeners).
 fn free_port() -> std::io::Result<u16> {

@@ -163,6 +163,9 @@ pub struct DesiredInstance {
     /// when the count it last applied is lower (so it happens once).
     #[serde(default)]
     pub rebuild_seq: i64,
+    /// Firmware, Secure Boot, TPM and display (image's and instance's merged).
+    #[serde(default)]
+    pub hardware: crate::hardware::Hardware,
 }
 
 /// An instance's CD-ROM drive: the disc wanted in it (changed in place

@@ -9,6 +9,7 @@ pub mod automation;
 pub mod cidr;
 pub mod console;
 pub mod error;
+pub mod hardware;
 pub mod ids;
 pub mod join;
 pub mod launch_templates;

@@ -53,6 +53,10 @@ pub struct InstanceCreate {
     /// `cdrom`) or `disk,cdrom`.
     #[serde(default)]
     pub boot: Option<String>,
+    /// Firmware, Secure Boot, TPM and display beyond what the image needs
+    /// (its firmware choice wins where the image allows it).
+    #[serde(default)]
+    pub hardware: crate::hardware::HardwareRequest,
 }
 
 /// `POST /api/v1/networks`
@@ -302,6 +306,9 @@ pub struct ImageCreate {
     pub kernel_image: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
+    /// What instances of it need: firmware, Secure Boot, TPM, display.
+    #[serde(default)]
+    pub hardware: crate::hardware::HardwareRequest,
 }
 
 /// `POST /api/v1/volumes`

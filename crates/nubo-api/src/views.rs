@@ -129,6 +129,9 @@ pub struct Instance {
     /// The CD-ROM drive, for an instance launched with one (`--cdrom`).
     #[serde(default)]
     pub cdrom: Option<InstanceCdrom>,
+    /// Its firmware, Secure Boot, TPM and display.
+    #[serde(default)]
+    pub hardware: crate::hardware::Hardware,
 }
 
 /// An instance's CD-ROM drive.
@@ -518,6 +521,9 @@ pub struct Image {
     /// Tags (key to value): `nubo tag set`, or the EC2 API's CreateTags.
     #[serde(default)]
     pub tags: std::collections::BTreeMap<String, String>,
+    /// What instances of it need: firmware, Secure Boot, TPM, display.
+    #[serde(default)]
+    pub hardware: crate::hardware::Hardware,
 }
 
 crate::state_enum! {

@@ -484,6 +484,15 @@ impl Client {
         self.send(self.http.put(&url).timeout(FILE_TIMEOUT).body(body), &url).await
     }
 
+    /// Changes what instances of an image need (firmware, Secure Boot, TPM, display).
+    pub async fn set_image_hardware(
+        &self,
+        key: &str,
+        p: &nubo_api::hardware::HardwareRequest,
+    ) -> Result<Image, ClientError> {
+        self.put(&format!("/api/v1/images/{}/hardware", path_segment(key)), p).await
+    }
+
     pub async fn delete_image(&self, key: &str) -> Result<(), ClientError> {
         self.delete(&format!("/api/v1/images/{}", path_segment(key))).await
     }

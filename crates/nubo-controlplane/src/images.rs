@@ -31,6 +31,9 @@ pub struct ImageRow {
     pub error: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// What instances of it need (JSON, see `hardware`; NULL: defaults).
+    #[sqlx(default)]
+    pub hardware: Option<String>,
 }
 
 impl ImageRow {

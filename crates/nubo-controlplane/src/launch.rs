@@ -28,6 +28,8 @@ pub struct LaunchRecord<'a> {
     /// A CD-ROM drive: the ISO image's id in it and the boot order
     /// (already checked; see `cdrom`).
     pub cdrom: Option<(&'a str, &'a str)>,
+    /// The instance's hardware (the `hardware` column's JSON; none: defaults).
+    pub hardware: Option<&'a str>,
 }
 
 pub(crate) async fn insert_launch_record(
@@ -38,7 +40,7 @@ pub(crate) async fn insert_launch_record(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE instances SET instance_type = $1, reservation_id = $2, launch_index = $3, client_token = $4,
-           group_id = $5
+           group_id = $5, hardware = $7
          WHERE id = $6",
     )
     .bind(r.instance_type)
@@ -47,6 +49,7 @@ pub(crate) async fn insert_launch_record(
     .bind(r.client_token)
     .bind(r.group_id)
     .bind(instance)
+    .bind(r.hardware)
     .execute(&mut **tx)
     .await?;
     for g in r.security_groups {

@@ -22,6 +22,7 @@ pub mod exposition;
 pub mod failover;
 pub mod floating_ips;
 pub mod groups;
+pub mod hardware;
 pub mod identity;
 pub mod images;
 pub mod instance_attributes;

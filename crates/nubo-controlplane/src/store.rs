@@ -208,6 +208,9 @@ pub struct InstanceRow {
     /// Bumped by each rebuild or instance revert (migration 0029; see
     /// `app::day_two`): the host replaces the root disk before the next boot.
     pub rebuild_seq: i64,
+    /// Firmware, Secure Boot, TPM, display (JSON, see `hardware`; NULL: defaults).
+    #[sqlx(default)]
+    pub hardware: Option<String>,
 }
 
 #[derive(Debug, Clone, FromRow)]

@@ -123,6 +123,7 @@ mod tests {
             security_groups: vec![],
             cdrom: None,
             boot: None,
+            hardware: Default::default(),
         }
     }
 

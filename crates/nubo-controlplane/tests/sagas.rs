@@ -616,6 +616,7 @@ impl Harness for RecipeLaunchWorld {
             tags: vec![],
             group_id: None,
             networks: vec![],
+            hardware: None,
             caller: CallerParams {
                 user_id: "admin".into(),
                 user_name: "admin".into(),

@@ -32,7 +32,10 @@ pub fn qemu_argv(dir: &VmDir, cfg: &VmConfig) -> Result<Vec<OsString>, Hyperviso
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
 
     push(&["-name", &format!("{},process=nubo-{}", cfg.id, cfg.id)]);
-    push(&["-machine", "q35"]);
+    let hw = &cfg.hardware;
+    // Secure Boot's OVMF keeps its variables in SMM-only flash, so the
+    // guest's OS cannot write them behind the firmware's back.
+    push(&["-machine", if hw.secure_boot { "q35,smm=on" } else { "q35" }]);
     match cfg.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
@@ -72,6 +75,39 @@ pub fn qemu_argv(dir: &VmDir, cfg: &VmConfig) -> Result<Vec<OsString>, Hyperviso
         "-device",
         "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
     ]);
+
+    if hw.uefi {
+        let code = crate::firmware::ovmf_code(hw.secure_boot);
+        let vars = dir.efi_vars();
+        push(&[
+            "-drive",
+            &format!("if=pflash,format=raw,unit=0,readonly=on,file={}", opt_escape(path_str("OVMF code", &code)?)),
+            "-drive",
+            &format!("if=pflash,format=raw,unit=1,file={}", opt_escape(path_str("UEFI variable store", &vars)?)),
+        ]);
+        if hw.secure_boot {
+            push(&["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+        }
+    }
+    if hw.tpm {
+        let sock = dir.swtpm_socket();
+        push(&[
+            "-chardev",
+            &format!("socket,id=chrtpm,path={}", opt_escape(socket_path("swtpm socket", &sock)?)),
+            "-tpmdev",
+            "emulator,id=tpm0,chardev=chrtpm",
+            // CRB: the interface TPM 2.0 defines, which the guest kernel
+            // drives without the legacy TIS port I/O.
+            "-device",
+            "tpm-crb,tpmdev=tpm0",
+        ]);
+    }
+    if hw.display {
+        // VNC on a unix socket only: nothing listens on the network, and
+        // only the agent (relaying the console) can open it.
+        let vnc = dir.vnc_socket();
+        push(&["-device", "VGA,id=video0", "-vnc", &format!("unix:{}", opt_escape(socket_path("VNC socket", &vnc)?))]);
+    }
 
     // Keys in alphabetical order so the text is the same whether or not
     // serde_json's `preserve_order` feature is on somewhere in the workspace.
@@ -241,6 +277,7 @@ mod tests {
             taps: Vec::new(),
             incoming: false,
             cdrom: None,
+            hardware: crate::VmHardware::default(),
         }
     }
 
@@ -412,6 +449,51 @@ mod tests {
         assert!(got.contains(&"socket,id=qga0,path=/d/a,,b/qga.sock,server=on,wait=off".to_string()));
         // JSON blockdev values need no escaping.
         assert!(got.iter().any(|a| a.contains(r#""filename":"/d/a,b/disk.qcow2""#)));
+    }
+
+    #[test]
+    fn uefi_secure_boot_tpm_and_display() {
+        let mut c = cfg();
+        c.hardware = crate::VmHardware { uefi: true, ..Default::default() };
+        let got = strings(qemu_argv(&VmDir::new("/d/vm-1"), &c).unwrap());
+        let i = got.iter().position(|a| a == "-drive").unwrap();
+        assert_eq!(
+            &got[i..i + 4],
+            [
+                "-drive",
+                "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+                "-drive",
+                "if=pflash,format=raw,unit=1,file=/d/vm-1/efivars.fd",
+            ]
+        );
+        assert!(got.contains(&"q35".to_string()) && !got.iter().any(|a| a.contains("smm") || a.contains("secure")));
+        assert!(!got.iter().any(|a| a.contains("tpm") || a.contains("VGA") || a == "-vnc"));
+
+        c.hardware = crate::VmHardware { uefi: true, secure_boot: true, tpm: true, display: true };
+        let got = strings(qemu_argv(&VmDir::new("/d/vm-1"), &c).unwrap());
+        let after = |flag: &str| -> Vec<&str> {
+            got.iter().enumerate().filter(|(_, a)| *a == flag).map(|(i, _)| got[i + 1].as_str()).collect()
+        };
+        assert_eq!(after("-machine"), ["q35,smm=on"]);
+        assert!(after("-drive")
+            .contains(&"if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"));
+        assert_eq!(after("-global"), ["driver=cfi.pflash01,property=secure,value=on"]);
+        assert!(after("-chardev").contains(&"socket,id=chrtpm,path=/d/vm-1/swtpm.sock"));
+        assert_eq!(after("-tpmdev"), ["emulator,id=tpm0,chardev=chrtpm"]);
+        let devices = after("-device");
+        assert!(devices.contains(&"tpm-crb,tpmdev=tpm0") && devices.contains(&"VGA,id=video0"), "{devices:?}");
+        assert_eq!(after("-vnc"), ["unix:/d/vm-1/vnc.sock"]);
+        // The display is served on the socket only: no VNC port, no window.
+        assert_eq!(after("-display"), ["none"]);
+
+        // A TPM or a display without UEFI: SeaBIOS, no flash.
+        c.hardware = crate::VmHardware { tpm: true, display: true, ..Default::default() };
+        let got = strings(qemu_argv(&VmDir::new("/d/vm-1"), &c).unwrap());
+        assert!(!got.iter().any(|a| a.contains("pflash")) && got.contains(&"tpm-crb,tpmdev=tpm0".to_string()));
+
+        c.hardware = crate::VmHardware { secure_boot: true, ..Default::default() };
+        let msg = qemu_argv(&VmDir::new("/d/vm-1"), &c).unwrap_err().to_string();
+        assert!(msg.contains("UEFI"), "{msg}");
     }
 
     #[test]

@@ -163,6 +163,9 @@ pub struct VmConfig {
     /// A CD-ROM drive; none: the VM has none.
     #[serde(default)]
     pub cdrom: Option<CdRom>,
+    /// UEFI, Secure Boot, TPM and display (see [`crate::firmware`]).
+    #[serde(default)]
+    pub hardware: crate::VmHardware,
 }
 
 /// The guest network used with a metadata service; QEMU's guestfwd only
@@ -303,6 +306,7 @@ impl VmConfig {
                 ));
             }
         }
+        self.hardware.validate()?;
         if let Boot::Direct { cmdline, .. } = &self.boot {
             if cmdline.contains('\0') {
                 return bad("the kernel command line contains a NUL byte".to_string());

@@ -8,7 +8,9 @@ use crate::HypervisorError;
 pub(crate) const MAX_SOCKET_PATH: usize = 107;
 
 /// One VM's directory. Holds `disk.qcow2`, `seed.img`, `console.log`,
-/// `console.sock`, `qmp.sock`, `qga.sock`, `qemu.pid` and `qemu.log` (plus `qemu.log.1`, the previous run's).
+/// `console.sock`, `qmp.sock`, `qga.sock`, `qemu.pid` and `qemu.log` (plus `qemu.log.1`, the previous run's);
+/// with UEFI `efivars.fd`, with a TPM `tpm/`, `swtpm.sock`, `swtpm.pid` and
+/// `swtpm.log`, with a display `vnc.sock`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmDir {
     path: PathBuf,
@@ -70,6 +72,36 @@ impl VmDir {
     /// QEMU's stderr of the previous run.
     pub fn previous_qemu_log(&self) -> PathBuf {
         self.path.join("qemu.log.1")
+    }
+
+    /// The VM's own UEFI variable store, copied from OVMF's template on
+    /// its first start and kept after (see [`crate::firmware`]).
+    pub fn efi_vars(&self) -> PathBuf {
+        self.path.join("efivars.fd")
+    }
+
+    /// The TPM's state directory (swtpm's `--tpmstate`), kept across starts.
+    pub fn tpm_state(&self) -> PathBuf {
+        self.path.join("tpm")
+    }
+
+    /// swtpm's control socket, which QEMU's TPM emulator backend connects to.
+    pub fn swtpm_socket(&self) -> PathBuf {
+        self.path.join("swtpm.sock")
+    }
+
+    pub fn swtpm_pidfile(&self) -> PathBuf {
+        self.path.join("swtpm.pid")
+    }
+
+    pub fn swtpm_log(&self) -> PathBuf {
+        self.path.join("swtpm.log")
+    }
+
+    /// The display's VNC server (VMs with a display only); only the agent
+    /// connects to it, to relay the graphical console.
+    pub fn vnc_socket(&self) -> PathBuf {
+        self.path.join("vnc.sock")
     }
 
     /// The last path component, used as a label in logs.

@@ -40,6 +40,14 @@ pub enum HypervisorError {
         source: std::io::Error,
     },
 
+    /// A helper program a VM's hardware needs (swtpm) is not installed.
+    #[error("cannot run `{tool}`: it is not installed; install Debian's {package} on this host, or launch the instance without that hardware")]
+    MissingTool { tool: String, package: &'static str },
+
+    /// The VM's TPM emulator (swtpm) could not be started.
+    #[error("TPM: {0}; check that swtpm works on this host (`swtpm --version`)")]
+    Tpm(String),
+
     /// A filesystem operation on a VM's files failed.
     #[error("cannot {op} {path}: {source}")]
     Io {

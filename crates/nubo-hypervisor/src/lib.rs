@@ -21,6 +21,7 @@ pub mod console;
 mod dir;
 mod disks;
 mod error;
+pub mod firmware;
 mod hypervisor;
 mod migration;
 mod process;
@@ -39,6 +40,7 @@ pub use config::{
 pub use dir::VmDir;
 pub use disks::{AttachedDisk, BackupJob};
 pub use error::HypervisorError;
+pub use firmware::VmHardware;
 pub use hypervisor::{BlockStats, Hypervisor, VmStatus, VmUsage};
 pub use migration::{MigratingDisk, MigrationStats};
 pub use qemu::Qemu;

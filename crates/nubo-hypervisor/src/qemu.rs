@@ -46,6 +46,8 @@ pub struct Qemu {
     /// QEMU's user-mode network gets `restrict=on`: no egress, only
     /// forwarded ports and the metadata service.
     restrict_egress: bool,
+    /// The TPM emulator, for VMs with a TPM.
+    swtpm: PathBuf,
 }
 
 impl Default for Qemu {
@@ -66,7 +68,14 @@ impl Qemu {
             consoles: crate::console::Pumps::default(),
             cgroup: None,
             restrict_egress: false,
+            swtpm: PathBuf::from("swtpm"),
         }
+    }
+
+    /// The swtpm binary VMs with a TPM use (default: `swtpm` in `PATH`).
+    pub fn with_swtpm(mut self, binary: impl Into<PathBuf>) -> Self {
+        self.swtpm = binary.into();
+        self
     }
 
     /// Bytes of each VM's console output kept on disk (default 1 MiB; at
@@ -316,6 +325,9 @@ impl Hypervisor for Qemu {
         let procs_path = cgroup_procs.as_ref().map(|(_, c)| c.clone());
 
         remove_if_exists(&pidfile)?;
+        remove_if_exists(&dir.vnc_socket())?;
+        // The firmware's variable store and the TPM, before QEMU needs them.
+        crate::firmware::prepare(&dir, &cfg.hardware, &self.swtpm, procs_path.as_deref()).await?;
         remove_if_exists(&dir.console_socket())?;
         remove_if_exists(&dir.qmp_socket())?;
         remove_if_exists(&dir.qga_socket())?;
@@ -773,7 +785,8 @@ fn remove_if_exists(path: &Path) -> Result<(), HypervisorError> {
 
 /// Remove the pidfile and the QMP and guest agent sockets of a VM that is not running.
 fn cleanup_runtime_files(dir: &VmDir) {
-    for path in [dir.pidfile(), dir.console_socket(), dir.qmp_socket(), dir.qga_socket()] {
+    crate::firmware::stop_swtpm(dir);
+    for path in [dir.pidfile(), dir.console_socket(), dir.qmp_socket(), dir.qga_socket(), dir.vnc_socket()] {
         if let Err(e) = remove_if_exists(&path) {
             warn!(error = %e, "cannot clean up");
         }
@@ -782,7 +795,7 @@ fn cleanup_runtime_files(dir: &VmDir) {
 
 /// In the child before exec: move this process into the cgroup whose
 /// `cgroup.procs` is `procs` (writing 0 means "the writer").
-fn join_cgroup(procs: &std::ffi::CStr) -> std::io::Result<()> {
+pub(crate) fn join_cgroup(procs: &std::ffi::CStr) -> std::io::Result<()> {
     // SAFETY: open/write/close on a NUL-terminated path made before the
     // fork; no allocation, async-signal-safe.
     unsafe {

@@ -357,6 +357,7 @@ mod tests {
             taps: vec![],
             incoming: false,
             cdrom: None,
+            hardware: Default::default(),
         }
     }
 

@@ -58,7 +58,7 @@ const GUEST_AGENT_BUILD: &str = "RUSTFLAGS=\"-C target-feature=+crt-static\" car
 const REQUIRED_MODULES: &[&str] =
     &["virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "vfat", "nls_cp437", "nls_ascii", "button", "evdev"];
 /// Modules that help when the kernel has them.
-const OPTIONAL_MODULES: &[&str] = &["nls_utf8", "nls_iso8859_1", "virtio_rng", "qemu_fw_cfg"];
+const OPTIONAL_MODULES: &[&str] = &["nls_utf8", "nls_iso8859_1", "virtio_rng", "qemu_fw_cfg", "efivarfs"];
 
 const INITRAMFS_INIT: &str = include_str!("../assets/tiny/initramfs-init");
 const INITTAB: &str = include_str!("../assets/tiny/inittab");

@@ -224,6 +224,7 @@ impl TestCloud {
             visibility: Some("public".into()),
             kernel_image: None,
             description: Some("the disk simulated instances boot from".into()),
+            hardware: Default::default(),
         };
         let image = self.admin.create_image(&create).await.expect("registering the test image");
         let image = self.admin.upload_image(image.id.as_str(), &file, |_| {}).await.expect("uploading the test image");
@@ -287,6 +288,7 @@ impl TestCloud {
             security_groups: Vec::new(),
             cdrom: None,
             boot: None,
+            hardware: Default::default(),
         }
     }
 

@@ -663,6 +663,10 @@ pub enum InstanceCmd {
         /// Return only once the instance is running (and its recipe has finished).
         #[arg(long)]
         wait: bool,
+        /// Firmware, Secure Boot, TPM, display beyond what the image needs
+        /// (the firmware chosen wins where the image allows it).
+        #[command(flatten)]
+        hardware: crate::hardware_cmds::HardwareArgs,
     },
     /// Turn termination or stop protection on or off, or choose what a
     /// poweroff inside the guest does; prints the instance.
@@ -972,6 +976,15 @@ pub enum ImageCmd {
         kernel_image: Option<String>,
         #[arg(long)]
         description: Option<String>,
+        #[command(flatten)]
+        hardware: crate::hardware_cmds::HardwareArgs,
+    },
+    /// Change what instances of an image need (firmware, Secure Boot, TPM,
+    /// display); instances already launched keep theirs.
+    Hardware {
+        image: String,
+        #[command(flatten)]
+        change: crate::hardware_cmds::HardwareChangeArgs,
     },
     /// Show an image (by id or name).
     Show { image: String },

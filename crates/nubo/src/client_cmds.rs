@@ -56,6 +56,7 @@ fn print_instance(i: &Instance) {
         ("vcpus", i.vcpus.to_string()),
         ("memory_mib", i.memory_mib.to_string()),
         ("disk_gib", i.disk_gib.to_string()),
+        ("hardware", i.hardware.to_string()),
         ("host", i.host_name.clone().unwrap_or_default()),
         ("ports", ports_text(i)),
         (
@@ -196,6 +197,7 @@ pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
             cdrom,
             boot,
             wait,
+            hardware,
         } => {
             let user_data = match user_data {
                 Some(p) => Some(
@@ -214,7 +216,11 @@ pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
             };
             let c = client(conn)?;
             let metadata = metadata_tokens.map(|t| MetadataOptions { http_tokens: Some(t) });
+            let hardware = hardware.request();
             let mut i = match template {
+                Some(_) if !hardware.is_empty() => anyhow::bail!(
+                    "--firmware, --secure-boot, --tpm and --display cannot be combined with --template (launch templates do not carry hardware); launch without --template, or set them on the image with `nubo image hardware`"
+                ),
                 // The flags given override the template's fields.
                 Some(template) => {
                     let overrides = nubo_api::launch_templates::LaunchTemplateData {
@@ -251,6 +257,7 @@ pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
                         security_groups,
                         cdrom,
                         boot,
+                        hardware,
                     };
                     c.create_instance(&req).await?
                 }
@@ -561,7 +568,7 @@ pub async fn host(cmd: HostCmd, conn: &Conn) -> anyhow::Result<()> {
 pub async fn image(cmd: ImageCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
         ImageCmd::List { filter } => crate::storage_cmds::list_images(conn, &filter).await,
-        ImageCmd::Import { file, name, format, min_disk, min_memory, public, kernel_image, description } => {
+        ImageCmd::Import { file, name, format, min_disk, min_memory, public, kernel_image, description, hardware } => {
             let opts = crate::storage_cmds::ImportOptions {
                 name,
                 format,
@@ -570,8 +577,13 @@ pub async fn image(cmd: ImageCmd, conn: &Conn) -> anyhow::Result<()> {
                 public,
                 kernel_image,
                 description,
+                hardware: hardware.request(),
             };
             crate::storage_cmds::import_image(conn, &file, opts).await
+        }
+        ImageCmd::Hardware { image, change } => {
+            let image = client(conn)?.set_image_hardware(&image, &change.request()).await?;
+            emit(conn.output, &image, |i| println!("{} {}", i.id, i.hardware))
         }
         ImageCmd::Show { image } => crate::storage_cmds::show_image(conn, &image).await,
         ImageCmd::Delete { image } => {

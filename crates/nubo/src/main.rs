@@ -6,6 +6,7 @@ mod cli;
 mod client_cmds;
 mod console_cmds;
 mod daemon;
+mod hardware_cmds;
 mod identity_cmds;
 mod lb_cmds;
 mod monitoring_cmds;

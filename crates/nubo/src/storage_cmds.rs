@@ -61,6 +61,7 @@ pub struct ImportOptions {
     pub public: bool,
     pub kernel_image: Option<String>,
     pub description: Option<String>,
+    pub hardware: nubo_api::hardware::HardwareRequest,
 }
 
 /// The file's SHA-256 and whether it starts like a qcow2 (blocking).
@@ -107,6 +108,7 @@ pub async fn import_image(conn: &Conn, file: &Path, o: ImportOptions) -> anyhow:
         visibility: o.public.then(|| "public".to_string()),
         kernel_image: o.kernel_image,
         description: o.description,
+        hardware: o.hardware,
     };
     let image = c.create_image(&req).await?;
     eprintln!("registered {} ({format}, sha256 {}); uploading...", image.id, &sha256[..12]);
@@ -137,6 +139,7 @@ fn print_image(i: &Image) {
         ("visibility", i.visibility.clone()),
         ("project", i.project.clone().unwrap_or_default()),
         ("format", i.disk_format.clone().unwrap_or_default()),
+        ("hardware", i.hardware.to_string()),
         ("sha256", i.sha256.clone().unwrap_or_default()),
         ("size", i.size_bytes.map(human_bytes).unwrap_or_default()),
         ("virtual_size", i.virtual_size_bytes.map(human_bytes).unwrap_or_default()),

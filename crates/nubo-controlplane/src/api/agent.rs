@@ -210,6 +210,7 @@ pub async fn desired(
             .collect::<AppResult<Vec<_>>>()?;
         let power = if failed_copy { PowerState::Deleted } else { row.desired };
         instances.push(DesiredInstance {
+            hardware: crate::hardware::parse(row.hardware.as_deref()),
             instance_type: Some(crate::app::instances::instance_type_of(&row)),
             id: row.id.parse().map_err(AppError::internal)?,
             ports: ports

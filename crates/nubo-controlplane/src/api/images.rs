@@ -83,6 +83,26 @@ pub async fn upload(
     Ok(Json(app::upload(&ctx, &caller, &id, announced, reader(body)).await?))
 }
 
+/// Change what instances of an image need: firmware (`bios`/`uefi`),
+/// Secure Boot, TPM, display. Fields left out stay as they are; instances
+/// already launched keep the hardware they have.
+#[utoipa::path(put, path = "/api/v1/images/{id}/hardware", tag = "images", operation_id = "set_image_hardware",
+    params(("id" = String, Path, description = "image id or name")),
+    request_body = nubo_api::hardware::HardwareRequest,
+    responses((status = 200, body = Image), (status = 400, body = nubo_api::error::ErrorBody),
+        (status = 403, body = nubo_api::error::ErrorBody), (status = 404, body = nubo_api::error::ErrorBody)))]
+pub async fn set_hardware(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+    ApiJson(p): ApiJson<nubo_api::hardware::HardwareRequest>,
+) -> AppResult<Json<Image>> {
+    Ok(Json(
+        crate::app::tags::fill_one(&ctx, &caller, crate::app::hardware::set_image(&ctx, &caller, &id, &p).await?)
+            .await?,
+    ))
+}
+
 /// Delete an image; refused while instances run it or snapshots came from it.
 #[utoipa::path(delete, path = "/api/v1/images/{id}", tag = "images", operation_id = "delete_image",
     params(("id" = String, Path, description = "image id or name")),

@@ -83,6 +83,7 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(images::list, images::create))
         .routes(routes!(images::show, images::delete))
         .routes(routes!(images::snapshot_instance))
+        .routes(routes!(images::set_hardware))
         .routes(routes!(networks::list, networks::create))
         .routes(routes!(networks::show, networks::delete))
         .routes(routes!(floating_ips::list, floating_ips::allocate))

@@ -53,6 +53,7 @@ pub fn view(projects: &HashMap<String, String>, r: ImageRow) -> AppResult<Image>
         created_at_ms: r.created_at_ms,
         // Filled by `app::tags::fill` where a view is answered.
         tags: Default::default(),
+        hardware: crate::hardware::parse(r.hardware.as_deref()),
     })
 }
 
@@ -149,6 +150,7 @@ pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &ImageCreate) -> AppResu
     if description.len() > 1024 {
         return Err(AppError::BadRequest("description is at most 1024 bytes".into()));
     }
+    let hardware = super::hardware::for_new_image(&p.hardware)?;
     let id = ImageId::generate();
     let inserted = ctx
         .store
@@ -178,6 +180,10 @@ pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &ImageCreate) -> AppResu
             "this project already has an image named '{}': pick another name, or delete that one first",
             p.name
         )));
+    }
+    // Set before the file arrives, so the image is never bootable without it.
+    if hardware != nubo_api::hardware::Hardware::default() {
+        ctx.store.set_image_hardware(id.as_str(), &hardware).await?;
     }
     // The expected checksum rides along until the upload checks it.
     if let Some(sha) = &p.sha256 {

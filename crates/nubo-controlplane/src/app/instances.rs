@@ -147,6 +147,7 @@ fn view_of(row: InstanceRow, related: &Related) -> AppResult<Instance> {
         stop_protection: row.stop_protection == 1,
         shutdown_behavior: row.shutdown_behavior,
         cdrom,
+        hardware: crate::hardware::parse(row.hardware.as_deref()),
     })
 }
 
@@ -253,6 +254,8 @@ async fn launch_checked(
             "image {image_name} needs at least {min_memory_mib} MiB of memory; ask for --memory {min_memory_mib} or more"
         )));
     }
+    let hardware = crate::hardware::column(&super::hardware::for_launch(image.as_ref(), &p.hardware)?);
+    record.hardware = hardware.as_deref();
     let imds_tokens = match p.metadata.as_ref().and_then(|m| m.http_tokens.as_deref()) {
         None | Some("optional") => "optional",
         Some("required") => "required",

@@ -442,6 +442,7 @@ pub async fn instance_create(
         security_groups: d.security_groups.clone(),
         cdrom: None,
         boot: None,
+        hardware: Default::default(),
     };
     Ok((create, d.instance_type.clone()))
 }

@@ -15,6 +15,7 @@ pub mod cdrom;
 pub mod day_two;
 pub mod consoles;
 pub mod floating_ips;
+pub mod hardware;
 pub mod hosts;
 pub mod identity;
 pub mod images;

@@ -217,6 +217,8 @@ pub async fn images(ctx: &Arc<Ctx>, caller: &Caller, p: &Params) -> Ec2Result<An
             .field("rootDeviceName", super::instances::ROOT_DEVICE)
             .field("virtualizationType", "hvm")
             .field("hypervisor", "xen")
+            .field("bootMode", crate::hardware::ec2_boot_mode(&crate::hardware::parse(r.hardware.as_deref())))
+            .opt("tpmSupport", crate::hardware::parse(r.hardware.as_deref()).tpm.then_some("v2.0"))
             .opt("sourceInstanceId", r.source_instance.as_deref())
             .child(El::list(
                 "blockDeviceMapping",

@@ -191,6 +191,10 @@ fn instance_item(ctx: &Ctx, row: &InstanceRow, l: &Lookups) -> El {
         .field("virtualizationType", "hvm")
         .field("hypervisor", super::instance_filters::HYPERVISOR)
         .field("sourceDestCheck", row.source_dest_check == 1)
+        .field(
+            "currentInstanceBootMode",
+            crate::hardware::ec2_boot_mode(&crate::hardware::parse(row.hardware.as_deref())),
+        )
         .field("ebsOptimized", false)
         .field("enaSupport", false)
         .child(El::new("hibernationOptions").field("configured", false))
@@ -679,6 +683,7 @@ async fn launch_all(
         security_groups: Vec::new(),
         cdrom: None,
         boot: None,
+        hardware: Default::default(),
     };
     let mut rows = Vec::new();
     for i in 0..req.max {
@@ -693,6 +698,7 @@ async fn launch_all(
             networks: &[],
             private_address: req.private_address.as_deref(),
             cdrom: None,
+            hardware: None,
         };
         let launched = match app::instances::launch(ctx, caller, &create, record).await {
             Ok(row) if req.volumes.is_empty() => Ok(row),

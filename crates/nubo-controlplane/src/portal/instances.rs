@@ -163,6 +163,7 @@ impl LaunchForm {
             security_groups: Vec::new(),
             cdrom: None,
             boot: None,
+            hardware: Default::default(),
         })
     }
 }
@@ -296,6 +297,7 @@ fn status_block(s: &Session, i: &Instance) -> Markup {
             dt { "Id" } dd.mono { (id) }
             dt { "Image" } dd { (i.image) }
             dt { "Type" } dd { (i.instance_type) " · " (i.vcpus) " vCPU, " (i.memory_mib) " MiB, " (i.disk_gib) " GiB disk" }
+            dt { "Hardware" } dd id="hardware" { (i.hardware.to_string()) }
             dt { "Host" } dd { (i.host_name.as_deref().unwrap_or("not placed yet")) }
             dt { "Addresses" } dd id="addresses" {
                 @if i.addresses.is_empty() { "none: user-mode networking (reached through forwarded ports)" }

@@ -348,7 +348,7 @@ async fn images(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
     let body = html! {
         p.muted { "Import an image with " code { "nubo image import FILE --name NAME" } " (raw or qcow2); it is checked before it can boot." }
         table.list {
-            thead { tr { th { "Name" } th { "Source" } th { "State" } th { "Visibility" } th { "Format" } th { "Size" } th { "Description" } } }
+            thead { tr { th { "Name" } th { "Source" } th { "State" } th { "Visibility" } th { "Format" } th { "Size" } th { "Hardware" } th { "Description" } } }
             tbody {
                 @for i in &list {
                     tr {
@@ -358,6 +358,7 @@ async fn images(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
                         td { (i.visibility) }
                         td { (i.disk_format.as_deref().unwrap_or("-")) }
                         td { (i.size_bytes.map(|b| html::bytes(b as f64)).unwrap_or_else(|| "-".into())) }
+                        td data-hardware=(i.name) { (i.hardware.to_string()) }
                         td { (i.description) }
                     }
                 }

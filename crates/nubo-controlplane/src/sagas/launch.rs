@@ -82,6 +82,9 @@ pub struct LaunchParams {
     pub tags: Vec<(String, String)>,
     pub group_id: Option<String>,
     pub networks: Vec<String>,
+    /// Firmware, Secure Boot, TPM, display (the `hardware` column's JSON).
+    #[serde(default)]
+    pub hardware: Option<String>,
     pub caller: CallerParams,
     pub recipe: RunCreate,
 }
@@ -110,6 +113,7 @@ impl LaunchParams {
             tags: r.tags.to_vec(),
             group_id: r.group_id.map(String::from),
             networks: r.networks.to_vec(),
+            hardware: r.hardware.map(String::from),
             caller: CallerParams::of(caller),
             recipe: recipe.clone(),
         }
@@ -194,6 +198,7 @@ impl SagaDef for RecipeLaunch {
                     // asks for no particular address.
                     private_address: None,
                     cdrom: None,
+                    hardware: p.hardware.as_deref(),
                 },
             };
             return match crate::placement::place(ctx, &new).await {
