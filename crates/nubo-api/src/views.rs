@@ -506,6 +506,34 @@ pub struct Image {
     /// Tags (key to value): `nubo tag set`, or the EC2 API's CreateTags.
     #[serde(default)]
     pub tags: std::collections::BTreeMap<String, String>,
+    /// The background work that makes it (a fetch from a URL, or a build
+    /// on a host), with its progress; none for uploads and snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<ImageJob>,
+}
+
+/// How an image fetched from a URL or built on a host is coming along.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImageJob {
+    /// `url` (`nubo image import --url`) or `build` (`nubo image build`).
+    pub kind: String,
+    /// The URL fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The builtin image built on, and the packages added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
+    /// The host doing the build, once one took it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The last step the host reported (a build's progress in words).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Bytes received so far, of `bytes_total` (unknown until the sender says).
+    pub bytes_done: u64,
+    pub bytes_total: Option<u64>,
 }
 
 crate::state_enum! {

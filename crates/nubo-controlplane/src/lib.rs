@@ -20,6 +20,8 @@ pub mod failover;
 pub mod floating_ips;
 pub mod groups;
 pub mod identity;
+pub mod image_jobs;
+pub mod image_urls;
 pub mod images;
 pub mod instance_attributes;
 pub mod instance_batch;
@@ -132,6 +134,10 @@ pub struct Config {
     /// Log every SQL statement the store runs (tracing target
     /// `sqlx::query`, at DEBUG): to see or count what a request costs.
     pub log_statements: bool,
+    /// Hosts images may be imported from by URL (`--image-url-allow`):
+    /// an exact host, `.example.com` for its subdomains, or `*` for any
+    /// public host. Empty: no URL imports. See `image_urls`.
+    pub image_url_allow: Vec<String>,
 }
 
 impl Config {
@@ -165,6 +171,7 @@ impl Config {
             image_quota_bytes: 50 << 30,
             tls_ca: None,
             log_statements: false,
+            image_url_allow: Vec::new(),
         }
     }
 }

@@ -502,7 +502,35 @@ pub async fn host(cmd: HostCmd, conn: &Conn) -> anyhow::Result<()> {
 pub async fn image(cmd: ImageCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
         ImageCmd::List { filter } => crate::storage_cmds::list_images(conn, &filter).await,
-        ImageCmd::Import { file, name, format, min_disk, min_memory, public, kernel_image, description } => {
+        ImageCmd::Import {
+            file,
+            url,
+            sha256,
+            name,
+            format,
+            min_disk,
+            min_memory,
+            public,
+            kernel_image,
+            description,
+        } => {
+            if let Some(url) = url {
+                let opts = crate::image_cmds::UrlImport {
+                    url,
+                    sha256,
+                    name,
+                    format,
+                    min_disk,
+                    min_memory,
+                    public,
+                    kernel_image,
+                    description,
+                };
+                return crate::image_cmds::import_url(conn, opts).await;
+            }
+            let (Some(file), Some(name)) = (file, name) else {
+                anyhow::bail!("give the file to upload and --name NAME, or --url URL");
+            };
             let opts = crate::storage_cmds::ImportOptions {
                 name,
                 format,
@@ -520,7 +548,17 @@ pub async fn image(cmd: ImageCmd, conn: &Conn) -> anyhow::Result<()> {
             println!("deleted {image}");
             Ok(())
         }
-        ImageCmd::Build { name, packages, cache, data_dir, force } => {
+        ImageCmd::Build { name, image_name: Some(image), local, public, packages, cache, data_dir, force } => {
+            let build = crate::image_cmds::Build { base: name, image, packages, public };
+            if local {
+                let cache =
+                    cache.unwrap_or_else(|| data_dir.unwrap_or_else(crate::daemon::default_data_dir).join("images"));
+                crate::image_cmds::build_local_and_upload(conn, build, cache, force).await
+            } else {
+                crate::image_cmds::build_in_cloud(conn, build).await
+            }
+        }
+        ImageCmd::Build { name, image_name: None, packages, cache, data_dir, force, .. } => {
             let cache =
                 cache.unwrap_or_else(|| data_dir.unwrap_or_else(crate::daemon::default_data_dir).join("images"));
             let started = Instant::now();
@@ -541,6 +579,12 @@ pub async fn image(cmd: ImageCmd, conn: &Conn) -> anyhow::Result<()> {
                 format!(" (extra packages: {})", built.extra_packages.join(", "))
             };
             println!("{} sha256:{} in {}{extras}", built.name, built.sha256, built.dir.display());
+            if !built.extra_packages.is_empty() {
+                eprintln!(
+                    "note: this build is in the local image cache only; a cloud's hosts never see it: give --name \
+                     IMAGE to build into the cloud's image registry"
+                );
+            }
             Ok(())
         }
     }

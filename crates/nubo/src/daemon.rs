@@ -76,6 +76,7 @@ async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
     config.max_policies_per_project = a.max_policies_per_project;
     config.image_quota_bytes = a.image_quota;
     config.max_image_bytes = a.max_image_size;
+    config.image_url_allow = a.image_url_allow.clone();
     config.policy.weigher = a.weigher.parse().map_err(anyhow::Error::msg)?;
     if let Some(path) = &a.ldap_config {
         let text = std::fs::read_to_string(path)

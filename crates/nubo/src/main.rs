@@ -6,6 +6,7 @@ mod cli;
 mod client_cmds;
 mod daemon;
 mod identity_cmds;
+mod image_cmds;
 mod lb_cmds;
 mod monitoring_cmds;
 mod network_cmds;

@@ -14,6 +14,7 @@ pub mod automation;
 pub mod floating_ips;
 pub mod hosts;
 pub mod identity;
+pub mod image_imports;
 pub mod images;
 pub mod instance_attributes;
 pub mod instances;
