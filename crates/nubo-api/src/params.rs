@@ -419,7 +419,7 @@ pub struct TagSet {
 }
 
 /// `POST /api/v1/images/imports`: an image the control plane fetches
-/// from a URL in the background (`nubo image import --url`).
+/// from a URL in the background (`nubo image import URL`).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageUrlImport {

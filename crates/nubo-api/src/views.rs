@@ -515,7 +515,7 @@ pub struct Image {
 /// How an image fetched from a URL or built on a host is coming along.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageJob {
-    /// `url` (`nubo image import --url`) or `build` (`nubo image build`).
+    /// `url` (`nubo image import URL`) or `build` (`nubo image build`).
     pub kind: String,
     /// The URL fetched.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,5 +1,5 @@
 -- The background work that makes a registry image: a fetch from a URL
--- (`nubo image import --url`) or a build on a host (`nubo image build`).
+-- (`nubo image import URL`) or a build on a host (`nubo image build`).
 -- One row per image while it is being made and after (its progress and
 -- what it was made from stay visible); it goes with its image.
 CREATE TABLE image_jobs (

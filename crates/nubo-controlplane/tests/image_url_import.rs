@@ -273,3 +273,51 @@ async fn a_file_over_the_quota_or_the_size_limit_ends_in_error() {
     assert!(last["error"].as_str().unwrap().contains("--max-image-size"), "{last}");
     assert!(registry_files(&t).is_empty());
 }
+
+/// The portal's image page as a signed-in browser gets it (the session
+/// cookie holds a session token).
+async fn images_page(t: &T, token: &str) -> String {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let req = axum::http::Request::builder()
+        .uri("/ui/images")
+        .header("host", "127.0.0.1:8080")
+        .header("cookie", format!("nubo_session={token}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = nubo_controlplane::app(t.ctx.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn the_portal_shows_a_fetch_under_way_and_why_one_failed() {
+    let t = T::with(|c| c.image_url_allow = vec!["127.0.0.1".into()]).await;
+    let base = serve().await;
+    let alice = t.user("alice", "a", "member").await;
+    let body = json!({"name": "fetched", "url": format!("{base}/disk.raw"), "disk_format": "raw"});
+    let v = t.ok("POST", "/api/v1/images/imports", &alice, Some(body)).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let total = disk().len();
+    let shown = loop {
+        let page = images_page(&t, &alice).await;
+        if let Some(at) = page.find("<progress class=\"image-job\" value=\"") {
+            let value: u64 = page[at + 35..].split('"').next().unwrap().parse().unwrap();
+            if value > 0 {
+                break page;
+            }
+        }
+        assert!(Instant::now() < deadline, "no progress shown: {page}");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    };
+    assert!(shown.contains(&format!("max=\"{total}\"")), "{shown}");
+    assert!(shown.contains("of 4.0 MiB") || shown.contains("of 4 MiB"), "{shown}");
+    wait(&t, &alice, &id).await;
+    // A failed fetch says why on the page.
+    let body = json!({"name": "missing", "url": format!("{base}/nothing"), "disk_format": "raw"});
+    let v = t.ok("POST", "/api/v1/images/imports", &alice, Some(body)).await;
+    wait(&t, &alice, v["id"].as_str().unwrap()).await;
+    let page = images_page(&t, &alice).await;
+    assert!(page.contains("answered HTTP 404"), "{page}");
+}

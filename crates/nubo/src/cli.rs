@@ -875,23 +875,20 @@ pub enum ImageCmd {
         filter: Vec<String>,
     },
     /// Upload a disk image (raw or qcow2) into the registry, or have the
-    /// cloud fetch one from a URL (`--url`).
+    /// cloud fetch one: give an http:// or https:// URL instead of a file.
     Import {
-        /// The file to upload (or give --url).
-        #[arg(required_unless_present = "url", conflicts_with = "url")]
-        file: Option<PathBuf>,
-        /// Have the control plane fetch the image from this http(s) URL (on a
-        /// host the operator allowed: nubo server --image-url-allow), showing
-        /// its progress until it is checked and stored.
-        #[arg(long, value_name = "URL")]
-        url: Option<String>,
-        /// The SHA-256 the fetched file must have (with --url; an upload's is
+        /// The file to upload, or the http(s) URL the control plane fetches
+        /// (on a host the operator allowed: nubo server --image-url-allow),
+        /// showing its progress until it is checked and stored.
+        #[arg(value_name = "FILE|URL")]
+        file: PathBuf,
+        /// The SHA-256 a fetched file must have (URL imports; an upload's is
         /// computed from the file).
-        #[arg(long, value_name = "HEX", requires = "url")]
+        #[arg(long, value_name = "HEX")]
         sha256: Option<String>,
-        /// The image's name (with --url: the URL's file name without its
-        /// extension, by default).
-        #[arg(long, required_unless_present = "url")]
+        /// The image's name (required for a file; for a URL, its file name
+        /// without the extension by default).
+        #[arg(long)]
         name: Option<String>,
         /// raw or qcow2 (default: what the file looks like, or the URL's
         /// extension; the server checks it).

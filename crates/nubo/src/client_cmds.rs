@@ -502,21 +502,11 @@ pub async fn host(cmd: HostCmd, conn: &Conn) -> anyhow::Result<()> {
 pub async fn image(cmd: ImageCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
         ImageCmd::List { filter } => crate::storage_cmds::list_images(conn, &filter).await,
-        ImageCmd::Import {
-            file,
-            url,
-            sha256,
-            name,
-            format,
-            min_disk,
-            min_memory,
-            public,
-            kernel_image,
-            description,
-        } => {
-            if let Some(url) = url {
+        ImageCmd::Import { file, sha256, name, format, min_disk, min_memory, public, kernel_image, description } => {
+            let source = file.to_string_lossy();
+            if source.starts_with("http://") || source.starts_with("https://") {
                 let opts = crate::image_cmds::UrlImport {
-                    url,
+                    url: source.into_owned(),
                     sha256,
                     name,
                     format,
@@ -528,8 +518,11 @@ pub async fn image(cmd: ImageCmd, conn: &Conn) -> anyhow::Result<()> {
                 };
                 return crate::image_cmds::import_url(conn, opts).await;
             }
-            let (Some(file), Some(name)) = (file, name) else {
-                anyhow::bail!("give the file to upload and --name NAME, or --url URL");
+            if sha256.is_some() {
+                anyhow::bail!("--sha256 is for imports from a URL; an upload's checksum is computed from the file");
+            }
+            let Some(name) = name else {
+                anyhow::bail!("give the image a name: nubo image import FILE --name NAME");
             };
             let opts = crate::storage_cmds::ImportOptions {
                 name,

@@ -1,4 +1,4 @@
-//! Client commands for images the cloud makes: `nubo image import --url`
+//! Client commands for images the cloud makes: `nubo image import URL`
 //! (the control plane fetches it) and `nubo image build --name` (a host
 //! builds it, or this machine does with `--local`, into the cloud's
 //! registry). Both follow the image's job until it is stored, one line a
