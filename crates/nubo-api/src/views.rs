@@ -475,7 +475,8 @@ pub struct Image {
     pub id: crate::ids::ImageId,
     pub name: String,
     /// `builtin` (each agent builds it from Debian's packages), `import`
-    /// (uploaded) or `snapshot` (taken from an instance's root disk).
+    /// (uploaded, or fetched from a URL), `snapshot` (taken from an
+    /// instance's root disk) or `build` (built by a host of the cloud).
     pub source: String,
     pub state: ImageState,
     /// `public` (every project) or `project` (its own project only).

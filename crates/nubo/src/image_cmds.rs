@@ -1,8 +1,8 @@
 //! Client commands for images the cloud makes: `nubo image import URL`
 //! (the control plane fetches it) and `nubo image build --name` (a host
 //! builds it, or this machine does with `--local`, into the cloud's
-//! registry). Both follow the image's job until it is stored, one line a
-//! second on stderr, and fail with the image's own error.
+//! registry). Both follow the image's job until it is stored, a line on
+//! stderr each second something changed, and fail with the image's own error.
 
 use crate::cli::Conn;
 use crate::client_cmds::client;
@@ -81,12 +81,30 @@ fn progress_line(i: &Image) -> String {
     line
 }
 
+/// What made an image and how far it came, for `nubo image show`.
+pub fn job_summary(job: &nubo_api::views::ImageJob) -> String {
+    let what = match (&job.url, &job.base) {
+        (Some(url), _) => format!("fetch of {url}"),
+        (None, Some(base)) if job.packages.is_empty() => format!("build of {base}"),
+        (None, Some(base)) => format!("build of {base} with {}", job.packages.join(", ")),
+        _ => job.kind.clone(),
+    };
+    let bytes = match job.bytes_total {
+        Some(total) => format!("; {} of {}", human_bytes(job.bytes_done), human_bytes(total)),
+        None => String::new(),
+    };
+    let host = job.host.as_ref().map(|h| format!(" on {h}")).unwrap_or_default();
+    format!("{what}{host}{bytes}")
+}
+
 /// Follows an image until it leaves `saving`, a line a second on stderr;
 /// the stored image, or its error.
 async fn follow(conn: &Conn, image: Image) -> anyhow::Result<Image> {
     let c = client(conn)?;
     let started = Instant::now();
     let mut image = image;
+    // A line a second while something changes (a build's step can last minutes).
+    let mut last = String::new();
     loop {
         match image.state {
             ImageState::Active => {
@@ -107,7 +125,13 @@ async fn follow(conn: &Conn, image: Image) -> anyhow::Result<Image> {
                     image.error.as_deref().unwrap_or("no reason given")
                 )
             }
-            _ => eprintln!("[{:>6.1}s] {}", started.elapsed().as_secs_f64(), progress_line(&image)),
+            _ => {
+                let line = progress_line(&image);
+                if line != last {
+                    eprintln!("[{:>6.1}s] {line}", started.elapsed().as_secs_f64());
+                    last = line;
+                }
+            }
         }
         if started.elapsed() > FOLLOW_LIMIT {
             anyhow::bail!(
