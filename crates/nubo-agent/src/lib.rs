@@ -12,6 +12,7 @@
 
 pub mod balancers;
 pub mod blobs;
+pub mod builds;
 pub mod capacity;
 mod cdrom;
 pub mod checks;
@@ -172,6 +173,11 @@ impl Agent {
             tracing::info!(name = %self.config.name, accel = %self.accel, "agent registered");
             let (tx, rx) = tokio::sync::watch::channel::<Option<DesiredState>>(None);
             let watcher = tokio::spawn(watch_desired(client.clone(), self.host_id.clone(), tx).in_current_span());
+            // Image builds for the cloud (`builds`): real hosts only (a
+            // simulated one has nothing to build images with).
+            let builder = (self.hypervisor.name() == "qemu").then(|| {
+                tokio::spawn(builds::run(client.clone(), self.config.data_dir.join("image-builds")).in_current_span())
+            });
             let reconciler = reconcile::Reconciler::new(
                 self.host_id.clone(),
                 client,
@@ -183,6 +189,9 @@ impl Agent {
             let registration = self.registration();
             let result = reconciler.run(rx, registration).await;
             watcher.abort();
+            if let Some(b) = builder {
+                b.abort();
+            }
             result
         }
         .instrument(span)

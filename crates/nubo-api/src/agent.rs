@@ -711,3 +711,24 @@ mod dns_label_tests {
         }
     }
 }
+
+/// An image build a host took (`POST /api/v1/agent/hosts/{id}/image-builds`):
+/// build `base` with `packages`, then upload the disk to the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImageBuildJob {
+    pub image_id: crate::ids::ImageId,
+    pub base: String,
+    #[serde(default)]
+    pub packages: Vec<String>,
+}
+
+/// A host's word on a build it runs: a step done (`status`), or its end
+/// in failure (`error`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageBuildReport {
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+}

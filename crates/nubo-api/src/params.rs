@@ -494,3 +494,51 @@ pub struct VolumeRevert {
     /// The snapshot (`snap-...`), one of this volume's.
     pub snapshot: String,
 }
+
+/// `POST /api/v1/images/imports`: an image the control plane fetches
+/// from a URL in the background (`nubo image import URL`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageUrlImport {
+    /// 1-128 letters, digits, `-`, `_` or `.`, not starting with `.`; unique in the project.
+    pub name: String,
+    /// An http:// or https:// URL on a host the operator allowed (`nubo server --image-url-allow`).
+    pub url: String,
+    /// `raw` or `qcow2`: checked against the file's content.
+    pub disk_format: String,
+    /// Expected SHA-256 (hex) of the file; the image fails, and nothing is stored, if it differs.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub min_disk_gib: Option<u64>,
+    #[serde(default)]
+    pub min_memory_mib: Option<u64>,
+    /// `project` (the default) or `public` (operators only).
+    #[serde(default)]
+    pub visibility: Option<String>,
+    /// Boot with this builtin image's kernel, initrd and command line; without it the firmware boots the disk.
+    #[serde(default)]
+    pub kernel_image: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `POST /api/v1/images/builds`: an image a host builds from a builtin one
+/// with extra packages, into the cloud's registry (`nubo image build`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageBuildCreate {
+    /// The registry image's name (a project image of a builtin's name,
+    /// e.g. `debian`, is what the project's instances of that name boot).
+    pub name: String,
+    /// The builtin image to build on (`debian`).
+    pub base: String,
+    /// Extra Debian packages, e.g. `["nginx"]`.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// `project` (the default) or `public` (operators only).
+    #[serde(default)]
+    pub visibility: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}

@@ -490,7 +490,8 @@ pub struct Image {
     pub id: crate::ids::ImageId,
     pub name: String,
     /// `builtin` (each agent builds it from Debian's packages), `import`
-    /// (uploaded) or `snapshot` (taken from an instance's root disk).
+    /// (uploaded, or fetched from a URL), `snapshot` (taken from an
+    /// instance's root disk) or `build` (built by a host of the cloud).
     pub source: String,
     pub state: ImageState,
     /// `public` (every project) or `project` (its own project only).
@@ -524,6 +525,34 @@ pub struct Image {
     /// What instances of it need: firmware, Secure Boot, TPM, display.
     #[serde(default)]
     pub hardware: crate::hardware::Hardware,
+    /// The background work that makes it (a fetch from a URL, or a build
+    /// on a host), with its progress; none for uploads and snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<ImageJob>,
+}
+
+/// How an image fetched from a URL or built on a host is coming along.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImageJob {
+    /// `url` (`nubo image import URL`) or `build` (`nubo image build`).
+    pub kind: String,
+    /// The URL fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The builtin image built on, and the packages added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
+    /// The host doing the build, once one took it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The last step the host reported (a build's progress in words).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Bytes received so far, of `bytes_total` (unknown until the sender says).
+    pub bytes_done: u64,
+    pub bytes_total: Option<u64>,
 }
 
 crate::state_enum! {

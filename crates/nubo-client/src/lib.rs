@@ -493,6 +493,17 @@ impl Client {
         self.put(&format!("/api/v1/images/{}/hardware", path_segment(key)), p).await
     }
 
+    /// Imports an image from a URL: the control plane fetches it in the
+    /// background (the image's `job` shows the progress).
+    pub async fn import_image_url(&self, p: &nubo_api::params::ImageUrlImport) -> Result<Image, ClientError> {
+        self.post("/api/v1/images/imports", p).await
+    }
+
+    /// Asks the cloud to build an image (a host builds it into the registry).
+    pub async fn build_image(&self, p: &nubo_api::params::ImageBuildCreate) -> Result<Image, ClientError> {
+        self.post("/api/v1/images/builds", p).await
+    }
+
     pub async fn delete_image(&self, key: &str) -> Result<(), ClientError> {
         self.delete(&format!("/api/v1/images/{}", path_segment(key))).await
     }
@@ -1106,6 +1117,37 @@ impl Client {
         sha256: &str,
     ) -> Result<Image, ClientError> {
         let url = format!("{}/api/v1/agent/images/{id}/file?size_bytes={size_bytes}&sha256={sha256}", self.base_url());
+        let body = file_body(file, |_| {})
+            .await
+            .map_err(|e| ClientError::File { path: file.display().to_string(), detail: e.to_string() })?;
+        self.send(self.http.put(&url).timeout(FILE_TIMEOUT).body(body), &url).await
+    }
+
+    /// Takes an image build to run on this host (the one it took and has
+    /// not finished, else the oldest waiting); `None` when none waits.
+    pub async fn claim_image_build(&self) -> Result<Option<nubo_api::agent::ImageBuildJob>, ClientError> {
+        self.post("/api/v1/agent/image-builds", &serde_json::json!({})).await
+    }
+
+    /// Reports a step of a build this host runs, or its failure.
+    pub async fn report_image_build(
+        &self,
+        id: &nubo_api::ids::ImageId,
+        r: &nubo_api::agent::ImageBuildReport,
+    ) -> Result<(), ClientError> {
+        self.post(&format!("/api/v1/agent/image-builds/{id}"), r).await
+    }
+
+    /// Uploads the disk of an image this host built.
+    pub async fn upload_image_build(
+        &self,
+        id: &nubo_api::ids::ImageId,
+        file: &Path,
+        size_bytes: u64,
+        sha256: &str,
+    ) -> Result<Image, ClientError> {
+        let url =
+            format!("{}/api/v1/agent/image-builds/{id}/file?size_bytes={size_bytes}&sha256={sha256}", self.base_url());
         let body = file_body(file, |_| {})
             .await
             .map_err(|e| ClientError::File { path: file.display().to_string(), detail: e.to_string() })?;

@@ -24,6 +24,8 @@ pub mod floating_ips;
 pub mod groups;
 pub mod hardware;
 pub mod identity;
+pub mod image_jobs;
+pub mod image_urls;
 pub mod images;
 pub mod instance_attributes;
 pub mod instance_batch;
@@ -140,6 +142,10 @@ pub struct Config {
     /// `scripts/web-assets.sh` installs them: served under `/ui/vendor/`.
     /// `None`: `DATA_DIR/web`.
     pub web_assets: Option<PathBuf>,
+    /// Hosts images may be imported from by URL (`--image-url-allow`):
+    /// an exact host, `.example.com` for its subdomains, or `*` for any
+    /// public host. Empty: no URL imports. See `image_urls`.
+    pub image_url_allow: Vec<String>,
 }
 
 impl Config {
@@ -179,6 +185,7 @@ impl Config {
             tls_ca: None,
             log_statements: false,
             web_assets: None,
+            image_url_allow: Vec::new(),
         }
     }
 }

@@ -382,6 +382,13 @@ pub struct ServerArgs {
     /// the source tree); served under /ui/vendor/. Default: DATA_DIR/web.
     #[arg(long, env = "NUBO_WEB_ASSETS", value_name = "DIR")]
     pub web_assets: Option<PathBuf>,
+    /// Let users import images from URLs on this host (repeatable): an
+    /// exact host name or address (`images.example.com`, `10.0.0.5`), a
+    /// domain's subdomains (`.example.com`), or `*` for any host. Loopback,
+    /// private and link-local addresses are fetched from only when listed
+    /// exactly. Without it, URL imports are refused.
+    #[arg(long = "image-url-allow", value_name = "HOST")]
+    pub image_url_allow: Vec<String>,
 }
 
 /// An address (one host) or a CIDR.
@@ -953,13 +960,25 @@ pub enum ImageCmd {
         #[arg(long = "filter", value_name = "tag:KEY[=VALUE]")]
         filter: Vec<String>,
     },
-    /// Upload a disk image (raw or qcow2) into the registry.
+    /// Upload a disk image (raw or qcow2) into the registry, or have the
+    /// cloud fetch one: give an http:// or https:// URL instead of a file.
     Import {
+        /// The file to upload, or the http(s) URL the control plane fetches
+        /// (on a host the operator allowed: nubo server --image-url-allow),
+        /// showing its progress until it is checked and stored.
+        #[arg(value_name = "FILE|URL")]
         file: PathBuf,
+        /// The SHA-256 a fetched file must have (URL imports; an upload's is
+        /// computed from the file).
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
+        /// The image's name (required for a file; for a URL, its file name
+        /// without the extension by default).
         #[arg(long)]
-        name: String,
-        /// raw or qcow2 (default: what the file looks like; the server
-        /// checks it), or iso: a CD image for `nubo instance run --cdrom`.
+        name: Option<String>,
+        /// raw or qcow2 (default: what the file looks like, or the URL's
+        /// extension; the server checks it), or iso: a CD image for
+        /// `nubo instance run --cdrom`.
         #[arg(long, value_parser = ["raw", "qcow2", "iso"])]
         format: Option<String>,
         /// Smallest root disk in GiB instances of it get (at least its virtual size).
@@ -990,9 +1009,24 @@ pub enum ImageCmd {
     Show { image: String },
     /// Delete an image (refused while instances use it or snapshots came from it).
     Delete { image: String },
-    /// Build a builtin image (tiny, debian) into the local image cache.
+    /// Build an image. With --name, the cloud builds it (a host builds
+    /// `debian` with the packages and uploads it into the registry, where
+    /// every host fetches it) and the progress shows until it is stored.
+    /// Without --name, a builtin image (tiny, debian) is built into the
+    /// local image cache, which only this machine's agents see.
     Build {
         name: String,
+        /// Register the build in the cloud's image registry under this name
+        /// (e.g. web-base; `debian` makes it the project's own `debian`).
+        #[arg(long = "name", value_name = "IMAGE")]
+        image_name: Option<String>,
+        /// With --name: build on this machine, then upload the result to
+        /// the cloud, instead of having a host build it.
+        #[arg(long, requires = "image_name")]
+        local: bool,
+        /// With --name: visible to every project (operators only).
+        #[arg(long, requires = "image_name")]
+        public: bool,
         /// Extra Debian packages for the `debian` image (comma-separated, repeatable),
         /// e.g. `--packages nginx,curl`. The build is still the image `debian`.
         #[arg(long = "packages", value_delimiter = ',', value_name = "PKG[,PKG...]")]

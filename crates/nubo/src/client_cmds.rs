@@ -568,7 +568,33 @@ pub async fn host(cmd: HostCmd, conn: &Conn) -> anyhow::Result<()> {
 pub async fn image(cmd: ImageCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
         ImageCmd::List { filter } => crate::storage_cmds::list_images(conn, &filter).await,
-        ImageCmd::Import { file, name, format, min_disk, min_memory, public, kernel_image, description, hardware } => {
+        ImageCmd::Import { file, sha256, name, format, min_disk, min_memory, public, kernel_image, description, hardware } => {
+            let source = file.to_string_lossy();
+            if source.starts_with("http://") || source.starts_with("https://") {
+                if hardware.request() != nubo_api::hardware::HardwareRequest::default() {
+                    anyhow::bail!(
+                        "a URL import takes no hardware flags yet: import it, then set them with `nubo image hardware NAME --firmware ...`"
+                    );
+                }
+                let opts = crate::image_cmds::UrlImport {
+                    url: source.into_owned(),
+                    sha256,
+                    name,
+                    format,
+                    min_disk,
+                    min_memory,
+                    public,
+                    kernel_image,
+                    description,
+                };
+                return crate::image_cmds::import_url(conn, opts).await;
+            }
+            if sha256.is_some() {
+                anyhow::bail!("--sha256 is for imports from a URL; an upload's checksum is computed from the file");
+            }
+            let Some(name) = name else {
+                anyhow::bail!("give the image a name: nubo image import FILE --name NAME");
+            };
             let opts = crate::storage_cmds::ImportOptions {
                 name,
                 format,
@@ -591,7 +617,17 @@ pub async fn image(cmd: ImageCmd, conn: &Conn) -> anyhow::Result<()> {
             println!("deleted {image}");
             Ok(())
         }
-        ImageCmd::Build { name, packages, cache, data_dir, force } => {
+        ImageCmd::Build { name, image_name: Some(image), local, public, packages, cache, data_dir, force } => {
+            let build = crate::image_cmds::Build { base: name, image, packages, public };
+            if local {
+                let cache =
+                    cache.unwrap_or_else(|| data_dir.unwrap_or_else(crate::daemon::default_data_dir).join("images"));
+                crate::image_cmds::build_local_and_upload(conn, build, cache, force).await
+            } else {
+                crate::image_cmds::build_in_cloud(conn, build).await
+            }
+        }
+        ImageCmd::Build { name, image_name: None, packages, cache, data_dir, force, .. } => {
             let cache =
                 cache.unwrap_or_else(|| data_dir.unwrap_or_else(crate::daemon::default_data_dir).join("images"));
             let started = Instant::now();
@@ -612,6 +648,12 @@ pub async fn image(cmd: ImageCmd, conn: &Conn) -> anyhow::Result<()> {
                 format!(" (extra packages: {})", built.extra_packages.join(", "))
             };
             println!("{} sha256:{} in {}{extras}", built.name, built.sha256, built.dir.display());
+            if !built.extra_packages.is_empty() {
+                eprintln!(
+                    "note: this build is in the local image cache only; a cloud's hosts never see it: give --name \
+                     IMAGE to build into the cloud's image registry"
+                );
+            }
             Ok(())
         }
     }

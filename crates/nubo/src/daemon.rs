@@ -77,6 +77,7 @@ async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
     config.image_quota_bytes = a.image_quota;
     config.max_image_bytes = a.max_image_size;
     config.web_assets = a.web_assets.clone();
+    config.image_url_allow = a.image_url_allow.clone();
     config.policy.weigher = a.weigher.parse().map_err(anyhow::Error::msg)?;
     if let Some(path) = &a.ldap_config {
         let text = std::fs::read_to_string(path)

@@ -8,6 +8,7 @@ mod console_cmds;
 mod daemon;
 mod hardware_cmds;
 mod identity_cmds;
+mod image_cmds;
 mod lb_cmds;
 mod monitoring_cmds;
 mod network_cmds;

@@ -150,6 +150,7 @@ fn print_image(i: &Image) {
         ("instance", i.source_instance.as_ref().map(|p| p.to_string()).unwrap_or_default()),
         ("description", i.description.clone()),
         ("error", i.error.clone().unwrap_or_default()),
+        ("job", i.job.as_ref().map(crate::image_cmds::job_summary).unwrap_or_default()),
     ];
     for (k, v) in rows {
         println!("{k:<13} {v}");

@@ -173,3 +173,85 @@ pub async fn agent_capture(
 ) -> AppResult<Json<Image>> {
     Ok(Json(app::capture(&ctx, &host, &id, q.size_bytes, &q.sha256, reader(body)).await?))
 }
+
+// ---- images the cloud fetches ----
+
+/// Import an image from a URL: the control plane fetches it in the
+/// background (the image is `saving`; its `job` says how many bytes
+/// arrived of how many), checks it as it checks an upload, and the image
+/// becomes `active`, or `error` with the reason (a checksum mismatch, a
+/// refused file, a server that failed), with nothing stored. The URL's
+/// host must be one the operator allowed (`nubo server --image-url-allow`),
+/// and never an internal address unless allowed exactly.
+#[utoipa::path(post, path = "/api/v1/images/imports", tag = "images", operation_id = "import_image_url",
+    request_body = nubo_api::params::ImageUrlImport,
+    responses((status = 202, body = Image), (status = 400, description = "a bad or refused URL, name or format", body = nubo_api::error::ErrorBody),
+        (status = 403, body = nubo_api::error::ErrorBody),
+        (status = 409, description = "the project already has an image by that name", body = nubo_api::error::ErrorBody)))]
+pub async fn import_url(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    ApiJson(p): ApiJson<nubo_api::params::ImageUrlImport>,
+) -> AppResult<(StatusCode, Json<Image>)> {
+    Ok((StatusCode::ACCEPTED, Json(crate::app::image_imports::import_url(&ctx, &caller, &p).await?)))
+}
+
+/// Build an image in the cloud: a host builds `base` (`debian`) with the
+/// extra `packages` and uploads the disk into the registry under `name`;
+/// every host then fetches it like an imported image. The image is
+/// `saving` meanwhile; its `job` says which host took the build, its last
+/// step and the upload's progress.
+#[utoipa::path(post, path = "/api/v1/images/builds", tag = "images", operation_id = "build_image",
+    request_body = nubo_api::params::ImageBuildCreate,
+    responses((status = 202, body = Image), (status = 400, body = nubo_api::error::ErrorBody),
+        (status = 403, body = nubo_api::error::ErrorBody),
+        (status = 409, description = "the project already has an image by that name", body = nubo_api::error::ErrorBody)))]
+pub async fn build(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    ApiJson(p): ApiJson<nubo_api::params::ImageBuildCreate>,
+) -> AppResult<(StatusCode, Json<Image>)> {
+    Ok((StatusCode::ACCEPTED, Json(crate::app::image_imports::create_build(&ctx, &caller, &p).await?)))
+}
+
+/// A host asks for an image build to run: the one it took and has not
+/// finished, else the oldest nobody took (now its); 204 when none waits.
+#[utoipa::path(post, path = "/api/v1/agent/image-builds", tag = "agent", operation_id = "agent_claim_image_build",
+    responses((status = 200, body = nubo_api::agent::ImageBuildJob), (status = 204, description = "no build waits")))]
+pub async fn agent_claim_build(host: HostCaller, State(ctx): State<Arc<Ctx>>) -> AppResult<Response> {
+    Ok(match crate::app::image_imports::claim_build(&ctx, &host).await? {
+        Some(job) => Json(job).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+/// The host running a build reports a step, or its failure.
+#[utoipa::path(post, path = "/api/v1/agent/image-builds/{id}", tag = "agent", operation_id = "agent_report_image_build",
+    params(("id" = String, Path, description = "image id")), request_body = nubo_api::agent::ImageBuildReport,
+    responses((status = 204), (status = 403, body = nubo_api::error::ErrorBody), (status = 404, body = nubo_api::error::ErrorBody),
+        (status = 409, body = nubo_api::error::ErrorBody)))]
+pub async fn agent_report_build(
+    host: HostCaller,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<nubo_api::agent::ImageBuildReport>,
+) -> AppResult<StatusCode> {
+    crate::app::image_imports::report_build(&ctx, &host, &id, &r).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The host that built an image uploads its disk (a qcow2).
+#[utoipa::path(put, path = "/api/v1/agent/image-builds/{id}/file", tag = "agent", operation_id = "agent_upload_image_build",
+    params(("id" = String, Path, description = "image id"), CaptureQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, body = Image), (status = 400, body = nubo_api::error::ErrorBody),
+        (status = 403, body = nubo_api::error::ErrorBody), (status = 409, body = nubo_api::error::ErrorBody)))]
+pub async fn agent_upload_build(
+    host: HostCaller,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<CaptureQuery>,
+    body: Body,
+) -> AppResult<Json<Image>> {
+    Ok(Json(crate::app::image_imports::upload_build(&ctx, &host, &id, q.size_bytes, &q.sha256, reader(body)).await?))
+}

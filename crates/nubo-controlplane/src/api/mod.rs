@@ -84,6 +84,8 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(images::show, images::delete))
         .routes(routes!(images::snapshot_instance))
         .routes(routes!(images::set_hardware))
+        .routes(routes!(images::import_url))
+        .routes(routes!(images::build))
         .routes(routes!(networks::list, networks::create))
         .routes(routes!(networks::show, networks::delete))
         .routes(routes!(floating_ips::list, floating_ips::allocate))
@@ -166,6 +168,8 @@ fn agent_routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(monitoring::host_checks, monitoring::check_results))
         .routes(routes!(migrations::ready))
         .routes(routes!(migrations::done))
+        .routes(routes!(images::agent_claim_build))
+        .routes(routes!(images::agent_report_build))
 }
 
 /// User routes whose bodies are image files: streamed, with their own
@@ -176,7 +180,9 @@ fn file_routes() -> OpenApiRouter<Arc<Ctx>> {
 
 /// The agent's image-file routes (download to a host, upload a capture).
 fn agent_file_routes() -> OpenApiRouter<Arc<Ctx>> {
-    OpenApiRouter::new().routes(routes!(images::agent_download, images::agent_capture))
+    OpenApiRouter::new()
+        .routes(routes!(images::agent_download, images::agent_capture))
+        .routes(routes!(images::agent_upload_build))
 }
 
 /// The user API's OpenAPI document, exactly as served.

@@ -54,6 +54,8 @@ pub fn view(projects: &HashMap<String, String>, r: ImageRow) -> AppResult<Image>
         // Filled by `app::tags::fill` where a view is answered.
         tags: Default::default(),
         hardware: crate::hardware::parse(r.hardware.as_deref()),
+        // Filled by `with_jobs` where a view is answered.
+        job: None,
     })
 }
 
@@ -61,9 +63,23 @@ async fn project_names(ctx: &Ctx) -> AppResult<HashMap<String, String>> {
     Ok(ctx.store.projects().await?.into_iter().map(|p| (p.id, p.name)).collect())
 }
 
-/// The view of one image row.
+/// The view of one image row, with its job's progress (if it has a job).
 pub async fn view_one(ctx: &Ctx, r: ImageRow) -> AppResult<Image> {
-    view(&project_names(ctx).await?, r)
+    let mut image = view(&project_names(ctx).await?, r)?;
+    image.job = ctx.store.image_job(image.id.as_str()).await?.map(|j| j.view());
+    Ok(image)
+}
+
+/// Views with their jobs' progress filled in.
+async fn with_jobs(ctx: &Ctx, mut images: Vec<Image>) -> AppResult<Vec<Image>> {
+    let jobs: HashMap<String, crate::image_jobs::ImageJobRow> =
+        ctx.store.image_jobs().await?.into_iter().map(|j| (j.image_id.clone(), j)).collect();
+    if !jobs.is_empty() {
+        for image in &mut images {
+            image.job = jobs.get(image.id.as_str()).map(|j| j.view());
+        }
+    }
+    Ok(images)
 }
 
 /// An image (by id or name) the caller may see; `access` Write also needs
@@ -87,7 +103,7 @@ pub async fn load(ctx: &Ctx, caller: &Caller, key: &str, access: Access) -> AppR
 pub async fn list(ctx: &Arc<Ctx>, caller: &Caller) -> AppResult<Vec<Image>> {
     let names = project_names(ctx).await?;
     let rows = ctx.store.images_visible(authz::shared_list_scope(caller).as_deref()).await?;
-    rows.into_iter().map(|r| view(&names, r)).collect()
+    with_jobs(ctx, rows.into_iter().map(|r| view(&names, r)).collect::<AppResult<_>>()?).await
 }
 
 /// An image the caller may see, by id (`ami-...`) or name.
@@ -96,24 +112,41 @@ pub async fn show(ctx: &Arc<Ctx>, caller: &Caller, key: &str) -> AppResult<Image
     view_one(ctx, row).await
 }
 
-/// Registers an image (`queued`), counted against the project's image
-/// quota at its declared size; its file is uploaded next (`upload`).
-pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &ImageCreate) -> AppResult<Image> {
+/// What an image's registration asks for, whichever way its file comes
+/// (an upload, a URL).
+pub(crate) struct Registration<'a> {
+    pub name: &'a str,
+    pub disk_format: &'a str,
+    pub sha256: Option<&'a str>,
+    pub min_disk_gib: Option<u64>,
+    pub min_memory_mib: Option<u64>,
+    pub visibility: Option<&'a str>,
+    pub kernel_image: Option<&'a str>,
+    pub description: Option<&'a str>,
+}
+
+/// A registration as checked: the project it goes to and its settings.
+pub(crate) struct Checked {
+    pub project: String,
+    pub format: DiskFormat,
+    pub visibility: &'static str,
+    pub min_disk_gib: u64,
+    pub min_memory_mib: u64,
+    pub description: String,
+}
+
+/// Checks what every registration asks (who may, name, format, checksum,
+/// visibility, kernel, minimums, description).
+pub(crate) fn check_registration(caller: &Caller, p: &Registration<'_>) -> AppResult<Checked> {
     let project = authz::creation_project(caller)?;
-    check_image_name(&p.name)?;
+    check_image_name(p.name)?;
     let format: DiskFormat = p.disk_format.parse().map_err(|e| AppError::BadRequest(format!("disk_format: {e}")))?;
-    if p.size_bytes == 0 || p.size_bytes > ctx.config.max_image_bytes {
-        return Err(AppError::BadRequest(format!(
-            "size_bytes must be between 1 and {} (the largest image this cloud accepts), got {}",
-            ctx.config.max_image_bytes, p.size_bytes
-        )));
-    }
-    if let Some(sha) = &p.sha256 {
+    if let Some(sha) = p.sha256 {
         if !crate::registry::is_sha256(sha) {
             return Err(AppError::BadRequest("sha256 must be 64 lowercase hex digits (`sha256sum FILE`)".into()));
         }
     }
-    let visibility = match p.visibility.as_deref() {
+    let visibility = match p.visibility {
         None | Some("project") => "project",
         Some("public") => {
             authz::require_admin(caller).map_err(|_| {
@@ -128,8 +161,8 @@ pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &ImageCreate) -> AppResu
             )))
         }
     };
-    if let Some(k) = &p.kernel_image {
-        if !crate::BUILTIN_IMAGES.iter().any(|(n, _)| n == k) {
+    if let Some(k) = p.kernel_image {
+        if !crate::BUILTIN_IMAGES.iter().any(|(n, _)| *n == k) {
             let known: Vec<&str> = crate::BUILTIN_IMAGES.iter().map(|(n, _)| *n).collect();
             return Err(AppError::BadRequest(format!(
                 "kernel_image '{}' is not a builtin image; use one of: {}",
@@ -146,9 +179,41 @@ pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &ImageCreate) -> AppResu
     if min_memory_mib > crate::validate::MAX_MEMORY_MIB {
         return Err(AppError::BadRequest(format!("min_memory_mib is at most {}", crate::validate::MAX_MEMORY_MIB)));
     }
-    let description = p.description.clone().unwrap_or_default();
+    let description = p.description.unwrap_or_default().to_string();
     if description.len() > 1024 {
         return Err(AppError::BadRequest("description is at most 1024 bytes".into()));
+    }
+    Ok(Checked { project, format, visibility, min_disk_gib, min_memory_mib, description })
+}
+
+/// The refusal of a second image of one name in a project.
+pub(crate) fn name_taken(name: &str) -> AppError {
+    AppError::Conflict(format!(
+        "this project already has an image named '{name}': pick another name, or delete that one first"
+    ))
+}
+
+/// Registers an image (`queued`), counted against the project's image
+/// quota at its declared size; its file is uploaded next (`upload`).
+pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &ImageCreate) -> AppResult<Image> {
+    let Checked { project, format, visibility, min_disk_gib, min_memory_mib, description } = check_registration(
+        caller,
+        &Registration {
+            name: &p.name,
+            disk_format: &p.disk_format,
+            sha256: p.sha256.as_deref(),
+            min_disk_gib: p.min_disk_gib,
+            min_memory_mib: p.min_memory_mib,
+            visibility: p.visibility.as_deref(),
+            kernel_image: p.kernel_image.as_deref(),
+            description: p.description.as_deref(),
+        },
+    )?;
+    if p.size_bytes == 0 || p.size_bytes > ctx.config.max_image_bytes {
+        return Err(AppError::BadRequest(format!(
+            "size_bytes must be between 1 and {} (the largest image this cloud accepts), got {}",
+            ctx.config.max_image_bytes, p.size_bytes
+        )));
     }
     let hardware = super::hardware::for_new_image(&p.hardware)?;
     let id = ImageId::generate();
@@ -176,10 +241,7 @@ pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &ImageCreate) -> AppResu
         .await?
         .map_err(|usage| over_quota(caller, &p.name, usage))?;
     if !inserted {
-        return Err(AppError::Conflict(format!(
-            "this project already has an image named '{}': pick another name, or delete that one first",
-            p.name
-        )));
+        return Err(name_taken(&p.name));
     }
     // Set before the file arrives, so the image is never bootable without it.
     if hardware != nubo_api::hardware::Hardware::default() {
@@ -195,7 +257,7 @@ pub async fn create(ctx: &Arc<Ctx>, caller: &Caller, p: &ImageCreate) -> AppResu
 }
 
 /// Bytes as people read them.
-fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     match bytes {
         b if b >= GIB => format!("{:.1} GiB", b as f64 / GIB as f64),
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
@@ -204,7 +266,7 @@ fn human(bytes: u64) -> String {
 }
 
 /// The refusal of an image that does not fit the project's image quota.
-fn over_quota(caller: &Caller, name: &str, u: ImageQuotaUsage) -> AppError {
+pub(crate) fn over_quota(caller: &Caller, name: &str, u: ImageQuotaUsage) -> AppError {
     let project = caller.project_id.clone().unwrap_or_default();
     tracing::info!(%project, image = %name, used = u.used, needed = u.needed, quota = u.quota, "image refused: over the image quota");
     AppError::QuotaExceeded(format!(
@@ -228,7 +290,7 @@ fn upload_error(e: RegistryError) -> AppError {
 
 /// Marks an image whose file the registry stored `active`, with the file's
 /// checksum and sizes (its minimum disk at least its virtual size).
-async fn activate(ctx: &Ctx, row: &ImageRow, stored: &crate::registry::Stored) -> AppResult<()> {
+pub(crate) async fn activate(ctx: &Ctx, row: &ImageRow, stored: &crate::registry::Stored) -> AppResult<()> {
     let min_disk = (row.min_disk_gib as u64).max(stored.virtual_size.div_ceil(GIB));
     ctx.store.activate_image(&row.id, &stored.sha256, stored.size, stored.virtual_size, min_disk).await?;
     Ok(())

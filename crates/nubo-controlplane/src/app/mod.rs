@@ -18,6 +18,7 @@ pub mod floating_ips;
 pub mod hardware;
 pub mod hosts;
 pub mod identity;
+pub mod image_imports;
 pub mod images;
 pub mod instance_attributes;
 pub mod instances;

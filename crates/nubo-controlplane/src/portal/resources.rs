@@ -347,6 +347,7 @@ async fn images(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
     let list = app::images::list(&ctx, &s.caller).await?;
     let body = html! {
         p.muted { "Import an image with " code { "nubo image import FILE --name NAME" } " (raw or qcow2); it is checked before it can boot." }
+        p.muted { "Or have the cloud fetch one, " code { "nubo image import URL --sha256 HEX" } ", or build one, " code { "nubo image build debian --packages nginx --name web-base" } "; their progress shows here." }
         table.list {
             thead { tr { th { "Name" } th { "Source" } th { "State" } th { "Visibility" } th { "Format" } th { "Size" } th { "Hardware" } th { "Description" } } }
             tbody {
@@ -354,7 +355,7 @@ async fn images(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
                     tr {
                         td { (i.name) br; small.mono { (i.id.as_str()) } }
                         td { (i.source) }
-                        td { (badge(i.state.as_str())) }
+                        td { (badge(i.state.as_str())) (image_job(i)) }
                         td { (i.visibility) }
                         td { (i.disk_format.as_deref().unwrap_or("-")) }
                         td { (i.size_bytes.map(|b| html::bytes(b as f64)).unwrap_or_else(|| "-".into())) }
@@ -366,6 +367,27 @@ async fn images(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
         }
     };
     html::page(&ctx, &s, "Images", Nav::Images, body).await
+}
+
+/// How an image being fetched or built is coming along (its job's step
+/// and bytes), and why a failed one failed.
+fn image_job(i: &nubo_api::views::Image) -> maud::Markup {
+    let saving = i.state == nubo_api::views::ImageState::Saving;
+    html! {
+        @if let Some(job) = i.job.as_ref().filter(|_| saving) {
+            @if let Some(status) = &job.status { br; small.image-job { (status) } }
+            @if let Some(total) = job.bytes_total.filter(|t| *t > 0) {
+                br;
+                progress.image-job value=(job.bytes_done) max=(total) {}
+                " "
+                small.image-job {
+                    (format!("{:.0}%", job.bytes_done as f64 * 100.0 / total as f64)) " · "
+                    (html::bytes(job.bytes_done as f64)) " of " (html::bytes(total as f64))
+                }
+            }
+        }
+        @if let Some(e) = &i.error { br; small.error { (e) } }
+    }
 }
 
 // ---- key pairs ----
