@@ -568,7 +568,18 @@ pub async fn host(cmd: HostCmd, conn: &Conn) -> anyhow::Result<()> {
 pub async fn image(cmd: ImageCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
         ImageCmd::List { filter } => crate::storage_cmds::list_images(conn, &filter).await,
-        ImageCmd::Import { file, sha256, name, format, min_disk, min_memory, public, kernel_image, description, hardware } => {
+        ImageCmd::Import {
+            file,
+            sha256,
+            name,
+            format,
+            min_disk,
+            min_memory,
+            public,
+            kernel_image,
+            description,
+            hardware,
+        } => {
             let source = file.to_string_lossy();
             if source.starts_with("http://") || source.starts_with("https://") {
                 if hardware.request() != nubo_api::hardware::HardwareRequest::default() {

@@ -5,7 +5,10 @@
 //! but what they type never reaches the guest; and the portal's console
 //! page in headless Chromium, typing into xterm.js. And the graphical
 //! console's relay, through the real agent, to a fake VNC server on the
-//! VM's `vnc.sock`, admitted once by its ticket.
+//! VM's `vnc.sock`, admitted once by its ticket. And the graphical console
+//! of a VM with a display, in noVNC: the guest's screen in the page (a
+//! screenshot, kept in docs/screenshots/ with NUBO_UPDATE_SCREENSHOTS=1)
+//! and keys typed there reaching the guest.
 //!
 //! Needs tmux, Debian's chromium and chromium-driver, and the portal's
 //! browser libraries in .cache/web (scripts/install-deps.sh installs all
@@ -304,5 +307,99 @@ async fn typing_into_the_serial_console_from_the_cli_and_the_portal() {
     .await;
     assert!(rows.contains("echo $((6*7))"), "{rows}");
     b.screenshot(&cloud.data_dir().join("console.png")).await.unwrap();
+    b.quit().await.unwrap();
+}
+
+/// Where the graphical console's screenshot goes: docs/screenshots/ when
+/// NUBO_UPDATE_SCREENSHOTS=1, else the cloud's data directory.
+fn screenshot_path(cloud: &Cloud) -> PathBuf {
+    if std::env::var("NUBO_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/screenshots/graphical-console.png")
+    } else {
+        cloud.data_dir().join("graphical-console.png")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_graphical_console_shows_the_guests_screen_and_takes_keys() {
+    assert!(
+        Path::new(CHROMEDRIVER).exists(),
+        "{CHROMEDRIVER} is not installed: apt-get install chromium chromium-driver (scripts/install-deps.sh does)"
+    );
+    let assets = web_assets();
+    let cloud = Cloud::up_with(&["--web-assets", assets.to_str().unwrap()]);
+    cloud.api_post("/api/v1/users", r#"{"name": "alice", "password": "alice-password"}"#);
+    cloud.nubo_ok(&["project", "add-member", "default", "alice", "--role", "member"]);
+    let id = cloud
+        .nubo_ok(&[
+            "instance",
+            "run",
+            "--image",
+            "tiny",
+            "--vcpus",
+            "1",
+            "--memory",
+            "192",
+            "--name",
+            "g",
+            "--display",
+            "--wait",
+        ])
+        .trim()
+        .to_string();
+    cloud.wait_console(&id, nubo_api::BOOT_COMPLETE_MARKER, 1, BOOT);
+
+    let driver = Driver::start(&cloud.data_dir().join("chromedriver-screen.log"));
+    let b = driver.browser().await;
+    b.goto(&format!("{}/ui/login", cloud.url)).await.unwrap();
+    b.find(By::Name("username")).await.unwrap().send_keys("alice").await.unwrap();
+    b.find(By::Name("password")).await.unwrap().send_keys("alice-password").await.unwrap();
+    b.find(By::Css("#login-form button[type=submit]")).await.unwrap().click().await.unwrap();
+    wait_for("the instances page after signing in", Duration::from_secs(20), || async {
+        (b.current_url().await.ok()?.path() == "/ui/instances").then_some(())
+    })
+    .await;
+    b.goto(&format!("{}/ui/instances/{id}", cloud.url)).await.unwrap();
+    b.find(By::LinkText("Open the graphical console")).await.unwrap().click().await.unwrap();
+    wait_for("noVNC to connect", Duration::from_secs(30), || async {
+        let status = b.find(By::Id("console-status")).await.ok()?;
+        (status.attr("data-event").await.ok()?.as_deref() == Some("ready")).then_some(())
+    })
+    .await;
+    // The guest's screen, as noVNC drew it: a canvas with more than one
+    // colour in it (the shell's text on the VGA console), not a blank one.
+    let canvas = b.find(By::Css("#screen canvas")).await.expect("noVNC's canvas");
+    let colours = || async {
+        let v = b
+            .execute(
+                r#"const c = document.querySelector('#screen canvas');
+                   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                   const seen = new Set();
+                   for (let i = 0; i < d.length && seen.size < 50; i += 4) seen.add(d[i] << 16 | d[i + 1] << 8 | d[i + 2]);
+                   return [c.width, c.height, seen.size];"#,
+                vec![],
+            )
+            .await
+            .ok()?;
+        let v: Vec<u64> = v.convert().ok()?;
+        (v[0] >= 640 && v[1] >= 400 && v[2] >= 2).then_some(v)
+    };
+    wait_for("the guest's screen in the page", Duration::from_secs(30), colours).await;
+    // Keys typed into the page reach the guest's shell on the VGA console.
+    canvas.click().await.unwrap();
+    // Unshifted keys only: WebDriver's synthetic key events carry no
+    // physical key code, and QEMU's keysym-to-scancode fallback maps a
+    // shifted `>` to the `<` key of a 102-key keyboard.
+    let line = "mkdir /tmp/typed-on-screen";
+    b.action_chain().send_keys(line).perform().await.unwrap();
+    // U+E007: WebDriver's code for the Enter key.
+    b.action_chain().send_keys("\u{E007}").perform().await.unwrap();
+    wait_until("the typed command to run in the guest", Duration::from_secs(60), || {
+        let (code, out) = guest(&cloud, &id, "test -d /tmp/typed-on-screen && echo made-by-keys || true");
+        (code == 0 && out.contains("made-by-keys")).then_some(())
+    });
+    // Let noVNC draw the command's line before the picture is taken.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    b.screenshot(&screenshot_path(&cloud)).await.unwrap();
     b.quit().await.unwrap();
 }

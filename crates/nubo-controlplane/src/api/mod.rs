@@ -10,8 +10,8 @@
 pub mod agent;
 pub mod automation;
 pub mod background;
-pub mod day_two;
 pub mod consoles;
+pub mod day_two;
 pub mod floating_ips;
 pub mod hosts;
 pub mod identity;

@@ -12,8 +12,8 @@
 
 pub mod automation;
 pub mod cdrom;
-pub mod day_two;
 pub mod consoles;
+pub mod day_two;
 pub mod floating_ips;
 pub mod hardware;
 pub mod hosts;

@@ -17,8 +17,8 @@
 mod background;
 mod balancers;
 mod chart;
-mod day_two;
 pub mod consoles;
+mod day_two;
 mod floating_ips;
 mod html;
 mod instances;
