@@ -110,6 +110,7 @@ fn main() {
             taps: Vec::new(),
             incoming: false,
             cdrom: None,
+            max_vcpus: None,
         };
         rt.block_on(async {
             qemu.prepare_disk(&dir, &cfg).await.expect("disk");

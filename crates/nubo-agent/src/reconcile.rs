@@ -312,7 +312,7 @@ impl Reconciler {
         if let Some(kind) = self.instances.op(&want.id) {
             return match kind {
                 OpKind::Start => (ActualPower::Starting, None),
-                OpKind::Reboot | OpKind::MigrateOut => (ActualPower::Running, None),
+                OpKind::Reboot | OpKind::MigrateOut | OpKind::SetVcpus => (ActualPower::Running, None),
                 OpKind::Incoming => (ActualPower::Starting, None),
                 OpKind::Stop | OpKind::Delete => (ActualPower::Stopping, None),
             };
@@ -371,6 +371,10 @@ impl Reconciler {
                 }
                 if want.reboot_count > applied.reboot_count && self.lease.may_start() {
                     self.spawn(want, OpKind::Reboot);
+                } else if crate::vcpus::pending(want, &applied) {
+                    // An online resize: the control plane claimed the
+                    // vCPUs on this host already.
+                    self.spawn(want, OpKind::SetVcpus);
                 }
                 (ActualPower::Running, Some(pid))
             }
@@ -416,6 +420,10 @@ impl Reconciler {
                     OpKind::Delete => this.delete(&want).await,
                     OpKind::Incoming => this.incoming(&want).await,
                     OpKind::MigrateOut => this.migrate_out(&want).await,
+                    OpKind::SetVcpus => {
+                        crate::vcpus::apply(&this.host, &this.instances, &want).await;
+                        Ok(())
+                    }
                 };
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "operation failed");
@@ -566,6 +574,7 @@ impl Reconciler {
             taps,
             incoming,
             cdrom,
+            max_vcpus: Some(crate::vcpus::max_vcpus(want.vcpus)),
         };
         self.host.hypervisor.prepare_disk(&dir, &cfg).await?;
         self.ensure_imds(want);
@@ -594,6 +603,8 @@ impl Reconciler {
                 reboot_count: want.reboot_count,
                 stopped_on_purpose: false,
                 rebuild_seq: want.rebuild_seq.max(applied.rebuild_seq),
+                vcpus: want.vcpus,
+                vcpus_refused: 0,
             },
         );
         if incoming {

@@ -286,6 +286,17 @@ impl Hypervisor for Simulated {
         })
     }
 
+    async fn set_vcpus(&self, dir: &VmDir, vcpus: u32) -> Result<(), HypervisorError> {
+        let vm = self.running(dir)?;
+        if vcpus < vm.vcpus {
+            return Err(HypervisorError::Vcpus(format!(
+                "it has {} vCPUs and removing vCPUs from a running guest is not offered; stop the instance, resize it, then start it",
+                vm.vcpus
+            )));
+        }
+        self.update(dir, |vm| vm.vcpus = vcpus)
+    }
+
     async fn change_cdrom(&self, dir: &VmDir, _media: Option<&Path>) -> Result<(), HypervisorError> {
         // No drive to model: only that the VM runs, as QEMU's QMP needs.
         self.update(dir, |_| ())
@@ -357,6 +368,7 @@ mod tests {
             taps: vec![],
             incoming: false,
             cdrom: None,
+            max_vcpus: None,
         }
     }
 

@@ -123,6 +123,7 @@ async fn data_disks_hot_plug_resize_copy_and_unplug() {
         taps: Vec::new(),
         incoming: false,
         cdrom: None,
+        max_vcpus: None,
     };
     qemu.prepare_disk(&dir, &cfg).await.unwrap();
     qemu.start(&dir, &cfg).await.unwrap();

@@ -56,6 +56,7 @@ fn config(id: &str, base: &Path, forwards: Vec<PortForward>) -> VmConfig {
         taps: Vec::new(),
         incoming: false,
         cdrom: None,
+        max_vcpus: None,
     }
 }
 

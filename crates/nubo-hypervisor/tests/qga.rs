@@ -126,6 +126,7 @@ async fn guest_agent_and_ssh_in_tiny() {
         taps: Vec::new(),
         incoming: false,
         cdrom: None,
+        max_vcpus: None,
     };
     let qemu = Qemu::default();
     qemu.prepare_disk(&dir, &cfg).await.unwrap();

@@ -461,6 +461,7 @@ impl Bare {
                 taps: vec![TapNic { tap, mac, netns: Some(PathBuf::from(format!("/run/netns/{ns}"))) }],
                 incoming: false,
                 cdrom: None,
+                max_vcpus: None,
             };
             rt.block_on(async {
                 qemu.prepare_disk(&dir, &cfg).await.expect("the baseline's root disk");
