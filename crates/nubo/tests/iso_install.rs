@@ -42,8 +42,10 @@ fn an_os_installed_from_an_iso_boots_from_its_disk() {
     let images = cloud.nubo_json(&["image", "list"]);
     assert!(!images.as_array().unwrap().iter().any(|i| i["name"] == "fake"), "{images}");
 
-    let iso_id =
-        cloud.nubo_ok(&["image", "import", cd.to_str().unwrap(), "--name", "installer", "--format", "iso"]).trim().to_string();
+    let iso_id = cloud
+        .nubo_ok(&["image", "import", cd.to_str().unwrap(), "--name", "installer", "--format", "iso"])
+        .trim()
+        .to_string();
     let image = cloud.nubo_json(&["image", "show", &iso_id]);
     assert_eq!((image["disk_format"].as_str(), image["state"].as_str()), (Some("iso"), Some("active")));
     let iso_sha = image["sha256"].as_str().unwrap().to_string();
@@ -53,8 +55,20 @@ fn an_os_installed_from_an_iso_boots_from_its_disk() {
 
     // Boot the installer with an empty disk; it installs.
     let id = cloud
-        .nubo_ok(&["instance", "run", "--image", "blank", "--cdrom", "installer", "--disk", "2", "--memory", "384",
-            "--name", "installed"])
+        .nubo_ok(&[
+            "instance",
+            "run",
+            "--image",
+            "blank",
+            "--cdrom",
+            "installer",
+            "--disk",
+            "2",
+            "--memory",
+            "384",
+            "--name",
+            "installed",
+        ])
         .trim()
         .to_string();
     let i = cloud.instance(&id);
