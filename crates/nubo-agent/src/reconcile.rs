@@ -605,6 +605,7 @@ impl Reconciler {
                 rebuild_seq: want.rebuild_seq.max(applied.rebuild_seq),
                 vcpus: want.vcpus,
                 vcpus_refused: 0,
+                booted_vcpus: want.vcpus,
             },
         );
         if incoming {
@@ -682,8 +683,9 @@ impl Reconciler {
             Some(g) => migration_window(g, want.id.as_str(), &target),
             None => Ok(Vec::new()),
         };
-        let result = match window {
-            Ok(_window) => {
+        let result = match (crate::vcpus::migration_blocker(&read_applied(&dir)), window) {
+            (Some(why), _) => Err(nubo_hypervisor::HypervisorError::Migration(why)),
+            (None, Ok(_window)) => {
                 self.host
                     .hypervisor
                     .migration_send(
@@ -696,7 +698,7 @@ impl Reconciler {
                     )
                     .await
             }
-            Err(e) => Err(nubo_hypervisor::HypervisorError::Migration(format!(
+            (None, Err(e)) => Err(nubo_hypervisor::HypervisorError::Migration(format!(
                 "opening the guest confinement for the migration streams: {e}"
             ))),
         };

@@ -11,7 +11,7 @@ use nubo_api::agent::DesiredInstance;
 use nubo_hypervisor::GuestExec;
 
 use crate::host::Host;
-use crate::instances::applied::{read_applied, write_applied};
+use crate::instances::applied::{read_applied, write_applied, Applied};
 use crate::instances::Instances;
 
 /// The vCPU slots a VM boots with when it asks for fewer: room to grow
@@ -31,8 +31,26 @@ pub(crate) fn max_vcpus(vcpus: u32) -> u32 {
 /// differs from the one applied and was not refused already (a refusal is
 /// reported once, not retried on every pass, until the desired count
 /// changes).
-pub(crate) fn pending(want: &DesiredInstance, applied: &crate::instances::applied::Applied) -> bool {
+pub(crate) fn pending(want: &DesiredInstance, applied: &Applied) -> bool {
     want.vcpus != applied.vcpus && want.vcpus != applied.vcpus_refused
+}
+
+/// Why the running VM cannot be live-migrated now, if it cannot: vCPUs
+/// were hot-added since it booted. Its target boots with all of them,
+/// and QEMU sizes devices by the boot count (a virtio disk gets a queue
+/// per boot vCPU), so the state would not load there (checked by hand:
+/// `get_pci_config_device: Bad config data` on the target). A restart
+/// boots it with all its vCPUs and lifts this.
+pub(crate) fn migration_blocker(applied: &Applied) -> Option<String> {
+    (applied.vcpus != applied.booted_vcpus).then(|| {
+        format!(
+            "the start: {} vCPUs were hot-added since the instance booted with {}, and a target cannot take that state; \
+             stop and start the instance (it boots with all {}), then migrate it",
+            applied.vcpus.saturating_sub(applied.booted_vcpus),
+            applied.booted_vcpus,
+            applied.vcpus
+        )
+    })
 }
 
 /// Gives the running VM `want.vcpus` vCPUs, records it, and reports.
@@ -40,6 +58,14 @@ pub(crate) async fn apply(host: &Host, instances: &Instances, want: &DesiredInst
     let dir = host.dir(&want.id);
     let mut applied = read_applied(&dir);
     match host.hypervisor.set_vcpus(&dir, want.vcpus).await {
+        Ok(()) if applied.booted_vcpus == 0 => {
+            // A VM started before these counts were recorded: it had no
+            // empty slots, so this succeeded only as a no-op; it booted
+            // with what it has.
+            applied.vcpus = want.vcpus;
+            applied.booted_vcpus = want.vcpus;
+            write_applied(&dir, &applied);
+        }
         Ok(()) => {
             applied.vcpus = want.vcpus;
             applied.vcpus_refused = 0;
@@ -84,5 +110,21 @@ async fn online(instances: &Instances, want: &DesiredInstance) -> Result<(), Str
             "onlining exited with {code:?}: {}",
             String::from_utf8_lossy(&status.stderr).chars().take(200).collect::<String>()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vm_with_hot_added_vcpus_is_not_migrated() {
+        let booted = Applied { vcpus: 2, booted_vcpus: 2, ..Applied::default() };
+        assert_eq!(migration_blocker(&booted), None);
+        // Started before these fields were recorded: nothing known, nothing blocked.
+        assert_eq!(migration_blocker(&Applied::default()), None);
+        let grown = Applied { vcpus: 3, booted_vcpus: 1, ..Applied::default() };
+        let why = migration_blocker(&grown).unwrap();
+        assert!(why.contains("2 vCPUs were hot-added") && why.contains("stop and start"), "{why}");
     }
 }

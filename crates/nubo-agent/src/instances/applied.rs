@@ -22,6 +22,9 @@ pub(crate) struct Applied {
     /// again until the desired count changes; 0: none.
     #[serde(default)]
     pub(crate) vcpus_refused: u32,
+    /// The vCPUs the VM booted with (`vcpus` minus those hot-added since).
+    #[serde(default)]
+    pub(crate) booted_vcpus: u32,
 }
 
 pub(crate) fn read_applied(dir: &VmDir) -> Applied {
