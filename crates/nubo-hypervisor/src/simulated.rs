@@ -397,6 +397,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn vcpus_grow_while_running_and_never_shrink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = VmDir::new(tmp.path().join("i-1"));
+        let sim = Simulated::new(Duration::from_millis(1), "NUBO_BOOT_COMPLETE");
+        assert!(matches!(sim.set_vcpus(&dir, 3).await, Err(HypervisorError::NotRunning { .. })));
+        sim.prepare_disk(&dir, &cfg("i-1")).await.unwrap();
+        sim.start(&dir, &cfg("i-1")).await.unwrap();
+        sim.set_vcpus(&dir, 3).await.unwrap();
+        sim.set_vcpus(&dir, 3).await.unwrap();
+        assert_eq!(sim.get(&dir).unwrap().vcpus, 3);
+        let msg = sim.set_vcpus(&dir, 1).await.unwrap_err().to_string();
+        assert!(msg.contains("stop the instance"), "{msg}");
+        assert_eq!(sim.get(&dir).unwrap().vcpus, 3);
+    }
+
+    #[tokio::test]
     async fn disks_attach_resize_detach() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = VmDir::new(tmp.path().join("i-2"));
