@@ -111,6 +111,7 @@ fn main() {
             incoming: false,
             cdrom: None,
             hardware: Default::default(),
+            max_vcpus: None,
         };
         rt.block_on(async {
             qemu.prepare_disk(&dir, &cfg).await.expect("disk");

@@ -34,6 +34,7 @@ pub mod reconcile;
 pub mod runs;
 pub mod storage;
 pub mod trust;
+mod vcpus;
 
 pub use config::AgentConfig;
 

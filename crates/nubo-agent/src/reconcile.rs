@@ -316,7 +316,7 @@ impl Reconciler {
         if let Some(kind) = self.instances.op(&want.id) {
             return match kind {
                 OpKind::Start => (ActualPower::Starting, None),
-                OpKind::Reboot | OpKind::MigrateOut => (ActualPower::Running, None),
+                OpKind::Reboot | OpKind::MigrateOut | OpKind::SetVcpus => (ActualPower::Running, None),
                 OpKind::Incoming => (ActualPower::Starting, None),
                 OpKind::Stop | OpKind::Delete => (ActualPower::Stopping, None),
             };
@@ -375,6 +375,10 @@ impl Reconciler {
                 }
                 if want.reboot_count > applied.reboot_count && self.lease.may_start() {
                     self.spawn(want, OpKind::Reboot);
+                } else if crate::vcpus::pending(want, &applied) {
+                    // An online resize: the control plane claimed the
+                    // vCPUs on this host already.
+                    self.spawn(want, OpKind::SetVcpus);
                 }
                 (ActualPower::Running, Some(pid))
             }
@@ -420,6 +424,10 @@ impl Reconciler {
                     OpKind::Delete => this.delete(&want).await,
                     OpKind::Incoming => this.incoming(&want).await,
                     OpKind::MigrateOut => this.migrate_out(&want).await,
+                    OpKind::SetVcpus => {
+                        crate::vcpus::apply(&this.host, &this.instances, &want).await;
+                        Ok(())
+                    }
                 };
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "operation failed");
@@ -571,6 +579,7 @@ impl Reconciler {
             incoming,
             cdrom,
             hardware: vm_hardware(&want.hardware),
+            max_vcpus: Some(crate::vcpus::max_vcpus(want.vcpus)),
         };
         self.host.hypervisor.prepare_disk(&dir, &cfg).await?;
         self.ensure_imds(want);
@@ -599,6 +608,9 @@ impl Reconciler {
                 reboot_count: want.reboot_count,
                 stopped_on_purpose: false,
                 rebuild_seq: want.rebuild_seq.max(applied.rebuild_seq),
+                vcpus: want.vcpus,
+                vcpus_refused: 0,
+                booted_vcpus: want.vcpus,
             },
         );
         if incoming {
@@ -676,8 +688,9 @@ impl Reconciler {
             Some(g) => migration_window(g, want.id.as_str(), &target),
             None => Ok(Vec::new()),
         };
-        let result = match window {
-            Ok(_window) => {
+        let result = match (crate::vcpus::migration_blocker(&read_applied(&dir)), window) {
+            (Some(why), _) => Err(nubo_hypervisor::HypervisorError::Migration(why)),
+            (None, Ok(_window)) => {
                 self.host
                     .hypervisor
                     .migration_send(
@@ -690,7 +703,7 @@ impl Reconciler {
                     )
                     .await
             }
-            Err(e) => Err(nubo_hypervisor::HypervisorError::Migration(format!(
+            (None, Err(e)) => Err(nubo_hypervisor::HypervisorError::Migration(format!(
                 "opening the guest confinement for the migration streams: {e}"
             ))),
         };

@@ -1,7 +1,7 @@
 //! Day-two operations through the real router, the host's side played by
 //! agent API calls (no VM): resize (the host's claim and the quota move,
-//! a refusal says why and loses nothing, a running instance is told to
-//! stop first), rebuild and instance revert (what the desired state asks
+//! a refusal says why and loses nothing, a running instance grows its
+//! vCPUs online and is told to stop first for the rest), rebuild and instance revert (what the desired state asks
 //! of the host, the life events), volume revert (creating until the host
 //! reports the revert applied, the instance kept from starting meanwhile),
 //! EC2's CreateReplaceRootVolumeTask and DescribeReplaceRootVolumeTasks
@@ -69,8 +69,9 @@ async fn resize_moves_the_hosts_claim_or_says_why_not() {
     let id = running(&t, &host, &cred, &alice).await;
     let path = format!("/api/v1/instances/{id}/resize");
 
-    // Running: growing, shrinking and memory each need a stop, and say so.
-    for body in [json!({"vcpus": 2}), json!({"memory_mib": 256}), json!({"vcpus": 1, "memory_mib": 64})] {
+    // Running: shrinking and memory each need a stop, and say so (growing
+    // the vCPUs online: `a_running_instance_gets_more_vcpus_online`).
+    for body in [json!({"memory_mib": 256}), json!({"vcpus": 1, "memory_mib": 64})] {
         let (s, v) = t.call("POST", &path, Some(&alice), Some(body.clone())).await;
         assert_eq!(s, StatusCode::CONFLICT, "{body} {v}");
         assert!(msg(&v).contains(&format!("nubo instance stop {id}")), "{v}");
@@ -105,6 +106,60 @@ async fn resize_moves_the_hosts_claim_or_says_why_not() {
     // Shrinking gives the difference back.
     t.ok("POST", &path, &alice, Some(json!({"vcpus": 1}))).await;
     assert_eq!(host_usage(&t).await, (1, 256));
+}
+
+#[tokio::test]
+async fn a_running_instance_gets_more_vcpus_online() {
+    let t = T::new().await;
+    let (host, cred) = t.add_host_with_id().await;
+    let host = host.to_string();
+    let alice = t.user("alice", "proj-a", "member").await;
+    let rita = t.user("rita", "proj-a", "reader").await;
+    let bob = t.user("bob", "proj-b", "member").await;
+    let id = running(&t, &host, &cred, &alice).await;
+    let path = format!("/api/v1/instances/{id}/resize");
+    // A small host: 1 CPU, 4 schedulable vCPUs with the default overcommit.
+    let reg =
+        json!({"host_id": host, "name": "h1", "accel": "tcg", "vcpus": 1, "memory_mib": 262144, "disk_gib": 1000});
+    t.ok("POST", "/api/v1/agent/register", &cred, Some(reg)).await;
+
+    // A reader may not, and another project does not see the instance.
+    let (s, v) = t.call("POST", &path, Some(&rita), Some(json!({"vcpus": 2}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, v) = t.call("POST", &path, Some(&bob), Some(json!({"vcpus": 2}))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+
+    // More than the host has room for: the scheduler's reasons, and
+    // nothing moves.
+    let (s, v) = t.call("POST", &path, Some(&alice), Some(json!({"vcpus": 8}))).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["error"]["code"], "no_valid_host", "{v}");
+    assert!(msg(&v).contains("needs 7 vCPUs, 3 free"), "{v}");
+    let i = t.ok("GET", &format!("/api/v1/instances/{id}"), &alice, None).await;
+    assert_eq!((i["vcpus"].as_u64(), i["state"].as_str()), (Some(1), Some("running")), "{i}");
+    assert_eq!(host_usage(&t).await, (1, 128), "refusals take nothing");
+    let projects = t.ok("GET", "/api/v1/projects", &alice, None).await;
+    assert_eq!(projects[0]["used"]["vcpus"], 1, "{projects}");
+
+    // Growing: claimed on the host and in the project, the instance runs
+    // on, and its host is asked for 2 vCPUs while it runs.
+    let (s, v) = t.call("POST", &path, Some(&alice), Some(json!({"vcpus": 2}))).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!((v["vcpus"].as_u64(), v["memory_mib"].as_u64()), (Some(2), Some(128)), "{v}");
+    assert_eq!((v["state"].as_str(), v["instance_type"].as_str()), (Some("running"), Some("custom-2-128")), "{v}");
+    assert!(stages(&v).contains(&"resize".to_string()), "{v}");
+    assert_eq!(host_usage(&t).await, (2, 128), "the host's claim grew");
+    let projects = t.ok("GET", "/api/v1/projects", &alice, None).await;
+    assert_eq!(projects[0]["used"]["vcpus"], 2, "{projects}");
+    let d = desired(&t, &host, &cred).await;
+    assert_eq!(d["instances"][0]["vcpus"], 2, "{d}");
+    assert_eq!(d["instances"][0]["power"], "running", "{d}");
+
+    // Back down while it runs: a stop first, and nothing moves.
+    let (s, v) = t.call("POST", &path, Some(&alice), Some(json!({"vcpus": 1}))).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(msg(&v).contains("removing vCPUs") && msg(&v).contains(&format!("nubo instance stop {id}")), "{v}");
+    assert_eq!(host_usage(&t).await, (2, 128));
 }
 
 #[tokio::test]

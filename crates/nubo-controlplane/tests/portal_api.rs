@@ -789,6 +789,11 @@ async fn day_two_forms_resize_and_rebuild_and_keep_another_project_out() {
     // Without the CSRF token: refused, nothing changes.
     let p = b.post(&resize, &[("vcpus", "2"), ("memory_mib", "256")], None).await;
     assert_eq!(p.status, StatusCode::FORBIDDEN);
+    // Running, more vCPUs and the same memory: taken online.
+    let p = b.post(&resize, &[("csrf", csrf.as_str()), ("vcpus", "2"), ("memory_mib", "128")], None).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    let shown = t.ok("GET", &format!("/api/v1/instances/{id}"), &alice, None).await;
+    assert_eq!((shown["vcpus"].as_u64(), shown["state"].as_str()), (Some(2), Some("running")), "{shown}");
 
     t.ok("POST", &format!("/api/v1/instances/{id}/stop"), &alice, None).await;
     t.ok("POST", &format!("/api/v1/agent/hosts/{host}/report"), &cred, Some(report("stopped"))).await;

@@ -40,7 +40,12 @@ pub fn qemu_argv(dir: &VmDir, cfg: &VmConfig) -> Result<Vec<OsString>, Hyperviso
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
     }
-    push(&["-smp", &cfg.vcpus.to_string()]);
+    // Empty CPU slots up to max_vcpus cost the guest a little per-CPU
+    // memory and no host thread; they let set_vcpus hot-add vCPUs.
+    match cfg.max_vcpus.filter(|m| *m > cfg.vcpus) {
+        Some(max) => push(&["-smp", &format!("{},maxcpus={max}", cfg.vcpus)]),
+        None => push(&["-smp", &cfg.vcpus.to_string()]),
+    }
     push(&["-m", &cfg.memory_mib.to_string()]);
     push(&["-nodefaults", "-no-user-config", "-display", "none", "-vga", "none"]);
     push(&["-msg", "timestamp=on"]);
@@ -278,6 +283,7 @@ mod tests {
             incoming: false,
             cdrom: None,
             hardware: crate::VmHardware::default(),
+            max_vcpus: None,
         }
     }
 
@@ -324,6 +330,20 @@ mod tests {
             "-device", "pcie-root-port,id=hp1,chassis=2",
         ];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn max_vcpus_leaves_empty_cpu_slots_to_hot_add() {
+        let dir = VmDir::new("/var/lib/nubo/vms/vm-1");
+        let mut c = cfg();
+        c.max_vcpus = Some(8);
+        let got = strings(qemu_argv(&dir, &c).unwrap());
+        assert_eq!(arg_after(&got, "-smp", ""), Some("2,maxcpus=8"));
+        // No room above the current count: plain -smp, as before.
+        c.max_vcpus = Some(2);
+        assert_eq!(arg_after(&strings(qemu_argv(&dir, &c).unwrap()), "-smp", ""), Some("2"));
+        c.max_vcpus = Some(1000);
+        assert!(qemu_argv(&dir, &c).unwrap_err().to_string().contains("max_vcpus"));
     }
 
     /// The pair of arguments that follows `flag` whose value starts with `prefix`.

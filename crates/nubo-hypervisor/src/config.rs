@@ -166,6 +166,12 @@ pub struct VmConfig {
     /// UEFI, Secure Boot, TPM and display (see [`crate::firmware`]).
     #[serde(default)]
     pub hardware: crate::VmHardware,
+    /// How many vCPUs the VM may grow to while it runs
+    /// ([`crate::Hypervisor::set_vcpus`]): QEMU starts with `-smp
+    /// vcpus,maxcpus=max_vcpus`, the rest as empty CPU slots. `None` (or
+    /// not above `vcpus`): no room to grow without a restart.
+    #[serde(default)]
+    pub max_vcpus: Option<u32>,
 }
 
 /// The guest network used with a metadata service; QEMU's guestfwd only
@@ -231,6 +237,9 @@ impl VmConfig {
         let bad = |msg: String| Err(HypervisorError::InvalidConfig(msg));
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return bad(format!("vcpus is {}; use 1 to {MAX_VCPUS}", self.vcpus));
+        }
+        if let Some(max) = self.max_vcpus.filter(|m| *m > MAX_VCPUS) {
+            return bad(format!("max_vcpus is {max}; use at most {MAX_VCPUS}"));
         }
         if self.memory_mib < MIN_MEMORY_MIB {
             return bad(format!("memory_mib is {}; use at least {MIN_MEMORY_MIB}", self.memory_mib));

@@ -107,6 +107,10 @@ pub enum HypervisorError {
     CopyFailed { what: String, reason: String },
 
     /// Talking to QEMU's monitor failed.
+    /// The running VM's vCPU count cannot change as asked.
+    #[error("cannot change the vCPUs of the running VM: {0}")]
+    Vcpus(String),
+
     #[error(transparent)]
     Qmp(#[from] QmpError),
 }

@@ -137,6 +137,13 @@ pub trait Hypervisor: Send + Sync {
     /// Grow an attached data disk while the guest runs.
     async fn resize_attached_disk(&self, dir: &VmDir, id: &str, size: u64) -> Result<(), HypervisorError>;
 
+    /// Gives the running VM `vcpus` vCPUs by hot-adding CPUs into the
+    /// empty slots it was started with ([`crate::VmConfig::max_vcpus`]),
+    /// and brings them online in the guest. Ok if it has that many
+    /// already. Fewer vCPUs are refused (unplug needs the guest's
+    /// cooperation; stop the VM instead), and so is more than its slots.
+    async fn set_vcpus(&self, dir: &VmDir, vcpus: u32) -> Result<(), HypervisorError>;
+
     /// Puts `media` (an ISO file, read-only) in the running VM's CD-ROM
     /// drive, or empties it (`None`), forcing the tray open if the guest
     /// locked it. Ok if the drive already holds that.

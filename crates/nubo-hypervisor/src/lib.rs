@@ -30,6 +30,7 @@ pub mod qga;
 pub mod qmp;
 mod simulated;
 mod tap;
+mod vcpus;
 
 pub use accel::{detect_accel, Accel, AccelPreference, ParseAccelError};
 pub use argv::{qemu_argv, restrict_user_net};

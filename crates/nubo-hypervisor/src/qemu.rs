@@ -606,6 +606,10 @@ impl Hypervisor for Qemu {
     }
 
     #[tracing::instrument(skip_all, fields(vm = %dir.label()))]
+    async fn set_vcpus(&self, dir: &VmDir, vcpus: u32) -> Result<(), HypervisorError> {
+        crate::vcpus::set_vcpus(&mut self.qmp(dir).await?, vcpus).await
+    }
+
     async fn change_cdrom(&self, dir: &VmDir, media: Option<&Path>) -> Result<(), HypervisorError> {
         let mut c = self.qmp(dir).await?;
         match media {

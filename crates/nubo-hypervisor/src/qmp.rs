@@ -47,6 +47,18 @@ pub enum QmpError {
     Broken,
 }
 
+/// One CPU slot of a VM (`query-hotpluggable-cpus`): its CPU type, where
+/// it sits (`props`: socket-id, core-id, thread-id, ...) and, when a CPU
+/// is plugged in, that CPU's QOM path.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct HotpluggableCpu {
+    #[serde(rename = "type")]
+    pub driver: String,
+    pub props: serde_json::Map<String, Value>,
+    #[serde(rename = "qom-path", default)]
+    pub qom_path: Option<String>,
+}
+
 /// An asynchronous QMP event (`SHUTDOWN`, `RESET`, `STOP`, ...).
 #[derive(Debug, Clone, PartialEq)]
 pub struct QmpEvent {
@@ -203,6 +215,15 @@ impl QmpClient {
     /// Resume the vCPUs.
     pub async fn cont(&mut self) -> Result<(), QmpError> {
         self.execute("cont", None).await.map(drop)
+    }
+
+    /// `query-hotpluggable-cpus`: the VM's CPU slots, plugged or empty.
+    pub async fn query_hotpluggable_cpus(&mut self) -> Result<Vec<HotpluggableCpu>, QmpError> {
+        let v = self.execute("query-hotpluggable-cpus", None).await?;
+        serde_json::from_value(v).map_err(|e| QmpError::Protocol {
+            what: "query-hotpluggable-cpus".into(),
+            detail: format!("unexpected reply: {e}"),
+        })
     }
 
     /// Make QEMU exit now (without asking the guest). QEMU may close the

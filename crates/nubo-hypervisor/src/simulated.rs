@@ -286,6 +286,17 @@ impl Hypervisor for Simulated {
         })
     }
 
+    async fn set_vcpus(&self, dir: &VmDir, vcpus: u32) -> Result<(), HypervisorError> {
+        let vm = self.running(dir)?;
+        if vcpus < vm.vcpus {
+            return Err(HypervisorError::Vcpus(format!(
+                "it has {} vCPUs and removing vCPUs from a running guest is not offered; stop the instance, resize it, then start it",
+                vm.vcpus
+            )));
+        }
+        self.update(dir, |vm| vm.vcpus = vcpus)
+    }
+
     async fn change_cdrom(&self, dir: &VmDir, _media: Option<&Path>) -> Result<(), HypervisorError> {
         // No drive to model: only that the VM runs, as QEMU's QMP needs.
         self.update(dir, |_| ())
@@ -358,6 +369,7 @@ mod tests {
             incoming: false,
             cdrom: None,
             hardware: Default::default(),
+            max_vcpus: None,
         }
     }
 
@@ -383,6 +395,22 @@ mod tests {
         assert!(again.usage(&dir).is_none());
         again.destroy(&dir).await.unwrap();
         assert!(!dir.path().exists());
+    }
+
+    #[tokio::test]
+    async fn vcpus_grow_while_running_and_never_shrink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = VmDir::new(tmp.path().join("i-1"));
+        let sim = Simulated::new(Duration::from_millis(1), "NUBO_BOOT_COMPLETE");
+        assert!(matches!(sim.set_vcpus(&dir, 3).await, Err(HypervisorError::NotRunning { .. })));
+        sim.prepare_disk(&dir, &cfg("i-1")).await.unwrap();
+        sim.start(&dir, &cfg("i-1")).await.unwrap();
+        sim.set_vcpus(&dir, 3).await.unwrap();
+        sim.set_vcpus(&dir, 3).await.unwrap();
+        assert_eq!(sim.get(&dir).unwrap().vcpus, 3);
+        let msg = sim.set_vcpus(&dir, 1).await.unwrap_err().to_string();
+        assert!(msg.contains("stop the instance"), "{msg}");
+        assert_eq!(sim.get(&dir).unwrap().vcpus, 3);
     }
 
     #[tokio::test]

@@ -124,6 +124,7 @@ async fn data_disks_hot_plug_resize_copy_and_unplug() {
         incoming: false,
         cdrom: None,
         hardware: Default::default(),
+        max_vcpus: None,
     };
     qemu.prepare_disk(&dir, &cfg).await.unwrap();
     qemu.start(&dir, &cfg).await.unwrap();

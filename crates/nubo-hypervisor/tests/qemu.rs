@@ -57,6 +57,7 @@ fn config(id: &str, base: &Path, forwards: Vec<PortForward>) -> VmConfig {
         incoming: false,
         cdrom: None,
         hardware: Default::default(),
+        max_vcpus: None,
     }
 }
 

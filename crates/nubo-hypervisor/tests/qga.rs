@@ -127,6 +127,7 @@ async fn guest_agent_and_ssh_in_tiny() {
         incoming: false,
         cdrom: None,
         hardware: Default::default(),
+        max_vcpus: None,
     };
     let qemu = Qemu::default();
     qemu.prepare_disk(&dir, &cfg).await.unwrap();

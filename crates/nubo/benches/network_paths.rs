@@ -462,6 +462,7 @@ impl Bare {
                 incoming: false,
                 cdrom: None,
                 hardware: Default::default(),
+                max_vcpus: None,
             };
             rt.block_on(async {
                 qemu.prepare_disk(&dir, &cfg).await.expect("the baseline's root disk");

@@ -794,8 +794,9 @@ pub enum InstanceCmd {
         wait: bool,
     },
     /// Give an instance a new size: a stopped one any size its host has
-    /// room for (it boots with it next time); a running one must be
-    /// stopped first. Prints the instance.
+    /// room for (it boots with it next time); a running one more vCPUs
+    /// (hot-added, seen by the guest at once), anything else once it is
+    /// stopped. Prints the instance.
     Resize {
         id: String,
         /// The new number of vCPUs.

@@ -1,7 +1,9 @@
 //! Day-two operations end to end on real `tiny` VMs, each result checked
 //! from inside the guest through its guest agent (`nubo instance exec`):
-//! * resize: a running instance is told to stop first; stopped, it takes
-//!   2 vCPUs and 256 MiB, and the guest sees both after its start;
+//! * resize: a running instance gets a second vCPU online (hot-added,
+//!   seen by the guest while it runs), and is told to stop first for more
+//!   memory; stopped, it takes 256 MiB, and the guest sees both after its
+//!   start;
 //! * rebuild of a running instance: stopped, a fresh root disk (a file
 //!   written before is gone), started again with the same id, ports and
 //!   volume attached;
@@ -72,8 +74,19 @@ fn resize_and_rebuild() {
         assert!(s.contains(&stage.to_string()), "{stage} in {s:?}");
     }
 
-    // Resize: refused while running, with what to do.
-    let out = cloud.nubo(&["instance", "resize", &a, "--vcpus", "2"]);
+    // Resize while running: a second vCPU, hot-added and brought online,
+    // which the guest sees without a restart.
+    let resized = cloud.nubo_json(&["instance", "resize", &a, "--vcpus", "2"]);
+    assert_eq!((resized["vcpus"].as_u64(), resized["state"].as_str()), (Some(2), Some("running")), "{resized}");
+    wait_until("the guest to see 2 vCPUs", Duration::from_secs(90), || {
+        (guest_sh(&cloud, &a, "grep -c ^processor /proc/cpuinfo").trim() == "2").then_some(())
+    });
+    assert_eq!(guest_sh(&cloud, &a, "nproc").trim(), "2");
+    assert!(stages(&cloud, &a).contains(&"vcpus_added".to_string()), "{:?}", stages(&cloud, &a));
+    assert_eq!(cloud.instance(&a)["state"], "running");
+
+    // More memory: refused while running, with what to do.
+    let out = cloud.nubo(&["instance", "resize", &a, "--memory", "256"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains(&format!("nubo instance stop {a}")), "{err}");
 

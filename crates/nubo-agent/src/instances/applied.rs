@@ -14,6 +14,17 @@ pub(crate) struct Applied {
     /// The last rebuild whose fresh root disk was made (`DesiredInstance::rebuild_seq`).
     #[serde(default)]
     pub(crate) rebuild_seq: i64,
+    /// The vCPUs the running VM has (booted with, or hot-added); 0 for a
+    /// VM started before this was recorded.
+    #[serde(default)]
+    pub(crate) vcpus: u32,
+    /// A vCPU count the running VM refused (see `crate::vcpus`), not asked
+    /// again until the desired count changes; 0: none.
+    #[serde(default)]
+    pub(crate) vcpus_refused: u32,
+    /// The vCPUs the VM booted with (`vcpus` minus those hot-added since).
+    #[serde(default)]
+    pub(crate) booted_vcpus: u32,
 }
 
 pub(crate) fn read_applied(dir: &VmDir) -> Applied {

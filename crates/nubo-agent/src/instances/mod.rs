@@ -46,6 +46,8 @@ pub(crate) enum OpKind {
     Incoming,
     /// Send the instance to the target of a live migration.
     MigrateOut,
+    /// Hot-add vCPUs to the running VM (`crate::vcpus`).
+    SetVcpus,
 }
 
 struct Op {

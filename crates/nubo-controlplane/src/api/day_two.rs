@@ -15,14 +15,16 @@ use nubo_api::views::{Instance, Volume};
 use std::sync::Arc;
 
 /// Resize an instance: a stopped one takes any size its host has room
-/// for (at its next start); a running one must be stopped first. Growth
-/// is claimed from the host by the scheduler, or refused with its reasons.
+/// for (at its next start); a running one takes more vCPUs online
+/// (hot-added by its host), and must be stopped first for anything else.
+/// Growth is claimed from the host by the scheduler, or refused with its
+/// reasons.
 #[utoipa::path(post, path = "/api/v1/instances/{id}/resize", tag = "instances", operation_id = "resize_instance",
     request_body = InstanceResize, params(("id" = String, Path, description = "instance id")),
     responses((status = 202, body = Instance), (status = 400, body = nubo_api::error::ErrorBody),
         (status = 403, description = "a reader, or over the project's quota", body = nubo_api::error::ErrorBody),
         (status = 404, body = nubo_api::error::ErrorBody),
-        (status = 409, description = "the instance is not stopped, or its host has no room; the message says what to do", body = nubo_api::error::ErrorBody)))]
+        (status = 409, description = "the instance is running and the change needs a stop, or its host has no room; the message says what to do", body = nubo_api::error::ErrorBody)))]
 pub async fn resize(
     caller: Caller,
     State(ctx): State<Arc<Ctx>>,

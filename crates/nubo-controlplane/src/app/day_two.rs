@@ -77,9 +77,11 @@ fn wake(ctx: &Ctx, row: &InstanceRow) {
 
 /// Gives an instance a new size. A stopped instance takes any size that
 /// its host's free capacity and its project's quota allow (it boots with
-/// it next time); a running one cannot change while it runs: its memory
-/// and a smaller vCPU count need a stop, and so does a larger vCPU count
-/// (hot-added vCPUs are not offered), each refusal saying so.
+/// it next time). A running one takes more vCPUs online: the growth is
+/// claimed on its host as for a stopped one, then its agent hot-adds them
+/// (see the agent's `vcpus`). Its memory and a smaller vCPU count need a
+/// stop, each refusal saying so: memory hot-plug is not offered, and
+/// unplugging vCPUs needs the guest's cooperation.
 pub async fn resize(ctx: &Arc<Ctx>, caller: &Caller, id: &str, p: &InstanceResize) -> AppResult<Instance> {
     if p.vcpus.is_none() && p.memory_mib.is_none() {
         return Err(AppError::BadRequest(
@@ -119,17 +121,15 @@ pub async fn resize(ctx: &Arc<Ctx>, caller: &Caller, id: &str, p: &InstanceResiz
         }
     }
     if standing == Standing::Running {
-        let what = if to.memory_mib != from.memory_mib {
-            "changing the memory"
-        } else if to.vcpus < from.vcpus {
-            "removing vCPUs"
-        } else {
-            "adding vCPUs"
-        };
-        return Err(stop_first(&row, what));
+        if to.memory_mib != from.memory_mib {
+            return Err(stop_first(&row, "changing the memory (only vCPUs are added while an instance runs)"));
+        }
+        if to.vcpus < from.vcpus {
+            return Err(stop_first(&row, "removing vCPUs (only adding them works while an instance runs)"));
+        }
     }
     claim(ctx, &row, standing, from, to).await?;
-    tracing::info!(instance = %row.id, vcpus = to.vcpus, memory_mib = to.memory_mib, "instance resized");
+    tracing::info!(instance = %row.id, vcpus = to.vcpus, memory_mib = to.memory_mib, online = (standing == Standing::Running), "instance resized");
     wake(ctx, &row);
     let row = super::instances::load(ctx, caller, &row.id, Access::Read).await?;
     super::instances::view(ctx, row, true).await

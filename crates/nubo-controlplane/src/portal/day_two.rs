@@ -31,7 +31,8 @@ fn bad(msg: impl Into<String>) -> AppError {
     AppError::BadRequest(msg.into())
 }
 
-/// The instance page's section: resize (stopped), rebuild (stopped or
+/// The instance page's section: resize (stopped; running: more vCPUs
+/// only, hot-added), rebuild (stopped or
 /// running) from the images the caller sees, revert (stopped) to one of
 /// its snapshots.
 pub fn instance_section(s: &super::session::Session, i: &Instance, images: &[Image]) -> Markup {
@@ -50,8 +51,8 @@ pub fn instance_section(s: &super::session::Session, i: &Instance, images: &[Ima
                     (csrf(s))
                     label { "vCPUs " input type="number" name="vcpus" min="1" value=(i.vcpus) required; }
                     label { "memory (MiB) " input type="number" name="memory_mib" min="64" value=(i.memory_mib) required; }
-                    button type="submit" disabled[!stopped] { "Resize" }
-                    @if !stopped { small.muted { " stop the instance first" } }
+                    button type="submit" { "Resize" }
+                    @if !stopped { small.muted { " running: vCPUs can be added; for memory or fewer vCPUs, stop it first" } }
                 }
                 form.inline method="post" action=(format!("/ui/instances/{id}/rebuild")) data-confirm="Rebuild? The root disk is replaced by a fresh one; what the instance wrote on it is lost." {
                     (csrf(s))
