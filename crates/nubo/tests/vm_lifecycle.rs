@@ -21,10 +21,12 @@ httpd -p 80 -h /www
 echo "httpd-started"
 "#;
 
+/// The number after `key` on the console. Anywhere in a line: the root
+/// shell on the serial console may have printed its prompt first.
 fn value_after(console: &str, key: &str) -> u64 {
     console
         .lines()
-        .find_map(|l| l.trim().strip_prefix(key))
+        .find_map(|l| l.find(key).map(|at| &l[at + key.len()..]))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no '{key}' line on the console:\n{console}"))
 }
