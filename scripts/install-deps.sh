@@ -43,7 +43,7 @@ $SUDO apt-get install -y -q --no-install-recommends --allow-downgrades \
   $QEMU_PKGS seabios ipxe-qemu e2fsprogs mmdebstrap curl ca-certificates procps \
   slapd ldap-utils openssh-client syslinux syslinux-common mtools dosfstools fdisk xorriso isolinux monitoring-plugins-basic \
   python3 python3-venv chromium chromium-driver fonts-dejavu-core nginx-light postgresql \
-  iproute2 nftables dnsmasq-base npm tmux \
+  iproute2 nftables dnsmasq-base tmux \
   ovmf swtpm swtpm-tools
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust stable (https://rustup.rs) and re-run" >&2
@@ -69,5 +69,10 @@ if [ ! -x "$TOOLS/prometheus/usr/bin/promtool" ]; then
   dpkg -x "$(ls "$TOOLS"/deb/prometheus_*.deb | head -n 1)" "$TOOLS/prometheus"
 fi
 
+# npm: Debian's package, unless Node.js with its own npm is installed
+# already (NodeSource's nodejs ships npm, and Conflicts with Debian's).
+if ! command -v npm >/dev/null; then
+  $SUDO apt-get install -y -q --no-install-recommends npm
+fi
 # The portal's browser libraries (served with `--web-assets .cache/web`).
 "$ROOT/scripts/web-assets.sh"
