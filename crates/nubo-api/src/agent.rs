@@ -166,6 +166,10 @@ pub struct DesiredInstance {
     /// Firmware, Secure Boot, TPM and display (image's and instance's merged).
     #[serde(default)]
     pub hardware: crate::hardware::Hardware,
+    /// Write the root disk from a backup before the next boot (an instance
+    /// restored from a backup, or restored in place), once per `seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<crate::backup::DesiredRestore>,
 }
 
 /// An instance's CD-ROM drive: the disc wanted in it (changed in place
@@ -401,6 +405,10 @@ pub struct DesiredVolume {
     /// Left out when there is none, so a volume never reverted reads as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revert: Option<DesiredRevert>,
+    /// Fill the volume with a disk of a backup (a new volume restored from
+    /// a backup, or a revert to one), once per `seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_backup: Option<crate::backup::DesiredRestore>,
 }
 
 /// A volume revert: its file becomes a copy of `snapshot`'s, replaced by

@@ -182,6 +182,19 @@ impl VolumeId {
     }
 }
 
+typed_id!(
+    /// A backup repository (a directory, an SFTP host or an S3 bucket), `bkr-...`.
+    BackupRepositoryId, "bkr-", "backup repository"
+);
+typed_id!(
+    /// A backup plan (what, when, where, how long), `bkp-...`.
+    BackupPlanId, "bkp-", "backup plan"
+);
+typed_id!(
+    /// One backup of an instance (all its disks at one point in time), `bak-...`.
+    BackupId, "bak-", "backup"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod automation;
+pub mod backup;
 pub mod cidr;
 pub mod console;
 pub mod error;

@@ -239,6 +239,7 @@ pub async fn desired(
             migration: desired_migration,
             cdrom,
             rebuild_seq: row.rebuild_seq,
+            restore: None,
         });
     }
     let volumes = volume_rows
@@ -256,6 +257,7 @@ pub async fn desired(
                     }),
                     _ => None,
                 },
+                from_backup: None,
             })
         })
         .collect::<AppResult<Vec<_>>>()?;
