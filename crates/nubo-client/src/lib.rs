@@ -1138,6 +1138,23 @@ impl Client {
         self.post(&format!("/api/v1/agent/image-builds/{id}"), r).await
     }
 
+    /// Takes the next backup this host should take (the control plane
+    /// marks it running); `None` when none waits.
+    pub async fn claim_backup_job(&self, host: &HostId) -> Result<Option<nubo_api::backup::BackupJob>, ClientError> {
+        self.post(&format!("/api/v1/agent/hosts/{host}/backup-jobs"), &serde_json::json!({})).await
+    }
+
+    /// Reports the progress of a backup this host takes, or its end
+    /// (`completed` or `error`).
+    pub async fn report_backup_job(
+        &self,
+        host: &HostId,
+        backup: &nubo_api::ids::BackupId,
+        r: &nubo_api::backup::BackupJobReport,
+    ) -> Result<(), ClientError> {
+        self.post(&format!("/api/v1/agent/hosts/{host}/backup-jobs/{backup}"), r).await
+    }
+
     /// Uploads the disk of an image this host built.
     pub async fn upload_image_build(
         &self,

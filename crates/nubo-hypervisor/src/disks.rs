@@ -100,7 +100,7 @@ pub(crate) fn sum_blockstats(v: &Value) -> crate::BlockStats {
 }
 
 /// Whether a QMP error says the thing was not there (so removing it is done).
-fn is_not_found(e: &QmpError) -> bool {
+pub(crate) fn is_not_found(e: &QmpError) -> bool {
     match e {
         QmpError::Command { class, desc, .. } => {
             class == "DeviceNotFound" || desc.contains("not found") || desc.contains("Failed to find node")
@@ -231,34 +231,7 @@ impl Qemu {
     /// it is now, including what its backing image provides.
     #[tracing::instrument(skip_all, fields(vm = %dir.label(), node = %node))]
     pub async fn backup_start(&self, dir: &VmDir, node: &str, target: &Path) -> Result<BackupJob, HypervisorError> {
-        let filename = target.to_str().filter(|_| target.is_absolute()).ok_or_else(|| {
-            HypervisorError::InvalidConfig(format!("backup target {} must be an absolute UTF-8 path", target.display()))
-        })?;
-        let size = {
-            let mut c = self.qmp(dir).await?;
-            let v = c.execute("query-named-block-nodes", Some(json!({"flat": true}))).await?;
-            v.as_array()
-                .into_iter()
-                .flatten()
-                .find(|n| n["node-name"] == node)
-                .and_then(|n| n["image"]["virtual-size"].as_u64())
-                .ok_or_else(|| HypervisorError::InvalidConfig(format!("the VM has no disk node {node:?} to copy")))?
-        };
-        if target.exists() {
-            return Err(HypervisorError::InvalidConfig(format!(
-                "backup target {} already exists; remove it or pick another path",
-                target.display()
-            )));
-        }
-        self.qemu_img(&[
-            "create".into(),
-            "-q".into(),
-            "-f".into(),
-            "qcow2".into(),
-            target.into(),
-            size.to_string().into(),
-        ])
-        .await?;
+        let (filename, size) = self.create_copy_target(dir, node, target).await?;
         let job = format!("bk{:08x}", rand_u32());
         let mut c = self.qmp(dir).await?;
         let started = async {
@@ -290,6 +263,45 @@ impl Qemu {
         }
         info!(%job, size, "point-in-time copy started");
         Ok(BackupJob { job, target: target.to_path_buf() })
+    }
+
+    /// Create the empty qcow2 a copy of disk `node` is written into, as
+    /// large as the disk; returns its file name (as QEMU takes it) and size.
+    pub(crate) async fn create_copy_target(
+        &self,
+        dir: &VmDir,
+        node: &str,
+        target: &Path,
+    ) -> Result<(String, u64), HypervisorError> {
+        let filename = target.to_str().filter(|_| target.is_absolute()).ok_or_else(|| {
+            HypervisorError::InvalidConfig(format!("backup target {} must be an absolute UTF-8 path", target.display()))
+        })?;
+        let size = {
+            let mut c = self.qmp(dir).await?;
+            let v = c.execute("query-named-block-nodes", Some(json!({"flat": true}))).await?;
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .find(|n| n["node-name"] == node)
+                .and_then(|n| n["image"]["virtual-size"].as_u64())
+                .ok_or_else(|| HypervisorError::InvalidConfig(format!("the VM has no disk node {node:?} to copy")))?
+        };
+        if target.exists() {
+            return Err(HypervisorError::InvalidConfig(format!(
+                "backup target {} already exists; remove it or pick another path",
+                target.display()
+            )));
+        }
+        self.qemu_img(&[
+            "create".into(),
+            "-q".into(),
+            "-f".into(),
+            "qcow2".into(),
+            target.into(),
+            size.to_string().into(),
+        ])
+        .await?;
+        Ok((filename.to_string(), size))
     }
 
     /// Wait (up to `timeout`) for a copy started by [`Self::backup_start`]
@@ -447,7 +459,7 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn rand_u32() -> u32 {
+pub(crate) fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     // Job names only need to differ between concurrent copies of one VM.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

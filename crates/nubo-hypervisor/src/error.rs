@@ -106,6 +106,10 @@ pub enum HypervisorError {
     #[error("copying the disk to {what} failed: {reason}; check free space on the host and retry")]
     CopyFailed { what: String, reason: String },
 
+    /// The storage daemon that opens a stopped VM's disks for a backup failed.
+    #[error("qemu-storage-daemon (which opens a stopped instance's disks for a backup): {0}; check the disk files and that the instance is not starting meanwhile, then retry")]
+    StorageDaemon(String),
+
     /// Talking to QEMU's monitor failed.
     /// The running VM's vCPU count cannot change as asked.
     #[error("cannot change the vCPUs of the running VM: {0}")]

@@ -156,6 +156,43 @@ pub trait Hypervisor: Send + Sync {
     /// Wait for a copy to complete; on failure the partial file is removed.
     async fn backup_finish(&self, dir: &VmDir, job: &BackupJob, timeout: Duration) -> Result<(), HypervisorError>;
 
+    // ---- backups (see the `bitmaps` and `storage_daemon` modules) ----
+
+    /// The dirty bitmaps of disk `node` of the VM (or storage daemon) in `dir`.
+    async fn dirty_bitmaps(&self, _dir: &VmDir, _node: &str) -> Result<Vec<crate::DirtyBitmap>, HypervisorError> {
+        Err(HypervisorError::Unsupported { driver: self.name(), what: "track disk changes for backups" })
+    }
+
+    /// Start a copy that begins a new dirty bitmap in the same instant;
+    /// finish it with [`Hypervisor::backup_finish`].
+    async fn backup_start_tracked(
+        &self,
+        _dir: &VmDir,
+        _copy: &crate::TrackedCopy,
+    ) -> Result<BackupJob, HypervisorError> {
+        Err(HypervisorError::Unsupported { driver: self.name(), what: "take backups" })
+    }
+
+    /// Remove a dirty bitmap; Ok if it is not there.
+    async fn remove_dirty_bitmap(&self, _dir: &VmDir, _node: &str, _name: &str) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported { driver: self.name(), what: "track disk changes for backups" })
+    }
+
+    /// The extents of a finished copy (see [`crate::MapExtent`]).
+    async fn allocation_map(&self, _path: &Path) -> Result<Vec<crate::MapExtent>, HypervisorError> {
+        Err(HypervisorError::Unsupported { driver: self.name(), what: "map a disk copy" })
+    }
+
+    /// Open a stopped VM's disks so that the methods above work on them
+    /// through the returned daemon's [`crate::StorageDaemon::dir`].
+    async fn open_disks_offline(
+        &self,
+        _work: &Path,
+        _disks: &[crate::OfflineDisk],
+    ) -> Result<crate::StorageDaemon, HypervisorError> {
+        Err(HypervisorError::Unsupported { driver: self.name(), what: "back up a stopped instance" })
+    }
+
     // ---- live migration (see the `migration` module) ----
 
     /// Target side: export `nodes` over NBD and wait for the state.

@@ -8,7 +8,8 @@
 //! ([`detect_accel`]), a small typed QMP client ([`qmp`]) and a QEMU Guest
 //! Agent client ([`QgaClient`]) for the agent channel every VM gets, and
 //! data disks ([`DataDisk`]): hot-plug, unplug, online resize and
-//! point-in-time copies. Serial consoles are capped on disk ([`console`]).
+//! point-in-time copies, and backups' incremental copies through dirty
+//! bitmaps (of a stopped VM through a storage daemon). Serial consoles are capped on disk ([`console`]).
 //!
 //! VMs run outside the caller's process group and session (QEMU `-daemonize`),
 //! so a restarted agent re-adopts them through the pidfile and QMP socket kept
@@ -16,6 +17,7 @@
 
 mod accel;
 mod argv;
+mod bitmaps;
 mod config;
 pub mod console;
 mod dir;
@@ -29,11 +31,13 @@ mod qemu;
 pub mod qga;
 pub mod qmp;
 mod simulated;
+mod storage_daemon;
 mod tap;
 mod vcpus;
 
 pub use accel::{detect_accel, Accel, AccelPreference, ParseAccelError};
 pub use argv::{qemu_argv, restrict_user_net};
+pub use bitmaps::{DirtyBitmap, MapExtent, TrackedCopy};
 pub use config::{
     mac_for, validate_id, Boot, CdRom, DataDisk, PortForward, VmConfig, CDROM_DEVICE, DEFAULT_HOTPLUG_SLOTS,
     GUEST_ADDR, MAX_DISK_SERIAL, METADATA_ADDR, METADATA_NET,
@@ -50,4 +54,5 @@ pub use qga::{
     GuestNetworkInterface, GuestOsInfo, QgaClient, QgaError, ShutdownMode,
 };
 pub use simulated::Simulated;
+pub use storage_daemon::{OfflineDisk, StorageDaemon};
 pub use tap::{TapNic, TAP_FD_BASE};

@@ -54,7 +54,8 @@ pub(crate) fn is_our_qemu(pid: u32, pidfile: &Path) -> bool {
 pub(crate) fn cmdline_has_pidfile(cmdline: &[u8], pidfile: &Path) -> bool {
     let want = pidfile.as_os_str().as_bytes();
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-    args.windows(2).any(|w| w[0] == b"-pidfile" && w[1] == want)
+    // `--pidfile` is how qemu-storage-daemon spells it (see `storage_daemon`).
+    args.windows(2).any(|w| (w[0] == b"-pidfile" || w[0] == b"--pidfile") && w[1] == want)
 }
 
 /// The pid of the live QEMU owning `pidfile`, if any.
@@ -170,6 +171,8 @@ mod tests {
         assert!(!cmdline_has_pidfile(c, Path::new("/d/vm-12/qemu.pid")));
         assert!(!cmdline_has_pidfile(c, Path::new("/d/vm/qemu.pid")));
         assert!(!cmdline_has_pidfile(b"", Path::new("/d/vm-1/qemu.pid")));
+        let qsd = b"qemu-storage-daemon\0--blockdev\0{}\0--pidfile\0/d/w/qemu.pid\0";
+        assert!(cmdline_has_pidfile(qsd, Path::new("/d/w/qemu.pid")));
     }
 
     #[test]

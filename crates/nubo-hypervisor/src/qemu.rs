@@ -48,6 +48,8 @@ pub struct Qemu {
     restrict_egress: bool,
     /// The TPM emulator, for VMs with a TPM.
     swtpm: PathBuf,
+    /// Opens a stopped VM's disks for backups (see `storage_daemon`).
+    storage_daemon: PathBuf,
 }
 
 impl Default for Qemu {
@@ -69,6 +71,7 @@ impl Qemu {
             cgroup: None,
             restrict_egress: false,
             swtpm: PathBuf::from("swtpm"),
+            storage_daemon: PathBuf::from("qemu-storage-daemon"),
         }
     }
 
@@ -127,6 +130,17 @@ impl Qemu {
 
     pub fn qemu_img_binary(&self) -> &Path {
         &self.qemu_img
+    }
+
+    /// The qemu-storage-daemon binary backups of stopped VMs use
+    /// (default: `qemu-storage-daemon` in `PATH`).
+    pub fn with_storage_daemon(mut self, binary: impl Into<PathBuf>) -> Self {
+        self.storage_daemon = binary.into();
+        self
+    }
+
+    pub fn storage_daemon_binary(&self) -> &Path {
+        &self.storage_daemon
     }
 
     /// Check that both binaries run; returns QEMU's version line.
@@ -676,6 +690,30 @@ impl Hypervisor for Qemu {
 
     async fn backup_finish(&self, dir: &VmDir, job: &BackupJob, timeout: Duration) -> Result<(), HypervisorError> {
         Qemu::backup_finish(self, &dir.resolved()?, job, timeout).await
+    }
+
+    async fn dirty_bitmaps(&self, dir: &VmDir, node: &str) -> Result<Vec<crate::DirtyBitmap>, HypervisorError> {
+        Qemu::dirty_bitmaps(self, &dir.resolved()?, node).await
+    }
+
+    async fn backup_start_tracked(&self, dir: &VmDir, copy: &crate::TrackedCopy) -> Result<BackupJob, HypervisorError> {
+        Qemu::backup_start_tracked(self, &dir.resolved()?, copy).await
+    }
+
+    async fn remove_dirty_bitmap(&self, dir: &VmDir, node: &str, name: &str) -> Result<(), HypervisorError> {
+        Qemu::remove_dirty_bitmap(self, &dir.resolved()?, node, name).await
+    }
+
+    async fn allocation_map(&self, path: &Path) -> Result<Vec<crate::MapExtent>, HypervisorError> {
+        Qemu::allocation_map(self, path).await
+    }
+
+    async fn open_disks_offline(
+        &self,
+        work: &Path,
+        disks: &[crate::OfflineDisk],
+    ) -> Result<crate::StorageDaemon, HypervisorError> {
+        Qemu::open_disks_offline(self, work, disks).await
     }
 }
 
