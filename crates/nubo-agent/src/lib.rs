@@ -10,6 +10,7 @@
 //! the monitoring and checks loops; the components depend on the host
 //! and the instance manager only, never on the reconciler.
 
+mod backups;
 pub mod balancers;
 pub mod blobs;
 pub mod builds;

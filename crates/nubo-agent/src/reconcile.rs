@@ -143,6 +143,9 @@ impl Reconciler {
         // Console sessions are joined as soon as they appear, not after a
         // whole reconcile pass.
         let consoles = tokio::spawn(crate::console_relay::run(host.clone(), rx.clone()).in_current_span());
+        // Backups (`backups`): real hosts only (a simulated one has no disks to copy).
+        let backups = (host.hypervisor.name() == "qemu")
+            .then(|| tokio::spawn(crate::backups::run(host.clone(), instances.clone()).in_current_span()));
         // They end with the reconciler (the loop below only ends when the
         // desired-state watcher is gone).
         let _guards = (
@@ -152,6 +155,7 @@ impl Reconciler {
             AbortOnDrop(heartbeat),
             AbortOnDrop(watchdog),
             AbortOnDrop(consoles),
+            backups.map(AbortOnDrop),
         );
         let mut seen: std::collections::HashSet<InstanceId> = Default::default();
         // The last report the control plane took, and when.

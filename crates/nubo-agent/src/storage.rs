@@ -182,6 +182,37 @@ fn parse_disk_lines(text: &str) -> HashMap<String, (String, u64)> {
         .collect()
 }
 
+/// Runs `start` (which starts point-in-time copies) with the guest's file
+/// systems frozen when its guest agent answers, and thaws them at once:
+/// the copy jobs keep the point in time by themselves. Returns what
+/// `start` returned and whether the file systems were frozen (else the
+/// copies are crash-consistent). Snapshots and backups both use it.
+pub(crate) async fn while_frozen<T>(
+    instances: &Instances,
+    instance: &InstanceId,
+    start: impl std::future::Future<Output = T>,
+) -> (T, bool) {
+    let mut frozen = false;
+    match instances.guest_agent(instance, Duration::from_secs(3)).await {
+        Ok(mut q) => {
+            match q.client.fsfreeze_freeze().await {
+                Ok(n) => frozen = n > 0,
+                Err(e) => {
+                    tracing::info!(error = %e, "cannot freeze the guest's file systems; the copy is crash-consistent")
+                }
+            }
+            let out = start.await;
+            if frozen {
+                if let Err(e) = q.client.fsfreeze_thaw().await {
+                    tracing::warn!(error = %e, "cannot thaw the guest's file systems (its agent thaws them after 60 s)");
+                }
+            }
+            (out, frozen)
+        }
+        Err(_) => (start.await, false),
+    }
+}
+
 /// The storage component: the state above, and the tasks that change files and disks.
 pub(crate) struct Storage {
     host: Arc<Host>,
@@ -806,25 +837,8 @@ impl Storage {
     async fn copy_running_disk(&self, instance: &InstanceId, node: &str, target: &Path) -> Result<String, String> {
         let dir = self.host.dir(instance);
         let hv = self.host.hypervisor.clone();
-        let mut frozen = false;
-        let job = match self.instances.guest_agent(instance, Duration::from_secs(3)).await {
-            Ok(mut q) => {
-                match q.client.fsfreeze_freeze().await {
-                    Ok(n) => frozen = n > 0,
-                    Err(e) => tracing::info!(error = %e, "cannot freeze the guest's file systems; the copy is crash-consistent"),
-                }
-                let job = hv.backup_start(&dir, node, target).await;
-                // Thaw at once: the copy job keeps the point in time by itself.
-                if frozen {
-                    if let Err(e) = q.client.fsfreeze_thaw().await {
-                        tracing::warn!(error = %e, "cannot thaw the guest's file systems (its agent thaws them after 60 s)");
-                    }
-                }
-                job
-            }
-            Err(_) => hv.backup_start(&dir, node, target).await,
-        }
-        .map_err(|e| e.to_string())?;
+        let (job, frozen) = while_frozen(&self.instances, instance, hv.backup_start(&dir, node, target)).await;
+        let job = job.map_err(|e| e.to_string())?;
         hv.backup_finish(&dir, &job, COPY_TIMEOUT).await.map_err(|e| e.to_string())?;
         Ok(if frozen { "filesystem" } else { "crash" }.to_string())
     }

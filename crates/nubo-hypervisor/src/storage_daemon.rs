@@ -184,8 +184,16 @@ impl StorageDaemon {
         }
     }
 
-    /// A daemon a previous agent left in `dir` (it should have died with
-    /// it): asked to terminate, so it stores its bitmaps and lets go.
+    /// Stop a daemon a previous agent left working in `work`, if any (it
+    /// should have died with that agent).
+    pub async fn stop_left_behind(work: &Path) {
+        if let Ok(dir) = VmDir::new(work).resolved() {
+            Self::stop_stale(&dir).await;
+        }
+    }
+
+    /// A daemon a previous agent left in `dir`: asked to terminate, so it
+    /// stores its bitmaps and lets go of the disks.
     async fn stop_stale(dir: &VmDir) {
         let pidfile = dir.pidfile();
         if let Some(pid) = running_pid(&pidfile) {
