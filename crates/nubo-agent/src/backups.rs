@@ -19,13 +19,14 @@
 use crate::host::Host;
 use crate::instances::Instances;
 use nubo_api::backup::{BackupDisk, BackupJob, BackupJobDisk, BackupJobReport};
-use nubo_api::ids::BackupId;
+use nubo_api::ids::{BackupId, InstanceId};
 use nubo_backup::{CopySource, DiskIndex, Extent, Manifest, ManifestDisk, RepoKey, Repository, CHUNK_SIZE};
 use nubo_client::ClientError;
 use nubo_hypervisor::{BackupJob as CopyJob, DirtyBitmap, MapExtent, OfflineDisk, StorageDaemon, TrackedCopy, VmDir};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -39,6 +40,39 @@ const UNSUPPORTED_RETRY: Duration = Duration::from_secs(60);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// How long one disk's copy may take.
 const COPY_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+/// Instances whose stopped disks a storage daemon holds (or is about to):
+/// starting one waits (see [`wait_for_disks`]), as QEMU could not lock
+/// the disks meanwhile and the start would fail.
+static HELD: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Marks an instance's disks as held by a backup until dropped.
+struct Held(String);
+
+impl Held {
+    fn new(id: &InstanceId) -> Self {
+        HELD.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string());
+        Held(id.to_string())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HELD.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.0);
+    }
+}
+
+/// Waits while a backup's storage daemon holds the instance's disks (the
+/// copies only: the daemon lets go before the upload).
+pub(crate) async fn wait_for_disks(id: &InstanceId) {
+    let held = || HELD.lock().unwrap_or_else(|p| p.into_inner()).contains(id.as_str());
+    if held() {
+        tracing::info!("waiting for a backup to let go of the instance's disks");
+        while held() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
 
 /// The dirty bitmap that counts changes since backup `id`.
 pub(crate) fn bitmap_name(id: &str) -> String {
@@ -210,26 +244,36 @@ fn extents(map: Vec<MapExtent>) -> Vec<Extent> {
         .collect()
 }
 
+/// A storage daemon on a stopped instance's disks, and the mark that
+/// keeps the instance from starting meanwhile.
+struct Offline {
+    daemon: StorageDaemon,
+    _held: Held,
+}
+
 /// Where the disks are served over QMP: the running VM, or a storage
 /// daemon opened on their files (kept so it can be stopped).
 async fn open_disks(
     host: &Host,
+    id: &InstanceId,
     instance: &VmDir,
     work: &Path,
     disks: &[Disk],
-) -> Result<(VmDir, Option<StorageDaemon>), String> {
+) -> Result<(VmDir, Option<Offline>), String> {
+    // Marked before looking, so a start cannot slip in between.
+    let held = Held::new(id);
     if host.hypervisor.status(instance).await.is_running() {
         return Ok((instance.clone(), None));
     }
     let offline: Vec<OfflineDisk> =
         disks.iter().map(|d| OfflineDisk { node: d.job.name.clone(), path: d.file.clone() }).collect();
     let daemon = host.hypervisor.open_disks_offline(&work.join("qsd"), &offline).await.map_err(|e| e.to_string())?;
-    Ok((daemon.dir().clone(), Some(daemon)))
+    Ok((daemon.dir().clone(), Some(Offline { daemon, _held: held })))
 }
 
-async fn close_disks(daemon: Option<StorageDaemon>) {
-    if let Some(d) = daemon {
-        if let Err(e) = d.stop().await {
+async fn close_disks(offline: Option<Offline>) {
+    if let Some(o) = offline {
+        if let Err(e) = o.daemon.stop().await {
             tracing::warn!(error = %e, "the storage daemon did not stop cleanly");
         }
     }
@@ -239,8 +283,8 @@ async fn close_disks(daemon: Option<StorageDaemon>) {
 /// (the instance may have started or stopped meanwhile). Best effort: a
 /// bitmap left behind only costs the next backup of that disk nothing
 /// but a little write tracking.
-async fn remove_bitmaps(host: &Host, instance: &VmDir, work: &Path, disks: &[Disk], name: &str) {
-    let (monitor, daemon) = match open_disks(host, instance, work, disks).await {
+async fn remove_bitmaps(host: &Host, id: &InstanceId, instance: &VmDir, work: &Path, disks: &[Disk], name: &str) {
+    let (monitor, daemon) = match open_disks(host, id, instance, work, disks).await {
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(error = %e, bitmap = name, "cannot open the disks to remove a dirty bitmap");
@@ -296,7 +340,7 @@ async fn back_up(
     }
 
     let new_bitmap = bitmap_name(job.backup_id.as_str());
-    let (monitor, daemon) = open_disks(host, &instance, work, &disks).await?;
+    let (monitor, daemon) = open_disks(host, &job.instance_id, &instance, work, &disks).await?;
     let running = daemon.is_none();
     let copied = copy_disks(host, instances, job, &repo, &monitor, running, &new_bitmap, &mut disks).await;
     // The daemon holds the disks' locks: let go before the (long) upload.
@@ -310,10 +354,10 @@ async fn back_up(
     match &outcome {
         Ok(_) => {
             if let Some(parent) = &job.parent {
-                remove_bitmaps(host, &instance, work, &disks, &bitmap_name(parent.as_str())).await;
+                remove_bitmaps(host, &job.instance_id, &instance, work, &disks, &bitmap_name(parent.as_str())).await;
             }
         }
-        Err(_) => remove_bitmaps(host, &instance, work, &disks, &new_bitmap).await,
+        Err(_) => remove_bitmaps(host, &job.instance_id, &instance, work, &disks, &new_bitmap).await,
     }
     outcome
 }
@@ -503,6 +547,22 @@ mod tests {
         assert!(full_reason(Some("bak-1"), &[busy]).unwrap().contains("in use"));
         let coarse = DirtyBitmap { granularity: 65536, ..bitmap("nubo-bak-1") };
         assert!(full_reason(Some("bak-1"), &[coarse]).unwrap().contains("granularity 65536"));
+    }
+
+    #[tokio::test]
+    async fn a_start_waits_while_a_backup_holds_the_disks() {
+        let id = InstanceId::generate();
+        let held = Held::new(&id);
+        let waiting = tokio::spawn({
+            let id = id.clone();
+            async move { wait_for_disks(&id).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "the start went ahead while the disks were held");
+        // Another instance is not held up.
+        tokio::time::timeout(Duration::from_secs(1), wait_for_disks(&InstanceId::generate())).await.unwrap();
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(2), waiting).await.unwrap().unwrap();
     }
 
     #[test]

@@ -585,6 +585,8 @@ impl Reconciler {
             hardware: vm_hardware(&want.hardware),
             max_vcpus: Some(crate::vcpus::max_vcpus(want.vcpus)),
         };
+        // A backup of the stopped instance may hold its disks for a moment.
+        crate::backups::wait_for_disks(&want.id).await;
         self.host.hypervisor.prepare_disk(&dir, &cfg).await?;
         self.ensure_imds(want);
         let seed = nubo_image::seed::SeedData {
