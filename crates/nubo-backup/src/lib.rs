@@ -233,12 +233,12 @@ impl Repository {
     pub async fn open(location: &RepositoryLocation, key: &RepoKey) -> Result<Repository, BackupError> {
         let backend: Arc<dyn Backend> = match location {
             RepositoryLocation::Dir { path } => Arc::new(backend::dir::DirBackend::open(Path::new(path)).await?),
-            other => {
-                return Err(BackupError::Invalid(format!(
-                    "{} repositories are not supported by this build; use a directory repository",
-                    other.kind()
-                )))
+            RepositoryLocation::Sftp { host, port, user, path, private_key, host_key } => {
+                Arc::new(backend::sftp::SftpBackend::open(host, *port, user, path, private_key, host_key).await?)
             }
+            RepositoryLocation::S3 { endpoint, region, bucket, prefix, access_key_id, secret_access_key } => Arc::new(
+                backend::s3::S3Backend::open(endpoint, region, bucket, prefix, access_key_id, secret_access_key)?,
+            ),
         };
         Repository::with_backend(backend, key).await
     }

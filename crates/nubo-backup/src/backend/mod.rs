@@ -12,6 +12,8 @@ use async_trait::async_trait;
 use crate::BackupError;
 
 pub mod dir;
+pub mod s3;
+pub mod sftp;
 
 /// A store of objects.
 #[async_trait]
