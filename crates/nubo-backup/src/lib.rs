@@ -198,6 +198,15 @@ const CONFIG_KEY: &str = "config";
 /// Manifests and indexes are bounded when opened, as chunks are.
 const MAX_META: usize = 256 << 20;
 
+/// How many chunks are read, sealed and sent (or fetched and written) at
+/// once: at least two per core so the cores stay busy, and at least 16,
+/// because much of a chunk's time is waiting on storage (a flush to disk,
+/// a round trip to an SFTP or S3 server) rather than on a core. Each holds
+/// about 2 MiB.
+pub(crate) fn in_flight() -> usize {
+    std::thread::available_parallelism().map(|n| n.get() * 2).unwrap_or(4).max(16)
+}
+
 /// The object key of a chunk.
 pub(crate) fn chunk_key(name: &[u8; 32]) -> String {
     let h = hex::encode(name);

@@ -30,7 +30,7 @@ pub(crate) async fn restore(
         .filter(|&i| index.chunks[i as usize].is_some())
         .map(|i| chunk_len(index.size, i))
         .sum();
-    let in_flight = std::thread::available_parallelism().map(|n| n.get() * 2).unwrap_or(4).max(4);
+    let in_flight = crate::in_flight();
     let jobs = stream::iter(index.chunks.iter().enumerate().filter_map(|(i, c)| c.map(|name| (i as u64, name))))
         .map(|(i, name)| {
             let file = file.clone();

@@ -130,7 +130,7 @@ pub(crate) async fn write_disk(
     let file = Arc::new(file);
     let count = chunk_count(source.size);
     let seen: Arc<Mutex<HashSet<[u8; 32]>>> = Arc::default();
-    let in_flight = std::thread::available_parallelism().map(|n| n.get() * 2).unwrap_or(4).max(4);
+    let in_flight = crate::in_flight();
 
     let jobs = stream::iter(0..count)
         .map(|i| {
