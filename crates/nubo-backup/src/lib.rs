@@ -453,3 +453,23 @@ impl Repository {
         prune::prune(self).await
     }
 }
+
+/// The agent and the control plane run these on spawned tasks, so their
+/// futures must be Send; this fails to compile when one is not.
+#[cfg(test)]
+fn _futures_are_send(repo: &'static Repository, source: &'static CopySource, target: &'static Path) {
+    fn send<T: Send>(_: T) {}
+    send(Repository::open(&RepositoryLocation::Dir { path: String::new() }, &RepoKey([0; 32])));
+    send(repo.write_disk("b", "d", source, None, &|_, _| {}));
+    send(repo.restore_disk("b", "d", target, &|_, _| {}));
+    send(repo.put_manifest(&Manifest {
+        backup_id: String::new(),
+        instance_id: String::new(),
+        taken_at_ms: 0,
+        disks: vec![],
+        meta: serde_json::Value::Null,
+    }));
+    send(repo.prune());
+    send(repo.delete_backup("b"));
+    send(repo.backups());
+}

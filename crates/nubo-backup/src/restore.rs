@@ -31,7 +31,11 @@ pub(crate) async fn restore(
         .map(|i| chunk_len(index.size, i))
         .sum();
     let in_flight = crate::in_flight();
-    let jobs = stream::iter(index.chunks.iter().enumerate().filter_map(|(i, c)| c.map(|name| (i as u64, name))))
+    // Collected first: a stream over borrowing closures would make this
+    // future not Send (the agent spawns it).
+    let wanted: Vec<(u64, [u8; 32])> =
+        index.chunks.iter().enumerate().filter_map(|(i, c)| c.map(|name| (i as u64, name))).collect();
+    let jobs = stream::iter(wanted)
         .map(|(i, name)| {
             let file = file.clone();
             let io = io("write");

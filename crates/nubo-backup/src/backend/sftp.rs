@@ -30,6 +30,8 @@ use crate::BackupError;
 
 /// How long connecting and logging in may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one SFTP request may wait for its answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct SftpBackend {
     sftp: SftpSession,
@@ -123,8 +125,14 @@ impl SftpBackend {
                 .request_subsystem(true, "sftp")
                 .await
                 .map_err(|e| fail(format!("the server offers no SFTP: {e}")))?;
-            let sftp =
-                SftpSession::new(channel.into_stream()).await.map_err(|e| fail(format!("cannot start SFTP: {e}")))?;
+            // Many chunks share the one channel: a request may wait behind
+            // several MiB of others on a slow link, longer than the
+            // library's default of 10 s.
+            let sftp_config =
+                russh_sftp::client::Config { request_timeout_secs: REQUEST_TIMEOUT.as_secs(), ..Default::default() };
+            let sftp = SftpSession::new_with_config(channel.into_stream(), sftp_config)
+                .await
+                .map_err(|e| fail(format!("cannot start SFTP: {e}")))?;
             Ok((ssh, sftp))
         };
         let (ssh, sftp) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
