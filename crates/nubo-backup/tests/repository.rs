@@ -44,3 +44,36 @@ async fn damaged_objects_refused() {
     let err = repo.manifest("../config").await.unwrap_err();
     assert!(matches!(err, BackupError::Invalid(_)), "{err}");
 }
+
+/// A disk grown between backups (to a size that was not a whole number of
+/// chunks before): an incremental copy takes the parent's short last chunk
+/// and pads it with zeros, and the new chunks are zeros unless written.
+#[tokio::test]
+async fn incremental_after_growth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let location = RepositoryLocation::Dir { path: tmp.path().join("repo").display().to_string() };
+    let repo = Repository::open(&location, &RepoKey::generate()).await.unwrap();
+    let m = common::M;
+    let small = 2 * m + m / 2;
+    let parent = tmp.path().join("parent.qcow2");
+    common::qcow2(&parent, small, 65536, &["write -P 0x51 0 2560k".into()]);
+    let (pix, _) =
+        repo.write_disk("bak-p", "root", &common::source(&parent, small, false), None, &|_, _| {}).await.unwrap();
+    repo.put_manifest(&common::manifest("bak-p", &[("root", small)])).await.unwrap();
+
+    let big = 4 * m;
+    let incr = tmp.path().join("incr.qcow2");
+    common::qcow2(&incr, big, 65536, &["write -P 0x52 3M 64k".into()]);
+    let (ix, st) =
+        repo.write_disk("bak-q", "root", &common::source(&incr, big, true), Some(&pix), &|_, _| {}).await.unwrap();
+    assert_eq!(ix.chunks[..2], pix.chunks[..2], "untouched whole chunks are the parent's");
+    assert_ne!(ix.chunks[2], pix.chunks[2], "the short chunk is re-chunked at full length");
+    assert_eq!(st.chunks_new, 2, "chunk 2 (padded) and chunk 3 (written): {st:?}");
+    repo.put_manifest(&common::manifest("bak-q", &[("root", big)])).await.unwrap();
+
+    let mut expected = vec![0u8; big as usize];
+    expected[..small as usize].fill(0x51);
+    expected[3 << 20..(3 << 20) + 65536].fill(0x52);
+    assert_eq!(common::restored(&repo, "bak-q", "root", tmp.path()).await, expected);
+    assert_eq!(common::restored(&repo, "bak-p", "root", tmp.path()).await, vec![0x51u8; small as usize]);
+}
