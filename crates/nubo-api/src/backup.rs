@@ -68,18 +68,15 @@ impl RepositoryLocation {
     /// The location as users may see it: every secret left out.
     pub fn view(&self) -> RepositoryLocationView {
         match self {
-            RepositoryLocation::Dir { path } => RepositoryLocationView {
-                kind: "dir".into(),
-                url: format!("file://{path}"),
-            },
-            RepositoryLocation::Sftp { host, port, user, path, .. } => RepositoryLocationView {
-                kind: "sftp".into(),
-                url: format!("sftp://{user}@{host}:{port}{path}"),
-            },
-            RepositoryLocation::S3 { endpoint, bucket, prefix, .. } => RepositoryLocationView {
-                kind: "s3".into(),
-                url: format!("s3://{bucket}/{prefix} at {endpoint}"),
-            },
+            RepositoryLocation::Dir { path } => {
+                RepositoryLocationView { kind: "dir".into(), url: format!("file://{path}") }
+            }
+            RepositoryLocation::Sftp { host, port, user, path, .. } => {
+                RepositoryLocationView { kind: "sftp".into(), url: format!("sftp://{user}@{host}:{port}{path}") }
+            }
+            RepositoryLocation::S3 { endpoint, bucket, prefix, .. } => {
+                RepositoryLocationView { kind: "s3".into(), url: format!("s3://{bucket}/{prefix} at {endpoint}") }
+            }
         }
     }
 }
@@ -254,6 +251,40 @@ pub struct RestoreVolume {
     pub name: Option<String>,
 }
 
+/// `POST /api/v1/instances/{id}/restore`: write a stopped instance's
+/// disks back from one of its backups (before its next start).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreInPlace {
+    /// The backup (`bak-...`), one of this instance's.
+    pub backup: BackupId,
+}
+
+/// One instance of a dead host, after `nubo host evacuate --from-backups`:
+/// where it now runs and how old its data is, or why it was left behind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EvacuatedInstance {
+    pub instance_id: InstanceId,
+    pub name: String,
+    /// The host it was re-placed on (none: left behind).
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub host_name: Option<String>,
+    /// The backup its disks are restored from.
+    #[serde(default)]
+    pub backup_id: Option<BackupId>,
+    /// The backup's point in time (UTC), and how long before the
+    /// evacuation it was: the data written since is lost.
+    #[serde(default)]
+    pub data_as_of: Option<String>,
+    #[serde(default)]
+    pub data_age: Option<String>,
+    /// Why it was left behind (no completed backup, no host has room, ...).
+    #[serde(default)]
+    pub left_behind: Option<String>,
+}
+
 /// A backup repository as users see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackupRepository {
@@ -404,7 +435,8 @@ mod tests {
         assert_eq!(l.kind(), "s3");
         let v = serde_json::to_string(&l.view()).unwrap();
         assert!(!v.contains("SECRET"), "{v}");
-        let bad = serde_json::from_value::<RepositoryLocation>(serde_json::json!({"kind": "dir", "path": "/x", "extra": 1}));
+        let bad =
+            serde_json::from_value::<RepositoryLocation>(serde_json::json!({"kind": "dir", "path": "/x", "extra": 1}));
         assert!(bad.is_err());
     }
 

@@ -127,6 +127,7 @@ pub async fn desired(
     image_ids.dedup();
     let image_sources: HashMap<String, Option<ImageSource>> =
         ctx.store.images_by_ids(&image_ids).await?.into_iter().map(|i| (i.id.clone(), image_source(&i))).collect();
+    let restores = desired_restores(&ctx, host.as_str()).await?;
     let mut instances = Vec::new();
     for row in rows {
         let migration = migrations.iter().find(|m| m.instance_id == row.id);
@@ -239,7 +240,7 @@ pub async fn desired(
             migration: desired_migration,
             cdrom,
             rebuild_seq: row.rebuild_seq,
-            restore: None,
+            restore: restores.get(&row.id).cloned(),
         });
     }
     let volumes = volume_rows
@@ -257,7 +258,7 @@ pub async fn desired(
                     }),
                     _ => None,
                 },
-                from_backup: None,
+                from_backup: restores.get(&v.id).cloned(),
             })
         })
         .collect::<AppResult<Vec<_>>>()?;
@@ -277,6 +278,37 @@ pub async fn desired(
     let balancers = ctx.store.desired_balancers(host.as_str()).await?;
     let console_sessions = ctx.consoles.of_host(host.as_str());
     Ok(Json(DesiredState { generation, instances, volumes, snapshots, balancers, networks, console_sessions }))
+}
+
+/// The disks of `host`'s instances and volumes to be written from a
+/// backup, by instance or volume id, each with its repository's access
+/// (every repository unsealed once). A repository that cannot be opened
+/// leaves its restores out, logged: the host then waits rather than boots
+/// the wrong disk.
+async fn desired_restores(ctx: &Ctx, host: &str) -> AppResult<HashMap<String, nubo_api::backup::DesiredRestore>> {
+    let mut access = HashMap::new();
+    let mut out = HashMap::new();
+    for r in ctx.store.disk_restores_on_host(host).await? {
+        if !access.contains_key(&r.repository_id) {
+            match ctx.store.repository_access(&ctx.sealer, &r.repository_id).await {
+                Ok(a) => {
+                    access.insert(r.repository_id.clone(), a);
+                }
+                Err(crate::restores::AccessError::Db(e)) => return Err(e.into()),
+                Err(e) => {
+                    tracing::error!(error = %e, target = %r.target_id, "a restore's repository cannot be opened; left out");
+                    continue;
+                }
+            }
+        }
+        let Some(repository) = access.get(&r.repository_id).cloned() else { continue };
+        let Ok(backup_id) = r.backup_id.parse() else { continue };
+        out.insert(
+            r.target_id.clone(),
+            nubo_api::backup::DesiredRestore { seq: r.seq, backup_id, disk: r.disk.clone(), repository },
+        );
+    }
+    Ok(out)
 }
 
 /// `rows` grouped by the instance `instance_of` names, in their order.
