@@ -532,7 +532,10 @@ impl Reconciler {
         // the fresh one below comes from the image. A migration's target
         // keeps the disk it receives.
         let applied = read_applied(&dir);
-        if !incoming && want.rebuild_seq > applied.rebuild_seq {
+        // A restore from a backup not written yet supersedes a pending
+        // rebuild: the root disk comes from the backup (`restores`).
+        let restore = want.restore.as_ref().filter(|r| !incoming && crate::restores::pending(&dir.disk(), r));
+        if restore.is_none() && !incoming && want.rebuild_seq > applied.rebuild_seq {
             match std::fs::remove_file(dir.disk()) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -543,6 +546,15 @@ impl Reconciler {
                 "root_disk_removed",
                 format!("rebuild {} from {}", want.rebuild_seq, want.image),
             );
+        }
+        if let Some(r) = restore {
+            self.instances.event(&want.id, "restoring", format!("root disk from {}", r.backup_id));
+            let this = self.clone();
+            let id = want.id.clone();
+            let progress =
+                move |pct: u64| this.instances.event(&id, "restoring", format!("restoring root disk {pct}%"));
+            crate::restores::restore(r, &dir.disk(), &progress).await?;
+            self.instances.event(&want.id, "restored", format!("root disk written from {}", r.backup_id));
         }
         let disks = self.storage.cold_disks(want);
         let vni_of: HashMap<_, _> = self

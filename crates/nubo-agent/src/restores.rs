@@ -1,0 +1,160 @@
+//! Disks written from a backup: an instance's root disk before its VM
+//! boots (a restore, in place or onto another host) and a volume before
+//! it is used. The repository is opened with the access the control
+//! plane sent; the disk is restored into a sparse raw file beside the
+//! target, converted to a standalone qcow2 (no backing image), and
+//! renamed over the target; then `<target>.restored` records the
+//! restore's `seq`, so each restore is applied once and a crash at any
+//! point leaves the old disk or the restored one, never half of one.
+
+use nubo_api::backup::DesiredRestore;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a disk could not be restored; each says what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("cannot open backup repository {repo}: {error}; check that this host reaches it (`nubo backup repository show`)")]
+    Open { repo: String, error: String },
+    #[error("cannot read disk {disk} of backup {backup}: {error}")]
+    Read { backup: String, disk: String, error: String },
+    #[error("cannot convert the restored disk {path} to qcow2: {error}; check that qemu-img is installed and the disk has room")]
+    Convert { path: PathBuf, error: String },
+    #[error("cannot {what} {path}: {error}")]
+    Io { what: &'static str, path: PathBuf, error: std::io::Error },
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// `<target>.restored`: the last restore applied to the disk at `target`.
+pub fn marker(target: &Path) -> PathBuf {
+    with_suffix(target, ".restored")
+}
+
+/// The restore last applied to the disk at `target` (0: none).
+pub fn restored_seq(target: &Path) -> i64 {
+    std::fs::read_to_string(marker(target)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Whether `r` is still to be written onto `target`.
+pub fn pending(target: &Path, r: &DesiredRestore) -> bool {
+    r.seq > restored_seq(target)
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RestoreError + 'a {
+    move |error| RestoreError::Io { what, path: path.to_path_buf(), error }
+}
+
+/// Writes disk `r.disk` of backup `r.backup_id` onto `target` unless this
+/// restore was applied already; `progress` hears the percentage done
+/// (each 10 %). True when it wrote the disk.
+pub async fn restore(
+    r: &DesiredRestore,
+    target: &Path,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<bool, RestoreError> {
+    if !pending(target, r) {
+        return Ok(false);
+    }
+    let repo_id = r.repository.id.to_string();
+    let open_error = |e: nubo_backup::BackupError| RestoreError::Open { repo: repo_id.clone(), error: e.to_string() };
+    let key = nubo_backup::RepoKey::from_hex(&r.repository.key_hex).map_err(open_error)?;
+    let repo = nubo_backup::Repository::open(&r.repository.location, &key).await.map_err(open_error)?;
+    if let Some(dir) = target.parent() {
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    }
+    let raw = with_suffix(target, ".raw");
+    let tmp = with_suffix(target, ".tmp");
+    for p in [&raw, &tmp] {
+        match std::fs::remove_file(p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", p)(e)),
+            _ => {}
+        }
+    }
+    let last = AtomicU64::new(0);
+    let report = |done: u64, total: u64| {
+        let pct = (done.saturating_mul(100)).checked_div(total).unwrap_or(0).min(100);
+        // Each 10 %: a progress line per chunk would flood the events.
+        if pct / 10 > last.load(Ordering::Relaxed) / 10 {
+            last.store(pct, Ordering::Relaxed);
+            progress(pct);
+        }
+    };
+    let backup = r.backup_id.to_string();
+    let read = repo.restore_disk(&backup, &r.disk, &raw, &report).await;
+    if let Err(e) = read {
+        let _ = std::fs::remove_file(&raw);
+        return Err(RestoreError::Read { backup, disk: r.disk.clone(), error: e.to_string() });
+    }
+    let out = tokio::process::Command::new("qemu-img")
+        .arg("convert")
+        .arg("-q")
+        .args(["-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&tmp)
+        .output()
+        .await;
+    let _ = std::fs::remove_file(&raw);
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(RestoreError::Convert {
+                path: tmp,
+                error: String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            });
+        }
+        Err(e) => return Err(RestoreError::Convert { path: tmp, error: e.to_string() }),
+    }
+    std::fs::rename(&tmp, target).map_err(io("rename", &tmp))?;
+    let m = marker(target);
+    let m_tmp = with_suffix(&m, ".tmp");
+    std::fs::write(&m_tmp, r.seq.to_string()).map_err(io("write", &m_tmp))?;
+    std::fs::rename(&m_tmp, &m).map_err(io("rename", &m_tmp))?;
+    tracing::info!(backup = %r.backup_id, disk = %r.disk, seq = r.seq, target = %target.display(), "disk restored from a backup");
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired(seq: i64, repo: &Path) -> DesiredRestore {
+        DesiredRestore {
+            seq,
+            backup_id: "bak-0123456789abcdef".parse().unwrap_or_else(|_| nubo_api::ids::BackupId::generate()),
+            disk: "root".into(),
+            repository: nubo_api::backup::RepositoryAccess {
+                id: nubo_api::ids::BackupRepositoryId::generate(),
+                location: nubo_api::backup::RepositoryLocation::Dir { path: repo.display().to_string() },
+                key_hex: "00".repeat(32),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restore_applied_once_is_not_applied_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("disk.qcow2");
+        std::fs::write(&target, b"old").unwrap();
+        std::fs::write(marker(&target), "3").unwrap();
+        // Under a regular file: a repository that can never be opened.
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        let repo = dir.path().join("file").join("repo");
+        assert_eq!(restored_seq(&target), 3);
+        // Seq 3 was applied: nothing is opened, the disk stays.
+        assert!(!restore(&desired(3, &repo), &target, &|_| {}).await.unwrap());
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+        // A newer one is tried; a repository that cannot be opened leaves
+        // the old disk and no marker change, with an error naming it.
+        assert!(pending(&target, &desired(4, &repo)));
+        let e = restore(&desired(4, &repo), &target, &|_| {}).await.unwrap_err();
+        assert!(e.to_string().contains("cannot open backup repository"), "{e}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+        assert_eq!(restored_seq(&target), 3);
+    }
+}
