@@ -291,10 +291,7 @@ async fn a_dead_host_is_evacuated_from_backups_and_instances_without_one_are_lef
     let shown = t.ok("GET", &format!("/api/v1/instances/{}", a["id"].as_str().unwrap()), &alice, None).await;
     assert_eq!(shown["host"], h2.as_str());
     let events = shown["events"].to_string();
-    assert!(
-        events.contains(&format!("restored on")) && events.contains(&newest) && events.contains("old)"),
-        "{events}"
-    );
+    assert!(events.contains("restored on") && events.contains(&newest) && events.contains("old)"), "{events}");
     let left = t.ok("GET", &format!("/api/v1/instances/{}", b["id"].as_str().unwrap()), &alice, None).await;
     assert_eq!(left["host"], h1.as_str());
 }
