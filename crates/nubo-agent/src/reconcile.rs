@@ -27,7 +27,7 @@ use crate::storage::Storage;
 use nubo_api::agent::{
     ActualInstance, ActualPower, DesiredInstance, DesiredState, HostReport, MigrationRole, PowerState, RegisterHost,
 };
-use nubo_api::ids::{HostId, InstanceId};
+use nubo_api::ids::{HostId, InstanceId, VolumeId};
 use nubo_api::views::GuestStatus;
 use nubo_client::Client;
 use nubo_hypervisor::{Accel, Boot, Hypervisor, PortForward, VmConfig, VmStatus};
@@ -594,6 +594,26 @@ impl Reconciler {
             max_vcpus: Some(crate::vcpus::max_vcpus(want.vcpus)),
         };
         self.host.hypervisor.prepare_disk(&dir, &cfg).await?;
+        if incoming {
+            // A migration brings disks that already hold every restore
+            // made where they came from: applied here too, never redone.
+            if let Some(r) = &want.restore {
+                crate::restores::mark_applied(&dir.disk(), r.seq)?;
+            }
+            let restored: Vec<(VolumeId, i64)> = self.instances.with_desired(|d| {
+                d.iter()
+                    .flat_map(|d| d.volumes.iter())
+                    .filter(|v| want.volumes.iter().any(|a| a.volume_id == v.id))
+                    .filter_map(|v| Some((v.id.clone(), v.from_backup.as_ref()?.seq)))
+                    .collect()
+            });
+            for (v, seq) in restored {
+                let path = self.storage.volume_path(&v);
+                if path.is_file() {
+                    crate::restores::mark_applied(&path, seq)?;
+                }
+            }
+        }
         self.ensure_imds(want);
         let seed = nubo_image::seed::SeedData {
             instance_id: want.id.to_string(),

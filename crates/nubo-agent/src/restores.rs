@@ -45,6 +45,18 @@ pub fn pending(target: &Path, r: &DesiredRestore) -> bool {
     r.seq > restored_seq(target)
 }
 
+/// Records that restore `seq` is in the disk at `target` (written by
+/// rename, so a crash leaves the old count or the new one).
+pub fn mark_applied(target: &Path, seq: i64) -> Result<(), RestoreError> {
+    if restored_seq(target) >= seq {
+        return Ok(());
+    }
+    let m = marker(target);
+    let m_tmp = with_suffix(&m, ".tmp");
+    std::fs::write(&m_tmp, seq.to_string()).map_err(io("write", &m_tmp))?;
+    std::fs::rename(&m_tmp, &m).map_err(io("rename", &m_tmp))
+}
+
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RestoreError + 'a {
     move |error| RestoreError::Io { what, path: path.to_path_buf(), error }
 }
@@ -111,10 +123,7 @@ pub async fn restore(
         Err(e) => return Err(RestoreError::Convert { path: tmp, error: e.to_string() }),
     }
     std::fs::rename(&tmp, target).map_err(io("rename", &tmp))?;
-    let m = marker(target);
-    let m_tmp = with_suffix(&m, ".tmp");
-    std::fs::write(&m_tmp, r.seq.to_string()).map_err(io("write", &m_tmp))?;
-    std::fs::rename(&m_tmp, &m).map_err(io("rename", &m_tmp))?;
+    mark_applied(target, r.seq)?;
     tracing::info!(backup = %r.backup_id, disk = %r.disk, seq = r.seq, target = %target.display(), "disk restored from a backup");
     Ok(true)
 }

@@ -1,6 +1,8 @@
-//! The rows of restores from backups (migration 0035, `disk_restores`):
-//! which disk (an instance's root disk, a volume) a host must write from
-//! which backup, once per `seq`; the `backups` rows a restore reads
+//! The records of restores from backups (migration 0035, columns of
+//! `instances` and `volumes`): which disk (an instance's root disk, a
+//! volume) a host must write from which backup, once per `restore_seq`;
+//! restored volumes made in one transaction with their restore; the
+//! `backups` rows a restore reads
 //! (migration 0033) and a repository's access (its location with its
 //! secret, and its key, unsealed with the server key). The `backups`
 //! queries here are the few a restore needs, kept apart from the backup
@@ -38,19 +40,6 @@ impl BackupRow {
     }
 }
 
-/// A disk to be written from a backup.
-#[derive(Debug, Clone, FromRow)]
-pub struct DiskRestoreRow {
-    pub target_id: String,
-    pub target_kind: String,
-    pub backup_id: String,
-    pub disk: String,
-    pub repository_id: String,
-    pub seq: i64,
-    pub data_as_of_ms: i64,
-    pub created_at_ms: i64,
-}
-
 /// What a new instance restored from a backup records with its launch
 /// (in the transaction that claims its host: the host never sees the
 /// instance without it, so it never boots the image instead).
@@ -63,48 +52,74 @@ pub struct LaunchRestore {
     pub pin: Option<String>,
 }
 
-/// Records (or bumps) the restore of one disk, in `tx`.
-pub(crate) async fn upsert(
+/// Records (or bumps) the restore of an instance's root disk, in `tx`.
+pub(crate) async fn restore_root(
     tx: &mut Tx<'_>,
-    target: &str,
-    kind: &str,
+    instance: &str,
+    backup: &str,
+    repository: &str,
+    data_as_of_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE instances SET restore_backup_id = $1, restore_repository_id = $2, restore_seq = restore_seq + 1,
+           restore_data_ms = $3
+         WHERE id = $4",
+    )
+    .bind(backup)
+    .bind(repository)
+    .bind(data_as_of_ms)
+    .bind(instance)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records (or bumps) the restore of an existing volume from disk `disk`.
+pub(crate) async fn restore_volume(
+    tx: &mut Tx<'_>,
+    volume: &str,
     backup: &str,
     disk: &str,
     repository: &str,
-    data_as_of_ms: i64,
-) -> Result<i64, sqlx::Error> {
-    let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM disk_restores WHERE target_id = $1")
-        .bind(target)
-        .fetch_optional(&mut **tx)
-        .await?;
-    let next = seq.unwrap_or(0) + 1;
-    sqlx::query("DELETE FROM disk_restores WHERE target_id = $1").bind(target).execute(&mut **tx).await?;
+) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO disk_restores (target_id, target_kind, backup_id, disk, repository_id, seq, data_as_of_ms, created_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "UPDATE volumes SET restore_backup_id = $1, restore_disk = $2, restore_repository_id = $3,
+           restore_seq = restore_seq + 1
+         WHERE id = $4",
     )
-    .bind(target)
-    .bind(kind)
     .bind(backup)
     .bind(disk)
     .bind(repository)
-    .bind(next)
-    .bind(data_as_of_ms)
-    .bind(now_ms())
+    .bind(volume)
     .execute(&mut **tx)
     .await?;
-    Ok(next)
+    Ok(())
+}
+
+/// A new volume filled from a backup's disk, already placed.
+pub struct NewRestoredVolume<'a> {
+    pub id: &'a str,
+    pub project_id: &'a str,
+    pub name: &'a str,
+    pub host_id: &'a str,
+    pub size_gib: u64,
+    pub backup_id: &'a str,
+    pub disk: &'a str,
+    pub repository_id: &'a str,
+    /// Attached to this instance at this slot as it is made (its first
+    /// boot has it).
+    pub attach: Option<(&'a str, i64)>,
 }
 
 /// The launch's part: the new instance's root disk comes from the backup.
 pub(crate) async fn record_at_launch(tx: &mut Tx<'_>, instance: &str, r: &LaunchRestore) -> Result<(), sqlx::Error> {
-    upsert(tx, instance, "instance", &r.backup_id, "root", &r.repository_id, r.data_as_of_ms).await?;
+    restore_root(tx, instance, &r.backup_id, &r.repository_id, r.data_as_of_ms).await?;
     crate::store::insert_event(
         tx,
         instance,
         now_ms(),
         "restore",
-        &format!("restored from {}, data as of {}", r.backup_id, crate::restores::time_text(r.data_as_of_ms)),
+        &format!("restored from {}, data as of {}", r.backup_id, time_text(r.data_as_of_ms)),
     )
     .await
 }
@@ -174,21 +189,39 @@ impl Store {
         .await
     }
 
-    /// The restores of the instances and volumes on `host`.
-    pub async fn disk_restores_on_host(&self, host: &str) -> Result<Vec<DiskRestoreRow>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT * FROM disk_restores
-             WHERE (target_kind = 'instance' AND target_id IN (SELECT id FROM instances WHERE host_id = $1))
-                OR (target_kind = 'volume' AND target_id IN (SELECT id FROM volumes WHERE host_id = $1))",
+    /// Claims quota and pool space and inserts a volume to be filled from
+    /// a backup, with its restore in the same row (its host never sees it
+    /// without one, so never makes it empty).
+    pub async fn create_restored_volume(
+        &self,
+        v: &NewRestoredVolume<'_>,
+        pool_limit: i64,
+    ) -> Result<(), crate::volumes::StorageClaimError> {
+        let mut tx = self.begin().await?;
+        crate::volumes::claim_quota(&mut tx, v.project_id, v.size_gib as i64).await?;
+        crate::volumes::claim_pool(&mut tx, v.host_id, v.size_gib as i64, pool_limit).await?;
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO volumes (id, project_id, name, host_id, size_gib, desired, state, created_at_ms, updated_at_ms,
+               instance_id, attach_state, slot, restore_backup_id, restore_disk, restore_repository_id, restore_seq)
+             VALUES ($1, $2, $3, $4, $5, 'present', 'creating', $6, $6, $7, $8, $9, $10, $11, $12, 1)",
         )
-        .bind(host)
-        .fetch_all(&self.pool)
-        .await
-    }
-
-    /// The restore recorded for one instance or volume, if any.
-    pub async fn disk_restore(&self, target: &str) -> Result<Option<DiskRestoreRow>, sqlx::Error> {
-        sqlx::query_as("SELECT * FROM disk_restores WHERE target_id = $1").bind(target).fetch_optional(&self.pool).await
+        .bind(v.id)
+        .bind(v.project_id)
+        .bind(v.name)
+        .bind(v.host_id)
+        .bind(v.size_gib as i64)
+        .bind(now)
+        .bind(v.attach.map(|a| a.0))
+        .bind(v.attach.map(|_| "attaching"))
+        .bind(v.attach.map(|a| a.1))
+        .bind(v.backup_id)
+        .bind(v.disk)
+        .bind(v.repository_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Where repository `id` is and the key that opens it, its secrets

@@ -127,7 +127,7 @@ pub async fn desired(
     image_ids.dedup();
     let image_sources: HashMap<String, Option<ImageSource>> =
         ctx.store.images_by_ids(&image_ids).await?.into_iter().map(|i| (i.id.clone(), image_source(&i))).collect();
-    let restores = desired_restores(&ctx, host.as_str()).await?;
+    let restores = desired_restores(&ctx, &rows, &volume_rows).await?;
     let mut instances = Vec::new();
     for row in rows {
         let migration = migrations.iter().find(|m| m.instance_id == row.id);
@@ -280,32 +280,49 @@ pub async fn desired(
     Ok(Json(DesiredState { generation, instances, volumes, snapshots, balancers, networks, console_sessions }))
 }
 
-/// The disks of `host`'s instances and volumes to be written from a
+/// The disks of the host's instances and volumes to be written from a
 /// backup, by instance or volume id, each with its repository's access
-/// (every repository unsealed once). A repository that cannot be opened
-/// leaves its restores out, logged: the host then waits rather than boots
-/// the wrong disk.
-async fn desired_restores(ctx: &Ctx, host: &str) -> AppResult<HashMap<String, nubo_api::backup::DesiredRestore>> {
-    let mut access = HashMap::new();
+/// (read only when some disk is to be restored, each repository once). A
+/// repository that cannot be opened leaves its restores out, logged: the
+/// host then makes no disk rather than the wrong one.
+async fn desired_restores(
+    ctx: &Ctx,
+    instances: &[InstanceRow],
+    volumes: &[crate::volumes::VolumeRow],
+) -> AppResult<HashMap<String, nubo_api::backup::DesiredRestore>> {
+    let wanted = instances
+        .iter()
+        .filter(|r| r.restore_seq > 0)
+        .filter_map(|r| {
+            Some((&r.id, r.restore_backup_id.as_ref()?, "root", r.restore_repository_id.as_ref()?, r.restore_seq))
+        })
+        .chain(volumes.iter().filter(|v| v.restore_seq > 0).filter_map(|v| {
+            Some((
+                &v.id,
+                v.restore_backup_id.as_ref()?,
+                v.restore_disk.as_deref()?,
+                v.restore_repository_id.as_ref()?,
+                v.restore_seq,
+            ))
+        }));
+    let mut access: HashMap<String, Option<nubo_api::backup::RepositoryAccess>> = HashMap::new();
     let mut out = HashMap::new();
-    for r in ctx.store.disk_restores_on_host(host).await? {
-        if !access.contains_key(&r.repository_id) {
-            match ctx.store.repository_access(&ctx.sealer, &r.repository_id).await {
-                Ok(a) => {
-                    access.insert(r.repository_id.clone(), a);
-                }
+    for (target, backup, disk, repository, seq) in wanted {
+        if !access.contains_key(repository) {
+            let a = match ctx.store.repository_access(&ctx.sealer, repository).await {
+                Ok(a) => Some(a),
                 Err(crate::restores::AccessError::Db(e)) => return Err(e.into()),
                 Err(e) => {
-                    tracing::error!(error = %e, target = %r.target_id, "a restore's repository cannot be opened; left out");
-                    continue;
+                    tracing::error!(error = %e, "a restore's repository cannot be opened; its restores are left out");
+                    None
                 }
-            }
+            };
+            access.insert(repository.clone(), a);
         }
-        let Some(repository) = access.get(&r.repository_id).cloned() else { continue };
-        let Ok(backup_id) = r.backup_id.parse() else { continue };
+        let (Some(Some(repository)), Ok(backup_id)) = (access.get(repository), backup.parse()) else { continue };
         out.insert(
-            r.target_id.clone(),
-            nubo_api::backup::DesiredRestore { seq: r.seq, backup_id, disk: r.disk.clone(), repository },
+            target.clone(),
+            nubo_api::backup::DesiredRestore { seq, backup_id, disk: disk.to_string(), repository: repository.clone() },
         );
     }
     Ok(out)

@@ -9,9 +9,10 @@
 use crate::auth::Caller;
 use crate::authz::{self, Access};
 use crate::error::{AppError, AppResult};
+use crate::restores::NewRestoredVolume;
 use crate::restores::{BackupRow, LaunchRestore};
 use crate::store::{now_ms, Size};
-use crate::volumes::{NewVolume, StorageClaimError};
+use crate::volumes::StorageClaimError;
 use crate::{placement, Ctx};
 use nubo_api::agent::PowerState;
 use nubo_api::backup::{EvacuatedInstance, RestoreInPlace, RestoreInstance, RestoreVolume};
@@ -91,8 +92,7 @@ fn networks_of(inst: &Value) -> Vec<String> {
 }
 
 /// Makes a volume on `host` filled from disk `disk` of backup `b`,
-/// attached to `instance` at `slot` when given. The restore is recorded
-/// before the volume exists, so its host never sees it without one.
+/// attached to `instance` at `slot` when given.
 #[allow(clippy::too_many_arguments)]
 async fn restored_volume(
     ctx: &Ctx,
@@ -107,40 +107,18 @@ async fn restored_volume(
     let (host, limit) = placement::place_storage(ctx, gib, host).await?;
     let id = VolumeId::generate();
     let name = name.map(str::to_string).unwrap_or_else(|| id.to_string());
-    let mut tx = ctx.store.begin().await?;
-    crate::restores::upsert(&mut tx, id.as_str(), "volume", &b.id, &disk.name, &b.repository_id, b.created_at_ms)
-        .await?;
-    tx.commit().await?;
-    let new = NewVolume {
+    let new = NewRestoredVolume {
         id: id.as_str(),
         project_id: project,
         name: &name,
         host_id: &host,
         size_gib: gib,
-        snapshot_id: None,
+        backup_id: &b.id,
+        disk: &disk.name,
+        repository_id: &b.repository_id,
+        attach,
     };
-    if let Err(e) = ctx.store.create_volume(&new, limit).await {
-        let _ = sqlx::query("DELETE FROM disk_restores WHERE target_id = $1")
-            .bind(id.as_str())
-            .execute(&ctx.store.pool)
-            .await;
-        return Err(claim_error(e));
-    }
-    if let Some((instance, slot)) = attach {
-        // Attached as it is made: the instance's first boot has it. A
-        // report that made it available meanwhile makes it in use now.
-        sqlx::query(
-            "UPDATE volumes SET instance_id = $1, attach_state = 'attaching', slot = $2,
-               state = CASE WHEN state = 'available' THEN 'in-use' ELSE state END, updated_at_ms = $3
-             WHERE id = $4",
-        )
-        .bind(instance)
-        .bind(slot)
-        .bind(now_ms())
-        .bind(id.as_str())
-        .execute(&ctx.store.pool)
-        .await?;
-    }
+    ctx.store.create_restored_volume(&new, limit).await.map_err(claim_error)?;
     Ok(id.to_string())
 }
 
@@ -275,12 +253,12 @@ pub async fn restore_in_place(ctx: &Arc<Ctx>, caller: &Caller, id: &str, p: &Res
     }
     let attached = ctx.store.volumes_of_instance(&row.id).await?;
     let mut tx = ctx.store.begin().await?;
-    crate::restores::upsert(&mut tx, &row.id, "instance", &b.id, "root", &b.repository_id, b.created_at_ms).await?;
+    crate::restores::restore_root(&mut tx, &row.id, &b.id, &b.repository_id, b.created_at_ms).await?;
     let mut volumes = Vec::new();
     for d in b.disks().iter().filter(|d| d.name != "root") {
         let vid = d.volume_id.as_ref().map(|v| v.to_string()).unwrap_or_else(|| d.name.clone());
         if attached.iter().any(|v| v.id == vid) {
-            crate::restores::upsert(&mut tx, &vid, "volume", &b.id, &d.name, &b.repository_id, b.created_at_ms).await?;
+            crate::restores::restore_volume(&mut tx, &vid, &b.id, &d.name, &b.repository_id).await?;
             volumes.push(vid);
         }
     }
@@ -400,7 +378,7 @@ async fn evacuate_one(
         return Ok(Err("it moved, or its host came back, meanwhile".into()));
     }
     crate::store::release_capacity(&mut tx, &dead.id, Size::of(row)).await?;
-    crate::restores::upsert(&mut tx, &row.id, "instance", &b.id, "root", &b.repository_id, b.created_at_ms).await?;
+    crate::restores::restore_root(&mut tx, &row.id, &b.id, &b.repository_id, b.created_at_ms).await?;
     let disks = b.disks();
     let volumes: Vec<String> =
         sqlx::query_scalar("SELECT id FROM volumes WHERE instance_id = $1 AND state <> 'deleted'")
@@ -411,8 +389,7 @@ async fn evacuate_one(
     for v in &volumes {
         match disks.iter().find(|d| d.volume_id.as_ref().is_some_and(|i| i.as_str() == v) || d.name == *v) {
             Some(d) => {
-                crate::restores::upsert(&mut tx, v, "volume", &b.id, &d.name, &b.repository_id, b.created_at_ms)
-                    .await?;
+                crate::restores::restore_volume(&mut tx, v, &b.id, &d.name, &b.repository_id).await?;
             }
             None => empty.push(v.clone()),
         }
