@@ -22,6 +22,8 @@
 # console test's `nubo instance console --attach` in a real terminal.
 # ovmf (UEFI firmware for instances that ask for it) and swtpm with
 # swtpm-tools (each instance with a TPM runs its own swtpm).
+# openssh-server (the backup repository test runs its own sshd on
+# 127.0.0.1 as the SFTP backup host; Debian's ssh service is disabled).
 # Idempotent; refreshes apt's lists because the image build runs
 # `apt-get download` against them.
 set -euo pipefail
@@ -44,7 +46,7 @@ $SUDO apt-get install -y -q --no-install-recommends --allow-downgrades \
   slapd ldap-utils openssh-client syslinux syslinux-common mtools dosfstools fdisk xorriso isolinux monitoring-plugins-basic \
   python3 python3-venv chromium chromium-driver fonts-dejavu-core nginx-light postgresql \
   iproute2 nftables dnsmasq-base tmux \
-  ovmf swtpm swtpm-tools
+  ovmf swtpm swtpm-tools openssh-server
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust stable (https://rustup.rs) and re-run" >&2
   exit 1
@@ -56,6 +58,9 @@ $SUDO service slapd stop >/dev/null 2>&1 || true
 # Likewise Debian's nginx service (port 80): the benchmark starts its own.
 if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true; fi
 $SUDO service nginx stop >/dev/null 2>&1 || true
+# Likewise Debian's ssh service: the backup test starts its own sshd.
+if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now ssh >/dev/null 2>&1 || true; fi
+$SUDO service ssh stop >/dev/null 2>&1 || true
 
 # promtool, unpacked (not installed) so that no Prometheus service starts.
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
