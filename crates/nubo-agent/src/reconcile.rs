@@ -551,9 +551,9 @@ impl Reconciler {
             self.instances.event(&want.id, "restoring", format!("root disk from {}", r.backup_id));
             let this = self.clone();
             let id = want.id.clone();
-            let progress =
-                move |pct: u64| this.instances.event(&id, "restoring", format!("restoring root disk {pct}%"));
-            crate::restores::restore(r, &dir.disk(), &progress).await?;
+            let progress: crate::restores::Progress =
+                Arc::new(move |pct: u64| this.instances.event(&id, "restoring", format!("restoring root disk {pct}%")));
+            crate::restores::restore(r, &dir.disk(), progress).await?;
             self.instances.event(&want.id, "restored", format!("root disk written from {}", r.backup_id));
         }
         let disks = self.storage.cold_disks(want);

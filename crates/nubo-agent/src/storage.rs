@@ -639,8 +639,10 @@ impl Storage {
                 if let Some(r) = v.from_backup.as_ref().filter(|r| crate::restores::pending(&path, r)) {
                     // A volume restored from a backup: its file is the
                     // backup's disk (a new one, or written back in place).
-                    let progress = |pct: u64| tracing::info!(backup = %r.backup_id, "restoring volume {pct}%");
-                    crate::restores::restore(r, &path, &progress).await.map_err(|e| e.to_string())?;
+                    let backup = r.backup_id.clone();
+                    let progress: crate::restores::Progress =
+                        Arc::new(move |pct: u64| tracing::info!(backup = %backup, "restoring volume {pct}%"));
+                    crate::restores::restore(r, &path, progress).await.map_err(|e| e.to_string())?;
                     if hv.volume_size(&path).await.map_err(|e| e.to_string())? < want {
                         hv.resize_volume(&path, want).await.map_err(|e| e.to_string())?;
                     }
