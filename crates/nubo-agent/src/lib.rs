@@ -32,6 +32,7 @@ mod metadata;
 pub mod metrics;
 pub mod network;
 pub mod reconcile;
+pub mod restores;
 pub mod runs;
 pub mod storage;
 pub mod trust;

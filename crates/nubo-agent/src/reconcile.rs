@@ -27,7 +27,7 @@ use crate::storage::Storage;
 use nubo_api::agent::{
     ActualInstance, ActualPower, DesiredInstance, DesiredState, HostReport, MigrationRole, PowerState, RegisterHost,
 };
-use nubo_api::ids::{HostId, InstanceId};
+use nubo_api::ids::{HostId, InstanceId, VolumeId};
 use nubo_api::views::GuestStatus;
 use nubo_client::Client;
 use nubo_hypervisor::{Accel, Boot, Hypervisor, PortForward, VmConfig, VmStatus};
@@ -536,7 +536,10 @@ impl Reconciler {
         // the fresh one below comes from the image. A migration's target
         // keeps the disk it receives.
         let applied = read_applied(&dir);
-        if !incoming && want.rebuild_seq > applied.rebuild_seq {
+        // A restore from a backup not written yet supersedes a pending
+        // rebuild: the root disk comes from the backup (`restores`).
+        let restore = want.restore.as_ref().filter(|r| !incoming && crate::restores::pending(&dir.disk(), r));
+        if restore.is_none() && !incoming && want.rebuild_seq > applied.rebuild_seq {
             match std::fs::remove_file(dir.disk()) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -547,6 +550,15 @@ impl Reconciler {
                 "root_disk_removed",
                 format!("rebuild {} from {}", want.rebuild_seq, want.image),
             );
+        }
+        if let Some(r) = restore {
+            self.instances.event(&want.id, "restoring", format!("root disk from {}", r.backup_id));
+            let this = self.clone();
+            let id = want.id.clone();
+            let progress: crate::restores::Progress =
+                Arc::new(move |pct: u64| this.instances.event(&id, "restoring", format!("restoring root disk {pct}%")));
+            crate::restores::restore(r, &dir.disk(), progress).await?;
+            self.instances.event(&want.id, "restored", format!("root disk written from {}", r.backup_id));
         }
         let disks = self.storage.cold_disks(want);
         let vni_of: HashMap<_, _> = self
@@ -588,6 +600,26 @@ impl Reconciler {
         // A backup of the stopped instance may hold its disks for a moment.
         crate::backups::wait_for_disks(&want.id).await;
         self.host.hypervisor.prepare_disk(&dir, &cfg).await?;
+        if incoming {
+            // A migration brings disks that already hold every restore
+            // made where they came from: applied here too, never redone.
+            if let Some(r) = &want.restore {
+                crate::restores::mark_applied(&dir.disk(), r.seq)?;
+            }
+            let restored: Vec<(VolumeId, i64)> = self.instances.with_desired(|d| {
+                d.iter()
+                    .flat_map(|d| d.volumes.iter())
+                    .filter(|v| want.volumes.iter().any(|a| a.volume_id == v.id))
+                    .filter_map(|v| Some((v.id.clone(), v.from_backup.as_ref()?.seq)))
+                    .collect()
+            });
+            for (v, seq) in restored {
+                let path = self.storage.volume_path(&v);
+                if path.is_file() {
+                    crate::restores::mark_applied(&path, seq)?;
+                }
+            }
+        }
         self.ensure_imds(want);
         let seed = nubo_image::seed::SeedData {
             instance_id: want.id.to_string(),

@@ -600,6 +600,17 @@ impl Storage {
                 } else {
                     ActualVolumeState::Creating
                 }
+            } else if v.from_backup.as_ref().is_some_and(|r| crate::restores::pending(&path, r)) {
+                // Written back from a backup (in place, or after an
+                // evacuation); it waits while an instance uses the volume.
+                if !busy && !in_use.contains(&v.id) {
+                    self.spawn_volume_task(v.clone(), false);
+                }
+                if error.is_some() {
+                    ActualVolumeState::Error
+                } else {
+                    ActualVolumeState::Creating
+                }
             } else if v.revert.as_ref().is_some_and(|r| r.seq > reverted_seq(&path)) {
                 // A revert not applied yet; it waits while an instance uses
                 // the volume (the control plane asks only when none does).
@@ -648,12 +659,25 @@ impl Storage {
             let result: Result<Option<u64>, String> = async {
                 if !v.present {
                     let _ = std::fs::remove_file(revert_marker(&path));
+                    let _ = std::fs::remove_file(crate::restores::marker(&path));
                     match std::fs::remove_file(&path) {
                         Ok(()) => tracing::info!("volume file deleted"),
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                         Err(e) => return Err(format!("cannot delete {}: {e}", path.display())),
                     }
                     return Ok(None);
+                }
+                if let Some(r) = v.from_backup.as_ref().filter(|r| crate::restores::pending(&path, r)) {
+                    // A volume restored from a backup: its file is the
+                    // backup's disk (a new one, or written back in place).
+                    let backup = r.backup_id.clone();
+                    let progress: crate::restores::Progress =
+                        Arc::new(move |pct: u64| tracing::info!(backup = %backup, "restoring volume {pct}%"));
+                    crate::restores::restore(r, &path, progress).await.map_err(|e| e.to_string())?;
+                    if hv.volume_size(&path).await.map_err(|e| e.to_string())? < want {
+                        hv.resize_volume(&path, want).await.map_err(|e| e.to_string())?;
+                    }
+                    return hv.volume_size(&path).await.map(Some).map_err(|e| e.to_string());
                 }
                 if path.is_file() {
                     if grow {

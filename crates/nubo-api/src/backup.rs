@@ -251,6 +251,40 @@ pub struct RestoreVolume {
     pub name: Option<String>,
 }
 
+/// `POST /api/v1/instances/{id}/restore`: write a stopped instance's
+/// disks back from one of its backups (before its next start).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreInPlace {
+    /// The backup (`bak-...`), one of this instance's.
+    pub backup: BackupId,
+}
+
+/// One instance of a dead host, after `nubo host evacuate --from-backups`:
+/// where it now runs and how old its data is, or why it was left behind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EvacuatedInstance {
+    pub instance_id: InstanceId,
+    pub name: String,
+    /// The host it was re-placed on (none: left behind).
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub host_name: Option<String>,
+    /// The backup its disks are restored from.
+    #[serde(default)]
+    pub backup_id: Option<BackupId>,
+    /// The backup's point in time (UTC), and how long before the
+    /// evacuation it was: the data written since is lost.
+    #[serde(default)]
+    pub data_as_of: Option<String>,
+    #[serde(default)]
+    pub data_age: Option<String>,
+    /// Why it was left behind (no completed backup, no host has room, ...).
+    #[serde(default)]
+    pub left_behind: Option<String>,
+}
+
 /// A backup repository as users see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackupRepository {

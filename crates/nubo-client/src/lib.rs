@@ -528,6 +528,41 @@ impl Client {
         self.post(&format!("/api/v1/instances/{}/rebuild", path_segment(id)), p).await
     }
 
+    /// Restores a backup as a new instance (201 with its view).
+    pub async fn restore_backup(
+        &self,
+        backup: &str,
+        p: &nubo_api::backup::RestoreInstance,
+    ) -> Result<Instance, ClientError> {
+        self.post(&format!("/api/v1/backups/{}/restore", path_segment(backup)), p).await
+    }
+
+    /// Restores one disk of a backup (`root` or a volume id) as a new volume.
+    pub async fn restore_backup_volume(
+        &self,
+        backup: &str,
+        p: &nubo_api::backup::RestoreVolume,
+    ) -> Result<nubo_api::views::Volume, ClientError> {
+        self.post(&format!("/api/v1/backups/{}/restore-volume", path_segment(backup)), p).await
+    }
+
+    /// Writes a stopped instance's disks back from one of its backups.
+    pub async fn restore_instance(
+        &self,
+        id: &str,
+        p: &nubo_api::backup::RestoreInPlace,
+    ) -> Result<Instance, ClientError> {
+        self.post(&format!("/api/v1/instances/{}/restore", path_segment(id)), p).await
+    }
+
+    /// Re-places a dead host's instances from their newest backups.
+    pub async fn evacuate_from_backups(
+        &self,
+        host: &str,
+    ) -> Result<Vec<nubo_api::backup::EvacuatedInstance>, ClientError> {
+        self.post(&format!("/api/v1/hosts/{}/evacuate-from-backups", path_segment(host)), &serde_json::json!({})).await
+    }
+
     /// Reverts a stopped instance's root disk to one of its snapshots.
     pub async fn revert_instance(
         &self,

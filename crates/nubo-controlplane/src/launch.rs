@@ -30,6 +30,8 @@ pub struct LaunchRecord<'a> {
     pub cdrom: Option<(&'a str, &'a str)>,
     /// The instance's hardware (the `hardware` column's JSON; none: defaults).
     pub hardware: Option<&'a str>,
+    /// The root disk comes from a backup (see `restores`), not the image.
+    pub restore: Option<&'a crate::restores::LaunchRestore>,
 }
 
 pub(crate) async fn insert_launch_record(
@@ -66,6 +68,9 @@ pub(crate) async fn insert_launch_record(
     }
     if let Some((image_id, boot_order)) = r.cdrom {
         crate::cdrom::record_at_launch(tx, instance, image_id, boot_order).await?;
+    }
+    if let Some(restore) = r.restore {
+        crate::restores::record_at_launch(tx, instance, restore).await?;
     }
     Ok(())
 }

@@ -46,6 +46,7 @@ pub mod portal;
 pub mod provisioning;
 pub mod recipes;
 pub mod registry;
+pub mod restores;
 pub mod saga;
 pub mod sagas;
 pub mod secrets;

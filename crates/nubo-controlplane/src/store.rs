@@ -211,6 +211,16 @@ pub struct InstanceRow {
     /// Firmware, Secure Boot, TPM, display (JSON, see `hardware`; NULL: defaults).
     #[sqlx(default)]
     pub hardware: Option<String>,
+    /// The root disk is written from this backup, once per `restore_seq`
+    /// (migration 0035; see `restores`).
+    #[sqlx(default)]
+    pub restore_backup_id: Option<String>,
+    #[sqlx(default)]
+    pub restore_repository_id: Option<String>,
+    #[sqlx(default)]
+    pub restore_seq: i64,
+    #[sqlx(default)]
+    pub restore_data_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, FromRow)]

@@ -50,6 +50,16 @@ pub struct VolumeRow {
     /// `app::day_two`); the host reports the count it applied.
     pub revert_seq: i64,
     pub revert_snapshot_id: Option<String>,
+    /// Written from disk `restore_disk` of this backup, once per
+    /// `restore_seq` (migration 0035; see `restores`).
+    #[sqlx(default)]
+    pub restore_backup_id: Option<String>,
+    #[sqlx(default)]
+    pub restore_repository_id: Option<String>,
+    #[sqlx(default)]
+    pub restore_disk: Option<String>,
+    #[sqlx(default)]
+    pub restore_seq: i64,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -118,7 +128,7 @@ enum Scope<'a> {
 }
 
 /// Takes `gib` of the project's volume quota, or says why not.
-async fn claim_quota(tx: &mut Tx<'_>, project: &str, gib: i64) -> Result<(), StorageClaimError> {
+pub(crate) async fn claim_quota(tx: &mut Tx<'_>, project: &str, gib: i64) -> Result<(), StorageClaimError> {
     let r = sqlx::query(
         "UPDATE projects SET used_volume_gib = used_volume_gib + $1
          WHERE id = $2 AND used_volume_gib + $1 <= quota_volume_gib",

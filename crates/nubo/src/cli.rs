@@ -34,6 +34,9 @@ pub enum Command {
     /// Compute hosts.
     #[command(subcommand)]
     Host(HostCmd),
+    /// Backups: restore one as a new instance or a volume.
+    #[command(subcommand)]
+    Backup(BackupCmd),
     /// Images: builtin, imported, and snapshots of instances.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -826,6 +829,44 @@ pub enum InstanceCmd {
         #[arg(long)]
         snapshot: String,
     },
+    /// Write a stopped instance's disks back from one of its backups
+    /// (root disk and the volumes the backup holds); done at its next start.
+    Restore {
+        id: String,
+        /// The backup, bak-...
+        #[arg(long)]
+        backup: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BackupCmd {
+    /// A new instance from a backup: its size, disks and volumes.
+    Restore {
+        backup: String,
+        /// The new instance's name (default: the original's with `-restored`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Put it on the original's private networks (by default it gets
+        /// none, so it does not clash with a still-running original).
+        #[arg(long)]
+        with_networks: bool,
+        /// Pin it to a host (operators).
+        #[arg(long)]
+        host: Option<String>,
+        /// Return once it runs, printing its stages.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// A new volume from one disk of a backup.
+    RestoreVolume {
+        backup: String,
+        /// `root`, or the id of a volume the backup holds.
+        #[arg(long)]
+        disk: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -945,9 +986,14 @@ pub enum HostCmd {
     /// Drain a host and live-migrate its running instances elsewhere.
     Evacuate {
         host: String,
-        /// Return once every migration has ended (with each one's figures).
+        /// Return once every migration has ended (with each one's figures);
+        /// with --from-backups, once every restored instance runs.
         #[arg(long)]
         wait: bool,
+        /// The host is dead: restore each of its instances on other hosts
+        /// from its newest backup (its data is as old as that backup).
+        #[arg(long)]
+        from_backups: bool,
     },
     /// Live migrations, newest first.
     Migrations,

@@ -40,7 +40,7 @@ fn flag(on: bool, off: bool) -> Option<bool> {
     }
 }
 
-fn print_instance(i: &Instance) {
+pub(crate) fn print_instance(i: &Instance) {
     let rows = vec![
         ("id", i.id.to_string()),
         ("name", i.name.clone()),
@@ -145,7 +145,7 @@ fn print_instance(i: &Instance) {
 
 /// Polls until the instance reaches `target` (or fails), printing each
 /// state change on stderr.
-async fn wait_for(c: &Client, id: &str, target: InstanceState, limit: Duration) -> anyhow::Result<Instance> {
+pub(crate) async fn wait_for(c: &Client, id: &str, target: InstanceState, limit: Duration) -> anyhow::Result<Instance> {
     let started = Instant::now();
     let mut last: Option<InstanceState> = None;
     loop {
@@ -453,6 +453,7 @@ pub async fn instance(cmd: InstanceCmd, conn: &Conn) -> anyhow::Result<()> {
             }
             emit(conn.output, &i, print_instance)
         }
+        InstanceCmd::Restore { id, backup } => crate::restore_cmds::restore_in_place(conn, &id, backup).await,
         InstanceCmd::Revert { id, snapshot } => {
             let i = client(conn)?.revert_instance(&id, &nubo_api::params::InstanceRevert { snapshot }).await?;
             emit(conn.output, &i, print_instance)
@@ -546,7 +547,10 @@ pub async fn host(cmd: HostCmd, conn: &Conn) -> anyhow::Result<()> {
         }
         HostCmd::Drain { host } => client(conn)?.host_action::<()>(&host, "drain").await.map_err(Into::into),
         HostCmd::Enable { host } => client(conn)?.host_action::<()>(&host, "enable").await.map_err(Into::into),
-        HostCmd::Evacuate { host, wait } => {
+        HostCmd::Evacuate { host, wait, from_backups: true } => {
+            crate::restore_cmds::evacuate_from_backups(conn, &host, wait).await
+        }
+        HostCmd::Evacuate { host, wait, from_backups: false } => {
             let c = client(conn)?;
             let mut started: Vec<Migration> = c.host_action(&host, "evacuate").await?;
             if wait {

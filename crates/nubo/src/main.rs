@@ -15,6 +15,7 @@ mod network_cmds;
 mod output;
 mod provision_cmds;
 mod relay;
+mod restore_cmds;
 mod storage_cmds;
 mod tag_cmds;
 mod task_cmds;
@@ -73,6 +74,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Agent(a) => daemon::agent(a).await,
         Command::Instance(c) => client_cmds::instance(c, &cli.conn).await,
         Command::Host(c) => client_cmds::host(c, &cli.conn).await,
+        Command::Backup(c) => restore_cmds::backup(c, &cli.conn).await,
         Command::Image(c) => client_cmds::image(c, &cli.conn).await,
         Command::Volume(c) => storage_cmds::volume(c, &cli.conn).await,
         Command::Snapshot(c) => storage_cmds::snapshot(c, &cli.conn).await,

@@ -220,7 +220,7 @@ pub async fn snapshot_instance(
 
 // ---- volumes ----
 
-fn print_volume(v: &Volume) {
+pub(crate) fn print_volume(v: &Volume) {
     let mut rows = vec![
         ("id", v.id.to_string()),
         ("name", v.name.clone()),

@@ -127,6 +127,7 @@ pub async fn desired(
     image_ids.dedup();
     let image_sources: HashMap<String, Option<ImageSource>> =
         ctx.store.images_by_ids(&image_ids).await?.into_iter().map(|i| (i.id.clone(), image_source(&i))).collect();
+    let restores = desired_restores(&ctx, &rows, &volume_rows).await?;
     let mut instances = Vec::new();
     for row in rows {
         let migration = migrations.iter().find(|m| m.instance_id == row.id);
@@ -239,7 +240,7 @@ pub async fn desired(
             migration: desired_migration,
             cdrom,
             rebuild_seq: row.rebuild_seq,
-            restore: None,
+            restore: restores.get(&row.id).cloned(),
         });
     }
     let volumes = volume_rows
@@ -257,7 +258,7 @@ pub async fn desired(
                     }),
                     _ => None,
                 },
-                from_backup: None,
+                from_backup: restores.get(&v.id).cloned(),
             })
         })
         .collect::<AppResult<Vec<_>>>()?;
@@ -277,6 +278,54 @@ pub async fn desired(
     let balancers = ctx.store.desired_balancers(host.as_str()).await?;
     let console_sessions = ctx.consoles.of_host(host.as_str());
     Ok(Json(DesiredState { generation, instances, volumes, snapshots, balancers, networks, console_sessions }))
+}
+
+/// The disks of the host's instances and volumes to be written from a
+/// backup, by instance or volume id, each with its repository's access
+/// (read only when some disk is to be restored, each repository once). A
+/// repository that cannot be opened leaves its restores out, logged: the
+/// host then makes no disk rather than the wrong one.
+async fn desired_restores(
+    ctx: &Ctx,
+    instances: &[InstanceRow],
+    volumes: &[crate::volumes::VolumeRow],
+) -> AppResult<HashMap<String, nubo_api::backup::DesiredRestore>> {
+    let wanted = instances
+        .iter()
+        .filter(|r| r.restore_seq > 0)
+        .filter_map(|r| {
+            Some((&r.id, r.restore_backup_id.as_ref()?, "root", r.restore_repository_id.as_ref()?, r.restore_seq))
+        })
+        .chain(volumes.iter().filter(|v| v.restore_seq > 0).filter_map(|v| {
+            Some((
+                &v.id,
+                v.restore_backup_id.as_ref()?,
+                v.restore_disk.as_deref()?,
+                v.restore_repository_id.as_ref()?,
+                v.restore_seq,
+            ))
+        }));
+    let mut access: HashMap<String, Option<nubo_api::backup::RepositoryAccess>> = HashMap::new();
+    let mut out = HashMap::new();
+    for (target, backup, disk, repository, seq) in wanted {
+        if !access.contains_key(repository) {
+            let a = match ctx.store.repository_access(&ctx.sealer, repository).await {
+                Ok(a) => Some(a),
+                Err(crate::restores::AccessError::Db(e)) => return Err(e.into()),
+                Err(e) => {
+                    tracing::error!(error = %e, "a restore's repository cannot be opened; its restores are left out");
+                    None
+                }
+            };
+            access.insert(repository.clone(), a);
+        }
+        let (Some(Some(repository)), Ok(backup_id)) = (access.get(repository), backup.parse()) else { continue };
+        out.insert(
+            target.clone(),
+            nubo_api::backup::DesiredRestore { seq, backup_id, disk: disk.to_string(), repository: repository.clone() },
+        );
+    }
+    Ok(out)
 }
 
 /// `rows` grouped by the instance `instance_of` names, in their order.

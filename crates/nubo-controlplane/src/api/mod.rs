@@ -23,6 +23,7 @@ pub mod migrations;
 pub mod monitoring;
 pub mod networks;
 pub mod provisioning;
+pub mod restores;
 pub mod tags;
 pub mod volumes;
 
@@ -103,6 +104,10 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(volumes::create_snapshot))
         .routes(routes!(volumes::list_snapshots))
         .routes(routes!(volumes::show_snapshot, volumes::delete_snapshot))
+        .routes(routes!(restores::restore))
+        .routes(routes!(restores::restore_volume))
+        .routes(routes!(restores::restore_in_place))
+        .routes(routes!(restores::evacuate_from_backups))
         .routes(routes!(day_two::resize))
         .routes(routes!(day_two::rebuild))
         .routes(routes!(day_two::revert_instance))

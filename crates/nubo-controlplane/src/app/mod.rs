@@ -28,5 +28,6 @@ pub mod migrations;
 pub mod monitoring;
 pub mod networks;
 pub mod provisioning;
+pub mod restores;
 pub mod tags;
 pub mod volumes;

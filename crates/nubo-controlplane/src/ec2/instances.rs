@@ -699,6 +699,7 @@ async fn launch_all(
             private_address: req.private_address.as_deref(),
             cdrom: None,
             hardware: None,
+            restore: None,
         };
         let launched = match app::instances::launch(ctx, caller, &create, record).await {
             Ok(row) if req.volumes.is_empty() => Ok(row),

@@ -14,8 +14,10 @@ pub async fn place(ctx: &Ctx, new: &NewInstance<'_>) -> Result<(String, Vec<(u16
     // an underlay); user-mode-only hosts cannot.
     // An external network only on hosts that map its interface name.
     let externals = ctx.store.external_names(new.ec2.networks).await?;
+    // A restore may be pinned to a host (an operator's choice).
+    let pin = new.ec2.restore.and_then(|r| r.pin.as_deref());
     let constraints =
-        Constraints { underlay: !new.ec2.networks.is_empty(), externals: &externals, ..Constraints::default() };
+        Constraints { underlay: !new.ec2.networks.is_empty(), externals: &externals, pin, ..Constraints::default() };
     // A few rounds: each round re-reads the hosts, so a lost claim is
     // retried against fresh numbers rather than a stale snapshot.
     for _ in 0..5 {

@@ -199,6 +199,7 @@ impl SagaDef for RecipeLaunch {
                     private_address: None,
                     cdrom: None,
                     hardware: p.hardware.as_deref(),
+                    restore: None,
                 },
             };
             return match crate::placement::place(ctx, &new).await {

@@ -1,0 +1,274 @@
+//! The records of restores from backups (migration 0035, columns of
+//! `instances` and `volumes`): which disk (an instance's root disk, a
+//! volume) a host must write from which backup, once per `restore_seq`;
+//! restored volumes made in one transaction with their restore; the
+//! `backups` rows a restore reads
+//! (migration 0033) and a repository's access (its location with its
+//! secret, and its key, unsealed with the server key). The `backups`
+//! queries here are the few a restore needs, kept apart from the backup
+//! jobs' own.
+
+use crate::store::{now_ms, Store, Tx};
+use nubo_api::backup::{BackupDisk, RepositoryAccess, RepositoryLocation};
+use sqlx::FromRow;
+
+/// One backup, as much of it as a restore reads.
+#[derive(Debug, Clone, FromRow)]
+pub struct BackupRow {
+    pub id: String,
+    pub project_id: String,
+    pub instance_id: String,
+    pub instance_name: String,
+    pub repository_id: String,
+    pub host_id: Option<String>,
+    pub state: String,
+    pub instance_json: String,
+    pub disks_json: String,
+    pub created_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+}
+
+impl BackupRow {
+    /// The disks it holds (`root` and volumes), as its host reported them.
+    pub fn disks(&self) -> Vec<BackupDisk> {
+        serde_json::from_str(&self.disks_json).unwrap_or_default()
+    }
+
+    /// What the instance was (its view, volumes, networks, tags).
+    pub fn instance(&self) -> serde_json::Value {
+        serde_json::from_str(&self.instance_json).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// What a new instance restored from a backup records with its launch
+/// (in the transaction that claims its host: the host never sees the
+/// instance without it, so it never boots the image instead).
+#[derive(Debug, Clone)]
+pub struct LaunchRestore {
+    pub backup_id: String,
+    pub repository_id: String,
+    pub data_as_of_ms: i64,
+    /// Only this host (by id), chosen by an operator.
+    pub pin: Option<String>,
+}
+
+/// Records (or bumps) the restore of an instance's root disk, in `tx`.
+pub(crate) async fn restore_root(
+    tx: &mut Tx<'_>,
+    instance: &str,
+    backup: &str,
+    repository: &str,
+    data_as_of_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE instances SET restore_backup_id = $1, restore_repository_id = $2, restore_seq = restore_seq + 1,
+           restore_data_ms = $3
+         WHERE id = $4",
+    )
+    .bind(backup)
+    .bind(repository)
+    .bind(data_as_of_ms)
+    .bind(instance)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records (or bumps) the restore of an existing volume from disk `disk`.
+pub(crate) async fn restore_volume(
+    tx: &mut Tx<'_>,
+    volume: &str,
+    backup: &str,
+    disk: &str,
+    repository: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE volumes SET restore_backup_id = $1, restore_disk = $2, restore_repository_id = $3,
+           restore_seq = restore_seq + 1
+         WHERE id = $4",
+    )
+    .bind(backup)
+    .bind(disk)
+    .bind(repository)
+    .bind(volume)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A new volume filled from a backup's disk, already placed.
+pub struct NewRestoredVolume<'a> {
+    pub id: &'a str,
+    pub project_id: &'a str,
+    pub name: &'a str,
+    pub host_id: &'a str,
+    pub size_gib: u64,
+    pub backup_id: &'a str,
+    pub disk: &'a str,
+    pub repository_id: &'a str,
+    /// Attached to this instance at this slot as it is made (its first
+    /// boot has it).
+    pub attach: Option<(&'a str, i64)>,
+}
+
+/// The launch's part: the new instance's root disk comes from the backup.
+pub(crate) async fn record_at_launch(tx: &mut Tx<'_>, instance: &str, r: &LaunchRestore) -> Result<(), sqlx::Error> {
+    restore_root(tx, instance, &r.backup_id, &r.repository_id, r.data_as_of_ms).await?;
+    crate::store::insert_event(
+        tx,
+        instance,
+        now_ms(),
+        "restore",
+        &format!("restored from {}, data as of {}", r.backup_id, time_text(r.data_as_of_ms)),
+    )
+    .await
+}
+
+/// `ms` since the epoch as `2026-12-07 14:03:00 UTC`.
+pub fn time_text(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// A duration in milliseconds as `3 h 12 min` / `2 d 4 h` / `40 s`.
+pub fn age_text(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        s if s < 60 => format!("{s} s"),
+        s if s < 3600 => format!("{} min", s / 60),
+        s if s < 86_400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        s => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// Why a repository's access could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("backup repository {0} does not exist")]
+    Missing(String),
+    #[error("backup repository {0}: {1}")]
+    Broken(String, String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+impl Store {
+    pub async fn backup_for_restore(&self, id: &str) -> Result<Option<BackupRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, project_id, instance_id, instance_name, repository_id, host_id, state, instance_json,
+               disks_json, created_at_ms, finished_at_ms
+             FROM backups WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// The newest completed backup of `instance` (any repository).
+    pub async fn newest_completed_backup(&self, instance: &str) -> Result<Option<BackupRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, project_id, instance_id, instance_name, repository_id, host_id, state, instance_json,
+               disks_json, created_at_ms, finished_at_ms
+             FROM backups WHERE instance_id = $1 AND state = 'completed'
+             ORDER BY created_at_ms DESC, id DESC LIMIT 1",
+        )
+        .bind(instance)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Claims quota and pool space and inserts a volume to be filled from
+    /// a backup, with its restore in the same row (its host never sees it
+    /// without one, so never makes it empty).
+    pub async fn create_restored_volume(
+        &self,
+        v: &NewRestoredVolume<'_>,
+        pool_limit: i64,
+    ) -> Result<(), crate::volumes::StorageClaimError> {
+        let mut tx = self.begin().await?;
+        crate::volumes::claim_quota(&mut tx, v.project_id, v.size_gib as i64).await?;
+        crate::volumes::claim_pool(&mut tx, v.host_id, v.size_gib as i64, pool_limit).await?;
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO volumes (id, project_id, name, host_id, size_gib, desired, state, created_at_ms, updated_at_ms,
+               instance_id, attach_state, slot, restore_backup_id, restore_disk, restore_repository_id, restore_seq)
+             VALUES ($1, $2, $3, $4, $5, 'present', 'creating', $6, $6, $7, $8, $9, $10, $11, $12, 1)",
+        )
+        .bind(v.id)
+        .bind(v.project_id)
+        .bind(v.name)
+        .bind(v.host_id)
+        .bind(v.size_gib as i64)
+        .bind(now)
+        .bind(v.attach.map(|a| a.0))
+        .bind(v.attach.map(|_| "attaching"))
+        .bind(v.attach.map(|a| a.1))
+        .bind(v.backup_id)
+        .bind(v.disk)
+        .bind(v.repository_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Where repository `id` is and the key that opens it, its secrets
+    /// unsealed with the server key.
+    pub async fn repository_access(
+        &self,
+        sealer: &crate::secrets::Sealer,
+        id: &str,
+    ) -> Result<RepositoryAccess, AccessError> {
+        let row: Option<(String, Option<String>, String)> =
+            sqlx::query_as("SELECT location_json, sealed_secret, sealed_key FROM backup_repositories WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let (location_json, sealed_secret, sealed_key) = row.ok_or_else(|| AccessError::Missing(id.to_string()))?;
+        let broken = |what: &str| AccessError::Broken(id.to_string(), what.to_string());
+        let mut location: RepositoryLocation = serde_json::from_str(&location_json)
+            .map_err(|e| broken(&format!("its stored location does not parse ({e}); register it again")))?;
+        let unseal = |s: &str| {
+            sealer
+                .unseal(s)
+                .map_err(|_| broken("its sealed secrets do not open with this server's key; register it again"))
+        };
+        if let Some(sealed) = sealed_secret.as_deref() {
+            let secret = unseal(sealed)?;
+            match &mut location {
+                RepositoryLocation::Dir { .. } => {}
+                RepositoryLocation::Sftp { private_key, .. } => *private_key = secret,
+                RepositoryLocation::S3 { secret_access_key, .. } => *secret_access_key = secret,
+            }
+        }
+        let key_hex = unseal(&sealed_key)?;
+        let id = id.parse().map_err(|_| broken("its id is malformed"))?;
+        Ok(RepositoryAccess { id, location, key_hex })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_ages_read_as_people_write_them() {
+        assert_eq!(time_text(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(time_text(1_796_652_180_000), "2026-12-07 14:03:00 UTC");
+        assert_eq!(age_text(40_000), "40 s");
+        assert_eq!(age_text(3_600_000 * 3 + 60_000 * 12), "3 h 12 min");
+        assert_eq!(age_text(86_400_000 * 2 + 3_600_000 * 4), "2 d 4 h");
+    }
+}
