@@ -2,10 +2,10 @@
 //! chunks on a directory, an SFTP server or an S3 bucket (see
 //! docs/backups.md for the design and why it is written here).
 //!
-//! THIS FILE IS THE CONTRACT between the crate and its users (the agent,
-//! which writes and restores disks, and the control plane, which opens
-//! repositories, lists, deletes and prunes). The signatures below are
-//! settled; the bodies are being written.
+//! This file is the crate's interface to its users (the agent, which
+//! writes and restores disks, and the control plane, which opens
+//! repositories, lists, deletes and prunes) and owns the repository's
+//! layout and its `config`; the work is done in the modules below.
 //!
 //! Layout of a repository (every object but `config` encrypted):
 //! - `config`: format version, chunk size, and a key check (a known text
@@ -20,9 +20,20 @@
 //!   chunk of the disk.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nubo_api::backup::RepositoryLocation;
 use serde::{Deserialize, Serialize};
+
+pub mod backend;
+pub mod crypto;
+pub mod index;
+mod prune;
+mod restore;
+mod write;
+
+use backend::Backend;
+use crypto::Keys;
 
 /// The size of a chunk, and the granularity of the dirty bitmaps that
 /// decide which chunks an incremental backup reads.
@@ -30,8 +41,35 @@ pub const CHUNK_SIZE: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
+    /// The store could not be reached, or refused an operation.
+    #[error("the backup repository at {location} failed: {detail}; check that this host reaches it and that its credentials and permissions are right")]
+    Backend { location: String, detail: String },
+    /// The SFTP server showed a host key other than the registered one.
+    #[error("the SFTP server {location} showed host key {shown}, not the registered {expected}; if the server's key really changed, register the repository again with its new key, else someone may be intercepting the connection")]
+    HostKey { location: String, shown: String, expected: String },
+    /// The repository's key check does not open with this key.
+    #[error("the repository at {location} was made with another key; use the key it was registered with")]
+    WrongKey { location: String },
+    /// The repository was written in a format this build does not read.
+    #[error("the repository at {location} has format {found}, this build reads {supported}; use a nubo release that matches the repository")]
+    Format { location: String, found: String, supported: String },
+    /// An object that should be there is not.
+    #[error("{what} is missing from the repository at {location}; the backup is incomplete or was deleted (list the repository's backups and pick another)")]
+    Missing { location: String, what: String },
+    /// An object is there but does not open or decode.
+    #[error("{what} in the repository at {location} is damaged or was altered ({detail}); restore from another backup, and check the storage")]
+    Corrupt { location: String, what: String, detail: String },
+    /// A local file (the copy being backed up, or the restore target).
+    #[error("cannot {what} {path}: {source}; check the file and the free space of its file system")]
+    Io {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A caller's argument is unusable.
     #[error("{0}")]
-    Todo(String),
+    Invalid(String),
 }
 
 /// A repository's 32-byte encryption key.
@@ -43,8 +81,13 @@ impl RepoKey {
         RepoKey(rand::random())
     }
     pub fn from_hex(s: &str) -> Result<Self, BackupError> {
-        let v = hex::decode(s).map_err(|e| BackupError::Todo(e.to_string()))?;
-        Ok(RepoKey(v.try_into().map_err(|_| BackupError::Todo("key must be 32 bytes".into()))?))
+        let bad = |why: String| {
+            BackupError::Invalid(format!(
+                "the repository key is not valid ({why}); it is 64 hex digits, as the control plane generated it"
+            ))
+        };
+        let v = hex::decode(s.trim()).map_err(|e| bad(e.to_string()))?;
+        Ok(RepoKey(v.try_into().map_err(|v: Vec<u8>| bad(format!("{} bytes, not 32", v.len())))?))
     }
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
@@ -134,14 +177,172 @@ pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
 
 /// An open repository.
 pub struct Repository {
-    _private: (),
+    backend: Arc<dyn Backend>,
+    keys: Arc<Keys>,
+}
+
+/// The `config` object: the only one in the clear, so that `open` can
+/// tell a wrong key from a damaged repository.
+#[derive(Debug, Serialize, Deserialize)]
+struct Config {
+    format: String,
+    version: u32,
+    chunk_size: u64,
+    /// [`crypto::KEY_CHECK_TEXT`] sealed with the key, hex.
+    key_check: String,
+}
+
+const FORMAT: &str = "nubo-backup";
+const VERSION: u32 = 1;
+const CONFIG_KEY: &str = "config";
+/// Manifests and indexes are bounded when opened, as chunks are.
+const MAX_META: usize = 256 << 20;
+
+/// The object key of a chunk.
+pub(crate) fn chunk_key(name: &[u8; 32]) -> String {
+    let h = hex::encode(name);
+    format!("chunks/{}/{h}", &h[..2])
+}
+
+/// Backup ids and disk names become object keys: only plain names.
+fn check_name(kind: &str, s: &str) -> Result<(), BackupError> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('.')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(BackupError::Invalid(format!(
+            "{kind} {s:?} cannot name a repository object; use letters, digits, '-', '_' and '.' (at most 128, not starting with '.')"
+        )))
+    }
+}
+
+fn index_key(backup_id: &str, disk: &str) -> String {
+    format!("backups/{backup_id}/{disk}.index")
+}
+
+fn manifest_key(backup_id: &str) -> String {
+    format!("backups/{backup_id}/manifest")
 }
 
 impl Repository {
     /// Open the repository at `location`, creating its `config` on first
     /// use. A repository made with another key is refused.
-    pub async fn open(_location: &RepositoryLocation, _key: &RepoKey) -> Result<Repository, BackupError> {
-        Err(BackupError::Todo("not written yet".into()))
+    pub async fn open(location: &RepositoryLocation, key: &RepoKey) -> Result<Repository, BackupError> {
+        let backend: Arc<dyn Backend> = match location {
+            RepositoryLocation::Dir { path } => Arc::new(backend::dir::DirBackend::open(Path::new(path)).await?),
+            other => {
+                return Err(BackupError::Invalid(format!(
+                    "{} repositories are not supported by this build; use a directory repository",
+                    other.kind()
+                )))
+            }
+        };
+        Repository::with_backend(backend, key).await
+    }
+
+    /// Open the repository on `backend` (see [`Repository::open`]).
+    pub async fn with_backend(backend: Arc<dyn Backend>, key: &RepoKey) -> Result<Repository, BackupError> {
+        let keys = Arc::new(Keys::new(key));
+        let repo = Repository { backend, keys };
+        let location = repo.backend.describe();
+        match repo.backend.get(CONFIG_KEY).await? {
+            None => {
+                let config = Config {
+                    format: FORMAT.into(),
+                    version: VERSION,
+                    chunk_size: CHUNK_SIZE,
+                    key_check: hex::encode(repo.keys.seal(CONFIG_KEY, crypto::KEY_CHECK_TEXT)),
+                };
+                let bytes = serde_json::to_vec_pretty(&config)
+                    .map_err(|e| BackupError::Invalid(format!("cannot encode the repository's config: {e}")))?;
+                repo.backend.put(CONFIG_KEY, bytes).await?;
+            }
+            Some(bytes) => {
+                let config: Config = serde_json::from_slice(&bytes).map_err(|e| BackupError::Corrupt {
+                    location: location.clone(),
+                    what: "the config".into(),
+                    detail: e.to_string(),
+                })?;
+                let supported = format!("{FORMAT} version {VERSION} with {CHUNK_SIZE}-byte chunks");
+                if config.format != FORMAT || config.version != VERSION || config.chunk_size != CHUNK_SIZE {
+                    return Err(BackupError::Format {
+                        location,
+                        found: format!(
+                            "{} version {} with {}-byte chunks",
+                            config.format, config.version, config.chunk_size
+                        ),
+                        supported,
+                    });
+                }
+                let check = hex::decode(&config.key_check).map_err(|e| BackupError::Corrupt {
+                    location: location.clone(),
+                    what: "the config's key check".into(),
+                    detail: e.to_string(),
+                })?;
+                match repo.keys.open(CONFIG_KEY, &check, 1024) {
+                    Ok(text) if text == crypto::KEY_CHECK_TEXT => {}
+                    _ => return Err(BackupError::WrongKey { location }),
+                }
+            }
+        }
+        Ok(repo)
+    }
+
+    /// The repository's location, for messages.
+    pub fn location(&self) -> String {
+        self.backend.describe()
+    }
+
+    pub(crate) fn corrupt(&self, what: String, detail: impl std::fmt::Display) -> BackupError {
+        BackupError::Corrupt { location: self.location(), what, detail: detail.to_string() }
+    }
+
+    pub(crate) fn missing(&self, what: String) -> BackupError {
+        BackupError::Missing { location: self.location(), what }
+    }
+
+    /// Encrypt `plain` and store it at `key`.
+    async fn put_sealed(&self, key: &str, plain: Vec<u8>) -> Result<(), BackupError> {
+        let keys = self.keys.clone();
+        let k = key.to_string();
+        let sealed = tokio::task::spawn_blocking(move || keys.seal(&k, &plain))
+            .await
+            .map_err(|e| BackupError::Invalid(format!("sealing {key} failed: {e}")))?;
+        self.backend.put(key, sealed).await
+    }
+
+    /// The object at `key`, opened; `None` when it is missing.
+    async fn get_sealed(&self, key: &str, max: usize) -> Result<Option<Vec<u8>>, BackupError> {
+        let Some(obj) = self.backend.get(key).await? else { return Ok(None) };
+        let keys = self.keys.clone();
+        let k = key.to_string();
+        let r = tokio::task::spawn_blocking(move || keys.open(&k, &obj, max))
+            .await
+            .map_err(|e| BackupError::Invalid(format!("opening {key} failed: {e}")))?;
+        r.map(Some).map_err(|e| self.corrupt(key.to_string(), e))
+    }
+
+    /// Fetch chunk `name` and check it is what its name says.
+    pub(crate) async fn get_chunk(&self, name: [u8; 32]) -> Result<Vec<u8>, BackupError> {
+        let key = chunk_key(&name);
+        let Some(obj) = self.backend.get(&key).await? else {
+            return Err(self.missing(format!("chunk {}", hex::encode(name))));
+        };
+        let keys = self.keys.clone();
+        let k = key.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let plain = keys.open(&k, &obj, CHUNK_SIZE as usize).map_err(|e| e.to_string())?;
+            if keys.chunk_name(&plain) != name {
+                return Err("its content does not match its name".to_string());
+            }
+            Ok(plain)
+        })
+        .await
+        .map_err(|e| BackupError::Invalid(format!("opening {key} failed: {e}")))?;
+        r.map_err(|e| self.corrupt(key, e))
     }
 
     /// Store one disk of backup `backup_id` as `disk` from a point-in-time
@@ -151,53 +352,95 @@ impl Repository {
     /// what it cost.
     pub async fn write_disk(
         &self,
-        _backup_id: &str,
-        _disk: &str,
-        _source: &CopySource,
-        _parent: Option<&DiskIndex>,
-        _progress: Progress<'_>,
+        backup_id: &str,
+        disk: &str,
+        source: &CopySource,
+        parent: Option<&DiskIndex>,
+        progress: Progress<'_>,
     ) -> Result<(DiskIndex, WriteStats), BackupError> {
-        Err(BackupError::Todo("not written yet".into()))
+        check_name("backup id", backup_id)?;
+        check_name("disk name", disk)?;
+        let (index, stats) = write::write_disk(self, source, parent, progress).await?;
+        self.put_sealed(&index_key(backup_id, disk), index::encode(&index)).await?;
+        Ok((index, stats))
     }
 
     /// Write the manifest: last, so a backup without one is incomplete.
-    pub async fn put_manifest(&self, _manifest: &Manifest) -> Result<(), BackupError> {
-        Err(BackupError::Todo("not written yet".into()))
+    pub async fn put_manifest(&self, manifest: &Manifest) -> Result<(), BackupError> {
+        check_name("backup id", &manifest.backup_id)?;
+        for d in &manifest.disks {
+            check_name("disk name", &d.name)?;
+        }
+        let bytes = serde_json::to_vec(manifest)
+            .map_err(|e| BackupError::Invalid(format!("cannot encode the manifest of {}: {e}", manifest.backup_id)))?;
+        self.put_sealed(&manifest_key(&manifest.backup_id), bytes).await
     }
 
-    pub async fn manifest(&self, _backup_id: &str) -> Result<Manifest, BackupError> {
-        Err(BackupError::Todo("not written yet".into()))
+    pub async fn manifest(&self, backup_id: &str) -> Result<Manifest, BackupError> {
+        check_name("backup id", backup_id)?;
+        let key = manifest_key(backup_id);
+        let Some(bytes) = self.get_sealed(&key, MAX_META).await? else {
+            return Err(self.missing(format!("backup {backup_id} (its manifest)")));
+        };
+        serde_json::from_slice(&bytes).map_err(|e| self.corrupt(key, e))
     }
 
-    pub async fn disk_index(&self, _backup_id: &str, _disk: &str) -> Result<DiskIndex, BackupError> {
-        Err(BackupError::Todo("not written yet".into()))
+    pub async fn disk_index(&self, backup_id: &str, disk: &str) -> Result<DiskIndex, BackupError> {
+        check_name("backup id", backup_id)?;
+        check_name("disk name", disk)?;
+        let key = index_key(backup_id, disk);
+        let Some(bytes) = self.get_sealed(&key, MAX_META).await? else {
+            return Err(self.missing(format!("disk {disk} of backup {backup_id}")));
+        };
+        index::decode(&bytes).map_err(|e| self.corrupt(key, e))
     }
 
     /// The backups that have a manifest.
     pub async fn backups(&self) -> Result<Vec<String>, BackupError> {
-        Err(BackupError::Todo("not written yet".into()))
+        let mut out: Vec<String> = self
+            .backend
+            .list("backups/")
+            .await?
+            .into_iter()
+            .filter_map(|(k, _)| {
+                let rest = k.strip_prefix("backups/")?;
+                let (id, file) = rest.split_once('/')?;
+                (file == "manifest").then(|| id.to_string())
+            })
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     /// Write disk `disk` of `backup_id` into a new sparse raw file at
     /// `target` (zero chunks are holes). Returns the bytes written.
     pub async fn restore_disk(
         &self,
-        _backup_id: &str,
-        _disk: &str,
-        _target: &Path,
-        _progress: Progress<'_>,
+        backup_id: &str,
+        disk: &str,
+        target: &Path,
+        progress: Progress<'_>,
     ) -> Result<u64, BackupError> {
-        Err(BackupError::Todo("not written yet".into()))
+        let index = self.disk_index(backup_id, disk).await?;
+        restore::restore(self, &index, target, progress).await
     }
 
     /// Delete a backup's manifest and indexes (its chunks go at the next prune).
-    pub async fn delete_backup(&self, _backup_id: &str) -> Result<(), BackupError> {
-        Err(BackupError::Todo("not written yet".into()))
+    pub async fn delete_backup(&self, backup_id: &str) -> Result<(), BackupError> {
+        check_name("backup id", backup_id)?;
+        // The manifest first: a delete cut short leaves an unfinished
+        // backup, which the next prune removes, never a manifest naming
+        // indexes that are gone.
+        self.backend.delete(&manifest_key(backup_id)).await?;
+        for (key, _) in self.backend.list(&format!("backups/{backup_id}/")).await? {
+            self.backend.delete(&key).await?;
+        }
+        Ok(())
     }
 
     /// Delete every chunk no remaining index names. The caller makes sure
     /// no backup is being written to the repository meanwhile.
     pub async fn prune(&self) -> Result<PruneStats, BackupError> {
-        Err(BackupError::Todo("not written yet".into()))
+        prune::prune(self).await
     }
 }
