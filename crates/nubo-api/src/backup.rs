@@ -68,18 +68,15 @@ impl RepositoryLocation {
     /// The location as users may see it: every secret left out.
     pub fn view(&self) -> RepositoryLocationView {
         match self {
-            RepositoryLocation::Dir { path } => RepositoryLocationView {
-                kind: "dir".into(),
-                url: format!("file://{path}"),
-            },
-            RepositoryLocation::Sftp { host, port, user, path, .. } => RepositoryLocationView {
-                kind: "sftp".into(),
-                url: format!("sftp://{user}@{host}:{port}{path}"),
-            },
-            RepositoryLocation::S3 { endpoint, bucket, prefix, .. } => RepositoryLocationView {
-                kind: "s3".into(),
-                url: format!("s3://{bucket}/{prefix} at {endpoint}"),
-            },
+            RepositoryLocation::Dir { path } => {
+                RepositoryLocationView { kind: "dir".into(), url: format!("file://{path}") }
+            }
+            RepositoryLocation::Sftp { host, port, user, path, .. } => {
+                RepositoryLocationView { kind: "sftp".into(), url: format!("sftp://{user}@{host}:{port}{path}") }
+            }
+            RepositoryLocation::S3 { endpoint, bucket, prefix, .. } => {
+                RepositoryLocationView { kind: "s3".into(), url: format!("s3://{bucket}/{prefix} at {endpoint}") }
+            }
         }
     }
 }
@@ -412,7 +409,8 @@ mod tests {
         assert_eq!(l.kind(), "s3");
         let v = serde_json::to_string(&l.view()).unwrap();
         assert!(!v.contains("SECRET"), "{v}");
-        let bad = serde_json::from_value::<RepositoryLocation>(serde_json::json!({"kind": "dir", "path": "/x", "extra": 1}));
+        let bad =
+            serde_json::from_value::<RepositoryLocation>(serde_json::json!({"kind": "dir", "path": "/x", "extra": 1}));
         assert!(bad.is_err());
     }
 

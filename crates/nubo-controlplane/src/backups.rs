@@ -147,10 +147,14 @@ pub fn parse_schedule(schedule: &str) -> Result<croner::Cron, String> {
     let hint = "give five cron fields in UTC (minute hour day-of-month month day-of-week), e.g. '0 3 * * *' \
                 for every day at 03:00 or '*/30 * * * *' for every half hour";
     if fields != 5 {
-        return Err(format!("schedule '{}' has {fields} fields: {hint}", schedule.chars().take(80).collect::<String>()));
+        return Err(format!(
+            "schedule '{}' has {fields} fields: {hint}",
+            schedule.chars().take(80).collect::<String>()
+        ));
     }
-    croner::Cron::from_str(schedule)
-        .map_err(|e| format!("schedule '{}' is not a cron expression ({e}): {hint}", schedule.chars().take(80).collect::<String>()))
+    croner::Cron::from_str(schedule).map_err(|e| {
+        format!("schedule '{}' is not a cron expression ({e}): {hint}", schedule.chars().take(80).collect::<String>())
+    })
 }
 
 /// When `schedule` next fires strictly after `after_ms` (UTC).
@@ -668,10 +672,8 @@ mod tests {
 
     #[test]
     fn selectors() {
-        let tags: BTreeMap<String, String> = [("env", "prod"), ("tier", "db")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let tags: BTreeMap<String, String> =
+            [("env", "prod"), ("tier", "db")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let groups: HashSet<String> = ["grp-1".to_string()].into();
         let id = "i-0123456789abcdef0";
         let by_id = PlanSelector { instances: vec![id.parse().unwrap()], ..Default::default() };

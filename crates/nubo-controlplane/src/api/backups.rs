@@ -94,7 +94,11 @@ pub async fn list_plans(caller: Caller, State(ctx): State<Arc<Ctx>>) -> AppResul
 #[utoipa::path(get, path = "/api/v1/backup-plans/{id}", tag = "backups", operation_id = "show_backup_plan",
     params(("id" = String, Path, description = "plan id or name")),
     responses((status = 200, body = BackupPlan), (status = 404, body = nubo_api::error::ErrorBody)))]
-pub async fn show_plan(caller: Caller, State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> AppResult<Json<BackupPlan>> {
+pub async fn show_plan(
+    caller: Caller,
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+) -> AppResult<Json<BackupPlan>> {
     Ok(Json(app::show_plan(&ctx, &caller, &id).await?))
 }
 

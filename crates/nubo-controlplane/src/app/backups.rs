@@ -116,10 +116,16 @@ pub async fn create_repository(ctx: &Ctx, caller: &Caller, p: &RepositoryCreate)
     let key = RepoKey::generate();
     let url = p.location.view().url;
     Repository::open(&p.location, &key).await.map_err(|e| {
-        AppError::BadRequest(format!(
-            "cannot use {url} as a backup repository: {e}; check that it is reachable from the control plane and \
-             is not another cloud's repository"
-        ))
+        use nubo_backup::BackupError as E;
+        let m = format!("cannot register {url} as a backup repository: {e}");
+        match e {
+            // Someone else's repository (another cloud's, or one registered
+            // before under another name): its objects must not be mixed.
+            E::WrongKey { .. } | E::Format { .. } => AppError::Conflict(format!(
+                "{m} (it is already a repository: give another location, or delete the old repository's files)"
+            )),
+            _ => AppError::BadRequest(m),
+        }
     })?;
     let (bare, secret) = split_secret(&p.location);
     let row = RepositoryRow {
@@ -180,9 +186,8 @@ pub async fn delete_repository(ctx: &Ctx, caller: &Caller, id: &str) -> AppResul
 /// unsealed, and its key. Only for the host doing a job (or a restore).
 pub async fn repository_access(ctx: &Ctx, repo_id: &str) -> AppResult<RepositoryAccess> {
     let row = load_repository(ctx, repo_id).await?;
-    let unseal = |s: &str| {
-        ctx.sealer.unseal(s).map_err(|e| AppError::internal(format!("backup repository {}: {e}", row.id)))
-    };
+    let unseal =
+        |s: &str| ctx.sealer.unseal(s).map_err(|e| AppError::internal(format!("backup repository {}: {e}", row.id)));
     let mut location = stored_location(&row)?;
     if let Some(sealed) = &row.sealed_secret {
         let secret = unseal(sealed)?;
@@ -332,7 +337,8 @@ pub fn backup_view(row: &BackupRow) -> AppResult<Backup> {
         plan_id: row.plan_id.as_deref().map(parse).transpose()?,
         repository_id: parse(&row.repository_id)?,
         parent_id: row.parent_id.as_deref().map(parse).transpose()?,
-        state: BackupState::parse(&row.state).ok_or_else(|| AppError::internal(format!("backup state {}", row.state)))?,
+        state: BackupState::parse(&row.state)
+            .ok_or_else(|| AppError::internal(format!("backup state {}", row.state)))?,
         consistency: row.consistency.clone(),
         bytes_done: row.bytes_done.max(0) as u64,
         bytes_total: row.bytes_total.map(|b| b.max(0) as u64),
@@ -443,8 +449,7 @@ pub async fn run(ctx: &Ctx, caller: &Caller, instance: &str, p: &BackupRun) -> A
                 }
                 _ => {
                     return Err(AppError::BadRequest(
-                        "there are several backup repositories: say which with --repo (`nubo backup repo list`)"
-                            .into(),
+                        "there are several backup repositories: say which with --repo (`nubo backup repo list`)".into(),
                     ))
                 }
             }
@@ -647,8 +652,7 @@ pub async fn fire_due_plans(ctx: &Ctx, now: i64) -> AppResult<Vec<String>> {
             }
             let tags: BTreeMap<String, String> =
                 if selector.tags.is_empty() { BTreeMap::new() } else { ctx.store.tags_of(&inst.id).await? };
-            let group =
-                if groups.is_empty() { None } else { ctx.store.instance_group_id(&inst.id).await? };
+            let group = if groups.is_empty() { None } else { ctx.store.instance_group_id(&inst.id).await? };
             if !domain::selects(&selector, &groups, &inst.id, &tags, group.as_deref()) {
                 continue;
             }
@@ -713,8 +717,13 @@ pub async fn prune(ctx: &Ctx, repo_id: &str) -> AppResult<Option<nubo_backup::Pr
     match result {
         Ok(stats) => {
             ctx.store.unmark_pruning(repo_id, Some((now_ms(), stats.bytes_freed))).await?;
-            tracing::info!(repository = repo_id, chunks_deleted = stats.chunks_deleted, bytes_freed = stats.bytes_freed,
-                bytes_kept = stats.bytes_kept, "backup repository pruned");
+            tracing::info!(
+                repository = repo_id,
+                chunks_deleted = stats.chunks_deleted,
+                bytes_freed = stats.bytes_freed,
+                bytes_kept = stats.bytes_kept,
+                "backup repository pruned"
+            );
             Ok(Some(stats))
         }
         Err(e) => {
