@@ -179,6 +179,21 @@ pub fn selects(
         || instance_group.is_some_and(|g| group_ids.contains(g))
 }
 
+/// A calendar period (UTC) a time falls in, as a sortable key.
+type Period = fn(&DateTime<Utc>) -> (i32, u32);
+
+fn day(t: &DateTime<Utc>) -> (i32, u32) {
+    (t.year(), t.ordinal())
+}
+
+fn week(t: &DateTime<Utc>) -> (i32, u32) {
+    (t.iso_week().year(), t.iso_week().week())
+}
+
+fn month(t: &DateTime<Utc>) -> (i32, u32) {
+    (t.year(), t.month())
+}
+
 /// Which of one instance's completed backups of one plan `retention`
 /// keeps, given as (id, taken at ms): the newest always, the newest
 /// `last`, and the newest of each of the last `daily` days, `weekly` ISO
@@ -193,11 +208,7 @@ pub fn keep(backups: &[(String, i64)], retention: &Retention) -> BTreeSet<String
     for (id, _) in sorted.iter().take(retention.last as usize) {
         kept.insert(id.clone());
     }
-    let day = |t: &DateTime<Utc>| (t.year(), t.ordinal(), 0);
-    let week = |t: &DateTime<Utc>| (t.iso_week().year(), t.iso_week().week(), 0);
-    let month = |t: &DateTime<Utc>| (t.year(), t.month(), 0);
-    let rules: [(u32, &dyn Fn(&DateTime<Utc>) -> (i32, u32, u8)); 3] =
-        [(retention.daily, &day), (retention.weekly, &week), (retention.monthly, &month)];
+    let rules: [(u32, Period); 3] = [(retention.daily, day), (retention.weekly, week), (retention.monthly, month)];
     for (n, period) in rules {
         let mut seen = BTreeSet::new();
         for (id, at) in &sorted {

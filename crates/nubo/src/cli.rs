@@ -65,6 +65,9 @@ pub enum Command {
     /// (`nubo instance run --template`, groups, EC2's RunInstances).
     #[command(subcommand)]
     Template(TemplateCmd),
+    /// Backups that leave the host: repositories, plans, backups.
+    #[command(subcommand)]
+    Backup(crate::backup_cmds::BackupCmd),
     /// Private networks: bridged on each host, joined between hosts by VXLAN.
     #[command(subcommand)]
     Network(NetworkCmd),
