@@ -16,7 +16,7 @@ use crate::Ctx;
 use nubo_api::agent::PowerState;
 use nubo_api::backup::{
     Backup, BackupDisk, BackupJob, BackupJobDisk, BackupJobReport, BackupPlan, BackupRepository, BackupRun,
-    BackupState, PlanCreate, RepositoryAccess, RepositoryCreate, RepositoryLocation, VerifyMode, VerifyState,
+    BackupState, PlanCreate, RepositoryAccess, RepositoryCreate, RepositoryLocation, VerifyMode,
 };
 use nubo_api::ids::{BackupId, BackupPlanId, BackupRepositoryId};
 use nubo_api::views::InstanceState;
@@ -337,8 +337,7 @@ pub fn backup_view(row: &BackupRow) -> AppResult<Backup> {
         plan_id: row.plan_id.as_deref().map(parse).transpose()?,
         repository_id: parse(&row.repository_id)?,
         parent_id: row.parent_id.as_deref().map(parse).transpose()?,
-        state: BackupState::parse(&row.state)
-            .ok_or_else(|| AppError::internal(format!("backup state {}", row.state)))?,
+        state: row.state,
         consistency: row.consistency.clone(),
         bytes_done: row.bytes_done.max(0) as u64,
         bytes_total: row.bytes_total.map(|b| b.max(0) as u64),
@@ -346,7 +345,7 @@ pub fn backup_view(row: &BackupRow) -> AppResult<Backup> {
         bytes_stored: row.bytes_stored.max(0) as u64,
         disks,
         error: row.error.clone(),
-        verify: VerifyState::parse(&row.verify_state).unwrap_or(VerifyState::None),
+        verify: row.verify_state,
         verify_detail: row.verify_detail.clone(),
         created_at: domain::rfc3339(row.created_at_ms),
         finished_at: row.finished_at_ms.map(domain::rfc3339),
@@ -497,7 +496,7 @@ pub async fn show(ctx: &Ctx, caller: &Caller, id: &str) -> AppResult<Backup> {
 /// prune), then its row. A running backup cannot be deleted.
 pub async fn delete(ctx: &Ctx, caller: &Caller, id: &str) -> AppResult<()> {
     let row = load_backup(ctx, caller, id, Access::Write).await?;
-    if row.state == BackupState::Running.as_str() {
+    if row.state == BackupState::Running {
         return Err(AppError::Conflict(format!(
             "backup {} is being taken: wait until it completes or fails, then delete it",
             row.id
@@ -516,8 +515,8 @@ pub async fn delete(ctx: &Ctx, caller: &Caller, id: &str) -> AppResult<()> {
 /// Removes a backup from its repository: a completed one must go; a failed
 /// one may have left a disk index, removed if the repository answers.
 async fn remove(ctx: &Ctx, row: &BackupRow) -> AppResult<()> {
-    let must = row.state == BackupState::Completed.as_str();
-    if !must && row.state != BackupState::Failed.as_str() {
+    let must = row.state == BackupState::Completed;
+    if !must && row.state != BackupState::Failed {
         return Ok(());
     }
     let result = match open_repository(ctx, &row.repository_id).await {
@@ -619,7 +618,7 @@ pub async fn report(ctx: &Ctx, caller: &HostCaller, host: &str, backup: &str, r:
         Outcome::WrongState => Err(AppError::Conflict(format!(
             "backup {} is {}: it takes no more reports",
             row.id,
-            ctx.store.backup(&row.id).await?.map(|b| b.state).unwrap_or_else(|| "deleted".into())
+            ctx.store.backup(&row.id).await?.map(|b| b.state.as_str()).unwrap_or("deleted")
         ))),
     }
 }
