@@ -466,3 +466,84 @@ async fn a_backup_whose_host_goes_silent_fails() {
     let (s, _) = job_report(&t, &host, &cred, &b, json!({"bytes_done": 5})).await;
     assert_eq!(s, StatusCode::CONFLICT, "a late report changes nothing");
 }
+
+/// A browser of the portal: its cookies, and one request at a time.
+struct Browser<'a> {
+    t: &'a T,
+    cookies: std::collections::BTreeMap<String, String>,
+}
+
+impl Browser<'_> {
+    async fn send(&mut self, method: &str, path: &str, form: &[(&str, &str)]) -> (StatusCode, String) {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let cookie = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+        let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "127.0.0.1:8080")
+            .header("origin", "http://127.0.0.1:8080")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", cookie)
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        let resp = nubo_controlplane::app(self.t.ctx.clone()).oneshot(req).await.unwrap();
+        for c in resp.headers().get_all("set-cookie") {
+            let c = c.to_str().unwrap();
+            let (k, v) = c.split_once(';').unwrap_or((c, "")).0.split_once('=').unwrap();
+            self.cookies.insert(k.to_string(), v.to_string());
+        }
+        let status = resp.status();
+        (status, String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap())
+    }
+
+    fn csrf(page: &str) -> String {
+        let at = page.find("name=\"csrf\" value=\"").unwrap_or_else(|| panic!("no csrf field in {page}"));
+        let rest = &page[at + 19..];
+        rest[..rest.find('"').unwrap()].to_string()
+    }
+}
+
+#[tokio::test]
+async fn the_portal_lists_backups_with_their_progress_and_backs_up_now() {
+    let t = T::new().await;
+    t.user("alice", "a", "member").await;
+    let alice = t
+        .ok("POST", "/api/v1/auth/login", "", Some(json!({"username": "alice", "password": "s3cret-pass"})))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (h, cred) = t.add_host_with_id().await;
+    let host = h.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    repo(&t, "nfs", dir.path()).await;
+    let i = instance(&t, &host, &cred, &alice, json!({}), "running").await;
+
+    let mut b = Browser { t: &t, cookies: Default::default() };
+    let (_, login) = b.send("GET", "/ui/login", &[]).await;
+    let csrf = Browser::csrf(&login);
+    let form = [("csrf", csrf.as_str()), ("username", "alice"), ("password", "s3cret-pass"), ("next", "/ui/backups")];
+    let (s, _) = b.send("POST", "/ui/login", &form).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let (s, page) = b.send("GET", "/ui/backups", &[]).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert!(page.contains("No backups yet.") && page.contains("Back up now"), "{page}");
+
+    // "Back up now": a pending backup, shown; the page refreshes while it runs.
+    let csrf = Browser::csrf(&page);
+    let (s, _) = b.send("POST", "/ui/backups", &[("csrf", &csrf), ("instance", &i), ("repository", "nfs")]).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let list = t.ok("GET", "/api/v1/backups", &alice, None).await;
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(claim(&t, &host, &cred).await.0, StatusCode::OK);
+    let progress = json!({"bytes_done": 1u64 << 29, "bytes_total": 1u64 << 30});
+    job_report(&t, &host, &cred, &id, progress).await;
+    let (_, page) = b.send("GET", "/ui/backups", &[]).await;
+    assert!(page.contains(&id) && page.contains("50%") && page.contains("http-equiv=\"refresh\""), "{page}");
+    let done = json!({"completed": [disk("root", false, 1 << 20, 1 << 20)], "consistency": "filesystem"});
+    job_report(&t, &host, &cred, &id, done).await;
+    let (_, page) = b.send("GET", "/ui/backups", &[]).await;
+    assert!(page.contains("full (first backup)") && !page.contains("http-equiv=\"refresh\""), "{page}");
+}
