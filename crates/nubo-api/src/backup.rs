@@ -292,6 +292,14 @@ pub struct BackupRepository {
     pub name: String,
     pub location: RepositoryLocationView,
     pub created_at: String,
+    /// When unreferenced chunks were last deleted, and how many bytes that freed.
+    #[serde(default)]
+    pub last_prune_at: Option<String>,
+    #[serde(default)]
+    pub last_prune_bytes_freed: Option<u64>,
+    /// True while a prune runs (no backup into it starts meanwhile).
+    #[serde(default)]
+    pub pruning: bool,
 }
 
 /// A backup plan.

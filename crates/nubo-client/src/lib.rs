@@ -830,6 +830,79 @@ impl Client {
 
     // ---- launch templates ----
 
+    // ---- backups ----
+
+    /// Registers a backup repository (operators).
+    pub async fn create_backup_repository(
+        &self,
+        p: &nubo_api::backup::RepositoryCreate,
+    ) -> Result<nubo_api::backup::BackupRepository, ClientError> {
+        self.post("/api/v1/backup-repositories", p).await
+    }
+
+    pub async fn backup_repositories(&self) -> Result<Vec<nubo_api::backup::BackupRepository>, ClientError> {
+        self.get("/api/v1/backup-repositories").await
+    }
+
+    /// `id`: a repository's id or name.
+    pub async fn delete_backup_repository(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/backup-repositories/{}", path_segment(id))).await
+    }
+
+    pub async fn create_backup_plan(
+        &self,
+        p: &nubo_api::backup::PlanCreate,
+    ) -> Result<nubo_api::backup::BackupPlan, ClientError> {
+        self.post("/api/v1/backup-plans", p).await
+    }
+
+    pub async fn backup_plans(&self) -> Result<Vec<nubo_api::backup::BackupPlan>, ClientError> {
+        self.get("/api/v1/backup-plans").await
+    }
+
+    /// `id`: a plan's id or name.
+    pub async fn backup_plan(&self, id: &str) -> Result<nubo_api::backup::BackupPlan, ClientError> {
+        self.get(&format!("/api/v1/backup-plans/{}", path_segment(id))).await
+    }
+
+    pub async fn delete_backup_plan(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/backup-plans/{}", path_segment(id))).await
+    }
+
+    /// Backs an instance up now (a pending backup its host takes).
+    pub async fn run_backup(
+        &self,
+        instance: &str,
+        p: &nubo_api::backup::BackupRun,
+    ) -> Result<nubo_api::backup::Backup, ClientError> {
+        self.post(&format!("/api/v1/instances/{}/backups", path_segment(instance)), p).await
+    }
+
+    /// The project's backups, optionally of one instance or plan.
+    pub async fn backups(
+        &self,
+        instance: Option<&str>,
+        plan: Option<&str>,
+    ) -> Result<Vec<nubo_api::backup::Backup>, ClientError> {
+        let mut query = Vec::new();
+        if let Some(i) = instance {
+            query.push(format!("instance={}", path_segment(i)));
+        }
+        if let Some(p) = plan {
+            query.push(format!("plan={}", path_segment(p)));
+        }
+        let q = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
+        self.get(&format!("/api/v1/backups{q}")).await
+    }
+
+    pub async fn backup(&self, id: &str) -> Result<nubo_api::backup::Backup, ClientError> {
+        self.get(&format!("/api/v1/backups/{}", path_segment(id))).await
+    }
+
+    pub async fn delete_backup(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/backups/{}", path_segment(id))).await
+    }
+
     pub async fn create_launch_template(
         &self,
         c: &nubo_api::launch_templates::LaunchTemplateCreate,

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod background;
+pub mod backups;
 pub mod cdrom;
 pub mod checks;
 pub mod client_tokens;

@@ -30,7 +30,7 @@ async fn one_round_lists_every_task_with_a_run_and_no_error() {
     // The cluster-wide tasks in their round's order, then every server's own.
     assert_eq!(
         names,
-        ["rollups", "alert_rules", "policies", "groups", "failover", "webhooks", "audit_retention"],
+        ["rollups", "alert_rules", "policies", "groups", "failover", "backups", "webhooks", "audit_retention"],
         "{v}"
     );
     for task in &list.tasks {

@@ -34,9 +34,6 @@ pub enum Command {
     /// Compute hosts.
     #[command(subcommand)]
     Host(HostCmd),
-    /// Backups: restore one as a new instance or a volume.
-    #[command(subcommand)]
-    Backup(BackupCmd),
     /// Images: builtin, imported, and snapshots of instances.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -68,6 +65,9 @@ pub enum Command {
     /// (`nubo instance run --template`, groups, EC2's RunInstances).
     #[command(subcommand)]
     Template(TemplateCmd),
+    /// Backups that leave the host: repositories, plans, backups, restores.
+    #[command(subcommand)]
+    Backup(crate::backup_cmds::BackupCmd),
     /// Private networks: bridged on each host, joined between hosts by VXLAN.
     #[command(subcommand)]
     Network(NetworkCmd),
@@ -836,36 +836,6 @@ pub enum InstanceCmd {
         /// The backup, bak-...
         #[arg(long)]
         backup: String,
-    },
-}
-
-#[derive(Subcommand)]
-pub enum BackupCmd {
-    /// A new instance from a backup: its size, disks and volumes.
-    Restore {
-        backup: String,
-        /// The new instance's name (default: the original's with `-restored`).
-        #[arg(long)]
-        name: Option<String>,
-        /// Put it on the original's private networks (by default it gets
-        /// none, so it does not clash with a still-running original).
-        #[arg(long)]
-        with_networks: bool,
-        /// Pin it to a host (operators).
-        #[arg(long)]
-        host: Option<String>,
-        /// Return once it runs, printing its stages.
-        #[arg(long)]
-        wait: bool,
-    },
-    /// A new volume from one disk of a backup.
-    RestoreVolume {
-        backup: String,
-        /// `root`, or the id of a volume the backup holds.
-        #[arg(long)]
-        disk: String,
-        #[arg(long)]
-        name: Option<String>,
     },
 }
 

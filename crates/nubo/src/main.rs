@@ -2,6 +2,7 @@
 //! (`server`), the compute agent (`agent`), and the client commands.
 
 mod automation_cmds;
+mod backup_cmds;
 mod cli;
 mod client_cmds;
 mod console_cmds;
@@ -74,7 +75,6 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Agent(a) => daemon::agent(a).await,
         Command::Instance(c) => client_cmds::instance(c, &cli.conn).await,
         Command::Host(c) => client_cmds::host(c, &cli.conn).await,
-        Command::Backup(c) => restore_cmds::backup(c, &cli.conn).await,
         Command::Image(c) => client_cmds::image(c, &cli.conn).await,
         Command::Volume(c) => storage_cmds::volume(c, &cli.conn).await,
         Command::Snapshot(c) => storage_cmds::snapshot(c, &cli.conn).await,
@@ -85,6 +85,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Policy(c) => automation_cmds::policy(c, &cli.conn).await,
         Command::Group(c) => automation_cmds::group(c, &cli.conn).await,
         Command::Template(c) => template_cmds::template(c, &cli.conn).await,
+        Command::Backup(c) => backup_cmds::backup(c, &cli.conn).await,
         Command::Lb(c) => lb_cmds::lb(c, &cli.conn).await,
         Command::Network(c) => network_cmds::network(c, &cli.conn).await,
         Command::FloatingIp(c) => network_cmds::floating_ip(c, &cli.conn).await,

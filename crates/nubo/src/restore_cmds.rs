@@ -2,7 +2,7 @@
 //! restore` and `nubo host evacuate --from-backups`: restores from
 //! backups, and following a restored instance until it runs.
 
-use crate::cli::{BackupCmd, Conn};
+use crate::cli::Conn;
 use crate::client_cmds::{client, print_instance, wait_for};
 use crate::output::{emit, table};
 use nubo_api::backup::{EvacuatedInstance, RestoreInPlace, RestoreInstance, RestoreVolume};
@@ -13,21 +13,20 @@ use std::time::{Duration, Instant};
 /// A restore copies whole disks from the repository: give it time.
 const WAIT_LIMIT: Duration = Duration::from_secs(3600);
 
-pub async fn backup(cmd: BackupCmd, conn: &Conn) -> anyhow::Result<()> {
-    match cmd {
-        BackupCmd::Restore { backup, name, with_networks, host, wait } => {
-            let c = client(conn)?;
-            let mut i = c.restore_backup(&backup, &RestoreInstance { name, with_networks, host }).await?;
-            if wait {
-                i = follow(&c, &i.id.to_string()).await?;
-            }
-            emit(conn.output, &i, print_instance)
-        }
-        BackupCmd::RestoreVolume { backup, disk, name } => {
-            let v = client(conn)?.restore_backup_volume(&backup, &RestoreVolume { disk, name }).await?;
-            emit(conn.output, &v, crate::storage_cmds::print_volume)
-        }
+/// `nubo backup restore`: a new instance from a backup, followed until it runs with `wait`.
+pub async fn restore(conn: &Conn, backup: String, params: RestoreInstance, wait: bool) -> anyhow::Result<()> {
+    let c = client(conn)?;
+    let mut i = c.restore_backup(&backup, &params).await?;
+    if wait {
+        i = follow(&c, &i.id.to_string()).await?;
     }
+    emit(conn.output, &i, print_instance)
+}
+
+/// `nubo backup restore-volume`: a new volume from one disk of a backup.
+pub async fn restore_volume(conn: &Conn, backup: String, params: RestoreVolume) -> anyhow::Result<()> {
+    let v = client(conn)?.restore_backup_volume(&backup, &params).await?;
+    emit(conn.output, &v, crate::storage_cmds::print_volume)
 }
 
 pub async fn restore_in_place(conn: &Conn, id: &str, backup: String) -> anyhow::Result<()> {

@@ -100,8 +100,18 @@ fn a_planned_backup_is_incremental_encrypted_kept_by_its_plan_and_restores_on_an
     std::fs::create_dir_all(&repo).unwrap();
     cloud.nubo_ok(&["backup", "repo", "add", "nfs", "--dir", repo.to_str().unwrap()]);
     cloud.nubo_ok(&[
-        "backup", "plan", "create", "nightly", "--repo", "nfs", "--instance", &id, "--schedule", "* * * * *",
-        "--keep-last", "2",
+        "backup",
+        "plan",
+        "create",
+        "nightly",
+        "--repo",
+        "nfs",
+        "--instance",
+        &id,
+        "--schedule",
+        "* * * * *",
+        "--keep-last",
+        "2",
     ]);
 
     // The schedule fires within a minute: the first backup is full.
@@ -113,7 +123,11 @@ fn a_planned_backup_is_incremental_encrypted_kept_by_its_plan_and_restores_on_an
     assert!(disks.iter().all(|d| d["incremental"] == false), "{first}");
 
     // The guest writes 10 MiB: the next backup reads little more than that.
-    guest_sh(&cloud, &id, "dd if=/dev/urandom of=/root/written bs=1M count=10 conv=fsync 2>/dev/null && echo two > /root/second && sync");
+    guest_sh(
+        &cloud,
+        &id,
+        "dd if=/dev/urandom of=/root/written bs=1M count=10 conv=fsync 2>/dev/null && echo two > /root/second && sync",
+    );
     let out = cloud.nubo_ok(&["backup", "run", &id, "--plan", "nightly", "--wait"]);
     eprintln!("incremental backup:\n{out}");
     let second = backups_of(&cloud, &id).into_iter().next().unwrap();

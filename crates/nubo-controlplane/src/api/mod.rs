@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod automation;
 pub mod background;
+pub mod backups;
 pub mod consoles;
 pub mod day_two;
 pub mod floating_ips;
@@ -131,6 +132,13 @@ fn routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(automation::list_groups, automation::create_group))
         .routes(routes!(automation::show_group, automation::delete_group))
         .routes(routes!(automation::set_desired))
+        .routes(routes!(backups::list_repositories, backups::create_repository))
+        .routes(routes!(backups::show_repository, backups::delete_repository))
+        .routes(routes!(backups::list_plans, backups::create_plan))
+        .routes(routes!(backups::show_plan, backups::delete_plan))
+        .routes(routes!(backups::run))
+        .routes(routes!(backups::list))
+        .routes(routes!(backups::show, backups::delete))
         .routes(routes!(launch_templates::list, launch_templates::create))
         .routes(routes!(launch_templates::show, launch_templates::delete))
         .routes(routes!(launch_templates::create_version))
@@ -175,6 +183,8 @@ fn agent_routes() -> OpenApiRouter<Arc<Ctx>> {
         .routes(routes!(migrations::done))
         .routes(routes!(images::agent_claim_build))
         .routes(routes!(images::agent_report_build))
+        .routes(routes!(backups::agent_claim))
+        .routes(routes!(backups::agent_report))
 }
 
 /// User routes whose bodies are image files: streamed, with their own

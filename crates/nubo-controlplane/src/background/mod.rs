@@ -10,6 +10,7 @@
 
 pub mod alert_rules;
 pub mod audit_retention;
+pub mod backups;
 pub mod board;
 pub mod driver;
 pub mod failover;
@@ -117,6 +118,7 @@ pub async fn overview(
 /// * policies before groups, so a policy's new desired count for a group
 ///   is acted on in the same round;
 /// * failover after the automation, as it always ran;
+/// * backups after failover, so a plan skips instances failover is moving;
 /// * webhooks last: it hands over whatever the round queued.
 pub fn cluster_tasks(ctx: &Ctx) -> Vec<Result<Box<dyn Task>, NotStarted>> {
     vec![
@@ -125,6 +127,7 @@ pub fn cluster_tasks(ctx: &Ctx) -> Vec<Result<Box<dyn Task>, NotStarted>> {
         Ok(Box::new(policies::Policies)),
         Ok(Box::new(groups::Groups)),
         Ok(Box::new(failover::Failover)),
+        Ok(Box::new(backups::Backups)),
         webhooks::Webhooks::start(ctx).map(|w| Box::new(w) as Box<dyn Task>),
     ]
 }

@@ -21,6 +21,7 @@ pub enum Nav {
     Networks,
     SecurityGroups,
     FloatingIps,
+    Backups,
     Alerts,
     OpHosts,
     OpInstances,
@@ -42,6 +43,7 @@ const USER_NAV: &[(Nav, &str, &str)] = &[
     (Nav::Networks, "/ui/networks", "Networks"),
     (Nav::SecurityGroups, "/ui/security-groups", "Security groups"),
     (Nav::FloatingIps, "/ui/floating-ips", "Floating IPs"),
+    (Nav::Backups, "/ui/backups", "Backups"),
     (Nav::Alerts, "/ui/alerts", "Alerts"),
 ];
 

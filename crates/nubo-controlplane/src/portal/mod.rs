@@ -1,6 +1,6 @@
 //! The web portals under `/ui`: the user portal (a project's instances,
 //! volumes, key pairs, images, policies, groups, load balancers,
-//! networks, security groups, floating IPs and alerts) and the
+//! networks, security groups, floating IPs, backups and alerts) and the
 //! operator portal under `/ui/admin` (hosts, every project's instances,
 //! alerts, the audit log, projects, quotas, users and the background
 //! tasks).
@@ -15,6 +15,7 @@
 //! Security Policy forbids any other source.
 
 mod background;
+mod backups;
 mod balancers;
 mod chart;
 pub mod consoles;
@@ -156,6 +157,7 @@ pub fn router() -> Router<Arc<Ctx>> {
         .merge(balancers::routes())
         .merge(networks::routes())
         .merge(floating_ips::routes())
+        .merge(backups::routes())
         .merge(resources::routes())
         .merge(operator::routes())
         .merge(background::routes())
