@@ -137,8 +137,13 @@ pub struct DiskIndex {
 /// What writing one disk cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteStats {
+    /// Bytes read from the copy (the chunks it holds, or all of a full copy's data).
     pub bytes_read: u64,
+    /// Bytes sent to the repository: the new chunks and the index, compressed and sealed.
     pub bytes_sent: u64,
+    /// Bytes the repository grew by. Every object is sent whole and
+    /// stored as sent, so this equals `bytes_sent` today; it is kept apart
+    /// for a store that packs or compresses on its side.
     pub bytes_stored: u64,
     pub chunks: u64,
     pub chunks_new: u64,
@@ -314,13 +319,16 @@ impl Repository {
     }
 
     /// Encrypt `plain` and store it at `key`.
-    async fn put_sealed(&self, key: &str, plain: Vec<u8>) -> Result<(), BackupError> {
+    /// Seals `plain` and stores it at `key`; the bytes stored.
+    async fn put_sealed(&self, key: &str, plain: Vec<u8>) -> Result<u64, BackupError> {
         let keys = self.keys.clone();
         let k = key.to_string();
         let sealed = tokio::task::spawn_blocking(move || keys.seal(&k, &plain))
             .await
             .map_err(|e| BackupError::Invalid(format!("sealing {key} failed: {e}")))?;
-        self.backend.put(key, sealed).await
+        let len = sealed.len() as u64;
+        self.backend.put(key, sealed).await?;
+        Ok(len)
     }
 
     /// The object at `key`, opened; `None` when it is missing.
@@ -369,8 +377,11 @@ impl Repository {
     ) -> Result<(DiskIndex, WriteStats), BackupError> {
         check_name("backup id", backup_id)?;
         check_name("disk name", disk)?;
-        let (index, stats) = write::write_disk(self, source, parent, progress).await?;
-        self.put_sealed(&index_key(backup_id, disk), index::encode(&index)).await?;
+        let (index, mut stats) = write::write_disk(self, source, parent, progress).await?;
+        // The index is sent and stored too: count it with the chunks.
+        let index_bytes = self.put_sealed(&index_key(backup_id, disk), index::encode(&index)).await?;
+        stats.bytes_sent += index_bytes;
+        stats.bytes_stored += index_bytes;
         Ok((index, stats))
     }
 
@@ -382,7 +393,7 @@ impl Repository {
         }
         let bytes = serde_json::to_vec(manifest)
             .map_err(|e| BackupError::Invalid(format!("cannot encode the manifest of {}: {e}", manifest.backup_id)))?;
-        self.put_sealed(&manifest_key(&manifest.backup_id), bytes).await
+        self.put_sealed(&manifest_key(&manifest.backup_id), bytes).await.map(drop)
     }
 
     pub async fn manifest(&self, backup_id: &str) -> Result<Manifest, BackupError> {

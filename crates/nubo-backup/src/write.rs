@@ -199,12 +199,11 @@ pub(crate) async fn write_disk(
                 if first_here && !repo.backend.exists(&key).await? {
                     let keys = repo.keys.clone();
                     let k = key.clone();
-                    let plain_len = plain.len() as u64;
                     let sealed = tokio::task::spawn_blocking(move || keys.seal(&k, &plain))
                         .await
                         .map_err(|e| BackupError::Invalid(format!("sealing chunk {i} failed: {e}")))?;
                     cost.sent = sealed.len() as u64;
-                    cost.stored = plain_len;
+                    cost.stored = cost.sent;
                     cost.new = true;
                     repo.backend.put(&key, sealed).await?;
                 }

@@ -265,7 +265,7 @@ async fn a_dead_host_is_evacuated_from_backups_and_instances_without_one_are_lef
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     let (s, v) = t.call("POST", &path, Some(&t.admin), None).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    assert!(msg(&v).contains("is up") && msg(&v).contains("nubo host evacuate"), "{v}");
+    assert!(msg(&v).contains("renewed its lease") && msg(&v).contains("nubo host evacuate"), "{v}");
 
     // Its lease ran out long ago.
     exec(&t, "UPDATE hosts SET last_heartbeat_ms = 0 WHERE id = $1", &[json!(h1.as_str())]).await;

@@ -293,11 +293,15 @@ pub async fn evacuate_from_backups(ctx: &Arc<Ctx>, caller: &Caller, id: &str) ->
     let restart_after = crate::failover::Lease::of(&ctx.config).restart_after().as_millis() as i64;
     let now = now_ms();
     if now - dead.last_heartbeat_ms <= restart_after {
+        let silent = (now - dead.last_heartbeat_ms).max(0);
         return Err(AppError::Conflict(format!(
-            "host {} is up (it renewed its lease {} s ago); use `nubo host evacuate {}` to live-migrate",
-            dead.name,
-            (now - dead.last_heartbeat_ms).max(0) / 1000,
-            dead.name
+            "host {name} renewed its lease {} s ago: it may still run its VMs, and restoring them elsewhere would make \
+             two copies. If it is up, use `nubo host evacuate {name}` to live-migrate; if it is gone, try again in {} s \
+             (a host counts as gone after {} s without a heartbeat)",
+            silent / 1000,
+            (restart_after - silent) / 1000 + 1,
+            restart_after / 1000,
+            name = dead.name,
         )));
     }
     let mut out = Vec::new();
