@@ -97,6 +97,30 @@ pub struct BackupRow {
     pub reported_at_ms: Option<i64>,
 }
 
+impl BackupRow {
+    /// The disks it holds (`root` and volumes), as its host reported them.
+    pub fn disks(&self) -> Vec<nubo_api::backup::BackupDisk> {
+        serde_json::from_str(&self.disks_json).unwrap_or_default()
+    }
+
+    /// What the instance was: its view (size, image, addresses, tags, key
+    /// name) with what the backup keeps beside it (`user_data`,
+    /// `volumes`, `hardware`, ...) as fields of the same object. A backup
+    /// records them as `{"instance": view, "user_data": ..., ...}`
+    /// (`app::backups::instance_meta`); a flat object is read as it is.
+    pub fn instance(&self) -> serde_json::Value {
+        let meta: serde_json::Value = serde_json::from_str(&self.instance_json).unwrap_or(serde_json::Value::Null);
+        let Some(view) = meta.get("instance").and_then(serde_json::Value::as_object) else { return meta };
+        let mut flat = view.clone();
+        for (k, v) in meta.as_object().into_iter().flatten() {
+            if k != "instance" {
+                flat.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        serde_json::Value::Object(flat)
+    }
+}
+
 /// A new backup row, `pending` for its host.
 pub struct NewBackup<'a> {
     pub id: &'a str,

@@ -1,56 +1,12 @@
 //! The records of restores from backups (migration 0035, columns of
 //! `instances` and `volumes`): which disk (an instance's root disk, a
 //! volume) a host must write from which backup, once per `restore_seq`;
-//! restored volumes made in one transaction with their restore; the
-//! `backups` rows a restore reads
-//! (migration 0033) and a repository's access (its location with its
-//! secret, and its key, unsealed with the server key). The `backups`
-//! queries here are the few a restore needs, kept apart from the backup
-//! jobs' own.
+//! restored volumes made in one transaction with their restore; the two
+//! lookups of `backups` rows (`crate::backups::BackupRow`) a restore
+//! makes. A repository's access comes from `app::backups::repository_access`.
 
+pub use crate::backups::BackupRow;
 use crate::store::{now_ms, Store, Tx};
-use nubo_api::backup::{BackupDisk, RepositoryAccess, RepositoryLocation};
-use sqlx::FromRow;
-
-/// One backup, as much of it as a restore reads.
-#[derive(Debug, Clone, FromRow)]
-pub struct BackupRow {
-    pub id: String,
-    pub project_id: String,
-    pub instance_id: String,
-    pub instance_name: String,
-    pub repository_id: String,
-    pub host_id: Option<String>,
-    pub state: String,
-    pub instance_json: String,
-    pub disks_json: String,
-    pub created_at_ms: i64,
-    pub finished_at_ms: Option<i64>,
-}
-
-impl BackupRow {
-    /// The disks it holds (`root` and volumes), as its host reported them.
-    pub fn disks(&self) -> Vec<BackupDisk> {
-        serde_json::from_str(&self.disks_json).unwrap_or_default()
-    }
-
-    /// What the instance was: its view (size, image, addresses, tags, key
-    /// name) with what the backup keeps beside it (`user_data`,
-    /// `volumes`, `hardware`, ...) as fields of the same object. A backup
-    /// records them as `{"instance": view, "user_data": ..., ...}`
-    /// (`app::backups::instance_meta`); a flat object is read as it is.
-    pub fn instance(&self) -> serde_json::Value {
-        let meta: serde_json::Value = serde_json::from_str(&self.instance_json).unwrap_or(serde_json::Value::Null);
-        let Some(view) = meta.get("instance").and_then(serde_json::Value::as_object) else { return meta };
-        let mut flat = view.clone();
-        for (k, v) in meta.as_object().into_iter().flatten() {
-            if k != "instance" {
-                flat.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-        }
-        serde_json::Value::Object(flat)
-    }
-}
 
 /// What a new instance restored from a backup records with its launch
 /// (in the transaction that claims its host: the host never sees the
@@ -165,35 +121,15 @@ pub fn age_text(ms: i64) -> String {
     }
 }
 
-/// Why a repository's access could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum AccessError {
-    #[error("backup repository {0} does not exist")]
-    Missing(String),
-    #[error("backup repository {0}: {1}")]
-    Broken(String, String),
-    #[error(transparent)]
-    Db(#[from] sqlx::Error),
-}
-
 impl Store {
     pub async fn backup_for_restore(&self, id: &str) -> Result<Option<BackupRow>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT id, project_id, instance_id, instance_name, repository_id, host_id, state, instance_json,
-               disks_json, created_at_ms, finished_at_ms
-             FROM backups WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
+        sqlx::query_as("SELECT * FROM backups WHERE id = $1").bind(id).fetch_optional(&self.pool).await
     }
 
     /// The newest completed backup of `instance` (any repository).
     pub async fn newest_completed_backup(&self, instance: &str) -> Result<Option<BackupRow>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT id, project_id, instance_id, instance_name, repository_id, host_id, state, instance_json,
-               disks_json, created_at_ms, finished_at_ms
-             FROM backups WHERE instance_id = $1 AND state = 'completed'
+            "SELECT * FROM backups WHERE instance_id = $1 AND state = 'completed'
              ORDER BY created_at_ms DESC, id DESC LIMIT 1",
         )
         .bind(instance)
@@ -234,40 +170,6 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    /// Where repository `id` is and the key that opens it, its secrets
-    /// unsealed with the server key.
-    pub async fn repository_access(
-        &self,
-        sealer: &crate::secrets::Sealer,
-        id: &str,
-    ) -> Result<RepositoryAccess, AccessError> {
-        let row: Option<(String, Option<String>, String)> =
-            sqlx::query_as("SELECT location_json, sealed_secret, sealed_key FROM backup_repositories WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let (location_json, sealed_secret, sealed_key) = row.ok_or_else(|| AccessError::Missing(id.to_string()))?;
-        let broken = |what: &str| AccessError::Broken(id.to_string(), what.to_string());
-        let mut location: RepositoryLocation = serde_json::from_str(&location_json)
-            .map_err(|e| broken(&format!("its stored location does not parse ({e}); register it again")))?;
-        let unseal = |s: &str| {
-            sealer
-                .unseal(s)
-                .map_err(|_| broken("its sealed secrets do not open with this server's key; register it again"))
-        };
-        if let Some(sealed) = sealed_secret.as_deref() {
-            let secret = unseal(sealed)?;
-            match &mut location {
-                RepositoryLocation::Dir { .. } => {}
-                RepositoryLocation::Sftp { private_key, .. } => *private_key = secret,
-                RepositoryLocation::S3 { secret_access_key, .. } => *secret_access_key = secret,
-            }
-        }
-        let key_hex = unseal(&sealed_key)?;
-        let id = id.parse().map_err(|_| broken("its id is malformed"))?;
-        Ok(RepositoryAccess { id, location, key_hex })
     }
 }
 

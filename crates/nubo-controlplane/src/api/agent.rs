@@ -309,9 +309,8 @@ async fn desired_restores(
     let mut out = HashMap::new();
     for (target, backup, disk, repository, seq) in wanted {
         if !access.contains_key(repository) {
-            let a = match ctx.store.repository_access(&ctx.sealer, repository).await {
+            let a = match crate::app::backups::repository_access(ctx, repository).await {
                 Ok(a) => Some(a),
-                Err(crate::restores::AccessError::Db(e)) => return Err(e.into()),
                 Err(e) => {
                     tracing::error!(error = %e, "a restore's repository cannot be opened; its restores are left out");
                     None

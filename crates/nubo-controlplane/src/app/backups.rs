@@ -15,8 +15,8 @@ use crate::store::{now_ms, InstanceRow};
 use crate::Ctx;
 use nubo_api::agent::PowerState;
 use nubo_api::backup::{
-    Backup, BackupDisk, BackupJob, BackupJobDisk, BackupJobReport, BackupPlan, BackupRepository, BackupRun,
-    BackupState, PlanCreate, RepositoryAccess, RepositoryCreate, RepositoryLocation, VerifyMode,
+    Backup, BackupJob, BackupJobDisk, BackupJobReport, BackupPlan, BackupRepository, BackupRun, BackupState,
+    PlanCreate, RepositoryAccess, RepositoryCreate, RepositoryLocation, VerifyMode,
 };
 use nubo_api::ids::{BackupId, BackupPlanId, BackupRepositoryId};
 use nubo_api::views::InstanceState;
@@ -328,7 +328,7 @@ pub async fn delete_plan(ctx: &Ctx, caller: &Caller, id: &str) -> AppResult<()> 
 // ---- backups ----
 
 pub fn backup_view(row: &BackupRow) -> AppResult<Backup> {
-    let disks: Vec<BackupDisk> = serde_json::from_str(&row.disks_json).unwrap_or_default();
+    let disks = row.disks();
     Ok(Backup {
         id: parse(&row.id)?,
         project_id: parse(&row.project_id)?,
