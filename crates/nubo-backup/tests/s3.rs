@@ -27,7 +27,18 @@ fn moto_venv() -> Result<PathBuf, String> {
     let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
     assert_eq!(locked, 0, "cannot lock {}: {}", dir.display(), std::io::Error::last_os_error());
     let ready = dir.join(".nubo-ready");
-    if std::fs::read_to_string(&ready).ok().as_deref() == Some(MOTO) && dir.join("bin/moto_server").exists() {
+    // A venv made at another path (a moved checkout) has scripts that
+    // point at a python that is gone: only one whose python imports moto
+    // counts as made.
+    let works = || {
+        Command::new(dir.join("bin/python"))
+            .args(["-c", "import moto.server"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if std::fs::read_to_string(&ready).ok().as_deref() == Some(MOTO) && works() {
         return Ok(dir);
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -71,8 +82,8 @@ fn http(port: u16, request: &str) -> Option<String> {
 
 fn moto(venv: &Path) -> Moto {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(venv.join("bin/moto_server"))
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+    let child = Command::new(venv.join("bin/python"))
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
