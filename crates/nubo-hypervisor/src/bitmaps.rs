@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::info;
 
-use crate::disks::{is_not_found, rand_u32};
+use crate::disks::is_not_found;
 use crate::{BackupJob, HypervisorError, Qemu, VmDir};
 
 /// A dirty bitmap of a disk node, as QEMU reports it.
@@ -152,28 +152,11 @@ impl Qemu {
                 copy.granularity
             )));
         }
-        let (filename, size) = self.create_copy_target(dir, &copy.node, &copy.target).await?;
-        let job = format!("bk{:08x}", rand_u32());
-        let mut c = self.qmp(dir).await?;
-        let started = async {
-            c.execute(
-                "blockdev-add",
-                Some(json!({
-                    "driver": "qcow2",
-                    "node-name": job,
-                    "file": {"driver": "file", "filename": filename},
-                })),
-            )
+        let job = self
+            .start_copy_job(dir, &copy.node, &copy.target, |job| ("transaction", tracked_actions(copy, job)))
             .await?;
-            c.execute("transaction", Some(tracked_actions(copy, &job))).await
-        };
-        if let Err(e) = started.await {
-            let _ = c.execute("blockdev-del", Some(json!({"node-name": job}))).await;
-            let _ = std::fs::remove_file(&copy.target);
-            return Err(e.into());
-        }
-        info!(%job, size, bitmap = %copy.new_bitmap, since = ?copy.since, "tracked copy started");
-        Ok(BackupJob { job, target: copy.target.clone() })
+        info!(job = %job.job, bitmap = %copy.new_bitmap, since = ?copy.since, "tracked copy started");
+        Ok(job)
     }
 
     /// Remove the dirty bitmap `name` of `node`; done if it is not there.

@@ -231,8 +231,33 @@ impl Qemu {
     /// it is now, including what its backing image provides.
     #[tracing::instrument(skip_all, fields(vm = %dir.label(), node = %node))]
     pub async fn backup_start(&self, dir: &VmDir, node: &str, target: &Path) -> Result<BackupJob, HypervisorError> {
+        let job = self
+            .start_copy_job(dir, node, target, |job| {
+                (
+                    "blockdev-backup",
+                    json!({"job-id": job, "device": node, "target": job, "sync": "full", "auto-dismiss": false}),
+                )
+            })
+            .await?;
+        info!(job = %job.job, "point-in-time copy started");
+        Ok(job)
+    }
+
+    /// Creates the copy's target file, attaches it as a node named after a
+    /// new job id, and runs the QMP command `start(job)` gives, which
+    /// starts the copy job (a plain `blockdev-backup`, or a transaction
+    /// that also starts a dirty bitmap). On failure the node is detached
+    /// and the file removed.
+    pub(crate) async fn start_copy_job(
+        &self,
+        dir: &VmDir,
+        node: &str,
+        target: &Path,
+        start: impl FnOnce(&str) -> (&'static str, Value),
+    ) -> Result<BackupJob, HypervisorError> {
         let (filename, size) = self.create_copy_target(dir, node, target).await?;
         let job = format!("bk{:08x}", rand_u32());
+        let (command, args) = start(&job);
         let mut c = self.qmp(dir).await?;
         let started = async {
             c.execute(
@@ -244,24 +269,14 @@ impl Qemu {
                 })),
             )
             .await?;
-            c.execute(
-                "blockdev-backup",
-                Some(json!({
-                    "job-id": job,
-                    "device": node,
-                    "target": job,
-                    "sync": "full",
-                    "auto-dismiss": false,
-                })),
-            )
-            .await
+            c.execute(command, Some(args)).await
         };
         if let Err(e) = started.await {
             let _ = c.execute("blockdev-del", Some(json!({"node-name": job}))).await;
             let _ = std::fs::remove_file(target);
             return Err(e.into());
         }
-        info!(%job, size, "point-in-time copy started");
+        debug!(%job, size, "copy job started");
         Ok(BackupJob { job, target: target.to_path_buf() })
     }
 
@@ -459,7 +474,7 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-pub(crate) fn rand_u32() -> u32 {
+fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     // Job names only need to differ between concurrent copies of one VM.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

@@ -20,18 +20,6 @@ use std::time::Duration;
 
 const BOOT: Duration = Duration::from_secs(180);
 
-/// Runs `script` in the guest; its stdout.
-fn guest_sh(cloud: &Cloud, id: &str, script: &str) -> String {
-    let out = cloud.nubo(&["instance", "exec", id, "--timeout", "60", "--", "/bin/sh", "-c", script]);
-    assert!(
-        out.status.success(),
-        "`{script}` in {id} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn launch(cloud: &Cloud, name: &str) -> String {
     let id = cloud.nubo_ok(&["instance", "run", "--name", name, "--memory", "192", "--wait"]).trim().to_string();
     cloud.wait_console(&id, nubo_api::BOOT_COMPLETE_MARKER, 1, BOOT);

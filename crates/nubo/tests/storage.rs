@@ -25,18 +25,6 @@ use std::time::{Duration, Instant};
 const BOOT: Duration = Duration::from_secs(180);
 const GIB: u64 = 1 << 30;
 
-/// Runs `script` in the guest; its stdout.
-fn guest_sh(cloud: &Cloud, id: &str, script: &str) -> String {
-    let out = cloud.nubo(&["instance", "exec", id, "--timeout", "60", "--", "/bin/sh", "-c", script]);
-    assert!(
-        out.status.success(),
-        "`{script}` in {id} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The guest's disks: serial -> (device name, size in bytes).
 fn guest_disks(cloud: &Cloud, id: &str) -> std::collections::HashMap<String, (String, u64)> {
     let out =

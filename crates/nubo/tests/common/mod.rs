@@ -674,6 +674,19 @@ pub fn guest(cloud: &Cloud, id: &str, script: &str) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// Runs `script` with `/bin/sh -c` in guest `id` (60 s at most) and
+/// expects it to succeed; its stdout.
+pub fn guest_sh(cloud: &Cloud, id: &str, script: &str) -> String {
+    let out = cloud.nubo(&["instance", "exec", id, "--timeout", "60", "--", "/bin/sh", "-c", script]);
+    assert!(
+        out.status.success(),
+        "`{script}` in {id} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs `script` in the guest, then prints its exit code
 /// (`probe-exit=N`) and `probe-done`; its output, once it is sure the
 /// exec itself ran: "no answer" from a guest must mean the connection
