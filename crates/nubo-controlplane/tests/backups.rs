@@ -546,4 +546,15 @@ async fn the_portal_lists_backups_with_their_progress_and_backs_up_now() {
     job_report(&t, &host, &cred, &id, done).await;
     let (_, page) = b.send("GET", "/ui/backups", &[]).await;
     assert!(page.contains("full (first backup)") && !page.contains("http-equiv=\"refresh\""), "{page}");
+
+    // "Restore as a new instance": a new instance of the backup's size, its page next.
+    let action = format!("/ui/backups/{id}/restore");
+    assert!(page.contains(&action), "{page}");
+    let csrf = Browser::csrf(&page);
+    let (s, _) = b.send("POST", &action, &[("csrf", &csrf)]).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let all = t.ok("GET", "/api/v1/instances", &alice, None).await;
+    let restored: Vec<_> = all.as_array().unwrap().iter().filter(|x| x["id"] != i.as_str()).collect();
+    assert_eq!(restored.len(), 1, "{all}");
+    assert!(restored[0]["name"].as_str().unwrap().ends_with("-restored"), "{all}");
 }

@@ -1,6 +1,6 @@
 //! The user portal's backup page: the project's backups (state, progress
-//! while one runs, what each disk cost), its plans, and "Back up now" for
-//! an instance. The page refreshes itself while a backup is pending or
+//! while one runs, what each disk cost, whether it was verified), its
+//! plans, "Back up now" for an instance, and "Restore as a new instance". The page refreshes itself while a backup is pending or
 //! running. The work is `app::backups`'s.
 
 use super::html::{self, button, csrf, Nav};
@@ -14,13 +14,16 @@ use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::Router;
 use maud::html;
-use nubo_api::backup::{Backup, BackupRun, BackupState};
+use nubo_api::backup::{Backup, BackupRun, BackupState, RestoreInstance};
 use nubo_api::views::InstanceState;
 use serde::Deserialize;
 use std::sync::Arc;
 
 pub fn routes() -> Router<Arc<Ctx>> {
-    Router::new().route("/ui/backups", get(list).post(run)).route("/ui/backups/{id}/delete", post(delete))
+    Router::new()
+        .route("/ui/backups", get(list).post(run))
+        .route("/ui/backups/{id}/delete", post(delete))
+        .route("/ui/backups/{id}/restore", post(restore))
 }
 
 fn mib(b: u64) -> String {
@@ -86,7 +89,7 @@ async fn list(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
         }
         h2 { "Backups" }
         table.list id="backups" {
-            thead { tr { th { "Backup" } th { "Instance" } th { "State" } th { "Taken" } th { "Details" } th { "Actions" } } }
+            thead { tr { th { "Backup" } th { "Instance" } th { "State" } th { "Taken" } th { "Details" } th { "Verified" } th { "Actions" } } }
             tbody {
                 @for b in &backups {
                     tr data-backup=(b.id) {
@@ -95,7 +98,12 @@ async fn list(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
                         td { (html::badge(b.state.as_str())) }
                         td { (b.created_at) }
                         td { (figures(b)) }
+                        td { (html::badge(b.verify.as_str())) @if let Some(d) = &b.verify_detail { br; small { (d) } } }
                         td.actions {
+                            @if b.state == BackupState::Completed {
+                                (button(&s, &format!("/ui/backups/{}/restore", b.id), "Restore as a new instance", "",
+                                    None))
+                            }
                             @if b.state != BackupState::Running {
                                 (button(&s, &format!("/ui/backups/{}/delete", b.id), "Delete", "danger",
                                     Some("Delete this backup? It cannot be restored afterwards.")))
@@ -103,7 +111,7 @@ async fn list(State(ctx): State<Arc<Ctx>>, s: Session) -> PageResult {
                         }
                     }
                 }
-                @if backups.is_empty() { tr { td colspan="6" { "No backups yet." } } }
+                @if backups.is_empty() { tr { td colspan="7" { "No backups yet." } } }
             }
         }
         h2 { "Plans" }
@@ -150,4 +158,15 @@ async fn delete(
 ) -> PageResult {
     app::backups::delete(&ctx, &s.caller, &id).await?;
     Ok(see_other("/ui/backups"))
+}
+
+/// A new instance from the backup (its size and disks; no private
+/// networks, so it never clashes with a running original), then its page.
+async fn restore(
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+    Posted { session: s, .. }: Posted<Empty>,
+) -> PageResult {
+    let i = app::restores::restore_instance(&ctx, &s.caller, &id, &RestoreInstance::default()).await?;
+    Ok(see_other(&format!("/ui/instances/{}", i.id)))
 }
