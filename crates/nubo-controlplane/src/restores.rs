@@ -21,7 +21,7 @@ pub struct BackupRow {
     pub instance_name: String,
     pub repository_id: String,
     pub host_id: Option<String>,
-    pub state: String,
+    pub state: nubo_api::backup::BackupState,
     pub instance_json: String,
     pub disks_json: String,
     pub created_at_ms: i64,

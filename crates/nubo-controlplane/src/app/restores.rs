@@ -39,7 +39,7 @@ pub async fn load_backup(ctx: &Ctx, caller: &Caller, id: &str) -> AppResult<Back
 
 /// Only a completed backup has every disk in its repository.
 fn completed(b: &BackupRow) -> AppResult<()> {
-    if b.state == "completed" {
+    if b.state == nubo_api::backup::BackupState::Completed {
         return Ok(());
     }
     Err(AppError::Conflict(format!(
