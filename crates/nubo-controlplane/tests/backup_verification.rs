@@ -250,4 +250,14 @@ async fn a_verification_boots_the_backup_judges_it_alerts_and_cleans_up() {
     assert_eq!(bv["state"], "OK");
     assert!(bv["output"].as_str().unwrap().starts_with(&format!("backup {b3} verified: ")), "{bv}");
     assert_eq!(checks_of(&t, &i).await.len(), 2, "one backup-verification check per instance, beside web");
+
+    // A backup deleted while it is verified takes its throwaway instance along.
+    let b4 = backed_up(&t, &host, &cred, &alice, &i, "every").await;
+    round(&t.ctx, now_ms()).await.unwrap();
+    let v4 = throwaway(&t, &b4).await;
+    assert_eq!(checks_of(&t, &v4).await.len(), 1);
+    t.ok("DELETE", &format!("/api/v1/backups/{b4}"), &alice, None).await;
+    round(&t.ctx, now_ms()).await.unwrap();
+    assert_eq!(t.ctx.store.instance(&v4).await.unwrap().unwrap().desired.as_str(), "deleted");
+    assert!(checks_of(&t, &v4).await.is_empty());
 }

@@ -1,7 +1,9 @@
 //! Verified backups, end to end with real `tiny` guests: an instance whose
 //! web server is started at each boot by a script on its disk (installed
 //! once by its user-data) is backed up by a plan with `--verify each`; the
-//! backup is booted as a throwaway instance, its copied TCP check passes,
+//! backup is booted as a throwaway instance, its copied HTTP check passes
+//! (HTTP, not TCP: with user-mode networking QEMU itself accepts on the
+//! forwarded port whether or not the guest listens),
 //! and the backup shows `verified`. Then the start script is removed inside
 //! the guest: the next backup boots to nothing listening on port 80, fails
 //! verification naming the check, and an alert rule on the instance fires.
@@ -95,7 +97,8 @@ fn a_backup_is_verified_by_booting_it_and_a_broken_one_fails_and_alerts() {
         .trim()
         .to_string();
     cloud.wait_console(&id, "web-started", 1, BOOT);
-    let check = cloud.nubo_ok(&["check", "create", &id, "--name", "web", "--tcp", "80", "--interval", "5"]);
+    let check =
+        cloud.nubo_ok(&["check", "create", &id, "--name", "web", "--http", "80", "--path", "/", "--interval", "5"]);
     let check = check.trim().to_string();
     wait_until("the web check to be OK", Duration::from_secs(60), || {
         (cloud.nubo_json(&["check", "show", &check])["state"] == "OK").then_some(())
@@ -116,6 +119,8 @@ fn a_backup_is_verified_by_booting_it_and_a_broken_one_fails_and_alerts() {
         &id,
         "--schedule",
         "0 3 * * *",
+        "--keep-last",
+        "5",
         "--verify",
         "each",
     ]);

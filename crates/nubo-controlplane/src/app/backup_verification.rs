@@ -176,6 +176,37 @@ pub async fn step(ctx: &Arc<Ctx>, now: i64) -> AppResult<()> {
     for b in in_state(ctx, VerifyState::Running).await? {
         advance(ctx, &b, now).await?;
     }
+    sweep(ctx).await
+}
+
+/// Removes verification instances no running verification owns: their
+/// backup was deleted (by hand or by its plan's retention) while it was
+/// being verified. Runs after this round's starts, so an instance just
+/// launched is already recorded on its backup.
+async fn sweep(ctx: &Ctx) -> AppResult<()> {
+    let orphans: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM instances WHERE verification_of IS NOT NULL AND desired <> 'deleted'
+           AND NOT EXISTS (SELECT 1 FROM backups WHERE backups.id = instances.verification_of
+             AND backups.verify_state = 'running' AND backups.verify_instance_id = instances.id)",
+    )
+    .fetch_all(&ctx.store.pool)
+    .await?;
+    for iid in orphans {
+        remove(ctx, &iid).await?;
+        tracing::info!(instance = %iid, "verification instance of a deleted backup removed");
+    }
+    Ok(())
+}
+
+/// Deletes the copied checks of a verification instance and terminates it.
+async fn remove(ctx: &Ctx, iid: &str) -> AppResult<()> {
+    let copies: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM checks WHERE target = $1").bind(iid).fetch_all(&ctx.store.pool).await?;
+    for c in copies {
+        ctx.store.delete_check(&c).await?;
+    }
+    ctx.store.terminate(iid).await?;
+    ctx.bump();
     Ok(())
 }
 
@@ -346,12 +377,7 @@ async fn finish(ctx: &Arc<Ctx>, b: &BackupRow, instance: Option<&str>, v: Verdic
     .execute(&ctx.store.pool)
     .await?;
     if let Some(iid) = instance {
-        let copies: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM checks WHERE target = $1").bind(iid).fetch_all(&ctx.store.pool).await?;
-        for c in copies {
-            ctx.store.delete_check(&c).await?;
-        }
-        ctx.store.terminate(iid).await?;
+        remove(ctx, iid).await?;
     }
     if ended.rows_affected() == 1 {
         record(ctx, b, state == VerifyState::Verified, &detail).await?;
