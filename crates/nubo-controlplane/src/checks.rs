@@ -3,8 +3,9 @@
 //! results drive. A problem is first SOFT and re-checked at the retry
 //! interval; after `max_attempts` non-OK results in a row it is HARD.
 //! A HARD state change is what alerts fire on. Every change is kept in
-//! the check's history, perfdata becomes metrics, and host heartbeats are
-//! checked here, by the control plane itself.
+//! the check's history, perfdata becomes metrics, and host heartbeats (and
+//! backup verifications, `app::backup_verification`) are judged by the
+//! control plane itself.
 
 use crate::store::{now_ms, Store};
 use nubo_api::ids::{CheckId, InstanceId};
@@ -40,11 +41,23 @@ pub struct CheckRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum CheckSpec {
-    Plugin { command: Vec<String> },
-    Tcp { port: u16 },
-    Http { port: u16, path: String, expect_status: u16 },
+    Plugin {
+        command: Vec<String>,
+    },
+    Tcp {
+        port: u16,
+    },
+    Http {
+        port: u16,
+        path: String,
+        expect_status: u16,
+    },
     Liveness,
     Heartbeat,
+    /// The result of verifying an instance's backups (booted from the
+    /// backup, its checks run): judged by the control plane, like
+    /// `Heartbeat`, never by a host (see `app::backup_verification`).
+    BackupVerification,
 }
 
 /// One state transition of a check, as [`next_state`] decides it.
@@ -206,6 +219,7 @@ impl Store {
             CheckSpec::Http { .. } => "http",
             CheckSpec::Liveness => "liveness",
             CheckSpec::Heartbeat => "heartbeat",
+            CheckSpec::BackupVerification => "backup_verification",
         };
         let r = sqlx::query(
             "INSERT INTO checks (id, project_id, name, target, kind, spec_json, interval_secs, retry_interval_secs,
@@ -292,7 +306,7 @@ impl Store {
     pub async fn host_checks(&self, host: &str) -> Result<Vec<DesiredCheck>, sqlx::Error> {
         let rows: Vec<CheckRow> = sqlx::query_as(
             "SELECT checks.* FROM checks LEFT JOIN instances ON instances.id = checks.target
-             WHERE checks.kind <> 'heartbeat' AND (checks.target = $1
+             WHERE checks.kind NOT IN ('heartbeat', 'backup_verification') AND (checks.target = $1
                OR (instances.host_id = $1 AND instances.desired = 'running' AND instances.state = 'running'))
              ORDER BY checks.id",
         )
@@ -333,7 +347,7 @@ impl Store {
                     Ok(instance) => CheckAction::Liveness { instance },
                     Err(_) => continue,
                 },
-                CheckSpec::Heartbeat => continue,
+                CheckSpec::Heartbeat | CheckSpec::BackupVerification => continue,
             };
             out.push(DesiredCheck {
                 id: c.id.parse().map_err(|e: nubo_api::ids::IdError| sqlx::Error::Decode(Box::new(e)))?,

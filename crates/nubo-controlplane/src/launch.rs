@@ -32,6 +32,9 @@ pub struct LaunchRecord<'a> {
     pub hardware: Option<&'a str>,
     /// The root disk comes from a backup (see `restores`), not the image.
     pub restore: Option<&'a crate::restores::LaunchRestore>,
+    /// The backup this instance verifies (see `app::backup_verification`):
+    /// not counted against the project's quota.
+    pub verification_of: Option<&'a str>,
 }
 
 pub(crate) async fn insert_launch_record(
@@ -42,7 +45,7 @@ pub(crate) async fn insert_launch_record(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE instances SET instance_type = $1, reservation_id = $2, launch_index = $3, client_token = $4,
-           group_id = $5, hardware = $7
+           group_id = $5, hardware = $7, verification_of = $8
          WHERE id = $6",
     )
     .bind(r.instance_type)
@@ -52,6 +55,7 @@ pub(crate) async fn insert_launch_record(
     .bind(r.group_id)
     .bind(instance)
     .bind(r.hardware)
+    .bind(r.verification_of)
     .execute(&mut **tx)
     .await?;
     for g in r.security_groups {

@@ -465,19 +465,23 @@ impl Store {
         let mut tx = self.begin().await?;
         // The project's quota first, in the same transaction and with the
         // same conditional-UPDATE pattern as the host claim, so parallel
-        // requests can never take a project past its limits.
+        // requests can never take a project past its limits. A backup's
+        // verification instance is the cloud's own check, not the
+        // project's use: it is not counted.
+        let exempt = new.ec2.verification_of.is_some();
         let within_quota = sqlx::query(
             "UPDATE projects SET used_instances = used_instances + 1, used_vcpus = used_vcpus + $1,
                used_memory_mib = used_memory_mib + $2
              WHERE id = $3 AND used_instances + 1 <= quota_instances AND used_vcpus + $1 <= quota_vcpus
-               AND used_memory_mib + $2 <= quota_memory_mib",
+               AND used_memory_mib + $2 <= quota_memory_mib AND NOT $4",
         )
         .bind(i64::from(new.vcpus))
         .bind(new.memory_mib as i64)
         .bind(new.project_id)
+        .bind(exempt)
         .execute(&mut *tx)
         .await?;
-        if within_quota.rows_affected() != 1 {
+        if !exempt && within_quota.rows_affected() != 1 {
             let p: Option<crate::identity::ProjectRow> = sqlx::query_as("SELECT * FROM projects WHERE id = $1")
                 .bind(new.project_id)
                 .fetch_optional(&mut *tx)
@@ -744,13 +748,16 @@ impl Store {
             // Its network addresses go back to their networks (a default
             // network's /20 would otherwise run out after 4093 launches).
             sqlx::query("DELETE FROM network_ports WHERE instance_id = $1").bind(&row.id).execute(&mut *tx).await?;
+            // A verification instance was never counted (`claim_and_insert`).
             sqlx::query(
                 "UPDATE projects SET used_instances = used_instances - 1, used_vcpus = used_vcpus - $1,
-                   used_memory_mib = used_memory_mib - $2 WHERE id = $3",
+                   used_memory_mib = used_memory_mib - $2
+                 WHERE id = $3 AND NOT EXISTS (SELECT 1 FROM instances WHERE id = $4 AND verification_of IS NOT NULL)",
             )
             .bind(row.vcpus)
             .bind(row.memory_mib)
             .bind(&row.project_id)
+            .bind(&row.id)
             .execute(&mut *tx)
             .await?;
             Self::release_volumes_of(&mut tx, &row.id).await?;

@@ -326,6 +326,7 @@ fn backup_rows(list: &[Backup]) -> Vec<Vec<String>> {
                 },
                 mib(b.bytes_stored),
                 b.plan_id.as_ref().map(|p| p.to_string()).unwrap_or("-".into()),
+                b.verify.to_string(),
             ]
         })
         .collect()
@@ -452,7 +453,7 @@ pub async fn backup(cmd: BackupCmd, conn: &Conn) -> anyhow::Result<()> {
         BackupCmd::List { instance, plan } => {
             let list = client(conn)?.backups(instance.as_deref(), plan.as_deref()).await?;
             emit(conn.output, &list, |list| {
-                table(&["ID", "INSTANCE", "STATE", "TAKEN", "KIND", "STORED", "PLAN"], &backup_rows(list));
+                table(&["ID", "INSTANCE", "STATE", "TAKEN", "KIND", "STORED", "PLAN", "VERIFIED"], &backup_rows(list));
             })
         }
         BackupCmd::Show { id } => {

@@ -601,6 +601,7 @@ pub async fn report(ctx: &Ctx, caller: &HostCaller, host: &str, backup: &str, r:
             let o = ctx.store.finish_backup(&row.id, finish).await?;
             if o == Outcome::Done {
                 tracing::info!(backup = %row.id, bytes_sent = sent, bytes_stored = stored, "backup completed");
+                super::backup_verification::on_completed(ctx, &row).await?;
             }
             o
         }

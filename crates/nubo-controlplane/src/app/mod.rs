@@ -11,6 +11,7 @@
 //! JSON with a status, EC2 as its XML error codes, the portal as a page).
 
 pub mod automation;
+pub mod backup_verification;
 pub mod backups;
 pub mod cdrom;
 pub mod consoles;

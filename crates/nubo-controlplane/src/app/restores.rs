@@ -142,6 +142,46 @@ pub async fn restore_instance(ctx: &Arc<Ctx>, caller: &Caller, id: &str, p: &Res
         }
         None => None,
     };
+    let choices = RestoreChoices {
+        name: p.name.clone().unwrap_or_else(|| format!("{}-restored", b.instance_name)),
+        with_networks: p.with_networks,
+        pin,
+        ..Default::default()
+    };
+    let row = restore_as_instance(ctx, caller, &b, &project, &choices).await?;
+    super::instances::view(ctx, row, true).await
+}
+
+/// What a restore as a new instance takes beside the backup: the user's
+/// choices, and what a verification adds (`app::backup_verification`).
+#[derive(Debug, Clone, Default)]
+pub struct RestoreChoices {
+    pub name: String,
+    /// On the backed-up instance's private networks; otherwise user-mode
+    /// networking only.
+    pub with_networks: bool,
+    /// The host to restore on (already resolved to its id).
+    pub pin: Option<String>,
+    /// Tags added to the recorded ones.
+    pub extra_tags: Vec<(String, String)>,
+    /// Guest ports to forward.
+    pub ports: Vec<u16>,
+    /// The backup this instance verifies: it is not counted against the
+    /// project's quota, and only its root disk is restored (volumes would
+    /// be the project's storage).
+    pub verification_of: Option<String>,
+}
+
+/// Launches an instance from backup `b` (completed, of `project`), as
+/// `caller`, with `c`'s choices; its volumes are re-made from the backup
+/// on the same host unless it is a verification.
+pub async fn restore_as_instance(
+    ctx: &Arc<Ctx>,
+    caller: &Caller,
+    b: &BackupRow,
+    project: &str,
+    c: &RestoreChoices,
+) -> AppResult<crate::store::InstanceRow> {
     let inst = b.instance();
     let num = |k: &str| inst.get(k).and_then(Value::as_u64);
     let (Some(vcpus), Some(memory_mib), Some(disk_gib)) = (num("vcpus"), num("memory_mib"), num("disk_gib")) else {
@@ -153,28 +193,29 @@ pub async fn restore_instance(ctx: &Arc<Ctx>, caller: &Caller, id: &str, p: &Res
     // The image is recorded for its metadata; a deleted one does not stop
     // the restore (the root disk is the backup's).
     let image = match inst.get("image").and_then(Value::as_str) {
-        Some(i) if ctx.store.resolve_image(Some(&project), i).await?.is_some() => i.to_string(),
+        Some(i) if ctx.store.resolve_image(Some(project), i).await?.is_some() => i.to_string(),
         _ => nubo_api::agent::BLANK_IMAGE.to_string(),
     };
     let key_name = match inst.get("key_name").and_then(Value::as_str) {
-        Some(k) if ctx.store.keypair(&project, k).await?.is_some() => Some(k.to_string()),
+        Some(k) if ctx.store.keypair(project, k).await?.is_some() => Some(k.to_string()),
         _ => None,
     };
-    let tags: BTreeMap<String, String> = inst
+    let mut tags: BTreeMap<String, String> = inst
         .get("tags")
         .and_then(Value::as_object)
         .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
         .unwrap_or_default();
-    let networks = if p.with_networks { networks_of(&inst) } else { vec![crate::networks::USER_MODE.to_string()] };
+    tags.extend(c.extra_tags.iter().cloned());
+    let networks = if c.with_networks { networks_of(&inst) } else { vec![crate::networks::USER_MODE.to_string()] };
     let networks = if networks.is_empty() { vec![crate::networks::USER_MODE.to_string()] } else { networks };
     let create = InstanceCreate {
         image,
         vcpus: vcpus as u32,
         memory_mib,
         disk_gib,
-        name: Some(p.name.clone().unwrap_or_else(|| format!("{}-restored", b.instance_name))),
+        name: Some(c.name.clone()),
         user_data: inst.get("user_data").and_then(Value::as_str).map(str::to_string),
-        ports: Vec::new(),
+        ports: c.ports.clone(),
         key_name,
         recipe: None,
         metadata: None,
@@ -189,24 +230,30 @@ pub async fn restore_instance(ctx: &Arc<Ctx>, caller: &Caller, id: &str, p: &Res
         backup_id: b.id.clone(),
         repository_id: b.repository_id.clone(),
         data_as_of_ms: b.created_at_ms,
-        pin,
+        pin: c.pin.clone(),
     };
-    let record = crate::launch::LaunchRecord { restore: Some(&restore), ..Default::default() };
+    let record = crate::launch::LaunchRecord {
+        restore: Some(&restore),
+        verification_of: c.verification_of.as_deref(),
+        ..Default::default()
+    };
     let row = super::instances::launch(ctx, caller, &create, record).await?;
     let host = row.host_id.clone().ok_or_else(|| AppError::internal("a launched instance has no host"))?;
-    for (slot, disk) in b.disks().iter().filter(|d| d.name != "root").enumerate() {
-        restored_volume(ctx, &b, &project, None, Some(&host), disk, Some((&row.id, slot as i64))).await.map_err(
-            |e| {
-                AppError::Conflict(format!(
-                    "instance {} was restored, but its volume {} was not: {e}",
-                    row.id, disk.name
-                ))
-            },
-        )?;
+    if c.verification_of.is_none() {
+        for (slot, disk) in b.disks().iter().filter(|d| d.name != "root").enumerate() {
+            restored_volume(ctx, b, project, None, Some(&host), disk, Some((&row.id, slot as i64))).await.map_err(
+                |e| {
+                    AppError::Conflict(format!(
+                        "instance {} was restored, but its volume {} was not: {e}",
+                        row.id, disk.name
+                    ))
+                },
+            )?;
+        }
     }
     ctx.bump();
     tracing::info!(instance = %row.id, backup = %b.id, %host, "instance restored from a backup");
-    super::instances::view(ctx, row, true).await
+    Ok(row)
 }
 
 /// A new volume from one disk of a backup.

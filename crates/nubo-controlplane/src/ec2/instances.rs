@@ -700,6 +700,7 @@ async fn launch_all(
             cdrom: None,
             hardware: None,
             restore: None,
+            verification_of: None,
         };
         let launched = match app::instances::launch(ctx, caller, &create, record).await {
             Ok(row) if req.volumes.is_empty() => Ok(row),

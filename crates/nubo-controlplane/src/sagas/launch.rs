@@ -200,6 +200,7 @@ impl SagaDef for RecipeLaunch {
                     cdrom: None,
                     hardware: p.hardware.as_deref(),
                     restore: None,
+                    verification_of: None,
                 },
             };
             return match crate::placement::place(ctx, &new).await {
