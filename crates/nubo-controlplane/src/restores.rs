@@ -92,22 +92,11 @@ pub(crate) async fn record_at_launch(tx: &mut Tx<'_>, instance: &str, r: &Launch
     .await
 }
 
-/// `ms` since the epoch as `2026-12-07 14:03:00 UTC`.
+/// `ms` since the epoch as `2026-12-07 14:03:00 UTC` (chrono, as
+/// `backups::rfc3339` formats the same instants for views).
 pub fn time_text(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    let at = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms).unwrap_or_default();
+    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
 /// A duration in milliseconds as `3 h 12 min` / `2 d 4 h` / `40 s`.
