@@ -32,17 +32,6 @@ fi
 if [ -x /etc/web.sh ]; then /etc/web.sh && echo web-started; else echo web-not-installed; fi
 ";
 
-fn guest_sh(cloud: &Cloud, id: &str, script: &str) -> String {
-    let out = cloud.nubo(&["instance", "exec", id, "--timeout", "60", "--", "/bin/sh", "-c", script]);
-    assert!(
-        out.status.success(),
-        "`{script}` in {id} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The instance's backups, newest first.
 fn backups_of(cloud: &Cloud, id: &str) -> Vec<Value> {
     let mut v = cloud.nubo_json(&["backup", "list", "--instance", id]).as_array().cloned().unwrap_or_default();
