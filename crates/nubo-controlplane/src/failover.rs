@@ -225,6 +225,8 @@ impl crate::store::Store {
         let dead = dead_host.id.as_str();
         let mut tx = self.begin().await?;
         if !crate::store::claim_capacity(&mut tx, target, Size::of(row), limits).await? {
+            // Another claim filled it: the index reads it again.
+            self.changed_hosts.mark(target);
             return Ok(false);
         }
         let now = now_ms();
@@ -263,6 +265,8 @@ impl crate::store::Store {
         )
         .await?;
         tx.commit().await?;
+        self.changed_hosts.mark(target);
+        self.changed_hosts.mark(dead);
         Ok(true)
     }
 

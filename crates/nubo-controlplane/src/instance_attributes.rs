@@ -178,6 +178,7 @@ impl Store {
         if let Some(host) = host {
             if delta.vcpus > 0 || delta.memory_mib > 0 {
                 if !claim_capacity(&mut tx, host, delta, limits).await? {
+                    self.changed_hosts.mark(host);
                     return Err(ResizeError::Lost);
                 }
             } else {
@@ -194,6 +195,9 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        if let Some(host) = host {
+            self.changed_hosts.mark(host);
+        }
         Ok(())
     }
 

@@ -87,6 +87,11 @@ pub struct Config {
     /// has not renewed it for this long, and failover restarts them
     /// elsewhere only after as long again (see `failover::Lease`).
     pub heartbeat_timeout: Duration,
+    /// How often placement's index of hosts is read again in full (it is
+    /// kept up to date with this server's own claims in between; the full
+    /// read brings other servers' claims and hosts that came back up). At
+    /// most a third of `heartbeat_timeout` is used.
+    pub placement_reload: Duration,
     /// A live migration whose target has not said it is ready after this
     /// long is failed (nothing has been copied yet; the source runs on).
     pub migration_prepare_timeout: Duration,
@@ -163,6 +168,7 @@ impl Config {
             policy: Policy::default(),
             port_range: (20000, 29999),
             heartbeat_timeout: Duration::from_secs(30),
+            placement_reload: Duration::from_secs(10),
             migration_prepare_timeout: Duration::from_secs(120),
             max_body_bytes: 256 * 1024,
             rate_per_sec: 200,
@@ -259,6 +265,9 @@ pub struct Ctx {
     pub background: background::Board,
     /// Interactive console sessions and graphical console tickets.
     pub consoles: console_relay::Sessions,
+    /// The hosts indexed by free capacity, for placement (a cache of the
+    /// hosts table; see `placement::index`).
+    pub placement: placement::Index,
 }
 
 impl Ctx {
@@ -318,6 +327,7 @@ impl Ctx {
             renewals,
             background: background::Board::default(),
             consoles: console_relay::Sessions::default(),
+            placement: placement::Index::default(),
         }))
     }
 
@@ -365,26 +375,7 @@ impl Ctx {
     pub async fn host_snapshots(&self) -> Result<Vec<HostSnapshot>, sqlx::Error> {
         let now = store::now_ms();
         let timeout = self.config.heartbeat_timeout.as_millis() as i64;
-        Ok(self
-            .store
-            .hosts()
-            .await?
-            .into_iter()
-            .map(|h| HostSnapshot {
-                up: h.enabled == 1 && now - h.last_heartbeat_ms <= timeout,
-                id: h.id,
-                name: h.name,
-                vcpus: h.vcpus as u32,
-                memory_mib: h.memory_mib as u64,
-                disk_gib: h.disk_gib as u64,
-                used_vcpus: h.used_vcpus as u32,
-                used_memory_mib: h.used_memory_mib as u64,
-                used_disk_gib: h.used_disk_gib as u64,
-                underlay: h.underlay.is_some(),
-                shared_storage: h.shared_storage,
-                externals: h.externals.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect(),
-            })
-            .collect())
+        Ok(self.store.hosts().await?.into_iter().map(|h| placement::snapshot(h, now, timeout)).collect())
     }
 
     /// A token for the bootstrap admin, in the default project, that never

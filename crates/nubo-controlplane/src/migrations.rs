@@ -91,6 +91,7 @@ impl Store {
             return Err(StartError::Busy(instance.id.clone(), m));
         }
         if !crate::store::claim_capacity(&mut tx, target, Size::of(instance), limits).await? {
+            self.changed_hosts.mark(target);
             return Err(StartError::Lost(target.to_string()));
         }
         let now = now_ms();
@@ -109,6 +110,7 @@ impl Store {
         crate::store::insert_event(&mut tx, &instance.id, now, "migration_started", &format!("{id} to {target}"))
             .await?;
         tx.commit().await?;
+        self.changed_hosts.mark(target);
         Ok(self.migration(id).await?.ok_or_else(|| sqlx::Error::RowNotFound)?)
     }
 
@@ -262,6 +264,8 @@ impl Store {
         let stage = if ok { "migrated" } else { "migration_failed" };
         crate::store::insert_event(&mut tx, &m.instance_id, now, stage, &detail).await?;
         tx.commit().await?;
+        self.changed_hosts.mark(&m.source_host);
+        self.changed_hosts.mark(&m.target_host);
         self.migration(id).await
     }
 
@@ -284,6 +288,7 @@ impl Store {
             .bind(host)
             .execute(&self.pool)
             .await?;
+        self.changed_hosts.mark(host);
         Ok(r.rows_affected() == 1)
     }
 }

@@ -158,6 +158,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.changed_hosts.mark(v.host_id);
         Ok(())
     }
 }

@@ -133,6 +133,9 @@ impl StoreOptions {
 pub struct Store {
     pub(crate) pool: AnyPool,
     pub(crate) backend: Backend,
+    /// Hosts whose row this server changed, for placement's index to
+    /// read again (`placement::index`).
+    pub changed_hosts: std::sync::Arc<crate::placement::ChangedHosts>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -317,7 +320,7 @@ impl Store {
             .await
             .map_err(open_err)?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool, backend: Backend::Sqlite })
+        Ok(Self { pool, backend: Backend::Sqlite, changed_hosts: Default::default() })
     }
 
     /// Connects to the database at `url`: a PostgreSQL URL
@@ -362,7 +365,7 @@ impl Store {
                     .await
                     .map_err(|e| connect_err(e.to_string()))?;
                 sqlx::migrate!("./migrations").run(&pool).await?;
-                Ok(Self { pool, backend: Backend::Postgres })
+                Ok(Self { pool, backend: Backend::Postgres, changed_hosts: Default::default() })
             }
             _ => Err(bad("it does not start with postgres:// (or sqlite://)")),
         }
@@ -414,6 +417,7 @@ impl Store {
         .bind(r.externals.iter().filter(|n| !n.contains(',')).cloned().collect::<Vec<_>>().join(","))
         .execute(&self.pool)
         .await?;
+        self.changed_hosts.mark(r.host_id.as_str());
         Ok(())
     }
 
@@ -563,6 +567,7 @@ impl Store {
         insert_event(&mut tx, new.id.as_str(), now, "requested", "").await?;
         insert_event(&mut tx, new.id.as_str(), now, "scheduled", host).await?;
         tx.commit().await?;
+        self.changed_hosts.mark(host);
         Ok(mapped)
     }
 
@@ -800,6 +805,10 @@ impl Store {
             insert_event(&mut tx, &row.id, now, &format!("state_{state}"), a.error.as_deref().unwrap_or("")).await?;
         }
         tx.commit().await?;
+        if state == InstanceState::Terminated {
+            // Its capacity (and deleted volumes' pool space) came back.
+            self.changed_hosts.mark(host);
+        }
         if terminate_after {
             // Recorded stopped first, then terminated as a user's terminate
             // is (its addresses released), so the agent reaps it.

@@ -222,6 +222,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.changed_hosts.mark(v.host_id);
         Ok(())
     }
 
@@ -367,6 +368,7 @@ impl Store {
             return Err(StorageClaimError::State);
         }
         tx.commit().await?;
+        self.changed_hosts.mark(&v.host_id);
         Ok(())
     }
 
@@ -452,6 +454,7 @@ impl Store {
             _ => {}
         }
         tx.commit().await?;
+        self.changed_hosts.mark(host);
         Ok(true)
     }
 
@@ -583,6 +586,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.changed_hosts.mark(&v.host_id);
         Ok(())
     }
 
@@ -669,6 +673,7 @@ impl Store {
             _ => {}
         }
         tx.commit().await?;
+        self.changed_hosts.mark(host);
         Ok(true)
     }
 }

@@ -14,6 +14,9 @@
 //! from [`Policy::limits`]), and moves to the next candidate when a
 //! concurrent claim won.
 
+mod index;
+
+pub use index::HostIndex;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -52,6 +55,11 @@ pub struct Demand {
 pub enum Need {
     Instance(Demand),
     Pool { gib: u64 },
+}
+
+impl Demand {
+    /// Nothing asked: a host's own free fraction.
+    pub const ZERO: Demand = Demand { vcpus: 0, memory_mib: 0, disk_gib: 0 };
 }
 
 impl From<Demand> for Need {
@@ -343,10 +351,16 @@ pub fn check_host(h: &HostSnapshot, d: &Demand, p: &Policy) -> Result<(), Reject
 
 /// Free fraction of the host after placing `d`, averaged over CPU and memory.
 fn free_fraction_after(h: &HostSnapshot, d: &Demand, p: &Policy) -> f64 {
-    let cpu_limit = p.schedulable_vcpus(h).max(1) as f64;
-    let mem_limit = p.schedulable_memory(h).max(1) as f64;
-    let cpu_free = (cpu_limit - f64::from(h.used_vcpus) - f64::from(d.vcpus)) / cpu_limit;
-    let mem_free = (mem_limit - h.used_memory_mib as f64 - d.memory_mib as f64) / mem_limit;
+    free_fraction(&p.limits(h), h.used_vcpus, h.used_memory_mib, d)
+}
+
+/// The same arithmetic from a host's limits and usage (the index keeps
+/// these per class and usage), so both compute bit-identical weights.
+fn free_fraction(l: &Limits, used_vcpus: u32, used_memory_mib: u64, d: &Demand) -> f64 {
+    let cpu_limit = l.vcpus.max(1) as f64;
+    let mem_limit = l.memory_mib.max(1) as f64;
+    let cpu_free = (cpu_limit - f64::from(used_vcpus) - f64::from(d.vcpus)) / cpu_limit;
+    let mem_free = (mem_limit - used_memory_mib as f64 - d.memory_mib as f64) / mem_limit;
     (cpu_free + mem_free) / 2.0
 }
 
@@ -423,11 +437,18 @@ pub fn pick<'a>(hosts: &'a [HostSnapshot], d: &Demand, p: &Policy) -> Result<&'a
 
 /// An in-memory host set for the placement benchmark and tests only: it
 /// applies claims to its own snapshots, standing in for the database.
+/// Placement goes through a [`HostIndex`] (rebuilt when the policy
+/// changes); [`Self::place_by_scan`] keeps the full scan for comparison.
 pub struct InMemoryHostSet {
-    pub hosts: Vec<HostSnapshot>,
+    index: HostIndex,
 }
 
 impl InMemoryHostSet {
+    /// These hosts, in this order (the tie-break order).
+    pub fn new(hosts: Vec<HostSnapshot>) -> Self {
+        Self { index: HostIndex::new(hosts, Policy::default()) }
+    }
+
     /// `n` identical hosts of `vcpus` CPUs, `memory_mib` and `disk_gib`.
     pub fn uniform(n: usize, vcpus: u32, memory_mib: u64, disk_gib: u64) -> Self {
         let hosts = (0..n)
@@ -446,18 +467,52 @@ impl InMemoryHostSet {
                 externals: Vec::new(),
             })
             .collect();
-        Self { hosts }
+        Self::new(hosts)
     }
 
-    /// Picks a host and claims the demand on it; returns its index.
+    pub fn hosts(&self) -> &[HostSnapshot] {
+        self.index.hosts()
+    }
+
+    fn under(&mut self, p: &Policy) -> &mut HostIndex {
+        if self.index.policy() != p {
+            self.index = HostIndex::new(self.index.hosts().to_vec(), *p);
+        }
+        &mut self.index
+    }
+
+    /// Picks a host (through the index) and claims the demand on it;
+    /// returns its position.
     pub fn place(&mut self, d: &Demand, p: &Policy) -> Result<usize, Refusal> {
-        let id = pick(&self.hosts, d, p)?.id.clone();
-        let idx = self.hosts.iter().position(|h| h.id == id).unwrap_or(0);
-        let h = &mut self.hosts[idx];
-        h.used_vcpus += d.vcpus;
-        h.used_memory_mib += d.memory_mib;
-        h.used_disk_gib += d.disk_gib;
-        Ok(idx)
+        let index = self.under(p);
+        let id = index.pick(d)?.id.clone();
+        Ok(self.claim(&id, d))
+    }
+
+    /// [`Self::place`] by the full scan ([`pick`]): the baseline.
+    pub fn place_by_scan(&mut self, d: &Demand, p: &Policy) -> Result<usize, Refusal> {
+        let index = self.under(p);
+        let id = pick(index.hosts(), d, p)?.id.clone();
+        Ok(self.claim(&id, d))
+    }
+
+    fn claim(&mut self, id: &str, d: &Demand) -> usize {
+        let i = self.index.position(id).unwrap_or(0);
+        let h = &self.index.hosts()[i];
+        let used = (h.used_vcpus + d.vcpus, h.used_memory_mib + d.memory_mib, h.used_disk_gib + d.disk_gib);
+        self.index.set_used(i, used.0, used.1, used.2);
+        i
+    }
+
+    /// Gives back `d` on the host at position `i` (an instance deleted).
+    pub fn release(&mut self, i: usize, d: &Demand) {
+        let h = &self.index.hosts()[i];
+        let used = (
+            h.used_vcpus.saturating_sub(d.vcpus),
+            h.used_memory_mib.saturating_sub(d.memory_mib),
+            h.used_disk_gib.saturating_sub(d.disk_gib),
+        );
+        self.index.set_used(i, used.0, used.1, used.2);
     }
 }
 

@@ -409,6 +409,7 @@ async fn evacuate_one(
     };
     let mut tx = ctx.store.begin().await?;
     if !crate::store::claim_capacity(&mut tx, &target.id, Size::of(row), target.limits).await? {
+        ctx.store.changed_hosts.mark(&target.id);
         return Ok(Err(format!("host {} filled meanwhile; evacuate again", target.name)));
     }
     let now = now_ms();
@@ -465,6 +466,8 @@ async fn evacuate_one(
     }
     crate::store::insert_event(&mut tx, &row.id, now, "restored_elsewhere", &detail).await?;
     tx.commit().await?;
+    ctx.store.changed_hosts.mark(&target.id);
+    ctx.store.changed_hosts.mark(&dead.id);
     tracing::warn!(instance = %row.id, from = %dead.name, to = %target.name, backup = %b.id, "instance restored from its backup off a dead host");
     Ok(Ok((target, b)))
 }

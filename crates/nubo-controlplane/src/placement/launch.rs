@@ -18,14 +18,17 @@ pub async fn place(ctx: &Ctx, new: &NewInstance<'_>) -> Result<(String, Vec<(u16
     let pin = new.ec2.restore.and_then(|r| r.pin.as_deref());
     let constraints =
         Constraints { underlay: !new.ec2.networks.is_empty(), externals: &externals, pin, ..Constraints::default() };
-    // A few rounds: each round re-reads the hosts, so a lost claim is
-    // retried against fresh numbers rather than a stale snapshot.
+    // A few rounds: a lost claim marks its host for the index to read
+    // again, so the next round chooses from fresh numbers for it.
     for _ in 0..5 {
         let choice = choose(ctx, demand, &constraints).await?;
         for host in choice.hosts() {
             match claim(ctx, host, new).await {
                 Ok(ports) => return Ok((host.id.clone(), ports)),
-                Err(ClaimError::Lost) => continue,
+                Err(ClaimError::Lost) => {
+                    ctx.store.changed_hosts.mark(&host.id);
+                    continue;
+                }
                 Err(ClaimError::NoPorts) => continue,
                 Err(ClaimError::Quota(msg)) => return Err(AppError::QuotaExceeded(msg)),
                 Err(ClaimError::AddressTaken(msg)) => {

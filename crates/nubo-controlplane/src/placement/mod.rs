@@ -13,10 +13,18 @@
 //! below keeps true. The claim that follows a choice is the caller's one
 //! conditional write (`store::claim_capacity`, `volumes::claim_pool`),
 //! checked against [`Chosen::limits`], the same limits the filters used.
+//!
+//! [`choose`] asks the server's [`Index`] (hosts indexed by free capacity,
+//! kept up to date with this server's claims and read again periodically)
+//! rather than reading every host: see `index` for why a stale entry can
+//! cost a retry but never an overshoot.
 
+mod index;
 mod launch;
 mod storage;
 
+pub(crate) use index::snapshot;
+pub use index::{ChangedHosts, Index, ALTERNATIVES};
 pub use launch::place;
 pub use nubo_scheduler::{filter, Constraints, Demand, Need, Weigher};
 pub use storage::place_storage;
@@ -117,18 +125,31 @@ fn explain_pool(f: &mut fmt::Formatter<'_>, gib: u64, why: &nubo_scheduler::Refu
     write!(f, "no storage pool can take {gib} GiB: {}; choose a smaller size or free space", reasons.join("; "))
 }
 
-/// Chooses among the registered hosts, as they are now.
+/// Chooses among the registered hosts, through the server's index: the
+/// best and up to [`ALTERNATIVES`] - 1 others. A caller that loses the
+/// claim on all of them chooses again.
 pub async fn choose(ctx: &Ctx, need: impl Into<Need>, c: &Constraints<'_>) -> Result<Choice, Refusal> {
-    let hosts = ctx.host_snapshots().await?;
-    choose_among(&hosts, need.into(), &ctx.config.policy, c)
+    let need = need.into();
+    let ranked = ctx.placement.choose(ctx, &need, c).await?;
+    choice(ranked.as_ref().map(|hosts| hosts.iter()).map_err(Clone::clone), need, &ctx.config.policy, c)
 }
 
-/// [`choose`] over a given snapshot.
+/// [`choose`] over a given snapshot, every fitting host.
 pub fn choose_among(hosts: &[HostSnapshot], need: Need, p: &Policy, c: &Constraints<'_>) -> Result<Choice, Refusal> {
+    let ranked = nubo_scheduler::choose(hosts, &need, p, c);
+    choice(ranked.as_ref().map(|hosts| hosts.iter().copied()).map_err(Clone::clone), need, p, c)
+}
+
+/// The scheduler's ranking as a [`Choice`], each host with its limits.
+fn choice<'a>(
+    ranked: Result<impl Iterator<Item = &'a HostSnapshot>, nubo_scheduler::Refusal>,
+    need: Need,
+    p: &Policy,
+    c: &Constraints<'_>,
+) -> Result<Choice, Refusal> {
     let refused = |why| Refusal::NoHost { need, pin: c.pin.map(str::to_string), underlay: c.underlay, why };
-    let ranked = nubo_scheduler::choose(hosts, &need, p, c).map_err(refused)?;
     let mut chosen =
-        ranked.into_iter().map(|h| Chosen { id: h.id.clone(), name: h.name.clone(), limits: Size::limits(p, h) });
+        ranked.map_err(refused)?.map(|h| Chosen { id: h.id.clone(), name: h.name.clone(), limits: Size::limits(p, h) });
     match chosen.next() {
         Some(best) => Ok(Choice { best, rest: chosen.collect() }),
         None => Err(refused(nubo_scheduler::Refusal { rejections: Vec::new() })),
