@@ -13,6 +13,10 @@
 //! the capacity filters' arithmetic (`used + asked <= limit`, the limits
 //! from [`Policy::limits`]), and moves to the next candidate when a
 //! concurrent claim won.
+//!
+//! [`HostIndex`] answers what [`choose`] answers without scanning every
+//! host (hosts grouped by size and attributes, ordered by free capacity);
+//! see `index`.
 
 mod index;
 
