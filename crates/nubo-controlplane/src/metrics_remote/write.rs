@@ -177,18 +177,23 @@ pub fn expose(w: &Writer, out: &mut String) {
     );
 }
 
-/// Groups samples into series, each series' samples oldest first.
-fn build_request(batch: Vec<Pending>) -> WriteRequest {
-    let mut series: BTreeMap<Vec<(String, String)>, TimeSeries> = BTreeMap::new();
+/// Groups samples into series, each series' samples oldest first. The
+/// samples of one series queued by one `enqueue` share their labels'
+/// `Arc`, so grouping goes by that pointer (no label is compared or
+/// copied per sample). A series queued by several `enqueue`s appears as
+/// several entries, in queue order, which the protocol allows: the
+/// receiver appends them one after the other.
+fn build_request(batch: &[Pending]) -> WriteRequest {
+    let mut index: std::collections::HashMap<*const Vec<prompb::Label>, usize> = Default::default();
+    let mut timeseries: Vec<TimeSeries> = Vec::new();
+    // By reference: every Arc stays alive, so no pointer is reused meanwhile.
     for p in batch {
-        let key: Vec<(String, String)> = p.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
-        series
-            .entry(key)
-            .or_insert_with(|| TimeSeries { labels: p.labels.as_ref().clone(), samples: Vec::new() })
-            .samples
-            .push(Sample { value: p.value, timestamp: p.at_ms });
+        let at = *index.entry(Arc::as_ptr(&p.labels)).or_insert_with(|| {
+            timeseries.push(TimeSeries { labels: p.labels.as_ref().clone(), samples: Vec::new() });
+            timeseries.len() - 1
+        });
+        timeseries[at].samples.push(Sample { value: p.value, timestamp: p.at_ms });
     }
-    let mut timeseries: Vec<TimeSeries> = series.into_values().collect();
     for ts in &mut timeseries {
         ts.samples.sort_by_key(|s| s.timestamp);
         ts.samples.dedup_by_key(|s| s.timestamp);
@@ -251,7 +256,7 @@ async fn send_loop(shared: Arc<Shared>, url: url::Url, options: WriterOptions) {
             continue;
         }
         let n = batch.len() as u64;
-        let body = match prompb::encode(&build_request(batch)) {
+        let body = match prompb::encode(&build_request(&batch)) {
             Ok(b) => b,
             Err(e) => {
                 shared.stats.failed.fetch_add(n, Ordering::Relaxed);
