@@ -6,8 +6,9 @@
 # and fdisk (the storage test builds a BIOS-bootable disk to import), and
 # Debian's monitoring-plugins (Nagios plugins such as check_http for plugin
 # checks). Prometheus' promtool, which the monitoring test uses to check
-# /metrics, is unpacked from Debian's package into .cache/tools (installing
-# the package would start a Prometheus server), and
+# /metrics, and prometheus itself, which the remote-write test and bench
+# start as a receiver, are unpacked from Debian's package into .cache/tools
+# (installing the package would start a Prometheus server), and
 # ldap-utils (the LDAP removal test deletes users with ldapdelete),
 # python3-venv (the EC2 test installs the stock aws CLI and boto3 from PyPI
 # into a virtualenv), Debian's Chromium and ChromeDriver (the portal
@@ -62,13 +63,14 @@ $SUDO service nginx stop >/dev/null 2>&1 || true
 if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now ssh >/dev/null 2>&1 || true; fi
 $SUDO service ssh stop >/dev/null 2>&1 || true
 
-# promtool, unpacked (not installed) so that no Prometheus service starts.
+# promtool and prometheus, unpacked (not installed) so that no Prometheus
+# service starts.
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 TOOLS="$ROOT/.cache/tools"
-if [ ! -x "$TOOLS/prometheus/usr/bin/promtool" ]; then
+if [ ! -x "$TOOLS/prometheus/usr/bin/promtool" ] || [ ! -x "$TOOLS/prometheus/usr/bin/prometheus" ]; then
   mkdir -p "$TOOLS/deb" "$TOOLS/prometheus"
   (cd "$TOOLS/deb" && apt-get download -q prometheus >/dev/null 2>&1) || {
-    echo "cannot download Debian's prometheus package (for promtool)" >&2
+    echo "cannot download Debian's prometheus package (for promtool and prometheus)" >&2
     exit 1
   }
   dpkg -x "$(ls "$TOOLS"/deb/prometheus_*.deb | head -n 1)" "$TOOLS/prometheus"

@@ -109,6 +109,9 @@ pub async fn render(ctx: &Ctx) -> AppResult<String> {
     let _ = writeln!(out, "# HELP nubo_alerts_firing Alerts firing now");
     let _ = writeln!(out, "# TYPE nubo_alerts_firing gauge");
     let _ = writeln!(out, "nubo_alerts_firing {firing}");
+    if let Some(w) = ctx.store.metrics_remote().and_then(|r| r.writer.as_ref()) {
+        crate::metrics_remote::write::expose(w, &mut out);
+    }
     Ok(out)
 }
 

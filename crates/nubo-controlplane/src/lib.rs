@@ -38,6 +38,7 @@ pub mod lb;
 pub mod ldap;
 pub mod ldap_sync;
 pub mod leases;
+pub mod metrics_remote;
 pub mod migrations;
 pub mod networks;
 pub mod pagination;
@@ -124,6 +125,9 @@ pub struct Config {
     pub max_image_bytes: u64,
     /// How long metric samples and rollups are kept.
     pub retention: tsdb::Retention,
+    /// Prometheus remote write, reading metrics back from Prometheus, and
+    /// whether the embedded store keeps samples too.
+    pub metrics: metrics_remote::MetricsRemoteConfig,
     /// The region the EC2 API is (SigV4 scope, DescribeRegions); the
     /// availability zone is in it.
     pub region: String,
@@ -184,6 +188,7 @@ impl Config {
             // Larger than any cloud image, and well under a project's quota.
             max_image_bytes: 32 << 30,
             retention: tsdb::Retention::default(),
+            metrics: metrics_remote::MetricsRemoteConfig::default(),
             region: "nubo-1".into(),
             instance_types: instance_types::InstanceTypes::default(),
             webhook_allow: Vec::new(),
@@ -279,6 +284,10 @@ impl Ctx {
             Some(url) => Store::connect_with(url, options).await?,
             None => Store::open_with(&config.data_dir.join("nubo.db"), options).await?,
         };
+        config.metrics.validate()?;
+        if !config.metrics.is_default() {
+            store.set_metrics_remote(metrics_remote::MetricsRemote::start(&config.metrics)?);
+        }
         for (name, description) in BUILTIN_IMAGES {
             store.upsert_builtin_image(name, description).await?;
         }

@@ -136,6 +136,8 @@ pub struct Store {
     /// Hosts whose row this server changed, for placement's index to
     /// read again (`placement::index`).
     pub changed_hosts: std::sync::Arc<crate::placement::ChangedHosts>,
+    /// Prometheus remote write and read, when the server is set up so.
+    pub(crate) metrics_remote: crate::metrics_remote::Slot,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -320,7 +322,7 @@ impl Store {
             .await
             .map_err(open_err)?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool, backend: Backend::Sqlite, changed_hosts: Default::default() })
+        Ok(Self { pool, backend: Backend::Sqlite, changed_hosts: Default::default(), metrics_remote: Default::default() })
     }
 
     /// Connects to the database at `url`: a PostgreSQL URL
@@ -365,7 +367,7 @@ impl Store {
                     .await
                     .map_err(|e| connect_err(e.to_string()))?;
                 sqlx::migrate!("./migrations").run(&pool).await?;
-                Ok(Self { pool, backend: Backend::Postgres, changed_hosts: Default::default() })
+                Ok(Self { pool, backend: Backend::Postgres, changed_hosts: Default::default(), metrics_remote: Default::default() })
             }
             _ => Err(bad("it does not start with postgres:// (or sqlite://)")),
         }

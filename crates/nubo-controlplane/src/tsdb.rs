@@ -80,6 +80,12 @@ impl Store {
     /// of [`INGEST_ROWS`] rows, not two statements a sample, which on
     /// SQLite queued every other write behind metrics.
     pub async fn ingest(&self, samples: &[MetricSample]) -> Result<(), sqlx::Error> {
+        if let Some(remote) = self.metrics_remote.get() {
+            remote.forward(samples);
+            if !remote.embedded {
+                return Ok(());
+            }
+        }
         // Per series, the newest sample of the batch: one upsert may not
         // touch a row twice (PostgreSQL refuses it).
         let mut latest: std::collections::BTreeMap<(&str, &str), &MetricSample> = Default::default();
@@ -115,6 +121,9 @@ impl Store {
     /// rows written. Samples arriving for a minute already rolled up stay
     /// in the raw table only.
     pub async fn rollup_and_expire(&self, retention: &Retention, now: i64) -> Result<u64, sqlx::Error> {
+        if self.metrics_remote.get().is_some_and(|r| !r.embedded) {
+            return Ok(0);
+        }
         let mut tx = self.begin().await?;
         let mark: Option<i64> = sqlx::query_scalar("SELECT done_until_ms FROM metric_rollup_mark WHERE id = 1")
             .fetch_optional(&mut *tx)
@@ -182,6 +191,9 @@ impl Store {
         step_ms: i64,
         retention: &Retention,
     ) -> Result<(Source, Vec<MetricPoint>), sqlx::Error> {
+        if let Some(r) = self.metrics_reader() {
+            return Ok((Source::Raw, r.query_series(resource, metric, from, to, step_ms).await?));
+        }
         let raw_covers = from >= now_ms() - retention.raw.as_millis() as i64;
         let (source, sql) = if raw_covers {
             (
@@ -209,6 +221,9 @@ impl Store {
 
     /// The newest value of every series of `resource`.
     pub async fn latest_of(&self, resource: &str) -> Result<Vec<MetricLatest>, sqlx::Error> {
+        if let Some(r) = self.metrics_reader() {
+            return Ok(r.latest_of(resource).await?);
+        }
         let rows: Vec<(String, i64, f64)> =
             sqlx::query_as("SELECT metric, at_ms, value FROM metric_latest WHERE resource = $1 ORDER BY metric")
                 .bind(resource)
@@ -219,6 +234,9 @@ impl Store {
 
     /// The newest value of one series, if it is newer than `since`.
     pub async fn latest_value(&self, resource: &str, metric: &str, since: i64) -> Result<Option<f64>, sqlx::Error> {
+        if let Some(r) = self.metrics_reader() {
+            return Ok(r.latest_value(resource, metric, since).await?);
+        }
         sqlx::query_scalar("SELECT value FROM metric_latest WHERE resource = $1 AND metric = $2 AND at_ms >= $3")
             .bind(resource)
             .bind(metric)
@@ -229,6 +247,9 @@ impl Store {
 
     /// The average of one series' raw samples since `since`, if it has any.
     pub async fn average_since(&self, resource: &str, metric: &str, since: i64) -> Result<Option<f64>, sqlx::Error> {
+        if let Some(r) = self.metrics_reader() {
+            return Ok(r.average_since(resource, metric, since).await?);
+        }
         sqlx::query_scalar("SELECT AVG(value) FROM metric_samples WHERE resource = $1 AND metric = $2 AND at_ms >= $3")
             .bind(resource)
             .bind(metric)
@@ -239,6 +260,10 @@ impl Store {
 
     /// Every series' newest value: (resource, metric, at_ms, value).
     pub async fn all_latest(&self) -> Result<Vec<(String, String, i64, f64)>, sqlx::Error> {
+        // Off, the series are in Prometheus already: not exposed again.
+        if self.metrics_remote.get().is_some_and(|r| !r.embedded) {
+            return Ok(Vec::new());
+        }
         sqlx::query_as("SELECT resource, metric, at_ms, value FROM metric_latest ORDER BY metric, resource")
             .fetch_all(&self.pool)
             .await

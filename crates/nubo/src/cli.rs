@@ -392,6 +392,30 @@ pub struct ServerArgs {
     /// exactly. Without it, URL imports are refused.
     #[arg(long = "image-url-allow", value_name = "HOST")]
     pub image_url_allow: Vec<String>,
+    /// Also send every metric sample to this Prometheus remote-write
+    /// endpoint (e.g. http://127.0.0.1:9090/api/v1/write), from a bounded
+    /// queue: samples are dropped, and counted on /metrics, when it cannot
+    /// keep up. The operator's own receiver: loopback and private
+    /// addresses are allowed.
+    #[arg(long, value_name = "URL")]
+    pub metrics_remote_write: Option<url::Url>,
+    /// Read metric queries (policies, alert rules, charts, latest values)
+    /// from this Prometheus (its base URL, e.g. http://127.0.0.1:9090)
+    /// instead of the embedded store.
+    #[arg(long, value_name = "URL")]
+    pub metrics_read_from: Option<url::Url>,
+    /// Where samples are kept in Nubo itself: `embedded` (the control
+    /// plane's database, the default) or `off` (only with
+    /// --metrics-read-from; samples then live in Prometheus alone).
+    #[arg(long, value_enum, default_value_t = MetricsStore::Embedded)]
+    pub metrics_store: MetricsStore,
+}
+
+/// `--metrics-store`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsStore {
+    Embedded,
+    Off,
 }
 
 /// An address (one host) or a CIDR.

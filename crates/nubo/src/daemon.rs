@@ -78,6 +78,12 @@ async fn start_server(a: &ServerArgs) -> anyhow::Result<Started> {
     config.max_image_bytes = a.max_image_size;
     config.web_assets = a.web_assets.clone();
     config.image_url_allow = a.image_url_allow.clone();
+    config.metrics = nubo_controlplane::metrics_remote::MetricsRemoteConfig {
+        remote_write: a.metrics_remote_write.clone(),
+        read_from: a.metrics_read_from.clone(),
+        embedded: a.metrics_store == crate::cli::MetricsStore::Embedded,
+    };
+    config.metrics.validate()?;
     config.policy.weigher = a.weigher.parse().map_err(anyhow::Error::msg)?;
     if let Some(path) = &a.ldap_config {
         let text = std::fs::read_to_string(path)

@@ -156,8 +156,12 @@ pub async fn ingest(ctx: &Arc<Ctx>, caller: &HostCaller, id: &str, b: MetricsBat
         return Err(AppError::BadRequest(format!("at most {MAX_BATCH} samples per batch")));
     }
     // A host speaks only for itself and the instances it runs.
-    let mine: std::collections::HashSet<String> =
-        ctx.store.instances_on_host(host.as_str()).await?.into_iter().map(|i| i.id).collect();
+    let on_host = ctx.store.instances_on_host(host.as_str()).await?;
+    // Remote write labels an instance's series with its project and host.
+    if let Some(w) = ctx.store.metrics_remote().and_then(|r| r.writer.as_ref()) {
+        w.labels().note_instances(host.as_str(), on_host.iter().map(|i| (i.id.as_str(), i.project_id.as_deref())));
+    }
+    let mine: std::collections::HashSet<String> = on_host.into_iter().map(|i| i.id).collect();
     let samples: Vec<_> = b
         .samples
         .into_iter()
