@@ -282,8 +282,13 @@ pub(crate) async fn metrics_loop(host: Arc<Host>, instances: Arc<Instances>, int
     loop {
         tick.tick().await;
         let samples = sample_metrics(&host, &instances, &mut sampler).await;
-        if let Err(e) = host.client.send_metrics(&host.id, &MetricsBatch { samples }).await {
-            tracing::debug!(error = %e, "metrics not sent this round");
+        // A host with over a thousand instances has more samples than one
+        // batch may carry: the control plane refused the whole round.
+        for part in samples.chunks(nubo_api::monitoring::MAX_METRICS_BATCH) {
+            if let Err(e) = host.client.send_metrics(&host.id, &MetricsBatch { samples: part.to_vec() }).await {
+                tracing::debug!(error = %e, "metrics not sent this round");
+                break;
+            }
         }
     }
 }

@@ -38,6 +38,7 @@ pub mod lb;
 pub mod ldap;
 pub mod ldap_sync;
 pub mod leases;
+pub mod metric_owners;
 pub mod migrations;
 pub mod networks;
 pub mod pagination;
@@ -259,6 +260,8 @@ pub struct Ctx {
     pub background: background::Board,
     /// Interactive console sessions and graphical console tickets.
     pub consoles: console_relay::Sessions,
+    /// Which instances each host may send metrics for.
+    pub metric_owners: metric_owners::MetricOwners,
 }
 
 impl Ctx {
@@ -318,6 +321,7 @@ impl Ctx {
             renewals,
             background: background::Board::default(),
             consoles: console_relay::Sessions::default(),
+            metric_owners: Default::default(),
         }))
     }
 

@@ -133,6 +133,8 @@ impl StoreOptions {
 pub struct Store {
     pub(crate) pool: AnyPool,
     pub(crate) backend: Backend,
+    /// Metric samples and newest values not yet written (see `tsdb`).
+    pub(crate) metrics_head: std::sync::Arc<crate::tsdb::Head>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -317,7 +319,7 @@ impl Store {
             .await
             .map_err(open_err)?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool, backend: Backend::Sqlite })
+        Ok(Self { pool, backend: Backend::Sqlite, metrics_head: Default::default() })
     }
 
     /// Connects to the database at `url`: a PostgreSQL URL
@@ -362,7 +364,7 @@ impl Store {
                     .await
                     .map_err(|e| connect_err(e.to_string()))?;
                 sqlx::migrate!("./migrations").run(&pool).await?;
-                Ok(Self { pool, backend: Backend::Postgres })
+                Ok(Self { pool, backend: Backend::Postgres, metrics_head: Default::default() })
             }
             _ => Err(bad("it does not start with postgres:// (or sqlite://)")),
         }

@@ -19,7 +19,7 @@ use nubo_api::monitoring::{
 use std::sync::Arc;
 
 /// Most samples one agent batch may carry.
-const MAX_BATCH: usize = 20_000;
+const MAX_BATCH: usize = nubo_api::monitoring::MAX_METRICS_BATCH;
 
 /// `15m`, `2h`, `30s`, `1d` or plain seconds, as milliseconds.
 pub fn parse_duration_ms(s: &str) -> Option<i64> {
@@ -155,9 +155,11 @@ pub async fn ingest(ctx: &Arc<Ctx>, caller: &HostCaller, id: &str, b: MetricsBat
     if b.samples.len() > MAX_BATCH {
         return Err(AppError::BadRequest(format!("at most {MAX_BATCH} samples per batch")));
     }
-    // A host speaks only for itself and the instances it runs.
-    let mine: std::collections::HashSet<String> =
-        ctx.store.instances_on_host(host.as_str()).await?.into_iter().map(|i| i.id).collect();
+    // A host speaks only for itself and the instances it runs (a set
+    // read again when the host's desired state changes, see
+    // `metric_owners`).
+    let generation = ctx.subscribe().borrow().changed_for(host.as_str());
+    let mine = ctx.metric_owners.of(&ctx.store, host.as_str(), generation).await?;
     let samples: Vec<_> = b
         .samples
         .into_iter()
