@@ -184,7 +184,7 @@ impl SeriesEncoder {
 }
 
 /// Decodes `count` samples of a series stream; None if it is cut short.
-pub fn decode_series(bytes: &[u8], count: u32) -> Option<Vec<(i64, f64)>> {
+pub fn decode_series(bytes: &[u8], count: u32) -> Option<Samples> {
     let mut out = Vec::with_capacity(count as usize);
     if count == 0 {
         return Some(out);
@@ -281,9 +281,12 @@ pub fn pack<'a>(series: impl IntoIterator<Item = (&'a str, &'a SeriesEncoder)>) 
     out
 }
 
+/// One series' samples: (at_ms, value), in time order.
+pub type Samples = Vec<(i64, f64)>;
+
 /// Each series of a resource chunk: (metric, its samples), or only the
 /// one named `only`.
-pub fn unpack(bytes: &[u8], only: Option<&str>) -> Result<Vec<(String, Vec<(i64, f64)>)>, ChunkError> {
+pub fn unpack(bytes: &[u8], only: Option<&str>) -> Result<Vec<(String, Samples)>, ChunkError> {
     let version = *bytes.first().ok_or(ChunkError::Truncated)?;
     if version != VERSION {
         return Err(ChunkError::Version(version));

@@ -531,8 +531,10 @@ mod tests {
             .collect();
         store.ingest(&many).await.unwrap();
         assert_eq!(store.flush_metrics(&Retention::default()).await.unwrap(), INGEST_ROWS + 11);
-        let stored: i64 =
-            sqlx::query_scalar("SELECT SUM(samples) FROM metric_chunks").fetch_one(&store.pool).await.unwrap();
+        let stored: i64 = sqlx::query_scalar("SELECT CAST(SUM(samples) AS BIGINT) FROM metric_chunks")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
         assert_eq!(stored, 3 * (INGEST_ROWS as i64 + 50) + INGEST_ROWS as i64 + 10);
         let (_, pts) = store
             .query_series("i-0123456789abcdef0", "disk_used_bytes", t0, t0 + 3_600_000, 1_000, &Retention::default())
