@@ -33,6 +33,10 @@ pub struct MetricSample {
     pub value: f64,
 }
 
+/// Most samples one [`MetricsBatch`] may carry; an agent with more sends
+/// several batches.
+pub const MAX_METRICS_BATCH: usize = 20_000;
+
 /// `POST /api/v1/agent/hosts/{id}/metrics`: samples of the host and its instances.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

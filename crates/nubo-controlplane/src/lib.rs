@@ -38,6 +38,7 @@ pub mod lb;
 pub mod ldap;
 pub mod ldap_sync;
 pub mod leases;
+pub mod metric_owners;
 pub mod metrics_remote;
 pub mod migrations;
 pub mod networks;
@@ -273,6 +274,8 @@ pub struct Ctx {
     /// The hosts indexed by free capacity, for placement (a cache of the
     /// hosts table; see `placement::index`).
     pub placement: placement::Index,
+    /// Which instances each host may send metrics for.
+    pub metric_owners: metric_owners::MetricOwners,
 }
 
 impl Ctx {
@@ -337,6 +340,7 @@ impl Ctx {
             background: background::Board::default(),
             consoles: console_relay::Sessions::default(),
             placement: placement::Index::default(),
+            metric_owners: Default::default(),
         }))
     }
 

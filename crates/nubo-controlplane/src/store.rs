@@ -138,6 +138,8 @@ pub struct Store {
     pub changed_hosts: std::sync::Arc<crate::placement::ChangedHosts>,
     /// Prometheus remote write and read, when the server is set up so.
     pub(crate) metrics_remote: crate::metrics_remote::Slot,
+    /// Metric samples and newest values not yet written (see `tsdb`).
+    pub(crate) metrics_head: std::sync::Arc<crate::tsdb::Head>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -322,7 +324,13 @@ impl Store {
             .await
             .map_err(open_err)?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool, backend: Backend::Sqlite, changed_hosts: Default::default(), metrics_remote: Default::default() })
+        Ok(Self {
+            pool,
+            backend: Backend::Sqlite,
+            changed_hosts: Default::default(),
+            metrics_remote: Default::default(),
+            metrics_head: Default::default(),
+        })
     }
 
     /// Connects to the database at `url`: a PostgreSQL URL
@@ -367,7 +375,13 @@ impl Store {
                     .await
                     .map_err(|e| connect_err(e.to_string()))?;
                 sqlx::migrate!("./migrations").run(&pool).await?;
-                Ok(Self { pool, backend: Backend::Postgres, changed_hosts: Default::default(), metrics_remote: Default::default() })
+                Ok(Self {
+                    pool,
+                    backend: Backend::Postgres,
+                    changed_hosts: Default::default(),
+                    metrics_remote: Default::default(),
+                    metrics_head: Default::default(),
+                })
             }
             _ => Err(bad("it does not start with postgres:// (or sqlite://)")),
         }

@@ -30,7 +30,17 @@ async fn one_round_lists_every_task_with_a_run_and_no_error() {
     // The cluster-wide tasks in their round's order, then every server's own.
     assert_eq!(
         names,
-        ["rollups", "alert_rules", "policies", "groups", "failover", "backups", "webhooks", "audit_retention"],
+        [
+            "rollups",
+            "alert_rules",
+            "policies",
+            "groups",
+            "failover",
+            "backups",
+            "webhooks",
+            "audit_retention",
+            "metrics_flush"
+        ],
         "{v}"
     );
     for task in &list.tasks {
@@ -39,7 +49,8 @@ async fn one_round_lists_every_task_with_a_run_and_no_error() {
         assert!(!task.running, "{v}");
         assert!(task.last_started_at_ms.is_some_and(|at| at >= before), "{v}");
         assert!(task.last_duration_ms.is_some() && task.every_ms > 0 && !task.about.is_empty(), "{v}");
-        let scope = if task.name == "audit_retention" { "server" } else { "cluster" };
+        let scope =
+            if ["audit_retention", "metrics_flush"].contains(&task.name.as_str()) { "server" } else { "cluster" };
         assert_eq!(task.scope, scope, "{v}");
     }
     let every = |name: &str| list.tasks.iter().find(|t| t.name == name).map(|t| t.every_ms);

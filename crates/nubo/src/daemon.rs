@@ -431,7 +431,7 @@ pub async fn up(mut a: UpArgs) -> anyhow::Result<()> {
         r = agent_task => { r??; }
         _ = shutdown_signal() => {
             eprintln!("stopping Nubo; running VMs keep running and are re-adopted at the next start");
-            nubo_controlplane::background::release(&s.ctx).await;
+            nubo_controlplane::background::shutdown(&s.ctx).await;
         }
     }
     if let Some(g) = guard {
@@ -460,7 +460,7 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
     println!("  nubo agent --server {}{insecure} --join-token {join}", s.url);
     tokio::select! {
         r = s.server => { r??; }
-        _ = shutdown_signal() => nubo_controlplane::background::release(&s.ctx).await,
+        _ = shutdown_signal() => nubo_controlplane::background::shutdown(&s.ctx).await,
     }
     Ok(())
 }

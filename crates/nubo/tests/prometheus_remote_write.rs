@@ -191,8 +191,18 @@ fn prometheus_holds_instance_metrics_and_a_policy_fires_from_them_with_the_embed
     // The embedded store holds nothing (SQLite; a PostgreSQL run has no
     // file to look into).
     if std::env::var_os("NUBO_TEST_DATABASE").is_none() {
+        // A graceful stop flushes the embedded store's memory to the
+        // database: what it held would be in the tables after this.
+        let pid = cloud.server_pid().expect("the server runs") as i32;
+        // SAFETY: a signal to the test's own child process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let stopped = std::time::Instant::now();
+        while common::alive(pid) && stopped.elapsed() < std::time::Duration::from_secs(20) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(!common::alive(pid), "the server did not stop on SIGTERM");
         let db = cloud.data_dir().join("nubo.db");
-        for table in ["metric_samples", "metric_latest", "metric_rollups"] {
+        for table in ["metric_chunks", "metric_latest_sets", "metric_rollups"] {
             let out = Command::new("sqlite3").arg(&db).arg(format!("SELECT COUNT(*) FROM {table}")).output().unwrap();
             assert!(out.status.success(), "sqlite3: {}", String::from_utf8_lossy(&out.stderr));
             assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "{table} holds samples");

@@ -19,7 +19,7 @@ use nubo_api::monitoring::{
 use std::sync::Arc;
 
 /// Most samples one agent batch may carry.
-const MAX_BATCH: usize = 20_000;
+const MAX_BATCH: usize = nubo_api::monitoring::MAX_METRICS_BATCH;
 
 /// `15m`, `2h`, `30s`, `1d` or plain seconds, as milliseconds.
 pub fn parse_duration_ms(s: &str) -> Option<i64> {
@@ -155,18 +155,20 @@ pub async fn ingest(ctx: &Arc<Ctx>, caller: &HostCaller, id: &str, b: MetricsBat
     if b.samples.len() > MAX_BATCH {
         return Err(AppError::BadRequest(format!("at most {MAX_BATCH} samples per batch")));
     }
-    // A host speaks only for itself and the instances it runs.
-    let on_host = ctx.store.instances_on_host(host.as_str()).await?;
+    // A host speaks only for itself and the instances it runs (a set
+    // read again when the host's desired state changes, see
+    // `metric_owners`).
+    let generation = ctx.subscribe().borrow().changed_for(host.as_str());
+    let mine = ctx.metric_owners.of(&ctx.store, host.as_str(), generation).await?;
     // Remote write labels an instance's series with its project and host.
     if let Some(w) = ctx.store.metrics_remote().and_then(|r| r.writer.as_ref()) {
-        w.labels().note_instances(host.as_str(), on_host.iter().map(|i| (i.id.as_str(), i.project_id.as_deref())));
+        w.labels().note_instances(host.as_str(), mine.iter().map(|(id, project)| (id.as_str(), project.as_deref())));
     }
-    let mine: std::collections::HashSet<String> = on_host.into_iter().map(|i| i.id).collect();
     let samples: Vec<_> = b
         .samples
         .into_iter()
         .filter(|s| {
-            (s.resource == host.as_str() || mine.contains(&s.resource))
+            (s.resource == host.as_str() || mine.contains_key(&s.resource))
                 && valid_metric_name(&s.metric)
                 && s.value.is_finite()
                 && s.at_ms > 0

@@ -17,6 +17,7 @@ pub mod failover;
 pub mod groups;
 pub mod ldap_refresh;
 pub mod leader;
+pub mod metrics_flush;
 pub mod policies;
 pub mod rollups;
 pub mod webhooks;
@@ -136,7 +137,8 @@ pub fn cluster_tasks(ctx: &Ctx) -> Vec<Result<Box<dyn Task>, NotStarted>> {
 /// shared state that two servers could both change wrongly, and one that
 /// waits on the network or on a long deletion holds up no other).
 pub fn server_tasks(ctx: &Ctx) -> Vec<Box<dyn Task>> {
-    let mut tasks: Vec<Box<dyn Task>> = vec![Box::new(audit_retention::AuditRetention::of(&ctx.config))];
+    let mut tasks: Vec<Box<dyn Task>> =
+        vec![Box::new(audit_retention::AuditRetention::of(&ctx.config)), Box::new(metrics_flush::MetricsFlush)];
     if let Some(ldap) = ldap_refresh::LdapRefresh::of(&ctx.config) {
         tasks.push(Box::new(ldap));
     }
@@ -152,6 +154,16 @@ pub fn start(ctx: Arc<Ctx>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(driver::every_server(ctx.clone(), task));
     }
     tokio::spawn(driver::cluster(ctx, tasks))
+}
+
+/// What a server does on a graceful stop: writes its metrics head (see
+/// `tsdb`) so that no sample it received is lost, then gives up the lease.
+pub async fn shutdown(ctx: &Ctx) {
+    match ctx.store.flush_metrics(&ctx.config.retention).await {
+        Ok(n) => tracing::info!(chunks = n, "metric samples written"),
+        Err(e) => tracing::warn!(error = %e, "cannot write the last metric samples; up to a minute of them is lost"),
+    }
+    release(ctx).await;
 }
 
 /// Runs every task once, in order, whatever the lease (for tests: one
