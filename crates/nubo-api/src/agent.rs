@@ -510,6 +510,61 @@ pub struct DesiredState {
     /// joins each by opening its two streams (see [`DesiredConsoleSession`]).
     #[serde(default)]
     pub console_sessions: Vec<DesiredConsoleSession>,
+    /// This answer's name, to pass back as `view` on the next call: the
+    /// server then answers with only the instances changed since (see
+    /// [`DesiredDelta`]). None from a server that sends no deltas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<String>,
+    /// Set when `instances` holds only the instances that changed since
+    /// the answer named `base` (new ones included); every other field is
+    /// whole. None: `instances` is the host's whole set (a resync).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DesiredDelta>,
+}
+
+/// What a delta answer of `GET .../desired?view=...` changes in the
+/// answer it builds on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesiredDelta {
+    /// The `view` of the answer this one applies to.
+    pub base: String,
+    /// Instances no longer in the host's desired state: forget them.
+    pub removed_instances: Vec<InstanceId>,
+}
+
+impl DesiredState {
+    /// Applies `next`, a whole answer or a delta built on this one, and
+    /// returns the whole state; a delta built on another answer is an
+    /// error (the caller resyncs). Changed instances replace theirs in
+    /// place; new ones come after.
+    pub fn merge(self, next: DesiredState) -> Result<DesiredState, StaleDelta> {
+        let Some(delta) = next.delta.clone() else { return Ok(next) };
+        if self.view.as_deref() != Some(delta.base.as_str()) {
+            return Err(StaleDelta { base: delta.base });
+        }
+        let held: std::collections::HashSet<InstanceId> = self.instances.iter().map(|i| i.id.clone()).collect();
+        let (replacing, new): (Vec<DesiredInstance>, Vec<DesiredInstance>) =
+            next.instances.into_iter().partition(|i| held.contains(&i.id));
+        let mut replacing: std::collections::HashMap<InstanceId, DesiredInstance> =
+            replacing.into_iter().map(|i| (i.id.clone(), i)).collect();
+        let removed: std::collections::HashSet<&InstanceId> = delta.removed_instances.iter().collect();
+        let mut instances: Vec<DesiredInstance> = self
+            .instances
+            .into_iter()
+            .filter(|i| !removed.contains(&i.id))
+            .map(|i| replacing.remove(&i.id).unwrap_or(i))
+            .collect();
+        // New instances after the held ones, in the order the server listed them.
+        instances.extend(new);
+        Ok(DesiredState { instances, delta: None, ..next })
+    }
+}
+
+/// A delta that does not build on the answer the agent holds.
+#[derive(Debug, thiserror::Error)]
+#[error("the desired-state delta builds on answer {base}, not on the one held; fetch the whole state again")]
+pub struct StaleDelta {
+    pub base: String,
 }
 
 /// A console session waiting for (or joined by) this host's agent. The
