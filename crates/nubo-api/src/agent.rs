@@ -795,3 +795,45 @@ pub struct ImageBuildReport {
     #[serde(default)]
     pub error: Option<String>,
 }
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    fn state(view: &str, instances: &[(&InstanceId, u32)], delta: Option<DesiredDelta>) -> DesiredState {
+        let instances: Vec<serde_json::Value> = instances
+            .iter()
+            .map(|(id, vcpus)| {
+                serde_json::json!({"id": id, "name": "a", "image": "tiny", "vcpus": vcpus, "memory_mib": 256,
+                    "disk_gib": 1, "ports": [], "power": "running", "start_seq": 1, "reboot_count": 0})
+            })
+            .collect();
+        let mut s: DesiredState =
+            serde_json::from_value(serde_json::json!({"generation": 1, "instances": instances})).unwrap();
+        s.view = Some(view.to_string());
+        s.delta = delta;
+        s
+    }
+
+    #[test]
+    fn a_delta_replaces_adds_and_deletes_instances_of_the_held_state() {
+        let (a, b, c) = (InstanceId::generate(), InstanceId::generate(), InstanceId::generate());
+        let held = state("s.1", &[(&a, 1), (&b, 1)], None);
+        let delta = DesiredDelta { base: "s.1".into(), removed_instances: vec![a.clone()] };
+        let merged = held.merge(state("s.2", &[(&b, 4), (&c, 1)], Some(delta))).unwrap();
+        let got: Vec<(&InstanceId, u32)> = merged.instances.iter().map(|i| (&i.id, i.vcpus)).collect();
+        assert_eq!(got, vec![(&b, 4), (&c, 1)], "a deleted, b replaced, c added");
+        assert_eq!(merged.view.as_deref(), Some("s.2"));
+        assert!(merged.delta.is_none());
+    }
+
+    #[test]
+    fn a_delta_on_another_answer_is_refused_and_a_whole_answer_replaces() {
+        let a = InstanceId::generate();
+        let held = state("s.1", &[(&a, 1)], None);
+        let stale = DesiredDelta { base: "s.0".into(), removed_instances: vec![] };
+        assert!(held.clone().merge(state("s.2", &[], Some(stale))).is_err());
+        let whole = held.merge(state("t.1", &[], None)).unwrap();
+        assert!(whole.instances.is_empty());
+    }
+}
