@@ -716,7 +716,7 @@ fn run(settings: &Settings, database: &str, url: Option<&str>) -> Figures {
             rss_max
         );
         db.close().await;
-        println!("database: {:.1} MiB ({database}) for {hosts} hosts and {} instances", figures.db_mib, ids.len());
+        println!("database: {:.1} MiB ({database}) for {hosts} hosts and {} instances", figures.db_mib, filled + ids.len());
         for a in agents {
             a.abort();
         }
