@@ -578,19 +578,8 @@ impl Store {
         crate::launch::insert_launch_record(&mut tx, new.id.as_str(), new.project_id, &new.ec2).await?;
         crate::networks::attach_new_instance(&mut tx, new.id.as_str(), new.ec2.networks, new.ec2.private_address)
             .await?;
-        // The instance is new (inserted above, in this transaction): its
-        // first two events are numbered 1 and 2, in one statement, with no
-        // series lock (no one else can write events of an instance that
-        // does not exist outside this transaction).
-        sqlx::query(
-            "INSERT INTO instance_events (instance_id, seq, at_ms, stage, detail)
-             VALUES ($1, 1, $2, 'requested', ''), ($1, 2, $2, 'scheduled', $3)",
-        )
-        .bind(new.id.as_str())
-        .bind(now)
-        .bind(host)
-        .execute(&mut *tx)
-        .await?;
+        insert_event(&mut tx, new.id.as_str(), now, "requested", "").await?;
+        insert_event(&mut tx, new.id.as_str(), now, "scheduled", host).await?;
         tx.commit().await?;
         Ok(mapped)
     }
