@@ -56,6 +56,8 @@ pub struct Agent {
     pub accel: Accel,
     hypervisor: Arc<dyn Hypervisor>,
     images: Arc<ImageCache>,
+    /// An HTTP client (connection pool) to use instead of its own.
+    shared_http: Option<reqwest::Client>,
 }
 
 impl Agent {
@@ -67,7 +69,16 @@ impl Agent {
             .map_err(|e| anyhow::anyhow!("cannot create the data dir {}: {e}", config.data_dir.display()))?;
         let host_id = identity::load_or_create(&config.data_dir)?;
         let images = Arc::new(ImageCache::new(config.image_cache.clone()));
-        Ok(Self { config, host_id, accel, hypervisor, images })
+        Ok(Self { config, host_id, accel, hypervisor, images, shared_http: None })
+    }
+
+    /// Talks to the control plane through `http` (its connection pool),
+    /// not a client of its own: many agents in one process (a fleet
+    /// simulation) then hold one pool, not one each. `http` must trust
+    /// the server as the agent's own client would.
+    pub fn share_http(mut self, http: reqwest::Client) -> Self {
+        self.shared_http = Some(http);
+        self
     }
 
     fn registration(&self) -> RegisterHost {
@@ -171,7 +182,10 @@ impl Agent {
             let join = self.pending_join()?;
             let trust = trust::resolve(&self.config, join.as_ref()).await?;
             let credential = self.credential(&trust, join).await?;
-            let client = Client::with_trust(&self.config.server_url, &credential, &trust)?;
+            let mut client = Client::with_trust(&self.config.server_url, &credential, &trust)?;
+            if let Some(http) = &self.shared_http {
+                client = client.with_http(http.clone());
+            }
             self.register(&client).await?;
             tracing::info!(name = %self.config.name, accel = %self.accel, "agent registered");
             let (tx, rx) = tokio::sync::watch::channel::<Option<DesiredState>>(None);
@@ -202,20 +216,39 @@ impl Agent {
     }
 }
 
-/// Long-polls the desired state and publishes every new version.
+/// Long-polls the desired state and publishes every new version, whole:
+/// the server answers with what changed since the answer held (a delta,
+/// merged here) or, after a reconnection, the whole set.
 async fn watch_desired(client: Client, host: HostId, tx: tokio::sync::watch::Sender<Option<DesiredState>>) {
-    let mut after: Option<u64> = None;
+    let mut held: Option<DesiredState> = None;
     loop {
-        match client.desired(&host, after).await {
-            Ok(d) => {
-                after = Some(d.generation);
-                if tx.send(Some(d)).is_err() {
-                    return;
+        let (after, view) = match &held {
+            Some(d) => (Some(d.generation), d.view.as_deref()),
+            None => (None, None),
+        };
+        match client.desired_since(&host, after, view).await {
+            Ok(next) => {
+                let merged = match held.take() {
+                    Some(h) => h.merge(next),
+                    None if next.delta.is_some() => {
+                        Err(nubo_api::agent::StaleDelta { base: next.delta.map(|d| d.base).unwrap_or_default() })
+                    }
+                    None => Ok(next),
+                };
+                match merged {
+                    Ok(d) => {
+                        if tx.send(Some(d.clone())).is_err() {
+                            return;
+                        }
+                        held = Some(d);
+                    }
+                    // Nothing is held now: the next call fetches the whole set.
+                    Err(e) => tracing::warn!(error = %e, "desired-state delta does not apply; resyncing"),
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot fetch desired state; retrying");
-                after = None;
+                held = None;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }

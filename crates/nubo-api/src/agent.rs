@@ -510,6 +510,61 @@ pub struct DesiredState {
     /// joins each by opening its two streams (see [`DesiredConsoleSession`]).
     #[serde(default)]
     pub console_sessions: Vec<DesiredConsoleSession>,
+    /// This answer's name, to pass back as `view` on the next call: the
+    /// server then answers with only the instances changed since (see
+    /// [`DesiredDelta`]). None from a server that sends no deltas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<String>,
+    /// Set when `instances` holds only the instances that changed since
+    /// the answer named `base` (new ones included); every other field is
+    /// whole. None: `instances` is the host's whole set (a resync).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DesiredDelta>,
+}
+
+/// What a delta answer of `GET .../desired?view=...` changes in the
+/// answer it builds on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesiredDelta {
+    /// The `view` of the answer this one applies to.
+    pub base: String,
+    /// Instances no longer in the host's desired state: forget them.
+    pub removed_instances: Vec<InstanceId>,
+}
+
+impl DesiredState {
+    /// Applies `next`, a whole answer or a delta built on this one, and
+    /// returns the whole state; a delta built on another answer is an
+    /// error (the caller resyncs). Changed instances replace theirs in
+    /// place; new ones come after.
+    pub fn merge(self, next: DesiredState) -> Result<DesiredState, StaleDelta> {
+        let Some(delta) = next.delta.clone() else { return Ok(next) };
+        if self.view.as_deref() != Some(delta.base.as_str()) {
+            return Err(StaleDelta { base: delta.base });
+        }
+        let held: std::collections::HashSet<InstanceId> = self.instances.iter().map(|i| i.id.clone()).collect();
+        let (replacing, new): (Vec<DesiredInstance>, Vec<DesiredInstance>) =
+            next.instances.into_iter().partition(|i| held.contains(&i.id));
+        let mut replacing: std::collections::HashMap<InstanceId, DesiredInstance> =
+            replacing.into_iter().map(|i| (i.id.clone(), i)).collect();
+        let removed: std::collections::HashSet<&InstanceId> = delta.removed_instances.iter().collect();
+        let mut instances: Vec<DesiredInstance> = self
+            .instances
+            .into_iter()
+            .filter(|i| !removed.contains(&i.id))
+            .map(|i| replacing.remove(&i.id).unwrap_or(i))
+            .collect();
+        // New instances after the held ones, in the order the server listed them.
+        instances.extend(new);
+        Ok(DesiredState { instances, delta: None, ..next })
+    }
+}
+
+/// A delta that does not build on the answer the agent holds.
+#[derive(Debug, thiserror::Error)]
+#[error("the desired-state delta builds on answer {base}, not on the one held; fetch the whole state again")]
+pub struct StaleDelta {
+    pub base: String,
 }
 
 /// A console session waiting for (or joined by) this host's agent. The
@@ -739,4 +794,46 @@ pub struct ImageBuildReport {
     pub status: Option<String>,
     #[serde(default)]
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    fn state(view: &str, instances: &[(&InstanceId, u32)], delta: Option<DesiredDelta>) -> DesiredState {
+        let instances: Vec<serde_json::Value> = instances
+            .iter()
+            .map(|(id, vcpus)| {
+                serde_json::json!({"id": id, "name": "a", "image": "tiny", "vcpus": vcpus, "memory_mib": 256,
+                    "disk_gib": 1, "ports": [], "power": "running", "start_seq": 1, "reboot_count": 0})
+            })
+            .collect();
+        let mut s: DesiredState =
+            serde_json::from_value(serde_json::json!({"generation": 1, "instances": instances})).unwrap();
+        s.view = Some(view.to_string());
+        s.delta = delta;
+        s
+    }
+
+    #[test]
+    fn a_delta_replaces_adds_and_deletes_instances_of_the_held_state() {
+        let (a, b, c) = (InstanceId::generate(), InstanceId::generate(), InstanceId::generate());
+        let held = state("s.1", &[(&a, 1), (&b, 1)], None);
+        let delta = DesiredDelta { base: "s.1".into(), removed_instances: vec![a.clone()] };
+        let merged = held.merge(state("s.2", &[(&b, 4), (&c, 1)], Some(delta))).unwrap();
+        let got: Vec<(&InstanceId, u32)> = merged.instances.iter().map(|i| (&i.id, i.vcpus)).collect();
+        assert_eq!(got, vec![(&b, 4), (&c, 1)], "a deleted, b replaced, c added");
+        assert_eq!(merged.view.as_deref(), Some("s.2"));
+        assert!(merged.delta.is_none());
+    }
+
+    #[test]
+    fn a_delta_on_another_answer_is_refused_and_a_whole_answer_replaces() {
+        let a = InstanceId::generate();
+        let held = state("s.1", &[(&a, 1)], None);
+        let stale = DesiredDelta { base: "s.0".into(), removed_instances: vec![] };
+        assert!(held.clone().merge(state("s.2", &[], Some(stale))).is_err());
+        let whole = held.merge(state("t.1", &[], None)).unwrap();
+        assert!(whole.instances.is_empty());
+    }
 }

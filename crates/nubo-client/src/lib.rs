@@ -1132,8 +1132,37 @@ impl Client {
     }
 
     pub async fn desired(&self, host: &HostId, after: Option<u64>) -> Result<DesiredState, ClientError> {
-        let q = after.map(|a| format!("?after={a}")).unwrap_or_default();
+        self.desired_since(host, after, None).await
+    }
+
+    /// The desired state; with `view` (the `view` of the answer held),
+    /// possibly a delta from it (see [`DesiredState::merge`]).
+    pub async fn desired_since(
+        &self,
+        host: &HostId,
+        after: Option<u64>,
+        view: Option<&str>,
+    ) -> Result<DesiredState, ClientError> {
+        let mut q: Vec<String> = Vec::new();
+        if let Some(a) = after {
+            q.push(format!("after={a}"));
+        }
+        if let Some(v) = view {
+            // A view is the server's id and a counter: nothing to escape.
+            q.push(format!(
+                "view={}",
+                v.chars().filter(|c| c.is_ascii_alphanumeric() || "-._".contains(*c)).collect::<String>()
+            ));
+        }
+        let q = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
         self.get(&format!("/api/v1/agent/hosts/{host}/desired{q}")).await
+    }
+
+    /// Replaces the HTTP client (its connection pool), e.g. to share one
+    /// among many agents in one process.
+    pub fn with_http(mut self, http: reqwest::Client) -> Self {
+        self.http = http;
+        self
     }
 
     pub async fn migration_ready(

@@ -1,6 +1,7 @@
 //! What a launch records beside the instance row: the EC2 API's fields
-//! (instance type, reservation, launch index, client token), its group, the
-//! instance's tags and its security-group memberships. They are written in
+//! (instance type, reservation, launch index, client token), its group
+//! (those go into the row's INSERT), the instance's tags and its
+//! security-group memberships. They are written in
 //! the transaction that claims the instance's host, so an instance never
 //! exists without them (later policies select instances by tag, and
 //! firewall rules by group).
@@ -43,21 +44,9 @@ pub(crate) async fn insert_launch_record(
     project: &str,
     r: &LaunchRecord<'_>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE instances SET instance_type = $1, reservation_id = $2, launch_index = $3, client_token = $4,
-           group_id = $5, hardware = $7, verification_of = $8
-         WHERE id = $6",
-    )
-    .bind(r.instance_type)
-    .bind(r.reservation_id)
-    .bind(i64::from(r.launch_index))
-    .bind(r.client_token)
-    .bind(r.group_id)
-    .bind(instance)
-    .bind(r.hardware)
-    .bind(r.verification_of)
-    .execute(&mut **tx)
-    .await?;
+    // The instance row's own columns of the record (type, reservation,
+    // launch index, client token, group, hardware) are written by its
+    // INSERT (`Store::claim_and_insert`).
     for g in r.security_groups {
         sqlx::query(
             "INSERT INTO instance_security_groups (instance_id, group_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",

@@ -17,6 +17,7 @@ pub mod checks;
 pub mod client_tokens;
 pub mod console_relay;
 pub mod day_two;
+pub mod desired_views;
 pub mod ec2;
 pub mod error;
 pub mod exposition;
@@ -250,7 +251,13 @@ pub struct Ctx {
     pub config: Config,
     pub store: Store,
     /// Bumped on every change of desired state; agents long-poll on it.
+    /// Its receivers are woken by changes for every host only; a change
+    /// of one host's wakes that host's long-polls alone (`host_wakers`).
     generation: tokio::sync::watch::Sender<Generations>,
+    /// One waker per host, for its long-polls: a launch wakes one task,
+    /// not every host's (a thousand task wake-ups per launch at a
+    /// thousand hosts).
+    host_wakers: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
     /// Per-user (and per-host) request rate limiter.
     pub limiter: governor::DefaultKeyedRateLimiter<String>,
     /// Sign-in attempt limits and the password-hashing pool.
@@ -276,6 +283,8 @@ pub struct Ctx {
     pub placement: placement::Index,
     /// Which instances each host may send metrics for.
     pub metric_owners: metric_owners::MetricOwners,
+    /// What each host's agent was last sent, for desired-state deltas.
+    pub desired_views: desired_views::DesiredViews,
 }
 
 impl Ctx {
@@ -330,6 +339,7 @@ impl Ctx {
             config,
             store,
             generation,
+            host_wakers: Default::default(),
             limiter,
             signin,
             anonymous_audit,
@@ -341,6 +351,7 @@ impl Ctx {
             consoles: console_relay::Sessions::default(),
             placement: placement::Index::default(),
             metric_owners: Default::default(),
+            desired_views: desired_views::DesiredViews::default(),
         }))
     }
 
@@ -373,7 +384,45 @@ impl Ctx {
     pub fn bump_local(&self, wake: wakeups::Wake<'_>) {
         match wake {
             wakeups::Wake::Every => self.generation.send_modify(Generations::bump_all),
-            wakeups::Wake::Host(h) => self.generation.send_modify(|g| g.bump_host(h)),
+            wakeups::Wake::Host(h) => {
+                // The value changes without waking every receiver...
+                self.generation.send_if_modified(|g| {
+                    g.bump_host(h);
+                    false
+                });
+                // ...and the host's own long-polls are woken.
+                self.host_waker(h).notify_waiters();
+            }
+        }
+    }
+
+    fn host_waker(&self, host: &str) -> Arc<tokio::sync::Notify> {
+        let mut wakers = self.host_wakers.lock().unwrap_or_else(|p| p.into_inner());
+        wakers.entry(host.to_string()).or_default().clone()
+    }
+
+    /// Returns once `host`'s agent, holding generation `after`, has news
+    /// (`Generations::is_news`): a change of its own or of every host.
+    pub async fn wait_for_news(&self, host: &str, after: u64) {
+        let waker = self.host_waker(host);
+        let mut rx = self.generation.subscribe();
+        loop {
+            // Registered before the check, so a bump between the check
+            // and the wait is not missed.
+            let notified = waker.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if rx.borrow_and_update().is_news(host, after) {
+                return;
+            }
+            tokio::select! {
+                _ = notified => {}
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
         }
     }
 

@@ -12,6 +12,7 @@ use nubo_api::ids::{HostId, InstanceId};
 use nubo_api::views::{InstanceEvent, InstanceState};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, FromRow};
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -521,11 +522,16 @@ impl Store {
             return Err(ClaimError::Lost);
         }
         let now = now_ms();
+        // The launch record's columns (EC2's fields, group, hardware) are
+        // in the same INSERT: one statement, not an INSERT and an UPDATE.
+        let r = &new.ec2;
         sqlx::query(
             "INSERT INTO instances (id, name, image, vcpus, memory_mib, disk_gib, host_id, desired, state,
                start_seq, reboot_count, user_data, created_at_ms, updated_at_ms, project_id, key_name, public_key,
-               imds_tokens, image_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', 'pending', 1, 0, $8, $9, $10, $11, $12, $13, $14, $15)",
+               imds_tokens, image_id, instance_type, reservation_id, launch_index, client_token, group_id, hardware,
+               verification_of)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', 'pending', 1, 0, $8, $9, $10, $11, $12, $13, $14, $15,
+               $16, $17, $18, $19, $20, $21, $22)",
         )
         .bind(new.id.as_str())
         .bind(new.name)
@@ -543,19 +549,31 @@ impl Store {
         .bind(new.imds_tokens)
         // The builtin `blank` has no image row (an empty disk): no id.
         .bind(Some(new.image_id).filter(|i| !i.is_empty()))
+        .bind(r.instance_type)
+        .bind(r.reservation_id)
+        .bind(i64::from(r.launch_index))
+        .bind(r.client_token)
+        .bind(r.group_id)
+        .bind(r.hardware)
+        .bind(r.verification_of)
         .execute(&mut *tx)
         .await?;
         // Ports: the lowest free ones in the range. The write lock taken
         // by the UPDATE above serialises this on SQLite; on PostgreSQL the
         // UNIQUE (host_id, host_port) constraint is the guard.
         // Load balancers listen on ports of the same range.
-        let used: Vec<i64> = sqlx::query_scalar(
-            "SELECT host_port FROM instance_ports WHERE host_id = $1
-             UNION SELECT host_port FROM load_balancers WHERE host_id = $1",
-        )
-        .bind(host)
-        .fetch_all(&mut *tx)
-        .await?;
+        // (Not read at all for an instance without forwarded ports.)
+        let used: Vec<i64> = if new.guest_ports.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_scalar(
+                "SELECT host_port FROM instance_ports WHERE host_id = $1
+                 UNION SELECT host_port FROM load_balancers WHERE host_id = $1",
+            )
+            .bind(host)
+            .fetch_all(&mut *tx)
+            .await?
+        };
         let used: std::collections::HashSet<i64> = used.into_iter().collect();
         let mut free = (port_range.0..=port_range.1).filter(|p| !used.contains(&i64::from(*p)));
         let mut mapped = Vec::new();
@@ -693,6 +711,30 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// The rows of the instances on `host` (not terminated), by id, and
+    /// the volumes attached to them, by instance: what a report is
+    /// compared with, read with two queries however many instances it has.
+    pub async fn report_baseline(
+        &self,
+        host: &str,
+    ) -> Result<(HashMap<String, InstanceRow>, HashMap<String, Vec<crate::volumes::VolumeRow>>), sqlx::Error> {
+        let rows = self.instances_on_host(host).await?.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let volumes: Vec<crate::volumes::VolumeRow> = sqlx::query_as(
+            "SELECT * FROM volumes WHERE instance_id IN (SELECT id FROM instances WHERE host_id = $1)
+             ORDER BY (slot IS NOT NULL), slot, id",
+        )
+        .bind(host)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_instance: HashMap<String, Vec<crate::volumes::VolumeRow>> = HashMap::new();
+        for v in volumes {
+            if let Some(i) = v.instance_id.clone() {
+                by_instance.entry(i).or_default().push(v);
+            }
+        }
+        Ok((rows, by_instance))
+    }
+
     /// Applies one agent report entry for an instance on `host`. Entries
     /// for instances the host does not own are ignored (and counted).
     pub async fn apply_actual(&self, host: &str, a: &ActualInstance) -> Result<bool, sqlx::Error> {
@@ -735,12 +777,7 @@ impl Store {
         // Most reports repeat what the row already says: no write at all
         // then (a thousand hosts' heartbeats would otherwise rewrite every
         // instance row every few seconds).
-        if desired == row.desired
-            && state == row.state
-            && error == row.error
-            && a.events.is_empty()
-            && (guest_json.is_none() || guest_json == row.guest_json)
-        {
+        if !report_is_news(&row, a) {
             return Ok(Some(true));
         }
         let mut tx = self.begin().await?;
@@ -983,6 +1020,27 @@ pub(crate) async fn insert_event(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Whether agent report entry `a` says anything `row` (the instance's
+/// current row) does not: a state, desired state or error to record, life
+/// events, or a new guest report. A report that is no news writes nothing.
+pub fn report_is_news(row: &InstanceRow, a: &ActualInstance) -> bool {
+    let mut desired = row.desired;
+    if a.exited_unexpectedly && desired == PowerState::Running {
+        desired = PowerState::Stopped;
+    }
+    let state = derive_state(desired, a.power);
+    let error = match a.power {
+        ActualPower::Error => a.error.clone(),
+        _ => None,
+    };
+    let guest_json = a.guest.as_ref().map(|g| serde_json::to_string(g).unwrap_or_default());
+    !(desired == row.desired
+        && state == row.state
+        && error == row.error
+        && a.events.is_empty()
+        && (guest_json.is_none() || guest_json == row.guest_json))
 }
 
 /// The user-visible state, from what is wanted and what the agent sees.

@@ -458,6 +458,33 @@ impl Store {
         Ok(true)
     }
 
+    /// Whether the attachments a host reports for an instance whose
+    /// volumes are `attached` (its rows) would change any of them (see
+    /// [`Store::apply_attachment_report`], which writes exactly then).
+    pub fn attachment_report_is_news(attached: &[VolumeRow], reported: &[ActualAttachment]) -> bool {
+        attached.iter().any(|v| {
+            let seen = reported.iter().find(|a| a.volume_id.as_str() == v.id);
+            match (v.attach_state, seen) {
+                (Some(AttachState::Detaching), None) => true,
+                (Some(current), Some(a)) if current.is_wanted() => {
+                    let next = current.after_report(a.state);
+                    // As the write computes it.
+                    let error = match (&a.error, next) {
+                        (Some(e), _) => Some(e),
+                        (None, AttachState::Attached) => None,
+                        (None, _) => v.error.as_ref(),
+                    };
+                    next != current
+                        || a.guest_device != v.guest_device
+                        || a.guest_size_bytes.map(|b| b as i64) != v.guest_size_bytes
+                        || error != v.error.as_ref()
+                }
+                (Some(AttachState::Detaching), Some(a)) => a.error.is_some(),
+                _ => false,
+            }
+        })
+    }
+
     /// Applies the attachments a host reports for `instance`: a volume it
     /// lists moves along (attaching -> attached once the guest sees it);
     /// a volume being detached that it no longer lists is detached.

@@ -85,18 +85,14 @@ async fn a_change_through_one_server_wakes_the_agents_polling_the_other() {
         tokio::spawn(nubo_controlplane::wakeups::listen(s.clone()));
     }
     // Until b listens: a's bumps reach it.
-    let mut rx_b = b.subscribe();
+    let rx_b = b.subscribe();
     let seen =
         |rx: &tokio::sync::watch::Receiver<nubo_controlplane::Generations>, host: &str| rx.borrow().changed_for(host);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let before = seen(&rx_b, "h-x");
         a.bump_host("h-x");
-        let woke = tokio::time::timeout(
-            std::time::Duration::from_millis(300),
-            rx_b.wait_for(|g| g.changed_for("h-x") > before),
-        )
-        .await;
+        let woke = tokio::time::timeout(std::time::Duration::from_millis(300), b.wait_for_news("h-x", before)).await;
         if woke.is_ok() {
             break;
         }
@@ -106,10 +102,9 @@ async fn a_change_through_one_server_wakes_the_agents_polling_the_other() {
     let (x, y) = (seen(&rx_b, "h-x"), seen(&rx_b, "h-y"));
     let a_before = a.generation();
     a.bump_host("h-x");
-    tokio::time::timeout(std::time::Duration::from_secs(5), rx_b.wait_for(|g| g.changed_for("h-x") > x))
+    tokio::time::timeout(std::time::Duration::from_secs(5), b.wait_for_news("h-x", x))
         .await
-        .expect("b's long-poll of h-x was not woken within 5 s")
-        .unwrap();
+        .expect("b's long-poll of h-x was not woken within 5 s");
     assert_eq!(seen(&rx_b, "h-y"), y, "b woke an agent the change does not concern");
     // A change for every host through b reaches a; notifications arrive in
     // order, so a has handled the echo of its own one by then.

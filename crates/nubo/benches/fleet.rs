@@ -14,6 +14,18 @@
 //!   `NUBO_FLEET_SETTLE_SECS` (default 300) to wait for the last launches
 //!   to run; `NUBO_FLEET_DESCRIBES` (default 2000) describes, of an even
 //!   sample of the launches.
+//! - `NUBO_FLEET_LAUNCHES` (default: all of `NUBO_FLEET_INSTANCES`): how
+//!   many of the instances are launched through the API (and measured);
+//!   the others are written straight into the database first (the fast
+//!   fill: multi-row INSERTs, the hosts' and the project's usage counted as
+//!   a claim counts it, each wanted running; the agents start them when
+//!   their next long-poll returns), so that a fleet of 100,000 instances
+//!   does not take 100,000 launches to build.
+//! - `NUBO_FLEET_AGENT_INTERVAL_MS` (default 500) each agent's reconcile
+//!   pass, `NUBO_FLEET_METRICS_SECS` (default 10) its metrics interval.
+//! - `NUBO_FLEET_IDLE_SECS` (default 30): at the end, with every instance
+//!   running and no request but the fleet's own, the server's CPU and
+//!   memory (RSS) are sampled from `/proc/PID` over this long.
 //! - `NUBO_FLEET_DATABASES` (default `sqlite,postgres`): the whole run once
 //!   per database, one after the other, and a table of both at the end.
 //!   PostgreSQL is the server at `NUBO_TEST_DATABASE` (an admin URL, as
@@ -25,8 +37,14 @@
 //! latency; the time from a launch's `requested` event to its host
 //! starting the VM (`qemu_started`, recorded by the agent) at p50 and p99;
 //! describes (`GET /api/v1/instances/{id}`) per second; one full list; the
-//! server's CPU time; and the database's size (SQLite: the file and its
-//! WAL; PostgreSQL: `pg_database_size`).
+//! server's CPU time (and per launch); its CPU and RSS when idle; and the
+//! database's size (SQLite: the file and its WAL; PostgreSQL:
+//! `pg_database_size`).
+//!
+//! 10,000 hosts: `NUBO_FLEET_HOSTS=10000 NUBO_FLEET_INSTANCES=100000`. The
+//! agents share one HTTP connection pool (one connection per long-poll,
+//! not a pool each), and the bench raises its open-file limit (which the
+//! server it starts inherits) to the hard limit.
 //!
 //! Without `--bench` (e.g. under `cargo test --benches`) it does nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
@@ -88,6 +106,16 @@ impl Server {
             dir: dir.to_path_buf(),
             database: database.map(str::to_string),
         }
+    }
+
+    /// The server process's resident memory, MiB.
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
     }
 
     /// CPU seconds (user + system) the server process has used.
@@ -204,6 +232,11 @@ struct Settings {
     describes: usize,
     /// How long to wait for the last launches to run.
     settle_limit: Duration,
+    /// How many instances are launched through the API (the rest filled).
+    launches: usize,
+    agent_interval: Duration,
+    metrics_interval: Duration,
+    idle: Duration,
 }
 
 /// What one run measured, for the table at the end.
@@ -223,6 +256,13 @@ struct Figures {
     reconcile_p50_ms: f64,
     reconcile_p99_ms: f64,
     db_mib: f64,
+    /// Server CPU time per accepted launch, ms.
+    cpu_per_launch_ms: f64,
+    fill_secs: Option<f64>,
+    describe_p50_ms: f64,
+    /// Server CPU (% of one core) and RSS when idle.
+    idle_cpu_pct: f64,
+    idle_rss_mib: f64,
 }
 
 fn main() {
@@ -231,9 +271,15 @@ fn main() {
         return;
     }
     install_signal_handlers();
+    raise_open_file_limit();
+    let instances = env_usize("NUBO_FLEET_INSTANCES", 10_000);
     let settings = Settings {
         hosts: env_usize("NUBO_FLEET_HOSTS", 1000),
-        instances: env_usize("NUBO_FLEET_INSTANCES", 10_000),
+        instances,
+        launches: env_usize("NUBO_FLEET_LAUNCHES", instances).min(instances),
+        agent_interval: Duration::from_millis(env_usize("NUBO_FLEET_AGENT_INTERVAL_MS", 500) as u64),
+        metrics_interval: Duration::from_secs(env_usize("NUBO_FLEET_METRICS_SECS", 10) as u64),
+        idle: Duration::from_secs(env_usize("NUBO_FLEET_IDLE_SECS", 30) as u64),
         concurrency: env_usize("NUBO_FLEET_CONCURRENCY", 32),
         // Past this, no new launch starts: a fleet that cannot keep up
         // still gives figures, for the launches it took.
@@ -265,9 +311,10 @@ fn main() {
     }
     println!();
     println!(
-        "| {} hosts, {} launches, {} in flight | {} |",
+        "| {} hosts, {} instances ({} launched), {} in flight | {} |",
         settings.hosts,
         settings.instances,
+        settings.launches,
         settings.concurrency,
         all.iter().map(|f| f.database.as_str()).collect::<Vec<_>>().join(" | ")
     );
@@ -276,21 +323,142 @@ fn main() {
         println!("| {what} | {} |", all.iter().map(cell).collect::<Vec<_>>().join(" | "));
     };
     row("fleet joined and registered", &|f| format!("{:.1} s", f.join_secs));
+    row("instances written straight into the database (fill)", &|f| {
+        f.fill_secs.map_or("none".into(), |s| format!("{} in {s:.1} s", settings.instances - settings.launches))
+    });
     row("launches accepted", &|f| f.accepted.to_string());
     row("launches/s (= placements/s, concurrent claims)", &|f| format!("{:.0}", f.launches_per_sec));
     row("launch latency p50 / p99", &|f| format!("{:.0} / {:.0} ms", f.launch_p50_ms, f.launch_p99_ms));
+    row("server CPU per launch", &|f| format!("{:.1} ms", f.cpu_per_launch_ms));
     row("requested → started on its host, p50 / p99", &|f| {
         format!("{:.0} / {:.0} ms", f.reconcile_p50_ms, f.reconcile_p99_ms)
     });
     row("last launches running after the last was accepted", &|f| f.settle.clone());
-    row("describes/s (p99)", &|f| format!("{:.0} ({:.0} ms)", f.describes_per_sec, f.describe_p99_ms));
+    row("describes/s (p50 / p99)", &|f| {
+        format!("{:.0} ({:.0} / {:.0} ms)", f.describes_per_sec, f.describe_p50_ms, f.describe_p99_ms)
+    });
     row("one full list", &|f| f.list_ms.map_or("failed".into(), |ms| format!("{:.1} s", ms / 1e3)));
     row("database size", &|f| format!("{:.1} MiB", f.db_mib));
+    row("server idle: CPU (one core = 100%) / RSS", &|f| format!("{:.1}% / {:.0} MiB", f.idle_cpu_pct, f.idle_rss_mib));
+}
+
+/// Raises this process's open-file limit to its hard limit (the server
+/// it starts inherits it): 10,000 agents hold 10,000 long-polls, and the
+/// server as many sockets.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                eprintln!("fleet: cannot raise the open-file limit: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+    println!("open-file limit: {}", limit.rlim_cur);
+}
+
+/// The database the server runs on, opened by the bench for the fast
+/// fill and for counting running instances.
+async fn open_database(server: &Server) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    let url = match &server.database {
+        Some(url) => url.clone(),
+        None => format!("sqlite://{}", server.dir.join("nubo.db").display()),
+    };
+    sqlx::pool::PoolOptions::<sqlx::Any>::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .expect("open the server's database")
+}
+
+/// The fast fill: `n` instances of the default project written straight
+/// into the database, spread evenly over `hosts`, wanted running and not
+/// yet started (as a launch leaves them), with the hosts' and the
+/// project's usage raised as a claim raises it; multi-row INSERTs, a
+/// transaction per 5,000 so the server's own writes do not wait long.
+async fn fill(db: &sqlx::AnyPool, hosts: &[String], n: usize) {
+    let project: String = sqlx::query_scalar("SELECT id FROM projects WHERE name = 'default'")
+        .fetch_one(db)
+        .await
+        .expect("the default project");
+    let image_id: String =
+        sqlx::query_scalar("SELECT id FROM images WHERE name = 'tiny'").fetch_one(db).await.expect("the tiny image");
+    let now = now_ms();
+    for start in (0..n).step_by(5000) {
+        let end = (start + 5000).min(n);
+        let mut tx = db.begin().await.expect("begin");
+        for chunk in (start..end).collect::<Vec<_>>().chunks(250) {
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|&i| {
+                    format!(
+                        "('i-f{i:016x}', 'fill-{i}', 'tiny', 1, 256, 1, '{}', 'running', 'pending', 1, 0, {now}, {now}, '{project}', 'optional', '{image_id}')",
+                        hosts[i % hosts.len()]
+                    )
+                })
+                .collect();
+            sqlx::query(&format!(
+                "INSERT INTO instances (id, name, image, vcpus, memory_mib, disk_gib, host_id, desired, state, start_seq,
+                   reboot_count, created_at_ms, updated_at_ms, project_id, imds_tokens, image_id) VALUES {}",
+                rows.join(", ")
+            ))
+            .execute(&mut *tx)
+            .await
+            .expect("insert instances");
+        }
+        tx.commit().await.expect("commit");
+    }
+    let mut tx = db.begin().await.expect("begin");
+    for (h, host) in hosts.iter().enumerate() {
+        let k = (n / hosts.len() + usize::from(h < n % hosts.len())) as i64;
+        sqlx::query(
+            "UPDATE hosts SET used_vcpus = used_vcpus + $1, used_memory_mib = used_memory_mib + $2,
+               used_disk_gib = used_disk_gib + $1 WHERE id = $3",
+        )
+        .bind(k)
+        .bind(k * 256)
+        .bind(host)
+        .execute(&mut *tx)
+        .await
+        .expect("count the hosts' usage");
+    }
+    sqlx::query(
+        "UPDATE projects SET used_instances = used_instances + $1, used_vcpus = used_vcpus + $1,
+           used_memory_mib = used_memory_mib + $2 WHERE id = $3",
+    )
+    .bind(n as i64)
+    .bind(n as i64 * 256)
+    .bind(&project)
+    .execute(&mut *tx)
+    .await
+    .expect("count the project's usage");
+    tx.commit().await.expect("commit");
+}
+
+/// How many instances are running, as their hosts reported.
+async fn running(db: &sqlx::AnyPool) -> usize {
+    let n: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE state = 'running'").fetch_one(db).await.unwrap_or(0);
+    n as usize
 }
 
 /// One whole run on one database: a fresh server, the fleet, the launches.
 fn run(settings: &Settings, database: &str, url: Option<&str>) -> Figures {
-    let Settings { hosts, instances, concurrency, launch_limit, describes, settle_limit } = *settings;
+    let Settings {
+        hosts,
+        instances,
+        concurrency,
+        launch_limit,
+        describes,
+        settle_limit,
+        launches: launched,
+        agent_interval,
+        metrics_interval,
+        idle,
+    } = *settings;
     let mut figures = Figures { database: database.to_string(), ..Default::default() };
     let tmp = tempfile::tempdir().expect("tempdir");
     let server = Server::start(&tmp.path().join("server"), url);
@@ -304,7 +472,14 @@ fn run(settings: &Settings, database: &str, url: Option<&str>) -> Figures {
         url: server.url.clone(),
         token: server.token.clone(),
     };
-    println!("fleet: {hosts} simulated hosts, {instances} instances, {concurrency} requests in flight, {database}");
+    println!("fleet: {hosts} simulated hosts, {instances} instances ({launched} launched through the API), {concurrency} requests in flight, {database}");
+    // One connection pool for every agent: a connection per long-poll
+    // and a few for the rest, not an idle pool per agent.
+    let agent_http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("the agents' http client");
     println!("machine: {} ({} CPUs), load {}", cpu_model(), nubo_agent::capacity::cpus(), loadavg());
 
     rt.block_on(async {
@@ -342,12 +517,12 @@ fn run(settings: &Settings, database: &str, url: Option<&str>) -> Figures {
                 vcpus: 16,
                 memory_mib: 65536,
                 disk_gib: 1000,
-                interval: Duration::from_millis(500),
+                interval: agent_interval,
                 stop_grace: Duration::from_secs(1),
                 ca_cert: None,
                 insecure_http: false,
                 metadata_relay: None,
-                metrics_interval: Duration::from_secs(10),
+                metrics_interval,
                 plugin_dirs: Vec::new(),
                 network: None,
                 guard: None,
@@ -355,7 +530,8 @@ fn run(settings: &Settings, database: &str, url: Option<&str>) -> Figures {
                 shared_storage: None,
             };
             let agent = Agent::new(config, Accel::Tcg, Arc::new(Simulated::new(Duration::from_millis(200), nubo_api::BOOT_COMPLETE_MARKER)))
-                .expect("agent");
+                .expect("agent")
+                .share_http(agent_http.clone());
             agents.push(tokio::spawn(agent.run()));
         }
         let registered = loop {
@@ -364,17 +540,43 @@ fn run(settings: &Settings, database: &str, url: Option<&str>) -> Figures {
             if up >= hosts {
                 break t.elapsed();
             }
-            assert!(t.elapsed() < Duration::from_secs(600), "only {up} of {hosts} hosts registered after 10 min");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(t.elapsed() < Duration::from_secs(900), "only {up} of {hosts} hosts registered after 15 min");
+            tokio::time::sleep(Duration::from_millis(1000)).await;
         };
         println!("join: {hosts} hosts registered in {:.1} s", registered.as_secs_f64());
         figures.join_secs = registered.as_secs_f64();
         tokio::time::sleep(Duration::from_secs(2)).await;
+        let db = open_database(&server).await;
+
+        // ---- the fast fill ----
+        let filled = instances - launched;
+        if filled > 0 {
+            let host_ids: Vec<String> =
+                sqlx::query_scalar("SELECT id FROM hosts ORDER BY id").fetch_all(&db).await.expect("host ids");
+            let t = Instant::now();
+            fill(&db, &host_ids, filled).await;
+            figures.fill_secs = Some(t.elapsed().as_secs_f64());
+            println!("fill: {filled} instances written into the database in {:.1} s", t.elapsed().as_secs_f64());
+            // The agents learn of them when their long-polls return (20 s at most).
+            let t = Instant::now();
+            loop {
+                let up = running(&db).await;
+                if up >= filled {
+                    println!("fill: all {up} running on their hosts after {:.1} s", t.elapsed().as_secs_f64());
+                    break;
+                }
+                if t.elapsed() > settle_limit {
+                    println!("fill: only {up} of {filled} running after {} s", settle_limit.as_secs());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
 
         // ---- launches ----
         let cpu0 = server.cpu_secs();
         let t = Instant::now();
-        let launches = burst(instances, concurrency, t + launch_limit, {
+        let launches = burst(launched, concurrency, t + launch_limit, {
             let api = api.clone();
             move |i| {
                 let api = api.clone();
@@ -395,15 +597,17 @@ fn run(settings: &Settings, database: &str, url: Option<&str>) -> Figures {
         }
         let lat = sorted(launches.iter().map(|r| r.0).collect());
         figures.accepted = ids.len();
+        figures.cpu_per_launch_ms = launch_cpu * 1e3 / ids.len().max(1) as f64;
         figures.launches_per_sec = ids.len() as f64 / launch_secs;
         (figures.launch_p50_ms, figures.launch_p99_ms) = (pct(&lat, 50.0), pct(&lat, 99.0));
         println!(
-            "launch: {} of {instances} accepted in {launch_secs:.1} s = {:.0} launches/s (= placements/s, {concurrency} concurrent claims); latency p50 {:.1} ms, p99 {:.1} ms; server CPU {:.1} s",
+            "launch: {} of {launched} accepted in {launch_secs:.1} s = {:.0} launches/s (= placements/s, {concurrency} concurrent claims); latency p50 {:.1} ms, p99 {:.1} ms; server CPU {:.1} s = {:.1} ms per launch",
             ids.len(),
             ids.len() as f64 / launch_secs,
             pct(&lat, 50.0),
             pct(&lat, 99.0),
-            launch_cpu
+            launch_cpu,
+            figures.cpu_per_launch_ms
         );
 
         // ---- until the hosts have started the last launches ----
@@ -459,6 +663,7 @@ fn run(settings: &Settings, database: &str, url: Option<&str>) -> Figures {
         let lat = sorted(shows.iter().map(|r| r.0).collect());
         figures.describes_per_sec = shows.len() as f64 / show_secs;
         figures.describe_p99_ms = pct(&lat, 99.0);
+        figures.describe_p50_ms = pct(&lat, 50.0);
         println!(
             "describe: {} in {show_secs:.1} s = {:.0}/s; latency p50 {:.1} ms, p99 {:.1} ms; server CPU {:.1} s",
             shows.len(),
@@ -485,7 +690,33 @@ fn run(settings: &Settings, database: &str, url: Option<&str>) -> Figures {
             reconcile.last().copied().unwrap_or(f64::NAN)
         );
         figures.db_mib = server.db_bytes() as f64 / 1048576.0;
-        println!("database: {:.1} MiB ({database}) for {hosts} hosts and {} instances", figures.db_mib, ids.len());
+
+        // ---- idle: the fleet's own traffic alone ----
+        let t = Instant::now();
+        let all_running = loop {
+            let up = running(&db).await;
+            if up >= filled + ids.len() || t.elapsed() > settle_limit {
+                break up;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        };
+        let cpu0 = server.cpu_secs();
+        let t = Instant::now();
+        let mut rss_max: f64 = 0.0;
+        while t.elapsed() < idle {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            rss_max = rss_max.max(server.rss_mib());
+        }
+        figures.idle_cpu_pct = (server.cpu_secs() - cpu0) * 100.0 / t.elapsed().as_secs_f64();
+        figures.idle_rss_mib = rss_max;
+        println!(
+            "idle: {hosts} hosts, {all_running} instances running: server CPU {:.1}% of one core over {:.0} s, RSS {:.0} MiB (max)",
+            figures.idle_cpu_pct,
+            t.elapsed().as_secs_f64(),
+            rss_max
+        );
+        db.close().await;
+        println!("database: {:.1} MiB ({database}) for {hosts} hosts and {} instances", figures.db_mib, filled + ids.len());
         for a in agents {
             a.abort();
         }

@@ -1,5 +1,6 @@
 //! `/api/v1/agent/...`: the server side of the agent protocol. Agents
-//! register, long-poll their host's full desired state, and report actual
+//! register, long-poll their host's desired state (whole, or what changed
+//! since the answer they hold), and report actual
 //! state and console output. A host can only read and report for itself
 //! and its own instances.
 
@@ -72,9 +73,13 @@ pub async fn register(
 pub struct DesiredQuery {
     /// The generation the agent already has; the call waits until a newer one exists.
     pub after: Option<u64>,
+    /// The `view` of the last answer the agent holds: the answer is then
+    /// a delta from it when this server sent it (see `desired_views`).
+    pub view: Option<String>,
 }
 
-/// The full desired state of one host's instances (long-poll with `after`).
+/// The desired state of one host's instances (long-poll with `after`):
+/// whole, or with `view` only the instances changed since that answer.
 #[utoipa::path(get, path = "/api/v1/agent/hosts/{id}/desired", tag = "agent",
     params(("id" = String, Path, description = "host id"), DesiredQuery),
     responses((status = 200, body = DesiredState), (status = 404, body = nubo_api::error::ErrorBody)))]
@@ -88,10 +93,9 @@ pub async fn desired(
     same_host(&caller, &host)?;
     known_host(&ctx, &host).await?;
     if let Some(after) = q.after {
-        let mut rx = ctx.subscribe();
         // Wait only while nothing newer exists; a stale `after` from before
         // a server restart is lower than the current one and returns at once.
-        let _ = tokio::time::timeout(LONG_POLL, rx.wait_for(|g| g.is_news(host.as_str(), after))).await;
+        let _ = tokio::time::timeout(LONG_POLL, ctx.wait_for_news(host.as_str(), after)).await;
     }
     let generation = ctx.generation();
     // A fixed number of queries for the whole host, however many
@@ -277,7 +281,18 @@ pub async fn desired(
         .collect::<AppResult<Vec<_>>>()?;
     let balancers = ctx.store.desired_balancers(host.as_str()).await?;
     let console_sessions = ctx.consoles.of_host(host.as_str());
-    Ok(Json(DesiredState { generation, instances, volumes, snapshots, balancers, networks, console_sessions }))
+    let full = DesiredState {
+        generation,
+        instances,
+        volumes,
+        snapshots,
+        balancers,
+        networks,
+        console_sessions,
+        view: None,
+        delta: None,
+    };
+    Ok(Json(ctx.desired_views.answer(&ctx.server_id, host.as_str(), q.view.as_deref(), full)))
 }
 
 /// The disks of the host's instances and volumes to be written from a
@@ -386,7 +401,23 @@ pub async fn report(
     same_host(&caller, &host)?;
     known_host(&ctx, &host).await?;
     let mut changed = false;
+    // Most entries repeat what the rows say (a report is resent unchanged
+    // every few seconds): those are skipped after two reads for the whole
+    // host, and only the others are applied one by one.
+    let (rows, attached) = ctx.store.report_baseline(host.as_str()).await?;
     for a in &r.instances {
+        let no_news = rows.get(a.id.as_str()).is_some_and(|row| {
+            !crate::store::report_is_news(row, a)
+                && !crate::store::Store::attachment_report_is_news(
+                    attached.get(a.id.as_str()).map(Vec::as_slice).unwrap_or_default(),
+                    &a.volumes,
+                )
+                && !a.captures.iter().any(|c| c.state == nubo_api::agent::CaptureState::Failed)
+                && !a.exited_unexpectedly
+        });
+        if no_news {
+            continue;
+        }
         if ctx.store.apply_actual(host.as_str(), a).await? {
             changed |= a.exited_unexpectedly;
             ctx.store.apply_attachment_report(a.id.as_str(), &a.volumes).await?;
