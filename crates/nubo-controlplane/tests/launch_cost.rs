@@ -9,64 +9,12 @@
 //! per concern, in one binary since the counter is the process's.
 
 mod common;
+use common::statements::{count_statements, statements_of};
 use common::T;
 use serde_json::{json, Value};
-use std::sync::{Mutex, OnceLock};
-use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
-static STATEMENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// The tests of this binary share the counter: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct Summary(String);
-
-impl Visit for Summary {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "summary" {
-            self.0 = format!("{value:?}");
-        }
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "summary" {
-            self.0 = value.to_string();
-        }
-    }
-}
-
-struct CountStatements;
-
-impl<S: tracing::Subscriber> Layer<S> for CountStatements {
-    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        if event.metadata().target() == "sqlx::query" {
-            let mut summary = Summary(String::new());
-            event.record(&mut summary);
-            STATEMENTS.lock().unwrap().push(summary.0);
-        }
-    }
-}
-
-fn count_statements() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(CountStatements)).unwrap();
-    });
-}
-
-/// The statements since the last call, without the wake-up notifications
-/// to other servers and the SQLite connections' set-up PRAGMAs (neither
-/// is the request's own work; see tests/query_counts.rs).
-fn take() -> Vec<String> {
-    let mut s = STATEMENTS.lock().unwrap();
-    std::mem::take(&mut *s).into_iter().filter(|q| !q.contains("pg_notify") && !q.starts_with("PRAGMA")).collect()
-}
-
-async fn statements_of<F: std::future::Future<Output = R>, R>(request: F) -> (Vec<String>, R) {
-    take();
-    let r = request.await;
-    (take(), r)
-}
 
 fn writes(statements: &[String]) -> Vec<&String> {
     statements

@@ -9,66 +9,9 @@
 
 mod common;
 use common::ec2::{all, key, ok};
+use common::statements::{count_statements, statements_of};
 use common::T;
 use serde_json::json;
-use std::sync::{Mutex, OnceLock};
-use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
-
-/// The summary of every statement run since the last `take`.
-static STATEMENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct Summary(String);
-
-impl Visit for Summary {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "summary" {
-            self.0 = format!("{value:?}");
-        }
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "summary" {
-            self.0 = value.to_string();
-        }
-    }
-}
-
-struct CountStatements;
-
-impl<S: tracing::Subscriber> Layer<S> for CountStatements {
-    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        if event.metadata().target() == "sqlx::query" {
-            let mut summary = Summary(String::new());
-            event.record(&mut summary);
-            STATEMENTS.lock().unwrap().push(summary.0);
-        }
-    }
-}
-
-fn count_statements() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(CountStatements)).unwrap();
-    });
-}
-
-/// The statements run since the last call, leaving out what is not the
-/// request's own work and may land in any window: the wake-up
-/// notifications to other servers (PostgreSQL), which launches send from
-/// tasks of their own, and the PRAGMAs that set up each new connection
-/// the SQLite pool opens (when it opens one depends on the load).
-fn take() -> Vec<String> {
-    let mut s = STATEMENTS.lock().unwrap();
-    std::mem::take(&mut *s).into_iter().filter(|q| !q.contains("pg_notify") && !q.starts_with("PRAGMA")).collect()
-}
-
-/// The statements one request runs; `request` is awaited alone.
-async fn statements_of<F: std::future::Future<Output = ()>>(request: F) -> Vec<String> {
-    take();
-    request.await;
-    take()
-}
 
 #[tokio::test]
 async fn lists_and_desired_state_run_the_same_statements_for_3_and_30_instances() {
@@ -108,7 +51,7 @@ async fn lists_and_desired_state_run_the_same_statements_for_3_and_30_instances(
             t.ok("GET", &desired, &cred, None).await;
         })
         .await;
-        [list, page, describe, host_state]
+        [list.0, page.0, describe.0, host_state.0]
     };
 
     launch(3).await;

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod ec2;
+pub mod statements;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
