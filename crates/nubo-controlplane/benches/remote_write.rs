@@ -54,16 +54,10 @@ fn cpu_secs(pid: &str) -> f64 {
     (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
 }
 
+/// Debian's prometheus: `NUBO_PROMETHEUS`, else as scripts/install-deps.sh
+/// unpacks it, else from PATH.
 fn prometheus_bin() -> String {
-    if let Ok(p) = std::env::var("NUBO_PROMETHEUS") {
-        return p;
-    }
-    let unpacked =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/tools/prometheus/usr/bin/prometheus");
-    if unpacked.is_file() {
-        return unpacked.display().to_string();
-    }
-    "prometheus".into()
+    std::env::var("NUBO_PROMETHEUS").unwrap_or_else(|_| nubo_testkit::prometheus_program("prometheus"))
 }
 
 fn instance_id(n: usize) -> String {

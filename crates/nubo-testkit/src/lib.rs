@@ -14,3 +14,15 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port on 127.0.0.1")
 }
+
+/// A program of Debian's `prometheus` package (`prometheus`, `promtool`):
+/// as scripts/install-deps.sh unpacks it into the source tree's
+/// `.cache/tools`, else from PATH.
+pub fn prometheus_program(name: &str) -> String {
+    let unpacked =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/tools/prometheus/usr/bin").join(name);
+    if unpacked.is_file() {
+        return unpacked.display().to_string();
+    }
+    name.into()
+}

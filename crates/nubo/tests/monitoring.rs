@@ -59,16 +59,6 @@ fn sh(cloud: &Cloud, id: &str, script: &str) {
     assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Prometheus' promtool: from PATH, or unpacked by scripts/install-deps.sh.
-fn promtool() -> String {
-    let unpacked =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/tools/prometheus/usr/bin/promtool");
-    if unpacked.is_file() {
-        return unpacked.display().to_string();
-    }
-    "promtool".into()
-}
-
 #[test]
 fn metrics_checks_and_alerts_end_to_end() {
     // The webhook receiver is on 127.0.0.1, which only an operator's allow-list opens.
@@ -208,7 +198,7 @@ fn metrics_checks_and_alerts_end_to_end() {
     let text = String::from_utf8(text).unwrap();
     assert!(text.contains(&format!("nubo_instance_cpu_percent{{instance=\"{id}\"")), "{text}");
     assert!(text.contains("# TYPE nubo_instance_disk_write_bytes_total counter"));
-    let mut child = Command::new(promtool())
+    let mut child = Command::new(nubo_testkit::prometheus_program("promtool"))
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

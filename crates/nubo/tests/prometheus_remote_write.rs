@@ -15,18 +15,10 @@ use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// Debian's prometheus: `NUBO_PROMETHEUS`, else unpacked by
-/// scripts/install-deps.sh into the source tree's .cache, else from PATH.
+/// Debian's prometheus: `NUBO_PROMETHEUS`, else as scripts/install-deps.sh
+/// unpacks it, else from PATH.
 fn prometheus_bin() -> String {
-    if let Ok(p) = std::env::var("NUBO_PROMETHEUS") {
-        return p;
-    }
-    let unpacked =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/tools/prometheus/usr/bin/prometheus");
-    if unpacked.is_file() {
-        return unpacked.display().to_string();
-    }
-    "prometheus".into()
+    std::env::var("NUBO_PROMETHEUS").unwrap_or_else(|_| nubo_testkit::prometheus_program("prometheus"))
 }
 
 /// A Prometheus that scrapes nothing and takes remote writes; killed on drop.
