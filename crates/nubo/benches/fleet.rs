@@ -60,15 +60,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => {
-            v.trim().parse().ok().filter(|n| *n > 0).unwrap_or_else(|| panic!("{name} must be a positive integer"))
-        }
-        Err(_) => default,
-    }
-}
-
 /// A `nubo server` child, killed when dropped.
 struct Server {
     child: Child,
@@ -110,21 +101,12 @@ impl Server {
 
     /// The server process's resident memory, MiB.
     fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .map_or(0.0, |kib| kib / 1024.0)
+        rss_mib(self.child.id())
     }
 
     /// CPU seconds (user + system) the server process has used.
     fn cpu_secs(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // utime and stime are fields 14 and 15; 11 and 12 after the ")".
-        (ticks(11) + ticks(12)) / 100.0
+        cpu_secs(self.child.id())
     }
 
     fn db_bytes(&self) -> u64 {

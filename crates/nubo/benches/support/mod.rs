@@ -1,6 +1,7 @@
 //! What the benches share: a `nubo up` in a temporary data directory that
 //! kills itself and its VMs when dropped (also on a panic or Ctrl-C), the
-//! shared tiny image, polling, and the machine facts a result is reported with.
+//! shared tiny image, polling, the machine facts a result is reported with,
+//! a process's CPU and memory, and positive-integer settings.
 #![allow(dead_code)]
 
 use serde_json::Value;
@@ -305,4 +306,36 @@ pub fn bench_runs(name: &str) -> Option<usize> {
     };
     install_signal_handlers();
     Some(runs)
+}
+
+/// A positive-integer setting from the environment, or `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => {
+            v.trim().parse().ok().filter(|n| *n > 0).unwrap_or_else(|| panic!("{name} must be a positive integer"))
+        }
+        Err(_) => default,
+    }
+}
+
+/// CPU seconds (user + system) process `pid` has used.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15; 11 and 12 after the ")".
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// Resident memory of process `pid`, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
 }
