@@ -219,7 +219,7 @@ impl LoadBalancing {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Some(d) = self.instances.with_desired(|d| d.cloned()) else { continue };
+            let Some(d) = self.instances.desired() else { continue };
             if d.balancers.is_empty() {
                 continue;
             }

@@ -90,6 +90,9 @@ pub struct Lease {
     timing: Mutex<LeaseTiming>,
     /// False on hosts without shared storage (they never fence).
     fences: bool,
+    /// Heartbeats that failed or timed out since the agent started: the
+    /// reporter sends every entry again after any (see `report`).
+    failures: std::sync::atomic::AtomicU64,
 }
 
 impl Lease {
@@ -102,7 +105,17 @@ impl Lease {
                 margin: DEFAULT_MARGIN,
             }),
             fences,
+            failures: Default::default(),
         }
+    }
+
+    /// Heartbeats that failed so far.
+    pub(crate) fn failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn failed(&self) {
+        self.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn timing(&self) -> LeaseTiming {
@@ -149,13 +162,17 @@ impl Lease {
                     }
                 }
                 Ok(Err(e)) => {
+                    self.failed();
                     tracing::warn!(error = %e, "heartbeat failed; retrying");
                     if e.status() == Some(404) {
                         // The control plane forgot this host (new database): join again.
                         let _ = host.client.register(&registration).await;
                     }
                 }
-                Err(_) => tracing::warn!(after = ?every, "heartbeat timed out; retrying"),
+                Err(_) => {
+                    self.failed();
+                    tracing::warn!(after = ?every, "heartbeat timed out; retrying");
+                }
             }
             tokio::time::sleep_until((sent + every).into()).await;
         }

@@ -31,7 +31,9 @@ pub mod lease;
 mod metadata;
 pub mod metrics;
 pub mod network;
+mod pacing;
 pub mod reconcile;
+mod report;
 pub mod restores;
 pub mod runs;
 pub mod storage;
@@ -228,6 +230,7 @@ async fn watch_desired(client: Client, host: HostId, tx: tokio::sync::watch::Sen
         };
         match client.desired_since(&host, after, view).await {
             Ok(next) => {
+                let quiet = held.as_ref().is_some_and(|h| says_nothing_new(h, &next));
                 let merged = match held.take() {
                     Some(h) => h.merge(next),
                     None if next.delta.is_some() => {
@@ -236,6 +239,10 @@ async fn watch_desired(client: Client, host: HostId, tx: tokio::sync::watch::Sen
                     None => Ok(next),
                 };
                 match merged {
+                    // A long-poll that timed out answers an empty delta:
+                    // kept (its view is the one to build on), but the
+                    // reconciler is not woken for it.
+                    Ok(d) if quiet => held = Some(d),
                     Ok(d) => {
                         if tx.send(Some(d.clone())).is_err() {
                             return;
@@ -253,4 +260,15 @@ async fn watch_desired(client: Client, host: HostId, tx: tokio::sync::watch::Sen
             }
         }
     }
+}
+
+/// Whether `next`, a delta on `held`, changes nothing: no instance
+/// changed or went, and the host-wide lists (sent whole) are the same.
+fn says_nothing_new(held: &DesiredState, next: &DesiredState) -> bool {
+    let lists = |d: &DesiredState| {
+        serde_json::to_vec(&(&d.volumes, &d.snapshots, &d.balancers, &d.networks, &d.console_sessions)).ok()
+    };
+    next.delta.as_ref().is_some_and(|d| d.removed_instances.is_empty())
+        && next.instances.is_empty()
+        && lists(held).is_some_and(|l| Some(l) == lists(next))
 }

@@ -255,11 +255,10 @@ pub async fn sample_instances(
 /// One round of samples: the host and every running instance.
 async fn sample_metrics(host: &Host, instances: &Instances, sampler: &mut Sampler) -> Vec<MetricSample> {
     let at_ms = crate::clock::now_ms();
-    let desired = instances.with_desired(|d| d.cloned());
+    let desired = instances.desired();
     let vms: Vec<SampledVm> = desired
-        .map(|d| d.instances)
-        .unwrap_or_default()
-        .into_iter()
+        .iter()
+        .flat_map(|d| d.instances.iter())
         .filter(|i| i.power == PowerState::Running)
         .map(|i| SampledVm {
             dir: host.dir(&i.id),
@@ -267,7 +266,7 @@ async fn sample_metrics(host: &Host, instances: &Instances, sampler: &mut Sample
             memory_mib: i.memory_mib,
             // Only what the guest agent said recently is about now.
             guest: instances.guest_latest(&i.id, Duration::from_secs(60)),
-            id: i.id,
+            id: i.id.clone(),
         })
         .collect();
     let (mut samples, live) = sample_instances(host.hypervisor.as_ref(), sampler, &vms, at_ms).await;

@@ -22,6 +22,8 @@ use crate::instances::{Instances, OpKind, GUEST_BYTES_PER_REPORT};
 use crate::lease::Lease;
 use crate::metadata::Metadata;
 use crate::network::Networks;
+use crate::pacing::Pacing;
+use crate::report::{Entry, ReportLedger};
 use crate::runs::RunContext;
 use crate::storage::Storage;
 use nubo_api::agent::{
@@ -40,10 +42,6 @@ use tracing::Instrument;
 
 /// How long after QEMU starts the agent watches for boot-complete.
 const BOOT_WATCH: Duration = Duration::from_secs(600);
-/// A report that says nothing new is sent this often (liveness is the
-/// heartbeat's, see `lease`). Sending every pass (0.5 s) made a thousand
-/// idle hosts two thousand reports a second.
-const UNCHANGED_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// The guest-confinement window for a migration's streams to `target`
 /// (its NBD port and the port of its `tcp:HOST:PORT` state URI); they
@@ -158,56 +156,93 @@ impl Reconciler {
             backups.map(AbortOnDrop),
         );
         let mut seen: std::collections::HashSet<InstanceId> = Default::default();
-        // The last report the control plane took, and when.
-        let mut last_report: Option<(Vec<u8>, Instant)> = None;
+        // Which instances each pass visits, and what the control plane took.
+        let mut pacing = Pacing::default();
+        let mut ledger = ReportLedger::default();
+        // The instances whose VM runs, as the passes last saw them.
+        let mut running: HashSet<InstanceId> = HashSet::new();
+        let mut desired: Option<Arc<DesiredState>> = None;
+        // `changed()` below marks the new value seen: it says so here.
+        let mut woken = false;
         loop {
-            let desired = rx.borrow_and_update().clone();
-            if let Some(d) = desired {
-                this.instances.set_desired(d.clone());
-                for i in &d.instances {
-                    if seen.insert(i.id.clone()) {
-                        this.instances.event(&i.id, "agent_seen", "");
+            // Copied only when it changed: a host's can list thousands.
+            let changed = desired.is_none() || std::mem::take(&mut woken) || rx.has_changed().unwrap_or(false);
+            if changed {
+                desired = rx.borrow_and_update().clone().map(Arc::new);
+                if let Some(d) = &desired {
+                    this.instances.set_desired(d.clone());
+                    for i in &d.instances {
+                        if seen.insert(i.id.clone()) {
+                            this.instances.event(&i.id, "agent_seen", "");
+                        }
                     }
                 }
+            }
+            if let Some(d) = desired.clone() {
+                let now = Instant::now();
+                let full = pacing.full_pass_due(changed, now);
                 this.networks.reconcile(&d).await;
-                let (actual, running) = this.reconcile(&d).await;
+                let wants: Vec<&DesiredInstance> = if full {
+                    d.instances.iter().collect()
+                } else {
+                    pacing.quick_pass(&d.instances, &this.instances.active(), now)
+                };
+                if full {
+                    running.clear();
+                    // Finished runs the server no longer lists (it has their end).
+                    this.instances.forget_runs_done(&d);
+                }
+                let actual = this.reconcile(&wants, &mut running).await;
+                let entries: Vec<Entry> = actual.into_iter().map(Entry::new).collect();
+                for e in &entries {
+                    pacing.observed(&e.actual.id, &e.json, now);
+                }
+                if full {
+                    let ids: HashSet<&InstanceId> = d.instances.iter().map(|i| &i.id).collect();
+                    pacing.full_pass_done(&ids, now);
+                    ledger.retain(&ids);
+                }
                 let volumes = this.storage.reconcile_volumes(&d, &running);
                 let snapshots = this.storage.reconcile_snapshots(&d);
                 let balancers = this.balancers.reconcile(&d);
-                let guests: Vec<(InstanceId, GuestStatus)> =
-                    actual.iter().filter_map(|a| Some((a.id.clone(), a.guest.clone()?))).collect();
-                let report = HostReport { instances: actual, volumes, snapshots, balancers };
-                let body = serde_json::to_vec(&report).unwrap_or_default();
-                let due = last_report
-                    .as_ref()
-                    .is_none_or(|(sent, at)| *sent != body || at.elapsed() >= UNCHANGED_REPORT_EVERY);
-                if due && this.report(report, &registration).await {
-                    last_report = Some((body, Instant::now()));
-                    this.instances.guest_reported(guests);
+                let failures = this.lease.failures();
+                let full_report = full && ledger.full_due(failures, now);
+                let mut chunks = ledger.plan(entries, volumes, snapshots, balancers, full_report).into_iter();
+                while let Some(chunk) = chunks.next() {
+                    let guests: Vec<(InstanceId, GuestStatus)> =
+                        chunk.report.instances.iter().filter_map(|a| Some((a.id.clone(), a.guest.clone()?))).collect();
+                    if this.report(&chunk.report, &registration).await {
+                        ledger.took(chunk, failures, Instant::now());
+                        this.instances.guest_reported(guests);
+                        continue;
+                    }
+                    // Not delivered: its events and those of the chunks
+                    // not sent go first in the next report, a full one.
+                    ledger.failed();
+                    for a in std::iter::once(chunk).chain(chunks.by_ref()).flat_map(|c| c.report.instances) {
+                        if !a.events.is_empty() {
+                            this.instances.put_back_events(a.id, a.events);
+                        }
+                    }
                 }
-                this.ship_consoles(&d).await;
+                this.ship_consoles(&wants).await;
             }
             tokio::select! {
                 changed = rx.changed() => {
                     if changed.is_err() {
                         return Ok(());
                     }
+                    woken = true;
                 }
                 _ = tokio::time::sleep(this.host.config.interval) => {}
             }
         }
     }
 
-    /// Sends a report; false (with its events kept) when it did not arrive.
-    async fn report(&self, report: HostReport, registration: &RegisterHost) -> bool {
-        if let Err(e) = self.host.client.report(&self.host.id, &report).await {
+    /// Sends a report; false when it did not arrive.
+    async fn report(&self, report: &HostReport, registration: &RegisterHost) -> bool {
+        if let Err(e) = self.host.client.report(&self.host.id, report).await {
             tracing::warn!(error = %e, "report failed; events kept for the next one");
-            // Put the events back so they are not lost.
-            for a in report.instances {
-                if !a.events.is_empty() {
-                    self.instances.put_back_events(a.id, a.events);
-                }
-            }
             if e.status() == Some(404) {
                 // The control plane forgot this host (new database): join again.
                 let _ = self.host.client.register(registration).await;
@@ -217,8 +252,8 @@ impl Reconciler {
         true
     }
 
-    async fn ship_consoles(&self, d: &DesiredState) {
-        for i in &d.instances {
+    async fn ship_consoles(&self, wants: &[&DesiredInstance]) {
+        for i in wants {
             if i.power == PowerState::Deleted {
                 continue;
             }
@@ -240,16 +275,18 @@ impl Reconciler {
         }
     }
 
-    /// One pass over the desired set; returns the actual state of each,
-    /// and which instances run.
-    async fn reconcile(self: &Arc<Self>, d: &DesiredState) -> (Vec<ActualInstance>, HashSet<InstanceId>) {
+    /// One pass over `wants` (all of the desired set, or those `pacing`
+    /// picked); returns the actual state of each, and notes in `running`
+    /// which of them run.
+    async fn reconcile(
+        self: &Arc<Self>,
+        wants: &[&DesiredInstance],
+        running: &mut HashSet<InstanceId>,
+    ) -> Vec<ActualInstance> {
         self.instances.forget_finished_ops();
-        // Forget finished runs the server no longer lists (it has their end).
-        self.instances.forget_runs_done(d);
-        let mut out = Vec::with_capacity(d.instances.len());
-        let mut running = HashSet::new();
+        let mut out = Vec::with_capacity(wants.len());
         let mut guest_budget = GUEST_BYTES_PER_REPORT;
-        for want in &d.instances {
+        for &want in wants {
             let (power, pid) = self.reconcile_one(want).await;
             // The target copy of a live migration is not the instance yet:
             // nothing of it is reported, attached or served until it runs
@@ -268,6 +305,8 @@ impl Reconciler {
             };
             if vm_pid.is_some() {
                 running.insert(want.id.clone());
+            } else {
+                running.remove(&want.id);
             }
             let busy = power == ActualPower::Running && pid.is_none() || power == ActualPower::Starting;
             let volumes = match (want.power, vm_pid) {
@@ -313,7 +352,7 @@ impl Reconciler {
                 captures,
             });
         }
-        (out, running)
+        out
     }
 
     async fn reconcile_one(self: &Arc<Self>, want: &DesiredInstance) -> (ActualPower, Option<u32>) {
@@ -452,6 +491,7 @@ impl Reconciler {
     /// The instance's VM is gone: so are its metadata service, its guest
     /// channel and what storage knew of its disks.
     fn drop_instance_services(&self, id: &InstanceId) {
+        crate::instances::applied::forget_applied(&self.host.dir(id));
         self.metadata.remove(id);
         self.instances.drop_guest(id);
         self.storage.forget_disks(id);

@@ -294,6 +294,10 @@ impl Storage {
 
     /// Volumes plugged into some running VM (so their files are in use).
     fn volumes_in_use(&self, d: &DesiredState, running: &HashSet<InstanceId>) -> HashSet<VolumeId> {
+        if d.volumes.is_empty() {
+            // Nothing to look for (and no pass over every instance for it).
+            return HashSet::new();
+        }
         let s = self.storage();
         let mut out: HashSet<VolumeId> = s.disks.values().flat_map(|d| d.plugged.keys().cloned()).collect();
         for i in d.instances.iter().filter(|i| running.contains(&i.id)) {

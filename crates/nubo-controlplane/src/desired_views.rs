@@ -10,7 +10,10 @@
 //! one restarted, or its answer was lost) gets the whole set, and holds
 //! the whole set again afterwards. The state itself is still computed
 //! whole from the database at each wake-up (a fixed number of queries per
-//! host); what the delta saves is encoding, sending and merging it.
+//! host); what the delta saves is encoding, sending and merging it. A
+//! long-poll that runs out with nothing new for the host reads nothing:
+//! it is answered "nothing changed" ([`DesiredViews::unchanged`]), except
+//! once every [`RESYNC_EVERY`], when the state is read again.
 
 use nubo_api::agent::{DesiredDelta, DesiredInstance, DesiredState};
 use nubo_api::ids::InstanceId;
@@ -18,13 +21,25 @@ use std::collections::HashMap;
 use std::hash::Hasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// What was last sent to one host.
 struct Sent {
     view: String,
     /// Each instance's fingerprint (a hash of its encoding).
     instances: HashMap<InstanceId, u64>,
+    /// The rest of that answer (volumes, snapshots, balancers, networks),
+    /// without its instances: what an answer that nothing changed repeats.
+    rest: DesiredState,
+    /// When the state was last read from the database for this host.
+    read_at: Instant,
 }
+
+/// A host's state is read from the database at least this often, even
+/// when nothing woke its agent: every change to a host's desired state
+/// wakes it (`Ctx::bump_host`), and this bounds how late an agent learns
+/// of a change made without that (a row written by hand, say).
+pub const RESYNC_EVERY: Duration = Duration::from_secs(60);
 
 /// The last answer sent to each host, by host id.
 #[derive(Default)]
@@ -61,8 +76,10 @@ impl DesiredViews {
     pub fn answer(&self, server_id: &str, host: &str, base: Option<&str>, mut full: DesiredState) -> DesiredState {
         let view = format!("{server_id}.{}", self.counter.fetch_add(1, Ordering::Relaxed));
         let now: HashMap<InstanceId, u64> = full.instances.iter().map(|i| (i.id.clone(), fingerprint(i))).collect();
+        let rest = DesiredState { instances: Vec::new(), ..full.clone_without_instances() };
         let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = sent.insert(host.to_string(), Sent { view: view.clone(), instances: now });
+        let previous =
+            sent.insert(host.to_string(), Sent { view: view.clone(), instances: now, rest, read_at: Instant::now() });
         full.view = Some(view);
         let (Some(base), Some(previous)) = (base, previous) else { return full };
         if previous.view != base {
@@ -74,6 +91,55 @@ impl DesiredViews {
         full.instances.retain(|i| previous.instances.get(&i.id) != current.instances.get(&i.id));
         full.delta = Some(DesiredDelta { base: base.to_string(), removed_instances });
         full
+    }
+}
+
+impl DesiredViews {
+    /// The answer to an agent holding view `base` when nothing changed for
+    /// its host since (its long-poll ran out): an empty delta, made without
+    /// reading the database; None when `base` is not the view this server
+    /// last sent `host`, or that state was read [`RESYNC_EVERY`] ago or
+    /// more (then the whole state is read, and a delta sent).
+    pub fn unchanged(
+        &self,
+        server_id: &str,
+        host: &str,
+        base: &str,
+        generation: u64,
+        console_sessions: Vec<nubo_api::agent::DesiredConsoleSession>,
+    ) -> Option<DesiredState> {
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        let last = sent.get_mut(host).filter(|s| s.view == base && s.read_at.elapsed() < RESYNC_EVERY)?;
+        let view = format!("{server_id}.{}", self.counter.fetch_add(1, Ordering::Relaxed));
+        last.view = view.clone();
+        Some(DesiredState {
+            generation,
+            view: Some(view),
+            delta: Some(DesiredDelta { base: base.to_string(), removed_instances: Vec::new() }),
+            console_sessions,
+            ..last.rest.clone_without_instances()
+        })
+    }
+}
+
+trait WithoutInstances {
+    fn clone_without_instances(&self) -> DesiredState;
+}
+
+impl WithoutInstances for DesiredState {
+    /// A copy with no instances (the part of an answer sent whole).
+    fn clone_without_instances(&self) -> DesiredState {
+        DesiredState {
+            generation: self.generation,
+            instances: Vec::new(),
+            volumes: self.volumes.clone(),
+            snapshots: self.snapshots.clone(),
+            balancers: self.balancers.clone(),
+            networks: self.networks.clone(),
+            console_sessions: self.console_sessions.clone(),
+            view: self.view.clone(),
+            delta: self.delta.clone(),
+        }
     }
 }
 
@@ -113,6 +179,25 @@ mod tests {
         let third = views.answer("s", "h", merged.view.as_deref(), state(vec![instance(&b, 2), instance(&c, 1)]));
         assert!(third.instances.is_empty());
         assert!(third.delta.is_some());
+    }
+
+    #[test]
+    fn nothing_changed_is_an_empty_delta_on_the_last_view_only() {
+        let views = DesiredViews::default();
+        let a = InstanceId::generate();
+        let first = views.answer("s", "h", None, state(vec![instance(&a, 1)]));
+        let view = first.view.clone().expect("a view");
+        let quiet = views.unchanged("s", "h", &view, 5, Vec::new()).expect("the last view");
+        assert!(quiet.instances.is_empty());
+        assert_eq!(quiet.generation, 5);
+        let merged = first.merge(quiet.clone()).expect("merges");
+        assert_eq!(merged.instances.len(), 1, "the agent keeps what it holds");
+        // The old view is no longer the last one, and another host's is not this one's.
+        assert!(views.unchanged("s", "h", &view, 6, Vec::new()).is_none());
+        assert!(views.unchanged("s", "other", quiet.view.as_deref().expect("a view"), 6, Vec::new()).is_none());
+        // A delta then builds on the quiet answer's view.
+        let next = views.answer("s", "h", quiet.view.as_deref(), state(vec![instance(&a, 2)]));
+        assert_eq!(next.delta.expect("a delta").base, quiet.view.expect("a view"));
     }
 
     #[test]

@@ -711,25 +711,41 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    /// The rows of the instances on `host` (not terminated), by id, and
-    /// the volumes attached to them, by instance: what a report is
-    /// compared with, read with two queries however many instances it has.
+    /// The rows of the instances `ids` on `host` (not terminated), by id,
+    /// and the volumes attached to them, by instance: what a report is
+    /// compared with, read with two queries per [`REPORT_IDS_PER_QUERY`]
+    /// instances (a report lists only what changed, not the whole host).
     pub async fn report_baseline(
         &self,
         host: &str,
+        ids: &[&str],
     ) -> Result<(HashMap<String, InstanceRow>, HashMap<String, Vec<crate::volumes::VolumeRow>>), sqlx::Error> {
-        let rows = self.instances_on_host(host).await?.into_iter().map(|r| (r.id.clone(), r)).collect();
-        let volumes: Vec<crate::volumes::VolumeRow> = sqlx::query_as(
-            "SELECT * FROM volumes WHERE instance_id IN (SELECT id FROM instances WHERE host_id = $1)
-             ORDER BY (slot IS NOT NULL), slot, id",
-        )
-        .bind(host)
-        .fetch_all(&self.pool)
-        .await?;
+        let mut rows = HashMap::new();
         let mut by_instance: HashMap<String, Vec<crate::volumes::VolumeRow>> = HashMap::new();
-        for v in volumes {
-            if let Some(i) = v.instance_id.clone() {
-                by_instance.entry(i).or_default().push(v);
+        for part in ids.chunks(REPORT_IDS_PER_QUERY) {
+            let marks: Vec<String> = (2..part.len() + 2).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                "SELECT * FROM instances WHERE host_id = $1 AND state <> 'terminated' AND id IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query_as::<_, InstanceRow>(&sql).bind(host);
+            for id in part {
+                q = q.bind(*id);
+            }
+            rows.extend(q.fetch_all(&self.pool).await?.into_iter().map(|r| (r.id.clone(), r)));
+            let sql = format!(
+                "SELECT * FROM volumes WHERE instance_id IN (SELECT id FROM instances WHERE host_id = $1 AND id IN ({}))
+                 ORDER BY (slot IS NOT NULL), slot, id",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query_as::<_, crate::volumes::VolumeRow>(&sql).bind(host);
+            for id in part {
+                q = q.bind(*id);
+            }
+            for v in q.fetch_all(&self.pool).await? {
+                if let Some(i) = v.instance_id.clone() {
+                    by_instance.entry(i).or_default().push(v);
+                }
             }
         }
         Ok((rows, by_instance))
@@ -1021,6 +1037,10 @@ pub(crate) async fn insert_event(
     .await?;
     Ok(())
 }
+
+/// Instance ids bound in one query of [`Store::report_baseline`], well
+/// under SQLite's and PostgreSQL's limits on bound values.
+pub const REPORT_IDS_PER_QUERY: usize = 500;
 
 /// Whether agent report entry `a` says anything `row` (the instance's
 /// current row) does not: a state, desired state or error to record, life

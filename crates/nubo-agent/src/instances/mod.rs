@@ -90,6 +90,19 @@ struct InstanceRecord {
 }
 
 impl InstanceRecord {
+    /// Moves the runs whose tasks ended to `runs_done`.
+    fn note_finished_runs(&mut self) {
+        if !self.runs.values().any(JoinHandle::is_finished) {
+            return;
+        }
+        let finished: Vec<RunId> =
+            self.runs.iter().filter(|(_, t)| t.is_finished()).map(|(id, _)| id.clone()).collect();
+        for id in finished {
+            self.runs.remove(&id);
+            self.runs_done.insert(id);
+        }
+    }
+
     /// Nothing left to remember: the record may go.
     fn is_empty(&self) -> bool {
         self.op.is_none()
@@ -111,8 +124,9 @@ impl InstanceRecord {
 #[derive(Default)]
 struct State {
     records: HashMap<InstanceId, InstanceRecord>,
-    /// The last desired state seen.
-    desired: Option<DesiredState>,
+    /// The last desired state seen, shared (a host's can hold thousands
+    /// of instances, and the loops that read it must not copy it).
+    desired: Option<Arc<DesiredState>>,
 }
 
 impl State {
@@ -151,13 +165,18 @@ impl Instances {
 
     // ---- the desired state ----
 
-    pub(crate) fn set_desired(&self, d: DesiredState) {
+    pub(crate) fn set_desired(&self, d: Arc<DesiredState>) {
         self.lock().desired = Some(d);
     }
 
     /// Reads the last desired state (none before the first).
     pub(crate) fn with_desired<R>(&self, f: impl FnOnce(Option<&DesiredState>) -> R) -> R {
-        f(self.lock().desired.as_ref())
+        f(self.lock().desired.as_deref())
+    }
+
+    /// The last desired state (none before the first).
+    pub(crate) fn desired(&self) -> Option<Arc<DesiredState>> {
+        self.lock().desired.clone()
     }
 
     // ---- events and failures ----
@@ -192,6 +211,17 @@ impl Instances {
     }
 
     // ---- operations ----
+
+    /// The instances where something is under way that a pass must
+    /// follow: an operation, a run, or events not yet reported.
+    pub(crate) fn active(&self) -> HashSet<InstanceId> {
+        self.lock()
+            .records
+            .iter()
+            .filter(|(_, r)| r.op.is_some() || !r.runs.is_empty() || !r.events.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
 
     /// The operation under way on `id`, if any.
     pub(crate) fn op(&self, id: &InstanceId) -> Option<OpKind> {
@@ -254,15 +284,10 @@ impl Instances {
     /// not finished here.
     pub(crate) fn ensure_runs(&self, want: &DesiredInstance, mut spawn: impl FnMut(&DesiredRun) -> JoinHandle<()>) {
         let mut s = self.lock();
-        for r in s.records.values_mut() {
-            let finished: Vec<RunId> =
-                r.runs.iter().filter(|(_, t)| t.is_finished()).map(|(id, _)| id.clone()).collect();
-            for id in finished {
-                r.runs.remove(&id);
-                r.runs_done.insert(id);
-            }
-        }
+        // Only this instance's record: visiting every record here made a
+        // pass quadratic in the host's instances.
         let record = s.record(&want.id);
+        record.note_finished_runs();
         for run in &want.runs {
             if record.runs.contains_key(&run.id) || record.runs_done.contains(&run.id) {
                 continue;
@@ -275,6 +300,9 @@ impl Instances {
     pub(crate) fn forget_runs_done(&self, d: &DesiredState) {
         let listed: HashSet<&RunId> = d.instances.iter().flat_map(|i| i.runs.iter().map(|r| &r.id)).collect();
         for r in self.lock().records.values_mut() {
+            // Also those of instances that stopped meanwhile (whose runs
+            // `ensure_runs` no longer visits).
+            r.note_finished_runs();
             r.runs_done.retain(|id| listed.contains(id));
         }
     }
@@ -302,6 +330,12 @@ impl Instances {
             if !task.is_finished() || at.elapsed() < GUEST_POLL {
                 return;
             }
+        }
+        // No channel (a driver that starts no QEMU, or a VM still coming
+        // up): nothing to ask, and no task to spawn for it.
+        if !self.dir(id).qga_socket().exists() {
+            record.guest_poll = None;
+            return;
         }
         let this = self.clone();
         let instance = id.clone();

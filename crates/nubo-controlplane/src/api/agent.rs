@@ -95,7 +95,17 @@ pub async fn desired(
     if let Some(after) = q.after {
         // Wait only while nothing newer exists; a stale `after` from before
         // a server restart is lower than the current one and returns at once.
-        let _ = tokio::time::timeout(LONG_POLL, ctx.wait_for_news(host.as_str(), after)).await;
+        let generation = ctx.generation();
+        let timed_out = tokio::time::timeout(LONG_POLL, ctx.wait_for_news(host.as_str(), after)).await.is_err();
+        // Nothing changed for this host: an agent holding this server's
+        // last answer is told so without reading the database.
+        if let Some(view) = q.view.as_deref().filter(|_| timed_out) {
+            let sessions = ctx.consoles.of_host(host.as_str());
+            if let Some(answer) = ctx.desired_views.unchanged(&ctx.server_id, host.as_str(), view, generation, sessions)
+            {
+                return Ok(Json(answer));
+            }
+        }
     }
     let generation = ctx.generation();
     // A fixed number of queries for the whole host, however many
@@ -401,10 +411,12 @@ pub async fn report(
     same_host(&caller, &host)?;
     known_host(&ctx, &host).await?;
     let mut changed = false;
-    // Most entries repeat what the rows say (a report is resent unchanged
-    // every few seconds): those are skipped after two reads for the whole
-    // host, and only the others are applied one by one.
-    let (rows, attached) = ctx.store.report_baseline(host.as_str()).await?;
+    // An agent lists only what changed since the report it knows was
+    // taken, and everything once a minute: entries that repeat what the
+    // rows say are skipped after two reads for all of them, and only the
+    // others are applied one by one.
+    let ids: Vec<&str> = r.instances.iter().map(|a| a.id.as_str()).collect();
+    let (rows, attached) = ctx.store.report_baseline(host.as_str(), &ids).await?;
     for a in &r.instances {
         let no_news = rows.get(a.id.as_str()).is_some_and(|row| {
             !crate::store::report_is_news(row, a)
