@@ -89,7 +89,7 @@ impl ReportLedger {
         let mut current: Option<Chunk> = None;
         let mut bytes = 0;
         for e in entries {
-            if !full && !e.actual.has_news() && self.taken.get(&e.actual.id) == Some(&e.json) {
+            if !full && !has_news(&e.actual) && self.taken.get(&e.actual.id) == Some(&e.json) {
                 continue;
             }
             if current.as_ref().is_some_and(|c| !c.report.instances.is_empty()) && bytes + e.json.len() > CHUNK_BYTES {
@@ -150,16 +150,10 @@ fn empty_chunk(full: bool) -> Chunk {
     }
 }
 
-trait News {
-    /// Whether the entry carries something that must be delivered even
-    /// if it looks like the last one taken.
-    fn has_news(&self) -> bool;
-}
-
-impl News for ActualInstance {
-    fn has_news(&self) -> bool {
-        !self.events.is_empty() || self.exited_unexpectedly || self.guest.is_some()
-    }
+/// Whether an entry carries something that must be delivered even if it
+/// looks like the last one taken: events, an unexpected exit, a guest poll.
+fn has_news(a: &ActualInstance) -> bool {
+    !a.events.is_empty() || a.exited_unexpectedly || a.guest.is_some()
 }
 
 #[cfg(test)]

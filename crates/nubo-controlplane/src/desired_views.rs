@@ -76,7 +76,7 @@ impl DesiredViews {
     pub fn answer(&self, server_id: &str, host: &str, base: Option<&str>, mut full: DesiredState) -> DesiredState {
         let view = format!("{server_id}.{}", self.counter.fetch_add(1, Ordering::Relaxed));
         let now: HashMap<InstanceId, u64> = full.instances.iter().map(|i| (i.id.clone(), fingerprint(i))).collect();
-        let rest = DesiredState { instances: Vec::new(), ..full.clone_without_instances() };
+        let rest = without_instances(&full);
         let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
         let previous =
             sent.insert(host.to_string(), Sent { view: view.clone(), instances: now, rest, read_at: Instant::now() });
@@ -117,29 +117,24 @@ impl DesiredViews {
             view: Some(view),
             delta: Some(DesiredDelta { base: base.to_string(), removed_instances: Vec::new() }),
             console_sessions,
-            ..last.rest.clone_without_instances()
+            ..last.rest.clone()
         })
     }
 }
 
-trait WithoutInstances {
-    fn clone_without_instances(&self) -> DesiredState;
-}
-
-impl WithoutInstances for DesiredState {
-    /// A copy with no instances (the part of an answer sent whole).
-    fn clone_without_instances(&self) -> DesiredState {
-        DesiredState {
-            generation: self.generation,
-            instances: Vec::new(),
-            volumes: self.volumes.clone(),
-            snapshots: self.snapshots.clone(),
-            balancers: self.balancers.clone(),
-            networks: self.networks.clone(),
-            console_sessions: self.console_sessions.clone(),
-            view: self.view.clone(),
-            delta: self.delta.clone(),
-        }
+/// A copy of `state` with no instances: the part of an answer that is
+/// always sent whole.
+fn without_instances(state: &DesiredState) -> DesiredState {
+    DesiredState {
+        generation: state.generation,
+        instances: Vec::new(),
+        volumes: state.volumes.clone(),
+        snapshots: state.snapshots.clone(),
+        balancers: state.balancers.clone(),
+        networks: state.networks.clone(),
+        console_sessions: state.console_sessions.clone(),
+        view: state.view.clone(),
+        delta: state.delta.clone(),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod consoles;
 pub mod day_two;
 pub mod floating_ips;
 pub mod hardware;
+pub mod host_desired;
 pub mod hosts;
 pub mod identity;
 pub mod image_imports;
