@@ -2,12 +2,12 @@
 //! seconds, each renewal an `UPDATE` of its row: at a thousand hosts that
 //! is more than a hundred statements a second, and a statement's cost is
 //! mostly its round trip (the hop to SQLite's worker thread, or to
-//! PostgreSQL), not the row. So renewals that arrive while one is being
-//! written wait for it and are then written as one `UPDATE ... WHERE id IN
-//! (...)` (group commit): a lone heartbeat is written at once, as before,
-//! and a busy server writes one statement per batch instead of one per
-//! host. Each heartbeat is still answered only after its own row was
-//! written, so what failover reads from the database is unchanged.
+//! PostgreSQL), not the row. So the renewals that arrive within
+//! [`GATHER`] of each other are written as one `UPDATE ... WHERE id IN
+//! (...)`: at 133 renewals a second that is about 20 statements, at 1,333
+//! still about 20. Each heartbeat is answered only after its own row was
+//! written, so what failover reads from the database is unchanged; the
+//! wait adds at most [`GATHER`] to a renewal, against a lease of seconds.
 //!
 //! The queue holds only renewals whose requests are waiting for their
 //! answer, so it is bounded by the requests in flight; a batch is at most
@@ -18,11 +18,15 @@ use nubo_api::ids::HostId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most hosts in one `UPDATE` (bound parameters stay well under both
 /// databases' limits).
 pub const MOST_PER_BATCH: usize = 500;
+
+/// How long the first renewal of a batch waits for others.
+pub const GATHER: Duration = Duration::from_millis(50);
 
 /// One renewal waiting to be written: the host, and where its stored
 /// `last_heartbeat_ms` goes (None: no such host).
@@ -68,11 +72,19 @@ fn start(store: Store, statements: Arc<AtomicU64>) -> mpsc::UnboundedSender<Pend
     tx
 }
 
-/// Takes what is queued, writes it as one statement, answers each; a
-/// failed batch drops its answers (each caller then writes its own row).
+/// Takes what is queued within [`GATHER`], writes it as one statement,
+/// answers each; a failed batch drops its answers (each caller then
+/// writes its own row).
 async fn write_batches(store: Store, mut rx: mpsc::UnboundedReceiver<Pending>, statements: Arc<AtomicU64>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, MOST_PER_BATCH).await > 0 {
+        tokio::time::sleep(GATHER).await;
+        while batch.len() < MOST_PER_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
         let mut ids: Vec<&str> = batch.iter().map(|p| p.host.as_str()).collect();
         ids.sort_unstable();
         ids.dedup();
