@@ -25,7 +25,6 @@ pub mod failover;
 pub mod floating_ips;
 pub mod groups;
 pub mod hardware;
-pub mod heartbeats;
 pub mod identity;
 pub mod image_jobs;
 pub mod image_urls;
@@ -275,8 +274,6 @@ pub struct Ctx {
     /// When this server last saw each host renew its lease, on its own
     /// monotonic clock (what failover counts from).
     pub renewals: failover::Renewals,
-    /// Heartbeats queued to be written together.
-    pub heartbeats: heartbeats::Heartbeats,
     /// Each background task's last run on this server.
     pub background: background::Board,
     /// Interactive console sessions and graphical console tickets.
@@ -350,7 +347,6 @@ impl Ctx {
             registry,
             server_id,
             renewals,
-            heartbeats: heartbeats::Heartbeats::default(),
             background: background::Board::default(),
             consoles: console_relay::Sessions::default(),
             placement: placement::Index::default(),

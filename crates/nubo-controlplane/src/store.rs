@@ -454,27 +454,6 @@ impl Store {
         .await
     }
 
-    /// Renews the leases of `hosts` in one statement (see `heartbeats`):
-    /// each host's stored `last_heartbeat_ms` afterwards, by id; a host
-    /// with no row is not in the answer.
-    pub async fn heartbeats(&self, hosts: &[&str]) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        if hosts.is_empty() {
-            return Ok(Vec::new());
-        }
-        let marks: Vec<String> = (2..hosts.len() + 2).map(|n| format!("${n}")).collect();
-        let sql = format!(
-            "UPDATE hosts SET last_heartbeat_ms =
-               CASE WHEN $1 > last_heartbeat_ms THEN $1 ELSE last_heartbeat_ms + 1 END
-             WHERE id IN ({}) RETURNING id, last_heartbeat_ms",
-            marks.join(", ")
-        );
-        let mut q = sqlx::query_as::<_, (String, i64)>(&sql).bind(now_ms());
-        for h in hosts {
-            q = q.bind(*h);
-        }
-        q.fetch_all(&self.pool).await
-    }
-
     pub async fn hosts(&self) -> Result<Vec<HostRow>, sqlx::Error> {
         sqlx::query_as("SELECT * FROM hosts ORDER BY name, id").fetch_all(&self.pool).await
     }

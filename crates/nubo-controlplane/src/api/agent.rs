@@ -105,7 +105,7 @@ pub async fn heartbeat(
 ) -> AppResult<Json<HeartbeatAck>> {
     let host = host_id(&id)?;
     same_host(&caller, &host)?;
-    let Some(value) = ctx.heartbeats.renew(&ctx.store, &host).await? else {
+    let Some(value) = ctx.store.heartbeat(&host).await? else {
         return Err(AppError::NotFound { kind: "host", id: host.to_string() });
     };
     ctx.renewals.renewed(host.as_str(), value, std::time::Instant::now());
