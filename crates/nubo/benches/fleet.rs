@@ -456,8 +456,13 @@ fn run(settings: &Settings, database: &str, url: Option<&str>) -> Figures {
     };
     println!("fleet: {hosts} simulated hosts, {instances} instances ({launched} launched through the API), {concurrency} requests in flight, {database}");
     // One connection pool for every agent: a connection per long-poll
-    // and a few for the rest, not an idle pool per agent.
+    // and a few for the rest, not an idle pool per agent. Idle connections
+    // are capped: a burst (the join, a slow moment of the server) would
+    // otherwise leave thousands open on both ends, and at 10,000 hosts
+    // the long-polls alone take half of an open-file limit of 20,000.
     let agent_http = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .pool_idle_timeout(Duration::from_secs(10))
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(60))
         .build()
