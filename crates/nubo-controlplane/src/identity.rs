@@ -444,12 +444,23 @@ impl Store {
         Ok(Some(credential))
     }
 
-    /// The host a credential belongs to.
+    /// The host a credential belongs to (from memory when this server
+    /// read it recently, see `known_hosts`).
     pub async fn credential_host(&self, credential: &str) -> Result<Option<String>, sqlx::Error> {
-        sqlx::query_scalar("SELECT host_id FROM host_credentials WHERE hash = $1 AND revoked_at_ms IS NULL")
-            .bind(hash_token(credential))
-            .fetch_optional(&self.pool)
-            .await
+        let hash = hash_token(credential);
+        let now = std::time::Instant::now();
+        if let Some(host) = self.known_hosts.credential_host(&hash, now) {
+            return Ok(Some(host));
+        }
+        let host: Option<String> =
+            sqlx::query_scalar("SELECT host_id FROM host_credentials WHERE hash = $1 AND revoked_at_ms IS NULL")
+                .bind(&hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        if let Some(host) = &host {
+            self.known_hosts.remember_credential(hash, host, now);
+        }
+        Ok(host)
     }
 
     // ---- access keys (EC2 API) ----

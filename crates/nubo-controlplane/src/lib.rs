@@ -33,6 +33,7 @@ pub mod instance_attributes;
 pub mod instance_batch;
 pub mod instance_types;
 pub mod keys;
+pub mod known_hosts;
 pub mod launch;
 pub mod launch_templates;
 pub mod lb;

@@ -141,6 +141,8 @@ pub struct Store {
     pub(crate) metrics_remote: crate::metrics_remote::Slot,
     /// Metric samples and newest values not yet written (see `tsdb`).
     pub(crate) metrics_head: std::sync::Arc<crate::tsdb::Head>,
+    /// Hosts' credentials and registrations already read (`known_hosts`).
+    pub(crate) known_hosts: std::sync::Arc<crate::known_hosts::KnownHosts>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -305,6 +307,11 @@ impl Store {
         let opts = options.apply(AnyConnectOptions::from_str(&url).map_err(open_err)?);
         let pool = AnyPoolOptions::new()
             .max_connections(8)
+            // No ping before each acquire: on SQLite a ping is a round
+            // trip to the connection's worker thread (two thread switches),
+            // paid by every statement taken from the pool, and a connection
+            // to a local file does not go stale the way a socket does.
+            .test_before_acquire(false)
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
                     // WAL: readers never wait for the writer; NORMAL is
@@ -331,6 +338,7 @@ impl Store {
             changed_hosts: Default::default(),
             metrics_remote: Default::default(),
             metrics_head: Default::default(),
+            known_hosts: Default::default(),
         })
     }
 
@@ -382,6 +390,7 @@ impl Store {
                     changed_hosts: Default::default(),
                     metrics_remote: Default::default(),
                     metrics_head: Default::default(),
+                    known_hosts: Default::default(),
                 })
             }
             _ => Err(bad("it does not start with postgres:// (or sqlite://)")),
@@ -754,21 +763,44 @@ impl Store {
     /// Applies one agent report entry for an instance on `host`. Entries
     /// for instances the host does not own are ignored (and counted).
     pub async fn apply_actual(&self, host: &str, a: &ActualInstance) -> Result<bool, sqlx::Error> {
+        self.apply_actual_from(host, a, None).await
+    }
+
+    /// [`Store::apply_actual`], starting from the instance's row as the
+    /// caller just read it (a report's baseline), which saves reading it
+    /// again when nobody changed it in between.
+    pub async fn apply_actual_from(
+        &self,
+        host: &str,
+        a: &ActualInstance,
+        read: Option<&InstanceRow>,
+    ) -> Result<bool, sqlx::Error> {
         // A user's request (terminate, stop) may change the row between
         // the read and the write: the write is conditional on what was
         // read, and a lost race reads again, so a stale report can never
         // put back the old desired state.
+        let mut read = read.cloned();
         for _ in 0..5 {
-            if let Some(applied) = self.apply_actual_once(host, a).await? {
+            let row = match read.take() {
+                Some(row) => Some(row),
+                None => self.instance(a.id.as_str()).await?,
+            };
+            if let Some(applied) = self.apply_actual_once(host, a, row).await? {
                 return Ok(applied);
             }
         }
         Ok(false)
     }
 
-    /// One try of [`Store::apply_actual`]; `None` when the row changed meanwhile.
-    async fn apply_actual_once(&self, host: &str, a: &ActualInstance) -> Result<Option<bool>, sqlx::Error> {
-        let row = match self.instance(a.id.as_str()).await? {
+    /// One try of [`Store::apply_actual`] from `row` as read; `None` when
+    /// the row changed meanwhile.
+    async fn apply_actual_once(
+        &self,
+        host: &str,
+        a: &ActualInstance,
+        row: Option<InstanceRow>,
+    ) -> Result<Option<bool>, sqlx::Error> {
+        let row = match row {
             Some(r) if r.host_id.as_deref() == Some(host) && r.state != InstanceState::Terminated => r,
             _ => return Ok(Some(false)),
         };

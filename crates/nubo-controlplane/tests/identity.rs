@@ -281,3 +281,43 @@ async fn tokens_from_before_the_lifetime_cap_get_one_but_the_bootstrap_admins() 
     // Run again: nothing left to cap.
     assert_eq!(store.cap_token_lifetimes(day).await.unwrap(), 0);
 }
+
+/// Hosts' credentials and registrations are answered from memory once
+/// read (`known_hosts`): that memory must not let a credential act for
+/// another host, let a made-up one in, or call a host registered before
+/// it has.
+#[tokio::test]
+async fn remembered_host_credentials_still_refuse_what_they_must() {
+    let t = T::new().await;
+    let (a, cred_a) = t.add_host_with_id().await;
+    let (b, _) = t.add_host_with_id().await;
+    for _ in 0..3 {
+        let (status, _) = t.call("POST", &format!("/api/v1/agent/hosts/{a}/heartbeat"), Some(&cred_a), None).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, body) = t.call("POST", &format!("/api/v1/agent/hosts/{b}/heartbeat"), Some(&cred_a), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = t.call("GET", &format!("/api/v1/agent/hosts/{b}/desired"), Some(&cred_a), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let mut forged = cred_a.clone();
+    let last = if forged.ends_with('A') { 'B' } else { 'A' };
+    forged.pop();
+    forged.push(last);
+    for made_up in [forged.as_str(), "not-a-credential", ""] {
+        let (status, body) = t.call("POST", &format!("/api/v1/agent/hosts/{a}/heartbeat"), Some(made_up), None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{made_up:?}: {body}");
+    }
+
+    // Joined but not registered: its state is not found until it registers.
+    let (join, _) = t.ctx.store.create_join_token(60_000).await.unwrap();
+    let c = HostId::generate();
+    let v = t.ok("POST", "/api/v1/agent/join", "", Some(json!({"join_token": join, "host_id": c}))).await;
+    let cred_c = v["credential"].as_str().unwrap().to_string();
+    let desired = format!("/api/v1/agent/hosts/{c}/desired");
+    let (status, body) = t.call("GET", &desired, Some(&cred_c), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let reg = json!({"host_id": c, "name": "h3", "accel": "tcg", "vcpus": 4, "memory_mib": 4096, "disk_gib": 10});
+    t.ok("POST", "/api/v1/agent/register", &cred_c, Some(reg)).await;
+    let (status, body) = t.call("GET", &desired, Some(&cred_c), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -34,9 +34,17 @@ fn same_host(caller: &HostCaller, id: &HostId) -> AppResult<()> {
     }
 }
 
+/// The host has registered (its row exists). Asked of every long-poll and
+/// report, and answered from memory once found: no host row is deleted.
 async fn known_host(ctx: &Ctx, id: &HostId) -> AppResult<()> {
+    if ctx.store.known_hosts.is_registered(id.as_str()) {
+        return Ok(());
+    }
     match ctx.store.host(id.as_str()).await? {
-        Some(_) => Ok(()),
+        Some(_) => {
+            ctx.store.known_hosts.remember_registered(id.as_str());
+            Ok(())
+        }
         None => Err(AppError::NotFound { kind: "host", id: id.to_string() }),
     }
 }
@@ -133,21 +141,30 @@ pub async fn report(
     let ids: Vec<&str> = r.instances.iter().map(|a| a.id.as_str()).collect();
     let (rows, attached) = ctx.store.report_baseline(host.as_str(), &ids).await?;
     for a in &r.instances {
-        let no_news = rows.get(a.id.as_str()).is_some_and(|row| {
+        let row = rows.get(a.id.as_str());
+        // Whether the volumes' rows, as read, differ from what is reported
+        // (unknown without the instance's row).
+        let attachments_news = row.is_none()
+            || crate::store::Store::attachment_report_is_news(
+                attached.get(a.id.as_str()).map(Vec::as_slice).unwrap_or_default(),
+                &a.volumes,
+            );
+        let no_news = row.is_some_and(|row| {
             !crate::store::report_is_news(row, a)
-                && !crate::store::Store::attachment_report_is_news(
-                    attached.get(a.id.as_str()).map(Vec::as_slice).unwrap_or_default(),
-                    &a.volumes,
-                )
+                && !attachments_news
                 && !a.captures.iter().any(|c| c.state == nubo_api::agent::CaptureState::Failed)
                 && !a.exited_unexpectedly
         });
         if no_news {
             continue;
         }
-        if ctx.store.apply_actual(host.as_str(), a).await? {
+        if ctx.store.apply_actual_from(host.as_str(), a, row).await? {
             changed |= a.exited_unexpectedly;
-            ctx.store.apply_attachment_report(a.id.as_str(), &a.volumes).await?;
+            // Volumes a user attaches after the read are not in this
+            // report anyway; the agent reports them when it has them.
+            if attachments_news {
+                ctx.store.apply_attachment_report(a.id.as_str(), &a.volumes).await?;
+            }
             for c in a.captures.iter().filter(|c| c.state == nubo_api::agent::CaptureState::Failed) {
                 changed |= ctx.store.fail_capture(c.image_id.as_str(), a.id.as_str(), c.error.as_deref()).await?;
             }
