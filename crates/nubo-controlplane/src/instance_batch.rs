@@ -341,8 +341,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let marks: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
-        let sql = format!("SELECT * FROM images WHERE id IN ({})", marks.join(", "));
+        let sql = format!("SELECT * FROM images WHERE id IN ({})", crate::store::placeholders(1, ids.len()));
         let mut q = sqlx::query_as(&sql);
         for id in ids {
             q = q.bind(id);

@@ -83,6 +83,13 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// `$first, $first+1, ...`: `count` numbered parameters, for an `IN (...)`
+/// list or a row of a multi-row `VALUES` (the numbered form is the one
+/// both SQLite and PostgreSQL take through the Any driver).
+pub(crate) fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the database {path}: {source}; check the data directory exists and is writable")]
@@ -732,20 +739,17 @@ impl Store {
         let mut rows = HashMap::new();
         let mut by_instance: HashMap<String, Vec<crate::volumes::VolumeRow>> = HashMap::new();
         for part in ids.chunks(REPORT_IDS_PER_QUERY) {
-            let marks: Vec<String> = (2..part.len() + 2).map(|n| format!("${n}")).collect();
-            let sql = format!(
-                "SELECT * FROM instances WHERE host_id = $1 AND state <> 'terminated' AND id IN ({})",
-                marks.join(", ")
-            );
+            let marks = placeholders(2, part.len());
+            let sql =
+                format!("SELECT * FROM instances WHERE host_id = $1 AND state <> 'terminated' AND id IN ({marks})");
             let mut q = sqlx::query_as::<_, InstanceRow>(&sql).bind(host);
             for id in part {
                 q = q.bind(*id);
             }
             rows.extend(q.fetch_all(&self.pool).await?.into_iter().map(|r| (r.id.clone(), r)));
             let sql = format!(
-                "SELECT * FROM volumes WHERE instance_id IN (SELECT id FROM instances WHERE host_id = $1 AND id IN ({}))
-                 ORDER BY (slot IS NOT NULL), slot, id",
-                marks.join(", ")
+                "SELECT * FROM volumes WHERE instance_id IN (SELECT id FROM instances WHERE host_id = $1 AND id IN ({marks}))
+                 ORDER BY (slot IS NOT NULL), slot, id"
             );
             let mut q = sqlx::query_as::<_, crate::volumes::VolumeRow>(&sql).bind(host);
             for id in part {
@@ -899,12 +903,13 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        for e in &a.events {
-            insert_event(&mut tx, &row.id, e.at_ms, &e.stage, &e.detail).await?;
-        }
+        let mut events: Vec<(i64, &str, &str)> =
+            a.events.iter().map(|e| (e.at_ms, e.stage.as_str(), e.detail.as_str())).collect();
+        let state_stage = format!("state_{state}");
         if state != row.state {
-            insert_event(&mut tx, &row.id, now, &format!("state_{state}"), a.error.as_deref().unwrap_or("")).await?;
+            events.push((now, &state_stage, a.error.as_deref().unwrap_or("")));
         }
+        insert_events(&mut tx, &row.id, &events).await?;
         tx.commit().await?;
         if state == InstanceState::Terminated {
             // Its capacity (and deleted volumes' pool space) came back.
@@ -1049,6 +1054,37 @@ pub(crate) async fn insert_numbered<'q>(
     Ok(r)
 }
 
+/// Most life events one `INSERT` of [`insert_events`] writes (4
+/// parameters each, far below SQLite's limit of 32,766).
+const EVENTS_PER_INSERT: usize = 200;
+
+/// Inserts an instance's life events, numbered next in its series in the
+/// order given: one statement for a report's events, not one each.
+pub(crate) async fn insert_events(tx: &mut Tx<'_>, id: &str, events: &[(i64, &str, &str)]) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    lock_series(tx, &format!("instance_events/{id}")).await?;
+    for part in events.chunks(EVENTS_PER_INSERT) {
+        // `VALUES` in `FROM` names its columns column1.. in both SQLite
+        // and PostgreSQL; column1 is the event's place in this part.
+        let rows: Vec<String> = (0..part.len()).map(|i| format!("({})", placeholders(2 + 4 * i, 4))).collect();
+        let sql = format!(
+            "INSERT INTO instance_events (instance_id, seq, at_ms, stage, detail)
+             SELECT $1, last.seq + v.column1, v.column2, v.column3, v.column4
+             FROM (SELECT COALESCE(MAX(seq), 0) AS seq FROM instance_events WHERE instance_id = $1) AS last,
+                  (VALUES {}) AS v",
+            rows.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(id);
+        for (n, (at_ms, stage, detail)) in part.iter().enumerate() {
+            q = q.bind(n as i64 + 1).bind(*at_ms).bind(*stage).bind(*detail);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn insert_event(
     tx: &mut Tx<'_>,
     id: &str,
@@ -1181,6 +1217,13 @@ pub(crate) async fn begin(pool: &AnyPool, backend: Backend) -> Result<Tx<'static
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn placeholders_number_from_where_they_are_told() {
+        assert_eq!(super::placeholders(2, 3), "$2, $3, $4");
+        assert_eq!(super::placeholders(1, 1), "$1");
+        assert_eq!(super::placeholders(5, 0), "");
+    }
+
     use super::*;
 
     #[test]

@@ -7,7 +7,7 @@
 mod common;
 use axum::http::StatusCode;
 use common::T;
-use nubo_api::agent::{ActualInstance, ActualPower};
+use nubo_api::agent::ActualPower;
 use serde_json::json;
 
 #[tokio::test]
@@ -32,17 +32,7 @@ async fn a_terminated_instances_address_is_given_to_the_next_launch() {
     assert_ne!(s, StatusCode::OK, "the address is reused before the host let go of it");
 
     // The host reports the VM gone: the next launch gets its address.
-    let gone = ActualInstance {
-        id: ids[1].parse().unwrap(),
-        power: ActualPower::Deleted,
-        pid: None,
-        error: None,
-        exited_unexpectedly: false,
-        events: vec![],
-        guest: None,
-        volumes: vec![],
-        captures: vec![],
-    };
+    let gone = common::actual(&ids[1], ActualPower::Deleted);
     assert!(t.ctx.store.apply_actual(host.as_str(), &gone).await.unwrap());
     let old = t.ok("GET", &format!("/api/v1/instances/{}", ids[1]), &alice, None).await;
     assert_eq!(old["state"], "terminated", "{old}");

@@ -17,17 +17,9 @@ use nubo_api::ids::HostId;
 use serde_json::json;
 
 fn report(id: &str, power: ActualPower, exited_unexpectedly: bool) -> ActualInstance {
-    ActualInstance {
-        id: id.parse().unwrap(),
-        power,
-        pid: None,
-        error: None,
-        exited_unexpectedly,
-        events: vec![],
-        guest: None,
-        volumes: vec![],
-        captures: vec![],
-    }
+    let mut a = common::actual(id, power);
+    a.exited_unexpectedly = exited_unexpectedly;
+    a
 }
 
 /// A host of `vcpus` and `memory_mib` (and 1000 GiB of disk); its id.

@@ -11,17 +11,9 @@ use common::T;
 use nubo_api::agent::{ActualInstance, ActualPower};
 
 fn report(id: &str, power: ActualPower, guest: bool) -> ActualInstance {
-    ActualInstance {
-        id: id.parse().unwrap(),
-        power,
-        pid: None,
-        error: None,
-        exited_unexpectedly: false,
-        events: vec![],
-        guest: guest.then(|| serde_json::from_value(serde_json::json!({"updated_at_ms": i64::MAX / 2})).unwrap()),
-        volumes: vec![],
-        captures: vec![],
-    }
+    let mut a = common::actual(id, power);
+    a.guest = guest.then(|| serde_json::from_value(serde_json::json!({"updated_at_ms": i64::MAX / 2})).unwrap());
+    a
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@
 mod common;
 
 use common::T;
-use nubo_api::agent::{ActualInstance, ActualPower};
+use nubo_api::agent::ActualPower;
 use serde_json::json;
 use std::time::Duration;
 
@@ -100,17 +100,7 @@ async fn the_index_follows_launches_deletes_and_a_lost_claim() {
     let gone = ids.remove(0);
     let freed = host_of(&t, &gone).await;
     t.ok("DELETE", &format!("/api/v1/instances/{gone}"), &alice, None).await;
-    let report = ActualInstance {
-        id: gone.parse().unwrap(),
-        power: ActualPower::Deleted,
-        pid: None,
-        error: None,
-        exited_unexpectedly: false,
-        events: vec![],
-        guest: None,
-        volumes: vec![],
-        captures: vec![],
-    };
+    let report = common::actual(&gone, ActualPower::Deleted);
     let reporter = hosts.iter().find(|h| h.as_str() == freed).unwrap();
     assert!(t.ctx.store.apply_actual(reporter.as_str(), &report).await.unwrap());
     assert_agrees(&t, "after a delete").await;

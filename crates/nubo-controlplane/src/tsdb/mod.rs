@@ -71,13 +71,7 @@ const ROLLUP_WINDOW_MS: i64 = 60 * MINUTE_MS;
 
 /// `($1, ..., $n), ($n+1, ...)`: the VALUES of `rows` rows of `width`.
 fn value_rows(rows: usize, width: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let params: Vec<String> = (1..=width).map(|c| format!("${}", width * r + c)).collect();
-            format!("({})", params.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    (0..rows).map(|r| format!("({})", crate::store::placeholders(width * r + 1, width))).collect::<Vec<_>>().join(", ")
 }
 
 /// Where a query's points came from.

@@ -190,3 +190,19 @@ impl T {
         self.ok("GET", "/api/v1/audit?limit=1000", &admin, None).await.as_array().unwrap().clone()
     }
 }
+
+/// A host's report entry for instance `id` in `power`, with nothing else
+/// to say (tests set the fields they need).
+pub fn actual(id: &str, power: nubo_api::agent::ActualPower) -> nubo_api::agent::ActualInstance {
+    nubo_api::agent::ActualInstance {
+        id: id.parse().unwrap(),
+        power,
+        pid: None,
+        error: None,
+        exited_unexpectedly: false,
+        events: vec![],
+        guest: None,
+        volumes: vec![],
+        captures: vec![],
+    }
+}
